@@ -1,0 +1,64 @@
+//! Shared, cheaply clonable views of file bytes (memory-mapped) or owned buffers.
+
+use std::ops::Range;
+use std::path::Path;
+use std::sync::Arc;
+
+/// A byte range inside a shared owner (a memory map or a vector).
+#[derive(Clone)]
+pub struct Bytes {
+    owner: Arc<dyn AsRef<[u8]> + Send + Sync>,
+    range: Range<usize>,
+}
+
+struct MappedFile(memmap2::Mmap);
+
+impl AsRef<[u8]> for MappedFile {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Bytes {
+    /// Memory-map a whole file read-only.
+    pub fn map_file(path: &Path) -> std::io::Result<Bytes> {
+        let file = std::fs::File::open(path)?;
+        // SAFETY: the map is read-only; suanli never writes model files while they are mapped.
+        // A file truncated by another process underneath us is outside what any mmap-based loader
+        // can defend against (llama.cpp and candle share this assumption).
+        let map = unsafe { memmap2::Mmap::map(&file)? };
+        let len = map.len();
+        Ok(Bytes { owner: Arc::new(MappedFile(map)), range: 0..len })
+    }
+
+    pub fn from_vec(v: Vec<u8>) -> Bytes {
+        let len = v.len();
+        Bytes { owner: Arc::new(v), range: 0..len }
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        &self.owner.as_ref().as_ref()[self.range.clone()]
+    }
+
+    pub fn len(&self) -> usize {
+        self.range.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.range.is_empty()
+    }
+
+    /// A sub-range, relative to this view. `None` when out of bounds.
+    pub fn slice(&self, r: Range<usize>) -> Option<Bytes> {
+        if r.start > r.end || r.end > self.len() {
+            return None;
+        }
+        Some(Bytes { owner: self.owner.clone(), range: self.range.start + r.start..self.range.start + r.end })
+    }
+}
+
+impl std::fmt::Debug for Bytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Bytes({} bytes)", self.len())
+    }
+}

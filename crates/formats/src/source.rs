@@ -1,0 +1,120 @@
+//! One view over a model, whatever file format holds it: metadata for the configuration and
+//! tensors by their Hugging Face names, with HF shape order (`[out_features, in_features]`).
+
+use crate::bytes::Bytes;
+use crate::gguf::{GgufError, GgufFile};
+use crate::hf::{HfDir, HfError};
+use crate::names::gguf_to_hf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use suanli_core::DType;
+
+#[derive(Clone, Debug)]
+pub struct TensorInfo {
+    pub dtype: DType,
+    /// Row-major HF order: the last dimension is the contiguous one.
+    pub shape: Vec<usize>,
+    pub bytes: Bytes,
+}
+
+pub enum ModelSource {
+    Gguf { file: GgufFile, by_hf_name: BTreeMap<String, usize> },
+    Hf(HfDir),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    #[error(transparent)]
+    Hf(#[from] HfError),
+    #[error("{0}: no such file or directory")]
+    Missing(PathBuf),
+    #[error("{path}: tensor {name:?} has {n} dimensions; at most 4 are supported")]
+    TooManyDims { path: PathBuf, name: String, n: usize },
+}
+
+pub fn open_model(path: &Path) -> Result<ModelSource, OpenError> {
+    if path.is_dir() {
+        return Ok(ModelSource::Hf(HfDir::open(path)?));
+    }
+    if !path.exists() {
+        return Err(OpenError::Missing(path.to_owned()));
+    }
+    let file = GgufFile::open(path)?;
+    let arch = file.get("general.architecture").and_then(|v| v.as_str()).unwrap_or("").to_owned();
+    let mut by_hf_name = BTreeMap::new();
+    for (i, t) in file.tensors.iter().enumerate() {
+        if let Some(mut hf) = gguf_to_hf(&t.name) {
+            // GLM-4 stores its fused gate/up projection under ffn_up.
+            if arch == "glm4" {
+                hf = hf.replace("mlp.up_proj", "mlp.gate_up_proj");
+            }
+            by_hf_name.insert(hf, i);
+        }
+    }
+    Ok(ModelSource::Gguf { file, by_hf_name })
+}
+
+impl ModelSource {
+    pub fn path(&self) -> &Path {
+        match self {
+            ModelSource::Gguf { file, .. } => &file.path,
+            ModelSource::Hf(d) => &d.dir,
+        }
+    }
+
+    pub fn is_gguf(&self) -> bool {
+        matches!(self, ModelSource::Gguf { .. })
+    }
+
+    pub fn gguf(&self) -> Option<&GgufFile> {
+        match self {
+            ModelSource::Gguf { file, .. } => Some(file),
+            ModelSource::Hf(_) => None,
+        }
+    }
+
+    /// A tensor by its HF name.
+    pub fn tensor(&self, hf_name: &str) -> Option<TensorInfo> {
+        match self {
+            ModelSource::Gguf { file, by_hf_name } => {
+                let t = &file.tensors[*by_hf_name.get(hf_name)?];
+                Some(TensorInfo {
+                    dtype: t.dtype,
+                    shape: t.dims.iter().rev().map(|&d| d as usize).collect(),
+                    bytes: file.tensor_bytes(t),
+                })
+            }
+            ModelSource::Hf(d) => {
+                let t = d.tensors.get(hf_name)?;
+                Some(TensorInfo { dtype: t.dtype, shape: t.shape.clone(), bytes: t.bytes.clone() })
+            }
+        }
+    }
+
+    /// All tensors as (file name, HF name if known, info), in file order.
+    pub fn tensor_table(&self) -> Vec<(String, Option<String>, TensorInfo)> {
+        match self {
+            ModelSource::Gguf { file, .. } => file
+                .tensors
+                .iter()
+                .map(|t| {
+                    let info = TensorInfo {
+                        dtype: t.dtype,
+                        shape: t.dims.iter().rev().map(|&d| d as usize).collect(),
+                        bytes: file.tensor_bytes(t),
+                    };
+                    (t.name.clone(), gguf_to_hf(&t.name), info)
+                })
+                .collect(),
+            ModelSource::Hf(d) => d
+                .tensors
+                .iter()
+                .map(|(n, t)| {
+                    (n.clone(), Some(n.clone()), TensorInfo { dtype: t.dtype, shape: t.shape.clone(), bytes: t.bytes.clone() })
+                })
+                .collect(),
+        }
+    }
+}
