@@ -1,0 +1,192 @@
+//! The backend contract. A backend owns weight layout and activation memory; the model code is
+//! generic over it and never names a concrete device. Ops write into preallocated outputs.
+#![forbid(unsafe_code)]
+
+mod plan;
+pub use plan::{AttnSeq, BatchPlan};
+
+use suanli_core::DType;
+use suanli_formats::Bytes;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("{backend} backend cannot run {dtype} weights (tensor {tensor})")]
+    UnsupportedDType { backend: &'static str, dtype: DType, tensor: String },
+    #[error("shape mismatch in {op}: {detail}")]
+    Shape { op: &'static str, detail: String },
+    #[error("out of memory allocating {what}: {detail}")]
+    OutOfMemory { what: &'static str, detail: String },
+}
+
+pub type Result<T> = std::result::Result<T, BackendError>;
+
+pub fn shape_err(op: &'static str, detail: impl Into<String>) -> BackendError {
+    BackendError::Shape { op, detail: detail.into() }
+}
+
+/// What a backend is and can do; negotiated once at load.
+#[derive(Clone, Debug)]
+pub struct Capabilities {
+    pub name: &'static str,
+    /// e.g. the CPU instruction-set level in use.
+    pub detail: String,
+    pub weight_dtypes: Vec<DType>,
+}
+
+/// A weight as it arrives from a file: a 1-D vector or a 2-D matrix `[rows, cols]` (HF order:
+/// rows = output features), with rows stored contiguously.
+pub struct HostTensor<'a> {
+    pub name: &'a str,
+    pub dtype: DType,
+    pub rows: usize,
+    pub cols: usize,
+    pub bytes: &'a Bytes,
+}
+
+/// A weight in the backend's own layout.
+pub struct Weight<W> {
+    pub dtype: DType,
+    pub rows: usize,
+    pub cols: usize,
+    pub store: W,
+}
+
+/// An activation matrix `[rows, cols]`, allocated for `capacity` rows; `rows` is the live count.
+pub struct Act<B> {
+    pub rows: usize,
+    pub cols: usize,
+    pub capacity: usize,
+    pub buf: B,
+}
+
+impl<B> Act<B> {
+    /// Set the live row count for this step (no allocation).
+    pub fn set_rows(&mut self, rows: usize) -> Result<()> {
+        if rows > self.capacity {
+            return Err(shape_err("set_rows", format!("{rows} rows exceed the capacity {}", self.capacity)));
+        }
+        self.rows = rows;
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Rotate pairs (i, i + rotary_dim/2): HF `rotate_half` (Qwen2, Qwen3, HF Llama).
+    Neox,
+    /// Rotate adjacent pairs (2i, 2i+1): GGUF Llama (whose Q/K rows are permuted), GLM-4.
+    Interleaved,
+}
+
+#[derive(Clone, Debug)]
+pub struct RopeParams {
+    pub n_heads: usize,
+    pub head_dim: usize,
+    /// Leading dimensions of each head that rotate (partial rotary: GLM-4 rotates half).
+    pub rotary_dim: usize,
+    pub style: RopeStyle,
+    /// Inverse frequencies, `rotary_dim / 2` of them (scaling already applied).
+    pub inv_freq: Vec<f32>,
+}
+
+impl RopeParams {
+    pub fn new(n_heads: usize, head_dim: usize, rotary_dim: usize, theta: f32, style: RopeStyle) -> RopeParams {
+        let inv_freq = (0..rotary_dim / 2)
+            .map(|i| 1.0f32 / theta.powf((2 * i) as f32 / rotary_dim as f32))
+            .collect();
+        RopeParams { n_heads, head_dim, rotary_dim, style, inv_freq }
+    }
+}
+
+/// Shape of the paged KV cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KvSpec {
+    pub n_layers: usize,
+    pub num_blocks: usize,
+    pub block_size: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl KvSpec {
+    pub fn kv_dim(&self) -> usize {
+        self.n_kv_heads * self.head_dim
+    }
+    pub fn slots(&self) -> usize {
+        self.num_blocks * self.block_size
+    }
+}
+
+/// Paged KV storage: per layer, K and V with one row of `kv_dim` per slot
+/// (slot = block * block_size + offset).
+pub struct KvPages<B> {
+    pub spec: KvSpec,
+    pub layers: Vec<(B, B)>,
+}
+
+/// Per-step attention description (derived from the batch plan).
+#[derive(Clone, Debug)]
+pub struct AttnMeta<'a> {
+    pub seqs: &'a [AttnSeq],
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub scale: f32,
+}
+
+pub trait Backend: Send + Sync + 'static {
+    /// Activation and KV storage.
+    type Buffer: Send + Sync;
+    /// Weight storage in the backend's layout.
+    type WeightStore: Send + Sync;
+
+    fn caps(&self) -> &Capabilities;
+    fn prepare_weight(&self, host: HostTensor<'_>) -> Result<Weight<Self::WeightStore>>;
+    fn alloc_act(&self, capacity: usize, cols: usize) -> Result<Act<Self::Buffer>>;
+    fn alloc_kv(&self, spec: KvSpec) -> Result<KvPages<Self::Buffer>>;
+    /// Copy host rows into an activation (tests, inputs).
+    fn upload(&self, data: &[f32], rows: usize, out: &mut Act<Self::Buffer>) -> Result<()>;
+    /// Copy the live rows of an activation to the host.
+    fn download(&self, x: &Act<Self::Buffer>) -> Result<Vec<f32>>;
+
+    /// out[i] = table[ids[i]]
+    fn embed(&self, table: &Weight<Self::WeightStore>, ids: &[u32], out: &mut Act<Self::Buffer>) -> Result<()>;
+    /// Row-wise RMS norm with weight `w` (length cols).
+    fn rms_norm(&self, x: &Act<Self::Buffer>, w: &Weight<Self::WeightStore>, eps: f32, out: &mut Act<Self::Buffer>) -> Result<()>;
+    /// In-place RMS norm over each `w.cols`-wide group of every row (per-head Q/K norm).
+    fn rms_norm_groups(&self, x: &mut Act<Self::Buffer>, w: &Weight<Self::WeightStore>, eps: f32) -> Result<()>;
+    /// out = x · wᵀ (+ bias); x `[n, w.cols]`, out `[n, w.rows]`.
+    fn linear(
+        &self,
+        x: &Act<Self::Buffer>,
+        w: &Weight<Self::WeightStore>,
+        bias: Option<&Weight<Self::WeightStore>>,
+        out: &mut Act<Self::Buffer>,
+    ) -> Result<()>;
+    /// Rotary position embedding in place; one position per row.
+    fn rope(&self, x: &mut Act<Self::Buffer>, positions: &[u32], rope: &RopeParams) -> Result<()>;
+    /// Store each row of k and v into its slot of layer `layer`.
+    fn write_kv(
+        &self,
+        k: &Act<Self::Buffer>,
+        v: &Act<Self::Buffer>,
+        slots: &[u32],
+        kv: &mut KvPages<Self::Buffer>,
+        layer: usize,
+    ) -> Result<()>;
+    /// Causal attention of q rows over the paged cache (which already holds this step's K/V).
+    fn attention(
+        &self,
+        q: &Act<Self::Buffer>,
+        kv: &KvPages<Self::Buffer>,
+        meta: &AttnMeta<'_>,
+        layer: usize,
+        out: &mut Act<Self::Buffer>,
+    ) -> Result<()>;
+    /// out = silu(gate) * up
+    fn silu_mul(&self, gate: &Act<Self::Buffer>, up: &Act<Self::Buffer>, out: &mut Act<Self::Buffer>) -> Result<()>;
+    /// acc += x
+    fn add(&self, acc: &mut Act<Self::Buffer>, x: &Act<Self::Buffer>) -> Result<()>;
+    /// Logits (f32, on the host) for the selected rows of x: `out` is `[rows.len(), lm_head.rows]`.
+    fn logits(&self, x: &Act<Self::Buffer>, rows: &[u32], lm_head: &Weight<Self::WeightStore>, out: &mut [f32]) -> Result<()>;
+}

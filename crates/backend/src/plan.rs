@@ -1,0 +1,40 @@
+//! The plain data a forward step takes. The scheduler builds it; it names no tensors.
+
+/// One sequence's part of a step: its new tokens are rows `q_start .. q_start + q_len` of the
+/// batch, at positions `ctx_len - q_len .. ctx_len`, and its KV lives in `block_table`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttnSeq {
+    pub q_start: usize,
+    pub q_len: usize,
+    pub ctx_len: usize,
+    pub block_table: Vec<u32>,
+}
+
+/// A batch: token ids with their positions and KV slots, grouped by sequence, plus which rows
+/// need logits.
+#[derive(Clone, Debug, Default)]
+pub struct BatchPlan {
+    pub tokens: Vec<u32>,
+    pub positions: Vec<u32>,
+    pub slots: Vec<u32>,
+    pub seqs: Vec<AttnSeq>,
+    pub logits_rows: Vec<u32>,
+}
+
+impl BatchPlan {
+    /// Build the plan for one sequence's chunk of new tokens starting at position `start`.
+    pub fn single(tokens: &[u32], start: usize, block_table: &[u32], block_size: usize, logits_rows: Vec<u32>) -> BatchPlan {
+        let positions: Vec<u32> = (start..start + tokens.len()).map(|p| p as u32).collect();
+        let slots = positions
+            .iter()
+            .map(|&p| block_table[p as usize / block_size] * block_size as u32 + (p as usize % block_size) as u32)
+            .collect();
+        BatchPlan {
+            tokens: tokens.to_vec(),
+            positions,
+            slots,
+            seqs: vec![AttnSeq { q_start: 0, q_len: tokens.len(), ctx_len: start + tokens.len(), block_table: block_table.to_vec() }],
+            logits_rows,
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! What the architectures share: the decoder block, its weights, scratch buffers and the forward
+//! pass. Architecture files describe their differences with an `ArchSpec`.
+
+use crate::config::{Arch, ModelConfig};
+use crate::loader::{LoadError, Loader};
+use suanli_backend::{Act, AttnMeta, Backend, BackendError, BatchPlan, KvPages, KvSpec, RopeParams, Weight};
+use suanli_formats::ModelSource;
+
+/// How an architecture's decoder block differs from the plain Llama block.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ArchSpec {
+    /// Q/K/V projections carry biases (required).
+    pub qkv_bias: bool,
+    /// Per-head RMSNorm on Q and K before rotary (Qwen3).
+    pub qk_norm: bool,
+    /// Extra norms on the attention and MLP outputs before the residual adds (GLM-4).
+    pub sandwich_norms: bool,
+    /// One `gate_up_proj` holding gate then up (GLM-4).
+    pub fused_gate_up: bool,
+}
+
+fn spec(arch: Arch) -> ArchSpec {
+    match arch {
+        Arch::Qwen2 => crate::qwen2::SPEC,
+        Arch::Llama => crate::llama::SPEC,
+        Arch::Qwen3 => crate::qwen3::SPEC,
+        Arch::Glm4 => crate::glm4::SPEC,
+    }
+}
+
+struct Layer<W> {
+    input_norm: Weight<W>,
+    q: Weight<W>,
+    k: Weight<W>,
+    v: Weight<W>,
+    q_bias: Option<Weight<W>>,
+    k_bias: Option<Weight<W>>,
+    v_bias: Option<Weight<W>>,
+    o: Weight<W>,
+    q_norm: Option<Weight<W>>,
+    k_norm: Option<Weight<W>>,
+    post_attn_out_norm: Option<Weight<W>>,
+    mlp_norm: Weight<W>,
+    post_mlp_out_norm: Option<Weight<W>>,
+    gate: Weight<W>,
+    up: Weight<W>,
+    down: Weight<W>,
+}
+
+pub struct Model<B: Backend> {
+    pub cfg: ModelConfig,
+    embed: Weight<B::WeightStore>,
+    layers: Vec<Layer<B::WeightStore>>,
+    norm: Weight<B::WeightStore>,
+    /// `None` when tied to the embeddings.
+    lm_head: Option<Weight<B::WeightStore>>,
+    rope_q: RopeParams,
+    rope_k: RopeParams,
+}
+
+/// Activation buffers for up to `capacity` tokens per step, allocated once.
+pub struct Scratch<B: Backend> {
+    capacity: usize,
+    x: Act<B::Buffer>,      // [n, hidden] residual stream
+    h: Act<B::Buffer>,      // [n, hidden] normed input
+    o: Act<B::Buffer>,      // [n, hidden] block output
+    q: Act<B::Buffer>,      // [n, n_heads * head_dim]
+    k: Act<B::Buffer>,      // [n, n_kv_heads * head_dim]
+    v: Act<B::Buffer>,      // [n, n_kv_heads * head_dim]
+    attn: Act<B::Buffer>,   // [n, n_heads * head_dim]
+    gate: Act<B::Buffer>,   // [n, intermediate]
+    up: Act<B::Buffer>,     // [n, intermediate]
+    act: Act<B::Buffer>,    // [n, intermediate]
+}
+
+impl<B: Backend> Scratch<B> {
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
+impl<B: Backend> Model<B> {
+    pub fn load(src: &ModelSource, backend: &B) -> Result<Model<B>, LoadError> {
+        let cfg = ModelConfig::from_source(src)?;
+        let l = Loader { src, backend };
+        let s = spec(cfg.arch);
+        let (hd, qd, kvd, ff) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size);
+        let embed = l.matrix("model.embed_tokens.weight", cfg.vocab_size, hd)?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            let bias = |name: &str, len: usize| -> Result<Option<Weight<B::WeightStore>>, LoadError> {
+                let n = format!("{p}.self_attn.{name}.bias");
+                if s.qkv_bias {
+                    l.vector(&n, len).map(Some)
+                } else {
+                    l.opt_vector(&n, len)
+                }
+            };
+            let (gate, up) = if s.fused_gate_up {
+                let n = format!("{p}.mlp.gate_up_proj.weight");
+                (l.matrix_rows(&n, 2 * ff, hd, 0..ff)?, l.matrix_rows(&n, 2 * ff, hd, ff..2 * ff)?)
+            } else {
+                (l.matrix(&format!("{p}.mlp.gate_proj.weight"), ff, hd)?, l.matrix(&format!("{p}.mlp.up_proj.weight"), ff, hd)?)
+            };
+            let head_norm = |name: &str| -> Result<Option<Weight<B::WeightStore>>, LoadError> {
+                s.qk_norm.then(|| l.vector(&format!("{p}.self_attn.{name}.weight"), cfg.head_dim)).transpose()
+            };
+            let sandwich = |name: &str| -> Result<Option<Weight<B::WeightStore>>, LoadError> {
+                s.sandwich_norms.then(|| l.vector(&format!("{p}.{name}.weight"), hd)).transpose()
+            };
+            layers.push(Layer {
+                input_norm: l.vector(&format!("{p}.input_layernorm.weight"), hd)?,
+                q: l.matrix(&format!("{p}.self_attn.q_proj.weight"), qd, hd)?,
+                k: l.matrix(&format!("{p}.self_attn.k_proj.weight"), kvd, hd)?,
+                v: l.matrix(&format!("{p}.self_attn.v_proj.weight"), kvd, hd)?,
+                q_bias: bias("q_proj", qd)?,
+                k_bias: bias("k_proj", kvd)?,
+                v_bias: bias("v_proj", kvd)?,
+                o: l.matrix(&format!("{p}.self_attn.o_proj.weight"), hd, qd)?,
+                q_norm: head_norm("q_norm")?,
+                k_norm: head_norm("k_norm")?,
+                post_attn_out_norm: sandwich("post_self_attn_layernorm")?,
+                mlp_norm: l.vector(&format!("{p}.post_attention_layernorm.weight"), hd)?,
+                post_mlp_out_norm: sandwich("post_mlp_layernorm")?,
+                gate,
+                up,
+                down: l.matrix(&format!("{p}.mlp.down_proj.weight"), hd, ff)?,
+            });
+        }
+        let norm = l.vector("model.norm.weight", hd)?;
+        let lm_head = if l.has("lm_head.weight") && !(cfg.tie_word_embeddings && src.is_gguf()) {
+            Some(l.matrix("lm_head.weight", cfg.vocab_size, hd)?)
+        } else {
+            None
+        };
+        let mut rope_q = RopeParams::new(cfg.num_attention_heads, cfg.head_dim, cfg.rotary_dim, cfg.rope_theta, cfg.rope_style);
+        if let Some(f) = &cfg.rope_freq_factors {
+            for (inv, f) in rope_q.inv_freq.iter_mut().zip(f) {
+                *inv /= f;
+            }
+        }
+        let rope_k = RopeParams { n_heads: cfg.num_key_value_heads, ..rope_q.clone() };
+        Ok(Model { cfg, embed, layers, norm, lm_head, rope_q, rope_k })
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.cfg.vocab_size
+    }
+
+    pub fn kv_spec(&self, num_blocks: usize, block_size: usize) -> KvSpec {
+        KvSpec {
+            n_layers: self.cfg.num_hidden_layers,
+            num_blocks,
+            block_size,
+            n_kv_heads: self.cfg.num_key_value_heads,
+            head_dim: self.cfg.head_dim,
+        }
+    }
+
+    pub fn alloc_scratch(&self, backend: &B, capacity: usize) -> Result<Scratch<B>, BackendError> {
+        let c = &self.cfg;
+        Ok(Scratch {
+            capacity,
+            x: backend.alloc_act(capacity, c.hidden_size)?,
+            h: backend.alloc_act(capacity, c.hidden_size)?,
+            o: backend.alloc_act(capacity, c.hidden_size)?,
+            q: backend.alloc_act(capacity, c.q_dim())?,
+            k: backend.alloc_act(capacity, c.kv_dim())?,
+            v: backend.alloc_act(capacity, c.kv_dim())?,
+            attn: backend.alloc_act(capacity, c.q_dim())?,
+            gate: backend.alloc_act(capacity, c.intermediate_size)?,
+            up: backend.alloc_act(capacity, c.intermediate_size)?,
+            act: backend.alloc_act(capacity, c.intermediate_size)?,
+        })
+    }
+
+    /// Run one step: every token of `plan` goes through the model and its K/V lands in `kv`;
+    /// `logits` receives `[plan.logits_rows.len(), vocab]`.
+    pub fn forward(
+        &self,
+        b: &B,
+        plan: &BatchPlan,
+        kv: &mut KvPages<B::Buffer>,
+        s: &mut Scratch<B>,
+        logits: &mut [f32],
+    ) -> Result<(), BackendError> {
+        let n = plan.tokens.len();
+        if n > s.capacity || plan.positions.len() != n || plan.slots.len() != n {
+            return Err(suanli_backend::shape_err("forward", format!("{n} tokens for a scratch of {}", s.capacity)));
+        }
+        let c = &self.cfg;
+        let meta = AttnMeta {
+            seqs: &plan.seqs,
+            n_heads: c.num_attention_heads,
+            n_kv_heads: c.num_key_value_heads,
+            head_dim: c.head_dim,
+            scale: 1.0 / (c.head_dim as f32).sqrt(),
+        };
+        b.embed(&self.embed, &plan.tokens, &mut s.x)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            // Attention block.
+            b.rms_norm(&s.x, &layer.input_norm, c.rms_norm_eps, &mut s.h)?;
+            b.linear(&s.h, &layer.q, layer.q_bias.as_ref(), &mut s.q)?;
+            b.linear(&s.h, &layer.k, layer.k_bias.as_ref(), &mut s.k)?;
+            b.linear(&s.h, &layer.v, layer.v_bias.as_ref(), &mut s.v)?;
+            if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
+                b.rms_norm_groups(&mut s.q, qn, c.rms_norm_eps)?;
+                b.rms_norm_groups(&mut s.k, kn, c.rms_norm_eps)?;
+            }
+            b.rope(&mut s.q, &plan.positions, &self.rope_q)?;
+            b.rope(&mut s.k, &plan.positions, &self.rope_k)?;
+            b.write_kv(&s.k, &s.v, &plan.slots, kv, i)?;
+            b.attention(&s.q, kv, &meta, i, &mut s.attn)?;
+            b.linear(&s.attn, &layer.o, None, &mut s.o)?;
+            residual_add(b, &mut s.x, &mut s.o, &mut s.h, layer.post_attn_out_norm.as_ref(), c.rms_norm_eps)?;
+            // MLP block.
+            b.rms_norm(&s.x, &layer.mlp_norm, c.rms_norm_eps, &mut s.h)?;
+            b.linear(&s.h, &layer.gate, None, &mut s.gate)?;
+            b.linear(&s.h, &layer.up, None, &mut s.up)?;
+            b.silu_mul(&s.gate, &s.up, &mut s.act)?;
+            b.linear(&s.act, &layer.down, None, &mut s.o)?;
+            residual_add(b, &mut s.x, &mut s.o, &mut s.h, layer.post_mlp_out_norm.as_ref(), c.rms_norm_eps)?;
+        }
+        if plan.logits_rows.is_empty() {
+            return Ok(());
+        }
+        b.rms_norm(&s.x, &self.norm, c.rms_norm_eps, &mut s.h)?;
+        b.logits(&s.h, &plan.logits_rows, self.lm_head.as_ref().unwrap_or(&self.embed), logits)
+    }
+}
+
+/// x += out, or x += norm(out) where the architecture norms block outputs (GLM-4).
+fn residual_add<B: Backend>(
+    b: &B,
+    x: &mut Act<B::Buffer>,
+    out: &mut Act<B::Buffer>,
+    tmp: &mut Act<B::Buffer>,
+    norm: Option<&Weight<B::WeightStore>>,
+    eps: f32,
+) -> Result<(), BackendError> {
+    match norm {
+        Some(w) => {
+            b.rms_norm(out, w, eps, tmp)?;
+            b.add(x, tmp)
+        }
+        None => b.add(x, out),
+    }
+}

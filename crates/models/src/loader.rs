@@ -1,0 +1,72 @@
+//! Fetch tensors by HF name with their expected shapes, and hand them to the backend.
+
+use crate::config::ConfigError;
+use suanli_backend::{Backend, BackendError, HostTensor, Weight};
+use suanli_formats::ModelSource;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{path}: tensor {name} is missing")]
+    Missing { path: String, name: String },
+    #[error("{path}: tensor {name} has shape {found:?}, expected {expected:?} from the model's hyperparameters")]
+    Shape { path: String, name: String, expected: Vec<usize>, found: Vec<usize> },
+    #[error("{path}: {source}")]
+    Backend { path: String, source: BackendError },
+}
+
+pub(crate) struct Loader<'a, B: Backend> {
+    pub src: &'a ModelSource,
+    pub backend: &'a B,
+}
+
+impl<'a, B: Backend> Loader<'a, B> {
+    fn path(&self) -> String {
+        self.src.path().display().to_string()
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.src.tensor(name).is_some()
+    }
+
+    /// A tensor whose shape must be exactly `shape` (1-D or 2-D), rows `row_range` of it.
+    fn load(&self, name: &str, shape: &[usize], rows: Option<std::ops::Range<usize>>) -> Result<Weight<B::WeightStore>, LoadError> {
+        let t = self.src.tensor(name).ok_or_else(|| LoadError::Missing { path: self.path(), name: name.into() })?;
+        if t.shape != shape {
+            return Err(LoadError::Shape { path: self.path(), name: name.into(), expected: shape.to_vec(), found: t.shape.clone() });
+        }
+        let (all_rows, cols) = if shape.len() == 1 { (1, shape[0]) } else { (shape[0], shape[1]) };
+        let backend_err = |e: BackendError| LoadError::Backend { path: self.path(), source: e };
+        let row_bytes = t.dtype.row_bytes(cols).map_err(|e| backend_err(suanli_backend::shape_err("load", format!("{name}: {e}"))))?;
+        let r = rows.unwrap_or(0..all_rows);
+        let bytes = t
+            .bytes
+            .slice(r.start * row_bytes..r.end * row_bytes)
+            .ok_or_else(|| backend_err(suanli_backend::shape_err("load", format!("{name}: rows {r:?} out of range"))))?;
+        self.backend
+            .prepare_weight(HostTensor { name, dtype: t.dtype, rows: r.len(), cols, bytes: &bytes })
+            .map_err(backend_err)
+    }
+
+    pub fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Weight<B::WeightStore>, LoadError> {
+        self.load(name, &[rows, cols], None)
+    }
+
+    /// Rows `range` of a `[rows, cols]` matrix (halves of a fused projection).
+    pub fn matrix_rows(&self, name: &str, rows: usize, cols: usize, range: std::ops::Range<usize>) -> Result<Weight<B::WeightStore>, LoadError> {
+        self.load(name, &[rows, cols], Some(range))
+    }
+
+    pub fn vector(&self, name: &str, len: usize) -> Result<Weight<B::WeightStore>, LoadError> {
+        self.load(name, &[len], None)
+    }
+
+    pub fn opt_vector(&self, name: &str, len: usize) -> Result<Option<Weight<B::WeightStore>>, LoadError> {
+        if self.has(name) {
+            self.vector(name, len).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! Chat templates (Jinja, from GGUF or tokenizer_config.json) rendered with minijinja as
+//! transformers' `apply_chat_template` does: trim_blocks + lstrip_blocks, Python string methods,
+//! `raise_exception`, a `tojson` that keeps non-ASCII. A template is code from a model file:
+//! rendering is sandboxed by minijinja and bounded here by fuel, recursion depth and output size.
+
+use minijinja::{Environment, Error, ErrorKind, Value};
+use serde::Serialize;
+
+const FUEL: u64 = 2_000_000;
+const MAX_OUTPUT: usize = 4 << 20;
+const MAX_SOURCE: usize = 1 << 20;
+const MAX_RECURSION: usize = 64;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn new(role: &str, content: &str) -> ChatMessage {
+        ChatMessage { role: role.into(), content: content.into() }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    #[error("chat template is {0} bytes; the limit is {MAX_SOURCE}")]
+    TooLarge(usize),
+    #[error("chat template does not compile: {0}")]
+    Compile(String),
+    #[error("chat template raised an error: {0}")]
+    Raised(String),
+    #[error("chat template failed to render: {0}")]
+    Render(String),
+}
+
+pub struct ChatTemplate {
+    env: Environment<'static>,
+    bos_token: String,
+    eos_token: String,
+}
+
+fn raise_exception(msg: String) -> Result<Value, Error> {
+    Err(Error::new(ErrorKind::InvalidOperation, format!("raise_exception: {msg}")))
+}
+
+/// `tojson` as transformers defines it: no HTML escaping, non-ASCII kept, optional indent.
+fn tojson(v: Value, indent: Option<usize>) -> Result<Value, Error> {
+    let j = serde_json::to_value(&v).map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
+    let s = match indent {
+        None => python_json(&j),
+        Some(n) => {
+            let mut buf = Vec::new();
+            let ind = vec![b' '; n];
+            let fmt = serde_json::ser::PrettyFormatter::with_indent(&ind);
+            let mut ser = serde_json::Serializer::with_formatter(&mut buf, fmt);
+            j.serialize(&mut ser).map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
+            String::from_utf8(buf).expect("serde_json writes UTF-8")
+        }
+    };
+    Ok(Value::from_safe_string(s))
+}
+
+/// Python's `json.dumps` separators: `", "` and `": "`.
+fn python_json(j: &serde_json::Value) -> String {
+    match j {
+        serde_json::Value::Array(a) => format!("[{}]", a.iter().map(python_json).collect::<Vec<_>>().join(", ")),
+        serde_json::Value::Object(o) => format!(
+            "{{{}}}",
+            o.iter()
+                .map(|(k, v)| format!("{}: {}", serde_json::Value::String(k.clone()), python_json(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        other => other.to_string(),
+    }
+}
+
+impl ChatTemplate {
+    pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<ChatTemplate, TemplateError> {
+        if source.len() > MAX_SOURCE {
+            return Err(TemplateError::TooLarge(source.len()));
+        }
+        let mut env = Environment::new();
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.set_fuel(Some(FUEL));
+        env.set_recursion_limit(MAX_RECURSION);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", raise_exception);
+        env.add_function("strftime_now", |fmt: String| -> Result<Value, Error> {
+            // Deterministic output: templates use it for a "today" line; a fixed date keeps
+            // prompts (and prefix caches) stable. Supports the common %d %b %Y %m forms.
+            let s = fmt.replace("%Y", "2026").replace("%m", "01").replace("%d", "01").replace("%b", "Jan").replace("%B", "January");
+            Ok(Value::from(s))
+        });
+        env.add_filter("tojson", tojson);
+        env.add_template_owned("chat", source.to_owned()).map_err(|e| TemplateError::Compile(e.to_string()))?;
+        Ok(ChatTemplate { env, bos_token: bos_token.into(), eos_token: eos_token.into() })
+    }
+
+    pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String, TemplateError> {
+        let tmpl = self.env.get_template("chat").map_err(|e| TemplateError::Compile(e.to_string()))?;
+        let ctx = minijinja::context! {
+            messages => messages,
+            add_generation_prompt => add_generation_prompt,
+            bos_token => &self.bos_token,
+            eos_token => &self.eos_token,
+        };
+        let mut out = CappedWriter { buf: Vec::new() };
+        match tmpl.render_captured_to(ctx, &mut out) {
+            Ok(_) => String::from_utf8(out.buf).map_err(|e| TemplateError::Render(e.to_string())),
+            Err(e) => {
+                let msg = format!("{e:#}");
+                match msg.find("raise_exception: ") {
+                    Some(p) => Err(TemplateError::Raised(msg[p + 17..].lines().next().unwrap_or("").to_owned())),
+                    None => Err(TemplateError::Render(msg)),
+                }
+            }
+        }
+    }
+}
+
+struct CappedWriter {
+    buf: Vec<u8>,
+}
+
+impl std::io::Write for CappedWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len() + b.len() > MAX_OUTPUT {
+            return Err(std::io::Error::other(format!("output exceeds {MAX_OUTPUT} bytes")));
+        }
+        self.buf.extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_with_trim_and_python_methods() {
+        let t = ChatTemplate::new(
+            "{% for m in messages %}\n  <{{ m.role.upper() }}>{{ m['content'].strip() }}\n{% endfor %}{% if add_generation_prompt %}A:{% endif %}",
+            "",
+            "",
+        )
+        .unwrap();
+        let s = t.render(&[ChatMessage::new("user", " hi ")], true).unwrap();
+        assert_eq!(s, "  <USER>hi\nA:");
+    }
+
+    #[test]
+    fn raise_exception_and_runaway_templates_are_errors() {
+        let t = ChatTemplate::new("{{ raise_exception('roles must alternate') }}", "", "").unwrap();
+        match t.render(&[], false) {
+            Err(TemplateError::Raised(m)) => assert!(m.contains("roles must alternate"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        let t = ChatTemplate::new("{% for i in range(100000000) %}xxxxxxxx{% endfor %}", "", "").unwrap();
+        assert!(t.render(&[], false).is_err());
+        let t = ChatTemplate::new("{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}", "", "").unwrap();
+        assert!(t.render(&[], false).is_err());
+    }
+}
