@@ -1,0 +1,12 @@
+//! The engine: KV block allocation, sampling, the generation loop and perplexity.
+//! It sees tokens and plain batch plans, never tensors.
+#![forbid(unsafe_code)]
+
+pub mod kv;
+pub mod perplexity;
+pub mod sampler;
+pub mod session;
+pub mod stop;
+
+pub use sampler::{Sampler, SamplingParams};
+pub use session::{FinishReason, Generation, Session, SessionError};

@@ -1,0 +1,76 @@
+//! `suanli chat`: a terminal conversation. The KV cache keeps the conversation so far, so each
+//! turn only computes its new tokens.
+
+use crate::load::load;
+use crate::prompt::chat_prompt;
+use crate::run::SamplingArgs;
+use anyhow::Result;
+use clap::Args;
+use std::io::{BufRead, Write};
+use suanli_engine::session::Control;
+use suanli_tokenizer::{ChatMessage, StreamDecoder};
+
+#[derive(Args)]
+pub struct ChatArgs {
+    #[arg(long)]
+    pub model: Option<String>,
+    #[arg(long)]
+    pub system: Option<String>,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+}
+
+pub fn chat(a: ChatArgs, threads: Option<usize>) -> Result<()> {
+    let params = a.sampling.params()?;
+    let mut l = load(a.model.as_deref(), threads, a.sampling.ctx, 256)?;
+    let base: Vec<ChatMessage> = a.system.iter().map(|s| ChatMessage::new("system", s)).collect();
+    let mut msgs = base.clone();
+    let stdin = std::io::stdin();
+    let mut out = std::io::stdout();
+    eprintln!("chat — /reset clears the history, /exit quits");
+    loop {
+        eprint!("> ");
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line)? == 0 {
+            break;
+        }
+        let line = line.trim_end_matches(['\n', '\r']);
+        match line.trim() {
+            "" => continue,
+            "/exit" | "/quit" => break,
+            "/reset" => {
+                msgs = base.clone();
+                l.session.reset();
+                eprintln!("(history cleared)");
+                continue;
+            }
+            _ => {}
+        }
+        msgs.push(ChatMessage::new("user", line));
+        let ids = chat_prompt(&l.tokenizer, &msgs)?;
+        let tok = &l.tokenizer;
+        let mut dec = StreamDecoder::new();
+        let mut answer = String::new();
+        let mut on_token = |id: u32| {
+            let s = dec.push(tok, id);
+            answer.push_str(&s);
+            let _ = out.write_all(s.as_bytes());
+            let _ = out.flush();
+            Control::Continue
+        };
+        match l.session.generate(&ids, &params, a.sampling.max_tokens, &|t| tok.is_eog(t), &mut on_token) {
+            Ok(g) => {
+                let tail = dec.finish();
+                answer.push_str(&tail);
+                let _ = writeln!(out, "{tail}");
+                eprintln!("[{} tokens, {:.1} tok/s]", g.tokens.len(), g.tokens_per_second());
+                msgs.push(ChatMessage::new("assistant", &answer));
+            }
+            Err(e) => {
+                eprintln!("error: {e}; /reset to start over");
+                msgs.pop();
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,67 @@
+//! `suanli inspect`: what a model file or directory holds.
+
+use anyhow::Result;
+use std::path::Path;
+use suanli_formats::{open_model, ModelSource};
+use suanli_models::ModelConfig;
+
+pub fn inspect(path: &Path) -> Result<()> {
+    let src = open_model(path)?;
+    println!("path: {}", path.display());
+    match &src {
+        ModelSource::Gguf { file, .. } => {
+            println!("format: GGUF v{} (alignment {})", file.version, file.alignment);
+        }
+        ModelSource::Hf(_) => println!("format: Hugging Face directory (safetensors)"),
+    }
+    match ModelConfig::from_source(&src) {
+        Ok(c) => {
+            println!("architecture: {}", c.arch.name());
+            println!("  vocab_size: {}", c.vocab_size);
+            println!("  hidden_size: {}", c.hidden_size);
+            println!("  intermediate_size: {}", c.intermediate_size);
+            println!("  num_hidden_layers: {}", c.num_hidden_layers);
+            println!("  num_attention_heads: {} (kv heads {}, head_dim {})", c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+            println!("  rope: theta {}, rotary_dim {}, {:?}", c.rope_theta, c.rotary_dim, c.rope_style);
+            println!("  rms_norm_eps: {}", c.rms_norm_eps);
+            println!("  context_length: {}", c.max_position_embeddings);
+            println!("  tied embeddings: {}", c.tie_word_embeddings);
+        }
+        Err(e) => println!("architecture: not runnable by suanli: {e}"),
+    }
+    let mut template = None;
+    match &src {
+        ModelSource::Gguf { file, .. } => {
+            println!("metadata ({} keys):", file.metadata.len());
+            for (k, v) in &file.metadata {
+                if k == "tokenizer.chat_template" {
+                    template = v.as_str().map(str::to_owned);
+                    println!("  {k}: ({} bytes, shown below)", v.as_str().map_or(0, |s| s.len()));
+                } else {
+                    println!("  {k}: {v}");
+                }
+            }
+        }
+        ModelSource::Hf(d) => {
+            println!("config.json: {}", d.config);
+            let tc = d.dir.join("tokenizer_config.json");
+            if let Ok(s) = std::fs::read_to_string(tc) {
+                if let Ok(j) = serde_json::from_str::<serde_json::Value>(&s) {
+                    template = j.get("chat_template").and_then(|t| t.as_str()).map(str::to_owned);
+                }
+            }
+        }
+    }
+    let table = src.tensor_table();
+    let total: usize = table.iter().map(|t| t.2.bytes.len()).sum();
+    println!("tensors ({}, {:.1} MB):", table.len(), total as f64 / 1e6);
+    println!("  {:<48} {:<20} {:<6} {:>12}", "name", "shape", "type", "bytes");
+    for (name, _, info) in &table {
+        let shape = format!("{:?}", info.shape);
+        println!("  {:<48} {:<20} {:<6} {:>12}", name, shape, info.dtype.name(), info.bytes.len());
+    }
+    if let Some(t) = template {
+        println!("chat template:\n{t}");
+    }
+    Ok(())
+}

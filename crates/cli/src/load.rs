@@ -1,0 +1,75 @@
+//! Resolve `--model` (catalog name, GGUF file or HF directory), then load tokenizer and model.
+
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use suanli_cpu::CpuBackend;
+use suanli_engine::Session;
+use suanli_formats::{catalog, open_model, ModelSource};
+use suanli_models::Model;
+use suanli_tokenizer::Tokenizer;
+
+/// A catalog name is pulled on first use; anything else must be an existing path.
+pub fn resolve(model: Option<&str>) -> Result<PathBuf> {
+    let name = model.unwrap_or(catalog::DEFAULT_MODEL);
+    let p = Path::new(name);
+    if p.exists() {
+        return Ok(p.to_owned());
+    }
+    match catalog::find(name) {
+        Some(entry) => {
+            if catalog::cached(entry).is_none() {
+                eprintln!("pulling {} ({:.0} MB) into {} …", entry.name, entry.size as f64 / 1e6, catalog::home().display());
+            }
+            Ok(catalog::pull(entry)?)
+        }
+        None => bail!(
+            "--model {name:?} is neither a file, a directory, nor a catalog model (catalog: {})",
+            catalog::CATALOG.iter().map(|e| e.name).collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+pub fn tokenizer_for(src: &ModelSource) -> Result<Tokenizer> {
+    Ok(match src {
+        ModelSource::Gguf { file, .. } => Tokenizer::from_gguf(file)?,
+        ModelSource::Hf(d) => Tokenizer::from_hf_dir(&d.dir)?,
+    })
+}
+
+pub struct Loaded {
+    pub session: Session<CpuBackend>,
+    pub tokenizer: Tokenizer,
+}
+
+/// Load everything needed to generate. `ctx`: context length; `chunk`: prefill step size.
+pub fn load(model: Option<&str>, threads: Option<usize>, ctx: usize, chunk: usize) -> Result<Loaded> {
+    let path = resolve(model)?;
+    let t0 = Instant::now();
+    let src = open_model(&path)?;
+    let tokenizer = tokenizer_for(&src)?;
+    let backend = CpuBackend::new(threads).map_err(anyhow::Error::msg)?;
+    let detail = suanli_backend::Backend::caps(&backend).detail.clone();
+    let model = Model::load(&src, &backend)?;
+    if tokenizer.vocab_size() > model.vocab_size() {
+        bail!(
+            "{}: the tokenizer has {} tokens but the model's embedding table only {}",
+            path.display(),
+            tokenizer.vocab_size(),
+            model.vocab_size()
+        );
+    }
+    let c = &model.cfg;
+    eprintln!(
+        "loaded {} ({} layers, hidden {}, vocab {}) from {} in {:.2}s — cpu: {}",
+        c.arch.name(),
+        c.num_hidden_layers,
+        c.hidden_size,
+        c.vocab_size,
+        path.display(),
+        t0.elapsed().as_secs_f64(),
+        detail
+    );
+    let session = Session::new(backend, model, ctx, chunk).context("allocating the KV cache")?;
+    Ok(Loaded { session, tokenizer })
+}

@@ -1,0 +1,61 @@
+//! `suanli`: run, chat with, inspect and measure open LLMs on the hardware at hand.
+//! stdout carries only answers and requested data; progress and logs go to stderr.
+#![forbid(unsafe_code)]
+
+mod chat;
+mod inspect;
+mod load;
+mod prompt;
+mod run;
+mod tools;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "suanli", version, about = "算力 — an LLM inference engine for the hardware you have")]
+struct Cli {
+    /// CPU threads (default: all available cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Answer one prompt, streamed to stdout.
+    Run(run::RunArgs),
+    /// Interactive chat with history (/reset, /exit).
+    Chat(chat::ChatArgs),
+    /// Download a catalog model into the cache.
+    Pull { name: String },
+    /// The model catalog and what is cached locally.
+    List,
+    /// Architecture, hyperparameters, metadata and tensors of a model file or directory.
+    Inspect { path: std::path::PathBuf },
+    /// Token ids of a text.
+    Tokenize(tools::TokenizeArgs),
+    /// Perplexity of a text file (llama.cpp's llama-perplexity method).
+    Perplexity(tools::PerplexityArgs),
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SUANLI_LOG").unwrap_or_else(|_| "warn".into()))
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Run(a) => run::run(a, cli.threads),
+        Cmd::Chat(a) => chat::chat(a, cli.threads),
+        Cmd::Pull { name } => tools::pull(&name),
+        Cmd::List => tools::list(),
+        Cmd::Inspect { path } => inspect::inspect(&path),
+        Cmd::Tokenize(a) => tools::tokenize(a),
+        Cmd::Perplexity(a) => tools::perplexity(a, cli.threads),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,56 @@
+//! Turn chat messages into token ids. Template scaffolding is tokenized with special tokens
+//! enabled; message content never is, so user text cannot forge control tokens.
+
+use anyhow::{anyhow, Result};
+use suanli_tokenizer::{ChatMessage, Tokenizer};
+
+fn sentinel(i: usize) -> String {
+    format!("\u{E000}{i}\u{E001}")
+}
+
+/// Token ids for a conversation, ending with the assistant's turn opening.
+pub fn chat_prompt(tok: &Tokenizer, messages: &[ChatMessage]) -> Result<Vec<u32>> {
+    let template = match tok.template() {
+        Some(t) => t?,
+        None => {
+            return Err(anyhow!("this model has no chat template; use --raw for plain completion"));
+        }
+    };
+    // Render with placeholders so that content can be tokenized separately.
+    let marked: Vec<ChatMessage> =
+        messages.iter().enumerate().map(|(i, m)| ChatMessage { role: m.role.clone(), content: sentinel(i) }).collect();
+    let rendered = template.render(&marked, true)?;
+    let mut ids = Vec::new();
+    let bos_in_template = !tok.bos_token.is_empty() && rendered.starts_with(&tok.bos_token);
+    if tok.add_bos && !bos_in_template {
+        ids.extend(tok.bos_id);
+    }
+    let mut rest = rendered.as_str();
+    let mut next = 0;
+    while next < messages.len() {
+        let s = sentinel(next);
+        match rest.find(&s) {
+            Some(p) => {
+                ids.extend(tok.encode(&rest[..p], true).map_err(|e| anyhow!(e))?);
+                ids.extend(tok.encode(&messages[next].content, false).map_err(|e| anyhow!(e))?);
+                rest = &rest[p + s.len()..];
+                next += 1;
+            }
+            None => break,
+        }
+    }
+    if next < messages.len() || rest.contains('\u{E000}') {
+        // The template transformed the content (for example trimmed it): render for real.
+        // Control-token strings inside the content are still not parsed as such here only if
+        // they survive unchanged, so fall back to tokenizing everything as text with specials.
+        let full = template.render(messages, true)?;
+        let mut ids = Vec::new();
+        if tok.add_bos && !(bos_in_template) {
+            ids.extend(tok.bos_id);
+        }
+        ids.extend(tok.encode(&full, true).map_err(|e| anyhow!(e))?);
+        return Ok(ids);
+    }
+    ids.extend(tok.encode(rest, true).map_err(|e| anyhow!(e))?);
+    Ok(ids)
+}

@@ -1,0 +1,149 @@
+//! `suanli run`: one prompt, streamed.
+
+use crate::load::load;
+use crate::prompt::chat_prompt;
+use anyhow::{anyhow, Result};
+use clap::Args;
+use std::io::Write;
+use suanli_engine::session::Control;
+use suanli_engine::stop::{StopMatcher, StopStep};
+use suanli_engine::SamplingParams;
+use suanli_tokenizer::{ChatMessage, StreamDecoder};
+
+#[derive(Args, Clone)]
+pub struct SamplingArgs {
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.8)]
+    pub temperature: f32,
+    /// 0 disables.
+    #[arg(long, default_value_t = 40)]
+    pub top_k: usize,
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 0.05)]
+    pub min_p: f32,
+    #[arg(long, default_value_t = 1.0)]
+    pub repeat_penalty: f32,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Maximum new tokens.
+    #[arg(long, default_value_t = 512)]
+    pub max_tokens: usize,
+    /// Context length (tokens of prompt + answer).
+    #[arg(long, default_value_t = 4096)]
+    pub ctx: usize,
+}
+
+impl SamplingArgs {
+    pub fn params(&self) -> Result<SamplingParams> {
+        let p = SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repeat_penalty: self.repeat_penalty,
+            seed: self.seed,
+            ..SamplingParams::default()
+        };
+        p.validate().map_err(|e| anyhow!("--{}", e.replace('_', "-")))?;
+        Ok(p)
+    }
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// Catalog name, GGUF file or Hugging Face directory (default: the catalog's default model).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Feed the prompt as is (plain completion), without the chat template.
+    #[arg(long)]
+    pub raw: bool,
+    /// System message.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Stop when this text appears (repeatable).
+    #[arg(long)]
+    pub stop: Vec<String>,
+    /// Print one JSON object when done instead of streaming.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    pub prompt: String,
+}
+
+pub fn run(a: RunArgs, threads: Option<usize>) -> Result<()> {
+    let params = a.sampling.params()?;
+    let mut l = load(a.model.as_deref(), threads, a.sampling.ctx, 256)?;
+    let tok = &l.tokenizer;
+    let ids = if a.raw {
+        tok.encode_prompt(&a.prompt, false).map_err(|e| anyhow!(e))?
+    } else {
+        let mut msgs = Vec::new();
+        if let Some(s) = &a.system {
+            msgs.push(ChatMessage::new("system", s));
+        }
+        msgs.push(ChatMessage::new("user", &a.prompt));
+        chat_prompt(tok, &msgs)?
+    };
+    let mut dec = StreamDecoder::new();
+    let mut stops = StopMatcher::new(a.stop.clone());
+    let mut text = String::new();
+    let stdout = std::io::stdout();
+    let json = a.json;
+    let mut on_token = |id: u32| {
+        let piece = dec.push(tok, id);
+        match stops.push(&piece) {
+            StopStep::Emit(s) => {
+                emit(&stdout, &s, json);
+                text.push_str(&s);
+                Control::Continue
+            }
+            StopStep::Stop(s) => {
+                emit(&stdout, &s, json);
+                text.push_str(&s);
+                Control::Stop
+            }
+        }
+    };
+    let g = l.session.generate(&ids, &params, a.sampling.max_tokens, &|t| tok.is_eog(t), &mut on_token)?;
+    let tail = dec.finish();
+    let tail = match stops.push(&tail) {
+        StopStep::Emit(s) | StopStep::Stop(s) => s,
+    } + &stops.finish();
+    emit(&stdout, &tail, json);
+    text.push_str(&tail);
+    eprintln!(
+        "\n[{} prompt tokens in {:.2}s ({:.1} tok/s), {} generated at {:.1} tok/s, finish: {}]",
+        g.prompt_tokens,
+        g.prefill_secs,
+        (g.prompt_tokens - g.cached_tokens) as f64 / g.prefill_secs.max(1e-9),
+        g.tokens.len(),
+        g.tokens_per_second(),
+        g.finish_reason.as_str()
+    );
+    if json {
+        let v = serde_json::json!({
+            "text": text,
+            "tokens": g.tokens,
+            "prompt_tokens": g.prompt_tokens,
+            "completion_tokens": g.tokens.len(),
+            "finish_reason": g.finish_reason.as_str(),
+            "tokens_per_second": g.tokens_per_second(),
+        });
+        println!("{v}");
+    } else {
+        println!();
+    }
+    Ok(())
+}
+
+fn emit(stdout: &std::io::Stdout, s: &str, json: bool) {
+    if json || s.is_empty() {
+        return;
+    }
+    let mut o = stdout.lock();
+    // A closed stdout (e.g. piped into `head`) ends output quietly.
+    let _ = o.write_all(s.as_bytes());
+    let _ = o.flush();
+}

@@ -1,0 +1,226 @@
+//! Token sampling in llama.cpp's order: penalties, top-k, top-p, min-p, temperature, draw.
+//! Temperature 0 is greedy. A seed makes draws reproducible.
+
+#[derive(Clone, Debug)]
+pub struct SamplingParams {
+    pub temperature: f32,
+    /// 0 disables.
+    pub top_k: usize,
+    /// 1.0 disables.
+    pub top_p: f32,
+    /// 0.0 disables.
+    pub min_p: f32,
+    /// 1.0 disables; applied over the last `penalty_last_n` tokens.
+    pub repeat_penalty: f32,
+    pub presence_penalty: f32,
+    pub frequency_penalty: f32,
+    pub penalty_last_n: usize,
+    pub seed: Option<u64>,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams {
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.95,
+            min_p: 0.05,
+            repeat_penalty: 1.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            penalty_last_n: 64,
+            seed: None,
+        }
+    }
+}
+
+impl SamplingParams {
+    pub fn greedy() -> SamplingParams {
+        SamplingParams { temperature: 0.0, ..Default::default() }
+    }
+
+    /// Check ranges; the message names the parameter.
+    pub fn validate(&self) -> Result<(), String> {
+        let finite = |name: &str, v: f32| if v.is_finite() { Ok(()) } else { Err(format!("{name} must be a finite number")) };
+        finite("temperature", self.temperature)?;
+        finite("top_p", self.top_p)?;
+        finite("min_p", self.min_p)?;
+        finite("repeat_penalty", self.repeat_penalty)?;
+        finite("presence_penalty", self.presence_penalty)?;
+        finite("frequency_penalty", self.frequency_penalty)?;
+        if self.temperature < 0.0 {
+            return Err("temperature must be >= 0".into());
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err("top_p must be in (0, 1]".into());
+        }
+        if !(0.0..=1.0).contains(&self.min_p) {
+            return Err("min_p must be in [0, 1]".into());
+        }
+        if self.repeat_penalty <= 0.0 {
+            return Err("repeat_penalty must be > 0".into());
+        }
+        if !(-2.0..=2.0).contains(&self.presence_penalty) || !(-2.0..=2.0).contains(&self.frequency_penalty) {
+            return Err("presence_penalty and frequency_penalty must be in [-2, 2]".into());
+        }
+        Ok(())
+    }
+}
+
+/// SplitMix64: small, fast, and reproducible across platforms.
+struct Rng(u64);
+
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+pub struct Sampler {
+    params: SamplingParams,
+    rng: Rng,
+    /// Candidate buffer, reused (no allocation per token after the first).
+    cand: Vec<(u32, f32)>,
+    pub seed: u64,
+}
+
+impl Sampler {
+    pub fn new(params: SamplingParams) -> Sampler {
+        let seed = params.seed.unwrap_or_else(|| {
+            let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+            t ^ (std::process::id() as u64) << 32
+        });
+        Sampler { params, rng: Rng(seed), cand: Vec::new(), seed }
+    }
+
+    /// Pick the next token from `logits` (modified in place by penalties), given `history`.
+    pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
+        self.apply_penalties(logits, history);
+        if self.params.temperature <= 0.0 {
+            return argmax(logits);
+        }
+        let p = &self.params;
+        self.cand.clear();
+        self.cand.extend(logits.iter().enumerate().filter(|(_, l)| !l.is_nan()).map(|(i, &l)| (i as u32, l)));
+        if self.cand.is_empty() {
+            return 0;
+        }
+        self.cand.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        if p.top_k > 0 && p.top_k < self.cand.len() {
+            self.cand.truncate(p.top_k);
+        }
+        // Probabilities at temperature 1 for top-p / min-p, as llama.cpp does.
+        let max = self.cand[0].1;
+        let probs: Vec<f32> = self.cand.iter().map(|c| (c.1 - max).exp()).collect();
+        let sum: f32 = probs.iter().sum();
+        if p.top_p < 1.0 {
+            let mut acc = 0.0;
+            let mut keep = self.cand.len();
+            for (i, pr) in probs.iter().enumerate() {
+                acc += pr / sum;
+                if acc >= p.top_p {
+                    keep = i + 1;
+                    break;
+                }
+            }
+            self.cand.truncate(keep.max(1));
+        }
+        if p.min_p > 0.0 {
+            let thresh = p.min_p * probs[0];
+            let keep = probs.iter().take(self.cand.len()).take_while(|&&pr| pr >= thresh).count();
+            self.cand.truncate(keep.max(1));
+        }
+        let t = p.temperature;
+        let weights: Vec<f64> = self.cand.iter().map(|c| (((c.1 - max) / t) as f64).exp()).collect();
+        let total: f64 = weights.iter().sum();
+        let mut r = self.rng.next_f64() * total;
+        for (c, w) in self.cand.iter().zip(&weights) {
+            if r < *w {
+                return c.0;
+            }
+            r -= w;
+        }
+        self.cand.last().map(|c| c.0).unwrap_or(0)
+    }
+
+    fn apply_penalties(&self, logits: &mut [f32], history: &[u32]) {
+        let p = &self.params;
+        if p.repeat_penalty == 1.0 && p.presence_penalty == 0.0 && p.frequency_penalty == 0.0 {
+            return;
+        }
+        let start = history.len().saturating_sub(p.penalty_last_n);
+        let mut counts: std::collections::HashMap<u32, u32> = std::collections::HashMap::new();
+        for &t in &history[start..] {
+            *counts.entry(t).or_default() += 1;
+        }
+        for (&t, &n) in &counts {
+            if let Some(l) = logits.get_mut(t as usize) {
+                if *l > 0.0 {
+                    *l /= p.repeat_penalty;
+                } else {
+                    *l *= p.repeat_penalty;
+                }
+                *l -= n as f32 * p.frequency_penalty + p.presence_penalty;
+            }
+        }
+    }
+}
+
+/// Index of the largest logit (the first one on ties); NaNs are ignored.
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0usize;
+    let mut bv = f32::NEG_INFINITY;
+    for (i, &v) in logits.iter().enumerate() {
+        if v > bv {
+            bv = v;
+            best = i;
+        }
+    }
+    best as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn greedy_picks_argmax_and_seeded_draws_repeat() {
+        let logits = vec![0.1, 2.0, 1.9, -1.0];
+        let mut s = Sampler::new(SamplingParams::greedy());
+        assert_eq!(s.sample(&mut logits.clone(), &[]), 1);
+        let params = SamplingParams { temperature: 1.5, top_k: 0, top_p: 1.0, min_p: 0.0, seed: Some(7), ..Default::default() };
+        let draw = |p: SamplingParams| {
+            let mut s = Sampler::new(p);
+            (0..50).map(|_| s.sample(&mut logits.clone(), &[])).collect::<Vec<_>>()
+        };
+        assert_eq!(draw(params.clone()), draw(params.clone()));
+        let d = draw(params);
+        assert!(d.iter().any(|&t| t != 1), "temperature 1.5 should sometimes leave the argmax");
+    }
+
+    #[test]
+    fn top_k_one_is_greedy_and_penalty_changes_choice() {
+        let logits = vec![0.1, 2.0, 1.9, -1.0];
+        let mut s = Sampler::new(SamplingParams { top_k: 1, seed: Some(1), ..Default::default() });
+        for _ in 0..20 {
+            assert_eq!(s.sample(&mut logits.clone(), &[]), 1);
+        }
+        let mut s = Sampler::new(SamplingParams { temperature: 0.0, repeat_penalty: 2.0, ..Default::default() });
+        assert_eq!(s.sample(&mut logits.clone(), &[1]), 2);
+    }
+
+    #[test]
+    fn invalid_params_are_named() {
+        let p = SamplingParams { top_p: 0.0, ..Default::default() };
+        assert!(p.validate().unwrap_err().contains("top_p"));
+        let p = SamplingParams { temperature: f32::NAN, ..Default::default() };
+        assert!(p.validate().unwrap_err().contains("temperature"));
+    }
+}

@@ -1,0 +1,214 @@
+//! One sequence at a time over the paged KV cache: prefill in chunks, then decode token by
+//! token. The tokens already in the cache are remembered, so a follow-up prompt that extends
+//! them (a chat turn) only computes its new suffix.
+
+use crate::kv::{BlockAllocator, BlockTable, OutOfBlocks};
+use crate::sampler::{Sampler, SamplingParams};
+use std::time::Instant;
+use suanli_backend::{Backend, BackendError, BatchPlan, KvPages};
+use suanli_models::{Model, Scratch};
+
+pub const BLOCK_SIZE: usize = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error(transparent)]
+    OutOfBlocks(#[from] OutOfBlocks),
+    #[error("the prompt has {prompt} tokens but the context holds {ctx}; shorten it or raise --ctx")]
+    PromptTooLong { prompt: usize, ctx: usize },
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+    #[error("token id {id} is outside the vocabulary of {vocab}")]
+    BadToken { id: u32, vocab: usize },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinishReason {
+    Stop,
+    Length,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Generation {
+    pub tokens: Vec<u32>,
+    pub finish_reason: FinishReason,
+    pub prompt_tokens: usize,
+    /// Prompt tokens served from the cache.
+    pub cached_tokens: usize,
+    pub prefill_secs: f64,
+    pub decode_secs: f64,
+}
+
+impl Generation {
+    /// Decode speed, tokens after the first per second of decoding.
+    pub fn tokens_per_second(&self) -> f64 {
+        let n = self.tokens.len().saturating_sub(1);
+        if n == 0 || self.decode_secs <= 0.0 {
+            0.0
+        } else {
+            n as f64 / self.decode_secs
+        }
+    }
+}
+
+/// What the token callback wants next.
+pub enum Control {
+    Continue,
+    Stop,
+}
+
+pub struct Session<B: Backend> {
+    pub backend: B,
+    pub model: Model<B>,
+    kv: KvPages<B::Buffer>,
+    alloc: BlockAllocator,
+    table: BlockTable,
+    scratch: Scratch<B>,
+    /// Tokens whose K/V are in the cache, in order.
+    cached: Vec<u32>,
+    ctx: usize,
+    logits: Vec<f32>,
+}
+
+impl<B: Backend> Session<B> {
+    /// `ctx`: the most tokens a sequence may hold; `chunk`: tokens per prefill step.
+    pub fn new(backend: B, model: Model<B>, ctx: usize, chunk: usize) -> Result<Session<B>, SessionError> {
+        let ctx = ctx.min(model.cfg.max_position_embeddings).max(1);
+        let num_blocks = ctx.div_ceil(BLOCK_SIZE);
+        let kv = backend.alloc_kv(model.kv_spec(num_blocks, BLOCK_SIZE))?;
+        let scratch = model.alloc_scratch(&backend, chunk.max(1))?;
+        Ok(Session {
+            backend,
+            model,
+            kv,
+            alloc: BlockAllocator::new(num_blocks),
+            table: BlockTable::default(),
+            scratch,
+            cached: Vec::new(),
+            ctx,
+            logits: Vec::new(),
+        })
+    }
+
+    pub fn ctx(&self) -> usize {
+        self.ctx
+    }
+
+    /// Forget the cached sequence and free its blocks.
+    pub fn reset(&mut self) {
+        self.table.release(&mut self.alloc);
+        self.cached.clear();
+    }
+
+    fn check_tokens(&self, tokens: &[u32]) -> Result<(), SessionError> {
+        let vocab = self.model.vocab_size();
+        match tokens.iter().find(|&&t| t as usize >= vocab) {
+            Some(&id) => Err(SessionError::BadToken { id, vocab }),
+            None => Ok(()),
+        }
+    }
+
+    /// Append `tokens` to the cached sequence. Returns logits `[rows, vocab]` for the rows whose
+    /// index (within `tokens`) is `>= logits_from`.
+    pub fn feed(&mut self, tokens: &[u32], logits_from: usize) -> Result<&[f32], SessionError> {
+        self.check_tokens(tokens)?;
+        let start = self.cached.len();
+        if start + tokens.len() > self.ctx {
+            return Err(SessionError::PromptTooLong { prompt: start + tokens.len(), ctx: self.ctx });
+        }
+        self.table.ensure(start + tokens.len(), BLOCK_SIZE, &mut self.alloc)?;
+        let vocab = self.model.vocab_size();
+        let n_logits = tokens.len().saturating_sub(logits_from);
+        self.logits.resize(n_logits * vocab, 0.0);
+        let cap = self.scratch.capacity();
+        let mut done = 0;
+        while done < tokens.len() {
+            let n = cap.min(tokens.len() - done);
+            let rows: Vec<u32> = (0..n).filter(|&i| done + i >= logits_from).map(|i| i as u32).collect();
+            let out_off = (done + rows.first().copied().unwrap_or(0) as usize).saturating_sub(logits_from) * vocab;
+            let plan = BatchPlan::single(&tokens[done..done + n], start + done, &self.table.blocks, BLOCK_SIZE, rows.clone());
+            let out = &mut self.logits[out_off..out_off + rows.len() * vocab];
+            self.model.forward(&self.backend, &plan, &mut self.kv, &mut self.scratch, out)?;
+            self.cached.extend_from_slice(&tokens[done..done + n]);
+            done += n;
+        }
+        Ok(&self.logits)
+    }
+
+    /// Generate after `prompt`. `on_token` sees each new token and may stop generation.
+    pub fn generate(
+        &mut self,
+        prompt: &[u32],
+        params: &SamplingParams,
+        max_tokens: usize,
+        is_eog: &dyn Fn(u32) -> bool,
+        on_token: &mut dyn FnMut(u32) -> Control,
+    ) -> Result<Generation, SessionError> {
+        if prompt.is_empty() {
+            return Err(SessionError::EmptyPrompt);
+        }
+        if prompt.len() >= self.ctx {
+            return Err(SessionError::PromptTooLong { prompt: prompt.len(), ctx: self.ctx });
+        }
+        self.check_tokens(prompt)?;
+        // Reuse the cached prefix; at least the last prompt token is recomputed for its logits.
+        let common = self.cached.iter().zip(prompt).take_while(|(a, b)| a == b).count().min(prompt.len() - 1);
+        self.truncate(common);
+        let t0 = Instant::now();
+        let mut sampler = Sampler::new(params.clone());
+        let mut history: Vec<u32> = prompt.to_vec();
+        let suffix = prompt[common..].to_vec();
+        let mut logits = self.feed(&suffix, suffix.len() - 1)?.to_vec();
+        let prefill_secs = t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        let mut out = Vec::new();
+        let finish = loop {
+            let tok = sampler.sample(&mut logits, &history);
+            if is_eog(tok) {
+                break FinishReason::Stop;
+            }
+            out.push(tok);
+            history.push(tok);
+            if let Control::Stop = on_token(tok) {
+                break FinishReason::Stop;
+            }
+            if out.len() >= max_tokens || self.cached.len() + 1 >= self.ctx {
+                break FinishReason::Length;
+            }
+            logits.copy_from_slice(self.feed(&[tok], 0)?);
+        };
+        Ok(Generation {
+            tokens: out,
+            finish_reason: finish,
+            prompt_tokens: prompt.len(),
+            cached_tokens: common,
+            prefill_secs,
+            decode_secs: t1.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Keep only the first `len` cached tokens; blocks past them are freed.
+    fn truncate(&mut self, len: usize) {
+        self.cached.truncate(len);
+        let keep = len.div_ceil(BLOCK_SIZE);
+        if self.table.blocks.len() > keep {
+            let extra = self.table.blocks.split_off(keep);
+            self.alloc.release(&extra);
+        }
+    }
+
+    pub fn free_blocks(&self) -> usize {
+        self.alloc.free_count()
+    }
+}
