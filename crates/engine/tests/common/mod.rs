@@ -1,0 +1,48 @@
+//! Helpers shared by the golden and real-model tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use suanli_cpu::kernels::Isa;
+use suanli_cpu::CpuBackend;
+use suanli_engine::Session;
+use suanli_formats::open_model;
+use suanli_models::Model;
+use suanli_tokenizer::Tokenizer;
+
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+pub fn read_json(p: &Path) -> serde_json::Value {
+    let s = std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    serde_json::from_str(&s).unwrap()
+}
+
+pub fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array().expect("array of ids").iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+pub fn load(path: &Path, isa: Isa, ctx: usize, chunk: usize) -> (Session<CpuBackend>, Tokenizer) {
+    let src = open_model(path).unwrap();
+    let tok = match &src {
+        suanli_formats::ModelSource::Gguf { file, .. } => Tokenizer::from_gguf(file).unwrap(),
+        suanli_formats::ModelSource::Hf(d) => Tokenizer::from_hf_dir(&d.dir).unwrap(),
+    };
+    let backend = CpuBackend::with_isa(Some(2), isa).unwrap();
+    let model = Model::load(&src, &backend).unwrap();
+    (Session::new(backend, model, ctx, chunk).unwrap(), tok)
+}
+
+/// Greedy continuation of `prompt`, `n` tokens, ignoring end-of-generation tokens.
+pub fn greedy(s: &mut Session<CpuBackend>, prompt: &[u32], n: usize) -> Vec<u32> {
+    s.reset();
+    let g = s
+        .generate(prompt, &suanli_engine::SamplingParams::greedy(), n, &|_| false, &mut |_| suanli_engine::session::Control::Continue)
+        .unwrap();
+    g.tokens
+}
+
+/// Perplexity with the llama-perplexity method.
+pub fn perplexity(s: &mut Session<CpuBackend>, tokens: &[u32], ctx: usize, bos: Option<u32>) -> f64 {
+    suanli_engine::perplexity::perplexity(s, tokens, ctx, bos, &mut |_, _, _| {}).unwrap().perplexity
+}

@@ -1,0 +1,68 @@
+//! Tiny random models of every architecture, in Hugging Face layout, against transformers
+//! (fixtures from scripts/gen_golden.py): logits at every position, greedy continuations,
+//! perplexity, tokenization and chat-template rendering — with every CPU ISA level.
+
+mod common;
+use common::*;
+use suanli_cpu::kernels::Isa;
+use suanli_tokenizer::ChatMessage;
+
+const ARCHS: [&str; 4] = ["qwen2", "llama", "qwen3", "glm4"];
+/// Logits are O(10); f32 summation order differs from PyTorch (observed max 3e-5).
+const LOGIT_ABS_TOL: f32 = 2e-4;
+
+fn check_arch(arch: &str, isa: Isa) {
+    let dir = fixtures().join("tiny").join(arch);
+    let g = read_json(&dir.join("golden.json"));
+    let vocab = g["vocab"].as_u64().unwrap() as usize;
+    // A small prefill chunk so that chunked prefill over the paged cache is exercised.
+    let (mut s, tok) = load(&dir, isa, 128, 5);
+    let input = ids(&g["ids"]);
+    let want: Vec<f32> = std::fs::read(dir.join("logits.f32"))
+        .unwrap()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    s.reset();
+    let got = s.feed(&input, 0).unwrap().to_vec();
+    assert_eq!(got.len(), input.len() * vocab);
+    let mut worst = 0f32;
+    for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+        let d = (a - b).abs();
+        worst = worst.max(d);
+        assert!(d <= LOGIT_ABS_TOL, "{arch}/{isa:?}: logit {} of position {} is {a}, transformers says {b}", i % vocab, i / vocab);
+    }
+    eprintln!("{arch}/{isa:?}: max |logit difference| {worst:.2e}");
+
+    let gp = ids(&g["greedy"]["prompt"]);
+    let gt = ids(&g["greedy"]["tokens"]);
+    assert_eq!(greedy(&mut s, &gp, gt.len()), gt, "{arch}/{isa:?}: greedy continuation differs");
+
+    let p = &g["perplexity"];
+    let ppl = perplexity(&mut s, &ids(&p["ids"]), p["ctx"].as_u64().unwrap() as usize, None);
+    let want_ppl = p["value"].as_f64().unwrap();
+    assert!((ppl / want_ppl - 1.0).abs() < 0.005, "{arch}/{isa:?}: perplexity {ppl} vs transformers {want_ppl}");
+
+    for t in g["tokenize"].as_array().unwrap() {
+        assert_eq!(tok.encode(t["text"].as_str().unwrap(), false).unwrap(), ids(&t["ids"]), "{arch}: tokenization of {}", t["text"]);
+    }
+    let tmpl = tok.template().expect("fixture has a chat template").unwrap();
+    for c in g["chat"].as_array().unwrap() {
+        let msgs: Vec<ChatMessage> = c["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| ChatMessage::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
+            .collect();
+        assert_eq!(tmpl.render(&msgs, true).unwrap(), c["rendered"].as_str().unwrap(), "{arch}: chat template rendering");
+    }
+}
+
+#[test]
+fn tiny_models_match_transformers_with_every_isa() {
+    for isa in Isa::available() {
+        for arch in ARCHS {
+            check_arch(arch, isa);
+        }
+    }
+}
