@@ -92,15 +92,18 @@ def main():
         ids = llm.tokenize(p.encode(), add_bos=bool(add_bos), special=False)
         llm.reset()
         llm.eval(ids)
-        gen = []
+        gen, top = [], []
         for _ in range(N_GEN):
             logits = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32)
             t = int(np.argmax(logits))
             if llm.token_eos() == t:
                 break
             gen.append(t)
+            # The top candidates at each step, so tests can tell a near-tie from an error.
+            best = np.argsort(-logits)[:5]
+            top.append([[int(i), round(float(logits[i]), 4)] for i in best])
             llm.eval([t])
-        gens.append({"prompt": p, "prompt_ids": ids, "greedy": gen})
+        gens.append({"prompt": p, "prompt_ids": ids, "greedy": gen, "top5": top})
     out["greedy"] = gens
     # llama.cpp decode speed for the closing note (not used by tests).
     fast = Llama(model_path=path, n_ctx=512, n_threads=THREADS, verbose=False)
