@@ -1,18 +1,22 @@
-//! out[t, r] = dot(x[t], w[r]) (+ bias[r]) over weights in any stored format.
+//! out[t, r] = dot(w[r], x[t]) (+ bias[r]). Quantized weights take quantized activations
+//! (Q8_0 / Q8_1 / Q8_K, as llama.cpp) and integer dot products; float weights take f32.
 
 use crate::kernels::Kernels;
 use crate::CpuWeight;
 use rayon::prelude::*;
 use std::cell::RefCell;
 use suanli_backend::Weight;
+use suanli_core::quant::q8::{act_format, quantize_q8, quantize_q8k, ActFormat, BlockQ8, BlockQ8K};
 
 thread_local! {
     /// Per-thread rows of dequantized weights, reused across calls.
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static ACT_Q8: RefCell<Vec<BlockQ8>> = const { RefCell::new(Vec::new()) };
+    static ACT_Q8K: RefCell<Vec<BlockQ8K>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Rows of the weight dequantized together in the batched path (kept in L1/L2 while the tokens stream).
-const ROW_TILE: usize = 8;
+/// Weight rows handled together while a thread's tokens stream past (kept in L1/L2).
+const ROW_TILE: usize = 16;
 
 fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     SCRATCH.with(|s| {
@@ -26,13 +30,69 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
 
 /// `x` is `[n, w.cols]`, `out` is `[n, w.rows]`.
 pub fn matmul(k: &Kernels, x: &[f32], n: usize, w: &Weight<CpuWeight>, bias: Option<&[f32]>, out: &mut [f32]) {
-    let (m, kd) = (w.rows, w.cols);
-    if n == 0 || m == 0 {
+    if n == 0 || w.rows == 0 {
         return;
     }
+    let kd = w.cols;
+    let rb = w.dtype.row_bytes(kd).expect("validated in prepare_weight");
+    let raw = w.store.raw.as_slice();
+    match act_format(w.dtype) {
+        ActFormat::F32 => matmul_f32(k, x, n, w, bias, out),
+        ActFormat::Q8K => ACT_Q8K.with(|q| {
+            let mut q = q.borrow_mut();
+            let per = kd / 256;
+            q.resize(n * per, BlockQ8K::default());
+            for (t, qt) in q.chunks_exact_mut(per).enumerate() {
+                quantize_q8k(&x[t * kd..(t + 1) * kd], qt);
+            }
+            let q = &q[..];
+            tiled(n, w.rows, bias, out, |r, t| (k.dot_q8k)(w.dtype, &raw[r * rb..(r + 1) * rb], &q[t * per..(t + 1) * per]));
+        }),
+        fmt => ACT_Q8.with(|q| {
+            let mut q = q.borrow_mut();
+            let per = kd / 32;
+            q.resize(n * per, BlockQ8::default());
+            for (t, qt) in q.chunks_exact_mut(per).enumerate() {
+                quantize_q8(&x[t * kd..(t + 1) * kd], fmt == ActFormat::Q8_1, qt);
+            }
+            let q = &q[..];
+            tiled(n, w.rows, bias, out, |r, t| (k.dot_q8)(w.dtype, &raw[r * rb..(r + 1) * rb], &q[t * per..(t + 1) * per]));
+        }),
+    }
+}
+
+/// Run `dot(row, token)` over all (row, token) pairs: rows split across threads for one token,
+/// tokens split across threads (rows walked in tiles) for batches.
+fn tiled(n: usize, m: usize, bias: Option<&[f32]>, out: &mut [f32], dot: impl Fn(usize, usize) -> f32 + Sync) {
     let threads = rayon::current_num_threads().max(1);
     if n == 1 {
-        // Decode: split the weight rows across threads.
+        let chunk = (m / (threads * 8)).clamp(16, 512);
+        out.par_chunks_mut(chunk).enumerate().for_each(|(ci, oc)| {
+            for (j, o) in oc.iter_mut().enumerate() {
+                let r = ci * chunk + j;
+                *o = dot(r, 0) + bias.map_or(0.0, |b| b[r]);
+            }
+        });
+        return;
+    }
+    let per = n.div_ceil(threads);
+    out.par_chunks_mut(per * m).enumerate().for_each(|(ci, oc)| {
+        let t0 = ci * per;
+        let nt = oc.len() / m;
+        for r0 in (0..m).step_by(ROW_TILE) {
+            for t in 0..nt {
+                for r in r0..(r0 + ROW_TILE).min(m) {
+                    oc[t * m + r] = dot(r, t0 + t) + bias.map_or(0.0, |b| b[r]);
+                }
+            }
+        }
+    });
+}
+
+fn matmul_f32(k: &Kernels, x: &[f32], n: usize, w: &Weight<CpuWeight>, bias: Option<&[f32]>, out: &mut [f32]) {
+    let (m, kd) = (w.rows, w.cols);
+    let threads = rayon::current_num_threads().max(1);
+    if n == 1 {
         let chunk = (m / (threads * 8)).clamp(16, 512);
         out.par_chunks_mut(chunk).enumerate().for_each(|(ci, oc)| {
             with_scratch(kd, |s| {
@@ -45,14 +105,12 @@ pub fn matmul(k: &Kernels, x: &[f32], n: usize, w: &Weight<CpuWeight>, bias: Opt
         });
         return;
     }
-    // Batches: split the tokens across threads; each thread walks all weight rows in tiles.
     let per = n.div_ceil(threads);
     out.par_chunks_mut(per * m).enumerate().for_each(|(ci, oc)| {
         let t0 = ci * per;
         let nt = oc.len() / m;
         with_scratch(kd * ROW_TILE, |s| {
-            let mut r0 = 0;
-            while r0 < m {
+            for r0 in (0..m).step_by(ROW_TILE) {
                 let rt = ROW_TILE.min(m - r0);
                 for j in 0..rt {
                     w.store.row_into(w, r0 + j, &mut s[j * kd..(j + 1) * kd]);
@@ -60,11 +118,9 @@ pub fn matmul(k: &Kernels, x: &[f32], n: usize, w: &Weight<CpuWeight>, bias: Opt
                 for t in 0..nt {
                     let xt = &x[(t0 + t) * kd..(t0 + t + 1) * kd];
                     for j in 0..rt {
-                        let r = r0 + j;
-                        oc[t * m + r] = (k.dot)(&s[j * kd..(j + 1) * kd], xt) + bias.map_or(0.0, |b| b[r]);
+                        oc[t * m + r0 + j] = (k.dot)(&s[j * kd..(j + 1) * kd], xt) + bias.map_or(0.0, |b| b[r0 + j]);
                     }
                 }
-                r0 += rt;
             }
         })
     });

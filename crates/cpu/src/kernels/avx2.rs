@@ -39,3 +39,37 @@ pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
     // SAFETY: as above, installed only after detection.
     unsafe { axpy_impl(a, x, y) }
 }
+
+use suanli_core::quant::dot as scalar;
+use suanli_core::quant::q8::{BlockQ8, BlockQ8K};
+use suanli_core::DType;
+
+use super::avx2_q;
+
+// Integer dot products: AVX2 kernels in `avx2_q.rs`; Q2_K and Q3_K use the scalar oracle.
+pub fn dot_q8(ty: DType, row: &[u8], x: &[BlockQ8]) -> f32 {
+    // SAFETY: installed only after avx2/fma detection; rows and activations were sized together
+    // by the caller (whole blocks, same count), and the kernels read only within them.
+    unsafe {
+        match ty {
+            DType::Q4_0 => avx2_q::q4_0(row, x),
+            DType::Q4_1 => avx2_q::q4_1(row, x),
+            DType::Q5_0 => avx2_q::q5_0(row, x),
+            DType::Q5_1 => avx2_q::q5_1(row, x),
+            DType::Q8_0 => avx2_q::q8_0(row, x),
+            _ => scalar::dot_q8(ty, row, x),
+        }
+    }
+}
+
+pub fn dot_q8k(ty: DType, row: &[u8], x: &[BlockQ8K]) -> f32 {
+    // SAFETY: as above.
+    unsafe {
+        match ty {
+            DType::Q4K => avx2_q::q4_k(row, x),
+            DType::Q5K => avx2_q::q5_k(row, x),
+            DType::Q6K => avx2_q::q6_k(row, x),
+            _ => scalar::dot_q8k(ty, row, x),
+        }
+    }
+}

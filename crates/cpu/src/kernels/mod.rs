@@ -5,6 +5,8 @@
 mod generic;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx2_q;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Isa {
@@ -51,6 +53,9 @@ impl Isa {
     }
 }
 
+use suanli_core::quant::q8::{BlockQ8, BlockQ8K};
+use suanli_core::DType;
+
 /// The kernels one ISA level provides.
 #[derive(Clone, Copy)]
 pub struct Kernels {
@@ -59,14 +64,19 @@ pub struct Kernels {
     pub dot: fn(&[f32], &[f32]) -> f32,
     /// y += a * x
     pub axpy: fn(f32, &[f32], &mut [f32]),
+    /// A weight row of a 32-block type · Q8_0/Q8_1 activations.
+    pub dot_q8: fn(DType, &[u8], &[BlockQ8]) -> f32,
+    /// A weight row of a K-quant type · Q8_K activations.
+    pub dot_q8k: fn(DType, &[u8], &[BlockQ8K]) -> f32,
 }
 
 impl Kernels {
     pub fn for_isa(isa: Isa) -> Kernels {
+        use suanli_core::quant::dot as scalar;
         match isa {
-            Isa::Generic => Kernels { isa, dot: generic::dot, axpy: generic::axpy },
+            Isa::Generic => Kernels { isa, dot: generic::dot, axpy: generic::axpy, dot_q8: scalar::dot_q8, dot_q8k: scalar::dot_q8k },
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => Kernels { isa, dot: avx2::dot, axpy: avx2::axpy },
+            Isa::Avx2 => Kernels { isa, dot: avx2::dot, axpy: avx2::axpy, dot_q8: avx2::dot_q8, dot_q8k: avx2::dot_q8k },
             #[cfg(not(target_arch = "x86_64"))]
             Isa::Avx2 => unreachable!("avx2 is never detected off x86_64"),
         }
@@ -104,6 +114,69 @@ mod tests {
                 (k.axpy)(0.37, &a, &mut y2);
                 for (p, q) in y1.iter().zip(&y2) {
                     assert!((p - q).abs() <= 1e-6, "{isa:?} axpy");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod quant_tests {
+    use super::*;
+    use suanli_core::quant::q8::{act_format, quantize_q8, quantize_q8k, ActFormat};
+
+    fn bytes(n: usize, seed: u32) -> Vec<u8> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(1664525).wrapping_add(1013904223);
+                (s >> 24) as u8
+            })
+            .collect()
+    }
+
+    /// Quantized weight rows with sane f16 scales at the given byte offsets of each block.
+    fn row(ty: DType, n: usize, seed: u32) -> Vec<u8> {
+        let mut r = bytes(ty.row_bytes(n).unwrap(), seed);
+        let offs: &[usize] = match ty {
+            DType::Q2K => &[80, 82],
+            DType::Q3K => &[108],
+            DType::Q6K => &[208],
+            DType::Q4_1 | DType::Q5_1 | DType::Q4K | DType::Q5K => &[0, 2],
+            _ => &[0],
+        };
+        for blk in r.chunks_exact_mut(ty.block_bytes()) {
+            for &o in offs {
+                let v = half::f16::from_f32(0.002 + (blk[o] % 13) as f32 * 0.001).to_le_bytes();
+                blk[o..o + 2].copy_from_slice(&v);
+            }
+        }
+        r
+    }
+
+    #[test]
+    fn every_isa_quantized_dot_matches_generic() {
+        let g = Kernels::for_isa(Isa::Generic);
+        let n = 1024;
+        let x: Vec<f32> = bytes(n, 5).iter().map(|&b| (b as f32 - 128.0) / 17.0).collect();
+        for isa in Isa::available() {
+            let k = Kernels::for_isa(isa);
+            for ty in DType::ALL.into_iter().filter(|t| t.is_quantized()) {
+                for seed in 0..4 {
+                    let w = row(ty, n, seed * 7 + 1);
+                    let (a, b) = match act_format(ty) {
+                        ActFormat::Q8K => {
+                            let mut q = vec![BlockQ8K::default(); n / 256];
+                            quantize_q8k(&x, &mut q);
+                            ((g.dot_q8k)(ty, &w, &q), (k.dot_q8k)(ty, &w, &q))
+                        }
+                        f => {
+                            let mut q = vec![BlockQ8::default(); n / 32];
+                            quantize_q8(&x, f == ActFormat::Q8_1, &mut q);
+                            ((g.dot_q8)(ty, &w, &q), (k.dot_q8)(ty, &w, &q))
+                        }
+                    };
+                    assert!((a - b).abs() <= 1e-4 * a.abs().max(1.0), "{isa:?} {ty}: {b} vs generic {a}");
                 }
             }
         }

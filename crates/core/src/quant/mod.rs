@@ -150,7 +150,7 @@ fn block_q2_k(b: &[u8], y: &mut [f32]) {
     }
 }
 
-fn q3_k_scales(s: &[u8]) -> [i8; 16] {
+pub(crate) fn q3_k_scales(s: &[u8]) -> [i8; 16] {
     let mut out = [0i8; 16];
     for i in 0..16 {
         let low = if i < 8 { s[i] & 0xF } else { s[i - 8] >> 4 };
@@ -180,7 +180,7 @@ fn block_q3_k(b: &[u8], y: &mut [f32]) {
 }
 
 /// The 6-bit scale and min of sub-block `j` (0..8) in a Q4_K/Q5_K scales array.
-fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+pub fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
@@ -272,3 +272,6 @@ mod tests {
         assert_eq!(&out[..3], &[-2.0, 3.0, 0.0]);
     }
 }
+
+pub mod dot;
+pub mod q8;
