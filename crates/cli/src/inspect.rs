@@ -7,43 +7,43 @@ use suanli_models::ModelConfig;
 
 pub fn inspect(path: &Path) -> Result<()> {
     let src = open_model(path)?;
-    println!("path: {}", path.display());
+    crate::outln!("path: {}", path.display());
     match &src {
         ModelSource::Gguf { file, .. } => {
-            println!("format: GGUF v{} (alignment {})", file.version, file.alignment);
+            crate::outln!("format: GGUF v{} (alignment {})", file.version, file.alignment);
         }
-        ModelSource::Hf(_) => println!("format: Hugging Face directory (safetensors)"),
+        ModelSource::Hf(_) => crate::outln!("format: Hugging Face directory (safetensors)"),
     }
     match ModelConfig::from_source(&src) {
         Ok(c) => {
-            println!("architecture: {}", c.arch.name());
-            println!("  vocab_size: {}", c.vocab_size);
-            println!("  hidden_size: {}", c.hidden_size);
-            println!("  intermediate_size: {}", c.intermediate_size);
-            println!("  num_hidden_layers: {}", c.num_hidden_layers);
-            println!("  num_attention_heads: {} (kv heads {}, head_dim {})", c.num_attention_heads, c.num_key_value_heads, c.head_dim);
-            println!("  rope: theta {}, rotary_dim {}, {:?}", c.rope_theta, c.rotary_dim, c.rope_style);
-            println!("  rms_norm_eps: {}", c.rms_norm_eps);
-            println!("  context_length: {}", c.max_position_embeddings);
-            println!("  tied embeddings: {}", c.tie_word_embeddings);
+            crate::outln!("architecture: {}", c.arch.name());
+            crate::outln!("  vocab_size: {}", c.vocab_size);
+            crate::outln!("  hidden_size: {}", c.hidden_size);
+            crate::outln!("  intermediate_size: {}", c.intermediate_size);
+            crate::outln!("  num_hidden_layers: {}", c.num_hidden_layers);
+            crate::outln!("  num_attention_heads: {} (kv heads {}, head_dim {})", c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+            crate::outln!("  rope: theta {}, rotary_dim {}, {:?}", c.rope_theta, c.rotary_dim, c.rope_style);
+            crate::outln!("  rms_norm_eps: {}", c.rms_norm_eps);
+            crate::outln!("  context_length: {}", c.max_position_embeddings);
+            crate::outln!("  tied embeddings: {}", c.tie_word_embeddings);
         }
-        Err(e) => println!("architecture: not runnable by suanli: {e}"),
+        Err(e) => crate::outln!("architecture: not runnable by suanli: {e}"),
     }
     let mut template = None;
     match &src {
         ModelSource::Gguf { file, .. } => {
-            println!("metadata ({} keys):", file.metadata.len());
+            crate::outln!("metadata ({} keys):", file.metadata.len());
             for (k, v) in &file.metadata {
                 if k == "tokenizer.chat_template" {
                     template = v.as_str().map(str::to_owned);
-                    println!("  {k}: ({} bytes, shown below)", v.as_str().map_or(0, |s| s.len()));
+                    crate::outln!("  {k}: ({} bytes, shown below)", v.as_str().map_or(0, |s| s.len()));
                 } else {
-                    println!("  {k}: {v}");
+                    crate::outln!("  {k}: {v}");
                 }
             }
         }
         ModelSource::Hf(d) => {
-            println!("config.json: {}", d.config);
+            crate::outln!("config.json: {}", d.config);
             let tc = d.dir.join("tokenizer_config.json");
             if let Ok(s) = std::fs::read_to_string(tc) {
                 if let Ok(j) = serde_json::from_str::<serde_json::Value>(&s) {
@@ -54,14 +54,14 @@ pub fn inspect(path: &Path) -> Result<()> {
     }
     let table = src.tensor_table();
     let total: usize = table.iter().map(|t| t.2.bytes.len()).sum();
-    println!("tensors ({}, {:.1} MB):", table.len(), total as f64 / 1e6);
-    println!("  {:<48} {:<20} {:<6} {:>12}", "name", "shape", "type", "bytes");
+    crate::outln!("tensors ({}, {:.1} MB):", table.len(), total as f64 / 1e6);
+    crate::outln!("  {:<48} {:<20} {:<6} {:>12}", "name", "shape", "type", "bytes");
     for (name, _, info) in &table {
         let shape = format!("{:?}", info.shape);
-        println!("  {:<48} {:<20} {:<6} {:>12}", name, shape, info.dtype.name(), info.bytes.len());
+        crate::outln!("  {:<48} {:<20} {:<6} {:>12}", name, shape, info.dtype.name(), info.bytes.len());
     }
     if let Some(t) = template {
-        println!("chat template:\n{t}");
+        crate::outln!("chat template:\n{t}");
     }
     Ok(())
 }

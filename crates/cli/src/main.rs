@@ -5,6 +5,7 @@
 mod chat;
 mod inspect;
 mod load;
+mod out;
 mod prompt;
 mod run;
 mod tools;

@@ -131,9 +131,9 @@ pub fn run(a: RunArgs, threads: Option<usize>) -> Result<()> {
             "finish_reason": g.finish_reason.as_str(),
             "tokens_per_second": g.tokens_per_second(),
         });
-        println!("{v}");
+        crate::outln!("{v}");
     } else {
-        println!();
+        crate::outln!();
     }
     Ok(())
 }

@@ -14,18 +14,18 @@ pub fn pull(name: &str) -> Result<()> {
             catalog::pull(entry)?;
         }
     }
-    println!("{}", catalog::model_path(entry).display());
+    crate::outln!("{}", catalog::model_path(entry).display());
     Ok(())
 }
 
 pub fn list() -> Result<()> {
-    println!("{:<22} {:>9}  {:<8} description", "name", "size", "cached");
+    crate::outln!("{:<22} {:>9}  {:<8} description", "name", "size", "cached");
     for e in catalog::CATALOG {
         let cached = if catalog::cached(e).is_some() { "yes" } else { "no" };
         let default = if e.name == catalog::DEFAULT_MODEL { " (default)" } else { "" };
-        println!("{:<22} {:>6} MB  {:<8} {}{}", e.name, e.size / 1_000_000, cached, e.description, default);
+        crate::outln!("{:<22} {:>6} MB  {:<8} {}{}", e.name, e.size / 1_000_000, cached, e.description, default);
     }
-    println!("cache: {}", catalog::home().join("models").display());
+    crate::outln!("cache: {}", catalog::home().join("models").display());
     Ok(())
 }
 
@@ -47,10 +47,10 @@ pub fn tokenize(a: TokenizeArgs) -> Result<()> {
     let tok = tokenizer_for(&src)?;
     let ids = tok.encode_prompt(&a.text, a.special).map_err(|e| anyhow!(e))?;
     if a.json {
-        println!("{}", serde_json::json!({ "ids": ids }));
+        crate::outln!("{}", serde_json::json!({ "ids": ids }));
     } else {
         for id in ids {
-            println!("{id:>8} {:?}", tok.token_text(id));
+            crate::outln!("{id:>8} {:?}", tok.token_text(id));
         }
     }
     Ok(())
@@ -93,9 +93,9 @@ pub fn perplexity(a: PerplexityArgs, threads: Option<usize>) -> Result<()> {
     })?;
     bar.finish_and_clear();
     if a.json {
-        println!("{}", serde_json::json!({"perplexity": r.perplexity, "n_chunks": r.n_chunks, "n_scored": r.n_scored}));
+        crate::outln!("{}", serde_json::json!({"perplexity": r.perplexity, "n_chunks": r.n_chunks, "n_scored": r.n_scored}));
     } else {
-        println!("perplexity: {:.4} over {} chunks of {} tokens ({} scored)", r.perplexity, r.n_chunks, a.ctx, r.n_scored);
+        crate::outln!("perplexity: {:.4} over {} chunks of {} tokens ({} scored)", r.perplexity, r.n_chunks, a.ctx, r.n_scored);
     }
     Ok(())
 }

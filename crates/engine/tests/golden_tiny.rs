@@ -11,12 +11,14 @@ const ARCHS: [&str; 4] = ["qwen2", "llama", "qwen3", "glm4"];
 /// Logits are O(10); f32 summation order differs from PyTorch (observed max 3e-5).
 const LOGIT_ABS_TOL: f32 = 2e-4;
 
-fn check_arch(arch: &str, isa: Isa) {
+/// `file`: the HF directory itself, or `model.gguf` inside it (converted by scripts/gen_tiny_gguf.py).
+fn check_arch(arch: &str, file: &str, isa: Isa) {
     let dir = fixtures().join("tiny").join(arch);
     let g = read_json(&dir.join("golden.json"));
     let vocab = g["vocab"].as_u64().unwrap() as usize;
     // A small prefill chunk so that chunked prefill over the paged cache is exercised.
-    let (mut s, tok) = load(&dir, isa, 128, 5);
+    let (mut s, tok) = load(&dir.join(file), isa, 128, 5);
+    let arch = format!("{arch}/{}", if file.is_empty() { "hf" } else { file });
     let input = ids(&g["ids"]);
     let want: Vec<f32> = std::fs::read(dir.join("logits.f32"))
         .unwrap()
@@ -62,7 +64,16 @@ fn check_arch(arch: &str, isa: Isa) {
 fn tiny_models_match_transformers_with_every_isa() {
     for isa in Isa::available() {
         for arch in ARCHS {
-            check_arch(arch, isa);
+            check_arch(arch, "", isa);
+        }
+    }
+}
+
+#[test]
+fn tiny_gguf_conversions_match_transformers_with_every_isa() {
+    for isa in Isa::available() {
+        for arch in ARCHS {
+            check_arch(arch, "model.gguf", isa);
         }
     }
 }

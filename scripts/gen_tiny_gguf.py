@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""Convert the tiny golden models (tests/fixtures/tiny/<arch>/, from gen_golden.py) to GGUF the way
+llama.cpp's converter does, so that the GGUF path of every architecture is tested against the
+same transformers outputs: tensor names, Llama's Q/K row permutation, GLM-4's fused gate/up and
+sandwich norms, and the GGUF byte-level BPE vocabulary. F32 tensors, so logits stay comparable.
+
+    /tmp/g/bin/pip install gguf numpy safetensors && /tmp/g/bin/python scripts/gen_tiny_gguf.py
+"""
+import json
+import pathlib
+
+import gguf
+import numpy as np
+from safetensors.numpy import load_file
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+TINY = ROOT / "tests" / "fixtures" / "tiny"
+
+LAYER_NAMES = {
+    "input_layernorm": "attn_norm",
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output",
+    "self_attn.q_norm": "attn_q_norm",
+    "self_attn.k_norm": "attn_k_norm",
+    "post_attention_layernorm": "ffn_norm",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up",
+    "mlp.gate_up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+    "post_self_attn_layernorm": "post_attention_norm",
+    "post_mlp_layernorm": "post_ffw_norm",
+}
+
+
+def permute(w, n_head):
+    """llama.cpp's Llama Q/K permutation: NeoX halves → interleaved pairs."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def gguf_name(hf):
+    if hf == "model.embed_tokens.weight":
+        return "token_embd.weight"
+    if hf == "model.norm.weight":
+        return "output_norm.weight"
+    if hf == "lm_head.weight":
+        return "output.weight"
+    parts = hf.split(".")
+    layer, rest, suffix = parts[2], ".".join(parts[3:-1]), parts[-1]
+    return f"blk.{layer}.{LAYER_NAMES[rest]}.{suffix}"
+
+
+def convert(arch):
+    d = TINY / arch
+    cfg = json.loads((d / "config.json").read_text())
+    tok = json.loads((d / "tokenizer.json").read_text())
+    tcfg = json.loads((d / "tokenizer_config.json").read_text())
+    template = (d / "chat_template.jinja").read_text() if (d / "chat_template.jinja").exists() else tcfg["chat_template"]
+    rope = cfg.get("rope_parameters") or {}
+    heads, kv_heads = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
+
+    w = gguf.GGUFWriter(str(d / "model.gguf"), arch)
+    w.add_uint32(f"{arch}.context_length", cfg["max_position_embeddings"])
+    w.add_uint32(f"{arch}.embedding_length", cfg["hidden_size"])
+    w.add_uint32(f"{arch}.feed_forward_length", cfg["intermediate_size"])
+    w.add_uint32(f"{arch}.block_count", cfg["num_hidden_layers"])
+    w.add_uint32(f"{arch}.attention.head_count", heads)
+    w.add_uint32(f"{arch}.attention.head_count_kv", kv_heads)
+    w.add_uint32(f"{arch}.attention.key_length", head_dim)
+    w.add_uint32(f"{arch}.attention.value_length", head_dim)
+    w.add_uint32(f"{arch}.rope.dimension_count", int(head_dim * rope.get("partial_rotary_factor", 1.0)))
+    w.add_float32(f"{arch}.rope.freq_base", float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0))))
+    w.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", cfg["rms_norm_eps"])
+
+    vocab = sorted(tok["model"]["vocab"].items(), key=lambda kv: kv[1])
+    special = {t["id"] for t in tok["added_tokens"] if t["special"]}
+    w.add_string("tokenizer.ggml.model", "gpt2")
+    w.add_string("tokenizer.ggml.pre", "gpt-2")
+    w.add_array("tokenizer.ggml.tokens", [t for t, _ in vocab])
+    w.add_array("tokenizer.ggml.token_type", [3 if i in special else 1 for _, i in vocab])
+    w.add_array("tokenizer.ggml.merges", [m if isinstance(m, str) else " ".join(m) for m in tok["model"]["merges"]])
+    w.add_uint32("tokenizer.ggml.bos_token_id", 0)
+    w.add_uint32("tokenizer.ggml.eos_token_id", 2)
+    w.add_bool("tokenizer.ggml.add_bos_token", False)
+    w.add_string("tokenizer.chat_template", template)
+
+    for name, t in load_file(str(d / "model.safetensors")).items():
+        t = t.astype(np.float32)
+        if arch == "llama" and name.endswith("self_attn.q_proj.weight"):
+            t = permute(t, heads)
+        if arch == "llama" and name.endswith("self_attn.k_proj.weight"):
+            t = permute(t, kv_heads)
+        w.add_tensor(gguf_name(name), t)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    print(arch, "->", d / "model.gguf")
+
+
+if __name__ == "__main__":
+    for a in ["qwen2", "llama", "qwen3", "glm4"]:
+        convert(a)
