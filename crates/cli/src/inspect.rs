@@ -14,7 +14,8 @@ pub fn inspect(path: &Path) -> Result<()> {
         }
         ModelSource::Hf(_) => crate::outln!("format: Hugging Face directory (safetensors)"),
     }
-    match ModelConfig::from_source(&src) {
+    let config = ModelConfig::from_source(&src);
+    match &config {
         Ok(c) => {
             crate::outln!("architecture: {}", c.arch.name());
             crate::outln!("  vocab_size: {}", c.vocab_size);
@@ -63,5 +64,11 @@ pub fn inspect(path: &Path) -> Result<()> {
     if let Some(t) = template {
         crate::outln!("chat template:\n{t}");
     }
+    // Everything shown; now say whether the model can run (every tensor checked against the
+    // hyperparameters, as a load would).
+    config?;
+    let backend = suanli_cpu::CpuBackend::new(Some(1)).map_err(anyhow::Error::msg)?;
+    suanli_models::Model::load(&src, &backend)?;
+    crate::load::tokenizer_for(&src)?;
     Ok(())
 }
