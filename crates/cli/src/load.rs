@@ -12,6 +12,9 @@ use suanli_tokenizer::Tokenizer;
 /// A catalog name is pulled on first use; anything else must be an existing path.
 pub fn resolve(model: Option<&str>) -> Result<PathBuf> {
     let name = model.unwrap_or(catalog::DEFAULT_MODEL);
+    if name.starts_with("hf:") {
+        return Ok(suanli_formats::hub::resolve(name)?);
+    }
     let p = Path::new(name);
     if p.exists() {
         return Ok(p.to_owned());
@@ -24,7 +27,7 @@ pub fn resolve(model: Option<&str>) -> Result<PathBuf> {
             Ok(catalog::pull(entry)?)
         }
         None => bail!(
-            "--model {name:?} is neither a file, a directory, nor a catalog model (catalog: {})",
+            "--model {name:?} is neither a file, a directory, a hub reference (hf:ORG/REPO[/FILE.gguf]), nor a catalog model (catalog: {})",
             catalog::CATALOG.iter().map(|e| e.name).collect::<Vec<_>>().join(", ")
         ),
     }

