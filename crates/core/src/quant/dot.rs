@@ -212,16 +212,8 @@ mod tests {
         for ty in DType::ALL.into_iter().filter(|t| t.is_quantized()) {
             let mut row: Vec<u8> = (0..ty.row_bytes(n).unwrap()).map(|_| rnd()).collect();
             // Make the f16 scale fields small finite values.
-            let bb = ty.block_bytes();
-            let offs: &[usize] = match ty {
-                DType::Q2K => &[80, 82],
-                DType::Q3K => &[108],
-                DType::Q6K => &[208],
-                DType::Q4_1 | DType::Q5_1 | DType::Q4K | DType::Q5K => &[0, 2],
-                _ => &[0],
-            };
-            for blk in row.chunks_exact_mut(bb) {
-                for &o in offs {
+            for blk in row.chunks_exact_mut(ty.block_bytes()) {
+                for &o in super::super::f16_scale_offsets(ty) {
                     let v = f16::from_f32(0.01 + (blk[o + 1] % 7) as f32 * 0.003).to_le_bytes();
                     blk[o..o + 2].copy_from_slice(&v);
                 }

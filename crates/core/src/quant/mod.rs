@@ -72,6 +72,19 @@ pub fn dequantize(ty: DType, src: &[u8], out: &mut [f32]) -> Result<(), SizeMism
     Ok(())
 }
 
+/// Byte offsets of the f16 scale fields inside one block (test generators set them to sane
+/// values so that random blocks dequantize to finite numbers).
+pub fn f16_scale_offsets(ty: DType) -> &'static [usize] {
+    match ty {
+        DType::Q2K => &[80, 82],
+        DType::Q3K => &[108],
+        DType::Q6K => &[208],
+        DType::Q4_1 | DType::Q5_1 | DType::Q4K | DType::Q5K => &[0, 2],
+        DType::Q4_0 | DType::Q5_0 | DType::Q8_0 => &[0],
+        DType::F32 | DType::F16 | DType::BF16 => &[],
+    }
+}
+
 /// Scalar dot product of a stored row with an f32 vector (the oracle for fused kernels).
 pub fn dot(ty: DType, row: &[u8], x: &[f32]) -> Result<f32, SizeMismatch> {
     let mut tmp = vec![0f32; x.len()];

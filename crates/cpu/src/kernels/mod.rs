@@ -138,15 +138,8 @@ mod quant_tests {
     /// Quantized weight rows with sane f16 scales at the given byte offsets of each block.
     fn row(ty: DType, n: usize, seed: u32) -> Vec<u8> {
         let mut r = bytes(ty.row_bytes(n).unwrap(), seed);
-        let offs: &[usize] = match ty {
-            DType::Q2K => &[80, 82],
-            DType::Q3K => &[108],
-            DType::Q6K => &[208],
-            DType::Q4_1 | DType::Q5_1 | DType::Q4K | DType::Q5K => &[0, 2],
-            _ => &[0],
-        };
         for blk in r.chunks_exact_mut(ty.block_bytes()) {
-            for &o in offs {
+            for &o in suanli_core::quant::f16_scale_offsets(ty) {
                 let v = half::f16::from_f32(0.002 + (blk[o] % 13) as f32 * 0.001).to_le_bytes();
                 blk[o..o + 2].copy_from_slice(&v);
             }
