@@ -2,6 +2,7 @@
 //! stdout carries only answers and requested data; progress and logs go to stderr.
 #![forbid(unsafe_code)]
 
+mod bench;
 mod chat;
 mod inspect;
 mod load;
@@ -38,6 +39,8 @@ enum Cmd {
     Tokenize(tools::TokenizeArgs),
     /// Perplexity of a text file (llama.cpp's llama-perplexity method).
     Perplexity(tools::PerplexityArgs),
+    /// Prefill and decode throughput (like llama-bench).
+    Bench(bench::BenchArgs),
 }
 
 fn main() {
@@ -54,6 +57,7 @@ fn main() {
         Cmd::Inspect { path } => inspect::inspect(&path),
         Cmd::Tokenize(a) => tools::tokenize(a),
         Cmd::Perplexity(a) => tools::perplexity(a, cli.threads),
+        Cmd::Bench(a) => bench::bench(a, cli.threads),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

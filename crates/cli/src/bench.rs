@@ -1,0 +1,138 @@
+//! `suanli bench`: prefill and decode throughput like llama-bench (pp / tg), excluding
+//! tokenization and sampling, with min / median / max over repetitions.
+
+use crate::load::load;
+use anyhow::{bail, Result};
+use clap::Args;
+use std::time::Instant;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Prompt tokens processed in one prefill (0 skips the prefill test).
+    #[arg(long, default_value_t = 512)]
+    pub prompt_tokens: usize,
+    /// Tokens generated one at a time (0 skips the decode test).
+    #[arg(long, default_value_t = 128)]
+    pub gen_tokens: usize,
+    /// Tokens already in the context before each test.
+    #[arg(long, default_value_t = 0)]
+    pub depth: usize,
+    #[arg(long, default_value_t = 3)]
+    pub repetitions: usize,
+    /// Tokens per prefill step.
+    #[arg(long, default_value_t = 512)]
+    pub batch: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+struct Stats {
+    min: f64,
+    median: f64,
+    max: f64,
+}
+
+fn stats(mut v: Vec<f64>) -> Stats {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    let median = if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
+    Stats { min: v[0], median, max: v[n - 1] }
+}
+
+/// Deterministic token ids below `vocab` (content does not matter for speed).
+fn tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s % vocab as u64) as u32
+        })
+        .collect()
+}
+
+/// Peak resident memory of this process, from /proc (Linux).
+pub fn peak_rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+pub fn bench(a: BenchArgs, threads: Option<usize>) -> Result<()> {
+    if a.repetitions == 0 {
+        bail!("--repetitions must be at least 1");
+    }
+    let ctx = a.depth + a.prompt_tokens.max(a.gen_tokens) + 1;
+    let mut l = load(a.model.as_deref(), threads, ctx, a.batch.max(1))?;
+    let s = &mut l.session;
+    let vocab = s.model.vocab_size();
+    let detail = suanli_backend::Backend::caps(&s.backend).detail.clone();
+    let depth_toks = tokens(a.depth, vocab, 1);
+    let warm = tokens(8, vocab, 2);
+    s.reset();
+    s.feed(&warm, 7)?;
+    let (mut pp, mut tg) = (Vec::new(), Vec::new());
+    for rep in 0..a.repetitions {
+        if a.prompt_tokens > 0 {
+            s.reset();
+            if a.depth > 0 {
+                s.feed(&depth_toks, a.depth)?;
+            }
+            let p = tokens(a.prompt_tokens, vocab, 10 + rep as u64);
+            let t0 = Instant::now();
+            s.feed(&p, a.prompt_tokens - 1)?;
+            pp.push(a.prompt_tokens as f64 / t0.elapsed().as_secs_f64());
+        }
+        if a.gen_tokens > 0 {
+            s.reset();
+            if a.depth > 0 {
+                s.feed(&depth_toks, a.depth)?;
+            }
+            let g = tokens(a.gen_tokens, vocab, 100 + rep as u64);
+            let t0 = Instant::now();
+            for t in &g {
+                s.feed(std::slice::from_ref(t), 0)?;
+            }
+            tg.push(a.gen_tokens as f64 / t0.elapsed().as_secs_f64());
+        }
+        eprintln!(
+            "repetition {}: prefill {} decode {}",
+            rep + 1,
+            pp.last().map_or("-".into(), |v| format!("{v:.1} tok/s")),
+            tg.last().map_or("-".into(), |v| format!("{v:.1} tok/s"))
+        );
+    }
+    let peak = peak_rss_bytes();
+    let model_name = a.model.clone().unwrap_or_else(|| suanli_formats::catalog::DEFAULT_MODEL.into());
+    let ps = (!pp.is_empty()).then(|| stats(pp));
+    let ts = (!tg.is_empty()).then(|| stats(tg));
+    if a.json {
+        let st = |s: &Option<Stats>| s.as_ref().map(|s| serde_json::json!({"min": s.min, "median": s.median, "max": s.max}));
+        crate::outln!(
+            "{}",
+            serde_json::json!({
+                "model": model_name, "backend": detail, "threads": s.backend.threads(), "isa": s.backend.isa().name(),
+                "prompt_tokens": a.prompt_tokens, "gen_tokens": a.gen_tokens, "depth": a.depth, "repetitions": a.repetitions,
+                "prefill_tok_s": ps.as_ref().map(|s| s.median), "decode_tok_s": ts.as_ref().map(|s| s.median),
+                "prefill": st(&ps), "decode": st(&ts), "peak_rss_bytes": peak,
+            })
+        );
+    } else {
+        crate::outln!("model {model_name} — cpu {detail}, depth {}", a.depth);
+        crate::outln!("{:<12} {:>10} {:>10} {:>10}", "test", "min", "median", "max");
+        if let Some(p) = ps {
+            crate::outln!("{:<12} {:>10.1} {:>10.1} {:>10.1}  tok/s", format!("pp{}", a.prompt_tokens), p.min, p.median, p.max);
+        }
+        if let Some(t) = ts {
+            crate::outln!("{:<12} {:>10.1} {:>10.1} {:>10.1}  tok/s", format!("tg{}", a.gen_tokens), t.min, t.median, t.max);
+        }
+        if let Some(b) = peak {
+            crate::outln!("peak resident memory {:.0} MB", b as f64 / 1e6);
+        }
+    }
+    Ok(())
+}
