@@ -1,7 +1,8 @@
 //! out[t, r] = dot(w[r], x[t]) (+ bias[r]). Quantized weights take quantized activations
 //! (Q8_0 / Q8_1 / Q8_K, as llama.cpp) and integer dot products; float weights take f32.
 
-use crate::kernels::Kernels;
+use crate::kernels::acts::QActs;
+use crate::kernels::{Kernels, RowTokens};
 use crate::CpuWeight;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -13,7 +14,10 @@ thread_local! {
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     static ACT_Q8: RefCell<Vec<BlockQ8>> = const { RefCell::new(Vec::new()) };
     static ACT_Q8K: RefCell<Vec<BlockQ8K>> = const { RefCell::new(Vec::new()) };
+    static QACTS: RefCell<QActs> = RefCell::new(QActs::default());
+    static OUT_T: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
+
 
 /// Weight rows handled together while a thread's tokens stream past (kept in L1/L2).
 const ROW_TILE: usize = 16;
@@ -36,6 +40,7 @@ pub fn matmul(k: &Kernels, x: &[f32], n: usize, w: &Weight<CpuWeight>, bias: Opt
     let kd = w.cols;
     let rb = w.dtype.row_bytes(kd).expect("validated in prepare_weight");
     let raw = w.store.raw.as_slice();
+    let fast = k.row_tokens.filter(|rt| (rt.supports)(w.dtype));
     match act_format(w.dtype) {
         ActFormat::F32 => matmul_f32(k, x, n, w, bias, out),
         ActFormat::Q8K => ACT_Q8K.with(|q| {
@@ -44,6 +49,13 @@ pub fn matmul(k: &Kernels, x: &[f32], n: usize, w: &Weight<CpuWeight>, bias: Opt
             q.resize(n * per, BlockQ8K::default());
             for (t, qt) in q.chunks_exact_mut(per).enumerate() {
                 quantize_q8k(&x[t * kd..(t + 1) * kd], qt);
+            }
+            if let Some(rt) = fast {
+                return QACTS.with(|a| {
+                    let mut a = a.borrow_mut();
+                    a.fill_q8k(&q, kd);
+                    rows_by_tokens(rt, w, raw, rb, &a, n, bias, out)
+                });
             }
             let q = &q[..];
             tiled(n, w.rows, bias, out, |r, t| (k.dot_q8k)(w.dtype, &raw[r * rb..(r + 1) * rb], &q[t * per..(t + 1) * per]));
@@ -55,10 +67,54 @@ pub fn matmul(k: &Kernels, x: &[f32], n: usize, w: &Weight<CpuWeight>, bias: Opt
             for (t, qt) in q.chunks_exact_mut(per).enumerate() {
                 quantize_q8(&x[t * kd..(t + 1) * kd], fmt == ActFormat::Q8_1, qt);
             }
+            if let Some(rt) = fast {
+                return QACTS.with(|a| {
+                    let mut a = a.borrow_mut();
+                    a.fill_q8(&q, kd);
+                    rows_by_tokens(rt, w, raw, rb, &a, n, bias, out)
+                });
+            }
             let q = &q[..];
             tiled(n, w.rows, bias, out, |r, t| (k.dot_q8)(w.dtype, &raw[r * rb..(r + 1) * rb], &q[t * per..(t + 1) * per]));
         }),
     }
+}
+
+/// Weight rows split across threads; each row meets the tokens 8 at a time (its blocks are
+/// unpacked once per 8 tokens). For batches the result is produced transposed, then laid out.
+#[allow(clippy::too_many_arguments)]
+fn rows_by_tokens(rt: RowTokens, w: &Weight<CpuWeight>, raw: &[u8], rb: usize, a: &QActs, n: usize, bias: Option<&[f32]>, out: &mut [f32]) {
+    let m = w.rows;
+    let threads = rayon::current_num_threads().max(1);
+    let chunk = (m / (threads * 4)).clamp(4, 1024);
+    let add_bias = |r0: usize, dst: &mut [f32]| {
+        if let Some(b) = bias {
+            for (o, bv) in dst.iter_mut().zip(&b[r0..]) {
+                *o += bv;
+            }
+        }
+    };
+    if n == 1 {
+        out.par_chunks_mut(chunk).enumerate().for_each(|(ci, oc)| {
+            let r0 = ci * chunk;
+            (rt.run)(w.dtype, &raw[r0 * rb..(r0 + oc.len()) * rb], rb, a, 1, oc);
+            add_bias(r0, oc);
+        });
+        return;
+    }
+    OUT_T.with(|ot| {
+        let mut ot = ot.borrow_mut();
+        ot.resize(m * n, 0.0);
+        ot.par_chunks_mut(chunk * n).enumerate().for_each(|(ci, oc)| {
+            let r0 = ci * chunk;
+            (rt.run)(w.dtype, &raw[r0 * rb..(r0 + oc.len() / n) * rb], rb, a, n, oc);
+        });
+        for (t, o) in out.chunks_exact_mut(m).enumerate() {
+            for (r, v) in o.iter_mut().enumerate() {
+                *v = ot[r * n + t] + bias.map_or(0.0, |b| b[r]);
+            }
+        }
+    });
 }
 
 /// Run `dot(row, token)` over all (row, token) pairs: rows split across threads for one token,

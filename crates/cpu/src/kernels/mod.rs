@@ -2,9 +2,12 @@
 //! same kernels as `generic.rs`, which is the oracle they are tested against.
 //! `SUANLI_CPU_ISA=generic|avx2` forces a level (never above what the CPU has).
 
+pub mod acts;
 mod generic;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 #[cfg(target_arch = "x86_64")]
 mod avx2_q;
 
@@ -12,6 +15,8 @@ mod avx2_q;
 pub enum Isa {
     Generic,
     Avx2,
+    /// AVX-512 F/BW/VL/DQ with VNNI (plus AVX2/FMA/F16C).
+    Avx512,
 }
 
 impl Isa {
@@ -19,6 +24,7 @@ impl Isa {
         match self {
             Isa::Generic => "generic",
             Isa::Avx2 => "avx2+fma",
+            Isa::Avx512 => "avx512+vnni",
         }
     }
 
@@ -28,6 +34,17 @@ impl Isa {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
             v.push(Isa::Avx2);
+            let f = |name| match name {
+                "avx512f" => std::arch::is_x86_feature_detected!("avx512f"),
+                "avx512bw" => std::arch::is_x86_feature_detected!("avx512bw"),
+                "avx512vl" => std::arch::is_x86_feature_detected!("avx512vl"),
+                "avx512dq" => std::arch::is_x86_feature_detected!("avx512dq"),
+                "f16c" => std::arch::is_x86_feature_detected!("f16c"),
+                _ => std::arch::is_x86_feature_detected!("avx512vnni"),
+            };
+            if ["avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512vnni", "f16c"].into_iter().all(f) {
+                v.push(Isa::Avx512);
+            }
         }
         v
     }
@@ -41,7 +58,8 @@ impl Isa {
                 let isa = match want.as_str() {
                     "generic" => Isa::Generic,
                     "avx2" => Isa::Avx2,
-                    other => return Err(format!("SUANLI_CPU_ISA={other} is not a known level (generic, avx2)")),
+                    "avx512" => Isa::Avx512,
+                    other => return Err(format!("SUANLI_CPU_ISA={other} is not a known level (generic, avx2, avx512)")),
                 };
                 if avail.contains(&isa) {
                     Ok(isa)
@@ -68,17 +86,38 @@ pub struct Kernels {
     pub dot_q8: fn(DType, &[u8], &[BlockQ8]) -> f32,
     /// A weight row of a K-quant type · Q8_K activations.
     pub dot_q8k: fn(DType, &[u8], &[BlockQ8K]) -> f32,
+    /// Weight rows against all tokens of pre-laid-out activations, for the types
+    /// `RowTokens::supports` accepts.
+    pub row_tokens: Option<RowTokens>,
+}
+
+#[derive(Clone, Copy)]
+pub struct RowTokens {
+    pub supports: fn(DType) -> bool,
+    /// `(ty, rows, row_bytes, acts, n_tokens, out)`: `out[r * n_tokens + t]`.
+    pub run: fn(DType, &[u8], usize, &acts::QActs, usize, &mut [f32]),
 }
 
 impl Kernels {
     pub fn for_isa(isa: Isa) -> Kernels {
         use suanli_core::quant::dot as scalar;
         match isa {
-            Isa::Generic => Kernels { isa, dot: generic::dot, axpy: generic::axpy, dot_q8: scalar::dot_q8, dot_q8k: scalar::dot_q8k },
+            Isa::Generic => {
+                Kernels { isa, dot: generic::dot, axpy: generic::axpy, dot_q8: scalar::dot_q8, dot_q8k: scalar::dot_q8k, row_tokens: None }
+            }
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => Kernels { isa, dot: avx2::dot, axpy: avx2::axpy, dot_q8: avx2::dot_q8, dot_q8k: avx2::dot_q8k },
+            Isa::Avx2 => Kernels { isa, dot: avx2::dot, axpy: avx2::axpy, dot_q8: avx2::dot_q8, dot_q8k: avx2::dot_q8k, row_tokens: None },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => Kernels {
+                isa,
+                dot: avx2::dot,
+                axpy: avx2::axpy,
+                dot_q8: avx2::dot_q8,
+                dot_q8k: avx2::dot_q8k,
+                row_tokens: Some(RowTokens { supports: avx512::supports, run: avx512::rows_tokens }),
+            },
             #[cfg(not(target_arch = "x86_64"))]
-            Isa::Avx2 => unreachable!("avx2 is never detected off x86_64"),
+            Isa::Avx2 | Isa::Avx512 => unreachable!("x86 levels are never detected off x86_64"),
         }
     }
 }
@@ -150,11 +189,16 @@ mod quant_tests {
     #[test]
     fn every_isa_quantized_dot_matches_generic() {
         let g = Kernels::for_isa(Isa::Generic);
-        let n = 1024;
-        let x: Vec<f32> = bytes(n, 5).iter().map(|&b| (b as f32 - 128.0) / 17.0).collect();
-        for isa in Isa::available() {
+        // 1056 = 33 blocks of 32: an odd block count exercises the kernels' tails.
+        for (n, isa, ty) in [1024usize, 1056]
+            .into_iter()
+            .flat_map(|n| Isa::available().into_iter().map(move |i| (n, i)))
+            .flat_map(|(n, i)| DType::ALL.into_iter().map(move |t| (n, i, t)))
+            .filter(|(n, _, t)| t.is_quantized() && n % t.block_elems() == 0)
+        {
+            let x: Vec<f32> = bytes(n, 5).iter().map(|&b| (b as f32 - 128.0) / 17.0).collect();
             let k = Kernels::for_isa(isa);
-            for ty in DType::ALL.into_iter().filter(|t| t.is_quantized()) {
+            {
                 for seed in 0..4 {
                     let w = row(ty, n, seed * 7 + 1);
                     let (a, b) = match act_format(ty) {
@@ -170,6 +214,35 @@ mod quant_tests {
                         }
                     };
                     assert!((a - b).abs() <= 1e-4 * a.abs().max(1.0), "{isa:?} {ty}: {b} vs generic {a}");
+                    if let Some(rt) = k.row_tokens.filter(|rt| (rt.supports)(ty)) {
+                        // The same row against 8 tokens (and 1): token j is x scaled by (j + 1).
+                        let xs: Vec<f32> = (0..8).flat_map(|j| x.iter().map(move |v| v * (j + 1) as f32)).collect();
+                        let mut qa = acts::QActs::default();
+                        let want: Vec<f32> = match act_format(ty) {
+                            ActFormat::Q8K => {
+                                let mut q = vec![BlockQ8K::default(); 8 * n / 256];
+                                quantize_q8k(&xs, &mut q);
+                                qa.fill_q8k(&q, n);
+                                q.chunks(n / 256).map(|qt| (g.dot_q8k)(ty, &w, qt)).collect()
+                            }
+                            f => {
+                                let mut q = vec![BlockQ8::default(); 8 * n / 32];
+                                quantize_q8(&xs, f == ActFormat::Q8_1, &mut q);
+                                qa.fill_q8(&q, n);
+                                q.chunks(n / 32).map(|qt| (g.dot_q8)(ty, &w, qt)).collect()
+                            }
+                        };
+                        // Two copies of the row; 8 tokens take the tiled path, a 9th would take the single one.
+                        let rows2 = [w.clone(), w.clone()].concat();
+                        let mut got = [0f32; 16];
+                        (rt.run)(ty, &rows2, w.len(), &qa, 8, &mut got);
+                        let mut one = [0f32; 1];
+                        (rt.run)(ty, &w, w.len(), &qa, 1, &mut one);
+                        for (j, (g8, w8)) in got.iter().zip(want.iter().chain(&want)).enumerate() {
+                            assert!((g8 - w8).abs() <= 1e-4 * w8.abs().max(1.0), "{isa:?} {ty} token {j}: {g8} vs generic {w8}");
+                        }
+                        assert!((one[0] - want[0]).abs() <= 1e-4 * want[0].abs().max(1.0), "{isa:?} {ty} single token");
+                    }
                 }
             }
         }
