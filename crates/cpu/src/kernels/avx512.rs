@@ -1,10 +1,11 @@
 //! AVX-512 VNNI kernels: one quantized weight row against up to `T` tokens at once, so that each
 //! weight block is unpacked once and reused across the tokens of a prefill tile.
 //!
-//! Activations come pre-quantized (`QActs`): unsigned bytes `q + 128` so that `vpdpbusd` (u8 × i8)
-//! takes them directly; the weight side is signed, and the `128 · Σw` excess is removed with a
-//! correction computed once per weight chunk. Integer sums are exact; each 32-element block's
-//! sum is scaled in f32, so results equal the scalar oracle up to f32 rounding.
+//! `vpdpbusd` multiplies unsigned by signed bytes: weights go in unsigned (their quants before
+//! any offset), activations signed (`QActs`). A weight offset (Q4_0's −8, Q5_0's −16, Q6_K's −32)
+//! is applied by starting the accumulator at `offset · (−Σ activations of the lane)`. Q8_0's signed
+//! weights move their sign onto the activations. Integer sums are exact; each block's sum is scaled
+//! in f32, so results equal the scalar oracle up to f32 rounding.
 
 use super::acts::QActs;
 use std::arch::x86_64::*;
@@ -41,66 +42,130 @@ unsafe fn bit4_from_bits(bits: u32) -> __m256i {
     _mm256_and_si256(m, _mm256_set1_epi8(0x10))
 }
 
-/// Signed weights of one 32-element legacy block.
-#[inline(always)]
-unsafe fn legacy_block(ty: DType, b: &[u8]) -> __m256i {
+const Q4_0: u8 = 0;
+const Q4_1: u8 = 1;
+const Q5_0: u8 = 2;
+const Q5_1: u8 = 3;
+const Q8_0: u8 = 4;
+
+const fn legacy_bytes(ty: u8) -> usize {
     match ty {
-        DType::Q4_0 => _mm256_sub_epi8(nibbles_16(b.as_ptr().add(2)), _mm256_set1_epi8(8)),
-        DType::Q4_1 => nibbles_16(b.as_ptr().add(4)),
-        DType::Q5_0 => {
-            let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
-            _mm256_sub_epi8(_mm256_or_si256(nibbles_16(b.as_ptr().add(6)), bit4_from_bits(qh)), _mm256_set1_epi8(16))
-        }
-        DType::Q5_1 => {
-            let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
-            _mm256_or_si256(nibbles_16(b.as_ptr().add(8)), bit4_from_bits(qh))
-        }
-        _ => _mm256_loadu_si256(b.as_ptr().add(2) as *const __m256i), // Q8_0
+        Q4_0 => 18,
+        Q4_1 => 20,
+        Q5_0 => 22,
+        Q5_1 => 24,
+        _ => 34,
     }
 }
 
-/// Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 row · Q8_0/Q8_1 activations of tokens t0..t0+T.
+/// Unsigned weight quants (before offset) of one 32-element legacy block at `b`; Q8_0's are signed.
 #[inline(always)]
-unsafe fn legacy<const T: usize>(ty: DType, row: &[u8], a: &QActs, t0: usize, out: &mut [f32]) {
-    let (k, bb) = (a.k, ty.block_bytes());
-    let nb = k / 32;
-    let has_min = matches!(ty, DType::Q4_1 | DType::Q5_1);
-    let mut acc = [_mm512_setzero_ps(); T];
-    let mut mins = [0f32; T];
-    let x80 = _mm512_set1_epi8(-128);
+unsafe fn legacy_block<const TY: u8>(b: *const u8) -> __m256i {
+    let u32_at = |o: usize| u32::from_le_bytes([*b.add(o), *b.add(o + 1), *b.add(o + 2), *b.add(o + 3)]);
+    match TY {
+        Q4_0 => nibbles_16(b.add(2)),
+        Q4_1 => nibbles_16(b.add(4)),
+        Q5_0 => _mm256_or_si256(nibbles_16(b.add(6)), bit4_from_bits(u32_at(2))),
+        Q5_1 => _mm256_or_si256(nibbles_16(b.add(8)), bit4_from_bits(u32_at(4))),
+        _ => _mm256_loadu_si256(b.add(2) as *const __m256i),
+    }
+}
+
+/// Σ w·y per lane, starting from `init`: `w` unsigned, `y` signed; for Q8_0 `w` is signed and its
+/// sign moves onto `y`.
+#[inline(always)]
+unsafe fn dot_lanes<const SIGNED_W: bool>(init: __m512i, w: __m512i, y: __m512i) -> __m512i {
+    if SIGNED_W {
+        let neg = _mm512_movepi8_mask(w);
+        let ys = _mm512_mask_sub_epi8(y, neg, _mm512_setzero_si512(), y);
+        _mm512_dpbusd_epi32(init, _mm512_abs_epi8(w), ys)
+    } else {
+        _mm512_dpbusd_epi32(init, w, y)
+    }
+}
+
+/// The accumulator start for a weight offset of `-(1 << SHIFT)`: `(1 << SHIFT) · (−Σy)` per lane.
+#[inline(always)]
+unsafe fn offset_init<const SHIFT: u32>(nls: *const i32, two: bool) -> __m512i {
+    let v = if two { _mm512_loadu_si512(nls as *const _) } else { _mm512_zextsi256_si512(_mm256_loadu_si256(nls as *const __m256i)) };
+    _mm512_slli_epi32::<SHIFT>(v)
+}
+
+#[inline(always)]
+unsafe fn f16_ptr(b: *const u8) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(u16::from_le_bytes([*b, *b.add(1)]) as i32)))
+}
+
+/// Blocks `b` and `b + 1` (or `b` alone when `!TWO`) of a legacy row against T tokens.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn legacy_pair<const TY: u8, const T: usize, const TWO: bool>(
+    row: *const u8,
+    b: usize,
+    a: &QActs,
+    t0: usize,
+    nb: usize,
+    acc: &mut [__m512; T],
+    mins: &mut [f32; T],
+) {
+    let bb = legacy_bytes(TY);
     let zero = _mm512_setzero_si512();
-    let mut b = 0;
-    while b < nb {
-        let two = b + 1 < nb;
-        let (blk0, blk1) = (&row[b * bb..], if two { &row[(b + 1) * bb..] } else { &row[b * bb..] });
-        let hi = if two { legacy_block(ty, blk1) } else { _mm256_setzero_si256() };
-        let w = join(legacy_block(ty, blk0), hi);
-        let corr = _mm512_dpbusd_epi32(zero, x80, w);
-        let dw = join_ps(f16(blk0, 0), if two { f16(blk1, 0) } else { 0.0 });
-        for (j, accj) in acc.iter_mut().enumerate() {
-            let t = t0 + j;
-            let off = t * k + b * 32;
-            let y = if two {
-                _mm512_loadu_si512(a.qu.as_ptr().add(off) as *const _)
-            } else {
-                _mm512_zextsi256_si512(_mm256_loadu_si256(a.qu.as_ptr().add(off) as *const __m256i))
-            };
-            let isum = _mm512_sub_epi32(_mm512_dpbusd_epi32(zero, y, w), corr);
-            let dy = if two {
-                _mm512_loadu_ps(a.dl.as_ptr().add(off / 4))
-            } else {
-                _mm512_zextps256_ps512(_mm256_loadu_ps(a.dl.as_ptr().add(off / 4)))
-            };
-            *accj = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(dw, dy), *accj);
-            if has_min {
-                let s = &a.s[t * nb + b..];
-                mins[j] += f16(blk0, 2) * s[0] + if two { f16(blk1, 2) * s[1] } else { 0.0 };
-            }
+    let (p0, p1) = (row.add(b * bb), row.add((b + 1) * bb));
+    let hi = if TWO { legacy_block::<TY>(p1) } else { _mm256_setzero_si256() };
+    let w = join(legacy_block::<TY>(p0), hi);
+    let dw = join_ps(f16_ptr(p0), if TWO { f16_ptr(p1) } else { 0.0 });
+    let k = a.k;
+    for j in 0..T {
+        let off = (t0 + j) * k + b * 32;
+        let (y, dy) = if TWO {
+            (_mm512_loadu_si512(a.qs.as_ptr().add(off) as *const _), _mm512_loadu_ps(a.dl.as_ptr().add(off / 4)))
+        } else {
+            (
+                _mm512_zextsi256_si512(_mm256_loadu_si256(a.qs.as_ptr().add(off) as *const __m256i)),
+                _mm512_zextps256_ps512(_mm256_loadu_ps(a.dl.as_ptr().add(off / 4))),
+            )
+        };
+        let nls = a.nls.as_ptr().add(off / 4);
+        let isum = match TY {
+            Q4_0 => dot_lanes::<false>(offset_init::<3>(nls, TWO), w, y),
+            Q5_0 => dot_lanes::<false>(offset_init::<4>(nls, TWO), w, y),
+            Q8_0 => dot_lanes::<true>(zero, w, y),
+            _ => dot_lanes::<false>(zero, w, y),
+        };
+        acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(dw, dy), acc[j]);
+        if TY == Q4_1 || TY == Q5_1 {
+            let s = a.s.as_ptr().add((t0 + j) * nb + b);
+            mins[j] += f16_ptr(p0.add(2)) * *s + if TWO { f16_ptr(p1.add(2)) * *s.add(1) } else { 0.0 };
         }
+    }
+}
+
+/// A legacy-type row · Q8_0/Q8_1 activations of tokens t0..t0+T.
+#[inline(always)]
+unsafe fn legacy<const TY: u8, const T: usize>(row: &[u8], a: &QActs, t0: usize, out: &mut [f32]) {
+    let nb = a.k / 32;
+    // Two accumulator sets, alternating, so consecutive block pairs do not wait on each other.
+    let mut acc = [_mm512_setzero_ps(); T];
+    let mut acc2 = [_mm512_setzero_ps(); T];
+    let mut mins = [0f32; T];
+    let p = row.as_ptr();
+    let bb = legacy_bytes(TY);
+    let mut b = 0;
+    while b + 3 < nb {
+        _mm_prefetch::<_MM_HINT_T0>(p.add((b + 16) * bb) as *const i8);
+        legacy_pair::<TY, T, true>(p, b, a, t0, nb, &mut acc, &mut mins);
+        legacy_pair::<TY, T, true>(p, b + 2, a, t0, nb, &mut acc2, &mut mins);
+        b += 4;
+    }
+    while b + 1 < nb {
+        legacy_pair::<TY, T, true>(p, b, a, t0, nb, &mut acc, &mut mins);
         b += 2;
     }
+    if b < nb {
+        legacy_pair::<TY, T, false>(p, b, a, t0, nb, &mut acc2, &mut mins);
+    }
     for j in 0..T {
-        out[j] = _mm512_reduce_add_ps(acc[j]) + mins[j];
+        out[j] = _mm512_reduce_add_ps(_mm512_add_ps(acc[j], acc2[j])) + mins[j];
     }
 }
 
@@ -112,7 +177,6 @@ unsafe fn k4<const T: usize, const FIVE: bool>(row: &[u8], a: &QActs, t0: usize,
     let nb = k / 256;
     let mut acc = [_mm512_setzero_ps(); T];
     let mut mins = [0f32; T];
-    let x80 = _mm512_set1_epi8(-128);
     let zero = _mm512_setzero_si512();
     let m4 = _mm256_set1_epi8(0x0F);
     for blk in 0..nb {
@@ -138,12 +202,11 @@ unsafe fn k4<const T: usize, const FIVE: bool>(row: &[u8], a: &QActs, t0: usize,
                 hi = _mm256_or_si256(hi, _mm256_slli_epi16(h2, 4));
             }
             let w = join(lo, hi);
-            let corr = _mm512_dpbusd_epi32(zero, x80, w);
             let ws = join_ps(d * s1 as f32, d * s2 as f32);
             for (j, accj) in acc.iter_mut().enumerate() {
                 let t = t0 + j;
-                let y = _mm512_loadu_si512(a.qu.as_ptr().add(t * k + blk * 256 + c * 64) as *const _);
-                let isum = _mm512_sub_epi32(_mm512_dpbusd_epi32(zero, y, w), corr);
+                let y = _mm512_loadu_si512(a.qs.as_ptr().add(t * k + blk * 256 + c * 64) as *const _);
+                let isum = _mm512_dpbusd_epi32(zero, w, y);
                 let dy = _mm512_set1_ps(a.dk[t * nb + blk]);
                 *accj = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(ws, dy), *accj);
             }
@@ -169,9 +232,7 @@ unsafe fn q6_k<const T: usize>(row: &[u8], a: &QActs, t0: usize, out: &mut [f32]
     let k = a.k;
     let nb = k / 256;
     let mut acc = [_mm512_setzero_ps(); T];
-    let x80 = _mm512_set1_epi8(-128);
-    let zero = _mm512_setzero_si512();
-    let (m4, m3, c32) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(3), _mm256_set1_epi8(32));
+    let (m4, m3) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(3));
     // Each of the 4 group scales of a 64-element chunk covers 4 dpbusd lanes.
     let spread = _mm_setr_epi8(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
     for blk in 0..nb {
@@ -188,15 +249,15 @@ unsafe fn q6_k<const T: usize>(row: &[u8], a: &QActs, t0: usize, out: &mut [f32]
                 _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m3), 4)),
             ];
             for kk in 0..2 {
-                let w = join(_mm256_sub_epi8(q[2 * kk], c32), _mm256_sub_epi8(q[2 * kk + 1], c32));
-                let corr = _mm512_dpbusd_epi32(zero, x80, w);
+                let w = join(q[2 * kk], q[2 * kk + 1]);
                 let g0 = 192 + n * 8 + kk * 4;
                 let sc4 = _mm_cvtsi32_si128(i32::from_le_bytes([b[g0], b[g0 + 1], b[g0 + 2], b[g0 + 3]]));
                 let ws = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_shuffle_epi8(sc4, spread))));
                 for (j, accj) in acc.iter_mut().enumerate() {
                     let t = t0 + j;
-                    let y = _mm512_loadu_si512(a.qu.as_ptr().add(t * k + blk * 256 + n * 128 + kk * 64) as *const _);
-                    let isum = _mm512_sub_epi32(_mm512_dpbusd_epi32(zero, y, w), corr);
+                    let off = t * k + blk * 256 + n * 128 + kk * 64;
+                    let y = _mm512_loadu_si512(a.qs.as_ptr().add(off) as *const _);
+                    let isum = dot_lanes::<false>(offset_init::<5>(a.nls.as_ptr().add(off / 4), true), w, y);
                     let dy = _mm512_set1_ps(a.dk[t * nb + blk]);
                     *accj = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(ws, dy), *accj);
                 }
@@ -220,7 +281,11 @@ unsafe fn one_row<const T: usize>(ty: DType, row: &[u8], a: &QActs, t0: usize, o
         DType::Q4K => k4::<T, false>(row, a, t0, out),
         DType::Q5K => k4::<T, true>(row, a, t0, out),
         DType::Q6K => q6_k::<T>(row, a, t0, out),
-        _ => legacy::<T>(ty, row, a, t0, out),
+        DType::Q4_0 => legacy::<Q4_0, T>(row, a, t0, out),
+        DType::Q4_1 => legacy::<Q4_1, T>(row, a, t0, out),
+        DType::Q5_0 => legacy::<Q5_0, T>(row, a, t0, out),
+        DType::Q5_1 => legacy::<Q5_1, T>(row, a, t0, out),
+        _ => legacy::<Q8_0, T>(row, a, t0, out),
     }
 }
 
@@ -243,7 +308,7 @@ unsafe fn rows_tokens_impl(ty: DType, rows: &[u8], rb: usize, a: &QActs, n: usiz
 
 /// Rows (`rows.len() / rb` of them) against all `n` tokens of `a`: `out[r * n + t]`.
 pub fn rows_tokens(ty: DType, rows: &[u8], rb: usize, a: &QActs, n: usize, out: &mut [f32]) {
-    assert!(supports(ty) && rows.len() % rb == 0 && out.len() == rows.len() / rb * n && a.qu.len() >= n * a.k);
+    assert!(supports(ty) && rows.len() % rb == 0 && out.len() == rows.len() / rb * n && a.qs.len() >= n * a.k);
     // SAFETY: installed only when the AVX-512 features were detected; `rows` holds whole rows
     // of `a.k` elements and `a` holds `n` tokens (checked above), which is all the kernels read.
     unsafe { rows_tokens_impl(ty, rows, rb, a, n, out) }
