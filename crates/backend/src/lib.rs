@@ -11,7 +11,11 @@ use suanli_formats::Bytes;
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     #[error("{backend} backend cannot run {dtype} weights (tensor {tensor})")]
-    UnsupportedDType { backend: &'static str, dtype: DType, tensor: String },
+    UnsupportedDType {
+        backend: &'static str,
+        dtype: DType,
+        tensor: String,
+    },
     #[error("shape mismatch in {op}: {detail}")]
     Shape { op: &'static str, detail: String },
     #[error("out of memory allocating {what}: {detail}")]
@@ -21,7 +25,10 @@ pub enum BackendError {
 pub type Result<T> = std::result::Result<T, BackendError>;
 
 pub fn shape_err(op: &'static str, detail: impl Into<String>) -> BackendError {
-    BackendError::Shape { op, detail: detail.into() }
+    BackendError::Shape {
+        op,
+        detail: detail.into(),
+    }
 }
 
 /// What a backend is and can do; negotiated once at load.
@@ -63,7 +70,10 @@ impl<B> Act<B> {
     /// Set the live row count for this step (no allocation).
     pub fn set_rows(&mut self, rows: usize) -> Result<()> {
         if rows > self.capacity {
-            return Err(shape_err("set_rows", format!("{rows} rows exceed the capacity {}", self.capacity)));
+            return Err(shape_err(
+                "set_rows",
+                format!("{rows} rows exceed the capacity {}", self.capacity),
+            ));
         }
         self.rows = rows;
         Ok(())
@@ -90,11 +100,23 @@ pub struct RopeParams {
 }
 
 impl RopeParams {
-    pub fn new(n_heads: usize, head_dim: usize, rotary_dim: usize, theta: f32, style: RopeStyle) -> RopeParams {
+    pub fn new(
+        n_heads: usize,
+        head_dim: usize,
+        rotary_dim: usize,
+        theta: f32,
+        style: RopeStyle,
+    ) -> RopeParams {
         let inv_freq = (0..rotary_dim / 2)
             .map(|i| 1.0f32 / theta.powf((2 * i) as f32 / rotary_dim as f32))
             .collect();
-        RopeParams { n_heads, head_dim, rotary_dim, style, inv_freq }
+        RopeParams {
+            n_heads,
+            head_dim,
+            rotary_dim,
+            style,
+            inv_freq,
+        }
     }
 }
 
@@ -150,11 +172,27 @@ pub trait Backend: Send + Sync + 'static {
     fn download(&self, x: &Act<Self::Buffer>) -> Result<Vec<f32>>;
 
     /// out[i] = table[ids[i]]
-    fn embed(&self, table: &Weight<Self::WeightStore>, ids: &[u32], out: &mut Act<Self::Buffer>) -> Result<()>;
+    fn embed(
+        &self,
+        table: &Weight<Self::WeightStore>,
+        ids: &[u32],
+        out: &mut Act<Self::Buffer>,
+    ) -> Result<()>;
     /// Row-wise RMS norm with weight `w` (length cols).
-    fn rms_norm(&self, x: &Act<Self::Buffer>, w: &Weight<Self::WeightStore>, eps: f32, out: &mut Act<Self::Buffer>) -> Result<()>;
+    fn rms_norm(
+        &self,
+        x: &Act<Self::Buffer>,
+        w: &Weight<Self::WeightStore>,
+        eps: f32,
+        out: &mut Act<Self::Buffer>,
+    ) -> Result<()>;
     /// In-place RMS norm over each `w.cols`-wide group of every row (per-head Q/K norm).
-    fn rms_norm_groups(&self, x: &mut Act<Self::Buffer>, w: &Weight<Self::WeightStore>, eps: f32) -> Result<()>;
+    fn rms_norm_groups(
+        &self,
+        x: &mut Act<Self::Buffer>,
+        w: &Weight<Self::WeightStore>,
+        eps: f32,
+    ) -> Result<()>;
     /// out = x · wᵀ (+ bias); x `[n, w.cols]`, out `[n, w.rows]`.
     fn linear(
         &self,
@@ -184,9 +222,20 @@ pub trait Backend: Send + Sync + 'static {
         out: &mut Act<Self::Buffer>,
     ) -> Result<()>;
     /// out = silu(gate) * up
-    fn silu_mul(&self, gate: &Act<Self::Buffer>, up: &Act<Self::Buffer>, out: &mut Act<Self::Buffer>) -> Result<()>;
+    fn silu_mul(
+        &self,
+        gate: &Act<Self::Buffer>,
+        up: &Act<Self::Buffer>,
+        out: &mut Act<Self::Buffer>,
+    ) -> Result<()>;
     /// acc += x
     fn add(&self, acc: &mut Act<Self::Buffer>, x: &Act<Self::Buffer>) -> Result<()>;
     /// Logits (f32, on the host) for the selected rows of x: `out` is `[rows.len(), lm_head.rows]`.
-    fn logits(&self, x: &Act<Self::Buffer>, rows: &[u32], lm_head: &Weight<Self::WeightStore>, out: &mut [f32]) -> Result<()>;
+    fn logits(
+        &self,
+        x: &Act<Self::Buffer>,
+        rows: &[u32],
+        lm_head: &Weight<Self::WeightStore>,
+        out: &mut [f32],
+    ) -> Result<()>;
 }

@@ -23,17 +23,31 @@ pub struct BatchPlan {
 
 impl BatchPlan {
     /// Build the plan for one sequence's chunk of new tokens starting at position `start`.
-    pub fn single(tokens: &[u32], start: usize, block_table: &[u32], block_size: usize, logits_rows: Vec<u32>) -> BatchPlan {
+    pub fn single(
+        tokens: &[u32],
+        start: usize,
+        block_table: &[u32],
+        block_size: usize,
+        logits_rows: Vec<u32>,
+    ) -> BatchPlan {
         let positions: Vec<u32> = (start..start + tokens.len()).map(|p| p as u32).collect();
         let slots = positions
             .iter()
-            .map(|&p| block_table[p as usize / block_size] * block_size as u32 + (p as usize % block_size) as u32)
+            .map(|&p| {
+                block_table[p as usize / block_size] * block_size as u32
+                    + (p as usize % block_size) as u32
+            })
             .collect();
         BatchPlan {
             tokens: tokens.to_vec(),
             positions,
             slots,
-            seqs: vec![AttnSeq { q_start: 0, q_len: tokens.len(), ctx_len: start + tokens.len(), block_table: block_table.to_vec() }],
+            seqs: vec![AttnSeq {
+                q_start: 0,
+                q_len: tokens.len(),
+                ctx_len: start + tokens.len(),
+                block_table: block_table.to_vec(),
+            }],
             logits_rows,
         }
     }

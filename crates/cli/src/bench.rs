@@ -37,8 +37,16 @@ struct Stats {
 fn stats(mut v: Vec<f64>) -> Stats {
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
-    let median = if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
-    Stats { min: v[0], median, max: v[n - 1] }
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    Stats {
+        min: v[0],
+        median,
+        max: v[n - 1],
+    }
 }
 
 /// Deterministic token ids below `vocab` (content does not matter for speed).
@@ -107,11 +115,17 @@ pub fn bench(a: BenchArgs, threads: Option<usize>) -> Result<()> {
         );
     }
     let peak = peak_rss_bytes();
-    let model_name = a.model.clone().unwrap_or_else(|| suanli_formats::catalog::DEFAULT_MODEL.into());
+    let model_name = a
+        .model
+        .clone()
+        .unwrap_or_else(|| suanli_formats::catalog::DEFAULT_MODEL.into());
     let ps = (!pp.is_empty()).then(|| stats(pp));
     let ts = (!tg.is_empty()).then(|| stats(tg));
     if a.json {
-        let st = |s: &Option<Stats>| s.as_ref().map(|s| serde_json::json!({"min": s.min, "median": s.median, "max": s.max}));
+        let st = |s: &Option<Stats>| {
+            s.as_ref()
+                .map(|s| serde_json::json!({"min": s.min, "median": s.median, "max": s.max}))
+        };
         crate::outln!(
             "{}",
             serde_json::json!({
@@ -123,12 +137,30 @@ pub fn bench(a: BenchArgs, threads: Option<usize>) -> Result<()> {
         );
     } else {
         crate::outln!("model {model_name} — cpu {detail}, depth {}", a.depth);
-        crate::outln!("{:<12} {:>10} {:>10} {:>10}", "test", "min", "median", "max");
+        crate::outln!(
+            "{:<12} {:>10} {:>10} {:>10}",
+            "test",
+            "min",
+            "median",
+            "max"
+        );
         if let Some(p) = ps {
-            crate::outln!("{:<12} {:>10.1} {:>10.1} {:>10.1}  tok/s", format!("pp{}", a.prompt_tokens), p.min, p.median, p.max);
+            crate::outln!(
+                "{:<12} {:>10.1} {:>10.1} {:>10.1}  tok/s",
+                format!("pp{}", a.prompt_tokens),
+                p.min,
+                p.median,
+                p.max
+            );
         }
         if let Some(t) = ts {
-            crate::outln!("{:<12} {:>10.1} {:>10.1} {:>10.1}  tok/s", format!("tg{}", a.gen_tokens), t.min, t.median, t.max);
+            crate::outln!(
+                "{:<12} {:>10.1} {:>10.1} {:>10.1}  tok/s",
+                format!("tg{}", a.gen_tokens),
+                t.min,
+                t.median,
+                t.max
+            );
         }
         if let Some(b) = peak {
             crate::outln!("peak resident memory {:.0} MB", b as f64 / 1e6);

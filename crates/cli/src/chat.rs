@@ -23,7 +23,11 @@ pub struct ChatArgs {
 pub fn chat(a: ChatArgs, threads: Option<usize>) -> Result<()> {
     let params = a.sampling.params()?;
     let mut l = load(a.model.as_deref(), threads, a.sampling.ctx, 256)?;
-    let base: Vec<ChatMessage> = a.system.iter().map(|s| ChatMessage::new("system", s)).collect();
+    let base: Vec<ChatMessage> = a
+        .system
+        .iter()
+        .map(|s| ChatMessage::new("system", s))
+        .collect();
     let mut msgs = base.clone();
     let stdin = std::io::stdin();
     let mut out = std::io::stdout();
@@ -58,12 +62,22 @@ pub fn chat(a: ChatArgs, threads: Option<usize>) -> Result<()> {
             let _ = out.flush();
             Control::Continue
         };
-        match l.session.generate(&ids, &params, a.sampling.max_tokens, &|t| tok.is_eog(t), &mut on_token) {
+        match l.session.generate(
+            &ids,
+            &params,
+            a.sampling.max_tokens,
+            &|t| tok.is_eog(t),
+            &mut on_token,
+        ) {
             Ok(g) => {
                 let tail = dec.finish();
                 answer.push_str(&tail);
                 let _ = writeln!(out, "{tail}");
-                eprintln!("[{} tokens, {:.1} tok/s]", g.tokens.len(), g.tokens_per_second());
+                eprintln!(
+                    "[{} tokens, {:.1} tok/s]",
+                    g.tokens.len(),
+                    g.tokens_per_second()
+                );
                 msgs.push(ChatMessage::new("assistant", &answer));
             }
             Err(e) => {

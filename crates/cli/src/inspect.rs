@@ -10,7 +10,11 @@ pub fn inspect(path: &Path) -> Result<()> {
     crate::outln!("path: {}", path.display());
     match &src {
         ModelSource::Gguf { file, .. } => {
-            crate::outln!("format: GGUF v{} (alignment {})", file.version, file.alignment);
+            crate::outln!(
+                "format: GGUF v{} (alignment {})",
+                file.version,
+                file.alignment
+            );
         }
         ModelSource::Hf(_) => crate::outln!("format: Hugging Face directory (safetensors)"),
     }
@@ -22,8 +26,18 @@ pub fn inspect(path: &Path) -> Result<()> {
             crate::outln!("  hidden_size: {}", c.hidden_size);
             crate::outln!("  intermediate_size: {}", c.intermediate_size);
             crate::outln!("  num_hidden_layers: {}", c.num_hidden_layers);
-            crate::outln!("  num_attention_heads: {} (kv heads {}, head_dim {})", c.num_attention_heads, c.num_key_value_heads, c.head_dim);
-            crate::outln!("  rope: theta {}, rotary_dim {}, {:?}", c.rope_theta, c.rotary_dim, c.rope_style);
+            crate::outln!(
+                "  num_attention_heads: {} (kv heads {}, head_dim {})",
+                c.num_attention_heads,
+                c.num_key_value_heads,
+                c.head_dim
+            );
+            crate::outln!(
+                "  rope: theta {}, rotary_dim {}, {:?}",
+                c.rope_theta,
+                c.rotary_dim,
+                c.rope_style
+            );
             crate::outln!("  rms_norm_eps: {}", c.rms_norm_eps);
             crate::outln!("  context_length: {}", c.max_position_embeddings);
             crate::outln!("  tied embeddings: {}", c.tie_word_embeddings);
@@ -37,7 +51,10 @@ pub fn inspect(path: &Path) -> Result<()> {
             for (k, v) in &file.metadata {
                 if k == "tokenizer.chat_template" {
                     template = v.as_str().map(str::to_owned);
-                    crate::outln!("  {k}: ({} bytes, shown below)", v.as_str().map_or(0, |s| s.len()));
+                    crate::outln!(
+                        "  {k}: ({} bytes, shown below)",
+                        v.as_str().map_or(0, |s| s.len())
+                    );
                 } else {
                     crate::outln!("  {k}: {v}");
                 }
@@ -48,7 +65,10 @@ pub fn inspect(path: &Path) -> Result<()> {
             let tc = d.dir.join("tokenizer_config.json");
             if let Ok(s) = std::fs::read_to_string(tc) {
                 if let Ok(j) = serde_json::from_str::<serde_json::Value>(&s) {
-                    template = j.get("chat_template").and_then(|t| t.as_str()).map(str::to_owned);
+                    template = j
+                        .get("chat_template")
+                        .and_then(|t| t.as_str())
+                        .map(str::to_owned);
                 }
             }
         }
@@ -56,10 +76,22 @@ pub fn inspect(path: &Path) -> Result<()> {
     let table = src.tensor_table();
     let total: usize = table.iter().map(|t| t.2.bytes.len()).sum();
     crate::outln!("tensors ({}, {:.1} MB):", table.len(), total as f64 / 1e6);
-    crate::outln!("  {:<48} {:<20} {:<6} {:>12}", "name", "shape", "type", "bytes");
+    crate::outln!(
+        "  {:<48} {:<20} {:<6} {:>12}",
+        "name",
+        "shape",
+        "type",
+        "bytes"
+    );
     for (name, _, info) in &table {
         let shape = format!("{:?}", info.shape);
-        crate::outln!("  {:<48} {:<20} {:<6} {:>12}", name, shape, info.dtype.name(), info.bytes.len());
+        crate::outln!(
+            "  {:<48} {:<20} {:<6} {:>12}",
+            name,
+            shape,
+            info.dtype.name(),
+            info.bytes.len()
+        );
     }
     if let Some(t) = template {
         crate::outln!("chat template:\n{t}");

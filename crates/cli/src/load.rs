@@ -46,7 +46,12 @@ pub struct Loaded {
 }
 
 /// Load everything needed to generate. `ctx`: context length; `chunk`: prefill step size.
-pub fn load(model: Option<&str>, threads: Option<usize>, ctx: usize, chunk: usize) -> Result<Loaded> {
+pub fn load(
+    model: Option<&str>,
+    threads: Option<usize>,
+    ctx: usize,
+    chunk: usize,
+) -> Result<Loaded> {
     let path = resolve(model)?;
     let t0 = Instant::now();
     let src = open_model(&path)?;

@@ -14,7 +14,11 @@ mod tools;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "suanli", version, about = "算力 — an LLM inference engine for the hardware you have")]
+#[command(
+    name = "suanli",
+    version,
+    about = "算力 — an LLM inference engine for the hardware you have"
+)]
 struct Cli {
     /// CPU threads (default: all available cores).
     #[arg(long, global = true)]
@@ -46,7 +50,10 @@ enum Cmd {
 fn main() {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SUANLI_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SUANLI_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
         .init();
     let cli = Cli::parse();
     let result = match cli.cmd {

@@ -13,12 +13,20 @@ pub fn chat_prompt(tok: &Tokenizer, messages: &[ChatMessage]) -> Result<Vec<u32>
     let template = match tok.template() {
         Some(t) => t?,
         None => {
-            return Err(anyhow!("this model has no chat template; use --raw for plain completion"));
+            return Err(anyhow!(
+                "this model has no chat template; use --raw for plain completion"
+            ));
         }
     };
     // Render with placeholders so that content can be tokenized separately.
-    let marked: Vec<ChatMessage> =
-        messages.iter().enumerate().map(|(i, m)| ChatMessage { role: m.role.clone(), content: sentinel(i) }).collect();
+    let marked: Vec<ChatMessage> = messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| ChatMessage {
+            role: m.role.clone(),
+            content: sentinel(i),
+        })
+        .collect();
     let rendered = template.render(&marked, true)?;
     let mut ids = Vec::new();
     let bos_in_template = !tok.bos_token.is_empty() && rendered.starts_with(&tok.bos_token);
@@ -32,7 +40,10 @@ pub fn chat_prompt(tok: &Tokenizer, messages: &[ChatMessage]) -> Result<Vec<u32>
         match rest.find(&s) {
             Some(p) => {
                 ids.extend(tok.encode(&rest[..p], true).map_err(|e| anyhow!(e))?);
-                ids.extend(tok.encode(&messages[next].content, false).map_err(|e| anyhow!(e))?);
+                ids.extend(
+                    tok.encode(&messages[next].content, false)
+                        .map_err(|e| anyhow!(e))?,
+                );
                 rest = &rest[p + s.len()..];
                 next += 1;
             }

@@ -45,7 +45,8 @@ impl SamplingArgs {
             seed: self.seed,
             ..SamplingParams::default()
         };
-        p.validate().map_err(|e| anyhow!("--{}", e.replace('_', "-")))?;
+        p.validate()
+            .map_err(|e| anyhow!("--{}", e.replace('_', "-")))?;
         Ok(p)
     }
 }
@@ -77,7 +78,8 @@ pub fn run(a: RunArgs, threads: Option<usize>) -> Result<()> {
     let mut l = load(a.model.as_deref(), threads, a.sampling.ctx, 256)?;
     let tok = &l.tokenizer;
     let ids = if a.raw {
-        tok.encode_prompt(&a.prompt, false).map_err(|e| anyhow!(e))?
+        tok.encode_prompt(&a.prompt, false)
+            .map_err(|e| anyhow!(e))?
     } else {
         let mut msgs = Vec::new();
         if let Some(s) = &a.system {
@@ -106,7 +108,13 @@ pub fn run(a: RunArgs, threads: Option<usize>) -> Result<()> {
             }
         }
     };
-    let g = l.session.generate(&ids, &params, a.sampling.max_tokens, &|t| tok.is_eog(t), &mut on_token)?;
+    let g = l.session.generate(
+        &ids,
+        &params,
+        a.sampling.max_tokens,
+        &|t| tok.is_eog(t),
+        &mut on_token,
+    )?;
     let tail = dec.finish();
     let tail = match stops.push(&tail) {
         StopStep::Emit(s) | StopStep::Stop(s) => s,

@@ -7,7 +7,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use suanli_formats::{catalog, open_model};
 
 pub fn pull(name: &str) -> Result<()> {
-    let entry = catalog::find(name).ok_or_else(|| anyhow!("unknown model {name:?}; `suanli list` shows the catalog"))?;
+    let entry = catalog::find(name)
+        .ok_or_else(|| anyhow!("unknown model {name:?}; `suanli list` shows the catalog"))?;
     match catalog::cached(entry) {
         Some(p) => eprintln!("{} is already cached at {}", entry.name, p.display()),
         None => {
@@ -21,9 +22,24 @@ pub fn pull(name: &str) -> Result<()> {
 pub fn list() -> Result<()> {
     crate::outln!("{:<22} {:>9}  {:<8} description", "name", "size", "cached");
     for e in catalog::CATALOG {
-        let cached = if catalog::cached(e).is_some() { "yes" } else { "no" };
-        let default = if e.name == catalog::DEFAULT_MODEL { " (default)" } else { "" };
-        crate::outln!("{:<22} {:>6} MB  {:<8} {}{}", e.name, e.size / 1_000_000, cached, e.description, default);
+        let cached = if catalog::cached(e).is_some() {
+            "yes"
+        } else {
+            "no"
+        };
+        let default = if e.name == catalog::DEFAULT_MODEL {
+            " (default)"
+        } else {
+            ""
+        };
+        crate::outln!(
+            "{:<22} {:>6} MB  {:<8} {}{}",
+            e.name,
+            e.size / 1_000_000,
+            cached,
+            e.description,
+            default
+        );
     }
     crate::outln!("cache: {}", catalog::home().join("models").display());
     Ok(())
@@ -45,7 +61,9 @@ pub fn tokenize(a: TokenizeArgs) -> Result<()> {
     let path = resolve(a.model.as_deref())?;
     let src = open_model(&path)?;
     let tok = tokenizer_for(&src)?;
-    let ids = tok.encode_prompt(&a.text, a.special).map_err(|e| anyhow!(e))?;
+    let ids = tok
+        .encode_prompt(&a.text, a.special)
+        .map_err(|e| anyhow!(e))?;
     if a.json {
         crate::outln!("{}", serde_json::json!({ "ids": ids }));
     } else {
@@ -74,28 +92,55 @@ pub struct PerplexityArgs {
 }
 
 pub fn perplexity(a: PerplexityArgs, threads: Option<usize>) -> Result<()> {
-    let text = std::fs::read_to_string(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
+    let text = std::fs::read_to_string(&a.file)
+        .with_context(|| format!("reading {}", a.file.display()))?;
     let mut l = load(a.model.as_deref(), threads, a.ctx, a.ctx.min(512))?;
     if l.session.ctx() < a.ctx {
-        anyhow::bail!("--ctx {} exceeds the model's context length {}", a.ctx, l.session.ctx());
+        anyhow::bail!(
+            "--ctx {} exceeds the model's context length {}",
+            a.ctx,
+            l.session.ctx()
+        );
     }
     let mut tokens = l.tokenizer.encode(&text, false).map_err(|e| anyhow!(e))?;
     if a.chunks > 0 {
         tokens.truncate(a.chunks * a.ctx);
     }
-    let bos = if l.tokenizer.add_bos { l.tokenizer.bos_id } else { None };
+    let bos = if l.tokenizer.add_bos {
+        l.tokenizer.bos_id
+    } else {
+        None
+    };
     let n_chunks = tokens.len() / a.ctx.max(1);
     let bar = ProgressBar::new(n_chunks as u64);
-    bar.set_style(ProgressStyle::with_template("perplexity [{bar:30}] {pos}/{len} chunks {msg} {elapsed}").expect("static template"));
-    let r = suanli_engine::perplexity::perplexity(&mut l.session, &tokens, a.ctx, bos, &mut |c, _, ppl| {
-        bar.set_position(c as u64);
-        bar.set_message(format!("ppl {ppl:.4}"));
-    })?;
+    bar.set_style(
+        ProgressStyle::with_template("perplexity [{bar:30}] {pos}/{len} chunks {msg} {elapsed}")
+            .expect("static template"),
+    );
+    let r = suanli_engine::perplexity::perplexity(
+        &mut l.session,
+        &tokens,
+        a.ctx,
+        bos,
+        &mut |c, _, ppl| {
+            bar.set_position(c as u64);
+            bar.set_message(format!("ppl {ppl:.4}"));
+        },
+    )?;
     bar.finish_and_clear();
     if a.json {
-        crate::outln!("{}", serde_json::json!({"perplexity": r.perplexity, "n_chunks": r.n_chunks, "n_scored": r.n_scored}));
+        crate::outln!(
+            "{}",
+            serde_json::json!({"perplexity": r.perplexity, "n_chunks": r.n_chunks, "n_scored": r.n_scored})
+        );
     } else {
-        crate::outln!("perplexity: {:.4} over {} chunks of {} tokens ({} scored)", r.perplexity, r.n_chunks, a.ctx, r.n_scored);
+        crate::outln!(
+            "perplexity: {:.4} over {} chunks of {} tokens ({} scored)",
+            r.perplexity,
+            r.n_chunks,
+            a.ctx,
+            r.n_scored
+        );
     }
     Ok(())
 }

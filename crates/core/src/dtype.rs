@@ -24,8 +24,14 @@ pub enum DType {
 pub enum DTypeError {
     #[error("unknown or unsupported GGML tensor type id {0}")]
     UnknownGgmlType(u32),
-    #[error("tensor type {ty} needs the row length ({cols}) to be a multiple of its block size {block}")]
-    RowNotBlockAligned { ty: DType, cols: usize, block: usize },
+    #[error(
+        "tensor type {ty} needs the row length ({cols}) to be a multiple of its block size {block}"
+    )]
+    RowNotBlockAligned {
+        ty: DType,
+        cols: usize,
+        block: usize,
+    },
     #[error("size of {elems} elements of type {ty} overflows")]
     SizeOverflow { ty: DType, elems: u64 },
 }
@@ -143,7 +149,11 @@ impl DType {
     pub fn bytes_for(self, elems: u64) -> Result<u64, DTypeError> {
         let be = self.block_elems() as u64;
         if elems % be != 0 {
-            return Err(DTypeError::RowNotBlockAligned { ty: self, cols: elems as usize, block: be as usize });
+            return Err(DTypeError::RowNotBlockAligned {
+                ty: self,
+                cols: elems as usize,
+                block: be as usize,
+            });
         }
         (elems / be)
             .checked_mul(self.block_bytes() as u64)
@@ -154,11 +164,18 @@ impl DType {
     pub fn row_bytes(self, cols: usize) -> Result<usize, DTypeError> {
         let be = self.block_elems();
         if cols % be != 0 {
-            return Err(DTypeError::RowNotBlockAligned { ty: self, cols, block: be });
+            return Err(DTypeError::RowNotBlockAligned {
+                ty: self,
+                cols,
+                block: be,
+            });
         }
         (cols / be)
             .checked_mul(self.block_bytes())
-            .ok_or(DTypeError::SizeOverflow { ty: self, elems: cols as u64 })
+            .ok_or(DTypeError::SizeOverflow {
+                ty: self,
+                elems: cols as u64,
+            })
     }
 
     pub fn name(self) -> &'static str {
@@ -180,7 +197,9 @@ impl DType {
     }
 
     pub fn from_name(name: &str) -> Option<DType> {
-        DType::ALL.into_iter().find(|t| t.name().eq_ignore_ascii_case(name))
+        DType::ALL
+            .into_iter()
+            .find(|t| t.name().eq_ignore_ascii_case(name))
     }
 }
 

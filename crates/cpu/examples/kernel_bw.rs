@@ -9,8 +9,17 @@ use suanli_cpu::CpuBackend;
 use suanli_formats::Bytes;
 
 fn main() {
-    let threads: usize = std::env::var("THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(2);
-    for (ty, rows, cols) in [(DType::Q5_0, 4864, 896), (DType::Q8_0, 151936, 896), (DType::Q4K, 4864, 1024), (DType::Q6K, 896, 4864), (DType::Q4_1, 1536, 576)] {
+    let threads: usize = std::env::var("THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(2);
+    for (ty, rows, cols) in [
+        (DType::Q5_0, 4864, 896),
+        (DType::Q8_0, 151936, 896),
+        (DType::Q4K, 4864, 1024),
+        (DType::Q6K, 896, 4864),
+        (DType::Q4_1, 1536, 576),
+    ] {
         let rb = ty.row_bytes(cols).unwrap();
         let mut raw = vec![0u8; rb * rows];
         for (i, b) in raw.iter_mut().enumerate() {
@@ -24,7 +33,15 @@ fn main() {
         let bytes = Bytes::from_vec(raw);
         for isa in Isa::available() {
             let b = CpuBackend::with_isa(Some(threads), isa).unwrap();
-            let w = b.prepare_weight(HostTensor { name: "w", dtype: ty, rows, cols, bytes: &bytes }).unwrap();
+            let w = b
+                .prepare_weight(HostTensor {
+                    name: "w",
+                    dtype: ty,
+                    rows,
+                    cols,
+                    bytes: &bytes,
+                })
+                .unwrap();
             let mut x = b.alloc_act(1, cols).unwrap();
             b.upload(&vec![0.5; cols], 1, &mut x).unwrap();
             let mut out = b.alloc_act(1, rows).unwrap();
@@ -35,7 +52,12 @@ fn main() {
                 b.linear(&x, &w, None, &mut out).unwrap();
             }
             let dt = t0.elapsed().as_secs_f64() / reps as f64;
-            println!("{ty:5} {rows:6}x{cols:<5} {:>10}: {:6.1} GB/s  {:8.1} µs/call", isa.name(), bytes.len() as f64 / dt / 1e9, dt * 1e6);
+            println!(
+                "{ty:5} {rows:6}x{cols:<5} {:>10}: {:6.1} GB/s  {:8.1} µs/call",
+                isa.name(),
+                bytes.len() as f64 / dt / 1e9,
+                dt * 1e6
+            );
         }
     }
 }

@@ -4,12 +4,12 @@
 mod attention;
 pub mod kernels;
 mod matmul;
+pub mod pool;
 
 use kernels::{Isa, Kernels};
-use rayon::prelude::*;
 use suanli_backend::{
-    shape_err, Act, AttnMeta, Backend, BackendError, Capabilities, HostTensor, KvPages, KvSpec, Result, RopeParams, RopeStyle,
-    Weight,
+    shape_err, Act, AttnMeta, Backend, BackendError, Capabilities, HostTensor, KvPages, KvSpec,
+    Result, RopeParams, RopeStyle, Weight,
 };
 use suanli_core::{quant, DType};
 use suanli_formats::Bytes;
@@ -28,7 +28,8 @@ impl CpuWeight {
             Some(v) => dst.copy_from_slice(&v[r * k..(r + 1) * k]),
             None => {
                 let rb = w.dtype.row_bytes(k).expect("validated in prepare_weight");
-                quant::dequantize(w.dtype, &self.raw.as_slice()[r * rb..(r + 1) * rb], dst).expect("validated in prepare_weight");
+                quant::dequantize(w.dtype, &self.raw.as_slice()[r * rb..(r + 1) * rb], dst)
+                    .expect("validated in prepare_weight");
             }
         }
     }
@@ -42,7 +43,8 @@ impl CpuWeight {
             None => {
                 let rb = w.dtype.row_bytes(k).expect("validated in prepare_weight");
                 let s = &mut scratch[..k];
-                quant::dequantize(w.dtype, &self.raw.as_slice()[r * rb..(r + 1) * rb], s).expect("validated in prepare_weight");
+                quant::dequantize(w.dtype, &self.raw.as_slice()[r * rb..(r + 1) * rb], s)
+                    .expect("validated in prepare_weight");
                 s
             }
         }
@@ -52,7 +54,7 @@ impl CpuWeight {
 pub struct CpuBackend {
     caps: Capabilities,
     k: Kernels,
-    pool: rayon::ThreadPool,
+    pool: pool::Pool,
 }
 
 impl CpuBackend {
@@ -64,18 +66,24 @@ impl CpuBackend {
     }
 
     pub fn with_isa(threads: Option<usize>, isa: Isa) -> std::result::Result<CpuBackend, String> {
-        let n = threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).max(1);
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .thread_name(|i| format!("suanli-cpu-{i}"))
-            .build()
-            .map_err(|e| format!("cannot start {n} CPU threads: {e}"))?;
+        let n = threads
+            .unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1)
+            })
+            .max(1);
+        let pool = pool::Pool::new(n).map_err(|e| format!("cannot start {n} CPU threads: {e}"))?;
         let caps = Capabilities {
             name: "cpu",
             detail: format!("{} threads, {}", n, isa.name()),
             weight_dtypes: DType::ALL.to_vec(),
         };
-        Ok(CpuBackend { caps, k: Kernels::for_isa(isa), pool })
+        Ok(CpuBackend {
+            caps,
+            k: Kernels::for_isa(isa),
+            pool,
+        })
     }
 
     pub fn isa(&self) -> Isa {
@@ -83,13 +91,19 @@ impl CpuBackend {
     }
 
     pub fn threads(&self) -> usize {
-        self.pool.current_num_threads()
+        self.pool.threads()
     }
 }
 
 fn check_rows(op: &'static str, x: &Act<Vec<f32>>, out: &Act<Vec<f32>>) -> Result<()> {
     if x.rows > out.capacity || x.cols != out.cols {
-        return Err(shape_err(op, format!("input [{}, {}] vs output [cap {}, {}]", x.rows, x.cols, out.capacity, out.cols)));
+        return Err(shape_err(
+            op,
+            format!(
+                "input [{}, {}] vs output [cap {}, {}]",
+                x.rows, x.cols, out.capacity, out.cols
+            ),
+        ));
     }
     Ok(())
 }
@@ -103,41 +117,77 @@ impl Backend for CpuBackend {
     }
 
     fn prepare_weight(&self, host: HostTensor<'_>) -> Result<Weight<CpuWeight>> {
-        let rb = host.dtype.row_bytes(host.cols).map_err(|e| shape_err("prepare_weight", format!("{}: {e}", host.name)))?;
+        let rb = host
+            .dtype
+            .row_bytes(host.cols)
+            .map_err(|e| shape_err("prepare_weight", format!("{}: {e}", host.name)))?;
         let need = rb.checked_mul(host.rows);
         if need != Some(host.bytes.len()) {
             return Err(shape_err(
                 "prepare_weight",
-                format!("{}: {} bytes for [{}, {}] {}", host.name, host.bytes.len(), host.rows, host.cols, host.dtype),
+                format!(
+                    "{}: {} bytes for [{}, {}] {}",
+                    host.name,
+                    host.bytes.len(),
+                    host.rows,
+                    host.cols,
+                    host.dtype
+                ),
             ));
         }
         let small = host.rows == 1 || host.dtype == DType::F32;
         let f32 = if small {
             let mut v = vec![0f32; host.rows * host.cols];
-            quant::dequantize(host.dtype, host.bytes.as_slice(), &mut v).map_err(|e| shape_err("prepare_weight", e.to_string()))?;
+            quant::dequantize(host.dtype, host.bytes.as_slice(), &mut v)
+                .map_err(|e| shape_err("prepare_weight", e.to_string()))?;
             Some(v)
         } else {
             None
         };
-        Ok(Weight { dtype: host.dtype, rows: host.rows, cols: host.cols, store: CpuWeight { raw: host.bytes.clone(), f32 } })
+        Ok(Weight {
+            dtype: host.dtype,
+            rows: host.rows,
+            cols: host.cols,
+            store: CpuWeight {
+                raw: host.bytes.clone(),
+                f32,
+            },
+        })
     }
 
     fn alloc_act(&self, capacity: usize, cols: usize) -> Result<Act<Vec<f32>>> {
         let n = capacity
             .checked_mul(cols)
-            .ok_or_else(|| BackendError::OutOfMemory { what: "activation", detail: format!("{capacity} × {cols}") })?;
-        Ok(Act { rows: 0, cols, capacity, buf: vec![0f32; n] })
+            .ok_or_else(|| BackendError::OutOfMemory {
+                what: "activation",
+                detail: format!("{capacity} × {cols}"),
+            })?;
+        Ok(Act {
+            rows: 0,
+            cols,
+            capacity,
+            buf: vec![0f32; n],
+        })
     }
 
     fn alloc_kv(&self, spec: KvSpec) -> Result<KvPages<Vec<f32>>> {
-        let n = spec
-            .slots()
-            .checked_mul(spec.kv_dim())
-            .ok_or_else(|| BackendError::OutOfMemory { what: "KV cache", detail: format!("{spec:?}") })?;
+        let n =
+            spec.slots()
+                .checked_mul(spec.kv_dim())
+                .ok_or_else(|| BackendError::OutOfMemory {
+                    what: "KV cache",
+                    detail: format!("{spec:?}"),
+                })?;
         let mut layers = Vec::with_capacity(spec.n_layers);
         for _ in 0..spec.n_layers {
-            let k = try_zeroed(n).ok_or_else(|| BackendError::OutOfMemory { what: "KV cache", detail: format!("{n} floats per layer") })?;
-            let v = try_zeroed(n).ok_or_else(|| BackendError::OutOfMemory { what: "KV cache", detail: format!("{n} floats per layer") })?;
+            let k = try_zeroed(n).ok_or_else(|| BackendError::OutOfMemory {
+                what: "KV cache",
+                detail: format!("{n} floats per layer"),
+            })?;
+            let v = try_zeroed(n).ok_or_else(|| BackendError::OutOfMemory {
+                what: "KV cache",
+                detail: format!("{n} floats per layer"),
+            })?;
             layers.push((k, v));
         }
         Ok(KvPages { spec, layers })
@@ -145,7 +195,10 @@ impl Backend for CpuBackend {
 
     fn upload(&self, data: &[f32], rows: usize, out: &mut Act<Vec<f32>>) -> Result<()> {
         if data.len() != rows * out.cols || rows > out.capacity {
-            return Err(shape_err("upload", format!("{} values for {rows} rows of {}", data.len(), out.cols)));
+            return Err(shape_err(
+                "upload",
+                format!("{} values for {rows} rows of {}", data.len(), out.cols),
+            ));
         }
         out.rows = rows;
         out.buf[..data.len()].copy_from_slice(data);
@@ -158,27 +211,45 @@ impl Backend for CpuBackend {
 
     fn embed(&self, table: &Weight<CpuWeight>, ids: &[u32], out: &mut Act<Vec<f32>>) -> Result<()> {
         if out.cols != table.cols || ids.len() > out.capacity {
-            return Err(shape_err("embed", format!("{} ids into [cap {}, {}]", ids.len(), out.capacity, out.cols)));
+            return Err(shape_err(
+                "embed",
+                format!(
+                    "{} ids into [cap {}, {}]",
+                    ids.len(),
+                    out.capacity,
+                    out.cols
+                ),
+            ));
         }
         if let Some(&bad) = ids.iter().find(|&&id| id as usize >= table.rows) {
-            return Err(shape_err("embed", format!("token id {bad} is outside the vocabulary of {}", table.rows)));
+            return Err(shape_err(
+                "embed",
+                format!("token id {bad} is outside the vocabulary of {}", table.rows),
+            ));
         }
         out.rows = ids.len();
         let k = table.cols;
-        self.pool.install(|| {
-            out.buf[..ids.len() * k].par_chunks_mut(k).zip(ids.par_iter()).for_each(|(o, &id)| {
-                table.store.row_into(table, id as usize, o);
-            })
-        });
+        for (o, &id) in out.buf[..ids.len() * k].chunks_exact_mut(k).zip(ids) {
+            table.store.row_into(table, id as usize, o);
+        }
         Ok(())
     }
 
-    fn rms_norm(&self, x: &Act<Vec<f32>>, w: &Weight<CpuWeight>, eps: f32, out: &mut Act<Vec<f32>>) -> Result<()> {
+    fn rms_norm(
+        &self,
+        x: &Act<Vec<f32>>,
+        w: &Weight<CpuWeight>,
+        eps: f32,
+        out: &mut Act<Vec<f32>>,
+    ) -> Result<()> {
         check_rows("rms_norm", x, out)?;
         let wv = vector(w, x.cols, "rms_norm")?;
         out.rows = x.rows;
         let n = x.cols;
-        for (xr, or) in x.buf[..x.rows * n].chunks_exact(n).zip(out.buf.chunks_exact_mut(n)) {
+        for (xr, or) in x.buf[..x.rows * n]
+            .chunks_exact(n)
+            .zip(out.buf.chunks_exact_mut(n))
+        {
             let scale = rms_scale(xr, eps);
             for ((o, xi), wi) in or.iter_mut().zip(xr).zip(wv) {
                 *o = wi * (xi * scale);
@@ -187,10 +258,18 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn rms_norm_groups(&self, x: &mut Act<Vec<f32>>, w: &Weight<CpuWeight>, eps: f32) -> Result<()> {
+    fn rms_norm_groups(
+        &self,
+        x: &mut Act<Vec<f32>>,
+        w: &Weight<CpuWeight>,
+        eps: f32,
+    ) -> Result<()> {
         let g = w.cols;
         if g == 0 || x.cols % g != 0 {
-            return Err(shape_err("rms_norm_groups", format!("row of {} is not made of groups of {g}", x.cols)));
+            return Err(shape_err(
+                "rms_norm_groups",
+                format!("row of {} is not made of groups of {g}", x.cols),
+            ));
         }
         let wv = vector(w, g, "rms_norm_groups")?;
         for grp in x.buf[..x.rows * x.cols].chunks_exact_mut(g) {
@@ -202,11 +281,20 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn linear(&self, x: &Act<Vec<f32>>, w: &Weight<CpuWeight>, bias: Option<&Weight<CpuWeight>>, out: &mut Act<Vec<f32>>) -> Result<()> {
+    fn linear(
+        &self,
+        x: &Act<Vec<f32>>,
+        w: &Weight<CpuWeight>,
+        bias: Option<&Weight<CpuWeight>>,
+        out: &mut Act<Vec<f32>>,
+    ) -> Result<()> {
         if x.cols != w.cols || out.cols != w.rows || x.rows > out.capacity {
             return Err(shape_err(
                 "linear",
-                format!("x [{}, {}] · w [{}, {}]ᵀ into [cap {}, {}]", x.rows, x.cols, w.rows, w.cols, out.capacity, out.cols),
+                format!(
+                    "x [{}, {}] · w [{}, {}]ᵀ into [cap {}, {}]",
+                    x.rows, x.cols, w.rows, w.cols, out.capacity, out.cols
+                ),
             ));
         }
         let b = match bias {
@@ -215,17 +303,39 @@ impl Backend for CpuBackend {
         };
         out.rows = x.rows;
         let n = x.rows;
-        self.pool.install(|| matmul::matmul(&self.k, &x.buf[..n * x.cols], n, w, b, &mut out.buf[..n * w.rows]));
+        matmul::matmul(
+            &self.k,
+            &self.pool,
+            &x.buf[..n * x.cols],
+            n,
+            w,
+            b,
+            &mut out.buf[..n * w.rows],
+        );
         Ok(())
     }
 
     fn rope(&self, x: &mut Act<Vec<f32>>, positions: &[u32], rope: &RopeParams) -> Result<()> {
-        if positions.len() != x.rows || x.cols != rope.n_heads * rope.head_dim || rope.rotary_dim > rope.head_dim {
-            return Err(shape_err("rope", format!("{} positions for [{}, {}] with {rope:?}", positions.len(), x.rows, x.cols)));
+        if positions.len() != x.rows
+            || x.cols != rope.n_heads * rope.head_dim
+            || rope.rotary_dim > rope.head_dim
+        {
+            return Err(shape_err(
+                "rope",
+                format!(
+                    "{} positions for [{}, {}] with {rope:?}",
+                    positions.len(),
+                    x.rows,
+                    x.cols
+                ),
+            ));
         }
         let half = rope.rotary_dim / 2;
         let hd = rope.head_dim;
-        for (row, &p) in x.buf[..x.rows * x.cols].chunks_exact_mut(x.cols).zip(positions) {
+        for (row, &p) in x.buf[..x.rows * x.cols]
+            .chunks_exact_mut(x.cols)
+            .zip(positions)
+        {
             for (i, &f) in rope.inv_freq.iter().enumerate().take(half) {
                 let angle = p as f32 * f;
                 let (s, c) = angle.sin_cos();
@@ -244,17 +354,40 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn write_kv(&self, k: &Act<Vec<f32>>, v: &Act<Vec<f32>>, slots: &[u32], kv: &mut KvPages<Vec<f32>>, layer: usize) -> Result<()> {
+    fn write_kv(
+        &self,
+        k: &Act<Vec<f32>>,
+        v: &Act<Vec<f32>>,
+        slots: &[u32],
+        kv: &mut KvPages<Vec<f32>>,
+        layer: usize,
+    ) -> Result<()> {
         let d = kv.spec.kv_dim();
-        if k.cols != d || v.cols != d || k.rows != slots.len() || v.rows != slots.len() || layer >= kv.layers.len() {
-            return Err(shape_err("write_kv", format!("k [{}, {}], {} slots, kv_dim {d}, layer {layer}", k.rows, k.cols, slots.len())));
+        if k.cols != d
+            || v.cols != d
+            || k.rows != slots.len()
+            || v.rows != slots.len()
+            || layer >= kv.layers.len()
+        {
+            return Err(shape_err(
+                "write_kv",
+                format!(
+                    "k [{}, {}], {} slots, kv_dim {d}, layer {layer}",
+                    k.rows,
+                    k.cols,
+                    slots.len()
+                ),
+            ));
         }
         let n_slots = kv.spec.slots();
         let (ks, vs) = &mut kv.layers[layer];
         for (t, &s) in slots.iter().enumerate() {
             let s = s as usize;
             if s >= n_slots {
-                return Err(shape_err("write_kv", format!("slot {s} outside {n_slots} slots")));
+                return Err(shape_err(
+                    "write_kv",
+                    format!("slot {s} outside {n_slots} slots"),
+                ));
             }
             ks[s * d..(s + 1) * d].copy_from_slice(&k.buf[t * d..(t + 1) * d]);
             vs[s * d..(s + 1) * d].copy_from_slice(&v.buf[t * d..(t + 1) * d]);
@@ -262,18 +395,40 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn attention(&self, q: &Act<Vec<f32>>, kv: &KvPages<Vec<f32>>, meta: &AttnMeta<'_>, layer: usize, out: &mut Act<Vec<f32>>) -> Result<()> {
-        self.pool.install(|| attention::paged_attention(&self.k, q, kv, meta, layer, out))
+    fn attention(
+        &self,
+        q: &Act<Vec<f32>>,
+        kv: &KvPages<Vec<f32>>,
+        meta: &AttnMeta<'_>,
+        layer: usize,
+        out: &mut Act<Vec<f32>>,
+    ) -> Result<()> {
+        attention::paged_attention(&self.k, &self.pool, q, kv, meta, layer, out)
     }
 
-    fn silu_mul(&self, gate: &Act<Vec<f32>>, up: &Act<Vec<f32>>, out: &mut Act<Vec<f32>>) -> Result<()> {
+    fn silu_mul(
+        &self,
+        gate: &Act<Vec<f32>>,
+        up: &Act<Vec<f32>>,
+        out: &mut Act<Vec<f32>>,
+    ) -> Result<()> {
         if gate.rows != up.rows || gate.cols != up.cols {
-            return Err(shape_err("silu_mul", format!("gate [{}, {}] vs up [{}, {}]", gate.rows, gate.cols, up.rows, up.cols)));
+            return Err(shape_err(
+                "silu_mul",
+                format!(
+                    "gate [{}, {}] vs up [{}, {}]",
+                    gate.rows, gate.cols, up.rows, up.cols
+                ),
+            ));
         }
         check_rows("silu_mul", gate, out)?;
         out.rows = gate.rows;
         let n = gate.rows * gate.cols;
-        for ((o, g), u) in out.buf[..n].iter_mut().zip(&gate.buf[..n]).zip(&up.buf[..n]) {
+        for ((o, g), u) in out.buf[..n]
+            .iter_mut()
+            .zip(&gate.buf[..n])
+            .zip(&up.buf[..n])
+        {
             *o = g / (1.0 + (-g).exp()) * u;
         }
         Ok(())
@@ -281,7 +436,10 @@ impl Backend for CpuBackend {
 
     fn add(&self, acc: &mut Act<Vec<f32>>, x: &Act<Vec<f32>>) -> Result<()> {
         if acc.rows != x.rows || acc.cols != x.cols {
-            return Err(shape_err("add", format!("[{}, {}] += [{}, {}]", acc.rows, acc.cols, x.rows, x.cols)));
+            return Err(shape_err(
+                "add",
+                format!("[{}, {}] += [{}, {}]", acc.rows, acc.cols, x.rows, x.cols),
+            ));
         }
         let n = x.rows * x.cols;
         for (a, b) in acc.buf[..n].iter_mut().zip(&x.buf[..n]) {
@@ -290,16 +448,31 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn logits(&self, x: &Act<Vec<f32>>, rows: &[u32], lm_head: &Weight<CpuWeight>, out: &mut [f32]) -> Result<()> {
+    fn logits(
+        &self,
+        x: &Act<Vec<f32>>,
+        rows: &[u32],
+        lm_head: &Weight<CpuWeight>,
+        out: &mut [f32],
+    ) -> Result<()> {
         let k = x.cols;
-        if k != lm_head.cols || out.len() != rows.len() * lm_head.rows || rows.iter().any(|&r| r as usize >= x.rows) {
-            return Err(shape_err("logits", format!("rows {rows:?} of [{}, {k}] · lm_head [{}, {}]", x.rows, lm_head.rows, lm_head.cols)));
+        if k != lm_head.cols
+            || out.len() != rows.len() * lm_head.rows
+            || rows.iter().any(|&r| r as usize >= x.rows)
+        {
+            return Err(shape_err(
+                "logits",
+                format!(
+                    "rows {rows:?} of [{}, {k}] · lm_head [{}, {}]",
+                    x.rows, lm_head.rows, lm_head.cols
+                ),
+            ));
         }
         let mut xs = Vec::with_capacity(rows.len() * k);
         for &r in rows {
             xs.extend_from_slice(&x.buf[r as usize * k..(r as usize + 1) * k]);
         }
-        self.pool.install(|| matmul::matmul(&self.k, &xs, rows.len(), lm_head, None, out));
+        matmul::matmul(&self.k, &self.pool, &xs, rows.len(), lm_head, None, out);
         Ok(())
     }
 }
@@ -314,7 +487,13 @@ fn try_zeroed(n: usize) -> Option<Vec<f32>> {
 fn vector<'a>(w: &'a Weight<CpuWeight>, len: usize, op: &'static str) -> Result<&'a [f32]> {
     match &w.store.f32 {
         Some(v) if v.len() == len => Ok(v),
-        _ => Err(shape_err(op, format!("expected a vector of {len}, weight is [{}, {}]", w.rows, w.cols))),
+        _ => Err(shape_err(
+            op,
+            format!(
+                "expected a vector of {len}, weight is [{}, {}]",
+                w.rows, w.cols
+            ),
+        )),
     }
 }
 

@@ -3,8 +3,8 @@
 
 use crate::kernels::acts::QActs;
 use crate::kernels::{Kernels, RowTokens};
+use crate::pool::Pool;
 use crate::CpuWeight;
-use rayon::prelude::*;
 use std::cell::RefCell;
 use suanli_backend::Weight;
 use suanli_core::quant::q8::{act_format, quantize_q8, quantize_q8k, ActFormat, BlockQ8, BlockQ8K};
@@ -17,7 +17,6 @@ thread_local! {
     static QACTS: RefCell<QActs> = RefCell::new(QActs::default());
     static OUT_T: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
-
 
 /// Weight rows handled together while a thread's tokens stream past (kept in L1/L2).
 const ROW_TILE: usize = 16;
@@ -32,8 +31,19 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     })
 }
 
+/// Pieces of work per thread: enough for uneven progress to even out.
+const PIECES: usize = 4;
+
 /// `x` is `[n, w.cols]`, `out` is `[n, w.rows]`.
-pub fn matmul(k: &Kernels, x: &[f32], n: usize, w: &Weight<CpuWeight>, bias: Option<&[f32]>, out: &mut [f32]) {
+pub fn matmul(
+    k: &Kernels,
+    pool: &Pool,
+    x: &[f32],
+    n: usize,
+    w: &Weight<CpuWeight>,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
     if n == 0 || w.rows == 0 {
         return;
     }
@@ -42,7 +52,7 @@ pub fn matmul(k: &Kernels, x: &[f32], n: usize, w: &Weight<CpuWeight>, bias: Opt
     let raw = w.store.raw.as_slice();
     let fast = k.row_tokens.filter(|rt| (rt.supports)(w.dtype));
     match act_format(w.dtype) {
-        ActFormat::F32 => matmul_f32(k, x, n, w, bias, out),
+        ActFormat::F32 => matmul_f32(k, pool, x, n, w, bias, out),
         ActFormat::Q8K => ACT_Q8K.with(|q| {
             let mut q = q.borrow_mut();
             let per = kd / 256;
@@ -54,11 +64,17 @@ pub fn matmul(k: &Kernels, x: &[f32], n: usize, w: &Weight<CpuWeight>, bias: Opt
                 return QACTS.with(|a| {
                     let mut a = a.borrow_mut();
                     a.fill_q8k(&q, kd);
-                    rows_by_tokens(rt, w, raw, rb, &a, n, bias, out)
+                    rows_by_tokens(pool, rt, w, raw, rb, &a, n, bias, out)
                 });
             }
             let q = &q[..];
-            tiled(n, w.rows, bias, out, |r, t| (k.dot_q8k)(w.dtype, &raw[r * rb..(r + 1) * rb], &q[t * per..(t + 1) * per]));
+            tiled(pool, n, w.rows, bias, out, |r, t| {
+                (k.dot_q8k)(
+                    w.dtype,
+                    &raw[r * rb..(r + 1) * rb],
+                    &q[t * per..(t + 1) * per],
+                )
+            });
         }),
         fmt => ACT_Q8.with(|q| {
             let mut q = q.borrow_mut();
@@ -71,11 +87,17 @@ pub fn matmul(k: &Kernels, x: &[f32], n: usize, w: &Weight<CpuWeight>, bias: Opt
                 return QACTS.with(|a| {
                     let mut a = a.borrow_mut();
                     a.fill_q8(&q, kd);
-                    rows_by_tokens(rt, w, raw, rb, &a, n, bias, out)
+                    rows_by_tokens(pool, rt, w, raw, rb, &a, n, bias, out)
                 });
             }
             let q = &q[..];
-            tiled(n, w.rows, bias, out, |r, t| (k.dot_q8)(w.dtype, &raw[r * rb..(r + 1) * rb], &q[t * per..(t + 1) * per]));
+            tiled(pool, n, w.rows, bias, out, |r, t| {
+                (k.dot_q8)(
+                    w.dtype,
+                    &raw[r * rb..(r + 1) * rb],
+                    &q[t * per..(t + 1) * per],
+                )
+            });
         }),
     }
 }
@@ -83,31 +105,41 @@ pub fn matmul(k: &Kernels, x: &[f32], n: usize, w: &Weight<CpuWeight>, bias: Opt
 /// Weight rows split across threads; each row meets the tokens 8 at a time (its blocks are
 /// unpacked once per 8 tokens). For batches the result is produced transposed, then laid out.
 #[allow(clippy::too_many_arguments)]
-fn rows_by_tokens(rt: RowTokens, w: &Weight<CpuWeight>, raw: &[u8], rb: usize, a: &QActs, n: usize, bias: Option<&[f32]>, out: &mut [f32]) {
+fn rows_by_tokens(
+    pool: &Pool,
+    rt: RowTokens,
+    w: &Weight<CpuWeight>,
+    raw: &[u8],
+    rb: usize,
+    a: &QActs,
+    n: usize,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
     let m = w.rows;
-    let threads = rayon::current_num_threads().max(1);
-    let chunk = (m / (threads * 4)).clamp(4, 1024);
-    let add_bias = |r0: usize, dst: &mut [f32]| {
-        if let Some(b) = bias {
-            for (o, bv) in dst.iter_mut().zip(&b[r0..]) {
-                *o += bv;
-            }
-        }
-    };
     if n == 1 {
-        out.par_chunks_mut(chunk).enumerate().for_each(|(ci, oc)| {
-            let r0 = ci * chunk;
+        pool.split_mut(out, 1, PIECES, &|r0, oc| {
             (rt.run)(w.dtype, &raw[r0 * rb..(r0 + oc.len()) * rb], rb, a, 1, oc);
-            add_bias(r0, oc);
+            if let Some(b) = bias {
+                for (o, bv) in oc.iter_mut().zip(&b[r0..]) {
+                    *o += bv;
+                }
+            }
         });
         return;
     }
     OUT_T.with(|ot| {
         let mut ot = ot.borrow_mut();
         ot.resize(m * n, 0.0);
-        ot.par_chunks_mut(chunk * n).enumerate().for_each(|(ci, oc)| {
-            let r0 = ci * chunk;
-            (rt.run)(w.dtype, &raw[r0 * rb..(r0 + oc.len() / n) * rb], rb, a, n, oc);
+        pool.split_mut(&mut ot[..], n, PIECES, &|r0, oc| {
+            (rt.run)(
+                w.dtype,
+                &raw[r0 * rb..(r0 + oc.len() / n) * rb],
+                rb,
+                a,
+                n,
+                oc,
+            );
         });
         for (t, o) in out.chunks_exact_mut(m).enumerate() {
             for (r, v) in o.iter_mut().enumerate() {
@@ -119,21 +151,23 @@ fn rows_by_tokens(rt: RowTokens, w: &Weight<CpuWeight>, raw: &[u8], rb: usize, a
 
 /// Run `dot(row, token)` over all (row, token) pairs: rows split across threads for one token,
 /// tokens split across threads (rows walked in tiles) for batches.
-fn tiled(n: usize, m: usize, bias: Option<&[f32]>, out: &mut [f32], dot: impl Fn(usize, usize) -> f32 + Sync) {
-    let threads = rayon::current_num_threads().max(1);
+fn tiled(
+    pool: &Pool,
+    n: usize,
+    m: usize,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    dot: impl Fn(usize, usize) -> f32 + Sync,
+) {
     if n == 1 {
-        let chunk = (m / (threads * 8)).clamp(16, 512);
-        out.par_chunks_mut(chunk).enumerate().for_each(|(ci, oc)| {
+        pool.split_mut(out, 1, PIECES, &|r0, oc| {
             for (j, o) in oc.iter_mut().enumerate() {
-                let r = ci * chunk + j;
-                *o = dot(r, 0) + bias.map_or(0.0, |b| b[r]);
+                *o = dot(r0 + j, 0) + bias.map_or(0.0, |b| b[r0 + j]);
             }
         });
         return;
     }
-    let per = n.div_ceil(threads);
-    out.par_chunks_mut(per * m).enumerate().for_each(|(ci, oc)| {
-        let t0 = ci * per;
+    pool.split_mut(out, m, 1, &|t0, oc| {
         let nt = oc.len() / m;
         for r0 in (0..m).step_by(ROW_TILE) {
             for t in 0..nt {
@@ -145,15 +179,21 @@ fn tiled(n: usize, m: usize, bias: Option<&[f32]>, out: &mut [f32], dot: impl Fn
     });
 }
 
-fn matmul_f32(k: &Kernels, x: &[f32], n: usize, w: &Weight<CpuWeight>, bias: Option<&[f32]>, out: &mut [f32]) {
+fn matmul_f32(
+    k: &Kernels,
+    pool: &Pool,
+    x: &[f32],
+    n: usize,
+    w: &Weight<CpuWeight>,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
     let (m, kd) = (w.rows, w.cols);
-    let threads = rayon::current_num_threads().max(1);
     if n == 1 {
-        let chunk = (m / (threads * 8)).clamp(16, 512);
-        out.par_chunks_mut(chunk).enumerate().for_each(|(ci, oc)| {
+        pool.split_mut(out, 1, PIECES, &|r0, oc| {
             with_scratch(kd, |s| {
                 for (j, o) in oc.iter_mut().enumerate() {
-                    let r = ci * chunk + j;
+                    let r = r0 + j;
                     let row = w.store.row(w, r, s);
                     *o = (k.dot)(row, x) + bias.map_or(0.0, |b| b[r]);
                 }
@@ -161,9 +201,7 @@ fn matmul_f32(k: &Kernels, x: &[f32], n: usize, w: &Weight<CpuWeight>, bias: Opt
         });
         return;
     }
-    let per = n.div_ceil(threads);
-    out.par_chunks_mut(per * m).enumerate().for_each(|(ci, oc)| {
-        let t0 = ci * per;
+    pool.split_mut(out, m, 1, &|t0, oc| {
         let nt = oc.len() / m;
         with_scratch(kd * ROW_TILE, |s| {
             for r0 in (0..m).step_by(ROW_TILE) {
@@ -174,7 +212,8 @@ fn matmul_f32(k: &Kernels, x: &[f32], n: usize, w: &Weight<CpuWeight>, bias: Opt
                 for t in 0..nt {
                     let xt = &x[(t0 + t) * kd..(t0 + t + 1) * kd];
                     for j in 0..rt {
-                        oc[t * m + r0 + j] = (k.dot)(&s[j * kd..(j + 1) * kd], xt) + bias.map_or(0.0, |b| b[r0 + j]);
+                        oc[t * m + r0 + j] =
+                            (k.dot)(&s[j * kd..(j + 1) * kd], xt) + bias.map_or(0.0, |b| b[r0 + j]);
                     }
                 }
             }

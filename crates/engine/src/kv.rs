@@ -15,7 +15,10 @@ pub struct BlockAllocator {
 
 impl BlockAllocator {
     pub fn new(num_blocks: usize) -> BlockAllocator {
-        BlockAllocator { free: (0..num_blocks as u32).rev().collect(), refs: vec![0; num_blocks] }
+        BlockAllocator {
+            free: (0..num_blocks as u32).rev().collect(),
+            refs: vec![0; num_blocks],
+        }
     }
 
     pub fn total(&self) -> usize {
@@ -29,7 +32,11 @@ impl BlockAllocator {
     /// `n` fresh blocks, all or nothing.
     pub fn alloc(&mut self, n: usize) -> Result<Vec<u32>, OutOfBlocks> {
         if n > self.free.len() {
-            return Err(OutOfBlocks { needed: n, free: self.free.len(), total: self.total() });
+            return Err(OutOfBlocks {
+                needed: n,
+                free: self.free.len(),
+                total: self.total(),
+            });
         }
         let at = self.free.len() - n;
         let blocks = self.free.split_off(at);
@@ -65,7 +72,12 @@ pub struct BlockTable {
 
 impl BlockTable {
     /// Grow so that `len` tokens fit.
-    pub fn ensure(&mut self, len: usize, block_size: usize, alloc: &mut BlockAllocator) -> Result<(), OutOfBlocks> {
+    pub fn ensure(
+        &mut self,
+        len: usize,
+        block_size: usize,
+        alloc: &mut BlockAllocator,
+    ) -> Result<(), OutOfBlocks> {
         let need = len.div_ceil(block_size);
         if need > self.blocks.len() {
             let more = alloc.alloc(need - self.blocks.len())?;

@@ -27,7 +27,10 @@ pub fn perplexity<B: Backend>(
     }
     let n_chunks = tokens.len() / ctx;
     if n_chunks == 0 {
-        return Err(PerplexityError::TooFewTokens { have: tokens.len(), need: ctx });
+        return Err(PerplexityError::TooFewTokens {
+            have: tokens.len(),
+            need: ctx,
+        });
     }
     let vocab = session.model.vocab_size();
     let first = ctx / 2;
@@ -48,7 +51,12 @@ pub fn perplexity<B: Backend>(
         progress(c + 1, n_chunks, (nll / n as f64).exp());
     }
     session.reset();
-    Ok(Perplexity { perplexity: (nll / n as f64).exp(), n_chunks, n_scored: n, nll })
+    Ok(Perplexity {
+        perplexity: (nll / n as f64).exp(),
+        n_chunks,
+        n_scored: n,
+        nll,
+    })
 }
 
 fn log_softmax_at(row: &[f32], i: usize) -> f64 {

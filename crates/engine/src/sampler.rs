@@ -36,12 +36,21 @@ impl Default for SamplingParams {
 
 impl SamplingParams {
     pub fn greedy() -> SamplingParams {
-        SamplingParams { temperature: 0.0, ..Default::default() }
+        SamplingParams {
+            temperature: 0.0,
+            ..Default::default()
+        }
     }
 
     /// Check ranges; the message names the parameter.
     pub fn validate(&self) -> Result<(), String> {
-        let finite = |name: &str, v: f32| if v.is_finite() { Ok(()) } else { Err(format!("{name} must be a finite number")) };
+        let finite = |name: &str, v: f32| {
+            if v.is_finite() {
+                Ok(())
+            } else {
+                Err(format!("{name} must be a finite number"))
+            }
+        };
         finite("temperature", self.temperature)?;
         finite("top_p", self.top_p)?;
         finite("min_p", self.min_p)?;
@@ -60,7 +69,9 @@ impl SamplingParams {
         if self.repeat_penalty <= 0.0 {
             return Err("repeat_penalty must be > 0".into());
         }
-        if !(-2.0..=2.0).contains(&self.presence_penalty) || !(-2.0..=2.0).contains(&self.frequency_penalty) {
+        if !(-2.0..=2.0).contains(&self.presence_penalty)
+            || !(-2.0..=2.0).contains(&self.frequency_penalty)
+        {
             return Err("presence_penalty and frequency_penalty must be in [-2, 2]".into());
         }
         Ok(())
@@ -94,10 +105,18 @@ pub struct Sampler {
 impl Sampler {
     pub fn new(params: SamplingParams) -> Sampler {
         let seed = params.seed.unwrap_or_else(|| {
-            let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0);
             t ^ (std::process::id() as u64) << 32
         });
-        Sampler { params, rng: Rng(seed), cand: Vec::new(), seed }
+        Sampler {
+            params,
+            rng: Rng(seed),
+            cand: Vec::new(),
+            seed,
+        }
     }
 
     /// Pick the next token from `logits` (modified in place by penalties), given `history`.
@@ -108,11 +127,18 @@ impl Sampler {
         }
         let p = &self.params;
         self.cand.clear();
-        self.cand.extend(logits.iter().enumerate().filter(|(_, l)| !l.is_nan()).map(|(i, &l)| (i as u32, l)));
+        self.cand.extend(
+            logits
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| !l.is_nan())
+                .map(|(i, &l)| (i as u32, l)),
+        );
         if self.cand.is_empty() {
             return 0;
         }
-        self.cand.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        self.cand
+            .sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         if p.top_k > 0 && p.top_k < self.cand.len() {
             self.cand.truncate(p.top_k);
         }
@@ -134,11 +160,19 @@ impl Sampler {
         }
         if p.min_p > 0.0 {
             let thresh = p.min_p * probs[0];
-            let keep = probs.iter().take(self.cand.len()).take_while(|&&pr| pr >= thresh).count();
+            let keep = probs
+                .iter()
+                .take(self.cand.len())
+                .take_while(|&&pr| pr >= thresh)
+                .count();
             self.cand.truncate(keep.max(1));
         }
         let t = p.temperature;
-        let weights: Vec<f64> = self.cand.iter().map(|c| (((c.1 - max) / t) as f64).exp()).collect();
+        let weights: Vec<f64> = self
+            .cand
+            .iter()
+            .map(|c| (((c.1 - max) / t) as f64).exp())
+            .collect();
         let total: f64 = weights.iter().sum();
         let mut r = self.rng.next_f64() * total;
         for (c, w) in self.cand.iter().zip(&weights) {
@@ -195,32 +229,58 @@ mod tests {
         let logits = vec![0.1, 2.0, 1.9, -1.0];
         let mut s = Sampler::new(SamplingParams::greedy());
         assert_eq!(s.sample(&mut logits.clone(), &[]), 1);
-        let params = SamplingParams { temperature: 1.5, top_k: 0, top_p: 1.0, min_p: 0.0, seed: Some(7), ..Default::default() };
+        let params = SamplingParams {
+            temperature: 1.5,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            seed: Some(7),
+            ..Default::default()
+        };
         let draw = |p: SamplingParams| {
             let mut s = Sampler::new(p);
-            (0..50).map(|_| s.sample(&mut logits.clone(), &[])).collect::<Vec<_>>()
+            (0..50)
+                .map(|_| s.sample(&mut logits.clone(), &[]))
+                .collect::<Vec<_>>()
         };
         assert_eq!(draw(params.clone()), draw(params.clone()));
         let d = draw(params);
-        assert!(d.iter().any(|&t| t != 1), "temperature 1.5 should sometimes leave the argmax");
+        assert!(
+            d.iter().any(|&t| t != 1),
+            "temperature 1.5 should sometimes leave the argmax"
+        );
     }
 
     #[test]
     fn top_k_one_is_greedy_and_penalty_changes_choice() {
         let logits = vec![0.1, 2.0, 1.9, -1.0];
-        let mut s = Sampler::new(SamplingParams { top_k: 1, seed: Some(1), ..Default::default() });
+        let mut s = Sampler::new(SamplingParams {
+            top_k: 1,
+            seed: Some(1),
+            ..Default::default()
+        });
         for _ in 0..20 {
             assert_eq!(s.sample(&mut logits.clone(), &[]), 1);
         }
-        let mut s = Sampler::new(SamplingParams { temperature: 0.0, repeat_penalty: 2.0, ..Default::default() });
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 0.0,
+            repeat_penalty: 2.0,
+            ..Default::default()
+        });
         assert_eq!(s.sample(&mut logits.clone(), &[1]), 2);
     }
 
     #[test]
     fn invalid_params_are_named() {
-        let p = SamplingParams { top_p: 0.0, ..Default::default() };
+        let p = SamplingParams {
+            top_p: 0.0,
+            ..Default::default()
+        };
         assert!(p.validate().unwrap_err().contains("top_p"));
-        let p = SamplingParams { temperature: f32::NAN, ..Default::default() };
+        let p = SamplingParams {
+            temperature: f32::NAN,
+            ..Default::default()
+        };
         assert!(p.validate().unwrap_err().contains("temperature"));
     }
 }

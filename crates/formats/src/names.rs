@@ -46,9 +46,18 @@ mod tests {
 
     #[test]
     fn maps_layer_and_global_names() {
-        assert_eq!(gguf_to_hf("blk.12.attn_q.bias").unwrap(), "model.layers.12.self_attn.q_proj.bias");
-        assert_eq!(gguf_to_hf("token_embd.weight").unwrap(), "model.embed_tokens.weight");
-        assert_eq!(gguf_to_hf("blk.0.ffn_norm.weight").unwrap(), "model.layers.0.post_attention_layernorm.weight");
+        assert_eq!(
+            gguf_to_hf("blk.12.attn_q.bias").unwrap(),
+            "model.layers.12.self_attn.q_proj.bias"
+        );
+        assert_eq!(
+            gguf_to_hf("token_embd.weight").unwrap(),
+            "model.embed_tokens.weight"
+        );
+        assert_eq!(
+            gguf_to_hf("blk.0.ffn_norm.weight").unwrap(),
+            "model.layers.0.post_attention_layernorm.weight"
+        );
         assert!(gguf_to_hf("blk.x.attn_q.weight").is_none());
         assert!(gguf_to_hf("rope_freqs.weight").is_none());
     }

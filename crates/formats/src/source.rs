@@ -18,7 +18,10 @@ pub struct TensorInfo {
 }
 
 pub enum ModelSource {
-    Gguf { file: GgufFile, by_hf_name: BTreeMap<String, usize> },
+    Gguf {
+        file: GgufFile,
+        by_hf_name: BTreeMap<String, usize>,
+    },
     Hf(HfDir),
 }
 
@@ -31,7 +34,11 @@ pub enum OpenError {
     #[error("{0}: no such file or directory")]
     Missing(PathBuf),
     #[error("{path}: tensor {name:?} has {n} dimensions; at most 4 are supported")]
-    TooManyDims { path: PathBuf, name: String, n: usize },
+    TooManyDims {
+        path: PathBuf,
+        name: String,
+        n: usize,
+    },
 }
 
 pub fn open_model(path: &Path) -> Result<ModelSource, OpenError> {
@@ -42,7 +49,11 @@ pub fn open_model(path: &Path) -> Result<ModelSource, OpenError> {
         return Err(OpenError::Missing(path.to_owned()));
     }
     let file = GgufFile::open(path)?;
-    let arch = file.get("general.architecture").and_then(|v| v.as_str()).unwrap_or("").to_owned();
+    let arch = file
+        .get("general.architecture")
+        .and_then(|v| v.as_str())
+        .unwrap_or("")
+        .to_owned();
     let mut by_hf_name = BTreeMap::new();
     for (i, t) in file.tensors.iter().enumerate() {
         if let Some(mut hf) = gguf_to_hf(&t.name) {
@@ -88,7 +99,11 @@ impl ModelSource {
             }
             ModelSource::Hf(d) => {
                 let t = d.tensors.get(hf_name)?;
-                Some(TensorInfo { dtype: t.dtype, shape: t.shape.clone(), bytes: t.bytes.clone() })
+                Some(TensorInfo {
+                    dtype: t.dtype,
+                    shape: t.shape.clone(),
+                    bytes: t.bytes.clone(),
+                })
             }
         }
     }
@@ -112,7 +127,15 @@ impl ModelSource {
                 .tensors
                 .iter()
                 .map(|(n, t)| {
-                    (n.clone(), Some(n.clone()), TensorInfo { dtype: t.dtype, shape: t.shape.clone(), bytes: t.bytes.clone() })
+                    (
+                        n.clone(),
+                        Some(n.clone()),
+                        TensorInfo {
+                            dtype: t.dtype,
+                            shape: t.shape.clone(),
+                            bytes: t.bytes.clone(),
+                        },
+                    )
                 })
                 .collect(),
         }

@@ -36,7 +36,9 @@ impl Arch {
     fn from_hf(architecture: &str, model_type: &str) -> Option<Arch> {
         Some(match (architecture, model_type) {
             ("Qwen2ForCausalLM", _) | (_, "qwen2") => Arch::Qwen2,
-            ("LlamaForCausalLM" | "MistralForCausalLM", _) | (_, "llama" | "mistral") => Arch::Llama,
+            ("LlamaForCausalLM" | "MistralForCausalLM", _) | (_, "llama" | "mistral") => {
+                Arch::Llama
+            }
             ("Qwen3ForCausalLM", _) | (_, "qwen3") => Arch::Qwen3,
             ("Glm4ForCausalLM", _) | (_, "glm4") => Arch::Glm4,
             _ => return None,
@@ -79,22 +81,31 @@ const MAX_HEADS: usize = 4096;
 impl ModelConfig {
     pub fn from_source(src: &ModelSource) -> Result<ModelConfig, ConfigError> {
         let path = src.path().display().to_string();
-        let err = |problem: String| ConfigError { path: path.clone(), problem };
+        let err = |problem: String| ConfigError {
+            path: path.clone(),
+            problem,
+        };
         let mut cfg = match src {
             ModelSource::Gguf { file, .. } => from_gguf(file).map_err(err)?,
             ModelSource::Hf(d) => from_hf(&d.config).map_err(err)?,
         };
         // Vocabulary size comes from the embedding table (GGUF carries no reliable field for it).
-        let emb = src
-            .tensor("model.embed_tokens.weight")
-            .ok_or_else(|| err("tensor model.embed_tokens.weight (token_embd) is missing".into()))?;
+        let emb = src.tensor("model.embed_tokens.weight").ok_or_else(|| {
+            err("tensor model.embed_tokens.weight (token_embd) is missing".into())
+        })?;
         if emb.shape.len() != 2 || emb.shape[1] != cfg.hidden_size {
-            return Err(err(format!("token embedding shape {:?} does not match hidden size {}", emb.shape, cfg.hidden_size)));
+            return Err(err(format!(
+                "token embedding shape {:?} does not match hidden size {}",
+                emb.shape, cfg.hidden_size
+            )));
         }
         if cfg.vocab_size == 0 {
             cfg.vocab_size = emb.shape[0];
         } else if cfg.vocab_size != emb.shape[0] {
-            return Err(err(format!("vocab_size {} but the embedding table has {} rows", cfg.vocab_size, emb.shape[0])));
+            return Err(err(format!(
+                "vocab_size {} but the embedding table has {} rows",
+                cfg.vocab_size, emb.shape[0]
+            )));
         }
         cfg.validate().map_err(err)?;
         Ok(cfg)
@@ -122,10 +133,16 @@ impl ModelConfig {
             ));
         }
         if self.rotary_dim == 0 || self.rotary_dim > self.head_dim || self.rotary_dim % 2 != 0 {
-            return Err(format!("rotary dimension {} must be even and at most head_dim {}", self.rotary_dim, self.head_dim));
+            return Err(format!(
+                "rotary dimension {} must be even and at most head_dim {}",
+                self.rotary_dim, self.head_dim
+            ));
         }
         if !(self.rms_norm_eps > 0.0 && self.rms_norm_eps < 1.0) {
-            return Err(format!("rms_norm_eps {} is out of range", self.rms_norm_eps));
+            return Err(format!(
+                "rms_norm_eps {} is out of range",
+                self.rms_norm_eps
+            ));
         }
         if !(self.rope_theta.is_finite() && self.rope_theta > 1.0) {
             return Err(format!("rope theta {} is out of range", self.rope_theta));
@@ -160,7 +177,10 @@ fn gguf_usize(f: &GgufFile, key: &str) -> Result<Option<usize>, String> {
 fn gguf_f32(f: &GgufFile, key: &str) -> Result<Option<f32>, String> {
     match f.get(key) {
         None => Ok(None),
-        Some(v) => v.as_f64().map(|x| Some(x as f32)).ok_or_else(|| format!("metadata {key} = {v} is not a number")),
+        Some(v) => v
+            .as_f64()
+            .map(|x| Some(x as f32))
+            .ok_or_else(|| format!("metadata {key} = {v} is not a number")),
     }
 }
 
@@ -169,10 +189,14 @@ fn from_gguf(f: &GgufFile) -> Result<ModelConfig, String> {
         .get("general.architecture")
         .and_then(|v| v.as_str())
         .ok_or("metadata general.architecture is missing")?;
-    let arch = Arch::from_gguf(arch_name)
-        .ok_or_else(|| format!("architecture {arch_name:?} is not supported (supported: qwen2, llama, qwen3, glm4)"))?;
+    let arch = Arch::from_gguf(arch_name).ok_or_else(|| {
+        format!(
+            "architecture {arch_name:?} is not supported (supported: qwen2, llama, qwen3, glm4)"
+        )
+    })?;
     let req = |k: &str| -> Result<usize, String> {
-        gguf_usize(f, &format!("{arch_name}.{k}"))?.ok_or_else(|| format!("metadata {arch_name}.{k} is missing"))
+        gguf_usize(f, &format!("{arch_name}.{k}"))?
+            .ok_or_else(|| format!("metadata {arch_name}.{k} is missing"))
     };
     let hidden = req("embedding_length")?;
     let heads = req("attention.head_count")?;
@@ -180,8 +204,10 @@ fn from_gguf(f: &GgufFile) -> Result<ModelConfig, String> {
     if heads == 0 {
         return Err(format!("metadata {arch_name}.attention.head_count is 0"));
     }
-    let head_dim = gguf_usize(f, &format!("{arch_name}.attention.key_length"))?.unwrap_or(hidden / heads);
-    let rotary_dim = gguf_usize(f, &format!("{arch_name}.rope.dimension_count"))?.unwrap_or(head_dim);
+    let head_dim =
+        gguf_usize(f, &format!("{arch_name}.attention.key_length"))?.unwrap_or(hidden / heads);
+    let rotary_dim =
+        gguf_usize(f, &format!("{arch_name}.rope.dimension_count"))?.unwrap_or(head_dim);
     let style = match arch {
         // The GGUF converter permutes Llama Q/K rows so that adjacent pairs rotate.
         Arch::Llama | Arch::Glm4 => RopeStyle::Interleaved,
@@ -197,7 +223,8 @@ fn from_gguf(f: &GgufFile) -> Result<ModelConfig, String> {
         num_attention_heads: heads,
         num_key_value_heads: kv_heads,
         head_dim,
-        rms_norm_eps: gguf_f32(f, &format!("{arch_name}.attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-6),
+        rms_norm_eps: gguf_f32(f, &format!("{arch_name}.attention.layer_norm_rms_epsilon"))?
+            .unwrap_or(1e-6),
         rope_theta: gguf_f32(f, &format!("{arch_name}.rope.freq_base"))?.unwrap_or(10000.0),
         rotary_dim,
         rope_style: style,
@@ -221,17 +248,26 @@ fn hf_usize(c: &Json, key: &str) -> Result<Option<usize>, String> {
 fn hf_f32(c: &Json, key: &str) -> Result<Option<f32>, String> {
     match c.get(key) {
         None | Some(Json::Null) => Ok(None),
-        Some(v) => v.as_f64().map(|x| Some(x as f32)).ok_or_else(|| format!("config.json {key} = {v} is not a number")),
+        Some(v) => v
+            .as_f64()
+            .map(|x| Some(x as f32))
+            .ok_or_else(|| format!("config.json {key} = {v} is not a number")),
     }
 }
 
 fn from_hf(c: &Json) -> Result<ModelConfig, String> {
-    let architecture = c.get("architectures").and_then(|a| a.get(0)).and_then(|a| a.as_str()).unwrap_or("");
+    let architecture = c
+        .get("architectures")
+        .and_then(|a| a.get(0))
+        .and_then(|a| a.as_str())
+        .unwrap_or("");
     let model_type = c.get("model_type").and_then(|a| a.as_str()).unwrap_or("");
     let arch = Arch::from_hf(architecture, model_type).ok_or_else(|| {
         format!("architecture {architecture:?} (model_type {model_type:?}) is not supported (supported: Qwen2, Llama, Mistral, Qwen3, Glm4)")
     })?;
-    let req = |k: &str| -> Result<usize, String> { hf_usize(c, k)?.ok_or_else(|| format!("config.json {k} is missing")) };
+    let req = |k: &str| -> Result<usize, String> {
+        hf_usize(c, k)?.ok_or_else(|| format!("config.json {k} is missing"))
+    };
     let hidden = req("hidden_size")?;
     let heads = req("num_attention_heads")?;
     if heads == 0 {
@@ -239,7 +275,10 @@ fn from_hf(c: &Json) -> Result<ModelConfig, String> {
     }
     let head_dim = hf_usize(c, "head_dim")?.unwrap_or(hidden / heads);
     // transformers 5 nests rope settings under rope_parameters; older files keep them at the top level.
-    let rope = c.get("rope_parameters").filter(|r| r.is_object()).or_else(|| c.get("rope_scaling").filter(|r| r.is_object()));
+    let rope = c
+        .get("rope_parameters")
+        .filter(|r| r.is_object())
+        .or_else(|| c.get("rope_scaling").filter(|r| r.is_object()));
     let rope_field = |k: &str| -> Result<Option<f32>, String> {
         match hf_f32(c, k)? {
             Some(v) => Ok(Some(v)),
@@ -256,8 +295,16 @@ fn from_hf(c: &Json) -> Result<ModelConfig, String> {
         .unwrap_or("default");
     let rope_freq_factors = match rope_type {
         "default" => None,
-        "llama3" => Some(llama3_factors(rope.expect("rope_type came from it"), theta, rotary_dim)?),
-        other => return Err(format!("rope type {other:?} is not supported (default, llama3 are)")),
+        "llama3" => Some(llama3_factors(
+            rope.expect("rope_type came from it"),
+            theta,
+            rotary_dim,
+        )?),
+        other => {
+            return Err(format!(
+                "rope type {other:?} is not supported (default, llama3 are)"
+            ))
+        }
     };
     Ok(ModelConfig {
         arch,
@@ -271,16 +318,27 @@ fn from_hf(c: &Json) -> Result<ModelConfig, String> {
         rms_norm_eps: hf_f32(c, "rms_norm_eps")?.unwrap_or(1e-6),
         rope_theta: theta,
         rotary_dim,
-        rope_style: if arch == Arch::Glm4 { RopeStyle::Interleaved } else { RopeStyle::Neox },
+        rope_style: if arch == Arch::Glm4 {
+            RopeStyle::Interleaved
+        } else {
+            RopeStyle::Neox
+        },
         rope_freq_factors,
         max_position_embeddings: hf_usize(c, "max_position_embeddings")?.unwrap_or(4096),
-        tie_word_embeddings: c.get("tie_word_embeddings").and_then(|v| v.as_bool()).unwrap_or(false),
+        tie_word_embeddings: c
+            .get("tie_word_embeddings")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false),
     })
 }
 
 /// Llama 3.1 frequency scaling, expressed as divisors of the inverse frequencies.
 fn llama3_factors(r: &Json, theta: f32, dim: usize) -> Result<Vec<f32>, String> {
-    let get = |k: &str| r.get(k).and_then(|v| v.as_f64()).ok_or_else(|| format!("rope llama3 scaling lacks {k}"));
+    let get = |k: &str| {
+        r.get(k)
+            .and_then(|v| v.as_f64())
+            .ok_or_else(|| format!("rope llama3 scaling lacks {k}"))
+    };
     let factor = get("factor")?;
     let low = get("low_freq_factor")?;
     let high = get("high_freq_factor")?;

@@ -4,4 +4,9 @@
 
 use crate::layers::ArchSpec;
 
-pub(crate) const SPEC: ArchSpec = ArchSpec { qkv_bias: true, qk_norm: false, sandwich_norms: true, fused_gate_up: true };
+pub(crate) const SPEC: ArchSpec = ArchSpec {
+    qkv_bias: true,
+    qk_norm: false,
+    sandwich_norms: true,
+    fused_gate_up: true,
+};

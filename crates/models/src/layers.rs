@@ -3,7 +3,9 @@
 
 use crate::config::{Arch, ModelConfig};
 use crate::loader::{LoadError, Loader};
-use suanli_backend::{Act, AttnMeta, Backend, BackendError, BatchPlan, KvPages, KvSpec, RopeParams, Weight};
+use suanli_backend::{
+    Act, AttnMeta, Backend, BackendError, BatchPlan, KvPages, KvSpec, RopeParams, Weight,
+};
 use suanli_formats::ModelSource;
 
 /// How an architecture's decoder block differs from the plain Llama block.
@@ -61,16 +63,16 @@ pub struct Model<B: Backend> {
 /// Activation buffers for up to `capacity` tokens per step, allocated once.
 pub struct Scratch<B: Backend> {
     capacity: usize,
-    x: Act<B::Buffer>,      // [n, hidden] residual stream
-    h: Act<B::Buffer>,      // [n, hidden] normed input
-    o: Act<B::Buffer>,      // [n, hidden] block output
-    q: Act<B::Buffer>,      // [n, n_heads * head_dim]
-    k: Act<B::Buffer>,      // [n, n_kv_heads * head_dim]
-    v: Act<B::Buffer>,      // [n, n_kv_heads * head_dim]
-    attn: Act<B::Buffer>,   // [n, n_heads * head_dim]
-    gate: Act<B::Buffer>,   // [n, intermediate]
-    up: Act<B::Buffer>,     // [n, intermediate]
-    act: Act<B::Buffer>,    // [n, intermediate]
+    x: Act<B::Buffer>,    // [n, hidden] residual stream
+    h: Act<B::Buffer>,    // [n, hidden] normed input
+    o: Act<B::Buffer>,    // [n, hidden] block output
+    q: Act<B::Buffer>,    // [n, n_heads * head_dim]
+    k: Act<B::Buffer>,    // [n, n_kv_heads * head_dim]
+    v: Act<B::Buffer>,    // [n, n_kv_heads * head_dim]
+    attn: Act<B::Buffer>, // [n, n_heads * head_dim]
+    gate: Act<B::Buffer>, // [n, intermediate]
+    up: Act<B::Buffer>,   // [n, intermediate]
+    act: Act<B::Buffer>,  // [n, intermediate]
 }
 
 impl<B: Backend> Scratch<B> {
@@ -84,30 +86,46 @@ impl<B: Backend> Model<B> {
         let cfg = ModelConfig::from_source(src)?;
         let l = Loader { src, backend };
         let s = spec(cfg.arch);
-        let (hd, qd, kvd, ff) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size);
+        let (hd, qd, kvd, ff) = (
+            cfg.hidden_size,
+            cfg.q_dim(),
+            cfg.kv_dim(),
+            cfg.intermediate_size,
+        );
         let embed = l.matrix("model.embed_tokens.weight", cfg.vocab_size, hd)?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{i}");
-            let bias = |name: &str, len: usize| -> Result<Option<Weight<B::WeightStore>>, LoadError> {
-                let n = format!("{p}.self_attn.{name}.bias");
-                if s.qkv_bias {
-                    l.vector(&n, len).map(Some)
-                } else {
-                    l.opt_vector(&n, len)
-                }
-            };
+            let bias =
+                |name: &str, len: usize| -> Result<Option<Weight<B::WeightStore>>, LoadError> {
+                    let n = format!("{p}.self_attn.{name}.bias");
+                    if s.qkv_bias {
+                        l.vector(&n, len).map(Some)
+                    } else {
+                        l.opt_vector(&n, len)
+                    }
+                };
             let (gate, up) = if s.fused_gate_up {
                 let n = format!("{p}.mlp.gate_up_proj.weight");
-                (l.matrix_rows(&n, 2 * ff, hd, 0..ff)?, l.matrix_rows(&n, 2 * ff, hd, ff..2 * ff)?)
+                (
+                    l.matrix_rows(&n, 2 * ff, hd, 0..ff)?,
+                    l.matrix_rows(&n, 2 * ff, hd, ff..2 * ff)?,
+                )
             } else {
-                (l.matrix(&format!("{p}.mlp.gate_proj.weight"), ff, hd)?, l.matrix(&format!("{p}.mlp.up_proj.weight"), ff, hd)?)
+                (
+                    l.matrix(&format!("{p}.mlp.gate_proj.weight"), ff, hd)?,
+                    l.matrix(&format!("{p}.mlp.up_proj.weight"), ff, hd)?,
+                )
             };
             let head_norm = |name: &str| -> Result<Option<Weight<B::WeightStore>>, LoadError> {
-                s.qk_norm.then(|| l.vector(&format!("{p}.self_attn.{name}.weight"), cfg.head_dim)).transpose()
+                s.qk_norm
+                    .then(|| l.vector(&format!("{p}.self_attn.{name}.weight"), cfg.head_dim))
+                    .transpose()
             };
             let sandwich = |name: &str| -> Result<Option<Weight<B::WeightStore>>, LoadError> {
-                s.sandwich_norms.then(|| l.vector(&format!("{p}.{name}.weight"), hd)).transpose()
+                s.sandwich_norms
+                    .then(|| l.vector(&format!("{p}.{name}.weight"), hd))
+                    .transpose()
             };
             layers.push(Layer {
                 input_norm: l.vector(&format!("{p}.input_layernorm.weight"), hd)?,
@@ -134,14 +152,31 @@ impl<B: Backend> Model<B> {
         } else {
             None
         };
-        let mut rope_q = RopeParams::new(cfg.num_attention_heads, cfg.head_dim, cfg.rotary_dim, cfg.rope_theta, cfg.rope_style);
+        let mut rope_q = RopeParams::new(
+            cfg.num_attention_heads,
+            cfg.head_dim,
+            cfg.rotary_dim,
+            cfg.rope_theta,
+            cfg.rope_style,
+        );
         if let Some(f) = &cfg.rope_freq_factors {
             for (inv, f) in rope_q.inv_freq.iter_mut().zip(f) {
                 *inv /= f;
             }
         }
-        let rope_k = RopeParams { n_heads: cfg.num_key_value_heads, ..rope_q.clone() };
-        Ok(Model { cfg, embed, layers, norm, lm_head, rope_q, rope_k })
+        let rope_k = RopeParams {
+            n_heads: cfg.num_key_value_heads,
+            ..rope_q.clone()
+        };
+        Ok(Model {
+            cfg,
+            embed,
+            layers,
+            norm,
+            lm_head,
+            rope_q,
+            rope_k,
+        })
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -187,7 +222,10 @@ impl<B: Backend> Model<B> {
     ) -> Result<(), BackendError> {
         let n = plan.tokens.len();
         if n > s.capacity || plan.positions.len() != n || plan.slots.len() != n {
-            return Err(suanli_backend::shape_err("forward", format!("{n} tokens for a scratch of {}", s.capacity)));
+            return Err(suanli_backend::shape_err(
+                "forward",
+                format!("{n} tokens for a scratch of {}", s.capacity),
+            ));
         }
         let c = &self.cfg;
         let meta = AttnMeta {
@@ -213,20 +251,39 @@ impl<B: Backend> Model<B> {
             b.write_kv(&s.k, &s.v, &plan.slots, kv, i)?;
             b.attention(&s.q, kv, &meta, i, &mut s.attn)?;
             b.linear(&s.attn, &layer.o, None, &mut s.o)?;
-            residual_add(b, &mut s.x, &mut s.o, &mut s.h, layer.post_attn_out_norm.as_ref(), c.rms_norm_eps)?;
+            residual_add(
+                b,
+                &mut s.x,
+                &mut s.o,
+                &mut s.h,
+                layer.post_attn_out_norm.as_ref(),
+                c.rms_norm_eps,
+            )?;
             // MLP block.
             b.rms_norm(&s.x, &layer.mlp_norm, c.rms_norm_eps, &mut s.h)?;
             b.linear(&s.h, &layer.gate, None, &mut s.gate)?;
             b.linear(&s.h, &layer.up, None, &mut s.up)?;
             b.silu_mul(&s.gate, &s.up, &mut s.act)?;
             b.linear(&s.act, &layer.down, None, &mut s.o)?;
-            residual_add(b, &mut s.x, &mut s.o, &mut s.h, layer.post_mlp_out_norm.as_ref(), c.rms_norm_eps)?;
+            residual_add(
+                b,
+                &mut s.x,
+                &mut s.o,
+                &mut s.h,
+                layer.post_mlp_out_norm.as_ref(),
+                c.rms_norm_eps,
+            )?;
         }
         if plan.logits_rows.is_empty() {
             return Ok(());
         }
         b.rms_norm(&s.x, &self.norm, c.rms_norm_eps, &mut s.h)?;
-        b.logits(&s.h, &plan.logits_rows, self.lm_head.as_ref().unwrap_or(&self.embed), logits)
+        b.logits(
+            &s.h,
+            &plan.logits_rows,
+            self.lm_head.as_ref().unwrap_or(&self.embed),
+            logits,
+        )
     }
 }
 

@@ -11,7 +11,12 @@ pub enum LoadError {
     #[error("{path}: tensor {name} is missing")]
     Missing { path: String, name: String },
     #[error("{path}: tensor {name} has shape {found:?}, expected {expected:?} from the model's hyperparameters")]
-    Shape { path: String, name: String, expected: Vec<usize>, found: Vec<usize> },
+    Shape {
+        path: String,
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
     #[error("{path}: {source}")]
     Backend { path: String, source: BackendError },
 }
@@ -31,30 +36,75 @@ impl<'a, B: Backend> Loader<'a, B> {
     }
 
     /// A tensor whose shape must be exactly `shape` (1-D or 2-D), rows `row_range` of it.
-    fn load(&self, name: &str, shape: &[usize], rows: Option<std::ops::Range<usize>>) -> Result<Weight<B::WeightStore>, LoadError> {
-        let t = self.src.tensor(name).ok_or_else(|| LoadError::Missing { path: self.path(), name: name.into() })?;
+    fn load(
+        &self,
+        name: &str,
+        shape: &[usize],
+        rows: Option<std::ops::Range<usize>>,
+    ) -> Result<Weight<B::WeightStore>, LoadError> {
+        let t = self.src.tensor(name).ok_or_else(|| LoadError::Missing {
+            path: self.path(),
+            name: name.into(),
+        })?;
         if t.shape != shape {
-            return Err(LoadError::Shape { path: self.path(), name: name.into(), expected: shape.to_vec(), found: t.shape.clone() });
+            return Err(LoadError::Shape {
+                path: self.path(),
+                name: name.into(),
+                expected: shape.to_vec(),
+                found: t.shape.clone(),
+            });
         }
-        let (all_rows, cols) = if shape.len() == 1 { (1, shape[0]) } else { (shape[0], shape[1]) };
-        let backend_err = |e: BackendError| LoadError::Backend { path: self.path(), source: e };
-        let row_bytes = t.dtype.row_bytes(cols).map_err(|e| backend_err(suanli_backend::shape_err("load", format!("{name}: {e}"))))?;
+        let (all_rows, cols) = if shape.len() == 1 {
+            (1, shape[0])
+        } else {
+            (shape[0], shape[1])
+        };
+        let backend_err = |e: BackendError| LoadError::Backend {
+            path: self.path(),
+            source: e,
+        };
+        let row_bytes = t
+            .dtype
+            .row_bytes(cols)
+            .map_err(|e| backend_err(suanli_backend::shape_err("load", format!("{name}: {e}"))))?;
         let r = rows.unwrap_or(0..all_rows);
         let bytes = t
             .bytes
             .slice(r.start * row_bytes..r.end * row_bytes)
-            .ok_or_else(|| backend_err(suanli_backend::shape_err("load", format!("{name}: rows {r:?} out of range"))))?;
+            .ok_or_else(|| {
+                backend_err(suanli_backend::shape_err(
+                    "load",
+                    format!("{name}: rows {r:?} out of range"),
+                ))
+            })?;
         self.backend
-            .prepare_weight(HostTensor { name, dtype: t.dtype, rows: r.len(), cols, bytes: &bytes })
+            .prepare_weight(HostTensor {
+                name,
+                dtype: t.dtype,
+                rows: r.len(),
+                cols,
+                bytes: &bytes,
+            })
             .map_err(backend_err)
     }
 
-    pub fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Weight<B::WeightStore>, LoadError> {
+    pub fn matrix(
+        &self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Weight<B::WeightStore>, LoadError> {
         self.load(name, &[rows, cols], None)
     }
 
     /// Rows `range` of a `[rows, cols]` matrix (halves of a fused projection).
-    pub fn matrix_rows(&self, name: &str, rows: usize, cols: usize, range: std::ops::Range<usize>) -> Result<Weight<B::WeightStore>, LoadError> {
+    pub fn matrix_rows(
+        &self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+        range: std::ops::Range<usize>,
+    ) -> Result<Weight<B::WeightStore>, LoadError> {
         self.load(name, &[rows, cols], Some(range))
     }
 
@@ -62,7 +112,11 @@ impl<'a, B: Backend> Loader<'a, B> {
         self.load(name, &[len], None)
     }
 
-    pub fn opt_vector(&self, name: &str, len: usize) -> Result<Option<Weight<B::WeightStore>>, LoadError> {
+    pub fn opt_vector(
+        &self,
+        name: &str,
+        len: usize,
+    ) -> Result<Option<Weight<B::WeightStore>>, LoadError> {
         if self.has(name) {
             self.vector(name, len).map(Some)
         } else {

@@ -3,4 +3,9 @@
 
 use crate::layers::ArchSpec;
 
-pub(crate) const SPEC: ArchSpec = ArchSpec { qkv_bias: false, qk_norm: true, sandwich_norms: false, fused_gate_up: false };
+pub(crate) const SPEC: ArchSpec = ArchSpec {
+    qkv_bias: false,
+    qk_norm: true,
+    sandwich_norms: false,
+    fused_gate_up: false,
+};

@@ -5,7 +5,8 @@ pub fn byte_to_char() -> [char; 256] {
     let mut table = ['\0'; 256];
     let mut n = 0u32;
     for b in 0..256u32 {
-        let printable = (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b);
+        let printable =
+            (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b);
         table[b as usize] = if printable {
             char::from_u32(b).expect("latin-1 range")
         } else {
@@ -18,12 +19,19 @@ pub fn byte_to_char() -> [char; 256] {
 }
 
 /// The bytes a byte-level vocab string stands for; `None` if it has a char outside the alphabet.
-pub fn decode_byte_level(s: &str, inverse: &std::collections::HashMap<char, u8>) -> Option<Vec<u8>> {
+pub fn decode_byte_level(
+    s: &str,
+    inverse: &std::collections::HashMap<char, u8>,
+) -> Option<Vec<u8>> {
     s.chars().map(|c| inverse.get(&c).copied()).collect()
 }
 
 pub fn inverse_table() -> std::collections::HashMap<char, u8> {
-    byte_to_char().iter().enumerate().map(|(b, &c)| (c, b as u8)).collect()
+    byte_to_char()
+        .iter()
+        .enumerate()
+        .map(|(b, &c)| (c, b as u8))
+        .collect()
 }
 
 /// `<0xAB>` → 0xAB (SentencePiece byte-fallback tokens).

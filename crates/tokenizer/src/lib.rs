@@ -24,7 +24,10 @@ pub struct TokenizerError {
 
 pub(crate) enum Engine {
     /// `special` parses control-token strings; `plain` treats them as text.
-    Hf { special: Box<tokenizers::Tokenizer>, plain: Box<tokenizers::Tokenizer> },
+    Hf {
+        special: Box<tokenizers::Tokenizer>,
+        plain: Box<tokenizers::Tokenizer>,
+    },
     Spm(spm::Spm),
 }
 
@@ -46,11 +49,17 @@ pub struct Tokenizer {
 
 impl Tokenizer {
     pub fn from_gguf(f: &suanli_formats::gguf::GgufFile) -> Result<Tokenizer, TokenizerError> {
-        gguf_vocab::build(f).map_err(|problem| TokenizerError { source_name: f.path.display().to_string(), problem })
+        gguf_vocab::build(f).map_err(|problem| TokenizerError {
+            source_name: f.path.display().to_string(),
+            problem,
+        })
     }
 
     pub fn from_hf_dir(dir: &Path) -> Result<Tokenizer, TokenizerError> {
-        gguf_vocab::build_hf(dir).map_err(|problem| TokenizerError { source_name: dir.display().to_string(), problem })
+        gguf_vocab::build_hf(dir).map_err(|problem| TokenizerError {
+            source_name: dir.display().to_string(),
+            problem,
+        })
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -63,7 +72,9 @@ impl Tokenizer {
         match &self.engine {
             Engine::Hf { special, plain } => {
                 let t = if parse_special { special } else { plain };
-                t.encode(text, false).map(|e| e.get_ids().to_vec()).map_err(|e| e.to_string())
+                t.encode(text, false)
+                    .map(|e| e.get_ids().to_vec())
+                    .map_err(|e| e.to_string())
             }
             Engine::Spm(s) => Ok(s.encode(text, parse_special)),
         }
@@ -83,7 +94,10 @@ impl Tokenizer {
 
     /// The bytes a token prints as (control tokens print nothing).
     pub fn token_bytes(&self, id: u32) -> &[u8] {
-        self.token_bytes.get(id as usize).map(|v| v.as_slice()).unwrap_or(&[])
+        self.token_bytes
+            .get(id as usize)
+            .map(|v| v.as_slice())
+            .unwrap_or(&[])
     }
 
     pub fn is_control(&self, id: u32) -> bool {

@@ -55,7 +55,12 @@ struct Sym {
 }
 
 impl Spm {
-    pub fn new(tokens: Vec<String>, scores: Vec<f32>, types: Vec<i64>, add_space_prefix: bool) -> Result<Spm, String> {
+    pub fn new(
+        tokens: Vec<String>,
+        scores: Vec<f32>,
+        types: Vec<i64>,
+        add_space_prefix: bool,
+    ) -> Result<Spm, String> {
         let mut map = HashMap::with_capacity(tokens.len());
         let mut byte_tokens = [None; 256];
         let mut specials = Vec::new();
@@ -66,17 +71,30 @@ impl Spm {
                 byte_tokens[b as usize] = Some(i as u32);
             }
             match types[i] {
-                TT_CONTROL | TT_USER_DEFINED if !t.is_empty() => specials.push((t.clone(), i as u32, types[i] == TT_CONTROL)),
+                TT_CONTROL | TT_USER_DEFINED if !t.is_empty() => {
+                    specials.push((t.clone(), i as u32, types[i] == TT_CONTROL))
+                }
                 TT_UNKNOWN => unk = unk.or(Some(i as u32)),
                 _ => {}
             }
         }
         specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
-        Ok(Spm { tokens, scores, map, byte_tokens, unk, add_space_prefix, specials })
+        Ok(Spm {
+            tokens,
+            scores,
+            map,
+            byte_tokens,
+            unk,
+            add_space_prefix,
+            specials,
+        })
     }
 
     pub fn token_text(&self, id: u32) -> &str {
-        self.tokens.get(id as usize).map(|s| s.as_str()).unwrap_or("")
+        self.tokens
+            .get(id as usize)
+            .map(|s| s.as_str())
+            .unwrap_or("")
     }
 
     pub fn encode(&self, text: &str, parse_special: bool) -> Vec<u32> {
@@ -129,7 +147,12 @@ impl Spm {
     fn encode_piece(&self, text: &str, out: &mut Vec<u32>) {
         let mut syms: Vec<Sym> = Vec::new();
         for (i, (start, c)) in text.char_indices().enumerate() {
-            syms.push(Sym { start, len: c.len_utf8(), prev: i.checked_sub(1), next: None });
+            syms.push(Sym {
+                start,
+                len: c.len_utf8(),
+                prev: i.checked_sub(1),
+                next: None,
+            });
         }
         let n = syms.len();
         for i in 0..n {
@@ -137,22 +160,35 @@ impl Spm {
         }
         let mut heap = BinaryHeap::new();
         let mut rev_merge: HashMap<(usize, usize), (usize, usize, usize)> = HashMap::new();
-        let try_add = |heap: &mut BinaryHeap<Bigram>, syms: &[Sym], l: Option<usize>, r: Option<usize>| {
-            let (Some(l), Some(r)) = (l, r) else { return };
-            let piece = &text[syms[l].start..syms[r].start + syms[r].len];
-            if let Some(&id) = self.map.get(piece) {
-                heap.push(Bigram { score: self.scores[id as usize], left: l, right: r, len: piece.len() });
-            }
-        };
+        let try_add =
+            |heap: &mut BinaryHeap<Bigram>, syms: &[Sym], l: Option<usize>, r: Option<usize>| {
+                let (Some(l), Some(r)) = (l, r) else { return };
+                let piece = &text[syms[l].start..syms[r].start + syms[r].len];
+                if let Some(&id) = self.map.get(piece) {
+                    heap.push(Bigram {
+                        score: self.scores[id as usize],
+                        left: l,
+                        right: r,
+                        len: piece.len(),
+                    });
+                }
+            };
         for i in 1..n {
             try_add(&mut heap, &syms, Some(i - 1), Some(i));
         }
         while let Some(b) = heap.pop() {
             let (l, r) = (b.left, b.right);
-            if syms[l].len == 0 || syms[r].len == 0 || syms[l].len + syms[r].len != b.len || syms[l].next != Some(r) {
+            if syms[l].len == 0
+                || syms[r].len == 0
+                || syms[l].len + syms[r].len != b.len
+                || syms[l].next != Some(r)
+            {
                 continue;
             }
-            rev_merge.insert((syms[l].start, b.len), (syms[l].start, syms[l].len, syms[r].len));
+            rev_merge.insert(
+                (syms[l].start, b.len),
+                (syms[l].start, syms[l].len, syms[r].len),
+            );
             syms[l].len += syms[r].len;
             syms[r].len = 0;
             syms[l].next = syms[r].next;
@@ -169,7 +205,14 @@ impl Spm {
         }
     }
 
-    fn resegment(&self, text: &str, start: usize, len: usize, rev: &HashMap<(usize, usize), (usize, usize, usize)>, out: &mut Vec<u32>) {
+    fn resegment(
+        &self,
+        text: &str,
+        start: usize,
+        len: usize,
+        rev: &HashMap<(usize, usize), (usize, usize, usize)>,
+        out: &mut Vec<u32>,
+    ) {
         if let Some(&id) = self.map.get(&text[start..start + len]) {
             out.push(id);
             return;
@@ -192,10 +235,33 @@ mod tests {
     use super::*;
 
     fn vocab() -> Spm {
-        let toks = ["<unk>", "<s>", "</s>", "\u{2581}", "h", "e", "l", "o", "he", "ll", "hell", "hello", "\u{2581}hello", "<0x21>"];
-        let scores = [0.0, 0.0, 0.0, -1.0, -2.0, -2.0, -2.0, -2.0, -1.5, -1.4, -1.0, -0.5, -0.1, 0.0];
+        let toks = [
+            "<unk>",
+            "<s>",
+            "</s>",
+            "\u{2581}",
+            "h",
+            "e",
+            "l",
+            "o",
+            "he",
+            "ll",
+            "hell",
+            "hello",
+            "\u{2581}hello",
+            "<0x21>",
+        ];
+        let scores = [
+            0.0, 0.0, 0.0, -1.0, -2.0, -2.0, -2.0, -2.0, -1.5, -1.4, -1.0, -0.5, -0.1, 0.0,
+        ];
         let types = [2, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 6];
-        Spm::new(toks.iter().map(|s| s.to_string()).collect(), scores.to_vec(), types.to_vec(), true).unwrap()
+        Spm::new(
+            toks.iter().map(|s| s.to_string()).collect(),
+            scores.to_vec(),
+            types.to_vec(),
+            true,
+        )
+        .unwrap()
     }
 
     #[test]

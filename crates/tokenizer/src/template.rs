@@ -19,7 +19,10 @@ pub struct ChatMessage {
 
 impl ChatMessage {
     pub fn new(role: &str, content: &str) -> ChatMessage {
-        ChatMessage { role: role.into(), content: content.into() }
+        ChatMessage {
+            role: role.into(),
+            content: content.into(),
+        }
     }
 }
 
@@ -42,12 +45,16 @@ pub struct ChatTemplate {
 }
 
 fn raise_exception(msg: String) -> Result<Value, Error> {
-    Err(Error::new(ErrorKind::InvalidOperation, format!("raise_exception: {msg}")))
+    Err(Error::new(
+        ErrorKind::InvalidOperation,
+        format!("raise_exception: {msg}"),
+    ))
 }
 
 /// `tojson` as transformers defines it: no HTML escaping, non-ASCII kept, optional indent.
 fn tojson(v: Value, indent: Option<usize>) -> Result<Value, Error> {
-    let j = serde_json::to_value(&v).map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
+    let j = serde_json::to_value(&v)
+        .map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
     let s = match indent {
         None => python_json(&j),
         Some(n) => {
@@ -55,7 +62,8 @@ fn tojson(v: Value, indent: Option<usize>) -> Result<Value, Error> {
             let ind = vec![b' '; n];
             let fmt = serde_json::ser::PrettyFormatter::with_indent(&ind);
             let mut ser = serde_json::Serializer::with_formatter(&mut buf, fmt);
-            j.serialize(&mut ser).map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
+            j.serialize(&mut ser)
+                .map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
             String::from_utf8(buf).expect("serde_json writes UTF-8")
         }
     };
@@ -65,11 +73,18 @@ fn tojson(v: Value, indent: Option<usize>) -> Result<Value, Error> {
 /// Python's `json.dumps` separators: `", "` and `": "`.
 fn python_json(j: &serde_json::Value) -> String {
     match j {
-        serde_json::Value::Array(a) => format!("[{}]", a.iter().map(python_json).collect::<Vec<_>>().join(", ")),
+        serde_json::Value::Array(a) => format!(
+            "[{}]",
+            a.iter().map(python_json).collect::<Vec<_>>().join(", ")
+        ),
         serde_json::Value::Object(o) => format!(
             "{{{}}}",
             o.iter()
-                .map(|(k, v)| format!("{}: {}", serde_json::Value::String(k.clone()), python_json(v)))
+                .map(|(k, v)| format!(
+                    "{}: {}",
+                    serde_json::Value::String(k.clone()),
+                    python_json(v)
+                ))
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
@@ -78,7 +93,11 @@ fn python_json(j: &serde_json::Value) -> String {
 }
 
 impl ChatTemplate {
-    pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<ChatTemplate, TemplateError> {
+    pub fn new(
+        source: &str,
+        bos_token: &str,
+        eos_token: &str,
+    ) -> Result<ChatTemplate, TemplateError> {
         if source.len() > MAX_SOURCE {
             return Err(TemplateError::TooLarge(source.len()));
         }
@@ -92,16 +111,33 @@ impl ChatTemplate {
         env.add_function("strftime_now", |fmt: String| -> Result<Value, Error> {
             // Deterministic output: templates use it for a "today" line; a fixed date keeps
             // prompts (and prefix caches) stable. Supports the common %d %b %Y %m forms.
-            let s = fmt.replace("%Y", "2026").replace("%m", "01").replace("%d", "01").replace("%b", "Jan").replace("%B", "January");
+            let s = fmt
+                .replace("%Y", "2026")
+                .replace("%m", "01")
+                .replace("%d", "01")
+                .replace("%b", "Jan")
+                .replace("%B", "January");
             Ok(Value::from(s))
         });
         env.add_filter("tojson", tojson);
-        env.add_template_owned("chat", source.to_owned()).map_err(|e| TemplateError::Compile(e.to_string()))?;
-        Ok(ChatTemplate { env, bos_token: bos_token.into(), eos_token: eos_token.into() })
+        env.add_template_owned("chat", source.to_owned())
+            .map_err(|e| TemplateError::Compile(e.to_string()))?;
+        Ok(ChatTemplate {
+            env,
+            bos_token: bos_token.into(),
+            eos_token: eos_token.into(),
+        })
     }
 
-    pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String, TemplateError> {
-        let tmpl = self.env.get_template("chat").map_err(|e| TemplateError::Compile(e.to_string()))?;
+    pub fn render(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, TemplateError> {
+        let tmpl = self
+            .env
+            .get_template("chat")
+            .map_err(|e| TemplateError::Compile(e.to_string()))?;
         let ctx = minijinja::context! {
             messages => messages,
             add_generation_prompt => add_generation_prompt,
@@ -114,7 +150,9 @@ impl ChatTemplate {
             Err(e) => {
                 let msg = format!("{e:#}");
                 match msg.find("raise_exception: ") {
-                    Some(p) => Err(TemplateError::Raised(msg[p + 17..].lines().next().unwrap_or("").to_owned())),
+                    Some(p) => Err(TemplateError::Raised(
+                        msg[p + 17..].lines().next().unwrap_or("").to_owned(),
+                    )),
                     None => Err(TemplateError::Render(msg)),
                 }
             }
@@ -129,7 +167,9 @@ struct CappedWriter {
 impl std::io::Write for CappedWriter {
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
         if self.buf.len() + b.len() > MAX_OUTPUT {
-            return Err(std::io::Error::other(format!("output exceeds {MAX_OUTPUT} bytes")));
+            return Err(std::io::Error::other(format!(
+                "output exceeds {MAX_OUTPUT} bytes"
+            )));
         }
         self.buf.extend_from_slice(b);
         Ok(b.len())
@@ -162,9 +202,15 @@ mod tests {
             Err(TemplateError::Raised(m)) => assert!(m.contains("roles must alternate"), "{m}"),
             other => panic!("{other:?}"),
         }
-        let t = ChatTemplate::new("{% for i in range(100000000) %}xxxxxxxx{% endfor %}", "", "").unwrap();
+        let t = ChatTemplate::new(
+            "{% for i in range(100000000) %}xxxxxxxx{% endfor %}",
+            "",
+            "",
+        )
+        .unwrap();
         assert!(t.render(&[], false).is_err());
-        let t = ChatTemplate::new("{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}", "", "").unwrap();
+        let t = ChatTemplate::new("{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}", "", "")
+            .unwrap();
         assert!(t.render(&[], false).is_err());
     }
 }

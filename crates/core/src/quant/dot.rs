@@ -52,7 +52,8 @@ fn q4_0(b: &[u8], y: &BlockQ8) -> f32 {
     let qs = &b[2..18];
     let mut s = 0i32;
     for j in 0..16 {
-        s += ((qs[j] & 0xF) as i32 - 8) * y.qs[j] as i32 + ((qs[j] >> 4) as i32 - 8) * y.qs[j + 16] as i32;
+        s += ((qs[j] & 0xF) as i32 - 8) * y.qs[j] as i32
+            + ((qs[j] >> 4) as i32 - 8) * y.qs[j + 16] as i32;
     }
     s as f32 * f16_at(b, 0) * y.d
 }
@@ -73,7 +74,8 @@ fn q5_0(b: &[u8], y: &BlockQ8) -> f32 {
     for j in 0..16 {
         let h0 = (((qh >> j) & 1) << 4) as i32;
         let h1 = (((qh >> (j + 16)) & 1) << 4) as i32;
-        s += (((qs[j] & 0xF) as i32 | h0) - 16) * y.qs[j] as i32 + (((qs[j] >> 4) as i32 | h1) - 16) * y.qs[j + 16] as i32;
+        s += (((qs[j] & 0xF) as i32 | h0) - 16) * y.qs[j] as i32
+            + (((qs[j] >> 4) as i32 | h1) - 16) * y.qs[j + 16] as i32;
     }
     s as f32 * f16_at(b, 0) * y.d
 }
@@ -85,7 +87,8 @@ fn q5_1(b: &[u8], y: &BlockQ8) -> f32 {
     for j in 0..16 {
         let h0 = (((qh >> j) & 1) << 4) as i32;
         let h1 = (((qh >> (j + 16)) & 1) << 4) as i32;
-        s += ((qs[j] & 0xF) as i32 | h0) * y.qs[j] as i32 + ((qs[j] >> 4) as i32 | h1) * y.qs[j + 16] as i32;
+        s += ((qs[j] & 0xF) as i32 | h0) * y.qs[j] as i32
+            + ((qs[j] >> 4) as i32 | h1) * y.qs[j + 16] as i32;
     }
     (f16_at(b, 0) * y.d) * s as f32 + f16_at(b, 2) * y.s
 }
@@ -125,7 +128,11 @@ fn q3_k(b: &[u8], y: &BlockQ8K) -> f32 {
         let mut s = 0i32;
         for l in 0..16 {
             let q = ((qs[half * 32 + off + l] >> shift) & 3) as i32;
-            let h = if hmask[off + l] & (1 << hbit) != 0 { 0 } else { 4 };
+            let h = if hmask[off + l] & (1 << hbit) != 0 {
+                0
+            } else {
+                4
+            };
             s += (q - h) * y.qs[g * 16 + l] as i32;
         }
         isum += scales[g] as i32 * s;
@@ -208,7 +215,9 @@ mod tests {
             (seed >> 16) as u8
         };
         let n = 512;
-        let x: Vec<f32> = (0..n).map(|i| ((i * 31 % 97) as f32 - 48.0) / 13.0).collect();
+        let x: Vec<f32> = (0..n)
+            .map(|i| ((i * 31 % 97) as f32 - 48.0) / 13.0)
+            .collect();
         for ty in DType::ALL.into_iter().filter(|t| t.is_quantized()) {
             let mut row: Vec<u8> = (0..ty.row_bytes(n).unwrap()).map(|_| rnd()).collect();
             // Make the f16 scale fields small finite values.
@@ -224,21 +233,38 @@ mod tests {
                 ActFormat::Q8K => {
                     let mut q = vec![BlockQ8K::default(); n / 256];
                     quantize_q8k(&x, &mut q);
-                    let xd = q.iter().flat_map(|b| b.qs.iter().map(move |&v| v as f32 * b.d)).collect();
+                    let xd = q
+                        .iter()
+                        .flat_map(|b| b.qs.iter().map(move |&v| v as f32 * b.d))
+                        .collect();
                     (dot_q8k(ty, &row, &q), xd)
                 }
                 f => {
                     let mut q = vec![BlockQ8::default(); n / 32];
                     quantize_q8(&x, f == ActFormat::Q8_1, &mut q);
-                    let xd = q.iter().flat_map(|b| b.qs.iter().map(move |&v| v as f32 * b.d)).collect();
+                    let xd = q
+                        .iter()
+                        .flat_map(|b| b.qs.iter().map(move |&v| v as f32 * b.d))
+                        .collect();
                     (dot_q8(ty, &row, &q), xd)
                 }
             };
             let want: f64 = w.iter().zip(&xd).map(|(a, b)| *a as f64 * *b as f64).sum();
-            let mag: f64 = w.iter().zip(&xd).map(|(a, b)| (*a as f64 * *b as f64).abs()).sum();
+            let mag: f64 = w
+                .iter()
+                .zip(&xd)
+                .map(|(a, b)| (*a as f64 * *b as f64).abs())
+                .sum();
             // Q4_1/Q5_1 use the f16-rounded block sum s, which is slightly off Σ d*q.
-            let tol = if matches!(ty, DType::Q4_1 | DType::Q5_1) { 2e-3 } else { 1e-5 };
-            assert!((got as f64 - want).abs() <= tol * mag.max(1.0), "{ty}: {got} vs {want} (mag {mag})");
+            let tol = if matches!(ty, DType::Q4_1 | DType::Q5_1) {
+                2e-3
+            } else {
+                1e-5
+            };
+            assert!(
+                (got as f64 - want).abs() <= tol * mag.max(1.0),
+                "{ty}: {got} vs {want} (mag {mag})"
+            );
         }
     }
 }

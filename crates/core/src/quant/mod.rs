@@ -30,7 +30,12 @@ pub fn dequantize(ty: DType, src: &[u8], out: &mut [f32]) -> Result<(), SizeMism
         need: usize::MAX,
     })?;
     if src.len() != need {
-        return Err(SizeMismatch { ty, bytes: src.len(), elems: out.len(), need });
+        return Err(SizeMismatch {
+            ty,
+            bytes: src.len(),
+            elems: out.len(),
+            need,
+        });
     }
     let bb = ty.block_bytes();
     let be = ty.block_elems();
@@ -186,7 +191,11 @@ fn block_q3_k(b: &[u8], y: &mut [f32]) {
         let hbit = g / 2; // bit index into hmask
         for l in 0..16 {
             let q = ((qs[half * 32 + off + l] >> shift) & 3) as i32;
-            let h = if hmask[off + l] & (1 << hbit) != 0 { 0 } else { 4 };
+            let h = if hmask[off + l] & (1 << hbit) != 0 {
+                0
+            } else {
+                4
+            };
             y[g * 16 + l] = dl * (q - h) as f32;
         }
     }
@@ -197,7 +206,10 @@ pub fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
-        ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+        (
+            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
     }
 }
 
@@ -247,7 +259,12 @@ fn block_q6_k(b: &[u8], y: &mut [f32]) {
     let sc = &b[192..208];
     let d = f16_at(b, 208);
     for n in 0..2 {
-        let (ql, qh, sc, y) = (&ql[n * 64..], &qh[n * 32..], &sc[n * 8..], &mut y[n * 128..]);
+        let (ql, qh, sc, y) = (
+            &ql[n * 64..],
+            &qh[n * 32..],
+            &sc[n * 8..],
+            &mut y[n * 128..],
+        );
         for l in 0..32 {
             let is = l / 16;
             let q1 = ((ql[l] & 0xF) | ((qh[l] & 3) << 4)) as i32 - 32;

@@ -23,13 +23,21 @@ pub struct BlockQ8K {
 
 impl Default for BlockQ8 {
     fn default() -> Self {
-        BlockQ8 { d: 0.0, s: 0.0, qs: [0; 32] }
+        BlockQ8 {
+            d: 0.0,
+            s: 0.0,
+            qs: [0; 32],
+        }
     }
 }
 
 impl Default for BlockQ8K {
     fn default() -> Self {
-        BlockQ8K { d: 0.0, qs: [0; 256], bsums: [0; 16] }
+        BlockQ8K {
+            d: 0.0,
+            qs: [0; 256],
+            bsums: [0; 16],
+        }
     }
 }
 
@@ -69,7 +77,11 @@ pub fn quantize_q8(x: &[f32], with_sum: bool, out: &mut [BlockQ8]) {
             sum += *q as i32;
         }
         o.d = round_f16(d);
-        o.s = if with_sum { round_f16(d * sum as f32) } else { 0.0 };
+        o.s = if with_sum {
+            round_f16(d * sum as f32)
+        } else {
+            0.0
+        };
     }
 }
 
@@ -104,7 +116,9 @@ mod tests {
 
     #[test]
     fn q8_round_trips_within_half_a_step() {
-        let x: Vec<f32> = (0..256).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
+        let x: Vec<f32> = (0..256)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
         let mut b = vec![BlockQ8::default(); 8];
         quantize_q8(&x, true, &mut b);
         for (i, v) in x.iter().enumerate() {
@@ -116,6 +130,9 @@ mod tests {
         for (i, v) in x.iter().enumerate() {
             assert!((k[0].d * k[0].qs[i] as f32 - v).abs() <= k[0].d.abs() * 0.5 + 1e-5);
         }
-        assert_eq!(k[0].bsums[3], k[0].qs[48..64].iter().map(|&q| q as i16).sum::<i16>());
+        assert_eq!(
+            k[0].bsums[3],
+            k[0].qs[48..64].iter().map(|&q| q as i16).sum::<i16>()
+        );
     }
 }

@@ -50,6 +50,9 @@ impl QActs {
 
     fn push_quants(&mut self, q: &[i8]) {
         self.qs.extend_from_slice(q);
-        self.nls.extend(q.chunks_exact(4).map(|c| -(c.iter().map(|&v| v as i32).sum::<i32>())));
+        self.nls.extend(
+            q.chunks_exact(4)
+                .map(|c| -(c.iter().map(|&v| v as i32).sum::<i32>())),
+        );
     }
 }

@@ -50,7 +50,12 @@ unsafe fn nibbles_16(p: *const u8) -> __m256i {
 /// 32 bits → 32 bytes, 0xFF where the bit is set (byte i = bit i).
 #[inline(always)]
 unsafe fn bytes_from_bits(bits: u32) -> __m256i {
-    let shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0);
+    let shuf = _mm256_set_epi64x(
+        0x0303030303030303,
+        0x0202020202020202,
+        0x0101010101010101,
+        0,
+    );
     let v = _mm256_shuffle_epi8(_mm256_set1_epi32(bits as i32), shuf);
     let mask = _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe_u64 as i64);
     _mm256_cmpeq_epi8(_mm256_or_si256(v, mask), _mm256_set1_epi64x(-1))
@@ -96,7 +101,10 @@ pub unsafe fn q5_0(row: &[u8], x: &[BlockQ8]) -> f32 {
     for (b, y) in row.chunks_exact(22).zip(x) {
         let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
         let hi = _mm256_and_si256(bytes_from_bits(qh), _mm256_set1_epi8(0x10));
-        let q = _mm256_sub_epi8(_mm256_or_si256(nibbles_16(b.as_ptr().add(6)), hi), _mm256_set1_epi8(16));
+        let q = _mm256_sub_epi8(
+            _mm256_or_si256(nibbles_16(b.as_ptr().add(6)), hi),
+            _mm256_set1_epi8(16),
+        );
         let s = _mm256_cvtepi32_ps(dot_i8(q, load_q(&y.qs)));
         acc = _mm256_fmadd_ps(_mm256_set1_ps(f16(b, 0) * y.d), s, acc);
     }
@@ -137,7 +145,11 @@ unsafe fn k4_like<const FIVE: bool>(row: &[u8], x: &[BlockQ8K]) -> f32 {
     for (b, y) in row.chunks_exact(bb).zip(x) {
         let scales = &b[4..16];
         let qs = if FIVE { &b[48..176] } else { &b[16..144] };
-        let qh = if FIVE { _mm256_loadu_si256(b.as_ptr().add(16) as *const __m256i) } else { _mm256_setzero_si256() };
+        let qh = if FIVE {
+            _mm256_loadu_si256(b.as_ptr().add(16) as *const __m256i)
+        } else {
+            _mm256_setzero_si256()
+        };
         let mut acc = _mm256_setzero_si256();
         let mut msum = 0i32;
         for c in 0..4 {
@@ -150,8 +162,12 @@ unsafe fn k4_like<const FIVE: bool>(row: &[u8], x: &[BlockQ8K]) -> f32 {
             let mut hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), _mm256_set1_epi8(0x0F));
             if FIVE {
                 let one = _mm256_set1_epi8(1);
-                let h1 = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * c as i32)), one);
-                let h2 = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * c as i32 + 1)), one);
+                let h1 =
+                    _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * c as i32)), one);
+                let h2 = _mm256_and_si256(
+                    _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * c as i32 + 1)),
+                    one,
+                );
                 lo = _mm256_or_si256(lo, _mm256_slli_epi16(h1, 4));
                 hi = _mm256_or_si256(hi, _mm256_slli_epi16(h2, 4));
             }
@@ -193,15 +209,30 @@ pub unsafe fn q6_k(row: &[u8], x: &[BlockQ8K]) -> f32 {
             let ql1 = _mm256_loadu_si256(b.as_ptr().add(n * 64 + 32) as *const __m256i);
             let qh = _mm256_loadu_si256(b.as_ptr().add(128 + n * 32) as *const __m256i);
             let q = [
-                _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m3), 4)),
-                _mm256_or_si256(_mm256_and_si256(ql1, m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m3), 4)),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m3), 4)),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m3), 4)),
+                _mm256_or_si256(
+                    _mm256_and_si256(ql0, m4),
+                    _mm256_slli_epi16(_mm256_and_si256(qh, m3), 4),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(ql1, m4),
+                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m3), 4),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m3), 4),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m3), 4),
+                ),
             ];
             for (k, qk) in q.iter().enumerate() {
                 let p = _mm256_maddubs_epi16(*qk, load_q(&y.qs[n * 128 + k * 32..]));
                 let g = n * 8 + 2 * k;
-                let s = _mm256_set_m128i(_mm_set1_epi16((sc[g + 1] as i8) as i16), _mm_set1_epi16((sc[g] as i8) as i16));
+                let s = _mm256_set_m128i(
+                    _mm_set1_epi16((sc[g + 1] as i8) as i16),
+                    _mm_set1_epi16((sc[g] as i8) as i16),
+                );
                 acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, s));
             }
         }

@@ -15,7 +15,9 @@ use suanli_core::DType;
 /// f16 → f32 with the F16C instruction (the `half` crate's call does not inline here).
 #[inline(always)]
 unsafe fn f16(b: &[u8], i: usize) -> f32 {
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(u16::from_le_bytes([b[i], b[i + 1]]) as i32)))
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
+        u16::from_le_bytes([b[i], b[i + 1]]) as i32,
+    )))
 }
 
 #[inline(always)]
@@ -25,14 +27,21 @@ unsafe fn join(lo: __m256i, hi: __m256i) -> __m512i {
 
 #[inline(always)]
 unsafe fn join_ps(lo: f32, hi: f32) -> __m512 {
-    _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_set1_ps(lo)), _mm256_set1_ps(hi), 1)
+    _mm512_insertf32x8(
+        _mm512_castps256_ps512(_mm256_set1_ps(lo)),
+        _mm256_set1_ps(hi),
+        1,
+    )
 }
 
 /// 16 packed bytes → 32 nibbles (low nibbles first).
 #[inline(always)]
 unsafe fn nibbles_16(p: *const u8) -> __m256i {
     let t = _mm_loadu_si128(p as *const __m128i);
-    _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(t, 4), t), _mm256_set1_epi8(0x0F))
+    _mm256_and_si256(
+        _mm256_set_m128i(_mm_srli_epi16(t, 4), t),
+        _mm256_set1_epi8(0x0F),
+    )
 }
 
 /// 32 bits → 32 bytes, 0x10 where the bit is set.
@@ -61,7 +70,8 @@ const fn legacy_bytes(ty: u8) -> usize {
 /// Unsigned weight quants (before offset) of one 32-element legacy block at `b`; Q8_0's are signed.
 #[inline(always)]
 unsafe fn legacy_block<const TY: u8>(b: *const u8) -> __m256i {
-    let u32_at = |o: usize| u32::from_le_bytes([*b.add(o), *b.add(o + 1), *b.add(o + 2), *b.add(o + 3)]);
+    let u32_at =
+        |o: usize| u32::from_le_bytes([*b.add(o), *b.add(o + 1), *b.add(o + 2), *b.add(o + 3)]);
     match TY {
         Q4_0 => nibbles_16(b.add(2)),
         Q4_1 => nibbles_16(b.add(4)),
@@ -87,13 +97,19 @@ unsafe fn dot_lanes<const SIGNED_W: bool>(init: __m512i, w: __m512i, y: __m512i)
 /// The accumulator start for a weight offset of `-(1 << SHIFT)`: `(1 << SHIFT) · (−Σy)` per lane.
 #[inline(always)]
 unsafe fn offset_init<const SHIFT: u32>(nls: *const i32, two: bool) -> __m512i {
-    let v = if two { _mm512_loadu_si512(nls as *const _) } else { _mm512_zextsi256_si512(_mm256_loadu_si256(nls as *const __m256i)) };
+    let v = if two {
+        _mm512_loadu_si512(nls as *const _)
+    } else {
+        _mm512_zextsi256_si512(_mm256_loadu_si256(nls as *const __m256i))
+    };
     _mm512_slli_epi32::<SHIFT>(v)
 }
 
 #[inline(always)]
 unsafe fn f16_ptr(b: *const u8) -> f32 {
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(u16::from_le_bytes([*b, *b.add(1)]) as i32)))
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
+        u16::from_le_bytes([*b, *b.add(1)]) as i32,
+    )))
 }
 
 /// Blocks `b` and `b + 1` (or `b` alone when `!TWO`) of a legacy row against T tokens.
@@ -111,17 +127,26 @@ unsafe fn legacy_pair<const TY: u8, const T: usize, const TWO: bool>(
     let bb = legacy_bytes(TY);
     let zero = _mm512_setzero_si512();
     let (p0, p1) = (row.add(b * bb), row.add((b + 1) * bb));
-    let hi = if TWO { legacy_block::<TY>(p1) } else { _mm256_setzero_si256() };
+    let hi = if TWO {
+        legacy_block::<TY>(p1)
+    } else {
+        _mm256_setzero_si256()
+    };
     let w = join(legacy_block::<TY>(p0), hi);
     let dw = join_ps(f16_ptr(p0), if TWO { f16_ptr(p1) } else { 0.0 });
     let k = a.k;
     for j in 0..T {
         let off = (t0 + j) * k + b * 32;
         let (y, dy) = if TWO {
-            (_mm512_loadu_si512(a.qs.as_ptr().add(off) as *const _), _mm512_loadu_ps(a.dl.as_ptr().add(off / 4)))
+            (
+                _mm512_loadu_si512(a.qs.as_ptr().add(off) as *const _),
+                _mm512_loadu_ps(a.dl.as_ptr().add(off / 4)),
+            )
         } else {
             (
-                _mm512_zextsi256_si512(_mm256_loadu_si256(a.qs.as_ptr().add(off) as *const __m256i)),
+                _mm512_zextsi256_si512(
+                    _mm256_loadu_si256(a.qs.as_ptr().add(off) as *const __m256i),
+                ),
                 _mm512_zextps256_ps512(_mm256_loadu_ps(a.dl.as_ptr().add(off / 4))),
             )
         };
@@ -135,7 +160,12 @@ unsafe fn legacy_pair<const TY: u8, const T: usize, const TWO: bool>(
         acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(dw, dy), acc[j]);
         if TY == Q4_1 || TY == Q5_1 {
             let s = a.s.as_ptr().add((t0 + j) * nb + b);
-            mins[j] += f16_ptr(p0.add(2)) * *s + if TWO { f16_ptr(p1.add(2)) * *s.add(1) } else { 0.0 };
+            mins[j] += f16_ptr(p0.add(2)) * *s
+                + if TWO {
+                    f16_ptr(p1.add(2)) * *s.add(1)
+                } else {
+                    0.0
+                };
         }
     }
 }
@@ -184,7 +214,11 @@ unsafe fn k4<const T: usize, const FIVE: bool>(row: &[u8], a: &QActs, t0: usize,
         let (d, dmin) = (f16(b, 0), f16(b, 2));
         let scales = &b[4..16];
         let qs = if FIVE { &b[48..176] } else { &b[16..144] };
-        let qh = if FIVE { _mm256_loadu_si256(b.as_ptr().add(16) as *const __m256i) } else { _mm256_setzero_si256() };
+        let qh = if FIVE {
+            _mm256_loadu_si256(b.as_ptr().add(16) as *const __m256i)
+        } else {
+            _mm256_setzero_si256()
+        };
         let mut mk = [0i32; 8];
         for c in 0..4 {
             let (s1, m1) = scale_min_k4(2 * c, scales);
@@ -196,8 +230,12 @@ unsafe fn k4<const T: usize, const FIVE: bool>(row: &[u8], a: &QActs, t0: usize,
             let mut hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
             if FIVE {
                 let one = _mm256_set1_epi8(1);
-                let h1 = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * c as i32)), one);
-                let h2 = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * c as i32 + 1)), one);
+                let h1 =
+                    _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * c as i32)), one);
+                let h2 = _mm256_and_si256(
+                    _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * c as i32 + 1)),
+                    one,
+                );
                 lo = _mm256_or_si256(lo, _mm256_slli_epi16(h1, 4));
                 hi = _mm256_or_si256(hi, _mm256_slli_epi16(h2, 4));
             }
@@ -205,7 +243,8 @@ unsafe fn k4<const T: usize, const FIVE: bool>(row: &[u8], a: &QActs, t0: usize,
             let ws = join_ps(d * s1 as f32, d * s2 as f32);
             for (j, accj) in acc.iter_mut().enumerate() {
                 let t = t0 + j;
-                let y = _mm512_loadu_si512(a.qs.as_ptr().add(t * k + blk * 256 + c * 64) as *const _);
+                let y =
+                    _mm512_loadu_si512(a.qs.as_ptr().add(t * k + blk * 256 + c * 64) as *const _);
                 let isum = _mm512_dpbusd_epi32(zero, w, y);
                 let dy = _mm512_set1_ps(a.dk[t * nb + blk]);
                 *accj = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(ws, dy), *accj);
@@ -243,21 +282,41 @@ unsafe fn q6_k<const T: usize>(row: &[u8], a: &QActs, t0: usize, out: &mut [f32]
             let ql1 = _mm256_loadu_si256(b.as_ptr().add(n * 64 + 32) as *const __m256i);
             let qh = _mm256_loadu_si256(b.as_ptr().add(128 + n * 32) as *const __m256i);
             let q = [
-                _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m3), 4)),
-                _mm256_or_si256(_mm256_and_si256(ql1, m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m3), 4)),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m3), 4)),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m3), 4)),
+                _mm256_or_si256(
+                    _mm256_and_si256(ql0, m4),
+                    _mm256_slli_epi16(_mm256_and_si256(qh, m3), 4),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(ql1, m4),
+                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m3), 4),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m3), 4),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m3), 4),
+                ),
             ];
             for kk in 0..2 {
                 let w = join(q[2 * kk], q[2 * kk + 1]);
                 let g0 = 192 + n * 8 + kk * 4;
-                let sc4 = _mm_cvtsi32_si128(i32::from_le_bytes([b[g0], b[g0 + 1], b[g0 + 2], b[g0 + 3]]));
-                let ws = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_shuffle_epi8(sc4, spread))));
+                let sc4 =
+                    _mm_cvtsi32_si128(i32::from_le_bytes([b[g0], b[g0 + 1], b[g0 + 2], b[g0 + 3]]));
+                let ws = _mm512_mul_ps(
+                    d,
+                    _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_shuffle_epi8(sc4, spread))),
+                );
                 for (j, accj) in acc.iter_mut().enumerate() {
                     let t = t0 + j;
                     let off = t * k + blk * 256 + n * 128 + kk * 64;
                     let y = _mm512_loadu_si512(a.qs.as_ptr().add(off) as *const _);
-                    let isum = dot_lanes::<false>(offset_init::<5>(a.nls.as_ptr().add(off / 4), true), w, y);
+                    let isum = dot_lanes::<false>(
+                        offset_init::<5>(a.nls.as_ptr().add(off / 4), true),
+                        w,
+                        y,
+                    );
                     let dy = _mm512_set1_ps(a.dk[t * nb + blk]);
                     *accj = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(ws, dy), *accj);
                 }
@@ -271,7 +330,17 @@ unsafe fn q6_k<const T: usize>(row: &[u8], a: &QActs, t0: usize, out: &mut [f32]
 
 /// Whether `row_tokens` handles this type (others use the per-dot kernels).
 pub fn supports(ty: DType) -> bool {
-    matches!(ty, DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1 | DType::Q8_0 | DType::Q4K | DType::Q5K | DType::Q6K)
+    matches!(
+        ty,
+        DType::Q4_0
+            | DType::Q4_1
+            | DType::Q5_0
+            | DType::Q5_1
+            | DType::Q8_0
+            | DType::Q4K
+            | DType::Q5K
+            | DType::Q6K
+    )
 }
 
 /// One row against tokens `t0..t0 + T`, into `out[0..T]`.
@@ -290,7 +359,14 @@ unsafe fn one_row<const T: usize>(ty: DType, row: &[u8], a: &QActs, t0: usize, o
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,f16c")]
-unsafe fn rows_tokens_impl(ty: DType, rows: &[u8], rb: usize, a: &QActs, n: usize, out: &mut [f32]) {
+unsafe fn rows_tokens_impl(
+    ty: DType,
+    rows: &[u8],
+    rb: usize,
+    a: &QActs,
+    n: usize,
+    out: &mut [f32],
+) {
     let mut tmp = [0f32; 8];
     for (r, row) in rows.chunks_exact(rb).enumerate() {
         let dst = &mut out[r * n..(r + 1) * n];
@@ -308,7 +384,12 @@ unsafe fn rows_tokens_impl(ty: DType, rows: &[u8], rb: usize, a: &QActs, n: usiz
 
 /// Rows (`rows.len() / rb` of them) against all `n` tokens of `a`: `out[r * n + t]`.
 pub fn rows_tokens(ty: DType, rows: &[u8], rb: usize, a: &QActs, n: usize, out: &mut [f32]) {
-    assert!(supports(ty) && rows.len() % rb == 0 && out.len() == rows.len() / rb * n && a.qs.len() >= n * a.k);
+    assert!(
+        supports(ty)
+            && rows.len() % rb == 0
+            && out.len() == rows.len() / rb * n
+            && a.qs.len() >= n * a.k
+    );
     // SAFETY: installed only when the AVX-512 features were detected; `rows` holds whole rows
     // of `a.k` elements and `a` holds `n` tokens (checked above), which is all the kernels read.
     unsafe { rows_tokens_impl(ty, rows, rb, a, n, out) }

@@ -3,13 +3,13 @@
 //! `SUANLI_CPU_ISA=generic|avx2` forces a level (never above what the CPU has).
 
 pub mod acts;
-mod generic;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
-mod avx512;
-#[cfg(target_arch = "x86_64")]
 mod avx2_q;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+mod generic;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Isa {
@@ -32,7 +32,8 @@ impl Isa {
     pub fn available() -> Vec<Isa> {
         let mut v = vec![Isa::Generic];
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
             v.push(Isa::Avx2);
             let f = |name| match name {
                 "avx512f" => std::arch::is_x86_feature_detected!("avx512f"),
@@ -42,7 +43,17 @@ impl Isa {
                 "f16c" => std::arch::is_x86_feature_detected!("f16c"),
                 _ => std::arch::is_x86_feature_detected!("avx512vnni"),
             };
-            if ["avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512vnni", "f16c"].into_iter().all(f) {
+            if [
+                "avx512f",
+                "avx512bw",
+                "avx512vl",
+                "avx512dq",
+                "avx512vnni",
+                "f16c",
+            ]
+            .into_iter()
+            .all(f)
+            {
                 v.push(Isa::Avx512);
             }
         }
@@ -52,19 +63,27 @@ impl Isa {
     /// The best level, or the one forced by `SUANLI_CPU_ISA` when the CPU supports it.
     pub fn detect() -> Result<Isa, String> {
         let avail = Isa::available();
-        match std::env::var("SUANLI_CPU_ISA").ok().filter(|s| !s.is_empty()) {
+        match std::env::var("SUANLI_CPU_ISA")
+            .ok()
+            .filter(|s| !s.is_empty())
+        {
             None => Ok(*avail.last().expect("generic is always available")),
             Some(want) => {
-                let isa = match want.as_str() {
-                    "generic" => Isa::Generic,
-                    "avx2" => Isa::Avx2,
-                    "avx512" => Isa::Avx512,
-                    other => return Err(format!("SUANLI_CPU_ISA={other} is not a known level (generic, avx2, avx512)")),
-                };
+                let isa =
+                    match want.as_str() {
+                        "generic" => Isa::Generic,
+                        "avx2" => Isa::Avx2,
+                        "avx512" => Isa::Avx512,
+                        other => return Err(format!(
+                            "SUANLI_CPU_ISA={other} is not a known level (generic, avx2, avx512)"
+                        )),
+                    };
                 if avail.contains(&isa) {
                     Ok(isa)
                 } else {
-                    Err(format!("SUANLI_CPU_ISA={want}: this CPU does not support it"))
+                    Err(format!(
+                        "SUANLI_CPU_ISA={want}: this CPU does not support it"
+                    ))
                 }
             }
         }
@@ -102,11 +121,23 @@ impl Kernels {
     pub fn for_isa(isa: Isa) -> Kernels {
         use suanli_core::quant::dot as scalar;
         match isa {
-            Isa::Generic => {
-                Kernels { isa, dot: generic::dot, axpy: generic::axpy, dot_q8: scalar::dot_q8, dot_q8k: scalar::dot_q8k, row_tokens: None }
-            }
+            Isa::Generic => Kernels {
+                isa,
+                dot: generic::dot,
+                axpy: generic::axpy,
+                dot_q8: scalar::dot_q8,
+                dot_q8k: scalar::dot_q8k,
+                row_tokens: None,
+            },
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => Kernels { isa, dot: avx2::dot, axpy: avx2::axpy, dot_q8: avx2::dot_q8, dot_q8k: avx2::dot_q8k, row_tokens: None },
+            Isa::Avx2 => Kernels {
+                isa,
+                dot: avx2::dot,
+                axpy: avx2::axpy,
+                dot_q8: avx2::dot_q8,
+                dot_q8k: avx2::dot_q8k,
+                row_tokens: None,
+            },
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => Kernels {
                 isa,
@@ -114,7 +145,10 @@ impl Kernels {
                 axpy: avx2::axpy,
                 dot_q8: avx2::dot_q8,
                 dot_q8k: avx2::dot_q8k,
-                row_tokens: Some(RowTokens { supports: avx512::supports, run: avx512::rows_tokens }),
+                row_tokens: Some(RowTokens {
+                    supports: avx512::supports,
+                    run: avx512::rows_tokens,
+                }),
             },
             #[cfg(not(target_arch = "x86_64"))]
             Isa::Avx2 | Isa::Avx512 => unreachable!("x86 levels are never detected off x86_64"),
@@ -146,7 +180,10 @@ mod tests {
                 let (x, y) = ((g.dot)(&a, &b), (k.dot)(&a, &b));
                 // Summation order differs between levels: tolerance relative to sum of |a_i b_i|.
                 let mag: f32 = a.iter().zip(&b).map(|(p, q)| (p * q).abs()).sum();
-                assert!((x - y).abs() <= 1e-5 * mag.max(1.0), "{isa:?} n={n}: {x} vs {y}");
+                assert!(
+                    (x - y).abs() <= 1e-5 * mag.max(1.0),
+                    "{isa:?} n={n}: {x} vs {y}"
+                );
                 let mut y1 = b.clone();
                 let mut y2 = b.clone();
                 (g.axpy)(0.37, &a, &mut y1);
@@ -196,7 +233,10 @@ mod quant_tests {
             .flat_map(|(n, i)| DType::ALL.into_iter().map(move |t| (n, i, t)))
             .filter(|(n, _, t)| t.is_quantized() && n % t.block_elems() == 0)
         {
-            let x: Vec<f32> = bytes(n, 5).iter().map(|&b| (b as f32 - 128.0) / 17.0).collect();
+            let x: Vec<f32> = bytes(n, 5)
+                .iter()
+                .map(|&b| (b as f32 - 128.0) / 17.0)
+                .collect();
             let k = Kernels::for_isa(isa);
             {
                 for seed in 0..4 {
@@ -213,17 +253,24 @@ mod quant_tests {
                             ((g.dot_q8)(ty, &w, &q), (k.dot_q8)(ty, &w, &q))
                         }
                     };
-                    assert!((a - b).abs() <= 1e-4 * a.abs().max(1.0), "{isa:?} {ty}: {b} vs generic {a}");
+                    assert!(
+                        (a - b).abs() <= 1e-4 * a.abs().max(1.0),
+                        "{isa:?} {ty}: {b} vs generic {a}"
+                    );
                     if let Some(rt) = k.row_tokens.filter(|rt| (rt.supports)(ty)) {
                         // The same row against 8 tokens (and 1): token j is x scaled by (j + 1).
-                        let xs: Vec<f32> = (0..8).flat_map(|j| x.iter().map(move |v| v * (j + 1) as f32)).collect();
+                        let xs: Vec<f32> = (0..8)
+                            .flat_map(|j| x.iter().map(move |v| v * (j + 1) as f32))
+                            .collect();
                         let mut qa = acts::QActs::default();
                         let want: Vec<f32> = match act_format(ty) {
                             ActFormat::Q8K => {
                                 let mut q = vec![BlockQ8K::default(); 8 * n / 256];
                                 quantize_q8k(&xs, &mut q);
                                 qa.fill_q8k(&q, n);
-                                q.chunks(n / 256).map(|qt| (g.dot_q8k)(ty, &w, qt)).collect()
+                                q.chunks(n / 256)
+                                    .map(|qt| (g.dot_q8k)(ty, &w, qt))
+                                    .collect()
                             }
                             f => {
                                 let mut q = vec![BlockQ8::default(); 8 * n / 32];
@@ -239,9 +286,15 @@ mod quant_tests {
                         let mut one = [0f32; 1];
                         (rt.run)(ty, &w, w.len(), &qa, 1, &mut one);
                         for (j, (g8, w8)) in got.iter().zip(want.iter().chain(&want)).enumerate() {
-                            assert!((g8 - w8).abs() <= 1e-4 * w8.abs().max(1.0), "{isa:?} {ty} token {j}: {g8} vs generic {w8}");
+                            assert!(
+                                (g8 - w8).abs() <= 1e-4 * w8.abs().max(1.0),
+                                "{isa:?} {ty} token {j}: {g8} vs generic {w8}"
+                            );
                         }
-                        assert!((one[0] - want[0]).abs() <= 1e-4 * want[0].abs().max(1.0), "{isa:?} {ty} single token");
+                        assert!(
+                            (one[0] - want[0]).abs() <= 1e-4 * want[0].abs().max(1.0),
+                            "{isa:?} {ty} single token"
+                        );
                     }
                 }
             }

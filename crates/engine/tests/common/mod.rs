@@ -19,7 +19,11 @@ pub fn read_json(p: &Path) -> serde_json::Value {
 }
 
 pub fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array().expect("array of ids").iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .expect("array of ids")
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 pub fn load(path: &Path, isa: Isa, ctx: usize, chunk: usize) -> (Session<CpuBackend>, Tokenizer) {
@@ -37,12 +41,25 @@ pub fn load(path: &Path, isa: Isa, ctx: usize, chunk: usize) -> (Session<CpuBack
 pub fn greedy(s: &mut Session<CpuBackend>, prompt: &[u32], n: usize) -> Vec<u32> {
     s.reset();
     let g = s
-        .generate(prompt, &suanli_engine::SamplingParams::greedy(), n, &|_| false, &mut |_| suanli_engine::session::Control::Continue)
+        .generate(
+            prompt,
+            &suanli_engine::SamplingParams::greedy(),
+            n,
+            &|_| false,
+            &mut |_| suanli_engine::session::Control::Continue,
+        )
         .unwrap();
     g.tokens
 }
 
 /// Perplexity with the llama-perplexity method.
-pub fn perplexity(s: &mut Session<CpuBackend>, tokens: &[u32], ctx: usize, bos: Option<u32>) -> f64 {
-    suanli_engine::perplexity::perplexity(s, tokens, ctx, bos, &mut |_, _, _| {}).unwrap().perplexity
+pub fn perplexity(
+    s: &mut Session<CpuBackend>,
+    tokens: &[u32],
+    ctx: usize,
+    bos: Option<u32>,
+) -> f64 {
+    suanli_engine::perplexity::perplexity(s, tokens, ctx, bos, &mut |_, _, _| {})
+        .unwrap()
+        .perplexity
 }

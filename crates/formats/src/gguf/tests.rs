@@ -12,11 +12,24 @@ fn valid() -> Vec<u8> {
         &[
             ("general.architecture", Value::String("llama".into())),
             ("llama.block_count", Value::U32(1)),
-            ("tokenizer.ggml.tokens", Value::Array(vec![Value::String("a".into()), Value::String("b".into())])),
+            (
+                "tokenizer.ggml.tokens",
+                Value::Array(vec![Value::String("a".into()), Value::String("b".into())]),
+            ),
         ],
         &[
-            TensorSpec { name: "a", dims: vec![8, 2], dtype: DType::F32, data: &data },
-            TensorSpec { name: "b", dims: vec![32, 2], dtype: DType::Q8_0, data: &q },
+            TensorSpec {
+                name: "a",
+                dims: vec![8, 2],
+                dtype: DType::F32,
+                data: &data,
+            },
+            TensorSpec {
+                name: "b",
+                dims: vec![32, 2],
+                dtype: DType::Q8_0,
+                data: &q,
+            },
         ],
     )
 }
