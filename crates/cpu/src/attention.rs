@@ -1,6 +1,8 @@
-//! Causal attention over the paged KV cache with an online softmax (no score matrix).
+//! Causal attention over the paged KV cache with an online softmax (no score matrix). The work
+//! unit is one query row × one KV head: the K and V rows of that head are read once for all the
+//! query heads that share it (grouped-query attention), block by block through the block table.
 
-use crate::kernels::Kernels;
+use crate::kernels::{Isa, Kernels};
 use crate::pool::Pool;
 use suanli_backend::{shape_err, Act, AttnMeta, KvPages, Result};
 
@@ -14,20 +16,8 @@ pub fn paged_attention(
     out: &mut Act<Vec<f32>>,
 ) -> Result<()> {
     let (nh, nkv, hd) = (meta.n_heads, meta.n_kv_heads, meta.head_dim);
-    if nkv == 0
-        || nh % nkv != 0
-        || q.cols != nh * hd
-        || out.cols != nh * hd
-        || kv.spec.kv_dim() != nkv * hd
-        || layer >= kv.layers.len()
-    {
-        return Err(shape_err(
-            "attention",
-            format!(
-                "q [{}, {}], heads {nh}/{nkv}×{hd}, kv {:?}",
-                q.rows, q.cols, kv.spec
-            ),
-        ));
+    if nkv == 0 || nh % nkv != 0 || q.cols != nh * hd || out.cols != nh * hd || kv.spec.kv_dim() != nkv * hd || layer >= kv.layers.len() {
+        return Err(shape_err("attention", format!("q [{}, {}], heads {nh}/{nkv}×{hd}, kv {:?}", q.rows, q.cols, kv.spec)));
     }
     if q.rows > out.capacity {
         return Err(shape_err("attention", "output too small"));
@@ -35,75 +25,138 @@ pub fn paged_attention(
     // Per query row: (sequence index, absolute position).
     let mut rows = vec![(0usize, 0usize); q.rows];
     for (si, s) in meta.seqs.iter().enumerate() {
-        if s.q_start + s.q_len > q.rows
-            || s.q_len > s.ctx_len
-            || s.ctx_len.div_ceil(kv.spec.block_size) > s.block_table.len()
-        {
-            return Err(shape_err(
-                "attention",
-                format!("sequence {si}: {s:?} does not fit the batch or its block table"),
-            ));
+        if s.q_start + s.q_len > q.rows || s.q_len > s.ctx_len || s.ctx_len.div_ceil(kv.spec.block_size) > s.block_table.len() {
+            return Err(shape_err("attention", format!("sequence {si}: {s:?} does not fit the batch or its block table")));
         }
-        if s.block_table
-            .iter()
-            .any(|&b| b as usize >= kv.spec.num_blocks)
-        {
-            return Err(shape_err(
-                "attention",
-                format!("sequence {si}: block table points outside the cache"),
-            ));
+        if s.block_table.iter().any(|&b| b as usize >= kv.spec.num_blocks) {
+            return Err(shape_err("attention", format!("sequence {si}: block table points outside the cache")));
         }
         for i in 0..s.q_len {
             rows[s.q_start + i] = (si, s.ctx_len - s.q_len + i);
         }
     }
     out.rows = q.rows;
-    pool.split_mut(&mut out.buf[..q.rows * nh * hd], hd, 2, &|first, part| {
-        for (i, acc) in part.chunks_exact_mut(hd).enumerate() {
-            attend_one(k, q, kv, meta, layer, &rows, first + i, acc);
+    let group = nh / nkv;
+    let unit = group * hd;
+    pool.split_mut(&mut out.buf[..q.rows * nh * hd], unit, 2, &|first, part| {
+        let mut st = State::default();
+        for (i, acc) in part.chunks_exact_mut(unit).enumerate() {
+            let idx = first + i;
+            let (t, kvh) = (idx / nkv, idx % nkv);
+            let (si, pos) = rows[t];
+            let job = Job {
+                q: &q.buf[t * q.cols + kvh * unit..t * q.cols + (kvh + 1) * unit],
+                kv,
+                layer,
+                kvh,
+                table: &meta.seqs[si].block_table,
+                len: pos + 1,
+                group,
+                hd,
+                scale: meta.scale,
+            };
+            match k.isa {
+                Isa::Generic => attend(&job, acc, &mut st),
+                #[cfg(target_arch = "x86_64")]
+                _ => {
+                    // SAFETY: every level above generic includes AVX2 and FMA (checked at detection).
+                    unsafe { attend_avx2(&job, acc, &mut st) }
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                _ => attend(&job, acc, &mut st),
+            }
         }
     });
     Ok(())
 }
 
-/// One (query row, head) pair: `idx = row * n_heads + head`; the result goes into `acc`.
-#[allow(clippy::too_many_arguments)]
-fn attend_one(
-    k: &Kernels,
-    q: &Act<Vec<f32>>,
-    kv: &KvPages<Vec<f32>>,
-    meta: &AttnMeta<'_>,
+struct Job<'a> {
+    /// The `group` query heads that share KV head `kvh`, `[group, hd]`.
+    q: &'a [f32],
+    kv: &'a KvPages<Vec<f32>>,
     layer: usize,
-    rows: &[(usize, usize)],
-    idx: usize,
-    acc: &mut [f32],
-) {
-    let (nh, nkv, hd) = (meta.n_heads, meta.n_kv_heads, meta.head_dim);
-    let (ks, vs) = &kv.layers[layer];
-    let bs = kv.spec.block_size;
-    let kvd = nkv * hd;
-    let group = nh / nkv;
-    let (t, h) = (idx / nh, idx % nh);
-    let (si, pos) = rows[t];
-    let table = &meta.seqs[si].block_table;
-    let qv = &q.buf[t * q.cols + h * hd..t * q.cols + (h + 1) * hd];
-    let kvh = h / group;
+    kvh: usize,
+    table: &'a [u32],
+    /// Positions 0..len are attended.
+    len: usize,
+    group: usize,
+    hd: usize,
+    scale: f32,
+}
+
+/// Running max and sum per query head, reused across units.
+#[derive(Default)]
+struct State {
+    m: Vec<f32>,
+    l: Vec<f32>,
+    s: Vec<f32>,
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn attend_avx2(job: &Job<'_>, acc: &mut [f32], st: &mut State) {
+    attend(job, acc, st)
+}
+
+#[inline(always)]
+fn attend(job: &Job<'_>, acc: &mut [f32], st: &mut State) {
+    let (g, hd) = (job.group, job.hd);
+    let (ks, vs) = &job.kv.layers[job.layer];
+    let bs = job.kv.spec.block_size;
+    let kvd = job.kv.spec.kv_dim();
+    st.m.clear();
+    st.m.resize(g, f32::NEG_INFINITY);
+    st.l.clear();
+    st.l.resize(g, 0.0);
+    st.s.resize(g, 0.0);
     acc.fill(0.0);
-    let (mut m, mut l) = (f32::NEG_INFINITY, 0f32);
-    for p in 0..=pos {
-        let slot = table[p / bs] as usize * bs + p % bs;
-        let off = slot * kvd + kvh * hd;
-        let s = (k.dot)(qv, &ks[off..off + hd]) * meta.scale;
-        if s > m {
-            let corr = (m - s).exp();
-            acc.iter_mut().for_each(|a| *a *= corr);
-            l *= corr;
-            m = s;
+    let mut p = 0;
+    for &blk in job.table {
+        if p >= job.len {
+            break;
         }
-        let pw = (s - m).exp();
-        l += pw;
-        (k.axpy)(pw, &vs[off..off + hd], acc);
+        let n = bs.min(job.len - p);
+        let base = blk as usize * bs;
+        for o in 0..n {
+            let off = (base + o) * kvd + job.kvh * hd;
+            let (kr, vr) = (&ks[off..off + hd], &vs[off..off + hd]);
+            for h in 0..g {
+                st.s[h] = dot(&job.q[h * hd..(h + 1) * hd], kr) * job.scale;
+            }
+            for h in 0..g {
+                let s = st.s[h];
+                let a = &mut acc[h * hd..(h + 1) * hd];
+                if s > st.m[h] {
+                    let corr = (st.m[h] - s).exp();
+                    a.iter_mut().for_each(|x| *x *= corr);
+                    st.l[h] *= corr;
+                    st.m[h] = s;
+                }
+                let w = (s - st.m[h]).exp();
+                st.l[h] += w;
+                for (x, v) in a.iter_mut().zip(vr) {
+                    *x += w * v;
+                }
+            }
+        }
+        p += n;
     }
-    let inv = 1.0 / l;
-    acc.iter_mut().for_each(|a| *a *= inv);
+    for h in 0..g {
+        let inv = 1.0 / st.l[h];
+        acc[h * hd..(h + 1) * hd].iter_mut().for_each(|x| *x *= inv);
+    }
+}
+
+/// Eight independent partial sums, so the loop vectorizes (inlined into each ISA's build).
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
