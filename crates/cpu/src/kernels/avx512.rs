@@ -343,6 +343,64 @@ pub fn supports(ty: DType) -> bool {
     )
 }
 
+/// Four rows of a legacy type against four tokens `t0..t0 + 4`: each weight chunk is unpacked
+/// once for the four tokens and each activation chunk loaded once for the four rows.
+/// `out[r * 4 + j]`. Needs an even number of blocks per row.
+#[inline(always)]
+unsafe fn legacy_4x4<const TY: u8>(rows: *const u8, rb: usize, a: &QActs, t0: usize, out: &mut [f32; 16]) {
+    let (k, bb) = (a.k, legacy_bytes(TY));
+    let nb = k / 32;
+    let zero = _mm512_setzero_si512();
+    let mut acc = [_mm512_setzero_ps(); 16];
+    let mut mins = [0f32; 16];
+    let mut b = 0;
+    while b + 1 < nb {
+        let mut w = [zero; 4];
+        let mut dw = [_mm512_setzero_ps(); 4];
+        for r in 0..4 {
+            let p0 = rows.add(r * rb + b * bb);
+            let p1 = p0.add(bb);
+            w[r] = join(legacy_block::<TY>(p0), legacy_block::<TY>(p1));
+            dw[r] = join_ps(f16_ptr(p0), f16_ptr(p1));
+        }
+        for j in 0..4 {
+            let off = (t0 + j) * k + b * 32;
+            let y = _mm512_loadu_si512(a.qs.as_ptr().add(off) as *const _);
+            let dy = _mm512_loadu_ps(a.dl.as_ptr().add(off / 4));
+            let nls = a.nls.as_ptr().add(off / 4);
+            let init = match TY {
+                Q4_0 => offset_init::<3>(nls, true),
+                Q5_0 => offset_init::<4>(nls, true),
+                _ => zero,
+            };
+            for r in 0..4 {
+                let isum = if TY == Q8_0 { dot_lanes::<true>(init, w[r], y) } else { dot_lanes::<false>(init, w[r], y) };
+                acc[r * 4 + j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(dw[r], dy), acc[r * 4 + j]);
+                if TY == Q4_1 || TY == Q5_1 {
+                    let sp = a.s.as_ptr().add((t0 + j) * nb + b);
+                    let p0 = rows.add(r * rb + b * bb);
+                    mins[r * 4 + j] += f16_ptr(p0.add(2)) * *sp + f16_ptr(p0.add(bb + 2)) * *sp.add(1);
+                }
+            }
+        }
+        b += 2;
+    }
+    for i in 0..16 {
+        out[i] = _mm512_reduce_add_ps(acc[i]) + mins[i];
+    }
+}
+
+#[inline(always)]
+unsafe fn legacy_4x4_ty(ty: DType, rows: *const u8, rb: usize, a: &QActs, t0: usize, out: &mut [f32; 16]) {
+    match ty {
+        DType::Q4_0 => legacy_4x4::<Q4_0>(rows, rb, a, t0, out),
+        DType::Q4_1 => legacy_4x4::<Q4_1>(rows, rb, a, t0, out),
+        DType::Q5_0 => legacy_4x4::<Q5_0>(rows, rb, a, t0, out),
+        DType::Q5_1 => legacy_4x4::<Q5_1>(rows, rb, a, t0, out),
+        _ => legacy_4x4::<Q8_0>(rows, rb, a, t0, out),
+    }
+}
+
 /// One row against tokens `t0..t0 + T`, into `out[0..T]`.
 #[inline(always)]
 unsafe fn one_row<const T: usize>(ty: DType, row: &[u8], a: &QActs, t0: usize, out: &mut [f32]) {
@@ -367,8 +425,31 @@ unsafe fn rows_tokens_impl(
     n: usize,
     out: &mut [f32],
 ) {
+    let n_rows = rows.len() / rb;
+    let mut r_done = 0;
+    let legacy = matches!(ty, DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1 | DType::Q8_0);
+    if legacy && (a.k / 32) % 2 == 0 && n >= 4 {
+        // Batches: 4 rows × 4 tokens at a time; leftover tokens of these rows below.
+        let mut t16 = [0f32; 16];
+        while r_done + 4 <= n_rows {
+            let mut t0 = 0;
+            while t0 + 4 <= n {
+                legacy_4x4_ty(ty, rows.as_ptr().add(r_done * rb), rb, a, t0, &mut t16);
+                for r in 0..4 {
+                    out[(r_done + r) * n + t0..(r_done + r) * n + t0 + 4].copy_from_slice(&t16[r * 4..r * 4 + 4]);
+                }
+                t0 += 4;
+            }
+            for r in r_done..r_done + 4 {
+                for t in t0..n {
+                    one_row::<1>(ty, &rows[r * rb..(r + 1) * rb], a, t, &mut out[r * n + t..r * n + t + 1]);
+                }
+            }
+            r_done += 4;
+        }
+    }
     let mut tmp = [0f32; 8];
-    for (r, row) in rows.chunks_exact(rb).enumerate() {
+    for (r, row) in rows.chunks_exact(rb).enumerate().skip(r_done) {
         let dst = &mut out[r * n..(r + 1) * n];
         let mut t0 = 0;
         while t0 + 8 <= n {

@@ -279,13 +279,14 @@ mod quant_tests {
                                 q.chunks(n / 32).map(|qt| (g.dot_q8)(ty, &w, qt)).collect()
                             }
                         };
-                        // Two copies of the row; 8 tokens take the tiled path, a 9th would take the single one.
-                        let rows2 = [w.clone(), w.clone()].concat();
-                        let mut got = [0f32; 16];
-                        (rt.run)(ty, &rows2, w.len(), &qa, 8, &mut got);
+                        // Five copies of the row: four take the 4-row tiles where a type has them, the
+                        // fifth the single-row path.
+                        let rows5 = [w.clone(), w.clone(), w.clone(), w.clone(), w.clone()].concat();
+                        let mut got = [0f32; 40];
+                        (rt.run)(ty, &rows5, w.len(), &qa, 8, &mut got);
                         let mut one = [0f32; 1];
                         (rt.run)(ty, &w, w.len(), &qa, 1, &mut one);
-                        for (j, (g8, w8)) in got.iter().zip(want.iter().chain(&want)).enumerate() {
+                        for (j, (g8, w8)) in got.iter().zip(want.iter().cycle()).enumerate() {
                             assert!(
                                 (g8 - w8).abs() <= 1e-4 * w8.abs().max(1.0),
                                 "{isa:?} {ty} token {j}: {g8} vs generic {w8}"
