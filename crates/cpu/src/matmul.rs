@@ -31,6 +31,18 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     })
 }
 
+/// Quantize the activations of each token (`per` blocks each); batches are split across threads.
+fn quantize_tokens<B: Send>(pool: &Pool, q: &mut [B], per: usize, f: &(dyn Fn(usize, &mut [B]) + Sync)) {
+    if q.len() <= per {
+        return f(0, q);
+    }
+    pool.split_mut(q, per, 1, &|t0, part| {
+        for (i, qt) in part.chunks_exact_mut(per).enumerate() {
+            f(t0 + i, qt);
+        }
+    });
+}
+
 /// Pieces of work per thread: enough for uneven progress to even out.
 const PIECES: usize = 4;
 
@@ -57,9 +69,7 @@ pub fn matmul(
             let mut q = q.borrow_mut();
             let per = kd / 256;
             q.resize(n * per, BlockQ8K::default());
-            for (t, qt) in q.chunks_exact_mut(per).enumerate() {
-                quantize_q8k(&x[t * kd..(t + 1) * kd], qt);
-            }
+            quantize_tokens(pool, &mut q[..], per, &|t, qt| quantize_q8k(&x[t * kd..(t + 1) * kd], qt));
             if let Some(rt) = fast {
                 return QACTS.with(|a| {
                     let mut a = a.borrow_mut();
@@ -80,9 +90,7 @@ pub fn matmul(
             let mut q = q.borrow_mut();
             let per = kd / 32;
             q.resize(n * per, BlockQ8::default());
-            for (t, qt) in q.chunks_exact_mut(per).enumerate() {
-                quantize_q8(&x[t * kd..(t + 1) * kd], fmt == ActFormat::Q8_1, qt);
-            }
+            quantize_tokens(pool, &mut q[..], per, &|t, qt| quantize_q8(&x[t * kd..(t + 1) * kd], fmt == ActFormat::Q8_1, qt));
             if let Some(rt) = fast {
                 return QACTS.with(|a| {
                     let mut a = a.borrow_mut();
