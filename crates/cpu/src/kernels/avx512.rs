@@ -401,6 +401,125 @@ unsafe fn legacy_4x4_ty(ty: DType, rows: *const u8, rb: usize, a: &QActs, t0: us
     }
 }
 
+const KQ4: u8 = 0;
+const KQ5: u8 = 1;
+const KQ6: u8 = 2;
+
+const fn kq_bytes(kind: u8) -> usize {
+    match kind {
+        KQ4 => 144,
+        KQ5 => 176,
+        _ => 210,
+    }
+}
+
+/// Chunk `c` (elements c·64 .. c·64+64) of the K-quant block at `b`: unsigned weight quants and
+/// the per-lane weight scale.
+#[inline(always)]
+unsafe fn kq_chunk<const KIND: u8>(b: *const u8, c: usize) -> (__m512i, __m512) {
+    let m4 = _mm256_set1_epi8(0x0F);
+    if KIND == KQ6 {
+        let (n, kk) = (c / 2, c % 2);
+        let ql0 = _mm256_loadu_si256(b.add(n * 64) as *const __m256i);
+        let ql1 = _mm256_loadu_si256(b.add(n * 64 + 32) as *const __m256i);
+        let qh = _mm256_loadu_si256(b.add(128 + n * 32) as *const __m256i);
+        let m3 = _mm256_set1_epi8(3);
+        let (lo0, lo1) = if kk == 0 {
+            (_mm256_and_si256(ql0, m4), _mm256_and_si256(ql1, m4))
+        } else {
+            (_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4))
+        };
+        let sh = _mm_cvtsi32_si128(4 * kk as i32);
+        let h0 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(qh, sh), m3), 4);
+        let h1 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(4 * kk as i32 + 2)), m3), 4);
+        let w = join(_mm256_or_si256(lo0, h0), _mm256_or_si256(lo1, h1));
+        let g0 = 192 + n * 8 + kk * 4;
+        let sc4 = _mm_cvtsi32_si128(i32::from_le_bytes([*b.add(g0), *b.add(g0 + 1), *b.add(g0 + 2), *b.add(g0 + 3)]));
+        let spread = _mm_setr_epi8(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+        let ws = _mm512_mul_ps(
+            _mm512_set1_ps(f16_ptr(b.add(208))),
+            _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_shuffle_epi8(sc4, spread))),
+        );
+        return (w, ws);
+    }
+    let scales = std::slice::from_raw_parts(b.add(4), 12);
+    let qs = if KIND == KQ5 { b.add(48) } else { b.add(16) };
+    let q = _mm256_loadu_si256(qs.add(c * 32) as *const __m256i);
+    let mut lo = _mm256_and_si256(q, m4);
+    let mut hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+    if KIND == KQ5 {
+        let qh = _mm256_loadu_si256(b.add(16) as *const __m256i);
+        let one = _mm256_set1_epi8(1);
+        lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * c as i32)), one), 4));
+        hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * c as i32 + 1)), one), 4));
+    }
+    let d = f16_ptr(b);
+    let (s1, _) = scale_min_k4(2 * c, scales);
+    let (s2, _) = scale_min_k4(2 * c + 1, scales);
+    (join(lo, hi), join_ps(d * s1 as f32, d * s2 as f32))
+}
+
+/// Four K-quant rows against four tokens (see `legacy_4x4`).
+#[inline(always)]
+unsafe fn kq_4x4<const KIND: u8>(rows: *const u8, rb: usize, a: &QActs, t0: usize, out: &mut [f32; 16]) {
+    let k = a.k;
+    let nb = k / 256;
+    let bb = kq_bytes(KIND);
+    let zero = _mm512_setzero_si512();
+    let mut acc = [_mm512_setzero_ps(); 16];
+    let mut mins = [0f32; 16];
+    for blk in 0..nb {
+        for c in 0..4 {
+            let mut w = [zero; 4];
+            let mut ws = [_mm512_setzero_ps(); 4];
+            for r in 0..4 {
+                (w[r], ws[r]) = kq_chunk::<KIND>(rows.add(r * rb + blk * bb), c);
+            }
+            for j in 0..4 {
+                let t = t0 + j;
+                let off = t * k + blk * 256 + c * 64;
+                let y = _mm512_loadu_si512(a.qs.as_ptr().add(off) as *const _);
+                let init = if KIND == KQ6 { offset_init::<5>(a.nls.as_ptr().add(off / 4), true) } else { zero };
+                let dy = _mm512_set1_ps(*a.dk.get_unchecked(t * nb + blk));
+                for r in 0..4 {
+                    let isum = _mm512_dpbusd_epi32(init, w[r], y);
+                    acc[r * 4 + j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(ws[r], dy), acc[r * 4 + j]);
+                }
+            }
+        }
+        if KIND != KQ6 {
+            for r in 0..4 {
+                let b = rows.add(r * rb + blk * bb);
+                let scales = std::slice::from_raw_parts(b.add(4), 12);
+                let dmin = f16_ptr(b.add(2));
+                let mut mk = [0i32; 8];
+                for (s, m) in mk.iter_mut().enumerate() {
+                    *m = scale_min_k4(s, scales).1 as i32;
+                }
+                for j in 0..4 {
+                    let t = t0 + j;
+                    let bs = &a.bsums[(t * nb + blk) * 16..];
+                    let ms: i32 = (0..8).map(|s| mk[s] * (bs[2 * s] as i32 + bs[2 * s + 1] as i32)).sum();
+                    mins[r * 4 + j] += dmin * a.dk[t * nb + blk] * ms as f32;
+                }
+            }
+        }
+    }
+    for i in 0..16 {
+        out[i] = _mm512_reduce_add_ps(acc[i]) - mins[i];
+    }
+}
+
+#[inline(always)]
+unsafe fn tile_4x4(ty: DType, rows: *const u8, rb: usize, a: &QActs, t0: usize, out: &mut [f32; 16]) {
+    match ty {
+        DType::Q4K => kq_4x4::<KQ4>(rows, rb, a, t0, out),
+        DType::Q5K => kq_4x4::<KQ5>(rows, rb, a, t0, out),
+        DType::Q6K => kq_4x4::<KQ6>(rows, rb, a, t0, out),
+        _ => legacy_4x4_ty(ty, rows, rb, a, t0, out),
+    }
+}
+
 /// One row against tokens `t0..t0 + T`, into `out[0..T]`.
 #[inline(always)]
 unsafe fn one_row<const T: usize>(ty: DType, row: &[u8], a: &QActs, t0: usize, out: &mut [f32]) {
@@ -428,13 +547,14 @@ unsafe fn rows_tokens_impl(
     let n_rows = rows.len() / rb;
     let mut r_done = 0;
     let legacy = matches!(ty, DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1 | DType::Q8_0);
-    if legacy && (a.k / 32) % 2 == 0 && n >= 4 {
+    // Legacy tiles take blocks in pairs; K-quant tiles any number of 256-blocks.
+    if (!legacy || (a.k / 32) % 2 == 0) && n >= 4 {
         // Batches: 4 rows × 4 tokens at a time; leftover tokens of these rows below.
         let mut t16 = [0f32; 16];
         while r_done + 4 <= n_rows {
             let mut t0 = 0;
             while t0 + 4 <= n {
-                legacy_4x4_ty(ty, rows.as_ptr().add(r_done * rb), rb, a, t0, &mut t16);
+                tile_4x4(ty, rows.as_ptr().add(r_done * rb), rb, a, t0, &mut t16);
                 for r in 0..4 {
                     out[(r_done + r) * n + t0..(r_done + r) * n + t0 + 4].copy_from_slice(&t16[r * 4..r * 4 + 4]);
                 }
