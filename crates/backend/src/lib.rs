@@ -120,9 +120,28 @@ impl RopeParams {
     }
 }
 
+/// Element type of the KV cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KvDType {
+    F32,
+    /// Half the memory and bandwidth; llama.cpp's default.
+    F16,
+}
+
+impl KvDType {
+    pub fn parse(s: &str) -> Option<KvDType> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" => Some(KvDType::F32),
+            "f16" => Some(KvDType::F16),
+            _ => None,
+        }
+    }
+}
+
 /// Shape of the paged KV cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KvSpec {
+    pub dtype: KvDType,
     pub n_layers: usize,
     pub num_blocks: usize,
     pub block_size: usize,
@@ -157,15 +176,17 @@ pub struct AttnMeta<'a> {
 }
 
 pub trait Backend: Send + Sync + 'static {
-    /// Activation and KV storage.
+    /// Activation storage.
     type Buffer: Send + Sync;
+    /// KV cache storage (per layer, K or V).
+    type KvBuffer: Send + Sync;
     /// Weight storage in the backend's layout.
     type WeightStore: Send + Sync;
 
     fn caps(&self) -> &Capabilities;
     fn prepare_weight(&self, host: HostTensor<'_>) -> Result<Weight<Self::WeightStore>>;
     fn alloc_act(&self, capacity: usize, cols: usize) -> Result<Act<Self::Buffer>>;
-    fn alloc_kv(&self, spec: KvSpec) -> Result<KvPages<Self::Buffer>>;
+    fn alloc_kv(&self, spec: KvSpec) -> Result<KvPages<Self::KvBuffer>>;
     /// Copy host rows into an activation (tests, inputs).
     fn upload(&self, data: &[f32], rows: usize, out: &mut Act<Self::Buffer>) -> Result<()>;
     /// Copy the live rows of an activation to the host.
@@ -209,14 +230,14 @@ pub trait Backend: Send + Sync + 'static {
         k: &Act<Self::Buffer>,
         v: &Act<Self::Buffer>,
         slots: &[u32],
-        kv: &mut KvPages<Self::Buffer>,
+        kv: &mut KvPages<Self::KvBuffer>,
         layer: usize,
     ) -> Result<()>;
     /// Causal attention of q rows over the paged cache (which already holds this step's K/V).
     fn attention(
         &self,
         q: &Act<Self::Buffer>,
-        kv: &KvPages<Self::Buffer>,
+        kv: &KvPages<Self::KvBuffer>,
         meta: &AttnMeta<'_>,
         layer: usize,
         out: &mut Act<Self::Buffer>,

@@ -70,12 +70,12 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
-pub fn bench(a: BenchArgs, threads: Option<usize>) -> Result<()> {
+pub fn bench(a: BenchArgs, opts: &crate::load::Opts) -> Result<()> {
     if a.repetitions == 0 {
         bail!("--repetitions must be at least 1");
     }
     let ctx = a.depth + a.prompt_tokens.max(a.gen_tokens) + 1;
-    let mut l = load(a.model.as_deref(), threads, ctx, a.batch.max(1))?;
+    let mut l = load(a.model.as_deref(), opts, ctx, a.batch.max(1))?;
     let s = &mut l.session;
     let vocab = s.model.vocab_size();
     let detail = suanli_backend::Backend::caps(&s.backend).detail.clone();

@@ -20,9 +20,9 @@ pub struct ChatArgs {
     pub sampling: SamplingArgs,
 }
 
-pub fn chat(a: ChatArgs, threads: Option<usize>) -> Result<()> {
+pub fn chat(a: ChatArgs, opts: &crate::load::Opts) -> Result<()> {
     let params = a.sampling.params()?;
-    let mut l = load(a.model.as_deref(), threads, a.sampling.ctx, 256)?;
+    let mut l = load(a.model.as_deref(), opts, a.sampling.ctx, 256)?;
     let base: Vec<ChatMessage> = a
         .system
         .iter()

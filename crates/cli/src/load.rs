@@ -40,6 +40,12 @@ pub fn tokenizer_for(src: &ModelSource) -> Result<Tokenizer> {
     })
 }
 
+/// Options that apply to every command that runs a model.
+pub struct Opts {
+    pub threads: Option<usize>,
+    pub kv: suanli_backend::KvDType,
+}
+
 pub struct Loaded {
     pub session: Session<CpuBackend>,
     pub tokenizer: Tokenizer,
@@ -48,7 +54,7 @@ pub struct Loaded {
 /// Load everything needed to generate. `ctx`: context length; `chunk`: prefill step size.
 pub fn load(
     model: Option<&str>,
-    threads: Option<usize>,
+    opts: &Opts,
     ctx: usize,
     chunk: usize,
 ) -> Result<Loaded> {
@@ -56,7 +62,7 @@ pub fn load(
     let t0 = Instant::now();
     let src = open_model(&path)?;
     let tokenizer = tokenizer_for(&src)?;
-    let backend = CpuBackend::new(threads).map_err(anyhow::Error::msg)?;
+    let backend = CpuBackend::new(opts.threads).map_err(anyhow::Error::msg)?;
     let detail = suanli_backend::Backend::caps(&backend).detail.clone();
     let model = Model::load(&src, &backend)?;
     if tokenizer.vocab_size() > model.vocab_size() {
@@ -78,6 +84,6 @@ pub fn load(
         t0.elapsed().as_secs_f64(),
         detail
     );
-    let session = Session::new(backend, model, ctx, chunk).context("allocating the KV cache")?;
+    let session = Session::with_kv(backend, model, ctx, chunk, opts.kv).context("allocating the KV cache")?;
     Ok(Loaded { session, tokenizer })
 }

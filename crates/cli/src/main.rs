@@ -23,6 +23,9 @@ struct Cli {
     /// CPU threads (default: all available cores).
     #[arg(long, global = true)]
     threads: Option<usize>,
+    /// KV cache element type: f16 (default, as llama.cpp) or f32.
+    #[arg(long, global = true, default_value = "f16", value_parser = parse_kv)]
+    kv_type: suanli_backend::KvDType,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -47,6 +50,10 @@ enum Cmd {
     Bench(bench::BenchArgs),
 }
 
+fn parse_kv(s: &str) -> Result<suanli_backend::KvDType, String> {
+    suanli_backend::KvDType::parse(s).ok_or_else(|| format!("{s:?} is not a KV cache type (f16, f32)"))
+}
+
 fn main() {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -56,15 +63,16 @@ fn main() {
         )
         .init();
     let cli = Cli::parse();
+    let opts = load::Opts { threads: cli.threads, kv: cli.kv_type };
     let result = match cli.cmd {
-        Cmd::Run(a) => run::run(a, cli.threads),
-        Cmd::Chat(a) => chat::chat(a, cli.threads),
+        Cmd::Run(a) => run::run(a, &opts),
+        Cmd::Chat(a) => chat::chat(a, &opts),
         Cmd::Pull { name } => tools::pull(&name),
         Cmd::List => tools::list(),
         Cmd::Inspect { path } => inspect::inspect(&path),
         Cmd::Tokenize(a) => tools::tokenize(a),
-        Cmd::Perplexity(a) => tools::perplexity(a, cli.threads),
-        Cmd::Bench(a) => bench::bench(a, cli.threads),
+        Cmd::Perplexity(a) => tools::perplexity(a, &opts),
+        Cmd::Bench(a) => bench::bench(a, &opts),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -73,9 +73,9 @@ pub struct RunArgs {
     pub prompt: String,
 }
 
-pub fn run(a: RunArgs, threads: Option<usize>) -> Result<()> {
+pub fn run(a: RunArgs, opts: &crate::load::Opts) -> Result<()> {
     let params = a.sampling.params()?;
-    let mut l = load(a.model.as_deref(), threads, a.sampling.ctx, 256)?;
+    let mut l = load(a.model.as_deref(), opts, a.sampling.ctx, 256)?;
     let tok = &l.tokenizer;
     let ids = if a.raw {
         tok.encode_prompt(&a.prompt, false)

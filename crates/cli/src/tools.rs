@@ -91,10 +91,10 @@ pub struct PerplexityArgs {
     pub json: bool,
 }
 
-pub fn perplexity(a: PerplexityArgs, threads: Option<usize>) -> Result<()> {
+pub fn perplexity(a: PerplexityArgs, opts: &crate::load::Opts) -> Result<()> {
     let text = std::fs::read_to_string(&a.file)
         .with_context(|| format!("reading {}", a.file.display()))?;
-    let mut l = load(a.model.as_deref(), threads, a.ctx, a.ctx.min(512))?;
+    let mut l = load(a.model.as_deref(), opts, a.ctx, a.ctx.min(512))?;
     if l.session.ctx() < a.ctx {
         anyhow::bail!(
             "--ctx {} exceeds the model's context length {}",

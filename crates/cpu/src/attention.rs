@@ -4,13 +4,15 @@
 
 use crate::kernels::{Isa, Kernels};
 use crate::pool::Pool;
+use crate::KvStore;
+use half::slice::HalfFloatSliceExt;
 use suanli_backend::{shape_err, Act, AttnMeta, KvPages, Result};
 
 pub fn paged_attention(
     k: &Kernels,
     pool: &Pool,
     q: &Act<Vec<f32>>,
-    kv: &KvPages<Vec<f32>>,
+    kv: &KvPages<KvStore>,
     meta: &AttnMeta<'_>,
     layer: usize,
     out: &mut Act<Vec<f32>>,
@@ -56,14 +58,14 @@ pub fn paged_attention(
                 scale: meta.scale,
             };
             match k.isa {
-                Isa::Generic => attend(&job, acc, &mut st),
+                Isa::Generic => attend::<false>(&job, acc, &mut st),
                 #[cfg(target_arch = "x86_64")]
                 _ => {
-                    // SAFETY: every level above generic includes AVX2 and FMA (checked at detection).
+                    // SAFETY: every level above generic includes AVX2, FMA and F16C (checked at detection).
                     unsafe { attend_avx2(&job, acc, &mut st) }
                 }
                 #[cfg(not(target_arch = "x86_64"))]
-                _ => attend(&job, acc, &mut st),
+                _ => attend::<false>(&job, acc, &mut st),
             }
         }
     });
@@ -73,7 +75,7 @@ pub fn paged_attention(
 struct Job<'a> {
     /// The `group` query heads that share KV head `kvh`, `[group, hd]`.
     q: &'a [f32],
-    kv: &'a KvPages<Vec<f32>>,
+    kv: &'a KvPages<KvStore>,
     layer: usize,
     kvh: usize,
     table: &'a [u32],
@@ -84,22 +86,54 @@ struct Job<'a> {
     scale: f32,
 }
 
-/// Running max and sum per query head, reused across units.
+/// Running max and sum per query head, and rows converted from F16, reused across units.
 #[derive(Default)]
 struct State {
     m: Vec<f32>,
     l: Vec<f32>,
     s: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+}
+
+/// Row `off..off + hd` of a KV store as f32 (F16 rows are converted into `buf`). `F16C`: the
+/// caller is compiled with the F16C instructions.
+#[inline(always)]
+fn kv_row<'a, const F16C: bool>(store: &'a KvStore, off: usize, hd: usize, buf: &'a mut Vec<f32>) -> &'a [f32] {
+    match store {
+        KvStore::F32(v) => &v[off..off + hd],
+        KvStore::F16(v) => {
+            buf.resize(hd, 0.0);
+            let src = &v[off..off + hd];
+            #[cfg(target_arch = "x86_64")]
+            if F16C {
+                use std::arch::x86_64::*;
+                let mut i = 0;
+                while i + 8 <= hd {
+                    // SAFETY: F16C is enabled in the caller (attend_avx2); i + 8 <= hd bounds both slices.
+                    unsafe {
+                        let h = _mm_loadu_si128(src.as_ptr().add(i) as *const __m128i);
+                        _mm256_storeu_ps(buf.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
+                    }
+                    i += 8;
+                }
+                src[i..].convert_to_f32_slice(&mut buf[i..hd]);
+                return buf;
+            }
+            src.convert_to_f32_slice(buf);
+            buf
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn attend_avx2(job: &Job<'_>, acc: &mut [f32], st: &mut State) {
-    attend(job, acc, st)
+    attend::<true>(job, acc, st)
 }
 
 #[inline(always)]
-fn attend(job: &Job<'_>, acc: &mut [f32], st: &mut State) {
+fn attend<const F16C: bool>(job: &Job<'_>, acc: &mut [f32], st: &mut State) {
     let (g, hd) = (job.group, job.hd);
     let (ks, vs) = &job.kv.layers[job.layer];
     let bs = job.kv.spec.block_size;
@@ -119,7 +153,9 @@ fn attend(job: &Job<'_>, acc: &mut [f32], st: &mut State) {
         let base = blk as usize * bs;
         for o in 0..n {
             let off = (base + o) * kvd + job.kvh * hd;
-            let (kr, vr) = (&ks[off..off + hd], &vs[off..off + hd]);
+            let mut kb = std::mem::take(&mut st.k);
+            let mut vb = std::mem::take(&mut st.v);
+            let (kr, vr) = (kv_row::<F16C>(ks, off, hd, &mut kb), kv_row::<F16C>(vs, off, hd, &mut vb));
             for h in 0..g {
                 st.s[h] = dot(&job.q[h * hd..(h + 1) * hd], kr) * job.scale;
             }
@@ -138,6 +174,8 @@ fn attend(job: &Job<'_>, acc: &mut [f32], st: &mut State) {
                     *x += w * v;
                 }
             }
+            st.k = kb;
+            st.v = vb;
         }
         p += n;
     }

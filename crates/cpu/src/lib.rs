@@ -8,7 +8,7 @@ pub mod pool;
 
 use kernels::{Isa, Kernels};
 use suanli_backend::{
-    shape_err, Act, AttnMeta, Backend, BackendError, Capabilities, HostTensor, KvPages, KvSpec,
+    shape_err, Act, AttnMeta, Backend, BackendError, Capabilities, HostTensor, KvDType, KvPages, KvSpec,
     Result, RopeParams, RopeStyle, Weight,
 };
 use suanli_core::{quant, DType};
@@ -49,6 +49,12 @@ impl CpuWeight {
             }
         }
     }
+}
+
+/// One layer's K or V: a row of `kv_dim` per slot.
+pub enum KvStore {
+    F32(Vec<f32>),
+    F16(Vec<half::f16>),
 }
 
 pub struct CpuBackend {
@@ -110,6 +116,7 @@ fn check_rows(op: &'static str, x: &Act<Vec<f32>>, out: &Act<Vec<f32>>) -> Resul
 
 impl Backend for CpuBackend {
     type Buffer = Vec<f32>;
+    type KvBuffer = KvStore;
     type WeightStore = CpuWeight;
 
     fn caps(&self) -> &Capabilities {
@@ -170,25 +177,18 @@ impl Backend for CpuBackend {
         })
     }
 
-    fn alloc_kv(&self, spec: KvSpec) -> Result<KvPages<Vec<f32>>> {
-        let n =
-            spec.slots()
-                .checked_mul(spec.kv_dim())
-                .ok_or_else(|| BackendError::OutOfMemory {
-                    what: "KV cache",
-                    detail: format!("{spec:?}"),
-                })?;
+    fn alloc_kv(&self, spec: KvSpec) -> Result<KvPages<KvStore>> {
+        let oom = || BackendError::OutOfMemory { what: "KV cache", detail: format!("{spec:?}") };
+        let n = spec.slots().checked_mul(spec.kv_dim()).ok_or_else(oom)?;
+        let store = || -> Result<KvStore> {
+            Ok(match spec.dtype {
+                KvDType::F32 => KvStore::F32(try_zeroed(n, 0.0).ok_or_else(oom)?),
+                KvDType::F16 => KvStore::F16(try_zeroed(n, half::f16::ZERO).ok_or_else(oom)?),
+            })
+        };
         let mut layers = Vec::with_capacity(spec.n_layers);
         for _ in 0..spec.n_layers {
-            let k = try_zeroed(n).ok_or_else(|| BackendError::OutOfMemory {
-                what: "KV cache",
-                detail: format!("{n} floats per layer"),
-            })?;
-            let v = try_zeroed(n).ok_or_else(|| BackendError::OutOfMemory {
-                what: "KV cache",
-                detail: format!("{n} floats per layer"),
-            })?;
-            layers.push((k, v));
+            layers.push((store()?, store()?));
         }
         Ok(KvPages { spec, layers })
     }
@@ -359,7 +359,7 @@ impl Backend for CpuBackend {
         k: &Act<Vec<f32>>,
         v: &Act<Vec<f32>>,
         slots: &[u32],
-        kv: &mut KvPages<Vec<f32>>,
+        kv: &mut KvPages<KvStore>,
         layer: usize,
     ) -> Result<()> {
         let d = kv.spec.kv_dim();
@@ -389,8 +389,15 @@ impl Backend for CpuBackend {
                     format!("slot {s} outside {n_slots} slots"),
                 ));
             }
-            ks[s * d..(s + 1) * d].copy_from_slice(&k.buf[t * d..(t + 1) * d]);
-            vs[s * d..(s + 1) * d].copy_from_slice(&v.buf[t * d..(t + 1) * d]);
+            for (store, src) in [(&mut *ks, &k.buf[t * d..(t + 1) * d]), (&mut *vs, &v.buf[t * d..(t + 1) * d])] {
+                match store {
+                    KvStore::F32(dst) => dst[s * d..(s + 1) * d].copy_from_slice(src),
+                    KvStore::F16(dst) => {
+                        use half::slice::HalfFloatSliceExt;
+                        dst[s * d..(s + 1) * d].convert_from_f32_slice(src)
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -398,7 +405,7 @@ impl Backend for CpuBackend {
     fn attention(
         &self,
         q: &Act<Vec<f32>>,
-        kv: &KvPages<Vec<f32>>,
+        kv: &KvPages<KvStore>,
         meta: &AttnMeta<'_>,
         layer: usize,
         out: &mut Act<Vec<f32>>,
@@ -477,10 +484,10 @@ impl Backend for CpuBackend {
     }
 }
 
-fn try_zeroed(n: usize) -> Option<Vec<f32>> {
+fn try_zeroed<T: Clone>(n: usize, zero: T) -> Option<Vec<T>> {
     let mut v = Vec::new();
     v.try_reserve_exact(n).ok()?;
-    v.resize(n, 0.0);
+    v.resize(n, zero);
     Some(v)
 }
 

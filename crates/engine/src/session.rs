@@ -5,7 +5,7 @@
 use crate::kv::{BlockAllocator, BlockTable, OutOfBlocks};
 use crate::sampler::{Sampler, SamplingParams};
 use std::time::Instant;
-use suanli_backend::{Backend, BackendError, BatchPlan, KvPages};
+use suanli_backend::{Backend, BackendError, BatchPlan, KvDType, KvPages};
 use suanli_models::{Model, Scratch};
 
 pub const BLOCK_SIZE: usize = 16;
@@ -73,7 +73,7 @@ pub enum Control {
 pub struct Session<B: Backend> {
     pub backend: B,
     pub model: Model<B>,
-    kv: KvPages<B::Buffer>,
+    kv: KvPages<B::KvBuffer>,
     alloc: BlockAllocator,
     table: BlockTable,
     scratch: Scratch<B>,
@@ -84,16 +84,22 @@ pub struct Session<B: Backend> {
 }
 
 impl<B: Backend> Session<B> {
-    /// `ctx`: the most tokens a sequence may hold; `chunk`: tokens per prefill step.
-    pub fn new(
+    /// `ctx`: the most tokens a sequence may hold; `chunk`: tokens per prefill step. The KV
+    /// cache is F16, as llama.cpp's default.
+    pub fn new(backend: B, model: Model<B>, ctx: usize, chunk: usize) -> Result<Session<B>, SessionError> {
+        Self::with_kv(backend, model, ctx, chunk, KvDType::F16)
+    }
+
+    pub fn with_kv(
         backend: B,
         model: Model<B>,
         ctx: usize,
         chunk: usize,
+        kv_dtype: KvDType,
     ) -> Result<Session<B>, SessionError> {
         let ctx = ctx.min(model.cfg.max_position_embeddings).max(1);
         let num_blocks = ctx.div_ceil(BLOCK_SIZE);
-        let kv = backend.alloc_kv(model.kv_spec(num_blocks, BLOCK_SIZE))?;
+        let kv = backend.alloc_kv(model.kv_spec(num_blocks, BLOCK_SIZE, kv_dtype))?;
         let scratch = model.alloc_scratch(&backend, chunk.max(1))?;
         Ok(Session {
             backend,

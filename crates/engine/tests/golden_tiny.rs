@@ -17,7 +17,8 @@ fn check_arch(arch: &str, file: &str, isa: Isa) {
     let g = read_json(&dir.join("golden.json"));
     let vocab = g["vocab"].as_u64().unwrap() as usize;
     // A small prefill chunk so that chunked prefill over the paged cache is exercised.
-    let (mut s, tok) = load(&dir.join(file), isa, 128, 5);
+    // F32 KV cache: transformers keeps K/V in f32.
+    let (mut s, tok) = load(&dir.join(file), isa, 128, 5, KvDType::F32);
     let arch = format!("{arch}/{}", if file.is_empty() { "hf" } else { file });
     let input = ids(&g["ids"]);
     let want: Vec<f32> = std::fs::read(dir.join("logits.f32"))

@@ -22,7 +22,8 @@ fn check_model(name: &str) {
     let refs = read_json(&fixtures().join("llamacpp").join(format!("{name}.json")));
     let ctx = refs["ctx"].as_u64().unwrap() as usize;
     let isa = Isa::detect().unwrap();
-    let (mut s, tok) = load(&model_path(name), isa, ctx, 128);
+    // F16 KV cache, llama.cpp's default.
+    let (mut s, tok) = load(&model_path(name), isa, ctx, 128, KvDType::F16);
     assert_eq!(
         tok.add_bos,
         refs["add_bos"].as_bool().unwrap(),

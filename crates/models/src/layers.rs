@@ -4,7 +4,7 @@
 use crate::config::{Arch, ModelConfig};
 use crate::loader::{LoadError, Loader};
 use suanli_backend::{
-    Act, AttnMeta, Backend, BackendError, BatchPlan, KvPages, KvSpec, RopeParams, Weight,
+    Act, AttnMeta, Backend, BackendError, BatchPlan, KvDType, KvPages, KvSpec, RopeParams, Weight,
 };
 use suanli_formats::ModelSource;
 
@@ -183,8 +183,9 @@ impl<B: Backend> Model<B> {
         self.cfg.vocab_size
     }
 
-    pub fn kv_spec(&self, num_blocks: usize, block_size: usize) -> KvSpec {
+    pub fn kv_spec(&self, num_blocks: usize, block_size: usize, dtype: KvDType) -> KvSpec {
         KvSpec {
+            dtype,
             n_layers: self.cfg.num_hidden_layers,
             num_blocks,
             block_size,
@@ -216,7 +217,7 @@ impl<B: Backend> Model<B> {
         &self,
         b: &B,
         plan: &BatchPlan,
-        kv: &mut KvPages<B::Buffer>,
+        kv: &mut KvPages<B::KvBuffer>,
         s: &mut Scratch<B>,
         logits: &mut [f32],
     ) -> Result<(), BackendError> {

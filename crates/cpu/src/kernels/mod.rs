@@ -23,7 +23,7 @@ impl Isa {
     pub fn name(self) -> &'static str {
         match self {
             Isa::Generic => "generic",
-            Isa::Avx2 => "avx2+fma",
+            Isa::Avx2 => "avx2+fma+f16c",
             Isa::Avx512 => "avx512+vnni",
         }
     }
@@ -32,7 +32,9 @@ impl Isa {
     pub fn available() -> Vec<Isa> {
         let mut v = vec![Isa::Generic];
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        if std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c")
         {
             v.push(Isa::Avx2);
             let f = |name| match name {

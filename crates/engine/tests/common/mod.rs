@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+pub use suanli_backend::KvDType;
 use suanli_cpu::kernels::Isa;
 use suanli_cpu::CpuBackend;
 use suanli_engine::Session;
@@ -26,7 +27,7 @@ pub fn ids(v: &serde_json::Value) -> Vec<u32> {
         .collect()
 }
 
-pub fn load(path: &Path, isa: Isa, ctx: usize, chunk: usize) -> (Session<CpuBackend>, Tokenizer) {
+pub fn load(path: &Path, isa: Isa, ctx: usize, chunk: usize, kv: KvDType) -> (Session<CpuBackend>, Tokenizer) {
     let src = open_model(path).unwrap();
     let tok = match &src {
         suanli_formats::ModelSource::Gguf { file, .. } => Tokenizer::from_gguf(file).unwrap(),
@@ -34,7 +35,7 @@ pub fn load(path: &Path, isa: Isa, ctx: usize, chunk: usize) -> (Session<CpuBack
     };
     let backend = CpuBackend::with_isa(Some(2), isa).unwrap();
     let model = Model::load(&src, &backend).unwrap();
-    (Session::new(backend, model, ctx, chunk).unwrap(), tok)
+    (Session::with_kv(backend, model, ctx, chunk, kv).unwrap(), tok)
 }
 
 /// Greedy continuation of `prompt`, `n` tokens, ignoring end-of-generation tokens.
