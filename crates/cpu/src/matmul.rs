@@ -73,7 +73,7 @@ pub fn matmul(
             if let Some(rt) = fast {
                 return QACTS.with(|a| {
                     let mut a = a.borrow_mut();
-                    a.fill_q8k(&q, kd);
+                    a.fill_q8k(pool, &q, kd);
                     rows_by_tokens(pool, rt, w, raw, rb, &a, n, bias, out)
                 });
             }
@@ -94,7 +94,7 @@ pub fn matmul(
             if let Some(rt) = fast {
                 return QACTS.with(|a| {
                     let mut a = a.borrow_mut();
-                    a.fill_q8(&q, kd);
+                    a.fill_q8(pool, &q, kd);
                     rows_by_tokens(pool, rt, w, raw, rb, &a, n, bias, out)
                 });
             }
@@ -149,11 +149,14 @@ fn rows_by_tokens(
                 oc,
             );
         });
-        for (t, o) in out.chunks_exact_mut(m).enumerate() {
-            for (r, v) in o.iter_mut().enumerate() {
-                *v = ot[r * n + t] + bias.map_or(0.0, |b| b[r]);
+        let ot = &ot[..];
+        pool.split_mut(out, m, 1, &|t0, part| {
+            for (i, o) in part.chunks_exact_mut(m).enumerate() {
+                for (r, v) in o.iter_mut().enumerate() {
+                    *v = ot[r * n + t0 + i] + bias.map_or(0.0, |b| b[r]);
+                }
             }
-        }
+        });
     });
 }
 

@@ -269,7 +269,7 @@ mod quant_tests {
                             ActFormat::Q8K => {
                                 let mut q = vec![BlockQ8K::default(); 8 * n / 256];
                                 quantize_q8k(&xs, &mut q);
-                                qa.fill_q8k(&q, n);
+                                qa.fill_q8k(&crate::pool::Pool::new(2).unwrap(), &q, n);
                                 q.chunks(n / 256)
                                     .map(|qt| (g.dot_q8k)(ty, &w, qt))
                                     .collect()
@@ -277,7 +277,7 @@ mod quant_tests {
                             f => {
                                 let mut q = vec![BlockQ8::default(); 8 * n / 32];
                                 quantize_q8(&xs, f == ActFormat::Q8_1, &mut q);
-                                qa.fill_q8(&q, n);
+                                qa.fill_q8(&crate::pool::Pool::new(2).unwrap(), &q, n);
                                 q.chunks(n / 32).map(|qt| (g.dot_q8)(ty, &w, qt)).collect()
                             }
                         };
