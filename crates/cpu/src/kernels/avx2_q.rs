@@ -3,6 +3,7 @@
 //! f32 accumulation of block results differs).
 
 #[cfg(target_arch = "x86_64")]
+use super::x86::{nibbles_16, q6k_half};
 use std::arch::x86_64::*;
 use suanli_core::quant::q8::{BlockQ8, BlockQ8K};
 use suanli_core::quant::scale_min_k4;
@@ -39,13 +40,6 @@ unsafe fn dot_u8(x: __m256i, y: __m256i) -> __m256i {
     _mm256_madd_epi16(_mm256_maddubs_epi16(x, y), _mm256_set1_epi16(1))
 }
 
-/// 16 packed bytes → 32 nibbles: low nibbles in the low lane, high nibbles in the high lane.
-#[inline(always)]
-unsafe fn nibbles_16(p: *const u8) -> __m256i {
-    let t = _mm_loadu_si128(p as *const __m128i);
-    let v = _mm256_set_m128i(_mm_srli_epi16(t, 4), t);
-    _mm256_and_si256(v, _mm256_set1_epi8(0x0F))
-}
 
 /// 32 bits → 32 bytes, 0xFF where the bit is set (byte i = bit i).
 #[inline(always)]
@@ -195,8 +189,6 @@ pub unsafe fn q5_k(row: &[u8], x: &[BlockQ8K]) -> f32 {
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn q6_k(row: &[u8], x: &[BlockQ8K]) -> f32 {
     let mut sum = 0f32;
-    let m4 = _mm256_set1_epi8(0x0F);
-    let m3 = _mm256_set1_epi8(3);
     for (b, y) in row.chunks_exact(210).zip(x) {
         let sc = &b[192..208];
         let mut acc = _mm256_setzero_si256();
@@ -205,27 +197,7 @@ pub unsafe fn q6_k(row: &[u8], x: &[BlockQ8K]) -> f32 {
             msum += (sc[g] as i8) as i32 * y.bsums[g] as i32;
         }
         for n in 0..2 {
-            let ql0 = _mm256_loadu_si256(b.as_ptr().add(n * 64) as *const __m256i);
-            let ql1 = _mm256_loadu_si256(b.as_ptr().add(n * 64 + 32) as *const __m256i);
-            let qh = _mm256_loadu_si256(b.as_ptr().add(128 + n * 32) as *const __m256i);
-            let q = [
-                _mm256_or_si256(
-                    _mm256_and_si256(ql0, m4),
-                    _mm256_slli_epi16(_mm256_and_si256(qh, m3), 4),
-                ),
-                _mm256_or_si256(
-                    _mm256_and_si256(ql1, m4),
-                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m3), 4),
-                ),
-                _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
-                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m3), 4),
-                ),
-                _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
-                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m3), 4),
-                ),
-            ];
+            let q = q6k_half(b.as_ptr(), n);
             for (k, qk) in q.iter().enumerate() {
                 let p = _mm256_maddubs_epi16(*qk, load_q(&y.qs[n * 128 + k * 32..]));
                 let g = n * 8 + 2 * k;

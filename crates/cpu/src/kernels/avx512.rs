@@ -8,6 +8,7 @@
 //! in f32, so results equal the scalar oracle up to f32 rounding.
 
 use super::acts::QActs;
+use super::x86::{nibbles_16, q6k_half};
 use std::arch::x86_64::*;
 use suanli_core::quant::scale_min_k4;
 use suanli_core::DType;
@@ -34,15 +35,6 @@ unsafe fn join_ps(lo: f32, hi: f32) -> __m512 {
     )
 }
 
-/// 16 packed bytes → 32 nibbles (low nibbles first).
-#[inline(always)]
-unsafe fn nibbles_16(p: *const u8) -> __m256i {
-    let t = _mm_loadu_si128(p as *const __m128i);
-    _mm256_and_si256(
-        _mm256_set_m128i(_mm_srli_epi16(t, 4), t),
-        _mm256_set1_epi8(0x0F),
-    )
-}
 
 /// 32 bits → 32 bytes, 0x10 where the bit is set.
 #[inline(always)]
@@ -271,34 +263,13 @@ unsafe fn q6_k<const T: usize>(row: &[u8], a: &QActs, t0: usize, out: &mut [f32]
     let k = a.k;
     let nb = k / 256;
     let mut acc = [_mm512_setzero_ps(); T];
-    let (m4, m3) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(3));
     // Each of the 4 group scales of a 64-element chunk covers 4 dpbusd lanes.
     let spread = _mm_setr_epi8(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
     for blk in 0..nb {
         let b = &row[blk * 210..(blk + 1) * 210];
         let d = _mm512_set1_ps(f16(b, 208));
         for n in 0..2 {
-            let ql0 = _mm256_loadu_si256(b.as_ptr().add(n * 64) as *const __m256i);
-            let ql1 = _mm256_loadu_si256(b.as_ptr().add(n * 64 + 32) as *const __m256i);
-            let qh = _mm256_loadu_si256(b.as_ptr().add(128 + n * 32) as *const __m256i);
-            let q = [
-                _mm256_or_si256(
-                    _mm256_and_si256(ql0, m4),
-                    _mm256_slli_epi16(_mm256_and_si256(qh, m3), 4),
-                ),
-                _mm256_or_si256(
-                    _mm256_and_si256(ql1, m4),
-                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m3), 4),
-                ),
-                _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
-                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m3), 4),
-                ),
-                _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
-                    _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m3), 4),
-                ),
-            ];
+            let q = q6k_half(b.as_ptr(), n);
             for kk in 0..2 {
                 let w = join(q[2 * kk], q[2 * kk + 1]);
                 let g0 = 192 + n * 8 + kk * 4;

@@ -9,6 +9,8 @@ mod avx2;
 mod avx2_q;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod x86;
 mod generic;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
