@@ -18,6 +18,10 @@ pub enum DType {
     Q4K,
     Q5K,
     Q6K,
+    /// 4-bit non-linear (a fixed table of 16 levels), blocks of 32.
+    IQ4NL,
+    /// IQ4_NL levels with 6-bit sub-block scales, blocks of 256.
+    IQ4XS,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -45,10 +49,8 @@ pub fn ggml_type_name(id: u32) -> &'static str {
         17 => "IQ2_XS",
         18 => "IQ3_XXS",
         19 => "IQ1_S",
-        20 => "IQ4_NL",
         21 => "IQ3_S",
         22 => "IQ2_S",
-        23 => "IQ4_XS",
         24 => "I8",
         25 => "I16",
         26 => "I32",
@@ -60,7 +62,7 @@ pub fn ggml_type_name(id: u32) -> &'static str {
 }
 
 impl DType {
-    pub const ALL: [DType; 13] = [
+    pub const ALL: [DType; 15] = [
         DType::F32,
         DType::F16,
         DType::BF16,
@@ -74,6 +76,8 @@ impl DType {
         DType::Q4K,
         DType::Q5K,
         DType::Q6K,
+        DType::IQ4NL,
+        DType::IQ4XS,
     ];
 
     pub fn from_ggml_id(id: u32) -> Result<DType, DTypeError> {
@@ -90,6 +94,8 @@ impl DType {
             12 => DType::Q4K,
             13 => DType::Q5K,
             14 => DType::Q6K,
+            20 => DType::IQ4NL,
+            23 => DType::IQ4XS,
             30 => DType::BF16,
             other => return Err(DTypeError::UnknownGgmlType(other)),
         })
@@ -109,6 +115,8 @@ impl DType {
             DType::Q4K => 12,
             DType::Q5K => 13,
             DType::Q6K => 14,
+            DType::IQ4NL => 20,
+            DType::IQ4XS => 23,
             DType::BF16 => 30,
         }
     }
@@ -117,8 +125,8 @@ impl DType {
     pub fn block_elems(self) -> usize {
         match self {
             DType::F32 | DType::F16 | DType::BF16 => 1,
-            DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1 | DType::Q8_0 => 32,
-            DType::Q2K | DType::Q3K | DType::Q4K | DType::Q5K | DType::Q6K => 256,
+            DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1 | DType::Q8_0 | DType::IQ4NL => 32,
+            DType::Q2K | DType::Q3K | DType::Q4K | DType::Q5K | DType::Q6K | DType::IQ4XS => 256,
         }
     }
 
@@ -137,6 +145,8 @@ impl DType {
             DType::Q4K => 144,
             DType::Q5K => 176,
             DType::Q6K => 210,
+            DType::IQ4NL => 18,
+            DType::IQ4XS => 136,
         }
     }
 
@@ -193,6 +203,8 @@ impl DType {
             DType::Q4K => "Q4_K",
             DType::Q5K => "Q5_K",
             DType::Q6K => "Q6_K",
+            DType::IQ4NL => "IQ4_NL",
+            DType::IQ4XS => "IQ4_XS",
         }
     }
 

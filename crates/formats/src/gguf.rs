@@ -413,7 +413,7 @@ fn parse(buf: &[u8]) -> Result<Parsed, Problem> {
         let ty = r.u32(&|| format!("the type of tensor {name:?}"))?;
         let dtype = DType::from_ggml_id(ty).map_err(|_| {
             bad(format!(
-                "tensor type {ty} ({}) is not supported; supported types: F32 F16 BF16 Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K Q4_K Q5_K Q6_K",
+                "tensor type {ty} ({}) is not supported; supported types: F32 F16 BF16 Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K Q4_K Q5_K Q6_K IQ4_NL IQ4_XS",
                 suanli_core::dtype::ggml_type_name(ty)
             ))
         })?;

@@ -21,6 +21,7 @@ pub fn dot_q8(ty: DType, row: &[u8], x: &[BlockQ8]) -> f32 {
         DType::Q5_0 => q5_0,
         DType::Q5_1 => q5_1,
         DType::Q8_0 => q8_0,
+        DType::IQ4NL => iq4_nl,
         other => panic!("dot_q8 called for {other}"),
     };
     let mut sum = 0f32;
@@ -39,6 +40,7 @@ pub fn dot_q8k(ty: DType, row: &[u8], x: &[BlockQ8K]) -> f32 {
         DType::Q4K => q4_k,
         DType::Q5K => q5_k,
         DType::Q6K => q6_k,
+        DType::IQ4XS => iq4_xs,
         other => panic!("dot_q8k called for {other}"),
     };
     let mut sum = 0f32;
@@ -198,6 +200,30 @@ fn q6_k(b: &[u8], y: &BlockQ8K) -> f32 {
         }
     }
     f16_at(b, 208) * y.d * isum as f32
+}
+
+fn iq4_nl(b: &[u8], y: &BlockQ8) -> f32 {
+    let lv = &super::IQ4_LEVELS;
+    let mut s = 0i32;
+    for j in 0..16 {
+        s += lv[(b[2 + j] & 0xF) as usize] as i32 * y.qs[j] as i32 + lv[(b[2 + j] >> 4) as usize] as i32 * y.qs[j + 16] as i32;
+    }
+    s as f32 * (f16_at(b, 0) * y.d)
+}
+
+fn iq4_xs(b: &[u8], y: &BlockQ8K) -> f32 {
+    let lv = &super::IQ4_LEVELS;
+    let mut isum = 0i32;
+    for ib in 0..8 {
+        let qs = &b[8 + ib * 16..8 + ib * 16 + 16];
+        let mut s = 0i32;
+        for j in 0..16 {
+            s += lv[(qs[j] & 0xF) as usize] as i32 * y.qs[ib * 32 + j] as i32
+                + lv[(qs[j] >> 4) as usize] as i32 * y.qs[ib * 32 + 16 + j] as i32;
+        }
+        isum += super::iq4_xs_scale(b, ib) * s;
+    }
+    f16_at(b, 0) * y.d * isum as f32
 }
 
 #[cfg(test)]

@@ -67,6 +67,8 @@ pub fn dequantize(ty: DType, src: &[u8], out: &mut [f32]) -> Result<(), SizeMism
                 DType::Q4K => block_q4_k,
                 DType::Q5K => block_q5_k,
                 DType::Q6K => block_q6_k,
+                DType::IQ4NL => block_iq4_nl,
+                DType::IQ4XS => block_iq4_xs,
                 DType::F32 | DType::F16 | DType::BF16 => unreachable!("handled above"),
             };
             for (b, o) in src.chunks_exact(bb).zip(out.chunks_exact_mut(be)) {
@@ -85,7 +87,7 @@ pub fn f16_scale_offsets(ty: DType) -> &'static [usize] {
         DType::Q3K => &[108],
         DType::Q6K => &[208],
         DType::Q4_1 | DType::Q5_1 | DType::Q4K | DType::Q5K => &[0, 2],
-        DType::Q4_0 | DType::Q5_0 | DType::Q8_0 => &[0],
+        DType::Q4_0 | DType::Q5_0 | DType::Q8_0 | DType::IQ4NL | DType::IQ4XS => &[0],
         DType::F32 | DType::F16 | DType::BF16 => &[],
     }
 }
@@ -275,6 +277,37 @@ fn block_q6_k(b: &[u8], y: &mut [f32]) {
             y[l + 32] = (d * (sc[is + 2] as i8) as f32) * q2 as f32;
             y[l + 64] = (d * (sc[is + 4] as i8) as f32) * q3 as f32;
             y[l + 96] = (d * (sc[is + 6] as i8) as f32) * q4 as f32;
+        }
+    }
+}
+
+/// The 16 levels of IQ4_NL / IQ4_XS.
+pub const IQ4_LEVELS: [i8; 16] = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113];
+
+fn block_iq4_nl(b: &[u8], y: &mut [f32]) {
+    let d = f16_at(b, 0);
+    for j in 0..16 {
+        y[j] = d * IQ4_LEVELS[(b[2 + j] & 0xF) as usize] as f32;
+        y[j + 16] = d * IQ4_LEVELS[(b[2 + j] >> 4) as usize] as f32;
+    }
+}
+
+/// The signed 6-bit scale (ls − 32) of sub-block `ib` (0..8) of an IQ4_XS block.
+pub(crate) fn iq4_xs_scale(b: &[u8], ib: usize) -> i32 {
+    let scales_h = u16::from_le_bytes([b[2], b[3]]);
+    let lo = (b[4 + ib / 2] >> (4 * (ib % 2))) & 0xF;
+    let hi = ((scales_h >> (2 * ib)) & 3) as u8;
+    (lo | (hi << 4)) as i32 - 32
+}
+
+fn block_iq4_xs(b: &[u8], y: &mut [f32]) {
+    let d = f16_at(b, 0);
+    for ib in 0..8 {
+        let dl = d * iq4_xs_scale(b, ib) as f32;
+        let qs = &b[8 + ib * 16..8 + ib * 16 + 16];
+        for j in 0..16 {
+            y[ib * 32 + j] = dl * IQ4_LEVELS[(qs[j] & 0xF) as usize] as f32;
+            y[ib * 32 + 16 + j] = dl * IQ4_LEVELS[(qs[j] >> 4) as usize] as f32;
         }
     }
 }
