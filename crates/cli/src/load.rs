@@ -52,12 +52,7 @@ pub struct Loaded {
 }
 
 /// Load everything needed to generate. `ctx`: context length; `chunk`: prefill step size.
-pub fn load(
-    model: Option<&str>,
-    opts: &Opts,
-    ctx: usize,
-    chunk: usize,
-) -> Result<Loaded> {
+pub fn load(model: Option<&str>, opts: &Opts, ctx: usize, chunk: usize) -> Result<Loaded> {
     let path = resolve(model)?;
     let t0 = Instant::now();
     let src = open_model(&path)?;
@@ -84,6 +79,7 @@ pub fn load(
         t0.elapsed().as_secs_f64(),
         detail
     );
-    let session = Session::with_kv(backend, model, ctx, chunk, opts.kv).context("allocating the KV cache")?;
+    let session =
+        Session::with_kv(backend, model, ctx, chunk, opts.kv).context("allocating the KV cache")?;
     Ok(Loaded { session, tokenizer })
 }

@@ -51,7 +51,8 @@ enum Cmd {
 }
 
 fn parse_kv(s: &str) -> Result<suanli_backend::KvDType, String> {
-    suanli_backend::KvDType::parse(s).ok_or_else(|| format!("{s:?} is not a KV cache type (f16, f32)"))
+    suanli_backend::KvDType::parse(s)
+        .ok_or_else(|| format!("{s:?} is not a KV cache type (f16, f32)"))
 }
 
 fn main() {
@@ -63,7 +64,10 @@ fn main() {
         )
         .init();
     let cli = Cli::parse();
-    let opts = load::Opts { threads: cli.threads, kv: cli.kv_type };
+    let opts = load::Opts {
+        threads: cli.threads,
+        kv: cli.kv_type,
+    };
     let result = match cli.cmd {
         Cmd::Run(a) => run::run(a, &opts),
         Cmd::Chat(a) => chat::chat(a, &opts),

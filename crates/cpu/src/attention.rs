@@ -18,8 +18,20 @@ pub fn paged_attention(
     out: &mut Act<Vec<f32>>,
 ) -> Result<()> {
     let (nh, nkv, hd) = (meta.n_heads, meta.n_kv_heads, meta.head_dim);
-    if nkv == 0 || nh % nkv != 0 || q.cols != nh * hd || out.cols != nh * hd || kv.spec.kv_dim() != nkv * hd || layer >= kv.layers.len() {
-        return Err(shape_err("attention", format!("q [{}, {}], heads {nh}/{nkv}×{hd}, kv {:?}", q.rows, q.cols, kv.spec)));
+    if nkv == 0
+        || nh % nkv != 0
+        || q.cols != nh * hd
+        || out.cols != nh * hd
+        || kv.spec.kv_dim() != nkv * hd
+        || layer >= kv.layers.len()
+    {
+        return Err(shape_err(
+            "attention",
+            format!(
+                "q [{}, {}], heads {nh}/{nkv}×{hd}, kv {:?}",
+                q.rows, q.cols, kv.spec
+            ),
+        ));
     }
     if q.rows > out.capacity {
         return Err(shape_err("attention", "output too small"));
@@ -27,11 +39,23 @@ pub fn paged_attention(
     // Per query row: (sequence index, absolute position).
     let mut rows = vec![(0usize, 0usize); q.rows];
     for (si, s) in meta.seqs.iter().enumerate() {
-        if s.q_start + s.q_len > q.rows || s.q_len > s.ctx_len || s.ctx_len.div_ceil(kv.spec.block_size) > s.block_table.len() {
-            return Err(shape_err("attention", format!("sequence {si}: {s:?} does not fit the batch or its block table")));
+        if s.q_start + s.q_len > q.rows
+            || s.q_len > s.ctx_len
+            || s.ctx_len.div_ceil(kv.spec.block_size) > s.block_table.len()
+        {
+            return Err(shape_err(
+                "attention",
+                format!("sequence {si}: {s:?} does not fit the batch or its block table"),
+            ));
         }
-        if s.block_table.iter().any(|&b| b as usize >= kv.spec.num_blocks) {
-            return Err(shape_err("attention", format!("sequence {si}: block table points outside the cache")));
+        if s.block_table
+            .iter()
+            .any(|&b| b as usize >= kv.spec.num_blocks)
+        {
+            return Err(shape_err(
+                "attention",
+                format!("sequence {si}: block table points outside the cache"),
+            ));
         }
         for i in 0..s.q_len {
             rows[s.q_start + i] = (si, s.ctx_len - s.q_len + i);
@@ -99,7 +123,12 @@ struct State {
 /// Row `off..off + hd` of a KV store as f32 (F16 rows are converted into `buf`). `F16C`: the
 /// caller is compiled with the F16C instructions.
 #[inline(always)]
-fn kv_row<'a, const F16C: bool>(store: &'a KvStore, off: usize, hd: usize, buf: &'a mut Vec<f32>) -> &'a [f32] {
+fn kv_row<'a, const F16C: bool>(
+    store: &'a KvStore,
+    off: usize,
+    hd: usize,
+    buf: &'a mut Vec<f32>,
+) -> &'a [f32] {
     match store {
         KvStore::F32(v) => &v[off..off + hd],
         KvStore::F16(v) => {
@@ -155,7 +184,10 @@ fn attend<const F16C: bool>(job: &Job<'_>, acc: &mut [f32], st: &mut State) {
             let off = (base + o) * kvd + job.kvh * hd;
             let mut kb = std::mem::take(&mut st.k);
             let mut vb = std::mem::take(&mut st.v);
-            let (kr, vr) = (kv_row::<F16C>(ks, off, hd, &mut kb), kv_row::<F16C>(vs, off, hd, &mut vb));
+            let (kr, vr) = (
+                kv_row::<F16C>(ks, off, hd, &mut kb),
+                kv_row::<F16C>(vs, off, hd, &mut vb),
+            );
             for h in 0..g {
                 st.s[h] = dot(&job.q[h * hd..(h + 1) * hd], kr) * job.scale;
             }
@@ -190,7 +222,12 @@ fn attend<const F16C: bool>(job: &Job<'_>, acc: &mut [f32], st: &mut State) {
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
     for (x, y) in ca.zip(cb) {
         for i in 0..8 {
             acc[i] += x[i] * y[i];

@@ -8,8 +8,8 @@ pub mod pool;
 
 use kernels::{Isa, Kernels};
 use suanli_backend::{
-    shape_err, Act, AttnMeta, Backend, BackendError, Capabilities, HostTensor, KvDType, KvPages, KvSpec,
-    Result, RopeParams, RopeStyle, Weight,
+    shape_err, Act, AttnMeta, Backend, BackendError, Capabilities, HostTensor, KvDType, KvPages,
+    KvSpec, Result, RopeParams, RopeStyle, Weight,
 };
 use suanli_core::{quant, DType};
 use suanli_formats::Bytes;
@@ -178,7 +178,10 @@ impl Backend for CpuBackend {
     }
 
     fn alloc_kv(&self, spec: KvSpec) -> Result<KvPages<KvStore>> {
-        let oom = || BackendError::OutOfMemory { what: "KV cache", detail: format!("{spec:?}") };
+        let oom = || BackendError::OutOfMemory {
+            what: "KV cache",
+            detail: format!("{spec:?}"),
+        };
         let n = spec.slots().checked_mul(spec.kv_dim()).ok_or_else(oom)?;
         let store = || -> Result<KvStore> {
             Ok(match spec.dtype {
@@ -389,7 +392,10 @@ impl Backend for CpuBackend {
                     format!("slot {s} outside {n_slots} slots"),
                 ));
             }
-            for (store, src) in [(&mut *ks, &k.buf[t * d..(t + 1) * d]), (&mut *vs, &v.buf[t * d..(t + 1) * d])] {
+            for (store, src) in [
+                (&mut *ks, &k.buf[t * d..(t + 1) * d]),
+                (&mut *vs, &v.buf[t * d..(t + 1) * d]),
+            ] {
                 match store {
                     KvStore::F32(dst) => dst[s * d..(s + 1) * d].copy_from_slice(src),
                     KvStore::F16(dst) => {

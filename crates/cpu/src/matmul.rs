@@ -8,6 +8,7 @@ use crate::CpuWeight;
 use std::cell::RefCell;
 use suanli_backend::Weight;
 use suanli_core::quant::q8::{act_format, quantize_q8, quantize_q8k, ActFormat, BlockQ8, BlockQ8K};
+use suanli_core::DType;
 
 thread_local! {
     /// Per-thread rows of dequantized weights, reused across calls.
@@ -32,7 +33,12 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
 }
 
 /// Quantize the activations of each token (`per` blocks each); batches are split across threads.
-fn quantize_tokens<B: Send>(pool: &Pool, q: &mut [B], per: usize, f: &(dyn Fn(usize, &mut [B]) + Sync)) {
+fn quantize_tokens<B: Send>(
+    pool: &Pool,
+    q: &mut [B],
+    per: usize,
+    f: &(dyn Fn(usize, &mut [B]) + Sync),
+) {
     if q.len() <= per {
         return f(0, q);
     }
@@ -63,51 +69,91 @@ pub fn matmul(
     let rb = w.dtype.row_bytes(kd).expect("validated in prepare_weight");
     let raw = w.store.raw.as_slice();
     let fast = k.row_tokens.filter(|rt| (rt.supports)(w.dtype));
+    let ctx = QuantCtx {
+        pool,
+        x,
+        n,
+        kd,
+        w,
+        raw,
+        rb,
+        bias,
+        fast,
+    };
     match act_format(w.dtype) {
         ActFormat::F32 => matmul_f32(k, pool, x, n, w, bias, out),
-        ActFormat::Q8K => ACT_Q8K.with(|q| {
-            let mut q = q.borrow_mut();
-            let per = kd / 256;
-            q.resize(n * per, BlockQ8K::default());
-            quantize_tokens(pool, &mut q[..], per, &|t, qt| quantize_q8k(&x[t * kd..(t + 1) * kd], qt));
-            if let Some(rt) = fast {
-                return QACTS.with(|a| {
-                    let mut a = a.borrow_mut();
-                    a.fill_q8k(pool, &q, kd);
-                    rows_by_tokens(pool, rt, w, raw, rb, &a, n, bias, out)
-                });
-            }
-            let q = &q[..];
-            tiled(pool, n, w.rows, bias, out, |r, t| {
-                (k.dot_q8k)(
-                    w.dtype,
-                    &raw[r * rb..(r + 1) * rb],
-                    &q[t * per..(t + 1) * per],
-                )
-            });
-        }),
-        fmt => ACT_Q8.with(|q| {
-            let mut q = q.borrow_mut();
-            let per = kd / 32;
-            q.resize(n * per, BlockQ8::default());
-            quantize_tokens(pool, &mut q[..], per, &|t, qt| quantize_q8(&x[t * kd..(t + 1) * kd], fmt == ActFormat::Q8_1, qt));
-            if let Some(rt) = fast {
-                return QACTS.with(|a| {
-                    let mut a = a.borrow_mut();
-                    a.fill_q8(pool, &q, kd);
-                    rows_by_tokens(pool, rt, w, raw, rb, &a, n, bias, out)
-                });
-            }
-            let q = &q[..];
-            tiled(pool, n, w.rows, bias, out, |r, t| {
-                (k.dot_q8)(
-                    w.dtype,
-                    &raw[r * rb..(r + 1) * rb],
-                    &q[t * per..(t + 1) * per],
-                )
-            });
-        }),
+        ActFormat::Q8K => quantized(
+            &ACT_Q8K,
+            &ctx,
+            256,
+            &|xt, qt| quantize_q8k(xt, qt),
+            QActs::fill_q8k,
+            k.dot_q8k,
+            out,
+        ),
+        fmt => {
+            let with_sum = fmt == ActFormat::Q8_1;
+            quantized(
+                &ACT_Q8,
+                &ctx,
+                32,
+                &|xt, qt| quantize_q8(xt, with_sum, qt),
+                QActs::fill_q8,
+                k.dot_q8,
+                out,
+            )
+        }
     }
+}
+
+/// What the quantized-activation path needs to know about one product.
+struct QuantCtx<'a> {
+    pool: &'a Pool,
+    x: &'a [f32],
+    n: usize,
+    kd: usize,
+    w: &'a Weight<CpuWeight>,
+    raw: &'a [u8],
+    rb: usize,
+    bias: Option<&'a [f32]>,
+    fast: Option<RowTokens>,
+}
+
+/// Quantize the activations into blocks of `B` (`block` elements each), then multiply: with the
+/// row × tokens kernels where the ISA has them for this type, otherwise one dot per (row, token).
+#[allow(clippy::too_many_arguments)]
+fn quantized<B: Copy + Default + Send + Sync>(
+    cell: &'static std::thread::LocalKey<RefCell<Vec<B>>>,
+    c: &QuantCtx<'_>,
+    block: usize,
+    quantize: &(dyn Fn(&[f32], &mut [B]) + Sync),
+    fill: fn(&mut QActs, &Pool, &[B], usize),
+    dot: fn(DType, &[u8], &[B]) -> f32,
+    out: &mut [f32],
+) {
+    let (kd, per) = (c.kd, c.kd / block);
+    cell.with(|q| {
+        let mut q = q.borrow_mut();
+        q.resize(c.n * per, B::default());
+        quantize_tokens(c.pool, &mut q[..], per, &|t, qt| {
+            quantize(&c.x[t * kd..(t + 1) * kd], qt)
+        });
+        if let Some(rt) = c.fast {
+            return QACTS.with(|a| {
+                let mut a = a.borrow_mut();
+                fill(&mut a, c.pool, &q, kd);
+                rows_by_tokens(c.pool, rt, c.w, c.raw, c.rb, &a, c.n, c.bias, out)
+            });
+        }
+        let q = &q[..];
+        tiled(c.pool, c.n, c.w.rows, c.bias, out, |r, t| {
+            dot(
+                c.w.dtype,
+                &c.raw[r * c.rb..(r + 1) * c.rb],
+                &q[t * per..(t + 1) * per],
+            )
+        });
+    })
 }
 
 /// Weight rows split across threads; each row meets the tokens 8 at a time (its blocks are

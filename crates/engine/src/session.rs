@@ -86,7 +86,12 @@ pub struct Session<B: Backend> {
 impl<B: Backend> Session<B> {
     /// `ctx`: the most tokens a sequence may hold; `chunk`: tokens per prefill step. The KV
     /// cache is F16, as llama.cpp's default.
-    pub fn new(backend: B, model: Model<B>, ctx: usize, chunk: usize) -> Result<Session<B>, SessionError> {
+    pub fn new(
+        backend: B,
+        model: Model<B>,
+        ctx: usize,
+        chunk: usize,
+    ) -> Result<Session<B>, SessionError> {
         Self::with_kv(backend, model, ctx, chunk, KvDType::F16)
     }
 

@@ -206,7 +206,8 @@ fn iq4_nl(b: &[u8], y: &BlockQ8) -> f32 {
     let lv = &super::IQ4_LEVELS;
     let mut s = 0i32;
     for j in 0..16 {
-        s += lv[(b[2 + j] & 0xF) as usize] as i32 * y.qs[j] as i32 + lv[(b[2 + j] >> 4) as usize] as i32 * y.qs[j + 16] as i32;
+        s += lv[(b[2 + j] & 0xF) as usize] as i32 * y.qs[j] as i32
+            + lv[(b[2 + j] >> 4) as usize] as i32 * y.qs[j + 16] as i32;
     }
     s as f32 * (f16_at(b, 0) * y.d)
 }

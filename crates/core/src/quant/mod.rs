@@ -282,7 +282,9 @@ fn block_q6_k(b: &[u8], y: &mut [f32]) {
 }
 
 /// The 16 levels of IQ4_NL / IQ4_XS.
-pub const IQ4_LEVELS: [i8; 16] = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113];
+pub const IQ4_LEVELS: [i8; 16] = [
+    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
+];
 
 fn block_iq4_nl(b: &[u8], y: &mut [f32]) {
     let d = f16_at(b, 0);

@@ -55,7 +55,9 @@ pub fn act_format(w: DType) -> ActFormat {
         DType::F32 | DType::F16 | DType::BF16 => ActFormat::F32,
         DType::Q4_0 | DType::Q5_0 | DType::Q8_0 | DType::IQ4NL => ActFormat::Q8_0,
         DType::Q4_1 | DType::Q5_1 => ActFormat::Q8_1,
-        DType::Q2K | DType::Q3K | DType::Q4K | DType::Q5K | DType::Q6K | DType::IQ4XS => ActFormat::Q8K,
+        DType::Q2K | DType::Q3K | DType::Q4K | DType::Q5K | DType::Q6K | DType::IQ4XS => {
+            ActFormat::Q8K
+        }
     }
 }
 

@@ -68,7 +68,18 @@ impl QActs {
             .zip(self.dl.chunks_mut(k / 4))
             .zip(self.s.chunks_mut(k / 32))
             .zip(blocks.chunks(k / 32))
-            .map(|((((qs, nls), d), s), b)| (TokenParts { qs, nls, d, s, bsums: &mut [] }, b))
+            .map(|((((qs, nls), d), s), b)| {
+                (
+                    TokenParts {
+                        qs,
+                        nls,
+                        d,
+                        s,
+                        bsums: &mut [],
+                    },
+                    b,
+                )
+            })
             .collect();
         for_tokens(pool, &mut parts, &|p, blocks| {
             for (i, b) in blocks.iter().enumerate() {
@@ -104,7 +115,18 @@ impl QActs {
             .zip(self.dk.chunks_mut(k / 256))
             .zip(self.bsums.chunks_mut(k / 16))
             .zip(blocks.chunks(k / 256))
-            .map(|((((qs, nls), d), bsums), b)| (TokenParts { qs, nls, d, s: &mut [], bsums }, b))
+            .map(|((((qs, nls), d), bsums), b)| {
+                (
+                    TokenParts {
+                        qs,
+                        nls,
+                        d,
+                        s: &mut [],
+                        bsums,
+                    },
+                    b,
+                )
+            })
             .collect();
         for_tokens(pool, &mut parts, &|p, blocks| {
             for (i, b) in blocks.iter().enumerate() {
@@ -118,7 +140,11 @@ impl QActs {
 }
 
 /// Fill each token's parts; a batch is spread over the threads.
-fn for_tokens<B: Sync>(pool: &Pool, parts: &mut [(TokenParts<'_>, &[B])], f: &(dyn Fn(&mut TokenParts<'_>, &[B]) + Sync)) {
+fn for_tokens<B: Sync>(
+    pool: &Pool,
+    parts: &mut [(TokenParts<'_>, &[B])],
+    f: &(dyn Fn(&mut TokenParts<'_>, &[B]) + Sync),
+) {
     pool.split_mut(parts, 1, 1, &|_, chunk| {
         for (p, b) in chunk.iter_mut() {
             f(p, b);

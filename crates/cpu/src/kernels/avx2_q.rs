@@ -40,7 +40,6 @@ unsafe fn dot_u8(x: __m256i, y: __m256i) -> __m256i {
     _mm256_madd_epi16(_mm256_maddubs_epi16(x, y), _mm256_set1_epi16(1))
 }
 
-
 /// 32 bits → 32 bytes, 0xFF where the bit is set (byte i = bit i).
 #[inline(always)]
 unsafe fn bytes_from_bits(bits: u32) -> __m256i {

@@ -35,7 +35,6 @@ unsafe fn join_ps(lo: f32, hi: f32) -> __m512 {
     )
 }
 
-
 /// 32 bits → 32 bytes, 0x10 where the bit is set.
 #[inline(always)]
 unsafe fn bit4_from_bits(bits: u32) -> __m256i {
@@ -318,7 +317,13 @@ pub fn supports(ty: DType) -> bool {
 /// once for the four tokens and each activation chunk loaded once for the four rows.
 /// `out[r * 4 + j]`. Needs an even number of blocks per row.
 #[inline(always)]
-unsafe fn legacy_4x4<const TY: u8>(rows: *const u8, rb: usize, a: &QActs, t0: usize, out: &mut [f32; 16]) {
+unsafe fn legacy_4x4<const TY: u8>(
+    rows: *const u8,
+    rb: usize,
+    a: &QActs,
+    t0: usize,
+    out: &mut [f32; 16],
+) {
     let (k, bb) = (a.k, legacy_bytes(TY));
     let nb = k / 32;
     let zero = _mm512_setzero_si512();
@@ -345,12 +350,21 @@ unsafe fn legacy_4x4<const TY: u8>(rows: *const u8, rb: usize, a: &QActs, t0: us
                 _ => zero,
             };
             for r in 0..4 {
-                let isum = if TY == Q8_0 { dot_lanes::<true>(init, w[r], y) } else { dot_lanes::<false>(init, w[r], y) };
-                acc[r * 4 + j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(dw[r], dy), acc[r * 4 + j]);
+                let isum = if TY == Q8_0 {
+                    dot_lanes::<true>(init, w[r], y)
+                } else {
+                    dot_lanes::<false>(init, w[r], y)
+                };
+                acc[r * 4 + j] = _mm512_fmadd_ps(
+                    _mm512_cvtepi32_ps(isum),
+                    _mm512_mul_ps(dw[r], dy),
+                    acc[r * 4 + j],
+                );
                 if TY == Q4_1 || TY == Q5_1 {
                     let sp = a.s.as_ptr().add((t0 + j) * nb + b);
                     let p0 = rows.add(r * rb + b * bb);
-                    mins[r * 4 + j] += f16_ptr(p0.add(2)) * *sp + f16_ptr(p0.add(bb + 2)) * *sp.add(1);
+                    mins[r * 4 + j] +=
+                        f16_ptr(p0.add(2)) * *sp + f16_ptr(p0.add(bb + 2)) * *sp.add(1);
                 }
             }
         }
@@ -362,7 +376,14 @@ unsafe fn legacy_4x4<const TY: u8>(rows: *const u8, rb: usize, a: &QActs, t0: us
 }
 
 #[inline(always)]
-unsafe fn legacy_4x4_ty(ty: DType, rows: *const u8, rb: usize, a: &QActs, t0: usize, out: &mut [f32; 16]) {
+unsafe fn legacy_4x4_ty(
+    ty: DType,
+    rows: *const u8,
+    rb: usize,
+    a: &QActs,
+    t0: usize,
+    out: &mut [f32; 16],
+) {
     match ty {
         DType::Q4_0 => legacy_4x4::<Q4_0>(rows, rb, a, t0, out),
         DType::Q4_1 => legacy_4x4::<Q4_1>(rows, rb, a, t0, out),
@@ -398,14 +419,28 @@ unsafe fn kq_chunk<const KIND: u8>(b: *const u8, c: usize) -> (__m512i, __m512) 
         let (lo0, lo1) = if kk == 0 {
             (_mm256_and_si256(ql0, m4), _mm256_and_si256(ql1, m4))
         } else {
-            (_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4))
+            (
+                _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+            )
         };
         let sh = _mm_cvtsi32_si128(4 * kk as i32);
         let h0 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(qh, sh), m3), 4);
-        let h1 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(4 * kk as i32 + 2)), m3), 4);
+        let h1 = _mm256_slli_epi16(
+            _mm256_and_si256(
+                _mm256_srl_epi16(qh, _mm_cvtsi32_si128(4 * kk as i32 + 2)),
+                m3,
+            ),
+            4,
+        );
         let w = join(_mm256_or_si256(lo0, h0), _mm256_or_si256(lo1, h1));
         let g0 = 192 + n * 8 + kk * 4;
-        let sc4 = _mm_cvtsi32_si128(i32::from_le_bytes([*b.add(g0), *b.add(g0 + 1), *b.add(g0 + 2), *b.add(g0 + 3)]));
+        let sc4 = _mm_cvtsi32_si128(i32::from_le_bytes([
+            *b.add(g0),
+            *b.add(g0 + 1),
+            *b.add(g0 + 2),
+            *b.add(g0 + 3),
+        ]));
         let spread = _mm_setr_epi8(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
         let ws = _mm512_mul_ps(
             _mm512_set1_ps(f16_ptr(b.add(208))),
@@ -421,8 +456,23 @@ unsafe fn kq_chunk<const KIND: u8>(b: *const u8, c: usize) -> (__m512i, __m512) 
     if KIND == KQ5 {
         let qh = _mm256_loadu_si256(b.add(16) as *const __m256i);
         let one = _mm256_set1_epi8(1);
-        lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * c as i32)), one), 4));
-        hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * c as i32 + 1)), one), 4));
+        lo = _mm256_or_si256(
+            lo,
+            _mm256_slli_epi16(
+                _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * c as i32)), one),
+                4,
+            ),
+        );
+        hi = _mm256_or_si256(
+            hi,
+            _mm256_slli_epi16(
+                _mm256_and_si256(
+                    _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * c as i32 + 1)),
+                    one,
+                ),
+                4,
+            ),
+        );
     }
     let d = f16_ptr(b);
     let (s1, _) = scale_min_k4(2 * c, scales);
@@ -432,7 +482,13 @@ unsafe fn kq_chunk<const KIND: u8>(b: *const u8, c: usize) -> (__m512i, __m512) 
 
 /// Four K-quant rows against four tokens (see `legacy_4x4`).
 #[inline(always)]
-unsafe fn kq_4x4<const KIND: u8>(rows: *const u8, rb: usize, a: &QActs, t0: usize, out: &mut [f32; 16]) {
+unsafe fn kq_4x4<const KIND: u8>(
+    rows: *const u8,
+    rb: usize,
+    a: &QActs,
+    t0: usize,
+    out: &mut [f32; 16],
+) {
     let k = a.k;
     let nb = k / 256;
     let bb = kq_bytes(KIND);
@@ -450,11 +506,19 @@ unsafe fn kq_4x4<const KIND: u8>(rows: *const u8, rb: usize, a: &QActs, t0: usiz
                 let t = t0 + j;
                 let off = t * k + blk * 256 + c * 64;
                 let y = _mm512_loadu_si512(a.qs.as_ptr().add(off) as *const _);
-                let init = if KIND == KQ6 { offset_init::<5>(a.nls.as_ptr().add(off / 4), true) } else { zero };
+                let init = if KIND == KQ6 {
+                    offset_init::<5>(a.nls.as_ptr().add(off / 4), true)
+                } else {
+                    zero
+                };
                 let dy = _mm512_set1_ps(*a.dk.get_unchecked(t * nb + blk));
                 for r in 0..4 {
                     let isum = _mm512_dpbusd_epi32(init, w[r], y);
-                    acc[r * 4 + j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(ws[r], dy), acc[r * 4 + j]);
+                    acc[r * 4 + j] = _mm512_fmadd_ps(
+                        _mm512_cvtepi32_ps(isum),
+                        _mm512_mul_ps(ws[r], dy),
+                        acc[r * 4 + j],
+                    );
                 }
             }
         }
@@ -470,7 +534,9 @@ unsafe fn kq_4x4<const KIND: u8>(rows: *const u8, rb: usize, a: &QActs, t0: usiz
                 for j in 0..4 {
                     let t = t0 + j;
                     let bs = &a.bsums[(t * nb + blk) * 16..];
-                    let ms: i32 = (0..8).map(|s| mk[s] * (bs[2 * s] as i32 + bs[2 * s + 1] as i32)).sum();
+                    let ms: i32 = (0..8)
+                        .map(|s| mk[s] * (bs[2 * s] as i32 + bs[2 * s + 1] as i32))
+                        .sum();
                     mins[r * 4 + j] += dmin * a.dk[t * nb + blk] * ms as f32;
                 }
             }
@@ -482,7 +548,14 @@ unsafe fn kq_4x4<const KIND: u8>(rows: *const u8, rb: usize, a: &QActs, t0: usiz
 }
 
 #[inline(always)]
-unsafe fn tile_4x4(ty: DType, rows: *const u8, rb: usize, a: &QActs, t0: usize, out: &mut [f32; 16]) {
+unsafe fn tile_4x4(
+    ty: DType,
+    rows: *const u8,
+    rb: usize,
+    a: &QActs,
+    t0: usize,
+    out: &mut [f32; 16],
+) {
     match ty {
         DType::Q4K => kq_4x4::<KQ4>(rows, rb, a, t0, out),
         DType::Q5K => kq_4x4::<KQ5>(rows, rb, a, t0, out),
@@ -517,7 +590,10 @@ unsafe fn rows_tokens_impl(
 ) {
     let n_rows = rows.len() / rb;
     let mut r_done = 0;
-    let legacy = matches!(ty, DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1 | DType::Q8_0);
+    let legacy = matches!(
+        ty,
+        DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1 | DType::Q8_0
+    );
     // Legacy tiles take blocks in pairs; K-quant tiles any number of 256-blocks.
     if (!legacy || (a.k / 32) % 2 == 0) && n >= 4 {
         // Batches: 4 rows × 4 tokens at a time; leftover tokens of these rows below.
@@ -527,13 +603,20 @@ unsafe fn rows_tokens_impl(
             while t0 + 4 <= n {
                 tile_4x4(ty, rows.as_ptr().add(r_done * rb), rb, a, t0, &mut t16);
                 for r in 0..4 {
-                    out[(r_done + r) * n + t0..(r_done + r) * n + t0 + 4].copy_from_slice(&t16[r * 4..r * 4 + 4]);
+                    out[(r_done + r) * n + t0..(r_done + r) * n + t0 + 4]
+                        .copy_from_slice(&t16[r * 4..r * 4 + 4]);
                 }
                 t0 += 4;
             }
             for r in r_done..r_done + 4 {
                 for t in t0..n {
-                    one_row::<1>(ty, &rows[r * rb..(r + 1) * rb], a, t, &mut out[r * n + t..r * n + t + 1]);
+                    one_row::<1>(
+                        ty,
+                        &rows[r * rb..(r + 1) * rb],
+                        a,
+                        t,
+                        &mut out[r * n + t..r * n + t + 1],
+                    );
                 }
             }
             r_done += 4;

@@ -9,9 +9,9 @@ mod avx2;
 mod avx2_q;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+mod generic;
 #[cfg(target_arch = "x86_64")]
 mod x86;
-mod generic;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Isa {
@@ -73,15 +73,16 @@ impl Isa {
         {
             None => Ok(*avail.last().expect("generic is always available")),
             Some(want) => {
-                let isa =
-                    match want.as_str() {
-                        "generic" => Isa::Generic,
-                        "avx2" => Isa::Avx2,
-                        "avx512" => Isa::Avx512,
-                        other => return Err(format!(
+                let isa = match want.as_str() {
+                    "generic" => Isa::Generic,
+                    "avx2" => Isa::Avx2,
+                    "avx512" => Isa::Avx512,
+                    other => {
+                        return Err(format!(
                             "SUANLI_CPU_ISA={other} is not a known level (generic, avx2, avx512)"
-                        )),
-                    };
+                        ))
+                    }
+                };
                 if avail.contains(&isa) {
                     Ok(isa)
                 } else {
@@ -285,7 +286,8 @@ mod quant_tests {
                         };
                         // Five copies of the row: four take the 4-row tiles where a type has them, the
                         // fifth the single-row path.
-                        let rows5 = [w.clone(), w.clone(), w.clone(), w.clone(), w.clone()].concat();
+                        let rows5 =
+                            [w.clone(), w.clone(), w.clone(), w.clone(), w.clone()].concat();
                         let mut got = [0f32; 40];
                         (rt.run)(ty, &rows5, w.len(), &qa, 8, &mut got);
                         let mut one = [0f32; 1];

@@ -19,7 +19,12 @@ pub unsafe fn q6k_half(p: *const u8, half: usize) -> [__m256i; 4] {
     let ql0 = _mm256_loadu_si256(p.add(half * 64) as *const __m256i);
     let ql1 = _mm256_loadu_si256(p.add(half * 64 + 32) as *const __m256i);
     let qh = _mm256_loadu_si256(p.add(128 + half * 32) as *const __m256i);
-    let high = |shift: i32| _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(shift)), m3), 4);
+    let high = |shift: i32| {
+        _mm256_slli_epi16(
+            _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(shift)), m3),
+            4,
+        )
+    };
     [
         _mm256_or_si256(_mm256_and_si256(ql0, m4), high(0)),
         _mm256_or_si256(_mm256_and_si256(ql1, m4), high(2)),

@@ -27,7 +27,13 @@ pub fn ids(v: &serde_json::Value) -> Vec<u32> {
         .collect()
 }
 
-pub fn load(path: &Path, isa: Isa, ctx: usize, chunk: usize, kv: KvDType) -> (Session<CpuBackend>, Tokenizer) {
+pub fn load(
+    path: &Path,
+    isa: Isa,
+    ctx: usize,
+    chunk: usize,
+    kv: KvDType,
+) -> (Session<CpuBackend>, Tokenizer) {
     let src = open_model(path).unwrap();
     let tok = match &src {
         suanli_formats::ModelSource::Gguf { file, .. } => Tokenizer::from_gguf(file).unwrap(),
@@ -35,7 +41,10 @@ pub fn load(path: &Path, isa: Isa, ctx: usize, chunk: usize, kv: KvDType) -> (Se
     };
     let backend = CpuBackend::with_isa(Some(2), isa).unwrap();
     let model = Model::load(&src, &backend).unwrap();
-    (Session::with_kv(backend, model, ctx, chunk, kv).unwrap(), tok)
+    (
+        Session::with_kv(backend, model, ctx, chunk, kv).unwrap(),
+        tok,
+    )
 }
 
 /// Greedy continuation of `prompt`, `n` tokens, ignoring end-of-generation tokens.
