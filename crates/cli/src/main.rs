@@ -20,7 +20,7 @@ use clap::{Parser, Subcommand};
     about = "算力 — an LLM inference engine for the hardware you have"
 )]
 struct Cli {
-    /// CPU threads (default: all available cores).
+    /// CPU threads (default: the physical cores this process may use).
     #[arg(long, global = true)]
     threads: Option<usize>,
     /// KV cache element type: f16 (default, as llama.cpp) or f32.

@@ -72,13 +72,7 @@ impl CpuBackend {
     }
 
     pub fn with_isa(threads: Option<usize>, isa: Isa) -> std::result::Result<CpuBackend, String> {
-        let n = threads
-            .unwrap_or_else(|| {
-                std::thread::available_parallelism()
-                    .map(|n| n.get())
-                    .unwrap_or(1)
-            })
-            .max(1);
+        let n = threads.unwrap_or_else(default_threads).max(1);
         let pool = pool::Pool::new(n).map_err(|e| format!("cannot start {n} CPU threads: {e}"))?;
         let caps = Capabilities {
             name: "cpu",
@@ -99,6 +93,38 @@ impl CpuBackend {
     pub fn threads(&self) -> usize {
         self.pool.threads()
     }
+}
+
+/// Physical cores (a second hardware thread on a core only competes for the same SIMD units),
+/// capped by what this process may use (affinity, cgroup quota).
+pub fn default_threads() -> usize {
+    let allowed = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    physical_cores().map_or(allowed, |p| p.min(allowed)).max(1)
+}
+
+/// Distinct (package, core) pairs under /sys (Linux); `None` where that is not available.
+fn physical_cores() -> Option<usize> {
+    let mut cores = std::collections::HashSet::new();
+    for e in std::fs::read_dir("/sys/devices/system/cpu").ok()?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name
+            .strip_prefix("cpu")
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        {
+            continue;
+        }
+        let read = |f: &str| {
+            std::fs::read_to_string(e.path().join("topology").join(f))
+                .ok()
+                .map(|s| s.trim().to_owned())
+        };
+        if let (Some(pkg), Some(core)) = (read("physical_package_id"), read("core_id")) {
+            cores.insert((pkg, core));
+        }
+    }
+    (!cores.is_empty()).then_some(cores.len())
 }
 
 fn check_rows(op: &'static str, x: &Act<Vec<f32>>, out: &Act<Vec<f32>>) -> Result<()> {
