@@ -47,6 +47,7 @@ const Q4_1: u8 = 1;
 const Q5_0: u8 = 2;
 const Q5_1: u8 = 3;
 const Q8_0: u8 = 4;
+const IQ4NL: u8 = 5;
 
 const fn legacy_bytes(ty: u8) -> usize {
     match ty {
@@ -54,11 +55,13 @@ const fn legacy_bytes(ty: u8) -> usize {
         Q4_1 => 20,
         Q5_0 => 22,
         Q5_1 => 24,
+        IQ4NL => 18,
         _ => 34,
     }
 }
 
-/// Unsigned weight quants (before offset) of one 32-element legacy block at `b`; Q8_0's are signed.
+/// Unsigned weight quants (before offset) of one 32-element legacy block at `b`; Q8_0's and
+/// IQ4_NL's (its 16 levels, looked up) are signed.
 #[inline(always)]
 unsafe fn legacy_block<const TY: u8>(b: *const u8) -> __m256i {
     let u32_at =
@@ -68,6 +71,14 @@ unsafe fn legacy_block<const TY: u8>(b: *const u8) -> __m256i {
         Q4_1 => nibbles_16(b.add(4)),
         Q5_0 => _mm256_or_si256(nibbles_16(b.add(6)), bit4_from_bits(u32_at(2))),
         Q5_1 => _mm256_or_si256(nibbles_16(b.add(8)), bit4_from_bits(u32_at(4))),
+        IQ4NL => {
+            let l = suanli_core::quant::IQ4_LEVELS;
+            let lut = _mm_setr_epi8(
+                l[0], l[1], l[2], l[3], l[4], l[5], l[6], l[7], l[8], l[9], l[10], l[11], l[12],
+                l[13], l[14], l[15],
+            );
+            _mm256_shuffle_epi8(_mm256_set_m128i(lut, lut), nibbles_16(b.add(2)))
+        }
         _ => _mm256_loadu_si256(b.add(2) as *const __m256i),
     }
 }
@@ -145,7 +156,7 @@ unsafe fn legacy_pair<const TY: u8, const T: usize, const TWO: bool>(
         let isum = match TY {
             Q4_0 => dot_lanes::<false>(offset_init::<3>(nls, TWO), w, y),
             Q5_0 => dot_lanes::<false>(offset_init::<4>(nls, TWO), w, y),
-            Q8_0 => dot_lanes::<true>(zero, w, y),
+            Q8_0 | IQ4NL => dot_lanes::<true>(zero, w, y),
             _ => dot_lanes::<false>(zero, w, y),
         };
         acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(dw, dy), acc[j]);
@@ -307,6 +318,7 @@ pub fn supports(ty: DType) -> bool {
             | DType::Q5_0
             | DType::Q5_1
             | DType::Q8_0
+            | DType::IQ4NL
             | DType::Q4K
             | DType::Q5K
             | DType::Q6K
@@ -350,7 +362,7 @@ unsafe fn legacy_4x4<const TY: u8>(
                 _ => zero,
             };
             for r in 0..4 {
-                let isum = if TY == Q8_0 {
+                let isum = if TY == Q8_0 || TY == IQ4NL {
                     dot_lanes::<true>(init, w[r], y)
                 } else {
                     dot_lanes::<false>(init, w[r], y)
@@ -389,6 +401,7 @@ unsafe fn legacy_4x4_ty(
         DType::Q4_1 => legacy_4x4::<Q4_1>(rows, rb, a, t0, out),
         DType::Q5_0 => legacy_4x4::<Q5_0>(rows, rb, a, t0, out),
         DType::Q5_1 => legacy_4x4::<Q5_1>(rows, rb, a, t0, out),
+        DType::IQ4NL => legacy_4x4::<IQ4NL>(rows, rb, a, t0, out),
         _ => legacy_4x4::<Q8_0>(rows, rb, a, t0, out),
     }
 }
@@ -575,6 +588,7 @@ unsafe fn one_row<const T: usize>(ty: DType, row: &[u8], a: &QActs, t0: usize, o
         DType::Q4_1 => legacy::<Q4_1, T>(row, a, t0, out),
         DType::Q5_0 => legacy::<Q5_0, T>(row, a, t0, out),
         DType::Q5_1 => legacy::<Q5_1, T>(row, a, t0, out),
+        DType::IQ4NL => legacy::<IQ4NL, T>(row, a, t0, out),
         _ => legacy::<Q8_0, T>(row, a, t0, out),
     }
 }
@@ -592,7 +606,7 @@ unsafe fn rows_tokens_impl(
     let mut r_done = 0;
     let legacy = matches!(
         ty,
-        DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1 | DType::Q8_0
+        DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1 | DType::Q8_0 | DType::IQ4NL
     );
     // Legacy tiles take blocks in pairs; K-quant tiles any number of 256-blocks.
     if (!legacy || (a.k / 32) % 2 == 0) && n >= 4 {
