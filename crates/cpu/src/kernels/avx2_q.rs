@@ -3,7 +3,7 @@
 //! f32 accumulation of block results differs).
 
 #[cfg(target_arch = "x86_64")]
-use super::x86::{nibbles_16, q6k_half};
+use super::x86::{k45_chunk, nibbles_16, q6k_half};
 use std::arch::x86_64::*;
 use suanli_core::quant::q8::{BlockQ8, BlockQ8K};
 use suanli_core::quant::scale_min_k4;
@@ -137,12 +137,6 @@ unsafe fn k4_like<const FIVE: bool>(row: &[u8], x: &[BlockQ8K]) -> f32 {
     let mut sum = 0f32;
     for (b, y) in row.chunks_exact(bb).zip(x) {
         let scales = &b[4..16];
-        let qs = if FIVE { &b[48..176] } else { &b[16..144] };
-        let qh = if FIVE {
-            _mm256_loadu_si256(b.as_ptr().add(16) as *const __m256i)
-        } else {
-            _mm256_setzero_si256()
-        };
         let mut acc = _mm256_setzero_si256();
         let mut msum = 0i32;
         for c in 0..4 {
@@ -150,20 +144,7 @@ unsafe fn k4_like<const FIVE: bool>(row: &[u8], x: &[BlockQ8K]) -> f32 {
             let (s2, m2) = scale_min_k4(2 * c + 1, scales);
             msum += m1 as i32 * (y.bsums[4 * c] as i32 + y.bsums[4 * c + 1] as i32);
             msum += m2 as i32 * (y.bsums[4 * c + 2] as i32 + y.bsums[4 * c + 3] as i32);
-            let q = _mm256_loadu_si256(qs.as_ptr().add(c * 32) as *const __m256i);
-            let mut lo = _mm256_and_si256(q, _mm256_set1_epi8(0x0F));
-            let mut hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), _mm256_set1_epi8(0x0F));
-            if FIVE {
-                let one = _mm256_set1_epi8(1);
-                let h1 =
-                    _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * c as i32)), one);
-                let h2 = _mm256_and_si256(
-                    _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * c as i32 + 1)),
-                    one,
-                );
-                lo = _mm256_or_si256(lo, _mm256_slli_epi16(h1, 4));
-                hi = _mm256_or_si256(hi, _mm256_slli_epi16(h2, 4));
-            }
+            let (lo, hi) = k45_chunk::<FIVE>(b.as_ptr(), c);
             let p1 = _mm256_maddubs_epi16(lo, load_q(&y.qs[c * 64..]));
             let p2 = _mm256_maddubs_epi16(hi, load_q(&y.qs[c * 64 + 32..]));
             acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p1, _mm256_set1_epi16(s1 as i16)));

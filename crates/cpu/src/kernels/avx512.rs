@@ -8,7 +8,7 @@
 //! in f32, so results equal the scalar oracle up to f32 rounding.
 
 use super::acts::QActs;
-use super::x86::{nibbles_16, q6k_half};
+use super::x86::{k45_chunk, nibbles_16, q6k_half};
 use std::arch::x86_64::*;
 use suanli_core::quant::scale_min_k4;
 use suanli_core::DType;
@@ -210,37 +210,17 @@ unsafe fn k4<const T: usize, const FIVE: bool>(row: &[u8], a: &QActs, t0: usize,
     let mut acc = [_mm512_setzero_ps(); T];
     let mut mins = [0f32; T];
     let zero = _mm512_setzero_si512();
-    let m4 = _mm256_set1_epi8(0x0F);
     for blk in 0..nb {
         let b = &row[blk * bb..(blk + 1) * bb];
         let (d, dmin) = (f16(b, 0), f16(b, 2));
         let scales = &b[4..16];
-        let qs = if FIVE { &b[48..176] } else { &b[16..144] };
-        let qh = if FIVE {
-            _mm256_loadu_si256(b.as_ptr().add(16) as *const __m256i)
-        } else {
-            _mm256_setzero_si256()
-        };
         let mut mk = [0i32; 8];
         for c in 0..4 {
             let (s1, m1) = scale_min_k4(2 * c, scales);
             let (s2, m2) = scale_min_k4(2 * c + 1, scales);
             mk[2 * c] = m1 as i32;
             mk[2 * c + 1] = m2 as i32;
-            let q = _mm256_loadu_si256(qs.as_ptr().add(c * 32) as *const __m256i);
-            let mut lo = _mm256_and_si256(q, m4);
-            let mut hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-            if FIVE {
-                let one = _mm256_set1_epi8(1);
-                let h1 =
-                    _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * c as i32)), one);
-                let h2 = _mm256_and_si256(
-                    _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * c as i32 + 1)),
-                    one,
-                );
-                lo = _mm256_or_si256(lo, _mm256_slli_epi16(h1, 4));
-                hi = _mm256_or_si256(hi, _mm256_slli_epi16(h2, 4));
-            }
+            let (lo, hi) = k45_chunk::<FIVE>(b.as_ptr(), c);
             let w = join(lo, hi);
             let ws = join_ps(d * s1 as f32, d * s2 as f32);
             for (j, accj) in acc.iter_mut().enumerate() {
@@ -422,31 +402,10 @@ const fn kq_bytes(kind: u8) -> usize {
 /// the per-lane weight scale.
 #[inline(always)]
 unsafe fn kq_chunk<const KIND: u8>(b: *const u8, c: usize) -> (__m512i, __m512) {
-    let m4 = _mm256_set1_epi8(0x0F);
     if KIND == KQ6 {
         let (n, kk) = (c / 2, c % 2);
-        let ql0 = _mm256_loadu_si256(b.add(n * 64) as *const __m256i);
-        let ql1 = _mm256_loadu_si256(b.add(n * 64 + 32) as *const __m256i);
-        let qh = _mm256_loadu_si256(b.add(128 + n * 32) as *const __m256i);
-        let m3 = _mm256_set1_epi8(3);
-        let (lo0, lo1) = if kk == 0 {
-            (_mm256_and_si256(ql0, m4), _mm256_and_si256(ql1, m4))
-        } else {
-            (
-                _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
-                _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
-            )
-        };
-        let sh = _mm_cvtsi32_si128(4 * kk as i32);
-        let h0 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(qh, sh), m3), 4);
-        let h1 = _mm256_slli_epi16(
-            _mm256_and_si256(
-                _mm256_srl_epi16(qh, _mm_cvtsi32_si128(4 * kk as i32 + 2)),
-                m3,
-            ),
-            4,
-        );
-        let w = join(_mm256_or_si256(lo0, h0), _mm256_or_si256(lo1, h1));
+        let q = q6k_half(b, n);
+        let w = join(q[2 * kk], q[2 * kk + 1]);
         let g0 = 192 + n * 8 + kk * 4;
         let sc4 = _mm_cvtsi32_si128(i32::from_le_bytes([
             *b.add(g0),
@@ -462,31 +421,11 @@ unsafe fn kq_chunk<const KIND: u8>(b: *const u8, c: usize) -> (__m512i, __m512) 
         return (w, ws);
     }
     let scales = std::slice::from_raw_parts(b.add(4), 12);
-    let qs = if KIND == KQ5 { b.add(48) } else { b.add(16) };
-    let q = _mm256_loadu_si256(qs.add(c * 32) as *const __m256i);
-    let mut lo = _mm256_and_si256(q, m4);
-    let mut hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-    if KIND == KQ5 {
-        let qh = _mm256_loadu_si256(b.add(16) as *const __m256i);
-        let one = _mm256_set1_epi8(1);
-        lo = _mm256_or_si256(
-            lo,
-            _mm256_slli_epi16(
-                _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * c as i32)), one),
-                4,
-            ),
-        );
-        hi = _mm256_or_si256(
-            hi,
-            _mm256_slli_epi16(
-                _mm256_and_si256(
-                    _mm256_srl_epi16(qh, _mm_cvtsi32_si128(2 * c as i32 + 1)),
-                    one,
-                ),
-                4,
-            ),
-        );
-    }
+    let (lo, hi) = if KIND == KQ5 {
+        k45_chunk::<true>(b, c)
+    } else {
+        k45_chunk::<false>(b, c)
+    };
     let d = f16_ptr(b);
     let (s1, _) = scale_min_k4(2 * c, scales);
     let (s2, _) = scale_min_k4(2 * c + 1, scales);

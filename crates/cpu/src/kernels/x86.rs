@@ -32,3 +32,28 @@ pub unsafe fn q6k_half(p: *const u8, half: usize) -> [__m256i; 4] {
         _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4), high(6)),
     ]
 }
+
+/// Chunk `c` (0..4) of a Q4_K/Q5_K block: the unsigned quants of sub-blocks 2c (`.0`) and
+/// 2c + 1 (`.1`), 32 each. `block` points at the block; with `FIVE` (Q5_K) the fifth bit comes
+/// from the block's `qh`.
+#[inline(always)]
+pub unsafe fn k45_chunk<const FIVE: bool>(block: *const u8, c: usize) -> (__m256i, __m256i) {
+    let m4 = _mm256_set1_epi8(0x0F);
+    let qs = if FIVE { block.add(48) } else { block.add(16) };
+    let q = _mm256_loadu_si256(qs.add(c * 32) as *const __m256i);
+    let mut lo = _mm256_and_si256(q, m4);
+    let mut hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+    if FIVE {
+        let qh = _mm256_loadu_si256(block.add(16) as *const __m256i);
+        let one = _mm256_set1_epi8(1);
+        let bit = |shift: i32| {
+            _mm256_slli_epi16(
+                _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(shift)), one),
+                4,
+            )
+        };
+        lo = _mm256_or_si256(lo, bit(2 * c as i32));
+        hi = _mm256_or_si256(hi, bit(2 * c as i32 + 1));
+    }
+    (lo, hi)
+}
