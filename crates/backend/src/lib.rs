@@ -48,6 +48,27 @@ pub struct HostTensor<'a> {
     pub rows: usize,
     pub cols: usize,
     pub bytes: &'a Bytes,
+    pub role: WeightRole,
+}
+
+/// How the model uses a weight, so a backend can choose its layout (repacking matrices for its
+/// kernels, keeping an embedding table in file layout for row lookups).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightRole {
+    /// Norm weights, biases: read whole.
+    Vector,
+    /// The right-hand side of `linear`/`logits`.
+    Matrix,
+    /// Rows looked up by `embed`.
+    Embedding,
+    /// An embedding table that is also the output projection (tied embeddings).
+    TiedEmbedding,
+}
+
+impl WeightRole {
+    pub fn multiplies(self) -> bool {
+        matches!(self, WeightRole::Matrix | WeightRole::TiedEmbedding)
+    }
 }
 
 /// A weight in the backend's own layout.

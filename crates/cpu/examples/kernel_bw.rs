@@ -2,7 +2,7 @@
 //! `cargo run --release -p suanli-cpu --example kernel_bw`
 
 use std::time::Instant;
-use suanli_backend::{Backend, HostTensor};
+use suanli_backend::{Backend, HostTensor, WeightRole};
 use suanli_core::DType;
 use suanli_cpu::kernels::Isa;
 use suanli_cpu::CpuBackend;
@@ -40,6 +40,7 @@ fn main() {
                     rows,
                     cols,
                     bytes: &bytes,
+                    role: WeightRole::Matrix,
                 })
                 .unwrap();
             let mut x = b.alloc_act(1, cols).unwrap();

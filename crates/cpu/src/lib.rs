@@ -4,20 +4,25 @@
 mod attention;
 pub mod kernels;
 mod matmul;
+pub mod packed;
 pub mod pool;
+#[cfg(test)]
+mod testutil;
 
 use kernels::{Isa, Kernels};
 use suanli_backend::{
     shape_err, Act, AttnMeta, Backend, BackendError, Capabilities, HostTensor, KvDType, KvPages,
-    KvSpec, Result, RopeParams, RopeStyle, Weight,
+    KvSpec, Result, RopeParams, RopeStyle, Weight, WeightRole,
 };
 use suanli_core::{quant, DType};
 use suanli_formats::Bytes;
 
-/// CPU weight storage: the file bytes, plus an f32 copy for vectors and f32 matrices.
+/// CPU weight storage: the file bytes, plus an f32 copy for vectors and f32 matrices, or the
+/// matrix repacked for the AVX-512 kernels (`packed`).
 pub struct CpuWeight {
     raw: Bytes,
     f32: Option<Vec<f32>>,
+    packed: Option<packed::Packed>,
 }
 
 impl CpuWeight {
@@ -61,6 +66,8 @@ pub struct CpuBackend {
     caps: Capabilities,
     k: Kernels,
     pool: pool::Pool,
+    /// Repack quantized matrices for the AVX-512 kernels (off with `SUANLI_CPU_REPACK=0`).
+    repack: bool,
 }
 
 impl CpuBackend {
@@ -79,10 +86,12 @@ impl CpuBackend {
             detail: format!("{} threads, {}", n, isa.name()),
             weight_dtypes: DType::ALL.to_vec(),
         };
+        let repack = isa == Isa::Avx512 && std::env::var("SUANLI_CPU_REPACK").as_deref() != Ok("0");
         Ok(CpuBackend {
             caps,
             k: Kernels::for_isa(isa),
             pool,
+            repack,
         })
     }
 
@@ -177,6 +186,33 @@ impl Backend for CpuBackend {
         } else {
             None
         };
+        let packed = if f32.is_none() && self.repack && host.role.multiplies() {
+            match packed::Packed::pack(
+                host.dtype,
+                host.bytes.as_slice(),
+                host.rows,
+                host.cols,
+                &self.pool,
+            ) {
+                Ok(p) => {
+                    // Only the packed copy is read from now on (an embedding table keeps its
+                    // file layout for row lookups).
+                    if host.role == WeightRole::Matrix {
+                        host.bytes.release_pages();
+                    }
+                    Some(p)
+                }
+                Err(packed::PackError::Unsupported) => None,
+                Err(packed::PackError::OutOfMemory(n)) => {
+                    return Err(BackendError::OutOfMemory {
+                        what: "repacked weight",
+                        detail: format!("{}: {n} bytes", host.name),
+                    })
+                }
+            }
+        } else {
+            None
+        };
         Ok(Weight {
             dtype: host.dtype,
             rows: host.rows,
@@ -184,6 +220,7 @@ impl Backend for CpuBackend {
             store: CpuWeight {
                 raw: host.bytes.clone(),
                 f32,
+                packed,
             },
         })
     }

@@ -2,6 +2,7 @@
 //! (Q8_0 / Q8_1 / Q8_K, as llama.cpp) and integer dot products; float weights take f32.
 
 use crate::kernels::acts::QActs;
+use crate::kernels::pacts::PActs;
 use crate::kernels::{Kernels, RowTokens};
 use crate::pool::Pool;
 use crate::CpuWeight;
@@ -17,6 +18,7 @@ thread_local! {
     static ACT_Q8K: RefCell<Vec<BlockQ8K>> = const { RefCell::new(Vec::new()) };
     static QACTS: RefCell<QActs> = RefCell::new(QActs::default());
     static OUT_T: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static PACTS: RefCell<PActs> = RefCell::new(PActs::default());
 }
 
 /// Weight rows handled together while a thread's tokens stream past (kept in L1/L2).
@@ -65,6 +67,10 @@ pub fn matmul(
     if n == 0 || w.rows == 0 {
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if let Some(p) = &w.store.packed {
+        return packed_matmul(pool, x, n, p, bias, out);
+    }
     let kd = w.cols;
     let rb = w.dtype.row_bytes(kd).expect("validated in prepare_weight");
     let raw = w.store.raw.as_slice();
@@ -104,6 +110,57 @@ pub fn matmul(
             )
         }
     }
+}
+
+/// Activation bytes a token chunk may occupy, so that it stays in L2 while row groups stream past.
+const CHUNK_BYTES: usize = 384 * 1024;
+
+/// `*mut f32` that threads share; each writes cells no other touches.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+// SAFETY: see `packed_matmul` — pieces cover disjoint (token, row) cells.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+/// The packed path: activations quantized once (Q8, blocks of 32), then pieces of (token chunk,
+/// row groups) taken by the threads in turn.
+#[cfg(target_arch = "x86_64")]
+fn packed_matmul(
+    pool: &Pool,
+    x: &[f32],
+    n: usize,
+    p: &crate::packed::Packed,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+    PACTS.with(|a| {
+        let mut a = a.borrow_mut();
+        a.fill(pool, x, n, p.cols);
+        let a = &*a;
+        let per_token = p.cols + p.cols / 32 * std::mem::size_of::<crate::kernels::pacts::Meta>();
+        let chunk = (CHUNK_BYTES / per_token).max(8) / 8 * 8;
+        let chunks = n.div_ceil(chunk);
+        let groups = p.groups();
+        // Enough pieces per chunk for the threads to even out.
+        let per_piece = groups.div_ceil(pool.threads() * PIECES).max(1);
+        let pieces_per_chunk = groups.div_ceil(per_piece);
+        let next = AtomicUsize::new(0);
+        let dst = SharedOut(out.as_mut_ptr());
+        pool.run(&|_, _| loop {
+            let i = next.fetch_add(1, Relaxed);
+            if i >= chunks * pieces_per_chunk {
+                break;
+            }
+            let (c, g) = (i / pieces_per_chunk, i % pieces_per_chunk);
+            let gs = g * per_piece..((g + 1) * per_piece).min(groups);
+            let ts = c * chunk..((c + 1) * chunk).min(n);
+            let dst = dst;
+            // SAFETY: the backend packs only when the CPU has AVX-512 VNNI; `out` holds n × rows
+            // floats and each piece writes its own (tokens, groups) cells.
+            unsafe { crate::kernels::avx512_packed::run(p, a, gs, ts, bias, dst.0) };
+        });
+    })
 }
 
 /// What the quantized-activation path needs to know about one product.

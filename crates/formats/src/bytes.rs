@@ -7,15 +7,43 @@ use std::sync::Arc;
 /// A byte range inside a shared owner (a memory map or a vector).
 #[derive(Clone)]
 pub struct Bytes {
-    owner: Arc<dyn AsRef<[u8]> + Send + Sync>,
+    owner: Arc<dyn Owner>,
     range: Range<usize>,
+}
+
+/// What holds the bytes.
+trait Owner: Send + Sync {
+    fn bytes(&self) -> &[u8];
+    /// Drop the resident pages of `range` (a file map re-reads them on the next access).
+    fn release(&self, _range: Range<usize>) {}
 }
 
 struct MappedFile(memmap2::Mmap);
 
-impl AsRef<[u8]> for MappedFile {
-    fn as_ref(&self) -> &[u8] {
+impl Owner for MappedFile {
+    fn bytes(&self) -> &[u8] {
         &self.0
+    }
+
+    fn release(&self, range: Range<usize>) {
+        // SAFETY: the map is read-only and file-backed, so dropping its pages loses nothing:
+        // the next access faults them in from the file again. Failure only leaves them resident.
+        #[cfg(unix)]
+        unsafe {
+            let _ = self.0.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                range.start,
+                range.len(),
+            );
+        }
+        #[cfg(not(unix))]
+        let _ = range;
+    }
+}
+
+impl Owner for Vec<u8> {
+    fn bytes(&self) -> &[u8] {
+        self
     }
 }
 
@@ -43,7 +71,7 @@ impl Bytes {
     }
 
     pub fn as_slice(&self) -> &[u8] {
-        &self.owner.as_ref().as_ref()[self.range.clone()]
+        &self.owner.bytes()[self.range.clone()]
     }
 
     pub fn len(&self) -> usize {
@@ -52,6 +80,12 @@ impl Bytes {
 
     pub fn is_empty(&self) -> bool {
         self.range.is_empty()
+    }
+
+    /// Tell the OS these bytes will not be read soon: a memory map drops their resident pages
+    /// (after a backend has copied them into its own layout). The bytes stay readable.
+    pub fn release_pages(&self) {
+        self.owner.release(self.range.clone());
     }
 
     /// A sub-range, relative to this view. `None` when out of bounds.

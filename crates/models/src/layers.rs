@@ -92,7 +92,8 @@ impl<B: Backend> Model<B> {
             cfg.kv_dim(),
             cfg.intermediate_size,
         );
-        let embed = l.matrix("model.embed_tokens.weight", cfg.vocab_size, hd)?;
+        let own_lm_head = l.has("lm_head.weight") && !(cfg.tie_word_embeddings && src.is_gguf());
+        let embed = l.embedding("model.embed_tokens.weight", cfg.vocab_size, hd, !own_lm_head)?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{i}");
@@ -147,7 +148,7 @@ impl<B: Backend> Model<B> {
             });
         }
         let norm = l.vector("model.norm.weight", hd)?;
-        let lm_head = if l.has("lm_head.weight") && !(cfg.tie_word_embeddings && src.is_gguf()) {
+        let lm_head = if own_lm_head {
             Some(l.matrix("lm_head.weight", cfg.vocab_size, hd)?)
         } else {
             None

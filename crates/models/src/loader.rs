@@ -1,7 +1,7 @@
 //! Fetch tensors by HF name with their expected shapes, and hand them to the backend.
 
 use crate::config::ConfigError;
-use suanli_backend::{Backend, BackendError, HostTensor, Weight};
+use suanli_backend::{Backend, BackendError, HostTensor, Weight, WeightRole};
 use suanli_formats::ModelSource;
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +41,7 @@ impl<'a, B: Backend> Loader<'a, B> {
         name: &str,
         shape: &[usize],
         rows: Option<std::ops::Range<usize>>,
+        role: WeightRole,
     ) -> Result<Weight<B::WeightStore>, LoadError> {
         let t = self.src.tensor(name).ok_or_else(|| LoadError::Missing {
             path: self.path(),
@@ -84,6 +85,7 @@ impl<'a, B: Backend> Loader<'a, B> {
                 rows: r.len(),
                 cols,
                 bytes: &bytes,
+                role,
             })
             .map_err(backend_err)
     }
@@ -94,7 +96,23 @@ impl<'a, B: Backend> Loader<'a, B> {
         rows: usize,
         cols: usize,
     ) -> Result<Weight<B::WeightStore>, LoadError> {
-        self.load(name, &[rows, cols], None)
+        self.load(name, &[rows, cols], None, WeightRole::Matrix)
+    }
+
+    /// The token embedding table; `tied` when it is also the output projection.
+    pub fn embedding(
+        &self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+        tied: bool,
+    ) -> Result<Weight<B::WeightStore>, LoadError> {
+        let role = if tied {
+            WeightRole::TiedEmbedding
+        } else {
+            WeightRole::Embedding
+        };
+        self.load(name, &[rows, cols], None, role)
     }
 
     /// Rows `range` of a `[rows, cols]` matrix (halves of a fused projection).
@@ -105,11 +123,11 @@ impl<'a, B: Backend> Loader<'a, B> {
         cols: usize,
         range: std::ops::Range<usize>,
     ) -> Result<Weight<B::WeightStore>, LoadError> {
-        self.load(name, &[rows, cols], Some(range))
+        self.load(name, &[rows, cols], Some(range), WeightRole::Matrix)
     }
 
     pub fn vector(&self, name: &str, len: usize) -> Result<Weight<B::WeightStore>, LoadError> {
-        self.load(name, &[len], None)
+        self.load(name, &[len], None, WeightRole::Vector)
     }
 
     pub fn opt_vector(

@@ -3,12 +3,15 @@
 //! `SUANLI_CPU_ISA=generic|avx2` forces a level (never above what the CPU has).
 
 pub mod acts;
+pub mod pacts;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx2_q;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+pub mod avx512_packed;
 mod generic;
 #[cfg(target_arch = "x86_64")]
 mod x86;
@@ -206,26 +209,10 @@ mod quant_tests {
     use super::*;
     use suanli_core::quant::q8::{act_format, quantize_q8, quantize_q8k, ActFormat};
 
-    fn bytes(n: usize, seed: u32) -> Vec<u8> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(1664525).wrapping_add(1013904223);
-                (s >> 24) as u8
-            })
-            .collect()
-    }
+    use crate::testutil::{bytes, quant_rows};
 
-    /// Quantized weight rows with sane f16 scales at the given byte offsets of each block.
     fn row(ty: DType, n: usize, seed: u32) -> Vec<u8> {
-        let mut r = bytes(ty.row_bytes(n).unwrap(), seed);
-        for blk in r.chunks_exact_mut(ty.block_bytes()) {
-            for &o in suanli_core::quant::f16_scale_offsets(ty) {
-                let v = half::f16::from_f32(0.002 + (blk[o] % 13) as f32 * 0.001).to_le_bytes();
-                blk[o..o + 2].copy_from_slice(&v);
-            }
-        }
-        r
+        quant_rows(ty, 1, n, seed)
     }
 
     #[test]

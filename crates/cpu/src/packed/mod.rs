@@ -1,0 +1,354 @@
+//! Weights repacked at load for the AVX-512 kernels: 16 rows interleaved so that one 512-bit
+//! register holds the same 4 columns of 16 rows, one row per 32-bit lane. `vpdpbusd` then sums
+//! 4 products per lane into that row's accumulator, with the activations broadcast — no
+//! horizontal sums, and each scale is applied to 16 rows at once.
+//!
+//! The repacking is exact: every quant and scale keeps its value (K-quant 6-bit scales become
+//! bytes), so `unpack_row` reproduces the file's dequantization bit for bit — the test oracle.
+//!
+//! Layout of one group of 16 rows (rows past the matrix end are zero): the row's superblocks
+//! (32 columns for the legacy types, 256 for K-quants and IQ4_XS) one after another, each
+//!
+//! ```text
+//! head:  d[16] f16 | second[16] f16 (Q4_1/Q5_1 min m, Q4_K/Q5_K dmin)
+//!        | sc[n_sc][16] (K-quant / IQ4_XS sub-block scales) | mn[8][16] (Q4_K/Q5_K mins)
+//! then per 32-column sub-block:
+//!        low plane:  4-bit: 4 × 64 bytes; byte (r, i) of register j holds column 4j+i in its
+//!                    low nibble and column 16+4j+i in its high nibble (r = row, i = 0..4)
+//!                    8-bit: 8 × 64 bytes; register g holds columns 4g..4g+4
+//!        high plane: 5-bit: 64 bytes; bit g of byte (r, i) is bit 4 of column 4g+i
+//!                    6-bit: 2 × 64 bytes; register h, bits 2s..2s+2 of byte (r, i) are
+//!                    bits 4..6 of column 4(4h+s)+i
+//! ```
+//!
+//! Quants are stored unsigned; a kind's offset (Q4_0's 8, Q8_0's 128, ...) is subtracted through
+//! the activation sums.
+
+mod decode;
+
+use crate::pool::Pool;
+use suanli_core::DType;
+
+/// Rows interleaved in one group (one per 32-bit lane of a 512-bit register).
+pub const ROWS: usize = 16;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(non_camel_case_types)]
+pub enum Kind {
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
+    Q8_0,
+    IQ4NL,
+    Q4K,
+    Q5K,
+    Q6K,
+    IQ4XS,
+}
+
+impl Kind {
+    pub fn of(dt: DType) -> Option<Kind> {
+        Some(match dt {
+            DType::Q4_0 => Kind::Q4_0,
+            DType::Q4_1 => Kind::Q4_1,
+            DType::Q5_0 => Kind::Q5_0,
+            DType::Q5_1 => Kind::Q5_1,
+            DType::Q8_0 => Kind::Q8_0,
+            DType::IQ4NL => Kind::IQ4NL,
+            DType::Q4K => Kind::Q4K,
+            DType::Q5K => Kind::Q5K,
+            DType::Q6K => Kind::Q6K,
+            DType::IQ4XS => Kind::IQ4XS,
+            _ => return None,
+        })
+    }
+
+    pub fn dtype(self) -> DType {
+        match self {
+            Kind::Q4_0 => DType::Q4_0,
+            Kind::Q4_1 => DType::Q4_1,
+            Kind::Q5_0 => DType::Q5_0,
+            Kind::Q5_1 => DType::Q5_1,
+            Kind::Q8_0 => DType::Q8_0,
+            Kind::IQ4NL => DType::IQ4NL,
+            Kind::Q4K => DType::Q4K,
+            Kind::Q5K => DType::Q5K,
+            Kind::Q6K => DType::Q6K,
+            Kind::IQ4XS => DType::IQ4XS,
+        }
+    }
+
+    /// Columns per superblock.
+    pub const fn sb_cols(self) -> usize {
+        match self {
+            Kind::Q4K | Kind::Q5K | Kind::Q6K | Kind::IQ4XS => 256,
+            _ => 32,
+        }
+    }
+
+    /// Bits per stored quant.
+    pub const fn bits(self) -> u32 {
+        match self {
+            Kind::Q5_0 | Kind::Q5_1 | Kind::Q5K => 5,
+            Kind::Q6K => 6,
+            Kind::Q8_0 => 8,
+            _ => 4,
+        }
+    }
+
+    /// What is subtracted from every stored quant (a power of two), or 0 where a float min is
+    /// added instead.
+    pub const fn offset(self) -> u32 {
+        match self {
+            Kind::Q4_0 => 8,
+            Kind::Q5_0 => 16,
+            Kind::Q6K => 32,
+            Kind::Q8_0 | Kind::IQ4NL | Kind::IQ4XS => 128,
+            Kind::Q4_1 | Kind::Q5_1 | Kind::Q4K | Kind::Q5K => 0,
+        }
+    }
+
+    /// A second f16 per row and superblock (Q4_1/Q5_1's min, Q4_K/Q5_K's dmin).
+    pub const fn has_second(self) -> bool {
+        matches!(self, Kind::Q4_1 | Kind::Q5_1 | Kind::Q4K | Kind::Q5K)
+    }
+
+    /// Sub-block scale bytes per row and superblock (IQ4_XS and Q6_K signed).
+    pub const fn n_sc(self) -> usize {
+        match self {
+            Kind::Q4K | Kind::Q5K | Kind::IQ4XS => 8,
+            Kind::Q6K => 16,
+            _ => 0,
+        }
+    }
+
+    /// Sub-block min bytes per row and superblock.
+    pub const fn n_mn(self) -> usize {
+        match self {
+            Kind::Q4K | Kind::Q5K => 8,
+            _ => 0,
+        }
+    }
+
+    pub const fn head_bytes(self) -> usize {
+        ROWS * (2 + if self.has_second() { 2 } else { 0 } + self.n_sc() + self.n_mn())
+    }
+
+    /// Offsets inside the head.
+    pub const fn sc_at(self) -> usize {
+        ROWS * (2 + if self.has_second() { 2 } else { 0 })
+    }
+
+    pub const fn mn_at(self) -> usize {
+        self.sc_at() + ROWS * self.n_sc()
+    }
+
+    pub const fn low_bytes(self) -> usize {
+        if self.bits() == 8 {
+            512
+        } else {
+            256
+        }
+    }
+
+    /// Bytes per 32-column sub-block of 16 rows.
+    pub const fn sub_bytes(self) -> usize {
+        self.low_bytes()
+            + match self.bits() {
+                5 => 64,
+                6 => 128,
+                _ => 0,
+            }
+    }
+
+    pub const fn sb_bytes(self) -> usize {
+        self.head_bytes() + self.sb_cols() / 32 * self.sub_bytes()
+    }
+}
+
+/// One 64-byte line: the storage unit, so groups start on cache-line boundaries.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u8; 64]);
+
+/// A weight matrix in the interleaved layout.
+pub struct Packed {
+    pub kind: Kind,
+    pub rows: usize,
+    pub cols: usize,
+    /// Bytes per group of 16 rows (a multiple of 64).
+    pub group_bytes: usize,
+    lines: Vec<Line>,
+}
+
+/// Why a matrix was not packed (the caller keeps the file layout).
+#[derive(Debug)]
+pub enum PackError {
+    Unsupported,
+    OutOfMemory(usize),
+}
+
+impl Packed {
+    pub fn groups(&self) -> usize {
+        self.rows.div_ceil(ROWS)
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: `Line` is 64 plain bytes with no padding.
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr() as *const u8, self.lines.len() * 64) }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as above.
+        unsafe {
+            std::slice::from_raw_parts_mut(self.lines.as_mut_ptr() as *mut u8, self.lines.len() * 64)
+        }
+    }
+
+    /// The bytes of group `g`.
+    pub fn group(&self, g: usize) -> &[u8] {
+        &self.bytes()[g * self.group_bytes..(g + 1) * self.group_bytes]
+    }
+
+    /// Repack `rows` rows of `cols` columns in file layout (`raw`, already size-checked).
+    /// Groups are packed in parallel on `pool`.
+    pub fn pack(
+        dtype: DType,
+        raw: &[u8],
+        rows: usize,
+        cols: usize,
+        pool: &Pool,
+    ) -> Result<Packed, PackError> {
+        let kind = Kind::of(dtype).ok_or(PackError::Unsupported)?;
+        if cols == 0 || rows == 0 || cols % kind.sb_cols() != 0 {
+            return Err(PackError::Unsupported);
+        }
+        let rb = dtype.row_bytes(cols).map_err(|_| PackError::Unsupported)?;
+        if raw.len() != rb * rows {
+            return Err(PackError::Unsupported);
+        }
+        let nsb = cols / kind.sb_cols();
+        let group_bytes = (nsb * kind.sb_bytes()).div_ceil(64) * 64;
+        let groups = rows.div_ceil(ROWS);
+        let n_lines = groups * group_bytes / 64;
+        let mut lines = Vec::new();
+        lines
+            .try_reserve_exact(n_lines)
+            .map_err(|_| PackError::OutOfMemory(n_lines * 64))?;
+        lines.resize(n_lines, Line([0; 64]));
+        let mut p = Packed {
+            kind,
+            rows,
+            cols,
+            group_bytes,
+            lines,
+        };
+        let sbb = dtype.block_bytes() * (kind.sb_cols() / dtype.block_elems());
+        pool.split_mut(p.bytes_mut(), group_bytes, 4, &|g0, part| {
+            for (gi, dst) in part.chunks_exact_mut(group_bytes).enumerate() {
+                let g = g0 + gi;
+                for r in 0..ROWS.min(rows - g * ROWS) {
+                    let row = &raw[(g * ROWS + r) * rb..(g * ROWS + r + 1) * rb];
+                    for (sb, src) in row.chunks_exact(sbb).enumerate() {
+                        let d = decode::superblock(kind, src);
+                        let at = sb * kind.sb_bytes();
+                        place(kind, &d, r, &mut dst[at..at + kind.sb_bytes()]);
+                    }
+                }
+            }
+        });
+        Ok(p)
+    }
+
+    /// Row `r` dequantized from the packed layout (the test oracle for the layout).
+    pub fn unpack_row(&self, r: usize) -> Vec<f32> {
+        let k = self.kind;
+        let (g, lane) = (r / ROWS, r % ROWS);
+        let grp = self.group(g);
+        let mut out = Vec::with_capacity(self.cols);
+        for sb in 0..self.cols / k.sb_cols() {
+            let s = &grp[sb * k.sb_bytes()..(sb + 1) * k.sb_bytes()];
+            let f16 = |at: usize| {
+                half::f16::from_le_bytes([s[at + 2 * lane], s[at + 2 * lane + 1]]).to_f32()
+            };
+            let d = f16(0);
+            let second = if k.has_second() { f16(ROWS * 2) } else { 0.0 };
+            for c in 0..k.sb_cols() {
+                let u = quant_at(k, &s[k.head_bytes()..], lane, c) as i32;
+                let j = c / 32;
+                let sc = |i: usize| s[k.sc_at() + i * ROWS + lane];
+                out.push(match k {
+                    Kind::Q4_1 | Kind::Q5_1 => d * u as f32 + second,
+                    Kind::Q4K | Kind::Q5K => {
+                        let mn = s[k.mn_at() + j * ROWS + lane];
+                        (d * sc(j) as f32) * u as f32 - second * mn as f32
+                    }
+                    Kind::Q6K => (d * (sc(c / 16) as i8) as f32) * (u - 32) as f32,
+                    Kind::IQ4XS => (d * (sc(j) as i8) as f32) * (u - 128) as f32,
+                    Kind::Q8_0 => (u - 128) as f32 * d,
+                    _ => d * (u - k.offset() as i32) as f32,
+                });
+            }
+        }
+        out
+    }
+}
+
+/// The stored (unsigned) quant of column `c` of a superblock for lane `r`; `q` starts at the
+/// superblock's first sub-block.
+fn quant_at(k: Kind, q: &[u8], r: usize, c: usize) -> u8 {
+    let sub = &q[(c / 32) * k.sub_bytes()..];
+    let (gi, i) = ((c % 32) / 4, c % 4);
+    let lane = r * 4 + i;
+    let low = if k.bits() == 8 {
+        return sub[gi * 64 + lane];
+    } else {
+        (sub[(gi % 4) * 64 + lane] >> (4 * (gi / 4))) & 0xF
+    };
+    let high = match k.bits() {
+        5 => ((sub[256 + lane] >> gi) & 1) << 4,
+        6 => ((sub[256 + (gi / 4) * 64 + lane] >> (2 * (gi % 4))) & 3) << 4,
+        _ => 0,
+    };
+    let u = low | high;
+    match k {
+        Kind::IQ4NL | Kind::IQ4XS => decode::iq4_unsigned(u),
+        _ => u,
+    }
+}
+
+/// Write one row's decoded superblock into lane `r` of the group's superblock `dst`.
+fn place(k: Kind, d: &decode::Superblock, r: usize, dst: &mut [u8]) {
+    dst[2 * r..2 * r + 2].copy_from_slice(&d.d.to_le_bytes());
+    if k.has_second() {
+        dst[ROWS * 2 + 2 * r..ROWS * 2 + 2 * r + 2].copy_from_slice(&d.second.to_le_bytes());
+    }
+    for i in 0..k.n_sc() {
+        dst[k.sc_at() + i * ROWS + r] = d.sc[i];
+    }
+    for i in 0..k.n_mn() {
+        dst[k.mn_at() + i * ROWS + r] = d.mn[i];
+    }
+    let q = &mut dst[k.head_bytes()..];
+    for c in 0..k.sb_cols() {
+        let sub = &mut q[(c / 32) * k.sub_bytes()..];
+        let (gi, i) = ((c % 32) / 4, c % 4);
+        let lane = r * 4 + i;
+        // IQ4 types keep their 4-bit index; the kernel looks the level up.
+        let u = d.q[c];
+        if k.bits() == 8 {
+            sub[gi * 64 + lane] = u;
+            continue;
+        }
+        sub[(gi % 4) * 64 + lane] |= (u & 0xF) << (4 * (gi / 4));
+        match k.bits() {
+            5 => sub[256 + lane] |= ((u >> 4) & 1) << gi,
+            6 => sub[256 + (gi / 4) * 64 + lane] |= ((u >> 4) & 3) << (2 * (gi % 4)),
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,26 @@
+//! Deterministic test data shared by the kernel and layout tests.
+
+use suanli_core::DType;
+
+/// `n` pseudo-random bytes (an LCG, so failures reproduce).
+pub fn bytes(n: usize, seed: u32) -> Vec<u8> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(1664525).wrapping_add(1013904223);
+            (s >> 24) as u8
+        })
+        .collect()
+}
+
+/// `rows` quantized rows of `n` elements: random quants with sane f16 scales (no NaN/Inf).
+pub fn quant_rows(ty: DType, rows: usize, n: usize, seed: u32) -> Vec<u8> {
+    let mut r = bytes(ty.row_bytes(n).unwrap() * rows, seed);
+    for blk in r.chunks_exact_mut(ty.block_bytes()) {
+        for &o in suanli_core::quant::f16_scale_offsets(ty) {
+            let v = half::f16::from_f32(0.002 + (blk[o] % 13) as f32 * 0.001).to_le_bytes();
+            blk[o..o + 2].copy_from_slice(&v);
+        }
+    }
+    r
+}
