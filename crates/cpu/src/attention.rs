@@ -1,11 +1,18 @@
 //! Causal attention over the paged KV cache with an online softmax (no score matrix). The work
-//! unit is one query row × one KV head: the K and V rows of that head are read once for all the
+//! unit is one query row × one KV head: the K and V tiles of that head are read once for all the
 //! query heads that share it (grouped-query attention), block by block through the block table.
+//!
+//! The cache layout (the backend's own): per block and KV head, a K tile `[head_dim][BLOCK]`
+//! (transposed, so the scores of a block's 16 positions come out as one vector) and a V tile
+//! `[BLOCK][head_dim]`. Each block: 16 scores per query head, their max, one vectorized exp,
+//! one rescale of the running sums, then the V rows weighted in.
 
 use crate::kernels::{Isa, Kernels};
 use crate::pool::Pool;
 use crate::KvStore;
-use half::slice::HalfFloatSliceExt;
+
+/// Positions per KV block; the tile layout and the kernels assume it.
+pub const BLOCK: usize = 16;
 use suanli_backend::{shape_err, Act, AttnMeta, KvPages, Result};
 
 pub fn paged_attention(
@@ -30,6 +37,15 @@ pub fn paged_attention(
             format!(
                 "q [{}, {}], heads {nh}/{nkv}×{hd}, kv {:?}",
                 q.rows, q.cols, kv.spec
+            ),
+        ));
+    }
+    if kv.spec.block_size != BLOCK {
+        return Err(shape_err(
+            "attention",
+            format!(
+                "the CPU cache uses blocks of {BLOCK}, not {}",
+                kv.spec.block_size
             ),
         ));
     }
@@ -82,14 +98,14 @@ pub fn paged_attention(
                 scale: meta.scale,
             };
             match k.isa {
-                Isa::Generic => attend::<false>(&job, acc, &mut st),
+                Isa::Generic => attend::<Portable>(&job, acc, &mut st),
+                // SAFETY: the levels were checked at detection.
                 #[cfg(target_arch = "x86_64")]
-                _ => {
-                    // SAFETY: every level above generic includes AVX2, FMA and F16C (checked at detection).
-                    unsafe { attend_avx2(&job, acc, &mut st) }
-                }
+                Isa::Avx2 => unsafe { attend_avx2(&job, acc, &mut st) },
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 => unsafe { attend_avx512(&job, acc, &mut st) },
                 #[cfg(not(target_arch = "x86_64"))]
-                _ => attend::<false>(&job, acc, &mut st),
+                _ => attend::<Portable>(&job, acc, &mut st),
             }
         }
     });
@@ -110,128 +126,198 @@ struct Job<'a> {
     scale: f32,
 }
 
-/// Running max and sum per query head, and rows converted from F16, reused across units.
+/// Running max and sum per query head and a block's scores/weights, reused across units.
 #[derive(Default)]
 struct State {
     m: Vec<f32>,
-    l: Vec<f32>,
-    s: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
+    /// Per lane (summed at the end).
+    l: Vec<[f32; BLOCK]>,
+    w: Vec<[f32; BLOCK]>,
 }
 
-/// Row `off..off + hd` of a KV store as f32 (F16 rows are converted into `buf`). `F16C`: the
-/// caller is compiled with the F16C instructions.
-#[inline(always)]
-fn kv_row<'a, const F16C: bool>(
-    store: &'a KvStore,
-    off: usize,
-    hd: usize,
-    buf: &'a mut Vec<f32>,
-) -> &'a [f32] {
-    match store {
-        KvStore::F32(v) => &v[off..off + hd],
-        KvStore::F16(v) => {
-            buf.resize(hd, 0.0);
-            let src = &v[off..off + hd];
-            #[cfg(target_arch = "x86_64")]
-            if F16C {
-                use std::arch::x86_64::*;
-                let mut i = 0;
-                while i + 8 <= hd {
-                    // SAFETY: F16C is enabled in the caller (attend_avx2); i + 8 <= hd bounds both slices.
-                    unsafe {
-                        let h = _mm_loadu_si128(src.as_ptr().add(i) as *const __m128i);
-                        _mm256_storeu_ps(buf.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
-                    }
-                    i += 8;
-                }
-                src[i..].convert_to_f32_slice(&mut buf[i..hd]);
-                return buf;
-            }
-            src.convert_to_f32_slice(buf);
-            buf
-        }
-    }
+/// Where the tile of KV head `kvh` in block `blk` starts.
+pub fn tile_start(blk: usize, kvh: usize, spec: &suanli_backend::KvSpec) -> usize {
+    blk * BLOCK * spec.kv_dim() + kvh * BLOCK * spec.head_dim
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn attend_avx2(job: &Job<'_>, acc: &mut [f32], st: &mut State) {
-    attend::<true>(job, acc, st)
+    attend::<x86::Avx2>(job, acc, st)
 }
 
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
+unsafe fn attend_avx512(job: &Job<'_>, acc: &mut [f32], st: &mut State) {
+    attend::<x86::Avx512>(job, acc, st)
+}
+
+/// e^x for x ≤ 0 (scores minus their running max), to about 2 ulp; plain arithmetic so that the
+/// block loops vectorize. Below −87 it returns ~1e-38 rather than 0, which no sum notices.
 #[inline(always)]
-fn attend<const F16C: bool>(job: &Job<'_>, acc: &mut [f32], st: &mut State) {
+fn exp_neg(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 split in two so that n · LN2_HI is exact.
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    // Adding and subtracting 1.5 · 2^23 rounds to the nearest integer.
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.max(-87.0);
+    let n = (x * LOG2E + ROUND) - ROUND;
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    // Taylor to degree 6 on |r| ≤ ln2 / 2.
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// The largest of 16, as a halving tree (vector shuffles rather than a scalar chain).
+#[inline(always)]
+fn max16(s: &[f32; BLOCK]) -> f32 {
+    let mut t = *s;
+    let mut w = BLOCK / 2;
+    while w > 0 {
+        for i in 0..w {
+            t[i] = t[i].max(t[i + w]);
+        }
+        w /= 2;
+    }
+    t[0]
+}
+
+/// One block's K or V tile of one KV head, as stored.
+#[derive(Clone, Copy)]
+enum Tile<'a> {
+    F32(&'a [f32]),
+    F16(&'a [half::f16]),
+}
+
+impl<'a> Tile<'a> {
+    fn of(store: &'a KvStore, off: usize, len: usize) -> Tile<'a> {
+        match store {
+            KvStore::F32(v) => Tile::F32(&v[off..off + len]),
+            KvStore::F16(v) => Tile::F16(&v[off..off + len]),
+        }
+    }
+
+    #[inline(always)]
+    fn at(self, i: usize) -> f32 {
+        match self {
+            Tile::F32(v) => v[i],
+            Tile::F16(v) => v[i].to_f32(),
+        }
+    }
+}
+
+/// The two inner loops, per instruction set, for up to `HEADS` query heads at once (`q` is
+/// `[heads, hd]`): the scores of a block's positions, and the weighted V rows added in.
+trait BlockOps {
+    /// s[h][i] = q_h · K[:, i] for a transposed K tile `[hd][BLOCK]`.
+    fn scores(q: &[f32], kt: Tile<'_>, s: &mut [[f32; BLOCK]]);
+    /// acc_h += Σ_{i < n} w[h][i] · V[i] for a V tile `[BLOCK][hd]`.
+    fn accumulate(acc: &mut [f32], w: &[[f32; BLOCK]], n: usize, vt: Tile<'_>);
+}
+
+/// Plain loops (what generic builds and other architectures run).
+struct Portable;
+
+impl BlockOps for Portable {
+    fn scores(q: &[f32], kt: Tile<'_>, s: &mut [[f32; BLOCK]]) {
+        let hd = q.len() / s.len();
+        for (qh, sh) in q.chunks_exact(hd).zip(s.iter_mut()) {
+            *sh = [0.0; BLOCK];
+            for (d, qd) in qh.iter().enumerate() {
+                for (i, x) in sh.iter_mut().enumerate() {
+                    *x += qd * kt.at(d * BLOCK + i);
+                }
+            }
+        }
+    }
+
+    fn accumulate(acc: &mut [f32], w: &[[f32; BLOCK]], n: usize, vt: Tile<'_>) {
+        let hd = acc.len() / w.len();
+        for (a, wh) in acc.chunks_exact_mut(hd).zip(w) {
+            for (i, wi) in wh.iter().enumerate().take(n) {
+                for (j, x) in a.iter_mut().enumerate() {
+                    *x += wi * vt.at(i * hd + j);
+                }
+            }
+        }
+    }
+}
+
+/// Query heads handled together: their scores share each K load, their sums each V load.
+const HEADS: usize = 8;
+
+#[inline(always)]
+fn attend<O: BlockOps>(job: &Job<'_>, acc: &mut [f32], st: &mut State) {
     let (g, hd) = (job.group, job.hd);
     let (ks, vs) = &job.kv.layers[job.layer];
-    let bs = job.kv.spec.block_size;
-    let kvd = job.kv.spec.kv_dim();
+    let spec = &job.kv.spec;
     st.m.clear();
     st.m.resize(g, f32::NEG_INFINITY);
     st.l.clear();
-    st.l.resize(g, 0.0);
-    st.s.resize(g, 0.0);
+    st.l.resize(g, [0.0; BLOCK]);
+    st.w.resize(g, [0.0; BLOCK]);
     acc.fill(0.0);
     let mut p = 0;
     for &blk in job.table {
         if p >= job.len {
             break;
         }
-        let n = bs.min(job.len - p);
-        let base = blk as usize * bs;
-        for o in 0..n {
-            let off = (base + o) * kvd + job.kvh * hd;
-            let mut kb = std::mem::take(&mut st.k);
-            let mut vb = std::mem::take(&mut st.v);
-            let (kr, vr) = (
-                kv_row::<F16C>(ks, off, hd, &mut kb),
-                kv_row::<F16C>(vs, off, hd, &mut vb),
-            );
-            for h in 0..g {
-                st.s[h] = dot(&job.q[h * hd..(h + 1) * hd], kr) * job.scale;
-            }
-            for h in 0..g {
-                let s = st.s[h];
-                let a = &mut acc[h * hd..(h + 1) * hd];
-                if s > st.m[h] {
-                    let corr = (st.m[h] - s).exp();
-                    a.iter_mut().for_each(|x| *x *= corr);
-                    st.l[h] *= corr;
-                    st.m[h] = s;
+        let n = BLOCK.min(job.len - p);
+        let off = tile_start(blk as usize, job.kvh, spec);
+        let (kt, vt) = (Tile::of(ks, off, BLOCK * hd), Tile::of(vs, off, BLOCK * hd));
+        for h0 in (0..g).step_by(HEADS) {
+            let h1 = (h0 + HEADS).min(g);
+            let s = &mut st.w[h0..h1];
+            O::scores(&job.q[h0 * hd..h1 * hd], kt, s);
+            for (h, s) in (h0..h1).zip(s.iter_mut()) {
+                for (i, v) in s.iter_mut().enumerate() {
+                    *v = if i < n {
+                        *v * job.scale
+                    } else {
+                        f32::NEG_INFINITY
+                    };
                 }
-                let w = (s - st.m[h]).exp();
-                st.l[h] += w;
-                for (x, v) in a.iter_mut().zip(vr) {
-                    *x += w * v;
+                let m_new = st.m[h].max(max16(s));
+                // Computed for all lanes, then masked; the running sum is kept per lane
+                // (summed at the end), so no loop here carries a scalar dependency.
+                for (i, v) in s.iter_mut().enumerate() {
+                    let e = exp_neg(*v - m_new);
+                    *v = if i < n { e } else { 0.0 };
+                }
+                let l = &mut st.l[h];
+                if m_new > st.m[h] {
+                    let corr = if st.m[h] == f32::NEG_INFINITY {
+                        0.0
+                    } else {
+                        exp_neg(st.m[h] - m_new)
+                    };
+                    l.iter_mut().for_each(|x| *x *= corr);
+                    acc[h * hd..(h + 1) * hd]
+                        .iter_mut()
+                        .for_each(|x| *x *= corr);
+                    st.m[h] = m_new;
+                }
+                for i in 0..BLOCK {
+                    l[i] += s[i];
                 }
             }
-            st.k = kb;
-            st.v = vb;
+            O::accumulate(&mut acc[h0 * hd..h1 * hd], &st.w[h0..h1], n, vt);
         }
         p += n;
     }
     for h in 0..g {
-        let inv = 1.0 / st.l[h];
+        let inv = 1.0 / st.l[h].iter().sum::<f32>();
         acc[h * hd..(h + 1) * hd].iter_mut().for_each(|x| *x *= inv);
     }
 }
 
-/// Eight independent partial sums, so the loop vectorizes (inlined into each ISA's build).
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+#[cfg(test)]
+mod tests;

@@ -56,7 +56,7 @@ impl CpuWeight {
     }
 }
 
-/// One layer's K or V: a row of `kv_dim` per slot.
+/// One layer's K or V, in tiles per block and KV head (see `attention`).
 pub enum KvStore {
     F32(Vec<f32>),
     F16(Vec<half::f16>),
@@ -245,6 +245,16 @@ impl Backend for CpuBackend {
             what: "KV cache",
             detail: format!("{spec:?}"),
         };
+        if spec.block_size != attention::BLOCK {
+            return Err(shape_err(
+                "alloc_kv",
+                format!(
+                    "the CPU cache uses blocks of {} positions, not {}",
+                    attention::BLOCK,
+                    spec.block_size
+                ),
+            ));
+        }
         let n = spec.slots().checked_mul(spec.kv_dim()).ok_or_else(oom)?;
         let store = || -> Result<KvStore> {
             Ok(match spec.dtype {
@@ -446,6 +456,8 @@ impl Backend for CpuBackend {
             ));
         }
         let n_slots = kv.spec.slots();
+        let (hd, nkv) = (kv.spec.head_dim, kv.spec.n_kv_heads);
+        let spec = kv.spec;
         let (ks, vs) = &mut kv.layers[layer];
         for (t, &s) in slots.iter().enumerate() {
             let s = s as usize;
@@ -455,15 +467,30 @@ impl Backend for CpuBackend {
                     format!("slot {s} outside {n_slots} slots"),
                 ));
             }
-            for (store, src) in [
-                (&mut *ks, &k.buf[t * d..(t + 1) * d]),
-                (&mut *vs, &v.buf[t * d..(t + 1) * d]),
-            ] {
-                match store {
-                    KvStore::F32(dst) => dst[s * d..(s + 1) * d].copy_from_slice(src),
+            let (blk, o) = (s / attention::BLOCK, s % attention::BLOCK);
+            for h in 0..nkv {
+                let at = attention::tile_start(blk, h, &spec);
+                let kr = &k.buf[t * d + h * hd..t * d + (h + 1) * hd];
+                let vr = &v.buf[t * d + h * hd..t * d + (h + 1) * hd];
+                // K tile [hd][BLOCK] (transposed), V tile [BLOCK][hd].
+                match ks {
+                    KvStore::F32(dst) => {
+                        for (j, x) in kr.iter().enumerate() {
+                            dst[at + j * attention::BLOCK + o] = *x;
+                        }
+                    }
+                    KvStore::F16(dst) => {
+                        for (j, x) in kr.iter().enumerate() {
+                            dst[at + j * attention::BLOCK + o] = half::f16::from_f32(*x);
+                        }
+                    }
+                }
+                let vo = at + o * hd;
+                match vs {
+                    KvStore::F32(dst) => dst[vo..vo + hd].copy_from_slice(vr),
                     KvStore::F16(dst) => {
                         use half::slice::HalfFloatSliceExt;
-                        dst[s * d..(s + 1) * d].convert_from_f32_slice(src)
+                        dst[vo..vo + hd].convert_from_f32_slice(vr)
                     }
                 }
             }

@@ -93,7 +93,12 @@ impl<B: Backend> Model<B> {
             cfg.intermediate_size,
         );
         let own_lm_head = l.has("lm_head.weight") && !(cfg.tie_word_embeddings && src.is_gguf());
-        let embed = l.embedding("model.embed_tokens.weight", cfg.vocab_size, hd, !own_lm_head)?;
+        let embed = l.embedding(
+            "model.embed_tokens.weight",
+            cfg.vocab_size,
+            hd,
+            !own_lm_head,
+        )?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{i}");

@@ -118,7 +118,12 @@ unsafe fn f16x16(p: *const u8) -> __m512 {
 
 /// Σ over register indices `gs` of w[g] · (quants 4g..4g+4 broadcast), starting from `init`.
 #[inline(always)]
-unsafe fn dots(init: __m512i, w: &[__m512i; 8], q: *const i8, gs: std::ops::Range<usize>) -> __m512i {
+unsafe fn dots(
+    init: __m512i,
+    w: &[__m512i; 8],
+    q: *const i8,
+    gs: std::ops::Range<usize>,
+) -> __m512i {
     let mut acc = init;
     for g in gs {
         let y = _mm512_set1_epi32(std::ptr::read_unaligned(q.add(4 * g) as *const i32));
@@ -169,7 +174,11 @@ unsafe fn tile<const K: u8, const T: usize>(
                     _mm512_mul_ps(d, bytes_ps::<true>(sc.add(ROWS * (2 * j + 1)))),
                     second,
                 ),
-                IQ4XS => (_mm512_mul_ps(d, bytes_ps::<true>(sc.add(ROWS * j))), d, second),
+                IQ4XS => (
+                    _mm512_mul_ps(d, bytes_ps::<true>(sc.add(ROWS * j))),
+                    d,
+                    second,
+                ),
                 _ => (d, d, second),
             };
             for (t, acc) in acc.iter_mut().enumerate() {
@@ -203,7 +212,11 @@ unsafe fn tile<const K: u8, const T: usize>(
             }
         }
     }
-    let mask: __mmask16 = if valid >= ROWS { 0xFFFF } else { (1u16 << valid) - 1 };
+    let mask: __mmask16 = if valid >= ROWS {
+        0xFFFF
+    } else {
+        (1u16 << valid) - 1
+    };
     let b = match bias {
         Some(b) => _mm512_maskz_loadu_ps(mask, b.as_ptr()),
         None => _mm512_setzero_ps(),
@@ -312,8 +325,7 @@ mod tests {
                 let rb = ty.row_bytes(cols).unwrap();
                 let mut w = vec![0f32; cols];
                 for r in 0..rows {
-                    suanli_core::quant::dequantize(ty, &raw[r * rb..(r + 1) * rb], &mut w)
-                        .unwrap();
+                    suanli_core::quant::dequantize(ty, &raw[r * rb..(r + 1) * rb], &mut w).unwrap();
                     for t in 0..n {
                         let (mut want, mut mag) = (bias[r] as f64, bias[r].abs() as f64);
                         for (c, wv) in w.iter().enumerate() {

@@ -3,7 +3,6 @@
 //! `SUANLI_CPU_ISA=generic|avx2` forces a level (never above what the CPU has).
 
 pub mod acts;
-pub mod pacts;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
@@ -13,6 +12,7 @@ mod avx512;
 #[cfg(target_arch = "x86_64")]
 pub mod avx512_packed;
 mod generic;
+pub mod pacts;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 

@@ -38,7 +38,12 @@ fn quantize_token(x: &[f32], qs: &mut [i8], meta: &mut [Meta]) {
     for ((xb, qb), m) in x.chunks_exact(32).zip(qs.chunks_exact_mut(32)).zip(meta) {
         quantize_q8(xb, false, &mut b);
         qb.copy_from_slice(&b[0].qs);
-        let half = |h: usize| -(b[0].qs[h * 16..h * 16 + 16].iter().map(|&v| v as i32).sum::<i32>());
+        let half = |h: usize| {
+            -(b[0].qs[h * 16..h * 16 + 16]
+                .iter()
+                .map(|&v| v as i32)
+                .sum::<i32>())
+        };
         let (h0, h1) = (half(0), half(1));
         *m = Meta {
             d: b[0].d,

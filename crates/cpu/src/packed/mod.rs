@@ -196,13 +196,18 @@ impl Packed {
 
     pub fn bytes(&self) -> &[u8] {
         // SAFETY: `Line` is 64 plain bytes with no padding.
-        unsafe { std::slice::from_raw_parts(self.lines.as_ptr() as *const u8, self.lines.len() * 64) }
+        unsafe {
+            std::slice::from_raw_parts(self.lines.as_ptr() as *const u8, self.lines.len() * 64)
+        }
     }
 
     fn bytes_mut(&mut self) -> &mut [u8] {
         // SAFETY: as above.
         unsafe {
-            std::slice::from_raw_parts_mut(self.lines.as_mut_ptr() as *mut u8, self.lines.len() * 64)
+            std::slice::from_raw_parts_mut(
+                self.lines.as_mut_ptr() as *mut u8,
+                self.lines.len() * 64,
+            )
         }
     }
 

@@ -30,7 +30,11 @@ fn packing_keeps_every_value_bit_for_bit() {
             suanli_core::quant::dequantize(ty, &raw[r * rb..(r + 1) * rb], &mut want).unwrap();
             let got = p.unpack_row(r);
             for (c, (g, w)) in got.iter().zip(&want).enumerate() {
-                assert_eq!(g.to_bits(), w.to_bits(), "{k:?} row {r} col {c}: {g} vs {w}");
+                assert_eq!(
+                    g.to_bits(),
+                    w.to_bits(),
+                    "{k:?} row {r} col {c}: {g} vs {w}"
+                );
             }
         }
         // Padding rows of the last group are zero.
