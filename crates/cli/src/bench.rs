@@ -115,6 +115,14 @@ pub fn bench(a: BenchArgs, opts: &crate::load::Opts) -> Result<()> {
         );
     }
     let peak = peak_rss_bytes();
+    // Decode against the memory-bandwidth bound: every step streams these matrices once.
+    let step_bytes: usize = s
+        .model
+        .step_matrices()
+        .into_iter()
+        .map(suanli_cpu::CpuBackend::weight_bytes)
+        .sum();
+    let bw = if tg.is_empty() { None } else { Some(s.backend.read_bandwidth()) };
     let model_name = a
         .model
         .clone()
@@ -133,6 +141,8 @@ pub fn bench(a: BenchArgs, opts: &crate::load::Opts) -> Result<()> {
                 "prompt_tokens": a.prompt_tokens, "gen_tokens": a.gen_tokens, "depth": a.depth, "repetitions": a.repetitions,
                 "prefill_tok_s": ps.as_ref().map(|s| s.median), "decode_tok_s": ts.as_ref().map(|s| s.median),
                 "prefill": st(&ps), "decode": st(&ts), "peak_rss_bytes": peak,
+                "step_weight_bytes": step_bytes, "read_bandwidth_gb_s": bw,
+                "decode_bound_tok_s": bw.map(|b| b * 1e9 / step_bytes as f64),
             })
         );
     } else {
@@ -144,7 +154,7 @@ pub fn bench(a: BenchArgs, opts: &crate::load::Opts) -> Result<()> {
             "median",
             "max"
         );
-        if let Some(p) = ps {
+        if let Some(p) = &ps {
             crate::outln!(
                 "{:<12} {:>10.1} {:>10.1} {:>10.1}  tok/s",
                 format!("pp{}", a.prompt_tokens),
@@ -153,13 +163,23 @@ pub fn bench(a: BenchArgs, opts: &crate::load::Opts) -> Result<()> {
                 p.max
             );
         }
-        if let Some(t) = ts {
+        if let Some(t) = &ts {
             crate::outln!(
                 "{:<12} {:>10.1} {:>10.1} {:>10.1}  tok/s",
                 format!("tg{}", a.gen_tokens),
                 t.min,
                 t.median,
                 t.max
+            );
+        }
+        if let (Some(t), Some(b)) = (&ts, bw) {
+            let bound = b * 1e9 / step_bytes as f64;
+            crate::outln!(
+                "decode reads {:.0} MB of weights per token: {:.1} GB/s at the median; memory reads \
+                 {b:.1} GB/s here → bound {bound:.1} tok/s, decode at {:.0}% of it",
+                step_bytes as f64 / 1e6,
+                t.median * step_bytes as f64 / 1e9,
+                100.0 * t.median / bound
             );
         }
         if let Some(b) = peak {

@@ -4,6 +4,7 @@
 mod attention;
 pub mod kernels;
 mod matmul;
+mod membw;
 pub mod packed;
 pub mod pool;
 #[cfg(test)]
@@ -101,6 +102,20 @@ impl CpuBackend {
 
     pub fn threads(&self) -> usize {
         self.pool.threads()
+    }
+
+    /// Memory read bandwidth in GB/s with this backend's threads (reads a 1 GiB buffer).
+    pub fn read_bandwidth(&self) -> f64 {
+        membw::read_bandwidth(&self.pool, 1 << 30, 5)
+    }
+
+    /// Bytes a product with `w` reads from memory (its layout, packed or as in the file).
+    pub fn weight_bytes(w: &Weight<CpuWeight>) -> usize {
+        match (&w.store.packed, &w.store.f32) {
+            (Some(p), _) => p.bytes().len(),
+            (None, Some(v)) => v.len() * 4,
+            (None, None) => w.store.raw.len(),
+        }
     }
 }
 

@@ -185,6 +185,18 @@ impl<B: Backend> Model<B> {
         })
     }
 
+    /// The matrices every decoded token multiplies (each read once per step): what decode
+    /// speed is bound by on a machine short of memory bandwidth.
+    pub fn step_matrices(&self) -> Vec<&Weight<B::WeightStore>> {
+        let mut v: Vec<&Weight<B::WeightStore>> = self
+            .layers
+            .iter()
+            .flat_map(|l| [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down])
+            .collect();
+        v.push(self.lm_head.as_ref().unwrap_or(&self.embed));
+        v
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.cfg.vocab_size
     }
