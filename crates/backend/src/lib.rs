@@ -243,6 +243,25 @@ pub trait Backend: Send + Sync + 'static {
         bias: Option<&Weight<Self::WeightStore>>,
         out: &mut Act<Self::Buffer>,
     ) -> Result<()>;
+    /// Several products of one input (Q/K/V, gate/up): `outs[i] = x · ws[i].0ᵀ (+ ws[i].1)`.
+    /// A backend may run them as one pass (one activation conversion, one synchronisation).
+    fn linear_many(
+        &self,
+        x: &Act<Self::Buffer>,
+        ws: &[(&Weight<Self::WeightStore>, Option<&Weight<Self::WeightStore>>)],
+        outs: &mut [&mut Act<Self::Buffer>],
+    ) -> Result<()> {
+        if ws.len() != outs.len() {
+            return Err(shape_err(
+                "linear_many",
+                format!("{} weights for {} outputs", ws.len(), outs.len()),
+            ));
+        }
+        for ((w, b), o) in ws.iter().zip(outs.iter_mut()) {
+            self.linear(x, w, *b, o)?;
+        }
+        Ok(())
+    }
     /// Rotary position embedding in place; one position per row.
     fn rope(&self, x: &mut Act<Self::Buffer>, positions: &[u32], rope: &RopeParams) -> Result<()>;
     /// Store each row of k and v into its slot of layer `layer`.

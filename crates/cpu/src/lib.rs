@@ -406,6 +406,46 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn linear_many(
+        &self,
+        x: &Act<Vec<f32>>,
+        ws: &[(&Weight<CpuWeight>, Option<&Weight<CpuWeight>>)],
+        outs: &mut [&mut Act<Vec<f32>>],
+    ) -> Result<()> {
+        let all_packed = ws.iter().all(|(w, _)| w.store.packed.is_some());
+        if ws.len() != outs.len() || !all_packed || cfg!(not(target_arch = "x86_64")) {
+            for ((w, b), o) in ws.iter().zip(outs.iter_mut()) {
+                self.linear(x, w, *b, o)?;
+            }
+            return Ok(());
+        }
+        let n = x.rows;
+        let mut jobs = Vec::with_capacity(ws.len());
+        for ((w, bias), out) in ws.iter().zip(outs.iter_mut()) {
+            if x.cols != w.cols || out.cols != w.rows || n > out.capacity {
+                return Err(shape_err(
+                    "linear_many",
+                    format!(
+                        "x [{n}, {}] · w [{}, {}]ᵀ into [cap {}, {}]",
+                        x.cols, w.rows, w.cols, out.capacity, out.cols
+                    ),
+                ));
+            }
+            let b = match bias {
+                Some(b) => Some(vector(b, w.rows, "linear bias")?),
+                None => None,
+            };
+            out.rows = n;
+            let packed = w.store.packed.as_ref().expect("checked above");
+            jobs.push((packed, b, &mut out.buf[..n * w.rows]));
+        }
+        #[cfg(target_arch = "x86_64")]
+        matmul::packed_many(&self.pool, &x.buf[..n * x.cols], n, &mut jobs);
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = jobs;
+        Ok(())
+    }
+
     fn rope(&self, x: &mut Act<Vec<f32>>, positions: &[u32], rope: &RopeParams) -> Result<()> {
         if positions.len() != x.rows
             || x.cols != rope.n_heads * rope.head_dim

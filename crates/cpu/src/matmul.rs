@@ -112,18 +112,19 @@ pub fn matmul(
     }
 }
 
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 /// Activation bytes a token chunk may occupy, so that it stays in L2 while row groups stream past.
 const CHUNK_BYTES: usize = 384 * 1024;
 
 /// `*mut f32` that threads share; each writes cells no other touches.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 #[derive(Clone, Copy)]
 struct SharedOut(*mut f32);
 // SAFETY: see `packed_matmul` — pieces cover disjoint (token, row) cells.
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
-/// The packed path: activations quantized once (Q8, blocks of 32), then pieces of (token chunk,
-/// row groups) taken by the threads in turn.
+/// The packed path for one product.
 #[cfg(target_arch = "x86_64")]
 fn packed_matmul(
     pool: &Pool,
@@ -133,32 +134,66 @@ fn packed_matmul(
     bias: Option<&[f32]>,
     out: &mut [f32],
 ) {
+    packed_many(pool, x, n, &mut [(p, bias, out)]);
+}
+
+/// Products of one input with packed weights (all with `cols` = the input's width): the
+/// activations are quantized once (Q8, blocks of 32), then pieces of (weight, token chunk,
+/// row groups) are taken by the threads in turn — one synchronisation for all of them.
+#[cfg(target_arch = "x86_64")]
+pub fn packed_many(
+    pool: &Pool,
+    x: &[f32],
+    n: usize,
+    jobs: &mut [(&crate::packed::Packed, Option<&[f32]>, &mut [f32])],
+) {
     use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+    let Some(cols) = jobs.first().map(|j| j.0.cols) else {
+        return;
+    };
+    if n == 0 {
+        return;
+    }
     PACTS.with(|a| {
         let mut a = a.borrow_mut();
-        a.fill(pool, x, n, p.cols);
+        a.fill(pool, x, n, cols);
         let a = &*a;
-        let per_token = p.cols + p.cols / 32 * std::mem::size_of::<crate::kernels::pacts::Meta>();
+        let per_token = cols + cols / 32 * std::mem::size_of::<crate::kernels::pacts::Meta>();
         let chunk = (CHUNK_BYTES / per_token).max(8) / 8 * 8;
         let chunks = n.div_ceil(chunk);
-        let groups = p.groups();
-        // Enough pieces per chunk for the threads to even out.
-        let per_piece = groups.div_ceil(pool.threads() * PIECES).max(1);
-        let pieces_per_chunk = groups.div_ceil(per_piece);
+        // Per job: groups per piece and where its pieces start in the shared numbering.
+        let total_groups: usize = jobs.iter().map(|j| j.0.groups()).sum();
+        let per_piece = total_groups.div_ceil(pool.threads() * PIECES).max(1);
+        let mut starts = Vec::with_capacity(jobs.len() + 1);
+        let mut acc = 0;
+        for j in jobs.iter() {
+            starts.push(acc);
+            acc += chunks * j.0.groups().div_ceil(per_piece);
+        }
+        starts.push(acc);
+        let plan: Vec<(&crate::packed::Packed, Option<&[f32]>, SharedOut)> = jobs
+            .iter_mut()
+            .map(|(p, b, o)| {
+                debug_assert!(p.cols == cols && o.len() == n * p.rows);
+                (*p, *b, SharedOut(o.as_mut_ptr()))
+            })
+            .collect();
         let next = AtomicUsize::new(0);
-        let dst = SharedOut(out.as_mut_ptr());
         pool.run(&|_, _| loop {
             let i = next.fetch_add(1, Relaxed);
-            if i >= chunks * pieces_per_chunk {
+            if i >= acc {
                 break;
             }
-            let (c, g) = (i / pieces_per_chunk, i % pieces_per_chunk);
-            let gs = g * per_piece..((g + 1) * per_piece).min(groups);
+            let j = starts.partition_point(|&s| s <= i) - 1;
+            let (p, bias, dst) = &plan[j];
+            let local = i - starts[j];
+            let pieces_per_chunk = p.groups().div_ceil(per_piece);
+            let (c, g) = (local / pieces_per_chunk, local % pieces_per_chunk);
+            let gs = g * per_piece..((g + 1) * per_piece).min(p.groups());
             let ts = c * chunk..((c + 1) * chunk).min(n);
-            let dst = dst;
-            // SAFETY: the backend packs only when the CPU has AVX-512 VNNI; `out` holds n × rows
-            // floats and each piece writes its own (tokens, groups) cells.
-            unsafe { crate::kernels::avx512_packed::run(p, a, gs, ts, bias, dst.0) };
+            // SAFETY: the backend packs only when the CPU has AVX-512 VNNI; each output holds
+            // n × rows floats and each piece writes its own (tokens, groups) cells of one job.
+            unsafe { crate::kernels::avx512_packed::run(p, a, gs, ts, *bias, dst.0) };
         });
     })
 }

@@ -258,9 +258,15 @@ impl<B: Backend> Model<B> {
         for (i, layer) in self.layers.iter().enumerate() {
             // Attention block.
             b.rms_norm(&s.x, &layer.input_norm, c.rms_norm_eps, &mut s.h)?;
-            b.linear(&s.h, &layer.q, layer.q_bias.as_ref(), &mut s.q)?;
-            b.linear(&s.h, &layer.k, layer.k_bias.as_ref(), &mut s.k)?;
-            b.linear(&s.h, &layer.v, layer.v_bias.as_ref(), &mut s.v)?;
+            b.linear_many(
+                &s.h,
+                &[
+                    (&layer.q, layer.q_bias.as_ref()),
+                    (&layer.k, layer.k_bias.as_ref()),
+                    (&layer.v, layer.v_bias.as_ref()),
+                ],
+                &mut [&mut s.q, &mut s.k, &mut s.v],
+            )?;
             if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
                 b.rms_norm_groups(&mut s.q, qn, c.rms_norm_eps)?;
                 b.rms_norm_groups(&mut s.k, kn, c.rms_norm_eps)?;
@@ -280,8 +286,11 @@ impl<B: Backend> Model<B> {
             )?;
             // MLP block.
             b.rms_norm(&s.x, &layer.mlp_norm, c.rms_norm_eps, &mut s.h)?;
-            b.linear(&s.h, &layer.gate, None, &mut s.gate)?;
-            b.linear(&s.h, &layer.up, None, &mut s.up)?;
+            b.linear_many(
+                &s.h,
+                &[(&layer.gate, None), (&layer.up, None)],
+                &mut [&mut s.gate, &mut s.up],
+            )?;
             b.silu_mul(&s.gate, &s.up, &mut s.act)?;
             b.linear(&s.act, &layer.down, None, &mut s.o)?;
             residual_add(
