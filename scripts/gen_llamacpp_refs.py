@@ -73,6 +73,13 @@ def perplexity(llm, tokens, bos):
     return float(np.exp(nll / count)), n_chunks, count
 
 
+def q8_kv_perplexity(path, tokens, bos):
+    """The same perplexity with llama.cpp's Q8_0 K and V cache (which needs flash attention)."""
+    q8 = Llama(model_path=path, n_ctx=CTX, n_threads=THREADS, n_batch=CTX, logits_all=True,
+               type_k=8, type_v=8, flash_attn=True, verbose=False)  # 8 = GGML_TYPE_Q8_0
+    return perplexity(q8, tokens, bos)[0]
+
+
 def main():
     name, path = sys.argv[1], sys.argv[2]
     llm = Llama(model_path=path, n_ctx=CTX, n_threads=THREADS, n_batch=CTX, logits_all=True, verbose=False)
@@ -87,6 +94,7 @@ def main():
     ppl, n_chunks, n_scored = perplexity(llm, tokens, bos)
     out["perplexity"] = {"file": "tests/fixtures/text/multilingual.txt", "ctx": CTX, "value": ppl,
                          "n_chunks": n_chunks, "n_scored": n_scored}
+    out["perplexity_q8_0_kv"] = q8_kv_perplexity(path, tokens, bos)
     gens = []
     for p in PROMPTS:
         ids = llm.tokenize(p.encode(), add_bos=bool(add_bos), special=False)

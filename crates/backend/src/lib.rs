@@ -147,6 +147,9 @@ pub enum KvDType {
     F32,
     /// Half the memory and bandwidth; llama.cpp's default.
     F16,
+    /// 8-bit quants with an f16 scale per 32 values of a head (8.5 bits): a bit over half of
+    /// F16's memory, for long contexts.
+    Q8_0,
 }
 
 impl KvDType {
@@ -154,6 +157,7 @@ impl KvDType {
         match s.to_ascii_lowercase().as_str() {
             "f32" => Some(KvDType::F32),
             "f16" => Some(KvDType::F16),
+            "q8_0" | "q8" => Some(KvDType::Q8_0),
             _ => None,
         }
     }
@@ -248,7 +252,10 @@ pub trait Backend: Send + Sync + 'static {
     fn linear_many(
         &self,
         x: &Act<Self::Buffer>,
-        ws: &[(&Weight<Self::WeightStore>, Option<&Weight<Self::WeightStore>>)],
+        ws: &[(
+            &Weight<Self::WeightStore>,
+            Option<&Weight<Self::WeightStore>>,
+        )],
         outs: &mut [&mut Act<Self::Buffer>],
     ) -> Result<()> {
         if ws.len() != outs.len() {

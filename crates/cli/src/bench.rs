@@ -122,7 +122,11 @@ pub fn bench(a: BenchArgs, opts: &crate::load::Opts) -> Result<()> {
         .into_iter()
         .map(suanli_cpu::CpuBackend::weight_bytes)
         .sum();
-    let bw = if tg.is_empty() { None } else { Some(s.backend.read_bandwidth()) };
+    let bw = if tg.is_empty() {
+        None
+    } else {
+        Some(s.backend.read_bandwidth())
+    };
     let model_name = a
         .model
         .clone()

@@ -23,7 +23,7 @@ struct Cli {
     /// CPU threads (default: the physical cores this process may use).
     #[arg(long, global = true)]
     threads: Option<usize>,
-    /// KV cache element type: f16 (default, as llama.cpp) or f32.
+    /// KV cache element type: f16 (default, as llama.cpp), q8_0 (8.5 bits) or f32.
     #[arg(long, global = true, default_value = "f16", value_parser = parse_kv)]
     kv_type: suanli_backend::KvDType,
     #[command(subcommand)]
@@ -52,7 +52,7 @@ enum Cmd {
 
 fn parse_kv(s: &str) -> Result<suanli_backend::KvDType, String> {
     suanli_backend::KvDType::parse(s)
-        .ok_or_else(|| format!("{s:?} is not a KV cache type (f16, f32)"))
+        .ok_or_else(|| format!("{s:?} is not a KV cache type (f16, q8_0, f32)"))
 }
 
 fn main() {

@@ -192,13 +192,43 @@ fn max16(s: &[f32; BLOCK]) -> f32 {
 enum Tile<'a> {
     F32(&'a [f32]),
     F16(&'a [half::f16]),
+    /// Quants, and one scale per 32 values of a position (`Q8Tile`).
+    Q8(Q8Tile<'a>),
+}
+
+#[derive(Clone, Copy)]
+struct Q8Tile<'a> {
+    q: &'a [i8],
+    d: &'a [half::f16],
+    hd: usize,
+    /// A K tile (`[hd][BLOCK]`, scales `[hd / 32][BLOCK]`) rather than a V tile (`[BLOCK][hd]`,
+    /// scales `[BLOCK][hd / 32]`).
+    transposed: bool,
+}
+
+impl Q8Tile<'_> {
+    /// Index into `d` of element `i` of the tile.
+    #[inline(always)]
+    fn scale_of(&self, i: usize) -> usize {
+        if self.transposed {
+            (i / BLOCK / 32) * BLOCK + i % BLOCK
+        } else {
+            (i / self.hd) * (self.hd / 32) + (i % self.hd) / 32
+        }
+    }
 }
 
 impl<'a> Tile<'a> {
-    fn of(store: &'a KvStore, off: usize, len: usize) -> Tile<'a> {
+    fn of(store: &'a KvStore, off: usize, len: usize, hd: usize, transposed: bool) -> Tile<'a> {
         match store {
             KvStore::F32(v) => Tile::F32(&v[off..off + len]),
             KvStore::F16(v) => Tile::F16(&v[off..off + len]),
+            KvStore::Q8 { q, d } => Tile::Q8(Q8Tile {
+                q: &q[off..off + len],
+                d: &d[off / 32..(off + len) / 32],
+                hd,
+                transposed,
+            }),
         }
     }
 
@@ -207,6 +237,7 @@ impl<'a> Tile<'a> {
         match self {
             Tile::F32(v) => v[i],
             Tile::F16(v) => v[i].to_f32(),
+            Tile::Q8(t) => t.q[i] as f32 * t.d[t.scale_of(i)].to_f32(),
         }
     }
 }
@@ -269,7 +300,10 @@ fn attend<O: BlockOps>(job: &Job<'_>, acc: &mut [f32], st: &mut State) {
         }
         let n = BLOCK.min(job.len - p);
         let off = tile_start(blk as usize, job.kvh, spec);
-        let (kt, vt) = (Tile::of(ks, off, BLOCK * hd), Tile::of(vs, off, BLOCK * hd));
+        let (kt, vt) = (
+            Tile::of(ks, off, BLOCK * hd, hd, true),
+            Tile::of(vs, off, BLOCK * hd, hd, false),
+        );
         for h0 in (0..g).step_by(HEADS) {
             let h1 = (h0 + HEADS).min(g);
             let s = &mut st.w[h0..h1];

@@ -1,5 +1,6 @@
-//! The CPU backend. Weights stay memory-mapped in their file format and are dequantized row by
-//! row into a per-thread scratch buffer; kernels come from a table chosen by feature detection.
+//! The CPU backend. Quantized matrices are repacked at load for the AVX-512 kernels (`packed`)
+//! where the CPU has them; otherwise weights stay memory-mapped in their file format. Kernels
+//! come from a table chosen by feature detection.
 
 mod attention;
 pub mod kernels;
@@ -61,6 +62,12 @@ impl CpuWeight {
 pub enum KvStore {
     F32(Vec<f32>),
     F16(Vec<half::f16>),
+    /// Quants, and an f16 scale per 32 values of one position and head, tile by tile like the
+    /// values (scale `i / 32` of a K tile covers values `d..d+32` of one position).
+    Q8 {
+        q: Vec<i8>,
+        d: Vec<half::f16>,
+    },
 }
 
 pub struct CpuBackend {
@@ -270,11 +277,24 @@ impl Backend for CpuBackend {
                 ),
             ));
         }
+        if spec.dtype == KvDType::Q8_0 && spec.head_dim % 32 != 0 {
+            return Err(shape_err(
+                "alloc_kv",
+                format!(
+                    "a Q8_0 cache needs a head size divisible by 32, not {}",
+                    spec.head_dim
+                ),
+            ));
+        }
         let n = spec.slots().checked_mul(spec.kv_dim()).ok_or_else(oom)?;
         let store = || -> Result<KvStore> {
             Ok(match spec.dtype {
                 KvDType::F32 => KvStore::F32(try_zeroed(n, 0.0).ok_or_else(oom)?),
                 KvDType::F16 => KvStore::F16(try_zeroed(n, half::f16::ZERO).ok_or_else(oom)?),
+                KvDType::Q8_0 => KvStore::Q8 {
+                    q: try_zeroed(n, 0i8).ok_or_else(oom)?,
+                    d: try_zeroed(n / 32, half::f16::ZERO).ok_or_else(oom)?,
+                },
             })
         };
         let mut layers = Vec::with_capacity(spec.n_layers);
@@ -528,15 +548,25 @@ impl Backend for CpuBackend {
                 let kr = &k.buf[t * d + h * hd..t * d + (h + 1) * hd];
                 let vr = &v.buf[t * d + h * hd..t * d + (h + 1) * hd];
                 // K tile [hd][BLOCK] (transposed), V tile [BLOCK][hd].
+                let bs = attention::BLOCK;
                 match ks {
                     KvStore::F32(dst) => {
                         for (j, x) in kr.iter().enumerate() {
-                            dst[at + j * attention::BLOCK + o] = *x;
+                            dst[at + j * bs + o] = *x;
                         }
                     }
                     KvStore::F16(dst) => {
                         for (j, x) in kr.iter().enumerate() {
-                            dst[at + j * attention::BLOCK + o] = half::f16::from_f32(*x);
+                            dst[at + j * bs + o] = half::f16::from_f32(*x);
+                        }
+                    }
+                    KvStore::Q8 { q, d } => {
+                        for (c, chunk) in kr.chunks_exact(32).enumerate() {
+                            let (qs, scale) = kv_q8(chunk);
+                            d[at / 32 + c * bs + o] = scale;
+                            for (j, v) in qs.iter().enumerate() {
+                                q[at + (c * 32 + j) * bs + o] = *v;
+                            }
                         }
                     }
                 }
@@ -546,6 +576,13 @@ impl Backend for CpuBackend {
                     KvStore::F16(dst) => {
                         use half::slice::HalfFloatSliceExt;
                         dst[vo..vo + hd].convert_from_f32_slice(vr)
+                    }
+                    KvStore::Q8 { q, d } => {
+                        for (c, chunk) in vr.chunks_exact(32).enumerate() {
+                            let (qs, scale) = kv_q8(chunk);
+                            d[vo / 32 + c] = scale;
+                            q[vo + c * 32..vo + c * 32 + 32].copy_from_slice(&qs);
+                        }
                     }
                 }
             }
@@ -633,6 +670,13 @@ impl Backend for CpuBackend {
         matmul::matmul(&self.k, &self.pool, &xs, rows.len(), lm_head, None, out);
         Ok(())
     }
+}
+
+/// 32 cache values as Q8_0 (llama.cpp's rounding): quants and the f16 scale.
+pub(crate) fn kv_q8(x: &[f32]) -> ([i8; 32], half::f16) {
+    let mut b = [suanli_core::quant::q8::BlockQ8::default()];
+    suanli_core::quant::q8::quantize_q8(x, false, &mut b);
+    (b[0].qs, half::f16::from_f32(b[0].d))
 }
 
 fn try_zeroed<T: Clone>(n: usize, zero: T) -> Option<Vec<T>> {

@@ -40,7 +40,7 @@ fn tiled_attention_matches_a_two_pass_softmax() {
             .map(|p| s.block_table[p / BLOCK] * BLOCK as u32 + (p % BLOCK) as u32)
             .collect()
     };
-    for dtype in [KvDType::F32, KvDType::F16] {
+    for dtype in [KvDType::F32, KvDType::F16, KvDType::Q8_0] {
         for isa in Isa::available() {
             let b = CpuBackend::with_isa(Some(2), isa).unwrap();
             let spec = KvSpec {
@@ -57,6 +57,14 @@ fn tiled_attention_matches_a_two_pass_softmax() {
                 match dtype {
                     KvDType::F16 => v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect(),
                     KvDType::F32 => v,
+                    // Per 32 values of one position and head, as the cache quantizes them.
+                    KvDType::Q8_0 => v
+                        .chunks_exact(32)
+                        .flat_map(|c| {
+                            let (q, d) = crate::kv_q8(c);
+                            q.map(|x| x as f32 * d.to_f32())
+                        })
+                        .collect(),
                 }
             };
             let mut kvs = Vec::new();

@@ -3,7 +3,7 @@
 //! independent chains (one accumulator alone would wait on each FMA's latency). Inlined into
 //! callers built with the features.
 
-use super::{BlockOps, Tile, BLOCK, HEADS};
+use super::{BlockOps, Portable, Q8Tile, Tile, BLOCK, HEADS};
 use std::arch::x86_64::*;
 
 pub struct Avx2;
@@ -37,12 +37,26 @@ impl Elem for half::f16 {
     }
 }
 
-/// Calls `$f::<G, E>(args)` with G = the number of heads (1..=HEADS) and E the tile's type.
+/// Calls `$f::<G, E>(args)` with G = the number of heads (1..=HEADS) and E the tile's type;
+/// Q8 tiles go to `$q8`.
 macro_rules! by_heads {
-    ($f:ident, $g:expr, $tile:expr, |$t:ident| ($($arg:expr),*)) => {
+    ($f:ident, $q8:expr, $g:expr, $tile:expr, |$t:ident| ($($arg:expr),*)) => {
         match $tile {
             Tile::F32($t) => by_heads!(@g $f, f32, $g, ($($arg),*)),
             Tile::F16($t) => by_heads!(@g $f, half::f16, $g, ($($arg),*)),
+            Tile::Q8($t) => $q8($t),
+        }
+    };
+    (@q8 $f:ident, $g:expr, ($($arg:expr),*)) => {
+        match $g {
+            1 => $f::<1>($($arg),*),
+            2 => $f::<2>($($arg),*),
+            3 => $f::<3>($($arg),*),
+            4 => $f::<4>($($arg),*),
+            5 => $f::<5>($($arg),*),
+            6 => $f::<6>($($arg),*),
+            7 => $f::<7>($($arg),*),
+            _ => $f::<8>($($arg),*),
         }
     };
     (@g $f:ident, $e:ty, $g:expr, ($($arg:expr),*)) => {
@@ -64,12 +78,90 @@ const _: () = assert!(HEADS == 8 && BLOCK == 16);
 impl BlockOps for Avx512 {
     #[inline(always)]
     fn scores(q: &[f32], kt: Tile<'_>, s: &mut [[f32; BLOCK]]) {
-        by_heads!(scores512, s.len(), kt, |t| (q, t, s))
+        let g = s.len();
+        by_heads!(
+            scores512,
+            |t: Q8Tile<'_>| by_heads!(@q8 scores512_q8, g, (q, t, s)),
+            g,
+            kt,
+            |t| (q, t, s)
+        )
     }
 
     #[inline(always)]
     fn accumulate(acc: &mut [f32], w: &[[f32; BLOCK]], n: usize, vt: Tile<'_>) {
-        by_heads!(accumulate512, w.len(), vt, |t| (acc, w, n, t))
+        let g = w.len();
+        by_heads!(
+            accumulate512,
+            |t: Q8Tile<'_>| by_heads!(@q8 accumulate512_q8, g, (acc, w, n, t)),
+            g,
+            vt,
+            |t| (acc, w, n, t)
+        )
+    }
+}
+
+/// 16 quants → f32.
+#[inline(always)]
+unsafe fn i8x16(p: *const i8) -> __m512 {
+    _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p as *const __m128i)))
+}
+
+/// Scores from a Q8 K tile: per 32 dimensions, integer-valued partial sums then the 16
+/// positions' scales.
+#[inline(always)]
+fn scores512_q8<const G: usize>(q: &[f32], t: Q8Tile<'_>, s: &mut [[f32; BLOCK]]) {
+    let hd = t.hd;
+    assert!(s.len() == G && q.len() == G * hd && t.q.len() >= hd * BLOCK);
+    assert!(hd % 32 == 0 && t.d.len() >= hd / 32 * BLOCK);
+    // SAFETY: callers are built with AVX-512F/F16C; loads stay inside the tile (asserted).
+    unsafe {
+        let mut total = [_mm512_setzero_ps(); G];
+        for c in 0..hd / 32 {
+            let mut acc = [_mm512_setzero_ps(); G];
+            for d in c * 32..c * 32 + 32 {
+                let k = i8x16(t.q.as_ptr().add(d * BLOCK));
+                for (h, a) in acc.iter_mut().enumerate() {
+                    *a = _mm512_fmadd_ps(_mm512_set1_ps(*q.get_unchecked(h * hd + d)), k, *a);
+                }
+            }
+            let sc = half::f16::load16(t.d.as_ptr().add(c * BLOCK));
+            for (tt, a) in total.iter_mut().zip(acc) {
+                *tt = _mm512_fmadd_ps(a, sc, *tt);
+            }
+        }
+        for (a, o) in total.iter().zip(s.iter_mut()) {
+            _mm512_storeu_ps(o.as_mut_ptr(), *a);
+        }
+    }
+}
+
+/// Weighted V rows from a Q8 V tile: each 16-value piece of a row is scaled once, then meets
+/// every head.
+#[inline(always)]
+fn accumulate512_q8<const G: usize>(acc: &mut [f32], w: &[[f32; BLOCK]], n: usize, t: Q8Tile<'_>) {
+    let hd = t.hd;
+    assert!(w.len() == G && acc.len() == G * hd && n <= BLOCK && hd % 32 == 0);
+    assert!(t.q.len() >= n * hd && t.d.len() >= n * hd / 32);
+    // SAFETY: as above.
+    unsafe {
+        let o = acc.as_mut_ptr();
+        for c in (0..hd).step_by(16) {
+            let mut r = [_mm512_setzero_ps(); G];
+            for (h, x) in r.iter_mut().enumerate() {
+                *x = _mm512_loadu_ps(o.add(h * hd + c));
+            }
+            for i in 0..n {
+                let scale = t.d.get_unchecked(i * (hd / 32) + c / 32).to_f32();
+                let v = _mm512_mul_ps(i8x16(t.q.as_ptr().add(i * hd + c)), _mm512_set1_ps(scale));
+                for (h, x) in r.iter_mut().enumerate() {
+                    *x = _mm512_fmadd_ps(_mm512_set1_ps(w.get_unchecked(h)[i]), v, *x);
+                }
+            }
+            for (h, x) in r.iter().enumerate() {
+                _mm512_storeu_ps(o.add(h * hd + c), *x);
+            }
+        }
     }
 }
 
@@ -148,12 +240,25 @@ fn tail<E: Elem>(acc: &mut [f32], w: &[[f32; BLOCK]], n: usize, vt: &[E], hd: us
 impl BlockOps for Avx2 {
     #[inline(always)]
     fn scores(q: &[f32], kt: Tile<'_>, s: &mut [[f32; BLOCK]]) {
-        by_heads!(scores256, s.len(), kt, |t| (q, t, s))
+        // Q8 tiles: the portable loops (vectorized by the compiler in this build).
+        by_heads!(
+            scores256,
+            |_: Q8Tile<'_>| Portable::scores(q, kt, s),
+            s.len(),
+            kt,
+            |t| (q, t, s)
+        )
     }
 
     #[inline(always)]
     fn accumulate(acc: &mut [f32], w: &[[f32; BLOCK]], n: usize, vt: Tile<'_>) {
-        by_heads!(accumulate256, w.len(), vt, |t| (acc, w, n, t))
+        by_heads!(
+            accumulate256,
+            |_: Q8Tile<'_>| Portable::accumulate(acc, w, n, vt),
+            w.len(),
+            vt,
+            |t| (acc, w, n, t)
+        )
     }
 }
 

@@ -132,6 +132,9 @@ unsafe fn dots(
     acc
 }
 
+/// How far ahead of the sub-block being multiplied decode prefetches (bytes).
+const PREFETCH_AHEAD: usize = 2048;
+
 /// One group of 16 rows against tokens `t0..t0 + T`; `out` points at row 0 of the group for
 /// token t0, tokens `ostride` apart; only the first `valid` rows are written.
 #[inline(always)]
@@ -161,7 +164,16 @@ unsafe fn tile<const K: u8, const T: usize>(
         };
         for j in 0..nsub {
             let blk = sb * nsub + j;
-            let w = unpack::<K>(h.add(head + j * kd.sub_bytes()));
+            let p = h.add(head + j * kd.sub_bytes());
+            if T <= 2 {
+                // Decode streams the weights from memory with little work per byte: ask for
+                // the lines a few sub-blocks ahead so that enough misses are in flight.
+                let ahead = p.wrapping_add(PREFETCH_AHEAD);
+                for line in (0..kd.sub_bytes()).step_by(64) {
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line) as *const i8);
+                }
+            }
+            let w = unpack::<K>(p);
             let sc = h.add(kd.sc_at());
             let (s0, s1, mv) = match K {
                 Q4K | Q5K => (
