@@ -127,5 +127,18 @@ fn attention(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, membw, matmul, attention);
+/// One round trip through the thread pool (publish a job, every thread runs it, wait): what
+/// each matrix product pays on top of its work.
+fn pool(c: &mut Criterion) {
+    let p = suanli_cpu::pool::Pool::new(threads()).unwrap();
+    let mut g = c.benchmark_group("pool");
+    g.bench_function("run (empty job, all threads)", |bench| {
+        bench.iter(|| p.run(&|i, _| {
+            std::hint::black_box(i);
+        }))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, membw, pool, matmul, attention);
 criterion_main!(benches);

@@ -7,7 +7,9 @@
 //! `[BLOCK][head_dim]`. Each block: 16 scores per query head, their max, one vectorized exp,
 //! one rescale of the running sums, then the V rows weighted in.
 
-use crate::kernels::{Isa, Kernels};
+#[cfg(target_arch = "x86_64")]
+use crate::kernels::Isa;
+use crate::kernels::Kernels;
 use crate::pool::Pool;
 use crate::KvStore;
 
@@ -98,13 +100,12 @@ pub fn paged_attention(
                 scale: meta.scale,
             };
             match k.isa {
-                Isa::Generic => attend::<Portable>(&job, acc, &mut st),
                 // SAFETY: the levels were checked at detection.
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx2 => unsafe { attend_avx2(&job, acc, &mut st) },
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx512 => unsafe { attend_avx512(&job, acc, &mut st) },
-                #[cfg(not(target_arch = "x86_64"))]
+                // Generic, and NEON (whose baseline build the compiler vectorizes).
                 _ => attend::<Portable>(&job, acc, &mut st),
             }
         }

@@ -1,6 +1,6 @@
 //! Kernel table chosen at start-up by CPU feature detection. Each instruction-set file holds the
 //! same kernels as `generic.rs`, which is the oracle they are tested against.
-//! `SUANLI_CPU_ISA=generic|avx2` forces a level (never above what the CPU has).
+//! `SUANLI_CPU_ISA=generic|avx2|avx512|neon` forces a level (never one the CPU lacks).
 
 pub mod acts;
 #[cfg(target_arch = "x86_64")]
@@ -12,6 +12,8 @@ mod avx512;
 #[cfg(target_arch = "x86_64")]
 pub mod avx512_packed;
 mod generic;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 pub mod pacts;
 #[cfg(target_arch = "x86_64")]
 mod x86;
@@ -22,6 +24,8 @@ pub enum Isa {
     Avx2,
     /// AVX-512 F/BW/VL/DQ with VNNI (plus AVX2/FMA/F16C).
     Avx512,
+    /// aarch64 Advanced SIMD.
+    Neon,
 }
 
 impl Isa {
@@ -30,13 +34,17 @@ impl Isa {
             Isa::Generic => "generic",
             Isa::Avx2 => "avx2+fma+f16c",
             Isa::Avx512 => "avx512+vnni",
+            Isa::Neon => "neon",
         }
     }
 
     /// The levels this CPU can run, lowest first.
     pub fn available() -> Vec<Isa> {
-        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
         let mut v = vec![Isa::Generic];
+        #[cfg(target_arch = "aarch64")]
+        if std::arch::is_aarch64_feature_detected!("neon") {
+            v.push(Isa::Neon);
+        }
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2")
             && std::arch::is_x86_feature_detected!("fma")
@@ -81,11 +89,10 @@ impl Isa {
                     "generic" => Isa::Generic,
                     "avx2" => Isa::Avx2,
                     "avx512" => Isa::Avx512,
-                    other => {
-                        return Err(format!(
-                            "SUANLI_CPU_ISA={other} is not a known level (generic, avx2, avx512)"
-                        ))
-                    }
+                    "neon" => Isa::Neon,
+                    other => return Err(format!(
+                        "SUANLI_CPU_ISA={other} is not a known level (generic, avx2, avx512, neon)"
+                    )),
                 };
                 if avail.contains(&isa) {
                     Ok(isa)
@@ -159,8 +166,19 @@ impl Kernels {
                     run: avx512::rows_tokens,
                 }),
             },
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => Kernels {
+                isa,
+                dot: neon::dot,
+                axpy: neon::axpy,
+                dot_q8: neon::dot_q8,
+                dot_q8k: scalar::dot_q8k,
+                row_tokens: None,
+            },
             #[cfg(not(target_arch = "x86_64"))]
             Isa::Avx2 | Isa::Avx512 => unreachable!("x86 levels are never detected off x86_64"),
+            #[cfg(not(target_arch = "aarch64"))]
+            Isa::Neon => unreachable!("NEON is never detected off aarch64"),
         }
     }
 }

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The CPU kernels' tests (NEON level included) and the golden tiny-model tests for aarch64, run
+# under qemu-user: installs the Rust target, a cross linker and qemu when they are missing.
+# Prints "aarch64: toolchain unavailable" and exits 0 only when those cannot be installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+target=aarch64-unknown-linux-gnu
+
+have_tools() {
+  rustup target list --installed 2>/dev/null | grep -qx "$target" &&
+    command -v aarch64-linux-gnu-gcc >/dev/null && command -v qemu-aarch64 >/dev/null
+}
+if ! have_tools; then
+  rustup target add "$target" >/dev/null 2>&1 || true
+  if ! command -v aarch64-linux-gnu-gcc >/dev/null || ! command -v qemu-aarch64 >/dev/null; then
+    sudo_=""
+    [ "$(id -u)" -eq 0 ] || sudo_="sudo"
+    ($sudo_ apt-get update -q && $sudo_ apt-get install -y -q gcc-aarch64-linux-gnu qemu-user) >/dev/null 2>&1 || true
+  fi
+fi
+if ! have_tools; then
+  echo "aarch64: toolchain unavailable (rustup target, aarch64-linux-gnu-gcc or qemu-aarch64 missing)"
+  exit 0
+fi
+
+export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu"
+cargo test --release --locked --target "$target" -p suanli-core -p suanli-cpu
+cargo test --release --locked --target "$target" -p suanli-engine --test golden_tiny
