@@ -90,9 +90,11 @@ impl Isa {
                     "avx2" => Isa::Avx2,
                     "avx512" => Isa::Avx512,
                     "neon" => Isa::Neon,
-                    other => return Err(format!(
+                    other => {
+                        return Err(format!(
                         "SUANLI_CPU_ISA={other} is not a known level (generic, avx2, avx512, neon)"
-                    )),
+                    ))
+                    }
                 };
                 if avail.contains(&isa) {
                     Ok(isa)

@@ -40,14 +40,21 @@ fn fifth_bits(qh: u32, q: &mut [u8]) {
     }
 }
 
-pub fn superblock(k: Kind, b: &[u8]) -> Superblock {
-    let mut s = Superblock {
-        d: u16_at(b, 0),
-        second: 0,
-        sc: [0; 16],
-        mn: [0; 8],
-        q: [0; 256],
-    };
+impl Default for Superblock {
+    fn default() -> Self {
+        Superblock {
+            d: 0,
+            second: 0,
+            sc: [0; 16],
+            mn: [0; 8],
+            q: [0; 256],
+        }
+    }
+}
+
+/// Decode superblock `b` into `s` (reused across calls: every field a kind uses is written).
+pub fn superblock(k: Kind, b: &[u8], s: &mut Superblock) {
+    s.d = u16_at(b, 0);
     let qh32 = |at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
     match k {
         Kind::Q4_0 | Kind::IQ4NL => nibbles(&b[2..18], &mut s.q),
@@ -117,5 +124,4 @@ pub fn superblock(k: Kind, b: &[u8]) -> Superblock {
             }
         }
     }
-    s
 }

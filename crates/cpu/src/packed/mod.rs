@@ -251,12 +251,13 @@ impl Packed {
         };
         let sbb = dtype.block_bytes() * (kind.sb_cols() / dtype.block_elems());
         pool.split_mut(p.bytes_mut(), group_bytes, 4, &|g0, part| {
+            let mut d = decode::Superblock::default();
             for (gi, dst) in part.chunks_exact_mut(group_bytes).enumerate() {
                 let g = g0 + gi;
                 for r in 0..ROWS.min(rows - g * ROWS) {
                     let row = &raw[(g * ROWS + r) * rb..(g * ROWS + r + 1) * rb];
                     for (sb, src) in row.chunks_exact(sbb).enumerate() {
-                        let d = decode::superblock(kind, src);
+                        decode::superblock(kind, src, &mut d);
                         let at = sb * kind.sb_bytes();
                         place(kind, &d, r, &mut dst[at..at + kind.sb_bytes()]);
                     }
@@ -335,21 +336,39 @@ fn place(k: Kind, d: &decode::Superblock, r: usize, dst: &mut [u8]) {
     for i in 0..k.n_mn() {
         dst[k.mn_at() + i * ROWS + r] = d.mn[i];
     }
-    let q = &mut dst[k.head_bytes()..];
-    for c in 0..k.sb_cols() {
-        let sub = &mut q[(c / 32) * k.sub_bytes()..];
-        let (gi, i) = ((c % 32) / 4, c % 4);
-        let lane = r * 4 + i;
-        // IQ4 types keep their 4-bit index; the kernel looks the level up.
-        let u = d.q[c];
+    let planes = &mut dst[k.head_bytes()..];
+    // One 32-column sub-block at a time, each stored byte computed whole (IQ4 types keep their
+    // 4-bit index; the kernel looks the level up).
+    for (sub, q) in d.q[..k.sb_cols()].chunks_exact(32).enumerate() {
+        let out = &mut planes[sub * k.sub_bytes()..(sub + 1) * k.sub_bytes()];
+        let lane = r * 4;
         if k.bits() == 8 {
-            sub[gi * 64 + lane] = u;
+            for g in 0..8 {
+                out[g * 64 + lane..g * 64 + lane + 4].copy_from_slice(&q[4 * g..4 * g + 4]);
+            }
             continue;
         }
-        sub[(gi % 4) * 64 + lane] |= (u & 0xF) << (4 * (gi / 4));
+        for j in 0..4 {
+            for i in 0..4 {
+                out[j * 64 + lane + i] = (q[4 * j + i] & 0xF) | ((q[16 + 4 * j + i] & 0xF) << 4);
+            }
+        }
         match k.bits() {
-            5 => sub[256 + lane] |= ((u >> 4) & 1) << gi,
-            6 => sub[256 + (gi / 4) * 64 + lane] |= ((u >> 4) & 3) << (2 * (gi % 4)),
+            5 => {
+                for i in 0..4 {
+                    out[256 + lane + i] =
+                        (0..8).fold(0u8, |b, g| b | (((q[4 * g + i] >> 4) & 1) << g));
+                }
+            }
+            6 => {
+                for h in 0..2 {
+                    for i in 0..4 {
+                        out[256 + h * 64 + lane + i] = (0..4).fold(0u8, |b, s| {
+                            b | (((q[4 * (4 * h + s) + i] >> 4) & 3) << (2 * s))
+                        });
+                    }
+                }
+            }
             _ => {}
         }
     }
