@@ -46,6 +46,11 @@ impl BlockAllocator {
         Ok(blocks)
     }
 
+    /// Owners of block `b`.
+    pub fn refs(&self, b: u32) -> u32 {
+        self.refs[b as usize]
+    }
+
     /// Share a block (prefix sharing): one more owner.
     pub fn retain(&mut self, b: u32) {
         self.refs[b as usize] += 1;

@@ -5,6 +5,7 @@
 pub mod kv;
 pub mod perplexity;
 pub mod sampler;
+pub mod scheduler;
 pub mod session;
 pub mod stop;
 

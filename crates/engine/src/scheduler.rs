@@ -1,0 +1,462 @@
+//! Continuous batching over the paged KV cache, on plain data: which sequences run in a step,
+//! which of their tokens are fed, which KV blocks they live in. It never sees a tensor; the
+//! engine loop turns a `Step` into a `BatchPlan` (`Step::plan`), runs the model, samples, and
+//! reports the new tokens back (`Scheduler::complete`). Tests drive it with a fake executor.
+//!
+//! Policy, per step: every running sequence that has its whole context in the cache decodes one
+//! token; the remaining token budget goes to prompts in chunks (a long prompt is spread over
+//! steps, so it never stalls the others' decoding); waiting sequences are admitted in arrival
+//! order while the batch has room and the cache has blocks. When a growing sequence finds no
+//! free block, the most recently admitted sequence is preempted: its blocks are freed and it goes
+//! back to the front of the queue to be recomputed later (nothing it produced is lost).
+//!
+//! Prefix caching: every full block of a prompt is registered under a hash of all tokens up to
+//! its end, so a later prompt with the same start reuses those blocks (reference counted) and
+//! skips computing them. Cached blocks nobody uses are evicted, oldest first, when the allocator
+//! runs short.
+
+use crate::kv::BlockAllocator;
+use std::collections::{HashMap, VecDeque};
+use suanli_backend::{AttnSeq, BatchPlan};
+
+pub type SeqId = u64;
+
+#[derive(Clone, Debug)]
+pub struct SchedConfig {
+    /// Sequences in one step.
+    pub max_batch: usize,
+    /// Tokens fed in one step (decode tokens plus prompt chunks).
+    pub max_step_tokens: usize,
+    /// Requests allowed to wait (beyond that, `submit` refuses).
+    pub max_queue: usize,
+    pub block_size: usize,
+    pub num_blocks: usize,
+    /// Longest context (prompt + generated) of one sequence.
+    pub max_ctx: usize,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SubmitError {
+    #[error("the queue is full ({0} requests waiting)")]
+    QueueFull(usize),
+    #[error(
+        "the request needs {needed} tokens of context, more than the {max} this server allows"
+    )]
+    TooLong { needed: usize, max: usize },
+    #[error("the request needs {needed} KV blocks, more than the cache's {total}")]
+    TooBig { needed: usize, total: usize },
+    #[error("the prompt is empty")]
+    Empty,
+    #[error("sequence {0} already exists")]
+    Duplicate(SeqId),
+}
+
+/// One sequence's share of a step: `tokens` are fed at positions `start..start + len`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StepItem {
+    pub seq: SeqId,
+    pub tokens: Vec<u32>,
+    pub start: usize,
+    pub block_table: Vec<u32>,
+    /// The step ends this sequence's prompt (or is a decode step): sample from its last row.
+    pub sample: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Step {
+    pub items: Vec<StepItem>,
+}
+
+impl Step {
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    pub fn n_tokens(&self) -> usize {
+        self.items.iter().map(|i| i.tokens.len()).sum()
+    }
+
+    /// The model's batch plan: rows grouped by sequence, logits for each sampling row.
+    pub fn plan(&self, block_size: usize) -> BatchPlan {
+        let mut p = BatchPlan::default();
+        for it in &self.items {
+            let q_start = p.tokens.len();
+            for (i, &t) in it.tokens.iter().enumerate() {
+                let pos = it.start + i;
+                p.tokens.push(t);
+                p.positions.push(pos as u32);
+                p.slots.push(
+                    it.block_table[pos / block_size] * block_size as u32
+                        + (pos % block_size) as u32,
+                );
+            }
+            p.seqs.push(AttnSeq {
+                q_start,
+                q_len: it.tokens.len(),
+                ctx_len: it.start + it.tokens.len(),
+                block_table: it.block_table.clone(),
+            });
+            if it.sample {
+                p.logits_rows.push((p.tokens.len() - 1) as u32);
+            }
+        }
+        p
+    }
+}
+
+struct Seq {
+    id: SeqId,
+    /// Prompt, then generated tokens.
+    tokens: Vec<u32>,
+    prompt_len: usize,
+    /// Tokens whose K/V are in the cache.
+    cached: usize,
+    blocks: Vec<u32>,
+    /// Prompt blocks already registered in the prefix cache.
+    registered: usize,
+    /// Prompt tokens found in the prefix cache at admission (reported as cached tokens).
+    prefix_hit: usize,
+}
+
+impl Seq {
+    fn ctx(&self) -> usize {
+        self.tokens.len()
+    }
+}
+
+/// What `complete` tells the caller about each sequence in the step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Progress {
+    pub seq: SeqId,
+    /// Prompt tokens served from the prefix cache (known once the prompt is done).
+    pub cached_prompt_tokens: usize,
+}
+
+pub struct Scheduler {
+    cfg: SchedConfig,
+    alloc: BlockAllocator,
+    waiting: VecDeque<Seq>,
+    running: Vec<Seq>,
+    /// Hash of the tokens up to a block's end → the block (the cache holds one reference).
+    prefix: HashMap<u64, u32>,
+    /// Registered blocks, oldest first (for eviction).
+    prefix_order: VecDeque<(u64, u32)>,
+    prefix_hits: u64,
+    preemptions: u64,
+}
+
+/// FNV-1a over the tokens, chained so a block's key covers its whole prefix.
+fn chain_hash(prev: u64, tokens: &[u32]) -> u64 {
+    let mut h = prev ^ 0xcbf2_9ce4_8422_2325;
+    for &t in tokens {
+        for b in t.to_le_bytes() {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    h
+}
+
+impl Scheduler {
+    pub fn new(cfg: SchedConfig) -> Scheduler {
+        Scheduler {
+            alloc: BlockAllocator::new(cfg.num_blocks),
+            cfg,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            prefix: HashMap::new(),
+            prefix_order: VecDeque::new(),
+            prefix_hits: 0,
+            preemptions: 0,
+        }
+    }
+
+    pub fn config(&self) -> &SchedConfig {
+        &self.cfg
+    }
+
+    pub fn running(&self) -> usize {
+        self.running.len()
+    }
+
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Blocks held by sequences or the prefix cache.
+    pub fn blocks_used(&self) -> usize {
+        self.alloc.total() - self.alloc.free_count()
+    }
+
+    /// Blocks held only by the prefix cache (free for the taking).
+    pub fn blocks_cached_idle(&self) -> usize {
+        self.prefix_order
+            .iter()
+            .filter(|(_, b)| self.alloc.refs(*b) == 1)
+            .count()
+    }
+
+    pub fn prefix_hits(&self) -> u64 {
+        self.prefix_hits
+    }
+
+    /// Sequences sent back to the queue for lack of blocks, so far.
+    pub fn preemptions(&self) -> u64 {
+        self.preemptions
+    }
+
+    /// Queue a request. `max_new` bounds what it may generate (for the context check).
+    pub fn submit(
+        &mut self,
+        id: SeqId,
+        prompt: Vec<u32>,
+        max_new: usize,
+    ) -> Result<(), SubmitError> {
+        if prompt.is_empty() {
+            return Err(SubmitError::Empty);
+        }
+        if self.waiting.iter().chain(&self.running).any(|s| s.id == id) {
+            return Err(SubmitError::Duplicate(id));
+        }
+        let needed = prompt.len().saturating_add(max_new);
+        if needed > self.cfg.max_ctx {
+            return Err(SubmitError::TooLong {
+                needed,
+                max: self.cfg.max_ctx,
+            });
+        }
+        let blocks = needed.div_ceil(self.cfg.block_size);
+        if blocks > self.cfg.num_blocks {
+            return Err(SubmitError::TooBig {
+                needed: blocks,
+                total: self.cfg.num_blocks,
+            });
+        }
+        if self.waiting.len() >= self.cfg.max_queue {
+            return Err(SubmitError::QueueFull(self.waiting.len()));
+        }
+        self.waiting.push_back(Seq {
+            id,
+            prompt_len: prompt.len(),
+            tokens: prompt,
+            cached: 0,
+            blocks: Vec::new(),
+            registered: 0,
+            prefix_hit: 0,
+        });
+        Ok(())
+    }
+
+    /// Drop a sequence (finished, cancelled or disconnected): its blocks are freed at once.
+    /// Returns whether it existed.
+    pub fn finish(&mut self, id: SeqId) -> bool {
+        if let Some(i) = self.running.iter().position(|s| s.id == id) {
+            let s = self.running.remove(i);
+            self.alloc.release(&s.blocks);
+            return true;
+        }
+        if let Some(i) = self.waiting.iter().position(|s| s.id == id) {
+            let s = self.waiting.remove(i).expect("index from position");
+            self.alloc.release(&s.blocks);
+            return true;
+        }
+        false
+    }
+
+    /// `n` blocks, evicting idle prefix-cache blocks (oldest first) when the free list is short.
+    fn take_blocks(&mut self, n: usize) -> Option<Vec<u32>> {
+        while self.alloc.free_count() < n {
+            let idle = self
+                .prefix_order
+                .iter()
+                .position(|(_, b)| self.alloc.refs(*b) == 1)?;
+            let (h, b) = self.prefix_order.remove(idle).expect("index from position");
+            self.prefix.remove(&h);
+            self.alloc.release(&[b]);
+        }
+        self.alloc.alloc(n).ok()
+    }
+
+    /// Reuse cached blocks for the start of a new sequence's prompt. At least one prompt token
+    /// is always left to compute (its logits are needed).
+    fn attach_prefix(&mut self, s: &mut Seq) {
+        let bs = self.cfg.block_size;
+        let mut h = 0;
+        let full = (s.prompt_len - 1) / bs;
+        for b in 0..full {
+            h = chain_hash(h, &s.tokens[b * bs..(b + 1) * bs]);
+            match self.prefix.get(&h) {
+                Some(&blk) => {
+                    self.alloc.retain(blk);
+                    s.blocks.push(blk);
+                }
+                None => break,
+            }
+        }
+        s.cached = s.blocks.len() * bs;
+        s.registered = s.blocks.len();
+        s.prefix_hit = s.cached;
+        if s.prefix_hit > 0 {
+            self.prefix_hits += 1;
+        }
+    }
+
+    /// Register the sequence's newly completed prompt blocks in the prefix cache.
+    fn register_prefix(&mut self, idx: usize) {
+        let bs = self.cfg.block_size;
+        let s = &self.running[idx];
+        let full = s.cached.min(s.prompt_len) / bs;
+        if full <= s.registered {
+            return;
+        }
+        let mut h = 0;
+        for b in 0..full {
+            h = chain_hash(h, &s.tokens[b * bs..(b + 1) * bs]);
+            if b < s.registered || self.prefix.contains_key(&h) {
+                continue;
+            }
+            let blk = s.blocks[b];
+            self.prefix.insert(h, blk);
+            self.prefix_order.push_back((h, blk));
+            self.alloc.retain(blk);
+        }
+        self.running[idx].registered = full;
+    }
+
+    /// Preempt the most recently admitted running sequence other than `keep`: free its blocks
+    /// and put it back at the head of the queue. Returns false when there is none.
+    fn preempt(&mut self, keep: SeqId) -> bool {
+        let Some(i) = self.running.iter().rposition(|s| s.id != keep) else {
+            return false;
+        };
+        self.requeue(i);
+        true
+    }
+
+    /// Make sure sequence `idx` has blocks for `len` tokens, preempting others if needed.
+    /// False when even preemption cannot make room (the sequence itself is then preempted).
+    fn grow(&mut self, id: SeqId, len: usize) -> bool {
+        let bs = self.cfg.block_size;
+        loop {
+            let Some(idx) = self.running.iter().position(|s| s.id == id) else {
+                return false;
+            };
+            let need = len
+                .div_ceil(bs)
+                .saturating_sub(self.running[idx].blocks.len());
+            if need == 0 {
+                return true;
+            }
+            if let Some(b) = self.take_blocks(need) {
+                self.running[idx].blocks.extend(b);
+                return true;
+            }
+            if !self.preempt(id) {
+                // Alone and still no room: wait for blocks to come back.
+                self.requeue(idx);
+                return false;
+            }
+        }
+    }
+
+    /// Send running sequence `idx` back to the head of the queue, its blocks freed (it will be
+    /// recomputed, prompt and generated tokens alike).
+    fn requeue(&mut self, idx: usize) {
+        let mut s = self.running.remove(idx);
+        self.alloc.release(&s.blocks);
+        s.blocks.clear();
+        s.cached = 0;
+        s.registered = 0;
+        self.waiting.push_front(s);
+        self.preemptions += 1;
+    }
+
+    /// Decide the next step.
+    pub fn schedule(&mut self) -> Step {
+        let mut budget = self.cfg.max_step_tokens.max(1);
+        let mut step = Step::default();
+        // Admit waiting sequences, in order, while the batch has room and the cache has blocks
+        // for the whole context (so that an admitted sequence is not preempted right away; the
+        // first one always gets in).
+        while self.running.len() < self.cfg.max_batch {
+            let Some(front) = self.waiting.front() else {
+                break;
+            };
+            let need = front.ctx().div_ceil(self.cfg.block_size) + 1;
+            if !self.running.is_empty()
+                && self.alloc.free_count() + self.blocks_cached_idle() < need
+            {
+                break;
+            }
+            let mut s = self.waiting.pop_front().expect("front exists");
+            if s.blocks.is_empty() && s.cached == 0 {
+                self.attach_prefix(&mut s);
+            }
+            self.running.push(s);
+        }
+        // Decodes first (one token each), then prompt chunks in admission order.
+        let ids: Vec<SeqId> = self.running.iter().map(|s| s.id).collect();
+        let mut order: Vec<SeqId> = ids
+            .iter()
+            .copied()
+            .filter(|id| self.seq(*id).is_some_and(|s| s.cached + 1 == s.ctx()))
+            .collect();
+        order.extend(
+            ids.iter()
+                .copied()
+                .filter(|id| self.seq(*id).is_some_and(|s| s.cached + 1 < s.ctx())),
+        );
+        for id in order {
+            if budget == 0 {
+                break;
+            }
+            let Some(s) = self.seq(id) else { continue };
+            let (start, end) = (s.cached, (s.cached + budget).min(s.ctx()));
+            if !self.grow(id, end) {
+                continue;
+            }
+            let Some(s) = self.seq(id) else { continue };
+            budget -= end - start;
+            step.items.push(StepItem {
+                seq: id,
+                tokens: s.tokens[start..end].to_vec(),
+                start,
+                block_table: s.blocks.clone(),
+                sample: end == s.ctx(),
+            });
+        }
+        // A sequence preempted after it was planned must not run.
+        step.items.retain(|it| self.seq(it.seq).is_some());
+        step
+    }
+
+    fn seq(&self, id: SeqId) -> Option<&Seq> {
+        self.running.iter().find(|s| s.id == id)
+    }
+
+    /// The step ran: its tokens are in the cache; `sampled` gives each sampling sequence's new
+    /// token (the caller then decides whether it finished and calls `finish`).
+    pub fn complete(&mut self, step: &Step, sampled: &[(SeqId, u32)]) -> Vec<Progress> {
+        let mut out = Vec::new();
+        for it in &step.items {
+            let Some(idx) = self.running.iter().position(|s| s.id == it.seq) else {
+                continue;
+            };
+            self.running[idx].cached = it.start + it.tokens.len();
+            self.register_prefix(idx);
+            if it.sample {
+                if let Some(&(_, t)) = sampled.iter().find(|(id, _)| *id == it.seq) {
+                    self.running[idx].tokens.push(t);
+                }
+            }
+            out.push(Progress {
+                seq: it.seq,
+                cached_prompt_tokens: self.running[idx].prefix_hit,
+            });
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests;

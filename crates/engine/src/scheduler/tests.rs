@@ -1,0 +1,238 @@
+//! The scheduler against a fake model whose next token is a hash of the context it reads back
+//! through the block tables from a fake KV cache: a wrong block table, a stale shared block or a
+//! lost token after preemption changes the answer, which must equal the one computed alone.
+
+use super::*;
+
+struct FakeModel {
+    block_size: usize,
+    /// slot → token whose K/V the slot holds.
+    kv: HashMap<u32, u32>,
+    computed: usize,
+}
+
+fn next_token(ctx: &[u32]) -> u32 {
+    (chain_hash(7, ctx) % 1000) as u32 + 1
+}
+
+impl FakeModel {
+    fn new(block_size: usize) -> FakeModel {
+        FakeModel {
+            block_size,
+            kv: HashMap::new(),
+            computed: 0,
+        }
+    }
+
+    fn slot(&self, table: &[u32], pos: usize) -> u32 {
+        table[pos / self.block_size] * self.block_size as u32 + (pos % self.block_size) as u32
+    }
+
+    fn run(&mut self, step: &Step) -> Vec<(SeqId, u32)> {
+        // The plan the real model would get must agree with the items.
+        let plan = step.plan(self.block_size);
+        assert_eq!(plan.tokens.len(), step.n_tokens());
+        let mut out = Vec::new();
+        for it in &step.items {
+            for (i, &t) in it.tokens.iter().enumerate() {
+                let s = self.slot(&it.block_table, it.start + i);
+                self.kv.insert(s, t);
+            }
+            self.computed += it.tokens.len();
+            if it.sample {
+                let end = it.start + it.tokens.len();
+                let ctx: Vec<u32> = (0..end)
+                    .map(|p| self.kv[&self.slot(&it.block_table, p)])
+                    .collect();
+                out.push((it.seq, next_token(&ctx)));
+            }
+        }
+        out
+    }
+}
+
+fn cfg(num_blocks: usize) -> SchedConfig {
+    SchedConfig {
+        max_batch: 4,
+        max_step_tokens: 24,
+        max_queue: 16,
+        block_size: 8,
+        num_blocks,
+        max_ctx: 256,
+    }
+}
+
+/// Run requests `(prompt, max_new)` to completion; returns each generation and the steps taken.
+fn serve(c: SchedConfig, reqs: &[(Vec<u32>, usize)]) -> (Vec<Vec<u32>>, Vec<Step>, Scheduler) {
+    let mut s = Scheduler::new(c.clone());
+    let mut m = FakeModel::new(c.block_size);
+    let mut out = vec![Vec::new(); reqs.len()];
+    for (i, (p, n)) in reqs.iter().enumerate() {
+        s.submit(i as u64, p.clone(), *n).unwrap();
+    }
+    let mut steps = Vec::new();
+    let mut done = 0;
+    while done < reqs.len() {
+        let step = s.schedule();
+        assert!(!step.is_empty(), "no progress with work pending");
+        assert!(step.n_tokens() <= c.max_step_tokens && step.items.len() <= c.max_batch);
+        let sampled = m.run(&step);
+        s.complete(&step, &sampled);
+        for (id, t) in sampled {
+            let o = &mut out[id as usize];
+            o.push(t);
+            if o.len() == reqs[id as usize].1 {
+                assert!(s.finish(id));
+                done += 1;
+            }
+        }
+        steps.push(step);
+        assert!(steps.len() < 10_000);
+    }
+    (out, steps, s)
+}
+
+fn prompt(len: usize, seed: u32) -> Vec<u32> {
+    (0..len as u32)
+        .map(|i| (i * 31 + seed * 7) % 500 + 1)
+        .collect()
+}
+
+fn alone(p: &[u32], n: usize) -> Vec<u32> {
+    let mut ctx = p.to_vec();
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let t = next_token(&ctx);
+        out.push(t);
+        ctx.push(t);
+    }
+    out
+}
+
+#[test]
+fn batched_answers_equal_answers_alone() {
+    let reqs: Vec<(Vec<u32>, usize)> = (0..7)
+        .map(|i| (prompt(5 + 9 * i, i as u32), 3 + i))
+        .collect();
+    let (out, _, s) = serve(cfg(64), &reqs);
+    for (i, (p, n)) in reqs.iter().enumerate() {
+        assert_eq!(out[i], alone(p, *n), "request {i}");
+    }
+    assert_eq!(s.running() + s.waiting(), 0);
+    // Only idle prefix-cache blocks remain.
+    assert_eq!(s.blocks_used(), s.blocks_cached_idle());
+}
+
+#[test]
+fn long_prompts_are_chunked_and_never_stall_decoding() {
+    let reqs = vec![(prompt(6, 1), 30), (prompt(200, 2), 2)];
+    let (out, steps, _) = serve(cfg(64), &reqs);
+    assert_eq!(out[1], alone(&reqs[1].0, 2));
+    // Once request 0 decodes, every step until it finishes carries its token.
+    let first = steps
+        .iter()
+        .position(|s| s.items.iter().any(|i| i.seq == 0 && i.tokens.len() == 1))
+        .unwrap();
+    for s in &steps[first..first + 20] {
+        assert!(
+            s.items.iter().any(|i| i.seq == 0),
+            "request 0 skipped a step"
+        );
+    }
+    // The long prompt took several steps.
+    assert!(
+        steps
+            .iter()
+            .filter(|s| s.items.iter().any(|i| i.seq == 1 && i.tokens.len() > 1))
+            .count()
+            >= 8
+    );
+}
+
+#[test]
+fn shared_prefixes_are_computed_once() {
+    let base = prompt(40, 3);
+    let mut other = base.clone();
+    other.extend([9, 9, 9]);
+    let c = cfg(64);
+    let mut s = Scheduler::new(c.clone());
+    let mut m = FakeModel::new(c.block_size);
+    s.submit(0, base.clone(), 2).unwrap();
+    // Run the first to completion.
+    let mut got0 = Vec::new();
+    while got0.len() < 2 {
+        let st = s.schedule();
+        let sm = m.run(&st);
+        s.complete(&st, &sm);
+        got0.extend(sm.iter().map(|x| x.1));
+    }
+    s.finish(0);
+    let before = m.computed;
+    s.submit(1, other.clone(), 2).unwrap();
+    let mut got1 = Vec::new();
+    let mut cached = 0;
+    while got1.len() < 2 {
+        let st = s.schedule();
+        let sm = m.run(&st);
+        for p in s.complete(&st, &sm) {
+            cached = p.cached_prompt_tokens;
+        }
+        got1.extend(sm.iter().map(|x| x.1));
+    }
+    assert_eq!(got0, alone(&base, 2));
+    assert_eq!(got1, alone(&other, 2));
+    // 40 shared tokens = 5 full blocks of 8.
+    assert_eq!(cached, 40);
+    assert_eq!(m.computed - before, other.len() - 40 + 1);
+    assert_eq!(s.prefix_hits(), 1);
+}
+
+#[test]
+fn a_full_cache_preempts_and_recomputes_without_changing_answers() {
+    // 12 blocks of 8 = 96 slots for 4 sequences that grow to 60 tokens each.
+    let reqs: Vec<(Vec<u32>, usize)> = (0..4).map(|i| (prompt(20, 10 + i as u32), 40)).collect();
+    let (out, _, s) = serve(cfg(12), &reqs);
+    for (i, (p, n)) in reqs.iter().enumerate() {
+        assert_eq!(out[i], alone(p, *n), "request {i}");
+    }
+    assert!(s.preemptions() > 0, "the cache was meant to run out");
+    assert_eq!(s.blocks_used(), s.blocks_cached_idle());
+}
+
+#[test]
+fn cancelling_frees_blocks_at_once() {
+    let c = cfg(64);
+    let mut s = Scheduler::new(c.clone());
+    let mut m = FakeModel::new(c.block_size);
+    s.submit(1, prompt(30, 1), 50).unwrap();
+    s.submit(2, prompt(30, 2), 50).unwrap();
+    for _ in 0..3 {
+        let st = s.schedule();
+        let sm = m.run(&st);
+        s.complete(&st, &sm);
+    }
+    assert!(s.blocks_used() > 0);
+    assert!(s.finish(1) && s.finish(2));
+    assert!(!s.finish(2));
+    assert_eq!((s.running(), s.waiting()), (0, 0));
+    assert_eq!(s.blocks_used(), s.blocks_cached_idle());
+}
+
+#[test]
+fn refuses_what_it_cannot_hold() {
+    let mut c = cfg(4);
+    c.max_queue = 1;
+    let mut s = Scheduler::new(c);
+    assert_eq!(s.submit(0, vec![], 1), Err(SubmitError::Empty));
+    assert!(matches!(
+        s.submit(0, prompt(300, 1), 1),
+        Err(SubmitError::TooLong { .. })
+    ));
+    assert!(matches!(
+        s.submit(0, prompt(40, 1), 1),
+        Err(SubmitError::TooBig { .. })
+    ));
+    s.submit(0, prompt(4, 1), 1).unwrap();
+    assert_eq!(s.submit(0, prompt(4, 1), 1), Err(SubmitError::Duplicate(0)));
+    assert_eq!(s.submit(1, prompt(4, 1), 1), Err(SubmitError::QueueFull(1)));
+}
