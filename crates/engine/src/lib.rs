@@ -2,6 +2,7 @@
 //! It sees tokens and plain batch plans, never tensors.
 #![forbid(unsafe_code)]
 
+pub mod batch;
 pub mod kv;
 pub mod perplexity;
 pub mod sampler;

@@ -1,0 +1,191 @@
+//! Many sequences at once: the scheduler's steps run through the model as one batch each, every
+//! sampling row is sampled with its own request's sampler, and what happened comes back as
+//! events. A server's engine thread owns one `BatchEngine` and calls `step` while there is work.
+//!
+//! Batch invariance: every kernel computes a token's row independently of the other rows in the
+//! step (activations are quantized per token, integer sums are exact, and each row's float
+//! accumulation order does not depend on the tile it lands in), so a greedy answer is the same
+//! whatever else shares the batch — tested below against answers computed one at a time.
+
+use crate::sampler::{Sampler, SamplingParams};
+use crate::scheduler::{SchedConfig, Scheduler, SeqId, Step, SubmitError};
+use crate::session::FinishReason;
+use std::collections::HashMap;
+use suanli_backend::{Backend, BackendError, KvDType, KvPages};
+use suanli_models::{Model, Scratch};
+
+pub struct Request {
+    pub prompt: Vec<u32>,
+    pub params: SamplingParams,
+    pub max_tokens: usize,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// A new token (never an end-of-generation token).
+    Token(u32),
+    Done {
+        reason: FinishReason,
+        prompt_tokens: usize,
+        cached_tokens: usize,
+        completion_tokens: usize,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    #[error(transparent)]
+    Submit(#[from] SubmitError),
+    #[error("token id {id} is outside the vocabulary of {vocab}")]
+    BadToken { id: u32, vocab: usize },
+    #[error("max_tokens must be at least 1")]
+    NoTokens,
+}
+
+struct SeqState {
+    sampler: Sampler,
+    history: Vec<u32>,
+    prompt_len: usize,
+    generated: usize,
+    max_tokens: usize,
+    cached_tokens: usize,
+}
+
+pub struct BatchEngine<B: Backend> {
+    pub backend: B,
+    pub model: Model<B>,
+    kv: KvPages<B::KvBuffer>,
+    scratch: Scratch<B>,
+    sched: Scheduler,
+    seqs: HashMap<SeqId, SeqState>,
+    eog: Vec<u32>,
+    logits: Vec<f32>,
+}
+
+impl<B: Backend> BatchEngine<B> {
+    /// `cfg.num_blocks` blocks of `cfg.block_size` positions are allocated for the KV cache;
+    /// the scratch holds `cfg.max_step_tokens` rows. `eog`: tokens that end a generation.
+    pub fn new(
+        backend: B,
+        model: Model<B>,
+        cfg: SchedConfig,
+        kv_dtype: KvDType,
+        eog: Vec<u32>,
+    ) -> Result<BatchEngine<B>, BackendError> {
+        let kv = backend.alloc_kv(model.kv_spec(cfg.num_blocks, cfg.block_size, kv_dtype))?;
+        let scratch = model.alloc_scratch(&backend, cfg.max_step_tokens.max(1))?;
+        Ok(BatchEngine {
+            backend,
+            model,
+            kv,
+            scratch,
+            sched: Scheduler::new(cfg),
+            seqs: HashMap::new(),
+            eog,
+            logits: Vec::new(),
+        })
+    }
+
+    pub fn scheduler(&self) -> &Scheduler {
+        &self.sched
+    }
+
+    /// Sequences admitted or waiting.
+    pub fn active(&self) -> usize {
+        self.seqs.len()
+    }
+
+    pub fn submit(&mut self, id: SeqId, req: Request) -> Result<(), BatchError> {
+        let vocab = self.model.vocab_size();
+        if let Some(&id) = req.prompt.iter().find(|&&t| t as usize >= vocab) {
+            return Err(BatchError::BadToken { id, vocab });
+        }
+        if req.max_tokens == 0 {
+            return Err(BatchError::NoTokens);
+        }
+        self.sched.submit(id, req.prompt.clone(), req.max_tokens)?;
+        self.seqs.insert(
+            id,
+            SeqState {
+                sampler: Sampler::new(req.params),
+                prompt_len: req.prompt.len(),
+                history: req.prompt,
+                generated: 0,
+                max_tokens: req.max_tokens,
+                cached_tokens: 0,
+            },
+        );
+        Ok(())
+    }
+
+    /// Drop a sequence now (client gone, stop string seen): its KV blocks are freed.
+    pub fn cancel(&mut self, id: SeqId) -> bool {
+        self.seqs.remove(&id);
+        self.sched.finish(id)
+    }
+
+    /// Run one step. Returns the events of the sequences that sampled; an empty list when
+    /// there was nothing to do.
+    pub fn step(&mut self) -> Result<Vec<(SeqId, Event)>, BackendError> {
+        let step: Step = self.sched.schedule();
+        if step.is_empty() {
+            return Ok(Vec::new());
+        }
+        let bs = self.sched.config().block_size;
+        let plan = step.plan(bs);
+        let vocab = self.model.vocab_size();
+        self.logits.resize(plan.logits_rows.len() * vocab, 0.0);
+        self.model.forward(
+            &self.backend,
+            &plan,
+            &mut self.kv,
+            &mut self.scratch,
+            &mut self.logits,
+        )?;
+        let mut sampled = Vec::new();
+        let mut events = Vec::new();
+        let mut done = Vec::new();
+        let mut row = 0;
+        for it in step.items.iter().filter(|it| it.sample) {
+            let logits = &mut self.logits[row * vocab..(row + 1) * vocab];
+            row += 1;
+            let Some(st) = self.seqs.get_mut(&it.seq) else {
+                continue;
+            };
+            let tok = st.sampler.sample(logits, &st.history);
+            sampled.push((it.seq, tok));
+            let ctx_full = st.history.len() + 1 >= self.sched.config().max_ctx;
+            let reason = if self.eog.contains(&tok) {
+                Some(FinishReason::Stop)
+            } else {
+                st.history.push(tok);
+                st.generated += 1;
+                events.push((it.seq, Event::Token(tok)));
+                (st.generated >= st.max_tokens || ctx_full).then_some(FinishReason::Length)
+            };
+            if let Some(reason) = reason {
+                done.push((it.seq, reason));
+            }
+        }
+        for p in self.sched.complete(&step, &sampled) {
+            if let Some(st) = self.seqs.get_mut(&p.seq) {
+                st.cached_tokens = p.cached_prompt_tokens;
+            }
+        }
+        for (id, reason) in done {
+            if let Some(st) = self.seqs.remove(&id) {
+                events.push((
+                    id,
+                    Event::Done {
+                        reason,
+                        prompt_tokens: st.prompt_len,
+                        cached_tokens: st.cached_tokens,
+                        completion_tokens: st.generated,
+                    },
+                ));
+            }
+            self.sched.finish(id);
+        }
+        Ok(events)
+    }
+}
