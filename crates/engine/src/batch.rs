@@ -145,10 +145,8 @@ impl<B: Backend> BatchEngine<B> {
         let mut sampled = Vec::new();
         let mut events = Vec::new();
         let mut done = Vec::new();
-        let mut row = 0;
-        for it in step.items.iter().filter(|it| it.sample) {
+        for (row, it) in step.items.iter().filter(|it| it.sample).enumerate() {
             let logits = &mut self.logits[row * vocab..(row + 1) * vocab];
-            row += 1;
             let Some(st) = self.seqs.get_mut(&it.seq) else {
                 continue;
             };
