@@ -399,19 +399,7 @@ impl Backend for CpuBackend {
         bias: Option<&Weight<CpuWeight>>,
         out: &mut Act<Vec<f32>>,
     ) -> Result<()> {
-        if x.cols != w.cols || out.cols != w.rows || x.rows > out.capacity {
-            return Err(shape_err(
-                "linear",
-                format!(
-                    "x [{}, {}] · w [{}, {}]ᵀ into [cap {}, {}]",
-                    x.rows, x.cols, w.rows, w.cols, out.capacity, out.cols
-                ),
-            ));
-        }
-        let b = match bias {
-            Some(b) => Some(vector(b, w.rows, "linear bias")?),
-            None => None,
-        };
+        let b = linear_operands("linear", x, w, bias, out)?;
         out.rows = x.rows;
         let n = x.rows;
         matmul::matmul(
@@ -432,37 +420,29 @@ impl Backend for CpuBackend {
         ws: &[(&Weight<CpuWeight>, Option<&Weight<CpuWeight>>)],
         outs: &mut [&mut Act<Vec<f32>>],
     ) -> Result<()> {
-        let all_packed = ws.iter().all(|(w, _)| w.store.packed.is_some());
-        if ws.len() != outs.len() || !all_packed || cfg!(not(target_arch = "x86_64")) {
-            for ((w, b), o) in ws.iter().zip(outs.iter_mut()) {
-                self.linear(x, w, *b, o)?;
+        if ws.len() != outs.len() {
+            return Err(shape_err(
+                "linear_many",
+                format!("{} weights for {} outputs", ws.len(), outs.len()),
+            ));
+        }
+        // All packed: one pass. Otherwise one product after another.
+        #[cfg(target_arch = "x86_64")]
+        if ws.iter().all(|(w, _)| w.store.packed.is_some()) {
+            let n = x.rows;
+            let mut jobs = Vec::with_capacity(ws.len());
+            for ((w, bias), out) in ws.iter().zip(outs.iter_mut()) {
+                let b = linear_operands("linear_many", x, w, *bias, out)?;
+                out.rows = n;
+                let packed = w.store.packed.as_ref().expect("checked above");
+                jobs.push((packed, b, &mut out.buf[..n * w.rows]));
             }
+            matmul::packed_many(&self.pool, &x.buf[..n * x.cols], n, &mut jobs);
             return Ok(());
         }
-        let n = x.rows;
-        let mut jobs = Vec::with_capacity(ws.len());
-        for ((w, bias), out) in ws.iter().zip(outs.iter_mut()) {
-            if x.cols != w.cols || out.cols != w.rows || n > out.capacity {
-                return Err(shape_err(
-                    "linear_many",
-                    format!(
-                        "x [{n}, {}] · w [{}, {}]ᵀ into [cap {}, {}]",
-                        x.cols, w.rows, w.cols, out.capacity, out.cols
-                    ),
-                ));
-            }
-            let b = match bias {
-                Some(b) => Some(vector(b, w.rows, "linear bias")?),
-                None => None,
-            };
-            out.rows = n;
-            let packed = w.store.packed.as_ref().expect("checked above");
-            jobs.push((packed, b, &mut out.buf[..n * w.rows]));
+        for ((w, b), o) in ws.iter().zip(outs.iter_mut()) {
+            self.linear(x, w, *b, o)?;
         }
-        #[cfg(target_arch = "x86_64")]
-        matmul::packed_many(&self.pool, &x.buf[..n * x.cols], n, &mut jobs);
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = jobs;
         Ok(())
     }
 
@@ -684,6 +664,26 @@ fn try_zeroed<T: Clone>(n: usize, zero: T) -> Option<Vec<T>> {
     v.try_reserve_exact(n).ok()?;
     v.resize(n, zero);
     Some(v)
+}
+
+/// Check that `x · wᵀ` fits `out`; the bias as a slice.
+fn linear_operands<'a>(
+    op: &'static str,
+    x: &Act<Vec<f32>>,
+    w: &Weight<CpuWeight>,
+    bias: Option<&'a Weight<CpuWeight>>,
+    out: &Act<Vec<f32>>,
+) -> Result<Option<&'a [f32]>> {
+    if x.cols != w.cols || out.cols != w.rows || x.rows > out.capacity {
+        return Err(shape_err(
+            op,
+            format!(
+                "x [{}, {}] · w [{}, {}]ᵀ into [cap {}, {}]",
+                x.rows, x.cols, w.rows, w.cols, out.capacity, out.cols
+            ),
+        ));
+    }
+    bias.map(|b| vector(b, w.rows, "linear bias")).transpose()
 }
 
 fn vector<'a>(w: &'a Weight<CpuWeight>, len: usize, op: &'static str) -> Result<&'a [f32]> {

@@ -9,7 +9,7 @@
 
 use crate::sampler::{Sampler, SamplingParams};
 use crate::scheduler::{SchedConfig, Scheduler, SeqId, Step, SubmitError};
-use crate::session::FinishReason;
+use crate::session::{out_of_vocab, FinishReason};
 use std::collections::HashMap;
 use suanli_backend::{Backend, BackendError, KvDType, KvPages};
 use suanli_models::{Model, Scratch};
@@ -97,7 +97,7 @@ impl<B: Backend> BatchEngine<B> {
 
     pub fn submit(&mut self, id: SeqId, req: Request) -> Result<(), BatchError> {
         let vocab = self.model.vocab_size();
-        if let Some(&id) = req.prompt.iter().find(|&&t| t as usize >= vocab) {
+        if let Some(id) = out_of_vocab(&req.prompt, vocab) {
             return Err(BatchError::BadToken { id, vocab });
         }
         if req.max_tokens == 0 {

@@ -157,6 +157,14 @@ fn chain_hash(prev: u64, tokens: &[u32]) -> u64 {
     h
 }
 
+/// The prefix-cache key of each full block of `tokens`: the chained hash up to its end.
+fn block_keys(tokens: &[u32], block_size: usize) -> impl Iterator<Item = u64> + '_ {
+    tokens.chunks_exact(block_size).scan(0, |h, block| {
+        *h = chain_hash(*h, block);
+        Some(*h)
+    })
+}
+
 impl Scheduler {
     pub fn new(cfg: SchedConfig) -> Scheduler {
         Scheduler {
@@ -281,10 +289,8 @@ impl Scheduler {
     /// is always left to compute (its logits are needed).
     fn attach_prefix(&mut self, s: &mut Seq) {
         let bs = self.cfg.block_size;
-        let mut h = 0;
         let full = (s.prompt_len - 1) / bs;
-        for b in 0..full {
-            h = chain_hash(h, &s.tokens[b * bs..(b + 1) * bs]);
+        for h in block_keys(&s.tokens[..full * bs], bs) {
             match self.prefix.get(&h) {
                 Some(&blk) => {
                     self.alloc.retain(blk);
@@ -309,10 +315,11 @@ impl Scheduler {
         if full <= s.registered {
             return;
         }
-        let mut h = 0;
-        for b in 0..full {
-            h = chain_hash(h, &s.tokens[b * bs..(b + 1) * bs]);
-            if b < s.registered || self.prefix.contains_key(&h) {
+        for (b, h) in block_keys(&s.tokens[..full * bs], bs)
+            .enumerate()
+            .skip(s.registered)
+        {
+            if self.prefix.contains_key(&h) {
                 continue;
             }
             let blk = s.blocks[b];

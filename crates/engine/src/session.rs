@@ -64,6 +64,11 @@ impl Generation {
     }
 }
 
+/// The first token id a vocabulary of `vocab` does not have.
+pub(crate) fn out_of_vocab(tokens: &[u32], vocab: usize) -> Option<u32> {
+    tokens.iter().copied().find(|&t| t as usize >= vocab)
+}
+
 /// What the token callback wants next.
 pub enum Control {
     Continue,
@@ -131,8 +136,8 @@ impl<B: Backend> Session<B> {
 
     fn check_tokens(&self, tokens: &[u32]) -> Result<(), SessionError> {
         let vocab = self.model.vocab_size();
-        match tokens.iter().find(|&&t| t as usize >= vocab) {
-            Some(&id) => Err(SessionError::BadToken { id, vocab }),
+        match out_of_vocab(tokens, vocab) {
+            Some(id) => Err(SessionError::BadToken { id, vocab }),
             None => Ok(()),
         }
     }

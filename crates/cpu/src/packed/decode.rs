@@ -1,7 +1,7 @@
 //! One superblock of a file-layout row taken apart into unsigned quants and raw scales.
 
 use super::Kind;
-use suanli_core::quant::{scale_min_k4, IQ4_LEVELS};
+use suanli_core::quant::scale_min_k4;
 
 pub struct Superblock {
     /// f16 bits of the scale (`d`).
@@ -18,11 +18,6 @@ pub struct Superblock {
 
 fn u16_at(b: &[u8], i: usize) -> u16 {
     u16::from_le_bytes([b[i], b[i + 1]])
-}
-
-/// An IQ4 level index → the level + 128 (what the kernels multiply).
-pub fn iq4_unsigned(idx: u8) -> u8 {
-    (IQ4_LEVELS[idx as usize] as i32 + 128) as u8
 }
 
 /// Nibbles of 16 bytes: element j from the low nibble of byte j, element 16 + j from its high one.

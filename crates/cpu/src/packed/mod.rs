@@ -268,6 +268,7 @@ impl Packed {
     }
 
     /// Row `r` dequantized from the packed layout (the test oracle for the layout).
+    #[cfg(test)]
     pub fn unpack_row(&self, r: usize) -> Vec<f32> {
         let k = self.kind;
         let (g, lane) = (r / ROWS, r % ROWS);
@@ -303,6 +304,7 @@ impl Packed {
 
 /// The stored (unsigned) quant of column `c` of a superblock for lane `r`; `q` starts at the
 /// superblock's first sub-block.
+#[cfg(test)]
 fn quant_at(k: Kind, q: &[u8], r: usize, c: usize) -> u8 {
     let sub = &q[(c / 32) * k.sub_bytes()..];
     let (gi, i) = ((c % 32) / 4, c % 4);
@@ -319,7 +321,10 @@ fn quant_at(k: Kind, q: &[u8], r: usize, c: usize) -> u8 {
     };
     let u = low | high;
     match k {
-        Kind::IQ4NL | Kind::IQ4XS => decode::iq4_unsigned(u),
+        // The level + 128, as the kernels look it up.
+        Kind::IQ4NL | Kind::IQ4XS => {
+            (suanli_core::quant::IQ4_LEVELS[u as usize] as i32 + 128) as u8
+        }
         _ => u,
     }
 }
