@@ -181,6 +181,15 @@ impl KvSpec {
     pub fn slots(&self) -> usize {
         self.num_blocks * self.block_size
     }
+    /// Bytes one block takes across all layers, K and V (Q8_0: 34 bytes per 32 elements).
+    pub fn bytes_per_block(&self) -> usize {
+        let elems = self.n_layers * 2 * self.block_size * self.kv_dim();
+        match self.dtype {
+            KvDType::F32 => elems * 4,
+            KvDType::F16 => elems * 2,
+            KvDType::Q8_0 => elems.div_ceil(32) * 34,
+        }
+    }
 }
 
 /// Paged KV storage: per layer, K and V with one row of `kv_dim` per slot

@@ -2,7 +2,7 @@
 //! turn only computes its new tokens.
 
 use crate::load::load;
-use crate::prompt::chat_prompt;
+use suanli_tokenizer::chat_prompt;
 use crate::run::SamplingArgs;
 use anyhow::Result;
 use clap::Args;
@@ -51,7 +51,7 @@ pub fn chat(a: ChatArgs, opts: &crate::load::Opts) -> Result<()> {
             _ => {}
         }
         msgs.push(ChatMessage::new("user", line));
-        let ids = chat_prompt(&l.tokenizer, &msgs)?;
+        let ids = chat_prompt(&l.tokenizer, &msgs).map_err(anyhow::Error::msg)?;
         let tok = &l.tokenizer;
         let mut dec = StreamDecoder::new();
         let mut answer = String::new();

@@ -51,8 +51,16 @@ pub struct Loaded {
     pub tokenizer: Tokenizer,
 }
 
-/// Load everything needed to generate. `ctx`: context length; `chunk`: prefill step size.
-pub fn load(model: Option<&str>, opts: &Opts, ctx: usize, chunk: usize) -> Result<Loaded> {
+/// A loaded model with its tokenizer, before any KV cache is allocated.
+pub struct Parts {
+    pub backend: CpuBackend,
+    pub model: Model<CpuBackend>,
+    pub tokenizer: Tokenizer,
+    pub path: PathBuf,
+}
+
+/// Resolve, open and load a model; checks that tokenizer and model agree.
+pub fn load_parts(model: Option<&str>, opts: &Opts) -> Result<Parts> {
     let path = resolve(model)?;
     let t0 = Instant::now();
     let src = open_model(&path)?;
@@ -79,7 +87,21 @@ pub fn load(model: Option<&str>, opts: &Opts, ctx: usize, chunk: usize) -> Resul
         t0.elapsed().as_secs_f64(),
         detail
     );
-    let session =
-        Session::with_kv(backend, model, ctx, chunk, opts.kv).context("allocating the KV cache")?;
-    Ok(Loaded { session, tokenizer })
+    Ok(Parts {
+        backend,
+        model,
+        tokenizer,
+        path,
+    })
+}
+
+/// Load everything needed to generate. `ctx`: context length; `chunk`: prefill step size.
+pub fn load(model: Option<&str>, opts: &Opts, ctx: usize, chunk: usize) -> Result<Loaded> {
+    let p = load_parts(model, opts)?;
+    let session = Session::with_kv(p.backend, p.model, ctx, chunk, opts.kv)
+        .context("allocating the KV cache")?;
+    Ok(Loaded {
+        session,
+        tokenizer: p.tokenizer,
+    })
 }

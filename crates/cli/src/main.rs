@@ -7,8 +7,8 @@ mod chat;
 mod inspect;
 mod load;
 mod out;
-mod prompt;
 mod run;
+mod serve;
 mod tools;
 
 use clap::{Parser, Subcommand};
@@ -48,6 +48,8 @@ enum Cmd {
     Perplexity(tools::PerplexityArgs),
     /// Prefill and decode throughput (like llama-bench).
     Bench(bench::BenchArgs),
+    /// Serve the OpenAI API (chat, completions, models, tokenize, metrics) with continuous batching.
+    Serve(serve::ServeArgs),
 }
 
 fn parse_kv(s: &str) -> Result<suanli_backend::KvDType, String> {
@@ -77,6 +79,7 @@ fn main() {
         Cmd::Tokenize(a) => tools::tokenize(a),
         Cmd::Perplexity(a) => tools::perplexity(a, &opts),
         Cmd::Bench(a) => bench::bench(a, &opts),
+        Cmd::Serve(a) => serve::serve(a, &opts),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

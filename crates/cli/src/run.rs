@@ -1,7 +1,7 @@
 //! `suanli run`: one prompt, streamed.
 
 use crate::load::load;
-use crate::prompt::chat_prompt;
+use suanli_tokenizer::chat_prompt;
 use anyhow::{anyhow, Result};
 use clap::Args;
 use std::io::Write;
@@ -86,7 +86,7 @@ pub fn run(a: RunArgs, opts: &crate::load::Opts) -> Result<()> {
             msgs.push(ChatMessage::new("system", s));
         }
         msgs.push(ChatMessage::new("user", &a.prompt));
-        chat_prompt(tok, &msgs)?
+        chat_prompt(tok, &msgs).map_err(|e| anyhow::anyhow!("{e}; use --raw for plain completion"))?
     };
     let mut dec = StreamDecoder::new();
     let mut stops = StopMatcher::new(a.stop.clone());

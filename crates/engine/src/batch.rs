@@ -18,12 +18,25 @@ pub struct Request {
     pub prompt: Vec<u32>,
     pub params: SamplingParams,
     pub max_tokens: usize,
+    /// Report each sampled token's log-probability and this many alternatives.
+    pub logprobs: Option<usize>,
+}
+
+/// Log-probabilities of a sampled token and of the most likely alternatives, in the
+/// distribution the sampler drew from (after logit bias and penalties) at temperature 1.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprobs {
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
     /// A new token (never an end-of-generation token).
-    Token(u32),
+    Token {
+        id: u32,
+        logprobs: Option<TokenLogprobs>,
+    },
     Done {
         reason: FinishReason,
         prompt_tokens: usize,
@@ -49,6 +62,7 @@ struct SeqState {
     generated: usize,
     max_tokens: usize,
     cached_tokens: usize,
+    logprobs: Option<usize>,
 }
 
 pub struct BatchEngine<B: Backend> {
@@ -113,15 +127,22 @@ impl<B: Backend> BatchEngine<B> {
                 generated: 0,
                 max_tokens: req.max_tokens,
                 cached_tokens: 0,
+                logprobs: req.logprobs,
             },
         );
         Ok(())
     }
 
-    /// Drop a sequence now (client gone, stop string seen): its KV blocks are freed.
-    pub fn cancel(&mut self, id: SeqId) -> bool {
-        self.seqs.remove(&id);
-        self.sched.finish(id)
+    /// Drop a sequence now (client gone, stop string seen): its KV blocks are freed. Returns
+    /// what it had used (as a `Done` with reason `Stop`), or `None` for an unknown id.
+    pub fn cancel(&mut self, id: SeqId) -> Option<Event> {
+        self.sched.finish(id);
+        self.seqs.remove(&id).map(|st| Event::Done {
+            reason: FinishReason::Stop,
+            prompt_tokens: st.prompt_len,
+            cached_tokens: st.cached_tokens,
+            completion_tokens: st.generated,
+        })
     }
 
     /// Run one step. Returns the events of the sequences that sampled; an empty list when
@@ -158,7 +179,11 @@ impl<B: Backend> BatchEngine<B> {
             } else {
                 st.history.push(tok);
                 st.generated += 1;
-                events.push((it.seq, Event::Token(tok)));
+                let logprobs = st.logprobs.map(|n| {
+                    let (logprob, top) = crate::sampler::logprobs(logits, tok, n);
+                    TokenLogprobs { logprob, top }
+                });
+                events.push((it.seq, Event::Token { id: tok, logprobs }));
                 (st.generated >= st.max_tokens || ctx_full).then_some(FinishReason::Length)
             };
             if let Some(reason) = reason {

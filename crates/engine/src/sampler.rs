@@ -16,6 +16,8 @@ pub struct SamplingParams {
     pub frequency_penalty: f32,
     pub penalty_last_n: usize,
     pub seed: Option<u64>,
+    /// Added to a token's logit before anything else (OpenAI's `logit_bias`); -100 bans.
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 impl Default for SamplingParams {
@@ -30,6 +32,7 @@ impl Default for SamplingParams {
             frequency_penalty: 0.0,
             penalty_last_n: 64,
             seed: None,
+            logit_bias: Vec::new(),
         }
     }
 }
@@ -73,6 +76,11 @@ impl SamplingParams {
             || !(-2.0..=2.0).contains(&self.frequency_penalty)
         {
             return Err("presence_penalty and frequency_penalty must be in [-2, 2]".into());
+        }
+        for &(_, b) in &self.logit_bias {
+            if !(-100.0..=100.0).contains(&b) {
+                return Err("logit_bias values must be in [-100, 100]".into());
+            }
         }
         Ok(())
     }
@@ -119,8 +127,14 @@ impl Sampler {
         }
     }
 
-    /// Pick the next token from `logits` (modified in place by penalties), given `history`.
+    /// Pick the next token from `logits` (modified in place by the logit bias and penalties,
+    /// so that afterwards they are the distribution the draw used, at temperature 1).
     pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
+        for &(t, b) in &self.params.logit_bias {
+            if let Some(l) = logits.get_mut(t as usize) {
+                *l += b;
+            }
+        }
         self.apply_penalties(logits, history);
         if self.params.temperature <= 0.0 {
             return argmax(logits);
@@ -207,6 +221,36 @@ impl Sampler {
     }
 }
 
+/// Log-probabilities at temperature 1: the `chosen` token's, and the `top` most likely tokens
+/// (most likely first; ties by lower id).
+pub fn logprobs(logits: &[f32], chosen: u32, top: usize) -> (f32, Vec<(u32, f32)>) {
+    let max = logits
+        .iter()
+        .copied()
+        .filter(|l| !l.is_nan())
+        .fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits
+        .iter()
+        .filter(|l| !l.is_nan())
+        .map(|&l| ((l - max) as f64).exp())
+        .sum();
+    let lse = max as f64 + sum.ln();
+    let lp = |l: f32| (l as f64 - lse) as f32;
+    let chosen_lp = logits.get(chosen as usize).map_or(f32::NEG_INFINITY, |&l| lp(l));
+    let mut best: Vec<(u32, f32)> = Vec::with_capacity(top + 1);
+    if top > 0 {
+        for (i, &l) in logits.iter().enumerate() {
+            if l.is_nan() || (best.len() == top && l <= best[top - 1].1) {
+                continue;
+            }
+            let at = best.partition_point(|b| b.1 >= l);
+            best.insert(at, (i as u32, l));
+            best.truncate(top);
+        }
+    }
+    (chosen_lp, best.into_iter().map(|(i, l)| (i, lp(l))).collect())
+}
+
 /// Index of the largest logit (the first one on ties); NaNs are ignored.
 pub fn argmax(logits: &[f32]) -> u32 {
     let mut best = 0usize;
@@ -268,6 +312,29 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(s.sample(&mut logits.clone(), &[1]), 2);
+    }
+
+    #[test]
+    fn logit_bias_bans_and_logprobs_normalise() {
+        let logits = vec![0.1, 2.0, 1.9, -1.0];
+        let mut s = Sampler::new(SamplingParams {
+            logit_bias: vec![(1, -100.0)],
+            ..SamplingParams::greedy()
+        });
+        let mut l = logits.clone();
+        assert_eq!(s.sample(&mut l, &[]), 2);
+        let (lp, top) = logprobs(&l, 2, 2);
+        let total: f64 = l.iter().map(|&x| (x as f64).exp()).sum();
+        assert!((lp as f64 - ((1.9f64).exp() / total).ln()).abs() < 1e-6);
+        assert_eq!(top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![2, 0]);
+        assert_eq!(top[0].1, lp);
+        assert!(SamplingParams {
+            logit_bias: vec![(0, 101.0)],
+            ..Default::default()
+        }
+        .validate()
+        .unwrap_err()
+        .contains("logit_bias"));
     }
 
     #[test]

@@ -45,6 +45,7 @@ fn run(
                         prompt: p.clone(),
                         params: params.clone(),
                         max_tokens: n,
+                        logprobs: None,
                     },
                 )
                 .unwrap();
@@ -52,7 +53,7 @@ fn run(
         }
         for (id, ev) in e.step().unwrap() {
             match ev {
-                Event::Token(t) => out[id as usize].push(t),
+                Event::Token { id: t, .. } => out[id as usize].push(t),
                 Event::Done {
                     completion_tokens, ..
                 } => {

@@ -4,11 +4,13 @@
 #![forbid(unsafe_code)]
 
 mod bytes;
+mod chat;
 mod gguf_vocab;
 mod spm;
 mod stream;
 pub mod template;
 
+pub use chat::chat_prompt;
 pub use stream::StreamDecoder;
 pub use template::{ChatMessage, ChatTemplate, TemplateError};
 

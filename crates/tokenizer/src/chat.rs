@@ -1,22 +1,17 @@
 //! Turn chat messages into token ids. Template scaffolding is tokenized with special tokens
 //! enabled; message content never is, so user text cannot forge control tokens.
 
-use anyhow::{anyhow, Result};
-use suanli_tokenizer::{ChatMessage, Tokenizer};
+use crate::{ChatMessage, Tokenizer};
 
 fn sentinel(i: usize) -> String {
     format!("\u{E000}{i}\u{E001}")
 }
 
 /// Token ids for a conversation, ending with the assistant's turn opening.
-pub fn chat_prompt(tok: &Tokenizer, messages: &[ChatMessage]) -> Result<Vec<u32>> {
+pub fn chat_prompt(tok: &Tokenizer, messages: &[ChatMessage]) -> Result<Vec<u32>, String> {
     let template = match tok.template() {
-        Some(t) => t?,
-        None => {
-            return Err(anyhow!(
-                "this model has no chat template; use --raw for plain completion"
-            ));
-        }
+        Some(t) => t.map_err(|e| e.to_string())?,
+        None => return Err("this model has no chat template".into()),
     };
     // Render with placeholders so that content can be tokenized separately.
     let marked: Vec<ChatMessage> = messages
@@ -27,7 +22,7 @@ pub fn chat_prompt(tok: &Tokenizer, messages: &[ChatMessage]) -> Result<Vec<u32>
             content: sentinel(i),
         })
         .collect();
-    let rendered = template.render(&marked, true)?;
+    let rendered = template.render(&marked, true).map_err(|e| e.to_string())?;
     let mut ids = Vec::new();
     let bos_in_template = !tok.bos_token.is_empty() && rendered.starts_with(&tok.bos_token);
     if tok.add_bos && !bos_in_template {
@@ -39,10 +34,9 @@ pub fn chat_prompt(tok: &Tokenizer, messages: &[ChatMessage]) -> Result<Vec<u32>
         let s = sentinel(next);
         match rest.find(&s) {
             Some(p) => {
-                ids.extend(tok.encode(&rest[..p], true).map_err(|e| anyhow!(e))?);
+                ids.extend(tok.encode(&rest[..p], true)?);
                 ids.extend(
-                    tok.encode(&messages[next].content, false)
-                        .map_err(|e| anyhow!(e))?,
+                    tok.encode(&messages[next].content, false)?,
                 );
                 rest = &rest[p + s.len()..];
                 next += 1;
@@ -54,14 +48,14 @@ pub fn chat_prompt(tok: &Tokenizer, messages: &[ChatMessage]) -> Result<Vec<u32>
         // The template transformed the content (for example trimmed it): render for real.
         // Control-token strings inside the content are still not parsed as such here only if
         // they survive unchanged, so fall back to tokenizing everything as text with specials.
-        let full = template.render(messages, true)?;
+        let full = template.render(messages, true).map_err(|e| e.to_string())?;
         let mut ids = Vec::new();
         if tok.add_bos && !(bos_in_template) {
             ids.extend(tok.bos_id);
         }
-        ids.extend(tok.encode(&full, true).map_err(|e| anyhow!(e))?);
+        ids.extend(tok.encode(&full, true)?);
         return Ok(ids);
     }
-    ids.extend(tok.encode(rest, true).map_err(|e| anyhow!(e))?);
+    ids.extend(tok.encode(rest, true)?);
     Ok(ids)
 }

@@ -1,0 +1,154 @@
+//! `suanli serve`: load a model and serve the OpenAI API with continuous batching.
+
+use crate::load::{load_parts, Opts};
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use std::time::Duration;
+use suanli_engine::session::BLOCK_SIZE as BLOCK;
+use suanli_engine::batch::BatchEngine;
+use suanli_engine::scheduler::SchedConfig;
+use suanli_server::{serve as run_server, ServeConfig};
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Catalog name, GGUF file or Hugging Face directory (default: the catalog's default model).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// The model id clients send as `model` (default: the catalog name or the file's name).
+    #[arg(long)]
+    pub model_name: Option<String>,
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Require `Authorization: Bearer KEY` on the API routes.
+    #[arg(long, env = "SUANLI_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Sequences decoded together in one step.
+    #[arg(long, default_value_t = 16)]
+    pub max_batch: usize,
+    /// Requests that may wait for a place in the batch; beyond that, 503 with Retry-After.
+    #[arg(long, default_value_t = 256)]
+    pub max_queue: usize,
+    /// Longest context (prompt + answer) of one request, in tokens.
+    #[arg(long, default_value_t = 4096)]
+    pub ctx: usize,
+    /// Memory for the KV cache shared by all requests, e.g. 1GiB or 512MB
+    /// (default: room for --max-batch full contexts, at most 2 GiB).
+    #[arg(long, value_parser = parse_size)]
+    pub kv_memory: Option<u64>,
+    /// Tokens computed in one step (decode tokens plus prompt chunks).
+    #[arg(long, default_value_t = 512)]
+    pub max_step_tokens: usize,
+    /// Largest request body, e.g. 16MiB; larger ones get 413.
+    #[arg(long, default_value = "16MiB", value_parser = parse_size)]
+    pub max_body: u64,
+    /// After SIGTERM, seconds that requests in flight may take to finish.
+    #[arg(long, default_value_t = 30)]
+    pub shutdown_timeout: u64,
+}
+
+/// "1GiB", "512MiB", "800MB", "2G", "4096" (bytes).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let x: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size such as 1GiB or 512MB"))?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "kib" => 1024.0,
+        "m" | "mb" => 1e6,
+        "mib" => 1024.0 * 1024.0,
+        "g" | "gb" => 1e9,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        u => return Err(format!("{u:?} is not a size unit (B, KB, KiB, MB, MiB, GB, GiB)")),
+    };
+    let v = x * mult;
+    if !(v.is_finite() && v >= 1.0 && v < 1e15) {
+        return Err(format!("{s:?} is not a usable size"));
+    }
+    Ok(v as u64)
+}
+
+pub fn serve(a: ServeArgs, opts: &Opts) -> Result<()> {
+    if a.max_batch == 0 || a.max_step_tokens == 0 || a.ctx < 2 {
+        bail!("--max-batch and --max-step-tokens must be at least 1, --ctx at least 2");
+    }
+    let p = load_parts(a.model.as_deref(), opts)?;
+    let model_name = a.model_name.clone().unwrap_or_else(|| {
+        let given = a.model.as_deref().unwrap_or(suanli_formats::catalog::DEFAULT_MODEL);
+        if suanli_formats::catalog::find(given).is_some() {
+            given.to_owned()
+        } else {
+            p.path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| given.to_owned())
+        }
+    });
+    let block_bytes = p.model.kv_spec(1, BLOCK, opts.kv).bytes_per_block() as u64;
+    let ctx_blocks = a.ctx.div_ceil(BLOCK) as u64;
+    let kv_bytes = a
+        .kv_memory
+        .unwrap_or_else(|| (a.max_batch as u64 * ctx_blocks * block_bytes).min(2 << 30));
+    let num_blocks = (kv_bytes / block_bytes) as usize;
+    if (num_blocks as u64) < ctx_blocks {
+        bail!(
+            "--kv-memory {:.0} MiB holds {} tokens, less than one --ctx of {}; raise --kv-memory or lower --ctx",
+            kv_bytes as f64 / 1048576.0,
+            num_blocks * BLOCK,
+            a.ctx
+        );
+    }
+    let cfg = SchedConfig {
+        max_batch: a.max_batch,
+        max_step_tokens: a.max_step_tokens,
+        max_queue: a.max_queue,
+        block_size: BLOCK,
+        num_blocks,
+        max_ctx: a.ctx,
+    };
+    eprintln!(
+        "KV cache: {} blocks of {BLOCK} tokens ({:.0} MiB, {} tokens of {:?}); batch {} sequences, {} tokens per step",
+        num_blocks,
+        (num_blocks as u64 * block_bytes) as f64 / 1048576.0,
+        num_blocks * BLOCK,
+        opts.kv,
+        a.max_batch,
+        a.max_step_tokens
+    );
+    let eog: Vec<u32> = p.tokenizer.eog_ids.iter().copied().collect();
+    let engine = BatchEngine::new(p.backend, p.model, cfg, opts.kv, eog)
+        .context("allocating the KV cache")?;
+    let scfg = ServeConfig {
+        host: a.host,
+        port: a.port,
+        api_key: a.api_key.filter(|k| !k.is_empty()),
+        model_name,
+        max_body_bytes: a.max_body.min(usize::MAX as u64) as usize,
+        shutdown_timeout: Duration::from_secs(a.shutdown_timeout),
+    };
+    run_server(scfg, engine, p.tokenizer)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("512MB"), Ok(512_000_000));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("1.5 GiB"), Ok(3 << 29));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("-1G").is_err());
+        assert!(parse_size("1PB").is_err());
+    }
+}

@@ -1,0 +1,233 @@
+//! `POST /v1/completions`: the prompt is raw text (control-token strings in it are parsed, as
+//! the client writes the whole prompt), a list of texts, token ids, or lists of token ids.
+
+use super::error::ApiError;
+use super::params::{gen_params, Body, MAX_N};
+use super::stream::{collect, sse, Shape};
+use super::{begin, read_body};
+use crate::generate::{Delta, Generation, LogprobEntry, Usage};
+use crate::state::{random_hex, unix_now, AppState};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Map, Value};
+use std::sync::Arc;
+
+/// Most alternatives per token for completions' integer `logprobs`.
+const MAX_LOGPROBS: i64 = 20;
+/// Most prompts × choices in one request.
+const MAX_CHOICES: usize = 4 * MAX_N;
+
+pub async fn handler(
+    State(st): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    match run(st, body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn run(st: Arc<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+    let b = read_body(body)?;
+    begin(&st, &b)?;
+    let mut p = gen_params(&b, st.vocab, st.max_ctx)?;
+    p.logprobs = b.int_in("logprobs", 0, MAX_LOGPROBS)?.map(|n| n as usize);
+    let echo = b.bool("echo")?.unwrap_or(false);
+    if echo && p.logprobs.is_some() {
+        return Err(ApiError::param(
+            "echo",
+            "`echo` together with `logprobs` (log-probabilities of the prompt) is not supported",
+        ));
+    }
+    if b.get("suffix").is_some() {
+        return Err(ApiError::param("suffix", "`suffix` is not supported"));
+    }
+    if let Some(bo) = b.int_in("best_of", 1, MAX_N as i64)? {
+        if bo as usize != p.n {
+            return Err(ApiError::param("best_of", "`best_of` must equal `n` when given"));
+        }
+    }
+    let prompts = prompts(&st, &b)?;
+    if prompts.len() * p.n > MAX_CHOICES {
+        return Err(ApiError::param(
+            "n",
+            format!("prompts × n may be at most {MAX_CHOICES}"),
+        ));
+    }
+    let echoes: Vec<String> = prompts
+        .iter()
+        .map(|ids| if echo { st.tokenizer.decode(ids) } else { String::new() })
+        .collect();
+    let g = Generation::start(&st, prompts, &p, "prompt").await?;
+    let n = p.n;
+    let mut shape = CompletionShape {
+        id: format!("cmpl-{}", random_hex()),
+        created: unix_now(),
+        st: st.clone(),
+        include_usage: p.include_usage,
+        // Choice i answers prompt i / n.
+        offsets: (0..g.n_choices()).map(|i| echoes[i / n].len()).collect(),
+        echoes: (0..g.n_choices()).map(|i| echoes[i / n].clone()).collect(),
+    };
+    if p.stream {
+        return Ok(sse(g, shape, p.include_usage));
+    }
+    let (choices, usage) = collect(g).await?;
+    let choices: Vec<Value> = choices
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let lp = p.logprobs.is_some().then(|| shape.logprobs(i, &c.logprobs));
+            json!({
+                "index": i,
+                "text": shape.echoes[i].clone() + &c.text,
+                "logprobs": lp,
+                "finish_reason": c.finish,
+            })
+        })
+        .collect();
+    Ok(axum::Json(json!({
+        "id": shape.id,
+        "object": "text_completion",
+        "created": shape.created,
+        "model": st.model_name,
+        "system_fingerprint": super::FINGERPRINT,
+        "choices": choices,
+        "usage": usage.json(),
+    }))
+    .into_response())
+}
+
+fn prompts(st: &AppState, b: &Body) -> Result<Vec<Vec<u32>>, ApiError> {
+    let bad = |m: &str| ApiError::param("prompt", m);
+    let text = |s: &str| {
+        st.tokenizer
+            .encode_prompt(s, true)
+            .map_err(|e| ApiError::param("prompt", format!("cannot tokenize the prompt: {e}")))
+    };
+    let ids = |a: &[Value]| -> Result<Vec<u32>, ApiError> {
+        a.iter()
+            .map(|v| v.as_u64().filter(|&t| t <= u32::MAX as u64).map(|t| t as u32))
+            .collect::<Option<Vec<u32>>>()
+            .ok_or_else(|| bad("token ids in `prompt` must be non-negative integers"))
+    };
+    match b.get("prompt") {
+        None => Err(bad("`prompt` is required")),
+        Some(Value::String(s)) => Ok(vec![text(s)?]),
+        Some(Value::Array(a)) if a.is_empty() => Err(bad("`prompt` must not be empty")),
+        Some(Value::Array(a)) => match &a[0] {
+            Value::String(_) => a
+                .iter()
+                .map(|v| match v {
+                    Value::String(s) => text(s),
+                    _ => Err(bad("a list `prompt` must hold only strings, only token ids, or only lists of token ids")),
+                })
+                .collect(),
+            Value::Number(_) => Ok(vec![ids(a)?]),
+            Value::Array(_) => a
+                .iter()
+                .map(|v| match v {
+                    Value::Array(inner) => ids(inner),
+                    _ => Err(bad("a list `prompt` must hold only strings, only token ids, or only lists of token ids")),
+                })
+                .collect(),
+            _ => Err(bad("`prompt` must be a string, a list of strings, token ids, or lists of token ids")),
+        },
+        Some(_) => Err(bad("`prompt` must be a string, a list of strings, token ids, or lists of token ids")),
+    }
+}
+
+struct CompletionShape {
+    id: String,
+    created: u64,
+    st: Arc<AppState>,
+    include_usage: bool,
+    /// Per choice: the echoed prompt, and where its next token starts in its text.
+    echoes: Vec<String>,
+    offsets: Vec<usize>,
+}
+
+impl CompletionShape {
+    fn chunk(&self, choices: Vec<Value>) -> Value {
+        let mut v = json!({
+            "id": self.id,
+            "object": "text_completion",
+            "created": self.created,
+            "model": self.st.model_name,
+            "system_fingerprint": super::FINGERPRINT,
+            "choices": choices,
+        });
+        if self.include_usage {
+            v["usage"] = Value::Null;
+        }
+        v
+    }
+
+    /// The legacy logprobs object: tokens, their log-probabilities, the top alternatives as a
+    /// map, and where each token starts in the choice's text.
+    fn logprobs(&mut self, choice: usize, entries: &[LogprobEntry]) -> Value {
+        let mut tokens = Vec::new();
+        let mut lps = Vec::new();
+        let mut tops = Vec::new();
+        let mut offsets = Vec::new();
+        for e in entries {
+            let (s, _) = self.st.token_string(e.id);
+            offsets.push(self.offsets[choice]);
+            self.offsets[choice] += s.len();
+            tokens.push(s);
+            lps.push(e.logprob);
+            let mut m = Map::new();
+            for &(id, lp) in &e.top {
+                m.insert(self.st.token_string(id).0, json!(lp));
+            }
+            tops.push(Value::Object(m));
+        }
+        json!({"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets})
+    }
+}
+
+impl Shape for CompletionShape {
+    fn head(&self, n: usize) -> Vec<Value> {
+        (0..n)
+            .filter(|&i| !self.echoes[i].is_empty())
+            .map(|i| {
+                self.chunk(vec![json!({
+                    "index": i,
+                    "text": self.echoes[i],
+                    "logprobs": null,
+                    "finish_reason": null,
+                })])
+            })
+            .collect()
+    }
+
+    fn delta(&mut self, d: Delta) -> Vec<Value> {
+        let mut out = Vec::new();
+        if !d.text.is_empty() || !d.logprobs.is_empty() {
+            let lp = (!d.logprobs.is_empty()).then(|| self.logprobs(d.index, &d.logprobs));
+            out.push(self.chunk(vec![json!({
+                "index": d.index,
+                "text": d.text,
+                "logprobs": lp,
+                "finish_reason": null,
+            })]));
+        }
+        if let Some(f) = d.finish {
+            out.push(self.chunk(vec![json!({
+                "index": d.index,
+                "text": "",
+                "logprobs": null,
+                "finish_reason": f,
+            })]));
+        }
+        out
+    }
+
+    fn usage(&self, u: Usage) -> Value {
+        let mut v = self.chunk(Vec::new());
+        v["usage"] = u.json();
+        v
+    }
+}

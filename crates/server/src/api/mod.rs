@@ -1,0 +1,173 @@
+//! The HTTP API: OpenAI's routes, llama.cpp's tokenize/detokenize, health and metrics.
+
+pub mod chat;
+pub mod completions;
+pub mod error;
+pub mod params;
+pub mod stream;
+
+use crate::state::AppState;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use error::ApiError;
+use params::Body;
+use serde_json::{json, Value};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+pub const FINGERPRINT: &str = concat!("suanli-", env!("CARGO_PKG_VERSION"));
+
+/// The body as a JSON object; the HTTP layer's rejections (413 too large, unreadable) keep
+/// their status but get OpenAI's error shape.
+pub fn read_body(body: Result<Bytes, BytesRejection>) -> Result<Body, ApiError> {
+    let bytes = body.map_err(|r| {
+        let status = r.status();
+        let msg = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "the request body is larger than this server accepts (--max-body)".to_string()
+        } else {
+            format!("cannot read the request body: {}", r.body_text())
+        };
+        ApiError::body(status, msg)
+    })?;
+    Body::parse(&bytes)
+}
+
+/// Checks before a generation: the server still takes work, the model is ours.
+pub fn begin(st: &AppState, b: &Body) -> Result<(), ApiError> {
+    if st.draining.load(Ordering::Relaxed) {
+        return Err(ApiError::overloaded("the server is shutting down"));
+    }
+    match b.string("model")? {
+        Some(m) if m != st.model_name => Err(ApiError::model_not_found(m, &st.model_name)),
+        _ => Ok(()),
+    }
+}
+
+/// `Authorization: Bearer KEY` on the API routes when a key is set.
+pub async fn auth(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    if let Some(key) = &st.api_key {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !constant_time_eq(given.as_bytes(), key.as_bytes()) {
+            return ApiError::unauthorized().into_response();
+        }
+    }
+    next.run(req).await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn model_json(st: &AppState) -> Value {
+    json!({
+        "id": st.model_name,
+        "object": "model",
+        "created": st.created,
+        "owned_by": "suanli",
+        "max_model_len": st.max_ctx,
+    })
+}
+
+pub async fn models(State(st): State<Arc<AppState>>) -> Response {
+    axum::Json(json!({"object": "list", "data": [model_json(&st)]})).into_response()
+}
+
+pub async fn model(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+    if id == st.model_name {
+        axum::Json(model_json(&st)).into_response()
+    } else {
+        ApiError::model_not_found(&id, &st.model_name).into_response()
+    }
+}
+
+pub async fn health(State(st): State<Arc<AppState>>) -> Response {
+    if st.draining.load(Ordering::Relaxed) {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"status": "shutting down"})),
+        )
+            .into_response()
+    } else {
+        axum::Json(json!({"status": "ok"})).into_response()
+    }
+}
+
+pub async fn metrics(State(st): State<Arc<AppState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        st.metrics.render(),
+    )
+        .into_response()
+}
+
+/// llama.cpp's `POST /tokenize`: `{"content", "add_special", "with_pieces"}` → `{"tokens"}`.
+pub async fn tokenize(
+    State(st): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let run = || -> Result<Value, ApiError> {
+        let b = read_body(body)?;
+        let content = b
+            .string("content")?
+            .ok_or_else(|| ApiError::param("content", "`content` is required"))?;
+        let add_special = b.bool("add_special")?.unwrap_or(false);
+        let parse_special = b.bool("parse_special")?.unwrap_or(true);
+        let with_pieces = b.bool("with_pieces")?.unwrap_or(false);
+        let t = &st.tokenizer;
+        let ids = if add_special {
+            t.encode_prompt(content, parse_special)
+        } else {
+            t.encode(content, parse_special)
+        }
+        .map_err(|e| ApiError::param("content", format!("cannot tokenize: {e}")))?;
+        let tokens: Vec<Value> = if with_pieces {
+            ids.iter()
+                .map(|&id| json!({"id": id, "piece": st.token_string(id).0}))
+                .collect()
+        } else {
+            ids.iter().map(|&id| json!(id)).collect()
+        };
+        Ok(json!({"tokens": tokens}))
+    };
+    match run() {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// llama.cpp's `POST /detokenize`: `{"tokens"}` → `{"content"}`.
+pub async fn detokenize(
+    State(st): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let run = || -> Result<Value, ApiError> {
+        let b = read_body(body)?;
+        let bad = || ApiError::param("tokens", format!("`tokens` must be a list of token ids (0..{})", st.vocab));
+        let ids = match b.get("tokens") {
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|v| v.as_u64().filter(|&t| (t as usize) < st.vocab).map(|t| t as u32))
+                .collect::<Option<Vec<u32>>>()
+                .ok_or_else(bad)?,
+            _ => return Err(bad()),
+        };
+        Ok(json!({"content": st.tokenizer.decode(&ids)}))
+    };
+    match run() {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+pub async fn fallback(req: Request) -> Response {
+    ApiError::not_found(req.uri().path()).into_response()
+}

@@ -1,0 +1,93 @@
+//! Answer shapes: a `Shape` says how chat or completions chunks look; `sse` streams a
+//! generation as server-sent events ending with `data: [DONE]`, `collect` gathers it for a
+//! single JSON answer. Both read the same deltas, so the streamed text equals the other.
+
+use super::error::ApiError;
+use crate::generate::{Delta, Generation, LogprobEntry, Usage};
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+use std::collections::VecDeque;
+use std::convert::Infallible;
+
+pub trait Shape: Send + 'static {
+    /// Chunks before any text (chat: each choice's role).
+    fn head(&self, n_choices: usize) -> Vec<Value>;
+    /// Chunks for one delta (text, then the finish reason on its own chunk).
+    fn delta(&mut self, d: Delta) -> Vec<Value>;
+    /// The closing chunk with the token counts (`stream_options.include_usage`).
+    fn usage(&self, u: Usage) -> Value;
+}
+
+pub fn sse<S: Shape>(g: Generation, shape: S, include_usage: bool) -> Response {
+    struct St<S> {
+        g: Generation,
+        shape: S,
+        queue: VecDeque<String>,
+        include_usage: bool,
+        ended: bool,
+    }
+    let queue = shape
+        .head(g.n_choices())
+        .into_iter()
+        .map(|v| v.to_string())
+        .collect();
+    let st = St {
+        g,
+        shape,
+        queue,
+        include_usage,
+        ended: false,
+    };
+    let stream = futures_util::stream::unfold(st, |mut st| async move {
+        loop {
+            if let Some(data) = st.queue.pop_front() {
+                return Some((Ok::<_, Infallible>(Event::default().data(data)), st));
+            }
+            if st.ended {
+                return None;
+            }
+            match st.g.next().await {
+                Some(Ok(d)) => {
+                    let chunks = st.shape.delta(d);
+                    st.queue.extend(chunks.into_iter().map(|v| v.to_string()));
+                }
+                Some(Err(e)) => {
+                    st.queue.push_back(e.json().to_string());
+                    st.queue.push_back("[DONE]".into());
+                    st.ended = true;
+                }
+                None => {
+                    if st.include_usage {
+                        st.queue.push_back(st.shape.usage(st.g.usage()).to_string());
+                    }
+                    st.queue.push_back("[DONE]".into());
+                    st.ended = true;
+                }
+            }
+        }
+    });
+    Sse::new(stream).into_response()
+}
+
+/// One choice's whole answer.
+#[derive(Default)]
+pub struct Collected {
+    pub text: String,
+    pub logprobs: Vec<LogprobEntry>,
+    pub finish: &'static str,
+}
+
+pub async fn collect(mut g: Generation) -> Result<(Vec<Collected>, Usage), ApiError> {
+    let mut out: Vec<Collected> = (0..g.n_choices()).map(|_| Collected::default()).collect();
+    while let Some(d) = g.next().await {
+        let d = d?;
+        let c = &mut out[d.index];
+        c.text.push_str(&d.text);
+        c.logprobs.extend(d.logprobs);
+        if let Some(f) = d.finish {
+            c.finish = f;
+        }
+    }
+    Ok((out, g.usage()))
+}

@@ -1,0 +1,236 @@
+//! Prometheus metrics, in the text exposition format: gauges of the scheduler's state (set by
+//! the engine thread after every step), token and request counters, and latency histograms.
+
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::time::Duration;
+use suanli_backend::Backend;
+use suanli_engine::batch::BatchEngine;
+
+const TTFT_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+const ITL_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12,
+];
+
+struct Histogram {
+    bounds: &'static [f64],
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram {
+            bounds,
+            counts: vec![0; bounds.len()],
+            sum: 0.0,
+            count: 0,
+        }
+    }
+
+    fn observe(&mut self, v: f64) {
+        for (b, c) in self.bounds.iter().zip(&mut self.counts) {
+            if v <= *b {
+                *c += 1;
+            }
+        }
+        self.sum += v;
+        self.count += 1;
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (b, c) in self.bounds.iter().zip(&self.counts) {
+            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {c}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(out, "{name}_sum {}", self.sum);
+        let _ = writeln!(out, "{name}_count {}", self.count);
+    }
+}
+
+#[derive(Default, Clone, Copy)]
+struct Gauges {
+    running: usize,
+    waiting: usize,
+    blocks_in_use: usize,
+    blocks_cached: usize,
+    blocks_total: usize,
+    prefix_hits: u64,
+    preemptions: u64,
+}
+
+struct Inner {
+    gauges: Gauges,
+    prompt_tokens: u64,
+    cached_tokens: u64,
+    generated_tokens: u64,
+    /// Finished sequences by how they ended (stop, length, cancelled, error).
+    finished: Vec<(&'static str, u64)>,
+    ttft: Histogram,
+    itl: Histogram,
+}
+
+pub struct Metrics {
+    inner: Mutex<Inner>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            inner: Mutex::new(Inner {
+                gauges: Gauges::default(),
+                prompt_tokens: 0,
+                cached_tokens: 0,
+                generated_tokens: 0,
+                finished: Vec::new(),
+                ttft: Histogram::new(TTFT_BUCKETS),
+                itl: Histogram::new(ITL_BUCKETS),
+            }),
+        }
+    }
+}
+
+impl Metrics {
+    fn with<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {
+        // A panic elsewhere while holding the lock must not take the metrics down with it.
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut g)
+    }
+
+    pub fn set_gauges<B: Backend>(&self, e: &BatchEngine<B>) {
+        let s = e.scheduler();
+        let cached = s.blocks_cached_idle();
+        let g = Gauges {
+            running: s.running(),
+            waiting: s.waiting(),
+            blocks_in_use: s.blocks_used() - cached,
+            blocks_cached: cached,
+            blocks_total: s.config().num_blocks,
+            prefix_hits: s.prefix_hits(),
+            preemptions: s.preemptions(),
+        };
+        self.with(|m| m.gauges = g);
+    }
+
+    pub fn ttft(&self, d: Duration) {
+        self.with(|m| m.ttft.observe(d.as_secs_f64()));
+    }
+
+    pub fn itl(&self, d: Duration) {
+        self.with(|m| m.itl.observe(d.as_secs_f64()));
+    }
+
+    pub fn generated(&self, n: usize) {
+        self.with(|m| m.generated_tokens += n as u64);
+    }
+
+    pub fn prompt(&self, n: usize) {
+        self.with(|m| m.prompt_tokens += n as u64);
+    }
+
+    pub fn cached(&self, n: usize) {
+        self.with(|m| m.cached_tokens += n as u64);
+    }
+
+    pub fn finished(&self, how: &'static str) {
+        self.with(|m| match m.finished.iter_mut().find(|(k, _)| *k == how) {
+            Some((_, n)) => *n += 1,
+            None => m.finished.push((how, 1)),
+        });
+    }
+
+    pub fn render(&self) -> String {
+        self.with(|m| {
+            let mut out = String::new();
+            let g = m.gauges;
+            let mut one = |name: &str, kind: &str, help: &str, v: String| {
+                let _ = writeln!(
+                    out,
+                    "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+                );
+            };
+            one(
+                "suanli_requests_running",
+                "gauge",
+                "Sequences in the running batch.",
+                g.running.to_string(),
+            );
+            one(
+                "suanli_requests_waiting",
+                "gauge",
+                "Sequences queued for admission.",
+                g.waiting.to_string(),
+            );
+            one(
+                "suanli_kv_blocks_used",
+                "gauge",
+                "KV cache blocks held by sequences.",
+                g.blocks_in_use.to_string(),
+            );
+            one(
+                "suanli_kv_blocks_cached",
+                "gauge",
+                "KV cache blocks held only by the prefix cache (reusable, evictable).",
+                g.blocks_cached.to_string(),
+            );
+            one(
+                "suanli_kv_blocks_total",
+                "gauge",
+                "KV cache blocks.",
+                g.blocks_total.to_string(),
+            );
+            one(
+                "suanli_prefix_cache_hits_total",
+                "counter",
+                "Sequences that found part of their prompt in the prefix cache.",
+                g.prefix_hits.to_string(),
+            );
+            one(
+                "suanli_preemptions_total",
+                "counter",
+                "Sequences sent back to the queue for lack of KV blocks.",
+                g.preemptions.to_string(),
+            );
+            one(
+                "suanli_prompt_tokens_total",
+                "counter",
+                "Prompt tokens submitted.",
+                m.prompt_tokens.to_string(),
+            );
+            one(
+                "suanli_prompt_tokens_cached_total",
+                "counter",
+                "Prompt tokens served from the prefix cache.",
+                m.cached_tokens.to_string(),
+            );
+            one(
+                "suanli_generation_tokens_total",
+                "counter",
+                "Tokens generated.",
+                m.generated_tokens.to_string(),
+            );
+            let _ = writeln!(
+                out,
+                "# HELP suanli_sequences_finished_total Sequences ended, by reason.\n# TYPE suanli_sequences_finished_total counter"
+            );
+            for (how, n) in &m.finished {
+                let _ = writeln!(out, "suanli_sequences_finished_total{{reason=\"{how}\"}} {n}");
+            }
+            m.ttft.render(
+                &mut out,
+                "suanli_time_to_first_token_seconds",
+                "Time from admission request to the first generated token.",
+            );
+            m.itl.render(
+                &mut out,
+                "suanli_inter_token_latency_seconds",
+                "Time between consecutive tokens of a sequence.",
+            );
+            out
+        })
+    }
+}

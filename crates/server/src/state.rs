@@ -1,0 +1,64 @@
+//! What every handler shares.
+
+use crate::metrics::Metrics;
+use crate::worker::Worker;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use suanli_tokenizer::Tokenizer;
+
+pub struct AppState {
+    pub worker: Arc<Worker>,
+    pub tokenizer: Arc<Tokenizer>,
+    pub metrics: Arc<Metrics>,
+    /// The id clients name in `model`.
+    pub model_name: String,
+    pub api_key: Option<String>,
+    /// Longest context (prompt + answer) of one sequence.
+    pub max_ctx: usize,
+    /// Token ids accepted in prompts and `logit_bias`.
+    pub vocab: usize,
+    /// Unix time the server started (`created` of the model).
+    pub created: u64,
+    /// SIGTERM seen: no new generations.
+    pub draining: AtomicBool,
+}
+
+impl AppState {
+    /// Printable text of a token (control tokens by their name).
+    pub fn token_string(&self, id: u32) -> (String, Vec<u8>) {
+        let t = &self.tokenizer;
+        let bytes = t.token_bytes(id);
+        if bytes.is_empty() {
+            let s = t.token_text(id);
+            let b = s.as_bytes().to_vec();
+            (s, b)
+        } else {
+            (String::from_utf8_lossy(bytes).into_owned(), bytes.to_vec())
+        }
+    }
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A random id suffix (24 hex digits) without a random-number crate.
+pub fn random_hex() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut out = String::new();
+    for i in 0..2u64 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(i);
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
+        );
+        out.push_str(&format!("{:012x}", h.finish() & 0xffff_ffff_ffff));
+    }
+    out
+}
