@@ -1,0 +1,318 @@
+//! The HTTP server end to end on the real SmolLM2-135M: answer shapes, streaming equal to the
+//! non-streamed answer, batched answers equal to answers alone, errors with the right status,
+//! disconnects that free everything, a full queue, and a graceful shutdown.
+
+mod common;
+use common::*;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+fn shared() -> SocketAddr {
+    static S: OnceLock<Server> = OnceLock::new();
+    S.get_or_init(|| start(16, 64, 64 * 1024)).addr
+}
+
+fn chat_text(r: &Value, i: usize) -> String {
+    r["choices"][i]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Concatenate a stream's text deltas per choice; check the chunk shapes on the way.
+fn stream_texts(events: &[String], object: &str) -> (Vec<String>, Vec<String>, Option<Value>) {
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let mut texts: Vec<String> = Vec::new();
+    let mut finish: Vec<String> = Vec::new();
+    let mut usage = None;
+    for e in &events[..events.len() - 1] {
+        let v: Value = serde_json::from_str(e).unwrap();
+        assert_eq!(v["object"], object);
+        if !v["usage"].is_null() {
+            usage = Some(v["usage"].clone());
+        }
+        for c in v["choices"].as_array().unwrap() {
+            let i = c["index"].as_u64().unwrap() as usize;
+            if texts.len() <= i {
+                texts.resize(i + 1, String::new());
+                finish.resize(i + 1, String::new());
+            }
+            let piece = if object == "chat.completion.chunk" {
+                c["delta"]["content"].as_str().unwrap_or("")
+            } else {
+                c["text"].as_str().unwrap()
+            };
+            assert!(!piece.contains('\u{FFFD}'), "broken UTF-8 in a delta: {piece:?}");
+            texts[i].push_str(piece);
+            if let Some(f) = c["finish_reason"].as_str() {
+                finish[i] = f.to_owned();
+            }
+        }
+    }
+    (texts, finish, usage)
+}
+
+#[test]
+fn chat_streamed_equals_non_streamed() {
+    let addr = shared();
+    for content in ["Name three colours.", "请用中文介绍一下北京。"] {
+        let req = json!({"model": "smollm2-135m", "messages": [{"role": "user", "content": content}],
+                         "max_tokens": 40, "temperature": 0});
+        let whole = post(addr, "/v1/chat/completions", &req);
+        assert_eq!(whole.status, 200);
+        let w = whole.json();
+        assert_eq!(w["object"], "chat.completion");
+        assert!(w["id"].as_str().unwrap().starts_with("chatcmpl-"));
+        assert_eq!(w["choices"][0]["message"]["role"], "assistant");
+        let u = &w["usage"];
+        assert_eq!(
+            u["total_tokens"].as_u64(),
+            Some(u["prompt_tokens"].as_u64().unwrap() + u["completion_tokens"].as_u64().unwrap())
+        );
+        let mut sreq = req.clone();
+        sreq["stream"] = json!(true);
+        sreq["stream_options"] = json!({"include_usage": true});
+        let s = post(addr, "/v1/chat/completions", &sreq);
+        assert_eq!(s.status, 200);
+        assert!(s.header("content-type").unwrap().starts_with("text/event-stream"));
+        let (texts, finish, usage) = stream_texts(&s.events(), "chat.completion.chunk");
+        assert_eq!(texts[0], chat_text(&w, 0), "{content}");
+        assert_eq!(finish[0], w["choices"][0]["finish_reason"].as_str().unwrap());
+        let usage = usage.expect("a usage chunk");
+        assert_eq!(usage["completion_tokens"], u["completion_tokens"]);
+        assert_eq!(usage["prompt_tokens"], u["prompt_tokens"]);
+    }
+}
+
+#[test]
+fn concurrent_greedy_answers_equal_answers_alone() {
+    let addr = shared();
+    let prompts: Vec<String> = (0..12)
+        .map(|i| format!("Story number {i}: once upon a time, in a village by the sea,"))
+        .collect();
+    let req = |p: &str| {
+        json!({"prompt": p, "max_tokens": 24, "temperature": 0, "logit_bias": {"0": -100}})
+    };
+    let alone: Vec<String> = prompts
+        .iter()
+        .map(|p| post(addr, "/v1/completions", &req(p)).json()["choices"][0]["text"]
+            .as_str()
+            .unwrap()
+            .to_owned())
+        .collect();
+    let together: Vec<String> = std::thread::scope(|s| {
+        let hs: Vec<_> = prompts
+            .iter()
+            .map(|p| s.spawn(move || post(addr, "/v1/completions", &req(p))))
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().unwrap().json()["choices"][0]["text"].as_str().unwrap().to_owned())
+            .collect()
+    });
+    assert_eq!(alone, together);
+}
+
+#[test]
+fn completions_from_token_ids_with_logprobs_n_and_stop() {
+    let addr = shared();
+    let tok = post(addr, "/tokenize", &json!({"content": "The capital of France is"})).json();
+    let ids: Vec<u64> = tok["tokens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    let back = post(addr, "/detokenize", &json!({"tokens": ids})).json();
+    assert_eq!(back["content"], "The capital of France is");
+    let r = post(
+        addr,
+        "/v1/completions",
+        &json!({"prompt": ids, "max_tokens": 6, "temperature": 0, "logprobs": 3, "echo": true}),
+    );
+    assert_eq!(r.status, 400, "echo with logprobs is refused, not faked");
+    let r = post(
+        addr,
+        "/v1/completions",
+        &json!({"prompt": [ids.clone(), ids.clone()], "max_tokens": 6, "temperature": 0, "logprobs": 3}),
+    )
+    .json();
+    assert_eq!(r["choices"].as_array().unwrap().len(), 2);
+    let lp = &r["choices"][0]["logprobs"];
+    let n = lp["tokens"].as_array().unwrap().len();
+    assert_eq!(n, r["usage"]["completion_tokens"].as_u64().unwrap() as usize / 2);
+    for (i, top) in lp["top_logprobs"].as_array().unwrap().iter().enumerate() {
+        let top = top.as_object().unwrap();
+        assert!(top.len() <= 3 && !top.is_empty());
+        // Greedy: the chosen token is the most likely one.
+        let best = top.values().map(|v| v.as_f64().unwrap()).fold(f64::MIN, f64::max);
+        let chosen = lp["token_logprobs"][i].as_f64().unwrap();
+        assert!((best - chosen).abs() < 1e-6 && chosen <= 0.0);
+    }
+    assert_eq!(r["choices"][0]["text"], r["choices"][1]["text"]);
+
+    // n sampled choices with a stop string: none contains it; a seed makes them reproducible.
+    let req = json!({"prompt": "List of fruits: apple, banana,", "max_tokens": 30, "n": 3,
+                     "temperature": 1.0, "seed": 42, "stop": [","]});
+    let a = post(addr, "/v1/completions", &req).json();
+    let b = post(addr, "/v1/completions", &req).json();
+    assert_eq!(a["choices"], b["choices"]);
+    for c in a["choices"].as_array().unwrap() {
+        let text = c["text"].as_str().unwrap();
+        assert!(!text.contains(','), "{text:?}");
+    }
+    let mut sreq = req.clone();
+    sreq["stream"] = json!(true);
+    let (texts, finish, _) = stream_texts(&post(addr, "/v1/completions", &sreq).events(), "text_completion");
+    for (i, c) in a["choices"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(texts[i], c["text"].as_str().unwrap());
+        assert_eq!(finish[i], c["finish_reason"].as_str().unwrap());
+    }
+}
+
+#[test]
+fn logit_bias_and_prefix_cache() {
+    let addr = shared();
+    // Ban the greedy first token: the answer changes.
+    let req = json!({"prompt": "The capital of France is", "max_tokens": 1, "temperature": 0, "logprobs": 1});
+    let r = post(addr, "/v1/completions", &req).json();
+    let first = r["choices"][0]["logprobs"]["tokens"][0].as_str().unwrap().to_owned();
+    let id = post(addr, "/tokenize", &json!({"content": first})).json()["tokens"][0].clone();
+    let mut banned = req.clone();
+    banned["logit_bias"] = json!({ id.to_string(): -100 });
+    let r2 = post(addr, "/v1/completions", &banned).json();
+    assert_ne!(r2["choices"][0]["text"], r["choices"][0]["text"]);
+    // A long shared system prompt is served from the cache the second time.
+    let sys = "You are a helpful assistant. ".repeat(12);
+    let chat = |q: &str| {
+        json!({"messages": [{"role": "system", "content": sys}, {"role": "user", "content": q}],
+               "max_tokens": 2, "temperature": 0})
+    };
+    post(addr, "/v1/chat/completions", &chat("Hi"));
+    let r = post(addr, "/v1/chat/completions", &chat("Hello")).json();
+    assert!(r["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap() >= 64);
+}
+
+#[test]
+fn bad_requests_get_openai_errors() {
+    let addr = shared();
+    let check = |r: Reply, status: u16, param: Option<&str>| {
+        assert_eq!(r.status, status, "{}", String::from_utf8_lossy(&r.body));
+        let e = r.json();
+        assert!(e["error"]["message"].as_str().unwrap().len() > 5);
+        if let Some(p) = param {
+            assert_eq!(e["error"]["param"], p);
+        }
+    };
+    let chat = "/v1/chat/completions";
+    check(post(addr, chat, &json!({"messages": []})), 400, Some("messages"));
+    check(post(addr, chat, &json!({"messages": "hi"})), 400, Some("messages"));
+    check(
+        post(addr, chat, &json!({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]})),
+        400,
+        Some("messages"),
+    );
+    check(post(addr, chat, &json!({"messages": [{"role": "user", "content": "x"}], "temperature": -1})), 400, Some("temperature"));
+    check(post(addr, chat, &json!({"messages": [{"role": "user", "content": "x"}], "max_tokens": -1})), 400, Some("max_tokens"));
+    check(post(addr, chat, &json!({"messages": [{"role": "user", "content": "x"}], "max_tokens": 5000})), 400, Some("max_tokens"));
+    check(post(addr, chat, &json!({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 3})), 400, Some("top_logprobs"));
+    check(post(addr, chat, &json!({"messages": [{"role": "user", "content": "x"}], "logit_bias": {"4000000000": 5}})), 400, Some("logit_bias"));
+    check(post(addr, chat, &json!({"messages": [{"role": "user", "content": "x"}], "model": "gpt-4"})), 404, Some("model"));
+    let comp = "/v1/completions";
+    check(post(addr, comp, &json!({"prompt": [1, 2, 99999999]})), 400, Some("prompt"));
+    check(post(addr, comp, &json!({"prompt": [1, -2]})), 400, Some("prompt"));
+    check(post(addr, comp, &json!({"prompt": []})), 400, Some("prompt"));
+    check(post(addr, comp, &json!({"prompt": [[]]})), 400, Some("prompt"));
+    check(post(addr, comp, &json!({"prompt": "x ".repeat(1100)})), 400, Some("prompt"));
+    check(post(addr, comp, &json!({"prompt": "x", "n": 0})), 400, Some("n"));
+    check(post(addr, "/detokenize", &json!({"tokens": [1, 99999999]})), 400, Some("tokens"));
+    // Not JSON, not an object, wrong key, no key, too large, unknown route.
+    check(raw(addr, &request_bytes("POST", comp, Some(KEY), "{\"prompt\": ")), 400, None);
+    check(raw(addr, &request_bytes("POST", comp, Some(KEY), "[1,2]")), 400, None);
+    check(raw(addr, &request_bytes("POST", comp, Some("wrong"), "{}")), 401, None);
+    check(raw(addr, &request_bytes("GET", "/v1/models", None, "")), 401, None);
+    let big = format!("{{\"prompt\": \"{}\"}}", "a".repeat(100 * 1024));
+    check(raw(addr, &request_bytes("POST", comp, Some(KEY), &big)), 413, None);
+    check(get(addr, "/v1/nothing"), 404, None);
+    check(get(addr, "/v1/models/other"), 404, Some("model"));
+    // Health and metrics need no key; the models list has the served model.
+    assert_eq!(raw(addr, &request_bytes("GET", "/health", None, "")).status, 200);
+    assert_eq!(get(addr, "/v1/models").json()["data"][0]["id"], "smollm2-135m");
+}
+
+#[test]
+fn disconnect_burst_frees_every_sequence_and_block() {
+    let addr = shared();
+    let long = |stream: bool| {
+        json!({"prompt": "Write a very long essay about the sea.", "max_tokens": 800,
+               "temperature": 0.7, "stream": stream, "logit_bias": {"0": -100, "2": -100}})
+    };
+    // Streamed clients that hang up after the first bytes.
+    let streams: Vec<_> = (0..8).map(|_| open_stream(addr, &long(true))).collect();
+    // Clients that hang up while waiting for a non-streamed answer.
+    let waiting: Vec<_> = (0..4)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            std::io::Write::write_all(
+                &mut s,
+                &request_bytes("POST", "/v1/completions", Some(KEY), &long(false).to_string()),
+            )
+            .unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(metric(addr, "suanli_requests_running") > 0.0);
+    drop(streams);
+    drop(waiting);
+    wait_idle(addr);
+    // The next request is served normally.
+    let r = post(addr, "/v1/completions", &json!({"prompt": "Hello", "max_tokens": 4, "temperature": 0}));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["usage"]["completion_tokens"], 4);
+    wait_idle(addr);
+}
+
+#[test]
+fn full_queue_answers_503_with_retry_after() {
+    let server = start(1, 1, 1 << 20);
+    let addr = server.addr;
+    let long = json!({"prompt": "Count: one, two,", "max_tokens": 600, "temperature": 0,
+                      "stream": true, "logit_bias": {"0": -100, "2": -100}});
+    let running = open_stream(addr, &long); // admitted: the batch holds 1
+    let mut queued = std::net::TcpStream::connect(addr).unwrap();
+    std::io::Write::write_all(
+        &mut queued,
+        &request_bytes("POST", "/v1/completions", Some(KEY), &long.to_string()),
+    )
+    .unwrap();
+    let t = std::time::Instant::now();
+    while metric(addr, "suanli_requests_waiting") < 1.0 {
+        assert!(t.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let r = post(addr, "/v1/completions", &json!({"prompt": "x", "max_tokens": 2}));
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(r.json()["error"]["code"], "overloaded");
+    drop(running);
+    drop(queued);
+    wait_idle(addr);
+    server.shutdown();
+}
+
+#[test]
+fn shutdown_finishes_requests_in_flight() {
+    let server = start(4, 8, 1 << 20);
+    let addr = server.addr;
+    let req = json!({"prompt": "Once upon a time", "max_tokens": 120, "temperature": 0,
+                     "logit_bias": {"0": -100, "2": -100}});
+    let client = std::thread::spawn(move || post(addr, "/v1/completions", &req));
+    let t = std::time::Instant::now();
+    while metric(addr, "suanli_requests_running") < 1.0 {
+        assert!(t.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let took = server.shutdown();
+    let r = client.join().unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["usage"]["completion_tokens"], 120);
+    assert!(took < Duration::from_secs(20));
+    assert!(std::net::TcpStream::connect(addr).is_err(), "no longer listening");
+}
