@@ -1,0 +1,65 @@
+//! `suanli serve` as a process: it prints where it listens, answers, and on SIGTERM finishes
+//! the request in flight, stops listening and exits 0.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use suanli_formats::catalog;
+
+#[cfg(unix)]
+#[test]
+fn sigterm_drains_and_exits_zero() {
+    let model = catalog::pull(catalog::find("smollm2-135m").unwrap()).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_suanli"))
+        .args(["--threads", "2", "serve", "--port", "0", "--ctx", "1024", "--model"])
+        .arg(&model)
+        .env_remove("SUANLI_API_KEY")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut addr = None;
+    let mut line = String::new();
+    while addr.is_none() {
+        line.clear();
+        assert!(err.read_line(&mut line).unwrap() > 0, "server exited early");
+        addr = line
+            .split("http://")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .map(str::to_owned);
+    }
+    let addr = addr.unwrap();
+    let body = r#"{"prompt": "Once upon a time", "max_tokens": 150, "temperature": 0, "logit_bias": {"0": -100, "2": -100}}"#;
+    let mut s = TcpStream::connect(&addr).unwrap();
+    write!(
+        s,
+        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"completion_tokens\":150"), "{answer}");
+    let t = Instant::now();
+    let code = loop {
+        if let Some(c) = child.try_wait().unwrap() {
+            break c;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "still running after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut rest = String::new();
+    err.read_to_string(&mut rest).unwrap();
+    assert!(code.success(), "exit {code:?}; stderr: {rest}");
+    assert!(rest.contains("shutting down"), "{rest}");
+    assert!(TcpStream::connect(&addr).is_err());
+}

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The official openai Python client against `suanli serve` on a catalog model
+# (tests/openai/). Installs openai + pytest into a virtual environment (.venv-openai) the first
+# time; starts the server on a free port with an API key; stops it with SIGTERM at the end and
+# checks it exits 0. Prints a cargo-style "test result:" line for .ci/run's count.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV_OPENAI:-.venv-openai}
+MODEL=${SUANLI_TEST_MODEL:-smollm2-135m}
+BIN=${SUANLI_BIN:-target/release/suanli}
+if ! "$VENV/bin/python" -c "import openai, pytest" 2>/dev/null; then
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install -q "openai==3.51.0" "pytest==9.0.3"
+fi
+[ -x "$BIN" ] || cargo build --release --locked
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+key="test-$$-$RANDOM"
+log=$(mktemp)
+SUANLI_API_KEY=$key "$BIN" --threads 2 serve --model "$MODEL" --port "$port" --ctx 2048 --max-batch 8 2>"$log" &
+pid=$!
+trap 'kill "$pid" 2>/dev/null || true; rm -f "$log"' EXIT
+python3 - "$port" <<'PY'
+import sys, time, urllib.request
+for _ in range(600):
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/health", timeout=1)
+        sys.exit(0)
+    except Exception:
+        time.sleep(0.2)
+sys.exit("the server did not come up")
+PY
+set +e
+out=$(SUANLI_URL="http://127.0.0.1:$port/v1" SUANLI_KEY="$key" SUANLI_MODEL="$MODEL" \
+    "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/openai 2>&1)
+status=$?
+set -e
+echo "$out"
+kill -TERM "$pid"
+wait "$pid"
+code=$?
+trap 'rm -f "$log"' EXIT
+if [ "$code" -ne 0 ]; then
+    echo "suanli serve exited $code after SIGTERM:"; cat "$log"; status=1
+fi
+passed=$(echo "$out" | grep -oE '[0-9]+ passed' | tail -1 | grep -oE '[0-9]+' || echo 0)
+failed=$(echo "$out" | { grep -oE '[0-9]+ (failed|error)' || true; } | awk '{s += $1} END {print s + 0}')
+[ "$status" -eq 0 ] && r=ok || r=FAILED
+echo "test result: $r. $passed passed; $failed failed; 0 ignored; 0 measured; 0 filtered out (openai client)"
+exit "$status"
