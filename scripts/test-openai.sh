@@ -8,9 +8,20 @@ cd "$(dirname "$0")/.."
 VENV=${VENV_OPENAI:-.venv-openai}
 MODEL=${SUANLI_TEST_MODEL:-smollm2-135m}
 BIN=${SUANLI_BIN:-target/release/suanli}
-if ! "$VENV/bin/python" -c "import openai, pytest" 2>/dev/null; then
-    python3 -m venv "$VENV"
-    "$VENV/bin/pip" install -q "openai==3.51.0" "pytest==9.0.3"
+PKGS=("openai==3.51.0" "pytest==9.0.3")
+PY="$VENV/bin/python"
+if [ -d "$VENV/site" ]; then PY=python3; export PYTHONPATH="$VENV/site"; fi
+if ! "$PY" -c "import openai, pytest" 2>/dev/null; then
+    if python3 -m venv "$VENV" 2>/dev/null && "$VENV/bin/python" -m pip --version >/dev/null 2>&1; then
+        "$VENV/bin/python" -m pip install -q "${PKGS[@]}"
+        PY="$VENV/bin/python"
+    else
+        # No venv module (Debian without python3-venv): a plain package directory instead.
+        rm -rf "$VENV"
+        PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install -q --target "$VENV/site" "${PKGS[@]}"
+        PY=python3
+        export PYTHONPATH="$VENV/site"
+    fi
 fi
 [ -x "$BIN" ] || cargo build --release --locked
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -31,7 +42,7 @@ sys.exit("the server did not come up")
 PY
 set +e
 out=$(SUANLI_URL="http://127.0.0.1:$port/v1" SUANLI_KEY="$key" SUANLI_MODEL="$MODEL" \
-    "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/openai 2>&1)
+    "$PY" -m pytest -q -p no:cacheprovider tests/openai 2>&1)
 status=$?
 set -e
 echo "$out"
