@@ -101,6 +101,15 @@ def test_completions_from_token_ids_with_logprobs():
     assert both.choices[0].text == c.text[: len(both.choices[0].text)]
 
 
+def test_echo_with_prompt_logprobs():
+    ids = tokenize("The capital of France is")
+    r = client.completions.create(model=MODEL, prompt=ids, max_tokens=4, temperature=0, logprobs=2, echo=True)
+    lp = r.choices[0].logprobs
+    assert len(lp.tokens) == len(ids) + r.usage.completion_tokens
+    assert lp.token_logprobs[0] is None and all(p <= 0 for p in lp.token_logprobs[1:])
+    assert r.choices[0].text.startswith("The capital of France is")
+
+
 def test_n_with_stop_strings():
     r = client.completions.create(model=MODEL, prompt="A list of fruits: apple, banana,", n=3,
                                   max_tokens=30, temperature=1.0, seed=7, stop=[",", "\n"])

@@ -20,6 +20,10 @@ pub struct Request {
     pub max_tokens: usize,
     /// Report each sampled token's log-probability and this many alternatives.
     pub logprobs: Option<usize>,
+    /// Report every prompt token's log-probability (after the first) and this many
+    /// alternatives, from the model's distribution. The prompt is then always computed, never
+    /// taken from the prefix cache.
+    pub prompt_logprobs: Option<usize>,
 }
 
 /// Log-probabilities of a sampled token and of the most likely alternatives, in the
@@ -32,6 +36,9 @@ pub struct TokenLogprobs {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
+    /// Log-probabilities of prompt tokens 1.. (token 0 has no context), once, before the first
+    /// token, when the request asked for them.
+    PromptLogprobs(Vec<TokenLogprobs>),
     /// A new token (never an end-of-generation token).
     Token {
         id: u32,
@@ -63,6 +70,10 @@ struct SeqState {
     max_tokens: usize,
     cached_tokens: usize,
     logprobs: Option<usize>,
+    prompt_logprobs: Option<usize>,
+    /// Per prompt position (from 1), filled as prompt chunks run; sent once complete.
+    prompt_lp: Vec<Option<TokenLogprobs>>,
+    prompt_lp_sent: bool,
 }
 
 pub struct BatchEngine<B: Backend> {
@@ -117,7 +128,12 @@ impl<B: Backend> BatchEngine<B> {
         if req.max_tokens == 0 {
             return Err(BatchError::NoTokens);
         }
-        self.sched.submit(id, req.prompt.clone(), req.max_tokens)?;
+        self.sched.submit_with(
+            id,
+            req.prompt.clone(),
+            req.max_tokens,
+            req.prompt_logprobs.is_some(),
+        )?;
         self.seqs.insert(
             id,
             SeqState {
@@ -128,6 +144,9 @@ impl<B: Backend> BatchEngine<B> {
                 max_tokens: req.max_tokens,
                 cached_tokens: 0,
                 logprobs: req.logprobs,
+                prompt_logprobs: req.prompt_logprobs,
+                prompt_lp: Vec::new(),
+                prompt_lp_sent: false,
             },
         );
         Ok(())
@@ -166,11 +185,44 @@ impl<B: Backend> BatchEngine<B> {
         let mut sampled = Vec::new();
         let mut events = Vec::new();
         let mut done = Vec::new();
-        for (row, it) in step.items.iter().filter(|it| it.sample).enumerate() {
-            let logits = &mut self.logits[row * vocab..(row + 1) * vocab];
+        let mut row = 0;
+        for it in &step.items {
+            let rows = if it.logits_all {
+                it.tokens.len()
+            } else {
+                usize::from(it.sample)
+            };
+            let first = row;
+            row += rows;
             let Some(st) = self.seqs.get_mut(&it.seq) else {
                 continue;
             };
+            if it.logits_all {
+                // Row i predicts the token at position start + i + 1.
+                let top = st.prompt_logprobs.unwrap_or(0);
+                st.prompt_lp.resize(st.prompt_len, None);
+                for i in 0..it.tokens.len() {
+                    let next = it.start + i + 1;
+                    if next < st.prompt_len {
+                        let l = &self.logits[(first + i) * vocab..(first + i + 1) * vocab];
+                        let (logprob, top) = crate::sampler::logprobs(l, st.history[next], top);
+                        st.prompt_lp[next] = Some(TokenLogprobs { logprob, top });
+                    }
+                }
+            }
+            if !it.sample {
+                continue;
+            }
+            if st.prompt_logprobs.is_some() && !st.prompt_lp_sent {
+                st.prompt_lp_sent = true;
+                let lps = std::mem::take(&mut st.prompt_lp);
+                events.push((
+                    it.seq,
+                    Event::PromptLogprobs(lps.into_iter().skip(1).flatten().collect()),
+                ));
+            }
+            let r = first + rows - 1;
+            let logits = &mut self.logits[r * vocab..(r + 1) * vocab];
             let tok = st.sampler.sample(logits, &st.history);
             sampled.push((it.seq, tok));
             let ctx_full = st.history.len() + 1 >= self.sched.config().max_ctx;

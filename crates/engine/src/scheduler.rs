@@ -60,6 +60,8 @@ pub struct StepItem {
     pub block_table: Vec<u32>,
     /// The step ends this sequence's prompt (or is a decode step): sample from its last row.
     pub sample: bool,
+    /// Logits for every row, not just the sampling one (prompt log-probabilities).
+    pub logits_all: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -96,7 +98,10 @@ impl Step {
                 ctx_len: it.start + it.tokens.len(),
                 block_table: it.block_table.clone(),
             });
-            if it.sample {
+            if it.logits_all {
+                p.logits_rows
+                    .extend((q_start..p.tokens.len()).map(|r| r as u32));
+            } else if it.sample {
                 p.logits_rows.push((p.tokens.len() - 1) as u32);
             }
         }
@@ -116,7 +121,13 @@ struct Seq {
     registered: usize,
     /// Prompt tokens found in the prefix cache at admission (reported as cached tokens).
     prefix_hit: usize,
+    /// Every prompt position's logits are wanted: never served from the prefix cache, and fed
+    /// in chunks of at most `PROMPT_LOGITS_CHUNK` tokens (each row costs a vocabulary of logits).
+    prompt_logits: bool,
 }
+
+/// Prompt chunk size for sequences that want every prompt position's logits.
+pub const PROMPT_LOGITS_CHUNK: usize = 32;
 
 impl Seq {
     fn ctx(&self) -> usize {
@@ -220,6 +231,17 @@ impl Scheduler {
         prompt: Vec<u32>,
         max_new: usize,
     ) -> Result<(), SubmitError> {
+        self.submit_with(id, prompt, max_new, false)
+    }
+
+    /// `submit`, optionally asking for the logits of every prompt position.
+    pub fn submit_with(
+        &mut self,
+        id: SeqId,
+        prompt: Vec<u32>,
+        max_new: usize,
+        prompt_logits: bool,
+    ) -> Result<(), SubmitError> {
         if prompt.is_empty() {
             return Err(SubmitError::Empty);
         }
@@ -251,6 +273,7 @@ impl Scheduler {
             blocks: Vec::new(),
             registered: 0,
             prefix_hit: 0,
+            prompt_logits,
         });
         Ok(())
     }
@@ -396,7 +419,7 @@ impl Scheduler {
                 break;
             }
             let mut s = self.waiting.pop_front().expect("front exists");
-            if s.blocks.is_empty() && s.cached == 0 {
+            if s.blocks.is_empty() && s.cached == 0 && !s.prompt_logits {
                 self.attach_prefix(&mut s);
             }
             self.running.push(s);
@@ -418,7 +441,13 @@ impl Scheduler {
                 break;
             }
             let Some(s) = self.seq(id) else { continue };
-            let (start, end) = (s.cached, (s.cached + budget).min(s.ctx()));
+            let scoring = s.prompt_logits && s.cached + 1 < s.prompt_len;
+            let take = if scoring {
+                budget.min(PROMPT_LOGITS_CHUNK)
+            } else {
+                budget
+            };
+            let (start, end) = (s.cached, (s.cached + take).min(s.ctx()));
             if !self.grow(id, end) {
                 continue;
             }
@@ -430,6 +459,7 @@ impl Scheduler {
                 start,
                 block_table: s.blocks.clone(),
                 sample: end == s.ctx(),
+                logits_all: scoring,
             });
         }
         // A sequence preempted after it was planned must not run.

@@ -46,6 +46,7 @@ fn run(
                         params: params.clone(),
                         max_tokens: n,
                         logprobs: None,
+                        prompt_logprobs: None,
                     },
                 )
                 .unwrap();
@@ -54,6 +55,7 @@ fn run(
         for (id, ev) in e.step().unwrap() {
             match ev {
                 Event::Token { id: t, .. } => out[id as usize].push(t),
+                Event::PromptLogprobs(_) => {}
                 Event::Done {
                     completion_tokens, ..
                 } => {
@@ -149,4 +151,64 @@ fn concurrent_answers_equal_answers_alone() {
             "request {i} via Session"
         );
     }
+}
+
+/// Prompt log-probabilities equal the log-probabilities the same tokens had when they were
+/// generated (greedy, so after no penalties), computed 32 positions per chunk next to others.
+#[test]
+fn prompt_logprobs_equal_generation_logprobs() {
+    let path = catalog::pull(catalog::find("smollm2-135m").unwrap()).unwrap();
+    let mut e = engine(&path, 4);
+    let prompt: Vec<u32> = vec![504, 3575, 282, 4649, 314]; // "The capital of France is"
+    let gen = |e: &mut BatchEngine<CpuBackend>, id: u64, prompt: Vec<u32>, plp: Option<usize>, n| {
+        e.submit(
+            id,
+            Request {
+                prompt,
+                params: SamplingParams::greedy(),
+                max_tokens: n,
+                logprobs: Some(2),
+                prompt_logprobs: plp,
+            },
+        )
+        .unwrap();
+    };
+    gen(&mut e, 1, prompt.clone(), None, 60);
+    let (mut toks, mut lps) = (Vec::new(), Vec::new());
+    while e.active() > 0 {
+        for (_, ev) in e.step().unwrap() {
+            if let Event::Token { id, logprobs } = ev {
+                toks.push(id);
+                lps.push(logprobs.unwrap());
+            }
+        }
+    }
+    assert_eq!(toks.len(), 60);
+    // Score prompt + answer as a prompt, next to an unrelated request (shares the steps).
+    let mut full = prompt.clone();
+    full.extend(&toks);
+    gen(&mut e, 2, full.clone(), Some(2), 1);
+    gen(&mut e, 3, vec![1, 2, 3, 4, 5, 6, 7], None, 30);
+    let mut scored = None;
+    while e.active() > 0 {
+        for (id, ev) in e.step().unwrap() {
+            if let (2, Event::PromptLogprobs(v)) = (id, ev) {
+                assert!(scored.is_none(), "sent once");
+                scored = Some(v);
+            }
+        }
+    }
+    let scored = scored.expect("prompt log-probabilities");
+    assert_eq!(scored.len(), full.len() - 1);
+    for (i, lp) in lps.iter().enumerate() {
+        let s = &scored[prompt.len() - 1 + i];
+        assert!(
+            (s.logprob - lp.logprob).abs() < 1e-4,
+            "position {i}: {} vs {}",
+            s.logprob,
+            lp.logprob
+        );
+        assert_eq!(s.top[0].0, toks[i], "greedy token is the top alternative");
+    }
+    assert!(scored.iter().all(|s| s.logprob <= 0.0 && s.top.len() == 2));
 }

@@ -24,12 +24,15 @@ pub struct LogprobEntry {
 }
 
 /// New text of one choice (possibly empty when only the finish reason is new).
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Delta {
     pub index: usize,
     pub text: String,
     pub logprobs: Vec<LogprobEntry>,
     pub finish: Option<&'static str>,
+    /// Once, before any text, when prompt log-probabilities were asked for: the prompt's
+    /// tokens, the first without a log-probability.
+    pub prompt_logprobs: Option<Vec<(u32, Option<LogprobEntry>)>>,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -52,6 +55,8 @@ impl Usage {
 
 struct Choice {
     seq: SeqId,
+    /// Kept only when prompt log-probabilities were asked for.
+    prompt_ids: Vec<u32>,
     /// Index of the prompt it answers (prompt tokens are counted once per prompt).
     prompt: usize,
     prompt_tokens: usize,
@@ -133,6 +138,12 @@ impl Generation {
                     prompt: prompt.clone(),
                     params: sampling,
                     logprobs: p.logprobs,
+                    prompt_logprobs: p.prompt_logprobs,
+                };
+                let prompt_ids = if p.prompt_logprobs.is_some() {
+                    prompt.clone()
+                } else {
+                    Vec::new()
                 };
                 let prompt_tokens = prompt.len();
                 // On error, dropping `g` cancels the choices submitted so far.
@@ -143,6 +154,7 @@ impl Generation {
                 g.by_seq.insert(seq, g.choices.len());
                 g.choices.push(Choice {
                     seq,
+                    prompt_ids,
                     prompt: pi,
                     prompt_tokens,
                     decoder: StreamDecoder::new(),
@@ -192,6 +204,26 @@ impl Generation {
         let tok = &self.tokenizer;
         let c = &mut self.choices[i];
         match ev {
+            Event::PromptLogprobs(lps) => {
+                let ids = std::mem::take(&mut c.prompt_ids);
+                let mut items: Vec<(u32, Option<LogprobEntry>)> =
+                    ids.first().map(|&t| (t, None)).into_iter().collect();
+                items.extend(ids.iter().skip(1).zip(lps).map(|(&id, lp)| {
+                    (
+                        id,
+                        Some(LogprobEntry {
+                            id,
+                            logprob: lp.logprob,
+                            top: lp.top,
+                        }),
+                    )
+                }));
+                self.ready.push_back(Delta {
+                    index: i,
+                    prompt_logprobs: Some(items),
+                    ..Delta::default()
+                });
+            }
             Event::Token { id, logprobs } => {
                 if c.finished {
                     return; // generated before the engine saw our cancel
@@ -212,7 +244,7 @@ impl Generation {
                                 index: i,
                                 text,
                                 logprobs: std::mem::take(&mut c.pending_logprobs),
-                                finish: None,
+                                ..Delta::default()
                             });
                         }
                     }
@@ -224,6 +256,7 @@ impl Generation {
                             text,
                             logprobs: std::mem::take(&mut c.pending_logprobs),
                             finish: Some("stop"),
+                            ..Delta::default()
                         });
                     }
                 }
@@ -249,6 +282,7 @@ impl Generation {
                     text,
                     logprobs: std::mem::take(&mut c.pending_logprobs),
                     finish: Some(finish),
+                    ..Delta::default()
                 });
             }
         }

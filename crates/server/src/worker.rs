@@ -196,6 +196,7 @@ fn dispatch<B: Backend>(
         return;
     };
     match &ev {
+        Event::PromptLogprobs(_) => {}
         Event::Token { .. } => {
             match l.last_token {
                 None => metrics.ttft(now - l.submitted),

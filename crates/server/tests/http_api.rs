@@ -121,12 +121,24 @@ fn completions_from_token_ids_with_logprobs_n_and_stop() {
     let ids: Vec<u64> = tok["tokens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
     let back = post(addr, "/detokenize", &json!({"tokens": ids})).json();
     assert_eq!(back["content"], "The capital of France is");
-    let r = post(
-        addr,
-        "/v1/completions",
-        &json!({"prompt": ids, "max_tokens": 6, "temperature": 0, "logprobs": 3, "echo": true}),
-    );
-    assert_eq!(r.status, 400, "echo with logprobs is refused, not faked");
+    // Echo with logprobs: the prompt's tokens come first, the first without a log-probability.
+    let req = json!({"prompt": ids, "max_tokens": 6, "temperature": 0, "logprobs": 3, "echo": true});
+    let r = post(addr, "/v1/completions", &req).json();
+    let c = &r["choices"][0];
+    let lp = &c["logprobs"];
+    let n_lp = lp["tokens"].as_array().unwrap().len();
+    assert_eq!(n_lp, ids.len() + r["usage"]["completion_tokens"].as_u64().unwrap() as usize);
+    assert!(lp["token_logprobs"][0].is_null() && lp["top_logprobs"][0].is_null());
+    assert!(lp["token_logprobs"][1].as_f64().unwrap() < 0.0);
+    let text = c["text"].as_str().unwrap();
+    assert!(text.starts_with("The capital of France is"));
+    let joined: String = lp["tokens"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+    assert_eq!(joined, text);
+    let mut sreq = req.clone();
+    sreq["stream"] = json!(true);
+    let s = post(addr, "/v1/completions", &sreq);
+    let (texts, _, _) = stream_texts(&s.events(), "text_completion");
+    assert_eq!(texts[0], text);
     let r = post(
         addr,
         "/v1/completions",

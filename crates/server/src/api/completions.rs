@@ -35,11 +35,9 @@ async fn run(st: Arc<AppState>, body: Result<Bytes, BytesRejection>) -> Result<R
     let mut p = gen_params(&b, st.vocab, st.max_ctx)?;
     p.logprobs = b.int_in("logprobs", 0, MAX_LOGPROBS)?.map(|n| n as usize);
     let echo = b.bool("echo")?.unwrap_or(false);
-    if echo && p.logprobs.is_some() {
-        return Err(ApiError::param(
-            "echo",
-            "`echo` together with `logprobs` (log-probabilities of the prompt) is not supported",
-        ));
+    if echo {
+        // The prompt's tokens get log-probabilities too (its first token has none).
+        p.prompt_logprobs = p.logprobs;
     }
     if b.get("suffix").is_some() {
         return Err(ApiError::param("suffix", "`suffix` is not supported"));
@@ -67,8 +65,12 @@ async fn run(st: Arc<AppState>, body: Result<Bytes, BytesRejection>) -> Result<R
         created: unix_now(),
         st: st.clone(),
         include_usage: p.include_usage,
-        // Choice i answers prompt i / n.
-        offsets: (0..g.n_choices()).map(|i| echoes[i / n].len()).collect(),
+        echo_logprobs: p.prompt_logprobs.is_some(),
+        // Choice i answers prompt i / n. With prompt log-probabilities, offsets count from the
+        // prompt's first token; otherwise from the end of the echoed text.
+        offsets: (0..g.n_choices())
+            .map(|i| if p.prompt_logprobs.is_some() { 0 } else { echoes[i / n].len() })
+            .collect(),
         echoes: (0..g.n_choices()).map(|i| echoes[i / n].clone()).collect(),
     };
     if p.stream {
@@ -79,7 +81,9 @@ async fn run(st: Arc<AppState>, body: Result<Bytes, BytesRejection>) -> Result<R
         .into_iter()
         .enumerate()
         .map(|(i, c)| {
-            let lp = p.logprobs.is_some().then(|| shape.logprobs(i, &c.logprobs));
+            let mut items = c.prompt_logprobs.unwrap_or_default();
+            items.extend(c.logprobs.into_iter().map(|e| (e.id, Some(e))));
+            let lp = p.logprobs.is_some().then(|| shape.logprobs(i, &items));
             json!({
                 "index": i,
                 "text": shape.echoes[i].clone() + &c.text,
@@ -147,6 +151,8 @@ struct CompletionShape {
     /// Per choice: the echoed prompt, and where its next token starts in its text.
     echoes: Vec<String>,
     offsets: Vec<usize>,
+    /// The echo waits for the prompt's log-probabilities and is sent with them.
+    echo_logprobs: bool,
 }
 
 impl CompletionShape {
@@ -165,24 +171,32 @@ impl CompletionShape {
         v
     }
 
-    /// The legacy logprobs object: tokens, their log-probabilities, the top alternatives as a
-    /// map, and where each token starts in the choice's text.
-    fn logprobs(&mut self, choice: usize, entries: &[LogprobEntry]) -> Value {
+    /// The legacy logprobs object: tokens, their log-probabilities (null for a prompt's first
+    /// token), the top alternatives as a map, and where each token starts in the choice's text.
+    fn logprobs(&mut self, choice: usize, items: &[(u32, Option<LogprobEntry>)]) -> Value {
         let mut tokens = Vec::new();
         let mut lps = Vec::new();
         let mut tops = Vec::new();
         let mut offsets = Vec::new();
-        for e in entries {
-            let (s, _) = self.st.token_string(e.id);
+        for (id, e) in items {
+            let (s, _) = self.st.token_string(*id);
             offsets.push(self.offsets[choice]);
             self.offsets[choice] += s.len();
             tokens.push(s);
-            lps.push(e.logprob);
-            let mut m = Map::new();
-            for &(id, lp) in &e.top {
-                m.insert(self.st.token_string(id).0, json!(lp));
+            match e {
+                None => {
+                    lps.push(Value::Null);
+                    tops.push(Value::Null);
+                }
+                Some(e) => {
+                    lps.push(json!(e.logprob));
+                    let mut m = Map::new();
+                    for &(id, lp) in &e.top {
+                        m.insert(self.st.token_string(id).0, json!(lp));
+                    }
+                    tops.push(Value::Object(m));
+                }
             }
-            tops.push(Value::Object(m));
         }
         json!({"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets})
     }
@@ -191,7 +205,7 @@ impl CompletionShape {
 impl Shape for CompletionShape {
     fn head(&self, n: usize) -> Vec<Value> {
         (0..n)
-            .filter(|&i| !self.echoes[i].is_empty())
+            .filter(|&i| !self.echoes[i].is_empty() && !self.echo_logprobs)
             .map(|i| {
                 self.chunk(vec![json!({
                     "index": i,
@@ -205,8 +219,18 @@ impl Shape for CompletionShape {
 
     fn delta(&mut self, d: Delta) -> Vec<Value> {
         let mut out = Vec::new();
+        if let Some(items) = &d.prompt_logprobs {
+            let lp = self.logprobs(d.index, items);
+            out.push(self.chunk(vec![json!({
+                "index": d.index,
+                "text": self.echoes[d.index],
+                "logprobs": lp,
+                "finish_reason": null,
+            })]));
+        }
         if !d.text.is_empty() || !d.logprobs.is_empty() {
-            let lp = (!d.logprobs.is_empty()).then(|| self.logprobs(d.index, &d.logprobs));
+            let items: Vec<_> = d.logprobs.into_iter().map(|e| (e.id, Some(e))).collect();
+            let lp = (!items.is_empty()).then(|| self.logprobs(d.index, &items));
             out.push(self.chunk(vec![json!({
                 "index": d.index,
                 "text": d.text,

@@ -92,6 +92,8 @@ pub struct GenParams {
     pub n: usize,
     /// Alternatives per token when log-probabilities are asked for.
     pub logprobs: Option<usize>,
+    /// The same for the prompt's tokens (completions with `echo`).
+    pub prompt_logprobs: Option<usize>,
     pub stream: bool,
     pub include_usage: bool,
 }
@@ -185,6 +187,7 @@ pub fn gen_params(b: &Body, vocab: usize, max_ctx: usize) -> Result<GenParams, A
         stop: stops(b)?,
         n,
         logprobs: None,
+        prompt_logprobs: None,
         stream,
         include_usage,
     })

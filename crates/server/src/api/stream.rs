@@ -76,6 +76,7 @@ pub struct Collected {
     pub text: String,
     pub logprobs: Vec<LogprobEntry>,
     pub finish: &'static str,
+    pub prompt_logprobs: Option<Vec<(u32, Option<LogprobEntry>)>>,
 }
 
 pub async fn collect(mut g: Generation) -> Result<(Vec<Collected>, Usage), ApiError> {
@@ -85,6 +86,9 @@ pub async fn collect(mut g: Generation) -> Result<(Vec<Collected>, Usage), ApiEr
         let c = &mut out[d.index];
         c.text.push_str(&d.text);
         c.logprobs.extend(d.logprobs);
+        if d.prompt_logprobs.is_some() {
+            c.prompt_logprobs = d.prompt_logprobs;
+        }
         if let Some(f) = d.finish {
             c.finish = f;
         }
