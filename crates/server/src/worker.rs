@@ -117,7 +117,19 @@ fn run<B: Backend>(mut engine: BatchEngine<B>, rx: mpsc::Receiver<Command>, metr
             metrics.set_gauges(&engine);
             continue;
         }
-        match engine.step() {
+        // A bug in a step must not take the server down: the sequences in it fail, their
+        // blocks are freed, and the engine goes on serving new requests.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.step()))
+            .map_err(|p| {
+                let msg = p
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                format!("internal error in the engine step: {msg}")
+            })
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        match result {
             Ok(events) => {
                 let now = Instant::now();
                 for (id, ev) in events {

@@ -3,7 +3,7 @@
 use super::error::ApiError;
 use super::params::{gen_params, Body, MAX_TOP_LOGPROBS};
 use super::stream::{collect, sse, Shape};
-use super::{begin, read_body};
+use super::{begin, blocking, read_body};
 use crate::generate::{Delta, Generation, LogprobEntry, Usage};
 use crate::state::{random_hex, unix_now, AppState};
 use axum::body::Bytes;
@@ -40,7 +40,11 @@ async fn run(st: Arc<AppState>, body: Result<Bytes, BytesRejection>) -> Result<R
     if want_logprobs {
         p.logprobs = Some(top.unwrap_or(0) as usize);
     }
-    let prompt = chat_prompt(&st.tokenizer, &msgs).map_err(|e| ApiError::param("messages", e))?;
+    let tok = st.tokenizer.clone();
+    let prompt = blocking(move || {
+        chat_prompt(&tok, &msgs).map_err(|e| ApiError::param("messages", e))
+    })
+    .await?;
     let g = Generation::start(&st, vec![prompt], &p, "messages").await?;
     let shape = ChatShape {
         id: format!("chatcmpl-{}", random_hex()),

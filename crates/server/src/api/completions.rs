@@ -4,7 +4,7 @@
 use super::error::ApiError;
 use super::params::{gen_params, Body, MAX_N};
 use super::stream::{collect, sse, Shape};
-use super::{begin, read_body};
+use super::{begin, blocking, read_body};
 use crate::generate::{Delta, Generation, LogprobEntry, Usage};
 use crate::state::{random_hex, unix_now, AppState};
 use axum::body::Bytes;
@@ -47,7 +47,8 @@ async fn run(st: Arc<AppState>, body: Result<Bytes, BytesRejection>) -> Result<R
             return Err(ApiError::param("best_of", "`best_of` must equal `n` when given"));
         }
     }
-    let prompts = prompts(&st, &b)?;
+    let st2 = st.clone();
+    let prompts = blocking(move || prompts(&st2, &b)).await?;
     if prompts.len() * p.n > MAX_CHOICES {
         return Err(ApiError::param(
             "n",

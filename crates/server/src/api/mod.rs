@@ -36,6 +36,16 @@ pub fn read_body(body: Result<Bytes, BytesRejection>) -> Result<Body, ApiError> 
     Body::parse(&bytes)
 }
 
+/// Run CPU-heavy request preparation (tokenizing megabytes, rendering a template) off the
+/// async workers, so that one large request cannot stall everyone else's streams.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(format!("preparing the request failed: {e}")))?
+}
+
 /// Checks before a generation: the server still takes work, the model is ours.
 pub fn begin(st: &AppState, b: &Body) -> Result<(), ApiError> {
     if st.draining.load(Ordering::Relaxed) {
