@@ -157,21 +157,7 @@ unsafe fn attend_avx512(job: &Job<'_>, acc: &mut [f32], st: &mut State) {
 /// block loops vectorize. Below −87 it returns ~1e-38 rather than 0, which no sum notices.
 #[inline(always)]
 fn exp_neg(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    // ln 2 split in two so that n · LN2_HI is exact.
-    const LN2_HI: f32 = 0.693_145_75;
-    const LN2_LO: f32 = 1.428_606_8e-6;
-    // Adding and subtracting 1.5 · 2^23 rounds to the nearest integer.
-    const ROUND: f32 = 12_582_912.0;
-    let x = x.max(-87.0);
-    let n = (x * LOG2E + ROUND) - ROUND;
-    let r = (x - n * LN2_HI) - n * LN2_LO;
-    // Taylor to degree 6 on |r| ≤ ln2 / 2.
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    crate::vmath::exp(x)
 }
 
 /// The largest of 16, as a halving tree (vector shuffles rather than a scalar chain).

@@ -8,6 +8,7 @@ mod matmul;
 mod membw;
 pub mod packed;
 pub mod pool;
+mod vmath;
 #[cfg(test)]
 mod testutil;
 
@@ -598,13 +599,16 @@ impl Backend for CpuBackend {
         }
         check_rows("silu_mul", gate, out)?;
         out.rows = gate.rows;
-        let n = gate.rows * gate.cols;
-        for ((o, g), u) in out.buf[..n]
-            .iter_mut()
-            .zip(&gate.buf[..n])
-            .zip(&up.buf[..n])
-        {
-            *o = g / (1.0 + (-g).exp()) * u;
+        let (cols, isa) = (gate.cols, self.k.isa);
+        let n = gate.rows * cols;
+        let rows = |row0: usize, piece: &mut [f32]| {
+            let at = row0 * cols..row0 * cols + piece.len();
+            vmath::silu_mul(isa, &gate.buf[at.clone()], &up.buf[at], piece);
+        };
+        if gate.rows >= 2 * self.pool.threads() {
+            self.pool.split_mut(&mut out.buf[..n], cols, 1, &rows);
+        } else {
+            rows(0, &mut out.buf[..n]);
         }
         Ok(())
     }

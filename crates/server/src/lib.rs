@@ -103,7 +103,6 @@ where
         async move {
             shutdown.await;
             st.draining.store(true, Ordering::Relaxed);
-            tracing::warn!("shutting down: finishing the requests in flight");
             eprintln!("shutting down: finishing the requests in flight");
             signalled.notify_one();
         }

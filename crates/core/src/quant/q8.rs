@@ -62,7 +62,7 @@ pub fn act_format(w: DType) -> ActFormat {
 }
 
 #[inline]
-fn round_f16(x: f32) -> f32 {
+pub fn round_f16(x: f32) -> f32 {
     f16::from_f32(x).to_f32()
 }
 

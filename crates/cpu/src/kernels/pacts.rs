@@ -34,6 +34,17 @@ pub struct PActs {
 const SERIAL_BELOW: usize = 4;
 
 fn quantize_token(x: &[f32], qs: &mut [i8], meta: &mut [Meta]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512bw") {
+        // SAFETY: the CPU has AVX-512 F/BW (checked just above).
+        unsafe { x86::quantize_token(x, qs, meta) };
+        return;
+    }
+    quantize_token_scalar(x, qs, meta);
+}
+
+/// The oracle: `core::quant::q8::quantize_q8` per block, then the block's sums.
+fn quantize_token_scalar(x: &[f32], qs: &mut [i8], meta: &mut [Meta]) {
     let mut b = [BlockQ8::default()];
     for ((xb, qb), m) in x.chunks_exact(32).zip(qs.chunks_exact_mut(32)).zip(meta) {
         quantize_q8(xb, false, &mut b);
@@ -53,6 +64,64 @@ fn quantize_token(x: &[f32], qs: &mut [i8], meta: &mut [Meta]) {
             // |Σ of 16 i8| ≤ 2048: fits.
             nsum16: [h0 as i16, h1 as i16],
         };
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::Meta;
+    use std::arch::x86_64::*;
+    use suanli_core::quant::q8::round_f16;
+
+    /// roundf (half away from zero) exactly: trunc, then one step away from zero when the
+    /// dropped fraction (exact in floating point) is at least one half.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn round_away(x: __m512) -> __m512 {
+        let t = _mm512_roundscale_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(x);
+        let frac = _mm512_abs_ps(_mm512_sub_ps(x, t));
+        let up = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(frac, _mm512_set1_ps(0.5));
+        // ±1 with x's sign.
+        let one = _mm512_castsi512_ps(_mm512_or_si512(
+            _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(i32::MIN)),
+            _mm512_set1_epi32(1.0f32.to_bits() as i32),
+        ));
+        _mm512_mask_add_ps(t, up, t, one)
+    }
+
+    /// `quantize_token_scalar`, 32 elements per block in two vectors; the same operations in
+    /// the same order per element, so the same bits.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub unsafe fn quantize_token(x: &[f32], qs: &mut [i8], meta: &mut [Meta]) {
+        for ((xb, qb), m) in x.chunks_exact(32).zip(qs.chunks_exact_mut(32)).zip(meta) {
+            // SAFETY: xb and qb hold 32 elements each.
+            let (x0, x1) = unsafe {
+                (
+                    _mm512_loadu_ps(xb.as_ptr()),
+                    _mm512_loadu_ps(xb.as_ptr().add(16)),
+                )
+            };
+            let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(x0), _mm512_abs_ps(x1)));
+            let d = amax / 127.0;
+            let id = _mm512_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
+            let q0 = _mm512_cvtps_epi32(round_away(_mm512_mul_ps(x0, id)));
+            let q1 = _mm512_cvtps_epi32(round_away(_mm512_mul_ps(x1, id)));
+            // Saturating, like `as i8`.
+            let (b0, b1) = (_mm512_cvtsepi32_epi8(q0), _mm512_cvtsepi32_epi8(q1));
+            unsafe {
+                _mm_storeu_si128(qb.as_mut_ptr() as *mut __m128i, b0);
+                _mm_storeu_si128(qb.as_mut_ptr().add(16) as *mut __m128i, b1);
+            }
+            let h0 = -_mm512_reduce_add_epi32(_mm512_cvtepi8_epi32(b0));
+            let h1 = -_mm512_reduce_add_epi32(_mm512_cvtepi8_epi32(b1));
+            let d = round_f16(d);
+            *m = Meta {
+                d,
+                s: d * -(h0 + h1) as f32,
+                nsum32: h0 + h1,
+                nsum16: [h0 as i16, h1 as i16],
+            };
+        }
     }
 }
 
@@ -85,5 +154,39 @@ impl PActs {
                 quantize_token(&x[t * k..(t + 1) * k], qt, mt);
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The SIMD quantizer gives the scalar oracle's bits, ties and saturation included.
+    #[test]
+    fn simd_quantization_equals_scalar() {
+        let mut x: Vec<f32> = (0..32 * 64)
+            .map(|i| ((i as f32 * 0.37).sin() * 3.0).powi(3))
+            .collect();
+        // Exact ties after scaling (amax 127 → id 1): 2.5, -0.5, …; an all-zero block; tiny values.
+        for (j, v) in [127.0, 2.5, -0.5, 3.5, -126.5, 0.49999997, -1.5].iter().enumerate() {
+            x[j] = *v;
+        }
+        for v in &mut x[32..64] {
+            *v = 0.0;
+        }
+        for v in &mut x[64..96] {
+            *v *= 1e-30;
+        }
+        let (mut qa, mut qb) = (vec![0i8; x.len()], vec![0i8; x.len()]);
+        let (mut ma, mut mb) = (vec![Meta::default(); x.len() / 32], vec![Meta::default(); x.len() / 32]);
+        quantize_token(&x, &mut qa, &mut ma);
+        quantize_token_scalar(&x, &mut qb, &mut mb);
+        assert_eq!(qa, qb);
+        for (a, b) in ma.iter().zip(&mb) {
+            assert_eq!(
+                (a.d.to_bits(), a.s.to_bits(), a.nsum32, a.nsum16),
+                (b.d.to_bits(), b.s.to_bits(), b.nsum32, b.nsum16)
+            );
+        }
     }
 }
