@@ -219,9 +219,19 @@ fn dispatch<B: Backend>(
         }
         Event::Done {
             reason,
+            prompt_tokens,
             cached_tokens,
-            ..
+            completion_tokens,
         } => {
+            tracing::info!(
+                seq = id,
+                prompt_tokens,
+                cached_tokens,
+                completion_tokens,
+                reason = reason.as_str(),
+                seconds = (now - l.submitted).as_secs_f64(),
+                "finished"
+            );
             metrics.cached(*cached_tokens);
             metrics.finished(reason.as_str());
         }

@@ -2,10 +2,10 @@
 
 use super::error::ApiError;
 use super::params::{gen_params, Body, MAX_TOP_LOGPROBS};
-use super::stream::{collect, sse, Shape};
+use super::stream::{collect, sse, Envelope, Shape};
 use super::{begin, blocking, read_body};
-use crate::generate::{Delta, Generation, LogprobEntry, Usage};
-use crate::state::{random_hex, unix_now, AppState};
+use crate::generate::{Delta, Generation, LogprobEntry};
+use crate::state::AppState;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
@@ -17,14 +17,7 @@ use suanli_tokenizer::{chat_prompt, ChatMessage};
 pub async fn handler(
     State(st): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
-    match run(st, body).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn run(st: Arc<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+) -> Result<Response, ApiError> {
     let b = read_body(body)?;
     begin(&st, &b)?;
     let msgs = messages(&b)?;
@@ -46,12 +39,13 @@ async fn run(st: Arc<AppState>, body: Result<Bytes, BytesRejection>) -> Result<R
     })
     .await?;
     let g = Generation::start(&st, vec![prompt], &p, "messages").await?;
-    let shape = ChatShape {
-        id: format!("chatcmpl-{}", random_hex()),
-        created: unix_now(),
-        st: st.clone(),
-        include_usage: p.include_usage,
-    };
+    let shape = ChatShape(Envelope::new(
+        st.clone(),
+        "chatcmpl",
+        "chat.completion",
+        "chat.completion.chunk",
+        p.include_usage,
+    ));
     if p.stream {
         return Ok(sse(g, shape, p.include_usage));
     }
@@ -68,16 +62,7 @@ async fn run(st: Arc<AppState>, body: Result<Bytes, BytesRejection>) -> Result<R
             })
         })
         .collect();
-    Ok(axum::Json(json!({
-        "id": shape.id,
-        "object": "chat.completion",
-        "created": shape.created,
-        "model": st.model_name,
-        "system_fingerprint": super::FINGERPRINT,
-        "choices": choices,
-        "usage": usage.json(),
-    }))
-    .into_response())
+    Ok(axum::Json(shape.0.whole(choices, usage)).into_response())
 }
 
 /// `messages`: roles system/developer/user/assistant/tool; content a string, a list of text
@@ -137,32 +122,12 @@ fn messages(b: &Body) -> Result<Vec<ChatMessage>, ApiError> {
     Ok(out)
 }
 
-struct ChatShape {
-    id: String,
-    created: u64,
-    st: Arc<AppState>,
-    include_usage: bool,
-}
+struct ChatShape(Envelope);
 
 impl ChatShape {
-    fn chunk(&self, choices: Vec<Value>) -> Value {
-        let mut v = json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.st.model_name,
-            "system_fingerprint": super::FINGERPRINT,
-            "choices": choices,
-        });
-        if self.include_usage {
-            v["usage"] = Value::Null;
-        }
-        v
-    }
-
     fn logprobs(&self, entries: &[LogprobEntry]) -> Value {
         let one = |id: u32, lp: f32| {
-            let (s, bytes) = self.st.token_string(id);
+            let (s, bytes) = self.0.st.token_string(id);
             json!({"token": s, "logprob": lp, "bytes": bytes})
         };
         let content: Vec<Value> = entries
@@ -178,10 +143,14 @@ impl ChatShape {
 }
 
 impl Shape for ChatShape {
+    fn envelope(&self) -> &Envelope {
+        &self.0
+    }
+
     fn head(&self, n: usize) -> Vec<Value> {
         (0..n)
             .map(|i| {
-                self.chunk(vec![json!({
+                self.0.chunk(vec![json!({
                     "index": i,
                     "delta": {"role": "assistant", "content": ""},
                     "logprobs": null,
@@ -195,7 +164,7 @@ impl Shape for ChatShape {
         let mut out = Vec::new();
         if !d.text.is_empty() || !d.logprobs.is_empty() {
             let lp = (!d.logprobs.is_empty()).then(|| self.logprobs(&d.logprobs));
-            out.push(self.chunk(vec![json!({
+            out.push(self.0.chunk(vec![json!({
                 "index": d.index,
                 "delta": {"content": d.text},
                 "logprobs": lp,
@@ -203,7 +172,7 @@ impl Shape for ChatShape {
             })]));
         }
         if let Some(f) = d.finish {
-            out.push(self.chunk(vec![json!({
+            out.push(self.0.chunk(vec![json!({
                 "index": d.index,
                 "delta": {},
                 "logprobs": null,
@@ -211,11 +180,5 @@ impl Shape for ChatShape {
             })]));
         }
         out
-    }
-
-    fn usage(&self, u: Usage) -> Value {
-        let mut v = self.chunk(Vec::new());
-        v["usage"] = u.json();
-        v
     }
 }

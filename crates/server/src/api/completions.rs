@@ -3,10 +3,10 @@
 
 use super::error::ApiError;
 use super::params::{gen_params, Body, MAX_N};
-use super::stream::{collect, sse, Shape};
+use super::stream::{collect, sse, Envelope, Shape};
 use super::{begin, blocking, read_body};
-use crate::generate::{Delta, Generation, LogprobEntry, Usage};
-use crate::state::{random_hex, unix_now, AppState};
+use crate::generate::{Delta, Generation, LogprobEntry};
+use crate::state::AppState;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
@@ -22,14 +22,7 @@ const MAX_CHOICES: usize = 4 * MAX_N;
 pub async fn handler(
     State(st): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
-    match run(st, body).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn run(st: Arc<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+) -> Result<Response, ApiError> {
     let b = read_body(body)?;
     begin(&st, &b)?;
     let mut p = gen_params(&b, st.vocab, st.max_ctx)?;
@@ -62,10 +55,13 @@ async fn run(st: Arc<AppState>, body: Result<Bytes, BytesRejection>) -> Result<R
     let g = Generation::start(&st, prompts, &p, "prompt").await?;
     let n = p.n;
     let mut shape = CompletionShape {
-        id: format!("cmpl-{}", random_hex()),
-        created: unix_now(),
-        st: st.clone(),
-        include_usage: p.include_usage,
+        env: Envelope::new(
+            st.clone(),
+            "cmpl",
+            "text_completion",
+            "text_completion",
+            p.include_usage,
+        ),
         echo_logprobs: p.prompt_logprobs.is_some(),
         // Choice i answers prompt i / n. With prompt log-probabilities, offsets count from the
         // prompt's first token; otherwise from the end of the echoed text.
@@ -93,16 +89,7 @@ async fn run(st: Arc<AppState>, body: Result<Bytes, BytesRejection>) -> Result<R
             })
         })
         .collect();
-    Ok(axum::Json(json!({
-        "id": shape.id,
-        "object": "text_completion",
-        "created": shape.created,
-        "model": st.model_name,
-        "system_fingerprint": super::FINGERPRINT,
-        "choices": choices,
-        "usage": usage.json(),
-    }))
-    .into_response())
+    Ok(axum::Json(shape.env.whole(choices, usage)).into_response())
 }
 
 fn prompts(st: &AppState, b: &Body) -> Result<Vec<Vec<u32>>, ApiError> {
@@ -145,10 +132,7 @@ fn prompts(st: &AppState, b: &Body) -> Result<Vec<Vec<u32>>, ApiError> {
 }
 
 struct CompletionShape {
-    id: String,
-    created: u64,
-    st: Arc<AppState>,
-    include_usage: bool,
+    env: Envelope,
     /// Per choice: the echoed prompt, and where its next token starts in its text.
     echoes: Vec<String>,
     offsets: Vec<usize>,
@@ -157,21 +141,6 @@ struct CompletionShape {
 }
 
 impl CompletionShape {
-    fn chunk(&self, choices: Vec<Value>) -> Value {
-        let mut v = json!({
-            "id": self.id,
-            "object": "text_completion",
-            "created": self.created,
-            "model": self.st.model_name,
-            "system_fingerprint": super::FINGERPRINT,
-            "choices": choices,
-        });
-        if self.include_usage {
-            v["usage"] = Value::Null;
-        }
-        v
-    }
-
     /// The legacy logprobs object: tokens, their log-probabilities (null for a prompt's first
     /// token), the top alternatives as a map, and where each token starts in the choice's text.
     fn logprobs(&mut self, choice: usize, items: &[(u32, Option<LogprobEntry>)]) -> Value {
@@ -180,7 +149,7 @@ impl CompletionShape {
         let mut tops = Vec::new();
         let mut offsets = Vec::new();
         for (id, e) in items {
-            let (s, _) = self.st.token_string(*id);
+            let (s, _) = self.env.st.token_string(*id);
             offsets.push(self.offsets[choice]);
             self.offsets[choice] += s.len();
             tokens.push(s);
@@ -193,7 +162,7 @@ impl CompletionShape {
                     lps.push(json!(e.logprob));
                     let mut m = Map::new();
                     for &(id, lp) in &e.top {
-                        m.insert(self.st.token_string(id).0, json!(lp));
+                        m.insert(self.env.st.token_string(id).0, json!(lp));
                     }
                     tops.push(Value::Object(m));
                 }
@@ -204,11 +173,15 @@ impl CompletionShape {
 }
 
 impl Shape for CompletionShape {
+    fn envelope(&self) -> &Envelope {
+        &self.env
+    }
+
     fn head(&self, n: usize) -> Vec<Value> {
         (0..n)
             .filter(|&i| !self.echoes[i].is_empty() && !self.echo_logprobs)
             .map(|i| {
-                self.chunk(vec![json!({
+                self.env.chunk(vec![json!({
                     "index": i,
                     "text": self.echoes[i],
                     "logprobs": null,
@@ -222,7 +195,7 @@ impl Shape for CompletionShape {
         let mut out = Vec::new();
         if let Some(items) = &d.prompt_logprobs {
             let lp = self.logprobs(d.index, items);
-            out.push(self.chunk(vec![json!({
+            out.push(self.env.chunk(vec![json!({
                 "index": d.index,
                 "text": self.echoes[d.index],
                 "logprobs": lp,
@@ -232,7 +205,7 @@ impl Shape for CompletionShape {
         if !d.text.is_empty() || !d.logprobs.is_empty() {
             let items: Vec<_> = d.logprobs.into_iter().map(|e| (e.id, Some(e))).collect();
             let lp = (!items.is_empty()).then(|| self.logprobs(d.index, &items));
-            out.push(self.chunk(vec![json!({
+            out.push(self.env.chunk(vec![json!({
                 "index": d.index,
                 "text": d.text,
                 "logprobs": lp,
@@ -240,7 +213,7 @@ impl Shape for CompletionShape {
             })]));
         }
         if let Some(f) = d.finish {
-            out.push(self.chunk(vec![json!({
+            out.push(self.env.chunk(vec![json!({
                 "index": d.index,
                 "text": "",
                 "logprobs": null,
@@ -248,11 +221,5 @@ impl Shape for CompletionShape {
             })]));
         }
         out
-    }
-
-    fn usage(&self, u: Usage) -> Value {
-        let mut v = self.chunk(Vec::new());
-        v["usage"] = u.json();
-        v
     }
 }

@@ -123,9 +123,9 @@ pub async fn metrics(State(st): State<Arc<AppState>>) -> Response {
 pub async fn tokenize(
     State(st): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let run = || -> Result<Value, ApiError> {
-        let b = read_body(body)?;
+) -> Result<axum::Json<Value>, ApiError> {
+    let b = read_body(body)?;
+    blocking(move || {
         let content = b
             .string("content")?
             .ok_or_else(|| ApiError::param("content", "`content` is required"))?;
@@ -146,21 +146,18 @@ pub async fn tokenize(
         } else {
             ids.iter().map(|&id| json!(id)).collect()
         };
-        Ok(json!({"tokens": tokens}))
-    };
-    match run() {
-        Ok(v) => axum::Json(v).into_response(),
-        Err(e) => e.into_response(),
-    }
+        Ok(axum::Json(json!({"tokens": tokens})))
+    })
+    .await
 }
 
 /// llama.cpp's `POST /detokenize`: `{"tokens"}` → `{"content"}`.
 pub async fn detokenize(
     State(st): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let run = || -> Result<Value, ApiError> {
-        let b = read_body(body)?;
+) -> Result<axum::Json<Value>, ApiError> {
+    let b = read_body(body)?;
+    blocking(move || {
         let bad = || ApiError::param("tokens", format!("`tokens` must be a list of token ids (0..{})", st.vocab));
         let ids = match b.get("tokens") {
             Some(Value::Array(a)) => a
@@ -170,12 +167,9 @@ pub async fn detokenize(
                 .ok_or_else(bad)?,
             _ => return Err(bad()),
         };
-        Ok(json!({"content": st.tokenizer.decode(&ids)}))
-    };
-    match run() {
-        Ok(v) => axum::Json(v).into_response(),
-        Err(e) => e.into_response(),
-    }
+        Ok(axum::Json(json!({"content": st.tokenizer.decode(&ids)})))
+    })
+    .await
 }
 
 pub async fn fallback(req: Request) -> Response {

@@ -4,19 +4,84 @@
 
 use super::error::ApiError;
 use crate::generate::{Delta, Generation, LogprobEntry, Usage};
-use axum::response::sse::{Event, Sse};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use serde_json::Value;
+use crate::state::{random_hex, unix_now, AppState};
+use serde_json::{json, Value};
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::sync::Arc;
+
+/// What every answer and chunk of one request carries: id, object, created, model.
+pub struct Envelope {
+    pub id: String,
+    /// The whole answer's object (`chat.completion`, `text_completion`).
+    pub object: &'static str,
+    /// A streamed chunk's object.
+    pub chunk_object: &'static str,
+    pub created: u64,
+    pub st: Arc<AppState>,
+    pub include_usage: bool,
+}
+
+impl Envelope {
+    pub fn new(
+        st: Arc<AppState>,
+        id_prefix: &str,
+        object: &'static str,
+        chunk_object: &'static str,
+        include_usage: bool,
+    ) -> Envelope {
+        Envelope {
+            id: format!("{id_prefix}-{}", random_hex()),
+            object,
+            chunk_object,
+            created: unix_now(),
+            st,
+            include_usage,
+        }
+    }
+
+    fn wrap(&self, object: &str, choices: Vec<Value>) -> Value {
+        json!({
+            "id": self.id,
+            "object": object,
+            "created": self.created,
+            "model": self.st.model_name,
+            "system_fingerprint": super::FINGERPRINT,
+            "choices": choices,
+        })
+    }
+
+    /// A streamed chunk (with `"usage": null` when a usage chunk will close the stream).
+    pub fn chunk(&self, choices: Vec<Value>) -> Value {
+        let mut v = self.wrap(self.chunk_object, choices);
+        if self.include_usage {
+            v["usage"] = Value::Null;
+        }
+        v
+    }
+
+    /// The non-streamed answer.
+    pub fn whole(&self, choices: Vec<Value>, usage: Usage) -> Value {
+        let mut v = self.wrap(self.object, choices);
+        v["usage"] = usage.json();
+        v
+    }
+}
 
 pub trait Shape: Send + 'static {
+    fn envelope(&self) -> &Envelope;
     /// Chunks before any text (chat: each choice's role).
     fn head(&self, n_choices: usize) -> Vec<Value>;
     /// Chunks for one delta (text, then the finish reason on its own chunk).
     fn delta(&mut self, d: Delta) -> Vec<Value>;
     /// The closing chunk with the token counts (`stream_options.include_usage`).
-    fn usage(&self, u: Usage) -> Value;
+    fn usage(&self, u: Usage) -> Value {
+        let mut v = self.envelope().chunk(Vec::new());
+        v["usage"] = u.json();
+        v
+    }
 }
 
 pub fn sse<S: Shape>(g: Generation, shape: S, include_usage: bool) -> Response {
@@ -67,7 +132,11 @@ pub fn sse<S: Shape>(g: Generation, shape: S, include_usage: bool) -> Response {
             }
         }
     });
-    Sse::new(stream).into_response()
+    // Comment lines while a request waits in the queue or a long prompt is computed keep
+    // proxies from closing an idle connection; clients ignore them.
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(10)))
+        .into_response()
 }
 
 /// One choice's whole answer.
