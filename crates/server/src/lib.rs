@@ -60,6 +60,7 @@ pub fn router(st: Arc<AppState>, max_body: usize) -> Router {
         .route_layer(axum::middleware::from_fn_with_state(st.clone(), api::auth));
     Router::new()
         .merge(api)
+        .route("/", get(api::page))
         .route("/health", get(api::health))
         .route("/metrics", get(api::metrics))
         .fallback(api::fallback)

@@ -243,8 +243,11 @@ fn bad_requests_get_openai_errors() {
     check(raw(addr, &request_bytes("POST", comp, Some(KEY), &big)), 413, None);
     check(get(addr, "/v1/nothing"), 404, None);
     check(get(addr, "/v1/models/other"), 404, Some("model"));
-    // Health and metrics need no key; the models list has the served model.
+    // Health, metrics and the chat page need no key; the models list has the served model.
     assert_eq!(raw(addr, &request_bytes("GET", "/health", None, "")).status, 200);
+    let page = raw(addr, &request_bytes("GET", "/", None, ""));
+    assert_eq!(page.status, 200);
+    assert!(String::from_utf8(page.body).unwrap().contains("/v1/chat/completions"));
     assert_eq!(get(addr, "/v1/models").json()["data"][0]["id"], "smollm2-135m");
 }
 

@@ -172,6 +172,15 @@ pub async fn detokenize(
     .await
 }
 
+/// `GET /`: a small chat page that streams from this server (the key, if any, is typed in).
+pub async fn page() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        include_str!("../page.html"),
+    )
+        .into_response()
+}
+
 pub async fn fallback(req: Request) -> Response {
     ApiError::not_found(req.uri().path()).into_response()
 }
