@@ -16,7 +16,9 @@
 //! runs short.
 
 use crate::kv::BlockAllocator;
+use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, Hasher};
 use suanli_backend::{AttnSeq, BatchPlan};
 
 pub type SeqId = u64;
@@ -154,24 +156,26 @@ pub struct Scheduler {
     prefix_order: VecDeque<(u64, u32)>,
     prefix_hits: u64,
     preemptions: u64,
+    /// The prefix-cache hash key.
+    keyed: RandomState,
 }
 
-/// FNV-1a over the tokens, chained so a block's key covers its whole prefix.
-fn chain_hash(prev: u64, tokens: &[u32]) -> u64 {
-    let mut h = prev ^ 0xcbf2_9ce4_8422_2325;
-    for &t in tokens {
-        for b in t.to_le_bytes() {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x100_0000_01b3);
+/// The prefix-cache key of each full block of `tokens`: a hash of the previous block's key and
+/// this block's tokens, so it covers the whole prefix. SipHash with a key drawn per process:
+/// a client cannot craft a prompt whose blocks collide with another client's and so read
+/// someone else's cached context.
+fn block_keys<'a>(
+    keyed: &'a RandomState,
+    tokens: &'a [u32],
+    block_size: usize,
+) -> impl Iterator<Item = u64> + 'a {
+    tokens.chunks_exact(block_size).scan(0u64, move |h, block| {
+        let mut s = keyed.build_hasher();
+        s.write_u64(*h);
+        for &t in block {
+            s.write_u32(t);
         }
-    }
-    h
-}
-
-/// The prefix-cache key of each full block of `tokens`: the chained hash up to its end.
-fn block_keys(tokens: &[u32], block_size: usize) -> impl Iterator<Item = u64> + '_ {
-    tokens.chunks_exact(block_size).scan(0, |h, block| {
-        *h = chain_hash(*h, block);
+        *h = s.finish();
         Some(*h)
     })
 }
@@ -187,6 +191,7 @@ impl Scheduler {
             prefix_order: VecDeque::new(),
             prefix_hits: 0,
             preemptions: 0,
+            keyed: RandomState::new(),
         }
     }
 
@@ -313,7 +318,7 @@ impl Scheduler {
     fn attach_prefix(&mut self, s: &mut Seq) {
         let bs = self.cfg.block_size;
         let full = (s.prompt_len - 1) / bs;
-        for h in block_keys(&s.tokens[..full * bs], bs) {
+        for h in block_keys(&self.keyed, &s.tokens[..full * bs], bs) {
             match self.prefix.get(&h) {
                 Some(&blk) => {
                     self.alloc.retain(blk);
@@ -338,7 +343,7 @@ impl Scheduler {
         if full <= s.registered {
             return;
         }
-        for (b, h) in block_keys(&s.tokens[..full * bs], bs)
+        for (b, h) in block_keys(&self.keyed, &s.tokens[..full * bs], bs)
             .enumerate()
             .skip(s.registered)
         {

@@ -49,21 +49,23 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
 }
 
+/// Every route but `/health` needs the API key when one is set (unknown paths too, so that
+/// they reveal nothing).
 pub fn router(st: Arc<AppState>, max_body: usize) -> Router {
-    let api = Router::new()
+    let keyed = Router::new()
         .route("/v1/chat/completions", post(api::chat::handler))
         .route("/v1/completions", post(api::completions::handler))
         .route("/v1/models", get(api::models))
         .route("/v1/models/{id}", get(api::model))
         .route("/tokenize", post(api::tokenize))
         .route("/detokenize", post(api::detokenize))
-        .route_layer(axum::middleware::from_fn_with_state(st.clone(), api::auth));
-    Router::new()
-        .merge(api)
-        .route("/", get(api::page))
-        .route("/health", get(api::health))
         .route("/metrics", get(api::metrics))
+        .route("/", get(api::page))
         .fallback(api::fallback)
+        .layer(axum::middleware::from_fn_with_state(st.clone(), api::auth));
+    Router::new()
+        .route("/health", get(api::health))
+        .merge(keyed)
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(st)
 }
@@ -84,6 +86,17 @@ where
     let metrics = Arc::new(Metrics::default());
     let max_ctx = engine.scheduler().config().max_ctx;
     let vocab = tokenizer.vocab_size().min(engine.model.vocab_size());
+    // A template that cannot render a plain exchange is reported now, not at the first request.
+    if let Err(e) = suanli_tokenizer::chat_prompt(
+        &tokenizer,
+        &[
+            suanli_tokenizer::ChatMessage::new("user", "Hello"),
+            suanli_tokenizer::ChatMessage::new("assistant", "Hi"),
+            suanli_tokenizer::ChatMessage::new("user", "How are you?"),
+        ],
+    ) {
+        eprintln!("warning: {e}; /v1/chat/completions will answer 400 (use /v1/completions)");
+    }
     let (worker, engine_thread) = worker::spawn(engine, metrics.clone())?;
     let st = Arc::new(AppState {
         worker,
@@ -150,24 +163,33 @@ where
     })
 }
 
+/// Resolves at the first SIGTERM or Ctrl-C; a second one ends the process at once.
 async fn stop_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {},
-                    _ = tokio::signal::ctrl_c() => {},
+    async fn one() {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            match signal(SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = term.recv() => {},
+                        _ = tokio::signal::ctrl_c() => {},
+                    }
+                }
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
                 }
             }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
+    one().await;
+    tokio::spawn(async {
+        one().await;
+        eprintln!("second signal: exiting without waiting for requests in flight");
+        std::process::exit(1);
+    });
 }

@@ -243,11 +243,43 @@ fn bad_requests_get_openai_errors() {
     check(raw(addr, &request_bytes("POST", comp, Some(KEY), &big)), 413, None);
     check(get(addr, "/v1/nothing"), 404, None);
     check(get(addr, "/v1/models/other"), 404, Some("model"));
-    // Health, metrics and the chat page need no key; the models list has the served model.
+    // Only /health is open without the key; the models list has the served model.
     assert_eq!(raw(addr, &request_bytes("GET", "/health", None, "")).status, 200);
-    let page = raw(addr, &request_bytes("GET", "/", None, ""));
+    for path in ["/", "/metrics", "/v1/nothing", "/v1/models/smollm2-135m"] {
+        check(raw(addr, &request_bytes("GET", path, None, "")), 401, None);
+    }
+    for path in ["/tokenize", "/detokenize", chat, comp] {
+        check(raw(addr, &request_bytes("POST", path, None, "{}")), 401, None);
+    }
+    let page = get(addr, "/");
     assert_eq!(page.status, 200);
     assert!(String::from_utf8(page.body).unwrap().contains("/v1/chat/completions"));
+    // Hostile bodies: lone surrogates, deep nesting, out-of-range numbers, wrong id types,
+    // request-supplied templates, greedy n > 1, huge stop strings.
+    let user = |extra: &str| format!(r#"{{"messages": [{{"role": "user", "content": "x"}}]{extra}}}"#);
+    for body in [
+        r#"{"messages": [{"role": "user", "content": "\ud800"}]}"#.to_string(),
+        format!("{{\"messages\": {}{}}}", "[".repeat(5000), "]".repeat(5000)),
+        user(r#", "temperature": 1e400"#),
+        user(r#", "chat_template": "{{ 7 * 7 }}""#),
+        user(r#", "chat_template_kwargs": {"add_generation_prompt": false}"#),
+        user(r#", "n": 2, "temperature": 0"#),
+        user(&format!(r#", "stop": "{}""#, "s".repeat(2000))),
+        user(r#", "stop": [""]"#),
+        user(r#", "top_k": -2"#),
+        user(r#", "logit_bias": {"abc": 1}"#),
+        user(r#", "max_tokens": 1e20"#),
+    ] {
+        let r = raw(addr, &request_bytes("POST", chat, Some(KEY), &body));
+        assert_eq!(r.status, 400, "{}: {}", &body[..body.len().min(80)], String::from_utf8_lossy(&r.body));
+        assert!(r.body.len() < 4096, "error bodies stay small");
+    }
+    for prompt in ["[1, null]", "[1, true]", "[1, \"7\"]", "[1, 1.5]", "[1, -5]", "[[1], 5]"] {
+        let body = format!(r#"{{"prompt": {prompt}}}"#);
+        let r = raw(addr, &request_bytes("POST", comp, Some(KEY), &body));
+        assert_eq!(r.status, 400, "{prompt}");
+        assert_eq!(r.json()["error"]["param"], "prompt");
+    }
     assert_eq!(get(addr, "/v1/models").json()["data"][0]["id"], "smollm2-135m");
 }
 

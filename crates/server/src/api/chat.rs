@@ -14,12 +14,23 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 use suanli_tokenizer::{chat_prompt, ChatMessage};
 
+const TEMPLATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub async fn handler(
     State(st): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let b = read_body(body)?;
     begin(&st, &b)?;
+    for field in ["chat_template", "chat_template_kwargs"] {
+        if b.get(field).is_some() {
+            // A template is code; only the model's own runs here.
+            return Err(ApiError::param(
+                field,
+                format!("`{field}` from requests is not accepted; the model's chat template is used"),
+            ));
+        }
+    }
     let msgs = messages(&b)?;
     let mut p = gen_params(&b, st.vocab, st.max_ctx)?;
     let want_logprobs = b.bool("logprobs")?.unwrap_or(false);
@@ -34,10 +45,18 @@ pub async fn handler(
         p.logprobs = Some(top.unwrap_or(0) as usize);
     }
     let tok = st.tokenizer.clone();
-    let prompt = blocking(move || {
+    let render = blocking(move || {
         chat_prompt(&tok, &msgs).map_err(|e| ApiError::param("messages", e))
-    })
-    .await?;
+    });
+    // Fuel bounds a template's work; this bounds the wait too.
+    let prompt = tokio::time::timeout(TEMPLATE_TIMEOUT, render)
+        .await
+        .map_err(|_| {
+            ApiError::param(
+                "messages",
+                format!("the chat template took longer than {TEMPLATE_TIMEOUT:?} to render"),
+            )
+        })??;
     let g = Generation::start(&st, vec![prompt], &p, "messages").await?;
     let shape = ChatShape(Envelope::new(
         st.clone(),

@@ -182,5 +182,7 @@ pub async fn page() -> Response {
 }
 
 pub async fn fallback(req: Request) -> Response {
-    ApiError::not_found(req.uri().path()).into_response()
+    // The path goes back bounded (and JSON-escaped), never as the raw bytes the client sent.
+    let path: String = req.uri().path().chars().take(64).collect();
+    ApiError::not_found(&path).into_response()
 }

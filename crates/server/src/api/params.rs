@@ -155,6 +155,12 @@ pub fn gen_params(b: &Body, vocab: usize, max_ctx: usize) -> Result<GenParams, A
     }
     .map(|m| m as usize);
     let n = b.int_in("n", 1, MAX_N as i64)?.unwrap_or(1) as usize;
+    if n > 1 && s.temperature == 0.0 {
+        return Err(ApiError::param(
+            "n",
+            "`n` > 1 needs sampling (temperature > 0): greedy choices would all be the same",
+        ));
+    }
     let stream = b.bool("stream")?.unwrap_or(false);
     let include_usage = match b.get("stream_options") {
         None => false,
@@ -286,6 +292,8 @@ mod tests {
             (r#"{"logit_bias": {"5": 1000}}"#, "logit_bias"),
             (r#"{"seed": "x"}"#, "seed"),
             (r#"{"stream_options": {"include_usage": true}}"#, "stream_options"),
+            (r#"{"n": 2, "temperature": 0}"#, "n"),
+            (r#"{"top_k": -2}"#, "top_k"),
         ] {
             let e = gen_params(&body(json), 1000, 64).err().expect(json);
             assert_eq!(e.param.as_deref(), Some(param), "{json}: {}", e.message);
@@ -300,7 +308,7 @@ mod tests {
         assert_eq!((p.n, p.max_tokens, p.stream), (1, None, false));
         let p = gen_params(
             &body(
-                r#"{"temperature": 0, "max_completion_tokens": 7, "max_tokens": 3, "stop": "x",
+                r#"{"temperature": 0.5, "max_completion_tokens": 7, "max_tokens": 3, "stop": "x",
                     "logit_bias": {"5": -100}, "seed": -1, "stream": true,
                     "stream_options": {"include_usage": true}, "top_k": -1, "n": 2}"#,
             ),
