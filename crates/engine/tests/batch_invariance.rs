@@ -212,3 +212,72 @@ fn prompt_logprobs_equal_generation_logprobs() {
     }
     assert!(scored.iter().all(|s| s.logprob <= 0.0 && s.top.len() == 2));
 }
+
+/// Determinism tiers: the same greedy request gives bit-identical tokens and log-probabilities
+/// whether its prompt is computed in one step or in chunks, taken from the prefix cache or not,
+/// and however often it is repeated.
+#[test]
+fn chunking_and_prefix_cache_do_not_change_a_single_bit() {
+    let path = catalog::pull(catalog::find("smollm2-135m").unwrap()).unwrap();
+    let src = open_model(&path).unwrap();
+    let tok = match &src {
+        suanli_formats::ModelSource::Gguf { file, .. } => {
+            suanli_tokenizer::Tokenizer::from_gguf(file).unwrap()
+        }
+        _ => unreachable!(),
+    };
+    let prompt = tok
+        .encode(&"The quick brown fox jumps over the lazy dog. ".repeat(12), false)
+        .unwrap();
+    assert!(prompt.len() > 100);
+    let answer = |e: &mut BatchEngine<CpuBackend>, id: u64| {
+        e.submit(
+            id,
+            Request {
+                prompt: prompt.clone(),
+                params: SamplingParams::greedy(),
+                max_tokens: 24,
+                logprobs: Some(3),
+                prompt_logprobs: None,
+            },
+        )
+        .unwrap();
+        let (mut out, mut cached) = (Vec::new(), 0);
+        while e.active() > 0 {
+            for (_, ev) in e.step().unwrap() {
+                match ev {
+                    Event::Token { id, logprobs } => {
+                        let lp = logprobs.unwrap();
+                        out.push((id, lp.logprob.to_bits(), lp.top.iter().map(|t| (t.0, t.1.to_bits())).collect::<Vec<_>>()));
+                    }
+                    Event::Done { cached_tokens, .. } => cached = cached_tokens,
+                    Event::PromptLogprobs(_) => {}
+                }
+            }
+        }
+        (out, cached)
+    };
+    let mut chunked = engine(&path, 4); // 48 tokens per step
+    let (first, c0) = answer(&mut chunked, 1);
+    let (again, c1) = answer(&mut chunked, 2);
+    assert_eq!(c0, 0);
+    assert!(c1 >= 96, "the second run reads its prompt from the prefix cache ({c1})");
+    let src = open_model(&path).unwrap();
+    let backend = CpuBackend::new(Some(2)).unwrap();
+    let model = Model::load(&src, &backend).unwrap();
+    let cfg = SchedConfig {
+        max_batch: 4,
+        max_step_tokens: 512,
+        max_queue: 8,
+        block_size: 16,
+        num_blocks: 64,
+        max_ctx: 512,
+    };
+    let mut whole = BatchEngine::new(backend, model, cfg, KvDType::F16, vec![]).unwrap();
+    let (one_step, _) = answer(&mut whole, 1);
+    assert_eq!(first, again, "prefix-cache hit vs miss");
+    assert_eq!(first, one_step, "chunks of 48 vs one step");
+    for i in 0..3 {
+        assert_eq!(answer(&mut whole, 10 + i).0, first, "repetition {i}");
+    }
+}
