@@ -214,3 +214,40 @@ mod tests {
         assert!(t.render(&[], false).is_err());
     }
 }
+
+#[cfg(test)]
+mod hostile {
+    use super::*;
+
+    /// Templates from the public advisories: object-graph escapes render inert or fail; loops,
+    /// recursion and string amplification stop at the fuel or output limits, within seconds
+    /// and without exhausting memory.
+    #[test]
+    fn advisory_templates_are_inert_or_bounded() {
+        let cases = [
+            "{{ cycler.__init__.__globals__.os.popen('touch /tmp/suanli-pwn').read() }}",
+            "{{ lipsum.__globals__['os'].popen('touch /tmp/suanli-pwn') }}",
+            "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+            "{{ self.__init__.__globals__ }}",
+            "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}",
+            "{{ 'x' * 1000000000 }}",
+            "{{ ('x' * 100000) * 100000 }}",
+            "{{ range(1000000000)|list|length }}",
+            "{{ 'ab'|replace('', 'x' * 1000000) }}",
+            "{{ ((((((((((((((((((((((((((((((1)))))))))))))))))))))))))))))) }}",
+        ];
+        for src in cases {
+            let t0 = std::time::Instant::now();
+            if let Ok(t) = ChatTemplate::new(src, "", "") {
+                let out = t.render(&[ChatMessage::new("user", "hi")], true);
+                if let Ok(s) = &out {
+                    assert!(s.len() <= MAX_OUTPUT, "{src}");
+                }
+            }
+            assert!(t0.elapsed().as_secs() < 10, "{src} took {:?}", t0.elapsed());
+        }
+        assert!(!std::path::Path::new("/tmp/suanli-pwn").exists());
+        let deep = format!("{{{{ {}1{} }}}}", "(".repeat(10000), ")".repeat(10000));
+        let _ = ChatTemplate::new(&deep, "", "").map(|t| t.render(&[], false));
+    }
+}
