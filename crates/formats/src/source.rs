@@ -48,26 +48,30 @@ pub fn open_model(path: &Path) -> Result<ModelSource, OpenError> {
     if !path.exists() {
         return Err(OpenError::Missing(path.to_owned()));
     }
-    let file = GgufFile::open(path)?;
-    let arch = file
-        .get("general.architecture")
-        .and_then(|v| v.as_str())
-        .unwrap_or("")
-        .to_owned();
-    let mut by_hf_name = BTreeMap::new();
-    for (i, t) in file.tensors.iter().enumerate() {
-        if let Some(mut hf) = gguf_to_hf(&t.name) {
-            // GLM-4 stores its fused gate/up projection under ffn_up.
-            if arch == "glm4" {
-                hf = hf.replace("mlp.up_proj", "mlp.gate_up_proj");
-            }
-            by_hf_name.insert(hf, i);
-        }
-    }
-    Ok(ModelSource::Gguf { file, by_hf_name })
+    Ok(ModelSource::from_gguf(GgufFile::open(path)?))
 }
 
 impl ModelSource {
+    /// A parsed GGUF file as a model source (tensors found by their Hugging Face names).
+    pub fn from_gguf(file: GgufFile) -> ModelSource {
+        let arch = file
+            .get("general.architecture")
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_owned();
+        let mut by_hf_name = BTreeMap::new();
+        for (i, t) in file.tensors.iter().enumerate() {
+            if let Some(mut hf) = gguf_to_hf(&t.name) {
+                // GLM-4 stores its fused gate/up projection under ffn_up.
+                if arch == "glm4" {
+                    hf = hf.replace("mlp.up_proj", "mlp.gate_up_proj");
+                }
+                by_hf_name.insert(hf, i);
+            }
+        }
+        ModelSource::Gguf { file, by_hf_name }
+    }
+
     pub fn path(&self) -> &Path {
         match self {
             ModelSource::Gguf { file, .. } => &file.path,

@@ -86,7 +86,7 @@ pub async fn handler(
 
 /// `messages`: roles system/developer/user/assistant/tool; content a string, a list of text
 /// parts, or null (an assistant turn that only called tools).
-fn messages(b: &Body) -> Result<Vec<ChatMessage>, ApiError> {
+pub fn messages(b: &Body) -> Result<Vec<ChatMessage>, ApiError> {
     let bad = |m: String| ApiError::param("messages", m);
     let list = match b.get("messages") {
         Some(Value::Array(a)) if !a.is_empty() => a,
