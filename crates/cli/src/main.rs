@@ -50,6 +50,9 @@ enum Cmd {
     Bench(bench::BenchArgs),
     /// Serve the OpenAI API (chat, completions, models, tokenize, metrics) with continuous batching.
     Serve(serve::ServeArgs),
+    /// Internal: the server's chat-template sandbox (reads requests on stdin).
+    #[command(name = "__render-template", hide = true)]
+    RenderTemplate,
 }
 
 fn parse_kv(s: &str) -> Result<suanli_backend::KvDType, String> {
@@ -80,6 +83,7 @@ fn main() {
         Cmd::Perplexity(a) => tools::perplexity(a, &opts),
         Cmd::Bench(a) => bench::bench(a, &opts),
         Cmd::Serve(a) => serve::serve(a, &opts),
+        Cmd::RenderTemplate => suanli_server::sandbox::serve_helper().map_err(Into::into),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

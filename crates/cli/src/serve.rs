@@ -132,6 +132,9 @@ pub fn serve(a: ServeArgs, opts: &Opts) -> Result<()> {
         model_name,
         max_body_bytes: a.max_body.min(usize::MAX as u64) as usize,
         shutdown_timeout: Duration::from_secs(a.shutdown_timeout),
+        // Chat templates come from model files: render them in a memory-capped helper.
+        template_sandbox: std::env::current_exe().ok(),
+        header_read_timeout: Duration::from_secs(30),
     };
     run_server(scfg, engine, p.tokenizer)?;
     Ok(())

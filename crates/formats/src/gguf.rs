@@ -13,6 +13,8 @@ use suanli_core::DType;
 const MAGIC: &[u8; 4] = b"GGUF";
 pub const MAX_DIMS: usize = 4;
 const MAX_NAME_LEN: usize = 256;
+/// GGUF keys are at most 65535 bytes (the format's limit); real ones are far shorter.
+const MAX_KEY_LEN: usize = 65_535;
 const MAX_ARRAY_NESTING: usize = 2;
 const MAX_ALIGNMENT: u64 = 1 << 20;
 /// The smallest a tensor-info record can be (empty name, 1 dim): name len 8 + n_dims 4 + dim 8 + type 4 + offset 8.
@@ -45,20 +47,34 @@ pub enum Problem {
     },
     #[error("metadata key #{index} {why}")]
     BadKey { index: u64, why: String },
-    #[error("metadata key {key:?} appears twice")]
+    #[error("metadata key {} appears twice", shown(.key))]
     DuplicateKey { key: String },
-    #[error("metadata {key:?}: unknown value type {ty}")]
+    #[error("metadata {}: unknown value type {ty}", shown(.key))]
     BadValueType { key: String, ty: u32 },
-    #[error("metadata {key:?}: {why}")]
+    #[error("metadata {}: {why}", shown(.key))]
     BadValue { key: String, why: String },
-    #[error("tensor #{index} ({name:?}): {why}")]
+    #[error("tensor #{index} ({}): {why}", shown(.name))]
     BadTensor {
         index: u64,
         name: String,
         why: String,
     },
-    #[error("tensor name {0:?} appears twice")]
+    #[error("tensor name {} appears twice", shown(.0))]
     DuplicateTensor(String),
+}
+
+/// A name from the file as shown in messages: quoted, and cut short when long, so that a
+/// hostile file cannot flood logs or terminals through its error messages.
+fn shown(s: &str) -> String {
+    const MAX: usize = 80;
+    if s.len() <= MAX {
+        return format!("{s:?}");
+    }
+    let mut end = 64;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{:?}… ({} bytes)", &s[..end], s.len())
 }
 
 /// A metadata value.
@@ -351,13 +367,13 @@ fn parse(buf: &[u8]) -> Result<Parsed, Problem> {
     let mut metadata = BTreeMap::new();
     for index in 0..n_kv {
         let key = r.string(&|| format!("metadata key #{index}"))?;
-        if key.is_empty() {
+        if key.is_empty() || key.len() > MAX_KEY_LEN {
             return Err(Problem::BadKey {
                 index,
-                why: "is empty".into(),
+                why: format!("is {} bytes long (1 to {MAX_KEY_LEN} allowed)", key.len()),
             });
         }
-        let ty = r.u32(&|| format!("the type of metadata {key:?}"))?;
+        let ty = r.u32(&|| format!("the type of metadata {}", shown(&key)))?;
         let value = read_value(&mut r, &key, ty, 0)?;
         if metadata.insert(key.clone(), value).is_some() {
             return Err(Problem::DuplicateKey { key });
@@ -400,7 +416,7 @@ fn parse(buf: &[u8]) -> Result<Parsed, Problem> {
                 name.len()
             )));
         }
-        let n_dims = r.u32(&|| format!("the dimension count of tensor {name:?}"))?;
+        let n_dims = r.u32(&|| format!("the dimension count of tensor {}", shown(&name)))?;
         if n_dims == 0 || n_dims as usize > MAX_DIMS {
             return Err(bad(format!(
                 "{n_dims} dimensions (must be 1 to {MAX_DIMS})"
@@ -408,16 +424,16 @@ fn parse(buf: &[u8]) -> Result<Parsed, Problem> {
         }
         let mut dims = Vec::with_capacity(n_dims as usize);
         for d in 0..n_dims {
-            dims.push(r.u64(&|| format!("dimension {d} of tensor {name:?}"))?);
+            dims.push(r.u64(&|| format!("dimension {d} of tensor {}", shown(&name)))?);
         }
-        let ty = r.u32(&|| format!("the type of tensor {name:?}"))?;
+        let ty = r.u32(&|| format!("the type of tensor {}", shown(&name)))?;
         let dtype = DType::from_ggml_id(ty).map_err(|_| {
             bad(format!(
                 "tensor type {ty} ({}) is not supported; supported types: F32 F16 BF16 Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K Q4_K Q5_K Q6_K IQ4_NL IQ4_XS",
                 suanli_core::dtype::ggml_type_name(ty)
             ))
         })?;
-        let offset = r.u64(&|| format!("the data offset of tensor {name:?}"))?;
+        let offset = r.u64(&|| format!("the data offset of tensor {}", shown(&name)))?;
         let mut elems: u64 = 1;
         for &d in &dims {
             elems = elems
@@ -514,7 +530,7 @@ fn scalar_size(ty: u32) -> Option<u64> {
 }
 
 fn read_value(r: &mut Reader<'_>, key: &str, ty: u32, depth: usize) -> Result<Value, Problem> {
-    let what = || format!("the value of {key:?}");
+    let what = || format!("the value of {}", shown(key));
     Ok(match ty {
         0 => Value::U8(r.array::<1>(&what)?[0]),
         1 => Value::I8(r.array::<1>(&what)?[0] as i8),
@@ -555,7 +571,7 @@ fn read_value(r: &mut Reader<'_>, key: &str, ty: u32, depth: usize) -> Result<Va
             let max = r.remaining() / min;
             if n > max {
                 return Err(Problem::BadCount {
-                    what: format!("element count of array {key:?}"),
+                    what: format!("element count of array {}", shown(key)),
                     value: n,
                     why: format!(
                         "{} bytes remain, enough for at most {max} elements",

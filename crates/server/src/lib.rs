@@ -9,6 +9,7 @@
 pub mod api;
 mod generate;
 mod metrics;
+pub mod sandbox;
 mod state;
 mod worker;
 
@@ -36,6 +37,11 @@ pub struct ServeConfig {
     pub max_body_bytes: usize,
     /// After SIGTERM, how long requests in flight may take to finish.
     pub shutdown_timeout: Duration,
+    /// A client that has not sent a whole request head within this is disconnected (slowloris).
+    pub header_read_timeout: Duration,
+    /// Render chat templates in a memory-capped helper process started from this executable
+    /// (`EXE __render-template`, answered by `sandbox::serve_helper`); `None` renders in process.
+    pub template_sandbox: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -86,17 +92,7 @@ where
     let metrics = Arc::new(Metrics::default());
     let max_ctx = engine.scheduler().config().max_ctx;
     let vocab = tokenizer.vocab_size().min(engine.model.vocab_size());
-    // A template that cannot render a plain exchange is reported now, not at the first request.
-    if let Err(e) = suanli_tokenizer::chat_prompt(
-        &tokenizer,
-        &[
-            suanli_tokenizer::ChatMessage::new("user", "Hello"),
-            suanli_tokenizer::ChatMessage::new("assistant", "Hi"),
-            suanli_tokenizer::ChatMessage::new("user", "How are you?"),
-        ],
-    ) {
-        eprintln!("warning: {e}; /v1/chat/completions will answer 400 (use /v1/completions)");
-    }
+    let template = chat_renderer(&tokenizer, cfg.template_sandbox.as_ref());
     let (worker, engine_thread) = worker::spawn(engine, metrics.clone())?;
     let st = Arc::new(AppState {
         worker,
@@ -108,6 +104,7 @@ where
         vocab,
         created: state::unix_now(),
         draining: AtomicBool::new(false),
+        template,
     });
     let app = router(st.clone(), cfg.max_body_bytes);
     let signalled = Arc::new(tokio::sync::Notify::new());
@@ -121,10 +118,10 @@ where
             signalled.notify_one();
         }
     };
-    let server = axum::serve(listener, app).with_graceful_shutdown(on_signal);
+    let server = accept_loop(listener, app, cfg.header_read_timeout, on_signal);
     let timeout = cfg.shutdown_timeout;
     tokio::select! {
-        r = server => r?,
+        _ = server => {},
         _ = async { signalled.notified().await; tokio::time::sleep(timeout).await } => {
             eprintln!("shutdown: requests still running after {timeout:?} were cut off");
         }
@@ -133,6 +130,85 @@ where
     // The engine thread ends once no handler holds its channel and its work is done or gone.
     let _ = tokio::task::spawn_blocking(move || engine_thread.join()).await;
     Ok(())
+}
+
+/// Most connections at once; beyond that new ones are closed at once.
+const MAX_CONNECTIONS: usize = 4096;
+
+/// Accept HTTP/1.1 connections until `stop` resolves, with a deadline for each request head and
+/// a cap on open connections; then stop listening and wait for the open connections to finish
+/// their requests.
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    header_timeout: Duration,
+    stop: impl Future<Output = ()>,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    tokio::pin!(stop);
+    loop {
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little, keep serving.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut stop => break,
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            continue; // dropping the socket closes it
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+            drop(slot);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+/// The model's chat template, sandboxed when an executable is given, test-rendered now so that a
+/// broken one is reported at start rather than at the first request. `Err`: why chat is off.
+fn chat_renderer(
+    tok: &Tokenizer,
+    sandbox: Option<&std::path::PathBuf>,
+) -> Result<state::Renderer, String> {
+    let local = match tok.template() {
+        None => return Err("this model has no chat template; use /v1/completions".into()),
+        Some(Err(e)) => return Err(format!("the model's chat template is unusable: {e}")),
+        Some(Ok(t)) => t,
+    };
+    let r: state::Renderer = match (sandbox, &tok.chat_template) {
+        (Some(exe), Some(src)) if cfg!(unix) => Arc::new(sandbox::TemplateSandbox::new(
+            exe.clone(),
+            src,
+            &tok.bos_token,
+            &tok.eos_token,
+        )),
+        _ => Arc::new(local),
+    };
+    let probe = [
+        suanli_tokenizer::ChatMessage::new("user", "Hello"),
+        suanli_tokenizer::ChatMessage::new("assistant", "Hi"),
+        suanli_tokenizer::ChatMessage::new("user", "How are you?"),
+    ];
+    if let Err(e) = suanli_tokenizer::chat_prompt_with(tok, r.as_ref(), &probe) {
+        eprintln!("warning: the chat template fails on a plain exchange ({e}); requests it cannot render get 400");
+    }
+    Ok(r)
 }
 
 /// Bind `cfg.host:cfg.port` and serve until SIGTERM or Ctrl-C.

@@ -4,7 +4,10 @@ use crate::metrics::Metrics;
 use crate::worker::Worker;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use suanli_tokenizer::Tokenizer;
+use suanli_tokenizer::{RenderTemplate, Tokenizer};
+
+/// The chat template renderer handlers share.
+pub type Renderer = Arc<dyn RenderTemplate + Send + Sync>;
 
 pub struct AppState {
     pub worker: Arc<Worker>,
@@ -21,6 +24,8 @@ pub struct AppState {
     pub created: u64,
     /// SIGTERM seen: no new generations.
     pub draining: AtomicBool,
+    /// The chat template (sandboxed or not), or why chat is unavailable.
+    pub template: Result<Renderer, String>,
 }
 
 impl AppState {

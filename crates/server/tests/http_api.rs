@@ -363,3 +363,39 @@ fn shutdown_finishes_requests_in_flight() {
     assert!(took < Duration::from_secs(20));
     assert!(std::net::TcpStream::connect(addr).is_err(), "no longer listening");
 }
+
+#[test]
+fn slow_and_garbage_connections_are_dropped_while_serving_continues() {
+    use std::io::{Read, Write};
+    let addr = shared();
+    // Slowloris: half a request head, then nothing. The shared server's deadline is 2 s.
+    let mut slow = std::net::TcpStream::connect(addr).unwrap();
+    slow.write_all(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n").unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let t = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let _ = slow.read_to_end(&mut buf);
+    assert!(t.elapsed() < Duration::from_secs(8), "the slow client was not cut off");
+    assert!(buf.is_empty() || buf.starts_with(b"HTTP/1.1 408"), "{:?}", String::from_utf8_lossy(&buf));
+    // Scanner traffic: random bytes, a TLS ClientHello, an HTTP/2 preface, a huge header.
+    let junk: [&[u8]; 4] = [
+        b"\x00\xff\x13\x37garbage\r\n\r\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        &[b'a'; 1 << 20],
+    ];
+    for j in junk {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = s.write_all(j);
+        let _ = s.write_all(b"\r\n\r\n");
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        assert!(
+            out.is_empty() || out.starts_with(b"HTTP/1.1 4"),
+            "{:?}",
+            String::from_utf8_lossy(&out[..out.len().min(100)])
+        );
+    }
+    assert_eq!(get(addr, "/v1/models").status, 200);
+}

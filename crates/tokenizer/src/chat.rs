@@ -1,6 +1,7 @@
 //! Turn chat messages into token ids. Template scaffolding is tokenized with special tokens
 //! enabled; message content never is, so user text cannot forge control tokens.
 
+use crate::template::RenderTemplate;
 use crate::{ChatMessage, Tokenizer};
 
 fn sentinel(i: usize) -> String {
@@ -13,6 +14,15 @@ pub fn chat_prompt(tok: &Tokenizer, messages: &[ChatMessage]) -> Result<Vec<u32>
         Some(t) => t.map_err(|e| e.to_string())?,
         None => return Err("this model has no chat template".into()),
     };
+    chat_prompt_with(tok, &template, messages)
+}
+
+/// `chat_prompt` with the template rendered by `template` (for example in a sandbox process).
+pub fn chat_prompt_with(
+    tok: &Tokenizer,
+    template: &dyn RenderTemplate,
+    messages: &[ChatMessage],
+) -> Result<Vec<u32>, String> {
     // Render with placeholders so that content can be tokenized separately.
     let marked: Vec<ChatMessage> = messages
         .iter()

@@ -102,6 +102,23 @@ pub(crate) fn build(f: &GgufFile) -> Result<Tokenizer, String> {
             ))
         }
     };
+    // Checked whatever the vocabulary kind: a malformed array is a malformed file.
+    let scores: Option<Vec<f32>> = match f.get("tokenizer.ggml.scores") {
+        Some(Value::Array(a)) if a.len() == n => Some(
+            a.iter()
+                .map(|v| match v {
+                    Value::F32(x) if x.is_finite() => Ok(*x),
+                    _ => Err("tokenizer.ggml.scores must hold finite f32 values".to_string()),
+                })
+                .collect::<Result<_, _>>()?,
+        ),
+        Some(_) => {
+            return Err(format!(
+                "tokenizer.ggml.scores must be an f32 array of {n} entries"
+            ))
+        }
+        None => None,
+    };
     let bos_id = opt_id(f, "tokenizer.ggml.bos_token_id", n)?;
     let eos_id = opt_id(f, "tokenizer.ggml.eos_token_id", n)?;
     let mut eog_ids: HashSet<u32> = eos_id.into_iter().collect();
@@ -171,25 +188,9 @@ pub(crate) fn build(f: &GgufFile) -> Result<Tokenizer, String> {
             )
         }
         "llama" => {
-            let scores: Vec<f32> =
-                match f.get("tokenizer.ggml.scores") {
-                    Some(Value::Array(a)) if a.len() == n => a
-                        .iter()
-                        .map(|v| match v {
-                            Value::F32(x) => Ok(*x),
-                            _ => Err("tokenizer.ggml.scores must hold f32 values".to_string()),
-                        })
-                        .collect::<Result<_, _>>()?,
-                    Some(_) => {
-                        return Err(format!(
-                            "tokenizer.ggml.scores must be an f32 array of {n} entries"
-                        ))
-                    }
-                    None => return Err(
-                        "tokenizer.ggml.scores is missing (needed by SentencePiece vocabularies)"
-                            .into(),
-                    ),
-                };
+            let scores = scores.ok_or(
+                "tokenizer.ggml.scores is missing (needed by SentencePiece vocabularies)",
+            )?;
             let add_space_prefix = f
                 .get("tokenizer.ggml.add_space_prefix")
                 .and_then(|v| v.as_bool())

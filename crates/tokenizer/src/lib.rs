@@ -10,9 +10,9 @@ mod spm;
 mod stream;
 pub mod template;
 
-pub use chat::chat_prompt;
+pub use chat::{chat_prompt, chat_prompt_with};
 pub use stream::StreamDecoder;
-pub use template::{ChatMessage, ChatTemplate, TemplateError};
+pub use template::{ChatMessage, ChatTemplate, RenderTemplate, TemplateError};
 
 use std::collections::HashSet;
 use std::path::Path;

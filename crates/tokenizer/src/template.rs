@@ -11,7 +11,7 @@ const MAX_OUTPUT: usize = 4 << 20;
 const MAX_SOURCE: usize = 1 << 20;
 const MAX_RECURSION: usize = 64;
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
@@ -36,6 +36,25 @@ pub enum TemplateError {
     Raised(String),
     #[error("chat template failed to render: {0}")]
     Render(String),
+}
+
+/// Whatever renders a chat template: `ChatTemplate` in this process, or a sandbox around it.
+pub trait RenderTemplate {
+    fn render(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, TemplateError>;
+}
+
+impl RenderTemplate for ChatTemplate {
+    fn render(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, TemplateError> {
+        ChatTemplate::render(self, messages, add_generation_prompt)
+    }
 }
 
 pub struct ChatTemplate {

@@ -12,7 +12,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 use std::sync::Arc;
-use suanli_tokenizer::{chat_prompt, ChatMessage};
+use suanli_tokenizer::{chat_prompt_with, ChatMessage};
 
 const TEMPLATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -44,9 +44,13 @@ pub async fn handler(
     if want_logprobs {
         p.logprobs = Some(top.unwrap_or(0) as usize);
     }
+    let renderer = st
+        .template
+        .clone()
+        .map_err(|why| ApiError::param("messages", why))?;
     let tok = st.tokenizer.clone();
     let render = blocking(move || {
-        chat_prompt(&tok, &msgs).map_err(|e| ApiError::param("messages", e))
+        chat_prompt_with(&tok, renderer.as_ref(), &msgs).map_err(|e| ApiError::param("messages", e))
     });
     // Fuel bounds a template's work; this bounds the wait too.
     let prompt = tokio::time::timeout(TEMPLATE_TIMEOUT, render)

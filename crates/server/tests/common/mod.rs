@@ -76,6 +76,8 @@ pub fn start(max_batch: usize, max_queue: usize, max_body: usize) -> Server {
         model_name: "smollm2-135m".into(),
         max_body_bytes: max_body,
         shutdown_timeout: Duration::from_secs(20),
+        template_sandbox: None,
+        header_read_timeout: Duration::from_secs(2),
     };
     let thread = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
