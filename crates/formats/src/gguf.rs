@@ -65,7 +65,7 @@ pub enum Problem {
 
 /// A name from the file as shown in messages: quoted, and cut short when long, so that a
 /// hostile file cannot flood logs or terminals through its error messages.
-fn shown(s: &str) -> String {
+pub(crate) fn shown(s: &str) -> String {
     const MAX: usize = 80;
     if s.len() <= MAX {
         return format!("{s:?}");

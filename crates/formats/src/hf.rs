@@ -137,9 +137,15 @@ pub fn parse_safetensors(path: &Path, bytes: &Bytes) -> Result<Vec<(String, StTe
     let mut ranges = Vec::new();
     for (name, info) in obj {
         if name == "__metadata__" {
+            let strings = info
+                .as_object()
+                .is_some_and(|m| m.values().all(|v| v.is_string()));
+            if !strings {
+                return Err(err(path, "__metadata__ must map names to strings"));
+            }
             continue;
         }
-        let bad = |why: String| err(path, format!("tensor {name:?}: {why}"));
+        let bad = |why: String| err(path, format!("tensor {}: {why}", crate::gguf::shown(name)));
         let dtype_s = info
             .get("dtype")
             .and_then(|v| v.as_str())
@@ -196,14 +202,34 @@ pub fn parse_safetensors(path: &Path, bytes: &Bytes) -> Result<Vec<(String, StTe
             },
         ));
     }
+    // The tensors must tile the data exactly: no overlap (two names sharing bytes), no gap,
+    // nothing after the last one (a polyglot file hiding other content).
     ranges.sort();
-    for w in ranges.windows(2) {
-        if w[0].1 > w[1].0 {
+    let mut covered = 0;
+    for (start, end, name) in &ranges {
+        let name = crate::gguf::shown(name);
+        if *start < covered {
+            return Err(err(path, format!("tensor {name} overlaps the one before it")));
+        }
+        if *start > covered {
             return Err(err(
                 path,
-                format!("tensors {:?} and {:?} overlap", w[0].2, w[1].2),
+                format!("{} unused bytes before tensor {name}", start - covered),
             ));
         }
+        covered = *end;
+    }
+    if covered != data_len {
+        return Err(err(
+            path,
+            format!(
+                "{} bytes after the last tensor belong to no tensor",
+                data_len - covered
+            ),
+        ));
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests;
