@@ -50,6 +50,9 @@ pub enum Event {
         cached_tokens: usize,
         completion_tokens: usize,
     },
+    /// The sequence cannot go on (its logits are not finite numbers: a broken weight or an
+    /// overflow along its own context). It has been dropped; the others carry on.
+    Failed(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -185,6 +188,7 @@ impl<B: Backend> BatchEngine<B> {
         let mut sampled = Vec::new();
         let mut events = Vec::new();
         let mut done = Vec::new();
+        let mut failed = Vec::new();
         let mut row = 0;
         for it in &step.items {
             let rows = if it.logits_all {
@@ -223,6 +227,16 @@ impl<B: Backend> BatchEngine<B> {
             }
             let r = first + rows - 1;
             let logits = &mut self.logits[r * vocab..(r + 1) * vocab];
+            if let Some(bad) = logits.iter().find(|l| !l.is_finite()) {
+                failed.push((
+                    it.seq,
+                    format!(
+                        "the model produced a non-finite logit ({bad}) at position {}",
+                        st.history.len()
+                    ),
+                ));
+                continue;
+            }
             let tok = st.sampler.sample(logits, &st.history);
             sampled.push((it.seq, tok));
             let ctx_full = st.history.len() + 1 >= self.sched.config().max_ctx;
@@ -246,6 +260,11 @@ impl<B: Backend> BatchEngine<B> {
             if let Some(st) = self.seqs.get_mut(&p.seq) {
                 st.cached_tokens = p.cached_prompt_tokens;
             }
+        }
+        for (id, why) in failed {
+            self.seqs.remove(&id);
+            self.sched.finish(id);
+            events.push((id, Event::Failed(why)));
         }
         for (id, reason) in done {
             if let Some(st) = self.seqs.remove(&id) {

@@ -56,6 +56,7 @@ fn run(
             match ev {
                 Event::Token { id: t, .. } => out[id as usize].push(t),
                 Event::PromptLogprobs(_) => {}
+                Event::Failed(why) => panic!("{why}"),
                 Event::Done {
                     completion_tokens, ..
                 } => {
@@ -252,6 +253,7 @@ fn chunking_and_prefix_cache_do_not_change_a_single_bit() {
                     }
                     Event::Done { cached_tokens, .. } => cached = cached_tokens,
                     Event::PromptLogprobs(_) => {}
+                    Event::Failed(why) => panic!("{why}"),
                 }
             }
         }
@@ -280,4 +282,69 @@ fn chunking_and_prefix_cache_do_not_change_a_single_bit() {
     for i in 0..3 {
         assert_eq!(answer(&mut whole, 10 + i).0, first, "repetition {i}");
     }
+}
+
+/// A sequence whose logits stop being numbers (here: its prompt holds a token whose embedding
+/// row is NaN) fails alone; the request batched with it gets the answer it gets alone.
+#[test]
+fn a_poisoned_sequence_fails_alone() {
+    use suanli_formats::gguf::write::{gguf_bytes, TensorSpec};
+    use suanli_formats::gguf::GgufFile;
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/tiny/llama/model.gguf");
+    let f = GgufFile::open(&fixture).unwrap();
+    let poison = 7usize;
+    let tensors: Vec<(String, Vec<u64>, _, Vec<u8>)> = f
+        .tensors
+        .iter()
+        .map(|t| {
+            let mut data = f.tensor_bytes(t).as_slice().to_vec();
+            if t.name == "token_embd.weight" {
+                let row = t.dims[0] as usize * 4;
+                for v in data[poison * row..(poison + 1) * row].chunks_exact_mut(4) {
+                    v.copy_from_slice(&f32::NAN.to_le_bytes());
+                }
+            }
+            (t.name.clone(), t.dims.clone(), t.dtype, data)
+        })
+        .collect();
+    let meta: Vec<(&str, suanli_formats::gguf::Value)> = f
+        .metadata
+        .iter()
+        .filter(|(k, _)| k.as_str() != "general.alignment")
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect();
+    let specs: Vec<TensorSpec<'_>> = tensors
+        .iter()
+        .map(|(n, d, t, b)| TensorSpec { name: n, dims: d.clone(), dtype: *t, data: b })
+        .collect();
+    let path = std::env::temp_dir().join(format!("suanli-poisoned-{}.gguf", std::process::id()));
+    std::fs::write(&path, gguf_bytes(&meta, &specs)).unwrap();
+    let mut e = engine(&path, 4);
+    let healthy = vec![1u32, 2, 3, 4, 5];
+    let alone = run(&mut e, &[(healthy.clone(), SamplingParams::greedy())], &[0], 8);
+    let req = |prompt: Vec<u32>| Request {
+        prompt,
+        params: SamplingParams::greedy(),
+        max_tokens: 8,
+        logprobs: None,
+        prompt_logprobs: None,
+    };
+    e.submit(1, req(healthy)).unwrap();
+    e.submit(2, req(vec![1, 2, poison as u32, 4])).unwrap();
+    let (mut tokens, mut failed) = (Vec::new(), None);
+    while e.active() > 0 {
+        for (id, ev) in e.step().unwrap() {
+            match (id, ev) {
+                (1, Event::Token { id, .. }) => tokens.push(id),
+                (2, Event::Failed(why)) => failed = Some(why),
+                (1, Event::Done { .. }) => {}
+                (id, ev) => panic!("unexpected {id}: {ev:?}"),
+            }
+        }
+    }
+    std::fs::remove_file(&path).ok();
+    assert!(failed.expect("the poisoned sequence fails").contains("non-finite"));
+    assert_eq!(tokens, alone[0], "the healthy request is unaffected");
+    assert_eq!(e.scheduler().blocks_used(), e.scheduler().blocks_cached_idle());
 }

@@ -195,6 +195,13 @@ impl Generation {
                     self.close_all();
                     return Some(Err(ApiError::internal(format!("the engine failed: {msg}"))));
                 }
+                Out::Event(Event::Failed(why)) => {
+                    // This request fails (its other choices are cancelled); the engine goes on
+                    // serving everyone else.
+                    self.choices[i].closed = true;
+                    self.abandon();
+                    return Some(Err(ApiError::internal(why)));
+                }
                 Out::Event(ev) => self.on_event(i, ev),
             }
         }
@@ -261,6 +268,7 @@ impl Generation {
                     }
                 }
             }
+            Event::Failed(_) => c.closed = true,
             Event::Done {
                 reason,
                 cached_tokens,
@@ -286,6 +294,14 @@ impl Generation {
                 });
             }
         }
+    }
+
+    /// Cancel whatever is still running and consider every choice ended.
+    fn abandon(&mut self) {
+        for c in self.choices.iter_mut().filter(|c| !c.closed) {
+            self.worker.cancel(c.seq, "cancelled");
+        }
+        self.close_all();
     }
 
     fn close_all(&mut self) {

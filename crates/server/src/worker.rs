@@ -209,6 +209,10 @@ fn dispatch<B: Backend>(
     };
     match &ev {
         Event::PromptLogprobs(_) => {}
+        Event::Failed(why) => {
+            tracing::error!(seq = id, "sequence failed: {why}");
+            metrics.finished("error");
+        }
         Event::Token { .. } => {
             match l.last_token {
                 None => metrics.ttft(now - l.submitted),
@@ -236,7 +240,7 @@ fn dispatch<B: Backend>(
             metrics.finished(reason.as_str());
         }
     }
-    let done = matches!(ev, Event::Done { .. });
+    let done = matches!(ev, Event::Done { .. } | Event::Failed(_));
     if l.events.send((id, Out::Event(ev))).is_err() {
         // Nobody listens any more: free the sequence now.
         live.remove(&id);
