@@ -183,7 +183,20 @@ impl Generation {
             if self.choices.iter().all(|c| c.closed) {
                 return None;
             }
-            let Some((seq, out)) = self.rx.recv().await else {
+            let next = tokio::time::timeout(std::time::Duration::from_secs(5), self.rx.recv());
+            let Ok(received) = next.await else {
+                // Quiet for a while: normal in a queue or a long prefill, not when the engine
+                // is stuck in one step.
+                if let Some(d) = self.worker.clock.stalled() {
+                    self.abandon();
+                    return Some(Err(ApiError::internal(format!(
+                        "the engine has been stuck in one step for {} s",
+                        d.as_secs()
+                    ))));
+                }
+                continue;
+            };
+            let Some((seq, out)) = received else {
                 self.close_all();
                 return Some(Err(ApiError::internal("the engine stopped")));
             };

@@ -36,10 +36,42 @@ pub enum Command {
     Cancel(SeqId, &'static str),
 }
 
+/// When the running step began, so that a hung step (a kernel that never returns) is seen:
+/// `/health` reports it and waiting requests give up, instead of hanging forever.
+#[derive(Default)]
+pub struct StepClock {
+    /// Milliseconds since `origin` at the start of the step in progress; 0 when idle.
+    started: AtomicU64,
+    origin: std::sync::OnceLock<Instant>,
+}
+
+/// A step running longer than this is a stall (a 512-token prefill chunk of a 7B model on a
+/// slow CPU takes tens of seconds, not minutes).
+pub const STALL_AFTER: std::time::Duration = std::time::Duration::from_secs(120);
+
+impl StepClock {
+    fn now_ms(&self) -> u64 {
+        self.origin.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+    }
+    fn begin(&self) {
+        self.started.store(self.now_ms(), Ordering::Relaxed);
+    }
+    fn end(&self) {
+        self.started.store(0, Ordering::Relaxed);
+    }
+    /// How long the step in progress has been running, if it is past `STALL_AFTER`.
+    pub fn stalled(&self) -> Option<std::time::Duration> {
+        let s = self.started.load(Ordering::Relaxed);
+        let d = std::time::Duration::from_millis(self.now_ms().saturating_sub(s));
+        (s != 0 && d > STALL_AFTER).then_some(d)
+    }
+}
+
 /// The handlers' side of the engine thread.
 pub struct Worker {
     tx: mpsc::Sender<Command>,
     next_id: AtomicU64,
+    pub clock: Arc<StepClock>,
 }
 
 impl Worker {
@@ -87,19 +119,27 @@ where
     BatchEngine<B>: Send,
 {
     let (tx, rx) = mpsc::channel();
+    let clock = Arc::new(StepClock::default());
+    let c = clock.clone();
     let join = std::thread::Builder::new()
         .name("suanli-engine".into())
-        .spawn(move || run(engine, rx, &metrics))?;
+        .spawn(move || run(engine, rx, &metrics, &c))?;
     Ok((
         Arc::new(Worker {
             tx,
             next_id: AtomicU64::new(1),
+            clock,
         }),
         join,
     ))
 }
 
-fn run<B: Backend>(mut engine: BatchEngine<B>, rx: mpsc::Receiver<Command>, metrics: &Metrics) {
+fn run<B: Backend>(
+    mut engine: BatchEngine<B>,
+    rx: mpsc::Receiver<Command>,
+    metrics: &Metrics,
+    clock: &StepClock,
+) {
     let mut live: HashMap<SeqId, Live> = HashMap::new();
     metrics.set_gauges(&engine);
     loop {
@@ -119,6 +159,7 @@ fn run<B: Backend>(mut engine: BatchEngine<B>, rx: mpsc::Receiver<Command>, metr
         }
         // A bug in a step must not take the server down: the sequences in it fail, their
         // blocks are freed, and the engine goes on serving new requests.
+        clock.begin();
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.step()))
             .map_err(|p| {
                 let msg = p
@@ -129,6 +170,7 @@ fn run<B: Backend>(mut engine: BatchEngine<B>, rx: mpsc::Receiver<Command>, metr
                 format!("internal error in the engine step: {msg}")
             })
             .and_then(|r| r.map_err(|e| e.to_string()));
+        clock.end();
         match result {
             Ok(events) => {
                 let now = Instant::now();

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 fn shared() -> SocketAddr {
     static S: OnceLock<Server> = OnceLock::new();
-    S.get_or_init(|| start(16, 64, 64 * 1024)).addr
+    S.get_or_init(|| start(16, 64, 256 * 1024)).addr
 }
 
 fn chat_text(r: &Value, i: usize) -> String {
@@ -239,7 +239,7 @@ fn bad_requests_get_openai_errors() {
     check(raw(addr, &request_bytes("POST", comp, Some(KEY), "[1,2]")), 400, None);
     check(raw(addr, &request_bytes("POST", comp, Some("wrong"), "{}")), 401, None);
     check(raw(addr, &request_bytes("GET", "/v1/models", None, "")), 401, None);
-    let big = format!("{{\"prompt\": \"{}\"}}", "a".repeat(100 * 1024));
+    let big = format!("{{\"prompt\": \"{}\"}}", "a".repeat(300 * 1024));
     check(raw(addr, &request_bytes("POST", comp, Some(KEY), &big)), 413, None);
     check(get(addr, "/v1/nothing"), 404, None);
     check(get(addr, "/v1/models/other"), 404, Some("model"));
@@ -269,6 +269,10 @@ fn bad_requests_get_openai_errors() {
         user(r#", "top_k": -2"#),
         user(r#", "logit_bias": {"abc": 1}"#),
         user(r#", "max_tokens": 1e20"#),
+        format!(
+            r#"{{"messages": [{}]}}"#,
+            vec![r#"{"role": "user", "content": "x"}"#; 5000].join(",")
+        ),
     ] {
         let r = raw(addr, &request_bytes("POST", chat, Some(KEY), &body));
         assert_eq!(r.status, 400, "{}: {}", &body[..body.len().min(80)], String::from_utf8_lossy(&r.body));

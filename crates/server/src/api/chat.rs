@@ -14,6 +14,9 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 use suanli_tokenizer::{chat_prompt_with, ChatMessage};
 
+/// Most messages in one conversation (a template's work grows with them).
+const MAX_MESSAGES: usize = 4096;
+
 const TEMPLATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub async fn handler(
@@ -93,6 +96,9 @@ pub async fn handler(
 pub fn messages(b: &Body) -> Result<Vec<ChatMessage>, ApiError> {
     let bad = |m: String| ApiError::param("messages", m);
     let list = match b.get("messages") {
+        Some(Value::Array(a)) if a.len() > MAX_MESSAGES => {
+            return Err(bad(format!("`messages` may hold at most {MAX_MESSAGES} messages")))
+        }
         Some(Value::Array(a)) if !a.is_empty() => a,
         Some(Value::Array(_)) => return Err(bad("`messages` must not be empty".into())),
         Some(_) => return Err(bad("`messages` must be a list of messages".into())),

@@ -100,6 +100,13 @@ pub async fn model(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> R
 }
 
 pub async fn health(State(st): State<Arc<AppState>>) -> Response {
+    if let Some(d) = st.worker.clock.stalled() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"status": "engine stalled", "step_seconds": d.as_secs()})),
+        )
+            .into_response();
+    }
     if st.draining.load(Ordering::Relaxed) {
         (
             StatusCode::SERVICE_UNAVAILABLE,
