@@ -55,9 +55,17 @@ pub fn chat_prompt_with(
         }
     }
     if next < messages.len() || rest.contains('\u{E000}') {
-        // The template transformed the content (for example trimmed it): render for real.
-        // Control-token strings inside the content are still not parsed as such here only if
-        // they survive unchanged, so fall back to tokenizing everything as text with specials.
+        // The template transformed the content (sliced it, changed its case…), so content and
+        // scaffolding cannot be told apart: render for real and tokenize it all with special
+        // tokens — which is safe only if no message holds control-token text.
+        for (i, m) in messages.iter().enumerate() {
+            if tok.encode(&m.content, true)?.iter().any(|&t| tok.is_control(t)) {
+                return Err(format!(
+                    "messages[{i}] contains control-token text, which this model's chat template \
+                     would turn into control tokens"
+                ));
+            }
+        }
         let full = template.render(messages, true).map_err(|e| e.to_string())?;
         let mut ids = Vec::new();
         if tok.add_bos && !(bos_in_template) {
