@@ -21,15 +21,7 @@ case "$MODEL" in
 esac
 port=18181
 wait_up() {
-    python3 - "$1" <<'PY'
-import sys, time, urllib.request
-for _ in range(900):
-    try:
-        urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/v1/models", timeout=1); sys.exit(0)
-    except Exception:
-        time.sleep(0.2)
-sys.exit("server did not start")
-PY
+    python3 scripts/wait-http.py "$1" /v1/models
 }
 echo "== suanli serve ($MODEL, $THREADS threads)"
 "$BIN" --threads "$THREADS" serve --model "$path" --model-name "$MODEL" --port $port --max-batch "$N" 2>/dev/null &

@@ -14,15 +14,7 @@ key="soak-$$"
 SUANLI_API_KEY=$key "$BIN" --threads 2 serve --model "$MODEL" --port "$port" --ctx 2048 --max-batch 8 --max-queue 16 2>/dev/null &
 pid=$!
 trap 'kill "$pid" 2>/dev/null || true' EXIT
-python3 - "$port" <<'PY'
-import sys, time, urllib.request
-for _ in range(600):
-    try:
-        urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/health", timeout=1); sys.exit(0)
-    except Exception:
-        time.sleep(0.2)
-sys.exit("the server did not come up")
-PY
+python3 scripts/wait-http.py "$port" /health
 set +e
 python3 bench/soak.py --url "http://127.0.0.1:$port" --key "$key" --pid "$pid" --seconds "$SECS"
 status=$?

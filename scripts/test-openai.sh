@@ -30,16 +30,7 @@ log=$(mktemp)
 SUANLI_API_KEY=$key "$BIN" --threads 2 serve --model "$MODEL" --port "$port" --ctx 2048 --max-batch 8 2>"$log" &
 pid=$!
 trap 'kill "$pid" 2>/dev/null || true; rm -f "$log"' EXIT
-python3 - "$port" <<'PY'
-import sys, time, urllib.request
-for _ in range(600):
-    try:
-        urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/health", timeout=1)
-        sys.exit(0)
-    except Exception:
-        time.sleep(0.2)
-sys.exit("the server did not come up")
-PY
+python3 scripts/wait-http.py "$port" /health
 set +e
 out=$(SUANLI_URL="http://127.0.0.1:$port/v1" SUANLI_KEY="$key" SUANLI_MODEL="$MODEL" \
     "$PY" -m pytest -q -p no:cacheprovider tests/openai 2>&1)

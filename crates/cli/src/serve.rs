@@ -69,7 +69,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         u => return Err(format!("{u:?} is not a size unit (B, KB, KiB, MB, MiB, GB, GiB)")),
     };
     let v = x * mult;
-    if !(v.is_finite() && v >= 1.0 && v < 1e15) {
+    if !(v.is_finite() && (1.0..1e15).contains(&v)) {
         return Err(format!("{s:?} is not a usable size"));
     }
     Ok(v as u64)

@@ -1,0 +1,18 @@
+#!/usr/bin/env python3
+"""Wait (up to 3 minutes) until http://127.0.0.1:PORT/PATH answers; exit 1 if it never does.
+Used by the scripts that start `suanli serve` or another server in the background."""
+import sys
+import time
+import urllib.error
+import urllib.request
+
+port, path = sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "/health"
+for _ in range(900):
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1)
+        sys.exit(0)
+    except urllib.error.HTTPError:
+        sys.exit(0)  # it answers, if only with an error status
+    except Exception:
+        time.sleep(0.2)
+sys.exit(f"nothing answered on port {port}")
