@@ -146,6 +146,16 @@ impl Generation {
                     Vec::new()
                 };
                 let prompt_tokens = prompt.len();
+                // A prompt of token ids may end inside a character; the answer completes it.
+                let tail: Vec<u8> = prompt[prompt.len().saturating_sub(4)..]
+                    .iter()
+                    .flat_map(|&t| st.tokenizer.token_bytes(t).iter().copied())
+                    .collect();
+                let decoder = if p.echo {
+                    StreamDecoder::new()
+                } else {
+                    StreamDecoder::continuing(&tail)
+                };
                 // On error, dropping `g` cancels the choices submitted so far.
                 g.worker
                     .submit(seq, req, tx.clone())
@@ -157,7 +167,7 @@ impl Generation {
                     prompt_ids,
                     prompt: pi,
                     prompt_tokens,
-                    decoder: StreamDecoder::new(),
+                    decoder,
                     stop: StopMatcher::new(p.stop.clone()),
                     pending_logprobs: Vec::new(),
                     completion_tokens: 0,

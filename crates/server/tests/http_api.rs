@@ -403,3 +403,63 @@ fn slow_and_garbage_connections_are_dropped_while_serving_continues() {
     }
     assert_eq!(get(addr, "/v1/models").status, 200);
 }
+
+#[test]
+fn an_immediate_end_and_wide_logprobs_are_well_formed() {
+    let addr = shared();
+    // SS-06: the first sampled token ends the generation (forced with logit_bias), logprobs on.
+    for stream in [false, true] {
+        let req = json!({"prompt": "Hello", "max_tokens": 8, "temperature": 0, "logprobs": 2,
+                         "logit_bias": {"2": 100}, "stream": stream});
+        let r = post(addr, "/v1/completions", &req);
+        assert_eq!(r.status, 200);
+        if stream {
+            let (texts, finish, _) = stream_texts(&r.events(), "text_completion");
+            assert_eq!((texts[0].as_str(), finish[0].as_str()), ("", "stop"));
+        } else {
+            let v = r.json();
+            assert_eq!(v["choices"][0]["text"], "");
+            assert_eq!(v["choices"][0]["finish_reason"], "stop");
+            assert_eq!(v["usage"]["completion_tokens"], 0);
+            assert_eq!(v["choices"][0]["logprobs"]["tokens"], json!([]));
+        }
+    }
+    // SS-09: 20 alternatives per token, byte-level pieces of Chinese text: valid JSON with bytes.
+    let req = json!({"messages": [{"role": "user", "content": "用中文说你好"}], "max_tokens": 6,
+                     "temperature": 0, "logprobs": true, "top_logprobs": 20, "stream": true});
+    let r = post(addr, "/v1/chat/completions", &req);
+    let mut entries = 0;
+    for e in r.events().iter().filter(|e| *e != "[DONE]") {
+        let v: Value = serde_json::from_str(e).unwrap();
+        for c in v["choices"].as_array().unwrap() {
+            for t in c["logprobs"]["content"].as_array().into_iter().flatten() {
+                entries += 1;
+                assert_eq!(t["top_logprobs"].as_array().unwrap().len(), 20);
+                let bytes: Vec<u8> = t["bytes"].as_array().unwrap().iter().map(|b| b.as_u64().unwrap() as u8).collect();
+                assert!(!bytes.is_empty() || t["token"].as_str().unwrap().starts_with('<'));
+            }
+        }
+    }
+    assert!(entries >= 1);
+}
+
+#[test]
+fn a_token_id_prompt_ending_inside_a_character_is_completed_not_broken() {
+    let addr = shared();
+    // A rare character spread over several byte-level tokens; the prompt stops one token short.
+    let t = post(addr, "/tokenize", &json!({"content": "龘"})).json();
+    let ids: Vec<u64> = t["tokens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    assert!(ids.len() >= 2, "needs a character split over tokens: {ids:?}");
+    let (head, last) = ids.split_at(ids.len() - 1);
+    for stream in [false, true] {
+        let req = json!({"prompt": head, "max_tokens": 1, "temperature": 0, "stream": stream,
+                         "logit_bias": {last[0].to_string(): 100}});
+        let r = post(addr, "/v1/completions", &req);
+        let text = if stream {
+            stream_texts(&r.events(), "text_completion").0.remove(0)
+        } else {
+            r.json()["choices"][0]["text"].as_str().unwrap().to_owned()
+        };
+        assert_eq!(text, "龘", "stream {stream}");
+    }
+}

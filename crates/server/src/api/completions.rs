@@ -28,6 +28,7 @@ pub async fn handler(
     let mut p = gen_params(&b, st.vocab, st.max_ctx)?;
     p.logprobs = b.int_in("logprobs", 0, MAX_LOGPROBS)?.map(|n| n as usize);
     let echo = b.bool("echo")?.unwrap_or(false);
+    p.echo = echo;
     if echo {
         // The prompt's tokens get log-probabilities too (its first token has none).
         p.prompt_logprobs = p.logprobs;

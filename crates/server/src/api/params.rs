@@ -96,6 +96,8 @@ pub struct GenParams {
     pub prompt_logprobs: Option<usize>,
     pub stream: bool,
     pub include_usage: bool,
+    /// Completions: the prompt's text comes first in the answer.
+    pub echo: bool,
 }
 
 /// The fields shared by chat and completions. `vocab`: for `logit_bias` ids; `max_ctx`: the
@@ -196,6 +198,7 @@ pub fn gen_params(b: &Body, vocab: usize, max_ctx: usize) -> Result<GenParams, A
         prompt_logprobs: None,
         stream,
         include_usage,
+        echo: false,
     })
 }
 
