@@ -308,8 +308,11 @@ fn disconnect_burst_frees_every_sequence_and_block() {
             s
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(metric(addr, "suanli_requests_running") > 0.0);
+    let t = std::time::Instant::now();
+    while metric(addr, "suanli_requests_running") == 0.0 {
+        assert!(t.elapsed() < Duration::from_secs(10), "nothing was admitted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     drop(streams);
     drop(waiting);
     wait_idle(addr);
@@ -326,7 +329,14 @@ fn full_queue_answers_503_with_retry_after() {
     let addr = server.addr;
     let long = json!({"prompt": "Count: one, two,", "max_tokens": 600, "temperature": 0,
                       "stream": true, "logit_bias": {"0": -100, "2": -100}});
-    let running = open_stream(addr, &long); // admitted: the batch holds 1
+    let running = open_stream(addr, &long);
+    // Its answer starts once it is queued; wait until a step has admitted it (the batch holds
+    // 1), or the next request would find the queue full already.
+    let t = std::time::Instant::now();
+    while metric(addr, "suanli_requests_running") < 1.0 {
+        assert!(t.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let mut queued = std::net::TcpStream::connect(addr).unwrap();
     std::io::Write::write_all(
         &mut queued,

@@ -73,7 +73,7 @@ pub async fn handler(
         p.include_usage,
     ));
     if p.stream {
-        return Ok(sse(g, shape, p.include_usage));
+        return Ok(sse(g, shape));
     }
     let (choices, usage) = collect(g).await?;
     let choices: Vec<Value> = choices

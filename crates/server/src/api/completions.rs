@@ -72,7 +72,7 @@ pub async fn handler(
         echoes: (0..g.n_choices()).map(|i| echoes[i / n].clone()).collect(),
     };
     if p.stream {
-        return Ok(sse(g, shape, p.include_usage));
+        return Ok(sse(g, shape));
     }
     let (choices, usage) = collect(g).await?;
     let choices: Vec<Value> = choices

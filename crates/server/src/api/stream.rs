@@ -84,12 +84,12 @@ pub trait Shape: Send + 'static {
     }
 }
 
-pub fn sse<S: Shape>(g: Generation, shape: S, include_usage: bool) -> Response {
+/// The usage chunk is sent when the shape's envelope says the client asked for it.
+pub fn sse<S: Shape>(g: Generation, shape: S) -> Response {
     struct St<S> {
         g: Generation,
         shape: S,
         queue: VecDeque<String>,
-        include_usage: bool,
         ended: bool,
     }
     let queue = shape
@@ -101,7 +101,6 @@ pub fn sse<S: Shape>(g: Generation, shape: S, include_usage: bool) -> Response {
         g,
         shape,
         queue,
-        include_usage,
         ended: false,
     };
     let stream = futures_util::stream::unfold(st, |mut st| async move {
@@ -123,7 +122,7 @@ pub fn sse<S: Shape>(g: Generation, shape: S, include_usage: bool) -> Response {
                     st.ended = true;
                 }
                 None => {
-                    if st.include_usage {
+                    if st.shape.envelope().include_usage {
                         st.queue.push_back(st.shape.usage(st.g.usage()).to_string());
                     }
                     st.queue.push_back("[DONE]".into());
