@@ -2,6 +2,7 @@
 //! generic over it and never names a concrete device. Ops write into preallocated outputs.
 #![forbid(unsafe_code)]
 
+pub mod conformance;
 mod plan;
 pub use plan::{AttnSeq, BatchPlan};
 
@@ -38,6 +39,8 @@ pub struct Capabilities {
     /// e.g. the CPU instruction-set level in use.
     pub detail: String,
     pub weight_dtypes: Vec<DType>,
+    /// KV cache element types `alloc_kv` accepts.
+    pub kv_dtypes: Vec<KvDType>,
 }
 
 /// A weight as it arrives from a file: a 1-D vector or a 2-D matrix `[rows, cols]` (HF order:

@@ -94,6 +94,7 @@ impl CpuBackend {
             name: "cpu",
             detail: format!("{} threads, {}", n, isa.name()),
             weight_dtypes: DType::ALL.to_vec(),
+            kv_dtypes: vec![KvDType::F32, KvDType::F16, KvDType::Q8_0],
         };
         let repack = isa == Isa::Avx512 && std::env::var("SUANLI_CPU_REPACK").as_deref() != Ok("0");
         Ok(CpuBackend {
