@@ -21,6 +21,13 @@ pub enum BackendError {
     Shape { op: &'static str, detail: String },
     #[error("out of memory allocating {what}: {detail}")]
     OutOfMemory { what: &'static str, detail: String },
+    /// A device or driver call failed (a GPU backend's runtime error), naming the op.
+    #[error("{backend} backend: {op} failed: {detail}")]
+    Device {
+        backend: &'static str,
+        op: &'static str,
+        detail: String,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, BackendError>;

@@ -1,0 +1,106 @@
+// The paged KV cache: per layer, K and V as [slots, kv_dim] rows (slot = block * block_size +
+// offset), f16 or f32. Attention reads it through each sequence's block table.
+
+DEV float kv_load(const float* p) { return *p; }
+DEV float kv_load(const u16* p) { return h2f(*p); }
+DEV void kv_put(float* p, float v) { *p = v; }
+DEV void kv_put(u16* p, float v) { *p = f2h(v); }
+
+template <typename C>
+DEV void write_kv_impl(const float* k, const float* v, const u32* slots, int rows, int kv_dim, C* kc, C* vc) {
+    u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (u64)rows * kv_dim) return;
+    u64 r = i / kv_dim, c = i % kv_dim;
+    u64 at = (u64)slots[r] * kv_dim + c;
+    kv_put(kc + at, k[i]);
+    kv_put(vc + at, v[i]);
+}
+
+#define ATT_CHUNK 8
+#define ATT_MAX_DIMS 8  // head_dim ≤ 256
+
+// One warp per (query row, head): online softmax over the row's causal context, ATT_CHUNK
+// positions per round so their reductions overlap. `row_meta[r]` = (table offset into `tables`,
+// number of positions the row sees). Lanes own dims lane, lane + 32, ...
+template <typename C>
+DEV void attention_impl(const float* __restrict__ q, const C* __restrict__ kc, const C* __restrict__ vc,
+                        const u32* __restrict__ tables, const u32* __restrict__ row_meta, int n_heads, int n_kv,
+                        int hd, int block_size, float scale, float* __restrict__ out) {
+    int h = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    int row = blockIdx.y, lane = threadIdx.x & 31;
+    if (h >= n_heads) return;
+    int kvh = h / (n_heads / n_kv), kv_dim = n_kv * hd;
+    const u32* table = tables + row_meta[2 * row];
+    int n_ctx = (int)row_meta[2 * row + 1];
+    const float* qh = q + ((u64)row * n_heads + h) * hd;
+    float qv[ATT_MAX_DIMS], acc[ATT_MAX_DIMS];
+#pragma unroll
+    for (int i = 0; i < ATT_MAX_DIMS; i++) {
+        int d = lane + 32 * i;
+        qv[i] = d < hd ? qh[d] * scale : 0.0f;
+        acc[i] = 0.0f;
+    }
+    float m = -INFINITY, l = 0.0f;
+    for (int p0 = 0; p0 < n_ctx; p0 += ATT_CHUNK) {
+        float s[ATT_CHUNK];
+        u64 base[ATT_CHUNK];
+#pragma unroll
+        for (int c = 0; c < ATT_CHUNK; c++) {
+            int p = p0 + c;
+            s[c] = 0.0f;
+            base[c] = 0;
+            if (p < n_ctx) {
+                u64 slot = (u64)table[p / block_size] * block_size + p % block_size;
+                base[c] = slot * kv_dim + (u64)kvh * hd;
+#pragma unroll
+                for (int i = 0; i < ATT_MAX_DIMS; i++) {
+                    int d = lane + 32 * i;
+                    if (d < hd) s[c] += qv[i] * kv_load(kc + base[c] + d);
+                }
+            }
+        }
+        float cm = m;
+#pragma unroll
+        for (int c = 0; c < ATT_CHUNK; c++) {
+            s[c] = warp_sum(s[c]);
+            if (p0 + c < n_ctx) cm = fmaxf(cm, s[c]);
+        }
+        float corr = expf(m - cm);  // m = -inf on the first round: corr = 0, acc and l are 0
+        l *= corr;
+#pragma unroll
+        for (int i = 0; i < ATT_MAX_DIMS; i++) acc[i] *= corr;
+#pragma unroll
+        for (int c = 0; c < ATT_CHUNK; c++) {
+            if (p0 + c < n_ctx) {
+                float e = expf(s[c] - cm);
+                l += e;
+#pragma unroll
+                for (int i = 0; i < ATT_MAX_DIMS; i++) {
+                    int d = lane + 32 * i;
+                    if (d < hd) acc[i] += e * kv_load(vc + base[c] + d);
+                }
+            }
+        }
+        m = cm;
+    }
+    float* o = out + ((u64)row * n_heads + h) * hd;
+    float inv = l > 0.0f ? 1.0f / l : 0.0f;
+#pragma unroll
+    for (int i = 0; i < ATT_MAX_DIMS; i++) {
+        int d = lane + 32 * i;
+        if (d < hd) o[d] = acc[i] * inv;
+    }
+}
+
+#define KV_KERNELS(name, C)                                                                              \
+    extern "C" __global__ void write_kv_##name(const float* k, const float* v, const u32* slots, int rows, \
+                                               int kv_dim, C* kc, C* vc) {                                \
+        write_kv_impl<C>(k, v, slots, rows, kv_dim, kc, vc);                                             \
+    }                                                                                                     \
+    extern "C" __global__ void attention_##name(const float* q, const C* kc, const C* vc, const u32* tables, \
+                                                const u32* row_meta, int n_heads, int n_kv, int hd,        \
+                                                int block_size, float scale, float* out) {                 \
+        attention_impl<C>(q, kc, vc, tables, row_meta, n_heads, n_kv, hd, block_size, scale, out);        \
+    }
+KV_KERNELS(f32, float)
+KV_KERNELS(f16, u16)

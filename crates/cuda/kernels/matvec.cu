@@ -1,0 +1,90 @@
+// x · wᵀ for up to MV_MAX_TOKENS rows of x (decode and small batches): one warp per weight row,
+// its lanes taking the row's 32-value units in turn, each unit dequantized once in registers and
+// dotted with every token's activations, so the weights are read from memory exactly once.
+
+#define MV_MAX_TOKENS 8
+#define MV_WARPS 4
+
+template <int T>
+DEV void matvec_impl(const u8* __restrict__ w, int rows, int cols, u64 row_bytes, const float* __restrict__ x,
+                     int nt, const float* __restrict__ bias, float* __restrict__ out) {
+    int r = blockIdx.x * MV_WARPS + (threadIdx.x >> 5);
+    int lane = threadIdx.x & 31;
+    if (r >= rows) return;
+    const u8* row = w + (u64)r * row_bytes;
+    float acc[MV_MAX_TOKENS];
+#pragma unroll
+    for (int t = 0; t < MV_MAX_TOKENS; t++) acc[t] = 0.0f;
+    int units = cols >> 5;
+    for (int u = lane; u < units; u += 32) {
+        float v[32];
+        Fmt<T>::unit(row, u, v);
+#pragma unroll
+        for (int t = 0; t < MV_MAX_TOKENS; t++) {
+            if (t < nt) {
+                const float4* xp = (const float4*)(x + (u64)t * cols + u * 32);
+                float s = 0.0f;
+#pragma unroll
+                for (int i = 0; i < 8; i++) {
+                    float4 a = __ldg(xp + i);
+                    s += v[4 * i] * a.x + v[4 * i + 1] * a.y + v[4 * i + 2] * a.z + v[4 * i + 3] * a.w;
+                }
+                acc[t] += s;
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < MV_MAX_TOKENS; t++) {
+        if (t < nt) {
+            float s = warp_sum(acc[t]);
+            if (lane == 0) out[(u64)t * rows + r] = s + (bias ? bias[r] : 0.0f);
+        }
+    }
+}
+
+// Dequantize a whole matrix to bf16 (row-major, as stored) for the tensor-core path: one thread
+// per unit.
+template <int T>
+DEV void dequant_bf16_impl(const u8* __restrict__ w, int rows, int cols, u64 row_bytes, u16* __restrict__ out) {
+    u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    int units = cols >> 5;
+    if (i >= (u64)rows * units) return;
+    int r = (int)(i / units), u = (int)(i % units);
+    float v[32];
+    Fmt<T>::unit(w + (u64)r * row_bytes, u, v);
+    u32* o = (u32*)(out + (u64)r * cols + u * 32);
+#pragma unroll
+    for (int j = 0; j < 16; j++) o[j] = (u32)f2bf(v[2 * j]) | ((u32)f2bf(v[2 * j + 1]) << 16);
+}
+
+// Rows of an embedding table, dequantized to f32: block per id, threads over units.
+template <int T>
+DEV void embed_impl(const u8* __restrict__ w, int rows, int cols, u64 row_bytes, const u32* __restrict__ ids,
+                    float* __restrict__ out) {
+    u32 id = ids[blockIdx.x];
+    if (id >= (u32)rows) return;  // checked on the host; never read outside the table
+    const u8* row = w + (u64)id * row_bytes;
+    for (int u = threadIdx.x; u < (cols >> 5); u += blockDim.x) {
+        float v[32];
+        Fmt<T>::unit(row, u, v);
+        float* o = out + (u64)blockIdx.x * cols + u * 32;
+#pragma unroll
+        for (int j = 0; j < 32; j++) o[j] = v[j];
+    }
+}
+
+#define MATVEC_KERNELS(name, T)                                                                      \
+    extern "C" __global__ void __launch_bounds__(MV_WARPS * 32) matvec_##name(                      \
+        const u8* w, int rows, int cols, u64 row_bytes, const float* x, int nt, const float* bias,   \
+        float* out) {                                                                                 \
+        matvec_impl<T>(w, rows, cols, row_bytes, x, nt, bias, out);                                  \
+    }                                                                                                 \
+    extern "C" __global__ void dequant_bf16_##name(const u8* w, int rows, int cols, u64 row_bytes,   \
+                                                   u16* out) {                                        \
+        dequant_bf16_impl<T>(w, rows, cols, row_bytes, out);                                          \
+    }                                                                                                 \
+    extern "C" __global__ void embed_##name(const u8* w, int rows, int cols, u64 row_bytes,          \
+                                            const u32* ids, float* out) {                             \
+        embed_impl<T>(w, rows, cols, row_bytes, ids, out);                                            \
+    }
+FOR_EACH_TYPE(MATVEC_KERNELS)

@@ -1,0 +1,114 @@
+// Row-wise and element-wise ops on f32 activations.
+
+// out[r] = w * x[r] / rms(x[r]); one block per row.
+extern "C" __global__ void rms_norm(const float* __restrict__ x, const float* __restrict__ w, int cols, float eps,
+                                    float* __restrict__ out) {
+    __shared__ float red[32];
+    const float* xr = x + (u64)blockIdx.x * cols;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) ss += xr[i] * xr[i];
+    ss = block_sum(ss, red);
+    float scale = rsqrtf(ss / (float)cols + eps);
+    float* o = out + (u64)blockIdx.x * cols;
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) o[i] = w[i] * (xr[i] * scale);
+}
+
+// In place, over each group of `g` values (per-head Q/K norm): one warp per group.
+extern "C" __global__ void rms_norm_groups(float* __restrict__ x, const float* __restrict__ w, int g, u64 groups,
+                                           float eps) {
+    u64 grp = (u64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    int lane = threadIdx.x & 31;
+    if (grp >= groups) return;
+    float* xg = x + grp * g;
+    float ss = 0.0f;
+    for (int i = lane; i < g; i += 32) ss += xg[i] * xg[i];
+    ss = warp_sum(ss);
+    float scale = rsqrtf(ss / (float)g + eps);
+    for (int i = lane; i < g; i += 32) xg[i] = w[i] * (xg[i] * scale);
+}
+
+// Rotary embedding in place: one thread per (row, head, pair). neox: pairs (i, i + rot/2),
+// else adjacent pairs (2i, 2i+1). The angle is position · inv_freq in f32, as the model defines it.
+extern "C" __global__ void rope(float* __restrict__ x, const u32* __restrict__ pos, const float* __restrict__ inv_freq,
+                                int rows, int heads, int head_dim, int rot, int neox) {
+    int half = rot >> 1;
+    u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (u64)rows * heads * half) return;
+    int p = (int)(i % half);
+    u64 rh = i / half;
+    int row = (int)(rh / heads), h = (int)(rh % heads);
+    float angle = (float)pos[row] * inv_freq[p];
+    float s, c;
+    sincosf(angle, &s, &c);
+    float* hp = x + ((u64)row * heads + h) * head_dim;
+    int a = neox ? p : 2 * p, b = neox ? p + half : 2 * p + 1;
+    float x0 = hp[a], x1 = hp[b];
+    hp[a] = x0 * c - x1 * s;
+    hp[b] = x0 * s + x1 * c;
+}
+
+extern "C" __global__ void silu_mul(const float* __restrict__ g, const float* __restrict__ u, u64 n,
+                                    float* __restrict__ out) {
+    u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float a = g[i];
+    out[i] = a / (1.0f + expf(-a)) * u[i];
+}
+
+extern "C" __global__ void add(float* __restrict__ acc, const float* __restrict__ x, u64 n) {
+    u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) acc[i] += x[i];
+}
+
+// out[r][c] += bias[c]
+extern "C" __global__ void add_bias(float* __restrict__ out, const float* __restrict__ bias, int cols, u64 n) {
+    u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] += bias[i % cols];
+}
+
+extern "C" __global__ void to_bf16(const float* __restrict__ x, u64 n, u16* __restrict__ out) {
+    u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = f2bf(x[i]);
+}
+
+// out[i] = x[rows[i]] (rows of `cols` floats); one block per selected row.
+extern "C" __global__ void gather_rows(const float* __restrict__ x, const u32* __restrict__ rows, int cols,
+                                       float* __restrict__ out) {
+    const float* src = x + (u64)rows[blockIdx.x] * cols;
+    float* dst = out + (u64)blockIdx.x * cols;
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) dst[i] = src[i];
+}
+
+// Index of the largest value of each row (first on ties), for greedy sampling on the device.
+extern "C" __global__ void argmax_rows(const float* __restrict__ x, int cols, u32* __restrict__ out) {
+    __shared__ float bv[32];
+    __shared__ int bi[32];
+    const float* xr = x + (u64)blockIdx.x * cols;
+    float best = -INFINITY;
+    int idx = 0x7fffffff;
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) {
+        float v = xr[i];
+        if (v > best) { best = v; idx = i; }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        float ov = __shfl_xor_sync(0xffffffffu, best, o);
+        int oi = __shfl_xor_sync(0xffffffffu, idx, o);
+        if (ov > best || (ov == best && oi < idx)) { best = ov; idx = oi; }
+    }
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane == 0) { bv[warp] = best; bi[warp] = idx; }
+    __syncthreads();
+    if (warp == 0) {
+        int nw = blockDim.x >> 5;
+        best = lane < nw ? bv[lane] : -INFINITY;
+        idx = lane < nw ? bi[lane] : 0x7fffffff;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            float ov = __shfl_xor_sync(0xffffffffu, best, o);
+            int oi = __shfl_xor_sync(0xffffffffu, idx, o);
+            if (ov > best || (ov == best && oi < idx)) { best = ov; idx = oi; }
+        }
+        if (lane == 0) out[blockIdx.x] = (u32)(idx == 0x7fffffff ? 0 : idx);
+    }
+}

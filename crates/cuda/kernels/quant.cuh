@@ -1,0 +1,195 @@
+// Dequantization of one "unit" of 32 consecutive values of a stored row, per GGML block format.
+// A unit is a whole block for the 32-value formats and one sub-block of a 256-value K-quant
+// block, so every format splits a row into cols/32 independent pieces of work. The arithmetic
+// follows suanli_core::quant (the oracle), which is bit-exact with gguf-py.
+
+#define T_F32 0
+#define T_F16 1
+#define T_Q4_0 2
+#define T_Q4_1 3
+#define T_Q5_0 6
+#define T_Q5_1 7
+#define T_Q8_0 8
+#define T_Q4_K 12
+#define T_Q5_K 13
+#define T_Q6_K 14
+#define T_BF16 30
+
+template <int T> struct Fmt;
+
+template <> struct Fmt<T_F32> {
+    DEV void unit(const u8* row, int u, float* v) {
+        const float4* p = (const float4*)(row + (size_t)u * 128);
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            float4 a = p[i];
+            v[4 * i] = a.x; v[4 * i + 1] = a.y; v[4 * i + 2] = a.z; v[4 * i + 3] = a.w;
+        }
+    }
+};
+template <> struct Fmt<T_F16> {
+    DEV void unit(const u8* row, int u, float* v) {
+        const uint4* p = (const uint4*)(row + (size_t)u * 64);
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            uint4 a = p[i];
+            u32 w[4] = {a.x, a.y, a.z, a.w};
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                v[8 * i + 2 * j] = h2f((u16)(w[j] & 0xffff));
+                v[8 * i + 2 * j + 1] = h2f((u16)(w[j] >> 16));
+            }
+        }
+    }
+};
+template <> struct Fmt<T_BF16> {
+    DEV void unit(const u8* row, int u, float* v) {
+        const uint4* p = (const uint4*)(row + (size_t)u * 64);
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            uint4 a = p[i];
+            u32 w[4] = {a.x, a.y, a.z, a.w};
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                v[8 * i + 2 * j] = __uint_as_float(w[j] << 16);
+                v[8 * i + 2 * j + 1] = __uint_as_float(w[j] & 0xffff0000u);
+            }
+        }
+    }
+};
+template <> struct Fmt<T_Q4_0> {
+    DEV void unit(const u8* row, int u, float* v) {
+        const u8* b = row + (size_t)u * 18;
+        float d = ldh(b);
+#pragma unroll
+        for (int j = 0; j < 16; j++) {
+            u8 q = b[2 + j];
+            v[j] = d * (float)((int)(q & 0xF) - 8);
+            v[j + 16] = d * (float)((int)(q >> 4) - 8);
+        }
+    }
+};
+template <> struct Fmt<T_Q4_1> {
+    DEV void unit(const u8* row, int u, float* v) {
+        const u8* b = row + (size_t)u * 20;
+        float d = ldh(b), m = ldh(b + 2);
+        const u32* qw = (const u32*)(b + 4);  // 20-byte blocks keep 4-byte alignment
+        u32 qq[4] = {qw[0], qw[1], qw[2], qw[3]};
+        const u8* q = (const u8*)qq;
+#pragma unroll
+        for (int j = 0; j < 16; j++) {
+            v[j] = d * (float)(q[j] & 0xF) + m;
+            v[j + 16] = d * (float)(q[j] >> 4) + m;
+        }
+    }
+};
+template <> struct Fmt<T_Q5_0> {
+    DEV void unit(const u8* row, int u, float* v) {
+        const u8* b = row + (size_t)u * 22;
+        float d = ldh(b);
+        u32 qh = ld32(b + 2);
+#pragma unroll
+        for (int j = 0; j < 16; j++) {
+            u8 q = b[6 + j];
+            u32 h0 = ((qh >> j) & 1u) << 4, h1 = ((qh >> (j + 16)) & 1u) << 4;
+            v[j] = d * (float)((int)((q & 0xF) | h0) - 16);
+            v[j + 16] = d * (float)((int)((q >> 4) | h1) - 16);
+        }
+    }
+};
+template <> struct Fmt<T_Q5_1> {
+    DEV void unit(const u8* row, int u, float* v) {
+        const u8* b = row + (size_t)u * 24;
+        float d = ldh(b), m = ldh(b + 2);
+        u32 qh = ld32(b + 4);
+#pragma unroll
+        for (int j = 0; j < 16; j++) {
+            u8 q = b[8 + j];
+            u32 h0 = ((qh >> j) & 1u) << 4, h1 = ((qh >> (j + 16)) & 1u) << 4;
+            v[j] = d * (float)((q & 0xF) | h0) + m;
+            v[j + 16] = d * (float)((q >> 4) | h1) + m;
+        }
+    }
+};
+template <> struct Fmt<T_Q8_0> {
+    DEV void unit(const u8* row, int u, float* v) {
+        const u8* b = row + (size_t)u * 34;
+        float d = ldh(b);
+        const u16* q = (const u16*)(b + 2);  // 34-byte blocks: 2-byte alignment
+#pragma unroll
+        for (int j = 0; j < 16; j++) {
+            u16 w = q[j];
+            v[2 * j] = (float)(i8)(w & 0xff) * d;
+            v[2 * j + 1] = (float)(i8)(w >> 8) * d;
+        }
+    }
+};
+
+// The 6-bit scale and min of sub-block j of a Q4_K/Q5_K block (scales: 12 bytes).
+DEV void scale_min_k4(int j, const u8* q, int* sc, int* m) {
+    if (j < 4) {
+        *sc = q[j] & 63;
+        *m = q[j + 4] & 63;
+    } else {
+        *sc = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+        *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+    }
+}
+
+template <> struct Fmt<T_Q4_K> {
+    DEV void unit(const u8* row, int u, float* v) {
+        const u8* b = row + (size_t)(u >> 3) * 144;
+        int j = u & 7, sc, mn;
+        float d = ldh(b), dmin = ldh(b + 2);
+        scale_min_k4(j, b + 4, &sc, &mn);
+        float d1 = d * (float)sc, m1 = dmin * (float)mn;
+        const uint4* qp = (const uint4*)(b + 16 + (j >> 1) * 32);  // 144-byte blocks: 16-aligned
+        int shift = (j & 1) * 4;
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            uint4 qq = qp[h];
+            const u8* q = (const u8*)&qq;
+#pragma unroll
+            for (int l = 0; l < 16; l++) v[16 * h + l] = d1 * (float)((q[l] >> shift) & 0xF) - m1;
+        }
+    }
+};
+template <> struct Fmt<T_Q5_K> {
+    DEV void unit(const u8* row, int u, float* v) {
+        const u8* b = row + (size_t)(u >> 3) * 176;
+        int j = u & 7, sc, mn;
+        float d = ldh(b), dmin = ldh(b + 2);
+        scale_min_k4(j, b + 4, &sc, &mn);
+        float d1 = d * (float)sc, m1 = dmin * (float)mn;
+        const u8* qh = b + 16;
+        const u8* q = b + 48 + (j >> 1) * 32;
+        int shift = (j & 1) * 4;
+#pragma unroll
+        for (int l = 0; l < 32; l++) {
+            int hi = (qh[l] >> j) & 1;
+            v[l] = d1 * (float)(((q[l] >> shift) & 0xF) + 16 * hi) - m1;
+        }
+    }
+};
+template <> struct Fmt<T_Q6_K> {
+    DEV void unit(const u8* row, int u, float* v) {
+        const u8* b = row + (size_t)(u >> 3) * 210;
+        int s = u & 7, n = s >> 2, part = s & 3;
+        const u8* ql = b + n * 64 + (part & 1) * 32;
+        const u8* qh = b + 128 + n * 32;
+        const i8* sc = (const i8*)(b + 192 + n * 8 + part * 2);
+        float d = ldh(b + 208);
+        int lshift = (part >> 1) * 4, hshift = part * 2;
+        float d0 = d * (float)sc[0], d1 = d * (float)sc[1];
+#pragma unroll
+        for (int l = 0; l < 32; l++) {
+            int q = (int)(((ql[l] >> lshift) & 0xF) | (((qh[l] >> hshift) & 3) << 4)) - 32;
+            v[l] = (l < 16 ? d0 : d1) * (float)q;
+        }
+    }
+};
+
+// Every kernel that takes a weight type is instantiated for these.
+#define FOR_EACH_TYPE(X) \
+    X(f32, T_F32) X(f16, T_F16) X(bf16, T_BF16) X(q4_0, T_Q4_0) X(q4_1, T_Q4_1) X(q5_0, T_Q5_0) \
+    X(q5_1, T_Q5_1) X(q8_0, T_Q8_0) X(q4_k, T_Q4_K) X(q5_k, T_Q5_K) X(q6_k, T_Q6_K)
