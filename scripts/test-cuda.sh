@@ -6,6 +6,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 nvrtc_dir=$(scripts/nvrtc.sh)
-cargo build --release -p suanli-cli --features cuda
+cargo build --release --locked -p suanli-cli --features cuda
 LD_LIBRARY_PATH="$nvrtc_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
-    cargo test --release -p suanli-cuda --test kernels_compile -- --ignored
+    cargo test --release --locked -p suanli-cuda --test kernels_compile -- --ignored

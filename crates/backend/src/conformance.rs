@@ -45,7 +45,10 @@ impl Report {
     }
     /// One line per check: op, case, error, tolerance, verdict.
     pub fn table(&self) -> String {
-        let mut s = format!("{:<16} {:<44} {:>11} {:>11}  result\n", "op", "case", "error", "tolerance");
+        let mut s = format!(
+            "{:<16} {:<44} {:>11} {:>11}  result\n",
+            "op", "case", "error", "tolerance"
+        );
         for c in &self.checks {
             let verdict = match &c.failure {
                 Some(f) => format!("FAILED: {f}"),
@@ -103,7 +106,13 @@ pub fn run<B: Backend>(b: &B) -> Report {
     rep
 }
 
-fn record(rep: &mut Report, op: &'static str, case: String, tol: f64, got: Result<f64, BackendError>) {
+fn record(
+    rep: &mut Report,
+    op: &'static str,
+    case: String,
+    tol: f64,
+    got: Result<f64, BackendError>,
+) {
     let (error, failure) = match got {
         Ok(e) => (e, None),
         Err(e) => (f64::INFINITY, Some(e.to_string())),
@@ -121,7 +130,9 @@ fn record(rep: &mut Report, op: &'static str, case: String, tol: f64, got: Resul
 pub fn random_weight(ty: DType, rows: usize, cols: usize, rng: &mut Rng) -> Vec<u8> {
     let n = rows * cols;
     match ty {
-        DType::F32 => (0..n).flat_map(|_| (rng.normal() * 0.5).to_le_bytes()).collect(),
+        DType::F32 => (0..n)
+            .flat_map(|_| (rng.normal() * 0.5).to_le_bytes())
+            .collect(),
         DType::F16 => (0..n)
             .flat_map(|_| half::f16::from_f32(rng.normal() * 0.5).to_le_bytes())
             .collect(),
@@ -170,7 +181,12 @@ fn weight<B: Backend>(
     })
 }
 
-fn act<B: Backend>(b: &B, data: &[f32], rows: usize, cols: usize) -> Result<crate::Act<B::Buffer>, BackendError> {
+fn act<B: Backend>(
+    b: &B,
+    data: &[f32],
+    rows: usize,
+    cols: usize,
+) -> Result<crate::Act<B::Buffer>, BackendError> {
     let mut a = b.alloc_act(rows.max(1), cols)?;
     b.upload(data, rows, &mut a)?;
     Ok(a)
@@ -195,7 +211,10 @@ fn check_embed<B: Backend>(b: &B, ty: DType, rng: &mut Rng, rep: &mut Report) {
         let w = weight(b, "embed", ty, rows, cols, WeightRole::Embedding, bytes)?;
         let mut out = b.alloc_act(ids.len(), cols)?;
         b.embed(&w, &ids, &mut out)?;
-        let want: Vec<f32> = ids.iter().flat_map(|&i| table[i as usize * cols..][..cols].to_vec()).collect();
+        let want: Vec<f32> = ids
+            .iter()
+            .flat_map(|&i| table[i as usize * cols..][..cols].to_vec())
+            .collect();
         Ok(r::max_abs_diff(&b.download(&out)?, &want))
     })();
     // Rows are dequantized exactly (the oracle's arithmetic is exact in f32).
@@ -222,7 +241,15 @@ fn check_linear<B: Backend>(b: &B, ty: DType, n: usize, rng: &mut Rng, rep: &mut
     let got = (|| {
         let w = weight(b, "linear", ty, rows, cols, WeightRole::Matrix, bytes)?;
         let bw = if with_bias {
-            Some(weight(b, "bias", DType::F32, 1, rows, WeightRole::Vector, r::f32_bytes(&bias))?)
+            Some(weight(
+                b,
+                "bias",
+                DType::F32,
+                1,
+                rows,
+                WeightRole::Vector,
+                r::f32_bytes(&bias),
+            )?)
         } else {
             None
         };
@@ -230,9 +257,19 @@ fn check_linear<B: Backend>(b: &B, ty: DType, n: usize, rng: &mut Rng, rep: &mut
         let mut out = b.alloc_act(n, rows)?;
         b.linear(&xa, &w, bw.as_ref(), &mut out)?;
         let got = b.download(&out)?;
-        Ok(r::linear_error(&x, &wf, with_bias.then_some(&bias[..]), rows, cols, &got))
+        Ok(r::linear_error(
+            &x,
+            &wf,
+            with_bias.then_some(&bias[..]),
+            rows,
+            cols,
+            &got,
+        ))
     })();
-    let case = format!("{ty} {n}x{cols} · [{rows},{cols}]{}", if with_bias { " + bias" } else { "" });
+    let case = format!(
+        "{ty} {n}x{cols} · [{rows},{cols}]{}",
+        if with_bias { " + bias" } else { "" }
+    );
     record(rep, "linear", case, linear_tol(ty), got);
 }
 
@@ -243,18 +280,39 @@ fn check_logits<B: Backend>(b: &B, ty: DType, rng: &mut Rng, rep: &mut Report) {
     let x = rng.normals(n * cols, 1.0);
     let pick = [4u32, 0, 5];
     let got = (|| {
-        let w = weight(b, "lm_head", ty, vocab, cols, WeightRole::TiedEmbedding, bytes)?;
+        let w = weight(
+            b,
+            "lm_head",
+            ty,
+            vocab,
+            cols,
+            WeightRole::TiedEmbedding,
+            bytes,
+        )?;
         let xa = act(b, &x, n, cols)?;
         let mut out = vec![0f32; pick.len() * vocab];
         b.logits(&xa, &pick, &w, &mut out)?;
-        let xs: Vec<f32> = pick.iter().flat_map(|&p| x[p as usize * cols..][..cols].to_vec()).collect();
+        let xs: Vec<f32> = pick
+            .iter()
+            .flat_map(|&p| x[p as usize * cols..][..cols].to_vec())
+            .collect();
         Ok(r::linear_error(&xs, &wf, None, vocab, cols, &out))
     })();
-    record(rep, "logits", format!("{ty} rows 4,0,5 of 6 · [{vocab},{cols}]"), linear_tol(ty), got);
+    record(
+        rep,
+        "logits",
+        format!("{ty} rows 4,0,5 of 6 · [{vocab},{cols}]"),
+        linear_tol(ty),
+        got,
+    );
 }
 
 fn check_linear_many<B: Backend>(b: &B, rng: &mut Rng, rep: &mut Report) {
-    let ty = if b.caps().weight_dtypes.contains(&DType::Q8_0) { DType::Q8_0 } else { b.caps().weight_dtypes[0] };
+    let ty = if b.caps().weight_dtypes.contains(&DType::Q8_0) {
+        DType::Q8_0
+    } else {
+        b.caps().weight_dtypes[0]
+    };
     let cols = 256;
     let shapes = [128usize, 32, 32];
     for n in [1usize, 20] {
@@ -268,7 +326,15 @@ fn check_linear_many<B: Backend>(b: &B, rng: &mut Rng, rep: &mut Report) {
             for (&rows, (wb, bias)) in shapes.iter().zip(&parts) {
                 ws.push((
                     weight(b, "w", ty, rows, cols, WeightRole::Matrix, wb.clone())?,
-                    weight(b, "b", DType::F32, 1, rows, WeightRole::Vector, r::f32_bytes(bias))?,
+                    weight(
+                        b,
+                        "b",
+                        DType::F32,
+                        1,
+                        rows,
+                        WeightRole::Vector,
+                        r::f32_bytes(bias),
+                    )?,
                 ));
             }
             let xa = act(b, &x, n, cols)?;
@@ -282,11 +348,24 @@ fn check_linear_many<B: Backend>(b: &B, rng: &mut Rng, rep: &mut Report) {
             let mut worst = 0f64;
             for ((&rows, (wb, bias)), o) in shapes.iter().zip(&parts).zip(&outs) {
                 let wf = dequantized(ty, wb, rows, cols);
-                worst = worst.max(r::linear_error(&x, &wf, Some(bias), rows, cols, &b.download(o)?));
+                worst = worst.max(r::linear_error(
+                    &x,
+                    &wf,
+                    Some(bias),
+                    rows,
+                    cols,
+                    &b.download(o)?,
+                ));
             }
             Ok(worst)
         })();
-        record(rep, "linear_many", format!("{ty} {n}x{cols} · q/k/v 128,32,32 + bias"), linear_tol(ty), got);
+        record(
+            rep,
+            "linear_many",
+            format!("{ty} {n}x{cols} · q/k/v 128,32,32 + bias"),
+            linear_tol(ty),
+            got,
+        );
     }
 }
 
@@ -295,27 +374,59 @@ fn check_norms<B: Backend>(b: &B, rng: &mut Rng, rep: &mut Report) {
     let x: Vec<f32> = rng.normals(n * cols, 3.0);
     let w = rng.normals(cols, 1.0);
     let got = (|| {
-        let wt = weight(b, "norm", DType::F32, 1, cols, WeightRole::Vector, r::f32_bytes(&w))?;
+        let wt = weight(
+            b,
+            "norm",
+            DType::F32,
+            1,
+            cols,
+            WeightRole::Vector,
+            r::f32_bytes(&w),
+        )?;
         let xa = act(b, &x, n, cols)?;
         let mut out = b.alloc_act(n, cols)?;
         b.rms_norm(&xa, &wt, eps, &mut out)?;
-        Ok(r::rel_max_error(&b.download(&out)?, &r::rms_norm(&x, &w, cols, eps)))
+        Ok(r::rel_max_error(
+            &b.download(&out)?,
+            &r::rms_norm(&x, &w, cols, eps),
+        ))
     })();
     record(rep, "rms_norm", format!("{n}x{cols} eps {eps}"), 1e-5, got);
 
     let g = 64;
     let wg = rng.normals(g, 1.0);
     let got = (|| {
-        let wt = weight(b, "qnorm", DType::F32, 1, g, WeightRole::Vector, r::f32_bytes(&wg))?;
+        let wt = weight(
+            b,
+            "qnorm",
+            DType::F32,
+            1,
+            g,
+            WeightRole::Vector,
+            r::f32_bytes(&wg),
+        )?;
         let mut xa = act(b, &x, n, cols)?;
         b.rms_norm_groups(&mut xa, &wt, eps)?;
-        Ok(r::rel_max_error(&b.download(&xa)?, &r::rms_norm(&x, &wg, g, eps)))
+        Ok(r::rel_max_error(
+            &b.download(&xa)?,
+            &r::rms_norm(&x, &wg, g, eps),
+        ))
     })();
-    record(rep, "rms_norm_groups", format!("{n}x{cols} groups of {g}"), 1e-5, got);
+    record(
+        rep,
+        "rms_norm_groups",
+        format!("{n}x{cols} groups of {g}"),
+        1e-5,
+        got,
+    );
 }
 
 fn check_rope<B: Backend>(b: &B, rng: &mut Rng, rep: &mut Report) {
-    for (style, hd, rot) in [(RopeStyle::Neox, 64, 64), (RopeStyle::Interleaved, 64, 64), (RopeStyle::Interleaved, 128, 64)] {
+    for (style, hd, rot) in [
+        (RopeStyle::Neox, 64, 64),
+        (RopeStyle::Interleaved, 64, 64),
+        (RopeStyle::Interleaved, 128, 64),
+    ] {
         let heads = 3;
         let p = RopeParams::new(heads, hd, rot, 1_000_000.0, style);
         let positions: Vec<u32> = vec![0, 1, 17, 4095, 32767];
@@ -323,9 +434,18 @@ fn check_rope<B: Backend>(b: &B, rng: &mut Rng, rep: &mut Report) {
         let got = (|| {
             let mut xa = act(b, &x, positions.len(), heads * hd)?;
             b.rope(&mut xa, &positions, &p)?;
-            Ok(r::rel_max_error(&b.download(&xa)?, &r::rope(&x, &positions, &p)))
+            Ok(r::rel_max_error(
+                &b.download(&xa)?,
+                &r::rope(&x, &positions, &p),
+            ))
         })();
-        record(rep, "rope", format!("{style:?} head {hd} rotary {rot} pos ≤ 32767"), 1e-5, got);
+        record(
+            rep,
+            "rope",
+            format!("{style:?} head {hd} rotary {rot} pos ≤ 32767"),
+            1e-5,
+            got,
+        );
     }
 }
 
@@ -337,7 +457,11 @@ fn check_elementwise<B: Backend>(b: &B, rng: &mut Rng, rep: &mut Report) {
         let (ga, ua) = (act(b, &g, n, cols)?, act(b, &u, n, cols)?);
         let mut out = b.alloc_act(n, cols)?;
         b.silu_mul(&ga, &ua, &mut out)?;
-        let want: Vec<f32> = g.iter().zip(&u).map(|(&a, &b)| (a as f64 / (1.0 + (-a as f64).exp()) * b as f64) as f32).collect();
+        let want: Vec<f32> = g
+            .iter()
+            .zip(&u)
+            .map(|(&a, &b)| (a as f64 / (1.0 + (-a as f64).exp()) * b as f64) as f32)
+            .collect();
         Ok(r::rel_max_error(&b.download(&out)?, &want))
     })();
     record(rep, "silu_mul", format!("{n}x{cols}"), 1e-5, got);
@@ -357,19 +481,36 @@ fn check_elementwise<B: Backend>(b: &B, rng: &mut Rng, rep: &mut Report) {
 fn check_attention<B: Backend>(b: &B, kvt: KvDType, hd: usize, rng: &mut Rng, rep: &mut Report) {
     let (n_heads, n_kv, bs, layers, layer) = (8, 2, 16, 2, 1);
     let kv_dim = n_kv * hd;
-    let spec = KvSpec { dtype: kvt, n_layers: layers, num_blocks: 40, block_size: bs, n_kv_heads: n_kv, head_dim: hd };
+    let spec = KvSpec {
+        dtype: kvt,
+        n_layers: layers,
+        num_blocks: 40,
+        block_size: bs,
+        n_kv_heads: n_kv,
+        head_dim: hd,
+    };
     // (context before the step, new tokens this step)
     let shapes = [(150usize, 1usize), (37, 21), (0, 19), (1, 1)];
     let mut free: Vec<u32> = (0..spec.num_blocks as u32).collect();
     rng.shuffle(&mut free);
     let tables: Vec<Vec<u32>> = shapes
         .iter()
-        .map(|&(pre, new)| (0..(pre + new).div_ceil(bs)).map(|_| free.pop().expect("blocks")).collect())
+        .map(|&(pre, new)| {
+            (0..(pre + new).div_ceil(bs))
+                .map(|_| free.pop().expect("blocks"))
+                .collect()
+        })
         .collect();
     let slot = |t: &[u32], p: usize| t[p / bs] * bs as u32 + (p % bs) as u32;
     // All keys/values of every sequence (positions 0..pre+new), per head ~N(0,1).
-    let keys: Vec<Vec<f32>> = shapes.iter().map(|&(p, n)| rng.normals((p + n) * kv_dim, 1.0)).collect();
-    let vals: Vec<Vec<f32>> = shapes.iter().map(|&(p, n)| rng.normals((p + n) * kv_dim, 1.0)).collect();
+    let keys: Vec<Vec<f32>> = shapes
+        .iter()
+        .map(|&(p, n)| rng.normals((p + n) * kv_dim, 1.0))
+        .collect();
+    let vals: Vec<Vec<f32>> = shapes
+        .iter()
+        .map(|&(p, n)| rng.normals((p + n) * kv_dim, 1.0))
+        .collect();
     let total_new: usize = shapes.iter().map(|s| s.1).sum();
     let q = rng.normals(total_new * n_heads * hd, 1.0);
     let scale = 1.0 / (hd as f32).sqrt();
@@ -389,7 +530,10 @@ fn check_attention<B: Backend>(b: &B, kvt: KvDType, hd: usize, rng: &mut Rng, re
             if slots.is_empty() {
                 continue;
             }
-            let (ka, va) = (act(b, &ks, slots.len(), kv_dim)?, act(b, &vs, slots.len(), kv_dim)?);
+            let (ka, va) = (
+                act(b, &ks, slots.len(), kv_dim)?,
+                act(b, &vs, slots.len(), kv_dim)?,
+            );
             b.write_kv(&ka, &va, &slots, &mut kv, layer)?;
         }
         let mut q_start = 0;
@@ -397,19 +541,33 @@ fn check_attention<B: Backend>(b: &B, kvt: KvDType, hd: usize, rng: &mut Rng, re
             .iter()
             .zip(&tables)
             .map(|(&(pre, new), t)| {
-                let s = AttnSeq { q_start, q_len: new, ctx_len: pre + new, block_table: t.clone() };
+                let s = AttnSeq {
+                    q_start,
+                    q_len: new,
+                    ctx_len: pre + new,
+                    block_table: t.clone(),
+                };
                 q_start += new;
                 s
             })
             .collect();
-        let meta = AttnMeta { seqs: &seqs, n_heads, n_kv_heads: n_kv, head_dim: hd, scale };
+        let meta = AttnMeta {
+            seqs: &seqs,
+            n_heads,
+            n_kv_heads: n_kv,
+            head_dim: hd,
+            scale,
+        };
         let qa = act(b, &q, total_new, n_heads * hd)?;
         let mut out = b.alloc_act(total_new, n_heads * hd)?;
         b.attention(&qa, &kv, &meta, layer, &mut out)?;
         let got = b.download(&out)?;
         let mut worst = 0f64;
         for (i, s) in seqs.iter().enumerate() {
-            let (k, v) = (r::kv_round(&keys[i], kvt, hd), r::kv_round(&vals[i], kvt, hd));
+            let (k, v) = (
+                r::kv_round(&keys[i], kvt, hd),
+                r::kv_round(&vals[i], kvt, hd),
+            );
             let qs = &q[s.q_start * n_heads * hd..(s.q_start + s.q_len) * n_heads * hd];
             let want = r::attention(qs, &k, &v, s.ctx_len, n_heads, n_kv, hd, scale);
             let g = &got[s.q_start * n_heads * hd..(s.q_start + s.q_len) * n_heads * hd];
@@ -421,5 +579,11 @@ fn check_attention<B: Backend>(b: &B, kvt: KvDType, hd: usize, rng: &mut Rng, re
     let tol = match kvt {
         KvDType::F32 | KvDType::F16 | KvDType::Q8_0 => 1e-4,
     };
-    record(rep, "attention", format!("{kvt:?} cache, head {hd}, GQA 8/2, 4 seqs"), tol, got);
+    record(
+        rep,
+        "attention",
+        format!("{kvt:?} cache, head {hd}, GQA 8/2, 4 seqs"),
+        tol,
+        got,
+    );
 }

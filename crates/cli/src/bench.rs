@@ -1,7 +1,7 @@
 //! `suanli bench`: prefill and decode throughput like llama-bench (pp / tg), excluding
 //! tokenization and sampling, with min / median / max over repetitions.
 
-use crate::load::load;
+use crate::load::Hardware;
 use anyhow::{bail, Result};
 use clap::Args;
 use std::time::Instant;
@@ -26,6 +26,15 @@ pub struct BenchArgs {
     pub batch: usize,
     #[arg(long)]
     pub json: bool,
+    /// Measure a model of random weights instead of a file: SHAPE[:TYPE], with SHAPE one of
+    /// qwen2.5-0.5b, qwen2.5-1.5b, qwen2.5-7b, qwen2.5-72b, smollm2-135m and TYPE the matrices'
+    /// weight type (bf16 default; f16, q8_0, q4_k, q6_k, …).
+    #[arg(long, conflicts_with = "model")]
+    pub random: Option<String>,
+    /// Also measure aggregate decode of this many sequences at once (continuous batching):
+    /// each gets a prompt of --prompt-tokens... capped at 128 and generates --gen-tokens.
+    #[arg(long, default_value_t = 0)]
+    pub parallel: usize,
 }
 
 struct Stats {
@@ -71,12 +80,35 @@ pub fn peak_rss_bytes() -> Option<u64> {
 }
 
 pub fn bench(a: BenchArgs, opts: &crate::load::Opts) -> Result<()> {
+    crate::on_device!(opts, bench_on(a, opts))
+}
+
+fn bench_on<B: Hardware>(a: BenchArgs, opts: &crate::load::Opts) -> Result<()> {
     if a.repetitions == 0 {
         bail!("--repetitions must be at least 1");
     }
     let ctx = a.depth + a.prompt_tokens.max(a.gen_tokens) + 1;
-    let mut l = load(a.model.as_deref(), opts, ctx, a.batch.max(1))?;
-    let s = &mut l.session;
+    let (backend, model) = match &a.random {
+        Some(spec) => {
+            let backend = B::open(opts)?;
+            let src = crate::random::source(spec)?;
+            let t0 = Instant::now();
+            let model = suanli_models::Model::load(&src, &backend)?;
+            eprintln!(
+                "built {spec} with random weights in {:.1}s — {}",
+                t0.elapsed().as_secs_f64(),
+                backend.caps().detail
+            );
+            (backend, model)
+        }
+        None => {
+            let p = crate::load::load_parts::<B>(a.model.as_deref(), opts)?;
+            (p.backend, p.model)
+        }
+    };
+    let mut session = suanli_engine::Session::with_kv(backend, model, ctx, a.batch.max(1), opts.kv)
+        .map_err(|e| anyhow::anyhow!("allocating the KV cache: {e}"))?;
+    let s = &mut session;
     let vocab = s.model.vocab_size();
     let detail = suanli_backend::Backend::caps(&s.backend).detail.clone();
     let depth_toks = tokens(a.depth, vocab, 1);
@@ -120,17 +152,34 @@ pub fn bench(a: BenchArgs, opts: &crate::load::Opts) -> Result<()> {
         .model
         .step_matrices()
         .into_iter()
-        .map(suanli_cpu::CpuBackend::weight_bytes)
+        .map(B::weight_bytes)
         .sum();
     let bw = if tg.is_empty() {
         None
     } else {
-        Some(s.backend.read_bandwidth())
+        Some(s.backend.bandwidth_gb_s()?)
     };
-    let model_name = a
-        .model
-        .clone()
-        .unwrap_or_else(|| suanli_formats::catalog::DEFAULT_MODEL.into());
+    let model_name = match (&a.random, &a.model) {
+        (Some(r), _) => format!("random {r}"),
+        (None, Some(m)) => m.clone(),
+        (None, None) => suanli_formats::catalog::DEFAULT_MODEL.into(),
+    };
+    let facts = s.backend.bench_facts();
+    let dev_name = s.backend.caps().name;
+    let par = if a.parallel > 0 {
+        let (backend, model) = session.into_parts();
+        let prompt = a.prompt_tokens.clamp(1, 128);
+        Some(crate::bench_batch::aggregate_decode(
+            backend,
+            model,
+            a.parallel,
+            prompt,
+            a.gen_tokens.max(1),
+            opts.kv,
+        )?)
+    } else {
+        None
+    };
     let ps = (!pp.is_empty()).then(|| stats(pp));
     let ts = (!tg.is_empty()).then(|| stats(tg));
     if a.json {
@@ -141,7 +190,8 @@ pub fn bench(a: BenchArgs, opts: &crate::load::Opts) -> Result<()> {
         crate::outln!(
             "{}",
             serde_json::json!({
-                "model": model_name, "backend": detail, "threads": s.backend.threads(), "isa": s.backend.isa().name(),
+                "model": model_name, "backend": detail, "facts": facts, "parallel": a.parallel,
+                "parallel_decode_tok_s": par.as_ref().map(|p| p.tok_s), "parallel_prefill_s": par.as_ref().map(|p| p.prefill_s),
                 "prompt_tokens": a.prompt_tokens, "gen_tokens": a.gen_tokens, "depth": a.depth, "repetitions": a.repetitions,
                 "prefill_tok_s": ps.as_ref().map(|s| s.median), "decode_tok_s": ts.as_ref().map(|s| s.median),
                 "prefill": st(&ps), "decode": st(&ts), "peak_rss_bytes": peak,
@@ -150,7 +200,10 @@ pub fn bench(a: BenchArgs, opts: &crate::load::Opts) -> Result<()> {
             })
         );
     } else {
-        crate::outln!("model {model_name} — cpu {detail}, depth {}", a.depth);
+        crate::outln!(
+            "model {model_name} — {dev_name} {detail}, depth {}",
+            a.depth
+        );
         crate::outln!(
             "{:<12} {:>10} {:>10} {:>10}",
             "test",
@@ -184,6 +237,16 @@ pub fn bench(a: BenchArgs, opts: &crate::load::Opts) -> Result<()> {
                 step_bytes as f64 / 1e6,
                 t.median * step_bytes as f64 / 1e9,
                 100.0 * t.median / bound
+            );
+        }
+        if let Some(p) = &par {
+            crate::outln!(
+                "{:<12} {:>10.1} tok/s aggregate over {} sequences ({} prompt tokens each, prefilled in {:.2}s first)",
+                format!("tg{}x{}", a.gen_tokens, a.parallel),
+                p.tok_s,
+                a.parallel,
+                p.prompt,
+                p.prefill_s
             );
         }
         if let Some(b) = peak {

@@ -2,12 +2,12 @@
 //! turn only computes its new tokens.
 
 use crate::load::load;
-use suanli_tokenizer::chat_prompt;
 use crate::run::SamplingArgs;
 use anyhow::Result;
 use clap::Args;
 use std::io::{BufRead, Write};
 use suanli_engine::session::Control;
+use suanli_tokenizer::chat_prompt;
 use suanli_tokenizer::{ChatMessage, StreamDecoder};
 
 #[derive(Args)]
@@ -21,8 +21,12 @@ pub struct ChatArgs {
 }
 
 pub fn chat(a: ChatArgs, opts: &crate::load::Opts) -> Result<()> {
+    crate::on_device!(opts, chat_on(a, opts))
+}
+
+fn chat_on<B: crate::load::Hardware>(a: ChatArgs, opts: &crate::load::Opts) -> Result<()> {
     let params = a.sampling.params()?;
-    let mut l = load(a.model.as_deref(), opts, a.sampling.ctx, 256)?;
+    let mut l = load::<B>(a.model.as_deref(), opts, a.sampling.ctx, 256)?;
     let base: Vec<ChatMessage> = a
         .system
         .iter()

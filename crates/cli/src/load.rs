@@ -3,6 +3,7 @@
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+use suanli_backend::{Backend, Weight};
 use suanli_cpu::CpuBackend;
 use suanli_engine::Session;
 use suanli_formats::{catalog, open_model, ModelSource};
@@ -40,33 +41,123 @@ pub fn tokenizer_for(src: &ModelSource) -> Result<Tokenizer> {
     })
 }
 
+/// Where models run: `--device cpu` (default) or `--device cuda[:N]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Device {
+    Cpu,
+    Cuda(usize),
+}
+
+pub fn parse_device(s: &str) -> std::result::Result<Device, String> {
+    let s = s.trim().to_ascii_lowercase();
+    match s.as_str() {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" | "gpu" => Ok(Device::Cuda(0)),
+        _ => s
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse().ok())
+            .map(Device::Cuda)
+            .ok_or_else(|| format!("{s:?} is not a device (cpu, cuda, cuda:N)")),
+    }
+}
+
 /// Options that apply to every command that runs a model.
 pub struct Opts {
     pub threads: Option<usize>,
     pub kv: suanli_backend::KvDType,
+    pub device: Device,
 }
 
-pub struct Loaded {
-    pub session: Session<CpuBackend>,
+/// What the commands need from a backend beyond the contract: opening it, and the figures
+/// `bench` holds speed against.
+pub trait Hardware: Backend + Sized {
+    fn open(opts: &Opts) -> Result<Self>;
+    /// Bytes a product with `w` streams from memory.
+    fn weight_bytes(w: &Weight<Self::WeightStore>) -> usize;
+    /// Memory bandwidth in GB/s (CPU: read bandwidth; GPU: device copy, read + write).
+    fn bandwidth_gb_s(&self) -> Result<f64>;
+    /// Backend facts for `bench --json`.
+    fn bench_facts(&self) -> serde_json::Value;
+}
+
+impl Hardware for CpuBackend {
+    fn open(opts: &Opts) -> Result<Self> {
+        CpuBackend::new(opts.threads).map_err(anyhow::Error::msg)
+    }
+    fn weight_bytes(w: &Weight<Self::WeightStore>) -> usize {
+        CpuBackend::weight_bytes(w)
+    }
+    fn bandwidth_gb_s(&self) -> Result<f64> {
+        Ok(self.read_bandwidth())
+    }
+    fn bench_facts(&self) -> serde_json::Value {
+        serde_json::json!({"device": "cpu", "threads": self.threads(), "isa": self.isa().name()})
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl Hardware for suanli_cuda::CudaBackend {
+    fn open(opts: &Opts) -> Result<Self> {
+        let Device::Cuda(n) = opts.device else {
+            bail!("not a CUDA device")
+        };
+        suanli_cuda::CudaBackend::new(n).map_err(anyhow::Error::msg)
+    }
+    fn weight_bytes(w: &Weight<Self::WeightStore>) -> usize {
+        suanli_cuda::CudaBackend::weight_bytes(w)
+    }
+    fn bandwidth_gb_s(&self) -> Result<f64> {
+        Ok(self.copy_bandwidth()?)
+    }
+    fn bench_facts(&self) -> serde_json::Value {
+        serde_json::json!({"device": Backend::caps(self).detail})
+    }
+}
+
+/// The error for `--device cuda` in a build without the `cuda` feature.
+#[cfg_attr(feature = "cuda", allow(dead_code))]
+pub fn no_cuda() -> anyhow::Error {
+    anyhow::anyhow!(
+        "this suanli was built without CUDA support; build it with `cargo build --release --features cuda` \
+         (no CUDA toolkit needed to build; the driver and CUDA libraries are loaded at run time)"
+    )
+}
+
+/// Call the generic function `f::<B>(args)` with the backend type `--device` names.
+#[macro_export]
+macro_rules! on_device {
+    ($opts:expr, $f:ident ( $($arg:expr),* )) => {
+        match $opts.device {
+            $crate::load::Device::Cpu => $f::<suanli_cpu::CpuBackend>($($arg),*),
+            #[cfg(feature = "cuda")]
+            $crate::load::Device::Cuda(_) => $f::<suanli_cuda::CudaBackend>($($arg),*),
+            #[cfg(not(feature = "cuda"))]
+            $crate::load::Device::Cuda(_) => Err($crate::load::no_cuda()),
+        }
+    };
+}
+
+pub struct Loaded<B: Backend> {
+    pub session: Session<B>,
     pub tokenizer: Tokenizer,
 }
 
 /// A loaded model with its tokenizer, before any KV cache is allocated.
-pub struct Parts {
-    pub backend: CpuBackend,
-    pub model: Model<CpuBackend>,
+pub struct Parts<B: Backend> {
+    pub backend: B,
+    pub model: Model<B>,
     pub tokenizer: Tokenizer,
     pub path: PathBuf,
 }
 
 /// Resolve, open and load a model; checks that tokenizer and model agree.
-pub fn load_parts(model: Option<&str>, opts: &Opts) -> Result<Parts> {
+pub fn load_parts<B: Hardware>(model: Option<&str>, opts: &Opts) -> Result<Parts<B>> {
     let path = resolve(model)?;
     let t0 = Instant::now();
     let src = open_model(&path)?;
     let tokenizer = tokenizer_for(&src)?;
-    let backend = CpuBackend::new(opts.threads).map_err(anyhow::Error::msg)?;
-    let detail = suanli_backend::Backend::caps(&backend).detail.clone();
+    let backend = B::open(opts)?;
+    let detail = backend.caps().detail.clone();
     let model = Model::load(&src, &backend)?;
     if tokenizer.vocab_size() > model.vocab_size() {
         bail!(
@@ -78,13 +169,14 @@ pub fn load_parts(model: Option<&str>, opts: &Opts) -> Result<Parts> {
     }
     let c = &model.cfg;
     eprintln!(
-        "loaded {} ({} layers, hidden {}, vocab {}) from {} in {:.2}s — cpu: {}",
+        "loaded {} ({} layers, hidden {}, vocab {}) from {} in {:.2}s — {}: {}",
         c.arch.name(),
         c.num_hidden_layers,
         c.hidden_size,
         c.vocab_size,
         path.display(),
         t0.elapsed().as_secs_f64(),
+        backend.caps().name,
         detail
     );
     Ok(Parts {
@@ -96,8 +188,13 @@ pub fn load_parts(model: Option<&str>, opts: &Opts) -> Result<Parts> {
 }
 
 /// Load everything needed to generate. `ctx`: context length; `chunk`: prefill step size.
-pub fn load(model: Option<&str>, opts: &Opts, ctx: usize, chunk: usize) -> Result<Loaded> {
-    let p = load_parts(model, opts)?;
+pub fn load<B: Hardware>(
+    model: Option<&str>,
+    opts: &Opts,
+    ctx: usize,
+    chunk: usize,
+) -> Result<Loaded<B>> {
+    let p = load_parts::<B>(model, opts)?;
     let session = Session::with_kv(p.backend, p.model, ctx, chunk, opts.kv)
         .context("allocating the KV cache")?;
     Ok(Loaded {

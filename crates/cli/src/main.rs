@@ -3,10 +3,13 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod bench_batch;
 mod chat;
+mod check;
 mod inspect;
 mod load;
 mod out;
+mod random;
 mod run;
 mod serve;
 mod tools;
@@ -26,6 +29,9 @@ struct Cli {
     /// KV cache element type: f16 (default, as llama.cpp), q8_0 (8.5 bits) or f32.
     #[arg(long, global = true, default_value = "f16", value_parser = parse_kv)]
     kv_type: suanli_backend::KvDType,
+    /// Where the model runs: cpu, cuda or cuda:N (builds with the `cuda` feature).
+    #[arg(long, global = true, default_value = "cpu", value_parser = load::parse_device)]
+    device: load::Device,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -48,6 +54,8 @@ enum Cmd {
     Perplexity(tools::PerplexityArgs),
     /// Prefill and decode throughput (like llama-bench).
     Bench(bench::BenchArgs),
+    /// Run the backend conformance suite and the golden tiny models on --device.
+    CheckBackend(check::CheckArgs),
     /// Serve the OpenAI API (chat, completions, models, tokenize, metrics) with continuous batching.
     Serve(serve::ServeArgs),
     /// Internal: the server's chat-template sandbox (reads requests on stdin).
@@ -72,6 +80,7 @@ fn main() {
     let opts = load::Opts {
         threads: cli.threads,
         kv: cli.kv_type,
+        device: cli.device,
     };
     let result = match cli.cmd {
         Cmd::Run(a) => run::run(a, &opts),
@@ -83,6 +92,7 @@ fn main() {
         Cmd::Perplexity(a) => tools::perplexity(a, &opts),
         Cmd::Bench(a) => bench::bench(a, &opts),
         Cmd::Serve(a) => serve::serve(a, &opts),
+        Cmd::CheckBackend(a) => check::check_backend(a, &opts),
         Cmd::RenderTemplate => suanli_server::sandbox::serve_helper().map_err(Into::into),
     };
     if let Err(e) = result {

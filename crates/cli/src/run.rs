@@ -1,13 +1,13 @@
 //! `suanli run`: one prompt, streamed.
 
 use crate::load::load;
-use suanli_tokenizer::chat_prompt;
 use anyhow::{anyhow, Result};
 use clap::Args;
 use std::io::Write;
 use suanli_engine::session::Control;
 use suanli_engine::stop::{StopMatcher, StopStep};
 use suanli_engine::SamplingParams;
+use suanli_tokenizer::chat_prompt;
 use suanli_tokenizer::{ChatMessage, StreamDecoder};
 
 #[derive(Args, Clone)]
@@ -74,8 +74,12 @@ pub struct RunArgs {
 }
 
 pub fn run(a: RunArgs, opts: &crate::load::Opts) -> Result<()> {
+    crate::on_device!(opts, run_on(a, opts))
+}
+
+fn run_on<B: crate::load::Hardware>(a: RunArgs, opts: &crate::load::Opts) -> Result<()> {
     let params = a.sampling.params()?;
-    let mut l = load(a.model.as_deref(), opts, a.sampling.ctx, 256)?;
+    let mut l = load::<B>(a.model.as_deref(), opts, a.sampling.ctx, 256)?;
     let tok = &l.tokenizer;
     let ids = if a.raw {
         tok.encode_prompt(&a.prompt, false)
@@ -86,7 +90,8 @@ pub fn run(a: RunArgs, opts: &crate::load::Opts) -> Result<()> {
             msgs.push(ChatMessage::new("system", s));
         }
         msgs.push(ChatMessage::new("user", &a.prompt));
-        chat_prompt(tok, &msgs).map_err(|e| anyhow::anyhow!("{e}; use --raw for plain completion"))?
+        chat_prompt(tok, &msgs)
+            .map_err(|e| anyhow::anyhow!("{e}; use --raw for plain completion"))?
     };
     let mut dec = StreamDecoder::new();
     let mut stops = StopMatcher::new(a.stop.clone());

@@ -1,12 +1,12 @@
 //! `suanli serve`: load a model and serve the OpenAI API with continuous batching.
 
-use crate::load::{load_parts, Opts};
+use crate::load::load_parts;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::time::Duration;
-use suanli_engine::session::BLOCK_SIZE as BLOCK;
 use suanli_engine::batch::BatchEngine;
 use suanli_engine::scheduler::SchedConfig;
+use suanli_engine::session::BLOCK_SIZE as BLOCK;
 use suanli_server::{serve as run_server, ServeConfig};
 
 #[derive(Args)]
@@ -66,7 +66,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "mib" => 1024.0 * 1024.0,
         "g" | "gb" => 1e9,
         "gib" => 1024.0 * 1024.0 * 1024.0,
-        u => return Err(format!("{u:?} is not a size unit (B, KB, KiB, MB, MiB, GB, GiB)")),
+        u => {
+            return Err(format!(
+                "{u:?} is not a size unit (B, KB, KiB, MB, MiB, GB, GiB)"
+            ))
+        }
     };
     let v = x * mult;
     if !(v.is_finite() && (1.0..1e15).contains(&v)) {
@@ -75,13 +79,20 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok(v as u64)
 }
 
-pub fn serve(a: ServeArgs, opts: &Opts) -> Result<()> {
+pub fn serve(a: ServeArgs, opts: &crate::load::Opts) -> Result<()> {
+    crate::on_device!(opts, serve_on(a, opts))
+}
+
+fn serve_on<B: crate::load::Hardware>(a: ServeArgs, opts: &crate::load::Opts) -> Result<()> {
     if a.max_batch == 0 || a.max_step_tokens == 0 || a.ctx < 2 {
         bail!("--max-batch and --max-step-tokens must be at least 1, --ctx at least 2");
     }
-    let p = load_parts(a.model.as_deref(), opts)?;
+    let p = load_parts::<B>(a.model.as_deref(), opts)?;
     let model_name = a.model_name.clone().unwrap_or_else(|| {
-        let given = a.model.as_deref().unwrap_or(suanli_formats::catalog::DEFAULT_MODEL);
+        let given = a
+            .model
+            .as_deref()
+            .unwrap_or(suanli_formats::catalog::DEFAULT_MODEL);
         if suanli_formats::catalog::find(given).is_some() {
             given.to_owned()
         } else {

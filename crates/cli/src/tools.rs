@@ -92,9 +92,16 @@ pub struct PerplexityArgs {
 }
 
 pub fn perplexity(a: PerplexityArgs, opts: &crate::load::Opts) -> Result<()> {
+    crate::on_device!(opts, perplexity_on(a, opts))
+}
+
+fn perplexity_on<B: crate::load::Hardware>(
+    a: PerplexityArgs,
+    opts: &crate::load::Opts,
+) -> Result<()> {
     let text = std::fs::read_to_string(&a.file)
         .with_context(|| format!("reading {}", a.file.display()))?;
-    let mut l = load(a.model.as_deref(), opts, a.ctx, a.ctx.min(512))?;
+    let mut l = load::<B>(a.model.as_deref(), opts, a.ctx, a.ctx.min(512))?;
     if l.session.ctx() < a.ctx {
         anyhow::bail!(
             "--ctx {} exceeds the model's context length {}",

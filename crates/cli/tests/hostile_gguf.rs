@@ -50,14 +50,41 @@ fn refused(path: &Path, case: &str) {
     let p = path.to_str().unwrap();
     for args in [
         vec!["inspect", p],
-        vec!["--threads", "1", "run", "--model", p, "--max-tokens", "2", "--ctx", "64", "hi"],
+        vec![
+            "--threads",
+            "1",
+            "run",
+            "--model",
+            p,
+            "--max-tokens",
+            "2",
+            "--ctx",
+            "64",
+            "hi",
+        ],
     ] {
         let (code, err, secs) = capped(&args);
-        assert_eq!(code, 1, "{case}: {args:?} should fail cleanly; stderr: {err}");
-        assert!(!err.contains("panicked") && !err.contains("memory allocation"), "{case}: {err}");
-        assert!(err.contains(p), "{case}: the message should name the file: {err}");
-        assert!(err.trim().len() > p.len() + 10, "{case}: say what is wrong: {err}");
-        assert!(err.len() < 4096, "{case}: the message stays short ({} bytes)", err.len());
+        assert_eq!(
+            code, 1,
+            "{case}: {args:?} should fail cleanly; stderr: {err}"
+        );
+        assert!(
+            !err.contains("panicked") && !err.contains("memory allocation"),
+            "{case}: {err}"
+        );
+        assert!(
+            err.contains(p),
+            "{case}: the message should name the file: {err}"
+        );
+        assert!(
+            err.trim().len() > p.len() + 10,
+            "{case}: say what is wrong: {err}"
+        );
+        assert!(
+            err.len() < 4096,
+            "{case}: the message stays short ({} bytes)",
+            err.len()
+        );
         assert!(secs < 10.0, "{case}: {secs:.1} s");
     }
 }
@@ -84,7 +111,14 @@ fn parts() -> Parts {
         tensors: f
             .tensors
             .iter()
-            .map(|t| (t.name.clone(), t.dims.clone(), t.dtype, f.tensor_bytes(t).as_slice().to_vec()))
+            .map(|t| {
+                (
+                    t.name.clone(),
+                    t.dims.clone(),
+                    t.dtype,
+                    f.tensor_bytes(t).as_slice().to_vec(),
+                )
+            })
             .collect(),
     }
 }
@@ -96,11 +130,20 @@ impl Parts {
         self
     }
     fn bytes(&self) -> Vec<u8> {
-        let meta: Vec<(&str, Value)> = self.meta.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        let meta: Vec<(&str, Value)> = self
+            .meta
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.clone()))
+            .collect();
         let tensors: Vec<TensorSpec<'_>> = self
             .tensors
             .iter()
-            .map(|(n, d, t, b)| TensorSpec { name: n, dims: d.clone(), dtype: *t, data: b })
+            .map(|(n, d, t, b)| TensorSpec {
+                name: n,
+                dims: d.clone(),
+                dtype: *t,
+                data: b,
+            })
             .collect();
         gguf_bytes(&meta, &tensors)
     }
@@ -148,7 +191,17 @@ fn cve_modelled_files_are_refused_under_a_4_gib_limit() {
     let base = parts().bytes();
     let ok = dir.path().join("valid.gguf");
     std::fs::write(&ok, &base).unwrap();
-    let (code, err, _) = capped(&["--threads", "1", "run", "--model", ok.to_str().unwrap(), "--max-tokens", "2", "--raw", "hi"]);
+    let (code, err, _) = capped(&[
+        "--threads",
+        "1",
+        "run",
+        "--model",
+        ok.to_str().unwrap(),
+        "--max-tokens",
+        "2",
+        "--raw",
+        "hi",
+    ]);
     assert_eq!(code, 0, "the valid file must run: {err}");
 
     let mut cases: Vec<(&str, Vec<u8>)> = Vec::new();
@@ -171,7 +224,12 @@ fn cve_modelled_files_are_refused_under_a_4_gib_limit() {
     b.resize(160, 0);
     cases.push(("huge key length", b));
     // MF-04 arrays: count × element size overflows, or exceeds the file.
-    for (elem, count) in [(10u32, 1u64 << 62), (4, u64::MAX), (8, 1 << 32), (9, 1 << 40)] {
+    for (elem, count) in [
+        (10u32, 1u64 << 62),
+        (4, u64::MAX),
+        (8, 1 << 32),
+        (9, 1 << 40),
+    ] {
         let mut p = elem.to_le_bytes().to_vec();
         p.extend_from_slice(&count.to_le_bytes());
         let mut b = header(3, 0, 1);
@@ -197,15 +255,27 @@ fn cve_modelled_files_are_refused_under_a_4_gib_limit() {
     b.extend_from_slice(&u32::MAX.to_le_bytes());
     b.resize(b.len() + 256, 0);
     cases.push(("n_dims u32::MAX", b));
-    cases.push(("dims overflow i64", one_tensor_file(&[4, (1 << 30) - 1, (1 << 30) + 1, 1], 0, 0, 64)));
-    cases.push(("nbytes overflow q4_0", one_tensor_file(&[1 << 40, 1 << 23], 2, 0, 64)));
-    cases.push(("nbytes near usize::MAX", one_tensor_file(&[u64::MAX / 4 - 7], 0, 0, 64)));
+    cases.push((
+        "dims overflow i64",
+        one_tensor_file(&[4, (1 << 30) - 1, (1 << 30) + 1, 1], 0, 0, 64),
+    ));
+    cases.push((
+        "nbytes overflow q4_0",
+        one_tensor_file(&[1 << 40, 1 << 23], 2, 0, 64),
+    ));
+    cases.push((
+        "nbytes near usize::MAX",
+        one_tensor_file(&[u64::MAX / 4 - 7], 0, 0, 64),
+    ));
     // MF-12 type ids.
     cases.push(("type 99", one_tensor_file(&[16], 99, 0, 64)));
     cases.push(("type -1", one_tensor_file(&[16], u32::MAX, 0, 64)));
     // MF-14 offsets.
     cases.push(("misaligned offset", one_tensor_file(&[16], 0, 3, 128)));
-    cases.push(("offset past the end", one_tensor_file(&[16], 0, 1 << 40, 64)));
+    cases.push((
+        "offset past the end",
+        one_tensor_file(&[16], 0, 1 << 40, 64),
+    ));
     cases.push(("offset wraps", one_tensor_file(&[16], 0, u64::MAX - 31, 64)));
     cases.push(("data too short", one_tensor_file(&[1024], 0, 0, 64)));
     // Overlap: b starts inside a.
@@ -215,11 +285,19 @@ fn cve_modelled_files_are_refused_under_a_4_gib_limit() {
     overlap.resize(overlap.len().div_ceil(32) * 32 + 512, 0);
     cases.push(("overlapping tensors", overlap));
     // MF-13 alignment.
-    for a in [Value::U32(0), Value::U32(13), Value::U32(1 << 31), Value::I32(32)] {
+    for a in [
+        Value::U32(0),
+        Value::U32(13),
+        Value::U32(1 << 31),
+        Value::I32(32),
+    ] {
         cases.push(("alignment", gguf_bytes(&[("general.alignment", a)], &[])));
     }
     // MF-15 / MF-16 duplicate and empty keys, duplicate and over-long tensor names.
-    cases.push(("duplicate key", gguf_bytes(&[("a", Value::U8(1)), ("a", Value::U8(2))], &[])));
+    cases.push((
+        "duplicate key",
+        gguf_bytes(&[("a", Value::U8(1)), ("a", Value::U8(2))], &[]),
+    ));
     cases.push(("empty key", gguf_bytes(&[("", Value::U8(1))], &[])));
     let mut b = header(3, 2, 0);
     tensor_raw(&mut b, b"t", &[8], 0, 0);
@@ -239,16 +317,54 @@ fn cve_modelled_files_are_refused_under_a_4_gib_limit() {
         cases.push(("truncated", good[..cut].to_vec()));
     }
     // MF-18 / MF-19 / MF-20 vocabulary.
-    let n = match parts().meta.iter().find(|(k, _)| k == "tokenizer.ggml.tokens") {
+    let n = match parts()
+        .meta
+        .iter()
+        .find(|(k, _)| k == "tokenizer.ggml.tokens")
+    {
         Some((_, Value::Array(a))) => a.len(),
         _ => panic!("fixture has a vocabulary"),
     };
-    cases.push(("scores as u8", parts().set("tokenizer.ggml.scores", Value::Array(vec![Value::U8(0); n])).bytes()));
-    cases.push(("token types short", parts().set("tokenizer.ggml.token_type", Value::Array(vec![Value::I32(1); n / 2])).bytes()));
-    cases.push(("bos out of range", parts().set("tokenizer.ggml.bos_token_id", Value::U32(n as u32 + 5)).bytes()));
-    cases.push(("eos out of range", parts().set("tokenizer.ggml.eos_token_id", Value::U32(u32::MAX)).bytes()));
-    cases.push(("tokens not strings", parts().set("tokenizer.ggml.tokens", Value::Array(vec![Value::U32(7); n])).bytes()));
-    cases.push(("no tokenizer model", parts().set("tokenizer.ggml.model", Value::U32(3)).bytes()));
+    cases.push((
+        "scores as u8",
+        parts()
+            .set("tokenizer.ggml.scores", Value::Array(vec![Value::U8(0); n]))
+            .bytes(),
+    ));
+    cases.push((
+        "token types short",
+        parts()
+            .set(
+                "tokenizer.ggml.token_type",
+                Value::Array(vec![Value::I32(1); n / 2]),
+            )
+            .bytes(),
+    ));
+    cases.push((
+        "bos out of range",
+        parts()
+            .set("tokenizer.ggml.bos_token_id", Value::U32(n as u32 + 5))
+            .bytes(),
+    ));
+    cases.push((
+        "eos out of range",
+        parts()
+            .set("tokenizer.ggml.eos_token_id", Value::U32(u32::MAX))
+            .bytes(),
+    ));
+    cases.push((
+        "tokens not strings",
+        parts()
+            .set(
+                "tokenizer.ggml.tokens",
+                Value::Array(vec![Value::U32(7); n]),
+            )
+            .bytes(),
+    ));
+    cases.push((
+        "no tokenizer model",
+        parts().set("tokenizer.ggml.model", Value::U32(3)).bytes(),
+    ));
     // MF-21 hyperparameters.
     for (k, v) in [
         ("llama.block_count", Value::U32(1_000_000)),
@@ -258,20 +374,31 @@ fn cve_modelled_files_are_refused_under_a_4_gib_limit() {
         ("llama.embedding_length", Value::U32(0)),
         ("llama.attention.head_count_kv", Value::U32(1000)),
         ("llama.rope.dimension_count", Value::U32(1 << 20)),
-        ("llama.attention.layer_norm_rms_epsilon", Value::F32(f32::NAN)),
+        (
+            "llama.attention.layer_norm_rms_epsilon",
+            Value::F32(f32::NAN),
+        ),
         ("llama.rope.freq_base", Value::F32(-1.0)),
     ] {
         cases.push(("hyperparameter", parts().set(k, v).bytes()));
     }
     // MF-22 a token embedding smaller than vocabulary × hidden.
     let mut p = parts();
-    let emb = p.tensors.iter_mut().find(|t| t.0 == "token_embd.weight").unwrap();
+    let emb = p
+        .tensors
+        .iter_mut()
+        .find(|t| t.0 == "token_embd.weight")
+        .unwrap();
     emb.1[1] /= 2;
     emb.3.truncate(emb.3.len() / 2);
     cases.push(("token_embd too small", p.bytes()));
     // A layer weight with its two dimensions swapped.
     let mut p = parts();
-    let w = p.tensors.iter_mut().find(|t| t.0 == "blk.0.ffn_down.weight").unwrap();
+    let w = p
+        .tensors
+        .iter_mut()
+        .find(|t| t.0 == "blk.0.ffn_down.weight")
+        .unwrap();
     w.1.swap(0, 1);
     cases.push(("swapped dims", p.bytes()));
 
@@ -280,7 +407,10 @@ fn cve_modelled_files_are_refused_under_a_4_gib_limit() {
     let zero = dir.path().join("zero-dim.gguf");
     std::fs::write(&zero, one_tensor_file(&[0, 16], 0, 0, 64)).unwrap();
     let (code, err, _) = capped(&["inspect", zero.to_str().unwrap()]);
-    assert!(code == 0 || (code == 1 && !err.contains("panicked")), "{err}");
+    assert!(
+        code == 0 || (code == 1 && !err.contains("panicked")),
+        "{err}"
+    );
     let (code, err, _) = capped(&["run", "--model", zero.to_str().unwrap(), "hi"]);
     assert!(code == 1 && !err.contains("panicked"), "{err}");
 

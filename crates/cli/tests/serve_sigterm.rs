@@ -12,7 +12,16 @@ use suanli_formats::catalog;
 fn sigterm_drains_and_exits_zero() {
     let model = catalog::pull(catalog::find("smollm2-135m").unwrap()).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_suanli"))
-        .args(["--threads", "2", "serve", "--port", "0", "--ctx", "1024", "--model"])
+        .args([
+            "--threads",
+            "2",
+            "serve",
+            "--port",
+            "0",
+            "--ctx",
+            "1024",
+            "--model",
+        ])
         .arg(&model)
         .env_remove("SUANLI_API_KEY")
         .stderr(Stdio::piped())
@@ -54,7 +63,10 @@ fn sigterm_drains_and_exits_zero() {
         if let Some(c) = child.try_wait().unwrap() {
             break c;
         }
-        assert!(t.elapsed() < Duration::from_secs(30), "still running after SIGTERM");
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "still running after SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     let mut rest = String::new();

@@ -32,17 +32,30 @@ fn amplifying_templates_are_stopped_and_normal_ones_render_as_in_process() {
         assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
     }
     let src = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny/qwen2/chat_template.jinja"),
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/tiny/qwen2/chat_template.jinja"),
     )
     .unwrap();
     let local = ChatTemplate::new(&src, "", "<|endoftext|>").unwrap();
     let sb = TemplateSandbox::new(exe(), &src, "", "<|endoftext|>");
     for agp in [true, false, true] {
-        assert_eq!(sb.render(&msgs, agp).unwrap(), local.render(&msgs, agp).unwrap());
+        assert_eq!(
+            sb.render(&msgs, agp).unwrap(),
+            local.render(&msgs, agp).unwrap()
+        );
     }
     // raise_exception keeps its message; a template that does not compile says so.
-    let sb = TemplateSandbox::new(exe(), "{{ raise_exception('roles must alternate') }}", "", "");
-    assert!(matches!(sb.render(&msgs, true), Err(TemplateError::Raised(m)) if m.contains("roles must alternate")));
+    let sb = TemplateSandbox::new(
+        exe(),
+        "{{ raise_exception('roles must alternate') }}",
+        "",
+        "",
+    );
+    assert!(
+        matches!(sb.render(&msgs, true), Err(TemplateError::Raised(m)) if m.contains("roles must alternate"))
+    );
     let sb = TemplateSandbox::new(exe(), "{% for %}", "", "");
-    assert!(matches!(sb.render(&msgs, true), Err(TemplateError::Render(m)) if m.contains("compile")));
+    assert!(
+        matches!(sb.render(&msgs, true), Err(TemplateError::Render(m)) if m.contains("compile"))
+    );
 }

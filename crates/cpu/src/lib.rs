@@ -8,9 +8,9 @@ mod matmul;
 mod membw;
 pub mod packed;
 pub mod pool;
-mod vmath;
 #[cfg(test)]
 mod testutil;
+mod vmath;
 
 use kernels::{Isa, Kernels};
 use suanli_backend::{

@@ -8,8 +8,18 @@ fn check(b: &CpuBackend, label: &str) {
     let rep = conformance::run(b);
     println!("{label}:\n{}", rep.table());
     let failures = rep.failures();
-    assert!(rep.checks.len() > 100, "{label}: only {} checks ran", rep.checks.len());
-    assert!(failures.is_empty(), "{label}: {} of {} checks failed\n{}", failures.len(), rep.checks.len(), rep.table());
+    assert!(
+        rep.checks.len() > 100,
+        "{label}: only {} checks ran",
+        rep.checks.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{label}: {} of {} checks failed\n{}",
+        failures.len(),
+        rep.checks.len(),
+        rep.table()
+    );
 }
 
 #[test]

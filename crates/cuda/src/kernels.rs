@@ -65,8 +65,9 @@ pub fn compile(major: i32, minor: i32) -> Result<String, String> {
         ],
         ..Default::default()
     };
-    let ptx = cudarc::nvrtc::compile_ptx_with_opts(source(), opts)
-        .map_err(|e| format!("NVRTC could not compile the kernels for compute_{major}{minor}: {e:?}"))?;
+    let ptx = cudarc::nvrtc::compile_ptx_with_opts(source(), opts).map_err(|e| {
+        format!("NVRTC could not compile the kernels for compute_{major}{minor}: {e:?}")
+    })?;
     Ok(ptx.to_src())
 }
 
@@ -74,11 +75,19 @@ fn cache_path(major: i32, minor: i32) -> Option<PathBuf> {
     let mut h = Sha256::new();
     h.update(source().as_bytes());
     h.update(format!("compute_{major}{minor}").as_bytes());
-    let key: String = h.finalize().iter().take(12).map(|b| format!("{b:02x}")).collect();
+    let key: String = h
+        .finalize()
+        .iter()
+        .take(12)
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let base = std::env::var_os("SUANLI_HOME")
         .map(PathBuf::from)
         .or_else(|| dirs::cache_dir().map(|d| d.join("suanli")))?;
-    Some(base.join("cuda").join(format!("kernels-sm{major}{minor}-{key}.ptx")))
+    Some(
+        base.join("cuda")
+            .join(format!("kernels-sm{major}{minor}-{key}.ptx")),
+    )
 }
 
 /// The loaded kernels, by name.
@@ -102,7 +111,10 @@ impl Kernels {
             None => {
                 let t0 = std::time::Instant::now();
                 let ptx = compile(major, minor)?;
-                tracing::info!("compiled the CUDA kernels for sm_{major}{minor} in {:.1}s", t0.elapsed().as_secs_f64());
+                tracing::info!(
+                    "compiled the CUDA kernels for sm_{major}{minor} in {:.1}s",
+                    t0.elapsed().as_secs_f64()
+                );
                 if let Some(p) = &cached {
                     // A cache that cannot be written only costs the next start a compile.
                     let _ = std::fs::create_dir_all(p.parent().unwrap_or(p));
@@ -126,7 +138,10 @@ impl Kernels {
                 .map_err(|e| format!("kernel {name} missing from the module: {e}"))?;
             funcs.insert(name, f);
         }
-        Ok(Kernels { _module: module, funcs })
+        Ok(Kernels {
+            _module: module,
+            funcs,
+        })
     }
 
     pub fn get(&self, name: &str) -> &CudaFunction {

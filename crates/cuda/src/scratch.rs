@@ -13,10 +13,12 @@ pub fn ensure<'a, T: DeviceRepr + ValidAsZeroBits>(
     n: usize,
 ) -> Result<&'a mut CudaSlice<T>> {
     if slot.as_ref().is_none_or(|s| s.len() < n) {
-        let s = stream.alloc_zeros::<T>(n.max(1)).map_err(|e| BackendError::OutOfMemory {
-            what: "device scratch",
-            detail: e.to_string(),
-        })?;
+        let s = stream
+            .alloc_zeros::<T>(n.max(1))
+            .map_err(|e| BackendError::OutOfMemory {
+                what: "device scratch",
+                detail: e.to_string(),
+            })?;
         *slot = Some(s);
     }
     Ok(slot.as_mut().expect("allocated above"))
@@ -30,7 +32,10 @@ pub struct Upload<T> {
 
 impl<T> Default for Upload<T> {
     fn default() -> Self {
-        Upload { host: Vec::new(), dev: None }
+        Upload {
+            host: Vec::new(),
+            dev: None,
+        }
     }
 }
 
@@ -42,7 +47,11 @@ impl<T: DeviceRepr + ValidAsZeroBits + Copy + PartialEq> Upload<T> {
             if !data.is_empty() {
                 stream
                     .memcpy_htod(data, &mut dev.slice_mut(0..data.len()))
-                    .map_err(|e| BackendError::Device { backend: "cuda", op: "upload", detail: e.to_string() })?;
+                    .map_err(|e| BackendError::Device {
+                        backend: "cuda",
+                        op: "upload",
+                        detail: e.to_string(),
+                    })?;
             }
             self.host.clear();
             self.host.extend_from_slice(data);

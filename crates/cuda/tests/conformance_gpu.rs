@@ -5,7 +5,16 @@
 fn cuda_backend_conforms() {
     let b = suanli_cuda::CudaBackend::new(0).unwrap_or_else(|e| panic!("{e}"));
     let rep = suanli_backend::conformance::run(&b);
-    println!("{}\n{}", suanli_backend::Backend::caps(&b).detail, rep.table());
+    println!(
+        "{}\n{}",
+        suanli_backend::Backend::caps(&b).detail,
+        rep.table()
+    );
     let failures = rep.failures();
-    assert!(failures.is_empty(), "{} of {} checks failed", failures.len(), rep.checks.len());
+    assert!(
+        failures.is_empty(),
+        "{} of {} checks failed",
+        failures.len(),
+        rep.checks.len()
+    );
 }

@@ -17,7 +17,11 @@ fn gpu_dequantization_equals_the_oracle_on_the_host() {
         .arg(&exe)
         .output()
         .unwrap_or_else(|e| panic!("running {cxx} (a C++ compiler is needed for this test): {e}"));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut rng = Rng::new(7);
     let (rows, cols) = (5usize, 1024usize);
     for (ty, _) in suanli_cuda::WEIGHT_TYPES {
@@ -26,7 +30,12 @@ fn gpu_dequantization_equals_the_oracle_on_the_host() {
         let (inp, outp) = (dir.path().join("w.bin"), dir.path().join("v.bin"));
         std::fs::write(&inp, &bytes).unwrap();
         let st = Command::new(&exe)
-            .args([ty.ggml_id().to_string(), rows.to_string(), cols.to_string(), rb.to_string()])
+            .args([
+                ty.ggml_id().to_string(),
+                rows.to_string(),
+                cols.to_string(),
+                rb.to_string(),
+            ])
             .arg(&inp)
             .arg(&outp)
             .status()
@@ -39,8 +48,17 @@ fn gpu_dequantization_equals_the_oracle_on_the_host() {
             .collect();
         let mut want = vec![0f32; rows * cols];
         suanli_core::quant::dequantize(ty, &bytes, &mut want).unwrap();
-        let bad = got.iter().zip(&want).position(|(a, b)| a.to_bits() != b.to_bits());
-        assert!(bad.is_none(), "{ty}: value {} is {} on the GPU path, {} in the oracle", bad.unwrap(), got[bad.unwrap()], want[bad.unwrap()]);
+        let bad = got
+            .iter()
+            .zip(&want)
+            .position(|(a, b)| a.to_bits() != b.to_bits());
+        assert!(
+            bad.is_none(),
+            "{ty}: value {} is {} on the GPU path, {} in the oracle",
+            bad.unwrap(),
+            got[bad.unwrap()],
+            want[bad.unwrap()]
+        );
         assert_eq!(got.len(), want.len(), "{ty}");
     }
 }

@@ -24,9 +24,15 @@ fn check_arch(major: i32, minor: i32) {
         .iter()
         .flat_map(|(_, s)| ["matvec", "dequant_bf16", "embed"].map(|k| format!("{k}_{s}")));
     for name in ENTRIES.iter().map(|s| s.to_string()).chain(typed) {
-        assert!(ptx.contains(&format!(".entry {name}(")), "sm_{major}{minor}: kernel {name} missing from the PTX");
+        assert!(
+            ptx.contains(&format!(".entry {name}(")),
+            "sm_{major}{minor}: kernel {name} missing from the PTX"
+        );
     }
-    assert!(ptx.contains(&format!(".target sm_{major}{minor}")), "PTX not for sm_{major}{minor}");
+    assert!(
+        ptx.contains(&format!(".target sm_{major}{minor}")),
+        "PTX not for sm_{major}{minor}"
+    );
 }
 
 #[test]

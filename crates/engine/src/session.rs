@@ -89,6 +89,11 @@ pub struct Session<B: Backend> {
 }
 
 impl<B: Backend> Session<B> {
+    /// Give back the backend and model (the KV cache is freed).
+    pub fn into_parts(self) -> (B, Model<B>) {
+        (self.backend, self.model)
+    }
+
     /// `ctx`: the most tokens a sequence may hold; `chunk`: tokens per prefill step. The KV
     /// cache is F16, as llama.cpp's default.
     pub fn new(

@@ -12,7 +12,13 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f64 {
     }
     a.iter()
         .zip(b)
-        .map(|(&x, &y)| if x.is_finite() { (x as f64 - y as f64).abs() } else { f64::INFINITY })
+        .map(|(&x, &y)| {
+            if x.is_finite() {
+                (x as f64 - y as f64).abs()
+            } else {
+                f64::INFINITY
+            }
+        })
         .fold(0.0, f64::max)
 }
 
@@ -23,7 +29,14 @@ pub fn rel_max_error(got: &[f32], want: &[f32]) -> f64 {
 }
 
 /// Largest |got − x·wᵀ − bias| over outputs, each divided by ‖w_r‖·‖x_t‖ (the bound on its size).
-pub fn linear_error(x: &[f32], w: &[f32], bias: Option<&[f32]>, rows: usize, cols: usize, got: &[f32]) -> f64 {
+pub fn linear_error(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    rows: usize,
+    cols: usize,
+    got: &[f32],
+) -> f64 {
     let n = x.len() / cols;
     if got.len() != n * rows {
         return f64::INFINITY;
@@ -38,7 +51,11 @@ pub fn linear_error(x: &[f32], w: &[f32], bias: Option<&[f32]>, rows: usize, col
             let mut want: f64 = wr.iter().zip(xt).map(|(&a, &b)| a as f64 * b as f64).sum();
             want += bias.map_or(0.0, |b| b[r] as f64);
             let g = got[t * rows + r] as f64;
-            let e = if g.is_finite() { (g - want).abs() / (norm(wr) * xn).max(1e-30) } else { f64::INFINITY };
+            let e = if g.is_finite() {
+                (g - want).abs() / (norm(wr) * xn).max(1e-30)
+            } else {
+                f64::INFINITY
+            };
             worst = worst.max(e);
         }
     }
@@ -51,7 +68,11 @@ pub fn rms_norm(x: &[f32], w: &[f32], g: usize, eps: f32) -> Vec<f32> {
     for grp in x.chunks_exact(g) {
         let ms = grp.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / g as f64;
         let s = 1.0 / (ms + eps as f64).sqrt();
-        out.extend(grp.iter().zip(w).map(|(&v, &wi)| (v as f64 * s * wi as f64) as f32));
+        out.extend(
+            grp.iter()
+                .zip(w)
+                .map(|(&v, &wi)| (v as f64 * s * wi as f64) as f32),
+        );
     }
     out
 }
@@ -84,7 +105,10 @@ pub fn rope(x: &[f32], positions: &[u32], p: &RopeParams) -> Vec<f32> {
 pub fn kv_round(v: &[f32], t: KvDType, hd: usize) -> Vec<f32> {
     match t {
         KvDType::F32 => v.to_vec(),
-        KvDType::F16 => v.iter().map(|&a| suanli_core::quant::q8::round_f16(a)).collect(),
+        KvDType::F16 => v
+            .iter()
+            .map(|&a| suanli_core::quant::q8::round_f16(a))
+            .collect(),
         KvDType::Q8_0 => {
             assert_eq!(hd % 32, 0);
             let mut out = Vec::with_capacity(v.len());
@@ -102,7 +126,16 @@ pub fn kv_round(v: &[f32], t: KvDType, hd: usize) -> Vec<f32> {
 /// Causal softmax attention of one sequence's query rows (the last `q.len()/(heads·hd)`
 /// positions of its `ctx` positions) over its keys and values `[ctx, n_kv·hd]`.
 #[allow(clippy::too_many_arguments)]
-pub fn attention(q: &[f32], k: &[f32], v: &[f32], ctx: usize, heads: usize, n_kv: usize, hd: usize, scale: f32) -> Vec<f32> {
+pub fn attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    ctx: usize,
+    heads: usize,
+    n_kv: usize,
+    hd: usize,
+    scale: f32,
+) -> Vec<f32> {
     let q_len = q.len() / (heads * hd);
     let kv_dim = n_kv * hd;
     let mut out = vec![0f32; q.len()];
@@ -114,7 +147,11 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], ctx: usize, heads: usize, n_kv
             let scores: Vec<f64> = (0..=pos)
                 .map(|p| {
                     let kp = &k[p * kv_dim + kvh * hd..][..hd];
-                    qh.iter().zip(kp).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() * scale as f64
+                    qh.iter()
+                        .zip(kp)
+                        .map(|(&a, &b)| a as f64 * b as f64)
+                        .sum::<f64>()
+                        * scale as f64
                 })
                 .collect();
             let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
@@ -122,7 +159,11 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], ctx: usize, heads: usize, n_kv
             let z: f64 = e.iter().sum();
             let o = &mut out[(i * heads + h) * hd..][..hd];
             for (d, od) in o.iter_mut().enumerate() {
-                let acc: f64 = e.iter().enumerate().map(|(p, &w)| w * v[p * kv_dim + kvh * hd + d] as f64).sum();
+                let acc: f64 = e
+                    .iter()
+                    .enumerate()
+                    .map(|(p, &w)| w * v[p * kv_dim + kvh * hd + d] as f64)
+                    .sum();
                 *od = (acc / z) as f32;
             }
         }
