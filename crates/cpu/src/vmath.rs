@@ -78,7 +78,10 @@ mod tests {
         silu_mul_plain(&g, &u, &mut want);
         for (gi, (&w, (&g, &u))) in want.iter().zip(g.iter().zip(&u)).enumerate() {
             let exact = g as f64 / (1.0 + (-g as f64).exp()) * u as f64;
-            assert!((w as f64 - exact).abs() <= 1e-6 * (1.0 + exact.abs()), "{gi}");
+            assert!(
+                (w as f64 - exact).abs() <= 1e-6 * (1.0 + exact.abs()),
+                "{gi}"
+            );
         }
         for isa in crate::kernels::Isa::available() {
             let mut got = vec![0.0; 1000];

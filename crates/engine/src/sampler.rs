@@ -236,7 +236,9 @@ pub fn logprobs(logits: &[f32], chosen: u32, top: usize) -> (f32, Vec<(u32, f32)
         .sum();
     let lse = max as f64 + sum.ln();
     let lp = |l: f32| (l as f64 - lse) as f32;
-    let chosen_lp = logits.get(chosen as usize).map_or(f32::NEG_INFINITY, |&l| lp(l));
+    let chosen_lp = logits
+        .get(chosen as usize)
+        .map_or(f32::NEG_INFINITY, |&l| lp(l));
     let mut best: Vec<(u32, f32)> = Vec::with_capacity(top + 1);
     if top > 0 {
         for (i, &l) in logits.iter().enumerate() {
@@ -248,7 +250,10 @@ pub fn logprobs(logits: &[f32], chosen: u32, top: usize) -> (f32, Vec<(u32, f32)
             best.truncate(top);
         }
     }
-    (chosen_lp, best.into_iter().map(|(i, l)| (i, lp(l))).collect())
+    (
+        chosen_lp,
+        best.into_iter().map(|(i, l)| (i, lp(l))).collect(),
+    )
 }
 
 /// Index of the largest logit (the first one on ties); NaNs are ignored.

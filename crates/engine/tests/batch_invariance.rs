@@ -161,19 +161,20 @@ fn prompt_logprobs_equal_generation_logprobs() {
     let path = catalog::pull(catalog::find("smollm2-135m").unwrap()).unwrap();
     let mut e = engine(&path, 4);
     let prompt: Vec<u32> = vec![504, 3575, 282, 4649, 314]; // "The capital of France is"
-    let gen = |e: &mut BatchEngine<CpuBackend>, id: u64, prompt: Vec<u32>, plp: Option<usize>, n| {
-        e.submit(
-            id,
-            Request {
-                prompt,
-                params: SamplingParams::greedy(),
-                max_tokens: n,
-                logprobs: Some(2),
-                prompt_logprobs: plp,
-            },
-        )
-        .unwrap();
-    };
+    let gen =
+        |e: &mut BatchEngine<CpuBackend>, id: u64, prompt: Vec<u32>, plp: Option<usize>, n| {
+            e.submit(
+                id,
+                Request {
+                    prompt,
+                    params: SamplingParams::greedy(),
+                    max_tokens: n,
+                    logprobs: Some(2),
+                    prompt_logprobs: plp,
+                },
+            )
+            .unwrap();
+        };
     gen(&mut e, 1, prompt.clone(), None, 60);
     let (mut toks, mut lps) = (Vec::new(), Vec::new());
     while e.active() > 0 {
@@ -228,7 +229,10 @@ fn chunking_and_prefix_cache_do_not_change_a_single_bit() {
         _ => unreachable!(),
     };
     let prompt = tok
-        .encode(&"The quick brown fox jumps over the lazy dog. ".repeat(12), false)
+        .encode(
+            &"The quick brown fox jumps over the lazy dog. ".repeat(12),
+            false,
+        )
         .unwrap();
     assert!(prompt.len() > 100);
     let answer = |e: &mut BatchEngine<CpuBackend>, id: u64| {
@@ -249,7 +253,14 @@ fn chunking_and_prefix_cache_do_not_change_a_single_bit() {
                 match ev {
                     Event::Token { id, logprobs } => {
                         let lp = logprobs.unwrap();
-                        out.push((id, lp.logprob.to_bits(), lp.top.iter().map(|t| (t.0, t.1.to_bits())).collect::<Vec<_>>()));
+                        out.push((
+                            id,
+                            lp.logprob.to_bits(),
+                            lp.top
+                                .iter()
+                                .map(|t| (t.0, t.1.to_bits()))
+                                .collect::<Vec<_>>(),
+                        ));
                     }
                     Event::Done { cached_tokens, .. } => cached = cached_tokens,
                     Event::PromptLogprobs(_) => {}
@@ -263,7 +274,10 @@ fn chunking_and_prefix_cache_do_not_change_a_single_bit() {
     let (first, c0) = answer(&mut chunked, 1);
     let (again, c1) = answer(&mut chunked, 2);
     assert_eq!(c0, 0);
-    assert!(c1 >= 96, "the second run reads its prompt from the prefix cache ({c1})");
+    assert!(
+        c1 >= 96,
+        "the second run reads its prompt from the prefix cache ({c1})"
+    );
     let src = open_model(&path).unwrap();
     let backend = CpuBackend::new(Some(2)).unwrap();
     let model = Model::load(&src, &backend).unwrap();
@@ -316,13 +330,23 @@ fn a_poisoned_sequence_fails_alone() {
         .collect();
     let specs: Vec<TensorSpec<'_>> = tensors
         .iter()
-        .map(|(n, d, t, b)| TensorSpec { name: n, dims: d.clone(), dtype: *t, data: b })
+        .map(|(n, d, t, b)| TensorSpec {
+            name: n,
+            dims: d.clone(),
+            dtype: *t,
+            data: b,
+        })
         .collect();
     let path = std::env::temp_dir().join(format!("suanli-poisoned-{}.gguf", std::process::id()));
     std::fs::write(&path, gguf_bytes(&meta, &specs)).unwrap();
     let mut e = engine(&path, 4);
     let healthy = vec![1u32, 2, 3, 4, 5];
-    let alone = run(&mut e, &[(healthy.clone(), SamplingParams::greedy())], &[0], 8);
+    let alone = run(
+        &mut e,
+        &[(healthy.clone(), SamplingParams::greedy())],
+        &[0],
+        8,
+    );
     let req = |prompt: Vec<u32>| Request {
         prompt,
         params: SamplingParams::greedy(),
@@ -344,7 +368,12 @@ fn a_poisoned_sequence_fails_alone() {
         }
     }
     std::fs::remove_file(&path).ok();
-    assert!(failed.expect("the poisoned sequence fails").contains("non-finite"));
+    assert!(failed
+        .expect("the poisoned sequence fails")
+        .contains("non-finite"));
     assert_eq!(tokens, alone[0], "the healthy request is unaffected");
-    assert_eq!(e.scheduler().blocks_used(), e.scheduler().blocks_cached_idle());
+    assert_eq!(
+        e.scheduler().blocks_used(),
+        e.scheduler().blocks_cached_idle()
+    );
 }

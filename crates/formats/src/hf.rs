@@ -209,7 +209,10 @@ pub fn parse_safetensors(path: &Path, bytes: &Bytes) -> Result<Vec<(String, StTe
     for (start, end, name) in &ranges {
         let name = crate::gguf::shown(name);
         if *start < covered {
-            return Err(err(path, format!("tensor {name} overlaps the one before it")));
+            return Err(err(
+                path,
+                format!("tensor {name} overlaps the one before it"),
+            ));
         }
         if *start > covered {
             return Err(err(

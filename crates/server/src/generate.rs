@@ -361,12 +361,12 @@ impl Drop for Generation {
 fn submit_error(e: Option<BatchError>, prompt_param: &'static str) -> ApiError {
     match e {
         None => ApiError::overloaded("the server is shutting down"),
-        Some(BatchError::Submit(SubmitError::QueueFull(n))) => {
-            ApiError::overloaded(format!("the server is busy ({n} requests waiting); retry later"))
-        }
-        Some(BatchError::Submit(e @ (SubmitError::TooLong { .. } | SubmitError::TooBig { .. }))) => {
-            ApiError::param(prompt_param, e.to_string())
-        }
+        Some(BatchError::Submit(SubmitError::QueueFull(n))) => ApiError::overloaded(format!(
+            "the server is busy ({n} requests waiting); retry later"
+        )),
+        Some(BatchError::Submit(
+            e @ (SubmitError::TooLong { .. } | SubmitError::TooBig { .. }),
+        )) => ApiError::param(prompt_param, e.to_string()),
         Some(BatchError::Submit(SubmitError::Empty)) => {
             ApiError::param(prompt_param, "the prompt is empty")
         }
@@ -374,7 +374,11 @@ fn submit_error(e: Option<BatchError>, prompt_param: &'static str) -> ApiError {
             prompt_param,
             format!("token id {id} is outside the vocabulary (0..{vocab})"),
         ),
-        Some(BatchError::NoTokens) => ApiError::param("max_tokens", "`max_tokens` must be at least 1"),
-        Some(e @ BatchError::Submit(SubmitError::Duplicate(_))) => ApiError::internal(e.to_string()),
+        Some(BatchError::NoTokens) => {
+            ApiError::param("max_tokens", "`max_tokens` must be at least 1")
+        }
+        Some(e @ BatchError::Submit(SubmitError::Duplicate(_))) => {
+            ApiError::internal(e.to_string())
+        }
     }
 }

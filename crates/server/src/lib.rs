@@ -212,7 +212,11 @@ fn chat_renderer(
 }
 
 /// Bind `cfg.host:cfg.port` and serve until SIGTERM or Ctrl-C.
-pub fn serve<B>(cfg: ServeConfig, engine: BatchEngine<B>, tokenizer: Tokenizer) -> Result<(), ServeError>
+pub fn serve<B>(
+    cfg: ServeConfig,
+    engine: BatchEngine<B>,
+    tokenizer: Tokenizer,
+) -> Result<(), ServeError>
 where
     B: Backend + Send + 'static,
     BatchEngine<B>: Send,

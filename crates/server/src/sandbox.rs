@@ -57,7 +57,9 @@ impl TemplateSandbox {
     fn spawn(&self) -> std::io::Result<Helper> {
         let mut child = Command::new("/bin/sh")
             .arg("-c")
-            .arg(format!("ulimit -v {LIMIT_KIB} && exec \"$0\" __render-template"))
+            .arg(format!(
+                "ulimit -v {LIMIT_KIB} && exec \"$0\" __render-template"
+            ))
             .arg(&self.exe)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -112,7 +114,10 @@ impl RenderTemplate for TemplateSandbox {
                 } else if let Some(m) = v.get("raised").and_then(Value::as_str) {
                     Err(TemplateError::Raised(m.to_owned()))
                 } else {
-                    let m = v.get("error").and_then(Value::as_str).unwrap_or("a garbled answer");
+                    let m = v
+                        .get("error")
+                        .and_then(Value::as_str)
+                        .unwrap_or("a garbled answer");
                     Err(TemplateError::Render(m.to_owned()))
                 }
             }

@@ -44,7 +44,10 @@ fn stream_texts(events: &[String], object: &str) -> (Vec<String>, Vec<String>, O
             } else {
                 c["text"].as_str().unwrap()
             };
-            assert!(!piece.contains('\u{FFFD}'), "broken UTF-8 in a delta: {piece:?}");
+            assert!(
+                !piece.contains('\u{FFFD}'),
+                "broken UTF-8 in a delta: {piece:?}"
+            );
             texts[i].push_str(piece);
             if let Some(f) = c["finish_reason"].as_str() {
                 finish[i] = f.to_owned();
@@ -76,10 +79,16 @@ fn chat_streamed_equals_non_streamed() {
         sreq["stream_options"] = json!({"include_usage": true});
         let s = post(addr, "/v1/chat/completions", &sreq);
         assert_eq!(s.status, 200);
-        assert!(s.header("content-type").unwrap().starts_with("text/event-stream"));
+        assert!(s
+            .header("content-type")
+            .unwrap()
+            .starts_with("text/event-stream"));
         let (texts, finish, usage) = stream_texts(&s.events(), "chat.completion.chunk");
         assert_eq!(texts[0], chat_text(&w, 0), "{content}");
-        assert_eq!(finish[0], w["choices"][0]["finish_reason"].as_str().unwrap());
+        assert_eq!(
+            finish[0],
+            w["choices"][0]["finish_reason"].as_str().unwrap()
+        );
         let usage = usage.expect("a usage chunk");
         assert_eq!(usage["completion_tokens"], u["completion_tokens"]);
         assert_eq!(usage["prompt_tokens"], u["prompt_tokens"]);
@@ -92,15 +101,15 @@ fn concurrent_greedy_answers_equal_answers_alone() {
     let prompts: Vec<String> = (0..12)
         .map(|i| format!("Story number {i}: once upon a time, in a village by the sea,"))
         .collect();
-    let req = |p: &str| {
-        json!({"prompt": p, "max_tokens": 24, "temperature": 0, "logit_bias": {"0": -100}})
-    };
+    let req = |p: &str| json!({"prompt": p, "max_tokens": 24, "temperature": 0, "logit_bias": {"0": -100}});
     let alone: Vec<String> = prompts
         .iter()
-        .map(|p| post(addr, "/v1/completions", &req(p)).json()["choices"][0]["text"]
-            .as_str()
-            .unwrap()
-            .to_owned())
+        .map(|p| {
+            post(addr, "/v1/completions", &req(p)).json()["choices"][0]["text"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
         .collect();
     let together: Vec<String> = std::thread::scope(|s| {
         let hs: Vec<_> = prompts
@@ -108,7 +117,12 @@ fn concurrent_greedy_answers_equal_answers_alone() {
             .map(|p| s.spawn(move || post(addr, "/v1/completions", &req(p))))
             .collect();
         hs.into_iter()
-            .map(|h| h.join().unwrap().json()["choices"][0]["text"].as_str().unwrap().to_owned())
+            .map(|h| {
+                h.join().unwrap().json()["choices"][0]["text"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
             .collect()
     });
     assert_eq!(alone, together);
@@ -117,22 +131,41 @@ fn concurrent_greedy_answers_equal_answers_alone() {
 #[test]
 fn completions_from_token_ids_with_logprobs_n_and_stop() {
     let addr = shared();
-    let tok = post(addr, "/tokenize", &json!({"content": "The capital of France is"})).json();
-    let ids: Vec<u64> = tok["tokens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    let tok = post(
+        addr,
+        "/tokenize",
+        &json!({"content": "The capital of France is"}),
+    )
+    .json();
+    let ids: Vec<u64> = tok["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
     let back = post(addr, "/detokenize", &json!({"tokens": ids})).json();
     assert_eq!(back["content"], "The capital of France is");
     // Echo with logprobs: the prompt's tokens come first, the first without a log-probability.
-    let req = json!({"prompt": ids, "max_tokens": 6, "temperature": 0, "logprobs": 3, "echo": true});
+    let req =
+        json!({"prompt": ids, "max_tokens": 6, "temperature": 0, "logprobs": 3, "echo": true});
     let r = post(addr, "/v1/completions", &req).json();
     let c = &r["choices"][0];
     let lp = &c["logprobs"];
     let n_lp = lp["tokens"].as_array().unwrap().len();
-    assert_eq!(n_lp, ids.len() + r["usage"]["completion_tokens"].as_u64().unwrap() as usize);
+    assert_eq!(
+        n_lp,
+        ids.len() + r["usage"]["completion_tokens"].as_u64().unwrap() as usize
+    );
     assert!(lp["token_logprobs"][0].is_null() && lp["top_logprobs"][0].is_null());
     assert!(lp["token_logprobs"][1].as_f64().unwrap() < 0.0);
     let text = c["text"].as_str().unwrap();
     assert!(text.starts_with("The capital of France is"));
-    let joined: String = lp["tokens"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+    let joined: String = lp["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
     assert_eq!(joined, text);
     let mut sreq = req.clone();
     sreq["stream"] = json!(true);
@@ -148,12 +181,18 @@ fn completions_from_token_ids_with_logprobs_n_and_stop() {
     assert_eq!(r["choices"].as_array().unwrap().len(), 2);
     let lp = &r["choices"][0]["logprobs"];
     let n = lp["tokens"].as_array().unwrap().len();
-    assert_eq!(n, r["usage"]["completion_tokens"].as_u64().unwrap() as usize / 2);
+    assert_eq!(
+        n,
+        r["usage"]["completion_tokens"].as_u64().unwrap() as usize / 2
+    );
     for (i, top) in lp["top_logprobs"].as_array().unwrap().iter().enumerate() {
         let top = top.as_object().unwrap();
         assert!(top.len() <= 3 && !top.is_empty());
         // Greedy: the chosen token is the most likely one.
-        let best = top.values().map(|v| v.as_f64().unwrap()).fold(f64::MIN, f64::max);
+        let best = top
+            .values()
+            .map(|v| v.as_f64().unwrap())
+            .fold(f64::MIN, f64::max);
         let chosen = lp["token_logprobs"][i].as_f64().unwrap();
         assert!((best - chosen).abs() < 1e-6 && chosen <= 0.0);
     }
@@ -171,7 +210,10 @@ fn completions_from_token_ids_with_logprobs_n_and_stop() {
     }
     let mut sreq = req.clone();
     sreq["stream"] = json!(true);
-    let (texts, finish, _) = stream_texts(&post(addr, "/v1/completions", &sreq).events(), "text_completion");
+    let (texts, finish, _) = stream_texts(
+        &post(addr, "/v1/completions", &sreq).events(),
+        "text_completion",
+    );
     for (i, c) in a["choices"].as_array().unwrap().iter().enumerate() {
         assert_eq!(texts[i], c["text"].as_str().unwrap());
         assert_eq!(finish[i], c["finish_reason"].as_str().unwrap());
@@ -184,7 +226,10 @@ fn logit_bias_and_prefix_cache() {
     // Ban the greedy first token: the answer changes.
     let req = json!({"prompt": "The capital of France is", "max_tokens": 1, "temperature": 0, "logprobs": 1});
     let r = post(addr, "/v1/completions", &req).json();
-    let first = r["choices"][0]["logprobs"]["tokens"][0].as_str().unwrap().to_owned();
+    let first = r["choices"][0]["logprobs"]["tokens"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let id = post(addr, "/tokenize", &json!({"content": first})).json()["tokens"][0].clone();
     let mut banned = req.clone();
     banned["logit_bias"] = json!({ id.to_string(): -100 });
@@ -198,7 +243,12 @@ fn logit_bias_and_prefix_cache() {
     };
     post(addr, "/v1/chat/completions", &chat("Hi"));
     let r = post(addr, "/v1/chat/completions", &chat("Hello")).json();
-    assert!(r["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap() >= 64);
+    assert!(
+        r["usage"]["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap()
+            >= 64
+    );
 }
 
 #[test]
@@ -213,50 +263,171 @@ fn bad_requests_get_openai_errors() {
         }
     };
     let chat = "/v1/chat/completions";
-    check(post(addr, chat, &json!({"messages": []})), 400, Some("messages"));
-    check(post(addr, chat, &json!({"messages": "hi"})), 400, Some("messages"));
     check(
-        post(addr, chat, &json!({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]})),
+        post(addr, chat, &json!({"messages": []})),
         400,
         Some("messages"),
     );
-    check(post(addr, chat, &json!({"messages": [{"role": "user", "content": "x"}], "temperature": -1})), 400, Some("temperature"));
-    check(post(addr, chat, &json!({"messages": [{"role": "user", "content": "x"}], "max_tokens": -1})), 400, Some("max_tokens"));
-    check(post(addr, chat, &json!({"messages": [{"role": "user", "content": "x"}], "max_tokens": 5000})), 400, Some("max_tokens"));
-    check(post(addr, chat, &json!({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 3})), 400, Some("top_logprobs"));
-    check(post(addr, chat, &json!({"messages": [{"role": "user", "content": "x"}], "logit_bias": {"4000000000": 5}})), 400, Some("logit_bias"));
-    check(post(addr, chat, &json!({"messages": [{"role": "user", "content": "x"}], "model": "gpt-4"})), 404, Some("model"));
+    check(
+        post(addr, chat, &json!({"messages": "hi"})),
+        400,
+        Some("messages"),
+    );
+    check(
+        post(
+            addr,
+            chat,
+            &json!({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}),
+        ),
+        400,
+        Some("messages"),
+    );
+    check(
+        post(
+            addr,
+            chat,
+            &json!({"messages": [{"role": "user", "content": "x"}], "temperature": -1}),
+        ),
+        400,
+        Some("temperature"),
+    );
+    check(
+        post(
+            addr,
+            chat,
+            &json!({"messages": [{"role": "user", "content": "x"}], "max_tokens": -1}),
+        ),
+        400,
+        Some("max_tokens"),
+    );
+    check(
+        post(
+            addr,
+            chat,
+            &json!({"messages": [{"role": "user", "content": "x"}], "max_tokens": 5000}),
+        ),
+        400,
+        Some("max_tokens"),
+    );
+    check(
+        post(
+            addr,
+            chat,
+            &json!({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 3}),
+        ),
+        400,
+        Some("top_logprobs"),
+    );
+    check(
+        post(
+            addr,
+            chat,
+            &json!({"messages": [{"role": "user", "content": "x"}], "logit_bias": {"4000000000": 5}}),
+        ),
+        400,
+        Some("logit_bias"),
+    );
+    check(
+        post(
+            addr,
+            chat,
+            &json!({"messages": [{"role": "user", "content": "x"}], "model": "gpt-4"}),
+        ),
+        404,
+        Some("model"),
+    );
     let comp = "/v1/completions";
-    check(post(addr, comp, &json!({"prompt": [1, 2, 99999999]})), 400, Some("prompt"));
-    check(post(addr, comp, &json!({"prompt": [1, -2]})), 400, Some("prompt"));
-    check(post(addr, comp, &json!({"prompt": []})), 400, Some("prompt"));
-    check(post(addr, comp, &json!({"prompt": [[]]})), 400, Some("prompt"));
-    check(post(addr, comp, &json!({"prompt": "x ".repeat(1100)})), 400, Some("prompt"));
-    check(post(addr, comp, &json!({"prompt": "x", "n": 0})), 400, Some("n"));
-    check(post(addr, "/detokenize", &json!({"tokens": [1, 99999999]})), 400, Some("tokens"));
+    check(
+        post(addr, comp, &json!({"prompt": [1, 2, 99999999]})),
+        400,
+        Some("prompt"),
+    );
+    check(
+        post(addr, comp, &json!({"prompt": [1, -2]})),
+        400,
+        Some("prompt"),
+    );
+    check(
+        post(addr, comp, &json!({"prompt": []})),
+        400,
+        Some("prompt"),
+    );
+    check(
+        post(addr, comp, &json!({"prompt": [[]]})),
+        400,
+        Some("prompt"),
+    );
+    check(
+        post(addr, comp, &json!({"prompt": "x ".repeat(1100)})),
+        400,
+        Some("prompt"),
+    );
+    check(
+        post(addr, comp, &json!({"prompt": "x", "n": 0})),
+        400,
+        Some("n"),
+    );
+    check(
+        post(addr, "/detokenize", &json!({"tokens": [1, 99999999]})),
+        400,
+        Some("tokens"),
+    );
     // Not JSON, not an object, wrong key, no key, too large, unknown route.
-    check(raw(addr, &request_bytes("POST", comp, Some(KEY), "{\"prompt\": ")), 400, None);
-    check(raw(addr, &request_bytes("POST", comp, Some(KEY), "[1,2]")), 400, None);
-    check(raw(addr, &request_bytes("POST", comp, Some("wrong"), "{}")), 401, None);
-    check(raw(addr, &request_bytes("GET", "/v1/models", None, "")), 401, None);
+    check(
+        raw(
+            addr,
+            &request_bytes("POST", comp, Some(KEY), "{\"prompt\": "),
+        ),
+        400,
+        None,
+    );
+    check(
+        raw(addr, &request_bytes("POST", comp, Some(KEY), "[1,2]")),
+        400,
+        None,
+    );
+    check(
+        raw(addr, &request_bytes("POST", comp, Some("wrong"), "{}")),
+        401,
+        None,
+    );
+    check(
+        raw(addr, &request_bytes("GET", "/v1/models", None, "")),
+        401,
+        None,
+    );
     let big = format!("{{\"prompt\": \"{}\"}}", "a".repeat(300 * 1024));
-    check(raw(addr, &request_bytes("POST", comp, Some(KEY), &big)), 413, None);
+    check(
+        raw(addr, &request_bytes("POST", comp, Some(KEY), &big)),
+        413,
+        None,
+    );
     check(get(addr, "/v1/nothing"), 404, None);
     check(get(addr, "/v1/models/other"), 404, Some("model"));
     // Only /health is open without the key; the models list has the served model.
-    assert_eq!(raw(addr, &request_bytes("GET", "/health", None, "")).status, 200);
+    assert_eq!(
+        raw(addr, &request_bytes("GET", "/health", None, "")).status,
+        200
+    );
     for path in ["/", "/metrics", "/v1/nothing", "/v1/models/smollm2-135m"] {
         check(raw(addr, &request_bytes("GET", path, None, "")), 401, None);
     }
     for path in ["/tokenize", "/detokenize", chat, comp] {
-        check(raw(addr, &request_bytes("POST", path, None, "{}")), 401, None);
+        check(
+            raw(addr, &request_bytes("POST", path, None, "{}")),
+            401,
+            None,
+        );
     }
     let page = get(addr, "/");
     assert_eq!(page.status, 200);
-    assert!(String::from_utf8(page.body).unwrap().contains("/v1/chat/completions"));
+    assert!(String::from_utf8(page.body)
+        .unwrap()
+        .contains("/v1/chat/completions"));
     // Hostile bodies: lone surrogates, deep nesting, out-of-range numbers, wrong id types,
     // request-supplied templates, greedy n > 1, huge stop strings.
-    let user = |extra: &str| format!(r#"{{"messages": [{{"role": "user", "content": "x"}}]{extra}}}"#);
+    let user =
+        |extra: &str| format!(r#"{{"messages": [{{"role": "user", "content": "x"}}]{extra}}}"#);
     for body in [
         r#"{"messages": [{"role": "user", "content": "\ud800"}]}"#.to_string(),
         format!("{{\"messages\": {}{}}}", "[".repeat(5000), "]".repeat(5000)),
@@ -275,16 +446,32 @@ fn bad_requests_get_openai_errors() {
         ),
     ] {
         let r = raw(addr, &request_bytes("POST", chat, Some(KEY), &body));
-        assert_eq!(r.status, 400, "{}: {}", &body[..body.len().min(80)], String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            r.status,
+            400,
+            "{}: {}",
+            &body[..body.len().min(80)],
+            String::from_utf8_lossy(&r.body)
+        );
         assert!(r.body.len() < 4096, "error bodies stay small");
     }
-    for prompt in ["[1, null]", "[1, true]", "[1, \"7\"]", "[1, 1.5]", "[1, -5]", "[[1], 5]"] {
+    for prompt in [
+        "[1, null]",
+        "[1, true]",
+        "[1, \"7\"]",
+        "[1, 1.5]",
+        "[1, -5]",
+        "[[1], 5]",
+    ] {
         let body = format!(r#"{{"prompt": {prompt}}}"#);
         let r = raw(addr, &request_bytes("POST", comp, Some(KEY), &body));
         assert_eq!(r.status, 400, "{prompt}");
         assert_eq!(r.json()["error"]["param"], "prompt");
     }
-    assert_eq!(get(addr, "/v1/models").json()["data"][0]["id"], "smollm2-135m");
+    assert_eq!(
+        get(addr, "/v1/models").json()["data"][0]["id"],
+        "smollm2-135m"
+    );
 }
 
 #[test]
@@ -302,7 +489,12 @@ fn disconnect_burst_frees_every_sequence_and_block() {
             let mut s = std::net::TcpStream::connect(addr).unwrap();
             std::io::Write::write_all(
                 &mut s,
-                &request_bytes("POST", "/v1/completions", Some(KEY), &long(false).to_string()),
+                &request_bytes(
+                    "POST",
+                    "/v1/completions",
+                    Some(KEY),
+                    &long(false).to_string(),
+                ),
             )
             .unwrap();
             s
@@ -310,14 +502,21 @@ fn disconnect_burst_frees_every_sequence_and_block() {
         .collect();
     let t = std::time::Instant::now();
     while metric(addr, "suanli_requests_running") == 0.0 {
-        assert!(t.elapsed() < Duration::from_secs(10), "nothing was admitted");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "nothing was admitted"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     drop(streams);
     drop(waiting);
     wait_idle(addr);
     // The next request is served normally.
-    let r = post(addr, "/v1/completions", &json!({"prompt": "Hello", "max_tokens": 4, "temperature": 0}));
+    let r = post(
+        addr,
+        "/v1/completions",
+        &json!({"prompt": "Hello", "max_tokens": 4, "temperature": 0}),
+    );
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["usage"]["completion_tokens"], 4);
     wait_idle(addr);
@@ -348,7 +547,11 @@ fn full_queue_answers_503_with_retry_after() {
         assert!(t.elapsed() < Duration::from_secs(10));
         std::thread::sleep(Duration::from_millis(20));
     }
-    let r = post(addr, "/v1/completions", &json!({"prompt": "x", "max_tokens": 2}));
+    let r = post(
+        addr,
+        "/v1/completions",
+        &json!({"prompt": "x", "max_tokens": 2}),
+    );
     assert_eq!(r.status, 503);
     assert_eq!(r.header("retry-after"), Some("1"));
     assert_eq!(r.json()["error"]["code"], "overloaded");
@@ -375,7 +578,10 @@ fn shutdown_finishes_requests_in_flight() {
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["usage"]["completion_tokens"], 120);
     assert!(took < Duration::from_secs(20));
-    assert!(std::net::TcpStream::connect(addr).is_err(), "no longer listening");
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "no longer listening"
+    );
 }
 
 #[test]
@@ -384,13 +590,22 @@ fn slow_and_garbage_connections_are_dropped_while_serving_continues() {
     let addr = shared();
     // Slowloris: half a request head, then nothing. The shared server's deadline is 2 s.
     let mut slow = std::net::TcpStream::connect(addr).unwrap();
-    slow.write_all(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n").unwrap();
-    slow.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    slow.write_all(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let t = std::time::Instant::now();
     let mut buf = Vec::new();
     let _ = slow.read_to_end(&mut buf);
-    assert!(t.elapsed() < Duration::from_secs(8), "the slow client was not cut off");
-    assert!(buf.is_empty() || buf.starts_with(b"HTTP/1.1 408"), "{:?}", String::from_utf8_lossy(&buf));
+    assert!(
+        t.elapsed() < Duration::from_secs(8),
+        "the slow client was not cut off"
+    );
+    assert!(
+        buf.is_empty() || buf.starts_with(b"HTTP/1.1 408"),
+        "{:?}",
+        String::from_utf8_lossy(&buf)
+    );
     // Scanner traffic: random bytes, a TLS ClientHello, an HTTP/2 preface, a huge header.
     let junk: [&[u8]; 4] = [
         b"\x00\xff\x13\x37garbage\r\n\r\n",
@@ -445,7 +660,12 @@ fn an_immediate_end_and_wide_logprobs_are_well_formed() {
             for t in c["logprobs"]["content"].as_array().into_iter().flatten() {
                 entries += 1;
                 assert_eq!(t["top_logprobs"].as_array().unwrap().len(), 20);
-                let bytes: Vec<u8> = t["bytes"].as_array().unwrap().iter().map(|b| b.as_u64().unwrap() as u8).collect();
+                let bytes: Vec<u8> = t["bytes"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|b| b.as_u64().unwrap() as u8)
+                    .collect();
                 assert!(!bytes.is_empty() || t["token"].as_str().unwrap().starts_with('<'));
             }
         }
@@ -458,8 +678,16 @@ fn a_token_id_prompt_ending_inside_a_character_is_completed_not_broken() {
     let addr = shared();
     // A rare character spread over several byte-level tokens; the prompt stops one token short.
     let t = post(addr, "/tokenize", &json!({"content": "龘"})).json();
-    let ids: Vec<u64> = t["tokens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
-    assert!(ids.len() >= 2, "needs a character split over tokens: {ids:?}");
+    let ids: Vec<u64> = t["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert!(
+        ids.len() >= 2,
+        "needs a character split over tokens: {ids:?}"
+    );
     let (head, last) = ids.split_at(ids.len() - 1);
     for stream in [false, true] {
         let req = json!({"prompt": head, "max_tokens": 1, "temperature": 0, "stream": stream,

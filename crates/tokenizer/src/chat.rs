@@ -45,9 +45,7 @@ pub fn chat_prompt_with(
         match rest.find(&s) {
             Some(p) => {
                 ids.extend(tok.encode(&rest[..p], true)?);
-                ids.extend(
-                    tok.encode(&messages[next].content, false)?,
-                );
+                ids.extend(tok.encode(&messages[next].content, false)?);
                 rest = &rest[p + s.len()..];
                 next += 1;
             }
@@ -59,7 +57,11 @@ pub fn chat_prompt_with(
         // scaffolding cannot be told apart: render for real and tokenize it all with special
         // tokens — which is safe only if no message holds control-token text.
         for (i, m) in messages.iter().enumerate() {
-            if tok.encode(&m.content, true)?.iter().any(|&t| tok.is_control(t)) {
+            if tok
+                .encode(&m.content, true)?
+                .iter()
+                .any(|&t| tok.is_control(t))
+            {
                 return Err(format!(
                     "messages[{i}] contains control-token text, which this model's chat template \
                      would turn into control tokens"

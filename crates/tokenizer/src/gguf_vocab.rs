@@ -188,9 +188,8 @@ pub(crate) fn build(f: &GgufFile) -> Result<Tokenizer, String> {
             )
         }
         "llama" => {
-            let scores = scores.ok_or(
-                "tokenizer.ggml.scores is missing (needed by SentencePiece vocabularies)",
-            )?;
+            let scores = scores
+                .ok_or("tokenizer.ggml.scores is missing (needed by SentencePiece vocabularies)")?;
             let add_space_prefix = f
                 .get("tokenizer.ggml.add_space_prefix")
                 .and_then(|v| v.as_bool())

@@ -26,7 +26,13 @@ impl StreamDecoder {
                 break;
             }
             if b >= 0xC0 {
-                let len = if b >= 0xF0 { 4 } else if b >= 0xE0 { 3 } else { 2 };
+                let len = if b >= 0xF0 {
+                    4
+                } else if b >= 0xE0 {
+                    3
+                } else {
+                    2
+                };
                 if n - i < len {
                     pending = before[i..].to_vec();
                 }
@@ -81,13 +87,22 @@ mod tests {
     #[test]
     fn continuing_holds_only_an_unfinished_character() {
         let zh = "好".as_bytes(); // e5 a5 bd
-        assert_eq!(StreamDecoder::continuing(&zh[..2]).pending, zh[..2].to_vec());
-        assert_eq!(StreamDecoder::continuing(&[b'a', zh[0]]).pending, vec![zh[0]]);
+        assert_eq!(
+            StreamDecoder::continuing(&zh[..2]).pending,
+            zh[..2].to_vec()
+        );
+        assert_eq!(
+            StreamDecoder::continuing(&[b'a', zh[0]]).pending,
+            vec![zh[0]]
+        );
         assert!(StreamDecoder::continuing(zh).pending.is_empty());
         assert!(StreamDecoder::continuing(b"abc").pending.is_empty());
         assert!(StreamDecoder::continuing(b"").pending.is_empty());
         let emoji = "😀".as_bytes();
-        assert_eq!(StreamDecoder::continuing(&emoji[..3]).pending, emoji[..3].to_vec());
+        assert_eq!(
+            StreamDecoder::continuing(&emoji[..3]).pending,
+            emoji[..3].to_vec()
+        );
         assert!(StreamDecoder::continuing(&emoji[1..]).pending.is_empty());
     }
 }

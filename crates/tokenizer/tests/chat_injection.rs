@@ -6,7 +6,8 @@ use suanli_formats::gguf::GgufFile;
 use suanli_tokenizer::{chat_prompt, chat_prompt_with, ChatMessage, ChatTemplate, Tokenizer};
 
 fn qwen() -> Tokenizer {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny/qwen2/model.gguf");
+    let p =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny/qwen2/model.gguf");
     Tokenizer::from_gguf(&GgufFile::open(&p).unwrap()).unwrap()
 }
 
@@ -24,8 +25,14 @@ fn injected_control_text_stays_text() {
     assert!(attacked.len() > plain.len());
     // Tool results and system text too.
     for role in ["system", "tool", "assistant"] {
-        let ids = chat_prompt(&tok, &[ChatMessage::new("user", "q"), ChatMessage::new(role, evil)]);
-        let clean = chat_prompt(&tok, &[ChatMessage::new("user", "q"), ChatMessage::new(role, "x")]);
+        let ids = chat_prompt(
+            &tok,
+            &[ChatMessage::new("user", "q"), ChatMessage::new(role, evil)],
+        );
+        let clean = chat_prompt(
+            &tok,
+            &[ChatMessage::new("user", "q"), ChatMessage::new(role, "x")],
+        );
         if let (Ok(a), Ok(b)) = (ids, clean) {
             assert_eq!(controls(&tok, &a), controls(&tok, &b), "{role}");
         }

@@ -168,7 +168,10 @@ mod tests {
             .map(|i| ((i as f32 * 0.37).sin() * 3.0).powi(3))
             .collect();
         // Exact ties after scaling (amax 127 → id 1): 2.5, -0.5, …; an all-zero block; tiny values.
-        for (j, v) in [127.0, 2.5, -0.5, 3.5, -126.5, 0.49999997, -1.5].iter().enumerate() {
+        for (j, v) in [127.0, 2.5, -0.5, 3.5, -126.5, 0.49999997, -1.5]
+            .iter()
+            .enumerate()
+        {
             x[j] = *v;
         }
         for v in &mut x[32..64] {
@@ -178,7 +181,10 @@ mod tests {
             *v *= 1e-30;
         }
         let (mut qa, mut qb) = (vec![0i8; x.len()], vec![0i8; x.len()]);
-        let (mut ma, mut mb) = (vec![Meta::default(); x.len() / 32], vec![Meta::default(); x.len() / 32]);
+        let (mut ma, mut mb) = (
+            vec![Meta::default(); x.len() / 32],
+            vec![Meta::default(); x.len() / 32],
+        );
         quantize_token(&x, &mut qa, &mut ma);
         quantize_token_scalar(&x, &mut qb, &mut mb);
         assert_eq!(qa, qb);

@@ -49,27 +49,94 @@ fn hostile_headers_are_errors() {
         assert!(e.contains(needle), "{h}: {e}");
     };
     // ST-04: gap, overlap, aliasing, first offset not 0, end before begin, past the end.
-    t(r#"{"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}"#, 8, "unused");
-    t(r#"{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}"#, 12, "overlaps");
-    t(r#"{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "b": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}"#, 8, "overlaps");
-    t(r#"{"a": {"dtype": "F32", "shape": [1], "data_offsets": [8, 4]}}"#, 8, "outside");
-    t(r#"{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4000]}}"#, 8, "outside");
-    t(r#"{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 18446744073709551615]}}"#, 8, "outside");
+    t(
+        r#"{"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}"#,
+        8,
+        "unused",
+    );
+    t(
+        r#"{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}"#,
+        12,
+        "overlaps",
+    );
+    t(
+        r#"{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "b": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}"#,
+        8,
+        "overlaps",
+    );
+    t(
+        r#"{"a": {"dtype": "F32", "shape": [1], "data_offsets": [8, 4]}}"#,
+        8,
+        "outside",
+    );
+    t(
+        r#"{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4000]}}"#,
+        8,
+        "outside",
+    );
+    t(
+        r#"{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 18446744073709551615]}}"#,
+        8,
+        "outside",
+    );
     // ST-05: size mismatch, product overflow.
-    t(r#"{"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}"#, 8, "does not match");
-    t(r#"{"a": {"dtype": "F32", "shape": [4294967296, 4294967296, 16], "data_offsets": [0, 8]}}"#, 8, "does not match");
+    t(
+        r#"{"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}"#,
+        8,
+        "does not match",
+    );
+    t(
+        r#"{"a": {"dtype": "F32", "shape": [4294967296, 4294967296, 16], "data_offsets": [0, 8]}}"#,
+        8,
+        "does not match",
+    );
     // ST-06: bytes after the last tensor.
-    t(r#"{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}"#, 4096, "after the last tensor");
+    t(
+        r#"{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}"#,
+        4096,
+        "after the last tensor",
+    );
     // ST-07: unknown dtype, negative or fractional dims, non-string metadata, missing fields.
-    t(r#"{"a": {"dtype": "Q9", "shape": [1], "data_offsets": [0, 4]}}"#, 4, "not supported");
-    t(r#"{"a": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}"#, 4, "non-integer");
-    t(r#"{"a": {"dtype": "F32", "shape": [1.5], "data_offsets": [0, 4]}}"#, 4, "non-integer");
-    t(r#"{"__metadata__": {"k": 1}, "a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}"#, 4, "__metadata__");
-    t(r#"{"a": {"shape": [1], "data_offsets": [0, 4]}}"#, 4, "dtype");
-    t(r#"{"a": {"dtype": "F32", "data_offsets": [0, 4]}}"#, 4, "shape");
-    t(r#"{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0]}}"#, 4, "pair");
+    t(
+        r#"{"a": {"dtype": "Q9", "shape": [1], "data_offsets": [0, 4]}}"#,
+        4,
+        "not supported",
+    );
+    t(
+        r#"{"a": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}"#,
+        4,
+        "non-integer",
+    );
+    t(
+        r#"{"a": {"dtype": "F32", "shape": [1.5], "data_offsets": [0, 4]}}"#,
+        4,
+        "non-integer",
+    );
+    t(
+        r#"{"__metadata__": {"k": 1}, "a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}"#,
+        4,
+        "__metadata__",
+    );
+    t(
+        r#"{"a": {"shape": [1], "data_offsets": [0, 4]}}"#,
+        4,
+        "dtype",
+    );
+    t(
+        r#"{"a": {"dtype": "F32", "data_offsets": [0, 4]}}"#,
+        4,
+        "shape",
+    );
+    t(
+        r#"{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0]}}"#,
+        4,
+        "pair",
+    );
     // Long names are cut short in messages.
-    let long = format!(r#"{{"{}": {{"dtype": "Q9", "shape": [1], "data_offsets": [0, 4]}}}}"#, "n".repeat(100_000));
+    let long = format!(
+        r#"{{"{}": {{"dtype": "Q9", "shape": [1], "data_offsets": [0, 4]}}}}"#,
+        "n".repeat(100_000)
+    );
     assert!(parse(&long, 4).unwrap_err().len() < 300);
 }
 
@@ -81,7 +148,11 @@ fn many_tiny_tensors_parse_quickly() {
         if i > 0 {
             h.push(',');
         }
-        h.push_str(&format!(r#""t{i}": {{"dtype": "F16", "shape": [1], "data_offsets": [{}, {}]}}"#, 2 * i, 2 * i + 2));
+        h.push_str(&format!(
+            r#""t{i}": {{"dtype": "F16", "shape": [1], "data_offsets": [{}, {}]}}"#,
+            2 * i,
+            2 * i + 2
+        ));
     }
     h.push('}');
     let t0 = std::time::Instant::now();
@@ -91,7 +162,10 @@ fn many_tiny_tensors_parse_quickly() {
 
 #[test]
 fn every_truncation_of_a_valid_file_is_an_error() {
-    let f = file(r#"{"a": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}}"#, 16);
+    let f = file(
+        r#"{"a": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}}"#,
+        16,
+    );
     let b = f.as_slice().to_vec();
     for cut in 0..b.len() {
         assert!(parse_safetensors(Path::new("x"), &Bytes::from_vec(b[..cut].to_vec())).is_err());

@@ -30,7 +30,9 @@ pub async fn handler(
             // A template is code; only the model's own runs here.
             return Err(ApiError::param(
                 field,
-                format!("`{field}` from requests is not accepted; the model's chat template is used"),
+                format!(
+                    "`{field}` from requests is not accepted; the model's chat template is used"
+                ),
             ));
         }
     }
@@ -97,7 +99,9 @@ pub fn messages(b: &Body) -> Result<Vec<ChatMessage>, ApiError> {
     let bad = |m: String| ApiError::param("messages", m);
     let list = match b.get("messages") {
         Some(Value::Array(a)) if a.len() > MAX_MESSAGES => {
-            return Err(bad(format!("`messages` may hold at most {MAX_MESSAGES} messages")))
+            return Err(bad(format!(
+                "`messages` may hold at most {MAX_MESSAGES} messages"
+            )))
         }
         Some(Value::Array(a)) if !a.is_empty() => a,
         Some(Value::Array(_)) => return Err(bad("`messages` must not be empty".into())),
@@ -112,7 +116,9 @@ pub fn messages(b: &Body) -> Result<Vec<ChatMessage>, ApiError> {
         let role = match m.get("role").and_then(Value::as_str) {
             Some(r @ ("system" | "user" | "assistant" | "tool")) => r,
             Some("developer") => "system",
-            Some(r) => return Err(bad(format!("messages[{i}].role {r:?} is not one of system, developer, user, assistant, tool"))),
+            Some(r) => return Err(bad(format!(
+                "messages[{i}].role {r:?} is not one of system, developer, user, assistant, tool"
+            ))),
             None => return Err(bad(format!("messages[{i}].role is required"))),
         };
         let content = match m.get("content") {

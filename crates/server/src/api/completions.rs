@@ -38,7 +38,10 @@ pub async fn handler(
     }
     if let Some(bo) = b.int_in("best_of", 1, MAX_N as i64)? {
         if bo as usize != p.n {
-            return Err(ApiError::param("best_of", "`best_of` must equal `n` when given"));
+            return Err(ApiError::param(
+                "best_of",
+                "`best_of` must equal `n` when given",
+            ));
         }
     }
     let st2 = st.clone();
@@ -51,7 +54,13 @@ pub async fn handler(
     }
     let echoes: Vec<String> = prompts
         .iter()
-        .map(|ids| if echo { st.tokenizer.decode(ids) } else { String::new() })
+        .map(|ids| {
+            if echo {
+                st.tokenizer.decode(ids)
+            } else {
+                String::new()
+            }
+        })
         .collect();
     let g = Generation::start(&st, prompts, &p, "prompt").await?;
     let n = p.n;
@@ -67,7 +76,13 @@ pub async fn handler(
         // Choice i answers prompt i / n. With prompt log-probabilities, offsets count from the
         // prompt's first token; otherwise from the end of the echoed text.
         offsets: (0..g.n_choices())
-            .map(|i| if p.prompt_logprobs.is_some() { 0 } else { echoes[i / n].len() })
+            .map(|i| {
+                if p.prompt_logprobs.is_some() {
+                    0
+                } else {
+                    echoes[i / n].len()
+                }
+            })
             .collect(),
         echoes: (0..g.n_choices()).map(|i| echoes[i / n].clone()).collect(),
     };
@@ -102,7 +117,11 @@ fn prompts(st: &AppState, b: &Body) -> Result<Vec<Vec<u32>>, ApiError> {
     };
     let ids = |a: &[Value]| -> Result<Vec<u32>, ApiError> {
         a.iter()
-            .map(|v| v.as_u64().filter(|&t| t <= u32::MAX as u64).map(|t| t as u32))
+            .map(|v| {
+                v.as_u64()
+                    .filter(|&t| t <= u32::MAX as u64)
+                    .map(|t| t as u32)
+            })
             .collect::<Option<Vec<u32>>>()
             .ok_or_else(|| bad("token ids in `prompt` must be non-negative integers"))
     };

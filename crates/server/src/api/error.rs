@@ -31,11 +31,7 @@ impl ApiError {
     pub fn param(param: &str, message: impl Into<String>) -> ApiError {
         ApiError {
             param: Some(param.to_owned()),
-            ..ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                message,
-            )
+            ..ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
         }
     }
 

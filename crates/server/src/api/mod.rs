@@ -165,11 +165,20 @@ pub async fn detokenize(
 ) -> Result<axum::Json<Value>, ApiError> {
     let b = read_body(body)?;
     blocking(move || {
-        let bad = || ApiError::param("tokens", format!("`tokens` must be a list of token ids (0..{})", st.vocab));
+        let bad = || {
+            ApiError::param(
+                "tokens",
+                format!("`tokens` must be a list of token ids (0..{})", st.vocab),
+            )
+        };
         let ids = match b.get("tokens") {
             Some(Value::Array(a)) => a
                 .iter()
-                .map(|v| v.as_u64().filter(|&t| (t as usize) < st.vocab).map(|t| t as u32))
+                .map(|v| {
+                    v.as_u64()
+                        .filter(|&t| (t as usize) < st.vocab)
+                        .map(|t| t as u32)
+                })
                 .collect::<Option<Vec<u32>>>()
                 .ok_or_else(bad)?,
             _ => return Err(bad()),

@@ -70,7 +70,10 @@ impl Body {
         match self.get(name) {
             None => Ok(None),
             Some(Value::Bool(b)) => Ok(Some(*b)),
-            Some(_) => Err(ApiError::param(name, format!("`{name}` must be true or false"))),
+            Some(_) => Err(ApiError::param(
+                name,
+                format!("`{name}` must be true or false"),
+            )),
         }
     }
 
@@ -210,7 +213,9 @@ fn stops(b: &Body) -> Result<Vec<String>, ApiError> {
             .iter()
             .map(|v| v.as_str().map(str::to_owned))
             .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| ApiError::param("stop", "`stop` must be a string or a list of strings"))?,
+            .ok_or_else(|| {
+                ApiError::param("stop", "`stop` must be a string or a list of strings")
+            })?,
         Some(_) => {
             return Err(ApiError::param(
                 "stop",
@@ -294,7 +299,10 @@ mod tests {
             (r#"{"logit_bias": {"-1": 1}}"#, "logit_bias"),
             (r#"{"logit_bias": {"5": 1000}}"#, "logit_bias"),
             (r#"{"seed": "x"}"#, "seed"),
-            (r#"{"stream_options": {"include_usage": true}}"#, "stream_options"),
+            (
+                r#"{"stream_options": {"include_usage": true}}"#,
+                "stream_options",
+            ),
             (r#"{"n": 2, "temperature": 0}"#, "n"),
             (r#"{"top_k": -2}"#, "top_k"),
         ] {

@@ -4,9 +4,9 @@
 
 use super::error::ApiError;
 use crate::generate::{Delta, Generation, LogprobEntry, Usage};
+use crate::state::{random_hex, unix_now, AppState};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use crate::state::{random_hex, unix_now, AppState};
 use serde_json::{json, Value};
 use std::collections::VecDeque;
 use std::convert::Infallible;

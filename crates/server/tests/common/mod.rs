@@ -109,9 +109,8 @@ pub struct Reply {
 
 impl Reply {
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!("{e}: {}", String::from_utf8_lossy(&self.body))
-        })
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
     }
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
@@ -192,7 +191,10 @@ pub fn request_bytes(method: &str, path: &str, key: Option<&str>, body: &str) ->
 }
 
 pub fn post(addr: SocketAddr, path: &str, body: &Value) -> Reply {
-    raw(addr, &request_bytes("POST", path, Some(KEY), &body.to_string()))
+    raw(
+        addr,
+        &request_bytes("POST", path, Some(KEY), &body.to_string()),
+    )
 }
 
 pub fn get(addr: SocketAddr, path: &str) -> Reply {
