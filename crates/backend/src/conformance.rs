@@ -203,7 +203,8 @@ fn check_upload<B: Backend>(b: &B, rng: &mut Rng, rep: &mut Report) {
 }
 
 fn check_embed<B: Backend>(b: &B, ty: DType, rng: &mut Rng, rep: &mut Report) {
-    let (rows, cols) = (50, 256);
+    // 144 units per row: more than the 128 threads a GPU block gives each row.
+    let (rows, cols) = (50, 4608);
     let bytes = random_weight(ty, rows, cols, rng);
     let table = dequantized(ty, &bytes, rows, cols);
     let ids: Vec<u32> = (0..7).map(|_| rng.below(rows) as u32).collect();
@@ -218,7 +219,7 @@ fn check_embed<B: Backend>(b: &B, ty: DType, rng: &mut Rng, rep: &mut Report) {
         Ok(r::max_abs_diff(&b.download(&out)?, &want))
     })();
     // Rows are dequantized exactly (the oracle's arithmetic is exact in f32).
-    record(rep, "embed", format!("{ty} 7 ids of 50x256"), 1e-6, got);
+    record(rep, "embed", format!("{ty} 7 ids of 50x{cols}"), 1e-6, got);
 }
 
 /// Tolerance for x · wᵀ relative to ‖w_r‖·‖x‖ (the Cauchy-Schwarz scale of each output): float
@@ -232,7 +233,8 @@ fn linear_tol(ty: DType) -> f64 {
 }
 
 fn check_linear<B: Backend>(b: &B, ty: DType, n: usize, rng: &mut Rng, rep: &mut Report) {
-    let (rows, cols) = (96, 512);
+    // 2560 columns: 80 units of 32 per row, so each lane of a 32-wide GPU warp takes several.
+    let (rows, cols) = (96, 2560);
     let bytes = random_weight(ty, rows, cols, rng);
     let wf = dequantized(ty, &bytes, rows, cols);
     let x = rng.normals(n * cols, 1.0);
@@ -274,7 +276,7 @@ fn check_linear<B: Backend>(b: &B, ty: DType, n: usize, rng: &mut Rng, rep: &mut
 }
 
 fn check_logits<B: Backend>(b: &B, ty: DType, rng: &mut Rng, rep: &mut Report) {
-    let (vocab, cols, n) = (300, 256, 6);
+    let (vocab, cols, n) = (300, 1280, 6);
     let bytes = random_weight(ty, vocab, cols, rng);
     let wf = dequantized(ty, &bytes, vocab, cols);
     let x = rng.normals(n * cols, 1.0);

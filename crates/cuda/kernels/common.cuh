@@ -13,6 +13,7 @@ typedef unsigned long long u64;
 #define INFINITY __int_as_float(0x7f800000)
 #endif
 
+#ifndef SUANLI_CUDA_EMU
 DEV float h2f(u16 h) {
     float f;
     asm("{ .reg .b16 t; mov.b16 t, %1; cvt.f32.f16 %0, t; }" : "=f"(f) : "h"(h));
@@ -23,6 +24,8 @@ DEV u16 f2h(float f) {
     asm("{ .reg .b16 t; cvt.rn.f16.f32 t, %1; mov.b16 %0, t; }" : "=h"(h) : "f"(f));
     return h;
 }
+#endif
+// (Under SUANLI_CUDA_EMU — the host emulator of crates/cuda/tests — the emulator supplies h2f/f2h.)
 DEV float bf2f(u16 b) { return __uint_as_float(((u32)b) << 16); }
 DEV u16 f2bf(float f) {
     // Round to nearest even (NaN stays NaN); sm_80 has cvt.rn.bf16.f32 but this works everywhere.

@@ -789,36 +789,10 @@ impl Backend for CudaBackend {
                 format!("q [{}, {}] with {nh}/{nkv} heads of {hd}", q.rows, q.cols),
             ));
         }
-        // Build per-row (table offset, visible positions) and check every block a row can reach.
-        let (mut tables, mut row_meta) = (Vec::new(), vec![0u32; 2 * q.rows]);
-        for s in meta.seqs {
-            let reach = s.ctx_len.div_ceil(bs);
-            if s.q_len > s.ctx_len
-                || s.q_start + s.q_len > q.rows
-                || reach > s.block_table.len()
-                || s.block_table[..reach]
-                    .iter()
-                    .any(|&b| b as usize >= kv.spec.num_blocks)
-            {
-                return Err(shape_err(
-                    "attention",
-                    format!("sequence {s:?} does not fit the cache or the batch"),
-                ));
-            }
-            let off = tables.len() as u32;
-            tables.extend_from_slice(&s.block_table[..reach]);
-            for i in 0..s.q_len {
-                let r = s.q_start + i;
-                row_meta[2 * r] = off;
-                row_meta[2 * r + 1] = (s.ctx_len - s.q_len + i + 1) as u32;
-            }
-        }
+        let (tables, row_meta) = attention_rows(meta, q.rows, &kv.spec)?;
         out.rows = q.rows;
         if q.rows == 0 {
             return Ok(());
-        }
-        if tables.is_empty() {
-            tables.push(0);
         }
         let mut sc = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
         let sc = &mut *sc;
@@ -925,6 +899,51 @@ impl Backend for CudaBackend {
             .map_err(dev_err("logits"))?;
         self.synchronize()
     }
+}
+
+/// The attention kernels' per-step data: every sequence's reachable block-table entries, one
+/// after another, and per query row (offset of its table in that list, positions it sees).
+/// Checks that every block a row can reach exists and every row belongs to the batch, so the
+/// kernel never reads outside the cache.
+pub fn attention_rows(
+    meta: &AttnMeta<'_>,
+    q_rows: usize,
+    spec: &KvSpec,
+) -> Result<(Vec<u32>, Vec<u32>)> {
+    let bs = spec.block_size;
+    let (mut tables, mut row_meta) = (Vec::new(), vec![0u32; 2 * q_rows]);
+    for s in meta.seqs {
+        let reach = s.ctx_len.div_ceil(bs);
+        if s.q_len > s.ctx_len
+            || s.q_start + s.q_len > q_rows
+            || reach > s.block_table.len()
+            || s.block_table[..reach]
+                .iter()
+                .any(|&b| b as usize >= spec.num_blocks)
+        {
+            return Err(shape_err(
+                "attention",
+                format!("sequence {s:?} does not fit the cache or the batch"),
+            ));
+        }
+        let off = tables.len() as u32;
+        tables.extend_from_slice(&s.block_table[..reach]);
+        for i in 0..s.q_len {
+            let r = s.q_start + i;
+            row_meta[2 * r] = off;
+            row_meta[2 * r + 1] = (s.ctx_len - s.q_len + i + 1) as u32;
+        }
+    }
+    if let Some(r) = (0..q_rows).find(|&r| row_meta[2 * r + 1] == 0) {
+        return Err(shape_err(
+            "attention",
+            format!("query row {r} belongs to no sequence"),
+        ));
+    }
+    if tables.is_empty() {
+        tables.push(0);
+    }
+    Ok((tables, row_meta))
 }
 
 fn oom(what: &str) -> impl Fn(cudarc::driver::DriverError) -> BackendError + '_ {

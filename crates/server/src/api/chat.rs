@@ -116,9 +116,11 @@ pub fn messages(b: &Body) -> Result<Vec<ChatMessage>, ApiError> {
         let role = match m.get("role").and_then(Value::as_str) {
             Some(r @ ("system" | "user" | "assistant" | "tool")) => r,
             Some("developer") => "system",
-            Some(r) => return Err(bad(format!(
+            Some(r) => {
+                return Err(bad(format!(
                 "messages[{i}].role {r:?} is not one of system, developer, user, assistant, tool"
-            ))),
+            )))
+            }
             None => return Err(bad(format!("messages[{i}].role is required"))),
         };
         let content = match m.get("content") {

@@ -1,0 +1,113 @@
+// A small CUDA execution-model emulator for testing suanli's kernels on a CPU: every thread of a
+// block is a fiber (ucontext) on one OS thread, run round-robin; __syncthreads and warp shuffles
+// are barriers over the block or the warp, so reductions, shuffles and shared memory behave as
+// on a GPU (for kernels whose warps reach a barrier together, as CUDA requires). Blocks run one
+// after another. Slow, exact, and enough to execute the real kernel source.
+#pragma once
+#define _GNU_SOURCE 1
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <ucontext.h>
+#include <vector>
+
+#define SUANLI_CUDA_EMU 1
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __launch_bounds__(x)
+#define __restrict__ __restrict
+#define __shared__ static  // blocks run one at a time
+
+struct Dim3 { unsigned x = 1, y = 1, z = 1; };
+static Dim3 threadIdx, blockIdx, blockDim, gridDim;
+struct uint4 { unsigned x, y, z, w; };
+struct float4 { float x, y, z, w; };
+
+static inline float __uint_as_float(unsigned u) { float f; memcpy(&f, &u, 4); return f; }
+static inline float __int_as_float(int u) { float f; memcpy(&f, &u, 4); return f; }
+static inline unsigned __float_as_uint(float f) { unsigned u; memcpy(&u, &f, 4); return u; }
+template <class T> static inline T __ldg(const T* p) { return *p; }
+static inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
+static inline float h2f(unsigned short h) { _Float16 v; memcpy(&v, &h, 2); return (float)v; }
+static inline unsigned short f2h(float f) { _Float16 v = (_Float16)f; unsigned short h; memcpy(&h, &v, 2); return h; }
+
+namespace emu {
+struct Group { int arrived = 0, expected = 0; unsigned gen = 0; };
+struct Fiber { ucontext_t ctx; bool done = false; };
+static ucontext_t sched;
+static std::vector<Fiber> fibers;
+static std::vector<std::unique_ptr<char[]>> stacks;  // untouched pages cost no memory
+static const size_t STACK = 128 * 1024;
+static int current = 0;
+static std::vector<Group> warps;
+static Group block;
+static unsigned long long xchg[1024];
+static std::function<void()> body;
+
+static void yield() { swapcontext(&fibers[current].ctx, &sched); }
+static void complete(Group& g) { if (g.expected > 0 && g.arrived == g.expected) { g.arrived = 0; g.gen++; } }
+static void wait(Group& g) {
+    unsigned my = g.gen;
+    g.arrived++;
+    complete(g);
+    while (g.gen == my) yield();
+}
+static void entry() {
+    body();
+    // A finished thread no longer takes part in barriers.
+    Group& w = warps[threadIdx.x / 32];
+    w.expected--;
+    complete(w);
+    block.expected--;
+    complete(block);
+    fibers[current].done = true;
+}
+
+// Run `kernel` over grid × block (x and y of the grid, x of the block).
+static void launch(Dim3 grid, Dim3 blk, std::function<void()> kernel) {
+    const int nt = blk.x;
+    gridDim = grid;
+    blockDim = blk;
+    body = kernel;
+    while ((int)stacks.size() < nt) stacks.emplace_back(new char[STACK]);
+    for (unsigned by = 0; by < grid.y; by++)
+        for (unsigned bx = 0; bx < grid.x; bx++) {
+            blockIdx = Dim3{bx, by, 0};
+            fibers.assign(nt, Fiber{});
+            warps.assign((nt + 31) / 32, Group{});
+            for (int t = 0; t < nt; t++) warps[t / 32].expected++;
+            block = Group{0, nt, 0};
+            for (int t = 0; t < nt; t++) {
+                getcontext(&fibers[t].ctx);
+                fibers[t].ctx.uc_stack.ss_sp = stacks[t].get();
+                fibers[t].ctx.uc_stack.ss_size = STACK;
+                fibers[t].ctx.uc_link = &sched;
+                makecontext(&fibers[t].ctx, entry, 0);
+            }
+            for (bool alive = true; alive;) {
+                alive = false;
+                for (int t = 0; t < nt; t++) {
+                    if (fibers[t].done) continue;
+                    alive = true;
+                    current = t;
+                    threadIdx = Dim3{(unsigned)t, 0, 0};
+                    swapcontext(&sched, &fibers[t].ctx);
+                }
+            }
+        }
+}
+}  // namespace emu
+
+static inline void __syncthreads() { emu::wait(emu::block); }
+template <class T> static inline T __shfl_xor_sync(unsigned, T v, int o) {
+    unsigned t = threadIdx.x, w = t / 32;
+    memcpy(&emu::xchg[t], &v, sizeof(T));
+    emu::wait(emu::warps[w]);
+    T r;
+    memcpy(&r, &emu::xchg[w * 32 + ((t % 32) ^ (unsigned)o)], sizeof(T));
+    emu::wait(emu::warps[w]);
+    return r;
+}
