@@ -47,6 +47,12 @@ const PLAIN: [&str; 10] = [
 ];
 const PLAIN2: [&str; 3] = ["write_kv_f16", "attention_f32", "attention_f16"];
 
+/// The kernel name for a weight type, e.g. `matvec_q4_k`; None for types without kernels.
+pub fn typed_name(kind: &str, ty: DType) -> Option<String> {
+    let suffix = WEIGHT_TYPES.iter().find(|(t, _)| *t == ty)?.1;
+    Some(format!("{kind}_{suffix}"))
+}
+
 /// The whole program, one translation unit, with `#line` marks so NVRTC's messages name the file.
 pub fn source() -> String {
     let mut s = String::new();
@@ -144,13 +150,7 @@ impl Kernels {
         })
     }
 
-    pub fn get(&self, name: &str) -> &CudaFunction {
-        // Every name used is loaded (and checked) in `load`.
-        &self.funcs[name]
-    }
-
-    pub fn typed(&self, kind: &str, ty: DType) -> Option<&CudaFunction> {
-        let suffix = WEIGHT_TYPES.iter().find(|(t, _)| *t == ty)?.1;
-        self.funcs.get(&format!("{kind}_{suffix}"))
+    pub fn get(&self, name: &str) -> Option<&CudaFunction> {
+        self.funcs.get(name)
     }
 }

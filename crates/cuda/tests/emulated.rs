@@ -1,17 +1,17 @@
-//! The CUDA kernels executed on the host by the emulator (`tests/emu`): the conformance suite and
-//! the golden tiny models (transformers' logits) through `EmuBackend`, which drives the kernels
-//! as `CudaBackend` does. This runs the kernels' actual source — indexing, reductions, shuffles,
-//! online softmax, block tables — on machines without a GPU; only cuBLAS and the driver are not
-//! exercised (scripts/gpu-check.sh does that on a GPU).
+//! `CudaBackend` with its kernels executed on the host by the emulator (`tests/emu`): the
+//! conformance suite and the golden tiny models (transformers' logits). This runs the backend's
+//! own code — argument lists, launch geometry, scratch, uploads — and the kernels' actual source —
+//! indexing, reductions, shuffles, online softmax, block tables — without a GPU; only the driver
+//! calls and cuBLAS are not exercised (scripts/gpu-check.sh does that on a GPU).
 
 mod emu;
 
-use suanli_backend::{conformance, KvDType};
+use suanli_backend::{conformance, Backend, HostTensor, KvDType, WeightRole};
 
 #[test]
 fn emulated_kernels_pass_the_conformance_suite() {
     let dir = tempfile::tempdir().unwrap();
-    let b = emu::build(dir.path());
+    let b = emu::backend(dir.path());
     let rep = conformance::run(&b);
     println!("{}", rep.table());
     let failures = rep.failures();
@@ -26,19 +26,48 @@ fn emulated_kernels_pass_the_conformance_suite() {
 }
 
 #[test]
-fn emulated_argmax_picks_the_first_largest() {
+fn emulated_device_argmax_equals_the_host_argmax_of_the_logits() {
     let dir = tempfile::tempdir().unwrap();
-    let b = emu::build(dir.path());
-    let cols = 5000;
-    let mut x: Vec<f32> = (0..3 * cols)
-        .map(|i| ((i * 7919) % 1000) as f32 * 0.001 - 0.5)
+    let b = emu::backend(dir.path());
+    let (vocab, cols, n) = (3000usize, 64usize, 4usize);
+    let mut rng = conformance::Rng::new(3);
+    let w: Vec<u8> = rng
+        .normals(vocab * cols, 1.0)
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
         .collect();
-    x[17] = 9.0;
-    x[cols + 4321] = 3.0;
-    x[cols + 4999] = 3.0;
-    x[2 * cols + 1] = f32::NEG_INFINITY;
-    x[2 * cols + 2500] = 8.0;
-    assert_eq!(b.argmax(&x, 3, cols), vec![17, 4321, 2500]);
+    let bytes = suanli_formats::Bytes::from_vec(w);
+    let lm = b
+        .prepare_weight(HostTensor {
+            name: "lm_head",
+            dtype: suanli_core::DType::F32,
+            rows: vocab,
+            cols,
+            bytes: &bytes,
+            role: WeightRole::Matrix,
+        })
+        .unwrap();
+    let mut x = b.alloc_act(n, cols).unwrap();
+    b.upload(&rng.normals(n * cols, 1.0), n, &mut x).unwrap();
+    let rows = [3u32, 0, 2];
+    let mut logits = vec![0f32; rows.len() * vocab];
+    b.logits(&x, &rows, &lm, &mut logits).unwrap();
+    let want: Vec<u32> = logits
+        .chunks_exact(vocab)
+        .map(|r| {
+            r.iter()
+                .enumerate()
+                .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
+                    if v > bv {
+                        (i, v)
+                    } else {
+                        (bi, bv)
+                    }
+                })
+                .0 as u32
+        })
+        .collect();
+    assert_eq!(b.argmax_logits(&x, &rows, &lm).unwrap(), want);
 }
 
 /// Logits at every position of the golden input against transformers', through the real model
@@ -66,7 +95,7 @@ fn emulated_kernels_run_the_golden_tiny_models() {
             (d.clone(), KvDType::F32),
             (d.join("model.gguf"), KvDType::F16),
         ] {
-            let backend = emu::build(dir.path());
+            let backend = emu::backend(dir.path());
             let src = suanli_formats::open_model(&file).unwrap();
             let model = suanli_models::Model::load(&src, &backend).unwrap();
             // Chunks of 5: the prefill goes through the small-batch kernels and the paged cache.

@@ -1,0 +1,113 @@
+//! The thin layer under `CudaBackend`: device memory as raw addresses, kernels launched by name
+//! with a flat argument list, one GEMM. `driver.rs` implements it with the CUDA driver, NVRTC
+//! and cuBLAS; the tests implement it with a host emulator running the same kernel source, so
+//! everything above this line — argument lists, launch geometry, scratch, uploads — is the code
+//! that runs on a GPU, tested without one.
+
+use std::sync::Arc;
+use suanli_backend::{BackendError, Result};
+
+/// A device address.
+pub type DevPtr = u64;
+
+/// One kernel argument, as the kernel declares it.
+#[derive(Clone, Copy, Debug)]
+pub enum Arg {
+    Ptr(DevPtr),
+    I32(i32),
+    U64(u64),
+    F32(f32),
+}
+
+pub trait Device: Send + Sync + 'static {
+    /// `bytes` of zeroed device memory.
+    fn alloc(&self, bytes: usize) -> Result<DevPtr>;
+    fn free(&self, p: DevPtr);
+    /// Queue a copy from the host; `src` may be reused once this returns.
+    fn htod(&self, dst: DevPtr, src: &[u8]) -> Result<()>;
+    /// Copy to the host, waiting for all queued work first.
+    fn dtoh(&self, src: DevPtr, dst: &mut [u8]) -> Result<()>;
+    fn dtod(&self, dst: DevPtr, src: DevPtr, bytes: usize) -> Result<()>;
+    /// Launch `kernel` on a (grid.0 × grid.1) grid of `block`-thread blocks.
+    fn launch(&self, kernel: &str, grid: (u32, u32), block: u32, args: &[Arg]) -> Result<()>;
+    /// `out[n][m] = x[n][k] · w[m][k]ᵀ` (row-major, f32 out), with `w` and `x` both bf16, or both
+    /// f32 when `f32_inputs`.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm(
+        &self,
+        m: usize,
+        n: usize,
+        k: usize,
+        w: DevPtr,
+        x: DevPtr,
+        out: DevPtr,
+        f32_inputs: bool,
+    ) -> Result<()>;
+    fn sync(&self) -> Result<()>;
+    /// Free device memory in bytes.
+    fn mem_free(&self) -> Result<usize>;
+}
+
+pub fn device_err(op: &'static str, detail: impl std::fmt::Display) -> BackendError {
+    BackendError::Device {
+        backend: "cuda",
+        op,
+        detail: detail.to_string(),
+    }
+}
+
+/// Owned device memory, freed on drop.
+pub struct DevBuf {
+    pub ptr: DevPtr,
+    pub bytes: usize,
+    dev: Arc<dyn Device>,
+}
+
+impl DevBuf {
+    pub fn new(dev: &Arc<dyn Device>, bytes: usize, what: &'static str) -> Result<DevBuf> {
+        let ptr = dev
+            .alloc(bytes.max(4))
+            .map_err(|e| BackendError::OutOfMemory {
+                what,
+                detail: e.to_string(),
+            })?;
+        Ok(DevBuf {
+            ptr,
+            bytes,
+            dev: dev.clone(),
+        })
+    }
+    pub fn from_host(dev: &Arc<dyn Device>, data: &[u8], what: &'static str) -> Result<DevBuf> {
+        let b = DevBuf::new(dev, data.len(), what)?;
+        if !data.is_empty() {
+            dev.htod(b.ptr, data)?;
+        }
+        Ok(b)
+    }
+    pub fn arg(&self) -> Arg {
+        Arg::Ptr(self.ptr)
+    }
+}
+
+impl Drop for DevBuf {
+    fn drop(&mut self) {
+        self.dev.free(self.ptr);
+    }
+}
+
+pub fn f32_bytes(v: &[f32]) -> &[u8] {
+    // SAFETY: f32 has no padding and any byte pattern is a valid u8.
+    unsafe { std::slice::from_raw_parts(v.as_ptr().cast(), std::mem::size_of_val(v)) }
+}
+pub fn u32_bytes(v: &[u32]) -> &[u8] {
+    // SAFETY: as above.
+    unsafe { std::slice::from_raw_parts(v.as_ptr().cast(), std::mem::size_of_val(v)) }
+}
+pub fn f32_bytes_mut(v: &mut [f32]) -> &mut [u8] {
+    // SAFETY: every byte pattern is a valid f32.
+    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast(), std::mem::size_of_val(v)) }
+}
+pub fn u32_bytes_mut(v: &mut [u32]) -> &mut [u8] {
+    // SAFETY: every byte pattern is a valid u32.
+    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast(), std::mem::size_of_val(v)) }
+}

@@ -1,0 +1,197 @@
+//! `Device` on an NVIDIA GPU: the CUDA driver (through cudarc, loaded at run time), the NVRTC-built
+//! kernels of `kernels.rs`, cuBLAS for the GEMM. One stream carries all work, so ordering needs no
+//! events; memory comes from the stream-ordered allocator.
+
+use crate::device::{device_err, Arg, DevPtr, Device};
+use crate::kernels::Kernels;
+use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
+use cudarc::driver::{result, CudaContext, CudaStream};
+use std::ffi::c_void;
+use std::sync::Arc;
+use suanli_backend::Result;
+
+pub struct CudaDevice {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    blas: CudaBlas,
+    kernels: Kernels,
+}
+
+impl CudaDevice {
+    /// Open device `ordinal`: context, stream, kernels (compiled or from the cache), cuBLAS.
+    /// Returns the device and a one-line description.
+    pub fn open(ordinal: usize) -> std::result::Result<(CudaDevice, String), String> {
+        let n = CudaContext::device_count().map_err(|e| format!("counting CUDA devices: {e}"))?;
+        if ordinal >= n.max(0) as usize {
+            return Err(format!(
+                "cuda:{ordinal} does not exist ({n} CUDA device(s) found)"
+            ));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(|e| format!("opening cuda:{ordinal}: {e}"))?;
+        let kernels = Kernels::load(&ctx)?;
+        let stream = ctx
+            .new_stream()
+            .map_err(|e| format!("creating a stream: {e}"))?;
+        let blas = CudaBlas::new(stream.clone()).map_err(|e| format!("starting cuBLAS: {e:?}"))?;
+        let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+        let (maj, min) = ctx.compute_capability().unwrap_or((0, 0));
+        let mem = ctx.total_mem().unwrap_or(0);
+        let detail = format!(
+            "cuda:{ordinal} {name}, sm_{maj}{min}, {:.0} GiB",
+            mem as f64 / (1u64 << 30) as f64
+        );
+        Ok((
+            CudaDevice {
+                ctx,
+                stream,
+                blas,
+                kernels,
+            },
+            detail,
+        ))
+    }
+
+    fn bind(&self) -> Result<()> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| device_err("binding the context", e))
+    }
+}
+
+impl Device for CudaDevice {
+    fn alloc(&self, bytes: usize) -> Result<DevPtr> {
+        self.bind()?;
+        let s = self.stream.cu_stream();
+        // SAFETY: the stream is live; the memory is used only on this stream and zeroed first.
+        unsafe {
+            let p = result::malloc_async(s, bytes).map_err(|e| device_err("alloc", e))?;
+            result::memset_d8_async(p, 0, bytes, s).map_err(|e| device_err("alloc", e))?;
+            Ok(p)
+        }
+    }
+
+    fn free(&self, p: DevPtr) {
+        if self.bind().is_ok() {
+            // SAFETY: `p` came from `alloc` on this stream; later work on the stream is ordered after.
+            let _ = unsafe { result::free_async(p, self.stream.cu_stream()) };
+        }
+    }
+
+    fn htod(&self, dst: DevPtr, src: &[u8]) -> Result<()> {
+        self.bind()?;
+        // SAFETY: `dst` holds at least `src.len()` bytes (callers size their buffers); a pageable
+        // source is staged before this returns.
+        unsafe { result::memcpy_htod_async(dst, src, self.stream.cu_stream()) }
+            .map_err(|e| device_err("upload", e))
+    }
+
+    fn dtoh(&self, src: DevPtr, dst: &mut [u8]) -> Result<()> {
+        self.bind()?;
+        // SAFETY: `src` holds at least `dst.len()` bytes; the sync makes the copy complete.
+        unsafe { result::memcpy_dtoh_async(dst, src, self.stream.cu_stream()) }
+            .map_err(|e| device_err("download", e))?;
+        self.sync()
+    }
+
+    fn dtod(&self, dst: DevPtr, src: DevPtr, bytes: usize) -> Result<()> {
+        self.bind()?;
+        // SAFETY: both ranges are live device buffers of at least `bytes`.
+        unsafe { result::memcpy_dtod_async(dst, src, bytes, self.stream.cu_stream()) }
+            .map_err(|e| device_err("copy", e))
+    }
+
+    fn launch(&self, kernel: &str, grid: (u32, u32), block: u32, args: &[Arg]) -> Result<()> {
+        self.bind()?;
+        let f = self
+            .kernels
+            .get(kernel)
+            .ok_or_else(|| device_err("launch", format!("no kernel {kernel}")))?;
+        // Each argument in an 8-byte slot; the driver reads as many bytes as the parameter has.
+        let mut slots: Vec<[u8; 8]> = args
+            .iter()
+            .map(|a| {
+                let mut s = [0u8; 8];
+                match *a {
+                    Arg::Ptr(p) | Arg::U64(p) => s.copy_from_slice(&p.to_le_bytes()),
+                    Arg::I32(v) => s[..4].copy_from_slice(&v.to_le_bytes()),
+                    Arg::F32(v) => s[..4].copy_from_slice(&v.to_le_bytes()),
+                }
+                s
+            })
+            .collect();
+        let mut params: Vec<*mut c_void> =
+            slots.iter_mut().map(|s| s.as_mut_ptr().cast()).collect();
+        // SAFETY: the argument list matches the kernel's parameters (the emulator tests run the
+        // same lists against the same kernel source), and every pointer is a live buffer.
+        unsafe {
+            result::launch_kernel(
+                f.cu_function(),
+                (grid.0.max(1), grid.1.max(1), 1),
+                (block, 1, 1),
+                0,
+                self.stream.cu_stream(),
+                &mut params,
+            )
+        }
+        .map_err(|e| device_err("launch", format!("{kernel}: {e}")))
+    }
+
+    fn gemm(
+        &self,
+        m: usize,
+        n: usize,
+        k: usize,
+        w: DevPtr,
+        x: DevPtr,
+        out: DevPtr,
+        f32_inputs: bool,
+    ) -> Result<()> {
+        self.bind()?;
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        let ty = if f32_inputs {
+            blas_sys::cudaDataType::CUDA_R_32F
+        } else {
+            blas_sys::cudaDataType::CUDA_R_16BF
+        };
+        // Row-major out[n][m] is column-major C (m × n); w row-major [m][k] is read transposed.
+        // SAFETY: the three buffers hold m·k, n·k and n·m elements (checked by the caller).
+        unsafe {
+            blas::gemm_ex(
+                *self.blas.handle(),
+                blas_sys::cublasOperation_t::CUBLAS_OP_T,
+                blas_sys::cublasOperation_t::CUBLAS_OP_N,
+                m as i32,
+                n as i32,
+                k as i32,
+                (&alpha as *const f32).cast(),
+                w as *const c_void,
+                ty,
+                k as i32,
+                x as *const c_void,
+                ty,
+                k as i32,
+                (&beta as *const f32).cast(),
+                out as *mut c_void,
+                blas_sys::cudaDataType::CUDA_R_32F,
+                m as i32,
+                blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(|e| device_err("cublasGemmEx", format!("{e:?}")))
+    }
+
+    fn sync(&self) -> Result<()> {
+        self.stream
+            .synchronize()
+            .map_err(|e| device_err("synchronize", e))
+    }
+
+    fn mem_free(&self) -> Result<usize> {
+        self.bind()?;
+        self.ctx
+            .mem_get_info()
+            .map(|(free, _)| free)
+            .map_err(|e| device_err("mem_get_info", e))
+    }
+}
