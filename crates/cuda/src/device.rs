@@ -11,7 +11,7 @@ use suanli_backend::{BackendError, Result};
 pub type DevPtr = u64;
 
 /// One kernel argument, as the kernel declares it.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Arg {
     Ptr(DevPtr),
     I32(i32),
@@ -46,6 +46,26 @@ pub trait Device: Send + Sync + 'static {
     fn sync(&self) -> Result<()>;
     /// Free device memory in bytes.
     fn mem_free(&self) -> Result<usize>;
+
+    /// Start recording launches instead of running them (CUDA stream capture). `false`: this
+    /// device cannot record, and the launches run as they come.
+    fn begin_capture(&self) -> Result<bool> {
+        Ok(false)
+    }
+    /// Stop recording; the id of a replayable graph of the recorded launches.
+    fn end_capture(&self) -> Result<u64> {
+        Err(device_err(
+            "end_capture",
+            "this device does not record graphs",
+        ))
+    }
+    fn launch_graph(&self, _graph: u64) -> Result<()> {
+        Err(device_err(
+            "launch_graph",
+            "this device does not record graphs",
+        ))
+    }
+    fn drop_graph(&self, _graph: u64) {}
 }
 
 pub fn device_err(op: &'static str, detail: impl std::fmt::Display) -> BackendError {

@@ -5,9 +5,11 @@
 use crate::device::{device_err, Arg, DevPtr, Device};
 use crate::kernels::Kernels;
 use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
-use cudarc::driver::{result, CudaContext, CudaStream};
+use cudarc::driver::{result, sys, CudaContext, CudaGraph, CudaStream};
+use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::Arc;
+use std::sync::Mutex;
 use suanli_backend::Result;
 
 pub struct CudaDevice {
@@ -15,7 +17,15 @@ pub struct CudaDevice {
     stream: Arc<CudaStream>,
     blas: CudaBlas,
     kernels: Kernels,
+    graphs: Mutex<(u64, HashMap<u64, Graph>)>,
 }
+
+/// A recorded graph. CUDA graph handles may be used from any thread (the driver API is thread
+/// safe); cudarc leaves `CudaGraph` !Send only because it holds raw pointers. Every use here is
+/// behind the mutex.
+struct Graph(CudaGraph);
+// SAFETY: see above — the handles are plain driver objects, used one thread at a time.
+unsafe impl Send for Graph {}
 
 impl CudaDevice {
     /// Open device `ordinal`: context, stream, kernels (compiled or from the cache), cuBLAS.
@@ -46,6 +56,7 @@ impl CudaDevice {
                 stream,
                 blas,
                 kernels,
+                graphs: Mutex::new((0, HashMap::new())),
             },
             detail,
         ))
@@ -193,5 +204,44 @@ impl Device for CudaDevice {
             .mem_get_info()
             .map(|(free, _)| free)
             .map_err(|e| device_err("mem_get_info", e))
+    }
+
+    fn begin_capture(&self) -> Result<bool> {
+        if std::env::var("SUANLI_CUDA_GRAPHS").as_deref() == Ok("0") {
+            return Ok(false);
+        }
+        self.stream
+            .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(|e| device_err("begin_capture", e))?;
+        Ok(true)
+    }
+
+    fn end_capture(&self) -> Result<u64> {
+        let g = self
+            .stream
+            .end_capture(sys::CUgraphInstantiate_flags(0))
+            .map_err(|e| device_err("end_capture", e))?
+            .ok_or_else(|| device_err("end_capture", "nothing was recorded"))?;
+        let mut gs = self.graphs.lock().unwrap_or_else(|p| p.into_inner());
+        gs.0 += 1;
+        let id = gs.0;
+        gs.1.insert(id, Graph(g));
+        Ok(id)
+    }
+
+    fn launch_graph(&self, graph: u64) -> Result<()> {
+        let gs = self.graphs.lock().unwrap_or_else(|p| p.into_inner());
+        let g =
+            gs.1.get(&graph)
+                .ok_or_else(|| device_err("launch_graph", format!("no graph {graph}")))?;
+        g.0.launch().map_err(|e| device_err("launch_graph", e))
+    }
+
+    fn drop_graph(&self, graph: u64) {
+        self.graphs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .remove(&graph);
     }
 }

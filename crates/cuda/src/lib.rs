@@ -8,6 +8,7 @@
 
 pub mod device;
 mod driver;
+mod graph;
 mod kernels;
 mod scratch;
 
@@ -39,6 +40,7 @@ pub struct KvBuf {
 
 pub struct CudaBackend {
     dev: Arc<dyn Device>,
+    graphs: Arc<graph::GraphDevice>,
     caps: Capabilities,
     scratch: Mutex<scratch::Scratch>,
 }
@@ -74,8 +76,11 @@ impl CudaBackend {
         Ok(CudaBackend::with_device(Arc::new(dev), "cuda", detail))
     }
 
-    /// A backend over any `Device` (the tests pass the emulator).
+    /// A backend over any `Device` (the tests pass the emulator). Launches go through the graph
+    /// layer (`graph.rs`): repeated launch sequences replay as recorded graphs.
     pub fn with_device(dev: Arc<dyn Device>, name: &'static str, detail: String) -> CudaBackend {
+        let graphs = Arc::new(graph::GraphDevice::new(dev));
+        let dev: Arc<dyn Device> = graphs.clone();
         let caps = Capabilities {
             name,
             detail,
@@ -84,9 +89,15 @@ impl CudaBackend {
         };
         CudaBackend {
             dev,
+            graphs,
             caps,
             scratch: Mutex::new(Default::default()),
         }
+    }
+
+    /// (graph launches, plain kernel launches) issued so far.
+    pub fn launch_counts(&self) -> (u64, u64) {
+        self.graphs.counts()
     }
 
     /// Wait for all queued work.

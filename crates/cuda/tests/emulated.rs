@@ -116,6 +116,46 @@ fn emulated_kernels_run_the_golden_tiny_models() {
                 file.display()
             );
             assert!(err <= tol, "{arch} {}: {err} > {tol}", file.display());
+            // Decode steps (one row each, replayed as graphs) against the CPU backend.
+            let cpu = suanli_cpu::CpuBackend::new(Some(2)).unwrap();
+            let cpu_model = suanli_models::Model::load(&src, &cpu).unwrap();
+            let mut c = suanli_engine::Session::with_kv(cpu, cpu_model, 128, 5, kv).unwrap();
+            c.feed(&ids, ids.len() - 1).unwrap();
+            let argmax = |l: &[f32]| {
+                l.iter()
+                    .enumerate()
+                    .fold(
+                        (0, f32::NEG_INFINITY),
+                        |b, (i, &v)| if v > b.1 { (i, v) } else { b },
+                    )
+                    .0 as u32
+            };
+            let vocab = g["vocab"].as_u64().unwrap() as usize;
+            let mut next = argmax(&got[got.len() - vocab..]);
+            for step in 0..6 {
+                let a = s.feed(&[next], 0).unwrap().to_vec();
+                let b = c.feed(&[next], 0).unwrap().to_vec();
+                let scale = b.iter().map(|v| v.abs()).fold(0f32, f32::max);
+                let e = a
+                    .iter()
+                    .zip(&b)
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(0f32, f32::max)
+                    / scale;
+                assert!(e <= tol, "{arch}: decode step {step}: {e} > {tol}");
+                assert_eq!(
+                    argmax(&a),
+                    argmax(&b),
+                    "{arch}: decode step {step} picks another token"
+                );
+                next = argmax(&a);
+            }
+            let (graphs, plain) = s.backend.launch_counts();
+            println!("  launches: {graphs} graph replays, {plain} plain kernel launches");
+            assert!(
+                graphs >= 4,
+                "{arch}: repeated steps were not replayed as graphs ({graphs})"
+            );
         }
     }
 }

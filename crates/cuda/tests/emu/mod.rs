@@ -14,10 +14,15 @@ use suanli_cuda::CudaBackend;
 
 type LaunchFn = unsafe extern "C" fn(*const i8, u32, u32, u32, *mut *mut c_void) -> i32;
 
+type Recorded = Vec<(String, (u32, u32), u32, Vec<Arg>)>;
+
 pub struct EmuDevice {
     _lib: Library,
     launch: LaunchFn,
     mem: Mutex<HashMap<u64, std::alloc::Layout>>,
+    /// Stream capture: launches recorded instead of run, and the graphs made of them.
+    capture: Mutex<Option<Recorded>>,
+    graphs: Mutex<HashMap<u64, Recorded>>,
 }
 
 /// Build the emulated kernels in `dir` and return the CUDA backend on them.
@@ -59,6 +64,8 @@ pub fn backend(dir: &Path) -> CudaBackend {
         _lib: lib,
         launch,
         mem: Mutex::new(HashMap::new()),
+        capture: Mutex::new(None),
+        graphs: Mutex::new(HashMap::new()),
     };
     CudaBackend::with_device(
         Arc::new(dev),
@@ -71,6 +78,40 @@ fn bf16(p: u64, i: usize) -> f32 {
     // SAFETY: callers index inside the buffer the backend sized for this product.
     let b = unsafe { *(p as *const u16).add(i) };
     f32::from_bits((b as u32) << 16)
+}
+
+impl EmuDevice {
+    fn run(&self, kernel: &str, grid: (u32, u32), block: u32, args: &[Arg]) -> Result<()> {
+        let mut slots: Vec<[u8; 8]> = args
+            .iter()
+            .map(|a| {
+                let mut s = [0u8; 8];
+                match *a {
+                    Arg::Ptr(p) | Arg::U64(p) => s.copy_from_slice(&p.to_le_bytes()),
+                    Arg::I32(v) => s[..4].copy_from_slice(&v.to_le_bytes()),
+                    Arg::F32(v) => s[..4].copy_from_slice(&v.to_le_bytes()),
+                }
+                s
+            })
+            .collect();
+        let mut params: Vec<*mut c_void> =
+            slots.iter_mut().map(|s| s.as_mut_ptr().cast()).collect();
+        let name = CString::new(kernel).unwrap();
+        // SAFETY: as for cuLaunchKernel: one pointer per kernel parameter, to a value of its size.
+        let r = unsafe {
+            (self.launch)(
+                name.as_ptr(),
+                grid.0.max(1),
+                grid.1.max(1),
+                block,
+                params.as_mut_ptr(),
+            )
+        };
+        if r != 0 {
+            return Err(device_err("launch", format!("no kernel {kernel}")));
+        }
+        Ok(())
+    }
 }
 
 impl Device for EmuDevice {
@@ -107,35 +148,32 @@ impl Device for EmuDevice {
         Ok(())
     }
     fn launch(&self, kernel: &str, grid: (u32, u32), block: u32, args: &[Arg]) -> Result<()> {
-        let mut slots: Vec<[u8; 8]> = args
-            .iter()
-            .map(|a| {
-                let mut s = [0u8; 8];
-                match *a {
-                    Arg::Ptr(p) | Arg::U64(p) => s.copy_from_slice(&p.to_le_bytes()),
-                    Arg::I32(v) => s[..4].copy_from_slice(&v.to_le_bytes()),
-                    Arg::F32(v) => s[..4].copy_from_slice(&v.to_le_bytes()),
-                }
-                s
-            })
-            .collect();
-        let mut params: Vec<*mut c_void> =
-            slots.iter_mut().map(|s| s.as_mut_ptr().cast()).collect();
-        let name = CString::new(kernel).unwrap();
-        // SAFETY: as for cuLaunchKernel: one pointer per kernel parameter, to a value of its size.
-        let r = unsafe {
-            (self.launch)(
-                name.as_ptr(),
-                grid.0.max(1),
-                grid.1.max(1),
-                block,
-                params.as_mut_ptr(),
-            )
-        };
-        if r != 0 {
-            return Err(device_err("launch", format!("no kernel {kernel}")));
+        if let Some(rec) = self.capture.lock().unwrap().as_mut() {
+            rec.push((kernel.to_owned(), grid, block, args.to_vec()));
+            return Ok(());
+        }
+        self.run(kernel, grid, block, args)
+    }
+    fn begin_capture(&self) -> Result<bool> {
+        *self.capture.lock().unwrap() = Some(Vec::new());
+        Ok(true)
+    }
+    fn end_capture(&self) -> Result<u64> {
+        let rec = self.capture.lock().unwrap().take().expect("capturing");
+        let mut g = self.graphs.lock().unwrap();
+        let id = g.len() as u64 + 1;
+        g.insert(id, rec);
+        Ok(id)
+    }
+    fn launch_graph(&self, graph: u64) -> Result<()> {
+        let rec = self.graphs.lock().unwrap()[&graph].clone();
+        for (k, grid, block, args) in &rec {
+            self.run(k, *grid, *block, args)?;
         }
         Ok(())
+    }
+    fn drop_graph(&self, graph: u64) {
+        self.graphs.lock().unwrap().remove(&graph);
     }
     fn gemm(
         &self,
