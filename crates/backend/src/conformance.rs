@@ -492,7 +492,8 @@ fn check_attention<B: Backend>(b: &B, kvt: KvDType, hd: usize, rng: &mut Rng, re
         head_dim: hd,
     };
     // (context before the step, new tokens this step)
-    let shapes = [(150usize, 1usize), (37, 21), (0, 19), (1, 1)];
+    // (30, 70): a chunk long enough for a GPU's GEMM attention path.
+    let shapes = [(150usize, 1usize), (37, 21), (0, 19), (1, 1), (30, 70)];
     let mut free: Vec<u32> = (0..spec.num_blocks as u32).collect();
     rng.shuffle(&mut free);
     let tables: Vec<Vec<u32>> = shapes
@@ -578,13 +579,17 @@ fn check_attention<B: Backend>(b: &B, kvt: KvDType, hd: usize, rng: &mut Rng, re
         Ok(worst)
     })();
     // Outputs are convex combinations of values ~N(0,1); the reference uses the cache's rounding.
+    // An f16 cache lets a backend round queries and probabilities to f16 too (tensor-core
+    // attention, as FlashAttention and llama.cpp do): 2^-11 relative, so 2e-3 absolute. Indexing
+    // errors give errors of order one.
     let tol = match kvt {
-        KvDType::F32 | KvDType::F16 | KvDType::Q8_0 => 1e-4,
+        KvDType::F16 => 2e-3,
+        KvDType::F32 | KvDType::Q8_0 => 1e-4,
     };
     record(
         rep,
         "attention",
-        format!("{kvt:?} cache, head {hd}, GQA 8/2, 4 seqs"),
+        format!("{kvt:?} cache, head {hd}, GQA 8/2, 5 seqs"),
         tol,
         got,
     );

@@ -32,6 +32,7 @@ DEV void attention_impl(const float* __restrict__ q, const C* __restrict__ kc, c
     int kvh = h / (n_heads / n_kv), kv_dim = n_kv * hd;
     const u32* table = tables + row_meta[2 * row];
     int n_ctx = (int)row_meta[2 * row + 1];
+    if (n_ctx == 0) return;  // a row of a sequence taken by the GEMM path
     const float* qh = q + ((u64)row * n_heads + h) * hd;
     float qv[ATT_MAX_DIMS], acc[ATT_MAX_DIMS];
 #pragma unroll
@@ -92,6 +93,42 @@ DEV void attention_impl(const float* __restrict__ q, const C* __restrict__ kc, c
     }
 }
 
+// Long prefill chunks take cuBLAS instead (see lib.rs): a sequence's K and V are gathered from
+// the pages into contiguous [ctx, kv_dim] rows, scores S = Q·Kᵀ come from a batched GEMM, this
+// softmax turns each row into probabilities under the causal mask, and O = P·V is a second GEMM.
+template <typename C>
+DEV void gather_kv_impl(const C* kc, const C* vc, const u32* table, int ctx, int kv_dim, int bs, C* ko, C* vo) {
+    u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (u64)ctx * kv_dim) return;
+    int p = (int)(i / kv_dim), c = (int)(i % kv_dim);
+    u64 at = ((u64)table[p / bs] * bs + p % bs) * kv_dim + c;
+    ko[i] = kc[at];
+    vo[i] = vc[at];
+}
+
+// Row r of S ([rows, ctx], rows = heads of a group × q_len) is query i = r % q_len, which sees
+// positions < ctx - q_len + i + 1. One block per row.
+template <typename C>
+DEV void softmax_causal_impl(const float* s, int q_len, int ctx, C* p) {
+    __shared__ float red[32];
+    int r = blockIdx.x, i = r % q_len, visible = ctx - q_len + i + 1;
+    const float* sr = s + (u64)r * ctx;
+    C* pr = p + (u64)r * ctx;
+    float m = -INFINITY;
+    for (int j = threadIdx.x; j < visible; j += blockDim.x) m = fmaxf(m, sr[j]);
+    m = block_max(m, red);
+    float sum = 0.0f;
+    for (int j = threadIdx.x; j < visible; j += blockDim.x) sum += expf(sr[j] - m);
+    sum = block_sum(sum, red);
+    float inv = 1.0f / sum;
+    for (int j = threadIdx.x; j < ctx; j += blockDim.x) kv_put(pr + j, j < visible ? expf(sr[j] - m) * inv : 0.0f);
+}
+
+extern "C" __global__ void to_f16(const float* __restrict__ x, u64 n, u16* __restrict__ out) {
+    u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = f2h(x[i]);
+}
+
 #define KV_KERNELS(name, C)                                                                              \
     extern "C" __global__ void write_kv_##name(const float* k, const float* v, const u32* slots, int rows, \
                                                int kv_dim, C* kc, C* vc) {                                \
@@ -101,6 +138,13 @@ DEV void attention_impl(const float* __restrict__ q, const C* __restrict__ kc, c
                                                 const u32* row_meta, int n_heads, int n_kv, int hd,        \
                                                 int block_size, float scale, float* out) {                 \
         attention_impl<C>(q, kc, vc, tables, row_meta, n_heads, n_kv, hd, block_size, scale, out);        \
+    }                                                                                                     \
+    extern "C" __global__ void gather_kv_##name(const C* kc, const C* vc, const u32* table, int ctx,      \
+                                                int kv_dim, int bs, C* ko, C* vo) {                        \
+        gather_kv_impl<C>(kc, vc, table, ctx, kv_dim, bs, ko, vo);                                        \
+    }                                                                                                     \
+    extern "C" __global__ void softmax_causal_##name(const float* s, int q_len, int ctx, C* p) {          \
+        softmax_causal_impl<C>(s, q_len, ctx, p);                                                          \
     }
 KV_KERNELS(f32, float)
 KV_KERNELS(f16, u16)

@@ -59,3 +59,14 @@ DEV float block_sum(float v, float* shared32) {
     v = lane < nw ? shared32[lane] : 0.0f;
     return warp_sum(v);
 }
+
+// Max over a block (as block_sum).
+DEV float block_max(float v, float* shared32) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) shared32[warp] = v;
+    __syncthreads();
+    v = lane < nw ? shared32[lane] : -INFINITY;
+    return warp_max(v);
+}

@@ -19,6 +19,83 @@ pub enum Arg {
     F32(f32),
 }
 
+/// Element type of GEMM inputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Elem {
+    F32,
+    F16,
+    BF16,
+}
+
+impl Elem {
+    pub fn bytes(self) -> usize {
+        match self {
+            Elem::F32 => 4,
+            Elem::F16 | Elem::BF16 => 2,
+        }
+    }
+}
+
+/// `C_i = alpha · op(A_i) · op(B_i)` for i < batch, column-major as cuBLAS has it: op(A) is
+/// m × k (A stored k × m with `trans_a`), op(B) k × n, C m × n with leading dimension ldc;
+/// batch i starts `stride_*` elements after batch i − 1 (0: the same matrix for every i).
+/// A and B are `ab` elements, C is f32.
+#[derive(Clone, Copy, Debug)]
+pub struct Gemm {
+    pub trans_a: bool,
+    pub trans_b: bool,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub alpha: f32,
+    pub ab: Elem,
+    pub a: DevPtr,
+    pub lda: usize,
+    pub stride_a: usize,
+    pub b: DevPtr,
+    pub ldb: usize,
+    pub stride_b: usize,
+    pub c: DevPtr,
+    pub ldc: usize,
+    pub stride_c: usize,
+    pub batch: usize,
+}
+
+impl Gemm {
+    /// `out[n][m] = x[n][k] · w[m][k]ᵀ`, all row-major (a linear layer).
+    pub fn linear(
+        m: usize,
+        n: usize,
+        k: usize,
+        ab: Elem,
+        w: DevPtr,
+        x: DevPtr,
+        out: DevPtr,
+    ) -> Gemm {
+        // Row-major out[n][m] is column-major C (m × n); w row-major [m][k] is column-major
+        // k × m, read transposed; x row-major [n][k] is column-major k × n.
+        Gemm {
+            trans_a: true,
+            trans_b: false,
+            m,
+            n,
+            k,
+            alpha: 1.0,
+            ab,
+            a: w,
+            lda: k,
+            stride_a: 0,
+            b: x,
+            ldb: k,
+            stride_b: 0,
+            c: out,
+            ldc: m,
+            stride_c: 0,
+            batch: 1,
+        }
+    }
+}
+
 pub trait Device: Send + Sync + 'static {
     /// `bytes` of zeroed device memory.
     fn alloc(&self, bytes: usize) -> Result<DevPtr>;
@@ -30,19 +107,8 @@ pub trait Device: Send + Sync + 'static {
     fn dtod(&self, dst: DevPtr, src: DevPtr, bytes: usize) -> Result<()>;
     /// Launch `kernel` on a (grid.0 × grid.1) grid of `block`-thread blocks.
     fn launch(&self, kernel: &str, grid: (u32, u32), block: u32, args: &[Arg]) -> Result<()>;
-    /// `out[n][m] = x[n][k] · w[m][k]ᵀ` (row-major, f32 out), with `w` and `x` both bf16, or both
-    /// f32 when `f32_inputs`.
-    #[allow(clippy::too_many_arguments)]
-    fn gemm(
-        &self,
-        m: usize,
-        n: usize,
-        k: usize,
-        w: DevPtr,
-        x: DevPtr,
-        out: DevPtr,
-        f32_inputs: bool,
-    ) -> Result<()>;
+    /// A (strided, batched) GEMM in cuBLAS's column-major terms; f32 accumulation and output.
+    fn gemm(&self, g: &Gemm) -> Result<()>;
     fn sync(&self) -> Result<()>;
     /// Free device memory in bytes.
     fn mem_free(&self) -> Result<usize>;

@@ -2,7 +2,7 @@
 //! kernels of `kernels.rs`, cuBLAS for the GEMM. One stream carries all work, so ordering needs no
 //! events; memory comes from the stream-ordered allocator.
 
-use crate::device::{device_err, Arg, DevPtr, Device};
+use crate::device::{device_err, Arg, DevPtr, Device, Elem, Gemm};
 use crate::kernels::Kernels;
 use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
 use cudarc::driver::{result, sys, CudaContext, CudaGraph, CudaStream};
@@ -147,49 +147,50 @@ impl Device for CudaDevice {
         .map_err(|e| device_err("launch", format!("{kernel}: {e}")))
     }
 
-    fn gemm(
-        &self,
-        m: usize,
-        n: usize,
-        k: usize,
-        w: DevPtr,
-        x: DevPtr,
-        out: DevPtr,
-        f32_inputs: bool,
-    ) -> Result<()> {
+    fn gemm(&self, g: &Gemm) -> Result<()> {
         self.bind()?;
-        let (alpha, beta) = (1.0f32, 0.0f32);
-        let ty = if f32_inputs {
-            blas_sys::cudaDataType::CUDA_R_32F
-        } else {
-            blas_sys::cudaDataType::CUDA_R_16BF
+        let beta = 0.0f32;
+        let ty = match g.ab {
+            Elem::F32 => blas_sys::cudaDataType::CUDA_R_32F,
+            Elem::F16 => blas_sys::cudaDataType::CUDA_R_16F,
+            Elem::BF16 => blas_sys::cudaDataType::CUDA_R_16BF,
         };
-        // Row-major out[n][m] is column-major C (m × n); w row-major [m][k] is read transposed.
-        // SAFETY: the three buffers hold m·k, n·k and n·m elements (checked by the caller).
+        let op = |t: bool| {
+            if t {
+                blas_sys::cublasOperation_t::CUBLAS_OP_T
+            } else {
+                blas_sys::cublasOperation_t::CUBLAS_OP_N
+            }
+        };
+        // SAFETY: the caller sized A, B and C for these dimensions, strides and batch count.
         unsafe {
-            blas::gemm_ex(
+            blas::gemm_strided_batched_ex(
                 *self.blas.handle(),
-                blas_sys::cublasOperation_t::CUBLAS_OP_T,
-                blas_sys::cublasOperation_t::CUBLAS_OP_N,
-                m as i32,
-                n as i32,
-                k as i32,
-                (&alpha as *const f32).cast(),
-                w as *const c_void,
+                op(g.trans_a),
+                op(g.trans_b),
+                g.m as i32,
+                g.n as i32,
+                g.k as i32,
+                (&g.alpha as *const f32).cast(),
+                g.a as *const c_void,
                 ty,
-                k as i32,
-                x as *const c_void,
+                g.lda as i32,
+                g.stride_a as i64,
+                g.b as *const c_void,
                 ty,
-                k as i32,
+                g.ldb as i32,
+                g.stride_b as i64,
                 (&beta as *const f32).cast(),
-                out as *mut c_void,
+                g.c as *mut c_void,
                 blas_sys::cudaDataType::CUDA_R_32F,
-                m as i32,
+                g.ldc as i32,
+                g.stride_c as i64,
+                g.batch as i32,
                 blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
                 blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
             )
         }
-        .map_err(|e| device_err("cublasGemmEx", format!("{e:?}")))
+        .map_err(|e| device_err("cublasGemmStridedBatchedEx", format!("{e:?}")))
     }
 
     fn sync(&self) -> Result<()> {

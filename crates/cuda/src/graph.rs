@@ -174,18 +174,9 @@ impl Device for GraphDevice {
         });
         Ok(())
     }
-    fn gemm(
-        &self,
-        m: usize,
-        n: usize,
-        k: usize,
-        w: DevPtr,
-        x: DevPtr,
-        out: DevPtr,
-        f32_inputs: bool,
-    ) -> Result<()> {
+    fn gemm(&self, g: &crate::device::Gemm) -> Result<()> {
         self.flush()?;
-        self.inner.gemm(m, n, k, w, x, out, f32_inputs)
+        self.inner.gemm(g)
     }
     fn sync(&self) -> Result<()> {
         self.flush()?;

@@ -45,7 +45,16 @@ const PLAIN: [&str; 10] = [
     "argmax_rows",
     "write_kv_f32",
 ];
-const PLAIN2: [&str; 3] = ["write_kv_f16", "attention_f32", "attention_f16"];
+const PLAIN2: [&str; 8] = [
+    "write_kv_f16",
+    "attention_f32",
+    "attention_f16",
+    "gather_kv_f32",
+    "gather_kv_f16",
+    "softmax_causal_f32",
+    "softmax_causal_f16",
+    "to_f16",
+];
 
 /// The kernel name for a weight type, e.g. `matvec_q4_k`; None for types without kernels.
 pub fn typed_name(kind: &str, ty: DType) -> Option<String> {

@@ -14,17 +14,19 @@ mod scratch;
 
 pub use kernels::{compile, source, typed_name, WEIGHT_TYPES};
 
-use device::{f32_bytes, f32_bytes_mut, u32_bytes, u32_bytes_mut, Arg, DevBuf, Device};
+use device::{f32_bytes, f32_bytes_mut, u32_bytes, u32_bytes_mut, Arg, DevBuf, Device, Elem, Gemm};
 use scratch::ensure;
 use std::sync::{Arc, Mutex};
 use suanli_backend::{
-    shape_err, Act, AttnMeta, Backend, BackendError, Capabilities, HostTensor, KvDType, KvPages,
-    KvSpec, Result, RopeParams, RopeStyle, Weight, WeightRole,
+    shape_err, Act, AttnMeta, AttnSeq, Backend, BackendError, Capabilities, HostTensor, KvDType,
+    KvPages, KvSpec, Result, RopeParams, RopeStyle, Weight, WeightRole,
 };
 use suanli_core::{quant, DType};
 
 /// Products with at most this many rows take the matrix-vector kernels (`MV_MAX_TOKENS`).
 pub const MATVEC_MAX_ROWS: usize = 8;
+/// A sequence with at least this many new rows in a step takes the GEMM attention path.
+pub const ATTN_GEMM_MIN_ROWS: usize = 64;
 
 /// A weight in device memory: matrices in the file's block layout, vectors as f32.
 pub enum CudaWeight {
@@ -279,7 +281,8 @@ impl CudaBackend {
             )?;
             xb
         };
-        self.dev.gemm(m, n, k, wptr, xptr, out, f32_path)?;
+        let ab = if f32_path { Elem::F32 } else { Elem::BF16 };
+        self.dev.gemm(&Gemm::linear(m, n, k, ab, wptr, xptr, out))?;
         if let Some(b) = bias {
             self.launch(
                 "add_bias",
@@ -292,6 +295,123 @@ impl CudaBackend {
                     Arg::U64((n * m) as u64),
                 ],
             )?;
+        }
+        Ok(())
+    }
+
+    /// Attention of one sequence's long chunk through cuBLAS: gather its K/V pages into contiguous
+    /// rows, then per KV head S = scale·Q·Kᵀ for the group's query heads (one batched GEMM),
+    /// causal softmax, O = P·V (a second batched GEMM written straight into `out`'s rows).
+    #[allow(clippy::too_many_arguments)]
+    fn attention_gemm(
+        &self,
+        q: &Act<DevBuf>,
+        (kc, vc): (&KvBuf, &KvBuf),
+        s: &AttnSeq,
+        table: u64,
+        meta: &AttnMeta<'_>,
+        spec: &KvSpec,
+        out: &Act<DevBuf>,
+        sc: &mut scratch::Scratch,
+    ) -> Result<()> {
+        let (nh, nkv, hd) = (meta.n_heads, meta.n_kv_heads, meta.head_dim);
+        let (ctx, ql, kv_dim, group) = (s.ctx_len, s.q_len, spec.kv_dim(), nh / nkv);
+        let (elem, suffix) = if kc.f16 {
+            (Elem::F16, "f16")
+        } else {
+            (Elem::F32, "f32")
+        };
+        let eb = elem.bytes();
+        let kb = ensure(&self.dev, &mut sc.att_k, ctx * kv_dim * eb)?.ptr;
+        let vb = ensure(&self.dev, &mut sc.att_v, ctx * kv_dim * eb)?.ptr;
+        let args = [
+            kc.buf.arg(),
+            vc.buf.arg(),
+            Arg::Ptr(table),
+            Arg::I32(ctx as i32),
+            Arg::I32(kv_dim as i32),
+            Arg::I32(spec.block_size as i32),
+            Arg::Ptr(kb),
+            Arg::Ptr(vb),
+        ];
+        self.launch(
+            &format!("gather_kv_{suffix}"),
+            blocks(ctx * kv_dim, 256),
+            256,
+            &args,
+        )?;
+        // The chunk's queries in the cache's element type.
+        let q_off = q.buf.ptr + (s.q_start * nh * hd * 4) as u64;
+        let qb = if kc.f16 {
+            let qb = ensure(&self.dev, &mut sc.att_q, ql * nh * hd * 2)?.ptr;
+            let n = (ql * nh * hd) as u64;
+            self.launch(
+                "to_f16",
+                blocks(ql * nh * hd, 256),
+                256,
+                &[Arg::Ptr(q_off), Arg::U64(n), Arg::Ptr(qb)],
+            )?;
+            qb
+        } else {
+            q_off
+        };
+        let sb = ensure(&self.dev, &mut sc.att_s, group * ql * ctx * 4)?.ptr;
+        let pb = ensure(&self.dev, &mut sc.att_p, group * ql * ctx * eb)?.ptr;
+        let o_off = out.buf.ptr + (s.q_start * nh * hd * 4) as u64;
+        for kvh in 0..nkv {
+            let h0 = kvh * group;
+            // S_g (row-major [ql][ctx]) = column-major ctx × ql = K_kvhᵀ (ctx × hd) · Q_h (hd × ql).
+            self.dev.gemm(&Gemm {
+                trans_a: true,
+                trans_b: false,
+                m: ctx,
+                n: ql,
+                k: hd,
+                alpha: meta.scale,
+                ab: elem,
+                a: kb + (kvh * hd * eb) as u64,
+                lda: kv_dim,
+                stride_a: 0,
+                b: qb + (h0 * hd * eb) as u64,
+                ldb: nh * hd,
+                stride_b: hd,
+                c: sb,
+                ldc: ctx,
+                stride_c: ql * ctx,
+                batch: group,
+            })?;
+            let args = [
+                Arg::Ptr(sb),
+                Arg::I32(ql as i32),
+                Arg::I32(ctx as i32),
+                Arg::Ptr(pb),
+            ];
+            self.launch(
+                &format!("softmax_causal_{suffix}"),
+                ((group * ql) as u32, 1),
+                256,
+                &args,
+            )?;
+            // O_h (column-major hd × ql, ld nh·hd: out's rows) = V_kvh (hd × ctx) · P_g (ctx × ql).
+            self.dev.gemm(&Gemm {
+                trans_a: false,
+                trans_b: false,
+                m: hd,
+                n: ql,
+                k: ctx,
+                alpha: 1.0,
+                ab: elem,
+                a: vb + (kvh * hd * eb) as u64,
+                lda: kv_dim,
+                stride_a: 0,
+                b: pb,
+                ldb: ctx,
+                stride_b: ql * ctx,
+                c: o_off + (h0 * hd * 4) as u64,
+                ldc: nh * hd,
+                stride_c: hd,
+                batch: group,
+            })?;
         }
         Ok(())
     }
@@ -710,35 +830,53 @@ impl Backend for CudaBackend {
                 format!("q [{}, {}] with {nh}/{nkv} heads of {hd}", q.rows, q.cols),
             ));
         }
-        let (tables, row_meta) = attention_rows(meta, q.rows, &kv.spec)?;
+        let (tables, mut row_meta) = attention_rows(meta, q.rows, &kv.spec)?;
         out.rows = q.rows;
         if q.rows == 0 {
             return Ok(());
+        }
+        // Long prefill chunks go through cuBLAS; their rows are skipped by the per-row kernel.
+        let long: Vec<&AttnSeq> = meta
+            .seqs
+            .iter()
+            .filter(|s| s.q_len >= ATTN_GEMM_MIN_ROWS)
+            .collect();
+        for s in &long {
+            for r in s.q_start..s.q_start + s.q_len {
+                row_meta[2 * r + 1] = 0;
+            }
         }
         let mut sc = self.scratch();
         let sc = &mut *sc;
         let dev_tables = sc.tables.put(&self.dev, u32_bytes(&tables))?.ptr;
         let dev_meta = sc.row_meta.put(&self.dev, u32_bytes(&row_meta))?.ptr;
         let (kc, vc) = &kv.layers[layer];
-        let kernel = if kc.f16 {
-            "attention_f16"
-        } else {
-            "attention_f32"
-        };
-        let args = [
-            q.buf.arg(),
-            kc.buf.arg(),
-            vc.buf.arg(),
-            Arg::Ptr(dev_tables),
-            Arg::Ptr(dev_meta),
-            Arg::I32(nh as i32),
-            Arg::I32(nkv as i32),
-            Arg::I32(hd as i32),
-            Arg::I32(kv.spec.block_size as i32),
-            Arg::F32(meta.scale),
-            out.buf.arg(),
-        ];
-        self.launch(kernel, (nh.div_ceil(4) as u32, q.rows as u32), 128, &args)
+        if long.len() < meta.seqs.len() {
+            let kernel = if kc.f16 {
+                "attention_f16"
+            } else {
+                "attention_f32"
+            };
+            let args = [
+                q.buf.arg(),
+                kc.buf.arg(),
+                vc.buf.arg(),
+                Arg::Ptr(dev_tables),
+                Arg::Ptr(dev_meta),
+                Arg::I32(nh as i32),
+                Arg::I32(nkv as i32),
+                Arg::I32(hd as i32),
+                Arg::I32(kv.spec.block_size as i32),
+                Arg::F32(meta.scale),
+                out.buf.arg(),
+            ];
+            self.launch(kernel, (nh.div_ceil(4) as u32, q.rows as u32), 128, &args)?;
+        }
+        for s in long {
+            let table = dev_tables + 4 * row_meta[2 * s.q_start] as u64;
+            self.attention_gemm(q, (kc, vc), s, table, meta, &kv.spec, out, sc)?;
+        }
+        Ok(())
     }
 
     fn silu_mul(&self, gate: &Act<DevBuf>, up: &Act<DevBuf>, out: &mut Act<DevBuf>) -> Result<()> {

@@ -48,6 +48,12 @@ pub struct Scratch {
     pub gather: Option<DevBuf>,
     pub logits: Option<DevBuf>,
     pub ids_out: Option<DevBuf>,
+    /// The GEMM attention path: gathered K and V, queries in the cache's type, scores, probabilities.
+    pub att_k: Option<DevBuf>,
+    pub att_v: Option<DevBuf>,
+    pub att_q: Option<DevBuf>,
+    pub att_s: Option<DevBuf>,
+    pub att_p: Option<DevBuf>,
     pub ids: Upload,
     pub rows: Upload,
     pub positions: Upload,

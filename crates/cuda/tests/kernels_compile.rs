@@ -2,7 +2,12 @@
 //! backend loads is in the result. NVRTC needs no GPU; `scripts/test-cuda.sh` puts it on
 //! LD_LIBRARY_PATH and runs these (they are ignored by a plain `cargo test`).
 
-const ENTRIES: [&str; 13] = [
+const ENTRIES: [&str; 18] = [
+    "gather_kv_f32",
+    "gather_kv_f16",
+    "softmax_causal_f32",
+    "softmax_causal_f16",
+    "to_f16",
     "rms_norm",
     "rms_norm_groups",
     "rope",

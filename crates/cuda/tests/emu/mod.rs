@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use suanli_backend::Result;
-use suanli_cuda::device::{device_err, Arg, DevPtr, Device};
+use suanli_cuda::device::{device_err, Arg, DevPtr, Device, Elem, Gemm};
 use suanli_cuda::CudaBackend;
 
 type LaunchFn = unsafe extern "C" fn(*const i8, u32, u32, u32, *mut *mut c_void) -> i32;
@@ -72,12 +72,6 @@ pub fn backend(dir: &Path) -> CudaBackend {
         "cuda-emulated",
         "CUDA kernels on the host emulator".into(),
     )
-}
-
-fn bf16(p: u64, i: usize) -> f32 {
-    // SAFETY: callers index inside the buffer the backend sized for this product.
-    let b = unsafe { *(p as *const u16).add(i) };
-    f32::from_bits((b as u32) << 16)
 }
 
 impl EmuDevice {
@@ -175,28 +169,41 @@ impl Device for EmuDevice {
     fn drop_graph(&self, graph: u64) {
         self.graphs.lock().unwrap().remove(&graph);
     }
-    fn gemm(
-        &self,
-        m: usize,
-        n: usize,
-        k: usize,
-        w: DevPtr,
-        x: DevPtr,
-        out: DevPtr,
-        f32_inputs: bool,
-    ) -> Result<()> {
-        let get = |p: u64, i: usize| {
-            if f32_inputs {
-                unsafe { *(p as *const f32).add(i) }
-            } else {
-                bf16(p, i)
+    fn gemm(&self, g: &Gemm) -> Result<()> {
+        // cuBLAS's definition, element by element (column-major, optional transposes, strides).
+        let get = |p: u64, i: usize| -> f32 {
+            // SAFETY: indices stay inside the buffers the backend sized for this product.
+            unsafe {
+                match g.ab {
+                    Elem::F32 => *(p as *const f32).add(i),
+                    Elem::F16 => half::f16::from_bits(*(p as *const u16).add(i)).to_f32(),
+                    Elem::BF16 => half::bf16::from_bits(*(p as *const u16).add(i)).to_f32(),
+                }
             }
         };
-        for t in 0..n {
-            for r in 0..m {
-                let s: f32 = (0..k).map(|j| get(w, r * k + j) * get(x, t * k + j)).sum();
-                // SAFETY: out holds n·m floats.
-                unsafe { *(out as *mut f32).add(t * m + r) = s };
+        for bi in 0..g.batch {
+            let (a, b) = (bi * g.stride_a, bi * g.stride_b);
+            for col in 0..g.n {
+                for row in 0..g.m {
+                    let mut s = 0f32;
+                    for l in 0..g.k {
+                        let av = if g.trans_a {
+                            get(g.a, a + row * g.lda + l)
+                        } else {
+                            get(g.a, a + l * g.lda + row)
+                        };
+                        let bv = if g.trans_b {
+                            get(g.b, b + l * g.ldb + col)
+                        } else {
+                            get(g.b, b + col * g.ldb + l)
+                        };
+                        s += av * bv;
+                    }
+                    // SAFETY: C holds the batch's m × n block at this leading dimension.
+                    unsafe {
+                        *(g.c as *mut f32).add(bi * g.stride_c + col * g.ldc + row) = g.alpha * s
+                    };
+                }
             }
         }
         Ok(())
