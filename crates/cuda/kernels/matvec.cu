@@ -42,6 +42,57 @@ DEV void matvec_impl(const u8* __restrict__ w, int rows, int cols, u64 row_bytes
     }
 }
 
+// The same for float weights, with lane-contiguous 16-byte loads (see Vec8).
+template <int T>
+DEV void matvec_float_impl(const u8* __restrict__ w, int rows, int cols, u64 row_bytes, const float* __restrict__ x,
+                           int nt, const float* __restrict__ bias, float* __restrict__ out) {
+    int r = blockIdx.x * MV_WARPS + (threadIdx.x >> 5);
+    int lane = threadIdx.x & 31;
+    if (r >= rows) return;
+    const u8* row = w + (u64)r * row_bytes;
+    float acc[MV_MAX_TOKENS];
+#pragma unroll
+    for (int t = 0; t < MV_MAX_TOKENS; t++) acc[t] = 0.0f;
+#pragma unroll 4
+    for (int e = lane * 8; e < cols; e += 256) {
+        float v[8];
+        Vec8<T>::load(row, e, v);
+#pragma unroll
+        for (int t = 0; t < MV_MAX_TOKENS; t++) {
+            if (t < nt) {
+                const float4* xp = (const float4*)(x + (u64)t * cols + e);
+                float4 a = __ldg(xp), b = __ldg(xp + 1);
+                acc[t] += v[0] * a.x + v[1] * a.y + v[2] * a.z + v[3] * a.w + v[4] * b.x + v[5] * b.y + v[6] * b.z +
+                          v[7] * b.w;
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < MV_MAX_TOKENS; t++) {
+        if (t < nt) {
+            float s = warp_sum(acc[t]);
+            if (lane == 0) out[(u64)t * rows + r] = s + (bias ? bias[r] : 0.0f);
+        }
+    }
+}
+
+// Which matrix-vector kernel a type takes.
+template <int T> struct Mv {
+    DEV void run(const u8* w, int rows, int cols, u64 rb, const float* x, int nt, const float* bias, float* out) {
+        matvec_impl<T>(w, rows, cols, rb, x, nt, bias, out);
+    }
+};
+#define FLOAT_MV(T)                                                                                          \
+    template <> struct Mv<T> {                                                                               \
+        DEV void run(const u8* w, int rows, int cols, u64 rb, const float* x, int nt, const float* bias,     \
+                     float* out) {                                                                           \
+            matvec_float_impl<T>(w, rows, cols, rb, x, nt, bias, out);                                       \
+        }                                                                                                    \
+    };
+FLOAT_MV(T_F32)
+FLOAT_MV(T_F16)
+FLOAT_MV(T_BF16)
+
 // Dequantize a whole matrix to bf16 (row-major, as stored) for the tensor-core path: one thread
 // per unit.
 template <int T>
@@ -77,7 +128,7 @@ DEV void embed_impl(const u8* __restrict__ w, int rows, int cols, u64 row_bytes,
     extern "C" __global__ void __launch_bounds__(MV_WARPS * 32) matvec_##name(                      \
         const u8* w, int rows, int cols, u64 row_bytes, const float* x, int nt, const float* bias,   \
         float* out) {                                                                                 \
-        matvec_impl<T>(w, rows, cols, row_bytes, x, nt, bias, out);                                  \
+        Mv<T>::run(w, rows, cols, row_bytes, x, nt, bias, out);                                      \
     }                                                                                                 \
     extern "C" __global__ void dequant_bf16_##name(const u8* w, int rows, int cols, u64 row_bytes,   \
                                                    u16* out) {                                        \

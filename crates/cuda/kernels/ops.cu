@@ -79,36 +79,38 @@ extern "C" __global__ void gather_rows(const float* __restrict__ x, const u32* _
     for (int i = threadIdx.x; i < cols; i += blockDim.x) dst[i] = src[i];
 }
 
-// Index of the largest value of each row (first on ties), for greedy sampling on the device.
+// Index of the largest value of each row (first on ties), for greedy sampling on the device;
+// 0xffffffff when the row holds a NaN or an infinity (the engine fails that sequence).
+DEV void argmax_merge(float& best, int& idx, int& bad, int o) {
+    float ov = __shfl_xor_sync(0xffffffffu, best, o);
+    int oi = __shfl_xor_sync(0xffffffffu, idx, o);
+    bad |= __shfl_xor_sync(0xffffffffu, bad, o);
+    if (ov > best || (ov == best && oi < idx)) { best = ov; idx = oi; }
+}
 extern "C" __global__ void argmax_rows(const float* __restrict__ x, int cols, u32* __restrict__ out) {
     __shared__ float bv[32];
     __shared__ int bi[32];
+    __shared__ int bb[32];
     const float* xr = x + (u64)blockIdx.x * cols;
     float best = -INFINITY;
-    int idx = 0x7fffffff;
+    int idx = 0x7fffffff, bad = 0;
     for (int i = threadIdx.x; i < cols; i += blockDim.x) {
         float v = xr[i];
+        if (!(fabsf(v) <= 3.402823466e38f)) bad = 1;  // NaN or ±inf
         if (v > best) { best = v; idx = i; }
     }
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        float ov = __shfl_xor_sync(0xffffffffu, best, o);
-        int oi = __shfl_xor_sync(0xffffffffu, idx, o);
-        if (ov > best || (ov == best && oi < idx)) { best = ov; idx = oi; }
-    }
+    for (int o = 16; o > 0; o >>= 1) argmax_merge(best, idx, bad, o);
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    if (lane == 0) { bv[warp] = best; bi[warp] = idx; }
+    if (lane == 0) { bv[warp] = best; bi[warp] = idx; bb[warp] = bad; }
     __syncthreads();
     if (warp == 0) {
         int nw = blockDim.x >> 5;
         best = lane < nw ? bv[lane] : -INFINITY;
         idx = lane < nw ? bi[lane] : 0x7fffffff;
+        bad = lane < nw ? bb[lane] : 0;
 #pragma unroll
-        for (int o = 16; o > 0; o >>= 1) {
-            float ov = __shfl_xor_sync(0xffffffffu, best, o);
-            int oi = __shfl_xor_sync(0xffffffffu, idx, o);
-            if (ov > best || (ov == best && oi < idx)) { best = ov; idx = oi; }
-        }
-        if (lane == 0) out[blockIdx.x] = (u32)(idx == 0x7fffffff ? 0 : idx);
+        for (int o = 16; o > 0; o >>= 1) argmax_merge(best, idx, bad, o);
+        if (lane == 0) out[blockIdx.x] = bad ? 0xffffffffu : (u32)(idx == 0x7fffffff ? 0 : idx);
     }
 }

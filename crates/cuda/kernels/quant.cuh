@@ -189,6 +189,40 @@ template <> struct Fmt<T_Q6_K> {
     }
 };
 
+// Eight consecutive values at element `e` (a multiple of 8) of a float-typed row: one 16-byte
+// load for f16/bf16, two for f32, so a warp reading e = 8·lane + 256·i covers 512 contiguous
+// bytes (f16/bf16) per load — fully coalesced.
+template <int T> struct Vec8;
+template <> struct Vec8<T_F32> {
+    DEV void load(const u8* row, int e, float* v) {
+        const float4* p = (const float4*)(row + (size_t)e * 4);
+        float4 a = p[0], b = p[1];
+        v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w; v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
+    }
+};
+template <> struct Vec8<T_F16> {
+    DEV void load(const u8* row, int e, float* v) {
+        uint4 a = *(const uint4*)(row + (size_t)e * 2);
+        u32 w[4] = {a.x, a.y, a.z, a.w};
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            v[2 * j] = h2f((u16)(w[j] & 0xffff));
+            v[2 * j + 1] = h2f((u16)(w[j] >> 16));
+        }
+    }
+};
+template <> struct Vec8<T_BF16> {
+    DEV void load(const u8* row, int e, float* v) {
+        uint4 a = *(const uint4*)(row + (size_t)e * 2);
+        u32 w[4] = {a.x, a.y, a.z, a.w};
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            v[2 * j] = __uint_as_float(w[j] << 16);
+            v[2 * j + 1] = __uint_as_float(w[j] & 0xffff0000u);
+        }
+    }
+};
+
 // Every kernel that takes a weight type is instantiated for these.
 #define FOR_EACH_TYPE(X) \
     X(f32, T_F32) X(f16, T_F16) X(bf16, T_BF16) X(q4_0, T_Q4_0) X(q4_1, T_Q4_1) X(q5_0, T_Q5_0) \

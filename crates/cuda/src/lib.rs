@@ -149,29 +149,6 @@ impl CudaBackend {
         })
     }
 
-    /// Greedy tokens for the selected rows, computed on the device (only the ids come back).
-    pub fn argmax_logits(
-        &self,
-        x: &Act<DevBuf>,
-        rows: &[u32],
-        lm_head: &Weight<CudaWeight>,
-    ) -> Result<Vec<u32>> {
-        let mut sc = self.scratch();
-        let sc = &mut *sc;
-        self.logits_on_device(x, rows, lm_head, sc)?;
-        let ids = ensure(&self.dev, &mut sc.ids_out, rows.len() * 4)?;
-        let logits = sc.logits.as_ref().expect("filled by logits_on_device");
-        self.launch(
-            "argmax_rows",
-            (rows.len() as u32, 1),
-            1024,
-            &[logits.arg(), Arg::I32(lm_head.rows as i32), ids.arg()],
-        )?;
-        let mut out = vec![0u32; rows.len()];
-        self.dev.dtoh(ids.ptr, u32_bytes_mut(&mut out))?;
-        Ok(out)
-    }
-
     /// Logits of the selected rows into `sc.logits` (`[rows.len(), vocab]`, on the device).
     fn logits_on_device(
         &self,
@@ -925,6 +902,27 @@ impl Backend for CudaBackend {
             256,
             &[acc.buf.arg(), x.buf.arg(), Arg::U64(n as u64)],
         )
+    }
+
+    fn argmax_logits(
+        &self,
+        x: &Act<DevBuf>,
+        rows: &[u32],
+        lm_head: &Weight<CudaWeight>,
+    ) -> Result<Option<Vec<u32>>> {
+        if rows.is_empty() {
+            return Ok(Some(Vec::new()));
+        }
+        let mut sc = self.scratch();
+        let sc = &mut *sc;
+        self.logits_on_device(x, rows, lm_head, sc)?;
+        let ids = ensure(&self.dev, &mut sc.ids_out, rows.len() * 4)?;
+        let logits = sc.logits.as_ref().expect("filled by logits_on_device");
+        let args = [logits.arg(), Arg::I32(lm_head.rows as i32), ids.arg()];
+        self.launch("argmax_rows", (rows.len() as u32, 1), 1024, &args)?;
+        let mut out = vec![0u32; rows.len()];
+        self.dev.dtoh(ids.ptr, u32_bytes_mut(&mut out))?;
+        Ok(Some(out))
     }
 
     fn logits(

@@ -67,7 +67,29 @@ fn emulated_device_argmax_equals_the_host_argmax_of_the_logits() {
                 .0 as u32
         })
         .collect();
-    assert_eq!(b.argmax_logits(&x, &rows, &lm).unwrap(), want);
+    assert_eq!(b.argmax_logits(&x, &rows, &lm).unwrap(), Some(want));
+    // A row with a NaN or an infinity is flagged, not given a token.
+    let mut bad = rng.normals(n * cols, 1.0);
+    bad[2 * cols + 5] = f32::NAN;
+    bad[cols + 7] = f32::INFINITY;
+    // Logits equal to the inputs: an identity head of `cols` rows.
+    let id: Vec<u8> = (0..cols * cols)
+        .flat_map(|i| if i / cols == i % cols { 1f32 } else { 0f32 }.to_le_bytes())
+        .collect();
+    let idw = b
+        .prepare_weight(HostTensor {
+            name: "id",
+            dtype: suanli_core::DType::F32,
+            rows: cols,
+            cols,
+            bytes: &suanli_formats::Bytes::from_vec(id),
+            role: WeightRole::Matrix,
+        })
+        .unwrap();
+    b.upload(&bad, n, &mut x).unwrap();
+    let got = b.argmax_logits(&x, &[0, 1, 2], &idw).unwrap().unwrap();
+    assert_ne!(got[0], u32::MAX);
+    assert_eq!(&got[1..], &[u32::MAX, u32::MAX]);
 }
 
 /// Logits at every position of the golden input against transformers', through the real model
@@ -158,4 +180,60 @@ fn emulated_kernels_run_the_golden_tiny_models() {
             );
         }
     }
+}
+
+/// The batching engine on the emulated GPU backend — greedy tokens picked on the device — gives
+/// the tokens the CPU backend gives, for several sequences decoding together.
+#[test]
+fn emulated_batch_engine_matches_the_cpu() {
+    use suanli_engine::batch::{BatchEngine, Event, Request};
+    use suanli_engine::scheduler::SchedConfig;
+    let dir = tempfile::tempdir().unwrap();
+    let path = std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/tiny/qwen2"
+    ));
+    fn run<B: Backend>(b: B, path: &std::path::Path) -> Vec<Vec<u32>> {
+        let src = suanli_formats::open_model(path).unwrap();
+        let model = suanli_models::Model::load(&src, &b).unwrap();
+        let cfg = SchedConfig {
+            max_batch: 4,
+            max_step_tokens: 64,
+            max_queue: 8,
+            block_size: 16,
+            num_blocks: 32,
+            max_ctx: 96,
+        };
+        let mut e = BatchEngine::new(b, model, cfg, KvDType::F16, Vec::new()).unwrap();
+        let prompts: [&[u32]; 3] = [&[1, 2, 3, 4, 5, 6, 7], &[9, 8, 7], &[42; 20]];
+        for (i, p) in prompts.iter().enumerate() {
+            let params = suanli_engine::SamplingParams::greedy();
+            e.submit(
+                i as u64,
+                Request {
+                    prompt: p.to_vec(),
+                    params,
+                    max_tokens: 10,
+                    logprobs: None,
+                    prompt_logprobs: None,
+                },
+            )
+            .unwrap();
+        }
+        let mut out = vec![Vec::new(); 3];
+        while e.active() > 0 {
+            for (id, ev) in e.step().unwrap() {
+                match ev {
+                    Event::Token { id: t, .. } => out[id as usize].push(t),
+                    Event::Failed(m) => panic!("{m}"),
+                    _ => {}
+                }
+            }
+        }
+        out
+    }
+    let cpu = run(suanli_cpu::CpuBackend::new(Some(2)).unwrap(), path);
+    let gpu = run(emu::backend(dir.path()), path);
+    assert!(cpu.iter().all(|t| t.len() == 10));
+    assert_eq!(gpu, cpu);
 }

@@ -177,14 +177,44 @@ impl<B: Backend> BatchEngine<B> {
         let bs = self.sched.config().block_size;
         let plan = step.plan(bs);
         let vocab = self.model.vocab_size();
-        self.logits.resize(plan.logits_rows.len() * vocab, 0.0);
-        self.model.forward(
-            &self.backend,
-            &plan,
-            &mut self.kv,
-            &mut self.scratch,
-            &mut self.logits,
-        )?;
+        // When every row to sample is plain greedy without log-probabilities, the backend may
+        // pick the tokens itself (a GPU then sends ids, not vocabularies).
+        let seqs = &self.seqs;
+        let greedy_only = !plan.logits_rows.is_empty()
+            && step
+                .items
+                .iter()
+                .filter(|it| it.sample || it.logits_all)
+                .all(|it| {
+                    !it.logits_all
+                        && seqs.get(&it.seq).is_some_and(|st| {
+                            st.logprobs.is_none() && st.sampler.params().plain_greedy()
+                        })
+                });
+        let mut ids = None;
+        if greedy_only {
+            ids =
+                self.model
+                    .forward_greedy(&self.backend, &plan, &mut self.kv, &mut self.scratch)?;
+            if ids.is_none() {
+                self.logits.resize(plan.logits_rows.len() * vocab, 0.0);
+                self.model.head_logits(
+                    &self.backend,
+                    &plan,
+                    &mut self.scratch,
+                    &mut self.logits,
+                )?;
+            }
+        } else {
+            self.logits.resize(plan.logits_rows.len() * vocab, 0.0);
+            self.model.forward(
+                &self.backend,
+                &plan,
+                &mut self.kv,
+                &mut self.scratch,
+                &mut self.logits,
+            )?;
+        }
         let mut sampled = Vec::new();
         let mut events = Vec::new();
         let mut done = Vec::new();
@@ -226,18 +256,32 @@ impl<B: Backend> BatchEngine<B> {
                 ));
             }
             let r = first + rows - 1;
-            let logits = &mut self.logits[r * vocab..(r + 1) * vocab];
-            if let Some(bad) = logits.iter().find(|l| !l.is_finite()) {
-                failed.push((
-                    it.seq,
-                    format!(
-                        "the model produced a non-finite logit ({bad}) at position {}",
-                        st.history.len()
-                    ),
-                ));
-                continue;
-            }
-            let tok = st.sampler.sample(logits, &st.history);
+            let tok = if let Some(ids) = &ids {
+                if ids[r] == u32::MAX {
+                    failed.push((
+                        it.seq,
+                        format!(
+                            "the model produced a non-finite logit at position {}",
+                            st.history.len()
+                        ),
+                    ));
+                    continue;
+                }
+                ids[r]
+            } else {
+                let logits = &mut self.logits[r * vocab..(r + 1) * vocab];
+                if let Some(bad) = logits.iter().find(|l| !l.is_finite()) {
+                    failed.push((
+                        it.seq,
+                        format!(
+                            "the model produced a non-finite logit ({bad}) at position {}",
+                            st.history.len()
+                        ),
+                    ));
+                    continue;
+                }
+                st.sampler.sample(logits, &st.history)
+            };
             sampled.push((it.seq, tok));
             let ctx_full = st.history.len() + 1 >= self.sched.config().max_ctx;
             let reason = if self.eog.contains(&tok) {
@@ -245,8 +289,10 @@ impl<B: Backend> BatchEngine<B> {
             } else {
                 st.history.push(tok);
                 st.generated += 1;
+                let logits = &self.logits;
                 let logprobs = st.logprobs.map(|n| {
-                    let (logprob, top) = crate::sampler::logprobs(logits, tok, n);
+                    let (logprob, top) =
+                        crate::sampler::logprobs(&logits[r * vocab..(r + 1) * vocab], tok, n);
                     TokenLogprobs { logprob, top }
                 });
                 events.push((it.seq, Event::Token { id: tok, logprobs }));

@@ -45,6 +45,16 @@ impl SamplingParams {
         }
     }
 
+    /// Greedy with nothing that changes the logits first (no bias, no penalties): the token is
+    /// the argmax of the model's logits, which a backend may compute itself.
+    pub fn plain_greedy(&self) -> bool {
+        self.temperature <= 0.0
+            && self.logit_bias.is_empty()
+            && self.repeat_penalty == 1.0
+            && self.presence_penalty == 0.0
+            && self.frequency_penalty == 0.0
+    }
+
     /// Check ranges; the message names the parameter.
     pub fn validate(&self) -> Result<(), String> {
         let finite = |name: &str, v: f32| {
@@ -111,6 +121,10 @@ pub struct Sampler {
 }
 
 impl Sampler {
+    pub fn params(&self) -> &SamplingParams {
+        &self.params
+    }
+
     pub fn new(params: SamplingParams) -> Sampler {
         let seed = params.seed.unwrap_or_else(|| {
             let t = std::time::SystemTime::now()
