@@ -5,93 +5,96 @@
 #define MV_MAX_TOKENS 8
 #define MV_WARPS 4
 
+// This lane's partial dot products of one stored row with each of `nt` activation rows.
+// Quantized rows: the lane takes 32-value units u = lane, lane + 32, ...
+template <int T> struct RowDot {
+    DEV void run(const u8* __restrict__ row, int cols, const float* __restrict__ x, int nt, float* acc) {
+        int lane = threadIdx.x & 31, units = cols >> 5;
+        for (int u = lane; u < units; u += 32) {
+            float v[32];
+            Fmt<T>::unit(row, u, v);
+#pragma unroll
+            for (int t = 0; t < MV_MAX_TOKENS; t++) {
+                if (t < nt) {
+                    const float4* xp = (const float4*)(x + (u64)t * cols + u * 32);
+                    float s = 0.0f;
+#pragma unroll
+                    for (int i = 0; i < 8; i++) {
+                        float4 a = __ldg(xp + i);
+                        s += v[4 * i] * a.x + v[4 * i + 1] * a.y + v[4 * i + 2] * a.z + v[4 * i + 3] * a.w;
+                    }
+                    acc[t] += s;
+                }
+            }
+        }
+    }
+};
+
+// Float rows: lane-contiguous 16-byte loads at element 8·lane + 256·i (see Vec8).
+template <int T> struct FloatRowDot {
+    DEV void run(const u8* __restrict__ row, int cols, const float* __restrict__ x, int nt, float* acc) {
+        int lane = threadIdx.x & 31;
+#pragma unroll 4
+        for (int e = lane * 8; e < cols; e += 256) {
+            float v[8];
+            Vec8<T>::load(row, e, v);
+#pragma unroll
+            for (int t = 0; t < MV_MAX_TOKENS; t++) {
+                if (t < nt) {
+                    const float4* xp = (const float4*)(x + (u64)t * cols + e);
+                    float4 a = __ldg(xp), b = __ldg(xp + 1);
+                    acc[t] += v[0] * a.x + v[1] * a.y + v[2] * a.z + v[3] * a.w + v[4] * b.x + v[5] * b.y +
+                              v[6] * b.z + v[7] * b.w;
+                }
+            }
+        }
+    }
+};
+template <> struct RowDot<T_F32> : FloatRowDot<T_F32> {};
+template <> struct RowDot<T_F16> : FloatRowDot<T_F16> {};
+template <> struct RowDot<T_BF16> : FloatRowDot<T_BF16> {};
+
+// One warp per weight row: partial sums, warp reduction, bias, store.
+template <int T>
+DEV void matvec_row(const u8* __restrict__ w, int rows, int r, int cols, u64 row_bytes, const float* __restrict__ x,
+                    int nt, const float* __restrict__ bias, float* __restrict__ out) {
+    float acc[MV_MAX_TOKENS];
+#pragma unroll
+    for (int t = 0; t < MV_MAX_TOKENS; t++) acc[t] = 0.0f;
+    RowDot<T>::run(w + (u64)r * row_bytes, cols, x, nt, acc);
+    int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int t = 0; t < MV_MAX_TOKENS; t++) {
+        if (t < nt) {
+            float s = warp_sum(acc[t]);
+            if (lane == 0) out[(u64)t * rows + r] = s + (bias ? bias[r] : 0.0f);
+        }
+    }
+}
+
 template <int T>
 DEV void matvec_impl(const u8* __restrict__ w, int rows, int cols, u64 row_bytes, const float* __restrict__ x,
                      int nt, const float* __restrict__ bias, float* __restrict__ out) {
     int r = blockIdx.x * MV_WARPS + (threadIdx.x >> 5);
-    int lane = threadIdx.x & 31;
     if (r >= rows) return;
-    const u8* row = w + (u64)r * row_bytes;
-    float acc[MV_MAX_TOKENS];
-#pragma unroll
-    for (int t = 0; t < MV_MAX_TOKENS; t++) acc[t] = 0.0f;
-    int units = cols >> 5;
-    for (int u = lane; u < units; u += 32) {
-        float v[32];
-        Fmt<T>::unit(row, u, v);
-#pragma unroll
-        for (int t = 0; t < MV_MAX_TOKENS; t++) {
-            if (t < nt) {
-                const float4* xp = (const float4*)(x + (u64)t * cols + u * 32);
-                float s = 0.0f;
-#pragma unroll
-                for (int i = 0; i < 8; i++) {
-                    float4 a = __ldg(xp + i);
-                    s += v[4 * i] * a.x + v[4 * i + 1] * a.y + v[4 * i + 2] * a.z + v[4 * i + 3] * a.w;
-                }
-                acc[t] += s;
-            }
-        }
-    }
-#pragma unroll
-    for (int t = 0; t < MV_MAX_TOKENS; t++) {
-        if (t < nt) {
-            float s = warp_sum(acc[t]);
-            if (lane == 0) out[(u64)t * rows + r] = s + (bias ? bias[r] : 0.0f);
-        }
-    }
+    matvec_row<T>(w, rows, r, cols, row_bytes, x, nt, bias, out);
 }
 
-// The same for float weights, with lane-contiguous 16-byte loads (see Vec8).
+// Up to three products of the same input in one launch (Q/K/V, gate/up): the grid covers the
+// rows of all of them, each warp finds its matrix. Same type and columns for all.
 template <int T>
-DEV void matvec_float_impl(const u8* __restrict__ w, int rows, int cols, u64 row_bytes, const float* __restrict__ x,
-                           int nt, const float* __restrict__ bias, float* __restrict__ out) {
+DEV void matvec3_impl(const u8* w0, const u8* w1, const u8* w2, int r0, int r1, int r2, int cols, u64 row_bytes,
+                      const float* x, int nt, const float* b0, const float* b1, const float* b2, float* o0, float* o1,
+                      float* o2) {
     int r = blockIdx.x * MV_WARPS + (threadIdx.x >> 5);
-    int lane = threadIdx.x & 31;
-    if (r >= rows) return;
-    const u8* row = w + (u64)r * row_bytes;
-    float acc[MV_MAX_TOKENS];
-#pragma unroll
-    for (int t = 0; t < MV_MAX_TOKENS; t++) acc[t] = 0.0f;
-#pragma unroll 4
-    for (int e = lane * 8; e < cols; e += 256) {
-        float v[8];
-        Vec8<T>::load(row, e, v);
-#pragma unroll
-        for (int t = 0; t < MV_MAX_TOKENS; t++) {
-            if (t < nt) {
-                const float4* xp = (const float4*)(x + (u64)t * cols + e);
-                float4 a = __ldg(xp), b = __ldg(xp + 1);
-                acc[t] += v[0] * a.x + v[1] * a.y + v[2] * a.z + v[3] * a.w + v[4] * b.x + v[5] * b.y + v[6] * b.z +
-                          v[7] * b.w;
-            }
-        }
-    }
-#pragma unroll
-    for (int t = 0; t < MV_MAX_TOKENS; t++) {
-        if (t < nt) {
-            float s = warp_sum(acc[t]);
-            if (lane == 0) out[(u64)t * rows + r] = s + (bias ? bias[r] : 0.0f);
-        }
+    if (r < r0) {
+        matvec_row<T>(w0, r0, r, cols, row_bytes, x, nt, b0, o0);
+    } else if (r < r0 + r1) {
+        matvec_row<T>(w1, r1, r - r0, cols, row_bytes, x, nt, b1, o1);
+    } else if (r < r0 + r1 + r2) {
+        matvec_row<T>(w2, r2, r - r0 - r1, cols, row_bytes, x, nt, b2, o2);
     }
 }
-
-// Which matrix-vector kernel a type takes.
-template <int T> struct Mv {
-    DEV void run(const u8* w, int rows, int cols, u64 rb, const float* x, int nt, const float* bias, float* out) {
-        matvec_impl<T>(w, rows, cols, rb, x, nt, bias, out);
-    }
-};
-#define FLOAT_MV(T)                                                                                          \
-    template <> struct Mv<T> {                                                                               \
-        DEV void run(const u8* w, int rows, int cols, u64 rb, const float* x, int nt, const float* bias,     \
-                     float* out) {                                                                           \
-            matvec_float_impl<T>(w, rows, cols, rb, x, nt, bias, out);                                       \
-        }                                                                                                    \
-    };
-FLOAT_MV(T_F32)
-FLOAT_MV(T_F16)
-FLOAT_MV(T_BF16)
 
 // Dequantize a whole matrix to bf16 (row-major, as stored) for the tensor-core path: one thread
 // per unit.
@@ -128,7 +131,13 @@ DEV void embed_impl(const u8* __restrict__ w, int rows, int cols, u64 row_bytes,
     extern "C" __global__ void __launch_bounds__(MV_WARPS * 32) matvec_##name(                      \
         const u8* w, int rows, int cols, u64 row_bytes, const float* x, int nt, const float* bias,   \
         float* out) {                                                                                 \
-        Mv<T>::run(w, rows, cols, row_bytes, x, nt, bias, out);                                      \
+        matvec_impl<T>(w, rows, cols, row_bytes, x, nt, bias, out);                                  \
+    }                                                                                                 \
+    extern "C" __global__ void __launch_bounds__(MV_WARPS * 32) matvec3_##name(                     \
+        const u8* w0, const u8* w1, const u8* w2, int r0, int r1, int r2, int cols, u64 row_bytes,   \
+        const float* x, int nt, const float* b0, const float* b1, const float* b2, float* o0,        \
+        float* o1, float* o2) {                                                                       \
+        matvec3_impl<T>(w0, w1, w2, r0, r1, r2, cols, row_bytes, x, nt, b0, b1, b2, o0, o1, o2);     \
     }                                                                                                 \
     extern "C" __global__ void dequant_bf16_##name(const u8* w, int rows, int cols, u64 row_bytes,   \
                                                    u16* out) {                                        \

@@ -145,7 +145,9 @@ impl Kernels {
         let mut funcs = HashMap::new();
         let names = WEIGHT_TYPES
             .iter()
-            .flat_map(|(_, s)| ["matvec", "dequant_bf16", "embed"].map(|k| format!("{k}_{s}")))
+            .flat_map(|(_, s)| {
+                ["matvec", "matvec3", "dequant_bf16", "embed"].map(|k| format!("{k}_{s}"))
+            })
             .chain(PLAIN.iter().chain(&PLAIN2).map(|s| s.to_string()));
         for name in names {
             let f = module

@@ -694,6 +694,74 @@ impl Backend for CudaBackend {
         self.matmul(x.buf.ptr, x.rows, w, bias, out.buf.ptr, &mut sc)
     }
 
+    /// Two or three decode-sized products of one input with matrices of one type and width (Q/K/V,
+    /// gate/up) run as one launch; anything else as separate products.
+    fn linear_many(
+        &self,
+        x: &Act<DevBuf>,
+        ws: &[(&Weight<CudaWeight>, Option<&Weight<CudaWeight>>)],
+        outs: &mut [&mut Act<DevBuf>],
+    ) -> Result<()> {
+        let fused = (2..=3).contains(&ws.len())
+            && ws.len() == outs.len()
+            && x.rows <= MATVEC_MAX_ROWS
+            && x.rows > 0
+            && ws.iter().all(|(w, _)| {
+                w.dtype == ws[0].0.dtype
+                    && w.cols == x.cols
+                    && matches!(w.store, CudaWeight::Raw { .. })
+            })
+            && ws
+                .iter()
+                .zip(outs.iter())
+                .all(|((w, _), o)| o.cols == w.rows && o.capacity >= x.rows);
+        if !fused {
+            for ((w, b), o) in ws.iter().zip(outs.iter_mut()) {
+                self.linear(x, w, *b, o)?;
+            }
+            return Ok(());
+        }
+        let (mut ptrs, mut rows, mut biases, mut optrs) =
+            ([0u64; 3], [0i32; 3], [0u64; 3], [0u64; 3]);
+        let mut row_bytes = 0;
+        for (i, ((w, b), o)) in ws.iter().zip(outs.iter_mut()).enumerate() {
+            if let CudaWeight::Raw { buf, row_bytes: rb } = &w.store {
+                ptrs[i] = buf.ptr;
+                row_bytes = *rb;
+            }
+            rows[i] = w.rows as i32;
+            biases[i] = match b.map(|b| &b.store) {
+                None => 0,
+                Some(CudaWeight::F32(v)) if v.bytes == w.rows * 4 => v.ptr,
+                Some(_) => {
+                    return Err(shape_err(
+                        "linear_many",
+                        format!("bias is not a vector of {}", w.rows),
+                    ))
+                }
+            };
+            optrs[i] = o.buf.ptr;
+            o.rows = x.rows;
+        }
+        let total: usize = ws.iter().map(|(w, _)| w.rows).sum();
+        let mut args: Vec<Arg> = ptrs.iter().map(|&p| Arg::Ptr(p)).collect();
+        args.extend(rows.iter().map(|&r| Arg::I32(r)));
+        args.extend([
+            Arg::I32(x.cols as i32),
+            Arg::U64(row_bytes as u64),
+            x.buf.arg(),
+            Arg::I32(x.rows as i32),
+        ]);
+        args.extend(biases.iter().map(|&p| Arg::Ptr(p)));
+        args.extend(optrs.iter().map(|&p| Arg::Ptr(p)));
+        self.launch(
+            &self.typed("matvec3", ws[0].0.dtype)?,
+            blocks(total, 4),
+            128,
+            &args,
+        )
+    }
+
     fn rope(&self, x: &mut Act<DevBuf>, positions: &[u32], rope: &RopeParams) -> Result<()> {
         if positions.len() != x.rows
             || x.cols != rope.n_heads * rope.head_dim

@@ -25,9 +25,9 @@ const ENTRIES: [&str; 18] = [
 
 fn check_arch(major: i32, minor: i32) {
     let ptx = suanli_cuda::compile(major, minor).unwrap_or_else(|e| panic!("{e}"));
-    let typed = suanli_cuda::WEIGHT_TYPES
-        .iter()
-        .flat_map(|(_, s)| ["matvec", "dequant_bf16", "embed"].map(|k| format!("{k}_{s}")));
+    let typed = suanli_cuda::WEIGHT_TYPES.iter().flat_map(|(_, s)| {
+        ["matvec", "matvec3", "dequant_bf16", "embed"].map(|k| format!("{k}_{s}"))
+    });
     for name in ENTRIES.iter().map(|s| s.to_string()).chain(typed) {
         assert!(
             ptx.contains(&format!(".entry {name}(")),
