@@ -18,14 +18,15 @@ say() { echo "$@" | tee -a "$log"; }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee -a "$log" || true
 say "== conformance suite + golden tiny models on cuda:0"
-"$BIN" check-backend --device cuda 2>&1 | tee -a "$log"
+timeout 240 "$BIN" check-backend --device cuda 2>&1 | tee -a "$log"
 check_rc=${PIPESTATUS[0]}
 
 bench() {  # LABEL ARGS... → one JSON line per run
     local label=$1; shift
     local t0=$SECONDS
     local j
-    j=$("$BIN" bench --device cuda --json "$@" 2>>"$log.stderr") || { say "$label: FAILED (see $log.stderr)"; return; }
+    j=$(timeout "${BENCH_TIMEOUT:-150}" "$BIN" bench --device cuda --json "$@" 2>>"$log.stderr") || {
+        say "$label: FAILED or timed out (see $log.stderr)"; tail -5 "$log.stderr" | tee -a "$log"; return; }
     echo "$label $j" >> "$log.json"
     python3 - "$label" "$j" "$((SECONDS - t0))" <<'PY' | tee -a "$log"
 import json, sys
@@ -47,6 +48,9 @@ bench "qwen2.5-7b bf16"        --random qwen2.5-7b --prompt-tokens 2048 --batch 
 bench "qwen2.5-7b q4_k"        --random qwen2.5-7b:q4_k --prompt-tokens 2048 --batch 2048 --gen-tokens 128 --repetitions 3
 bench "qwen2.5-7b q8_0"        --random qwen2.5-7b:q8_0 --prompt-tokens 512 --batch 512 --gen-tokens 128 --repetitions 2
 [ "${QUICK:-0}" = 1 ] || bench "qwen2.5-72b q4_k" --random qwen2.5-72b:q4_k --prompt-tokens 512 --batch 512 --gen-tokens 32 --repetitions 1
+say "== where the time goes: 7B bf16, each kernel timed alone (SUANLI_CUDA_PROFILE=1, graphs off)"
+SUANLI_CUDA_PROFILE=1 timeout 120 "$BIN" bench --device cuda --random qwen2.5-7b --prompt-tokens 512 --batch 512 \
+    --gen-tokens 16 --repetitions 1 2>&1 | grep -A40 "CUDA profile" | tee -a "$log"
 say "== targets: 7B bf16 decode >= 240 tok/s (85% of bandwidth), batch 32 >= 3200 tok/s, prefill 2048 >= 45k tok/s;"
 say "   0.5B decode >= 1000 tok/s; 7B q4_k decode >= 80% of its bound"
 exit $check_rc

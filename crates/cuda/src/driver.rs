@@ -18,6 +18,9 @@ pub struct CudaDevice {
     blas: CudaBlas,
     kernels: Kernels,
     graphs: Mutex<(u64, HashMap<u64, Graph>)>,
+    /// `SUANLI_CUDA_PROFILE=1`: every launch and GEMM is timed (synchronously) per kernel name,
+    /// and the table is printed to stderr when the device closes. Graphs are off meanwhile.
+    profile: Option<Mutex<HashMap<String, (u64, f64)>>>,
 }
 
 /// A recorded graph. CUDA graph handles may be used from any thread (the driver API is thread
@@ -57,9 +60,108 @@ impl CudaDevice {
                 blas,
                 kernels,
                 graphs: Mutex::new((0, HashMap::new())),
+                profile: (std::env::var("SUANLI_CUDA_PROFILE").as_deref() == Ok("1"))
+                    .then(|| Mutex::new(HashMap::new())),
             },
             detail,
         ))
+    }
+
+    fn launch_now(&self, kernel: &str, grid: (u32, u32), block: u32, args: &[Arg]) -> Result<()> {
+        self.bind()?;
+        let f = self
+            .kernels
+            .get(kernel)
+            .ok_or_else(|| device_err("launch", format!("no kernel {kernel}")))?;
+        // Each argument in an 8-byte slot; the driver reads as many bytes as the parameter has.
+        let mut slots: Vec<[u8; 8]> = args
+            .iter()
+            .map(|a| {
+                let mut s = [0u8; 8];
+                match *a {
+                    Arg::Ptr(p) | Arg::U64(p) => s.copy_from_slice(&p.to_le_bytes()),
+                    Arg::I32(v) => s[..4].copy_from_slice(&v.to_le_bytes()),
+                    Arg::F32(v) => s[..4].copy_from_slice(&v.to_le_bytes()),
+                }
+                s
+            })
+            .collect();
+        let mut params: Vec<*mut c_void> =
+            slots.iter_mut().map(|s| s.as_mut_ptr().cast()).collect();
+        // SAFETY: the argument list matches the kernel's parameters (the emulator tests run the
+        // same lists against the same kernel source), and every pointer is a live buffer.
+        unsafe {
+            result::launch_kernel(
+                f.cu_function(),
+                (grid.0.max(1), grid.1.max(1), 1),
+                (block, 1, 1),
+                0,
+                self.stream.cu_stream(),
+                &mut params,
+            )
+        }
+        .map_err(|e| device_err("launch", format!("{kernel}: {e}")))
+    }
+
+    fn gemm_now(&self, g: &Gemm) -> Result<()> {
+        self.bind()?;
+        let beta = 0.0f32;
+        let ty = match g.ab {
+            Elem::F32 => blas_sys::cudaDataType::CUDA_R_32F,
+            Elem::F16 => blas_sys::cudaDataType::CUDA_R_16F,
+            Elem::BF16 => blas_sys::cudaDataType::CUDA_R_16BF,
+        };
+        let op = |t: bool| {
+            if t {
+                blas_sys::cublasOperation_t::CUBLAS_OP_T
+            } else {
+                blas_sys::cublasOperation_t::CUBLAS_OP_N
+            }
+        };
+        // SAFETY: the caller sized A, B and C for these dimensions, strides and batch count.
+        unsafe {
+            blas::gemm_strided_batched_ex(
+                *self.blas.handle(),
+                op(g.trans_a),
+                op(g.trans_b),
+                g.m as i32,
+                g.n as i32,
+                g.k as i32,
+                (&g.alpha as *const f32).cast(),
+                g.a as *const c_void,
+                ty,
+                g.lda as i32,
+                g.stride_a as i64,
+                g.b as *const c_void,
+                ty,
+                g.ldb as i32,
+                g.stride_b as i64,
+                (&beta as *const f32).cast(),
+                g.c as *mut c_void,
+                blas_sys::cudaDataType::CUDA_R_32F,
+                g.ldc as i32,
+                g.stride_c as i64,
+                g.batch as i32,
+                blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(|e| device_err("cublasGemmStridedBatchedEx", format!("{e:?}")))
+    }
+
+    /// Run `f`, timing it under `name` when profiling.
+    fn timed(&self, name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
+        let Some(p) = &self.profile else { return f() };
+        self.sync()?;
+        let t0 = std::time::Instant::now();
+        f()?;
+        self.sync()?;
+        let dt = t0.elapsed().as_secs_f64();
+        let mut m = p.lock().unwrap_or_else(|e| e.into_inner());
+        let e = m.entry(name.to_owned()).or_insert((0, 0.0));
+        e.0 += 1;
+        e.1 += dt;
+        Ok(())
     }
 
     fn bind(&self) -> Result<()> {
@@ -112,85 +214,18 @@ impl Device for CudaDevice {
     }
 
     fn launch(&self, kernel: &str, grid: (u32, u32), block: u32, args: &[Arg]) -> Result<()> {
-        self.bind()?;
-        let f = self
-            .kernels
-            .get(kernel)
-            .ok_or_else(|| device_err("launch", format!("no kernel {kernel}")))?;
-        // Each argument in an 8-byte slot; the driver reads as many bytes as the parameter has.
-        let mut slots: Vec<[u8; 8]> = args
-            .iter()
-            .map(|a| {
-                let mut s = [0u8; 8];
-                match *a {
-                    Arg::Ptr(p) | Arg::U64(p) => s.copy_from_slice(&p.to_le_bytes()),
-                    Arg::I32(v) => s[..4].copy_from_slice(&v.to_le_bytes()),
-                    Arg::F32(v) => s[..4].copy_from_slice(&v.to_le_bytes()),
-                }
-                s
-            })
-            .collect();
-        let mut params: Vec<*mut c_void> =
-            slots.iter_mut().map(|s| s.as_mut_ptr().cast()).collect();
-        // SAFETY: the argument list matches the kernel's parameters (the emulator tests run the
-        // same lists against the same kernel source), and every pointer is a live buffer.
-        unsafe {
-            result::launch_kernel(
-                f.cu_function(),
-                (grid.0.max(1), grid.1.max(1), 1),
-                (block, 1, 1),
-                0,
-                self.stream.cu_stream(),
-                &mut params,
-            )
-        }
-        .map_err(|e| device_err("launch", format!("{kernel}: {e}")))
+        self.timed(kernel, || self.launch_now(kernel, grid, block, args))
     }
 
     fn gemm(&self, g: &Gemm) -> Result<()> {
-        self.bind()?;
-        let beta = 0.0f32;
-        let ty = match g.ab {
-            Elem::F32 => blas_sys::cudaDataType::CUDA_R_32F,
-            Elem::F16 => blas_sys::cudaDataType::CUDA_R_16F,
-            Elem::BF16 => blas_sys::cudaDataType::CUDA_R_16BF,
-        };
-        let op = |t: bool| {
-            if t {
-                blas_sys::cublasOperation_t::CUBLAS_OP_T
+        self.timed(
+            if g.batch > 1 {
+                "cublas gemm (attention)"
             } else {
-                blas_sys::cublasOperation_t::CUBLAS_OP_N
-            }
-        };
-        // SAFETY: the caller sized A, B and C for these dimensions, strides and batch count.
-        unsafe {
-            blas::gemm_strided_batched_ex(
-                *self.blas.handle(),
-                op(g.trans_a),
-                op(g.trans_b),
-                g.m as i32,
-                g.n as i32,
-                g.k as i32,
-                (&g.alpha as *const f32).cast(),
-                g.a as *const c_void,
-                ty,
-                g.lda as i32,
-                g.stride_a as i64,
-                g.b as *const c_void,
-                ty,
-                g.ldb as i32,
-                g.stride_b as i64,
-                (&beta as *const f32).cast(),
-                g.c as *mut c_void,
-                blas_sys::cudaDataType::CUDA_R_32F,
-                g.ldc as i32,
-                g.stride_c as i64,
-                g.batch as i32,
-                blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-            )
-        }
-        .map_err(|e| device_err("cublasGemmStridedBatchedEx", format!("{e:?}")))
+                "cublas gemm"
+            },
+            || self.gemm_now(g),
+        )
     }
 
     fn sync(&self) -> Result<()> {
@@ -208,7 +243,7 @@ impl Device for CudaDevice {
     }
 
     fn begin_capture(&self) -> Result<bool> {
-        if std::env::var("SUANLI_CUDA_GRAPHS").as_deref() == Ok("0") {
+        if std::env::var("SUANLI_CUDA_GRAPHS").as_deref() == Ok("0") || self.profile.is_some() {
             return Ok(false);
         }
         self.stream
@@ -244,5 +279,33 @@ impl Device for CudaDevice {
             .unwrap_or_else(|p| p.into_inner())
             .1
             .remove(&graph);
+    }
+}
+
+impl Drop for CudaDevice {
+    fn drop(&mut self) {
+        let Some(p) = &self.profile else { return };
+        let m = p.lock().unwrap_or_else(|e| e.into_inner());
+        let total: f64 = m.values().map(|v| v.1).sum();
+        let mut rows: Vec<_> = m.iter().collect();
+        rows.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1));
+        eprintln!(
+            "CUDA profile (each launch timed alone, graphs off): {:.1} ms in all",
+            total * 1e3
+        );
+        eprintln!(
+            "{:<28} {:>9} {:>11} {:>9} {:>6}",
+            "kernel", "launches", "total ms", "mean µs", "share"
+        );
+        for (name, (n, t)) in rows {
+            eprintln!(
+                "{:<28} {:>9} {:>11.2} {:>9.1} {:>5.1}%",
+                name,
+                n,
+                t * 1e3,
+                t * 1e6 / *n as f64,
+                100.0 * t / total
+            );
+        }
     }
 }
