@@ -19,20 +19,25 @@ DEV void write_kv_impl(const float* k, const float* v, const u32* slots, int row
 #define ATT_CHUNK 8
 #define ATT_MAX_DIMS 8  // head_dim ≤ 256
 
-// One warp per (query row, head): online softmax over the row's causal context, ATT_CHUNK
-// positions per round so their reductions overlap. `row_meta[r]` = (table offset into `tables`,
-// number of positions the row sees). Lanes own dims lane, lane + 32, ...
+#define ATT_WARPS 8  // warps per (row, head): the context is split between them
+
+// One block of ATT_WARPS warps per (query row, head) (split-K decoding): warp w takes rounds
+// w, w + ATT_WARPS, ... of ATT_CHUNK positions, keeps its own online softmax (max, sum, output),
+// and the warps' partial results are merged at the end through shared memory. Within a round
+// the ATT_CHUNK reductions overlap. `row_meta[r]` = (table offset into `tables`, number of
+// positions the row sees; 0: the row belongs to the GEMM path). Lanes own dims lane, lane + 32, ...
 template <typename C>
 DEV void attention_impl(const float* __restrict__ q, const C* __restrict__ kc, const C* __restrict__ vc,
                         const u32* __restrict__ tables, const u32* __restrict__ row_meta, int n_heads, int n_kv,
                         int hd, int block_size, float scale, float* __restrict__ out) {
-    int h = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    int row = blockIdx.y, lane = threadIdx.x & 31;
-    if (h >= n_heads) return;
+    __shared__ float sm_m[ATT_WARPS], sm_l[ATT_WARPS];
+    __shared__ float sm_acc[ATT_WARPS][ATT_MAX_DIMS * 32];
+    int h = blockIdx.x, row = blockIdx.y;
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int kvh = h / (n_heads / n_kv), kv_dim = n_kv * hd;
     const u32* table = tables + row_meta[2 * row];
     int n_ctx = (int)row_meta[2 * row + 1];
-    if (n_ctx == 0) return;  // a row of a sequence taken by the GEMM path
+    if (n_ctx == 0) return;  // the whole block returns together
     const float* qh = q + ((u64)row * n_heads + h) * hd;
     float qv[ATT_MAX_DIMS], acc[ATT_MAX_DIMS];
 #pragma unroll
@@ -42,7 +47,7 @@ DEV void attention_impl(const float* __restrict__ q, const C* __restrict__ kc, c
         acc[i] = 0.0f;
     }
     float m = -INFINITY, l = 0.0f;
-    for (int p0 = 0; p0 < n_ctx; p0 += ATT_CHUNK) {
+    for (int p0 = warp * ATT_CHUNK; p0 < n_ctx; p0 += ATT_WARPS * ATT_CHUNK) {
         float s[ATT_CHUNK];
         u64 base[ATT_CHUNK];
 #pragma unroll
@@ -84,12 +89,28 @@ DEV void attention_impl(const float* __restrict__ q, const C* __restrict__ kc, c
         }
         m = cm;
     }
-    float* o = out + ((u64)row * n_heads + h) * hd;
-    float inv = l > 0.0f ? 1.0f / l : 0.0f;
+    // Merge: out = Σ_w acc_w·e^(m_w − M) / Σ_w l_w·e^(m_w − M), M = max_w m_w. A warp that saw
+    // no position has m = −inf and l = 0 and adds nothing.
+    if (lane == 0) {
+        sm_m[warp] = m;
+        sm_l[warp] = l;
+    }
 #pragma unroll
-    for (int i = 0; i < ATT_MAX_DIMS; i++) {
-        int d = lane + 32 * i;
-        if (d < hd) o[d] = acc[i] * inv;
+    for (int i = 0; i < ATT_MAX_DIMS; i++) sm_acc[warp][lane + 32 * i] = acc[i];
+    __syncthreads();
+    float big = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < ATT_WARPS; w++) big = fmaxf(big, sm_m[w]);
+    float total = 0.0f;
+#pragma unroll
+    for (int w = 0; w < ATT_WARPS; w++) total += sm_m[w] == -INFINITY ? 0.0f : sm_l[w] * expf(sm_m[w] - big);
+    float* o = out + ((u64)row * n_heads + h) * hd;
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float v = 0.0f;
+#pragma unroll
+        for (int w = 0; w < ATT_WARPS; w++)
+            if (sm_m[w] != -INFINITY) v += sm_acc[w][d] * expf(sm_m[w] - big);
+        o[d] = v / total;
     }
 }
 

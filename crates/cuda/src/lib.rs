@@ -915,7 +915,8 @@ impl Backend for CudaBackend {
                 Arg::F32(meta.scale),
                 out.buf.arg(),
             ];
-            self.launch(kernel, (nh.div_ceil(4) as u32, q.rows as u32), 128, &args)?;
+            // One block of ATT_WARPS (8) warps per (head, row).
+            self.launch(kernel, (nh as u32, q.rows as u32), 256, &args)?;
         }
         for s in long {
             let table = dev_tables + 4 * row_meta[2 * s.q_start] as u64;
