@@ -20,7 +20,7 @@ pub enum Arg {
 }
 
 /// Element type of GEMM inputs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Elem {
     F32,
     F16,
@@ -40,7 +40,7 @@ impl Elem {
 /// m × k (A stored k × m with `trans_a`), op(B) k × n, C m × n with leading dimension ldc;
 /// batch i starts `stride_*` elements after batch i − 1 (0: the same matrix for every i).
 /// A and B are `ab` elements, C is f32.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Gemm {
     pub trans_a: bool,
     pub trans_b: bool,

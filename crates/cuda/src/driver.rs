@@ -18,6 +18,7 @@ pub struct CudaDevice {
     blas: CudaBlas,
     kernels: Kernels,
     graphs: Mutex<(u64, HashMap<u64, Graph>)>,
+    workspace: u64,
     /// `SUANLI_CUDA_PROFILE=1`: every launch and GEMM is timed (synchronously) per kernel name,
     /// and the table is printed to stderr when the device closes. Graphs are off meanwhile.
     profile: Option<Mutex<HashMap<String, (u64, f64)>>>,
@@ -46,6 +47,17 @@ impl CudaDevice {
             .new_stream()
             .map_err(|e| format!("creating a stream: {e}"))?;
         let blas = CudaBlas::new(stream.clone()).map_err(|e| format!("starting cuBLAS: {e:?}"))?;
+        // A fixed cuBLAS workspace, so that GEMMs recorded into graphs never allocate.
+        const WORKSPACE: usize = 32 << 20;
+        // SAFETY: plain allocation on the live context; kept for the device's lifetime.
+        let workspace = unsafe { result::malloc_sync(WORKSPACE) }
+            .map_err(|e| format!("cuBLAS workspace: {e}"))?;
+        // SAFETY: the handle is live and the workspace outlives it (freed in Drop after it).
+        unsafe {
+            blas_sys::cublasSetWorkspace_v2(*blas.handle(), workspace as *mut c_void, WORKSPACE)
+        }
+        .result()
+        .map_err(|e| format!("cuBLAS workspace: {e:?}"))?;
         let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
         let (maj, min) = ctx.compute_capability().unwrap_or((0, 0));
         let mem = ctx.total_mem().unwrap_or(0);
@@ -60,6 +72,7 @@ impl CudaDevice {
                 blas,
                 kernels,
                 graphs: Mutex::new((0, HashMap::new())),
+                workspace,
                 profile: (std::env::var("SUANLI_CUDA_PROFILE").as_deref() == Ok("1"))
                     .then(|| Mutex::new(HashMap::new())),
             },
@@ -284,6 +297,9 @@ impl Device for CudaDevice {
 
 impl Drop for CudaDevice {
     fn drop(&mut self) {
+        let _ = self.sync();
+        // SAFETY: nothing runs any more on the stream that used it.
+        let _ = unsafe { result::free_sync(self.workspace) };
         let Some(p) = &self.profile else { return };
         let m = p.lock().unwrap_or_else(|e| e.into_inner());
         let total: f64 = m.values().map(|v| v.1).sum();

@@ -7,23 +7,29 @@
 //! written by copies before the held launches run. Nothing about results changes: a graph runs
 //! exactly the launches it replaces, in order.
 
-use crate::device::{Arg, DevPtr, Device};
+use crate::device::{Arg, DevPtr, Device, Gemm};
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use suanli_backend::Result;
 
+/// A held piece of device work: a kernel launch or a GEMM.
 #[derive(Clone, Debug, PartialEq)]
-struct Launch {
-    kernel: String,
-    grid: (u32, u32),
-    block: u32,
-    args: Vec<Arg>,
+enum Launch {
+    Kernel {
+        kernel: String,
+        grid: (u32, u32),
+        block: u32,
+        args: Vec<Arg>,
+    },
+    Gemm(Gemm),
 }
 
 struct Entry {
     launches: Vec<Launch>,
     graph: Option<u64>,
+    /// Recording failed once (e.g. a library call that cannot be captured): always run plain.
+    plain: bool,
 }
 
 /// Sequences shorter than this run as they are (a graph launch saves nothing on them).
@@ -48,18 +54,56 @@ pub struct GraphDevice {
 fn key(ls: &[Launch]) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     for l in ls {
-        l.kernel.hash(&mut h);
-        l.grid.hash(&mut h);
-        l.block.hash(&mut h);
-        for a in &l.args {
-            match *a {
-                Arg::Ptr(p) | Arg::U64(p) => p.hash(&mut h),
-                Arg::I32(v) => v.hash(&mut h),
-                Arg::F32(v) => v.to_bits().hash(&mut h),
+        match l {
+            Launch::Kernel {
+                kernel,
+                grid,
+                block,
+                args,
+            } => {
+                kernel.hash(&mut h);
+                grid.hash(&mut h);
+                block.hash(&mut h);
+                for a in args {
+                    match *a {
+                        Arg::Ptr(p) | Arg::U64(p) => p.hash(&mut h),
+                        Arg::I32(v) => v.hash(&mut h),
+                        Arg::F32(v) => v.to_bits().hash(&mut h),
+                    }
+                }
+            }
+            Launch::Gemm(g) => {
+                (
+                    g.trans_a, g.trans_b, g.m, g.n, g.k, g.ab, g.a, g.lda, g.stride_a,
+                )
+                    .hash(&mut h);
+                (
+                    g.b,
+                    g.ldb,
+                    g.stride_b,
+                    g.c,
+                    g.ldc,
+                    g.stride_c,
+                    g.batch,
+                    g.alpha.to_bits(),
+                )
+                    .hash(&mut h);
             }
         }
     }
     h.finish()
+}
+
+fn issue(dev: &dyn Device, l: &Launch) -> Result<()> {
+    match l {
+        Launch::Kernel {
+            kernel,
+            grid,
+            block,
+            args,
+        } => dev.launch(kernel, *grid, *block, args),
+        Launch::Gemm(g) => dev.gemm(g),
+    }
 }
 
 impl GraphDevice {
@@ -78,7 +122,7 @@ impl GraphDevice {
 
     fn run_plain(&self, st: &mut State, ls: &[Launch]) -> Result<()> {
         for l in ls {
-            self.inner.launch(&l.kernel, l.grid, l.block, &l.args)?;
+            issue(&*self.inner, l)?;
         }
         st.plain_runs += ls.len() as u64;
         Ok(())
@@ -110,31 +154,44 @@ impl GraphDevice {
                 Entry {
                     launches: pending,
                     graph: None,
+                    plain: false,
                 },
             );
             return Ok(());
         }
+        if st.seen.get(&k).is_some_and(|e| e.plain) {
+            return self.run_plain(&mut st, &pending);
+        }
         let graph = match st.seen.get(&k).and_then(|e| e.graph) {
             Some(g) => g,
             None => {
-                // Second sighting: record it.
+                // Second sighting: record it. If recording fails, this sequence runs plain from
+                // now on (nothing has run yet: a capture only records).
                 if !self.inner.begin_capture()? {
                     return self.run_plain(&mut st, &pending);
                 }
-                let mut recorded = Ok(());
-                for l in &pending {
-                    recorded = self.inner.launch(&l.kernel, l.grid, l.block, &l.args);
-                    if recorded.is_err() {
-                        break;
+                let recorded = pending.iter().try_for_each(|l| issue(&*self.inner, l));
+                let g = self.inner.end_capture();
+                match (recorded, g) {
+                    (Ok(()), Ok(g)) => {
+                        if let Some(e) = st.seen.get_mut(&k) {
+                            e.graph = Some(g);
+                        }
+                        g
+                    }
+                    (r, g) => {
+                        let why = r
+                            .err()
+                            .or(g.err())
+                            .map(|e| e.to_string())
+                            .unwrap_or_default();
+                        tracing::warn!("a launch sequence could not be recorded as a graph ({why}); running it plain");
+                        if let Some(e) = st.seen.get_mut(&k) {
+                            e.plain = true;
+                        }
+                        return self.run_plain(&mut st, &pending);
                     }
                 }
-                let g = self.inner.end_capture();
-                recorded?;
-                let g = g?;
-                if let Some(e) = st.seen.get_mut(&k) {
-                    e.graph = Some(g);
-                }
-                g
             }
         };
         self.inner.launch_graph(graph)?;
@@ -166,7 +223,7 @@ impl Device for GraphDevice {
     }
     fn launch(&self, kernel: &str, grid: (u32, u32), block: u32, args: &[Arg]) -> Result<()> {
         let mut st = self.st.lock().unwrap_or_else(|p| p.into_inner());
-        st.pending.push(Launch {
+        st.pending.push(Launch::Kernel {
             kernel: kernel.to_owned(),
             grid,
             block,
@@ -174,9 +231,10 @@ impl Device for GraphDevice {
         });
         Ok(())
     }
-    fn gemm(&self, g: &crate::device::Gemm) -> Result<()> {
-        self.flush()?;
-        self.inner.gemm(g)
+    fn gemm(&self, g: &Gemm) -> Result<()> {
+        let mut st = self.st.lock().unwrap_or_else(|p| p.into_inner());
+        st.pending.push(Launch::Gemm(*g));
+        Ok(())
     }
     fn sync(&self) -> Result<()> {
         self.flush()?;

@@ -193,34 +193,38 @@ fn emulated_batch_engine_matches_the_cpu() {
         env!("CARGO_MANIFEST_DIR"),
         "/../../tests/fixtures/tiny/qwen2"
     ));
-    fn run<B: Backend>(b: B, path: &std::path::Path) -> Vec<Vec<u32>> {
+    fn run<B: Backend>(b: B, path: &std::path::Path) -> (Vec<Vec<u32>>, B) {
         let src = suanli_formats::open_model(path).unwrap();
         let model = suanli_models::Model::load(&src, &b).unwrap();
         let cfg = SchedConfig {
-            max_batch: 4,
-            max_step_tokens: 64,
-            max_queue: 8,
+            max_batch: 10,
+            max_step_tokens: 256,
+            max_queue: 16,
             block_size: 16,
-            num_blocks: 32,
+            num_blocks: 64,
             max_ctx: 96,
         };
         let mut e = BatchEngine::new(b, model, cfg, KvDType::F16, Vec::new()).unwrap();
-        let prompts: [&[u32]; 3] = [&[1, 2, 3, 4, 5, 6, 7], &[9, 8, 7], &[42; 20]];
+        // Ten sequences: decode steps of ten rows take the GEMM path, and repeat (graph replay
+        // with GEMMs recorded in it).
+        let prompts: Vec<Vec<u32>> = (0..10u32)
+            .map(|i| (0..3 + 2 * i).map(|j| (i * 31 + j * 7) % 200 + 1).collect())
+            .collect();
         for (i, p) in prompts.iter().enumerate() {
             let params = suanli_engine::SamplingParams::greedy();
             e.submit(
                 i as u64,
                 Request {
-                    prompt: p.to_vec(),
+                    prompt: p.clone(),
                     params,
-                    max_tokens: 10,
+                    max_tokens: 8,
                     logprobs: None,
                     prompt_logprobs: None,
                 },
             )
             .unwrap();
         }
-        let mut out = vec![Vec::new(); 3];
+        let mut out = vec![Vec::new(); 10];
         while e.active() > 0 {
             for (id, ev) in e.step().unwrap() {
                 match ev {
@@ -230,10 +234,15 @@ fn emulated_batch_engine_matches_the_cpu() {
                 }
             }
         }
-        out
+        (out, e.into_parts().0)
     }
-    let cpu = run(suanli_cpu::CpuBackend::new(Some(2)).unwrap(), path);
-    let gpu = run(emu::backend(dir.path()), path);
-    assert!(cpu.iter().all(|t| t.len() == 10));
+    let (cpu, _) = run(suanli_cpu::CpuBackend::new(Some(2)).unwrap(), path);
+    let (gpu, b) = run(emu::backend(dir.path()), path);
+    assert!(cpu.iter().all(|t| t.len() == 8));
     assert_eq!(gpu, cpu);
+    let (graphs, _) = b.launch_counts();
+    assert!(
+        graphs >= 3,
+        "decode steps were not replayed as graphs ({graphs})"
+    );
 }

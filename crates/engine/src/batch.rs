@@ -114,6 +114,11 @@ impl<B: Backend> BatchEngine<B> {
         })
     }
 
+    /// Give back the backend and model (the KV cache is freed).
+    pub fn into_parts(self) -> (B, Model<B>) {
+        (self.backend, self.model)
+    }
+
     pub fn scheduler(&self) -> &Scheduler {
         &self.sched
     }

@@ -14,7 +14,12 @@ use suanli_cuda::CudaBackend;
 
 type LaunchFn = unsafe extern "C" fn(*const i8, u32, u32, u32, *mut *mut c_void) -> i32;
 
-type Recorded = Vec<(String, (u32, u32), u32, Vec<Arg>)>;
+#[derive(Clone)]
+enum Work {
+    Kernel(String, (u32, u32), u32, Vec<Arg>),
+    Gemm(Gemm),
+}
+type Recorded = Vec<Work>;
 
 pub struct EmuDevice {
     _lib: Library,
@@ -143,7 +148,7 @@ impl Device for EmuDevice {
     }
     fn launch(&self, kernel: &str, grid: (u32, u32), block: u32, args: &[Arg]) -> Result<()> {
         if let Some(rec) = self.capture.lock().unwrap().as_mut() {
-            rec.push((kernel.to_owned(), grid, block, args.to_vec()));
+            rec.push(Work::Kernel(kernel.to_owned(), grid, block, args.to_vec()));
             return Ok(());
         }
         self.run(kernel, grid, block, args)
@@ -161,8 +166,11 @@ impl Device for EmuDevice {
     }
     fn launch_graph(&self, graph: u64) -> Result<()> {
         let rec = self.graphs.lock().unwrap()[&graph].clone();
-        for (k, grid, block, args) in &rec {
-            self.run(k, *grid, *block, args)?;
+        for w in &rec {
+            match w {
+                Work::Kernel(k, grid, block, args) => self.run(k, *grid, *block, args)?,
+                Work::Gemm(g) => self.run_gemm(g),
+            }
         }
         Ok(())
     }
@@ -170,6 +178,23 @@ impl Device for EmuDevice {
         self.graphs.lock().unwrap().remove(&graph);
     }
     fn gemm(&self, g: &Gemm) -> Result<()> {
+        if let Some(rec) = self.capture.lock().unwrap().as_mut() {
+            rec.push(Work::Gemm(*g));
+            return Ok(());
+        }
+        self.run_gemm(g);
+        Ok(())
+    }
+    fn sync(&self) -> Result<()> {
+        Ok(())
+    }
+    fn mem_free(&self) -> Result<usize> {
+        Ok(8 << 30)
+    }
+}
+
+impl EmuDevice {
+    fn run_gemm(&self, g: &Gemm) {
         // cuBLAS's definition, element by element (column-major, optional transposes, strides).
         let get = |p: u64, i: usize| -> f32 {
             // SAFETY: indices stay inside the buffers the backend sized for this product.
@@ -206,12 +231,5 @@ impl Device for EmuDevice {
                 }
             }
         }
-        Ok(())
-    }
-    fn sync(&self) -> Result<()> {
-        Ok(())
-    }
-    fn mem_free(&self) -> Result<usize> {
-        Ok(8 << 30)
     }
 }
