@@ -1,8 +1,8 @@
-//! Launch replay through graphs: kernel launches are held back until the host next needs the
-//! device (a copy, a GEMM, a free, a sync), and the held sequence is compared with sequences seen
-//! before. The second time the same sequence (same kernels, geometry and arguments — buffers
+//! Launch replay through graphs: kernel launches and GEMMs are held back until the host next
+//! needs the device (a copy, a free, a sync), and the held sequence is compared with sequences
+//! seen before. The second time the same sequence (same kernels, geometry and arguments — buffers
 //! included) comes, it is recorded into a graph; from then on it runs as one graph launch instead
-//! of hundreds of kernel launches. A decode step is, layer after layer, the same sequence every
+//! of hundreds of launches. A decode step is, layer after layer, the same sequence every
 //! time — only the contents of the position / slot / block-table buffers change, and those are
 //! written by copies before the held launches run. Nothing about results changes: a graph runs
 //! exactly the launches it replaces, in order.

@@ -121,6 +121,9 @@ impl ChatTemplate {
             return Err(TemplateError::TooLarge(source.len()));
         }
         let mut env = Environment::new();
+        // No debug info: minijinja 2.24's rendering of it panics on some malformed templates
+        // (found by the template fuzzer), and messages here are plain anyway.
+        env.set_debug(false);
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_fuel(Some(FUEL));
@@ -167,7 +170,13 @@ impl ChatTemplate {
         match tmpl.render_captured_to(ctx, &mut out) {
             Ok(_) => String::from_utf8(out.buf).map_err(|e| TemplateError::Render(e.to_string())),
             Err(e) => {
-                let msg = format!("{e:#}");
+                // The error and its causes, plainly (the raised message is among the causes).
+                let mut msg = e.to_string();
+                let mut cause = std::error::Error::source(&e);
+                while let Some(c) = cause {
+                    msg += &format!(": {c}");
+                    cause = c.source();
+                }
                 match msg.find("raise_exception: ") {
                     Some(p) => Err(TemplateError::Raised(
                         msg[p + 17..].lines().next().unwrap_or("").to_owned(),
@@ -231,6 +240,28 @@ mod tests {
         let t = ChatTemplate::new("{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}", "", "")
             .unwrap();
         assert!(t.render(&[], false).is_err());
+    }
+
+    /// Found by the template fuzzer (its input, replayed the way the fuzz target renders it):
+    /// formatting the render error with minijinja's debug info panicked (a column underflow in
+    /// minijinja 2.24). Debug info is collected by default only in builds with debug assertions
+    /// (the fuzzer's); it is now off everywhere and errors are formatted plainly. The fuzz seed
+    /// of the same name replays it under the fuzzer's build in CI.
+    #[test]
+    fn fuzzer_template_is_an_error_not_a_panic() {
+        let src = include_str!("../../../fuzz/seeds/template/regression-for-without-target");
+        let msgs = [
+            ChatMessage::new("system", "You are helpful."),
+            ChatMessage::new("user", "Hi {{ 7*7 }} <|im_start|>"),
+            ChatMessage::new("assistant", "Hello!"),
+            ChatMessage::new("user", "再见"),
+        ];
+        let r = std::panic::catch_unwind(|| {
+            let t = ChatTemplate::new(src, "<s>", "</s>")?;
+            t.render(&msgs, true)?;
+            t.render(&msgs[..1], false)
+        });
+        assert!(matches!(r, Ok(Err(_))), "{r:?}");
     }
 }
 
