@@ -196,30 +196,19 @@ impl<B: Backend> BatchEngine<B> {
                             st.logprobs.is_none() && st.sampler.params().plain_greedy()
                         })
                 });
-        let mut ids = None;
-        if greedy_only {
-            ids =
-                self.model
-                    .forward_greedy(&self.backend, &plan, &mut self.kv, &mut self.scratch)?;
-            if ids.is_none() {
-                self.logits.resize(plan.logits_rows.len() * vocab, 0.0);
-                self.model.head_logits(
-                    &self.backend,
-                    &plan,
-                    &mut self.scratch,
-                    &mut self.logits,
-                )?;
-            }
+        self.logits.resize(plan.logits_rows.len() * vocab, 0.0);
+        let (b, kv, scratch, logits) = (
+            &self.backend,
+            &mut self.kv,
+            &mut self.scratch,
+            &mut self.logits,
+        );
+        let ids = if greedy_only {
+            self.model.forward_greedy(b, &plan, kv, scratch, logits)?
         } else {
-            self.logits.resize(plan.logits_rows.len() * vocab, 0.0);
-            self.model.forward(
-                &self.backend,
-                &plan,
-                &mut self.kv,
-                &mut self.scratch,
-                &mut self.logits,
-            )?;
-        }
+            self.model.forward(b, &plan, kv, scratch, logits)?;
+            None
+        };
         let mut sampled = Vec::new();
         let mut events = Vec::new();
         let mut done = Vec::new();

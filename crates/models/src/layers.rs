@@ -240,51 +240,39 @@ impl<B: Backend> Model<B> {
         logits: &mut [f32],
     ) -> Result<(), BackendError> {
         self.forward_hidden(b, plan, kv, s)?;
-        self.head_logits(b, plan, s, logits)
+        if plan.logits_rows.is_empty() {
+            return Ok(());
+        }
+        b.rms_norm(&s.x, &self.norm, self.cfg.rms_norm_eps, &mut s.h)?;
+        b.logits(&s.h, &plan.logits_rows, self.head(), logits)
     }
 
-    /// Like `forward`, but only the greedy token of each logits row comes back (`u32::MAX` for
-    /// a row with non-finite logits), when the backend can pick it itself; `None` otherwise,
-    /// after which `head_logits` gives the logits of this same step.
+    /// Like `forward`, but when the backend can pick the greedy token of each logits row itself
+    /// (`u32::MAX` for a row with non-finite logits) only those come back; otherwise `logits`
+    /// is filled as by `forward` and the result is `None`.
     pub fn forward_greedy(
         &self,
         b: &B,
         plan: &BatchPlan,
         kv: &mut KvPages<B::KvBuffer>,
         s: &mut Scratch<B>,
+        logits: &mut [f32],
     ) -> Result<Option<Vec<u32>>, BackendError> {
         self.forward_hidden(b, plan, kv, s)?;
         if plan.logits_rows.is_empty() {
             return Ok(Some(Vec::new()));
         }
-        let c = &self.cfg;
-        b.rms_norm(&s.x, &self.norm, c.rms_norm_eps, &mut s.h)?;
-        b.argmax_logits(
-            &s.h,
-            &plan.logits_rows,
-            self.lm_head.as_ref().unwrap_or(&self.embed),
-        )
+        b.rms_norm(&s.x, &self.norm, self.cfg.rms_norm_eps, &mut s.h)?;
+        let ids = b.argmax_logits(&s.h, &plan.logits_rows, self.head())?;
+        if ids.is_none() {
+            b.logits(&s.h, &plan.logits_rows, self.head(), logits)?;
+        }
+        Ok(ids)
     }
 
-    /// The logits of the rows `plan` asks for, from the hidden state the step left in `s`.
-    pub fn head_logits(
-        &self,
-        b: &B,
-        plan: &BatchPlan,
-        s: &mut Scratch<B>,
-        logits: &mut [f32],
-    ) -> Result<(), BackendError> {
-        if plan.logits_rows.is_empty() {
-            return Ok(());
-        }
-        let c = &self.cfg;
-        b.rms_norm(&s.x, &self.norm, c.rms_norm_eps, &mut s.h)?;
-        b.logits(
-            &s.h,
-            &plan.logits_rows,
-            self.lm_head.as_ref().unwrap_or(&self.embed),
-            logits,
-        )
+    /// The output projection (the embedding table when tied).
+    fn head(&self) -> &Weight<B::WeightStore> {
+        self.lm_head.as_ref().unwrap_or(&self.embed)
     }
 
     /// The transformer layers of one step (no head): K/V into `kv`, hidden state in `s.x`.
