@@ -96,6 +96,24 @@ impl Gemm {
     }
 }
 
+impl Arg {
+    /// Each argument in an 8-byte slot, as `cuLaunchKernel` reads them (a parameter takes as many
+    /// bytes of its slot as it has).
+    pub fn slots(args: &[Arg]) -> Vec<[u8; 8]> {
+        args.iter()
+            .map(|a| {
+                let mut s = [0u8; 8];
+                match *a {
+                    Arg::Ptr(p) | Arg::U64(p) => s.copy_from_slice(&p.to_le_bytes()),
+                    Arg::I32(v) => s[..4].copy_from_slice(&v.to_le_bytes()),
+                    Arg::F32(v) => s[..4].copy_from_slice(&v.to_le_bytes()),
+                }
+                s
+            })
+            .collect()
+    }
+}
+
 pub trait Device: Send + Sync + 'static {
     /// `bytes` of zeroed device memory.
     fn alloc(&self, bytes: usize) -> Result<DevPtr>;

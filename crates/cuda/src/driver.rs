@@ -87,18 +87,7 @@ impl CudaDevice {
             .get(kernel)
             .ok_or_else(|| device_err("launch", format!("no kernel {kernel}")))?;
         // Each argument in an 8-byte slot; the driver reads as many bytes as the parameter has.
-        let mut slots: Vec<[u8; 8]> = args
-            .iter()
-            .map(|a| {
-                let mut s = [0u8; 8];
-                match *a {
-                    Arg::Ptr(p) | Arg::U64(p) => s.copy_from_slice(&p.to_le_bytes()),
-                    Arg::I32(v) => s[..4].copy_from_slice(&v.to_le_bytes()),
-                    Arg::F32(v) => s[..4].copy_from_slice(&v.to_le_bytes()),
-                }
-                s
-            })
-            .collect();
+        let mut slots = Arg::slots(args);
         let mut params: Vec<*mut c_void> =
             slots.iter_mut().map(|s| s.as_mut_ptr().cast()).collect();
         // SAFETY: the argument list matches the kernel's parameters (the emulator tests run the

@@ -33,7 +33,8 @@ pub const WEIGHT_TYPES: [(DType, &str); 11] = [
     (DType::Q6K, "q6_k"),
 ];
 
-const PLAIN: [&str; 10] = [
+/// Kernels without a weight type.
+const PLAIN: [&str; 18] = [
     "rms_norm",
     "rms_norm_groups",
     "rope",
@@ -41,11 +42,10 @@ const PLAIN: [&str; 10] = [
     "add",
     "add_bias",
     "to_bf16",
+    "to_f16",
     "gather_rows",
     "argmax_rows",
     "write_kv_f32",
-];
-const PLAIN2: [&str; 8] = [
     "write_kv_f16",
     "attention_f32",
     "attention_f16",
@@ -53,8 +53,17 @@ const PLAIN2: [&str; 8] = [
     "gather_kv_f16",
     "softmax_causal_f32",
     "softmax_causal_f16",
-    "to_f16",
 ];
+/// Kernels instantiated per weight type (`matvec_q4_k`, ...).
+const TYPED: [&str; 4] = ["matvec", "matvec3", "dequant_bf16", "embed"];
+
+/// Every kernel the backend loads.
+pub fn kernel_names() -> Vec<String> {
+    let typed = WEIGHT_TYPES
+        .iter()
+        .flat_map(|(_, s)| TYPED.map(|k| format!("{k}_{s}")));
+    PLAIN.iter().map(|s| s.to_string()).chain(typed).collect()
+}
 
 /// The kernel name for a weight type, e.g. `matvec_q4_k`; None for types without kernels.
 pub fn typed_name(kind: &str, ty: DType) -> Option<String> {
@@ -143,13 +152,7 @@ impl Kernels {
             }
         };
         let mut funcs = HashMap::new();
-        let names = WEIGHT_TYPES
-            .iter()
-            .flat_map(|(_, s)| {
-                ["matvec", "matvec3", "dequant_bf16", "embed"].map(|k| format!("{k}_{s}"))
-            })
-            .chain(PLAIN.iter().chain(&PLAIN2).map(|s| s.to_string()));
-        for name in names {
+        for name in kernel_names() {
             let f = module
                 .load_function(&name)
                 .map_err(|e| format!("kernel {name} missing from the module: {e}"))?;

@@ -6,20 +6,23 @@
 //! (`kernels.rs`); the device itself is behind `device::Device` (`driver.rs` on a GPU, a host
 //! emulator in the tests), so all of this file runs in the tests.
 
+mod attention;
 pub mod device;
 mod driver;
 mod graph;
 mod kernels;
+mod matmul;
 mod scratch;
 
-pub use kernels::{compile, source, typed_name, WEIGHT_TYPES};
+pub use attention::attention_rows;
+pub use kernels::{compile, kernel_names, source, typed_name, WEIGHT_TYPES};
 
-use device::{f32_bytes, f32_bytes_mut, u32_bytes, u32_bytes_mut, Arg, DevBuf, Device, Elem, Gemm};
+use device::{f32_bytes, f32_bytes_mut, u32_bytes, u32_bytes_mut, Arg, DevBuf, Device};
 use scratch::ensure;
 use std::sync::{Arc, Mutex};
 use suanli_backend::{
-    shape_err, Act, AttnMeta, AttnSeq, Backend, BackendError, Capabilities, HostTensor, KvDType,
-    KvPages, KvSpec, Result, RopeParams, RopeStyle, Weight, WeightRole,
+    shape_err, Act, AttnMeta, Backend, BackendError, Capabilities, HostTensor, KvDType, KvPages,
+    KvSpec, Result, RopeParams, RopeStyle, Weight, WeightRole,
 };
 use suanli_core::{quant, DType};
 
@@ -149,250 +152,6 @@ impl CudaBackend {
         })
     }
 
-    /// Logits of the selected rows into `sc.logits` (`[rows.len(), vocab]`, on the device).
-    fn logits_on_device(
-        &self,
-        x: &Act<DevBuf>,
-        rows: &[u32],
-        lm_head: &Weight<CudaWeight>,
-        sc: &mut scratch::Scratch,
-    ) -> Result<()> {
-        let k = x.cols;
-        if k != lm_head.cols || rows.is_empty() || rows.iter().any(|&r| r as usize >= x.rows) {
-            return Err(shape_err(
-                "logits",
-                format!(
-                    "rows {rows:?} of [{}, {k}] · lm_head [{}, {}]",
-                    x.rows, lm_head.rows, lm_head.cols
-                ),
-            ));
-        }
-        let n = rows.len();
-        let sel = sc.rows.put(&self.dev, u32_bytes(rows))?.ptr;
-        let gathered = ensure(&self.dev, &mut sc.gather, n * k * 4)?.ptr;
-        self.launch(
-            "gather_rows",
-            (n as u32, 1),
-            256,
-            &[
-                x.buf.arg(),
-                Arg::Ptr(sel),
-                Arg::I32(k as i32),
-                Arg::Ptr(gathered),
-            ],
-        )?;
-        let out = ensure(&self.dev, &mut sc.logits, n * lm_head.rows * 4)?.ptr;
-        self.matmul(gathered, n, lm_head, None, out, sc)
-    }
-
-    /// out[n, w.rows] = x[n, w.cols] · wᵀ (+ bias), choosing the kernel by batch size.
-    fn matmul(
-        &self,
-        x: u64,
-        n: usize,
-        w: &Weight<CudaWeight>,
-        bias: Option<&Weight<CudaWeight>>,
-        out: u64,
-        sc: &mut scratch::Scratch,
-    ) -> Result<()> {
-        let CudaWeight::Raw {
-            buf: data,
-            row_bytes,
-        } = &w.store
-        else {
-            return Err(shape_err("linear", "a vector weight used as a matrix"));
-        };
-        let bias = match bias.map(|b| &b.store) {
-            None => None,
-            Some(CudaWeight::F32(v)) if v.bytes == w.rows * 4 => Some(v.ptr),
-            Some(_) => {
-                return Err(shape_err(
-                    "linear",
-                    format!("bias is not a vector of {}", w.rows),
-                ))
-            }
-        };
-        let (m, k) = (w.rows, w.cols);
-        let geometry = [
-            data.arg(),
-            Arg::I32(m as i32),
-            Arg::I32(k as i32),
-            Arg::U64(*row_bytes as u64),
-        ];
-        if n <= MATVEC_MAX_ROWS {
-            let mut args = geometry.to_vec();
-            args.extend([
-                Arg::Ptr(x),
-                Arg::I32(n as i32),
-                Arg::Ptr(bias.unwrap_or(0)),
-                Arg::Ptr(out),
-            ]);
-            return self.launch(&self.typed("matvec", w.dtype)?, blocks(m, 4), 128, &args);
-        }
-        // Tensor cores: bf16 weights (dequantized into scratch unless stored as bf16) and bf16
-        // activations, f32 accumulation and output; f32 weights take an f32 GEMM.
-        let f32_path = w.dtype == DType::F32;
-        let wptr = if w.dtype == DType::BF16 || f32_path {
-            data.ptr
-        } else {
-            let buf = ensure(&self.dev, &mut sc.bf16_w, m * k * 2)?.ptr;
-            let mut args = geometry.to_vec();
-            args.push(Arg::Ptr(buf));
-            self.launch(
-                &self.typed("dequant_bf16", w.dtype)?,
-                blocks(m * k / 32, 256),
-                256,
-                &args,
-            )?;
-            buf
-        };
-        let xptr = if f32_path {
-            x
-        } else {
-            let xb = ensure(&self.dev, &mut sc.bf16_x, n * k * 2)?.ptr;
-            self.launch(
-                "to_bf16",
-                blocks(n * k, 256),
-                256,
-                &[Arg::Ptr(x), Arg::U64((n * k) as u64), Arg::Ptr(xb)],
-            )?;
-            xb
-        };
-        let ab = if f32_path { Elem::F32 } else { Elem::BF16 };
-        self.dev.gemm(&Gemm::linear(m, n, k, ab, wptr, xptr, out))?;
-        if let Some(b) = bias {
-            self.launch(
-                "add_bias",
-                blocks(n * m, 256),
-                256,
-                &[
-                    Arg::Ptr(out),
-                    Arg::Ptr(b),
-                    Arg::I32(m as i32),
-                    Arg::U64((n * m) as u64),
-                ],
-            )?;
-        }
-        Ok(())
-    }
-
-    /// Attention of one sequence's long chunk through cuBLAS: gather its K/V pages into contiguous
-    /// rows, then per KV head S = scale·Q·Kᵀ for the group's query heads (one batched GEMM),
-    /// causal softmax, O = P·V (a second batched GEMM written straight into `out`'s rows).
-    #[allow(clippy::too_many_arguments)]
-    fn attention_gemm(
-        &self,
-        q: &Act<DevBuf>,
-        (kc, vc): (&KvBuf, &KvBuf),
-        s: &AttnSeq,
-        table: u64,
-        meta: &AttnMeta<'_>,
-        spec: &KvSpec,
-        out: &Act<DevBuf>,
-        sc: &mut scratch::Scratch,
-    ) -> Result<()> {
-        let (nh, nkv, hd) = (meta.n_heads, meta.n_kv_heads, meta.head_dim);
-        let (ctx, ql, kv_dim, group) = (s.ctx_len, s.q_len, spec.kv_dim(), nh / nkv);
-        let (elem, suffix) = if kc.f16 {
-            (Elem::F16, "f16")
-        } else {
-            (Elem::F32, "f32")
-        };
-        let eb = elem.bytes();
-        let kb = ensure(&self.dev, &mut sc.att_k, ctx * kv_dim * eb)?.ptr;
-        let vb = ensure(&self.dev, &mut sc.att_v, ctx * kv_dim * eb)?.ptr;
-        let args = [
-            kc.buf.arg(),
-            vc.buf.arg(),
-            Arg::Ptr(table),
-            Arg::I32(ctx as i32),
-            Arg::I32(kv_dim as i32),
-            Arg::I32(spec.block_size as i32),
-            Arg::Ptr(kb),
-            Arg::Ptr(vb),
-        ];
-        self.launch(
-            &format!("gather_kv_{suffix}"),
-            blocks(ctx * kv_dim, 256),
-            256,
-            &args,
-        )?;
-        // The chunk's queries in the cache's element type.
-        let q_off = q.buf.ptr + (s.q_start * nh * hd * 4) as u64;
-        let qb = if kc.f16 {
-            let qb = ensure(&self.dev, &mut sc.att_q, ql * nh * hd * 2)?.ptr;
-            let n = (ql * nh * hd) as u64;
-            self.launch(
-                "to_f16",
-                blocks(ql * nh * hd, 256),
-                256,
-                &[Arg::Ptr(q_off), Arg::U64(n), Arg::Ptr(qb)],
-            )?;
-            qb
-        } else {
-            q_off
-        };
-        let sb = ensure(&self.dev, &mut sc.att_s, group * ql * ctx * 4)?.ptr;
-        let pb = ensure(&self.dev, &mut sc.att_p, group * ql * ctx * eb)?.ptr;
-        let o_off = out.buf.ptr + (s.q_start * nh * hd * 4) as u64;
-        for kvh in 0..nkv {
-            let h0 = kvh * group;
-            // S_g (row-major [ql][ctx]) = column-major ctx × ql = K_kvhᵀ (ctx × hd) · Q_h (hd × ql).
-            self.dev.gemm(&Gemm {
-                trans_a: true,
-                trans_b: false,
-                m: ctx,
-                n: ql,
-                k: hd,
-                alpha: meta.scale,
-                ab: elem,
-                a: kb + (kvh * hd * eb) as u64,
-                lda: kv_dim,
-                stride_a: 0,
-                b: qb + (h0 * hd * eb) as u64,
-                ldb: nh * hd,
-                stride_b: hd,
-                c: sb,
-                ldc: ctx,
-                stride_c: ql * ctx,
-                batch: group,
-            })?;
-            let args = [
-                Arg::Ptr(sb),
-                Arg::I32(ql as i32),
-                Arg::I32(ctx as i32),
-                Arg::Ptr(pb),
-            ];
-            self.launch(
-                &format!("softmax_causal_{suffix}"),
-                ((group * ql) as u32, 1),
-                256,
-                &args,
-            )?;
-            // O_h (column-major hd × ql, ld nh·hd: out's rows) = V_kvh (hd × ctx) · P_g (ctx × ql).
-            self.dev.gemm(&Gemm {
-                trans_a: false,
-                trans_b: false,
-                m: hd,
-                n: ql,
-                k: ctx,
-                alpha: 1.0,
-                ab: elem,
-                a: vb + (kvh * hd * eb) as u64,
-                lda: kv_dim,
-                stride_a: 0,
-                b: pb,
-                ldb: ctx,
-                stride_b: ql * ctx,
-                c: o_off + (h0 * hd * 4) as u64,
-                ldc: nh * hd,
-                stride_c: hd,
-                batch: group,
-            })?;
-        }
-        Ok(())
-    }
-
     fn vector<'w>(w: &'w Weight<CudaWeight>, len: usize, op: &'static str) -> Result<&'w DevBuf> {
         match &w.store {
             CudaWeight::F32(v) if v.bytes == len * 4 => Ok(v),
@@ -412,51 +171,6 @@ fn check_act(op: &'static str, x: &Act<DevBuf>, out: &Act<DevBuf>) -> Result<()>
         ));
     }
     Ok(())
-}
-
-/// The attention kernels' per-step data: every sequence's reachable block-table entries, one
-/// after another, and per query row (offset of its table in that list, positions it sees).
-/// Checks that every block a row can reach exists and every row belongs to the batch, so the
-/// kernel never reads outside the cache.
-pub fn attention_rows(
-    meta: &AttnMeta<'_>,
-    q_rows: usize,
-    spec: &KvSpec,
-) -> Result<(Vec<u32>, Vec<u32>)> {
-    let bs = spec.block_size;
-    let (mut tables, mut row_meta) = (Vec::new(), vec![0u32; 2 * q_rows]);
-    for s in meta.seqs {
-        let reach = s.ctx_len.div_ceil(bs);
-        if s.q_len > s.ctx_len
-            || s.q_start + s.q_len > q_rows
-            || reach > s.block_table.len()
-            || s.block_table[..reach]
-                .iter()
-                .any(|&b| b as usize >= spec.num_blocks)
-        {
-            return Err(shape_err(
-                "attention",
-                format!("sequence {s:?} does not fit the cache or the batch"),
-            ));
-        }
-        let off = tables.len() as u32;
-        tables.extend_from_slice(&s.block_table[..reach]);
-        for i in 0..s.q_len {
-            let r = s.q_start + i;
-            row_meta[2 * r] = off;
-            row_meta[2 * r + 1] = (s.ctx_len - s.q_len + i + 1) as u32;
-        }
-    }
-    if let Some(r) = (0..q_rows).find(|&r| row_meta[2 * r + 1] == 0) {
-        return Err(shape_err(
-            "attention",
-            format!("query row {r} belongs to no sequence"),
-        ));
-    }
-    if tables.is_empty() {
-        tables.push(0);
-    }
-    Ok((tables, row_meta))
 }
 
 impl Backend for CudaBackend {
@@ -694,72 +408,13 @@ impl Backend for CudaBackend {
         self.matmul(x.buf.ptr, x.rows, w, bias, out.buf.ptr, &mut sc)
     }
 
-    /// Two or three decode-sized products of one input with matrices of one type and width (Q/K/V,
-    /// gate/up) run as one launch; anything else as separate products.
     fn linear_many(
         &self,
         x: &Act<DevBuf>,
         ws: &[(&Weight<CudaWeight>, Option<&Weight<CudaWeight>>)],
         outs: &mut [&mut Act<DevBuf>],
     ) -> Result<()> {
-        let fused = (2..=3).contains(&ws.len())
-            && ws.len() == outs.len()
-            && x.rows <= MATVEC_MAX_ROWS
-            && x.rows > 0
-            && ws.iter().all(|(w, _)| {
-                w.dtype == ws[0].0.dtype
-                    && w.cols == x.cols
-                    && matches!(w.store, CudaWeight::Raw { .. })
-            })
-            && ws
-                .iter()
-                .zip(outs.iter())
-                .all(|((w, _), o)| o.cols == w.rows && o.capacity >= x.rows);
-        if !fused {
-            for ((w, b), o) in ws.iter().zip(outs.iter_mut()) {
-                self.linear(x, w, *b, o)?;
-            }
-            return Ok(());
-        }
-        let (mut ptrs, mut rows, mut biases, mut optrs) =
-            ([0u64; 3], [0i32; 3], [0u64; 3], [0u64; 3]);
-        let mut row_bytes = 0;
-        for (i, ((w, b), o)) in ws.iter().zip(outs.iter_mut()).enumerate() {
-            if let CudaWeight::Raw { buf, row_bytes: rb } = &w.store {
-                ptrs[i] = buf.ptr;
-                row_bytes = *rb;
-            }
-            rows[i] = w.rows as i32;
-            biases[i] = match b.map(|b| &b.store) {
-                None => 0,
-                Some(CudaWeight::F32(v)) if v.bytes == w.rows * 4 => v.ptr,
-                Some(_) => {
-                    return Err(shape_err(
-                        "linear_many",
-                        format!("bias is not a vector of {}", w.rows),
-                    ))
-                }
-            };
-            optrs[i] = o.buf.ptr;
-            o.rows = x.rows;
-        }
-        let total: usize = ws.iter().map(|(w, _)| w.rows).sum();
-        let mut args: Vec<Arg> = ptrs.iter().map(|&p| Arg::Ptr(p)).collect();
-        args.extend(rows.iter().map(|&r| Arg::I32(r)));
-        args.extend([
-            Arg::I32(x.cols as i32),
-            Arg::U64(row_bytes as u64),
-            x.buf.arg(),
-            Arg::I32(x.rows as i32),
-        ]);
-        args.extend(biases.iter().map(|&p| Arg::Ptr(p)));
-        args.extend(optrs.iter().map(|&p| Arg::Ptr(p)));
-        self.launch(
-            &self.typed("matvec3", ws[0].0.dtype)?,
-            blocks(total, 4),
-            128,
-            &args,
-        )
+        self.products(x, ws, outs)
     }
 
     fn rope(&self, x: &mut Act<DevBuf>, positions: &[u32], rope: &RopeParams) -> Result<()> {
@@ -859,70 +514,7 @@ impl Backend for CudaBackend {
         layer: usize,
         out: &mut Act<DevBuf>,
     ) -> Result<()> {
-        let (nh, nkv, hd) = (meta.n_heads, meta.n_kv_heads, meta.head_dim);
-        if nkv == 0
-            || nh % nkv != 0
-            || hd > 256
-            || nkv != kv.spec.n_kv_heads
-            || hd != kv.spec.head_dim
-            || q.cols != nh * hd
-            || out.cols != q.cols
-            || out.capacity < q.rows
-            || layer >= kv.layers.len()
-        {
-            return Err(shape_err(
-                "attention",
-                format!("q [{}, {}] with {nh}/{nkv} heads of {hd}", q.rows, q.cols),
-            ));
-        }
-        let (tables, mut row_meta) = attention_rows(meta, q.rows, &kv.spec)?;
-        out.rows = q.rows;
-        if q.rows == 0 {
-            return Ok(());
-        }
-        // Long prefill chunks go through cuBLAS; their rows are skipped by the per-row kernel.
-        let long: Vec<&AttnSeq> = meta
-            .seqs
-            .iter()
-            .filter(|s| s.q_len >= ATTN_GEMM_MIN_ROWS)
-            .collect();
-        for s in &long {
-            for r in s.q_start..s.q_start + s.q_len {
-                row_meta[2 * r + 1] = 0;
-            }
-        }
-        let mut sc = self.scratch();
-        let sc = &mut *sc;
-        let dev_tables = sc.tables.put(&self.dev, u32_bytes(&tables))?.ptr;
-        let dev_meta = sc.row_meta.put(&self.dev, u32_bytes(&row_meta))?.ptr;
-        let (kc, vc) = &kv.layers[layer];
-        if long.len() < meta.seqs.len() {
-            let kernel = if kc.f16 {
-                "attention_f16"
-            } else {
-                "attention_f32"
-            };
-            let args = [
-                q.buf.arg(),
-                kc.buf.arg(),
-                vc.buf.arg(),
-                Arg::Ptr(dev_tables),
-                Arg::Ptr(dev_meta),
-                Arg::I32(nh as i32),
-                Arg::I32(nkv as i32),
-                Arg::I32(hd as i32),
-                Arg::I32(kv.spec.block_size as i32),
-                Arg::F32(meta.scale),
-                out.buf.arg(),
-            ];
-            // One block of ATT_WARPS (8) warps per (head, row).
-            self.launch(kernel, (nh as u32, q.rows as u32), 256, &args)?;
-        }
-        for s in long {
-            let table = dev_tables + 4 * row_meta[2 * s.q_start] as u64;
-            self.attention_gemm(q, (kc, vc), s, table, meta, &kv.spec, out, sc)?;
-        }
-        Ok(())
+        self.attend(q, kv, meta, layer, out)
     }
 
     fn silu_mul(&self, gate: &Act<DevBuf>, up: &Act<DevBuf>, out: &mut Act<DevBuf>) -> Result<()> {

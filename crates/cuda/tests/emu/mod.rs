@@ -81,18 +81,7 @@ pub fn backend(dir: &Path) -> CudaBackend {
 
 impl EmuDevice {
     fn run(&self, kernel: &str, grid: (u32, u32), block: u32, args: &[Arg]) -> Result<()> {
-        let mut slots: Vec<[u8; 8]> = args
-            .iter()
-            .map(|a| {
-                let mut s = [0u8; 8];
-                match *a {
-                    Arg::Ptr(p) | Arg::U64(p) => s.copy_from_slice(&p.to_le_bytes()),
-                    Arg::I32(v) => s[..4].copy_from_slice(&v.to_le_bytes()),
-                    Arg::F32(v) => s[..4].copy_from_slice(&v.to_le_bytes()),
-                }
-                s
-            })
-            .collect();
+        let mut slots = Arg::slots(args);
         let mut params: Vec<*mut c_void> =
             slots.iter_mut().map(|s| s.as_mut_ptr().cast()).collect();
         let name = CString::new(kernel).unwrap();

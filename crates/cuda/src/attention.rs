@@ -1,0 +1,246 @@
+//! Attention of `CudaBackend` over the paged KV cache: the per-row split-K kernel for decode and
+//! short chunks, and for long prefill chunks gathered K/V with two batched GEMMs per KV head.
+
+use crate::device::{u32_bytes, Arg, DevBuf, Elem, Gemm};
+use crate::scratch::{self, ensure};
+use crate::{blocks, CudaBackend, KvBuf, ATTN_GEMM_MIN_ROWS};
+use suanli_backend::{shape_err, Act, AttnMeta, AttnSeq, KvPages, KvSpec, Result};
+
+impl CudaBackend {
+    /// Paged attention: the per-row kernel for decode and short chunks, cuBLAS for long ones.
+    pub(crate) fn attend(
+        &self,
+        q: &Act<DevBuf>,
+        kv: &KvPages<KvBuf>,
+        meta: &AttnMeta<'_>,
+        layer: usize,
+        out: &mut Act<DevBuf>,
+    ) -> Result<()> {
+        let (nh, nkv, hd) = (meta.n_heads, meta.n_kv_heads, meta.head_dim);
+        if nkv == 0
+            || nh % nkv != 0
+            || hd > 256
+            || nkv != kv.spec.n_kv_heads
+            || hd != kv.spec.head_dim
+            || q.cols != nh * hd
+            || out.cols != q.cols
+            || out.capacity < q.rows
+            || layer >= kv.layers.len()
+        {
+            return Err(shape_err(
+                "attention",
+                format!("q [{}, {}] with {nh}/{nkv} heads of {hd}", q.rows, q.cols),
+            ));
+        }
+        let (tables, mut row_meta) = attention_rows(meta, q.rows, &kv.spec)?;
+        out.rows = q.rows;
+        if q.rows == 0 {
+            return Ok(());
+        }
+        // Long prefill chunks go through cuBLAS; their rows are skipped by the per-row kernel.
+        let long: Vec<&AttnSeq> = meta
+            .seqs
+            .iter()
+            .filter(|s| s.q_len >= ATTN_GEMM_MIN_ROWS)
+            .collect();
+        for s in &long {
+            for r in s.q_start..s.q_start + s.q_len {
+                row_meta[2 * r + 1] = 0;
+            }
+        }
+        let mut sc = self.scratch();
+        let sc = &mut *sc;
+        let dev_tables = sc.tables.put(&self.dev, u32_bytes(&tables))?.ptr;
+        let dev_meta = sc.row_meta.put(&self.dev, u32_bytes(&row_meta))?.ptr;
+        let (kc, vc) = &kv.layers[layer];
+        if long.len() < meta.seqs.len() {
+            let kernel = if kc.f16 {
+                "attention_f16"
+            } else {
+                "attention_f32"
+            };
+            let args = [
+                q.buf.arg(),
+                kc.buf.arg(),
+                vc.buf.arg(),
+                Arg::Ptr(dev_tables),
+                Arg::Ptr(dev_meta),
+                Arg::I32(nh as i32),
+                Arg::I32(nkv as i32),
+                Arg::I32(hd as i32),
+                Arg::I32(kv.spec.block_size as i32),
+                Arg::F32(meta.scale),
+                out.buf.arg(),
+            ];
+            // One block of ATT_WARPS (8) warps per (head, row).
+            self.launch(kernel, (nh as u32, q.rows as u32), 256, &args)?;
+        }
+        for s in long {
+            let table = dev_tables + 4 * row_meta[2 * s.q_start] as u64;
+            self.attention_gemm(q, (kc, vc), s, table, meta, &kv.spec, out, sc)?;
+        }
+        Ok(())
+    }
+
+    /// Attention of one sequence's long chunk through cuBLAS: gather its K/V pages into contiguous
+    /// rows, then per KV head S = scale·Q·Kᵀ for the group's query heads (one batched GEMM),
+    /// causal softmax, O = P·V (a second batched GEMM written straight into `out`'s rows).
+    #[allow(clippy::too_many_arguments)]
+    fn attention_gemm(
+        &self,
+        q: &Act<DevBuf>,
+        (kc, vc): (&KvBuf, &KvBuf),
+        s: &AttnSeq,
+        table: u64,
+        meta: &AttnMeta<'_>,
+        spec: &KvSpec,
+        out: &Act<DevBuf>,
+        sc: &mut scratch::Scratch,
+    ) -> Result<()> {
+        let (nh, nkv, hd) = (meta.n_heads, meta.n_kv_heads, meta.head_dim);
+        let (ctx, ql, kv_dim, group) = (s.ctx_len, s.q_len, spec.kv_dim(), nh / nkv);
+        let (elem, suffix) = if kc.f16 {
+            (Elem::F16, "f16")
+        } else {
+            (Elem::F32, "f32")
+        };
+        let eb = elem.bytes();
+        let kb = ensure(&self.dev, &mut sc.att_k, ctx * kv_dim * eb)?.ptr;
+        let vb = ensure(&self.dev, &mut sc.att_v, ctx * kv_dim * eb)?.ptr;
+        let args = [
+            kc.buf.arg(),
+            vc.buf.arg(),
+            Arg::Ptr(table),
+            Arg::I32(ctx as i32),
+            Arg::I32(kv_dim as i32),
+            Arg::I32(spec.block_size as i32),
+            Arg::Ptr(kb),
+            Arg::Ptr(vb),
+        ];
+        self.launch(
+            &format!("gather_kv_{suffix}"),
+            blocks(ctx * kv_dim, 256),
+            256,
+            &args,
+        )?;
+        // The chunk's queries in the cache's element type.
+        let q_off = q.buf.ptr + (s.q_start * nh * hd * 4) as u64;
+        let qb = if kc.f16 {
+            let qb = ensure(&self.dev, &mut sc.att_q, ql * nh * hd * 2)?.ptr;
+            let n = (ql * nh * hd) as u64;
+            self.launch(
+                "to_f16",
+                blocks(ql * nh * hd, 256),
+                256,
+                &[Arg::Ptr(q_off), Arg::U64(n), Arg::Ptr(qb)],
+            )?;
+            qb
+        } else {
+            q_off
+        };
+        let sb = ensure(&self.dev, &mut sc.att_s, group * ql * ctx * 4)?.ptr;
+        let pb = ensure(&self.dev, &mut sc.att_p, group * ql * ctx * eb)?.ptr;
+        let o_off = out.buf.ptr + (s.q_start * nh * hd * 4) as u64;
+        for kvh in 0..nkv {
+            let h0 = kvh * group;
+            // S_g (row-major [ql][ctx]) = column-major ctx × ql = K_kvhᵀ (ctx × hd) · Q_h (hd × ql).
+            self.dev.gemm(&Gemm {
+                trans_a: true,
+                trans_b: false,
+                m: ctx,
+                n: ql,
+                k: hd,
+                alpha: meta.scale,
+                ab: elem,
+                a: kb + (kvh * hd * eb) as u64,
+                lda: kv_dim,
+                stride_a: 0,
+                b: qb + (h0 * hd * eb) as u64,
+                ldb: nh * hd,
+                stride_b: hd,
+                c: sb,
+                ldc: ctx,
+                stride_c: ql * ctx,
+                batch: group,
+            })?;
+            let args = [
+                Arg::Ptr(sb),
+                Arg::I32(ql as i32),
+                Arg::I32(ctx as i32),
+                Arg::Ptr(pb),
+            ];
+            self.launch(
+                &format!("softmax_causal_{suffix}"),
+                ((group * ql) as u32, 1),
+                256,
+                &args,
+            )?;
+            // O_h (column-major hd × ql, ld nh·hd: out's rows) = V_kvh (hd × ctx) · P_g (ctx × ql).
+            self.dev.gemm(&Gemm {
+                trans_a: false,
+                trans_b: false,
+                m: hd,
+                n: ql,
+                k: ctx,
+                alpha: 1.0,
+                ab: elem,
+                a: vb + (kvh * hd * eb) as u64,
+                lda: kv_dim,
+                stride_a: 0,
+                b: pb,
+                ldb: ctx,
+                stride_b: ql * ctx,
+                c: o_off + (h0 * hd * 4) as u64,
+                ldc: nh * hd,
+                stride_c: hd,
+                batch: group,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// The attention kernels' per-step data: every sequence's reachable block-table entries, one
+/// after another, and per query row (offset of its table in that list, positions it sees).
+/// Checks that every block a row can reach exists and every row belongs to the batch, so the
+/// kernel never reads outside the cache.
+pub fn attention_rows(
+    meta: &AttnMeta<'_>,
+    q_rows: usize,
+    spec: &KvSpec,
+) -> Result<(Vec<u32>, Vec<u32>)> {
+    let bs = spec.block_size;
+    let (mut tables, mut row_meta) = (Vec::new(), vec![0u32; 2 * q_rows]);
+    for s in meta.seqs {
+        let reach = s.ctx_len.div_ceil(bs);
+        if s.q_len > s.ctx_len
+            || s.q_start + s.q_len > q_rows
+            || reach > s.block_table.len()
+            || s.block_table[..reach]
+                .iter()
+                .any(|&b| b as usize >= spec.num_blocks)
+        {
+            return Err(shape_err(
+                "attention",
+                format!("sequence {s:?} does not fit the cache or the batch"),
+            ));
+        }
+        let off = tables.len() as u32;
+        tables.extend_from_slice(&s.block_table[..reach]);
+        for i in 0..s.q_len {
+            let r = s.q_start + i;
+            row_meta[2 * r] = off;
+            row_meta[2 * r + 1] = (s.ctx_len - s.q_len + i + 1) as u32;
+        }
+    }
+    if let Some(r) = (0..q_rows).find(|&r| row_meta[2 * r + 1] == 0) {
+        return Err(shape_err(
+            "attention",
+            format!("query row {r} belongs to no sequence"),
+        ));
+    }
+    if tables.is_empty() {
+        tables.push(0);
+    }
+    Ok((tables, row_meta))
+}

@@ -1,0 +1,205 @@
+//! Matrix products of `CudaBackend`: the matrix-vector kernels for decode-sized batches (one
+//! launch for Q/K/V or gate/up), bf16 dequantization + GEMM above that, and the logits head.
+
+use crate::device::{u32_bytes, Arg, DevBuf, Elem, Gemm};
+use crate::scratch::{self, ensure};
+use crate::{blocks, CudaBackend, CudaWeight, MATVEC_MAX_ROWS};
+use suanli_backend::{shape_err, Act, Backend, Result, Weight};
+use suanli_core::DType;
+
+impl CudaBackend {
+    /// Logits of the selected rows into `sc.logits` (`[rows.len(), vocab]`, on the device).
+    pub(crate) fn logits_on_device(
+        &self,
+        x: &Act<DevBuf>,
+        rows: &[u32],
+        lm_head: &Weight<CudaWeight>,
+        sc: &mut scratch::Scratch,
+    ) -> Result<()> {
+        let k = x.cols;
+        if k != lm_head.cols || rows.is_empty() || rows.iter().any(|&r| r as usize >= x.rows) {
+            return Err(shape_err(
+                "logits",
+                format!(
+                    "rows {rows:?} of [{}, {k}] · lm_head [{}, {}]",
+                    x.rows, lm_head.rows, lm_head.cols
+                ),
+            ));
+        }
+        let n = rows.len();
+        let sel = sc.rows.put(&self.dev, u32_bytes(rows))?.ptr;
+        let gathered = ensure(&self.dev, &mut sc.gather, n * k * 4)?.ptr;
+        self.launch(
+            "gather_rows",
+            (n as u32, 1),
+            256,
+            &[
+                x.buf.arg(),
+                Arg::Ptr(sel),
+                Arg::I32(k as i32),
+                Arg::Ptr(gathered),
+            ],
+        )?;
+        let out = ensure(&self.dev, &mut sc.logits, n * lm_head.rows * 4)?.ptr;
+        self.matmul(gathered, n, lm_head, None, out, sc)
+    }
+
+    /// out[n, w.rows] = x[n, w.cols] · wᵀ (+ bias), choosing the kernel by batch size.
+    pub(crate) fn matmul(
+        &self,
+        x: u64,
+        n: usize,
+        w: &Weight<CudaWeight>,
+        bias: Option<&Weight<CudaWeight>>,
+        out: u64,
+        sc: &mut scratch::Scratch,
+    ) -> Result<()> {
+        let CudaWeight::Raw {
+            buf: data,
+            row_bytes,
+        } = &w.store
+        else {
+            return Err(shape_err("linear", "a vector weight used as a matrix"));
+        };
+        let bias = match bias.map(|b| &b.store) {
+            None => None,
+            Some(CudaWeight::F32(v)) if v.bytes == w.rows * 4 => Some(v.ptr),
+            Some(_) => {
+                return Err(shape_err(
+                    "linear",
+                    format!("bias is not a vector of {}", w.rows),
+                ))
+            }
+        };
+        let (m, k) = (w.rows, w.cols);
+        let geometry = [
+            data.arg(),
+            Arg::I32(m as i32),
+            Arg::I32(k as i32),
+            Arg::U64(*row_bytes as u64),
+        ];
+        if n <= MATVEC_MAX_ROWS {
+            let mut args = geometry.to_vec();
+            args.extend([
+                Arg::Ptr(x),
+                Arg::I32(n as i32),
+                Arg::Ptr(bias.unwrap_or(0)),
+                Arg::Ptr(out),
+            ]);
+            return self.launch(&self.typed("matvec", w.dtype)?, blocks(m, 4), 128, &args);
+        }
+        // Tensor cores: bf16 weights (dequantized into scratch unless stored as bf16) and bf16
+        // activations, f32 accumulation and output; f32 weights take an f32 GEMM.
+        let f32_path = w.dtype == DType::F32;
+        let wptr = if w.dtype == DType::BF16 || f32_path {
+            data.ptr
+        } else {
+            let buf = ensure(&self.dev, &mut sc.bf16_w, m * k * 2)?.ptr;
+            let mut args = geometry.to_vec();
+            args.push(Arg::Ptr(buf));
+            self.launch(
+                &self.typed("dequant_bf16", w.dtype)?,
+                blocks(m * k / 32, 256),
+                256,
+                &args,
+            )?;
+            buf
+        };
+        let xptr = if f32_path {
+            x
+        } else {
+            let xb = ensure(&self.dev, &mut sc.bf16_x, n * k * 2)?.ptr;
+            self.launch(
+                "to_bf16",
+                blocks(n * k, 256),
+                256,
+                &[Arg::Ptr(x), Arg::U64((n * k) as u64), Arg::Ptr(xb)],
+            )?;
+            xb
+        };
+        let ab = if f32_path { Elem::F32 } else { Elem::BF16 };
+        self.dev.gemm(&Gemm::linear(m, n, k, ab, wptr, xptr, out))?;
+        if let Some(b) = bias {
+            self.launch(
+                "add_bias",
+                blocks(n * m, 256),
+                256,
+                &[
+                    Arg::Ptr(out),
+                    Arg::Ptr(b),
+                    Arg::I32(m as i32),
+                    Arg::U64((n * m) as u64),
+                ],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Two or three decode-sized products of one input with matrices of one type and width (Q/K/V,
+    /// gate/up) run as one launch; anything else as separate products.
+    pub(crate) fn products(
+        &self,
+        x: &Act<DevBuf>,
+        ws: &[(&Weight<CudaWeight>, Option<&Weight<CudaWeight>>)],
+        outs: &mut [&mut Act<DevBuf>],
+    ) -> Result<()> {
+        let fused = (2..=3).contains(&ws.len())
+            && ws.len() == outs.len()
+            && x.rows <= MATVEC_MAX_ROWS
+            && x.rows > 0
+            && ws.iter().all(|(w, _)| {
+                w.dtype == ws[0].0.dtype
+                    && w.cols == x.cols
+                    && matches!(w.store, CudaWeight::Raw { .. })
+            })
+            && ws
+                .iter()
+                .zip(outs.iter())
+                .all(|((w, _), o)| o.cols == w.rows && o.capacity >= x.rows);
+        if !fused {
+            for ((w, b), o) in ws.iter().zip(outs.iter_mut()) {
+                self.linear(x, w, *b, o)?;
+            }
+            return Ok(());
+        }
+        let (mut ptrs, mut rows, mut biases, mut optrs) =
+            ([0u64; 3], [0i32; 3], [0u64; 3], [0u64; 3]);
+        let mut row_bytes = 0;
+        for (i, ((w, b), o)) in ws.iter().zip(outs.iter_mut()).enumerate() {
+            if let CudaWeight::Raw { buf, row_bytes: rb } = &w.store {
+                ptrs[i] = buf.ptr;
+                row_bytes = *rb;
+            }
+            rows[i] = w.rows as i32;
+            biases[i] = match b.map(|b| &b.store) {
+                None => 0,
+                Some(CudaWeight::F32(v)) if v.bytes == w.rows * 4 => v.ptr,
+                Some(_) => {
+                    return Err(shape_err(
+                        "linear_many",
+                        format!("bias is not a vector of {}", w.rows),
+                    ))
+                }
+            };
+            optrs[i] = o.buf.ptr;
+            o.rows = x.rows;
+        }
+        let total: usize = ws.iter().map(|(w, _)| w.rows).sum();
+        let mut args: Vec<Arg> = ptrs.iter().map(|&p| Arg::Ptr(p)).collect();
+        args.extend(rows.iter().map(|&r| Arg::I32(r)));
+        args.extend([
+            Arg::I32(x.cols as i32),
+            Arg::U64(row_bytes as u64),
+            x.buf.arg(),
+            Arg::I32(x.rows as i32),
+        ]);
+        args.extend(biases.iter().map(|&p| Arg::Ptr(p)));
+        args.extend(optrs.iter().map(|&p| Arg::Ptr(p)));
+        self.launch(
+            &self.typed("matvec3", ws[0].0.dtype)?,
+            blocks(total, 4),
+            128,
+            &args,
+        )
+    }
+}
