@@ -17,46 +17,51 @@
 
 template <int T> struct Fmt;
 
-template <> struct Fmt<T_F32> {
-    DEV void unit(const u8* row, int u, float* v) {
-        const float4* p = (const float4*)(row + (size_t)u * 128);
+// Eight consecutive values at element `e` (a multiple of 8) of a float-typed row: one 16-byte
+// load for f16/bf16, two for f32, so a warp reading e = 8·lane + 256·i covers 512 contiguous
+// bytes (f16/bf16) per load — fully coalesced.
+template <int T> struct Vec8;
+template <> struct Vec8<T_F32> {
+    DEV void load(const u8* row, int e, float* v) {
+        const float4* p = (const float4*)(row + (size_t)e * 4);
+        float4 a = p[0], b = p[1];
+        v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w; v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
+    }
+};
+template <> struct Vec8<T_F16> {
+    DEV void load(const u8* row, int e, float* v) {
+        uint4 a = *(const uint4*)(row + (size_t)e * 2);
+        u32 w[4] = {a.x, a.y, a.z, a.w};
 #pragma unroll
-        for (int i = 0; i < 8; i++) {
-            float4 a = p[i];
-            v[4 * i] = a.x; v[4 * i + 1] = a.y; v[4 * i + 2] = a.z; v[4 * i + 3] = a.w;
+        for (int j = 0; j < 4; j++) {
+            v[2 * j] = h2f((u16)(w[j] & 0xffff));
+            v[2 * j + 1] = h2f((u16)(w[j] >> 16));
         }
     }
 };
-template <> struct Fmt<T_F16> {
-    DEV void unit(const u8* row, int u, float* v) {
-        const uint4* p = (const uint4*)(row + (size_t)u * 64);
+template <> struct Vec8<T_BF16> {
+    DEV void load(const u8* row, int e, float* v) {
+        uint4 a = *(const uint4*)(row + (size_t)e * 2);
+        u32 w[4] = {a.x, a.y, a.z, a.w};
 #pragma unroll
-        for (int i = 0; i < 4; i++) {
-            uint4 a = p[i];
-            u32 w[4] = {a.x, a.y, a.z, a.w};
-#pragma unroll
-            for (int j = 0; j < 4; j++) {
-                v[8 * i + 2 * j] = h2f((u16)(w[j] & 0xffff));
-                v[8 * i + 2 * j + 1] = h2f((u16)(w[j] >> 16));
-            }
+        for (int j = 0; j < 4; j++) {
+            v[2 * j] = __uint_as_float(w[j] << 16);
+            v[2 * j + 1] = __uint_as_float(w[j] & 0xffff0000u);
         }
     }
 };
-template <> struct Fmt<T_BF16> {
+
+// Float types: a unit is four 8-value loads.
+template <int T> struct FloatUnit {
     DEV void unit(const u8* row, int u, float* v) {
-        const uint4* p = (const uint4*)(row + (size_t)u * 64);
 #pragma unroll
-        for (int i = 0; i < 4; i++) {
-            uint4 a = p[i];
-            u32 w[4] = {a.x, a.y, a.z, a.w};
-#pragma unroll
-            for (int j = 0; j < 4; j++) {
-                v[8 * i + 2 * j] = __uint_as_float(w[j] << 16);
-                v[8 * i + 2 * j + 1] = __uint_as_float(w[j] & 0xffff0000u);
-            }
-        }
+        for (int i = 0; i < 4; i++) Vec8<T>::load(row, u * 32 + 8 * i, v + 8 * i);
     }
 };
+template <> struct Fmt<T_F32> : FloatUnit<T_F32> {};
+template <> struct Fmt<T_F16> : FloatUnit<T_F16> {};
+template <> struct Fmt<T_BF16> : FloatUnit<T_BF16> {};
+
 template <> struct Fmt<T_Q4_0> {
     DEV void unit(const u8* row, int u, float* v) {
         const u8* b = row + (size_t)u * 18;
@@ -185,40 +190,6 @@ template <> struct Fmt<T_Q6_K> {
         for (int l = 0; l < 32; l++) {
             int q = (int)(((ql[l] >> lshift) & 0xF) | (((qh[l] >> hshift) & 3) << 4)) - 32;
             v[l] = (l < 16 ? d0 : d1) * (float)q;
-        }
-    }
-};
-
-// Eight consecutive values at element `e` (a multiple of 8) of a float-typed row: one 16-byte
-// load for f16/bf16, two for f32, so a warp reading e = 8·lane + 256·i covers 512 contiguous
-// bytes (f16/bf16) per load — fully coalesced.
-template <int T> struct Vec8;
-template <> struct Vec8<T_F32> {
-    DEV void load(const u8* row, int e, float* v) {
-        const float4* p = (const float4*)(row + (size_t)e * 4);
-        float4 a = p[0], b = p[1];
-        v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w; v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
-    }
-};
-template <> struct Vec8<T_F16> {
-    DEV void load(const u8* row, int e, float* v) {
-        uint4 a = *(const uint4*)(row + (size_t)e * 2);
-        u32 w[4] = {a.x, a.y, a.z, a.w};
-#pragma unroll
-        for (int j = 0; j < 4; j++) {
-            v[2 * j] = h2f((u16)(w[j] & 0xffff));
-            v[2 * j + 1] = h2f((u16)(w[j] >> 16));
-        }
-    }
-};
-template <> struct Vec8<T_BF16> {
-    DEV void load(const u8* row, int e, float* v) {
-        uint4 a = *(const uint4*)(row + (size_t)e * 2);
-        u32 w[4] = {a.x, a.y, a.z, a.w};
-#pragma unroll
-        for (int j = 0; j < 4; j++) {
-            v[2 * j] = __uint_as_float(w[j] << 16);
-            v[2 * j + 1] = __uint_as_float(w[j] & 0xffff0000u);
         }
     }
 };
