@@ -94,6 +94,9 @@ pub fn run<B: Backend>(b: &B) -> Report {
         }
         check_logits(b, ty, &mut rng, &mut rep);
     }
+    for k in [1, 40, 256] {
+        check_top_logits(b, k, &mut rng, &mut rep);
+    }
     check_linear_many(b, &mut rng, &mut rep);
     check_norms(b, &mut rng, &mut rep);
     check_rope(b, &mut rng, &mut rep);
@@ -306,6 +309,96 @@ fn check_logits<B: Backend>(b: &B, ty: DType, rng: &mut Rng, rep: &mut Report) {
         format!("{ty} rows 4,0,5 of 6 · [{vocab},{cols}]"),
         linear_tol(ty),
         got,
+    );
+}
+
+/// `top_logits` (where offered) against the backend's own `logits`, sorted here: the same ids
+/// and values exactly, ties (duplicate head rows) lower id first, and rows holding a NaN or an
+/// infinity flagged. The error is the number of wrong entries.
+fn check_top_logits<B: Backend>(b: &B, k: usize, rng: &mut Rng, rep: &mut Report) {
+    let (vocab, cols, n) = (5000, 64, 6);
+    let mut wf = rng.normals(vocab * cols, 1.0);
+    let mut x = rng.normals(n * cols, 1.0);
+    // Ties: five head rows equal, giving hidden row 4 its largest logit (40); and 300 equal rows
+    // whose logit for hidden row 0 ranks about 20th, so the k-th largest value is tied for k 40
+    // and 256 (only some of the tied ids are taken, the lowest).
+    let along = |x: &[f32], logit: f32| -> Vec<f32> {
+        let n2: f32 = x.iter().map(|v| v * v).sum();
+        x.iter().map(|v| v * logit / n2).collect()
+    };
+    let top4 = along(&x[4 * cols..5 * cols], 40.0);
+    for dup in [3, 17, 900, 901, 4999] {
+        wf[dup * cols..(dup + 1) * cols].copy_from_slice(&top4);
+    }
+    let mut l0: Vec<f32> = wf
+        .chunks_exact(cols)
+        .map(|w| w.iter().zip(&x[..cols]).map(|(a, b)| a * b).sum())
+        .collect();
+    l0.sort_by(|a, b| b.total_cmp(a));
+    let tied = along(&x[..cols], 0.5 * (l0[19] + l0[20]));
+    for dup in 1000..1300 {
+        wf[dup * cols..(dup + 1) * cols].copy_from_slice(&tied);
+    }
+    // Row 1 sees a NaN and row 2 an infinity in the hidden state: their logits are not finite.
+    x[cols + 3] = f32::NAN;
+    x[2 * cols + 9] = f32::INFINITY;
+    let pick = [4u32, 0, 5, 1, 2];
+    let got = (|| {
+        let bytes = wf.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let w = weight(
+            b,
+            "lm_head",
+            DType::F32,
+            vocab,
+            cols,
+            WeightRole::Matrix,
+            bytes,
+        )?;
+        let xa = act(b, &x, n, cols)?;
+        let Some(top) = b.top_logits(&xa, &pick, &w, k)? else {
+            return Ok(None);
+        };
+        let mut logits = vec![0f32; pick.len() * vocab];
+        b.logits(&xa, &pick, &w, &mut logits)?;
+        let mut wrong = top.len().abs_diff(pick.len() * k);
+        for (i, row) in logits.chunks_exact(vocab).enumerate() {
+            let want: Vec<(u32, f32)> = if row.iter().all(|l| l.is_finite()) {
+                let mut all: Vec<(u32, f32)> = row
+                    .iter()
+                    .enumerate()
+                    .map(|(j, &l)| (j as u32, l))
+                    .collect();
+                all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+                all.truncate(k);
+                all
+            } else {
+                vec![(u32::MAX, f32::NAN); k]
+            };
+            let got = top.get(i * k..(i + 1) * k).unwrap_or(&[]);
+            wrong += want
+                .iter()
+                .zip(got)
+                .filter(|(w, g)| {
+                    let same_value = if w.1.is_nan() {
+                        g.1.is_nan()
+                    } else {
+                        w.1.to_bits() == g.1.to_bits()
+                    };
+                    w.0 != g.0 || !same_value
+                })
+                .count();
+        }
+        Ok(Some(wrong as f64))
+    })();
+    if let Ok(None) = got {
+        return; // not offered: the engine takes whole logits from this backend
+    }
+    record(
+        rep,
+        "top_logits",
+        format!("k {k} of {vocab}, ties, non-finite rows"),
+        0.0,
+        got.map(|e| e.unwrap_or(0.0)),
     );
 }
 

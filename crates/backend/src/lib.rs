@@ -317,16 +317,18 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<()>;
     /// acc += x
     fn add(&self, acc: &mut Act<Self::Buffer>, x: &Act<Self::Buffer>) -> Result<()>;
-    /// Greedy tokens for the selected rows of x — the index of each row's largest logit, the
-    /// first on ties — computed where the logits are, so that a GPU sends back ids instead of
-    /// whole vocabularies. `u32::MAX` for a row whose logits are not all finite. `None`: this
-    /// backend does not do it; the caller takes `logits` instead.
-    fn argmax_logits(
+    /// The `k` largest logits of each selected row of x with their token ids, largest first and
+    /// the lower id first on ties (`rows.len() * k` pairs; k = 1 is the greedy token), computed
+    /// where the logits are so that a GPU sends back candidates instead of whole vocabularies.
+    /// A row whose logits are not all finite comes back as `(u32::MAX, NaN)` pairs. `None`: this
+    /// backend does not do it (for this k); the caller takes `logits` instead.
+    fn top_logits(
         &self,
         _x: &Act<Self::Buffer>,
         _rows: &[u32],
         _lm_head: &Weight<Self::WeightStore>,
-    ) -> Result<Option<Vec<u32>>> {
+        _k: usize,
+    ) -> Result<Option<Vec<(u32, f32)>>> {
         Ok(None)
     }
     /// Logits (f32, on the host) for the selected rows of x: `out` is `[rows.len(), lm_head.rows]`.

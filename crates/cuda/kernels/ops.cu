@@ -87,7 +87,8 @@ DEV void argmax_merge(float& best, int& idx, int& bad, int o) {
     bad |= __shfl_xor_sync(0xffffffffu, bad, o);
     if (ov > best || (ov == best && oi < idx)) { best = ov; idx = oi; }
 }
-extern "C" __global__ void argmax_rows(const float* __restrict__ x, int cols, u32* __restrict__ out) {
+extern "C" __global__ void argmax_rows(const float* __restrict__ x, int cols, u32* __restrict__ out,
+                                       float* __restrict__ out_v) {
     __shared__ float bv[32];
     __shared__ int bi[32];
     __shared__ int bb[32];
@@ -111,6 +112,9 @@ extern "C" __global__ void argmax_rows(const float* __restrict__ x, int cols, u3
         bad = lane < nw ? bb[lane] : 0;
 #pragma unroll
         for (int o = 16; o > 0; o >>= 1) argmax_merge(best, idx, bad, o);
-        if (lane == 0) out[blockIdx.x] = bad ? 0xffffffffu : (u32)(idx == 0x7fffffff ? 0 : idx);
+        if (lane == 0) {
+            out[blockIdx.x] = bad ? 0xffffffffu : (u32)(idx == 0x7fffffff ? 0 : idx);
+            out_v[blockIdx.x] = bad ? __int_as_float(0x7fc00000) : best;
+        }
     }
 }

@@ -10,12 +10,13 @@ use std::sync::Arc;
 use suanli_core::DType;
 
 /// In concatenation order: helpers first.
-const SOURCES: [(&str, &str); 5] = [
+const SOURCES: [(&str, &str); 6] = [
     ("common.cuh", include_str!("../kernels/common.cuh")),
     ("quant.cuh", include_str!("../kernels/quant.cuh")),
     ("matvec.cu", include_str!("../kernels/matvec.cu")),
     ("ops.cu", include_str!("../kernels/ops.cu")),
     ("attention.cu", include_str!("../kernels/attention.cu")),
+    ("topk.cu", include_str!("../kernels/topk.cu")),
 ];
 
 /// Weight types with kernels, and the suffix their kernel names carry.
@@ -34,7 +35,7 @@ pub const WEIGHT_TYPES: [(DType, &str); 11] = [
 ];
 
 /// Kernels without a weight type.
-const PLAIN: [&str; 18] = [
+const PLAIN: [&str; 19] = [
     "rms_norm",
     "rms_norm_groups",
     "rope",
@@ -45,6 +46,7 @@ const PLAIN: [&str; 18] = [
     "to_f16",
     "gather_rows",
     "argmax_rows",
+    "top_k_rows",
     "write_kv_f32",
     "write_kv_f16",
     "attention_f32",

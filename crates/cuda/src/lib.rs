@@ -30,6 +30,8 @@ use suanli_core::{quant, DType};
 pub const MATVEC_MAX_ROWS: usize = 8;
 /// A sequence with at least this many new rows in a step takes the GEMM attention path.
 pub const ATTN_GEMM_MIN_ROWS: usize = 64;
+/// The most candidates `top_logits` selects per row (`TOPK_MAX` in topk.cu).
+pub const TOP_LOGITS_MAX: usize = 256;
 
 /// A weight in device memory: matrices in the file's block layout, vectors as f32.
 pub enum CudaWeight {
@@ -565,25 +567,49 @@ impl Backend for CudaBackend {
         )
     }
 
-    fn argmax_logits(
+    fn top_logits(
         &self,
         x: &Act<DevBuf>,
         rows: &[u32],
         lm_head: &Weight<CudaWeight>,
-    ) -> Result<Option<Vec<u32>>> {
+        k: usize,
+    ) -> Result<Option<Vec<(u32, f32)>>> {
+        if k == 0 || k > TOP_LOGITS_MAX || k > lm_head.rows {
+            return Ok(None);
+        }
         if rows.is_empty() {
             return Ok(Some(Vec::new()));
         }
         let mut sc = self.scratch();
         let sc = &mut *sc;
         self.logits_on_device(x, rows, lm_head, sc)?;
-        let ids = ensure(&self.dev, &mut sc.ids_out, rows.len() * 4)?;
+        // Ids then values, one copy back.
+        let n = rows.len() * k;
+        let out = ensure(&self.dev, &mut sc.top_out, n * 8)?;
         let logits = sc.logits.as_ref().expect("filled by logits_on_device");
-        let args = [logits.arg(), Arg::I32(lm_head.rows as i32), ids.arg()];
-        self.launch("argmax_rows", (rows.len() as u32, 1), 1024, &args)?;
-        let mut out = vec![0u32; rows.len()];
-        self.dev.dtoh(ids.ptr, u32_bytes_mut(&mut out))?;
-        Ok(Some(out))
+        let args = [
+            logits.arg(),
+            Arg::I32(lm_head.rows as i32),
+            out.arg(),
+            Arg::Ptr(out.ptr + 4 * n as u64),
+        ];
+        // Greedy is one pass (argmax); larger k a radix selection.
+        if k == 1 {
+            self.launch("argmax_rows", (rows.len() as u32, 1), 1024, &args)?;
+        } else {
+            let mut args = args.to_vec();
+            args.insert(2, Arg::I32(k as i32));
+            self.launch("top_k_rows", (rows.len() as u32, 1), 1024, &args)?;
+        }
+        let mut host = vec![0u32; 2 * n];
+        self.dev.dtoh(out.ptr, u32_bytes_mut(&mut host))?;
+        let (ids, vals) = host.split_at(n);
+        Ok(Some(
+            ids.iter()
+                .zip(vals)
+                .map(|(&i, &v)| (i, f32::from_bits(v)))
+                .collect(),
+        ))
     }
 
     fn logits(

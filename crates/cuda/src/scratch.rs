@@ -47,7 +47,8 @@ pub struct Scratch {
     pub bf16_x: Option<DevBuf>,
     pub gather: Option<DevBuf>,
     pub logits: Option<DevBuf>,
-    pub ids_out: Option<DevBuf>,
+    /// top_logits' answer: ids, then values.
+    pub top_out: Option<DevBuf>,
     /// The GEMM attention path: gathered K and V, queries in the cache's type, scores, probabilities.
     pub att_k: Option<DevBuf>,
     pub att_v: Option<DevBuf>,

@@ -182,20 +182,22 @@ impl<B: Backend> BatchEngine<B> {
         let bs = self.sched.config().block_size;
         let plan = step.plan(bs);
         let vocab = self.model.vocab_size();
-        // When every row to sample is plain greedy without log-probabilities, the backend may
-        // pick the tokens itself (a GPU then sends ids, not vocabularies).
+        // When every row to sample can draw from its largest logits alone (greedy, or top-k
+        // without bias, penalties or log-probabilities), the backend may select them itself: a
+        // GPU then sends a few candidates per row instead of whole vocabularies.
         let seqs = &self.seqs;
-        let greedy_only = !plan.logits_rows.is_empty()
-            && step
-                .items
-                .iter()
-                .filter(|it| it.sample || it.logits_all)
-                .all(|it| {
-                    !it.logits_all
-                        && seqs.get(&it.seq).is_some_and(|st| {
-                            st.logprobs.is_none() && st.sampler.params().plain_greedy()
-                        })
-                });
+        let top_k = step
+            .items
+            .iter()
+            .filter(|it| it.sample || it.logits_all)
+            .try_fold(0, |k: usize, it| {
+                let st = seqs.get(&it.seq)?;
+                if it.logits_all || st.logprobs.is_some() {
+                    return None;
+                }
+                Some(k.max(st.sampler.top_candidates()?))
+            })
+            .filter(|&k| k > 0 && !plan.logits_rows.is_empty());
         self.logits.resize(plan.logits_rows.len() * vocab, 0.0);
         let (b, kv, scratch, logits) = (
             &self.backend,
@@ -203,12 +205,13 @@ impl<B: Backend> BatchEngine<B> {
             &mut self.scratch,
             &mut self.logits,
         );
-        let ids = if greedy_only {
-            self.model.forward_greedy(b, &plan, kv, scratch, logits)?
+        let top = if let Some(k) = top_k {
+            self.model.forward_top(b, &plan, kv, scratch, k, logits)?
         } else {
             self.model.forward(b, &plan, kv, scratch, logits)?;
             None
         };
+        let k = top_k.unwrap_or(0);
         let mut sampled = Vec::new();
         let mut events = Vec::new();
         let mut done = Vec::new();
@@ -250,8 +253,9 @@ impl<B: Backend> BatchEngine<B> {
                 ));
             }
             let r = first + rows - 1;
-            let tok = if let Some(ids) = &ids {
-                if ids[r] == u32::MAX {
+            let tok = if let Some(top) = &top {
+                let cands = &top[r * k..(r + 1) * k];
+                if cands[0].0 == u32::MAX {
                     failed.push((
                         it.seq,
                         format!(
@@ -261,7 +265,7 @@ impl<B: Backend> BatchEngine<B> {
                     ));
                     continue;
                 }
-                ids[r]
+                st.sampler.sample_top(cands)
             } else {
                 let logits = &mut self.logits[r * vocab..(r + 1) * vocab];
                 if let Some(bad) = logits.iter().find(|l| !l.is_finite()) {

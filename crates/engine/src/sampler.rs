@@ -153,7 +153,6 @@ impl Sampler {
         if self.params.temperature <= 0.0 {
             return argmax(logits);
         }
-        let p = &self.params;
         self.cand.clear();
         self.cand.extend(
             logits
@@ -165,11 +164,51 @@ impl Sampler {
         if self.cand.is_empty() {
             return 0;
         }
-        self.cand
-            .sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        if p.top_k > 0 && p.top_k < self.cand.len() {
-            self.cand.truncate(p.top_k);
+        // Only the top k need sorting; the order is total, so this is the full sort's prefix.
+        let k = self.params.top_k;
+        if k > 0 && k < self.cand.len() {
+            self.cand.select_nth_unstable_by(k - 1, by_logit);
+            self.cand.truncate(k);
         }
+        self.cand.sort_unstable_by(by_logit);
+        self.draw()
+    }
+
+    /// How many of the largest logits `sample_top` needs to draw exactly as `sample` would:
+    /// 1 when greedy, `top_k` when that bounds the candidates and nothing changes the logits
+    /// before (no bias, no penalties); `None` otherwise (the draw needs the whole vocabulary).
+    pub fn top_candidates(&self) -> Option<usize> {
+        let p = &self.params;
+        if p.plain_greedy() {
+            return Some(1);
+        }
+        let untouched = p.logit_bias.is_empty()
+            && p.repeat_penalty == 1.0
+            && p.presence_penalty == 0.0
+            && p.frequency_penalty == 0.0;
+        (untouched && p.top_k > 0).then_some(p.top_k)
+    }
+
+    /// Draw from the largest logits — at least `top_candidates()` of them, largest first with
+    /// the lower id first on ties, as `Backend::top_logits` gives them — exactly as `sample`
+    /// draws from the whole vocabulary.
+    pub fn sample_top(&mut self, top: &[(u32, f32)]) -> u32 {
+        if top.is_empty() {
+            return 0;
+        }
+        if self.params.temperature <= 0.0 {
+            return top[0].0;
+        }
+        let k = self.params.top_k;
+        let n = if k > 0 { k.min(top.len()) } else { top.len() };
+        self.cand.clear();
+        self.cand.extend_from_slice(&top[..n]);
+        self.draw()
+    }
+
+    /// top-p, min-p, temperature and the draw over `self.cand` (sorted, already cut to top-k).
+    fn draw(&mut self) -> u32 {
+        let p = &self.params;
         // Probabilities at temperature 1 for top-p / min-p, as llama.cpp does.
         let max = self.cand[0].1;
         let probs: Vec<f32> = self.cand.iter().map(|c| (c.1 - max).exp()).collect();
@@ -233,6 +272,11 @@ impl Sampler {
             }
         }
     }
+}
+
+/// Larger logit first, then lower id: the candidates' order (total, NaN excluded beforehand).
+fn by_logit(a: &(u32, f32), b: &(u32, f32)) -> std::cmp::Ordering {
+    b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
 }
 
 /// Log-probabilities at temperature 1: the `chosen` token's, and the `top` most likely tokens
@@ -354,6 +398,63 @@ mod tests {
         .validate()
         .unwrap_err()
         .contains("logit_bias"));
+    }
+
+    /// Drawing from the top `top_candidates()` logits (what a GPU sends back) gives the token
+    /// `sample` gives from the whole vocabulary, draw after draw, for top-k with every other
+    /// setting; ties at the cut included. Settings that change logits first need the vocabulary.
+    #[test]
+    fn drawing_from_the_top_candidates_equals_drawing_from_the_vocabulary() {
+        let mut rng = Rng(7);
+        let vocab = 5000;
+        for case in 0..24 {
+            let params = SamplingParams {
+                temperature: [0.0, 0.3, 0.8, 1.5][case % 4],
+                top_k: [1, 5, 40, 256][case / 4 % 4],
+                top_p: [1.0, 0.9][case / 16],
+                min_p: [0.0, 0.05][case % 2],
+                seed: Some(case as u64),
+                ..Default::default()
+            };
+            let k = Sampler::new(params.clone()).top_candidates().unwrap();
+            let (mut full, mut top) = (Sampler::new(params.clone()), Sampler::new(params));
+            for _ in 0..50 {
+                // Coarse values: many ties, some at the cut.
+                let logits: Vec<f32> = (0..vocab)
+                    .map(|_| (rng.next_f64() * 40.0).floor() as f32 * 0.25)
+                    .collect();
+                let mut cands: Vec<(u32, f32)> = logits
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &l)| (i as u32, l))
+                    .collect();
+                cands.sort_by(by_logit);
+                cands.truncate(k);
+                let want = full.sample(&mut logits.clone(), &[]);
+                assert_eq!(top.sample_top(&cands), want, "case {case}");
+            }
+        }
+        let touched = [
+            SamplingParams {
+                top_k: 0,
+                ..Default::default()
+            },
+            SamplingParams {
+                repeat_penalty: 1.1,
+                ..Default::default()
+            },
+            SamplingParams {
+                logit_bias: vec![(3, 1.0)],
+                ..Default::default()
+            },
+            SamplingParams {
+                logit_bias: vec![(3, 1.0)],
+                ..SamplingParams::greedy()
+            },
+        ];
+        for p in touched {
+            assert_eq!(Sampler::new(p).top_candidates(), None);
+        }
     }
 
     #[test]

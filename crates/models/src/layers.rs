@@ -247,27 +247,28 @@ impl<B: Backend> Model<B> {
         b.logits(&s.h, &plan.logits_rows, self.head(), logits)
     }
 
-    /// Like `forward`, but when the backend can pick the greedy token of each logits row itself
-    /// (`u32::MAX` for a row with non-finite logits) only those come back; otherwise `logits`
-    /// is filled as by `forward` and the result is `None`.
-    pub fn forward_greedy(
+    /// Like `forward`, but when the backend can select the `k` largest logits of each logits row
+    /// itself (`Backend::top_logits`) only those come back; otherwise `logits` is filled as by
+    /// `forward` and the result is `None`.
+    pub fn forward_top(
         &self,
         b: &B,
         plan: &BatchPlan,
         kv: &mut KvPages<B::KvBuffer>,
         s: &mut Scratch<B>,
+        k: usize,
         logits: &mut [f32],
-    ) -> Result<Option<Vec<u32>>, BackendError> {
+    ) -> Result<Option<Vec<(u32, f32)>>, BackendError> {
         self.forward_hidden(b, plan, kv, s)?;
         if plan.logits_rows.is_empty() {
             return Ok(Some(Vec::new()));
         }
         b.rms_norm(&s.x, &self.norm, self.cfg.rms_norm_eps, &mut s.h)?;
-        let ids = b.argmax_logits(&s.h, &plan.logits_rows, self.head())?;
-        if ids.is_none() {
+        let top = b.top_logits(&s.h, &plan.logits_rows, self.head(), k)?;
+        if top.is_none() {
             b.logits(&s.h, &plan.logits_rows, self.head(), logits)?;
         }
-        Ok(ids)
+        Ok(top)
     }
 
     /// The output projection (the embedding table when tied).

@@ -111,3 +111,15 @@ template <class T> static inline T __shfl_xor_sync(unsigned, T v, int o) {
     emu::wait(emu::warps[w]);
     return r;
 }
+static inline unsigned __ballot_sync(unsigned, bool pred) {
+    unsigned t = threadIdx.x, w = t / 32;
+    emu::xchg[t] = pred;
+    emu::wait(emu::warps[w]);
+    unsigned m = 0;
+    for (unsigned l = 0; l < 32 && w * 32 + l < blockDim.x; l++) m |= (emu::xchg[w * 32 + l] ? 1u : 0u) << l;
+    emu::wait(emu::warps[w]);
+    return m;
+}
+static inline int __popc(unsigned v) { return __builtin_popcount(v); }
+// Fibers switch only at barriers, so a plain read-modify-write is atomic here.
+static inline unsigned atomicAdd(unsigned* p, unsigned v) { unsigned o = *p; *p += v; return o; }
