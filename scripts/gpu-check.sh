@@ -45,6 +45,8 @@ PY
 say "== benchmarks (bf16 unless named; decode: 128 tokens; prefill: 2048 tokens; batch 32: 128-token prompts, 128 new tokens)"
 bench "qwen2.5-0.5b bf16"      --random qwen2.5-0.5b --prompt-tokens 2048 --batch 2048 --gen-tokens 128 --repetitions 3 --parallel 32
 bench "qwen2.5-7b bf16"        --random qwen2.5-7b --prompt-tokens 2048 --batch 2048 --gen-tokens 128 --repetitions 3 --parallel 32
+# The same prefill with attention through gather + cuBLAS instead of the fused kernel.
+( export SUANLI_CUDA_FLASH=0; bench "qwen2.5-7b bf16 gemm-attn" --random qwen2.5-7b --prompt-tokens 2048 --batch 2048 --gen-tokens 8 --repetitions 3 )
 bench "qwen2.5-7b q4_k"        --random qwen2.5-7b:q4_k --prompt-tokens 2048 --batch 2048 --gen-tokens 128 --repetitions 3
 bench "qwen2.5-7b q8_0"        --random qwen2.5-7b:q8_0 --prompt-tokens 512 --batch 512 --gen-tokens 128 --repetitions 2
 [ "${QUICK:-0}" = 1 ] || bench "qwen2.5-72b q4_k" --random qwen2.5-72b:q4_k --prompt-tokens 512 --batch 512 --gen-tokens 32 --repetitions 1

@@ -1,9 +1,16 @@
 //! Attention of `CudaBackend` over the paged KV cache: the per-row split-K kernel for decode and
-//! short chunks, and for long prefill chunks gathered K/V with two batched GEMMs per KV head.
+//! short chunks; prefill chunks over an f16 cache in the fused tensor-core kernel (flash.cu); long
+//! chunks over an f32 cache as gathered K/V with two batched GEMMs per KV head.
 
 use crate::device::{u32_bytes, Arg, DevBuf, Elem, Gemm};
 use crate::scratch::{self, ensure};
 use crate::{blocks, CudaBackend, KvBuf, ATTN_GEMM_MIN_ROWS};
+
+/// A sequence with at least this many new rows in a step takes the fused prefill kernel
+/// (flash.cu; f16 cache, head dim 64 or 128).
+pub const FLASH_MIN_ROWS: usize = 16;
+/// Query rows per block of the fused kernel (`FA_ROWS`).
+const FLASH_ROWS: usize = 64;
 use suanli_backend::{shape_err, Act, AttnMeta, AttnSeq, KvPages, KvSpec, Result};
 
 impl CudaBackend {
@@ -37,13 +44,29 @@ impl CudaBackend {
         if q.rows == 0 {
             return Ok(());
         }
-        // Long prefill chunks go through cuBLAS; their rows are skipped by the per-row kernel.
-        let long: Vec<&AttnSeq> = meta
-            .seqs
-            .iter()
-            .filter(|s| s.q_len >= ATTN_GEMM_MIN_ROWS)
-            .collect();
-        for s in &long {
+        // Chunks of a prefill take the fused kernel (f16 cache, head dims 64 and 128) or, long
+        // ones over an f32 cache, cuBLAS; their rows are skipped by the per-row kernel.
+        let fused = self.flash && kv.layers[layer].0.f16 && (hd == 64 || hd == 128);
+        let (flash, long): (Vec<&AttnSeq>, Vec<&AttnSeq>) = if fused {
+            let flash = meta.seqs.iter().filter(|s| s.q_len >= FLASH_MIN_ROWS);
+            (flash.collect(), Vec::new())
+        } else {
+            let long = meta.seqs.iter().filter(|s| s.q_len >= ATTN_GEMM_MIN_ROWS);
+            (Vec::new(), long.collect())
+        };
+        let mut tiles = Vec::new();
+        for s in &flash {
+            // Later tiles see more positions: they go first.
+            for t in (0..s.q_len.div_ceil(FLASH_ROWS)).rev() {
+                let first = s.q_start + t * FLASH_ROWS;
+                let rows = FLASH_ROWS.min(s.q_len - t * FLASH_ROWS);
+                let pos0 = s.ctx_len - s.q_len + t * FLASH_ROWS;
+                tiles.extend(
+                    [first, rows, row_meta[2 * s.q_start] as usize, pos0].map(|v| v as u32),
+                );
+            }
+        }
+        for s in flash.iter().chain(&long) {
             for r in s.q_start..s.q_start + s.q_len {
                 row_meta[2 * r + 1] = 0;
             }
@@ -53,7 +76,7 @@ impl CudaBackend {
         let dev_tables = sc.tables.put(&self.dev, u32_bytes(&tables))?.ptr;
         let dev_meta = sc.row_meta.put(&self.dev, u32_bytes(&row_meta))?.ptr;
         let (kc, vc) = &kv.layers[layer];
-        if long.len() < meta.seqs.len() {
+        if flash.len() + long.len() < meta.seqs.len() {
             let kernel = if kc.f16 {
                 "attention_f16"
             } else {
@@ -74,6 +97,23 @@ impl CudaBackend {
             ];
             // One block of ATT_WARPS (8) warps per (head, row).
             self.launch(kernel, (nh as u32, q.rows as u32), 256, &args)?;
+        }
+        if !tiles.is_empty() {
+            let dev_tiles = sc.flash_tiles.put(&self.dev, u32_bytes(&tiles))?.ptr;
+            let args = [
+                q.buf.arg(),
+                kc.buf.arg(),
+                vc.buf.arg(),
+                Arg::Ptr(dev_tables),
+                Arg::Ptr(dev_tiles),
+                Arg::I32(nh as i32),
+                Arg::I32(nkv as i32),
+                Arg::I32(kv.spec.block_size as i32),
+                Arg::F32(meta.scale),
+                out.buf.arg(),
+            ];
+            let grid = ((tiles.len() / 4) as u32, nh as u32);
+            self.launch(&format!("flash_prefill_f16_{hd}"), grid, 128, &args)?;
         }
         for s in long {
             let table = dev_tables + 4 * row_meta[2 * s.q_start] as u64;

@@ -10,13 +10,14 @@ use std::sync::Arc;
 use suanli_core::DType;
 
 /// In concatenation order: helpers first.
-const SOURCES: [(&str, &str); 6] = [
+const SOURCES: [(&str, &str); 7] = [
     ("common.cuh", include_str!("../kernels/common.cuh")),
     ("quant.cuh", include_str!("../kernels/quant.cuh")),
     ("matvec.cu", include_str!("../kernels/matvec.cu")),
     ("ops.cu", include_str!("../kernels/ops.cu")),
     ("attention.cu", include_str!("../kernels/attention.cu")),
     ("topk.cu", include_str!("../kernels/topk.cu")),
+    ("flash.cu", include_str!("../kernels/flash.cu")),
 ];
 
 /// Weight types with kernels, and the suffix their kernel names carry.
@@ -35,7 +36,7 @@ pub const WEIGHT_TYPES: [(DType, &str); 11] = [
 ];
 
 /// Kernels without a weight type.
-const PLAIN: [&str; 19] = [
+const PLAIN: [&str; 21] = [
     "rms_norm",
     "rms_norm_groups",
     "rope",
@@ -47,6 +48,8 @@ const PLAIN: [&str; 19] = [
     "gather_rows",
     "argmax_rows",
     "top_k_rows",
+    "flash_prefill_f16_64",
+    "flash_prefill_f16_128",
     "write_kv_f32",
     "write_kv_f16",
     "attention_f32",

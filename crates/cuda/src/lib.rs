@@ -50,6 +50,9 @@ pub struct CudaBackend {
     graphs: Arc<graph::GraphDevice>,
     caps: Capabilities,
     scratch: Mutex<scratch::Scratch>,
+    /// Prefill attention over an f16 cache in the fused kernel; `SUANLI_CUDA_FLASH=0` sends it
+    /// through the gather + GEMM path instead (for comparing the two on a GPU).
+    flash: bool,
 }
 
 /// 1-D geometry: enough `threads`-thread blocks for `n` items.
@@ -95,6 +98,7 @@ impl CudaBackend {
             kv_dtypes: vec![KvDType::F16, KvDType::F32],
         };
         CudaBackend {
+            flash: std::env::var("SUANLI_CUDA_FLASH").as_deref() != Ok("0"),
             dev,
             graphs,
             caps,

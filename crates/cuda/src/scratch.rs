@@ -62,4 +62,5 @@ pub struct Scratch {
     pub slots: Upload,
     pub tables: Upload,
     pub row_meta: Upload,
+    pub flash_tiles: Upload,
 }

@@ -20,6 +20,7 @@
 #define __launch_bounds__(x)
 #define __restrict__ __restrict
 #define __shared__ static  // blocks run one at a time
+#define __align__(n) __attribute__((aligned(n)))
 
 struct Dim3 { unsigned x = 1, y = 1, z = 1; };
 static Dim3 threadIdx, blockIdx, blockDim, gridDim;
@@ -34,6 +35,8 @@ static inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 static inline float h2f(unsigned short h) { _Float16 v; memcpy(&v, &h, 2); return (float)v; }
 static inline unsigned short f2h(float f) { _Float16 v = (_Float16)f; unsigned short h; memcpy(&h, &v, 2); return h; }
 
+static inline int min(int a, int b) { return a < b ? a : b; }
+
 namespace emu {
 struct Group { int arrived = 0, expected = 0; unsigned gen = 0; };
 struct Fiber { ucontext_t ctx; bool done = false; };
@@ -45,6 +48,7 @@ static int current = 0;
 static std::vector<Group> warps;
 static Group block;
 static unsigned long long xchg[1024];
+static unsigned mma_a[1024][4], mma_b[1024][2];
 static std::function<void()> body;
 
 static void yield() { swapcontext(&fibers[current].ctx, &sched); }
@@ -123,3 +127,37 @@ static inline unsigned __ballot_sync(unsigned, bool pred) {
 static inline int __popc(unsigned v) { return __builtin_popcount(v); }
 // Fibers switch only at barriers, so a plain read-modify-write is atomic here.
 static inline unsigned atomicAdd(unsigned* p, unsigned v) { unsigned o = *p; *p += v; return o; }
+// mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 for one warp: each lane hands in its
+// fragments, the warp's A (16×16) and B (16×8) are put together by the PTX ISA's layout
+// (g = lane / 4, t = lane % 4; A: regs 0..3 at (g, 2t), (g+8, 2t), (g, 2t+8), (g+8, 2t+8), two
+// columns each, low half first; B: regs 0, 1 at rows (2t, 2t+1) and (2t+8, 2t+9) of column g),
+// and each lane adds its D elements: (g, 2t), (g, 2t+1), (g+8, 2t), (g+8, 2t+1).
+static inline void mma16816(float* d, const unsigned* a, const unsigned* b) {
+    unsigned th = threadIdx.x, w = th / 32;
+    memcpy(emu::mma_a[th], a, 16);
+    memcpy(emu::mma_b[th], b, 8);
+    emu::wait(emu::warps[w]);
+    float A[16][16], B[16][8];
+    for (int L = 0; L < 32; L++) {
+        int g = L / 4, t = L % 4;
+        const unsigned* la = emu::mma_a[w * 32 + L];
+        const unsigned* lb = emu::mma_b[w * 32 + L];
+        for (int i = 0; i < 4; i++) {
+            int r = g + 8 * (i & 1), c = 2 * t + 8 * (i >> 1);
+            A[r][c] = h2f(la[i] & 0xffff);
+            A[r][c + 1] = h2f(la[i] >> 16);
+        }
+        for (int i = 0; i < 2; i++) {
+            B[2 * t + 8 * i][g] = h2f(lb[i] & 0xffff);
+            B[2 * t + 8 * i + 1][g] = h2f(lb[i] >> 16);
+        }
+    }
+    int g = (th % 32) / 4, t = th % 4;
+    for (int i = 0; i < 4; i++) {
+        int r = g + 8 * (i >> 1), c = 2 * t + (i & 1);
+        float acc = 0.0f;
+        for (int k = 0; k < 16; k++) acc += A[r][k] * B[k][c];
+        d[i] += acc;
+    }
+    emu::wait(emu::warps[w]);
+}

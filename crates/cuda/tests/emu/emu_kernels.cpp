@@ -7,6 +7,7 @@
 #include "ops.cu"
 #include "attention.cu"
 #include "topk.cu"
+#include "flash.cu"
 
 #include <cstring>
 #include <utility>
@@ -26,6 +27,7 @@ static const Entry TABLE[] = {
     K(rms_norm) K(rms_norm_groups) K(rope) K(silu_mul) K(add) K(add_bias) K(to_bf16) K(gather_rows)
     K(argmax_rows) K(write_kv_f32) K(write_kv_f16) K(attention_f32) K(attention_f16) K(gather_kv_f32)
     K(gather_kv_f16) K(softmax_causal_f32) K(softmax_causal_f16) K(to_f16) K(top_k_rows)
+    K(flash_prefill_f16_64) K(flash_prefill_f16_128)
 };
 
 // cuLaunchKernel's shape: a kernel by name, grid, block, argument pointers. -1: no such kernel.

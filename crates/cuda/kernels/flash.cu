@@ -1,0 +1,181 @@
+// Prefill attention over an f16 paged cache as one fused kernel (flash attention on the tensor
+// cores): per block 64 query rows of one sequence and one head, 4 warps of 16 rows; K and V come
+// through shared memory 64 positions at a time straight from the cache's pages; scores, the
+// online softmax and P·V stay in registers (mma.sync m16n8k16, f16 in, f32 accumulate), so
+// nothing of size rows × context is written anywhere. Decode rows take attention.cu's kernel.
+
+#define FA_ROWS 64   // query rows per block (16 per warp)
+#define FA_KEYS 64   // positions per K/V tile
+#define FA_PAD 8     // f16s of padding per shared row: the fragment loads hit distinct banks
+
+// D += A·B on the tensor cores for one warp: A 16×16 (row-major f16 pairs), B 16×8 (column
+// pairs), D 16×8 f32. Fragment layout (PTX ISA, mma.m16n8k16): g = lane / 4, t = lane % 4;
+// a0 (row g, cols 2t, 2t+1), a1 (row g+8, same), a2 (row g, cols 2t+8, 2t+9), a3 (row g+8, same);
+// b0 (rows 2t, 2t+1, col g), b1 (rows 2t+8, 2t+9, col g); d0,d1 (row g, cols 2t, 2t+1), d2,d3
+// (row g+8, same).
+#ifndef SUANLI_CUDA_EMU
+DEV void mma16816(float* d, const u32* a, const u32* b) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+#endif
+// (Under the emulator, cuda_emu.h supplies mma16816 from the same layout.)
+
+DEV u32 pack_f16(float lo, float hi) { return (u32)f2h(lo) | ((u32)f2h(hi) << 16); }
+
+// tiles[4 * blockIdx.x ..]: first query row (in q and out), rows (≤ 64), offset of the
+// sequence's block table in `tables`, position of the first row. A row at position p sees
+// positions 0..=p. Grid: (tiles, heads); 128 threads.
+template <int HD>
+DEV void flash_prefill_impl(const float* __restrict__ q, const u16* __restrict__ kc, const u16* __restrict__ vc,
+                            const u32* __restrict__ tables, const u32* __restrict__ tiles, int n_heads, int n_kv,
+                            int block_size, float scale, float* __restrict__ out) {
+    __shared__ __align__(16) u16 ks[FA_KEYS][HD + FA_PAD];
+    __shared__ __align__(16) u16 vs[FA_KEYS][HD + FA_PAD];
+    const u32* tile = tiles + 4 * blockIdx.x;
+    const int row0 = (int)tile[0], nrows = (int)tile[1], pos0 = (int)tile[3];
+    const u32* table = tables + tile[2];
+    const int h = blockIdx.y, kvh = h / (n_heads / n_kv), kv_dim = n_kv * HD;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int wrow = warp * 16;                  // the warp's first row in the tile
+    const bool active = wrow < nrows;            // warp-uniform
+    const int last_pos = pos0 + nrows - 1;       // the block's last visible position
+    const int warp_last = pos0 + min(wrow + 15, nrows - 1);
+
+    // Q fragments, scaled by scale·log2(e) so that the softmax is exp2.
+    u32 qa[HD / 16][4];
+    const float qscale = scale * 1.4426950408889634f;
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; kk++) {
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            int r = wrow + g + 8 * (i & 1), c = 16 * kk + 2 * t + 8 * (i >> 1);
+            float lo = 0.0f, hi = 0.0f;
+            if (r < nrows) {
+                const float* qr = q + ((u64)(row0 + r) * n_heads + h) * HD + c;
+                lo = qr[0] * qscale;
+                hi = qr[1] * qscale;
+            }
+            qa[kk][i] = pack_f16(lo, hi);
+        }
+    }
+    float o[HD / 8][4];
+#pragma unroll
+    for (int i = 0; i < HD / 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};  // rows g and g + 8
+    const int qpos[2] = {pos0 + wrow + g, pos0 + wrow + g + 8};
+
+    for (int k0 = 0; k0 <= last_pos; k0 += FA_KEYS) {
+        __syncthreads();  // the previous tile is consumed
+        // K and V rows k0.. from their pages, 16 bytes per load; positions past the block's
+        // last row are zero (and masked).
+        for (int i = threadIdx.x; i < FA_KEYS * HD / 8; i += blockDim.x) {
+            int r = i / (HD / 8), c = 8 * (i % (HD / 8)), p = k0 + r;
+            uint4 kv4 = {0, 0, 0, 0}, vv4 = {0, 0, 0, 0};
+            if (p <= last_pos) {
+                u64 at = ((u64)table[p / block_size] * block_size + p % block_size) * kv_dim + (u64)kvh * HD + c;
+                kv4 = *(const uint4*)(kc + at);
+                vv4 = *(const uint4*)(vc + at);
+            }
+            *(uint4*)&ks[r][c] = kv4;
+            *(uint4*)&vs[r][c] = vv4;
+        }
+        __syncthreads();
+        if (!active || k0 > warp_last) continue;  // warp-uniform; every warp reaches the barrier
+
+        // S = Q·Kᵀ: 8 tiles of 8 positions.
+        float s[FA_KEYS / 8][4];
+#pragma unroll
+        for (int nt = 0; nt < FA_KEYS / 8; nt++) {
+            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+#pragma unroll
+            for (int kk = 0; kk < HD / 16; kk++) {
+                u32 b[2] = {*(const u32*)&ks[8 * nt + g][16 * kk + 2 * t],
+                            *(const u32*)&ks[8 * nt + g][16 * kk + 2 * t + 8]};
+                mma16816(s[nt], qa[kk], b);
+            }
+        }
+        // Causal mask, then the online softmax per row (a row's values are spread over the 4
+        // lanes of its group).
+        float corr[2];
+#pragma unroll
+        for (int half = 0; half < 2; half++) {
+            float mx = m[half];
+#pragma unroll
+            for (int nt = 0; nt < FA_KEYS / 8; nt++)
+#pragma unroll
+                for (int c = 0; c < 2; c++) {
+                    int p = k0 + 8 * nt + 2 * t + c;
+                    float& v = s[nt][2 * half + c];
+                    if (p > qpos[half]) v = -INFINITY;
+                    mx = fmaxf(mx, v);
+                }
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            // Position k0 ≤ qpos for every row this warp computes, so mx is finite.
+            corr[half] = exp2f(m[half] - mx);
+            m[half] = mx;
+            float sum = 0.0f;
+#pragma unroll
+            for (int nt = 0; nt < FA_KEYS / 8; nt++)
+#pragma unroll
+                for (int c = 0; c < 2; c++) {
+                    float& v = s[nt][2 * half + c];
+                    v = exp2f(v - mx);
+                    sum += v;
+                }
+            l[half] = l[half] * corr[half] + sum;  // this lane's share; summed at the end
+        }
+#pragma unroll
+        for (int i = 0; i < HD / 8; i++) {
+            o[i][0] *= corr[0];
+            o[i][1] *= corr[0];
+            o[i][2] *= corr[1];
+            o[i][3] *= corr[1];
+        }
+        // O += P·V: the score accumulators of two adjacent tiles are the A fragment of 16 keys.
+#pragma unroll
+        for (int kk = 0; kk < FA_KEYS / 16; kk++) {
+            u32 pa[4] = {pack_f16(s[2 * kk][0], s[2 * kk][1]), pack_f16(s[2 * kk][2], s[2 * kk][3]),
+                         pack_f16(s[2 * kk + 1][0], s[2 * kk + 1][1]), pack_f16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+            const int kr = 16 * kk + 2 * t;
+#pragma unroll
+            for (int dt = 0; dt < HD / 8; dt++) {
+                const int d = 8 * dt + g;
+                u32 b[2] = {(u32)vs[kr][d] | ((u32)vs[kr + 1][d] << 16),
+                            (u32)vs[kr + 8][d] | ((u32)vs[kr + 9][d] << 16)};
+                mma16816(o[dt], pa, b);
+            }
+        }
+    }
+    if (!active) return;
+#pragma unroll
+    for (int half = 0; half < 2; half++) {
+        float total = l[half];
+        total += __shfl_xor_sync(0xffffffffu, total, 1);
+        total += __shfl_xor_sync(0xffffffffu, total, 2);
+        int r = wrow + g + 8 * half;
+        if (r < nrows) {
+            float* orow = out + ((u64)(row0 + r) * n_heads + h) * HD;
+            float inv = 1.0f / total;
+#pragma unroll
+            for (int dt = 0; dt < HD / 8; dt++) {
+                orow[8 * dt + 2 * t] = o[dt][2 * half] * inv;
+                orow[8 * dt + 2 * t + 1] = o[dt][2 * half + 1] * inv;
+            }
+        }
+    }
+}
+
+#define FLASH_KERNEL(HD)                                                                                  \
+    extern "C" __global__ void __launch_bounds__(128)                                                    \
+        flash_prefill_f16_##HD(const float* q, const u16* kc, const u16* vc, const u32* tables,          \
+                               const u32* tiles, int n_heads, int n_kv, int block_size, float scale,     \
+                               float* out) {                                                             \
+        flash_prefill_impl<HD>(q, kc, vc, tables, tiles, n_heads, n_kv, block_size, scale, out);         \
+    }
+FLASH_KERNEL(64)
+FLASH_KERNEL(128)
