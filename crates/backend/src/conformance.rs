@@ -103,8 +103,17 @@ pub fn run<B: Backend>(b: &B) -> Report {
     check_elementwise(b, &mut rng, &mut rep);
     for &kv in &b.caps().kv_dtypes {
         for hd in [64, 128] {
-            check_attention(b, kv, hd, &mut rng, &mut rep);
+            check_attention(b, kv, hd, &MIXED_STEP, "5 seqs", &mut rng, &mut rep);
         }
+        check_attention(
+            b,
+            kv,
+            128,
+            &LONG_DECODE,
+            "decode at 3000, 700",
+            &mut rng,
+            &mut rep,
+        );
     }
     rep
 }
@@ -573,20 +582,37 @@ fn check_elementwise<B: Backend>(b: &B, rng: &mut Rng, rep: &mut Report) {
 /// Several sequences over shuffled blocks: one decoding at depth, one prefilling a chunk after
 /// earlier context, one starting from nothing; grouped-query heads; K/V written through
 /// `write_kv` in two steps like a real prefill followed by a step.
-fn check_attention<B: Backend>(b: &B, kvt: KvDType, hd: usize, rng: &mut Rng, rep: &mut Report) {
+/// Attention steps as (context before the step, new tokens) per sequence. A mixed step: decode,
+/// chunks after context (70 rows: long enough for a GPU's prefill paths), a fresh prefill, a
+/// 2-token context.
+const MIXED_STEP: [(usize, usize); 5] = [(150, 1), (37, 21), (0, 19), (1, 1), (30, 70)];
+/// Decode rows deep in their context: a GPU splits such contexts across blocks.
+const LONG_DECODE: [(usize, usize); 2] = [(3000, 1), (700, 1)];
+
+#[allow(clippy::too_many_arguments)]
+fn check_attention<B: Backend>(
+    b: &B,
+    kvt: KvDType,
+    hd: usize,
+    shapes: &[(usize, usize)],
+    what: &str,
+    rng: &mut Rng,
+    rep: &mut Report,
+) {
     let (n_heads, n_kv, bs, layers, layer) = (8, 2, 16, 2, 1);
     let kv_dim = n_kv * hd;
     let spec = KvSpec {
         dtype: kvt,
         n_layers: layers,
-        num_blocks: 40,
+        num_blocks: shapes
+            .iter()
+            .map(|(p, n)| (p + n).div_ceil(bs))
+            .sum::<usize>()
+            + 4,
         block_size: bs,
         n_kv_heads: n_kv,
         head_dim: hd,
     };
-    // (context before the step, new tokens this step)
-    // (30, 70): a chunk long enough for a GPU's GEMM attention path.
-    let shapes = [(150usize, 1usize), (37, 21), (0, 19), (1, 1), (30, 70)];
     let mut free: Vec<u32> = (0..spec.num_blocks as u32).collect();
     rng.shuffle(&mut free);
     let tables: Vec<Vec<u32>> = shapes
@@ -682,7 +708,7 @@ fn check_attention<B: Backend>(b: &B, kvt: KvDType, hd: usize, rng: &mut Rng, re
     record(
         rep,
         "attention",
-        format!("{kvt:?} cache, head {hd}, GQA 8/2, 5 seqs"),
+        format!("{kvt:?} cache, head {hd}, GQA 8/2, {what}"),
         tol,
         got,
     );

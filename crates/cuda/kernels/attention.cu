@@ -26,18 +26,24 @@ DEV void write_kv_impl(const float* k, const float* v, const u32* slots, int row
 // and the warps' partial results are merged at the end through shared memory. Within a round
 // the ATT_CHUNK reductions overlap. `row_meta[r]` = (table offset into `tables`, number of
 // positions the row sees; 0: the row belongs to the GEMM path). Lanes own dims lane, lane + 32, ...
+//
+// Long contexts are also split across blocks (flash-decoding): with n_split > 1, block x covers
+// head x % n_heads and positions [span·s, span·(s + 1)) for s = x / n_heads, and leaves its
+// merged but unnormalized result (max, sum, output[hd]) in `part` for attention_merge.
 template <typename C>
 DEV void attention_impl(const float* __restrict__ q, const C* __restrict__ kc, const C* __restrict__ vc,
                         const u32* __restrict__ tables, const u32* __restrict__ row_meta, int n_heads, int n_kv,
-                        int hd, int block_size, float scale, float* __restrict__ out) {
+                        int hd, int block_size, float scale, int span, int n_split, float* __restrict__ part,
+                        float* __restrict__ out) {
     __shared__ float sm_m[ATT_WARPS], sm_l[ATT_WARPS];
     __shared__ float sm_acc[ATT_WARPS][ATT_MAX_DIMS * 32];
-    int h = blockIdx.x, row = blockIdx.y;
+    int h = blockIdx.x % n_heads, split = blockIdx.x / n_heads, row = blockIdx.y;
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int kvh = h / (n_heads / n_kv), kv_dim = n_kv * hd;
     const u32* table = tables + row_meta[2 * row];
     int n_ctx = (int)row_meta[2 * row + 1];
     if (n_ctx == 0) return;  // the whole block returns together
+    const int p_begin = split * span, p_end = min(n_ctx, p_begin + span);
     const float* qh = q + ((u64)row * n_heads + h) * hd;
     float qv[ATT_MAX_DIMS], acc[ATT_MAX_DIMS];
 #pragma unroll
@@ -47,7 +53,7 @@ DEV void attention_impl(const float* __restrict__ q, const C* __restrict__ kc, c
         acc[i] = 0.0f;
     }
     float m = -INFINITY, l = 0.0f;
-    for (int p0 = warp * ATT_CHUNK; p0 < n_ctx; p0 += ATT_WARPS * ATT_CHUNK) {
+    for (int p0 = p_begin + warp * ATT_CHUNK; p0 < p_end; p0 += ATT_WARPS * ATT_CHUNK) {
         float s[ATT_CHUNK];
         u64 base[ATT_CHUNK];
 #pragma unroll
@@ -55,7 +61,7 @@ DEV void attention_impl(const float* __restrict__ q, const C* __restrict__ kc, c
             int p = p0 + c;
             s[c] = 0.0f;
             base[c] = 0;
-            if (p < n_ctx) {
+            if (p < p_end) {
                 u64 slot = (u64)table[p / block_size] * block_size + p % block_size;
                 base[c] = slot * kv_dim + (u64)kvh * hd;
 #pragma unroll
@@ -69,7 +75,7 @@ DEV void attention_impl(const float* __restrict__ q, const C* __restrict__ kc, c
 #pragma unroll
         for (int c = 0; c < ATT_CHUNK; c++) {
             s[c] = warp_sum(s[c]);
-            if (p0 + c < n_ctx) cm = fmaxf(cm, s[c]);
+            if (p0 + c < p_end) cm = fmaxf(cm, s[c]);
         }
         float corr = expf(m - cm);  // m = -inf on the first round: corr = 0, acc and l are 0
         l *= corr;
@@ -77,7 +83,7 @@ DEV void attention_impl(const float* __restrict__ q, const C* __restrict__ kc, c
         for (int i = 0; i < ATT_MAX_DIMS; i++) acc[i] *= corr;
 #pragma unroll
         for (int c = 0; c < ATT_CHUNK; c++) {
-            if (p0 + c < n_ctx) {
+            if (p0 + c < p_end) {
                 float e = expf(s[c] - cm);
                 l += e;
 #pragma unroll
@@ -104,12 +110,43 @@ DEV void attention_impl(const float* __restrict__ q, const C* __restrict__ kc, c
     float total = 0.0f;
 #pragma unroll
     for (int w = 0; w < ATT_WARPS; w++) total += sm_m[w] == -INFINITY ? 0.0f : sm_l[w] * expf(sm_m[w] - big);
-    float* o = out + ((u64)row * n_heads + h) * hd;
+    // With one split, the row's output; else this split's part (an empty split: max −inf, sum 0).
+    float* o = n_split == 1 ? out + ((u64)row * n_heads + h) * hd
+                            : part + (((u64)row * n_heads + h) * n_split + split) * (hd + 2) + 2;
+    float inv = n_split == 1 ? 1.0f / total : 1.0f;
+    if (n_split > 1 && threadIdx.x == 0) {
+        o[-2] = big;
+        o[-1] = total;
+    }
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
         float v = 0.0f;
 #pragma unroll
         for (int w = 0; w < ATT_WARPS; w++)
             if (sm_m[w] != -INFINITY) v += sm_acc[w][d] * expf(sm_m[w] - big);
+        o[d] = v * inv;
+    }
+}
+
+// The splits of each (row, head) into its output: as the warps' merge above, over the parts.
+// Grid (heads, rows); rows another path computes (row_meta 0) are left alone.
+extern "C" __global__ void attention_merge(const float* __restrict__ part, const u32* __restrict__ row_meta,
+                                           int n_heads, int hd, int n_split, float* __restrict__ out) {
+    int h = blockIdx.x, row = blockIdx.y;
+    if (row_meta[2 * row + 1] == 0) return;
+    const float* pr = part + ((u64)row * n_heads + h) * n_split * (hd + 2);
+    float big = -INFINITY, total = 0.0f;
+    for (int s = 0; s < n_split; s++) big = fmaxf(big, pr[s * (hd + 2)]);
+    for (int s = 0; s < n_split; s++) {
+        float m = pr[s * (hd + 2)];
+        if (m != -INFINITY) total += pr[s * (hd + 2) + 1] * expf(m - big);
+    }
+    float* o = out + ((u64)row * n_heads + h) * hd;
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float v = 0.0f;
+        for (int s = 0; s < n_split; s++) {
+            float m = pr[s * (hd + 2)];
+            if (m != -INFINITY) v += pr[s * (hd + 2) + 2 + d] * expf(m - big);
+        }
         o[d] = v / total;
     }
 }
@@ -157,8 +194,10 @@ extern "C" __global__ void to_f16(const float* __restrict__ x, u64 n, u16* __res
     }                                                                                                     \
     extern "C" __global__ void attention_##name(const float* q, const C* kc, const C* vc, const u32* tables, \
                                                 const u32* row_meta, int n_heads, int n_kv, int hd,        \
-                                                int block_size, float scale, float* out) {                 \
-        attention_impl<C>(q, kc, vc, tables, row_meta, n_heads, n_kv, hd, block_size, scale, out);        \
+                                                int block_size, float scale, int span, int n_split,        \
+                                                float* part, float* out) {                                 \
+        attention_impl<C>(q, kc, vc, tables, row_meta, n_heads, n_kv, hd, block_size, scale, span, n_split, \
+                          part, out);                                                                      \
     }                                                                                                     \
     extern "C" __global__ void gather_kv_##name(const C* kc, const C* vc, const u32* table, int ctx,      \
                                                 int kv_dim, int bs, C* ko, C* vo) {                        \

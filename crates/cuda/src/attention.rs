@@ -82,6 +82,15 @@ impl CudaBackend {
             } else {
                 "attention_f32"
             };
+            // Few (row, head) blocks over long contexts: split the contexts across blocks too.
+            let max_ctx = (0..q.rows).map(|r| row_meta[2 * r + 1] as usize).max();
+            let (span, n_split) = decode_split(max_ctx.unwrap_or(0), nh * q.rows);
+            let part = if n_split > 1 {
+                let bytes = q.rows * nh * n_split * (hd + 2) * 4;
+                ensure(&self.dev, &mut sc.att_part, bytes)?.ptr
+            } else {
+                0
+            };
             let args = [
                 q.buf.arg(),
                 kc.buf.arg(),
@@ -93,10 +102,25 @@ impl CudaBackend {
                 Arg::I32(hd as i32),
                 Arg::I32(kv.spec.block_size as i32),
                 Arg::F32(meta.scale),
+                Arg::I32(span as i32),
+                Arg::I32(n_split as i32),
+                Arg::Ptr(part),
                 out.buf.arg(),
             ];
-            // One block of ATT_WARPS (8) warps per (head, row).
-            self.launch(kernel, (nh as u32, q.rows as u32), 256, &args)?;
+            // One block of ATT_WARPS (8) warps per (head, split, row).
+            let grid = ((nh * n_split) as u32, q.rows as u32);
+            self.launch(kernel, grid, 256, &args)?;
+            if n_split > 1 {
+                let args = [
+                    Arg::Ptr(part),
+                    Arg::Ptr(dev_meta),
+                    Arg::I32(nh as i32),
+                    Arg::I32(hd as i32),
+                    Arg::I32(n_split as i32),
+                    out.buf.arg(),
+                ];
+                self.launch("attention_merge", (nh as u32, q.rows as u32), 128, &args)?;
+            }
         }
         if !tiles.is_empty() {
             let dev_tiles = sc.flash_tiles.put(&self.dev, u32_bytes(&tiles))?.ptr;
@@ -240,6 +264,24 @@ impl CudaBackend {
     }
 }
 
+/// Positions per block and blocks per (row, head) for the per-row kernel: one block per (row,
+/// head) while that gives the GPU enough blocks or the context is short; otherwise the longest
+/// context is split into spans of at least SPLIT_MIN_SPAN positions, up to about
+/// SPLIT_TARGET_BLOCKS blocks in all (flash-decoding). Spans are whole rounds of the kernel's
+/// 8 warps × 8 positions.
+pub fn decode_split(max_ctx: usize, row_heads: usize) -> (usize, usize) {
+    const SPLIT_MIN_SPAN: usize = 256;
+    const SPLIT_TARGET_BLOCKS: usize = 256;
+    let n_split = (max_ctx / SPLIT_MIN_SPAN)
+        .min(SPLIT_TARGET_BLOCKS / row_heads.max(1))
+        .max(1);
+    if n_split == 1 {
+        return (i32::MAX as usize, 1);
+    }
+    let span = max_ctx.div_ceil(n_split).next_multiple_of(64);
+    (span, max_ctx.div_ceil(span))
+}
+
 /// The attention kernels' per-step data: every sequence's reachable block-table entries, one
 /// after another, and per query row (offset of its table in that list, positions it sees).
 /// Checks that every block a row can reach exists and every row belongs to the batch, so the
@@ -283,4 +325,29 @@ pub fn attention_rows(
         tables.push(0);
     }
     Ok((tables, row_meta))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decode_split;
+
+    #[test]
+    fn decode_splits_long_contexts_of_few_rows_only() {
+        // A batch-1 decode step of a 7B shape (28 heads) at the benchmark's depth: one block per head.
+        assert_eq!(decode_split(256, 28).1, 1);
+        // Deep: split into spans of whole rounds (64 positions) covering the context.
+        for (ctx, row_heads) in [(4096, 28), (3001, 16), (32768, 28), (700, 8), (512, 1)] {
+            let (span, n) = decode_split(ctx, row_heads);
+            assert!(n > 1, "{ctx} × {row_heads}");
+            assert_eq!(span % 64, 0);
+            assert!(
+                span * n >= ctx && span * (n - 1) < ctx,
+                "{span} × {n} for {ctx}"
+            );
+            assert!(row_heads * n <= 256 && span >= 256);
+        }
+        assert_eq!(decode_split(511, 1).1, 1);
+        // Many rows: enough blocks already.
+        assert_eq!(decode_split(30000, 32 * 28).1, 1);
+    }
 }

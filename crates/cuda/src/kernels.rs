@@ -36,7 +36,7 @@ pub const WEIGHT_TYPES: [(DType, &str); 11] = [
 ];
 
 /// Kernels without a weight type.
-const PLAIN: [&str; 21] = [
+const PLAIN: [&str; 22] = [
     "rms_norm",
     "rms_norm_groups",
     "rope",
@@ -54,6 +54,7 @@ const PLAIN: [&str; 21] = [
     "write_kv_f16",
     "attention_f32",
     "attention_f16",
+    "attention_merge",
     "gather_kv_f32",
     "gather_kv_f16",
     "softmax_causal_f32",

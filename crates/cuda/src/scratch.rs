@@ -55,6 +55,8 @@ pub struct Scratch {
     pub att_q: Option<DevBuf>,
     pub att_s: Option<DevBuf>,
     pub att_p: Option<DevBuf>,
+    /// Split decode attention: per (row, head, split) max, sum and unnormalized output.
+    pub att_part: Option<DevBuf>,
     pub ids: Upload,
     pub rows: Upload,
     pub positions: Upload,
