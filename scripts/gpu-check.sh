@@ -47,6 +47,7 @@ bench "qwen2.5-0.5b bf16"      --random qwen2.5-0.5b --prompt-tokens 2048 --batc
 bench "qwen2.5-7b bf16"        --random qwen2.5-7b --prompt-tokens 2048 --batch 2048 --gen-tokens 128 --repetitions 3 --parallel 32
 # The same prefill with attention through gather + cuBLAS instead of the fused kernel.
 ( export SUANLI_CUDA_FLASH=0; bench "qwen2.5-7b bf16 gemm-attn" --random qwen2.5-7b --prompt-tokens 2048 --batch 2048 --gen-tokens 8 --repetitions 3 )
+bench "qwen2.5-7b bf16 kv q8_0" --kv-type q8_0 --random qwen2.5-7b --prompt-tokens 2048 --batch 2048 --gen-tokens 64 --repetitions 2
 bench "qwen2.5-7b q4_k"        --random qwen2.5-7b:q4_k --prompt-tokens 2048 --batch 2048 --gen-tokens 128 --repetitions 3
 bench "qwen2.5-7b q8_0"        --random qwen2.5-7b:q8_0 --prompt-tokens 512 --batch 512 --gen-tokens 128 --repetitions 2
 [ "${QUICK:-0}" = 1 ] || bench "qwen2.5-72b q4_k" --random qwen2.5-72b:q4_k --prompt-tokens 512 --batch 512 --gen-tokens 32 --repetitions 1

@@ -1,8 +1,14 @@
 // The paged KV cache: per layer, K and V as [slots, kv_dim] rows (slot = block * block_size +
-// offset), f16 or f32. Attention reads it through each sequence's block table.
+// offset), f32, f16, or Q8_0 (a row is kv_dim / 32 blocks of an f16 scale and 32 signed bytes,
+// llama.cpp's block_q8_0). Attention reads it through each sequence's block table.
 
-DEV float kv_load(const float* p) { return *p; }
-DEV float kv_load(const u16* p) { return h2f(*p); }
+struct q8kv { u8 b; };  // a Q8_0 cache, addressed by bytes
+DEV float kv_elem(const float* c, u64 slot, int kv_dim, int col) { return c[slot * kv_dim + col]; }
+DEV float kv_elem(const u16* c, u64 slot, int kv_dim, int col) { return h2f(c[slot * kv_dim + col]); }
+DEV float kv_elem(const q8kv* c, u64 slot, int kv_dim, int col) {
+    const u8* blk = (const u8*)c + slot * (u64)(kv_dim / 32 * 34) + (col / 32) * 34;
+    return ldh(blk) * (float)(i8)blk[2 + col % 32];
+}
 DEV void kv_put(float* p, float v) { *p = v; }
 DEV void kv_put(u16* p, float v) { *p = f2h(v); }
 
@@ -14,6 +20,29 @@ DEV void write_kv_impl(const float* k, const float* v, const u32* slots, int row
     u64 at = (u64)slots[r] * kv_dim + c;
     kv_put(kc + at, k[i]);
     kv_put(vc + at, v[i]);
+}
+
+// One warp per 32 values of a row (rows · kv_dim threads, whole warps): Q8_0 as llama.cpp
+// rounds it — d = amax / 127, q = roundf(x / d) — the scale stored as f16.
+DEV void q8_put(float x, u8* blk) {
+    float amax = warp_max(fabsf(x));
+    float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+    int lane = threadIdx.x & 31;
+    blk[2 + lane] = (u8)(i8)roundf(x * id);
+    if (lane == 0) {
+        u16 h = f2h(d);
+        blk[0] = (u8)h;
+        blk[1] = (u8)(h >> 8);
+    }
+}
+extern "C" __global__ void write_kv_q8_0(const float* k, const float* v, const u32* slots, int rows, int kv_dim,
+                                         u8* kc, u8* vc) {
+    u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (u64)rows * kv_dim) return;  // whole warps: rows · kv_dim is a multiple of 32
+    u64 r = i / kv_dim, c = i % kv_dim;
+    u64 at = (u64)slots[r] * (kv_dim / 32 * 34) + c / 32 * 34;
+    q8_put(k[i], kc + at);
+    q8_put(v[i], vc + at);
 }
 
 #define ATT_CHUNK 8
@@ -63,11 +92,11 @@ DEV void attention_impl(const float* __restrict__ q, const C* __restrict__ kc, c
             base[c] = 0;
             if (p < p_end) {
                 u64 slot = (u64)table[p / block_size] * block_size + p % block_size;
-                base[c] = slot * kv_dim + (u64)kvh * hd;
+                base[c] = slot;
 #pragma unroll
                 for (int i = 0; i < ATT_MAX_DIMS; i++) {
                     int d = lane + 32 * i;
-                    if (d < hd) s[c] += qv[i] * kv_load(kc + base[c] + d);
+                    if (d < hd) s[c] += qv[i] * kv_elem(kc, base[c], kv_dim, kvh * hd + d);
                 }
             }
         }
@@ -89,7 +118,7 @@ DEV void attention_impl(const float* __restrict__ q, const C* __restrict__ kc, c
 #pragma unroll
                 for (int i = 0; i < ATT_MAX_DIMS; i++) {
                     int d = lane + 32 * i;
-                    if (d < hd) acc[i] += e * kv_load(vc + base[c] + d);
+                    if (d < hd) acc[i] += e * kv_elem(vc, base[c], kv_dim, kvh * hd + d);
                 }
             }
         }
@@ -187,17 +216,23 @@ extern "C" __global__ void to_f16(const float* __restrict__ x, u64 n, u16* __res
     if (i < n) out[i] = f2h(x[i]);
 }
 
-#define KV_KERNELS(name, C)                                                                              \
-    extern "C" __global__ void write_kv_##name(const float* k, const float* v, const u32* slots, int rows, \
-                                               int kv_dim, C* kc, C* vc) {                                \
-        write_kv_impl<C>(k, v, slots, rows, kv_dim, kc, vc);                                             \
-    }                                                                                                     \
+#define ATT_KERNEL(name, C)                                                                              \
     extern "C" __global__ void attention_##name(const float* q, const C* kc, const C* vc, const u32* tables, \
                                                 const u32* row_meta, int n_heads, int n_kv, int hd,        \
                                                 int block_size, float scale, int span, int n_split,        \
                                                 float* part, float* out) {                                 \
         attention_impl<C>(q, kc, vc, tables, row_meta, n_heads, n_kv, hd, block_size, scale, span, n_split, \
                           part, out);                                                                      \
+    }
+ATT_KERNEL(f32, float)
+ATT_KERNEL(f16, u16)
+ATT_KERNEL(q8_0, q8kv)
+
+// Element caches: writing, and the GEMM path's kernels.
+#define KV_KERNELS(name, C)                                                                              \
+    extern "C" __global__ void write_kv_##name(const float* k, const float* v, const u32* slots, int rows, \
+                                               int kv_dim, C* kc, C* vc) {                                \
+        write_kv_impl<C>(k, v, slots, rows, kv_dim, kc, vc);                                             \
     }                                                                                                     \
     extern "C" __global__ void gather_kv_##name(const C* kc, const C* vc, const u32* table, int ctx,      \
                                                 int kv_dim, int bs, C* ko, C* vo) {                        \

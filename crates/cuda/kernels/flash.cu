@@ -1,4 +1,4 @@
-// Prefill attention over an f16 paged cache as one fused kernel (flash attention on the tensor
+// Prefill attention over an f16 or Q8_0 paged cache as one fused kernel (flash attention on the tensor
 // cores): per block 64 query rows of one sequence and one head, 4 warps of 16 rows; K and V come
 // through shared memory 64 positions at a time straight from the cache's pages; scores, the
 // online softmax and P·V stay in registers (mma.sync m16n8k16, f16 in, f32 accumulate), so
@@ -26,11 +26,52 @@ DEV void mma16816(float* d, const u32* a, const u32* b) {
 
 DEV u32 pack_f16(float lo, float hi) { return (u32)f2h(lo) | ((u32)f2h(hi) << 16); }
 
+// Cache rows k0 .. k0 + 63 of one KV head into shared memory as f16, from their pages; positions
+// past the block's last row are zero (and masked). f16 cache: 16-byte loads.
+template <int HD>
+DEV void fa_load_tile(const u16* c, const u32* table, int block_size, int kv_dim, int kvh, int k0, int last_pos,
+                      u16 (*dst)[HD + FA_PAD]) {
+    for (int i = threadIdx.x; i < FA_KEYS * HD / 8; i += blockDim.x) {
+        int r = i / (HD / 8), col = 8 * (i % (HD / 8)), p = k0 + r;
+        uint4 v = {0, 0, 0, 0};
+        if (p <= last_pos) {
+            u64 slot = (u64)table[p / block_size] * block_size + p % block_size;
+            v = *(const uint4*)(c + slot * kv_dim + (u64)kvh * HD + col);
+        }
+        *(uint4*)&dst[r][col] = v;
+    }
+}
+// Q8_0 cache: a thread per 32-value block, dequantized to f16.
+template <int HD>
+DEV void fa_load_tile(const q8kv* c, const u32* table, int block_size, int kv_dim, int kvh, int k0, int last_pos,
+                      u16 (*dst)[HD + FA_PAD]) {
+    for (int i = threadIdx.x; i < FA_KEYS * HD / 32; i += blockDim.x) {
+        int r = i / (HD / 32), b = i % (HD / 32), p = k0 + r;
+        u32 packed[16];
+        if (p <= last_pos) {
+            u64 slot = (u64)table[p / block_size] * block_size + p % block_size;
+            const u8* blk = (const u8*)c + slot * (u64)(kv_dim / 32 * 34) + (kvh * HD / 32 + b) * 34;
+            float d = ldh(blk);
+#pragma unroll
+            for (int j = 0; j < 16; j++) {
+                u16 two = ld16(blk + 2 + 2 * j);
+                packed[j] = pack_f16(d * (float)(i8)(u8)two, d * (float)(i8)(u8)(two >> 8));
+            }
+        } else {
+#pragma unroll
+            for (int j = 0; j < 16; j++) packed[j] = 0;
+        }
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+            *(uint4*)&dst[r][32 * b + 8 * j] = uint4{packed[4 * j], packed[4 * j + 1], packed[4 * j + 2], packed[4 * j + 3]};
+    }
+}
+
 // tiles[4 * blockIdx.x ..]: first query row (in q and out), rows (≤ 64), offset of the
 // sequence's block table in `tables`, position of the first row. A row at position p sees
 // positions 0..=p. Grid: (tiles, heads); 128 threads.
-template <int HD>
-DEV void flash_prefill_impl(const float* __restrict__ q, const u16* __restrict__ kc, const u16* __restrict__ vc,
+template <int HD, typename C>
+DEV void flash_prefill_impl(const float* __restrict__ q, const C* __restrict__ kc, const C* __restrict__ vc,
                             const u32* __restrict__ tables, const u32* __restrict__ tiles, int n_heads, int n_kv,
                             int block_size, float scale, float* __restrict__ out) {
     __shared__ __align__(16) u16 ks[FA_KEYS][HD + FA_PAD];
@@ -70,19 +111,8 @@ DEV void flash_prefill_impl(const float* __restrict__ q, const u16* __restrict__
 
     for (int k0 = 0; k0 <= last_pos; k0 += FA_KEYS) {
         __syncthreads();  // the previous tile is consumed
-        // K and V rows k0.. from their pages, 16 bytes per load; positions past the block's
-        // last row are zero (and masked).
-        for (int i = threadIdx.x; i < FA_KEYS * HD / 8; i += blockDim.x) {
-            int r = i / (HD / 8), c = 8 * (i % (HD / 8)), p = k0 + r;
-            uint4 kv4 = {0, 0, 0, 0}, vv4 = {0, 0, 0, 0};
-            if (p <= last_pos) {
-                u64 at = ((u64)table[p / block_size] * block_size + p % block_size) * kv_dim + (u64)kvh * HD + c;
-                kv4 = *(const uint4*)(kc + at);
-                vv4 = *(const uint4*)(vc + at);
-            }
-            *(uint4*)&ks[r][c] = kv4;
-            *(uint4*)&vs[r][c] = vv4;
-        }
+        fa_load_tile<HD>(kc, table, block_size, kv_dim, kvh, k0, last_pos, ks);
+        fa_load_tile<HD>(vc, table, block_size, kv_dim, kvh, k0, last_pos, vs);
         __syncthreads();
         if (!active || k0 > warp_last) continue;  // warp-uniform; every warp reaches the barrier
 
@@ -170,12 +200,14 @@ DEV void flash_prefill_impl(const float* __restrict__ q, const u16* __restrict__
     }
 }
 
-#define FLASH_KERNEL(HD)                                                                                  \
+#define FLASH_KERNEL(name, HD, C)                                                                         \
     extern "C" __global__ void __launch_bounds__(128)                                                    \
-        flash_prefill_f16_##HD(const float* q, const u16* kc, const u16* vc, const u32* tables,          \
-                               const u32* tiles, int n_heads, int n_kv, int block_size, float scale,     \
-                               float* out) {                                                             \
-        flash_prefill_impl<HD>(q, kc, vc, tables, tiles, n_heads, n_kv, block_size, scale, out);         \
+        flash_prefill_##name##_##HD(const float* q, const C* kc, const C* vc, const u32* tables,          \
+                                    const u32* tiles, int n_heads, int n_kv, int block_size, float scale, \
+                                    float* out) {                                                        \
+        flash_prefill_impl<HD, C>(q, kc, vc, tables, tiles, n_heads, n_kv, block_size, scale, out);      \
     }
-FLASH_KERNEL(64)
-FLASH_KERNEL(128)
+FLASH_KERNEL(f16, 64, u16)
+FLASH_KERNEL(f16, 128, u16)
+FLASH_KERNEL(q8_0, 64, q8kv)
+FLASH_KERNEL(q8_0, 128, q8kv)

@@ -11,7 +11,7 @@ use crate::{blocks, CudaBackend, KvBuf, ATTN_GEMM_MIN_ROWS};
 pub const FLASH_MIN_ROWS: usize = 16;
 /// Query rows per block of the fused kernel (`FA_ROWS`).
 const FLASH_ROWS: usize = 64;
-use suanli_backend::{shape_err, Act, AttnMeta, AttnSeq, KvPages, KvSpec, Result};
+use suanli_backend::{shape_err, Act, AttnMeta, AttnSeq, KvDType, KvPages, KvSpec, Result};
 
 impl CudaBackend {
     /// Paged attention: the per-row kernel for decode and short chunks, cuBLAS for long ones.
@@ -44,15 +44,20 @@ impl CudaBackend {
         if q.rows == 0 {
             return Ok(());
         }
-        // Chunks of a prefill take the fused kernel (f16 cache, head dims 64 and 128) or, long
-        // ones over an f32 cache, cuBLAS; their rows are skipped by the per-row kernel.
-        let fused = self.flash && kv.layers[layer].0.f16 && (hd == 64 || hd == 128);
+        // Chunks of a prefill take the fused kernel (f16 or Q8_0 cache, head dims 64 and 128)
+        // or, long ones over an f32 or f16 cache, cuBLAS; their rows are skipped by the per-row
+        // kernel (which takes everything else, a Q8_0 cache's long chunks at other head sizes
+        // included).
+        let dtype = kv.layers[layer].0.dtype;
+        let fused = self.flash && dtype != KvDType::F32 && (hd == 64 || hd == 128);
         let (flash, long): (Vec<&AttnSeq>, Vec<&AttnSeq>) = if fused {
             let flash = meta.seqs.iter().filter(|s| s.q_len >= FLASH_MIN_ROWS);
             (flash.collect(), Vec::new())
-        } else {
+        } else if dtype != KvDType::Q8_0 {
             let long = meta.seqs.iter().filter(|s| s.q_len >= ATTN_GEMM_MIN_ROWS);
             (Vec::new(), long.collect())
+        } else {
+            (Vec::new(), Vec::new())
         };
         let mut tiles = Vec::new();
         for s in &flash {
@@ -77,11 +82,7 @@ impl CudaBackend {
         let dev_meta = sc.row_meta.put(&self.dev, u32_bytes(&row_meta))?.ptr;
         let (kc, vc) = &kv.layers[layer];
         if flash.len() + long.len() < meta.seqs.len() {
-            let kernel = if kc.f16 {
-                "attention_f16"
-            } else {
-                "attention_f32"
-            };
+            let kernel = format!("attention_{}", kc.suffix());
             // Few (row, head) blocks over long contexts: split the contexts across blocks too.
             let max_ctx = (0..q.rows).map(|r| row_meta[2 * r + 1] as usize).max();
             let (span, n_split) = decode_split(max_ctx.unwrap_or(0), nh * q.rows);
@@ -109,7 +110,7 @@ impl CudaBackend {
             ];
             // One block of ATT_WARPS (8) warps per (head, split, row).
             let grid = ((nh * n_split) as u32, q.rows as u32);
-            self.launch(kernel, grid, 256, &args)?;
+            self.launch(&kernel, grid, 256, &args)?;
             if n_split > 1 {
                 let args = [
                     Arg::Ptr(part),
@@ -137,7 +138,8 @@ impl CudaBackend {
                 out.buf.arg(),
             ];
             let grid = ((tiles.len() / 4) as u32, nh as u32);
-            self.launch(&format!("flash_prefill_f16_{hd}"), grid, 128, &args)?;
+            let kernel = format!("flash_prefill_{}_{hd}", kc.suffix());
+            self.launch(&kernel, grid, 128, &args)?;
         }
         for s in long {
             let table = dev_tables + 4 * row_meta[2 * s.q_start] as u64;
@@ -163,7 +165,8 @@ impl CudaBackend {
     ) -> Result<()> {
         let (nh, nkv, hd) = (meta.n_heads, meta.n_kv_heads, meta.head_dim);
         let (ctx, ql, kv_dim, group) = (s.ctx_len, s.q_len, spec.kv_dim(), nh / nkv);
-        let (elem, suffix) = if kc.f16 {
+        let f16 = kc.dtype == KvDType::F16;
+        let (elem, suffix) = if f16 {
             (Elem::F16, "f16")
         } else {
             (Elem::F32, "f32")
@@ -189,7 +192,7 @@ impl CudaBackend {
         )?;
         // The chunk's queries in the cache's element type.
         let q_off = q.buf.ptr + (s.q_start * nh * hd * 4) as u64;
-        let qb = if kc.f16 {
+        let qb = if f16 {
             let qb = ensure(&self.dev, &mut sc.att_q, ql * nh * hd * 2)?.ptr;
             let n = (ql * nh * hd) as u64;
             self.launch(

@@ -36,7 +36,7 @@ pub const WEIGHT_TYPES: [(DType, &str); 11] = [
 ];
 
 /// Kernels without a weight type.
-const PLAIN: [&str; 22] = [
+const PLAIN: [&str; 26] = [
     "rms_norm",
     "rms_norm_groups",
     "rope",
@@ -50,11 +50,15 @@ const PLAIN: [&str; 22] = [
     "top_k_rows",
     "flash_prefill_f16_64",
     "flash_prefill_f16_128",
+    "flash_prefill_q8_0_64",
+    "flash_prefill_q8_0_128",
     "write_kv_f32",
     "write_kv_f16",
     "attention_f32",
     "attention_f16",
     "attention_merge",
+    "write_kv_q8_0",
+    "attention_q8_0",
     "gather_kv_f32",
     "gather_kv_f16",
     "softmax_causal_f32",

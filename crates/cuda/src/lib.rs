@@ -42,7 +42,18 @@ pub enum CudaWeight {
 /// One layer's K or V cache: `[slots, kv_dim]`, f16 or f32.
 pub struct KvBuf {
     pub buf: DevBuf,
-    pub f16: bool,
+    pub dtype: KvDType,
+}
+
+impl KvBuf {
+    /// The suffix of the kernels for this cache type (`attention_f16`, ...).
+    fn suffix(&self) -> &'static str {
+        match self.dtype {
+            KvDType::F32 => "f32",
+            KvDType::F16 => "f16",
+            KvDType::Q8_0 => "q8_0",
+        }
+    }
 }
 
 pub struct CudaBackend {
@@ -95,7 +106,7 @@ impl CudaBackend {
             name,
             detail,
             weight_dtypes: WEIGHT_TYPES.iter().map(|(t, _)| *t).collect(),
-            kv_dtypes: vec![KvDType::F16, KvDType::F32],
+            kv_dtypes: vec![KvDType::F16, KvDType::F32, KvDType::Q8_0],
         };
         CudaBackend {
             flash: std::env::var("SUANLI_CUDA_FLASH").as_deref() != Ok("0"),
@@ -244,20 +255,23 @@ impl Backend for CudaBackend {
     }
 
     fn alloc_kv(&self, spec: KvSpec) -> Result<KvPages<KvBuf>> {
-        let elem = match spec.dtype {
-            KvDType::F32 => 4,
-            KvDType::F16 => 2,
-            KvDType::Q8_0 => {
-                return Err(shape_err(
-                    "alloc_kv",
-                    "the CUDA backend keeps the KV cache in f16 or f32 (--kv-type f16)",
-                ))
-            }
+        if spec.dtype == KvDType::Q8_0 && spec.head_dim % 32 != 0 {
+            return Err(shape_err(
+                "alloc_kv",
+                format!(
+                    "a Q8_0 cache needs a head size divisible by 32, not {}",
+                    spec.head_dim
+                ),
+            ));
+        }
+        // Bytes per slot row of kv_dim values (Q8_0: 34 per 32).
+        let row_bytes = match spec.dtype {
+            KvDType::F32 => spec.kv_dim().checked_mul(4),
+            KvDType::F16 => spec.kv_dim().checked_mul(2),
+            KvDType::Q8_0 => Some(spec.kv_dim() / 32 * 34),
         };
-        let bytes = spec
-            .slots()
-            .checked_mul(spec.kv_dim())
-            .and_then(|n| n.checked_mul(elem))
+        let bytes = row_bytes
+            .and_then(|r| spec.slots().checked_mul(r))
             .ok_or_else(|| shape_err("alloc_kv", "size overflows"))?;
         let need = bytes as u128 * 2 * spec.n_layers as u128;
         let free = self.dev.mem_free()?;
@@ -272,7 +286,7 @@ impl Backend for CudaBackend {
             let one = || -> Result<KvBuf> {
                 Ok(KvBuf {
                     buf: DevBuf::new(&self.dev, bytes, "KV cache")?,
-                    f16: spec.dtype == KvDType::F16,
+                    dtype: spec.dtype,
                 })
             };
             layers.push((one()?, one()?));
@@ -495,11 +509,7 @@ impl Backend for CudaBackend {
         }
         let dev_slots = self.scratch().slots.put(&self.dev, u32_bytes(slots))?.ptr;
         let (kc, vc) = &kv.layers[layer];
-        let kernel = if kc.f16 {
-            "write_kv_f16"
-        } else {
-            "write_kv_f32"
-        };
+        let kernel = format!("write_kv_{}", kc.suffix());
         let args = [
             k.buf.arg(),
             v.buf.arg(),
@@ -509,7 +519,7 @@ impl Backend for CudaBackend {
             kc.buf.arg(),
             vc.buf.arg(),
         ];
-        self.launch(kernel, blocks(slots.len() * kv_dim, 256), 256, &args)
+        self.launch(&kernel, blocks(slots.len() * kv_dim, 256), 256, &args)
     }
 
     fn attention(

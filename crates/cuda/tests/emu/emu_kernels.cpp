@@ -28,6 +28,7 @@ static const Entry TABLE[] = {
     K(argmax_rows) K(write_kv_f32) K(write_kv_f16) K(attention_f32) K(attention_f16) K(attention_merge) K(gather_kv_f32)
     K(gather_kv_f16) K(softmax_causal_f32) K(softmax_causal_f16) K(to_f16) K(top_k_rows)
     K(flash_prefill_f16_64) K(flash_prefill_f16_128)
+    K(flash_prefill_q8_0_64) K(flash_prefill_q8_0_128) K(write_kv_q8_0) K(attention_q8_0)
 };
 
 // cuLaunchKernel's shape: a kernel by name, grid, block, argument pointers. -1: no such kernel.
