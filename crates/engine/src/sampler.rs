@@ -115,8 +115,9 @@ impl Rng {
 pub struct Sampler {
     params: SamplingParams,
     rng: Rng,
-    /// Candidate buffer, reused (no allocation per token after the first).
+    /// Candidates and their weights, reused (no allocation per token after the first).
     cand: Vec<(u32, f32)>,
+    weights: Vec<f64>,
     pub seed: u64,
 }
 
@@ -137,6 +138,7 @@ impl Sampler {
             params,
             rng: Rng(seed),
             cand: Vec::new(),
+            weights: Vec::new(),
             seed,
         }
     }
@@ -166,12 +168,13 @@ impl Sampler {
         }
         // Only the top k need sorting; the order is total, so this is the full sort's prefix.
         let k = self.params.top_k;
-        if k > 0 && k < self.cand.len() {
-            self.cand.select_nth_unstable_by(k - 1, by_logit);
-            self.cand.truncate(k);
+        if k == 0 || k >= self.cand.len() {
+            return self.draw(false);
         }
+        self.cand.select_nth_unstable_by(k - 1, by_logit);
+        self.cand.truncate(k);
         self.cand.sort_unstable_by(by_logit);
-        self.draw()
+        self.draw(true)
     }
 
     /// How many of the largest logits `sample_top` needs to draw exactly as `sample` would:
@@ -203,46 +206,70 @@ impl Sampler {
         let n = if k > 0 { k.min(top.len()) } else { top.len() };
         self.cand.clear();
         self.cand.extend_from_slice(&top[..n]);
-        self.draw()
+        self.draw(true)
     }
 
-    /// top-p, min-p, temperature and the draw over `self.cand` (sorted, already cut to top-k).
-    fn draw(&mut self) -> u32 {
-        let p = &self.params;
-        // Probabilities at temperature 1 for top-p / min-p, as llama.cpp does.
-        let max = self.cand[0].1;
-        let probs: Vec<f32> = self.cand.iter().map(|c| (c.1 - max).exp()).collect();
-        let sum: f32 = probs.iter().sum();
-        if p.top_p < 1.0 {
-            let mut acc = 0.0;
-            let mut keep = self.cand.len();
-            for (i, pr) in probs.iter().enumerate() {
-                acc += pr / sum;
-                if acc >= p.top_p {
-                    keep = i + 1;
-                    break;
+    /// top-p, min-p, temperature and the draw over `self.cand`: sorted (largest first, cut to
+    /// top-k) when `sorted`, else the whole vocabulary in its order — which is sorted only as far
+    /// as top-p needs, so that a request without top-k costs O(vocabulary), not a full sort.
+    fn draw(&mut self, mut sorted: bool) -> u32 {
+        let (top_p, min_p, t) = (
+            self.params.top_p,
+            self.params.min_p,
+            self.params.temperature,
+        );
+        // Probabilities at temperature 1 for top-p / min-p, relative to the largest, as llama.cpp.
+        let max = if sorted {
+            self.cand[0].1
+        } else {
+            self.cand.iter().fold(f32::NEG_INFINITY, |m, c| m.max(c.1))
+        };
+        let prob = |l: f32| (l - max).exp();
+        if top_p < 1.0 {
+            let sum: f32 = self.cand.iter().map(|c| prob(c.1)).sum();
+            // The smallest sorted prefix whose mass reaches top_p.
+            let reach = |cand: &[(u32, f32)]| {
+                let mut acc = 0.0;
+                cand.iter().position(|c| {
+                    acc += prob(c.1) / sum;
+                    acc >= top_p
+                })
+            };
+            if !sorted {
+                // Sort a growing prefix (it is the full sort's prefix: the order is total)
+                // until it holds the cut.
+                let mut k = 64;
+                while k < self.cand.len() {
+                    self.cand.select_nth_unstable_by(k - 1, by_logit);
+                    self.cand[..k].sort_unstable_by(by_logit);
+                    if reach(&self.cand[..k]).is_some() {
+                        break;
+                    }
+                    k *= 8;
                 }
+                if k >= self.cand.len() {
+                    self.cand.sort_unstable_by(by_logit);
+                }
+                sorted = true;
             }
+            let keep = reach(&self.cand).map_or(self.cand.len(), |i| i + 1);
             self.cand.truncate(keep.max(1));
         }
-        if p.min_p > 0.0 {
-            let thresh = p.min_p * probs[0];
-            let keep = probs
-                .iter()
-                .take(self.cand.len())
-                .take_while(|&&pr| pr >= thresh)
-                .count();
-            self.cand.truncate(keep.max(1));
+        if min_p > 0.0 {
+            // The largest candidate's probability is 1 here.
+            if sorted {
+                let keep = self.cand.iter().take_while(|c| prob(c.1) >= min_p).count();
+                self.cand.truncate(keep.max(1));
+            } else {
+                self.cand.retain(|c| prob(c.1) >= min_p); // keeps the largest (min_p ≤ 1)
+            }
         }
-        let t = p.temperature;
-        let weights: Vec<f64> = self
-            .cand
-            .iter()
-            .map(|c| (((c.1 - max) / t) as f64).exp())
-            .collect();
-        let total: f64 = weights.iter().sum();
+        self.weights.clear();
+        self.weights
+            .extend(self.cand.iter().map(|c| (((c.1 - max) / t) as f64).exp()));
+        let total: f64 = self.weights.iter().sum();
         let mut r = self.rng.next_f64() * total;
-        for (c, w) in self.cand.iter().zip(&weights) {
+        for (c, w) in self.cand.iter().zip(&self.weights) {
             if r < *w {
                 return c.0;
             }
@@ -454,6 +481,99 @@ mod tests {
         ];
         for p in touched {
             assert_eq!(Sampler::new(p).top_candidates(), None);
+        }
+    }
+
+    /// Without top-k the vocabulary is sorted only as far as top-p needs: the token is the one a
+    /// full sort gives (the reference below: sort everything, cut, draw), over many draws with
+    /// coarse, tied logits.
+    #[test]
+    fn nucleus_without_top_k_equals_the_full_sort() {
+        let mut rng = Rng(11);
+        for (case, (top_p, min_p)) in [(0.5, 0.0), (0.9, 0.05), (0.99, 0.0), (0.999, 0.01)]
+            .into_iter()
+            .enumerate()
+        {
+            let params = SamplingParams {
+                temperature: 0.7,
+                top_k: 0,
+                top_p,
+                min_p,
+                seed: Some(case as u64),
+                ..Default::default()
+            };
+            let mut s = Sampler::new(params);
+            let mut reference = Rng(case as u64);
+            for _ in 0..40 {
+                let logits: Vec<f32> = (0..20000)
+                    .map(|_| (rng.next_f64() * 60.0).floor() as f32 * 0.2)
+                    .collect();
+                let max = logits.iter().fold(f32::NEG_INFINITY, |m, &l| m.max(l));
+                let sum: f32 = logits.iter().map(|&l| (l - max).exp()).sum();
+                let mut all: Vec<(u32, f32)> = logits
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &l)| (i as u32, l))
+                    .collect();
+                all.sort_by(by_logit);
+                let mut acc = 0.0;
+                let cut = all
+                    .iter()
+                    .position(|c| {
+                        acc += (c.1 - max).exp() / sum;
+                        acc >= top_p
+                    })
+                    .map_or(all.len(), |i| i + 1);
+                all.truncate(cut);
+                let keep = all
+                    .iter()
+                    .take_while(|c| (c.1 - max).exp() >= min_p)
+                    .count();
+                all.truncate(keep.max(1));
+                let w: Vec<f64> = all
+                    .iter()
+                    .map(|c| (((c.1 - max) / 0.7) as f64).exp())
+                    .collect();
+                let mut r = reference.next_f64() * w.iter().sum::<f64>();
+                let want = all
+                    .iter()
+                    .zip(&w)
+                    .find(|(_, &w)| {
+                        let hit = r < w;
+                        r -= w;
+                        hit
+                    })
+                    .map_or(all.last().unwrap().0, |(c, _)| c.0);
+                assert_eq!(s.sample(&mut logits.clone(), &[]), want, "case {case}");
+            }
+        }
+    }
+
+    /// The whole distribution (no top-k, top-p or min-p: OpenAI's defaults) is drawn in the
+    /// vocabulary's order without sorting; the frequencies are the softmax.
+    #[test]
+    fn full_distribution_draws_follow_the_softmax() {
+        let logits = [2.0f32, 1.0, 0.5, 0.0, -1.0, 3.0];
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            seed: Some(5),
+            ..Default::default()
+        });
+        let n = 200_000;
+        let mut counts = [0usize; 6];
+        for _ in 0..n {
+            counts[s.sample(&mut logits.to_vec(), &[]) as usize] += 1;
+        }
+        let z: f64 = logits.iter().map(|&l| (l as f64).exp()).sum();
+        for (i, &c) in counts.iter().enumerate() {
+            let want = (logits[i] as f64).exp() / z;
+            assert!(
+                (c as f64 / n as f64 - want).abs() < 0.005,
+                "token {i}: {c} of {n}"
+            );
         }
     }
 
