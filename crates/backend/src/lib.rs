@@ -2,6 +2,7 @@
 //! generic over it and never names a concrete device. Ops write into preallocated outputs.
 #![forbid(unsafe_code)]
 
+pub mod check;
 pub mod conformance;
 mod plan;
 pub use plan::{AttnSeq, BatchPlan};

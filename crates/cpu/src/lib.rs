@@ -14,8 +14,8 @@ mod vmath;
 
 use kernels::{Isa, Kernels};
 use suanli_backend::{
-    shape_err, Act, AttnMeta, Backend, BackendError, Capabilities, HostTensor, KvDType, KvPages,
-    KvSpec, Result, RopeParams, RopeStyle, Weight, WeightRole,
+    check, shape_err, Act, AttnMeta, Backend, BackendError, Capabilities, HostTensor, KvDType,
+    KvPages, KvSpec, Result, RopeParams, RopeStyle, Weight, WeightRole,
 };
 use suanli_core::{quant, DType};
 use suanli_formats::Bytes;
@@ -160,19 +160,6 @@ fn physical_cores() -> Option<usize> {
     (!cores.is_empty()).then_some(cores.len())
 }
 
-fn check_rows(op: &'static str, x: &Act<Vec<f32>>, out: &Act<Vec<f32>>) -> Result<()> {
-    if x.rows > out.capacity || x.cols != out.cols {
-        return Err(shape_err(
-            op,
-            format!(
-                "input [{}, {}] vs output [cap {}, {}]",
-                x.rows, x.cols, out.capacity, out.cols
-            ),
-        ));
-    }
-    Ok(())
-}
-
 impl Backend for CpuBackend {
     type Buffer = Vec<f32>;
     type KvBuffer = KvStore;
@@ -279,15 +266,7 @@ impl Backend for CpuBackend {
                 ),
             ));
         }
-        if spec.dtype == KvDType::Q8_0 && spec.head_dim % 32 != 0 {
-            return Err(shape_err(
-                "alloc_kv",
-                format!(
-                    "a Q8_0 cache needs a head size divisible by 32, not {}",
-                    spec.head_dim
-                ),
-            ));
-        }
+        check::kv_cache(&spec)?;
         let n = spec.slots().checked_mul(spec.kv_dim()).ok_or_else(oom)?;
         let store = || -> Result<KvStore> {
             Ok(match spec.dtype {
@@ -307,12 +286,7 @@ impl Backend for CpuBackend {
     }
 
     fn upload(&self, data: &[f32], rows: usize, out: &mut Act<Vec<f32>>) -> Result<()> {
-        if data.len() != rows * out.cols || rows > out.capacity {
-            return Err(shape_err(
-                "upload",
-                format!("{} values for {rows} rows of {}", data.len(), out.cols),
-            ));
-        }
+        check::upload(data.len(), rows, out)?;
         out.rows = rows;
         out.buf[..data.len()].copy_from_slice(data);
         Ok(())
@@ -323,23 +297,7 @@ impl Backend for CpuBackend {
     }
 
     fn embed(&self, table: &Weight<CpuWeight>, ids: &[u32], out: &mut Act<Vec<f32>>) -> Result<()> {
-        if out.cols != table.cols || ids.len() > out.capacity {
-            return Err(shape_err(
-                "embed",
-                format!(
-                    "{} ids into [cap {}, {}]",
-                    ids.len(),
-                    out.capacity,
-                    out.cols
-                ),
-            ));
-        }
-        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= table.rows) {
-            return Err(shape_err(
-                "embed",
-                format!("token id {bad} is outside the vocabulary of {}", table.rows),
-            ));
-        }
+        check::embed(table, ids, out)?;
         out.rows = ids.len();
         let k = table.cols;
         for (o, &id) in out.buf[..ids.len() * k].chunks_exact_mut(k).zip(ids) {
@@ -355,7 +313,7 @@ impl Backend for CpuBackend {
         eps: f32,
         out: &mut Act<Vec<f32>>,
     ) -> Result<()> {
-        check_rows("rms_norm", x, out)?;
+        check::rows_into("rms_norm", x, out)?;
         let wv = vector(w, x.cols, "rms_norm")?;
         out.rows = x.rows;
         let n = x.cols;
@@ -495,35 +453,14 @@ impl Backend for CpuBackend {
         kv: &mut KvPages<KvStore>,
         layer: usize,
     ) -> Result<()> {
+        // Checked before anything is written: a bad slot leaves the cache as it was.
+        check::write_kv(k, v, slots, kv, layer)?;
         let d = kv.spec.kv_dim();
-        if k.cols != d
-            || v.cols != d
-            || k.rows != slots.len()
-            || v.rows != slots.len()
-            || layer >= kv.layers.len()
-        {
-            return Err(shape_err(
-                "write_kv",
-                format!(
-                    "k [{}, {}], {} slots, kv_dim {d}, layer {layer}",
-                    k.rows,
-                    k.cols,
-                    slots.len()
-                ),
-            ));
-        }
-        let n_slots = kv.spec.slots();
         let (hd, nkv) = (kv.spec.head_dim, kv.spec.n_kv_heads);
         let spec = kv.spec;
         let (ks, vs) = &mut kv.layers[layer];
         for (t, &s) in slots.iter().enumerate() {
             let s = s as usize;
-            if s >= n_slots {
-                return Err(shape_err(
-                    "write_kv",
-                    format!("slot {s} outside {n_slots} slots"),
-                ));
-            }
             let (blk, o) = (s / attention::BLOCK, s % attention::BLOCK);
             for h in 0..nkv {
                 let at = attention::tile_start(blk, h, &spec);
@@ -589,16 +526,7 @@ impl Backend for CpuBackend {
         up: &Act<Vec<f32>>,
         out: &mut Act<Vec<f32>>,
     ) -> Result<()> {
-        if gate.rows != up.rows || gate.cols != up.cols {
-            return Err(shape_err(
-                "silu_mul",
-                format!(
-                    "gate [{}, {}] vs up [{}, {}]",
-                    gate.rows, gate.cols, up.rows, up.cols
-                ),
-            ));
-        }
-        check_rows("silu_mul", gate, out)?;
+        check::silu_mul(gate, up, out)?;
         out.rows = gate.rows;
         let (cols, isa) = (gate.cols, self.k.isa);
         let n = gate.rows * cols;
@@ -615,12 +543,7 @@ impl Backend for CpuBackend {
     }
 
     fn add(&self, acc: &mut Act<Vec<f32>>, x: &Act<Vec<f32>>) -> Result<()> {
-        if acc.rows != x.rows || acc.cols != x.cols {
-            return Err(shape_err(
-                "add",
-                format!("[{}, {}] += [{}, {}]", acc.rows, acc.cols, x.rows, x.cols),
-            ));
-        }
+        check::add(acc, x)?;
         let n = x.rows * x.cols;
         for (a, b) in acc.buf[..n].iter_mut().zip(&x.buf[..n]) {
             *a += b;
@@ -635,19 +558,8 @@ impl Backend for CpuBackend {
         lm_head: &Weight<CpuWeight>,
         out: &mut [f32],
     ) -> Result<()> {
+        check::logits(x, rows, lm_head, Some(out.len()))?;
         let k = x.cols;
-        if k != lm_head.cols
-            || out.len() != rows.len() * lm_head.rows
-            || rows.iter().any(|&r| r as usize >= x.rows)
-        {
-            return Err(shape_err(
-                "logits",
-                format!(
-                    "rows {rows:?} of [{}, {k}] · lm_head [{}, {}]",
-                    x.rows, lm_head.rows, lm_head.cols
-                ),
-            ));
-        }
         let mut xs = Vec::with_capacity(rows.len() * k);
         for &r in rows {
             xs.extend_from_slice(&x.buf[r as usize * k..(r as usize + 1) * k]);

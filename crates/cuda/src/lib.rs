@@ -21,8 +21,8 @@ use device::{f32_bytes, f32_bytes_mut, u32_bytes, u32_bytes_mut, Arg, DevBuf, De
 use scratch::ensure;
 use std::sync::{Arc, Mutex};
 use suanli_backend::{
-    shape_err, Act, AttnMeta, Backend, BackendError, Capabilities, HostTensor, KvDType, KvPages,
-    KvSpec, Result, RopeParams, RopeStyle, Weight, WeightRole,
+    check, shape_err, Act, AttnMeta, Backend, BackendError, Capabilities, HostTensor, KvDType,
+    KvPages, KvSpec, Result, RopeParams, RopeStyle, Weight, WeightRole,
 };
 use suanli_core::{quant, DType};
 
@@ -177,19 +177,6 @@ impl CudaBackend {
     }
 }
 
-fn check_act(op: &'static str, x: &Act<DevBuf>, out: &Act<DevBuf>) -> Result<()> {
-    if out.cols != x.cols || out.capacity < x.rows {
-        return Err(shape_err(
-            op,
-            format!(
-                "[{}, {}] into [cap {}, {}]",
-                x.rows, x.cols, out.capacity, out.cols
-            ),
-        ));
-    }
-    Ok(())
-}
-
 impl Backend for CudaBackend {
     type Buffer = DevBuf;
     type KvBuffer = KvBuf;
@@ -255,15 +242,7 @@ impl Backend for CudaBackend {
     }
 
     fn alloc_kv(&self, spec: KvSpec) -> Result<KvPages<KvBuf>> {
-        if spec.dtype == KvDType::Q8_0 && spec.head_dim % 32 != 0 {
-            return Err(shape_err(
-                "alloc_kv",
-                format!(
-                    "a Q8_0 cache needs a head size divisible by 32, not {}",
-                    spec.head_dim
-                ),
-            ));
-        }
+        check::kv_cache(&spec)?;
         // Bytes per slot row of kv_dim values (Q8_0: 34 per 32).
         let row_bytes = match spec.dtype {
             KvDType::F32 => spec.kv_dim().checked_mul(4),
@@ -295,12 +274,7 @@ impl Backend for CudaBackend {
     }
 
     fn upload(&self, data: &[f32], rows: usize, out: &mut Act<DevBuf>) -> Result<()> {
-        if rows > out.capacity || data.len() != rows * out.cols {
-            return Err(shape_err(
-                "upload",
-                format!("{} values as {rows} rows of {}", data.len(), out.cols),
-            ));
-        }
+        check::upload(data.len(), rows, out)?;
         if !data.is_empty() {
             self.dev.htod(out.buf.ptr, f32_bytes(data))?;
         }
@@ -317,23 +291,7 @@ impl Backend for CudaBackend {
     }
 
     fn embed(&self, table: &Weight<CudaWeight>, ids: &[u32], out: &mut Act<DevBuf>) -> Result<()> {
-        if out.cols != table.cols || ids.len() > out.capacity {
-            return Err(shape_err(
-                "embed",
-                format!(
-                    "{} ids into [cap {}, {}]",
-                    ids.len(),
-                    out.capacity,
-                    out.cols
-                ),
-            ));
-        }
-        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= table.rows) {
-            return Err(shape_err(
-                "embed",
-                format!("token id {bad} is outside the vocabulary of {}", table.rows),
-            ));
-        }
+        check::embed(table, ids, out)?;
         let CudaWeight::Raw { buf, row_bytes } = &table.store else {
             return Err(shape_err("embed", "the table is a vector"));
         };
@@ -365,7 +323,7 @@ impl Backend for CudaBackend {
         eps: f32,
         out: &mut Act<DevBuf>,
     ) -> Result<()> {
-        check_act("rms_norm", x, out)?;
+        check::rows_into("rms_norm", x, out)?;
         let wv = Self::vector(w, x.cols, "rms_norm")?;
         out.rows = x.rows;
         if x.rows == 0 {
@@ -481,29 +439,8 @@ impl Backend for CudaBackend {
         kv: &mut KvPages<KvBuf>,
         layer: usize,
     ) -> Result<()> {
+        check::write_kv(k, v, slots, kv, layer)?;
         let kv_dim = kv.spec.kv_dim();
-        if k.rows != slots.len()
-            || v.rows != slots.len()
-            || k.cols != kv_dim
-            || v.cols != kv_dim
-            || layer >= kv.layers.len()
-        {
-            return Err(shape_err(
-                "write_kv",
-                format!(
-                    "{} slots for k [{}, {}], layer {layer}",
-                    slots.len(),
-                    k.rows,
-                    k.cols
-                ),
-            ));
-        }
-        if let Some(&bad) = slots.iter().find(|&&s| s as usize >= kv.spec.slots()) {
-            return Err(shape_err(
-                "write_kv",
-                format!("slot {bad} outside the cache of {}", kv.spec.slots()),
-            ));
-        }
         if slots.is_empty() {
             return Ok(());
         }
@@ -534,16 +471,7 @@ impl Backend for CudaBackend {
     }
 
     fn silu_mul(&self, gate: &Act<DevBuf>, up: &Act<DevBuf>, out: &mut Act<DevBuf>) -> Result<()> {
-        if gate.rows != up.rows || gate.cols != up.cols {
-            return Err(shape_err(
-                "silu_mul",
-                format!(
-                    "gate [{}, {}] vs up [{}, {}]",
-                    gate.rows, gate.cols, up.rows, up.cols
-                ),
-            ));
-        }
-        check_act("silu_mul", gate, out)?;
+        check::silu_mul(gate, up, out)?;
         out.rows = gate.rows;
         let n = gate.rows * gate.cols;
         if n == 0 {
@@ -563,12 +491,7 @@ impl Backend for CudaBackend {
     }
 
     fn add(&self, acc: &mut Act<DevBuf>, x: &Act<DevBuf>) -> Result<()> {
-        if acc.rows != x.rows || acc.cols != x.cols {
-            return Err(shape_err(
-                "add",
-                format!("[{}, {}] += [{}, {}]", acc.rows, acc.cols, x.rows, x.cols),
-            ));
-        }
+        check::add(acc, x)?;
         let n = x.rows * x.cols;
         if n == 0 {
             return Ok(());
@@ -588,6 +511,7 @@ impl Backend for CudaBackend {
         lm_head: &Weight<CudaWeight>,
         k: usize,
     ) -> Result<Option<Vec<(u32, f32)>>> {
+        check::logits(x, rows, lm_head, None)?;
         if k == 0 || k > TOP_LOGITS_MAX || k > lm_head.rows {
             return Ok(None);
         }
@@ -633,17 +557,7 @@ impl Backend for CudaBackend {
         lm_head: &Weight<CudaWeight>,
         out: &mut [f32],
     ) -> Result<()> {
-        if out.len() != rows.len() * lm_head.rows {
-            return Err(shape_err(
-                "logits",
-                format!(
-                    "{} outputs for {} rows of {}",
-                    out.len(),
-                    rows.len(),
-                    lm_head.rows
-                ),
-            ));
-        }
+        check::logits(x, rows, lm_head, Some(out.len()))?;
         if rows.is_empty() {
             return Ok(());
         }

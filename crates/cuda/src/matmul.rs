@@ -4,7 +4,7 @@
 use crate::device::{u32_bytes, Arg, DevBuf, Elem, Gemm};
 use crate::scratch::{self, ensure};
 use crate::{blocks, CudaBackend, CudaWeight, MATVEC_MAX_ROWS};
-use suanli_backend::{shape_err, Act, Backend, Result, Weight};
+use suanli_backend::{check, shape_err, Act, Backend, Result, Weight};
 use suanli_core::DType;
 
 impl CudaBackend {
@@ -16,16 +16,11 @@ impl CudaBackend {
         lm_head: &Weight<CudaWeight>,
         sc: &mut scratch::Scratch,
     ) -> Result<()> {
-        let k = x.cols;
-        if k != lm_head.cols || rows.is_empty() || rows.iter().any(|&r| r as usize >= x.rows) {
-            return Err(shape_err(
-                "logits",
-                format!(
-                    "rows {rows:?} of [{}, {k}] · lm_head [{}, {}]",
-                    x.rows, lm_head.rows, lm_head.cols
-                ),
-            ));
+        check::logits(x, rows, lm_head, None)?;
+        if rows.is_empty() {
+            return Err(shape_err("logits", "no rows selected"));
         }
+        let k = x.cols;
         let n = rows.len();
         let sel = sc.rows.put(&self.dev, u32_bytes(rows))?.ptr;
         let gathered = ensure(&self.dev, &mut sc.gather, n * k * 4)?.ptr;

@@ -1,0 +1,209 @@
+//! The contract's shape and index checks, shared by every backend: an op whose operands do not
+//! fit, or whose host-supplied indices (token ids, slots, selected rows) point outside their
+//! tables, is a `BackendError::Shape` before any kernel runs — on any device.
+
+use crate::{shape_err, Act, KvDType, KvPages, KvSpec, Result, Weight};
+
+/// A cache the element type can hold: Q8_0 stores each head in whole 32-value blocks.
+pub fn kv_cache(spec: &KvSpec) -> Result<()> {
+    if spec.dtype == KvDType::Q8_0 && spec.head_dim % 32 != 0 {
+        return Err(shape_err(
+            "alloc_kv",
+            format!(
+                "a Q8_0 cache needs a head size divisible by 32, not {}",
+                spec.head_dim
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// x's rows fit `out`, with the same columns (element-wise ops, norms, rope outputs).
+pub fn rows_into<B>(op: &'static str, x: &Act<B>, out: &Act<B>) -> Result<()> {
+    if x.rows > out.capacity || x.cols != out.cols {
+        return Err(shape_err(
+            op,
+            format!(
+                "input [{}, {}] vs output [cap {}, {}]",
+                x.rows, x.cols, out.capacity, out.cols
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `len` host values are `rows` whole rows of `out`.
+pub fn upload<B>(len: usize, rows: usize, out: &Act<B>) -> Result<()> {
+    if rows > out.capacity || Some(len) != rows.checked_mul(out.cols) {
+        return Err(shape_err(
+            "upload",
+            format!("{len} values as {rows} rows of {}", out.cols),
+        ));
+    }
+    Ok(())
+}
+
+/// Every id is a row of the table, and the rows fit `out`.
+pub fn embed<B, W>(table: &Weight<W>, ids: &[u32], out: &Act<B>) -> Result<()> {
+    if out.cols != table.cols || ids.len() > out.capacity {
+        return Err(shape_err(
+            "embed",
+            format!(
+                "{} ids into [cap {}, {}]",
+                ids.len(),
+                out.capacity,
+                out.cols
+            ),
+        ));
+    }
+    if let Some(&bad) = ids.iter().find(|&&id| id as usize >= table.rows) {
+        return Err(shape_err(
+            "embed",
+            format!("token id {bad} is outside the vocabulary of {}", table.rows),
+        ));
+    }
+    Ok(())
+}
+
+/// One K row and one V row of `kv_dim` per slot, every slot inside the cache, an existing layer.
+pub fn write_kv<B, K>(
+    k: &Act<B>,
+    v: &Act<B>,
+    slots: &[u32],
+    kv: &KvPages<K>,
+    layer: usize,
+) -> Result<()> {
+    let d = kv.spec.kv_dim();
+    if k.cols != d
+        || v.cols != d
+        || k.rows != slots.len()
+        || v.rows != slots.len()
+        || layer >= kv.layers.len()
+    {
+        return Err(shape_err(
+            "write_kv",
+            format!(
+                "k [{}, {}], v [{}, {}], {} slots, kv_dim {d}, layer {layer}",
+                k.rows,
+                k.cols,
+                v.rows,
+                v.cols,
+                slots.len()
+            ),
+        ));
+    }
+    if let Some(&bad) = slots.iter().find(|&&s| s as usize >= kv.spec.slots()) {
+        return Err(shape_err(
+            "write_kv",
+            format!("slot {bad} outside the cache of {}", kv.spec.slots()),
+        ));
+    }
+    Ok(())
+}
+
+/// gate and up alike, and their rows fit `out`.
+pub fn silu_mul<B>(gate: &Act<B>, up: &Act<B>, out: &Act<B>) -> Result<()> {
+    if gate.rows != up.rows || gate.cols != up.cols {
+        return Err(shape_err(
+            "silu_mul",
+            format!(
+                "gate [{}, {}] vs up [{}, {}]",
+                gate.rows, gate.cols, up.rows, up.cols
+            ),
+        ));
+    }
+    rows_into("silu_mul", gate, out)
+}
+
+/// acc and x alike.
+pub fn add<B>(acc: &Act<B>, x: &Act<B>) -> Result<()> {
+    if acc.rows != x.rows || acc.cols != x.cols {
+        return Err(shape_err(
+            "add",
+            format!("[{}, {}] += [{}, {}]", acc.rows, acc.cols, x.rows, x.cols),
+        ));
+    }
+    Ok(())
+}
+
+/// Selected rows of x exist, x fits the head, and `out_len` (0 when the logits stay on the
+/// device) is one vocabulary per selected row.
+pub fn logits<B, W>(
+    x: &Act<B>,
+    rows: &[u32],
+    lm_head: &Weight<W>,
+    out_len: Option<usize>,
+) -> Result<()> {
+    if x.cols != lm_head.cols
+        || rows.iter().any(|&r| r as usize >= x.rows)
+        || out_len.is_some_and(|n| Some(n) != rows.len().checked_mul(lm_head.rows))
+    {
+        return Err(shape_err(
+            "logits",
+            format!(
+                "rows {rows:?} of [{}, {}] · lm_head [{}, {}] into {out_len:?} values",
+                x.rows, x.cols, lm_head.rows, lm_head.cols
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use suanli_core::DType;
+
+    fn act(rows: usize, cols: usize, capacity: usize) -> Act<()> {
+        Act {
+            rows,
+            cols,
+            capacity,
+            buf: (),
+        }
+    }
+
+    #[test]
+    fn operands_that_do_not_fit_are_shape_errors() {
+        let table = Weight {
+            dtype: DType::F32,
+            rows: 100,
+            cols: 8,
+            store: (),
+        };
+        assert!(embed(&table, &[0, 99], &act(0, 8, 2)).is_ok());
+        assert!(embed(&table, &[100], &act(0, 8, 2)).is_err());
+        assert!(embed(&table, &[1, 2, 3], &act(0, 8, 2)).is_err());
+        assert!(upload(16, 2, &act(0, 8, 2)).is_ok());
+        assert!(upload(16, 3, &act(0, 8, 2)).is_err());
+        assert!(upload(usize::MAX, usize::MAX, &act(0, 8, 2)).is_err());
+        let spec = KvSpec {
+            dtype: KvDType::F16,
+            n_layers: 1,
+            num_blocks: 2,
+            block_size: 16,
+            n_kv_heads: 1,
+            head_dim: 8,
+        };
+        let kv = KvPages {
+            spec,
+            layers: vec![((), ())],
+        };
+        let (k, v) = (act(2, 8, 2), act(2, 8, 2));
+        assert!(write_kv(&k, &v, &[0, 31], &kv, 0).is_ok());
+        assert!(kv_cache(&spec).is_ok());
+        assert!(kv_cache(&KvSpec {
+            dtype: KvDType::Q8_0,
+            ..spec
+        })
+        .is_err());
+        assert!(write_kv(&k, &v, &[0, 32], &kv, 0).is_err());
+        assert!(write_kv(&k, &v, &[0, 1], &kv, 1).is_err());
+        assert!(write_kv(&k, &act(1, 8, 2), &[0, 1], &kv, 0).is_err());
+        assert!(logits(&act(3, 8, 3), &[2, 0], &table, Some(200)).is_ok());
+        assert!(logits(&act(3, 8, 3), &[3], &table, None).is_err());
+        assert!(logits(&act(3, 8, 3), &[0], &table, Some(99)).is_err());
+        assert!(silu_mul(&act(2, 8, 2), &act(2, 4, 2), &act(0, 8, 2)).is_err());
+        assert!(add(&act(2, 8, 2), &act(1, 8, 2)).is_err());
+    }
+}
