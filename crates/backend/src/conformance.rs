@@ -97,6 +97,7 @@ pub fn run<B: Backend>(b: &B) -> Report {
     for k in [1, 40, 256] {
         check_top_logits(b, k, &mut rng, &mut rep);
     }
+    check_sample_logits(b, &mut rng, &mut rep);
     check_linear_many(b, &mut rng, &mut rep);
     check_norms(b, &mut rng, &mut rep);
     check_rope(b, &mut rng, &mut rep);
@@ -409,6 +410,109 @@ fn check_top_logits<B: Backend>(b: &B, k: usize, rng: &mut Rng, rep: &mut Report
         0.0,
         got.map(|e| e.unwrap_or(0.0)),
     );
+}
+
+/// `sample_logits` (where offered) against the draw computed here from the backend's own
+/// `logits`: greedy rows, temperatures with and without min-p, draws at the ends of [0, 1), rows
+/// with a NaN or an infinity flagged. The error is the number of wrong tokens; a draw that lands
+/// within 1e-9 of a boundary between two tokens may pick either.
+fn check_sample_logits<B: Backend>(b: &B, rng: &mut Rng, rep: &mut Report) {
+    let (vocab, cols, n) = (5000, 64, 6);
+    let wf = rng.normals(vocab * cols, 0.4);
+    let mut x = rng.normals(n * cols, 1.0);
+    x[cols + 3] = f32::NAN;
+    x[2 * cols + 9] = f32::INFINITY;
+    let pick = [4u32, 0, 5, 1, 2];
+    let settings = [
+        (0.0, 0.0),
+        (0.7, 0.0),
+        (1.0, 0.05),
+        (1.5, 0.0),
+        (1.0, 0.0),
+        (0.3, 0.2),
+    ];
+    let got = (|| {
+        let bytes = wf.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let w = weight(
+            b,
+            "lm_head",
+            DType::F32,
+            vocab,
+            cols,
+            WeightRole::Matrix,
+            bytes,
+        )?;
+        let xa = act(b, &x, n, cols)?;
+        let mut logits = vec![0f32; pick.len() * vocab];
+        b.logits(&xa, &pick, &w, &mut logits)?;
+        let mut wrong = 0;
+        for round in 0..12 {
+            let draws: Vec<crate::Draw> = (0..pick.len())
+                .map(|i| {
+                    let (temperature, min_p) = settings[(round + i) % settings.len()];
+                    let u = match round {
+                        0 => 0.0,
+                        1 => 1.0 - 1e-12,
+                        _ => rng.uniform() as f64,
+                    };
+                    crate::Draw {
+                        temperature,
+                        min_p,
+                        u,
+                    }
+                })
+                .collect();
+            let Some(ids) = b.sample_logits(&xa, &pick, &w, &draws)? else {
+                return Ok(None);
+            };
+            for (i, (row, d)) in logits.chunks_exact(vocab).zip(&draws).enumerate() {
+                if !reference_draw_accepts(row, d, ids.get(i).copied()) {
+                    wrong += 1;
+                }
+            }
+        }
+        Ok(Some(wrong as f64))
+    })();
+    if let Ok(None) = got {
+        return; // not offered: the engine samples from whole logits on the host
+    }
+    record(
+        rep,
+        "sample_logits",
+        format!("12 draws × 5 rows of {vocab}, temperature/min-p"),
+        0.0,
+        got.map(|e| e.unwrap_or(0.0)),
+    );
+}
+
+/// Whether `got` is the token `Backend::sample_logits` must give for this row and draw.
+fn reference_draw_accepts(row: &[f32], d: &crate::Draw, got: Option<u32>) -> bool {
+    let Some(got) = got else { return false };
+    if row.iter().any(|l| !l.is_finite()) {
+        return got == u32::MAX;
+    }
+    let max = row.iter().fold(f32::NEG_INFINITY, |m, &l| m.max(l));
+    if d.temperature <= 0.0 {
+        return row.iter().position(|&l| l == max) == Some(got as usize);
+    }
+    let w: Vec<f64> = row
+        .iter()
+        .map(|&l| {
+            let kept = d.min_p <= 0.0 || (l - max).exp() >= d.min_p;
+            if kept {
+                (((l - max) / d.temperature) as f64).exp()
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let total: f64 = w.iter().sum();
+    let r = d.u * total;
+    // The token whose cumulative interval [before, before + w) holds r (within 1e-9 · total).
+    let before: f64 = w[..got as usize].iter().sum();
+    let slack = 1e-9 * total;
+    let g = got as usize;
+    g < row.len() && w[g] > 0.0 && before - slack <= r && r < before + w[g] + slack
 }
 
 fn check_linear_many<B: Backend>(b: &B, rng: &mut Rng, rep: &mut Report) {

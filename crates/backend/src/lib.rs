@@ -90,6 +90,17 @@ pub struct Weight<W> {
     pub store: W,
 }
 
+/// One row's draw for `Backend::sample_logits`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Draw {
+    /// ≤ 0: greedy.
+    pub temperature: f32,
+    /// 0: off.
+    pub min_p: f32,
+    /// Uniform in [0, 1): where the draw lands in the cumulative weights.
+    pub u: f64,
+}
+
 /// An activation matrix `[rows, cols]`, allocated for `capacity` rows; `rows` is the live count.
 pub struct Act<B> {
     pub rows: usize,
@@ -330,6 +341,21 @@ pub trait Backend: Send + Sync + 'static {
         _lm_head: &Weight<Self::WeightStore>,
         _k: usize,
     ) -> Result<Option<Vec<(u32, f32)>>> {
+        Ok(None)
+    }
+    /// One token per selected row of x, drawn where the logits are (a GPU then sends back ids,
+    /// not vocabularies), as the host sampler draws without top-k and top-p: temperature ≤ 0 is
+    /// the first largest logit; otherwise weights exp((l − max) / temperature) over the tokens
+    /// with exp(l − max) ≥ min_p, and the first token, in vocabulary order, whose cumulative
+    /// weight exceeds u · total. `u32::MAX` for a row whose logits are not all finite. `None`:
+    /// not offered; the caller takes `logits` instead.
+    fn sample_logits(
+        &self,
+        _x: &Act<Self::Buffer>,
+        _rows: &[u32],
+        _lm_head: &Weight<Self::WeightStore>,
+        _draws: &[Draw],
+    ) -> Result<Option<Vec<u32>>> {
         Ok(None)
     }
     /// Logits (f32, on the host) for the selected rows of x: `out` is `[rows.len(), lm_head.rows]`.

@@ -125,3 +125,92 @@ extern "C" __global__ void __launch_bounds__(TOPK_THREADS)
         vo[rank] = cand_v[tid];
     }
 }
+
+// One token drawn per row where the logits are (Backend::sample_logits): greedy (temperature
+// ≤ 0: the first largest), else softmax(logits / temperature) over the tokens whose probability
+// at temperature 1 is at least min_p of the largest, by walking the vocabulary in order to the
+// first token whose cumulative weight exceeds u · total — the host sampler's draw without top-k
+// and top-p. Weights and sums in f64; each thread owns a contiguous run of the vocabulary, the
+// runs' sums are scanned in thread order, so the result depends on nothing but the inputs.
+// params: per row (temperature, min_p); u: per row, in [0, 1). 0xffffffff: a non-finite logit.
+extern "C" __global__ void __launch_bounds__(TOPK_THREADS)
+    sample_rows(const float* __restrict__ x, int cols, const float* __restrict__ params,
+                const double* __restrict__ u, u32* __restrict__ out) {
+    __shared__ double scan[TOPK_THREADS];
+    __shared__ float red[32];
+    __shared__ float bv[32];
+    __shared__ int bi[32], bb[32];
+    __shared__ int found;
+    const float* xr = x + (u64)blockIdx.x * cols;
+    const float t = params[2 * blockIdx.x], min_p = params[2 * blockIdx.x + 1];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nw = blockDim.x >> 5;
+
+    // The first largest value, and whether every value is finite (as argmax_rows).
+    float best = -INFINITY;
+    int idx = 0x7fffffff, bad = 0;
+    for (int i = tid; i < cols; i += blockDim.x) {
+        float v = xr[i];
+        if (!(fabsf(v) <= 3.402823466e38f)) bad = 1;
+        if (v > best) { best = v; idx = i; }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) argmax_merge(best, idx, bad, o);
+    if (lane == 0) { bv[warp] = best; bi[warp] = idx; bb[warp] = bad; }
+    __syncthreads();
+    best = lane < nw ? bv[lane] : -INFINITY;
+    idx = lane < nw ? bi[lane] : 0x7fffffff;
+    bad = lane < nw ? bb[lane] : 0;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) argmax_merge(best, idx, bad, o);
+    // Every thread now holds the block's best, idx and bad.
+    if (bad || t <= 0.0f) {
+        if (tid == 0) out[blockIdx.x] = bad ? 0xffffffffu : (u32)(idx == 0x7fffffff ? 0 : idx);
+        return;  // the whole block
+    }
+    const float max = best;
+    // This thread's run [lo, hi) and its weight; the last kept token of the row (the fallback
+    // when rounding leaves u · total at the very end).
+    const int run = (cols + blockDim.x - 1) / blockDim.x;
+    const int lo = min(cols, tid * run), hi = min(cols, lo + run);
+    double sum = 0.0;
+    int last = -1;
+    for (int i = lo; i < hi; i++) {
+        float l = xr[i];
+        if (min_p > 0.0f && !(expf(l - max) >= min_p)) continue;
+        sum += exp((double)((l - max) / t));
+        last = i;
+    }
+    scan[tid] = sum;
+    float lastf = (float)last;
+    lastf = block_max(lastf, red);  // ≤ 2^24 tokens: exact in a float
+    // Inclusive scan of the runs' sums in thread order (Hillis–Steele; fixed order).
+    for (int o = 1; o < (int)blockDim.x; o <<= 1) {
+        __syncthreads();
+        double add = tid >= o ? scan[tid - o] : 0.0;
+        __syncthreads();
+        scan[tid] += add;
+    }
+    if (tid == 0) found = (int)lastf;
+    __syncthreads();
+    const double total = scan[blockDim.x - 1];
+    const double r = u[blockIdx.x] * total;
+    // Runs own [inclusive sum of the runs before, own inclusive sum): no gaps, no overlaps.
+    const double before = tid > 0 ? scan[tid - 1] : 0.0;
+    if (sum > 0.0 && before <= r && r < scan[tid]) {
+        double rest = r - before;
+        int pick = last;  // rounding may leave rest beyond this run's weights: its last token
+        for (int i = lo; i < hi; i++) {
+            float l = xr[i];
+            if (min_p > 0.0f && !(expf(l - max) >= min_p)) continue;
+            double w = exp((double)((l - max) / t));
+            if (rest < w) {
+                pick = i;
+                break;
+            }
+            rest -= w;
+        }
+        found = pick;
+    }
+    __syncthreads();
+    if (tid == 0) out[blockIdx.x] = (u32)found;
+}

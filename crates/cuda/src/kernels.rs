@@ -36,7 +36,7 @@ pub const WEIGHT_TYPES: [(DType, &str); 11] = [
 ];
 
 /// Kernels without a weight type.
-const PLAIN: [&str; 26] = [
+const PLAIN: [&str; 27] = [
     "rms_norm",
     "rms_norm_groups",
     "rope",
@@ -48,6 +48,7 @@ const PLAIN: [&str; 26] = [
     "gather_rows",
     "argmax_rows",
     "top_k_rows",
+    "sample_rows",
     "flash_prefill_f16_64",
     "flash_prefill_f16_128",
     "flash_prefill_q8_0_64",

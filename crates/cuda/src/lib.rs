@@ -21,8 +21,8 @@ use device::{f32_bytes, f32_bytes_mut, u32_bytes, u32_bytes_mut, Arg, DevBuf, De
 use scratch::ensure;
 use std::sync::{Arc, Mutex};
 use suanli_backend::{
-    check, shape_err, Act, AttnMeta, Backend, BackendError, Capabilities, HostTensor, KvDType,
-    KvPages, KvSpec, Result, RopeParams, RopeStyle, Weight, WeightRole,
+    check, shape_err, Act, AttnMeta, Backend, BackendError, Capabilities, Draw, HostTensor,
+    KvDType, KvPages, KvSpec, Result, RopeParams, RopeStyle, Weight, WeightRole,
 };
 use suanli_core::{quant, DType};
 
@@ -502,6 +502,49 @@ impl Backend for CudaBackend {
             256,
             &[acc.buf.arg(), x.buf.arg(), Arg::U64(n as u64)],
         )
+    }
+
+    fn sample_logits(
+        &self,
+        x: &Act<DevBuf>,
+        rows: &[u32],
+        lm_head: &Weight<CudaWeight>,
+        draws: &[Draw],
+    ) -> Result<Option<Vec<u32>>> {
+        check::logits(x, rows, lm_head, None)?;
+        if draws.len() != rows.len() {
+            return Err(shape_err(
+                "sample_logits",
+                format!("{} draws for {} rows", draws.len(), rows.len()),
+            ));
+        }
+        if rows.is_empty() {
+            return Ok(Some(Vec::new()));
+        }
+        let mut sc = self.scratch();
+        let sc = &mut *sc;
+        self.logits_on_device(x, rows, lm_head, sc)?;
+        let params: Vec<u8> = draws
+            .iter()
+            .flat_map(|d| [d.temperature, d.min_p])
+            .flat_map(f32::to_le_bytes)
+            .collect();
+        let us: Vec<u8> = draws.iter().flat_map(|d| d.u.to_le_bytes()).collect();
+        let params = sc.draw_params.put(&self.dev, &params)?.ptr;
+        let us = sc.draw_us.put(&self.dev, &us)?.ptr;
+        let out = ensure(&self.dev, &mut sc.top_out, rows.len() * 4)?;
+        let logits = sc.logits.as_ref().expect("filled by logits_on_device");
+        let args = [
+            logits.arg(),
+            Arg::I32(lm_head.rows as i32),
+            Arg::Ptr(params),
+            Arg::Ptr(us),
+            out.arg(),
+        ];
+        self.launch("sample_rows", (rows.len() as u32, 1), 1024, &args)?;
+        let mut ids = vec![0u32; rows.len()];
+        self.dev.dtoh(out.ptr, u32_bytes_mut(&mut ids))?;
+        Ok(Some(ids))
     }
 
     fn top_logits(

@@ -65,4 +65,7 @@ pub struct Scratch {
     pub tables: Upload,
     pub row_meta: Upload,
     pub flash_tiles: Upload,
+    /// sample_logits' per-row (temperature, min_p) and uniform draws.
+    pub draw_params: Upload,
+    pub draw_us: Upload,
 }

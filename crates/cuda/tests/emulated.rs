@@ -119,18 +119,24 @@ fn emulated_kernels_run_the_golden_tiny_models() {
 }
 
 /// The batching engine on the emulated GPU backend — greedy tokens and top-k candidates selected
-/// on the device — gives the tokens the CPU backend gives (which samples from whole logits), for
-/// several sequences decoding together.
+/// on the device, or greedy and temperature/min-p tokens drawn there — gives the tokens the CPU
+/// backend gives (which samples from whole logits on the host), for several sequences decoding
+/// together.
 #[test]
 fn emulated_batch_engine_matches_the_cpu() {
     use suanli_engine::batch::{BatchEngine, Event, Request};
     use suanli_engine::scheduler::SchedConfig;
+    use suanli_engine::SamplingParams;
     let dir = tempfile::tempdir().unwrap();
     let path = std::path::Path::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../tests/fixtures/tiny/qwen2"
     ));
-    fn run<B: Backend>(b: B, path: &std::path::Path) -> (Vec<Vec<u32>>, B) {
+    fn run<B: Backend>(
+        b: B,
+        path: &std::path::Path,
+        params: &dyn Fn(usize) -> SamplingParams,
+    ) -> (Vec<Vec<u32>>, B) {
         let src = suanli_formats::open_model(path).unwrap();
         let model = suanli_models::Model::load(&src, &b).unwrap();
         let cfg = SchedConfig {
@@ -148,21 +154,11 @@ fn emulated_batch_engine_matches_the_cpu() {
             .map(|i| (0..3 + 2 * i).map(|j| (i * 31 + j * 7) % 200 + 1).collect())
             .collect();
         for (i, p) in prompts.iter().enumerate() {
-            // Half greedy, half seeded top-k draws: either way the device selects candidates.
-            let params = if i % 2 == 0 {
-                suanli_engine::SamplingParams::greedy()
-            } else {
-                suanli_engine::SamplingParams {
-                    top_k: 20,
-                    seed: Some(i as u64),
-                    ..Default::default()
-                }
-            };
             e.submit(
                 i as u64,
                 Request {
                     prompt: p.clone(),
-                    params,
+                    params: params(i),
                     max_tokens: 8,
                     logprobs: None,
                     prompt_logprobs: None,
@@ -182,13 +178,53 @@ fn emulated_batch_engine_matches_the_cpu() {
         }
         (out, e.into_parts().0)
     }
-    let (cpu, _) = run(suanli_cpu::CpuBackend::new(Some(2)).unwrap(), path);
-    let (gpu, b) = run(emu::backend(dir.path()), path);
-    assert!(cpu.iter().all(|t| t.len() == 8));
-    assert_eq!(gpu, cpu);
-    let (graphs, _) = b.launch_counts();
-    assert!(
-        graphs >= 3,
-        "decode steps were not replayed as graphs ({graphs})"
-    );
+    // Half greedy, half seeded top-k: the device selects candidates (top_k_rows).
+    let top_k = |i: usize| {
+        if i.is_multiple_of(2) {
+            SamplingParams::greedy()
+        } else {
+            SamplingParams {
+                top_k: 20,
+                seed: Some(i as u64),
+                ..Default::default()
+            }
+        }
+    };
+    // Half greedy, half seeded draws from the whole distribution (OpenAI's defaults, some with
+    // min-p): the device draws the tokens (sample_rows).
+    let whole = |i: usize| {
+        if i.is_multiple_of(2) {
+            SamplingParams::greedy()
+        } else {
+            SamplingParams {
+                temperature: 0.9,
+                top_k: 0,
+                top_p: 1.0,
+                min_p: if i % 4 == 1 { 0.05 } else { 0.0 },
+                seed: Some(i as u64),
+                ..Default::default()
+            }
+        }
+    };
+    for (params, kernel) in [
+        (&top_k as &dyn Fn(usize) -> SamplingParams, "top_k_rows"),
+        (&whole, "sample_rows"),
+    ] {
+        let (cpu, _) = run(suanli_cpu::CpuBackend::new(Some(2)).unwrap(), path, params);
+        let (b, ran) = emu::backend_counted(dir.path());
+        let (gpu, b) = run(b, path, params);
+        assert!(cpu.iter().all(|t| t.len() == 8));
+        assert_eq!(gpu, cpu, "{kernel}");
+        let ran = ran.lock().unwrap();
+        assert!(
+            ran.get(kernel).copied().unwrap_or(0) >= 7,
+            "{kernel} ran {:?} times",
+            ran.get(kernel)
+        );
+        let (graphs, _) = b.launch_counts();
+        assert!(
+            graphs >= 3,
+            "decode steps were not replayed as graphs ({graphs})"
+        );
+    }
 }

@@ -184,20 +184,30 @@ impl<B: Backend> BatchEngine<B> {
         let vocab = self.model.vocab_size();
         // When every row to sample can draw from its largest logits alone (greedy, or top-k
         // without bias, penalties or log-probabilities), the backend may select them itself: a
-        // GPU then sends a few candidates per row instead of whole vocabularies.
+        // GPU then sends a few candidates per row instead of whole vocabularies. Failing that,
+        // when every row is greedy or a plain temperature/min-p draw, the backend may draw the
+        // tokens itself. Rows are the logits rows, in item order.
         let seqs = &self.seqs;
-        let top_k = step
-            .items
-            .iter()
-            .filter(|it| it.sample || it.logits_all)
-            .try_fold(0, |k: usize, it| {
-                let st = seqs.get(&it.seq)?;
-                if it.logits_all || st.logprobs.is_some() {
-                    return None;
-                }
-                Some(k.max(st.sampler.top_candidates()?))
-            })
+        let sampled_rows = || {
+            step.items
+                .iter()
+                .filter(|it| it.sample || it.logits_all)
+                .map(|it| {
+                    let st = seqs.get(&it.seq)?;
+                    (!it.logits_all && st.logprobs.is_none()).then_some(st)
+                })
+        };
+        let top_k = sampled_rows()
+            .try_fold(0, |k: usize, st| Some(k.max(st?.sampler.top_candidates()?)))
             .filter(|&k| k > 0 && !plan.logits_rows.is_empty());
+        let draws: Option<Vec<suanli_backend::Draw>> = if top_k.is_none() {
+            sampled_rows()
+                .map(|st| st?.sampler.device_draw())
+                .collect::<Option<Vec<_>>>()
+                .filter(|d| !d.is_empty())
+        } else {
+            None
+        };
         self.logits.resize(plan.logits_rows.len() * vocab, 0.0);
         let (b, kv, scratch, logits) = (
             &self.backend,
@@ -205,13 +215,23 @@ impl<B: Backend> BatchEngine<B> {
             &mut self.scratch,
             &mut self.logits,
         );
-        let top = if let Some(k) = top_k {
-            self.model.forward_top(b, &plan, kv, scratch, k, logits)?
+        let picks = if let Some(k) = top_k {
+            match self.model.forward_top(b, &plan, kv, scratch, k, logits)? {
+                Some(top) => Picks::Top(top, k),
+                None => Picks::Logits,
+            }
+        } else if let Some(draws) = &draws {
+            match self
+                .model
+                .forward_draw(b, &plan, kv, scratch, draws, logits)?
+            {
+                Some(ids) => Picks::Drawn(ids),
+                None => Picks::Logits,
+            }
         } else {
             self.model.forward(b, &plan, kv, scratch, logits)?;
-            None
+            Picks::Logits
         };
-        let k = top_k.unwrap_or(0);
         let mut sampled = Vec::new();
         let mut events = Vec::new();
         let mut done = Vec::new();
@@ -253,32 +273,37 @@ impl<B: Backend> BatchEngine<B> {
                 ));
             }
             let r = first + rows - 1;
-            let tok = if let Some(top) = &top {
-                let cands = &top[r * k..(r + 1) * k];
-                if cands[0].0 == u32::MAX {
-                    failed.push((
-                        it.seq,
-                        format!(
-                            "the model produced a non-finite logit at position {}",
-                            st.history.len()
-                        ),
-                    ));
-                    continue;
+            let nonfinite = |detail: String| {
+                format!(
+                    "the model produced a non-finite logit{detail} at position {}",
+                    st.history.len()
+                )
+            };
+            let tok = match &picks {
+                Picks::Top(top, k) => {
+                    let cands = &top[r * k..(r + 1) * k];
+                    if cands[0].0 == u32::MAX {
+                        failed.push((it.seq, nonfinite(String::new())));
+                        continue;
+                    }
+                    st.sampler.sample_top(cands)
                 }
-                st.sampler.sample_top(cands)
-            } else {
-                let logits = &mut self.logits[r * vocab..(r + 1) * vocab];
-                if let Some(bad) = logits.iter().find(|l| !l.is_finite()) {
-                    failed.push((
-                        it.seq,
-                        format!(
-                            "the model produced a non-finite logit ({bad}) at position {}",
-                            st.history.len()
-                        ),
-                    ));
-                    continue;
+                Picks::Drawn(ids) => {
+                    if ids[r] == u32::MAX {
+                        failed.push((it.seq, nonfinite(String::new())));
+                        continue;
+                    }
+                    st.sampler.commit_device_draw();
+                    ids[r]
                 }
-                st.sampler.sample(logits, &st.history)
+                Picks::Logits => {
+                    let logits = &mut self.logits[r * vocab..(r + 1) * vocab];
+                    if let Some(bad) = logits.iter().find(|l| !l.is_finite()) {
+                        failed.push((it.seq, nonfinite(format!(" ({bad})"))));
+                        continue;
+                    }
+                    st.sampler.sample(logits, &st.history)
+                }
             };
             sampled.push((it.seq, tok));
             let ctx_full = st.history.len() + 1 >= self.sched.config().max_ctx;
@@ -326,4 +351,13 @@ impl<B: Backend> BatchEngine<B> {
         }
         Ok(events)
     }
+}
+
+/// How a step's tokens are picked: from candidates the backend selected, as tokens it drew, or
+/// on the host from whole logits.
+enum Picks {
+    /// Each logits row's k largest logits, k per row.
+    Top(Vec<(u32, f32)>, usize),
+    Drawn(Vec<u32>),
+    Logits,
 }

@@ -192,6 +192,37 @@ impl Sampler {
         (untouched && p.top_k > 0).then_some(p.top_k)
     }
 
+    /// This token's draw when a backend can make it where the logits are
+    /// (`Backend::sample_logits`: greedy, or temperature and min-p without top-k, top-p, bias or
+    /// penalties), with the uniform number the host draw would use next — not yet taken:
+    /// `commit_device_draw` takes it once the backend has drawn.
+    pub fn device_draw(&self) -> Option<suanli_backend::Draw> {
+        let p = &self.params;
+        if p.plain_greedy() {
+            return Some(suanli_backend::Draw {
+                temperature: 0.0,
+                min_p: 0.0,
+                u: 0.0,
+            });
+        }
+        let untouched = p.logit_bias.is_empty()
+            && p.repeat_penalty == 1.0
+            && p.presence_penalty == 0.0
+            && p.frequency_penalty == 0.0;
+        (untouched && p.top_k == 0 && p.top_p >= 1.0).then(|| suanli_backend::Draw {
+            temperature: p.temperature,
+            min_p: p.min_p,
+            u: Rng(self.rng.0).next_f64(),
+        })
+    }
+
+    /// The backend drew with `device_draw`'s number: take it, as the host draw would have.
+    pub fn commit_device_draw(&mut self) {
+        if self.params.temperature > 0.0 {
+            self.rng.next_f64();
+        }
+    }
+
     /// Draw from the largest logits — at least `top_candidates()` of them, largest first with
     /// the lower id first on ties, as `Backend::top_logits` gives them — exactly as `sample`
     /// draws from the whole vocabulary.

@@ -271,6 +271,30 @@ impl<B: Backend> Model<B> {
         Ok(top)
     }
 
+    /// Like `forward`, but when the backend can draw each logits row's token itself
+    /// (`Backend::sample_logits`, one `Draw` per row) only the tokens come back; otherwise
+    /// `logits` is filled as by `forward` and the result is `None`.
+    pub fn forward_draw(
+        &self,
+        b: &B,
+        plan: &BatchPlan,
+        kv: &mut KvPages<B::KvBuffer>,
+        s: &mut Scratch<B>,
+        draws: &[suanli_backend::Draw],
+        logits: &mut [f32],
+    ) -> Result<Option<Vec<u32>>, BackendError> {
+        self.forward_hidden(b, plan, kv, s)?;
+        if plan.logits_rows.is_empty() {
+            return Ok(Some(Vec::new()));
+        }
+        b.rms_norm(&s.x, &self.norm, self.cfg.rms_norm_eps, &mut s.h)?;
+        let ids = b.sample_logits(&s.h, &plan.logits_rows, self.head(), draws)?;
+        if ids.is_none() {
+            b.logits(&s.h, &plan.logits_rows, self.head(), logits)?;
+        }
+        Ok(ids)
+    }
+
     /// The output projection (the embedding table when tied).
     fn head(&self) -> &Weight<B::WeightStore> {
         self.lm_head.as_ref().unwrap_or(&self.embed)

@@ -28,10 +28,20 @@ pub struct EmuDevice {
     /// Stream capture: launches recorded instead of run, and the graphs made of them.
     capture: Mutex<Option<Recorded>>,
     graphs: Mutex<HashMap<u64, Recorded>>,
+    /// Kernels executed (directly or in a graph), by name.
+    ran: Arc<Mutex<HashMap<String, usize>>>,
 }
+
+/// How many times each kernel ran on one emulated device.
+pub type Ran = Arc<Mutex<HashMap<String, usize>>>;
 
 /// Build the emulated kernels in `dir` and return the CUDA backend on them.
 pub fn backend(dir: &Path) -> CudaBackend {
+    backend_counted(dir).0
+}
+
+/// `backend`, and the count of the kernels it runs.
+pub fn backend_counted(dir: &Path) -> (CudaBackend, Ran) {
     let root = env!("CARGO_MANIFEST_DIR");
     let so = dir.join(format!("libsuanli_cuda_emu_{}.so", std::process::id()));
     if !so.exists() {
@@ -71,16 +81,25 @@ pub fn backend(dir: &Path) -> CudaBackend {
         mem: Mutex::new(HashMap::new()),
         capture: Mutex::new(None),
         graphs: Mutex::new(HashMap::new()),
+        ran: Ran::default(),
     };
-    CudaBackend::with_device(
+    let ran = dev.ran.clone();
+    let b = CudaBackend::with_device(
         Arc::new(dev),
         "cuda-emulated",
         "CUDA kernels on the host emulator".into(),
-    )
+    );
+    (b, ran)
 }
 
 impl EmuDevice {
     fn run(&self, kernel: &str, grid: (u32, u32), block: u32, args: &[Arg]) -> Result<()> {
+        *self
+            .ran
+            .lock()
+            .unwrap()
+            .entry(kernel.to_owned())
+            .or_default() += 1;
         let mut slots = Arg::slots(args);
         let mut params: Vec<*mut c_void> =
             slots.iter_mut().map(|s| s.as_mut_ptr().cast()).collect();
