@@ -115,9 +115,11 @@ impl Rng {
 pub struct Sampler {
     params: SamplingParams,
     rng: Rng,
-    /// Candidates and their weights, reused (no allocation per token after the first).
+    /// Candidates and their weights (f64; per chunk for `draw_whole`, with `wf` per token),
+    /// reused: no allocation per token after the first.
     cand: Vec<(u32, f32)>,
     weights: Vec<f64>,
+    wf: Vec<f32>,
     pub seed: u64,
 }
 
@@ -139,6 +141,7 @@ impl Sampler {
             rng: Rng(seed),
             cand: Vec::new(),
             weights: Vec::new(),
+            wf: Vec::new(),
             seed,
         }
     }
@@ -154,6 +157,10 @@ impl Sampler {
         self.apply_penalties(logits, history);
         if self.params.temperature <= 0.0 {
             return argmax(logits);
+        }
+        let p = &self.params;
+        if p.top_k == 0 && p.top_p >= 1.0 && p.min_p <= 0.0 {
+            return self.draw_whole(logits);
         }
         self.cand.clear();
         self.cand.extend(
@@ -240,6 +247,45 @@ impl Sampler {
         self.draw(true)
     }
 
+    /// The draw over the whole vocabulary, in its order (no top-k, top-p or min-p: OpenAI's
+    /// defaults), straight from the logits: weights vectorized, summed per chunk, the chunk
+    /// holding u · total found first. NaN logits weigh nothing.
+    fn draw_whole(&mut self, logits: &[f32]) -> u32 {
+        const CHUNK: usize = 256;
+        let t = self.params.temperature;
+        let max = logits.iter().fold(f32::NEG_INFINITY, |m, &l| m.max(l));
+        self.wf.clear();
+        self.wf.extend(logits.iter().map(|&l| {
+            if l.is_nan() {
+                0.0
+            } else {
+                exp_neg((l - max) / t)
+            }
+        }));
+        self.weights.clear();
+        self.weights
+            .extend(self.wf.chunks(CHUNK).map(|c| sum8(c) as f64));
+        let total: f64 = self.weights.iter().sum();
+        let mut r = self.rng.next_f64() * total;
+        for (ci, &cw) in self.weights.iter().enumerate() {
+            if r < cw {
+                for (i, &w) in self.wf[ci * CHUNK..].iter().take(CHUNK).enumerate() {
+                    if r < w as f64 {
+                        return (ci * CHUNK + i) as u32;
+                    }
+                    r -= w as f64;
+                }
+                // Rounding left r past this chunk's last weight: its last weighed token.
+                let chunk = &self.wf[ci * CHUNK..(ci * CHUNK + CHUNK).min(self.wf.len())];
+                if let Some(i) = chunk.iter().rposition(|&w| w > 0.0) {
+                    return (ci * CHUNK + i) as u32;
+                }
+            }
+            r -= cw;
+        }
+        self.wf.iter().rposition(|&w| w > 0.0).unwrap_or(0) as u32
+    }
+
     /// top-p, min-p, temperature and the draw over `self.cand`: sorted (largest first, cut to
     /// top-k) when `sorted`, else the whole vocabulary in its order — which is sorted only as far
     /// as top-p needs, so that a request without top-k costs O(vocabulary), not a full sort.
@@ -255,7 +301,7 @@ impl Sampler {
         } else {
             self.cand.iter().fold(f32::NEG_INFINITY, |m, c| m.max(c.1))
         };
-        let prob = |l: f32| (l - max).exp();
+        let prob = |l: f32| exp_neg(l - max);
         if top_p < 1.0 {
             let sum: f32 = self.cand.iter().map(|c| prob(c.1)).sum();
             // The smallest sorted prefix whose mass reaches top_p.
@@ -297,7 +343,7 @@ impl Sampler {
         }
         self.weights.clear();
         self.weights
-            .extend(self.cand.iter().map(|c| (((c.1 - max) / t) as f64).exp()));
+            .extend(self.cand.iter().map(|c| exp_neg((c.1 - max) / t) as f64));
         let total: f64 = self.weights.iter().sum();
         let mut r = self.rng.next_f64() * total;
         for (c, w) in self.cand.iter().zip(&self.weights) {
@@ -330,6 +376,41 @@ impl Sampler {
             }
         }
     }
+}
+
+/// e^x for x ≤ 0 (a weight relative to the largest logit) within 2 ulp, e^-87 below -87. Plain
+/// arithmetic that vectorizes (libm's exp does not), since a draw without top-k weighs the whole
+/// vocabulary: 2^k by the exponent bits times a degree-6 polynomial on |r| ≤ ln 2 / 2.
+#[inline]
+fn exp_neg(x: f32) -> f32 {
+    const LOG2_E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 split so that k·LN2_HI is exact.
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    let x = x.max(-87.0).min(0.0);
+    // k = round(x·log2 e) by the 1.5·2^23 trick: k sits in the low mantissa bits of `shifted`
+    // (no libm call, no float-to-int conversion: both would keep this from vectorizing).
+    let shifted = x * LOG2_E + 12_582_912.0;
+    let k = shifted - 12_582_912.0;
+    let r = x - k * LN2_HI - k * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    let k_int = shifted.to_bits().wrapping_sub(0x4B40_0000);
+    p * f32::from_bits(k_int.wrapping_add(127) << 23)
+}
+
+/// A sum in eight lanes (the compiler vectorizes it; one running f32 sum it may not reorder).
+fn sum8(x: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let mut it = x.chunks_exact(8);
+    for c in &mut it {
+        for (l, v) in lanes.iter_mut().zip(c) {
+            *l += v;
+        }
+    }
+    lanes.iter().sum::<f32>() + it.remainder().iter().sum::<f32>()
 }
 
 /// Larger logit first, then lower id: the candidates' order (total, NaN excluded beforehand).
@@ -540,7 +621,7 @@ mod tests {
                     .map(|_| (rng.next_f64() * 60.0).floor() as f32 * 0.2)
                     .collect();
                 let max = logits.iter().fold(f32::NEG_INFINITY, |m, &l| m.max(l));
-                let sum: f32 = logits.iter().map(|&l| (l - max).exp()).sum();
+                let sum: f32 = logits.iter().map(|&l| exp_neg(l - max)).sum();
                 let mut all: Vec<(u32, f32)> = logits
                     .iter()
                     .enumerate()
@@ -551,19 +632,19 @@ mod tests {
                 let cut = all
                     .iter()
                     .position(|c| {
-                        acc += (c.1 - max).exp() / sum;
+                        acc += exp_neg(c.1 - max) / sum;
                         acc >= top_p
                     })
                     .map_or(all.len(), |i| i + 1);
                 all.truncate(cut);
                 let keep = all
                     .iter()
-                    .take_while(|c| (c.1 - max).exp() >= min_p)
+                    .take_while(|c| exp_neg(c.1 - max) >= min_p)
                     .count();
                 all.truncate(keep.max(1));
                 let w: Vec<f64> = all
                     .iter()
-                    .map(|c| (((c.1 - max) / 0.7) as f64).exp())
+                    .map(|c| exp_neg((c.1 - max) / 0.7) as f64)
                     .collect();
                 let mut r = reference.next_f64() * w.iter().sum::<f64>();
                 let want = all
@@ -606,6 +687,33 @@ mod tests {
                 "token {i}: {c} of {n}"
             );
         }
+        // A NaN weighs nothing; a vocabulary past one chunk (256) is walked chunk by chunk.
+        let mut big = vec![-30.0f32; 1000];
+        big[3] = f32::NAN;
+        big[700] = 0.0;
+        big[999] = 0.0;
+        let mut seen = [0usize; 3];
+        for _ in 0..2000 {
+            match s.sample(&mut big.clone(), &[]) {
+                700 => seen[0] += 1,
+                999 => seen[1] += 1,
+                _ => seen[2] += 1,
+            }
+        }
+        assert!(seen[0] > 900 && seen[1] > 900 && seen[2] < 5, "{seen:?}");
+    }
+
+    #[test]
+    fn exp_neg_is_within_two_ulp_of_exp() {
+        let mut worst = 0f64;
+        for i in 0..=870_000 {
+            let x = -(i as f32) * 1e-4;
+            let (got, want) = (exp_neg(x) as f64, (x as f64).exp());
+            worst = worst.max((got - want).abs() / want);
+        }
+        assert!(worst < 2.5e-7, "relative error {worst}");
+        assert_eq!(exp_neg(0.0), 1.0);
+        assert!(exp_neg(-1000.0) > 0.0 && exp_neg(-1000.0) < 1e-37);
     }
 
     #[test]
