@@ -47,6 +47,8 @@ bench "qwen2.5-0.5b bf16"      --random qwen2.5-0.5b --prompt-tokens 2048 --batc
 bench "qwen2.5-7b bf16"        --random qwen2.5-7b --prompt-tokens 2048 --batch 2048 --gen-tokens 128 --repetitions 3 --parallel 32
 # The same prefill with attention through gather + cuBLAS instead of the fused kernel.
 ( export SUANLI_CUDA_FLASH=0; bench "qwen2.5-7b bf16 gemm-attn" --random qwen2.5-7b --prompt-tokens 2048 --batch 2048 --gen-tokens 8 --repetitions 3 )
+# Batch 32 sampling the whole distribution (temperature 1): the tokens are drawn on the device.
+bench "qwen2.5-7b bf16 sampled" --random qwen2.5-7b --prompt-tokens 128 --batch 128 --gen-tokens 128 --repetitions 1 --parallel 32 --temperature 1
 bench "qwen2.5-7b bf16 kv q8_0" --kv-type q8_0 --random qwen2.5-7b --prompt-tokens 2048 --batch 2048 --gen-tokens 64 --repetitions 2
 bench "qwen2.5-7b q4_k"        --random qwen2.5-7b:q4_k --prompt-tokens 2048 --batch 2048 --gen-tokens 128 --repetitions 3
 bench "qwen2.5-7b q8_0"        --random qwen2.5-7b:q8_0 --prompt-tokens 512 --batch 512 --gen-tokens 128 --repetitions 2

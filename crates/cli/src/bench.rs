@@ -35,6 +35,13 @@ pub struct BenchArgs {
     /// each gets a prompt of --prompt-tokens... capped at 128 and generates --gen-tokens.
     #[arg(long, default_value_t = 0)]
     pub parallel: usize,
+    /// The --parallel sequences sample (seeded) at this temperature instead of greedily; with
+    /// --top-k 0 that is the whole distribution, OpenAI's default.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Top-k of the --parallel sequences' sampling (0: off).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
 }
 
 struct Stats {
@@ -176,6 +183,7 @@ fn bench_on<B: Hardware>(a: BenchArgs, opts: &crate::load::Opts) -> Result<()> {
             prompt,
             a.gen_tokens.max(1),
             opts.kv,
+            (a.temperature, a.top_k),
         )?)
     } else {
         None
@@ -191,6 +199,7 @@ fn bench_on<B: Hardware>(a: BenchArgs, opts: &crate::load::Opts) -> Result<()> {
             "{}",
             serde_json::json!({
                 "model": model_name, "backend": detail, "facts": facts, "parallel": a.parallel,
+                "parallel_temperature": a.temperature, "parallel_top_k": a.top_k,
                 "parallel_decode_tok_s": par.as_ref().map(|p| p.tok_s), "parallel_prefill_s": par.as_ref().map(|p| p.prefill_s),
                 "prompt_tokens": a.prompt_tokens, "gen_tokens": a.gen_tokens, "depth": a.depth, "repetitions": a.repetitions,
                 "prefill_tok_s": ps.as_ref().map(|s| s.median), "decode_tok_s": ts.as_ref().map(|s| s.median),
@@ -240,8 +249,13 @@ fn bench_on<B: Hardware>(a: BenchArgs, opts: &crate::load::Opts) -> Result<()> {
             );
         }
         if let Some(p) = &par {
+            let how = if a.temperature > 0.0 {
+                format!("temperature {} top-k {}", a.temperature, a.top_k)
+            } else {
+                "greedy".into()
+            };
             crate::outln!(
-                "{:<12} {:>10.1} tok/s aggregate over {} sequences ({} prompt tokens each, prefilled in {:.2}s first)",
+                "{:<12} {:>10.1} tok/s aggregate over {} sequences ({} prompt tokens each, prefilled in {:.2}s first; {how})",
                 format!("tg{}x{}", a.gen_tokens, a.parallel),
                 p.tok_s,
                 a.parallel,

@@ -24,6 +24,7 @@ pub fn aggregate_decode<B: Backend>(
     prompt: usize,
     gen: usize,
     kv: KvDType,
+    (temperature, top_k): (f32, usize),
 ) -> Result<Aggregate> {
     let block = 16;
     let per_seq = (prompt + gen + 1).div_ceil(block) + 1;
@@ -45,8 +46,13 @@ pub fn aggregate_decode<B: Backend>(
             .collect();
         let req = Request {
             prompt: p,
+            // Greedy, or a seeded draw with only temperature and top-k set (no top-p, no min-p).
             params: SamplingParams {
-                temperature: 0.0,
+                temperature,
+                top_k,
+                top_p: 1.0,
+                min_p: 0.0,
+                seed: Some(id),
                 ..SamplingParams::default()
             },
             max_tokens: gen,
