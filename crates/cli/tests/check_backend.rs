@@ -65,6 +65,8 @@ fn random_models_of_real_shapes_run() {
             "1",
             "--parallel",
             "3",
+            "--temperature",
+            "1",
             "--json",
             "--threads",
             "2",
@@ -79,6 +81,7 @@ fn random_models_of_real_shapes_run() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(v["decode_tok_s"].as_f64().unwrap() > 0.0);
     assert!(v["parallel_decode_tok_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(v["parallel_temperature"], 1.0);
     assert_eq!(v["model"], "random smollm2-135m:q8_0");
     let out = suanli()
         .args(["bench", "--random", "qwen2.5-9b"])
