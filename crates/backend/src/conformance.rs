@@ -322,6 +322,29 @@ fn check_logits<B: Backend>(b: &B, ty: DType, rng: &mut Rng, rep: &mut Report) {
     );
 }
 
+/// An f32 output head `[vocab, cols]` and `n` hidden rows, on the backend.
+#[allow(clippy::type_complexity)]
+fn head_and_hidden<B: Backend>(
+    b: &B,
+    wf: &[f32],
+    vocab: usize,
+    x: &[f32],
+    n: usize,
+    cols: usize,
+) -> Result<(crate::Weight<B::WeightStore>, crate::Act<B::Buffer>), BackendError> {
+    let bytes = wf.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let w = weight(
+        b,
+        "lm_head",
+        DType::F32,
+        vocab,
+        cols,
+        WeightRole::Matrix,
+        bytes,
+    )?;
+    Ok((w, act(b, x, n, cols)?))
+}
+
 /// `top_logits` (where offered) against the backend's own `logits`, sorted here: the same ids
 /// and values exactly, ties (duplicate head rows) lower id first, and rows holding a NaN or an
 /// infinity flagged. The error is the number of wrong entries.
@@ -354,17 +377,7 @@ fn check_top_logits<B: Backend>(b: &B, k: usize, rng: &mut Rng, rep: &mut Report
     x[2 * cols + 9] = f32::INFINITY;
     let pick = [4u32, 0, 5, 1, 2];
     let got = (|| {
-        let bytes = wf.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let w = weight(
-            b,
-            "lm_head",
-            DType::F32,
-            vocab,
-            cols,
-            WeightRole::Matrix,
-            bytes,
-        )?;
-        let xa = act(b, &x, n, cols)?;
+        let (w, xa) = head_and_hidden(b, &wf, vocab, &x, n, cols)?;
         let Some(top) = b.top_logits(&xa, &pick, &w, k)? else {
             return Ok(None);
         };
@@ -432,17 +445,7 @@ fn check_sample_logits<B: Backend>(b: &B, rng: &mut Rng, rep: &mut Report) {
         (0.3, 0.2),
     ];
     let got = (|| {
-        let bytes = wf.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let w = weight(
-            b,
-            "lm_head",
-            DType::F32,
-            vocab,
-            cols,
-            WeightRole::Matrix,
-            bytes,
-        )?;
-        let xa = act(b, &x, n, cols)?;
+        let (w, xa) = head_and_hidden(b, &wf, vocab, &x, n, cols)?;
         let mut logits = vec![0f32; pick.len() * vocab];
         b.logits(&xa, &pick, &w, &mut logits)?;
         let mut wrong = 0;

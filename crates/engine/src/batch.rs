@@ -215,16 +215,16 @@ impl<B: Backend> BatchEngine<B> {
             &mut self.scratch,
             &mut self.logits,
         );
+        let model = &self.model;
         let picks = if let Some(k) = top_k {
-            match self.model.forward_top(b, &plan, kv, scratch, k, logits)? {
+            let top = |b: &B, h: &_, rows: &[u32], head: &_| b.top_logits(h, rows, head, k);
+            match model.forward_pick(b, &plan, kv, scratch, logits, top)? {
                 Some(top) => Picks::Top(top, k),
                 None => Picks::Logits,
             }
         } else if let Some(draws) = &draws {
-            match self
-                .model
-                .forward_draw(b, &plan, kv, scratch, draws, logits)?
-            {
+            let draw = |b: &B, h: &_, rows: &[u32], head: &_| b.sample_logits(h, rows, head, draws);
+            match model.forward_pick(b, &plan, kv, scratch, logits, draw)? {
                 Some(ids) => Picks::Drawn(ids),
                 None => Picks::Logits,
             }

@@ -247,52 +247,33 @@ impl<B: Backend> Model<B> {
         b.logits(&s.h, &plan.logits_rows, self.head(), logits)
     }
 
-    /// Like `forward`, but when the backend can select the `k` largest logits of each logits row
-    /// itself (`Backend::top_logits`) only those come back; otherwise `logits` is filled as by
-    /// `forward` and the result is `None`.
-    pub fn forward_top(
+    /// Like `forward`, but the picking of the tokens is offered to the backend first: `pick`
+    /// gets the normed hidden rows, the logits rows and the head (e.g. `Backend::top_logits`,
+    /// `Backend::sample_logits`); when it declines (`None`), `logits` is filled as by `forward`.
+    pub fn forward_pick<T>(
         &self,
         b: &B,
         plan: &BatchPlan,
         kv: &mut KvPages<B::KvBuffer>,
         s: &mut Scratch<B>,
-        k: usize,
         logits: &mut [f32],
-    ) -> Result<Option<Vec<(u32, f32)>>, BackendError> {
+        pick: impl FnOnce(
+            &B,
+            &Act<B::Buffer>,
+            &[u32],
+            &Weight<B::WeightStore>,
+        ) -> Result<Option<Vec<T>>, BackendError>,
+    ) -> Result<Option<Vec<T>>, BackendError> {
         self.forward_hidden(b, plan, kv, s)?;
         if plan.logits_rows.is_empty() {
             return Ok(Some(Vec::new()));
         }
         b.rms_norm(&s.x, &self.norm, self.cfg.rms_norm_eps, &mut s.h)?;
-        let top = b.top_logits(&s.h, &plan.logits_rows, self.head(), k)?;
-        if top.is_none() {
+        let picked = pick(b, &s.h, &plan.logits_rows, self.head())?;
+        if picked.is_none() {
             b.logits(&s.h, &plan.logits_rows, self.head(), logits)?;
         }
-        Ok(top)
-    }
-
-    /// Like `forward`, but when the backend can draw each logits row's token itself
-    /// (`Backend::sample_logits`, one `Draw` per row) only the tokens come back; otherwise
-    /// `logits` is filled as by `forward` and the result is `None`.
-    pub fn forward_draw(
-        &self,
-        b: &B,
-        plan: &BatchPlan,
-        kv: &mut KvPages<B::KvBuffer>,
-        s: &mut Scratch<B>,
-        draws: &[suanli_backend::Draw],
-        logits: &mut [f32],
-    ) -> Result<Option<Vec<u32>>, BackendError> {
-        self.forward_hidden(b, plan, kv, s)?;
-        if plan.logits_rows.is_empty() {
-            return Ok(Some(Vec::new()));
-        }
-        b.rms_norm(&s.x, &self.norm, self.cfg.rms_norm_eps, &mut s.h)?;
-        let ids = b.sample_logits(&s.h, &plan.logits_rows, self.head(), draws)?;
-        if ids.is_none() {
-            b.logits(&s.h, &plan.logits_rows, self.head(), logits)?;
-        }
-        Ok(ids)
+        Ok(picked)
     }
 
     /// The output projection (the embedding table when tied).
