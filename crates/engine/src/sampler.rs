@@ -162,26 +162,48 @@ impl Sampler {
         if p.top_k == 0 && p.top_p >= 1.0 && p.min_p <= 0.0 {
             return self.draw_whole(logits);
         }
+        let k = self.params.top_k;
         self.cand.clear();
-        self.cand.extend(
-            logits
-                .iter()
-                .enumerate()
-                .filter(|(_, l)| !l.is_nan())
-                .map(|(i, &l)| (i as u32, l)),
-        );
+        let cut = k > 0 && k < logits.len();
+        if cut {
+            self.keep_top(logits, k);
+            self.cand.sort_unstable_by(by_logit);
+        } else {
+            self.cand.extend(
+                logits
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, l)| !l.is_nan())
+                    .map(|(i, &l)| (i as u32, l)),
+            );
+        }
         if self.cand.is_empty() {
             return 0;
         }
-        // Only the top k need sorting; the order is total, so this is the full sort's prefix.
-        let k = self.params.top_k;
-        if k == 0 || k >= self.cand.len() {
-            return self.draw(false);
+        self.draw(cut)
+    }
+
+    /// `self.cand` = the k largest non-NaN logits (unsorted) in one pass: candidates gather
+    /// until there are 2k, are cut to the best k, and from then on only a logit above the k-th
+    /// best so far enters (ties do not: the kept one has the lower id). The order is total, so
+    /// this is the full sort's prefix as a set.
+    fn keep_top(&mut self, logits: &[f32], k: usize) {
+        let mut floor: Option<f32> = None;
+        for (i, &l) in logits.iter().enumerate() {
+            if l.is_nan() || floor.is_some_and(|f| l.total_cmp(&f).is_le()) {
+                continue;
+            }
+            self.cand.push((i as u32, l));
+            if self.cand.len() == 2 * k {
+                self.cand.select_nth_unstable_by(k - 1, by_logit);
+                self.cand.truncate(k);
+                floor = Some(self.cand[k - 1].1);
+            }
         }
-        self.cand.select_nth_unstable_by(k - 1, by_logit);
-        self.cand.truncate(k);
-        self.cand.sort_unstable_by(by_logit);
-        self.draw(true)
+        if self.cand.len() > k {
+            self.cand.select_nth_unstable_by(k - 1, by_logit);
+            self.cand.truncate(k);
+        }
     }
 
     /// How many of the largest logits `sample_top` needs to draw exactly as `sample` would:
