@@ -48,11 +48,17 @@ impl SamplingParams {
     /// Greedy with nothing that changes the logits first (no bias, no penalties): the token is
     /// the argmax of the model's logits, which a backend may compute itself.
     pub fn plain_greedy(&self) -> bool {
-        self.temperature <= 0.0
-            && self.logit_bias.is_empty()
-            && self.repeat_penalty == 1.0
-            && self.presence_penalty == 0.0
-            && self.frequency_penalty == 0.0
+        self.temperature <= 0.0 && self.logits_untouched()
+    }
+
+    /// Nothing changes the model's logits before the draw: no bias, no penalties.
+    pub fn logits_untouched(&self) -> bool {
+        self.logit_bias.is_empty() && !self.penalized()
+    }
+
+    /// Repetition, presence or frequency penalties are on.
+    fn penalized(&self) -> bool {
+        self.repeat_penalty != 1.0 || self.presence_penalty != 0.0 || self.frequency_penalty != 0.0
     }
 
     /// Check ranges; the message names the parameter.
@@ -214,11 +220,7 @@ impl Sampler {
         if p.plain_greedy() {
             return Some(1);
         }
-        let untouched = p.logit_bias.is_empty()
-            && p.repeat_penalty == 1.0
-            && p.presence_penalty == 0.0
-            && p.frequency_penalty == 0.0;
-        (untouched && p.top_k > 0).then_some(p.top_k)
+        (p.logits_untouched() && p.top_k > 0).then_some(p.top_k)
     }
 
     /// This token's draw when a backend can make it where the logits are
@@ -234,11 +236,8 @@ impl Sampler {
                 u: 0.0,
             });
         }
-        let untouched = p.logit_bias.is_empty()
-            && p.repeat_penalty == 1.0
-            && p.presence_penalty == 0.0
-            && p.frequency_penalty == 0.0;
-        (untouched && p.top_k == 0 && p.top_p >= 1.0).then(|| suanli_backend::Draw {
+        let whole = p.top_k == 0 && p.top_p >= 1.0;
+        (p.logits_untouched() && whole).then(|| suanli_backend::Draw {
             temperature: p.temperature,
             min_p: p.min_p,
             u: Rng(self.rng.0).next_f64(),
@@ -379,7 +378,7 @@ impl Sampler {
 
     fn apply_penalties(&self, logits: &mut [f32], history: &[u32]) {
         let p = &self.params;
-        if p.repeat_penalty == 1.0 && p.presence_penalty == 0.0 && p.frequency_penalty == 0.0 {
+        if !p.penalized() {
             return;
         }
         let start = history.len().saturating_sub(p.penalty_last_n);
