@@ -87,13 +87,15 @@ DEV void argmax_merge(float& best, int& idx, int& bad, int o) {
     bad |= __shfl_xor_sync(0xffffffffu, bad, o);
     if (ov > best || (ov == best && oi < idx)) { best = ov; idx = oi; }
 }
-extern "C" __global__ void argmax_rows(const float* __restrict__ x, int cols, u32* __restrict__ out,
-                                       float* __restrict__ out_v) {
-    __shared__ float bv[32];
-    __shared__ int bi[32];
-    __shared__ int bb[32];
-    const float* xr = x + (u64)blockIdx.x * cols;
-    float best = -INFINITY;
+// The warps' partial results of block_argmax, in shared memory.
+struct ArgmaxShared {
+    float best[32];
+    int idx[32], bad[32];
+};
+// The first largest value of row `xr` and its index, in every thread of the block; the index
+// is 0xffffffff when the row holds a NaN or an infinity.
+DEV u32 block_argmax(const float* __restrict__ xr, int cols, float& best, ArgmaxShared& sh) {
+    best = -INFINITY;
     int idx = 0x7fffffff, bad = 0;
     for (int i = threadIdx.x; i < cols; i += blockDim.x) {
         float v = xr[i];
@@ -102,19 +104,23 @@ extern "C" __global__ void argmax_rows(const float* __restrict__ x, int cols, u3
     }
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) argmax_merge(best, idx, bad, o);
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    if (lane == 0) { bv[warp] = best; bi[warp] = idx; bb[warp] = bad; }
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    if (lane == 0) { sh.best[warp] = best; sh.idx[warp] = idx; sh.bad[warp] = bad; }
     __syncthreads();
-    if (warp == 0) {
-        int nw = blockDim.x >> 5;
-        best = lane < nw ? bv[lane] : -INFINITY;
-        idx = lane < nw ? bi[lane] : 0x7fffffff;
-        bad = lane < nw ? bb[lane] : 0;
+    best = lane < nw ? sh.best[lane] : -INFINITY;
+    idx = lane < nw ? sh.idx[lane] : 0x7fffffff;
+    bad = lane < nw ? sh.bad[lane] : 0;
 #pragma unroll
-        for (int o = 16; o > 0; o >>= 1) argmax_merge(best, idx, bad, o);
-        if (lane == 0) {
-            out[blockIdx.x] = bad ? 0xffffffffu : (u32)(idx == 0x7fffffff ? 0 : idx);
-            out_v[blockIdx.x] = bad ? __int_as_float(0x7fc00000) : best;
-        }
+    for (int o = 16; o > 0; o >>= 1) argmax_merge(best, idx, bad, o);
+    return bad ? 0xffffffffu : (u32)(idx == 0x7fffffff ? 0 : idx);
+}
+extern "C" __global__ void argmax_rows(const float* __restrict__ x, int cols, u32* __restrict__ out,
+                                       float* __restrict__ out_v) {
+    __shared__ ArgmaxShared sh;
+    float best;
+    u32 id = block_argmax(x + (u64)blockIdx.x * cols, cols, best, sh);
+    if (threadIdx.x == 0) {
+        out[blockIdx.x] = id;
+        out_v[blockIdx.x] = id == 0xffffffffu ? __int_as_float(0x7fc00000) : best;
     }
 }

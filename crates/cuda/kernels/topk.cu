@@ -138,33 +138,16 @@ extern "C" __global__ void __launch_bounds__(TOPK_THREADS)
                 const double* __restrict__ u, u32* __restrict__ out) {
     __shared__ double scan[TOPK_THREADS];
     __shared__ float red[32];
-    __shared__ float bv[32];
-    __shared__ int bi[32], bb[32];
+    __shared__ ArgmaxShared sh;
     __shared__ int found;
     const float* xr = x + (u64)blockIdx.x * cols;
     const float t = params[2 * blockIdx.x], min_p = params[2 * blockIdx.x + 1];
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nw = blockDim.x >> 5;
+    const int tid = threadIdx.x;
 
-    // The first largest value, and whether every value is finite (as argmax_rows).
-    float best = -INFINITY;
-    int idx = 0x7fffffff, bad = 0;
-    for (int i = tid; i < cols; i += blockDim.x) {
-        float v = xr[i];
-        if (!(fabsf(v) <= 3.402823466e38f)) bad = 1;
-        if (v > best) { best = v; idx = i; }
-    }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) argmax_merge(best, idx, bad, o);
-    if (lane == 0) { bv[warp] = best; bi[warp] = idx; bb[warp] = bad; }
-    __syncthreads();
-    best = lane < nw ? bv[lane] : -INFINITY;
-    idx = lane < nw ? bi[lane] : 0x7fffffff;
-    bad = lane < nw ? bb[lane] : 0;
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) argmax_merge(best, idx, bad, o);
-    // Every thread now holds the block's best, idx and bad.
-    if (bad || t <= 0.0f) {
-        if (tid == 0) out[blockIdx.x] = bad ? 0xffffffffu : (u32)(idx == 0x7fffffff ? 0 : idx);
+    float best;
+    const u32 first_max = block_argmax(xr, cols, best, sh);
+    if (first_max == 0xffffffffu || t <= 0.0f) {
+        if (tid == 0) out[blockIdx.x] = first_max;
         return;  // the whole block
     }
     const float max = best;
