@@ -1,20 +1,21 @@
 //! Attention of `CudaBackend` over the paged KV cache: the per-row split-K kernel for decode and
-//! short chunks; prefill chunks over an f16 cache in the fused tensor-core kernel (flash.cu); long
-//! chunks over an f32 cache as gathered K/V with two batched GEMMs per KV head.
+//! short chunks; prefill chunks over an f16 or Q8_0 cache in the fused tensor-core kernel
+//! (flash.cu); long chunks over an f32 cache as gathered K/V with two batched GEMMs per KV head.
 
 use crate::device::{u32_bytes, Arg, DevBuf, Elem, Gemm};
 use crate::scratch::{self, ensure};
 use crate::{blocks, CudaBackend, KvBuf, ATTN_GEMM_MIN_ROWS};
+use suanli_backend::{shape_err, Act, AttnMeta, AttnSeq, KvDType, KvPages, KvSpec, Result};
 
 /// A sequence with at least this many new rows in a step takes the fused prefill kernel
-/// (flash.cu; f16 cache, head dim 64 or 128).
+/// (flash.cu; f16 or Q8_0 cache, head dim 64 or 128).
 pub const FLASH_MIN_ROWS: usize = 16;
 /// Query rows per block of the fused kernel (`FA_ROWS`).
 const FLASH_ROWS: usize = 64;
-use suanli_backend::{shape_err, Act, AttnMeta, AttnSeq, KvDType, KvPages, KvSpec, Result};
 
 impl CudaBackend {
-    /// Paged attention: the per-row kernel for decode and short chunks, cuBLAS for long ones.
+    /// Paged attention: the per-row kernel (split across blocks for deep contexts) for decode and
+    /// short chunks, the fused kernel for prefill chunks, cuBLAS for long chunks over f32 caches.
     pub(crate) fn attend(
         &self,
         q: &Act<DevBuf>,
