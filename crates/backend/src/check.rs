@@ -2,7 +2,7 @@
 //! fit, or whose host-supplied indices (token ids, slots, selected rows) point outside their
 //! tables, is a `BackendError::Shape` before any kernel runs — on any device.
 
-use crate::{shape_err, Act, KvDType, KvPages, KvSpec, Result, Weight};
+use crate::{shape_err, Act, KvDType, KvPages, KvSpec, Result, RopeParams, Weight};
 
 /// A cache the element type can hold: Q8_0 stores each head in whole 32-value blocks.
 pub fn kv_cache(spec: &KvSpec) -> Result<()> {
@@ -60,6 +60,39 @@ pub fn embed<B, W>(table: &Weight<W>, ids: &[u32], out: &Act<B>) -> Result<()> {
         return Err(shape_err(
             "embed",
             format!("token id {bad} is outside the vocabulary of {}", table.rows),
+        ));
+    }
+    Ok(())
+}
+
+/// x's rows are whole groups of the norm weight's length.
+pub fn norm_groups<B, W>(x: &Act<B>, w: &Weight<W>) -> Result<()> {
+    let g = w.cols;
+    if g == 0 || x.cols % g != 0 {
+        return Err(shape_err(
+            "rms_norm_groups",
+            format!("row of {} is not made of groups of {g}", x.cols),
+        ));
+    }
+    Ok(())
+}
+
+/// One position per row, rows of whole heads, the rotated part inside a head with its
+/// frequencies all given.
+pub fn rope<B>(x: &Act<B>, positions: &[u32], rope: &RopeParams) -> Result<()> {
+    if positions.len() != x.rows
+        || x.cols != rope.n_heads * rope.head_dim
+        || rope.rotary_dim > rope.head_dim
+        || rope.inv_freq.len() < rope.rotary_dim / 2
+    {
+        return Err(shape_err(
+            "rope",
+            format!(
+                "{} positions for [{}, {}] with {rope:?}",
+                positions.len(),
+                x.rows,
+                x.cols
+            ),
         ));
     }
     Ok(())

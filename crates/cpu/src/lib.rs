@@ -335,13 +335,8 @@ impl Backend for CpuBackend {
         w: &Weight<CpuWeight>,
         eps: f32,
     ) -> Result<()> {
+        check::norm_groups(x, w)?;
         let g = w.cols;
-        if g == 0 || x.cols % g != 0 {
-            return Err(shape_err(
-                "rms_norm_groups",
-                format!("row of {} is not made of groups of {g}", x.cols),
-            ));
-        }
         let wv = vector(w, g, "rms_norm_groups")?;
         for grp in x.buf[..x.rows * x.cols].chunks_exact_mut(g) {
             let scale = rms_scale(grp, eps);
@@ -407,20 +402,7 @@ impl Backend for CpuBackend {
     }
 
     fn rope(&self, x: &mut Act<Vec<f32>>, positions: &[u32], rope: &RopeParams) -> Result<()> {
-        if positions.len() != x.rows
-            || x.cols != rope.n_heads * rope.head_dim
-            || rope.rotary_dim > rope.head_dim
-        {
-            return Err(shape_err(
-                "rope",
-                format!(
-                    "{} positions for [{}, {}] with {rope:?}",
-                    positions.len(),
-                    x.rows,
-                    x.cols
-                ),
-            ));
-        }
+        check::rope(x, positions, rope)?;
         let half = rope.rotary_dim / 2;
         let hd = rope.head_dim;
         for (row, &p) in x.buf[..x.rows * x.cols]

@@ -340,13 +340,8 @@ impl Backend for CudaBackend {
     }
 
     fn rms_norm_groups(&self, x: &mut Act<DevBuf>, w: &Weight<CudaWeight>, eps: f32) -> Result<()> {
+        check::norm_groups(x, w)?;
         let g = w.cols;
-        if g == 0 || x.cols % g != 0 {
-            return Err(shape_err(
-                "rms_norm_groups",
-                format!("row of {} is not made of groups of {g}", x.cols),
-            ));
-        }
         let wv = Self::vector(w, g, "rms_norm_groups")?;
         let groups = x.rows * x.cols / g;
         if groups == 0 {
@@ -396,21 +391,7 @@ impl Backend for CudaBackend {
     }
 
     fn rope(&self, x: &mut Act<DevBuf>, positions: &[u32], rope: &RopeParams) -> Result<()> {
-        if positions.len() != x.rows
-            || x.cols != rope.n_heads * rope.head_dim
-            || rope.rotary_dim > rope.head_dim
-            || rope.inv_freq.len() < rope.rotary_dim / 2
-        {
-            return Err(shape_err(
-                "rope",
-                format!(
-                    "{} positions for [{}, {}] with {rope:?}",
-                    positions.len(),
-                    x.rows,
-                    x.cols
-                ),
-            ));
-        }
+        check::rope(x, positions, rope)?;
         let pairs = x.rows * rope.n_heads * (rope.rotary_dim / 2);
         if pairs == 0 {
             return Ok(());
