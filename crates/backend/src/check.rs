@@ -65,6 +65,20 @@ pub fn embed<B, W>(table: &Weight<W>, ids: &[u32], out: &Act<B>) -> Result<()> {
     Ok(())
 }
 
+/// x · wᵀ fits: x has w's columns, out has w's rows as columns and room for x's rows.
+pub fn product<B, W>(op: &'static str, x: &Act<B>, w: &Weight<W>, out: &Act<B>) -> Result<()> {
+    if x.cols != w.cols || out.cols != w.rows || x.rows > out.capacity {
+        return Err(shape_err(
+            op,
+            format!(
+                "x [{}, {}] · w [{}, {}]ᵀ into [cap {}, {}]",
+                x.rows, x.cols, w.rows, w.cols, out.capacity, out.cols
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// x's rows are whole groups of the norm weight's length.
 pub fn norm_groups<B, W>(x: &Act<B>, w: &Weight<W>) -> Result<()> {
     let g = w.cols;

@@ -4,6 +4,7 @@
 //! and `suanli conformance --device cuda` runs it on a GPU. Tolerances are stated per check, as a
 //! bound on the error relative to the scale of the result, and reported beside the error found.
 
+mod fused;
 mod reference;
 mod rng;
 mod sampling;
@@ -94,6 +95,8 @@ pub fn run<B: Backend>(b: &B) -> Report {
             check_linear(b, ty, n, &mut rng, &mut rep);
         }
         check_logits(b, ty, &mut rng, &mut rep);
+        fused::check_linear_add(b, ty, &mut rng, &mut rep);
+        fused::check_gated_linear(b, ty, &mut rng, &mut rep);
     }
     for k in [1, 40, 256] {
         sampling::check_top_logits(b, k, &mut rng, &mut rep);
@@ -116,6 +119,7 @@ pub fn run<B: Backend>(b: &B) -> Report {
             &mut rng,
             &mut rep,
         );
+        fused::check_rope_write_kv(b, kv, &mut rng, &mut rep);
     }
     rep
 }
@@ -609,23 +613,27 @@ fn check_attention<B: Backend>(
         }
         Ok(worst)
     })();
-    // Outputs are convex combinations of values ~N(0,1); the reference uses the cache's rounding.
-    // An f16 cache lets a backend round queries and probabilities to f16 too (tensor-core
-    // attention, as FlashAttention and llama.cpp do): 2^-11 relative, so 2e-3 absolute. Indexing
-    // errors give errors of order one.
-    // A Q8_0 cache's values d·q are not f16 numbers: such a path rounds them to f16 once more
-    // (2^-12 relative, values up to ~5 here: up to 1.2e-3 when a row's softmax sits on one
-    // position), so 4e-3.
-    let tol = match kvt {
-        KvDType::F16 => 2e-3,
-        KvDType::Q8_0 => 4e-3,
-        KvDType::F32 => 1e-4,
-    };
     record(
         rep,
         "attention",
         format!("{kvt:?} cache, head {hd}, GQA 8/2, {what}"),
-        tol,
+        attention_tol(kvt),
         got,
     );
+}
+
+/// Attention's error bound, absolute.
+/// Outputs are convex combinations of values ~N(0,1); the reference uses the cache's rounding.
+/// An f16 cache lets a backend round queries and probabilities to f16 too (tensor-core
+/// attention, as FlashAttention and llama.cpp do): 2^-11 relative, so 2e-3 absolute. Indexing
+/// errors give errors of order one.
+/// A Q8_0 cache's values d·q are not f16 numbers: such a path rounds them to f16 once more
+/// (2^-12 relative, values up to ~5 here: up to 1.2e-3 when a row's softmax sits on one
+/// position), so 4e-3.
+fn attention_tol(kvt: KvDType) -> f64 {
+    match kvt {
+        KvDType::F16 => 2e-3,
+        KvDType::Q8_0 => 4e-3,
+        KvDType::F32 => 1e-4,
+    }
 }

@@ -329,6 +329,55 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<()>;
     /// acc += x
     fn add(&self, acc: &mut Act<Self::Buffer>, x: &Act<Self::Buffer>) -> Result<()>;
+
+    // Fused steps of the decoder block. Each is defined by the ops above (the default bodies);
+    // a backend overrides them to save passes over memory and launches (a GPU decode step is
+    // bound by the number of small kernels as much as by the weights it reads).
+
+    /// acc += x · wᵀ: a product folded into the residual stream. `tmp` (`[n, w.rows]`) is
+    /// scratch the backend may use.
+    fn linear_add(
+        &self,
+        x: &Act<Self::Buffer>,
+        w: &Weight<Self::WeightStore>,
+        tmp: &mut Act<Self::Buffer>,
+        acc: &mut Act<Self::Buffer>,
+    ) -> Result<()> {
+        self.linear(x, w, None, tmp)?;
+        self.add(acc, tmp)
+    }
+    /// out = silu(x · gateᵀ) * (x · upᵀ), the gated MLP's first half. `g` and `u`
+    /// (`[n, gate.rows]`) are scratch the backend may use.
+    fn gated_linear(
+        &self,
+        x: &Act<Self::Buffer>,
+        gate: &Weight<Self::WeightStore>,
+        up: &Weight<Self::WeightStore>,
+        g: &mut Act<Self::Buffer>,
+        u: &mut Act<Self::Buffer>,
+        out: &mut Act<Self::Buffer>,
+    ) -> Result<()> {
+        self.linear_many(x, &[(gate, None), (up, None)], &mut [&mut *g, &mut *u])?;
+        self.silu_mul(g, u, out)
+    }
+    /// Rotary embedding of q and k in place, then k and v into their slots of layer `layer`:
+    /// everything between the Q/K/V products and attention.
+    #[allow(clippy::too_many_arguments)]
+    fn rope_write_kv(
+        &self,
+        q: &mut Act<Self::Buffer>,
+        k: &mut Act<Self::Buffer>,
+        v: &Act<Self::Buffer>,
+        positions: &[u32],
+        rope: (&RopeParams, &RopeParams),
+        slots: &[u32],
+        kv: &mut KvPages<Self::KvBuffer>,
+        layer: usize,
+    ) -> Result<()> {
+        self.rope(q, positions, rope.0)?;
+        self.rope(k, positions, rope.1)?;
+        self.write_kv(k, v, slots, kv, layer)
+    }
     /// The `k` largest logits of each selected row of x with their token ids, largest first and
     /// the lower id first on ties (`rows.len() * k` pairs; k = 1 is the greedy token), computed
     /// where the logits are so that a GPU sends back candidates instead of whole vocabularies.

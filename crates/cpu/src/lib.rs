@@ -573,15 +573,7 @@ fn linear_operands<'a>(
     bias: Option<&'a Weight<CpuWeight>>,
     out: &Act<Vec<f32>>,
 ) -> Result<Option<&'a [f32]>> {
-    if x.cols != w.cols || out.cols != w.rows || x.rows > out.capacity {
-        return Err(shape_err(
-            op,
-            format!(
-                "x [{}, {}] · w [{}, {}]ᵀ into [cap {}, {}]",
-                x.rows, x.cols, w.rows, w.cols, out.capacity, out.cols
-            ),
-        ));
-    }
+    check::product(op, x, w, out)?;
     bias.map(|b| vector(b, w.rows, "linear bias")).transpose()
 }
 

@@ -12,16 +12,6 @@ DEV float kv_elem(const q8kv* c, u64 slot, int kv_dim, int col) {
 DEV void kv_put(float* p, float v) { *p = v; }
 DEV void kv_put(u16* p, float v) { *p = f2h(v); }
 
-template <typename C>
-DEV void write_kv_impl(const float* k, const float* v, const u32* slots, int rows, int kv_dim, C* kc, C* vc) {
-    u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (u64)rows * kv_dim) return;
-    u64 r = i / kv_dim, c = i % kv_dim;
-    u64 at = (u64)slots[r] * kv_dim + c;
-    kv_put(kc + at, k[i]);
-    kv_put(vc + at, v[i]);
-}
-
 // One warp per 32 values of a row (rows · kv_dim threads, whole warps): Q8_0 as llama.cpp
 // rounds it — d = amax / 127, q = roundf(x / d) — the scale stored as f16.
 DEV void q8_put(float x, u8* blk) {
@@ -35,14 +25,52 @@ DEV void q8_put(float x, u8* blk) {
         blk[1] = (u8)(h >> 8);
     }
 }
-extern "C" __global__ void write_kv_q8_0(const float* k, const float* v, const u32* slots, int rows, int kv_dim,
-                                         u8* kc, u8* vc) {
+
+// Column c of K and V into slot `slot`. Q8_0 takes the 32 columns of a block from the 32 lanes
+// of a warp, so callers run whole warps over whole rows (kv_dim is a multiple of 32).
+template <typename C> DEV void kv_store(float k, float v, u64 slot, int kv_dim, int c, C* kc, C* vc) {
+    u64 at = slot * kv_dim + c;
+    kv_put(kc + at, k);
+    kv_put(vc + at, v);
+}
+DEV void kv_store(float k, float v, u64 slot, int kv_dim, int c, q8kv* kc, q8kv* vc) {
+    u64 at = slot * (u64)(kv_dim / 32 * 34) + c / 32 * 34;
+    q8_put(k, (u8*)kc + at);
+    q8_put(v, (u8*)vc + at);
+}
+
+// A thread per value, whole warps (rows · kv_dim is a multiple of 32 where Q8_0 needs it).
+template <typename C>
+DEV void write_kv_impl(const float* k, const float* v, const u32* slots, int rows, int kv_dim, C* kc, C* vc) {
     u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (u64)rows * kv_dim) return;  // whole warps: rows · kv_dim is a multiple of 32
-    u64 r = i / kv_dim, c = i % kv_dim;
-    u64 at = (u64)slots[r] * (kv_dim / 32 * 34) + c / 32 * 34;
-    q8_put(k[i], kc + at);
-    q8_put(v[i], vc + at);
+    if (i >= (u64)rows * kv_dim) return;
+    u64 r = i / kv_dim;
+    kv_store(k[i], v[i], (u64)slots[r], kv_dim, (int)(i % kv_dim), kc, vc);
+}
+
+// Everything between the Q/K/V products and attention for one row per block: the rotary
+// embedding of q and k in place (the row's cos/sin computed once, shared by all heads), then k
+// and v into the row's slot. q and k share the rotation (head_dim, rotary_dim ≤ 256, style).
+#define ROPE_MAX_HALF 128
+template <typename C>
+DEV void rope_write_kv_impl(float* q, float* k, const float* __restrict__ v, const u32* __restrict__ pos,
+                            const float* __restrict__ inv_freq, int hq, int hk, int hd, int rot, int neox,
+                            const u32* __restrict__ slots, C* kc, C* vc) {
+    __shared__ float cs[2][ROPE_MAX_HALF];
+    int row = blockIdx.x, half = rot >> 1;
+    for (int p = threadIdx.x; p < half; p += blockDim.x)
+        sincosf((float)pos[row] * inv_freq[p], &cs[1][p], &cs[0][p]);
+    __syncthreads();
+    float* qr = q + (u64)row * hq * hd;
+    float* kr = k + (u64)row * hk * hd;
+    for (int i = threadIdx.x; i < (hq + hk) * half; i += blockDim.x) {
+        int h = i / half, p = i % half;
+        rope_rotate(h < hq ? qr + h * hd : kr + (h - hq) * hd, p, half, neox, cs[0][p], cs[1][p]);
+    }
+    __syncthreads();  // the rotated k, written by other threads, is read below
+    int kv_dim = hk * hd;
+    const float* vr = v + (u64)row * kv_dim;
+    for (int c = threadIdx.x; c < kv_dim; c += blockDim.x) kv_store(kr[c], vr[c], (u64)slots[row], kv_dim, c, kc, vc);
 }
 
 #define ATT_CHUNK 8
@@ -228,12 +256,23 @@ ATT_KERNEL(f32, float)
 ATT_KERNEL(f16, u16)
 ATT_KERNEL(q8_0, q8kv)
 
-// Element caches: writing, and the GEMM path's kernels.
-#define KV_KERNELS(name, C)                                                                              \
+// Writing the cache (every type).
+#define WRITE_KERNELS(name, C)                                                                           \
     extern "C" __global__ void write_kv_##name(const float* k, const float* v, const u32* slots, int rows, \
                                                int kv_dim, C* kc, C* vc) {                                \
         write_kv_impl<C>(k, v, slots, rows, kv_dim, kc, vc);                                             \
     }                                                                                                     \
+    extern "C" __global__ void rope_write_kv_##name(float* q, float* k, const float* v, const u32* pos,   \
+                                                    const float* inv_freq, int hq, int hk, int hd, int rot, \
+                                                    int neox, const u32* slots, C* kc, C* vc) {           \
+        rope_write_kv_impl<C>(q, k, v, pos, inv_freq, hq, hk, hd, rot, neox, slots, kc, vc);             \
+    }
+WRITE_KERNELS(f32, float)
+WRITE_KERNELS(f16, u16)
+WRITE_KERNELS(q8_0, q8kv)
+
+// Element caches: the GEMM path's kernels.
+#define KV_KERNELS(name, C)                                                                              \
     extern "C" __global__ void gather_kv_##name(const C* kc, const C* vc, const u32* table, int ctx,      \
                                                 int kv_dim, int bs, C* ko, C* vo) {                        \
         gather_kv_impl<C>(kc, vc, table, ctx, kv_dim, bs, ko, vo);                                        \

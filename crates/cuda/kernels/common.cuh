@@ -38,6 +38,9 @@ DEV u16 ld16(const u8* p) { return (u16)(p[0] | (p[1] << 8)); }
 DEV u32 ld32(const u8* p) { return (u32)p[0] | ((u32)p[1] << 8) | ((u32)p[2] << 16) | ((u32)p[3] << 24); }
 DEV float ldh(const u8* p) { return h2f(ld16(p)); }
 
+// silu(a) · u, the gated MLP's activation (silu_mul and the fused gate/up product).
+DEV float silu_times(float a, float u) { return a / (1.0f + expf(-a)) * u; }
+
 DEV float warp_sum(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

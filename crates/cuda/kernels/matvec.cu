@@ -54,30 +54,59 @@ template <> struct RowDot<T_F32> : FloatRowDot<T_F32> {};
 template <> struct RowDot<T_F16> : FloatRowDot<T_F16> {};
 template <> struct RowDot<T_BF16> : FloatRowDot<T_BF16> {};
 
-// One warp per weight row: partial sums, warp reduction, bias, store.
+// This lane's partial dots of stored row r with each of the `nt` activation rows.
 template <int T>
-DEV void matvec_row(const u8* __restrict__ w, int rows, int r, int cols, u64 row_bytes, const float* __restrict__ x,
-                    int nt, const float* __restrict__ bias, float* __restrict__ out) {
-    float acc[MV_MAX_TOKENS];
+DEV void row_partials(const u8* __restrict__ w, int r, int cols, u64 row_bytes, const float* __restrict__ x, int nt,
+                      float* acc) {
 #pragma unroll
     for (int t = 0; t < MV_MAX_TOKENS; t++) acc[t] = 0.0f;
     RowDot<T>::run(w + (u64)r * row_bytes, cols, x, nt, acc);
+}
+
+// One warp per weight row: partial sums, warp reduction, bias, store — or, with `accumulate`,
+// add to what `out` holds (a product folded into the residual stream).
+template <int T>
+DEV void matvec_row(const u8* __restrict__ w, int rows, int r, int cols, u64 row_bytes, const float* __restrict__ x,
+                    int nt, const float* __restrict__ bias, float* __restrict__ out, int accumulate = 0) {
+    float acc[MV_MAX_TOKENS];
+    row_partials<T>(w, r, cols, row_bytes, x, nt, acc);
     int lane = threadIdx.x & 31;
 #pragma unroll
     for (int t = 0; t < MV_MAX_TOKENS; t++) {
         if (t < nt) {
-            float s = warp_sum(acc[t]);
-            if (lane == 0) out[(u64)t * rows + r] = s + (bias ? bias[r] : 0.0f);
+            float s = warp_sum(acc[t]) + (bias ? bias[r] : 0.0f);
+            float* o = out + (u64)t * rows + r;
+            if (lane == 0) *o = accumulate ? *o + s : s;
         }
     }
 }
 
 template <int T>
 DEV void matvec_impl(const u8* __restrict__ w, int rows, int cols, u64 row_bytes, const float* __restrict__ x,
-                     int nt, const float* __restrict__ bias, float* __restrict__ out) {
+                     int nt, const float* __restrict__ bias, float* __restrict__ out, int accumulate) {
     int r = blockIdx.x * MV_WARPS + (threadIdx.x >> 5);
     if (r >= rows) return;
-    matvec_row<T>(w, rows, r, cols, row_bytes, x, nt, bias, out);
+    matvec_row<T>(w, rows, r, cols, row_bytes, x, nt, bias, out, accumulate);
+}
+
+// The gated MLP's first half: out = silu(x · gateᵀ) · (x · upᵀ), one warp per row r taking row
+// r of both matrices (same type and shape), so neither product is stored.
+template <int T>
+DEV void matvec_glu_impl(const u8* __restrict__ wg, const u8* __restrict__ wu, int rows, int cols, u64 row_bytes,
+                         const float* __restrict__ x, int nt, float* __restrict__ out) {
+    int r = blockIdx.x * MV_WARPS + (threadIdx.x >> 5);
+    if (r >= rows) return;
+    float g[MV_MAX_TOKENS], u[MV_MAX_TOKENS];
+    row_partials<T>(wg, r, cols, row_bytes, x, nt, g);
+    row_partials<T>(wu, r, cols, row_bytes, x, nt, u);
+    int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int t = 0; t < MV_MAX_TOKENS; t++) {
+        if (t < nt) {
+            float gs = warp_sum(g[t]), us = warp_sum(u[t]);
+            if (lane == 0) out[(u64)t * rows + r] = silu_times(gs, us);
+        }
+    }
 }
 
 // Up to three products of the same input in one launch (Q/K/V, gate/up): the grid covers the
@@ -130,8 +159,13 @@ DEV void embed_impl(const u8* __restrict__ w, int rows, int cols, u64 row_bytes,
 #define MATVEC_KERNELS(name, T)                                                                      \
     extern "C" __global__ void __launch_bounds__(MV_WARPS * 32) matvec_##name(                      \
         const u8* w, int rows, int cols, u64 row_bytes, const float* x, int nt, const float* bias,   \
+        float* out, int accumulate) {                                                                 \
+        matvec_impl<T>(w, rows, cols, row_bytes, x, nt, bias, out, accumulate);                      \
+    }                                                                                                 \
+    extern "C" __global__ void __launch_bounds__(MV_WARPS * 32) matvec_glu_##name(                  \
+        const u8* wg, const u8* wu, int rows, int cols, u64 row_bytes, const float* x, int nt,       \
         float* out) {                                                                                 \
-        matvec_impl<T>(w, rows, cols, row_bytes, x, nt, bias, out);                                  \
+        matvec_glu_impl<T>(wg, wu, rows, cols, row_bytes, x, nt, out);                               \
     }                                                                                                 \
     extern "C" __global__ void __launch_bounds__(MV_WARPS * 32) matvec3_##name(                     \
         const u8* w0, const u8* w1, const u8* w2, int r0, int r1, int r2, int cols, u64 row_bytes,   \

@@ -27,8 +27,16 @@ extern "C" __global__ void rms_norm_groups(float* __restrict__ x, const float* _
     for (int i = lane; i < g; i += 32) xg[i] = w[i] * (xg[i] * scale);
 }
 
-// Rotary embedding in place: one thread per (row, head, pair). neox: pairs (i, i + rot/2),
-// else adjacent pairs (2i, 2i+1). The angle is position · inv_freq in f32, as the model defines it.
+// Rotate pair p of one head at `hp` by (cos, sin): neox pairs (p, p + half), else (2p, 2p + 1).
+DEV void rope_rotate(float* hp, int p, int half, int neox, float c, float s) {
+    int a = neox ? p : 2 * p, b = neox ? p + half : 2 * p + 1;
+    float x0 = hp[a], x1 = hp[b];
+    hp[a] = x0 * c - x1 * s;
+    hp[b] = x0 * s + x1 * c;
+}
+
+// Rotary embedding in place: one thread per (row, head, pair). The angle is position · inv_freq
+// in f32, as the model defines it.
 extern "C" __global__ void rope(float* __restrict__ x, const u32* __restrict__ pos, const float* __restrict__ inv_freq,
                                 int rows, int heads, int head_dim, int rot, int neox) {
     int half = rot >> 1;
@@ -37,22 +45,16 @@ extern "C" __global__ void rope(float* __restrict__ x, const u32* __restrict__ p
     int p = (int)(i % half);
     u64 rh = i / half;
     int row = (int)(rh / heads), h = (int)(rh % heads);
-    float angle = (float)pos[row] * inv_freq[p];
     float s, c;
-    sincosf(angle, &s, &c);
-    float* hp = x + ((u64)row * heads + h) * head_dim;
-    int a = neox ? p : 2 * p, b = neox ? p + half : 2 * p + 1;
-    float x0 = hp[a], x1 = hp[b];
-    hp[a] = x0 * c - x1 * s;
-    hp[b] = x0 * s + x1 * c;
+    sincosf((float)pos[row] * inv_freq[p], &s, &c);
+    rope_rotate(x + ((u64)row * heads + h) * head_dim, p, half, neox, c, s);
 }
 
 extern "C" __global__ void silu_mul(const float* __restrict__ g, const float* __restrict__ u, u64 n,
                                     float* __restrict__ out) {
     u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
-    float a = g[i];
-    out[i] = a / (1.0f + expf(-a)) * u[i];
+    out[i] = silu_times(g[i], u[i]);
 }
 
 extern "C" __global__ void add(float* __restrict__ acc, const float* __restrict__ x, u64 n) {

@@ -36,7 +36,7 @@ impl Elem {
     }
 }
 
-/// `C_i = alpha · op(A_i) · op(B_i)` for i < batch, column-major as cuBLAS has it: op(A) is
+/// `C_i = alpha · op(A_i) · op(B_i) + beta · C_i` for i < batch, column-major as cuBLAS has it: op(A) is
 /// m × k (A stored k × m with `trans_a`), op(B) k × n, C m × n with leading dimension ldc;
 /// batch i starts `stride_*` elements after batch i − 1 (0: the same matrix for every i).
 /// A and B are `ab` elements, C is f32.
@@ -48,6 +48,8 @@ pub struct Gemm {
     pub n: usize,
     pub k: usize,
     pub alpha: f32,
+    /// 0: C is overwritten; 1: the product is added to it.
+    pub beta: f32,
     pub ab: Elem,
     pub a: DevPtr,
     pub lda: usize,
@@ -81,6 +83,7 @@ impl Gemm {
             n,
             k,
             alpha: 1.0,
+            beta: 0.0,
             ab,
             a: w,
             lda: k,

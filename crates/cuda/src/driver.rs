@@ -107,7 +107,6 @@ impl CudaDevice {
 
     fn gemm_now(&self, g: &Gemm) -> Result<()> {
         self.bind()?;
-        let beta = 0.0f32;
         let ty = match g.ab {
             Elem::F32 => blas_sys::cudaDataType::CUDA_R_32F,
             Elem::F16 => blas_sys::cudaDataType::CUDA_R_16F,
@@ -138,7 +137,7 @@ impl CudaDevice {
                 ty,
                 g.ldb as i32,
                 g.stride_b as i64,
-                (&beta as *const f32).cast(),
+                (&g.beta as *const f32).cast(),
                 g.c as *mut c_void,
                 blas_sys::cudaDataType::CUDA_R_32F,
                 g.ldc as i32,

@@ -86,6 +86,7 @@ fn key(ls: &[Launch]) -> u64 {
                     g.stride_c,
                     g.batch,
                     g.alpha.to_bits(),
+                    g.beta.to_bits(),
                 )
                     .hash(&mut h);
             }

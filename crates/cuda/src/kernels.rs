@@ -36,7 +36,7 @@ pub const WEIGHT_TYPES: [(DType, &str); 11] = [
 ];
 
 /// Kernels without a weight type.
-const PLAIN: [&str; 27] = [
+const PLAIN: [&str; 30] = [
     "rms_norm",
     "rms_norm_groups",
     "rope",
@@ -55,6 +55,9 @@ const PLAIN: [&str; 27] = [
     "flash_prefill_q8_0_128",
     "write_kv_f32",
     "write_kv_f16",
+    "rope_write_kv_f32",
+    "rope_write_kv_f16",
+    "rope_write_kv_q8_0",
     "attention_f32",
     "attention_f16",
     "attention_merge",
@@ -66,7 +69,7 @@ const PLAIN: [&str; 27] = [
     "softmax_causal_f16",
 ];
 /// Kernels instantiated per weight type (`matvec_q4_k`, ...).
-const TYPED: [&str; 4] = ["matvec", "matvec3", "dequant_bf16", "embed"];
+const TYPED: [&str; 5] = ["matvec", "matvec3", "matvec_glu", "dequant_bf16", "embed"];
 
 /// Every kernel the backend loads.
 pub fn kernel_names() -> Vec<String> {

@@ -9,6 +9,7 @@
 mod attention;
 pub mod device;
 mod driver;
+mod fused;
 mod graph;
 mod kernels;
 mod matmul;
@@ -64,6 +65,9 @@ pub struct CudaBackend {
     /// Prefill attention over an f16 cache in the fused kernel; `SUANLI_CUDA_FLASH=0` sends it
     /// through the gather + GEMM path instead (for comparing the two on a GPU).
     flash: bool,
+    /// The fused decoder-block kernels (`fused.rs`); `SUANLI_CUDA_FUSED=0` runs the separate ops
+    /// (for measuring what fusion saves).
+    fused: bool,
 }
 
 /// 1-D geometry: enough `threads`-thread blocks for `n` items.
@@ -110,6 +114,7 @@ impl CudaBackend {
         };
         CudaBackend {
             flash: std::env::var("SUANLI_CUDA_FLASH").as_deref() != Ok("0"),
+            fused: std::env::var("SUANLI_CUDA_FUSED").as_deref() != Ok("0"),
             dev,
             graphs,
             caps,
@@ -364,21 +369,13 @@ impl Backend for CudaBackend {
         bias: Option<&Weight<CudaWeight>>,
         out: &mut Act<DevBuf>,
     ) -> Result<()> {
-        if x.cols != w.cols || out.cols != w.rows || out.capacity < x.rows {
-            return Err(shape_err(
-                "linear",
-                format!(
-                    "[{}, {}] · [{}, {}] into [cap {}, {}]",
-                    x.rows, x.cols, w.rows, w.cols, out.capacity, out.cols
-                ),
-            ));
-        }
+        check::product("linear", x, w, out)?;
         out.rows = x.rows;
         if x.rows == 0 {
             return Ok(());
         }
         let mut sc = self.scratch();
-        self.matmul(x.buf.ptr, x.rows, w, bias, out.buf.ptr, &mut sc)
+        self.matmul(x.buf.ptr, x.rows, w, bias, out.buf.ptr, false, &mut sc)
     }
 
     fn linear_many(
@@ -483,6 +480,42 @@ impl Backend for CudaBackend {
             256,
             &[acc.buf.arg(), x.buf.arg(), Arg::U64(n as u64)],
         )
+    }
+
+    fn linear_add(
+        &self,
+        x: &Act<DevBuf>,
+        w: &Weight<CudaWeight>,
+        tmp: &mut Act<DevBuf>,
+        acc: &mut Act<DevBuf>,
+    ) -> Result<()> {
+        self.fused_linear_add(x, w, tmp, acc)
+    }
+
+    fn gated_linear(
+        &self,
+        x: &Act<DevBuf>,
+        gate: &Weight<CudaWeight>,
+        up: &Weight<CudaWeight>,
+        g: &mut Act<DevBuf>,
+        u: &mut Act<DevBuf>,
+        out: &mut Act<DevBuf>,
+    ) -> Result<()> {
+        self.fused_gated_linear(x, [gate, up], g, u, out)
+    }
+
+    fn rope_write_kv(
+        &self,
+        q: &mut Act<DevBuf>,
+        k: &mut Act<DevBuf>,
+        v: &Act<DevBuf>,
+        positions: &[u32],
+        rope: (&RopeParams, &RopeParams),
+        slots: &[u32],
+        kv: &mut KvPages<KvBuf>,
+        layer: usize,
+    ) -> Result<()> {
+        self.fused_rope_write_kv(q, k, v, positions, rope, slots, kv, layer)
     }
 
     fn sample_logits(

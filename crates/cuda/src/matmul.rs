@@ -36,10 +36,12 @@ impl CudaBackend {
             ],
         )?;
         let out = ensure(&self.dev, &mut sc.logits, n * lm_head.rows * 4)?.ptr;
-        self.matmul(gathered, n, lm_head, None, out, sc)
+        self.matmul(gathered, n, lm_head, None, out, false, sc)
     }
 
-    /// out[n, w.rows] = x[n, w.cols] · wᵀ (+ bias), choosing the kernel by batch size.
+    /// out[n, w.rows] = x[n, w.cols] · wᵀ (+ bias), or out += that with `accumulate`, choosing
+    /// the kernel by batch size.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn matmul(
         &self,
         x: u64,
@@ -47,6 +49,7 @@ impl CudaBackend {
         w: &Weight<CudaWeight>,
         bias: Option<&Weight<CudaWeight>>,
         out: u64,
+        accumulate: bool,
         sc: &mut scratch::Scratch,
     ) -> Result<()> {
         let CudaWeight::Raw {
@@ -66,6 +69,10 @@ impl CudaBackend {
                 ))
             }
         };
+        if accumulate && bias.is_some() {
+            // The GEMM path adds the bias after the product, which would add it to `out` too.
+            return Err(shape_err("linear", "a bias with an accumulated product"));
+        }
         let (m, k) = (w.rows, w.cols);
         let geometry = [
             data.arg(),
@@ -80,6 +87,7 @@ impl CudaBackend {
                 Arg::I32(n as i32),
                 Arg::Ptr(bias.unwrap_or(0)),
                 Arg::Ptr(out),
+                Arg::I32(accumulate as i32),
             ]);
             return self.launch(&self.typed("matvec", w.dtype)?, blocks(m, 4), 128, &args);
         }
@@ -113,7 +121,11 @@ impl CudaBackend {
             xb
         };
         let ab = if f32_path { Elem::F32 } else { Elem::BF16 };
-        self.dev.gemm(&Gemm::linear(m, n, k, ab, wptr, xptr, out))?;
+        let gemm = Gemm {
+            beta: if accumulate { 1.0 } else { 0.0 },
+            ..Gemm::linear(m, n, k, ab, wptr, xptr, out)
+        };
+        self.dev.gemm(&gemm)?;
         if let Some(b) = bias {
             self.launch(
                 "add_bias",

@@ -228,3 +228,45 @@ fn emulated_batch_engine_matches_the_cpu() {
         );
     }
 }
+
+/// A decode step of one sequence is eight kernels per layer — RMS norm, Q/K/V, rotary + cache
+/// write, attention, output product added to the residual, RMS norm, gate/up with silu·mul, down
+/// product added to the residual — and four around them (embedding, final norm, row gather,
+/// head). Launches are what bounds a small model's decode on a GPU; this pins the count.
+#[test]
+fn emulated_decode_step_is_eight_kernels_per_layer() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/tiny/qwen2/model.gguf"
+    );
+    let (b, ran) = emu::backend_counted(dir.path());
+    let src = suanli_formats::open_model(std::path::Path::new(path)).unwrap();
+    let model = suanli_models::Model::load(&src, &b).unwrap();
+    let layers = model.cfg.num_hidden_layers;
+    let mut s = suanli_engine::Session::with_kv(b, model, 64, 8, KvDType::F16).unwrap();
+    s.feed(&[5, 17, 3, 99], 0).unwrap();
+    let before = ran.lock().unwrap().clone();
+    s.feed(&[42], 0).unwrap();
+    let after = ran.lock().unwrap().clone();
+    let mut step: Vec<(String, usize)> = after
+        .iter()
+        .map(|(k, &n)| (k.clone(), n - before.get(k).copied().unwrap_or(0)))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    step.sort();
+    let want: Vec<(String, usize)> = [
+        ("attention_f16", layers),
+        ("embed_f32", 1),
+        ("gather_rows", 1),
+        ("matvec3_f32", layers),
+        ("matvec_f32", 2 * layers + 1),
+        ("matvec_glu_f32", layers),
+        ("rms_norm", 2 * layers + 1),
+        ("rope_write_kv_f16", layers),
+    ]
+    .iter()
+    .map(|&(k, n)| (k.to_string(), n))
+    .collect();
+    assert_eq!(step, want, "kernels of one decode step ({layers} layers)");
+}

@@ -321,33 +321,40 @@ impl<B: Backend> Model<B> {
                 b.rms_norm_groups(&mut s.q, qn, c.rms_norm_eps)?;
                 b.rms_norm_groups(&mut s.k, kn, c.rms_norm_eps)?;
             }
-            b.rope(&mut s.q, &plan.positions, &self.rope_q)?;
-            b.rope(&mut s.k, &plan.positions, &self.rope_k)?;
-            b.write_kv(&s.k, &s.v, &plan.slots, kv, i)?;
+            b.rope_write_kv(
+                &mut s.q,
+                &mut s.k,
+                &s.v,
+                &plan.positions,
+                (&self.rope_q, &self.rope_k),
+                &plan.slots,
+                kv,
+                i,
+            )?;
             b.attention(&s.q, kv, &meta, i, &mut s.attn)?;
-            b.linear(&s.attn, &layer.o, None, &mut s.o)?;
-            residual_add(
+            residual_product(
                 b,
-                &mut s.x,
-                &mut s.o,
-                &mut s.h,
+                &s.attn,
+                &layer.o,
+                [&mut s.x, &mut s.o, &mut s.h],
                 layer.post_attn_out_norm.as_ref(),
                 c.rms_norm_eps,
             )?;
             // MLP block.
             b.rms_norm(&s.x, &layer.mlp_norm, c.rms_norm_eps, &mut s.h)?;
-            b.linear_many(
+            b.gated_linear(
                 &s.h,
-                &[(&layer.gate, None), (&layer.up, None)],
-                &mut [&mut s.gate, &mut s.up],
+                &layer.gate,
+                &layer.up,
+                &mut s.gate,
+                &mut s.up,
+                &mut s.act,
             )?;
-            b.silu_mul(&s.gate, &s.up, &mut s.act)?;
-            b.linear(&s.act, &layer.down, None, &mut s.o)?;
-            residual_add(
+            residual_product(
                 b,
-                &mut s.x,
-                &mut s.o,
-                &mut s.h,
+                &s.act,
+                &layer.down,
+                [&mut s.x, &mut s.o, &mut s.h],
                 layer.post_mlp_out_norm.as_ref(),
                 c.rms_norm_eps,
             )?;
@@ -356,20 +363,22 @@ impl<B: Backend> Model<B> {
     }
 }
 
-/// x += out, or x += norm(out) where the architecture norms block outputs (GLM-4).
-fn residual_add<B: Backend>(
+/// x += input · wᵀ, or x += norm(input · wᵀ) where the architecture norms block outputs
+/// (GLM-4); `o` and `h` are scratch.
+fn residual_product<B: Backend>(
     b: &B,
-    x: &mut Act<B::Buffer>,
-    out: &mut Act<B::Buffer>,
-    tmp: &mut Act<B::Buffer>,
+    input: &Act<B::Buffer>,
+    w: &Weight<B::WeightStore>,
+    [x, o, h]: [&mut Act<B::Buffer>; 3],
     norm: Option<&Weight<B::WeightStore>>,
     eps: f32,
 ) -> Result<(), BackendError> {
     match norm {
-        Some(w) => {
-            b.rms_norm(out, w, eps, tmp)?;
-            b.add(x, tmp)
+        Some(nw) => {
+            b.linear(input, w, None, o)?;
+            b.rms_norm(o, nw, eps, h)?;
+            b.add(x, h)
         }
-        None => b.add(x, out),
+        None => b.linear_add(input, w, o, x),
     }
 }

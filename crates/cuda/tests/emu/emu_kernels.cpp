@@ -21,14 +21,14 @@ static void invoke(void (*f)(A...), void** a) { invoke_impl(f, a, std::index_seq
 
 struct Entry { const char* name; void (*run)(void**); };
 #define K(name) {#name, [](void** a) { invoke(name, a); }},
-#define KT(name, T) K(matvec_##name) K(matvec3_##name) K(dequant_bf16_##name) K(embed_##name)
+#define KT(name, T) K(matvec_##name) K(matvec3_##name) K(matvec_glu_##name) K(dequant_bf16_##name) K(embed_##name)
 static const Entry TABLE[] = {
     FOR_EACH_TYPE(KT)
     K(rms_norm) K(rms_norm_groups) K(rope) K(silu_mul) K(add) K(add_bias) K(to_bf16) K(gather_rows)
     K(argmax_rows) K(write_kv_f32) K(write_kv_f16) K(attention_f32) K(attention_f16) K(attention_merge) K(gather_kv_f32)
     K(gather_kv_f16) K(softmax_causal_f32) K(softmax_causal_f16) K(to_f16) K(top_k_rows) K(sample_rows)
     K(flash_prefill_f16_64) K(flash_prefill_f16_128)
-    K(flash_prefill_q8_0_64) K(flash_prefill_q8_0_128) K(write_kv_q8_0) K(attention_q8_0)
+    K(flash_prefill_q8_0_64) K(flash_prefill_q8_0_128) K(write_kv_q8_0) K(attention_q8_0) K(rope_write_kv_f32) K(rope_write_kv_f16) K(rope_write_kv_q8_0)
 };
 
 // cuLaunchKernel's shape: a kernel by name, grid, block, argument pointers. -1: no such kernel.

@@ -234,7 +234,8 @@ impl EmuDevice {
                     }
                     // SAFETY: C holds the batch's m × n block at this leading dimension.
                     unsafe {
-                        *(g.c as *mut f32).add(bi * g.stride_c + col * g.ldc + row) = g.alpha * s
+                        let c = (g.c as *mut f32).add(bi * g.stride_c + col * g.ldc + row);
+                        *c = g.alpha * s + if g.beta == 0.0 { 0.0 } else { g.beta * *c };
                     };
                 }
             }

@@ -1,0 +1,188 @@
+//! The decoder block's fused steps — `linear_add`, `gated_linear`, `rope_write_kv` — against f64
+//! references of what they fuse, so that a backend's fused kernels meet the same bounds as the
+//! separate ops.
+
+use super::{act, attention_tol, dequantized, linear_tol, r, random_weight, record, weight};
+use super::{Report, Rng};
+use crate::{AttnMeta, AttnSeq, Backend, KvDType, KvSpec, RopeParams, RopeStyle, WeightRole};
+use suanli_core::DType;
+
+/// Decode (1 row), a small batch (5) and a prefill-sized batch (17: a GPU's GEMM path).
+const ROWS: [usize; 3] = [1, 5, 17];
+
+/// acc + x · wᵀ against the f64 product, relative to ‖w_r‖·‖x_t‖ as for `linear`.
+pub fn check_linear_add<B: Backend>(b: &B, ty: DType, rng: &mut Rng, rep: &mut Report) {
+    let (rows, cols) = (64, 1024);
+    for n in ROWS {
+        let bytes = random_weight(ty, rows, cols, rng);
+        let wf = dequantized(ty, &bytes, rows, cols);
+        let x = rng.normals(n * cols, 1.0);
+        let acc0 = rng.normals(n * rows, 4.0);
+        let got = (|| {
+            let w = weight(b, "o_proj", ty, rows, cols, WeightRole::Matrix, bytes)?;
+            let xa = act(b, &x, n, cols)?;
+            let mut tmp = b.alloc_act(n, rows)?;
+            let mut acc = act(b, &acc0, n, rows)?;
+            b.linear_add(&xa, &w, &mut tmp, &mut acc)?;
+            // What the product added (the subtraction is exact to ~1e-7 of |acc|, far below the
+            // tolerance's scale).
+            let added: Vec<f32> = b
+                .download(&acc)?
+                .iter()
+                .zip(&acc0)
+                .map(|(g, a)| g - a)
+                .collect();
+            Ok(r::linear_error(&x, &wf, None, rows, cols, &added))
+        })();
+        let case = format!("{ty} {n}x{cols} · [{rows},{cols}] added to the input");
+        record(rep, "linear_add", case, linear_tol(ty), got);
+    }
+}
+
+/// silu(x · gateᵀ) · (x · upᵀ) against f64, each output's error divided by how far the two
+/// products' own error bounds (‖w_r‖·‖x_t‖ each, as for `linear`) can move it:
+/// |silu'(g)|·|u|·‖gate_r‖‖x‖ + |silu(g)|·‖up_r‖‖x‖, with |silu'| ≤ 1.1.
+pub fn check_gated_linear<B: Backend>(b: &B, ty: DType, rng: &mut Rng, rep: &mut Report) {
+    let (rows, cols) = (64, 1024);
+    let norm = |v: &[f32]| v.iter().map(|&a| (a as f64).powi(2)).sum::<f64>().sqrt();
+    let dot =
+        |a: &[f32], b: &[f32]| -> f64 { a.iter().zip(b).map(|(&p, &q)| p as f64 * q as f64).sum() };
+    let silu = |g: f64| g / (1.0 + (-g).exp());
+    for n in ROWS {
+        let (gb, ub) = (
+            random_weight(ty, rows, cols, rng),
+            random_weight(ty, rows, cols, rng),
+        );
+        let (gf, uf) = (
+            dequantized(ty, &gb, rows, cols),
+            dequantized(ty, &ub, rows, cols),
+        );
+        let x = rng.normals(n * cols, 0.2);
+        let got = (|| {
+            let gate = weight(b, "gate", ty, rows, cols, WeightRole::Matrix, gb)?;
+            let up = weight(b, "up", ty, rows, cols, WeightRole::Matrix, ub)?;
+            let xa = act(b, &x, n, cols)?;
+            let (mut g, mut u, mut out) = (
+                b.alloc_act(n, rows)?,
+                b.alloc_act(n, rows)?,
+                b.alloc_act(n, rows)?,
+            );
+            b.gated_linear(&xa, &gate, &up, &mut g, &mut u, &mut out)?;
+            let got = b.download(&out)?;
+            if got.len() != n * rows {
+                return Ok(f64::INFINITY);
+            }
+            let mut worst = 0f64;
+            for t in 0..n {
+                let xt = &x[t * cols..][..cols];
+                for r in 0..rows {
+                    let (gr, ur) = (&gf[r * cols..][..cols], &uf[r * cols..][..cols]);
+                    let (gv, uv) = (dot(gr, xt), dot(ur, xt));
+                    let want = silu(gv) * uv;
+                    let bound =
+                        1.1 * uv.abs() * norm(gr) * norm(xt) + silu(gv).abs() * norm(ur) * norm(xt);
+                    let e = (got[t * rows + r] as f64 - want).abs() / bound.max(1e-30);
+                    worst = worst.max(if e.is_nan() { f64::INFINITY } else { e });
+                }
+            }
+            Ok(worst)
+        })();
+        let case = format!("{ty} {n}x{cols} · gate, up [{rows},{cols}]");
+        record(rep, "gated_linear", case, linear_tol(ty), got);
+    }
+}
+
+/// q and k rotated in place as `rope` rotates them, and k, v in the cache as `write_kv` leaves
+/// them — seen through `attention` over the written cache against f64 attention over rotated,
+/// cache-rounded keys. Rows in shuffled slots, GQA 8/2.
+pub fn check_rope_write_kv<B: Backend>(b: &B, kvt: KvDType, rng: &mut Rng, rep: &mut Report) {
+    let (n_heads, n_kv, bs, n): (usize, usize, usize, usize) = (8, 2, 16, 20);
+    for (style, hd, rot) in [(RopeStyle::Neox, 64, 64), (RopeStyle::Interleaved, 128, 64)] {
+        let rq = RopeParams::new(n_heads, hd, rot, 10_000.0, style);
+        let rk = RopeParams {
+            n_heads: n_kv,
+            ..rq.clone()
+        };
+        let kv_dim = n_kv * hd;
+        let spec = KvSpec {
+            dtype: kvt,
+            n_layers: 2,
+            num_blocks: 6,
+            block_size: bs,
+            n_kv_heads: n_kv,
+            head_dim: hd,
+        };
+        let mut table: Vec<u32> = (0..spec.num_blocks as u32).collect();
+        rng.shuffle(&mut table);
+        table.truncate(n.div_ceil(bs));
+        let positions: Vec<u32> = (0..n as u32).collect();
+        let slots: Vec<u32> = positions
+            .iter()
+            .map(|&p| table[p as usize / bs] * bs as u32 + p % bs as u32)
+            .collect();
+        let (q, k, v) = (
+            rng.normals(n * n_heads * hd, 1.0),
+            rng.normals(n * kv_dim, 1.0),
+            rng.normals(n * kv_dim, 1.0),
+        );
+        let (q_rot, k_rot) = (r::rope(&q, &positions, &rq), r::rope(&k, &positions, &rk));
+        let scale = 1.0 / (hd as f32).sqrt();
+        let mut rotated = f64::INFINITY;
+        let got = (|| {
+            let mut kv = b.alloc_kv(spec)?;
+            let (mut qa, mut ka, va) = (
+                act(b, &q, n, n_heads * hd)?,
+                act(b, &k, n, kv_dim)?,
+                act(b, &v, n, kv_dim)?,
+            );
+            b.rope_write_kv(
+                &mut qa,
+                &mut ka,
+                &va,
+                &positions,
+                (&rq, &rk),
+                &slots,
+                &mut kv,
+                1,
+            )?;
+            rotated = r::rel_max_error(&b.download(&qa)?, &q_rot)
+                .max(r::rel_max_error(&b.download(&ka)?, &k_rot));
+            let seqs = [AttnSeq {
+                q_start: 0,
+                q_len: n,
+                ctx_len: n,
+                block_table: table.clone(),
+            }];
+            let meta = AttnMeta {
+                seqs: &seqs,
+                n_heads,
+                n_kv_heads: n_kv,
+                head_dim: hd,
+                scale,
+            };
+            let mut out = b.alloc_act(n, n_heads * hd)?;
+            b.attention(&qa, &kv, &meta, 1, &mut out)?;
+            let (kr, vr) = (r::kv_round(&k_rot, kvt, hd), r::kv_round(&v, kvt, hd));
+            let want = r::attention(&q_rot, &kr, &vr, n, n_heads, n_kv, hd, scale);
+            Ok(r::max_abs_diff(&b.download(&out)?, &want))
+        })();
+        let case = format!("{kvt:?} cache, {style:?} head {hd} rotary {rot}");
+        let ok = got.as_ref().is_ok();
+        record(
+            rep,
+            "rope_write_kv",
+            format!("{case}, through attention"),
+            attention_tol(kvt),
+            got,
+        );
+        if ok {
+            record(
+                rep,
+                "rope_write_kv",
+                format!("{case}, q and k"),
+                1e-5,
+                Ok(rotated),
+            );
+        }
+    }
+}
