@@ -242,7 +242,8 @@ fn check_embed<B: Backend>(b: &B, ty: DType, rng: &mut Rng, rep: &mut Report) {
 
 /// Tolerance for x · wᵀ relative to ‖w_r‖·‖x‖ (the Cauchy-Schwarz scale of each output): float
 /// weights allow bf16 tensor-core inputs (the CPU's f32 products: ~1e-7), quantized ones 8-bit
-/// activation quantization as llama.cpp does it (the CPU: up to 1.5e-3 at 512 columns).
+/// activation quantization as llama.cpp does it (the CPU: up to 1.5e-3 at 512 columns; the
+/// GPU's dp4a products: ~6e-4).
 fn linear_tol(ty: DType) -> f64 {
     match ty {
         DType::F32 | DType::F16 | DType::BF16 => 2e-3,

@@ -1,34 +1,31 @@
 // x · wᵀ for up to MV_MAX_TOKENS rows of x (decode and small batches): one warp per weight row,
-// its lanes taking the row's 32-value units in turn, each unit dequantized once in registers and
-// dotted with every token's activations, so the weights are read from memory exactly once.
+// its lanes taking the row's pieces in turn, dequantized in registers and dotted with every
+// token's activations, so the weights are read from memory exactly once.
+//
+// Float rows (f32, f16, bf16) are dotted in f32 with 16-byte loads. Quantized rows are dotted in
+// integers: the block's threads first quantize the activations to 8 bits per 32 values in shared
+// memory (llama.cpp's q8_1; a tile of them at a time), then each lane takes 32-value units
+// u = lane, lane + 32, ... of its row and sums byte products four at a time with dp4a
+// (qdot.cuh), one scale per unit — no per-value conversion to float. Every warp of a block takes
+// part in the quantization, so the host sizes blocks (4 to 16 warps) by the number of tokens.
 
 #define MV_MAX_TOKENS 8
-#define MV_WARPS 4
-
-// This lane's partial dot products of one stored row with each of `nt` activation rows.
-// Quantized rows: the lane takes 32-value units u = lane, lane + 32, ...
-template <int T> struct RowDot {
-    DEV void run(const u8* __restrict__ row, int cols, const float* __restrict__ x, int nt, float* acc) {
-        int lane = threadIdx.x & 31, units = cols >> 5;
-        for (int u = lane; u < units; u += 32) {
-            float v[32];
-            Fmt<T>::unit(row, u, v);
-#pragma unroll
-            for (int t = 0; t < MV_MAX_TOKENS; t++) {
-                if (t < nt) {
-                    const float4* xp = (const float4*)(x + (u64)t * cols + u * 32);
-                    float s = 0.0f;
-#pragma unroll
-                    for (int i = 0; i < 8; i++) {
-                        float4 a = __ldg(xp + i);
-                        s += v[4 * i] * a.x + v[4 * i + 1] * a.y + v[4 * i + 2] * a.z + v[4 * i + 3] * a.w;
-                    }
-                    acc[t] += s;
-                }
-            }
-        }
-    }
-};
+#define MV_MAX_WARPS 16
+// Launch bounds by type (pasted from the kernel's name): float rows go 4 warps a block; quantized
+// ones up to 16, with one resident block asked for — without it ptxas trades registers for
+// occupancy and spills.
+#define MV_BOUNDS_f32 128
+#define MV_BOUNDS_f16 128
+#define MV_BOUNDS_bf16 128
+#define MV_BOUNDS_Q MV_MAX_WARPS * 32, 1
+#define MV_BOUNDS_q4_0 MV_BOUNDS_Q
+#define MV_BOUNDS_q4_1 MV_BOUNDS_Q
+#define MV_BOUNDS_q5_0 MV_BOUNDS_Q
+#define MV_BOUNDS_q5_1 MV_BOUNDS_Q
+#define MV_BOUNDS_q8_0 MV_BOUNDS_Q
+#define MV_BOUNDS_q4_k MV_BOUNDS_Q
+#define MV_BOUNDS_q5_k MV_BOUNDS_Q
+#define MV_BOUNDS_q6_k MV_BOUNDS_Q
 
 // Float rows: lane-contiguous 16-byte loads at element 8·lane + 256·i (see Vec8).
 template <int T> struct FloatRowDot {
@@ -50,26 +47,88 @@ template <int T> struct FloatRowDot {
         }
     }
 };
-template <> struct RowDot<T_F32> : FloatRowDot<T_F32> {};
-template <> struct RowDot<T_F16> : FloatRowDot<T_F16> {};
-template <> struct RowDot<T_BF16> : FloatRowDot<T_BF16> {};
 
-// This lane's partial dots of stored row r with each of the `nt` activation rows.
-template <int T>
-DEV void row_partials(const u8* __restrict__ w, int r, int cols, u64 row_bytes, const float* __restrict__ x, int nt,
-                      float* acc) {
-#pragma unroll
-    for (int t = 0; t < MV_MAX_TOKENS; t++) acc[t] = 0.0f;
-    RowDot<T>::run(w + (u64)r * row_bytes, cols, x, nt, acc);
+// Activations quantized per 32 values, MVQ_TILE units (of all tokens together) at a time: unit
+// i's bytes in q[8i..8i+8), its scale d[i] and d[i]·Σq in s[i].
+#define MVQ_TILE 512
+struct XTile {
+    int q[MVQ_TILE * 8];
+    float d[MVQ_TILE], s[MVQ_TILE];
+};
+
+// Units [u0, u0 + tu) of every token's row of x into the tile (item t·tu + u): a warp per unit,
+// a lane per value; d = amax / 127, q = round(x / d) (to nearest, by the 1.5·2^23 addition).
+DEV void quantize_tile(const float* __restrict__ x, int cols, int nt, int u0, int tu, XTile& sm) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    for (int i = warp; i < nt * tu; i += nw) {
+        int t = i / tu, u = i % tu;
+        float v = __ldg(x + (u64)t * cols + (u64)(u0 + u) * 32 + lane);
+        float amax = warp_max(fabsf(v));
+        float id = amax > 0.0f ? 127.0f / amax : 0.0f;
+        int q = __float_as_int(v * id + 12582912.0f) - 0x4B400000;
+        ((i8*)sm.q)[i * 32 + lane] = (i8)q;
+        int sum = warp_sum_int(q);
+        if (lane == 0) {
+            float d = amax / 127.0f;
+            sm.d[i] = d;
+            sm.s[i] = d * small_i2f(sum);
+        }
+    }
 }
 
-// One warp per weight row: partial sums, warp reduction, bias, store — or, with `accumulate`,
-// add to what `out` holds (a product folded into the residual stream).
+// acc[t] += unit `unit` of `row` · tile item (t·tu + u), for every token.
 template <int T>
-DEV void matvec_row(const u8* __restrict__ w, int rows, int r, int cols, u64 row_bytes, const float* __restrict__ x,
-                    int nt, const float* __restrict__ bias, float* __restrict__ out, int accumulate = 0) {
-    float acc[MV_MAX_TOKENS];
-    row_partials<T>(w, r, cols, row_bytes, x, nt, acc);
+DEV void qunit_dot(const u8* __restrict__ row, int unit, int u, int tu, int nt, float* acc, const XTile& sm) {
+    QUnit q;
+    QFmt<T>::unit(row, unit, q);
+#pragma unroll
+    for (int t = 0; t < MV_MAX_TOKENS; t++) {
+        if (t < nt) {
+            int i = t * tu + u;
+            const uint4* xq = (const uint4*)(sm.q + i * 8);
+            uint4 a = xq[0], b = xq[1];
+            int lo = dp4a(q.w[3], (int)a.w, dp4a(q.w[2], (int)a.z, dp4a(q.w[1], (int)a.y, dp4a(q.w[0], (int)a.x, 0))));
+            int hi = dp4a(q.w[7], (int)b.w, dp4a(q.w[6], (int)b.z, dp4a(q.w[5], (int)b.y, dp4a(q.w[4], (int)b.x, 0))));
+            // |lo + hi| ≤ 32 · 127 · 127 < 2^22: small_i2f is exact.
+            float dot = QFmt<T>::halves ? q.d0 * small_i2f(lo) + q.d1 * small_i2f(hi) : q.d0 * small_i2f(lo + hi);
+            acc[t] += sm.d[i] * dot + q.c * sm.s[i];
+        }
+    }
+}
+
+// This lane's partial dots of rows r0 and, with NR = 2, r1 (either null: none) with each of the `nt`
+// activation rows. Quantized types: every thread of the block calls this (it synchronizes).
+template <int T, int NR>
+DEV void row_partials(const u8* __restrict__ r0, const u8* __restrict__ r1, int cols, const float* __restrict__ x,
+                      int nt, float* a0, float* a1) {
+#pragma unroll
+    for (int t = 0; t < MV_MAX_TOKENS; t++) {
+        a0[t] = 0.0f;
+        if (NR == 2) a1[t] = 0.0f;
+    }
+    if constexpr (IsQuant<T>::value) {
+        __shared__ XTile sm;
+        int lane = threadIdx.x & 31, units = cols >> 5, per = MVQ_TILE / nt;
+        for (int u0 = 0; u0 < units; u0 += per) {
+            int tu = min(per, units - u0);
+            __syncthreads();  // the last tile is read no more
+            quantize_tile(x, cols, nt, u0, tu, sm);
+            __syncthreads();
+            for (int u = lane; u < tu; u += 32) {
+                if (r0) qunit_dot<T>(r0, u0 + u, u, tu, nt, a0, sm);
+                if (NR == 2 && r1) qunit_dot<T>(r1, u0 + u, u, tu, nt, a1, sm);
+            }
+        }
+    } else {
+        if (r0) FloatRowDot<T>::run(r0, cols, x, nt, a0);
+        if (NR == 2 && r1) FloatRowDot<T>::run(r1, cols, x, nt, a1);
+    }
+}
+
+// Warp reduction and store of row r's outputs: + bias, or, with `accumulate`, added to what
+// `out` holds (a product folded into the residual stream).
+DEV void store_row(const float* acc, int nt, int rows, int r, const float* __restrict__ bias, float* __restrict__ out,
+                   int accumulate) {
     int lane = threadIdx.x & 31;
 #pragma unroll
     for (int t = 0; t < MV_MAX_TOKENS; t++) {
@@ -81,32 +140,16 @@ DEV void matvec_row(const u8* __restrict__ w, int rows, int r, int cols, u64 row
     }
 }
 
+// The warp's row of a launch of `blockDim.x / 32` warps a block.
+DEV int warp_row() { return blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); }
+
 template <int T>
 DEV void matvec_impl(const u8* __restrict__ w, int rows, int cols, u64 row_bytes, const float* __restrict__ x,
                      int nt, const float* __restrict__ bias, float* __restrict__ out, int accumulate) {
-    int r = blockIdx.x * MV_WARPS + (threadIdx.x >> 5);
-    if (r >= rows) return;
-    matvec_row<T>(w, rows, r, cols, row_bytes, x, nt, bias, out, accumulate);
-}
-
-// The gated MLP's first half: out = silu(x · gateᵀ) · (x · upᵀ), one warp per row r taking row
-// r of both matrices (same type and shape), so neither product is stored.
-template <int T>
-DEV void matvec_glu_impl(const u8* __restrict__ wg, const u8* __restrict__ wu, int rows, int cols, u64 row_bytes,
-                         const float* __restrict__ x, int nt, float* __restrict__ out) {
-    int r = blockIdx.x * MV_WARPS + (threadIdx.x >> 5);
-    if (r >= rows) return;
-    float g[MV_MAX_TOKENS], u[MV_MAX_TOKENS];
-    row_partials<T>(wg, r, cols, row_bytes, x, nt, g);
-    row_partials<T>(wu, r, cols, row_bytes, x, nt, u);
-    int lane = threadIdx.x & 31;
-#pragma unroll
-    for (int t = 0; t < MV_MAX_TOKENS; t++) {
-        if (t < nt) {
-            float gs = warp_sum(g[t]), us = warp_sum(u[t]);
-            if (lane == 0) out[(u64)t * rows + r] = silu_times(gs, us);
-        }
-    }
+    int r = warp_row();
+    float acc[MV_MAX_TOKENS];
+    row_partials<T, 1>(r < rows ? w + (u64)r * row_bytes : nullptr, nullptr, cols, x, nt, acc, acc);
+    if (r < rows) store_row(acc, nt, rows, r, bias, out, accumulate);
 }
 
 // Up to three products of the same input in one launch (Q/K/V, gate/up): the grid covers the
@@ -115,13 +158,35 @@ template <int T>
 DEV void matvec3_impl(const u8* w0, const u8* w1, const u8* w2, int r0, int r1, int r2, int cols, u64 row_bytes,
                       const float* x, int nt, const float* b0, const float* b1, const float* b2, float* o0, float* o1,
                       float* o2) {
-    int r = blockIdx.x * MV_WARPS + (threadIdx.x >> 5);
-    if (r < r0) {
-        matvec_row<T>(w0, r0, r, cols, row_bytes, x, nt, b0, o0);
-    } else if (r < r0 + r1) {
-        matvec_row<T>(w1, r1, r - r0, cols, row_bytes, x, nt, b1, o1);
-    } else if (r < r0 + r1 + r2) {
-        matvec_row<T>(w2, r2, r - r0 - r1, cols, row_bytes, x, nt, b2, o2);
+    int r = warp_row();
+    // This warp's matrix by selects (indexed arrays would live in local memory); what the
+    // store needs is selected after the dot, so that it does not hold registers through it.
+    bool in0 = r < r0, in1 = !in0 && r < r0 + r1, live = r < r0 + r1 + r2;
+    int rr = in0 ? r : in1 ? r - r0 : r - r0 - r1;
+    const u8* w = in0 ? w0 : in1 ? w1 : w2;
+    float acc[MV_MAX_TOKENS];
+    row_partials<T, 1>(live ? w + (u64)rr * row_bytes : nullptr, nullptr, cols, x, nt, acc, acc);
+    if (live) store_row(acc, nt, in0 ? r0 : in1 ? r1 : r2, rr, in0 ? b0 : in1 ? b1 : b2, in0 ? o0 : in1 ? o1 : o2, 0);
+}
+
+// The gated MLP's first half: out = silu(x · gateᵀ) · (x · upᵀ), one warp per row r taking row
+// r of both matrices (same type and shape), so neither product is stored.
+template <int T>
+DEV void matvec_glu_impl(const u8* __restrict__ wg, const u8* __restrict__ wu, int rows, int cols, u64 row_bytes,
+                         const float* __restrict__ x, int nt, float* __restrict__ out) {
+    int r = warp_row();
+    bool live = r < rows;
+    float g[MV_MAX_TOKENS], u[MV_MAX_TOKENS];
+    row_partials<T, 2>(live ? wg + (u64)r * row_bytes : nullptr, live ? wu + (u64)r * row_bytes : nullptr, cols, x,
+                    nt, g, u);
+    if (!live) return;
+    int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int t = 0; t < MV_MAX_TOKENS; t++) {
+        if (t < nt) {
+            float gs = warp_sum(g[t]), us = warp_sum(u[t]);
+            if (lane == 0) out[(u64)t * rows + r] = silu_times(gs, us);
+        }
     }
 }
 
@@ -157,17 +222,17 @@ DEV void embed_impl(const u8* __restrict__ w, int rows, int cols, u64 row_bytes,
 }
 
 #define MATVEC_KERNELS(name, T)                                                                      \
-    extern "C" __global__ void __launch_bounds__(MV_WARPS * 32) matvec_##name(                      \
+    extern "C" __global__ void __launch_bounds__(MV_BOUNDS_##name) matvec_##name(                      \
         const u8* w, int rows, int cols, u64 row_bytes, const float* x, int nt, const float* bias,   \
         float* out, int accumulate) {                                                                 \
         matvec_impl<T>(w, rows, cols, row_bytes, x, nt, bias, out, accumulate);                      \
     }                                                                                                 \
-    extern "C" __global__ void __launch_bounds__(MV_WARPS * 32) matvec_glu_##name(                  \
+    extern "C" __global__ void __launch_bounds__(MV_BOUNDS_##name) matvec_glu_##name(                  \
         const u8* wg, const u8* wu, int rows, int cols, u64 row_bytes, const float* x, int nt,       \
         float* out) {                                                                                 \
         matvec_glu_impl<T>(wg, wu, rows, cols, row_bytes, x, nt, out);                               \
     }                                                                                                 \
-    extern "C" __global__ void __launch_bounds__(MV_WARPS * 32) matvec3_##name(                     \
+    extern "C" __global__ void __launch_bounds__(MV_BOUNDS_##name) matvec3_##name(                     \
         const u8* w0, const u8* w1, const u8* w2, int r0, int r1, int r2, int cols, u64 row_bytes,   \
         const float* x, int nt, const float* b0, const float* b1, const float* b2, float* o0,        \
         float* o1, float* o2) {                                                                       \

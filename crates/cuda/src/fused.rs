@@ -5,7 +5,8 @@
 //! block per row. Anything outside a fused kernel's reach takes the separate ops.
 
 use crate::device::{f32_bytes, u32_bytes, Arg, DevBuf};
-use crate::{blocks, CudaBackend, CudaWeight, KvBuf, MATVEC_MAX_ROWS};
+use crate::matmul::matvec_geometry;
+use crate::{CudaBackend, CudaWeight, KvBuf, MATVEC_MAX_ROWS};
 use suanli_backend::{
     check, shape_err, Act, Backend, KvPages, Result, RopeParams, RopeStyle, Weight,
 };
@@ -78,7 +79,8 @@ impl CudaBackend {
             out.buf.arg(),
         ];
         let kernel = self.typed("matvec_glu", gate.dtype)?;
-        self.launch(&kernel, blocks(gate.rows, 4), 128, &args)
+        let (grid, block) = matvec_geometry(gate.dtype, gate.rows, x.rows);
+        self.launch(&kernel, grid, block, &args)
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -10,9 +10,10 @@ use std::sync::Arc;
 use suanli_core::DType;
 
 /// In concatenation order: helpers first.
-const SOURCES: [(&str, &str); 7] = [
+const SOURCES: [(&str, &str); 8] = [
     ("common.cuh", include_str!("../kernels/common.cuh")),
     ("quant.cuh", include_str!("../kernels/quant.cuh")),
+    ("qdot.cuh", include_str!("../kernels/qdot.cuh")),
     ("matvec.cu", include_str!("../kernels/matvec.cu")),
     ("ops.cu", include_str!("../kernels/ops.cu")),
     ("attention.cu", include_str!("../kernels/attention.cu")),

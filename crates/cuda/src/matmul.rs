@@ -7,6 +7,20 @@ use crate::{blocks, CudaBackend, CudaWeight, MATVEC_MAX_ROWS};
 use suanli_backend::{check, shape_err, Act, Backend, Result, Weight};
 use suanli_core::DType;
 
+/// Grid and block of a matrix-vector launch over `rows` weight rows (a warp each) for `tokens`
+/// activation rows. The integer kernels of quantized types quantize the activations once per
+/// block, so more tokens take bigger blocks to share that work (`MV_MAX_WARPS` = 16).
+pub(crate) fn matvec_geometry(ty: DType, rows: usize, tokens: usize) -> ((u32, u32), u32) {
+    let float = matches!(ty, DType::F32 | DType::F16 | DType::BF16);
+    let warps = match tokens {
+        _ if float => 4,
+        0..=2 => 4,
+        3..=4 => 8,
+        _ => 16,
+    };
+    (blocks(rows, warps), 32 * warps as u32)
+}
+
 impl CudaBackend {
     /// Logits of the selected rows into `sc.logits` (`[rows.len(), vocab]`, on the device).
     pub(crate) fn logits_on_device(
@@ -89,7 +103,8 @@ impl CudaBackend {
                 Arg::Ptr(out),
                 Arg::I32(accumulate as i32),
             ]);
-            return self.launch(&self.typed("matvec", w.dtype)?, blocks(m, 4), 128, &args);
+            let (grid, block) = matvec_geometry(w.dtype, m, n);
+            return self.launch(&self.typed("matvec", w.dtype)?, grid, block, &args);
         }
         // Tensor cores: bf16 weights (dequantized into scratch unless stored as bf16) and bf16
         // activations, f32 accumulation and output; f32 weights take an f32 GEMM.
@@ -202,11 +217,7 @@ impl CudaBackend {
         ]);
         args.extend(biases.iter().map(|&p| Arg::Ptr(p)));
         args.extend(optrs.iter().map(|&p| Arg::Ptr(p)));
-        self.launch(
-            &self.typed("matvec3", ws[0].0.dtype)?,
-            blocks(total, 4),
-            128,
-            &args,
-        )
+        let (grid, block) = matvec_geometry(ws[0].0.dtype, total, x.rows);
+        self.launch(&self.typed("matvec3", ws[0].0.dtype)?, grid, block, &args)
     }
 }

@@ -3,6 +3,7 @@
 #include "cuda_emu.h"
 #include "common.cuh"
 #include "quant.cuh"
+#include "qdot.cuh"
 #include "matvec.cu"
 #include "ops.cu"
 #include "attention.cu"
