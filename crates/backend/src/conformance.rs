@@ -97,6 +97,7 @@ pub fn run<B: Backend>(b: &B) -> Report {
         check_logits(b, ty, &mut rng, &mut rep);
         fused::check_linear_add(b, ty, &mut rng, &mut rep);
         fused::check_gated_linear(b, ty, &mut rng, &mut rep);
+        fused::check_mlp(b, ty, &mut rng, &mut rep);
     }
     for k in [1, 40, 256] {
         sampling::check_top_logits(b, k, &mut rng, &mut rep);

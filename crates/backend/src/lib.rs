@@ -231,6 +231,15 @@ pub struct AttnMeta<'a> {
     pub scale: f32,
 }
 
+/// Scratch for `Backend::mlp`: `[n, intermediate]` for the gate and up products and their
+/// product, `[n, hidden]` for the down product.
+pub struct MlpScratch<'a, B> {
+    pub g: &'a mut Act<B>,
+    pub u: &'a mut Act<B>,
+    pub act: &'a mut Act<B>,
+    pub out: &'a mut Act<B>,
+}
+
 pub trait Backend: Send + Sync + 'static {
     /// Activation storage.
     type Buffer: Send + Sync;
@@ -359,6 +368,18 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<()> {
         self.linear_many(x, &[(gate, None), (up, None)], &mut [&mut *g, &mut *u])?;
         self.silu_mul(g, u, out)
+    }
+    /// acc += silu(x · gateᵀ) * (x · upᵀ) · downᵀ: the gated MLP folded into the residual
+    /// stream. `s` is scratch the backend may use.
+    fn mlp(
+        &self,
+        x: &Act<Self::Buffer>,
+        [gate, up, down]: [&Weight<Self::WeightStore>; 3],
+        s: MlpScratch<'_, Self::Buffer>,
+        acc: &mut Act<Self::Buffer>,
+    ) -> Result<()> {
+        self.gated_linear(x, gate, up, s.g, s.u, s.act)?;
+        self.linear_add(s.act, down, s.out, acc)
     }
     /// Rotary embedding of q and k in place, then k and v into their slots of layer `layer`:
     /// everything between the Q/K/V products and attention.

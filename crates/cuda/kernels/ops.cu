@@ -57,6 +57,13 @@ extern "C" __global__ void silu_mul(const float* __restrict__ g, const float* __
     out[i] = silu_times(g[i], u[i]);
 }
 
+// The large-batch MLP's middle in bf16: g ← silu(g) · u, both bf16 (the gate and up products'
+// outputs), in place — the down product reads it as it stands.
+extern "C" __global__ void silu_mul_bf16(u16* __restrict__ g, const u16* __restrict__ u, u64 n) {
+    u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) g[i] = f2bf(silu_times(bf2f(g[i]), bf2f(u[i])));
+}
+
 extern "C" __global__ void add(float* __restrict__ acc, const float* __restrict__ x, u64 n) {
     u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) acc[i] += x[i];

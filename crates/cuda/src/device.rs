@@ -39,7 +39,8 @@ impl Elem {
 /// `C_i = alpha · op(A_i) · op(B_i) + beta · C_i` for i < batch, column-major as cuBLAS has it: op(A) is
 /// m × k (A stored k × m with `trans_a`), op(B) k × n, C m × n with leading dimension ldc;
 /// batch i starts `stride_*` elements after batch i − 1 (0: the same matrix for every i).
-/// A and B are `ab` elements, C is f32.
+/// A and B are `ab` elements, C is `c_elem` (f32, or bf16 for an intermediate the next product
+/// reads).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Gemm {
     pub trans_a: bool,
@@ -58,6 +59,7 @@ pub struct Gemm {
     pub ldb: usize,
     pub stride_b: usize,
     pub c: DevPtr,
+    pub c_elem: Elem,
     pub ldc: usize,
     pub stride_c: usize,
     pub batch: usize,
@@ -92,6 +94,7 @@ impl Gemm {
             ldb: k,
             stride_b: 0,
             c: out,
+            c_elem: Elem::F32,
             ldc: m,
             stride_c: 0,
             batch: 1,

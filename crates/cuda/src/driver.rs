@@ -107,11 +107,12 @@ impl CudaDevice {
 
     fn gemm_now(&self, g: &Gemm) -> Result<()> {
         self.bind()?;
-        let ty = match g.ab {
+        let cuda_type = |e: Elem| match e {
             Elem::F32 => blas_sys::cudaDataType::CUDA_R_32F,
             Elem::F16 => blas_sys::cudaDataType::CUDA_R_16F,
             Elem::BF16 => blas_sys::cudaDataType::CUDA_R_16BF,
         };
+        let ty = cuda_type(g.ab);
         let op = |t: bool| {
             if t {
                 blas_sys::cublasOperation_t::CUBLAS_OP_T
@@ -139,7 +140,7 @@ impl CudaDevice {
                 g.stride_b as i64,
                 (&g.beta as *const f32).cast(),
                 g.c as *mut c_void,
-                blas_sys::cudaDataType::CUDA_R_32F,
+                cuda_type(g.c_elem),
                 g.ldc as i32,
                 g.stride_c as i64,
                 g.batch as i32,

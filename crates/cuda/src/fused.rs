@@ -1,15 +1,19 @@
-//! The decoder block's fused steps (`Backend::linear_add`, `gated_linear`, `rope_write_kv`) on
+//! The decoder block's fused steps (`Backend::linear_add`, `gated_linear`, `mlp`, `rope_write_kv`) on
 //! the GPU. A decode step of a small model is a few hundred short kernels, so each launch saved
 //! per layer is time saved per token: the residual add rides on the product's store, gate and up
 //! are reduced by the same warp and only silu(g)·u is stored, and rotary + cache write are one
-//! block per row. Anything outside a fused kernel's reach takes the separate ops.
+//! block per row. Anything outside a fused kernel's reach takes the separate ops. For large
+//! batches the MLP keeps its middle in bf16: the gate and up products write bf16, silu·mul runs
+//! in place on it and the down product reads it and adds into the residual stream (the f32 path
+//! wrote, read and converted the `[n, intermediate]` products several times over).
 
-use crate::device::{f32_bytes, u32_bytes, Arg, DevBuf};
+use crate::device::{f32_bytes, u32_bytes, Arg, DevBuf, Elem, Gemm};
 use crate::matmul::matvec_geometry;
-use crate::{CudaBackend, CudaWeight, KvBuf, MATVEC_MAX_ROWS};
+use crate::{blocks, CudaBackend, CudaWeight, KvBuf, MATVEC_MAX_ROWS};
 use suanli_backend::{
-    check, shape_err, Act, Backend, KvPages, Result, RopeParams, RopeStyle, Weight,
+    check, shape_err, Act, Backend, KvPages, MlpScratch, Result, RopeParams, RopeStyle, Weight,
 };
+use suanli_core::DType;
 
 /// The largest rotary half `rope_write_kv_*` keeps its cos/sin for (`ROPE_MAX_HALF`).
 const ROPE_MAX_HALF: usize = 128;
@@ -81,6 +85,65 @@ impl CudaBackend {
         let kernel = self.typed("matvec_glu", gate.dtype)?;
         let (grid, block) = matvec_geometry(gate.dtype, gate.rows, x.rows);
         self.launch(&kernel, grid, block, &args)
+    }
+
+    pub(crate) fn fused_mlp(
+        &self,
+        x: &Act<DevBuf>,
+        [gate, up, down]: [&Weight<CudaWeight>; 3],
+        s: MlpScratch<'_, DevBuf>,
+        acc: &mut Act<DevBuf>,
+    ) -> Result<()> {
+        let n = x.rows;
+        let float32 = [gate, up, down].iter().any(|w| w.dtype == DType::F32);
+        if n <= MATVEC_MAX_ROWS || !self.fused || float32 {
+            self.fused_gated_linear(x, [gate, up], s.g, s.u, s.act)?;
+            return self.fused_linear_add(s.act, down, s.out, acc);
+        }
+        check::product("mlp", x, gate, s.g)?;
+        check::product("mlp", x, up, s.u)?;
+        if gate.rows != up.rows
+            || down.cols != gate.rows
+            || acc.cols != down.rows
+            || acc.rows != n
+            || s.u.capacity < n
+        {
+            return Err(shape_err(
+                "mlp",
+                format!(
+                    "gate [{}, {}], up [{}, {}], down [{}, {}] for [{n}, {}] into [{}, {}]",
+                    gate.rows,
+                    gate.cols,
+                    up.rows,
+                    up.cols,
+                    down.rows,
+                    down.cols,
+                    x.cols,
+                    acc.rows,
+                    acc.cols
+                ),
+            ));
+        }
+        let (ff, k) = (gate.rows, x.cols);
+        // The gate and up products in bf16 in the f32 scratch's memory (half of it).
+        let (g, u) = (s.g.buf.ptr, s.u.buf.ptr);
+        let mut sc = self.scratch();
+        let xb = self.bf16_rows(x.buf.ptr, n * k, &mut sc)?;
+        for (w, out) in [(gate, g), (up, u)] {
+            let wb = self.weight_bf16(w, &mut sc)?;
+            self.dev.gemm(&Gemm {
+                c_elem: Elem::BF16,
+                ..Gemm::linear(ff, n, k, Elem::BF16, wb, xb, out)
+            })?;
+        }
+        let len = (n * ff) as u64;
+        let args = [Arg::Ptr(g), Arg::Ptr(u), Arg::U64(len)];
+        self.launch("silu_mul_bf16", blocks(n * ff, 256), 256, &args)?;
+        let wd = self.weight_bf16(down, &mut sc)?;
+        self.dev.gemm(&Gemm {
+            beta: 1.0,
+            ..Gemm::linear(down.rows, n, ff, Elem::BF16, wd, g, acc.buf.ptr)
+        })
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -82,6 +82,7 @@ fn key(ls: &[Launch]) -> u64 {
                     g.ldb,
                     g.stride_b,
                     g.c,
+                    g.c_elem,
                     g.ldc,
                     g.stride_c,
                     g.batch,

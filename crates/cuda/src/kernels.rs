@@ -37,11 +37,12 @@ pub const WEIGHT_TYPES: [(DType, &str); 11] = [
 ];
 
 /// Kernels without a weight type.
-const PLAIN: [&str; 30] = [
+const PLAIN: [&str; 31] = [
     "rms_norm",
     "rms_norm_groups",
     "rope",
     "silu_mul",
+    "silu_mul_bf16",
     "add",
     "add_bias",
     "to_bf16",

@@ -23,7 +23,7 @@ use scratch::ensure;
 use std::sync::{Arc, Mutex};
 use suanli_backend::{
     check, shape_err, Act, AttnMeta, Backend, BackendError, Capabilities, Draw, HostTensor,
-    KvDType, KvPages, KvSpec, Result, RopeParams, RopeStyle, Weight, WeightRole,
+    KvDType, KvPages, KvSpec, MlpScratch, Result, RopeParams, RopeStyle, Weight, WeightRole,
 };
 use suanli_core::{quant, DType};
 
@@ -502,6 +502,16 @@ impl Backend for CudaBackend {
         out: &mut Act<DevBuf>,
     ) -> Result<()> {
         self.fused_gated_linear(x, [gate, up], g, u, out)
+    }
+
+    fn mlp(
+        &self,
+        x: &Act<DevBuf>,
+        w: [&Weight<CudaWeight>; 3],
+        s: MlpScratch<'_, DevBuf>,
+        acc: &mut Act<DevBuf>,
+    ) -> Result<()> {
+        self.fused_mlp(x, w, s, acc)
     }
 
     fn rope_write_kv(

@@ -21,6 +21,18 @@ pub(crate) fn matvec_geometry(ty: DType, rows: usize, tokens: usize) -> ((u32, u
     (blocks(rows, warps), 32 * warps as u32)
 }
 
+/// The device address of `w`'s bias, which must be a vector of `w.rows`.
+fn bias_ptr(w: &Weight<CudaWeight>, bias: Option<&Weight<CudaWeight>>) -> Result<Option<u64>> {
+    match bias.map(|b| &b.store) {
+        None => Ok(None),
+        Some(CudaWeight::F32(v)) if v.bytes == w.rows * 4 => Ok(Some(v.ptr)),
+        Some(_) => Err(shape_err(
+            "linear",
+            format!("bias is not a vector of {}", w.rows),
+        )),
+    }
+}
+
 impl CudaBackend {
     /// Logits of the selected rows into `sc.logits` (`[rows.len(), vocab]`, on the device).
     pub(crate) fn logits_on_device(
@@ -73,16 +85,7 @@ impl CudaBackend {
         else {
             return Err(shape_err("linear", "a vector weight used as a matrix"));
         };
-        let bias = match bias.map(|b| &b.store) {
-            None => None,
-            Some(CudaWeight::F32(v)) if v.bytes == w.rows * 4 => Some(v.ptr),
-            Some(_) => {
-                return Err(shape_err(
-                    "linear",
-                    format!("bias is not a vector of {}", w.rows),
-                ))
-            }
-        };
+        let bias = bias_ptr(w, bias)?;
         if accumulate && bias.is_some() {
             // The GEMM path adds the bias after the product, which would add it to `out` too.
             return Err(shape_err("linear", "a bias with an accumulated product"));
@@ -106,39 +109,37 @@ impl CudaBackend {
             let (grid, block) = matvec_geometry(w.dtype, m, n);
             return self.launch(&self.typed("matvec", w.dtype)?, grid, block, &args);
         }
-        // Tensor cores: bf16 weights (dequantized into scratch unless stored as bf16) and bf16
-        // activations, f32 accumulation and output; f32 weights take an f32 GEMM.
-        let f32_path = w.dtype == DType::F32;
-        let wptr = if w.dtype == DType::BF16 || f32_path {
-            data.ptr
-        } else {
-            let buf = ensure(&self.dev, &mut sc.bf16_w, m * k * 2)?.ptr;
-            let mut args = geometry.to_vec();
-            args.push(Arg::Ptr(buf));
-            self.launch(
-                &self.typed("dequant_bf16", w.dtype)?,
-                blocks(m * k / 32, 256),
-                256,
-                &args,
-            )?;
-            buf
-        };
-        let xptr = if f32_path {
+        // Tensor cores: bf16 activations (f32 for f32 weights, which take an f32 GEMM).
+        let xg = if w.dtype == DType::F32 {
             x
         } else {
-            let xb = ensure(&self.dev, &mut sc.bf16_x, n * k * 2)?.ptr;
-            self.launch(
-                "to_bf16",
-                blocks(n * k, 256),
-                256,
-                &[Arg::Ptr(x), Arg::U64((n * k) as u64), Arg::Ptr(xb)],
-            )?;
-            xb
+            self.bf16_rows(x, n * k, sc)?
         };
-        let ab = if f32_path { Elem::F32 } else { Elem::BF16 };
+        self.gemm_product(xg, n, w, bias, out, accumulate, sc)
+    }
+
+    /// The GEMM of `matmul` on activations already in the GEMM's type (`xg`: bf16, or f32 for f32
+    /// weights): bf16 weights (dequantized into scratch unless stored as bf16), f32 accumulation
+    /// and output.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_product(
+        &self,
+        xg: u64,
+        n: usize,
+        w: &Weight<CudaWeight>,
+        bias: Option<u64>,
+        out: u64,
+        accumulate: bool,
+        sc: &mut scratch::Scratch,
+    ) -> Result<()> {
+        let (m, k) = (w.rows, w.cols);
+        let (wptr, ab) = match (&w.store, w.dtype) {
+            (CudaWeight::Raw { buf, .. }, DType::F32) => (buf.ptr, Elem::F32),
+            _ => (self.weight_bf16(w, sc)?, Elem::BF16),
+        };
         let gemm = Gemm {
             beta: if accumulate { 1.0 } else { 0.0 },
-            ..Gemm::linear(m, n, k, ab, wptr, xptr, out)
+            ..Gemm::linear(m, n, k, ab, wptr, xg, out)
         };
         self.dev.gemm(&gemm)?;
         if let Some(b) = bias {
@@ -155,6 +156,44 @@ impl CudaBackend {
             )?;
         }
         Ok(())
+    }
+
+    /// Matrix `w` as bf16 rows: its own memory when stored as bf16, else dequantized into
+    /// `sc.bf16_w` (the previous contents of which the stream has finished with by then).
+    pub(crate) fn weight_bf16(
+        &self,
+        w: &Weight<CudaWeight>,
+        sc: &mut scratch::Scratch,
+    ) -> Result<u64> {
+        let CudaWeight::Raw { buf, row_bytes } = &w.store else {
+            return Err(shape_err("linear", "a vector weight used as a matrix"));
+        };
+        if w.dtype == DType::BF16 {
+            return Ok(buf.ptr);
+        }
+        let out = ensure(&self.dev, &mut sc.bf16_w, w.rows * w.cols * 2)?.ptr;
+        let args = [
+            buf.arg(),
+            Arg::I32(w.rows as i32),
+            Arg::I32(w.cols as i32),
+            Arg::U64(*row_bytes as u64),
+            Arg::Ptr(out),
+        ];
+        let kernel = self.typed("dequant_bf16", w.dtype)?;
+        self.launch(&kernel, blocks(w.rows * w.cols / 32, 256), 256, &args)?;
+        Ok(out)
+    }
+
+    /// `len` f32 activations at `x` as bf16 in `sc.bf16_x`.
+    pub(crate) fn bf16_rows(&self, x: u64, len: usize, sc: &mut scratch::Scratch) -> Result<u64> {
+        let xb = ensure(&self.dev, &mut sc.bf16_x, len * 2)?.ptr;
+        self.launch(
+            "to_bf16",
+            blocks(len, 256),
+            256,
+            &[Arg::Ptr(x), Arg::U64(len as u64), Arg::Ptr(xb)],
+        )?;
+        Ok(xb)
     }
 
     /// Two or three decode-sized products of one input with matrices of one type and width (Q/K/V,
@@ -179,8 +218,26 @@ impl CudaBackend {
                 .zip(outs.iter())
                 .all(|((w, _), o)| o.cols == w.rows && o.capacity >= x.rows);
         if !fused {
-            for ((w, b), o) in ws.iter().zip(outs.iter_mut()) {
-                self.linear(x, w, *b, o)?;
+            // Large batches: the activations converted to bf16 once for all the products.
+            let shared = x.rows > MATVEC_MAX_ROWS
+                && ws.len() == outs.len()
+                && ws.iter().all(|(w, _)| w.dtype != DType::F32);
+            if !shared {
+                for ((w, b), o) in ws.iter().zip(outs.iter_mut()) {
+                    self.linear(x, w, *b, o)?;
+                }
+                return Ok(());
+            }
+            let mut checked = Vec::with_capacity(ws.len());
+            for ((w, b), o) in ws.iter().zip(outs.iter()) {
+                check::product("linear_many", x, w, o)?;
+                checked.push(bias_ptr(w, *b)?);
+            }
+            let mut sc = self.scratch();
+            let xb = self.bf16_rows(x.buf.ptr, x.rows * x.cols, &mut sc)?;
+            for (((w, _), o), bias) in ws.iter().zip(outs.iter_mut()).zip(checked) {
+                o.rows = x.rows;
+                self.gemm_product(xb, x.rows, w, bias, o.buf.ptr, false, &mut sc)?;
             }
             return Ok(());
         }
@@ -193,16 +250,7 @@ impl CudaBackend {
                 row_bytes = *rb;
             }
             rows[i] = w.rows as i32;
-            biases[i] = match b.map(|b| &b.store) {
-                None => 0,
-                Some(CudaWeight::F32(v)) if v.bytes == w.rows * 4 => v.ptr,
-                Some(_) => {
-                    return Err(shape_err(
-                        "linear_many",
-                        format!("bias is not a vector of {}", w.rows),
-                    ))
-                }
-            };
+            biases[i] = bias_ptr(w, *b)?.unwrap_or(0);
             optrs[i] = o.buf.ptr;
             o.rows = x.rows;
         }

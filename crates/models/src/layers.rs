@@ -4,7 +4,8 @@
 use crate::config::{Arch, ModelConfig};
 use crate::loader::{LoadError, Loader};
 use suanli_backend::{
-    Act, AttnMeta, Backend, BackendError, BatchPlan, KvDType, KvPages, KvSpec, RopeParams, Weight,
+    Act, AttnMeta, Backend, BackendError, BatchPlan, KvDType, KvPages, KvSpec, MlpScratch,
+    RopeParams, Weight,
 };
 use suanli_formats::ModelSource;
 
@@ -342,6 +343,21 @@ impl<B: Backend> Model<B> {
             )?;
             // MLP block.
             b.rms_norm(&s.x, &layer.mlp_norm, c.rms_norm_eps, &mut s.h)?;
+            let Some(out_norm) = &layer.post_mlp_out_norm else {
+                let scratch = MlpScratch {
+                    g: &mut s.gate,
+                    u: &mut s.up,
+                    act: &mut s.act,
+                    out: &mut s.o,
+                };
+                b.mlp(
+                    &s.h,
+                    [&layer.gate, &layer.up, &layer.down],
+                    scratch,
+                    &mut s.x,
+                )?;
+                continue;
+            };
             b.gated_linear(
                 &s.h,
                 &layer.gate,
@@ -355,7 +371,7 @@ impl<B: Backend> Model<B> {
                 &s.act,
                 &layer.down,
                 [&mut s.x, &mut s.o, &mut s.h],
-                layer.post_mlp_out_norm.as_ref(),
+                Some(out_norm),
                 c.rms_norm_eps,
             )?;
         }

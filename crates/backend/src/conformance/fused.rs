@@ -1,10 +1,12 @@
-//! The decoder block's fused steps — `linear_add`, `gated_linear`, `rope_write_kv` — against f64
-//! references of what they fuse, so that a backend's fused kernels meet the same bounds as the
-//! separate ops.
+//! The decoder block's fused steps — `linear_add`, `gated_linear`, `mlp`, `rope_write_kv` —
+//! against f64 references of what they fuse, so that a backend's fused kernels meet the same
+//! bounds as the separate ops.
 
 use super::{act, attention_tol, dequantized, linear_tol, r, random_weight, record, weight};
 use super::{Report, Rng};
-use crate::{AttnMeta, AttnSeq, Backend, KvDType, KvSpec, RopeParams, RopeStyle, WeightRole};
+use crate::{
+    AttnMeta, AttnSeq, Backend, KvDType, KvSpec, MlpScratch, RopeParams, RopeStyle, WeightRole,
+};
 use suanli_core::DType;
 
 /// Decode (1 row), a small batch (5) and a prefill-sized batch (17: a GPU's GEMM path).
@@ -89,6 +91,99 @@ pub fn check_gated_linear<B: Backend>(b: &B, ty: DType, rng: &mut Rng, rep: &mut
         })();
         let case = format!("{ty} {n}x{cols} · gate, up [{rows},{cols}]");
         record(rep, "gated_linear", case, linear_tol(ty), got);
+    }
+}
+
+/// acc + down · (silu(x · gateᵀ) ⊙ (x · upᵀ)) against f64. Output r's error is divided by
+/// ‖down_r‖ · (‖h‖ + ‖hb‖), h the f64 middle and hb its elements' bounds as in
+/// `check_gated_linear`: what the down product's own bound and the middle's error can give.
+pub fn check_mlp<B: Backend>(b: &B, ty: DType, rng: &mut Rng, rep: &mut Report) {
+    let (hidden, ff) = (256, 512);
+    let norm = |v: &[f32]| v.iter().map(|&a| (a as f64).powi(2)).sum::<f64>().sqrt();
+    let dot =
+        |a: &[f32], b: &[f32]| -> f64 { a.iter().zip(b).map(|(&p, &q)| p as f64 * q as f64).sum() };
+    let silu = |g: f64| g / (1.0 + (-g).exp());
+    for n in ROWS {
+        let (gb, ub, db) = (
+            random_weight(ty, ff, hidden, rng),
+            random_weight(ty, ff, hidden, rng),
+            random_weight(ty, hidden, ff, rng),
+        );
+        let (gf, uf, df) = (
+            dequantized(ty, &gb, ff, hidden),
+            dequantized(ty, &ub, ff, hidden),
+            dequantized(ty, &db, hidden, ff),
+        );
+        let x = rng.normals(n * hidden, 0.3);
+        let acc0 = rng.normals(n * hidden, 4.0);
+        let mut own = f64::INFINITY;
+        let got = (|| {
+            let gate = weight(b, "gate", ty, ff, hidden, WeightRole::Matrix, gb)?;
+            let up = weight(b, "up", ty, ff, hidden, WeightRole::Matrix, ub)?;
+            let down = weight(b, "down", ty, hidden, ff, WeightRole::Matrix, db)?;
+            let xa = act(b, &x, n, hidden)?;
+            let (mut g, mut u, mut a, mut o) = (
+                b.alloc_act(n, ff)?,
+                b.alloc_act(n, ff)?,
+                b.alloc_act(n, ff)?,
+                b.alloc_act(n, hidden)?,
+            );
+            let mut acc = act(b, &acc0, n, hidden)?;
+            let s = MlpScratch {
+                g: &mut g,
+                u: &mut u,
+                act: &mut a,
+                out: &mut o,
+            };
+            b.mlp(&xa, [&gate, &up, &down], s, &mut acc)?;
+            let got = b.download(&acc)?;
+            if got.len() != n * hidden {
+                return Ok(f64::INFINITY);
+            }
+            // The same through the backend's own separate ops: a fused path that dropped a
+            // step would stay under the loose bound below but not near its own definition.
+            let mut acc2 = act(b, &acc0, n, hidden)?;
+            b.gated_linear(&xa, &gate, &up, &mut g, &mut u, &mut a)?;
+            b.linear_add(&a, &down, &mut o, &mut acc2)?;
+            let sep = b.download(&acc2)?;
+            let added =
+                |v: &[f32]| -> Vec<f32> { v.iter().zip(&acc0).map(|(g, a)| g - a).collect() };
+            own = r::rel_max_error(&added(&got), &added(&sep));
+            let mut worst = 0f64;
+            for t in 0..n {
+                let xt = &x[t * hidden..][..hidden];
+                let (mut h, mut hb) = (vec![0f64; ff], vec![0f64; ff]);
+                for i in 0..ff {
+                    let (gr, ur) = (&gf[i * hidden..][..hidden], &uf[i * hidden..][..hidden]);
+                    let (gv, uv) = (dot(gr, xt), dot(ur, xt));
+                    h[i] = silu(gv) * uv;
+                    hb[i] = (1.1 * uv.abs() * norm(gr) + silu(gv).abs() * norm(ur)) * norm(xt);
+                }
+                let l2 = |v: &[f64]| v.iter().map(|a| a * a).sum::<f64>().sqrt();
+                let scale = l2(&h) + l2(&hb);
+                for r in 0..hidden {
+                    let dr = &df[r * ff..][..ff];
+                    let want: f64 = dr.iter().zip(&h).map(|(&d, &v)| d as f64 * v).sum();
+                    let added = got[t * hidden + r] as f64 - acc0[t * hidden + r] as f64;
+                    let e = (added - want).abs() / (norm(dr) * scale).max(1e-30);
+                    worst = worst.max(if e.is_nan() { f64::INFINITY } else { e });
+                }
+            }
+            Ok(worst)
+        })();
+        let case = format!("{ty} {n}x{hidden} · gate, up [{ff},{hidden}], down [{hidden},{ff}]");
+        let ok = got.is_ok();
+        record(rep, "mlp", case.clone(), linear_tol(ty), got);
+        if ok {
+            // A bf16 middle (2^-9 relative) against f32 products: 1e-2 of the largest output.
+            record(
+                rep,
+                "mlp",
+                format!("{case}, vs its separate ops"),
+                1e-2,
+                Ok(own),
+            );
+        }
     }
 }
 

@@ -234,8 +234,27 @@ impl EmuDevice {
                     }
                     // SAFETY: C holds the batch's m × n block at this leading dimension.
                     unsafe {
-                        let c = (g.c as *mut f32).add(bi * g.stride_c + col * g.ldc + row);
-                        *c = g.alpha * s + if g.beta == 0.0 { 0.0 } else { g.beta * *c };
+                        let i = bi * g.stride_c + col * g.ldc + row;
+                        match g.c_elem {
+                            Elem::F32 => {
+                                let c = (g.c as *mut f32).add(i);
+                                *c = g.alpha * s + if g.beta == 0.0 { 0.0 } else { g.beta * *c };
+                            }
+                            Elem::BF16 => {
+                                let c = (g.c as *mut u16).add(i);
+                                let old = half::bf16::from_bits(*c).to_f32();
+                                let v =
+                                    g.alpha * s + if g.beta == 0.0 { 0.0 } else { g.beta * old };
+                                *c = half::bf16::from_f32(v).to_bits();
+                            }
+                            Elem::F16 => {
+                                let c = (g.c as *mut u16).add(i);
+                                let old = half::f16::from_bits(*c).to_f32();
+                                let v =
+                                    g.alpha * s + if g.beta == 0.0 { 0.0 } else { g.beta * old };
+                                *c = half::f16::from_f32(v).to_bits();
+                            }
+                        }
                     };
                 }
             }
