@@ -44,7 +44,7 @@ PY
 : > "$log.json"
 say "== benchmarks (bf16 unless named; decode: 128 tokens; prefill: 2048 tokens; batch 32: 128-token prompts, 128 new tokens)"
 bench "qwen2.5-0.5b bf16"      --random qwen2.5-0.5b --prompt-tokens 2048 --batch 2048 --gen-tokens 128 --repetitions 3 --parallel 32
-# The same with the decoder block's separate kernels (decode: 13 a layer instead of 8; prefill:
+# The same with the decoder block's separate kernels (decode: 13 a layer instead of 6; prefill:
 # the MLP's middle in f32 instead of bf16).
 ( export SUANLI_CUDA_FUSED=0; bench "qwen2.5-0.5b bf16 unfused" --random qwen2.5-0.5b --prompt-tokens 128 --batch 128 --gen-tokens 128 --repetitions 3 )
 ( export SUANLI_CUDA_FUSED=0; bench "qwen2.5-7b bf16 unfused" --random qwen2.5-7b --prompt-tokens 2048 --batch 2048 --gen-tokens 8 --repetitions 2 )

@@ -98,6 +98,7 @@ pub fn run<B: Backend>(b: &B) -> Report {
         fused::check_linear_add(b, ty, &mut rng, &mut rep);
         fused::check_gated_linear(b, ty, &mut rng, &mut rep);
         fused::check_mlp(b, ty, &mut rng, &mut rep);
+        fused::check_norm_linear_many(b, ty, &mut rng, &mut rep);
     }
     for k in [1, 40, 256] {
         sampling::check_top_logits(b, k, &mut rng, &mut rep);

@@ -231,9 +231,13 @@ pub struct AttnMeta<'a> {
     pub scale: f32,
 }
 
-/// Scratch for `Backend::mlp`: `[n, intermediate]` for the gate and up products and their
-/// product, `[n, hidden]` for the down product.
+/// A matrix and its optional bias (`linear_many`).
+pub type Product<'a, W> = (&'a Weight<W>, Option<&'a Weight<W>>);
+
+/// Scratch for `Backend::mlp`: `[n, hidden]` for the normed input and the down product,
+/// `[n, intermediate]` for the gate and up products and their product.
 pub struct MlpScratch<'a, B> {
+    pub normed: &'a mut Act<B>,
     pub g: &'a mut Act<B>,
     pub u: &'a mut Act<B>,
     pub act: &'a mut Act<B>,
@@ -292,10 +296,7 @@ pub trait Backend: Send + Sync + 'static {
     fn linear_many(
         &self,
         x: &Act<Self::Buffer>,
-        ws: &[(
-            &Weight<Self::WeightStore>,
-            Option<&Weight<Self::WeightStore>>,
-        )],
+        ws: &[Product<'_, Self::WeightStore>],
         outs: &mut [&mut Act<Self::Buffer>],
     ) -> Result<()> {
         if ws.len() != outs.len() {
@@ -369,17 +370,31 @@ pub trait Backend: Send + Sync + 'static {
         self.linear_many(x, &[(gate, None), (up, None)], &mut [&mut *g, &mut *u])?;
         self.silu_mul(g, u, out)
     }
-    /// acc += silu(x · gateᵀ) * (x · upᵀ) · downᵀ: the gated MLP folded into the residual
-    /// stream. `s` is scratch the backend may use.
+    /// The MLP block: x += silu(n · gateᵀ) * (n · upᵀ) · downᵀ with n = rms_norm(x) by `norm`
+    /// (weight, eps). `s` is scratch the backend may use.
     fn mlp(
         &self,
-        x: &Act<Self::Buffer>,
+        x: &mut Act<Self::Buffer>,
+        norm: (&Weight<Self::WeightStore>, f32),
         [gate, up, down]: [&Weight<Self::WeightStore>; 3],
         s: MlpScratch<'_, Self::Buffer>,
-        acc: &mut Act<Self::Buffer>,
     ) -> Result<()> {
-        self.gated_linear(x, gate, up, s.g, s.u, s.act)?;
-        self.linear_add(s.act, down, s.out, acc)
+        self.rms_norm(x, norm.0, norm.1, s.normed)?;
+        self.gated_linear(s.normed, gate, up, s.g, s.u, s.act)?;
+        self.linear_add(s.act, down, s.out, x)
+    }
+    /// `linear_many` of rms_norm(x) by `norm` (weight, eps): the attention block's input norm and
+    /// Q/K/V products. `h` (x's shape) is scratch the backend may use.
+    fn norm_linear_many(
+        &self,
+        x: &Act<Self::Buffer>,
+        norm: (&Weight<Self::WeightStore>, f32),
+        ws: &[Product<'_, Self::WeightStore>],
+        outs: &mut [&mut Act<Self::Buffer>],
+        h: &mut Act<Self::Buffer>,
+    ) -> Result<()> {
+        self.rms_norm(x, norm.0, norm.1, h)?;
+        self.linear_many(h, ws, outs)
     }
     /// Rotary embedding of q and k in place, then k and v into their slots of layer `layer`:
     /// everything between the Q/K/V products and attention.

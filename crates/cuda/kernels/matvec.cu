@@ -12,9 +12,9 @@
 #define MV_MAX_TOKENS 8
 #define MV_MAX_WARPS 16
 // Launch bounds by type (pasted from the kernel's name): float rows go 4 warps a block; quantized
-// ones up to 16, with one resident block asked for — without it ptxas trades registers for
-// occupancy and spills.
-#define MV_BOUNDS_f32 128
+// ones up to 16. Where a minimum of resident blocks is given, without it ptxas trades registers
+// for occupancy and spills (f32 matrices — tiny test models — may take many registers).
+#define MV_BOUNDS_f32 128, 2
 #define MV_BOUNDS_f16 128
 #define MV_BOUNDS_bf16 128
 #define MV_BOUNDS_Q MV_MAX_WARPS * 32, 1
@@ -28,13 +28,23 @@
 #define MV_BOUNDS_q6_k MV_BOUNDS_Q
 
 // Float rows: lane-contiguous 16-byte loads at element 8·lane + 256·i (see Vec8).
+// With `norm` (an RMS norm's weight), the weights are dotted times it (the caller scales by the
+// rows' inverse RMS): the norm of the products' input folded into them.
 template <int T> struct FloatRowDot {
-    DEV void run(const u8* __restrict__ row, int cols, const float* __restrict__ x, int nt, float* acc) {
+    DEV void run(const u8* __restrict__ row, int cols, const float* __restrict__ x, int nt, float* acc,
+                 const float* __restrict__ norm) {
         int lane = threadIdx.x & 31;
-#pragma unroll 4
+        // f32 rows load twice the bytes per step: half the unrolling keeps them out of spills.
+#pragma unroll(T == T_F32 ? 2 : 4)
         for (int e = lane * 8; e < cols; e += 256) {
             float v[8];
             Vec8<T>::load(row, e, v);
+            if (norm) {
+                const float4* np = (const float4*)(norm + e);
+                float4 a = __ldg(np), b = __ldg(np + 1);
+                v[0] *= a.x; v[1] *= a.y; v[2] *= a.z; v[3] *= a.w;
+                v[4] *= b.x; v[5] *= b.y; v[6] *= b.z; v[7] *= b.w;
+            }
 #pragma unroll
             for (int t = 0; t < MV_MAX_TOKENS; t++) {
                 if (t < nt) {
@@ -56,13 +66,16 @@ struct XTile {
     float d[MVQ_TILE], s[MVQ_TILE];
 };
 
-// Units [u0, u0 + tu) of every token's row of x into the tile (item t·tu + u): a warp per unit,
-// a lane per value; d = amax / 127, q = round(x / d) (to nearest, by the 1.5·2^23 addition).
-DEV void quantize_tile(const float* __restrict__ x, int cols, int nt, int u0, int tu, XTile& sm) {
+// Units [u0, u0 + tu) of every token's row of x (times `norm`, when given) into the tile (item
+// t·tu + u): a warp per unit, a lane per value; d = amax / 127, q = round(x / d) (to nearest, by
+// the 1.5·2^23 addition).
+DEV void quantize_tile(const float* __restrict__ x, int cols, int nt, int u0, int tu, XTile& sm,
+                       const float* __restrict__ norm) {
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
     for (int i = warp; i < nt * tu; i += nw) {
-        int t = i / tu, u = i % tu;
-        float v = __ldg(x + (u64)t * cols + (u64)(u0 + u) * 32 + lane);
+        int t = i / tu, u = i % tu, col = (u0 + u) * 32 + lane;
+        float v = __ldg(x + (u64)t * cols + col);
+        if (norm) v *= __ldg(norm + col);
         float amax = warp_max(fabsf(v));
         float id = amax > 0.0f ? 127.0f / amax : 0.0f;
         int q = __float_as_int(v * id + 12582912.0f) - 0x4B400000;
@@ -97,10 +110,10 @@ DEV void qunit_dot(const u8* __restrict__ row, int unit, int u, int tu, int nt, 
 }
 
 // This lane's partial dots of rows r0 and, with NR = 2, r1 (either null: none) with each of the `nt`
-// activation rows. Quantized types: every thread of the block calls this (it synchronizes).
+// activation rows (times `norm` elementwise, when given). Quantized types: every thread of the block calls this (it synchronizes).
 template <int T, int NR>
 DEV void row_partials(const u8* __restrict__ r0, const u8* __restrict__ r1, int cols, const float* __restrict__ x,
-                      int nt, float* a0, float* a1) {
+                      int nt, float* a0, float* a1, const float* __restrict__ norm = nullptr) {
 #pragma unroll
     for (int t = 0; t < MV_MAX_TOKENS; t++) {
         a0[t] = 0.0f;
@@ -112,7 +125,7 @@ DEV void row_partials(const u8* __restrict__ r0, const u8* __restrict__ r1, int 
         for (int u0 = 0; u0 < units; u0 += per) {
             int tu = min(per, units - u0);
             __syncthreads();  // the last tile is read no more
-            quantize_tile(x, cols, nt, u0, tu, sm);
+            quantize_tile(x, cols, nt, u0, tu, sm, norm);
             __syncthreads();
             for (int u = lane; u < tu; u += 32) {
                 if (r0) qunit_dot<T>(r0, u0 + u, u, tu, nt, a0, sm);
@@ -120,9 +133,31 @@ DEV void row_partials(const u8* __restrict__ r0, const u8* __restrict__ r1, int 
             }
         }
     } else {
-        if (r0) FloatRowDot<T>::run(r0, cols, x, nt, a0);
-        if (NR == 2 && r1) FloatRowDot<T>::run(r1, cols, x, nt, a1);
+        if (r0) FloatRowDot<T>::run(r0, cols, x, nt, a0, norm);
+        if (NR == 2 && r1) FloatRowDot<T>::run(r1, cols, x, nt, a1, norm);
     }
+}
+
+// RMS norm folded into a launch: the inverse RMS of each of the nt rows of x into inv[] (shared,
+// as the rms_norm kernel computes it), every thread of the block taking part.
+DEV void rows_inv_rms(const float* __restrict__ x, int cols, int nt, float eps, float* inv, float* red) {
+    for (int t = 0; t < nt; t++) {
+        float ss = 0.0f;
+        for (int i = threadIdx.x; i < cols; i += blockDim.x) {
+            float v = x[(u64)t * cols + i];
+            ss += v * v;
+        }
+        ss = block_sum(ss, red);
+        if (threadIdx.x == 0) inv[t] = rsqrtf(ss / (float)cols + eps);
+    }
+    __syncthreads();
+}
+
+// acc[t] *= inv[t] when the launch folds a norm in.
+DEV void scale_rows(float* acc, int nt, const float* norm, const float* inv) {
+#pragma unroll
+    for (int t = 0; t < MV_MAX_TOKENS; t++)
+        if (norm && t < nt) acc[t] *= inv[t];
 }
 
 // Warp reduction and store of row r's outputs: + bias, or, with `accumulate`, added to what
@@ -154,10 +189,13 @@ DEV void matvec_impl(const u8* __restrict__ w, int rows, int cols, u64 row_bytes
 
 // Up to three products of the same input in one launch (Q/K/V, gate/up): the grid covers the
 // rows of all of them, each warp finds its matrix. Same type and columns for all.
+// With `norm`, the products are of rms_norm(x) · norm (the block's input norm, eps `eps`).
 template <int T>
 DEV void matvec3_impl(const u8* w0, const u8* w1, const u8* w2, int r0, int r1, int r2, int cols, u64 row_bytes,
                       const float* x, int nt, const float* b0, const float* b1, const float* b2, float* o0, float* o1,
-                      float* o2) {
+                      float* o2, const float* norm, float eps) {
+    __shared__ float inv[MV_MAX_TOKENS], red[32];
+    if (norm) rows_inv_rms(x, cols, nt, eps, inv, red);
     int r = warp_row();
     // This warp's matrix by selects (indexed arrays would live in local memory); what the
     // store needs is selected after the dot, so that it does not hold registers through it.
@@ -165,20 +203,27 @@ DEV void matvec3_impl(const u8* w0, const u8* w1, const u8* w2, int r0, int r1, 
     int rr = in0 ? r : in1 ? r - r0 : r - r0 - r1;
     const u8* w = in0 ? w0 : in1 ? w1 : w2;
     float acc[MV_MAX_TOKENS];
-    row_partials<T, 1>(live ? w + (u64)rr * row_bytes : nullptr, nullptr, cols, x, nt, acc, acc);
+    row_partials<T, 1>(live ? w + (u64)rr * row_bytes : nullptr, nullptr, cols, x, nt, acc, acc, norm);
+    scale_rows(acc, nt, norm, inv);
     if (live) store_row(acc, nt, in0 ? r0 : in1 ? r1 : r2, rr, in0 ? b0 : in1 ? b1 : b2, in0 ? o0 : in1 ? o1 : o2, 0);
 }
 
 // The gated MLP's first half: out = silu(x · gateᵀ) · (x · upᵀ), one warp per row r taking row
-// r of both matrices (same type and shape), so neither product is stored.
+// r of both matrices (same type and shape), so neither product is stored; with `norm`, of
+// rms_norm(x) · norm.
 template <int T>
 DEV void matvec_glu_impl(const u8* __restrict__ wg, const u8* __restrict__ wu, int rows, int cols, u64 row_bytes,
-                         const float* __restrict__ x, int nt, float* __restrict__ out) {
+                         const float* __restrict__ x, int nt, float* __restrict__ out, const float* __restrict__ norm,
+                         float eps) {
+    __shared__ float inv[MV_MAX_TOKENS], red[32];
+    if (norm) rows_inv_rms(x, cols, nt, eps, inv, red);
     int r = warp_row();
     bool live = r < rows;
     float g[MV_MAX_TOKENS], u[MV_MAX_TOKENS];
     row_partials<T, 2>(live ? wg + (u64)r * row_bytes : nullptr, live ? wu + (u64)r * row_bytes : nullptr, cols, x,
-                    nt, g, u);
+                       nt, g, u, norm);
+    scale_rows(g, nt, norm, inv);
+    scale_rows(u, nt, norm, inv);
     if (!live) return;
     int lane = threadIdx.x & 31;
 #pragma unroll
@@ -229,14 +274,14 @@ DEV void embed_impl(const u8* __restrict__ w, int rows, int cols, u64 row_bytes,
     }                                                                                                 \
     extern "C" __global__ void __launch_bounds__(MV_BOUNDS_##name) matvec_glu_##name(                  \
         const u8* wg, const u8* wu, int rows, int cols, u64 row_bytes, const float* x, int nt,       \
-        float* out) {                                                                                 \
-        matvec_glu_impl<T>(wg, wu, rows, cols, row_bytes, x, nt, out);                               \
+        float* out, const float* norm, float eps) {                                                   \
+        matvec_glu_impl<T>(wg, wu, rows, cols, row_bytes, x, nt, out, norm, eps);                    \
     }                                                                                                 \
     extern "C" __global__ void __launch_bounds__(MV_BOUNDS_##name) matvec3_##name(                     \
         const u8* w0, const u8* w1, const u8* w2, int r0, int r1, int r2, int cols, u64 row_bytes,   \
         const float* x, int nt, const float* b0, const float* b1, const float* b2, float* o0,        \
-        float* o1, float* o2) {                                                                       \
-        matvec3_impl<T>(w0, w1, w2, r0, r1, r2, cols, row_bytes, x, nt, b0, b1, b2, o0, o1, o2);     \
+        float* o1, float* o2, const float* norm, float eps) {                                         \
+        matvec3_impl<T>(w0, w1, w2, r0, r1, r2, cols, row_bytes, x, nt, b0, b1, b2, o0, o1, o2, norm, eps); \
     }                                                                                                 \
     extern "C" __global__ void dequant_bf16_##name(const u8* w, int rows, int cols, u64 row_bytes,   \
                                                    u16* out) {                                        \

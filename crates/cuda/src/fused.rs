@@ -54,6 +54,22 @@ impl CudaBackend {
         u: &mut Act<DevBuf>,
         out: &mut Act<DevBuf>,
     ) -> Result<()> {
+        if self.glu(x, None, [gate, up], out)? {
+            return Ok(());
+        }
+        self.products(x, &[(gate, None), (up, None)], &mut [&mut *g, &mut *u])?;
+        self.silu_mul(g, u, out)
+    }
+
+    /// `matvec_glu_*` into `out` — of rms_norm(x) by `norm` when given — if the batch and the
+    /// matrices allow it; `false` (nothing done) otherwise.
+    fn glu(
+        &self,
+        x: &Act<DevBuf>,
+        norm: Option<(&Weight<CudaWeight>, f32)>,
+        [gate, up]: [&Weight<CudaWeight>; 2],
+        out: &mut Act<DevBuf>,
+    ) -> Result<bool> {
         let (CudaWeight::Raw { buf: wg, row_bytes }, CudaWeight::Raw { buf: wu, .. }) =
             (&gate.store, &up.store)
         else {
@@ -67,10 +83,13 @@ impl CudaBackend {
             && gate.dtype == up.dtype
             && (gate.rows, gate.cols) == (up.rows, up.cols);
         if !fused {
-            self.products(x, &[(gate, None), (up, None)], &mut [&mut *g, &mut *u])?;
-            return self.silu_mul(g, u, out);
+            return Ok(false);
         }
         check::product("gated_linear", x, gate, out)?;
+        let (norm_w, eps) = match norm {
+            Some((w, eps)) => (Self::vector(w, x.cols, "rms_norm")?.ptr, eps),
+            None => (0, 0.0),
+        };
         out.rows = x.rows;
         let args = [
             wg.arg(),
@@ -81,19 +100,45 @@ impl CudaBackend {
             x.buf.arg(),
             Arg::I32(x.rows as i32),
             out.buf.arg(),
+            Arg::Ptr(norm_w),
+            Arg::F32(eps),
         ];
         let kernel = self.typed("matvec_glu", gate.dtype)?;
         let (grid, block) = matvec_geometry(gate.dtype, gate.rows, x.rows);
-        self.launch(&kernel, grid, block, &args)
+        self.launch(&kernel, grid, block, &args)?;
+        Ok(true)
+    }
+
+    /// Norm and Q/K/V products: one `matvec3_*` launch with the norm folded in for decode-sized
+    /// batches, else the norm into `h` and the products.
+    pub(crate) fn fused_norm_linear_many(
+        &self,
+        x: &Act<DevBuf>,
+        norm: (&Weight<CudaWeight>, f32),
+        ws: &[(&Weight<CudaWeight>, Option<&Weight<CudaWeight>>)],
+        outs: &mut [&mut Act<DevBuf>],
+        h: &mut Act<DevBuf>,
+    ) -> Result<()> {
+        if self.fused && Self::matvec3_fits(x, ws, outs) {
+            return self.matvec3(x, Some(norm), ws, outs);
+        }
+        self.rms_norm(x, norm.0, norm.1, h)?;
+        self.products(h, ws, outs)
     }
 
     pub(crate) fn fused_mlp(
         &self,
-        x: &Act<DevBuf>,
+        x: &mut Act<DevBuf>,
+        norm: (&Weight<CudaWeight>, f32),
         [gate, up, down]: [&Weight<CudaWeight>; 3],
         s: MlpScratch<'_, DevBuf>,
-        acc: &mut Act<DevBuf>,
     ) -> Result<()> {
+        // Decode-sized: the norm folded into the gate/up kernel, the down product added into x.
+        if self.glu(x, Some(norm), [gate, up], s.act)? {
+            return self.fused_linear_add(s.act, down, s.out, x);
+        }
+        self.rms_norm(x, norm.0, norm.1, s.normed)?;
+        let (acc, x) = (x, &*s.normed);
         let n = x.rows;
         let float32 = [gate, up, down].iter().any(|w| w.dtype == DType::F32);
         if n <= MATVEC_MAX_ROWS || !self.fused || float32 {

@@ -506,12 +506,23 @@ impl Backend for CudaBackend {
 
     fn mlp(
         &self,
-        x: &Act<DevBuf>,
+        x: &mut Act<DevBuf>,
+        norm: (&Weight<CudaWeight>, f32),
         w: [&Weight<CudaWeight>; 3],
         s: MlpScratch<'_, DevBuf>,
-        acc: &mut Act<DevBuf>,
     ) -> Result<()> {
-        self.fused_mlp(x, w, s, acc)
+        self.fused_mlp(x, norm, w, s)
+    }
+
+    fn norm_linear_many(
+        &self,
+        x: &Act<DevBuf>,
+        norm: (&Weight<CudaWeight>, f32),
+        ws: &[(&Weight<CudaWeight>, Option<&Weight<CudaWeight>>)],
+        outs: &mut [&mut Act<DevBuf>],
+        h: &mut Act<DevBuf>,
+    ) -> Result<()> {
+        self.fused_norm_linear_many(x, norm, ws, outs, h)
     }
 
     fn rope_write_kv(

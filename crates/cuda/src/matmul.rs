@@ -204,7 +204,41 @@ impl CudaBackend {
         ws: &[(&Weight<CudaWeight>, Option<&Weight<CudaWeight>>)],
         outs: &mut [&mut Act<DevBuf>],
     ) -> Result<()> {
-        let fused = (2..=3).contains(&ws.len())
+        if Self::matvec3_fits(x, ws, outs) {
+            return self.matvec3(x, None, ws, outs);
+        }
+        // Large batches: the activations converted to bf16 once for all the products.
+        let shared = x.rows > MATVEC_MAX_ROWS
+            && ws.len() == outs.len()
+            && ws.iter().all(|(w, _)| w.dtype != DType::F32);
+        if !shared {
+            for ((w, b), o) in ws.iter().zip(outs.iter_mut()) {
+                self.linear(x, w, *b, o)?;
+            }
+            return Ok(());
+        }
+        let mut checked = Vec::with_capacity(ws.len());
+        for ((w, b), o) in ws.iter().zip(outs.iter()) {
+            check::product("linear_many", x, w, o)?;
+            checked.push(bias_ptr(w, *b)?);
+        }
+        let mut sc = self.scratch();
+        let xb = self.bf16_rows(x.buf.ptr, x.rows * x.cols, &mut sc)?;
+        for (((w, _), o), bias) in ws.iter().zip(outs.iter_mut()).zip(checked) {
+            o.rows = x.rows;
+            self.gemm_product(xb, x.rows, w, bias, o.buf.ptr, false, &mut sc)?;
+        }
+        Ok(())
+    }
+
+    /// Whether `matvec3` takes these: two or three decode-sized products of one input with
+    /// matrices of one type and width.
+    pub(crate) fn matvec3_fits(
+        x: &Act<DevBuf>,
+        ws: &[(&Weight<CudaWeight>, Option<&Weight<CudaWeight>>)],
+        outs: &[&mut Act<DevBuf>],
+    ) -> bool {
+        (2..=3).contains(&ws.len())
             && ws.len() == outs.len()
             && x.rows <= MATVEC_MAX_ROWS
             && x.rows > 0
@@ -216,31 +250,21 @@ impl CudaBackend {
             && ws
                 .iter()
                 .zip(outs.iter())
-                .all(|((w, _), o)| o.cols == w.rows && o.capacity >= x.rows);
-        if !fused {
-            // Large batches: the activations converted to bf16 once for all the products.
-            let shared = x.rows > MATVEC_MAX_ROWS
-                && ws.len() == outs.len()
-                && ws.iter().all(|(w, _)| w.dtype != DType::F32);
-            if !shared {
-                for ((w, b), o) in ws.iter().zip(outs.iter_mut()) {
-                    self.linear(x, w, *b, o)?;
-                }
-                return Ok(());
-            }
-            let mut checked = Vec::with_capacity(ws.len());
-            for ((w, b), o) in ws.iter().zip(outs.iter()) {
-                check::product("linear_many", x, w, o)?;
-                checked.push(bias_ptr(w, *b)?);
-            }
-            let mut sc = self.scratch();
-            let xb = self.bf16_rows(x.buf.ptr, x.rows * x.cols, &mut sc)?;
-            for (((w, _), o), bias) in ws.iter().zip(outs.iter_mut()).zip(checked) {
-                o.rows = x.rows;
-                self.gemm_product(xb, x.rows, w, bias, o.buf.ptr, false, &mut sc)?;
-            }
-            return Ok(());
-        }
+                .all(|((w, _), o)| o.cols == w.rows && o.capacity >= x.rows)
+    }
+
+    /// The products `matvec3_fits` accepts as one launch — of rms_norm(x) by `norm` when given.
+    pub(crate) fn matvec3(
+        &self,
+        x: &Act<DevBuf>,
+        norm: Option<(&Weight<CudaWeight>, f32)>,
+        ws: &[(&Weight<CudaWeight>, Option<&Weight<CudaWeight>>)],
+        outs: &mut [&mut Act<DevBuf>],
+    ) -> Result<()> {
+        let (norm_w, eps) = match norm {
+            Some((w, eps)) => (Self::vector(w, x.cols, "rms_norm")?.ptr, eps),
+            None => (0, 0.0),
+        };
         let (mut ptrs, mut rows, mut biases, mut optrs) =
             ([0u64; 3], [0i32; 3], [0u64; 3], [0u64; 3]);
         let mut row_bytes = 0;
@@ -265,6 +289,7 @@ impl CudaBackend {
         ]);
         args.extend(biases.iter().map(|&p| Arg::Ptr(p)));
         args.extend(optrs.iter().map(|&p| Arg::Ptr(p)));
+        args.extend([Arg::Ptr(norm_w), Arg::F32(eps)]);
         let (grid, block) = matvec_geometry(ws[0].0.dtype, total, x.rows);
         self.launch(&self.typed("matvec3", ws[0].0.dtype)?, grid, block, &args)
     }

@@ -308,15 +308,16 @@ impl<B: Backend> Model<B> {
         b.embed(&self.embed, &plan.tokens, &mut s.x)?;
         for (i, layer) in self.layers.iter().enumerate() {
             // Attention block.
-            b.rms_norm(&s.x, &layer.input_norm, c.rms_norm_eps, &mut s.h)?;
-            b.linear_many(
-                &s.h,
+            b.norm_linear_many(
+                &s.x,
+                (&layer.input_norm, c.rms_norm_eps),
                 &[
                     (&layer.q, layer.q_bias.as_ref()),
                     (&layer.k, layer.k_bias.as_ref()),
                     (&layer.v, layer.v_bias.as_ref()),
                 ],
                 &mut [&mut s.q, &mut s.k, &mut s.v],
+                &mut s.h,
             )?;
             if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
                 b.rms_norm_groups(&mut s.q, qn, c.rms_norm_eps)?;
@@ -341,23 +342,25 @@ impl<B: Backend> Model<B> {
                 layer.post_attn_out_norm.as_ref(),
                 c.rms_norm_eps,
             )?;
-            // MLP block.
-            b.rms_norm(&s.x, &layer.mlp_norm, c.rms_norm_eps, &mut s.h)?;
+            // MLP block (GLM-4 norms its output before the residual add: separate steps).
             let Some(out_norm) = &layer.post_mlp_out_norm else {
                 let scratch = MlpScratch {
+                    normed: &mut s.h,
                     g: &mut s.gate,
                     u: &mut s.up,
                     act: &mut s.act,
                     out: &mut s.o,
                 };
+                let norm = (&layer.mlp_norm, c.rms_norm_eps);
                 b.mlp(
-                    &s.h,
+                    &mut s.x,
+                    norm,
                     [&layer.gate, &layer.up, &layer.down],
                     scratch,
-                    &mut s.x,
                 )?;
                 continue;
             };
+            b.rms_norm(&s.x, &layer.mlp_norm, c.rms_norm_eps, &mut s.h)?;
             b.gated_linear(
                 &s.h,
                 &layer.gate,

@@ -1,6 +1,6 @@
-//! The decoder block's fused steps — `linear_add`, `gated_linear`, `mlp`, `rope_write_kv` —
-//! against f64 references of what they fuse, so that a backend's fused kernels meet the same
-//! bounds as the separate ops.
+//! The decoder block's fused steps — `linear_add`, `gated_linear`, `mlp`, `norm_linear_many`,
+//! `rope_write_kv` — against f64 references of what they fuse, so that a backend's fused
+//! kernels meet the same bounds as the separate ops.
 
 use super::{act, attention_tol, dequantized, linear_tol, r, random_weight, record, weight};
 use super::{Report, Rng};
@@ -94,11 +94,14 @@ pub fn check_gated_linear<B: Backend>(b: &B, ty: DType, rng: &mut Rng, rep: &mut
     }
 }
 
-/// acc + down · (silu(x · gateᵀ) ⊙ (x · upᵀ)) against f64. Output r's error is divided by
-/// ‖down_r‖ · (‖h‖ + ‖hb‖), h the f64 middle and hb its elements' bounds as in
-/// `check_gated_linear`: what the down product's own bound and the middle's error can give.
+/// The MLP block, x + down · (silu(n · gateᵀ) ⊙ (n · upᵀ)) with n = rms_norm(x), against f64.
+/// Output r's error is divided by ‖down_r‖ · (‖h‖ + ‖hb‖), h the f64 middle and hb its
+/// elements' bounds as in `check_gated_linear`: what the down product's own bound and the
+/// middle's error can give. Also against the backend's own separate ops (rms_norm,
+/// gated_linear, linear_add): a fused path that dropped a step could stay under that loose bound
+/// but not near its own definition.
 pub fn check_mlp<B: Backend>(b: &B, ty: DType, rng: &mut Rng, rep: &mut Report) {
-    let (hidden, ff) = (256, 512);
+    let (hidden, ff, eps) = (256, 512, 1e-6f32);
     let norm = |v: &[f32]| v.iter().map(|&a| (a as f64).powi(2)).sum::<f64>().sqrt();
     let dot =
         |a: &[f32], b: &[f32]| -> f64 { a.iter().zip(b).map(|(&p, &q)| p as f64 * q as f64).sum() };
@@ -114,44 +117,52 @@ pub fn check_mlp<B: Backend>(b: &B, ty: DType, rng: &mut Rng, rep: &mut Report) 
             dequantized(ty, &ub, ff, hidden),
             dequantized(ty, &db, hidden, ff),
         );
-        let x = rng.normals(n * hidden, 0.3);
-        let acc0 = rng.normals(n * hidden, 4.0);
+        let nw = rng.normals(hidden, 0.3);
+        let x0 = rng.normals(n * hidden, 4.0);
+        let nx = r::rms_norm(&x0, &nw, hidden, eps);
         let mut own = f64::INFINITY;
         let got = (|| {
             let gate = weight(b, "gate", ty, ff, hidden, WeightRole::Matrix, gb)?;
             let up = weight(b, "up", ty, ff, hidden, WeightRole::Matrix, ub)?;
             let down = weight(b, "down", ty, hidden, ff, WeightRole::Matrix, db)?;
-            let xa = act(b, &x, n, hidden)?;
-            let (mut g, mut u, mut a, mut o) = (
+            let nwt = weight(
+                b,
+                "norm",
+                DType::F32,
+                1,
+                hidden,
+                WeightRole::Vector,
+                r::f32_bytes(&nw),
+            )?;
+            let (mut h, mut g, mut u, mut a, mut o) = (
+                b.alloc_act(n, hidden)?,
                 b.alloc_act(n, ff)?,
                 b.alloc_act(n, ff)?,
                 b.alloc_act(n, ff)?,
                 b.alloc_act(n, hidden)?,
             );
-            let mut acc = act(b, &acc0, n, hidden)?;
+            let mut x = act(b, &x0, n, hidden)?;
             let s = MlpScratch {
+                normed: &mut h,
                 g: &mut g,
                 u: &mut u,
                 act: &mut a,
                 out: &mut o,
             };
-            b.mlp(&xa, [&gate, &up, &down], s, &mut acc)?;
-            let got = b.download(&acc)?;
+            b.mlp(&mut x, (&nwt, eps), [&gate, &up, &down], s)?;
+            let got = b.download(&x)?;
             if got.len() != n * hidden {
                 return Ok(f64::INFINITY);
             }
-            // The same through the backend's own separate ops: a fused path that dropped a
-            // step would stay under the loose bound below but not near its own definition.
-            let mut acc2 = act(b, &acc0, n, hidden)?;
-            b.gated_linear(&xa, &gate, &up, &mut g, &mut u, &mut a)?;
-            b.linear_add(&a, &down, &mut o, &mut acc2)?;
-            let sep = b.download(&acc2)?;
-            let added =
-                |v: &[f32]| -> Vec<f32> { v.iter().zip(&acc0).map(|(g, a)| g - a).collect() };
-            own = r::rel_max_error(&added(&got), &added(&sep));
+            let mut x2 = act(b, &x0, n, hidden)?;
+            b.rms_norm(&x2, &nwt, eps, &mut h)?;
+            b.gated_linear(&h, &gate, &up, &mut g, &mut u, &mut a)?;
+            b.linear_add(&a, &down, &mut o, &mut x2)?;
+            let added = |v: &[f32]| -> Vec<f32> { v.iter().zip(&x0).map(|(g, a)| g - a).collect() };
+            own = r::rel_max_error(&added(&got), &added(&b.download(&x2)?));
             let mut worst = 0f64;
             for t in 0..n {
-                let xt = &x[t * hidden..][..hidden];
+                let xt = &nx[t * hidden..][..hidden];
                 let (mut h, mut hb) = (vec![0f64; ff], vec![0f64; ff]);
                 for i in 0..ff {
                     let (gr, ur) = (&gf[i * hidden..][..hidden], &uf[i * hidden..][..hidden]);
@@ -164,7 +175,7 @@ pub fn check_mlp<B: Backend>(b: &B, ty: DType, rng: &mut Rng, rep: &mut Report) 
                 for r in 0..hidden {
                     let dr = &df[r * ff..][..ff];
                     let want: f64 = dr.iter().zip(&h).map(|(&d, &v)| d as f64 * v).sum();
-                    let added = got[t * hidden + r] as f64 - acc0[t * hidden + r] as f64;
+                    let added = got[t * hidden + r] as f64 - x0[t * hidden + r] as f64;
                     let e = (added - want).abs() / (norm(dr) * scale).max(1e-30);
                     worst = worst.max(if e.is_nan() { f64::INFINITY } else { e });
                 }
@@ -184,6 +195,67 @@ pub fn check_mlp<B: Backend>(b: &B, ty: DType, rng: &mut Rng, rep: &mut Report) 
                 Ok(own),
             );
         }
+    }
+}
+
+/// Q/K/V-like products (128, 32, 32 rows, biases) of rms_norm(x) against the f64 products of
+/// the f64-normed rows, relative to ‖w_r‖·‖n_t‖ as for `linear`.
+pub fn check_norm_linear_many<B: Backend>(b: &B, ty: DType, rng: &mut Rng, rep: &mut Report) {
+    let (cols, eps) = (512, 1e-6f32);
+    let shapes = [128usize, 32, 32];
+    for n in ROWS {
+        let x = rng.normals(n * cols, 3.0);
+        let nw = rng.normals(cols, 1.0);
+        let nx = r::rms_norm(&x, &nw, cols, eps);
+        let parts: Vec<(Vec<u8>, Vec<f32>)> = shapes
+            .iter()
+            .map(|&rows| (random_weight(ty, rows, cols, rng), rng.normals(rows, 0.5)))
+            .collect();
+        let got = (|| {
+            let nwt = weight(
+                b,
+                "norm",
+                DType::F32,
+                1,
+                cols,
+                WeightRole::Vector,
+                r::f32_bytes(&nw),
+            )?;
+            let mut ws = Vec::new();
+            for (&rows, (wb, bias)) in shapes.iter().zip(&parts) {
+                let bias = weight(
+                    b,
+                    "b",
+                    DType::F32,
+                    1,
+                    rows,
+                    WeightRole::Vector,
+                    r::f32_bytes(bias),
+                )?;
+                ws.push((
+                    weight(b, "w", ty, rows, cols, WeightRole::Matrix, wb.clone())?,
+                    bias,
+                ));
+            }
+            let xa = act(b, &x, n, cols)?;
+            let mut h = b.alloc_act(n, cols)?;
+            let mut outs = Vec::new();
+            for &rows in &shapes {
+                outs.push(b.alloc_act(n, rows)?);
+            }
+            let refs: Vec<_> = ws.iter().map(|(w, bias)| (w, Some(bias))).collect();
+            let mut out_refs: Vec<_> = outs.iter_mut().collect();
+            b.norm_linear_many(&xa, (&nwt, eps), &refs, &mut out_refs, &mut h)?;
+            let mut worst = 0f64;
+            for ((&rows, (wb, bias)), o) in shapes.iter().zip(&parts).zip(&outs) {
+                let wf = dequantized(ty, wb, rows, cols);
+                let e = r::linear_error(&nx, &wf, Some(bias), rows, cols, &b.download(o)?);
+                worst = worst.max(e);
+            }
+            Ok(worst)
+        })();
+        let case = format!("{ty} rms_norm({n}x{cols}) · q/k/v 128,32,32 + bias");
+        record(rep, "norm_linear_many", case, linear_tol(ty), got);
     }
 }
 
