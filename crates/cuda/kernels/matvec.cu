@@ -1,6 +1,7 @@
-// x · wᵀ for up to MV_MAX_TOKENS rows of x (decode and small batches): one warp per weight row,
-// its lanes taking the row's pieces in turn, dequantized in registers and dotted with every
-// token's activations, so the weights are read from memory exactly once.
+// x · wᵀ for up to MV_MAX_TOKENS rows of x (decode and small batches): one warp per weight row
+// (or 2 or 4 sharing one, for matrices of few rows), its lanes taking the row's pieces in turn,
+// dequantized in registers and dotted with every token's activations, so the weights are read
+// from memory exactly once.
 //
 // Float rows (f32, f16, bf16) are dotted in f32 with 16-byte loads. Quantized rows are dotted in
 // integers: the block's threads first quantize the activations to 8 bits per 32 values in shared
@@ -12,11 +13,13 @@
 #define MV_MAX_TOKENS 8
 #define MV_MAX_WARPS 16
 // Launch bounds by type (pasted from the kernel's name): float rows go 4 warps a block; quantized
-// ones up to 16. Where a minimum of resident blocks is given, without it ptxas trades registers
-// for occupancy and spills (f32 matrices — tiny test models — may take many registers).
+// ones up to 16. The minimum of resident blocks sets ptxas's register budget: without one it
+// trades registers for occupancy and spills (bf16/f16: 108–124 registers, 4 blocks of 4 warps an
+// SM, each lane with four 16-byte weight loads in flight; f32 matrices — tiny test models — may
+// take more).
 #define MV_BOUNDS_f32 128, 2
-#define MV_BOUNDS_f16 128
-#define MV_BOUNDS_bf16 128
+#define MV_BOUNDS_f16 128, 4
+#define MV_BOUNDS_bf16 128, 4
 #define MV_BOUNDS_Q MV_MAX_WARPS * 32, 1
 #define MV_BOUNDS_q4_0 MV_BOUNDS_Q
 #define MV_BOUNDS_q4_1 MV_BOUNDS_Q
@@ -32,11 +35,11 @@
 // rows' inverse RMS): the norm of the products' input folded into them.
 template <int T> struct FloatRowDot {
     DEV void run(const u8* __restrict__ row, int cols, const float* __restrict__ x, int nt, float* acc,
-                 const float* __restrict__ norm) {
+                 const float* __restrict__ norm, int part, int wpr) {
         int lane = threadIdx.x & 31;
         // f32 rows load twice the bytes per step: half the unrolling keeps them out of spills.
 #pragma unroll(T == T_F32 ? 2 : 4)
-        for (int e = lane * 8; e < cols; e += 256) {
+        for (int e = (part * 32 + lane) * 8; e < cols; e += 256 * wpr) {
             float v[8];
             Vec8<T>::load(row, e, v);
             if (norm) {
@@ -109,11 +112,13 @@ DEV void qunit_dot(const u8* __restrict__ row, int unit, int u, int tu, int nt, 
     }
 }
 
-// This lane's partial dots of rows r0 and, with NR = 2, r1 (either null: none) with each of the `nt`
-// activation rows (times `norm` elementwise, when given). Quantized types: every thread of the block calls this (it synchronizes).
+// This lane's partial dots of rows r0 and, with NR = 2, r1 (either null: none) with each of the
+// `nt` activation rows (times `norm` elementwise, when given), over part `part` of `wpr` of the
+// row (the warps sharing a row take its 256-value chunks / 32-value units in turn). Quantized
+// types: every thread of the block calls this (it synchronizes).
 template <int T, int NR>
 DEV void row_partials(const u8* __restrict__ r0, const u8* __restrict__ r1, int cols, const float* __restrict__ x,
-                      int nt, float* a0, float* a1, const float* __restrict__ norm = nullptr) {
+                      int nt, float* a0, float* a1, int part, int wpr, const float* __restrict__ norm = nullptr) {
 #pragma unroll
     for (int t = 0; t < MV_MAX_TOKENS; t++) {
         a0[t] = 0.0f;
@@ -127,14 +132,14 @@ DEV void row_partials(const u8* __restrict__ r0, const u8* __restrict__ r1, int 
             __syncthreads();  // the last tile is read no more
             quantize_tile(x, cols, nt, u0, tu, sm, norm);
             __syncthreads();
-            for (int u = lane; u < tu; u += 32) {
+            for (int u = part * 32 + lane; u < tu; u += 32 * wpr) {
                 if (r0) qunit_dot<T>(r0, u0 + u, u, tu, nt, a0, sm);
                 if (NR == 2 && r1) qunit_dot<T>(r1, u0 + u, u, tu, nt, a1, sm);
             }
         }
     } else {
-        if (r0) FloatRowDot<T>::run(r0, cols, x, nt, a0, norm);
-        if (NR == 2 && r1) FloatRowDot<T>::run(r1, cols, x, nt, a1, norm);
+        if (r0) FloatRowDot<T>::run(r0, cols, x, nt, a0, norm, part, wpr);
+        if (NR == 2 && r1) FloatRowDot<T>::run(r1, cols, x, nt, a1, norm, part, wpr);
     }
 }
 
@@ -160,31 +165,64 @@ DEV void scale_rows(float* acc, int nt, const float* norm, const float* inv) {
         if (norm && t < nt) acc[t] *= inv[t];
 }
 
-// Warp reduction and store of row r's outputs: + bias, or, with `accumulate`, added to what
-// `out` holds (a product folded into the residual stream).
-DEV void store_row(const float* acc, int nt, int rows, int r, const float* __restrict__ bias, float* __restrict__ out,
-                   int accumulate) {
-    int lane = threadIdx.x & 31;
+// Splitting rows between warps: `wpr` (1, 2 or 4) warps of a block share a row, so that a matrix
+// of few rows — the output and down products of a decode step — still has enough warps to keep
+// every SM reading (its last blocks would otherwise run with the GPU mostly idle).
+DEV int warp_row(int wpr) { return blockIdx.x * ((blockDim.x >> 5) / wpr) + (threadIdx.x >> 5) / wpr; }
+DEV int warp_part(int wpr) { return (threadIdx.x >> 5) % wpr; }
+
+// The row's totals from this warp's partial sums: reduced over the warp, then over the row's
+// `wpr` warps in part order (deterministic) through `sh`; valid in lane 0 of the part-0 warp.
+// Every warp of the block calls this (it synchronizes when wpr > 1).
+DEV void row_totals(float* acc, int nt, int wpr, float (*sh)[MV_MAX_TOKENS]) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 #pragma unroll
-    for (int t = 0; t < MV_MAX_TOKENS; t++) {
-        if (t < nt) {
-            float s = warp_sum(acc[t]) + (bias ? bias[r] : 0.0f);
-            float* o = out + (u64)t * rows + r;
-            if (lane == 0) *o = accumulate ? *o + s : s;
+    for (int t = 0; t < MV_MAX_TOKENS; t++)
+        if (t < nt) acc[t] = warp_sum(acc[t]);
+    if (wpr == 1) return;
+    __syncthreads();  // sh may still be read by an earlier call
+    // (Token loops unrolled to MV_MAX_TOKENS: acc[] stays in registers.)
+#pragma unroll
+    for (int t = 0; t < MV_MAX_TOKENS; t++)
+        if (lane == 0 && t < nt) sh[warp][t] = acc[t];
+    __syncthreads();
+    if (lane == 0 && warp % wpr == 0) {
+#pragma unroll
+        for (int t = 0; t < MV_MAX_TOKENS; t++) {
+            if (t < nt) {
+                float s = 0.0f;
+                for (int p = 0; p < wpr; p++) s += sh[warp + p][t];
+                acc[t] = s;
+            }
         }
     }
 }
 
-// The warp's row of a launch of `blockDim.x / 32` warps a block.
-DEV int warp_row() { return blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); }
+// Store of row r's totals (from lane 0 of the row's part-0 warp): + bias, or, with `accumulate`,
+// added to what `out` holds (a product folded into the residual stream).
+DEV void store_row(const float* acc, int nt, int rows, int r, const float* __restrict__ bias, float* __restrict__ out,
+                   int accumulate, int wpr) {
+    if ((threadIdx.x & 31) != 0 || warp_part(wpr) != 0) return;
+#pragma unroll
+    for (int t = 0; t < MV_MAX_TOKENS; t++) {
+        if (t < nt) {
+            float s = acc[t] + (bias ? bias[r] : 0.0f);
+            float* o = out + (u64)t * rows + r;
+            *o = accumulate ? *o + s : s;
+        }
+    }
+}
 
 template <int T>
 DEV void matvec_impl(const u8* __restrict__ w, int rows, int cols, u64 row_bytes, const float* __restrict__ x,
-                     int nt, const float* __restrict__ bias, float* __restrict__ out, int accumulate) {
-    int r = warp_row();
+                     int nt, const float* __restrict__ bias, float* __restrict__ out, int accumulate, int wpr) {
+    __shared__ float sh[MV_MAX_WARPS][MV_MAX_TOKENS];
+    int r = warp_row(wpr);
     float acc[MV_MAX_TOKENS];
-    row_partials<T, 1>(r < rows ? w + (u64)r * row_bytes : nullptr, nullptr, cols, x, nt, acc, acc);
-    if (r < rows) store_row(acc, nt, rows, r, bias, out, accumulate);
+    row_partials<T, 1>(r < rows ? w + (u64)r * row_bytes : nullptr, nullptr, cols, x, nt, acc, acc, warp_part(wpr),
+                       wpr);
+    row_totals(acc, nt, wpr, sh);
+    if (r < rows) store_row(acc, nt, rows, r, bias, out, accumulate, wpr);
 }
 
 // Up to three products of the same input in one launch (Q/K/V, gate/up): the grid covers the
@@ -193,19 +231,22 @@ DEV void matvec_impl(const u8* __restrict__ w, int rows, int cols, u64 row_bytes
 template <int T>
 DEV void matvec3_impl(const u8* w0, const u8* w1, const u8* w2, int r0, int r1, int r2, int cols, u64 row_bytes,
                       const float* x, int nt, const float* b0, const float* b1, const float* b2, float* o0, float* o1,
-                      float* o2, const float* norm, float eps) {
-    __shared__ float inv[MV_MAX_TOKENS], red[32];
+                      float* o2, const float* norm, float eps, int wpr) {
+    __shared__ float inv[MV_MAX_TOKENS], red[32], sh[MV_MAX_WARPS][MV_MAX_TOKENS];
     if (norm) rows_inv_rms(x, cols, nt, eps, inv, red);
-    int r = warp_row();
+    int r = warp_row(wpr);
     // This warp's matrix by selects (indexed arrays would live in local memory); what the
     // store needs is selected after the dot, so that it does not hold registers through it.
     bool in0 = r < r0, in1 = !in0 && r < r0 + r1, live = r < r0 + r1 + r2;
     int rr = in0 ? r : in1 ? r - r0 : r - r0 - r1;
     const u8* w = in0 ? w0 : in1 ? w1 : w2;
     float acc[MV_MAX_TOKENS];
-    row_partials<T, 1>(live ? w + (u64)rr * row_bytes : nullptr, nullptr, cols, x, nt, acc, acc, norm);
+    row_partials<T, 1>(live ? w + (u64)rr * row_bytes : nullptr, nullptr, cols, x, nt, acc, acc, warp_part(wpr), wpr,
+                       norm);
     scale_rows(acc, nt, norm, inv);
-    if (live) store_row(acc, nt, in0 ? r0 : in1 ? r1 : r2, rr, in0 ? b0 : in1 ? b1 : b2, in0 ? o0 : in1 ? o1 : o2, 0);
+    row_totals(acc, nt, wpr, sh);
+    if (live)
+        store_row(acc, nt, in0 ? r0 : in1 ? r1 : r2, rr, in0 ? b0 : in1 ? b1 : b2, in0 ? o0 : in1 ? o1 : o2, 0, wpr);
 }
 
 // The gated MLP's first half: out = silu(x · gateᵀ) · (x · upᵀ), one warp per row r taking row
@@ -214,25 +255,22 @@ DEV void matvec3_impl(const u8* w0, const u8* w1, const u8* w2, int r0, int r1, 
 template <int T>
 DEV void matvec_glu_impl(const u8* __restrict__ wg, const u8* __restrict__ wu, int rows, int cols, u64 row_bytes,
                          const float* __restrict__ x, int nt, float* __restrict__ out, const float* __restrict__ norm,
-                         float eps) {
-    __shared__ float inv[MV_MAX_TOKENS], red[32];
+                         float eps, int wpr) {
+    __shared__ float inv[MV_MAX_TOKENS], red[32], sh[MV_MAX_WARPS][MV_MAX_TOKENS];
     if (norm) rows_inv_rms(x, cols, nt, eps, inv, red);
-    int r = warp_row();
+    int r = warp_row(wpr);
     bool live = r < rows;
     float g[MV_MAX_TOKENS], u[MV_MAX_TOKENS];
     row_partials<T, 2>(live ? wg + (u64)r * row_bytes : nullptr, live ? wu + (u64)r * row_bytes : nullptr, cols, x,
-                       nt, g, u, norm);
+                       nt, g, u, warp_part(wpr), wpr, norm);
     scale_rows(g, nt, norm, inv);
     scale_rows(u, nt, norm, inv);
-    if (!live) return;
-    int lane = threadIdx.x & 31;
+    row_totals(g, nt, wpr, sh);
+    row_totals(u, nt, wpr, sh);
+    if (!live || (threadIdx.x & 31) != 0 || warp_part(wpr) != 0) return;
 #pragma unroll
-    for (int t = 0; t < MV_MAX_TOKENS; t++) {
-        if (t < nt) {
-            float gs = warp_sum(g[t]), us = warp_sum(u[t]);
-            if (lane == 0) out[(u64)t * rows + r] = silu_times(gs, us);
-        }
-    }
+    for (int t = 0; t < MV_MAX_TOKENS; t++)
+        if (t < nt) out[(u64)t * rows + r] = silu_times(g[t], u[t]);
 }
 
 // Dequantize a whole matrix to bf16 (row-major, as stored) for the tensor-core path: one thread
@@ -269,19 +307,19 @@ DEV void embed_impl(const u8* __restrict__ w, int rows, int cols, u64 row_bytes,
 #define MATVEC_KERNELS(name, T)                                                                      \
     extern "C" __global__ void __launch_bounds__(MV_BOUNDS_##name) matvec_##name(                      \
         const u8* w, int rows, int cols, u64 row_bytes, const float* x, int nt, const float* bias,   \
-        float* out, int accumulate) {                                                                 \
-        matvec_impl<T>(w, rows, cols, row_bytes, x, nt, bias, out, accumulate);                      \
+        float* out, int accumulate, int wpr) {                                                        \
+        matvec_impl<T>(w, rows, cols, row_bytes, x, nt, bias, out, accumulate, wpr);                 \
     }                                                                                                 \
     extern "C" __global__ void __launch_bounds__(MV_BOUNDS_##name) matvec_glu_##name(                  \
         const u8* wg, const u8* wu, int rows, int cols, u64 row_bytes, const float* x, int nt,       \
-        float* out, const float* norm, float eps) {                                                   \
-        matvec_glu_impl<T>(wg, wu, rows, cols, row_bytes, x, nt, out, norm, eps);                    \
+        float* out, const float* norm, float eps, int wpr) {                                          \
+        matvec_glu_impl<T>(wg, wu, rows, cols, row_bytes, x, nt, out, norm, eps, wpr);               \
     }                                                                                                 \
     extern "C" __global__ void __launch_bounds__(MV_BOUNDS_##name) matvec3_##name(                     \
         const u8* w0, const u8* w1, const u8* w2, int r0, int r1, int r2, int cols, u64 row_bytes,   \
         const float* x, int nt, const float* b0, const float* b1, const float* b2, float* o0,        \
-        float* o1, float* o2, const float* norm, float eps) {                                         \
-        matvec3_impl<T>(w0, w1, w2, r0, r1, r2, cols, row_bytes, x, nt, b0, b1, b2, o0, o1, o2, norm, eps); \
+        float* o1, float* o2, const float* norm, float eps, int wpr) {                                \
+        matvec3_impl<T>(w0, w1, w2, r0, r1, r2, cols, row_bytes, x, nt, b0, b1, b2, o0, o1, o2, norm, eps, wpr); \
     }                                                                                                 \
     extern "C" __global__ void dequant_bf16_##name(const u8* w, int rows, int cols, u64 row_bytes,   \
                                                    u16* out) {                                        \

@@ -91,6 +91,7 @@ impl CudaBackend {
             None => (0, 0.0),
         };
         out.rows = x.rows;
+        let g = matvec_geometry(gate.dtype, gate.rows, x.rows);
         let args = [
             wg.arg(),
             wu.arg(),
@@ -102,10 +103,10 @@ impl CudaBackend {
             out.buf.arg(),
             Arg::Ptr(norm_w),
             Arg::F32(eps),
+            Arg::I32(g.wpr),
         ];
         let kernel = self.typed("matvec_glu", gate.dtype)?;
-        let (grid, block) = matvec_geometry(gate.dtype, gate.rows, x.rows);
-        self.launch(&kernel, grid, block, &args)?;
+        self.launch(&kernel, g.grid, g.block, &args)?;
         Ok(true)
     }
 

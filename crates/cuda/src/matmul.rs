@@ -7,10 +7,20 @@ use crate::{blocks, CudaBackend, CudaWeight, MATVEC_MAX_ROWS};
 use suanli_backend::{check, shape_err, Act, Backend, Result, Weight};
 use suanli_core::DType;
 
-/// Grid and block of a matrix-vector launch over `rows` weight rows (a warp each) for `tokens`
-/// activation rows. The integer kernels of quantized types quantize the activations once per
-/// block, so more tokens take bigger blocks to share that work (`MV_MAX_WARPS` = 16).
-pub(crate) fn matvec_geometry(ty: DType, rows: usize, tokens: usize) -> ((u32, u32), u32) {
+/// A matrix-vector launch over `rows` weight rows for `tokens` activation rows: grid, block and
+/// warps per row (the kernels' last argument).
+pub(crate) struct MatvecGeometry {
+    pub grid: (u32, u32),
+    pub block: u32,
+    pub wpr: i32,
+}
+
+/// The integer kernels of quantized types quantize the activations once per block, so more tokens
+/// take bigger blocks to share that work (`MV_MAX_WARPS` = 16), and a warp a row. Float rows go 4
+/// warps a block, and a bf16/f16 matrix of fewer than 16384 rows splits rows between 2 or 4 warps: at a
+/// warp a row, the output and down products of a 7B decode step (3584 rows) are 1.1 waves of
+/// blocks, the second nearly empty; quantized kernels hold more blocks at once (about a wave).
+pub(crate) fn matvec_geometry(ty: DType, rows: usize, tokens: usize) -> MatvecGeometry {
     let float = matches!(ty, DType::F32 | DType::F16 | DType::BF16);
     let warps = match tokens {
         _ if float => 4,
@@ -18,7 +28,18 @@ pub(crate) fn matvec_geometry(ty: DType, rows: usize, tokens: usize) -> ((u32, u
         3..=4 => 8,
         _ => 16,
     };
-    (blocks(rows, warps), 32 * warps as u32)
+    let wpr = match rows {
+        // f32 matrices (tiny test models) gain nothing from it.
+        _ if !float || ty == DType::F32 => 1,
+        0..=8191 => 4,
+        8192..=16383 => 2,
+        _ => 1,
+    };
+    MatvecGeometry {
+        grid: blocks(rows, warps / wpr),
+        block: 32 * warps as u32,
+        wpr: wpr as i32,
+    }
 }
 
 /// The device address of `w`'s bias, which must be a vector of `w.rows`.
@@ -106,8 +127,9 @@ impl CudaBackend {
                 Arg::Ptr(out),
                 Arg::I32(accumulate as i32),
             ]);
-            let (grid, block) = matvec_geometry(w.dtype, m, n);
-            return self.launch(&self.typed("matvec", w.dtype)?, grid, block, &args);
+            let g = matvec_geometry(w.dtype, m, n);
+            args.push(Arg::I32(g.wpr));
+            return self.launch(&self.typed("matvec", w.dtype)?, g.grid, g.block, &args);
         }
         // Tensor cores: bf16 activations (f32 for f32 weights, which take an f32 GEMM).
         let xg = if w.dtype == DType::F32 {
@@ -289,8 +311,13 @@ impl CudaBackend {
         ]);
         args.extend(biases.iter().map(|&p| Arg::Ptr(p)));
         args.extend(optrs.iter().map(|&p| Arg::Ptr(p)));
-        args.extend([Arg::Ptr(norm_w), Arg::F32(eps)]);
-        let (grid, block) = matvec_geometry(ws[0].0.dtype, total, x.rows);
-        self.launch(&self.typed("matvec3", ws[0].0.dtype)?, grid, block, &args)
+        let g = matvec_geometry(ws[0].0.dtype, total, x.rows);
+        args.extend([Arg::Ptr(norm_w), Arg::F32(eps), Arg::I32(g.wpr)]);
+        self.launch(
+            &self.typed("matvec3", ws[0].0.dtype)?,
+            g.grid,
+            g.block,
+            &args,
+        )
     }
 }
