@@ -201,6 +201,23 @@ fn weight<B: Backend>(
     })
 }
 
+/// An f32 vector weight (a norm's weight, a bias) on the backend.
+fn vector<B: Backend>(
+    b: &B,
+    name: &'static str,
+    v: &[f32],
+) -> Result<crate::Weight<B::WeightStore>, BackendError> {
+    weight(
+        b,
+        name,
+        DType::F32,
+        1,
+        v.len(),
+        WeightRole::Vector,
+        r::f32_bytes(v),
+    )
+}
+
 fn act<B: Backend>(
     b: &B,
     data: &[f32],
@@ -264,15 +281,7 @@ fn check_linear<B: Backend>(b: &B, ty: DType, n: usize, rng: &mut Rng, rep: &mut
     let got = (|| {
         let w = weight(b, "linear", ty, rows, cols, WeightRole::Matrix, bytes)?;
         let bw = if with_bias {
-            Some(weight(
-                b,
-                "bias",
-                DType::F32,
-                1,
-                rows,
-                WeightRole::Vector,
-                r::f32_bytes(&bias),
-            )?)
+            Some(vector(b, "bias", &bias)?)
         } else {
             None
         };
@@ -337,51 +346,11 @@ fn check_linear_many<B: Backend>(b: &B, rng: &mut Rng, rep: &mut Report) {
         b.caps().weight_dtypes[0]
     };
     let cols = 256;
-    let shapes = [128usize, 32, 32];
     for n in [1usize, 20] {
         let x = rng.normals(n * cols, 1.0);
-        let parts: Vec<(Vec<u8>, Vec<f32>)> = shapes
-            .iter()
-            .map(|&rows| (random_weight(ty, rows, cols, rng), rng.normals(rows, 0.5)))
-            .collect();
-        let got = (|| {
-            let mut ws = Vec::new();
-            for (&rows, (wb, bias)) in shapes.iter().zip(&parts) {
-                ws.push((
-                    weight(b, "w", ty, rows, cols, WeightRole::Matrix, wb.clone())?,
-                    weight(
-                        b,
-                        "b",
-                        DType::F32,
-                        1,
-                        rows,
-                        WeightRole::Vector,
-                        r::f32_bytes(bias),
-                    )?,
-                ));
-            }
-            let xa = act(b, &x, n, cols)?;
-            let mut outs = Vec::new();
-            for &rows in &shapes {
-                outs.push(b.alloc_act(n, rows)?);
-            }
-            let refs: Vec<_> = ws.iter().map(|(w, bias)| (w, Some(bias))).collect();
-            let mut out_refs: Vec<_> = outs.iter_mut().collect();
-            b.linear_many(&xa, &refs, &mut out_refs)?;
-            let mut worst = 0f64;
-            for ((&rows, (wb, bias)), o) in shapes.iter().zip(&parts).zip(&outs) {
-                let wf = dequantized(ty, wb, rows, cols);
-                worst = worst.max(r::linear_error(
-                    &x,
-                    &wf,
-                    Some(bias),
-                    rows,
-                    cols,
-                    &b.download(o)?,
-                ));
-            }
-            Ok(worst)
-        })();
+        let got = qkv_error(b, ty, &x, &x, cols, rng, |xa, ws, outs| {
+            b.linear_many(xa, ws, outs)
+        });
         record(
             rep,
             "linear_many",
@@ -392,20 +361,58 @@ fn check_linear_many<B: Backend>(b: &B, rng: &mut Rng, rep: &mut Report) {
     }
 }
 
+/// Q/K/V-like products — 128, 32 and 32 rows of `ty`, with biases — of the rows `x` run by `run`
+/// (`linear_many` or a fused variant), against the f64 products of `seen` (the rows the products
+/// should see: x itself, or x normed), as `linear_error` measures them.
+fn qkv_error<B: Backend>(
+    b: &B,
+    ty: DType,
+    x: &[f32],
+    seen: &[f32],
+    cols: usize,
+    rng: &mut Rng,
+    run: impl FnOnce(
+        &crate::Act<B::Buffer>,
+        &[crate::Product<'_, B::WeightStore>],
+        &mut [&mut crate::Act<B::Buffer>],
+    ) -> Result<(), BackendError>,
+) -> Result<f64, BackendError> {
+    let shapes = [128usize, 32, 32];
+    let n = x.len() / cols;
+    let parts: Vec<(Vec<u8>, Vec<f32>)> = shapes
+        .iter()
+        .map(|&rows| (random_weight(ty, rows, cols, rng), rng.normals(rows, 0.5)))
+        .collect();
+    let mut ws = Vec::new();
+    for (&rows, (wb, bias)) in shapes.iter().zip(&parts) {
+        ws.push((
+            weight(b, "w", ty, rows, cols, WeightRole::Matrix, wb.clone())?,
+            vector(b, "b", bias)?,
+        ));
+    }
+    let xa = act(b, x, n, cols)?;
+    let mut outs = Vec::new();
+    for &rows in &shapes {
+        outs.push(b.alloc_act(n, rows)?);
+    }
+    let refs: Vec<_> = ws.iter().map(|(w, bias)| (w, Some(bias))).collect();
+    let mut out_refs: Vec<_> = outs.iter_mut().collect();
+    run(&xa, &refs, &mut out_refs)?;
+    let mut worst = 0f64;
+    for ((&rows, (wb, bias)), o) in shapes.iter().zip(&parts).zip(&outs) {
+        let wf = dequantized(ty, wb, rows, cols);
+        let e = r::linear_error(seen, &wf, Some(bias), rows, cols, &b.download(o)?);
+        worst = worst.max(e);
+    }
+    Ok(worst)
+}
+
 fn check_norms<B: Backend>(b: &B, rng: &mut Rng, rep: &mut Report) {
     let (n, cols, eps) = (9, 384, 1e-6f32);
     let x: Vec<f32> = rng.normals(n * cols, 3.0);
     let w = rng.normals(cols, 1.0);
     let got = (|| {
-        let wt = weight(
-            b,
-            "norm",
-            DType::F32,
-            1,
-            cols,
-            WeightRole::Vector,
-            r::f32_bytes(&w),
-        )?;
+        let wt = vector(b, "norm", &w)?;
         let xa = act(b, &x, n, cols)?;
         let mut out = b.alloc_act(n, cols)?;
         b.rms_norm(&xa, &wt, eps, &mut out)?;
@@ -419,15 +426,7 @@ fn check_norms<B: Backend>(b: &B, rng: &mut Rng, rep: &mut Report) {
     let g = 64;
     let wg = rng.normals(g, 1.0);
     let got = (|| {
-        let wt = weight(
-            b,
-            "qnorm",
-            DType::F32,
-            1,
-            g,
-            WeightRole::Vector,
-            r::f32_bytes(&wg),
-        )?;
+        let wt = vector(b, "qnorm", &wg)?;
         let mut xa = act(b, &x, n, cols)?;
         b.rms_norm_groups(&mut xa, &wt, eps)?;
         Ok(r::rel_max_error(

@@ -2,7 +2,10 @@
 //! `rope_write_kv` — against f64 references of what they fuse, so that a backend's fused
 //! kernels meet the same bounds as the separate ops.
 
-use super::{act, attention_tol, dequantized, linear_tol, r, random_weight, record, weight};
+use super::{
+    act, attention_tol, dequantized, linear_tol, qkv_error, r, random_weight, record, vector,
+    weight,
+};
 use super::{Report, Rng};
 use crate::{
     AttnMeta, AttnSeq, Backend, KvDType, KvSpec, MlpScratch, RopeParams, RopeStyle, WeightRole,
@@ -125,15 +128,7 @@ pub fn check_mlp<B: Backend>(b: &B, ty: DType, rng: &mut Rng, rep: &mut Report) 
             let gate = weight(b, "gate", ty, ff, hidden, WeightRole::Matrix, gb)?;
             let up = weight(b, "up", ty, ff, hidden, WeightRole::Matrix, ub)?;
             let down = weight(b, "down", ty, hidden, ff, WeightRole::Matrix, db)?;
-            let nwt = weight(
-                b,
-                "norm",
-                DType::F32,
-                1,
-                hidden,
-                WeightRole::Vector,
-                r::f32_bytes(&nw),
-            )?;
+            let nwt = vector(b, "norm", &nw)?;
             let (mut h, mut g, mut u, mut a, mut o) = (
                 b.alloc_act(n, hidden)?,
                 b.alloc_act(n, ff)?,
@@ -202,58 +197,15 @@ pub fn check_mlp<B: Backend>(b: &B, ty: DType, rng: &mut Rng, rep: &mut Report) 
 /// the f64-normed rows, relative to ‖w_r‖·‖n_t‖ as for `linear`.
 pub fn check_norm_linear_many<B: Backend>(b: &B, ty: DType, rng: &mut Rng, rep: &mut Report) {
     let (cols, eps) = (512, 1e-6f32);
-    let shapes = [128usize, 32, 32];
     for n in ROWS {
         let x = rng.normals(n * cols, 3.0);
         let nw = rng.normals(cols, 1.0);
         let nx = r::rms_norm(&x, &nw, cols, eps);
-        let parts: Vec<(Vec<u8>, Vec<f32>)> = shapes
-            .iter()
-            .map(|&rows| (random_weight(ty, rows, cols, rng), rng.normals(rows, 0.5)))
-            .collect();
-        let got = (|| {
-            let nwt = weight(
-                b,
-                "norm",
-                DType::F32,
-                1,
-                cols,
-                WeightRole::Vector,
-                r::f32_bytes(&nw),
-            )?;
-            let mut ws = Vec::new();
-            for (&rows, (wb, bias)) in shapes.iter().zip(&parts) {
-                let bias = weight(
-                    b,
-                    "b",
-                    DType::F32,
-                    1,
-                    rows,
-                    WeightRole::Vector,
-                    r::f32_bytes(bias),
-                )?;
-                ws.push((
-                    weight(b, "w", ty, rows, cols, WeightRole::Matrix, wb.clone())?,
-                    bias,
-                ));
-            }
-            let xa = act(b, &x, n, cols)?;
+        let got = qkv_error(b, ty, &x, &nx, cols, rng, |xa, ws, outs| {
+            let norm = vector(b, "norm", &nw)?;
             let mut h = b.alloc_act(n, cols)?;
-            let mut outs = Vec::new();
-            for &rows in &shapes {
-                outs.push(b.alloc_act(n, rows)?);
-            }
-            let refs: Vec<_> = ws.iter().map(|(w, bias)| (w, Some(bias))).collect();
-            let mut out_refs: Vec<_> = outs.iter_mut().collect();
-            b.norm_linear_many(&xa, (&nwt, eps), &refs, &mut out_refs, &mut h)?;
-            let mut worst = 0f64;
-            for ((&rows, (wb, bias)), o) in shapes.iter().zip(&parts).zip(&outs) {
-                let wf = dequantized(ty, wb, rows, cols);
-                let e = r::linear_error(&nx, &wf, Some(bias), rows, cols, &b.download(o)?);
-                worst = worst.max(e);
-            }
-            Ok(worst)
-        })();
+            b.norm_linear_many(xa, (&norm, eps), ws, outs, &mut h)
+        });
         let case = format!("{ty} rms_norm({n}x{cols}) · q/k/v 128,32,32 + bias");
         record(rep, "norm_linear_many", case, linear_tol(ty), got);
     }
