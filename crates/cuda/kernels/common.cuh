@@ -78,6 +78,15 @@ DEV float block_sum(float v, float* shared32) {
     return warp_sum(v);
 }
 
+// 1 / RMS of the `cols` values at xr (+ eps inside the root), in every thread of the block:
+// the RMS norm's scale, for rms_norm and the products that fold the norm in.
+DEV float block_inv_rms(const float* __restrict__ xr, int cols, float eps, float* shared32) {
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) ss += xr[i] * xr[i];
+    ss = block_sum(ss, shared32);
+    return rsqrtf(ss / (float)cols + eps);
+}
+
 // Max over a block (as block_sum).
 DEV float block_max(float v, float* shared32) {
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;

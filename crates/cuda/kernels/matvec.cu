@@ -147,13 +147,8 @@ DEV void row_partials(const u8* __restrict__ r0, const u8* __restrict__ r1, int 
 // as the rms_norm kernel computes it), every thread of the block taking part.
 DEV void rows_inv_rms(const float* __restrict__ x, int cols, int nt, float eps, float* inv, float* red) {
     for (int t = 0; t < nt; t++) {
-        float ss = 0.0f;
-        for (int i = threadIdx.x; i < cols; i += blockDim.x) {
-            float v = x[(u64)t * cols + i];
-            ss += v * v;
-        }
-        ss = block_sum(ss, red);
-        if (threadIdx.x == 0) inv[t] = rsqrtf(ss / (float)cols + eps);
+        float s = block_inv_rms(x + (u64)t * cols, cols, eps, red);
+        if (threadIdx.x == 0) inv[t] = s;
     }
     __syncthreads();
 }

@@ -5,10 +5,7 @@ extern "C" __global__ void rms_norm(const float* __restrict__ x, const float* __
                                     float* __restrict__ out) {
     __shared__ float red[32];
     const float* xr = x + (u64)blockIdx.x * cols;
-    float ss = 0.0f;
-    for (int i = threadIdx.x; i < cols; i += blockDim.x) ss += xr[i] * xr[i];
-    ss = block_sum(ss, red);
-    float scale = rsqrtf(ss / (float)cols + eps);
+    float scale = block_inv_rms(xr, cols, eps, red);
     float* o = out + (u64)blockIdx.x * cols;
     for (int i = threadIdx.x; i < cols; i += blockDim.x) o[i] = w[i] * (xr[i] * scale);
 }

@@ -8,7 +8,7 @@
 //! wrote, read and converted the `[n, intermediate]` products several times over).
 
 use crate::device::{f32_bytes, u32_bytes, Arg, DevBuf, Elem, Gemm};
-use crate::matmul::matvec_geometry;
+use crate::matmul::{matrix_args, matvec_geometry};
 use crate::{blocks, CudaBackend, CudaWeight, KvBuf, MATVEC_MAX_ROWS};
 use suanli_backend::{
     check, shape_err, Act, Backend, KvPages, MlpScratch, Result, RopeParams, RopeStyle, Weight,
@@ -70,14 +70,8 @@ impl CudaBackend {
         [gate, up]: [&Weight<CudaWeight>; 2],
         out: &mut Act<DevBuf>,
     ) -> Result<bool> {
-        let (CudaWeight::Raw { buf: wg, row_bytes }, CudaWeight::Raw { buf: wu, .. }) =
-            (&gate.store, &up.store)
-        else {
-            return Err(shape_err(
-                "gated_linear",
-                "a vector weight used as a matrix",
-            ));
-        };
+        let [wg, rows, cols, row_bytes] = matrix_args(gate, "gated_linear")?;
+        let [wu, ..] = matrix_args(up, "gated_linear")?;
         let fused = self.fused
             && (1..=MATVEC_MAX_ROWS).contains(&x.rows)
             && gate.dtype == up.dtype
@@ -93,11 +87,11 @@ impl CudaBackend {
         out.rows = x.rows;
         let g = matvec_geometry(gate.dtype, gate.rows, x.rows);
         let args = [
-            wg.arg(),
-            wu.arg(),
-            Arg::I32(gate.rows as i32),
-            Arg::I32(gate.cols as i32),
-            Arg::U64(*row_bytes as u64),
+            wg,
+            wu,
+            rows,
+            cols,
+            row_bytes,
             x.buf.arg(),
             Arg::I32(x.rows as i32),
             out.buf.arg(),

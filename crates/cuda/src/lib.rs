@@ -297,22 +297,13 @@ impl Backend for CudaBackend {
 
     fn embed(&self, table: &Weight<CudaWeight>, ids: &[u32], out: &mut Act<DevBuf>) -> Result<()> {
         check::embed(table, ids, out)?;
-        let CudaWeight::Raw { buf, row_bytes } = &table.store else {
-            return Err(shape_err("embed", "the table is a vector"));
-        };
+        let mut args = matmul::matrix_args(table, "embed")?.to_vec();
         out.rows = ids.len();
         if ids.is_empty() {
             return Ok(());
         }
         let dev_ids = self.scratch().ids.put(&self.dev, u32_bytes(ids))?.ptr;
-        let args = [
-            buf.arg(),
-            Arg::I32(table.rows as i32),
-            Arg::I32(table.cols as i32),
-            Arg::U64(*row_bytes as u64),
-            Arg::Ptr(dev_ids),
-            out.buf.arg(),
-        ];
+        args.extend([Arg::Ptr(dev_ids), out.buf.arg()]);
         self.launch(
             &self.typed("embed", table.dtype)?,
             (ids.len() as u32, 1),

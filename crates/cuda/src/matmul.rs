@@ -42,6 +42,19 @@ pub(crate) fn matvec_geometry(ty: DType, rows: usize, tokens: usize) -> MatvecGe
     }
 }
 
+/// A matrix's leading kernel arguments: its data, rows, columns and bytes per row.
+pub(crate) fn matrix_args(w: &Weight<CudaWeight>, op: &'static str) -> Result<[Arg; 4]> {
+    let CudaWeight::Raw { buf, row_bytes } = &w.store else {
+        return Err(shape_err(op, "a vector weight used as a matrix"));
+    };
+    Ok([
+        buf.arg(),
+        Arg::I32(w.rows as i32),
+        Arg::I32(w.cols as i32),
+        Arg::U64(*row_bytes as u64),
+    ])
+}
+
 /// The device address of `w`'s bias, which must be a vector of `w.rows`.
 fn bias_ptr(w: &Weight<CudaWeight>, bias: Option<&Weight<CudaWeight>>) -> Result<Option<u64>> {
     match bias.map(|b| &b.store) {
@@ -99,25 +112,13 @@ impl CudaBackend {
         accumulate: bool,
         sc: &mut scratch::Scratch,
     ) -> Result<()> {
-        let CudaWeight::Raw {
-            buf: data,
-            row_bytes,
-        } = &w.store
-        else {
-            return Err(shape_err("linear", "a vector weight used as a matrix"));
-        };
+        let geometry = matrix_args(w, "linear")?;
         let bias = bias_ptr(w, bias)?;
         if accumulate && bias.is_some() {
             // The GEMM path adds the bias after the product, which would add it to `out` too.
             return Err(shape_err("linear", "a bias with an accumulated product"));
         }
         let (m, k) = (w.rows, w.cols);
-        let geometry = [
-            data.arg(),
-            Arg::I32(m as i32),
-            Arg::I32(k as i32),
-            Arg::U64(*row_bytes as u64),
-        ];
         if n <= MATVEC_MAX_ROWS {
             let mut args = geometry.to_vec();
             args.extend([
@@ -187,20 +188,12 @@ impl CudaBackend {
         w: &Weight<CudaWeight>,
         sc: &mut scratch::Scratch,
     ) -> Result<u64> {
-        let CudaWeight::Raw { buf, row_bytes } = &w.store else {
-            return Err(shape_err("linear", "a vector weight used as a matrix"));
-        };
-        if w.dtype == DType::BF16 {
+        if let (DType::BF16, CudaWeight::Raw { buf, .. }) = (w.dtype, &w.store) {
             return Ok(buf.ptr);
         }
+        let mut args = matrix_args(w, "linear")?.to_vec();
         let out = ensure(&self.dev, &mut sc.bf16_w, w.rows * w.cols * 2)?.ptr;
-        let args = [
-            buf.arg(),
-            Arg::I32(w.rows as i32),
-            Arg::I32(w.cols as i32),
-            Arg::U64(*row_bytes as u64),
-            Arg::Ptr(out),
-        ];
+        args.push(Arg::Ptr(out));
         let kernel = self.typed("dequant_bf16", w.dtype)?;
         self.launch(&kernel, blocks(w.rows * w.cols / 32, 256), 256, &args)?;
         Ok(out)
