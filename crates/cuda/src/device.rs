@@ -102,6 +102,59 @@ impl Gemm {
     }
 }
 
+impl Gemm {
+    /// cuBLAS's argument rules (`cublasGemmStridedBatchedEx` answers CUBLAS_STATUS_INVALID_VALUE
+    /// otherwise): sizes and strides fit its 32-bit integers, and each leading dimension covers
+    /// its matrix's stored rows. Checked before every GEMM, here and in the emulator, so a
+    /// wrong product shape is a message naming it rather than a failed status on the GPU.
+    pub fn check(&self) -> Result<()> {
+        let i32_max = i32::MAX as usize;
+        let rows = |trans: bool, r: usize, c: usize| if trans { c } else { r };
+        let bad = [
+            (
+                self.m > i32_max || self.n > i32_max || self.k > i32_max,
+                "a size beyond i32",
+            ),
+            (self.batch == 0 || self.batch > i32_max, "batch count"),
+            (
+                self.lda < rows(self.trans_a, self.m, self.k).max(1),
+                "lda below A's rows",
+            ),
+            (
+                self.ldb < rows(self.trans_b, self.k, self.n).max(1),
+                "ldb below B's rows",
+            ),
+            (self.ldc < self.m.max(1), "ldc below m"),
+            (
+                self.lda > i32_max || self.ldb > i32_max || self.ldc > i32_max,
+                "a leading dimension beyond i32",
+            ),
+        ];
+        match bad.iter().find(|(b, _)| *b) {
+            Some((_, what)) => Err(device_err("gemm", format!("{what}: {self:?}"))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The launch limits every CUDA device has (grid y ≤ 65535, x < 2³¹, blocks of 1 to 1024
+/// threads in whole warps, as every kernel here assumes): a geometry past them fails at launch
+/// on the GPU, so it is checked first, by the driver and by the emulator alike.
+pub fn check_geometry(kernel: &str, grid: (u32, u32), block: u32) -> Result<()> {
+    if grid.0 > i32::MAX as u32
+        || grid.1 > 65535
+        || block == 0
+        || block > 1024
+        || !block.is_multiple_of(32)
+    {
+        return Err(device_err(
+            "launch",
+            format!("{kernel}: grid {grid:?} of {block}-thread blocks is past the device's limits"),
+        ));
+    }
+    Ok(())
+}
+
 impl Arg {
     /// Each argument in an 8-byte slot, as `cuLaunchKernel` reads them (a parameter takes as many
     /// bytes of its slot as it has).

@@ -2,7 +2,7 @@
 //! kernels of `kernels.rs`, cuBLAS for the GEMM. One stream carries all work, so ordering needs no
 //! events; memory comes from the stream-ordered allocator.
 
-use crate::device::{device_err, Arg, DevPtr, Device, Elem, Gemm};
+use crate::device::{check_geometry, device_err, Arg, DevPtr, Device, Elem, Gemm};
 use crate::kernels::Kernels;
 use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
 use cudarc::driver::{result, sys, CudaContext, CudaGraph, CudaStream};
@@ -81,6 +81,7 @@ impl CudaDevice {
     }
 
     fn launch_now(&self, kernel: &str, grid: (u32, u32), block: u32, args: &[Arg]) -> Result<()> {
+        check_geometry(kernel, grid, block)?;
         self.bind()?;
         let f = self
             .kernels
@@ -106,6 +107,7 @@ impl CudaDevice {
     }
 
     fn gemm_now(&self, g: &Gemm) -> Result<()> {
+        g.check()?;
         self.bind()?;
         let cuda_type = |e: Elem| match e {
             Elem::F32 => blas_sys::cudaDataType::CUDA_R_32F,

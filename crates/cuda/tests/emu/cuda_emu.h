@@ -1,5 +1,5 @@
 // A small CUDA execution-model emulator for testing suanli's kernels on a CPU: every thread of a
-// block is a fiber (ucontext) on one OS thread, run round-robin; __syncthreads and warp shuffles
+// block is a fiber on one OS thread, run round-robin; __syncthreads and warp shuffles
 // are barriers over the block or the warp, so reductions, shuffles and shared memory behave as
 // on a GPU (for kernels whose warps reach a barrier together, as CUDA requires). Blocks run one
 // after another. Slow, exact, and enough to execute the real kernel source.
@@ -24,8 +24,10 @@
 
 struct Dim3 { unsigned x = 1, y = 1, z = 1; };
 static Dim3 threadIdx, blockIdx, blockDim, gridDim;
-struct uint4 { unsigned x, y, z, w; };
-struct float4 { float x, y, z, w; };
+// Aligned as on the GPU, where a 16-byte load from an address not a multiple of 16 faults; the
+// emulator is built with -fsanitize=alignment, so such a load stops the test here too.
+struct alignas(16) uint4 { unsigned x, y, z, w; };
+struct alignas(16) float4 { float x, y, z, w; };
 
 static inline float __uint_as_float(unsigned u) { float f; memcpy(&f, &u, 4); return f; }
 static inline float __int_as_float(int u) { float f; memcpy(&f, &u, 4); return f; }
@@ -42,10 +44,27 @@ static inline int dp4a(int a, int b, int c) {
     return c;
 }
 
+// Switching fibers. glibc's swapcontext makes a system call every time (it saves the signal
+// mask), which was most of the emulator's time; on x86-64 saving the callee-saved registers and
+// switching stacks is all a switch needs (the kernels change neither the signal mask nor the
+// floating-point control state). Elsewhere, and under AddressSanitizer (which follows only
+// swapcontext's stack switches), ucontext.
+#if defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
+#define EMU_FAST_SWITCH 1
+// Push rbp, rbx, r12–r15, save rsp to *save_sp, load to_sp, pop the same, return there.
+extern "C" void emu_switch(void** save_sp, void* to_sp);
+asm(".text\n.globl emu_switch\n.hidden emu_switch\n.type emu_switch,@function\nemu_switch:\n"
+    "pushq %rbp\npushq %rbx\npushq %r12\npushq %r13\npushq %r14\npushq %r15\n"
+    "movq %rsp, (%rdi)\nmovq %rsi, %rsp\n"
+    "popq %r15\npopq %r14\npopq %r13\npopq %r12\npopq %rbx\npopq %rbp\nret\n"
+    ".size emu_switch, .-emu_switch\n");
+#endif
+
 namespace emu {
 struct Group { int arrived = 0, expected = 0; unsigned gen = 0; };
-struct Fiber { ucontext_t ctx; bool done = false; };
+struct Fiber { void* sp = nullptr; ucontext_t ctx; bool done = false; };
 static ucontext_t sched;
+static void* sched_sp;
 static std::vector<Fiber> fibers;
 static std::vector<std::unique_ptr<char[]>> stacks;  // untouched pages cost no memory
 static const size_t STACK = 128 * 1024;
@@ -56,7 +75,13 @@ static unsigned long long xchg[1024];
 static unsigned mma_a[1024][4], mma_b[1024][2];
 static std::function<void()> body;
 
-static void yield() { swapcontext(&fibers[current].ctx, &sched); }
+static void yield() {
+#ifdef EMU_FAST_SWITCH
+    emu_switch(&fibers[current].sp, sched_sp);
+#else
+    swapcontext(&fibers[current].ctx, &sched);
+#endif
+}
 static void complete(Group& g) { if (g.expected > 0 && g.arrived == g.expected) { g.arrived = 0; g.gen++; } }
 static void wait(Group& g) {
     unsigned my = g.gen;
@@ -75,6 +100,44 @@ static void entry() {
     fibers[current].done = true;
 }
 
+#ifdef EMU_FAST_SWITCH
+// A fiber's first switch returns here; its last switch goes back to the scheduler for good.
+static void fiber_main() {
+    entry();
+    emu_switch(&fibers[current].sp, sched_sp);
+    __builtin_unreachable();
+}
+#endif
+
+// Make fiber t start `entry` on its stack at its first switch.
+static void start(int t) {
+#ifdef EMU_FAST_SWITCH
+    // The frame emu_switch pops: six registers, then fiber_main as the return address, entered
+    // with rsp ≡ 8 (mod 16) as after a call.
+    uintptr_t top = (uintptr_t)(stacks[t].get() + STACK) & ~(uintptr_t)15;
+    void** sp = (void**)top;
+    *--sp = nullptr;  // fiber_main's own return address: never used
+    *--sp = (void*)fiber_main;
+    for (int i = 0; i < 6; i++) *--sp = nullptr;
+    fibers[t].sp = sp;
+#else
+    getcontext(&fibers[t].ctx);
+    fibers[t].ctx.uc_stack.ss_sp = stacks[t].get();
+    fibers[t].ctx.uc_stack.ss_size = STACK;
+    fibers[t].ctx.uc_link = &sched;
+    makecontext(&fibers[t].ctx, entry, 0);
+#endif
+}
+
+// Run fiber t until it next waits or finishes.
+static void resume(int t) {
+#ifdef EMU_FAST_SWITCH
+    emu_switch(&sched_sp, fibers[t].sp);
+#else
+    swapcontext(&sched, &fibers[t].ctx);
+#endif
+}
+
 // Run `kernel` over grid × block (x and y of the grid, x of the block).
 static void launch(Dim3 grid, Dim3 blk, std::function<void()> kernel) {
     const int nt = blk.x;
@@ -82,31 +145,34 @@ static void launch(Dim3 grid, Dim3 blk, std::function<void()> kernel) {
     blockDim = blk;
     body = kernel;
     while ((int)stacks.size() < nt) stacks.emplace_back(new char[STACK]);
-    for (unsigned by = 0; by < grid.y; by++)
-        for (unsigned bx = 0; bx < grid.x; bx++) {
-            blockIdx = Dim3{bx, by, 0};
-            fibers.assign(nt, Fiber{});
-            warps.assign((nt + 31) / 32, Group{});
-            for (int t = 0; t < nt; t++) warps[t / 32].expected++;
-            block = Group{0, nt, 0};
-            for (int t = 0; t < nt; t++) {
-                getcontext(&fibers[t].ctx);
-                fibers[t].ctx.uc_stack.ss_sp = stacks[t].get();
-                fibers[t].ctx.uc_stack.ss_size = STACK;
-                fibers[t].ctx.uc_link = &sched;
-                makecontext(&fibers[t].ctx, entry, 0);
-            }
-            for (bool alive = true; alive;) {
-                alive = false;
-                for (int t = 0; t < nt; t++) {
-                    if (fibers[t].done) continue;
-                    alive = true;
-                    current = t;
-                    threadIdx = Dim3{(unsigned)t, 0, 0};
-                    swapcontext(&sched, &fibers[t].ctx);
-                }
+    // Blocks in turn, every other launch in reverse; threads of every other block in reverse.
+    // A GPU promises no order, and a kernel whose result depends on one (a block reading what
+    // another block of the launch writes, a thread reading shared memory another thread writes
+    // with no barrier between) gives a different answer one way round than the other.
+    static unsigned launches = 0;
+    const bool blocks_reversed = launches++ % 2 == 1;
+    const unsigned nb = grid.x * grid.y;
+    for (unsigned i = 0; i < nb; i++) {
+        const unsigned b = blocks_reversed ? nb - 1 - i : i;
+        const bool threads_reversed = i % 2 == 1;
+        blockIdx = Dim3{b % grid.x, b / grid.x, 0};
+        fibers.assign(nt, Fiber{});
+        warps.assign((nt + 31) / 32, Group{});
+        for (int t = 0; t < nt; t++) warps[t / 32].expected++;
+        block = Group{0, nt, 0};
+        for (int t = 0; t < nt; t++) start(t);
+        for (bool alive = true; alive;) {
+            alive = false;
+            for (int k = 0; k < nt; k++) {
+                const int t = threads_reversed ? nt - 1 - k : k;
+                if (fibers[t].done) continue;
+                alive = true;
+                current = t;
+                threadIdx = Dim3{(unsigned)t, 0, 0};
+                resume(t);
             }
         }
+    }
 }
 }  // namespace emu
 

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use suanli_backend::Result;
-use suanli_cuda::device::{device_err, Arg, DevPtr, Device, Elem, Gemm};
+use suanli_cuda::device::{check_geometry, device_err, Arg, DevPtr, Device, Elem, Gemm};
 use suanli_cuda::CudaBackend;
 
 type LaunchFn = unsafe extern "C" fn(*const i8, u32, u32, u32, *mut *mut c_void) -> i32;
@@ -46,6 +46,13 @@ pub fn backend_counted(dir: &Path) -> (CudaBackend, Ran) {
     let so = dir.join(format!("libsuanli_cuda_emu_{}.so", std::process::id()));
     if !so.exists() {
         let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
+        // A misaligned 16-byte load faults on the GPU: make it stop the test here as well.
+        // SUANLI_EMU_ASAN=1 adds AddressSanitizer (kernels reading past a buffer or a shared
+        // array); the test binary then needs LD_PRELOAD=$(c++ -print-file-name=libasan.so).
+        let mut sanitize = "-fsanitize=alignment".to_owned();
+        if std::env::var("SUANLI_EMU_ASAN").as_deref() == Ok("1") {
+            sanitize.push_str(",address");
+        }
         let out = Command::new(&cxx)
             .args([
                 "-O2",
@@ -53,6 +60,8 @@ pub fn backend_counted(dir: &Path) -> (CudaBackend, Ran) {
                 "-shared",
                 "-fPIC",
                 "-Wno-unknown-pragmas",
+                "-fno-sanitize-recover=all",
+                &sanitize,
                 "-I",
             ])
             .arg(format!("{root}/kernels"))
@@ -155,6 +164,7 @@ impl Device for EmuDevice {
         Ok(())
     }
     fn launch(&self, kernel: &str, grid: (u32, u32), block: u32, args: &[Arg]) -> Result<()> {
+        check_geometry(kernel, grid, block)?;
         if let Some(rec) = self.capture.lock().unwrap().as_mut() {
             rec.push(Work::Kernel(kernel.to_owned(), grid, block, args.to_vec()));
             return Ok(());
@@ -186,6 +196,7 @@ impl Device for EmuDevice {
         self.graphs.lock().unwrap().remove(&graph);
     }
     fn gemm(&self, g: &Gemm) -> Result<()> {
+        g.check()?;
         if let Some(rec) = self.capture.lock().unwrap().as_mut() {
             rec.push(Work::Gemm(*g));
             return Ok(());
