@@ -100,8 +100,8 @@ pub fn run<B: Backend>(b: &B) -> Report {
         fused::check_mlp(b, ty, &mut rng, &mut rep);
         fused::check_norm_linear_many(b, ty, &mut rng, &mut rep);
     }
-    for k in [1, 40, 256] {
-        sampling::check_top_logits(b, k, &mut rng, &mut rep);
+    for (k, mass) in [(1, false), (1, true), (40, false), (256, true)] {
+        sampling::check_top_logits(b, k, mass, &mut rng, &mut rep);
     }
     sampling::check_sample_logits(b, &mut rng, &mut rep);
     check_linear_many(b, &mut rng, &mut rep);

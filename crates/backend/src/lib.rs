@@ -90,6 +90,20 @@ pub struct Weight<W> {
     pub store: W,
 }
 
+/// `Backend::top_logits`' answer for a step's selected rows.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TopLogits {
+    /// Candidates per row.
+    pub k: usize,
+    /// `k` (token id, logit) pairs per row, largest first, the lower id first on ties.
+    pub pairs: Vec<(u32, f32)>,
+    /// When asked for: per row, Σ exp(l − max) over the whole vocabulary — the softmax's
+    /// normalizer at temperature 1 relative to the row's largest logit. Top-p cuts the sorted
+    /// candidates where their share of it reaches p, which is where a cut of the whole
+    /// vocabulary falls when they reach it. Empty when not asked for.
+    pub mass: Vec<f32>,
+}
+
 /// One row's draw for `Backend::sample_logits`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Draw {
@@ -415,17 +429,19 @@ pub trait Backend: Send + Sync + 'static {
         self.write_kv(k, v, slots, kv, layer)
     }
     /// The `k` largest logits of each selected row of x with their token ids, largest first and
-    /// the lower id first on ties (`rows.len() * k` pairs; k = 1 is the greedy token), computed
-    /// where the logits are so that a GPU sends back candidates instead of whole vocabularies.
-    /// A row whose logits are not all finite comes back as `(u32::MAX, NaN)` pairs. `None`: this
-    /// backend does not do it (for this k); the caller takes `logits` instead.
+    /// the lower id first on ties (`rows.len() * k` pairs; k = 1 is the greedy token), and with
+    /// `mass` each row's whole-vocabulary normalizer (`TopLogits::mass`), computed where the
+    /// logits are so that a GPU sends back candidates instead of whole vocabularies. A row
+    /// whose logits are not all finite comes back as `(u32::MAX, NaN)` pairs (and a NaN mass).
+    /// `None`: this backend does not do it (for this k); the caller takes `logits` instead.
     fn top_logits(
         &self,
         _x: &Act<Self::Buffer>,
         _rows: &[u32],
         _lm_head: &Weight<Self::WeightStore>,
         _k: usize,
-    ) -> Result<Option<Vec<(u32, f32)>>> {
+        _mass: bool,
+    ) -> Result<Option<TopLogits>> {
         Ok(None)
     }
     /// One token per selected row of x, drawn where the logits are (a GPU then sends back ids,

@@ -42,6 +42,9 @@ pub struct BenchArgs {
     /// Top-k of the --parallel sequences' sampling (0: off).
     #[arg(long, default_value_t = 0)]
     pub top_k: usize,
+    /// Top-p of the --parallel sequences' sampling (1: off).
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
 }
 
 struct Stats {
@@ -183,7 +186,7 @@ fn bench_on<B: Hardware>(a: BenchArgs, opts: &crate::load::Opts) -> Result<()> {
             prompt,
             a.gen_tokens.max(1),
             opts.kv,
-            (a.temperature, a.top_k),
+            (a.temperature, a.top_k, a.top_p),
         )?)
     } else {
         None
@@ -199,7 +202,7 @@ fn bench_on<B: Hardware>(a: BenchArgs, opts: &crate::load::Opts) -> Result<()> {
             "{}",
             serde_json::json!({
                 "model": model_name, "backend": detail, "facts": facts, "parallel": a.parallel,
-                "parallel_temperature": a.temperature, "parallel_top_k": a.top_k,
+                "parallel_temperature": a.temperature, "parallel_top_k": a.top_k, "parallel_top_p": a.top_p,
                 "parallel_decode_tok_s": par.as_ref().map(|p| p.tok_s), "parallel_prefill_s": par.as_ref().map(|p| p.prefill_s),
                 "prompt_tokens": a.prompt_tokens, "gen_tokens": a.gen_tokens, "depth": a.depth, "repetitions": a.repetitions,
                 "prefill_tok_s": ps.as_ref().map(|s| s.median), "decode_tok_s": ts.as_ref().map(|s| s.median),
@@ -250,7 +253,10 @@ fn bench_on<B: Hardware>(a: BenchArgs, opts: &crate::load::Opts) -> Result<()> {
         }
         if let Some(p) = &par {
             let how = if a.temperature > 0.0 {
-                format!("temperature {} top-k {}", a.temperature, a.top_k)
+                format!(
+                    "temperature {} top-k {} top-p {}",
+                    a.temperature, a.top_k, a.top_p
+                )
             } else {
                 "greedy".into()
             };

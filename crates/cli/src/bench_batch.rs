@@ -24,7 +24,7 @@ pub fn aggregate_decode<B: Backend>(
     prompt: usize,
     gen: usize,
     kv: KvDType,
-    (temperature, top_k): (f32, usize),
+    (temperature, top_k, top_p): (f32, usize, f32),
 ) -> Result<Aggregate> {
     let block = 16;
     let per_seq = (prompt + gen + 1).div_ceil(block) + 1;
@@ -46,11 +46,11 @@ pub fn aggregate_decode<B: Backend>(
             .collect();
         let req = Request {
             prompt: p,
-            // Greedy, or a seeded draw with only temperature and top-k set (no top-p, no min-p).
+            // Greedy, or a seeded draw with only temperature, top-k and top-p set (no min-p).
             params: SamplingParams {
                 temperature,
                 top_k,
-                top_p: 1.0,
+                top_p,
                 min_p: 0.0,
                 seed: Some(id),
                 ..SamplingParams::default()

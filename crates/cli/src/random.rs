@@ -97,7 +97,7 @@ fn pool(ty: DType, len: usize, sd: f32, rng: &mut Rng) -> Bytes {
     // random_weight gives values of order one; scale the f16 scale fields (or the floats) to sd.
     let typical = match ty {
         DType::F32 | DType::F16 | DType::BF16 => 0.5,
-        DType::Q8_0 => 64.0 / 64.0,
+        DType::Q8_0 => 1.0, // 64 / 64
         DType::Q4K | DType::Q5K => 32.0 * 8.0 / 64.0,
         DType::Q6K => 64.0 * 32.0 / 64.0,
         _ => 8.0 / 64.0,

@@ -31,9 +31,12 @@ DEV u32 block_count_before(bool flag, u32* warp_counts, u32* total) {
 // One block of TOPK_THREADS per row: the key of the k-th largest value is found by radix
 // selection (four passes over the row, one byte each, most significant first, histograms per
 // warp), then the values above it are gathered, the ties at it taken lowest index first, and
-// the k candidates ranked. A row with a NaN or an infinity gets (0xffffffff, NaN) pairs.
+// the k candidates ranked. With `mass` (else null), the row's Σ exp(l − max) as well — top-p's
+// normalizer over the whole vocabulary. A row with a NaN or an infinity gets (0xffffffff, NaN)
+// pairs and a NaN mass.
 extern "C" __global__ void __launch_bounds__(TOPK_THREADS)
-    top_k_rows(const float* __restrict__ x, int cols, int k, u32* __restrict__ ids, float* __restrict__ vals) {
+    top_k_rows(const float* __restrict__ x, int cols, int k, u32* __restrict__ ids, float* __restrict__ vals,
+               float* __restrict__ mass) {
     __shared__ u32 hist[TOPK_THREADS / 32][256];
     __shared__ u32 cand_id[TOPK_MAX];
     __shared__ float cand_v[TOPK_MAX];
@@ -53,6 +56,7 @@ extern "C" __global__ void __launch_bounds__(TOPK_THREADS)
             io[i] = 0xffffffffu;
             vo[i] = __int_as_float(0x7fc00000);
         }
+        if (mass && tid == 0) mass[blockIdx.x] = __int_as_float(0x7fc00000);
         return;  // the whole block: the sum is the same in every thread
     }
 
@@ -123,6 +127,14 @@ extern "C" __global__ void __launch_bounds__(TOPK_THREADS)
         }
         io[rank] = id;
         vo[rank] = cand_v[tid];
+    }
+    if (mass) {
+        float max = cand_v[0];
+        for (int j = 1; j < k; j++) max = fmaxf(max, cand_v[j]);
+        float sum = 0.0f;
+        for (int i = tid; i < cols; i += blockDim.x) sum += expf(xr[i] - max);
+        sum = block_sum(sum, red);
+        if (tid == 0) mass[blockIdx.x] = sum;
     }
 }
 

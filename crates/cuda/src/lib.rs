@@ -23,7 +23,8 @@ use scratch::ensure;
 use std::sync::{Arc, Mutex};
 use suanli_backend::{
     check, shape_err, Act, AttnMeta, Backend, BackendError, Capabilities, Draw, HostTensor,
-    KvDType, KvPages, KvSpec, MlpScratch, Result, RopeParams, RopeStyle, Weight, WeightRole,
+    KvDType, KvPages, KvSpec, MlpScratch, Result, RopeParams, RopeStyle, TopLogits, Weight,
+    WeightRole,
 };
 use suanli_core::{quant, DType};
 
@@ -579,20 +580,25 @@ impl Backend for CudaBackend {
         rows: &[u32],
         lm_head: &Weight<CudaWeight>,
         k: usize,
-    ) -> Result<Option<Vec<(u32, f32)>>> {
+        mass: bool,
+    ) -> Result<Option<TopLogits>> {
         check::logits(x, rows, lm_head, None)?;
         if k == 0 || k > TOP_LOGITS_MAX || k > lm_head.rows {
             return Ok(None);
         }
         if rows.is_empty() {
-            return Ok(Some(Vec::new()));
+            return Ok(Some(TopLogits {
+                k,
+                ..TopLogits::default()
+            }));
         }
         let mut sc = self.scratch();
         let sc = &mut *sc;
         self.logits_on_device(x, rows, lm_head, sc)?;
-        // Ids then values, one copy back.
+        // Ids, values, then the masses: one copy back.
         let n = rows.len() * k;
-        let out = ensure(&self.dev, &mut sc.top_out, n * 8)?;
+        let words = 2 * n + if mass { rows.len() } else { 0 };
+        let out = ensure(&self.dev, &mut sc.top_out, words * 4)?;
         let logits = sc.logits.as_ref().expect("filled by logits_on_device");
         let args = [
             logits.arg(),
@@ -600,23 +606,28 @@ impl Backend for CudaBackend {
             out.arg(),
             Arg::Ptr(out.ptr + 4 * n as u64),
         ];
-        // Greedy is one pass (argmax); larger k a radix selection.
-        if k == 1 {
+        // Greedy is one pass (argmax); larger k (or the mass) a radix selection.
+        if k == 1 && !mass {
             self.launch("argmax_rows", (rows.len() as u32, 1), 1024, &args)?;
         } else {
             let mut args = args.to_vec();
             args.insert(2, Arg::I32(k as i32));
+            args.push(Arg::Ptr(if mass { out.ptr + 8 * n as u64 } else { 0 }));
             self.launch("top_k_rows", (rows.len() as u32, 1), 1024, &args)?;
         }
-        let mut host = vec![0u32; 2 * n];
+        let mut host = vec![0u32; words];
         self.dev.dtoh(out.ptr, u32_bytes_mut(&mut host))?;
-        let (ids, vals) = host.split_at(n);
-        Ok(Some(
-            ids.iter()
+        let (ids, rest) = host.split_at(n);
+        let (vals, masses) = rest.split_at(n);
+        Ok(Some(TopLogits {
+            k,
+            pairs: ids
+                .iter()
                 .zip(vals)
                 .map(|(&i, &v)| (i, f32::from_bits(v)))
                 .collect(),
-        ))
+            mass: masses.iter().map(|&m| f32::from_bits(m)).collect(),
+        }))
     }
 
     fn logits(

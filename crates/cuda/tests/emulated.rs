@@ -15,9 +15,10 @@ fn emulated_kernels_pass_the_conformance_suite() {
     let rep = conformance::run(&b);
     println!("{}", rep.table());
     let failures = rep.failures();
-    // Device sampling is offered: greedy and top-k selections were checked.
-    let top = rep.checks.iter().filter(|c| c.op == "top_logits").count();
-    assert_eq!(top, 3, "top_logits checks");
+    // Device sampling is offered: greedy and top-k selections (and top-p's mass) were checked.
+    let count = |op: &str| rep.checks.iter().filter(|c| c.op == op).count();
+    assert_eq!(count("top_logits"), 4, "top_logits checks");
+    assert_eq!(count("top_logits mass"), 2, "top_logits mass checks");
     assert!(rep.checks.len() > 80, "only {} checks", rep.checks.len());
     assert!(
         failures.is_empty(),
@@ -225,6 +226,46 @@ fn emulated_batch_engine_matches_the_cpu() {
         assert!(
             graphs >= 3,
             "decode steps were not replayed as graphs ({graphs})"
+        );
+    }
+    // Half greedy, half top-p without top-k (p and p / 2): the device selects 256 candidates
+    // and sums each row's mass (top_k_rows). This tiny model puts about 93 % of a row's mass
+    // in its 256 largest logits, so at p = 0.9 the host draws from the candidates (the cut deep
+    // in their tail), and at p = 0.99 the nucleus is wider and the step takes whole rows (the
+    // head runs again: twice the row gathers). Either way the tokens are those of the host
+    // sampler on the same device's whole rows, which a zero logit bias asks for — the top-p cut
+    // in a row's tail is sensitive to the last bits of the logits, so the CPU's differ.
+    let nucleus = |p: f32, bias: bool| {
+        move |i: usize| {
+            if i.is_multiple_of(2) {
+                SamplingParams::greedy()
+            } else {
+                SamplingParams {
+                    temperature: 0.8,
+                    top_k: 0,
+                    top_p: if i % 4 == 1 { p } else { p / 2.0 },
+                    seed: Some(i as u64),
+                    logit_bias: if bias { vec![(0, 0.0)] } else { Vec::new() },
+                    ..Default::default()
+                }
+            }
+        }
+    };
+    for (p, head_runs) in [(0.9, 1), (0.99, 2)] {
+        let (b, ran) = emu::backend_counted(dir.path());
+        let (gpu, _) = run(b, path, &nucleus(p, false));
+        let (b, _) = emu::backend_counted(dir.path());
+        let (host, _) = run(b, path, &nucleus(p, true));
+        assert!(host.iter().all(|t| t.len() == 8));
+        assert_eq!(gpu, host, "top-p {p}");
+        let ran = ran.lock().unwrap();
+        let count = |k: &str| ran.get(k).copied().unwrap_or(0);
+        assert_eq!(count("top_k_rows"), 8, "top-p {p}: one selection a step");
+        assert_eq!(
+            count("gather_rows"),
+            8 * head_runs,
+            "top-p {p}: the head ran {} times",
+            count("gather_rows")
         );
     }
 }

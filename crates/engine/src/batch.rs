@@ -198,8 +198,11 @@ impl<B: Backend> BatchEngine<B> {
                 })
         };
         let top_k = sampled_rows()
-            .try_fold(0, |k: usize, st| Some(k.max(st?.sampler.top_candidates()?)))
-            .filter(|&k| k > 0 && !plan.logits_rows.is_empty());
+            .try_fold((0, false), |(k, mass): (usize, bool), st| {
+                let need = st?.sampler.top_candidates()?;
+                Some((k.max(need.k), mass || need.mass))
+            })
+            .filter(|&(k, _)| k > 0 && !plan.logits_rows.is_empty());
         let draws: Option<Vec<suanli_backend::Draw>> = if top_k.is_none() {
             sampled_rows()
                 .map(|st| st?.sampler.device_draw())
@@ -216,10 +219,21 @@ impl<B: Backend> BatchEngine<B> {
             &mut self.logits,
         );
         let model = &self.model;
-        let picks = if let Some(k) = top_k {
-            let top = |b: &B, h: &_, rows: &[u32], head: &_| b.top_logits(h, rows, head, k);
+        let picks = if let Some((k, mass)) = top_k {
+            let top = |b: &B, h: &_, rows: &[u32], head: &_| {
+                let Some(top) = b.top_logits(h, rows, head, k, mass)? else {
+                    return Ok(None);
+                };
+                // A nucleus wider than the candidates needs the whole rows after all.
+                let fits = sampled_rows().enumerate().all(|(r, st)| {
+                    let cands = top.pairs.get(r * k..(r + 1) * k).unwrap_or(&[]);
+                    let mass = top.mass.get(r).copied().unwrap_or(f32::NAN);
+                    st.is_some_and(|st| st.sampler.nucleus_fits(cands, mass))
+                });
+                Ok(fits.then_some(top))
+            };
             match model.forward_pick(b, &plan, kv, scratch, logits, top)? {
-                Some(top) => Picks::Top(top, k),
+                Some(top) => Picks::Top(top),
                 None => Picks::Logits,
             }
         } else if let Some(draws) = &draws {
@@ -280,13 +294,13 @@ impl<B: Backend> BatchEngine<B> {
                 )
             };
             let tok = match &picks {
-                Picks::Top(top, k) => {
-                    let cands = &top[r * k..(r + 1) * k];
+                Picks::Top(top) => {
+                    let cands = &top.pairs[r * top.k..(r + 1) * top.k];
                     if cands[0].0 == u32::MAX {
                         failed.push((it.seq, nonfinite(String::new())));
                         continue;
                     }
-                    st.sampler.sample_top(cands)
+                    st.sampler.sample_top(cands, top.mass.get(r).copied())
                 }
                 Picks::Drawn(ids) => {
                     if ids[r] == u32::MAX {
@@ -356,8 +370,8 @@ impl<B: Backend> BatchEngine<B> {
 /// How a step's tokens are picked: from candidates the backend selected, as tokens it drew, or
 /// on the host from whole logits.
 enum Picks {
-    /// Each logits row's k largest logits, k per row.
-    Top(Vec<(u32, f32)>, usize),
+    /// Each logits row's largest logits (and with top-p, its mass).
+    Top(suanli_backend::TopLogits),
     Drawn(Vec<u32>),
     Logits,
 }

@@ -1,6 +1,20 @@
 //! Token sampling in llama.cpp's order: penalties, top-k, top-p, min-p, temperature, draw.
 //! Temperature 0 is greedy. A seed makes draws reproducible.
 
+/// The candidates a top-p draw without top-k asks the backend for: enough for the nucleus of
+/// a model that is fairly sure of the next token (the usual case); a wider nucleus takes the
+/// whole vocabulary (`Sampler::nucleus_fits`).
+pub const NUCLEUS_CANDIDATES: usize = 256;
+
+/// What `Sampler::sample_top` needs from `Backend::top_logits`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TopNeed {
+    /// The largest logits of each row.
+    pub k: usize,
+    /// The row's whole-vocabulary mass as well (top-p without top-k).
+    pub mass: bool,
+}
+
 #[derive(Clone, Debug)]
 pub struct SamplingParams {
     pub temperature: f32,
@@ -186,7 +200,7 @@ impl Sampler {
         if self.cand.is_empty() {
             return 0;
         }
-        self.draw(cut)
+        self.draw(cut, None)
     }
 
     /// `self.cand` = the k largest non-NaN logits (unsorted) in one pass: candidates gather
@@ -212,15 +226,41 @@ impl Sampler {
         }
     }
 
-    /// How many of the largest logits `sample_top` needs to draw exactly as `sample` would:
-    /// 1 when greedy, `top_k` when that bounds the candidates and nothing changes the logits
-    /// before (no bias, no penalties); `None` otherwise (the draw needs the whole vocabulary).
-    pub fn top_candidates(&self) -> Option<usize> {
+    /// What `sample_top` needs from `Backend::top_logits` to draw exactly as `sample` would,
+    /// when nothing changes the logits first (no bias, no penalties): greedy, the largest logit;
+    /// top-k, the k largest; top-p without top-k, the `NUCLEUS_CANDIDATES` largest and the
+    /// whole row's mass (`nucleus_fits` then says whether the nucleus lies within them). `None`
+    /// otherwise: the draw needs the whole vocabulary.
+    pub fn top_candidates(&self) -> Option<TopNeed> {
         let p = &self.params;
-        if p.plain_greedy() {
-            return Some(1);
+        let (k, mass) = if p.plain_greedy() {
+            (1, false)
+        } else if p.top_k > 0 {
+            (p.top_k, false)
+        } else if p.top_p < 1.0 {
+            (NUCLEUS_CANDIDATES, true)
+        } else {
+            return None;
+        };
+        p.logits_untouched().then_some(TopNeed { k, mass })
+    }
+
+    /// Whether the draw from these candidates (largest first) is the draw from the whole
+    /// vocabulary: always, unless top-p without top-k cuts the vocabulary after them — their
+    /// share of the row's `mass` stays below top_p. Computed as `draw` cuts, so the two agree.
+    pub fn nucleus_fits(&self, top: &[(u32, f32)], mass: f32) -> bool {
+        let p = &self.params;
+        let Some(&(first, max)) = top.first() else {
+            return true;
+        };
+        if p.temperature <= 0.0 || p.top_k > 0 || p.top_p >= 1.0 || first == u32::MAX {
+            return true;
         }
-        (p.logits_untouched() && p.top_k > 0).then_some(p.top_k)
+        let mut acc = 0.0;
+        top.iter().any(|c| {
+            acc += exp_neg(c.1 - max) / mass;
+            acc >= p.top_p
+        })
     }
 
     /// This token's draw when a backend can make it where the logits are
@@ -252,9 +292,10 @@ impl Sampler {
     }
 
     /// Draw from the largest logits — at least `top_candidates()` of them, largest first with
-    /// the lower id first on ties, as `Backend::top_logits` gives them — exactly as `sample`
-    /// draws from the whole vocabulary.
-    pub fn sample_top(&mut self, top: &[(u32, f32)]) -> u32 {
+    /// the lower id first on ties, as `Backend::top_logits` gives them, with the row's mass
+    /// when `top_candidates` asks for it and `nucleus_fits` — exactly as `sample` draws from
+    /// the whole vocabulary.
+    pub fn sample_top(&mut self, top: &[(u32, f32)], mass: Option<f32>) -> u32 {
         if top.is_empty() {
             return 0;
         }
@@ -265,7 +306,8 @@ impl Sampler {
         let n = if k > 0 { k.min(top.len()) } else { top.len() };
         self.cand.clear();
         self.cand.extend_from_slice(&top[..n]);
-        self.draw(true)
+        // After top-k, top-p weighs the k candidates; without it, the whole vocabulary.
+        self.draw(true, mass.filter(|_| k == 0))
     }
 
     /// The draw over the whole vocabulary, in its order (no top-k, top-p or min-p: OpenAI's
@@ -310,7 +352,9 @@ impl Sampler {
     /// top-p, min-p, temperature and the draw over `self.cand`: sorted (largest first, cut to
     /// top-k) when `sorted`, else the whole vocabulary in its order — which is sorted only as far
     /// as top-p needs, so that a request without top-k costs O(vocabulary), not a full sort.
-    fn draw(&mut self, mut sorted: bool) -> u32 {
+    /// `mass`: top-p's normalizer when the candidates are a sorted prefix of the vocabulary
+    /// (`TopLogits::mass`), else their own sum.
+    fn draw(&mut self, mut sorted: bool, mass: Option<f32>) -> u32 {
         let (top_p, min_p, t) = (
             self.params.top_p,
             self.params.min_p,
@@ -324,7 +368,7 @@ impl Sampler {
         };
         let prob = |l: f32| exp_neg(l - max);
         if top_p < 1.0 {
-            let sum: f32 = self.cand.iter().map(|c| prob(c.1)).sum();
+            let sum: f32 = mass.unwrap_or_else(|| self.cand.iter().map(|c| prob(c.1)).sum());
             // The smallest sorted prefix whose mass reaches top_p.
             let reach = |cand: &[(u32, f32)]| {
                 let mut acc = 0.0;
@@ -578,7 +622,7 @@ mod tests {
                 seed: Some(case as u64),
                 ..Default::default()
             };
-            let k = Sampler::new(params.clone()).top_candidates().unwrap();
+            let k = Sampler::new(params.clone()).top_candidates().unwrap().k;
             let (mut full, mut top) = (Sampler::new(params.clone()), Sampler::new(params));
             for _ in 0..50 {
                 // Coarse values: many ties, some at the cut.
@@ -593,12 +637,13 @@ mod tests {
                 cands.sort_by(by_logit);
                 cands.truncate(k);
                 let want = full.sample(&mut logits.clone(), &[]);
-                assert_eq!(top.sample_top(&cands), want, "case {case}");
+                assert_eq!(top.sample_top(&cands, None), want, "case {case}");
             }
         }
         let touched = [
             SamplingParams {
                 top_k: 0,
+                top_p: 1.0,
                 ..Default::default()
             },
             SamplingParams {
@@ -617,6 +662,64 @@ mod tests {
         for p in touched {
             assert_eq!(Sampler::new(p).top_candidates(), None);
         }
+    }
+
+    /// Top-p without top-k from the largest logits and the row's mass (what a GPU sends back):
+    /// when `nucleus_fits` says the nucleus lies within the candidates, the token is the one
+    /// `sample` draws from the whole vocabulary, draw after draw; when it does not, the nucleus
+    /// really is wider. Rows of every sharpness, so that both happen many times.
+    #[test]
+    fn top_p_from_candidates_and_mass_equals_the_vocabulary() {
+        let mut rng = Rng(5);
+        let vocab = 5000;
+        let (mut fitted, mut wider) = (0, 0);
+        for case in 0..8 {
+            let params = SamplingParams {
+                temperature: [0.7, 1.2][case % 2],
+                top_k: 0,
+                top_p: [0.5, 0.9, 0.95, 0.99][case / 2],
+                min_p: [0.0, 0.05][case / 4],
+                seed: Some(case as u64),
+                ..Default::default()
+            };
+            let need = Sampler::new(params.clone()).top_candidates().unwrap();
+            assert_eq!(
+                need,
+                TopNeed {
+                    k: NUCLEUS_CANDIDATES,
+                    mass: true
+                }
+            );
+            let (mut full, mut top) = (Sampler::new(params.clone()), Sampler::new(params));
+            for draw in 0..60 {
+                // Spread from sharp (a few tokens hold the mass) to flat (thousands do).
+                let spread = [12.0, 6.0, 3.0, 1.0][draw % 4];
+                let logits: Vec<f32> = (0..vocab)
+                    .map(|_| (rng.next_f64() * spread).powi(2) as f32)
+                    .collect();
+                let mut cands: Vec<(u32, f32)> = logits
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &l)| (i as u32, l))
+                    .collect();
+                cands.sort_by(by_logit);
+                let max = cands[0].1;
+                let mass: f32 = logits.iter().map(|&l| exp_neg(l - max)).sum();
+                cands.truncate(need.k);
+                let want = full.sample(&mut logits.clone(), &[]);
+                if top.nucleus_fits(&cands, mass) {
+                    fitted += 1;
+                    assert_eq!(top.sample_top(&cands, Some(mass)), want, "case {case}");
+                } else {
+                    // The engine takes the whole row then; the nucleus is wider than k.
+                    wider += 1;
+                    let share: f32 = cands.iter().map(|c| exp_neg(c.1 - max)).sum::<f32>() / mass;
+                    assert!(share < top.params.top_p, "case {case}: {share}");
+                    top.sample(&mut logits.clone(), &[]);
+                }
+            }
+        }
+        assert!(fitted > 100 && wider > 50, "fitted {fitted}, wider {wider}");
     }
 
     /// Without top-k the vocabulary is sorted only as far as top-p needs: the token is the one a

@@ -251,7 +251,7 @@ impl<B: Backend> Model<B> {
     /// Like `forward`, but the picking of the tokens is offered to the backend first: `pick`
     /// gets the normed hidden rows, the logits rows and the head (e.g. `Backend::top_logits`,
     /// `Backend::sample_logits`); when it declines (`None`), `logits` is filled as by `forward`.
-    pub fn forward_pick<T>(
+    pub fn forward_pick<P: Default>(
         &self,
         b: &B,
         plan: &BatchPlan,
@@ -263,11 +263,11 @@ impl<B: Backend> Model<B> {
             &Act<B::Buffer>,
             &[u32],
             &Weight<B::WeightStore>,
-        ) -> Result<Option<Vec<T>>, BackendError>,
-    ) -> Result<Option<Vec<T>>, BackendError> {
+        ) -> Result<Option<P>, BackendError>,
+    ) -> Result<Option<P>, BackendError> {
         self.forward_hidden(b, plan, kv, s)?;
         if plan.logits_rows.is_empty() {
-            return Ok(Some(Vec::new()));
+            return Ok(Some(P::default()));
         }
         b.rms_norm(&s.x, &self.norm, self.cfg.rms_norm_eps, &mut s.h)?;
         let picked = pick(b, &s.h, &plan.logits_rows, self.head())?;

@@ -30,8 +30,16 @@ fn head_and_hidden<B: Backend>(
 
 /// `top_logits` (where offered) against the backend's own `logits`, sorted here: the same ids
 /// and values exactly, ties (duplicate head rows) lower id first, and rows holding a NaN or an
-/// infinity flagged. The error is the number of wrong entries.
-pub(super) fn check_top_logits<B: Backend>(b: &B, k: usize, rng: &mut Rng, rep: &mut Report) {
+/// infinity flagged. The error is the number of wrong entries. With `mass`, each row's
+/// Σ exp(l − max) as well, within `MASS_TOL` of the sum over the logits in f64 (NaN for the
+/// non-finite rows).
+pub(super) fn check_top_logits<B: Backend>(
+    b: &B,
+    k: usize,
+    mass: bool,
+    rng: &mut Rng,
+    rep: &mut Report,
+) {
     let (vocab, cols, n) = (5000, 64, 6);
     let mut wf = rng.normals(vocab * cols, 1.0);
     let mut x = rng.normals(n * cols, 1.0);
@@ -59,15 +67,30 @@ pub(super) fn check_top_logits<B: Backend>(b: &B, k: usize, rng: &mut Rng, rep: 
     x[cols + 3] = f32::NAN;
     x[2 * cols + 9] = f32::INFINITY;
     let pick = [4u32, 0, 5, 1, 2];
-    let got = (|| {
+    let got: Result<Option<(f64, f64)>, BackendError> = (|| {
         let (w, xa) = head_and_hidden(b, &wf, vocab, &x, n, cols)?;
-        let Some(top) = b.top_logits(&xa, &pick, &w, k)? else {
+        let Some(top) = b.top_logits(&xa, &pick, &w, k, mass)? else {
             return Ok(None);
         };
         let mut logits = vec![0f32; pick.len() * vocab];
         b.logits(&xa, &pick, &w, &mut logits)?;
-        let mut wrong = top.len().abs_diff(pick.len() * k);
+        let mut wrong = top.pairs.len().abs_diff(pick.len() * k) + usize::from(top.k != k);
+        let mut mass_error = 0f64;
+        if mass && top.mass.len() != pick.len() {
+            mass_error = f64::INFINITY;
+        }
         for (i, row) in logits.chunks_exact(vocab).enumerate() {
+            if let Some(&got) = top.mass.get(i).filter(|_| mass) {
+                mass_error = mass_error.max(if row.iter().all(|l| l.is_finite()) {
+                    let max = row.iter().fold(f32::NEG_INFINITY, |m, &l| m.max(l));
+                    let want: f64 = row.iter().map(|&l| ((l - max) as f64).exp()).sum();
+                    (got as f64 - want).abs() / want
+                } else if got.is_nan() {
+                    0.0
+                } else {
+                    f64::INFINITY
+                });
+            }
             let want: Vec<(u32, f32)> = if row.iter().all(|l| l.is_finite()) {
                 let mut all: Vec<(u32, f32)> = row
                     .iter()
@@ -80,7 +103,7 @@ pub(super) fn check_top_logits<B: Backend>(b: &B, k: usize, rng: &mut Rng, rep: 
             } else {
                 vec![(u32::MAX, f32::NAN); k]
             };
-            let got = top.get(i * k..(i + 1) * k).unwrap_or(&[]);
+            let got = top.pairs.get(i * k..(i + 1) * k).unwrap_or(&[]);
             wrong += want
                 .iter()
                 .zip(got)
@@ -94,19 +117,26 @@ pub(super) fn check_top_logits<B: Backend>(b: &B, k: usize, rng: &mut Rng, rep: 
                 })
                 .count();
         }
-        Ok(Some(wrong as f64))
+        Ok(Some((wrong as f64, mass_error)))
     })();
-    if let Ok(None) = got {
-        return; // not offered: the engine takes whole logits from this backend
+    let (pairs_error, mass_error) = match got {
+        Ok(None) => return, // not offered: the engine takes whole logits from this backend
+        Ok(Some((p, m))) => (Ok(p), Ok(m)),
+        Err(e) => {
+            let failed = crate::shape_err("top_logits", e.to_string());
+            (Err(e), Err(failed))
+        }
+    };
+    let with = if mass { ", with the mass" } else { "" };
+    let case = format!("k {k} of {vocab}, ties, non-finite rows{with}");
+    if mass {
+        record(rep, "top_logits mass", case.clone(), MASS_TOL, mass_error);
     }
-    record(
-        rep,
-        "top_logits",
-        format!("k {k} of {vocab}, ties, non-finite rows"),
-        0.0,
-        got.map(|e| e.unwrap_or(0.0)),
-    );
+    record(rep, "top_logits", case, 0.0, pairs_error);
 }
+
+/// `TopLogits::mass` against an f64 sum: f32 sums of the row's 5000 terms, in any order.
+const MASS_TOL: f64 = 1e-5;
 
 /// `sample_logits` (where offered) against the draw computed here from the backend's own
 /// `logits`: greedy rows, temperatures with and without min-p, draws at the ends of [0, 1), rows
