@@ -9,7 +9,7 @@
 
 use crate::device::{f32_bytes, u32_bytes, Arg, DevBuf, Elem, Gemm};
 use crate::matmul::{matrix_args, matvec_geometry};
-use crate::{blocks, CudaBackend, CudaWeight, KvBuf, MATVEC_MAX_ROWS};
+use crate::{blocks, matvec_chunks, matvec_takes, CudaBackend, CudaWeight, KvBuf, MATVEC_MAX_ROWS};
 use suanli_backend::{
     check, shape_err, Act, Backend, KvPages, MlpScratch, Result, RopeParams, RopeStyle, Weight,
 };
@@ -73,7 +73,7 @@ impl CudaBackend {
         let [wg, rows, cols, row_bytes] = matrix_args(gate, "gated_linear")?;
         let [wu, ..] = matrix_args(up, "gated_linear")?;
         let fused = self.fused
-            && (1..=MATVEC_MAX_ROWS).contains(&x.rows)
+            && matvec_takes(gate.dtype, x.rows)
             && gate.dtype == up.dtype
             && (gate.rows, gate.cols) == (up.rows, up.cols);
         if !fused {
@@ -85,22 +85,24 @@ impl CudaBackend {
             None => (0, 0.0),
         };
         out.rows = x.rows;
-        let g = matvec_geometry(gate.dtype, gate.rows, x.rows);
-        let args = [
-            wg,
-            wu,
-            rows,
-            cols,
-            row_bytes,
-            x.buf.arg(),
-            Arg::I32(x.rows as i32),
-            out.buf.arg(),
-            Arg::Ptr(norm_w),
-            Arg::F32(eps),
-            Arg::I32(g.wpr),
-        ];
         let kernel = self.typed("matvec_glu", gate.dtype)?;
-        self.launch(&kernel, g.grid, g.block, &args)?;
+        for (first, n) in matvec_chunks(x.rows) {
+            let g = matvec_geometry(gate.dtype, gate.rows, n);
+            let args = [
+                wg,
+                wu,
+                rows,
+                cols,
+                row_bytes,
+                Arg::Ptr(x.buf.ptr + (first * x.cols * 4) as u64),
+                Arg::I32(n as i32),
+                Arg::Ptr(out.buf.ptr + (first * gate.rows * 4) as u64),
+                Arg::Ptr(norm_w),
+                Arg::F32(eps),
+                Arg::I32(g.wpr),
+            ];
+            self.launch(&kernel, g.grid, g.block, &args)?;
+        }
         Ok(true)
     }
 

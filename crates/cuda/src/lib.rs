@@ -30,6 +30,23 @@ use suanli_core::{quant, DType};
 
 /// Products with at most this many rows take the matrix-vector kernels (`MV_MAX_TOKENS`).
 pub const MATVEC_MAX_ROWS: usize = 8;
+/// Quantized matrices take the matrix-vector kernels up to this many rows, in launches of
+/// `MATVEC_MAX_ROWS`: each launch reads the quantized matrix once (at 32 rows, 4 × 0.56 bytes
+/// a weight for Q4_K), where the GEMM path dequantizes it to bf16 first (0.56 read + 2 written
+/// + 2 read by the GEMM) — so the chunks move less memory up to about 64 rows.
+pub const QUANT_MATVEC_MAX_ROWS: usize = 32;
+
+/// Whether `n` rows of products with a `ty` matrix take the matrix-vector kernels.
+pub(crate) fn matvec_takes(ty: DType, n: usize) -> bool {
+    n >= 1 && (n <= MATVEC_MAX_ROWS || (ty.is_quantized() && n <= QUANT_MATVEC_MAX_ROWS))
+}
+
+/// `n` rows as the matrix-vector kernels take them: (first row, rows), `MATVEC_MAX_ROWS` at a time.
+pub(crate) fn matvec_chunks(n: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..n)
+        .step_by(MATVEC_MAX_ROWS)
+        .map(move |first| (first, (n - first).min(MATVEC_MAX_ROWS)))
+}
 /// A sequence with at least this many new rows in a step takes the GEMM attention path.
 pub const ATTN_GEMM_MIN_ROWS: usize = 64;
 /// The most candidates `top_logits` selects per row (`TOPK_MAX` in topk.cu).

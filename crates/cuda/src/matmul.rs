@@ -3,7 +3,7 @@
 
 use crate::device::{u32_bytes, Arg, DevBuf, Elem, Gemm};
 use crate::scratch::{self, ensure};
-use crate::{blocks, CudaBackend, CudaWeight, MATVEC_MAX_ROWS};
+use crate::{blocks, matvec_chunks, matvec_takes, CudaBackend, CudaWeight};
 use suanli_backend::{check, shape_err, Act, Backend, Result, Weight};
 use suanli_core::DType;
 
@@ -119,18 +119,22 @@ impl CudaBackend {
             return Err(shape_err("linear", "a bias with an accumulated product"));
         }
         let (m, k) = (w.rows, w.cols);
-        if n <= MATVEC_MAX_ROWS {
-            let mut args = geometry.to_vec();
-            args.extend([
-                Arg::Ptr(x),
-                Arg::I32(n as i32),
-                Arg::Ptr(bias.unwrap_or(0)),
-                Arg::Ptr(out),
-                Arg::I32(accumulate as i32),
-            ]);
-            let g = matvec_geometry(w.dtype, m, n);
-            args.push(Arg::I32(g.wpr));
-            return self.launch(&self.typed("matvec", w.dtype)?, g.grid, g.block, &args);
+        if matvec_takes(w.dtype, n) {
+            let kernel = self.typed("matvec", w.dtype)?;
+            for (first, rows) in matvec_chunks(n) {
+                let mut args = geometry.to_vec();
+                args.extend([
+                    Arg::Ptr(x + (first * k * 4) as u64),
+                    Arg::I32(rows as i32),
+                    Arg::Ptr(bias.unwrap_or(0)),
+                    Arg::Ptr(out + (first * m * 4) as u64),
+                    Arg::I32(accumulate as i32),
+                ]);
+                let g = matvec_geometry(w.dtype, m, rows);
+                args.push(Arg::I32(g.wpr));
+                self.launch(&kernel, g.grid, g.block, &args)?;
+            }
+            return Ok(());
         }
         // Tensor cores: bf16 activations (f32 for f32 weights, which take an f32 GEMM).
         let xg = if w.dtype == DType::F32 {
@@ -223,9 +227,10 @@ impl CudaBackend {
             return self.matvec3(x, None, ws, outs);
         }
         // Large batches: the activations converted to bf16 once for all the products.
-        let shared = x.rows > MATVEC_MAX_ROWS
-            && ws.len() == outs.len()
-            && ws.iter().all(|(w, _)| w.dtype != DType::F32);
+        let shared = ws.len() == outs.len()
+            && ws
+                .iter()
+                .all(|(w, _)| w.dtype != DType::F32 && !matvec_takes(w.dtype, x.rows));
         if !shared {
             for ((w, b), o) in ws.iter().zip(outs.iter_mut()) {
                 self.linear(x, w, *b, o)?;
@@ -255,8 +260,7 @@ impl CudaBackend {
     ) -> bool {
         (2..=3).contains(&ws.len())
             && ws.len() == outs.len()
-            && x.rows <= MATVEC_MAX_ROWS
-            && x.rows > 0
+            && matvec_takes(ws[0].0.dtype, x.rows)
             && ws.iter().all(|(w, _)| {
                 w.dtype == ws[0].0.dtype
                     && w.cols == x.cols
@@ -294,23 +298,27 @@ impl CudaBackend {
             o.rows = x.rows;
         }
         let total: usize = ws.iter().map(|(w, _)| w.rows).sum();
-        let mut args: Vec<Arg> = ptrs.iter().map(|&p| Arg::Ptr(p)).collect();
-        args.extend(rows.iter().map(|&r| Arg::I32(r)));
-        args.extend([
-            Arg::I32(x.cols as i32),
-            Arg::U64(row_bytes as u64),
-            x.buf.arg(),
-            Arg::I32(x.rows as i32),
-        ]);
-        args.extend(biases.iter().map(|&p| Arg::Ptr(p)));
-        args.extend(optrs.iter().map(|&p| Arg::Ptr(p)));
-        let g = matvec_geometry(ws[0].0.dtype, total, x.rows);
-        args.extend([Arg::Ptr(norm_w), Arg::F32(eps), Arg::I32(g.wpr)]);
-        self.launch(
-            &self.typed("matvec3", ws[0].0.dtype)?,
-            g.grid,
-            g.block,
-            &args,
-        )
+        let kernel = self.typed("matvec3", ws[0].0.dtype)?;
+        for (first, n) in matvec_chunks(x.rows) {
+            let mut args: Vec<Arg> = ptrs.iter().map(|&p| Arg::Ptr(p)).collect();
+            args.extend(rows.iter().map(|&r| Arg::I32(r)));
+            args.extend([
+                Arg::I32(x.cols as i32),
+                Arg::U64(row_bytes as u64),
+                Arg::Ptr(x.buf.ptr + (first * x.cols * 4) as u64),
+                Arg::I32(n as i32),
+            ]);
+            args.extend(biases.iter().map(|&p| Arg::Ptr(p)));
+            args.extend(
+                optrs
+                    .iter()
+                    .zip(rows)
+                    .map(|(&p, r)| Arg::Ptr(p + (first * r as usize * 4) as u64)),
+            );
+            let g = matvec_geometry(ws[0].0.dtype, total, n);
+            args.extend([Arg::Ptr(norm_w), Arg::F32(eps), Arg::I32(g.wpr)]);
+            self.launch(&kernel, g.grid, g.block, &args)?;
+        }
+        Ok(())
     }
 }
