@@ -105,6 +105,7 @@ pub fn run<B: Backend>(b: &B) -> Report {
     }
     sampling::check_sample_logits(b, &mut rng, &mut rep);
     check_linear_many(b, &mut rng, &mut rep);
+    fused::check_mixed_qkv(b, &mut rng, &mut rep);
     check_norms(b, &mut rng, &mut rep);
     check_rope(b, &mut rng, &mut rep);
     check_elementwise(b, &mut rng, &mut rep);
@@ -348,7 +349,7 @@ fn check_linear_many<B: Backend>(b: &B, rng: &mut Rng, rep: &mut Report) {
     let cols = 256;
     for n in [1usize, 20] {
         let x = rng.normals(n * cols, 1.0);
-        let got = qkv_error(b, ty, &x, &x, cols, rng, |xa, ws, outs| {
+        let got = qkv_error(b, [ty; 3], &x, &x, cols, rng, |xa, ws, outs| {
             b.linear_many(xa, ws, outs)
         });
         record(
@@ -361,12 +362,13 @@ fn check_linear_many<B: Backend>(b: &B, rng: &mut Rng, rep: &mut Report) {
     }
 }
 
-/// Q/K/V-like products — 128, 32 and 32 rows of `ty`, with biases — of the rows `x` run by `run`
-/// (`linear_many` or a fused variant), against the f64 products of `seen` (the rows the products
-/// should see: x itself, or x normed), as `linear_error` measures them.
+/// Q/K/V-like products — 128, 32 and 32 rows of `types` (real files mix them: V of another
+/// type than Q and K), with biases — of the rows `x` run by `run` (`linear_many` or a fused
+/// variant), against the f64 products of `seen` (the rows the products should see: x itself,
+/// or x normed), as `linear_error` measures them.
 fn qkv_error<B: Backend>(
     b: &B,
-    ty: DType,
+    types: [DType; 3],
     x: &[f32],
     seen: &[f32],
     cols: usize,
@@ -381,10 +383,11 @@ fn qkv_error<B: Backend>(
     let n = x.len() / cols;
     let parts: Vec<(Vec<u8>, Vec<f32>)> = shapes
         .iter()
-        .map(|&rows| (random_weight(ty, rows, cols, rng), rng.normals(rows, 0.5)))
+        .zip(types)
+        .map(|(&rows, ty)| (random_weight(ty, rows, cols, rng), rng.normals(rows, 0.5)))
         .collect();
     let mut ws = Vec::new();
-    for (&rows, (wb, bias)) in shapes.iter().zip(&parts) {
+    for ((&rows, (wb, bias)), ty) in shapes.iter().zip(&parts).zip(types) {
         ws.push((
             weight(b, "w", ty, rows, cols, WeightRole::Matrix, wb.clone())?,
             vector(b, "b", bias)?,
@@ -399,7 +402,7 @@ fn qkv_error<B: Backend>(
     let mut out_refs: Vec<_> = outs.iter_mut().collect();
     run(&xa, &refs, &mut out_refs)?;
     let mut worst = 0f64;
-    for ((&rows, (wb, bias)), o) in shapes.iter().zip(&parts).zip(&outs) {
+    for (((&rows, (wb, bias)), o), ty) in shapes.iter().zip(&parts).zip(&outs).zip(types) {
         let wf = dequantized(ty, wb, rows, cols);
         let e = r::linear_error(seen, &wf, Some(bias), rows, cols, &b.download(o)?);
         worst = worst.max(e);

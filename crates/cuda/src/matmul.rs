@@ -251,8 +251,8 @@ impl CudaBackend {
         Ok(())
     }
 
-    /// Whether `matvec3` takes these: two or three decode-sized products of one input with
-    /// matrices of one type and width.
+    /// Whether `matvec3` takes these: two or three decode-sized products of one input (Q/K/V,
+    /// gate/up).
     pub(crate) fn matvec3_fits(
         x: &Act<DevBuf>,
         ws: &[(&Weight<CudaWeight>, Option<&Weight<CudaWeight>>)],
@@ -260,9 +260,8 @@ impl CudaBackend {
     ) -> bool {
         (2..=3).contains(&ws.len())
             && ws.len() == outs.len()
-            && matvec_takes(ws[0].0.dtype, x.rows)
             && ws.iter().all(|(w, _)| {
-                w.dtype == ws[0].0.dtype
+                matvec_takes(w.dtype, x.rows)
                     && w.cols == x.cols
                     && matches!(w.store, CudaWeight::Raw { .. })
             })
@@ -272,8 +271,40 @@ impl CudaBackend {
                 .all(|((w, _), o)| o.cols == w.rows && o.capacity >= x.rows)
     }
 
-    /// The products `matvec3_fits` accepts as one launch — of rms_norm(x) by `norm` when given.
+    /// The products `matvec3_fits` accepts — of rms_norm(x) by `norm` when given — as one launch
+    /// per weight type: real GGUF files mix types within a layer (half of Qwen2.5-Coder-0.5B's
+    /// layers have V in Q8_0 and Q, K in Q5_0), which then takes two launches, not a norm and
+    /// three products.
     pub(crate) fn matvec3(
+        &self,
+        x: &Act<DevBuf>,
+        norm: Option<(&Weight<CudaWeight>, f32)>,
+        ws: &[(&Weight<CudaWeight>, Option<&Weight<CudaWeight>>)],
+        outs: &mut [&mut Act<DevBuf>],
+    ) -> Result<()> {
+        let mut done = [false; 3];
+        for first in 0..ws.len() {
+            if done[first] {
+                continue;
+            }
+            let ty = ws[first].0.dtype;
+            let group: Vec<usize> = (first..ws.len()).filter(|&j| ws[j].0.dtype == ty).collect();
+            group.iter().for_each(|&j| done[j] = true);
+            let gws: Vec<_> = group.iter().map(|&j| ws[j]).collect();
+            let mut gouts: Vec<&mut Act<DevBuf>> = outs
+                .iter_mut()
+                .enumerate()
+                .filter(|(j, _)| group.contains(j))
+                .map(|(_, o)| &mut **o)
+                .collect();
+            self.matvec3_of_one_type(x, norm, &gws, &mut gouts)?;
+        }
+        Ok(())
+    }
+
+    /// One to three products with matrices of one type and width as one `matvec3_*` launch (per
+    /// 8 rows of x).
+    fn matvec3_of_one_type(
         &self,
         x: &Act<DevBuf>,
         norm: Option<(&Weight<CudaWeight>, f32)>,

@@ -8,11 +8,13 @@ use super::{
 };
 use super::{Report, Rng};
 use crate::{
-    AttnMeta, AttnSeq, Backend, KvDType, KvSpec, MlpScratch, RopeParams, RopeStyle, WeightRole,
+    AttnMeta, AttnSeq, Backend, BackendError, KvDType, KvSpec, MlpScratch, RopeParams, RopeStyle,
+    WeightRole,
 };
 use suanli_core::DType;
 
-/// Decode (1 row), a small batch (5) and a prefill-sized batch (17: a GPU's GEMM path).
+/// Decode (1 row), a small batch (5) and a larger one (17: a GPU's GEMM path for float weights,
+/// launches of 8 rows of the matrix-vector kernels for quantized ones).
 const ROWS: [usize; 3] = [1, 5, 17];
 
 /// acc + x · wᵀ against the f64 product, relative to ‖w_r‖·‖x_t‖ as for `linear`.
@@ -200,14 +202,54 @@ pub fn check_norm_linear_many<B: Backend>(b: &B, ty: DType, rng: &mut Rng, rep: 
     for n in ROWS {
         let x = rng.normals(n * cols, 3.0);
         let nw = rng.normals(cols, 1.0);
-        let nx = r::rms_norm(&x, &nw, cols, eps);
-        let got = qkv_error(b, ty, &x, &nx, cols, rng, |xa, ws, outs| {
-            let norm = vector(b, "norm", &nw)?;
-            let mut h = b.alloc_act(n, cols)?;
-            b.norm_linear_many(xa, (&norm, eps), ws, outs, &mut h)
-        });
+        let got = norm_qkv_error(b, [ty; 3], &x, &nw, eps, cols, rng);
         let case = format!("{ty} rms_norm({n}x{cols}) · q/k/v 128,32,32 + bias");
         record(rep, "norm_linear_many", case, linear_tol(ty), got);
+    }
+}
+
+/// `norm_linear_many` of n rows of x by `nw` into Q/K/V-like products of `types`.
+fn norm_qkv_error<B: Backend>(
+    b: &B,
+    types: [DType; 3],
+    x: &[f32],
+    nw: &[f32],
+    eps: f32,
+    cols: usize,
+    rng: &mut Rng,
+) -> Result<f64, BackendError> {
+    let nx = r::rms_norm(x, nw, cols, eps);
+    qkv_error(b, types, x, &nx, cols, rng, |xa, ws, outs| {
+        let norm = vector(b, "norm", nw)?;
+        let mut h = b.alloc_act(xa.rows, cols)?;
+        b.norm_linear_many(xa, (&norm, eps), ws, outs, &mut h)
+    })
+}
+
+/// Q and K of one type and V of another, as real files have them (Q4_K_M gives V Q6_K;
+/// Qwen2.5-Coder-0.5B's Q5_0/Q8_0): `norm_linear_many` and `linear_many`, for every pair of
+/// the backend's quantized types that such files use.
+pub fn check_mixed_qkv<B: Backend>(b: &B, rng: &mut Rng, rep: &mut Report) {
+    let (cols, eps) = (512, 1e-6f32);
+    let pairs = [(DType::Q5_0, DType::Q8_0), (DType::Q4K, DType::Q6K)];
+    for (qk, v) in pairs {
+        let types = [qk, qk, v];
+        if !types.iter().all(|t| b.caps().weight_dtypes.contains(t)) {
+            continue;
+        }
+        let tol = linear_tol(qk).max(linear_tol(v));
+        for n in ROWS {
+            let x = rng.normals(n * cols, 3.0);
+            let nw = rng.normals(cols, 1.0);
+            let got = norm_qkv_error(b, types, &x, &nw, eps, cols, rng);
+            let case = format!("{qk}, {qk}, {v} rms_norm({n}x{cols}) · q/k/v 128,32,32 + bias");
+            record(rep, "norm_linear_many", case, tol, got);
+            let got = qkv_error(b, types, &x, &x, cols, rng, |xa, ws, outs| {
+                b.linear_many(xa, ws, outs)
+            });
+            let case = format!("{qk}, {qk}, {v} {n}x{cols} · q/k/v 128,32,32 + bias");
+            record(rep, "linear_many", case, tol, got);
+        }
     }
 }
 

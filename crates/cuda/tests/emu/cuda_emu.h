@@ -7,6 +7,8 @@
 #define _GNU_SOURCE 1
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <memory>
@@ -62,7 +64,14 @@ asm(".text\n.globl emu_switch\n.hidden emu_switch\n.type emu_switch,@function\ne
 
 namespace emu {
 struct Group { int arrived = 0, expected = 0; unsigned gen = 0; };
-struct Fiber { void* sp = nullptr; ucontext_t ctx; bool done = false; };
+struct Fiber {
+    bool done = false;
+#ifdef EMU_FAST_SWITCH
+    void* sp = nullptr;
+#else
+    ucontext_t ctx;
+#endif
+};
 static ucontext_t sched;
 static void* sched_sp;
 static std::vector<Fiber> fibers;
@@ -75,9 +84,40 @@ static unsigned long long xchg[1024];
 static unsigned mma_a[1024][4], mma_b[1024][2];
 static std::function<void()> body;
 
+// This block's threads and their round-robin order.
+static int nthreads = 0;
+static bool reversed = false;
+
+#ifdef EMU_FAST_SWITCH
+// The thread after t in the round-robin order among those not done; -1 when all are.
+static int next_after(int t) {
+    for (int k = 1; k <= nthreads; k++) {
+        int u = reversed ? (t - k + nthreads) % nthreads : (t + k) % nthreads;
+        if (!fibers[u].done) return u;
+    }
+    return -1;
+}
+// Leave the current fiber for the next one straight away (half the switches of going through
+// the scheduler), or for the scheduler once every fiber is done.
+static void switch_on() {
+    int from = current, to = next_after(from);
+    if (to < 0) {
+        emu_switch(&fibers[from].sp, sched_sp);
+        return;
+    }
+    if (to == from) {
+        fprintf(stderr, "emulated kernel deadlock: thread %d waits at a barrier no other thread reaches\n", from);
+        abort();
+    }
+    current = to;
+    threadIdx = Dim3{(unsigned)to, 0, 0};
+    emu_switch(&fibers[from].sp, fibers[to].sp);
+}
+#endif
+
 static void yield() {
 #ifdef EMU_FAST_SWITCH
-    emu_switch(&fibers[current].sp, sched_sp);
+    switch_on();
 #else
     swapcontext(&fibers[current].ctx, &sched);
 #endif
@@ -101,10 +141,10 @@ static void entry() {
 }
 
 #ifdef EMU_FAST_SWITCH
-// A fiber's first switch returns here; its last switch goes back to the scheduler for good.
+// A fiber's first switch returns here; a finished fiber is never switched to again.
 static void fiber_main() {
     entry();
-    emu_switch(&fibers[current].sp, sched_sp);
+    switch_on();
     __builtin_unreachable();
 }
 #endif
@@ -129,12 +169,25 @@ static void start(int t) {
 #endif
 }
 
-// Run fiber t until it next waits or finishes.
-static void resume(int t) {
+// Run the block's started fibers, round-robin from the first in `reversed` order, until all
+// are done.
+static void run_block() {
 #ifdef EMU_FAST_SWITCH
-    emu_switch(&sched_sp, fibers[t].sp);
+    current = reversed ? nthreads - 1 : 0;
+    threadIdx = Dim3{(unsigned)current, 0, 0};
+    emu_switch(&sched_sp, fibers[current].sp);
 #else
-    swapcontext(&sched, &fibers[t].ctx);
+    for (bool alive = true; alive;) {
+        alive = false;
+        for (int k = 0; k < nthreads; k++) {
+            const int t = reversed ? nthreads - 1 - k : k;
+            if (fibers[t].done) continue;
+            alive = true;
+            current = t;
+            threadIdx = Dim3{(unsigned)t, 0, 0};
+            swapcontext(&sched, &fibers[t].ctx);
+        }
+    }
 #endif
 }
 
@@ -154,24 +207,15 @@ static void launch(Dim3 grid, Dim3 blk, std::function<void()> kernel) {
     const unsigned nb = grid.x * grid.y;
     for (unsigned i = 0; i < nb; i++) {
         const unsigned b = blocks_reversed ? nb - 1 - i : i;
-        const bool threads_reversed = i % 2 == 1;
+        nthreads = nt;
+        reversed = i % 2 == 1;
         blockIdx = Dim3{b % grid.x, b / grid.x, 0};
         fibers.assign(nt, Fiber{});
         warps.assign((nt + 31) / 32, Group{});
         for (int t = 0; t < nt; t++) warps[t / 32].expected++;
         block = Group{0, nt, 0};
         for (int t = 0; t < nt; t++) start(t);
-        for (bool alive = true; alive;) {
-            alive = false;
-            for (int k = 0; k < nt; k++) {
-                const int t = threads_reversed ? nt - 1 - k : k;
-                if (fibers[t].done) continue;
-                alive = true;
-                current = t;
-                threadIdx = Dim3{(unsigned)t, 0, 0};
-                resume(t);
-            }
-        }
+        run_block();
     }
 }
 }  // namespace emu
