@@ -54,7 +54,8 @@ bench "qwen2.5-7b bf16"        --random qwen2.5-7b --prompt-tokens 2048 --batch 
 # Batch 32 sampling the whole distribution (temperature 1): the tokens are drawn on the device.
 bench "qwen2.5-7b bf16 sampled" --random qwen2.5-7b --prompt-tokens 128 --batch 128 --gen-tokens 128 --repetitions 1 --parallel 32 --temperature 1
 bench "qwen2.5-7b bf16 kv q8_0" --kv-type q8_0 --random qwen2.5-7b --prompt-tokens 2048 --batch 2048 --gen-tokens 64 --repetitions 2
-bench "qwen2.5-7b q4_k"        --random qwen2.5-7b:q4_k --prompt-tokens 2048 --batch 2048 --gen-tokens 128 --repetitions 3
+# Batch 32 of a quantized model: its products go through the matrix-vector kernels 8 rows a launch.
+bench "qwen2.5-7b q4_k"        --random qwen2.5-7b:q4_k --prompt-tokens 2048 --batch 2048 --gen-tokens 128 --repetitions 3 --parallel 32
 bench "qwen2.5-7b q8_0"        --random qwen2.5-7b:q8_0 --prompt-tokens 512 --batch 512 --gen-tokens 128 --repetitions 2
 [ "${QUICK:-0}" = 1 ] || bench "qwen2.5-72b q4_k" --random qwen2.5-72b:q4_k --prompt-tokens 512 --batch 512 --gen-tokens 32 --repetitions 1
 say "== where the time goes: 7B bf16, each kernel timed alone (SUANLI_CUDA_PROFILE=1, graphs off)"

@@ -42,13 +42,14 @@ unsafe fn silu_mul_avx2(gate: &[f32], up: &[f32], out: &mut [f32]) {
 }
 
 pub fn silu_mul(isa: crate::kernels::Isa, gate: &[f32], up: &[f32], out: &mut [f32]) {
-    use crate::kernels::Isa;
+    // Isa's x86 levels by full path: on other architectures the arms go, and an import would
+    // be unused.
     match isa {
         // SAFETY: an ISA level is only ever chosen when the CPU has it.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { silu_mul_avx512(gate, up, out) },
+        crate::kernels::Isa::Avx512 => unsafe { silu_mul_avx512(gate, up, out) },
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { silu_mul_avx2(gate, up, out) },
+        crate::kernels::Isa::Avx2 => unsafe { silu_mul_avx2(gate, up, out) },
         _ => silu_mul_plain(gate, up, out),
     }
 }
