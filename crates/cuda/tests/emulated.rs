@@ -233,9 +233,9 @@ fn emulated_batch_engine_matches_the_cpu() {
     // in its 256 largest logits, so at p = 0.9 the host draws from the candidates (the cut deep
     // in their tail), and at p = 0.99 the nucleus is wider and the step takes whole rows (the
     // head runs again: twice the row gathers). Either way the tokens are those of the host
-    // sampler on the same device's whole rows, which a zero logit bias asks for — the top-p cut
-    // in a row's tail is sensitive to the last bits of the logits, so the CPU's differ.
-    let nucleus = |p: f32, bias: bool| {
+    // sampler on the same device's whole rows — the top-p cut in a row's tail is sensitive to
+    // the last bits of the logits, so the CPU's differ.
+    let nucleus = |p: f32| {
         move |i: usize| {
             if i.is_multiple_of(2) {
                 SamplingParams::greedy()
@@ -245,26 +245,47 @@ fn emulated_batch_engine_matches_the_cpu() {
                     top_k: 0,
                     top_p: if i % 4 == 1 { p } else { p / 2.0 },
                     seed: Some(i as u64),
-                    logit_bias: if bias { vec![(0, 0.0)] } else { Vec::new() },
                     ..Default::default()
                 }
             }
         }
     };
-    for (p, head_runs) in [(0.9, 1), (0.99, 2)] {
+    // Greedy and top-k with repetition/presence/frequency penalties, which only lower logits:
+    // the device selects k + (tokens penalized) candidates, the host penalizes and ranks them.
+    let penalized = |i: usize| SamplingParams {
+        temperature: if i.is_multiple_of(2) { 0.0 } else { 0.8 },
+        top_k: 20,
+        repeat_penalty: 1.3,
+        presence_penalty: 0.5,
+        frequency_penalty: 0.2,
+        seed: Some(i as u64),
+        ..Default::default()
+    };
+    let (narrow, wide) = (nucleus(0.9), nucleus(0.99));
+    for (params, what, head_runs) in [
+        (&narrow as &dyn Fn(usize) -> SamplingParams, "top-p 0.9", 1),
+        (&wide, "top-p 0.99", 2),
+        (&penalized, "penalties", 1),
+    ] {
         let (b, ran) = emu::backend_counted(dir.path());
-        let (gpu, _) = run(b, path, &nucleus(p, false));
+        let (gpu, _) = run(b, path, params);
+        // The same draws from whole rows on the host: a zero bias changes no logit but rules
+        // out the candidates.
+        let host_params = |i: usize| SamplingParams {
+            logit_bias: vec![(0, 0.0)],
+            ..params(i)
+        };
         let (b, _) = emu::backend_counted(dir.path());
-        let (host, _) = run(b, path, &nucleus(p, true));
+        let (host, _) = run(b, path, &host_params);
         assert!(host.iter().all(|t| t.len() == 8));
-        assert_eq!(gpu, host, "top-p {p}");
+        assert_eq!(gpu, host, "{what}");
         let ran = ran.lock().unwrap();
         let count = |k: &str| ran.get(k).copied().unwrap_or(0);
-        assert_eq!(count("top_k_rows"), 8, "top-p {p}: one selection a step");
+        assert_eq!(count("top_k_rows"), 8, "{what}: one selection a step");
         assert_eq!(
             count("gather_rows"),
             8 * head_runs,
-            "top-p {p}: the head ran {} times",
+            "{what}: the head ran {} times",
             count("gather_rows")
         );
     }

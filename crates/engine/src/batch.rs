@@ -199,7 +199,8 @@ impl<B: Backend> BatchEngine<B> {
         };
         let top_k = sampled_rows()
             .try_fold((0, false), |(k, mass): (usize, bool), st| {
-                let need = st?.sampler.top_candidates()?;
+                let st = st?;
+                let need = st.sampler.top_candidates(&st.history)?;
                 Some((k.max(need.k), mass || need.mass))
             })
             .filter(|&(k, _)| k > 0 && !plan.logits_rows.is_empty());
@@ -300,7 +301,8 @@ impl<B: Backend> BatchEngine<B> {
                         failed.push((it.seq, nonfinite(String::new())));
                         continue;
                     }
-                    st.sampler.sample_top(cands, top.mass.get(r).copied())
+                    st.sampler
+                        .sample_top(cands, top.mass.get(r).copied(), &st.history)
                 }
                 Picks::Drawn(ids) => {
                     if ids[r] == u32::MAX {

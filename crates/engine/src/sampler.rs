@@ -226,14 +226,32 @@ impl Sampler {
         }
     }
 
-    /// What `sample_top` needs from `Backend::top_logits` to draw exactly as `sample` would,
-    /// when nothing changes the logits first (no bias, no penalties): greedy, the largest logit;
-    /// top-k, the k largest; top-p without top-k, the `NUCLEUS_CANDIDATES` largest and the
-    /// whole row's mass (`nucleus_fits` then says whether the nucleus lies within them). `None`
+    /// What `sample_top` needs from `Backend::top_logits` to draw exactly as `sample` would with
+    /// this `history`: greedy, the largest logit; top-k, the k largest; top-p without top-k, the
+    /// `NUCLEUS_CANDIDATES` largest and the whole row's mass (`nucleus_fits` then says whether
+    /// the nucleus lies within them). With penalties that can only lower logits (repetition
+    /// ≥ 1, presence and frequency ≥ 0; no bias), greedy and top-k take P more, P the tokens
+    /// penalized: the k best after the penalties are among the k + P best before. `None`
     /// otherwise: the draw needs the whole vocabulary.
-    pub fn top_candidates(&self) -> Option<TopNeed> {
+    pub fn top_candidates(&self, history: &[u32]) -> Option<TopNeed> {
         let p = &self.params;
-        let (k, mass) = if p.plain_greedy() {
+        let greedy = p.temperature <= 0.0;
+        if !p.logits_untouched() {
+            let lowering = p.logit_bias.is_empty()
+                && p.repeat_penalty >= 1.0
+                && p.presence_penalty >= 0.0
+                && p.frequency_penalty >= 0.0;
+            if !lowering || !(greedy || p.top_k > 0) {
+                return None;
+            }
+            let k = if greedy { 1 } else { p.top_k };
+            let penalized = self.penalty_counts(history).len();
+            return Some(TopNeed {
+                k: k + penalized,
+                mass: false,
+            });
+        }
+        let (k, mass) = if greedy {
             (1, false)
         } else if p.top_k > 0 {
             (p.top_k, false)
@@ -242,7 +260,7 @@ impl Sampler {
         } else {
             return None;
         };
-        p.logits_untouched().then_some(TopNeed { k, mass })
+        Some(TopNeed { k, mass })
     }
 
     /// Whether the draw from these candidates (largest first) is the draw from the whole
@@ -291,13 +309,30 @@ impl Sampler {
         }
     }
 
-    /// Draw from the largest logits — at least `top_candidates()` of them, largest first with
-    /// the lower id first on ties, as `Backend::top_logits` gives them, with the row's mass
+    /// Draw from the largest logits — at least `top_candidates(history)` of them, largest first
+    /// with the lower id first on ties, as `Backend::top_logits` gives them, with the row's mass
     /// when `top_candidates` asks for it and `nucleus_fits` — exactly as `sample` draws from
-    /// the whole vocabulary.
-    pub fn sample_top(&mut self, top: &[(u32, f32)], mass: Option<f32>) -> u32 {
+    /// the whole vocabulary with this `history`.
+    pub fn sample_top(&mut self, top: &[(u32, f32)], mass: Option<f32>, history: &[u32]) -> u32 {
         if top.is_empty() {
             return 0;
+        }
+        if !self.params.logits_untouched() {
+            // Penalties that only lower logits: penalize the candidates, rank them again and
+            // keep the k best, which are the k best of the penalized vocabulary.
+            let counts = self.penalty_counts(history);
+            let params = &self.params;
+            self.cand.clear();
+            self.cand.extend(top.iter().map(|&(id, l)| {
+                let n = counts.get(&id).copied().unwrap_or(0);
+                (id, if n > 0 { penalize(params, l, n) } else { l })
+            }));
+            self.cand.sort_unstable_by(by_logit);
+            if params.temperature <= 0.0 {
+                return self.cand[0].0;
+            }
+            self.cand.truncate(params.top_k.max(1));
+            return self.draw(true, None);
         }
         if self.params.temperature <= 0.0 {
             return top[0].0;
@@ -420,27 +455,37 @@ impl Sampler {
         self.cand.last().map(|c| c.0).unwrap_or(0)
     }
 
-    fn apply_penalties(&self, logits: &mut [f32], history: &[u32]) {
+    /// How often each token occurs in the penalty window of `history` (empty without penalties).
+    fn penalty_counts(&self, history: &[u32]) -> std::collections::HashMap<u32, u32> {
         let p = &self.params;
-        if !p.penalized() {
-            return;
+        let mut counts = std::collections::HashMap::new();
+        if p.penalized() {
+            let start = history.len().saturating_sub(p.penalty_last_n);
+            for &t in &history[start..] {
+                *counts.entry(t).or_default() += 1;
+            }
         }
-        let start = history.len().saturating_sub(p.penalty_last_n);
-        let mut counts: std::collections::HashMap<u32, u32> = std::collections::HashMap::new();
-        for &t in &history[start..] {
-            *counts.entry(t).or_default() += 1;
-        }
-        for (&t, &n) in &counts {
+        counts
+    }
+
+    fn apply_penalties(&self, logits: &mut [f32], history: &[u32]) {
+        for (&t, &n) in &self.penalty_counts(history) {
             if let Some(l) = logits.get_mut(t as usize) {
-                if *l > 0.0 {
-                    *l /= p.repeat_penalty;
-                } else {
-                    *l *= p.repeat_penalty;
-                }
-                *l -= n as f32 * p.frequency_penalty + p.presence_penalty;
+                *l = penalize(&self.params, *l, n);
             }
         }
     }
+}
+
+/// Logit `l` of a token seen `n` times in the penalty window: the repetition penalty divides a
+/// positive logit and multiplies a negative one, then frequency and presence are subtracted.
+fn penalize(p: &SamplingParams, l: f32, n: u32) -> f32 {
+    let l = if l > 0.0 {
+        l / p.repeat_penalty
+    } else {
+        l * p.repeat_penalty
+    };
+    l - (n as f32 * p.frequency_penalty + p.presence_penalty)
 }
 
 /// e^x for x ≤ 0 (a weight relative to the largest logit) within 2 ulp, e^-87 below -87. Plain
@@ -606,28 +651,34 @@ mod tests {
         .contains("logit_bias"));
     }
 
-    /// Drawing from the top `top_candidates()` logits (what a GPU sends back) gives the token
-    /// `sample` gives from the whole vocabulary, draw after draw, for top-k with every other
-    /// setting; ties at the cut included. Settings that change logits first need the vocabulary.
+    /// Drawing from the top `top_candidates(history)` logits (what a GPU sends back) gives the
+    /// token `sample` gives from the whole vocabulary, draw after draw, for greedy and top-k with
+    /// every other setting, without and with penalties that only lower logits (the history
+    /// holds some of the best tokens, so the penalties reorder the top); ties at the cut
+    /// included. Settings that can raise a logit, and penalties without top-k, need the
+    /// vocabulary.
     #[test]
     fn drawing_from_the_top_candidates_equals_drawing_from_the_vocabulary() {
         let mut rng = Rng(7);
         let vocab = 5000;
-        for case in 0..24 {
+        for case in 0..48 {
+            let penalties = case >= 24;
             let params = SamplingParams {
                 temperature: [0.0, 0.3, 0.8, 1.5][case % 4],
-                top_k: [1, 5, 40, 256][case / 4 % 4],
-                top_p: [1.0, 0.9][case / 16],
+                top_k: [1, 5, 40, 100][case / 4 % 4],
+                top_p: [1.0, 0.9][case / 16 % 2],
                 min_p: [0.0, 0.05][case % 2],
+                repeat_penalty: if penalties { 1.3 } else { 1.0 },
+                presence_penalty: if penalties { 0.5 } else { 0.0 },
+                frequency_penalty: if penalties { 0.2 } else { 0.0 },
                 seed: Some(case as u64),
                 ..Default::default()
             };
-            let k = Sampler::new(params.clone()).top_candidates().unwrap().k;
             let (mut full, mut top) = (Sampler::new(params.clone()), Sampler::new(params));
             for _ in 0..50 {
-                // Coarse values: many ties, some at the cut.
+                // Coarse values: many ties, some at the cut; negative ones too.
                 let logits: Vec<f32> = (0..vocab)
-                    .map(|_| (rng.next_f64() * 40.0).floor() as f32 * 0.25)
+                    .map(|_| (rng.next_f64() * 40.0 - 8.0).floor() as f32 * 0.25)
                     .collect();
                 let mut cands: Vec<(u32, f32)> = logits
                     .iter()
@@ -635,9 +686,20 @@ mod tests {
                     .map(|(i, &l)| (i as u32, l))
                     .collect();
                 cands.sort_by(by_logit);
+                // 40 tokens, some twice: the 20 best and 20 anywhere.
+                let history: Vec<u32> = (0..40)
+                    .map(|i| {
+                        if i % 2 == 0 {
+                            cands[(rng.next_f64() * 20.0) as usize].0
+                        } else {
+                            (rng.next_f64() * vocab as f64) as u32
+                        }
+                    })
+                    .collect();
+                let k = top.top_candidates(&history).unwrap().k;
                 cands.truncate(k);
-                let want = full.sample(&mut logits.clone(), &[]);
-                assert_eq!(top.sample_top(&cands, None), want, "case {case}");
+                let want = full.sample(&mut logits.clone(), &history);
+                assert_eq!(top.sample_top(&cands, None, &history), want, "case {case}");
             }
         }
         let touched = [
@@ -647,8 +709,17 @@ mod tests {
                 ..Default::default()
             },
             SamplingParams {
+                top_k: 0,
                 repeat_penalty: 1.1,
                 ..Default::default()
+            },
+            SamplingParams {
+                repeat_penalty: 0.9,
+                ..Default::default()
+            },
+            SamplingParams {
+                presence_penalty: -0.5,
+                ..SamplingParams::greedy()
             },
             SamplingParams {
                 logit_bias: vec![(3, 1.0)],
@@ -660,7 +731,7 @@ mod tests {
             },
         ];
         for p in touched {
-            assert_eq!(Sampler::new(p).top_candidates(), None);
+            assert_eq!(Sampler::new(p).top_candidates(&[1, 2, 2]), None);
         }
     }
 
@@ -682,7 +753,7 @@ mod tests {
                 seed: Some(case as u64),
                 ..Default::default()
             };
-            let need = Sampler::new(params.clone()).top_candidates().unwrap();
+            let need = Sampler::new(params.clone()).top_candidates(&[]).unwrap();
             assert_eq!(
                 need,
                 TopNeed {
@@ -709,7 +780,7 @@ mod tests {
                 let want = full.sample(&mut logits.clone(), &[]);
                 if top.nucleus_fits(&cands, mass) {
                     fitted += 1;
-                    assert_eq!(top.sample_top(&cands, Some(mass)), want, "case {case}");
+                    assert_eq!(top.sample_top(&cands, Some(mass), &[]), want, "case {case}");
                 } else {
                     // The engine takes the whole row then; the nucleus is wider than k.
                     wider += 1;
