@@ -7,6 +7,17 @@
 mod emu;
 
 use suanli_backend::{conformance, Backend, KvDType};
+use suanli_engine::sampler::argmax;
+
+/// max |got − want| / max |want|: logits against a reference, relative to its largest.
+fn rel_max_diff(got: &[f32], want: &[f32]) -> f32 {
+    let scale = want.iter().map(|v| v.abs()).fold(0f32, f32::max);
+    got.iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max)
+        / scale
+}
 
 #[test]
 fn emulated_kernels_pass_the_conformance_suite() {
@@ -61,13 +72,7 @@ fn emulated_kernels_run_the_golden_tiny_models() {
             let mut s = suanli_engine::Session::with_kv(backend, model, 128, 5, kv).unwrap();
             let got = s.feed(&ids, 0).unwrap().to_vec();
             assert_eq!(got.len(), want.len());
-            let scale = want.iter().map(|v| v.abs()).fold(0f32, f32::max);
-            let err = got
-                .iter()
-                .zip(&want)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max)
-                / scale;
+            let err = rel_max_diff(&got, &want);
             // The CPU is within 3e-6 of transformers; f16 KV rounding allows more (see check-backend).
             let tol = if kv == KvDType::F16 { 2e-3 } else { 1e-4 };
             println!(
@@ -80,27 +85,12 @@ fn emulated_kernels_run_the_golden_tiny_models() {
             let cpu_model = suanli_models::Model::load(&src, &cpu).unwrap();
             let mut c = suanli_engine::Session::with_kv(cpu, cpu_model, 128, 5, kv).unwrap();
             c.feed(&ids, ids.len() - 1).unwrap();
-            let argmax = |l: &[f32]| {
-                l.iter()
-                    .enumerate()
-                    .fold(
-                        (0, f32::NEG_INFINITY),
-                        |b, (i, &v)| if v > b.1 { (i, v) } else { b },
-                    )
-                    .0 as u32
-            };
             let vocab = g["vocab"].as_u64().unwrap() as usize;
             let mut next = argmax(&got[got.len() - vocab..]);
             for step in 0..6 {
                 let a = s.feed(&[next], 0).unwrap().to_vec();
                 let b = c.feed(&[next], 0).unwrap().to_vec();
-                let scale = b.iter().map(|v| v.abs()).fold(0f32, f32::max);
-                let e = a
-                    .iter()
-                    .zip(&b)
-                    .map(|(x, y)| (x - y).abs())
-                    .fold(0f32, f32::max)
-                    / scale;
+                let e = rel_max_diff(&a, &b);
                 assert!(e <= tol, "{arch}: decode step {step}: {e} > {tol}");
                 assert_eq!(
                     argmax(&a),
@@ -372,23 +362,11 @@ fn emulated_real_models_match_the_cpu() {
         for step in 0..=steps {
             let a = g.feed(&feed, feed.len() - 1).unwrap().to_vec();
             let b = c.feed(&feed, feed.len() - 1).unwrap().to_vec();
+            let err = rel_max_diff(&a, &b);
             let scale = b.iter().map(|v| v.abs()).fold(0f32, f32::max);
-            let err = a
-                .iter()
-                .zip(&b)
-                .map(|(x, y)| (x - y).abs())
-                .fold(0f32, f32::max)
-                / scale;
             let mut ranked: Vec<(usize, f32)> = b.iter().copied().enumerate().collect();
             ranked.sort_by(|x, y| y.1.total_cmp(&x.1));
-            let best_gpu = a
-                .iter()
-                .enumerate()
-                .fold(
-                    (0, f32::NEG_INFINITY),
-                    |m, (i, &v)| if v > m.1 { (i, v) } else { m },
-                )
-                .0;
+            let best_gpu = argmax(&a) as usize;
             let gap = (ranked[0].1 - ranked[1].1) / scale;
             println!(
                 "{name} step {step} ({} rows): max |Δ| / max |logit| = {err:.2e} (tolerance \
