@@ -138,7 +138,10 @@ impl CudaBackend {
         let (acc, x) = (x, &*s.normed);
         let n = x.rows;
         let float32 = [gate, up, down].iter().any(|w| w.dtype == DType::F32);
-        if n <= MATVEC_MAX_ROWS || !self.fused || float32 {
+        // Batches the matrix-vector kernels take (gate and up of different types, which the
+        // gate/up kernel does not) go product by product as those kernels decide; the bf16
+        // middle below is for the GEMM path.
+        if n <= MATVEC_MAX_ROWS || matvec_takes(gate.dtype, n) || !self.fused || float32 {
             self.fused_gated_linear(x, [gate, up], s.g, s.u, s.act)?;
             return self.fused_linear_add(s.act, down, s.out, acc);
         }

@@ -182,9 +182,10 @@ impl<B: Backend> BatchEngine<B> {
         let bs = self.sched.config().block_size;
         let plan = step.plan(bs);
         let vocab = self.model.vocab_size();
-        // When every row to sample can draw from its largest logits alone (greedy, or top-k
-        // without bias, penalties or log-probabilities), the backend may select them itself: a
-        // GPU then sends a few candidates per row instead of whole vocabularies. Failing that,
+        // When every row to sample can draw from its largest logits alone (greedy, top-k or
+        // top-p, without bias or log-probabilities; `Sampler::top_candidates`), the backend may
+        // select them itself: a GPU then sends a few candidates per row instead of whole
+        // vocabularies. Failing that,
         // when every row is greedy or a plain temperature/min-p draw, the backend may draw the
         // tokens itself. Rows are the logits rows, in item order.
         let seqs = &self.seqs;
@@ -197,14 +198,14 @@ impl<B: Backend> BatchEngine<B> {
                     (!it.logits_all && st.logprobs.is_none()).then_some(st)
                 })
         };
-        let top_k = sampled_rows()
+        let candidates = sampled_rows()
             .try_fold((0, false), |(k, mass): (usize, bool), st| {
                 let st = st?;
                 let need = st.sampler.top_candidates(&st.history)?;
                 Some((k.max(need.k), mass || need.mass))
             })
             .filter(|&(k, _)| k > 0 && !plan.logits_rows.is_empty());
-        let draws: Option<Vec<suanli_backend::Draw>> = if top_k.is_none() {
+        let draws: Option<Vec<suanli_backend::Draw>> = if candidates.is_none() {
             sampled_rows()
                 .map(|st| st?.sampler.device_draw())
                 .collect::<Option<Vec<_>>>()
@@ -220,7 +221,7 @@ impl<B: Backend> BatchEngine<B> {
             &mut self.logits,
         );
         let model = &self.model;
-        let picks = if let Some((k, mass)) = top_k {
+        let picks = if let Some((k, mass)) = candidates {
             let top = |b: &B, h: &_, rows: &[u32], head: &_| {
                 let Some(top) = b.top_logits(h, rows, head, k, mass)? else {
                     return Ok(None);
