@@ -1,6 +1,7 @@
 // Prefill attention over an f16 or Q8_0 paged cache as one fused kernel (flash attention on the tensor
 // cores): per block 64 query rows of one sequence and one head, 4 warps of 16 rows; K and V come
-// through shared memory 64 positions at a time straight from the cache's pages; scores, the
+// through shared memory 64 positions at a time straight from the cache's pages (their mma
+// fragments read back by ldmatrix, V's transposed on the way); scores, the
 // online softmax and P·V stay in registers (mma.sync m16n8k16, f16 in, f32 accumulate), so
 // nothing of size rows × context is written anywhere. Decode rows take attention.cu's kernel.
 
@@ -21,8 +22,35 @@ DEV void mma16816(float* d, const u32* a, const u32* b) {
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
+
+// A shared-memory address (ldmatrix takes one): computed once per thread, the per-tile offsets
+// are then constants added to it.
+typedef u32 sptr;
+DEV sptr smem_addr(const void* p) {
+    u32 a;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+    return a;
+}
+// ldmatrix .x4: four 8×8 matrices of 16-bit values in one warp instruction. Lanes 8i .. 8i + 7
+// give the (16-byte aligned) addresses of matrix i's 8 rows; lane l receives in r[i] matrix
+// i's row l / 4, columns 2(l % 4) and 2(l % 4) + 1 — with .trans, rows 2(l % 4) and
+// 2(l % 4) + 1 of column l / 4 — the first value in the low half. That is an mma B fragment
+// of a tile stored position-major (K, no transpose) or key-major (V, transposed).
+DEV void ldsm_x4(u32* r, sptr row) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(row)
+                 : "memory");
+}
+DEV void ldsm_x4_trans(u32* r, sptr row) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(row)
+                 : "memory");
+}
 #endif
-// (Under the emulator, cuda_emu.h supplies mma16816 from the same layout.)
+// (Under the emulator, cuda_emu.h supplies mma16816, sptr, smem_addr and ldsm_x4(_trans) from the
+// same layouts.)
 
 DEV u32 pack_f16(float lo, float hi) { return (u32)f2h(lo) | ((u32)f2h(hi) << 16); }
 
@@ -108,6 +136,10 @@ DEV void flash_prefill_impl(const float* __restrict__ q, const C* __restrict__ k
     for (int i = 0; i < HD / 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};  // rows g and g + 8
     const int qpos[2] = {pos0 + wrow + g, pos0 + wrow + g + 8};
+    // This lane's ldmatrix rows (see below), in bytes from which the tiles' offsets count.
+    const sptr k_row = smem_addr(&ks[lane & 7][8 * (lane >> 3)]);
+    const sptr v_row = smem_addr(&vs[(lane & 7) + 8 * ((lane >> 3) & 1)][8 * (lane >> 4)]);
+    constexpr int ROW_BYTES = 2 * (HD + FA_PAD);
 
     for (int k0 = 0; k0 <= last_pos; k0 += FA_KEYS) {
         __syncthreads();  // the previous tile is consumed
@@ -116,16 +148,18 @@ DEV void flash_prefill_impl(const float* __restrict__ q, const C* __restrict__ k
         __syncthreads();
         if (!active || k0 > warp_last) continue;  // warp-uniform; every warp reaches the barrier
 
-        // S = Q·Kᵀ: 8 tiles of 8 positions.
+        // S = Q·Kᵀ: 8 tiles of 8 positions. One ldmatrix gives the B fragments of two 16-value
+        // steps of the head: lane l addresses position 8·nt + l % 8, values 8·(l / 8) on.
         float s[FA_KEYS / 8][4];
 #pragma unroll
         for (int nt = 0; nt < FA_KEYS / 8; nt++) {
             s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
 #pragma unroll
-            for (int kk = 0; kk < HD / 16; kk++) {
-                u32 b[2] = {*(const u32*)&ks[8 * nt + g][16 * kk + 2 * t],
-                            *(const u32*)&ks[8 * nt + g][16 * kk + 2 * t + 8]};
+            for (int kk = 0; kk < HD / 16; kk += 2) {
+                u32 b[4];
+                ldsm_x4(b, k_row + 8 * nt * ROW_BYTES + 2 * 16 * kk);
                 mma16816(s[nt], qa[kk], b);
+                mma16816(s[nt], qa[kk + 1], b + 2);
             }
         }
         // Causal mask, then the online softmax per row (a row's values are spread over the 4
@@ -171,13 +205,14 @@ DEV void flash_prefill_impl(const float* __restrict__ q, const C* __restrict__ k
         for (int kk = 0; kk < FA_KEYS / 16; kk++) {
             u32 pa[4] = {pack_f16(s[2 * kk][0], s[2 * kk][1]), pack_f16(s[2 * kk][2], s[2 * kk][3]),
                          pack_f16(s[2 * kk + 1][0], s[2 * kk + 1][1]), pack_f16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-            const int kr = 16 * kk + 2 * t;
+            // One transposing ldmatrix gives the B fragments of two 8-value column tiles: lane l
+            // addresses key 16·kk + l % 8 (+ 8 for matrices 1 and 3), values 8·dt (+ 8 for 2 and 3).
 #pragma unroll
-            for (int dt = 0; dt < HD / 8; dt++) {
-                const int d = 8 * dt + g;
-                u32 b[2] = {(u32)vs[kr][d] | ((u32)vs[kr + 1][d] << 16),
-                            (u32)vs[kr + 8][d] | ((u32)vs[kr + 9][d] << 16)};
+            for (int dt = 0; dt < HD / 8; dt += 2) {
+                u32 b[4];
+                ldsm_x4_trans(b, v_row + 16 * kk * ROW_BYTES + 2 * 8 * dt);
                 mma16816(o[dt], pa, b);
+                mma16816(o[dt + 1], pa, b + 2);
             }
         }
     }

@@ -242,6 +242,36 @@ static inline unsigned __ballot_sync(unsigned, bool pred) {
 static inline int __popc(unsigned v) { return __builtin_popcount(v); }
 // Fibers switch only at barriers, so a plain read-modify-write is atomic here.
 static inline unsigned atomicAdd(unsigned* p, unsigned v) { unsigned o = *p; *p += v; return o; }
+// ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16 for one warp: lanes 8i .. 8i + 7 hand in the
+// addresses of matrix i's 8 rows (8 16-bit values each, 16-byte aligned or the GPU faults); lane l
+// receives in r[i] matrix i's row l / 4, columns 2(l % 4) and +1 — transposed, rows 2(l % 4) and
+// +1 of column l / 4 — the first value in the low half.
+typedef uintptr_t sptr;  // a shared-memory address: on the host, the pointer
+static inline sptr smem_addr(const void* p) { return (uintptr_t)p; }
+static inline void ldsm_x4_emu(unsigned* r, sptr row, bool trans) {
+    unsigned th = threadIdx.x, w = th / 32, l = th % 32;
+    if (row % 16 != 0) {
+        fprintf(stderr, "ldmatrix: lane %u's row address %p is not 16-byte aligned\n", l, (const void*)row);
+        abort();
+    }
+    emu::xchg[th] = row;
+    emu::wait(emu::warps[w]);
+    auto at = [&](int m, unsigned rw) { return (const unsigned short*)(uintptr_t)emu::xchg[w * 32 + 8 * m + rw]; };
+    for (int m = 0; m < 4; m++) {
+        unsigned lo, hi;
+        if (trans) {
+            lo = at(m, 2 * (l % 4))[l / 4];
+            hi = at(m, 2 * (l % 4) + 1)[l / 4];
+        } else {
+            lo = at(m, l / 4)[2 * (l % 4)];
+            hi = at(m, l / 4)[2 * (l % 4) + 1];
+        }
+        r[m] = lo | (hi << 16);
+    }
+    emu::wait(emu::warps[w]);
+}
+static inline void ldsm_x4(unsigned* r, sptr row) { ldsm_x4_emu(r, row, false); }
+static inline void ldsm_x4_trans(unsigned* r, sptr row) { ldsm_x4_emu(r, row, true); }
 // mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 for one warp: each lane hands in its
 // fragments, the warp's A (16×16) and B (16×8) are put together by the PTX ISA's layout
 // (g = lane / 4, t = lane % 4; A: regs 0..3 at (g, 2t), (g+8, 2t), (g, 2t+8), (g+8, 2t+8), two
