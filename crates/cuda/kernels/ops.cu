@@ -10,6 +10,17 @@ extern "C" __global__ void rms_norm(const float* __restrict__ x, const float* __
     for (int i = threadIdx.x; i < cols; i += blockDim.x) o[i] = w[i] * (xr[i] * scale);
 }
 
+// The same straight into bf16, for a GEMM's input: what rms_norm then to_bf16 give, in one pass
+// (large batches: the f32 rows were written, read back and converted).
+extern "C" __global__ void rms_norm_bf16(const float* __restrict__ x, const float* __restrict__ w, int cols,
+                                         float eps, u16* __restrict__ out) {
+    __shared__ float red[32];
+    const float* xr = x + (u64)blockIdx.x * cols;
+    float scale = block_inv_rms(xr, cols, eps, red);
+    u16* o = out + (u64)blockIdx.x * cols;
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) o[i] = f2bf(w[i] * (xr[i] * scale));
+}
+
 // In place, over each group of `g` values (per-head Q/K norm): one warp per group.
 extern "C" __global__ void rms_norm_groups(float* __restrict__ x, const float* __restrict__ w, int g, u64 groups,
                                            float eps) {

@@ -119,6 +119,13 @@ impl CudaBackend {
         if self.fused && Self::matvec3_fits(x, ws, outs) {
             return self.matvec3(x, Some(norm), ws, outs);
         }
+        // Large batches: the norm writes the products' bf16 input directly.
+        if self.fused && Self::bf16_gemms(x, ws, outs) {
+            self.check_products(x, ws, outs)?;
+            let mut sc = self.scratch();
+            let xb = self.rms_norm_bf16(x, norm, &mut sc)?;
+            return self.gemm_products(x.rows, xb, ws, outs, &mut sc);
+        }
         self.rms_norm(x, norm.0, norm.1, h)?;
         self.products(h, ws, outs)
     }
@@ -134,17 +141,18 @@ impl CudaBackend {
         if self.glu(x, Some(norm), [gate, up], s.act)? {
             return self.fused_linear_add(s.act, down, s.out, x);
         }
-        self.rms_norm(x, norm.0, norm.1, s.normed)?;
-        let (acc, x) = (x, &*s.normed);
         let n = x.rows;
         let float32 = [gate, up, down].iter().any(|w| w.dtype == DType::F32);
         // Batches the matrix-vector kernels take (gate and up of different types, which the
         // gate/up kernel does not) go product by product as those kernels decide; the bf16
         // middle below is for the GEMM path.
         if n <= MATVEC_MAX_ROWS || matvec_takes(gate.dtype, n) || !self.fused || float32 {
-            self.fused_gated_linear(x, [gate, up], s.g, s.u, s.act)?;
-            return self.fused_linear_add(s.act, down, s.out, acc);
+            self.rms_norm(x, norm.0, norm.1, s.normed)?;
+            self.fused_gated_linear(s.normed, [gate, up], s.g, s.u, s.act)?;
+            return self.fused_linear_add(s.act, down, s.out, x);
         }
+        // The GEMM path: the norm writes the gate and up products' bf16 input directly.
+        let acc = &*x; // the residual stream the down product adds into
         check::product("mlp", x, gate, s.g)?;
         check::product("mlp", x, up, s.u)?;
         if gate.rows != up.rows
@@ -173,7 +181,7 @@ impl CudaBackend {
         // The gate and up products in bf16 in the f32 scratch's memory (half of it).
         let (g, u) = (s.g.buf.ptr, s.u.buf.ptr);
         let mut sc = self.scratch();
-        let xb = self.bf16_rows(x.buf.ptr, n * k, &mut sc)?;
+        let xb = self.rms_norm_bf16(x, norm, &mut sc)?;
         for (w, out) in [(gate, g), (up, u)] {
             let wb = self.weight_bf16(w, &mut sc)?;
             self.dev.gemm(&Gemm {

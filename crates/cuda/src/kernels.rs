@@ -37,8 +37,9 @@ pub const WEIGHT_TYPES: [(DType, &str); 11] = [
 ];
 
 /// Kernels without a weight type.
-const PLAIN: [&str; 31] = [
+const PLAIN: [&str; 32] = [
     "rms_norm",
+    "rms_norm_bf16",
     "rms_norm_groups",
     "rope",
     "silu_mul",

@@ -227,28 +227,81 @@ impl CudaBackend {
             return self.matvec3(x, None, ws, outs);
         }
         // Large batches: the activations converted to bf16 once for all the products.
-        let shared = ws.len() == outs.len()
-            && ws
-                .iter()
-                .all(|(w, _)| w.dtype != DType::F32 && !matvec_takes(w.dtype, x.rows));
-        if !shared {
+        if !Self::bf16_gemms(x, ws, outs) {
             for ((w, b), o) in ws.iter().zip(outs.iter_mut()) {
                 self.linear(x, w, *b, o)?;
             }
             return Ok(());
         }
-        let mut checked = Vec::with_capacity(ws.len());
-        for ((w, b), o) in ws.iter().zip(outs.iter()) {
-            check::product("linear_many", x, w, o)?;
-            checked.push(bias_ptr(w, *b)?);
-        }
+        self.check_products(x, ws, outs)?;
         let mut sc = self.scratch();
         let xb = self.bf16_rows(x.buf.ptr, x.rows * x.cols, &mut sc)?;
-        for (((w, _), o), bias) in ws.iter().zip(outs.iter_mut()).zip(checked) {
-            o.rows = x.rows;
-            self.gemm_product(xb, x.rows, w, bias, o.buf.ptr, false, &mut sc)?;
+        self.gemm_products(x.rows, xb, ws, outs, &mut sc)
+    }
+
+    /// Whether every product of `ws` takes the GEMM path on bf16 activations (no f32 weights, a
+    /// batch the matrix-vector kernels decline), so that x is converted once for all of them.
+    pub(crate) fn bf16_gemms(
+        x: &Act<DevBuf>,
+        ws: &[(&Weight<CudaWeight>, Option<&Weight<CudaWeight>>)],
+        outs: &[&mut Act<DevBuf>],
+    ) -> bool {
+        ws.len() == outs.len()
+            && ws
+                .iter()
+                .all(|(w, _)| w.dtype != DType::F32 && !matvec_takes(w.dtype, x.rows))
+    }
+
+    /// The shape and bias checks of `products`, before anything is launched.
+    pub(crate) fn check_products(
+        &self,
+        x: &Act<DevBuf>,
+        ws: &[(&Weight<CudaWeight>, Option<&Weight<CudaWeight>>)],
+        outs: &[&mut Act<DevBuf>],
+    ) -> Result<()> {
+        for ((w, b), o) in ws.iter().zip(outs.iter()) {
+            check::product("linear_many", x, w, o)?;
+            bias_ptr(w, *b)?;
         }
         Ok(())
+    }
+
+    /// The checked products of `n` rows of bf16 activations at `xb` (`bf16_gemms`).
+    pub(crate) fn gemm_products(
+        &self,
+        n: usize,
+        xb: u64,
+        ws: &[(&Weight<CudaWeight>, Option<&Weight<CudaWeight>>)],
+        outs: &mut [&mut Act<DevBuf>],
+        sc: &mut scratch::Scratch,
+    ) -> Result<()> {
+        for ((w, b), o) in ws.iter().zip(outs.iter_mut()) {
+            o.rows = n;
+            self.gemm_product(xb, n, w, bias_ptr(w, *b)?, o.buf.ptr, false, sc)?;
+        }
+        Ok(())
+    }
+
+    /// rms_norm(x) by `norm` as bf16 rows in `sc.bf16_x`, in one pass.
+    pub(crate) fn rms_norm_bf16(
+        &self,
+        x: &Act<DevBuf>,
+        (w, eps): (&Weight<CudaWeight>, f32),
+        sc: &mut scratch::Scratch,
+    ) -> Result<u64> {
+        let wv = Self::vector(w, x.cols, "rms_norm")?;
+        let xb = ensure(&self.dev, &mut sc.bf16_x, x.rows * x.cols * 2)?.ptr;
+        if x.rows > 0 {
+            let args = [
+                x.buf.arg(),
+                wv.arg(),
+                Arg::I32(x.cols as i32),
+                Arg::F32(eps),
+                Arg::Ptr(xb),
+            ];
+            self.launch("rms_norm_bf16", (x.rows as u32, 1), 256, &args)?;
+        }
+        Ok(xb)
     }
 
     /// Whether `matvec3` takes these: two or three decode-sized products of one input (Q/K/V,

@@ -25,7 +25,7 @@ struct Entry { const char* name; void (*run)(void**); };
 #define KT(name, T) K(matvec_##name) K(matvec3_##name) K(matvec_glu_##name) K(dequant_bf16_##name) K(embed_##name)
 static const Entry TABLE[] = {
     FOR_EACH_TYPE(KT)
-    K(rms_norm) K(rms_norm_groups) K(rope) K(silu_mul) K(silu_mul_bf16) K(add) K(add_bias) K(to_bf16) K(gather_rows)
+    K(rms_norm) K(rms_norm_bf16) K(rms_norm_groups) K(rope) K(silu_mul) K(silu_mul_bf16) K(add) K(add_bias) K(to_bf16) K(gather_rows)
     K(argmax_rows) K(write_kv_f32) K(write_kv_f16) K(attention_f32) K(attention_f16) K(attention_merge) K(gather_kv_f32)
     K(gather_kv_f16) K(softmax_causal_f32) K(softmax_causal_f16) K(to_f16) K(top_k_rows) K(sample_rows)
     K(flash_prefill_f16_64) K(flash_prefill_f16_128)
