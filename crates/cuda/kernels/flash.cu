@@ -48,30 +48,42 @@ DEV void ldsm_x4_trans(u32* r, sptr row) {
                  : "r"(row)
                  : "memory");
 }
+// Asynchronous 16-byte copies global → shared (sm_80+): `src_bytes` of 0 reads nothing and
+// zero-fills. Copies issued before a commit form a group; wait<N> returns once at most the N
+// most recent groups of this thread are still in flight (other threads' copies: a barrier after).
+DEV void cp_async16(sptr dst, const void* src, u32 src_bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
+}
+DEV void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N> DEV void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
 #endif
-// (Under the emulator, cuda_emu.h supplies mma16816, sptr, smem_addr and ldsm_x4(_trans) from the
-// same layouts.)
+// (Under the emulator, cuda_emu.h supplies mma16816, sptr, smem_addr, ldsm_x4(_trans) and the
+// cp.async calls — copies made when waited for, so a read before the wait sees stale data.)
 
 DEV u32 pack_f16(float lo, float hi) { return (u32)f2h(lo) | ((u32)f2h(hi) << 16); }
 
-// Cache rows k0 .. k0 + 63 of one KV head into shared memory as f16, from their pages; positions
-// past the block's last row are zero (and masked). f16 cache: 16-byte loads.
+// Start copying cache rows k0 .. k0 + 63 of one KV head into shared memory as f16, from their
+// pages; positions past the block's last row are zero (and masked). f16 cache: 16-byte cp.async
+// copies, in flight while the block computes (the caller commits and waits).
 template <int HD>
-DEV void fa_load_tile(const u16* c, const u32* table, int block_size, int kv_dim, int kvh, int k0, int last_pos,
-                      u16 (*dst)[HD + FA_PAD]) {
+DEV void fa_issue_tile(const u16* c, const u32* table, int block_size, int kv_dim, int kvh, int k0, int last_pos,
+                       u16 (*dst)[HD + FA_PAD]) {
     for (int i = threadIdx.x; i < FA_KEYS * HD / 8; i += blockDim.x) {
         int r = i / (HD / 8), col = 8 * (i % (HD / 8)), p = k0 + r;
-        uint4 v = {0, 0, 0, 0};
+        const u16* src = c;  // read from only when the row exists
+        u32 bytes = 0;
         if (p <= last_pos) {
             u64 slot = (u64)table[p / block_size] * block_size + p % block_size;
-            v = *(const uint4*)(c + slot * kv_dim + (u64)kvh * HD + col);
+            src = c + slot * kv_dim + (u64)kvh * HD + col;
+            bytes = 16;
         }
-        *(uint4*)&dst[r][col] = v;
+        cp_async16(smem_addr(&dst[r][col]), src, bytes);
     }
 }
-// Q8_0 cache: a thread per 32-value block, dequantized to f16.
+// Q8_0 cache: a thread per 32-value block, dequantized to f16 — synchronously (the values pass
+// through registers), so the caller's waits find nothing in flight.
 template <int HD>
-DEV void fa_load_tile(const q8kv* c, const u32* table, int block_size, int kv_dim, int kvh, int k0, int last_pos,
+DEV void fa_issue_tile(const q8kv* c, const u32* table, int block_size, int kv_dim, int kvh, int k0, int last_pos,
                       u16 (*dst)[HD + FA_PAD]) {
     for (int i = threadIdx.x; i < FA_KEYS * HD / 32; i += blockDim.x) {
         int r = i / (HD / 32), b = i % (HD / 32), p = k0 + r;
@@ -141,12 +153,20 @@ DEV void flash_prefill_impl(const float* __restrict__ q, const C* __restrict__ k
     const sptr v_row = smem_addr(&vs[(lane & 7) + 8 * ((lane >> 3) & 1)][8 * (lane >> 4)]);
     constexpr int ROW_BYTES = 2 * (HD + FA_PAD);
 
-    for (int k0 = 0; k0 <= last_pos; k0 += FA_KEYS) {
-        __syncthreads();  // the previous tile is consumed
-        fa_load_tile<HD>(kc, table, block_size, kv_dim, kvh, k0, last_pos, ks);
-        fa_load_tile<HD>(vc, table, block_size, kv_dim, kvh, k0, last_pos, vs);
+    // K and V tiles arrive by turns (as in FlashAttention-2): V_j is copied while S = Q·K_jᵀ is
+    // computed, K_{j+1} while the softmax and P·V_j are. Each tile has one buffer: the barriers
+    // after S and after P·V free them for the next copy.
+    const int ntiles = last_pos / FA_KEYS + 1;
+    fa_issue_tile<HD>(kc, table, block_size, kv_dim, kvh, 0, last_pos, ks);
+    cp_async_commit();
+    for (int j = 0; j < ntiles; j++) {
+        const int k0 = j * FA_KEYS;
+        fa_issue_tile<HD>(vc, table, block_size, kv_dim, kvh, k0, last_pos, vs);
+        cp_async_commit();
+        cp_async_wait<1>();  // K_j is here (V_j may not be)
         __syncthreads();
-        if (!active || k0 > warp_last) continue;  // warp-uniform; every warp reaches the barrier
+        // Warp-uniform; every warp reaches every barrier.
+        const bool work = active && k0 <= warp_last;
 
         // S = Q·Kᵀ: 8 tiles of 8 positions. One ldmatrix gives the B fragments of two 16-value
         // steps of the head: lane l addresses position 8·nt + l % 8, values 8·(l / 8) on.
@@ -154,6 +174,7 @@ DEV void flash_prefill_impl(const float* __restrict__ q, const C* __restrict__ k
 #pragma unroll
         for (int nt = 0; nt < FA_KEYS / 8; nt++) {
             s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+            if (!work) continue;
 #pragma unroll
             for (int kk = 0; kk < HD / 16; kk += 2) {
                 u32 b[4];
@@ -162,60 +183,71 @@ DEV void flash_prefill_impl(const float* __restrict__ q, const C* __restrict__ k
                 mma16816(s[nt], qa[kk + 1], b + 2);
             }
         }
-        // Causal mask, then the online softmax per row (a row's values are spread over the 4
-        // lanes of its group).
-        float corr[2];
+        __syncthreads();  // K_j is read no more
+        if (j + 1 < ntiles) fa_issue_tile<HD>(kc, table, block_size, kv_dim, kvh, k0 + FA_KEYS, last_pos, ks);
+        cp_async_commit();  // (empty after the last tile: the waits count groups)
+        if (work) {
+            // Causal mask, then the online softmax per row (a row's values are spread over the 4
+            // lanes of its group).
+            float corr[2];
 #pragma unroll
-        for (int half = 0; half < 2; half++) {
-            float mx = m[half];
+            for (int half = 0; half < 2; half++) {
+                float mx = m[half];
 #pragma unroll
-            for (int nt = 0; nt < FA_KEYS / 8; nt++)
+                for (int nt = 0; nt < FA_KEYS / 8; nt++)
 #pragma unroll
-                for (int c = 0; c < 2; c++) {
-                    int p = k0 + 8 * nt + 2 * t + c;
-                    float& v = s[nt][2 * half + c];
-                    if (p > qpos[half]) v = -INFINITY;
-                    mx = fmaxf(mx, v);
-                }
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-            // Position k0 ≤ qpos for every row this warp computes, so mx is finite.
-            corr[half] = exp2f(m[half] - mx);
-            m[half] = mx;
-            float sum = 0.0f;
+                    for (int c = 0; c < 2; c++) {
+                        int p = k0 + 8 * nt + 2 * t + c;
+                        float& v = s[nt][2 * half + c];
+                        if (p > qpos[half]) v = -INFINITY;
+                        mx = fmaxf(mx, v);
+                    }
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+                // Position k0 ≤ qpos for every row this warp computes, so mx is finite.
+                corr[half] = exp2f(m[half] - mx);
+                m[half] = mx;
+                float sum = 0.0f;
 #pragma unroll
-            for (int nt = 0; nt < FA_KEYS / 8; nt++)
+                for (int nt = 0; nt < FA_KEYS / 8; nt++)
 #pragma unroll
-                for (int c = 0; c < 2; c++) {
-                    float& v = s[nt][2 * half + c];
-                    v = exp2f(v - mx);
-                    sum += v;
-                }
-            l[half] = l[half] * corr[half] + sum;  // this lane's share; summed at the end
-        }
+                    for (int c = 0; c < 2; c++) {
+                        float& v = s[nt][2 * half + c];
+                        v = exp2f(v - mx);
+                        sum += v;
+                    }
+                l[half] = l[half] * corr[half] + sum;  // this lane's share; summed at the end
+            }
 #pragma unroll
-        for (int i = 0; i < HD / 8; i++) {
-            o[i][0] *= corr[0];
-            o[i][1] *= corr[0];
-            o[i][2] *= corr[1];
-            o[i][3] *= corr[1];
-        }
-        // O += P·V: the score accumulators of two adjacent tiles are the A fragment of 16 keys.
-#pragma unroll
-        for (int kk = 0; kk < FA_KEYS / 16; kk++) {
-            u32 pa[4] = {pack_f16(s[2 * kk][0], s[2 * kk][1]), pack_f16(s[2 * kk][2], s[2 * kk][3]),
-                         pack_f16(s[2 * kk + 1][0], s[2 * kk + 1][1]), pack_f16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-            // One transposing ldmatrix gives the B fragments of two 8-value column tiles: lane l
-            // addresses key 16·kk + l % 8 (+ 8 for matrices 1 and 3), values 8·dt (+ 8 for 2 and 3).
-#pragma unroll
-            for (int dt = 0; dt < HD / 8; dt += 2) {
-                u32 b[4];
-                ldsm_x4_trans(b, v_row + 16 * kk * ROW_BYTES + 2 * 8 * dt);
-                mma16816(o[dt], pa, b);
-                mma16816(o[dt + 1], pa, b + 2);
+            for (int i = 0; i < HD / 8; i++) {
+                o[i][0] *= corr[0];
+                o[i][1] *= corr[0];
+                o[i][2] *= corr[1];
+                o[i][3] *= corr[1];
             }
         }
+        cp_async_wait<1>();  // V_j is here (K_{j+1} may not be)
+        __syncthreads();
+        if (work) {
+            // O += P·V: the score accumulators of two adjacent tiles are the A fragment of 16 keys.
+#pragma unroll
+            for (int kk = 0; kk < FA_KEYS / 16; kk++) {
+                u32 pa[4] = {pack_f16(s[2 * kk][0], s[2 * kk][1]), pack_f16(s[2 * kk][2], s[2 * kk][3]),
+                             pack_f16(s[2 * kk + 1][0], s[2 * kk + 1][1]), pack_f16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+                // One transposing ldmatrix gives the B fragments of two 8-value column tiles: lane l
+                // addresses key 16·kk + l % 8 (+ 8 for matrices 1 and 3), values 8·dt (+ 8 for 2 and 3).
+#pragma unroll
+                for (int dt = 0; dt < HD / 8; dt += 2) {
+                    u32 b[4];
+                    ldsm_x4_trans(b, v_row + 16 * kk * ROW_BYTES + 2 * 8 * dt);
+                    mma16816(o[dt], pa, b);
+                    mma16816(o[dt + 1], pa, b + 2);
+                }
+            }
+        }
+        __syncthreads();  // V_j is read no more
     }
+    cp_async_wait<0>();  // (nothing is in flight: the last group is empty)
     if (!active) return;
 #pragma unroll
     for (int half = 0; half < 2; half++) {

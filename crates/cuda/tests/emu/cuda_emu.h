@@ -83,6 +83,14 @@ static Group block;
 static unsigned long long xchg[1024];
 static unsigned mma_a[1024][4], mma_b[1024][2];
 static std::function<void()> body;
+// cp.async copies each thread has issued and not yet waited for, with their commit groups.
+struct AsyncCopy { unsigned char* dst; const unsigned char* src; unsigned bytes; unsigned group; };
+static std::vector<AsyncCopy> async_copies[1024];
+static unsigned async_group[1024];
+// Copies land at issue in every other pair of blocks (by launch, by turns) and at the wait
+// otherwise: the earliest and the latest a GPU may land them, so both a read before the wait and a copy into memory
+// other threads still read (no barrier before the issue) change the result.
+static bool async_eager = false;
 
 // This block's threads and their round-robin order.
 static int nthreads = 0;
@@ -130,7 +138,13 @@ static void wait(Group& g) {
     while (g.gen == my) yield();
 }
 static void entry() {
+    async_copies[threadIdx.x].clear();
+    async_group[threadIdx.x] = 0;
     body();
+    if (!async_copies[threadIdx.x].empty()) {
+        fprintf(stderr, "emulated kernel: thread %u ended with cp.async copies never waited for\n", threadIdx.x);
+        abort();
+    }
     // A finished thread no longer takes part in barriers.
     Group& w = warps[threadIdx.x / 32];
     w.expected--;
@@ -203,12 +217,14 @@ static void launch(Dim3 grid, Dim3 blk, std::function<void()> kernel) {
     // another block of the launch writes, a thread reading shared memory another thread writes
     // with no barrier between) gives a different answer one way round than the other.
     static unsigned launches = 0;
-    const bool blocks_reversed = launches++ % 2 == 1;
+    const unsigned launch = launches++;
+    const bool blocks_reversed = launch % 2 == 1;
     const unsigned nb = grid.x * grid.y;
     for (unsigned i = 0; i < nb; i++) {
         const unsigned b = blocks_reversed ? nb - 1 - i : i;
         nthreads = nt;
         reversed = i % 2 == 1;
+        async_eager = (i / 2 + launch) % 2 == 1;
         blockIdx = Dim3{b % grid.x, b / grid.x, 0};
         fibers.assign(nt, Fiber{});
         warps.assign((nt + 31) / 32, Group{});
@@ -269,6 +285,42 @@ static inline void ldsm_x4_emu(unsigned* r, sptr row, bool trans) {
         r[m] = lo | (hi << 16);
     }
     emu::wait(emu::warps[w]);
+}
+// cp.async.cg.shared.global (16 bytes, `src_bytes` of them read, the rest zero-filled),
+// commit_group and wait_group N. The copy is made at issue or when a wait covers its group
+// (`async_eager`): a kernel that reads shared memory before waiting (or, for another thread's
+// copies, before the barrier after the wait) reads what was there before, one that copies into
+// memory other threads have yet to read changes what they read.
+static inline void cp_async16(sptr dst, const void* src, unsigned src_bytes) {
+    unsigned th = threadIdx.x;
+    if (dst % 16 != 0 || (src_bytes > 0 && (uintptr_t)src % 16 != 0) || src_bytes > 16) {
+        fprintf(stderr, "cp.async: thread %u copies %u bytes %p -> %p: not 16-byte aligned\n", th, src_bytes, src,
+                (void*)dst);
+        abort();
+    }
+    emu::AsyncCopy c{(unsigned char*)dst, (const unsigned char*)src, src_bytes, emu::async_group[th]};
+    if (emu::async_eager) {
+        memcpy(c.dst, c.src, c.bytes);
+        memset(c.dst + c.bytes, 0, 16 - c.bytes);
+    } else {
+        emu::async_copies[th].push_back(c);
+    }
+}
+static inline void cp_async_commit() { emu::async_group[threadIdx.x]++; }
+template <int N> static inline void cp_async_wait() {
+    unsigned th = threadIdx.x, committed = emu::async_group[th];
+    unsigned done = committed > (unsigned)N ? committed - N : 0;  // groups below this have landed
+    std::vector<emu::AsyncCopy>& q = emu::async_copies[th];
+    size_t kept = 0;
+    for (size_t i = 0; i < q.size(); i++) {
+        if (q[i].group < done) {
+            memcpy(q[i].dst, q[i].src, q[i].bytes);
+            memset(q[i].dst + q[i].bytes, 0, 16 - q[i].bytes);
+        } else {
+            q[kept++] = q[i];
+        }
+    }
+    q.resize(kept);
 }
 static inline void ldsm_x4(unsigned* r, sptr row) { ldsm_x4_emu(r, row, false); }
 static inline void ldsm_x4_trans(unsigned* r, sptr row) { ldsm_x4_emu(r, row, true); }
