@@ -82,6 +82,9 @@ DEV float block_sum(float v, float* shared32) {
 // the RMS norm's scale, for rms_norm and the products that fold the norm in.
 DEV float block_inv_rms(const float* __restrict__ xr, int cols, float eps, float* shared32) {
     float ss = 0.0f;
+    // Unrolled so that a thread's loads are in flight together (a loop of dependent
+    // load-then-add steps waits out the memory latency once per value); same order of sums.
+#pragma unroll 8
     for (int i = threadIdx.x; i < cols; i += blockDim.x) ss += xr[i] * xr[i];
     ss = block_sum(ss, shared32);
     return rsqrtf(ss / (float)cols + eps);

@@ -29,6 +29,7 @@ static Dim3 threadIdx, blockIdx, blockDim, gridDim;
 // Aligned as on the GPU, where a 16-byte load from an address not a multiple of 16 faults; the
 // emulator is built with -fsanitize=alignment, so such a load stops the test here too.
 struct alignas(16) uint4 { unsigned x, y, z, w; };
+struct alignas(8) uint2 { unsigned x, y; };
 struct alignas(16) float4 { float x, y, z, w; };
 
 static inline float __uint_as_float(unsigned u) { float f; memcpy(&f, &u, 4); return f; }
