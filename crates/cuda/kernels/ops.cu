@@ -7,6 +7,7 @@ extern "C" __global__ void rms_norm(const float* __restrict__ x, const float* __
     const float* xr = x + (u64)blockIdx.x * cols;
     float scale = block_inv_rms(xr, cols, eps, red);
     float* o = out + (u64)blockIdx.x * cols;
+#pragma unroll 8  // loads in flight together, not one latency per value
     for (int i = threadIdx.x; i < cols; i += blockDim.x) o[i] = w[i] * (xr[i] * scale);
 }
 
@@ -18,6 +19,7 @@ extern "C" __global__ void rms_norm_bf16(const float* __restrict__ x, const floa
     const float* xr = x + (u64)blockIdx.x * cols;
     float scale = block_inv_rms(xr, cols, eps, red);
     u16* o = out + (u64)blockIdx.x * cols;
+#pragma unroll 8  // loads in flight together, not one latency per value
     for (int i = threadIdx.x; i < cols; i += blockDim.x) o[i] = f2bf(w[i] * (xr[i] * scale));
 }
 
@@ -93,6 +95,7 @@ extern "C" __global__ void gather_rows(const float* __restrict__ x, const u32* _
                                        float* __restrict__ out) {
     const float* src = x + (u64)rows[blockIdx.x] * cols;
     float* dst = out + (u64)blockIdx.x * cols;
+#pragma unroll 8  // loads in flight together, not one latency per value
     for (int i = threadIdx.x; i < cols; i += blockDim.x) dst[i] = src[i];
 }
 
@@ -114,6 +117,8 @@ struct ArgmaxShared {
 DEV u32 block_argmax(const float* __restrict__ xr, int cols, float& best, ArgmaxShared& sh) {
     best = -INFINITY;
     int idx = 0x7fffffff, bad = 0;
+    // Unrolled: a thread's loads in flight together, compared in index order as before.
+#pragma unroll 8
     for (int i = threadIdx.x; i < cols; i += blockDim.x) {
         float v = xr[i];
         if (!(fabsf(v) <= 3.402823466e38f)) bad = 1;  // NaN or ±inf

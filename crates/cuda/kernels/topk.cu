@@ -48,7 +48,11 @@ extern "C" __global__ void __launch_bounds__(TOPK_THREADS)
     float* vo = vals + (u64)blockIdx.x * k;
     int tid = threadIdx.x, warp = tid >> 5, nw = blockDim.x >> 5;
 
+    // The passes over the row are unrolled so that a thread's loads are in flight together: one
+    // block reads the whole row several times, and a loop of dependent load-then-use steps
+    // waits out the memory latency once per value (~150 values a thread at 152k tokens).
     float bad = 0.0f;
+#pragma unroll 8
     for (int i = tid; i < cols; i += blockDim.x)
         if (!(fabsf(xr[i]) <= 3.402823466e38f)) bad = 1.0f;
     if (block_sum(bad, red) > 0.0f) {
@@ -66,6 +70,7 @@ extern "C" __global__ void __launch_bounds__(TOPK_THREADS)
     for (int shift = 24; shift >= 0; shift -= 8) {
         for (int i = tid; i < (int)(sizeof(hist) / 4); i += blockDim.x) (&hist[0][0])[i] = 0;
         __syncthreads();
+#pragma unroll 8
         for (int i = tid; i < cols; i += blockDim.x) {
             u32 key = order_key(xr[i]);
             if ((key & mask) == prefix) atomicAdd(&hist[warp][(key >> shift) & 255u], 1u);
@@ -96,6 +101,7 @@ extern "C" __global__ void __launch_bounds__(TOPK_THREADS)
     // prefix is now the k-th largest key; k − want values lie above it, `want` ties are taken.
     if (tid == 0) n_above = 0;
     __syncthreads();
+#pragma unroll 8
     for (int i = tid; i < cols; i += blockDim.x) {
         float v = xr[i];
         if (order_key(v) > prefix) {
@@ -132,6 +138,7 @@ extern "C" __global__ void __launch_bounds__(TOPK_THREADS)
         float max = cand_v[0];
         for (int j = 1; j < k; j++) max = fmaxf(max, cand_v[j]);
         float sum = 0.0f;
+#pragma unroll 8
         for (int i = tid; i < cols; i += blockDim.x) sum += expf(xr[i] - max);
         sum = block_sum(sum, red);
         if (tid == 0) mass[blockIdx.x] = sum;
