@@ -14,9 +14,9 @@
 #define MV_MAX_WARPS 16
 // Launch bounds by type (pasted from the kernel's name): float rows go 4 warps a block; quantized
 // ones up to 16. The minimum of resident blocks sets ptxas's register budget: without one it
-// trades registers for occupancy and spills (bf16/f16: 108–124 registers, 4 blocks of 4 warps an
-// SM, each lane with four 16-byte weight loads in flight; f32 matrices — tiny test models — may
-// take more).
+// trades registers for occupancy and spills (bf16/f16 up to 8 tokens: 62–96 registers, 4 blocks
+// of 4 warps an SM, each lane with two 16-byte weight loads in flight; f32 matrices — tiny test
+// models — may take more).
 #define MV_BOUNDS_f32 128, 2
 #define MV_BOUNDS_f16 128, 4
 #define MV_BOUNDS_bf16 128, 4
@@ -29,35 +29,78 @@
 #define MV_BOUNDS_q4_k MV_BOUNDS_Q
 #define MV_BOUNDS_q5_k MV_BOUNDS_Q
 #define MV_BOUNDS_q6_k MV_BOUNDS_Q
+// One token (`*_t1_*` kernels): blocks of 4 warps for every type (quantized kernels size blocks
+// by tokens), room for 6 of them an SM for bf16/f16 (63–69 registers, eight 16-byte weight loads
+// a lane in flight: ~96 KiB an SM, what the H200's latency × bandwidth asks), 8 for the rest.
+#define MV_BOUNDS1 128, 8
+#define MV_BOUNDS1_f32 128, 4
+#define MV_BOUNDS1_f16 128, 6
+#define MV_BOUNDS1_bf16 128, 6
+#define MV_BOUNDS1_q4_0 MV_BOUNDS1
+#define MV_BOUNDS1_q4_1 MV_BOUNDS1
+#define MV_BOUNDS1_q5_0 MV_BOUNDS1
+#define MV_BOUNDS1_q5_1 MV_BOUNDS1
+#define MV_BOUNDS1_q8_0 MV_BOUNDS1
+#define MV_BOUNDS1_q4_k MV_BOUNDS1
+#define MV_BOUNDS1_q5_k MV_BOUNDS1
+#define MV_BOUNDS1_q6_k MV_BOUNDS1
 
 // Float rows: lane-contiguous 16-byte loads at element 8·lane + 256·i (see Vec8).
 // With `norm` (an RMS norm's weight), the weights are dotted times it (the caller scales by the
 // rows' inverse RMS): the norm of the products' input folded into them.
-template <int T> struct FloatRowDot {
-    DEV void run(const u8* __restrict__ row, int cols, const float* __restrict__ x, int nt, float* acc,
-                 const float* __restrict__ norm, int part, int wpr) {
-        int lane = threadIdx.x & 31;
-        // f32 rows load twice the bytes per step: half the unrolling keeps them out of spills.
-#pragma unroll(T == T_F32 ? 2 : 4)
-        for (int e = (part * 32 + lane) * 8; e < cols; e += 256 * wpr) {
-            float v[8];
-            Vec8<T>::load(row, e, v);
-            if (norm) {
-                const float4* np = (const float4*)(norm + e);
-                float4 a = __ldg(np), b = __ldg(np + 1);
-                v[0] *= a.x; v[1] *= a.y; v[2] *= a.z; v[3] *= a.w;
-                v[4] *= b.x; v[5] *= b.y; v[6] *= b.z; v[7] *= b.w;
-            }
+template <int T, int MT, int NR> struct FloatRowDot {
+    // Steps whose weight loads are in flight together: a loop that checks its bound between
+    // steps issues the next load only after the last one's products — one load per lane in
+    // flight, a fraction of the bandwidth. Per row: two rows (gate and up) have twice the loads
+    // in flight per step; f32 rows load twice the bytes; one token leaves the registers for more.
+    static constexpr int U = (T == T_F32 ? 2 : MT == 1 ? 8 : 2) / NR;
+    typedef typename Vec8<T>::Raw Raw;
+
+    // acc[t] += the 8 weights at e (times norm) · token t's activations there.
+    DEV void step(const Raw& raw, int e, int cols, const float* __restrict__ x, int nt, float* acc,
+                  const float* __restrict__ norm) {
+        float v[8];
+        Vec8<T>::expand(raw, v);
+        if (norm) {
+            const float4* np = (const float4*)(norm + e);
+            float4 a = __ldg(np), b = __ldg(np + 1);
+            v[0] *= a.x; v[1] *= a.y; v[2] *= a.z; v[3] *= a.w;
+            v[4] *= b.x; v[5] *= b.y; v[6] *= b.z; v[7] *= b.w;
+        }
 #pragma unroll
-            for (int t = 0; t < MV_MAX_TOKENS; t++) {
-                if (t < nt) {
-                    const float4* xp = (const float4*)(x + (u64)t * cols + e);
-                    float4 a = __ldg(xp), b = __ldg(xp + 1);
-                    acc[t] += v[0] * a.x + v[1] * a.y + v[2] * a.z + v[3] * a.w + v[4] * b.x + v[5] * b.y +
-                              v[6] * b.z + v[7] * b.w;
-                }
+        for (int t = 0; t < MT; t++) {
+            if (t < nt) {
+                const float4* xp = (const float4*)(x + (u64)t * cols + e);
+                float4 a = __ldg(xp), b = __ldg(xp + 1);
+                acc[t] += v[0] * a.x + v[1] * a.y + v[2] * a.z + v[3] * a.w + v[4] * b.x + v[5] * b.y +
+                          v[6] * b.z + v[7] * b.w;
             }
         }
+    }
+
+    // Steps e, e + stride, ... (G of them) of rows r0 and (NR = 2) r1.
+    template <int G>
+    DEV void group(const u8* __restrict__ r0, const u8* __restrict__ r1, int e, int stride, int cols,
+                   const float* __restrict__ x, int nt, float* a0, float* a1, const float* __restrict__ norm) {
+        Raw w0[G], w1[G];
+#pragma unroll
+        for (int j = 0; j < G; j++) {
+            if (r0) w0[j] = Vec8<T>::fetch(r0, e + j * stride);
+            if (NR == 2 && r1) w1[j] = Vec8<T>::fetch(r1, e + j * stride);
+        }
+#pragma unroll
+        for (int j = 0; j < G; j++) {
+            if (r0) step(w0[j], e + j * stride, cols, x, nt, a0, norm);
+            if (NR == 2 && r1) step(w1[j], e + j * stride, cols, x, nt, a1, norm);
+        }
+    }
+
+    DEV void run(const u8* __restrict__ r0, const u8* __restrict__ r1, int cols, const float* __restrict__ x,
+                 int nt, float* a0, float* a1, const float* __restrict__ norm, int part, int wpr) {
+        const int stride = 256 * wpr;
+        int e = (part * 32 + (threadIdx.x & 31)) * 8;
+        for (; e + (U - 1) * stride < cols; e += U * stride) group<U>(r0, r1, e, stride, cols, x, nt, a0, a1, norm);
+        for (; e < cols; e += stride) group<1>(r0, r1, e, stride, cols, x, nt, a0, a1, norm);
     }
 };
 
@@ -124,13 +167,11 @@ DEV void quantize_tile(const float* __restrict__ x, int cols, int nt, int u0, in
     }
 }
 
-// acc[t] += unit `unit` of `row` · tile item (t·tu + u), for every token.
-template <int T>
-DEV void qunit_dot(const u8* __restrict__ row, int unit, int u, int tu, int nt, float* acc, const XTile& sm) {
-    QUnit q;
-    QFmt<T>::unit(row, unit, q);
+// acc[t] += unit q (of item u of the tile) · tile item (t·tu + u), for every token.
+template <int T, int MT>
+DEV void qunit_dot(const QUnit& q, int u, int tu, int nt, float* acc, const XTile& sm) {
 #pragma unroll
-    for (int t = 0; t < MV_MAX_TOKENS; t++) {
+    for (int t = 0; t < MT; t++) {
         if (t < nt) {
             int i = t * tu + u;
             const uint4* xq = (const uint4*)(sm.q + i * 8);
@@ -144,15 +185,33 @@ DEV void qunit_dot(const u8* __restrict__ row, int unit, int u, int tu, int nt, 
     }
 }
 
+// Units [u, u + QU·ustep, ...) of the tile from rows r0 and (NR = 2) r1: the units' loads all
+// issued before the first is used (see FloatRowDot::U).
+template <int T, int NR, int MT, int QU>
+DEV void qunit_group(const u8* __restrict__ r0, const u8* __restrict__ r1, int u0, int u, int ustep, int tu, int nt,
+                     float* a0, float* a1, const XTile& sm) {
+    QUnit q0[QU], q1[QU];
+#pragma unroll
+    for (int j = 0; j < QU; j++) {
+        if (r0) QFmt<T>::unit(r0, u0 + u + j * ustep, q0[j]);
+        if (NR == 2 && r1) QFmt<T>::unit(r1, u0 + u + j * ustep, q1[j]);
+    }
+#pragma unroll
+    for (int j = 0; j < QU; j++) {
+        if (r0) qunit_dot<T, MT>(q0[j], u + j * ustep, tu, nt, a0, sm);
+        if (NR == 2 && r1) qunit_dot<T, MT>(q1[j], u + j * ustep, tu, nt, a1, sm);
+    }
+}
+
 // This lane's partial dots of rows r0 and, with NR = 2, r1 (either null: none) with each of the
 // `nt` activation rows (times `norm` elementwise, when given), over part `part` of `wpr` of the
 // row (the warps sharing a row take its 256-value chunks / 32-value units in turn). Quantized
 // types: every thread of the block calls this (it synchronizes).
-template <int T, int NR>
+template <int T, int NR, int MT>
 DEV void row_partials(const u8* __restrict__ r0, const u8* __restrict__ r1, int cols, const float* __restrict__ x,
                       int nt, float* a0, float* a1, int part, int wpr, const float* __restrict__ norm = nullptr) {
 #pragma unroll
-    for (int t = 0; t < MV_MAX_TOKENS; t++) {
+    for (int t = 0; t < MT; t++) {
         a0[t] = 0.0f;
         if (NR == 2) a1[t] = 0.0f;
     }
@@ -164,14 +223,16 @@ DEV void row_partials(const u8* __restrict__ r0, const u8* __restrict__ r1, int 
             __syncthreads();  // the last tile is read no more
             quantize_tile(x, cols, nt, u0, tu, sm, norm);
             __syncthreads();
-            for (int u = part * 32 + lane; u < tu; u += 32 * wpr) {
-                if (r0) qunit_dot<T>(r0, u0 + u, u, tu, nt, a0, sm);
-                if (NR == 2 && r1) qunit_dot<T>(r1, u0 + u, u, tu, nt, a1, sm);
-            }
+            // Two units a lane in flight (a gate/up pair is two already).
+            constexpr int QU = NR == 2 ? 1 : 2;
+            const int ustep = 32 * wpr;
+            int u = part * 32 + lane;
+            for (; u + (QU - 1) * ustep < tu; u += QU * ustep)
+                qunit_group<T, NR, MT, QU>(r0, r1, u0, u, ustep, tu, nt, a0, a1, sm);
+            for (; u < tu; u += ustep) qunit_group<T, NR, MT, 1>(r0, r1, u0, u, ustep, tu, nt, a0, a1, sm);
         }
     } else {
-        if (r0) FloatRowDot<T>::run(r0, cols, x, nt, a0, norm, part, wpr);
-        if (NR == 2 && r1) FloatRowDot<T>::run(r1, cols, x, nt, a1, norm, part, wpr);
+        FloatRowDot<T, MT, NR>::run(r0, r1, cols, x, nt, a0, a1, norm, part, wpr);
     }
 }
 
@@ -186,9 +247,10 @@ DEV void rows_inv_rms(const float* __restrict__ x, int cols, int nt, float eps, 
 }
 
 // acc[t] *= inv[t] when the launch folds a norm in.
+template <int MT>
 DEV void scale_rows(float* acc, int nt, const float* norm, const float* inv) {
 #pragma unroll
-    for (int t = 0; t < MV_MAX_TOKENS; t++)
+    for (int t = 0; t < MT; t++)
         if (norm && t < nt) acc[t] *= inv[t];
 }
 
@@ -201,21 +263,22 @@ DEV int warp_part(int wpr) { return (threadIdx.x >> 5) % wpr; }
 // The row's totals from this warp's partial sums: reduced over the warp, then over the row's
 // `wpr` warps in part order (deterministic) through `sh`; valid in lane 0 of the part-0 warp.
 // Every warp of the block calls this (it synchronizes when wpr > 1).
+template <int MT>
 DEV void row_totals(float* acc, int nt, int wpr, float (*sh)[MV_MAX_TOKENS]) {
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 #pragma unroll
-    for (int t = 0; t < MV_MAX_TOKENS; t++)
+    for (int t = 0; t < MT; t++)
         if (t < nt) acc[t] = warp_sum(acc[t]);
     if (wpr == 1) return;
     __syncthreads();  // sh may still be read by an earlier call
-    // (Token loops unrolled to MV_MAX_TOKENS: acc[] stays in registers.)
+    // (Token loops unrolled to MT: acc[] stays in registers.)
 #pragma unroll
-    for (int t = 0; t < MV_MAX_TOKENS; t++)
+    for (int t = 0; t < MT; t++)
         if (lane == 0 && t < nt) sh[warp][t] = acc[t];
     __syncthreads();
     if (lane == 0 && warp % wpr == 0) {
 #pragma unroll
-        for (int t = 0; t < MV_MAX_TOKENS; t++) {
+        for (int t = 0; t < MT; t++) {
             if (t < nt) {
                 float s = 0.0f;
                 for (int p = 0; p < wpr; p++) s += sh[warp + p][t];
@@ -227,11 +290,12 @@ DEV void row_totals(float* acc, int nt, int wpr, float (*sh)[MV_MAX_TOKENS]) {
 
 // Store of row r's totals (from lane 0 of the row's part-0 warp): + bias, or, with `accumulate`,
 // added to what `out` holds (a product folded into the residual stream).
+template <int MT>
 DEV void store_row(const float* acc, int nt, int rows, int r, const float* __restrict__ bias, float* __restrict__ out,
                    int accumulate, int wpr) {
     if ((threadIdx.x & 31) != 0 || warp_part(wpr) != 0) return;
 #pragma unroll
-    for (int t = 0; t < MV_MAX_TOKENS; t++) {
+    for (int t = 0; t < MT; t++) {
         if (t < nt) {
             float s = acc[t] + (bias ? bias[r] : 0.0f);
             float* o = out + (u64)t * rows + r;
@@ -240,22 +304,22 @@ DEV void store_row(const float* acc, int nt, int rows, int r, const float* __res
     }
 }
 
-template <int T>
+template <int T, int MT>
 DEV void matvec_impl(const u8* __restrict__ w, int rows, int cols, u64 row_bytes, const float* __restrict__ x,
                      int nt, const float* __restrict__ bias, float* __restrict__ out, int accumulate, int wpr) {
     __shared__ float sh[MV_MAX_WARPS][MV_MAX_TOKENS];
     int r = warp_row(wpr);
-    float acc[MV_MAX_TOKENS];
-    row_partials<T, 1>(r < rows ? w + (u64)r * row_bytes : nullptr, nullptr, cols, x, nt, acc, acc, warp_part(wpr),
+    float acc[MT];
+    row_partials<T, 1, MT>(r < rows ? w + (u64)r * row_bytes : nullptr, nullptr, cols, x, nt, acc, acc, warp_part(wpr),
                        wpr);
-    row_totals(acc, nt, wpr, sh);
-    if (r < rows) store_row(acc, nt, rows, r, bias, out, accumulate, wpr);
+    row_totals<MT>(acc, nt, wpr, sh);
+    if (r < rows) store_row<MT>(acc, nt, rows, r, bias, out, accumulate, wpr);
 }
 
 // Up to three products of the same input in one launch (Q/K/V, gate/up): the grid covers the
 // rows of all of them, each warp finds its matrix. Same type and columns for all.
 // With `norm`, the products are of rms_norm(x) · norm (the block's input norm, eps `eps`).
-template <int T>
+template <int T, int MT>
 DEV void matvec3_impl(const u8* w0, const u8* w1, const u8* w2, int r0, int r1, int r2, int cols, u64 row_bytes,
                       const float* x, int nt, const float* b0, const float* b1, const float* b2, float* o0, float* o1,
                       float* o2, const float* norm, float eps, int wpr) {
@@ -267,19 +331,19 @@ DEV void matvec3_impl(const u8* w0, const u8* w1, const u8* w2, int r0, int r1, 
     bool in0 = r < r0, in1 = !in0 && r < r0 + r1, live = r < r0 + r1 + r2;
     int rr = in0 ? r : in1 ? r - r0 : r - r0 - r1;
     const u8* w = in0 ? w0 : in1 ? w1 : w2;
-    float acc[MV_MAX_TOKENS];
-    row_partials<T, 1>(live ? w + (u64)rr * row_bytes : nullptr, nullptr, cols, x, nt, acc, acc, warp_part(wpr), wpr,
+    float acc[MT];
+    row_partials<T, 1, MT>(live ? w + (u64)rr * row_bytes : nullptr, nullptr, cols, x, nt, acc, acc, warp_part(wpr), wpr,
                        norm);
-    scale_rows(acc, nt, norm, inv);
-    row_totals(acc, nt, wpr, sh);
+    scale_rows<MT>(acc, nt, norm, inv);
+    row_totals<MT>(acc, nt, wpr, sh);
     if (live)
-        store_row(acc, nt, in0 ? r0 : in1 ? r1 : r2, rr, in0 ? b0 : in1 ? b1 : b2, in0 ? o0 : in1 ? o1 : o2, 0, wpr);
+        store_row<MT>(acc, nt, in0 ? r0 : in1 ? r1 : r2, rr, in0 ? b0 : in1 ? b1 : b2, in0 ? o0 : in1 ? o1 : o2, 0, wpr);
 }
 
 // The gated MLP's first half: out = silu(x · gateᵀ) · (x · upᵀ), one warp per row r taking row
 // r of both matrices (same type and shape), so neither product is stored; with `norm`, of
 // rms_norm(x) · norm.
-template <int T>
+template <int T, int MT>
 DEV void matvec_glu_impl(const u8* __restrict__ wg, const u8* __restrict__ wu, int rows, int cols, u64 row_bytes,
                          const float* __restrict__ x, int nt, float* __restrict__ out, const float* __restrict__ norm,
                          float eps, int wpr) {
@@ -287,16 +351,16 @@ DEV void matvec_glu_impl(const u8* __restrict__ wg, const u8* __restrict__ wu, i
     if (norm) rows_inv_rms(x, cols, nt, eps, inv, red);
     int r = warp_row(wpr);
     bool live = r < rows;
-    float g[MV_MAX_TOKENS], u[MV_MAX_TOKENS];
-    row_partials<T, 2>(live ? wg + (u64)r * row_bytes : nullptr, live ? wu + (u64)r * row_bytes : nullptr, cols, x,
+    float g[MT], u[MT];
+    row_partials<T, 2, MT>(live ? wg + (u64)r * row_bytes : nullptr, live ? wu + (u64)r * row_bytes : nullptr, cols, x,
                        nt, g, u, warp_part(wpr), wpr, norm);
-    scale_rows(g, nt, norm, inv);
-    scale_rows(u, nt, norm, inv);
-    row_totals(g, nt, wpr, sh);
-    row_totals(u, nt, wpr, sh);
+    scale_rows<MT>(g, nt, norm, inv);
+    scale_rows<MT>(u, nt, norm, inv);
+    row_totals<MT>(g, nt, wpr, sh);
+    row_totals<MT>(u, nt, wpr, sh);
     if (!live || (threadIdx.x & 31) != 0 || warp_part(wpr) != 0) return;
 #pragma unroll
-    for (int t = 0; t < MV_MAX_TOKENS; t++)
+    for (int t = 0; t < MT; t++)
         if (t < nt) out[(u64)t * rows + r] = silu_times(g[t], u[t]);
 }
 
@@ -331,23 +395,30 @@ DEV void embed_impl(const u8* __restrict__ w, int rows, int cols, u64 row_bytes,
     }
 }
 
-#define MATVEC_KERNELS(name, T)                                                                      \
-    extern "C" __global__ void __launch_bounds__(MV_BOUNDS_##name) matvec_##name(                      \
+// The products for up to MV_MAX_TOKENS rows of x (`matvec_*`, `matvec3_*`, `matvec_glu_*`) and
+// for one (`*_t1_*`: batch-1 decode). One token's kernels hold one accumulator per row instead of
+// eight, which leaves registers for more resident warps and more loads in flight per lane —
+// what a decode step's products are bound by.
+#define MATVEC_PRODUCTS(kind, name, T, MT, BOUNDS)                                                    \
+    extern "C" __global__ void __launch_bounds__(BOUNDS) matvec##kind##name(                          \
         const u8* w, int rows, int cols, u64 row_bytes, const float* x, int nt, const float* bias,   \
         float* out, int accumulate, int wpr) {                                                        \
-        matvec_impl<T>(w, rows, cols, row_bytes, x, nt, bias, out, accumulate, wpr);                 \
+        matvec_impl<T, MT>(w, rows, cols, row_bytes, x, nt, bias, out, accumulate, wpr);             \
     }                                                                                                 \
-    extern "C" __global__ void __launch_bounds__(MV_BOUNDS_##name) matvec_glu_##name(                  \
+    extern "C" __global__ void __launch_bounds__(BOUNDS) matvec_glu##kind##name(                      \
         const u8* wg, const u8* wu, int rows, int cols, u64 row_bytes, const float* x, int nt,       \
         float* out, const float* norm, float eps, int wpr) {                                          \
-        matvec_glu_impl<T>(wg, wu, rows, cols, row_bytes, x, nt, out, norm, eps, wpr);               \
+        matvec_glu_impl<T, MT>(wg, wu, rows, cols, row_bytes, x, nt, out, norm, eps, wpr);           \
     }                                                                                                 \
-    extern "C" __global__ void __launch_bounds__(MV_BOUNDS_##name) matvec3_##name(                     \
+    extern "C" __global__ void __launch_bounds__(BOUNDS) matvec3##kind##name(                         \
         const u8* w0, const u8* w1, const u8* w2, int r0, int r1, int r2, int cols, u64 row_bytes,   \
         const float* x, int nt, const float* b0, const float* b1, const float* b2, float* o0,        \
         float* o1, float* o2, const float* norm, float eps, int wpr) {                                \
-        matvec3_impl<T>(w0, w1, w2, r0, r1, r2, cols, row_bytes, x, nt, b0, b1, b2, o0, o1, o2, norm, eps, wpr); \
-    }                                                                                                 \
+        matvec3_impl<T, MT>(w0, w1, w2, r0, r1, r2, cols, row_bytes, x, nt, b0, b1, b2, o0, o1, o2, norm, eps, wpr); \
+    }
+#define MATVEC_KERNELS(name, T)                                                                      \
+    MATVEC_PRODUCTS(_, name, T, MV_MAX_TOKENS, MV_BOUNDS_##name)                                      \
+    MATVEC_PRODUCTS(_t1_, name, T, 1, MV_BOUNDS1_##name)                                              \
     extern "C" __global__ void dequant_bf16_##name(const u8* w, int rows, int cols, u64 row_bytes,   \
                                                    u16* out) {                                        \
         dequant_bf16_impl<T>(w, rows, cols, row_bytes, out);                                          \

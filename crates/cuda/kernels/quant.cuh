@@ -20,17 +20,26 @@ template <int T> struct Fmt;
 // Eight consecutive values at element `e` (a multiple of 8) of a float-typed row: one 16-byte
 // load for f16/bf16, two for f32, so a warp reading e = 8·lane + 256·i covers 512 contiguous
 // bytes (f16/bf16) per load — fully coalesced.
+// Eight values of a float row at element e: `fetch` loads them as stored (one or two 16-byte
+// loads), `expand` turns that into floats — apart, so that a loop can have several fetches in
+// flight before it uses the first.
 template <int T> struct Vec8;
 template <> struct Vec8<T_F32> {
-    DEV void load(const u8* row, int e, float* v) {
+    struct Raw { float4 a, b; };
+    DEV Raw fetch(const u8* row, int e) {
         const float4* p = (const float4*)(row + (size_t)e * 4);
-        float4 a = p[0], b = p[1];
-        v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w; v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
+        return Raw{p[0], p[1]};
     }
+    DEV void expand(const Raw& r, float* v) {
+        v[0] = r.a.x; v[1] = r.a.y; v[2] = r.a.z; v[3] = r.a.w;
+        v[4] = r.b.x; v[5] = r.b.y; v[6] = r.b.z; v[7] = r.b.w;
+    }
+    DEV void load(const u8* row, int e, float* v) { expand(fetch(row, e), v); }
 };
 template <> struct Vec8<T_F16> {
-    DEV void load(const u8* row, int e, float* v) {
-        uint4 a = *(const uint4*)(row + (size_t)e * 2);
+    typedef uint4 Raw;
+    DEV Raw fetch(const u8* row, int e) { return *(const uint4*)(row + (size_t)e * 2); }
+    DEV void expand(const Raw& a, float* v) {
         u32 w[4] = {a.x, a.y, a.z, a.w};
 #pragma unroll
         for (int j = 0; j < 4; j++) {
@@ -38,10 +47,12 @@ template <> struct Vec8<T_F16> {
             v[2 * j + 1] = h2f((u16)(w[j] >> 16));
         }
     }
+    DEV void load(const u8* row, int e, float* v) { expand(fetch(row, e), v); }
 };
 template <> struct Vec8<T_BF16> {
-    DEV void load(const u8* row, int e, float* v) {
-        uint4 a = *(const uint4*)(row + (size_t)e * 2);
+    typedef uint4 Raw;
+    DEV Raw fetch(const u8* row, int e) { return *(const uint4*)(row + (size_t)e * 2); }
+    DEV void expand(const Raw& a, float* v) {
         u32 w[4] = {a.x, a.y, a.z, a.w};
 #pragma unroll
         for (int j = 0; j < 4; j++) {
@@ -49,6 +60,7 @@ template <> struct Vec8<T_BF16> {
             v[2 * j + 1] = __uint_as_float(w[j] & 0xffff0000u);
         }
     }
+    DEV void load(const u8* row, int e, float* v) { expand(fetch(row, e), v); }
 };
 
 // Float types: a unit is four 8-value loads.

@@ -8,7 +8,7 @@
 //! wrote, read and converted the `[n, intermediate]` products several times over).
 
 use crate::device::{f32_bytes, u32_bytes, Arg, DevBuf, Elem, Gemm};
-use crate::matmul::{matrix_args, matvec_geometry};
+use crate::matmul::{matrix_args, matvec_geometry, matvec_kind};
 use crate::{blocks, matvec_chunks, matvec_takes, CudaBackend, CudaWeight, KvBuf, MATVEC_MAX_ROWS};
 use suanli_backend::{
     check, shape_err, Act, Backend, KvPages, MlpScratch, Result, RopeParams, RopeStyle, Weight,
@@ -85,8 +85,8 @@ impl CudaBackend {
             None => (0, 0.0),
         };
         out.rows = x.rows;
-        let kernel = self.typed("matvec_glu", gate.dtype)?;
         for (first, n) in matvec_chunks(x.rows) {
+            let kernel = self.typed(matvec_kind("matvec_glu", n), gate.dtype)?;
             let g = matvec_geometry(gate.dtype, gate.rows, n);
             let args = [
                 wg,

@@ -72,7 +72,16 @@ const PLAIN: [&str; 32] = [
     "softmax_causal_f16",
 ];
 /// Kernels instantiated per weight type (`matvec_q4_k`, ...).
-const TYPED: [&str; 5] = ["matvec", "matvec3", "matvec_glu", "dequant_bf16", "embed"];
+const TYPED: [&str; 8] = [
+    "matvec",
+    "matvec3",
+    "matvec_glu",
+    "matvec_t1",
+    "matvec3_t1",
+    "matvec_glu_t1",
+    "dequant_bf16",
+    "embed",
+];
 
 /// Every kernel the backend loads.
 pub fn kernel_names() -> Vec<String> {

@@ -42,6 +42,18 @@ pub(crate) fn matvec_geometry(ty: DType, rows: usize, tokens: usize) -> MatvecGe
     }
 }
 
+/// The matrix-vector kernel family `kind` (`matvec`, `matvec3`, `matvec_glu`) for `tokens` rows of
+/// x: the one-token kernels (`matvec_t1`, ...) for one — they keep one accumulator per row, not
+/// eight, and the registers that frees go to more warps and loads in flight.
+pub(crate) fn matvec_kind(kind: &'static str, tokens: usize) -> &'static str {
+    match (kind, tokens) {
+        ("matvec", 1) => "matvec_t1",
+        ("matvec3", 1) => "matvec3_t1",
+        ("matvec_glu", 1) => "matvec_glu_t1",
+        _ => kind,
+    }
+}
+
 /// A matrix's leading kernel arguments: its data, rows, columns and bytes per row.
 pub(crate) fn matrix_args(w: &Weight<CudaWeight>, op: &'static str) -> Result<[Arg; 4]> {
     let CudaWeight::Raw { buf, row_bytes } = &w.store else {
@@ -120,8 +132,8 @@ impl CudaBackend {
         }
         let (m, k) = (w.rows, w.cols);
         if matvec_takes(w.dtype, n) {
-            let kernel = self.typed("matvec", w.dtype)?;
             for (first, rows) in matvec_chunks(n) {
+                let kernel = self.typed(matvec_kind("matvec", rows), w.dtype)?;
                 let mut args = geometry.to_vec();
                 args.extend([
                     Arg::Ptr(x + (first * k * 4) as u64),
@@ -382,8 +394,8 @@ impl CudaBackend {
             o.rows = x.rows;
         }
         let total: usize = ws.iter().map(|(w, _)| w.rows).sum();
-        let kernel = self.typed("matvec3", ws[0].0.dtype)?;
         for (first, n) in matvec_chunks(x.rows) {
+            let kernel = self.typed(matvec_kind("matvec3", n), ws[0].0.dtype)?;
             let mut args: Vec<Arg> = ptrs.iter().map(|&p| Arg::Ptr(p)).collect();
             args.extend(rows.iter().map(|&r| Arg::I32(r)));
             args.extend([

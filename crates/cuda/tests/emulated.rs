@@ -311,9 +311,9 @@ fn emulated_decode_step_is_six_kernels_per_layer() {
         ("attention_f16", layers),
         ("embed_f32", 1),
         ("gather_rows", 1),
-        ("matvec3_f32", layers),
-        ("matvec_f32", 2 * layers + 1),
-        ("matvec_glu_f32", layers),
+        ("matvec3_t1_f32", layers),
+        ("matvec_glu_t1_f32", layers),
+        ("matvec_t1_f32", 2 * layers + 1),
         ("rms_norm", 1),
         ("rope_write_kv_f16", layers),
     ]

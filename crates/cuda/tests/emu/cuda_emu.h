@@ -19,7 +19,7 @@
 #define __global__
 #define __device__
 #define __forceinline__ inline
-#define __launch_bounds__(x)
+#define __launch_bounds__(...)
 #define __restrict__ __restrict
 #define __shared__ static  // blocks run one at a time
 #define __align__(n) __attribute__((aligned(n)))

@@ -22,7 +22,8 @@ static void invoke(void (*f)(A...), void** a) { invoke_impl(f, a, std::index_seq
 
 struct Entry { const char* name; void (*run)(void**); };
 #define K(name) {#name, [](void** a) { invoke(name, a); }},
-#define KT(name, T) K(matvec_##name) K(matvec3_##name) K(matvec_glu_##name) K(dequant_bf16_##name) K(embed_##name)
+#define KT(name, T) K(matvec_##name) K(matvec3_##name) K(matvec_glu_##name) K(matvec_t1_##name) K(matvec3_t1_##name) \
+    K(matvec_glu_t1_##name) K(dequant_bf16_##name) K(embed_##name)
 static const Entry TABLE[] = {
     FOR_EACH_TYPE(KT)
     K(rms_norm) K(rms_norm_bf16) K(rms_norm_groups) K(rope) K(silu_mul) K(silu_mul_bf16) K(add) K(add_bias) K(to_bf16) K(gather_rows)
