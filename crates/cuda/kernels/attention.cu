@@ -110,22 +110,24 @@ DEV void attention_impl(const float* __restrict__ q, const C* __restrict__ kc, c
         acc[i] = 0.0f;
     }
     float m = -INFINITY, l = 0.0f;
+    // A round's loads are issued together: positions past the end read the last one (and are
+    // masked) instead of being branched around — a branch per position made every position's
+    // table, K and V loads wait for the previous position's (two dozen memory latencies a round).
     for (int p0 = p_begin + warp * ATT_CHUNK; p0 < p_end; p0 += ATT_WARPS * ATT_CHUNK) {
         float s[ATT_CHUNK];
         u64 base[ATT_CHUNK];
 #pragma unroll
         for (int c = 0; c < ATT_CHUNK; c++) {
-            int p = p0 + c;
-            s[c] = 0.0f;
-            base[c] = 0;
-            if (p < p_end) {
-                u64 slot = (u64)table[p / block_size] * block_size + p % block_size;
-                base[c] = slot;
+            int p = min(p0 + c, p_end - 1);
+            base[c] = (u64)table[p / block_size] * block_size + p % block_size;
+        }
 #pragma unroll
-                for (int i = 0; i < ATT_MAX_DIMS; i++) {
-                    int d = lane + 32 * i;
-                    if (d < hd) s[c] += qv[i] * kv_elem(kc, base[c], kv_dim, kvh * hd + d);
-                }
+        for (int c = 0; c < ATT_CHUNK; c++) {
+            s[c] = 0.0f;
+#pragma unroll
+            for (int i = 0; i < ATT_MAX_DIMS; i++) {
+                int d = lane + 32 * i;
+                if (d < hd) s[c] += qv[i] * kv_elem(kc, base[c], kv_dim, kvh * hd + d);
             }
         }
         float cm = m;
@@ -138,16 +140,18 @@ DEV void attention_impl(const float* __restrict__ q, const C* __restrict__ kc, c
         l *= corr;
 #pragma unroll
         for (int i = 0; i < ATT_MAX_DIMS; i++) acc[i] *= corr;
+        float e[ATT_CHUNK];
 #pragma unroll
         for (int c = 0; c < ATT_CHUNK; c++) {
-            if (p0 + c < p_end) {
-                float e = expf(s[c] - cm);
-                l += e;
+            e[c] = p0 + c < p_end ? expf(s[c] - cm) : 0.0f;  // a masked position adds 0·v
+            l += e[c];
+        }
 #pragma unroll
-                for (int i = 0; i < ATT_MAX_DIMS; i++) {
-                    int d = lane + 32 * i;
-                    if (d < hd) acc[i] += e * kv_elem(vc, base[c], kv_dim, kvh * hd + d);
-                }
+        for (int c = 0; c < ATT_CHUNK; c++) {
+#pragma unroll
+            for (int i = 0; i < ATT_MAX_DIMS; i++) {
+                int d = lane + 32 * i;
+                if (d < hd) acc[i] += e[c] * kv_elem(vc, base[c], kv_dim, kvh * hd + d);
             }
         }
         m = cm;
