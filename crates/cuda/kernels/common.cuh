@@ -78,14 +78,46 @@ DEV float block_sum(float v, float* shared32) {
     return warp_sum(v);
 }
 
+// Loops over a row, a thread taking i = threadIdx.x, + blockDim.x, ...: the values are loaded
+// eight at a time by predicated loads before any is used. A plain (or unrolled) loop checks its
+// bound between loads, and ptxas keeps the branch — each load then waits for the last one's use,
+// a memory latency per value (~150 a thread over a 152k vocabulary). `use(i, v)` sees the values
+// in the plain loop's order.
+template <int N = 8, class F>
+DEV void each_value(const float* __restrict__ x, int n, F use) {
+    const int stride = blockDim.x;
+    for (int i0 = threadIdx.x; i0 < n; i0 += N * stride) {
+        float v[N];
+#pragma unroll
+        for (int j = 0; j < N; j++) v[j] = i0 + j * stride < n ? x[i0 + j * stride] : 0.0f;
+#pragma unroll
+        for (int j = 0; j < N; j++)
+            if (i0 + j * stride < n) use(i0 + j * stride, v[j]);
+    }
+}
+// The same over two rows at once (values of x and y at i).
+template <int N = 8, class F>
+DEV void each_pair(const float* __restrict__ x, const float* __restrict__ y, int n, F use) {
+    const int stride = blockDim.x;
+    for (int i0 = threadIdx.x; i0 < n; i0 += N * stride) {
+        float a[N], b[N];
+#pragma unroll
+        for (int j = 0; j < N; j++) {
+            bool in = i0 + j * stride < n;
+            a[j] = in ? x[i0 + j * stride] : 0.0f;
+            b[j] = in ? y[i0 + j * stride] : 0.0f;
+        }
+#pragma unroll
+        for (int j = 0; j < N; j++)
+            if (i0 + j * stride < n) use(i0 + j * stride, a[j], b[j]);
+    }
+}
+
 // 1 / RMS of the `cols` values at xr (+ eps inside the root), in every thread of the block:
 // the RMS norm's scale, for rms_norm and the products that fold the norm in.
 DEV float block_inv_rms(const float* __restrict__ xr, int cols, float eps, float* shared32) {
     float ss = 0.0f;
-    // Unrolled so that a thread's loads are in flight together (a loop of dependent
-    // load-then-add steps waits out the memory latency once per value); same order of sums.
-#pragma unroll 8
-    for (int i = threadIdx.x; i < cols; i += blockDim.x) ss += xr[i] * xr[i];
+    each_value(xr, cols, [&](int, float v) { ss += v * v; });
     ss = block_sum(ss, shared32);
     return rsqrtf(ss / (float)cols + eps);
 }

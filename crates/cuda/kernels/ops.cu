@@ -7,8 +7,7 @@ extern "C" __global__ void rms_norm(const float* __restrict__ x, const float* __
     const float* xr = x + (u64)blockIdx.x * cols;
     float scale = block_inv_rms(xr, cols, eps, red);
     float* o = out + (u64)blockIdx.x * cols;
-#pragma unroll 8  // loads in flight together, not one latency per value
-    for (int i = threadIdx.x; i < cols; i += blockDim.x) o[i] = w[i] * (xr[i] * scale);
+    each_pair(xr, w, cols, [&](int i, float v, float wi) { o[i] = wi * (v * scale); });
 }
 
 // The same straight into bf16, for a GEMM's input: what rms_norm then to_bf16 give, in one pass
@@ -19,8 +18,7 @@ extern "C" __global__ void rms_norm_bf16(const float* __restrict__ x, const floa
     const float* xr = x + (u64)blockIdx.x * cols;
     float scale = block_inv_rms(xr, cols, eps, red);
     u16* o = out + (u64)blockIdx.x * cols;
-#pragma unroll 8  // loads in flight together, not one latency per value
-    for (int i = threadIdx.x; i < cols; i += blockDim.x) o[i] = f2bf(w[i] * (xr[i] * scale));
+    each_pair(xr, w, cols, [&](int i, float v, float wi) { o[i] = f2bf(wi * (v * scale)); });
 }
 
 // In place, over each group of `g` values (per-head Q/K norm): one warp per group.
@@ -95,8 +93,7 @@ extern "C" __global__ void gather_rows(const float* __restrict__ x, const u32* _
                                        float* __restrict__ out) {
     const float* src = x + (u64)rows[blockIdx.x] * cols;
     float* dst = out + (u64)blockIdx.x * cols;
-#pragma unroll 8  // loads in flight together, not one latency per value
-    for (int i = threadIdx.x; i < cols; i += blockDim.x) dst[i] = src[i];
+    each_value(src, cols, [&](int i, float v) { dst[i] = v; });
 }
 
 // Index of the largest value of each row (first on ties), for greedy sampling on the device;
@@ -117,13 +114,10 @@ struct ArgmaxShared {
 DEV u32 block_argmax(const float* __restrict__ xr, int cols, float& best, ArgmaxShared& sh) {
     best = -INFINITY;
     int idx = 0x7fffffff, bad = 0;
-    // Unrolled: a thread's loads in flight together, compared in index order as before.
-#pragma unroll 8
-    for (int i = threadIdx.x; i < cols; i += blockDim.x) {
-        float v = xr[i];
+    each_value(xr, cols, [&](int i, float v) {
         if (!(fabsf(v) <= 3.402823466e38f)) bad = 1;  // NaN or ±inf
         if (v > best) { best = v; idx = i; }
-    }
+    });
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) argmax_merge(best, idx, bad, o);
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
