@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # CPU-side checks of the CUDA backend: it builds (cargo feature `cuda` of the CLI), its kernels
 # compile with NVRTC for sm_80/sm_89/sm_90 (NVRTC needs no GPU; scripts/nvrtc.sh fetches it), and
-# ptxas assembles every kernel for sm_90 without register spills. (The emulated-GPU tests of the
+# ptxas assembles every kernel for sm_90 without register spills, and the decode kernels issue
+# their memory loads in groups (scripts/sass.sh --check). (The emulated-GPU tests of the
 # backend run in the normal `cargo test`.) The checks that need a device: scripts/gpu-check.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,3 +26,5 @@ else
     echo "test result: FAILED. 0 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out (ptxas: spills)"
     exit 1
 fi
+# The decode kernels' loads are grouped in the machine code (see scripts/sass.sh).
+scripts/sass.sh --check
