@@ -28,7 +28,10 @@ import re, sys
 # of 8 positions' table and K loads; its prologue's q loads alone are 9).
 KERNELS = {"matvec_t1_bf16": 8, "matvec3_t1_bf16": 8, "matvec_glu_t1_bf16": 8, "matvec_t1_f16": 8,
            "attention_f16": 24, "argmax_rows": 8, "top_k_rows": 8, "rms_norm": 8, "rms_norm_bf16": 8,
-           "gather_rows": 8}
+           "gather_rows": 8,
+           # quantized: two units a lane (one Q4_K unit is 9 loads, Q8_0 18, Q6_K 36 — 16-bit)
+           "matvec_t1_q4_k": 16, "matvec3_t1_q4_k": 16, "matvec_t1_q8_0": 32, "matvec_t1_q6_k": 64,
+           "matvec_glu_t1_q4_k": 8}
 funcs, name = {}, None
 for line in open(sys.argv[1]):
     m = re.match(r"\s+Function : (\w+)", line)

@@ -31,8 +31,9 @@
 #define MV_BOUNDS_q6_k MV_BOUNDS_Q
 // One token (`*_t1_*` kernels): blocks of 4 warps for every type (quantized kernels size blocks
 // by tokens), room for 6 of them an SM for bf16/f16 (63–69 registers, eight 16-byte weight loads
-// a lane in flight: ~96 KiB an SM, what the H200's latency × bandwidth asks), 8 for the rest.
-#define MV_BOUNDS1 128, 8
+// a lane in flight: ~96 KiB an SM, what the H200's latency × bandwidth asks), 5 for quantized
+// types (76–96 registers: two units a lane and two rounds of activation loads in flight).
+#define MV_BOUNDS1 128, 5
 #define MV_BOUNDS1_f32 128, 4
 #define MV_BOUNDS1_f16 128, 6
 #define MV_BOUNDS1_bf16 128, 6
@@ -118,50 +119,64 @@ struct __align__(16) XTile {
 // at once), max and sum over the four by two shuffles each — a warp per unit reduced over 32
 // lanes was a chain of dependent loads and 10 shuffles per unit, ~28 units a warp, before the
 // block read any weight; d = amax / 127, q = round(x / d) (to nearest, by the 1.5·2^23
-// addition). The loop runs whole warps (the shuffles need every lane); lanes past the end
-// reduce zeros and store nothing.
+// addition). QX_GROUP rounds of the block load before any is used (a long row — a down
+// product's 18944 columns — is ~18 rounds for 4 warps). The loop runs whole warps (the
+// shuffles need every lane); lanes past the end reduce zeros and store nothing.
+#define QX_GROUP 2
 DEV void quantize_tile(const float* __restrict__ x, int cols, int nt, int u0, int tu, XTile& sm,
                        const float* __restrict__ norm) {
-    const int lane = threadIdx.x & 31, total = 4 * nt * tu;
-    for (int i0 = threadIdx.x - lane; i0 < total; i0 += blockDim.x) {
-        const int i = i0 + lane, item = i >> 2, quarter = i & 3;
-        const bool live = i < total;
-        float v[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
-        if (live) {
-            int t = item / tu, col = (u0 + item % tu) * 32 + 8 * quarter;
+    const int lane = threadIdx.x & 31, total = 4 * nt * tu, step = blockDim.x;
+    const float4 zero = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int g0 = threadIdx.x - lane; g0 < total; g0 += QX_GROUP * step) {
+        float4 xa[QX_GROUP][2], na[QX_GROUP][2];
+#pragma unroll
+        for (int g = 0; g < QX_GROUP; g++) {
+            const int i = g0 + g * step + lane, item = i >> 2;
+            const bool live = i < total;
+            const int t = live ? item / tu : 0, col = live ? (u0 + item % tu) * 32 + 8 * (i & 3) : 0;
             const float4* xp = (const float4*)(x + (u64)t * cols + col);
-            float4 a = __ldg(xp), b = __ldg(xp + 1);
-            v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w;
-            v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
+            xa[g][0] = live ? __ldg(xp) : zero;
+            xa[g][1] = live ? __ldg(xp + 1) : zero;
             if (norm) {
                 const float4* np = (const float4*)(norm + col);
-                float4 c = __ldg(np), e = __ldg(np + 1);
-                v[0] *= c.x; v[1] *= c.y; v[2] *= c.z; v[3] *= c.w;
-                v[4] *= e.x; v[5] *= e.y; v[6] *= e.z; v[7] *= e.w;
+                na[g][0] = live ? __ldg(np) : zero;
+                na[g][1] = live ? __ldg(np + 1) : zero;
             }
         }
-        float amax = 0.0f;
 #pragma unroll
-        for (int j = 0; j < 8; j++) amax = fmaxf(amax, fabsf(v[j]));
-        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
-        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
-        float id = amax > 0.0f ? 127.0f / amax : 0.0f;
-        int sum = 0;
-        u32 packed[2] = {0, 0};
+        for (int g = 0; g < QX_GROUP; g++) {
+            if (g0 + g * step >= total) break;  // warp-uniform
+            const int i = g0 + g * step + lane, item = i >> 2, quarter = i & 3;
+            const bool live = i < total;
+            float v[8] = {xa[g][0].x, xa[g][0].y, xa[g][0].z, xa[g][0].w,
+                          xa[g][1].x, xa[g][1].y, xa[g][1].z, xa[g][1].w};
+            if (norm) {
+                v[0] *= na[g][0].x; v[1] *= na[g][0].y; v[2] *= na[g][0].z; v[3] *= na[g][0].w;
+                v[4] *= na[g][1].x; v[5] *= na[g][1].y; v[6] *= na[g][1].z; v[7] *= na[g][1].w;
+            }
+            float amax = 0.0f;
 #pragma unroll
-        for (int j = 0; j < 8; j++) {
-            int q = __float_as_int(v[j] * id + 12582912.0f) - 0x4B400000;
-            sum += q;
-            packed[j >> 2] |= (u32)(u8)(i8)q << (8 * (j & 3));
-        }
-        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-        if (live) {
-            *(uint2*)(sm.q + item * 8 + 2 * quarter) = uint2{packed[0], packed[1]};
-            if (quarter == 0) {
-                float d = amax / 127.0f;
-                sm.d[item] = d;
-                sm.s[item] = d * small_i2f(sum);
+            for (int j = 0; j < 8; j++) amax = fmaxf(amax, fabsf(v[j]));
+            amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
+            amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
+            float id = amax > 0.0f ? 127.0f / amax : 0.0f;
+            int sum = 0;
+            u32 packed[2] = {0, 0};
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                int q = __float_as_int(v[j] * id + 12582912.0f) - 0x4B400000;
+                sum += q;
+                packed[j >> 2] |= (u32)(u8)(i8)q << (8 * (j & 3));
+            }
+            sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+            sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+            if (live) {
+                *(uint2*)(sm.q + item * 8 + 2 * quarter) = uint2{packed[0], packed[1]};
+                if (quarter == 0) {
+                    float d = amax / 127.0f;
+                    sm.d[item] = d;
+                    sm.s[item] = d * small_i2f(sum);
+                }
             }
         }
     }
