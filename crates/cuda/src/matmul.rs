@@ -418,3 +418,40 @@ impl CudaBackend {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{matvec_geometry, matvec_kind};
+    use crate::kernels::WEIGHT_TYPES;
+    use suanli_core::DType;
+
+    /// The matrix-vector kernels are built for at most so many threads a block (`__launch_bounds__`
+    /// in matvec.cu: 128 for the one-token kernels and float types, 512 for quantized types). A
+    /// larger block fails to launch on a GPU; the emulator does not model the bound.
+    #[test]
+    fn matvec_blocks_fit_the_kernels_launch_bounds() {
+        for (ty, _) in WEIGHT_TYPES {
+            let float = matches!(ty, DType::F32 | DType::F16 | DType::BF16);
+            for rows in [1, 96, 896, 3584, 8192, 18944, 151_936] {
+                assert_eq!(
+                    matvec_geometry(ty, rows, 1).block,
+                    128,
+                    "{ty:?}, {rows} rows, 1 token"
+                );
+                for tokens in 2..=8 {
+                    let most = if float { 128 } else { 512 };
+                    let g = matvec_geometry(ty, rows, tokens);
+                    assert!(
+                        g.block <= most,
+                        "{ty:?}, {rows} rows, {tokens} tokens: {}",
+                        g.block
+                    );
+                }
+            }
+        }
+        for kind in ["matvec", "matvec3", "matvec_glu"] {
+            assert_eq!(matvec_kind(kind, 1), format!("{kind}_t1"));
+            assert_eq!(matvec_kind(kind, 2), kind);
+        }
+    }
+}
