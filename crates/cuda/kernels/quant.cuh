@@ -19,10 +19,8 @@ template <int T> struct Fmt;
 
 // Eight consecutive values at element `e` (a multiple of 8) of a float-typed row: one 16-byte
 // load for f16/bf16, two for f32, so a warp reading e = 8·lane + 256·i covers 512 contiguous
-// bytes (f16/bf16) per load — fully coalesced.
-// Eight values of a float row at element e: `fetch` loads them as stored (one or two 16-byte
-// loads), `expand` turns that into floats — apart, so that a loop can have several fetches in
-// flight before it uses the first.
+// bytes (f16/bf16) per load — fully coalesced. `fetch` loads them as stored, `expand` turns that
+// into floats — apart, so that a loop can have several fetches in flight before it uses the first.
 template <int T> struct Vec8;
 template <> struct Vec8<T_F32> {
     struct Raw { float4 a, b; };

@@ -338,19 +338,8 @@ impl Backend for CudaBackend {
         out: &mut Act<DevBuf>,
     ) -> Result<()> {
         check::rows_into("rms_norm", x, out)?;
-        let wv = Self::vector(w, x.cols, "rms_norm")?;
         out.rows = x.rows;
-        if x.rows == 0 {
-            return Ok(());
-        }
-        let args = [
-            x.buf.arg(),
-            wv.arg(),
-            Arg::I32(x.cols as i32),
-            Arg::F32(eps),
-            out.buf.arg(),
-        ];
-        self.launch("rms_norm", (x.rows as u32, 1), 256, &args)
+        self.norm_rows("rms_norm", x, (w, eps), out.buf.ptr)
     }
 
     fn rms_norm_groups(&self, x: &mut Act<DevBuf>, w: &Weight<CudaWeight>, eps: f32) -> Result<()> {

@@ -301,19 +301,32 @@ impl CudaBackend {
         (w, eps): (&Weight<CudaWeight>, f32),
         sc: &mut scratch::Scratch,
     ) -> Result<u64> {
-        let wv = Self::vector(w, x.cols, "rms_norm")?;
+        Self::vector(w, x.cols, "rms_norm")?;
         let xb = ensure(&self.dev, &mut sc.bf16_x, x.rows * x.cols * 2)?.ptr;
-        if x.rows > 0 {
-            let args = [
-                x.buf.arg(),
-                wv.arg(),
-                Arg::I32(x.cols as i32),
-                Arg::F32(eps),
-                Arg::Ptr(xb),
-            ];
-            self.launch("rms_norm_bf16", (x.rows as u32, 1), 256, &args)?;
-        }
+        self.norm_rows("rms_norm_bf16", x, (w, eps), xb)?;
         Ok(xb)
+    }
+
+    /// `kernel` (`rms_norm`, `rms_norm_bf16`): x's rows normed by `w` into `out`, a block a row.
+    pub(crate) fn norm_rows(
+        &self,
+        kernel: &str,
+        x: &Act<DevBuf>,
+        (w, eps): (&Weight<CudaWeight>, f32),
+        out: u64,
+    ) -> Result<()> {
+        let wv = Self::vector(w, x.cols, "rms_norm")?;
+        if x.rows == 0 {
+            return Ok(());
+        }
+        let args = [
+            x.buf.arg(),
+            wv.arg(),
+            Arg::I32(x.cols as i32),
+            Arg::F32(eps),
+            Arg::Ptr(out),
+        ];
+        self.launch(kernel, (x.rows as u32, 1), 256, &args)
     }
 
     /// Whether `matvec3` takes these: two or three decode-sized products of one input (Q/K/V,
