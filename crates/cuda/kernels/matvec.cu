@@ -339,7 +339,6 @@ DEV void matvec3_impl(const u8* w0, const u8* w1, const u8* w2, int r0, int r1, 
                       const float* x, int nt, const float* b0, const float* b1, const float* b2, float* o0, float* o1,
                       float* o2, const float* norm, float eps, int wpr) {
     __shared__ float inv[MV_MAX_TOKENS], red[32], sh[MV_MAX_WARPS][MV_MAX_TOKENS];
-    if (norm) rows_inv_rms(x, cols, nt, eps, inv, red);
     int r = warp_row(wpr);
     // This warp's matrix by selects (indexed arrays would live in local memory); what the
     // store needs is selected after the dot, so that it does not hold registers through it.
@@ -349,6 +348,7 @@ DEV void matvec3_impl(const u8* w0, const u8* w1, const u8* w2, int r0, int r1, 
     float acc[MT];
     row_partials<T, 1, MT>(live ? w + (u64)rr * row_bytes : nullptr, nullptr, cols, x, nt, acc, acc, warp_part(wpr), wpr,
                        norm);
+    if (norm) rows_inv_rms(x, cols, nt, eps, inv, red);  // after the dot: see matvec_glu_impl
     scale_rows<MT>(acc, nt, norm, inv);
     row_totals<MT>(acc, nt, wpr, sh);
     if (live)
@@ -363,12 +363,16 @@ DEV void matvec_glu_impl(const u8* __restrict__ wg, const u8* __restrict__ wu, i
                          const float* __restrict__ x, int nt, float* __restrict__ out, const float* __restrict__ norm,
                          float eps, int wpr) {
     __shared__ float inv[MV_MAX_TOKENS], red[32], sh[MV_MAX_WARPS][MV_MAX_TOKENS];
-    if (norm) rows_inv_rms(x, cols, nt, eps, inv, red);
     int r = warp_row(wpr);
     bool live = r < rows;
     float g[MT], u[MT];
     row_partials<T, 2, MT>(live ? wg + (u64)r * row_bytes : nullptr, live ? wu + (u64)r * row_bytes : nullptr, cols, x,
                        nt, g, u, warp_part(wpr), wpr, norm);
+    // The norm's scale only multiplies the totals, so it is taken after the dot: before it, every
+    // block's first weight load waited for a pass over x and a block reduction (a few L2 round
+    // trips and two barriers), and a launch's blocks all start together — dead time at the start of
+    // each of a decode step's normed products. Here x is in L1 from the dot.
+    if (norm) rows_inv_rms(x, cols, nt, eps, inv, red);
     scale_rows<MT>(g, nt, norm, inv);
     scale_rows<MT>(u, nt, norm, inv);
     row_totals<MT>(g, nt, wpr, sh);
