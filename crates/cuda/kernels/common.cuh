@@ -30,8 +30,41 @@ DEV int dp4a(int a, int b, int c) {
     asm("dp4a.s32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
     return d;
 }
+// Ask L2 for the 128-byte line holding p (a hint: no register, nothing waits for it).
+DEV void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
+// Quantized weight loads (1, 2, 4, 16 bytes, naturally aligned): read-only and read once a
+// launch, so they stream past L1 (no_allocate) and leave it to the activations, which every
+// block of an SM reads again to quantize them — a down product's 74 KiB row of x, beside the
+// blocks' 100 KiB of shared tiles, would otherwise be pushed out by the weight stream and come
+// from L2 once a block (as many bytes as the weights). Float rows keep plain loads: through
+// these, ptxas hoisted their activation loads too (80 registers, spills, where plain loads
+// keep 63-72).
+DEV u32 lds8(const void* p) {
+    u32 v;
+    asm("ld.global.nc.L1::no_allocate.u8 %0, [%1];" : "=r"(v) : "l"(p));
+    return v;
+}
+DEV u16 lds16(const void* p) {
+    u16 v;
+    asm("ld.global.nc.L1::no_allocate.u16 %0, [%1];" : "=h"(v) : "l"(p));
+    return v;
+}
+DEV u32 lds32(const void* p) {
+    u32 v;
+    asm("ld.global.nc.L1::no_allocate.u32 %0, [%1];" : "=r"(v) : "l"(p));
+    return v;
+}
+DEV uint4 lds128(const void* p) {
+    uint4 v;
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+        : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+        : "l"(p));
+    return v;
+}
 #endif
-// (Under SUANLI_CUDA_EMU — the host emulator of crates/cuda/tests — the emulator supplies h2f/f2h/dp4a.)
+// (Under SUANLI_CUDA_EMU — the host emulator of crates/cuda/tests — the emulator supplies
+// h2f/f2h/dp4a, the weight loads lds* as plain loads, and prefetch_l2 as a read of the byte, so
+// that a prefetch outside a buffer is caught.)
 DEV float bf2f(u16 b) { return __uint_as_float(((u32)b) << 16); }
 DEV u16 f2bf(float f) {
     // Round to nearest even (NaN stays NaN); sm_80 has cvt.rn.bf16.f32 but this works everywhere.

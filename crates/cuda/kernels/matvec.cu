@@ -30,9 +30,10 @@
 #define MV_BOUNDS_q5_k MV_BOUNDS_Q
 #define MV_BOUNDS_q6_k MV_BOUNDS_Q
 // One token (`*_t1_*` kernels): blocks of 4 warps for every type (quantized kernels size blocks
-// by tokens), room for 6 of them an SM for bf16/f16 (63–69 registers, eight 16-byte weight loads
+// by tokens), room for 6 of them an SM for bf16/f16 (63–72 registers, eight 16-byte weight loads
 // a lane in flight: ~96 KiB an SM, what the H200's latency × bandwidth asks), 5 for quantized
-// types (76–96 registers: two units a lane and two rounds of activation loads in flight).
+// types (58–96 registers: two units a lane and two rounds of activation loads in flight), 4 for
+// Q6_K (102–126: two of its units are 70 two-byte loads; at 96 the Q/K/V kernel spilled).
 #define MV_BOUNDS1 128, 5
 #define MV_BOUNDS1_f32 128, 4
 #define MV_BOUNDS1_f16 128, 6
@@ -44,7 +45,7 @@
 #define MV_BOUNDS1_q8_0 MV_BOUNDS1
 #define MV_BOUNDS1_q4_k MV_BOUNDS1
 #define MV_BOUNDS1_q5_k MV_BOUNDS1
-#define MV_BOUNDS1_q6_k MV_BOUNDS1
+#define MV_BOUNDS1_q6_k 128, 4
 
 // Float rows: lane-contiguous 16-byte loads at element 8·lane + 256·i (see Vec8).
 // With `norm` (an RMS norm's weight), the weights are dotted times it (the caller scales by the
@@ -187,7 +188,9 @@ template <int T, int MT>
 DEV void qunit_dot(const QUnit& q, int u, int tu, int nt, float* acc, const XTile& sm) {
 #pragma unroll
     for (int t = 0; t < MT; t++) {
-        if (t < nt) {
+        // Token 0 always (nt ≥ 1: launches come from the host's matvec_chunks): no branch around
+        // the first use for the compiler to sink the unit's loads into, one load at a time.
+        if (t == 0 || t < nt) {
             int i = t * tu + u;
             const uint4* xq = (const uint4*)(sm.q + i * 8);
             uint4 a = xq[0], b = xq[1];
@@ -200,25 +203,29 @@ DEV void qunit_dot(const QUnit& q, int u, int tu, int nt, float* acc, const XTil
     }
 }
 
-// Units [u, u + QU·ustep, ...) of the tile from rows r0 and (NR = 2) r1: the units' loads all
-// issued before the first is used (see FloatRowDot::U).
+// Units [u, u + QU·ustep, ...) of the tile from rows r0 and (NR = 2) r1 — both rows or neither
+// (null) — the units' loads all issued before the first is used (see FloatRowDot::U).
 template <int T, int NR, int MT, int QU>
 DEV void qunit_group(const u8* __restrict__ r0, const u8* __restrict__ r1, int u0, int u, int ustep, int tu, int nt,
                      float* a0, float* a1, const XTile& sm) {
     QUnit q0[QU], q1[QU];
 #pragma unroll
     for (int j = 0; j < QU; j++) {
-        if (r0) QFmt<T>::unit(r0, u0 + u + j * ustep, q0[j]);
-        if (NR == 2 && r1) QFmt<T>::unit(r1, u0 + u + j * ustep, q1[j]);
+        if (r0) {
+            QFmt<T>::unit(r0, u0 + u + j * ustep, q0[j]);
+            if (NR == 2) QFmt<T>::unit(r1, u0 + u + j * ustep, q1[j]);
+        }
     }
 #pragma unroll
     for (int j = 0; j < QU; j++) {
-        if (r0) qunit_dot<T, MT>(q0[j], u + j * ustep, tu, nt, a0, sm);
-        if (NR == 2 && r1) qunit_dot<T, MT>(q1[j], u + j * ustep, tu, nt, a1, sm);
+        if (r0) {
+            qunit_dot<T, MT>(q0[j], u + j * ustep, tu, nt, a0, sm);
+            if (NR == 2) qunit_dot<T, MT>(q1[j], u + j * ustep, tu, nt, a1, sm);
+        }
     }
 }
 
-// This lane's partial dots of rows r0 and, with NR = 2, r1 (either null: none) with each of the
+// This lane's partial dots of rows r0 and, with NR = 2, r1 (both null: none) with each of the
 // `nt` activation rows (times `norm` elementwise, when given), over part `part` of `wpr` of the
 // row (the warps sharing a row take its 256-value chunks / 32-value units in turn). Quantized
 // types: every thread of the block calls this (it synchronizes).
@@ -235,6 +242,13 @@ DEV void row_partials(const u8* __restrict__ r0, const u8* __restrict__ r1, int 
         int lane = threadIdx.x & 31, units = cols >> 5, per = MVQ_TILE / nt;
         for (int u0 = 0; u0 < units; u0 += per) {
             int tu = min(per, units - u0);
+            // The weights of the tile asked of L2 before the block quantizes it: a launch's blocks
+            // all start with that (a few L2 round trips and a barrier; ~8 for a down product's
+            // 18944 columns), and memory would otherwise sit idle meanwhile.
+            if (r0) {
+                prefetch_units<T>(r0, u0, tu);
+                if (NR == 2) prefetch_units<T>(r1, u0, tu);
+            }
             __syncthreads();  // the last tile is read no more
             quantize_tile(x, cols, nt, u0, tu, sm, norm);
             __syncthreads();

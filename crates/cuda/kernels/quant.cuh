@@ -141,14 +141,20 @@ template <> struct Fmt<T_Q8_0> {
 };
 
 // The 6-bit scale and min of sub-block j of a Q4_K/Q5_K block (scales: 12 bytes).
-DEV void scale_min_k4(int j, const u8* q, int* sc, int* m) {
+// (byte(i): the scales' byte i. The three bytes are loaded whatever j is — j - 4 is j & 3 when
+// it is used — so that the loads need no branch and issue with the rest of a unit's.)
+template <class B> DEV void scale_min_k4_of(int j, B byte, int* sc, int* m) {
+    int a = byte(j), b = byte(j + 4), c = byte(j & 3);
     if (j < 4) {
-        *sc = q[j] & 63;
-        *m = q[j + 4] & 63;
+        *sc = a & 63;
+        *m = b & 63;
     } else {
-        *sc = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
-        *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+        *sc = (b & 0xF) | ((c >> 6) << 4);
+        *m = (b >> 4) | ((a >> 6) << 4);
     }
+}
+DEV void scale_min_k4(int j, const u8* q, int* sc, int* m) {
+    scale_min_k4_of(j, [&](int i) { return (int)q[i]; }, sc, m);
 }
 
 template <> struct Fmt<T_Q4_K> {

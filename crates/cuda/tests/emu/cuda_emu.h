@@ -41,6 +41,14 @@ static inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 static inline float h2f(unsigned short h) { _Float16 v; memcpy(&v, &h, 2); return (float)v; }
 static inline unsigned short f2h(float f) { _Float16 v = (_Float16)f; unsigned short h; memcpy(&h, &v, 2); return h; }
 
+// A prefetch is only a hint, but its address must be in a buffer: the byte is read (the
+// emulated tests run under AddressSanitizer's bounds checks where built with it).
+static inline void prefetch_l2(const void* p) { (void)*(const volatile unsigned char*)p; }
+// Weight loads (L1::no_allocate on the GPU): plain loads, alignment checked by the sanitizer.
+static inline unsigned lds8(const void* p) { return *(const unsigned char*)p; }
+static inline unsigned short lds16(const void* p) { return *(const unsigned short*)p; }
+static inline unsigned lds32(const void* p) { return *(const unsigned*)p; }
+static inline uint4 lds128(const void* p) { return *(const uint4*)p; }
 static inline int min(int a, int b) { return a < b ? a : b; }
 static inline int dp4a(int a, int b, int c) {
     for (int i = 0; i < 4; i++) c += (int)(signed char)(a >> (8 * i)) * (int)(signed char)(b >> (8 * i));
