@@ -301,7 +301,6 @@ impl CudaBackend {
         (w, eps): (&Weight<CudaWeight>, f32),
         sc: &mut scratch::Scratch,
     ) -> Result<u64> {
-        Self::vector(w, x.cols, "rms_norm")?;
         let xb = ensure(&self.dev, &mut sc.bf16_x, x.rows * x.cols * 2)?.ptr;
         self.norm_rows("rms_norm_bf16", x, (w, eps), xb)?;
         Ok(xb)
