@@ -58,6 +58,7 @@ pub fn aggregate_decode<B: Backend>(
             max_tokens: gen,
             logprobs: None,
             prompt_logprobs: None,
+            constraint: None,
         };
         e.submit(id, req).map_err(|e| anyhow!("{e:?}"))?;
     }

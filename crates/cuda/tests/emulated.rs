@@ -153,6 +153,7 @@ fn emulated_batch_engine_matches_the_cpu() {
                     max_tokens: 8,
                     logprobs: None,
                     prompt_logprobs: None,
+                    constraint: None,
                 },
             )
             .unwrap();

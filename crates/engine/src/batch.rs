@@ -7,6 +7,7 @@
 //! accumulation order does not depend on the tile it lands in), so a greedy answer is the same
 //! whatever else shares the batch — tested below against answers computed one at a time.
 
+use crate::constraint::{constrained_pick, TokenConstraint};
 use crate::sampler::{Sampler, SamplingParams};
 use crate::scheduler::{SchedConfig, Scheduler, SeqId, Step, SubmitError};
 use crate::session::{out_of_vocab, FinishReason};
@@ -24,6 +25,8 @@ pub struct Request {
     /// alternatives, from the model's distribution. The prompt is then always computed, never
     /// taken from the prefix cache.
     pub prompt_logprobs: Option<usize>,
+    /// What the answer must match (a JSON schema, a grammar, a tool call), if anything.
+    pub constraint: Option<Box<dyn TokenConstraint>>,
 }
 
 /// Log-probabilities of a sampled token and of the most likely alternatives, in the
@@ -77,6 +80,7 @@ struct SeqState {
     /// Per prompt position (from 1), filled as prompt chunks run; sent once complete.
     prompt_lp: Vec<Option<TokenLogprobs>>,
     prompt_lp_sent: bool,
+    constraint: Option<Box<dyn TokenConstraint>>,
 }
 
 pub struct BatchEngine<B: Backend> {
@@ -155,6 +159,7 @@ impl<B: Backend> BatchEngine<B> {
                 prompt_logprobs: req.prompt_logprobs,
                 prompt_lp: Vec::new(),
                 prompt_lp_sent: false,
+                constraint: req.constraint,
             },
         );
         Ok(())
@@ -195,7 +200,9 @@ impl<B: Backend> BatchEngine<B> {
                 .filter(|it| it.sample || it.logits_all)
                 .map(|it| {
                     let st = seqs.get(&it.seq)?;
-                    (!it.logits_all && st.logprobs.is_none()).then_some(st)
+                    // A constrained row may need its whole vocabulary masked.
+                    (!it.logits_all && st.logprobs.is_none() && st.constraint.is_none())
+                        .then_some(st)
                 })
         };
         let candidates = sampled_rows()
@@ -319,7 +326,20 @@ impl<B: Backend> BatchEngine<B> {
                         failed.push((it.seq, nonfinite(format!(" ({bad})"))));
                         continue;
                     }
-                    st.sampler.sample(logits, &st.history)
+                    match st.constraint.as_deref_mut() {
+                        None => st.sampler.sample(logits, &st.history),
+                        Some(c) => {
+                            let sampler = &mut st.sampler;
+                            sampler.prepare(logits, &st.history);
+                            match constrained_pick(c, logits, |l| sampler.pick(l)) {
+                                Ok(tok) => tok,
+                                Err(why) => {
+                                    failed.push((it.seq, format!("constrained decoding: {why}")));
+                                    continue;
+                                }
+                            }
+                        }
+                    }
                 }
             };
             sampled.push((it.seq, tok));

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod batch;
+pub mod constraint;
 pub mod kv;
 pub mod perplexity;
 pub mod sampler;
@@ -10,5 +11,6 @@ pub mod scheduler;
 pub mod session;
 pub mod stop;
 
+pub use constraint::TokenConstraint;
 pub use sampler::{Sampler, SamplingParams};
 pub use session::{FinishReason, Generation, Session, SessionError};

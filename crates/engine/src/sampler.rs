@@ -169,12 +169,23 @@ impl Sampler {
     /// Pick the next token from `logits` (modified in place by the logit bias and penalties,
     /// so that afterwards they are the distribution the draw used, at temperature 1).
     pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
+        self.prepare(logits, history);
+        self.pick(logits)
+    }
+
+    /// The logit bias and penalties, in place: afterwards `logits` are what `pick` draws from.
+    pub fn prepare(&self, logits: &mut [f32], history: &[u32]) {
         for &(t, b) in &self.params.logit_bias {
             if let Some(l) = logits.get_mut(t as usize) {
                 *l += b;
             }
         }
         self.apply_penalties(logits, history);
+    }
+
+    /// The draw from prepared logits (top-k, top-p, min-p, temperature). NaN logits are not
+    /// candidates: a constraint's mask sets the tokens it refuses to NaN.
+    pub fn pick(&mut self, logits: &[f32]) -> u32 {
         if self.params.temperature <= 0.0 {
             return argmax(logits);
         }

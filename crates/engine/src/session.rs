@@ -2,6 +2,7 @@
 //! token. The tokens already in the cache are remembered, so a follow-up prompt that extends
 //! them (a chat turn) only computes its new suffix.
 
+use crate::constraint::{constrained_pick, TokenConstraint};
 use crate::kv::{BlockAllocator, BlockTable, OutOfBlocks};
 use crate::sampler::{Sampler, SamplingParams};
 use std::time::Instant;
@@ -24,6 +25,8 @@ pub enum SessionError {
     EmptyPrompt,
     #[error("token id {id} is outside the vocabulary of {vocab}")]
     BadToken { id: u32, vocab: usize },
+    #[error("constrained decoding: {0}")]
+    Constraint(String),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -199,6 +202,20 @@ impl<B: Backend> Session<B> {
         is_eog: &dyn Fn(u32) -> bool,
         on_token: &mut dyn FnMut(u32) -> Control,
     ) -> Result<Generation, SessionError> {
+        self.generate_constrained(prompt, params, max_tokens, is_eog, on_token, None)
+    }
+
+    /// `generate` with each token drawn among those `constraint` allows (a JSON schema, a
+    /// grammar); it allows an end-of-generation token once its text is complete.
+    pub fn generate_constrained(
+        &mut self,
+        prompt: &[u32],
+        params: &SamplingParams,
+        max_tokens: usize,
+        is_eog: &dyn Fn(u32) -> bool,
+        on_token: &mut dyn FnMut(u32) -> Control,
+        mut constraint: Option<&mut dyn TokenConstraint>,
+    ) -> Result<Generation, SessionError> {
         if prompt.is_empty() {
             return Err(SessionError::EmptyPrompt);
         }
@@ -227,7 +244,14 @@ impl<B: Backend> Session<B> {
         let t1 = Instant::now();
         let mut out = Vec::new();
         let finish = loop {
-            let tok = sampler.sample(&mut logits, &history);
+            let tok = match constraint.as_deref_mut() {
+                None => sampler.sample(&mut logits, &history),
+                Some(c) => {
+                    sampler.prepare(&mut logits, &history);
+                    constrained_pick(c, &mut logits, |l| sampler.pick(l))
+                        .map_err(SessionError::Constraint)?
+                }
+            };
             if is_eog(tok) {
                 break FinishReason::Stop;
             }

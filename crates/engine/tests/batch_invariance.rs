@@ -47,6 +47,7 @@ fn run(
                         max_tokens: n,
                         logprobs: None,
                         prompt_logprobs: None,
+                        constraint: None,
                     },
                 )
                 .unwrap();
@@ -171,6 +172,7 @@ fn prompt_logprobs_equal_generation_logprobs() {
                     max_tokens: n,
                     logprobs: Some(2),
                     prompt_logprobs: plp,
+                    constraint: None,
                 },
             )
             .unwrap();
@@ -244,6 +246,7 @@ fn chunking_and_prefix_cache_do_not_change_a_single_bit() {
                 max_tokens: 24,
                 logprobs: Some(3),
                 prompt_logprobs: None,
+                constraint: None,
             },
         )
         .unwrap();
@@ -353,6 +356,7 @@ fn a_poisoned_sequence_fails_alone() {
         max_tokens: 8,
         logprobs: None,
         prompt_logprobs: None,
+        constraint: None,
     };
     e.submit(1, req(healthy)).unwrap();
     e.submit(2, req(vec![1, 2, poison as u32, 4])).unwrap();

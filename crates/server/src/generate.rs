@@ -139,6 +139,7 @@ impl Generation {
                     params: sampling,
                     logprobs: p.logprobs,
                     prompt_logprobs: p.prompt_logprobs,
+                    constraint: None,
                 };
                 let prompt_ids = if p.prompt_logprobs.is_some() {
                     prompt.clone()

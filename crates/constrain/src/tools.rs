@@ -1,0 +1,525 @@
+//! Tool calling: OpenAI's `tools` and `tool_choice` read and checked, the grammar that forces a
+//! call (`required`, a named function) or constrains one once the model opens it (`auto`), and
+//! the model's text parsed back into calls.
+//!
+//! Formats. Templates with tool support in the Hermes style (Qwen2.5, Qwen3, Hermes and many
+//! fine-tunes) have the model write `<tool_call>\n{"name": …, "arguments": {…}}\n</tool_call>`.
+//! A template without tool support gets the generic fallback: suanli describes the tools in a
+//! system message (`generic_system_prompt`) and asks for the same tags, so one grammar and one
+//! parser serve both. The parser also recognises what small models write instead of the tags when
+//! not forced: a fenced ```json block, or a whole answer that is one JSON object, holding a known
+//! tool's `name` and its `arguments` (or `parameters`, as Llama 3.x writes).
+
+use crate::grammar::{lark_str, with_layout, Compiled, Grammar};
+use crate::vocab::Vocab;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+/// Most tools in one request (OpenAI's limit).
+pub const MAX_TOOLS: usize = 128;
+
+/// Opening and closing tags of a call.
+pub const OPEN: &str = "<tool_call>";
+pub const CLOSE: &str = "</tool_call>";
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tool {
+    pub name: String,
+    /// The JSON schema of the arguments (an empty object schema when the tool declares none).
+    pub parameters: Value,
+    /// The tool as the request gave it, for the chat template.
+    pub raw: Value,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum ToolChoice {
+    /// No call: the answer is text (the tools are still shown to the model, as OpenAI does).
+    None,
+    /// The model decides; a call it opens is constrained to a known tool and its parameters.
+    Auto,
+    /// At least one call, forced from the first token.
+    Required,
+    /// A call of this tool, forced from the first token.
+    Named(String),
+}
+
+/// A function name as OpenAI accepts it: 1 to 64 of `a-z A-Z 0-9 _ -`.
+fn valid_name(n: &str) -> bool {
+    (1..=64).contains(&n.len())
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+}
+
+/// `tools` of a request. The error names the offending entry and field.
+pub fn parse_tools(v: &Value) -> Result<Vec<Tool>, String> {
+    let Value::Array(list) = v else {
+        return Err("`tools` must be a list of tools".into());
+    };
+    if list.len() > MAX_TOOLS {
+        return Err(format!("`tools` may hold at most {MAX_TOOLS} tools"));
+    }
+    let mut out: Vec<Tool> = Vec::with_capacity(list.len());
+    for (i, t) in list.iter().enumerate() {
+        let at = format!("tools[{i}]");
+        let Value::Object(t) = t else {
+            return Err(format!("{at} must be an object"));
+        };
+        match t.get("type").and_then(Value::as_str) {
+            Some("function") => {}
+            Some(other) => {
+                return Err(format!(
+                    "{at}.type {other:?} is not supported; only \"function\" tools are"
+                ))
+            }
+            None => return Err(format!("{at}.type is required (\"function\")")),
+        }
+        let Some(Value::Object(f)) = t.get("function") else {
+            return Err(format!("{at}.function must be an object"));
+        };
+        let name = match f.get("name") {
+            Some(Value::String(n)) if valid_name(n) => n.clone(),
+            Some(Value::String(n)) => {
+                return Err(format!(
+                    "{at}.function.name {n:?} must be 1 to 64 letters, digits, '_', '-' or '.'"
+                ))
+            }
+            _ => return Err(format!("{at}.function.name is required")),
+        };
+        if out.iter().any(|o| o.name == name) {
+            return Err(format!("{at}.function.name {name:?} is declared twice"));
+        }
+        if let Some(d) = f.get("description").filter(|d| !d.is_null()) {
+            if !d.is_string() {
+                return Err(format!("{at}.function.description must be a string"));
+            }
+        }
+        if let Some(s) = f.get("strict").filter(|d| !d.is_null()) {
+            if !s.is_boolean() {
+                return Err(format!("{at}.function.strict must be true or false"));
+            }
+        }
+        let parameters = match f.get("parameters") {
+            None | Some(Value::Null) => json!({"type": "object", "properties": {}}),
+            Some(p @ Value::Object(_)) => p.clone(),
+            Some(_) => {
+                return Err(format!(
+                    "{at}.function.parameters must be a JSON schema object"
+                ))
+            }
+        };
+        out.push(Tool {
+            name,
+            parameters,
+            raw: Value::Object(t.clone()),
+        });
+    }
+    Ok(out)
+}
+
+/// `tool_choice` (absent: `auto` with tools, `none` without).
+pub fn parse_tool_choice(v: Option<&Value>, tools: &[Tool]) -> Result<ToolChoice, String> {
+    let choice = match v {
+        None | Some(Value::Null) => {
+            return Ok(if tools.is_empty() {
+                ToolChoice::None
+            } else {
+                ToolChoice::Auto
+            })
+        }
+        Some(Value::String(s)) => match s.as_str() {
+            "none" => ToolChoice::None,
+            "auto" => ToolChoice::Auto,
+            "required" => ToolChoice::Required,
+            other => {
+                return Err(format!(
+                    "`tool_choice` {other:?} is not one of \"none\", \"auto\", \"required\" or {{\"type\": \"function\", \"function\": {{\"name\": …}}}}"
+                ))
+            }
+        },
+        Some(Value::Object(o)) => {
+            let name = o
+                .get("function")
+                .and_then(|f| f.get("name"))
+                .and_then(Value::as_str)
+                .filter(|_| o.get("type").and_then(Value::as_str) == Some("function"))
+                .ok_or("`tool_choice` must be {\"type\": \"function\", \"function\": {\"name\": …}}")?;
+            ToolChoice::Named(name.to_owned())
+        }
+        Some(_) => return Err("`tool_choice` must be a string or an object".into()),
+    };
+    match &choice {
+        ToolChoice::Required | ToolChoice::Auto if tools.is_empty() => Err(format!(
+            "`tool_choice` {:?} needs `tools`",
+            if choice == ToolChoice::Auto {
+                "auto"
+            } else {
+                "required"
+            }
+        )),
+        ToolChoice::Named(n) if !tools.iter().any(|t| &t.name == n) => Err(format!(
+            "`tool_choice` names the function {n:?}, which is not in `tools`"
+        )),
+        _ => Ok(choice),
+    }
+}
+
+/// Whether a chat template renders `tools` itself; if not, the generic fallback is used.
+pub fn template_supports_tools(source: &str) -> bool {
+    source.contains("tools")
+}
+
+/// The system message of the generic fallback: the tools and how to call them.
+pub fn generic_system_prompt(tools: &[Tool]) -> String {
+    let mut s = String::from(
+        "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n\
+         You are provided with function signatures within <tools></tools> XML tags:\n<tools>",
+    );
+    for t in tools {
+        s.push('\n');
+        s.push_str(&t.raw.to_string());
+    }
+    s.push_str(
+        "\n</tools>\n\nFor each function call, return a json object with function name and \
+         arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": \
+         <function-name>, \"arguments\": <args-json-object>}\n</tool_call>",
+    );
+    s
+}
+
+/// The schema of one call's JSON: `{"name": <one of tools>, "arguments": <its parameters>}`.
+fn call_schema(tools: &[&Tool]) -> Value {
+    let one = |t: &Tool| {
+        json!({
+            "type": "object",
+            "properties": {"name": {"const": t.name}, "arguments": t.parameters},
+            "required": ["name", "arguments"],
+            "additionalProperties": false,
+        })
+    };
+    let schema = if tools.len() == 1 {
+        one(tools[0])
+    } else {
+        json!({"anyOf": tools.iter().map(|t| one(t)).collect::<Vec<_>>()})
+    };
+    with_layout(&schema)
+}
+
+/// Check each tool's parameters compile, so that an error names the tool.
+pub fn check_parameters(vocab: &Arc<Vocab>, tools: &[Tool]) -> Result<(), String> {
+    for (i, t) in tools.iter().enumerate() {
+        Grammar::JsonSchema(t.parameters.clone())
+            .compile(vocab)
+            .map_err(|e| format!("tools[{i}].function.parameters: {e}"))?;
+    }
+    Ok(())
+}
+
+/// The constraint a tool choice puts on the answer: `required` and named choices force calls
+/// from the first token (several when `parallel`); `auto` constrains a call once the model
+/// writes the opening tag; `none` adds nothing.
+pub fn constraint_for(
+    vocab: &Arc<Vocab>,
+    tools: &[Tool],
+    choice: &ToolChoice,
+    parallel: bool,
+) -> Result<Option<Compiled>, String> {
+    let chosen: Vec<&Tool> = match choice {
+        ToolChoice::None => return Ok(None),
+        ToolChoice::Named(n) => tools.iter().filter(|t| &t.name == n).collect(),
+        ToolChoice::Auto | ToolChoice::Required => tools.iter().collect(),
+    };
+    let schema = call_schema(&chosen);
+    let call = format!(
+        "{} %json {} {}",
+        lark_str(&format!("{OPEN}\n")),
+        schema,
+        lark_str(&format!("\n{CLOSE}"))
+    );
+    let more = if parallel { "(\"\\n\" call)*" } else { "" };
+    let lark = match choice {
+        // After the opening tag the model has written: the rest of this call, then more calls.
+        ToolChoice::Auto => format!(
+            "start: \"\\n\" %json {schema} {} {}\ncall: {call}\n",
+            lark_str(&format!("\n{CLOSE}")),
+            more
+        ),
+        _ => format!("start: call {more}\ncall: {call}\n"),
+    };
+    let compiled = Compiled::new(
+        vocab,
+        llguidance::api::TopLevelGrammar::from_lark(lark),
+        None,
+    )?;
+    Ok(Some(match choice {
+        ToolChoice::Auto => compiled.lazy(OPEN),
+        _ => compiled,
+    }))
+}
+
+/// A parsed call. `arguments` is the JSON text of the arguments object as the model wrote it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ToolCall {
+    pub index: usize,
+    pub name: String,
+    pub arguments: String,
+}
+
+/// What the parser gives back, in the answer's order.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Piece {
+    Text(String),
+    Call(ToolCall),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum State {
+    /// Nothing but whitespace yet: an answer that opens with `{` may be one bare call.
+    Start,
+    Text,
+    /// Inside a `<tool_call>` block.
+    Tagged,
+    /// Inside a fenced code block opened by the marker of this length.
+    Fenced(usize),
+    /// The answer opened with `{`: held whole until the end.
+    Bare,
+}
+
+const FENCES: [&str; 2] = ["```json\n", "```JSON\n"];
+
+/// Text of an answer, streamed in, split into text and tool calls. Whitespace around calls
+/// and at the ends is dropped; a block that does not parse as a call of a known tool stays text.
+/// Streaming and collecting run the same code, so the calls a stream reassembles to are the
+/// calls of the whole answer.
+pub struct CallParser {
+    names: Vec<String>,
+    state: State,
+    buf: String,
+    /// Whitespace held until text follows it.
+    ws: String,
+    calls: usize,
+}
+
+impl CallParser {
+    pub fn new(tools: &[Tool]) -> CallParser {
+        CallParser {
+            names: tools.iter().map(|t| t.name.clone()).collect(),
+            state: State::Start,
+            buf: String::new(),
+            ws: String::new(),
+            calls: 0,
+        }
+    }
+
+    /// Feed answer text; returns what is decided.
+    pub fn push(&mut self, text: &str) -> Vec<Piece> {
+        self.buf.push_str(text);
+        let mut out = Vec::new();
+        self.run(&mut out, false);
+        out
+    }
+
+    /// The answer ended: decide what is left.
+    pub fn finish(&mut self) -> Vec<Piece> {
+        let mut out = Vec::new();
+        self.run(&mut out, true);
+        out
+    }
+
+    fn text(&mut self, out: &mut Vec<Piece>, s: &str) {
+        let body = s.trim_end();
+        if !body.is_empty() {
+            let t = std::mem::take(&mut self.ws) + body;
+            match out.last_mut() {
+                Some(Piece::Text(prev)) => prev.push_str(&t),
+                _ => out.push(Piece::Text(t)),
+            }
+        }
+        if !s.is_empty() {
+            self.ws.push_str(&s[body.len()..]);
+        }
+    }
+
+    fn call(&mut self, out: &mut Vec<Piece>, json: &str) -> bool {
+        let Some((name, arguments)) = parse_call(json, &self.names) else {
+            return false;
+        };
+        self.ws.clear();
+        out.push(Piece::Call(ToolCall {
+            index: self.calls,
+            name,
+            arguments,
+        }));
+        self.calls += 1;
+        true
+    }
+
+    fn run(&mut self, out: &mut Vec<Piece>, end: bool) {
+        loop {
+            match self.state {
+                State::Start => {
+                    let t = self.buf.trim_start();
+                    if t.is_empty() {
+                        self.buf.clear();
+                        return;
+                    }
+                    let t = t.to_owned();
+                    self.buf = t;
+                    self.state = if self.buf.starts_with('{') {
+                        State::Bare
+                    } else {
+                        State::Text
+                    };
+                }
+                State::Text => {
+                    let markers = [OPEN, FENCES[0], FENCES[1]];
+                    let found = markers
+                        .iter()
+                        .filter_map(|m| self.buf.find(m).map(|p| (p, *m)))
+                        .min_by_key(|&(p, _)| p);
+                    match found {
+                        Some((p, m)) => {
+                            let before = self.buf[..p].to_owned();
+                            self.text(out, &before);
+                            self.buf.drain(..p);
+                            self.state = if m == OPEN {
+                                State::Tagged
+                            } else {
+                                State::Fenced(m.len())
+                            };
+                        }
+                        None => {
+                            // Hold back a tail that may be the start of a marker.
+                            let hold = if end {
+                                0
+                            } else {
+                                partial_suffix(&self.buf, &markers)
+                            };
+                            let cut = self.buf.len() - hold;
+                            let s = self.buf[..cut].to_owned();
+                            self.text(out, &s);
+                            self.buf.drain(..cut);
+                            if end {
+                                self.ws.clear();
+                            }
+                            return;
+                        }
+                    }
+                }
+                State::Tagged => {
+                    let close = self.buf.find(CLOSE);
+                    if close.is_none() && !end {
+                        return;
+                    }
+                    let stop = close.unwrap_or(self.buf.len());
+                    let block = self.buf[OPEN.len()..stop].to_owned();
+                    if !self.call(out, &block) {
+                        let raw = self.buf[..(stop + CLOSE.len()).min(self.buf.len())].to_owned();
+                        self.text(out, &raw);
+                    }
+                    self.buf.drain(..(stop + CLOSE.len()).min(self.buf.len()));
+                    self.state = State::Text;
+                }
+                State::Fenced(open) => {
+                    let close = self.buf[open..].find("```").map(|p| p + open);
+                    if close.is_none() && !end {
+                        return;
+                    }
+                    let stop = close.unwrap_or(self.buf.len());
+                    let block = self.buf[open..stop].to_owned();
+                    let taken = (stop + 3).min(self.buf.len());
+                    if !self.call(out, &block) {
+                        let raw = self.buf[..taken].to_owned();
+                        self.text(out, &raw);
+                    }
+                    self.buf.drain(..taken);
+                    self.state = State::Text;
+                }
+                State::Bare => {
+                    if !end {
+                        return;
+                    }
+                    let all = std::mem::take(&mut self.buf);
+                    if !self.bare_calls(out, &all) {
+                        self.text(out, &all);
+                    }
+                    self.ws.clear();
+                    self.state = State::Text;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A whole answer of one or more JSON call objects (separated by whitespace or by `;`, as
+    /// Llama 3.x writes parallel calls).
+    fn bare_calls(&mut self, out: &mut Vec<Piece>, all: &str) -> bool {
+        let mut found = Vec::new();
+        let mut rest = all.trim();
+        while !rest.is_empty() {
+            let mut de = serde_json::Deserializer::from_str(rest)
+                .into_iter::<&serde_json::value::RawValue>();
+            let Some(Ok(raw)) = de.next() else {
+                return false;
+            };
+            let Some(c) = parse_call(raw.get(), &self.names) else {
+                return false;
+            };
+            found.push(c);
+            rest = rest[de.byte_offset()..].trim_start();
+            rest = rest.strip_prefix(';').unwrap_or(rest).trim_start();
+        }
+        if found.is_empty() {
+            return false;
+        }
+        for (name, arguments) in found {
+            out.push(Piece::Call(ToolCall {
+                index: self.calls,
+                name,
+                arguments,
+            }));
+            self.calls += 1;
+        }
+        true
+    }
+}
+
+/// The longest tail of `s` that is a proper prefix of one of `markers`.
+fn partial_suffix(s: &str, markers: &[&str]) -> usize {
+    let mut best = 0;
+    for m in markers {
+        for k in (1..m.len()).rev() {
+            if k > best && s.ends_with(&m[..k]) {
+                best = k;
+                break;
+            }
+        }
+    }
+    best
+}
+
+/// `{"name": <known tool>, "arguments" | "parameters": {...}}` → the name and the arguments'
+/// JSON text (a string holding a JSON object is unwrapped).
+fn parse_call(json: &str, names: &[String]) -> Option<(String, String)> {
+    #[derive(serde::Deserialize)]
+    struct Raw<'a> {
+        name: String,
+        #[serde(borrow, alias = "parameters")]
+        arguments: Option<&'a serde_json::value::RawValue>,
+    }
+    let raw: Raw = serde_json::from_str(json.trim()).ok()?;
+    if !names.contains(&raw.name) {
+        return None;
+    }
+    let arguments = match raw.arguments {
+        None => "{}".to_owned(),
+        Some(a) => {
+            let v: Value = serde_json::from_str(a.get()).ok()?;
+            match v {
+                Value::Object(_) => a.get().to_owned(),
+                Value::String(s) if matches!(serde_json::from_str(&s), Ok(Value::Object(_))) => s,
+                _ => return None,
+            }
+        }
+    };
+    Some((raw.name, arguments))
+}
