@@ -46,6 +46,10 @@ pub struct ServeArgs {
     /// After SIGTERM, seconds that requests in flight may take to finish.
     #[arg(long, default_value_t = 30)]
     pub shutdown_timeout: u64,
+    /// A reasoning model's `<think>…</think>`: `separate` sends it to `reasoning_content`,
+    /// `none` leaves it in `content`.
+    #[arg(long, default_value = "separate", value_parser = ["separate", "none"])]
+    pub reasoning_format: String,
 }
 
 /// "1GiB", "512MiB", "800MB", "2G", "4096" (bytes).
@@ -146,6 +150,7 @@ fn serve_on<B: crate::load::Hardware>(a: ServeArgs, opts: &crate::load::Opts) ->
         // Chat templates come from model files: render them in a memory-capped helper.
         template_sandbox: std::env::current_exe().ok(),
         header_read_timeout: Duration::from_secs(30),
+        reasoning_separate: a.reasoning_format == "separate",
     };
     run_server(scfg, engine, p.tokenizer)?;
     Ok(())

@@ -139,7 +139,9 @@ impl Generation {
                     params: sampling,
                     logprobs: p.logprobs,
                     prompt_logprobs: p.prompt_logprobs,
-                    constraint: None,
+                    constraint: p.constraint.as_ref().map(|c| {
+                        Box::new(c.constraint()) as Box<dyn suanli_engine::TokenConstraint>
+                    }),
                 };
                 let prompt_ids = if p.prompt_logprobs.is_some() {
                     prompt.clone()

@@ -42,6 +42,9 @@ pub struct ServeConfig {
     /// Render chat templates in a memory-capped helper process started from this executable
     /// (`EXE __render-template`, answered by `sandbox::serve_helper`); `None` renders in process.
     pub template_sandbox: Option<std::path::PathBuf>,
+    /// Split a reasoning model's `<think>…</think>` into `reasoning_content` (`separate`, the
+    /// default) or leave it in `content` (`none`).
+    pub reasoning_separate: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +95,7 @@ where
     let metrics = Arc::new(Metrics::default());
     let max_ctx = engine.scheduler().config().max_ctx;
     let vocab = tokenizer.vocab_size().min(engine.model.vocab_size());
+    let model_vocab = engine.model.vocab_size();
     let template = chat_renderer(&tokenizer, cfg.template_sandbox.as_ref());
     let (worker, engine_thread) = worker::spawn(engine, metrics.clone())?;
     let st = Arc::new(AppState {
@@ -105,6 +109,9 @@ where
         created: state::unix_now(),
         draining: AtomicBool::new(false),
         template,
+        model_vocab,
+        grammar_vocab: std::sync::OnceLock::new(),
+        reasoning_separate: cfg.reasoning_separate,
     });
     let app = router(st.clone(), cfg.max_body_bytes);
     let signalled = Arc::new(tokio::sync::Notify::new());

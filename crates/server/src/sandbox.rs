@@ -9,7 +9,7 @@
 //! fresh helper. Renders also have a deadline; a helper that misses it is killed.
 //!
 //! Protocol, one JSON object per line: the first line to the helper is `{"source", "bos",
-//! "eos"}`; then each request `{"messages", "add_generation_prompt"}` is answered with
+//! "eos"}`; then each request `{"messages", "add_generation_prompt", "extra"}` is answered with
 //! `{"ok": text}`, `{"raised": message}` or `{"error": message}`.
 
 use serde_json::{json, Value};
@@ -19,7 +19,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::Mutex;
 use std::time::Duration;
-use suanli_tokenizer::{ChatMessage, ChatTemplate, RenderTemplate, TemplateError};
+use suanli_tokenizer::{ChatMessage, ChatTemplate, RenderTemplate, TemplateError, TemplateExtra};
 
 /// Address space of the helper, in KiB (1 GiB).
 const LIMIT_KIB: u64 = 1 << 20;
@@ -88,10 +88,11 @@ impl TemplateSandbox {
 }
 
 impl RenderTemplate for TemplateSandbox {
-    fn render(
+    fn render_with(
         &self,
         messages: &[ChatMessage],
         add_generation_prompt: bool,
+        extra: &TemplateExtra,
     ) -> Result<String, TemplateError> {
         let mut g = self.helper.lock().unwrap_or_else(|p| p.into_inner());
         if g.is_none() {
@@ -100,7 +101,11 @@ impl RenderTemplate for TemplateSandbox {
             })?);
         }
         let h = g.as_mut().expect("just set");
-        let req = json!({"messages": messages, "add_generation_prompt": add_generation_prompt});
+        let req = json!({
+            "messages": messages,
+            "add_generation_prompt": add_generation_prompt,
+            "extra": extra,
+        });
         let sent = writeln!(h.stdin, "{req}").and_then(|_| h.stdin.flush());
         let answer = match sent {
             Ok(()) => h.lines.recv_timeout(DEADLINE),
@@ -164,7 +169,12 @@ pub fn serve_helper() -> std::io::Result<()> {
                     .get("add_generation_prompt")
                     .and_then(Value::as_bool)
                     .unwrap_or(true);
-                match t.render(&messages, agp) {
+                let extra: TemplateExtra = req
+                    .get("extra")
+                    .cloned()
+                    .and_then(|m| serde_json::from_value(m).ok())
+                    .unwrap_or_default();
+                match t.render_with(&messages, agp, &extra) {
                     Ok(text) => json!({"ok": text}),
                     Err(TemplateError::Raised(m)) => json!({"raised": m}),
                     Err(e) => json!({"error": e.to_string()}),

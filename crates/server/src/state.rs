@@ -3,7 +3,8 @@
 use crate::metrics::Metrics;
 use crate::worker::Worker;
 use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use suanli_constrain::Vocab;
 use suanli_tokenizer::{RenderTemplate, Tokenizer};
 
 /// The chat template renderer handlers share.
@@ -26,9 +27,22 @@ pub struct AppState {
     pub draining: AtomicBool,
     /// The chat template (sandboxed or not), or why chat is unavailable.
     pub template: Result<Renderer, String>,
+    /// The logits' width (constraints mask that many tokens).
+    pub model_vocab: usize,
+    /// The vocabulary trie grammars are compiled for, built on first use.
+    pub grammar_vocab: OnceLock<Result<Arc<Vocab>, String>>,
+    /// `--reasoning-format separate`.
+    pub reasoning_separate: bool,
 }
 
 impl AppState {
+    /// The grammar vocabulary (blocks while it is built: call off the async workers).
+    pub fn grammar_vocab(&self) -> Result<Arc<Vocab>, String> {
+        self.grammar_vocab
+            .get_or_init(|| Vocab::new(self.tokenizer.clone(), self.model_vocab).map(Arc::new))
+            .clone()
+    }
+
     /// Printable text of a token (control tokens by their name).
     pub fn token_string(&self, id: u32) -> (String, Vec<u8>) {
         let t = &self.tokenizer;

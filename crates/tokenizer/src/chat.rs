@@ -1,8 +1,9 @@
 //! Turn chat messages into token ids. Template scaffolding is tokenized with special tokens
 //! enabled; message content never is, so user text cannot forge control tokens.
 
-use crate::template::RenderTemplate;
+use crate::template::{RenderTemplate, TemplateExtra};
 use crate::{ChatMessage, Tokenizer};
+use serde_json::Value;
 
 fn sentinel(i: usize) -> String {
     format!("\u{E000}{i}\u{E001}")
@@ -23,16 +24,80 @@ pub fn chat_prompt_with(
     template: &dyn RenderTemplate,
     messages: &[ChatMessage],
 ) -> Result<Vec<u32>, String> {
+    chat_prompt_full(tok, template, messages, &TemplateExtra::default()).map(|(ids, _)| ids)
+}
+
+fn has_control(tok: &Tokenizer, s: &str) -> Result<bool, String> {
+    Ok(tok.encode(s, true)?.iter().any(|&t| tok.is_control(t)))
+}
+
+/// The first string in `v` (a key or a value, at any depth) that holds control-token text.
+fn control_text<'a>(tok: &Tokenizer, v: &'a Value) -> Result<Option<&'a str>, String> {
+    match v {
+        Value::String(s) => Ok(has_control(tok, s)?.then_some(s.as_str())),
+        Value::Array(a) => {
+            for x in a {
+                if let Some(s) = control_text(tok, x)? {
+                    return Ok(Some(s));
+                }
+            }
+            Ok(None)
+        }
+        Value::Object(o) => {
+            for (k, x) in o {
+                if has_control(tok, k)? {
+                    return Ok(Some(k.as_str()));
+                }
+                if let Some(s) = control_text(tok, x)? {
+                    return Ok(Some(s));
+                }
+            }
+            Ok(None)
+        }
+        _ => Ok(None),
+    }
+}
+
+/// `chat_prompt_with` for a conversation with tools, tool calls and template variables; also
+/// returns the rendered text (with the messages' content in place). Tools, tool calls and
+/// names are rendered as part of the scaffolding, so they may hold no control-token text.
+pub fn chat_prompt_full(
+    tok: &Tokenizer,
+    template: &dyn RenderTemplate,
+    messages: &[ChatMessage],
+    extra: &TemplateExtra,
+) -> Result<(Vec<u32>, String), String> {
+    let check = |what: String, v: &Value| -> Result<(), String> {
+        match control_text(tok, v)? {
+            Some(s) => Err(format!(
+                "{what} contains control-token text ({s:?}), which the chat template would turn into control tokens"
+            )),
+            None => Ok(()),
+        }
+    };
+    if let Some(t) = &extra.tools {
+        check("tools".into(), t)?;
+    }
+    for (i, m) in messages.iter().enumerate() {
+        if let Some(c) = &m.tool_calls {
+            check(format!("messages[{i}].tool_calls"), c)?;
+        }
+        for s in [&m.name, &m.tool_call_id].into_iter().flatten() {
+            check(format!("messages[{i}]"), &Value::String(s.clone()))?;
+        }
+    }
     // Render with placeholders so that content can be tokenized separately.
     let marked: Vec<ChatMessage> = messages
         .iter()
         .enumerate()
         .map(|(i, m)| ChatMessage {
-            role: m.role.clone(),
             content: sentinel(i),
+            ..m.clone()
         })
         .collect();
-    let rendered = template.render(&marked, true).map_err(|e| e.to_string())?;
+    let rendered = template
+        .render_with(&marked, true, extra)
+        .map_err(|e| e.to_string())?;
     let mut ids = Vec::new();
     let bos_in_template = !tok.bos_token.is_empty() && rendered.starts_with(&tok.bos_token);
     if tok.add_bos && !bos_in_template {
@@ -68,14 +133,20 @@ pub fn chat_prompt_with(
                 ));
             }
         }
-        let full = template.render(messages, true).map_err(|e| e.to_string())?;
+        let full = template
+            .render_with(messages, true, extra)
+            .map_err(|e| e.to_string())?;
         let mut ids = Vec::new();
         if tok.add_bos && !(bos_in_template) {
             ids.extend(tok.bos_id);
         }
         ids.extend(tok.encode(&full, true)?);
-        return Ok(ids);
+        return Ok((ids, full));
     }
     ids.extend(tok.encode(rest, true)?);
-    Ok(ids)
+    let mut text = rendered.clone();
+    for (i, m) in messages.iter().enumerate() {
+        text = text.replacen(&sentinel(i), &m.content, 1);
+    }
+    Ok((ids, text))
 }

@@ -10,9 +10,9 @@ mod spm;
 mod stream;
 pub mod template;
 
-pub use chat::{chat_prompt, chat_prompt_with};
+pub use chat::{chat_prompt, chat_prompt_full, chat_prompt_with};
 pub use stream::StreamDecoder;
-pub use template::{ChatMessage, ChatTemplate, RenderTemplate, TemplateError};
+pub use template::{ChatMessage, ChatTemplate, RenderTemplate, TemplateError, TemplateExtra};
 
 use std::collections::HashSet;
 use std::path::Path;

@@ -11,10 +11,20 @@ const MAX_OUTPUT: usize = 4 << 20;
 const MAX_SOURCE: usize = 1 << 20;
 const MAX_RECURSION: usize = 64;
 
-#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
+    /// An assistant turn's calls, OpenAI's shape, with each `function.arguments` given to the
+    /// template as an object when it is a JSON object's text (as vLLM does; templates write
+    /// `arguments | tojson`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<serde_json::Value>,
+    /// A tool result's call id and function name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 impl ChatMessage {
@@ -22,8 +32,20 @@ impl ChatMessage {
         ChatMessage {
             role: role.into(),
             content: content.into(),
+            ..ChatMessage::default()
         }
     }
+}
+
+/// What a template sees besides the messages: the tools (OpenAI's list, passed as
+/// `transformers.apply_chat_template(tools=...)` passes them) and extra variables such as
+/// `enable_thinking` (`chat_template_kwargs`, JSON scalars only).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, serde::Deserialize)]
+pub struct TemplateExtra {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub kwargs: serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -40,20 +62,30 @@ pub enum TemplateError {
 
 /// Whatever renders a chat template: `ChatTemplate` in this process, or a sandbox around it.
 pub trait RenderTemplate {
-    fn render(
+    fn render_with(
         &self,
         messages: &[ChatMessage],
         add_generation_prompt: bool,
+        extra: &TemplateExtra,
     ) -> Result<String, TemplateError>;
-}
 
-impl RenderTemplate for ChatTemplate {
     fn render(
         &self,
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<String, TemplateError> {
-        ChatTemplate::render(self, messages, add_generation_prompt)
+        self.render_with(messages, add_generation_prompt, &TemplateExtra::default())
+    }
+}
+
+impl RenderTemplate for ChatTemplate {
+    fn render_with(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        extra: &TemplateExtra,
+    ) -> Result<String, TemplateError> {
+        ChatTemplate::render_with(self, messages, add_generation_prompt, extra)
     }
 }
 
@@ -156,16 +188,28 @@ impl ChatTemplate {
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<String, TemplateError> {
+        self.render_with(messages, add_generation_prompt, &TemplateExtra::default())
+    }
+
+    pub fn render_with(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        extra: &TemplateExtra,
+    ) -> Result<String, TemplateError> {
         let tmpl = self
             .env
             .get_template("chat")
             .map_err(|e| TemplateError::Compile(e.to_string()))?;
-        let ctx = minijinja::context! {
+        let base = minijinja::context! {
             messages => messages,
             add_generation_prompt => add_generation_prompt,
             bos_token => &self.bos_token,
             eos_token => &self.eos_token,
+            tools => &extra.tools,
         };
+        // The base variables come first and win: keyword arguments cannot replace them.
+        let ctx = minijinja::context! { ..base, ..Value::from_serialize(&extra.kwargs) };
         let mut out = CappedWriter { buf: Vec::new() };
         match tmpl.render_captured_to(ctx, &mut out) {
             Ok(_) => String::from_utf8(out.buf).map_err(|e| TemplateError::Render(e.to_string())),

@@ -26,6 +26,9 @@ pub async fn handler(
     let b = read_body(body)?;
     begin(&st, &b)?;
     let mut p = gen_params(&b, st.vocab, st.max_ctx)?;
+    if let Some(a) = super::structured::asked(&b)? {
+        p.constraint = Some(super::structured::compile(&st, a).await?);
+    }
     p.logprobs = b.int_in("logprobs", 0, MAX_LOGPROBS)?.map(|n| n as usize);
     let echo = b.bool("echo")?.unwrap_or(false);
     p.echo = echo;
@@ -197,7 +200,7 @@ impl Shape for CompletionShape {
         &self.env
     }
 
-    fn head(&self, n: usize) -> Vec<Value> {
+    fn head(&mut self, n: usize) -> Vec<Value> {
         (0..n)
             .filter(|&i| !self.echoes[i].is_empty() && !self.echo_logprobs)
             .map(|i| {

@@ -1,10 +1,12 @@
 //! The HTTP API: OpenAI's routes, llama.cpp's tokenize/detokenize, health and metrics.
 
+pub mod answer;
 pub mod chat;
 pub mod completions;
 pub mod error;
 pub mod params;
 pub mod stream;
+pub mod structured;
 
 use crate::state::AppState;
 use axum::body::Bytes;

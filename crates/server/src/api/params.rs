@@ -101,6 +101,8 @@ pub struct GenParams {
     pub include_usage: bool,
     /// Completions: the prompt's text comes first in the answer.
     pub echo: bool,
+    /// What each choice's answer must match (each gets its own matcher).
+    pub constraint: Option<suanli_constrain::Compiled>,
 }
 
 /// The fields shared by chat and completions. `vocab`: for `logit_bias` ids; `max_ctx`: the
@@ -202,6 +204,7 @@ pub fn gen_params(b: &Body, vocab: usize, max_ctx: usize) -> Result<GenParams, A
         stream,
         include_usage,
         echo: false,
+        constraint: None,
     })
 }
 

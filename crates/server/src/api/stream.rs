@@ -73,7 +73,7 @@ impl Envelope {
 pub trait Shape: Send + 'static {
     fn envelope(&self) -> &Envelope;
     /// Chunks before any text (chat: each choice's role).
-    fn head(&self, n_choices: usize) -> Vec<Value>;
+    fn head(&mut self, n_choices: usize) -> Vec<Value>;
     /// Chunks for one delta (text, then the finish reason on its own chunk).
     fn delta(&mut self, d: Delta) -> Vec<Value>;
     /// The closing chunk with the token counts (`stream_options.include_usage`).
@@ -85,7 +85,7 @@ pub trait Shape: Send + 'static {
 }
 
 /// The usage chunk is sent when the shape's envelope says the client asked for it.
-pub fn sse<S: Shape>(g: Generation, shape: S) -> Response {
+pub fn sse<S: Shape>(g: Generation, mut shape: S) -> Response {
     struct St<S> {
         g: Generation,
         shape: S,

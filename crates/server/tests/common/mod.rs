@@ -78,6 +78,7 @@ pub fn start(max_batch: usize, max_queue: usize, max_body: usize) -> Server {
         shutdown_timeout: Duration::from_secs(20),
         template_sandbox: None,
         header_read_timeout: Duration::from_secs(2),
+        reasoning_separate: true,
     };
     let thread = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
