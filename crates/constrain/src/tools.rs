@@ -214,9 +214,9 @@ pub fn check_parameters(vocab: &Arc<Vocab>, tools: &[Tool]) -> Result<(), String
     Ok(())
 }
 
-/// The constraint a tool choice puts on the answer: `required` and named choices force calls
-/// from the first token (several when `parallel`); `auto` constrains a call once the model
-/// writes the opening tag; `none` adds nothing.
+/// The constraint a tool choice puts on the answer: `required` forces calls from the first token
+/// (several when `parallel`), a named choice one call of that function; `auto` constrains a call
+/// once the model writes the opening tag; `none` adds nothing.
 pub fn constraint_for(
     vocab: &Arc<Vocab>,
     tools: &[Tool],
@@ -235,6 +235,8 @@ pub fn constraint_for(
         schema,
         lark_str(&format!("\n{CLOSE}"))
     );
+    // A named choice is one call of that function (as OpenAI and vLLM answer it).
+    let parallel = parallel && !matches!(choice, ToolChoice::Named(_));
     let more = if parallel { "(\"\\n\" call)*" } else { "" };
     let lark = match choice {
         // After the opening tag the model has written: the rest of this call, then more calls.
