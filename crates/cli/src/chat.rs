@@ -18,6 +18,9 @@ pub struct ChatArgs {
     pub system: Option<String>,
     #[command(flatten)]
     pub sampling: SamplingArgs,
+    /// Every answer must match (a JSON schema, a regular expression, a grammar).
+    #[command(flatten)]
+    pub constraint: crate::constrain::ConstraintArgs,
 }
 
 pub fn chat(a: ChatArgs, opts: &crate::load::Opts) -> Result<()> {
@@ -27,6 +30,15 @@ pub fn chat(a: ChatArgs, opts: &crate::load::Opts) -> Result<()> {
 fn chat_on<B: crate::load::Hardware>(a: ChatArgs, opts: &crate::load::Opts) -> Result<()> {
     let params = a.sampling.params()?;
     let mut l = load::<B>(a.model.as_deref(), opts, a.sampling.ctx, 256)?;
+    // A reasoning model thinks first each turn: the constraint starts after its thinking.
+    let thinks = l
+        .tokenizer
+        .chat_template
+        .as_deref()
+        .is_some_and(suanli_constrain::reasoning::template_thinks);
+    let compiled = a
+        .constraint
+        .compile(&l.tokenizer, l.session.model.vocab_size(), thinks)?;
     let base: Vec<ChatMessage> = a
         .system
         .iter()
@@ -66,12 +78,16 @@ fn chat_on<B: crate::load::Hardware>(a: ChatArgs, opts: &crate::load::Opts) -> R
             let _ = out.flush();
             Control::Continue
         };
-        match l.session.generate(
+        let mut constraint = compiled.as_ref().map(|c| c.constraint());
+        match l.session.generate_constrained(
             &ids,
             &params,
             a.sampling.max_tokens,
             &|t| tok.is_eog(t),
             &mut on_token,
+            constraint
+                .as_mut()
+                .map(|c| c as &mut dyn suanli_engine::TokenConstraint),
         ) {
             Ok(g) => {
                 let tail = dec.finish();

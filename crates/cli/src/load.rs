@@ -139,7 +139,7 @@ macro_rules! on_device {
 
 pub struct Loaded<B: Backend> {
     pub session: Session<B>,
-    pub tokenizer: Tokenizer,
+    pub tokenizer: std::sync::Arc<Tokenizer>,
 }
 
 /// A loaded model with its tokenizer, before any KV cache is allocated.
@@ -199,6 +199,6 @@ pub fn load<B: Hardware>(
         .context("allocating the KV cache")?;
     Ok(Loaded {
         session,
-        tokenizer: p.tokenizer,
+        tokenizer: std::sync::Arc::new(p.tokenizer),
     })
 }

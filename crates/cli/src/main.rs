@@ -6,6 +6,7 @@ mod bench;
 mod bench_batch;
 mod chat;
 mod check;
+mod constrain;
 mod inspect;
 mod load;
 mod out;

@@ -1,14 +1,13 @@
 //! `suanli run`: one prompt, streamed.
 
 use crate::load::load;
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Result};
 use clap::Args;
 use std::io::Write;
 use suanli_engine::session::Control;
 use suanli_engine::stop::{StopMatcher, StopStep};
 use suanli_engine::SamplingParams;
-use suanli_tokenizer::chat_prompt;
-use suanli_tokenizer::{ChatMessage, StreamDecoder};
+use suanli_tokenizer::{chat_prompt_full, ChatMessage, StreamDecoder, TemplateExtra};
 
 #[derive(Args, Clone)]
 pub struct SamplingArgs {
@@ -70,6 +69,8 @@ pub struct RunArgs {
     pub json: bool,
     #[command(flatten)]
     pub sampling: SamplingArgs,
+    #[command(flatten)]
+    pub constraint: crate::constrain::ConstraintArgs,
     pub prompt: String,
 }
 
@@ -81,18 +82,29 @@ fn run_on<B: crate::load::Hardware>(a: RunArgs, opts: &crate::load::Opts) -> Res
     let params = a.sampling.params()?;
     let mut l = load::<B>(a.model.as_deref(), opts, a.sampling.ctx, 256)?;
     let tok = &l.tokenizer;
-    let ids = if a.raw {
-        tok.encode_prompt(&a.prompt, false)
-            .map_err(|e| anyhow!(e))?
+    let (ids, rendered) = if a.raw {
+        let ids = tok
+            .encode_prompt(&a.prompt, false)
+            .map_err(|e| anyhow!(e))?;
+        (ids, a.prompt.clone())
     } else {
         let mut msgs = Vec::new();
         if let Some(s) = &a.system {
             msgs.push(ChatMessage::new("system", s));
         }
         msgs.push(ChatMessage::new("user", &a.prompt));
-        chat_prompt(tok, &msgs)
+        let template = match tok.template() {
+            Some(t) => t?,
+            None => bail!("this model has no chat template; use --raw for plain completion"),
+        };
+        chat_prompt_full(tok, &template, &msgs, &TemplateExtra::default())
             .map_err(|e| anyhow::anyhow!("{e}; use --raw for plain completion"))?
     };
+    let thinks = !a.raw && crate::constrain::thinks_first(tok, &rendered);
+    let mut constraint = a
+        .constraint
+        .compile(tok, l.session.model.vocab_size(), thinks)?
+        .map(|c| c.constraint());
     let mut dec = StreamDecoder::new();
     let mut stops = StopMatcher::new(a.stop.clone());
     let mut text = String::new();
@@ -113,12 +125,15 @@ fn run_on<B: crate::load::Hardware>(a: RunArgs, opts: &crate::load::Opts) -> Res
             }
         }
     };
-    let g = l.session.generate(
+    let g = l.session.generate_constrained(
         &ids,
         &params,
         a.sampling.max_tokens,
         &|t| tok.is_eog(t),
         &mut on_token,
+        constraint
+            .as_mut()
+            .map(|c| c as &mut dyn suanli_engine::TokenConstraint),
     )?;
     let tail = dec.finish();
     let tail = match stops.push(&tail) {

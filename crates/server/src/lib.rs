@@ -113,6 +113,16 @@ where
         grammar_vocab: std::sync::OnceLock::new(),
         reasoning_separate: cfg.reasoning_separate,
     });
+    // The grammar vocabulary (a trie of the model's tokens, ~1 s for 152k) is built now, off
+    // the request path, so that the first constrained request does not wait for it.
+    let prebuild = st.clone();
+    let _ = std::thread::Builder::new()
+        .name("grammar-vocab".into())
+        .spawn(move || {
+            if let Err(e) = prebuild.grammar_vocab() {
+                tracing::warn!("constrained decoding is unavailable: {e}");
+            }
+        });
     let app = router(st.clone(), cfg.max_body_bytes);
     let signalled = Arc::new(tokio::sync::Notify::new());
     let on_signal = {
