@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 SECONDS_EACH=${1:-60}
 shift || true
 TARGETS=("$@")
-[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(gguf safetensors tokenizer template request)
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(gguf safetensors tokenizer template request grammar)
 skip() {
     # Not counted as passed: no "test result" line.
     echo "fuzz: SKIPPED — $1"

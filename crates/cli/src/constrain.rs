@@ -58,10 +58,12 @@ impl ConstraintArgs {
         };
         let t0 = std::time::Instant::now();
         let vocab = Arc::new(Vocab::new(tok.clone(), model_vocab).map_err(|e| anyhow!(e))?);
+        let t1 = std::time::Instant::now();
         let c = g.compile(&vocab).map_err(|e| anyhow!("{flag}: {e}"))?;
         eprintln!(
-            "[{flag} compiled in {:.0} ms]",
-            t0.elapsed().as_secs_f64() * 1e3
+            "[token trie built in {:.0} ms; {flag} compiled in {:.1} ms]",
+            (t1 - t0).as_secs_f64() * 1e3,
+            t1.elapsed().as_secs_f64() * 1e3
         );
         Ok(Some(if thinks_first {
             c.lazy(reasoning::CLOSE)

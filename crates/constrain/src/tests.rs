@@ -50,7 +50,8 @@ fn walk(
         let t = suanli_engine::constraint::constrained_pick(c, &mut logits, |l| {
             suanli_engine::sampler::argmax(l)
         })
-        .unwrap();
+        .unwrap()
+        .0;
         if tok.is_eog(t) {
             return (tok.decode(&ids), true);
         }

@@ -7,7 +7,7 @@
 //! accumulation order does not depend on the tile it lands in), so a greedy answer is the same
 //! whatever else shares the batch — tested below against answers computed one at a time.
 
-use crate::constraint::{constrained_pick, TokenConstraint};
+use crate::constraint::{constrained_pick, ConstraintStats, TokenConstraint};
 use crate::sampler::{Sampler, SamplingParams};
 use crate::scheduler::{SchedConfig, Scheduler, SeqId, Step, SubmitError};
 use crate::session::{out_of_vocab, FinishReason};
@@ -92,6 +92,7 @@ pub struct BatchEngine<B: Backend> {
     seqs: HashMap<SeqId, SeqState>,
     eog: Vec<u32>,
     logits: Vec<f32>,
+    constraint_stats: ConstraintStats,
 }
 
 impl<B: Backend> BatchEngine<B> {
@@ -115,6 +116,7 @@ impl<B: Backend> BatchEngine<B> {
             seqs: HashMap::new(),
             eog,
             logits: Vec::new(),
+            constraint_stats: ConstraintStats::default(),
         })
     }
 
@@ -125,6 +127,11 @@ impl<B: Backend> BatchEngine<B> {
 
     pub fn scheduler(&self) -> &Scheduler {
         &self.sched
+    }
+
+    /// What constrained sequences have cost so far (their checks and masks).
+    pub fn constraint_stats(&self) -> ConstraintStats {
+        self.constraint_stats
     }
 
     /// Sequences admitted or waiting.
@@ -331,8 +338,16 @@ impl<B: Backend> BatchEngine<B> {
                         Some(c) => {
                             let sampler = &mut st.sampler;
                             sampler.prepare(logits, &st.history);
-                            match constrained_pick(c, logits, |l| sampler.pick(l)) {
-                                Ok(tok) => tok,
+                            let t0 = std::time::Instant::now();
+                            let picked = constrained_pick(c, logits, |l| sampler.pick(l));
+                            let cs = &mut self.constraint_stats;
+                            cs.secs += t0.elapsed().as_secs_f64();
+                            cs.tokens += 1;
+                            match picked {
+                                Ok((tok, masked)) => {
+                                    cs.masks += u64::from(masked);
+                                    tok
+                                }
                                 Err(why) => {
                                     failed.push((it.seq, format!("constrained decoding: {why}")));
                                     continue;

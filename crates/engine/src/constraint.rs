@@ -21,14 +21,16 @@ pub trait TokenConstraint: Send {
 /// Draw with `draw`; when `constraint` refuses the token, mask the logits and draw again (the
 /// order llama.cpp's grammar sampler uses: the unconstrained draw is kept when it is allowed, so
 /// greedy answers are exactly the argmax over the allowed tokens). Then the constraint takes the
-/// token. `logits` must be what `draw` draws from.
+/// token. `logits` must be what `draw` draws from. Returns the token and whether the mask was
+/// needed.
 pub fn constrained_pick(
     constraint: &mut dyn TokenConstraint,
     logits: &mut [f32],
     mut draw: impl FnMut(&[f32]) -> u32,
-) -> Result<u32, String> {
+) -> Result<(u32, bool), String> {
     let mut tok = draw(logits);
-    if !constraint.allows(tok) {
+    let masked = !constraint.allows(tok);
+    if masked {
         constraint.mask(logits)?;
         tok = draw(logits);
         if logits.get(tok as usize).is_none_or(|l| l.is_nan()) {
@@ -36,5 +38,13 @@ pub fn constrained_pick(
         }
     }
     constraint.accept(tok)?;
-    Ok(tok)
+    Ok((tok, masked))
+}
+
+/// What constrained decoding has cost: tokens checked, masks computed, seconds in both.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ConstraintStats {
+    pub tokens: u64,
+    pub masks: u64,
+    pub secs: f64,
 }

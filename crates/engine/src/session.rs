@@ -250,6 +250,7 @@ impl<B: Backend> Session<B> {
                     sampler.prepare(&mut logits, &history);
                     constrained_pick(c, &mut logits, |l| sampler.pick(l))
                         .map_err(SessionError::Constraint)?
+                        .0
                 }
             };
             if is_eog(tok) {

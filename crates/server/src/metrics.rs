@@ -61,6 +61,7 @@ struct Gauges {
     blocks_total: usize,
     prefix_hits: u64,
     preemptions: u64,
+    constraint: suanli_engine::constraint::ConstraintStats,
 }
 
 struct Inner {
@@ -68,6 +69,8 @@ struct Inner {
     prompt_tokens: u64,
     cached_tokens: u64,
     generated_tokens: u64,
+    /// Seconds the engine thread spent in steps.
+    step_secs: f64,
     /// Finished sequences by how they ended (stop, length, cancelled, error).
     finished: Vec<(&'static str, u64)>,
     ttft: Histogram,
@@ -86,6 +89,7 @@ impl Default for Metrics {
                 prompt_tokens: 0,
                 cached_tokens: 0,
                 generated_tokens: 0,
+                step_secs: 0.0,
                 finished: Vec::new(),
                 ttft: Histogram::new(TTFT_BUCKETS),
                 itl: Histogram::new(ITL_BUCKETS),
@@ -112,8 +116,13 @@ impl Metrics {
             blocks_total: s.config().num_blocks,
             prefix_hits: s.prefix_hits(),
             preemptions: s.preemptions(),
+            constraint: e.constraint_stats(),
         };
         self.with(|m| m.gauges = g);
+    }
+
+    pub fn step(&self, d: Duration) {
+        self.with(|m| m.step_secs += d.as_secs_f64());
     }
 
     pub fn ttft(&self, d: Duration) {
@@ -194,6 +203,30 @@ impl Metrics {
                 "counter",
                 "Sequences sent back to the queue for lack of KV blocks.",
                 g.preemptions.to_string(),
+            );
+            one(
+                "suanli_engine_step_seconds_total",
+                "counter",
+                "Seconds the engine spent running steps (forward passes and sampling).",
+                m.step_secs.to_string(),
+            );
+            one(
+                "suanli_constrained_tokens_total",
+                "counter",
+                "Tokens drawn under a constraint (JSON schema, grammar, tool call).",
+                g.constraint.tokens.to_string(),
+            );
+            one(
+                "suanli_constraint_masks_total",
+                "counter",
+                "Constrained tokens whose first draw was refused, so the whole vocabulary was masked.",
+                g.constraint.masks.to_string(),
+            );
+            one(
+                "suanli_constraint_seconds_total",
+                "counter",
+                "Seconds spent checking and masking constrained tokens (their draws included).",
+                g.constraint.secs.to_string(),
             );
             one(
                 "suanli_prompt_tokens_total",

@@ -160,6 +160,7 @@ fn run<B: Backend>(
         // A bug in a step must not take the server down: the sequences in it fail, their
         // blocks are freed, and the engine goes on serving new requests.
         clock.begin();
+        let t0 = Instant::now();
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.step()))
             .map_err(|p| {
                 let msg = p
@@ -171,6 +172,7 @@ fn run<B: Backend>(
             })
             .and_then(|r| r.map_err(|e| e.to_string()));
         clock.end();
+        metrics.step(t0.elapsed());
         match result {
             Ok(events) => {
                 let now = Instant::now();

@@ -1,0 +1,158 @@
+//! Constraints in the engine on a real catalog model (SmolLM2): a constrained request's greedy
+//! answer fits its constraint, is the same batched with others (constrained or not) as alone
+//! through `Session`, and leaves the unconstrained requests beside it unchanged.
+
+use std::sync::Arc;
+use suanli_backend::KvDType;
+use suanli_constrain::{Compiled, Grammar, Vocab};
+use suanli_cpu::CpuBackend;
+use suanli_engine::batch::{BatchEngine, Event, Request};
+use suanli_engine::scheduler::SchedConfig;
+use suanli_engine::session::Control;
+use suanli_engine::{SamplingParams, Session, TokenConstraint};
+use suanli_formats::{catalog, open_model, ModelSource};
+use suanli_models::Model;
+use suanli_tokenizer::{chat_prompt, ChatMessage, Tokenizer};
+
+const MAX: usize = 48;
+
+fn model() -> (std::path::PathBuf, Arc<Tokenizer>) {
+    let path = catalog::pull(catalog::find("smollm2-135m").unwrap()).unwrap();
+    let tok = match open_model(&path).unwrap() {
+        ModelSource::Gguf { file, .. } => Tokenizer::from_gguf(&file).unwrap(),
+        _ => unreachable!(),
+    };
+    (path, Arc::new(tok))
+}
+
+fn load(path: &std::path::Path) -> (CpuBackend, Model<CpuBackend>) {
+    let src = open_model(path).unwrap();
+    let backend = CpuBackend::new(Some(2)).unwrap();
+    let model = Model::load(&src, &backend).unwrap();
+    (backend, model)
+}
+
+#[test]
+fn constrained_answers_fit_and_are_the_same_batched_or_alone() {
+    let (path, tok) = model();
+    let (backend, m) = load(&path);
+    let vocab = Arc::new(Vocab::new(tok.clone(), m.vocab_size()).unwrap());
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": {"name": {"type": "string", "maxLength": 12},
+                       "age": {"type": "integer", "minimum": 0, "maximum": 120}},
+        "required": ["name", "age"], "additionalProperties": false,
+    });
+    let cases: Vec<(&str, Option<Compiled>)> = vec![
+        (
+            "Describe a person as JSON.",
+            Some(Grammar::JsonSchema(schema.clone()).compile(&vocab).unwrap()),
+        ),
+        (
+            "What is 6 times 7?",
+            Some(Grammar::Regex("[0-9]+".into()).compile(&vocab).unwrap()),
+        ),
+        ("Tell me a story.", None),
+        (
+            "Is water wet?",
+            Some(
+                Grammar::Choice(vec!["yes".into(), "no".into()])
+                    .compile(&vocab)
+                    .unwrap(),
+            ),
+        ),
+        (
+            "Another person as JSON, please.",
+            Some(Grammar::JsonObject.compile(&vocab).unwrap()),
+        ),
+    ];
+    let prompts: Vec<Vec<u32>> = cases
+        .iter()
+        .map(|(q, _)| chat_prompt(&tok, &[ChatMessage::new("user", q)]).unwrap())
+        .collect();
+    let eog: Vec<u32> = tok.eog_ids.iter().copied().collect();
+
+    // Alone, one at a time.
+    let mut s = Session::new(backend, m, 512, 64).unwrap();
+    let mut alone = Vec::new();
+    for ((_, c), p) in cases.iter().zip(&prompts) {
+        s.reset();
+        let mut c = c.as_ref().map(|c| c.constraint());
+        let g = s
+            .generate_constrained(
+                p,
+                &SamplingParams::greedy(),
+                MAX,
+                &|t| eog.contains(&t),
+                &mut |_| Control::Continue,
+                c.as_mut().map(|c| c as &mut dyn TokenConstraint),
+            )
+            .unwrap();
+        alone.push(g.tokens);
+    }
+
+    // All at once.
+    let (backend, m) = s.into_parts();
+    let cfg = SchedConfig {
+        max_batch: 8,
+        max_step_tokens: 64,
+        max_queue: 8,
+        block_size: 16,
+        num_blocks: 64,
+        max_ctx: 512,
+    };
+    let mut e = BatchEngine::new(backend, m, cfg, KvDType::F16, eog.clone()).unwrap();
+    for (i, ((_, c), p)) in cases.iter().zip(&prompts).enumerate() {
+        let req = Request {
+            prompt: p.clone(),
+            params: SamplingParams::greedy(),
+            max_tokens: MAX,
+            logprobs: None,
+            prompt_logprobs: None,
+            constraint: c
+                .as_ref()
+                .map(|c| Box::new(c.constraint()) as Box<dyn TokenConstraint>),
+        };
+        e.submit(i as u64, req).unwrap();
+    }
+    let mut batched = vec![Vec::new(); cases.len()];
+    let mut done = 0;
+    while done < cases.len() {
+        for (id, ev) in e.step().unwrap() {
+            match ev {
+                Event::Token { id: t, .. } => batched[id as usize].push(t),
+                Event::Done { .. } => done += 1,
+                Event::Failed(why) => panic!("sequence {id} failed: {why}"),
+                Event::PromptLogprobs(_) => {}
+            }
+        }
+    }
+    assert_eq!(batched, alone);
+    let stats = e.constraint_stats();
+    let constrained: usize = cases
+        .iter()
+        .zip(&alone)
+        .filter(|(c, _)| c.1.is_some())
+        .map(|(_, a)| a.len())
+        .sum();
+    assert!(stats.tokens as usize >= constrained, "{stats:?}");
+
+    let text = |i: usize| tok.decode(&alone[i]);
+    let person: serde_json::Value =
+        serde_json::from_str(&text(0)).unwrap_or_else(|e| panic!("{:?}: {e}", text(0)));
+    assert!(person["name"].as_str().unwrap().chars().count() <= 12);
+    assert!((0..=120).contains(&person["age"].as_i64().unwrap()));
+    assert!(
+        !text(1).is_empty() && text(1).bytes().all(|b| b.is_ascii_digit()),
+        "{:?}",
+        text(1)
+    );
+    assert!(["yes", "no"].contains(&text(3).as_str()), "{:?}", text(3));
+    if alone[4].len() < MAX {
+        assert!(
+            serde_json::from_str::<serde_json::Map<_, _>>(&text(4)).is_ok(),
+            "{:?}",
+            text(4)
+        );
+    }
+}
