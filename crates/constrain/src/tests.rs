@@ -219,7 +219,7 @@ fn forced_tool_calls_parse_and_fit_the_parameters() {
         (tools::ToolChoice::Required, true),
         (tools::ToolChoice::Named("get_weather".into()), false),
     ] {
-        let compiled = tools::constraint_for(&vocab, &ts, &choice, parallel)
+        let compiled = tools::constraint_for(&vocab, &ts, &choice, parallel, tools::Format::Hermes)
             .unwrap()
             .unwrap();
         for seed in 0..8 {
@@ -257,9 +257,15 @@ fn auto_tool_calls_are_constrained_once_opened() {
         json!({"type": "object", "properties": {"a": {"type": "integer", "minimum": 0, "maximum": 9}},
                "required": ["a"], "additionalProperties": false}),
     )];
-    let compiled = tools::constraint_for(&vocab, &ts, &tools::ToolChoice::Auto, false)
-        .unwrap()
-        .unwrap();
+    let compiled = tools::constraint_for(
+        &vocab,
+        &ts,
+        &tools::ToolChoice::Auto,
+        false,
+        tools::Format::Hermes,
+    )
+    .unwrap()
+    .unwrap();
     let mut c = compiled.constraint();
     let mut text = String::from("Let me add. <tool_call>");
     for id in tok.encode(&text, false).unwrap() {
@@ -416,4 +422,78 @@ fn join_text(pieces: Vec<tools::Piece>) -> Vec<tools::Piece> {
         }
     }
     out
+}
+
+/// Llama 3.x and GLM-4 calls forced by their own grammars parse back as calls.
+#[test]
+fn llama3_and_glm4_calls_are_forced_in_their_formats() {
+    let (tok, vocab) = tiny();
+    let ts = vec![
+        tool(
+            "pick",
+            json!({"type": "object", "properties": {"n": {"enum": [1, 2, 3]}},
+                   "required": ["n"], "additionalProperties": false}),
+        ),
+        tool(
+            "now",
+            json!({"type": "object", "properties": {}, "additionalProperties": false}),
+        ),
+    ];
+    for format in [tools::Format::Llama3Json, tools::Format::Glm4] {
+        for parallel in [false, true] {
+            let c =
+                tools::constraint_for(&vocab, &ts, &tools::ToolChoice::Required, parallel, format)
+                    .unwrap()
+                    .unwrap();
+            for seed in 0..6 {
+                let (text, ended) = walk(&tok, &vocab, &mut c.constraint(), seed, 400);
+                assert!(ended, "{format:?}: {text}");
+                let mut p = tools::CallParser::with_format(&ts, format);
+                let mut pieces = p.push(&text);
+                pieces.extend(p.finish());
+                assert!(!pieces.is_empty(), "{format:?}: {text:?}");
+                for piece in &pieces {
+                    let tools::Piece::Call(call) = piece else {
+                        panic!("{format:?}: text outside calls: {text:?}");
+                    };
+                    let args: Value = serde_json::from_str(&call.arguments).unwrap();
+                    match call.name.as_str() {
+                        "pick" => assert!([1, 2, 3].contains(&args["n"].as_i64().unwrap())),
+                        _ => assert_eq!(args, json!({})),
+                    }
+                }
+                if !parallel {
+                    assert_eq!(pieces.len(), 1, "{text:?}");
+                }
+                // Streamed a character at a time: the same calls.
+                let mut p = tools::CallParser::with_format(&ts, format);
+                let mut streamed: Vec<tools::Piece> =
+                    text.chars().flat_map(|c| p.push(&c.to_string())).collect();
+                streamed.extend(p.finish());
+                assert_eq!(streamed, pieces, "{format:?}: {text:?}");
+            }
+        }
+        // No tag to wait for: `auto` is parsed, not constrained.
+        assert!(
+            tools::constraint_for(&vocab, &ts, &tools::ToolChoice::Auto, true, format)
+                .unwrap()
+                .is_none()
+        );
+    }
+    assert_eq!(
+        tools::Format::detect("{{ '<tool_call>' }} {{ tools }}"),
+        tools::Format::Hermes
+    );
+    assert_eq!(
+        tools::Format::detect("{{ tools }} <|python_tag|>"),
+        tools::Format::Llama3Json
+    );
+    assert_eq!(
+        tools::Format::detect("{{ tools }} <|observation|>"),
+        tools::Format::Glm4
+    );
+    assert_eq!(
+        tools::Format::detect("no tool support"),
+        tools::Format::Hermes
+    );
 }

@@ -168,6 +168,33 @@ pub fn template_supports_tools(source: &str) -> bool {
     source.contains("tools")
 }
 
+/// How a model family writes a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// `<tool_call>\n{"name": …, "arguments": {…}}\n</tool_call>`: Qwen2.5, Qwen3, Hermes and
+    /// their fine-tunes, and the generic fallback.
+    Hermes,
+    /// Llama 3.x: the answer is `{"name": …, "parameters": {…}}` (parallel calls joined by `; `).
+    Llama3Json,
+    /// GLM-4: the answer is the function's name, a newline, and its arguments' JSON.
+    Glm4,
+}
+
+impl Format {
+    /// The format a chat template asks for (the generic fallback writes Hermes tags).
+    pub fn detect(source: &str) -> Format {
+        if source.contains(OPEN) || !template_supports_tools(source) {
+            Format::Hermes
+        } else if source.contains("<|python_tag|>") || source.contains("<|eom_id|>") {
+            Format::Llama3Json
+        } else if source.contains("<|observation|>") {
+            Format::Glm4
+        } else {
+            Format::Hermes
+        }
+    }
+}
+
 /// The system message of the generic fallback: the tools and how to call them.
 pub fn generic_system_prompt(tools: &[Tool]) -> String {
     let mut s = String::from(
@@ -186,13 +213,13 @@ pub fn generic_system_prompt(tools: &[Tool]) -> String {
     s
 }
 
-/// The schema of one call's JSON: `{"name": <one of tools>, "arguments": <its parameters>}`.
-fn call_schema(tools: &[&Tool]) -> Value {
+/// The schema of one call's JSON: `{"name": <one of tools>, <args>: <its parameters>}`.
+fn call_schema(tools: &[&Tool], args: &str) -> Value {
     let one = |t: &Tool| {
         json!({
             "type": "object",
-            "properties": {"name": {"const": t.name}, "arguments": t.parameters},
-            "required": ["name", "arguments"],
+            "properties": {"name": {"const": t.name}, args: t.parameters},
+            "required": ["name", args],
             "additionalProperties": false,
         })
     };
@@ -216,27 +243,70 @@ pub fn check_parameters(vocab: &Arc<Vocab>, tools: &[Tool]) -> Result<(), String
 
 /// The constraint a tool choice puts on the answer: `required` forces calls from the first token
 /// (several when `parallel`), a named choice one call of that function; `auto` constrains a call
-/// once the model writes the opening tag; `none` adds nothing.
+/// once the model writes the opening tag (Hermes; the other formats have no tag to wait for, and
+/// their calls are parsed, not constrained); `none` adds nothing.
 pub fn constraint_for(
     vocab: &Arc<Vocab>,
     tools: &[Tool],
     choice: &ToolChoice,
     parallel: bool,
+    format: Format,
 ) -> Result<Option<Compiled>, String> {
     let chosen: Vec<&Tool> = match choice {
         ToolChoice::None => return Ok(None),
         ToolChoice::Named(n) => tools.iter().filter(|t| &t.name == n).collect(),
         ToolChoice::Auto | ToolChoice::Required => tools.iter().collect(),
     };
-    let schema = call_schema(&chosen);
+    // A named choice is one call of that function (as OpenAI and vLLM answer it).
+    let parallel = parallel && !matches!(choice, ToolChoice::Named(_));
+    let grammar = |call: String, sep: &str| {
+        let more = if parallel {
+            format!("({} call)*", lark_str(sep))
+        } else {
+            String::new()
+        };
+        format!("start: call {more}\ncall: {call}\n")
+    };
+    match (format, choice) {
+        (Format::Hermes, _) => {}
+        (_, ToolChoice::Auto) => return Ok(None),
+        (Format::Llama3Json, _) => {
+            let call = format!("%json {}", call_schema(&chosen, "parameters"));
+            let lark = grammar(call, "; ");
+            return Compiled::new(
+                vocab,
+                llguidance::api::TopLevelGrammar::from_lark(lark),
+                None,
+            )
+            .map(Some);
+        }
+        (Format::Glm4, _) => {
+            let alts: Vec<String> = chosen
+                .iter()
+                .map(|t| {
+                    format!(
+                        "{} %json {}",
+                        lark_str(&format!("{}\n", t.name)),
+                        with_layout(&t.parameters)
+                    )
+                })
+                .collect();
+            let lark = grammar(format!("({})", alts.join(" | ")), "\n");
+            return Compiled::new(
+                vocab,
+                llguidance::api::TopLevelGrammar::from_lark(lark),
+                None,
+            )
+            .map(Some);
+        }
+    }
+    let schema = call_schema(&chosen, "arguments");
     let call = format!(
         "{} %json {} {}",
         lark_str(&format!("{OPEN}\n")),
         schema,
         lark_str(&format!("\n{CLOSE}"))
     );
-    // A named choice is one call of that function (as OpenAI and vLLM answer it).
-    let parallel = parallel && !matches!(choice, ToolChoice::Named(_));
     let more = if parallel { "(\"\\n\" call)*" } else { "" };
     let lark = match choice {
         // After the opening tag the model has written: the rest of this call, then more calls.
@@ -294,6 +364,7 @@ const FENCES: [&str; 2] = ["```json\n", "```JSON\n"];
 /// calls of the whole answer.
 pub struct CallParser {
     names: Vec<String>,
+    format: Format,
     state: State,
     buf: String,
     /// Whitespace held until text follows it.
@@ -303,7 +374,14 @@ pub struct CallParser {
 
 impl CallParser {
     pub fn new(tools: &[Tool]) -> CallParser {
+        CallParser::with_format(tools, Format::Hermes)
+    }
+
+    /// A parser that also knows `format`'s own call shape (GLM-4's `name\n{…}` answers; the
+    /// Hermes tags and JSON objects are recognised whatever the format).
+    pub fn with_format(tools: &[Tool], format: Format) -> CallParser {
         CallParser {
+            format,
             names: tools.iter().map(|t| t.name.clone()).collect(),
             state: State::Start,
             buf: String::new(),
@@ -366,7 +444,18 @@ impl CallParser {
                     }
                     let t = t.to_owned();
                     self.buf = t;
-                    self.state = if self.buf.starts_with('{') {
+                    let glm = self.format == Format::Glm4;
+                    let heads = self.names.iter().map(|n| format!("{n}\n"));
+                    let mut named = false;
+                    let mut maybe = false;
+                    for h in heads.filter(|_| glm) {
+                        named |= self.buf.starts_with(&h);
+                        maybe |= h.starts_with(&self.buf);
+                    }
+                    if !named && maybe && !end {
+                        return; // may still become `name\n{…}`
+                    }
+                    self.state = if self.buf.starts_with('{') || named {
                         State::Bare
                     } else {
                         State::Text
@@ -441,7 +530,7 @@ impl CallParser {
                         return;
                     }
                     let all = std::mem::take(&mut self.buf);
-                    if !self.bare_calls(out, &all) {
+                    if !self.bare_calls(out, &all) && !self.named_calls(out, &all) {
                         self.text(out, &all);
                     }
                     self.ws.clear();
@@ -482,6 +571,46 @@ impl CallParser {
             self.calls += 1;
         }
         true
+    }
+}
+
+impl CallParser {
+    /// GLM-4's calls: `name\n{arguments}`, one after another.
+    fn named_calls(&mut self, out: &mut Vec<Piece>, all: &str) -> bool {
+        if self.format != Format::Glm4 {
+            return false;
+        }
+        let mut found = Vec::new();
+        let mut rest = all.trim();
+        while !rest.is_empty() {
+            let Some((name, after)) = rest.split_once('\n') else {
+                return false;
+            };
+            let name = name.trim();
+            if !self.names.iter().any(|n| n == name) {
+                return false;
+            }
+            let mut de = serde_json::Deserializer::from_str(after)
+                .into_iter::<&serde_json::value::RawValue>();
+            let Some(Ok(raw)) = de.next() else {
+                return false;
+            };
+            if !raw.get().trim_start().starts_with('{') {
+                return false;
+            }
+            found.push((name.to_owned(), raw.get().to_owned()));
+            rest = after[de.byte_offset()..].trim_start();
+        }
+        let ok = !found.is_empty();
+        for (name, arguments) in found {
+            out.push(Piece::Call(ToolCall {
+                index: self.calls,
+                name,
+                arguments,
+            }));
+            self.calls += 1;
+        }
+        ok
     }
 }
 

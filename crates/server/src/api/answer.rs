@@ -4,7 +4,7 @@
 //! answer.
 
 use suanli_constrain::reasoning::ReasoningSplit;
-use suanli_constrain::tools::{CallParser, Piece, Tool, ToolCall};
+use suanli_constrain::tools::{CallParser, Format, Piece, Tool, ToolCall};
 
 /// How a request's answers are split.
 #[derive(Clone, Default)]
@@ -13,8 +13,9 @@ pub struct AnswerSpec {
     pub reasoning: bool,
     /// The prompt opened the thinking already.
     pub inside_thinking: bool,
-    /// Parse tool calls of these tools (empty: no parsing).
+    /// Parse tool calls of these tools (empty: no parsing), written in this format.
     pub tools: Vec<Tool>,
+    pub format: Option<Format>,
 }
 
 /// New parts of one answer.
@@ -38,7 +39,9 @@ impl Answer {
             think: spec
                 .reasoning
                 .then(|| ReasoningSplit::new(spec.inside_thinking)),
-            calls: (!spec.tools.is_empty()).then(|| CallParser::new(&spec.tools)),
+            calls: (!spec.tools.is_empty()).then(|| {
+                CallParser::with_format(&spec.tools, spec.format.unwrap_or(Format::Hermes))
+            }),
             n_calls: 0,
         }
     }

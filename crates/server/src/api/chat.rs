@@ -16,7 +16,7 @@ use std::sync::Arc;
 use suanli_constrain::reasoning;
 use suanli_constrain::tools::{
     check_parameters, constraint_for, generic_system_prompt, parse_tool_choice, parse_tools,
-    template_supports_tools, Tool, ToolCall, ToolChoice, CLOSE, OPEN,
+    template_supports_tools, Format, Tool, ToolCall, ToolChoice, CLOSE, OPEN,
 };
 use suanli_constrain::Compiled;
 use suanli_tokenizer::{chat_prompt_full, ChatMessage, TemplateExtra};
@@ -129,6 +129,7 @@ pub async fn handler(
         .map_err(|why| ApiError::param("messages", why))?;
     let source = st.tokenizer.chat_template.clone().unwrap_or_default();
     let calling = tools.choice != ToolChoice::None;
+    let format = Format::detect(&source);
     let (msgs, extra) = conversation(msgs, &tools, kwargs, &source);
     let tok = st.tokenizer.clone();
     let render = blocking(move || {
@@ -161,7 +162,7 @@ pub async fn handler(
         let (list, choice, parallel) = (tools.list.clone(), tools.choice.clone(), tools.parallel);
         let c = blocking(move || {
             check_parameters(&vocab, &list).map_err(|e| ApiError::param("tools", e))?;
-            constraint_for(&vocab, &list, &choice, parallel)
+            constraint_for(&vocab, &list, &choice, parallel, format)
                 .map_err(|e| ApiError::param("tools", e))
         })
         .await?;
@@ -174,6 +175,7 @@ pub async fn handler(
         reasoning: thinks && st.reasoning_separate,
         inside_thinking: reasoning::prompt_opens_thinking(&text),
         tools: if calling { tools.list } else { Vec::new() },
+        format: Some(format),
     };
     let g = Generation::start(&st, vec![prompt], &p, "messages").await?;
     let shape = ChatShape {
