@@ -419,17 +419,24 @@ impl CallParser {
         }
     }
 
+    /// Calls found, numbered in the answer's order.
+    fn emit(&mut self, out: &mut Vec<Piece>, calls: Vec<(String, String)>) {
+        self.ws.clear();
+        for (name, arguments) in calls {
+            out.push(Piece::Call(ToolCall {
+                index: self.calls,
+                name,
+                arguments,
+            }));
+            self.calls += 1;
+        }
+    }
+
     fn call(&mut self, out: &mut Vec<Piece>, json: &str) -> bool {
-        let Some((name, arguments)) = parse_call(json, &self.names) else {
+        let Some(call) = parse_call(json, &self.names) else {
             return false;
         };
-        self.ws.clear();
-        out.push(Piece::Call(ToolCall {
-            index: self.calls,
-            name,
-            arguments,
-        }));
-        self.calls += 1;
+        self.emit(out, vec![call]);
         true
     }
 
@@ -562,19 +569,10 @@ impl CallParser {
         if found.is_empty() {
             return false;
         }
-        for (name, arguments) in found {
-            out.push(Piece::Call(ToolCall {
-                index: self.calls,
-                name,
-                arguments,
-            }));
-            self.calls += 1;
-        }
+        self.emit(out, found);
         true
     }
-}
 
-impl CallParser {
     /// GLM-4's calls: `name\n{arguments}`, one after another.
     fn named_calls(&mut self, out: &mut Vec<Piece>, all: &str) -> bool {
         if self.format != Format::Glm4 {
@@ -601,16 +599,11 @@ impl CallParser {
             found.push((name.to_owned(), raw.get().to_owned()));
             rest = after[de.byte_offset()..].trim_start();
         }
-        let ok = !found.is_empty();
-        for (name, arguments) in found {
-            out.push(Piece::Call(ToolCall {
-                index: self.calls,
-                name,
-                arguments,
-            }));
-            self.calls += 1;
+        if found.is_empty() {
+            return false;
         }
-        ok
+        self.emit(out, found);
+        true
     }
 }
 

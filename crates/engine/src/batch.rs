@@ -349,7 +349,10 @@ impl<B: Backend> BatchEngine<B> {
                                     tok
                                 }
                                 Err(why) => {
-                                    failed.push((it.seq, format!("constrained decoding: {why}")));
+                                    failed.push((
+                                        it.seq,
+                                        format!("{}: {why}", crate::constraint::FAILED),
+                                    ));
                                     continue;
                                 }
                             }

@@ -41,6 +41,9 @@ pub fn constrained_pick(
     Ok((tok, masked))
 }
 
+/// How a sequence's failure message starts when its constraint could not go on.
+pub const FAILED: &str = "constrained decoding";
+
 /// What constrained decoding has cost: tokens checked, masks computed, seconds in both.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct ConstraintStats {

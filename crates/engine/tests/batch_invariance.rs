@@ -381,3 +381,68 @@ fn a_poisoned_sequence_fails_alone() {
         e.scheduler().blocks_cached_idle()
     );
 }
+
+/// A constraint at a dead end (it refuses every token, as a grammar past its limits would) fails
+/// its own sequence, with the constraint named; the request batched with it is unaffected and
+/// every block is freed.
+#[test]
+fn a_dead_end_constraint_fails_alone() {
+    struct DeadEnd(usize);
+    impl suanli_engine::TokenConstraint for DeadEnd {
+        fn allows(&mut self, _: u32) -> bool {
+            self.0 > 0
+        }
+        fn mask(&mut self, logits: &mut [f32]) -> Result<(), String> {
+            logits.fill(f32::NAN);
+            Ok(())
+        }
+        fn accept(&mut self, _: u32) -> Result<(), String> {
+            self.0 = self.0.saturating_sub(1);
+            Ok(())
+        }
+    }
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/tiny/llama/model.gguf");
+    let mut e = engine(&fixture, 4);
+    let healthy = vec![1u32, 2, 3, 4, 5];
+    let alone = run(
+        &mut e,
+        &[(healthy.clone(), SamplingParams::greedy())],
+        &[0],
+        8,
+    );
+    let req =
+        |prompt: Vec<u32>, constraint: Option<Box<dyn suanli_engine::TokenConstraint>>| Request {
+            prompt,
+            params: SamplingParams::greedy(),
+            max_tokens: 8,
+            logprobs: None,
+            prompt_logprobs: None,
+            constraint,
+        };
+    e.submit(1, req(healthy, None)).unwrap();
+    // Allows its first token, then nothing.
+    e.submit(2, req(vec![1, 2, 9, 4], Some(Box::new(DeadEnd(1)))))
+        .unwrap();
+    let (mut tokens, mut failed, mut constrained) = (Vec::new(), None, 0);
+    while e.active() > 0 {
+        for (id, ev) in e.step().unwrap() {
+            match (id, ev) {
+                (1, Event::Token { id, .. }) => tokens.push(id),
+                (2, Event::Token { .. }) => constrained += 1,
+                (2, Event::Failed(why)) => failed = Some(why),
+                (1, Event::Done { .. }) => {}
+                (id, ev) => panic!("unexpected {id}: {ev:?}"),
+            }
+        }
+    }
+    let why = failed.expect("the dead-end sequence fails");
+    assert!(why.starts_with(suanli_engine::constraint::FAILED), "{why}");
+    assert_eq!(constrained, 1);
+    assert_eq!(tokens, alone[0], "the healthy request is unaffected");
+    assert_eq!(
+        e.scheduler().blocks_used(),
+        e.scheduler().blocks_cached_idle()
+    );
+    assert_eq!(e.constraint_stats().tokens, 2);
+}

@@ -226,6 +226,11 @@ impl Generation {
                     // serving everyone else.
                     self.choices[i].closed = true;
                     self.abandon();
+                    // A grammar whose matcher gave up (past llguidance's per-token limits) is
+                    // the request's doing, not the server's.
+                    if why.starts_with(suanli_engine::constraint::FAILED) {
+                        return Some(Err(ApiError::invalid(why)));
+                    }
                     return Some(Err(ApiError::internal(why)));
                 }
                 Out::Event(ev) => self.on_event(i, ev),

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use suanli_constrain::{Compiled, Grammar, Vocab};
 
 /// Where a request's grammar came from (for errors).
+#[derive(Debug)]
 pub struct Asked {
     pub field: &'static str,
     pub grammar: Grammar,
@@ -133,44 +134,32 @@ fn structured_outputs(v: &Value) -> Result<Grammar, ApiError> {
     }
 }
 
+/// How each field is read into a grammar (`None`: the field asks for none, `text`).
+type Reader = fn(&'static str, &Value) -> Result<Option<Grammar>, ApiError>;
+
+const FIELDS: [(&str, Reader); 8] = [
+    ("response_format", |_, v| response_format(v)),
+    ("structured_outputs", |_, v| structured_outputs(v).map(Some)),
+    ("grammar", |f, v| Ok(Some(Grammar::Lark(string_of(f, v)?)))),
+    // llama.cpp's server takes a bare schema as `json_schema`.
+    ("json_schema", |f, v| json_schema_of(f, v).map(Some)),
+    ("guided_json", |f, v| json_schema_of(f, v).map(Some)),
+    ("guided_regex", |f, v| {
+        Ok(Some(Grammar::Regex(string_of(f, v)?)))
+    }),
+    ("guided_choice", |f, v| choice_of(f, v).map(Some)),
+    ("guided_grammar", |f, v| {
+        Ok(Some(Grammar::Lark(string_of(f, v)?)))
+    }),
+];
+
 /// The request's grammar, if it asks for one.
 pub fn asked(b: &Body) -> Result<Option<Asked>, ApiError> {
     let mut found: Vec<Asked> = Vec::new();
-    let mut add = |field: &'static str, g: Option<Grammar>| {
-        if let Some(grammar) = g {
+    for (field, read) in FIELDS {
+        if let Some(grammar) = b.get(field).map(|v| read(field, v)).transpose()?.flatten() {
             found.push(Asked { field, grammar });
         }
-    };
-    if let Some(v) = b.get("response_format") {
-        add("response_format", response_format(v)?);
-    }
-    if let Some(v) = b.get("structured_outputs") {
-        add("structured_outputs", Some(structured_outputs(v)?));
-    }
-    if let Some(v) = b.get("grammar") {
-        add("grammar", Some(Grammar::Lark(string_of("grammar", v)?)));
-    }
-    // llama.cpp's server takes a bare schema as `json_schema`.
-    if let Some(v) = b.get("json_schema") {
-        add("json_schema", Some(json_schema_of("json_schema", v)?));
-    }
-    if let Some(v) = b.get("guided_json") {
-        add("guided_json", Some(json_schema_of("guided_json", v)?));
-    }
-    if let Some(v) = b.get("guided_regex") {
-        add(
-            "guided_regex",
-            Some(Grammar::Regex(string_of("guided_regex", v)?)),
-        );
-    }
-    if let Some(v) = b.get("guided_choice") {
-        add("guided_choice", Some(choice_of("guided_choice", v)?));
-    }
-    if let Some(v) = b.get("guided_grammar") {
-        add(
-            "guided_grammar",
-            Some(Grammar::Lark(string_of("guided_grammar", v)?)),
-        );
     }
     if found.len() > 1 {
         let names: Vec<&str> = found.iter().map(|a| a.field).collect();
@@ -204,4 +193,124 @@ pub async fn compile(st: &Arc<AppState>, a: Asked) -> Result<Compiled, ApiError>
             .map_err(|e| ApiError::param(a.field, format!("`{}`: {e}", a.field)))
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn asked_of(json: &str) -> Result<Option<Asked>, ApiError> {
+        asked(&Body::parse(json.as_bytes()).unwrap())
+    }
+
+    #[test]
+    fn each_field_gives_its_grammar() {
+        for (json, field, want) in [
+            (
+                r#"{"response_format": {"type": "json_object"}}"#,
+                "response_format",
+                Grammar::JsonObject,
+            ),
+            (
+                r#"{"response_format": {"type": "json_schema", "json_schema": {"name": "x", "strict": true, "schema": {"type": "object"}}}}"#,
+                "response_format",
+                Grammar::JsonSchema(serde_json::json!({"type": "object"})),
+            ),
+            (
+                r#"{"structured_outputs": {"regex": "a+"}}"#,
+                "structured_outputs",
+                Grammar::Regex("a+".into()),
+            ),
+            (
+                r#"{"structured_outputs": {"choice": ["a", "b"]}}"#,
+                "structured_outputs",
+                Grammar::Choice(vec!["a".into(), "b".into()]),
+            ),
+            (
+                r#"{"grammar": "start: \"x\""}"#,
+                "grammar",
+                Grammar::Lark("start: \"x\"".into()),
+            ),
+            (
+                r#"{"json_schema": {"type": "array"}}"#,
+                "json_schema",
+                Grammar::JsonSchema(serde_json::json!({"type": "array"})),
+            ),
+            (
+                r#"{"guided_json": "{\"type\": \"object\"}"}"#,
+                "guided_json",
+                Grammar::JsonSchema(serde_json::json!({"type": "object"})),
+            ),
+        ] {
+            let a = asked_of(json).unwrap().expect(json);
+            assert_eq!((a.field, a.grammar), (field, want), "{json}");
+        }
+        assert!(asked_of(r#"{"response_format": {"type": "text"}}"#)
+            .unwrap()
+            .is_none());
+        assert!(asked_of("{}").unwrap().is_none());
+    }
+
+    #[test]
+    fn wrong_values_name_their_field() {
+        for (json, field, says) in [
+            (
+                r#"{"response_format": {"type": "yaml"}}"#,
+                "response_format",
+                "yaml",
+            ),
+            (
+                r#"{"response_format": {"type": "json_schema"}}"#,
+                "response_format",
+                "json_schema",
+            ),
+            (
+                r#"{"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}"#,
+                "response_format",
+                "schema",
+            ),
+            (
+                r#"{"response_format": {"type": "json_schema", "json_schema": {"schema": 3}}}"#,
+                "response_format",
+                "schema",
+            ),
+            (
+                r#"{"response_format": {"type": "json_schema", "json_schema": {"schema": {}, "strict": "yes"}}}"#,
+                "response_format",
+                "strict",
+            ),
+            (
+                r#"{"response_format": "json"}"#,
+                "response_format",
+                "object",
+            ),
+            (
+                r#"{"structured_outputs": {"regex": "a", "choice": ["b"]}}"#,
+                "structured_outputs",
+                "only one",
+            ),
+            (
+                r#"{"structured_outputs": {"yaml": "a"}}"#,
+                "structured_outputs",
+                "yaml",
+            ),
+            (
+                r#"{"structured_outputs": {}}"#,
+                "structured_outputs",
+                "no constraint",
+            ),
+            (r#"{"guided_choice": []}"#, "guided_choice", "non-empty"),
+            (r#"{"grammar": 3}"#, "grammar", "string"),
+            (
+                r#"{"grammar": "start: \"x\"", "guided_regex": "y"}"#,
+                "guided_regex",
+                "only one",
+            ),
+        ] {
+            let e = asked_of(json).err().expect(json);
+            assert_eq!(e.status, 400, "{json}");
+            assert_eq!(e.param.as_deref(), Some(field), "{json}: {}", e.message);
+            assert!(e.message.contains(says), "{json}: {}", e.message);
+        }
+    }
 }
