@@ -3,6 +3,7 @@
 pub mod answer;
 pub mod chat;
 pub mod completions;
+pub mod conversation;
 pub mod error;
 pub mod params;
 pub mod stream;
