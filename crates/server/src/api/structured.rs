@@ -110,8 +110,11 @@ fn structured_outputs(v: &Value) -> Result<Grammar, ApiError> {
             "choice" => choice_of(F, x)?,
             "grammar" => Grammar::Lark(string_of(F, x)?),
             "json_object" if x == &Value::Bool(true) => Grammar::JsonObject,
-            "json_object" | "disable_fallback" | "disable_any_whitespace"
-            | "disable_additional_properties" | "whitespace_pattern" => continue,
+            // Already so: there is no fallback backend, and JSON has no free whitespace.
+            "json_object" | "disable_fallback" | "disable_any_whitespace" if x.is_boolean() => {
+                continue
+            }
+            "disable_additional_properties" if x == &Value::Bool(false) => continue,
             other => {
                 return Err(ApiError::param(
                     F,
@@ -293,6 +296,16 @@ mod tests {
                 r#"{"structured_outputs": {"yaml": "a"}}"#,
                 "structured_outputs",
                 "yaml",
+            ),
+            (
+                r#"{"structured_outputs": {"json": {}, "whitespace_pattern": " *"}}"#,
+                "structured_outputs",
+                "whitespace_pattern",
+            ),
+            (
+                r#"{"structured_outputs": {"json": {}, "disable_additional_properties": true}}"#,
+                "structured_outputs",
+                "disable_additional_properties",
             ),
             (
                 r#"{"structured_outputs": {}}"#,
