@@ -30,11 +30,6 @@ impl Constraint {
         self.eog.contains(&t)
     }
 
-    /// Whether the constrained text is complete: nothing but the end may follow.
-    pub fn is_complete(&self) -> bool {
-        self.waiting.is_none() && self.matcher.is_stopped()
-    }
-
     /// The trigger appeared ending inside the bytes just taken: the grammar starts after it,
     /// with whatever followed it in the same token.
     fn on_trigger(&mut self, rest: &[u8]) -> Result<(), String> {
@@ -75,27 +70,24 @@ impl TokenConstraint for Constraint {
         if self.waiting.is_some() {
             return Ok(());
         }
-        let end = self.matcher.is_stopped() || self.matcher.is_accepting().unwrap_or(false);
-        if self.matcher.is_stopped() {
-            for (i, l) in logits.iter_mut().enumerate() {
-                if !self.eog.contains(&(i as u32)) {
-                    *l = f32::NAN;
-                }
-            }
-            return Ok(());
-        }
-        let m = self.matcher.compute_mask().map_err(|e| e.to_string())?;
+        // End tokens exactly when the text may end (as `allows` says); the rest by the matcher's
+        // mask, or none once the grammar is complete.
+        let stopped = self.matcher.is_stopped();
+        let end = stopped || self.matcher.is_accepting().unwrap_or(false);
+        let m = if stopped {
+            None
+        } else {
+            Some(self.matcher.compute_mask().map_err(|e| e.to_string())?)
+        };
         for (i, l) in logits.iter_mut().enumerate() {
-            if i < m.len() && m.is_allowed(i as u32) {
-                continue;
-            }
-            *l = f32::NAN;
-        }
-        for &t in self.eog.iter() {
-            if let Some(l) = logits.get_mut(t as usize) {
-                if !end {
-                    *l = f32::NAN;
-                }
+            let t = i as u32;
+            let allowed = if self.is_eog(t) {
+                end
+            } else {
+                m.as_ref().is_some_and(|m| i < m.len() && m.is_allowed(t))
+            };
+            if !allowed {
+                *l = f32::NAN;
             }
         }
         Ok(())

@@ -25,7 +25,7 @@ pub enum SessionError {
     EmptyPrompt,
     #[error("token id {id} is outside the vocabulary of {vocab}")]
     BadToken { id: u32, vocab: usize },
-    #[error("constrained decoding: {0}")]
+    #[error("{failed}: {0}", failed = crate::constraint::FAILED)]
     Constraint(String),
 }
 

@@ -104,6 +104,8 @@ pub fn chat_prompt_full(
         ids.extend(tok.bos_id);
     }
     let mut rest = rendered.as_str();
+    // The rendered text with the content in place, built as the pieces are tokenized.
+    let mut text = String::with_capacity(rendered.len());
     let mut next = 0;
     while next < messages.len() {
         let s = sentinel(next);
@@ -111,6 +113,8 @@ pub fn chat_prompt_full(
             Some(p) => {
                 ids.extend(tok.encode(&rest[..p], true)?);
                 ids.extend(tok.encode(&messages[next].content, false)?);
+                text.push_str(&rest[..p]);
+                text.push_str(&messages[next].content);
                 rest = &rest[p + s.len()..];
                 next += 1;
             }
@@ -144,9 +148,6 @@ pub fn chat_prompt_full(
         return Ok((ids, full));
     }
     ids.extend(tok.encode(rest, true)?);
-    let mut text = rendered.clone();
-    for (i, m) in messages.iter().enumerate() {
-        text = text.replacen(&sentinel(i), &m.content, 1);
-    }
+    text.push_str(rest);
     Ok((ids, text))
 }
