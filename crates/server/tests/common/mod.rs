@@ -47,6 +47,16 @@ pub fn model_path() -> std::path::PathBuf {
 
 /// Start a server on SmolLM2-135M with the given batch/queue limits and `SUANLI` test key.
 pub fn start(max_batch: usize, max_queue: usize, max_body: usize) -> Server {
+    start_with(max_batch, max_queue, max_body, Duration::from_secs(20))
+}
+
+/// `start` with the time a graceful shutdown waits for requests in flight before cutting them off.
+pub fn start_with(
+    max_batch: usize,
+    max_queue: usize,
+    max_body: usize,
+    shutdown_timeout: Duration,
+) -> Server {
     let path = model_path();
     let src = open_model(&path).unwrap();
     let tok = match &src {
@@ -75,7 +85,7 @@ pub fn start(max_batch: usize, max_queue: usize, max_body: usize) -> Server {
         api_key: Some(KEY.into()),
         model_name: "smollm2-135m".into(),
         max_body_bytes: max_body,
-        shutdown_timeout: Duration::from_secs(20),
+        shutdown_timeout,
         template_sandbox: None,
         header_read_timeout: Duration::from_secs(2),
         reasoning_separate: true,
