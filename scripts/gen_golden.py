@@ -4,7 +4,9 @@
     python3 -m venv /tmp/g && /tmp/g/bin/pip install torch transformers safetensors numpy
     /tmp/g/bin/python scripts/gen_golden.py
 
-For each of qwen2, llama, qwen3 and glm4 this writes tests/fixtures/tiny/<arch>/ with a Hugging
+For each of qwen2, llama, qwen3 and glm4 — and for the position-handling variants llama3_rope
+(Llama 3.1 frequency scaling), qwen2_yarn (YaRN with its attention factor) and mistral_swa (a
+sliding window shorter than the test sequences) — this writes tests/fixtures/tiny/<arch>/ with a Hugging
 Face layout (config.json, model.safetensors in F32, tokenizer.json, tokenizer_config.json with a
 chat template) and golden.json: logits at every position of a fixed sequence, a greedy
 continuation, perplexity by the llama-perplexity method, tokenizations and rendered chat
@@ -19,13 +21,17 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
-from transformers import Qwen2Config, LlamaConfig, Qwen3Config, Glm4Config
+import sys
+
+from transformers import Qwen2Config, LlamaConfig, Qwen3Config, Glm4Config, MistralConfig, Gemma3TextConfig
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 OUT = ROOT / "tests" / "fixtures" / "tiny"
 SEED = 1234
 QWEN_TEMPLATE = (ROOT / "tests/fixtures/templates/qwen2.5.jinja").read_text()
 SMOL_TEMPLATE = (ROOT / "tests/fixtures/templates/smollm2.jinja").read_text()
+# The template suanli falls back on for Gemma 3 files that carry none (llama.cpp's GGUFs of it).
+GEMMA_TEMPLATE = (ROOT / "crates/tokenizer/templates/gemma3.jinja").read_text()
 CONVERSATIONS = [
     [{"role": "user", "content": "Hello!"}],
     [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "请用一句话介绍你自己。"}],
@@ -55,6 +61,23 @@ def configs(vocab):
         "qwen3": (Qwen3Config(**common, head_dim=32, rope_theta=1000000.0, tie_word_embeddings=False), QWEN_TEMPLATE),
         "glm4": (Glm4Config(**common, head_dim=16, partial_rotary_factor=0.5, rope_theta=10000.0,
                             attention_bias=True, tie_word_embeddings=False), SMOL_TEMPLATE),
+        # Scaled so that the short test sequences already rotate differently from plain RoPE.
+        "llama3_rope": (LlamaConfig(**common, tie_word_embeddings=False, rope_parameters={
+            "rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 64}), SMOL_TEMPLATE),
+        "qwen2_yarn": (Qwen2Config(**common, tie_word_embeddings=True, rope_parameters={
+            "rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+            "original_max_position_embeddings": 128}), QWEN_TEMPLATE),
+        "mistral_swa": (MistralConfig(**common, rope_theta=10000.0, sliding_window=7,
+                                      tie_word_embeddings=False), SMOL_TEMPLATE),
+        # Gemma 3: five sliding-window layers (local rotary base) then a global one (scaled
+        # rotary), GeGLU, four norms per layer, Q/K norms, embeddings scaled by √hidden.
+        "gemma3": (Gemma3TextConfig(**{**common, "num_hidden_layers": 6, "rms_norm_eps": 1e-6}, head_dim=16,
+                                    sliding_window=7, query_pre_attn_scalar=16, tie_word_embeddings=True,
+                                    rope_parameters={
+                                        "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e6},
+                                        "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}),
+                   GEMMA_TEMPLATE),
     }
 
 
@@ -88,7 +111,10 @@ def main():
     torch.manual_seed(SEED)
     tok = train_tokenizer()
     vocab = tok.get_vocab_size()
+    only = set(sys.argv[1:])
     for arch, (cfg, template) in configs(vocab).items():
+        if only and arch not in only:
+            continue
         d = OUT / arch
         d.mkdir(parents=True, exist_ok=True)
         gen = torch.Generator().manual_seed(SEED + len(arch))

@@ -39,7 +39,15 @@ def permute(w, n_head):
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def gguf_name(hf):
+# Gemma's four norms per layer (its post_attention_layernorm follows attention, not precedes the MLP).
+GEMMA_NAMES = {
+    "post_attention_layernorm": "post_attention_norm",
+    "pre_feedforward_layernorm": "ffn_norm",
+    "post_feedforward_layernorm": "post_ffw_norm",
+}
+
+
+def gguf_name(hf, arch=None):
     if hf == "model.embed_tokens.weight":
         return "token_embd.weight"
     if hf == "model.norm.weight":
@@ -48,16 +56,46 @@ def gguf_name(hf):
         return "output.weight"
     parts = hf.split(".")
     layer, rest, suffix = parts[2], ".".join(parts[3:-1]), parts[-1]
+    if arch == "gemma3" and rest in GEMMA_NAMES:
+        return f"blk.{layer}.{GEMMA_NAMES[rest]}.{suffix}"
     return f"blk.{layer}.{LAYER_NAMES[rest]}.{suffix}"
 
 
-def convert(arch):
-    d = TINY / arch
+# Fixture directory → GGUF architecture, as llama.cpp's converter names them.
+GGUF_ARCH = {"llama3_rope": "llama", "qwen2_yarn": "qwen2", "mistral_swa": "llama"}
+
+
+def llama3_rope_freqs(rope, head_dim):
+    """llama.cpp's converter writes Llama 3.1 scaling as rope_freqs.weight: a divisor per frequency."""
+    base, factor = rope["rope_theta"], rope["factor"]
+    low, high, old = rope["low_freq_factor"], rope["high_freq_factor"], rope["original_max_position_embeddings"]
+    freqs = 1.0 / (base ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))
+    out = []
+    for f in freqs:
+        wavelen = 2 * np.pi / f
+        if wavelen < old / high:
+            out.append(1.0)
+        elif wavelen > old / low:
+            out.append(factor)
+        else:
+            smooth = (old / wavelen - low) / (high - low)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(out, dtype=np.float32)
+
+
+def convert(name):
+    d = TINY / name
+    arch = GGUF_ARCH.get(name, name)
     cfg = json.loads((d / "config.json").read_text())
     tok = json.loads((d / "tokenizer.json").read_text())
     tcfg = json.loads((d / "tokenizer_config.json").read_text())
     template = (d / "chat_template.jinja").read_text() if (d / "chat_template.jinja").exists() else tcfg["chat_template"]
     rope = cfg.get("rope_parameters") or {}
+    if arch == "gemma3":
+        # Per layer type; the GGUF keys describe the global layers (local ones: base 10000).
+        assert rope["sliding_attention"]["rope_theta"] == 10000.0
+        assert cfg["query_pre_attn_scalar"] == (cfg.get("head_dim") or 0)
+        rope = rope["full_attention"]
     heads, kv_heads = cfg["num_attention_heads"], cfg["num_key_value_heads"]
     head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
 
@@ -73,6 +111,17 @@ def convert(arch):
     w.add_uint32(f"{arch}.rope.dimension_count", int(head_dim * rope.get("partial_rotary_factor", 1.0)))
     w.add_float32(f"{arch}.rope.freq_base", float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0))))
     w.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", cfg["rms_norm_eps"])
+    if rope.get("rope_type") == "linear":
+        w.add_string(f"{arch}.rope.scaling.type", "linear")
+        w.add_float32(f"{arch}.rope.scaling.factor", rope["factor"])
+    if rope.get("rope_type") == "yarn":
+        w.add_string(f"{arch}.rope.scaling.type", "yarn")
+        w.add_float32(f"{arch}.rope.scaling.factor", rope["factor"])
+        w.add_uint32(f"{arch}.rope.scaling.original_context_length", rope["original_max_position_embeddings"])
+    if rope.get("rope_type") == "llama3":
+        w.add_tensor("rope_freqs.weight", llama3_rope_freqs(rope, head_dim))
+    if cfg.get("sliding_window") and (arch == "gemma3" or not cfg.get("layer_types")):
+        w.add_uint32(f"{arch}.attention.sliding_window", cfg["sliding_window"])
 
     vocab = sorted(tok["model"]["vocab"].items(), key=lambda kv: kv[1])
     special = {t["id"] for t in tok["added_tokens"] if t["special"]}
@@ -86,20 +135,23 @@ def convert(arch):
     w.add_bool("tokenizer.ggml.add_bos_token", False)
     w.add_string("tokenizer.chat_template", template)
 
-    for name, t in load_file(str(d / "model.safetensors")).items():
+    for hf, t in load_file(str(d / "model.safetensors")).items():
         t = t.astype(np.float32)
-        if arch == "llama" and name.endswith("self_attn.q_proj.weight"):
+        if arch == "llama" and hf.endswith("self_attn.q_proj.weight"):
             t = permute(t, heads)
-        if arch == "llama" and name.endswith("self_attn.k_proj.weight"):
+        if arch == "llama" and hf.endswith("self_attn.k_proj.weight"):
             t = permute(t, kv_heads)
-        w.add_tensor(gguf_name(name), t)
+        if arch == "gemma3" and hf.endswith("norm.weight"):
+            t = t + 1.0  # llama.cpp stores Gemma's (1 + w) norm weights shifted
+        w.add_tensor(gguf_name(hf, arch), t)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    print(arch, "->", d / "model.gguf")
+    print(name, "->", d / "model.gguf")
 
 
 if __name__ == "__main__":
-    for a in ["qwen2", "llama", "qwen3", "glm4"]:
+    import sys
+    for a in sys.argv[1:] or ["qwen2", "llama", "qwen3", "glm4", "llama3_rope", "qwen2_yarn", "mistral_swa", "gemma3"]:
         convert(a)

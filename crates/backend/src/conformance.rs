@@ -111,17 +111,15 @@ pub fn run<B: Backend>(b: &B) -> Report {
     check_elementwise(b, &mut rng, &mut rep);
     for &kv in &b.caps().kv_dtypes {
         for hd in [64, 128] {
-            check_attention(b, kv, hd, &MIXED_STEP, "5 seqs", &mut rng, &mut rep);
+            check_attention(b, kv, hd, &MIXED_STEP, None, &mut rng, &mut rep);
         }
-        check_attention(
-            b,
-            kv,
-            128,
-            &LONG_DECODE,
-            "decode at 3000, 700",
-            &mut rng,
-            &mut rep,
-        );
+        if b.caps().sliding_window {
+            // Windows shorter than a block, across block edges, and longer than some contexts.
+            for w in [5, 40] {
+                check_attention(b, kv, 64, &MIXED_STEP, Some(w), &mut rng, &mut rep);
+            }
+        }
+        check_attention(b, kv, 128, &LONG_DECODE, None, &mut rng, &mut rep);
         fused::check_rope_write_kv(b, kv, &mut rng, &mut rep);
     }
     rep
@@ -498,6 +496,32 @@ fn check_elementwise<B: Backend>(b: &B, rng: &mut Rng, rep: &mut Report) {
         Ok(r::max_abs_diff(&b.download(&acc)?, &want))
     })();
     record(rep, "add", format!("{n}x{cols}"), 0.0, got);
+    if !b.caps().gelu_and_scale {
+        return;
+    }
+    let got = (|| {
+        let (ga, ua) = (act(b, &g, n, cols)?, act(b, &u, n, cols)?);
+        let mut out = b.alloc_act(n, cols)?;
+        b.gelu_mul(&ga, &ua, &mut out)?;
+        let c = (2.0 / std::f64::consts::PI).sqrt();
+        let want: Vec<f32> = g
+            .iter()
+            .zip(&u)
+            .map(|(&a, &b)| {
+                let x = a as f64;
+                (0.5 * x * (1.0 + (c * (x + 0.044715 * x * x * x)).tanh()) * b as f64) as f32
+            })
+            .collect();
+        Ok(r::rel_max_error(&b.download(&out)?, &want))
+    })();
+    record(rep, "gelu_mul", format!("{n}x{cols}"), 1e-5, got);
+    let got = (|| {
+        let mut x = act(b, &g, n, cols)?;
+        b.scale(&mut x, 25.3)?;
+        let want: Vec<f32> = g.iter().map(|a| a * 25.3).collect();
+        Ok(r::max_abs_diff(&b.download(&x)?, &want))
+    })();
+    record(rep, "scale", format!("{n}x{cols}"), 0.0, got);
 }
 
 /// Several sequences over shuffled blocks: one decoding at depth, one prefilling a chunk after
@@ -516,10 +540,15 @@ fn check_attention<B: Backend>(
     kvt: KvDType,
     hd: usize,
     shapes: &[(usize, usize)],
-    what: &str,
+    window: Option<usize>,
     rng: &mut Rng,
     rep: &mut Report,
 ) {
+    let what = match (shapes.len(), window) {
+        (5, None) => "5 seqs".to_string(),
+        (5, Some(w)) => format!("5 seqs, window {w}"),
+        _ => "decode at 3000, 700".to_string(),
+    };
     let (n_heads, n_kv, bs, layers, layer) = (8, 2, 16, 2, 1);
     let kv_dim = n_kv * hd;
     let spec = KvSpec {
@@ -600,6 +629,7 @@ fn check_attention<B: Backend>(
             n_kv_heads: n_kv,
             head_dim: hd,
             scale,
+            window,
         };
         let qa = act(b, &q, total_new, n_heads * hd)?;
         let mut out = b.alloc_act(total_new, n_heads * hd)?;
@@ -612,7 +642,7 @@ fn check_attention<B: Backend>(
                 r::kv_round(&vals[i], kvt, hd),
             );
             let qs = &q[s.q_start * n_heads * hd..(s.q_start + s.q_len) * n_heads * hd];
-            let want = r::attention(qs, &k, &v, s.ctx_len, n_heads, n_kv, hd, scale);
+            let want = r::attention(qs, &k, &v, s.ctx_len, n_heads, n_kv, hd, scale, window);
             let g = &got[s.q_start * n_heads * hd..(s.q_start + s.q_len) * n_heads * hd];
             worst = worst.max(r::max_abs_diff(g, &want));
         }

@@ -22,6 +22,12 @@ pub enum BackendError {
     Shape { op: &'static str, detail: String },
     #[error("out of memory allocating {what}: {detail}")]
     OutOfMemory { what: &'static str, detail: String },
+    /// A feature the backend does not have (its `Capabilities` say so).
+    #[error("the {backend} backend does not support {feature}")]
+    Unsupported {
+        backend: &'static str,
+        feature: &'static str,
+    },
     /// A device or driver call failed (a GPU backend's runtime error), naming the op.
     #[error("{backend} backend: {op} failed: {detail}")]
     Device {
@@ -49,6 +55,10 @@ pub struct Capabilities {
     pub weight_dtypes: Vec<DType>,
     /// KV cache element types `alloc_kv` accepts.
     pub kv_dtypes: Vec<KvDType>,
+    /// `attention` honours `AttnMeta::window` (sliding-window layers).
+    pub sliding_window: bool,
+    /// `gelu_mul` and `scale` are implemented (Gemma's GeGLU and embedding scale).
+    pub gelu_and_scale: bool,
 }
 
 /// A weight as it arrives from a file: a 1-D vector or a 2-D matrix `[rows, cols]` (HF order:
@@ -243,6 +253,9 @@ pub struct AttnMeta<'a> {
     pub n_kv_heads: usize,
     pub head_dim: usize,
     pub scale: f32,
+    /// Sliding-window layers: a query at position p attends to positions p - window + 1 ..= p
+    /// only (`None`: every earlier position). Only where `Capabilities::sliding_window`.
+    pub window: Option<usize>,
 }
 
 /// A matrix and its optional bias (`linear_many`).
@@ -353,6 +366,26 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<()>;
     /// acc += x
     fn add(&self, acc: &mut Act<Self::Buffer>, x: &Act<Self::Buffer>) -> Result<()>;
+    /// out = gelu(gate) * up, GELU's tanh approximation (Gemma's GeGLU). Only where
+    /// `Capabilities::gelu_and_scale`.
+    fn gelu_mul(
+        &self,
+        _gate: &Act<Self::Buffer>,
+        _up: &Act<Self::Buffer>,
+        _out: &mut Act<Self::Buffer>,
+    ) -> Result<()> {
+        Err(BackendError::Unsupported {
+            backend: self.caps().name,
+            feature: "GELU-gated MLPs",
+        })
+    }
+    /// x *= s (Gemma's embedding scale). Only where `Capabilities::gelu_and_scale`.
+    fn scale(&self, _x: &mut Act<Self::Buffer>, _s: f32) -> Result<()> {
+        Err(BackendError::Unsupported {
+            backend: self.caps().name,
+            feature: "scaled embeddings",
+        })
+    }
 
     // Fused steps of the decoder block. Each is defined by the ops above (the default bodies);
     // a backend overrides them to save passes over memory and launches (a GPU decode step is

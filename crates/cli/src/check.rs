@@ -31,6 +31,7 @@ fn check_on<B: Hardware>(a: CheckArgs, opts: &crate::load::Opts) -> Result<()> {
     crate::outln!("{}", rep.table());
     let mut failed = rep.failures().len();
     let mut golden = 0;
+    let mut skipped = 0;
     if !a.golden.as_os_str().is_empty() {
         let mut dirs: Vec<PathBuf> = std::fs::read_dir(&a.golden)
             .map_err(|e| anyhow::anyhow!("{}: {e}", a.golden.display()))?
@@ -48,14 +49,25 @@ fn check_on<B: Hardware>(a: CheckArgs, opts: &crate::load::Opts) -> Result<()> {
                 if !file.exists() {
                     continue;
                 }
+                let shown = file.strip_prefix(&a.golden).unwrap_or(&file).display();
+                let (err, tol) = match golden_error::<B>(&file, &dir, opts, kv) {
+                    Ok(r) => r,
+                    Err(e) if unsupported(&e) => {
+                        // A feature this backend lacks (and refuses at load): neither passed
+                        // nor failed.
+                        crate::outln!("{:<16} {:<44} unsupported: {e:#}", "golden", shown);
+                        skipped += 1;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
                 golden += 1;
-                let (err, tol) = golden_error::<B>(&file, &dir, opts, kv)?;
                 let ok = err <= tol;
                 failed += usize::from(!ok);
                 crate::outln!(
                     "{:<16} {:<44} {:>11.3e} {:>11.3e}  {}",
                     "golden",
-                    file.strip_prefix(&a.golden).unwrap_or(&file).display(),
+                    shown,
                     err,
                     tol,
                     if ok { "ok" } else { "FAILED" }
@@ -64,9 +76,14 @@ fn check_on<B: Hardware>(a: CheckArgs, opts: &crate::load::Opts) -> Result<()> {
         }
     }
     crate::outln!(
-        "{} passed, {} failed",
+        "{} passed, {} failed{}",
         rep.checks.len() + golden - failed,
-        failed
+        failed,
+        if skipped > 0 {
+            format!(", {skipped} unsupported by this backend")
+        } else {
+            String::new()
+        }
     );
     if failed > 0 {
         bail!("{failed} check(s) failed on {}", backend.caps().detail);
@@ -119,4 +136,17 @@ fn golden_error<B: Hardware>(
         .fold(0.0, f64::max)
         / scale;
     Ok((err, GOLDEN_REL_TOL))
+}
+
+/// The model needs a feature the backend says it lacks.
+fn unsupported(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<suanli_models::LoadError>(),
+            Some(suanli_models::LoadError::Backend {
+                source: suanli_backend::BackendError::Unsupported { .. },
+                ..
+            })
+        )
+    })
 }

@@ -33,11 +33,25 @@ pub fn inspect(path: &Path) -> Result<()> {
                 c.head_dim
             );
             crate::outln!(
-                "  rope: theta {}, rotary_dim {}, {:?}",
+                "  rope: theta {}, rotary_dim {}, {:?}, scaling {}",
                 c.rope_theta,
                 c.rotary_dim,
-                c.rope_style
+                c.rope_style,
+                c.rope_scaling.describe()
             );
+            let windows: Vec<String> = c
+                .layer_attention
+                .iter()
+                .map(|a| match a {
+                    suanli_models::LayerAttention::Full => "full".to_string(),
+                    suanli_models::LayerAttention::Sliding { window } => format!("window {window}"),
+                })
+                .collect();
+            if windows.iter().all(|w| *w == windows[0]) {
+                crate::outln!("  attention: {} on every layer", windows[0]);
+            } else {
+                crate::outln!("  attention per layer: {}", windows.join(", "));
+            }
             crate::outln!("  rms_norm_eps: {}", c.rms_norm_eps);
             crate::outln!("  context_length: {}", c.max_position_embeddings);
             crate::outln!("  tied embeddings: {}", c.tie_word_embeddings);

@@ -106,8 +106,18 @@ fn serve_on<B: crate::load::Hardware>(a: ServeArgs, opts: &crate::load::Opts) ->
                 .unwrap_or_else(|| given.to_owned())
         }
     });
+    // Beyond the trained context positions were never seen (and dynamic NTK scaling would
+    // change the rotary frequencies): requests are kept within it.
+    let trained = p.model.cfg.max_position_embeddings;
+    let ctx = a.ctx.min(trained);
+    if ctx < a.ctx {
+        eprintln!(
+            "--ctx {} is beyond the model's trained context of {trained} tokens; using {trained}",
+            a.ctx
+        );
+    }
     let block_bytes = p.model.kv_spec(1, BLOCK, opts.kv).bytes_per_block() as u64;
-    let ctx_blocks = a.ctx.div_ceil(BLOCK) as u64;
+    let ctx_blocks = ctx.div_ceil(BLOCK) as u64;
     let kv_bytes = a
         .kv_memory
         .unwrap_or_else(|| (a.max_batch as u64 * ctx_blocks * block_bytes).min(2 << 30));
@@ -117,7 +127,7 @@ fn serve_on<B: crate::load::Hardware>(a: ServeArgs, opts: &crate::load::Opts) ->
             "--kv-memory {:.0} MiB holds {} tokens, less than one --ctx of {}; raise --kv-memory or lower --ctx",
             kv_bytes as f64 / 1048576.0,
             num_blocks * BLOCK,
-            a.ctx
+            ctx
         );
     }
     let cfg = SchedConfig {
@@ -126,7 +136,7 @@ fn serve_on<B: crate::load::Hardware>(a: ServeArgs, opts: &crate::load::Opts) ->
         max_queue: a.max_queue,
         block_size: BLOCK,
         num_blocks,
-        max_ctx: a.ctx,
+        max_ctx: ctx,
     };
     eprintln!(
         "KV cache: {} blocks of {BLOCK} tokens ({:.0} MiB, {} tokens of {:?}); batch {} sequences, {} tokens per step",

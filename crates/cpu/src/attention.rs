@@ -94,6 +94,7 @@ pub fn paged_attention(
                 layer,
                 kvh,
                 table: &meta.seqs[si].block_table,
+                start: meta.window.map_or(0, |w| (pos + 1).saturating_sub(w)),
                 len: pos + 1,
                 group,
                 hd,
@@ -120,7 +121,8 @@ struct Job<'a> {
     layer: usize,
     kvh: usize,
     table: &'a [u32],
-    /// Positions 0..len are attended.
+    /// Positions start..len are attended (start > 0 in a sliding-window layer).
+    start: usize,
     len: usize,
     group: usize,
     hd: usize,
@@ -280,12 +282,16 @@ fn attend<O: BlockOps>(job: &Job<'_>, acc: &mut [f32], st: &mut State) {
     st.l.resize(g, [0.0; BLOCK]);
     st.w.resize(g, [0.0; BLOCK]);
     acc.fill(0.0);
-    let mut p = 0;
-    for &blk in job.table {
+    // Blocks wholly before the window are skipped (they may already hold other data).
+    let first_block = job.start / BLOCK;
+    let mut p = first_block * BLOCK;
+    for &blk in &job.table[first_block.min(job.table.len())..] {
         if p >= job.len {
             break;
         }
         let n = BLOCK.min(job.len - p);
+        // Lanes before the window's start, in its first block.
+        let skip = job.start.saturating_sub(p);
         let off = tile_start(blk as usize, job.kvh, spec);
         let (kt, vt) = (
             Tile::of(ks, off, BLOCK * hd, hd, true),
@@ -297,7 +303,7 @@ fn attend<O: BlockOps>(job: &Job<'_>, acc: &mut [f32], st: &mut State) {
             O::scores(&job.q[h0 * hd..h1 * hd], kt, s);
             for (h, s) in (h0..h1).zip(s.iter_mut()) {
                 for (i, v) in s.iter_mut().enumerate() {
-                    *v = if i < n {
+                    *v = if i < n && i >= skip {
                         *v * job.scale
                     } else {
                         f32::NEG_INFINITY
@@ -308,7 +314,7 @@ fn attend<O: BlockOps>(job: &Job<'_>, acc: &mut [f32], st: &mut State) {
                 // (summed at the end), so no loop here carries a scalar dependency.
                 for (i, v) in s.iter_mut().enumerate() {
                     let e = exp_neg(*v - m_new);
-                    *v = if i < n { e } else { 0.0 };
+                    *v = if i < n && i >= skip { e } else { 0.0 };
                 }
                 let l = &mut st.l[h];
                 if m_new > st.m[h] {

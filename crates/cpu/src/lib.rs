@@ -95,6 +95,8 @@ impl CpuBackend {
             detail: format!("{} threads, {}", n, isa.name()),
             weight_dtypes: DType::ALL.to_vec(),
             kv_dtypes: vec![KvDType::F32, KvDType::F16, KvDType::Q8_0],
+            sliding_window: true,
+            gelu_and_scale: true,
         };
         let repack = isa == Isa::Avx512 && std::env::var("SUANLI_CPU_REPACK").as_deref() != Ok("0");
         Ok(CpuBackend {
@@ -158,6 +160,32 @@ fn physical_cores() -> Option<usize> {
         }
     }
     (!cores.is_empty()).then_some(cores.len())
+}
+
+impl CpuBackend {
+    /// out = act(gate) · up row by row, rows shared by the threads when there are enough.
+    fn gated(
+        &self,
+        gate: &Act<Vec<f32>>,
+        up: &Act<Vec<f32>>,
+        out: &mut Act<Vec<f32>>,
+        kernel: fn(Isa, &[f32], &[f32], &mut [f32]),
+    ) -> Result<()> {
+        check::silu_mul(gate, up, out)?;
+        out.rows = gate.rows;
+        let (cols, isa) = (gate.cols, self.k.isa);
+        let n = gate.rows * cols;
+        let rows = |row0: usize, piece: &mut [f32]| {
+            let at = row0 * cols..row0 * cols + piece.len();
+            kernel(isa, &gate.buf[at.clone()], &up.buf[at], piece);
+        };
+        if gate.rows >= 2 * self.pool.threads() {
+            self.pool.split_mut(&mut out.buf[..n], cols, 1, &rows);
+        } else {
+            rows(0, &mut out.buf[..n]);
+        }
+        Ok(())
+    }
 }
 
 impl Backend for CpuBackend {
@@ -508,19 +536,21 @@ impl Backend for CpuBackend {
         up: &Act<Vec<f32>>,
         out: &mut Act<Vec<f32>>,
     ) -> Result<()> {
-        check::silu_mul(gate, up, out)?;
-        out.rows = gate.rows;
-        let (cols, isa) = (gate.cols, self.k.isa);
-        let n = gate.rows * cols;
-        let rows = |row0: usize, piece: &mut [f32]| {
-            let at = row0 * cols..row0 * cols + piece.len();
-            vmath::silu_mul(isa, &gate.buf[at.clone()], &up.buf[at], piece);
-        };
-        if gate.rows >= 2 * self.pool.threads() {
-            self.pool.split_mut(&mut out.buf[..n], cols, 1, &rows);
-        } else {
-            rows(0, &mut out.buf[..n]);
-        }
+        self.gated(gate, up, out, vmath::silu_mul)
+    }
+
+    fn gelu_mul(
+        &self,
+        gate: &Act<Vec<f32>>,
+        up: &Act<Vec<f32>>,
+        out: &mut Act<Vec<f32>>,
+    ) -> Result<()> {
+        self.gated(gate, up, out, vmath::gelu_mul)
+    }
+
+    fn scale(&self, x: &mut Act<Vec<f32>>, s: f32) -> Result<()> {
+        let n = x.rows * x.cols;
+        x.buf[..n].iter_mut().for_each(|v| *v *= s);
         Ok(())
     }
 

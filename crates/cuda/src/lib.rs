@@ -129,6 +129,10 @@ impl CudaBackend {
             detail,
             weight_dtypes: WEIGHT_TYPES.iter().map(|(t, _)| *t).collect(),
             kv_dtypes: vec![KvDType::F16, KvDType::F32, KvDType::Q8_0],
+            // Not yet in the kernels (waits for a GPU to test them on): models with windowed
+            // layers are refused at load, and `attention` refuses a window.
+            sliding_window: false,
+            gelu_and_scale: false,
         };
         CudaBackend {
             flash: std::env::var("SUANLI_CUDA_FLASH").as_deref() != Ok("0"),
@@ -443,6 +447,12 @@ impl Backend for CudaBackend {
         layer: usize,
         out: &mut Act<DevBuf>,
     ) -> Result<()> {
+        if meta.window.is_some() {
+            return Err(BackendError::Unsupported {
+                backend: "cuda",
+                feature: "sliding-window attention",
+            });
+        }
         self.attend(q, kv, meta, layer, out)
     }
 

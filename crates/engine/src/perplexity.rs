@@ -12,6 +12,9 @@ pub struct Perplexity {
     pub n_scored: usize,
     /// Sum of negative log-likelihoods.
     pub nll: f64,
+    /// Each scored token's log-probability, in order (what per-token comparisons with another
+    /// engine use).
+    pub token_logprobs: Vec<f64>,
 }
 
 /// `progress(chunk, n_chunks, ppl_so_far)` is called after each chunk.
@@ -35,6 +38,7 @@ pub fn perplexity<B: Backend>(
     let vocab = session.model.vocab_size();
     let first = ctx / 2;
     let (mut nll, mut n) = (0f64, 0usize);
+    let mut token_logprobs = Vec::with_capacity(n_chunks * (ctx - 1 - first));
     for c in 0..n_chunks {
         let mut chunk = tokens[c * ctx..(c + 1) * ctx].to_vec();
         if let Some(b) = bos {
@@ -45,7 +49,9 @@ pub fn perplexity<B: Backend>(
         for (r, pos) in (first..ctx - 1).enumerate() {
             let row = &logits[r * vocab..(r + 1) * vocab];
             let target = tokens[c * ctx + pos + 1] as usize;
-            nll += -log_softmax_at(row, target);
+            let lp = log_softmax_at(row, target);
+            nll -= lp;
+            token_logprobs.push(lp);
             n += 1;
         }
         progress(c + 1, n_chunks, (nll / n as f64).exp());
@@ -56,6 +62,7 @@ pub fn perplexity<B: Backend>(
         n_chunks,
         n_scored: n,
         nll,
+        token_logprobs,
     })
 }
 

@@ -7,7 +7,21 @@ use common::*;
 use suanli_cpu::kernels::Isa;
 use suanli_tokenizer::ChatMessage;
 
-const ARCHS: [&str; 4] = ["qwen2", "llama", "qwen3", "glm4"];
+/// The architectures, then position-handling variants: Llama 3.1 frequency scaling (in GGUF as
+/// `rope_freqs.weight`), YaRN with its attention factor, and Mistral's sliding window (7
+/// positions, shorter than the 24-token test sequence and the 32-token perplexity chunks); then
+/// Gemma 3 (GeGLU, four norms, Q/K norms, scaled embeddings, windowed local layers with their own
+/// rotary base and a linearly scaled global one).
+const ARCHS: [&str; 8] = [
+    "qwen2",
+    "llama",
+    "qwen3",
+    "glm4",
+    "llama3_rope",
+    "qwen2_yarn",
+    "mistral_swa",
+    "gemma3",
+];
 /// Logits are O(10); f32 summation order differs from PyTorch (observed max 3e-5).
 const LOGIT_ABS_TOL: f32 = 2e-4;
 

@@ -11,6 +11,8 @@ pub fn gguf_to_hf(name: &str) -> Option<String> {
         "token_embd" => Some("model.embed_tokens"),
         "output_norm" => Some("model.norm"),
         "output" => Some("lm_head"),
+        // Llama 3.1 frequency factors: no HF tensor (config.json says it); read by the config.
+        "rope_freqs" => Some("rope_freqs"),
         _ => None,
     };
     if let Some(g) = global {
@@ -59,6 +61,7 @@ mod tests {
             "model.layers.0.post_attention_layernorm.weight"
         );
         assert!(gguf_to_hf("blk.x.attn_q.weight").is_none());
-        assert!(gguf_to_hf("rope_freqs.weight").is_none());
+        assert_eq!(gguf_to_hf("rope_freqs.weight").unwrap(), "rope_freqs.weight");
+        assert!(gguf_to_hf("blk.0.ffn_gate_exps.weight").is_none());
     }
 }

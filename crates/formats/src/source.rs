@@ -54,18 +54,10 @@ pub fn open_model(path: &Path) -> Result<ModelSource, OpenError> {
 impl ModelSource {
     /// A parsed GGUF file as a model source (tensors found by their Hugging Face names).
     pub fn from_gguf(file: GgufFile) -> ModelSource {
-        let arch = file
-            .get("general.architecture")
-            .and_then(|v| v.as_str())
-            .unwrap_or("")
-            .to_owned();
+        let arch = gguf_arch(&file);
         let mut by_hf_name = BTreeMap::new();
         for (i, t) in file.tensors.iter().enumerate() {
-            if let Some(mut hf) = gguf_to_hf(&t.name) {
-                // GLM-4 stores its fused gate/up projection under ffn_up.
-                if arch == "glm4" {
-                    hf = hf.replace("mlp.up_proj", "mlp.gate_up_proj");
-                }
+            if let Some(hf) = gguf_to_hf_in(&arch, &t.name) {
                 by_hf_name.insert(hf, i);
             }
         }
@@ -112,10 +104,33 @@ impl ModelSource {
         }
     }
 
+    /// The HF names of every tensor the file holds that has one.
+    pub fn tensor_names(&self) -> Vec<String> {
+        match self {
+            ModelSource::Gguf { by_hf_name, .. } => by_hf_name.keys().cloned().collect(),
+            ModelSource::Hf(d) => d.tensors.keys().cloned().collect(),
+        }
+    }
+
+    /// GGUF tensors whose names this crate does not know (none for an HF directory).
+    pub fn unknown_tensors(&self) -> Vec<String> {
+        match self {
+            ModelSource::Gguf { file, .. } => file
+                .tensors
+                .iter()
+                .filter(|t| gguf_to_hf(&t.name).is_none())
+                .map(|t| t.name.clone())
+                .collect(),
+            ModelSource::Hf(_) => Vec::new(),
+        }
+    }
+
     /// All tensors as (file name, HF name if known, info), in file order.
     pub fn tensor_table(&self) -> Vec<(String, Option<String>, TensorInfo)> {
         match self {
-            ModelSource::Gguf { file, .. } => file
+            ModelSource::Gguf { file, .. } => {
+                let arch = gguf_arch(file);
+                file
                 .tensors
                 .iter()
                 .map(|t| {
@@ -124,9 +139,10 @@ impl ModelSource {
                         shape: t.dims.iter().rev().map(|&d| d as usize).collect(),
                         bytes: file.tensor_bytes(t),
                     };
-                    (t.name.clone(), gguf_to_hf(&t.name), info)
+                    (t.name.clone(), gguf_to_hf_in(&arch, &t.name), info)
                 })
-                .collect(),
+                .collect()
+            }
             ModelSource::Hf(d) => d
                 .tensors
                 .iter()
@@ -144,4 +160,34 @@ impl ModelSource {
                 .collect(),
         }
     }
+}
+
+fn gguf_arch(file: &GgufFile) -> String {
+    file.get("general.architecture")
+        .and_then(|v| v.as_str())
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// `gguf_to_hf` with the names that mean something else in one architecture's HF checkpoints.
+fn gguf_to_hf_in(arch: &str, name: &str) -> Option<String> {
+    let hf = gguf_to_hf(name)?;
+    Some(match arch {
+        // GLM-4 stores its fused gate/up projection under ffn_up.
+        "glm4" => hf.replace("mlp.up_proj", "mlp.gate_up_proj"),
+        // Gemma's four norms per layer under its own HF names (its post_attention_layernorm
+        // follows attention; pre_feedforward_layernorm precedes the MLP).
+        "gemma3" => {
+            let (stem, part) = hf.rsplit_once(".layers.").map_or((hf.as_str(), ""), |x| x);
+            let (layer, rest) = part.split_once('.').unwrap_or(("", part));
+            let renamed = match rest {
+                "post_attention_layernorm.weight" => "pre_feedforward_layernorm.weight",
+                "post_self_attn_layernorm.weight" => "post_attention_layernorm.weight",
+                "post_mlp_layernorm.weight" => "post_feedforward_layernorm.weight",
+                _ => return Some(hf),
+            };
+            format!("{stem}.layers.{layer}.{renamed}")
+        }
+        _ => hf,
+    })
 }

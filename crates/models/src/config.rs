@@ -5,12 +5,33 @@ use suanli_backend::RopeStyle;
 use suanli_formats::gguf::GgufFile;
 use suanli_formats::ModelSource;
 
+pub use crate::rope::{RopeScaling, Yarn};
+
+/// The MLP's gated activation: act(x · gateᵀ) ⊙ (x · upᵀ), then the down projection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mlp {
+    /// SwiGLU (Llama, Qwen, GLM).
+    SiluGated,
+    /// GeGLU with the tanh approximation of GELU (Gemma).
+    GeluTanhGated,
+}
+
+/// The positions a layer's queries attend to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayerAttention {
+    /// Every earlier position.
+    Full,
+    /// The last `window` positions, the query's own included.
+    Sliding { window: usize },
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Arch {
     Qwen2,
     Llama,
     Qwen3,
     Glm4,
+    Gemma3,
 }
 
 impl Arch {
@@ -20,6 +41,7 @@ impl Arch {
             Arch::Llama => "llama",
             Arch::Qwen3 => "qwen3",
             Arch::Glm4 => "glm4",
+            Arch::Gemma3 => "gemma3",
         }
     }
 
@@ -29,6 +51,7 @@ impl Arch {
             "llama" | "mistral" => Arch::Llama,
             "qwen3" => Arch::Qwen3,
             "glm4" => Arch::Glm4,
+            "gemma3" => Arch::Gemma3,
             _ => return None,
         })
     }
@@ -41,6 +64,8 @@ impl Arch {
             }
             ("Qwen3ForCausalLM", _) | (_, "qwen3") => Arch::Qwen3,
             ("Glm4ForCausalLM", _) | (_, "glm4") => Arch::Glm4,
+            // The text model; the multimodal `gemma3` checkpoints nest it under text_config.
+            ("Gemma3ForCausalLM", _) | (_, "gemma3_text") => Arch::Gemma3,
             _ => return None,
         })
     }
@@ -61,8 +86,19 @@ pub struct ModelConfig {
     /// Leading dims of each head that rotate.
     pub rotary_dim: usize,
     pub rope_style: RopeStyle,
-    /// Llama-3 style per-frequency scaling factors (divide the inverse frequencies), if any.
-    pub rope_freq_factors: Option<Vec<f32>>,
+    /// Context extension of the rotary frequencies (linear, llama3, YaRN), if any.
+    pub rope_scaling: RopeScaling,
+    /// What each layer attends to: everything before it, or a window (Mistral: every layer;
+    /// Gemma 3: five of every six).
+    pub layer_attention: Vec<LayerAttention>,
+    /// The rotary base of sliding-window layers, unscaled, where it differs from the full
+    /// layers' (Gemma 3's local layers).
+    pub sliding_rope_theta: Option<f32>,
+    /// Multiplies Q·K before the softmax: 1/√head_dim, or Gemma's 1/√query_pre_attn_scalar.
+    pub attention_scale: f32,
+    /// The token embeddings are multiplied by this (Gemma: √hidden_size).
+    pub embed_scale: Option<f32>,
+    pub mlp: Mlp,
     pub max_position_embeddings: usize,
     pub tie_word_embeddings: bool,
 }
@@ -150,6 +186,31 @@ impl ModelConfig {
         if self.max_position_embeddings == 0 {
             return Err("context length is 0".into());
         }
+        if self.rope_scaling.attention_factor() != 1.0 && self.rotary_dim != self.head_dim {
+            // The factor is folded into the attention scale, exact only when all dims rotate.
+            return Err(format!(
+                "rope scaling {} with partial rotary ({} of {} dims) is not supported",
+                self.rope_scaling.describe(),
+                self.rotary_dim,
+                self.head_dim
+            ));
+        }
+        if !(self.attention_scale.is_finite() && self.attention_scale > 0.0) {
+            return Err(format!("attention scale {} is out of range", self.attention_scale));
+        }
+        if let Some(t) = self.sliding_rope_theta.filter(|t| !(t.is_finite() && *t > 1.0)) {
+            return Err(format!("sliding-window rope theta {t} is out of range"));
+        }
+        if self.layer_attention.len() != self.num_hidden_layers {
+            return Err(format!(
+                "{} layer attention kinds for {} layers",
+                self.layer_attention.len(),
+                self.num_hidden_layers
+            ));
+        }
+        if self.layer_attention.contains(&LayerAttention::Sliding { window: 0 }) {
+            return Err("sliding window is 0".into());
+        }
         Ok(())
     }
 
@@ -184,6 +245,37 @@ fn gguf_f32(f: &GgufFile, key: &str) -> Result<Option<f32>, String> {
     }
 }
 
+/// The `{arch}.*` metadata keys this crate reads; any other key under the architecture's prefix
+/// may change the computation, so a file carrying one is refused by name.
+const GGUF_KEYS: &[&str] = &[
+    "block_count",
+    "context_length",
+    "embedding_length",
+    "feed_forward_length",
+    "attention.head_count",
+    "attention.head_count_kv",
+    "attention.key_length",
+    "attention.value_length",
+    "attention.layer_norm_rms_epsilon",
+    "attention.sliding_window",
+    "rope.freq_base",
+    "rope.dimension_count",
+    "rope.scale_linear",
+    "rope.scaling.type",
+    "rope.scaling.factor",
+    "rope.scaling.original_context_length",
+    "rope.scaling.attn_factor",
+    "rope.scaling.yarn_ext_factor",
+    "rope.scaling.yarn_beta_fast",
+    "rope.scaling.yarn_beta_slow",
+    "rope.scaling.yarn_log_multiplier",
+    // Informational: whether the model was fine-tuned at the scaled length; the vocabulary size
+    // is checked against the embedding table.
+    "rope.scaling.finetuned",
+    "vocab_size",
+    "tensor_data_layout",
+];
+
 fn from_gguf(f: &GgufFile) -> Result<ModelConfig, String> {
     let arch_name = f
         .get("general.architecture")
@@ -191,47 +283,138 @@ fn from_gguf(f: &GgufFile) -> Result<ModelConfig, String> {
         .ok_or("metadata general.architecture is missing")?;
     let arch = Arch::from_gguf(arch_name).ok_or_else(|| {
         format!(
-            "architecture {arch_name:?} is not supported (supported: qwen2, llama, qwen3, glm4)"
+            "architecture {arch_name:?} is not supported (supported: qwen2, llama, qwen3, glm4, gemma3)"
         )
     })?;
+    let prefix = format!("{arch_name}.");
+    if let Some(k) = f.metadata.keys().find(|k| {
+        k.strip_prefix(&prefix)
+            .is_some_and(|rest| !GGUF_KEYS.contains(&rest))
+    }) {
+        return Err(format!(
+            "metadata {k} is not supported: it may change the computation, and suanli refuses a file rather than ignore it"
+        ));
+    }
+    let opt = |k: &str| gguf_usize(f, &format!("{prefix}{k}"));
     let req = |k: &str| -> Result<usize, String> {
-        gguf_usize(f, &format!("{arch_name}.{k}"))?
-            .ok_or_else(|| format!("metadata {arch_name}.{k} is missing"))
+        opt(k)?.ok_or_else(|| format!("metadata {prefix}{k} is missing"))
     };
     let hidden = req("embedding_length")?;
     let heads = req("attention.head_count")?;
-    let kv_heads = gguf_usize(f, &format!("{arch_name}.attention.head_count_kv"))?.unwrap_or(heads);
+    let kv_heads = opt("attention.head_count_kv")?.unwrap_or(heads);
     if heads == 0 {
-        return Err(format!("metadata {arch_name}.attention.head_count is 0"));
+        return Err(format!("metadata {prefix}attention.head_count is 0"));
     }
-    let head_dim =
-        gguf_usize(f, &format!("{arch_name}.attention.key_length"))?.unwrap_or(hidden / heads);
-    let rotary_dim =
-        gguf_usize(f, &format!("{arch_name}.rope.dimension_count"))?.unwrap_or(head_dim);
+    let head_dim = opt("attention.key_length")?.unwrap_or(hidden / heads);
+    if let Some(v) = opt("attention.value_length")?.filter(|&v| v != head_dim) {
+        return Err(format!(
+            "metadata {prefix}attention.value_length = {v} differs from the key length {head_dim}; not supported"
+        ));
+    }
+    let rotary_dim = opt("rope.dimension_count")?.unwrap_or(head_dim);
+    let layers = req("block_count")?.min(MAX_LAYERS + 1);
     let style = match arch {
         // The GGUF converter permutes Llama Q/K rows so that adjacent pairs rotate.
         Arch::Llama | Arch::Glm4 => RopeStyle::Interleaved,
-        Arch::Qwen2 | Arch::Qwen3 => RopeStyle::Neox,
+        Arch::Qwen2 | Arch::Qwen3 | Arch::Gemma3 => RopeStyle::Neox,
     };
+    let window = opt("attention.sliding_window")?;
+    let (layer_attention, sliding_rope_theta, attention_scale, embed_scale, mlp) = match arch {
+        // What llama.cpp fixes for Gemma 3 rather than reading from the file: every sixth
+        // layer global, local layers at rotary base 10000 unscaled, and queries scaled by
+        // 1/√head_dim except in the 27B model (62 layers), by 1/√(hidden / heads).
+        Arch::Gemma3 => {
+            let window = window.ok_or(format!("metadata {prefix}attention.sliding_window is missing"))?;
+            let kinds = (0..layers)
+                .map(|i| {
+                    if i % 6 < 5 {
+                        LayerAttention::Sliding { window }
+                    } else {
+                        LayerAttention::Full
+                    }
+                })
+                .collect();
+            let q = if layers == 62 { hidden / heads } else { head_dim };
+            (
+                kinds,
+                Some(10000.0),
+                1.0 / (q as f32).sqrt(),
+                Some((hidden as f32).sqrt()),
+                Mlp::GeluTanhGated,
+            )
+        }
+        _ => (
+            vec![
+                match window {
+                    Some(window) => LayerAttention::Sliding { window },
+                    None => LayerAttention::Full,
+                };
+                layers
+            ],
+            None,
+            1.0 / (head_dim as f32).sqrt(),
+            None,
+            Mlp::SiluGated,
+        ),
+    };
+    let num = |k: &str| -> Result<Option<f64>, String> {
+        gguf_f32(f, &format!("{prefix}{k}")).map(|v| v.map(f64::from))
+    };
+    let kind_key = format!("{prefix}rope.scaling.type");
+    let kind = match f.get(&kind_key) {
+        None => None,
+        Some(v) => Some(
+            v.as_str()
+                .ok_or_else(|| format!("metadata {kind_key} = {v} is not a string"))?,
+        ),
+    };
+    let rope_scaling = crate::rope::from_gguf(kind, &num, rope_freqs(f)?, rotary_dim)
+        .map_err(|e| format!("metadata {prefix}{e}"))?;
     let has_output = f.tensor("output.weight").is_some();
     Ok(ModelConfig {
         arch,
         vocab_size: 0,
         hidden_size: hidden,
         intermediate_size: req("feed_forward_length")?,
-        num_hidden_layers: req("block_count")?,
+        num_hidden_layers: layers,
         num_attention_heads: heads,
         num_key_value_heads: kv_heads,
         head_dim,
-        rms_norm_eps: gguf_f32(f, &format!("{arch_name}.attention.layer_norm_rms_epsilon"))?
+        rms_norm_eps: gguf_f32(f, &format!("{prefix}attention.layer_norm_rms_epsilon"))?
             .unwrap_or(1e-6),
-        rope_theta: gguf_f32(f, &format!("{arch_name}.rope.freq_base"))?.unwrap_or(10000.0),
+        rope_theta: gguf_f32(f, &format!("{prefix}rope.freq_base"))?.unwrap_or(10000.0),
         rotary_dim,
         rope_style: style,
-        rope_freq_factors: None,
+        rope_scaling,
+        layer_attention,
+        sliding_rope_theta,
+        attention_scale,
+        embed_scale,
+        mlp,
         max_position_embeddings: req("context_length")?,
         tie_word_embeddings: !has_output,
     })
+}
+
+/// `rope_freqs.weight`: llama.cpp's per-frequency divisors (Llama 3.1 and later), F32.
+fn rope_freqs(f: &GgufFile) -> Result<Option<Vec<f32>>, String> {
+    let Some(t) = f.tensor("rope_freqs.weight") else {
+        return Ok(None);
+    };
+    if t.dtype != suanli_core::DType::F32 || t.dims.len() != 1 {
+        return Err(format!(
+            "tensor rope_freqs.weight is {:?} {:?}; expected a 1-D F32 vector",
+            t.dtype, t.dims
+        ));
+    }
+    let bytes = f.tensor_bytes(t);
+    Ok(Some(
+        bytes
+            .as_slice()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+    ))
 }
 
 fn hf_usize(c: &Json, key: &str) -> Result<Option<usize>, String> {
@@ -263,7 +446,7 @@ fn from_hf(c: &Json) -> Result<ModelConfig, String> {
         .unwrap_or("");
     let model_type = c.get("model_type").and_then(|a| a.as_str()).unwrap_or("");
     let arch = Arch::from_hf(architecture, model_type).ok_or_else(|| {
-        format!("architecture {architecture:?} (model_type {model_type:?}) is not supported (supported: Qwen2, Llama, Mistral, Qwen3, Glm4)")
+        format!("architecture {architecture:?} (model_type {model_type:?}) is not supported (supported: Qwen2, Llama, Mistral, Qwen3, Glm4, Gemma3ForCausalLM)")
     })?;
     let req = |k: &str| -> Result<usize, String> {
         hf_usize(c, k)?.ok_or_else(|| format!("config.json {k} is missing"))
@@ -274,11 +457,18 @@ fn from_hf(c: &Json) -> Result<ModelConfig, String> {
         return Err("config.json num_attention_heads is 0".into());
     }
     let head_dim = hf_usize(c, "head_dim")?.unwrap_or(hidden / heads);
-    // transformers 5 nests rope settings under rope_parameters; older files keep them at the top level.
-    let rope = c
+    // transformers 5 nests rope settings under rope_parameters (per layer type where the
+    // types differ, as in Gemma 3); older files keep them at the top level.
+    let block = c
         .get("rope_parameters")
         .filter(|r| r.is_object())
         .or_else(|| c.get("rope_scaling").filter(|r| r.is_object()));
+    let per_type = block.filter(|b| b.get("full_attention").is_some());
+    let rope = match per_type {
+        Some(b) => b.get("full_attention").filter(|r| r.is_object()),
+        None => block,
+    };
+    let sliding_rope = per_type.and_then(|b| b.get("sliding_attention"));
     let rope_field = |k: &str| -> Result<Option<f32>, String> {
         match hf_f32(c, k)? {
             Some(v) => Ok(Some(v)),
@@ -289,29 +479,41 @@ fn from_hf(c: &Json) -> Result<ModelConfig, String> {
     let default_partial = if arch == Arch::Glm4 { 0.5 } else { 1.0 };
     let partial = rope_field("partial_rotary_factor")?.unwrap_or(default_partial);
     let rotary_dim = (head_dim as f32 * partial) as usize;
-    let rope_type = rope
-        .and_then(|r| r.get("rope_type").or_else(|| r.get("type")))
-        .and_then(|t| t.as_str())
-        .unwrap_or("default");
-    let rope_freq_factors = match rope_type {
-        "default" => None,
-        "llama3" => Some(llama3_factors(
-            rope.expect("rope_type came from it"),
-            theta,
-            rotary_dim,
-        )?),
-        other => {
-            return Err(format!(
-                "rope type {other:?} is not supported (default, llama3 are)"
-            ))
+    let max_ctx = hf_usize(c, "max_position_embeddings")?.unwrap_or(4096);
+    let layers = req("num_hidden_layers")?.min(MAX_LAYERS + 1);
+    let (rope_scaling, exact_within) = crate::rope::from_hf(rope, theta, rotary_dim, max_ctx)?;
+    let sliding_rope_theta = match sliding_rope {
+        Some(r) => {
+            let (s, _) = crate::rope::from_hf(Some(r), theta, rotary_dim, max_ctx)?;
+            if s != RopeScaling::None {
+                return Err(format!(
+                    "config.json rope scaling {} on sliding-window layers is not supported",
+                    s.describe()
+                ));
+            }
+            hf_f32(r, "rope_theta")?
         }
+        // Gemma 3 configs written before transformers 5.
+        None => hf_f32(c, "rope_local_base_freq")?,
+    };
+    let mlp = match arch {
+        Arch::Gemma3 => Mlp::GeluTanhGated,
+        _ => Mlp::SiluGated,
+    };
+    refuse_hf_fields(c, mlp)?;
+    let attention_scale = match hf_f32(c, "query_pre_attn_scalar")? {
+        Some(q) if arch == Arch::Gemma3 && q > 0.0 => 1.0 / q.sqrt(),
+        Some(q) if arch == Arch::Gemma3 => {
+            return Err(format!("config.json query_pre_attn_scalar = {q} must be positive"))
+        }
+        _ => 1.0 / (head_dim as f32).sqrt(),
     };
     Ok(ModelConfig {
         arch,
         vocab_size: req("vocab_size")?,
         hidden_size: hidden,
         intermediate_size: req("intermediate_size")?,
-        num_hidden_layers: req("num_hidden_layers")?,
+        num_hidden_layers: layers,
         num_attention_heads: heads,
         num_key_value_heads: hf_usize(c, "num_key_value_heads")?.unwrap_or(heads),
         head_dim,
@@ -323,8 +525,13 @@ fn from_hf(c: &Json) -> Result<ModelConfig, String> {
         } else {
             RopeStyle::Neox
         },
-        rope_freq_factors,
-        max_position_embeddings: hf_usize(c, "max_position_embeddings")?.unwrap_or(4096),
+        rope_scaling,
+        layer_attention: hf_layer_attention(c, layers)?,
+        sliding_rope_theta,
+        attention_scale,
+        embed_scale: (arch == Arch::Gemma3).then(|| (hidden as f32).sqrt()),
+        mlp,
+        max_position_embeddings: exact_within.unwrap_or(max_ctx),
         tie_word_embeddings: c
             .get("tie_word_embeddings")
             .and_then(|v| v.as_bool())
@@ -332,32 +539,88 @@ fn from_hf(c: &Json) -> Result<ModelConfig, String> {
     })
 }
 
-/// Llama 3.1 frequency scaling, expressed as divisors of the inverse frequencies.
-fn llama3_factors(r: &Json, theta: f32, dim: usize) -> Result<Vec<f32>, String> {
-    let get = |k: &str| {
-        r.get(k)
-            .and_then(|v| v.as_f64())
-            .ok_or_else(|| format!("rope llama3 scaling lacks {k}"))
+/// Per layer: `layer_types` (transformers 5) with `sliding_window`, or Mistral's
+/// `sliding_window` on every layer. Qwen2 carries a window with `use_sliding_window` false; with
+/// it true only some layers are windowed, which is refused.
+fn hf_layer_attention(c: &Json, layers: usize) -> Result<Vec<LayerAttention>, String> {
+    let window = hf_usize(c, "sliding_window")?;
+    let sliding = || {
+        window
+            .map(|window| LayerAttention::Sliding { window })
+            .ok_or("config.json has sliding_attention layers but no sliding_window")
     };
-    let factor = get("factor")?;
-    let low = get("low_freq_factor")?;
-    let high = get("high_freq_factor")?;
-    let old_ctx = get("original_max_position_embeddings")?;
-    let low_wavelen = old_ctx / low;
-    let high_wavelen = old_ctx / high;
-    Ok((0..dim / 2)
-        .map(|i| {
-            let inv = 1.0 / (theta as f64).powf((2 * i) as f64 / dim as f64);
-            let wavelen = 2.0 * std::f64::consts::PI / inv;
-            let f = if wavelen < high_wavelen {
-                1.0
-            } else if wavelen > low_wavelen {
-                factor
-            } else {
-                let smooth = (old_ctx / wavelen - low) / (high - low);
-                1.0 / ((1.0 - smooth) / factor + smooth)
-            };
-            f as f32
-        })
-        .collect())
+    match c.get("use_sliding_window").and_then(|v| v.as_bool()) {
+        Some(false) => return Ok(vec![LayerAttention::Full; layers]),
+        Some(true) => {
+            return Err("config.json use_sliding_window = true (windows on some of Qwen2's layers) is not supported".into())
+        }
+        None => {}
+    }
+    // Gemma 3 configs before transformers 5: every n-th layer global, the others windowed.
+    if let (None, Some(n)) = (c.get("layer_types"), hf_usize(c, "sliding_window_pattern")?) {
+        let n = n.max(1);
+        return (0..layers)
+            .map(|i| {
+                if (i + 1) % n == 0 {
+                    Ok(LayerAttention::Full)
+                } else {
+                    Ok(sliding()?)
+                }
+            })
+            .collect();
+    }
+    if let Some(types) = c.get("layer_types").and_then(|v| v.as_array()) {
+        if types.len() != layers {
+            return Err(format!(
+                "config.json layer_types has {} entries for {layers} layers",
+                types.len()
+            ));
+        }
+        return types
+            .iter()
+            .map(|t| match t.as_str() {
+                Some("full_attention") => Ok(LayerAttention::Full),
+                Some("sliding_attention") => Ok(sliding()?),
+                _ => Err(format!("config.json layer_types holds {t}, which is not supported")),
+            })
+            .collect();
+    }
+    Ok(vec![
+        match window {
+            Some(window) => LayerAttention::Sliding { window },
+            None => LayerAttention::Full,
+        };
+        layers
+    ])
+}
+
+/// Fields that change the computation of these architectures in ways not built here.
+fn refuse_hf_fields(c: &Json, mlp: Mlp) -> Result<(), String> {
+    let want = match mlp {
+        Mlp::SiluGated => "silu",
+        Mlp::GeluTanhGated => "gelu_pytorch_tanh",
+    };
+    for key in ["hidden_act", "hidden_activation"] {
+        if let Some(act) = c.get(key).filter(|v| !v.is_null()) {
+            if act.as_str() != Some(want) {
+                return Err(format!(
+                    "config.json {key} = {act} is not supported for this architecture ({want} is)"
+                ));
+            }
+        }
+    }
+    if c.get("use_bidirectional_attention").and_then(|v| v.as_bool()) == Some(true) {
+        return Err("config.json use_bidirectional_attention = true is not supported".into());
+    }
+    for key in [
+        "attn_logit_softcapping",
+        "final_logit_softcapping",
+        "num_experts",
+        "num_local_experts",
+    ] {
+        if let Some(v) = c.get(key).filter(|v| !v.is_null() && v.as_f64() != Some(0.0)) {
+            return Err(format!("config.json {key} = {v} is not supported"));
+        }
+    }
+    Ok(())
 }

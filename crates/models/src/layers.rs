@@ -1,7 +1,7 @@
 //! What the architectures share: the decoder block, its weights, scratch buffers and the forward
 //! pass. Architecture files describe their differences with an `ArchSpec`.
 
-use crate::config::{Arch, ModelConfig};
+use crate::config::{Arch, LayerAttention, Mlp, ModelConfig};
 use crate::loader::{LoadError, Loader};
 use suanli_backend::{
     Act, AttnMeta, Backend, BackendError, BatchPlan, KvDType, KvPages, KvSpec, MlpScratch,
@@ -14,12 +14,33 @@ use suanli_formats::ModelSource;
 pub(crate) struct ArchSpec {
     /// Q/K/V projections carry biases (required).
     pub qkv_bias: bool,
-    /// Per-head RMSNorm on Q and K before rotary (Qwen3).
+    /// Per-head RMSNorm on Q and K before rotary (Qwen3, Gemma 3).
     pub qk_norm: bool,
-    /// Extra norms on the attention and MLP outputs before the residual adds (GLM-4).
-    pub sandwich_norms: bool,
     /// One `gate_up_proj` holding gate then up (GLM-4).
     pub fused_gate_up: bool,
+    pub norms: Norms,
+    /// HF checkpoints store norm weights w of a (1 + w) scale (Gemma).
+    pub hf_norm_offset: bool,
+}
+
+/// The HF names (under `model.layers.N.`) of a layer's norms besides `input_layernorm`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Norms {
+    /// Before the MLP.
+    pub mlp_input: &'static str,
+    /// On the attention output, before its residual add (GLM-4, Gemma).
+    pub attn_output: Option<&'static str>,
+    /// On the MLP output, before its residual add (GLM-4, Gemma).
+    pub mlp_output: Option<&'static str>,
+}
+
+impl Norms {
+    /// The Llama block's: one norm before attention, one before the MLP.
+    pub const PLAIN: Norms = Norms {
+        mlp_input: "post_attention_layernorm",
+        attn_output: None,
+        mlp_output: None,
+    };
 }
 
 fn spec(arch: Arch) -> ArchSpec {
@@ -28,6 +49,7 @@ fn spec(arch: Arch) -> ArchSpec {
         Arch::Llama => crate::llama::SPEC,
         Arch::Qwen3 => crate::qwen3::SPEC,
         Arch::Glm4 => crate::glm4::SPEC,
+        Arch::Gemma3 => crate::gemma3::SPEC,
     }
 }
 
@@ -57,8 +79,11 @@ pub struct Model<B: Backend> {
     norm: Weight<B::WeightStore>,
     /// `None` when tied to the embeddings.
     lm_head: Option<Weight<B::WeightStore>>,
-    rope_q: RopeParams,
-    rope_k: RopeParams,
+    /// (Q, K) rotary parameters: `[0]` for full layers, `[1]` for sliding-window layers when
+    /// their base differs (Gemma 3).
+    ropes: Vec<(RopeParams, RopeParams)>,
+    /// Per layer, which of `ropes`.
+    layer_rope: Vec<usize>,
 }
 
 /// Activation buffers for up to `capacity` tokens per step, allocated once.
@@ -85,7 +110,29 @@ impl<B: Backend> Scratch<B> {
 impl<B: Backend> Model<B> {
     pub fn load(src: &ModelSource, backend: &B) -> Result<Model<B>, LoadError> {
         let cfg = ModelConfig::from_source(src)?;
-        let l = Loader { src, backend };
+        let windowed = cfg
+            .layer_attention
+            .iter()
+            .any(|a| matches!(a, LayerAttention::Sliding { .. }));
+        let unsupported = |feature| LoadError::Backend {
+            path: src.path().display().to_string(),
+            source: BackendError::Unsupported {
+                backend: backend.caps().name,
+                feature,
+            },
+        };
+        if windowed && !backend.caps().sliding_window {
+            return Err(unsupported(
+                "sliding-window attention, which this model's layers use",
+            ));
+        }
+        let gelu_or_scale = cfg.mlp == Mlp::GeluTanhGated || cfg.embed_scale.is_some();
+        if gelu_or_scale && !backend.caps().gelu_and_scale {
+            return Err(unsupported(
+                "GELU-gated MLPs and scaled embeddings, which this model uses",
+            ));
+        }
+        let l = Loader::new(src, backend);
         let s = spec(cfg.arch);
         let (hd, qd, kvd, ff) = (
             cfg.hidden_size,
@@ -100,6 +147,13 @@ impl<B: Backend> Model<B> {
             hd,
             !own_lm_head,
         )?;
+        // Gemma's HF norms hold w of a (1 + w) scale; GGUF files store 1 + w already.
+        let offset = if s.hf_norm_offset && !src.is_gguf() {
+            1.0
+        } else {
+            0.0
+        };
+        let norm = |name: &str, len: usize| l.norm(name, len, offset);
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{i}");
@@ -126,16 +180,15 @@ impl<B: Backend> Model<B> {
             };
             let head_norm = |name: &str| -> Result<Option<Weight<B::WeightStore>>, LoadError> {
                 s.qk_norm
-                    .then(|| l.vector(&format!("{p}.self_attn.{name}.weight"), cfg.head_dim))
+                    .then(|| norm(&format!("{p}.self_attn.{name}.weight"), cfg.head_dim))
                     .transpose()
             };
-            let sandwich = |name: &str| -> Result<Option<Weight<B::WeightStore>>, LoadError> {
-                s.sandwich_norms
-                    .then(|| l.vector(&format!("{p}.{name}.weight"), hd))
+            let sandwich = |name: Option<&str>| -> Result<Option<Weight<B::WeightStore>>, LoadError> {
+                name.map(|n| norm(&format!("{p}.{n}.weight"), hd))
                     .transpose()
             };
             layers.push(Layer {
-                input_norm: l.vector(&format!("{p}.input_layernorm.weight"), hd)?,
+                input_norm: norm(&format!("{p}.input_layernorm.weight"), hd)?,
                 q: l.matrix(&format!("{p}.self_attn.q_proj.weight"), qd, hd)?,
                 k: l.matrix(&format!("{p}.self_attn.k_proj.weight"), kvd, hd)?,
                 v: l.matrix(&format!("{p}.self_attn.v_proj.weight"), kvd, hd)?,
@@ -145,44 +198,63 @@ impl<B: Backend> Model<B> {
                 o: l.matrix(&format!("{p}.self_attn.o_proj.weight"), hd, qd)?,
                 q_norm: head_norm("q_norm")?,
                 k_norm: head_norm("k_norm")?,
-                post_attn_out_norm: sandwich("post_self_attn_layernorm")?,
-                mlp_norm: l.vector(&format!("{p}.post_attention_layernorm.weight"), hd)?,
-                post_mlp_out_norm: sandwich("post_mlp_layernorm")?,
+                post_attn_out_norm: sandwich(s.norms.attn_output)?,
+                mlp_norm: norm(&format!("{p}.{}.weight", s.norms.mlp_input), hd)?,
+                post_mlp_out_norm: sandwich(s.norms.mlp_output)?,
                 gate,
                 up,
                 down: l.matrix(&format!("{p}.mlp.down_proj.weight"), hd, ff)?,
             });
         }
-        let norm = l.vector("model.norm.weight", hd)?;
+        let final_norm = norm("model.norm.weight", hd)?;
         let lm_head = if own_lm_head {
             Some(l.matrix("lm_head.weight", cfg.vocab_size, hd)?)
         } else {
+            // Tied: a stored copy of the embeddings is ignored, as transformers ignores it.
+            l.mark_used("lm_head.weight");
             None
         };
-        let mut rope_q = RopeParams::new(
-            cfg.num_attention_heads,
-            cfg.head_dim,
-            cfg.rotary_dim,
-            cfg.rope_theta,
-            cfg.rope_style,
-        );
-        if let Some(f) = &cfg.rope_freq_factors {
-            for (inv, f) in rope_q.inv_freq.iter_mut().zip(f) {
-                *inv /= f;
-            }
-        }
-        let rope_k = RopeParams {
-            n_heads: cfg.num_key_value_heads,
-            ..rope_q.clone()
+        // Read by the configuration (its frequency factors).
+        l.mark_used("rope_freqs.weight");
+        l.check_all_used(cfg.arch.name())?;
+        let rope = |inv_freq: Vec<f32>| {
+            let q = RopeParams {
+                n_heads: cfg.num_attention_heads,
+                head_dim: cfg.head_dim,
+                rotary_dim: cfg.rotary_dim,
+                style: cfg.rope_style,
+                inv_freq,
+            };
+            let k = RopeParams {
+                n_heads: cfg.num_key_value_heads,
+                ..q.clone()
+            };
+            (q, k)
         };
+        let mut ropes = vec![rope(
+            cfg.rope_scaling.inv_freq(cfg.rope_theta, cfg.rotary_dim),
+        )];
+        if let Some(theta) = cfg.sliding_rope_theta {
+            ropes.push(rope(
+                crate::RopeScaling::None.inv_freq(theta, cfg.rotary_dim),
+            ));
+        }
+        let layer_rope = cfg
+            .layer_attention
+            .iter()
+            .map(|a| match a {
+                LayerAttention::Sliding { .. } if ropes.len() > 1 => 1,
+                _ => 0,
+            })
+            .collect();
         Ok(Model {
             cfg,
             embed,
             layers,
-            norm,
+            norm: final_norm,
             lm_head,
-            rope_q,
-            rope_k,
+            ropes,
+            layer_rope,
         })
     }
 
@@ -298,14 +370,21 @@ impl<B: Backend> Model<B> {
             ));
         }
         let c = &self.cfg;
-        let meta = AttnMeta {
+        // YaRN scales cos and sin, so every Q·K by the factor's square: with every dimension
+        // rotating (checked at load) that is the attention scale's to carry.
+        let m = c.rope_scaling.attention_factor();
+        let mut meta = AttnMeta {
             seqs: &plan.seqs,
             n_heads: c.num_attention_heads,
             n_kv_heads: c.num_key_value_heads,
             head_dim: c.head_dim,
-            scale: 1.0 / (c.head_dim as f32).sqrt(),
+            scale: m * m * c.attention_scale,
+            window: None,
         };
         b.embed(&self.embed, &plan.tokens, &mut s.x)?;
+        if let Some(f) = c.embed_scale {
+            b.scale(&mut s.x, f)?;
+        }
         for (i, layer) in self.layers.iter().enumerate() {
             // Attention block.
             b.norm_linear_many(
@@ -328,11 +407,18 @@ impl<B: Backend> Model<B> {
                 &mut s.k,
                 &s.v,
                 &plan.positions,
-                (&self.rope_q, &self.rope_k),
+                {
+                    let (q, k) = &self.ropes[self.layer_rope[i]];
+                    (q, k)
+                },
                 &plan.slots,
                 kv,
                 i,
             )?;
+            meta.window = match c.layer_attention[i] {
+                LayerAttention::Full => None,
+                LayerAttention::Sliding { window } => Some(window),
+            };
             b.attention(&s.q, kv, &meta, i, &mut s.attn)?;
             residual_product(
                 b,
@@ -342,8 +428,10 @@ impl<B: Backend> Model<B> {
                 layer.post_attn_out_norm.as_ref(),
                 c.rms_norm_eps,
             )?;
-            // MLP block (GLM-4 norms its output before the residual add: separate steps).
-            let Some(out_norm) = &layer.post_mlp_out_norm else {
+            // MLP block: one fused step for SwiGLU straight into the residual; separate steps
+            // where the output is normed before the add (GLM-4, Gemma) or the gate is GELU.
+            let fused = layer.post_mlp_out_norm.is_none() && c.mlp == Mlp::SiluGated;
+            if fused {
                 let scratch = MlpScratch {
                     normed: &mut s.h,
                     g: &mut s.gate,
@@ -359,22 +447,32 @@ impl<B: Backend> Model<B> {
                     scratch,
                 )?;
                 continue;
-            };
+            }
             b.rms_norm(&s.x, &layer.mlp_norm, c.rms_norm_eps, &mut s.h)?;
-            b.gated_linear(
-                &s.h,
-                &layer.gate,
-                &layer.up,
-                &mut s.gate,
-                &mut s.up,
-                &mut s.act,
-            )?;
+            match c.mlp {
+                Mlp::SiluGated => b.gated_linear(
+                    &s.h,
+                    &layer.gate,
+                    &layer.up,
+                    &mut s.gate,
+                    &mut s.up,
+                    &mut s.act,
+                )?,
+                Mlp::GeluTanhGated => {
+                    b.linear_many(
+                        &s.h,
+                        &[(&layer.gate, None), (&layer.up, None)],
+                        &mut [&mut s.gate, &mut s.up],
+                    )?;
+                    b.gelu_mul(&s.gate, &s.up, &mut s.act)?;
+                }
+            }
             residual_product(
                 b,
                 &s.act,
                 &layer.down,
                 [&mut s.x, &mut s.o, &mut s.h],
-                Some(out_norm),
+                layer.post_mlp_out_norm.as_ref(),
                 c.rms_norm_eps,
             )?;
         }

@@ -4,13 +4,15 @@
 #![forbid(unsafe_code)]
 
 mod config;
+mod gemma3;
 mod glm4;
 mod layers;
 mod llama;
 mod loader;
 mod qwen2;
 mod qwen3;
+mod rope;
 
-pub use config::{Arch, ConfigError, ModelConfig};
+pub use config::{Arch, ConfigError, LayerAttention, Mlp, ModelConfig, RopeScaling, Yarn};
 pub use layers::{Model, Scratch};
 pub use loader::LoadError;

@@ -1,12 +1,14 @@
-//! Llama 2/3, SmolLM2, TinyLlama, Mistral without sliding window (`LlamaForCausalLM`, GGUF `llama`).
+//! Llama 2/3, SmolLM2, TinyLlama, Mistral (`LlamaForCausalLM`, `MistralForCausalLM`, GGUF
+//! `llama`; Mistral's sliding window is a per-layer attention kind in the config).
 //! No biases. HF checkpoints use NeoX rotary; GGUF files have their Q/K rows permuted by the
 //! converter so adjacent pairs rotate (`RopeStyle::Interleaved`, chosen in `config.rs`).
 
-use crate::layers::ArchSpec;
+use crate::layers::{ArchSpec, Norms};
 
 pub(crate) const SPEC: ArchSpec = ArchSpec {
     qkv_bias: false,
     qk_norm: false,
-    sandwich_norms: false,
     fused_gate_up: false,
+    norms: Norms::PLAIN,
+    hf_norm_offset: false,
 };

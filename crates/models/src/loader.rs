@@ -19,14 +19,61 @@ pub enum LoadError {
     },
     #[error("{path}: {source}")]
     Backend { path: String, source: BackendError },
+    #[error("{path}: tensor {name} is not used by suanli's {arch} model; it may change the computation, so the file is refused rather than run without it")]
+    Unused {
+        path: String,
+        name: String,
+        arch: &'static str,
+    },
 }
 
 pub(crate) struct Loader<'a, B: Backend> {
     pub src: &'a ModelSource,
     pub backend: &'a B,
+    /// HF names of the tensors taken so far.
+    used: std::cell::RefCell<std::collections::BTreeSet<String>>,
 }
 
 impl<'a, B: Backend> Loader<'a, B> {
+    pub fn new(src: &'a ModelSource, backend: &'a B) -> Self {
+        Loader {
+            src,
+            backend,
+            used: Default::default(),
+        }
+    }
+
+    /// Count a tensor as used without loading it (read elsewhere, or derived and ignored as
+    /// transformers ignores it).
+    pub fn mark_used(&self, name: &str) {
+        self.used.borrow_mut().insert(name.to_owned());
+    }
+
+    /// Every tensor of the file was taken: one that was not (an unknown name, a bias the
+    /// architecture does not have, an expert table) would otherwise be silently dropped.
+    pub fn check_all_used(&self, arch: &'static str) -> Result<(), LoadError> {
+        let used = self.used.borrow();
+        let unused = self
+            .src
+            .unknown_tensors()
+            .into_iter()
+            .chain(
+                self.src
+                    .tensor_names()
+                    .into_iter()
+                    .filter(|n| !used.contains(n) && !n.ends_with("rotary_emb.inv_freq")),
+            )
+            .next();
+        match unused {
+            Some(name) => Err(LoadError::Unused {
+                path: self.path(),
+                name,
+                arch,
+            }),
+            None => Ok(()),
+        }
+    }
+
     fn path(&self) -> String {
         self.src.path().display().to_string()
     }
@@ -47,6 +94,7 @@ impl<'a, B: Backend> Loader<'a, B> {
             path: self.path(),
             name: name.into(),
         })?;
+        self.mark_used(name);
         if t.shape != shape {
             return Err(LoadError::Shape {
                 path: self.path(),
@@ -124,6 +172,55 @@ impl<'a, B: Backend> Loader<'a, B> {
         range: std::ops::Range<usize>,
     ) -> Result<Weight<B::WeightStore>, LoadError> {
         self.load(name, &[rows, cols], Some(range), WeightRole::Matrix)
+    }
+
+    /// A norm's weight plus `offset` (1 for Gemma's HF checkpoints, whose norms scale by 1 + w),
+    /// as F32.
+    pub fn norm(
+        &self,
+        name: &str,
+        len: usize,
+        offset: f32,
+    ) -> Result<Weight<B::WeightStore>, LoadError> {
+        if offset == 0.0 {
+            return self.vector(name, len);
+        }
+        let t = self.src.tensor(name).ok_or_else(|| LoadError::Missing {
+            path: self.path(),
+            name: name.into(),
+        })?;
+        if t.shape != [len] {
+            return Err(LoadError::Shape {
+                path: self.path(),
+                name: name.into(),
+                expected: vec![len],
+                found: t.shape.clone(),
+            });
+        }
+        self.mark_used(name);
+        let mut w = vec![0f32; len];
+        suanli_core::quant::dequantize(t.dtype, t.bytes.as_slice(), &mut w).map_err(|e| {
+            LoadError::Backend {
+                path: self.path(),
+                source: suanli_backend::shape_err("load", format!("{name}: {e}")),
+            }
+        })?;
+        let bytes = suanli_formats::Bytes::from_vec(
+            w.iter().flat_map(|x| (x + offset).to_le_bytes()).collect(),
+        );
+        self.backend
+            .prepare_weight(HostTensor {
+                name,
+                dtype: suanli_core::DType::F32,
+                rows: 1,
+                cols: len,
+                bytes: &bytes,
+                role: WeightRole::Vector,
+            })
+            .map_err(|e| LoadError::Backend {
+                path: self.path(),
+                source: e,
+            })
     }
 
     pub fn vector(&self, name: &str, len: usize) -> Result<Weight<B::WeightStore>, LoadError> {

@@ -151,7 +151,8 @@ pub(crate) fn build(f: &GgufFile) -> Result<Tokenizer, String> {
     let chat_template = f
         .get("tokenizer.chat_template")
         .and_then(|v| v.as_str())
-        .map(str::to_owned);
+        .map(str::to_owned)
+        .or_else(|| builtin_template(f, &tokens));
 
     let (engine, token_bytes) = match model {
         "gpt2" => {
@@ -406,4 +407,17 @@ pub(crate) fn build_hf(dir: &Path) -> Result<Tokenizer, String> {
         bos_token: bos_token.unwrap_or_default(),
         eos_token: eos_token.unwrap_or_default(),
     })
+}
+
+/// Gemma 3's chat template (Google's, from its tokenizer_config.json), for GGUF files of it that
+/// carry none: llama.cpp's own conversions of Gemma 3 270M ship without one.
+const GEMMA3_TEMPLATE: &str = include_str!("../templates/gemma3.jinja");
+
+/// The template of a known model family whose file lacks one: only where the architecture and
+/// the vocabulary's turn tokens both say which family it is.
+fn builtin_template(f: &GgufFile, tokens: &[&str]) -> Option<String> {
+    let arch = f.get("general.architecture").and_then(|v| v.as_str())?;
+    let has = |t: &str| tokens.contains(&t);
+    (arch == "gemma3" && has("<start_of_turn>") && has("<end_of_turn>"))
+        .then(|| GEMMA3_TEMPLATE.to_owned())
 }

@@ -320,11 +320,12 @@ pub fn check_rope_write_kv<B: Backend>(b: &B, kvt: KvDType, rng: &mut Rng, rep: 
                 n_kv_heads: n_kv,
                 head_dim: hd,
                 scale,
+                window: None,
             };
             let mut out = b.alloc_act(n, n_heads * hd)?;
             b.attention(&qa, &kv, &meta, 1, &mut out)?;
             let (kr, vr) = (r::kv_round(&k_rot, kvt, hd), r::kv_round(&v, kvt, hd));
-            let want = r::attention(&q_rot, &kr, &vr, n, n_heads, n_kv, hd, scale);
+            let want = r::attention(&q_rot, &kr, &vr, n, n_heads, n_kv, hd, scale, None);
             Ok(r::max_abs_diff(&b.download(&out)?, &want))
         })();
         let case = format!("{kvt:?} cache, {style:?} head {hd} rotary {rot}");

@@ -135,6 +135,7 @@ pub fn attention(
     n_kv: usize,
     hd: usize,
     scale: f32,
+    window: Option<usize>,
 ) -> Vec<f32> {
     let q_len = q.len() / (heads * hd);
     let kv_dim = n_kv * hd;
@@ -144,7 +145,8 @@ pub fn attention(
         for h in 0..heads {
             let kvh = h / (heads / n_kv);
             let qh = &q[(i * heads + h) * hd..][..hd];
-            let scores: Vec<f64> = (0..=pos)
+            let first = window.map_or(0, |w| (pos + 1).saturating_sub(w));
+            let scores: Vec<f64> = (first..=pos)
                 .map(|p| {
                     let kp = &k[p * kv_dim + kvh * hd..][..hd];
                     qh.iter()
@@ -162,7 +164,7 @@ pub fn attention(
                 let acc: f64 = e
                     .iter()
                     .enumerate()
-                    .map(|(p, &w)| w * v[p * kv_dim + kvh * hd + d] as f64)
+                    .map(|(p, &w)| w * v[(first + p) * kv_dim + kvh * hd + d] as f64)
                     .sum();
                 *od = (acc / z) as f32;
             }

@@ -88,6 +88,7 @@ fn tiled_attention_matches_a_two_pass_softmax() {
             let mut out = b.alloc_act(rows, nh * hd).unwrap();
             let scale = 1.0 / (hd as f32).sqrt();
             let meta = AttnMeta {
+                window: None,
                 seqs: &seqs,
                 n_heads: nh,
                 n_kv_heads: nkv,

@@ -69,7 +69,15 @@ pub fn perplexity(
     ctx: usize,
     bos: Option<u32>,
 ) -> f64 {
-    suanli_engine::perplexity::perplexity(s, tokens, ctx, bos, &mut |_, _, _| {})
-        .unwrap()
-        .perplexity
+    perplexity_full(s, tokens, ctx, bos).perplexity
+}
+
+/// Perplexity with each scored token's log-probability.
+pub fn perplexity_full(
+    s: &mut Session<CpuBackend>,
+    tokens: &[u32],
+    ctx: usize,
+    bos: Option<u32>,
+) -> suanli_engine::perplexity::Perplexity {
+    suanli_engine::perplexity::perplexity(s, tokens, ctx, bos, &mut |_, _, _| {}).unwrap()
 }
