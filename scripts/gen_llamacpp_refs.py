@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
 """Reference outputs from llama.cpp (through llama-cpp-python) for the real catalog models:
-tokenization, greedy continuations, perplexity, and llama.cpp's decode speed.
+tokenization, greedy continuations, perplexity, per-token log-probabilities (with llama.cpp's own
+noise: the same run with flash attention on, and with an F32 KV cache), and llama.cpp's decode
+speed.
 
     python3 -m venv .venv-llama
     CMAKE_ARGS="-DGGML_NATIVE=ON" .venv-llama/bin/pip install llama-cpp-python numpy
     .venv-llama/bin/python scripts/gen_llamacpp_refs.py MODEL_NAME PATH.gguf
 
-Writes tests/fixtures/llamacpp/<MODEL_NAME>.json. Perplexity follows llama-perplexity: chunks of
+Writes tests/fixtures/llamacpp/<MODEL_NAME>.json. N_CHUNKS (environment, default 4) sets how
+many perplexity chunks are scored (2 for the 1.5B model, to keep CI short). Perplexity follows llama-perplexity: chunks of
 CTX tokens (first token replaced by BOS where the model adds one), scoring positions
 CTX/2 .. CTX-2, each predicting the next token.
 """
@@ -21,7 +24,7 @@ from llama_cpp import Llama
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CTX = 256
-N_CHUNKS = 4
+N_CHUNKS = int(__import__("os").environ.get("N_CHUNKS", "4"))
 THREADS = 2
 
 TOKENIZE_TEXTS = [
@@ -52,7 +55,8 @@ PROMPTS = [
 N_GEN = 16
 
 
-def perplexity(llm, tokens, bos):
+def perplexity(llm, tokens, bos, logprobs=None):
+    """llama-perplexity's number; `logprobs` (a list) receives each scored token's ln p."""
     n_vocab = llm.n_vocab()
     first = CTX // 2
     nll, count = 0.0, 0
@@ -69,8 +73,18 @@ def perplexity(llm, tokens, bos):
             m = row.max()
             lse = m + np.log(np.exp(row - m).sum())
             nll += lse - row[tokens[c * CTX + pos + 1]]
+            if logprobs is not None:
+                logprobs.append(round(float(row[tokens[c * CTX + pos + 1]] - lse), 5))
             count += 1
     return float(np.exp(nll / count)), n_chunks, count
+
+
+def variant_logprobs(path, tokens, bos, **kw):
+    """The scored tokens' log-probabilities from llama.cpp configured otherwise (its noise)."""
+    llm = Llama(model_path=path, n_ctx=CTX, n_threads=THREADS, n_batch=CTX, logits_all=True, verbose=False, **kw)
+    out = []
+    perplexity(llm, tokens, bos, out)
+    return out
 
 
 def q8_kv_perplexity(path, tokens, bos):
@@ -91,9 +105,20 @@ def main():
     text = (ROOT / "tests/fixtures/text/multilingual.txt").read_text()
     tokens = llm.tokenize(text.encode(), add_bos=False, special=False)
     out["text_tokens"] = len(tokens)
-    ppl, n_chunks, n_scored = perplexity(llm, tokens, bos)
+    lp = []
+    ppl, n_chunks, n_scored = perplexity(llm, tokens, bos, lp)
     out["perplexity"] = {"file": "tests/fixtures/text/multilingual.txt", "ctx": CTX, "value": ppl,
                          "n_chunks": n_chunks, "n_scored": n_scored}
+    # The tokens of the scored chunks (BOS in place where the model adds one), so that other
+    # references (scripts/gen_transformers_refs.py) score exactly the same thing.
+    out["perplexity_tokens"] = [([bos] if bos is not None else [tokens[c * CTX]]) + tokens[c * CTX + 1:(c + 1) * CTX]
+                                for c in range(n_chunks)]
+    fa = variant_logprobs(path, tokens, bos, flash_attn=True)
+    kv32 = variant_logprobs(path, tokens, bos, type_k=0, type_v=0)  # 0 = GGML_TYPE_F32
+    out["logprobs"] = {"default": lp, "flash_attn": fa, "kv_f32": kv32}
+    noise = {k: float(np.mean(np.abs(np.array(v) - np.array(lp)))) for k, v in [("flash_attn", fa), ("kv_f32", kv32)]}
+    out["logprob_noise"] = noise
+    print(f"{name}: llama.cpp against itself, mean |d logprob|: {noise}")
     out["perplexity_q8_0_kv"] = q8_kv_perplexity(path, tokens, bos)
     gens = []
     for p in PROMPTS:

@@ -105,6 +105,9 @@ pub fn run<B: Backend>(b: &B) -> Report {
     }
     sampling::check_sample_logits(b, &mut rng, &mut rep);
     check_linear_many(b, &mut rng, &mut rep);
+    if b.caps().act_precision {
+        check_exact_activations(b, &mut rng, &mut rep);
+    }
     fused::check_mixed_qkv(b, &mut rng, &mut rep);
     check_norms(b, &mut rng, &mut rep);
     check_rope(b, &mut rng, &mut rep);
@@ -189,8 +192,32 @@ fn weight<B: Backend>(
     role: WeightRole,
     bytes: Vec<u8>,
 ) -> Result<crate::Weight<B::WeightStore>, BackendError> {
+    weight_at(
+        b,
+        name,
+        ty,
+        rows,
+        cols,
+        role,
+        bytes,
+        crate::ActPrecision::Fast,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn weight_at<B: Backend>(
+    b: &B,
+    name: &'static str,
+    ty: DType,
+    rows: usize,
+    cols: usize,
+    role: WeightRole,
+    bytes: Vec<u8>,
+    precision: crate::ActPrecision,
+) -> Result<crate::Weight<B::WeightStore>, BackendError> {
     let bytes = Bytes::from_vec(bytes);
     b.prepare_weight(HostTensor {
+        precision,
         name,
         dtype: ty,
         rows,
@@ -258,14 +285,20 @@ fn check_embed<B: Backend>(b: &B, ty: DType, rng: &mut Rng, rep: &mut Report) {
     record(rep, "embed", format!("{ty} 7 ids of 50x{cols}"), 1e-6, got);
 }
 
-/// Tolerance for x · wᵀ relative to ‖w_r‖·‖x‖ (the Cauchy-Schwarz scale of each output): float
-/// weights allow bf16 tensor-core inputs (the CPU's f32 products: ~1e-7), quantized ones 8-bit
-/// activation quantization as llama.cpp does it (the CPU: up to 1.5e-3 at 512 columns; the
-/// GPU's dp4a products: ~6e-4).
-fn linear_tol(ty: DType) -> f64 {
-    match ty {
-        DType::F32 | DType::F16 | DType::BF16 => 2e-3,
-        _ => 4e-3,
+/// Tolerance for x · wᵀ relative to ‖w_r‖·‖x‖ (the Cauchy-Schwarz scale of each output), per
+/// backend and weight kind, so that a regression of a fraction of a percent shows:
+/// - the CPU multiplies float weights in f32 (measured ≤ 3.6e-8 here): 1e-6; quantized weights
+///   meet 8-bit activations as llama.cpp's do (measured ≤ 8.6e-4 at 2560 columns, up to 2.8e-3
+///   for rms-normed inputs at 512): 4e-3;
+/// - other backends (the GPU): float weights may meet bf16 tensor-core inputs, 2e-3; quantized
+///   ones its dp4a products (~6e-4) within 4e-3.
+fn linear_tol<B: Backend>(b: &B, ty: DType) -> f64 {
+    let float = matches!(ty, DType::F32 | DType::F16 | DType::BF16);
+    match (b.caps().name, float) {
+        ("cpu", true) => 1e-6,
+        ("cpu", false) => 4e-3,
+        (_, true) => 2e-3,
+        (_, false) => 4e-3,
     }
 }
 
@@ -301,7 +334,98 @@ fn check_linear<B: Backend>(b: &B, ty: DType, n: usize, rng: &mut Rng, rep: &mut
         "{ty} {n}x{cols} · [{rows},{cols}]{}",
         if with_bias { " + bias" } else { "" }
     );
-    record(rep, "linear", case, linear_tol(ty), got);
+    record(rep, "linear", case, linear_tol(b, ty), got);
+}
+
+/// `ActPrecision::Exact`: products as with f32 activations. The fast path's error here (8-bit
+/// activations) is 6e-4..1.1e-3 of |w|·|x|; two passes measured 1.0e-6..2.9e-6 on the CPU (the
+/// second rounding, and the f16 rounding of Q8_1's block sums): 1e-5, a hundred times tighter.
+const EXACT_TOL: f64 = 1e-5;
+
+fn check_exact_activations<B: Backend>(b: &B, rng: &mut Rng, rep: &mut Report) {
+    let (rows, cols) = (96, 2560);
+    for ty in [
+        DType::Q4K,
+        DType::Q6K,
+        DType::Q8_0,
+        DType::Q4_1,
+        DType::Q5_0,
+    ] {
+        for n in [1, 5] {
+            let bytes = random_weight(ty, rows, cols, rng);
+            let wf = dequantized(ty, &bytes, rows, cols);
+            let x = rng.normals(n * cols, 1.0);
+            let bias = rng.normals(rows, 1.0);
+            let got = (|| {
+                let w = weight_at(
+                    b,
+                    "exact",
+                    ty,
+                    rows,
+                    cols,
+                    WeightRole::Matrix,
+                    bytes,
+                    crate::ActPrecision::Exact,
+                )?;
+                let bw = vector(b, "bias", &bias)?;
+                let xa = act(b, &x, n, cols)?;
+                let mut out = b.alloc_act(n, rows)?;
+                b.linear(&xa, &w, Some(&bw), &mut out)?;
+                let got = b.download(&out)?;
+                Ok(r::linear_error(&x, &wf, Some(&bias), rows, cols, &got))
+            })();
+            let case = format!("{ty} {n}x{cols} · [{rows},{cols}] + bias, exact activations");
+            record(rep, "linear", case, EXACT_TOL, got);
+        }
+    }
+    // `ExactTop` heads: each row's largest logits as with f32 activations, the rest as fast.
+    let (vocab, cols, top) = (1000, 640, 256);
+    let ty = DType::Q8_0;
+    let bytes = random_weight(ty, vocab, cols, rng);
+    let wf = dequantized(ty, &bytes, vocab, cols);
+    let x = rng.normals(2 * cols, 1.0);
+    let got = (|| {
+        let w = weight_at(
+            b,
+            "lm_head",
+            ty,
+            vocab,
+            cols,
+            WeightRole::TiedEmbedding,
+            bytes,
+            crate::ActPrecision::ExactTop,
+        )?;
+        let xa = act(b, &x, 2, cols)?;
+        let mut out = vec![0f32; 2 * vocab];
+        b.logits(&xa, &[1, 0], &w, &mut out)?;
+        let mut worst = 0f64;
+        for (t, row) in [1usize, 0].iter().zip(out.chunks_exact(vocab)) {
+            let xt = &x[t * cols..(t + 1) * cols];
+            let mut want: Vec<(f64, usize)> = (0..vocab)
+                .map(|r| {
+                    let w = &wf[r * cols..(r + 1) * cols];
+                    (
+                        w.iter().zip(xt).map(|(a, b)| *a as f64 * *b as f64).sum(),
+                        r,
+                    )
+                })
+                .collect();
+            want.sort_by(|a, b| b.0.total_cmp(&a.0));
+            // Well inside the top: candidates near the cut may swap places with their neighbours.
+            for &(v, r) in &want[..top / 2] {
+                let norm = |s: &[f32]| s.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
+                let e =
+                    (row[r] as f64 - v).abs() / (norm(&wf[r * cols..(r + 1) * cols]) * norm(xt));
+                worst = worst.max(e);
+            }
+        }
+        Ok(worst)
+    })();
+    let case = format!(
+        "{ty} rows 1,0 · [{vocab},{cols}], the largest {} exact",
+        top / 2
+    );
+    record(rep, "logits", case, EXACT_TOL, got);
 }
 
 fn check_logits<B: Backend>(b: &B, ty: DType, rng: &mut Rng, rep: &mut Report) {
@@ -333,7 +457,7 @@ fn check_logits<B: Backend>(b: &B, ty: DType, rng: &mut Rng, rep: &mut Report) {
         rep,
         "logits",
         format!("{ty} rows 4,0,5 of 6 · [{vocab},{cols}]"),
-        linear_tol(ty),
+        linear_tol(b, ty),
         got,
     );
 }
@@ -354,7 +478,7 @@ fn check_linear_many<B: Backend>(b: &B, rng: &mut Rng, rep: &mut Report) {
             rep,
             "linear_many",
             format!("{ty} {n}x{cols} · q/k/v 128,32,32 + bias"),
-            linear_tol(ty),
+            linear_tol(b, ty),
             got,
         );
     }

@@ -59,6 +59,8 @@ pub struct Capabilities {
     pub sliding_window: bool,
     /// `gelu_mul` and `scale` are implemented (Gemma's GeGLU and embedding scale).
     pub gelu_and_scale: bool,
+    /// Products honour `ActPrecision` (the CPU); otherwise a weight's precision is a hint.
+    pub act_precision: bool,
 }
 
 /// A weight as it arrives from a file: a 1-D vector or a 2-D matrix `[rows, cols]` (HF order:
@@ -70,6 +72,22 @@ pub struct HostTensor<'a> {
     pub cols: usize,
     pub bytes: &'a Bytes,
     pub role: WeightRole,
+    /// How exactly products with this weight must treat their activations (the model asks for
+    /// more than `Fast` where a family is sensitive to activation rounding).
+    pub precision: ActPrecision,
+}
+
+/// For a backend that rounds activations (the CPU's 8-bit integer dots, as llama.cpp's): what
+/// a weight's products must keep. A backend with float activations meets every level as is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActPrecision {
+    /// The backend's fastest.
+    Fast,
+    /// For the output head: each logits row's largest candidates recomputed with f32
+    /// activations (the answer and the normalizer, at a fraction of a pass).
+    ExactTop,
+    /// Every product as with f32 activations: the rounding error is multiplied in a second pass.
+    Exact,
 }
 
 /// How the model uses a weight, so a backend can choose its layout (repacking matrices for its

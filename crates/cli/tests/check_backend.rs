@@ -23,10 +23,13 @@ fn check_backend_passes_on_the_cpu() {
         String::from_utf8_lossy(&out.stderr)
     );
     // Every fixture model, in HF layout and as GGUF.
-    let fixtures = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/tiny"))
-        .unwrap()
-        .filter(|e| e.as_ref().unwrap().path().join("golden.json").exists())
-        .count();
+    let fixtures = std::fs::read_dir(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/tiny"
+    ))
+    .unwrap()
+    .filter(|e| e.as_ref().unwrap().path().join("golden.json").exists())
+    .count();
     assert!(fixtures >= 7);
     assert_eq!(stdout.matches("golden ").count(), 2 * fixtures, "{stdout}");
     assert!(stdout.contains(", 0 failed"), "{stdout}");

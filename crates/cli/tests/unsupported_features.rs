@@ -10,7 +10,13 @@ use suanli_formats::gguf::{GgufFile, Value};
 
 fn run(model: &Path) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_suanli"))
-        .args(["run", "--model", model.to_str().unwrap(), "--max-tokens", "1"])
+        .args([
+            "run",
+            "--model",
+            model.to_str().unwrap(),
+            "--max-tokens",
+            "1",
+        ])
         .args(["--raw", "hi"])
         .env("RUST_BACKTRACE", "0")
         .output()
@@ -29,7 +35,9 @@ fn refused(model: &Path, needle: &str) {
 }
 
 fn tiny(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/tiny")
+        .join(name)
 }
 
 /// The tiny llama GGUF with metadata `extra` added (or replacing a key) and one more tensor.
@@ -82,11 +90,21 @@ fn gguf_features_that_are_not_built_are_refused_by_name() {
     let d = dir.path();
     let cases: Vec<(PathBuf, &str)> = vec![
         (
-            gguf_with(d, "softcap.gguf", &[("llama.attn_logit_softcapping", Value::F32(50.0))], None),
+            gguf_with(
+                d,
+                "softcap.gguf",
+                &[("llama.attn_logit_softcapping", Value::F32(50.0))],
+                None,
+            ),
             "llama.attn_logit_softcapping",
         ),
         (
-            gguf_with(d, "experts.gguf", &[("llama.expert_count", Value::U32(8))], None),
+            gguf_with(
+                d,
+                "experts.gguf",
+                &[("llama.expert_count", Value::U32(8))],
+                None,
+            ),
             "llama.expert_count",
         ),
         (
@@ -115,7 +133,12 @@ fn gguf_features_that_are_not_built_are_refused_by_name() {
             "model.layers.0.self_attn.o_proj.bias",
         ),
         (
-            gguf_with(d, "unknown.gguf", &[], Some("blk.0.ffn_gate_inp_shexp.weight")),
+            gguf_with(
+                d,
+                "unknown.gguf",
+                &[],
+                Some("blk.0.ffn_gate_inp_shexp.weight"),
+            ),
             "blk.0.ffn_gate_inp_shexp.weight",
         ),
     ];
@@ -151,12 +174,15 @@ fn config_json_fields_that_are_not_built_are_refused_by_name() {
         ),
         (
             hf_with(d, "longrope", "llama", |c| {
-                c["rope_parameters"] = serde_json::json!({"rope_type": "longrope", "rope_theta": 1e4})
+                c["rope_parameters"] =
+                    serde_json::json!({"rope_type": "longrope", "rope_theta": 1e4})
             }),
             "longrope",
         ),
         (
-            hf_with(d, "qwen-swa", "qwen2", |c| c["use_sliding_window"] = true.into()),
+            hf_with(d, "qwen-swa", "qwen2", |c| {
+                c["use_sliding_window"] = true.into()
+            }),
             "use_sliding_window",
         ),
         (
@@ -166,7 +192,9 @@ fn config_json_fields_that_are_not_built_are_refused_by_name() {
             "chunked_attention",
         ),
         (
-            hf_with(d, "softcap", "llama", |c| c["final_logit_softcapping"] = 30.0.into()),
+            hf_with(d, "softcap", "llama", |c| {
+                c["final_logit_softcapping"] = 30.0.into()
+            }),
             "final_logit_softcapping",
         ),
     ];

@@ -14,8 +14,8 @@ mod vmath;
 
 use kernels::{Isa, Kernels};
 use suanli_backend::{
-    check, shape_err, Act, AttnMeta, Backend, BackendError, Capabilities, HostTensor, KvDType,
-    KvPages, KvSpec, Result, RopeParams, RopeStyle, Weight, WeightRole,
+    check, shape_err, Act, ActPrecision, AttnMeta, Backend, BackendError, Capabilities, HostTensor,
+    KvDType, KvPages, KvSpec, Result, RopeParams, RopeStyle, Weight, WeightRole,
 };
 use suanli_core::{quant, DType};
 use suanli_formats::Bytes;
@@ -26,6 +26,11 @@ pub struct CpuWeight {
     raw: Bytes,
     f32: Option<Vec<f32>>,
     packed: Option<packed::Packed>,
+    /// Quantized activations in two passes (`ActPrecision::Exact`); such a weight keeps its
+    /// file layout, where the two-pass products are built.
+    two_pass: bool,
+    /// `ActPrecision::ExactTop`: `logits` recomputes each row's largest candidates in f32.
+    rescore_top: bool,
 }
 
 impl CpuWeight {
@@ -97,6 +102,7 @@ impl CpuBackend {
             kv_dtypes: vec![KvDType::F32, KvDType::F16, KvDType::Q8_0],
             sliding_window: true,
             gelu_and_scale: true,
+            act_precision: true,
         };
         let repack = isa == Isa::Avx512 && std::env::var("SUANLI_CPU_REPACK").as_deref() != Ok("0");
         Ok(CpuBackend {
@@ -105,6 +111,18 @@ impl CpuBackend {
             pool,
             repack,
         })
+    }
+
+    /// Whether quantized matrices are repacked at load (AVX-512 unless `SUANLI_CPU_REPACK=0`).
+    pub fn repacks(&self) -> bool {
+        self.repack
+    }
+
+    /// Keep quantized matrices in their file layout (what AVX2, NEON and generic machines run),
+    /// for weights prepared from now on.
+    pub fn without_repacking(mut self) -> Self {
+        self.repack = false;
+        self
     }
 
     pub fn isa(&self) -> Isa {
@@ -225,7 +243,10 @@ impl Backend for CpuBackend {
         } else {
             None
         };
-        let packed = if f32.is_none() && self.repack && host.role.multiplies() {
+        let quantized = f32.is_none() && host.role.multiplies();
+        let two_pass = quantized && host.precision == ActPrecision::Exact;
+        let rescore_top = quantized && host.precision == ActPrecision::ExactTop;
+        let packed = if f32.is_none() && self.repack && host.role.multiplies() && !two_pass {
             match packed::Packed::pack(
                 host.dtype,
                 host.bytes.as_slice(),
@@ -260,6 +281,8 @@ impl Backend for CpuBackend {
                 raw: host.bytes.clone(),
                 f32,
                 packed,
+                two_pass,
+                rescore_top,
             },
         })
     }
@@ -577,8 +600,44 @@ impl Backend for CpuBackend {
             xs.extend_from_slice(&x.buf[r as usize * k..(r as usize + 1) * k]);
         }
         matmul::matmul(&self.k, &self.pool, &xs, rows.len(), lm_head, None, out);
+        if lm_head.store.rescore_top {
+            rescore_top(&self.pool, &xs, lm_head, out);
+        }
         Ok(())
     }
+}
+
+/// Candidates per logits row recomputed with f32 activations (`ActPrecision::ExactTop`): they
+/// carry nearly all of the softmax's mass, so the answer and the normalizer come out as from
+/// f32 activations. On Gemma 3 270M: mean |Δ log p| from the f32 computation 0.107 → 0.094 with
+/// 512 (two passes over the whole head: 0.094 at 1.5× the decode time); 64 give 0.098.
+const RESCORED: usize = 256;
+
+fn rescore_top(pool: &pool::Pool, xs: &[f32], head: &Weight<CpuWeight>, out: &mut [f32]) {
+    let (v, k) = (head.rows, head.cols);
+    if v <= RESCORED {
+        return;
+    }
+    pool.split_mut(out, v, 1, &|t0, part| {
+        let mut idx: Vec<u32> = Vec::with_capacity(v);
+        let mut scratch = vec![0f32; k];
+        for (i, row) in part.chunks_exact_mut(v).enumerate() {
+            let x = &xs[(t0 + i) * k..(t0 + i + 1) * k];
+            idx.clear();
+            idx.extend(0..v as u32);
+            idx.select_nth_unstable_by(RESCORED, |a, b| {
+                row[*b as usize].total_cmp(&row[*a as usize])
+            });
+            for &r in &idx[..RESCORED] {
+                let w = head.store.row(head, r as usize, &mut scratch);
+                row[r as usize] = w
+                    .iter()
+                    .zip(x)
+                    .map(|(a, b)| *a as f64 * *b as f64)
+                    .sum::<f64>() as f32;
+            }
+        }
+    });
 }
 
 /// 32 cache values as Q8_0 (llama.cpp's rounding): quants and the f16 scale.

@@ -1,5 +1,7 @@
 //! out[t, r] = dot(w[r], x[t]) (+ bias[r]). Quantized weights take quantized activations
-//! (Q8_0 / Q8_1 / Q8_K, as llama.cpp) and integer dot products; float weights take f32.
+//! (Q8_0 / Q8_1 / Q8_K, as llama.cpp) and integer dot products; float weights take f32. A weight
+//! marked for exact activations takes two passes: its activations' rounding error is quantized
+//! and multiplied as well (as f32 activations would give, to ~1/127 of one rounding).
 
 use crate::kernels::acts::QActs;
 use crate::kernels::pacts::PActs;
@@ -18,6 +20,8 @@ thread_local! {
     static ACT_Q8K: RefCell<Vec<BlockQ8K>> = const { RefCell::new(Vec::new()) };
     static QACTS: RefCell<QActs> = RefCell::new(QActs::default());
     static OUT_T: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Both passes' products of a two-pass weight, before they are summed.
+    static OUT_2: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     static PACTS: RefCell<PActs> = RefCell::new(PActs::default());
 }
 
@@ -95,6 +99,7 @@ pub fn matmul(
             &|xt, qt| quantize_q8k(xt, qt),
             QActs::fill_q8k,
             k.dot_q8k,
+            dequant_q8k,
             out,
         ),
         fmt => {
@@ -106,6 +111,7 @@ pub fn matmul(
                 &|xt, qt| quantize_q8(xt, with_sum, qt),
                 QActs::fill_q8,
                 k.dot_q8,
+                dequant_q8,
                 out,
             )
         }
@@ -221,31 +227,80 @@ fn quantized<B: Copy + Default + Send + Sync>(
     quantize: &(dyn Fn(&[f32], &mut [B]) + Sync),
     fill: fn(&mut QActs, &Pool, &[B], usize),
     dot: fn(DType, &[u8], &[B]) -> f32,
+    dequant: fn(&[B], &mut [f32]),
     out: &mut [f32],
 ) {
     let (kd, per) = (c.kd, c.kd / block);
-    cell.with(|q| {
-        let mut q = q.borrow_mut();
-        q.resize(c.n * per, B::default());
-        quantize_tokens(c.pool, &mut q[..], per, &|t, qt| {
-            quantize(&c.x[t * kd..(t + 1) * kd], qt)
-        });
+    // `n` tokens of quantized activations `q` times the weight into `out` (`[n, rows]`).
+    let run = |q: &[B], n: usize, bias: Option<&[f32]>, out: &mut [f32]| {
         if let Some(rt) = c.fast {
             return QACTS.with(|a| {
                 let mut a = a.borrow_mut();
-                fill(&mut a, c.pool, &q, kd);
-                rows_by_tokens(c.pool, rt, c.w, c.raw, c.rb, &a, c.n, c.bias, out)
+                fill(&mut a, c.pool, q, kd);
+                rows_by_tokens(c.pool, rt, c.w, c.raw, c.rb, &a, n, bias, out)
             });
         }
-        let q = &q[..];
-        tiled(c.pool, c.n, c.w.rows, c.bias, out, |r, t| {
+        tiled(c.pool, n, c.w.rows, bias, out, |r, t| {
             dot(
                 c.w.dtype,
                 &c.raw[r * c.rb..(r + 1) * c.rb],
                 &q[t * per..(t + 1) * per],
             )
         });
+    };
+    let two_pass = c.w.store.two_pass;
+    cell.with(|q| {
+        let mut q = q.borrow_mut();
+        let tokens = if two_pass { 2 * c.n } else { c.n };
+        q.resize(tokens * per, B::default());
+        let (first, second) = q.split_at_mut(c.n * per);
+        quantize_tokens(c.pool, first, per, &|t, qt| {
+            quantize(&c.x[t * kd..(t + 1) * kd], qt)
+        });
+        if !two_pass {
+            return run(first, c.n, c.bias, out);
+        }
+        // Two passes: the activations' rounding error, quantized in turn, is multiplied too —
+        // W·x = W·q(x) + W·(x − q(x)) — as extra tokens of the same product, so each weight row
+        // is still read once. The error left is that of the second rounding (~1/127 of one).
+        let first = &*first;
+        quantize_tokens(c.pool, second, per, &|t, qt| {
+            let mut r = c.x[t * kd..(t + 1) * kd].to_vec();
+            let mut back = vec![0f32; kd];
+            dequant(&first[t * per..(t + 1) * per], &mut back);
+            r.iter_mut().zip(&back).for_each(|(a, b)| *a -= b);
+            quantize(&r, qt)
+        });
+        let m = c.w.rows;
+        OUT_2.with(|o2| {
+            let mut o2 = o2.borrow_mut();
+            o2.resize(tokens * m, 0.0);
+            run(&q[..], tokens, None, &mut o2[..]);
+            let (a, b) = o2.split_at(c.n * m);
+            for (t, o) in out.chunks_exact_mut(m).take(c.n).enumerate() {
+                for (r, v) in o.iter_mut().enumerate() {
+                    *v = a[t * m + r] + b[t * m + r] + c.bias.map_or(0.0, |bias| bias[r]);
+                }
+            }
+        });
     })
+}
+
+/// Activations as the kernels see them: each block's quants times its scale.
+fn dequant_q8(q: &[BlockQ8], out: &mut [f32]) {
+    for (b, o) in q.iter().zip(out.chunks_exact_mut(32)) {
+        o.iter_mut()
+            .zip(&b.qs)
+            .for_each(|(v, &x)| *v = b.d * x as f32);
+    }
+}
+
+fn dequant_q8k(q: &[BlockQ8K], out: &mut [f32]) {
+    for (b, o) in q.iter().zip(out.chunks_exact_mut(256)) {
+        o.iter_mut()
+            .zip(&b.qs)
+            .for_each(|(v, &x)| *v = b.d * x as f32);
+    }
 }
 
 /// Weight rows split across threads; each row meets the tokens 8 at a time (its blocks are

@@ -26,6 +26,11 @@ fn check(b: &CpuBackend, label: &str) {
 fn cpu_backend_conforms_at_every_isa() {
     for isa in Isa::available() {
         let b = CpuBackend::with_isa(Some(2), isa).unwrap();
+        let repacks = b.repacks();
         check(&b, isa.name());
+        if repacks {
+            let b = b.without_repacking();
+            check(&b, &format!("{} with file-layout weights", isa.name()));
+        }
     }
 }

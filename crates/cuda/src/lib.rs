@@ -133,6 +133,8 @@ impl CudaBackend {
             // layers are refused at load, and `attention` refuses a window.
             sliding_window: false,
             gelu_and_scale: false,
+            // Float activations, but large batches go through bf16 tensor-core products.
+            act_precision: false,
         };
         CudaBackend {
             flash: std::env::var("SUANLI_CUDA_FLASH").as_deref() != Ok("0"),

@@ -61,7 +61,10 @@ mod tests {
             "model.layers.0.post_attention_layernorm.weight"
         );
         assert!(gguf_to_hf("blk.x.attn_q.weight").is_none());
-        assert_eq!(gguf_to_hf("rope_freqs.weight").unwrap(), "rope_freqs.weight");
+        assert_eq!(
+            gguf_to_hf("rope_freqs.weight").unwrap(),
+            "rope_freqs.weight"
+        );
         assert!(gguf_to_hf("blk.0.ffn_gate_exps.weight").is_none());
     }
 }

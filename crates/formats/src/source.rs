@@ -130,18 +130,17 @@ impl ModelSource {
         match self {
             ModelSource::Gguf { file, .. } => {
                 let arch = gguf_arch(file);
-                file
-                .tensors
-                .iter()
-                .map(|t| {
-                    let info = TensorInfo {
-                        dtype: t.dtype,
-                        shape: t.dims.iter().rev().map(|&d| d as usize).collect(),
-                        bytes: file.tensor_bytes(t),
-                    };
-                    (t.name.clone(), gguf_to_hf_in(&arch, &t.name), info)
-                })
-                .collect()
+                file.tensors
+                    .iter()
+                    .map(|t| {
+                        let info = TensorInfo {
+                            dtype: t.dtype,
+                            shape: t.dims.iter().rev().map(|&d| d as usize).collect(),
+                            bytes: file.tensor_bytes(t),
+                        };
+                        (t.name.clone(), gguf_to_hf_in(&arch, &t.name), info)
+                    })
+                    .collect()
             }
             ModelSource::Hf(d) => d
                 .tensors

@@ -16,6 +16,29 @@ pub enum Mlp {
     GeluTanhGated,
 }
 
+/// Which products must not round their activations beyond f32 (a backend with quantized
+/// activations then takes two passes): a family whose outputs are sensitive to that rounding
+/// asks for it. `SUANLI_EXACT_ACTIVATIONS=off|head|all` overrides the family's choice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExactActivations {
+    Off,
+    /// The output projection (logits), where the rounding lands on the answer directly.
+    Head,
+    /// Every matrix product.
+    All,
+}
+
+impl ExactActivations {
+    pub fn parse(s: &str) -> Option<ExactActivations> {
+        match s {
+            "off" => Some(ExactActivations::Off),
+            "head" => Some(ExactActivations::Head),
+            "all" => Some(ExactActivations::All),
+            _ => None,
+        }
+    }
+}
+
 /// The positions a layer's queries attend to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LayerAttention {
@@ -99,6 +122,8 @@ pub struct ModelConfig {
     /// The token embeddings are multiplied by this (Gemma: √hidden_size).
     pub embed_scale: Option<f32>,
     pub mlp: Mlp,
+    /// Which products take exact activations (the head's top candidates by default).
+    pub exact_activations: ExactActivations,
     pub max_position_embeddings: usize,
     pub tie_word_embeddings: bool,
 }
@@ -142,6 +167,13 @@ impl ModelConfig {
                 "vocab_size {} but the embedding table has {} rows",
                 cfg.vocab_size, emb.shape[0]
             )));
+        }
+        if let Ok(v) = std::env::var("SUANLI_EXACT_ACTIVATIONS") {
+            cfg.exact_activations = ExactActivations::parse(&v).ok_or_else(|| {
+                err(format!(
+                    "SUANLI_EXACT_ACTIVATIONS={v:?} is not one of off, head, all"
+                ))
+            })?;
         }
         cfg.validate().map_err(err)?;
         Ok(cfg)
@@ -196,9 +228,15 @@ impl ModelConfig {
             ));
         }
         if !(self.attention_scale.is_finite() && self.attention_scale > 0.0) {
-            return Err(format!("attention scale {} is out of range", self.attention_scale));
+            return Err(format!(
+                "attention scale {} is out of range",
+                self.attention_scale
+            ));
         }
-        if let Some(t) = self.sliding_rope_theta.filter(|t| !(t.is_finite() && *t > 1.0)) {
+        if let Some(t) = self
+            .sliding_rope_theta
+            .filter(|t| !(t.is_finite() && *t > 1.0))
+        {
             return Err(format!("sliding-window rope theta {t} is out of range"));
         }
         if self.layer_attention.len() != self.num_hidden_layers {
@@ -208,7 +246,10 @@ impl ModelConfig {
                 self.num_hidden_layers
             ));
         }
-        if self.layer_attention.contains(&LayerAttention::Sliding { window: 0 }) {
+        if self
+            .layer_attention
+            .contains(&LayerAttention::Sliding { window: 0 })
+        {
             return Err("sliding window is 0".into());
         }
         Ok(())
@@ -324,7 +365,9 @@ fn from_gguf(f: &GgufFile) -> Result<ModelConfig, String> {
         // layer global, local layers at rotary base 10000 unscaled, and queries scaled by
         // 1/√head_dim except in the 27B model (62 layers), by 1/√(hidden / heads).
         Arch::Gemma3 => {
-            let window = window.ok_or(format!("metadata {prefix}attention.sliding_window is missing"))?;
+            let window = window.ok_or(format!(
+                "metadata {prefix}attention.sliding_window is missing"
+            ))?;
             let kinds = (0..layers)
                 .map(|i| {
                     if i % 6 < 5 {
@@ -334,7 +377,11 @@ fn from_gguf(f: &GgufFile) -> Result<ModelConfig, String> {
                     }
                 })
                 .collect();
-            let q = if layers == 62 { hidden / heads } else { head_dim };
+            let q = if layers == 62 {
+                hidden / heads
+            } else {
+                head_dim
+            };
             (
                 kinds,
                 Some(10000.0),
@@ -391,6 +438,7 @@ fn from_gguf(f: &GgufFile) -> Result<ModelConfig, String> {
         attention_scale,
         embed_scale,
         mlp,
+        exact_activations: exact_for(arch),
         max_position_embeddings: req("context_length")?,
         tie_word_embeddings: !has_output,
     })
@@ -504,7 +552,9 @@ fn from_hf(c: &Json) -> Result<ModelConfig, String> {
     let attention_scale = match hf_f32(c, "query_pre_attn_scalar")? {
         Some(q) if arch == Arch::Gemma3 && q > 0.0 => 1.0 / q.sqrt(),
         Some(q) if arch == Arch::Gemma3 => {
-            return Err(format!("config.json query_pre_attn_scalar = {q} must be positive"))
+            return Err(format!(
+                "config.json query_pre_attn_scalar = {q} must be positive"
+            ))
         }
         _ => 1.0 / (head_dim as f32).sqrt(),
     };
@@ -531,6 +581,7 @@ fn from_hf(c: &Json) -> Result<ModelConfig, String> {
         attention_scale,
         embed_scale: (arch == Arch::Gemma3).then(|| (hidden as f32).sqrt()),
         mlp,
+        exact_activations: exact_for(arch),
         max_position_embeddings: exact_within.unwrap_or(max_ctx),
         tie_word_embeddings: c
             .get("tie_word_embeddings")
@@ -581,7 +632,9 @@ fn hf_layer_attention(c: &Json, layers: usize) -> Result<Vec<LayerAttention>, St
             .map(|t| match t.as_str() {
                 Some("full_attention") => Ok(LayerAttention::Full),
                 Some("sliding_attention") => Ok(sliding()?),
-                _ => Err(format!("config.json layer_types holds {t}, which is not supported")),
+                _ => Err(format!(
+                    "config.json layer_types holds {t}, which is not supported"
+                )),
             })
             .collect();
     }
@@ -609,7 +662,10 @@ fn refuse_hf_fields(c: &Json, mlp: Mlp) -> Result<(), String> {
             }
         }
     }
-    if c.get("use_bidirectional_attention").and_then(|v| v.as_bool()) == Some(true) {
+    if c.get("use_bidirectional_attention")
+        .and_then(|v| v.as_bool())
+        == Some(true)
+    {
         return Err("config.json use_bidirectional_attention = true is not supported".into());
     }
     for key in [
@@ -618,9 +674,20 @@ fn refuse_hf_fields(c: &Json, mlp: Mlp) -> Result<(), String> {
         "num_experts",
         "num_local_experts",
     ] {
-        if let Some(v) = c.get(key).filter(|v| !v.is_null() && v.as_f64() != Some(0.0)) {
+        if let Some(v) = c
+            .get(key)
+            .filter(|v| !v.is_null() && v.as_f64() != Some(0.0))
+        {
             return Err(format!("config.json {key} = {v} is not supported"));
         }
     }
     Ok(())
+}
+
+/// Every family's head takes exact activations for its top candidates: at a few hundred dot
+/// products per logits row (no measurable decode cost on SmolLM2-135M, the worst case: the
+/// largest head for its size), it keeps suanli closer than llama.cpp to the f32 computation of the
+/// same weights on every real file tested.
+fn exact_for(_arch: Arch) -> ExactActivations {
+    ExactActivations::Head
 }

@@ -132,7 +132,7 @@ impl<B: Backend> Model<B> {
                 "GELU-gated MLPs and scaled embeddings, which this model uses",
             ));
         }
-        let l = Loader::new(src, backend);
+        let l = Loader::new(src, backend, cfg.exact_activations);
         let s = spec(cfg.arch);
         let (hd, qd, kvd, ff) = (
             cfg.hidden_size,
@@ -183,10 +183,11 @@ impl<B: Backend> Model<B> {
                     .then(|| norm(&format!("{p}.self_attn.{name}.weight"), cfg.head_dim))
                     .transpose()
             };
-            let sandwich = |name: Option<&str>| -> Result<Option<Weight<B::WeightStore>>, LoadError> {
-                name.map(|n| norm(&format!("{p}.{n}.weight"), hd))
-                    .transpose()
-            };
+            let sandwich =
+                |name: Option<&str>| -> Result<Option<Weight<B::WeightStore>>, LoadError> {
+                    name.map(|n| norm(&format!("{p}.{n}.weight"), hd))
+                        .transpose()
+                };
             layers.push(Layer {
                 input_norm: norm(&format!("{p}.input_layernorm.weight"), hd)?,
                 q: l.matrix(&format!("{p}.self_attn.q_proj.weight"), qd, hd)?,
@@ -208,7 +209,7 @@ impl<B: Backend> Model<B> {
         }
         let final_norm = norm("model.norm.weight", hd)?;
         let lm_head = if own_lm_head {
-            Some(l.matrix("lm_head.weight", cfg.vocab_size, hd)?)
+            Some(l.head("lm_head.weight", cfg.vocab_size, hd)?)
         } else {
             // Tied: a stored copy of the embeddings is ignored, as transformers ignores it.
             l.mark_used("lm_head.weight");

@@ -13,6 +13,8 @@ mod qwen2;
 mod qwen3;
 mod rope;
 
-pub use config::{Arch, ConfigError, LayerAttention, Mlp, ModelConfig, RopeScaling, Yarn};
+pub use config::{
+    Arch, ConfigError, ExactActivations, LayerAttention, Mlp, ModelConfig, RopeScaling, Yarn,
+};
 pub use layers::{Model, Scratch};
 pub use loader::LoadError;

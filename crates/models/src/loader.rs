@@ -1,7 +1,7 @@
 //! Fetch tensors by HF name with their expected shapes, and hand them to the backend.
 
-use crate::config::ConfigError;
-use suanli_backend::{Backend, BackendError, HostTensor, Weight, WeightRole};
+use crate::config::{ConfigError, ExactActivations};
+use suanli_backend::{ActPrecision, Backend, BackendError, HostTensor, Weight, WeightRole};
 use suanli_formats::ModelSource;
 
 #[derive(Debug, thiserror::Error)]
@@ -30,15 +30,18 @@ pub enum LoadError {
 pub(crate) struct Loader<'a, B: Backend> {
     pub src: &'a ModelSource,
     pub backend: &'a B,
+    /// Which products ask the backend for exact activations.
+    pub exact: ExactActivations,
     /// HF names of the tensors taken so far.
     used: std::cell::RefCell<std::collections::BTreeSet<String>>,
 }
 
 impl<'a, B: Backend> Loader<'a, B> {
-    pub fn new(src: &'a ModelSource, backend: &'a B) -> Self {
+    pub fn new(src: &'a ModelSource, backend: &'a B, exact: ExactActivations) -> Self {
         Loader {
             src,
             backend,
+            exact,
             used: Default::default(),
         }
     }
@@ -89,6 +92,7 @@ impl<'a, B: Backend> Loader<'a, B> {
         shape: &[usize],
         rows: Option<std::ops::Range<usize>>,
         role: WeightRole,
+        precision: ActPrecision,
     ) -> Result<Weight<B::WeightStore>, LoadError> {
         let t = self.src.tensor(name).ok_or_else(|| LoadError::Missing {
             path: self.path(),
@@ -134,6 +138,7 @@ impl<'a, B: Backend> Loader<'a, B> {
                 cols,
                 bytes: &bytes,
                 role,
+                precision,
             })
             .map_err(backend_err)
     }
@@ -144,7 +149,44 @@ impl<'a, B: Backend> Loader<'a, B> {
         rows: usize,
         cols: usize,
     ) -> Result<Weight<B::WeightStore>, LoadError> {
-        self.load(name, &[rows, cols], None, WeightRole::Matrix)
+        self.load(
+            name,
+            &[rows, cols],
+            None,
+            WeightRole::Matrix,
+            self.matrix_precision(),
+        )
+    }
+
+    fn matrix_precision(&self) -> ActPrecision {
+        match self.exact {
+            ExactActivations::All => ActPrecision::Exact,
+            _ => ActPrecision::Fast,
+        }
+    }
+
+    fn head_precision(&self) -> ActPrecision {
+        match self.exact {
+            ExactActivations::All => ActPrecision::Exact,
+            ExactActivations::Head => ActPrecision::ExactTop,
+            ExactActivations::Off => ActPrecision::Fast,
+        }
+    }
+
+    /// The output projection (untied).
+    pub fn head(
+        &self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Weight<B::WeightStore>, LoadError> {
+        self.load(
+            name,
+            &[rows, cols],
+            None,
+            WeightRole::Matrix,
+            self.head_precision(),
+        )
     }
 
     /// The token embedding table; `tied` when it is also the output projection.
@@ -160,7 +202,12 @@ impl<'a, B: Backend> Loader<'a, B> {
         } else {
             WeightRole::Embedding
         };
-        self.load(name, &[rows, cols], None, role)
+        let precision = if tied {
+            self.head_precision()
+        } else {
+            ActPrecision::Fast
+        };
+        self.load(name, &[rows, cols], None, role, precision)
     }
 
     /// Rows `range` of a `[rows, cols]` matrix (halves of a fused projection).
@@ -171,7 +218,13 @@ impl<'a, B: Backend> Loader<'a, B> {
         cols: usize,
         range: std::ops::Range<usize>,
     ) -> Result<Weight<B::WeightStore>, LoadError> {
-        self.load(name, &[rows, cols], Some(range), WeightRole::Matrix)
+        self.load(
+            name,
+            &[rows, cols],
+            Some(range),
+            WeightRole::Matrix,
+            self.matrix_precision(),
+        )
     }
 
     /// A norm's weight plus `offset` (1 for Gemma's HF checkpoints, whose norms scale by 1 + w),
@@ -216,6 +269,7 @@ impl<'a, B: Backend> Loader<'a, B> {
                 cols: len,
                 bytes: &bytes,
                 role: WeightRole::Vector,
+                precision: ActPrecision::Fast,
             })
             .map_err(|e| LoadError::Backend {
                 path: self.path(),
@@ -224,7 +278,7 @@ impl<'a, B: Backend> Loader<'a, B> {
     }
 
     pub fn vector(&self, name: &str, len: usize) -> Result<Weight<B::WeightStore>, LoadError> {
-        self.load(name, &[len], None, WeightRole::Vector)
+        self.load(name, &[len], None, WeightRole::Vector, ActPrecision::Fast)
     }
 
     pub fn opt_vector(

@@ -10,7 +10,9 @@ use serde_json::Value as Json;
 pub enum RopeScaling {
     None,
     /// Position interpolation: every frequency divided by `factor`.
-    Linear { factor: f32 },
+    Linear {
+        factor: f32,
+    },
     /// A divisor per frequency: Llama 3.1's scheme, from its `rope_scaling` block or from a
     /// GGUF file's `rope_freqs.weight`.
     Frequencies(Vec<f32>),
@@ -130,15 +132,19 @@ pub(crate) fn from_gguf(
         }
         (Some("yarn"), f) => {
             let factor = f.ok_or("rope.scaling.type is yarn but rope.scaling.factor is missing")?;
-            let original = key("rope.scaling.original_context_length")?
-                .ok_or("rope.scaling.type is yarn but rope.scaling.original_context_length is missing")?;
+            let original = key("rope.scaling.original_context_length")?.ok_or(
+                "rope.scaling.type is yarn but rope.scaling.original_context_length is missing",
+            )?;
             if let Some(m) = key("rope.scaling.yarn_log_multiplier")?.filter(|&m| m != 0.0) {
                 return Err(format!(
                     "rope.scaling.yarn_log_multiplier = {m} (DeepSeek's mscale) is not supported"
                 ));
             }
-            if let Some(e) = key("rope.scaling.yarn_ext_factor")?.filter(|&e| e != 1.0 && e >= 0.0) {
-                return Err(format!("rope.scaling.yarn_ext_factor = {e} is not supported (1.0 is)"));
+            if let Some(e) = key("rope.scaling.yarn_ext_factor")?.filter(|&e| e != 1.0 && e >= 0.0)
+            {
+                return Err(format!(
+                    "rope.scaling.yarn_ext_factor = {e} is not supported (1.0 is)"
+                ));
             }
             // llama.cpp multiplies the file's attn_factor (default 1) by YaRN's own mscale.
             let attn = key("rope.scaling.attn_factor")?.unwrap_or(1.0) as f32;
@@ -240,7 +246,10 @@ pub(crate) fn from_hf(
         }
         "yarn" => {
             if num("mscale")?.is_some() || num("mscale_all_dim")?.is_some() {
-                return Err("rope yarn parameters mscale/mscale_all_dim (DeepSeek) are not supported".into());
+                return Err(
+                    "rope yarn parameters mscale/mscale_all_dim (DeepSeek) are not supported"
+                        .into(),
+                );
             }
             let original = num("original_max_position_embeddings")?.unwrap_or(max_ctx as f64);
             let factor = match num("factor")? {
@@ -331,7 +340,10 @@ mod tests {
     fn unknown_and_unsupported_schemes_are_refused_by_name() {
         for (block, word) in [
             (json!({"rope_type": "longrope", "factor": 4.0}), "longrope"),
-            (json!({"rope_type": "yarn", "factor": 4.0, "mscale": 1.0, "mscale_all_dim": 1.0}), "mscale"),
+            (
+                json!({"rope_type": "yarn", "factor": 4.0, "mscale": 1.0, "mscale_all_dim": 1.0}),
+                "mscale",
+            ),
             (json!({"rope_type": "linear"}), "factor"),
             (json!({"rope_type": "linear", "factor": -2.0}), "positive"),
         ] {
@@ -350,7 +362,10 @@ mod tests {
         assert_eq!(s, RopeScaling::Linear { factor: 8.0 });
         let none = |_: &str| Ok(None);
         let f = from_gguf(None, &none, Some(vec![2.0; 32]), 64).unwrap();
-        assert_eq!(f.inv_freq(1e4, 64)[5], RopeScaling::None.inv_freq(1e4, 64)[5] / 2.0);
+        assert_eq!(
+            f.inv_freq(1e4, 64)[5],
+            RopeScaling::None.inv_freq(1e4, 64)[5] / 2.0
+        );
         assert!(from_gguf(None, &none, Some(vec![2.0; 31]), 64).is_err());
         assert!(from_gguf(None, &none, Some(vec![0.0; 32]), 64).is_err());
     }

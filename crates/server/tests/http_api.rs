@@ -44,15 +44,21 @@ fn stream_texts(events: &[String], object: &str) -> (Vec<String>, Vec<String>, O
             } else {
                 c["text"].as_str().unwrap()
             };
-            assert!(
-                !piece.contains('\u{FFFD}'),
-                "broken UTF-8 in a delta: {piece:?}"
-            );
             texts[i].push_str(piece);
             if let Some(f) = c["finish_reason"].as_str() {
                 finish[i] = f.to_owned();
             }
         }
+    }
+    // Deltas never split a character: a replacement character appears only where the answer
+    // itself was cut inside one by max_tokens (at its very end), as in the whole answer.
+    for (t, f) in texts.iter().zip(&finish) {
+        let body = t.trim_end_matches('\u{FFFD}');
+        assert!(!body.contains('\u{FFFD}'), "broken UTF-8 in a delta: {t:?}");
+        assert!(
+            body.len() == t.len() || f == "length",
+            "{t:?} ends broken but finished {f}"
+        );
     }
     (texts, finish, usage)
 }

@@ -42,7 +42,7 @@ pub fn check_linear_add<B: Backend>(b: &B, ty: DType, rng: &mut Rng, rep: &mut R
             Ok(r::linear_error(&x, &wf, None, rows, cols, &added))
         })();
         let case = format!("{ty} {n}x{cols} · [{rows},{cols}] added to the input");
-        record(rep, "linear_add", case, linear_tol(ty), got);
+        record(rep, "linear_add", case, linear_tol(b, ty), got);
     }
 }
 
@@ -95,7 +95,7 @@ pub fn check_gated_linear<B: Backend>(b: &B, ty: DType, rng: &mut Rng, rep: &mut
             Ok(worst)
         })();
         let case = format!("{ty} {n}x{cols} · gate, up [{rows},{cols}]");
-        record(rep, "gated_linear", case, linear_tol(ty), got);
+        record(rep, "gated_linear", case, linear_tol(b, ty), got);
     }
 }
 
@@ -181,7 +181,7 @@ pub fn check_mlp<B: Backend>(b: &B, ty: DType, rng: &mut Rng, rep: &mut Report) 
         })();
         let case = format!("{ty} {n}x{hidden} · gate, up [{ff},{hidden}], down [{hidden},{ff}]");
         let ok = got.is_ok();
-        record(rep, "mlp", case.clone(), linear_tol(ty), got);
+        record(rep, "mlp", case.clone(), linear_tol(b, ty), got);
         if ok {
             // A bf16 middle (2^-9 relative) against f32 products: 1e-2 of the largest output.
             record(
@@ -204,7 +204,7 @@ pub fn check_norm_linear_many<B: Backend>(b: &B, ty: DType, rng: &mut Rng, rep: 
         let nw = rng.normals(cols, 1.0);
         let got = norm_qkv_error(b, [ty; 3], &x, &nw, eps, cols, rng);
         let case = format!("{ty} rms_norm({n}x{cols}) · q/k/v 128,32,32 + bias");
-        record(rep, "norm_linear_many", case, linear_tol(ty), got);
+        record(rep, "norm_linear_many", case, linear_tol(b, ty), got);
     }
 }
 
@@ -237,7 +237,7 @@ pub fn check_mixed_qkv<B: Backend>(b: &B, rng: &mut Rng, rep: &mut Report) {
         if !types.iter().all(|t| b.caps().weight_dtypes.contains(t)) {
             continue;
         }
-        let tol = linear_tol(qk).max(linear_tol(v));
+        let tol = linear_tol(b, qk).max(linear_tol(b, v));
         for n in ROWS {
             let x = rng.normals(n * cols, 3.0);
             let nw = rng.normals(cols, 1.0);
