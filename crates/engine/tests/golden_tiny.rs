@@ -121,3 +121,49 @@ fn tiny_gguf_conversions_match_transformers_with_every_isa() {
         }
     }
 }
+
+/// Gemma 3 configs written before transformers 5 say the same things with other keys
+/// (`rope_theta` + `rope_scaling` for the global layers, `rope_local_base_freq`,
+/// `sliding_window_pattern`): the tiny model rewritten that way gives transformers' logits.
+#[test]
+fn gemma3_config_in_the_older_layout_gives_the_same_logits() {
+    let src = fixtures().join("tiny/gemma3");
+    let dir = tempfile::tempdir().unwrap();
+    for e in std::fs::read_dir(&src).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dir.path().join(e.file_name())).unwrap();
+    }
+    let mut cfg = read_json(&src.join("config.json"));
+    let rope = cfg["rope_parameters"].clone();
+    let c = cfg.as_object_mut().unwrap();
+    c.remove("rope_parameters");
+    c.remove("layer_types");
+    c.insert(
+        "rope_theta".into(),
+        rope["full_attention"]["rope_theta"].clone(),
+    );
+    c.insert(
+        "rope_scaling".into(),
+        serde_json::json!({"rope_type": "linear", "factor": rope["full_attention"]["factor"]}),
+    );
+    c.insert(
+        "rope_local_base_freq".into(),
+        rope["sliding_attention"]["rope_theta"].clone(),
+    );
+    c.insert("sliding_window_pattern".into(), 6.into());
+    std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
+    let g = read_json(&src.join("golden.json"));
+    let (mut s, _) = load(dir.path(), Isa::Generic, 128, 5, KvDType::F32);
+    let got = s.feed(&ids(&g["ids"]), 0).unwrap().to_vec();
+    let want: Vec<f32> = std::fs::read(src.join("logits.f32"))
+        .unwrap()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    let worst = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(worst <= LOGIT_ABS_TOL, "max |logit difference| {worst}");
+}
