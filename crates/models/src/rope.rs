@@ -135,6 +135,26 @@ pub(crate) fn from_gguf(
             let original = key("rope.scaling.original_context_length")?.ok_or(
                 "rope.scaling.type is yarn but rope.scaling.original_context_length is missing",
             )?;
+            let finite_beta = |k: &str| -> Result<Option<f64>, String> {
+                match key(k)? {
+                    Some(b) if !(b.is_finite() && b > 0.0) => {
+                        Err(format!("{k} = {b} must be positive"))
+                    }
+                    b => Ok(b),
+                }
+            };
+            if !(factor.is_finite() && factor > 0.0) {
+                return Err(format!("rope.scaling.factor {factor} must be positive"));
+            }
+            if !(original.is_finite() && original >= 1.0) {
+                return Err(format!(
+                    "rope.scaling.original_context_length {original} must be at least 1"
+                ));
+            }
+            let attn = key("rope.scaling.attn_factor")?.unwrap_or(1.0);
+            if !(attn.is_finite() && attn > 0.0) {
+                return Err(format!("rope.scaling.attn_factor {attn} must be positive"));
+            }
             if let Some(m) = key("rope.scaling.yarn_log_multiplier")?.filter(|&m| m != 0.0) {
                 return Err(format!(
                     "rope.scaling.yarn_log_multiplier = {m} (DeepSeek's mscale) is not supported"
@@ -147,13 +167,12 @@ pub(crate) fn from_gguf(
                 ));
             }
             // llama.cpp multiplies the file's attn_factor (default 1) by YaRN's own mscale.
-            let attn = key("rope.scaling.attn_factor")?.unwrap_or(1.0) as f32;
             RopeScaling::Yarn(Yarn {
                 factor: factor as f32,
                 original_ctx: original as usize,
-                beta_fast: key("rope.scaling.yarn_beta_fast")?.unwrap_or(32.0) as f32,
-                beta_slow: key("rope.scaling.yarn_beta_slow")?.unwrap_or(1.0) as f32,
-                attention_factor: attn * yarn_mscale(factor as f32),
+                beta_fast: finite_beta("rope.scaling.yarn_beta_fast")?.unwrap_or(32.0) as f32,
+                beta_slow: finite_beta("rope.scaling.yarn_beta_slow")?.unwrap_or(1.0) as f32,
+                attention_factor: attn as f32 * yarn_mscale(factor as f32),
             })
         }
         (Some(other), _) => {
@@ -263,8 +282,8 @@ pub(crate) fn from_hf(
             let y = Yarn {
                 factor,
                 original_ctx: positive("original_max_position_embeddings", original)? as usize,
-                beta_fast: num("beta_fast")?.unwrap_or(32.0) as f32,
-                beta_slow: num("beta_slow")?.unwrap_or(1.0) as f32,
+                beta_fast: positive("beta_fast", num("beta_fast")?.unwrap_or(32.0))? as f32,
+                beta_slow: positive("beta_slow", num("beta_slow")?.unwrap_or(1.0))? as f32,
                 attention_factor: match num("attention_factor")? {
                     Some(a) => positive("attention_factor", a)? as f32,
                     None => yarn_mscale(factor),
@@ -353,6 +372,15 @@ mod tests {
         let none = |_: &str| Ok(None);
         let e = from_gguf(Some("longrope"), &none, None, 64).unwrap_err();
         assert!(e.contains("longrope"), "{e}");
+        let bad = |k: &str| {
+            Ok(match k {
+                "rope.scaling.factor" => Some(-4.0),
+                "rope.scaling.original_context_length" => Some(4096.0),
+                _ => None,
+            })
+        };
+        let e = from_gguf(Some("yarn"), &bad, None, 64).unwrap_err();
+        assert!(e.contains("must be positive"), "{e}");
     }
 
     #[test]
