@@ -126,6 +126,14 @@ impl<B: Backend> Model<B> {
                 "sliding-window attention, which this model's layers use",
             ));
         }
+        // Asked for by name, exact activations must be honoured; the default (the head's top
+        // candidates) is a hint to backends that round activations their own way.
+        let asked = std::env::var("SUANLI_EXACT_ACTIVATIONS").is_ok_and(|v| v != "off");
+        if asked && !backend.caps().act_precision {
+            return Err(unsupported(
+                "SUANLI_EXACT_ACTIVATIONS (exact activations): its products round activations their own way",
+            ));
+        }
         let gelu_or_scale = cfg.mlp == Mlp::GeluTanhGated || cfg.embed_scale.is_some();
         if gelu_or_scale && !backend.caps().gelu_and_scale {
             return Err(unsupported(
