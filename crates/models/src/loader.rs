@@ -2,7 +2,7 @@
 
 use crate::config::{ConfigError, ExactActivations};
 use suanli_backend::{ActPrecision, Backend, BackendError, HostTensor, Weight, WeightRole};
-use suanli_formats::ModelSource;
+use suanli_formats::{ModelSource, TensorInfo};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -52,6 +52,24 @@ impl<'a, B: Backend> Loader<'a, B> {
         self.used.borrow_mut().insert(name.to_owned());
     }
 
+    /// Tensor `name`, which must have exactly `shape`, counted as used.
+    fn take(&self, name: &str, shape: &[usize]) -> Result<TensorInfo, LoadError> {
+        let t = self.src.tensor(name).ok_or_else(|| LoadError::Missing {
+            path: self.path(),
+            name: name.into(),
+        })?;
+        self.mark_used(name);
+        if t.shape != shape {
+            return Err(LoadError::Shape {
+                path: self.path(),
+                name: name.into(),
+                expected: shape.to_vec(),
+                found: t.shape.clone(),
+            });
+        }
+        Ok(t)
+    }
+
     /// Every tensor of the file was taken: one that was not (an unknown name, a bias the
     /// architecture does not have, an expert table) would otherwise be silently dropped.
     pub fn check_all_used(&self, arch: &'static str) -> Result<(), LoadError> {
@@ -94,19 +112,7 @@ impl<'a, B: Backend> Loader<'a, B> {
         role: WeightRole,
         precision: ActPrecision,
     ) -> Result<Weight<B::WeightStore>, LoadError> {
-        let t = self.src.tensor(name).ok_or_else(|| LoadError::Missing {
-            path: self.path(),
-            name: name.into(),
-        })?;
-        self.mark_used(name);
-        if t.shape != shape {
-            return Err(LoadError::Shape {
-                path: self.path(),
-                name: name.into(),
-                expected: shape.to_vec(),
-                found: t.shape.clone(),
-            });
-        }
+        let t = self.take(name, shape)?;
         let (all_rows, cols) = if shape.len() == 1 {
             (1, shape[0])
         } else {
@@ -238,19 +244,7 @@ impl<'a, B: Backend> Loader<'a, B> {
         if offset == 0.0 {
             return self.vector(name, len);
         }
-        let t = self.src.tensor(name).ok_or_else(|| LoadError::Missing {
-            path: self.path(),
-            name: name.into(),
-        })?;
-        if t.shape != [len] {
-            return Err(LoadError::Shape {
-                path: self.path(),
-                name: name.into(),
-                expected: vec![len],
-                found: t.shape.clone(),
-            });
-        }
-        self.mark_used(name);
+        let t = self.take(name, &[len])?;
         let mut w = vec![0f32; len];
         suanli_core::quant::dequantize(t.dtype, t.bytes.as_slice(), &mut w).map_err(|e| {
             LoadError::Backend {
