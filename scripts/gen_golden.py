@@ -4,7 +4,7 @@
     python3 -m venv /tmp/g && /tmp/g/bin/pip install torch transformers safetensors numpy
     /tmp/g/bin/python scripts/gen_golden.py
 
-For each of qwen2, llama, qwen3 and glm4 — and for the position-handling variants llama3_rope
+For each of qwen2, llama, qwen3, glm4, gemma3, qwen2_moe and qwen3_moe — and for the position-handling variants llama3_rope
 (Llama 3.1 frequency scaling), qwen2_yarn (YaRN with its attention factor) and mistral_swa (a
 sliding window shorter than the test sequences) — this writes tests/fixtures/tiny/<arch>/ with a Hugging
 Face layout (config.json, model.safetensors in F32, tokenizer.json, tokenizer_config.json with a
@@ -24,6 +24,7 @@ from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 import sys
 
 from transformers import Qwen2Config, LlamaConfig, Qwen3Config, Glm4Config, MistralConfig, Gemma3TextConfig
+from transformers import Qwen2MoeConfig, Qwen3MoeConfig
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 OUT = ROOT / "tests" / "fixtures" / "tiny"
@@ -78,6 +79,16 @@ def configs(vocab):
                                         "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e6},
                                         "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}),
                    GEMMA_TEMPLATE),
+        # Mixture of experts: 8 experts, the top 3 kept as softmax shares, a gated shared expert,
+        # and a dense middle layer (mlp_only_layers).
+        "qwen2_moe": (Qwen2MoeConfig(**{**common, "num_hidden_layers": 3}, rope_theta=10000.0,
+                                     tie_word_embeddings=False, num_experts=8, num_experts_per_tok=3,
+                                     moe_intermediate_size=32, shared_expert_intermediate_size=48,
+                                     norm_topk_prob=False, mlp_only_layers=[1]), QWEN_TEMPLATE),
+        # The top 2 of 8 experts, renormalised; no shared expert.
+        "qwen3_moe": (Qwen3MoeConfig(**common, head_dim=32, rope_theta=1000000.0, tie_word_embeddings=False,
+                                     num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32,
+                                     norm_topk_prob=True), QWEN_TEMPLATE),
     }
 
 
@@ -89,7 +100,8 @@ def randomize(model, gen):
             elif p.dim() == 1:
                 p.copy_(0.3 * torch.randn(p.shape, generator=gen))
             else:
-                p.copy_(torch.randn(p.shape, generator=gen) * (1.5 / p.shape[1] ** 0.5))
+                # By the input width (the last dimension; experts are stacked 3-D tensors).
+                p.copy_(torch.randn(p.shape, generator=gen) * (1.5 / p.shape[-1] ** 0.5))
         if hasattr(model, "lm_head") and not model.config.tie_word_embeddings:
             model.lm_head.weight.mul_(3.0)
 

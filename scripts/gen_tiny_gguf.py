@@ -2,7 +2,7 @@
 """Convert the tiny golden models (tests/fixtures/tiny/<arch>/, from gen_golden.py) to GGUF the way
 llama.cpp's converter does, so that the GGUF path of every architecture is tested against the
 same transformers outputs: tensor names, Llama's Q/K row permutation, GLM-4's fused gate/up and
-sandwich norms, and the GGUF byte-level BPE vocabulary. F32 tensors, so logits stay comparable.
+sandwich norms, experts stacked per projection, and the GGUF byte-level BPE vocabulary. F32 tensors, so logits stay comparable.
 
     /tmp/g/bin/pip install gguf numpy safetensors && /tmp/g/bin/python scripts/gen_tiny_gguf.py
 """
@@ -31,6 +31,12 @@ LAYER_NAMES = {
     "mlp.down_proj": "ffn_down",
     "post_self_attn_layernorm": "post_attention_norm",
     "post_mlp_layernorm": "post_ffw_norm",
+    # Mixture of experts (the experts themselves are stacked, below).
+    "mlp.gate": "ffn_gate_inp",
+    "mlp.shared_expert_gate": "ffn_gate_inp_shexp",
+    "mlp.shared_expert.gate_proj": "ffn_gate_shexp",
+    "mlp.shared_expert.up_proj": "ffn_up_shexp",
+    "mlp.shared_expert.down_proj": "ffn_down_shexp",
 }
 
 
@@ -62,7 +68,8 @@ def gguf_name(hf, arch=None):
 
 
 # Fixture directory → GGUF architecture, as llama.cpp's converter names them.
-GGUF_ARCH = {"llama3_rope": "llama", "qwen2_yarn": "qwen2", "mistral_swa": "llama"}
+GGUF_ARCH = {"llama3_rope": "llama", "qwen2_yarn": "qwen2", "mistral_swa": "llama",
+             "qwen2_moe": "qwen2moe", "qwen3_moe": "qwen3moe"}
 
 
 def llama3_rope_freqs(rope, head_dim):
@@ -120,7 +127,15 @@ def convert(name):
         w.add_uint32(f"{arch}.rope.scaling.original_context_length", rope["original_max_position_embeddings"])
     if rope.get("rope_type") == "llama3":
         w.add_tensor("rope_freqs.weight", llama3_rope_freqs(rope, head_dim))
-    if cfg.get("sliding_window") and (arch == "gemma3" or not cfg.get("layer_types")):
+    n_experts = cfg.get("num_experts") or cfg.get("num_local_experts")
+    if n_experts:
+        w.add_uint32(f"{arch}.expert_count", n_experts)
+        w.add_uint32(f"{arch}.expert_used_count", cfg["num_experts_per_tok"])
+        w.add_uint32(f"{arch}.expert_feed_forward_length", cfg["moe_intermediate_size"])
+        if "shared_expert_intermediate_size" in cfg:
+            w.add_uint32(f"{arch}.expert_shared_feed_forward_length", cfg["shared_expert_intermediate_size"])
+    if cfg.get("sliding_window") and (arch == "gemma3" or not cfg.get("layer_types")) \
+            and not cfg.get("use_sliding_window") is False:
         w.add_uint32(f"{arch}.attention.sliding_window", cfg["sliding_window"])
 
     vocab = sorted(tok["model"]["vocab"].items(), key=lambda kv: kv[1])
@@ -135,8 +150,22 @@ def convert(name):
     w.add_bool("tokenizer.ggml.add_bos_token", False)
     w.add_string("tokenizer.chat_template", template)
 
-    for hf, t in load_file(str(d / "model.safetensors")).items():
+    tensors = load_file(str(d / "model.safetensors"))
+    # llama.cpp's converter stacks each projection's experts into one [experts, rows, cols]
+    # tensor per layer.
+    experts = {}
+    for hf in list(tensors):
+        parts = hf.split(".")
+        if len(parts) == 8 and parts[3:5] == ["mlp", "experts"]:
+            layer, e, proj = parts[2], int(parts[5]), parts[6]
+            experts.setdefault((layer, proj), {})[e] = tensors.pop(hf)
+    for (layer, proj), by_e in sorted(experts.items()):
+        stacked = np.stack([by_e[e] for e in range(len(by_e))]).astype(np.float32)
+        w.add_tensor(f"blk.{layer}.ffn_{proj.split('_')[0]}_exps.weight", stacked)
+    for hf, t in tensors.items():
         t = t.astype(np.float32)
+        if hf.endswith("shared_expert_gate.weight"):
+            t = t.reshape(-1)  # llama.cpp's shape: a vector of the hidden size
         if arch == "llama" and hf.endswith("self_attn.q_proj.weight"):
             t = permute(t, heads)
         if arch == "llama" and hf.endswith("self_attn.k_proj.weight"):
@@ -153,5 +182,6 @@ def convert(name):
 
 if __name__ == "__main__":
     import sys
-    for a in sys.argv[1:] or ["qwen2", "llama", "qwen3", "glm4", "llama3_rope", "qwen2_yarn", "mistral_swa", "gemma3"]:
+    for a in sys.argv[1:] or ["qwen2", "llama", "qwen3", "glm4", "llama3_rope", "qwen2_yarn", "mistral_swa", "gemma3",
+                              "qwen2_moe", "qwen3_moe"]:
         convert(a)

@@ -196,6 +196,53 @@ pub fn logits<B, W>(
     Ok(())
 }
 
+/// `gather_rows`: every selected row is a live row of x, and they fit `out` (same columns).
+pub fn gather_rows<B>(x: &Act<B>, rows: &[u32], out: &Act<B>) -> Result<()> {
+    if x.cols != out.cols || rows.len() > out.capacity {
+        return Err(shape_err(
+            "gather_rows",
+            format!(
+                "{} rows of [{}, {}] into [cap {}, {}]",
+                rows.len(),
+                x.rows,
+                x.cols,
+                out.capacity,
+                out.cols
+            ),
+        ));
+    }
+    live_rows("gather_rows", rows, x.rows)
+}
+
+/// `add_rows_scaled`: one weight and one destination per row of x, each a live row of `acc`.
+pub fn add_rows_scaled<B>(acc: &Act<B>, x: &Act<B>, rows: &[u32], weights: &[f32]) -> Result<()> {
+    if x.cols != acc.cols || rows.len() != x.rows || weights.len() != x.rows {
+        return Err(shape_err(
+            "add_rows_scaled",
+            format!(
+                "x [{}, {}] with {} rows and {} weights into [{}, {}]",
+                x.rows,
+                x.cols,
+                rows.len(),
+                weights.len(),
+                acc.rows,
+                acc.cols
+            ),
+        ));
+    }
+    live_rows("add_rows_scaled", rows, acc.rows)
+}
+
+fn live_rows(op: &'static str, rows: &[u32], live: usize) -> Result<()> {
+    match rows.iter().find(|&&r| r as usize >= live) {
+        Some(bad) => Err(shape_err(
+            op,
+            format!("row {bad} is outside the {live} live rows"),
+        )),
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

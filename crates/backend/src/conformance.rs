@@ -112,6 +112,9 @@ pub fn run<B: Backend>(b: &B) -> Report {
     check_norms(b, &mut rng, &mut rep);
     check_rope(b, &mut rng, &mut rep);
     check_elementwise(b, &mut rng, &mut rep);
+    if b.caps().experts {
+        check_expert_rows(b, &mut rng, &mut rep);
+    }
     for &kv in &b.caps().kv_dtypes {
         for hd in [64, 128] {
             check_attention(b, kv, hd, &MIXED_STEP, None, &mut rng, &mut rep);
@@ -646,6 +649,54 @@ fn check_elementwise<B: Backend>(b: &B, rng: &mut Rng, rep: &mut Report) {
         Ok(r::max_abs_diff(&b.download(&x)?, &want))
     })();
     record(rep, "scale", format!("{n}x{cols}"), 0.0, got);
+}
+
+/// The experts' gather and weighted scatter: rows picked out of order and repeated, added back
+/// in order (a token routed to several experts), into live rows only.
+fn check_expert_rows<B: Backend>(b: &B, rng: &mut Rng, rep: &mut Report) {
+    let (n, cols) = (9, 300);
+    let x = rng.normals(n * cols, 1.0);
+    let rows: [u32; 6] = [7, 0, 3, 3, 8, 1];
+    let weights: Vec<f32> = rng.normals(rows.len(), 1.0);
+    let picked: Vec<f32> = rows
+        .iter()
+        .flat_map(|&r| {
+            x[r as usize * cols..(r as usize + 1) * cols]
+                .iter()
+                .copied()
+        })
+        .collect();
+    let got = (|| {
+        let xa = act(b, &x, n, cols)?;
+        let mut out = b.alloc_act(rows.len(), cols)?;
+        b.gather_rows(&xa, &rows, &mut out)?;
+        Ok(r::max_abs_diff(&b.download(&out)?, &picked))
+    })();
+    record(rep, "gather_rows", format!("6 of {n}x{cols}"), 0.0, got);
+    let got = (|| {
+        let mut acc = act(b, &x, n, cols)?;
+        let pa = act(b, &picked, rows.len(), cols)?;
+        b.add_rows_scaled(&mut acc, &pa, &rows, &weights)?;
+        let mut want = x.clone();
+        for (i, (&r, &w)) in rows.iter().zip(&weights).enumerate() {
+            for c in 0..cols {
+                want[r as usize * cols + c] += w * picked[i * cols + c];
+            }
+        }
+        if b.add_rows_scaled(&mut acc, &pa, &[0, 1, 2, 3, 4, 9], &weights)
+            .is_ok()
+        {
+            return Err(crate::shape_err("add_rows_scaled", "row 9 of 9 accepted"));
+        }
+        Ok(r::max_abs_diff(&b.download(&acc)?, &want))
+    })();
+    record(
+        rep,
+        "add_rows_scaled",
+        format!("6 into {n}x{cols}"),
+        0.0,
+        got,
+    );
 }
 
 /// Several sequences over shuffled blocks: one decoding at depth, one prefilling a chunk after

@@ -61,6 +61,8 @@ pub struct Capabilities {
     pub gelu_and_scale: bool,
     /// Products honour `ActPrecision` (the CPU); otherwise a weight's precision is a hint.
     pub act_precision: bool,
+    /// `gather_rows` and `add_rows_scaled` are implemented (mixture-of-experts layers).
+    pub experts: bool,
 }
 
 /// A weight as it arrives from a file: a 1-D vector or a 2-D matrix `[rows, cols]` (HF order:
@@ -402,6 +404,35 @@ pub trait Backend: Send + Sync + 'static {
         Err(BackendError::Unsupported {
             backend: self.caps().name,
             feature: "scaled embeddings",
+        })
+    }
+
+    /// out[i] = x[rows[i]]: the tokens routed to one expert, gathered. Only where
+    /// `Capabilities::experts`.
+    fn gather_rows(
+        &self,
+        _x: &Act<Self::Buffer>,
+        _rows: &[u32],
+        _out: &mut Act<Self::Buffer>,
+    ) -> Result<()> {
+        Err(BackendError::Unsupported {
+            backend: self.caps().name,
+            feature: "mixture-of-experts layers",
+        })
+    }
+    /// acc[rows[i]] += weights[i] · x[i]: an expert's outputs back to their tokens, weighted by
+    /// the router. Rows are applied in order (a row may repeat). Only where
+    /// `Capabilities::experts`.
+    fn add_rows_scaled(
+        &self,
+        _acc: &mut Act<Self::Buffer>,
+        _x: &Act<Self::Buffer>,
+        _rows: &[u32],
+        _weights: &[f32],
+    ) -> Result<()> {
+        Err(BackendError::Unsupported {
+            backend: self.caps().name,
+            feature: "mixture-of-experts layers",
         })
     }
 

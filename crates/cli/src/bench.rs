@@ -27,7 +27,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub json: bool,
     /// Measure a model of random weights instead of a file: SHAPE[:TYPE], with SHAPE one of
-    /// qwen2.5-0.5b, qwen2.5-1.5b, qwen2.5-7b, qwen2.5-72b, smollm2-135m and TYPE the matrices'
+    /// qwen2.5-0.5b, qwen2.5-1.5b, qwen2.5-7b, qwen2.5-72b, smollm2-135m, qwen3-30b-a3b (mixture of experts) and TYPE the matrices'
     /// weight type (bf16 default; f16, q8_0, q4_k, q6_k, …).
     #[arg(long, conflicts_with = "model")]
     pub random: Option<String>,
@@ -157,13 +157,10 @@ fn bench_on<B: Hardware>(a: BenchArgs, opts: &crate::load::Opts) -> Result<()> {
         );
     }
     let peak = peak_rss_bytes();
-    // Decode against the memory-bandwidth bound: every step streams these matrices once.
-    let step_bytes: usize = s
-        .model
-        .step_matrices()
-        .into_iter()
-        .map(B::weight_bytes)
-        .sum();
+    // Decode against the memory-bandwidth bound: every step streams these matrices once (for
+    // a mixture of experts, the active ones: the router's picks and what every token reads).
+    let step_bytes = s.model.decode_weight_bytes(B::weight_bytes);
+    let expert_bytes = s.model.expert_weight_bytes(B::weight_bytes);
     let bw = if tg.is_empty() {
         None
     } else {
@@ -207,7 +204,8 @@ fn bench_on<B: Hardware>(a: BenchArgs, opts: &crate::load::Opts) -> Result<()> {
                 "prompt_tokens": a.prompt_tokens, "gen_tokens": a.gen_tokens, "depth": a.depth, "repetitions": a.repetitions,
                 "prefill_tok_s": ps.as_ref().map(|s| s.median), "decode_tok_s": ts.as_ref().map(|s| s.median),
                 "prefill": st(&ps), "decode": st(&ts), "peak_rss_bytes": peak,
-                "step_weight_bytes": step_bytes, "read_bandwidth_gb_s": bw,
+                "step_weight_bytes": step_bytes, "expert_weight_bytes": expert_bytes,
+                "read_bandwidth_gb_s": bw,
                 "decode_bound_tok_s": bw.map(|b| b * 1e9 / step_bytes as f64),
             })
         );
@@ -239,6 +237,13 @@ fn bench_on<B: Hardware>(a: BenchArgs, opts: &crate::load::Opts) -> Result<()> {
                 t.min,
                 t.median,
                 t.max
+            );
+        }
+        if expert_bytes > 0 {
+            crate::outln!(
+                "experts hold {:.0} MB of weights; a decoded token reads {:.0} MB (the active parameters)",
+                expert_bytes as f64 / 1e6,
+                step_bytes as f64 / 1e6
             );
         }
         if let (Some(t), Some(b)) = (&ts, bw) {

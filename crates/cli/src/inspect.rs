@@ -52,6 +52,29 @@ pub fn inspect(path: &Path) -> Result<()> {
             } else {
                 crate::outln!("  attention per layer: {}", windows.join(", "));
             }
+            if let Some(m) = &c.moe {
+                let sparse = c
+                    .layer_ffn
+                    .iter()
+                    .filter(|f| **f == suanli_models::FeedForward::Experts)
+                    .count();
+                crate::outln!(
+                    "  experts: {} of width {} on {sparse} of {} layers, {} per token ({}){}",
+                    m.num_experts,
+                    m.expert_intermediate_size,
+                    c.num_hidden_layers,
+                    m.experts_per_token,
+                    if m.norm_topk_prob {
+                        "shares renormalised"
+                    } else {
+                        "softmax shares"
+                    },
+                    m.shared_expert_intermediate_size
+                        .map_or(String::new(), |w| format!(
+                            ", a gated shared expert of width {w}"
+                        ))
+                );
+            }
             crate::outln!("  rms_norm_eps: {}", c.rms_norm_eps);
             crate::outln!("  context_length: {}", c.max_position_embeddings);
             crate::outln!("  tied embeddings: {}", c.tie_word_embeddings);

@@ -23,9 +23,19 @@ struct Shape {
     vocab: usize,
     tied: bool,
     theta: f64,
+    /// Where it is not hidden / heads.
+    head_dim: Option<usize>,
+    moe: Option<MoeShape>,
 }
 
-const SHAPES: [Shape; 5] = [
+/// Every layer sparse: `experts` of width `inter`, `used` per token, renormalised.
+struct MoeShape {
+    experts: usize,
+    used: usize,
+    inter: usize,
+}
+
+const SHAPES: [Shape; 6] = [
     Shape {
         name: "qwen2.5-0.5b",
         arch: "qwen2",
@@ -37,6 +47,8 @@ const SHAPES: [Shape; 5] = [
         vocab: 151_936,
         tied: true,
         theta: 1e6,
+        head_dim: None,
+        moe: None,
     },
     Shape {
         name: "qwen2.5-1.5b",
@@ -49,6 +61,8 @@ const SHAPES: [Shape; 5] = [
         vocab: 151_936,
         tied: true,
         theta: 1e6,
+        head_dim: None,
+        moe: None,
     },
     Shape {
         name: "qwen2.5-7b",
@@ -61,6 +75,8 @@ const SHAPES: [Shape; 5] = [
         vocab: 152_064,
         tied: false,
         theta: 1e6,
+        head_dim: None,
+        moe: None,
     },
     Shape {
         name: "qwen2.5-72b",
@@ -73,6 +89,8 @@ const SHAPES: [Shape; 5] = [
         vocab: 152_064,
         tied: false,
         theta: 1e6,
+        head_dim: None,
+        moe: None,
     },
     Shape {
         name: "smollm2-135m",
@@ -85,6 +103,27 @@ const SHAPES: [Shape; 5] = [
         vocab: 49_152,
         tied: true,
         theta: 1e5,
+        head_dim: None,
+        moe: None,
+    },
+    // Qwen3-30B-A3B: 30.5B parameters, 3.3B active (8 of 128 experts per token).
+    Shape {
+        name: "qwen3-30b-a3b",
+        arch: "qwen3moe",
+        hidden: 2048,
+        heads: 32,
+        kv_heads: 4,
+        inter: 6144,
+        layers: 48,
+        vocab: 151_936,
+        tied: false,
+        theta: 1e6,
+        head_dim: Some(128),
+        moe: Some(MoeShape {
+            experts: 128,
+            used: 8,
+            inter: 768,
+        }),
     },
 ];
 
@@ -138,6 +177,56 @@ fn pool(ty: DType, len: usize, sd: f32, rng: &mut Rng) -> Bytes {
     Bytes::from_vec(v)
 }
 
+/// Each sparse layer's router (F32, as llama.cpp keeps it) and its experts, stacked per
+/// projection as in GGUF. Unlike the other matrices, every layer's experts get memory of their
+/// own (filled from the pool): a decoded token reads a different few of them at each layer, and
+/// shared memory would be served from the cache. The memory is `Bytes::scratch`, given back as
+/// a repacking backend copies it.
+fn experts(
+    tensors: &mut BTreeMap<String, StTensor>,
+    s: &Shape,
+    m: &MoeShape,
+    ty: DType,
+    big: &Bytes,
+    rng: &mut Rng,
+) -> Result<()> {
+    let router = pool(DType::F32, m.experts * s.hidden * 4, 0.02, rng);
+    for l in 0..s.layers {
+        let p = format!("model.layers.{l}.mlp");
+        tensors.insert(
+            format!("{p}.gate.weight"),
+            StTensor {
+                dtype: DType::F32,
+                shape: vec![m.experts, s.hidden],
+                bytes: router.clone(),
+            },
+        );
+        for (proj, rows, cols) in [
+            ("gate_proj", m.inter, s.hidden),
+            ("up_proj", m.inter, s.hidden),
+            ("down_proj", s.hidden, m.inter),
+        ] {
+            let len = m.experts * rows * ty.row_bytes(cols)?;
+            let src = big.as_slice();
+            let bytes = Bytes::scratch(len, |buf| {
+                for chunk in buf.chunks_mut(src.len()) {
+                    chunk.copy_from_slice(&src[..chunk.len()]);
+                }
+            })
+            .map_err(|e| anyhow!("{len} bytes for random experts: {e}"))?;
+            tensors.insert(
+                format!("{p}.experts.{proj}.weight"),
+                StTensor {
+                    dtype: ty,
+                    shape: vec![m.experts, rows, cols],
+                    bytes,
+                },
+            );
+        }
+    }
+    Ok(())
+}
+
 /// `SHAPE[:TYPE]` → a model source of random weights.
 pub fn source(spec: &str) -> Result<ModelSource> {
     let (name, ty) = match spec.split_once(':') {
@@ -154,9 +243,10 @@ pub fn source(spec: &str) -> Result<ModelSource> {
             SHAPES.iter().map(|s| s.name).collect::<Vec<_>>().join(", ")
         );
     };
-    let hd = s.hidden / s.heads;
-    let kv = s.kv_heads * hd;
-    for cols in [s.hidden, s.inter] {
+    let hd = s.head_dim.unwrap_or(s.hidden / s.heads);
+    let (qd, kv) = (s.heads * hd, s.kv_heads * hd);
+    let ff = s.moe.as_ref().map_or(s.inter, |m| m.inter);
+    for cols in [s.hidden, ff, qd] {
         ty.row_bytes(cols)
             .map_err(|e| anyhow!("{} cannot be stored as {ty}: {e}", s.name))?;
     }
@@ -169,15 +259,25 @@ pub fn source(spec: &str) -> Result<ModelSource> {
     for l in 0..s.layers {
         let p = format!("model.layers.{l}");
         for (n, r, c) in [
-            ("self_attn.q_proj", s.hidden, s.hidden),
+            ("self_attn.q_proj", qd, s.hidden),
             ("self_attn.k_proj", kv, s.hidden),
             ("self_attn.v_proj", kv, s.hidden),
-            ("self_attn.o_proj", s.hidden, s.hidden),
-            ("mlp.gate_proj", s.inter, s.hidden),
-            ("mlp.up_proj", s.inter, s.hidden),
-            ("mlp.down_proj", s.hidden, s.inter),
+            ("self_attn.o_proj", s.hidden, qd),
         ] {
             matrices.push((format!("{p}.{n}.weight"), r, c));
+        }
+        if s.moe.is_none() {
+            for (n, r, c) in [
+                ("mlp.gate_proj", s.inter, s.hidden),
+                ("mlp.up_proj", s.inter, s.hidden),
+                ("mlp.down_proj", s.hidden, s.inter),
+            ] {
+                matrices.push((format!("{p}.{n}.weight"), r, c));
+            }
+        }
+        if s.arch == "qwen3moe" {
+            vectors.push((format!("{p}.self_attn.q_norm.weight"), hd));
+            vectors.push((format!("{p}.self_attn.k_norm.weight"), hd));
         }
         vectors.push((format!("{p}.input_layernorm.weight"), s.hidden));
         vectors.push((format!("{p}.post_attention_layernorm.weight"), s.hidden));
@@ -230,9 +330,18 @@ pub fn source(spec: &str) -> Result<ModelSource> {
             },
         );
     }
-    let config = json!({
-        "architectures": [if s.arch == "qwen2" { "Qwen2ForCausalLM" } else { "LlamaForCausalLM" }],
-        "model_type": s.arch,
+    if let Some(m) = &s.moe {
+        experts(&mut tensors, s, m, ty, &big, &mut rng)?;
+    }
+    let (architecture, model_type) = match s.arch {
+        "qwen2" => ("Qwen2ForCausalLM", "qwen2"),
+        "qwen3moe" => ("Qwen3MoeForCausalLM", "qwen3_moe"),
+        _ => ("LlamaForCausalLM", "llama"),
+    };
+    let mut config = json!({
+        "architectures": [architecture],
+        "model_type": model_type,
+        "head_dim": hd,
         "hidden_size": s.hidden,
         "num_attention_heads": s.heads,
         "num_key_value_heads": s.kv_heads,
@@ -244,6 +353,12 @@ pub fn source(spec: &str) -> Result<ModelSource> {
         "rope_theta": s.theta,
         "tie_word_embeddings": s.tied,
     });
+    if let Some(m) = &s.moe {
+        config["num_experts"] = json!(m.experts);
+        config["num_experts_per_tok"] = json!(m.used);
+        config["moe_intermediate_size"] = json!(m.inter);
+        config["norm_topk_prob"] = json!(true);
+    }
     Ok(ModelSource::Hf(HfDir {
         dir: PathBuf::from(format!("random:{spec}")),
         config,

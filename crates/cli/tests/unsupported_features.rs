@@ -42,7 +42,18 @@ fn tiny(name: &str) -> PathBuf {
 
 /// The tiny llama GGUF with metadata `extra` added (or replacing a key) and one more tensor.
 fn gguf_with(dir: &Path, name: &str, extra: &[(&str, Value)], tensor: Option<&str>) -> PathBuf {
-    let f = GgufFile::open(&tiny("llama").join("model.gguf")).unwrap();
+    gguf_from("llama", dir, name, extra, tensor)
+}
+
+/// `gguf_with` for the tiny GGUF of fixture `from`.
+fn gguf_from(
+    from: &str,
+    dir: &Path,
+    name: &str,
+    extra: &[(&str, Value)],
+    tensor: Option<&str>,
+) -> PathBuf {
+    let f = GgufFile::open(&tiny(from).join("model.gguf")).unwrap();
     let mut meta: Vec<(&str, Value)> = f
         .metadata
         .iter()
@@ -78,7 +89,13 @@ fn gguf_with(dir: &Path, name: &str, extra: &[(&str, Value)], tensor: Option<&st
 
 #[test]
 fn the_unmodified_fixtures_run() {
-    for f in ["llama/model.gguf", "llama3_rope/model.gguf", "qwen2_yarn"] {
+    for f in [
+        "llama/model.gguf",
+        "llama3_rope/model.gguf",
+        "qwen2_yarn",
+        "qwen2_moe/model.gguf",
+        "qwen3_moe",
+    ] {
         let (code, err) = run(&tiny(f));
         assert_eq!(code, 0, "{f}: {err}");
     }
@@ -133,13 +150,39 @@ fn gguf_features_that_are_not_built_are_refused_by_name() {
             "model.layers.0.self_attn.o_proj.bias",
         ),
         (
+            gguf_with(d, "unknown.gguf", &[], Some("blk.0.attn_sinks.weight")),
+            "blk.0.attn_sinks.weight",
+        ),
+        (
+            // A shared expert's gate in a model without one.
             gguf_with(
                 d,
-                "unknown.gguf",
+                "shexp.gguf",
                 &[],
                 Some("blk.0.ffn_gate_inp_shexp.weight"),
             ),
-            "blk.0.ffn_gate_inp_shexp.weight",
+            "model.layers.0.mlp.shared_expert_gate.weight",
+        ),
+        (
+            // Sigmoid gating (DeepSeek-V3 style) is not built.
+            gguf_from(
+                "qwen3_moe",
+                d,
+                "sigmoid.gguf",
+                &[("qwen3moe.expert_gating_func", Value::U32(2))],
+                None,
+            ),
+            "qwen3moe.expert_gating_func",
+        ),
+        (
+            gguf_from(
+                "qwen3_moe",
+                d,
+                "group.gguf",
+                &[("qwen3moe.expert_group_count", Value::U32(4))],
+                None,
+            ),
+            "qwen3moe.expert_group_count",
         ),
     ];
     for (p, needle) in cases {
@@ -190,6 +233,16 @@ fn config_json_fields_that_are_not_built_are_refused_by_name() {
                 c["layer_types"] = serde_json::json!(["full_attention", "chunked_attention"])
             }),
             "chunked_attention",
+        ),
+        (
+            hf_with(d, "dense-experts", "llama", |c| c["num_experts"] = 8.into()),
+            "num_experts",
+        ),
+        (
+            hf_with(d, "moe-counts", "qwen3_moe", |c| {
+                c["num_experts"] = 4.into()
+            }),
+            "disagree",
         ),
         (
             hf_with(d, "softcap", "llama", |c| {

@@ -103,6 +103,7 @@ impl CpuBackend {
             sliding_window: true,
             gelu_and_scale: true,
             act_precision: true,
+            experts: true,
         };
         let repack = isa == Isa::Avx512 && std::env::var("SUANLI_CPU_REPACK").as_deref() != Ok("0");
         Ok(CpuBackend {
@@ -574,6 +575,38 @@ impl Backend for CpuBackend {
     fn scale(&self, x: &mut Act<Vec<f32>>, s: f32) -> Result<()> {
         let n = x.rows * x.cols;
         x.buf[..n].iter_mut().for_each(|v| *v *= s);
+        Ok(())
+    }
+
+    fn gather_rows(&self, x: &Act<Vec<f32>>, rows: &[u32], out: &mut Act<Vec<f32>>) -> Result<()> {
+        check::gather_rows(x, rows, out)?;
+        let k = x.cols;
+        for (i, &r) in rows.iter().enumerate() {
+            let r = r as usize;
+            out.buf[i * k..(i + 1) * k].copy_from_slice(&x.buf[r * k..(r + 1) * k]);
+        }
+        out.rows = rows.len();
+        Ok(())
+    }
+
+    fn add_rows_scaled(
+        &self,
+        acc: &mut Act<Vec<f32>>,
+        x: &Act<Vec<f32>>,
+        rows: &[u32],
+        weights: &[f32],
+    ) -> Result<()> {
+        check::add_rows_scaled(acc, x, rows, weights)?;
+        let k = x.cols;
+        for (i, (&r, &w)) in rows.iter().zip(weights).enumerate() {
+            let r = r as usize;
+            for (a, v) in acc.buf[r * k..(r + 1) * k]
+                .iter_mut()
+                .zip(&x.buf[i * k..(i + 1) * k])
+            {
+                *a += w * v;
+            }
+        }
         Ok(())
     }
 

@@ -135,6 +135,7 @@ impl CudaBackend {
             gelu_and_scale: false,
             // Float activations, but large batches go through bf16 tensor-core products.
             act_precision: false,
+            experts: false,
         };
         CudaBackend {
             flash: std::env::var("SUANLI_CUDA_FLASH").as_deref() != Ok("0"),

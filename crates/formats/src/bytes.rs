@@ -41,6 +41,35 @@ impl Owner for MappedFile {
     }
 }
 
+/// Anonymous memory whose released pages are given back to the OS, contents and all.
+struct Scratch(memmap2::Mmap);
+
+impl Owner for Scratch {
+    fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    fn release(&self, range: Range<usize>) {
+        // Only whole pages inside the range: their neighbours may still be read.
+        let page = 4096;
+        let (start, end) = (range.start.div_ceil(page) * page, range.end / page * page);
+        if start >= end {
+            return;
+        }
+        // SAFETY: private anonymous memory; the pages of `start..end` lie inside the range the
+        // releasing view covers, whose owner (a backend that copied them) promised not to read
+        // them again, and reading them anyway gives zeros, never undefined memory.
+        #[cfg(unix)]
+        unsafe {
+            let _ = self.0.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                start,
+                end - start,
+            );
+        }
+    }
+}
+
 impl Owner for Vec<u8> {
     fn bytes(&self) -> &[u8] {
         self
@@ -68,6 +97,19 @@ impl Bytes {
             owner: Arc::new(v),
             range: 0..len,
         }
+    }
+
+    /// `len` bytes of anonymous memory filled by `fill`. Unlike other bytes, released pages
+    /// lose their contents (they read as zeros): for data a backend copies into its own layout
+    /// and never reads again, such as the random weights of a benchmark model, whose memory then
+    /// goes back to the OS as the copies are made.
+    pub fn scratch(len: usize, fill: impl FnOnce(&mut [u8])) -> std::io::Result<Bytes> {
+        let mut map = memmap2::MmapMut::map_anon(len.max(1))?;
+        fill(&mut map[..len]);
+        Ok(Bytes {
+            owner: Arc::new(Scratch(map.make_read_only()?)),
+            range: 0..len,
+        })
     }
 
     pub fn as_slice(&self) -> &[u8] {

@@ -37,6 +37,16 @@ pub fn gguf_to_hf(name: &str) -> Option<String> {
         "ffn_gate" => "mlp.gate_proj",
         "ffn_up" => "mlp.up_proj",
         "ffn_down" => "mlp.down_proj",
+        // Mixture of experts: the router, the experts stacked in one 3-D tensor per projection
+        // ([experts, rows, cols] in HF order), the shared expert and its gate.
+        "ffn_gate_inp" => "mlp.gate",
+        "ffn_gate_exps" => "mlp.experts.gate_proj",
+        "ffn_up_exps" => "mlp.experts.up_proj",
+        "ffn_down_exps" => "mlp.experts.down_proj",
+        "ffn_gate_inp_shexp" => "mlp.shared_expert_gate",
+        "ffn_gate_shexp" => "mlp.shared_expert.gate_proj",
+        "ffn_up_shexp" => "mlp.shared_expert.up_proj",
+        "ffn_down_shexp" => "mlp.shared_expert.down_proj",
         _ => return None,
     };
     Some(format!("model.layers.{layer}.{hf}.{suffix}"))
@@ -65,6 +75,10 @@ mod tests {
             gguf_to_hf("rope_freqs.weight").unwrap(),
             "rope_freqs.weight"
         );
-        assert!(gguf_to_hf("blk.0.ffn_gate_exps.weight").is_none());
+        assert_eq!(
+            gguf_to_hf("blk.0.ffn_gate_exps.weight").unwrap(),
+            "model.layers.0.mlp.experts.gate_proj.weight"
+        );
+        assert!(gguf_to_hf("blk.0.ffn_gate_chexps.weight").is_none());
     }
 }

@@ -5,6 +5,7 @@ use suanli_backend::RopeStyle;
 use suanli_formats::gguf::GgufFile;
 use suanli_formats::ModelSource;
 
+pub use crate::moe::{FeedForward, Moe};
 pub use crate::rope::{RopeScaling, Yarn};
 
 /// The MLP's gated activation: act(x · gateᵀ) ⊙ (x · upᵀ), then the down projection.
@@ -55,6 +56,10 @@ pub enum Arch {
     Qwen3,
     Glm4,
     Gemma3,
+    /// Qwen1.5-MoE / Qwen2-MoE: Qwen2's attention, routed experts plus a gated shared expert.
+    Qwen2Moe,
+    /// Qwen3-MoE: Qwen3's attention, routed experts renormalised over the chosen ones.
+    Qwen3Moe,
 }
 
 impl Arch {
@@ -65,7 +70,14 @@ impl Arch {
             Arch::Qwen3 => "qwen3",
             Arch::Glm4 => "glm4",
             Arch::Gemma3 => "gemma3",
+            Arch::Qwen2Moe => "qwen2moe",
+            Arch::Qwen3Moe => "qwen3moe",
         }
+    }
+
+    /// Whether the architecture's feed-forward blocks may be mixtures of experts.
+    pub fn has_experts(self) -> bool {
+        matches!(self, Arch::Qwen2Moe | Arch::Qwen3Moe)
     }
 
     fn from_gguf(name: &str) -> Option<Arch> {
@@ -75,6 +87,8 @@ impl Arch {
             "qwen3" => Arch::Qwen3,
             "glm4" => Arch::Glm4,
             "gemma3" => Arch::Gemma3,
+            "qwen2moe" => Arch::Qwen2Moe,
+            "qwen3moe" => Arch::Qwen3Moe,
             _ => return None,
         })
     }
@@ -89,6 +103,8 @@ impl Arch {
             ("Glm4ForCausalLM", _) | (_, "glm4") => Arch::Glm4,
             // The text model; the multimodal `gemma3` checkpoints nest it under text_config.
             ("Gemma3ForCausalLM", _) | (_, "gemma3_text") => Arch::Gemma3,
+            ("Qwen2MoeForCausalLM", _) | (_, "qwen2_moe") => Arch::Qwen2Moe,
+            ("Qwen3MoeForCausalLM", _) | (_, "qwen3_moe") => Arch::Qwen3Moe,
             _ => return None,
         })
     }
@@ -122,6 +138,10 @@ pub struct ModelConfig {
     /// The token embeddings are multiplied by this (Gemma: √hidden_size).
     pub embed_scale: Option<f32>,
     pub mlp: Mlp,
+    /// Per layer: one MLP, or the experts of `moe`.
+    pub layer_ffn: Vec<FeedForward>,
+    /// The experts' shape and routing, for models with sparse layers.
+    pub moe: Option<Moe>,
     /// Which products take exact activations (the head's top candidates by default).
     pub exact_activations: ExactActivations,
     pub max_position_embeddings: usize,
@@ -252,7 +272,34 @@ impl ModelConfig {
         {
             return Err("sliding window is 0".into());
         }
+        if self.layer_ffn.len() != self.num_hidden_layers {
+            return Err(format!(
+                "{} feed-forward kinds for {} layers",
+                self.layer_ffn.len(),
+                self.num_hidden_layers
+            ));
+        }
+        match &self.moe {
+            Some(m) => m.validate()?,
+            None if self.layer_ffn.contains(&FeedForward::Experts) => {
+                return Err("sparse layers without an expert configuration".into())
+            }
+            None => {}
+        }
         Ok(())
+    }
+
+    /// The longest window when every layer has one (Mistral): positions before it are never
+    /// read again. `None` when any layer attends to everything.
+    pub fn window_everywhere(&self) -> Option<usize> {
+        self.layer_attention
+            .iter()
+            .map(|a| match a {
+                LayerAttention::Sliding { window } => Some(*window),
+                LayerAttention::Full => None,
+            })
+            .try_fold(0, |m, w| w.map(|w| m.max(w)))
+            .filter(|&m| m > 0)
     }
 
     /// Where the model adds a BOS token this is reflected by the tokenizer, not here.
@@ -265,7 +312,7 @@ impl ModelConfig {
     }
 }
 
-fn gguf_usize(f: &GgufFile, key: &str) -> Result<Option<usize>, String> {
+pub(crate) fn gguf_usize(f: &GgufFile, key: &str) -> Result<Option<usize>, String> {
     match f.get(key) {
         None => Ok(None),
         Some(v) => v
@@ -324,13 +371,15 @@ fn from_gguf(f: &GgufFile) -> Result<ModelConfig, String> {
         .ok_or("metadata general.architecture is missing")?;
     let arch = Arch::from_gguf(arch_name).ok_or_else(|| {
         format!(
-            "architecture {arch_name:?} is not supported (supported: qwen2, llama, qwen3, glm4, gemma3)"
+            "architecture {arch_name:?} is not supported (supported: qwen2, llama, qwen3, glm4, gemma3, qwen2moe, qwen3moe)"
         )
     })?;
     let prefix = format!("{arch_name}.");
     if let Some(k) = f.metadata.keys().find(|k| {
-        k.strip_prefix(&prefix)
-            .is_some_and(|rest| !GGUF_KEYS.contains(&rest))
+        k.strip_prefix(&prefix).is_some_and(|rest| {
+            !GGUF_KEYS.contains(&rest)
+                && !(arch.has_experts() && crate::moe::GGUF_KEYS.contains(&rest))
+        })
     }) {
         return Err(format!(
             "metadata {k} is not supported: it may change the computation, and suanli refuses a file rather than ignore it"
@@ -357,7 +406,9 @@ fn from_gguf(f: &GgufFile) -> Result<ModelConfig, String> {
     let style = match arch {
         // The GGUF converter permutes Llama Q/K rows so that adjacent pairs rotate.
         Arch::Llama | Arch::Glm4 => RopeStyle::Interleaved,
-        Arch::Qwen2 | Arch::Qwen3 | Arch::Gemma3 => RopeStyle::Neox,
+        Arch::Qwen2 | Arch::Qwen3 | Arch::Gemma3 | Arch::Qwen2Moe | Arch::Qwen3Moe => {
+            RopeStyle::Neox
+        }
     };
     let window = opt("attention.sliding_window")?;
     let (layer_attention, sliding_rope_theta, attention_scale, embed_scale, mlp) = match arch {
@@ -418,11 +469,43 @@ fn from_gguf(f: &GgufFile) -> Result<ModelConfig, String> {
     let rope_scaling = crate::rope::from_gguf(kind, &num, rope_freqs(f)?, rotary_dim)
         .map_err(|e| format!("metadata {prefix}{e}"))?;
     let has_output = f.tensor("output.weight").is_some();
+    let ff = req("feed_forward_length").or_else(|e| {
+        // MoE files may leave out the dense width (no layer is dense there).
+        if arch.has_experts() {
+            Ok(opt("expert_feed_forward_length")?.unwrap_or(0))
+        } else {
+            Err(e)
+        }
+    })?;
+    let moe = match arch {
+        // As llama.cpp builds them: every layer sparse; Qwen2-MoE keeps the softmax shares,
+        // Qwen3-MoE renormalises them, unless the file says otherwise.
+        Arch::Qwen2Moe | Arch::Qwen3Moe => Some(crate::moe::from_gguf(
+            f,
+            &prefix,
+            arch == Arch::Qwen2Moe,
+            arch == Arch::Qwen3Moe,
+            ff,
+        )?),
+        _ => None,
+    };
+    // A layer is sparse where the file has its router (llama.cpp's converter writes every
+    // layer of these architectures sparse; a dense layer keeps the plain MLP's tensors).
+    let layer_ffn = (0..layers)
+        .map(|i| {
+            let router = format!("blk.{i}.ffn_gate_inp.weight");
+            if moe.is_some() && f.tensor(&router).is_some() {
+                FeedForward::Experts
+            } else {
+                FeedForward::Dense
+            }
+        })
+        .collect();
     Ok(ModelConfig {
         arch,
         vocab_size: 0,
         hidden_size: hidden,
-        intermediate_size: req("feed_forward_length")?,
+        intermediate_size: ff.max(1),
         num_hidden_layers: layers,
         num_attention_heads: heads,
         num_key_value_heads: kv_heads,
@@ -438,6 +521,8 @@ fn from_gguf(f: &GgufFile) -> Result<ModelConfig, String> {
         attention_scale,
         embed_scale,
         mlp,
+        layer_ffn,
+        moe,
         exact_activations: exact_for(arch),
         max_position_embeddings: req("context_length")?,
         tie_word_embeddings: !has_output,
@@ -465,7 +550,7 @@ fn rope_freqs(f: &GgufFile) -> Result<Option<Vec<f32>>, String> {
     ))
 }
 
-fn hf_usize(c: &Json, key: &str) -> Result<Option<usize>, String> {
+pub(crate) fn hf_usize(c: &Json, key: &str) -> Result<Option<usize>, String> {
     match c.get(key) {
         None | Some(Json::Null) => Ok(None),
         Some(v) => v
@@ -494,7 +579,7 @@ fn from_hf(c: &Json) -> Result<ModelConfig, String> {
         .unwrap_or("");
     let model_type = c.get("model_type").and_then(|a| a.as_str()).unwrap_or("");
     let arch = Arch::from_hf(architecture, model_type).ok_or_else(|| {
-        format!("architecture {architecture:?} (model_type {model_type:?}) is not supported (supported: Qwen2, Llama, Mistral, Qwen3, Glm4, Gemma3ForCausalLM)")
+        format!("architecture {architecture:?} (model_type {model_type:?}) is not supported (supported: Qwen2, Llama, Mistral, Qwen3, Glm4, Gemma3, Qwen2Moe, Qwen3MoeForCausalLM)")
     })?;
     let req = |k: &str| -> Result<usize, String> {
         hf_usize(c, k)?.ok_or_else(|| format!("config.json {k} is missing"))
@@ -548,7 +633,13 @@ fn from_hf(c: &Json) -> Result<ModelConfig, String> {
         Arch::Gemma3 => Mlp::GeluTanhGated,
         _ => Mlp::SiluGated,
     };
-    refuse_hf_fields(c, mlp)?;
+    refuse_hf_fields(c, mlp, arch.has_experts())?;
+    let (moe, layer_ffn) = if arch.has_experts() {
+        let (m, kinds) = crate::moe::from_hf(c, layers, arch == Arch::Qwen2Moe)?;
+        (Some(m), kinds)
+    } else {
+        (None, vec![FeedForward::Dense; layers])
+    };
     let attention_scale = match hf_f32(c, "query_pre_attn_scalar")? {
         Some(q) if arch == Arch::Gemma3 && q > 0.0 => 1.0 / q.sqrt(),
         Some(q) if arch == Arch::Gemma3 => {
@@ -570,6 +661,8 @@ fn from_hf(c: &Json) -> Result<ModelConfig, String> {
         rms_norm_eps: hf_f32(c, "rms_norm_eps")?.unwrap_or(1e-6),
         rope_theta: theta,
         rotary_dim,
+        layer_ffn,
+        moe,
         rope_style: if arch == Arch::Glm4 {
             RopeStyle::Interleaved
         } else {
@@ -648,7 +741,7 @@ fn hf_layer_attention(c: &Json, layers: usize) -> Result<Vec<LayerAttention>, St
 }
 
 /// Fields that change the computation of these architectures in ways not built here.
-fn refuse_hf_fields(c: &Json, mlp: Mlp) -> Result<(), String> {
+fn refuse_hf_fields(c: &Json, mlp: Mlp, experts: bool) -> Result<(), String> {
     let want = match mlp {
         Mlp::SiluGated => "silu",
         Mlp::GeluTanhGated => "gelu_pytorch_tanh",
@@ -674,6 +767,9 @@ fn refuse_hf_fields(c: &Json, mlp: Mlp) -> Result<(), String> {
         "num_experts",
         "num_local_experts",
     ] {
+        if experts && key.starts_with("num_") {
+            continue;
+        }
         if let Some(v) = c
             .get(key)
             .filter(|v| !v.is_null() && v.as_f64() != Some(0.0))

@@ -1,7 +1,8 @@
 //! What the architectures share: the decoder block, its weights, scratch buffers and the forward
 //! pass. Architecture files describe their differences with an `ArchSpec`.
 
-use crate::config::{Arch, LayerAttention, Mlp, ModelConfig};
+use crate::config::{Arch, FeedForward, LayerAttention, Mlp, ModelConfig};
+use crate::experts::{ExpertScratch, Experts};
 use crate::loader::{LoadError, Loader};
 use suanli_backend::{
     Act, AttnMeta, Backend, BackendError, BatchPlan, KvDType, KvPages, KvSpec, MlpScratch,
@@ -50,6 +51,8 @@ fn spec(arch: Arch) -> ArchSpec {
         Arch::Qwen3 => crate::qwen3::SPEC,
         Arch::Glm4 => crate::glm4::SPEC,
         Arch::Gemma3 => crate::gemma3::SPEC,
+        Arch::Qwen2Moe => crate::qwen2_moe::SPEC,
+        Arch::Qwen3Moe => crate::qwen3_moe::SPEC,
     }
 }
 
@@ -67,9 +70,14 @@ struct Layer<W> {
     post_attn_out_norm: Option<Weight<W>>,
     mlp_norm: Weight<W>,
     post_mlp_out_norm: Option<Weight<W>>,
-    gate: Weight<W>,
-    up: Weight<W>,
-    down: Weight<W>,
+    ffn: Ffn<W>,
+}
+
+/// A layer's feed-forward weights.
+enum Ffn<W> {
+    /// One gated MLP: gate, up, down.
+    Dense([Weight<W>; 3]),
+    Experts(Box<Experts<W>>),
 }
 
 pub struct Model<B: Backend> {
@@ -99,6 +107,8 @@ pub struct Scratch<B: Backend> {
     gate: Act<B::Buffer>, // [n, intermediate]
     up: Act<B::Buffer>,   // [n, intermediate]
     act: Act<B::Buffer>,  // [n, intermediate]
+    /// Mixture-of-experts layers' buffers.
+    experts: Option<ExpertScratch<B>>,
 }
 
 impl<B: Backend> Scratch<B> {
@@ -140,6 +150,11 @@ impl<B: Backend> Model<B> {
                 "GELU-gated MLPs and scaled embeddings, which this model uses",
             ));
         }
+        if cfg.moe.is_some() && !backend.caps().experts {
+            return Err(unsupported(
+                "mixture-of-experts layers, which this model uses",
+            ));
+        }
         let l = Loader::new(src, backend, cfg.exact_activations);
         let s = spec(cfg.arch);
         let (hd, qd, kvd, ff) = (
@@ -174,17 +189,26 @@ impl<B: Backend> Model<B> {
                         l.opt_vector(&n, len)
                     }
                 };
-            let (gate, up) = if s.fused_gate_up {
-                let n = format!("{p}.mlp.gate_up_proj.weight");
-                (
-                    l.matrix_rows(&n, 2 * ff, hd, 0..ff)?,
-                    l.matrix_rows(&n, 2 * ff, hd, ff..2 * ff)?,
-                )
-            } else {
-                (
-                    l.matrix(&format!("{p}.mlp.gate_proj.weight"), ff, hd)?,
-                    l.matrix(&format!("{p}.mlp.up_proj.weight"), ff, hd)?,
-                )
+            let ffn = match (cfg.layer_ffn[i], &cfg.moe) {
+                (FeedForward::Experts, Some(moe)) => {
+                    Ffn::Experts(Box::new(crate::experts::load(&l, &p, moe, hd)?))
+                }
+                _ => {
+                    let (gate, up) = if s.fused_gate_up {
+                        let n = format!("{p}.mlp.gate_up_proj.weight");
+                        (
+                            l.matrix_rows(&n, 2 * ff, hd, 0..ff)?,
+                            l.matrix_rows(&n, 2 * ff, hd, ff..2 * ff)?,
+                        )
+                    } else {
+                        (
+                            l.matrix(&format!("{p}.mlp.gate_proj.weight"), ff, hd)?,
+                            l.matrix(&format!("{p}.mlp.up_proj.weight"), ff, hd)?,
+                        )
+                    };
+                    let down = l.matrix(&format!("{p}.mlp.down_proj.weight"), hd, ff)?;
+                    Ffn::Dense([gate, up, down])
+                }
             };
             let head_norm = |name: &str| -> Result<Option<Weight<B::WeightStore>>, LoadError> {
                 s.qk_norm
@@ -210,9 +234,7 @@ impl<B: Backend> Model<B> {
                 post_attn_out_norm: sandwich(s.norms.attn_output)?,
                 mlp_norm: norm(&format!("{p}.{}.weight", s.norms.mlp_input), hd)?,
                 post_mlp_out_norm: sandwich(s.norms.mlp_output)?,
-                gate,
-                up,
-                down: l.matrix(&format!("{p}.mlp.down_proj.weight"), hd, ff)?,
+                ffn,
             });
         }
         let final_norm = norm("model.norm.weight", hd)?;
@@ -267,16 +289,39 @@ impl<B: Backend> Model<B> {
         })
     }
 
-    /// The matrices every decoded token multiplies (each read once per step): what decode
-    /// speed is bound by on a machine short of memory bandwidth.
-    pub fn step_matrices(&self) -> Vec<&Weight<B::WeightStore>> {
-        let mut v: Vec<&Weight<B::WeightStore>> = self
-            .layers
+    /// Bytes of the matrices one decoded token multiplies (each read once per step), by the
+    /// backend's `size` of a weight: what decode speed is bound by on a machine short of
+    /// memory bandwidth. Sparse layers count their router, their shared expert and
+    /// `experts_per_token` of their experts (at the experts' mean size): the active parameters.
+    pub fn decode_weight_bytes(&self, size: impl Fn(&Weight<B::WeightStore>) -> usize) -> usize {
+        let mut total = size(self.head());
+        for l in &self.layers {
+            total += [&l.q, &l.k, &l.v, &l.o]
+                .into_iter()
+                .map(&size)
+                .sum::<usize>();
+            total += match &l.ffn {
+                Ffn::Dense(m) => m.iter().map(&size).sum::<usize>(),
+                Ffn::Experts(e) => {
+                    let (always, routed) = e.matrices();
+                    let all: usize = routed.iter().map(|w| size(w)).sum();
+                    always.into_iter().map(&size).sum::<usize>()
+                        + all * e.per_token() / (routed.len() / 3).max(1)
+                }
+            };
+        }
+        total
+    }
+
+    /// Bytes of the routed experts' matrices (all of them), by the backend's `size`.
+    pub fn expert_weight_bytes(&self, size: impl Fn(&Weight<B::WeightStore>) -> usize) -> usize {
+        self.layers
             .iter()
-            .flat_map(|l| [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down])
-            .collect();
-        v.push(self.lm_head.as_ref().unwrap_or(&self.embed));
-        v
+            .map(|l| match &l.ffn {
+                Ffn::Dense(_) => 0,
+                Ffn::Experts(e) => e.matrices().1.into_iter().map(&size).sum(),
+            })
+            .sum()
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -308,6 +353,15 @@ impl<B: Backend> Model<B> {
             gate: backend.alloc_act(capacity, c.intermediate_size)?,
             up: backend.alloc_act(capacity, c.intermediate_size)?,
             act: backend.alloc_act(capacity, c.intermediate_size)?,
+            experts: match &c.moe {
+                Some(moe) => Some(crate::experts::alloc_scratch(
+                    backend,
+                    moe,
+                    c.hidden_size,
+                    capacity,
+                )?),
+                None => None,
+            },
         })
     }
 
@@ -437,6 +491,17 @@ impl<B: Backend> Model<B> {
                 layer.post_attn_out_norm.as_ref(),
                 c.rms_norm_eps,
             )?;
+            let [gate, up, down] = match &layer.ffn {
+                Ffn::Dense(m) => m,
+                Ffn::Experts(e) => {
+                    let es = s.experts.as_mut().ok_or_else(|| {
+                        suanli_backend::shape_err("forward", "no expert scratch for a sparse layer")
+                    })?;
+                    b.rms_norm(&s.x, &layer.mlp_norm, c.rms_norm_eps, &mut s.h)?;
+                    e.forward(b, &s.h, &mut s.x, es)?;
+                    continue;
+                }
+            };
             // MLP block: one fused step for SwiGLU straight into the residual; separate steps
             // where the output is normed before the add (GLM-4, Gemma) or the gate is GELU.
             let fused = layer.post_mlp_out_norm.is_none() && c.mlp == Mlp::SiluGated;
@@ -449,28 +514,18 @@ impl<B: Backend> Model<B> {
                     out: &mut s.o,
                 };
                 let norm = (&layer.mlp_norm, c.rms_norm_eps);
-                b.mlp(
-                    &mut s.x,
-                    norm,
-                    [&layer.gate, &layer.up, &layer.down],
-                    scratch,
-                )?;
+                b.mlp(&mut s.x, norm, [gate, up, down], scratch)?;
                 continue;
             }
             b.rms_norm(&s.x, &layer.mlp_norm, c.rms_norm_eps, &mut s.h)?;
             match c.mlp {
-                Mlp::SiluGated => b.gated_linear(
-                    &s.h,
-                    &layer.gate,
-                    &layer.up,
-                    &mut s.gate,
-                    &mut s.up,
-                    &mut s.act,
-                )?,
+                Mlp::SiluGated => {
+                    b.gated_linear(&s.h, gate, up, &mut s.gate, &mut s.up, &mut s.act)?
+                }
                 Mlp::GeluTanhGated => {
                     b.linear_many(
                         &s.h,
-                        &[(&layer.gate, None), (&layer.up, None)],
+                        &[(gate, None), (up, None)],
                         &mut [&mut s.gate, &mut s.up],
                     )?;
                     b.gelu_mul(&s.gate, &s.up, &mut s.act)?;
@@ -479,7 +534,7 @@ impl<B: Backend> Model<B> {
             residual_product(
                 b,
                 &s.act,
-                &layer.down,
+                down,
                 [&mut s.x, &mut s.o, &mut s.h],
                 layer.post_mlp_out_norm.as_ref(),
                 c.rms_norm_eps,

@@ -4,17 +4,22 @@
 #![forbid(unsafe_code)]
 
 mod config;
+mod experts;
 mod gemma3;
 mod glm4;
 mod layers;
 mod llama;
 mod loader;
+mod moe;
 mod qwen2;
+mod qwen2_moe;
 mod qwen3;
+mod qwen3_moe;
 mod rope;
 
 pub use config::{
-    Arch, ConfigError, ExactActivations, LayerAttention, Mlp, ModelConfig, RopeScaling, Yarn,
+    Arch, ConfigError, ExactActivations, FeedForward, LayerAttention, Mlp, ModelConfig, Moe,
+    RopeScaling, Yarn,
 };
 pub use layers::{Model, Scratch};
 pub use loader::LoadError;

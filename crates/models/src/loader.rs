@@ -118,6 +118,20 @@ impl<'a, B: Backend> Loader<'a, B> {
         } else {
             (shape[0], shape[1])
         };
+        let r = rows.unwrap_or(0..all_rows);
+        self.prepare(name, &t, r, cols, role, precision)
+    }
+
+    /// Rows `r` (each `cols` wide) of tensor `t`'s bytes, handed to the backend.
+    fn prepare(
+        &self,
+        name: &str,
+        t: &TensorInfo,
+        r: std::ops::Range<usize>,
+        cols: usize,
+        role: WeightRole,
+        precision: ActPrecision,
+    ) -> Result<Weight<B::WeightStore>, LoadError> {
         let backend_err = |e: BackendError| LoadError::Backend {
             path: self.path(),
             source: e,
@@ -126,7 +140,6 @@ impl<'a, B: Backend> Loader<'a, B> {
             .dtype
             .row_bytes(cols)
             .map_err(|e| backend_err(suanli_backend::shape_err("load", format!("{name}: {e}"))))?;
-        let r = rows.unwrap_or(0..all_rows);
         let bytes = t
             .bytes
             .slice(r.start * row_bytes..r.end * row_bytes)
@@ -147,6 +160,53 @@ impl<'a, B: Backend> Loader<'a, B> {
                 precision,
             })
             .map_err(backend_err)
+    }
+
+    /// One `[rows, cols]` matrix per expert of projection `proj` under `prefix`
+    /// (`model.layers.N.mlp`): from GGUF's stacked `{prefix}.experts.{proj}.weight`
+    /// (`[n, rows, cols]`), or from Hugging Face's `{prefix}.experts.{e}.{proj}.weight`.
+    pub fn experts(
+        &self,
+        prefix: &str,
+        proj: &str,
+        n: usize,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Vec<Weight<B::WeightStore>>, LoadError> {
+        let stacked = format!("{prefix}.experts.{proj}.weight");
+        if !self.has(&stacked) {
+            return (0..n)
+                .map(|e| self.matrix(&format!("{prefix}.experts.{e}.{proj}.weight"), rows, cols))
+                .collect();
+        }
+        let t = self.take(&stacked, &[n, rows, cols])?;
+        (0..n)
+            .map(|e| {
+                self.prepare(
+                    &format!("{stacked}[{e}]"),
+                    &t,
+                    e * rows..(e + 1) * rows,
+                    cols,
+                    WeightRole::Matrix,
+                    self.matrix_precision(),
+                )
+            })
+            .collect()
+    }
+
+    /// A `[1, cols]` matrix that GGUF files store as a vector (the shared expert's gate).
+    pub fn row_matrix(&self, name: &str, cols: usize) -> Result<Weight<B::WeightStore>, LoadError> {
+        let vector = self.src.tensor(name).is_some_and(|t| t.shape.len() == 1);
+        let shape: &[usize] = if vector { &[cols] } else { &[1, cols] };
+        let t = self.take(name, shape)?;
+        self.prepare(
+            name,
+            &t,
+            0..1,
+            cols,
+            WeightRole::Matrix,
+            self.matrix_precision(),
+        )
     }
 
     pub fn matrix(
