@@ -1,7 +1,9 @@
 //! The plain data a forward step takes. The scheduler builds it; it names no tensors.
 
 /// One sequence's part of a step: its new tokens are rows `q_start .. q_start + q_len` of the
-/// batch, at positions `ctx_len - q_len .. ctx_len`, and its KV lives in `block_table`.
+/// batch, at positions `ctx_len - q_len .. ctx_len`, and its KV lives in `block_table`. In a
+/// sliding-window layer, entries for blocks wholly before the first query's window are not read
+/// (an engine may have given those blocks back).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AttnSeq {
     pub q_start: usize,

@@ -66,7 +66,12 @@ pub fn paged_attention(
                 format!("sequence {si}: {s:?} does not fit the batch or its block table"),
             ));
         }
-        if s.block_table
+        // Blocks wholly before the window of the sequence's first query are never read (an
+        // engine may have given them back).
+        let first = meta.window.map_or(0, |w| {
+            (s.ctx_len - s.q_len + 1).saturating_sub(w) / kv.spec.block_size
+        });
+        if s.block_table[first.min(s.block_table.len())..]
             .iter()
             .any(|&b| b as usize >= kv.spec.num_blocks)
         {

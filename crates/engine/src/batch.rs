@@ -107,12 +107,14 @@ impl<B: Backend> BatchEngine<B> {
     ) -> Result<BatchEngine<B>, BackendError> {
         let kv = backend.alloc_kv(model.kv_spec(cfg.num_blocks, cfg.block_size, kv_dtype))?;
         let scratch = model.alloc_scratch(&backend, cfg.max_step_tokens.max(1))?;
+        let mut sched = Scheduler::new(cfg);
+        sched.set_window(model.cfg.window_everywhere());
         Ok(BatchEngine {
             backend,
             model,
             kv,
             scratch,
-            sched: Scheduler::new(cfg),
+            sched,
             seqs: HashMap::new(),
             eog,
             logits: Vec::new(),

@@ -57,8 +57,9 @@ impl BlockAllocator {
     }
 
     /// Drop one owner of each block; blocks with no owner return to the free list.
+    /// Drop one reference to each block (`FREED` entries are skipped).
     pub fn release(&mut self, blocks: &[u32]) {
-        for &b in blocks {
+        for &b in blocks.iter().filter(|&&b| b != FREED) {
             let r = &mut self.refs[b as usize];
             debug_assert!(*r > 0, "double free of KV block {b}");
             *r = r.saturating_sub(1);
@@ -68,6 +69,10 @@ impl BlockAllocator {
         }
     }
 }
+
+/// A block-table entry whose block was given back: its positions fell out of every layer's
+/// sliding window, so no query will read them again.
+pub const FREED: u32 = u32::MAX;
 
 /// The blocks of one sequence, in position order.
 #[derive(Default, Debug)]

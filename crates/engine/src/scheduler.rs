@@ -10,12 +10,17 @@
 //! free block, the most recently admitted sequence is preempted: its blocks are freed and it goes
 //! back to the front of the queue to be recomputed later (nothing it produced is lost).
 //!
+//! Sliding windows: when every layer of the model attends only to its last `window` positions
+//! (`set_window`), a sequence's blocks that fall wholly before the window of its next token are
+//! given back at once (their table entries become `FREED`), so a long conversation holds about
+//! a window's worth of cache, not its whole length.
+//!
 //! Prefix caching: every full block of a prompt is registered under a hash of all tokens up to
 //! its end, so a later prompt with the same start reuses those blocks (reference counted) and
 //! skips computing them. Cached blocks nobody uses are evicted, oldest first, when the allocator
 //! runs short.
 
-use crate::kv::BlockAllocator;
+use crate::kv::{BlockAllocator, FREED};
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hasher};
@@ -158,6 +163,10 @@ pub struct Scheduler {
     preemptions: u64,
     /// The prefix-cache hash key.
     keyed: RandomState,
+    /// Every layer attends to at most this many positions (the query's own included).
+    window: Option<usize>,
+    /// Blocks given back because they fell out of the window, so far.
+    window_freed: u64,
 }
 
 /// The prefix-cache key of each full block of `tokens`: a hash of the previous block's key and
@@ -192,7 +201,20 @@ impl Scheduler {
             prefix_hits: 0,
             preemptions: 0,
             keyed: RandomState::new(),
+            window: None,
+            window_freed: 0,
         }
+    }
+
+    /// Every layer of the model attends to at most the last `window` positions: blocks before
+    /// a sequence's window are freed as it advances. `None` (any layer sees everything): never.
+    pub fn set_window(&mut self, window: Option<usize>) {
+        self.window = window.filter(|&w| w > 0);
+    }
+
+    /// Blocks given back because they fell out of every layer's window, so far.
+    pub fn window_freed(&self) -> u64 {
+        self.window_freed
     }
 
     pub fn config(&self) -> &SchedConfig {
@@ -260,7 +282,13 @@ impl Scheduler {
                 max: self.cfg.max_ctx,
             });
         }
-        let blocks = needed.div_ceil(self.cfg.block_size);
+        let mut blocks = needed.div_ceil(self.cfg.block_size);
+        if let Some(w) = self.window {
+            // At most a window and a step's chunk are held at once (plus a partial block at
+            // either end).
+            let held = (w + self.cfg.max_step_tokens).div_ceil(self.cfg.block_size) + 2;
+            blocks = blocks.min(held);
+        }
         if blocks > self.cfg.num_blocks {
             return Err(SubmitError::TooBig {
                 needed: blocks,
@@ -351,11 +379,31 @@ impl Scheduler {
                 continue;
             }
             let blk = s.blocks[b];
+            if blk == FREED {
+                continue;
+            }
             self.prefix.insert(h, blk);
             self.prefix_order.push_back((h, blk));
             self.alloc.retain(blk);
         }
         self.running[idx].registered = full;
+    }
+
+    /// Give back sequence `idx`'s blocks wholly before the window of its next token (at
+    /// position `cached`, which attends to `cached + 1 - window ..= cached`; later tokens see
+    /// less of the past still).
+    fn free_outside_window(&mut self, idx: usize) {
+        let Some(w) = self.window else { return };
+        let bs = self.cfg.block_size;
+        let s = &mut self.running[idx];
+        let dead = (s.cached + 1).saturating_sub(w) / bs;
+        for b in s.blocks.iter_mut().take(dead) {
+            if *b != FREED {
+                self.alloc.release(&[*b]);
+                *b = FREED;
+                self.window_freed += 1;
+            }
+        }
     }
 
     /// Preempt the most recently admitted running sequence other than `keep`: free its blocks
@@ -486,6 +534,7 @@ impl Scheduler {
             };
             self.running[idx].cached = it.start + it.tokens.len();
             self.register_prefix(idx);
+            self.free_outside_window(idx);
             if it.sample {
                 if let Some(&(_, t)) = sampled.iter().find(|(id, _)| *id == it.seq) {
                     self.running[idx].tokens.push(t);

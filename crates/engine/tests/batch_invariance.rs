@@ -446,3 +446,45 @@ fn a_dead_end_constraint_fails_alone() {
     );
     assert_eq!(e.constraint_stats().tokens, 2);
 }
+
+/// The tiny Mistral model (a 7-position window on every layer, from gen_golden.py): three
+/// sequences of 150 tokens run together in a cache of 12 blocks of 16 — 192 positions for 450 —
+/// because blocks that fall out of the window are given back, and each greedy answer equals the
+/// single-sequence `Session`'s, which keeps every block.
+#[test]
+fn windowed_model_frees_blocks_and_answers_as_alone() {
+    let dir = fixtures().join("tiny/mistral_swa");
+    let src = open_model(&dir).unwrap();
+    let backend = CpuBackend::new(Some(2)).unwrap();
+    let model = Model::load(&src, &backend).unwrap();
+    assert_eq!(model.cfg.window_everywhere(), Some(7));
+    let cfg = SchedConfig {
+        max_batch: 4,
+        max_step_tokens: 16,
+        max_queue: 8,
+        block_size: 16,
+        num_blocks: 12,
+        max_ctx: 256,
+    };
+    let mut e = BatchEngine::new(backend, model, cfg, KvDType::F32, vec![]).unwrap();
+    let n = 110;
+    let reqs: Vec<(Vec<u32>, SamplingParams)> = (0..3u32)
+        .map(|i| {
+            let p = (0..40).map(|j| (j * 37 + i * 101) % 490 + 3).collect();
+            (p, SamplingParams::greedy())
+        })
+        .collect();
+    let got = run(&mut e, &reqs, &[0, 0, 1], n);
+    assert!(e.scheduler().window_freed() > 0);
+    assert_eq!(e.scheduler().preemptions(), 0);
+    for (i, (p, _)) in reqs.iter().enumerate() {
+        let (mut s, _) = load(
+            &dir,
+            suanli_cpu::kernels::Isa::detect().unwrap(),
+            256,
+            16,
+            KvDType::F32,
+        );
+        assert_eq!(got[i], greedy(&mut s, p, n), "request {i}");
+    }
+}
