@@ -110,7 +110,7 @@ pub fn paged_attention(
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx2 => unsafe { attend_avx2(&job, acc, &mut st) },
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 => unsafe { attend_avx512(&job, acc, &mut st) },
+                Isa::Avx512 | Isa::Amx => unsafe { attend_avx512(&job, acc, &mut st) },
                 // Generic, and NEON (whose baseline build the compiler vectorizes).
                 _ => attend::<Portable>(&job, acc, &mut st),
             }

@@ -2,6 +2,7 @@
 //! where the CPU has them; otherwise weights stay memory-mapped in their file format. Kernels
 //! come from a table chosen by feature detection.
 
+pub mod amx;
 mod attention;
 pub mod kernels;
 mod matmul;
@@ -105,7 +106,8 @@ impl CpuBackend {
             act_precision: true,
             experts: true,
         };
-        let repack = isa == Isa::Avx512 && std::env::var("SUANLI_CPU_REPACK").as_deref() != Ok("0");
+        let repack = matches!(isa, Isa::Avx512 | Isa::Amx)
+            && std::env::var("SUANLI_CPU_REPACK").as_deref() != Ok("0");
         Ok(CpuBackend {
             caps,
             k: Kernels::for_isa(isa),
@@ -444,7 +446,8 @@ impl Backend for CpuBackend {
                 let packed = w.store.packed.as_ref().expect("checked above");
                 jobs.push((packed, b, &mut out.buf[..n * w.rows]));
             }
-            matmul::packed_many(&self.pool, &x.buf[..n * x.cols], n, &mut jobs);
+            let amx = self.k.isa == Isa::Amx;
+            matmul::packed_many(&self.pool, &x.buf[..n * x.cols], n, &mut jobs, amx);
             return Ok(());
         }
         for ((w, b), o) in ws.iter().zip(outs.iter_mut()) {

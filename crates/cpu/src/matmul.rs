@@ -5,7 +5,7 @@
 
 use crate::kernels::acts::QActs;
 use crate::kernels::pacts::PActs;
-use crate::kernels::{Kernels, RowTokens};
+use crate::kernels::{Isa, Kernels, RowTokens};
 use crate::pool::Pool;
 use crate::CpuWeight;
 use std::cell::RefCell;
@@ -73,7 +73,7 @@ pub fn matmul(
     }
     #[cfg(target_arch = "x86_64")]
     if let Some(p) = &w.store.packed {
-        return packed_matmul(pool, x, n, p, bias, out);
+        return packed_many(pool, x, n, &mut [(p, bias, out)], k.isa == Isa::Amx);
     }
     let kd = w.cols;
     let rb = w.dtype.row_bytes(kd).expect("validated in prepare_weight");
@@ -130,19 +130,6 @@ struct SharedOut(*mut f32);
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
-/// The packed path for one product.
-#[cfg(target_arch = "x86_64")]
-fn packed_matmul(
-    pool: &Pool,
-    x: &[f32],
-    n: usize,
-    p: &crate::packed::Packed,
-    bias: Option<&[f32]>,
-    out: &mut [f32],
-) {
-    packed_many(pool, x, n, &mut [(p, bias, out)]);
-}
-
 /// Products of one input with packed weights (all with `cols` = the input's width): the
 /// activations are quantized once (Q8, blocks of 32), then pieces of (weight, token chunk,
 /// row groups) are taken by the threads in turn — one synchronisation for all of them.
@@ -152,6 +139,7 @@ pub fn packed_many(
     x: &[f32],
     n: usize,
     jobs: &mut [(&crate::packed::Packed, Option<&[f32]>, &mut [f32])],
+    amx: bool,
 ) {
     use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
     let Some(cols) = jobs.first().map(|j| j.0.cols) else {
@@ -165,7 +153,8 @@ pub fn packed_many(
         a.fill(pool, x, n, cols);
         let a = &*a;
         let per_token = cols + cols / 32 * std::mem::size_of::<crate::kernels::pacts::Meta>();
-        let chunk = (CHUNK_BYTES / per_token).max(8) / 8 * 8;
+        // Whole AMX tiles of 16 tokens (the VNNI kernels take 8, 4, 2, 1).
+        let chunk = (CHUNK_BYTES / per_token).max(16) / 16 * 16;
         let chunks = n.div_ceil(chunk);
         // Per job: groups per piece and where its pieces start in the shared numbering.
         let total_groups: usize = jobs.iter().map(|j| j.0.groups()).sum();
@@ -199,7 +188,7 @@ pub fn packed_many(
             let ts = c * chunk..((c + 1) * chunk).min(n);
             // SAFETY: the backend packs only when the CPU has AVX-512 VNNI; each output holds
             // n × rows floats and each piece writes its own (tokens, groups) cells of one job.
-            unsafe { crate::kernels::avx512_packed::run(p, a, gs, ts, *bias, dst.0) };
+            unsafe { crate::kernels::avx512_packed::run(p, a, gs, ts, *bias, dst.0, amx) };
         });
     })
 }

@@ -67,7 +67,9 @@ pub fn gelu_mul(isa: crate::kernels::Isa, gate: &[f32], up: &[f32], out: &mut [f
     match isa {
         // SAFETY: an ISA level is only ever chosen when the CPU has it.
         #[cfg(target_arch = "x86_64")]
-        crate::kernels::Isa::Avx512 => unsafe { gelu_mul_avx512(gate, up, out) },
+        crate::kernels::Isa::Avx512 | crate::kernels::Isa::Amx => unsafe {
+            gelu_mul_avx512(gate, up, out)
+        },
         #[cfg(target_arch = "x86_64")]
         crate::kernels::Isa::Avx2 => unsafe { gelu_mul_avx2(gate, up, out) },
         _ => gelu_mul_plain(gate, up, out),
@@ -80,7 +82,9 @@ pub fn silu_mul(isa: crate::kernels::Isa, gate: &[f32], up: &[f32], out: &mut [f
     match isa {
         // SAFETY: an ISA level is only ever chosen when the CPU has it.
         #[cfg(target_arch = "x86_64")]
-        crate::kernels::Isa::Avx512 => unsafe { silu_mul_avx512(gate, up, out) },
+        crate::kernels::Isa::Avx512 | crate::kernels::Isa::Amx => unsafe {
+            silu_mul_avx512(gate, up, out)
+        },
         #[cfg(target_arch = "x86_64")]
         crate::kernels::Isa::Avx2 => unsafe { silu_mul_avx2(gate, up, out) },
         _ => silu_mul_plain(gate, up, out),

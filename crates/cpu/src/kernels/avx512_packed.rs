@@ -5,6 +5,12 @@
 //!
 //! Integer sums are exact (the weight offset enters as `offset · (−Σq)` at the start of the
 //! sum); scales are applied in f32, so results equal the scalar oracle up to f32 rounding.
+//!
+//! With AMX (`amx` set, `Isa::Amx`), tiles of 16 tokens take the integer sums from the tile
+//! unit instead: the unpacked sub-block is already a B tile in VNNI order (8 rows of 64 bytes:
+//! 4 columns × 16 weight rows), the tokens' quantized activations are an A tile read in place
+//! (16 rows of 32 bytes, the activation row stride apart), and one `tdpbsud` (signed
+//! activations × unsigned quants) gives all 16 × 16 sums, which the same f32 epilogue scales.
 
 use super::pacts::{Meta, PActs};
 use crate::packed::{Kind, Packed, ROWS};
@@ -21,6 +27,18 @@ const Q4K: u8 = 6;
 const Q5K: u8 = 7;
 const Q6K: u8 = 8;
 const IQ4XS: u8 = 9;
+
+/// `$body` for `$t` = 0, 1, … 15 while `$t < $n`, written out: a loop over an array of vector
+/// accumulators that LLVM does not unroll keeps them on the stack (a store and a load per
+/// update, measured as most of the kernels' time).
+macro_rules! unroll16 {
+    ($t:ident < $n:expr, $body:block) => {
+        unroll16!(@ $t, $n, $body, 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15)
+    };
+    (@ $t:ident, $n:expr, $body:block, $($i:literal)*) => {
+        $( if $i < $n { let $t: usize = $i; $body } )*
+    };
+}
 
 const fn kind(k: u8) -> Kind {
     match k {
@@ -193,7 +211,8 @@ unsafe fn tile<const K: u8, const T: usize>(
                 ),
                 _ => (d, d, second),
             };
-            for (t, acc) in acc.iter_mut().enumerate() {
+            unroll16!(t < T, {
+                let acc = &mut acc[t];
                 let tok = t0 + t;
                 let q = a.qs.as_ptr().add(tok * a.k + blk * 32);
                 let m: &Meta = a.meta.get_unchecked(tok * nblk + blk);
@@ -203,25 +222,25 @@ unsafe fn tile<const K: u8, const T: usize>(
                     let i1 = dots(_mm512_set1_epi32(m.nsum16[1] as i32 * off), &w, q, 4..8);
                     *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i0), _mm512_mul_ps(s0, da), *acc);
                     *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i1), _mm512_mul_ps(s1, da), *acc);
-                    continue;
-                }
-                let init = _mm512_set1_epi32(m.nsum32 * off);
-                let isum = if T < 4 {
-                    // Two chains: a single token has nothing else to overlap with.
-                    _mm512_add_epi32(
-                        dots(init, &w, q, 0..4),
-                        dots(_mm512_setzero_si512(), &w, q, 4..8),
-                    )
                 } else {
-                    dots(init, &w, q, 0..8)
-                };
-                *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(s0, da), *acc);
-                match K {
-                    Q4_1 | Q5_1 => *acc = _mm512_fmadd_ps(mv, _mm512_set1_ps(m.s), *acc),
-                    Q4K | Q5K => *acc = _mm512_fnmadd_ps(mv, _mm512_set1_ps(m.s), *acc),
-                    _ => {}
+                    let init = _mm512_set1_epi32(m.nsum32 * off);
+                    let isum = if T < 4 {
+                        // Two chains: a single token has nothing else to overlap with.
+                        _mm512_add_epi32(
+                            dots(init, &w, q, 0..4),
+                            dots(_mm512_setzero_si512(), &w, q, 4..8),
+                        )
+                    } else {
+                        dots(init, &w, q, 0..8)
+                    };
+                    *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(s0, da), *acc);
+                    match K {
+                        Q4_1 | Q5_1 => *acc = _mm512_fmadd_ps(mv, _mm512_set1_ps(m.s), *acc),
+                        Q4K | Q5K => *acc = _mm512_fnmadd_ps(mv, _mm512_set1_ps(m.s), *acc),
+                        _ => {}
+                    }
                 }
-            }
+            });
         }
     }
     let mask: __mmask16 = if valid >= ROWS {
@@ -238,7 +257,8 @@ unsafe fn tile<const K: u8, const T: usize>(
     }
 }
 
-/// Rows of groups `groups` against tokens `t0..t1`: `out` is the `[n, rows]` output.
+/// Rows of groups `groups` against tokens `t0..t1`: `out` is the `[n, rows]` output. With
+/// `amx`, whole tiles of 16 tokens go through the tile unit.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
 unsafe fn run_kind<const K: u8>(
     p: &Packed,
@@ -247,15 +267,26 @@ unsafe fn run_kind<const K: u8>(
     tokens: std::ops::Range<usize>,
     bias: Option<&[f32]>,
     out: *mut f32,
+    amx: bool,
 ) {
     let nsb = p.cols / kind(K).sb_cols();
     let m = p.rows;
+    let amx = amx && tokens.len() >= amx_tile::TOKENS;
+    if amx {
+        amx_tile::configure();
+    }
     for g in groups {
         let grp = p.group(g).as_ptr();
         let r0 = g * ROWS;
         let valid = m - r0;
         let bias = bias.map(|b| &b[r0..]);
         let mut t = tokens.start;
+        if amx {
+            while tokens.end - t >= amx_tile::TOKENS {
+                amx_tile::tile::<K>(grp, nsb, a, t, out.add(t * m + r0), m, valid, bias);
+                t += amx_tile::TOKENS;
+            }
+        }
         macro_rules! step {
             ($T:literal) => {
                 while tokens.end - t >= $T {
@@ -269,13 +300,254 @@ unsafe fn run_kind<const K: u8>(
         step!(2);
         step!(1);
     }
+    if amx {
+        amx_tile::release();
+    }
+}
+
+/// The AMX version of `tile` for 16 tokens.
+mod amx_tile {
+    use super::*;
+    use std::arch::asm;
+
+    pub const TOKENS: usize = 16;
+
+    #[repr(C, align(64))]
+    struct Config {
+        palette: u8,
+        start_row: u8,
+        reserved: [u8; 14],
+        colsb: [u16; 16],
+        rows: [u8; 16],
+    }
+
+    /// Two sets for alternate sub-blocks, so the tile unit multiplies one while the vector
+    /// units scale the other's sums (tile registers are not renamed): sums tmm0 / tmm1 (16×16
+    /// i32), activations tmm2 / tmm4 (16 tokens × 32 bytes), weights tmm3 / tmm5 (8 rows of 64
+    /// bytes, k = 32). Q6_K's halves of k = 16 (each with its own scale): activations tmm6 (16 ×
+    /// 16 bytes), weights tmm7 (4 rows of 64 bytes), sums tmm0 and tmm1.
+    static CONFIG: Config = Config {
+        palette: 1,
+        start_row: 0,
+        reserved: [0; 14],
+        colsb: [64, 64, 32, 64, 32, 64, 16, 64, 0, 0, 0, 0, 0, 0, 0, 0],
+        rows: [16, 16, 16, 8, 16, 8, 16, 4, 0, 0, 0, 0, 0, 0, 0, 0],
+    };
+
+    /// Load the tile shapes on this thread.
+    ///
+    /// # Safety
+    /// The process must hold the AMX tile permission (`crate::amx::Amx`), as `Isa::Amx` does.
+    #[inline(always)]
+    pub unsafe fn configure() {
+        asm!("ldtilecfg [{c}]", c = in(reg) &CONFIG as *const Config, options(nostack, readonly));
+    }
+
+    /// Give the tile state back (so context switches stop saving it).
+    #[inline(always)]
+    pub unsafe fn release() {
+        asm!("tilerelease", options(nostack, nomem));
+    }
+
+    #[repr(C, align(64))]
+    struct Buf<T: Copy, const N: usize>([T; N]);
+
+    /// One sub-block's scales for the 16 rows: (s0, s1, mins), as `super::tile` forms them.
+    #[inline(always)]
+    unsafe fn scales<const K: u8>(
+        h: *const u8,
+        j: usize,
+        d: __m512,
+        second: __m512,
+    ) -> [__m512; 3] {
+        let kd = kind(K);
+        let sc = h.add(kd.sc_at());
+        match K {
+            Q4K | Q5K => [
+                _mm512_mul_ps(d, bytes_ps::<false>(sc.add(ROWS * j))),
+                d,
+                _mm512_mul_ps(second, bytes_ps::<false>(h.add(kd.mn_at() + ROWS * j))),
+            ],
+            Q6K => [
+                _mm512_mul_ps(d, bytes_ps::<true>(sc.add(ROWS * 2 * j))),
+                _mm512_mul_ps(d, bytes_ps::<true>(sc.add(ROWS * (2 * j + 1)))),
+                second,
+            ],
+            IQ4XS => [
+                _mm512_mul_ps(d, bytes_ps::<true>(sc.add(ROWS * j))),
+                d,
+                second,
+            ],
+            _ => [d, d, second],
+        }
+    }
+
+    /// Scale sub-block `blk`'s integer sums (`sums`: 16 tokens × 16 rows, and for Q6_K the
+    /// second half's 256 after them) into the accumulators.
+    #[inline(always)]
+    unsafe fn epilogue<const K: u8>(
+        acc: &mut [__m512; TOKENS],
+        sums: *const i32,
+        a: &PActs,
+        t0: usize,
+        blk: usize,
+        [s0, s1, mv]: [__m512; 3],
+    ) {
+        let off = kind(K).offset() as i32;
+        let nblk = a.k / 32;
+        unroll16!(t < TOKENS, {
+            let acc = &mut acc[t];
+            let m: &Meta = a.meta.get_unchecked((t0 + t) * nblk + blk);
+            let da = _mm512_set1_ps(m.d);
+            let row = _mm512_load_si512(sums.add(16 * t) as *const _);
+            if K == Q6K {
+                let i0 = _mm512_add_epi32(row, _mm512_set1_epi32(m.nsum16[0] as i32 * off));
+                let row1 = _mm512_load_si512(sums.add(256 + 16 * t) as *const _);
+                let i1 = _mm512_add_epi32(row1, _mm512_set1_epi32(m.nsum16[1] as i32 * off));
+                *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i0), _mm512_mul_ps(s0, da), *acc);
+                *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i1), _mm512_mul_ps(s1, da), *acc);
+            } else {
+                let isum = _mm512_add_epi32(row, _mm512_set1_epi32(m.nsum32 * off));
+                *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(s0, da), *acc);
+                match K {
+                    Q4_1 | Q5_1 => *acc = _mm512_fmadd_ps(mv, _mm512_set1_ps(m.s), *acc),
+                    Q4K | Q5K => *acc = _mm512_fnmadd_ps(mv, _mm512_set1_ps(m.s), *acc),
+                    _ => {}
+                }
+            }
+        });
+    }
+
+    /// `super::tile` for 16 tokens, the integer sums from the tile unit, one sub-block ahead of
+    /// the vector units that scale them.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn tile<const K: u8>(
+        grp: *const u8,
+        nsb: usize,
+        a: &PActs,
+        t0: usize,
+        out: *mut f32,
+        ostride: usize,
+        valid: usize,
+        bias: Option<&[f32]>,
+    ) {
+        let kd = kind(K);
+        let (sbb, nsub, head) = (kd.sb_bytes(), kd.sb_cols() / 32, kd.head_bytes());
+        let mut acc = [_mm512_setzero_ps(); TOKENS];
+        // Per parity: the unpacked weights and the sums (Q6_K: both halves).
+        // Written before read (tile stores, vector stores): no need to clear them.
+        let mut wb = std::mem::MaybeUninit::<Buf<u8, 1024>>::uninit();
+        let mut sums = std::mem::MaybeUninit::<Buf<i32, 1024>>::uninit();
+        let (wp, sp) = (wb.as_mut_ptr() as *mut u8, sums.as_mut_ptr() as *mut i32);
+        let mut pending: Option<(usize, usize, [__m512; 3])> = None;
+        for sb in 0..nsb {
+            let h = grp.add(sb * sbb);
+            let d = f16x16(h);
+            let second = if kd.has_second() {
+                f16x16(h.add(2 * ROWS))
+            } else {
+                _mm512_setzero_ps()
+            };
+            for j in 0..nsub {
+                let blk = sb * nsub + j;
+                let par = blk & 1;
+                let s_at = sp.add(512 * par);
+                let src = h.add(head + j * kd.sub_bytes());
+                // 8-bit quants are a B tile as packed; the others are unpacked into one.
+                let w_at = if K == Q8_0 {
+                    src as *mut u8
+                } else {
+                    let w_at = wp.add(512 * par);
+                    let w = unpack::<K>(src);
+                    for (g, v) in w.iter().enumerate() {
+                        _mm512_store_si512(w_at.add(64 * g) as *mut _, *v);
+                    }
+                    w_at
+                };
+                let q = a.qs.as_ptr().add(t0 * a.k + blk * 32);
+                if K == Q6K {
+                    asm!(
+                        "tilezero tmm0",
+                        "tilezero tmm1",
+                        "tileloadd tmm6, [{q} + {lda}*1]",
+                        "tileloadd tmm7, [{w} + {s64}*1]",
+                        "tdpbsud tmm0, tmm6, tmm7",
+                        "tileloadd tmm6, [{q16} + {lda}*1]",
+                        "tileloadd tmm7, [{w256} + {s64}*1]",
+                        "tdpbsud tmm1, tmm6, tmm7",
+                        "tilestored [{c} + {s64}*1], tmm0",
+                        "tilestored [{c1} + {s64}*1], tmm1",
+                        q = in(reg) q,
+                        q16 = in(reg) q.add(16),
+                        lda = in(reg) a.k,
+                        w = in(reg) w_at,
+                        w256 = in(reg) w_at.add(256),
+                        s64 = in(reg) 64usize,
+                        c = in(reg) s_at,
+                        c1 = in(reg) s_at.add(256),
+                        options(nostack),
+                    );
+                } else if par == 0 {
+                    asm!(
+                        "tilezero tmm0",
+                        "tileloadd tmm2, [{q} + {lda}*1]",
+                        "tileloadd tmm3, [{w} + {s64}*1]",
+                        "tdpbsud tmm0, tmm2, tmm3",
+                        "tilestored [{c} + {s64}*1], tmm0",
+                        q = in(reg) q,
+                        lda = in(reg) a.k,
+                        w = in(reg) w_at,
+                        s64 = in(reg) 64usize,
+                        c = in(reg) s_at,
+                        options(nostack),
+                    );
+                } else {
+                    asm!(
+                        "tilezero tmm1",
+                        "tileloadd tmm4, [{q} + {lda}*1]",
+                        "tileloadd tmm5, [{w} + {s64}*1]",
+                        "tdpbsud tmm1, tmm4, tmm5",
+                        "tilestored [{c} + {s64}*1], tmm1",
+                        q = in(reg) q,
+                        lda = in(reg) a.k,
+                        w = in(reg) w_at,
+                        s64 = in(reg) 64usize,
+                        c = in(reg) s_at,
+                        options(nostack),
+                    );
+                }
+                // Scale the previous sub-block while this one is in the tile unit.
+                if let Some((pb, pp, sc)) = pending.take() {
+                    epilogue::<K>(&mut acc, sp.add(512 * pp), a, t0, pb, sc);
+                }
+                pending = Some((blk, par, scales::<K>(h, j, d, second)));
+            }
+        }
+        if let Some((pb, pp, sc)) = pending {
+            epilogue::<K>(&mut acc, sp.add(512 * pp), a, t0, pb, sc);
+        }
+        let mask: __mmask16 = if valid >= ROWS {
+            0xFFFF
+        } else {
+            (1u16 << valid) - 1
+        };
+        let b = match bias {
+            Some(b) => _mm512_maskz_loadu_ps(mask, b.as_ptr()),
+            None => _mm512_setzero_ps(),
+        };
+        for (t, v) in acc.iter().enumerate() {
+            _mm512_mask_storeu_ps(out.add(t * ostride), mask, _mm512_add_ps(*v, b));
+        }
+    }
 }
 
 /// out[t, r] = Σ w[r]·x[t] (+ bias[r]) for groups `groups` and tokens `tokens`.
 ///
 /// # Safety
-/// The CPU must have the features of `Isa::Avx512`; `out` must hold `a.n × p.rows` floats, and
-/// no other thread may write the (token, row) cells this call covers.
+/// The CPU must have the features of `Isa::Avx512` (and with `amx`, the process the AMX tile
+/// permission of `Isa::Amx`); `out` must hold `a.n × p.rows` floats, and no other thread may
+/// write the (token, row) cells this call covers.
 pub unsafe fn run(
     p: &Packed,
     a: &PActs,
@@ -283,6 +555,7 @@ pub unsafe fn run(
     tokens: std::ops::Range<usize>,
     bias: Option<&[f32]>,
     out: *mut f32,
+    amx: bool,
 ) {
     debug_assert!(a.k == p.cols && tokens.end <= a.n && groups.end <= p.groups());
     let f = match p.kind {
@@ -297,7 +570,7 @@ pub unsafe fn run(
         Kind::Q6K => run_kind::<Q6K>,
         Kind::IQ4XS => run_kind::<IQ4XS>,
     };
-    f(p, a, groups, tokens, bias, out)
+    f(p, a, groups, tokens, bias, out, amx)
 }
 
 #[cfg(test)]
@@ -316,41 +589,61 @@ mod tests {
             return;
         }
         let pool = Pool::new(2).unwrap();
-        let (rows, n) = (37, 15);
-        for ty in suanli_core::DType::ALL {
-            let Some(kd) = Kind::of(ty) else { continue };
-            for cols in [512, 1056] {
-                if cols % kd.sb_cols() != 0 {
-                    continue;
-                }
-                let raw = quant_rows(ty, rows, cols, 3);
-                let p = Packed::pack(ty, &raw, rows, cols, &pool).unwrap();
-                let x: Vec<f32> = bytes(n * cols, 9)
-                    .iter()
-                    .map(|&b| (b as f32 - 128.0) / 23.0)
-                    .collect();
-                let mut a = PActs::default();
-                a.fill(&pool, &x, n, cols);
-                let bias: Vec<f32> = (0..rows).map(|r| r as f32 * 0.25 - 3.0).collect();
-                let mut out = vec![f32::NAN; n * rows];
-                unsafe { run(&p, &a, 0..p.groups(), 0..n, Some(&bias), out.as_mut_ptr()) };
-                let rb = ty.row_bytes(cols).unwrap();
-                let mut w = vec![0f32; cols];
-                for r in 0..rows {
-                    suanli_core::quant::dequantize(ty, &raw[r * rb..(r + 1) * rb], &mut w).unwrap();
-                    for t in 0..n {
-                        let (mut want, mut mag) = (bias[r] as f64, bias[r].abs() as f64);
-                        for (c, wv) in w.iter().enumerate() {
-                            let m = a.meta[(t * cols + c) / 32];
-                            let xv = m.d as f64 * a.qs[t * cols + c] as f64;
-                            want += *wv as f64 * xv;
-                            mag += (*wv as f64 * xv).abs();
-                        }
-                        let got = out[t * rows + r] as f64;
-                        assert!(
+        // 37 tokens: two AMX tiles of 16, then 4 + 1 on VNNI.
+        let (rows, n) = (37, 37);
+        let amx_modes: &[bool] = if Isa::available().contains(&Isa::Amx) {
+            &[false, true]
+        } else {
+            eprintln!("no AMX int8 tiles here: the AMX tiles are not tested");
+            &[false]
+        };
+        for &amx in amx_modes {
+            for ty in suanli_core::DType::ALL {
+                let Some(kd) = Kind::of(ty) else { continue };
+                for cols in [512, 1056] {
+                    if cols % kd.sb_cols() != 0 {
+                        continue;
+                    }
+                    let raw = quant_rows(ty, rows, cols, 3);
+                    let p = Packed::pack(ty, &raw, rows, cols, &pool).unwrap();
+                    let x: Vec<f32> = bytes(n * cols, 9)
+                        .iter()
+                        .map(|&b| (b as f32 - 128.0) / 23.0)
+                        .collect();
+                    let mut a = PActs::default();
+                    a.fill(&pool, &x, n, cols);
+                    let bias: Vec<f32> = (0..rows).map(|r| r as f32 * 0.25 - 3.0).collect();
+                    let mut out = vec![f32::NAN; n * rows];
+                    unsafe {
+                        run(
+                            &p,
+                            &a,
+                            0..p.groups(),
+                            0..n,
+                            Some(&bias),
+                            out.as_mut_ptr(),
+                            amx,
+                        )
+                    };
+                    let rb = ty.row_bytes(cols).unwrap();
+                    let mut w = vec![0f32; cols];
+                    for r in 0..rows {
+                        suanli_core::quant::dequantize(ty, &raw[r * rb..(r + 1) * rb], &mut w)
+                            .unwrap();
+                        for t in 0..n {
+                            let (mut want, mut mag) = (bias[r] as f64, bias[r].abs() as f64);
+                            for (c, wv) in w.iter().enumerate() {
+                                let m = a.meta[(t * cols + c) / 32];
+                                let xv = m.d as f64 * a.qs[t * cols + c] as f64;
+                                want += *wv as f64 * xv;
+                                mag += (*wv as f64 * xv).abs();
+                            }
+                            let got = out[t * rows + r] as f64;
+                            assert!(
                             (got - want).abs() <= 2e-6 * mag + 1e-6,
-                            "{kd:?} cols {cols} row {r} token {t}: {got} vs {want} (Σ|wx| {mag})"
+                            "{kd:?} amx {amx} cols {cols} row {r} token {t}: {got} vs {want} (Σ|wx| {mag})"
                         );
+                        }
                     }
                 }
             }

@@ -1,6 +1,6 @@
 //! Kernel table chosen at start-up by CPU feature detection. Each instruction-set file holds the
 //! same kernels as `generic.rs`, which is the oracle they are tested against.
-//! `SUANLI_CPU_ISA=generic|avx2|avx512|neon` forces a level (never one the CPU lacks).
+//! `SUANLI_CPU_ISA=generic|avx2|avx512|amx|neon` forces a level (never one the CPU lacks).
 
 pub mod acts;
 #[cfg(target_arch = "x86_64")]
@@ -24,6 +24,10 @@ pub enum Isa {
     Avx2,
     /// AVX-512 F/BW/VL/DQ with VNNI (plus AVX2/FMA/F16C).
     Avx512,
+    /// `Avx512` plus AMX int8 tiles (granted to this process) for products of 16 tokens or
+    /// more over packed weights. Used only when forced (`SUANLI_CPU_ISA=amx`) until it is
+    /// faster than VNNI.
+    Amx,
     /// aarch64 Advanced SIMD.
     Neon,
 }
@@ -34,6 +38,7 @@ impl Isa {
             Isa::Generic => "generic",
             Isa::Avx2 => "avx2+fma+f16c",
             Isa::Avx512 => "avx512+vnni",
+            Isa::Amx => "amx+avx512",
             Isa::Neon => "neon",
         }
     }
@@ -71,6 +76,11 @@ impl Isa {
             .all(f)
             {
                 v.push(Isa::Avx512);
+                match crate::amx::Amx::new() {
+                    Ok(_) => v.push(Isa::Amx),
+                    Err(crate::amx::Unavailable::NoCpuSupport) => {}
+                    Err(why) => tracing::info!("AMX not used: {why}; AVX-512 VNNI instead"),
+                }
             }
         }
         v
@@ -83,16 +93,23 @@ impl Isa {
             .ok()
             .filter(|s| !s.is_empty())
         {
-            None => Ok(*avail.last().expect("generic is always available")),
+            // AMX only when asked for: its tiles do not yet beat VNNI on these kernels (a
+            // 32-column sub-block per tile multiply; see docs/ARCHITECTURE.md).
+            None => Ok(*avail
+                .iter()
+                .rev()
+                .find(|&&i| i != Isa::Amx)
+                .expect("generic is always available")),
             Some(want) => {
                 let isa = match want.as_str() {
                     "generic" => Isa::Generic,
                     "avx2" => Isa::Avx2,
                     "avx512" => Isa::Avx512,
+                    "amx" => Isa::Amx,
                     "neon" => Isa::Neon,
                     other => {
                         return Err(format!(
-                        "SUANLI_CPU_ISA={other} is not a known level (generic, avx2, avx512, neon)"
+                        "SUANLI_CPU_ISA={other} is not a known level (generic, avx2, avx512, amx, neon)"
                     ))
                     }
                 };
@@ -157,7 +174,7 @@ impl Kernels {
                 row_tokens: None,
             },
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => Kernels {
+            Isa::Avx512 | Isa::Amx => Kernels {
                 isa,
                 dot: avx2::dot,
                 axpy: avx2::axpy,
@@ -178,7 +195,9 @@ impl Kernels {
                 row_tokens: None,
             },
             #[cfg(not(target_arch = "x86_64"))]
-            Isa::Avx2 | Isa::Avx512 => unreachable!("x86 levels are never detected off x86_64"),
+            Isa::Avx2 | Isa::Avx512 | Isa::Amx => {
+                unreachable!("x86 levels are never detected off x86_64")
+            }
             #[cfg(not(target_arch = "aarch64"))]
             Isa::Neon => unreachable!("NEON is never detected off aarch64"),
         }
