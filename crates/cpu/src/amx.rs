@@ -106,9 +106,10 @@ fn enable() -> Result<Amx, Unavailable> {
     Ok(Amx(()))
 }
 
-/// The 64-byte tile configuration (palette 1): bytes per row and rows of each of the 8 tiles.
+/// The 64-byte tile configuration (palette 1) that `ldtilecfg` loads: bytes per row and rows
+/// of each of the 8 tiles.
 #[repr(C, align(64))]
-struct TileConfig {
+pub(crate) struct TileConfig {
     palette: u8,
     start_row: u8,
     reserved: [u8; 14],
@@ -116,15 +117,29 @@ struct TileConfig {
     rows: [u8; 16],
 }
 
+impl TileConfig {
+    /// Tiles 0..8 with these (rows, bytes per row).
+    pub(crate) const fn new(shapes: [(u8, u16); 8]) -> TileConfig {
+        let mut c = TileConfig {
+            palette: 1,
+            start_row: 0,
+            reserved: [0; 14],
+            colsb: [0; 16],
+            rows: [0; 16],
+        };
+        let mut i = 0;
+        while i < 8 {
+            c.rows[i] = shapes[i].0;
+            c.colsb[i] = shapes[i].1;
+            i += 1;
+        }
+        c
+    }
+}
+
 /// Accumulators tmm0..3 (16×16 i32: 64 bytes a row), A tiles tmm4..5 (16 rows of 64 u8), B
 /// tiles tmm6..7 (16 rows of 64 i8, VNNI order).
-const FULL: TileConfig = TileConfig {
-    palette: 1,
-    start_row: 0,
-    reserved: [0; 14],
-    colsb: [64, 64, 64, 64, 64, 64, 64, 64, 0, 0, 0, 0, 0, 0, 0, 0],
-    rows: [16, 16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0],
-};
+const FULL: TileConfig = TileConfig::new([(16, 64); 8]);
 
 /// Row-major i8 B `[n][k]` (output column j's k values contiguous) → VNNI order for `tdpbusd`:
 /// `k/4` rows of `n × 4` bytes, row r holding, for each column j, k values 4r..4r+4. `k` and `n`

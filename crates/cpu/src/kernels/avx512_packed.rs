@@ -150,6 +150,38 @@ unsafe fn dots(
     acc
 }
 
+/// Sub-block `j`'s scales for the 16 rows of the superblock at `h` (superblock scale `d`,
+/// second value `second`): the integer sums' scale (Q6_K: of each 16-column half) and the
+/// mins' scale, as (s0, s1, mins).
+#[inline(always)]
+unsafe fn sub_scales<const K: u8>(
+    h: *const u8,
+    j: usize,
+    d: __m512,
+    second: __m512,
+) -> [__m512; 3] {
+    let kd = kind(K);
+    let sc = h.add(kd.sc_at());
+    match K {
+        Q4K | Q5K => [
+            _mm512_mul_ps(d, bytes_ps::<false>(sc.add(ROWS * j))),
+            d,
+            _mm512_mul_ps(second, bytes_ps::<false>(h.add(kd.mn_at() + ROWS * j))),
+        ],
+        Q6K => [
+            _mm512_mul_ps(d, bytes_ps::<true>(sc.add(ROWS * 2 * j))),
+            _mm512_mul_ps(d, bytes_ps::<true>(sc.add(ROWS * (2 * j + 1)))),
+            second,
+        ],
+        IQ4XS => [
+            _mm512_mul_ps(d, bytes_ps::<true>(sc.add(ROWS * j))),
+            d,
+            second,
+        ],
+        _ => [d, d, second],
+    }
+}
+
 /// How far ahead of the sub-block being multiplied decode prefetches (bytes).
 const PREFETCH_AHEAD: usize = 2048;
 
@@ -192,25 +224,7 @@ unsafe fn tile<const K: u8, const T: usize>(
                 }
             }
             let w = unpack::<K>(p);
-            let sc = h.add(kd.sc_at());
-            let (s0, s1, mv) = match K {
-                Q4K | Q5K => (
-                    _mm512_mul_ps(d, bytes_ps::<false>(sc.add(ROWS * j))),
-                    d,
-                    _mm512_mul_ps(second, bytes_ps::<false>(h.add(kd.mn_at() + ROWS * j))),
-                ),
-                Q6K => (
-                    _mm512_mul_ps(d, bytes_ps::<true>(sc.add(ROWS * 2 * j))),
-                    _mm512_mul_ps(d, bytes_ps::<true>(sc.add(ROWS * (2 * j + 1)))),
-                    second,
-                ),
-                IQ4XS => (
-                    _mm512_mul_ps(d, bytes_ps::<true>(sc.add(ROWS * j))),
-                    d,
-                    second,
-                ),
-                _ => (d, d, second),
-            };
+            let [s0, s1, mv] = sub_scales::<K>(h, j, d, second);
             unroll16!(t < T, {
                 let acc = &mut acc[t];
                 let tok = t0 + t;
@@ -308,31 +322,26 @@ unsafe fn run_kind<const K: u8>(
 /// The AMX version of `tile` for 16 tokens.
 mod amx_tile {
     use super::*;
+    use crate::amx::TileConfig;
     use std::arch::asm;
 
     pub const TOKENS: usize = 16;
-
-    #[repr(C, align(64))]
-    struct Config {
-        palette: u8,
-        start_row: u8,
-        reserved: [u8; 14],
-        colsb: [u16; 16],
-        rows: [u8; 16],
-    }
 
     /// Two sets for alternate sub-blocks, so the tile unit multiplies one while the vector
     /// units scale the other's sums (tile registers are not renamed): sums tmm0 / tmm1 (16×16
     /// i32), activations tmm2 / tmm4 (16 tokens × 32 bytes), weights tmm3 / tmm5 (8 rows of 64
     /// bytes, k = 32). Q6_K's halves of k = 16 (each with its own scale): activations tmm6 (16 ×
     /// 16 bytes), weights tmm7 (4 rows of 64 bytes), sums tmm0 and tmm1.
-    static CONFIG: Config = Config {
-        palette: 1,
-        start_row: 0,
-        reserved: [0; 14],
-        colsb: [64, 64, 32, 64, 32, 64, 16, 64, 0, 0, 0, 0, 0, 0, 0, 0],
-        rows: [16, 16, 16, 8, 16, 8, 16, 4, 0, 0, 0, 0, 0, 0, 0, 0],
-    };
+    static CONFIG: TileConfig = TileConfig::new([
+        (16, 64),
+        (16, 64),
+        (16, 32),
+        (8, 64),
+        (16, 32),
+        (8, 64),
+        (16, 16),
+        (4, 64),
+    ]);
 
     /// Load the tile shapes on this thread.
     ///
@@ -340,7 +349,7 @@ mod amx_tile {
     /// The process must hold the AMX tile permission (`crate::amx::Amx`), as `Isa::Amx` does.
     #[inline(always)]
     pub unsafe fn configure() {
-        asm!("ldtilecfg [{c}]", c = in(reg) &CONFIG as *const Config, options(nostack, readonly));
+        asm!("ldtilecfg [{c}]", c = in(reg) &CONFIG as *const TileConfig, options(nostack, readonly));
     }
 
     /// Give the tile state back (so context switches stop saving it).
@@ -351,36 +360,6 @@ mod amx_tile {
 
     #[repr(C, align(64))]
     struct Buf<T: Copy, const N: usize>([T; N]);
-
-    /// One sub-block's scales for the 16 rows: (s0, s1, mins), as `super::tile` forms them.
-    #[inline(always)]
-    unsafe fn scales<const K: u8>(
-        h: *const u8,
-        j: usize,
-        d: __m512,
-        second: __m512,
-    ) -> [__m512; 3] {
-        let kd = kind(K);
-        let sc = h.add(kd.sc_at());
-        match K {
-            Q4K | Q5K => [
-                _mm512_mul_ps(d, bytes_ps::<false>(sc.add(ROWS * j))),
-                d,
-                _mm512_mul_ps(second, bytes_ps::<false>(h.add(kd.mn_at() + ROWS * j))),
-            ],
-            Q6K => [
-                _mm512_mul_ps(d, bytes_ps::<true>(sc.add(ROWS * 2 * j))),
-                _mm512_mul_ps(d, bytes_ps::<true>(sc.add(ROWS * (2 * j + 1)))),
-                second,
-            ],
-            IQ4XS => [
-                _mm512_mul_ps(d, bytes_ps::<true>(sc.add(ROWS * j))),
-                d,
-                second,
-            ],
-            _ => [d, d, second],
-        }
-    }
 
     /// Scale sub-block `blk`'s integer sums (`sums`: 16 tokens × 16 rows, and for Q6_K the
     /// second half's 256 after them) into the accumulators.
@@ -521,7 +500,7 @@ mod amx_tile {
                 if let Some((pb, pp, sc)) = pending.take() {
                     epilogue::<K>(&mut acc, sp.add(512 * pp), a, t0, pb, sc);
                 }
-                pending = Some((blk, par, scales::<K>(h, j, d, second)));
+                pending = Some((blk, par, sub_scales::<K>(h, j, d, second)));
             }
         }
         if let Some((pb, pp, sc)) = pending {
