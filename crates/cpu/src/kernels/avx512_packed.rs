@@ -206,12 +206,7 @@ unsafe fn tile<const K: u8, const T: usize>(
     let mut acc = [_mm512_setzero_ps(); T];
     for sb in 0..nsb {
         let h = grp.add(sb * sbb);
-        let d = f16x16(h);
-        let second = if kd.has_second() {
-            f16x16(h.add(2 * ROWS))
-        } else {
-            _mm512_setzero_ps()
-        };
+        let (d, second) = head_values(h, kd);
         for j in 0..nsub {
             let blk = sb * nsub + j;
             let p = h.add(head + j * kd.sub_bytes());
@@ -257,6 +252,13 @@ unsafe fn tile<const K: u8, const T: usize>(
             });
         }
     }
+    store(&acc, out, ostride, valid, bias);
+}
+
+/// Each token's 16 row sums (plus the bias) into `out`, tokens `ostride` apart; only the first
+/// `valid` rows are written.
+#[inline(always)]
+unsafe fn store(acc: &[__m512], out: *mut f32, ostride: usize, valid: usize, bias: Option<&[f32]>) {
     let mask: __mmask16 = if valid >= ROWS {
         0xFFFF
     } else {
@@ -269,6 +271,18 @@ unsafe fn tile<const K: u8, const T: usize>(
     for (t, v) in acc.iter().enumerate() {
         _mm512_mask_storeu_ps(out.add(t * ostride), mask, _mm512_add_ps(*v, b));
     }
+}
+
+/// A superblock's scale and second value (Q4_1/Q5_1 min, K-quant dmin) for its 16 rows.
+#[inline(always)]
+unsafe fn head_values(h: *const u8, kd: Kind) -> (__m512, __m512) {
+    let d = f16x16(h);
+    let second = if kd.has_second() {
+        f16x16(h.add(2 * ROWS))
+    } else {
+        _mm512_setzero_ps()
+    };
+    (d, second)
 }
 
 /// Rows of groups `groups` against tokens `t0..t1`: `out` is the `[n, rows]` output. With
@@ -422,12 +436,7 @@ mod amx_tile {
         let mut pending: Option<(usize, usize, [__m512; 3])> = None;
         for sb in 0..nsb {
             let h = grp.add(sb * sbb);
-            let d = f16x16(h);
-            let second = if kd.has_second() {
-                f16x16(h.add(2 * ROWS))
-            } else {
-                _mm512_setzero_ps()
-            };
+            let (d, second) = head_values(h, kd);
             for j in 0..nsub {
                 let blk = sb * nsub + j;
                 let par = blk & 1;
@@ -506,18 +515,7 @@ mod amx_tile {
         if let Some((pb, pp, sc)) = pending {
             epilogue::<K>(&mut acc, sp.add(512 * pp), a, t0, pb, sc);
         }
-        let mask: __mmask16 = if valid >= ROWS {
-            0xFFFF
-        } else {
-            (1u16 << valid) - 1
-        };
-        let b = match bias {
-            Some(b) => _mm512_maskz_loadu_ps(mask, b.as_ptr()),
-            None => _mm512_setzero_ps(),
-        };
-        for (t, v) in acc.iter().enumerate() {
-            _mm512_mask_storeu_ps(out.add(t * ostride), mask, _mm512_add_ps(*v, b));
-        }
+        store(&acc, out, ostride, valid, bias);
     }
 }
 
