@@ -49,7 +49,18 @@ static STATE: OnceLock<Result<Amx, Unavailable>> = OnceLock::new();
 impl Amx {
     /// AMX int8, if this CPU and OS offer it to this process (asked once per process).
     pub fn new() -> Result<Amx, Unavailable> {
-        STATE.get_or_init(enable).clone()
+        STATE
+            .get_or_init(|| {
+                let r = enable();
+                // Said once per process, where the CPU has tiles but this process cannot use them.
+                if let Err(why @ (Unavailable::NoOsSupport | Unavailable::PermissionRefused(_))) =
+                    &r
+                {
+                    tracing::info!("AMX not used: {why}; AVX-512 VNNI instead");
+                }
+                r
+            })
+            .clone()
     }
 }
 

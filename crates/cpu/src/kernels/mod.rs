@@ -76,10 +76,8 @@ impl Isa {
             .all(f)
             {
                 v.push(Isa::Avx512);
-                match crate::amx::Amx::new() {
-                    Ok(_) => v.push(Isa::Amx),
-                    Err(crate::amx::Unavailable::NoCpuSupport) => {}
-                    Err(why) => tracing::info!("AMX not used: {why}; AVX-512 VNNI instead"),
+                if crate::amx::Amx::new().is_ok() {
+                    v.push(Isa::Amx);
                 }
             }
         }
