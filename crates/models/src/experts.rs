@@ -36,6 +36,55 @@ impl<W> Experts<W> {
     pub fn per_token(&self) -> usize {
         self.moe.experts_per_token
     }
+
+    /// x += the block's output for the normed input `h` (both `[n, hidden]`).
+    pub fn forward<B: Backend<WeightStore = W>>(
+        &self,
+        b: &B,
+        h: &Act<B::Buffer>,
+        x: &mut Act<B::Buffer>,
+        s: &mut ExpertScratch<B>,
+    ) -> Result<(), BackendError> {
+        let n = h.rows;
+        let ne = self.moe.num_experts;
+        let rows = &s.all_rows[..n];
+        b.logits(h, rows, &self.router, &mut s.logits[..n * ne])?;
+        for g in s.groups.iter_mut() {
+            g.0.clear();
+            g.1.clear();
+        }
+        for (t, logits) in s.logits[..n * ne].chunks_exact(ne).enumerate() {
+            route(logits, &self.moe, &mut s.route);
+            for &(e, w) in &s.route {
+                let g = &mut s.groups[e as usize];
+                g.0.push(t as u32);
+                g.1.push(w);
+            }
+        }
+        b.upload(&s.zeros[..n * h.cols], n, &mut s.sum)?;
+        for (e, (toks, weights)) in s.groups.iter().enumerate() {
+            if toks.is_empty() {
+                continue;
+            }
+            let [gate, up, down] = &self.experts[e];
+            b.gather_rows(h, toks, &mut s.input)?;
+            b.gated_linear(&s.input, gate, up, &mut s.g, &mut s.u, &mut s.act)?;
+            b.linear(&s.act, down, None, &mut s.out)?;
+            b.add_rows_scaled(&mut s.sum, &s.out, toks, weights)?;
+        }
+        if let (Some(([gate, up, down], gate_inp)), Some([g, u, act])) =
+            (&self.shared, s.shared.as_mut())
+        {
+            b.gated_linear(h, gate, up, g, u, act)?;
+            b.linear(act, down, None, &mut s.out)?;
+            b.logits(h, rows, gate_inp, &mut s.gates[..n])?;
+            for v in &mut s.gates[..n] {
+                *v = 1.0 / (1.0 + (-*v).exp());
+            }
+            b.add_rows_scaled(&mut s.sum, &s.out, rows, &s.gates[..n])?;
+        }
+        b.add(x, &s.sum)
+    }
 }
 
 /// Loads layer `prefix` (`model.layers.N`)'s experts.
@@ -122,7 +171,8 @@ pub(crate) fn alloc_scratch<B: Backend>(
         gates: vec![0.0; capacity],
         all_rows: (0..capacity as u32).collect(),
         groups: vec![Default::default(); moe.num_experts],
-        route: Vec::with_capacity(moe.experts_per_token),
+        // One more than kept: `route` inserts before it truncates.
+        route: Vec::with_capacity(moe.experts_per_token + 1),
         zeros: vec![0.0; capacity * hidden],
         input: b.alloc_act(capacity, hidden)?,
         g: b.alloc_act(capacity, ff)?,
@@ -132,55 +182,4 @@ pub(crate) fn alloc_scratch<B: Backend>(
         shared,
         sum: b.alloc_act(capacity, hidden)?,
     })
-}
-
-impl<W> Experts<W> {
-    /// x += the block's output for the normed input `h` (both `[n, hidden]`).
-    pub fn forward<B: Backend<WeightStore = W>>(
-        &self,
-        b: &B,
-        h: &Act<B::Buffer>,
-        x: &mut Act<B::Buffer>,
-        s: &mut ExpertScratch<B>,
-    ) -> Result<(), BackendError> {
-        let n = h.rows;
-        let ne = self.moe.num_experts;
-        let rows = &s.all_rows[..n];
-        b.logits(h, rows, &self.router, &mut s.logits[..n * ne])?;
-        for g in s.groups.iter_mut() {
-            g.0.clear();
-            g.1.clear();
-        }
-        for (t, logits) in s.logits[..n * ne].chunks_exact(ne).enumerate() {
-            route(logits, &self.moe, &mut s.route);
-            for &(e, w) in &s.route {
-                let g = &mut s.groups[e as usize];
-                g.0.push(t as u32);
-                g.1.push(w);
-            }
-        }
-        b.upload(&s.zeros[..n * h.cols], n, &mut s.sum)?;
-        for (e, (toks, weights)) in s.groups.iter().enumerate() {
-            if toks.is_empty() {
-                continue;
-            }
-            let [gate, up, down] = &self.experts[e];
-            b.gather_rows(h, toks, &mut s.input)?;
-            b.gated_linear(&s.input, gate, up, &mut s.g, &mut s.u, &mut s.act)?;
-            b.linear(&s.act, down, None, &mut s.out)?;
-            b.add_rows_scaled(&mut s.sum, &s.out, toks, weights)?;
-        }
-        if let (Some(([gate, up, down], gate_inp)), Some([g, u, act])) =
-            (&self.shared, s.shared.as_mut())
-        {
-            b.gated_linear(h, gate, up, g, u, act)?;
-            b.linear(act, down, None, &mut s.out)?;
-            b.logits(h, rows, gate_inp, &mut s.gates[..n])?;
-            for v in &mut s.gates[..n] {
-                *v = 1.0 / (1.0 + (-*v).exp());
-            }
-            b.add_rows_scaled(&mut s.sum, &s.out, rows, &s.gates[..n])?;
-        }
-        b.add(x, &s.sum)
-    }
 }

@@ -2,7 +2,7 @@
 //! pass. Architecture files describe their differences with an `ArchSpec`.
 
 use crate::config::{Arch, FeedForward, LayerAttention, Mlp, ModelConfig};
-use crate::experts::{ExpertScratch, Experts};
+use crate::experts::{ExpertScratch, Experts, GatedMlp};
 use crate::loader::{LoadError, Loader};
 use suanli_backend::{
     Act, AttnMeta, Backend, BackendError, BatchPlan, KvDType, KvPages, KvSpec, MlpScratch,
@@ -76,7 +76,7 @@ struct Layer<W> {
 /// A layer's feed-forward weights.
 enum Ffn<W> {
     /// One gated MLP: gate, up, down.
-    Dense([Weight<W>; 3]),
+    Dense(GatedMlp<W>),
     Experts(Box<Experts<W>>),
 }
 

@@ -198,24 +198,28 @@ pub(crate) fn from_hf(
 /// expert first on ties), renormalised where the model says, scaled by `routed_scale`.
 pub(crate) fn route(logits: &[f32], moe: &Moe, out: &mut Vec<(u32, f32)>) {
     out.clear();
+    let k = moe.experts_per_token.min(logits.len());
+    if k == 0 {
+        return;
+    }
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    // One pass, no allocation (it runs per token and layer): the softmax's numerators summed,
+    // the k largest kept in `out`, largest first; an equal share goes after those already kept,
+    // so the lower expert wins ties.
     let mut sum = 0f32;
-    let probs: Vec<f32> = logits
-        .iter()
-        .map(|&l| {
-            let e = (l - max).exp();
-            sum += e;
-            e
-        })
-        .collect();
-    let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
-    let k = moe.experts_per_token.min(idx.len());
-    idx.sort_by(|&a, &b| {
-        probs[b as usize]
-            .total_cmp(&probs[a as usize])
-            .then(a.cmp(&b))
-    });
-    out.extend(idx[..k].iter().map(|&e| (e, probs[e as usize] / sum)));
+    for (e, &l) in logits.iter().enumerate() {
+        let p = (l - max).exp();
+        sum += p;
+        if out.len() == k && p <= out[k - 1].1 {
+            continue;
+        }
+        let at = out.iter().position(|&(_, q)| p > q).unwrap_or(out.len());
+        out.insert(at, (e as u32, p));
+        out.truncate(k);
+    }
+    for p in out.iter_mut() {
+        p.1 /= sum;
+    }
     if moe.norm_topk_prob {
         let kept: f32 = out.iter().map(|p| p.1).sum();
         for p in out.iter_mut() {
