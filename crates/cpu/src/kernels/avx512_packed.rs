@@ -6,27 +6,24 @@
 //! Integer sums are exact (the weight offset enters as `offset · (−Σq)` at the start of the
 //! sum); scales are applied in f32, so results equal the scalar oracle up to f32 rounding.
 //!
-//! With AMX (`amx` set, `Isa::Amx`), tiles of 16 tokens take the integer sums from the tile
-//! unit instead: the unpacked sub-block is already a B tile in VNNI order (8 rows of 64 bytes:
-//! 4 columns × 16 weight rows), the tokens' quantized activations are an A tile read in place
-//! (16 rows of 32 bytes, the activation row stride apart), and one `tdpbsud` (signed
-//! activations × unsigned quants) gives all 16 × 16 sums, which the same f32 epilogue scales.
+//! With AMX (`amx` set, `Isa::Amx`) and 16 tokens or more, `amx_packed` takes whole tiles of 16
+//! tokens; the tokens left over come here.
 
 use super::pacts::{Meta, PActs};
 use crate::packed::{Kind, Packed, ROWS};
 use std::arch::x86_64::*;
 use suanli_core::quant::IQ4_LEVELS;
 
-const Q4_0: u8 = 0;
-const Q4_1: u8 = 1;
-const Q5_0: u8 = 2;
-const Q5_1: u8 = 3;
-const Q8_0: u8 = 4;
-const IQ4NL: u8 = 5;
-const Q4K: u8 = 6;
-const Q5K: u8 = 7;
-const Q6K: u8 = 8;
-const IQ4XS: u8 = 9;
+pub(super) const Q4_0: u8 = 0;
+pub(super) const Q4_1: u8 = 1;
+pub(super) const Q5_0: u8 = 2;
+pub(super) const Q5_1: u8 = 3;
+pub(super) const Q8_0: u8 = 4;
+pub(super) const IQ4NL: u8 = 5;
+pub(super) const Q4K: u8 = 6;
+pub(super) const Q5K: u8 = 7;
+pub(super) const Q6K: u8 = 8;
+pub(super) const IQ4XS: u8 = 9;
 
 /// `$body` for `$t` = 0, 1, … 15 while `$t < $n`, written out: a loop over an array of vector
 /// accumulators that LLVM does not unroll keeps them on the stack (a store and a load per
@@ -39,8 +36,9 @@ macro_rules! unroll16 {
         $( if $i < $n { let $t: usize = $i; $body } )*
     };
 }
+pub(super) use unroll16;
 
-const fn kind(k: u8) -> Kind {
+pub(super) const fn kind(k: u8) -> Kind {
     match k {
         Q4_0 => Kind::Q4_0,
         Q4_1 => Kind::Q4_1,
@@ -69,7 +67,7 @@ unsafe fn or_masked(v: __m512i, hi: __m512i, mask: __m512i) -> __m512i {
 /// The 8 registers of one 32-column sub-block (register g: columns 4g..4g+4, one row per lane),
 /// as unsigned bytes.
 #[inline(always)]
-unsafe fn unpack<const K: u8>(p: *const u8) -> [__m512i; 8] {
+pub(super) unsafe fn unpack<const K: u8>(p: *const u8) -> [__m512i; 8] {
     let mut w = [_mm512_setzero_si512(); 8];
     let kd = kind(K);
     if kd.bits() == 8 {
@@ -154,7 +152,7 @@ unsafe fn dots(
 /// second value `second`): the integer sums' scale (Q6_K: of each 16-column half) and the
 /// mins' scale, as (s0, s1, mins).
 #[inline(always)]
-unsafe fn sub_scales<const K: u8>(
+pub(super) unsafe fn sub_scales<const K: u8>(
     h: *const u8,
     j: usize,
     d: __m512,
@@ -258,7 +256,13 @@ unsafe fn tile<const K: u8, const T: usize>(
 /// Each token's 16 row sums (plus the bias) into `out`, tokens `ostride` apart; only the first
 /// `valid` rows are written.
 #[inline(always)]
-unsafe fn store(acc: &[__m512], out: *mut f32, ostride: usize, valid: usize, bias: Option<&[f32]>) {
+pub(super) unsafe fn store(
+    acc: &[__m512],
+    out: *mut f32,
+    ostride: usize,
+    valid: usize,
+    bias: Option<&[f32]>,
+) {
     let mask: __mmask16 = if valid >= ROWS {
         0xFFFF
     } else {
@@ -275,7 +279,7 @@ unsafe fn store(acc: &[__m512], out: *mut f32, ostride: usize, valid: usize, bia
 
 /// A superblock's scale and second value (Q4_1/Q5_1 min, K-quant dmin) for its 16 rows.
 #[inline(always)]
-unsafe fn head_values(h: *const u8, kd: Kind) -> (__m512, __m512) {
+pub(super) unsafe fn head_values(h: *const u8, kd: Kind) -> (__m512, __m512) {
     let d = f16x16(h);
     let second = if kd.has_second() {
         f16x16(h.add(2 * ROWS))
@@ -285,8 +289,8 @@ unsafe fn head_values(h: *const u8, kd: Kind) -> (__m512, __m512) {
     (d, second)
 }
 
-/// Rows of groups `groups` against tokens `t0..t1`: `out` is the `[n, rows]` output. With
-/// `amx`, whole tiles of 16 tokens go through the tile unit.
+/// Rows of groups `groups` against tokens `tokens`: `out` is the `[n, rows]` output. With
+/// `amx` and 16 tokens or more, the tile unit takes whole tiles of 16 tokens (`amx_packed`).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
 unsafe fn run_kind<const K: u8>(
     p: &Packed,
@@ -297,226 +301,53 @@ unsafe fn run_kind<const K: u8>(
     out: *mut f32,
     amx: bool,
 ) {
+    if amx && tokens.len() >= super::amx_packed::TOKENS {
+        return super::amx_packed::run_kind::<K>(p, a, groups, tokens, bias, out);
+    }
     let nsb = p.cols / kind(K).sb_cols();
-    let m = p.rows;
-    let amx = amx && tokens.len() >= amx_tile::TOKENS;
-    if amx {
-        amx_tile::configure();
-    }
     for g in groups {
-        let grp = p.group(g).as_ptr();
         let r0 = g * ROWS;
-        let valid = m - r0;
         let bias = bias.map(|b| &b[r0..]);
-        let mut t = tokens.start;
-        if amx {
-            while tokens.end - t >= amx_tile::TOKENS {
-                amx_tile::tile::<K>(grp, nsb, a, t, out.add(t * m + r0), m, valid, bias);
-                t += amx_tile::TOKENS;
-            }
-        }
-        macro_rules! step {
-            ($T:literal) => {
-                while tokens.end - t >= $T {
-                    tile::<K, $T>(grp, nsb, a, t, out.add(t * m + r0), m, valid, bias);
-                    t += $T;
-                }
-            };
-        }
-        step!(8);
-        step!(4);
-        step!(2);
-        step!(1);
-    }
-    if amx {
-        amx_tile::release();
+        vnni_tokens::<K>(
+            p.group(g).as_ptr(),
+            nsb,
+            a,
+            tokens.clone(),
+            out.add(r0),
+            p.rows,
+            p.rows - r0,
+            bias,
+        );
     }
 }
 
-/// The AMX version of `tile` for 16 tokens.
-mod amx_tile {
-    use super::*;
-    use crate::amx::TileConfig;
-    use std::arch::asm;
-
-    pub const TOKENS: usize = 16;
-
-    /// Two sets for alternate sub-blocks, so the tile unit multiplies one while the vector
-    /// units scale the other's sums (tile registers are not renamed): sums tmm0 / tmm1 (16×16
-    /// i32), activations tmm2 / tmm4 (16 tokens × 32 bytes), weights tmm3 / tmm5 (8 rows of 64
-    /// bytes, k = 32). Q6_K's halves of k = 16 (each with its own scale): activations tmm6 (16 ×
-    /// 16 bytes), weights tmm7 (4 rows of 64 bytes), sums tmm0 and tmm1.
-    static CONFIG: TileConfig = TileConfig::new([
-        (16, 64),
-        (16, 64),
-        (16, 32),
-        (8, 64),
-        (16, 32),
-        (8, 64),
-        (16, 16),
-        (4, 64),
-    ]);
-
-    /// Load the tile shapes on this thread.
-    ///
-    /// # Safety
-    /// The process must hold the AMX tile permission (`crate::amx::Amx`), as `Isa::Amx` does.
-    #[inline(always)]
-    pub unsafe fn configure() {
-        asm!("ldtilecfg [{c}]", c = in(reg) &CONFIG as *const TileConfig, options(nostack, readonly));
-    }
-
-    /// Give the tile state back (so context switches stop saving it).
-    #[inline(always)]
-    pub unsafe fn release() {
-        asm!("tilerelease", options(nostack, nomem));
-    }
-
-    #[repr(C, align(64))]
-    struct Buf<T: Copy, const N: usize>([T; N]);
-
-    /// Scale sub-block `blk`'s integer sums (`sums`: 16 tokens × 16 rows, and for Q6_K the
-    /// second half's 256 after them) into the accumulators.
-    #[inline(always)]
-    unsafe fn epilogue<const K: u8>(
-        acc: &mut [__m512; TOKENS],
-        sums: *const i32,
-        a: &PActs,
-        t0: usize,
-        blk: usize,
-        [s0, s1, mv]: [__m512; 3],
-    ) {
-        let off = kind(K).offset() as i32;
-        let nblk = a.k / 32;
-        unroll16!(t < TOKENS, {
-            let acc = &mut acc[t];
-            let m: &Meta = a.meta.get_unchecked((t0 + t) * nblk + blk);
-            let da = _mm512_set1_ps(m.d);
-            let row = _mm512_load_si512(sums.add(16 * t) as *const _);
-            if K == Q6K {
-                let i0 = _mm512_add_epi32(row, _mm512_set1_epi32(m.nsum16[0] as i32 * off));
-                let row1 = _mm512_load_si512(sums.add(256 + 16 * t) as *const _);
-                let i1 = _mm512_add_epi32(row1, _mm512_set1_epi32(m.nsum16[1] as i32 * off));
-                *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i0), _mm512_mul_ps(s0, da), *acc);
-                *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i1), _mm512_mul_ps(s1, da), *acc);
-            } else {
-                let isum = _mm512_add_epi32(row, _mm512_set1_epi32(m.nsum32 * off));
-                *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(s0, da), *acc);
-                match K {
-                    Q4_1 | Q5_1 => *acc = _mm512_fmadd_ps(mv, _mm512_set1_ps(m.s), *acc),
-                    Q4K | Q5K => *acc = _mm512_fnmadd_ps(mv, _mm512_set1_ps(m.s), *acc),
-                    _ => {}
-                }
+/// One group of 16 rows (at `grp`) against `tokens`, in tiles of 8, 4, 2 and 1; `out` points at
+/// the group's row 0 of token 0, tokens `m` apart.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn vnni_tokens<const K: u8>(
+    grp: *const u8,
+    nsb: usize,
+    a: &PActs,
+    tokens: std::ops::Range<usize>,
+    out: *mut f32,
+    m: usize,
+    valid: usize,
+    bias: Option<&[f32]>,
+) {
+    let mut t = tokens.start;
+    macro_rules! step {
+        ($T:literal) => {
+            while tokens.end - t >= $T {
+                tile::<K, $T>(grp, nsb, a, t, out.add(t * m), m, valid, bias);
+                t += $T;
             }
-        });
+        };
     }
-
-    /// `super::tile` for 16 tokens, the integer sums from the tile unit, one sub-block ahead of
-    /// the vector units that scale them.
-    #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn tile<const K: u8>(
-        grp: *const u8,
-        nsb: usize,
-        a: &PActs,
-        t0: usize,
-        out: *mut f32,
-        ostride: usize,
-        valid: usize,
-        bias: Option<&[f32]>,
-    ) {
-        let kd = kind(K);
-        let (sbb, nsub, head) = (kd.sb_bytes(), kd.sb_cols() / 32, kd.head_bytes());
-        let mut acc = [_mm512_setzero_ps(); TOKENS];
-        // Per parity: the unpacked weights and the sums (Q6_K: both halves).
-        // Written before read (tile stores, vector stores): no need to clear them.
-        let mut wb = std::mem::MaybeUninit::<Buf<u8, 1024>>::uninit();
-        let mut sums = std::mem::MaybeUninit::<Buf<i32, 1024>>::uninit();
-        let (wp, sp) = (wb.as_mut_ptr() as *mut u8, sums.as_mut_ptr() as *mut i32);
-        let mut pending: Option<(usize, usize, [__m512; 3])> = None;
-        for sb in 0..nsb {
-            let h = grp.add(sb * sbb);
-            let (d, second) = head_values(h, kd);
-            for j in 0..nsub {
-                let blk = sb * nsub + j;
-                let par = blk & 1;
-                let s_at = sp.add(512 * par);
-                let src = h.add(head + j * kd.sub_bytes());
-                // 8-bit quants are a B tile as packed; the others are unpacked into one.
-                let w_at = if K == Q8_0 {
-                    src as *mut u8
-                } else {
-                    let w_at = wp.add(512 * par);
-                    let w = unpack::<K>(src);
-                    for (g, v) in w.iter().enumerate() {
-                        _mm512_store_si512(w_at.add(64 * g) as *mut _, *v);
-                    }
-                    w_at
-                };
-                let q = a.qs.as_ptr().add(t0 * a.k + blk * 32);
-                if K == Q6K {
-                    asm!(
-                        "tilezero tmm0",
-                        "tilezero tmm1",
-                        "tileloadd tmm6, [{q} + {lda}*1]",
-                        "tileloadd tmm7, [{w} + {s64}*1]",
-                        "tdpbsud tmm0, tmm6, tmm7",
-                        "tileloadd tmm6, [{q16} + {lda}*1]",
-                        "tileloadd tmm7, [{w256} + {s64}*1]",
-                        "tdpbsud tmm1, tmm6, tmm7",
-                        "tilestored [{c} + {s64}*1], tmm0",
-                        "tilestored [{c1} + {s64}*1], tmm1",
-                        q = in(reg) q,
-                        q16 = in(reg) q.add(16),
-                        lda = in(reg) a.k,
-                        w = in(reg) w_at,
-                        w256 = in(reg) w_at.add(256),
-                        s64 = in(reg) 64usize,
-                        c = in(reg) s_at,
-                        c1 = in(reg) s_at.add(256),
-                        options(nostack),
-                    );
-                } else if par == 0 {
-                    asm!(
-                        "tilezero tmm0",
-                        "tileloadd tmm2, [{q} + {lda}*1]",
-                        "tileloadd tmm3, [{w} + {s64}*1]",
-                        "tdpbsud tmm0, tmm2, tmm3",
-                        "tilestored [{c} + {s64}*1], tmm0",
-                        q = in(reg) q,
-                        lda = in(reg) a.k,
-                        w = in(reg) w_at,
-                        s64 = in(reg) 64usize,
-                        c = in(reg) s_at,
-                        options(nostack),
-                    );
-                } else {
-                    asm!(
-                        "tilezero tmm1",
-                        "tileloadd tmm4, [{q} + {lda}*1]",
-                        "tileloadd tmm5, [{w} + {s64}*1]",
-                        "tdpbsud tmm1, tmm4, tmm5",
-                        "tilestored [{c} + {s64}*1], tmm1",
-                        q = in(reg) q,
-                        lda = in(reg) a.k,
-                        w = in(reg) w_at,
-                        s64 = in(reg) 64usize,
-                        c = in(reg) s_at,
-                        options(nostack),
-                    );
-                }
-                // Scale the previous sub-block while this one is in the tile unit.
-                if let Some((pb, pp, sc)) = pending.take() {
-                    epilogue::<K>(&mut acc, sp.add(512 * pp), a, t0, pb, sc);
-                }
-                pending = Some((blk, par, sub_scales::<K>(h, j, d, second)));
-            }
-        }
-        if let Some((pb, pp, sc)) = pending {
-            epilogue::<K>(&mut acc, sp.add(512 * pp), a, t0, pb, sc);
-        }
-        store(&acc, out, ostride, valid, bias);
-    }
+    step!(8);
+    step!(4);
+    step!(2);
+    step!(1);
 }
 
 /// out[t, r] = Σ w[r]·x[t] (+ bias[r]) for groups `groups` and tokens `tokens`.

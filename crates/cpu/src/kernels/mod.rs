@@ -4,6 +4,8 @@
 
 pub mod acts;
 #[cfg(target_arch = "x86_64")]
+mod amx_packed;
+#[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx2_q;

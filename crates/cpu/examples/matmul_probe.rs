@@ -1,0 +1,70 @@
+//! Single-product probe for kernel work: G multiply-adds/s of one quantized matrix product.
+//!   cargo run --release -p suanli-cpu --example matmul_probe -- TYPE ROWS COLS TOKENS [THREADS]
+use suanli_backend::{Backend, HostTensor, WeightRole};
+use suanli_core::DType;
+use suanli_cpu::CpuBackend;
+
+fn main() {
+    let a: Vec<String> = std::env::args().collect();
+    let ty: DType = match a.get(1).map(|s| s.as_str()).unwrap_or("q4_k") {
+        "q4_0" => DType::Q4_0,
+        "q5_0" => DType::Q5_0,
+        "q8_0" => DType::Q8_0,
+        "q6_k" => DType::Q6K,
+        "q4_1" => DType::Q4_1,
+        _ => DType::Q4K,
+    };
+    let num = |i: usize, d: usize| a.get(i).and_then(|s| s.parse().ok()).unwrap_or(d);
+    let (rows, cols, n, th) = (num(2, 4864), num(3, 896), num(4, 512), num(5, 1));
+    let b = CpuBackend::new(Some(th)).unwrap();
+    let rb = ty.row_bytes(cols).unwrap();
+    let mut raw: Vec<u8> = (0..rb * rows).map(|i| (i * 7 % 251) as u8).collect();
+    for blk in raw.chunks_exact_mut(ty.block_bytes()) {
+        for &o in suanli_core::quant::f16_scale_offsets(ty) {
+            blk[o..o + 2].copy_from_slice(&half::f16::from_f32(0.01).to_le_bytes());
+        }
+    }
+    let raw = suanli_formats::Bytes::from_vec(raw);
+    let w = b
+        .prepare_weight(HostTensor {
+            name: "w",
+            dtype: ty,
+            rows,
+            cols,
+            bytes: &raw,
+            role: WeightRole::Matrix,
+            precision: suanli_backend::ActPrecision::Fast,
+        })
+        .unwrap();
+    let mut x = b.alloc_act(n, cols).unwrap();
+    let xs: Vec<f32> = (0..n * cols)
+        .map(|i| ((i % 17) as f32 - 8.0) / 8.0)
+        .collect();
+    b.upload(&xs, n, &mut x).unwrap();
+    let mut out = b.alloc_act(n, rows).unwrap();
+    // Wall time and this process's CPU time (which a shared machine's steal does not inflate).
+    let cpu = || {
+        let mut ts = [0i64; 2];
+        // SAFETY: clock_gettime writes one timespec.
+        unsafe { clock_gettime(2, ts.as_mut_ptr()) };
+        ts[0] as f64 + ts[1] as f64 * 1e-9
+    };
+    let (mut best, mut best_cpu) = (0f64, 0f64);
+    for _ in 0..20 {
+        let (t, c) = (std::time::Instant::now(), cpu());
+        b.linear(&x, &w, None, &mut out).unwrap();
+        let macs = (rows * cols * n) as f64;
+        best = best.max(macs / t.elapsed().as_secs_f64());
+        best_cpu = best_cpu.max(macs / (cpu() - c) * th as f64);
+    }
+    println!(
+        "{ty} {rows}x{cols} x {n} tokens, {th} threads, {}: {:.1} G MAC/s wall, {:.1} per CPU time",
+        b.isa().name(),
+        best / 1e9,
+        best_cpu / 1e9
+    );
+}
+
+extern "C" {
+    fn clock_gettime(clock: i32, ts: *mut i64) -> i32;
+}

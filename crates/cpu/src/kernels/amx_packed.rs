@@ -1,0 +1,360 @@
+//! AMX int8 tiles over the packed layout (`crate::packed`), for products of 16 tokens or more.
+//!
+//! Per group of 16 weight rows, every 32-column sub-block is unpacked once into a B tile (8 rows
+//! of 64 bytes: 4 columns × 16 rows, the VNNI order `tdpbssd` reads) with the kind's offset
+//! taken off (signed quants), and its 16 rows' scales are computed once. Every tile of 16 tokens
+//! then runs over those: `tdpbssd` (signed activations × signed quants, read in place as an A
+//! tile of 16 rows × 32 bytes) gives the 16 × 16 integer sums of a sub-block, which are stored
+//! to L1 and scaled in f32 by the vector units while the tile unit multiplies the next
+//! sub-block. The unpacking, formerly once per 8 tokens, is paid once per group and chunk.
+//!
+//! The integer sums equal the VNNI kernels' (there the offset enters through the activation
+//! sums) and the f32 epilogue is the same, so results are bit-identical to `avx512_packed`.
+
+use super::avx512_packed::{
+    head_values, kind, store, sub_scales, unpack, unroll16, vnni_tokens, Q4K, Q4_1, Q5K, Q5_1, Q6K,
+};
+use super::pacts::PActs;
+use crate::amx::TileConfig;
+use crate::packed::{Packed, ROWS};
+use std::arch::asm;
+use std::arch::x86_64::*;
+use std::cell::RefCell;
+
+/// Tokens per tile (rows of an A tile).
+pub const TOKENS: usize = 16;
+
+/// One sub-block of a group, ready for the tile unit: the signed quants as a B tile and the 16
+/// rows' scales (the integer sums' scale, Q6_K's second half's, the mins' scale).
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Sub {
+    w: [u8; 512],
+    s: [[f32; ROWS]; 3],
+}
+
+/// One sub-block of 16 tokens' activations, contiguous so that the tile loads stream: the
+/// quants as an A tile (16 rows of 32 bytes) and the tokens' scales and scaled sums (`Meta`).
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct ASub {
+    q: [i8; TOKENS * 32],
+    d: [f32; TOKENS],
+    s: [f32; TOKENS],
+}
+
+thread_local! {
+    static PREPARED: RefCell<Vec<Sub>> = const { RefCell::new(Vec::new()) };
+    static TILED: RefCell<Vec<ASub>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Grow a scratch vector to at least `n` (never shrunk: the largest product's size is kept).
+fn at_least<T: Copy>(v: &mut Vec<T>, n: usize, zero: T) -> &mut [T] {
+    if v.len() < n {
+        v.resize(n, zero);
+    }
+    &mut v[..n]
+}
+
+/// Tiles for 32-column sub-blocks, two sets for alternate sub-blocks (tile registers are not
+/// renamed, so the unit multiplies one set while the other's sums are stored): sums tmm0 / tmm1
+/// (16 tokens × 16 rows of i32), activations tmm2 / tmm3 (16 tokens × 32 bytes), weights
+/// tmm4 / tmm5 (8 rows of 64 bytes, k = 32).
+static CONFIG_32: TileConfig = TileConfig::new([
+    (16, 64),
+    (16, 64),
+    (16, 32),
+    (16, 32),
+    (8, 64),
+    (8, 64),
+    (16, 64),
+    (16, 64),
+]);
+
+/// Q6_K's halves of 16 columns (each with its own scale): sums tmm0, tmm1 / tmm2, tmm3,
+/// activations tmm4 / tmm5 (16 tokens × 16 bytes), weights tmm6 / tmm7 (4 rows of 64 bytes).
+static CONFIG_16: TileConfig = TileConfig::new([
+    (16, 64),
+    (16, 64),
+    (16, 64),
+    (16, 64),
+    (16, 16),
+    (16, 16),
+    (4, 64),
+    (4, 64),
+]);
+
+/// Rows of groups `groups` against `tokens` (at least `TOKENS`): whole tiles of 16 tokens on
+/// the tile unit, the rest on VNNI. `out` is the `[n, rows]` output.
+///
+/// # Safety
+/// As `avx512_packed::run`, and the process must hold the AMX tile permission (`Isa::Amx`).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
+pub(super) unsafe fn run_kind<const K: u8>(
+    p: &Packed,
+    a: &PActs,
+    groups: std::ops::Range<usize>,
+    tokens: std::ops::Range<usize>,
+    bias: Option<&[f32]>,
+    out: *mut f32,
+) {
+    let kd = kind(K);
+    let nsb = p.cols / kd.sb_cols();
+    let nblk = p.cols / 32;
+    let m = p.rows;
+    let whole = tokens.start + (tokens.len() / TOKENS) * TOKENS;
+    let cfg: &TileConfig = if K == Q6K { &CONFIG_16 } else { &CONFIG_32 };
+    asm!("ldtilecfg [{c}]", c = in(reg) cfg as *const TileConfig, options(nostack, readonly));
+    let tiles = (whole - tokens.start) / TOKENS;
+    PREPARED.with(|prep| {
+        TILED.with(|tiled| {
+            let (mut prep, mut tiled) = (prep.borrow_mut(), tiled.borrow_mut());
+            let zero = Sub {
+                w: [0; 512],
+                s: [[0.0; ROWS]; 3],
+            };
+            let prep = at_least(&mut prep, nblk, zero);
+            let zero = ASub {
+                q: [0; TOKENS * 32],
+                d: [0.0; TOKENS],
+                s: [0.0; TOKENS],
+            };
+            let tiled = at_least(&mut tiled, tiles * nblk, zero);
+            tile_activations(a, tokens.start, tiled);
+            for g in groups {
+                let grp = p.group(g).as_ptr();
+                let r0 = g * ROWS;
+                let bias = bias.map(|b| &b[r0..]);
+                prepare::<K>(grp, nsb, prep);
+                for (i, at) in tiled.chunks_exact(nblk).enumerate() {
+                    let t = tokens.start + i * TOKENS;
+                    tile::<K>(prep, at, out.add(t * m + r0), m, m - r0, bias);
+                }
+                vnni_tokens::<K>(grp, nsb, a, whole..tokens.end, out.add(r0), m, m - r0, bias);
+            }
+        })
+    });
+    asm!("tilerelease", options(nostack, nomem));
+}
+
+/// Tiles of 16 tokens from `t0` (as many as `tiled` holds), sub-block by sub-block.
+fn tile_activations(a: &PActs, t0: usize, tiled: &mut [ASub]) {
+    let nblk = a.k / 32;
+    for (i, tile) in tiled.chunks_exact_mut(nblk).enumerate() {
+        for (blk, at) in tile.iter_mut().enumerate() {
+            for t in 0..TOKENS {
+                let tok = t0 + i * TOKENS + t;
+                let src = &a.qs[tok * a.k + blk * 32..][..32];
+                at.q[32 * t..32 * t + 32].copy_from_slice(src);
+                let m = &a.meta[tok * nblk + blk];
+                (at.d[t], at.s[t]) = (m.d, m.s);
+            }
+        }
+    }
+}
+
+/// Unpack a group's sub-blocks into B tiles of signed quants and their scales.
+#[inline(always)]
+unsafe fn prepare<const K: u8>(grp: *const u8, nsb: usize, prep: &mut [Sub]) {
+    let kd = kind(K);
+    let (sbb, nsub, head) = (kd.sb_bytes(), kd.sb_cols() / 32, kd.head_bytes());
+    // Subtracting the offset as bytes wraps exactly to the signed quant (128 included).
+    let off = _mm512_set1_epi8(kd.offset() as u8 as i8);
+    for sb in 0..nsb {
+        let h = grp.add(sb * sbb);
+        let (d, second) = head_values(h, kd);
+        for j in 0..nsub {
+            let sub = prep.get_unchecked_mut(sb * nsub + j);
+            let w = unpack::<K>(h.add(head + j * kd.sub_bytes()));
+            for (g, v) in w.iter().enumerate() {
+                let v = if kd.offset() != 0 {
+                    _mm512_sub_epi8(*v, off)
+                } else {
+                    *v
+                };
+                _mm512_store_si512(sub.w.as_mut_ptr().add(64 * g) as *mut _, v);
+            }
+            for (s, v) in sub.s.iter_mut().zip(sub_scales::<K>(h, j, d, second)) {
+                _mm512_store_ps(s.as_mut_ptr(), v);
+            }
+        }
+    }
+}
+
+/// Integer sums of two sub-blocks (alternate ones) for 16 tokens: 16 i32 per token, Q6_K's
+/// second half 256 further.
+#[repr(C, align(64))]
+struct Sums([i32; 2 * 512]);
+
+/// A tile of 16 tokens (`at`, one per sub-block) against a prepared group: `out` points at row
+/// 0 of the group for the first token, tokens `ostride` apart; only the first `valid` rows are
+/// written.
+#[inline(always)]
+unsafe fn tile<const K: u8>(
+    prep: &[Sub],
+    at: &[ASub],
+    out: *mut f32,
+    ostride: usize,
+    valid: usize,
+    bias: Option<&[f32]>,
+) {
+    let mut acc = [_mm512_setzero_ps(); TOKENS];
+    // Written by the tile stores before the vector loads read them.
+    let mut sums = std::mem::MaybeUninit::<Sums>::uninit();
+    let sp = sums.as_mut_ptr() as *mut i32;
+    for (blk, (sub, a)) in prep.iter().zip(at).enumerate() {
+        let par = blk & 1;
+        multiply::<K>(par, a.q.as_ptr(), sub.w.as_ptr(), sp.add(512 * par));
+        // Scale the previous sub-block's sums while this one is in the tile unit.
+        if blk > 0 {
+            epilogue::<K>(
+                &mut acc,
+                sp.add(512 * (par ^ 1)),
+                &at[blk - 1],
+                &prep[blk - 1],
+            );
+        }
+    }
+    let last = prep.len() - 1;
+    epilogue::<K>(&mut acc, sp.add(512 * (last & 1)), &at[last], &prep[last]);
+    store(&acc, out, ostride, valid, bias);
+}
+
+/// The tile unit's part of one sub-block: sums `c` (16 tokens × 16 rows; Q6_K's second half
+/// 256 further) from activations `q` (16 rows of 32 bytes) and the B tile `w`, on the tile set
+/// of parity `par`.
+#[inline(always)]
+unsafe fn multiply<const K: u8>(par: usize, q: *const i8, w: *const u8, c: *mut i32) {
+    let lda = 32usize;
+    macro_rules! k32 {
+        ($c:literal, $a:literal, $b:literal) => {
+            asm!(
+                concat!("tilezero ", $c),
+                concat!("tileloadd ", $a, ", [{q} + {lda}*1]"),
+                concat!("tileloadd ", $b, ", [{w} + {s64}*1]"),
+                concat!("tdpbssd ", $c, ", ", $a, ", ", $b),
+                concat!("tilestored [{c} + {s64}*1], ", $c),
+                q = in(reg) q,
+                lda = in(reg) lda,
+                w = in(reg) w,
+                s64 = in(reg) 64usize,
+                c = in(reg) c,
+                options(nostack),
+            )
+        };
+    }
+    macro_rules! k16x2 {
+        ($c0:literal, $c1:literal, $a:literal, $b:literal) => {
+            asm!(
+                concat!("tilezero ", $c0),
+                concat!("tilezero ", $c1),
+                concat!("tileloadd ", $a, ", [{q} + {lda}*1]"),
+                concat!("tileloadd ", $b, ", [{w} + {s64}*1]"),
+                concat!("tdpbssd ", $c0, ", ", $a, ", ", $b),
+                concat!("tileloadd ", $a, ", [{q16} + {lda}*1]"),
+                concat!("tileloadd ", $b, ", [{w256} + {s64}*1]"),
+                concat!("tdpbssd ", $c1, ", ", $a, ", ", $b),
+                concat!("tilestored [{c} + {s64}*1], ", $c0),
+                concat!("tilestored [{c1} + {s64}*1], ", $c1),
+                q = in(reg) q,
+                q16 = in(reg) q.add(16),
+                lda = in(reg) lda,
+                w = in(reg) w,
+                w256 = in(reg) w.add(256),
+                s64 = in(reg) 64usize,
+                c = in(reg) c,
+                c1 = in(reg) c.add(256),
+                options(nostack),
+            )
+        };
+    }
+    match (K == Q6K, par) {
+        (false, 0) => k32!("tmm0", "tmm2", "tmm4"),
+        (false, _) => k32!("tmm1", "tmm3", "tmm5"),
+        (true, 0) => k16x2!("tmm0", "tmm1", "tmm4", "tmm6"),
+        (true, _) => k16x2!("tmm2", "tmm3", "tmm5", "tmm7"),
+    }
+}
+
+/// Scale sub-block `blk`'s integer sums (`sums`: 16 tokens × 16 rows, Q6_K's second half 256
+/// further) into the accumulators, as `avx512_packed::tile` does.
+#[inline(always)]
+unsafe fn epilogue<const K: u8>(acc: &mut [__m512; TOKENS], sums: *const i32, a: &ASub, sub: &Sub) {
+    let [s0, s1, mv] = sub.s.map(|s| _mm512_load_ps(s.as_ptr()));
+    unroll16!(t < TOKENS, {
+        let acc = &mut acc[t];
+        let da = _mm512_set1_ps(a.d[t]);
+        let i0 = _mm512_load_si512(sums.add(16 * t) as *const _);
+        *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i0), _mm512_mul_ps(s0, da), *acc);
+        match K {
+            Q6K => {
+                let i1 = _mm512_load_si512(sums.add(256 + 16 * t) as *const _);
+                *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i1), _mm512_mul_ps(s1, da), *acc);
+            }
+            Q4_1 | Q5_1 => *acc = _mm512_fmadd_ps(mv, _mm512_set1_ps(a.s[t]), *acc),
+            Q4K | Q5K => *acc = _mm512_fnmadd_ps(mv, _mm512_set1_ps(a.s[t]), *acc),
+            _ => {}
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::avx512_packed::run;
+    use crate::kernels::pacts::PActs;
+    use crate::kernels::Isa;
+    use crate::packed::{Kind, Packed};
+    use crate::pool::Pool;
+    use crate::testutil::{bytes, quant_rows};
+
+    /// The tile unit's results are the VNNI kernels' bit for bit (same integer sums, same f32
+    /// epilogue), for every packed kind, at partial groups of rows and with tokens left over
+    /// for VNNI after the whole tiles; the VNNI kernels are tested against the dequantized dot.
+    #[test]
+    fn tiles_equal_the_vnni_kernels_bit_for_bit() {
+        if !Isa::available().contains(&Isa::Amx) {
+            eprintln!("SKIPPED: no AMX int8 tiles here; the AMX kernels are not tested");
+            return;
+        }
+        let pool = Pool::new(2).unwrap();
+        for ty in suanli_core::DType::ALL {
+            let Some(kd) = Kind::of(ty) else { continue };
+            let cols = if kd.sb_cols() == 256 { 768 } else { 160 };
+            for (rows, n) in [(16, 16), (45, 35), (7, 64)] {
+                let raw = quant_rows(ty, rows, cols, 5);
+                let p = Packed::pack(ty, &raw, rows, cols, &pool).unwrap();
+                let x: Vec<f32> = bytes(n * cols, 11)
+                    .iter()
+                    .map(|&b| (b as f32 - 128.0) / 19.0)
+                    .collect();
+                let mut a = PActs::default();
+                a.fill(&pool, &x, n, cols);
+                let bias: Vec<f32> = (0..rows).map(|r| r as f32 * 0.5 - 2.0).collect();
+                let mut outs = [vec![f32::NAN; n * rows], vec![f32::NAN; n * rows]];
+                for (amx, out) in [false, true].into_iter().zip(outs.iter_mut()) {
+                    // SAFETY: AVX-512 VNNI and the tile permission (Isa::Amx available); `out`
+                    // holds n × rows.
+                    unsafe {
+                        run(
+                            &p,
+                            &a,
+                            0..p.groups(),
+                            0..n,
+                            Some(&bias),
+                            out.as_mut_ptr(),
+                            amx,
+                        )
+                    };
+                }
+                for (i, (v, t)) in outs[0].iter().zip(&outs[1]).enumerate() {
+                    assert!(
+                        v.to_bits() == t.to_bits(),
+                        "{kd:?} {rows}x{cols}, {n} tokens, token {} row {}: VNNI {v} AMX {t}",
+                        i / rows,
+                        i % rows
+                    );
+                }
+            }
+        }
+    }
+}
