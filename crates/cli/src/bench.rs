@@ -166,6 +166,14 @@ fn bench_on<B: Hardware>(a: BenchArgs, opts: &crate::load::Opts) -> Result<()> {
     } else {
         Some(s.backend.bandwidth_gb_s()?)
     };
+    // Prefill against the compute peak: the matrix products' multiply-adds over the whole
+    // prefill time (attention and the rest included), next to the int8 peak probed here.
+    let pp_macs = s.model.prefill_macs_per_token();
+    let peak_macs = if pp.is_empty() {
+        None
+    } else {
+        s.backend.int8_peak()
+    };
     let model_name = match (&a.random, &a.model) {
         (Some(r), _) => format!("random {r}"),
         (None, Some(m)) => m.clone(),
@@ -207,6 +215,7 @@ fn bench_on<B: Hardware>(a: BenchArgs, opts: &crate::load::Opts) -> Result<()> {
                 "step_weight_bytes": step_bytes, "expert_weight_bytes": expert_bytes,
                 "read_bandwidth_gb_s": bw,
                 "decode_bound_tok_s": bw.map(|b| b * 1e9 / step_bytes as f64),
+                "prefill_macs_per_token": pp_macs, "int8_peak_macs_s": peak_macs,
             })
         );
     } else {
@@ -238,6 +247,25 @@ fn bench_on<B: Hardware>(a: BenchArgs, opts: &crate::load::Opts) -> Result<()> {
                 t.median,
                 t.max
             );
+        }
+        if let Some(p) = &ps {
+            let rate = p.median * pp_macs as f64;
+            match peak_macs {
+                Some(peak) => crate::outln!(
+                    "prefill multiplies {:.2} G int8 multiply-adds per token: {:.0} G/s at the \
+                     median; the int8 peak probed here is {:.0} G/s ({detail}) → {:.0}% of it",
+                    pp_macs as f64 / 1e9,
+                    rate / 1e9,
+                    peak / 1e9,
+                    100.0 * rate / peak
+                ),
+                None => crate::outln!(
+                    "prefill multiplies {:.2} G multiply-adds per token: {:.0} G/s at the median \
+                     (no int8 peak probe for {detail})",
+                    pp_macs as f64 / 1e9,
+                    rate / 1e9
+                ),
+            }
         }
         if expert_bytes > 0 {
             crate::outln!(

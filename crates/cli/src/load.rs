@@ -78,6 +78,11 @@ pub trait Hardware: Backend + Sized {
     fn bandwidth_gb_s(&self) -> Result<f64>;
     /// Backend facts for `bench --json`.
     fn bench_facts(&self) -> serde_json::Value;
+    /// The int8 multiply-add peak (per second) that prefill is measured against, where the
+    /// backend can probe it.
+    fn int8_peak(&self) -> Option<f64> {
+        None
+    }
 }
 
 impl Hardware for CpuBackend {
@@ -92,6 +97,9 @@ impl Hardware for CpuBackend {
     }
     fn bench_facts(&self) -> serde_json::Value {
         serde_json::json!({"device": "cpu", "threads": self.threads(), "isa": self.isa().name()})
+    }
+    fn int8_peak(&self) -> Option<f64> {
+        CpuBackend::int8_peak(self)
     }
 }
 

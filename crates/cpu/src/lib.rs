@@ -8,6 +8,7 @@ pub mod kernels;
 mod matmul;
 mod membw;
 pub mod packed;
+mod peak;
 pub mod pool;
 #[cfg(test)]
 mod testutil;
@@ -139,6 +140,12 @@ impl CpuBackend {
     /// Memory read bandwidth in GB/s with this backend's threads (reads a 1 GiB buffer).
     pub fn read_bandwidth(&self) -> f64 {
         membw::read_bandwidth(&self.pool, 1 << 30, 5)
+    }
+
+    /// Sustained int8 multiply-adds per second over this backend's threads with its level's
+    /// instructions (a probe of about 0.1 s), or `None` where the level has no probe.
+    pub fn int8_peak(&self) -> Option<f64> {
+        peak::int8_peak(&self.pool, self.k.isa)
     }
 
     /// Bytes a product with `w` reads from memory (its layout, packed or as in the file).

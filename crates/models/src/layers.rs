@@ -313,6 +313,13 @@ impl<B: Backend> Model<B> {
         total
     }
 
+    /// Multiply-adds of the matrix products per prompt token, the output head left out (a
+    /// prefill computes logits for its last token only); active parameters for experts.
+    pub fn prefill_macs_per_token(&self) -> usize {
+        let head = self.head();
+        self.decode_weight_bytes(|w| w.rows * w.cols) - head.rows * head.cols
+    }
+
     /// Bytes of the routed experts' matrices (all of them), by the backend's `size`.
     pub fn expert_weight_bytes(&self, size: impl Fn(&Weight<B::WeightStore>) -> usize) -> usize {
         self.layers

@@ -1,0 +1,119 @@
+//! The machine's int8 multiply-add peak for an ISA level, measured with short probes (as
+//! `membw` measures memory reads): what prefill's matrix products are compared against. Each
+//! thread of the pool runs independent multiply-add chains on registers, no memory traffic.
+
+use crate::kernels::Isa;
+use crate::pool::Pool;
+use std::sync::Mutex;
+
+/// Sustained int8 multiply-adds per second over the pool's threads with the instructions the
+/// `isa` level's kernels use (AMX tiles, AVX-512 VNNI, AVX2 `vpmaddubsw`), or `None` where no
+/// probe exists for the level (generic, NEON).
+pub fn int8_peak(pool: &Pool, isa: Isa) -> Option<f64> {
+    let per_thread: fn() -> f64 = match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Amx => || match crate::amx::Amx::new() {
+            Ok(a) => a.peak_macs_per_s(),
+            Err(_) => 0.0,
+        },
+        // SAFETY (both): the level is only chosen where the CPU has its features.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => || best_of(|n| unsafe { x86::vnni(n) }),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => || best_of(|n| unsafe { x86::maddubs(n) }),
+        _ => return None,
+    };
+    let total = Mutex::new(0.0);
+    pool.run(&|_, _| {
+        let r = per_thread();
+        *total.lock().unwrap_or_else(|e| e.into_inner()) += r;
+    });
+    let t = total.into_inner().unwrap_or_else(|e| e.into_inner());
+    (t > 0.0).then_some(t)
+}
+
+/// The best of five runs of `spin(iterations)` (which returns the multiply-adds it did), each
+/// about 10 ms on current CPUs.
+#[cfg(target_arch = "x86_64")]
+fn best_of(spin: impl Fn(u64) -> u64) -> f64 {
+    spin(20_000); // wake the units up
+    (0..5)
+        .map(|_| {
+            let t0 = std::time::Instant::now();
+            let macs = spin(200_000);
+            macs as f64 / t0.elapsed().as_secs_f64()
+        })
+        .fold(0.0, f64::max)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+    use std::hint::black_box;
+
+    /// Chains in flight: enough to cover the latency (5 cycles) of two ports.
+    const CHAINS: usize = 12;
+
+    /// `vpdpbusd` on 512-bit registers: 64 multiply-adds each.
+    #[target_feature(enable = "avx512f,avx512vnni")]
+    pub unsafe fn vnni(iters: u64) -> u64 {
+        let (a, b) = (
+            black_box(_mm512_set1_epi8(1)),
+            black_box(_mm512_set1_epi8(2)),
+        );
+        let mut acc = [_mm512_setzero_si512(); CHAINS];
+        for _ in 0..iters {
+            for v in acc.iter_mut() {
+                *v = _mm512_dpbusd_epi32(*v, a, b);
+            }
+        }
+        black_box(acc);
+        iters * (CHAINS * 64) as u64
+    }
+
+    /// `vpmaddubsw` + `vpmaddwd` + `vpaddd` on 256-bit registers (the AVX2 kernels' int8 dot):
+    /// 32 multiply-adds per triple. The activations change every iteration and each chain has
+    /// its own weights, so nothing is loop-invariant and only the adds are chained.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn maddubs(iters: u64) -> u64 {
+        const N: usize = 6;
+        let w: [__m256i; N] = black_box(std::array::from_fn(|j| _mm256_set1_epi8(j as i8 + 1)));
+        let (one, ones) = (_mm256_set1_epi8(1), _mm256_set1_epi16(1));
+        let mut x = black_box(_mm256_set1_epi8(3));
+        let mut acc = [_mm256_setzero_si256(); N];
+        for _ in 0..iters {
+            x = _mm256_add_epi8(x, one);
+            for (v, w) in acc.iter_mut().zip(&w) {
+                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(x, *w), ones);
+                *v = _mm256_add_epi32(*v, p);
+            }
+        }
+        black_box(acc);
+        iters * (N * 32) as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every level with a probe reports a plausible peak (more than 1 G multiply-adds/s); the
+    /// others say there is none.
+    #[test]
+    fn probes_report_a_peak_where_they_exist() {
+        let (one, two) = (Pool::new(1).unwrap(), Pool::new(2).unwrap());
+        for isa in Isa::available() {
+            let p = int8_peak(&two, isa);
+            eprintln!(
+                "{}: {:?} G MAC/s on 2 threads, {:?} on 1",
+                isa.name(),
+                p.map(|p| p / 1e9),
+                int8_peak(&one, isa).map(|p| p / 1e9)
+            );
+            match isa {
+                Isa::Generic | Isa::Neon => assert!(p.is_none()),
+                _ => assert!(p.unwrap() > 1e9, "{isa:?}"),
+            }
+        }
+    }
+}
