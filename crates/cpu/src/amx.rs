@@ -120,6 +120,7 @@ fn enable() -> Result<Amx, Unavailable> {
 /// The 64-byte tile configuration (palette 1) that `ldtilecfg` loads: bytes per row and rows
 /// of each of the 8 tiles.
 #[repr(C, align(64))]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) struct TileConfig {
     palette: u8,
     start_row: u8,
@@ -128,6 +129,7 @@ pub(crate) struct TileConfig {
     rows: [u8; 16],
 }
 
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 impl TileConfig {
     /// Tiles 0..8 with these (rows, bytes per row).
     pub(crate) const fn new(shapes: [(u8, u16); 8]) -> TileConfig {
@@ -150,6 +152,7 @@ impl TileConfig {
 
 /// Accumulators tmm0..3 (16×16 i32: 64 bytes a row), A tiles tmm4..5 (16 rows of 64 u8), B
 /// tiles tmm6..7 (16 rows of 64 i8, VNNI order).
+#[cfg(target_arch = "x86_64")]
 const FULL: TileConfig = TileConfig::new([(16, 64); 8]);
 
 /// Row-major i8 B `[n][k]` (output column j's k values contiguous) → VNNI order for `tdpbusd`:

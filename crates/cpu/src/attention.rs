@@ -1,6 +1,8 @@
 //! Causal attention over the paged KV cache with an online softmax (no score matrix). The work
-//! unit is one query row × one KV head: the K and V tiles of that head are read once for all the
-//! query heads that share it (grouped-query attention), block by block through the block table.
+//! unit is a run of up to 16 consecutive query tokens of one sequence × one KV head: the K and V
+//! tiles of that head are read once for all those tokens and all the query heads that share it
+//! (grouped-query attention), block by block through the block table; each (token, head) row
+//! masks the positions it does not attend.
 //!
 //! The cache layout (the backend's own): per block and KV head, a K tile `[head_dim][BLOCK]`
 //! (transposed, so the scores of a block's 16 positions come out as one vector) and a V tile
@@ -12,6 +14,7 @@ use crate::kernels::Isa;
 use crate::kernels::Kernels;
 use crate::pool::Pool;
 use crate::KvStore;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 /// Positions per KV block; the tile layout and the kernels assume it.
 pub const BLOCK: usize = 16;
@@ -87,20 +90,43 @@ pub fn paged_attention(
     out.rows = q.rows;
     let group = nh / nkv;
     let unit = group * hd;
-    pool.split_mut(&mut out.buf[..q.rows * nh * hd], unit, 2, &|first, part| {
+    // Work: runs of up to TOKENS consecutive query rows of one sequence, per KV head, so that
+    // each K/V tile read from the cache serves all of them (a prefill's queries share their
+    // context); decode steps are runs of one.
+    let mut runs = Vec::new();
+    for s in meta.seqs {
+        for t0 in (s.q_start..s.q_start + s.q_len).step_by(TOKENS) {
+            runs.push((t0, TOKENS.min(s.q_start + s.q_len - t0)));
+        }
+    }
+    let units = runs.len() * nkv;
+    let next = AtomicUsize::new(0);
+    let dst = SharedOut(out.buf.as_mut_ptr());
+    pool.run(&|_, _| {
         let mut st = State::default();
-        for (i, acc) in part.chunks_exact_mut(unit).enumerate() {
-            let idx = first + i;
-            let (t, kvh) = (idx / nkv, idx % nkv);
-            let (si, pos) = rows[t];
+        // The unit's queries and outputs, reused across units.
+        let (mut qs, mut acc) = (Vec::new(), Vec::new());
+        loop {
+            let i = next.fetch_add(1, Relaxed);
+            if i >= units {
+                break;
+            }
+            let ((t0, tn), kvh) = (runs[i / nkv], i % nkv);
+            let (si, pos) = rows[t0];
+            // The run's query heads of this KV head, token by token, `[tn × group, hd]`.
+            qs.clear();
+            for t in t0..t0 + tn {
+                qs.extend_from_slice(&q.buf[t * q.cols + kvh * unit..][..unit]);
+            }
+            acc.resize(tn * unit, 0.0);
             let job = Job {
-                q: &q.buf[t * q.cols + kvh * unit..t * q.cols + (kvh + 1) * unit],
+                q: &qs,
                 kv,
                 layer,
                 kvh,
                 table: &meta.seqs[si].block_table,
-                start: meta.window.map_or(0, |w| (pos + 1).saturating_sub(w)),
-                len: pos + 1,
+                len0: pos + 1,
+                window: meta.window,
                 group,
                 hd,
                 scale: meta.scale,
@@ -108,27 +134,52 @@ pub fn paged_attention(
             match k.isa {
                 // SAFETY: the levels were checked at detection.
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 => unsafe { attend_avx2(&job, acc, &mut st) },
+                Isa::Avx2 => unsafe { attend_avx2(&job, &mut acc, &mut st) },
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 | Isa::Amx => unsafe { attend_avx512(&job, acc, &mut st) },
+                Isa::Avx512 | Isa::Amx => unsafe { attend_avx512(&job, &mut acc, &mut st) },
                 // Generic, and NEON (whose baseline build the compiler vectorizes).
-                _ => attend::<Portable>(&job, acc, &mut st),
+                _ => attend::<Portable>(&job, &mut acc, &mut st),
+            }
+            for (j, a) in acc.chunks_exact(unit).enumerate() {
+                // SAFETY: `out` holds q.rows × nh × hd; each unit writes the heads of its own
+                // KV head for its own tokens, so no two threads write the same cells.
+                unsafe {
+                    let at = dst.at((t0 + j) * nh * hd + kvh * unit);
+                    std::ptr::copy_nonoverlapping(a.as_ptr(), at, unit);
+                }
             }
         }
     });
     Ok(())
 }
 
+/// Query tokens of one sequence attended together (each K/V tile read once for all of them).
+const TOKENS: usize = 16;
+
+/// The output pointer shared by the threads (each writes its own cells).
+struct SharedOut(*mut f32);
+// SAFETY: the threads write disjoint cells (see the write above).
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// The cell `i` floats in (a method, so that closures capture the whole `Sync` wrapper).
+    fn at(&self, i: usize) -> *mut f32 {
+        self.0.wrapping_add(i)
+    }
+}
+
 struct Job<'a> {
-    /// The `group` query heads that share KV head `kvh`, `[group, hd]`.
+    /// For consecutive query tokens, the `group` query heads that share KV head `kvh`:
+    /// `[tokens × group, hd]`.
     q: &'a [f32],
     kv: &'a KvPages<KvStore>,
     layer: usize,
     kvh: usize,
     table: &'a [u32],
-    /// Positions start..len are attended (start > 0 in a sliding-window layer).
-    start: usize,
-    len: usize,
+    /// The first token attends positions 0..len0, the next one 0..len0 + 1, …
+    len0: usize,
+    /// In a sliding-window layer, each token attends only its last `window` positions.
+    window: Option<usize>,
     group: usize,
     hd: usize,
     scale: f32,
@@ -276,37 +327,55 @@ impl BlockOps for Portable {
 /// Query heads handled together: their scores share each K load, their sums each V load.
 const HEADS: usize = 8;
 
+impl Job<'_> {
+    /// Positions `start..len` that query row `r` (token r / group) attends.
+    #[inline(always)]
+    fn span(&self, r: usize) -> (usize, usize) {
+        let len = self.len0 + r / self.group;
+        (self.window.map_or(0, |w| len.saturating_sub(w)), len)
+    }
+}
+
 #[inline(always)]
 fn attend<O: BlockOps>(job: &Job<'_>, acc: &mut [f32], st: &mut State) {
-    let (g, hd) = (job.group, job.hd);
+    let hd = job.hd;
+    let rows = job.q.len() / hd;
     let (ks, vs) = &job.kv.layers[job.layer];
     let spec = &job.kv.spec;
     st.m.clear();
-    st.m.resize(g, f32::NEG_INFINITY);
+    st.m.resize(rows, f32::NEG_INFINITY);
     st.l.clear();
-    st.l.resize(g, [0.0; BLOCK]);
-    st.w.resize(g, [0.0; BLOCK]);
+    st.l.resize(rows, [0.0; BLOCK]);
+    st.w.resize(rows, [0.0; BLOCK]);
     acc.fill(0.0);
-    // Blocks wholly before the window are skipped (they may already hold other data).
-    let first_block = job.start / BLOCK;
+    // Blocks wholly before the first row's window are skipped (they may hold other data); the
+    // last row attends the most positions.
+    let (start, _) = job.span(0);
+    let (_, end) = job.span(rows - 1);
+    let first_block = start / BLOCK;
     let mut p = first_block * BLOCK;
     for &blk in &job.table[first_block.min(job.table.len())..] {
-        if p >= job.len {
+        if p >= end {
             break;
         }
-        let n = BLOCK.min(job.len - p);
-        // Lanes before the window's start, in its first block.
-        let skip = job.start.saturating_sub(p);
         let off = tile_start(blk as usize, job.kvh, spec);
         let (kt, vt) = (
             Tile::of(ks, off, BLOCK * hd, hd, true),
             Tile::of(vs, off, BLOCK * hd, hd, false),
         );
-        for h0 in (0..g).step_by(HEADS) {
-            let h1 = (h0 + HEADS).min(g);
+        for h0 in (0..rows).step_by(HEADS) {
+            let h1 = (h0 + HEADS).min(rows);
+            if job.span(h1 - 1).1 <= p {
+                // This block is past every position these rows attend (later rows, later
+                // tokens, attend more).
+                continue;
+            }
             let s = &mut st.w[h0..h1];
             O::scores(&job.q[h0 * hd..h1 * hd], kt, s);
             for (h, s) in (h0..h1).zip(s.iter_mut()) {
+                // Lanes before the row's window and from its length on are masked.
+                let (start, len) = job.span(h);
+                let (skip, n) = (start.saturating_sub(p), BLOCK.min(len.saturating_sub(p)));
                 for (i, v) in s.iter_mut().enumerate() {
                     *v = if i < n && i >= skip {
                         *v * job.scale
@@ -338,11 +407,13 @@ fn attend<O: BlockOps>(job: &Job<'_>, acc: &mut [f32], st: &mut State) {
                     l[i] += s[i];
                 }
             }
+            // V rows up to the longest of these rows' lengths (the others weigh them 0).
+            let n = BLOCK.min(job.span(h1 - 1).1 - p);
             O::accumulate(&mut acc[h0 * hd..h1 * hd], &st.w[h0..h1], n, vt);
         }
-        p += n;
+        p += BLOCK;
     }
-    for h in 0..g {
+    for h in 0..rows {
         let inv = 1.0 / st.l[h].iter().sum::<f32>();
         acc[h * hd..(h + 1) * hd].iter_mut().for_each(|x| *x *= inv);
     }

@@ -5,7 +5,9 @@
 
 use crate::kernels::acts::QActs;
 use crate::kernels::pacts::PActs;
-use crate::kernels::{Isa, Kernels, RowTokens};
+#[cfg(target_arch = "x86_64")]
+use crate::kernels::Isa;
+use crate::kernels::{Kernels, RowTokens};
 use crate::pool::Pool;
 use crate::CpuWeight;
 use std::cell::RefCell;

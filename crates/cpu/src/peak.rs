@@ -4,32 +4,38 @@
 
 use crate::kernels::Isa;
 use crate::pool::Pool;
+#[cfg(target_arch = "x86_64")]
 use std::sync::Mutex;
 
 /// Sustained int8 multiply-adds per second over the pool's threads with the instructions the
 /// `isa` level's kernels use (AMX tiles, AVX-512 VNNI, AVX2 `vpmaddubsw`), or `None` where no
 /// probe exists for the level (generic, NEON).
 pub fn int8_peak(pool: &Pool, isa: Isa) -> Option<f64> {
-    let per_thread: fn() -> f64 = match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Amx => || match crate::amx::Amx::new() {
-            Ok(a) => a.peak_macs_per_s(),
-            Err(_) => 0.0,
-        },
-        // SAFETY (both): the level is only chosen where the CPU has its features.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => || best_of(|n| unsafe { x86::vnni(n) }),
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => || best_of(|n| unsafe { x86::maddubs(n) }),
-        _ => return None,
-    };
-    let total = Mutex::new(0.0);
-    pool.run(&|_, _| {
-        let r = per_thread();
-        *total.lock().unwrap_or_else(|e| e.into_inner()) += r;
-    });
-    let t = total.into_inner().unwrap_or_else(|e| e.into_inner());
-    (t > 0.0).then_some(t)
+    #[cfg(target_arch = "x86_64")]
+    {
+        let per_thread: fn() -> f64 = match isa {
+            Isa::Amx => || match crate::amx::Amx::new() {
+                Ok(a) => a.peak_macs_per_s(),
+                Err(_) => 0.0,
+            },
+            // SAFETY (both): the level is only chosen where the CPU has its features.
+            Isa::Avx512 => || best_of(|n| unsafe { x86::vnni(n) }),
+            Isa::Avx2 => || best_of(|n| unsafe { x86::maddubs(n) }),
+            _ => return None,
+        };
+        let total = Mutex::new(0.0);
+        pool.run(&|_, _| {
+            let r = per_thread();
+            *total.lock().unwrap_or_else(|e| e.into_inner()) += r;
+        });
+        let t = total.into_inner().unwrap_or_else(|e| e.into_inner());
+        (t > 0.0).then_some(t)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (pool, isa);
+        None
+    }
 }
 
 /// The best of five runs of `spin(iterations)` (which returns the multiply-adds it did), each

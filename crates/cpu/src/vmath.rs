@@ -11,14 +11,18 @@ pub fn exp(x: f32) -> f32 {
     // Adding and subtracting 1.5 · 2^23 rounds to the nearest integer.
     const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    let shifted = x * LOG2E + ROUND;
+    let n = shifted - ROUND;
+    // n as an integer, read from the shifted float's low mantissa bits: integer arithmetic
+    // that vectorizes (`n as i32` saturates, which LLVM turns into a scalar loop here).
+    let ni = (shifted.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
     let r = (x - n * LN2_HI) - n * LN2_LO;
     // Taylor to degree 6 on |r| ≤ ln2 / 2.
     let p = 1.0
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    p * f32::from_bits(((ni + 127) as u32) << 23)
 }
 
 /// out = silu(gate) · up, silu(g) = g / (1 + e^−g).
@@ -94,6 +98,23 @@ pub fn silu_mul(isa: crate::kernels::Isa, gate: &[f32], up: &[f32], out: &mut [f
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The exponent read from the shifted float's bits is `n as i32`, over the whole clamped
+    /// range (so `exp` keeps its bits).
+    #[test]
+    fn exp_exponent_from_bits_equals_the_cast() {
+        const ROUND: f32 = 12_582_912.0;
+        for i in -88_000_000..=89_000_000 {
+            if i % 7 != 0 && !(-2_000..=2_000).contains(&i) {
+                continue;
+            }
+            let x = (i as f32 * 1e-6).clamp(-87.0, 88.0);
+            let shifted = x * std::f32::consts::LOG2_E + ROUND;
+            let n = shifted - ROUND;
+            let ni = (shifted.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
+            assert_eq!(ni, n as i32, "x = {x}");
+        }
+    }
 
     #[test]
     fn exp_is_close_to_libm() {
