@@ -403,9 +403,12 @@ fn attend<O: BlockOps>(job: &Job<'_>, acc: &mut [f32], st: &mut State) {
                         .for_each(|x| *x *= corr);
                     st.m[h] = m_new;
                 }
+                // On copies: in place, LLVM assumes `l` may alias `s` and adds one lane at a time.
+                let (mut sum, add) = (*l, *s);
                 for i in 0..BLOCK {
-                    l[i] += s[i];
+                    sum[i] += add[i];
                 }
+                *l = sum;
             }
             // V rows up to the longest of these rows' lengths (the others weigh them 0).
             let n = BLOCK.min(job.span(h1 - 1).1 - p);

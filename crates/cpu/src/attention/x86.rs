@@ -172,10 +172,13 @@ fn scores512<const G: usize, E: Elem>(q: &[f32], kt: &[E], s: &mut [[f32; BLOCK]
     // SAFETY: callers are built with AVX-512F/F16C; loads stay inside `kt` and `q` (asserted).
     unsafe {
         let mut acc = [_mm512_setzero_ps(); G];
+        // One pointer per head, so that each broadcast is an addressing mode (no index
+        // arithmetic per head and dimension).
+        let qh: [*const f32; G] = std::array::from_fn(|h| q.as_ptr().add(h * hd));
         for d in 0..hd {
             let k = E::load16(kt.as_ptr().add(d * BLOCK));
-            for (h, a) in acc.iter_mut().enumerate() {
-                *a = _mm512_fmadd_ps(_mm512_set1_ps(*q.get_unchecked(h * hd + d)), k, *a);
+            for (a, p) in acc.iter_mut().zip(&qh) {
+                *a = _mm512_fmadd_ps(_mm512_set1_ps(*p.add(d)), k, *a);
             }
         }
         for (a, o) in acc.iter().zip(s.iter_mut()) {
@@ -197,10 +200,13 @@ fn accumulate512<const G: usize, E: Elem>(acc: &mut [f32], w: &[[f32; BLOCK]], n
             for (h, x) in r.iter_mut().enumerate() {
                 *x = _mm512_loadu_ps(o.add(h * hd + c));
             }
+            // Weight (h, i) at a constant offset from one pointer per i (no address
+            // arithmetic per head).
+            let wp = w.as_ptr() as *const f32;
             for i in 0..n {
                 let v = E::load16(vt.as_ptr().add(i * hd + c));
                 for (h, x) in r.iter_mut().enumerate() {
-                    *x = _mm512_fmadd_ps(_mm512_set1_ps(w.get_unchecked(h)[i]), v, *x);
+                    *x = _mm512_fmadd_ps(_mm512_set1_ps(*wp.add(h * BLOCK + i)), v, *x);
                 }
             }
             for (h, x) in r.iter().enumerate() {
