@@ -376,19 +376,29 @@ fn attend<O: BlockOps>(job: &Job<'_>, acc: &mut [f32], st: &mut State) {
                 // Lanes before the row's window and from its length on are masked.
                 let (start, len) = job.span(h);
                 let (skip, n) = (start.saturating_sub(p), BLOCK.min(len.saturating_sub(p)));
-                for (i, v) in s.iter_mut().enumerate() {
-                    *v = if i < n && i >= skip {
-                        *v * job.scale
-                    } else {
-                        f32::NEG_INFINITY
-                    };
+                // Most blocks are attended whole: no masks there.
+                let whole = skip == 0 && n == BLOCK;
+                if whole {
+                    s.iter_mut().for_each(|v| *v *= job.scale);
+                } else {
+                    for (i, v) in s.iter_mut().enumerate() {
+                        *v = if i < n && i >= skip {
+                            *v * job.scale
+                        } else {
+                            f32::NEG_INFINITY
+                        };
+                    }
                 }
                 let m_new = st.m[h].max(max16(s));
                 // Computed for all lanes, then masked; the running sum is kept per lane
                 // (summed at the end), so no loop here carries a scalar dependency.
-                for (i, v) in s.iter_mut().enumerate() {
-                    let e = exp_neg(*v - m_new);
-                    *v = if i < n && i >= skip { e } else { 0.0 };
+                if whole {
+                    s.iter_mut().for_each(|v| *v = exp_neg(*v - m_new));
+                } else {
+                    for (i, v) in s.iter_mut().enumerate() {
+                        let e = exp_neg(*v - m_new);
+                        *v = if i < n && i >= skip { e } else { 0.0 };
+                    }
                 }
                 let l = &mut st.l[h];
                 if m_new > st.m[h] {

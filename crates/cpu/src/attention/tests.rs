@@ -20,7 +20,8 @@ fn tiled_attention_matches_a_two_pass_softmax() {
     let (nh, nkv, hd) = (6, 2, 64);
     let kvd = nkv * hd;
     // Sequence 0 decodes one token at position 70 (5 blocks, the last partial); sequence 1
-    // prefills 5 tokens at positions 16..21.
+    // prefills 5 tokens at positions 16..21; sequence 2 prefills 37 at positions 20..57 (runs
+    // of 16, 16 and 5 tokens, each crossing blocks). Without and with a sliding window.
     let seqs = vec![
         AttnSeq {
             q_start: 0,
@@ -34,19 +35,30 @@ fn tiled_attention_matches_a_two_pass_softmax() {
             ctx_len: 21,
             block_table: vec![3, 8],
         },
+        AttnSeq {
+            q_start: 6,
+            q_len: 37,
+            ctx_len: 57,
+            block_table: vec![12, 10, 13, 11],
+        },
     ];
     let slots_of = |s: &AttnSeq| -> Vec<u32> {
         (0..s.ctx_len)
             .map(|p| s.block_table[p / BLOCK] * BLOCK as u32 + (p % BLOCK) as u32)
             .collect()
     };
-    for dtype in [KvDType::F32, KvDType::F16, KvDType::Q8_0] {
+    for (dtype, window) in [
+        (KvDType::F32, None),
+        (KvDType::F16, None),
+        (KvDType::Q8_0, None),
+        (KvDType::F16, Some(19)),
+    ] {
         for isa in Isa::available() {
             let b = CpuBackend::with_isa(Some(2), isa).unwrap();
             let spec = KvSpec {
                 dtype,
                 n_layers: 1,
-                num_blocks: 10,
+                num_blocks: 14,
                 block_size: BLOCK,
                 n_kv_heads: nkv,
                 head_dim: hd,
@@ -81,14 +93,14 @@ fn tiled_attention_matches_a_two_pass_softmax() {
                 b.write_kv(&ka, &va, &slots, &mut kv, 0).unwrap();
                 kvs.push((round(k), round(v)));
             }
-            let rows = 6;
+            let rows = 43;
             let q = randn(rows * nh * hd, 99);
             let mut qa = b.alloc_act(rows, nh * hd).unwrap();
             b.upload(&q, rows, &mut qa).unwrap();
             let mut out = b.alloc_act(rows, nh * hd).unwrap();
             let scale = 1.0 / (hd as f32).sqrt();
             let meta = AttnMeta {
-                window: None,
+                window,
                 seqs: &seqs,
                 n_heads: nh,
                 n_kv_heads: nkv,
@@ -102,10 +114,11 @@ fn tiled_attention_matches_a_two_pass_softmax() {
                 for i in 0..s.q_len {
                     let row = s.q_start + i;
                     let len = s.ctx_len - s.q_len + i + 1;
+                    let start = window.map_or(0, |w: usize| len.saturating_sub(w));
                     for h in 0..nh {
                         let kvh = h / (nh / nkv);
                         let qh = &q[row * nh * hd + h * hd..row * nh * hd + (h + 1) * hd];
-                        let scores: Vec<f64> = (0..len)
+                        let scores: Vec<f64> = (start..len)
                             .map(|p| {
                                 let kp = &k[p * kvd + kvh * hd..p * kvd + (kvh + 1) * hd];
                                 qh.iter()
@@ -119,14 +132,14 @@ fn tiled_attention_matches_a_two_pass_softmax() {
                         let w: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
                         let sum: f64 = w.iter().sum();
                         for d in 0..hd {
-                            let want: f64 = (0..len)
-                                .map(|p| w[p] * v[p * kvd + kvh * hd + d] as f64)
+                            let want: f64 = (start..len)
+                                .map(|p| w[p - start] * v[p * kvd + kvh * hd + d] as f64)
                                 .sum::<f64>()
                                 / sum;
                             let g = got[row * nh * hd + h * hd + d] as f64;
                             assert!(
                                 (g - want).abs() < 2e-5,
-                                "{isa:?} {dtype:?} seq {si} row {i} head {h} dim {d}: {g} vs {want}"
+                                "{isa:?} {dtype:?} window {window:?} seq {si} row {i} head {h} dim {d}: {g} vs {want}"
                             );
                         }
                     }
