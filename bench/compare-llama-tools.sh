@@ -98,6 +98,13 @@ case "$m" in
     *) ban= ;;
 esac
 port=18182
+# Never leave a server behind (a stale one would answer the next run's requests).
+pid=
+trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; true' EXIT
+if curl -s -o /dev/null http://127.0.0.1:$port/; then
+    echo "port $port is already in use: stop that server first" >&2
+    exit 1
+fi
 echo "== serving $m: $N concurrent greedy completions of $TOKENS tokens, $THREADS threads"
 "$BIN" --threads "$THREADS" serve --model "$path" --model-name "$m" --port $port --max-batch "$N" 2>/dev/null &
 pid=$!
@@ -105,11 +112,14 @@ python3 scripts/wait-http.py $port /v1/models
 python3 bench/serve_throughput.py --url http://127.0.0.1:$port --model "$m" --requests "$N" \
     --max-tokens "$TOKENS" --ban "$ban" --label suanli
 kill -TERM $pid; wait $pid || true
+pid=
 # llama-server: N slots sharing a context of N × 1024 tokens.
 "$LLAMA_BIN/llama-server" -m "$path" -a "$m" -t "$THREADS" -tb "$THREADS" -np "$N" -c $((N * 1024)) \
     --port $port >/dev/null 2>&1 &
 pid=$!
-python3 scripts/wait-http.py $port /v1/models
+# llama-server answers 503 while it loads; wait for a 200 from /health.
+for _ in $(seq 600); do curl -sf http://127.0.0.1:$port/health >/dev/null && break; sleep 0.5; done
 python3 bench/serve_throughput.py --url http://127.0.0.1:$port --model "$m" --requests "$N" \
     --max-tokens "$TOKENS" --ban "$ban" --label "llama-server -np $N"
 kill -TERM $pid; wait $pid || true
+pid=
