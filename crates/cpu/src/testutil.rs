@@ -24,3 +24,28 @@ pub fn quant_rows(ty: DType, rows: usize, n: usize, seed: u32) -> Vec<u8> {
     }
     r
 }
+
+/// A packed product's operands: `rows` random rows of `cols` (type `ty`) packed, `n` tokens of
+/// activations in about ±5.5 quantized for the packed kernels, and a bias per row.
+#[cfg(target_arch = "x86_64")]
+pub fn packed_case(
+    pool: &crate::pool::Pool,
+    ty: DType,
+    (rows, cols, n): (usize, usize, usize),
+    seed: u32,
+) -> (
+    crate::packed::Packed,
+    crate::kernels::pacts::PActs,
+    Vec<f32>,
+) {
+    let raw = quant_rows(ty, rows, cols, seed);
+    let p = crate::packed::Packed::pack(ty, &raw, rows, cols, pool).unwrap();
+    let x: Vec<f32> = bytes(n * cols, seed + 6)
+        .iter()
+        .map(|&b| (b as f32 - 128.0) / 23.0)
+        .collect();
+    let mut a = crate::kernels::pacts::PActs::default();
+    a.fill(pool, &x, n, cols);
+    let bias = (0..rows).map(|r| r as f32 * 0.25 - 3.0).collect();
+    (p, a, bias)
+}

@@ -301,11 +301,10 @@ unsafe fn epilogue<const K: u8>(acc: &mut [__m512; TOKENS], sums: *const i32, a:
 #[cfg(test)]
 mod tests {
     use super::super::avx512_packed::run;
-    use crate::kernels::pacts::PActs;
     use crate::kernels::Isa;
-    use crate::packed::{Kind, Packed};
+    use crate::packed::Kind;
     use crate::pool::Pool;
-    use crate::testutil::{bytes, quant_rows};
+    use crate::testutil::packed_case;
 
     /// The tile unit's results are the VNNI kernels' bit for bit (same integer sums, same f32
     /// epilogue), for every packed kind, at partial groups of rows and with tokens left over
@@ -321,15 +320,7 @@ mod tests {
             let Some(kd) = Kind::of(ty) else { continue };
             let cols = if kd.sb_cols() == 256 { 768 } else { 160 };
             for (rows, n) in [(16, 16), (45, 35), (7, 64)] {
-                let raw = quant_rows(ty, rows, cols, 5);
-                let p = Packed::pack(ty, &raw, rows, cols, &pool).unwrap();
-                let x: Vec<f32> = bytes(n * cols, 11)
-                    .iter()
-                    .map(|&b| (b as f32 - 128.0) / 19.0)
-                    .collect();
-                let mut a = PActs::default();
-                a.fill(&pool, &x, n, cols);
-                let bias: Vec<f32> = (0..rows).map(|r| r as f32 * 0.5 - 2.0).collect();
+                let (p, a, bias) = packed_case(&pool, ty, (rows, cols, n), 5);
                 let mut outs = [vec![f32::NAN; n * rows], vec![f32::NAN; n * rows]];
                 for (amx, out) in [false, true].into_iter().zip(outs.iter_mut()) {
                     // SAFETY: AVX-512 VNNI and the tile permission (Isa::Amx available); `out`

@@ -386,7 +386,7 @@ mod tests {
     use super::*;
     use crate::kernels::Isa;
     use crate::pool::Pool;
-    use crate::testutil::{bytes, quant_rows};
+    use crate::testutil::{packed_case, quant_rows};
 
     /// Every kind, 3 groups (the last partial), tokens in tiles of 8, 4, 2 and 1, with a bias:
     /// against an f64 sum over the dequantized weights and activations.
@@ -412,15 +412,8 @@ mod tests {
                     if cols % kd.sb_cols() != 0 {
                         continue;
                     }
+                    let (p, a, bias) = packed_case(&pool, ty, (rows, cols, n), 3);
                     let raw = quant_rows(ty, rows, cols, 3);
-                    let p = Packed::pack(ty, &raw, rows, cols, &pool).unwrap();
-                    let x: Vec<f32> = bytes(n * cols, 9)
-                        .iter()
-                        .map(|&b| (b as f32 - 128.0) / 23.0)
-                        .collect();
-                    let mut a = PActs::default();
-                    a.fill(&pool, &x, n, cols);
-                    let bias: Vec<f32> = (0..rows).map(|r| r as f32 * 0.25 - 3.0).collect();
                     let mut out = vec![f32::NAN; n * rows];
                     unsafe {
                         run(
