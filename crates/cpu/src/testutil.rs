@@ -25,8 +25,9 @@ pub fn quant_rows(ty: DType, rows: usize, n: usize, seed: u32) -> Vec<u8> {
     r
 }
 
-/// A packed product's operands: `rows` random rows of `cols` (type `ty`) packed, `n` tokens of
-/// activations in about ±5.5 quantized for the packed kernels, and a bias per row.
+/// A packed product's operands: `rows` random rows of `cols` (type `ty`) in file layout and
+/// packed, `n` tokens of activations in about ±5.5 quantized for the packed kernels, and a bias
+/// per row.
 #[cfg(target_arch = "x86_64")]
 pub fn packed_case(
     pool: &crate::pool::Pool,
@@ -34,6 +35,7 @@ pub fn packed_case(
     (rows, cols, n): (usize, usize, usize),
     seed: u32,
 ) -> (
+    Vec<u8>,
     crate::packed::Packed,
     crate::kernels::pacts::PActs,
     Vec<f32>,
@@ -47,5 +49,5 @@ pub fn packed_case(
     let mut a = crate::kernels::pacts::PActs::default();
     a.fill(pool, &x, n, cols);
     let bias = (0..rows).map(|r| r as f32 * 0.25 - 3.0).collect();
-    (p, a, bias)
+    (raw, p, a, bias)
 }

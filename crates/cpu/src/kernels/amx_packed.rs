@@ -12,7 +12,7 @@
 //! sums) and the f32 epilogue is the same, so results are bit-identical to `avx512_packed`.
 
 use super::avx512_packed::{
-    head_values, kind, store, sub_scales, unpack, unroll16, vnni_tokens, Q4K, Q4_1, Q5K, Q5_1, Q6K,
+    head_values, kind, scale_in, store, sub_scales, unpack, unroll16, vnni_tokens, Q6K,
 };
 use super::pacts::PActs;
 use crate::amx::TileConfig;
@@ -277,24 +277,18 @@ unsafe fn multiply<const K: u8>(par: usize, q: *const i8, w: *const u8, c: *mut 
 }
 
 /// Scale sub-block `blk`'s integer sums (`sums`: 16 tokens × 16 rows, Q6_K's second half 256
-/// further) into the accumulators, as `avx512_packed::tile` does.
+/// further) into the accumulators (`scale_in`, as `avx512_packed::tile`).
 #[inline(always)]
 unsafe fn epilogue<const K: u8>(acc: &mut [__m512; TOKENS], sums: *const i32, a: &ASub, sub: &Sub) {
     let [s0, s1, mv] = sub.s.map(|s| _mm512_load_ps(s.as_ptr()));
     unroll16!(t < TOKENS, {
-        let acc = &mut acc[t];
-        let da = _mm512_set1_ps(a.d[t]);
         let i0 = _mm512_load_si512(sums.add(16 * t) as *const _);
-        *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i0), _mm512_mul_ps(s0, da), *acc);
-        match K {
-            Q6K => {
-                let i1 = _mm512_load_si512(sums.add(256 + 16 * t) as *const _);
-                *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i1), _mm512_mul_ps(s1, da), *acc);
-            }
-            Q4_1 | Q5_1 => *acc = _mm512_fmadd_ps(mv, _mm512_set1_ps(a.s[t]), *acc),
-            Q4K | Q5K => *acc = _mm512_fnmadd_ps(mv, _mm512_set1_ps(a.s[t]), *acc),
-            _ => {}
-        }
+        let i1 = if K == Q6K {
+            _mm512_load_si512(sums.add(256 + 16 * t) as *const _)
+        } else {
+            _mm512_setzero_si512()
+        };
+        scale_in::<K>(&mut acc[t], (i0, i1), [s0, s1, mv], (a.d[t], a.s[t]));
     });
 }
 
@@ -320,7 +314,7 @@ mod tests {
             let Some(kd) = Kind::of(ty) else { continue };
             let cols = if kd.sb_cols() == 256 { 768 } else { 160 };
             for (rows, n) in [(16, 16), (45, 35), (7, 64)] {
-                let (p, a, bias) = packed_case(&pool, ty, (rows, cols, n), 5);
+                let (_, p, a, bias) = packed_case(&pool, ty, (rows, cols, n), 5);
                 let mut outs = [vec![f32::NAN; n * rows], vec![f32::NAN; n * rows]];
                 for (amx, out) in [false, true].into_iter().zip(outs.iter_mut()) {
                     // SAFETY: AVX-512 VNNI and the tile permission (Isa::Amx available); `out`

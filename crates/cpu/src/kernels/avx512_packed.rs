@@ -180,6 +180,27 @@ pub(super) unsafe fn sub_scales<const K: u8>(
     }
 }
 
+/// A sub-block's integer sums for one token's 16 rows, scaled into its accumulator: `i0` (Q6_K:
+/// the first 16 columns, `i1` the second) by the rows' scales `s0` (`s1`) times the token's
+/// scale `d`, then the float min term `mv · s` (the token's scaled sum; Q4_1/Q5_1 add it,
+/// Q4_K/Q5_K subtract it). The VNNI and AMX kernels share it, which keeps them bit-identical.
+#[inline(always)]
+pub(super) unsafe fn scale_in<const K: u8>(
+    acc: &mut __m512,
+    (i0, i1): (__m512i, __m512i),
+    [s0, s1, mv]: [__m512; 3],
+    (d, s): (f32, f32),
+) {
+    let da = _mm512_set1_ps(d);
+    *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i0), _mm512_mul_ps(s0, da), *acc);
+    match K {
+        Q6K => *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i1), _mm512_mul_ps(s1, da), *acc),
+        Q4_1 | Q5_1 => *acc = _mm512_fmadd_ps(mv, _mm512_set1_ps(s), *acc),
+        Q4K | Q5K => *acc = _mm512_fnmadd_ps(mv, _mm512_set1_ps(s), *acc),
+        _ => {}
+    }
+}
+
 /// How far ahead of the sub-block being multiplied decode prefetches (bytes).
 const PREFETCH_AHEAD: usize = 2048;
 
@@ -223,12 +244,11 @@ unsafe fn tile<const K: u8, const T: usize>(
                 let tok = t0 + t;
                 let q = a.qs.as_ptr().add(tok * a.k + blk * 32);
                 let m: &Meta = a.meta.get_unchecked(tok * nblk + blk);
-                let da = _mm512_set1_ps(m.d);
-                if K == Q6K {
-                    let i0 = dots(_mm512_set1_epi32(m.nsum16[0] as i32 * off), &w, q, 0..4);
-                    let i1 = dots(_mm512_set1_epi32(m.nsum16[1] as i32 * off), &w, q, 4..8);
-                    *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i0), _mm512_mul_ps(s0, da), *acc);
-                    *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i1), _mm512_mul_ps(s1, da), *acc);
+                let (i0, i1) = if K == Q6K {
+                    (
+                        dots(_mm512_set1_epi32(m.nsum16[0] as i32 * off), &w, q, 0..4),
+                        dots(_mm512_set1_epi32(m.nsum16[1] as i32 * off), &w, q, 4..8),
+                    )
                 } else {
                     let init = _mm512_set1_epi32(m.nsum32 * off);
                     let isum = if T < 4 {
@@ -240,13 +260,9 @@ unsafe fn tile<const K: u8, const T: usize>(
                     } else {
                         dots(init, &w, q, 0..8)
                     };
-                    *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(s0, da), *acc);
-                    match K {
-                        Q4_1 | Q5_1 => *acc = _mm512_fmadd_ps(mv, _mm512_set1_ps(m.s), *acc),
-                        Q4K | Q5K => *acc = _mm512_fnmadd_ps(mv, _mm512_set1_ps(m.s), *acc),
-                        _ => {}
-                    }
-                }
+                    (isum, _mm512_setzero_si512())
+                };
+                scale_in::<K>(acc, (i0, i1), [s0, s1, mv], (m.d, m.s));
             });
         }
     }
@@ -386,7 +402,7 @@ mod tests {
     use super::*;
     use crate::kernels::Isa;
     use crate::pool::Pool;
-    use crate::testutil::{packed_case, quant_rows};
+    use crate::testutil::packed_case;
 
     /// Every kind, 3 groups (the last partial), tokens in tiles of 8, 4, 2 and 1, with a bias:
     /// against an f64 sum over the dequantized weights and activations.
@@ -412,8 +428,7 @@ mod tests {
                     if cols % kd.sb_cols() != 0 {
                         continue;
                     }
-                    let (p, a, bias) = packed_case(&pool, ty, (rows, cols, n), 3);
-                    let raw = quant_rows(ty, rows, cols, 3);
+                    let (raw, p, a, bias) = packed_case(&pool, ty, (rows, cols, n), 3);
                     let mut out = vec![f32::NAN; n * rows];
                     unsafe {
                         run(
