@@ -117,6 +117,20 @@ fn enable() -> Result<Amx, Unavailable> {
     Ok(Amx(()))
 }
 
+impl Amx {
+    /// Whether the tiles also multiply BF16 (`tdpbf16ps`, CPUID AMX-BF16): every AMX CPU so
+    /// far has them, but the instruction set lists them apart.
+    pub fn bf16(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            static BF16: OnceLock<bool> = OnceLock::new();
+            *BF16.get_or_init(|| std::arch::x86_64::__cpuid_count(7, 0).edx & (1 << 22) != 0)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    }
+}
+
 /// The 64-byte tile configuration (palette 1) that `ldtilecfg` loads: bytes per row and rows
 /// of each of the 8 tiles.
 #[repr(C, align(64))]
@@ -153,7 +167,7 @@ impl TileConfig {
 /// Accumulators tmm0..3 (16×16 i32: 64 bytes a row), A tiles tmm4..5 (16 rows of 64 u8), B
 /// tiles tmm6..7 (16 rows of 64 i8, VNNI order).
 #[cfg(target_arch = "x86_64")]
-const FULL: TileConfig = TileConfig::new([(16, 64); 8]);
+pub(crate) const FULL: TileConfig = TileConfig::new([(16, 64); 8]);
 
 /// Row-major i8 B `[n][k]` (output column j's k values contiguous) → VNNI order for `tdpbusd`:
 /// `k/4` rows of `n × 4` bytes, row r holding, for each column j, k values 4r..4r+4. `k` and `n`

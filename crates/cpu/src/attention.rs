@@ -93,10 +93,24 @@ pub fn paged_attention(
     // Work: runs of up to TOKENS consecutive query rows of one sequence, per KV head, so that
     // each K/V tile read from the cache serves all of them (a prefill's queries share their
     // context); decode steps are runs of one.
+    // On AMX tiles, longer runs (each chunk of K/V converted to bf16 serves more rows), while
+    // leaving each thread several units.
+    #[cfg(target_arch = "x86_64")]
+    let tiles = k.isa == Isa::Amx && amx::available();
+    #[cfg(target_arch = "x86_64")]
+    let per_run = if tiles {
+        (q.rows * nkv)
+            .div_ceil(4 * pool.threads())
+            .clamp(TOKENS, amx::TOKENS)
+    } else {
+        TOKENS
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let per_run = TOKENS;
     let mut runs = Vec::new();
     for s in meta.seqs {
-        for t0 in (s.q_start..s.q_start + s.q_len).step_by(TOKENS) {
-            runs.push((t0, TOKENS.min(s.q_start + s.q_len - t0)));
+        for t0 in (s.q_start..s.q_start + s.q_len).step_by(per_run) {
+            runs.push((t0, per_run.min(s.q_start + s.q_len - t0)));
         }
     }
     let units = runs.len() * nkv;
@@ -132,6 +146,11 @@ pub fn paged_attention(
                 scale: meta.scale,
             };
             match k.isa {
+                // SAFETY: `available()` and `takes` hold.
+                #[cfg(target_arch = "x86_64")]
+                Isa::Amx if tiles && amx::takes(tn * group, hd) => unsafe {
+                    amx::attend_amx(&job, &mut acc)
+                },
                 // SAFETY: the levels were checked at detection.
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx2 => unsafe { attend_avx2(&job, &mut acc, &mut st) },
@@ -432,6 +451,8 @@ fn attend<O: BlockOps>(job: &Job<'_>, acc: &mut [f32], st: &mut State) {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 

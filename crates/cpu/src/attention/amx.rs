@@ -1,0 +1,582 @@
+//! Prefill attention on AMX BF16 tiles (`tdpbf16ps`): for 16 query rows at a time, the scores
+//! of 32 cached positions (two blocks) come from the tile unit, the online softmax of each row
+//! from the vector units (one row is two vectors), and the 16 rows' weighted V sums from the
+//! tile unit again, added into f32 accumulators rescaled by the softmax's correction.
+//!
+//! Exact to about 2^-16 rather than bf16's 2^-8: every operand is split into a high bf16 and
+//! the bf16 of what it leaves (`x ≈ hi + lo`, 16 significant bits; an F16 cache value is exactly
+//! hi + lo), and each product is taken as hi·hi + hi·lo + lo·hi, the dropped lo·lo being
+//! 2^-18 of it. Three tile multiplies where one would do, but the tile unit has room: the
+//! softmax's exponentials bound this loop.
+//!
+//! Tiles (all 16 rows × 64 bytes): tmm0/tmm1 the scores of positions 0..16 / 16..32, tmm2/tmm3
+//! two 16-column blocks of P·V, tmm4/tmm5 the A operand's hi/lo (Q, then P), tmm6/tmm7 the B
+//! operand's hi/lo (K, then V) in the pair order `tdpbf16ps` reads: row r holds, per output
+//! column, the values at k = 2r and 2r + 1.
+
+use super::{tile_start, Job, Tile, BLOCK};
+use crate::amx::{TileConfig, FULL};
+use std::arch::asm;
+use std::arch::x86_64::*;
+use std::cell::RefCell;
+
+/// Positions per softmax step: two cache blocks, the 32 k values of one P tile row.
+const CHUNK: usize = 2 * BLOCK;
+/// Most query tokens per unit (`super::TOKENS` on the f32 loops): the more rows a chunk of K/V
+/// converted to bf16 serves, the less the conversion costs per row (16 → 64 tokens: +20 %).
+pub const TOKENS: usize = 64;
+/// u16 values in one tile (16 rows × 32 bf16).
+const TILE: usize = 512;
+
+/// Whether this process can run it: AMX tiles with BF16 and the AVX-512 BF16 conversions.
+pub fn available() -> bool {
+    crate::amx::Amx::new().is_ok_and(|a| a.bf16()) && is_x86_feature_detected!("avx512bf16")
+}
+
+/// Whether a unit of `rows` query rows of head size `hd` goes to the tiles: at least two row
+/// tiles, so that each K/V chunk converted to bf16 serves several (decode rows stay on the
+/// f32 loops, which read the cache in place).
+pub fn takes(rows: usize, hd: usize) -> bool {
+    rows >= 32 && hd.is_multiple_of(32)
+}
+
+/// Scratch, per thread: Q and the chunk's K and V as bf16 tiles, and one row tile's scores,
+/// weights and P·V block.
+#[derive(Default)]
+struct Bufs {
+    /// Q (scaled) hi and lo, `[rows rounded up to 16][hd]` bf16.
+    qh: Lines,
+    ql: Lines,
+    /// K tiles: per half (block) of the chunk, per 32 dimensions, hi then lo.
+    kb: Lines,
+    /// V tiles: per 16 dimensions, hi then lo.
+    vb: Lines,
+    /// P hi and lo (one row tile).
+    p: Lines,
+    /// Scores (two 16 × 16 f32 blocks) and P·V (per 16 columns, 16 × 16 f32).
+    s: Lines,
+    o: Lines,
+    /// Per row: running max and sum.
+    m: Vec<f32>,
+    l: Vec<f32>,
+}
+
+/// Scratch memory in whole cache lines: a tile row is 64 bytes, and one that straddles two
+/// lines makes every tile load slower (runs measured 32 vs 55 G/s by where the heap put them).
+#[derive(Default)]
+struct Lines(Vec<Line>);
+
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u8; 64]);
+
+impl Lines {
+    /// Room for `n` values of `T`.
+    fn grow<T>(&mut self, n: usize) {
+        let lines = (n * std::mem::size_of::<T>()).div_ceil(64);
+        if self.0.len() < lines {
+            self.0.resize(lines, Line([0; 64]));
+        }
+    }
+
+    fn at<T>(&self) -> *mut T {
+        self.0.as_ptr() as *mut T
+    }
+}
+
+thread_local! {
+    static BUFS: RefCell<Bufs> = RefCell::new(Bufs::default());
+}
+
+/// The unit's attention into `acc` (`[rows, hd]`), as `super::attend`.
+///
+/// # Safety
+/// `available()` must hold, and `takes(rows, hd)`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma,f16c")]
+pub(super) unsafe fn attend_amx(job: &Job<'_>, acc: &mut [f32]) {
+    BUFS.with(|b| attend(job, acc, &mut b.borrow_mut()))
+}
+
+/// The running max's start: finite, so that a row with nothing attended yet gives corrections
+/// of e^0 rather than e^(−∞ + ∞).
+const NO_MAX: f32 = -1e30;
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma,f16c")]
+unsafe fn attend(job: &Job<'_>, acc: &mut [f32], b: &mut Bufs) {
+    let hd = job.hd;
+    let rows = job.q.len() / hd;
+    debug_assert!(takes(rows, hd) && acc.len() == rows * hd);
+    let rp = rows.div_ceil(16) * 16;
+    let steps = hd / 32;
+    let (ks, vs) = &job.kv.layers[job.layer];
+    let spec = &job.kv.spec;
+    b.qh.grow::<u16>(rp * hd);
+    b.ql.grow::<u16>(rp * hd);
+    b.kb.grow::<u16>(2 * steps * 2 * TILE);
+    b.vb.grow::<u16>(hd / 16 * 2 * TILE);
+    b.p.grow::<u16>(2 * TILE);
+    b.s.grow::<f32>(2 * 256);
+    b.o.grow::<f32>(hd / 16 * 256);
+    // Q, scaled (the scores come out scaled), as hi/lo rows; padding rows zero.
+    let scale = _mm512_set1_ps(job.scale);
+    for r in 0..rp {
+        for j in 0..steps {
+            let at = r * hd + 32 * j;
+            let (x0, x1) = if r < rows {
+                let q = job.q.as_ptr().add(at);
+                (
+                    _mm512_mul_ps(_mm512_loadu_ps(q), scale),
+                    _mm512_mul_ps(_mm512_loadu_ps(q.add(16)), scale),
+                )
+            } else {
+                (_mm512_setzero_ps(), _mm512_setzero_ps())
+            };
+            split(x0, x1, b.qh.at::<u16>().add(at), b.ql.at::<u16>().add(at));
+        }
+    }
+    // Per row: the running max and sum (padding rows included, never read).
+    b.m.clear();
+    b.m.resize(rp, NO_MAX);
+    b.l.clear();
+    b.l.resize(rp, 0.0);
+    acc.fill(0.0);
+    asm!("ldtilecfg [{c}]", c = in(reg) &FULL as *const TileConfig, options(nostack, readonly));
+    let (start, _) = job.span(0);
+    let (_, end) = job.span(rows - 1);
+    let first_block = start / BLOCK;
+    let table = &job.table[first_block.min(job.table.len())..];
+    let mut p = first_block * BLOCK;
+    let mut live = Vec::with_capacity(rp / 16);
+    for pair in table.chunks(2) {
+        if p >= end {
+            break;
+        }
+        // Positions of the chunk that some row attends (the rest of V is zeroed: weights of 0
+        // must not meet stale values).
+        let n = CHUNK.min(end - p);
+        let blocks = n.div_ceil(BLOCK).min(pair.len());
+        for (c, &blk) in pair[..blocks].iter().enumerate() {
+            let off = tile_start(blk as usize, job.kvh, spec);
+            let kt = Tile::of(ks, off, BLOCK * hd, hd, true);
+            let kb = b.kb.at::<u16>().add(c * steps * 2 * TILE);
+            convert_k(kt, hd, kb);
+        }
+        let vt: [Option<Tile<'_>>; 2] = std::array::from_fn(|c| {
+            (c < blocks).then(|| {
+                let off = tile_start(pair[c] as usize, job.kvh, spec);
+                Tile::of(vs, off, BLOCK * hd, hd, false)
+            })
+        });
+        convert_v(&vt, n, hd, b.vb.at::<u16>());
+        // Row tiles with something to attend here (rows later in the run attend more; earlier
+        // ones start their window earlier).
+        live.clear();
+        live.extend((0..rows).step_by(16).filter(|&r0| {
+            let r1 = (r0 + 16).min(rows);
+            job.span(r1 - 1).1 > p && job.span(r0).0 < p + CHUNK
+        }));
+        // A software pipeline over the row tiles, so that the tile unit multiplies while the
+        // vector units run a softmax or add sums in, and no tile load reads vector stores
+        // still in flight (it would wait for them): per step, P·V of tile i, the softmax of
+        // tile i + 1, tile i's sums added in, the scores of tile i + 2.
+        let mut corr = [[1.0f32; 16]; 2];
+        let end_of = |r0: usize| (r0 + 16).min(rows);
+        if let Some(&r0) = live.first() {
+            scores(b, r0, hd, steps);
+            softmax(job, b, r0, end_of(r0), p, &mut corr[0]);
+        }
+        if let Some(&r0) = live.get(1) {
+            scores(b, r0, hd, steps);
+        }
+        for (i, &r0) in live.iter().enumerate() {
+            weigh(b, hd);
+            if let Some(&next) = live.get(i + 1) {
+                softmax(job, b, next, end_of(next), p, &mut corr[(i + 1) % 2]);
+            }
+            add_in(
+                b,
+                hd,
+                &corr[i % 2],
+                end_of(r0) - r0,
+                acc.as_mut_ptr().add(r0 * hd),
+            );
+            if let Some(&next) = live.get(i + 2) {
+                scores(b, next, hd, steps);
+            }
+        }
+        p += CHUNK;
+    }
+    asm!("tilerelease", options(nostack, nomem));
+    for r in 0..rows {
+        let inv = 1.0 / b.l[r];
+        acc[r * hd..(r + 1) * hd].iter_mut().for_each(|x| *x *= inv);
+    }
+}
+
+/// x (32 values: x0 then x1) as bf16 hi and lo rows of 64 bytes each: hi is x rounded to bf16,
+/// lo the bf16 of the exact remainder, so hi + lo is x to 2^-17.
+#[inline(always)]
+unsafe fn split(x0: __m512, x1: __m512, hi: *mut u16, lo: *mut u16) {
+    let h: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(x1, x0));
+    let (h0, h1) = (
+        widen(_mm512_castsi512_si256(h)),
+        widen(_mm512_extracti64x4_epi64::<1>(h)),
+    );
+    let l: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(
+        _mm512_sub_ps(x1, h1),
+        _mm512_sub_ps(x0, h0),
+    ));
+    _mm512_storeu_si512(hi as *mut __m512i, h);
+    _mm512_storeu_si512(lo as *mut __m512i, l);
+}
+
+/// 16 bf16 as f32.
+#[inline(always)]
+unsafe fn widen(v: __m256i) -> __m512 {
+    _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16))
+}
+
+/// One B tile row: a and b (the values at k = 2r and 2r + 1 of 16 columns) interleaved.
+#[inline(always)]
+unsafe fn pair_row(a: __m512, b: __m512, hi: *mut u16, lo: *mut u16) {
+    let first = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    let second = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    split(
+        _mm512_permutex2var_ps(a, first, b),
+        _mm512_permutex2var_ps(a, second, b),
+        hi,
+        lo,
+    );
+}
+
+/// 16 consecutive values of a cache tile from element `i` as f32 (a K tile row of 16 positions,
+/// or 16 dimensions of a V row).
+#[inline(always)]
+unsafe fn load16(t: Tile<'_>, i: usize) -> __m512 {
+    match t {
+        Tile::F32(v) => _mm512_loadu_ps(v[i..i + 16].as_ptr()),
+        Tile::F16(v) => {
+            _mm512_cvtph_ps(_mm256_loadu_si256(v[i..i + 16].as_ptr() as *const __m256i))
+        }
+        Tile::Q8(t) => {
+            let q = &t.q[i..i + 16];
+            let x = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
+                q.as_ptr() as *const __m128i
+            )));
+            let s = if t.transposed {
+                // K: the 16 positions' scales of this dimension's 32.
+                let at = t.scale_of(i);
+                _mm512_cvtph_ps(_mm256_loadu_si256(
+                    t.d[at..at + 16].as_ptr() as *const __m256i
+                ))
+            } else {
+                _mm512_set1_ps(t.d[t.scale_of(i)].to_f32())
+            };
+            _mm512_mul_ps(x, s)
+        }
+    }
+}
+
+/// A K tile (`[hd][BLOCK]`) as B tiles for the scores: per 32 dimensions j, hi at
+/// `kb + 2j·TILE`, lo after it; row r pairs dimensions 32j + 2r and 32j + 2r + 1.
+#[inline(always)]
+unsafe fn convert_k(kt: Tile<'_>, hd: usize, kb: *mut u16) {
+    for j in 0..hd / 32 {
+        let (hi, lo) = (kb.add(2 * j * TILE), kb.add((2 * j + 1) * TILE));
+        for r in 0..16 {
+            let d = 32 * j + 2 * r;
+            let (a, b) = (load16(kt, d * BLOCK), load16(kt, (d + 1) * BLOCK));
+            pair_row(a, b, hi.add(32 * r), lo.add(32 * r));
+        }
+    }
+}
+
+/// The chunk's V rows (`[BLOCK][hd]` per block; positions from `n` on zero) as B tiles for
+/// P·V: per 16 dimensions e, hi at `vb + 2e·TILE`, lo after it; row r pairs positions 2r and
+/// 2r + 1.
+#[inline(always)]
+unsafe fn convert_v(vt: &[Option<Tile<'_>>; 2], n: usize, hd: usize, vb: *mut u16) {
+    for e in 0..hd / 16 {
+        let (hi, lo) = (vb.add(2 * e * TILE), vb.add((2 * e + 1) * TILE));
+        for r in 0..16 {
+            let (a, b) = (v_row(vt, n, hd, 2 * r, e), v_row(vt, n, hd, 2 * r + 1, e));
+            pair_row(a, b, hi.add(32 * r), lo.add(32 * r));
+        }
+    }
+}
+
+/// Dimensions 16e.. of the V row at chunk position `pos` (zero from `n` on).
+#[inline(always)]
+unsafe fn v_row(vt: &[Option<Tile<'_>>; 2], n: usize, hd: usize, pos: usize, e: usize) -> __m512 {
+    match vt[pos / BLOCK] {
+        Some(t) if pos < n => load16(t, (pos % BLOCK) * hd + 16 * e),
+        _ => _mm512_setzero_ps(),
+    }
+}
+
+/// Scores of row tile `r0` against the chunk into `b.s` (two 16 × 16 f32 blocks).
+#[inline(always)]
+unsafe fn scores(b: &mut Bufs, r0: usize, hd: usize, steps: usize) {
+    let lda = hd * 2;
+    asm!("tilezero tmm0", "tilezero tmm1", options(nostack, nomem));
+    for j in 0..steps {
+        let (qh, ql) = (
+            b.qh.at::<u16>().add(r0 * hd + 32 * j),
+            b.ql.at::<u16>().add(r0 * hd + 32 * j),
+        );
+        let k0 = b.kb.at::<u16>().add(2 * j * TILE);
+        let k1 = b.kb.at::<u16>().add((steps + j) * 2 * TILE);
+        asm!(
+            "tileloadd tmm4, [{qh} + {lda}*1]",
+            "tileloadd tmm5, [{ql} + {lda}*1]",
+            "tileloadd tmm6, [{k0} + {s64}*1]",
+            "tileloadd tmm7, [{k0l} + {s64}*1]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tdpbf16ps tmm0, tmm5, tmm6",
+            "tdpbf16ps tmm0, tmm4, tmm7",
+            "tileloadd tmm6, [{k1} + {s64}*1]",
+            "tileloadd tmm7, [{k1l} + {s64}*1]",
+            "tdpbf16ps tmm1, tmm4, tmm6",
+            "tdpbf16ps tmm1, tmm5, tmm6",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            qh = in(reg) qh,
+            ql = in(reg) ql,
+            lda = in(reg) lda,
+            k0 = in(reg) k0,
+            k0l = in(reg) k0.add(TILE),
+            k1 = in(reg) k1,
+            k1l = in(reg) k1.add(TILE),
+            s64 = in(reg) 64usize,
+            options(nostack, readonly),
+        );
+    }
+    asm!(
+        "tilestored [{s0} + {s64}*1], tmm0",
+        "tilestored [{s1} + {s64}*1], tmm1",
+        s0 = in(reg) b.s.at::<f32>(),
+        s1 = in(reg) b.s.at::<f32>().add(256),
+        s64 = in(reg) 64usize,
+        options(nostack),
+    );
+}
+
+/// The online softmax of rows r0..r1 over the chunk at `p`, the 16 rows at once (each row's
+/// 32 scores are two vectors; their maxima and sums are reduced across rows into one vector):
+/// running max and sum updated, each row's weights as hi/lo P rows (zero where masked and on
+/// padding rows), and per row the factor its accumulator is rescaled by (`corr`).
+#[inline(always)]
+unsafe fn softmax(
+    job: &Job<'_>,
+    b: &mut Bufs,
+    r0: usize,
+    r1: usize,
+    p: usize,
+    corr: &mut [f32; 16],
+) {
+    // Most tiles attend the whole chunk; the others mask per row (bit k: position p + k).
+    let whole = r1 - r0 == 16 && job.span(r1 - 1).0 <= p && job.span(r0).1 >= p + CHUNK;
+    let mut masks = [u32::MAX; 16];
+    if !whole {
+        for (i, m) in masks.iter_mut().enumerate() {
+            *m = if r0 + i < r1 {
+                let (start, len) = job.span(r0 + i);
+                let (lo, hi) = (start.saturating_sub(p), CHUNK.min(len.saturating_sub(p)));
+                if lo < hi {
+                    (u32::MAX >> (CHUNK - hi)) & (u32::MAX << lo)
+                } else {
+                    0
+                }
+            } else {
+                0
+            };
+        }
+    }
+    let s = b.s.at::<f32>();
+    let mut v = [_mm512_setzero_ps(); 16];
+    for (i, x) in v.iter_mut().enumerate() {
+        let (x0, x1) = scores_of(s, i, whole, masks[i]);
+        *x = _mm512_max_ps(x0, x1);
+    }
+    let maxima = reduce16::<true>(&v);
+    let m_old = _mm512_loadu_ps(b.m.as_ptr().add(r0));
+    let m_new = _mm512_max_ps(m_old, maxima);
+    let c = exp512(_mm512_sub_ps(m_old, m_new));
+    _mm512_storeu_ps(b.m.as_mut_ptr().add(r0), m_new);
+    _mm512_storeu_ps(corr.as_mut_ptr(), c);
+    let mut mn = [0f32; 16];
+    _mm512_storeu_ps(mn.as_mut_ptr(), m_new);
+    let (ph, pl) = (b.p.at::<u16>(), b.p.at::<u16>().add(TILE));
+    for (i, x) in v.iter_mut().enumerate() {
+        let (x0, x1) = scores_of(s, i, whole, masks[i]);
+        let m = _mm512_set1_ps(mn[i]);
+        let (mut e0, mut e1) = (exp512n(_mm512_sub_ps(x0, m)), exp512n(_mm512_sub_ps(x1, m)));
+        if !whole {
+            e0 = _mm512_maskz_mov_ps(masks[i] as u16, e0);
+            e1 = _mm512_maskz_mov_ps((masks[i] >> 16) as u16, e1);
+        }
+        split(e0, e1, ph.add(32 * i), pl.add(32 * i));
+        *x = _mm512_add_ps(e0, e1);
+    }
+    let sums = reduce16::<false>(&v);
+    let l = b.l.as_mut_ptr().add(r0);
+    _mm512_storeu_ps(l, _mm512_fmadd_ps(_mm512_loadu_ps(l), c, sums));
+}
+
+/// Row i's 32 scores from the two score tiles, −∞ where its mask is clear.
+#[inline(always)]
+unsafe fn scores_of(s: *const f32, i: usize, whole: bool, mask: u32) -> (__m512, __m512) {
+    let (x0, x1) = (
+        _mm512_loadu_ps(s.add(16 * i)),
+        _mm512_loadu_ps(s.add(256 + 16 * i)),
+    );
+    if whole {
+        (x0, x1)
+    } else {
+        let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
+        (
+            _mm512_mask_mov_ps(ninf, mask as u16, x0),
+            _mm512_mask_mov_ps(ninf, (mask >> 16) as u16, x1),
+        )
+    }
+}
+
+/// Lane i = the max (`MAX`) or sum of v[i]'s 16 lanes: halves of pairs of vectors combined,
+/// then quarters of pairs of those, … (15 combining ops rather than 16 × 4 dependent ones),
+/// then the lanes put back in row order.
+#[inline(always)]
+unsafe fn reduce16<const MAX: bool>(v: &[__m512; 16]) -> __m512 {
+    let mut c = [_mm512_setzero_ps(); 8];
+    for (k, x) in c.iter_mut().enumerate() {
+        let (a, b) = (v[2 * k], v[2 * k + 1]);
+        let o = _mm512_mask_blend_ps(0x00FF, a, b);
+        *x = comb::<MAX>(
+            _mm512_mask_blend_ps(0xFF00, a, b),
+            _mm512_shuffle_f32x4::<0b01_00_11_10>(o, o),
+        );
+    }
+    let mut d = [_mm512_setzero_ps(); 4];
+    for (k, x) in d.iter_mut().enumerate() {
+        let (a, b) = (c[2 * k], c[2 * k + 1]);
+        let o = _mm512_mask_blend_ps(0x0F0F, a, b);
+        *x = comb::<MAX>(
+            _mm512_mask_blend_ps(0xF0F0, a, b),
+            _mm512_shuffle_f32x4::<0b10_11_00_01>(o, o),
+        );
+    }
+    let mut e = [_mm512_setzero_ps(); 2];
+    for (k, x) in e.iter_mut().enumerate() {
+        let (a, b) = (d[2 * k], d[2 * k + 1]);
+        let o = _mm512_mask_blend_ps(0x3333, a, b);
+        *x = comb::<MAX>(
+            _mm512_mask_blend_ps(0xCCCC, a, b),
+            _mm512_permute_ps::<0b01_00_11_10>(o),
+        );
+    }
+    let o = _mm512_mask_blend_ps(0x5555, e[0], e[1]);
+    let f = comb::<MAX>(
+        _mm512_mask_blend_ps(0xAAAA, e[0], e[1]),
+        _mm512_permute_ps::<0b10_11_00_01>(o),
+    );
+    // Lane j now holds row bitreverse4(j).
+    let order = _mm512_setr_epi32(0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15);
+    _mm512_permutexvar_ps(order, f)
+}
+
+#[inline(always)]
+unsafe fn comb<const MAX: bool>(a: __m512, b: __m512) -> __m512 {
+    if MAX {
+        _mm512_max_ps(a, b)
+    } else {
+        _mm512_add_ps(a, b)
+    }
+}
+
+/// e^x for x ≤ 0 where a mask is applied after (no clamp: −∞ gives NaN), to 2.4e-6 (degree 5:
+/// the weights keep 2^-17 in their hi/lo split).
+#[inline(always)]
+unsafe fn exp512n(x: __m512) -> __m512 {
+    let n =
+        _mm512_roundscale_ps::<0x08>(_mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)));
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_145_75), x);
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428_606_8e-6), r);
+    let y = _mm512_fmadd_ps(_mm512_set1_ps(1.0 / 120.0), r, _mm512_set1_ps(1.0 / 24.0));
+    let y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.0 / 6.0));
+    let y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(0.5));
+    let y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.0));
+    let y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.0));
+    _mm512_scalef_ps(y, n)
+}
+/// e^x for x ≤ 0 (as `vmath::exp`: degree-6 Taylor on x − n·ln 2, |r| ≤ ln 2 / 2; 2^n by
+/// `vscalefps`); below −87 about 1e-38.
+#[inline(always)]
+unsafe fn exp512(x: __m512) -> __m512 {
+    let x = _mm512_max_ps(x, _mm512_set1_ps(-87.0));
+    let n =
+        _mm512_roundscale_ps::<0x08>(_mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)));
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_145_75), x);
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428_606_8e-6), r);
+    let y = _mm512_fmadd_ps(_mm512_set1_ps(1.0 / 720.0), r, _mm512_set1_ps(1.0 / 120.0));
+    let y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.0 / 24.0));
+    let y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.0 / 6.0));
+    let y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(0.5));
+    let y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.0));
+    let y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.0));
+    _mm512_scalef_ps(y, n)
+}
+
+/// P·V of the row tile (its weights in `b.p`) into `b.o`, 16 columns a block.
+#[inline(always)]
+unsafe fn weigh(b: &mut Bufs, hd: usize) {
+    asm!(
+        "tileloadd tmm4, [{ph} + {s64}*1]",
+        "tileloadd tmm5, [{pl} + {s64}*1]",
+        ph = in(reg) b.p.at::<u16>(),
+        pl = in(reg) b.p.at::<u16>().add(TILE),
+        s64 = in(reg) 64usize,
+        options(nostack, readonly),
+    );
+    for e in (0..hd / 16).step_by(2) {
+        let v0 = b.vb.at::<u16>().add(2 * e * TILE);
+        let v1 = b.vb.at::<u16>().add(2 * (e + 1) * TILE);
+        let o = b.o.at::<f32>().add(256 * e);
+        asm!(
+            "tilezero tmm2",
+            "tilezero tmm3",
+            "tileloadd tmm6, [{v0} + {s64}*1]",
+            "tileloadd tmm7, [{v0l} + {s64}*1]",
+            "tdpbf16ps tmm2, tmm4, tmm6",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm2, tmm4, tmm7",
+            "tileloadd tmm6, [{v1} + {s64}*1]",
+            "tileloadd tmm7, [{v1l} + {s64}*1]",
+            "tdpbf16ps tmm3, tmm4, tmm6",
+            "tdpbf16ps tmm3, tmm5, tmm6",
+            "tdpbf16ps tmm3, tmm4, tmm7",
+            "tilestored [{o0} + {s64}*1], tmm2",
+            "tilestored [{o1} + {s64}*1], tmm3",
+            v0 = in(reg) v0,
+            v0l = in(reg) v0.add(TILE),
+            v1 = in(reg) v1,
+            v1l = in(reg) v1.add(TILE),
+            o0 = in(reg) o,
+            o1 = in(reg) o.add(256),
+            s64 = in(reg) 64usize,
+            options(nostack),
+        );
+    }
+}
+
+/// The row tile's P·V blocks (`b.o`) added into its `real` rows of the accumulators at `acc`
+/// (`[16][hd]`), after their rescaling by `corr`.
+#[inline(always)]
+unsafe fn add_in(b: &Bufs, hd: usize, corr: &[f32; 16], real: usize, acc: *mut f32) {
+    let o = b.o.at::<f32>();
+    for (i, c) in corr.iter().enumerate().take(real) {
+        let c = _mm512_set1_ps(*c);
+        for e in 0..hd / 16 {
+            let a = acc.add(i * hd + 16 * e);
+            let y = _mm512_loadu_ps(o.add(256 * e + 16 * i));
+            _mm512_storeu_ps(a, _mm512_fmadd_ps(_mm512_loadu_ps(a), c, y));
+        }
+    }
+}
