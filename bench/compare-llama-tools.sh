@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # suanli against the real llama.cpp tools, side by side in one run, same GGUF files, same threads:
 #   1. prefill / decode: `suanli bench` against `llama-bench` (pp and tg, interleaved per model;
-#      suanli at its default level and, where the CPU has AMX, with `SUANLI_CPU_ISA=amx`);
+#      suanli at its default level and, where the CPU has AMX (the default there), also with
+#      `SUANLI_CPU_ISA=avx512`);
 #   2. serving (SERVE=1): N concurrent greedy completions of TOKENS tokens (end of text banned)
 #      against `suanli serve --max-batch N` and `llama-server -np N`.
 # Prints the figures and the ratios (suanli / llama.cpp).
@@ -55,8 +56,9 @@ fi
 [ -x "$BIN" ] || cargo build --release --locked
 models=("$@")
 [ ${#models[@]} -gt 0 ] || models=(qwen2.5-coder-0.5b smollm2-135m)
+# Where the CPU has AMX (the default level there), also the level below it.
 levels=(default)
-grep -qw amx_int8 /proc/cpuinfo && levels+=(amx)
+grep -qw amx_int8 /proc/cpuinfo && levels+=(avx512)
 
 echo "== prefill and decode: suanli bench vs llama-bench, $THREADS threads, $REPS repetitions, depth $DEPTH"
 printf '%-20s %-8s | %10s %10s %6s | %10s %10s %6s | %s\n' model level "pp$PP sl" "pp$PP l.cpp" ratio \

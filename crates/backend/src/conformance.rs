@@ -694,6 +694,7 @@ fn check_attention<B: Backend>(
                     q_len: new,
                     ctx_len: pre + new,
                     block_table: t.clone(),
+                    generated_from: usize::MAX,
                 };
                 q_start += new;
                 s

@@ -10,6 +10,11 @@ pub struct AttnSeq {
     pub q_len: usize,
     pub ctx_len: usize,
     pub block_table: Vec<u32>,
+    /// Positions from here on hold tokens the sequence generated; those before, its prompt. A
+    /// backend may compute the two kinds of rows differently (prefill and decode kernels), but
+    /// never by the step's shape, so that no row's result depends on how steps were cut or
+    /// what shared them (`usize::MAX`: every row is prompt).
+    pub generated_from: usize,
 }
 
 /// A batch: token ids with their positions and KV slots, grouped by sequence, plus which rows
@@ -31,6 +36,7 @@ impl BatchPlan {
         block_table: &[u32],
         block_size: usize,
         logits_rows: Vec<u32>,
+        generated_from: usize,
     ) -> BatchPlan {
         let positions: Vec<u32> = (start..start + tokens.len()).map(|p| p as u32).collect();
         let slots = positions
@@ -49,6 +55,7 @@ impl BatchPlan {
                 q_len: tokens.len(),
                 ctx_len: start + tokens.len(),
                 block_table: block_table.to_vec(),
+                generated_from,
             }],
             logits_rows,
         }

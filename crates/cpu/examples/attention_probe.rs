@@ -43,6 +43,7 @@ fn main() {
         q_len: n,
         ctx_len: ctx,
         block_table: (0..blocks as u32).collect(),
+        generated_from: usize::MAX,
     }];
     let meta = AttnMeta {
         window: None,

@@ -92,25 +92,37 @@ pub fn paged_attention(
     let unit = group * hd;
     // Work: runs of up to TOKENS consecutive query rows of one sequence, per KV head, so that
     // each K/V tile read from the cache serves all of them (a prefill's queries share their
-    // context); decode steps are runs of one.
-    // On AMX tiles, longer runs (each chunk of K/V converted to bf16 serves more rows), while
-    // leaving each thread several units.
+    // context); decode steps are runs of one. With AMX, prompt rows take the BF16 tiles and
+    // generated rows the f32 loops, whatever the step (`AttnSeq::generated_from`: a row's bits
+    // must not depend on how the steps were cut), in longer runs (each chunk of K/V converted
+    // to bf16 serves more rows) that still leave each thread several units.
     #[cfg(target_arch = "x86_64")]
-    let tiles = k.isa == Isa::Amx && amx::available();
-    #[cfg(target_arch = "x86_64")]
+    let tiles = k.isa == Isa::Amx && amx::available() && amx::takes(hd);
+    #[cfg(not(target_arch = "x86_64"))]
+    let tiles = false;
     let per_run = if tiles {
+        #[cfg(target_arch = "x86_64")]
+        let most = amx::TOKENS;
+        #[cfg(not(target_arch = "x86_64"))]
+        let most = TOKENS;
         (q.rows * nkv)
             .div_ceil(4 * pool.threads())
-            .clamp(TOKENS, amx::TOKENS)
+            .clamp(TOKENS, most)
     } else {
         TOKENS
     };
-    #[cfg(not(target_arch = "x86_64"))]
-    let per_run = TOKENS;
+    // (first row, rows, on tiles)
     let mut runs = Vec::new();
     for s in meta.seqs {
-        for t0 in (s.q_start..s.q_start + s.q_len).step_by(per_run) {
-            runs.push((t0, per_run.min(s.q_start + s.q_len - t0)));
+        let prompt = s
+            .generated_from
+            .saturating_sub(s.ctx_len - s.q_len)
+            .min(s.q_len);
+        for (from, to, on_tiles) in [(0, prompt, tiles), (prompt, s.q_len, false)] {
+            let len = if on_tiles { per_run } else { TOKENS };
+            for t0 in (from..to).step_by(len) {
+                runs.push((s.q_start + t0, len.min(to - t0), on_tiles));
+            }
         }
     }
     let units = runs.len() * nkv;
@@ -125,7 +137,7 @@ pub fn paged_attention(
             if i >= units {
                 break;
             }
-            let ((t0, tn), kvh) = (runs[i / nkv], i % nkv);
+            let ((t0, tn, on_tiles), kvh) = (runs[i / nkv], i % nkv);
             let (si, pos) = rows[t0];
             // The run's query heads of this KV head, token by token, `[tn × group, hd]`.
             qs.clear();
@@ -148,9 +160,7 @@ pub fn paged_attention(
             match k.isa {
                 // SAFETY: `available()` and `takes` hold.
                 #[cfg(target_arch = "x86_64")]
-                Isa::Amx if tiles && amx::takes(tn * group, hd) => unsafe {
-                    amx::attend_amx(&job, &mut acc)
-                },
+                Isa::Amx if on_tiles => unsafe { amx::attend_amx(&job, &mut acc) },
                 // SAFETY: the levels were checked at detection.
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx2 => unsafe { attend_avx2(&job, &mut acc, &mut st) },

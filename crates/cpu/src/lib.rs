@@ -94,7 +94,12 @@ impl CpuBackend {
         Self::with_isa(threads, isa)
     }
 
+    /// At level `isa`, which this CPU must offer (for AMX, this also asks the OS for the tile
+    /// state: without it the first tile instruction would kill the process).
     pub fn with_isa(threads: Option<usize>, isa: Isa) -> std::result::Result<CpuBackend, String> {
+        if !Isa::available().contains(&isa) {
+            return Err(format!("this CPU cannot run the {} level", isa.name()));
+        }
         let n = threads.unwrap_or_else(default_threads).max(1);
         let pool = pool::Pool::new(n).map_err(|e| format!("cannot start {n} CPU threads: {e}"))?;
         let caps = Capabilities {

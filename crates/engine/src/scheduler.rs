@@ -69,6 +69,9 @@ pub struct StepItem {
     pub sample: bool,
     /// Logits for every row, not just the sampling one (prompt log-probabilities).
     pub logits_all: bool,
+    /// The position of the first generated token (the prompt's length): see
+    /// `AttnSeq::generated_from`.
+    pub generated_from: usize,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -104,6 +107,7 @@ impl Step {
                 q_len: it.tokens.len(),
                 ctx_len: it.start + it.tokens.len(),
                 block_table: it.block_table.clone(),
+                generated_from: it.generated_from,
             });
             if it.logits_all {
                 p.logits_rows
@@ -513,6 +517,7 @@ impl Scheduler {
                 block_table: s.blocks.clone(),
                 sample: end == s.ctx(),
                 logits_all: scoring,
+                generated_from: s.prompt_len,
             });
         }
         // A sequence preempted after it was planned must not run.

@@ -150,9 +150,28 @@ impl<B: Backend> Session<B> {
         }
     }
 
-    /// Append `tokens` to the cached sequence. Returns logits `[rows, vocab]` for the rows whose
-    /// index (within `tokens`) is `>= logits_from`.
+    /// Append `tokens` (prompt) to the cached sequence. Returns logits `[rows, vocab]` for the
+    /// rows whose index (within `tokens`) is `>= logits_from`.
     pub fn feed(&mut self, tokens: &[u32], logits_from: usize) -> Result<&[f32], SessionError> {
+        self.feed_as(tokens, logits_from, false)
+    }
+
+    /// `feed` for tokens the model generated (decode rather than prefill kernels where a
+    /// backend tells them apart: `AttnSeq::generated_from`).
+    pub fn feed_generated(
+        &mut self,
+        tokens: &[u32],
+        logits_from: usize,
+    ) -> Result<&[f32], SessionError> {
+        self.feed_as(tokens, logits_from, true)
+    }
+
+    fn feed_as(
+        &mut self,
+        tokens: &[u32],
+        logits_from: usize,
+        generated: bool,
+    ) -> Result<&[f32], SessionError> {
         self.check_tokens(tokens)?;
         let start = self.cached.len();
         if start + tokens.len() > self.ctx {
@@ -183,6 +202,7 @@ impl<B: Backend> Session<B> {
                 &self.table.blocks,
                 BLOCK_SIZE,
                 rows.clone(),
+                if generated { start } else { usize::MAX },
             );
             let out = &mut self.logits[out_off..out_off + rows.len() * vocab];
             self.model
@@ -264,7 +284,7 @@ impl<B: Backend> Session<B> {
             if out.len() >= max_tokens || self.cached.len() + 1 >= self.ctx {
                 break FinishReason::Length;
             }
-            logits.copy_from_slice(self.feed(&[tok], 0)?);
+            logits.copy_from_slice(self.feed_generated(&[tok], 0)?);
         };
         Ok(Generation {
             tokens: out,

@@ -313,6 +313,7 @@ pub fn check_rope_write_kv<B: Backend>(b: &B, kvt: KvDType, rng: &mut Rng, rep: 
                 q_len: n,
                 ctx_len: n,
                 block_table: table.clone(),
+                generated_from: usize::MAX,
             }];
             let meta = AttnMeta {
                 seqs: &seqs,

@@ -33,11 +33,9 @@ pub fn available() -> bool {
     crate::amx::Amx::new().is_ok_and(|a| a.bf16()) && is_x86_feature_detected!("avx512bf16")
 }
 
-/// Whether a unit of `rows` query rows of head size `hd` goes to the tiles: at least two row
-/// tiles, so that each K/V chunk converted to bf16 serves several (decode rows stay on the
-/// f32 loops, which read the cache in place).
-pub fn takes(rows: usize, hd: usize) -> bool {
-    rows >= 32 && hd.is_multiple_of(32)
+/// Whether heads of size `hd` can go to the tiles (whole tile rows of 32 bf16).
+pub fn takes(hd: usize) -> bool {
+    hd.is_multiple_of(32)
 }
 
 /// Scratch, per thread: Q and the chunk's K and V as bf16 tiles, and one row tile's scores,
@@ -91,7 +89,7 @@ thread_local! {
 /// The unit's attention into `acc` (`[rows, hd]`), as `super::attend`.
 ///
 /// # Safety
-/// `available()` must hold, and `takes(rows, hd)`.
+/// `available()` must hold, and `takes(hd)`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,avx2,fma,f16c")]
 pub(super) unsafe fn attend_amx(job: &Job<'_>, acc: &mut [f32]) {
     BUFS.with(|b| attend(job, acc, &mut b.borrow_mut()))
@@ -105,7 +103,7 @@ const NO_MAX: f32 = -1e30;
 unsafe fn attend(job: &Job<'_>, acc: &mut [f32], b: &mut Bufs) {
     let hd = job.hd;
     let rows = job.q.len() / hd;
-    debug_assert!(takes(rows, hd) && acc.len() == rows * hd);
+    debug_assert!(takes(hd) && acc.len() == rows * hd);
     let rp = rows.div_ceil(16) * 16;
     let steps = hd / 32;
     let (ks, vs) = &job.kv.layers[job.layer];
@@ -143,27 +141,28 @@ unsafe fn attend(job: &Job<'_>, acc: &mut [f32], b: &mut Bufs) {
     asm!("ldtilecfg [{c}]", c = in(reg) &FULL as *const TileConfig, options(nostack, readonly));
     let (start, _) = job.span(0);
     let (_, end) = job.span(rows - 1);
+    // Chunks start at even blocks, whatever the run's first row: a row's softmax steps (and so
+    // its bits) must not depend on which run it fell in. Blocks before the first row's window
+    // are not read (they may have been given back): masked for every row, taken as zeros.
     let first_block = start / BLOCK;
-    let table = &job.table[first_block.min(job.table.len())..];
-    let mut p = first_block * BLOCK;
+    let blocks_end = end.div_ceil(BLOCK).min(job.table.len());
     let mut live = Vec::with_capacity(rp / 16);
-    for pair in table.chunks(2) {
-        if p >= end {
-            break;
-        }
+    for b0 in (first_block & !1..blocks_end).step_by(2) {
+        let p = b0 * BLOCK;
+        let read = |c: usize| (first_block..blocks_end).contains(&(b0 + c));
         // Positions of the chunk that some row attends (the rest of V is zeroed: weights of 0
         // must not meet stale values).
         let n = CHUNK.min(end - p);
-        let blocks = n.div_ceil(BLOCK).min(pair.len());
-        for (c, &blk) in pair[..blocks].iter().enumerate() {
-            let off = tile_start(blk as usize, job.kvh, spec);
-            let kt = Tile::of(ks, off, BLOCK * hd, hd, true);
-            let kb = b.kb.at::<u16>().add(c * steps * 2 * TILE);
-            convert_k(kt, hd, kb);
+        for c in 0..2 {
+            if read(c) {
+                let off = tile_start(job.table[b0 + c] as usize, job.kvh, spec);
+                let kt = Tile::of(ks, off, BLOCK * hd, hd, true);
+                convert_k(kt, hd, b.kb.at::<u16>().add(c * steps * 2 * TILE));
+            }
         }
         let vt: [Option<Tile<'_>>; 2] = std::array::from_fn(|c| {
-            (c < blocks).then(|| {
-                let off = tile_start(pair[c] as usize, job.kvh, spec);
+            read(c).then(|| {
+                let off = tile_start(job.table[b0 + c] as usize, job.kvh, spec);
                 Tile::of(vs, off, BLOCK * hd, hd, false)
             })
         });
@@ -204,7 +203,6 @@ unsafe fn attend(job: &Job<'_>, acc: &mut [f32], b: &mut Bufs) {
                 scores(b, next, hd, steps);
             }
         }
-        p += CHUNK;
     }
     asm!("tilerelease", options(nostack, nomem));
     for r in 0..rows {
@@ -577,6 +575,45 @@ unsafe fn add_in(b: &Bufs, hd: usize, corr: &[f32; 16], real: usize, acc: *mut f
             let a = acc.add(i * hd + 16 * e);
             let y = _mm512_loadu_ps(o.add(256 * e + 16 * i));
             _mm512_storeu_ps(a, _mm512_fmadd_ps(_mm512_loadu_ps(a), c, y));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
+    unsafe fn reduce(rows: &[[f32; 16]; 16]) -> ([f32; 16], [f32; 16]) {
+        let mut v = [_mm512_setzero_ps(); 16];
+        for (x, r) in v.iter_mut().zip(rows) {
+            *x = _mm512_loadu_ps(r.as_ptr());
+        }
+        let (mut m, mut s) = ([0f32; 16], [0f32; 16]);
+        _mm512_storeu_ps(m.as_mut_ptr(), reduce16::<true>(&v));
+        _mm512_storeu_ps(s.as_mut_ptr(), reduce16::<false>(&v));
+        (m, s)
+    }
+
+    /// Lane i of the reductions is row i's max and sum (rows far apart, so that a row given
+    /// another's max shows: the online softmax would not notice, until exponentials underflow).
+    #[test]
+    fn reductions_keep_rows_in_order() {
+        if !is_x86_feature_detected!("avx512f") {
+            eprintln!("skipped: no AVX-512");
+            return;
+        }
+        let rows: [[f32; 16]; 16] =
+            std::array::from_fn(|i| std::array::from_fn(|j| (i * 100 + (j * 7) % 16) as f32));
+        // SAFETY: AVX-512 checked above.
+        let (m, s) = unsafe { reduce(&rows) };
+        for i in 0..16 {
+            assert_eq!(
+                m[i],
+                rows[i].iter().cloned().fold(f32::MIN, f32::max),
+                "max of row {i}"
+            );
+            assert_eq!(s[i], rows[i].iter().sum::<f32>(), "sum of row {i}");
         }
     }
 }

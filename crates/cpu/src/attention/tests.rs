@@ -17,8 +17,8 @@ fn randn(n: usize, seed: u32) -> Vec<f32> {
 
 #[test]
 fn tiled_attention_matches_a_two_pass_softmax() {
-    // Groups of 3 and 7 query heads per KV head: runs of 16 tokens are 48 and 112 rows, the
-    // run of 5 is 15 and 35 (whole and partial row tiles on AMX); head sizes 64, 128 and 256.
+    // Groups of 3 and 7 query heads per KV head: whole and partial row tiles on AMX; head sizes
+    // 64, 128 and 256.
     for (nh, nkv, hd) in [(6, 2, 64), (14, 2, 128), (4, 1, 256)] {
         check(nh, nkv, hd);
     }
@@ -32,25 +32,29 @@ fn check(nh: usize, nkv: usize, hd: usize) {
     let kvd = nkv * hd;
     // Sequence 0 decodes one token at position 70 (5 blocks, the last partial); sequence 1
     // prefills 5 tokens at positions 16..21; sequence 2 prefills 37 at positions 20..57 (runs
-    // of 16, 16 and 5 tokens, each crossing blocks). Without and with a sliding window.
+    // of 16, 16 and 5 tokens, each crossing blocks), the last 7 of them generated tokens (the
+    // f32 loops at every level). Without and with a sliding window.
     let seqs = vec![
         AttnSeq {
             q_start: 0,
             q_len: 1,
             ctx_len: 71,
             block_table: vec![7, 2, 9, 0, 4],
+            generated_from: 70,
         },
         AttnSeq {
             q_start: 1,
             q_len: 5,
             ctx_len: 21,
             block_table: vec![3, 8],
+            generated_from: usize::MAX,
         },
         AttnSeq {
             q_start: 6,
             q_len: 37,
             ctx_len: 57,
             block_table: vec![12, 10, 13, 11],
+            generated_from: 50,
         },
     ];
     let slots_of = |s: &AttnSeq| -> Vec<u32> {
@@ -64,8 +68,8 @@ fn check(nh: usize, nkv: usize, hd: usize) {
         (KvDType::Q8_0, None),
         (KvDType::F16, Some(19)),
     ] {
-        // One thread and two: AMX runs have 22 and 16 tokens (as many as leave each thread four
-        // units), so row tiles fall at different places.
+        // One thread and two: AMX runs are as long as leave each thread four units, so row tiles
+        // fall at different places.
         for (isa, threads) in Isa::available().into_iter().flat_map(|i| [(i, 1), (i, 2)]) {
             let b = CpuBackend::with_isa(Some(threads), isa).unwrap();
             let spec = KvSpec {
@@ -158,6 +162,77 @@ fn check(nh: usize, nkv: usize, hd: usize) {
                     }
                 }
             }
+        }
+    }
+}
+
+/// A row's result does not depend on what else the call computes: a prefill of 37 tokens in
+/// one call (two threads) and cut into calls of 1, 16 and 20 rows (one thread) give the same
+/// bits at every level (on AMX: other runs, other row tiles, chunks at the same positions).
+#[test]
+fn a_rows_bits_do_not_depend_on_the_call() {
+    let (nh, nkv, hd, pre, n) = (14, 2, 64, 20, 37);
+    let kvd = nkv * hd;
+    let ctx = pre + n;
+    let table: Vec<u32> = vec![5, 1, 4, 0];
+    let slots: Vec<u32> = (0..ctx)
+        .map(|p| table[p / BLOCK] * BLOCK as u32 + (p % BLOCK) as u32)
+        .collect();
+    for isa in Isa::available() {
+        let run = |threads: usize, cuts: &[usize], window: Option<usize>| -> Vec<f32> {
+            let b = CpuBackend::with_isa(Some(threads), isa).unwrap();
+            let spec = KvSpec {
+                dtype: KvDType::F16,
+                n_layers: 1,
+                num_blocks: 6,
+                block_size: BLOCK,
+                n_kv_heads: nkv,
+                head_dim: hd,
+            };
+            let mut kv = b.alloc_kv(spec).unwrap();
+            let (mut ka, mut va) = (
+                b.alloc_act(ctx, kvd).unwrap(),
+                b.alloc_act(ctx, kvd).unwrap(),
+            );
+            b.upload(&randn(ctx * kvd, 1), ctx, &mut ka).unwrap();
+            b.upload(&randn(ctx * kvd, 2), ctx, &mut va).unwrap();
+            b.write_kv(&ka, &va, &slots, &mut kv, 0).unwrap();
+            let q = randn(n * nh * hd, 3);
+            let mut got = Vec::new();
+            for w in cuts.windows(2) {
+                let rows = w[1] - w[0];
+                let mut qa = b.alloc_act(rows, nh * hd).unwrap();
+                b.upload(&q[w[0] * nh * hd..w[1] * nh * hd], rows, &mut qa)
+                    .unwrap();
+                let mut out = b.alloc_act(rows, nh * hd).unwrap();
+                let seqs = [AttnSeq {
+                    q_start: 0,
+                    q_len: rows,
+                    ctx_len: pre + w[1],
+                    block_table: table.clone(),
+                    generated_from: usize::MAX,
+                }];
+                let meta = AttnMeta {
+                    window,
+                    seqs: &seqs,
+                    n_heads: nh,
+                    n_kv_heads: nkv,
+                    head_dim: hd,
+                    scale: 0.125,
+                };
+                b.attention(&qa, &kv, &meta, 0, &mut out).unwrap();
+                got.extend(b.download(&out).unwrap());
+            }
+            got
+        };
+        for window in [None, Some(21)] {
+            let whole = run(2, &[0, n], window);
+            let cut = run(1, &[0, 1, 17, n], window);
+            let same = whole
+                .iter()
+                .zip(&cut)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{isa:?} window {window:?}: the cut calls differ");
         }
     }
 }

@@ -26,9 +26,9 @@ pub enum Isa {
     Avx2,
     /// AVX-512 F/BW/VL/DQ with VNNI (plus AVX2/FMA/F16C).
     Avx512,
-    /// `Avx512` plus AMX int8 tiles (granted to this process) for products of 16 tokens or
-    /// more over packed weights. Used only when forced (`SUANLI_CPU_ISA=amx`) until it is
-    /// faster than VNNI.
+    /// `Avx512` plus AMX tiles (granted to this process): BF16 tiles for the prompt rows'
+    /// attention (`attention/amx.rs`), int8 tiles for packed products of 16 tokens or more
+    /// (bit-identical to VNNI).
     Amx,
     /// aarch64 Advanced SIMD.
     Neon,
@@ -93,13 +93,7 @@ impl Isa {
             .ok()
             .filter(|s| !s.is_empty())
         {
-            // AMX only when asked for: its tiles do not yet beat VNNI on these kernels (a
-            // 32-column sub-block per tile multiply; see docs/ARCHITECTURE.md).
-            None => Ok(*avail
-                .iter()
-                .rev()
-                .find(|&&i| i != Isa::Amx)
-                .expect("generic is always available")),
+            None => Ok(*avail.last().expect("generic is always available")),
             Some(want) => {
                 let isa = match want.as_str() {
                     "generic" => Isa::Generic,
