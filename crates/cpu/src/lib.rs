@@ -674,14 +674,28 @@ fn rescore_top(pool: &pool::Pool, xs: &[f32], head: &Weight<CpuWeight>, out: &mu
             largest(row, &mut top);
             for &r in &top {
                 let w = head.store.row(head, r as usize, &mut scratch);
-                row[r as usize] = w
-                    .iter()
-                    .zip(x)
-                    .map(|(a, b)| *a as f64 * *b as f64)
-                    .sum::<f64>() as f32;
+                row[r as usize] = dot_f64(w, x) as f32;
             }
         }
     });
+}
+
+/// Σ a·b in f64, in 8 interleaved sums (one chain of adds would wait on each add's latency).
+fn dot_f64(a: &[f32], b: &[f32]) -> f64 {
+    let mut acc = [0f64; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f64 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| *x as f64 * *y as f64)
+        .sum();
+    for (pa, pb) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += pa[i] as f64 * pb[i] as f64;
+        }
+    }
+    acc.iter().sum::<f64>() + tail
 }
 
 /// The indices of the `RESCORED` largest of `row` (ties broken towards the lower index), in no
