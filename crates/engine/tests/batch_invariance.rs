@@ -215,9 +215,9 @@ fn prompt_logprobs_equal_generation_logprobs() {
     let (each, mean) = if amx {
         let refs = read_json(&fixtures().join("llamacpp").join("smollm2-135m.json"));
         let lp = &refs["logprobs"];
-        let d: Vec<f64> = ids_f64(&lp["flash_attn"])
+        let d: Vec<f64> = floats(&lp["flash_attn"])
             .iter()
-            .zip(ids_f64(&lp["default"]))
+            .zip(floats(&lp["default"]))
             .map(|(a, b)| (a - b).abs())
             .collect();
         (
@@ -244,14 +244,6 @@ fn prompt_logprobs_equal_generation_logprobs() {
         total / lps.len() as f32
     );
     assert!(scored.iter().all(|s| s.logprob <= 0.0 && s.top.len() == 2));
-}
-
-fn ids_f64(v: &serde_json::Value) -> Vec<f64> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
 }
 
 /// Determinism tiers: the same greedy request gives bit-identical tokens and log-probabilities

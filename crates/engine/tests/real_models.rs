@@ -32,14 +32,6 @@ fn mean_abs_diff(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum::<f64>() / a.len() as f64
 }
 
-fn floats(v: &serde_json::Value) -> Vec<f64> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
-}
-
 /// Per-token log-probabilities of the perplexity text against llama.cpp, within `noise_factor`
 /// times llama.cpp's own noise (its flash-attention and F32-cache runs against its default run,
 /// the larger of the two); and against the exact computation of the same weights
