@@ -6,7 +6,8 @@ use super::BLOCK;
 use crate::kernels::Isa;
 use crate::testutil::bytes;
 use crate::CpuBackend;
-use suanli_backend::{AttnMeta, AttnSeq, Backend, KvDType, KvSpec};
+use crate::KvStore;
+use suanli_backend::{AttnMeta, AttnSeq, Backend, KvDType, KvPages, KvSpec};
 
 fn randn(n: usize, seed: u32) -> Vec<f32> {
     bytes(n, seed)
@@ -101,13 +102,7 @@ fn check(nh: usize, nkv: usize, hd: usize) {
                 let slots = slots_of(s);
                 let k = randn(s.ctx_len * kvd, 10 + si as u32);
                 let v = randn(s.ctx_len * kvd, 20 + si as u32);
-                let (mut ka, mut va) = (
-                    b.alloc_act(s.ctx_len, kvd).unwrap(),
-                    b.alloc_act(s.ctx_len, kvd).unwrap(),
-                );
-                b.upload(&k, s.ctx_len, &mut ka).unwrap();
-                b.upload(&v, s.ctx_len, &mut va).unwrap();
-                b.write_kv(&ka, &va, &slots, &mut kv, 0).unwrap();
+                write(&b, &mut kv, &k, &v, &slots);
                 kvs.push((round(k), round(v)));
             }
             let rows = 43;
@@ -190,13 +185,13 @@ fn a_rows_bits_do_not_depend_on_the_call() {
                 head_dim: hd,
             };
             let mut kv = b.alloc_kv(spec).unwrap();
-            let (mut ka, mut va) = (
-                b.alloc_act(ctx, kvd).unwrap(),
-                b.alloc_act(ctx, kvd).unwrap(),
+            write(
+                &b,
+                &mut kv,
+                &randn(ctx * kvd, 1),
+                &randn(ctx * kvd, 2),
+                &slots,
             );
-            b.upload(&randn(ctx * kvd, 1), ctx, &mut ka).unwrap();
-            b.upload(&randn(ctx * kvd, 2), ctx, &mut va).unwrap();
-            b.write_kv(&ka, &va, &slots, &mut kv, 0).unwrap();
             let q = randn(n * nh * hd, 3);
             let mut got = Vec::new();
             for w in cuts.windows(2) {
@@ -235,6 +230,15 @@ fn a_rows_bits_do_not_depend_on_the_call() {
             assert!(same, "{isa:?} window {window:?}: the cut calls differ");
         }
     }
+}
+
+/// K and V rows (one per slot) into layer 0 of the cache.
+fn write(b: &CpuBackend, kv: &mut KvPages<KvStore>, k: &[f32], v: &[f32], slots: &[u32]) {
+    let (n, kvd) = (slots.len(), k.len() / slots.len());
+    let (mut ka, mut va) = (b.alloc_act(n, kvd).unwrap(), b.alloc_act(n, kvd).unwrap());
+    b.upload(k, n, &mut ka).unwrap();
+    b.upload(v, n, &mut va).unwrap();
+    b.write_kv(&ka, &va, slots, kv, 0).unwrap();
 }
 
 #[test]
