@@ -344,3 +344,44 @@ fn invalid_params_are_named() {
     };
     assert!(p.validate().unwrap_err().contains("temperature"));
 }
+
+/// The blocked argmax finds what one scalar pass finds: the first index of the largest value,
+/// NaN ignored, with ties inside and across blocks, a partial last block, all -inf.
+#[test]
+fn argmax_is_the_first_index_of_the_largest() {
+    let scalar = |v: &[f32]| {
+        let (mut best, mut bv) = (0usize, f32::NEG_INFINITY);
+        for (i, &x) in v.iter().enumerate() {
+            if x > bv {
+                (best, bv) = (i, x);
+            }
+        }
+        best as u32
+    };
+    let mut s = 7u64;
+    let mut next = || {
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (s >> 33) as u32
+    };
+    for n in [1usize, 15, 64, 65, 1000, 151_936] {
+        for round in 0..4 {
+            let mut v: Vec<f32> = (0..n)
+                .map(|_| (next() % 200) as f32 / 10.0 - 10.0)
+                .collect();
+            if round == 1 {
+                v.iter_mut().for_each(|x| *x = x.round());
+            }
+            if round == 2 {
+                for i in (0..n).step_by(3) {
+                    v[i] = f32::NAN;
+                }
+            }
+            if round == 3 {
+                v.iter_mut().for_each(|x| *x = f32::NEG_INFINITY);
+            }
+            assert_eq!(super::argmax(&v), scalar(&v), "{n} values, round {round}");
+        }
+    }
+}
