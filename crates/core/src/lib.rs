@@ -4,5 +4,6 @@
 
 pub mod dtype;
 pub mod quant;
+pub mod scan;
 
 pub use dtype::{DType, DTypeError};

@@ -73,22 +73,11 @@ fn largest(row: &[f32], top: &mut Vec<u32>) {
         heap.push(Reverse(Key(key(x), Reverse(i as u32))));
     }
     let mut floor = heap.peek().map_or(0, |r| (r.0).0);
-    // Most blocks of 64 hold nothing above the floor: lane-wise maxima (vector ops) say so.
-    // (NaN is never above it.)
+    // Most blocks of 64 hold nothing above the floor: their max (vector ops) says so. (NaN is
+    // never above it.)
     let mut floor_f = f32::from_bits(unkey(floor));
     for (b, block) in row.chunks(64).enumerate() {
-        let mut lanes = [f32::NEG_INFINITY; 16];
-        for part in block.chunks_exact(16) {
-            for (l, &x) in lanes.iter_mut().zip(part) {
-                *l = if x > *l { x } else { *l };
-            }
-        }
-        let m = block
-            .chunks_exact(16)
-            .remainder()
-            .iter()
-            .chain(&lanes)
-            .fold(f32::NEG_INFINITY, |a, &x| if x > a { x } else { a });
+        let m = suanli_core::scan::block_max(block);
         if m < floor_f {
             continue;
         }

@@ -578,24 +578,13 @@ pub fn logprobs(logits: &[f32], chosen: u32, top: usize) -> (f32, Vec<(u32, f32)
 
 /// Index of the largest logit (the first one on ties); NaNs are ignored.
 pub fn argmax(logits: &[f32]) -> u32 {
-    // Per block of 64, lane-wise maxima (vector ops) first; only a block that beats the best so
+    // Per block of 64, its max (vector ops) first; only a block that beats the best so
     // far is searched for its first index of that max. The first index of the largest value,
     // NaN ignored, as one scalar pass would find it.
     let mut best = 0usize;
     let mut bv = f32::NEG_INFINITY;
     for (b, block) in logits.chunks(64).enumerate() {
-        let mut lanes = [f32::NEG_INFINITY; 16];
-        for part in block.chunks_exact(16) {
-            for (l, &x) in lanes.iter_mut().zip(part) {
-                *l = if x > *l { x } else { *l };
-            }
-        }
-        let m = block
-            .chunks_exact(16)
-            .remainder()
-            .iter()
-            .chain(&lanes)
-            .fold(f32::NEG_INFINITY, |a, &x| if x > a { x } else { a });
+        let m = suanli_core::scan::block_max(block);
         if m > bv {
             bv = m;
             best = b * 64 + block.iter().position(|&x| x == m).unwrap_or(0);
