@@ -43,9 +43,17 @@ struct ASub {
     s: [f32; TOKENS],
 }
 
+/// A thread's scratch: a group's prepared sub-blocks, the tiled activations, and a group's
+/// outputs for all whole tiles (`[tiles × 16 tokens][16 rows]`).
+#[derive(Default)]
+struct Scratch {
+    prep: Vec<Sub>,
+    tiled: Vec<ASub>,
+    staged: Vec<f32>,
+}
+
 thread_local! {
-    static PREPARED: RefCell<Vec<Sub>> = const { RefCell::new(Vec::new()) };
-    static TILED: RefCell<Vec<ASub>> = const { RefCell::new(Vec::new()) };
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
 /// Grow a scratch vector to at least `n` (never shrunk: the largest product's size is kept).
@@ -106,33 +114,40 @@ pub(super) unsafe fn run_kind<const K: u8>(
     let cfg: &TileConfig = if K == Q6K { &CONFIG_16 } else { &CONFIG_32 };
     asm!("ldtilecfg [{c}]", c = in(reg) cfg as *const TileConfig, options(nostack, readonly));
     let tiles = (whole - tokens.start) / TOKENS;
-    PREPARED.with(|prep| {
-        TILED.with(|tiled| {
-            let (mut prep, mut tiled) = (prep.borrow_mut(), tiled.borrow_mut());
-            let zero = Sub {
-                w: [0; 512],
-                s: [[0.0; ROWS]; 3],
-            };
-            let prep = at_least(&mut prep, nblk, zero);
-            let zero = ASub {
-                q: [0; TOKENS * 32],
-                d: [0.0; TOKENS],
-                s: [0.0; TOKENS],
-            };
-            let tiled = at_least(&mut tiled, tiles * nblk, zero);
-            tile_activations(a, tokens.start, tiled);
-            for g in groups {
-                let grp = p.group(g).as_ptr();
-                let r0 = g * ROWS;
-                let bias = bias.map(|b| &b[r0..]);
-                prepare::<K>(grp, nsb, prep);
-                for (i, at) in tiled.chunks_exact(nblk).enumerate() {
-                    let t = tokens.start + i * TOKENS;
-                    tile::<K>(prep, at, out.add(t * m + r0), m, m - r0, bias);
-                }
-                vnni_tokens::<K>(grp, nsb, a, whole..tokens.end, out.add(r0), m, m - r0, bias);
+    SCRATCH.with(|scratch| {
+        let sc = &mut *scratch.borrow_mut();
+        let zero = Sub {
+            w: [0; 512],
+            s: [[0.0; ROWS]; 3],
+        };
+        let prep = at_least(&mut sc.prep, nblk, zero);
+        let zero = ASub {
+            q: [0; TOKENS * 32],
+            d: [0.0; TOKENS],
+            s: [0.0; TOKENS],
+        };
+        let tiled = at_least(&mut sc.tiled, tiles * nblk, zero);
+        let staged = at_least(&mut sc.staged, tiles * TOKENS * ROWS, 0.0);
+        tile_activations(a, tokens.start, tiled);
+        for g in groups {
+            let grp = p.group(g).as_ptr();
+            let r0 = g * ROWS;
+            let bias = bias.map(|b| &b[r0..]);
+            prepare::<K>(grp, nsb, prep);
+            // Each tile's sums go to the staging area (in cache) and reach `out` only after
+            // the group's last tile: tile loads wait for older stores to complete, and a
+            // tile's 16 stores into a large output missing the caches halved the throughput
+            // (prefetching those lines for writing or non-temporal stores did not help).
+            for (at, st) in tiled.chunks_exact(nblk).zip(staged.chunks_exact_mut(TOKENS * ROWS)) {
+                tile::<K>(prep, at, st.as_mut_ptr());
             }
-        })
+            let dst = out.add(tokens.start * m + r0);
+            for (i, acc) in staged.chunks_exact(ROWS).enumerate() {
+                let acc = _mm512_loadu_ps(acc.as_ptr());
+                store(&[acc], dst.add(i * m), m, m - r0, bias);
+            }
+            vnni_tokens::<K>(grp, nsb, a, whole..tokens.end, out.add(r0), m, m - r0, bias);
+        }
     });
     asm!("tilerelease", options(nostack, nomem));
 }
@@ -186,18 +201,10 @@ unsafe fn prepare<const K: u8>(grp: *const u8, nsb: usize, prep: &mut [Sub]) {
 #[repr(C, align(64))]
 struct Sums([i32; 2 * 512]);
 
-/// A tile of 16 tokens (`at`, one per sub-block) against a prepared group: `out` points at row
-/// 0 of the group for the first token, tokens `ostride` apart; only the first `valid` rows are
-/// written.
+/// A tile of 16 tokens (`at`, one per sub-block) against a prepared group: the 16 tokens'
+/// sums for the group's 16 rows to `out` (`[16 tokens][16 rows]`).
 #[inline(always)]
-unsafe fn tile<const K: u8>(
-    prep: &[Sub],
-    at: &[ASub],
-    out: *mut f32,
-    ostride: usize,
-    valid: usize,
-    bias: Option<&[f32]>,
-) {
+unsafe fn tile<const K: u8>(prep: &[Sub], at: &[ASub], out: *mut f32) {
     let mut acc = [_mm512_setzero_ps(); TOKENS];
     // Written by the tile stores before the vector loads read them.
     let mut sums = std::mem::MaybeUninit::<Sums>::uninit();
@@ -217,7 +224,9 @@ unsafe fn tile<const K: u8>(
     }
     let last = prep.len() - 1;
     epilogue::<K>(&mut acc, sp.add(512 * (last & 1)), &at[last], &prep[last]);
-    store(&acc, out, ostride, valid, bias);
+    for (t, v) in acc.iter().enumerate() {
+        _mm512_storeu_ps(out.add(t * ROWS), *v);
+    }
 }
 
 /// The tile unit's part of one sub-block: sums `c` (16 tokens × 16 rows; Q6_K's second half
