@@ -152,7 +152,7 @@ pub fn packed_many(
     }
     PACTS.with(|a| {
         let mut a = a.borrow_mut();
-        a.fill(pool, x, n, cols);
+        a.fill(pool, x, n, cols, amx);
         let a = &*a;
         let per_token = cols + cols / 32 * std::mem::size_of::<crate::kernels::pacts::Meta>();
         // Whole AMX tiles of 16 tokens (the VNNI kernels take 8, 4, 2, 1).

@@ -47,7 +47,7 @@ pub fn packed_case(
         .map(|&b| (b as f32 - 128.0) / 23.0)
         .collect();
     let mut a = crate::kernels::pacts::PActs::default();
-    a.fill(pool, &x, n, cols);
+    a.fill(pool, &x, n, cols, true);
     let bias = (0..rows).map(|r| r as f32 * 0.25 - 3.0).collect();
     (raw, p, a, bias)
 }

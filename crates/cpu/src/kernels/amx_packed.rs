@@ -4,7 +4,7 @@
 //! of 64 bytes: 4 columns × 16 rows, the VNNI order `tdpbssd` reads) with the kind's offset
 //! taken off (signed quants), and its 16 rows' scales are computed once. Every tile of 16 tokens
 //! then runs over those: `tdpbssd` (signed activations × signed quants, read in place as an A
-//! tile of 16 rows × 32 bytes) gives the 16 × 16 integer sums of a sub-block, which are stored
+//! tile of 16 rows × 32 bytes, laid out once per input by `PActs::fill`) gives the 16 × 16 integer sums of a sub-block, which are stored
 //! to L1 and scaled in f32 by the vector units while the tile unit multiplies the next
 //! sub-block. The unpacking, formerly once per 8 tokens, is paid once per group and chunk.
 //!
@@ -14,7 +14,7 @@
 use super::avx512_packed::{
     head_values, kind, scale_in, store, sub_scales, unpack, unroll16, vnni_tokens, Q6K,
 };
-use super::pacts::PActs;
+use super::pacts::{PActs, TileBlock, TILE_TOKENS};
 use crate::amx::TileConfig;
 use crate::packed::{Packed, ROWS};
 use std::arch::asm;
@@ -22,7 +22,7 @@ use std::arch::x86_64::*;
 use std::cell::RefCell;
 
 /// Tokens per tile (rows of an A tile).
-pub const TOKENS: usize = 16;
+pub const TOKENS: usize = TILE_TOKENS;
 
 /// One sub-block of a group, ready for the tile unit: the signed quants as a B tile and the 16
 /// rows' scales (the integer sums' scale, Q6_K's second half's, the mins' scale).
@@ -33,22 +33,11 @@ struct Sub {
     s: [[f32; ROWS]; 3],
 }
 
-/// One sub-block of 16 tokens' activations, contiguous so that the tile loads stream: the
-/// quants as an A tile (16 rows of 32 bytes) and the tokens' scales and scaled sums (`Meta`).
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-struct ASub {
-    q: [i8; TOKENS * 32],
-    d: [f32; TOKENS],
-    s: [f32; TOKENS],
-}
-
-/// A thread's scratch: a group's prepared sub-blocks, the tiled activations, and a group's
-/// outputs for all whole tiles (`[tiles × 16 tokens][16 rows]`).
+/// A thread's scratch: a group's prepared sub-blocks and its outputs for all whole tiles
+/// (`[tiles × 16 tokens][16 rows]`).
 #[derive(Default)]
 struct Scratch {
     prep: Vec<Sub>,
-    tiled: Vec<ASub>,
     staged: Vec<f32>,
 }
 
@@ -110,7 +99,14 @@ pub(super) unsafe fn run_kind<const K: u8>(
     let nsb = p.cols / kd.sb_cols();
     let nblk = p.cols / 32;
     let m = p.rows;
-    let whole = tokens.start + (tokens.len() / TOKENS) * TOKENS;
+    // Whole tiles of the input's tiled activations (`PActs::fill(…, true)`; chunks of tokens
+    // start at whole tiles, see `matmul::packed_many`); anything else goes to VNNI.
+    let laid_out = tokens.start % TOKENS == 0 && a.tiles.len() >= a.n / TOKENS * nblk;
+    debug_assert!(laid_out, "AMX product without tiled activations");
+    let whole = match laid_out {
+        true => tokens.start + (tokens.len() / TOKENS) * TOKENS,
+        false => tokens.start,
+    };
     let cfg: &TileConfig = if K == Q6K { &CONFIG_16 } else { &CONFIG_32 };
     asm!("ldtilecfg [{c}]", c = in(reg) cfg as *const TileConfig, options(nostack, readonly));
     let tiles = (whole - tokens.start) / TOKENS;
@@ -121,14 +117,8 @@ pub(super) unsafe fn run_kind<const K: u8>(
             s: [[0.0; ROWS]; 3],
         };
         let prep = at_least(&mut sc.prep, nblk, zero);
-        let zero = ASub {
-            q: [0; TOKENS * 32],
-            d: [0.0; TOKENS],
-            s: [0.0; TOKENS],
-        };
-        let tiled = at_least(&mut sc.tiled, tiles * nblk, zero);
         let staged = at_least(&mut sc.staged, tiles * TOKENS * ROWS, 0.0);
-        tile_activations(a, tokens.start, tiled);
+        let tiled = &a.tiles[tokens.start / TOKENS * nblk..whole / TOKENS * nblk];
         for g in groups {
             let grp = p.group(g).as_ptr();
             let r0 = g * ROWS;
@@ -150,22 +140,6 @@ pub(super) unsafe fn run_kind<const K: u8>(
         }
     });
     asm!("tilerelease", options(nostack, nomem));
-}
-
-/// Tiles of 16 tokens from `t0` (as many as `tiled` holds), sub-block by sub-block.
-fn tile_activations(a: &PActs, t0: usize, tiled: &mut [ASub]) {
-    let nblk = a.k / 32;
-    for (i, tile) in tiled.chunks_exact_mut(nblk).enumerate() {
-        for (blk, at) in tile.iter_mut().enumerate() {
-            for t in 0..TOKENS {
-                let tok = t0 + i * TOKENS + t;
-                let src = &a.qs[tok * a.k + blk * 32..][..32];
-                at.q[32 * t..32 * t + 32].copy_from_slice(src);
-                let m = &a.meta[tok * nblk + blk];
-                (at.d[t], at.s[t]) = (m.d, m.s);
-            }
-        }
-    }
 }
 
 /// Unpack a group's sub-blocks into B tiles of signed quants and their scales.
@@ -204,7 +178,7 @@ struct Sums([i32; 2 * 512]);
 /// A tile of 16 tokens (`at`, one per sub-block) against a prepared group: the 16 tokens'
 /// sums for the group's 16 rows to `out` (`[16 tokens][16 rows]`).
 #[inline(always)]
-unsafe fn tile<const K: u8>(prep: &[Sub], at: &[ASub], out: *mut f32) {
+unsafe fn tile<const K: u8>(prep: &[Sub], at: &[TileBlock], out: *mut f32) {
     let mut acc = [_mm512_setzero_ps(); TOKENS];
     // Written by the tile stores before the vector loads read them.
     let mut sums = std::mem::MaybeUninit::<Sums>::uninit();
@@ -288,7 +262,7 @@ unsafe fn multiply<const K: u8>(par: usize, q: *const i8, w: *const u8, c: *mut 
 /// Scale sub-block `blk`'s integer sums (`sums`: 16 tokens × 16 rows, Q6_K's second half 256
 /// further) into the accumulators (`scale_in`, as `avx512_packed::tile`).
 #[inline(always)]
-unsafe fn epilogue<const K: u8>(acc: &mut [__m512; TOKENS], sums: *const i32, a: &ASub, sub: &Sub) {
+unsafe fn epilogue<const K: u8>(acc: &mut [__m512; TOKENS], sums: *const i32, a: &TileBlock, sub: &Sub) {
     let [s0, s1, mv] = sub.s.map(|s| _mm512_load_ps(s.as_ptr()));
     unroll16!(t < TOKENS, {
         let i0 = _mm512_load_si512(sums.add(16 * t) as *const _);

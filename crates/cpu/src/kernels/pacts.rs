@@ -19,6 +19,19 @@ pub struct Meta {
     pub nsum16: [i16; 2],
 }
 
+/// Tokens per tile of the AMX kernels (rows of an A tile).
+pub const TILE_TOKENS: usize = 16;
+
+/// One 32-element block of 16 tokens, contiguous so that the AMX kernels' tile loads stream:
+/// the quants as an A tile (16 rows of 32 bytes), the tokens' scales and scaled sums.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+pub struct TileBlock {
+    pub q: [i8; TILE_TOKENS * 32],
+    pub d: [f32; TILE_TOKENS],
+    pub s: [f32; TILE_TOKENS],
+}
+
 #[derive(Default)]
 pub struct PActs {
     /// Elements per token (a multiple of 32).
@@ -28,6 +41,9 @@ pub struct PActs {
     pub qs: Vec<i8>,
     /// `[n, k / 32]`
     pub meta: Vec<Meta>,
+    /// With `fill(…, tiled: true)`: the whole tiles of 16 tokens again, `[n / 16, k / 32]`
+    /// (built once per input, not once per piece of work).
+    pub tiles: Vec<TileBlock>,
 }
 
 /// Tokens per thread below which quantizing is left to the calling thread.
@@ -127,7 +143,35 @@ mod x86 {
 
 impl PActs {
     /// Quantize `n` tokens of `k` elements (`x` is `[n, k]`); batches are spread over the threads.
-    pub fn fill(&mut self, pool: &Pool, x: &[f32], n: usize, k: usize) {
+    /// `tiled`: also lay the whole tiles of 16 tokens out for the AMX kernels (`tiles`).
+    pub fn fill(&mut self, pool: &Pool, x: &[f32], n: usize, k: usize, tiled: bool) {
+        self.quantize(pool, x, n, k);
+        let nblk = k / 32;
+        let count = if tiled { n / TILE_TOKENS * nblk } else { 0 };
+        let zero = TileBlock {
+            q: [0; TILE_TOKENS * 32],
+            d: [0.0; TILE_TOKENS],
+            s: [0.0; TILE_TOKENS],
+        };
+        self.tiles.resize(count, zero);
+        if count == 0 {
+            return;
+        }
+        let (qs, meta) = (&self.qs, &self.meta);
+        pool.split_mut(&mut self.tiles, nblk, 1, &|tile0, part| {
+            for (j, tb) in part.iter_mut().enumerate() {
+                let (tile, blk) = (tile0 + j / nblk, j % nblk);
+                for t in 0..TILE_TOKENS {
+                    let tok = tile * TILE_TOKENS + t;
+                    tb.q[32 * t..32 * t + 32].copy_from_slice(&qs[tok * k + blk * 32..][..32]);
+                    let m = &meta[tok * nblk + blk];
+                    (tb.d[t], tb.s[t]) = (m.d, m.s);
+                }
+            }
+        });
+    }
+
+    fn quantize(&mut self, pool: &Pool, x: &[f32], n: usize, k: usize) {
         debug_assert!(k % 32 == 0 && x.len() == n * k);
         self.k = k;
         self.n = n;
