@@ -21,6 +21,8 @@ pub struct ChatArgs {
     /// Every answer must match (a JSON schema, a regular expression, a grammar).
     #[command(flatten)]
     pub constraint: crate::constrain::ConstraintArgs,
+    #[command(flatten)]
+    pub spec: crate::run::SpecArgs,
 }
 
 pub fn chat(a: ChatArgs, opts: &crate::load::Opts) -> Result<()> {
@@ -29,7 +31,11 @@ pub fn chat(a: ChatArgs, opts: &crate::load::Opts) -> Result<()> {
 
 fn chat_on<B: crate::load::Hardware>(a: ChatArgs, opts: &crate::load::Opts) -> Result<()> {
     let params = a.sampling.params()?;
+    let spec = a.spec.config()?;
     let mut l = load::<B>(a.model.as_deref(), opts, a.sampling.ctx, 256)?;
+    l.session
+        .set_speculation(spec)
+        .map_err(anyhow::Error::msg)?;
     // A reasoning model thinks first each turn: the constraint starts after its thinking.
     let thinks = l
         .tokenizer

@@ -50,6 +50,45 @@ impl SamplingArgs {
     }
 }
 
+/// Speculative decoding (`run`, `chat`, `bench`).
+#[derive(Args, Clone)]
+pub struct SpecArgs {
+    /// Speculative decoding: off, ngram (drafts from earlier text: pays when the answer
+    /// repeats the prompt, as code edits do). The output is the same either way.
+    #[arg(long, default_value = "off")]
+    pub spec: String,
+    /// Most tokens drafted per step.
+    #[arg(long, default_value_t = 10)]
+    pub draft_max: usize,
+    /// The longest suffix of the text looked up for n-gram drafts (down to 2 tokens).
+    #[arg(long, default_value_t = 4)]
+    pub spec_ngram: usize,
+    /// Always verify the whole proposal, instead of following the acceptance rate and the
+    /// measured cost of verifying (which turns speculation off where it does not pay).
+    #[arg(long)]
+    pub draft_fixed: bool,
+}
+
+impl SpecArgs {
+    pub fn config(&self) -> Result<Option<suanli_engine::spec::SpecConfig>> {
+        let Some(mode) =
+            suanli_engine::spec::SpecMode::parse(&self.spec).map_err(|e| anyhow!("--spec: {e}"))?
+        else {
+            return Ok(None);
+        };
+        let cfg = suanli_engine::spec::SpecConfig {
+            max_draft: self.draft_max,
+            ngram_max: self.spec_ngram,
+            ngram_min: self.spec_ngram.min(2),
+            adaptive: !self.draft_fixed,
+            ..suanli_engine::spec::SpecConfig::new(mode)
+        };
+        cfg.validate()
+            .map_err(|e| anyhow!("--draft-max/--spec-ngram: {e}"))?;
+        Ok(Some(cfg))
+    }
+}
+
 #[derive(Args)]
 pub struct RunArgs {
     /// Catalog name, GGUF file or Hugging Face directory (default: the catalog's default model).
@@ -71,6 +110,8 @@ pub struct RunArgs {
     pub sampling: SamplingArgs,
     #[command(flatten)]
     pub constraint: crate::constrain::ConstraintArgs,
+    #[command(flatten)]
+    pub spec: SpecArgs,
     pub prompt: String,
 }
 
@@ -80,7 +121,9 @@ pub fn run(a: RunArgs, opts: &crate::load::Opts) -> Result<()> {
 
 fn run_on<B: crate::load::Hardware>(a: RunArgs, opts: &crate::load::Opts) -> Result<()> {
     let params = a.sampling.params()?;
+    let spec = a.spec.config()?;
     let mut l = load::<B>(a.model.as_deref(), opts, a.sampling.ctx, 256)?;
+    l.session.set_speculation(spec).map_err(|e| anyhow!(e))?;
     let tok = &l.tokenizer;
     let (ids, rendered) = if a.raw {
         let ids = tok
@@ -150,6 +193,15 @@ fn run_on<B: crate::load::Hardware>(a: RunArgs, opts: &crate::load::Opts) -> Res
         g.tokens_per_second(),
         g.finish_reason.as_str()
     );
+    if g.spec.verify_steps > 0 || a.spec.spec != "off" {
+        eprintln!(
+            "[speculation: {} of {} drafted tokens accepted ({:.0}%), {:.2} tokens per verifying pass]",
+            g.spec.accepted,
+            g.spec.drafted,
+            100.0 * g.spec.acceptance(),
+            g.spec.mean_accepted_length()
+        );
+    }
     if json {
         let v = serde_json::json!({
             "text": text,
@@ -158,6 +210,8 @@ fn run_on<B: crate::load::Hardware>(a: RunArgs, opts: &crate::load::Opts) -> Res
             "completion_tokens": g.tokens.len(),
             "finish_reason": g.finish_reason.as_str(),
             "tokens_per_second": g.tokens_per_second(),
+            "drafted": g.spec.drafted,
+            "accepted": g.spec.accepted,
         });
         crate::outln!("{v}");
     } else {

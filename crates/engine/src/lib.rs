@@ -9,6 +9,7 @@ pub mod perplexity;
 pub mod sampler;
 pub mod scheduler;
 pub mod session;
+pub mod spec;
 pub mod stop;
 
 pub use constraint::TokenConstraint;

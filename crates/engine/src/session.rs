@@ -5,6 +5,7 @@
 use crate::constraint::{constrained_pick, TokenConstraint};
 use crate::kv::{BlockAllocator, BlockTable, OutOfBlocks};
 use crate::sampler::{Sampler, SamplingParams};
+use crate::spec::{ngram_draft, Controller, SpecConfig, SpecMode, SpecStats};
 use std::time::Instant;
 use suanli_backend::{Backend, BackendError, BatchPlan, KvDType, KvPages};
 use suanli_models::{Model, Scratch};
@@ -53,6 +54,8 @@ pub struct Generation {
     pub cached_tokens: usize,
     pub prefill_secs: f64,
     pub decode_secs: f64,
+    /// Speculative decoding's drafts and acceptances (zero without it).
+    pub spec: SpecStats,
 }
 
 impl Generation {
@@ -89,6 +92,15 @@ pub struct Session<B: Backend> {
     cached: Vec<u32>,
     ctx: usize,
     logits: Vec<f32>,
+    spec: Option<Speculation>,
+}
+
+/// Speculative decoding's settings and what it has learned (kept across turns).
+struct Speculation {
+    cfg: SpecConfig,
+    ctl: Controller,
+    /// The first token of a proposal left unverified, to compare with what came instead.
+    shadow: Option<u32>,
 }
 
 impl<B: Backend> Session<B> {
@@ -129,11 +141,33 @@ impl<B: Backend> Session<B> {
             cached: Vec::new(),
             ctx,
             logits: Vec::new(),
+            spec: None,
         })
     }
 
     pub fn ctx(&self) -> usize {
         self.ctx
+    }
+
+    /// Decode speculatively (`None`: one token per forward pass). The output is the same token
+    /// for token either way (`spec`).
+    pub fn set_speculation(&mut self, cfg: Option<SpecConfig>) -> Result<(), String> {
+        self.spec = match cfg {
+            None => None,
+            Some(cfg) => {
+                cfg.validate()?;
+                if cfg.mode == SpecMode::Draft {
+                    return Err("a draft model is not supported by this session".into());
+                }
+                let ctl = Controller::new(cfg.max_draft, cfg.adaptive);
+                Some(Speculation {
+                    cfg,
+                    ctl,
+                    shadow: None,
+                })
+            }
+        };
+        Ok(())
     }
 
     /// Forget the cached sequence and free its blocks.
@@ -262,29 +296,75 @@ impl<B: Backend> Session<B> {
         let mut logits = self.feed(&suffix, suffix.len() - 1)?.to_vec();
         let prefill_secs = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
+        let vocab = self.model.vocab_size();
         let mut out = Vec::new();
-        let finish = loop {
-            let tok = match constraint.as_deref_mut() {
-                None => sampler.sample(&mut logits, &history),
+        let mut stats = SpecStats::default();
+        // One draw per emitted token, in order, as without speculation.
+        let mut pick = |logits: &mut [f32], history: &[u32]| -> Result<u32, SessionError> {
+            Ok(match constraint.as_deref_mut() {
+                None => sampler.sample(logits, history),
                 Some(c) => {
-                    sampler.prepare(&mut logits, &history);
-                    constrained_pick(c, &mut logits, |l| sampler.pick(l))
+                    sampler.prepare(logits, history);
+                    constrained_pick(c, logits, |l| sampler.pick(l))
                         .map_err(SessionError::Constraint)?
                         .0
                 }
-            };
+            })
+        };
+        // Take `tok` as the next token, the cache holding `cached` tokens (those before it):
+        // Some(reason) when generation ends there.
+        let ctx = self.ctx;
+        let mut emit = |tok: u32, cached: usize, out: &mut Vec<u32>, history: &mut Vec<u32>| {
             if is_eog(tok) {
-                break FinishReason::Stop;
+                return Some(FinishReason::Stop);
             }
             out.push(tok);
             history.push(tok);
             if let Control::Stop = on_token(tok) {
-                break FinishReason::Stop;
+                return Some(FinishReason::Stop);
             }
-            if out.len() >= max_tokens || self.cached.len() + 1 >= self.ctx {
-                break FinishReason::Length;
+            if out.len() >= max_tokens || cached + 1 >= ctx {
+                return Some(FinishReason::Length);
             }
-            logits.copy_from_slice(self.feed_generated(&[tok], 0)?);
+            None
+        };
+        let mut tok = pick(&mut logits, &history)?;
+        let finish = 'generate: loop {
+            let base = self.cached.len();
+            if let Some(f) = emit(tok, base, &mut out, &mut history) {
+                break f;
+            }
+            // `tok` is emitted but not yet in the cache: feed it with the drafts that follow.
+            let draft = self.draft(&history, max_tokens - out.len(), base);
+            let fed: Vec<u32> = std::iter::once(tok).chain(draft.iter().copied()).collect();
+            let t = Instant::now();
+            self.feed_generated(&fed, 0)?;
+            if let Some(s) = &mut self.spec {
+                s.ctl.observe_time(fed.len(), t.elapsed());
+            }
+            let mut rows = std::mem::take(&mut self.logits);
+            let mut next = None;
+            let mut accepted = 0;
+            for (i, row) in rows.chunks_exact_mut(vocab).enumerate() {
+                let s = pick(row, &history)?;
+                if draft.get(i) != Some(&s) {
+                    next = Some(s);
+                    break;
+                }
+                accepted += 1;
+                // The cache then holds `tok` and the drafts before this one.
+                if let Some(f) = emit(s, base + 1 + i, &mut out, &mut history) {
+                    self.logits = rows;
+                    self.truncate(base + 1 + i);
+                    self.account(draft.len(), accepted, None, &mut stats);
+                    break 'generate f;
+                }
+            }
+            self.logits = rows;
+            self.truncate(base + 1 + accepted);
+            self.account(draft.len(), accepted, next, &mut stats);
+            // A draft row's sample is the next token whether or not the draft was refused.
+            tok = next.expect("the last row is never a draft");
         };
         Ok(Generation {
             tokens: out,
@@ -293,7 +373,53 @@ impl<B: Backend> Session<B> {
             cached_tokens: common,
             prefill_secs,
             decode_secs: t1.elapsed().as_secs_f64(),
+            spec: stats,
         })
+    }
+
+    /// Tokens to verify after the last of `history` (not yet in the cache, which holds
+    /// `cached`), at most `left − 1` (the pass also yields the token after them) and what
+    /// the context has room for. A proposal not worth verifying still teaches the controller
+    /// whether it would have been taken (`shadow`).
+    fn draft(&mut self, history: &[u32], left: usize, cached: usize) -> Vec<u32> {
+        let ctx = self.ctx;
+        let Some(s) = &mut self.spec else {
+            return Vec::new();
+        };
+        // The pass feeds 1 + k tokens; decoding stops once the cache is one short of ctx.
+        let room = ctx.saturating_sub(cached + 2).min(left.saturating_sub(1));
+        let proposal = match s.cfg.mode {
+            SpecMode::Ngram => ngram_draft(history, s.cfg.ngram_min, s.cfg.ngram_max, room),
+            SpecMode::Draft => &[],
+        };
+        let k = s.ctl.draft_len(proposal.len());
+        s.shadow = if k == 0 {
+            proposal.first().copied()
+        } else {
+            None
+        };
+        proposal[..k].to_vec()
+    }
+
+    /// Learn from a pass that verified `drafted` tokens and took `accepted` of them, or from
+    /// the proposal left unverified (compared with `next`, the token sampled instead).
+    fn account(
+        &mut self,
+        drafted: usize,
+        accepted: usize,
+        next: Option<u32>,
+        stats: &mut SpecStats,
+    ) {
+        let Some(s) = &mut self.spec else { return };
+        if let (Some(d), Some(n)) = (s.shadow.take(), next) {
+            s.ctl.observe_draft(1, usize::from(d == n));
+        }
+        if drafted > 0 {
+            s.ctl.observe_draft(drafted, accepted);
+            stats.verify_steps += 1;
+            stats.drafted += drafted as u64;
+            stats.accepted += accepted as u64;
+        }
     }
 
     /// Keep only the first `len` cached tokens; blocks past them are freed.

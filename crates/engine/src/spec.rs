@@ -1,0 +1,311 @@
+//! Speculative decoding: tokens proposed cheaply (an n-gram lookup over the sequence, or a small
+//! draft model), then verified by one forward pass of the model over all of them, which costs
+//! about as much memory traffic as one token.
+//!
+//! Verification samples each row exactly as decoding without speculation would — the same
+//! sampler, penalties, bias, constraint and random draws, on logits that are bit for bit the
+//! same (a row's kernels never depend on the step's shape) — and keeps drafted tokens while
+//! they equal what was sampled. Drafts are point proposals, for which "sample, accept if equal"
+//! is the standard rejection rule (accepted with probability p(draft), otherwise a draw from p
+//! without the draft); and since every emitted token is exactly one draw, the output is the
+//! same token for token as without speculation, seeded sampling included.
+
+use std::time::Duration;
+
+/// Where drafts come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpecMode {
+    /// The continuation of the sequence's last few tokens where they occurred before (prompt
+    /// lookup): pays where the answer repeats its input (code edits, quoting, forms).
+    Ngram,
+    /// A small model with the same vocabulary, decoding greedily ahead.
+    Draft,
+}
+
+impl SpecMode {
+    pub fn parse(s: &str) -> Result<Option<SpecMode>, String> {
+        match s {
+            "off" | "none" => Ok(None),
+            "ngram" => Ok(Some(SpecMode::Ngram)),
+            "draft" => Ok(Some(SpecMode::Draft)),
+            _ => Err(format!(
+                "unknown speculation mode {s:?}: off, ngram or draft"
+            )),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct SpecConfig {
+    pub mode: SpecMode,
+    /// Most tokens drafted per step.
+    pub max_draft: usize,
+    /// Lookup: the longest suffix tried first, down to the shortest.
+    pub ngram_max: usize,
+    pub ngram_min: usize,
+    /// Draft length from the recent acceptance rate and the measured cost of verifying; off,
+    /// always `max_draft` (what a proposal holds).
+    pub adaptive: bool,
+}
+
+impl SpecConfig {
+    pub fn new(mode: SpecMode) -> SpecConfig {
+        SpecConfig {
+            mode,
+            max_draft: 10,
+            ngram_max: 4,
+            ngram_min: 2,
+            adaptive: true,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_draft == 0 || self.max_draft > MAX_DRAFT {
+            return Err(format!(
+                "the draft length must be 1 to {MAX_DRAFT}, not {}",
+                self.max_draft
+            ));
+        }
+        if self.ngram_min == 0 || self.ngram_min > self.ngram_max || self.ngram_max > 16 {
+            return Err(format!(
+                "the n-gram sizes must satisfy 1 ≤ min ≤ max ≤ 16, not {}..{}",
+                self.ngram_min, self.ngram_max
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Upper bound of `max_draft` (a verification's rows stay one step's worth).
+pub const MAX_DRAFT: usize = 32;
+
+/// What speculation did over a generation.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct SpecStats {
+    /// Forward passes that verified at least one drafted token.
+    pub verify_steps: u64,
+    pub drafted: u64,
+    pub accepted: u64,
+}
+
+impl SpecStats {
+    pub fn acceptance(&self) -> f64 {
+        if self.drafted == 0 {
+            0.0
+        } else {
+            self.accepted as f64 / self.drafted as f64
+        }
+    }
+
+    /// Tokens per verifying pass (the accepted drafts and the one sampled after them).
+    pub fn mean_accepted_length(&self) -> f64 {
+        if self.verify_steps == 0 {
+            0.0
+        } else {
+            (self.accepted + self.verify_steps) as f64 / self.verify_steps as f64
+        }
+    }
+
+    pub fn add(&mut self, o: &SpecStats) {
+        self.verify_steps += o.verify_steps;
+        self.drafted += o.drafted;
+        self.accepted += o.accepted;
+    }
+}
+
+/// The tokens that followed the most recent earlier occurrence of `history`'s longest suffix
+/// of `min..=max_n` tokens (longer suffixes first), at most `limit` of them; empty when no
+/// suffix recurs.
+pub fn ngram_draft(history: &[u32], min: usize, max_n: usize, limit: usize) -> &[u32] {
+    let len = history.len();
+    if limit == 0 {
+        return &[];
+    }
+    for n in (min.max(1)..=max_n).rev() {
+        if n >= len {
+            continue;
+        }
+        let suffix = &history[len - n..];
+        // An occurrence at j is followed by history[j + n], which must exist before the suffix.
+        for j in (0..len - n).rev() {
+            if history[j..j + n] == *suffix {
+                let from = j + n;
+                return &history[from..(from + limit).min(len)];
+            }
+        }
+    }
+    &[]
+}
+
+/// Chooses how many tokens to draft: the length that maximizes expected tokens per second,
+/// from the recent per-token acceptance rate (decayed counts) and the measured seconds of a
+/// forward pass per number of rows. A draft that is not verified (length 0 chosen) is still
+/// compared with the token sampled instead, so the rate stays current at no cost and
+/// speculation comes back on by itself when drafts start to match again.
+#[derive(Clone, Debug)]
+pub struct Controller {
+    max: usize,
+    adaptive: bool,
+    succ: f64,
+    trials: f64,
+    /// Per row count r (index r − 1): decayed sum of seconds and weight.
+    secs: Vec<(f64, f64)>,
+}
+
+/// Weight of the past in the acceptance counts and step times (per observation).
+const DECAY: f64 = 0.9;
+/// Assumed extra cost of each further row before one is measured: decode reads every weight
+/// once whatever the rows, so a few more rows cost little; measurements replace it.
+const PRIOR_ROW_COST: f64 = 0.04;
+
+impl Controller {
+    pub fn new(max: usize, adaptive: bool) -> Controller {
+        Controller {
+            max,
+            adaptive,
+            succ: 1.0,
+            trials: 2.0,
+            secs: vec![(0.0, 0.0); max + 1],
+        }
+    }
+
+    /// Per-token acceptance estimate.
+    pub fn acceptance(&self) -> f64 {
+        self.succ / self.trials
+    }
+
+    fn seconds(&self, rows: usize) -> Option<f64> {
+        self.secs
+            .get(rows - 1)
+            .filter(|s| s.1 > 0.0)
+            .map(|s| s.0 / s.1)
+    }
+
+    /// Estimated seconds of a pass of `rows`, relative where nothing is measured yet.
+    fn estimate(&self, rows: usize) -> f64 {
+        if let Some(s) = self.seconds(rows) {
+            return s;
+        }
+        // Scale from the nearest measured row count below (or one row, or 1.0).
+        let (base_rows, base) = (1..rows)
+            .rev()
+            .find_map(|r| self.seconds(r).map(|s| (r, s)))
+            .unwrap_or((1, 1.0));
+        base * (1.0 + PRIOR_ROW_COST * (rows - base_rows) as f64)
+    }
+
+    /// Tokens to draft given `available` proposed ones.
+    pub fn draft_len(&self, available: usize) -> usize {
+        let cap = available.min(self.max);
+        if !self.adaptive {
+            return cap;
+        }
+        let a = self.acceptance();
+        let (mut best, mut best_rate) = (0, 1.0 / self.estimate(1));
+        let mut expected = 1.0;
+        let mut ak = 1.0;
+        for k in 1..=cap {
+            ak *= a;
+            expected += ak;
+            let rate = expected / self.estimate(k + 1);
+            if rate > best_rate {
+                (best, best_rate) = (k, rate);
+            }
+        }
+        best
+    }
+
+    /// `accepted` of `drafted` tokens were taken (a shorter run than drafted ends with one
+    /// refusal).
+    pub fn observe_draft(&mut self, drafted: usize, accepted: usize) {
+        if drafted == 0 {
+            return;
+        }
+        let trials = accepted + usize::from(accepted < drafted);
+        for _ in 0..trials {
+            self.succ *= DECAY;
+            self.trials *= DECAY;
+        }
+        self.succ += accepted as f64;
+        self.trials += trials as f64;
+    }
+
+    pub fn observe_time(&mut self, rows: usize, took: Duration) {
+        if let Some(s) = self.secs.get_mut(rows - 1) {
+            *s = (s.0 * DECAY + took.as_secs_f64(), s.1 * DECAY + 1.0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookup_takes_the_longest_most_recent_suffix() {
+        // "1 2 3 9 | 1 2 3 7 8 | 5 2 3": the suffix [2, 3] last occurred before 7 8.
+        let h = [1, 2, 3, 9, 1, 2, 3, 7, 8, 5, 2, 3];
+        assert_eq!(ngram_draft(&h, 1, 4, 5), &[7, 8, 5, 2, 3]);
+        assert_eq!(ngram_draft(&h, 1, 4, 2), &[7, 8]);
+        // A longer suffix wins over a more recent shorter one: [9, 1, 2] … only once; [1, 2]
+        // twice.
+        let h = [4, 1, 2, 6, 0, 1, 2, 5, 4, 1, 2];
+        assert_eq!(ngram_draft(&h, 1, 3, 3), &[6, 0, 1]);
+        assert_eq!(ngram_draft(&h, 1, 2, 3), &[5, 4, 1]);
+        // Nothing recurs; too short; a zero limit.
+        assert!(ngram_draft(&[1, 2, 3, 4], 1, 3, 4).is_empty());
+        assert!(ngram_draft(&[1], 1, 3, 4).is_empty());
+        assert!(ngram_draft(&h, 1, 3, 0).is_empty());
+        // The match may overlap the suffix (a repeated token): 7 7 7 → 7.
+        assert_eq!(ngram_draft(&[7, 7, 7], 2, 2, 4), &[7]);
+    }
+
+    #[test]
+    fn draft_length_follows_acceptance_and_cost() {
+        let mut c = Controller::new(8, true);
+        // Cheap extra rows and drafts always taken: the whole draft.
+        for r in 1..=9 {
+            c.observe_time(r, Duration::from_millis(20 + r as u64));
+        }
+        for _ in 0..20 {
+            c.observe_draft(8, 8);
+        }
+        assert_eq!(c.draft_len(8), 8);
+        assert_eq!(c.draft_len(3), 3);
+        // Drafts refused at once: speculation switches itself off.
+        for _ in 0..40 {
+            c.observe_draft(1, 0);
+        }
+        assert!(c.acceptance() < 0.05);
+        assert_eq!(c.draft_len(8), 0);
+        // Unverified drafts that would have matched bring it back.
+        for _ in 0..40 {
+            c.observe_draft(1, 1);
+        }
+        assert!(c.draft_len(8) > 0);
+        // Expensive rows make long drafts not worth it at a middling rate.
+        let mut c = Controller::new(8, true);
+        for r in 1..=9 {
+            c.observe_time(r, Duration::from_millis(20 * r as u64));
+        }
+        for _ in 0..30 {
+            c.observe_draft(4, 2);
+        }
+        assert_eq!(c.draft_len(8), 0);
+        // Not adaptive: what the proposal holds, up to the maximum.
+        let c = Controller::new(8, false);
+        assert_eq!(c.draft_len(20), 8);
+    }
+
+    #[test]
+    fn stats_report_rates() {
+        let s = SpecStats {
+            verify_steps: 4,
+            drafted: 20,
+            accepted: 12,
+        };
+        assert_eq!(s.acceptance(), 0.6);
+        assert_eq!(s.mean_accepted_length(), 4.0);
+        assert_eq!(SpecStats::default().mean_accepted_length(), 0.0);
+    }
+}

@@ -1,0 +1,265 @@
+//! Speculative decoding changes no token: with n-gram drafts (verified whatever their length,
+//! or adaptively) the answers equal those decoded one token at a time — greedy, seeded sampling
+//! with penalties and a logit bias, under a constraint, with stop and length limits — and the
+//! sampled distribution is the same (chi-square test on a tiny model).
+
+mod common;
+use common::*;
+use std::collections::HashMap;
+use suanli_cpu::kernels::Isa;
+use suanli_cpu::CpuBackend;
+use suanli_engine::session::Control;
+use suanli_engine::spec::{SpecConfig, SpecMode, SpecStats};
+use suanli_engine::{FinishReason, SamplingParams, Session, TokenConstraint};
+use suanli_formats::catalog;
+
+fn ngram(adaptive: bool, max_draft: usize) -> Option<SpecConfig> {
+    Some(SpecConfig {
+        max_draft,
+        adaptive,
+        ..SpecConfig::new(SpecMode::Ngram)
+    })
+}
+
+/// Drafts from single-token suffixes too (many proposals, many refused).
+fn ngram1(max_draft: usize) -> Option<SpecConfig> {
+    Some(SpecConfig {
+        ngram_min: 1,
+        ..ngram(false, max_draft).unwrap()
+    })
+}
+
+/// Tokens, finish reason and speculation figures of one generation from a fresh cache.
+fn generate(
+    s: &mut Session<CpuBackend>,
+    spec: Option<SpecConfig>,
+    prompt: &[u32],
+    params: &SamplingParams,
+    n: usize,
+    stop_after: Option<u32>,
+    constraint: Option<&mut dyn TokenConstraint>,
+) -> (Vec<u32>, FinishReason, SpecStats) {
+    s.reset();
+    s.set_speculation(spec).unwrap();
+    let g = s
+        .generate_constrained(
+            prompt,
+            params,
+            n,
+            &|_| false,
+            &mut |t| match Some(t) == stop_after {
+                true => Control::Stop,
+                false => Control::Continue,
+            },
+            constraint,
+        )
+        .unwrap();
+    (g.tokens, g.finish_reason, g.spec)
+}
+
+fn smollm2() -> (Session<CpuBackend>, suanli_tokenizer::Tokenizer) {
+    let path = catalog::pull(catalog::find("smollm2-135m").unwrap()).unwrap();
+    load(&path, Isa::detect().unwrap(), 1024, 64, KvDType::F16)
+}
+
+/// Text that invites copying: a function, then the start of the same function again.
+const CODE: &str = "def parse(path):\n    result = {}\n    with open(path) as f:\n        for line in f:\n            key, value = line.split('=', 1)\n            result[key.strip()] = value.strip()\n    return result\n\n# The same function, renamed:\ndef load(path):\n";
+
+#[test]
+fn greedy_answers_are_the_same_with_speculation() {
+    let (mut s, tok) = smollm2();
+    let greedy = SamplingParams::greedy();
+    let mut verified = SpecStats::default();
+    for text in [CODE, "The capital of France is", "1, 2, 3, 4, 5, 6, 7, 8,"] {
+        let p = tok.encode(text, false).unwrap();
+        let (want, why, _) = generate(&mut s, None, &p, &greedy, 80, None, None);
+        assert_eq!(why, FinishReason::Length);
+        for spec in [ngram(false, 10), ngram(false, 3), ngram(true, 10)] {
+            let fixed = !spec.as_ref().unwrap().adaptive;
+            let (got, why, st) = generate(&mut s, spec, &p, &greedy, 80, None, None);
+            assert_eq!(got, want, "{text:?}: speculative answer differs");
+            assert_eq!(why, FinishReason::Length);
+            if fixed {
+                verified.add(&st);
+            }
+        }
+    }
+    // Both outcomes were exercised: drafts taken and drafts refused (rolled back).
+    assert!(verified.accepted > 20, "{verified:?}");
+    assert!(verified.drafted > verified.accepted, "{verified:?}");
+    // The copied function speeds up: more than one token per verifying pass on average.
+    let p = tok.encode(CODE, false).unwrap();
+    let (_, _, st) = generate(&mut s, ngram(false, 10), &p, &greedy, 60, None, None);
+    assert!(st.mean_accepted_length() > 1.5, "{st:?}");
+}
+
+#[test]
+fn seeded_sampling_is_the_same_with_speculation() {
+    let (mut s, tok) = smollm2();
+    let p = tok.encode(CODE, false).unwrap();
+    let mut params = SamplingParams::greedy();
+    params.temperature = 0.7;
+    params.top_k = 40;
+    params.top_p = 0.95;
+    params.min_p = 0.02;
+    params.logit_bias = vec![(p[3], -2.0), (p[5], 1.5)];
+    let mut stats = SpecStats::default();
+    for seed in 0..6 {
+        params.seed = Some(seed);
+        // Penalties make copying less likely: half the runs have them.
+        params.repeat_penalty = if seed % 2 == 0 { 1.0 } else { 1.1 };
+        let (want, _, _) = generate(&mut s, None, &p, &params, 48, None, None);
+        let (got, _, st) = generate(&mut s, ngram(false, 8), &p, &params, 48, None, None);
+        assert_eq!(got, want, "seed {seed}");
+        stats.add(&st);
+    }
+    assert!(
+        stats.accepted > 0 && stats.drafted > stats.accepted,
+        "{stats:?}"
+    );
+}
+
+/// Allows only tokens whose id is not a multiple of 3 (end of generation always); counts what
+/// it was told was taken.
+struct NoThirds {
+    accepted: Vec<u32>,
+}
+
+impl TokenConstraint for NoThirds {
+    fn allows(&mut self, token: u32) -> bool {
+        token % 3 != 0
+    }
+    fn mask(&mut self, logits: &mut [f32]) -> Result<(), String> {
+        for (i, l) in logits.iter_mut().enumerate() {
+            if i % 3 == 0 {
+                *l = f32::NAN;
+            }
+        }
+        Ok(())
+    }
+    fn accept(&mut self, token: u32) -> Result<(), String> {
+        assert!(token % 3 != 0, "took a refused token");
+        self.accepted.push(token);
+        Ok(())
+    }
+}
+
+#[test]
+fn constraints_limits_and_stops_are_the_same_with_speculation() {
+    let (mut s, tok) = smollm2();
+    let p = tok.encode(CODE, false).unwrap();
+    let greedy = SamplingParams::greedy();
+    // A constraint sees exactly the emitted tokens, in order, never a refused draft.
+    let mut c0 = NoThirds { accepted: vec![] };
+    let (want, _, _) = generate(&mut s, None, &p, &greedy, 50, None, Some(&mut c0));
+    let mut c1 = NoThirds { accepted: vec![] };
+    let (got, _, st) = generate(
+        &mut s,
+        ngram(false, 10),
+        &p,
+        &greedy,
+        50,
+        None,
+        Some(&mut c1),
+    );
+    assert_eq!(got, want);
+    assert_eq!(c1.accepted, got);
+    assert!(st.drafted > 0);
+    // Stopping on a token inside an accepted run, and short length limits.
+    let (full, _, _) = generate(&mut s, None, &p, &greedy, 40, None, None);
+    let stop = full[17];
+    let (want, why0, _) = generate(&mut s, None, &p, &greedy, 40, Some(stop), None);
+    let (got, why1, _) = generate(&mut s, ngram(false, 10), &p, &greedy, 40, Some(stop), None);
+    assert_eq!((got, why1), (want, why0));
+    for n in [1, 2, 7] {
+        let (got, why, _) = generate(&mut s, ngram(false, 10), &p, &greedy, n, None, None);
+        assert_eq!((got.as_slice(), why), (&full[..n], FinishReason::Length));
+    }
+    // After a speculative answer the cache holds exactly the conversation (refused drafts
+    // rolled back): a follow-up turn reusing it answers as it does without speculation.
+    let two_turns = |s: &mut Session<CpuBackend>, spec| {
+        s.set_speculation(spec).unwrap();
+        s.reset();
+        let first = s
+            .generate(&p, &greedy, 30, &|_| false, &mut |_| Control::Continue)
+            .unwrap();
+        let mut turn2 = p.clone();
+        turn2.extend(&first.tokens);
+        turn2.extend(tok.encode("\n# Again:\n", false).unwrap());
+        let second = s
+            .generate(&turn2, &greedy, 30, &|_| false, &mut |_| Control::Continue)
+            .unwrap();
+        assert!(second.cached_tokens > p.len());
+        (first.tokens, second.tokens)
+    };
+    assert_eq!(two_turns(&mut s, ngram1(10)), two_turns(&mut s, None));
+}
+
+/// Wilson–Hilferty: the chi-square quantile with `df` degrees of freedom at upper tail `z`
+/// standard deviations (3.09 for a significance of 0.001).
+fn chi2_quantile(df: f64, z: f64) -> f64 {
+    let v = 2.0 / (9.0 * df);
+    df * (1.0 - v + z * v.sqrt()).powi(3)
+}
+
+/// Two independent samples of 3-token continuations (different seeds), with and without
+/// speculation, on a tiny random model where drafts are proposed and often refused: a
+/// chi-square test of homogeneity at significance 0.001 does not tell them apart. (With equal
+/// seeds they are identical, as the other tests show; this checks the distribution itself.)
+#[test]
+fn sampled_distribution_is_unchanged_by_speculation() {
+    let dir = fixtures().join("tiny/qwen2");
+    let (mut s, _) = load(&dir, Isa::detect().unwrap(), 64, 16, KvDType::F32);
+    // Three tokens made likely by a logit bias and a prompt cycling through them: the n-gram
+    // drafts continue the cycle, and the sampled tokens follow it often but not always, so
+    // drafts are both taken and refused.
+    let (x, y, z) = (101u32, 202u32, 303u32);
+    let mut params = SamplingParams::greedy();
+    params.temperature = 1.0;
+    params.top_k = 8;
+    params.logit_bias = vec![(x, 6.0), (y, 6.0), (z, 5.0)];
+    let prompt: Vec<u32> = [x, y, z].repeat(4);
+    let n = 1500u64;
+    let mut counts: [HashMap<Vec<u32>, u64>; 2] = [HashMap::new(), HashMap::new()];
+    let mut stats = SpecStats::default();
+    for (side, spec) in [None, ngram1(4)].into_iter().enumerate() {
+        for i in 0..n {
+            params.seed = Some(side as u64 * 1_000_000 + i);
+            let (got, _, st) = generate(&mut s, spec.clone(), &prompt, &params, 3, None, None);
+            *counts[side].entry(got).or_default() += 1;
+            stats.add(&st);
+        }
+    }
+    assert!(
+        stats.accepted > 50 && stats.drafted > stats.accepted + 50,
+        "{stats:?}"
+    );
+    // Outcomes seen fewer than 10 times in all are pooled into one bin.
+    let mut bins: HashMap<Option<Vec<u32>>, [u64; 2]> = HashMap::new();
+    let keys: std::collections::HashSet<&Vec<u32>> = counts.iter().flat_map(|c| c.keys()).collect();
+    for k in keys {
+        let c = [0, 1].map(|side| counts[side].get(k).copied().unwrap_or(0));
+        let key = (c[0] + c[1] >= 10).then(|| k.clone());
+        let b = bins.entry(key).or_default();
+        b[0] += c[0];
+        b[1] += c[1];
+    }
+    let chi2: f64 = bins
+        .values()
+        .map(|c| {
+            let total = (c[0] + c[1]) as f64;
+            // Equal sample sizes: each side's expected count is half the bin's total.
+            c.iter()
+                .map(|&o| (o as f64 - total / 2.0).powi(2) / (total / 2.0))
+                .sum::<f64>()
+        })
+        .sum();
+    let df = (bins.len() - 1) as f64;
+    assert!(df >= 5.0, "too few outcomes to test: {}", bins.len());
+    let crit = chi2_quantile(df, 3.09);
+    eprintln!("chi-square {chi2:.1} with {df} degrees of freedom (critical {crit:.1} at 0.001); {stats:?}");
+    assert!(
+        chi2 < crit,
+        "the distributions differ: chi-square {chi2:.1} > {crit:.1}"
+    );
+}
