@@ -127,18 +127,18 @@ struct NoThirds {
 
 impl TokenConstraint for NoThirds {
     fn allows(&mut self, token: u32) -> bool {
-        token % 3 != 0
+        !token.is_multiple_of(3)
     }
     fn mask(&mut self, logits: &mut [f32]) -> Result<(), String> {
         for (i, l) in logits.iter_mut().enumerate() {
-            if i % 3 == 0 {
+            if i.is_multiple_of(3) {
                 *l = f32::NAN;
             }
         }
         Ok(())
     }
     fn accept(&mut self, token: u32) -> Result<(), String> {
-        assert!(token % 3 != 0, "took a refused token");
+        assert!(!token.is_multiple_of(3), "took a refused token");
         self.accepted.push(token);
         Ok(())
     }

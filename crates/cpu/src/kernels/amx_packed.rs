@@ -128,7 +128,10 @@ pub(super) unsafe fn run_kind<const K: u8>(
             // the group's last tile: tile loads wait for older stores to complete, and a
             // tile's 16 stores into a large output missing the caches halved the throughput
             // (prefetching those lines for writing or non-temporal stores did not help).
-            for (at, st) in tiled.chunks_exact(nblk).zip(staged.chunks_exact_mut(TOKENS * ROWS)) {
+            for (at, st) in tiled
+                .chunks_exact(nblk)
+                .zip(staged.chunks_exact_mut(TOKENS * ROWS))
+            {
                 tile::<K>(prep, at, st.as_mut_ptr());
             }
             let dst = out.add(tokens.start * m + r0);
@@ -262,7 +265,12 @@ unsafe fn multiply<const K: u8>(par: usize, q: *const i8, w: *const u8, c: *mut 
 /// Scale sub-block `blk`'s integer sums (`sums`: 16 tokens × 16 rows, Q6_K's second half 256
 /// further) into the accumulators (`scale_in`, as `avx512_packed::tile`).
 #[inline(always)]
-unsafe fn epilogue<const K: u8>(acc: &mut [__m512; TOKENS], sums: *const i32, a: &TileBlock, sub: &Sub) {
+unsafe fn epilogue<const K: u8>(
+    acc: &mut [__m512; TOKENS],
+    sums: *const i32,
+    a: &TileBlock,
+    sub: &Sub,
+) {
     let [s0, s1, mv] = sub.s.map(|s| _mm512_load_ps(s.as_ptr()));
     unroll16!(t < TOKENS, {
         let i0 = _mm512_load_si512(sums.add(16 * t) as *const _);
