@@ -45,6 +45,14 @@ pub struct BenchArgs {
     /// Top-p of the --parallel sequences' sampling (1: off).
     #[arg(long, default_value_t = 1.0)]
     pub top_p: f32,
+    /// With --spec: measure decoding with and without speculation on chat tasks instead
+    /// (greedy; answers of at most --gen-tokens; --repetitions each way).
+    #[command(flatten)]
+    pub spec: crate::run::SpecArgs,
+    /// With --spec: the tasks, one JSON object per line, {"kind": ..., "prompt": ...}
+    /// (default: built-in code edits and English and Chinese questions).
+    #[arg(long)]
+    pub spec_prompts: Option<std::path::PathBuf>,
 }
 
 struct Stats {
@@ -96,6 +104,26 @@ pub fn bench(a: BenchArgs, opts: &crate::load::Opts) -> Result<()> {
 fn bench_on<B: Hardware>(a: BenchArgs, opts: &crate::load::Opts) -> Result<()> {
     if a.repetitions == 0 {
         bail!("--repetitions must be at least 1");
+    }
+    if let Some(cfg) = a.spec.config()? {
+        if a.random.is_some() || a.parallel > 0 || a.depth > 0 {
+            bail!("--spec measures chat tasks on a model file: not with --random, --parallel or --depth");
+        }
+        let tasks = match &a.spec_prompts {
+            Some(p) => crate::bench_spec::from_file(p)?,
+            None => crate::bench_spec::builtin(),
+        };
+        return crate::bench_spec::run::<B>(
+            a.model.as_deref(),
+            opts,
+            cfg,
+            &tasks,
+            a.gen_tokens.max(1),
+            a.repetitions,
+            a.json,
+        );
+    } else if a.spec_prompts.is_some() {
+        bail!("--spec-prompts needs --spec");
     }
     let ctx = a.depth + a.prompt_tokens.max(a.gen_tokens) + 1;
     let (backend, model) = match &a.random {

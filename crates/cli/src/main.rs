@@ -4,6 +4,7 @@
 
 mod bench;
 mod bench_batch;
+mod bench_spec;
 mod chat;
 mod check;
 mod constrain;
