@@ -105,7 +105,7 @@ fn bench_on<B: Hardware>(a: BenchArgs, opts: &crate::load::Opts) -> Result<()> {
     if a.repetitions == 0 {
         bail!("--repetitions must be at least 1");
     }
-    if let Some(cfg) = a.spec.config()? {
+    if a.spec.config()?.is_some() {
         if a.random.is_some() || a.parallel > 0 || a.depth > 0 {
             bail!("--spec measures chat tasks on a model file: not with --random, --parallel or --depth");
         }
@@ -116,7 +116,7 @@ fn bench_on<B: Hardware>(a: BenchArgs, opts: &crate::load::Opts) -> Result<()> {
         return crate::bench_spec::run::<B>(
             a.model.as_deref(),
             opts,
-            cfg,
+            &a.spec,
             &tasks,
             a.gen_tokens.max(1),
             a.repetitions,

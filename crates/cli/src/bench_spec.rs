@@ -86,13 +86,15 @@ struct Row {
 pub fn run<B: Hardware>(
     model: Option<&str>,
     opts: &crate::load::Opts,
-    cfg: SpecConfig,
+    spec: &crate::run::SpecArgs,
     tasks: &[Task],
     max_tokens: usize,
     reps: usize,
     json: bool,
 ) -> Result<()> {
+    let cfg = spec.config()?.ok_or_else(|| anyhow!("--spec is off"))?;
     let mut l = load::<B>(model, opts, 4096, 256)?;
+    spec.apply(&mut l, opts)?;
     let tok = l.tokenizer.clone();
     let greedy = SamplingParams::greedy();
     let mut rows = Vec::new();

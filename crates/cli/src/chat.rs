@@ -31,11 +31,9 @@ pub fn chat(a: ChatArgs, opts: &crate::load::Opts) -> Result<()> {
 
 fn chat_on<B: crate::load::Hardware>(a: ChatArgs, opts: &crate::load::Opts) -> Result<()> {
     let params = a.sampling.params()?;
-    let spec = a.spec.config()?;
+    a.spec.config()?;
     let mut l = load::<B>(a.model.as_deref(), opts, a.sampling.ctx, 256)?;
-    l.session
-        .set_speculation(spec)
-        .map_err(anyhow::Error::msg)?;
+    a.spec.apply(&mut l, opts)?;
     // A reasoning model thinks first each turn: the constraint starts after its thinking.
     let thinks = l
         .tokenizer

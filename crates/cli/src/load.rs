@@ -210,3 +210,40 @@ pub fn load<B: Hardware>(
         tokenizer: std::sync::Arc::new(p.tokenizer),
     })
 }
+
+/// Load `name` as the draft model of `loaded`'s session (speculative decoding), on the same
+/// backend. Its tokenizer must be the model's: the same vocabulary, token for token.
+pub fn load_draft<B: Hardware>(name: &str, loaded: &mut Loaded<B>, opts: &Opts) -> Result<()> {
+    let path = resolve(Some(name))?;
+    let t0 = Instant::now();
+    let src = open_model(&path)?;
+    let tok = tokenizer_for(&src)?;
+    let main = &loaded.tokenizer;
+    let differs = tok.vocab_size() != main.vocab_size()
+        || (0..tok.vocab_size() as u32)
+            .step_by(97)
+            .any(|id| tok.token_text(id) != main.token_text(id));
+    if differs {
+        bail!(
+            "--draft-model {}: its vocabulary differs from the model's ({} vs {} tokens); a draft \
+             model must share the tokenizer",
+            path.display(),
+            tok.vocab_size(),
+            main.vocab_size()
+        );
+    }
+    let s = &mut loaded.session;
+    let model = Model::load(&src, &s.backend)?;
+    let c = &model.cfg;
+    eprintln!(
+        "draft model {} ({} layers, hidden {}) from {} in {:.2}s",
+        c.arch.name(),
+        c.num_hidden_layers,
+        c.hidden_size,
+        path.display(),
+        t0.elapsed().as_secs_f64()
+    );
+    s.set_draft_model(model, opts.kv)
+        .context("allocating the draft model's KV cache")?;
+    Ok(())
+}

@@ -54,9 +54,14 @@ impl SamplingArgs {
 #[derive(Args, Clone)]
 pub struct SpecArgs {
     /// Speculative decoding: off, ngram (drafts from earlier text: pays when the answer
-    /// repeats the prompt, as code edits do). The output is the same either way.
+    /// repeats the prompt, as code edits do) or draft (a small model with the same tokenizer
+    /// drafts: --draft-model). The output is the same either way.
     #[arg(long, default_value = "off")]
     pub spec: String,
+    /// The draft model of --spec draft (catalog name or file), e.g. qwen2.5-coder-0.5b for
+    /// qwen2.5-coder-1.5b.
+    #[arg(long)]
+    pub draft_model: Option<String>,
     /// Most tokens drafted per step.
     #[arg(long, default_value_t = 10)]
     pub draft_max: usize,
@@ -85,7 +90,32 @@ impl SpecArgs {
         };
         cfg.validate()
             .map_err(|e| anyhow!("--draft-max/--spec-ngram: {e}"))?;
+        match (mode, &self.draft_model) {
+            (suanli_engine::spec::SpecMode::Draft, None) => {
+                bail!("--spec draft needs --draft-model (a small model with the same tokenizer)")
+            }
+            (suanli_engine::spec::SpecMode::Ngram, Some(_)) => {
+                bail!("--draft-model is for --spec draft")
+            }
+            _ => {}
+        }
         Ok(Some(cfg))
+    }
+
+    /// Set up `loaded`'s session: the draft model if any, then the speculation settings.
+    pub fn apply<B: crate::load::Hardware>(
+        &self,
+        loaded: &mut crate::load::Loaded<B>,
+        opts: &crate::load::Opts,
+    ) -> Result<()> {
+        let cfg = self.config()?;
+        if cfg.is_none() && self.draft_model.is_some() {
+            bail!("--draft-model is for --spec draft");
+        }
+        if let (Some(_), Some(name)) = (&cfg, &self.draft_model) {
+            crate::load::load_draft(name, loaded, opts)?;
+        }
+        loaded.session.set_speculation(cfg).map_err(|e| anyhow!(e))
     }
 }
 
@@ -121,9 +151,9 @@ pub fn run(a: RunArgs, opts: &crate::load::Opts) -> Result<()> {
 
 fn run_on<B: crate::load::Hardware>(a: RunArgs, opts: &crate::load::Opts) -> Result<()> {
     let params = a.sampling.params()?;
-    let spec = a.spec.config()?;
+    a.spec.config()?;
     let mut l = load::<B>(a.model.as_deref(), opts, a.sampling.ctx, 256)?;
-    l.session.set_speculation(spec).map_err(|e| anyhow!(e))?;
+    a.spec.apply(&mut l, opts)?;
     let tok = &l.tokenizer;
     let (ids, rendered) = if a.raw {
         let ids = tok

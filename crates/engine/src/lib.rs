@@ -8,6 +8,7 @@ pub mod kv;
 pub mod perplexity;
 pub mod sampler;
 pub mod scheduler;
+mod seq_cache;
 pub mod session;
 pub mod spec;
 pub mod stop;

@@ -3,12 +3,13 @@
 //! them (a chat turn) only computes its new suffix.
 
 use crate::constraint::{constrained_pick, TokenConstraint};
-use crate::kv::{BlockAllocator, BlockTable, OutOfBlocks};
-use crate::sampler::{Sampler, SamplingParams};
+use crate::kv::OutOfBlocks;
+use crate::sampler::{argmax, Sampler, SamplingParams};
+use crate::seq_cache::SeqCache;
 use crate::spec::{ngram_draft, Controller, SpecConfig, SpecMode, SpecStats};
 use std::time::Instant;
-use suanli_backend::{Backend, BackendError, BatchPlan, KvDType, KvPages};
-use suanli_models::{Model, Scratch};
+use suanli_backend::{Backend, BackendError, KvDType};
+use suanli_models::Model;
 
 pub const BLOCK_SIZE: usize = 16;
 
@@ -28,6 +29,8 @@ pub enum SessionError {
     BadToken { id: u32, vocab: usize },
     #[error("{failed}: {0}", failed = crate::constraint::FAILED)]
     Constraint(String),
+    #[error("draft model: {0}")]
+    Draft(String),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,15 +87,13 @@ pub enum Control {
 pub struct Session<B: Backend> {
     pub backend: B,
     pub model: Model<B>,
-    kv: KvPages<B::KvBuffer>,
-    alloc: BlockAllocator,
-    table: BlockTable,
-    scratch: Scratch<B>,
-    /// Tokens whose K/V are in the cache, in order.
-    cached: Vec<u32>,
-    ctx: usize,
-    logits: Vec<f32>,
+    seq: SeqCache<B>,
     spec: Option<Speculation>,
+    /// Speculation switched off, kept so that switching it back on with the same settings
+    /// keeps what it learned.
+    parked: Option<Speculation>,
+    /// A small model with the same vocabulary proposing drafts (`SpecMode::Draft`).
+    draft: Option<DraftModel<B>>,
 }
 
 /// Speculative decoding's settings and what it has learned (kept across turns).
@@ -101,6 +102,18 @@ struct Speculation {
     ctl: Controller,
     /// The first token of a proposal left unverified, to compare with what came instead.
     shadow: Option<u32>,
+    /// Draft model: steps until a proposal is made anyway while speculation does not pay, so
+    /// that its acceptance is still measured (its drafts are not free, unlike n-grams).
+    probe_in: usize,
+}
+
+/// Steps between such probes.
+const PROBE_EVERY: usize = 8;
+
+/// A draft model and its own cache of the sequence.
+struct DraftModel<B: Backend> {
+    model: Model<B>,
+    seq: SeqCache<B>,
 }
 
 impl<B: Backend> Session<B> {
@@ -127,60 +140,67 @@ impl<B: Backend> Session<B> {
         chunk: usize,
         kv_dtype: KvDType,
     ) -> Result<Session<B>, SessionError> {
-        let ctx = ctx.min(model.cfg.max_position_embeddings).max(1);
-        let num_blocks = ctx.div_ceil(BLOCK_SIZE);
-        let kv = backend.alloc_kv(model.kv_spec(num_blocks, BLOCK_SIZE, kv_dtype))?;
-        let scratch = model.alloc_scratch(&backend, chunk.max(1))?;
+        let seq = SeqCache::new(&backend, &model, ctx, chunk, kv_dtype)?;
         Ok(Session {
             backend,
             model,
-            kv,
-            alloc: BlockAllocator::new(num_blocks),
-            table: BlockTable::default(),
-            scratch,
-            cached: Vec::new(),
-            ctx,
-            logits: Vec::new(),
+            seq,
             spec: None,
+            parked: None,
+            draft: None,
         })
     }
 
     pub fn ctx(&self) -> usize {
-        self.ctx
+        self.seq.ctx
     }
 
     /// Decode speculatively (`None`: one token per forward pass). The output is the same token
-    /// for token either way (`spec`).
+    /// for token either way (`spec`). `SpecMode::Draft` needs `set_draft_model` first.
     pub fn set_speculation(&mut self, cfg: Option<SpecConfig>) -> Result<(), String> {
+        if let Some(s) = self.spec.take() {
+            self.parked = Some(s);
+        }
         self.spec = match cfg {
             None => None,
+            Some(cfg) if self.parked.as_ref().is_some_and(|p| p.cfg == cfg) => self.parked.take(),
             Some(cfg) => {
                 cfg.validate()?;
-                if cfg.mode == SpecMode::Draft {
-                    return Err("a draft model is not supported by this session".into());
+                if cfg.mode == SpecMode::Draft && self.draft.is_none() {
+                    return Err("speculation with a draft model needs the draft model".into());
                 }
                 let ctl = Controller::new(cfg.max_draft, cfg.adaptive);
                 Some(Speculation {
                     cfg,
                     ctl,
                     shadow: None,
+                    probe_in: PROBE_EVERY,
                 })
             }
         };
         Ok(())
     }
 
-    /// Forget the cached sequence and free its blocks.
-    pub fn reset(&mut self) {
-        self.table.release(&mut self.alloc);
-        self.cached.clear();
+    /// The model drafting for `SpecMode::Draft`: same vocabulary, its own KV cache of this
+    /// session's context, run by this session's backend.
+    pub fn set_draft_model(&mut self, model: Model<B>, kv: KvDType) -> Result<(), SessionError> {
+        if model.vocab_size() != self.model.vocab_size() {
+            return Err(SessionError::Draft(format!(
+                "the draft model has {} tokens, the model {}: they must share the vocabulary",
+                model.vocab_size(),
+                self.model.vocab_size()
+            )));
+        }
+        let seq = SeqCache::new(&self.backend, &model, self.seq.ctx, 256, kv)?;
+        self.draft = Some(DraftModel { model, seq });
+        Ok(())
     }
 
-    fn check_tokens(&self, tokens: &[u32]) -> Result<(), SessionError> {
-        let vocab = self.model.vocab_size();
-        match out_of_vocab(tokens, vocab) {
-            Some(id) => Err(SessionError::BadToken { id, vocab }),
-            None => Ok(()),
+    /// Forget the cached sequence and free its blocks.
+    pub fn reset(&mut self) {
+        self.seq.reset();
+        if let Some(d) = &mut self.draft {
+            d.seq.reset();
         }
     }
 
@@ -206,45 +226,8 @@ impl<B: Backend> Session<B> {
         logits_from: usize,
         generated: bool,
     ) -> Result<&[f32], SessionError> {
-        self.check_tokens(tokens)?;
-        let start = self.cached.len();
-        if start + tokens.len() > self.ctx {
-            return Err(SessionError::PromptTooLong {
-                prompt: start + tokens.len(),
-                ctx: self.ctx,
-            });
-        }
-        self.table
-            .ensure(start + tokens.len(), BLOCK_SIZE, &mut self.alloc)?;
-        let vocab = self.model.vocab_size();
-        let n_logits = tokens.len().saturating_sub(logits_from);
-        self.logits.resize(n_logits * vocab, 0.0);
-        let cap = self.scratch.capacity();
-        let mut done = 0;
-        while done < tokens.len() {
-            let n = cap.min(tokens.len() - done);
-            let rows: Vec<u32> = (0..n)
-                .filter(|&i| done + i >= logits_from)
-                .map(|i| i as u32)
-                .collect();
-            let out_off = (done + rows.first().copied().unwrap_or(0) as usize)
-                .saturating_sub(logits_from)
-                * vocab;
-            let plan = BatchPlan::single(
-                &tokens[done..done + n],
-                start + done,
-                &self.table.blocks,
-                BLOCK_SIZE,
-                rows.clone(),
-                if generated { start } else { usize::MAX },
-            );
-            let out = &mut self.logits[out_off..out_off + rows.len() * vocab];
-            self.model
-                .forward(&self.backend, &plan, &mut self.kv, &mut self.scratch, out)?;
-            self.cached.extend_from_slice(&tokens[done..done + n]);
-            done += n;
-        }
-        Ok(&self.logits)
+        self.seq
+            .feed(&self.backend, &self.model, tokens, logits_from, generated)
     }
 
     /// Generate after `prompt`. `on_token` sees each new token and may stop generation.
@@ -273,22 +256,26 @@ impl<B: Backend> Session<B> {
         if prompt.is_empty() {
             return Err(SessionError::EmptyPrompt);
         }
-        if prompt.len() >= self.ctx {
+        if prompt.len() >= self.seq.ctx {
             return Err(SessionError::PromptTooLong {
                 prompt: prompt.len(),
-                ctx: self.ctx,
+                ctx: self.seq.ctx,
             });
         }
-        self.check_tokens(prompt)?;
+        let vocab = self.model.vocab_size();
+        if let Some(id) = out_of_vocab(prompt, vocab) {
+            return Err(SessionError::BadToken { id, vocab });
+        }
         // Reuse the cached prefix; at least the last prompt token is recomputed for its logits.
         let common = self
+            .seq
             .cached
             .iter()
             .zip(prompt)
             .take_while(|(a, b)| a == b)
             .count()
             .min(prompt.len() - 1);
-        self.truncate(common);
+        self.seq.truncate(common);
         let t0 = Instant::now();
         let mut sampler = Sampler::new(params.clone());
         let mut history: Vec<u32> = prompt.to_vec();
@@ -296,7 +283,6 @@ impl<B: Backend> Session<B> {
         let mut logits = self.feed(&suffix, suffix.len() - 1)?.to_vec();
         let prefill_secs = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
-        let vocab = self.model.vocab_size();
         let mut out = Vec::new();
         let mut stats = SpecStats::default();
         // One draw per emitted token, in order, as without speculation.
@@ -313,7 +299,7 @@ impl<B: Backend> Session<B> {
         };
         // Take `tok` as the next token, the cache holding `cached` tokens (those before it):
         // Some(reason) when generation ends there.
-        let ctx = self.ctx;
+        let ctx = self.seq.ctx;
         let mut emit = |tok: u32, cached: usize, out: &mut Vec<u32>, history: &mut Vec<u32>| {
             if is_eog(tok) {
                 return Some(FinishReason::Stop);
@@ -330,19 +316,19 @@ impl<B: Backend> Session<B> {
         };
         let mut tok = pick(&mut logits, &history)?;
         let finish = 'generate: loop {
-            let base = self.cached.len();
+            let base = self.seq.cached.len();
             if let Some(f) = emit(tok, base, &mut out, &mut history) {
                 break f;
             }
             // `tok` is emitted but not yet in the cache: feed it with the drafts that follow.
-            let draft = self.draft(&history, max_tokens - out.len(), base);
+            let draft = self.draft(&history, max_tokens - out.len(), base)?;
             let fed: Vec<u32> = std::iter::once(tok).chain(draft.iter().copied()).collect();
             let t = Instant::now();
             self.feed_generated(&fed, 0)?;
             if let Some(s) = &mut self.spec {
                 s.ctl.observe_time(fed.len(), t.elapsed());
             }
-            let mut rows = std::mem::take(&mut self.logits);
+            let mut rows = std::mem::take(&mut self.seq.logits);
             let mut next = None;
             let mut accepted = 0;
             for (i, row) in rows.chunks_exact_mut(vocab).enumerate() {
@@ -354,14 +340,14 @@ impl<B: Backend> Session<B> {
                 accepted += 1;
                 // The cache then holds `tok` and the drafts before this one.
                 if let Some(f) = emit(s, base + 1 + i, &mut out, &mut history) {
-                    self.logits = rows;
-                    self.truncate(base + 1 + i);
+                    self.seq.logits = rows;
+                    self.seq.truncate(base + 1 + i);
                     self.account(draft.len(), accepted, None, &mut stats);
                     break 'generate f;
                 }
             }
-            self.logits = rows;
-            self.truncate(base + 1 + accepted);
+            self.seq.logits = rows;
+            self.seq.truncate(base + 1 + accepted);
             self.account(draft.len(), accepted, next, &mut stats);
             // A draft row's sample is the next token whether or not the draft was refused.
             tok = next.expect("the last row is never a draft");
@@ -381,24 +367,52 @@ impl<B: Backend> Session<B> {
     /// `cached`), at most `left − 1` (the pass also yields the token after them) and what
     /// the context has room for. A proposal not worth verifying still teaches the controller
     /// whether it would have been taken (`shadow`).
-    fn draft(&mut self, history: &[u32], left: usize, cached: usize) -> Vec<u32> {
-        let ctx = self.ctx;
+    fn draft(
+        &mut self,
+        history: &[u32],
+        left: usize,
+        cached: usize,
+    ) -> Result<Vec<u32>, SessionError> {
+        let ctx = self.seq.ctx;
         let Some(s) = &mut self.spec else {
-            return Vec::new();
+            return Ok(Vec::new());
         };
         // The pass feeds 1 + k tokens; decoding stops once the cache is one short of ctx.
         let room = ctx.saturating_sub(cached + 2).min(left.saturating_sub(1));
-        let proposal = match s.cfg.mode {
-            SpecMode::Ngram => ngram_draft(history, s.cfg.ngram_min, s.cfg.ngram_max, room),
-            SpecMode::Draft => &[],
-        };
-        let k = s.ctl.draft_len(proposal.len());
-        s.shadow = if k == 0 {
-            proposal.first().copied()
-        } else {
-            None
-        };
-        proposal[..k].to_vec()
+        s.shadow = None;
+        match s.cfg.mode {
+            SpecMode::Ngram => {
+                let proposal = ngram_draft(history, s.cfg.ngram_min, s.cfg.ngram_max, room);
+                let k = s.ctl.draft_len(proposal.len());
+                if k == 0 {
+                    s.shadow = proposal.first().copied();
+                }
+                Ok(proposal[..k].to_vec())
+            }
+            SpecMode::Draft => {
+                let mut k = s.ctl.draft_len(room);
+                let probe = k == 0 && room > 0 && {
+                    s.probe_in = s.probe_in.saturating_sub(1);
+                    s.probe_in == 0
+                };
+                if probe {
+                    s.probe_in = PROBE_EVERY;
+                    k = 1;
+                }
+                if k == 0 {
+                    return Ok(Vec::new());
+                }
+                let d = self.draft.as_mut().expect("set_speculation checked it");
+                let t = Instant::now();
+                let proposal = d.propose(&self.backend, history, k)?;
+                s.ctl.observe_draft_time(k, t.elapsed());
+                if probe {
+                    s.shadow = proposal.first().copied();
+                    return Ok(Vec::new());
+                }
+                Ok(proposal)
+            }
+        }
     }
 
     /// Learn from a pass that verified `drafted` tokens and took `accepted` of them, or from
@@ -422,17 +436,46 @@ impl<B: Backend> Session<B> {
         }
     }
 
-    /// Keep only the first `len` cached tokens; blocks past them are freed.
-    fn truncate(&mut self, len: usize) {
-        self.cached.truncate(len);
-        let keep = len.div_ceil(BLOCK_SIZE);
-        if self.table.blocks.len() > keep {
-            let extra = self.table.blocks.split_off(keep);
-            self.alloc.release(&extra);
-        }
-    }
-
     pub fn free_blocks(&self) -> usize {
-        self.alloc.free_count()
+        self.seq.free_blocks()
+    }
+}
+
+impl<B: Backend> DraftModel<B> {
+    /// The draft model's greedy continuation of `history`, `k` tokens: its cache keeps what it
+    /// shares with `history` (the accepted part of its earlier drafts included) and computes
+    /// the rest.
+    fn propose(
+        &mut self,
+        backend: &B,
+        history: &[u32],
+        k: usize,
+    ) -> Result<Vec<u32>, SessionError> {
+        let common = self
+            .seq
+            .cached
+            .iter()
+            .zip(history)
+            .take_while(|(a, b)| a == b)
+            .count()
+            .min(history.len() - 1);
+        self.seq.truncate(common);
+        // Room for the drafts in the draft's own cache (the same context as the session's).
+        let k = k.min(self.seq.ctx.saturating_sub(history.len()));
+        let mut out = Vec::with_capacity(k);
+        if k == 0 {
+            return Ok(out);
+        }
+        let rest = &history[common..];
+        let mut next = argmax(
+            self.seq
+                .feed(backend, &self.model, rest, rest.len() - 1, false)?,
+        );
+        out.push(next);
+        while out.len() < k {
+            next = argmax(self.seq.feed(backend, &self.model, &[next], 0, true)?);
+            out.push(next);
+        }
+        Ok(out)
     }
 }

@@ -263,3 +263,43 @@ fn sampled_distribution_is_unchanged_by_speculation() {
         "the distributions differ: chi-square {chi2:.1} > {crit:.1}"
     );
 }
+
+/// A draft model (here the model itself, loaded again on the same backend: its greedy drafts
+/// are nearly always right) changes no token, greedy or sampled, and a vocabulary mismatch is
+/// refused.
+#[test]
+fn draft_model_answers_are_the_same() {
+    let path = catalog::pull(catalog::find("smollm2-135m").unwrap()).unwrap();
+    let (mut s, tok) = load(&path, Isa::detect().unwrap(), 1024, 64, KvDType::F16);
+    let src = suanli_formats::open_model(&path).unwrap();
+    let draft = suanli_models::Model::load(&src, &s.backend).unwrap();
+    s.set_draft_model(draft, KvDType::F16).unwrap();
+    let spec = Some(SpecConfig {
+        max_draft: 6,
+        adaptive: false,
+        ..SpecConfig::new(SpecMode::Draft)
+    });
+    let p = tok
+        .encode("The three laws of thermodynamics are", false)
+        .unwrap();
+    let greedy = SamplingParams::greedy();
+    let (want, _, _) = generate(&mut s, None, &p, &greedy, 60, None, None);
+    let (got, _, st) = generate(&mut s, spec.clone(), &p, &greedy, 60, None, None);
+    assert_eq!(got, want);
+    assert!(
+        st.acceptance() > 0.8 && st.mean_accepted_length() > 3.0,
+        "{st:?}"
+    );
+    let mut params = SamplingParams::greedy();
+    params.temperature = 0.9;
+    params.seed = Some(7);
+    let (want, _, _) = generate(&mut s, None, &p, &params, 60, None, None);
+    let (got, _, st) = generate(&mut s, spec, &p, &params, 60, None, None);
+    assert_eq!(got, want);
+    assert!(st.accepted > 0 && st.drafted > st.accepted, "{st:?}");
+    // A draft model of another vocabulary is refused.
+    let tiny = suanli_formats::open_model(&fixtures().join("tiny/qwen2")).unwrap();
+    let other = suanli_models::Model::load(&tiny, &s.backend).unwrap();
+    let err = s.set_draft_model(other, KvDType::F16).unwrap_err();
+    assert!(err.to_string().contains("vocabulary"), "{err}");
+}
