@@ -11,6 +11,7 @@ use crate::constraint::{constrained_pick, ConstraintStats, TokenConstraint};
 use crate::sampler::{Sampler, SamplingParams};
 use crate::scheduler::{SchedConfig, Scheduler, SeqId, Step, SubmitError};
 use crate::session::{out_of_vocab, FinishReason};
+use crate::spec::{ngram_draft, Controller, SpecConfig, SpecMode, SpecStats, StepCost};
 use std::collections::HashMap;
 use suanli_backend::{Backend, BackendError, KvDType, KvPages};
 use suanli_models::{Model, Scratch};
@@ -81,6 +82,9 @@ struct SeqState {
     prompt_lp: Vec<Option<TokenLogprobs>>,
     prompt_lp_sent: bool,
     constraint: Option<Box<dyn TokenConstraint>>,
+    /// Speculative decoding: this sequence's acceptance rate, and the first token of a
+    /// proposal left unverified (compared with what was sampled instead).
+    spec: Option<(Controller, Option<u32>)>,
 }
 
 pub struct BatchEngine<B: Backend> {
@@ -93,6 +97,11 @@ pub struct BatchEngine<B: Backend> {
     eog: Vec<u32>,
     logits: Vec<f32>,
     constraint_stats: ConstraintStats,
+    /// Speculative decoding with n-gram drafts (`set_speculation`), the measured cost of a step
+    /// by its rows, and what it did so far.
+    spec: Option<SpecConfig>,
+    step_cost: StepCost,
+    spec_stats: SpecStats,
 }
 
 impl<B: Backend> BatchEngine<B> {
@@ -107,6 +116,7 @@ impl<B: Backend> BatchEngine<B> {
     ) -> Result<BatchEngine<B>, BackendError> {
         let kv = backend.alloc_kv(model.kv_spec(cfg.num_blocks, cfg.block_size, kv_dtype))?;
         let scratch = model.alloc_scratch(&backend, cfg.max_step_tokens.max(1))?;
+        let step_cost = StepCost::new(cfg.max_step_tokens);
         let mut sched = Scheduler::new(cfg);
         sched.set_window(model.cfg.window_everywhere());
         Ok(BatchEngine {
@@ -119,7 +129,58 @@ impl<B: Backend> BatchEngine<B> {
             eog,
             logits: Vec::new(),
             constraint_stats: ConstraintStats::default(),
+            spec: None,
+            step_cost,
+            spec_stats: SpecStats::default(),
         })
+    }
+
+    /// Speculative decoding for the sequences submitted from now on (n-gram drafts; `None`:
+    /// off). Each decoding sequence drafts as far as its acceptance rate beats what one more
+    /// row costs the whole step, so a busy batch drafts little. Answers are unchanged.
+    pub fn set_speculation(&mut self, cfg: Option<SpecConfig>) -> Result<(), String> {
+        if let Some(c) = &cfg {
+            c.validate()?;
+            if c.mode != SpecMode::Ngram {
+                return Err("continuous batching speculates with n-gram drafts only".into());
+            }
+        }
+        self.spec = cfg;
+        Ok(())
+    }
+
+    /// Drafted and accepted tokens so far (speculative decoding).
+    pub fn spec_stats(&self) -> SpecStats {
+        self.spec_stats
+    }
+
+    /// Give each decoding sequence its drafts for the next step.
+    fn propose_drafts(&mut self) {
+        let Some(cfg) = &self.spec else { return };
+        let decoding: Vec<SeqId> = self
+            .seqs
+            .keys()
+            .copied()
+            .filter(|id| self.sched.decoding(*id))
+            .collect();
+        let row_cost = self.step_cost.row_cost(decoding.len());
+        for id in decoding {
+            let Some(st) = self.seqs.get_mut(&id) else {
+                continue;
+            };
+            let Some((ctl, shadow)) = &mut st.spec else {
+                continue;
+            };
+            let room = st.max_tokens.saturating_sub(st.generated + 1);
+            let proposal = ngram_draft(&st.history, cfg.ngram_min, cfg.ngram_max, room);
+            let k = ctl.draft_len_against(proposal.len(), row_cost);
+            *shadow = None;
+            if k == 0 {
+                *shadow = proposal.first().copied();
+            } else {
+                self.sched.set_draft(id, proposal[..k].to_vec());
+            }
+        }
     }
 
     /// Give back the backend and model (the KV cache is freed).
@@ -169,6 +230,10 @@ impl<B: Backend> BatchEngine<B> {
                 prompt_lp: Vec::new(),
                 prompt_lp_sent: false,
                 constraint: req.constraint,
+                spec: self
+                    .spec
+                    .as_ref()
+                    .map(|c| (Controller::new(c.max_draft, c.adaptive), None)),
             },
         );
         Ok(())
@@ -189,6 +254,7 @@ impl<B: Backend> BatchEngine<B> {
     /// Run one step. Returns the events of the sequences that sampled; an empty list when
     /// there was nothing to do.
     pub fn step(&mut self) -> Result<Vec<(SeqId, Event)>, BackendError> {
+        self.propose_drafts();
         let step: Step = self.sched.schedule();
         if step.is_empty() {
             return Ok(Vec::new());
@@ -203,6 +269,9 @@ impl<B: Backend> BatchEngine<B> {
         // when every row is greedy or a plain temperature/min-p draw, the backend may draw the
         // tokens itself. Rows are the logits rows, in item order.
         let seqs = &self.seqs;
+        // Drafted rows are sampled one after another on the host (each after the ones before
+        // it were taken).
+        let drafted = step.items.iter().any(|it| it.draft > 0);
         let sampled_rows = || {
             step.items
                 .iter()
@@ -220,8 +289,8 @@ impl<B: Backend> BatchEngine<B> {
                 let need = st.sampler.top_candidates(&st.history)?;
                 Some((k.max(need.k), mass || need.mass))
             })
-            .filter(|&(k, _)| k > 0 && !plan.logits_rows.is_empty());
-        let draws: Option<Vec<suanli_backend::Draw>> = if candidates.is_none() {
+            .filter(|&(k, _)| k > 0 && !plan.logits_rows.is_empty() && !drafted);
+        let draws: Option<Vec<suanli_backend::Draw>> = if candidates.is_none() && !drafted {
             sampled_rows()
                 .map(|st| st?.sampler.device_draw())
                 .collect::<Option<Vec<_>>>()
@@ -237,6 +306,7 @@ impl<B: Backend> BatchEngine<B> {
             &mut self.logits,
         );
         let model = &self.model;
+        let t_step = std::time::Instant::now();
         let picks = if let Some((k, mass)) = candidates {
             let top = |b: &B, h: &_, rows: &[u32], head: &_| {
                 let Some(top) = b.top_logits(h, rows, head, k, mass)? else {
@@ -264,16 +334,19 @@ impl<B: Backend> BatchEngine<B> {
             self.model.forward(b, &plan, kv, scratch, logits)?;
             Picks::Logits
         };
+        self.step_cost.observe(plan.tokens.len(), t_step.elapsed());
         let mut sampled = Vec::new();
         let mut events = Vec::new();
         let mut done = Vec::new();
         let mut failed = Vec::new();
         let mut row = 0;
-        for it in &step.items {
+        'item: for it in &step.items {
             let rows = if it.logits_all {
                 it.tokens.len()
+            } else if it.sample {
+                it.draft + 1
             } else {
-                usize::from(it.sample)
+                0
             };
             let first = row;
             row += rows;
@@ -304,83 +377,107 @@ impl<B: Backend> BatchEngine<B> {
                     Event::PromptLogprobs(lps.into_iter().skip(1).flatten().collect()),
                 ));
             }
-            let r = first + rows - 1;
-            let nonfinite = |detail: String| {
-                format!(
-                    "the model produced a non-finite logit{detail} at position {}",
-                    st.history.len()
-                )
-            };
-            let tok = match &picks {
-                Picks::Top(top) => {
-                    let cands = &top.pairs[r * top.k..(r + 1) * top.k];
-                    if cands[0].0 == u32::MAX {
-                        failed.push((it.seq, nonfinite(String::new())));
-                        continue;
+            // The rows to sample: the last one, or a decode row and its drafts' rows, taken in
+            // turn while each sample equals the draft after it.
+            let r0 = first + rows - 1 - it.draft;
+            let mut new = Vec::with_capacity(it.draft + 1);
+            let mut accepted = 0;
+            for i in 0..=it.draft {
+                let r = r0 + i;
+                let nonfinite = |detail: String| {
+                    format!(
+                        "the model produced a non-finite logit{detail} at position {}",
+                        st.history.len()
+                    )
+                };
+                let tok = match &picks {
+                    Picks::Top(top) => {
+                        let cands = &top.pairs[r * top.k..(r + 1) * top.k];
+                        if cands[0].0 == u32::MAX {
+                            failed.push((it.seq, nonfinite(String::new())));
+                            continue 'item;
+                        }
+                        st.sampler
+                            .sample_top(cands, top.mass.get(r).copied(), &st.history)
                     }
-                    st.sampler
-                        .sample_top(cands, top.mass.get(r).copied(), &st.history)
-                }
-                Picks::Drawn(ids) => {
-                    if ids[r] == u32::MAX {
-                        failed.push((it.seq, nonfinite(String::new())));
-                        continue;
+                    Picks::Drawn(ids) => {
+                        if ids[r] == u32::MAX {
+                            failed.push((it.seq, nonfinite(String::new())));
+                            continue 'item;
+                        }
+                        st.sampler.commit_device_draw();
+                        ids[r]
                     }
-                    st.sampler.commit_device_draw();
-                    ids[r]
-                }
-                Picks::Logits => {
-                    let logits = &mut self.logits[r * vocab..(r + 1) * vocab];
-                    if let Some(bad) = logits.iter().find(|l| !l.is_finite()) {
-                        failed.push((it.seq, nonfinite(format!(" ({bad})"))));
-                        continue;
-                    }
-                    match st.constraint.as_deref_mut() {
-                        None => st.sampler.sample(logits, &st.history),
-                        Some(c) => {
-                            let sampler = &mut st.sampler;
-                            sampler.prepare(logits, &st.history);
-                            let t0 = std::time::Instant::now();
-                            let picked = constrained_pick(c, logits, |l| sampler.pick(l));
-                            let cs = &mut self.constraint_stats;
-                            cs.secs += t0.elapsed().as_secs_f64();
-                            cs.tokens += 1;
-                            match picked {
-                                Ok((tok, masked)) => {
-                                    cs.masks += u64::from(masked);
-                                    tok
-                                }
-                                Err(why) => {
-                                    failed.push((
-                                        it.seq,
-                                        format!("{}: {why}", crate::constraint::FAILED),
-                                    ));
-                                    continue;
+                    Picks::Logits => {
+                        let logits = &mut self.logits[r * vocab..(r + 1) * vocab];
+                        if let Some(bad) = logits.iter().find(|l| !l.is_finite()) {
+                            failed.push((it.seq, nonfinite(format!(" ({bad})"))));
+                            continue 'item;
+                        }
+                        match st.constraint.as_deref_mut() {
+                            None => st.sampler.sample(logits, &st.history),
+                            Some(c) => {
+                                let sampler = &mut st.sampler;
+                                sampler.prepare(logits, &st.history);
+                                let t0 = std::time::Instant::now();
+                                let picked = constrained_pick(c, logits, |l| sampler.pick(l));
+                                let cs = &mut self.constraint_stats;
+                                cs.secs += t0.elapsed().as_secs_f64();
+                                cs.tokens += 1;
+                                match picked {
+                                    Ok((tok, masked)) => {
+                                        cs.masks += u64::from(masked);
+                                        tok
+                                    }
+                                    Err(why) => {
+                                        failed.push((
+                                            it.seq,
+                                            format!("{}: {why}", crate::constraint::FAILED),
+                                        ));
+                                        continue 'item;
+                                    }
                                 }
                             }
                         }
                     }
+                };
+                new.push(tok);
+                let ctx_full = st.history.len() + 1 >= self.sched.config().max_ctx;
+                let reason = if self.eog.contains(&tok) {
+                    Some(FinishReason::Stop)
+                } else {
+                    st.history.push(tok);
+                    st.generated += 1;
+                    let logits = &self.logits;
+                    let logprobs = st.logprobs.map(|n| {
+                        let (logprob, top) =
+                            crate::sampler::logprobs(&logits[r * vocab..(r + 1) * vocab], tok, n);
+                        TokenLogprobs { logprob, top }
+                    });
+                    events.push((it.seq, Event::Token { id: tok, logprobs }));
+                    (st.generated >= st.max_tokens || ctx_full).then_some(FinishReason::Length)
+                };
+                if let Some(reason) = reason {
+                    done.push((it.seq, reason));
+                    break;
                 }
-            };
-            sampled.push((it.seq, tok));
-            let ctx_full = st.history.len() + 1 >= self.sched.config().max_ctx;
-            let reason = if self.eog.contains(&tok) {
-                Some(FinishReason::Stop)
-            } else {
-                st.history.push(tok);
-                st.generated += 1;
-                let logits = &self.logits;
-                let logprobs = st.logprobs.map(|n| {
-                    let (logprob, top) =
-                        crate::sampler::logprobs(&logits[r * vocab..(r + 1) * vocab], tok, n);
-                    TokenLogprobs { logprob, top }
-                });
-                events.push((it.seq, Event::Token { id: tok, logprobs }));
-                (st.generated >= st.max_tokens || ctx_full).then_some(FinishReason::Length)
-            };
-            if let Some(reason) = reason {
-                done.push((it.seq, reason));
+                let draft = it.tokens.len() - it.draft + i;
+                if i == it.draft || it.tokens[draft] != tok {
+                    break;
+                }
+                accepted += 1;
             }
+            if let Some((ctl, shadow)) = &mut st.spec {
+                if it.draft > 0 {
+                    ctl.observe_draft(it.draft, accepted);
+                    self.spec_stats.verify_steps += 1;
+                    self.spec_stats.drafted += it.draft as u64;
+                    self.spec_stats.accepted += accepted as u64;
+                } else if let (Some(d), Some(&t)) = (shadow.take(), new.first()) {
+                    ctl.observe_draft(1, usize::from(d == t));
+                }
+            }
+            sampled.push((it.seq, new));
         }
         for p in self.sched.complete(&step, &sampled) {
             if let Some(st) = self.seqs.get_mut(&p.seq) {

@@ -72,6 +72,9 @@ pub struct StepItem {
     /// The position of the first generated token (the prompt's length): see
     /// `AttnSeq::generated_from`.
     pub generated_from: usize,
+    /// Drafted tokens at the end of `tokens` (speculative decoding): the last `draft + 1` rows
+    /// are sampled, and what the engine does not accept is rolled back in `complete`.
+    pub draft: usize,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -113,7 +116,9 @@ impl Step {
                 p.logits_rows
                     .extend((q_start..p.tokens.len()).map(|r| r as u32));
             } else if it.sample {
-                p.logits_rows.push((p.tokens.len() - 1) as u32);
+                let end = p.tokens.len();
+                p.logits_rows
+                    .extend((end - 1 - it.draft..end).map(|r| r as u32));
             }
         }
         p
@@ -135,6 +140,9 @@ struct Seq {
     /// Every prompt position's logits are wanted: never served from the prefix cache, and fed
     /// in chunks of at most `PROMPT_LOGITS_CHUNK` tokens (each row costs a vocabulary of logits).
     prompt_logits: bool,
+    /// Tokens proposed to follow the last one (speculative decoding), verified in its next
+    /// decode step (`set_draft`).
+    draft: Vec<u32>,
 }
 
 /// Prompt chunk size for sequences that want every prompt position's logits.
@@ -311,8 +319,28 @@ impl Scheduler {
             registered: 0,
             prefix_hit: 0,
             prompt_logits,
+            draft: Vec::new(),
         });
         Ok(())
+    }
+
+    /// Propose `draft` to follow sequence `id`'s last token: its next decode step feeds them
+    /// too (as far as the step's budget and the context allow) and samples every row.
+    /// Ignored unless the sequence is running and decoding.
+    pub fn set_draft(&mut self, id: SeqId, mut draft: Vec<u32>) {
+        let max_ctx = self.cfg.max_ctx;
+        if let Some(s) = self.running.iter_mut().find(|s| s.id == id) {
+            if s.cached + 1 == s.ctx() {
+                draft.truncate(max_ctx.saturating_sub(s.ctx()));
+                s.draft = draft;
+            }
+        }
+    }
+
+    /// Whether sequence `id` is running with its whole context but its last token cached (its
+    /// next step decodes).
+    pub fn decoding(&self, id: SeqId) -> bool {
+        self.seq(id).is_some_and(|s| s.cached + 1 == s.ctx())
     }
 
     /// Drop a sequence (finished, cancelled or disconnected): its blocks are freed at once.
@@ -454,6 +482,7 @@ impl Scheduler {
         s.blocks.clear();
         s.cached = 0;
         s.registered = 0;
+        s.draft.clear();
         self.waiting.push_front(s);
         self.preemptions += 1;
     }
@@ -505,19 +534,30 @@ impl Scheduler {
                 budget
             };
             let (start, end) = (s.cached, (s.cached + take).min(s.ctx()));
-            if !self.grow(id, end) {
+            // A decode step takes the drafts that fit in the budget too.
+            let draft = match end == s.ctx() {
+                true => s.draft.len().min(budget - (end - start)),
+                false => 0,
+            };
+            if !self.grow(id, end + draft) {
                 continue;
             }
-            let Some(s) = self.seq(id) else { continue };
-            budget -= end - start;
+            let Some(s) = self.running.iter_mut().find(|s| s.id == id) else {
+                continue;
+            };
+            budget -= end + draft - start;
+            let mut tokens = s.tokens[start..end].to_vec();
+            tokens.extend_from_slice(&s.draft[..draft]);
+            s.draft.clear();
             step.items.push(StepItem {
                 seq: id,
-                tokens: s.tokens[start..end].to_vec(),
+                tokens,
                 start,
                 block_table: s.blocks.clone(),
                 sample: end == s.ctx(),
                 logits_all: scoring,
                 generated_from: s.prompt_len,
+                draft,
             });
         }
         // A sequence preempted after it was planned must not run.
@@ -530,21 +570,36 @@ impl Scheduler {
     }
 
     /// The step ran: its tokens are in the cache; `sampled` gives each sampling sequence's new
-    /// token (the caller then decides whether it finished and calls `finish`).
-    pub fn complete(&mut self, step: &Step, sampled: &[(SeqId, u32)]) -> Vec<Progress> {
+    /// tokens: the drafts it accepted, then the one sampled after them (the caller then decides
+    /// whether it finished and calls `finish`). Refused drafts are rolled back: out of the
+    /// cache's count, their blocks beyond the sequence's context freed.
+    pub fn complete(&mut self, step: &Step, sampled: &[(SeqId, Vec<u32>)]) -> Vec<Progress> {
+        let bs = self.cfg.block_size;
         let mut out = Vec::new();
         for it in &step.items {
             let Some(idx) = self.running.iter().position(|s| s.id == it.seq) else {
                 continue;
             };
-            self.running[idx].cached = it.start + it.tokens.len();
-            self.register_prefix(idx);
-            self.free_outside_window(idx);
-            if it.sample {
-                if let Some(&(_, t)) = sampled.iter().find(|(id, _)| *id == it.seq) {
-                    self.running[idx].tokens.push(t);
+            let new = match it.sample {
+                true => sampled.iter().find(|(id, _)| *id == it.seq).map(|x| &x.1),
+                false => None,
+            };
+            // Drafts accepted: all the new tokens but the last (which is not in the cache yet).
+            let accepted = new.map_or(0, |n| n.len().saturating_sub(1)).min(it.draft);
+            let s = &mut self.running[idx];
+            s.cached = it.start + it.tokens.len() - (it.draft - accepted);
+            if let Some(new) = new {
+                s.tokens.extend_from_slice(new);
+            }
+            if it.draft > accepted {
+                let keep = s.ctx().div_ceil(bs);
+                if s.blocks.len() > keep {
+                    let extra = s.blocks.split_off(keep);
+                    self.alloc.release(&extra);
                 }
             }
+            self.register_prefix(idx);
+            self.free_outside_window(idx);
             out.push(Progress {
                 seq: it.seq,
                 cached_prompt_tokens: self.running[idx].prefix_hit,

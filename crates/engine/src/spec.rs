@@ -254,10 +254,80 @@ impl Controller {
         }
     }
 
+    /// Tokens to draft given `available` proposed ones when each drafted row costs `row_cost`
+    /// tokens' worth of time (a batch: see `StepCost::row_cost`): the i-th draft is worth
+    /// its chance of being reached and taken, a^i.
+    pub fn draft_len_against(&self, available: usize, row_cost: f64) -> usize {
+        let cap = available.min(self.max);
+        if !self.adaptive {
+            return cap;
+        }
+        let a = self.acceptance();
+        let (mut k, mut ak) = (0, 1.0);
+        while k < cap {
+            ak *= a;
+            if ak < row_cost {
+                break;
+            }
+            k += 1;
+        }
+        k
+    }
+
     pub fn observe_time(&mut self, rows: usize, took: Duration) {
         if let Some(s) = self.secs.get_mut(rows - 1) {
             *s = (s.0 * DECAY + took.as_secs_f64(), s.1 * DECAY + 1.0);
         }
+    }
+}
+
+/// What a batched step costs by its number of rows (decayed mean seconds per row count), for
+/// deciding drafts inside continuous batching, where one sequence's extra rows slow everyone's
+/// step: cheap while a step is bound by reading the weights, dear once it is bound by compute.
+#[derive(Clone, Debug)]
+pub struct StepCost {
+    secs: Vec<(f64, f64)>,
+}
+
+impl StepCost {
+    pub fn new(max_rows: usize) -> StepCost {
+        StepCost {
+            secs: vec![(0.0, 0.0); max_rows.max(1)],
+        }
+    }
+
+    pub fn observe(&mut self, rows: usize, took: Duration) {
+        if let Some(s) = rows.checked_sub(1).and_then(|i| self.secs.get_mut(i)) {
+            *s = (s.0 * DECAY + took.as_secs_f64(), s.1 * DECAY + 1.0);
+        }
+    }
+
+    fn seconds(&self, rows: usize) -> Option<f64> {
+        let s = self.secs.get(rows.checked_sub(1)?)?;
+        (s.1 > 0.0).then(|| s.0 / s.1)
+    }
+
+    /// Seconds of a step of `rows`: measured, or scaled from the nearest measured count below
+    /// (`PRIOR_ROW_COST` per further row), or relative (1.0 for one row) before any.
+    fn estimate(&self, rows: usize) -> f64 {
+        if let Some(s) = self.seconds(rows) {
+            return s;
+        }
+        let (base_rows, base) = (1..rows)
+            .rev()
+            .find_map(|r| self.seconds(r).map(|s| (r, s)))
+            .unwrap_or((1, 1.0));
+        base * (1.0 + PRIOR_ROW_COST * (rows - base_rows) as f64)
+    }
+
+    /// With `batch` sequences decoding (a step of about `batch` rows yielding `batch` tokens),
+    /// one more row's seconds in tokens' worth: the slope over the next few rows times the
+    /// tokens per second of a plain step.
+    pub fn row_cost(&self, batch: usize) -> f64 {
+        let b = batch.max(1);
+        let m = 4;
+        let slope = (self.estimate(b + m) - self.estimate(b)).max(0.0) / m as f64;
+        slope * b as f64 / self.estimate(b)
     }
 }
 
@@ -335,6 +405,28 @@ mod tests {
         c.observe_draft_time(4, Duration::from_millis(4 * 15));
         let costly = c.draft_len(8);
         assert!(free == 8 && costly < free, "{free} {costly}");
+    }
+
+    /// In a batch, drafts go on while a draft's chance of being taken beats its row's cost:
+    /// long when a step is bound by reading weights, none when rows cost as much as tokens.
+    #[test]
+    fn batched_drafts_follow_the_cost_of_rows() {
+        let mut cost = StepCost::new(64);
+        // Reading weights: 20 ms whatever the rows, up to 8; then 2.5 ms per row.
+        for r in 1..=40 {
+            let ms = 20.0 + 2.5 * (r as f64 - 8.0).max(0.0);
+            cost.observe(r, Duration::from_secs_f64(ms / 1e3));
+        }
+        assert!(cost.row_cost(1) < 0.01);
+        // At 16 rows, a row costs 2.5 ms against 40 ms / 16 tokens: a token's worth.
+        assert!((cost.row_cost(16) - 1.0).abs() < 1e-9);
+        let mut c = Controller::new(8, true);
+        for _ in 0..30 {
+            c.observe_draft(8, 7);
+        }
+        assert_eq!(c.draft_len_against(8, cost.row_cost(1)), 8);
+        assert_eq!(c.draft_len_against(8, cost.row_cost(16)), 0);
+        assert_eq!(c.draft_len_against(3, 0.0), 3);
     }
 
     #[test]

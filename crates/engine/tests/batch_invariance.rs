@@ -517,3 +517,63 @@ fn windowed_model_frees_blocks_and_answers_as_alone() {
         assert_eq!(got[i], greedy(&mut s, p, n), "request {i}");
     }
 }
+
+/// Speculative decoding inside continuous batching (n-gram drafts verified whatever their
+/// length, requests joining while others decode, greedy and seeded): every answer equals the
+/// one given alone without speculation, drafts are taken and refused, and no block leaks.
+#[test]
+fn speculative_batches_answer_as_plain_decoding() {
+    let path = catalog::pull(catalog::find("smollm2-135m").unwrap()).unwrap();
+    let src = open_model(&path).unwrap();
+    let tok = match &src {
+        suanli_formats::ModelSource::Gguf { file, .. } => {
+            suanli_tokenizer::Tokenizer::from_gguf(file).unwrap()
+        }
+        _ => unreachable!(),
+    };
+    let texts = [
+        "def add(a, b):\n    return a + b\n\n# The same function again:\ndef add(a, b):\n",
+        "The capital of France is",
+        "1, 2, 3, 4, 5, 6, 7, 8, 9,",
+        "Roses are red, violets are blue. Roses are red,",
+    ];
+    let mut seeded = SamplingParams::greedy();
+    seeded.temperature = 0.7;
+    seeded.seed = Some(3);
+    let reqs: Vec<(Vec<u32>, SamplingParams)> = texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let params = match i % 2 {
+                0 => SamplingParams::greedy(),
+                _ => seeded.clone(),
+            };
+            (tok.encode(t, false).unwrap(), params)
+        })
+        .collect();
+    let n = 40;
+    let mut plain = engine(&path, 4);
+    let alone: Vec<Vec<u32>> = reqs
+        .iter()
+        .map(|r| run(&mut plain, std::slice::from_ref(r), &[0], n)[0].clone())
+        .collect();
+    let spec = suanli_engine::spec::SpecConfig {
+        adaptive: false,
+        ngram_min: 1,
+        ..suanli_engine::spec::SpecConfig::new(suanli_engine::spec::SpecMode::Ngram)
+    };
+    for join in [[0, 0, 0, 0], [0, 3, 7, 12]] {
+        let mut e = engine(&path, 4);
+        e.set_speculation(Some(spec.clone())).unwrap();
+        let together = run(&mut e, &reqs, &join, n);
+        for i in 0..reqs.len() {
+            assert_eq!(
+                together[i], alone[i],
+                "request {i} ({:?}), joins {join:?}",
+                texts[i]
+            );
+        }
+        let st = e.spec_stats();
+        assert!(st.accepted > 10 && st.drafted > st.accepted, "{st:?}");
+    }
+}

@@ -62,6 +62,7 @@ struct Gauges {
     prefix_hits: u64,
     preemptions: u64,
     constraint: suanli_engine::constraint::ConstraintStats,
+    spec: suanli_engine::spec::SpecStats,
 }
 
 struct Inner {
@@ -117,6 +118,7 @@ impl Metrics {
             prefix_hits: s.prefix_hits(),
             preemptions: s.preemptions(),
             constraint: e.constraint_stats(),
+            spec: e.spec_stats(),
         };
         self.with(|m| m.gauges = g);
     }
@@ -227,6 +229,18 @@ impl Metrics {
                 "counter",
                 "Seconds spent checking and masking constrained tokens (their draws included).",
                 g.constraint.secs.to_string(),
+            );
+            one(
+                "suanli_spec_drafted_tokens_total",
+                "counter",
+                "Tokens drafted by speculative decoding and verified (serve --spec).",
+                g.spec.drafted.to_string(),
+            );
+            one(
+                "suanli_spec_accepted_tokens_total",
+                "counter",
+                "Drafted tokens that were accepted (each is a token decoded without its own step).",
+                g.spec.accepted.to_string(),
             );
             one(
                 "suanli_prompt_tokens_total",

@@ -37,7 +37,9 @@ impl FakeModel {
         table[pos / self.block_size] * self.block_size as u32 + (pos % self.block_size) as u32
     }
 
-    fn run(&mut self, step: &Step) -> Vec<(SeqId, u32)> {
+    /// Each sampling sequence's new tokens: the drafts that equal what the model predicts at
+    /// their position, then the model's next token after them.
+    fn run(&mut self, step: &Step) -> Vec<(SeqId, Vec<u32>)> {
         // The plan the real model would get must agree with the items.
         let plan = step.plan(self.block_size);
         assert_eq!(plan.tokens.len(), step.n_tokens());
@@ -49,12 +51,21 @@ impl FakeModel {
             }
             self.computed += it.tokens.len();
             if it.sample {
-                let end = it.start + it.tokens.len();
-                let from = self.window.map_or(0, |w| end.saturating_sub(w));
-                let ctx: Vec<u32> = (from..end)
-                    .map(|p| self.kv[&self.slot(&it.block_table, p)])
-                    .collect();
-                out.push((it.seq, next_token(&ctx)));
+                let last = it.start + it.tokens.len() - it.draft;
+                let mut new = Vec::new();
+                for end in last..=last + it.draft {
+                    let from = self.window.map_or(0, |w| end.saturating_sub(w));
+                    let ctx: Vec<u32> = (from..end)
+                        .map(|p| self.kv[&self.slot(&it.block_table, p)])
+                        .collect();
+                    let t = next_token(&ctx);
+                    new.push(t);
+                    // The draft at position `end` (if any) must be what the model predicts.
+                    if end == last + it.draft || it.tokens[end - it.start] != t {
+                        break;
+                    }
+                }
+                out.push((it.seq, new));
             }
         }
         out
@@ -99,10 +110,12 @@ fn serve_windowed(
         assert!(step.n_tokens() <= c.max_step_tokens && step.items.len() <= c.max_batch);
         let sampled = m.run(&step);
         s.complete(&step, &sampled);
-        for (id, t) in sampled {
+        for (id, new) in sampled {
             let o = &mut out[id as usize];
-            o.push(t);
-            if o.len() == reqs[id as usize].1 {
+            o.extend(new);
+            let n = reqs[id as usize].1;
+            if o.len() >= n {
+                o.truncate(n);
                 assert!(s.finish(id));
                 done += 1;
             }
@@ -229,7 +242,7 @@ fn shared_prefixes_are_computed_once() {
         let st = s.schedule();
         let sm = m.run(&st);
         s.complete(&st, &sm);
-        got0.extend(sm.iter().map(|x| x.1));
+        got0.extend(sm.iter().flat_map(|x| x.1.clone()));
     }
     s.finish(0);
     let before = m.computed;
@@ -242,7 +255,7 @@ fn shared_prefixes_are_computed_once() {
         for p in s.complete(&st, &sm) {
             cached = p.cached_prompt_tokens;
         }
-        got1.extend(sm.iter().map(|x| x.1));
+        got1.extend(sm.iter().flat_map(|x| x.1.clone()));
     }
     assert_eq!(got0, alone(&base, 2));
     assert_eq!(got1, alone(&other, 2));
@@ -300,4 +313,81 @@ fn refuses_what_it_cannot_hold() {
     s.submit(0, prompt(4, 1), 1).unwrap();
     assert_eq!(s.submit(0, prompt(4, 1), 1), Err(SubmitError::Duplicate(0)));
     assert_eq!(s.submit(1, prompt(4, 1), 1), Err(SubmitError::QueueFull(1)));
+}
+
+/// Speculative decoding inside continuous batching: before each step every decoding sequence
+/// proposes drafts — some right (the answer it will give), some wrong — and the scheduler feeds
+/// them within the step's budget. Answers equal those computed alone, also when the cache runs
+/// short and sequences are preempted; refused drafts give their blocks back; none leak.
+#[test]
+fn drafts_are_verified_and_rolled_back_within_batches() {
+    for (blocks, budget) in [(64, 24), (14, 24), (64, 6)] {
+        let reqs: Vec<(Vec<u32>, usize)> = (0..4)
+            .map(|i| (prompt(9 + 5 * i, 40 + i as u32), 30))
+            .collect();
+        let mut c = cfg(blocks);
+        c.max_step_tokens = budget;
+        let mut s = Scheduler::new(c.clone());
+        let mut m = FakeModel::new(c.block_size);
+        let mut out: Vec<Vec<u32>> = vec![Vec::new(); reqs.len()];
+        for (i, (p, n)) in reqs.iter().enumerate() {
+            s.submit(i as u64, p.clone(), *n).unwrap();
+        }
+        let (mut done, mut steps, mut drafted, mut longest) = (0, 0, 0, 0);
+        while done < reqs.len() {
+            for (i, (p, n)) in reqs.iter().enumerate() {
+                let id = i as u64;
+                if !s.decoding(id) {
+                    continue;
+                }
+                // The right continuation after what it has, wrong from a point on (every
+                // third step, from the start).
+                let want = alone(p, *n + 8);
+                let have = out[i].len();
+                let mut d: Vec<u32> = want[have.min(want.len())..]
+                    .iter()
+                    .take(5)
+                    .copied()
+                    .collect();
+                let wrong_from = (steps + i) % 3 * 2;
+                for (j, t) in d.iter_mut().enumerate() {
+                    if j >= wrong_from {
+                        *t = *t % 1000 + 1;
+                    }
+                }
+                drafted += d.len();
+                s.set_draft(id, d);
+            }
+            let step = s.schedule();
+            assert!(!step.is_empty(), "no progress with work pending");
+            assert!(step.n_tokens() <= c.max_step_tokens && step.items.len() <= c.max_batch);
+            let sampled = m.run(&step);
+            for (id, new) in &sampled {
+                longest = longest.max(new.len());
+                out[*id as usize].extend(new);
+            }
+            s.complete(&step, &sampled);
+            for (id, (_, n)) in reqs.iter().enumerate() {
+                let o = &mut out[id];
+                if o.len() >= *n && s.finish(id as u64) {
+                    o.truncate(*n);
+                    done += 1;
+                }
+            }
+            steps += 1;
+            assert!(steps < 10_000);
+        }
+        for (i, (p, n)) in reqs.iter().enumerate() {
+            assert_eq!(
+                out[i],
+                alone(p, *n),
+                "request {i}, {blocks} blocks, budget {budget}"
+            );
+        }
+        assert!(drafted > 0 && longest > 2, "drafts were taken ({longest})");
+        assert_eq!(s.blocks_used(), s.blocks_cached_idle(), "KV blocks leaked");
+        if blocks == 14 {
+            assert!(s.preemptions() > 0, "the cache was meant to run out");
+        }
+    }
 }
