@@ -11,7 +11,7 @@ use crate::constraint::{constrained_pick, ConstraintStats, TokenConstraint};
 use crate::sampler::{Sampler, SamplingParams};
 use crate::scheduler::{SchedConfig, Scheduler, SeqId, Step, SubmitError};
 use crate::session::{out_of_vocab, FinishReason};
-use crate::spec::{ngram_draft, Controller, SpecConfig, SpecMode, SpecStats, StepCost};
+use crate::spec::{Controller, Lookup, SpecConfig, SpecMode, SpecStats, StepCost};
 use std::collections::HashMap;
 use suanli_backend::{Backend, BackendError, KvDType, KvPages};
 use suanli_models::{Model, Scratch};
@@ -82,9 +82,9 @@ struct SeqState {
     prompt_lp: Vec<Option<TokenLogprobs>>,
     prompt_lp_sent: bool,
     constraint: Option<Box<dyn TokenConstraint>>,
-    /// Speculative decoding: this sequence's acceptance rate, and the first token of a
-    /// proposal left unverified (compared with what was sampled instead).
-    spec: Option<(Controller, Option<u32>)>,
+    /// Speculative decoding: this sequence's acceptance rate, the first token of a proposal
+    /// left unverified (compared with what was sampled instead), and its lookup.
+    spec: Option<(Controller, Option<u32>, Lookup)>,
 }
 
 pub struct BatchEngine<B: Backend> {
@@ -168,11 +168,11 @@ impl<B: Backend> BatchEngine<B> {
             let Some(st) = self.seqs.get_mut(&id) else {
                 continue;
             };
-            let Some((ctl, shadow)) = &mut st.spec else {
+            let Some((ctl, shadow, lookup)) = &mut st.spec else {
                 continue;
             };
             let room = st.max_tokens.saturating_sub(st.generated + 1);
-            let proposal = ngram_draft(&st.history, cfg.ngram_min, cfg.ngram_max, room);
+            let proposal = lookup.draft(&st.history, cfg, room);
             let k = ctl.draft_len_against(proposal.len(), row_cost);
             *shadow = None;
             if k == 0 {
@@ -230,10 +230,13 @@ impl<B: Backend> BatchEngine<B> {
                 prompt_lp: Vec::new(),
                 prompt_lp_sent: false,
                 constraint: req.constraint,
-                spec: self
-                    .spec
-                    .as_ref()
-                    .map(|c| (Controller::new(c.max_draft, c.adaptive), None)),
+                spec: self.spec.as_ref().map(|c| {
+                    (
+                        Controller::new(c.max_draft, c.adaptive),
+                        None,
+                        Lookup::default(),
+                    )
+                }),
             },
         );
         Ok(())
@@ -467,7 +470,8 @@ impl<B: Backend> BatchEngine<B> {
                 }
                 accepted += 1;
             }
-            if let Some((ctl, shadow)) = &mut st.spec {
+            if let Some((ctl, shadow, lookup)) = &mut st.spec {
+                lookup.advance(new.len());
                 if it.draft > 0 {
                     ctl.observe_draft(it.draft, accepted);
                     self.spec_stats.verify_steps += 1;

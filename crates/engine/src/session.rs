@@ -6,7 +6,7 @@ use crate::constraint::{constrained_pick, TokenConstraint};
 use crate::kv::OutOfBlocks;
 use crate::sampler::{argmax, Sampler, SamplingParams};
 use crate::seq_cache::SeqCache;
-use crate::spec::{ngram_draft, Controller, SpecConfig, SpecMode, SpecStats};
+use crate::spec::{Controller, Lookup, SpecConfig, SpecMode, SpecStats};
 use std::time::Instant;
 use suanli_backend::{Backend, BackendError, KvDType};
 use suanli_models::Model;
@@ -102,6 +102,7 @@ struct Speculation {
     ctl: Controller,
     /// The first token of a proposal left unverified, to compare with what came instead.
     shadow: Option<u32>,
+    lookup: Lookup,
     /// Draft model: steps until a proposal is made anyway while speculation does not pay, so
     /// that its acceptance is still measured (its drafts are not free, unlike n-grams).
     probe_in: usize,
@@ -174,6 +175,7 @@ impl<B: Backend> Session<B> {
                     cfg,
                     ctl,
                     shadow: None,
+                    lookup: Lookup::default(),
                     probe_in: PROBE_EVERY,
                 })
             }
@@ -382,7 +384,7 @@ impl<B: Backend> Session<B> {
         s.shadow = None;
         match s.cfg.mode {
             SpecMode::Ngram => {
-                let proposal = ngram_draft(history, s.cfg.ngram_min, s.cfg.ngram_max, room);
+                let proposal = s.lookup.draft(history, &s.cfg, room);
                 let k = s.ctl.draft_len(proposal.len());
                 if k == 0 {
                     s.shadow = proposal.first().copied();
@@ -425,6 +427,7 @@ impl<B: Backend> Session<B> {
         stats: &mut SpecStats,
     ) {
         let Some(s) = &mut self.spec else { return };
+        s.lookup.advance(accepted + 1);
         if let (Some(d), Some(n)) = (s.shadow.take(), next) {
             s.ctl.observe_draft(1, usize::from(d == n));
         }

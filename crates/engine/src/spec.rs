@@ -113,13 +113,61 @@ impl SpecStats {
     }
 }
 
+/// N-gram drafts that stay with the passage they copy: once a lookup has found where the text
+/// is being copied from, the next draft continues from there as long as the copy holds (the
+/// last token equals the source's), instead of searching again — in code, short suffixes such
+/// as `)` + newline + indentation recur everywhere, and the most recent one is often not the
+/// passage being copied.
+#[derive(Clone, Debug, Default)]
+pub struct Lookup {
+    /// Where in the history the token after the last one is expected to come from.
+    source: Option<usize>,
+}
+
+impl Lookup {
+    /// At most `limit` tokens to follow `history` (see `ngram_draft` for the search).
+    pub fn draft<'h>(&mut self, history: &'h [u32], cfg: &SpecConfig, limit: usize) -> &'h [u32] {
+        let len = history.len();
+        if let Some(p) = self.source {
+            // Still copying when the source's token before `p` is the last one emitted.
+            if p < len && p >= 1 && history[p - 1] == history[len - 1] {
+                let d = &history[p..(p + limit).min(len)];
+                if !d.is_empty() {
+                    return d;
+                }
+            }
+        }
+        let (from, d) = ngram_source(history, cfg.ngram_min, cfg.ngram_max, limit);
+        self.source = from;
+        d
+    }
+
+    /// `emitted` tokens followed the last one (accepted drafts and the token after them): the
+    /// copy goes on from there.
+    pub fn advance(&mut self, emitted: usize) {
+        if let Some(p) = &mut self.source {
+            *p += emitted;
+        }
+    }
+}
+
 /// The tokens that followed the most recent earlier occurrence of `history`'s longest suffix
 /// of `min..=max_n` tokens (longer suffixes first), at most `limit` of them; empty when no
 /// suffix recurs.
 pub fn ngram_draft(history: &[u32], min: usize, max_n: usize, limit: usize) -> &[u32] {
+    ngram_source(history, min, max_n, limit).1
+}
+
+/// `ngram_draft`, with where the draft starts in `history`.
+fn ngram_source(
+    history: &[u32],
+    min: usize,
+    max_n: usize,
+    limit: usize,
+) -> (Option<usize>, &[u32]) {
     let len = history.len();
     if limit == 0 {
-        return &[];
+        return (None, &[]);
     }
     for n in (min.max(1)..=max_n).rev() {
         if n >= len {
@@ -130,11 +178,11 @@ pub fn ngram_draft(history: &[u32], min: usize, max_n: usize, limit: usize) -> &
         for j in (0..len - n).rev() {
             if history[j..j + n] == *suffix {
                 let from = j + n;
-                return &history[from..(from + limit).min(len)];
+                return (Some(from), &history[from..(from + limit).min(len)]);
             }
         }
     }
-    &[]
+    (None, &[])
 }
 
 /// Chooses how many tokens to draft: the length that maximizes expected tokens per second,
@@ -150,8 +198,8 @@ pub struct Controller {
     adaptive: bool,
     succ: f64,
     trials: f64,
-    /// Per row count r (index r − 1): decayed sum of seconds and weight.
-    secs: Vec<(f64, f64)>,
+    /// Seconds of a forward pass by its rows.
+    cost: StepCost,
     /// Seconds per drafted token (a draft model's decode; n-gram drafts cost nothing).
     draft_secs: (f64, f64),
 }
@@ -170,7 +218,7 @@ impl Controller {
             adaptive,
             succ: 1.0,
             trials: 2.0,
-            secs: vec![(0.0, 0.0); max + 1],
+            cost: StepCost::new(max + 1),
             draft_secs: (0.0, 0.0),
         }
     }
@@ -180,24 +228,8 @@ impl Controller {
         self.succ / self.trials
     }
 
-    fn seconds(&self, rows: usize) -> Option<f64> {
-        self.secs
-            .get(rows - 1)
-            .filter(|s| s.1 > 0.0)
-            .map(|s| s.0 / s.1)
-    }
-
-    /// Estimated seconds of a pass of `rows`, relative where nothing is measured yet.
     fn estimate(&self, rows: usize) -> f64 {
-        if let Some(s) = self.seconds(rows) {
-            return s;
-        }
-        // Scale from the nearest measured row count below (or one row, or 1.0).
-        let (base_rows, base) = (1..rows)
-            .rev()
-            .find_map(|r| self.seconds(r).map(|s| (r, s)))
-            .unwrap_or((1, 1.0));
-        base * (1.0 + PRIOR_ROW_COST * (rows - base_rows) as f64)
+        self.cost.estimate(rows)
     }
 
     /// Tokens to draft given `available` proposed ones.
@@ -275,15 +307,14 @@ impl Controller {
     }
 
     pub fn observe_time(&mut self, rows: usize, took: Duration) {
-        if let Some(s) = self.secs.get_mut(rows - 1) {
-            *s = (s.0 * DECAY + took.as_secs_f64(), s.1 * DECAY + 1.0);
-        }
+        self.cost.observe(rows, took);
     }
 }
 
-/// What a batched step costs by its number of rows (decayed mean seconds per row count), for
-/// deciding drafts inside continuous batching, where one sequence's extra rows slow everyone's
-/// step: cheap while a step is bound by reading the weights, dear once it is bound by compute.
+/// What a forward pass costs by its number of rows (decayed mean seconds per row count): for a
+/// single sequence's drafts (`Controller`), and inside continuous batching, where one
+/// sequence's extra rows slow everyone's step: cheap while a step is bound by reading the
+/// weights, dear once it is bound by compute.
 #[derive(Clone, Debug)]
 pub struct StepCost {
     secs: Vec<(f64, f64)>,
@@ -352,6 +383,37 @@ mod tests {
         assert!(ngram_draft(&h, 1, 3, 0).is_empty());
         // The match may overlap the suffix (a repeated token): 7 7 7 → 7.
         assert_eq!(ngram_draft(&[7, 7, 7], 2, 2, 4), &[7]);
+    }
+
+    /// Once copying, drafts continue from the source even where a more recent occurrence of
+    /// the suffix would point elsewhere; a token that breaks the copy sends it searching.
+    #[test]
+    fn lookup_stays_with_the_copied_passage() {
+        let cfg = SpecConfig {
+            ngram_min: 1,
+            ngram_max: 2,
+            ..SpecConfig::new(SpecMode::Ngram)
+        };
+        let mut l = Lookup::default();
+        // Source "5 6 | 1 2 3 4", then "9 6 | 7 7", then the copy begins: "5 6".
+        let mut h = vec![5, 6, 1, 2, 3, 4, 9, 6, 7, 7, 5, 6];
+        assert_eq!(l.draft(&h, &cfg, 2), &[1, 2]);
+        // Both taken and then 3 sampled: "… 5 6 1 2 3".
+        h.extend([1, 2, 3]);
+        l.advance(3);
+        assert_eq!(l.draft(&h, &cfg, 3), &[4, 9, 6]);
+        // Then 4 taken and 8 sampled instead of 9: the copy is broken, search again.
+        h.extend([4, 8]);
+        l.advance(2);
+        assert!(l.draft(&h, &cfg, 3).is_empty());
+        // A suffix "6" alone would point at "7 7" (most recent), but the copy of "5 6" wants
+        // "1 2": continuing from the source after "… 5 6" again.
+        let mut l = Lookup::default();
+        let h = vec![5, 6, 1, 2, 3, 9, 6, 7, 7, 5, 6];
+        assert_eq!(l.draft(&h, &cfg, 2), &[1, 2]);
+        let h1 = [h.clone(), vec![1, 2, 3, 9, 6]].concat();
+        l.advance(5);
+        assert_eq!(l.draft(&h1, &cfg, 2), &[7, 7]);
     }
 
     #[test]

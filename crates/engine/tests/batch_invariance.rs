@@ -26,6 +26,18 @@ fn engine(path: &std::path::Path, max_batch: usize) -> BatchEngine<CpuBackend> {
     BatchEngine::new(backend, model, cfg, KvDType::F16, vec![]).unwrap()
 }
 
+/// The SmolLM2 catalog model (pulled if needed) and its tokenizer.
+fn smollm2() -> (std::path::PathBuf, suanli_tokenizer::Tokenizer) {
+    let path = catalog::pull(catalog::find("smollm2-135m").unwrap()).unwrap();
+    let tok = match open_model(&path).unwrap() {
+        suanli_formats::ModelSource::Gguf { file, .. } => {
+            suanli_tokenizer::Tokenizer::from_gguf(&file).unwrap()
+        }
+        _ => unreachable!(),
+    };
+    (path, tok)
+}
+
 /// Submit `reqs` (request i joins before step `join[i]`) and run to the end.
 fn run(
     e: &mut BatchEngine<CpuBackend>,
@@ -80,15 +92,7 @@ fn run(
 
 #[test]
 fn concurrent_answers_equal_answers_alone() {
-    let e0 = catalog::find("smollm2-135m").unwrap();
-    let path = catalog::pull(e0).unwrap();
-    let src = open_model(&path).unwrap();
-    let tok = match &src {
-        suanli_formats::ModelSource::Gguf { file, .. } => {
-            suanli_tokenizer::Tokenizer::from_gguf(file).unwrap()
-        }
-        _ => unreachable!(),
-    };
+    let (path, tok) = smollm2();
     let texts = [
         "The capital of France is",
         "def fibonacci(n):\n",
@@ -251,14 +255,7 @@ fn prompt_logprobs_equal_generation_logprobs() {
 /// and however often it is repeated.
 #[test]
 fn chunking_and_prefix_cache_do_not_change_a_single_bit() {
-    let path = catalog::pull(catalog::find("smollm2-135m").unwrap()).unwrap();
-    let src = open_model(&path).unwrap();
-    let tok = match &src {
-        suanli_formats::ModelSource::Gguf { file, .. } => {
-            suanli_tokenizer::Tokenizer::from_gguf(file).unwrap()
-        }
-        _ => unreachable!(),
-    };
+    let (path, tok) = smollm2();
     let prompt = tok
         .encode(
             &"The quick brown fox jumps over the lazy dog. ".repeat(12),
@@ -523,14 +520,7 @@ fn windowed_model_frees_blocks_and_answers_as_alone() {
 /// one given alone without speculation, drafts are taken and refused, and no block leaks.
 #[test]
 fn speculative_batches_answer_as_plain_decoding() {
-    let path = catalog::pull(catalog::find("smollm2-135m").unwrap()).unwrap();
-    let src = open_model(&path).unwrap();
-    let tok = match &src {
-        suanli_formats::ModelSource::Gguf { file, .. } => {
-            suanli_tokenizer::Tokenizer::from_gguf(file).unwrap()
-        }
-        _ => unreachable!(),
-    };
+    let (path, tok) = smollm2();
     let texts = [
         "def add(a, b):\n    return a + b\n\n# The same function again:\ndef add(a, b):\n",
         "The capital of France is",
