@@ -138,6 +138,8 @@ pub fn paged_attention(
                 break;
             }
             let ((t0, tn, on_tiles), kvh) = (runs[i / nkv], i % nkv);
+            // Only x86 has the tile kernel.
+            let _ = on_tiles;
             let (si, pos) = rows[t0];
             // The run's query heads of this KV head, token by token, `[tn × group, hd]`.
             qs.clear();
