@@ -97,8 +97,12 @@ fn chat_on<B: crate::load::Hardware>(a: ChatArgs, opts: &crate::load::Opts) -> R
                 let tail = dec.finish();
                 answer.push_str(&tail);
                 let _ = writeln!(out, "{tail}");
+                let spec = match g.spec.drafted {
+                    0 => String::new(),
+                    d => format!(", {} of {d} drafted tokens accepted", g.spec.accepted),
+                };
                 eprintln!(
-                    "[{} tokens, {:.1} tok/s]",
+                    "[{} tokens, {:.1} tok/s{spec}]",
                     g.tokens.len(),
                     g.tokens_per_second()
                 );
