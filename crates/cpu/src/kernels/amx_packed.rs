@@ -101,7 +101,7 @@ pub(super) unsafe fn run_kind<const K: u8>(
     let m = p.rows;
     // Whole tiles of the input's tiled activations (`PActs::fill(…, true)`; chunks of tokens
     // start at whole tiles, see `matmul::packed_many`); anything else goes to VNNI.
-    let laid_out = tokens.start % TOKENS == 0 && a.tiles.len() >= a.n / TOKENS * nblk;
+    let laid_out = tokens.start.is_multiple_of(TOKENS) && a.tiles.len() >= a.n / TOKENS * nblk;
     debug_assert!(laid_out, "AMX product without tiled activations");
     let whole = match laid_out {
         true => tokens.start + (tokens.len() / TOKENS) * TOKENS,

@@ -172,7 +172,7 @@ impl PActs {
     }
 
     fn quantize(&mut self, pool: &Pool, x: &[f32], n: usize, k: usize) {
-        debug_assert!(k % 32 == 0 && x.len() == n * k);
+        debug_assert!(k.is_multiple_of(32) && x.len() == n * k);
         self.k = k;
         self.n = n;
         self.qs.resize(n * k, 0);
