@@ -79,6 +79,9 @@ impl SpecArgs {
         let Some(mode) =
             suanli_engine::spec::SpecMode::parse(&self.spec).map_err(|e| anyhow!("--spec: {e}"))?
         else {
+            if self.draft_model.is_some() {
+                bail!("--draft-model is for --spec draft");
+            }
             return Ok(None);
         };
         let cfg = suanli_engine::spec::SpecConfig {
@@ -109,9 +112,6 @@ impl SpecArgs {
         opts: &crate::load::Opts,
     ) -> Result<()> {
         let cfg = self.config()?;
-        if cfg.is_none() && self.draft_model.is_some() {
-            bail!("--draft-model is for --spec draft");
-        }
         if let (Some(_), Some(name)) = (&cfg, &self.draft_model) {
             crate::load::load_draft(name, loaded, opts)?;
         }

@@ -50,17 +50,11 @@ pub struct ServeArgs {
     /// `none` leaves it in `content`.
     #[arg(long, default_value = "separate", value_parser = ["separate", "none"])]
     pub reasoning_format: String,
-    /// Speculative decoding for every request: off or ngram (drafts from earlier text; each
-    /// sequence drafts as far as its acceptance rate beats what a row costs the whole step, so
-    /// a busy batch drafts little). Answers are the same either way.
-    #[arg(long, default_value = "off")]
-    pub spec: String,
-    /// Most tokens drafted per sequence and step.
-    #[arg(long, default_value_t = 10)]
-    pub draft_max: usize,
-    /// The longest suffix looked up for n-gram drafts (down to 2 tokens).
-    #[arg(long, default_value_t = 4)]
-    pub spec_ngram: usize,
+    /// Speculative decoding for every request (`--spec ngram` only, so far): each sequence
+    /// drafts as far as its acceptance rate beats what a row costs the whole step, so a busy
+    /// batch drafts little. Answers are the same either way.
+    #[command(flatten)]
+    pub spec: crate::run::SpecArgs,
 }
 
 /// "1GiB", "512MiB", "800MB", "2G", "4096" (bytes).
@@ -103,17 +97,10 @@ fn serve_on<B: crate::load::Hardware>(a: ServeArgs, opts: &crate::load::Opts) ->
         bail!("--max-batch and --max-step-tokens must be at least 1, --ctx at least 2");
     }
     // Checked before the model loads.
-    if a.spec == "draft" {
+    if a.spec.spec == "draft" {
         bail!("--spec draft is not available in serve yet: use --spec ngram");
     }
-    let spec = crate::run::SpecArgs {
-        spec: a.spec.clone(),
-        draft_model: None,
-        draft_max: a.draft_max,
-        spec_ngram: a.spec_ngram,
-        draft_fixed: false,
-    }
-    .config()?;
+    let spec = a.spec.config()?;
     let p = load_parts::<B>(a.model.as_deref(), opts)?;
     let model_name = a.model_name.clone().unwrap_or_else(|| {
         let given = a

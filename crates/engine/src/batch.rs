@@ -11,7 +11,7 @@ use crate::constraint::{constrained_pick, ConstraintStats, TokenConstraint};
 use crate::sampler::{Sampler, SamplingParams};
 use crate::scheduler::{SchedConfig, Scheduler, SeqId, Step, SubmitError};
 use crate::session::{out_of_vocab, FinishReason};
-use crate::spec::{Controller, Lookup, SpecConfig, SpecMode, SpecStats, StepCost};
+use crate::spec::{SeqSpec, SpecConfig, SpecMode, SpecStats, StepCost};
 use std::collections::HashMap;
 use suanli_backend::{Backend, BackendError, KvDType, KvPages};
 use suanli_models::{Model, Scratch};
@@ -82,9 +82,8 @@ struct SeqState {
     prompt_lp: Vec<Option<TokenLogprobs>>,
     prompt_lp_sent: bool,
     constraint: Option<Box<dyn TokenConstraint>>,
-    /// Speculative decoding: this sequence's acceptance rate, the first token of a proposal
-    /// left unverified (compared with what was sampled instead), and its lookup.
-    spec: Option<(Controller, Option<u32>, Lookup)>,
+    /// Speculative decoding: what this sequence has learned.
+    spec: Option<SeqSpec>,
 }
 
 pub struct BatchEngine<B: Backend> {
@@ -168,17 +167,15 @@ impl<B: Backend> BatchEngine<B> {
             let Some(st) = self.seqs.get_mut(&id) else {
                 continue;
             };
-            let Some((ctl, shadow, lookup)) = &mut st.spec else {
+            let Some(spec) = &mut st.spec else {
                 continue;
             };
             let room = st.max_tokens.saturating_sub(st.generated + 1);
-            let proposal = lookup.draft(&st.history, cfg, room);
-            let k = ctl.draft_len_against(proposal.len(), row_cost);
-            *shadow = None;
-            if k == 0 {
-                *shadow = proposal.first().copied();
-            } else {
-                self.sched.set_draft(id, proposal[..k].to_vec());
+            let draft = spec.ngram(&st.history, cfg, room, |ctl, n| {
+                ctl.draft_len_against(n, row_cost)
+            });
+            if !draft.is_empty() {
+                self.sched.set_draft(id, draft.to_vec());
             }
         }
     }
@@ -230,13 +227,7 @@ impl<B: Backend> BatchEngine<B> {
                 prompt_lp: Vec::new(),
                 prompt_lp_sent: false,
                 constraint: req.constraint,
-                spec: self.spec.as_ref().map(|c| {
-                    (
-                        Controller::new(c.max_draft, c.adaptive),
-                        None,
-                        Lookup::default(),
-                    )
-                }),
+                spec: self.spec.as_ref().map(SeqSpec::new),
             },
         );
         Ok(())
@@ -470,16 +461,13 @@ impl<B: Backend> BatchEngine<B> {
                 }
                 accepted += 1;
             }
-            if let Some((ctl, shadow, lookup)) = &mut st.spec {
-                lookup.advance(new.len());
-                if it.draft > 0 {
-                    ctl.observe_draft(it.draft, accepted);
-                    self.spec_stats.verify_steps += 1;
-                    self.spec_stats.drafted += it.draft as u64;
-                    self.spec_stats.accepted += accepted as u64;
-                } else if let (Some(d), Some(&t)) = (shadow.take(), new.first()) {
-                    ctl.observe_draft(1, usize::from(d == t));
-                }
+            if let Some(spec) = &mut st.spec {
+                spec.account(
+                    it.draft,
+                    accepted,
+                    new.first().copied(),
+                    &mut self.spec_stats,
+                );
             }
             sampled.push((it.seq, new));
         }

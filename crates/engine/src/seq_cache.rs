@@ -59,6 +59,20 @@ impl<B: Backend> SeqCache<B> {
         }
     }
 
+    /// Keep the cached tokens `tokens` starts with, but at least its last one is left to
+    /// compute (its logits are needed); returns how many are kept.
+    pub fn keep_prefix_of(&mut self, tokens: &[u32]) -> usize {
+        let common = self
+            .cached
+            .iter()
+            .zip(tokens)
+            .take_while(|(a, b)| a == b)
+            .count()
+            .min(tokens.len().saturating_sub(1));
+        self.truncate(common);
+        common
+    }
+
     pub fn free_blocks(&self) -> usize {
         self.alloc.free_count()
     }

@@ -6,7 +6,7 @@ use crate::constraint::{constrained_pick, TokenConstraint};
 use crate::kv::OutOfBlocks;
 use crate::sampler::{argmax, Sampler, SamplingParams};
 use crate::seq_cache::SeqCache;
-use crate::spec::{Controller, Lookup, SpecConfig, SpecMode, SpecStats};
+use crate::spec::{SeqSpec, SpecConfig, SpecMode, SpecStats};
 use std::time::Instant;
 use suanli_backend::{Backend, BackendError, KvDType};
 use suanli_models::Model;
@@ -99,10 +99,7 @@ pub struct Session<B: Backend> {
 /// Speculative decoding's settings and what it has learned (kept across turns).
 struct Speculation {
     cfg: SpecConfig,
-    ctl: Controller,
-    /// The first token of a proposal left unverified, to compare with what came instead.
-    shadow: Option<u32>,
-    lookup: Lookup,
+    state: SeqSpec,
     /// Draft model: steps until a proposal is made anyway while speculation does not pay, so
     /// that its acceptance is still measured (its drafts are not free, unlike n-grams).
     probe_in: usize,
@@ -170,12 +167,9 @@ impl<B: Backend> Session<B> {
                 if cfg.mode == SpecMode::Draft && self.draft.is_none() {
                     return Err("speculation with a draft model needs the draft model".into());
                 }
-                let ctl = Controller::new(cfg.max_draft, cfg.adaptive);
                 Some(Speculation {
+                    state: SeqSpec::new(&cfg),
                     cfg,
-                    ctl,
-                    shadow: None,
-                    lookup: Lookup::default(),
                     probe_in: PROBE_EVERY,
                 })
             }
@@ -269,15 +263,7 @@ impl<B: Backend> Session<B> {
             return Err(SessionError::BadToken { id, vocab });
         }
         // Reuse the cached prefix; at least the last prompt token is recomputed for its logits.
-        let common = self
-            .seq
-            .cached
-            .iter()
-            .zip(prompt)
-            .take_while(|(a, b)| a == b)
-            .count()
-            .min(prompt.len() - 1);
-        self.seq.truncate(common);
+        let common = self.seq.keep_prefix_of(prompt);
         let t0 = Instant::now();
         let mut sampler = Sampler::new(params.clone());
         let mut history: Vec<u32> = prompt.to_vec();
@@ -328,13 +314,14 @@ impl<B: Backend> Session<B> {
             let t = Instant::now();
             self.feed_generated(&fed, 0)?;
             if let Some(s) = &mut self.spec {
-                s.ctl.observe_time(fed.len(), t.elapsed());
+                s.state.ctl.observe_time(fed.len(), t.elapsed());
             }
             let mut rows = std::mem::take(&mut self.seq.logits);
-            let mut next = None;
+            let (mut first, mut next) = (None, None);
             let mut accepted = 0;
             for (i, row) in rows.chunks_exact_mut(vocab).enumerate() {
                 let s = pick(row, &history)?;
+                first = first.or(Some(s));
                 if draft.get(i) != Some(&s) {
                     next = Some(s);
                     break;
@@ -344,13 +331,13 @@ impl<B: Backend> Session<B> {
                 if let Some(f) = emit(s, base + 1 + i, &mut out, &mut history) {
                     self.seq.logits = rows;
                     self.seq.truncate(base + 1 + i);
-                    self.account(draft.len(), accepted, None, &mut stats);
+                    self.account(draft.len(), accepted, first, &mut stats);
                     break 'generate f;
                 }
             }
             self.seq.logits = rows;
             self.seq.truncate(base + 1 + accepted);
-            self.account(draft.len(), accepted, next, &mut stats);
+            self.account(draft.len(), accepted, first, &mut stats);
             // A draft row's sample is the next token whether or not the draft was refused.
             tok = next.expect("the last row is never a draft");
         };
@@ -381,18 +368,14 @@ impl<B: Backend> Session<B> {
         };
         // The pass feeds 1 + k tokens; decoding stops once the cache is one short of ctx.
         let room = ctx.saturating_sub(cached + 2).min(left.saturating_sub(1));
-        s.shadow = None;
         match s.cfg.mode {
-            SpecMode::Ngram => {
-                let proposal = s.lookup.draft(history, &s.cfg, room);
-                let k = s.ctl.draft_len(proposal.len());
-                if k == 0 {
-                    s.shadow = proposal.first().copied();
-                }
-                Ok(proposal[..k].to_vec())
-            }
+            SpecMode::Ngram => Ok(s
+                .state
+                .ngram(history, &s.cfg, room, |ctl, n| ctl.draft_len(n))
+                .to_vec()),
             SpecMode::Draft => {
-                let mut k = s.ctl.draft_len(room);
+                s.state.set_shadow(None);
+                let mut k = s.state.ctl.draft_len(room);
                 let probe = k == 0 && room > 0 && {
                     s.probe_in = s.probe_in.saturating_sub(1);
                     s.probe_in == 0
@@ -407,9 +390,9 @@ impl<B: Backend> Session<B> {
                 let d = self.draft.as_mut().expect("set_speculation checked it");
                 let t = Instant::now();
                 let proposal = d.propose(&self.backend, history, k)?;
-                s.ctl.observe_draft_time(k, t.elapsed());
+                s.state.ctl.observe_draft_time(k, t.elapsed());
                 if probe {
-                    s.shadow = proposal.first().copied();
+                    s.state.set_shadow(proposal.first().copied());
                     return Ok(Vec::new());
                 }
                 Ok(proposal)
@@ -417,25 +400,17 @@ impl<B: Backend> Session<B> {
         }
     }
 
-    /// Learn from a pass that verified `drafted` tokens and took `accepted` of them, or from
-    /// the proposal left unverified (compared with `next`, the token sampled instead).
+    /// Learn from a pass that verified `drafted` tokens and took `accepted` of them, `first`
+    /// its first sampled token.
     fn account(
         &mut self,
         drafted: usize,
         accepted: usize,
-        next: Option<u32>,
+        first: Option<u32>,
         stats: &mut SpecStats,
     ) {
-        let Some(s) = &mut self.spec else { return };
-        s.lookup.advance(accepted + 1);
-        if let (Some(d), Some(n)) = (s.shadow.take(), next) {
-            s.ctl.observe_draft(1, usize::from(d == n));
-        }
-        if drafted > 0 {
-            s.ctl.observe_draft(drafted, accepted);
-            stats.verify_steps += 1;
-            stats.drafted += drafted as u64;
-            stats.accepted += accepted as u64;
+        if let Some(s) = &mut self.spec {
+            s.state.account(drafted, accepted, first, stats);
         }
     }
 
@@ -454,15 +429,7 @@ impl<B: Backend> DraftModel<B> {
         history: &[u32],
         k: usize,
     ) -> Result<Vec<u32>, SessionError> {
-        let common = self
-            .seq
-            .cached
-            .iter()
-            .zip(history)
-            .take_while(|(a, b)| a == b)
-            .count()
-            .min(history.len() - 1);
-        self.seq.truncate(common);
+        let common = self.seq.keep_prefix_of(history);
         // Room for the drafts in the draft's own cache (the same context as the session's).
         let k = k.min(self.seq.ctx.saturating_sub(history.len()));
         let mut out = Vec::with_capacity(k);

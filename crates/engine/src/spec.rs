@@ -125,7 +125,7 @@ pub struct Lookup {
 }
 
 impl Lookup {
-    /// At most `limit` tokens to follow `history` (see `ngram_draft` for the search).
+    /// At most `limit` tokens to follow `history` (see `ngram_source` for the search).
     pub fn draft<'h>(&mut self, history: &'h [u32], cfg: &SpecConfig, limit: usize) -> &'h [u32] {
         let len = history.len();
         if let Some(p) = self.source {
@@ -152,13 +152,8 @@ impl Lookup {
 }
 
 /// The tokens that followed the most recent earlier occurrence of `history`'s longest suffix
-/// of `min..=max_n` tokens (longer suffixes first), at most `limit` of them; empty when no
-/// suffix recurs.
-pub fn ngram_draft(history: &[u32], min: usize, max_n: usize, limit: usize) -> &[u32] {
-    ngram_source(history, min, max_n, limit).1
-}
-
-/// `ngram_draft`, with where the draft starts in `history`.
+/// of `min..=max_n` tokens (longer suffixes first), at most `limit` of them, and where they
+/// start in `history`; empty when no suffix recurs.
 fn ngram_source(
     history: &[u32],
     min: usize,
@@ -183,6 +178,71 @@ fn ngram_source(
         }
     }
     (None, &[])
+}
+
+/// One sequence's speculation state, the same for a session and for each sequence of a batch:
+/// its acceptance rate and pass costs (`Controller`), its n-gram `Lookup`, and the first token
+/// of a proposal left unverified, compared with the token sampled instead.
+#[derive(Clone, Debug)]
+pub struct SeqSpec {
+    pub ctl: Controller,
+    shadow: Option<u32>,
+    lookup: Lookup,
+}
+
+impl SeqSpec {
+    pub fn new(cfg: &SpecConfig) -> SeqSpec {
+        SeqSpec {
+            ctl: Controller::new(cfg.max_draft, cfg.adaptive),
+            shadow: None,
+            lookup: Lookup::default(),
+        }
+    }
+
+    /// N-gram drafts to verify after `history`: of a proposal of at most `room` tokens, as many
+    /// as `choose` says (given the controller and the proposal's length); a proposal left
+    /// unverified is kept to learn from.
+    pub fn ngram<'h>(
+        &mut self,
+        history: &'h [u32],
+        cfg: &SpecConfig,
+        room: usize,
+        choose: impl FnOnce(&Controller, usize) -> usize,
+    ) -> &'h [u32] {
+        let proposal = self.lookup.draft(history, cfg, room);
+        let k = choose(&self.ctl, proposal.len());
+        self.shadow = match k {
+            0 => proposal.first().copied(),
+            _ => None,
+        };
+        &proposal[..k]
+    }
+
+    /// A proposal not verified (drafted anyway, to keep the rate measured), or none.
+    pub fn set_shadow(&mut self, first: Option<u32>) {
+        self.shadow = first;
+    }
+
+    /// A pass verified `drafted` tokens and took `accepted`; `first` is the first token it
+    /// sampled (compared with an unverified proposal's).
+    pub fn account(
+        &mut self,
+        drafted: usize,
+        accepted: usize,
+        first: Option<u32>,
+        stats: &mut SpecStats,
+    ) {
+        self.lookup.advance(accepted + 1);
+        if let (Some(d), Some(t)) = (self.shadow.take(), first) {
+            self.ctl.observe_draft(1, usize::from(d == t));
+        }
+        if drafted > 0 {
+            self.ctl.observe_draft(drafted, accepted);
+            stats.verify_steps += 1;
+            stats.drafted += drafted as u64;
+            stats.accepted += accepted as u64;
+        }
+    }
 }
 
 /// Chooses how many tokens to draft: the length that maximizes expected tokens per second,
@@ -374,19 +434,19 @@ mod tests {
     fn lookup_takes_the_longest_most_recent_suffix() {
         // "1 2 3 9 | 1 2 3 7 8 | 5 2 3": the suffix [2, 3] last occurred before 7 8.
         let h = [1, 2, 3, 9, 1, 2, 3, 7, 8, 5, 2, 3];
-        assert_eq!(ngram_draft(&h, 1, 4, 5), &[7, 8, 5, 2, 3]);
-        assert_eq!(ngram_draft(&h, 1, 4, 2), &[7, 8]);
+        assert_eq!(ngram_source(&h, 1, 4, 5).1, &[7, 8, 5, 2, 3]);
+        assert_eq!(ngram_source(&h, 1, 4, 2).1, &[7, 8]);
         // A longer suffix wins over a more recent shorter one: [9, 1, 2] … only once; [1, 2]
         // twice.
         let h = [4, 1, 2, 6, 0, 1, 2, 5, 4, 1, 2];
-        assert_eq!(ngram_draft(&h, 1, 3, 3), &[6, 0, 1]);
-        assert_eq!(ngram_draft(&h, 1, 2, 3), &[5, 4, 1]);
+        assert_eq!(ngram_source(&h, 1, 3, 3).1, &[6, 0, 1]);
+        assert_eq!(ngram_source(&h, 1, 2, 3).1, &[5, 4, 1]);
         // Nothing recurs; too short; a zero limit.
-        assert!(ngram_draft(&[1, 2, 3, 4], 1, 3, 4).is_empty());
-        assert!(ngram_draft(&[1], 1, 3, 4).is_empty());
-        assert!(ngram_draft(&h, 1, 3, 0).is_empty());
+        assert!(ngram_source(&[1, 2, 3, 4], 1, 3, 4).1.is_empty());
+        assert!(ngram_source(&[1], 1, 3, 4).1.is_empty());
+        assert!(ngram_source(&h, 1, 3, 0).1.is_empty());
         // The match may overlap the suffix (a repeated token): 7 7 7 → 7.
-        assert_eq!(ngram_draft(&[7, 7, 7], 2, 2, 4), &[7]);
+        assert_eq!(ngram_source(&[7, 7, 7], 2, 2, 4).1, &[7]);
     }
 
     /// Once copying, drafts continue from the source even where a more recent occurrence of
