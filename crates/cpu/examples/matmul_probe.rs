@@ -1,5 +1,7 @@
 //! Single-product probe for kernel work: G multiply-adds/s of one quantized matrix product.
 //!   cargo run --release -p suanli-cpu --example matmul_probe -- TYPE ROWS COLS TOKENS [THREADS]
+//! `COPIES=N` cycles through N copies of the weight, so that a small batch streams it from
+//! memory as decode steps do (one copy stays in cache after the first run).
 use suanli_backend::{Backend, HostTensor, WeightRole};
 use suanli_core::DType;
 use suanli_cpu::CpuBackend;
@@ -12,6 +14,7 @@ fn main() {
         "q8_0" => DType::Q8_0,
         "q6_k" => DType::Q6K,
         "q4_1" => DType::Q4_1,
+        "q5_k" => DType::Q5K,
         _ => DType::Q4K,
     };
     let num = |i: usize, d: usize| a.get(i).and_then(|s| s.parse().ok()).unwrap_or(d);
@@ -25,8 +28,9 @@ fn main() {
         }
     }
     let raw = suanli_formats::Bytes::from_vec(raw);
-    let w = b
-        .prepare_weight(HostTensor {
+    let copies: usize = std::env::var("COPIES").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+    let prep = || {
+        b.prepare_weight(HostTensor {
             name: "w",
             dtype: ty,
             rows,
@@ -35,7 +39,9 @@ fn main() {
             role: WeightRole::Matrix,
             precision: suanli_backend::ActPrecision::Fast,
         })
-        .unwrap();
+        .unwrap()
+    };
+    let ws: Vec<_> = (0..copies.max(1)).map(|_| prep()).collect();
     let mut x = b.alloc_act(n, cols).unwrap();
     let xs: Vec<f32> = (0..n * cols)
         .map(|i| ((i % 17) as f32 - 8.0) / 8.0)
@@ -50,9 +56,9 @@ fn main() {
         ts[0] as f64 + ts[1] as f64 * 1e-9
     };
     let (mut best, mut best_cpu) = (0f64, 0f64);
-    for _ in 0..20 {
+    for i in 0..20 * ws.len() {
         let (t, c) = (std::time::Instant::now(), cpu());
-        b.linear(&x, &w, None, &mut out).unwrap();
+        b.linear(&x, &ws[i % ws.len()], None, &mut out).unwrap();
         let macs = (rows * cols * n) as f64;
         best = best.max(macs / t.elapsed().as_secs_f64());
         best_cpu = best_cpu.max(macs / (cpu() - c) * th as f64);
