@@ -14,7 +14,7 @@ key="soak-$$"
 SUANLI_API_KEY=$key "$BIN" --threads 2 serve --model "$MODEL" --port "$port" --ctx 2048 --max-batch 8 --max-queue 16 2>/dev/null &
 pid=$!
 trap 'kill "$pid" 2>/dev/null || true' EXIT
-python3 scripts/wait-http.py "$port" /health
+python3 scripts/wait-http.py "$port" /ready
 set +e
 python3 bench/soak.py --url "http://127.0.0.1:$port" --key "$key" --pid "$pid" --seconds "$SECS"
 status=$?

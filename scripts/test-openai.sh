@@ -37,7 +37,7 @@ run_suite() {
     SUANLI_API_KEY=$key "$BIN" --threads 2 serve --model "$model" --port "$port" --ctx 2048 --max-batch 8 2>"$log" &
     pid=$!
     trap 'kill "$pid" 2>/dev/null || true' EXIT
-    python3 scripts/wait-http.py "$port" /health
+    python3 scripts/wait-http.py "$port" /ready
     set +e
     out=$(SUANLI_URL="http://127.0.0.1:$port/v1" SUANLI_KEY="$key" SUANLI_MODEL="$model" \
         "$PY" -m pytest -q -p no:cacheprovider "$suite" 2>&1)

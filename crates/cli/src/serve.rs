@@ -7,7 +7,7 @@ use std::time::Duration;
 use suanli_engine::batch::BatchEngine;
 use suanli_engine::scheduler::SchedConfig;
 use suanli_engine::session::BLOCK_SIZE as BLOCK;
-use suanli_server::{serve as run_server, ServeConfig};
+use suanli_server::ServeConfig;
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -101,6 +101,13 @@ fn serve_on<B: crate::load::Hardware>(a: ServeArgs, opts: &crate::load::Opts) ->
         bail!("--spec draft is not available in serve yet: use --spec ngram");
     }
     let spec = a.spec.config()?;
+    // The port first: a busy one fails now, not after loading; while the model loads the
+    // socket answers `/health` (alive) and `/ready` (503) for probes and routers.
+    let bound = suanli_server::bind(&a.host, a.port)?;
+    eprintln!(
+        "listening on http://{} while the model loads (/health answers now, /ready once it is loaded)",
+        bound.addr
+    );
     let p = load_parts::<B>(a.model.as_deref(), opts)?;
     let model_name = a.model_name.clone().unwrap_or_else(|| {
         let given = a
@@ -175,7 +182,7 @@ fn serve_on<B: crate::load::Hardware>(a: ServeArgs, opts: &crate::load::Opts) ->
         header_read_timeout: Duration::from_secs(30),
         reasoning_separate: a.reasoning_format == "separate",
     };
-    run_server(scfg, engine, p.tokenizer)?;
+    bound.serve(scfg, engine, p.tokenizer)?;
     Ok(())
 }
 

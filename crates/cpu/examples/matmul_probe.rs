@@ -28,7 +28,10 @@ fn main() {
         }
     }
     let raw = suanli_formats::Bytes::from_vec(raw);
-    let copies: usize = std::env::var("COPIES").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+    let copies: usize = std::env::var("COPIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
     let prep = || {
         b.prepare_weight(HostTensor {
             name: "w",

@@ -101,6 +101,7 @@ pub struct BatchEngine<B: Backend> {
     spec: Option<SpecConfig>,
     step_cost: StepCost,
     spec_stats: SpecStats,
+    kv_dtype: KvDType,
 }
 
 impl<B: Backend> BatchEngine<B> {
@@ -131,6 +132,7 @@ impl<B: Backend> BatchEngine<B> {
             spec: None,
             step_cost,
             spec_stats: SpecStats::default(),
+            kv_dtype,
         })
     }
 
@@ -183,6 +185,11 @@ impl<B: Backend> BatchEngine<B> {
     /// Give back the backend and model (the KV cache is freed).
     pub fn into_parts(self) -> (B, Model<B>) {
         (self.backend, self.model)
+    }
+
+    /// The KV cache's element type.
+    pub fn kv_dtype(&self) -> KvDType {
+        self.kv_dtype
     }
 
     pub fn scheduler(&self) -> &Scheduler {

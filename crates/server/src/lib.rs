@@ -49,7 +49,8 @@ pub struct ServeConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("cannot listen on {addr}: {source}")]
+    /// The cause (address in use, permission) follows in the error's chain.
+    #[error("cannot listen on {addr}")]
     Bind {
         addr: String,
         source: std::io::Error,
@@ -58,7 +59,7 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
 }
 
-/// Every route but `/health` needs the API key when one is set (unknown paths too, so that
+/// Every route but `/health` and `/ready` needs the API key when one is set (unknown paths too, so that
 /// they reveal nothing).
 pub fn router(st: Arc<AppState>, max_body: usize) -> Router {
     let keyed = Router::new()
@@ -74,6 +75,7 @@ pub fn router(st: Arc<AppState>, max_body: usize) -> Router {
         .layer(axum::middleware::from_fn_with_state(st.clone(), api::auth));
     Router::new()
         .route("/health", get(api::health))
+        .route("/ready", get(api::ready))
         .merge(keyed)
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(st)
@@ -92,8 +94,18 @@ where
     B: Backend + Send + 'static,
     BatchEngine<B>: Send,
 {
-    let metrics = Arc::new(Metrics::default());
-    let max_ctx = engine.scheduler().config().max_ctx;
+    let sched = engine.scheduler().config();
+    let metrics = Arc::new(Metrics::new(metrics::CacheInfo {
+        model_name: cfg.model_name.clone(),
+        block_size: sched.block_size,
+        num_blocks: sched.num_blocks,
+        cache_dtype: match engine.kv_dtype() {
+            suanli_backend::KvDType::F32 => "f32",
+            suanli_backend::KvDType::F16 => "f16",
+            suanli_backend::KvDType::Q8_0 => "q8_0",
+        },
+    }));
+    let max_ctx = sched.max_ctx;
     let vocab = tokenizer.vocab_size().min(engine.model.vocab_size());
     let model_vocab = engine.model.vocab_size();
     let template = chat_renderer(&tokenizer, cfg.template_sandbox.as_ref());
@@ -135,7 +147,13 @@ where
             signalled.notify_one();
         }
     };
-    let server = accept_loop(listener, app, cfg.header_read_timeout, on_signal);
+    let header_timeout = cfg.header_read_timeout;
+    let server = async move {
+        let open = accept_loop(&listener, app, header_timeout, on_signal).await;
+        // New connections are refused from here; those open finish their requests.
+        drop(listener);
+        open.shutdown().await;
+    };
     let timeout = cfg.shutdown_timeout;
     tokio::select! {
         _ = server => {},
@@ -153,14 +171,14 @@ where
 const MAX_CONNECTIONS: usize = 4096;
 
 /// Accept HTTP/1.1 connections until `stop` resolves, with a deadline for each request head and
-/// a cap on open connections; then stop listening and wait for the open connections to finish
-/// their requests.
+/// a cap on open connections; then return the open connections (`shutdown` waits for their
+/// requests to finish).
 async fn accept_loop(
-    listener: tokio::net::TcpListener,
+    listener: &tokio::net::TcpListener,
     app: Router,
     header_timeout: Duration,
     stop: impl Future<Output = ()>,
-) {
+) -> hyper_util::server::graceful::GracefulShutdown {
     use hyper_util::rt::{TokioIo, TokioTimer};
     use hyper_util::service::TowerToHyperService;
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -193,8 +211,7 @@ async fn accept_loop(
             drop(slot);
         });
     }
-    drop(listener);
-    graceful.shutdown().await;
+    graceful
 }
 
 /// The model's chat template, sandboxed when an executable is given, test-rendered now so that a
@@ -238,26 +255,101 @@ where
     B: Backend + Send + 'static,
     BatchEngine<B>: Send,
 {
+    bind(&cfg.host, cfg.port)?.serve(cfg, engine, tokenizer)
+}
+
+/// The server's socket, bound before the model loads, so that a busy port or a refused
+/// address fails at once instead of after minutes of loading. Until `serve` it answers
+/// `/health` with 200 `{"status": "loading"}` (alive) and everything else, `/ready` included,
+/// with 503 and `Retry-After`; a SIGTERM or Ctrl-C meanwhile exits at once (nothing is in
+/// flight).
+pub struct Bound {
+    rt: tokio::runtime::Runtime,
+    listener: Arc<tokio::net::TcpListener>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+    signals: tokio::task::JoinHandle<()>,
+    pub addr: std::net::SocketAddr,
+}
+
+/// Bind `host:port` and answer as a server still loading its model (`Bound`).
+pub fn bind(host: &str, port: u16) -> Result<Bound, ServeError> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("suanli-http")
         .enable_all()
         .build()?;
-    rt.block_on(async move {
-        let addr = format!("{}:{}", cfg.host, cfg.port);
-        let listener = tokio::net::TcpListener::bind(&addr)
-            .await
-            .map_err(|source| ServeError::Bind {
-                addr: addr.clone(),
-                source,
-            })?;
-        let local = listener.local_addr()?;
-        eprintln!(
-            "serving {} on http://{local} (OpenAI API under /v1; Ctrl-C or SIGTERM stops)",
-            cfg.model_name
-        );
-        serve_listener(listener, cfg, engine, tokenizer, stop_signal()).await
+    let addr = format!("{host}:{port}");
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(&addr))
+        .map_err(|source| ServeError::Bind { addr, source })?;
+    let local = listener.local_addr()?;
+    let listener = Arc::new(listener);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = {
+        let listener = listener.clone();
+        rt.spawn(async move {
+            let stopped = async {
+                let _ = stopped.await;
+            };
+            let open = accept_loop(
+                &listener,
+                api::loading_router(),
+                Duration::from_secs(30),
+                stopped,
+            )
+            .await;
+            open.shutdown().await;
+        })
+    };
+    let signals = rt.spawn(async {
+        stop_signal().await;
+        eprintln!("stopped while loading the model");
+        std::process::exit(0);
+    });
+    Ok(Bound {
+        rt,
+        listener,
+        stop,
+        task,
+        signals,
+        addr: local,
     })
+}
+
+impl Bound {
+    /// Serve `engine` on the bound socket until SIGTERM or Ctrl-C.
+    pub fn serve<B>(
+        self,
+        cfg: ServeConfig,
+        engine: BatchEngine<B>,
+        tokenizer: Tokenizer,
+    ) -> Result<(), ServeError>
+    where
+        B: Backend + Send + 'static,
+        BatchEngine<B>: Send,
+    {
+        let Bound {
+            rt,
+            listener,
+            stop,
+            task,
+            signals,
+            addr,
+        } = self;
+        rt.block_on(async move {
+            signals.abort();
+            let _ = stop.send(());
+            let _ = task.await;
+            let listener = Arc::try_unwrap(listener)
+                .map_err(|_| std::io::Error::other("the loading server still holds the socket"))?;
+            eprintln!(
+                "serving {} on http://{addr} (OpenAI API under /v1; Ctrl-C or SIGTERM stops)",
+                cfg.model_name
+            );
+            serve_listener(listener, cfg, engine, tokenizer, stop_signal()).await
+        })
+    }
 }
 
 /// Resolves at the first SIGTERM or Ctrl-C; a second one ends the process at once.

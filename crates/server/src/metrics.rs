@@ -1,5 +1,11 @@
 //! Prometheus metrics, in the text exposition format: gauges of the scheduler's state (set by
 //! the engine thread after every step), token and request counters, and latency histograms.
+//!
+//! The state routers schedule on is also published under vLLM's names (`vllm:…`, labelled with
+//! `model_name`), which `vllm-router`, SGLang's router and the Gateway API Inference Extension's
+//! endpoint picker read by default: queue and batch sizes, KV-cache usage as a 0–1 fraction,
+//! the cache's configuration (block size and count, for prefix-aware routing), prefix-cache
+//! queries and hits in tokens.
 
 use std::fmt::Write;
 use std::sync::Mutex;
@@ -78,13 +84,32 @@ struct Inner {
     itl: Histogram,
 }
 
+/// What does not change while serving: the served model's name and the KV cache's shape.
+#[derive(Clone, Debug)]
+pub struct CacheInfo {
+    pub model_name: String,
+    pub block_size: usize,
+    pub num_blocks: usize,
+    /// `f16`, `f32` or `q8_0`.
+    pub cache_dtype: &'static str,
+}
+
 pub struct Metrics {
+    info: CacheInfo,
     inner: Mutex<Inner>,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
+/// A Prometheus label value: backslash, double quote and newline escaped.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+impl Metrics {
+    pub fn new(info: CacheInfo) -> Self {
         Metrics {
+            info,
             inner: Mutex::new(Inner {
                 gauges: Gauges::default(),
                 prompt_tokens: 0,
@@ -97,9 +122,7 @@ impl Default for Metrics {
             }),
         }
     }
-}
 
-impl Metrics {
     fn with<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {
         // A panic elsewhere while holding the lock must not take the metrics down with it.
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
@@ -277,7 +300,130 @@ impl Metrics {
                 "suanli_inter_token_latency_seconds",
                 "Time between consecutive tokens of a sequence.",
             );
+            self.render_shared(&mut out, m);
             out
         })
+    }
+
+    /// KV-cache usage (0–1), the cache's configuration, and the router-facing state under
+    /// vLLM's names.
+    fn render_shared(&self, out: &mut String, m: &Inner) {
+        let g = m.gauges;
+        let i = &self.info;
+        // Blocks held by sequences; blocks held only by the prefix cache are free to reuse
+        // (vLLM counts its evictable cached blocks as free the same way).
+        let usage = match g.blocks_total {
+            0 => 0.0,
+            t => g.blocks_in_use as f64 / t as f64,
+        };
+        let config = format!(
+            "block_size=\"{}\",num_blocks=\"{}\",cache_dtype=\"{}\",enable_prefix_caching=\"true\"",
+            i.block_size, i.num_blocks, i.cache_dtype
+        );
+        let mut one = |name: &str, kind: &str, help: &str, labels: &str, v: String| {
+            let labels = match labels {
+                "" => String::new(),
+                l => format!("{{{l}}}"),
+            };
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{labels} {v}"
+            );
+        };
+        one(
+            "suanli_kv_cache_usage_ratio",
+            "gauge",
+            "Fraction of the KV cache's blocks held by sequences (0-1).",
+            "",
+            usage.to_string(),
+        );
+        one(
+            "suanli_cache_config_info",
+            "gauge",
+            "The KV cache's configuration, in labels (value 1).",
+            &config,
+            "1".into(),
+        );
+        let model = format!("model_name=\"{}\"", label(&i.model_name));
+        let vllm: [(&str, &str, &str, String); 8] = [
+            (
+                "vllm:num_requests_running",
+                "gauge",
+                "Requests in the running batch.",
+                g.running.to_string(),
+            ),
+            (
+                "vllm:num_requests_waiting",
+                "gauge",
+                "Requests waiting to be admitted.",
+                g.waiting.to_string(),
+            ),
+            (
+                "vllm:kv_cache_usage_perc",
+                "gauge",
+                "KV-cache usage: 1 means 100 percent.",
+                usage.to_string(),
+            ),
+            (
+                "vllm:gpu_cache_usage_perc",
+                "gauge",
+                "KV-cache usage: 1 means 100 percent (the name before vLLM V1).",
+                usage.to_string(),
+            ),
+            (
+                "vllm:num_preemptions_total",
+                "counter",
+                "Requests preempted for lack of KV blocks.",
+                g.preemptions.to_string(),
+            ),
+            (
+                "vllm:prompt_tokens_total",
+                "counter",
+                "Prompt tokens.",
+                m.prompt_tokens.to_string(),
+            ),
+            (
+                "vllm:generation_tokens_total",
+                "counter",
+                "Generated tokens.",
+                m.generated_tokens.to_string(),
+            ),
+            (
+                "vllm:prefix_cache_hits_total",
+                "counter",
+                "Prompt tokens found in the prefix cache.",
+                m.cached_tokens.to_string(),
+            ),
+        ];
+        for (name, kind, help, v) in vllm {
+            one(name, kind, help, &model, v);
+        }
+        one(
+            "vllm:prefix_cache_queries_total",
+            "counter",
+            "Prompt tokens looked up in the prefix cache.",
+            &model,
+            m.prompt_tokens.to_string(),
+        );
+        one(
+            "vllm:cache_config_info",
+            "gauge",
+            "The KV cache's configuration, in labels (value 1).",
+            &format!(
+                "{model},block_size=\"{}\",num_gpu_blocks=\"{}\",cache_dtype=\"{}\",enable_prefix_caching=\"True\"",
+                i.block_size, i.num_blocks, i.cache_dtype
+            ),
+            "1".into(),
+        );
+        // No LoRA adapters: the endpoint picker's LoRA affinity reads this and finds none.
+        one(
+            "vllm:lora_requests_info",
+            "gauge",
+            "LoRA adapters (none are served); the value is the time of the last update.",
+            &format!(
+                "{model},max_lora=\"0\",running_lora_adapters=\"\",waiting_lora_adapters=\"\""
+            ),
+            crate::state::unix_now().to_string(),
+        );
     }
 }

@@ -12,7 +12,8 @@
 //! sums) and the f32 epilogue is the same, so results are bit-identical to `avx512_packed`.
 
 use super::avx512_packed::{
-    head_values, kind, scale_in, PREFETCH_AHEAD, store, sub_scales, unpack, unroll16, vnni_tokens, Q6K,
+    head_values, kind, scale_in, store, sub_scales, unpack, unroll16, vnni_tokens, PREFETCH_AHEAD,
+    Q6K,
 };
 use super::pacts::{PActs, TileBlock, TILE_TOKENS};
 use crate::amx::TileConfig;

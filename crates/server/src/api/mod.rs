@@ -102,23 +102,65 @@ pub async fn model(State(st): State<Arc<AppState>>, Path(id): Path<String>) -> R
     }
 }
 
+/// Liveness: 200 while the process can make progress — serving, or finishing its requests
+/// after SIGTERM (`{"status": "draining"}`: restarting it then would cut them off); 503 only
+/// when an engine step has run far too long.
 pub async fn health(State(st): State<Arc<AppState>>) -> Response {
     if let Some(d) = st.worker.clock.stalled() {
+        return stalled(d);
+    }
+    let status = match st.draining.load(Ordering::Relaxed) {
+        true => "draining",
+        false => "ok",
+    };
+    axum::Json(json!({ "status": status })).into_response()
+}
+
+/// Readiness: 200 only while new requests are welcome; 503 while draining after SIGTERM (so
+/// that load balancers and routers send elsewhere before the process ends) or stalled.
+pub async fn ready(State(st): State<Arc<AppState>>) -> Response {
+    if let Some(d) = st.worker.clock.stalled() {
+        return stalled(d);
+    }
+    if st.draining.load(Ordering::Relaxed) {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({"status": "engine stalled", "step_seconds": d.as_secs()})),
+            axum::Json(json!({"status": "draining"})),
         )
             .into_response();
     }
-    if st.draining.load(Ordering::Relaxed) {
+    axum::Json(json!({"status": "ready"})).into_response()
+}
+
+fn stalled(d: std::time::Duration) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        axum::Json(json!({"status": "engine stalled", "step_seconds": d.as_secs()})),
+    )
+        .into_response()
+}
+
+/// The routes while the model loads: alive, not ready, every other route 503 with
+/// `Retry-After`.
+pub fn loading_router() -> axum::Router {
+    use axum::routing::get;
+    async fn alive() -> Response {
+        axum::Json(json!({"status": "loading"})).into_response()
+    }
+    async fn not_yet() -> Response {
+        ApiError::overloaded("the model is still loading").into_response()
+    }
+    async fn loading() -> Response {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({"status": "shutting down"})),
+            axum::Json(json!({"status": "loading"})),
         )
             .into_response()
-    } else {
-        axum::Json(json!({"status": "ok"})).into_response()
     }
+    axum::Router::new()
+        .route("/health", get(alive))
+        .route("/ready", get(loading))
+        .fallback(not_yet)
 }
 
 pub async fn metrics(State(st): State<Arc<AppState>>) -> Response {
