@@ -1,0 +1,292 @@
+#!/usr/bin/env python3
+"""Three `suanli serve` replicas on loopback behind the real `vllm-router` (from PyPI).
+
+Checks, in order, and prints the figures:
+  1. load spread: concurrent distinct requests reach every replica;
+  2. prefix affinity: multi-turn conversations through `--policy cache_aware` find more of
+     their prompts in the replicas' prefix caches than through `round_robin` (cached tokens
+     from `usage`, hits from each replica's `/metrics`);
+  3. a replica killed (SIGKILL) under load: no request hangs, the router stops routing to it,
+     and every request after that succeeds;
+  4. a replica drained with SIGTERM: its request in flight finishes whole, it exits 0, and
+     new requests succeed on the others.
+
+Usage: router_test.py SUANLI_BIN MODEL_PATH ROUTER_BIN
+Exit status 0 when every check holds; the last line is a cargo-style "test result:" line.
+"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+
+SUANLI, MODEL, ROUTER = sys.argv[1], sys.argv[2], sys.argv[3]
+NAME = "smol"
+REPLICAS = 3
+# Every request's own deadline: a request that takes longer has hung.
+DEADLINE = 120
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def http(url, body=None, timeout=DEADLINE):
+    """(status, parsed JSON or text); status 0 when the connection failed."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            raw = r.read().decode()
+            status = r.status
+    except urllib.error.HTTPError as e:
+        raw, status = e.read().decode(errors="replace"), e.code
+    except (urllib.error.URLError, ConnectionError, socket.timeout) as e:
+        return 0, str(e)
+    try:
+        return status, json.loads(raw)
+    except ValueError:
+        return status, raw
+
+
+def wait_ready(url, seconds=180):
+    t = time.time()
+    while time.time() - t < seconds:
+        status, _ = http(url + "/ready", timeout=2)
+        if status == 200:
+            return
+        time.sleep(0.2)
+    raise SystemExit(f"{url} never became ready")
+
+
+def metrics(url):
+    """`name{labels}` -> value of a replica's /metrics."""
+    status, text = http(url + "/metrics", timeout=10)
+    assert status == 200, (url, status, text)
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            k, v = line.rsplit(" ", 1)
+            out[k] = float(v)
+    return out
+
+
+class Replica:
+    def __init__(self, i, logdir):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(os.path.join(logdir, f"replica{i}.log"), "w")
+        self.proc = subprocess.Popen(
+            [SUANLI, "--threads", "1", "serve", "--model", MODEL, "--port", str(self.port),
+             "--model-name", NAME, "--ctx", "2048", "--kv-memory", "96MiB", "--max-batch", "8"],
+            stdout=self.log, stderr=subprocess.STDOUT)
+
+    def served(self):
+        """Sequences this replica finished (any reason)."""
+        m = metrics(self.url)
+        return sum(v for k, v in m.items() if k.startswith("suanli_sequences_finished_total"))
+
+
+class Router:
+    def __init__(self, policy, replicas, logdir):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(os.path.join(logdir, f"router-{policy}.log"), "w")
+        self.proc = subprocess.Popen(
+            [ROUTER, "--worker-urls", *[r.url for r in replicas], "--policy", policy,
+             "--host", "127.0.0.1", "--port", str(self.port),
+             "--prometheus-port", str(free_port()),
+             "--health-check-endpoint", "/ready", "--health-check-interval-secs", "1",
+             "--health-failure-threshold", "1"],
+            stdout=self.log, stderr=subprocess.STDOUT)
+        t = time.time()
+        while time.time() - t < 120:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"vllm-router exited: see {self.log.name}")
+            status, _ = http(self.url + "/v1/models", timeout=2)
+            if status == 200:
+                return
+            time.sleep(0.3)
+        raise SystemExit("vllm-router never answered")
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+    def chat(self, messages, max_tokens=8):
+        return http(self.url + "/v1/chat/completions",
+                    {"model": NAME, "messages": messages, "max_tokens": max_tokens,
+                     "temperature": 0})
+
+
+def parallel(fns):
+    """Run the callables at once; their results in order, and each one's seconds."""
+    out = [None] * len(fns)
+    took = [None] * len(fns)
+
+    def one(i):
+        t = time.time()
+        out[i] = fns[i]()
+        took[i] = time.time() - t
+
+    ts = [threading.Thread(target=one, args=(i,)) for i in range(len(fns))]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return out, took
+
+
+TOPICS = ["rivers", "volcanoes", "the moon", "bread", "chess", "glaciers", "owls", "bridges",
+          "tea", "comets", "deserts", "violins"]
+
+
+def conversation_hits(router, topics, turns=4):
+    """Multi-turn conversations, one thread each, every turn resending the whole history as a
+    text prompt (`/v1/completions`: vllm-router's cache_aware policy matches prefixes of the
+    prompt text; it routes chat requests without their text). Cached / prompt tokens."""
+    def talk(topic):
+        cached = prompt = 0
+        history = f"You are a guide to {topic}. " * 6
+        for turn in range(turns):
+            history += f"\nUser: Tell me fact {turn + 1} about {topic}.\nGuide:"
+            status, r = http(router.url + "/v1/completions",
+                             {"model": NAME, "prompt": history, "max_tokens": 8, "temperature": 0})
+            assert status == 200, (status, r)
+            prompt += r["usage"]["prompt_tokens"]
+            cached += r["usage"].get("prompt_tokens_details", {}).get("cached_tokens", 0)
+            history += r["choices"][0]["text"]
+        return cached, prompt
+    results, _ = parallel([lambda t=t: talk(t) for t in topics])
+    return sum(c for c, _ in results), sum(p for _, p in results)
+
+
+def main():
+    passed = failed = 0
+    logdir = tempfile.mkdtemp(prefix="suanli-router-")
+    replicas = [Replica(i, logdir) for i in range(REPLICAS)]
+    routers = []
+    try:
+        for r in replicas:
+            wait_ready(r.url)
+        # 1. Load spread.
+        rr = Router("round_robin", replicas, logdir)
+        routers.append(rr)
+        before = [r.served() for r in replicas]
+        results, _ = parallel([lambda i=i: rr.chat([{"role": "user", "content": f"One word about {TOPICS[i]}."}], 4)
+                               for i in range(9)])
+        assert all(s == 200 for s, _ in results), results
+        per = [r.served() - b for r, b in zip(replicas, before)]
+        print(f"load spread (round_robin, 9 requests): {per} per replica")
+        assert sum(per) == 9 and all(p >= 1 for p in per), per
+        passed += 1
+
+        # 2. Prefix affinity: the same kind of workload through both policies (other topics
+        # the second time, so that neither run finds the other's prefixes cached).
+        c_rr, p_rr = conversation_hits(rr, TOPICS[:5])
+        rr.stop()
+        routers.remove(rr)
+        ca = Router("cache_aware", replicas, logdir)
+        routers.append(ca)
+        hits_before = sum(metrics(r.url)["suanli_prompt_tokens_cached_total"] for r in replicas)
+        c_ca, p_ca = conversation_hits(ca, TOPICS[5:10])
+        hits_after = sum(metrics(r.url)["suanli_prompt_tokens_cached_total"] for r in replicas)
+        print(f"prefix cache hits, 5 conversations x 4 turns: round_robin {c_rr}/{p_rr} "
+              f"= {c_rr / p_rr:.0%}, cache_aware {c_ca}/{p_ca} = {c_ca / p_ca:.0%} "
+              f"(replicas' /metrics: {hits_after - hits_before:.0f} cached tokens)")
+        assert hits_after - hits_before == c_ca
+        assert c_ca / p_ca > c_rr / p_rr, "cache_aware routing found no more cached prefixes"
+        passed += 1
+
+        # 3. A replica killed under load.
+        victim = replicas[0]
+        # Long answers (end of text banned), so that the kill lands while they run.
+        body = lambda i: {"model": NAME, "prompt": f"Chapter {i}. Once upon a time", "max_tokens": 200,
+                          "temperature": 0, "logit_bias": {"0": -100, "2": -100}}
+        jobs = [lambda i=i: http(ca.url + "/v1/completions", body(i)) for i in range(9)]
+        running = {}
+
+        def kill():
+            running["n"] = metrics(victim.url)[f'vllm:num_requests_running{{model_name="{NAME}"}}']
+            victim.proc.send_signal(signal.SIGKILL)
+        killer = threading.Timer(1.5, kill)
+        killer.start()
+        results, took = parallel(jobs)
+        killer.join()
+        ok = [s == 200 and r["usage"]["completion_tokens"] == 200 for s, r in results]
+        failed_codes = sorted({s for s, _ in results if s != 200})
+        print(f"replica killed under load with {running['n']:.0f} of them running: "
+              f"{sum(ok)}/9 answered whole, {9 - sum(ok)} failed "
+              f"(status {failed_codes}), slowest {max(took):.1f} s")
+        assert victim.proc.wait(10) == -signal.SIGKILL
+        assert max(took) < DEADLINE, "a request hung"
+        # Those on the other replicas are unaffected (the kill took a third at most).
+        assert running["n"] >= 1, "the kill found nothing running there"
+        assert sum(ok) >= 9 - running["n"], results
+        time.sleep(3)  # a few health checks
+        results, _ = parallel([lambda i=i: ca.chat([{"role": "user", "content": f"Name a colour ({i})."}], 4)
+                               for i in range(6)])
+        after = [s for s, _ in results]
+        print(f"after the kill: {after.count(200)}/6 answered")
+        assert after.count(200) == 6, results
+        passed += 1
+
+        # 4. A replica drained with SIGTERM while answering.
+        drained, other = replicas[1], replicas[2]
+        long_req = {"model": NAME, "prompt": "Once upon a time", "max_tokens": 120,
+                    "temperature": 0, "logit_bias": {"0": -100, "2": -100}}
+        holder = {}
+        t = threading.Thread(target=lambda: holder.setdefault(
+            "r", http(drained.url + "/v1/completions", long_req)))
+        t.start()
+        time.sleep(0.5)
+        drained.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        results, _ = parallel([lambda i=i: ca.chat([{"role": "user", "content": f"Name a fruit ({i})."}], 4)
+                               for i in range(4)])
+        t.join()
+        code = drained.proc.wait(60)
+        status, r = holder["r"]
+        new_ok = sum(1 for s, _ in results if s == 200)
+        print(f"drained replica: its request in flight {status} with "
+              f"{r['usage']['completion_tokens'] if status == 200 else '-'} tokens, exit {code}; "
+              f"{new_ok}/4 new requests answered by the others")
+        assert status == 200 and r["usage"]["completion_tokens"] == 120, (status, r)
+        assert code == 0
+        assert new_ok == 4, results
+        assert other.proc.poll() is None
+        passed += 1
+    except AssertionError as e:
+        failed += 1
+        print(f"FAILED: {e!r}")
+    finally:
+        for r in routers:
+            r.stop()
+        for r in replicas:
+            if r.proc.poll() is None:
+                r.proc.terminate()
+                try:
+                    r.proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    r.proc.kill()
+    print(f"logs in {logdir}")
+    print(f"test result: {'ok' if failed == 0 else 'FAILED'}. {passed} passed; {failed} failed; "
+          f"0 ignored; 0 measured; 0 filtered out (vllm-router in front of {REPLICAS} replicas)")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
