@@ -9,20 +9,8 @@ cd "$(dirname "$0")/.."
 VENV=${VENV_OPENAI:-.venv-openai}
 BIN=${SUANLI_BIN:-target/release/suanli}
 PKGS=("openai==3.51.0" "pytest==9.0.3" "jsonschema==4.25.1")
-PY="$VENV/bin/python"
-if [ -d "$VENV/site" ]; then PY=python3; export PYTHONPATH="$VENV/site"; fi
-if ! "$PY" -c "import openai, pytest, jsonschema" 2>/dev/null; then
-    if python3 -m venv "$VENV" 2>/dev/null && "$VENV/bin/python" -m pip --version >/dev/null 2>&1; then
-        "$VENV/bin/python" -m pip install -q "${PKGS[@]}"
-        PY="$VENV/bin/python"
-    else
-        # No venv module (Debian without python3-venv): a plain package directory instead.
-        rm -rf "$VENV"
-        PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install -q --target "$VENV/site" "${PKGS[@]}"
-        PY=python3
-        export PYTHONPATH="$VENV/site"
-    fi
-fi
+. scripts/pyenv.sh
+pyenv "$VENV" "openai, pytest, jsonschema" "${PKGS[@]}"
 [ -x "$BIN" ] || cargo build --release --locked
 status=0
 passed=0
