@@ -3,6 +3,7 @@
 # decides how many memory loads a thread has in flight, which no CPU-side test can show.
 #     scripts/sass.sh KERNEL      print one kernel's SASS (e.g. matvec_t1_bf16)
 #     scripts/sass.sh --check     the load-grouping check of scripts/test-cuda.sh (below)
+# SASS_CUBIN=FILE uses an sm_90 cubin already assembled instead of building one.
 # Needs no GPU: NVRTC, ptxas, cuobjdump and nvdisasm come from NVIDIA's PyPI wheels.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,8 +12,14 @@ ptxas=$(scripts/nvrtc.sh ptxas)
 export PATH="$(scripts/nvrtc.sh sass):$PATH"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-cargo run --quiet --release --locked -p suanli-cuda --example dump_ptx -- 90 > "$tmp/k.ptx"
-"$ptxas" -arch=sm_90 "$tmp/k.ptx" -o "$tmp/k.cubin"
+if [ -n "${SASS_CUBIN:-}" ]; then
+    # Already assembled (scripts/test-cuda.sh passes the cubin it checked for spills).
+    cp "$SASS_CUBIN" "$tmp/k.cubin"
+else
+    cargo build --quiet --release --locked --workspace --example dump_ptx
+    target/release/examples/dump_ptx 90 > "$tmp/k.ptx"
+    "$ptxas" -arch=sm_90 "$tmp/k.ptx" -o "$tmp/k.cubin"
+fi
 if [ "${1:-}" != --check ]; then
     cuobjdump -sass -fun "${1:?usage: scripts/sass.sh KERNEL | --check}" "$tmp/k.cubin"
     exit
