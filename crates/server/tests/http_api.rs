@@ -795,3 +795,60 @@ fn router_metrics_under_vllm_names_follow_the_engine() {
     assert_eq!(hits, m["suanli_prompt_tokens_cached_total"]);
     server.shutdown();
 }
+
+/// vLLM's form of `/tokenize` (what vllm-router's kv_aware policy sends each replica) gives the
+/// tokens the generation endpoints use: a `prompt` as `/v1/completions` tokenizes it (BOS
+/// included where the model adds one), `messages` as `/v1/chat/completions` renders them;
+/// llama.cpp's form is unchanged.
+#[test]
+fn tokenize_in_vllms_form_gives_the_endpoints_tokens() {
+    let addr = shared();
+    let prompt = "The capital of France is";
+    let v = post(
+        addr,
+        "/tokenize",
+        &json!({"model": "smollm2-135m", "prompt": prompt}),
+    )
+    .json();
+    let c = post(
+        addr,
+        "/v1/completions",
+        &json!({"prompt": prompt, "max_tokens": 1, "temperature": 0}),
+    )
+    .json();
+    assert_eq!(v["count"], c["usage"]["prompt_tokens"], "{v}");
+    assert_eq!(
+        v["count"].as_u64().unwrap() as usize,
+        v["tokens"].as_array().unwrap().len()
+    );
+    assert_eq!(v["max_model_len"], 1024);
+    let l = post(
+        addr,
+        "/tokenize",
+        &json!({"content": prompt, "add_special": true}),
+    )
+    .json();
+    assert_eq!(l["tokens"], v["tokens"]);
+    let msgs =
+        json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"}]);
+    let v = post(
+        addr,
+        "/tokenize",
+        &json!({"model": "smollm2-135m", "messages": msgs, "continue_final_message": false}),
+    )
+    .json();
+    let c = post(
+        addr,
+        "/v1/chat/completions",
+        &json!({"messages": msgs, "max_tokens": 1, "temperature": 0}),
+    )
+    .json();
+    assert_eq!(v["count"], c["usage"]["prompt_tokens"], "{v}");
+    let r = post(
+        addr,
+        "/tokenize",
+        &json!({"messages": msgs, "add_generation_prompt": false}),
+    );
+    assert_eq!(r.status, 400);
+    assert!(String::from_utf8_lossy(&r.body).contains("add_generation_prompt"));
+}

@@ -65,28 +65,10 @@ pub async fn handler(
     if want_logprobs {
         p.logprobs = Some(top.unwrap_or(0) as usize);
     }
-    let renderer = st
-        .template
-        .clone()
-        .map_err(|why| ApiError::param("messages", why))?;
     let source = st.tokenizer.chat_template.clone().unwrap_or_default();
     let calling = tools.choice != ToolChoice::None;
     let format = Format::detect(&source);
-    let (msgs, extra) = conversation(msgs, &tools, kwargs, &source);
-    let tok = st.tokenizer.clone();
-    let render = blocking(move || {
-        chat_prompt_full(&tok, renderer.as_ref(), &msgs, &extra)
-            .map_err(|e| ApiError::param("messages", e))
-    });
-    // Fuel bounds a template's work; this bounds the wait too.
-    let (prompt, text) = tokio::time::timeout(TEMPLATE_TIMEOUT, render)
-        .await
-        .map_err(|_| {
-            ApiError::param(
-                "messages",
-                format!("the chat template took longer than {TEMPLATE_TIMEOUT:?} to render"),
-            )
-        })??;
+    let (prompt, text) = render_prompt(&st, msgs, &tools, kwargs).await?;
     // A reasoning model thinks first: constraints start after its thinking.
     let thinks = reasoning::template_thinks(&source);
     let thinking_first = thinks && !reasoning::prompt_closes_thinking(&text);
@@ -177,6 +159,37 @@ pub async fn handler(
 }
 
 /// `stop` becomes `tool_calls` when the answer called tools.
+/// The messages, with the request's tools and template arguments, rendered by the model's chat
+/// template (in the sandbox, within `TEMPLATE_TIMEOUT`): the prompt's tokens and text. The chat
+/// handler and vLLM's form of `/tokenize` share it, so both give the same tokens.
+pub(super) async fn render_prompt(
+    st: &Arc<AppState>,
+    msgs: Vec<suanli_tokenizer::ChatMessage>,
+    tools: &super::conversation::Tools,
+    kwargs: serde_json::Map<String, Value>,
+) -> Result<(Vec<u32>, String), ApiError> {
+    let renderer = st
+        .template
+        .clone()
+        .map_err(|why| ApiError::param("messages", why))?;
+    let source = st.tokenizer.chat_template.clone().unwrap_or_default();
+    let (msgs, extra) = conversation(msgs, tools, kwargs, &source);
+    let tok = st.tokenizer.clone();
+    let render = blocking(move || {
+        chat_prompt_full(&tok, renderer.as_ref(), &msgs, &extra)
+            .map_err(|e| ApiError::param("messages", e))
+    });
+    // Fuel bounds a template's work; this bounds the wait too.
+    tokio::time::timeout(TEMPLATE_TIMEOUT, render)
+        .await
+        .map_err(|_| {
+            ApiError::param(
+                "messages",
+                format!("the chat template took longer than {TEMPLATE_TIMEOUT:?} to render"),
+            )
+        })?
+}
+
 fn finish_reason(f: &'static str, calls: usize) -> &'static str {
     if f == "stop" && calls > 0 {
         "tool_calls"

@@ -171,34 +171,72 @@ pub async fn metrics(State(st): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
-/// llama.cpp's `POST /tokenize`: `{"content", "add_special", "with_pieces"}` → `{"tokens"}`.
+/// `POST /tokenize`, in llama.cpp's form — `{"content", "add_special", "parse_special",
+/// "with_pieces"}` — or vLLM's, which routers that route by tokens send (vllm-router's
+/// `kv_aware` asks each replica): `{"prompt", "add_special_tokens"}` tokenized exactly as
+/// `/v1/completions` does, or `{"messages", "tools", "chat_template_kwargs"}` rendered and
+/// tokenized exactly as `/v1/chat/completions` does. Answer: `{"tokens", "count",
+/// "max_model_len"}`.
 pub async fn tokenize(
     State(st): State<Arc<AppState>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<axum::Json<Value>, ApiError> {
     let b = read_body(body)?;
-    blocking(move || {
-        let content = b
-            .string("content")?
-            .ok_or_else(|| ApiError::param("content", "`content` is required"))?;
-        let add_special = b.bool("add_special")?.unwrap_or(false);
-        let parse_special = b.bool("parse_special")?.unwrap_or(true);
-        let with_pieces = b.bool("with_pieces")?.unwrap_or(false);
-        let t = &st.tokenizer;
-        let ids = if add_special {
-            t.encode_prompt(content, parse_special)
-        } else {
-            t.encode(content, parse_special)
+    let answer = |ids: Vec<Value>, st: &AppState| {
+        axum::Json(json!({"count": ids.len(), "max_model_len": st.max_ctx, "tokens": ids}))
+    };
+    if b.get("messages").is_some() {
+        for (field, wanted) in [
+            ("add_generation_prompt", true),
+            ("continue_final_message", false),
+        ] {
+            if b.bool(field)?.is_some_and(|v| v != wanted) {
+                return Err(ApiError::param(
+                    field,
+                    format!("only `{field}: {wanted}` is supported (as chat completions render)"),
+                ));
+            }
         }
-        .map_err(|e| ApiError::param("content", format!("cannot tokenize: {e}")))?;
-        let tokens: Vec<Value> = if with_pieces {
+        let msgs = conversation::messages(&b)?;
+        let tools = conversation::tools(&b)?;
+        let kwargs = conversation::template_kwargs(&b)?;
+        let (ids, _) = chat::render_prompt(&st, msgs, &tools, kwargs).await?;
+        return Ok(answer(ids.into_iter().map(|id| json!(id)).collect(), &st));
+    }
+    blocking(move || {
+        let t = &st.tokenizer;
+        let ids = if let Some(prompt) = b.string("prompt")? {
+            // As a text prompt of /v1/completions: control-token strings parsed, BOS added
+            // where the model adds one (unless `add_special_tokens` is false).
+            match b.bool("add_special_tokens")?.unwrap_or(true) {
+                true => t.encode_prompt(prompt, true),
+                false => t.encode(prompt, true),
+            }
+            .map_err(|e| ApiError::param("prompt", format!("cannot tokenize: {e}")))?
+        } else {
+            let content = b.string("content")?.ok_or_else(|| {
+                ApiError::param(
+                    "content",
+                    "`content` (or vLLM's `prompt` or `messages`) is required",
+                )
+            })?;
+            let add_special = b.bool("add_special")?.unwrap_or(false);
+            let parse_special = b.bool("parse_special")?.unwrap_or(true);
+            if add_special {
+                t.encode_prompt(content, parse_special)
+            } else {
+                t.encode(content, parse_special)
+            }
+            .map_err(|e| ApiError::param("content", format!("cannot tokenize: {e}")))?
+        };
+        let tokens: Vec<Value> = if b.bool("with_pieces")?.unwrap_or(false) {
             ids.iter()
                 .map(|&id| json!({"id": id, "piece": st.token_string(id).0}))
                 .collect()
         } else {
             ids.iter().map(|&id| json!(id)).collect()
         };
-        Ok(axum::Json(json!({"tokens": tokens})))
+        Ok(answer(tokens, &st))
     })
     .await
 }
