@@ -26,7 +26,7 @@ use clap::{Parser, Subcommand};
 )]
 struct Cli {
     /// CPU threads (default: the physical cores this process may use).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, value_parser = parse_threads)]
     threads: Option<usize>,
     /// KV cache element type: f16 (default, as llama.cpp), q8_0 (8.5 bits) or f32.
     #[arg(long, global = true, default_value = "f16", value_parser = parse_kv)]
@@ -70,6 +70,16 @@ fn parse_kv(s: &str) -> Result<suanli_backend::KvDType, String> {
         .ok_or_else(|| format!("{s:?} is not a KV cache type (f16, q8_0, f32)"))
 }
 
+/// At least one thread, and not an absurd number (each is an OS thread with its own stack).
+fn parse_threads(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("at least 1 thread is needed".into()),
+        Ok(n) if n > 1024 => Err(format!("{n} threads is more than 1024")),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{s:?} is not a thread count")),
+    }
+}
+
 fn main() {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -79,6 +89,14 @@ fn main() {
         )
         .init();
     let cli = Cli::parse();
+    if let (Some(n), Ok(cpus)) = (cli.threads, std::thread::available_parallelism()) {
+        if n > cpus.get() {
+            eprintln!(
+                "warning: --threads {n} is more than the {cpus} CPUs this process may use: the \
+                 threads will wait for each other (slower than --threads {cpus})"
+            );
+        }
+    }
     let opts = load::Opts {
         threads: cli.threads,
         kv: cli.kv_type,

@@ -12,16 +12,18 @@ use suanli_tokenizer::{chat_prompt_full, ChatMessage, StreamDecoder, TemplateExt
 #[derive(Args, Clone)]
 pub struct SamplingArgs {
     /// 0 = greedy.
-    #[arg(long, default_value_t = 0.8)]
+    // A negative value reaches the sampler's check (which names it) instead of clap's tip
+    // to write `-- -1`, which would make it the prompt.
+    #[arg(long, default_value_t = 0.8, allow_negative_numbers = true)]
     pub temperature: f32,
     /// 0 disables.
     #[arg(long, default_value_t = 40)]
     pub top_k: usize,
-    #[arg(long, default_value_t = 0.95)]
+    #[arg(long, default_value_t = 0.95, allow_negative_numbers = true)]
     pub top_p: f32,
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.05, allow_negative_numbers = true)]
     pub min_p: f32,
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub repeat_penalty: f32,
     #[arg(long)]
     pub seed: Option<u64>,

@@ -1,22 +1,18 @@
 //! Malformed model files give a clear error naming the file and the problem, through the real
 //! binary: non-zero exit, a message on stderr, never a panic.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use suanli_core::DType;
 use suanli_formats::gguf::write::{gguf_bytes, TensorSpec};
 use suanli_formats::gguf::Value;
 
+/// (exit code, stderr) of `suanli ARGS…`.
 fn suanli(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_suanli"))
-        .args(args)
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let (code, _, err) = common::suanli(args);
+    (code, err)
 }
 
 /// Both `inspect` and `run` must refuse the file with a message containing `needle`.

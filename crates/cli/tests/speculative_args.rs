@@ -2,20 +2,10 @@
 //! a message naming the option, before any model is loaded; a draft model of another
 //! vocabulary is refused by name; n-gram speculation answers as plain decoding does.
 
-use std::process::Command;
+mod common;
+use common::suanli;
 
-fn suanli(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_suanli"))
-        .args(args)
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use std::process::Command;
 
 #[test]
 fn bad_speculation_options_are_refused_by_name() {

@@ -1,0 +1,57 @@
+//! Options a new user gets wrong are refused (or warned about) by name, before any model loads.
+
+mod common;
+use common::suanli;
+
+#[test]
+fn zero_threads_is_refused_and_too_many_are_warned_about() {
+    let (code, _, err) = suanli(&[
+        "--threads",
+        "0",
+        "run",
+        "--model",
+        "/nonexistent.gguf",
+        "hi",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--threads") && err.contains("at least 1 thread"),
+        "{err}"
+    );
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    let many = (cpus + 1).to_string();
+    // The warning comes first; the missing model then ends the run.
+    let (code, _, err) = suanli(&[
+        "--threads",
+        &many,
+        "run",
+        "--model",
+        "/nonexistent.gguf",
+        "hi",
+    ]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains(&format!("--threads {many} is more than the {cpus} CPUs")),
+        "{err}"
+    );
+}
+
+/// A negative value reaches the sampler's check, which names the option (clap's default would
+/// have suggested `-- -1`, turning the value into the prompt).
+#[test]
+fn a_negative_temperature_is_named() {
+    let model =
+        suanli_formats::catalog::pull(suanli_formats::catalog::find("smollm2-135m").unwrap())
+            .unwrap();
+    let (code, _, err) = suanli(&[
+        "run",
+        "--model",
+        model.to_str().unwrap(),
+        "--temperature",
+        "-1",
+        "hi",
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--temperature must be >= 0"), "{err}");
+    assert!(!err.contains("-- -1"), "{err}");
+}
