@@ -4,7 +4,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use suanli_core::DType;
 use suanli_formats::gguf::write::{gguf_bytes, TensorSpec};
 use suanli_formats::gguf::Value;

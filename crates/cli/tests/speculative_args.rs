@@ -5,7 +5,6 @@
 mod common;
 use common::suanli;
 
-use std::process::Command;
 
 #[test]
 fn bad_speculation_options_are_refused_by_name() {
