@@ -5,7 +5,6 @@
 mod common;
 use common::suanli;
 
-
 #[test]
 fn bad_speculation_options_are_refused_by_name() {
     let tiny = concat!(
