@@ -17,6 +17,11 @@ if ! command -v podman >/dev/null; then
     [ "$(id -u)" -eq 0 ] || sudo_="sudo"
     ($sudo_ apt-get update -q && $sudo_ apt-get install -y -q podman) >/dev/null 2>&1 || true
 fi
+if command -v podman >/dev/null && ! podman info >/dev/null 2>&1; then
+    echo "image: SKIPPED — podman is installed but cannot work here: $(podman info 2>&1 | tail -1)"
+    echo "test result: ok. 0 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out (container image: podman unusable)"
+    exit 0
+fi
 if ! command -v podman >/dev/null; then
     echo "image: SKIPPED — podman is not installed and could not be"
     echo "test result: ok. 0 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out (container image: no podman)"
@@ -71,8 +76,14 @@ if [ "$(id -u)" -eq 0 ]; then
     pid=$!
     ok=0
     if python3 scripts/wait-http.py "$port" /ready; then
-        answer=$(curl -s "http://127.0.0.1:$port/v1/completions" -H 'Content-Type: application/json' \
-            -d '{"prompt": "The capital of France is", "max_tokens": 4, "temperature": 0}')
+        answer=$(python3 - "$port" <<'PY'
+import sys, urllib.request
+body = b'{"prompt": "The capital of France is", "max_tokens": 4, "temperature": 0}'
+req = urllib.request.Request(f"http://127.0.0.1:{sys.argv[1]}/v1/completions", data=body,
+                             headers={"Content-Type": "application/json"})
+print(urllib.request.urlopen(req, timeout=120).read().decode())
+PY
+)
         echo "chroot serve: $answer" | cut -c1-200
         echo "$answer" | grep -q '"completion_tokens":4' && ok=1
     fi
