@@ -28,7 +28,8 @@ pub fn resolve(model: Option<&str>) -> Result<PathBuf> {
             Ok(catalog::pull(entry)?)
         }
         None => bail!(
-            "--model {name:?} is neither a file, a directory, a hub reference (hf:ORG/REPO[/FILE.gguf]), nor a catalog model (catalog: {})",
+            "--model {name:?} is neither a file, a directory, a hub reference (hf:ORG/REPO[/FILE.gguf]), nor a catalog model{} (catalog: {})",
+            catalog::suggestion(name),
             catalog::CATALOG.iter().map(|e| e.name).collect::<Vec<_>>().join(", ")
         ),
     }

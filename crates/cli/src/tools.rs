@@ -7,8 +7,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use suanli_formats::{catalog, open_model};
 
 pub fn pull(name: &str) -> Result<()> {
-    let entry = catalog::find(name)
-        .ok_or_else(|| anyhow!("unknown model {name:?}; `suanli list` shows the catalog"))?;
+    let entry = catalog::find(name).ok_or_else(|| catalog::PullError::Unknown(name.to_owned()))?;
     match catalog::cached(entry) {
         Some(p) => eprintln!("{} is already cached at {}", entry.name, p.display()),
         None => {

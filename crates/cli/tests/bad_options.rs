@@ -55,3 +55,14 @@ fn a_negative_temperature_is_named() {
     assert!(err.contains("--temperature must be >= 0"), "{err}");
     assert!(!err.contains("-- -1"), "{err}");
 }
+
+/// A mistyped or shortened catalog name gets the name it most likely meant.
+#[test]
+fn a_catalog_typo_gets_a_did_you_mean() {
+    let (code, _, err) = suanli(&["pull", "smollm-135m"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("did you mean smollm2-135m?"), "{err}");
+    let (code, _, err) = suanli(&["run", "--model", "gemma3", "hi"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("did you mean gemma3-270m?"), "{err}");
+}

@@ -239,7 +239,7 @@ pub static CATALOG: &[CatalogEntry] = &[
 
 #[derive(Debug, thiserror::Error)]
 pub enum PullError {
-    #[error("unknown model {0:?}; `suanli list` shows the catalog")]
+    #[error("unknown model {0:?}{sugg}; `suanli list` shows the catalog", sugg = suggestion(.0))]
     Unknown(String),
     #[error("{0}")]
     Io(String),
@@ -265,6 +265,50 @@ fn io(ctx: impl std::fmt::Display, e: impl std::fmt::Display) -> PullError {
 
 pub fn find(name: &str) -> Option<&'static CatalogEntry> {
     CATALOG.iter().find(|e| e.name == name)
+}
+
+/// The catalog name a mistyped or shortened `name` most likely meant: the only one it begins
+/// (`gemma3`), else the nearest by edit distance (case ignored) if within a third of its length;
+/// `None` for anything further.
+pub fn did_you_mean(name: &str) -> Option<&'static str> {
+    let name = name.to_ascii_lowercase();
+    let mut starting = CATALOG
+        .iter()
+        .filter(|e| !name.is_empty() && e.name.starts_with(&name));
+    if let (Some(e), None) = (starting.next(), starting.next()) {
+        return Some(e.name);
+    }
+    CATALOG
+        .iter()
+        .map(|e| (edit_distance(&name, e.name), e.name))
+        .filter(|&(d, n)| d > 0 && d <= n.len().max(name.len()) / 3)
+        .min()
+        .map(|(_, n)| n)
+}
+
+/// Levenshtein distance over bytes (catalog names are ASCII).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, &ca) in a.iter().enumerate() {
+        let mut diag = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let next = (diag + usize::from(ca != cb))
+                .min(row[j] + 1)
+                .min(row[j + 1] + 1);
+            diag = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
+}
+
+/// " (did you mean X?)" for a mistyped catalog name, or nothing.
+pub fn suggestion(name: &str) -> String {
+    did_you_mean(name)
+        .map(|n| format!(" (did you mean {n}?)"))
+        .unwrap_or_default()
 }
 
 /// `$SUANLI_HOME`, or `<user cache dir>/suanli`.
@@ -443,4 +487,24 @@ fn copy_wheel_member(
         bar.inc(k as u64);
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod suggestion_tests {
+    use super::did_you_mean;
+
+    #[test]
+    fn typos_and_short_forms_get_a_suggestion_others_none() {
+        assert_eq!(
+            did_you_mean("qwen2.5-coder-05b"),
+            Some("qwen2.5-coder-0.5b")
+        );
+        assert_eq!(did_you_mean("SmolLM2-135M"), Some("smollm2-135m"));
+        assert_eq!(did_you_mean("smollm-135m"), Some("smollm2-135m"));
+        assert_eq!(did_you_mean("gemma3"), Some("gemma3-270m"));
+        // Two names begin with it, and it is far from both.
+        assert_eq!(did_you_mean("qwen"), None);
+        assert_eq!(did_you_mean("llama"), None);
+        assert_eq!(did_you_mean(""), None);
+    }
 }
