@@ -12,7 +12,7 @@
 //! sums) and the f32 epilogue is the same, so results are bit-identical to `avx512_packed`.
 
 use super::avx512_packed::{
-    head_values, kind, scale_in, store, sub_scales, unpack, unroll16, vnni_tokens, PREFETCH_AHEAD,
+    head_values, kind, prefetch_ahead, scale_in, store, sub_scales, unpack, unroll16, vnni_tokens,
     Q6K,
 };
 use super::pacts::{PActs, TileBlock, TILE_TOKENS};
@@ -159,11 +159,7 @@ unsafe fn prepare<const K: u8>(grp: *const u8, nsb: usize, prep: &mut [Sub]) {
         for j in 0..nsub {
             let sub = prep.get_unchecked_mut(sb * nsub + j);
             let p = h.add(head + j * kd.sub_bytes());
-            // Small batches stream the weights from memory: keep enough misses in flight.
-            let ahead = p.wrapping_add(PREFETCH_AHEAD);
-            for line in (0..kd.sub_bytes()).step_by(64) {
-                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line) as *const i8);
-            }
+            prefetch_ahead::<K>(p);
             let w = unpack::<K>(p);
             for (g, v) in w.iter().enumerate() {
                 let v = if kd.offset() != 0 {

@@ -202,7 +202,19 @@ pub(super) unsafe fn scale_in<const K: u8>(
 }
 
 /// How far ahead of the sub-block being multiplied decode prefetches (bytes).
-pub(super) const PREFETCH_AHEAD: usize = 2048;
+const PREFETCH_AHEAD: usize = 2048;
+
+/// Ask for the lines of the sub-block `PREFETCH_AHEAD` bytes past `p` (a sub-block of kind `K`
+/// at `p`): small batches stream the weights from memory with little work per byte, and the
+/// hardware prefetchers alone leave too few misses in flight (+20 % at 4–16 tokens, as at 1:
+/// `matmul_probe` with `COPIES`).
+#[inline(always)]
+pub(super) unsafe fn prefetch_ahead<const K: u8>(p: *const u8) {
+    let ahead = p.wrapping_add(PREFETCH_AHEAD);
+    for line in (0..kind(K).sub_bytes()).step_by(64) {
+        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line) as *const i8);
+    }
+}
 
 /// One group of 16 rows against tokens `t0..t0 + T`; `out` points at row 0 of the group for
 /// token t0, tokens `ostride` apart; only the first `valid` rows are written.
@@ -229,13 +241,7 @@ unsafe fn tile<const K: u8, const T: usize>(
         for j in 0..nsub {
             let blk = sb * nsub + j;
             let p = h.add(head + j * kd.sub_bytes());
-            // Small batches stream the weights from memory: ask for the lines a few
-            // sub-blocks ahead so that enough misses are in flight (at 4–16 tokens as at 1:
-            // +20 % there, `matmul_probe` with `COPIES`).
-            let ahead = p.wrapping_add(PREFETCH_AHEAD);
-            for line in (0..kd.sub_bytes()).step_by(64) {
-                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line) as *const i8);
-            }
+            prefetch_ahead::<K>(p);
             let w = unpack::<K>(p);
             let [s0, s1, mv] = sub_scales::<K>(h, j, d, second);
             unroll16!(t < T, {
