@@ -99,6 +99,18 @@ pub struct Metrics {
     inner: Mutex<Inner>,
 }
 
+/// One metric with its help and type lines; `labels` (`a="x",b="y"`) may be empty.
+fn metric(out: &mut String, name: &str, kind: &str, help: &str, labels: &str, v: String) {
+    let labels = match labels {
+        "" => String::new(),
+        l => format!("{{{l}}}"),
+    };
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{labels} {v}"
+    );
+}
+
 /// A Prometheus label value: backslash, double quote and newline escaped.
 fn label(v: &str) -> String {
     v.replace('\\', "\\\\")
@@ -181,12 +193,8 @@ impl Metrics {
         self.with(|m| {
             let mut out = String::new();
             let g = m.gauges;
-            let mut one = |name: &str, kind: &str, help: &str, v: String| {
-                let _ = writeln!(
-                    out,
-                    "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
-                );
-            };
+            let mut one =
+                |name: &str, kind: &str, help: &str, v: String| metric(&mut out, name, kind, help, "", v);
             one(
                 "suanli_requests_running",
                 "gauge",
@@ -321,14 +329,7 @@ impl Metrics {
             i.block_size, i.num_blocks, i.cache_dtype
         );
         let mut one = |name: &str, kind: &str, help: &str, labels: &str, v: String| {
-            let labels = match labels {
-                "" => String::new(),
-                l => format!("{{{l}}}"),
-            };
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{labels} {v}"
-            );
+            metric(out, name, kind, help, labels, v)
         };
         one(
             "suanli_kv_cache_usage_ratio",
