@@ -851,4 +851,21 @@ fn tokenize_in_vllms_form_gives_the_endpoints_tokens() {
     );
     assert_eq!(r.status, 400);
     assert!(String::from_utf8_lossy(&r.body).contains("add_generation_prompt"));
+    // What it cannot honour is refused by name, and another model's name is not answered.
+    for (field, value) in [
+        ("add_special_tokens", json!(true)),
+        ("chat_template", json!("{{ messages }}")),
+    ] {
+        let mut req = json!({"messages": msgs});
+        req[field] = value;
+        let r = post(addr, "/tokenize", &req);
+        assert_eq!(r.status, 400, "{field}");
+        assert!(String::from_utf8_lossy(&r.body).contains(field), "{field}");
+    }
+    let r = post(
+        addr,
+        "/tokenize",
+        &json!({"model": "other", "prompt": prompt}),
+    );
+    assert_eq!(r.status, 404);
 }

@@ -4,7 +4,7 @@
 
 use super::answer::{Answer, AnswerSpec};
 use super::error::ApiError;
-use super::params::{gen_params, MAX_TOP_LOGPROBS};
+use super::params::{gen_params, Body, MAX_TOP_LOGPROBS};
 use super::stream::{collect, sse, Envelope, Shape};
 use super::{begin, blocking, read_body, structured};
 use crate::generate::{Delta, Generation, LogprobEntry};
@@ -31,13 +31,7 @@ pub async fn handler(
 ) -> Result<Response, ApiError> {
     let b = read_body(body)?;
     begin(&st, &b)?;
-    if b.get("chat_template").is_some() {
-        // A template is code; only the model's own runs here.
-        return Err(ApiError::param(
-            "chat_template",
-            "`chat_template` from requests is not accepted; the model's chat template is used",
-        ));
-    }
+    own_template_only(&b)?;
     let kwargs = template_kwargs(&b)?;
     let msgs = messages(&b)?;
     let tools = tools(&b)?;
@@ -159,6 +153,18 @@ pub async fn handler(
 }
 
 /// `stop` becomes `tool_calls` when the answer called tools.
+/// A template is code; only the model's own runs here, so a request's `chat_template` is
+/// refused by name.
+pub(super) fn own_template_only(b: &Body) -> Result<(), ApiError> {
+    match b.get("chat_template") {
+        Some(_) => Err(ApiError::param(
+            "chat_template",
+            "`chat_template` from requests is not accepted; the model's chat template is used",
+        )),
+        None => Ok(()),
+    }
+}
+
 /// The messages, with the request's tools and template arguments, rendered by the model's chat
 /// template (in the sandbox, within `TEMPLATE_TIMEOUT`): the prompt's tokens and text. The chat
 /// handler and vLLM's form of `/tokenize` share it, so both give the same tokens.

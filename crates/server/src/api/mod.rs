@@ -54,6 +54,11 @@ pub fn begin(st: &AppState, b: &Body) -> Result<(), ApiError> {
     if st.draining.load(Ordering::Relaxed) {
         return Err(ApiError::overloaded("the server is shutting down"));
     }
+    check_model(st, b)
+}
+
+/// A request's `model`, when given, must be the served one.
+fn check_model(st: &AppState, b: &Body) -> Result<(), ApiError> {
     match b.string("model")? {
         Some(m) if m != st.model_name => Err(ApiError::model_not_found(m, &st.model_name)),
         _ => Ok(()),
@@ -182,13 +187,17 @@ pub async fn tokenize(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<axum::Json<Value>, ApiError> {
     let b = read_body(body)?;
+    check_model(&st, &b)?;
     let answer = |ids: Vec<Value>, st: &AppState| {
         axum::Json(json!({"count": ids.len(), "max_model_len": st.max_ctx, "tokens": ids}))
     };
     if b.get("messages").is_some() {
+        chat::own_template_only(&b)?;
         for (field, wanted) in [
             ("add_generation_prompt", true),
             ("continue_final_message", false),
+            // The template places the special tokens; vLLM adds none by default either.
+            ("add_special_tokens", false),
         ] {
             if b.bool(field)?.is_some_and(|v| v != wanted) {
                 return Err(ApiError::param(
