@@ -219,6 +219,15 @@ pub enum KvDType {
 }
 
 impl KvDType {
+    /// The name `parse` reads: `f32`, `f16` or `q8_0`.
+    pub fn name(self) -> &'static str {
+        match self {
+            KvDType::F32 => "f32",
+            KvDType::F16 => "f16",
+            KvDType::Q8_0 => "q8_0",
+        }
+    }
+
     pub fn parse(s: &str) -> Option<KvDType> {
         match s.to_ascii_lowercase().as_str() {
             "f32" => Some(KvDType::F32),
@@ -549,4 +558,16 @@ pub trait Backend: Send + Sync + 'static {
         lm_head: &Weight<Self::WeightStore>,
         out: &mut [f32],
     ) -> Result<()>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::KvDType;
+
+    #[test]
+    fn kv_type_names_read_back() {
+        for t in [KvDType::F32, KvDType::F16, KvDType::Q8_0] {
+            assert_eq!(KvDType::parse(t.name()), Some(t));
+        }
+    }
 }

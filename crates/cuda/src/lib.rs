@@ -67,11 +67,7 @@ pub struct KvBuf {
 impl KvBuf {
     /// The suffix of the kernels for this cache type (`attention_f16`, ...).
     fn suffix(&self) -> &'static str {
-        match self.dtype {
-            KvDType::F32 => "f32",
-            KvDType::F16 => "f16",
-            KvDType::Q8_0 => "q8_0",
-        }
+        self.dtype.name()
     }
 }
 

@@ -99,11 +99,7 @@ where
         model_name: cfg.model_name.clone(),
         block_size: sched.block_size,
         num_blocks: sched.num_blocks,
-        cache_dtype: match engine.kv_dtype() {
-            suanli_backend::KvDType::F32 => "f32",
-            suanli_backend::KvDType::F16 => "f16",
-            suanli_backend::KvDType::Q8_0 => "q8_0",
-        },
+        cache_dtype: engine.kv_dtype().name(),
     }));
     let max_ctx = sched.max_ctx;
     let vocab = tokenizer.vocab_size().min(engine.model.vocab_size());
