@@ -256,14 +256,14 @@ where
 
 /// The server's socket, bound before the model loads, so that a busy port or a refused
 /// address fails at once instead of after minutes of loading. Until `serve` it answers
-/// `/health` with 200 `{"status": "loading"}` (alive) and everything else, `/ready` included,
-/// with 503 and `Retry-After`; a SIGTERM or Ctrl-C meanwhile exits at once (nothing is in
-/// flight).
+/// `/health` with 200 `{"status": "loading"}` (alive), `/ready` with 503 `"loading"`, and
+/// every other route with 503 and `Retry-After`; a SIGTERM or Ctrl-C meanwhile exits at once
+/// (nothing is in flight).
 pub struct Bound {
     rt: tokio::runtime::Runtime,
-    listener: Arc<tokio::net::TcpListener>,
     stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
+    /// The loading server; it hands the socket back when stopped.
+    task: tokio::task::JoinHandle<tokio::net::TcpListener>,
     signals: tokio::task::JoinHandle<()>,
     pub addr: std::net::SocketAddr,
 }
@@ -280,24 +280,21 @@ pub fn bind(host: &str, port: u16) -> Result<Bound, ServeError> {
         .block_on(tokio::net::TcpListener::bind(&addr))
         .map_err(|source| ServeError::Bind { addr, source })?;
     let local = listener.local_addr()?;
-    let listener = Arc::new(listener);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = {
-        let listener = listener.clone();
-        rt.spawn(async move {
-            let stopped = async {
-                let _ = stopped.await;
-            };
-            let open = accept_loop(
-                &listener,
-                api::loading_router(),
-                Duration::from_secs(30),
-                stopped,
-            )
-            .await;
-            open.shutdown().await;
-        })
-    };
+    let task = rt.spawn(async move {
+        let stopped = async {
+            let _ = stopped.await;
+        };
+        let open = accept_loop(
+            &listener,
+            api::loading_router(),
+            Duration::from_secs(30),
+            stopped,
+        )
+        .await;
+        open.shutdown().await;
+        listener
+    });
     let signals = rt.spawn(async {
         stop_signal().await;
         eprintln!("stopped while loading the model");
@@ -305,7 +302,6 @@ pub fn bind(host: &str, port: u16) -> Result<Bound, ServeError> {
     });
     Ok(Bound {
         rt,
-        listener,
         stop,
         task,
         signals,
@@ -327,7 +323,6 @@ impl Bound {
     {
         let Bound {
             rt,
-            listener,
             stop,
             task,
             signals,
@@ -336,9 +331,7 @@ impl Bound {
         rt.block_on(async move {
             signals.abort();
             let _ = stop.send(());
-            let _ = task.await;
-            let listener = Arc::try_unwrap(listener)
-                .map_err(|_| std::io::Error::other("the loading server still holds the socket"))?;
+            let listener = task.await.map_err(std::io::Error::other)?;
             eprintln!(
                 "serving {} on http://{addr} (OpenAI API under /v1; Ctrl-C or SIGTERM stops)",
                 cfg.model_name
