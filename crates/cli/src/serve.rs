@@ -55,6 +55,21 @@ pub struct ServeArgs {
     /// batch drafts little. Answers are the same either way.
     #[command(flatten)]
     pub spec: crate::run::SpecArgs,
+    /// Publish KV-cache events (prefix-cache blocks stored and evicted) on this ZeroMQ
+    /// endpoint, in vLLM's format, for KV-aware routers (`vllm-router --policy kv_aware
+    /// --kv-event-source URL=tcp://HOST:PORT`), e.g. `tcp://*:5557`.
+    #[arg(long, value_name = "ENDPOINT")]
+    pub kv_events: Option<String>,
+    /// Answer replay requests for missed event batches on this ZeroMQ endpoint.
+    #[arg(long, value_name = "ENDPOINT", requires = "kv_events")]
+    pub kv_events_replay: Option<String>,
+    /// First frame (topic) of every event message.
+    #[arg(long, value_name = "TOPIC", default_value = "")]
+    pub kv_events_topic: String,
+    /// Seed of the event block hashes (vLLM's PYTHONHASHSEED, read from there when unset):
+    /// replicas sharing it name equal prompt blocks alike. Unset: this process's own hashes.
+    #[arg(long, value_name = "SEED", env = "PYTHONHASHSEED")]
+    pub kv_events_hash_seed: Option<String>,
 }
 
 /// "1GiB", "512MiB", "800MB", "2G", "4096" (bytes).
@@ -108,6 +123,10 @@ fn serve_on<B: crate::load::Hardware>(a: ServeArgs, opts: &crate::load::Opts) ->
         "listening on http://{} while the model loads (/health answers now, /ready once it is loaded)",
         bound.addr
     );
+    let kv_events = match &a.kv_events {
+        Some(endpoint) => Some(bound.publish_kv_events(kv_events_config(&a, endpoint))?),
+        None => None,
+    };
     let p = load_parts::<B>(a.model.as_deref(), opts)?;
     let model_name = a.model_name.clone().unwrap_or_else(|| {
         let given = a
@@ -181,9 +200,34 @@ fn serve_on<B: crate::load::Hardware>(a: ServeArgs, opts: &crate::load::Opts) ->
         template_sandbox: std::env::current_exe().ok(),
         header_read_timeout: Duration::from_secs(30),
         reasoning_separate: a.reasoning_format == "separate",
+        kv_events,
     };
     bound.serve(scfg, engine, p.tokenizer)?;
     Ok(())
+}
+
+fn kv_events_config(a: &ServeArgs, endpoint: &str) -> suanli_server::kv_events::KvEventsConfig {
+    use suanli_engine::kv_events::BlockHasher;
+    let hasher = match a.kv_events_hash_seed.as_deref() {
+        Some(seed) => {
+            eprintln!("KV events on {endpoint}: block hashes seeded with {seed:?} (vLLM's sha256_cbor chain)");
+            BlockHasher::seeded(seed)
+        }
+        None => {
+            eprintln!(
+                "KV events on {endpoint}: block hashes are this process's own; give \
+                 --kv-events-hash-seed (or PYTHONHASHSEED) for hashes other replicas share"
+            );
+            BlockHasher::unseeded()
+        }
+    };
+    suanli_server::kv_events::KvEventsConfig {
+        endpoint: endpoint.to_string(),
+        replay_endpoint: a.kv_events_replay.clone(),
+        topic: a.kv_events_topic.clone(),
+        buffer_steps: 10_000,
+        hasher,
+    }
 }
 
 #[cfg(test)]

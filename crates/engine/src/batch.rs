@@ -196,6 +196,16 @@ impl<B: Backend> BatchEngine<B> {
         &self.sched
     }
 
+    /// Record the prefix cache's changes as KV events, blocks named by `hasher`.
+    pub fn enable_kv_events(&mut self, hasher: crate::kv_events::BlockHasher) {
+        self.sched.enable_kv_events(hasher);
+    }
+
+    /// The KV events since the last call, oldest first.
+    pub fn take_kv_events(&mut self) -> Vec<crate::kv_events::KvEvent> {
+        self.sched.take_kv_events()
+    }
+
     /// What constrained sequences have cost so far (their checks and masks).
     pub fn constraint_stats(&self) -> ConstraintStats {
         self.constraint_stats

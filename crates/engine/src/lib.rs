@@ -5,6 +5,7 @@
 pub mod batch;
 pub mod constraint;
 pub mod kv;
+pub mod kv_events;
 pub mod perplexity;
 pub mod sampler;
 pub mod scheduler;

@@ -21,6 +21,7 @@
 //! runs short.
 
 use crate::kv::{BlockAllocator, FREED};
+use crate::kv_events::{BlockHash, BlockHasher, EventLog, KvEvent};
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hasher};
@@ -135,6 +136,8 @@ struct Seq {
     blocks: Vec<u32>,
     /// Prompt blocks already registered in the prefix cache.
     registered: usize,
+    /// The vLLM hash of prompt block `registered - 1` (KV events only).
+    hash_tail: Option<BlockHash>,
     /// Prompt tokens found in the prefix cache at admission (reported as cached tokens).
     prefix_hit: usize,
     /// Every prompt position's logits are wanted: never served from the prefix cache, and fed
@@ -179,6 +182,8 @@ pub struct Scheduler {
     window: Option<usize>,
     /// Blocks given back because they fell out of the window, so far.
     window_freed: u64,
+    /// What the prefix cache stored and evicted, for the server to publish (off by default).
+    events: Option<EventLog>,
 }
 
 /// The prefix-cache key of each full block of `tokens`: a hash of the previous block's key and
@@ -215,13 +220,30 @@ impl Scheduler {
             keyed: RandomState::new(),
             window: None,
             window_freed: 0,
+            events: None,
         }
+    }
+
+    /// Record the prefix cache's changes as KV events (`take_kv_events`), its blocks named by
+    /// `hasher`.
+    pub fn enable_kv_events(&mut self, hasher: BlockHasher) {
+        self.events = Some(EventLog::new(hasher));
+    }
+
+    /// The KV events since the last call, oldest first (none unless enabled).
+    pub fn take_kv_events(&mut self) -> Vec<KvEvent> {
+        self.events.as_mut().map(EventLog::take).unwrap_or_default()
     }
 
     /// Every layer of the model attends to at most the last `window` positions: blocks before
     /// a sequence's window are freed as it advances. `None` (any layer sees everything): never.
     pub fn set_window(&mut self, window: Option<usize>) {
         self.window = window.filter(|&w| w > 0);
+    }
+
+    /// The window every layer attends within, if any (`set_window`).
+    pub fn window(&self) -> Option<usize> {
+        self.window
     }
 
     /// Blocks given back because they fell out of every layer's window, so far.
@@ -317,6 +339,7 @@ impl Scheduler {
             cached: 0,
             blocks: Vec::new(),
             registered: 0,
+            hash_tail: None,
             prefix_hit: 0,
             prompt_logits,
             draft: Vec::new(),
@@ -369,6 +392,11 @@ impl Scheduler {
             let (h, b) = self.prefix_order.remove(idle).expect("index from position");
             self.prefix.remove(&h);
             self.alloc.release(&[b]);
+            if let Some(log) = &mut self.events {
+                if let Some(ext) = log.hashes.remove(&h) {
+                    log.removed(ext);
+                }
+            }
         }
         self.alloc.alloc(n).ok()
     }
@@ -383,6 +411,7 @@ impl Scheduler {
                 Some(&blk) => {
                     self.alloc.retain(blk);
                     s.blocks.push(blk);
+                    s.hash_tail = self.events.as_ref().and_then(|l| l.hashes.get(&h).copied());
                 }
                 None => break,
             }
@@ -403,22 +432,31 @@ impl Scheduler {
         if full <= s.registered {
             return;
         }
+        let mut tail = s.hash_tail;
         for (b, h) in block_keys(&self.keyed, &s.tokens[..full * bs], bs)
             .enumerate()
             .skip(s.registered)
         {
-            if self.prefix.contains_key(&h) {
-                continue;
-            }
+            let tokens = &s.tokens[b * bs..(b + 1) * bs];
+            let parent = tail;
+            tail = self
+                .events
+                .as_ref()
+                .map(|l| l.hasher.hash(parent.as_ref(), tokens));
             let blk = s.blocks[b];
-            if blk == FREED {
+            if self.prefix.contains_key(&h) || blk == FREED {
                 continue;
             }
             self.prefix.insert(h, blk);
             self.prefix_order.push_back((h, blk));
             self.alloc.retain(blk);
+            if let (Some(log), Some(ext)) = (&mut self.events, tail) {
+                log.hashes.insert(h, ext);
+                log.stored(parent, ext, tokens);
+            }
         }
         self.running[idx].registered = full;
+        self.running[idx].hash_tail = tail;
     }
 
     /// Give back sequence `idx`'s blocks wholly before the window of its next token (at
@@ -482,6 +520,7 @@ impl Scheduler {
         s.blocks.clear();
         s.cached = 0;
         s.registered = 0;
+        s.hash_tail = None;
         s.draft.clear();
         self.waiting.push_front(s);
         self.preemptions += 1;

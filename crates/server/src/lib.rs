@@ -8,6 +8,7 @@
 
 pub mod api;
 mod generate;
+pub mod kv_events;
 mod metrics;
 pub mod sandbox;
 mod state;
@@ -45,6 +46,8 @@ pub struct ServeConfig {
     /// Split a reasoning model's `<think>…</think>` into `reasoning_content` (`separate`, the
     /// default) or leave it in `content` (`none`).
     pub reasoning_separate: bool,
+    /// Publish the prefix cache's changes (`kv_events`), on sockets already bound.
+    pub kv_events: Option<kv_events::KvPublisher>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +60,8 @@ pub enum ServeError {
     },
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    KvEvents(#[from] kv_events::BindError),
 }
 
 /// Every route but `/health` and `/ready` needs the API key when one is set (unknown paths too, so that
@@ -94,6 +99,12 @@ where
     B: Backend + Send + 'static,
     BatchEngine<B>: Send,
 {
+    let mut engine = engine;
+    let kv_sink = cfg.kv_events.as_ref().map(|p| {
+        engine.enable_kv_events(p.hasher.clone());
+        let s = engine.scheduler();
+        p.sink(s.config().block_size, s.window())
+    });
     let sched = engine.scheduler().config();
     let metrics = Arc::new(Metrics::new(metrics::CacheInfo {
         model_name: cfg.model_name.clone(),
@@ -105,7 +116,7 @@ where
     let vocab = tokenizer.vocab_size().min(engine.model.vocab_size());
     let model_vocab = engine.model.vocab_size();
     let template = chat_renderer(&tokenizer, cfg.template_sandbox.as_ref());
-    let (worker, engine_thread) = worker::spawn(engine, metrics.clone())?;
+    let (worker, engine_thread) = worker::spawn(engine, metrics.clone(), kv_sink)?;
     let st = Arc::new(AppState {
         worker,
         tokenizer: Arc::new(tokenizer),
@@ -310,6 +321,14 @@ pub fn bind(host: &str, port: u16) -> Result<Bound, ServeError> {
 }
 
 impl Bound {
+    /// Bind the KV-event sockets now (a busy port fails before the model loads).
+    pub fn publish_kv_events(
+        &self,
+        cfg: kv_events::KvEventsConfig,
+    ) -> Result<kv_events::KvPublisher, ServeError> {
+        Ok(self.rt.block_on(kv_events::KvPublisher::bind(cfg))?)
+    }
+
     /// Serve `engine` on the bound socket until SIGTERM or Ctrl-C.
     pub fn serve<B>(
         self,

@@ -4,6 +4,7 @@
 //! went away (client disconnected) is noticed at its next event or by its cancel guard, and its
 //! sequence is dropped at once, which frees its KV blocks before the next step.
 
+use crate::kv_events::KvSink;
 use crate::metrics::Metrics;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -113,6 +114,7 @@ struct Live {
 pub fn spawn<B>(
     engine: BatchEngine<B>,
     metrics: Arc<Metrics>,
+    kv_events: Option<KvSink>,
 ) -> std::io::Result<(Arc<Worker>, std::thread::JoinHandle<()>)>
 where
     B: Backend + Send + 'static,
@@ -123,7 +125,7 @@ where
     let c = clock.clone();
     let join = std::thread::Builder::new()
         .name("suanli-engine".into())
-        .spawn(move || run(engine, rx, &metrics, &c))?;
+        .spawn(move || run(engine, rx, &metrics, &c, kv_events))?;
     Ok((
         Arc::new(Worker {
             tx,
@@ -139,6 +141,7 @@ fn run<B: Backend>(
     rx: mpsc::Receiver<Command>,
     metrics: &Metrics,
     clock: &StepClock,
+    mut kv_events: Option<KvSink>,
 ) {
     let mut live: HashMap<SeqId, Live> = HashMap::new();
     metrics.set_gauges(&engine);
@@ -188,6 +191,9 @@ fn run<B: Backend>(
                     metrics.finished("error");
                 }
             }
+        }
+        if let Some(sink) = &mut kv_events {
+            sink.publish(&engine.take_kv_events());
         }
         metrics.set_gauges(&engine);
     }

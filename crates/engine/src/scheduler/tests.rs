@@ -3,6 +3,7 @@
 //! lost token after preemption changes the answer, which must equal the one computed alone.
 
 use super::*;
+use std::collections::HashSet;
 
 struct FakeModel {
     block_size: usize,
@@ -98,6 +99,16 @@ fn serve_windowed(
     s.set_window(window);
     let mut m = FakeModel::new(c.block_size);
     m.window = window;
+    serve_on(s, &mut m, c, reqs)
+}
+
+/// `serve_windowed` on a scheduler set up by the caller.
+fn serve_on(
+    mut s: Scheduler,
+    m: &mut FakeModel,
+    c: SchedConfig,
+    reqs: &[(Vec<u32>, usize)],
+) -> (Vec<Vec<u32>>, Vec<Step>, Scheduler) {
     let mut out = vec![Vec::new(); reqs.len()];
     for (i, (p, n)) in reqs.iter().enumerate() {
         s.submit(i as u64, p.clone(), *n).unwrap();
@@ -263,6 +274,85 @@ fn shared_prefixes_are_computed_once() {
     assert_eq!(cached, 40);
     assert_eq!(m.computed - before, other.len() - 40 + 1);
     assert_eq!(s.prefix_hits(), 1);
+}
+
+/// What a router learns from the events: the cached blocks, each checked against the chain.
+#[derive(Default)]
+struct Mirror {
+    blocks: HashSet<BlockHash>,
+    stored: usize,
+    removed: usize,
+}
+
+impl Mirror {
+    fn apply(&mut self, hasher: &BlockHasher, bs: usize, events: Vec<KvEvent>) {
+        for e in events {
+            match e {
+                KvEvent::Stored {
+                    hashes,
+                    parent,
+                    tokens,
+                } => {
+                    assert_eq!(tokens.len(), hashes.len() * bs);
+                    let mut prev = parent;
+                    for (h, block) in hashes.iter().zip(tokens.chunks_exact(bs)) {
+                        assert_eq!(*h, hasher.hash(prev.as_ref(), block), "not vLLM's chain");
+                        assert!(self.blocks.insert(*h), "stored twice");
+                        prev = Some(*h);
+                    }
+                    self.stored += hashes.len();
+                }
+                KvEvent::Removed { hashes } => {
+                    for h in &hashes {
+                        assert!(self.blocks.remove(h), "removed a block never stored");
+                    }
+                    self.removed += hashes.len();
+                }
+                KvEvent::AllCleared => self.blocks.clear(),
+            }
+        }
+    }
+}
+
+#[test]
+fn kv_events_mirror_the_prefix_cache_exactly() {
+    // Prompts sharing starts, through a cache too small to keep them all: blocks are stored,
+    // shared and evicted. A mirror built from the events alone must equal the cache.
+    let c = cfg(24);
+    let hasher = BlockHasher::seeded("0");
+    let mut s = Scheduler::new(c.clone());
+    s.enable_kv_events(hasher.clone());
+    let mut m = FakeModel::new(c.block_size);
+    let mut mirror = Mirror::default();
+    let mut reqs = Vec::new();
+    for i in 0..12u32 {
+        let mut p = prompt(24 + 8 * (i as usize % 3), i % 4);
+        p.extend(prompt(5 + i as usize, 100 + i));
+        reqs.push((p, 6));
+    }
+    for chunk in reqs.chunks(3) {
+        let (out, _, back) = serve_on(s, &mut m, c.clone(), chunk);
+        s = back;
+        for (o, (p, n)) in out.iter().zip(chunk) {
+            assert_eq!(*o, alone(p, *n));
+        }
+        mirror.apply(&hasher, c.block_size, s.take_kv_events());
+        let cached: HashSet<BlockHash> = s
+            .events
+            .as_ref()
+            .unwrap()
+            .hashes
+            .values()
+            .copied()
+            .collect();
+        assert_eq!(mirror.blocks, cached);
+        assert_eq!(cached.len(), s.prefix.len());
+    }
+    assert!(mirror.removed > 0, "the cache was meant to evict");
+    assert!(mirror.stored > mirror.removed);
+    // A prompt's first block is named as vLLM names it.
+    let first = hasher.hash(None, &reqs[11].0[..8]);
+    assert!(mirror.blocks.contains(&first));
 }
 
 #[test]

@@ -89,6 +89,7 @@ pub fn start_with(
         template_sandbox: None,
         header_read_timeout: Duration::from_secs(2),
         reasoning_separate: true,
+        kv_events: None,
     };
     let thread = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()

@@ -1,0 +1,383 @@
+//! KV-cache events over ZeroMQ, in the wire format vLLM publishes (`--kv-events-config`), so
+//! that `vllm-router --policy kv_aware --kv-event-source` and llm-d's KV-cache manager route by
+//! each replica's exact prefix-cache contents. See docs/SCALING.md for the format.
+//!
+//! - PUB socket: one message per engine step that changed the cache, three frames: the topic,
+//!   the sequence number (8 bytes, big-endian, from 0), and a MessagePack batch
+//!   `[timestamp, [event…], data_parallel_rank]`. Each event is a map tagged by `"type"`:
+//!   `BlockStored` (`block_hashes`, `parent_block_hash`, `token_ids`, `block_size`, `lora_id`,
+//!   `medium`, `lora_name`, `group_idx`, `kv_cache_spec_kind`), `BlockRemoved`
+//!   (`block_hashes`, `medium`, `group_idx`) or `AllBlocksCleared`.
+//! - ROUTER socket (optional): a subscriber that saw a gap in the sequence sends
+//!   `[empty, start_seq]` and gets back every kept batch from `start_seq` as
+//!   `[empty, topic, seq, payload]`, then `[empty, empty, -1, empty]`.
+//!
+//! The engine thread encodes and hands batches over without waiting; if the publisher falls
+//! behind, a batch is dropped and its sequence number skipped, which subscribers see as a gap.
+
+use bytes::Bytes;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use suanli_engine::kv_events::{BlockHash, BlockHasher, KvEvent};
+use tokio::sync::mpsc;
+use zeromq::{Socket, SocketRecv, SocketSend, ZmqMessage};
+
+/// Where and how to publish.
+#[derive(Clone, Debug)]
+pub struct KvEventsConfig {
+    /// PUB endpoint, bound: `tcp://HOST:PORT` (`tcp://*:PORT` for every interface).
+    pub endpoint: String,
+    /// ROUTER endpoint for replaying missed batches, bound.
+    pub replay_endpoint: Option<String>,
+    /// First frame of every message (vLLM's default: empty).
+    pub topic: String,
+    /// Batches kept for replay.
+    pub buffer_steps: usize,
+    /// Names the blocks (vLLM's `PYTHONHASHSEED` chain).
+    pub hasher: BlockHasher,
+}
+
+/// Batches kept for replay take at most this many bytes (the oldest go first).
+const REPLAY_BYTES: usize = 64 << 20;
+/// Batches waiting for the publisher task; beyond that the engine drops them.
+const QUEUE: usize = 1024;
+
+/// The bound sockets' task, fed by the engine thread through `KvSink`.
+pub struct KvPublisher {
+    tx: mpsc::Sender<(u64, Bytes)>,
+    pub hasher: BlockHasher,
+    dropped: Arc<AtomicU64>,
+    pub endpoint: String,
+}
+
+/// Why the sockets could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot bind the KV events endpoint {endpoint}: {cause}")]
+pub struct BindError {
+    endpoint: String,
+    cause: zeromq::ZmqError,
+}
+
+impl KvPublisher {
+    /// Bind the sockets and start publishing (on the current tokio runtime).
+    pub async fn bind(cfg: KvEventsConfig) -> Result<KvPublisher, BindError> {
+        let mut publisher = zeromq::PubSocket::new();
+        let ep = zmq_endpoint(&cfg.endpoint);
+        publisher.bind(&ep).await.map_err(|cause| BindError {
+            endpoint: cfg.endpoint.clone(),
+            cause,
+        })?;
+        let mut replay = None;
+        if let Some(r) = &cfg.replay_endpoint {
+            let mut sock = zeromq::RouterSocket::new();
+            sock.bind(&zmq_endpoint(r))
+                .await
+                .map_err(|cause| BindError {
+                    endpoint: r.clone(),
+                    cause,
+                })?;
+            replay = Some(sock);
+        }
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let topic = Bytes::from(cfg.topic.clone().into_bytes());
+        tokio::spawn(run(publisher, replay, rx, topic, cfg.buffer_steps.max(1)));
+        Ok(KvPublisher {
+            tx,
+            hasher: cfg.hasher,
+            dropped: Arc::new(AtomicU64::new(0)),
+            endpoint: cfg.endpoint,
+        })
+    }
+
+    /// The engine thread's end: it encodes and numbers the batches.
+    pub fn sink(&self, block_size: usize, window: Option<usize>) -> KvSink {
+        KvSink {
+            tx: self.tx.clone(),
+            seq: 0,
+            block_size,
+            window,
+            dropped: self.dropped.clone(),
+        }
+    }
+
+    /// Batches the engine dropped because the publisher fell behind.
+    pub fn dropped(&self) -> Arc<AtomicU64> {
+        self.dropped.clone()
+    }
+}
+
+/// `tcp://*:P` is ZeroMQ's every-interface form; the socket library wants an address.
+fn zmq_endpoint(ep: &str) -> String {
+    ep.replacen("tcp://*:", "tcp://0.0.0.0:", 1)
+}
+
+/// The engine thread's handle: publish what a step changed.
+pub struct KvSink {
+    tx: mpsc::Sender<(u64, Bytes)>,
+    seq: u64,
+    block_size: usize,
+    window: Option<usize>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl KvSink {
+    /// Queue `events` as the next batch; never waits.
+    pub fn publish(&mut self, events: &[KvEvent]) {
+        if events.is_empty() {
+            return;
+        }
+        let ts = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let payload = encode_batch(ts, events, self.block_size, self.window);
+        let seq = self.seq;
+        self.seq += 1;
+        if self.tx.try_send((seq, Bytes::from(payload))).is_err() {
+            let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                tracing::warn!(
+                    "KV events: the publisher fell behind; batch {seq} dropped ({n} so far); \
+                     subscribers see a gap and forget this replica's cache"
+                );
+            }
+        }
+    }
+}
+
+async fn run(
+    mut publisher: zeromq::PubSocket,
+    mut replay: Option<zeromq::RouterSocket>,
+    mut rx: mpsc::Receiver<(u64, Bytes)>,
+    topic: Bytes,
+    keep: usize,
+) {
+    let mut kept: VecDeque<(u64, Bytes)> = VecDeque::new();
+    let mut kept_bytes = 0usize;
+    loop {
+        tokio::select! {
+            batch = rx.recv() => {
+                let Some((seq, payload)) = batch else { break };
+                let mut m = ZmqMessage::from(topic.clone());
+                m.push_back(Bytes::copy_from_slice(&seq.to_be_bytes()));
+                m.push_back(payload.clone());
+                if let Err(e) = publisher.send(m).await {
+                    tracing::warn!("KV events: publishing batch {seq} failed: {e}");
+                }
+                kept_bytes += payload.len();
+                kept.push_back((seq, payload));
+                while kept.len() > keep || kept_bytes > REPLAY_BYTES {
+                    let Some((_, p)) = kept.pop_front() else { break };
+                    kept_bytes -= p.len();
+                }
+            }
+            req = recv_replay(&mut replay) => {
+                if let (Some(sock), Ok(req)) = (replay.as_mut(), req) {
+                    answer_replay(sock, req, &kept, &topic).await;
+                }
+            }
+        }
+    }
+}
+
+async fn recv_replay(sock: &mut Option<zeromq::RouterSocket>) -> zeromq::ZmqResult<ZmqMessage> {
+    match sock {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// `[identity, empty, start_seq]` → every kept batch from `start_seq`, then the end marker.
+async fn answer_replay(
+    sock: &mut zeromq::RouterSocket,
+    req: ZmqMessage,
+    kept: &VecDeque<(u64, Bytes)>,
+    topic: &Bytes,
+) {
+    let frames = req.into_vec();
+    let [id, _, start] = frames.as_slice() else {
+        tracing::warn!(
+            "KV events: malformed replay request ({} frames)",
+            frames.len()
+        );
+        return;
+    };
+    let Ok(start) = <[u8; 8]>::try_from(start.as_ref()).map(u64::from_be_bytes) else {
+        tracing::warn!("KV events: malformed replay start ({} bytes)", start.len());
+        return;
+    };
+    let reply = |topic: Bytes, seq: Bytes, payload: Bytes| {
+        let mut m = ZmqMessage::from(id.clone());
+        m.push_back(Bytes::new());
+        m.push_back(topic);
+        m.push_back(seq);
+        m.push_back(payload);
+        m
+    };
+    for (seq, payload) in kept.iter().filter(|(s, _)| *s >= start) {
+        let seq = Bytes::copy_from_slice(&seq.to_be_bytes());
+        if sock
+            .send(reply(topic.clone(), seq, payload.clone()))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+    let end = Bytes::copy_from_slice(&(-1i64).to_be_bytes());
+    let _ = sock.send(reply(Bytes::new(), end, Bytes::new())).await;
+}
+
+/// vLLM's medium for the cache attention reads directly (routers discount the other tiers).
+const MEDIUM: &str = "GPU";
+
+/// A batch as MessagePack: `[ts, [event…], 0]`.
+pub fn encode_batch(
+    ts: f64,
+    events: &[KvEvent],
+    block_size: usize,
+    window: Option<usize>,
+) -> Vec<u8> {
+    let mut w = Mp(Vec::with_capacity(256));
+    w.array(3);
+    w.f64(ts);
+    w.array(events.len());
+    for e in events {
+        match e {
+            KvEvent::Stored {
+                hashes,
+                parent,
+                tokens,
+            } => {
+                w.map(10 + window.is_some() as usize);
+                w.str("type");
+                w.str("BlockStored");
+                w.str("block_hashes");
+                w.hashes(hashes);
+                w.str("parent_block_hash");
+                match parent {
+                    Some(p) => w.bin(p),
+                    None => w.nil(),
+                }
+                w.str("token_ids");
+                w.array(tokens.len());
+                for &t in tokens {
+                    w.uint(t as u64);
+                }
+                w.str("block_size");
+                w.uint(block_size as u64);
+                w.str("lora_id");
+                w.nil();
+                w.str("medium");
+                w.str(MEDIUM);
+                w.str("lora_name");
+                w.nil();
+                w.str("group_idx");
+                w.uint(0);
+                w.str("kv_cache_spec_kind");
+                match window {
+                    None => w.str("full_attention"),
+                    Some(n) => {
+                        w.str("sliding_window");
+                        w.str("kv_cache_spec_sliding_window");
+                        w.uint(n as u64);
+                    }
+                }
+            }
+            KvEvent::Removed { hashes } => {
+                w.map(4);
+                w.str("type");
+                w.str("BlockRemoved");
+                w.str("block_hashes");
+                w.hashes(hashes);
+                w.str("medium");
+                w.str(MEDIUM);
+                w.str("group_idx");
+                w.uint(0);
+            }
+            KvEvent::AllCleared => {
+                w.map(1);
+                w.str("type");
+                w.str("AllBlocksCleared");
+            }
+        }
+    }
+    w.uint(0); // data-parallel rank
+    w.0
+}
+
+/// The MessagePack forms the batches use, each in its shortest encoding.
+struct Mp(Vec<u8>);
+
+impl Mp {
+    /// A container or string head: the fix form up to `fix_max`, then 8 (if the type has it),
+    /// 16 and 32-bit lengths.
+    fn len_head(&mut self, n: usize, fix: u8, fix_max: usize, one: Option<u8>, two: u8, four: u8) {
+        if n <= fix_max {
+            self.0.push(fix | n as u8);
+        } else if let (Some(tag), true) = (one, n <= 0xff) {
+            self.0.extend_from_slice(&[tag, n as u8]);
+        } else if n <= 0xffff {
+            self.0.push(two);
+            self.0.extend_from_slice(&(n as u16).to_be_bytes());
+        } else {
+            self.0.push(four);
+            self.0.extend_from_slice(&(n as u32).to_be_bytes());
+        }
+    }
+    fn array(&mut self, n: usize) {
+        self.len_head(n, 0x90, 15, None, 0xdc, 0xdd);
+    }
+    fn map(&mut self, n: usize) {
+        self.len_head(n, 0x80, 15, None, 0xde, 0xdf);
+    }
+    fn str(&mut self, s: &str) {
+        self.len_head(s.len(), 0xa0, 31, Some(0xd9), 0xda, 0xdb);
+        self.0.extend_from_slice(s.as_bytes());
+    }
+    fn bin(&mut self, b: &[u8]) {
+        match b.len() {
+            n @ 0..=0xff => self.0.extend_from_slice(&[0xc4, n as u8]),
+            n @ 0x100..=0xffff => {
+                self.0.push(0xc5);
+                self.0.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                self.0.push(0xc6);
+                self.0.extend_from_slice(&(n as u32).to_be_bytes());
+            }
+        }
+        self.0.extend_from_slice(b);
+    }
+    fn hashes(&mut self, hs: &[BlockHash]) {
+        self.array(hs.len());
+        for h in hs {
+            self.bin(h);
+        }
+    }
+    fn nil(&mut self) {
+        self.0.push(0xc0);
+    }
+    fn f64(&mut self, x: f64) {
+        self.0.push(0xcb);
+        self.0.extend_from_slice(&x.to_be_bytes());
+    }
+    fn uint(&mut self, n: u64) {
+        match n {
+            0..=0x7f => self.0.push(n as u8),
+            0x80..=0xff => self.0.extend_from_slice(&[0xcc, n as u8]),
+            0x100..=0xffff => {
+                self.0.push(0xcd);
+                self.0.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            0x1_0000..=0xffff_ffff => {
+                self.0.push(0xce);
+                self.0.extend_from_slice(&(n as u32).to_be_bytes());
+            }
+            _ => {
+                self.0.push(0xcf);
+                self.0.extend_from_slice(&n.to_be_bytes());
+            }
+        }
+    }
+}
