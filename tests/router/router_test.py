@@ -5,7 +5,9 @@ Checks, in order, and prints the figures:
   1. load spread: concurrent distinct requests reach every replica;
   2. prefix affinity: multi-turn conversations through `--policy cache_aware` find more of
      their prompts in the replicas' prefix caches than through `round_robin` (cached tokens
-     from `usage`, hits from each replica's `/metrics`);
+     from `usage`, hits from each replica's `/metrics`); so do they through `--policy kv_aware`
+     fed by the replicas' KV-cache events (`--kv-events`), for completions and for chat, and
+     the router credits exactly the prefixes the replicas then report cached;
   3. a replica killed (SIGKILL) under load: no request hangs, the router stops routing to it,
      and every request after that succeeds;
   4. a replica drained with SIGTERM: its request in flight finishes whole, it exits 0, and
@@ -15,6 +17,7 @@ Usage: router_test.py SUANLI_BIN MODEL_PATH ROUTER_BIN
 Exit status 0 when every check holds; the last line is a cargo-style "test result:" line.
 """
 import json
+import re
 import os
 import signal
 import socket
@@ -86,9 +89,13 @@ class Replica:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(os.path.join(logdir, f"replica{i}.log"), "w")
+        self.events = f"tcp://127.0.0.1:{free_port()}"
+        self.replay = f"tcp://127.0.0.1:{free_port()}"
         self.proc = subprocess.Popen(
             [SUANLI, "--threads", "1", "serve", "--model", MODEL, "--port", str(self.port),
-             "--model-name", NAME, "--ctx", "2048", "--kv-memory", "96MiB", "--max-batch", "8"],
+             "--model-name", NAME, "--ctx", "2048", "--kv-memory", "96MiB", "--max-batch", "8",
+             "--kv-events", self.events, "--kv-events-replay", self.replay,
+             "--kv-events-hash-seed", "0"],
             stdout=self.log, stderr=subprocess.STDOUT)
 
     def served(self):
@@ -101,11 +108,20 @@ class Router:
     def __init__(self, policy, replicas, logdir):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.prometheus = f"http://127.0.0.1:{free_port()}"
         self.log = open(os.path.join(logdir, f"router-{policy}.log"), "w")
+        events = []
+        if policy == "kv_aware":
+            # Static event sources: vllm-router 0.1.17 discovers them only for gRPC workers.
+            for r in replicas:
+                events += ["--kv-event-source", f"{r.url}={r.events}",
+                           "--kv-event-replay-source", f"{r.url}={r.replay}"]
+            events += ["--kv-event-block-size", "16", "--kv-event-model", NAME,
+                       "--log-level", "debug"]  # its routing decisions, with credited tokens
         self.proc = subprocess.Popen(
             [ROUTER, "--worker-urls", *[r.url for r in replicas], "--policy", policy,
-             "--host", "127.0.0.1", "--port", str(self.port),
-             "--prometheus-port", str(free_port()),
+             "--host", "127.0.0.1", "--port", str(self.port), *events,
+             "--prometheus-port", self.prometheus.rsplit(":", 1)[1],
              "--health-check-endpoint", "/ready", "--health-check-interval-secs", "1",
              "--health-failure-threshold", "1"],
             stdout=self.log, stderr=subprocess.STDOUT)
@@ -151,7 +167,8 @@ def parallel(fns):
 
 
 TOPICS = ["rivers", "volcanoes", "the moon", "bread", "chess", "glaciers", "owls", "bridges",
-          "tea", "comets", "deserts", "violins"]
+          "tea", "comets", "deserts", "violins", "lighthouses", "honey", "kites", "maps",
+          "clocks", "coral", "salt", "lanterns"]
 
 
 def conversation_hits(router, topics, turns=4):
@@ -172,6 +189,39 @@ def conversation_hits(router, topics, turns=4):
         return cached, prompt
     results, _ = parallel([lambda t=t: talk(t) for t in topics])
     return sum(c for c, _ in results), sum(p for _, p in results)
+
+
+def chat_hits(router, topics, turns=4):
+    """`conversation_hits` through `/v1/chat/completions`, the history as messages."""
+    def talk(topic):
+        cached = prompt = 0
+        messages = [{"role": "system", "content": f"You are a guide to {topic}. " * 6}]
+        for turn in range(turns):
+            messages.append({"role": "user", "content": f"Tell me fact {turn + 1} about {topic}."})
+            status, r = router.chat(messages)
+            assert status == 200, (status, r)
+            prompt += r["usage"]["prompt_tokens"]
+            cached += r["usage"].get("prompt_tokens_details", {}).get("cached_tokens", 0)
+            messages.append({"role": "assistant", "content": r["choices"][0]["message"]["content"]})
+        return cached, prompt
+    results, _ = parallel([lambda t=t: talk(t) for t in topics])
+    return sum(c for c, _ in results), sum(p for _, p in results)
+
+
+def router_metric(router, prefix):
+    """Sum of the router's own Prometheus series starting with `prefix`."""
+    status, text = http(router.prometheus + "/metrics", timeout=10)
+    assert status == 200, (status, text)
+    return sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines()
+               if l.startswith(prefix))
+
+
+def kv_credited(router):
+    """The prefix tokens kv_aware credited per decision (its debug log)."""
+    router.log.flush()
+    with open(router.log.name, errors="replace") as f:
+        text = re.sub(r"\x1b\[[0-9;]*m", "", f.read())  # its colours
+    return [int(m) for m in re.findall(r"credited_prefix_tokens=(\d+)", text)]
 
 
 def main():
@@ -209,6 +259,28 @@ def main():
               f"(replicas' /metrics: {hits_after - hits_before:.0f} cached tokens)")
         assert hits_after - hits_before == c_ca
         assert c_ca / p_ca > c_rr / p_rr, "cache_aware routing found no more cached prefixes"
+        passed += 1
+
+        # 2b. kv_aware, fed by the replicas' KV events: the same workload, then chat.
+        kv = Router("kv_aware", replicas, logdir)
+        routers.append(kv)
+        c_kv, p_kv = conversation_hits(kv, TOPICS[10:15])
+        c_kc, p_kc = chat_hits(kv, TOPICS[15:20])
+        hits = router_metric(kv, 'vllm_router_kv_placement_lookups_total{result="hit"}')
+        lookups = router_metric(kv, "vllm_router_kv_placement_lookups_total")
+        credited = kv_credited(kv)
+        print(f"kv_aware (events): completions {c_kv}/{p_kv} = {c_kv / p_kv:.0%}, "
+              f"chat {c_kc}/{p_kc} = {c_kc / p_kc:.0%} cached; the router found a cached "
+              f"prefix for {hits:.0f} of {lookups:.0f} requests and credited "
+              f"{sum(credited)} tokens")
+        assert c_kv / p_kv > c_rr / p_rr, "kv_aware routing found no more cached prefixes"
+        assert c_kc / p_kc > c_rr / p_rr, "kv_aware chat routing found no more cached prefixes"
+        # What the router credited from the events is what the replicas then served cached:
+        # each turn's blocks are announced (after the step that cached them) long before its
+        # answer returns and the next turn is sent, and no two topics share a whole block.
+        assert sum(credited) == c_kv + c_kc, (sum(credited), c_kv + c_kc)
+        kv.stop()
+        routers.remove(kv)
         passed += 1
 
         # 3. A replica killed under load.

@@ -57,6 +57,19 @@ pub fn start_with(
     max_body: usize,
     shutdown_timeout: Duration,
 ) -> Server {
+    start_custom(max_batch, max_queue, max_body, shutdown_timeout, 512, None)
+}
+
+/// `start_with` with a KV cache of `num_blocks` blocks of 16 tokens, publishing KV events
+/// when `kv_events` is given.
+pub fn start_custom(
+    max_batch: usize,
+    max_queue: usize,
+    max_body: usize,
+    shutdown_timeout: Duration,
+    num_blocks: usize,
+    kv_events: Option<suanli_server::kv_events::KvEventsConfig>,
+) -> Server {
     let path = model_path();
     let src = open_model(&path).unwrap();
     let tok = match &src {
@@ -70,7 +83,7 @@ pub fn start_with(
         max_step_tokens: 256,
         max_queue,
         block_size: 16,
-        num_blocks: 512,
+        num_blocks,
         max_ctx: 1024,
     };
     let eog = tok.eog_ids.iter().copied().collect();
@@ -79,7 +92,7 @@ pub fn start_with(
     std_listener.set_nonblocking(true).unwrap();
     let addr = std_listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let scfg = ServeConfig {
+    let mut scfg = ServeConfig {
         host: "127.0.0.1".into(),
         port: addr.port(),
         api_key: Some(KEY.into()),
@@ -98,6 +111,13 @@ pub fn start_with(
             .build()
             .unwrap();
         rt.block_on(async move {
+            if let Some(cfg) = kv_events {
+                scfg.kv_events = Some(
+                    suanli_server::kv_events::KvPublisher::bind(cfg)
+                        .await
+                        .unwrap(),
+                );
+            }
             let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
             suanli_server::serve_listener(listener, scfg, engine, tok, async {
                 let _ = stopped.await;
