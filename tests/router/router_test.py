@@ -89,12 +89,14 @@ class Replica:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(os.path.join(logdir, f"replica{i}.log"), "w")
-        self.events = f"tcp://127.0.0.1:{free_port()}"
-        self.replay = f"tcp://127.0.0.1:{free_port()}"
+        ev_port, replay_port = free_port(), free_port()
+        self.events = f"tcp://127.0.0.1:{ev_port}"
+        self.replay = f"tcp://127.0.0.1:{replay_port}"
         self.proc = subprocess.Popen(
             [SUANLI, "--threads", "1", "serve", "--model", MODEL, "--port", str(self.port),
              "--model-name", NAME, "--ctx", "2048", "--kv-memory", "96MiB", "--max-batch", "8",
-             "--kv-events", self.events, "--kv-events-replay", self.replay,
+             # `*` binds, for the router to connect (vLLM's rule).
+             "--kv-events", f"tcp://*:{ev_port}", "--kv-events-replay", f"tcp://*:{replay_port}",
              "--kv-events-hash-seed", "0"],
             stdout=self.log, stderr=subprocess.STDOUT)
 

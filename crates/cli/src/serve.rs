@@ -55,9 +55,10 @@ pub struct ServeArgs {
     /// batch drafts little. Answers are the same either way.
     #[command(flatten)]
     pub spec: crate::run::SpecArgs,
-    /// Publish KV-cache events (prefix-cache blocks stored and evicted) on this ZeroMQ
-    /// endpoint, in vLLM's format, for KV-aware routers (`vllm-router --policy kv_aware
-    /// --kv-event-source URL=tcp://HOST:PORT`), e.g. `tcp://*:5557`.
+    /// Publish KV-cache events (prefix-cache blocks stored and evicted) in vLLM's format, for
+    /// KV-aware routers. As in vLLM, `tcp://*:PORT` binds (routers connect to it:
+    /// `vllm-router --policy kv_aware --kv-event-source URL=tcp://HOST:PORT`) and any other
+    /// host connects to a subscriber that binds (llm-d's KV-cache indexer).
     #[arg(long, value_name = "ENDPOINT")]
     pub kv_events: Option<String>,
     /// Answer replay requests for missed event batches on this ZeroMQ endpoint.
@@ -124,7 +125,16 @@ fn serve_on<B: crate::load::Hardware>(a: ServeArgs, opts: &crate::load::Opts) ->
         bound.addr
     );
     let kv_events = match &a.kv_events {
-        Some(endpoint) => Some(bound.publish_kv_events(kv_events_config(&a, endpoint))?),
+        Some(endpoint) => {
+            for ep in [Some(endpoint), a.kv_events_replay.as_ref()]
+                .into_iter()
+                .flatten()
+            {
+                suanli_server::kv_events::check_endpoint(ep)
+                    .map_err(|e| anyhow::anyhow!("--kv-events: {e}"))?;
+            }
+            Some(bound.publish_kv_events(kv_events_config(&a, endpoint))?)
+        }
         None => None,
     };
     let p = load_parts::<B>(a.model.as_deref(), opts)?;

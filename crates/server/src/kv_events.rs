@@ -26,7 +26,9 @@ use zeromq::{Socket, SocketRecv, SocketSend, ZmqMessage};
 /// Where and how to publish.
 #[derive(Clone, Debug)]
 pub struct KvEventsConfig {
-    /// PUB endpoint, bound: `tcp://HOST:PORT` (`tcp://*:PORT` for every interface).
+    /// PUB endpoint, as vLLM reads it: bound when it has a wildcard host (`tcp://*:PORT`,
+    /// `tcp://[::]:PORT`) for subscribers to connect to (vllm-router); otherwise connected to
+    /// a subscriber that binds (llm-d's KV-cache indexer, `tcp://indexer:5557`).
     pub endpoint: String,
     /// ROUTER endpoint for replaying missed batches, bound.
     pub replay_endpoint: Option<String>,
@@ -64,10 +66,29 @@ impl KvPublisher {
     pub async fn bind(cfg: KvEventsConfig) -> Result<KvPublisher, BindError> {
         let mut publisher = zeromq::PubSocket::new();
         let ep = zmq_endpoint(&cfg.endpoint);
-        publisher.bind(&ep).await.map_err(|cause| BindError {
+        let fail = |cause| BindError {
             endpoint: cfg.endpoint.clone(),
             cause,
-        })?;
+        };
+        let connect = !binds(&cfg.endpoint);
+        if !connect {
+            publisher.bind(&ep).await.map_err(fail)?;
+        }
+        let publisher = Arc::new(tokio::sync::Mutex::new(publisher));
+        if connect {
+            // The subscriber may not be up yet: keep trying in the background (batches meanwhile
+            // are kept for replay only), as libzmq would.
+            let p = publisher.clone();
+            tokio::spawn(async move {
+                let mut sock = p.lock().await;
+                match sock.connect(&ep).await {
+                    Ok(()) => tracing::info!("KV events: connected to {ep}"),
+                    Err(e) => {
+                        tracing::warn!("KV events: cannot connect to {ep} ({e}); not publishing")
+                    }
+                }
+            });
+        }
         let mut replay = None;
         if let Some(r) = &cfg.replay_endpoint {
             let mut sock = zeromq::RouterSocket::new();
@@ -107,9 +128,27 @@ impl KvPublisher {
     }
 }
 
+/// vLLM's rule: a wildcard host binds, any other connects.
+fn binds(ep: &str) -> bool {
+    ep.contains('*') || ep.contains("::")
+}
+
 /// `tcp://*:P` is ZeroMQ's every-interface form; the socket library wants an address.
 fn zmq_endpoint(ep: &str) -> String {
     ep.replacen("tcp://*:", "tcp://0.0.0.0:", 1)
+}
+
+/// What `--kv-events` accepts: `tcp://HOST:PORT` (`*` for every interface).
+pub fn check_endpoint(ep: &str) -> Result<(), String> {
+    let Some(rest) = ep.strip_prefix("tcp://") else {
+        return Err(format!(
+            "{ep}: only tcp:// endpoints are supported, e.g. tcp://*:5557"
+        ));
+    };
+    match rest.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
+        _ => Err(format!("{ep}: expected tcp://HOST:PORT, e.g. tcp://*:5557")),
+    }
 }
 
 /// The engine thread's handle: publish what a step changed.
@@ -146,7 +185,7 @@ impl KvSink {
 }
 
 async fn run(
-    mut publisher: zeromq::PubSocket,
+    publisher: Arc<tokio::sync::Mutex<zeromq::PubSocket>>,
     mut replay: Option<zeromq::RouterSocket>,
     mut rx: mpsc::Receiver<(u64, Bytes)>,
     topic: Bytes,
@@ -161,8 +200,11 @@ async fn run(
                 let mut m = ZmqMessage::from(topic.clone());
                 m.push_back(Bytes::copy_from_slice(&seq.to_be_bytes()));
                 m.push_back(payload.clone());
-                if let Err(e) = publisher.send(m).await {
-                    tracing::warn!("KV events: publishing batch {seq} failed: {e}");
+                // Locked only while connecting: nobody to send to yet.
+                if let Ok(mut p) = publisher.try_lock() {
+                    if let Err(e) = p.send(m).await {
+                        tracing::warn!("KV events: publishing batch {seq} failed: {e}");
+                    }
                 }
                 kept_bytes += payload.len();
                 kept.push_back((seq, payload));

@@ -125,6 +125,7 @@ async fn drain(sub: &mut zeromq::SubSocket, topic: &str, wait: Duration) -> Vec<
 #[test]
 fn kv_events_name_cached_blocks_as_vllm_does_and_replay_matches() {
     let (port, replay_port) = (free_port(), free_port());
+    // A wildcard host binds (vLLM's rule); the subscriber connects.
     let endpoint = format!("tcp://127.0.0.1:{port}");
     let replay = format!("tcp://127.0.0.1:{replay_port}");
     let hasher = BlockHasher::seeded("7");
@@ -136,8 +137,8 @@ fn kv_events_name_cached_blocks_as_vllm_does_and_replay_matches() {
         Duration::from_secs(20),
         10,
         Some(KvEventsConfig {
-            endpoint: endpoint.clone(),
-            replay_endpoint: Some(replay.clone()),
+            endpoint: format!("tcp://*:{port}"),
+            replay_endpoint: Some(format!("tcp://*:{replay_port}")),
             topic: "kv".into(),
             buffer_steps: 100,
             hasher: hasher.clone(),
@@ -253,4 +254,56 @@ fn tokenize_checked(addr: std::net::SocketAddr, prompt: &str) -> Vec<u32> {
     let t = prompt_tokens(addr, prompt);
     assert!(t.len() > 64, "a prompt of several blocks");
     t
+}
+
+#[test]
+fn kv_events_connect_to_a_subscriber_that_binds() {
+    // llm-d's KV-cache indexer binds one SUB socket that every replica connects to, each
+    // naming itself in the topic.
+    let port = free_port();
+    // A runtime of its own, running while the test waits: the bound socket must answer the
+    // server's connection.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut sub = rt.block_on(async {
+        let mut sub = zeromq::SubSocket::new();
+        sub.bind(&format!("tcp://127.0.0.1:{port}")).await.unwrap();
+        sub.subscribe("kv@").await.unwrap();
+        sub
+    });
+    let server = start_custom(
+        2,
+        8,
+        1 << 20,
+        Duration::from_secs(20),
+        64,
+        Some(KvEventsConfig {
+            endpoint: format!("tcp://127.0.0.1:{port}"),
+            replay_endpoint: None,
+            topic: "kv@10.0.0.7@smollm2-135m".into(),
+            buffer_steps: 100,
+            hasher: BlockHasher::unseeded(),
+        }),
+    );
+    let addr = server.addr;
+    std::thread::sleep(Duration::from_millis(500)); // connected
+    let prompt = "Lanterns glow along the harbour wall at dusk. ".repeat(10);
+    let tokens = tokenize_checked(addr, &prompt);
+    complete(addr, &prompt);
+    let got = rt.block_on(drain(
+        &mut sub,
+        "kv@10.0.0.7@smollm2-135m",
+        Duration::from_millis(800),
+    ));
+    let events: Vec<Ev> = got.iter().flat_map(|(_, p)| decode(p)).collect();
+    let stored: Vec<u32> = events
+        .iter()
+        .filter(|e| e.kind == "BlockStored")
+        .flat_map(|e| e.tokens.clone())
+        .collect();
+    assert_eq!(stored, tokens[..tokens.len() / 16 * 16]);
+    server.shutdown();
 }
