@@ -204,12 +204,22 @@ pub fn load<B: Hardware>(
     chunk: usize,
 ) -> Result<Loaded<B>> {
     let p = load_parts::<B>(model, opts)?;
+    let ctx = within_trained(ctx, p.model.cfg.max_position_embeddings);
     let session = Session::with_kv(p.backend, p.model, ctx, chunk, opts.kv)
         .context("allocating the KV cache")?;
     Ok(Loaded {
         session,
         tokenizer: std::sync::Arc::new(p.tokenizer),
     })
+}
+
+/// `--ctx` kept within the model's trained context, with a notice when lowered: beyond it
+/// positions were never seen (and dynamic NTK scaling would change the rotary frequencies).
+pub fn within_trained(ctx: usize, trained: usize) -> usize {
+    if ctx > trained {
+        eprintln!("--ctx {ctx} is beyond the model's trained context of {trained} tokens; using {trained}");
+    }
+    ctx.min(trained)
 }
 
 /// Load `name` as the draft model of `loaded`'s session (speculative decoding), on the same

@@ -1,7 +1,7 @@
 //! `suanli run`: one prompt, streamed.
 
 use crate::load::load;
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use std::io::Write;
 use suanli_engine::session::Control;
@@ -144,7 +144,29 @@ pub struct RunArgs {
     pub constraint: crate::constrain::ConstraintArgs,
     #[command(flatten)]
     pub spec: SpecArgs,
-    pub prompt: String,
+    /// The prompt; `-`, or none when input is piped, reads it from standard input.
+    pub prompt: Option<String>,
+}
+
+/// The prompt given, or standard input's (`-`, or none with input piped), trailing newlines cut.
+fn prompt_text(given: Option<&str>) -> Result<String> {
+    use std::io::{IsTerminal, Read};
+    match given {
+        Some(p) if p != "-" => return Ok(p.to_string()),
+        None if std::io::stdin().is_terminal() => {
+            bail!("give a prompt: suanli run \"…\" (or pipe one: echo hi | suanli run)")
+        }
+        _ => {}
+    }
+    let mut text = String::new();
+    std::io::stdin()
+        .read_to_string(&mut text)
+        .context("reading the prompt from standard input")?;
+    let text = text.trim_end_matches(['\n', '\r']).to_string();
+    if text.trim().is_empty() {
+        bail!("the prompt read from standard input is empty");
+    }
+    Ok(text)
 }
 
 pub fn run(a: RunArgs, opts: &crate::load::Opts) -> Result<()> {
@@ -154,20 +176,19 @@ pub fn run(a: RunArgs, opts: &crate::load::Opts) -> Result<()> {
 fn run_on<B: crate::load::Hardware>(a: RunArgs, opts: &crate::load::Opts) -> Result<()> {
     let params = a.sampling.params()?;
     a.spec.config()?;
+    let prompt = prompt_text(a.prompt.as_deref())?;
     let mut l = load::<B>(a.model.as_deref(), opts, a.sampling.ctx, 256)?;
     a.spec.apply(&mut l, opts)?;
     let tok = &l.tokenizer;
     let (ids, rendered) = if a.raw {
-        let ids = tok
-            .encode_prompt(&a.prompt, false)
-            .map_err(|e| anyhow!(e))?;
-        (ids, a.prompt.clone())
+        let ids = tok.encode_prompt(&prompt, false).map_err(|e| anyhow!(e))?;
+        (ids, prompt.clone())
     } else {
         let mut msgs = Vec::new();
         if let Some(s) = &a.system {
             msgs.push(ChatMessage::new("system", s));
         }
-        msgs.push(ChatMessage::new("user", &a.prompt));
+        msgs.push(ChatMessage::new("user", &prompt));
         let template = match tok.template() {
             Some(t) => t?,
             None => bail!("this model has no chat template; use --raw for plain completion"),

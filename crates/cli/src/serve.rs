@@ -152,16 +152,7 @@ fn serve_on<B: crate::load::Hardware>(a: ServeArgs, opts: &crate::load::Opts) ->
                 .unwrap_or_else(|| given.to_owned())
         }
     });
-    // Beyond the trained context positions were never seen (and dynamic NTK scaling would
-    // change the rotary frequencies): requests are kept within it.
-    let trained = p.model.cfg.max_position_embeddings;
-    let ctx = a.ctx.min(trained);
-    if ctx < a.ctx {
-        eprintln!(
-            "--ctx {} is beyond the model's trained context of {trained} tokens; using {trained}",
-            a.ctx
-        );
-    }
+    let ctx = crate::load::within_trained(a.ctx, p.model.cfg.max_position_embeddings);
     let block_bytes = p.model.kv_spec(1, BLOCK, opts.kv).bytes_per_block() as u64;
     let ctx_blocks = ctx.div_ceil(BLOCK) as u64;
     let kv_bytes = a

@@ -1,7 +1,7 @@
 //! Options a new user gets wrong are refused (or warned about) by name, before any model loads.
 
 mod common;
-use common::suanli;
+use common::{suanli, suanli_stdin};
 
 #[test]
 fn zero_threads_is_refused_and_too_many_are_warned_about() {
@@ -103,4 +103,93 @@ fn a_bad_or_busy_kv_events_endpoint_fails_before_loading() {
         "{err}"
     );
     assert!(!err.contains("nonexistent"), "{err}");
+}
+
+fn smollm2() -> String {
+    suanli_formats::catalog::pull(suanli_formats::catalog::find("smollm2-135m").unwrap())
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+/// A directory that is not a model says what a model is, or names the GGUF file it holds.
+#[test]
+fn a_directory_that_is_not_a_model_says_what_to_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let (code, _, err) = suanli(&["run", "--model", d, "hi"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("not a model directory (no config.json)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("a GGUF file, or a Hugging Face directory"),
+        "{err}"
+    );
+    std::fs::write(dir.path().join("tiny.gguf"), b"").unwrap();
+    let (_, _, err) = suanli(&["run", "--model", d, "hi"]);
+    let file = dir.path().join("tiny.gguf");
+    assert!(
+        err.contains(&format!("--model {}", file.display())),
+        "{err}"
+    );
+}
+
+/// `run` takes its prompt from a pipe (`-` or none), and says so when there is none.
+#[test]
+fn run_reads_a_piped_prompt() {
+    let model = smollm2();
+    let args = [
+        "run",
+        "--model",
+        &model,
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "4",
+        "--json",
+    ];
+    let (code, out, err) = suanli_stdin(&args, "Name a colour.\n");
+    assert_eq!(code, 0, "{err}");
+    let piped: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let mut given = args.to_vec();
+    given.push("Name a colour.");
+    let (_, out, _) = suanli(&given);
+    let direct: serde_json::Value = serde_json::from_str(&out).unwrap();
+    // The trailing newline is cut: the same prompt, the same greedy answer.
+    assert_eq!(piped["text"], direct["text"]);
+    assert_eq!(piped["prompt_tokens"], direct["prompt_tokens"]);
+    let mut dash = args.to_vec();
+    dash.push("-");
+    let (code, _, err) = suanli_stdin(&dash, "");
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("the prompt read from standard input is empty"),
+        "{err}"
+    );
+}
+
+/// `--ctx` beyond the model's trained context is lowered to it, with a notice.
+#[test]
+fn run_keeps_ctx_within_the_trained_context() {
+    let model = smollm2();
+    let (code, _, err) = suanli(&[
+        "run",
+        "--model",
+        &model,
+        "--ctx",
+        "100000",
+        "--max-tokens",
+        "1",
+        "hi",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains(
+            "--ctx 100000 is beyond the model's trained context of 8192 tokens; using 8192"
+        ),
+        "{err}"
+    );
 }

@@ -33,6 +33,9 @@ pub enum OpenError {
     Hf(#[from] HfError),
     #[error("{0}: no such file or directory")]
     Missing(PathBuf),
+    /// A directory without `config.json`: not a Hugging Face model directory.
+    #[error("{}: not a model directory (no config.json){}", .dir.display(), hint(.ggufs))]
+    NotAModelDir { dir: PathBuf, ggufs: Vec<String> },
     #[error("{path}: tensor {name:?} has {n} dimensions; at most 4 are supported")]
     TooManyDims {
         path: PathBuf,
@@ -43,12 +46,50 @@ pub enum OpenError {
 
 pub fn open_model(path: &Path) -> Result<ModelSource, OpenError> {
     if path.is_dir() {
+        if !path.join("config.json").exists() {
+            return Err(OpenError::NotAModelDir {
+                dir: path.to_owned(),
+                ggufs: gguf_files_in(path),
+            });
+        }
         return Ok(ModelSource::Hf(HfDir::open(path)?));
     }
     if !path.exists() {
         return Err(OpenError::Missing(path.to_owned()));
     }
     Ok(ModelSource::from_gguf(GgufFile::open(path)?))
+}
+
+/// The `.gguf` files directly in `dir`, sorted by name.
+fn gguf_files_in(dir: &Path) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.extension()
+                .is_some_and(|x| x.eq_ignore_ascii_case("gguf"))
+        })
+        .map(|p| p.display().to_string())
+        .collect();
+    out.sort();
+    out
+}
+
+/// What to try instead of a directory that is not a model.
+fn hint(ggufs: &[String]) -> String {
+    match ggufs {
+        [] => "; a model is a GGUF file, or a Hugging Face directory with config.json and \
+               *.safetensors"
+            .into(),
+        [one] => format!("; it holds a GGUF file: --model {one}"),
+        many => format!(
+            "; it holds {} GGUF files ({}): pass one of them",
+            many.len(),
+            many.iter().take(4).cloned().collect::<Vec<_>>().join(", ")
+        ),
+    }
 }
 
 impl ModelSource {
