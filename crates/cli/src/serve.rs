@@ -7,6 +7,7 @@ use std::time::Duration;
 use suanli_engine::batch::BatchEngine;
 use suanli_engine::scheduler::SchedConfig;
 use suanli_engine::session::BLOCK_SIZE as BLOCK;
+use suanli_server::access_log::AccessLog;
 use suanli_server::ServeConfig;
 
 #[derive(Args)]
@@ -71,6 +72,13 @@ pub struct ServeArgs {
     /// replicas sharing it name equal prompt blocks alike. Unset: this process's own hashes.
     #[arg(long, value_name = "SEED", env = "PYTHONHASHSEED")]
     pub kv_events_hash_seed: Option<String>,
+    /// The line each request writes to standard error once answered (method, route, status,
+    /// time, tokens): `text`, or `json` (one object per line) for log collectors.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+    /// No line per request.
+    #[arg(long)]
+    pub no_access_log: bool,
 }
 
 /// "1GiB", "512MiB", "800MB", "2G", "4096" (bytes).
@@ -155,9 +163,27 @@ fn serve_on<B: crate::load::Hardware>(a: ServeArgs, opts: &crate::load::Opts) ->
     let ctx = crate::load::within_trained(a.ctx, p.model.cfg.max_position_embeddings);
     let block_bytes = p.model.kv_spec(1, BLOCK, opts.kv).bytes_per_block() as u64;
     let ctx_blocks = ctx.div_ceil(BLOCK) as u64;
-    let kv_bytes = a
-        .kv_memory
-        .unwrap_or_else(|| (a.max_batch as u64 * ctx_blocks * block_bytes).min(2 << 30));
+    let kv_bytes = match a.kv_memory {
+        Some(b) => b,
+        None => {
+            let tokens = default_kv_tokens(ctx, a.max_batch);
+            let want = tokens.div_ceil(BLOCK) as u64 * block_bytes;
+            let cap = available_memory().map_or(u64::MAX, |m| m / 4);
+            let bytes = want.min(cap).max(ctx_blocks * block_bytes);
+            eprintln!(
+                "KV cache sized for one {ctx}-token context and {} more of {} tokens{} \
+                 (--kv-memory to choose)",
+                a.max_batch - 1,
+                ctx.min(DEFAULT_SHARE),
+                if bytes < want {
+                    ", capped at a quarter of the available memory"
+                } else {
+                    ""
+                },
+            );
+            bytes
+        }
+    };
     let num_blocks = (kv_bytes / block_bytes) as usize;
     if (num_blocks as u64) < ctx_blocks {
         bail!(
@@ -202,9 +228,38 @@ fn serve_on<B: crate::load::Hardware>(a: ServeArgs, opts: &crate::load::Opts) ->
         header_read_timeout: Duration::from_secs(30),
         reasoning_separate: a.reasoning_format == "separate",
         kv_events,
+        access_log: match (a.no_access_log, a.log_format.as_str()) {
+            (true, _) => AccessLog::Off,
+            (false, "json") => AccessLog::Json,
+            _ => AccessLog::Text,
+        },
     };
     bound.serve(scfg, engine, p.tokenizer)?;
     Ok(())
+}
+
+/// Context a request is assumed to use, beyond the first, when sizing the default KV cache.
+const DEFAULT_SHARE: usize = 1024;
+
+/// The default KV cache, in tokens: one request may use the whole context while the others of
+/// a full batch use up to `DEFAULT_SHARE` each (more than that preempts and recomputes, never
+/// fails). Sized to the model (its bytes per token) and `--ctx`, not to the machine.
+fn default_kv_tokens(ctx: usize, max_batch: usize) -> usize {
+    ctx + max_batch.saturating_sub(1) * ctx.min(DEFAULT_SHARE)
+}
+
+/// Memory the system could give now (Linux `MemAvailable`), if known.
+fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb = info
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    Some(kb * 1024)
 }
 
 fn kv_events_config(a: &ServeArgs, endpoint: &str) -> suanli_server::kv_events::KvEventsConfig {
@@ -234,6 +289,14 @@ fn kv_events_config(a: &ServeArgs, endpoint: &str) -> suanli_server::kv_events::
 #[cfg(test)]
 mod tests {
     use super::parse_size;
+
+    #[test]
+    fn the_default_kv_cache_holds_one_full_context_and_shares_for_the_rest() {
+        use super::default_kv_tokens;
+        assert_eq!(default_kv_tokens(4096, 16), 4096 + 15 * 1024);
+        assert_eq!(default_kv_tokens(512, 8), 8 * 512);
+        assert_eq!(default_kv_tokens(4096, 1), 4096);
+    }
 
     #[test]
     fn sizes() {

@@ -78,6 +78,8 @@ pub struct Generation {
     choices: Vec<Choice>,
     by_seq: HashMap<SeqId, usize>,
     ready: VecDeque<Delta>,
+    /// The access log's note for this request: its token counts once it ends.
+    note: Option<crate::access_log::Note>,
 }
 
 impl Generation {
@@ -126,6 +128,7 @@ impl Generation {
             choices: Vec::new(),
             by_seq: HashMap::new(),
             ready: VecDeque::new(),
+            note: crate::access_log::Note::current(),
         };
         for (pi, prompt) in prompts.into_iter().enumerate() {
             for j in 0..p.n {
@@ -360,6 +363,9 @@ impl Generation {
 
 impl Drop for Generation {
     fn drop(&mut self) {
+        if let Some(n) = &self.note {
+            n.set(self.usage());
+        }
         for c in self.choices.iter().filter(|c| !c.closed) {
             self.worker.cancel(c.seq, "cancelled");
         }

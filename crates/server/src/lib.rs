@@ -6,6 +6,7 @@
 //! the engine only share channels and the metrics.
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod api;
 mod generate;
 pub mod kv_events;
@@ -48,6 +49,8 @@ pub struct ServeConfig {
     pub reasoning_separate: bool,
     /// Publish the prefix cache's changes (`kv_events`), on sockets already bound.
     pub kv_events: Option<kv_events::KvPublisher>,
+    /// A line per request on standard error (`access_log`).
+    pub access_log: access_log::AccessLog,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +69,7 @@ pub enum ServeError {
 
 /// Every route but `/health` and `/ready` needs the API key when one is set (unknown paths too, so that
 /// they reveal nothing).
-pub fn router(st: Arc<AppState>, max_body: usize) -> Router {
+pub fn router(st: Arc<AppState>, max_body: usize, log: access_log::AccessLog) -> Router {
     let keyed = Router::new()
         .route("/v1/chat/completions", post(api::chat::handler))
         .route("/v1/completions", post(api::completions::handler))
@@ -83,6 +86,9 @@ pub fn router(st: Arc<AppState>, max_body: usize) -> Router {
         .route("/ready", get(api::ready))
         .merge(keyed)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            access_log::layer(log, req, next)
+        }))
         .with_state(st)
 }
 
@@ -142,7 +148,7 @@ where
                 tracing::warn!("constrained decoding is unavailable: {e}");
             }
         });
-    let app = router(st.clone(), cfg.max_body_bytes);
+    let app = router(st.clone(), cfg.max_body_bytes, cfg.access_log);
     let signalled = Arc::new(tokio::sync::Notify::new());
     let on_signal = {
         let st = st.clone();
@@ -192,9 +198,9 @@ async fn accept_loop(
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::pin!(stop);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
-                Ok((s, _)) => s,
+                Ok(s) => s,
                 Err(e) => {
                     // Out of file descriptors and the like: wait a little, keep serving.
                     tracing::warn!("accept failed: {e}");
@@ -208,10 +214,18 @@ async fn accept_loop(
             continue; // dropping the socket closes it
         };
         let _ = stream.set_nodelay(true);
+        // Each request learns its client's address (for the access log).
+        let svc = tower::ServiceExt::map_request(
+            app.clone(),
+            move |mut r: hyper::Request<hyper::body::Incoming>| {
+                r.extensions_mut().insert(access_log::Peer(peer));
+                r
+            },
+        );
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(header_timeout)
-            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc));
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             let _ = conn.await;

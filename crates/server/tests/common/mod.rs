@@ -103,6 +103,7 @@ pub fn start_custom(
         header_read_timeout: Duration::from_secs(2),
         reasoning_separate: true,
         kv_events: None,
+        access_log: suanli_server::access_log::AccessLog::Text,
     };
     let thread = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
