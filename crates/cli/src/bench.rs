@@ -61,6 +61,24 @@ struct Stats {
     max: f64,
 }
 
+/// The largest CPU cache (Linux sysfs), usually the shared L3.
+fn last_level_cache_bytes() -> Option<u64> {
+    let dir = std::fs::read_dir("/sys/devices/system/cpu/cpu0/cache").ok()?;
+    dir.flatten()
+        .filter_map(|e| {
+            let size = std::fs::read_to_string(e.path().join("size")).ok()?;
+            let size = size.trim();
+            let (n, unit) = size.split_at(size.find(|c: char| !c.is_ascii_digit())?);
+            let mult = match unit {
+                "K" => 1 << 10,
+                "M" => 1 << 20,
+                _ => return None,
+            };
+            Some(n.parse::<u64>().ok()? * mult)
+        })
+        .max()
+}
+
 fn stats(mut v: Vec<f64>) -> Stats {
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
@@ -311,6 +329,20 @@ fn bench_on<B: Hardware>(a: BenchArgs, opts: &crate::load::Opts) -> Result<()> {
                 t.median * step_bytes as f64 / 1e9,
                 100.0 * t.median / bound
             );
+            if t.median > bound {
+                let why = match last_level_cache_bytes() {
+                    Some(c) => format!(
+                        "the CPU's last-level cache ({:.0} MB here) holds much of those {:.0} MB",
+                        c as f64 / 1e6,
+                        step_bytes as f64 / 1e6
+                    ),
+                    None => "the CPU's caches hold part of the weights".into(),
+                };
+                crate::outln!(
+                    "above 100 %: {why}, so some of each token's reads never reach memory (the \
+                     bound assumes they all do; a model larger than the cache cannot beat it)"
+                );
+            }
         }
         if let Some(p) = &par {
             let how = if a.temperature > 0.0 {
