@@ -6,6 +6,7 @@ mod bench;
 mod bench_batch;
 mod bench_spec;
 mod chat;
+mod chat_input;
 mod check;
 mod constrain;
 mod inspect;
