@@ -67,8 +67,8 @@ pub enum ServeError {
     KvEvents(#[from] kv_events::BindError),
 }
 
-/// Every route but `/health` and `/ready` needs the API key when one is set (unknown paths too, so that
-/// they reveal nothing).
+/// Every route but `/health`, `/ready` and the chat page `/` needs the API key when one is set
+/// (unknown paths too, so that they reveal nothing).
 pub fn router(st: Arc<AppState>, max_body: usize, log: access_log::AccessLog) -> Router {
     let keyed = Router::new()
         .route("/v1/chat/completions", post(api::chat::handler))
@@ -78,12 +78,13 @@ pub fn router(st: Arc<AppState>, max_body: usize, log: access_log::AccessLog) ->
         .route("/tokenize", post(api::tokenize))
         .route("/detokenize", post(api::detokenize))
         .route("/metrics", get(api::metrics))
-        .route("/", get(api::page))
         .fallback(api::fallback)
         .layer(axum::middleware::from_fn_with_state(st.clone(), api::auth));
     Router::new()
         .route("/health", get(api::health))
         .route("/ready", get(api::ready))
+        // Static, nothing secret in it: its API requests carry the key entered in its settings.
+        .route("/", get(api::page))
         .merge(keyed)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn(move |req, next| {

@@ -410,11 +410,12 @@ fn bad_requests_get_openai_errors() {
     );
     check(get(addr, "/v1/nothing"), 404, None);
     check(get(addr, "/v1/models/other"), 404, Some("model"));
-    // Only /health and /ready are open without the key; the models list has the served model.
-    for path in ["/health", "/ready"] {
+    // Only /health, /ready and the chat page are open without the key (the page is static: its
+    // requests carry the key entered in its settings); the models list has the served model.
+    for path in ["/health", "/ready", "/"] {
         assert_eq!(raw(addr, &request_bytes("GET", path, None, "")).status, 200);
     }
-    for path in ["/", "/metrics", "/v1/nothing", "/v1/models/smollm2-135m"] {
+    for path in ["/metrics", "/v1/nothing", "/v1/models/smollm2-135m"] {
         check(raw(addr, &request_bytes("GET", path, None, "")), 401, None);
     }
     for path in ["/tokenize", "/detokenize", chat, comp] {
