@@ -34,8 +34,9 @@ pub struct ServeArgs {
     /// Longest context (prompt + answer) of one request, in tokens.
     #[arg(long, default_value_t = 4096)]
     pub ctx: usize,
-    /// Memory for the KV cache shared by all requests, e.g. 1GiB or 512MB
-    /// (default: room for --max-batch full contexts, at most 2 GiB).
+    /// Memory for the KV cache shared by all requests, e.g. 1GiB or 512MB (default: one full
+    /// --ctx and 1024 tokens for each other sequence of a batch, at most a quarter of the
+    /// available memory).
     #[arg(long, value_parser = parse_size)]
     pub kv_memory: Option<u64>,
     /// Tokens computed in one step (decode tokens plus prompt chunks).
