@@ -184,48 +184,63 @@ impl KvSink {
     }
 }
 
+/// The batches kept for replay, oldest first, and their bytes.
+#[derive(Default)]
+struct Kept {
+    batches: VecDeque<(u64, Bytes)>,
+    bytes: usize,
+}
+
+/// Publishes what the engine hands over and keeps it for replay; replay requests are answered
+/// by a task of their own, so a slow or hostile replay client never holds up live batches.
 async fn run(
     publisher: Arc<tokio::sync::Mutex<zeromq::PubSocket>>,
-    mut replay: Option<zeromq::RouterSocket>,
+    replay: Option<zeromq::RouterSocket>,
     mut rx: mpsc::Receiver<(u64, Bytes)>,
     topic: Bytes,
     keep: usize,
 ) {
-    let mut kept: VecDeque<(u64, Bytes)> = VecDeque::new();
-    let mut kept_bytes = 0usize;
-    loop {
-        tokio::select! {
-            batch = rx.recv() => {
-                let Some((seq, payload)) = batch else { break };
-                let mut m = ZmqMessage::from(topic.clone());
-                m.push_back(Bytes::copy_from_slice(&seq.to_be_bytes()));
-                m.push_back(payload.clone());
-                // Locked only while connecting: nobody to send to yet.
-                if let Ok(mut p) = publisher.try_lock() {
-                    if let Err(e) = p.send(m).await {
-                        tracing::warn!("KV events: publishing batch {seq} failed: {e}");
-                    }
-                }
-                kept_bytes += payload.len();
-                kept.push_back((seq, payload));
-                while kept.len() > keep || kept_bytes > REPLAY_BYTES {
-                    let Some((_, p)) = kept.pop_front() else { break };
-                    kept_bytes -= p.len();
-                }
+    let kept = Arc::new(std::sync::Mutex::new(Kept::default()));
+    if let Some(sock) = replay {
+        tokio::spawn(serve_replay(sock, kept.clone(), topic.clone()));
+    }
+    while let Some((seq, payload)) = rx.recv().await {
+        let mut m = ZmqMessage::from(topic.clone());
+        m.push_back(Bytes::copy_from_slice(&seq.to_be_bytes()));
+        m.push_back(payload.clone());
+        // Locked only while connecting: nobody to send to yet.
+        if let Ok(mut p) = publisher.try_lock() {
+            if let Err(e) = p.send(m).await {
+                tracing::warn!("KV events: publishing batch {seq} failed: {e}");
             }
-            req = recv_replay(&mut replay) => {
-                if let (Some(sock), Ok(req)) = (replay.as_mut(), req) {
-                    answer_replay(sock, req, &kept, &topic).await;
-                }
-            }
+        }
+        let Ok(mut k) = kept.lock() else { continue };
+        k.bytes += payload.len();
+        k.batches.push_back((seq, payload));
+        while k.batches.len() > keep || k.bytes > REPLAY_BYTES {
+            let Some((_, p)) = k.batches.pop_front() else {
+                break;
+            };
+            k.bytes -= p.len();
         }
     }
 }
 
-async fn recv_replay(sock: &mut Option<zeromq::RouterSocket>) -> zeromq::ZmqResult<ZmqMessage> {
-    match sock {
-        Some(s) => s.recv().await,
-        None => std::future::pending().await,
+/// How long one replay answer may take before its client is given up on.
+const REPLAY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+async fn serve_replay(
+    mut sock: zeromq::RouterSocket,
+    kept: Arc<std::sync::Mutex<Kept>>,
+    topic: Bytes,
+) {
+    while let Ok(req) = sock.recv().await {
+        let answer = answer_replay(&mut sock, req, &kept, &topic);
+        if tokio::time::timeout(REPLAY_TIMEOUT, answer).await.is_err() {
+            tracing::warn!(
+                "KV events: a replay client took over {REPLAY_TIMEOUT:?}; its answer was cut"
+            );
+        }
     }
 }
 
@@ -233,7 +248,7 @@ async fn recv_replay(sock: &mut Option<zeromq::RouterSocket>) -> zeromq::ZmqResu
 async fn answer_replay(
     sock: &mut zeromq::RouterSocket,
     req: ZmqMessage,
-    kept: &VecDeque<(u64, Bytes)>,
+    kept: &std::sync::Mutex<Kept>,
     topic: &Bytes,
 ) {
     let frames = req.into_vec();
@@ -248,6 +263,16 @@ async fn answer_replay(
         tracing::warn!("KV events: malformed replay start ({} bytes)", start.len());
         return;
     };
+    // A snapshot (the payloads are shared, not copied): publishing goes on meanwhile.
+    let batches: Vec<(u64, Bytes)> = match kept.lock() {
+        Ok(k) => k
+            .batches
+            .iter()
+            .filter(|(s, _)| *s >= start)
+            .cloned()
+            .collect(),
+        Err(_) => Vec::new(),
+    };
     let reply = |topic: Bytes, seq: Bytes, payload: Bytes| {
         let mut m = ZmqMessage::from(id.clone());
         m.push_back(Bytes::new());
@@ -256,13 +281,9 @@ async fn answer_replay(
         m.push_back(payload);
         m
     };
-    for (seq, payload) in kept.iter().filter(|(s, _)| *s >= start) {
+    for (seq, payload) in batches {
         let seq = Bytes::copy_from_slice(&seq.to_be_bytes());
-        if sock
-            .send(reply(topic.clone(), seq, payload.clone()))
-            .await
-            .is_err()
-        {
+        if sock.send(reply(topic.clone(), seq, payload)).await.is_err() {
             return;
         }
     }

@@ -224,6 +224,10 @@ fn kv_events_name_cached_blocks_as_vllm_does_and_replay_matches() {
         assert_eq!(seqs, (0..live.len() as u64).collect::<Vec<_>>());
         let mut dealer = zeromq::DealerSocket::new();
         dealer.connect(&replay).await.unwrap();
+        // A malformed request first: ignored, and the next one is still answered.
+        let mut bad = ZmqMessage::from(bytes::Bytes::new());
+        bad.push_back(bytes::Bytes::from_static(b"xyz"));
+        dealer.send(bad).await.unwrap();
         let mut req = ZmqMessage::from(bytes::Bytes::new());
         req.push_back(bytes::Bytes::copy_from_slice(&1u64.to_be_bytes()));
         dealer.send(req).await.unwrap();
