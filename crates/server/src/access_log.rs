@@ -64,7 +64,8 @@ pub async fn layer(format: AccessLog, req: Request, next: Next) -> Response {
     let t0 = Instant::now();
     let client = req.extensions().get::<Peer>().map(|p| p.0);
     let method = req.method().to_string();
-    let path = req.uri().path().to_string();
+    // Bounded: a hostile client's 100 KB path must not become a 100 KB log line.
+    let path: String = req.uri().path().chars().take(200).collect();
     let note = Note::default();
     let res = NOTE.scope(note.clone(), next.run(req)).await;
     let status = res.status().as_u16();
