@@ -12,7 +12,9 @@ Selenium), against a real `suanli serve` on SmolLM2-135M:
   5. an error is shown with a retry, the failed turn is not re-sent with the next one, and a
      `length` finish says how to get more;
   6. a reload finds the conversations and the settings again;
-  7. the interface follows a Chinese browser; a phone-sized window gets the menu button.
+  7. the interface follows a Chinese browser; a phone-sized window gets the menu button;
+  8. behind `--api-key` the page still opens, says the key is missing, and works once the key
+     is entered in its settings.
 
 Screenshots go to a temporary directory printed at the end (look at them; they are not kept).
 Usage: page_test.py SUANLI_BIN MODEL_PATH
@@ -230,6 +232,41 @@ def main():
         d.save_screenshot(os.path.join(SHOTS, "7-phone-menu.png"))
         print("Chinese interface on a zh-CN browser; a phone-sized window gets the menu")
         passed += 1
+        d.quit()
+        d = None
+
+        # 8. A server that wants a key: the page opens, asks, then works with the key.
+        kport = free_port()
+        keyed = subprocess.Popen([SUANLI, "--threads", "2", "serve", "--model", MODEL, "--port", str(kport),
+                                  "--model-name", "smol", "--ctx", "2048"], stdout=log, stderr=subprocess.STDOUT,
+                                 env=dict(os.environ, SUANLI_API_KEY="sesame"))
+        try:
+            kurl = f"http://127.0.0.1:{kport}/"
+            t = time.time()
+            while True:
+                try:
+                    import urllib.request
+                    if urllib.request.urlopen(kurl + "ready", timeout=2).status == 200:
+                        break
+                except Exception:
+                    pass
+                assert time.time() - t < 120, "keyed server never ready"
+                time.sleep(0.2)
+            d = browser()
+            d.get(kurl)
+            wait(d, lambda: "key" in d.find_element(By.ID, "status").text.lower(), "the missing-key message")
+            missing = d.find_element(By.ID, "status").text
+            set_field(d, "key", "sesame")
+            wait(d, lambda: js(d, "return document.getElementById('model').options.length") > 0, "the model list with the key")
+            set_field(d, "maxtok", 4)
+            send(d, "Hi")
+            wait(d, lambda: idle(d) and len(answers(d)) == 1, "an answer with the key")
+            assert not d.find_elements(By.CSS_SELECTOR, "#log .error")
+            print(f"behind --api-key: the page opened and said '{missing}'; with the key it answered")
+            passed += 1
+        finally:
+            keyed.terminate()
+            keyed.wait(30)
     except Exception as e:  # an assertion, or the browser's own error
         failed += 1
         print(f"FAILED: {e!r}")
