@@ -17,7 +17,6 @@
 
 use bytes::Bytes;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use suanli_engine::kv_events::{BlockHash, BlockHasher, KvEvent};
 use tokio::sync::mpsc;
@@ -49,8 +48,6 @@ const QUEUE: usize = 1024;
 pub struct KvPublisher {
     tx: mpsc::Sender<(u64, Bytes)>,
     pub hasher: BlockHasher,
-    dropped: Arc<AtomicU64>,
-    pub endpoint: String,
 }
 
 /// Why the sockets could not be bound.
@@ -106,8 +103,6 @@ impl KvPublisher {
         Ok(KvPublisher {
             tx,
             hasher: cfg.hasher,
-            dropped: Arc::new(AtomicU64::new(0)),
-            endpoint: cfg.endpoint,
         })
     }
 
@@ -118,13 +113,8 @@ impl KvPublisher {
             seq: 0,
             block_size,
             window,
-            dropped: self.dropped.clone(),
+            dropped: 0,
         }
-    }
-
-    /// Batches the engine dropped because the publisher fell behind.
-    pub fn dropped(&self) -> Arc<AtomicU64> {
-        self.dropped.clone()
     }
 }
 
@@ -157,7 +147,8 @@ pub struct KvSink {
     seq: u64,
     block_size: usize,
     window: Option<usize>,
-    dropped: Arc<AtomicU64>,
+    /// Batches dropped so far because the publisher fell behind.
+    dropped: u64,
 }
 
 impl KvSink {
@@ -173,7 +164,8 @@ impl KvSink {
         let seq = self.seq;
         self.seq += 1;
         if self.tx.try_send((seq, Bytes::from(payload))).is_err() {
-            let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            self.dropped += 1;
+            let n = self.dropped;
             if n.is_power_of_two() {
                 tracing::warn!(
                     "KV events: the publisher fell behind; batch {seq} dropped ({n} so far); \

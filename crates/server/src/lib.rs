@@ -98,7 +98,7 @@ pub fn router(st: Arc<AppState>, max_body: usize, log: access_log::AccessLog) ->
 pub async fn serve_listener<B>(
     listener: tokio::net::TcpListener,
     cfg: ServeConfig,
-    engine: BatchEngine<B>,
+    mut engine: BatchEngine<B>,
     tokenizer: Tokenizer,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError>
@@ -106,7 +106,6 @@ where
     B: Backend + Send + 'static,
     BatchEngine<B>: Send,
 {
-    let mut engine = engine;
     let kv_sink = cfg.kv_events.as_ref().map(|p| {
         engine.enable_kv_events(p.hasher.clone());
         let s = engine.scheduler();
