@@ -233,24 +233,21 @@ fn set(
     key: &str,
     value: &str,
 ) -> Result<(), String> {
-    let bad = |_: Box<dyn std::error::Error>| format!("/set {key}: {value:?} is not a number");
-    fn num<T: std::str::FromStr>(v: &str) -> Result<T, Box<dyn std::error::Error>>
-    where
-        T::Err: std::error::Error + 'static,
-    {
-        v.parse::<T>()
-            .map_err(|e| Box::new(e) as Box<dyn std::error::Error>)
+    fn num<T: std::str::FromStr>(key: &str, value: &str) -> Result<T, String> {
+        value
+            .parse()
+            .map_err(|_| format!("/set {key}: {value:?} is not a number"))
     }
     let mut q = p.clone();
     match key {
-        "temperature" => q.temperature = num(value).map_err(bad)?,
-        "top_k" => q.top_k = num(value).map_err(bad)?,
-        "top_p" => q.top_p = num(value).map_err(bad)?,
-        "min_p" => q.min_p = num(value).map_err(bad)?,
-        "repeat_penalty" => q.repeat_penalty = num(value).map_err(bad)?,
-        "seed" => q.seed = if value == "random" { None } else { Some(num(value).map_err(bad)?) },
+        "temperature" => q.temperature = num(key, value)?,
+        "top_k" => q.top_k = num(key, value)?,
+        "top_p" => q.top_p = num(key, value)?,
+        "min_p" => q.min_p = num(key, value)?,
+        "repeat_penalty" => q.repeat_penalty = num(key, value)?,
+        "seed" => q.seed = if value == "random" { None } else { Some(num(key, value)?) },
         "max_tokens" => {
-            let n: usize = num(value).map_err(bad)?;
+            let n: usize = num(key, value)?;
             if n == 0 {
                 return Err("/set max_tokens: at least 1".into());
             }

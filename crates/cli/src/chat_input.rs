@@ -144,11 +144,12 @@ impl Reader {
                 None => parse(&line),
             };
             if let Some(i) = input {
-                if let (Reader::Editor(ed, _), Input::Message(m)) = (&mut *self, &i) {
-                    let _ = ed.add_history_entry(m.as_str());
-                }
-                if let (Reader::Editor(ed, _), Input::Command(_)) = (&mut *self, &i) {
-                    let _ = ed.add_history_entry(line.as_str());
+                if let Reader::Editor(ed, _) = self {
+                    // A block is recalled whole; a line as typed.
+                    let _ = ed.add_history_entry(match &i {
+                        Input::Message(m) => m.as_str(),
+                        _ => line.as_str(),
+                    });
                 }
                 return Ok(i);
             }
