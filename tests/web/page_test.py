@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
@@ -90,26 +91,32 @@ def idle(d):
     return d.find_element(By.ID, "stop").get_attribute("disabled") is not None
 
 
-def main():
+def start_server(log, env=None):
+    """`suanli serve` on a free port, once `/ready`: (process, page URL)."""
     port = free_port()
-    log = open(os.path.join(SHOTS, "server.log"), "w")
-    server = subprocess.Popen([SUANLI, "--threads", "2", "serve", "--model", MODEL, "--port", str(port),
-                               "--model-name", "smol", "--ctx", "2048"], stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([SUANLI, "--threads", "2", "serve", "--model", MODEL, "--port", str(port),
+                             "--model-name", "smol", "--ctx", "2048"], stdout=log, stderr=subprocess.STDOUT,
+                            env=env)
     url = f"http://127.0.0.1:{port}/"
+    t = time.time()
+    while True:
+        try:
+            if urllib.request.urlopen(url + "ready", timeout=2).status == 200:
+                return proc, url
+        except Exception:
+            pass
+        if proc.poll() is not None or time.time() - t > 120:
+            proc.kill()
+            raise AssertionError(f"server on port {port} never ready")
+        time.sleep(0.2)
+
+
+def main():
+    log = open(os.path.join(SHOTS, "server.log"), "w")
+    server, url = start_server(log)
     passed = failed = 0
     d = None
     try:
-        t = time.time()
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), 1).close()
-                import urllib.request
-                if urllib.request.urlopen(url + "ready", timeout=2).status == 200:
-                    break
-            except Exception:
-                pass
-            assert time.time() - t < 120, "server never ready"
-            time.sleep(0.2)
         d = browser()
 
         # 1. Load, model listed, one answer with its speed.
@@ -236,22 +243,8 @@ def main():
         d = None
 
         # 8. A server that wants a key: the page opens, asks, then works with the key.
-        kport = free_port()
-        keyed = subprocess.Popen([SUANLI, "--threads", "2", "serve", "--model", MODEL, "--port", str(kport),
-                                  "--model-name", "smol", "--ctx", "2048"], stdout=log, stderr=subprocess.STDOUT,
-                                 env=dict(os.environ, SUANLI_API_KEY="sesame"))
+        keyed, kurl = start_server(log, env=dict(os.environ, SUANLI_API_KEY="sesame"))
         try:
-            kurl = f"http://127.0.0.1:{kport}/"
-            t = time.time()
-            while True:
-                try:
-                    import urllib.request
-                    if urllib.request.urlopen(kurl + "ready", timeout=2).status == 200:
-                        break
-                except Exception:
-                    pass
-                assert time.time() - t < 120, "keyed server never ready"
-                time.sleep(0.2)
             d = browser()
             d.get(kurl)
             wait(d, lambda: "key" in d.find_element(By.ID, "status").text.lower(), "the missing-key message")

@@ -2,70 +2,33 @@
 //! client, method, route, status, time and tokens; `--log-format json` as one object per line.
 //! Probes are left out.
 
-use serde_json::Value;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::process::{Command, Stdio};
-use suanli_formats::catalog;
+mod common;
 
-/// Send a request and read the whole answer (the connection closes after it).
-fn request(addr: &str, method: &str, path: &str, body: &str) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).unwrap();
-    answer
-}
+use common::{address_in, http, spawn_serve};
+use serde_json::Value;
+use std::io::BufRead;
+use std::process::Command;
 
 #[cfg(unix)]
 #[test]
 fn each_request_gets_one_json_line_with_status_time_and_tokens() {
-    let model = catalog::pull(catalog::find("smollm2-135m").unwrap()).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_suanli"))
-        .args([
-            "--threads",
-            "2",
-            "serve",
-            "--port",
-            "0",
-            "--ctx",
-            "1024",
-            "--log-format",
-            "json",
-            "--model",
-        ])
-        .arg(&model)
-        .env_remove("SUANLI_API_KEY")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let (mut child, mut err) = spawn_serve(&["--log-format", "json"]);
     let mut line = String::new();
     while !line.starts_with("serving ") {
         line.clear();
         assert!(err.read_line(&mut line).unwrap() > 0, "server exited early");
     }
-    let addr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap()
-        .to_string();
+    let addr = address_in(&line).unwrap();
     let mut next_log = || -> Value {
         let mut l = String::new();
         assert!(err.read_line(&mut l).unwrap() > 0);
         serde_json::from_str(&l).unwrap_or_else(|e| panic!("{e}: {l}"))
     };
 
-    assert!(request(&addr, "GET", "/health", "").starts_with("HTTP/1.1 200"));
+    assert!(http(&addr, "GET", "/health", "").starts_with("HTTP/1.1 200"));
     let chat =
         r#"{"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3, "temperature": 0}"#;
-    let answer = request(&addr, "POST", "/v1/chat/completions", chat);
+    let answer = http(&addr, "POST", "/v1/chat/completions", chat);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     let body: Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
     // The probe wrote nothing: the first line is the chat's.
@@ -84,7 +47,7 @@ fn each_request_gets_one_json_line_with_status_time_and_tokens() {
 
     // A stream is logged once its last event is sent, with its tokens.
     let stream = r#"{"prompt": "Once", "max_tokens": 4, "temperature": 0, "stream": true}"#;
-    let answer = request(&addr, "POST", "/v1/completions", stream);
+    let answer = http(&addr, "POST", "/v1/completions", stream);
     assert!(answer.contains("data: [DONE]"), "{answer}");
     let l = next_log();
     assert_eq!(
@@ -94,7 +57,7 @@ fn each_request_gets_one_json_line_with_status_time_and_tokens() {
     assert_eq!(l["completion_tokens"], 4);
 
     // Refusals are logged with their status and no tokens.
-    let bad = request(
+    let bad = http(
         &addr,
         "POST",
         "/v1/completions",
@@ -104,7 +67,7 @@ fn each_request_gets_one_json_line_with_status_time_and_tokens() {
     let l = next_log();
     assert_eq!(l["status"], 400);
     assert!(l.get("prompt_tokens").is_none(), "{l}");
-    assert!(request(&addr, "GET", "/nowhere", "").starts_with("HTTP/1.1 404"));
+    assert!(http(&addr, "GET", "/nowhere", "").starts_with("HTTP/1.1 404"));
     assert_eq!(next_log()["status"], 404);
 
     let _ = Command::new("kill")

@@ -71,38 +71,25 @@ fn a_catalog_typo_gets_a_did_you_mean() {
 /// path here does not exist: reaching the loader would say so instead).
 #[test]
 fn a_bad_or_busy_kv_events_endpoint_fails_before_loading() {
-    let (code, _, err) = suanli(&[
-        "serve",
-        "--model",
-        "/nonexistent.gguf",
-        "--port",
-        "0",
-        "--kv-events",
-        "udp://*:5557",
-    ]);
-    assert_ne!(code, 0);
-    assert!(
-        err.contains("--kv-events: udp://*:5557: only tcp://"),
-        "{err}"
-    );
-    assert!(!err.contains("nonexistent"), "{err}");
+    // Refused (non-zero exit) with `says` on stderr and the missing model never reached.
+    let refused = |endpoint: &str, says: &str| {
+        let (code, _, err) = suanli(&[
+            "serve",
+            "--model",
+            "/nonexistent.gguf",
+            "--port",
+            "0",
+            "--kv-events",
+            endpoint,
+        ]);
+        assert_ne!(code, 0);
+        assert!(err.contains(says), "{err}");
+        assert!(!err.contains("nonexistent"), "{err}");
+    };
+    refused("udp://*:5557", "--kv-events: udp://*:5557: only tcp://");
     let busy = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
     let ep = format!("tcp://*:{}", busy.local_addr().unwrap().port());
-    let (code, _, err) = suanli(&[
-        "serve",
-        "--model",
-        "/nonexistent.gguf",
-        "--port",
-        "0",
-        "--kv-events",
-        &ep,
-    ]);
-    assert_ne!(code, 0);
-    assert!(
-        err.contains(&format!("cannot bind the KV events endpoint {ep}")),
-        "{err}"
-    );
-    assert!(!err.contains("nonexistent"), "{err}");
+    refused(&ep, &format!("cannot bind the KV events endpoint {ep}"));
 }
 
 fn smollm2() -> String {

@@ -1,33 +1,18 @@
 //! `suanli serve` as a process: it prints where it listens, answers, and on SIGTERM finishes
 //! the request in flight, stops listening and exits 0.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use common::{address_in, http, spawn_serve};
+use std::io::{BufRead, Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
-use suanli_formats::catalog;
 
 #[cfg(unix)]
 #[test]
 fn sigterm_drains_and_exits_zero() {
-    let model = catalog::pull(catalog::find("smollm2-135m").unwrap()).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_suanli"))
-        .args([
-            "--threads",
-            "2",
-            "serve",
-            "--port",
-            "0",
-            "--ctx",
-            "1024",
-            "--model",
-        ])
-        .arg(&model)
-        .env_remove("SUANLI_API_KEY")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let (mut child, mut err) = spawn_serve(&[]);
     // "listening on http://…" comes before the model loads, "serving … on http://…" after.
     let mut addr = None;
     let mut line = String::new();
@@ -35,11 +20,7 @@ fn sigterm_drains_and_exits_zero() {
         line.clear();
         assert!(err.read_line(&mut line).unwrap() > 0, "server exited early");
         if addr.is_none() && line.starts_with("listening on ") {
-            addr = line
-                .split("http://")
-                .nth(1)
-                .and_then(|r| r.split_whitespace().next())
-                .map(str::to_owned);
+            addr = address_in(&line);
             let a = addr.clone().unwrap();
             // Bound before loading: alive, not ready.
             let health = get(&a, "/health");
@@ -93,15 +74,7 @@ fn sigterm_drains_and_exits_zero() {
 
 /// One GET on its own connection; the whole answer.
 fn get(addr: &str, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).unwrap();
-    answer
+    http(addr, "GET", path, "")
 }
 
 /// A busy port is refused at once, before any model is read, with its cause said once.
