@@ -67,18 +67,18 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ENDPOINT", requires = "kv_events")]
     pub kv_events_replay: Option<String>,
     /// First frame (topic) of every event message.
-    #[arg(long, value_name = "TOPIC", default_value = "")]
+    #[arg(long, value_name = "TOPIC", default_value = "", requires = "kv_events")]
     pub kv_events_topic: String,
     /// Seed of the event block hashes (vLLM's PYTHONHASHSEED, read from there when unset):
     /// replicas sharing it name equal prompt blocks alike. Unset: this process's own hashes.
-    #[arg(long, value_name = "SEED", env = "PYTHONHASHSEED")]
+    #[arg(long, value_name = "SEED", requires = "kv_events")]
     pub kv_events_hash_seed: Option<String>,
     /// The line each request writes to standard error once answered (method, route, status,
     /// time, tokens): `text`, or `json` (one object per line) for log collectors.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
     /// No line per request.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "log_format")]
     pub no_access_log: bool,
 }
 
@@ -265,7 +265,13 @@ fn available_memory() -> Option<u64> {
 
 fn kv_events_config(a: &ServeArgs, endpoint: &str) -> suanli_server::kv_events::KvEventsConfig {
     use suanli_engine::kv_events::BlockHasher;
-    let hasher = match a.kv_events_hash_seed.as_deref() {
+    // The environment is read here, not by clap: a PYTHONHASHSEED set for other programs must
+    // not make `serve` without --kv-events fail.
+    let seed = a
+        .kv_events_hash_seed
+        .clone()
+        .or_else(|| std::env::var("PYTHONHASHSEED").ok());
+    let hasher = match seed.as_deref() {
         Some(seed) => {
             eprintln!("KV events on {endpoint}: block hashes seeded with {seed:?} (vLLM's sha256_cbor chain)");
             BlockHasher::seeded(seed)

@@ -180,3 +180,34 @@ fn run_keeps_ctx_within_the_trained_context() {
         "{err}"
     );
 }
+
+/// Options that only mean something with another are refused without it, by name; a
+/// PYTHONHASHSEED set for other programs does not count as one.
+#[test]
+fn serve_options_that_need_another_are_refused_alone() {
+    let base = ["serve", "--model", "/nonexistent.gguf", "--port", "0"];
+    for (extra, says) in [
+        (&["--kv-events-topic", "kv"][..], "--kv-events <ENDPOINT>"),
+        (
+            &["--kv-events-hash-seed", "0"][..],
+            "--kv-events <ENDPOINT>",
+        ),
+        (
+            &["--no-access-log", "--log-format", "json"][..],
+            "'--no-access-log' cannot be used with",
+        ),
+    ] {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        let (code, _, err) = suanli(&args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_suanli"))
+        .args(base)
+        .env("PYTHONHASHSEED", "0")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    // It got as far as the (missing) model.
+    assert!(err.contains("nonexistent"), "{err}");
+}
