@@ -1,7 +1,8 @@
 //! Single-product probe for kernel work: G multiply-adds/s of one quantized matrix product.
 //!   cargo run --release -p suanli-cpu --example matmul_probe -- TYPE ROWS COLS TOKENS [THREADS]
 //! `COPIES=N` cycles through N copies of the weight, so that a small batch streams it from
-//! memory as decode steps do (one copy stays in cache after the first run).
+//! memory as decode steps do (one copy stays in cache after the first run); `REPS=N` times N
+//! products per copy (20 by default) and keeps the best.
 use suanli_backend::{Backend, HostTensor, WeightRole};
 use suanli_core::DType;
 use suanli_cpu::CpuBackend;
@@ -59,7 +60,12 @@ fn main() {
         ts[0] as f64 + ts[1] as f64 * 1e-9
     };
     let (mut best, mut best_cpu) = (0f64, 0f64);
-    for i in 0..20 * ws.len() {
+    // REPS: products timed per copy (best of them is kept).
+    let reps: usize = std::env::var("REPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    for i in 0..reps * ws.len() {
         let (t, c) = (std::time::Instant::now(), cpu());
         b.linear(&x, &ws[i % ws.len()], None, &mut out).unwrap();
         let macs = (rows * cols * n) as f64;

@@ -132,20 +132,11 @@ unsafe fn f16x16(p: *const u8) -> __m512 {
     _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
 }
 
-/// Σ over register indices `gs` of w[g] · (quants 4g..4g+4 broadcast), starting from `init`.
+/// `acc` + w[g] · (the token's quants 4g..4g+4, broadcast) in each 32-bit lane.
 #[inline(always)]
-unsafe fn dots(
-    init: __m512i,
-    w: &[__m512i; 8],
-    q: *const i8,
-    gs: std::ops::Range<usize>,
-) -> __m512i {
-    let mut acc = init;
-    for g in gs {
-        let y = _mm512_set1_epi32(std::ptr::read_unaligned(q.add(4 * g) as *const i32));
-        acc = _mm512_dpbusd_epi32(acc, w[g], y);
-    }
-    acc
+unsafe fn dot4(acc: __m512i, w: __m512i, q: *const i8, g: usize) -> __m512i {
+    let y = _mm512_set1_epi32(std::ptr::read_unaligned(q.add(4 * g) as *const i32));
+    _mm512_dpbusd_epi32(acc, w, y)
 }
 
 /// Sub-block `j`'s scales for the 16 rows of the superblock at `h` (superblock scale `d`,
@@ -201,6 +192,13 @@ pub(super) unsafe fn scale_in<const K: u8>(
     }
 }
 
+/// Most tokens in one VNNI tile: with 8, the accumulators and a sub-block's unpacked weights
+/// fill the 32 vector registers.
+const MAX_TILE: usize = 8;
+
+/// Tiles of up to this many tokens run two multiply-add chains per token.
+const TWO_CHAINS_UP_TO: usize = 5;
+
 /// How far ahead of the sub-block being multiplied decode prefetches (bytes).
 const PREFETCH_AHEAD: usize = 2048;
 
@@ -244,31 +242,78 @@ unsafe fn tile<const K: u8, const T: usize>(
             prefetch_ahead::<K>(p);
             let w = unpack::<K>(p);
             let [s0, s1, mv] = sub_scales::<K>(h, j, d, second);
-            unroll16!(t < T, {
-                let acc = &mut acc[t];
-                let tok = t0 + t;
-                let q = a.qs.as_ptr().add(tok * a.k + blk * 32);
-                let m: &Meta = a.meta.get_unchecked(tok * nblk + blk);
-                let (i0, i1) = if K == Q6K {
-                    (
-                        dots(_mm512_set1_epi32(m.nsum16[0] as i32 * off), &w, q, 0..4),
-                        dots(_mm512_set1_epi32(m.nsum16[1] as i32 * off), &w, q, 4..8),
-                    )
+            let q = |t: usize| a.qs.as_ptr().add((t0 + t) * a.k + blk * 32);
+            let m = |t: usize| -> &Meta { a.meta.get_unchecked((t0 + t) * nblk + blk) };
+            // Every token's multiply-add chain advances one step per register `g`, so that
+            // consecutive `vpdpbusd` never wait on each other: written token after token, the
+            // chains' 5-cycle latency filled the scheduler and ran the unit at a third of its
+            // rate (`matmul_probe`, 8 tokens in L2). Integer sums do not depend on the order.
+            if K == Q6K {
+                // Each 16-column half has its own scale: one pass per half, as `scale_in`.
+                let mut i0 = [_mm512_setzero_si512(); T];
+                let mut i1 = [_mm512_setzero_si512(); T];
+                unroll16!(t < T, {
+                    i0[t] = _mm512_set1_epi32(m(t).nsum16[0] as i32 * off);
+                    i1[t] = _mm512_set1_epi32(m(t).nsum16[1] as i32 * off);
+                });
+                if T <= TWO_CHAINS_UP_TO {
+                    unroll16!(g < 4, {
+                        unroll16!(t < T, {
+                            i0[t] = dot4(i0[t], w[g], q(t), g);
+                            i1[t] = dot4(i1[t], w[g + 4], q(t), g + 4);
+                        });
+                    });
+                    unroll16!(t < T, {
+                        scale_in::<K>(&mut acc[t], (i0[t], i1[t]), [s0, s1, mv], (m(t).d, m(t).s));
+                    });
                 } else {
-                    let init = _mm512_set1_epi32(m.nsum32 * off);
-                    let isum = if T < 4 {
-                        // Two chains: a single token has nothing else to overlap with.
-                        _mm512_add_epi32(
-                            dots(init, &w, q, 0..4),
-                            dots(_mm512_setzero_si512(), &w, q, 4..8),
-                        )
-                    } else {
-                        dots(init, &w, q, 0..8)
-                    };
-                    (isum, _mm512_setzero_si512())
-                };
-                scale_in::<K>(acc, (i0, i1), [s0, s1, mv], (m.d, m.s));
-            });
+                    // Both halves' chains at once would not fit the 32 registers.
+                    unroll16!(g < 4, {
+                        unroll16!(t < T, { i0[t] = dot4(i0[t], w[g], q(t), g) });
+                    });
+                    unroll16!(t < T, {
+                        let da = _mm512_set1_ps(m(t).d);
+                        acc[t] = _mm512_fmadd_ps(
+                            _mm512_cvtepi32_ps(i0[t]),
+                            _mm512_mul_ps(s0, da),
+                            acc[t],
+                        );
+                    });
+                    unroll16!(g < 4, {
+                        unroll16!(t < T, { i1[t] = dot4(i1[t], w[g + 4], q(t), g + 4) });
+                    });
+                    unroll16!(t < T, {
+                        let da = _mm512_set1_ps(m(t).d);
+                        acc[t] = _mm512_fmadd_ps(
+                            _mm512_cvtepi32_ps(i1[t]),
+                            _mm512_mul_ps(s1, da),
+                            acc[t],
+                        );
+                    });
+                }
+            } else {
+                let mut i0 = [_mm512_setzero_si512(); T];
+                unroll16!(t < T, { i0[t] = _mm512_set1_epi32(m(t).nsum32 * off) });
+                if T <= TWO_CHAINS_UP_TO {
+                    // Two chains per token: fewer than ~10 chains leave the unit idle.
+                    let mut i1 = [_mm512_setzero_si512(); T];
+                    unroll16!(g < 4, {
+                        unroll16!(t < T, {
+                            i0[t] = dot4(i0[t], w[g], q(t), g);
+                            i1[t] = dot4(i1[t], w[g + 4], q(t), g + 4);
+                        });
+                    });
+                    unroll16!(t < T, { i0[t] = _mm512_add_epi32(i0[t], i1[t]) });
+                } else {
+                    unroll16!(g < 8, {
+                        unroll16!(t < T, { i0[t] = dot4(i0[t], w[g], q(t), g) });
+                    });
+                }
+                unroll16!(t < T, {
+                    let z = _mm512_setzero_si512();
+                    scale_in::<K>(&mut acc[t], (i0[t], z), [s0, s1, mv], (m(t).d, m(t).s));
+                });
+            }
         }
     }
     store(&acc, out, ostride, valid, bias);
@@ -342,8 +387,10 @@ unsafe fn run_kind<const K: u8>(
     }
 }
 
-/// One group of 16 rows (at `grp`) against `tokens`, in tiles of 8, 4, 2 and 1; `out` points at
-/// the group's row 0 of token 0, tokens `m` apart.
+/// One group of 16 rows (at `grp`) against `tokens`, in tiles of at most 8 tokens as even as
+/// possible (11 tokens: 6 + 5, not 8 + 2 + 1 — a tile of 1 or 2 tokens costs 2–3 times as much
+/// per token as one of 5 or more, `matmul_probe`); `out` points at the group's row 0 of token
+/// 0, tokens `m` apart.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn vnni_tokens<const K: u8>(
@@ -356,19 +403,23 @@ pub(super) unsafe fn vnni_tokens<const K: u8>(
     valid: usize,
     bias: Option<&[f32]>,
 ) {
+    let n = tokens.len();
+    let tiles = n.div_ceil(MAX_TILE);
     let mut t = tokens.start;
-    macro_rules! step {
-        ($T:literal) => {
-            while tokens.end - t >= $T {
-                tile::<K, $T>(grp, nsb, a, t, out.add(t * m), m, valid, bias);
-                t += $T;
-            }
-        };
+    for i in 0..tiles {
+        let size = n / tiles + usize::from(i < n % tiles);
+        // Called in place (a function pointer would lose the caller's target features).
+        macro_rules! call {
+            ($($s:literal)*) => {
+                match size {
+                    $($s => tile::<K, $s>(grp, nsb, a, t, out.add(t * m), m, valid, bias),)*
+                    _ => tile::<K, MAX_TILE>(grp, nsb, a, t, out.add(t * m), m, valid, bias),
+                }
+            };
+        }
+        call!(1 2 3 4 5 6 7);
+        t += size;
     }
-    step!(8);
-    step!(4);
-    step!(2);
-    step!(1);
 }
 
 /// out[t, r] = Σ w[r]·x[t] (+ bias[r]) for groups `groups` and tokens `tokens`.
@@ -409,8 +460,10 @@ mod tests {
     use crate::pool::Pool;
     use crate::testutil::packed_case;
 
-    /// Every kind, 3 groups (the last partial), tokens in tiles of 8, 4, 2 and 1, with a bias:
-    /// against an f64 sum over the dequantized weights and activations.
+    /// Every kind, 3 groups (the last partial), with a bias, against an f64 sum over the
+    /// dequantized weights and activations: on VNNI every token count from 1 to 9 (each tile
+    /// size, and 9 = 5 + 4), 11 (6 + 5) and 37; with AMX, 37 tokens (two tiles of 16, then
+    /// 5 on VNNI).
     #[test]
     fn packed_kernels_match_the_dequantized_dot() {
         if !Isa::available().contains(&Isa::Avx512) {
@@ -418,15 +471,14 @@ mod tests {
             return;
         }
         let pool = Pool::new(2).unwrap();
-        // 37 tokens: two AMX tiles of 16, then 4 + 1 on VNNI.
-        let (rows, n) = (37, 37);
-        let amx_modes: &[bool] = if Isa::available().contains(&Isa::Amx) {
-            &[false, true]
+        let rows = 37;
+        let mut cases: Vec<(bool, usize)> = (1..=9).chain([11, 37]).map(|n| (false, n)).collect();
+        if Isa::available().contains(&Isa::Amx) {
+            cases.push((true, 37));
         } else {
             eprintln!("no AMX int8 tiles here: the AMX tiles are not tested");
-            &[false]
-        };
-        for &amx in amx_modes {
+        }
+        for (amx, n) in cases {
             for ty in suanli_core::DType::ALL {
                 let Some(kd) = Kind::of(ty) else { continue };
                 for cols in [512, 1056] {
