@@ -6,8 +6,8 @@
 //! Integer sums are exact (the weight offset enters as `offset · (−Σq)` at the start of the
 //! sum); scales are applied in f32, so results equal the scalar oracle up to f32 rounding.
 //!
-//! With AMX (`amx` set, `Isa::Amx`) and 16 tokens or more, `amx_packed` takes whole tiles of 16
-//! tokens; the tokens left over come here.
+//! With AMX (`amx` set, `Isa::Amx`) and `AMX_FROM` tokens or more, `amx_packed` takes whole
+//! tiles of 16 tokens; the tokens left over come here.
 
 use super::pacts::{Meta, PActs};
 use crate::packed::{Kind, Packed, ROWS};
@@ -192,6 +192,12 @@ pub(super) unsafe fn scale_in<const K: u8>(
     }
 }
 
+/// Tokens from which a product goes to the AMX tiles: below, two or three VNNI tiles of 8 are
+/// faster (`matmul_probe`, 2 threads, weights streamed: 16 tokens 15–20 % faster on VNNI, 24
+/// tokens 10–20 %, 32 about even, 64 tokens 10–35 % faster on AMX). On this project's machines
+/// the tile loads and stores (~30 cycles per KiB) bound the tiles, not the multiplies.
+const AMX_FROM: usize = 32;
+
 /// Most tokens in one VNNI tile: with 8, the accumulators and a sub-block's unpacked weights
 /// fill the 32 vector registers.
 const MAX_TILE: usize = 8;
@@ -356,7 +362,7 @@ pub(super) unsafe fn head_values(h: *const u8, kd: Kind) -> (__m512, __m512) {
 }
 
 /// Rows of groups `groups` against tokens `tokens`: `out` is the `[n, rows]` output. With
-/// `amx` and 16 tokens or more, the tile unit takes whole tiles of 16 tokens (`amx_packed`).
+/// `amx` and `AMX_FROM` tokens or more, the tile unit takes whole tiles of 16 tokens (`amx_packed`).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
 unsafe fn run_kind<const K: u8>(
     p: &Packed,
@@ -367,7 +373,7 @@ unsafe fn run_kind<const K: u8>(
     out: *mut f32,
     amx: bool,
 ) {
-    if amx && tokens.len() >= super::amx_packed::TOKENS {
+    if amx && tokens.len() >= AMX_FROM {
         return super::amx_packed::run_kind::<K>(p, a, groups, tokens, bias, out);
     }
     let nsb = p.cols / kind(K).sb_cols();

@@ -27,7 +27,7 @@ pub enum Isa {
     /// AVX-512 F/BW/VL/DQ with VNNI (plus AVX2/FMA/F16C).
     Avx512,
     /// `Avx512` plus AMX tiles (granted to this process): BF16 tiles for the prompt rows'
-    /// attention (`attention/amx.rs`), int8 tiles for packed products of 16 tokens or more
+    /// attention (`attention/amx.rs`), int8 tiles for packed products of 32 tokens or more
     /// (bit-identical to VNNI).
     Amx,
     /// aarch64 Advanced SIMD.
