@@ -314,7 +314,7 @@ impl<B: Backend> Session<B> {
             let t = Instant::now();
             self.feed_generated(&fed, 0)?;
             if let Some(s) = &mut self.spec {
-                s.state.ctl.observe_time(fed.len(), t.elapsed());
+                s.state.observe_time(fed.len(), t.elapsed());
             }
             let mut rows = std::mem::take(&mut self.seq.logits);
             let (mut first, mut next) = (None, None);
@@ -375,6 +375,10 @@ impl<B: Backend> Session<B> {
                 .to_vec()),
             SpecMode::Draft => {
                 s.state.set_shadow(None);
+                let copied = s.state.copy_first(history, &s.cfg, room);
+                if !copied.is_empty() {
+                    return Ok(copied.to_vec());
+                }
                 let mut k = s.state.ctl.draft_len(room);
                 let probe = k == 0 && room > 0 && {
                     s.probe_in = s.probe_in.saturating_sub(1);

@@ -188,14 +188,33 @@ pub struct SeqSpec {
     pub ctl: Controller,
     shadow: Option<u32>,
     lookup: Lookup,
+    /// With a draft model: the n-gram lookup's proposals come first while they pay (they cost
+    /// no drafting, and where the answer repeats text — code edits, a chat's repeated phrases —
+    /// they are taken more often than the model's), with their own acceptance rate.
+    copy: Option<CopyDrafts>,
+}
+
+/// The n-gram side of draft-model speculation: its controller, its unverified proposal, and
+/// whether the pass being verified holds its drafts.
+#[derive(Clone, Debug)]
+struct CopyDrafts {
+    ctl: Controller,
+    shadow: Option<u32>,
+    used: bool,
 }
 
 impl SeqSpec {
     pub fn new(cfg: &SpecConfig) -> SeqSpec {
+        let ctl = || Controller::new(cfg.max_draft, cfg.adaptive);
         SeqSpec {
-            ctl: Controller::new(cfg.max_draft, cfg.adaptive),
+            ctl: ctl(),
             shadow: None,
             lookup: Lookup::default(),
+            copy: (cfg.mode == SpecMode::Draft).then(|| CopyDrafts {
+                ctl: ctl(),
+                shadow: None,
+                used: false,
+            }),
         }
     }
 
@@ -218,9 +237,39 @@ impl SeqSpec {
         &proposal[..k]
     }
 
+    /// With a draft model: the n-gram drafts worth verifying instead of asking the model (empty
+    /// when there are none, or they do not pay at their own acceptance rate; then the model
+    /// drafts, and the unverified proposal is compared with what is sampled).
+    pub fn copy_first<'h>(
+        &mut self,
+        history: &'h [u32],
+        cfg: &SpecConfig,
+        room: usize,
+    ) -> &'h [u32] {
+        let Some(c) = &mut self.copy else {
+            return &[];
+        };
+        let proposal = self.lookup.draft(history, cfg, room);
+        let k = c.ctl.draft_len(proposal.len());
+        c.used = k > 0;
+        c.shadow = match k {
+            0 => proposal.first().copied(),
+            _ => None,
+        };
+        &proposal[..k]
+    }
+
     /// A proposal not verified (drafted anyway, to keep the rate measured), or none.
     pub fn set_shadow(&mut self, first: Option<u32>) {
         self.shadow = first;
+    }
+
+    /// A forward pass of `rows` rows took `took` (every controller prices rows alike).
+    pub fn observe_time(&mut self, rows: usize, took: Duration) {
+        self.ctl.observe_time(rows, took);
+        if let Some(c) = &mut self.copy {
+            c.ctl.observe_time(rows, took);
+        }
     }
 
     /// A pass verified `drafted` tokens and took `accepted`; `first` is the first token it
@@ -233,11 +282,23 @@ impl SeqSpec {
         stats: &mut SpecStats,
     ) {
         self.lookup.advance(accepted + 1);
+        let mut copied = false;
+        if let Some(c) = &mut self.copy {
+            if let (Some(d), Some(t)) = (c.shadow.take(), first) {
+                c.ctl.observe_draft(1, usize::from(d == t));
+            }
+            copied = std::mem::take(&mut c.used);
+            if copied {
+                c.ctl.observe_draft(drafted, accepted);
+            }
+        }
         if let (Some(d), Some(t)) = (self.shadow.take(), first) {
             self.ctl.observe_draft(1, usize::from(d == t));
         }
         if drafted > 0 {
-            self.ctl.observe_draft(drafted, accepted);
+            if !copied {
+                self.ctl.observe_draft(drafted, accepted);
+            }
             stats.verify_steps += 1;
             stats.drafted += drafted as u64;
             stats.accepted += accepted as u64;
@@ -447,6 +508,51 @@ mod tests {
         assert!(ngram_source(&h, 1, 3, 0).1.is_empty());
         // The match may overlap the suffix (a repeated token): 7 7 7 → 7.
         assert_eq!(ngram_source(&[7, 7, 7], 2, 2, 4).1, &[7]);
+    }
+
+    /// With a draft model, n-gram copies are proposed first; refused, they stop (the model's
+    /// own rate untouched) and come back once their unverified proposals match the samples.
+    #[test]
+    fn draft_mode_takes_copies_first_while_they_pay() {
+        let cfg = SpecConfig {
+            ngram_min: 1,
+            ngram_max: 2,
+            ..SpecConfig::new(SpecMode::Draft)
+        };
+        let mut s = SeqSpec::new(&cfg);
+        let mut stats = SpecStats::default();
+        // "1 2 3 4 5 9 | 1 2": the passage after "1 2" is proposed.
+        let h = [1, 2, 3, 4, 5, 9, 1, 2];
+        let first = s.copy_first(&h, &cfg, 4).to_vec();
+        assert!(
+            !first.is_empty() && [3, 4, 5, 9].starts_with(&first),
+            "{first:?}"
+        );
+        s.account(first.len(), 0, Some(7), &mut stats);
+        for _ in 0..30 {
+            let k = s.copy_first(&h, &cfg, 4).len();
+            s.account(k, 0, Some(7), &mut stats);
+        }
+        assert!(s.copy_first(&h, &cfg, 4).is_empty());
+        assert_eq!(
+            s.ctl.acceptance(),
+            0.5,
+            "copies do not teach the model's rate"
+        );
+        // Unverified, the proposal (3 …) now matches what is sampled: copies resume.
+        s.account(0, 0, Some(3), &mut stats);
+        let mut resumed = false;
+        for _ in 0..60 {
+            if !s.copy_first(&h, &cfg, 4).is_empty() {
+                resumed = true;
+                break;
+            }
+            s.account(0, 0, Some(3), &mut stats);
+        }
+        assert!(resumed);
+        // Plain n-gram speculation has no separate copy side.
+        let ng = SpecConfig::new(SpecMode::Ngram);
+        assert!(SeqSpec::new(&ng).copy_first(&h, &ng, 4).is_empty());
     }
 
     /// Once copying, drafts continue from the source even where a more recent occurrence of
