@@ -225,11 +225,20 @@ pub fn within_trained(ctx: usize, trained: usize) -> usize {
 /// Load `name` as the draft model of `loaded`'s session (speculative decoding), on the same
 /// backend. Its tokenizer must be the model's: the same vocabulary, token for token.
 pub fn load_draft<B: Hardware>(name: &str, loaded: &mut Loaded<B>, opts: &Opts) -> Result<()> {
+    let s = &mut loaded.session;
+    let model = load_draft_model(name, &s.backend, &loaded.tokenizer)?;
+    s.set_draft_model(model, opts.kv)
+        .context("allocating the draft model's KV cache")?;
+    Ok(())
+}
+
+/// Load `name` on `backend` as a draft model for a model with tokenizer `main`: refused unless
+/// its tokenizer is the same, token for token.
+pub fn load_draft_model<B: Backend>(name: &str, backend: &B, main: &Tokenizer) -> Result<Model<B>> {
     let path = resolve(Some(name))?;
     let t0 = Instant::now();
     let src = open_model(&path)?;
     let tok = tokenizer_for(&src)?;
-    let main = &loaded.tokenizer;
     let differs = tok.vocab_size() != main.vocab_size()
         || (0..tok.vocab_size() as u32).any(|id| tok.token_text(id) != main.token_text(id));
     if differs {
@@ -241,8 +250,7 @@ pub fn load_draft<B: Hardware>(name: &str, loaded: &mut Loaded<B>, opts: &Opts) 
             main.vocab_size()
         );
     }
-    let s = &mut loaded.session;
-    let model = Model::load(&src, &s.backend)?;
+    let model = Model::load(&src, backend)?;
     let c = &model.cfg;
     eprintln!(
         "draft model {} ({} layers, hidden {}) from {} in {:.2}s",
@@ -252,7 +260,5 @@ pub fn load_draft<B: Hardware>(name: &str, loaded: &mut Loaded<B>, opts: &Opts) 
         path.display(),
         t0.elapsed().as_secs_f64()
     );
-    s.set_draft_model(model, opts.kv)
-        .context("allocating the draft model's KV cache")?;
-    Ok(())
+    Ok(model)
 }

@@ -52,7 +52,8 @@ pub struct ServeArgs {
     /// `none` leaves it in `content`.
     #[arg(long, default_value = "separate", value_parser = ["separate", "none"])]
     pub reasoning_format: String,
-    /// Speculative decoding for every request (`--spec ngram` only, so far): each sequence
+    /// Speculative decoding for every request (`--spec ngram`, or `--spec draft` with
+    /// `--draft-model`: the model drafts for a sequence decoding alone): each sequence
     /// drafts as far as its acceptance rate beats what a row costs the whole step, so a busy
     /// batch drafts little. Answers are the same either way.
     #[command(flatten)]
@@ -122,10 +123,10 @@ fn serve_on<B: crate::load::Hardware>(a: ServeArgs, opts: &crate::load::Opts) ->
         bail!("--max-batch and --max-step-tokens must be at least 1, --ctx at least 2");
     }
     // Checked before the model loads.
-    if a.spec.spec == "draft" {
-        bail!("--spec draft is not available in serve yet: use --spec ngram");
-    }
     let spec = a.spec.config()?;
+    if let Some(name) = &a.spec.draft_model {
+        crate::load::resolve(Some(name)).context("--draft-model")?;
+    }
     // The port first: a busy one fails now, not after loading; while the model loads the
     // socket answers `/health` (alive) and `/ready` (503) for probes and routers.
     let bound = suanli_server::bind(&a.host, a.port)?;
@@ -211,9 +212,22 @@ fn serve_on<B: crate::load::Hardware>(a: ServeArgs, opts: &crate::load::Opts) ->
         a.max_batch,
         a.max_step_tokens
     );
+    let draft = match &a.spec.draft_model {
+        Some(name) => Some(crate::load::load_draft_model(
+            name,
+            &p.backend,
+            &p.tokenizer,
+        )?),
+        None => None,
+    };
     let eog: Vec<u32> = p.tokenizer.eog_ids.iter().copied().collect();
     let mut engine = BatchEngine::new(p.backend, p.model, cfg, opts.kv, eog)
         .context("allocating the KV cache")?;
+    if let Some(model) = draft {
+        engine
+            .set_draft_model(model)
+            .context("allocating the draft model's KV cache")?;
+    }
     engine
         .set_speculation(spec)
         .map_err(|e| anyhow::anyhow!("--spec: {e}"))?;

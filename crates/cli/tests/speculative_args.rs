@@ -1,9 +1,10 @@
 //! Speculative decoding's options through the real binary: bad combinations are refused with
 //! a message naming the option, before any model is loaded; a draft model of another
-//! vocabulary is refused by name; n-gram speculation answers as plain decoding does.
+//! vocabulary is refused by name; n-gram speculation answers as plain decoding does, and so
+//! does `serve` with a draft model.
 
 mod common;
-use common::suanli;
+use common::{address_in, http, spawn_serve, suanli};
 
 #[test]
 fn bad_speculation_options_are_refused_by_name() {
@@ -94,4 +95,47 @@ fn ngram_speculation_answers_as_plain_decoding() {
     let (spec, _) = run(&["--spec", "ngram", "--draft-fixed", "--spec-ngram", "2"]);
     assert_eq!(spec, plain);
     assert_eq!(d0, 0);
+}
+
+/// `serve --spec draft --draft-model M`: a completion answered with the draft model's drafts
+/// (SmolLM2 drafting for itself) equals the one a plain server gives, and the drafts show in
+/// `/metrics`.
+#[cfg(unix)]
+#[test]
+fn serve_with_a_draft_model_answers_as_plain_decoding() {
+    use std::io::BufRead;
+    let model =
+        suanli_formats::catalog::pull(suanli_formats::catalog::find("smollm2-135m").unwrap())
+            .unwrap();
+    let draft = model.to_str().unwrap().to_owned();
+    let answer = |extra: &[&str]| -> (String, String) {
+        let (mut child, mut err) = spawn_serve(extra);
+        let mut line = String::new();
+        while !line.starts_with("serving ") {
+            line.clear();
+            assert!(err.read_line(&mut line).unwrap() > 0, "server exited early");
+        }
+        let addr = address_in(&line).unwrap();
+        let body = r#"{"prompt": "The capital of France is", "max_tokens": 24, "temperature": 0}"#;
+        let reply = http(&addr, "POST", "/v1/completions", body);
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+        let v: serde_json::Value =
+            serde_json::from_str(reply.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        let metrics = http(&addr, "GET", "/metrics", "");
+        let _ = child.kill();
+        let _ = child.wait();
+        (
+            v["choices"][0]["text"].as_str().unwrap().to_owned(),
+            metrics,
+        )
+    };
+    let (plain, _) = answer(&[]);
+    let (spec, metrics) = answer(&["--spec", "draft", "--draft-model", &draft, "--draft-fixed"]);
+    assert_eq!(spec, plain);
+    let accepted = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("suanli_spec_accepted_tokens_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .expect("the accepted-drafts counter");
+    assert!(accepted > 0.0, "{metrics}");
 }

@@ -11,8 +11,10 @@ use crate::constraint::{constrained_pick, ConstraintStats, TokenConstraint};
 use crate::sampler::{Sampler, SamplingParams};
 use crate::scheduler::{SchedConfig, Scheduler, SeqId, Step, SubmitError};
 use crate::session::{out_of_vocab, FinishReason};
-use crate::spec::{SeqSpec, SpecConfig, SpecMode, SpecStats, StepCost};
+use crate::session::{probe_due, DraftModel, SessionError, PROBE_EVERY};
+use crate::spec::{Controller, SeqSpec, SpecConfig, SpecMode, SpecStats, StepCost};
 use std::collections::HashMap;
+use std::time::Instant;
 use suanli_backend::{Backend, BackendError, KvDType, KvPages};
 use suanli_models::{Model, Scratch};
 
@@ -102,6 +104,14 @@ pub struct BatchEngine<B: Backend> {
     step_cost: StepCost,
     spec_stats: SpecStats,
     kv_dtype: KvDType,
+    /// `SpecMode::Draft`: the draft model, run for a sequence decoding alone (in a busier batch
+    /// a row costs more than a draft model's tokens win; n-gram copies still draft there).
+    draft: Option<DraftModel<B>>,
+    /// Steps until a sequence whose model drafts do not pay proposes one anyway (measured,
+    /// not verified), as a session does.
+    probe_in: usize,
+    /// Why the draft model was dropped (a failure there never fails a request), once.
+    draft_error: Option<String>,
 }
 
 impl<B: Backend> BatchEngine<B> {
@@ -133,17 +143,36 @@ impl<B: Backend> BatchEngine<B> {
             step_cost,
             spec_stats: SpecStats::default(),
             kv_dtype,
+            draft: None,
+            probe_in: PROBE_EVERY,
+            draft_error: None,
         })
     }
 
-    /// Speculative decoding for the sequences submitted from now on (n-gram drafts; `None`:
-    /// off). Each decoding sequence drafts as far as its acceptance rate beats what one more
-    /// row costs the whole step, so a busy batch drafts little. Answers are unchanged.
+    /// The model drafting for `SpecMode::Draft` (the same vocabulary), with its own cache of
+    /// one context, run on this engine's backend.
+    pub fn set_draft_model(&mut self, model: Model<B>) -> Result<(), SessionError> {
+        let ctx = self.sched.config().max_ctx;
+        let d = DraftModel::new(&self.backend, model, &self.model, ctx, self.kv_dtype)?;
+        self.draft = Some(d);
+        Ok(())
+    }
+
+    /// Why the draft model stopped drafting, if it failed since the last call.
+    pub fn take_draft_error(&mut self) -> Option<String> {
+        self.draft_error.take()
+    }
+
+    /// Speculative decoding for the sequences submitted from now on (`None`: off). Each
+    /// decoding sequence drafts as far as its acceptance rate beats what one more row costs the
+    /// whole step, so a busy batch drafts little; with a draft model (`set_draft_model`),
+    /// n-gram copies come first and the model drafts for a sequence decoding alone. Answers
+    /// are unchanged.
     pub fn set_speculation(&mut self, cfg: Option<SpecConfig>) -> Result<(), String> {
         if let Some(c) = &cfg {
             c.validate()?;
-            if c.mode != SpecMode::Ngram {
-                return Err("continuous batching speculates with n-gram drafts only".into());
+            if c.mode == SpecMode::Draft && self.draft.is_none() {
+                return Err("speculation with a draft model needs the draft model".into());
             }
         }
         self.spec = cfg;
@@ -165,7 +194,9 @@ impl<B: Backend> BatchEngine<B> {
             .filter(|id| self.sched.decoding(*id))
             .collect();
         let row_cost = self.step_cost.row_cost(decoding.len());
-        for id in decoding {
+        // The draft model's tokens are paid by the whole step: only for a sequence alone.
+        let alone = decoding.len() == 1 && self.sched.running() == 1;
+        for &id in &decoding {
             let Some(st) = self.seqs.get_mut(&id) else {
                 continue;
             };
@@ -173,11 +204,47 @@ impl<B: Backend> BatchEngine<B> {
                 continue;
             };
             let room = st.max_tokens.saturating_sub(st.generated + 1);
-            let draft = spec.ngram(&st.history, cfg, room, |ctl, n| {
-                ctl.draft_len_against(n, row_cost)
-            });
+            let against = |ctl: &Controller, n: usize| ctl.draft_len_against(n, row_cost);
+            let draft = match cfg.mode {
+                SpecMode::Ngram => spec.ngram(&st.history, cfg, room, against).to_vec(),
+                SpecMode::Draft => {
+                    spec.set_shadow(None);
+                    let copied = spec.copy_first(&st.history, cfg, room, against).to_vec();
+                    match (copied.is_empty(), alone, &mut self.draft) {
+                        (true, true, Some(d)) => {
+                            let mut k = spec.ctl.draft_len(room);
+                            let probe = probe_due(k, room, &mut self.probe_in);
+                            if probe {
+                                k = 1;
+                            }
+                            let t = Instant::now();
+                            let proposal = match k {
+                                0 => Ok(Vec::new()),
+                                _ => d.propose(&self.backend, &st.history, k),
+                            };
+                            match proposal {
+                                Ok(p) => {
+                                    spec.ctl.observe_draft_time(p.len(), t.elapsed());
+                                    if probe {
+                                        spec.set_shadow(p.first().copied());
+                                        Vec::new()
+                                    } else {
+                                        p
+                                    }
+                                }
+                                Err(e) => {
+                                    self.draft_error = Some(e.to_string());
+                                    self.draft = None;
+                                    Vec::new()
+                                }
+                            }
+                        }
+                        _ => copied,
+                    }
+                }
+            };
             if !draft.is_empty() {
-                self.sched.set_draft(id, draft.to_vec());
+                self.sched.set_draft(id, draft);
             }
         }
     }
@@ -346,6 +413,11 @@ impl<B: Backend> BatchEngine<B> {
             Picks::Logits
         };
         self.step_cost.observe(plan.tokens.len(), t_step.elapsed());
+        if let [only] = &step.items[..] {
+            if let Some(spec) = self.seqs.get_mut(&only.seq).and_then(|st| st.spec.as_mut()) {
+                spec.observe_time(plan.tokens.len(), t_step.elapsed());
+            }
+        }
         let mut sampled = Vec::new();
         let mut events = Vec::new();
         let mut done = Vec::new();

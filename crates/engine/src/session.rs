@@ -106,10 +106,24 @@ struct Speculation {
 }
 
 /// Steps between such probes.
-const PROBE_EVERY: usize = 8;
+pub(crate) const PROBE_EVERY: usize = 8;
 
-/// A draft model and its own cache of the sequence.
-struct DraftModel<B: Backend> {
+/// Whether a draft model proposes anyway though drafting does not pay now (`k` 0, room for
+/// one): every `PROBE_EVERY` such steps, so that its acceptance is still measured.
+pub(crate) fn probe_due(k: usize, room: usize, probe_in: &mut usize) -> bool {
+    if k > 0 || room == 0 {
+        return false;
+    }
+    *probe_in = probe_in.saturating_sub(1);
+    let due = *probe_in == 0;
+    if due {
+        *probe_in = PROBE_EVERY;
+    }
+    due
+}
+
+/// A draft model and its own cache of the sequence (a batch's: of the one sequence drafting).
+pub(crate) struct DraftModel<B: Backend> {
     model: Model<B>,
     seq: SeqCache<B>,
 }
@@ -180,15 +194,13 @@ impl<B: Backend> Session<B> {
     /// The model drafting for `SpecMode::Draft`: same vocabulary, its own KV cache of this
     /// session's context, run by this session's backend.
     pub fn set_draft_model(&mut self, model: Model<B>, kv: KvDType) -> Result<(), SessionError> {
-        if model.vocab_size() != self.model.vocab_size() {
-            return Err(SessionError::Draft(format!(
-                "the draft model has {} tokens, the model {}: they must share the vocabulary",
-                model.vocab_size(),
-                self.model.vocab_size()
-            )));
-        }
-        let seq = SeqCache::new(&self.backend, &model, self.seq.ctx, 256, kv)?;
-        self.draft = Some(DraftModel { model, seq });
+        self.draft = Some(DraftModel::new(
+            &self.backend,
+            model,
+            &self.model,
+            self.seq.ctx,
+            kv,
+        )?);
         Ok(())
     }
 
@@ -375,17 +387,15 @@ impl<B: Backend> Session<B> {
                 .to_vec()),
             SpecMode::Draft => {
                 s.state.set_shadow(None);
-                let copied = s.state.copy_first(history, &s.cfg, room);
+                let copied = s
+                    .state
+                    .copy_first(history, &s.cfg, room, |c, n| c.draft_len(n));
                 if !copied.is_empty() {
                     return Ok(copied.to_vec());
                 }
                 let mut k = s.state.ctl.draft_len(room);
-                let probe = k == 0 && room > 0 && {
-                    s.probe_in = s.probe_in.saturating_sub(1);
-                    s.probe_in == 0
-                };
+                let probe = probe_due(k, room, &mut s.probe_in);
                 if probe {
-                    s.probe_in = PROBE_EVERY;
                     k = 1;
                 }
                 if k == 0 {
@@ -424,10 +434,29 @@ impl<B: Backend> Session<B> {
 }
 
 impl<B: Backend> DraftModel<B> {
+    /// `model` drafting for `main` (the same vocabulary), with a cache of `ctx` tokens.
+    pub(crate) fn new(
+        backend: &B,
+        model: Model<B>,
+        main: &Model<B>,
+        ctx: usize,
+        kv: KvDType,
+    ) -> Result<DraftModel<B>, SessionError> {
+        if model.vocab_size() != main.vocab_size() {
+            return Err(SessionError::Draft(format!(
+                "the draft model has {} tokens, the model {}: they must share the vocabulary",
+                model.vocab_size(),
+                main.vocab_size()
+            )));
+        }
+        let seq = SeqCache::new(backend, &model, ctx, 256, kv)?;
+        Ok(DraftModel { model, seq })
+    }
+
     /// The draft model's greedy continuation of `history`, `k` tokens: its cache keeps what it
     /// shares with `history` (the accepted part of its earlier drafts included) and computes
     /// the rest.
-    fn propose(
+    pub(crate) fn propose(
         &mut self,
         backend: &B,
         history: &[u32],

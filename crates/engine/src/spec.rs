@@ -245,12 +245,13 @@ impl SeqSpec {
         history: &'h [u32],
         cfg: &SpecConfig,
         room: usize,
+        choose: impl FnOnce(&Controller, usize) -> usize,
     ) -> &'h [u32] {
         let Some(c) = &mut self.copy else {
             return &[];
         };
         let proposal = self.lookup.draft(history, cfg, room);
-        let k = c.ctl.draft_len(proposal.len());
+        let k = choose(&c.ctl, proposal.len());
         c.used = k > 0;
         c.shadow = match k {
             0 => proposal.first().copied(),
@@ -523,17 +524,17 @@ mod tests {
         let mut stats = SpecStats::default();
         // "1 2 3 4 5 9 | 1 2": the passage after "1 2" is proposed.
         let h = [1, 2, 3, 4, 5, 9, 1, 2];
-        let first = s.copy_first(&h, &cfg, 4).to_vec();
+        let first = s.copy_first(&h, &cfg, 4, |c, n| c.draft_len(n)).to_vec();
         assert!(
             !first.is_empty() && [3, 4, 5, 9].starts_with(&first),
             "{first:?}"
         );
         s.account(first.len(), 0, Some(7), &mut stats);
         for _ in 0..30 {
-            let k = s.copy_first(&h, &cfg, 4).len();
+            let k = s.copy_first(&h, &cfg, 4, |c, n| c.draft_len(n)).len();
             s.account(k, 0, Some(7), &mut stats);
         }
-        assert!(s.copy_first(&h, &cfg, 4).is_empty());
+        assert!(s.copy_first(&h, &cfg, 4, |c, n| c.draft_len(n)).is_empty());
         assert_eq!(
             s.ctl.acceptance(),
             0.5,
@@ -543,7 +544,7 @@ mod tests {
         s.account(0, 0, Some(3), &mut stats);
         let mut resumed = false;
         for _ in 0..60 {
-            if !s.copy_first(&h, &cfg, 4).is_empty() {
+            if !s.copy_first(&h, &cfg, 4, |c, n| c.draft_len(n)).is_empty() {
                 resumed = true;
                 break;
             }
@@ -552,7 +553,9 @@ mod tests {
         assert!(resumed);
         // Plain n-gram speculation has no separate copy side.
         let ng = SpecConfig::new(SpecMode::Ngram);
-        assert!(SeqSpec::new(&ng).copy_first(&h, &ng, 4).is_empty());
+        assert!(SeqSpec::new(&ng)
+            .copy_first(&h, &ng, 4, |c, n| c.draft_len(n))
+            .is_empty());
     }
 
     /// Once copying, drafts continue from the source even where a more recent occurrence of

@@ -38,6 +38,43 @@ fn smollm2() -> (std::path::PathBuf, suanli_tokenizer::Tokenizer) {
     (path, tok)
 }
 
+/// `texts` encoded as requests: seeded sampling at temperature 0.7 (seed `seed`) where
+/// `seeded(i)`, greedy elsewhere.
+fn requests(
+    tok: &suanli_tokenizer::Tokenizer,
+    texts: &[&str],
+    seed: u64,
+    seeded: impl Fn(usize) -> bool,
+) -> Vec<(Vec<u32>, SamplingParams)> {
+    let mut s = SamplingParams::greedy();
+    s.temperature = 0.7;
+    s.seed = Some(seed);
+    texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let params = if seeded(i) {
+                s.clone()
+            } else {
+                SamplingParams::greedy()
+            };
+            (tok.encode(t, false).unwrap(), params)
+        })
+        .collect()
+}
+
+/// Each request's `n` tokens when it runs alone, without speculation.
+fn answers_alone(
+    path: &std::path::Path,
+    reqs: &[(Vec<u32>, SamplingParams)],
+    n: usize,
+) -> Vec<Vec<u32>> {
+    let mut plain = engine(path, 4);
+    reqs.iter()
+        .map(|r| run(&mut plain, std::slice::from_ref(r), &[0], n)[0].clone())
+        .collect()
+}
+
 /// Submit `reqs` (request i joins before step `join[i]`) and run to the end.
 fn run(
     e: &mut BatchEngine<CpuBackend>,
@@ -527,26 +564,9 @@ fn speculative_batches_answer_as_plain_decoding() {
         "1, 2, 3, 4, 5, 6, 7, 8, 9,",
         "Roses are red, violets are blue. Roses are red,",
     ];
-    let mut seeded = SamplingParams::greedy();
-    seeded.temperature = 0.7;
-    seeded.seed = Some(3);
-    let reqs: Vec<(Vec<u32>, SamplingParams)> = texts
-        .iter()
-        .enumerate()
-        .map(|(i, t)| {
-            let params = match i % 2 {
-                0 => SamplingParams::greedy(),
-                _ => seeded.clone(),
-            };
-            (tok.encode(t, false).unwrap(), params)
-        })
-        .collect();
+    let reqs = requests(&tok, &texts, 3, |i| i % 2 == 1);
     let n = 40;
-    let mut plain = engine(&path, 4);
-    let alone: Vec<Vec<u32>> = reqs
-        .iter()
-        .map(|r| run(&mut plain, std::slice::from_ref(r), &[0], n)[0].clone())
-        .collect();
+    let alone = answers_alone(&path, &reqs, n);
     let spec = suanli_engine::spec::SpecConfig {
         adaptive: false,
         ngram_min: 1,
@@ -566,4 +586,44 @@ fn speculative_batches_answer_as_plain_decoding() {
         let st = e.spec_stats();
         assert!(st.accepted > 10 && st.drafted > st.accepted, "{st:?}");
     }
+}
+
+/// A draft model inside continuous batching (SmolLM2 drafting for itself, every proposal
+/// verified): a request alone gets the model's drafts, requests together get n-gram copies;
+/// every answer — greedy and seeded — equals the one given without speculation.
+#[test]
+fn draft_model_batches_answer_as_plain_decoding() {
+    let (path, tok) = smollm2();
+    let texts = [
+        "The capital of France is",
+        "def add(a, b):\n    return a + b\n\n# The same function again:\ndef add(a, b):\n",
+        "Once upon a time",
+    ];
+    let reqs = requests(&tok, &texts, 5, |i| i == 1);
+    let n = 32;
+    let alone = answers_alone(&path, &reqs, n);
+    let spec = suanli_engine::spec::SpecConfig {
+        adaptive: false,
+        ..suanli_engine::spec::SpecConfig::new(suanli_engine::spec::SpecMode::Draft)
+    };
+    let mut e = engine(&path, 4);
+    assert!(
+        e.set_speculation(Some(spec.clone())).is_err(),
+        "no draft model yet"
+    );
+    let draft = Model::load(&open_model(&path).unwrap(), &e.backend).unwrap();
+    e.set_draft_model(draft).unwrap();
+    e.set_speculation(Some(spec)).unwrap();
+    for (i, r) in reqs.iter().enumerate() {
+        let got = run(&mut e, std::slice::from_ref(r), &[0], n)[0].clone();
+        assert_eq!(got, alone[i], "request {i} alone ({:?})", texts[i]);
+    }
+    let st = e.spec_stats();
+    assert!(
+        st.accepted > 20 && st.drafted > st.accepted,
+        "alone: {st:?}"
+    );
+    let together = run(&mut e, &reqs, &[0, 2, 5], n);
+    assert_eq!(together, alone, "together");
+    assert!(e.take_draft_error().is_none());
 }

@@ -176,6 +176,11 @@ fn run<B: Backend>(
             .and_then(|r| r.map_err(|e| e.to_string()));
         clock.end();
         metrics.step(t0.elapsed());
+        if let Some(why) = engine.take_draft_error() {
+            tracing::warn!(
+                "the draft model failed and drafts no more (answers are unaffected): {why}"
+            );
+        }
         match result {
             Ok(events) => {
                 let now = Instant::now();
