@@ -107,6 +107,9 @@ fn tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
         .collect()
 }
 
+/// Tokens fed once before measuring (wakes the threads and the caches up).
+const WARM_TOKENS: usize = 8;
+
 /// Peak resident memory of this process, from /proc (Linux).
 pub fn peak_rss_bytes() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -143,7 +146,8 @@ fn bench_on<B: Hardware>(a: BenchArgs, opts: &crate::load::Opts) -> Result<()> {
     } else if a.spec_prompts.is_some() {
         bail!("--spec-prompts needs --spec");
     }
-    let ctx = a.depth + a.prompt_tokens.max(a.gen_tokens) + 1;
+    // Room for the warm-up too (a prompt of 4 tokens asked for a 5-token context).
+    let ctx = a.depth + a.prompt_tokens.max(a.gen_tokens).max(WARM_TOKENS) + 1;
     let (backend, model) = match &a.random {
         Some(spec) => {
             let backend = B::open(opts)?;
@@ -168,9 +172,9 @@ fn bench_on<B: Hardware>(a: BenchArgs, opts: &crate::load::Opts) -> Result<()> {
     let vocab = s.model.vocab_size();
     let detail = suanli_backend::Backend::caps(&s.backend).detail.clone();
     let depth_toks = tokens(a.depth, vocab, 1);
-    let warm = tokens(8, vocab, 2);
+    let warm = tokens(WARM_TOKENS, vocab, 2);
     s.reset();
-    s.feed(&warm, 7)?;
+    s.feed(&warm, WARM_TOKENS - 1)?;
     let (mut pp, mut tg) = (Vec::new(), Vec::new());
     for rep in 0..a.repetitions {
         if a.prompt_tokens > 0 {
