@@ -19,18 +19,15 @@ fn main() {
     use std::arch::asm;
     use std::arch::x86_64::*;
     use std::time::Instant;
+    use suanli_cpu::amx::TileConfig;
 
     if let Err(why) = suanli_cpu::amx::Amx::new() {
         println!("no AMX here: {why}");
         return;
     }
-    // Palette 1: tmm0..3 sums (16 × 64 bytes), tmm4/5 A (16 × 32), tmm6/7 B (8 × 64).
-    #[repr(C, align(64))]
-    struct Cfg([u8; 64]);
-    let mut cfg = Cfg([0; 64]);
-    cfg.0[0] = 1;
-    for (i, (rows, bytes)) in [
-        (16u8, 64u16),
+    // tmm0..3 sums (16 × 64 bytes), tmm4/5 A (16 × 32), tmm6/7 B (8 × 64).
+    static CFG: TileConfig = TileConfig::new([
+        (16, 64),
         (16, 64),
         (16, 64),
         (16, 64),
@@ -38,15 +35,9 @@ fn main() {
         (16, 32),
         (8, 64),
         (8, 64),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        cfg.0[16 + 2 * i..18 + 2 * i].copy_from_slice(&bytes.to_le_bytes());
-        cfg.0[48 + i] = rows;
-    }
+    ]);
     // SAFETY: the tile state is granted (Amx::new); the configuration is a valid palette 1.
-    unsafe { asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack)) };
+    unsafe { asm!("ldtilecfg [{}]", in(reg) &CFG as *const TileConfig, options(nostack)) };
 
     #[repr(C, align(64))]
     struct Buf([u8; 16 * 1024]);

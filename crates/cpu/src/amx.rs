@@ -132,10 +132,10 @@ impl Amx {
 }
 
 /// The 64-byte tile configuration (palette 1) that `ldtilecfg` loads: bytes per row and rows
-/// of each of the 8 tiles.
+/// of each of the 8 tiles (public for the probes in `examples/`).
 #[repr(C, align(64))]
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-pub(crate) struct TileConfig {
+pub struct TileConfig {
     palette: u8,
     start_row: u8,
     reserved: [u8; 14],
@@ -146,7 +146,7 @@ pub(crate) struct TileConfig {
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 impl TileConfig {
     /// Tiles 0..8 with these (rows, bytes per row).
-    pub(crate) const fn new(shapes: [(u8, u16); 8]) -> TileConfig {
+    pub const fn new(shapes: [(u8, u16); 8]) -> TileConfig {
         let mut c = TileConfig {
             palette: 1,
             start_row: 0,

@@ -171,6 +171,16 @@ pub(super) unsafe fn sub_scales<const K: u8>(
     }
 }
 
+/// acc += the integer sums `i` × (the rows' scales `s` × the token's scale `d`).
+#[inline(always)]
+unsafe fn scale_sums(acc: &mut __m512, i: __m512i, s: __m512, d: f32) {
+    *acc = _mm512_fmadd_ps(
+        _mm512_cvtepi32_ps(i),
+        _mm512_mul_ps(s, _mm512_set1_ps(d)),
+        *acc,
+    );
+}
+
 /// A sub-block's integer sums for one token's 16 rows, scaled into its accumulator: `i0` (Q6_K:
 /// the first 16 columns, `i1` the second) by the rows' scales `s0` (`s1`) times the token's
 /// scale `d`, then the float min term `mv · s` (the token's scaled sum; Q4_1/Q5_1 add it,
@@ -182,10 +192,9 @@ pub(super) unsafe fn scale_in<const K: u8>(
     [s0, s1, mv]: [__m512; 3],
     (d, s): (f32, f32),
 ) {
-    let da = _mm512_set1_ps(d);
-    *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i0), _mm512_mul_ps(s0, da), *acc);
+    scale_sums(acc, i0, s0, d);
     match K {
-        Q6K => *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i1), _mm512_mul_ps(s1, da), *acc),
+        Q6K => scale_sums(acc, i1, s1, d),
         Q4_1 | Q5_1 => *acc = _mm512_fmadd_ps(mv, _mm512_set1_ps(s), *acc),
         Q4K | Q5K => *acc = _mm512_fnmadd_ps(mv, _mm512_set1_ps(s), *acc),
         _ => {}
@@ -255,7 +264,7 @@ unsafe fn tile<const K: u8, const T: usize>(
             // chains' 5-cycle latency filled the scheduler and ran the unit at a third of its
             // rate (`matmul_probe`, 8 tokens in L2). Integer sums do not depend on the order.
             if K == Q6K {
-                // Each 16-column half has its own scale: one pass per half, as `scale_in`.
+                // Each 16-column half has its own scale (`scale_in`).
                 let mut i0 = [_mm512_setzero_si512(); T];
                 let mut i1 = [_mm512_setzero_si512(); T];
                 unroll16!(t < T, {
@@ -277,25 +286,12 @@ unsafe fn tile<const K: u8, const T: usize>(
                     unroll16!(g < 4, {
                         unroll16!(t < T, { i0[t] = dot4(i0[t], w[g], q(t), g) });
                     });
-                    unroll16!(t < T, {
-                        let da = _mm512_set1_ps(m(t).d);
-                        acc[t] = _mm512_fmadd_ps(
-                            _mm512_cvtepi32_ps(i0[t]),
-                            _mm512_mul_ps(s0, da),
-                            acc[t],
-                        );
-                    });
+                    // As `scale_in`, one half at a time.
+                    unroll16!(t < T, { scale_sums(&mut acc[t], i0[t], s0, m(t).d) });
                     unroll16!(g < 4, {
                         unroll16!(t < T, { i1[t] = dot4(i1[t], w[g + 4], q(t), g + 4) });
                     });
-                    unroll16!(t < T, {
-                        let da = _mm512_set1_ps(m(t).d);
-                        acc[t] = _mm512_fmadd_ps(
-                            _mm512_cvtepi32_ps(i1[t]),
-                            _mm512_mul_ps(s1, da),
-                            acc[t],
-                        );
-                    });
+                    unroll16!(t < T, { scale_sums(&mut acc[t], i1[t], s1, m(t).d) });
                 }
             } else {
                 let mut i0 = [_mm512_setzero_si512(); T];
