@@ -226,18 +226,21 @@ pub fn within_trained(ctx: usize, trained: usize) -> usize {
 /// backend. Its tokenizer must be the model's: the same vocabulary, token for token.
 pub fn load_draft<B: Hardware>(name: &str, loaded: &mut Loaded<B>, opts: &Opts) -> Result<()> {
     let s = &mut loaded.session;
-    let model = load_draft_model(name, &s.backend, &loaded.tokenizer)?;
+    let model = load_draft_model(&resolve(Some(name))?, &s.backend, &loaded.tokenizer)?;
     s.set_draft_model(model, opts.kv)
         .context("allocating the draft model's KV cache")?;
     Ok(())
 }
 
-/// Load `name` on `backend` as a draft model for a model with tokenizer `main`: refused unless
-/// its tokenizer is the same, token for token.
-pub fn load_draft_model<B: Backend>(name: &str, backend: &B, main: &Tokenizer) -> Result<Model<B>> {
-    let path = resolve(Some(name))?;
+/// Load the model at `path` (resolved) on `backend` as a draft model for a model with tokenizer
+/// `main`: refused unless its tokenizer is the same, token for token.
+pub fn load_draft_model<B: Backend>(
+    path: &Path,
+    backend: &B,
+    main: &Tokenizer,
+) -> Result<Model<B>> {
     let t0 = Instant::now();
-    let src = open_model(&path)?;
+    let src = open_model(path)?;
     let tok = tokenizer_for(&src)?;
     let differs = tok.vocab_size() != main.vocab_size()
         || (0..tok.vocab_size() as u32).any(|id| tok.token_text(id) != main.token_text(id));

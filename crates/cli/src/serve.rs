@@ -124,9 +124,10 @@ fn serve_on<B: crate::load::Hardware>(a: ServeArgs, opts: &crate::load::Opts) ->
     }
     // Checked before the model loads.
     let spec = a.spec.config()?;
-    if let Some(name) = &a.spec.draft_model {
-        crate::load::resolve(Some(name)).context("--draft-model")?;
-    }
+    let draft_path = match &a.spec.draft_model {
+        Some(name) => Some(crate::load::resolve(Some(name)).context("--draft-model")?),
+        None => None,
+    };
     // The port first: a busy one fails now, not after loading; while the model loads the
     // socket answers `/health` (alive) and `/ready` (503) for probes and routers.
     let bound = suanli_server::bind(&a.host, a.port)?;
@@ -212,9 +213,9 @@ fn serve_on<B: crate::load::Hardware>(a: ServeArgs, opts: &crate::load::Opts) ->
         a.max_batch,
         a.max_step_tokens
     );
-    let draft = match &a.spec.draft_model {
-        Some(name) => Some(crate::load::load_draft_model(
-            name,
+    let draft = match &draft_path {
+        Some(path) => Some(crate::load::load_draft_model(
+            path,
             &p.backend,
             &p.tokenizer,
         )?),

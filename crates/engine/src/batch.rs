@@ -11,10 +11,9 @@ use crate::constraint::{constrained_pick, ConstraintStats, TokenConstraint};
 use crate::sampler::{Sampler, SamplingParams};
 use crate::scheduler::{SchedConfig, Scheduler, SeqId, Step, SubmitError};
 use crate::session::{out_of_vocab, FinishReason};
-use crate::session::{probe_due, DraftModel, SessionError, PROBE_EVERY};
+use crate::session::{DraftModel, SessionError, PROBE_EVERY};
 use crate::spec::{Controller, SeqSpec, SpecConfig, SpecMode, SpecStats, StepCost};
 use std::collections::HashMap;
-use std::time::Instant;
 use suanli_backend::{Backend, BackendError, KvDType, KvPages};
 use suanli_models::{Model, Scratch};
 
@@ -208,38 +207,19 @@ impl<B: Backend> BatchEngine<B> {
             let draft = match cfg.mode {
                 SpecMode::Ngram => spec.ngram(&st.history, cfg, room, against).to_vec(),
                 SpecMode::Draft => {
-                    spec.set_shadow(None);
                     let copied = spec.copy_first(&st.history, cfg, room, against).to_vec();
-                    match (copied.is_empty(), alone, &mut self.draft) {
-                        (true, true, Some(d)) => {
-                            let mut k = spec.ctl.draft_len(room);
-                            let probe = probe_due(k, room, &mut self.probe_in);
-                            if probe {
-                                k = 1;
-                            }
-                            let t = Instant::now();
-                            let proposal = match k {
-                                0 => Ok(Vec::new()),
-                                _ => d.propose(&self.backend, &st.history, k),
-                            };
-                            match proposal {
-                                Ok(p) => {
-                                    spec.ctl.observe_draft_time(p.len(), t.elapsed());
-                                    if probe {
-                                        spec.set_shadow(p.first().copied());
-                                        Vec::new()
-                                    } else {
-                                        p
-                                    }
-                                }
-                                Err(e) => {
-                                    self.draft_error = Some(e.to_string());
-                                    self.draft = None;
-                                    Vec::new()
-                                }
-                            }
+                    let model = self.draft.as_mut().filter(|_| copied.is_empty() && alone);
+                    let by_model = model.map(|d| {
+                        d.draft(&self.backend, spec, &st.history, room, &mut self.probe_in)
+                    });
+                    match by_model {
+                        None => copied,
+                        Some(Ok(p)) => p,
+                        Some(Err(e)) => {
+                            self.draft_error = Some(e.to_string());
+                            self.draft = None;
+                            Vec::new()
                         }
-                        _ => copied,
                     }
                 }
             };

@@ -110,7 +110,7 @@ pub(crate) const PROBE_EVERY: usize = 8;
 
 /// Whether a draft model proposes anyway though drafting does not pay now (`k` 0, room for
 /// one): every `PROBE_EVERY` such steps, so that its acceptance is still measured.
-pub(crate) fn probe_due(k: usize, room: usize, probe_in: &mut usize) -> bool {
+fn probe_due(k: usize, room: usize, probe_in: &mut usize) -> bool {
     if k > 0 || room == 0 {
         return false;
     }
@@ -386,30 +386,14 @@ impl<B: Backend> Session<B> {
                 .ngram(history, &s.cfg, room, |ctl, n| ctl.draft_len(n))
                 .to_vec()),
             SpecMode::Draft => {
-                s.state.set_shadow(None);
                 let copied = s
                     .state
                     .copy_first(history, &s.cfg, room, |c, n| c.draft_len(n));
                 if !copied.is_empty() {
                     return Ok(copied.to_vec());
                 }
-                let mut k = s.state.ctl.draft_len(room);
-                let probe = probe_due(k, room, &mut s.probe_in);
-                if probe {
-                    k = 1;
-                }
-                if k == 0 {
-                    return Ok(Vec::new());
-                }
                 let d = self.draft.as_mut().expect("set_speculation checked it");
-                let t = Instant::now();
-                let proposal = d.propose(&self.backend, history, k)?;
-                s.state.ctl.observe_draft_time(k, t.elapsed());
-                if probe {
-                    s.state.set_shadow(proposal.first().copied());
-                    return Ok(Vec::new());
-                }
-                Ok(proposal)
+                d.draft(&self.backend, &mut s.state, history, room, &mut s.probe_in)
             }
         }
     }
@@ -453,10 +437,39 @@ impl<B: Backend> DraftModel<B> {
         Ok(DraftModel { model, seq })
     }
 
+    /// Drafts for the sequence `history` from this model, as many as `spec`'s controller finds
+    /// worth verifying (at most `room`), timed for it; while drafting does not pay, a probe
+    /// every `PROBE_EVERY` steps is left unverified (`spec`'s shadow) to keep the rate measured.
+    pub(crate) fn draft(
+        &mut self,
+        backend: &B,
+        spec: &mut SeqSpec,
+        history: &[u32],
+        room: usize,
+        probe_in: &mut usize,
+    ) -> Result<Vec<u32>, SessionError> {
+        let mut k = spec.ctl.draft_len(room);
+        let probe = probe_due(k, room, probe_in);
+        if probe {
+            k = 1;
+        }
+        if k == 0 {
+            return Ok(Vec::new());
+        }
+        let t = Instant::now();
+        let proposal = self.propose(backend, history, k)?;
+        spec.ctl.observe_draft_time(proposal.len(), t.elapsed());
+        if probe {
+            spec.set_shadow(proposal.first().copied());
+            return Ok(Vec::new());
+        }
+        Ok(proposal)
+    }
+
     /// The draft model's greedy continuation of `history`, `k` tokens: its cache keeps what it
     /// shares with `history` (the accepted part of its earlier drafts included) and computes
     /// the rest.
-    pub(crate) fn propose(
+    fn propose(
         &mut self,
         backend: &B,
         history: &[u32],

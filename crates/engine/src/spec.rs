@@ -230,16 +230,12 @@ impl SeqSpec {
     ) -> &'h [u32] {
         let proposal = self.lookup.draft(history, cfg, room);
         let k = choose(&self.ctl, proposal.len());
-        self.shadow = match k {
-            0 => proposal.first().copied(),
-            _ => None,
-        };
-        &proposal[..k]
+        chosen_part(proposal, k, &mut self.shadow)
     }
 
-    /// With a draft model: the n-gram drafts worth verifying instead of asking the model (empty
-    /// when there are none, or they do not pay at their own acceptance rate; then the model
-    /// drafts, and the unverified proposal is compared with what is sampled).
+    /// With a draft model, each step first: the n-gram drafts worth verifying instead of asking
+    /// the model (empty when there are none, or they do not pay at their own acceptance rate;
+    /// then the model drafts, and the unverified proposal is compared with what is sampled).
     pub fn copy_first<'h>(
         &mut self,
         history: &'h [u32],
@@ -247,17 +243,15 @@ impl SeqSpec {
         room: usize,
         choose: impl FnOnce(&Controller, usize) -> usize,
     ) -> &'h [u32] {
+        // The model's unverified proposal, if any, is made after this.
+        self.shadow = None;
         let Some(c) = &mut self.copy else {
             return &[];
         };
         let proposal = self.lookup.draft(history, cfg, room);
         let k = choose(&c.ctl, proposal.len());
         c.used = k > 0;
-        c.shadow = match k {
-            0 => proposal.first().copied(),
-            _ => None,
-        };
-        &proposal[..k]
+        chosen_part(proposal, k, &mut c.shadow)
     }
 
     /// A proposal not verified (drafted anyway, to keep the rate measured), or none.
@@ -285,17 +279,13 @@ impl SeqSpec {
         self.lookup.advance(accepted + 1);
         let mut copied = false;
         if let Some(c) = &mut self.copy {
-            if let (Some(d), Some(t)) = (c.shadow.take(), first) {
-                c.ctl.observe_draft(1, usize::from(d == t));
-            }
+            learn_from_shadow(&mut c.ctl, &mut c.shadow, first);
             copied = std::mem::take(&mut c.used);
             if copied {
                 c.ctl.observe_draft(drafted, accepted);
             }
         }
-        if let (Some(d), Some(t)) = (self.shadow.take(), first) {
-            self.ctl.observe_draft(1, usize::from(d == t));
-        }
+        learn_from_shadow(&mut self.ctl, &mut self.shadow, first);
         if drafted > 0 {
             if !copied {
                 self.ctl.observe_draft(drafted, accepted);
@@ -304,6 +294,23 @@ impl SeqSpec {
             stats.drafted += drafted as u64;
             stats.accepted += accepted as u64;
         }
+    }
+}
+
+/// The first `k` tokens of `proposal` to verify; with none chosen, its first token is kept in
+/// `shadow` to be compared with the token sampled instead.
+fn chosen_part<'h>(proposal: &'h [u32], k: usize, shadow: &mut Option<u32>) -> &'h [u32] {
+    *shadow = match k {
+        0 => proposal.first().copied(),
+        _ => None,
+    };
+    &proposal[..k]
+}
+
+/// An unverified proposal's first token against the one sampled (`first`): one trial for `ctl`.
+fn learn_from_shadow(ctl: &mut Controller, shadow: &mut Option<u32>, first: Option<u32>) {
+    if let (Some(d), Some(t)) = (shadow.take(), first) {
+        ctl.observe_draft(1, usize::from(d == t));
     }
 }
 
