@@ -77,6 +77,10 @@ pub fn matmul(
     if let Some(p) = &w.store.packed {
         return packed_many(pool, x, n, &mut [(p, bias, out)], k.isa == Isa::Amx);
     }
+    #[cfg(target_arch = "x86_64")]
+    if matches!(k.isa, Isa::Avx512 | Isa::Amx) && float_products(pool, x, n, w, bias, out) {
+        return;
+    }
     let kd = w.cols;
     let rb = w.dtype.row_bytes(kd).expect("validated in prepare_weight");
     let raw = w.store.raw.as_slice();
@@ -131,6 +135,13 @@ struct SharedOut(*mut f32);
 // SAFETY: see `packed_matmul` — pieces cover disjoint (token, row) cells.
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
+impl SharedOut {
+    /// The pointer (a method, so that closures capture the whole `Sync` wrapper).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
 
 /// Products of one input with packed weights (all with `cols` = the input's width): the
 /// activations are quantized once (Q8, blocks of 32), then pieces of (weight, token chunk,
@@ -193,6 +204,81 @@ pub fn packed_many(
             unsafe { crate::kernels::avx512_packed::run(p, a, gs, ts, *bias, dst.0, amx) };
         });
     })
+}
+
+/// Float weights (BF16, F16, F32) against f32 activations on AVX-512
+/// (`kernels/avx512_float.rs`): pieces of (token chunk, rows) taken by the threads in turn.
+/// False when the weight is not a float type.
+#[cfg(target_arch = "x86_64")]
+fn float_products(
+    pool: &Pool,
+    x: &[f32],
+    n: usize,
+    w: &Weight<CpuWeight>,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) -> bool {
+    use crate::kernels::avx512_float as f;
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+    let (m, kd) = (w.rows, w.cols);
+    let (kind, ptr, rb) = match (&w.store.f32, w.dtype) {
+        (Some(v), _) => (f::F32, v.as_ptr() as *const u8, kd * 4),
+        (None, DType::BF16) => (f::BF16, w.store.raw.as_slice().as_ptr(), kd * 2),
+        (None, DType::F16) => (f::F16, w.store.raw.as_slice().as_ptr(), kd * 2),
+        _ => return false,
+    };
+    debug_assert!(x.len() >= n * kd && out.len() >= n * m);
+    // Token chunks whose activations stay in L2 while the rows stream past.
+    let chunk = (CHUNK_BYTES / (kd * 4)).max(6) / 6 * 6;
+    let chunks = n.div_ceil(chunk);
+    let per_piece = m.div_ceil(pool.threads() * PIECES).next_multiple_of(4);
+    let row_pieces = m.div_ceil(per_piece);
+    let total = chunks * row_pieces;
+    let (wp, dst) = (SharedIn(ptr), SharedOut(out.as_mut_ptr()));
+    let next = AtomicUsize::new(0);
+    pool.run(&|_, _| loop {
+        let i = next.fetch_add(1, Relaxed);
+        if i >= total {
+            break;
+        }
+        let (c, g) = (i / row_pieces, i % row_pieces);
+        let rows = g * per_piece..((g + 1) * per_piece).min(m);
+        let ts = c * chunk..((c + 1) * chunk).min(n);
+        // SAFETY: the ISA has AVX-512; the weight holds m rows of rb bytes, x n × kd floats,
+        // out n × m; each piece writes its own (tokens, rows) cells.
+        unsafe {
+            f::run(
+                kind,
+                wp.get(),
+                rb,
+                m,
+                kd,
+                x.as_ptr(),
+                rows,
+                ts,
+                bias,
+                dst.get(),
+            )
+        };
+    });
+    true
+}
+
+/// `*const u8` of weights that threads share (read only).
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct SharedIn(*const u8);
+// SAFETY: the weight bytes are only read while the product runs.
+#[cfg(target_arch = "x86_64")]
+unsafe impl Send for SharedIn {}
+#[cfg(target_arch = "x86_64")]
+unsafe impl Sync for SharedIn {}
+#[cfg(target_arch = "x86_64")]
+impl SharedIn {
+    /// The pointer (a method, so that closures capture the whole `Sync` wrapper).
+    fn get(self) -> *const u8 {
+        self.0
+    }
 }
 
 /// What the quantized-activation path needs to know about one product.
