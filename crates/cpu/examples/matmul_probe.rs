@@ -16,6 +16,8 @@ fn main() {
         "q6_k" => DType::Q6K,
         "q4_1" => DType::Q4_1,
         "q5_k" => DType::Q5K,
+        "bf16" => DType::BF16,
+        "f16" => DType::F16,
         _ => DType::Q4K,
     };
     let num = |i: usize, d: usize| a.get(i).and_then(|s| s.parse().ok()).unwrap_or(d);
@@ -23,7 +25,18 @@ fn main() {
     let b = CpuBackend::new(Some(th)).unwrap();
     let rb = ty.row_bytes(cols).unwrap();
     let mut raw: Vec<u8> = (0..rb * rows).map(|i| (i * 7 % 251) as u8).collect();
-    for blk in raw.chunks_exact_mut(ty.block_bytes()) {
+    // Float weights get normal values (random bytes would hold denormals, NaN and infinity).
+    let v = |i: usize| ((i * 7919 % 2003) as f32 - 1001.0) / 1001.0;
+    match ty {
+        DType::BF16 => (0..rows * cols).for_each(|i| {
+            raw[2 * i..2 * i + 2].copy_from_slice(&half::bf16::from_f32(v(i)).to_le_bytes())
+        }),
+        DType::F16 => (0..rows * cols).for_each(|i| {
+            raw[2 * i..2 * i + 2].copy_from_slice(&half::f16::from_f32(v(i)).to_le_bytes())
+        }),
+        _ => {}
+    }
+    for blk in raw.chunks_exact_mut(ty.block_bytes()).filter(|_| ty.block_elems() > 1) {
         for &o in suanli_core::quant::f16_scale_offsets(ty) {
             blk[o..o + 2].copy_from_slice(&half::f16::from_f32(0.01).to_le_bytes());
         }

@@ -19,6 +19,8 @@ pub const F32: u8 = 2;
 const MAX_T: usize = 6;
 /// Rows of a tile.
 const R: usize = 4;
+/// Weight bytes of a panel of rows (kept in L2 while the token tiles pass).
+const PANEL_BYTES: usize = 256 * 1024;
 
 /// 16 weights from `p` (element `K`) as f32; `mask` selects the columns present.
 #[inline(always)]
@@ -100,29 +102,38 @@ unsafe fn run_kind<const K: u8>(
 ) {
     let n = tokens.len();
     let tiles = n.div_ceil(MAX_T);
-    let mut r = rows.start;
-    while r < rows.end {
-        let whole = rows.end - r >= R;
+    // Panels of rows that stay in L2 while the token tiles pass over them (a tile's tokens
+    // stay in L1 meanwhile): the rows are half the bytes of the activations per column and
+    // each is read once per token tile, not each token tile once per 4 rows.
+    let panel = (PANEL_BYTES / rb).max(R) / R * R;
+    let mut p0 = rows.start;
+    while p0 < rows.end {
+        let p1 = (p0 + panel).min(rows.end);
         let mut t = tokens.start;
         for i in 0..tiles {
             let size = n / tiles + usize::from(i < n % tiles);
-            // Called in place (a function pointer would lose the target features).
-            macro_rules! call {
-                ($rt:literal; $($s:literal)*) => {
-                    match size {
-                        $($s => tile::<K, $rt, $s>(w, rb, kd, x, t, out, m, r, bias),)*
-                        _ => tile::<K, $rt, MAX_T>(w, rb, kd, x, t, out, m, r, bias),
-                    }
-                };
-            }
-            if whole {
-                call!(4; 1 2 3 4 5);
-            } else {
-                call!(1; 1 2 3 4 5);
+            let mut r = p0;
+            while r < p1 {
+                let whole = p1 - r >= R;
+                // Called in place (a function pointer would lose the target features).
+                macro_rules! call {
+                    ($rt:literal; $($s:literal)*) => {
+                        match size {
+                            $($s => tile::<K, $rt, $s>(w, rb, kd, x, t, out, m, r, bias),)*
+                            _ => tile::<K, $rt, MAX_T>(w, rb, kd, x, t, out, m, r, bias),
+                        }
+                    };
+                }
+                if whole {
+                    call!(4; 1 2 3 4 5);
+                } else {
+                    call!(1; 1 2 3 4 5);
+                }
+                r += if whole { R } else { 1 };
             }
             t += size;
         }
-        r += if whole { R } else { 1 };
+        p0 = p1;
     }
 }
 
