@@ -36,7 +36,10 @@ fn main() {
         }),
         _ => {}
     }
-    for blk in raw.chunks_exact_mut(ty.block_bytes()).filter(|_| ty.block_elems() > 1) {
+    for blk in raw
+        .chunks_exact_mut(ty.block_bytes())
+        .filter(|_| ty.block_elems() > 1)
+    {
         for &o in suanli_core::quant::f16_scale_offsets(ty) {
             blk[o..o + 2].copy_from_slice(&half::f16::from_f32(0.01).to_le_bytes());
         }

@@ -4,6 +4,7 @@
 //! and multiplied as well (as f32 activations would give, to ~1/127 of one rounding).
 
 use crate::kernels::acts::QActs;
+use crate::kernels::float_tiles;
 use crate::kernels::pacts::PActs;
 #[cfg(target_arch = "x86_64")]
 use crate::kernels::Isa;
@@ -77,9 +78,10 @@ pub fn matmul(
     if let Some(p) = &w.store.packed {
         return packed_many(pool, x, n, &mut [(p, bias, out)], k.isa == Isa::Amx);
     }
-    #[cfg(target_arch = "x86_64")]
-    if matches!(k.isa, Isa::Avx512 | Isa::Amx) && float_products(pool, x, n, w, bias, out) {
-        return;
+    if let Some(level) = float_tiles::Level::of(k.isa) {
+        if float_products(level, pool, x, n, w, bias, out) {
+            return;
+        }
     }
     let kd = w.cols;
     let rb = w.dtype.row_bytes(kd).expect("validated in prepare_weight");
@@ -135,13 +137,6 @@ struct SharedOut(*mut f32);
 // SAFETY: see `packed_matmul` — pieces cover disjoint (token, row) cells.
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
-impl SharedOut {
-    /// The pointer (a method, so that closures capture the whole `Sync` wrapper).
-    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
 
 /// Products of one input with packed weights (all with `cols` = the input's width): the
 /// activations are quantized once (Q8, blocks of 32), then pieces of (weight, token chunk,
@@ -206,11 +201,11 @@ pub fn packed_many(
     })
 }
 
-/// Float weights (BF16, F16, F32) against f32 activations on AVX-512
-/// (`kernels/avx512_float.rs`): pieces of (token chunk, rows) taken by the threads in turn.
-/// False when the weight is not a float type.
-#[cfg(target_arch = "x86_64")]
+/// Float weights (BF16, F16, F32) against f32 activations (`kernels/float_tiles.rs`): pieces
+/// of (token chunk, rows) taken by the threads in turn. False when the weight is not a float
+/// type.
 fn float_products(
+    level: float_tiles::Level,
     pool: &Pool,
     x: &[f32],
     n: usize,
@@ -218,7 +213,7 @@ fn float_products(
     bias: Option<&[f32]>,
     out: &mut [f32],
 ) -> bool {
-    use crate::kernels::avx512_float as f;
+    use float_tiles as f;
     use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
     let (m, kd) = (w.rows, w.cols);
     let (kind, ptr, rb) = match (&w.store.f32, w.dtype) {
@@ -227,14 +222,26 @@ fn float_products(
         (None, DType::F16) => (f::F16, w.store.raw.as_slice().as_ptr(), kd * 2),
         _ => return false,
     };
-    debug_assert!(x.len() >= n * kd && out.len() >= n * m);
+    assert!(
+        x.len() >= n * kd && out.len() >= n * m,
+        "float product operand sizes"
+    );
     // Token chunks whose activations stay in L2 while the rows stream past.
     let chunk = (CHUNK_BYTES / (kd * 4)).max(6) / 6 * 6;
     let chunks = n.div_ceil(chunk);
     let per_piece = m.div_ceil(pool.threads() * PIECES).next_multiple_of(4);
     let row_pieces = m.div_ceil(per_piece);
     let total = chunks * row_pieces;
-    let (wp, dst) = (SharedIn(ptr), SharedOut(out.as_mut_ptr()));
+    let piece = SharedPiece(f::Piece {
+        kind,
+        w: ptr,
+        rb,
+        m,
+        kd,
+        x: x.as_ptr(),
+        bias,
+        out: out.as_mut_ptr(),
+    });
     let next = AtomicUsize::new(0);
     pool.run(&|_, _| loop {
         let i = next.fetch_add(1, Relaxed);
@@ -244,40 +251,23 @@ fn float_products(
         let (c, g) = (i / row_pieces, i % row_pieces);
         let rows = g * per_piece..((g + 1) * per_piece).min(m);
         let ts = c * chunk..((c + 1) * chunk).min(n);
-        // SAFETY: the ISA has AVX-512; the weight holds m rows of rb bytes, x n × kd floats,
-        // out n × m; each piece writes its own (tokens, rows) cells.
-        unsafe {
-            f::run(
-                kind,
-                wp.get(),
-                rb,
-                m,
-                kd,
-                x.as_ptr(),
-                rows,
-                ts,
-                bias,
-                dst.get(),
-            )
-        };
+        // SAFETY: `level` comes from the kernels' ISA; the weight holds m rows of rb bytes, x
+        // n × kd floats, out n × m (asserted); each piece writes its own (tokens, rows) cells.
+        unsafe { f::run(level, piece.get(), rows, ts) };
     });
     true
 }
 
-/// `*const u8` of weights that threads share (read only).
-#[cfg(target_arch = "x86_64")]
-#[derive(Clone, Copy)]
-struct SharedIn(*const u8);
-// SAFETY: the weight bytes are only read while the product runs.
-#[cfg(target_arch = "x86_64")]
-unsafe impl Send for SharedIn {}
-#[cfg(target_arch = "x86_64")]
-unsafe impl Sync for SharedIn {}
-#[cfg(target_arch = "x86_64")]
-impl SharedIn {
-    /// The pointer (a method, so that closures capture the whole `Sync` wrapper).
-    fn get(self) -> *const u8 {
-        self.0
+/// A float product's operands, shared by the threads (weights and activations only read,
+/// output cells written by one piece each).
+struct SharedPiece<'a>(float_tiles::Piece<'a>);
+// SAFETY: see `float_products`.
+unsafe impl Send for SharedPiece<'_> {}
+unsafe impl Sync for SharedPiece<'_> {}
+impl<'a> SharedPiece<'a> {
+    /// The operands (a method, so that closures capture the whole `Sync` wrapper).
+    fn get(&self) -> &float_tiles::Piece<'a> {
+        &self.0
     }
 }
 

@@ -12,9 +12,8 @@ mod avx2_q;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 #[cfg(target_arch = "x86_64")]
-pub mod avx512_float;
-#[cfg(target_arch = "x86_64")]
 pub mod avx512_packed;
+pub mod float_tiles;
 mod generic;
 #[cfg(target_arch = "aarch64")]
 mod neon;
