@@ -251,3 +251,78 @@ fn stacked_quantized_experts_equal_separate_ones() {
         }
     }
 }
+
+/// BF16 and F16 weights (each architecture's F32 matrices rounded to them) through the float
+/// tiles of every vector level against the generic level, whose one dot product per (row,
+/// token) of the same widened values is the oracle: only the f32 summation order differs
+/// (the same bound as against transformers). Prefill in chunks of 5, then one token at a time.
+/// (`amx` takes the same float tiles as `avx512`; its BF16 tile attention for prompt rows is
+/// what would differ, by up to 2.4e-4 here.)
+#[test]
+fn bf16_and_f16_weights_match_the_scalar_level() {
+    use suanli_core::DType;
+    use suanli_formats::hf::{HfDir, StTensor};
+    use suanli_formats::{Bytes, ModelSource};
+    for arch in ["qwen2", "gemma3", "qwen3_moe"] {
+        let dir = fixtures().join("tiny").join(arch);
+        let input = ids(&read_json(&dir.join("golden.json"))["ids"]);
+        let base = HfDir::open(&dir).unwrap();
+        for ty in [DType::BF16, DType::F16] {
+            let mut tensors = base.tensors.clone();
+            let mut converted = 0;
+            for t in tensors.values_mut() {
+                if t.dtype != DType::F32 || t.shape.len() < 2 {
+                    continue;
+                }
+                let f = t.bytes.as_slice().chunks_exact(4);
+                let f = f.map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+                let bytes: Vec<u8> = match ty {
+                    DType::BF16 => f
+                        .flat_map(|v| half::bf16::from_f32(v).to_le_bytes())
+                        .collect(),
+                    _ => f
+                        .flat_map(|v| half::f16::from_f32(v).to_le_bytes())
+                        .collect(),
+                };
+                *t = StTensor {
+                    dtype: ty,
+                    shape: t.shape.clone(),
+                    bytes: Bytes::from_vec(bytes),
+                };
+                converted += 1;
+            }
+            assert!(converted > 5, "{arch}: {converted} matrices converted");
+            let logits = |isa: Isa| {
+                let src = ModelSource::Hf(HfDir {
+                    dir: dir.clone(),
+                    config: base.config.clone(),
+                    tensors: tensors.clone(),
+                });
+                let backend = suanli_cpu::CpuBackend::with_isa(Some(2), isa).unwrap();
+                let model = suanli_models::Model::load(&src, &backend).unwrap();
+                let mut s =
+                    suanli_engine::Session::with_kv(backend, model, 64, 5, KvDType::F32).unwrap();
+                let mut out = s.feed(&input[..20], 0).unwrap().to_vec();
+                for t in &input[20..] {
+                    out.extend_from_slice(s.feed(std::slice::from_ref(t), 0).unwrap());
+                }
+                out
+            };
+            let want = logits(Isa::Generic);
+            assert!(want.iter().all(|v| v.is_finite()), "{arch}/{ty}");
+            for isa in levels().into_iter().filter(|&i| i != Isa::Generic) {
+                let got = logits(isa);
+                let worst = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max);
+                assert!(
+                    worst <= LOGIT_ABS_TOL,
+                    "{arch}/{ty}/{isa:?}: max |logit difference| from the generic level {worst}"
+                );
+                eprintln!("{arch}/{ty}/{isa:?}: max |logit difference| {worst:.2e}");
+            }
+        }
+    }
+}
