@@ -62,7 +62,7 @@ grep -qw amx_int8 /proc/cpuinfo && levels+=(avx512)
 
 echo "== prefill and decode: suanli bench vs llama-bench, $THREADS threads, $REPS repetitions, depth $DEPTH"
 printf '%-20s %-8s | %10s %10s %6s | %10s %10s %6s | %s\n' model level "pp$PP sl" "pp$PP l.cpp" ratio \
-    "tg$TG sl" "tg$TG l.cpp" ratio "prefill vs int8 peak"
+    "tg$TG sl" "tg$TG l.cpp" ratio "prefill vs peak"
 for m in "${models[@]}"; do
     path=$("$BIN" pull "$m" 2>/dev/null | tail -1)
     for level in "${levels[@]}"; do
@@ -82,9 +82,10 @@ pp = next((t["avg_ts"] for t in theirs if t["n_prompt"] > 0 and t["n_gen"] == 0)
 tg = next((t["avg_ts"] for t in theirs if t["n_gen"] > 0 and t["n_prompt"] == 0), None)
 def cell(a, b):
     return f"{a:10.1f} {b:10.1f} {a / b:6.2f}" if a and b else f"{'-':>10} {'-':>10} {'-':>6}"
-peak = ours.get("int8_peak_macs_s")
+peak = ours.get("peak_macs_s")
+kind = ours.get("peak_kind", "int8")
 rate = (ours.get("prefill_tok_s") or 0) * ours.get("prefill_macs_per_token", 0)
-frac = f"{rate / 1e9:.0f} of {peak / 1e9:.0f} G MAC/s = {100 * rate / peak:.0f}%" if peak else "-"
+frac = f"{rate / 1e9:.0f} of {peak / 1e9:.0f} G {kind} MAC/s = {100 * rate / peak:.0f}%" if peak else "-"
 print(f"{m:<20} {level:<8} | {cell(ours.get('prefill_tok_s'), pp)} | {cell(ours.get('decode_tok_s'), tg)} | {frac}")
 PY
     done

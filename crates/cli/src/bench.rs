@@ -219,10 +219,13 @@ fn bench_on<B: Hardware>(a: BenchArgs, opts: &crate::load::Opts) -> Result<()> {
     // Prefill against the compute peak: the matrix products' multiply-adds over the whole
     // prefill time (attention and the rest included), next to the int8 peak probed here.
     let pp_macs = s.model.prefill_macs_per_token();
-    let peak_macs = if pp.is_empty() {
-        None
-    } else {
-        s.backend.int8_peak()
+    // Float weights multiply in f32: measured against the FMA peak instead.
+    let float = 2 * s.model.prefill_float_macs_per_token() > pp_macs;
+    let kind = if float { "f32" } else { "int8" };
+    let peak_macs = match (pp.is_empty(), float) {
+        (true, _) => None,
+        (false, true) => s.backend.f32_peak(),
+        (false, false) => s.backend.int8_peak(),
     };
     let model_name = match (&a.random, &a.model) {
         (Some(r), _) => format!("random {r}"),
@@ -265,7 +268,8 @@ fn bench_on<B: Hardware>(a: BenchArgs, opts: &crate::load::Opts) -> Result<()> {
                 "step_weight_bytes": step_bytes, "expert_weight_bytes": expert_bytes,
                 "read_bandwidth_gb_s": bw,
                 "decode_bound_tok_s": bw.map(|b| b * 1e9 / step_bytes as f64),
-                "prefill_macs_per_token": pp_macs, "int8_peak_macs_s": peak_macs,
+                "prefill_macs_per_token": pp_macs, "peak_kind": kind, "peak_macs_s": peak_macs,
+                "int8_peak_macs_s": peak_macs.filter(|_| !float),
             })
         );
     } else {
@@ -302,16 +306,16 @@ fn bench_on<B: Hardware>(a: BenchArgs, opts: &crate::load::Opts) -> Result<()> {
             let rate = p.median * pp_macs as f64;
             match peak_macs {
                 Some(peak) => crate::outln!(
-                    "prefill multiplies {:.2} G int8 multiply-adds per token: {:.0} G/s at the \
-                     median; the int8 peak probed here is {:.0} G/s ({detail}) → {:.0}% of it",
+                    "prefill multiplies {:.2} G {kind} multiply-adds per token: {:.0} G/s at the \
+                     median; the {kind} peak probed here is {:.0} G/s ({detail}) → {:.0}% of it",
                     pp_macs as f64 / 1e9,
                     rate / 1e9,
                     peak / 1e9,
                     100.0 * rate / peak
                 ),
                 None => crate::outln!(
-                    "prefill multiplies {:.2} G multiply-adds per token: {:.0} G/s at the median \
-                     (no int8 peak probe for {detail})",
+                    "prefill multiplies {:.2} G {kind} multiply-adds per token: {:.0} G/s at the \
+                     median (no {kind} peak probe for {detail})",
                     pp_macs as f64 / 1e9,
                     rate / 1e9
                 ),

@@ -84,6 +84,10 @@ pub trait Hardware: Backend + Sized {
     fn int8_peak(&self) -> Option<f64> {
         None
     }
+    /// The f32 multiply-add peak that prefill of float weights is measured against.
+    fn f32_peak(&self) -> Option<f64> {
+        None
+    }
 }
 
 impl Hardware for CpuBackend {
@@ -101,6 +105,9 @@ impl Hardware for CpuBackend {
     }
     fn int8_peak(&self) -> Option<f64> {
         CpuBackend::int8_peak(self)
+    }
+    fn f32_peak(&self) -> Option<f64> {
+        CpuBackend::f32_peak(self)
     }
 }
 

@@ -154,6 +154,12 @@ impl CpuBackend {
         peak::int8_peak(&self.pool, self.k.isa)
     }
 
+    /// Sustained f32 multiply-adds per second over this backend's threads with its level's FMA
+    /// (float weights' products), or `None` on the generic level.
+    pub fn f32_peak(&self) -> Option<f64> {
+        peak::f32_peak(&self.pool, self.k.isa)
+    }
+
     /// Bytes a product with `w` reads from memory (its layout, packed or as in the file).
     pub fn weight_bytes(w: &Weight<CpuWeight>) -> usize {
         match (&w.store.packed, &w.store.f32) {

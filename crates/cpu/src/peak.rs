@@ -7,6 +7,9 @@ use crate::pool::Pool;
 #[cfg(target_arch = "x86_64")]
 use std::sync::Mutex;
 
+/// FMA chains in flight: enough to cover the latency (4 cycles) of two ports.
+const FMA_CHAINS: usize = 10;
+
 /// Sustained int8 multiply-adds per second over the pool's threads with the instructions the
 /// `isa` level's kernels use (AMX tiles, AVX-512 VNNI, AVX2 `vpmaddubsw`), or `None` where no
 /// probe exists for the level (generic, NEON).
@@ -38,9 +41,31 @@ pub fn int8_peak(pool: &Pool, isa: Isa) -> Option<f64> {
     }
 }
 
+/// Sustained f32 multiply-adds per second over the pool's threads with the FMA of the `isa`
+/// level's float tiles (AVX-512, AVX2, NEON), what prefill of BF16/F16/F32 weights is compared
+/// against; `None` for the generic level.
+pub fn f32_peak(pool: &Pool, isa: Isa) -> Option<f64> {
+    let per_thread: fn() -> f64 = match isa {
+        // SAFETY (all): the level is only chosen where the CPU has its features.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 | Isa::Amx => || best_of(|n| unsafe { x86::fma512(n) }),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => || best_of(|n| unsafe { x86::fma256(n) }),
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => || best_of(|n| unsafe { arm::fma128(n) }),
+        _ => return None,
+    };
+    let total = std::sync::Mutex::new(0.0);
+    pool.run(&|_, _| {
+        let r = per_thread();
+        *total.lock().unwrap_or_else(|e| e.into_inner()) += r;
+    });
+    let t = total.into_inner().unwrap_or_else(|e| e.into_inner());
+    (t > 0.0).then_some(t)
+}
+
 /// The best of five runs of `spin(iterations)` (which returns the multiply-adds it did), each
 /// about 10 ms on current CPUs.
-#[cfg(target_arch = "x86_64")]
 fn best_of(spin: impl Fn(u64) -> u64) -> f64 {
     spin(20_000); // wake the units up
     (0..5)
@@ -77,6 +102,40 @@ mod x86 {
         iters * (CHAINS * 64) as u64
     }
 
+    /// `vfmadd231ps` on 512-bit registers: 16 multiply-adds each.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn fma512(iters: u64) -> u64 {
+        let (a, b) = (
+            black_box(_mm512_set1_ps(0.999)),
+            black_box(_mm512_set1_ps(1e-3)),
+        );
+        let mut acc = [_mm512_setzero_ps(); super::FMA_CHAINS];
+        for _ in 0..iters {
+            for v in acc.iter_mut() {
+                *v = _mm512_fmadd_ps(*v, a, b);
+            }
+        }
+        black_box(acc);
+        iters * (super::FMA_CHAINS * 16) as u64
+    }
+
+    /// `vfmadd231ps` on 256-bit registers: 8 multiply-adds each.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn fma256(iters: u64) -> u64 {
+        let (a, b) = (
+            black_box(_mm256_set1_ps(0.999)),
+            black_box(_mm256_set1_ps(1e-3)),
+        );
+        let mut acc = [_mm256_setzero_ps(); super::FMA_CHAINS];
+        for _ in 0..iters {
+            for v in acc.iter_mut() {
+                *v = _mm256_fmadd_ps(*v, a, b);
+            }
+        }
+        black_box(acc);
+        iters * (super::FMA_CHAINS * 8) as u64
+    }
+
     /// `vpmaddubsw` + `vpmaddwd` + `vpaddd` on 256-bit registers (the AVX2 kernels' int8 dot):
     /// 32 multiply-adds per triple. The activations change every iteration and each chain has
     /// its own weights, so nothing is loop-invariant and only the adds are chained.
@@ -99,12 +158,31 @@ mod x86 {
     }
 }
 
+#[cfg(target_arch = "aarch64")]
+mod arm {
+    use std::arch::aarch64::*;
+    use std::hint::black_box;
+
+    /// `fmla` on 128-bit registers: 4 multiply-adds each.
+    pub unsafe fn fma128(iters: u64) -> u64 {
+        let (a, b) = (black_box(vdupq_n_f32(0.999)), black_box(vdupq_n_f32(1e-3)));
+        let mut acc = [vdupq_n_f32(0.0); super::FMA_CHAINS];
+        for _ in 0..iters {
+            for v in acc.iter_mut() {
+                *v = vfmaq_f32(b, *v, a);
+            }
+        }
+        black_box(acc);
+        iters * (super::FMA_CHAINS * 4) as u64
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Every level with a probe reports a plausible peak (more than 1 G multiply-adds/s); the
-    /// others say there is none.
+    /// Every level with a probe reports a plausible int8 and f32 peak (more than 1 G
+    /// multiply-adds/s); the others say there is none.
     #[test]
     fn probes_report_a_peak_where_they_exist() {
         let (one, two) = (Pool::new(1).unwrap(), Pool::new(2).unwrap());
@@ -119,6 +197,16 @@ mod tests {
             match isa {
                 Isa::Generic | Isa::Neon => assert!(p.is_none()),
                 _ => assert!(p.unwrap() > 1e9, "{isa:?}"),
+            }
+            let f = f32_peak(&two, isa);
+            eprintln!(
+                "{}: f32 {:?} G MAC/s on 2 threads",
+                isa.name(),
+                f.map(|p| p / 1e9)
+            );
+            match isa {
+                Isa::Generic => assert!(f.is_none()),
+                _ => assert!(f.unwrap() > 1e9, "{isa:?}"),
             }
         }
     }

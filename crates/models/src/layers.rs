@@ -320,6 +320,16 @@ impl<B: Backend> Model<B> {
         self.decode_weight_bytes(|w| w.rows * w.cols) - head.rows * head.cols
     }
 
+    /// Of `prefill_macs_per_token`, those with float weights (BF16, F16, F32: f32 products,
+    /// not int8 ones).
+    pub fn prefill_float_macs_per_token(&self) -> usize {
+        let float = |w: &Weight<B::WeightStore>| match w.dtype.is_quantized() {
+            true => 0,
+            false => w.rows * w.cols,
+        };
+        self.decode_weight_bytes(float) - float(self.head())
+    }
+
     /// Bytes of the routed experts' matrices (all of them), by the backend's `size`.
     pub fn expert_weight_bytes(&self, size: impl Fn(&Weight<B::WeightStore>) -> usize) -> usize {
         self.layers

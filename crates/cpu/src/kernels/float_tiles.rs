@@ -70,7 +70,7 @@ unsafe fn tile<L: Lanes, const K: u8, const RT: usize, const T: usize>(
         let mut wv = [L::zero(); RT];
         for (r, v) in wv.iter_mut().enumerate() {
             let p = w.add((r0 + r) * rb + c * eb);
-            if T <= 2 && (c * eb) % 64 == 0 {
+            if T <= 2 && (c * eb).is_multiple_of(64) {
                 L::prefetch(p.wrapping_add(PREFETCH_ROWS * rb));
             }
             *v = L::widen::<K>(p);
