@@ -191,7 +191,7 @@ fn stacked_quantized_experts_equal_separate_ones() {
     use suanli_backend::conformance::{random_weight, Rng};
     use suanli_core::DType;
     use suanli_formats::hf::{HfDir, StTensor};
-    use suanli_formats::{Bytes, ModelSource};
+    use suanli_formats::Bytes;
     let dir = fixtures().join("tiny/qwen3_moe");
     let input = ids(&read_json(&dir.join("golden.json"))["ids"]);
     for ty in [DType::Q8_0, DType::Q4_0] {
@@ -226,22 +226,7 @@ fn stacked_quantized_experts_equal_separate_ones() {
             }
         }
         for isa in levels() {
-            let logits = |tensors| {
-                let src = ModelSource::Hf(HfDir {
-                    dir: dir.clone(),
-                    config: base.config.clone(),
-                    tensors,
-                });
-                let backend = suanli_cpu::CpuBackend::with_isa(Some(2), isa).unwrap();
-                let model = suanli_models::Model::load(&src, &backend).unwrap();
-                let mut s =
-                    suanli_engine::Session::with_kv(backend, model, 64, 5, KvDType::F32).unwrap();
-                let mut out = s.feed(&input[..20], 0).unwrap().to_vec();
-                for t in &input[20..] {
-                    out.extend_from_slice(s.feed(std::slice::from_ref(t), 0).unwrap());
-                }
-                out
-            };
+            let logits = |tensors| hf_logits(&base, tensors, isa, &input);
             let (a, b) = (logits(separate.clone()), logits(stacked.clone()));
             assert!(a.iter().all(|v| v.is_finite()), "{ty}/{isa:?}");
             assert_eq!(
@@ -262,7 +247,7 @@ fn stacked_quantized_experts_equal_separate_ones() {
 fn bf16_and_f16_weights_match_the_scalar_level() {
     use suanli_core::DType;
     use suanli_formats::hf::{HfDir, StTensor};
-    use suanli_formats::{Bytes, ModelSource};
+    use suanli_formats::Bytes;
     for arch in ["qwen2", "gemma3", "qwen3_moe"] {
         let dir = fixtures().join("tiny").join(arch);
         let input = ids(&read_json(&dir.join("golden.json"))["ids"]);
@@ -292,22 +277,7 @@ fn bf16_and_f16_weights_match_the_scalar_level() {
                 converted += 1;
             }
             assert!(converted > 5, "{arch}: {converted} matrices converted");
-            let logits = |isa: Isa| {
-                let src = ModelSource::Hf(HfDir {
-                    dir: dir.clone(),
-                    config: base.config.clone(),
-                    tensors: tensors.clone(),
-                });
-                let backend = suanli_cpu::CpuBackend::with_isa(Some(2), isa).unwrap();
-                let model = suanli_models::Model::load(&src, &backend).unwrap();
-                let mut s =
-                    suanli_engine::Session::with_kv(backend, model, 64, 5, KvDType::F32).unwrap();
-                let mut out = s.feed(&input[..20], 0).unwrap().to_vec();
-                for t in &input[20..] {
-                    out.extend_from_slice(s.feed(std::slice::from_ref(t), 0).unwrap());
-                }
-                out
-            };
+            let logits = |isa: Isa| hf_logits(&base, tensors.clone(), isa, &input);
             let want = logits(Isa::Generic);
             assert!(want.iter().all(|v| v.is_finite()), "{arch}/{ty}");
             for isa in levels().into_iter().filter(|&i| i != Isa::Generic) {
@@ -325,4 +295,27 @@ fn bf16_and_f16_weights_match_the_scalar_level() {
             }
         }
     }
+}
+
+/// Logits of `input` from `base`'s directory with `tensors` instead of its own: a prefill of 20
+/// tokens in chunks of 5, then one token at a time (F32 KV cache).
+fn hf_logits(
+    base: &suanli_formats::hf::HfDir,
+    tensors: std::collections::BTreeMap<String, suanli_formats::hf::StTensor>,
+    isa: Isa,
+    input: &[u32],
+) -> Vec<f32> {
+    let src = suanli_formats::ModelSource::Hf(suanli_formats::hf::HfDir {
+        dir: base.dir.clone(),
+        config: base.config.clone(),
+        tensors,
+    });
+    let backend = suanli_cpu::CpuBackend::with_isa(Some(2), isa).unwrap();
+    let model = suanli_models::Model::load(&src, &backend).unwrap();
+    let mut s = suanli_engine::Session::with_kv(backend, model, 64, 5, KvDType::F32).unwrap();
+    let mut out = s.feed(&input[..20], 0).unwrap().to_vec();
+    for t in &input[20..] {
+        out.extend_from_slice(s.feed(std::slice::from_ref(t), 0).unwrap());
+    }
+    out
 }
