@@ -124,6 +124,8 @@ unsafe fn drive<L: Lanes, const K: u8, const R: usize, const MAX_T: usize>(
     bias: Option<&[f32]>,
     out: *mut f32,
 ) {
+    // The tile sizes `call!` lists: 1 to 5, and MAX_T.
+    const { assert!(MAX_T >= 1 && MAX_T <= 6) };
     let n = tokens.len();
     let tiles = n.div_ceil(MAX_T);
     let panel = (PANEL_BYTES / rb).max(R) / R * R;
