@@ -216,11 +216,14 @@ fn float_products(
     use float_tiles as f;
     use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
     let (m, kd) = (w.rows, w.cols);
+    if !matches!(w.dtype, DType::F32 | DType::F16 | DType::BF16) {
+        // (A one-row quantized matrix also keeps an f32 copy; it stays on the quantized path.)
+        return false;
+    }
     let (kind, ptr, rb) = match (&w.store.f32, w.dtype) {
         (Some(v), _) => (f::F32, v.as_ptr() as *const u8, kd * 4),
         (None, DType::BF16) => (f::BF16, w.store.raw.as_slice().as_ptr(), kd * 2),
-        (None, DType::F16) => (f::F16, w.store.raw.as_slice().as_ptr(), kd * 2),
-        _ => return false,
+        (None, _) => (f::F16, w.store.raw.as_slice().as_ptr(), kd * 2),
     };
     assert!(
         x.len() >= n * kd && out.len() >= n * m,
