@@ -149,7 +149,6 @@ pub fn packed_many(
     jobs: &mut [(&crate::packed::Packed, Option<&[f32]>, &mut [f32])],
     amx: bool,
 ) {
-    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
     let Some(cols) = jobs.first().map(|j| j.0.cols) else {
         return;
     };
@@ -181,12 +180,7 @@ pub fn packed_many(
                 (*p, *b, SharedOut(o.as_mut_ptr()))
             })
             .collect();
-        let next = AtomicUsize::new(0);
-        pool.run(&|_, _| loop {
-            let i = next.fetch_add(1, Relaxed);
-            if i >= acc {
-                break;
-            }
+        pool.pieces(acc, &|i| {
             let j = starts.partition_point(|&s| s <= i) - 1;
             let (p, bias, dst) = &plan[j];
             let local = i - starts[j];
@@ -214,7 +208,6 @@ fn float_products(
     out: &mut [f32],
 ) -> bool {
     use float_tiles as f;
-    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
     let (m, kd) = (w.rows, w.cols);
     if !matches!(w.dtype, DType::F32 | DType::F16 | DType::BF16) {
         // (A one-row quantized matrix also keeps an f32 copy; it stays on the quantized path.)
@@ -245,12 +238,7 @@ fn float_products(
         bias,
         out: out.as_mut_ptr(),
     });
-    let next = AtomicUsize::new(0);
-    pool.run(&|_, _| loop {
-        let i = next.fetch_add(1, Relaxed);
-        if i >= total {
-            break;
-        }
+    pool.pieces(total, &|i| {
         let (c, g) = (i / row_pieces, i % row_pieces);
         let rows = g * per_piece..((g + 1) * per_piece).min(m);
         let ts = c * chunk..((c + 1) * chunk).min(n);

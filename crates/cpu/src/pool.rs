@@ -140,12 +140,22 @@ impl Pool {
             return;
         }
         let pieces: Vec<Mutex<&mut [T]>> = data.chunks_mut(per * unit).map(Mutex::new).collect();
+        self.pieces(pieces.len(), &|c| {
+            let mut g = pieces[c].lock().unwrap_or_else(|e| e.into_inner());
+            f(c * per, &mut g);
+        });
+    }
+
+    /// Call `f(i)` for each `i` in `0..count`, the threads taking the next one in turn — a
+    /// thread slowed by other load simply takes fewer.
+    pub fn pieces(&self, count: usize, f: &(dyn Fn(usize) + Sync)) {
         let next = AtomicUsize::new(0);
         self.run(&|_, _| loop {
-            let c = next.fetch_add(1, Relaxed);
-            let Some(p) = pieces.get(c) else { break };
-            let mut g = p.lock().unwrap_or_else(|e| e.into_inner());
-            f(c * per, &mut g);
+            let i = next.fetch_add(1, Relaxed);
+            if i >= count {
+                break;
+            }
+            f(i);
         });
     }
 }
