@@ -4,7 +4,6 @@
 
 use crate::kernels::Isa;
 use crate::pool::Pool;
-#[cfg(target_arch = "x86_64")]
 use std::sync::Mutex;
 
 /// FMA chains in flight: enough to cover the latency (4 cycles) of two ports.
@@ -26,13 +25,7 @@ pub fn int8_peak(pool: &Pool, isa: Isa) -> Option<f64> {
             Isa::Avx2 => || best_of(|n| unsafe { x86::maddubs(n) }),
             _ => return None,
         };
-        let total = Mutex::new(0.0);
-        pool.run(&|_, _| {
-            let r = per_thread();
-            *total.lock().unwrap_or_else(|e| e.into_inner()) += r;
-        });
-        let t = total.into_inner().unwrap_or_else(|e| e.into_inner());
-        (t > 0.0).then_some(t)
+        over_threads(pool, per_thread)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -55,7 +48,12 @@ pub fn f32_peak(pool: &Pool, isa: Isa) -> Option<f64> {
         Isa::Neon => || best_of(|n| unsafe { arm::fma128(n) }),
         _ => return None,
     };
-    let total = std::sync::Mutex::new(0.0);
+    over_threads(pool, per_thread)
+}
+
+/// The sum of `per_thread()` run on every thread of the pool at once (`None` if nothing).
+fn over_threads(pool: &Pool, per_thread: fn() -> f64) -> Option<f64> {
+    let total = Mutex::new(0.0);
     pool.run(&|_, _| {
         let r = per_thread();
         *total.lock().unwrap_or_else(|e| e.into_inner()) += r;
