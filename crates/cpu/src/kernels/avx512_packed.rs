@@ -32,6 +32,17 @@ macro_rules! unroll16 {
     ($t:ident < $n:expr, $body:block) => {
         unroll16!(@ $t, $n, $body, 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15)
     };
+    // `$t` a constant (usable as a const generic argument).
+    (const $t:ident < $n:expr, $body:block) => {
+        unroll16!(@const $t, $n, $body, 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15)
+    };
+    (@const $t:ident, $n:expr, $body:block, $($i:literal)*) => {
+        $( if $i < $n {
+            #[allow(non_upper_case_globals)]
+            const $t: usize = $i;
+            $body
+        } )*
+    };
     (@ $t:ident, $n:expr, $body:block, $($i:literal)*) => {
         $( if $i < $n { let $t: usize = $i; $body } )*
     };
@@ -133,10 +144,27 @@ unsafe fn f16x16(p: *const u8) -> __m512 {
 }
 
 /// `acc` + w[g] · (the token's quants 4g..4g+4, broadcast) in each 32-bit lane.
+/// As `dot4`, with the broadcast as an intrinsic (LLVM schedules it; Q6_K's two halves).
 #[inline(always)]
-unsafe fn dot4(acc: __m512i, w: __m512i, q: *const i8, g: usize) -> __m512i {
-    let y = _mm512_set1_epi32(std::ptr::read_unaligned(q.add(4 * g) as *const i32));
+unsafe fn dot4_intrinsic<const G: usize>(acc: __m512i, w: __m512i, q: *const i8) -> __m512i {
+    let y = _mm512_set1_epi32(std::ptr::read_unaligned(q.add(4 * G) as *const i32));
     _mm512_dpbusd_epi32(acc, w, y)
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512vnni")]
+unsafe fn dot4<const G: usize>(mut acc: __m512i, w: __m512i, q: *const i8) -> __m512i {
+    // LLVM does not fold the broadcast into `vpdpbusd` (a separate `vpbroadcastd` and a register
+    // per product); the embedded broadcast with a constant offset needs neither.
+    std::arch::asm!(
+        "vpdpbusd {acc}, {w}, dword ptr [{q} + {o}]{{1to16}}",
+        acc = inout(zmm_reg) acc,
+        w = in(zmm_reg) w,
+        q = in(reg) q,
+        o = const 4 * G,
+        options(pure, readonly, nostack, preserves_flags)
+    );
+    acc
 }
 
 /// Sub-block `j`'s scales for the 16 rows of the superblock at `h` (superblock scale `d`,
@@ -211,6 +239,17 @@ const AMX_FROM: usize = 32;
 /// fill the 32 vector registers.
 const MAX_TILE: usize = 8;
 
+/// Kinds whose unpacking keeps more values live (the fifth bits' masks, Q4_1's minimum, Q6_K's
+/// two half-block sums) spill registers at 8 tokens; at 7 they run faster per token
+/// (`matmul_probe`, 1 thread, weights in L2, 8 → 7 at 512 tokens: Q5_0 270 → 325 G MAC/s,
+/// Q4_1 238 → 288, Q6_K 235 → 250; Q4_K and Q8_0 lose 0–3 % at 7 and keep 8).
+const fn max_tile(k: u8) -> usize {
+    match k {
+        Q4_1 | Q5_0 | Q5_1 | Q6K => MAX_TILE - 1,
+        _ => MAX_TILE,
+    }
+}
+
 /// Tiles of up to this many tokens run two multiply-add chains per token.
 const TWO_CHAINS_UP_TO: usize = 5;
 
@@ -272,10 +311,10 @@ unsafe fn tile<const K: u8, const T: usize>(
                     i1[t] = _mm512_set1_epi32(m(t).nsum16[1] as i32 * off);
                 });
                 if T <= TWO_CHAINS_UP_TO {
-                    unroll16!(g < 4, {
+                    unroll16!(const g < 4, {
                         unroll16!(t < T, {
-                            i0[t] = dot4(i0[t], w[g], q(t), g);
-                            i1[t] = dot4(i1[t], w[g + 4], q(t), g + 4);
+                            i0[t] = dot4_intrinsic::<g>(i0[t], w[g], q(t));
+                            i1[t] = dot4_intrinsic::<{ g + 4 }>(i1[t], w[g + 4], q(t));
                         });
                     });
                     unroll16!(t < T, {
@@ -283,13 +322,13 @@ unsafe fn tile<const K: u8, const T: usize>(
                     });
                 } else {
                     // Both halves' chains at once would not fit the 32 registers.
-                    unroll16!(g < 4, {
-                        unroll16!(t < T, { i0[t] = dot4(i0[t], w[g], q(t), g) });
+                    unroll16!(const g < 4, {
+                        unroll16!(t < T, { i0[t] = dot4_intrinsic::<g>(i0[t], w[g], q(t)) });
                     });
                     // As `scale_in`, one half at a time.
                     unroll16!(t < T, { scale_sums(&mut acc[t], i0[t], s0, m(t).d) });
-                    unroll16!(g < 4, {
-                        unroll16!(t < T, { i1[t] = dot4(i1[t], w[g + 4], q(t), g + 4) });
+                    unroll16!(const g < 4, {
+                        unroll16!(t < T, { i1[t] = dot4_intrinsic::<{ g + 4 }>(i1[t], w[g + 4], q(t)) });
                     });
                     unroll16!(t < T, { scale_sums(&mut acc[t], i1[t], s1, m(t).d) });
                 }
@@ -299,16 +338,16 @@ unsafe fn tile<const K: u8, const T: usize>(
                 if T <= TWO_CHAINS_UP_TO {
                     // Two chains per token: fewer than ~10 chains leave the unit idle.
                     let mut i1 = [_mm512_setzero_si512(); T];
-                    unroll16!(g < 4, {
+                    unroll16!(const g < 4, {
                         unroll16!(t < T, {
-                            i0[t] = dot4(i0[t], w[g], q(t), g);
-                            i1[t] = dot4(i1[t], w[g + 4], q(t), g + 4);
+                            i0[t] = dot4::<g>(i0[t], w[g], q(t));
+                            i1[t] = dot4::<{ g + 4 }>(i1[t], w[g + 4], q(t));
                         });
                     });
                     unroll16!(t < T, { i0[t] = _mm512_add_epi32(i0[t], i1[t]) });
                 } else {
-                    unroll16!(g < 8, {
-                        unroll16!(t < T, { i0[t] = dot4(i0[t], w[g], q(t), g) });
+                    unroll16!(const g < 8, {
+                        unroll16!(t < T, { i0[t] = dot4::<g>(i0[t], w[g], q(t)) });
                     });
                 }
                 unroll16!(t < T, {
@@ -389,10 +428,10 @@ unsafe fn run_kind<const K: u8>(
     }
 }
 
-/// One group of 16 rows (at `grp`) against `tokens`, in tiles of at most 8 tokens as even as
-/// possible (11 tokens: 6 + 5, not 8 + 2 + 1 — a tile of 1 or 2 tokens costs 2–3 times as much
-/// per token as one of 5 or more, `matmul_probe`); `out` points at the group's row 0 of token
-/// 0, tokens `m` apart.
+/// One group of 16 rows (at `grp`) against `tokens`, in tiles of at most `max_tile(K)` tokens
+/// as even as possible (11 tokens: 6 + 5, not 8 + 2 + 1 — a tile of 1 or 2 tokens costs 2–3
+/// times as much per token as one of 5 or more, `matmul_probe`); `out` points at the group's
+/// row 0 of token 0, tokens `m` apart.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn vnni_tokens<const K: u8>(
@@ -406,7 +445,7 @@ pub(super) unsafe fn vnni_tokens<const K: u8>(
     bias: Option<&[f32]>,
 ) {
     let n = tokens.len();
-    let tiles = n.div_ceil(MAX_TILE);
+    let tiles = n.div_ceil(max_tile(K));
     let mut t = tokens.start;
     for i in 0..tiles {
         let size = n / tiles + usize::from(i < n % tiles);
