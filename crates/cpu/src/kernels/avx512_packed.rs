@@ -32,12 +32,9 @@ macro_rules! unroll16 {
     ($t:ident < $n:expr, $body:block) => {
         unroll16!(@ $t, $n, $body, 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15)
     };
-    // `$t` a constant (usable as a const generic argument).
-    (const $t:ident < $n:expr, $body:block) => {
-        unroll16!(@const $t, $n, $body, 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15)
-    };
-    (@const $t:ident, $n:expr, $body:block, $($i:literal)*) => {
-        $( if $i < $n {
+    // `$t` a constant (a const generic argument) taking each of the listed values.
+    (const $t:ident in [$($i:literal)*], $body:block) => {
+        $( {
             #[allow(non_upper_case_globals)]
             const $t: usize = $i;
             $body
@@ -311,7 +308,7 @@ unsafe fn tile<const K: u8, const T: usize>(
                     i1[t] = _mm512_set1_epi32(m(t).nsum16[1] as i32 * off);
                 });
                 if T <= TWO_CHAINS_UP_TO {
-                    unroll16!(const g < 4, {
+                    unroll16!(const g in [0 1 2 3], {
                         unroll16!(t < T, {
                             i0[t] = dot4_intrinsic::<g>(i0[t], w[g], q(t));
                             i1[t] = dot4_intrinsic::<{ g + 4 }>(i1[t], w[g + 4], q(t));
@@ -322,12 +319,12 @@ unsafe fn tile<const K: u8, const T: usize>(
                     });
                 } else {
                     // Both halves' chains at once would not fit the 32 registers.
-                    unroll16!(const g < 4, {
+                    unroll16!(const g in [0 1 2 3], {
                         unroll16!(t < T, { i0[t] = dot4_intrinsic::<g>(i0[t], w[g], q(t)) });
                     });
                     // As `scale_in`, one half at a time.
                     unroll16!(t < T, { scale_sums(&mut acc[t], i0[t], s0, m(t).d) });
-                    unroll16!(const g < 4, {
+                    unroll16!(const g in [0 1 2 3], {
                         unroll16!(t < T, { i1[t] = dot4_intrinsic::<{ g + 4 }>(i1[t], w[g + 4], q(t)) });
                     });
                     unroll16!(t < T, { scale_sums(&mut acc[t], i1[t], s1, m(t).d) });
@@ -338,7 +335,7 @@ unsafe fn tile<const K: u8, const T: usize>(
                 if T <= TWO_CHAINS_UP_TO {
                     // Two chains per token: fewer than ~10 chains leave the unit idle.
                     let mut i1 = [_mm512_setzero_si512(); T];
-                    unroll16!(const g < 4, {
+                    unroll16!(const g in [0 1 2 3], {
                         unroll16!(t < T, {
                             i0[t] = dot4::<g>(i0[t], w[g], q(t));
                             i1[t] = dot4::<{ g + 4 }>(i1[t], w[g + 4], q(t));
@@ -346,7 +343,7 @@ unsafe fn tile<const K: u8, const T: usize>(
                     });
                     unroll16!(t < T, { i0[t] = _mm512_add_epi32(i0[t], i1[t]) });
                 } else {
-                    unroll16!(const g < 8, {
+                    unroll16!(const g in [0 1 2 3 4 5 6 7], {
                         unroll16!(t < T, { i0[t] = dot4::<g>(i0[t], w[g], q(t)) });
                     });
                 }
