@@ -656,7 +656,7 @@ impl Backend for CpuBackend {
         }
         matmul::matmul(&self.k, &self.pool, &xs, rows.len(), lm_head, None, out);
         if lm_head.store.rescore_top {
-            rescore::rescore_top(&self.pool, &xs, lm_head, out);
+            rescore::rescore_top(self.k.isa, &self.pool, &xs, lm_head, out);
         }
         Ok(())
     }
