@@ -308,6 +308,35 @@ impl<'a> Tile<'a> {
         }
     }
 
+    /// Ask for the tile's cache lines (x86; elsewhere nothing).
+    fn prefetch(self) {
+        fn lines<T>(v: &[T]) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                let bytes = std::mem::size_of_val(v);
+                let p = v.as_ptr() as *const i8;
+                for o in (0..bytes).step_by(64) {
+                    // SAFETY: a hint on an address inside the slice.
+                    unsafe {
+                        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                            p.add(o),
+                        )
+                    };
+                }
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = v;
+        }
+        match self {
+            Tile::F32(v) => lines(v),
+            Tile::F16(v) => lines(v),
+            Tile::Q8(t) => {
+                lines(t.q);
+                lines(t.d);
+            }
+        }
+    }
+
     #[inline(always)]
     fn at(self, i: usize) -> f32 {
         match self {
@@ -385,9 +414,17 @@ fn attend<O: BlockOps>(job: &Job<'_>, acc: &mut [f32], st: &mut State) {
     let (_, end) = job.span(rows - 1);
     let first_block = start / BLOCK;
     let mut p = first_block * BLOCK;
-    for &blk in &job.table[first_block.min(job.table.len())..] {
+    let blocks = &job.table[first_block.min(job.table.len())..];
+    for (b, &blk) in blocks.iter().enumerate() {
         if p >= end {
             break;
+        }
+        // The cache's blocks lie anywhere; the next one's tiles are asked for while this one
+        // is computed (decode steps waited on these loads).
+        if let Some(&next) = blocks.get(b + 1).filter(|_| p + BLOCK < end) {
+            let off = tile_start(next as usize, job.kvh, spec);
+            Tile::of(ks, off, BLOCK * hd, hd, true).prefetch();
+            Tile::of(vs, off, BLOCK * hd, hd, false).prefetch();
         }
         let off = tile_start(blk as usize, job.kvh, spec);
         let (kt, vt) = (
