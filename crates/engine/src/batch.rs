@@ -473,7 +473,7 @@ impl<B: Backend> BatchEngine<B> {
                     }
                     Picks::Logits => {
                         let logits = &mut self.logits[r * vocab..(r + 1) * vocab];
-                        if let Some(bad) = logits.iter().find(|l| !l.is_finite()) {
+                        if let Some(bad) = suanli_core::scan::first_nonfinite(logits) {
                             failed.push((it.seq, nonfinite(format!(" ({bad})"))));
                             continue 'item;
                         }
