@@ -46,7 +46,11 @@ mod tests {
         assert_eq!(super::first_nonfinite(&[]), None);
         let mut v: Vec<f32> = (0..1000).map(|i| i as f32 * -1.5e30).collect();
         assert_eq!(super::first_nonfinite(&v), None);
-        for (i, bad) in [(999, f32::INFINITY), (130, f32::NEG_INFINITY), (5, f32::NAN)] {
+        for (i, bad) in [
+            (999, f32::INFINITY),
+            (130, f32::NEG_INFINITY),
+            (5, f32::NAN),
+        ] {
             v[i] = bad;
             let got = super::first_nonfinite(&v).unwrap();
             assert_eq!(got.to_bits(), bad.to_bits(), "at {i}");

@@ -215,16 +215,27 @@ impl CpuBackend {
         out.rows = gate.rows;
         let (cols, isa) = (gate.cols, self.k.isa);
         let n = gate.rows * cols;
-        let rows = |row0: usize, piece: &mut [f32]| {
+        self.rows_in_parallel(&mut out.buf[..n], cols, &|row0, piece| {
             let at = row0 * cols..row0 * cols + piece.len();
             kernel(isa, &gate.buf[at.clone()], &up.buf[at], piece);
-        };
-        if gate.rows >= 2 * self.pool.threads() {
-            self.pool.split_mut(&mut out.buf[..n], cols, 1, &rows);
-        } else {
-            rows(0, &mut out.buf[..n]);
-        }
+        });
         Ok(())
+    }
+
+    /// `f(first_row, rows)` over `data`'s rows of `cols`, shared by the threads when there are
+    /// at least two rows per thread (row-wise steps — norms, RoPE, the gated activation — left to
+    /// the calling thread kept the others waiting: ~1.5 % of a 16-stream decode step).
+    fn rows_in_parallel(
+        &self,
+        data: &mut [f32],
+        cols: usize,
+        f: &(dyn Fn(usize, &mut [f32]) + Sync),
+    ) {
+        if data.len() >= 2 * self.pool.threads() * cols.max(1) {
+            self.pool.split_mut(data, cols, 1, f);
+        } else {
+            f(0, data);
+        }
     }
 }
 
@@ -390,15 +401,16 @@ impl Backend for CpuBackend {
         let wv = vector(w, x.cols, "rms_norm")?;
         out.rows = x.rows;
         let n = x.cols;
-        for (xr, or) in x.buf[..x.rows * n]
-            .chunks_exact(n)
-            .zip(out.buf.chunks_exact_mut(n))
-        {
-            let scale = rms_scale(xr, eps);
-            for ((o, xi), wi) in or.iter_mut().zip(xr).zip(wv) {
-                *o = wi * (xi * scale);
+        let xs = &x.buf[..x.rows * n];
+        self.rows_in_parallel(&mut out.buf[..x.rows * n], n, &|r0, part| {
+            for (i, or) in part.chunks_exact_mut(n).enumerate() {
+                let xr = &xs[(r0 + i) * n..(r0 + i + 1) * n];
+                let scale = rms_scale(xr, eps);
+                for ((o, xi), wi) in or.iter_mut().zip(xr).zip(wv) {
+                    *o = wi * (xi * scale);
+                }
             }
-        }
+        });
         Ok(())
     }
 
@@ -411,12 +423,15 @@ impl Backend for CpuBackend {
         check::norm_groups(x, w)?;
         let g = w.cols;
         let wv = vector(w, g, "rms_norm_groups")?;
-        for grp in x.buf[..x.rows * x.cols].chunks_exact_mut(g) {
-            let scale = rms_scale(grp, eps);
-            for (v, wi) in grp.iter_mut().zip(wv) {
-                *v = wi * (*v * scale);
+        let n = x.cols;
+        self.rows_in_parallel(&mut x.buf[..x.rows * n], n, &|_, part| {
+            for grp in part.chunks_exact_mut(g) {
+                let scale = rms_scale(grp, eps);
+                for (v, wi) in grp.iter_mut().zip(wv) {
+                    *v = wi * (*v * scale);
+                }
             }
-        }
+        });
         Ok(())
     }
 
@@ -479,25 +494,25 @@ impl Backend for CpuBackend {
         check::rope(x, positions, rope)?;
         let half = rope.rotary_dim / 2;
         let hd = rope.head_dim;
-        for (row, &p) in x.buf[..x.rows * x.cols]
-            .chunks_exact_mut(x.cols)
-            .zip(positions)
-        {
-            for (i, &f) in rope.inv_freq.iter().enumerate().take(half) {
-                let angle = p as f32 * f;
-                let (s, c) = angle.sin_cos();
-                for h in 0..rope.n_heads {
-                    let head = &mut row[h * hd..(h + 1) * hd];
-                    let (a, b) = match rope.style {
-                        RopeStyle::Neox => (i, i + half),
-                        RopeStyle::Interleaved => (2 * i, 2 * i + 1),
-                    };
-                    let (x0, x1) = (head[a], head[b]);
-                    head[a] = x0 * c - x1 * s;
-                    head[b] = x0 * s + x1 * c;
+        let n = x.cols;
+        self.rows_in_parallel(&mut x.buf[..x.rows * n], n, &|r0, part| {
+            for (row, &p) in part.chunks_exact_mut(n).zip(&positions[r0..]) {
+                for (i, &f) in rope.inv_freq.iter().enumerate().take(half) {
+                    let angle = p as f32 * f;
+                    let (s, c) = angle.sin_cos();
+                    for h in 0..rope.n_heads {
+                        let head = &mut row[h * hd..(h + 1) * hd];
+                        let (a, b) = match rope.style {
+                            RopeStyle::Neox => (i, i + half),
+                            RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+                        };
+                        let (x0, x1) = (head[a], head[b]);
+                        head[a] = x0 * c - x1 * s;
+                        head[b] = x0 * s + x1 * c;
+                    }
                 }
             }
-        }
+        });
         Ok(())
     }
 
