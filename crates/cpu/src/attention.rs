@@ -308,31 +308,15 @@ impl<'a> Tile<'a> {
         }
     }
 
-    /// Ask for the tile's cache lines (x86; elsewhere nothing).
+    /// Ask for the tile's cache lines.
     fn prefetch(self) {
-        fn lines<T>(v: &[T]) {
-            #[cfg(target_arch = "x86_64")]
-            {
-                let bytes = std::mem::size_of_val(v);
-                let p = v.as_ptr() as *const i8;
-                for o in (0..bytes).step_by(64) {
-                    // SAFETY: a hint on an address inside the slice.
-                    unsafe {
-                        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                            p.add(o),
-                        )
-                    };
-                }
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            let _ = v;
-        }
+        use crate::kernels::prefetch_lines;
         match self {
-            Tile::F32(v) => lines(v),
-            Tile::F16(v) => lines(v),
+            Tile::F32(v) => prefetch_lines(v),
+            Tile::F16(v) => prefetch_lines(v),
             Tile::Q8(t) => {
-                lines(t.q);
-                lines(t.d);
+                prefetch_lines(t.q);
+                prefetch_lines(t.d);
             }
         }
     }

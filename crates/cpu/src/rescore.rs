@@ -41,35 +41,21 @@ pub(crate) fn rescore_top(
     });
 }
 
-/// Ask for the cache lines of head row `r` (as stored: raw, or its f32 copy).
+/// Ask for the cache lines of head row `r` (as stored: its f32 copy, or the file's bytes).
 fn prefetch_row(head: &Weight<CpuWeight>, r: usize) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let bytes: &[u8] = match &head.store.f32 {
-            Some(v) => {
-                let row = &v[r * head.cols..(r + 1) * head.cols];
-                // SAFETY: the f32 slice's bytes, read only for the hint.
-                unsafe { std::slice::from_raw_parts(row.as_ptr() as *const u8, row.len() * 4) }
-            }
-            None => {
-                let rb = head
-                    .dtype
-                    .row_bytes(head.cols)
-                    .expect("validated in prepare_weight");
-                &head.store.raw.as_slice()[r * rb..(r + 1) * rb]
-            }
-        };
-        for line in bytes.chunks(64) {
-            // SAFETY: a hint on an address inside the slice.
-            unsafe {
-                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                    line.as_ptr() as *const i8
-                )
-            };
-        }
+    match &head.store.f32 {
+        Some(v) => crate::kernels::prefetch_lines(&v[r * head.cols..(r + 1) * head.cols]),
+        None => crate::kernels::prefetch_lines(raw_row(head, r)),
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (head, r);
+}
+
+/// Head row `r` in the file's layout.
+fn raw_row(head: &Weight<CpuWeight>, r: usize) -> &[u8] {
+    let rb = head
+        .dtype
+        .row_bytes(head.cols)
+        .expect("validated in prepare_weight");
+    &head.store.raw.as_slice()[r * rb..(r + 1) * rb]
 }
 
 /// Head row `r` · `x` in f64 over the row's dequantized values (the oracle's). On x86 with
@@ -81,12 +67,8 @@ fn row_dot(isa: Isa, head: &Weight<CpuWeight>, r: usize, x: &[f32], scratch: &mu
     if matches!(isa, Isa::Avx2 | Isa::Avx512 | Isa::Amx) {
         let k = head.cols;
         let w: &[f32] = if head.dtype == DType::Q8_0 && head.store.f32.is_none() {
-            let rb = DType::Q8_0
-                .row_bytes(k)
-                .expect("validated in prepare_weight");
-            let raw = &head.store.raw.as_slice()[r * rb..(r + 1) * rb];
             // SAFETY: the level guarantees AVX2, FMA and F16C.
-            unsafe { x86::dequantize_q8_0(raw, &mut scratch[..k]) };
+            unsafe { x86::dequantize_q8_0(raw_row(head, r), &mut scratch[..k]) };
             &scratch[..k]
         } else {
             head.store.row(head, r, scratch)

@@ -21,6 +21,23 @@ pub mod pacts;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
+/// Ask for every cache line of `v` (x86; elsewhere nothing): for data the next step needs and
+/// the hardware prefetchers cannot guess (scattered KV-cache blocks, head rows picked by value).
+pub(crate) fn prefetch_lines<T>(v: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let p = v.as_ptr() as *const i8;
+        for o in (0..std::mem::size_of_val(v)).step_by(64) {
+            // SAFETY: a hint on an address inside the slice.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.add(o))
+            };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = v;
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Isa {
     Generic,

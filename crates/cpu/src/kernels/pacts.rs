@@ -110,7 +110,10 @@ mod x86 {
     #[inline]
     #[target_feature(enable = "avx512f")]
     fn sum16(b: __m128i) -> i32 {
-        let s = _mm_sad_epu8(_mm_xor_si128(b, _mm_set1_epi8(i8::MIN)), _mm_setzero_si128());
+        let s = _mm_sad_epu8(
+            _mm_xor_si128(b, _mm_set1_epi8(i8::MIN)),
+            _mm_setzero_si128(),
+        );
         _mm_cvtsi128_si32(s) + _mm_extract_epi16::<4>(s) - 16 * 128
     }
 
