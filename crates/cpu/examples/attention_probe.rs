@@ -1,7 +1,7 @@
 //! Prefill attention probe for kernel work: one layer's attention of TOKENS new tokens after
 //! DEPTH cached ones (F16 cache), G multiply-adds/s (Q·K and P·V) of the best of 10 runs.
 //!   cargo run --release -p suanli-cpu --example attention_probe -- DEPTH TOKENS [HEADS KV_HEADS HEAD_DIM THREADS]
-//! (`SUANLI_CPU_ISA` picks the level.)
+//! (`SUANLI_CPU_ISA` picks the level; the output's hash shows whether a change kept its bits.)
 use suanli_backend::{AttnMeta, AttnSeq, Backend, KvDType, KvSpec};
 use suanli_cpu::CpuBackend;
 
@@ -81,6 +81,12 @@ fn main() {
         macs / best * 1e3,
         best_cpu / 1e9
     );
+    // The output's bits, hashed (FNV-1a): a kernel change that should keep them can be checked.
+    let bits = b.download(&out).unwrap();
+    let hash = bits.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, v| {
+        (h ^ v.to_bits() as u64).wrapping_mul(0x0100_0000_01b3)
+    });
+    println!("output hash {hash:016x}");
 }
 
 extern "C" {

@@ -223,6 +223,8 @@ struct State {
     /// Per lane (summed at the end).
     l: Vec<[f32; BLOCK]>,
     w: Vec<[f32; BLOCK]>,
+    /// Per row: the positions it attends (`Job::span`, computed once per unit).
+    span: Vec<(usize, usize)>,
 }
 
 /// Where the tile of KV head `kvh` in block `blk` starts.
@@ -245,7 +247,7 @@ unsafe fn attend_avx512(job: &Job<'_>, acc: &mut [f32], st: &mut State) {
 /// e^x for x ≤ 0 (scores minus their running max), to about 2 ulp; plain arithmetic so that the
 /// block loops vectorize. Below −87 it returns ~1e-38 rather than 0, which no sum notices.
 #[inline(always)]
-fn exp_neg(x: f32) -> f32 {
+pub(super) fn exp_neg(x: f32) -> f32 {
     crate::vmath::exp(x)
 }
 
@@ -338,6 +340,78 @@ trait BlockOps {
     fn scores(q: &[f32], kt: Tile<'_>, s: &mut [[f32; BLOCK]]);
     /// acc_h += Σ_{i < n} w[h][i] · V[i] for a V tile `[BLOCK][hd]`.
     fn accumulate(acc: &mut [f32], w: &[[f32; BLOCK]], n: usize, vt: Tile<'_>);
+
+    /// The online softmax's step for rows `h0..` (as many as `s` holds) at the block starting
+    /// at position `p`: their scores `s` scaled, masked and turned into weights, their running
+    /// max and sums updated and their outputs so far rescaled (`softmax_rows`).
+    fn softmax(sm: Softmax<'_>, h0: usize, p: usize, s: &mut [[f32; BLOCK]]) {
+        softmax_rows(sm, h0, p, s)
+    }
+}
+
+/// What the softmax step reads and updates: the unit's rows' spans, running max `m` and
+/// per-lane sums `l`, and outputs `acc` (`[rows, hd]`).
+struct Softmax<'a> {
+    span: &'a [(usize, usize)],
+    m: &'a mut [f32],
+    l: &'a mut [[f32; BLOCK]],
+    acc: &'a mut [f32],
+    hd: usize,
+    scale: f32,
+}
+
+/// Row by row, `BlockOps::softmax`: lanes before the row's window and from its length on are
+/// masked; the max, the exps and the sums per lane (summed at the end) in plain loops.
+#[inline(always)]
+fn softmax_rows(sm: Softmax<'_>, h0: usize, p: usize, s: &mut [[f32; BLOCK]]) {
+    let hd = sm.hd;
+    for (h, s) in (h0..).zip(s.iter_mut()) {
+        let (start, len) = sm.span[h];
+        let (skip, n) = (start.saturating_sub(p), BLOCK.min(len.saturating_sub(p)));
+        // Most blocks are attended whole: no masks there.
+        let whole = skip == 0 && n == BLOCK;
+        if whole {
+            s.iter_mut().for_each(|v| *v *= sm.scale);
+        } else {
+            for (i, v) in s.iter_mut().enumerate() {
+                *v = if i < n && i >= skip {
+                    *v * sm.scale
+                } else {
+                    f32::NEG_INFINITY
+                };
+            }
+        }
+        let m_new = sm.m[h].max(max16(s));
+        // Computed for all lanes, then masked; the running sum is kept per lane (summed at
+        // the end), so no loop here carries a scalar dependency.
+        if whole {
+            s.iter_mut().for_each(|v| *v = exp_neg(*v - m_new));
+        } else {
+            for (i, v) in s.iter_mut().enumerate() {
+                let e = exp_neg(*v - m_new);
+                *v = if i < n && i >= skip { e } else { 0.0 };
+            }
+        }
+        let l = &mut sm.l[h];
+        if m_new > sm.m[h] {
+            let corr = if sm.m[h] == f32::NEG_INFINITY {
+                0.0
+            } else {
+                exp_neg(sm.m[h] - m_new)
+            };
+            l.iter_mut().for_each(|x| *x *= corr);
+            sm.acc[h * hd..(h + 1) * hd]
+                .iter_mut()
+                .for_each(|x| *x *= corr);
+            sm.m[h] = m_new;
+        }
+        // On copies: in place, LLVM assumes `l` may alias `s` and adds one lane at a time.
+        let (mut sum, add) = (*l, *s);
+        for i in 0..BLOCK {
+            sum[i] += add[i];
+        }
+        *l = sum;
+    }
 }
 
 /// Plain loops (what generic builds and other architectures run).
@@ -391,6 +465,8 @@ fn attend<O: BlockOps>(job: &Job<'_>, acc: &mut [f32], st: &mut State) {
     st.l.clear();
     st.l.resize(rows, [0.0; BLOCK]);
     st.w.resize(rows, [0.0; BLOCK]);
+    st.span.clear();
+    st.span.extend((0..rows).map(|r| job.span(r)));
     acc.fill(0.0);
     // Blocks wholly before the first row's window are skipped (they may hold other data); the
     // last row attends the most positions.
@@ -417,63 +493,24 @@ fn attend<O: BlockOps>(job: &Job<'_>, acc: &mut [f32], st: &mut State) {
         );
         for h0 in (0..rows).step_by(HEADS) {
             let h1 = (h0 + HEADS).min(rows);
-            if job.span(h1 - 1).1 <= p {
+            if st.span[h1 - 1].1 <= p {
                 // This block is past every position these rows attend (later rows, later
                 // tokens, attend more).
                 continue;
             }
             let s = &mut st.w[h0..h1];
             O::scores(&job.q[h0 * hd..h1 * hd], kt, s);
-            for (h, s) in (h0..h1).zip(s.iter_mut()) {
-                // Lanes before the row's window and from its length on are masked.
-                let (start, len) = job.span(h);
-                let (skip, n) = (start.saturating_sub(p), BLOCK.min(len.saturating_sub(p)));
-                // Most blocks are attended whole: no masks there.
-                let whole = skip == 0 && n == BLOCK;
-                if whole {
-                    s.iter_mut().for_each(|v| *v *= job.scale);
-                } else {
-                    for (i, v) in s.iter_mut().enumerate() {
-                        *v = if i < n && i >= skip {
-                            *v * job.scale
-                        } else {
-                            f32::NEG_INFINITY
-                        };
-                    }
-                }
-                let m_new = st.m[h].max(max16(s));
-                // Computed for all lanes, then masked; the running sum is kept per lane
-                // (summed at the end), so no loop here carries a scalar dependency.
-                if whole {
-                    s.iter_mut().for_each(|v| *v = exp_neg(*v - m_new));
-                } else {
-                    for (i, v) in s.iter_mut().enumerate() {
-                        let e = exp_neg(*v - m_new);
-                        *v = if i < n && i >= skip { e } else { 0.0 };
-                    }
-                }
-                let l = &mut st.l[h];
-                if m_new > st.m[h] {
-                    let corr = if st.m[h] == f32::NEG_INFINITY {
-                        0.0
-                    } else {
-                        exp_neg(st.m[h] - m_new)
-                    };
-                    l.iter_mut().for_each(|x| *x *= corr);
-                    acc[h * hd..(h + 1) * hd]
-                        .iter_mut()
-                        .for_each(|x| *x *= corr);
-                    st.m[h] = m_new;
-                }
-                // On copies: in place, LLVM assumes `l` may alias `s` and adds one lane at a time.
-                let (mut sum, add) = (*l, *s);
-                for i in 0..BLOCK {
-                    sum[i] += add[i];
-                }
-                *l = sum;
-            }
+            let sm = Softmax {
+                span: &st.span,
+                m: &mut st.m,
+                l: &mut st.l,
+                acc: &mut *acc,
+                hd,
+                scale: job.scale,
+            };
+            O::softmax(sm, h0, p, s);
             // V rows up to the longest of these rows' lengths (the others weigh them 0).
-            let n = BLOCK.min(job.span(h1 - 1).1 - p);
+            let n = BLOCK.min(st.span[h1 - 1].1 - p);
             O::accumulate(&mut acc[h0 * hd..h1 * hd], &st.w[h0..h1], n, vt);
         }
         p += BLOCK;

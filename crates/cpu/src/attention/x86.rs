@@ -1,9 +1,9 @@
 //! The attention block loops with AVX2 and AVX-512, for up to `HEADS` query heads at once: each
 //! K row and V row is loaded (and converted from F16) once and meets every head, whose sums are
-//! independent chains (one accumulator alone would wait on each FMA's latency). Inlined into
-//! callers built with the features.
+//! independent chains (one accumulator alone would wait on each FMA's latency); with AVX-512 the
+//! heads' softmax steps run side by side too. Inlined into callers built with the features.
 
-use super::{BlockOps, Portable, Q8Tile, Tile, BLOCK, HEADS};
+use super::{BlockOps, Portable, Q8Tile, Softmax, Tile, BLOCK, HEADS};
 use std::arch::x86_64::*;
 
 pub struct Avx2;
@@ -89,6 +89,20 @@ impl BlockOps for Avx512 {
     }
 
     #[inline(always)]
+    fn softmax(sm: Softmax<'_>, h0: usize, p: usize, s: &mut [[f32; BLOCK]]) {
+        match s.len() {
+            1 => softmax512::<1>(sm, h0, p, s),
+            2 => softmax512::<2>(sm, h0, p, s),
+            3 => softmax512::<3>(sm, h0, p, s),
+            4 => softmax512::<4>(sm, h0, p, s),
+            5 => softmax512::<5>(sm, h0, p, s),
+            6 => softmax512::<6>(sm, h0, p, s),
+            7 => softmax512::<7>(sm, h0, p, s),
+            _ => softmax512::<8>(sm, h0, p, s),
+        }
+    }
+
+    #[inline(always)]
     fn accumulate(acc: &mut [f32], w: &[[f32; BLOCK]], n: usize, vt: Tile<'_>) {
         let g = w.len();
         by_heads!(
@@ -98,6 +112,88 @@ impl BlockOps for Avx512 {
             vt,
             |t| (acc, w, n, t)
         )
+    }
+}
+
+/// `vmath::exp` on 16 lanes, the same operations in the same order (so the same bits): plain
+/// loops compile it one row at a time, each row's chain of ~20 dependent operations waiting on
+/// the last; here a group's rows run side by side.
+#[inline(always)]
+unsafe fn exp512(x: __m512) -> __m512 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    const ROUND: f32 = 12_582_912.0;
+    let c = |v: f32| _mm512_set1_ps(v);
+    let (add, mul) = (
+        |a: __m512, b: __m512| _mm512_add_ps(a, b),
+        |a: __m512, b: __m512| _mm512_mul_ps(a, b),
+    );
+    // `f32::clamp`: NaN passes through, as there.
+    let x = _mm512_min_ps(_mm512_max_ps(x, c(-87.0)), c(88.0));
+    let shifted = add(mul(x, c(LOG2E)), c(ROUND));
+    let n = _mm512_sub_ps(shifted, c(ROUND));
+    let ni = _mm512_sub_epi32(
+        _mm512_castps_si512(shifted),
+        _mm512_set1_epi32(ROUND.to_bits() as i32),
+    );
+    let r = _mm512_sub_ps(_mm512_sub_ps(x, mul(n, c(LN2_HI))), mul(n, c(LN2_LO)));
+    // 1 + r(1 + r(1/2 + r(1/6 + r(1/24 + r(1/120 + r/720))))), innermost first.
+    let mut p = add(c(1.0 / 120.0), mul(r, c(1.0 / 720.0)));
+    p = add(c(1.0 / 24.0), mul(r, p));
+    p = add(c(1.0 / 6.0), mul(r, p));
+    p = add(c(0.5), mul(r, p));
+    p = add(c(1.0), mul(r, p));
+    p = add(c(1.0), mul(r, p));
+    let scale = _mm512_slli_epi32::<23>(_mm512_add_epi32(ni, _mm512_set1_epi32(127)));
+    mul(p, _mm512_castsi512_ps(scale))
+}
+
+/// `softmax_rows` for a group of `G` rows, each row's operations as there (the same bits), the
+/// rows interleaved: the scores' max as a vector reduction, the exps side by side.
+#[inline(always)]
+fn softmax512<const G: usize>(sm: Softmax<'_>, h0: usize, p: usize, s: &mut [[f32; BLOCK]]) {
+    assert!(s.len() == G && h0 + G <= sm.span.len() && (h0 + G) * sm.hd <= sm.acc.len());
+    // SAFETY: callers are built with AVX-512F; `s` holds G rows of 16 (asserted).
+    unsafe {
+        let mut keep = [0u16; G];
+        let mut sv = [_mm512_setzero_ps(); G];
+        let mut m_new = [0f32; G];
+        for h in 0..G {
+            let (start, len) = sm.span[h0 + h];
+            let (skip, n) = (start.saturating_sub(p), BLOCK.min(len.saturating_sub(p)));
+            // Lanes skip..n.
+            keep[h] = ((1u32 << n) - 1) as u16 & !(((1u32 << skip.min(BLOCK)) - 1) as u16);
+            let x = _mm512_mul_ps(_mm512_loadu_ps(s[h].as_ptr()), _mm512_set1_ps(sm.scale));
+            sv[h] = _mm512_mask_mov_ps(_mm512_set1_ps(f32::NEG_INFINITY), keep[h], x);
+            m_new[h] = sm.m[h0 + h].max(_mm512_reduce_max_ps(sv[h]));
+        }
+        let mut e = [_mm512_setzero_ps(); G];
+        for h in 0..G {
+            e[h] = _mm512_maskz_mov_ps(
+                keep[h],
+                exp512(_mm512_sub_ps(sv[h], _mm512_set1_ps(m_new[h]))),
+            );
+        }
+        let hd = sm.hd;
+        for h in 0..G {
+            let r = h0 + h;
+            let mut l = _mm512_loadu_ps(sm.l[r].as_ptr());
+            if m_new[h] > sm.m[r] {
+                let corr = if sm.m[r] == f32::NEG_INFINITY {
+                    0.0
+                } else {
+                    super::exp_neg(sm.m[r] - m_new[h])
+                };
+                l = _mm512_mul_ps(l, _mm512_set1_ps(corr));
+                sm.acc[r * hd..(r + 1) * hd]
+                    .iter_mut()
+                    .for_each(|x| *x *= corr);
+                sm.m[r] = m_new[h];
+            }
+            _mm512_storeu_ps(sm.l[r].as_mut_ptr(), _mm512_add_ps(l, e[h]));
+            _mm512_storeu_ps(s[h].as_mut_ptr(), e[h]);
+        }
     }
 }
 
@@ -315,5 +411,49 @@ fn accumulate256<const G: usize, E: Elem>(acc: &mut [f32], w: &[[f32; BLOCK]], n
             c += 8;
         }
         tail(acc, w, n, vt, hd, c);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn exp16(x: &[f32; 16]) -> [f32; 16] {
+        let mut out = [0f32; 16];
+        _mm512_storeu_ps(out.as_mut_ptr(), exp512(_mm512_loadu_ps(x.as_ptr())));
+        out
+    }
+
+    /// The vector exp of the softmax steps gives the scalar one's bits (so AVX-512 rows still
+    /// equal what the row-by-row steps computed), clamped ends and -inf included.
+    #[test]
+    fn exp512_equals_the_scalar_exp() {
+        if !crate::kernels::Isa::available().contains(&crate::kernels::Isa::Avx512) {
+            eprintln!("no AVX-512 here: exp512 is not tested");
+            return;
+        }
+        let mut xs: Vec<f32> = (0..200_000).map(|i| -(i as f32) * 0.000_61).collect();
+        xs.extend([
+            0.0,
+            -0.0,
+            -86.9,
+            -87.0,
+            -87.1,
+            -1e30,
+            f32::NEG_INFINITY,
+            1.5,
+            87.9,
+            100.0,
+        ]);
+        xs.resize(xs.len().div_ceil(16) * 16, 0.0);
+        for c in xs.chunks_exact(16) {
+            let x: [f32; 16] = c.try_into().unwrap();
+            // SAFETY: the CPU has AVX-512 F (checked above).
+            let got = unsafe { exp16(&x) };
+            for (g, v) in got.iter().zip(x) {
+                assert_eq!(g.to_bits(), crate::vmath::exp(v).to_bits(), "exp({v})");
+            }
+        }
     }
 }
