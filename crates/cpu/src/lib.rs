@@ -1,4 +1,4 @@
-//! The CPU backend. Quantized matrices are repacked at load for the AVX-512 kernels (`packed`)
+//! The CPU backend. Quantized matrices are repacked at load for the AVX2 and AVX-512 kernels (`packed`)
 //! where the CPU has them; otherwise weights stay memory-mapped in their file format. Kernels
 //! come from a table chosen by feature detection.
 
@@ -24,7 +24,7 @@ use suanli_core::{quant, DType};
 use suanli_formats::Bytes;
 
 /// CPU weight storage: the file bytes, plus an f32 copy for vectors and f32 matrices, or the
-/// matrix repacked for the AVX-512 kernels (`packed`).
+/// matrix repacked for the AVX2 and AVX-512 kernels (`packed`).
 pub struct CpuWeight {
     raw: Bytes,
     f32: Option<Vec<f32>>,
@@ -113,7 +113,7 @@ impl CpuBackend {
             act_precision: true,
             experts: true,
         };
-        let repack = matches!(isa, Isa::Avx512 | Isa::Amx)
+        let repack = matches!(isa, Isa::Avx2 | Isa::Avx512 | Isa::Amx)
             && std::env::var("SUANLI_CPU_REPACK").as_deref() != Ok("0");
         Ok(CpuBackend {
             caps,
@@ -123,12 +123,13 @@ impl CpuBackend {
         })
     }
 
-    /// Whether quantized matrices are repacked at load (AVX-512 unless `SUANLI_CPU_REPACK=0`).
+    /// Whether quantized matrices are repacked at load (AVX2 and AVX-512 unless
+    /// `SUANLI_CPU_REPACK=0`).
     pub fn repacks(&self) -> bool {
         self.repack
     }
 
-    /// Keep quantized matrices in their file layout (what AVX2, NEON and generic machines run),
+    /// Keep quantized matrices in their file layout (what NEON and generic machines run),
     /// for weights prepared from now on.
     pub fn without_repacking(mut self) -> Self {
         self.repack = false;
@@ -480,8 +481,7 @@ impl Backend for CpuBackend {
                 let packed = w.store.packed.as_ref().expect("checked above");
                 jobs.push((packed, b, &mut out.buf[..n * w.rows]));
             }
-            let amx = self.k.isa == Isa::Amx;
-            matmul::packed_many(&self.pool, &x.buf[..n * x.cols], n, &mut jobs, amx);
+            matmul::packed_many(&self.pool, &x.buf[..n * x.cols], n, &mut jobs, self.k.isa);
             return Ok(());
         }
         for ((w, b), o) in ws.iter().zip(outs.iter_mut()) {

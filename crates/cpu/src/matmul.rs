@@ -76,7 +76,7 @@ pub fn matmul(
     }
     #[cfg(target_arch = "x86_64")]
     if let Some(p) = &w.store.packed {
-        return packed_many(pool, x, n, &mut [(p, bias, out)], k.isa == Isa::Amx);
+        return packed_many(pool, x, n, &mut [(p, bias, out)], k.isa);
     }
     if let Some(level) = float_tiles::Level::of(k.isa) {
         if float_products(level, pool, x, n, w, bias, out) {
@@ -147,8 +147,9 @@ pub fn packed_many(
     x: &[f32],
     n: usize,
     jobs: &mut [(&crate::packed::Packed, Option<&[f32]>, &mut [f32])],
-    amx: bool,
+    isa: Isa,
 ) {
+    let amx = isa == Isa::Amx;
     let Some(cols) = jobs.first().map(|j| j.0.cols) else {
         return;
     };
@@ -190,7 +191,12 @@ pub fn packed_many(
             let ts = c * chunk..((c + 1) * chunk).min(n);
             // SAFETY: the backend packs only when the CPU has AVX-512 VNNI; each output holds
             // n × rows floats and each piece writes its own (tokens, groups) cells of one job.
-            unsafe { crate::kernels::avx512_packed::run(p, a, gs, ts, *bias, dst.0, amx) };
+            unsafe {
+                match isa {
+                    Isa::Avx2 => crate::kernels::avx2_packed::run(p, a, gs, ts, *bias, dst.0),
+                    _ => crate::kernels::avx512_packed::run(p, a, gs, ts, *bias, dst.0, amx),
+                }
+            };
         });
     })
 }

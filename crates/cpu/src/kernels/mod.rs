@@ -8,6 +8,8 @@ mod amx_packed;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
+pub mod avx2_packed;
+#[cfg(target_arch = "x86_64")]
 mod avx2_q;
 #[cfg(target_arch = "x86_64")]
 mod avx512;

@@ -56,6 +56,12 @@ fn quantize_token(x: &[f32], qs: &mut [i8], meta: &mut [Meta]) {
         unsafe { x86::quantize_token(x, qs, meta) };
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2 (checked just above).
+        unsafe { x86::quantize_token_avx2(x, qs, meta) };
+        return;
+    }
     quantize_token_scalar(x, qs, meta);
 }
 
@@ -141,6 +147,65 @@ mod x86 {
                 _mm_storeu_si128(qb.as_mut_ptr().add(16) as *mut __m128i, b1);
             }
             let (h0, h1) = (-sum16(b0), -sum16(b1));
+            let d = round_f16(d);
+            *m = Meta {
+                d,
+                s: d * -(h0 + h1) as f32,
+                nsum32: h0 + h1,
+                nsum16: [h0 as i16, h1 as i16],
+            };
+        }
+    }
+
+    /// `round_away` on 8 lanes.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn round_away8(x: __m256) -> __m256 {
+        let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(x);
+        let sign = _mm256_and_ps(x, _mm256_set1_ps(-0.0));
+        let frac = _mm256_andnot_ps(_mm256_set1_ps(-0.0), _mm256_sub_ps(x, t));
+        let up = _mm256_cmp_ps::<_CMP_GE_OQ>(frac, _mm256_set1_ps(0.5));
+        // ±1 with x's sign where the fraction is at least one half.
+        let one = _mm256_and_ps(up, _mm256_or_ps(sign, _mm256_set1_ps(1.0)));
+        _mm256_add_ps(t, one)
+    }
+
+    /// `quantize_token` with AVX2 (machines without AVX-512): the same operations per element,
+    /// so the same bits as the scalar oracle.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn quantize_token_avx2(x: &[f32], qs: &mut [i8], meta: &mut [Meta]) {
+        for ((xb, qb), m) in x.chunks_exact(32).zip(qs.chunks_exact_mut(32)).zip(meta) {
+            let abs = _mm256_set1_ps(-0.0);
+            // SAFETY: xb holds 32 elements.
+            let v: [__m256; 4] =
+                std::array::from_fn(|i| unsafe { _mm256_loadu_ps(xb.as_ptr().add(8 * i)) });
+            let mut mx = _mm256_max_ps(
+                _mm256_max_ps(_mm256_andnot_ps(abs, v[0]), _mm256_andnot_ps(abs, v[1])),
+                _mm256_max_ps(_mm256_andnot_ps(abs, v[2]), _mm256_andnot_ps(abs, v[3])),
+            );
+            mx = _mm256_max_ps(mx, _mm256_permute2f128_ps::<1>(mx, mx));
+            mx = _mm256_max_ps(mx, _mm256_shuffle_ps::<0b01_00_11_10>(mx, mx));
+            mx = _mm256_max_ps(mx, _mm256_shuffle_ps::<0b10_11_00_01>(mx, mx));
+            let amax = _mm256_cvtss_f32(mx);
+            let d = amax / 127.0;
+            let id = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
+            let mut q = [0i8; 32];
+            for (i, vi) in v.iter().enumerate() {
+                let r = _mm256_cvtps_epi32(round_away8(_mm256_mul_ps(*vi, id)));
+                // Saturating, like `as i8` (|r| ≤ 127 here anyway).
+                let w =
+                    _mm_packs_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256::<1>(r));
+                let b = _mm_packs_epi16(w, w);
+                _mm_storel_epi64(q.as_mut_ptr().add(8 * i) as *mut __m128i, b);
+            }
+            qb.copy_from_slice(&q);
+            let half = |h: usize| -> i32 {
+                -q[16 * h..16 * h + 16]
+                    .iter()
+                    .map(|&v| v as i32)
+                    .sum::<i32>()
+            };
+            let (h0, h1) = (half(0), half(1));
             let d = round_f16(d);
             *m = Meta {
                 d,
@@ -242,6 +307,19 @@ mod tests {
         );
         quantize_token(&x, &mut qa, &mut ma);
         quantize_token_scalar(&x, &mut qb, &mut mb);
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            let (mut qc, mut mc) = (vec![0i8; x.len()], vec![Meta::default(); x.len() / 32]);
+            // SAFETY: the CPU has AVX2 (checked just above).
+            unsafe { x86::quantize_token_avx2(&x, &mut qc, &mut mc) };
+            assert_eq!(qc, qb);
+            for (a, b) in mc.iter().zip(&mb) {
+                assert_eq!(
+                    (a.d.to_bits(), a.s.to_bits(), a.nsum32, a.nsum16),
+                    (b.d.to_bits(), b.s.to_bits(), b.nsum32, b.nsum16)
+                );
+            }
+        }
         assert_eq!(qa, qb);
         for (a, b) in ma.iter().zip(&mb) {
             assert_eq!(

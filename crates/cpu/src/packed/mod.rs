@@ -1,7 +1,8 @@
-//! Weights repacked at load for the AVX-512 kernels: 16 rows interleaved so that one 512-bit
-//! register holds the same 4 columns of 16 rows, one row per 32-bit lane. `vpdpbusd` then sums
-//! 4 products per lane into that row's accumulator, with the activations broadcast — no
-//! horizontal sums, and each scale is applied to 16 rows at once.
+//! Weights repacked at load for the AVX-512 and AVX2 kernels: 16 rows interleaved so that one
+//! 512-bit register holds the same 4 columns of 16 rows, one row per 32-bit lane (a 256-bit
+//! register the same of 8 rows, half a group). `vpdpbusd` (AVX2: `vpmaddubsw` + `vpmaddwd`)
+//! then sums 4 products per lane into that row's accumulator, with the activations broadcast —
+//! no horizontal sums, and each scale is applied to 16 (8) rows at once.
 //!
 //! The repacking is exact: every quant and scale keeps its value (K-quant 6-bit scales become
 //! bytes), so `unpack_row` reproduces the file's dequantization bit for bit — the test oracle.

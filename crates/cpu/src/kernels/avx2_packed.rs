@@ -1,0 +1,404 @@
+//! AVX2 kernels over the packed layout (`crate::packed`), for machines without AVX-512: each
+//! 16-row group is taken as two halves of 8 rows (one row per 32-bit lane of a 256-bit
+//! register) against up to `MAX_TILE` tokens at a time. A sub-block's weights are unpacked once
+//! per tile; each 4-column register meets a token's 4 quants, broadcast, with `vpmaddubsw` and
+//! `vpmaddwd` (there is no `vpdpbusd`): row sums come out in lanes, with no horizontal sums and
+//! one scale step per 8 rows — against the file layout's one row and one token at a time.
+//!
+//! `vpmaddubsw` adds pairs of u8 × i8 products into i16 with saturation: quants of up to 6 bits
+//! (≤ 63 · 127 · 2) never reach it; 8-bit kinds (Q8_0, the IQ4 lookups, stored as q + 128) are
+//! multiplied as |w| × (q with w's sign), as llama.cpp does. Integer sums are exact and the f32
+//! steps per row are `avx512_packed`'s, in the same order: the results equal the AVX-512
+//! kernels' bit for bit (tested).
+
+use super::avx512_packed::{kind, IQ4NL, IQ4XS, Q4K, Q4_0, Q4_1, Q5K, Q5_0, Q5_1, Q6K, Q8_0};
+use super::pacts::PActs;
+use crate::packed::{Kind, Packed, ROWS};
+use std::arch::x86_64::*;
+use suanli_core::quant::IQ4_LEVELS;
+
+/// Rows per half group: one per 32-bit lane.
+const HALF: usize = ROWS / 2;
+
+/// Most tokens per tile: 4 integer sums, 4 float sums, the register being multiplied and the
+/// constants fill the 16 registers.
+const MAX_TILE: usize = 4;
+
+/// Bytes of half `h` of the 64-byte register at `p + o`.
+#[inline(always)]
+unsafe fn ld(p: *const u8, o: usize, h: usize) -> __m256i {
+    _mm256_loadu_si256(p.add(o + 32 * h) as *const __m256i)
+}
+
+/// The 8 registers of one 32-column sub-block for rows `8h..8h + 8` (register g: columns
+/// 4g..4g+4, one row per lane): unsigned quants, or for 8-bit kinds the signed ones (q + 128
+/// flipped back).
+#[inline(always)]
+unsafe fn unpack<const K: u8>(p: *const u8, h: usize) -> [__m256i; 8] {
+    let mut w = [_mm256_setzero_si256(); 8];
+    let kd = kind(K);
+    let flip = _mm256_set1_epi8(i8::MIN);
+    if kd.bits() == 8 {
+        for (g, v) in w.iter_mut().enumerate() {
+            *v = _mm256_xor_si256(ld(p, 64 * g, h), flip);
+        }
+        return w;
+    }
+    let m4 = _mm256_set1_epi8(0x0F);
+    for j in 0..4 {
+        let x = ld(p, 64 * j, h);
+        w[j] = _mm256_and_si256(x, m4);
+        w[j + 4] = _mm256_and_si256(_mm256_srli_epi16::<4>(x), m4);
+    }
+    match kd.bits() {
+        5 => {
+            let hb = ld(p, 256, h);
+            for (g, v) in w.iter_mut().enumerate() {
+                let bit = _mm256_set1_epi8(1 << g);
+                let set = _mm256_cmpeq_epi8(_mm256_and_si256(hb, bit), bit);
+                *v = _mm256_or_si256(*v, _mm256_and_si256(set, _mm256_set1_epi8(0x10)));
+            }
+        }
+        6 => {
+            for k in 0..2 {
+                let x = ld(p, 256 + 64 * k, h);
+                w[4 * k] = or_masked(w[4 * k], _mm256_slli_epi16::<4>(x));
+                w[4 * k + 1] = or_masked(w[4 * k + 1], _mm256_slli_epi16::<2>(x));
+                w[4 * k + 2] = or_masked(w[4 * k + 2], x);
+                w[4 * k + 3] = or_masked(w[4 * k + 3], _mm256_srli_epi16::<2>(x));
+            }
+        }
+        _ => {}
+    }
+    if matches!(kd, Kind::IQ4NL | Kind::IQ4XS) {
+        // The levels themselves, signed (the packed kernels' table is level + 128).
+        let l = IQ4_LEVELS;
+        let lut = _mm256_broadcastsi128_si256(_mm_setr_epi8(
+            l[0], l[1], l[2], l[3], l[4], l[5], l[6], l[7], l[8], l[9], l[10], l[11], l[12], l[13],
+            l[14], l[15],
+        ));
+        for v in w.iter_mut() {
+            *v = _mm256_shuffle_epi8(lut, *v);
+        }
+    }
+    w
+}
+
+/// v | (hi & 0x30): Q6_K's top two bits.
+#[inline(always)]
+unsafe fn or_masked(v: __m256i, hi: __m256i) -> __m256i {
+    _mm256_or_si256(v, _mm256_and_si256(hi, _mm256_set1_epi8(0x30)))
+}
+
+/// Kinds whose quants are multiplied signed (|w| × q with w's sign).
+const fn signed(k: u8) -> bool {
+    kind(k).bits() == 8 || matches!(kind(k), Kind::IQ4NL | Kind::IQ4XS)
+}
+
+/// `acc` + w · (a token's 4 quants at `q`, broadcast), per 32-bit lane.
+#[inline(always)]
+unsafe fn dot4<const SIGNED: bool>(acc: __m256i, w: __m256i, q: *const i8) -> __m256i {
+    let y = _mm256_set1_epi32(std::ptr::read_unaligned(q as *const i32));
+    let pairs = if SIGNED {
+        _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(y, w))
+    } else {
+        _mm256_maddubs_epi16(w, y)
+    };
+    _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
+}
+
+/// 8 bytes → 8 f32, signed or unsigned.
+#[inline(always)]
+unsafe fn bytes_ps<const SIGNED: bool>(p: *const u8) -> __m256 {
+    let b = _mm_loadl_epi64(p as *const __m128i);
+    _mm256_cvtepi32_ps(if SIGNED {
+        _mm256_cvtepi8_epi32(b)
+    } else {
+        _mm256_cvtepu8_epi32(b)
+    })
+}
+
+#[inline(always)]
+unsafe fn f16x8(p: *const u8) -> __m256 {
+    _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+}
+
+/// `avx512_packed::sub_scales` for rows `8h..8h + 8`.
+#[inline(always)]
+unsafe fn sub_scales<const K: u8>(
+    hd: *const u8,
+    j: usize,
+    d: __m256,
+    second: __m256,
+    h: usize,
+) -> [__m256; 3] {
+    let kd = kind(K);
+    let sc = hd.add(kd.sc_at() + HALF * h);
+    match K {
+        Q4K | Q5K => [
+            _mm256_mul_ps(d, bytes_ps::<false>(sc.add(ROWS * j))),
+            d,
+            _mm256_mul_ps(
+                second,
+                bytes_ps::<false>(hd.add(kd.mn_at() + HALF * h + ROWS * j)),
+            ),
+        ],
+        Q6K => [
+            _mm256_mul_ps(d, bytes_ps::<true>(sc.add(ROWS * 2 * j))),
+            _mm256_mul_ps(d, bytes_ps::<true>(sc.add(ROWS * (2 * j + 1)))),
+            second,
+        ],
+        IQ4XS => [
+            _mm256_mul_ps(d, bytes_ps::<true>(sc.add(ROWS * j))),
+            d,
+            second,
+        ],
+        _ => [d, d, second],
+    }
+}
+
+/// acc += the integer sums `i` × (the rows' scales `s` × the token's scale `d`).
+#[inline(always)]
+unsafe fn scale_sums(acc: &mut __m256, i: __m256i, s: __m256, d: f32) {
+    *acc = _mm256_fmadd_ps(
+        _mm256_cvtepi32_ps(i),
+        _mm256_mul_ps(s, _mm256_set1_ps(d)),
+        *acc,
+    );
+}
+
+/// One half group (rows `8h..8h + 8` of the group at `grp`) against tokens `t0..t0 + T`; `out`
+/// points at the half's row 0 for token t0, tokens `ostride` apart; only `valid` rows are
+/// written.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile<const K: u8, const T: usize>(
+    grp: *const u8,
+    h: usize,
+    nsb: usize,
+    a: &PActs,
+    t0: usize,
+    out: *mut f32,
+    ostride: usize,
+    valid: usize,
+    bias: Option<&[f32]>,
+) {
+    let kd = kind(K);
+    let (sbb, nsub, head) = (kd.sb_bytes(), kd.sb_cols() / 32, kd.head_bytes());
+    // 8-bit kinds are multiplied signed: no offset to take back.
+    let off = if signed(K) { 0 } else { kd.offset() as i32 };
+    let nblk = a.k / 32;
+    let mut acc = [_mm256_setzero_ps(); T];
+    for sb in 0..nsb {
+        let hd = grp.add(sb * sbb);
+        let d = f16x8(hd.add(2 * HALF * h));
+        let second = if kd.has_second() {
+            f16x8(hd.add(2 * ROWS + 2 * HALF * h))
+        } else {
+            _mm256_setzero_ps()
+        };
+        for j in 0..nsub {
+            let blk = sb * nsub + j;
+            let p = hd.add(head + j * kd.sub_bytes());
+            if h == 0 {
+                super::avx512_packed::prefetch_ahead::<K>(p);
+            }
+            let w = unpack::<K>(p, h);
+            let [s0, s1, mv] = sub_scales::<K>(hd, j, d, second, h);
+            let q = |t: usize| a.qs.as_ptr().add((t0 + t) * a.k + blk * 32);
+            let m = |t: usize| a.meta.get_unchecked((t0 + t) * nblk + blk);
+            if K == Q6K {
+                // Each 16-column half has its own scale.
+                for (t, acc) in acc.iter_mut().enumerate() {
+                    let mut i0 = _mm256_set1_epi32(m(t).nsum16[0] as i32 * off);
+                    let mut i1 = _mm256_set1_epi32(m(t).nsum16[1] as i32 * off);
+                    for g in 0..4 {
+                        i0 = dot4::<false>(i0, w[g], q(t).add(4 * g));
+                        i1 = dot4::<false>(i1, w[g + 4], q(t).add(4 * (g + 4)));
+                    }
+                    scale_sums(acc, i0, s0, m(t).d);
+                    scale_sums(acc, i1, s1, m(t).d);
+                }
+            } else {
+                for (t, acc) in acc.iter_mut().enumerate() {
+                    let mut i = _mm256_set1_epi32(m(t).nsum32 * off);
+                    for (g, wg) in w.iter().enumerate() {
+                        i = if signed(K) {
+                            dot4::<true>(i, *wg, q(t).add(4 * g))
+                        } else {
+                            dot4::<false>(i, *wg, q(t).add(4 * g))
+                        };
+                    }
+                    scale_sums(acc, i, s0, m(t).d);
+                    let s = _mm256_set1_ps(m(t).s);
+                    match K {
+                        Q4_1 | Q5_1 => *acc = _mm256_fmadd_ps(mv, s, *acc),
+                        Q4K | Q5K => *acc = _mm256_fnmadd_ps(mv, s, *acc),
+                        _ => {}
+                    }
+                }
+            }
+            let _ = s1;
+        }
+    }
+    // The first `valid` lanes, plus the bias.
+    let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(valid as i32), lanes);
+    let b = match bias {
+        Some(b) => _mm256_maskload_ps(b.as_ptr(), mask),
+        None => _mm256_setzero_ps(),
+    };
+    for (t, v) in acc.iter().enumerate() {
+        _mm256_maskstore_ps(out.add(t * ostride), mask, _mm256_add_ps(*v, b));
+    }
+}
+
+/// Rows of groups `groups` against tokens `tokens`: `out` is the `[n, rows]` output.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn run_kind<const K: u8>(
+    p: &Packed,
+    a: &PActs,
+    groups: std::ops::Range<usize>,
+    tokens: std::ops::Range<usize>,
+    bias: Option<&[f32]>,
+    out: *mut f32,
+) {
+    let nsb = p.cols / kind(K).sb_cols();
+    let n = tokens.len();
+    let tiles = n.div_ceil(MAX_TILE);
+    for g in groups {
+        let grp = p.group(g).as_ptr();
+        for h in 0..2 {
+            let r0 = g * ROWS + HALF * h;
+            if r0 >= p.rows {
+                break;
+            }
+            let valid = (p.rows - r0).min(HALF);
+            let bias = bias.map(|b| &b[r0..]);
+            let mut t = tokens.start;
+            // Tiles as even as possible (a tile of 1 token costs more per token than one of 4).
+            for i in 0..tiles {
+                let size = n / tiles + usize::from(i < n % tiles);
+                let o = out.add(t * p.rows + r0);
+                match size {
+                    1 => tile::<K, 1>(grp, h, nsb, a, t, o, p.rows, valid, bias),
+                    2 => tile::<K, 2>(grp, h, nsb, a, t, o, p.rows, valid, bias),
+                    3 => tile::<K, 3>(grp, h, nsb, a, t, o, p.rows, valid, bias),
+                    _ => tile::<K, MAX_TILE>(grp, h, nsb, a, t, o, p.rows, valid, bias),
+                }
+                t += size;
+            }
+        }
+    }
+}
+
+/// out[t, r] = Σ w[r]·x[t] (+ bias[r]) for groups `groups` and tokens `tokens`.
+///
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C; `out` must hold `a.n × p.rows` floats, and no other
+/// thread may write the (token, row) cells this call covers.
+pub unsafe fn run(
+    p: &Packed,
+    a: &PActs,
+    groups: std::ops::Range<usize>,
+    tokens: std::ops::Range<usize>,
+    bias: Option<&[f32]>,
+    out: *mut f32,
+) {
+    debug_assert!(a.k == p.cols && tokens.end <= a.n && groups.end <= p.groups());
+    let f = match p.kind {
+        Kind::Q4_0 => run_kind::<Q4_0>,
+        Kind::Q4_1 => run_kind::<Q4_1>,
+        Kind::Q5_0 => run_kind::<Q5_0>,
+        Kind::Q5_1 => run_kind::<Q5_1>,
+        Kind::Q8_0 => run_kind::<Q8_0>,
+        Kind::IQ4NL => run_kind::<IQ4NL>,
+        Kind::Q4K => run_kind::<Q4K>,
+        Kind::Q5K => run_kind::<Q5K>,
+        Kind::Q6K => run_kind::<Q6K>,
+        Kind::IQ4XS => run_kind::<IQ4XS>,
+    };
+    f(p, a, groups, tokens, bias, out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::Isa;
+    use crate::pool::Pool;
+    use crate::testutil::packed_case;
+
+    /// Every kind, 3 groups (the last partial, in each half), with a bias, every tile size:
+    /// against an f64 sum over the dequantized weights and activations, and where the CPU has
+    /// AVX-512 VNNI, bit for bit against its packed kernels.
+    #[test]
+    fn avx2_packed_kernels_match_the_dequantized_dot_and_avx512() {
+        if !Isa::available().contains(&Isa::Avx2) {
+            eprintln!("no AVX2 on this CPU: nothing to test");
+            return;
+        }
+        let vnni = Isa::available().contains(&Isa::Avx512);
+        if !vnni {
+            eprintln!("no AVX-512 VNNI here: the AVX2 kernels are checked against f64 only");
+        }
+        let pool = Pool::new(2).unwrap();
+        for rows in [37, 45] {
+            for n in (1..=9).chain([11]) {
+                for ty in suanli_core::DType::ALL {
+                    let Some(kd) = Kind::of(ty) else { continue };
+                    for cols in [512, 1056] {
+                        if cols % kd.sb_cols() != 0 {
+                            continue;
+                        }
+                        let (raw, p, a, bias) = packed_case(&pool, ty, (rows, cols, n), 5);
+                        let mut out = vec![f32::NAN; n * rows];
+                        let all = 0..p.groups();
+                        unsafe { run(&p, &a, all.clone(), 0..n, Some(&bias), out.as_mut_ptr()) };
+                        if vnni {
+                            let mut want = vec![f32::NAN; n * rows];
+                            unsafe {
+                                crate::kernels::avx512_packed::run(
+                                    &p,
+                                    &a,
+                                    all,
+                                    0..n,
+                                    Some(&bias),
+                                    want.as_mut_ptr(),
+                                    false,
+                                )
+                            };
+                            let same = out
+                                .iter()
+                                .zip(&want)
+                                .all(|(x, y)| x.to_bits() == y.to_bits());
+                            assert!(
+                                same,
+                                "{kd:?} rows {rows} cols {cols} n {n}: not AVX-512's bits"
+                            );
+                        }
+                        let rb = ty.row_bytes(cols).unwrap();
+                        let mut w = vec![0f32; cols];
+                        for r in 0..rows {
+                            suanli_core::quant::dequantize(ty, &raw[r * rb..(r + 1) * rb], &mut w)
+                                .unwrap();
+                            for t in 0..n {
+                                let (mut want, mut mag) = (bias[r] as f64, bias[r].abs() as f64);
+                                for (c, wv) in w.iter().enumerate() {
+                                    let m = a.meta[(t * cols + c) / 32];
+                                    let xv = m.d as f64 * a.qs[t * cols + c] as f64;
+                                    want += *wv as f64 * xv;
+                                    mag += (*wv as f64 * xv).abs();
+                                }
+                                let got = out[t * rows + r] as f64;
+                                assert!(
+                                    (got - want).abs() <= 2e-6 * mag + 1e-6,
+                                    "{kd:?} cols {cols} row {r} token {t}: {got} vs {want} (Σ|wx| {mag})"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
