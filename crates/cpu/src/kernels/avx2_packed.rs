@@ -6,7 +6,7 @@
 //! one scale step per 8 rows — against the file layout's one row and one token at a time.
 //!
 //! `vpmaddubsw` adds pairs of u8 × i8 products into i16 with saturation: quants of up to 6 bits
-//! (≤ 63 · 127 · 2) never reach it; 8-bit kinds (Q8_0, the IQ4 lookups, stored as q + 128) are
+//! (≤ 63 · 127 · 2) never reach it, even two registers' pairs added before widening; 8-bit kinds (Q8_0, the IQ4 lookups, stored as q + 128) are
 //! multiplied as |w| × (q with w's sign), as llama.cpp does. Integer sums are exact and the f32
 //! steps per row are `avx512_packed`'s, in the same order: the results equal the AVX-512
 //! kernels' bit for bit (tested).
@@ -104,6 +104,17 @@ unsafe fn dot4<const SIGNED: bool>(acc: __m256i, w: __m256i, q: *const i8) -> __
     } else {
         _mm256_maddubs_epi16(w, y)
     };
+    _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
+}
+
+/// `acc` + w0 · (quants at `q`) + w1 · (quants at `q + 4`) for unsigned quants of at most 6
+/// bits: both registers' pairs are added in i16 (|sum| ≤ 4 · 63 · 127 < 2^15) before one
+/// widening, a `vpmaddwd` and an add fewer than two `dot4`.
+#[inline(always)]
+unsafe fn dot8(acc: __m256i, w0: __m256i, w1: __m256i, q: *const i8) -> __m256i {
+    let y0 = _mm256_set1_epi32(std::ptr::read_unaligned(q as *const i32));
+    let y1 = _mm256_set1_epi32(std::ptr::read_unaligned(q.add(4) as *const i32));
+    let pairs = _mm256_add_epi16(_mm256_maddubs_epi16(w0, y0), _mm256_maddubs_epi16(w1, y1));
     _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
 }
 
@@ -212,9 +223,9 @@ unsafe fn tile<const K: u8, const T: usize>(
                 for (t, acc) in acc.iter_mut().enumerate() {
                     let mut i0 = _mm256_set1_epi32(m(t).nsum16[0] as i32 * off);
                     let mut i1 = _mm256_set1_epi32(m(t).nsum16[1] as i32 * off);
-                    for g in 0..4 {
-                        i0 = dot4::<false>(i0, w[g], q(t).add(4 * g));
-                        i1 = dot4::<false>(i1, w[g + 4], q(t).add(4 * (g + 4)));
+                    for g in (0..4).step_by(2) {
+                        i0 = dot8(i0, w[g], w[g + 1], q(t).add(4 * g));
+                        i1 = dot8(i1, w[g + 4], w[g + 5], q(t).add(4 * (g + 4)));
                     }
                     scale_sums(acc, i0, s0, m(t).d);
                     scale_sums(acc, i1, s1, m(t).d);
@@ -222,12 +233,14 @@ unsafe fn tile<const K: u8, const T: usize>(
             } else {
                 for (t, acc) in acc.iter_mut().enumerate() {
                     let mut i = _mm256_set1_epi32(m(t).nsum32 * off);
-                    for (g, wg) in w.iter().enumerate() {
-                        i = if signed(K) {
-                            dot4::<true>(i, *wg, q(t).add(4 * g))
-                        } else {
-                            dot4::<false>(i, *wg, q(t).add(4 * g))
-                        };
+                    if signed(K) {
+                        for (g, wg) in w.iter().enumerate() {
+                            i = dot4::<true>(i, *wg, q(t).add(4 * g));
+                        }
+                    } else {
+                        for g in (0..8).step_by(2) {
+                            i = dot8(i, w[g], w[g + 1], q(t).add(4 * g));
+                        }
                     }
                     scale_sums(acc, i, s0, m(t).d);
                     let s = _mm256_set1_ps(m(t).s);
