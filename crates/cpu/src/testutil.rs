@@ -51,3 +51,37 @@ pub fn packed_case(
     let bias = (0..rows).map(|r| r as f32 * 0.25 - 3.0).collect();
     (raw, p, a, bias)
 }
+
+/// A packed product's output `out` (`[n, rows]`, bias included) against an f64 sum over the
+/// dequantized weights (`raw`, file layout) and activations: within 2e-6 of Σ|w·x| (the f32
+/// scale steps), `what` naming the case.
+#[cfg(target_arch = "x86_64")]
+pub fn check_dequantized_dot(
+    ty: DType,
+    raw: &[u8],
+    a: &crate::kernels::pacts::PActs,
+    bias: &[f32],
+    out: &[f32],
+    (rows, cols, n): (usize, usize, usize),
+    what: &str,
+) {
+    let rb = ty.row_bytes(cols).unwrap();
+    let mut w = vec![0f32; cols];
+    for r in 0..rows {
+        suanli_core::quant::dequantize(ty, &raw[r * rb..(r + 1) * rb], &mut w).unwrap();
+        for t in 0..n {
+            let (mut want, mut mag) = (bias[r] as f64, bias[r].abs() as f64);
+            for (c, wv) in w.iter().enumerate() {
+                let m = a.meta[(t * cols + c) / 32];
+                let xv = m.d as f64 * a.qs[t * cols + c] as f64;
+                want += *wv as f64 * xv;
+                mag += (*wv as f64 * xv).abs();
+            }
+            let got = out[t * rows + r] as f64;
+            assert!(
+                (got - want).abs() <= 2e-6 * mag + 1e-6,
+                "{what} row {r} token {t}: {got} vs {want} (Σ|wx| {mag})"
+            );
+        }
+    }
+}

@@ -11,7 +11,9 @@
 //! steps per row are `avx512_packed`'s, in the same order: the results equal the AVX-512
 //! kernels' bit for bit (tested).
 
-use super::avx512_packed::{kind, IQ4NL, IQ4XS, Q4K, Q4_0, Q4_1, Q5K, Q5_0, Q5_1, Q6K, Q8_0};
+use super::avx512_packed::{
+    by_kind, kind, IQ4NL, IQ4XS, Q4K, Q4_0, Q4_1, Q5K, Q5_0, Q5_1, Q6K, Q8_0,
+};
 use super::pacts::PActs;
 use crate::packed::{Kind, Packed, ROWS};
 use std::arch::x86_64::*;
@@ -319,18 +321,7 @@ pub unsafe fn run(
     out: *mut f32,
 ) {
     debug_assert!(a.k == p.cols && tokens.end <= a.n && groups.end <= p.groups());
-    let f = match p.kind {
-        Kind::Q4_0 => run_kind::<Q4_0>,
-        Kind::Q4_1 => run_kind::<Q4_1>,
-        Kind::Q5_0 => run_kind::<Q5_0>,
-        Kind::Q5_1 => run_kind::<Q5_1>,
-        Kind::Q8_0 => run_kind::<Q8_0>,
-        Kind::IQ4NL => run_kind::<IQ4NL>,
-        Kind::Q4K => run_kind::<Q4K>,
-        Kind::Q5K => run_kind::<Q5K>,
-        Kind::Q6K => run_kind::<Q6K>,
-        Kind::IQ4XS => run_kind::<IQ4XS>,
-    };
+    let f = by_kind!(p.kind, run_kind);
     f(p, a, groups, tokens, bias, out)
 }
 
@@ -339,7 +330,7 @@ mod tests {
     use super::*;
     use crate::kernels::Isa;
     use crate::pool::Pool;
-    use crate::testutil::packed_case;
+    use crate::testutil::{check_dequantized_dot, packed_case};
 
     /// Every kind, 3 groups (the last partial, in each half), with a bias, every tile size:
     /// against an f64 sum over the dequantized weights and activations, and where the CPU has
@@ -389,26 +380,8 @@ mod tests {
                                 "{kd:?} rows {rows} cols {cols} n {n}: not AVX-512's bits"
                             );
                         }
-                        let rb = ty.row_bytes(cols).unwrap();
-                        let mut w = vec![0f32; cols];
-                        for r in 0..rows {
-                            suanli_core::quant::dequantize(ty, &raw[r * rb..(r + 1) * rb], &mut w)
-                                .unwrap();
-                            for t in 0..n {
-                                let (mut want, mut mag) = (bias[r] as f64, bias[r].abs() as f64);
-                                for (c, wv) in w.iter().enumerate() {
-                                    let m = a.meta[(t * cols + c) / 32];
-                                    let xv = m.d as f64 * a.qs[t * cols + c] as f64;
-                                    want += *wv as f64 * xv;
-                                    mag += (*wv as f64 * xv).abs();
-                                }
-                                let got = out[t * rows + r] as f64;
-                                assert!(
-                                    (got - want).abs() <= 2e-6 * mag + 1e-6,
-                                    "{kd:?} cols {cols} row {r} token {t}: {got} vs {want} (Σ|wx| {mag})"
-                                );
-                            }
-                        }
+                        let what = format!("{kd:?} rows {rows} cols {cols}");
+                        check_dequantized_dot(ty, &raw, &a, &bias, &out, (rows, cols, n), &what);
                     }
                 }
             }

@@ -46,6 +46,25 @@ macro_rules! unroll16 {
 }
 pub(super) use unroll16;
 
+/// `$f::<K>` for the kind `$k` (a `Kind`), as a function pointer.
+macro_rules! by_kind {
+    ($k:expr, $f:ident) => {
+        match $k {
+            Kind::Q4_0 => $f::<Q4_0>,
+            Kind::Q4_1 => $f::<Q4_1>,
+            Kind::Q5_0 => $f::<Q5_0>,
+            Kind::Q5_1 => $f::<Q5_1>,
+            Kind::Q8_0 => $f::<Q8_0>,
+            Kind::IQ4NL => $f::<IQ4NL>,
+            Kind::Q4K => $f::<Q4K>,
+            Kind::Q5K => $f::<Q5K>,
+            Kind::Q6K => $f::<Q6K>,
+            Kind::IQ4XS => $f::<IQ4XS>,
+        }
+    };
+}
+pub(super) use by_kind;
+
 pub(super) const fn kind(k: u8) -> Kind {
     match k {
         Q4_0 => Kind::Q4_0,
@@ -480,18 +499,7 @@ pub unsafe fn run(
     amx: bool,
 ) {
     debug_assert!(a.k == p.cols && tokens.end <= a.n && groups.end <= p.groups());
-    let f = match p.kind {
-        Kind::Q4_0 => run_kind::<Q4_0>,
-        Kind::Q4_1 => run_kind::<Q4_1>,
-        Kind::Q5_0 => run_kind::<Q5_0>,
-        Kind::Q5_1 => run_kind::<Q5_1>,
-        Kind::Q8_0 => run_kind::<Q8_0>,
-        Kind::IQ4NL => run_kind::<IQ4NL>,
-        Kind::Q4K => run_kind::<Q4K>,
-        Kind::Q5K => run_kind::<Q5K>,
-        Kind::Q6K => run_kind::<Q6K>,
-        Kind::IQ4XS => run_kind::<IQ4XS>,
-    };
+    let f = by_kind!(p.kind, run_kind);
     f(p, a, groups, tokens, bias, out, amx)
 }
 
@@ -500,7 +508,7 @@ mod tests {
     use super::*;
     use crate::kernels::Isa;
     use crate::pool::Pool;
-    use crate::testutil::packed_case;
+    use crate::testutil::{check_dequantized_dot, packed_case};
 
     /// Every kind, 3 groups (the last partial), with a bias, against an f64 sum over the
     /// dequantized weights and activations: on VNNI every token count from 1 to 9 (each tile
@@ -540,26 +548,8 @@ mod tests {
                             amx,
                         )
                     };
-                    let rb = ty.row_bytes(cols).unwrap();
-                    let mut w = vec![0f32; cols];
-                    for r in 0..rows {
-                        suanli_core::quant::dequantize(ty, &raw[r * rb..(r + 1) * rb], &mut w)
-                            .unwrap();
-                        for t in 0..n {
-                            let (mut want, mut mag) = (bias[r] as f64, bias[r].abs() as f64);
-                            for (c, wv) in w.iter().enumerate() {
-                                let m = a.meta[(t * cols + c) / 32];
-                                let xv = m.d as f64 * a.qs[t * cols + c] as f64;
-                                want += *wv as f64 * xv;
-                                mag += (*wv as f64 * xv).abs();
-                            }
-                            let got = out[t * rows + r] as f64;
-                            assert!(
-                            (got - want).abs() <= 2e-6 * mag + 1e-6,
-                            "{kd:?} amx {amx} cols {cols} row {r} token {t}: {got} vs {want} (Σ|wx| {mag})"
-                        );
-                        }
-                    }
+                    let what = format!("{kd:?} amx {amx} cols {cols}");
+                    check_dequantized_dot(ty, &raw, &a, &bias, &out, (rows, cols, n), &what);
                 }
             }
         }
