@@ -180,6 +180,91 @@ unsafe fn scale_sums(acc: &mut __m256, i: __m256i, s: __m256, d: f32) {
     );
 }
 
+/// Half `h`'s superblock scale and second value (min, dmin) of the superblock at `hd`.
+#[inline(always)]
+unsafe fn head_half<const K: u8>(hd: *const u8, h: usize) -> (__m256, __m256) {
+    let d = f16x8(hd.add(2 * HALF * h));
+    let second = if kind(K).has_second() {
+        f16x8(hd.add(2 * ROWS + 2 * HALF * h))
+    } else {
+        _mm256_setzero_ps()
+    };
+    (d, second)
+}
+
+/// Sub-block `j` (block `blk` of the row) of the superblock at `hd`, rows `8h..8h + 8`, into
+/// the sums `acc` of tokens `t0..t0 + T`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn sub_block<const K: u8, const T: usize>(
+    acc: &mut [__m256; T],
+    hd: *const u8,
+    j: usize,
+    blk: usize,
+    (d, second): (__m256, __m256),
+    h: usize,
+    a: &PActs,
+    t0: usize,
+) {
+    let kd = kind(K);
+    // 8-bit kinds are multiplied signed: no offset to take back.
+    let off = if signed(K) { 0 } else { kd.offset() as i32 };
+    let nblk = a.k / 32;
+    let p = hd.add(kd.head_bytes() + j * kd.sub_bytes());
+    let w = unpack::<K>(p, h);
+    let [s0, s1, mv] = sub_scales::<K>(hd, j, d, second, h);
+    let q = |t: usize| a.qs.as_ptr().add((t0 + t) * a.k + blk * 32);
+    let m = |t: usize| a.meta.get_unchecked((t0 + t) * nblk + blk);
+    if K == Q6K {
+        // Each 16-column half has its own scale.
+        for (t, acc) in acc.iter_mut().enumerate() {
+            let mut i0 = _mm256_set1_epi32(m(t).nsum16[0] as i32 * off);
+            let mut i1 = _mm256_set1_epi32(m(t).nsum16[1] as i32 * off);
+            for g in (0..4).step_by(2) {
+                i0 = dot8(i0, w[g], w[g + 1], q(t).add(4 * g));
+                i1 = dot8(i1, w[g + 4], w[g + 5], q(t).add(4 * (g + 4)));
+            }
+            scale_sums(acc, i0, s0, m(t).d);
+            scale_sums(acc, i1, s1, m(t).d);
+        }
+        return;
+    }
+    for (t, acc) in acc.iter_mut().enumerate() {
+        let mut i = _mm256_set1_epi32(m(t).nsum32 * off);
+        if signed(K) {
+            for (g, wg) in w.iter().enumerate() {
+                i = dot4::<true>(i, *wg, q(t).add(4 * g));
+            }
+        } else {
+            for g in (0..8).step_by(2) {
+                i = dot8(i, w[g], w[g + 1], q(t).add(4 * g));
+            }
+        }
+        scale_sums(acc, i, s0, m(t).d);
+        let s = _mm256_set1_ps(m(t).s);
+        match K {
+            Q4_1 | Q5_1 => *acc = _mm256_fmadd_ps(mv, s, *acc),
+            Q4K | Q5K => *acc = _mm256_fnmadd_ps(mv, s, *acc),
+            _ => {}
+        }
+    }
+}
+
+/// Each token's 8 row sums (plus the bias) into `out`, tokens `ostride` apart; only the first
+/// `valid` rows are written.
+#[inline(always)]
+unsafe fn store(acc: &[__m256], out: *mut f32, ostride: usize, valid: usize, bias: Option<&[f32]>) {
+    let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(valid as i32), lanes);
+    let b = match bias {
+        Some(b) => _mm256_maskload_ps(b.as_ptr(), mask),
+        None => _mm256_setzero_ps(),
+    };
+    for (t, v) in acc.iter().enumerate() {
+        _mm256_maskstore_ps(out.add(t * ostride), mask, _mm256_add_ps(*v, b));
+    }
+}
+
 /// One half group (rows `8h..8h + 8` of the group at `grp`) against tokens `t0..t0 + T`; `out`
 /// points at the half's row 0 for token t0, tokens `ostride` apart; only `valid` rows are
 /// written.
@@ -197,74 +282,57 @@ unsafe fn tile<const K: u8, const T: usize>(
     bias: Option<&[f32]>,
 ) {
     let kd = kind(K);
-    let (sbb, nsub, head) = (kd.sb_bytes(), kd.sb_cols() / 32, kd.head_bytes());
-    // 8-bit kinds are multiplied signed: no offset to take back.
-    let off = if signed(K) { 0 } else { kd.offset() as i32 };
-    let nblk = a.k / 32;
+    let (sbb, nsub) = (kd.sb_bytes(), kd.sb_cols() / 32);
     let mut acc = [_mm256_setzero_ps(); T];
     for sb in 0..nsb {
         let hd = grp.add(sb * sbb);
-        let d = f16x8(hd.add(2 * HALF * h));
-        let second = if kd.has_second() {
-            f16x8(hd.add(2 * ROWS + 2 * HALF * h))
-        } else {
-            _mm256_setzero_ps()
-        };
+        let scales = head_half::<K>(hd, h);
         for j in 0..nsub {
-            let blk = sb * nsub + j;
-            let p = hd.add(head + j * kd.sub_bytes());
             if h == 0 {
-                super::avx512_packed::prefetch_ahead::<K>(p);
+                super::avx512_packed::prefetch_ahead::<K>(
+                    hd.add(kd.head_bytes() + j * kd.sub_bytes()),
+                );
             }
-            let w = unpack::<K>(p, h);
-            let [s0, s1, mv] = sub_scales::<K>(hd, j, d, second, h);
-            let q = |t: usize| a.qs.as_ptr().add((t0 + t) * a.k + blk * 32);
-            let m = |t: usize| a.meta.get_unchecked((t0 + t) * nblk + blk);
-            if K == Q6K {
-                // Each 16-column half has its own scale.
-                for (t, acc) in acc.iter_mut().enumerate() {
-                    let mut i0 = _mm256_set1_epi32(m(t).nsum16[0] as i32 * off);
-                    let mut i1 = _mm256_set1_epi32(m(t).nsum16[1] as i32 * off);
-                    for g in (0..4).step_by(2) {
-                        i0 = dot8(i0, w[g], w[g + 1], q(t).add(4 * g));
-                        i1 = dot8(i1, w[g + 4], w[g + 5], q(t).add(4 * (g + 4)));
-                    }
-                    scale_sums(acc, i0, s0, m(t).d);
-                    scale_sums(acc, i1, s1, m(t).d);
-                }
-            } else {
-                for (t, acc) in acc.iter_mut().enumerate() {
-                    let mut i = _mm256_set1_epi32(m(t).nsum32 * off);
-                    if signed(K) {
-                        for (g, wg) in w.iter().enumerate() {
-                            i = dot4::<true>(i, *wg, q(t).add(4 * g));
-                        }
-                    } else {
-                        for g in (0..8).step_by(2) {
-                            i = dot8(i, w[g], w[g + 1], q(t).add(4 * g));
-                        }
-                    }
-                    scale_sums(acc, i, s0, m(t).d);
-                    let s = _mm256_set1_ps(m(t).s);
-                    match K {
-                        Q4_1 | Q5_1 => *acc = _mm256_fmadd_ps(mv, s, *acc),
-                        Q4K | Q5K => *acc = _mm256_fnmadd_ps(mv, s, *acc),
-                        _ => {}
-                    }
-                }
-            }
-            let _ = s1;
+            sub_block::<K, T>(&mut acc, hd, j, sb * nsub + j, scales, h, a, t0);
         }
     }
-    // The first `valid` lanes, plus the bias.
-    let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(valid as i32), lanes);
-    let b = match bias {
-        Some(b) => _mm256_maskload_ps(b.as_ptr(), mask),
-        None => _mm256_setzero_ps(),
-    };
-    for (t, v) in acc.iter().enumerate() {
-        _mm256_maskstore_ps(out.add(t * ostride), mask, _mm256_add_ps(*v, b));
+    store(&acc, out, ostride, valid, bias);
+}
+
+/// Both halves of a group against one token (decode): each sub-block's memory streamed once,
+/// the token's quants and the loop shared; `out` points at the group's row 0, `valid` rows.
+#[inline(always)]
+unsafe fn tile_pair<const K: u8>(
+    grp: *const u8,
+    nsb: usize,
+    a: &PActs,
+    t0: usize,
+    out: *mut f32,
+    valid: usize,
+    bias: Option<&[f32]>,
+) {
+    let kd = kind(K);
+    let (sbb, nsub) = (kd.sb_bytes(), kd.sb_cols() / 32);
+    let (mut lo, mut hi) = ([_mm256_setzero_ps(); 1], [_mm256_setzero_ps(); 1]);
+    for sb in 0..nsb {
+        let hd = grp.add(sb * sbb);
+        let (s_lo, s_hi) = (head_half::<K>(hd, 0), head_half::<K>(hd, 1));
+        for j in 0..nsub {
+            super::avx512_packed::prefetch_ahead::<K>(hd.add(kd.head_bytes() + j * kd.sub_bytes()));
+            let blk = sb * nsub + j;
+            sub_block::<K, 1>(&mut lo, hd, j, blk, s_lo, 0, a, t0);
+            sub_block::<K, 1>(&mut hi, hd, j, blk, s_hi, 1, a, t0);
+        }
+    }
+    store(&lo, out, 0, valid.min(HALF), bias);
+    if valid > HALF {
+        store(
+            &hi,
+            out.add(HALF),
+            0,
+            valid - HALF,
+            bias.map(|b| &b[HALF..]),
+        );
     }
 }
 
@@ -280,6 +348,23 @@ unsafe fn run_kind<const K: u8>(
 ) {
     let nsb = p.cols / kind(K).sb_cols();
     let n = tokens.len();
+    if n == 1 {
+        for g in groups {
+            let r0 = g * ROWS;
+            let o = out.add(tokens.start * p.rows + r0);
+            let bias = bias.map(|b| &b[r0..]);
+            tile_pair::<K>(
+                p.group(g).as_ptr(),
+                nsb,
+                a,
+                tokens.start,
+                o,
+                p.rows - r0,
+                bias,
+            );
+        }
+        return;
+    }
     let tiles = n.div_ceil(MAX_TILE);
     for g in groups {
         let grp = p.group(g).as_ptr();
