@@ -229,17 +229,23 @@ unsafe fn sub_block<const K: u8, const T: usize>(
         }
         return;
     }
-    for (t, acc) in acc.iter_mut().enumerate() {
-        let mut i = _mm256_set1_epi32(m(t).nsum32 * off);
-        if signed(K) {
-            for (g, wg) in w.iter().enumerate() {
-                i = dot4::<true>(i, *wg, q(t).add(4 * g));
-            }
-        } else {
-            for g in (0..8).step_by(2) {
-                i = dot8(i, w[g], w[g + 1], q(t).add(4 * g));
+    // Every token's chain advances one step per register pair, so that consecutive
+    // multiply-adds never wait on each other.
+    let mut sums: [__m256i; T] = std::array::from_fn(|t| _mm256_set1_epi32(m(t).nsum32 * off));
+    if signed(K) {
+        for (g, wg) in w.iter().enumerate() {
+            for (t, i) in sums.iter_mut().enumerate() {
+                *i = dot4::<true>(*i, *wg, q(t).add(4 * g));
             }
         }
+    } else {
+        for g in (0..8).step_by(2) {
+            for (t, i) in sums.iter_mut().enumerate() {
+                *i = dot8(*i, w[g], w[g + 1], q(t).add(4 * g));
+            }
+        }
+    }
+    for (t, (acc, i)) in acc.iter_mut().zip(sums).enumerate() {
         scale_sums(acc, i, s0, m(t).d);
         let s = _mm256_set1_ps(m(t).s);
         match K {
