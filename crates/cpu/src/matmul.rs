@@ -189,7 +189,8 @@ pub fn packed_many(
             let (c, g) = (local / pieces_per_chunk, local % pieces_per_chunk);
             let gs = g * per_piece..((g + 1) * per_piece).min(p.groups());
             let ts = c * chunk..((c + 1) * chunk).min(n);
-            // SAFETY: the backend packs only when the CPU has AVX-512 VNNI; each output holds
+            // SAFETY: the backend packs only at the AVX2, AVX-512 and AMX levels (each one's
+            // kernel is the one called here, and detection checked it); each output holds
             // n × rows floats and each piece writes its own (tokens, groups) cells of one job.
             unsafe {
                 match isa {

@@ -124,29 +124,28 @@ unsafe fn exp512(x: __m512) -> __m512 {
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
     const ROUND: f32 = 12_582_912.0;
-    let c = |v: f32| _mm512_set1_ps(v);
-    let (add, mul) = (
-        |a: __m512, b: __m512| _mm512_add_ps(a, b),
-        |a: __m512, b: __m512| _mm512_mul_ps(a, b),
-    );
+    // Plain intrinsics, no closures: a closure is a function of its own, without the caller's
+    // target features, and its intrinsics stay calls unless LLVM inlines it first.
+    let c = _mm512_set1_ps;
     // `f32::clamp`: NaN passes through, as there.
     let x = _mm512_min_ps(_mm512_max_ps(x, c(-87.0)), c(88.0));
-    let shifted = add(mul(x, c(LOG2E)), c(ROUND));
+    let shifted = _mm512_add_ps(_mm512_mul_ps(x, c(LOG2E)), c(ROUND));
     let n = _mm512_sub_ps(shifted, c(ROUND));
     let ni = _mm512_sub_epi32(
         _mm512_castps_si512(shifted),
         _mm512_set1_epi32(ROUND.to_bits() as i32),
     );
-    let r = _mm512_sub_ps(_mm512_sub_ps(x, mul(n, c(LN2_HI))), mul(n, c(LN2_LO)));
+    let r = _mm512_sub_ps(
+        _mm512_sub_ps(x, _mm512_mul_ps(n, c(LN2_HI))),
+        _mm512_mul_ps(n, c(LN2_LO)),
+    );
     // 1 + r(1 + r(1/2 + r(1/6 + r(1/24 + r(1/120 + r/720))))), innermost first.
-    let mut p = add(c(1.0 / 120.0), mul(r, c(1.0 / 720.0)));
-    p = add(c(1.0 / 24.0), mul(r, p));
-    p = add(c(1.0 / 6.0), mul(r, p));
-    p = add(c(0.5), mul(r, p));
-    p = add(c(1.0), mul(r, p));
-    p = add(c(1.0), mul(r, p));
+    let mut p = _mm512_add_ps(c(1.0 / 120.0), _mm512_mul_ps(r, c(1.0 / 720.0)));
+    for k in [1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+        p = _mm512_add_ps(c(k), _mm512_mul_ps(r, p));
+    }
     let scale = _mm512_slli_epi32::<23>(_mm512_add_epi32(ni, _mm512_set1_epi32(127)));
-    mul(p, _mm512_castsi512_ps(scale))
+    _mm512_mul_ps(p, _mm512_castsi512_ps(scale))
 }
 
 /// `softmax_rows` for a group of `G` rows, each row's operations as there (the same bits), the

@@ -6,8 +6,9 @@
 //! one scale step per 8 rows — against the file layout's one row and one token at a time.
 //!
 //! `vpmaddubsw` adds pairs of u8 × i8 products into i16 with saturation: quants of up to 6 bits
-//! (≤ 63 · 127 · 2) never reach it, even two registers' pairs added before widening; 8-bit kinds (Q8_0, the IQ4 lookups, stored as q + 128) are
-//! multiplied as |w| × (q with w's sign), as llama.cpp does. Integer sums are exact and the f32
+//! (≤ 63 · 127 · 2) never reach it, even with two registers' pairs added before widening; 8-bit
+//! kinds (Q8_0, the IQ4 lookups, stored as q + 128) are multiplied as |w| × (q with w's sign),
+//! as llama.cpp does. Integer sums are exact and the f32
 //! steps per row are `avx512_packed`'s, in the same order: the results equal the AVX-512
 //! kernels' bit for bit (tested).
 
@@ -306,8 +307,9 @@ unsafe fn tile<const K: u8, const T: usize>(
     store(&acc, out, ostride, valid, bias);
 }
 
-/// Both halves of a group against one token (decode): each sub-block's memory streamed once,
-/// the token's quants and the loop shared; `out` points at the group's row 0, `valid` rows.
+/// Both halves of a group against one token (decode): each sub-block's memory streamed once
+/// (not again from cache for the second half) in one loop; `out` points at the group's row 0,
+/// `valid` rows.
 #[inline(always)]
 unsafe fn tile_pair<const K: u8>(
     grp: *const u8,
