@@ -113,7 +113,7 @@ impl CpuBackend {
             act_precision: true,
             experts: true,
         };
-        let repack = matches!(isa, Isa::Avx2 | Isa::Avx512 | Isa::Amx)
+        let repack = matches!(isa, Isa::Avx2 | Isa::Avx512 | Isa::Amx | Isa::NeonDot)
             && std::env::var("SUANLI_CPU_REPACK").as_deref() != Ok("0");
         Ok(CpuBackend {
             caps,
@@ -471,7 +471,6 @@ impl Backend for CpuBackend {
             ));
         }
         // All packed: one pass. Otherwise one product after another.
-        #[cfg(target_arch = "x86_64")]
         if ws.iter().all(|(w, _)| w.store.packed.is_some()) {
             let n = x.rows;
             let mut jobs = Vec::with_capacity(ws.len());

@@ -6,7 +6,6 @@
 use crate::kernels::acts::QActs;
 use crate::kernels::float_tiles;
 use crate::kernels::pacts::PActs;
-#[cfg(target_arch = "x86_64")]
 use crate::kernels::Isa;
 use crate::kernels::{Kernels, RowTokens};
 use crate::pool::Pool;
@@ -74,7 +73,6 @@ pub fn matmul(
     if n == 0 || w.rows == 0 {
         return;
     }
-    #[cfg(target_arch = "x86_64")]
     if let Some(p) = &w.store.packed {
         return packed_many(pool, x, n, &mut [(p, bias, out)], k.isa);
     }
@@ -126,12 +124,10 @@ pub fn matmul(
     }
 }
 
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 /// Activation bytes a token chunk may occupy, so that it stays in L2 while row groups stream past.
 const CHUNK_BYTES: usize = 384 * 1024;
 
 /// `*mut f32` that threads share; each writes cells no other touches.
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 #[derive(Clone, Copy)]
 struct SharedOut(*mut f32);
 // SAFETY: see `packed_matmul` — pieces cover disjoint (token, row) cells.
@@ -141,7 +137,6 @@ unsafe impl Sync for SharedOut {}
 /// Products of one input with packed weights (all with `cols` = the input's width): the
 /// activations are quantized once (Q8, blocks of 32), then pieces of (weight, token chunk,
 /// row groups) are taken by the threads in turn — one synchronisation for all of them.
-#[cfg(target_arch = "x86_64")]
 pub fn packed_many(
     pool: &Pool,
     x: &[f32],
@@ -189,13 +184,21 @@ pub fn packed_many(
             let (c, g) = (local / pieces_per_chunk, local % pieces_per_chunk);
             let gs = g * per_piece..((g + 1) * per_piece).min(p.groups());
             let ts = c * chunk..((c + 1) * chunk).min(n);
-            // SAFETY: the backend packs only at the AVX2, AVX-512 and AMX levels (each one's
-            // kernel is the one called here, and detection checked it); each output holds
-            // n × rows floats and each piece writes its own (tokens, groups) cells of one job.
+            // SAFETY: the backend packs only at the AVX2, AVX-512, AMX and NEON dot-product
+            // levels (each one's kernel is the one called here, and detection checked it); each
+            // output holds n × rows floats and each piece writes its own (tokens, groups)
+            // cells of one job.
             unsafe {
                 match isa {
+                    #[cfg(target_arch = "x86_64")]
                     Isa::Avx2 => crate::kernels::avx2_packed::run(p, a, gs, ts, *bias, dst.0),
-                    _ => crate::kernels::avx512_packed::run(p, a, gs, ts, *bias, dst.0, amx),
+                    #[cfg(target_arch = "x86_64")]
+                    Isa::Avx512 | Isa::Amx => {
+                        crate::kernels::avx512_packed::run(p, a, gs, ts, *bias, dst.0, amx)
+                    }
+                    #[cfg(target_arch = "aarch64")]
+                    Isa::NeonDot => crate::kernels::neon_packed::run(p, a, gs, ts, *bias, dst.0),
+                    _ => unreachable!("{} does not repack", isa.name()),
                 }
             };
         });

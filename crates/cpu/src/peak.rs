@@ -10,8 +10,8 @@ use std::sync::Mutex;
 const FMA_CHAINS: usize = 10;
 
 /// Sustained int8 multiply-adds per second over the pool's threads with the instructions the
-/// `isa` level's kernels use (AMX tiles, AVX-512 VNNI, AVX2 `vpmaddubsw`), or `None` where no
-/// probe exists for the level (generic, NEON).
+/// `isa` level's kernels use (AMX tiles, AVX-512 VNNI, AVX2 `vpmaddubsw`, NEON `sdot`), or
+/// `None` where no probe exists for the level (generic, NEON without the dot products).
 pub fn int8_peak(pool: &Pool, isa: Isa) -> Option<f64> {
     #[cfg(target_arch = "x86_64")]
     {
@@ -27,7 +27,15 @@ pub fn int8_peak(pool: &Pool, isa: Isa) -> Option<f64> {
         };
         over_threads(pool, per_thread)
     }
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(target_arch = "aarch64")]
+    {
+        match isa {
+            // SAFETY: the level is only chosen where the CPU has the dot products.
+            Isa::NeonDot => over_threads(pool, || best_of(|n| unsafe { arm::sdot128(n) })),
+            _ => None,
+        }
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     {
         let _ = (pool, isa);
         None
@@ -45,7 +53,7 @@ pub fn f32_peak(pool: &Pool, isa: Isa) -> Option<f64> {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => || best_of(|n| unsafe { x86::fma256(n) }),
         #[cfg(target_arch = "aarch64")]
-        Isa::Neon => || best_of(|n| unsafe { arm::fma128(n) }),
+        Isa::Neon | Isa::NeonDot => || best_of(|n| unsafe { arm::fma128(n) }),
         _ => return None,
     };
     over_threads(pool, per_thread)
@@ -173,6 +181,27 @@ mod arm {
         black_box(acc);
         iters * (super::FMA_CHAINS * 4) as u64
     }
+
+    /// `sdot` on 128-bit registers (the packed tiles' product): 16 multiply-adds each.
+    #[target_feature(enable = "neon,dotprod")]
+    pub unsafe fn sdot128(iters: u64) -> u64 {
+        const CHAINS: usize = 12;
+        let (a, b) = (black_box(vdupq_n_s8(1)), black_box(vdupq_n_s8(2)));
+        let mut acc = [vdupq_n_s32(0); CHAINS];
+        for _ in 0..iters {
+            for v in acc.iter_mut() {
+                std::arch::asm!(
+                    "sdot {acc:v}.4s, {a:v}.16b, {b:v}.16b",
+                    acc = inout(vreg) *v,
+                    a = in(vreg) a,
+                    b = in(vreg) b,
+                    options(pure, nomem, nostack, preserves_flags)
+                );
+            }
+        }
+        black_box(acc);
+        iters * (CHAINS * 16) as u64
+    }
 }
 
 #[cfg(test)]
@@ -194,6 +223,8 @@ mod tests {
             );
             match isa {
                 Isa::Generic | Isa::Neon => assert!(p.is_none()),
+                // CI runs NEON under qemu, far below any real core's rate.
+                Isa::NeonDot => assert!(p.unwrap() > 0.0, "{isa:?}"),
                 _ => assert!(p.unwrap() > 1e9, "{isa:?}"),
             }
             let f = f32_peak(&two, isa);
@@ -205,7 +236,7 @@ mod tests {
             match isa {
                 Isa::Generic => assert!(f.is_none()),
                 // CI runs NEON under qemu, far below any real core's rate.
-                Isa::Neon => assert!(f.unwrap() > 0.0, "{isa:?}"),
+                Isa::Neon | Isa::NeonDot => assert!(f.unwrap() > 0.0, "{isa:?}"),
                 _ => assert!(f.unwrap() > 1e9, "{isa:?}"),
             }
         }

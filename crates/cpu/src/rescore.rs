@@ -4,7 +4,6 @@
 use crate::kernels::Isa;
 use crate::{pool, CpuWeight};
 use suanli_backend::Weight;
-use suanli_core::DType;
 
 /// Candidates per logits row recomputed with f32 activations (`ActPrecision::ExactTop`): they
 /// carry nearly all of the softmax's mass, so the answer and the normalizer come out as from
@@ -66,7 +65,7 @@ fn row_dot(isa: Isa, head: &Weight<CpuWeight>, r: usize, x: &[f32], scratch: &mu
     #[cfg(target_arch = "x86_64")]
     if matches!(isa, Isa::Avx2 | Isa::Avx512 | Isa::Amx) {
         let k = head.cols;
-        let w: &[f32] = if head.dtype == DType::Q8_0 && head.store.f32.is_none() {
+        let w: &[f32] = if head.dtype == suanli_core::DType::Q8_0 && head.store.f32.is_none() {
             // SAFETY: the level guarantees AVX2, FMA and F16C.
             unsafe { x86::dequantize_q8_0(raw_row(head, r), &mut scratch[..k]) };
             &scratch[..k]

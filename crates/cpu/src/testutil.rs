@@ -28,7 +28,6 @@ pub fn quant_rows(ty: DType, rows: usize, n: usize, seed: u32) -> Vec<u8> {
 /// A packed product's operands: `rows` random rows of `cols` (type `ty`) in file layout and
 /// packed, `n` tokens of activations in about ±5.5 quantized for the packed kernels, and a bias
 /// per row.
-#[cfg(target_arch = "x86_64")]
 pub fn packed_case(
     pool: &crate::pool::Pool,
     ty: DType,
@@ -55,7 +54,6 @@ pub fn packed_case(
 /// A packed product's output `out` (`[n, rows]`, bias included) against an f64 sum over the
 /// dequantized weights (`raw`, file layout) and activations: within 2e-6 of Σ|w·x| (the f32
 /// scale steps), `what` naming the case.
-#[cfg(target_arch = "x86_64")]
 pub fn check_dequantized_dot(
     ty: DType,
     raw: &[u8],
@@ -83,5 +81,25 @@ pub fn check_dequantized_dot(
                 "{what} row {r} token {t}: {got} vs {want} (Σ|wx| {mag})"
             );
         }
+    }
+}
+
+/// A packed kernel's output `out` (`[a.n, rows]`, bias included) is bit for bit
+/// `Packed::reference_product`'s, `what` naming the case.
+pub fn check_packed_bits(
+    p: &crate::packed::Packed,
+    a: &crate::kernels::pacts::PActs,
+    bias: &[f32],
+    out: &[f32],
+    what: &str,
+) {
+    let want = p.reference_product(a, Some(bias));
+    for (i, (x, y)) in out.iter().zip(&want).enumerate() {
+        assert!(
+            x.to_bits() == y.to_bits(),
+            "{what} token {} row {}: {x} is not the reference's {y}",
+            i / p.rows,
+            i % p.rows
+        );
     }
 }

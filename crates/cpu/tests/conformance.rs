@@ -25,7 +25,14 @@ fn check(b: &CpuBackend, label: &str) {
 }
 
 /// The levels with a test below.
-const TESTED: [Isa; 5] = [Isa::Generic, Isa::Avx2, Isa::Avx512, Isa::Amx, Isa::Neon];
+const TESTED: [Isa; 6] = [
+    Isa::Generic,
+    Isa::Avx2,
+    Isa::Avx512,
+    Isa::Amx,
+    Isa::Neon,
+    Isa::NeonDot,
+];
 
 fn conforms(isa: Isa) {
     if !Isa::available().contains(&isa) {
@@ -35,7 +42,8 @@ fn conforms(isa: Isa) {
     let b = CpuBackend::with_isa(Some(2), isa).unwrap();
     let repacks = b.repacks();
     check(&b, isa.name());
-    if repacks {
+    // NEON's file-layout kernels are `neon_conforms`'s (under qemu a second run is slow).
+    if repacks && isa != Isa::NeonDot {
         let b = b.without_repacking();
         check(&b, &format!("{} with file-layout weights", isa.name()));
     }
@@ -75,4 +83,9 @@ fn amx_conforms() {
 #[test]
 fn neon_conforms() {
     conforms(Isa::Neon);
+}
+
+#[test]
+fn neondot_conforms() {
+    conforms(Isa::NeonDot);
 }

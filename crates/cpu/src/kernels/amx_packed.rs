@@ -13,9 +13,9 @@
 //! sums) and the f32 epilogue is the same, so results are bit-identical to `avx512_packed`.
 
 use super::avx512_packed::{
-    head_values, kind, prefetch_ahead, scale_in, store, sub_scales, unpack, unroll16, vnni_tokens,
-    Q6K,
+    head_values, prefetch_ahead, scale_in, store, sub_scales, unpack, vnni_tokens,
 };
+use super::packed_kinds::{kind, unroll16, Q6K};
 use super::pacts::{PActs, TileBlock, TILE_TOKENS};
 use crate::amx::TileConfig;
 use crate::packed::{Packed, ROWS};

@@ -12,8 +12,8 @@
 //! steps per row are `avx512_packed`'s, in the same order: the results equal the AVX-512
 //! kernels' bit for bit (tested).
 
-use super::avx512_packed::{
-    by_kind, kind, IQ4NL, IQ4XS, Q4K, Q4_0, Q4_1, Q5K, Q5_0, Q5_1, Q6K, Q8_0,
+use super::packed_kinds::{
+    by_kind, even_tiles, kind, IQ4NL, IQ4XS, Q4K, Q4_0, Q4_1, Q5K, Q5_0, Q5_1, Q6K, Q8_0,
 };
 use super::pacts::PActs;
 use crate::packed::{Kind, Packed, ROWS};
@@ -356,8 +356,7 @@ unsafe fn run_kind<const K: u8>(
     out: *mut f32,
 ) {
     let nsb = p.cols / kind(K).sb_cols();
-    let n = tokens.len();
-    if n == 1 {
+    if tokens.len() == 1 {
         for g in groups {
             let r0 = g * ROWS;
             let o = out.add(tokens.start * p.rows + r0);
@@ -374,7 +373,6 @@ unsafe fn run_kind<const K: u8>(
         }
         return;
     }
-    let tiles = n.div_ceil(MAX_TILE);
     for g in groups {
         let grp = p.group(g).as_ptr();
         for h in 0..2 {
@@ -384,10 +382,7 @@ unsafe fn run_kind<const K: u8>(
             }
             let valid = (p.rows - r0).min(HALF);
             let bias = bias.map(|b| &b[r0..]);
-            let mut t = tokens.start;
-            // Tiles as even as possible (a tile of 1 token costs more per token than one of 4).
-            for i in 0..tiles {
-                let size = n / tiles + usize::from(i < n % tiles);
+            for (t, size) in even_tiles(tokens.clone(), MAX_TILE) {
                 let o = out.add(t * p.rows + r0);
                 match size {
                     1 => tile::<K, 1>(grp, h, nsb, a, t, o, p.rows, valid, bias),
@@ -397,7 +392,6 @@ unsafe fn run_kind<const K: u8>(
                     5 => tile::<K, 5>(grp, h, nsb, a, t, o, p.rows, valid, bias),
                     _ => tile::<K, MAX_TILE>(grp, h, nsb, a, t, o, p.rows, valid, bias),
                 }
-                t += size;
             }
         }
     }
@@ -426,7 +420,7 @@ mod tests {
     use super::*;
     use crate::kernels::Isa;
     use crate::pool::Pool;
-    use crate::testutil::{check_dequantized_dot, packed_case};
+    use crate::testutil::{check_dequantized_dot, check_packed_bits, packed_case};
 
     /// Every kind, 3 groups (the last partial, in each half), with a bias, every tile size:
     /// against an f64 sum over the dequantized weights and activations, and where the CPU has
@@ -476,7 +470,8 @@ mod tests {
                                 "{kd:?} rows {rows} cols {cols} n {n}: not AVX-512's bits"
                             );
                         }
-                        let what = format!("{kd:?} rows {rows} cols {cols}");
+                        let what = format!("{kd:?} rows {rows} cols {cols} n {n}");
+                        check_packed_bits(&p, &a, &bias, &out, &what);
                         check_dequantized_dot(ty, &raw, &a, &bias, &out, (rows, cols, n), &what);
                     }
                 }

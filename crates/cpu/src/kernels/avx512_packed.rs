@@ -9,76 +9,11 @@
 //! With AMX (`amx` set, `Isa::Amx`) and `AMX_FROM` tokens or more, `amx_packed` takes whole
 //! tiles of 16 tokens; the tokens left over come here.
 
+use super::packed_kinds::*;
 use super::pacts::{Meta, PActs};
 use crate::packed::{Kind, Packed, ROWS};
 use std::arch::x86_64::*;
 use suanli_core::quant::IQ4_LEVELS;
-
-pub(super) const Q4_0: u8 = 0;
-pub(super) const Q4_1: u8 = 1;
-pub(super) const Q5_0: u8 = 2;
-pub(super) const Q5_1: u8 = 3;
-pub(super) const Q8_0: u8 = 4;
-pub(super) const IQ4NL: u8 = 5;
-pub(super) const Q4K: u8 = 6;
-pub(super) const Q5K: u8 = 7;
-pub(super) const Q6K: u8 = 8;
-pub(super) const IQ4XS: u8 = 9;
-
-/// `$body` for `$t` = 0, 1, … 15 while `$t < $n`, written out: a loop over an array of vector
-/// accumulators that LLVM does not unroll keeps them on the stack (a store and a load per
-/// update, measured as most of the kernels' time).
-macro_rules! unroll16 {
-    ($t:ident < $n:expr, $body:block) => {
-        unroll16!(@ $t, $n, $body, 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15)
-    };
-    // `$t` a constant (a const generic argument) taking each of the listed values.
-    (const $t:ident in [$($i:literal)*], $body:block) => {
-        $( {
-            #[allow(non_upper_case_globals)]
-            const $t: usize = $i;
-            $body
-        } )*
-    };
-    (@ $t:ident, $n:expr, $body:block, $($i:literal)*) => {
-        $( if $i < $n { let $t: usize = $i; $body } )*
-    };
-}
-pub(super) use unroll16;
-
-/// `$f::<K>` for the kind `$k` (a `Kind`), as a function pointer.
-macro_rules! by_kind {
-    ($k:expr, $f:ident) => {
-        match $k {
-            Kind::Q4_0 => $f::<Q4_0>,
-            Kind::Q4_1 => $f::<Q4_1>,
-            Kind::Q5_0 => $f::<Q5_0>,
-            Kind::Q5_1 => $f::<Q5_1>,
-            Kind::Q8_0 => $f::<Q8_0>,
-            Kind::IQ4NL => $f::<IQ4NL>,
-            Kind::Q4K => $f::<Q4K>,
-            Kind::Q5K => $f::<Q5K>,
-            Kind::Q6K => $f::<Q6K>,
-            Kind::IQ4XS => $f::<IQ4XS>,
-        }
-    };
-}
-pub(super) use by_kind;
-
-pub(super) const fn kind(k: u8) -> Kind {
-    match k {
-        Q4_0 => Kind::Q4_0,
-        Q4_1 => Kind::Q4_1,
-        Q5_0 => Kind::Q5_0,
-        Q5_1 => Kind::Q5_1,
-        Q8_0 => Kind::Q8_0,
-        IQ4NL => Kind::IQ4NL,
-        Q4K => Kind::Q4K,
-        Q5K => Kind::Q5K,
-        Q6K => Kind::Q6K,
-        _ => Kind::IQ4XS,
-    }
-}
 
 #[inline(always)]
 unsafe fn ld(p: *const u8, o: usize) -> __m512i {
@@ -449,9 +384,8 @@ unsafe fn run_kind<const K: u8>(
 }
 
 /// One group of 16 rows (at `grp`) against `tokens`, in tiles of at most `max_tile(K)` tokens
-/// as even as possible (11 tokens: 6 + 5, not 8 + 2 + 1 — a tile of 1 or 2 tokens costs 2–3
-/// times as much per token as one of 5 or more, `matmul_probe`); `out` points at the group's
-/// row 0 of token 0, tokens `m` apart.
+/// as even as possible (`even_tiles`); `out` points at the group's row 0 of token 0, tokens
+/// `m` apart.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn vnni_tokens<const K: u8>(
@@ -464,11 +398,7 @@ pub(super) unsafe fn vnni_tokens<const K: u8>(
     valid: usize,
     bias: Option<&[f32]>,
 ) {
-    let n = tokens.len();
-    let tiles = n.div_ceil(max_tile(K));
-    let mut t = tokens.start;
-    for i in 0..tiles {
-        let size = n / tiles + usize::from(i < n % tiles);
+    for (t, size) in even_tiles(tokens, max_tile(K)) {
         // Called in place (a function pointer would lose the caller's target features).
         macro_rules! call {
             ($($s:literal)*) => {
@@ -479,7 +409,6 @@ pub(super) unsafe fn vnni_tokens<const K: u8>(
             };
         }
         call!(1 2 3 4 5 6 7);
-        t += size;
     }
 }
 
@@ -508,7 +437,7 @@ mod tests {
     use super::*;
     use crate::kernels::Isa;
     use crate::pool::Pool;
-    use crate::testutil::{check_dequantized_dot, packed_case};
+    use crate::testutil::{check_dequantized_dot, check_packed_bits, packed_case};
 
     /// Every kind, 3 groups (the last partial), with a bias, against an f64 sum over the
     /// dequantized weights and activations: on VNNI every token count from 1 to 9 (each tile
@@ -548,7 +477,8 @@ mod tests {
                             amx,
                         )
                     };
-                    let what = format!("{kd:?} amx {amx} cols {cols}");
+                    let what = format!("{kd:?} amx {amx} cols {cols} n {n}");
+                    check_packed_bits(&p, &a, &bias, &out, &what);
                     check_dequantized_dot(ty, &raw, &a, &bias, &out, (rows, cols, n), &what);
                 }
             }

@@ -19,6 +19,9 @@ pub mod float_tiles;
 mod generic;
 #[cfg(target_arch = "aarch64")]
 mod neon;
+#[cfg(target_arch = "aarch64")]
+pub mod neon_packed;
+mod packed_kinds;
 pub mod pacts;
 #[cfg(target_arch = "x86_64")]
 mod x86;
@@ -52,6 +55,9 @@ pub enum Isa {
     Amx,
     /// aarch64 Advanced SIMD.
     Neon,
+    /// `Neon` plus the dot-product instructions (`sdot`): quantized matrices repacked at load
+    /// for the packed tiles (`neon_packed`).
+    NeonDot,
 }
 
 impl Isa {
@@ -62,6 +68,7 @@ impl Isa {
             Isa::Avx512 => "avx512+vnni",
             Isa::Amx => "amx+avx512",
             Isa::Neon => "neon",
+            Isa::NeonDot => "neon+dotprod",
         }
     }
 
@@ -71,6 +78,9 @@ impl Isa {
         #[cfg(target_arch = "aarch64")]
         if std::arch::is_aarch64_feature_detected!("neon") {
             v.push(Isa::Neon);
+            if std::arch::is_aarch64_feature_detected!("dotprod") {
+                v.push(Isa::NeonDot);
+            }
         }
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2")
@@ -121,9 +131,10 @@ impl Isa {
                     "avx512" => Isa::Avx512,
                     "amx" => Isa::Amx,
                     "neon" => Isa::Neon,
+                    "neondot" => Isa::NeonDot,
                     other => {
                         return Err(format!(
-                        "SUANLI_CPU_ISA={other} is not a known level (generic, avx2, avx512, amx, neon)"
+                        "SUANLI_CPU_ISA={other} is not a known level (generic, avx2, avx512, amx, neon, neondot)"
                     ))
                     }
                 };
@@ -200,7 +211,7 @@ impl Kernels {
                 }),
             },
             #[cfg(target_arch = "aarch64")]
-            Isa::Neon => Kernels {
+            Isa::Neon | Isa::NeonDot => Kernels {
                 isa,
                 dot: neon::dot,
                 axpy: neon::axpy,
@@ -213,7 +224,7 @@ impl Kernels {
                 unreachable!("x86 levels are never detected off x86_64")
             }
             #[cfg(not(target_arch = "aarch64"))]
-            Isa::Neon => unreachable!("NEON is never detected off aarch64"),
+            Isa::Neon | Isa::NeonDot => unreachable!("NEON is never detected off aarch64"),
         }
     }
 }

@@ -62,6 +62,9 @@ fn quantize_token(x: &[f32], qs: &mut [i8], meta: &mut [Meta]) {
         unsafe { x86::quantize_token_avx2(x, qs, meta) };
         return;
     }
+    #[cfg(target_arch = "aarch64")]
+    return arm::quantize_token(x, qs, meta);
+    #[allow(unreachable_code)]
     quantize_token_scalar(x, qs, meta);
 }
 
@@ -208,6 +211,54 @@ mod x86 {
                 nsum32: h0 + h1,
                 nsum16: [h0 as i16, h1 as i16],
             };
+        }
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+mod arm {
+    use super::Meta;
+    use std::arch::aarch64::*;
+    use suanli_core::quant::q8::round_f16;
+
+    /// `quantize_token_scalar` with NEON (part of the aarch64 baseline): the same operations
+    /// per element — `fmaxnm` ignores NaN as `f32::max` does, `fcvtas` rounds half away from
+    /// zero as `roundf`, the narrowing saturates as `as i8` — so the same bits.
+    pub fn quantize_token(x: &[f32], qs: &mut [i8], meta: &mut [Meta]) {
+        for ((xb, qb), m) in x.chunks_exact(32).zip(qs.chunks_exact_mut(32)).zip(meta) {
+            // SAFETY: xb and qb hold 32 elements each; NEON is always present on aarch64.
+            unsafe {
+                let v: [float32x4_t; 8] =
+                    std::array::from_fn(|i| vld1q_f32(xb.as_ptr().add(4 * i)));
+                let mut mx = vabsq_f32(v[0]);
+                for vi in &v[1..] {
+                    mx = vmaxnmq_f32(mx, vabsq_f32(*vi));
+                }
+                let d = vmaxnmvq_f32(mx) / 127.0;
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                let mut halves = [vdupq_n_s8(0); 2];
+                for (h, out) in halves.iter_mut().enumerate() {
+                    let r: [int16x4_t; 4] = std::array::from_fn(|i| {
+                        vqmovn_s32(vcvtaq_s32_f32(vmulq_n_f32(v[4 * h + i], id)))
+                    });
+                    *out = vcombine_s8(
+                        vqmovn_s16(vcombine_s16(r[0], r[1])),
+                        vqmovn_s16(vcombine_s16(r[2], r[3])),
+                    );
+                    vst1q_s8(qb.as_mut_ptr().add(16 * h), *out);
+                }
+                let (h0, h1) = (
+                    -(vaddlvq_s8(halves[0]) as i32),
+                    -(vaddlvq_s8(halves[1]) as i32),
+                );
+                let d = round_f16(d);
+                *m = Meta {
+                    d,
+                    s: d * -(h0 + h1) as f32,
+                    nsum32: h0 + h1,
+                    nsum16: [h0 as i16, h1 as i16],
+                };
+            }
         }
     }
 }

@@ -303,6 +303,82 @@ impl Packed {
     }
 }
 
+impl Packed {
+    /// The packed kernels' products in scalar code, step for step (the test oracle every ISA's
+    /// kernels must equal bit for bit): per 32-column sub-block an exact integer sum of signed
+    /// quants × the token's quants, then in f32 `acc = i · (row scale · token scale) + acc`
+    /// fused (Q6_K: per 16-column half), the min term fused after it, and the bias added last.
+    /// `out` is `[a.n, rows]`.
+    #[cfg(test)]
+    pub fn reference_product(
+        &self,
+        a: &crate::kernels::pacts::PActs,
+        bias: Option<&[f32]>,
+    ) -> Vec<f32> {
+        let k = self.kind;
+        let nblk = self.cols / 32;
+        let mut out = vec![0f32; a.n * self.rows];
+        for r in 0..self.rows {
+            let (g, lane) = (r / ROWS, r % ROWS);
+            let grp = self.group(g);
+            for t in 0..a.n {
+                let mut acc = 0f32;
+                for sb in 0..self.cols / k.sb_cols() {
+                    let s = &grp[sb * k.sb_bytes()..(sb + 1) * k.sb_bytes()];
+                    let f16 = |at: usize| {
+                        half::f16::from_le_bytes([s[at + 2 * lane], s[at + 2 * lane + 1]]).to_f32()
+                    };
+                    let d = f16(0);
+                    let second = if k.has_second() { f16(ROWS * 2) } else { 0.0 };
+                    let sc = |i: usize| s[k.sc_at() + i * ROWS + lane];
+                    for j in 0..k.sb_cols() / 32 {
+                        let blk = sb * k.sb_cols() / 32 + j;
+                        let m = a.meta[t * nblk + blk];
+                        let q = &a.qs[t * self.cols + blk * 32..][..32];
+                        let isum = |cs: std::ops::Range<usize>| -> i32 {
+                            cs.map(|c| {
+                                let u = quant_at(k, &s[k.head_bytes()..], lane, 32 * j + c) as i32;
+                                let off = match k {
+                                    Kind::IQ4NL | Kind::IQ4XS => 128,
+                                    _ => k.offset() as i32,
+                                };
+                                (u - off) * q[c] as i32
+                            })
+                            .sum()
+                        };
+                        let (s0, s1, mv) = match k {
+                            Kind::Q4K | Kind::Q5K => {
+                                let mn = s[k.mn_at() + j * ROWS + lane];
+                                (d * sc(j) as f32, d, second * mn as f32)
+                            }
+                            Kind::Q6K => (
+                                d * (sc(2 * j) as i8) as f32,
+                                d * (sc(2 * j + 1) as i8) as f32,
+                                second,
+                            ),
+                            Kind::IQ4XS => (d * (sc(j) as i8) as f32, d, second),
+                            _ => (d, d, second),
+                        };
+                        if k == Kind::Q6K {
+                            acc = (isum(0..16) as f32).mul_add(s0 * m.d, acc);
+                            acc = (isum(16..32) as f32).mul_add(s1 * m.d, acc);
+                        } else {
+                            acc = (isum(0..32) as f32).mul_add(s0 * m.d, acc);
+                        }
+                        match k {
+                            Kind::Q4_1 | Kind::Q5_1 => acc = mv.mul_add(m.s, acc),
+                            Kind::Q4K | Kind::Q5K => acc = (-mv).mul_add(m.s, acc),
+                            _ => {}
+                        }
+                    }
+                }
+                out[t * self.rows + r] = acc + bias.map_or(0.0, |b| b[r]);
+            }
+        }
+        out
+    }
+}
+
 /// The stored (unsigned) quant of column `c` of a superblock for lane `r`; `q` starts at the
 /// superblock's first sub-block.
 #[cfg(test)]

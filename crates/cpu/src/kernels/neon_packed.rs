@@ -1,0 +1,427 @@
+//! NEON kernels over the packed layout (`crate::packed`) for aarch64 CPUs with the dot-product
+//! instructions (`Isa::NeonDot`: Apple M1 and later, Neoverse N1/V1 and later — AWS Graviton 2+,
+//! Ampere Altra —, Cortex-A76/A55 and later): each 16-row group is taken as four quarters of 4
+//! rows (one row per 32-bit lane of a 128-bit register) against up to `MAX_TILE` tokens at a
+//! time. A sub-block's weights are unpacked once per tile into 8 registers (4 columns × 4 rows
+//! each) and meet every token of the tile with `sdot` by element: the token's 4 quants are a lane
+//! of a register already holding 16 of them, so there is no broadcast. Row sums come out in
+//! lanes — no horizontal sums, one scale step per 4 rows — where the file layout took one row
+//! and one token at a time, and the scalar oracle for most types.
+//!
+//! `sdot` multiplies signed bytes: stored quants of up to 6 bits are non-negative and fit, and
+//! their offset enters through the activation sums as on x86; 8-bit kinds (Q8_0's q + 128) are
+//! flipped back to signed, and the IQ4 kinds look the signed levels up. Integer sums are exact
+//! and each row's f32 steps are `avx512_packed`'s, in the same order: the results equal the
+//! x86 kernels' bit for bit (tested against `Packed::reference_product`, which both equal).
+
+use super::packed_kinds::{
+    by_kind, even_tiles, kind, unroll16, IQ4NL, IQ4XS, Q4K, Q4_0, Q4_1, Q5K, Q5_0, Q5_1, Q6K, Q8_0,
+};
+use super::pacts::PActs;
+use crate::packed::{Kind, Packed, ROWS};
+use std::arch::aarch64::*;
+use suanli_core::quant::IQ4_LEVELS;
+
+/// Rows per quarter group: one per 32-bit lane.
+const QUARTER: usize = ROWS / 4;
+
+/// Most tokens per tile: their accumulators, a sub-block's 8 weight registers and a token's
+/// quants and sums in flight stay within the 32 registers.
+const MAX_TILE: usize = 8;
+
+/// Bytes of quarter `r` of the 64-byte register at `p + o`.
+#[inline(always)]
+unsafe fn ld(p: *const u8, o: usize, r: usize) -> uint8x16_t {
+    vld1q_u8(p.add(o + 16 * r))
+}
+
+/// Kinds whose quants are multiplied signed (no offset to take back through the sums).
+const fn signed(k: u8) -> bool {
+    kind(k).bits() == 8 || matches!(kind(k), Kind::IQ4NL | Kind::IQ4XS)
+}
+
+/// The 8 registers of one 32-column sub-block for rows `4r..4r + 4` (register g: columns
+/// 4g..4g+4, one row per lane), as signed bytes: the stored quants (non-negative), or for the
+/// signed kinds the values themselves.
+#[inline(always)]
+unsafe fn unpack<const K: u8>(p: *const u8, r: usize) -> [int8x16_t; 8] {
+    let kd = kind(K);
+    let mut w = [vdupq_n_u8(0); 8];
+    if kd.bits() == 8 {
+        let flip = vdupq_n_u8(0x80);
+        for (g, v) in w.iter_mut().enumerate() {
+            *v = veorq_u8(ld(p, 64 * g, r), flip);
+        }
+        return w.map(|v| vreinterpretq_s8_u8(v));
+    }
+    let m4 = vdupq_n_u8(0x0F);
+    for j in 0..4 {
+        let x = ld(p, 64 * j, r);
+        w[j] = vandq_u8(x, m4);
+        w[j + 4] = vshrq_n_u8::<4>(x);
+    }
+    match kd.bits() {
+        5 => {
+            let hb = ld(p, 256, r);
+            let c10 = vdupq_n_u8(0x10);
+            for (g, v) in w.iter_mut().enumerate() {
+                let set = vtstq_u8(hb, vdupq_n_u8(1 << g));
+                *v = vorrq_u8(*v, vandq_u8(set, c10));
+            }
+        }
+        6 => {
+            let c30 = vdupq_n_u8(0x30);
+            for h in 0..2 {
+                let x = ld(p, 256 + 64 * h, r);
+                w[4 * h] = vorrq_u8(w[4 * h], vandq_u8(vshlq_n_u8::<4>(x), c30));
+                w[4 * h + 1] = vorrq_u8(w[4 * h + 1], vandq_u8(vshlq_n_u8::<2>(x), c30));
+                w[4 * h + 2] = vorrq_u8(w[4 * h + 2], vandq_u8(x, c30));
+                w[4 * h + 3] = vorrq_u8(w[4 * h + 3], vandq_u8(vshrq_n_u8::<2>(x), c30));
+            }
+        }
+        _ => {}
+    }
+    if matches!(kd, Kind::IQ4NL | Kind::IQ4XS) {
+        let lut = vld1q_s8(IQ4_LEVELS.as_ptr());
+        return w.map(|v| vqtbl1q_s8(lut, v));
+    }
+    w.map(|v| vreinterpretq_s8_u8(v))
+}
+
+/// `acc` + w · (the 4 quants in lane `L` of `q`), per 32-bit lane: `sdot` by element (its
+/// intrinsic is not stable Rust yet).
+#[inline]
+#[target_feature(enable = "neon,dotprod")]
+unsafe fn sdot<const L: usize>(mut acc: int32x4_t, w: int8x16_t, q: int8x16_t) -> int32x4_t {
+    std::arch::asm!(
+        "sdot {acc:v}.4s, {w:v}.16b, {q:v}.4b[{l}]",
+        acc = inout(vreg) acc,
+        w = in(vreg) w,
+        q = in(vreg) q,
+        l = const L,
+        options(pure, nomem, nostack, preserves_flags)
+    );
+    acc
+}
+
+/// Σ over registers `4h..4h + 4` (columns 16h..16h + 16) of w · the token's quants `q`
+/// (its 16 quants of those columns), onto `acc`.
+#[inline(always)]
+unsafe fn dot16(acc: int32x4_t, w: &[int8x16_t], q: int8x16_t) -> int32x4_t {
+    let acc = sdot::<0>(acc, w[0], q);
+    let acc = sdot::<1>(acc, w[1], q);
+    let acc = sdot::<2>(acc, w[2], q);
+    sdot::<3>(acc, w[3], q)
+}
+
+/// 4 bytes → 4 f32, signed or unsigned.
+#[inline(always)]
+unsafe fn bytes_ps<const SIGNED: bool>(p: *const u8) -> float32x4_t {
+    let b = vreinterpret_u8_u32(vdup_n_u32(std::ptr::read_unaligned(p as *const u32)));
+    if SIGNED {
+        vcvtq_f32_s32(vmovl_s16(vget_low_s16(vmovl_s8(vreinterpret_s8_u8(b)))))
+    } else {
+        vcvtq_f32_u32(vmovl_u16(vget_low_u16(vmovl_u8(b))))
+    }
+}
+
+/// 4 f16 → 4 f32 (exact).
+#[inline(always)]
+unsafe fn f16x4(p: *const u8) -> float32x4_t {
+    vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p as *const u16)))
+}
+
+/// `avx512_packed::sub_scales` for rows `4r..4r + 4`.
+#[inline(always)]
+unsafe fn sub_scales<const K: u8>(
+    hd: *const u8,
+    j: usize,
+    (d, second): (float32x4_t, float32x4_t),
+    r: usize,
+) -> [float32x4_t; 3] {
+    let kd = kind(K);
+    let sc = hd.add(kd.sc_at() + QUARTER * r);
+    match K {
+        Q4K | Q5K => [
+            vmulq_f32(d, bytes_ps::<false>(sc.add(ROWS * j))),
+            d,
+            vmulq_f32(
+                second,
+                bytes_ps::<false>(hd.add(kd.mn_at() + QUARTER * r + ROWS * j)),
+            ),
+        ],
+        Q6K => [
+            vmulq_f32(d, bytes_ps::<true>(sc.add(ROWS * 2 * j))),
+            vmulq_f32(d, bytes_ps::<true>(sc.add(ROWS * (2 * j + 1)))),
+            second,
+        ],
+        IQ4XS => [vmulq_f32(d, bytes_ps::<true>(sc.add(ROWS * j))), d, second],
+        _ => [d, d, second],
+    }
+}
+
+/// acc += the integer sums `i` × (the rows' scales `s` × the token's scale `d`), fused.
+#[inline(always)]
+unsafe fn scale_sums(acc: &mut float32x4_t, i: int32x4_t, s: float32x4_t, d: f32) {
+    *acc = vfmaq_f32(*acc, vcvtq_f32_s32(i), vmulq_n_f32(s, d));
+}
+
+/// Quarter `r`'s superblock scale and second value (min, dmin) of the superblock at `hd`.
+#[inline(always)]
+unsafe fn head_quarter<const K: u8>(hd: *const u8, r: usize) -> (float32x4_t, float32x4_t) {
+    let d = f16x4(hd.add(2 * QUARTER * r));
+    let second = if kind(K).has_second() {
+        f16x4(hd.add(2 * ROWS + 2 * QUARTER * r))
+    } else {
+        vdupq_n_f32(0.0)
+    };
+    (d, second)
+}
+
+/// Sub-block `j` (block `blk` of the row) of the superblock at `hd`, rows `4r..4r + 4`, into
+/// the sums `acc` of tokens `t0..t0 + T`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn sub_block<const K: u8, const T: usize>(
+    acc: &mut [float32x4_t; T],
+    hd: *const u8,
+    j: usize,
+    blk: usize,
+    scales: (float32x4_t, float32x4_t),
+    r: usize,
+    a: &PActs,
+    t0: usize,
+) {
+    let kd = kind(K);
+    let off = if signed(K) { 0 } else { kd.offset() as i32 };
+    let nblk = a.k / 32;
+    let w = unpack::<K>(hd.add(kd.head_bytes() + j * kd.sub_bytes()), r);
+    let [s0, s1, mv] = sub_scales::<K>(hd, j, scales, r);
+    // Every token runs two chains (columns 0..16 and 16..32), written out so that the
+    // compiler interleaves the tokens' independent `sdot`s.
+    unroll16!(t < T, {
+        let q = a.qs.as_ptr().add((t0 + t) * a.k + blk * 32);
+        let m = a.meta.get_unchecked((t0 + t) * nblk + blk);
+        let (q0, q1) = (vld1q_s8(q), vld1q_s8(q.add(16)));
+        if K == Q6K {
+            // Each 16-column half has its own scale.
+            let i0 = dot16(vdupq_n_s32(m.nsum16[0] as i32 * off), &w[..4], q0);
+            let i1 = dot16(vdupq_n_s32(m.nsum16[1] as i32 * off), &w[4..], q1);
+            scale_sums(&mut acc[t], i0, s0, m.d);
+            scale_sums(&mut acc[t], i1, s1, m.d);
+        } else {
+            let i0 = dot16(vdupq_n_s32(m.nsum32 * off), &w[..4], q0);
+            let i1 = dot16(vdupq_n_s32(0), &w[4..], q1);
+            scale_sums(&mut acc[t], vaddq_s32(i0, i1), s0, m.d);
+            match K {
+                Q4_1 | Q5_1 => acc[t] = vfmaq_n_f32(acc[t], mv, m.s),
+                Q4K | Q5K => acc[t] = vfmsq_n_f32(acc[t], mv, m.s),
+                _ => {}
+            }
+        }
+    });
+}
+
+/// Each token's 4 row sums (plus the bias) into `out`, tokens `ostride` apart; only the first
+/// `valid` rows are written.
+#[inline(always)]
+unsafe fn store(
+    acc: &[float32x4_t],
+    out: *mut f32,
+    ostride: usize,
+    valid: usize,
+    bias: Option<&[f32]>,
+) {
+    let mut b = [0f32; QUARTER];
+    if let Some(bias) = bias {
+        let k = valid.min(QUARTER).min(bias.len());
+        b[..k].copy_from_slice(&bias[..k]);
+    }
+    let b = vld1q_f32(b.as_ptr());
+    for (t, v) in acc.iter().enumerate() {
+        let v = vaddq_f32(*v, b);
+        let o = out.add(t * ostride);
+        if valid >= QUARTER {
+            vst1q_f32(o, v);
+        } else {
+            let mut lanes = [0f32; QUARTER];
+            vst1q_f32(lanes.as_mut_ptr(), v);
+            std::ptr::copy_nonoverlapping(lanes.as_ptr(), o, valid);
+        }
+    }
+}
+
+/// One quarter group (rows `4r..4r + 4` of the group at `grp`) against tokens `t0..t0 + T`;
+/// `out` points at the quarter's row 0 for token t0, tokens `ostride` apart; only `valid` rows
+/// are written.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile<const K: u8, const T: usize>(
+    grp: *const u8,
+    r: usize,
+    nsb: usize,
+    a: &PActs,
+    t0: usize,
+    out: *mut f32,
+    ostride: usize,
+    valid: usize,
+    bias: Option<&[f32]>,
+) {
+    let kd = kind(K);
+    let (sbb, nsub) = (kd.sb_bytes(), kd.sb_cols() / 32);
+    let mut acc = [vdupq_n_f32(0.0); T];
+    for sb in 0..nsb {
+        let hd = grp.add(sb * sbb);
+        let scales = head_quarter::<K>(hd, r);
+        for j in 0..nsub {
+            sub_block::<K, T>(&mut acc, hd, j, sb * nsub + j, scales, r, a, t0);
+        }
+    }
+    store(&acc, out, ostride, valid, bias);
+}
+
+/// All four quarters of a group against one token (decode): each sub-block's memory is
+/// streamed once, not again from cache for every quarter; `out` points at the group's row 0,
+/// `valid` rows.
+#[inline(always)]
+unsafe fn tile_group<const K: u8>(
+    grp: *const u8,
+    nsb: usize,
+    a: &PActs,
+    t0: usize,
+    out: *mut f32,
+    valid: usize,
+    bias: Option<&[f32]>,
+) {
+    let kd = kind(K);
+    let (sbb, nsub) = (kd.sb_bytes(), kd.sb_cols() / 32);
+    let mut acc = [[vdupq_n_f32(0.0); 1]; 4];
+    for sb in 0..nsb {
+        let hd = grp.add(sb * sbb);
+        let scales: [_; 4] = std::array::from_fn(|r| head_quarter::<K>(hd, r));
+        for j in 0..nsub {
+            let blk = sb * nsub + j;
+            for (r, acc) in acc.iter_mut().enumerate() {
+                sub_block::<K, 1>(acc, hd, j, blk, scales[r], r, a, t0);
+            }
+        }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        if valid <= QUARTER * r {
+            break;
+        }
+        let bias = bias.map(|b| &b[QUARTER * r..]);
+        store(acc, out.add(QUARTER * r), 0, valid - QUARTER * r, bias);
+    }
+}
+
+/// Rows of groups `groups` against tokens `tokens`: `out` is the `[n, rows]` output.
+#[target_feature(enable = "neon,dotprod")]
+unsafe fn run_kind<const K: u8>(
+    p: &Packed,
+    a: &PActs,
+    groups: std::ops::Range<usize>,
+    tokens: std::ops::Range<usize>,
+    bias: Option<&[f32]>,
+    out: *mut f32,
+) {
+    let nsb = p.cols / kind(K).sb_cols();
+    if tokens.len() == 1 {
+        for g in groups {
+            let r0 = g * ROWS;
+            let o = out.add(tokens.start * p.rows + r0);
+            let bias = bias.map(|b| &b[r0..]);
+            tile_group::<K>(
+                p.group(g).as_ptr(),
+                nsb,
+                a,
+                tokens.start,
+                o,
+                p.rows - r0,
+                bias,
+            );
+        }
+        return;
+    }
+    for g in groups {
+        let grp = p.group(g).as_ptr();
+        for r in 0..4 {
+            let r0 = g * ROWS + QUARTER * r;
+            if r0 >= p.rows {
+                break;
+            }
+            let valid = (p.rows - r0).min(QUARTER);
+            let bias = bias.map(|b| &b[r0..]);
+            for (t, size) in even_tiles(tokens.clone(), MAX_TILE) {
+                let o = out.add(t * p.rows + r0);
+                // Called in place (a function pointer would lose the caller's target features).
+                macro_rules! call {
+                    ($($s:literal)*) => {
+                        match size {
+                            $($s => tile::<K, $s>(grp, r, nsb, a, t, o, p.rows, valid, bias),)*
+                            _ => tile::<K, MAX_TILE>(grp, r, nsb, a, t, o, p.rows, valid, bias),
+                        }
+                    };
+                }
+                call!(1 2 3 4 5 6 7);
+            }
+        }
+    }
+}
+
+/// out[t, r] = Σ w[r]·x[t] (+ bias[r]) for groups `groups` and tokens `tokens`.
+///
+/// # Safety
+/// The CPU must have NEON and the dot-product instructions (`Isa::NeonDot`); `out` must hold
+/// `a.n × p.rows` floats, and no other thread may write the (token, row) cells this call covers.
+pub unsafe fn run(
+    p: &Packed,
+    a: &PActs,
+    groups: std::ops::Range<usize>,
+    tokens: std::ops::Range<usize>,
+    bias: Option<&[f32]>,
+    out: *mut f32,
+) {
+    debug_assert!(a.k == p.cols && tokens.end <= a.n && groups.end <= p.groups());
+    let f = by_kind!(p.kind, run_kind);
+    f(p, a, groups, tokens, bias, out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::Isa;
+    use crate::pool::Pool;
+    use crate::testutil::{check_dequantized_dot, check_packed_bits, packed_case};
+
+    /// Every kind, groups with partial quarters (37 and 45 rows: 5 and 13 rows in the last
+    /// group), with a bias, every tile size and one token: bit for bit the packed reference
+    /// (which the x86 kernels equal too), and within f32 rounding of an f64 sum over the
+    /// dequantized weights and activations.
+    #[test]
+    fn neon_packed_kernels_equal_the_reference_bit_for_bit() {
+        if !Isa::available().contains(&Isa::NeonDot) {
+            eprintln!("no dot-product instructions on this CPU: the NEON tiles are not tested");
+            return;
+        }
+        let pool = Pool::new(2).unwrap();
+        for rows in [37, 45] {
+            for n in (1..=9).chain([17]) {
+                for ty in suanli_core::DType::ALL {
+                    let Some(kd) = Kind::of(ty) else { continue };
+                    for cols in [512, 1056] {
+                        if cols % kd.sb_cols() != 0 {
+                            continue;
+                        }
+                        let (raw, p, a, bias) = packed_case(&pool, ty, (rows, cols, n), 7);
+                        let mut out = vec![f32::NAN; n * rows];
+                        unsafe { run(&p, &a, 0..p.groups(), 0..n, Some(&bias), out.as_mut_ptr()) };
+                        let what = format!("{kd:?} rows {rows} cols {cols} n {n}");
+                        check_packed_bits(&p, &a, &bias, &out, &what);
+                        check_dequantized_dot(ty, &raw, &a, &bias, &out, (rows, cols, n), &what);
+                    }
+                }
+            }
+        }
+    }
+}
