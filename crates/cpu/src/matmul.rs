@@ -60,6 +60,35 @@ fn quantize_tokens<B: Send>(
 /// Pieces of work per thread: enough for uneven progress to even out.
 const PIECES: usize = 4;
 
+/// The pieces of a packed product — (job, token chunk, row groups) — in the order the threads
+/// take them: each a share of the work still left (`1 / (GUIDED · threads)`, at least one
+/// group, never across a job), so that the last pieces are single groups and the threads
+/// finish together. Even pieces left one thread waiting on the other's last one: in verifying
+/// passes of 11 tokens the worker spun in 9.8 % of its samples, 5.5 points of them while the
+/// other thread finished a product (8.7 % and 4.4 with guided pieces; the main thread waited
+/// in 5.4 % of its samples, 4.9 % with them).
+fn guided_pieces(
+    groups: impl Iterator<Item = usize> + Clone,
+    chunks: usize,
+    threads: usize,
+) -> Vec<(usize, usize, std::ops::Range<usize>)> {
+    const GUIDED: usize = 2;
+    let mut left = chunks * groups.clone().sum::<usize>();
+    let mut pieces = Vec::new();
+    for c in 0..chunks {
+        for (j, g) in groups.clone().enumerate() {
+            let mut s = 0;
+            while s < g {
+                let size = left.div_ceil(GUIDED * threads).clamp(1, g - s);
+                pieces.push((j, c, s..s + size));
+                s += size;
+                left -= size;
+            }
+        }
+    }
+    pieces
+}
+
 /// `x` is `[n, w.cols]`, `out` is `[n, w.rows]`.
 pub fn matmul(
     k: &Kernels,
@@ -159,16 +188,7 @@ pub fn packed_many(
         // Whole AMX tiles of 16 tokens (the VNNI kernels take 8, 4, 2, 1).
         let chunk = (CHUNK_BYTES / per_token).max(16) / 16 * 16;
         let chunks = n.div_ceil(chunk);
-        // Per job: groups per piece and where its pieces start in the shared numbering.
-        let total_groups: usize = jobs.iter().map(|j| j.0.groups()).sum();
-        let per_piece = total_groups.div_ceil(pool.threads() * PIECES).max(1);
-        let mut starts = Vec::with_capacity(jobs.len() + 1);
-        let mut acc = 0;
-        for j in jobs.iter() {
-            starts.push(acc);
-            acc += chunks * j.0.groups().div_ceil(per_piece);
-        }
-        starts.push(acc);
+        let pieces = guided_pieces(jobs.iter().map(|j| j.0.groups()), chunks, pool.threads());
         let plan: Vec<(&crate::packed::Packed, Option<&[f32]>, SharedOut)> = jobs
             .iter_mut()
             .map(|(p, b, o)| {
@@ -176,13 +196,9 @@ pub fn packed_many(
                 (*p, *b, SharedOut(o.as_mut_ptr()))
             })
             .collect();
-        pool.pieces(acc, &|i| {
-            let j = starts.partition_point(|&s| s <= i) - 1;
+        pool.pieces(pieces.len(), &|i| {
+            let (j, c, gs) = pieces[i].clone();
             let (p, bias, dst) = &plan[j];
-            let local = i - starts[j];
-            let pieces_per_chunk = p.groups().div_ceil(per_piece);
-            let (c, g) = (local / pieces_per_chunk, local % pieces_per_chunk);
-            let gs = g * per_piece..((g + 1) * per_piece).min(p.groups());
             let ts = c * chunk..((c + 1) * chunk).min(n);
             // SAFETY: the backend packs only at the AVX2, AVX-512, AMX and NEON dot-product
             // levels (each one's kernel is the one called here, and detection checked it); each
