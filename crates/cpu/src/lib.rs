@@ -113,8 +113,10 @@ impl CpuBackend {
             act_precision: true,
             experts: true,
         };
-        let repack = matches!(isa, Isa::Avx2 | Isa::Avx512 | Isa::Amx | Isa::NeonDot)
-            && std::env::var("SUANLI_CPU_REPACK").as_deref() != Ok("0");
+        let repack = matches!(
+            isa,
+            Isa::Avx2 | Isa::Avx512 | Isa::Amx | Isa::Neon | Isa::NeonDot
+        ) && std::env::var("SUANLI_CPU_REPACK").as_deref() != Ok("0");
         Ok(CpuBackend {
             caps,
             k: Kernels::for_isa(isa),
@@ -123,14 +125,14 @@ impl CpuBackend {
         })
     }
 
-    /// Whether quantized matrices are repacked at load (AVX2 and AVX-512 unless
+    /// Whether quantized matrices are repacked at load (AVX2, AVX-512 and NEON unless
     /// `SUANLI_CPU_REPACK=0`).
     pub fn repacks(&self) -> bool {
         self.repack
     }
 
-    /// Keep quantized matrices in their file layout (what NEON and generic machines run),
-    /// for weights prepared from now on.
+    /// Keep quantized matrices in their file layout (what generic machines run), for weights
+    /// prepared from now on.
     pub fn without_repacking(mut self) -> Self {
         self.repack = false;
         self

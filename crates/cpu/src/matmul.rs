@@ -200,8 +200,8 @@ pub fn packed_many(
             let (j, c, gs) = pieces[i].clone();
             let (p, bias, dst) = &plan[j];
             let ts = c * chunk..((c + 1) * chunk).min(n);
-            // SAFETY: the backend packs only at the AVX2, AVX-512, AMX and NEON dot-product
-            // levels (each one's kernel is the one called here, and detection checked it); each
+            // SAFETY: the backend packs only at the AVX2, AVX-512, AMX and NEON levels (each
+            // one's kernel is the one called here, and detection checked it); each
             // output holds n × rows floats and each piece writes its own (tokens, groups)
             // cells of one job.
             unsafe {
@@ -213,7 +213,10 @@ pub fn packed_many(
                         crate::kernels::avx512_packed::run(p, a, gs, ts, *bias, dst.0, amx)
                     }
                     #[cfg(target_arch = "aarch64")]
-                    Isa::NeonDot => crate::kernels::neon_packed::run(p, a, gs, ts, *bias, dst.0),
+                    Isa::Neon | Isa::NeonDot => {
+                        let dot = isa == Isa::NeonDot;
+                        crate::kernels::neon_packed::run(p, a, gs, ts, *bias, dst.0, dot)
+                    }
                     _ => unreachable!("{} does not repack", isa.name()),
                 }
             };

@@ -10,8 +10,8 @@ use std::sync::Mutex;
 const FMA_CHAINS: usize = 10;
 
 /// Sustained int8 multiply-adds per second over the pool's threads with the instructions the
-/// `isa` level's kernels use (AMX tiles, AVX-512 VNNI, AVX2 `vpmaddubsw`, NEON `sdot`), or
-/// `None` where no probe exists for the level (generic, NEON without the dot products).
+/// `isa` level's kernels use (AMX tiles, AVX-512 VNNI, AVX2 `vpmaddubsw`, NEON `sdot` or
+/// `smull`), or `None` where no probe exists for the level (generic).
 pub fn int8_peak(pool: &Pool, isa: Isa) -> Option<f64> {
     #[cfg(target_arch = "x86_64")]
     {
@@ -32,6 +32,7 @@ pub fn int8_peak(pool: &Pool, isa: Isa) -> Option<f64> {
         match isa {
             // SAFETY: the level is only chosen where the CPU has the dot products.
             Isa::NeonDot => over_threads(pool, || best_of(|n| unsafe { arm::sdot128(n) })),
+            Isa::Neon => over_threads(pool, || best_of(|n| unsafe { arm::smull128(n) })),
             _ => None,
         }
     }
@@ -202,6 +203,26 @@ mod arm {
         black_box(acc);
         iters * (CHAINS * 16) as u64
     }
+
+    /// `smull` + `smull2` + `addp` + `sadalp` (the packed tiles' product without `sdot`): 16
+    /// multiply-adds per four. Each chain has its own weights and the activations change every
+    /// iteration, so only the accumulations are chained.
+    pub unsafe fn smull128(iters: u64) -> u64 {
+        const CHAINS: usize = 6;
+        let w: [int8x16_t; CHAINS] = black_box(std::array::from_fn(|j| vdupq_n_s8(j as i8 + 1)));
+        let (one, mut x) = (vdupq_n_s8(1), black_box(vdupq_n_s8(3)));
+        let mut acc = [vdupq_n_s32(0); CHAINS];
+        for _ in 0..iters {
+            x = vaddq_s8(x, one);
+            for (v, w) in acc.iter_mut().zip(&w) {
+                let lo = vmull_s8(vget_low_s8(*w), vget_low_s8(x));
+                let hi = vmull_high_s8(*w, x);
+                *v = vpadalq_s16(*v, vpaddq_s16(lo, hi));
+            }
+        }
+        black_box(acc);
+        iters * (CHAINS * 16) as u64
+    }
 }
 
 #[cfg(test)]
@@ -222,9 +243,9 @@ mod tests {
                 int8_peak(&one, isa).map(|p| p / 1e9)
             );
             match isa {
-                Isa::Generic | Isa::Neon => assert!(p.is_none()),
+                Isa::Generic => assert!(p.is_none()),
                 // CI runs NEON under qemu, far below any real core's rate.
-                Isa::NeonDot => assert!(p.unwrap() > 0.0, "{isa:?}"),
+                Isa::Neon | Isa::NeonDot => assert!(p.unwrap() > 0.0, "{isa:?}"),
                 _ => assert!(p.unwrap() > 1e9, "{isa:?}"),
             }
             let f = f32_peak(&two, isa);

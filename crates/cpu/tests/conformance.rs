@@ -42,7 +42,8 @@ fn conforms(isa: Isa) {
     let b = CpuBackend::with_isa(Some(2), isa).unwrap();
     let repacks = b.repacks();
     check(&b, isa.name());
-    // NEON's file-layout kernels are `neon_conforms`'s (under qemu a second run is slow).
+    // The file-layout kernels at `neondot` are `neon`'s, checked by `neon_conforms` (under qemu
+    // a second run is slow).
     if repacks && isa != Isa::NeonDot {
         let b = b.without_repacking();
         check(&b, &format!("{} with file-layout weights", isa.name()));

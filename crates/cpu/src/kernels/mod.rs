@@ -53,10 +53,10 @@ pub enum Isa {
     /// attention (`attention/amx.rs`), int8 tiles for packed products of 32 tokens or more
     /// (bit-identical to VNNI).
     Amx,
-    /// aarch64 Advanced SIMD.
+    /// aarch64 Advanced SIMD: quantized matrices repacked at load for the packed tiles
+    /// (`neon_packed`, widening multiplies).
     Neon,
-    /// `Neon` plus the dot-product instructions (`sdot`): quantized matrices repacked at load
-    /// for the packed tiles (`neon_packed`).
+    /// `Neon` plus the dot-product instructions: the packed tiles with `sdot`.
     NeonDot,
 }
 

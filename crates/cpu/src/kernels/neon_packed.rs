@@ -1,18 +1,19 @@
-//! NEON kernels over the packed layout (`crate::packed`) for aarch64 CPUs with the dot-product
-//! instructions (`Isa::NeonDot`: Apple M1 and later, Neoverse N1/V1 and later — AWS Graviton 2+,
-//! Ampere Altra —, Cortex-A76/A55 and later): each 16-row group is taken as four quarters of 4
-//! rows (one row per 32-bit lane of a 128-bit register) against up to `MAX_TILE` tokens at a
-//! time. A sub-block's weights are unpacked once per tile into 8 registers (4 columns × 4 rows
-//! each) and meet every token of the tile with `sdot` by element: the token's 4 quants are a lane
-//! of a register already holding 16 of them, so there is no broadcast. Row sums come out in
-//! lanes — no horizontal sums, one scale step per 4 rows — where the file layout took one row
-//! and one token at a time, and the scalar oracle for most types.
+//! NEON kernels over the packed layout (`crate::packed`): each 16-row group is taken as four
+//! quarters of 4 rows (one row per 32-bit lane of a 128-bit register) against up to `MAX_TILE`
+//! tokens at a time. A sub-block's weights are unpacked once per tile into 8 registers (4
+//! columns × 4 rows each) and meet every token of the tile: with the dot-product instructions
+//! (`Isa::NeonDot`: Apple M1 and later, Neoverse N1/V1 and later — AWS Graviton 2+, Ampere
+//! Altra —, Cortex-A76/A55 and later) by `sdot` by element, the token's 4 quants a lane of a
+//! register already holding 16 of them, so there is no broadcast; without them (`Isa::Neon`:
+//! ARMv8.0 cores such as the Raspberry Pi 4's Cortex-A72) by widening multiplies and pairwise
+//! adds. Row sums come out in lanes — no horizontal sums, one scale step per 4 rows — where the
+//! file layout took one row and one token at a time, and the scalar oracle for most types.
 //!
-//! `sdot` multiplies signed bytes: stored quants of up to 6 bits are non-negative and fit, and
-//! their offset enters through the activation sums as on x86; 8-bit kinds (Q8_0's q + 128) are
-//! flipped back to signed, and the IQ4 kinds look the signed levels up. Integer sums are exact
-//! and each row's f32 steps are `avx512_packed`'s, in the same order: the results equal the
-//! x86 kernels' bit for bit (tested against `Packed::reference_product`, which both equal).
+//! The products are of signed bytes: stored quants of up to 6 bits are non-negative and fit,
+//! and their offset enters through the activation sums as on x86; 8-bit kinds (Q8_0's q + 128)
+//! are flipped back to signed, and the IQ4 kinds look the signed levels up. Integer sums are
+//! exact and each row's f32 steps are `avx512_packed`'s, in the same order: the results equal
+//! the x86 kernels' bit for bit (tested against `Packed::reference_product`, which both equal).
 
 use super::packed_kinds::{
     by_kind, even_tiles, kind, unroll16, IQ4NL, IQ4XS, Q4K, Q4_0, Q4_1, Q5K, Q5_0, Q5_1, Q6K, Q8_0,
@@ -104,14 +105,37 @@ unsafe fn sdot<const L: usize>(mut acc: int32x4_t, w: int8x16_t, q: int8x16_t) -
     acc
 }
 
-/// Σ over registers `4h..4h + 4` (columns 16h..16h + 16) of w · the token's quants `q`
-/// (its 16 quants of those columns), onto `acc`.
+/// The 4 quants in lane `L` of `q` in every 32-bit lane.
 #[inline(always)]
-unsafe fn dot16(acc: int32x4_t, w: &[int8x16_t], q: int8x16_t) -> int32x4_t {
-    let acc = sdot::<0>(acc, w[0], q);
-    let acc = sdot::<1>(acc, w[1], q);
-    let acc = sdot::<2>(acc, w[2], q);
-    sdot::<3>(acc, w[3], q)
+unsafe fn lane<const L: i32>(q: int8x16_t) -> int8x16_t {
+    vreinterpretq_s8_s32(vdupq_laneq_s32::<L>(vreinterpretq_s32_s8(q)))
+}
+
+/// `sdot` without the instruction (ARMv8.0: Cortex-A72/A53, Raspberry Pi 4): the 16 byte
+/// products widened in two `smull`, adjacent pairs added in i16 (|w·q| ≤ 128 · 127, so two fit),
+/// then pairs of those added into each row's 32-bit lane — the same integer sums.
+#[inline(always)]
+unsafe fn smull_dot(acc: int32x4_t, w: int8x16_t, q4: int8x16_t) -> int32x4_t {
+    let lo = vmull_s8(vget_low_s8(w), vget_low_s8(q4));
+    let hi = vmull_high_s8(w, q4);
+    vpadalq_s16(acc, vpaddq_s16(lo, hi))
+}
+
+/// Σ over registers `4h..4h + 4` (columns 16h..16h + 16) of w · the token's quants `q`
+/// (its 16 quants of those columns), onto `acc`: `sdot` by element with `DOT`, else
+/// `smull_dot`.
+#[inline(always)]
+unsafe fn dot16<const DOT: bool>(acc: int32x4_t, w: &[int8x16_t], q: int8x16_t) -> int32x4_t {
+    if DOT {
+        let acc = sdot::<0>(acc, w[0], q);
+        let acc = sdot::<1>(acc, w[1], q);
+        let acc = sdot::<2>(acc, w[2], q);
+        return sdot::<3>(acc, w[3], q);
+    }
+    let acc = smull_dot(acc, w[0], lane::<0>(q));
+    let acc = smull_dot(acc, w[1], lane::<1>(q));
+    let acc = smull_dot(acc, w[2], lane::<2>(q));
+    smull_dot(acc, w[3], lane::<3>(q))
 }
 
 /// 4 bytes → 4 f32, signed or unsigned.
@@ -182,7 +206,7 @@ unsafe fn head_quarter<const K: u8>(hd: *const u8, r: usize) -> (float32x4_t, fl
 /// the sums `acc` of tokens `t0..t0 + T`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn sub_block<const K: u8, const T: usize>(
+unsafe fn sub_block<const K: u8, const T: usize, const DOT: bool>(
     acc: &mut [float32x4_t; T],
     hd: *const u8,
     j: usize,
@@ -205,13 +229,13 @@ unsafe fn sub_block<const K: u8, const T: usize>(
         let (q0, q1) = (vld1q_s8(q), vld1q_s8(q.add(16)));
         if K == Q6K {
             // Each 16-column half has its own scale.
-            let i0 = dot16(vdupq_n_s32(m.nsum16[0] as i32 * off), &w[..4], q0);
-            let i1 = dot16(vdupq_n_s32(m.nsum16[1] as i32 * off), &w[4..], q1);
+            let i0 = dot16::<DOT>(vdupq_n_s32(m.nsum16[0] as i32 * off), &w[..4], q0);
+            let i1 = dot16::<DOT>(vdupq_n_s32(m.nsum16[1] as i32 * off), &w[4..], q1);
             scale_sums(&mut acc[t], i0, s0, m.d);
             scale_sums(&mut acc[t], i1, s1, m.d);
         } else {
-            let i0 = dot16(vdupq_n_s32(m.nsum32 * off), &w[..4], q0);
-            let i1 = dot16(vdupq_n_s32(0), &w[4..], q1);
+            let i0 = dot16::<DOT>(vdupq_n_s32(m.nsum32 * off), &w[..4], q0);
+            let i1 = dot16::<DOT>(vdupq_n_s32(0), &w[4..], q1);
             scale_sums(&mut acc[t], vaddq_s32(i0, i1), s0, m.d);
             match K {
                 Q4_1 | Q5_1 => acc[t] = vfmaq_n_f32(acc[t], mv, m.s),
@@ -256,7 +280,7 @@ unsafe fn store(
 /// are written.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile<const K: u8, const T: usize>(
+unsafe fn tile<const K: u8, const T: usize, const DOT: bool>(
     grp: *const u8,
     r: usize,
     nsb: usize,
@@ -274,7 +298,7 @@ unsafe fn tile<const K: u8, const T: usize>(
         let hd = grp.add(sb * sbb);
         let scales = head_quarter::<K>(hd, r);
         for j in 0..nsub {
-            sub_block::<K, T>(&mut acc, hd, j, sb * nsub + j, scales, r, a, t0);
+            sub_block::<K, T, DOT>(&mut acc, hd, j, sb * nsub + j, scales, r, a, t0);
         }
     }
     store(&acc, out, ostride, valid, bias);
@@ -284,7 +308,7 @@ unsafe fn tile<const K: u8, const T: usize>(
 /// streamed once, not again from cache for every quarter; `out` points at the group's row 0,
 /// `valid` rows.
 #[inline(always)]
-unsafe fn tile_group<const K: u8>(
+unsafe fn tile_group<const K: u8, const DOT: bool>(
     grp: *const u8,
     nsb: usize,
     a: &PActs,
@@ -302,7 +326,7 @@ unsafe fn tile_group<const K: u8>(
         for j in 0..nsub {
             let blk = sb * nsub + j;
             for (r, acc) in acc.iter_mut().enumerate() {
-                sub_block::<K, 1>(acc, hd, j, blk, scales[r], r, a, t0);
+                sub_block::<K, 1, DOT>(acc, hd, j, blk, scales[r], r, a, t0);
             }
         }
     }
@@ -316,8 +340,8 @@ unsafe fn tile_group<const K: u8>(
 }
 
 /// Rows of groups `groups` against tokens `tokens`: `out` is the `[n, rows]` output.
-#[target_feature(enable = "neon,dotprod")]
-unsafe fn run_kind<const K: u8>(
+#[inline(always)]
+unsafe fn products<const K: u8, const DOT: bool>(
     p: &Packed,
     a: &PActs,
     groups: std::ops::Range<usize>,
@@ -331,7 +355,7 @@ unsafe fn run_kind<const K: u8>(
             let r0 = g * ROWS;
             let o = out.add(tokens.start * p.rows + r0);
             let bias = bias.map(|b| &b[r0..]);
-            tile_group::<K>(
+            tile_group::<K, DOT>(
                 p.group(g).as_ptr(),
                 nsb,
                 a,
@@ -358,8 +382,8 @@ unsafe fn run_kind<const K: u8>(
                 macro_rules! call {
                     ($($s:literal)*) => {
                         match size {
-                            $($s => tile::<K, $s>(grp, r, nsb, a, t, o, p.rows, valid, bias),)*
-                            _ => tile::<K, MAX_TILE>(grp, r, nsb, a, t, o, p.rows, valid, bias),
+                            $($s => tile::<K, $s, DOT>(grp, r, nsb, a, t, o, p.rows, valid, bias),)*
+                            _ => tile::<K, MAX_TILE, DOT>(grp, r, nsb, a, t, o, p.rows, valid, bias),
                         }
                     };
                 }
@@ -369,12 +393,17 @@ unsafe fn run_kind<const K: u8>(
     }
 }
 
-/// out[t, r] = Σ w[r]·x[t] (+ bias[r]) for groups `groups` and tokens `tokens`.
-///
-/// # Safety
-/// The CPU must have NEON and the dot-product instructions (`Isa::NeonDot`); `out` must hold
-/// `a.n × p.rows` floats, and no other thread may write the (token, row) cells this call covers.
-pub unsafe fn run(
+type Products = unsafe fn(
+    &Packed,
+    &PActs,
+    std::ops::Range<usize>,
+    std::ops::Range<usize>,
+    Option<&[f32]>,
+    *mut f32,
+);
+
+#[target_feature(enable = "neon,dotprod")]
+unsafe fn with_sdot<const K: u8>(
     p: &Packed,
     a: &PActs,
     groups: std::ops::Range<usize>,
@@ -382,8 +411,42 @@ pub unsafe fn run(
     bias: Option<&[f32]>,
     out: *mut f32,
 ) {
+    products::<K, true>(p, a, groups, tokens, bias, out)
+}
+
+#[target_feature(enable = "neon")]
+unsafe fn with_smull<const K: u8>(
+    p: &Packed,
+    a: &PActs,
+    groups: std::ops::Range<usize>,
+    tokens: std::ops::Range<usize>,
+    bias: Option<&[f32]>,
+    out: *mut f32,
+) {
+    products::<K, false>(p, a, groups, tokens, bias, out)
+}
+
+/// out[t, r] = Σ w[r]·x[t] (+ bias[r]) for groups `groups` and tokens `tokens`, with `sdot`
+/// where `dot` (`Isa::NeonDot`), else with widening multiplies (`Isa::Neon`).
+///
+/// # Safety
+/// With `dot` the CPU must have the dot-product instructions; `out` must hold `a.n × p.rows`
+/// floats, and no other thread may write the (token, row) cells this call covers.
+pub unsafe fn run(
+    p: &Packed,
+    a: &PActs,
+    groups: std::ops::Range<usize>,
+    tokens: std::ops::Range<usize>,
+    bias: Option<&[f32]>,
+    out: *mut f32,
+    dot: bool,
+) {
     debug_assert!(a.k == p.cols && tokens.end <= a.n && groups.end <= p.groups());
-    let f = by_kind!(p.kind, run_kind);
+    let f: Products = if dot {
+        by_kind!(p.kind, with_sdot)
+    } else {
+        by_kind!(p.kind, with_smull)
+    };
     f(p, a, groups, tokens, bias, out)
 }
 
@@ -394,31 +457,38 @@ mod tests {
     use crate::pool::Pool;
     use crate::testutil::{check_dequantized_dot, check_packed_bits, packed_case};
 
-    /// Every kind, groups with partial quarters (37 and 45 rows: 5 and 13 rows in the last
-    /// group), with a bias, every tile size and one token: bit for bit the packed reference
+    /// Both products (`sdot` where the CPU has it, widening multiplies everywhere), every kind,
+    /// groups with partial quarters (37 and 45 rows: 5 and 13 rows in the last group), with a
+    /// bias, every tile size and one token: bit for bit the packed reference
     /// (which the x86 kernels equal too), and within f32 rounding of an f64 sum over the
     /// dequantized weights and activations.
     #[test]
     fn neon_packed_kernels_equal_the_reference_bit_for_bit() {
-        if !Isa::available().contains(&Isa::NeonDot) {
-            eprintln!("no dot-product instructions on this CPU: the NEON tiles are not tested");
-            return;
+        let mut variants = vec![false];
+        if Isa::available().contains(&Isa::NeonDot) {
+            variants.push(true);
+        } else {
+            eprintln!("no dot-product instructions on this CPU: the sdot tiles are not tested");
         }
         let pool = Pool::new(2).unwrap();
-        for rows in [37, 45] {
-            for n in (1..=9).chain([17]) {
-                for ty in suanli_core::DType::ALL {
-                    let Some(kd) = Kind::of(ty) else { continue };
-                    for cols in [512, 1056] {
-                        if cols % kd.sb_cols() != 0 {
-                            continue;
+        for dot in variants {
+            for rows in [37, 45] {
+                for n in (1..=9).chain([17]) {
+                    for ty in suanli_core::DType::ALL {
+                        let Some(kd) = Kind::of(ty) else { continue };
+                        for cols in [512, 1056] {
+                            if cols % kd.sb_cols() != 0 {
+                                continue;
+                            }
+                            let (raw, p, a, bias) = packed_case(&pool, ty, (rows, cols, n), 7);
+                            let mut out = vec![f32::NAN; n * rows];
+                            let (all, o) = (0..p.groups(), out.as_mut_ptr());
+                            unsafe { run(&p, &a, all, 0..n, Some(&bias), o, dot) };
+                            let what = format!("{kd:?} sdot {dot} rows {rows} cols {cols} n {n}");
+                            check_packed_bits(&p, &a, &bias, &out, &what);
+                            let shape = (rows, cols, n);
+                            check_dequantized_dot(ty, &raw, &a, &bias, &out, shape, &what);
                         }
-                        let (raw, p, a, bias) = packed_case(&pool, ty, (rows, cols, n), 7);
-                        let mut out = vec![f32::NAN; n * rows];
-                        unsafe { run(&p, &a, 0..p.groups(), 0..n, Some(&bias), out.as_mut_ptr()) };
-                        let what = format!("{kd:?} rows {rows} cols {cols} n {n}");
-                        check_packed_bits(&p, &a, &bias, &out, &what);
-                        check_dequantized_dot(ty, &raw, &a, &bias, &out, (rows, cols, n), &what);
                     }
                 }
             }
