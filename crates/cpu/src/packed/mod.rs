@@ -272,34 +272,79 @@ impl Packed {
     #[cfg(test)]
     pub fn unpack_row(&self, r: usize) -> Vec<f32> {
         let k = self.kind;
-        let (g, lane) = (r / ROWS, r % ROWS);
-        let grp = self.group(g);
         let mut out = Vec::with_capacity(self.cols);
         for sb in 0..self.cols / k.sb_cols() {
-            let s = &grp[sb * k.sb_bytes()..(sb + 1) * k.sb_bytes()];
-            let f16 = |at: usize| {
-                half::f16::from_le_bytes([s[at + 2 * lane], s[at + 2 * lane + 1]]).to_f32()
-            };
-            let d = f16(0);
-            let second = if k.has_second() { f16(ROWS * 2) } else { 0.0 };
+            let v = self.lane_view(r, sb);
+            let (d, second) = (v.d(), v.second());
             for c in 0..k.sb_cols() {
-                let u = quant_at(k, &s[k.head_bytes()..], lane, c) as i32;
+                let u = v.quant(c) as i32;
                 let j = c / 32;
-                let sc = |i: usize| s[k.sc_at() + i * ROWS + lane];
                 out.push(match k {
                     Kind::Q4_1 | Kind::Q5_1 => d * u as f32 + second,
                     Kind::Q4K | Kind::Q5K => {
-                        let mn = s[k.mn_at() + j * ROWS + lane];
-                        (d * sc(j) as f32) * u as f32 - second * mn as f32
+                        (d * v.sc(j) as f32) * u as f32 - second * v.mn(j) as f32
                     }
-                    Kind::Q6K => (d * (sc(c / 16) as i8) as f32) * (u - 32) as f32,
-                    Kind::IQ4XS => (d * (sc(j) as i8) as f32) * (u - 128) as f32,
+                    Kind::Q6K => (d * (v.sc(c / 16) as i8) as f32) * (u - 32) as f32,
+                    Kind::IQ4XS => (d * (v.sc(j) as i8) as f32) * (u - 128) as f32,
                     Kind::Q8_0 => (u - 128) as f32 * d,
                     _ => d * (u - k.offset() as i32) as f32,
                 });
             }
         }
         out
+    }
+
+    /// Row `r`'s numbers in superblock `sb` (test oracles).
+    #[cfg(test)]
+    fn lane_view(&self, r: usize, sb: usize) -> LaneView<'_> {
+        let k = self.kind;
+        let grp = self.group(r / ROWS);
+        LaneView {
+            k,
+            s: &grp[sb * k.sb_bytes()..(sb + 1) * k.sb_bytes()],
+            lane: r % ROWS,
+        }
+    }
+}
+
+/// One row's numbers in one packed superblock.
+#[cfg(test)]
+struct LaneView<'a> {
+    k: Kind,
+    s: &'a [u8],
+    lane: usize,
+}
+
+#[cfg(test)]
+impl LaneView<'_> {
+    fn f16(&self, at: usize) -> f32 {
+        let at = at + 2 * self.lane;
+        half::f16::from_le_bytes([self.s[at], self.s[at + 1]]).to_f32()
+    }
+
+    fn d(&self) -> f32 {
+        self.f16(0)
+    }
+
+    fn second(&self) -> f32 {
+        if self.k.has_second() {
+            self.f16(ROWS * 2)
+        } else {
+            0.0
+        }
+    }
+
+    fn sc(&self, i: usize) -> u8 {
+        self.s[self.k.sc_at() + i * ROWS + self.lane]
+    }
+
+    fn mn(&self, j: usize) -> u8 {
+        self.s[self.k.mn_at() + j * ROWS + self.lane]
+    }
+
+    /// The stored quant of column `c` (IQ4 kinds: level + 128).
+    fn quant(&self, c: usize) -> u8 {
+        quant_at(self.k, &self.s[self.k.head_bytes()..], self.lane, c)
     }
 }
 
@@ -319,44 +364,33 @@ impl Packed {
         let nblk = self.cols / 32;
         let mut out = vec![0f32; a.n * self.rows];
         for r in 0..self.rows {
-            let (g, lane) = (r / ROWS, r % ROWS);
-            let grp = self.group(g);
             for t in 0..a.n {
                 let mut acc = 0f32;
                 for sb in 0..self.cols / k.sb_cols() {
-                    let s = &grp[sb * k.sb_bytes()..(sb + 1) * k.sb_bytes()];
-                    let f16 = |at: usize| {
-                        half::f16::from_le_bytes([s[at + 2 * lane], s[at + 2 * lane + 1]]).to_f32()
-                    };
-                    let d = f16(0);
-                    let second = if k.has_second() { f16(ROWS * 2) } else { 0.0 };
-                    let sc = |i: usize| s[k.sc_at() + i * ROWS + lane];
+                    let v = self.lane_view(r, sb);
+                    let (d, second) = (v.d(), v.second());
                     for j in 0..k.sb_cols() / 32 {
                         let blk = sb * k.sb_cols() / 32 + j;
                         let m = a.meta[t * nblk + blk];
                         let q = &a.qs[t * self.cols + blk * 32..][..32];
+                        let off = match k {
+                            Kind::IQ4NL | Kind::IQ4XS => 128,
+                            _ => k.offset() as i32,
+                        };
                         let isum = |cs: std::ops::Range<usize>| -> i32 {
-                            cs.map(|c| {
-                                let u = quant_at(k, &s[k.head_bytes()..], lane, 32 * j + c) as i32;
-                                let off = match k {
-                                    Kind::IQ4NL | Kind::IQ4XS => 128,
-                                    _ => k.offset() as i32,
-                                };
-                                (u - off) * q[c] as i32
-                            })
-                            .sum()
+                            cs.map(|c| (v.quant(32 * j + c) as i32 - off) * q[c] as i32)
+                                .sum()
                         };
                         let (s0, s1, mv) = match k {
                             Kind::Q4K | Kind::Q5K => {
-                                let mn = s[k.mn_at() + j * ROWS + lane];
-                                (d * sc(j) as f32, d, second * mn as f32)
+                                (d * v.sc(j) as f32, d, second * v.mn(j) as f32)
                             }
                             Kind::Q6K => (
-                                d * (sc(2 * j) as i8) as f32,
-                                d * (sc(2 * j + 1) as i8) as f32,
+                                d * (v.sc(2 * j) as i8) as f32,
+                                d * (v.sc(2 * j + 1) as i8) as f32,
                                 second,
                             ),
-                            Kind::IQ4XS => (d * (sc(j) as i8) as f32, d, second),
+                            Kind::IQ4XS => (d * (v.sc(j) as i8) as f32, d, second),
                             _ => (d, d, second),
                         };
                         if k == Kind::Q6K {
