@@ -9,7 +9,7 @@
 //! `[BLOCK][head_dim]`. Each block: 16 scores per query head, their max, one vectorized exp,
 //! one rescale of the running sums, then the V rows weighted in.
 
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 use crate::kernels::Isa;
 use crate::kernels::Kernels;
 use crate::pool::Pool;
@@ -168,7 +168,8 @@ pub fn paged_attention(
                 Isa::Avx2 => unsafe { attend_avx2(&job, &mut acc, &mut st) },
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx512 | Isa::Amx => unsafe { attend_avx512(&job, &mut acc, &mut st) },
-                // Generic, and NEON (whose baseline build the compiler vectorizes).
+                #[cfg(target_arch = "aarch64")]
+                Isa::Neon | Isa::NeonDot => attend::<arm::Neon>(&job, &mut acc, &mut st),
                 _ => attend::<Portable>(&job, &mut acc, &mut st),
             }
             for (j, a) in acc.chunks_exact(unit).enumerate() {
@@ -417,6 +418,17 @@ fn softmax_rows(sm: Softmax<'_>, h0: usize, p: usize, s: &mut [[f32; BLOCK]]) {
 /// Plain loops (what generic builds and other architectures run).
 struct Portable;
 
+/// c + a·b: fused on aarch64, where `fmla` is the base instruction set (one rounding, one
+/// instruction instead of two); elsewhere the generic level cannot assume an FMA unit, and
+/// `mul_add` without one is a library call.
+#[inline(always)]
+fn madd(a: f32, b: f32, c: f32) -> f32 {
+    #[cfg(target_arch = "aarch64")]
+    return a.mul_add(b, c);
+    #[cfg(not(target_arch = "aarch64"))]
+    return c + a * b;
+}
+
 impl BlockOps for Portable {
     fn scores(q: &[f32], kt: Tile<'_>, s: &mut [[f32; BLOCK]]) {
         let hd = q.len() / s.len();
@@ -424,7 +436,7 @@ impl BlockOps for Portable {
             *sh = [0.0; BLOCK];
             for (d, qd) in qh.iter().enumerate() {
                 for (i, x) in sh.iter_mut().enumerate() {
-                    *x += qd * kt.at(d * BLOCK + i);
+                    *x = madd(*qd, kt.at(d * BLOCK + i), *x);
                 }
             }
         }
@@ -435,7 +447,7 @@ impl BlockOps for Portable {
         for (a, wh) in acc.chunks_exact_mut(hd).zip(w) {
             for (i, wi) in wh.iter().enumerate().take(n) {
                 for (j, x) in a.iter_mut().enumerate() {
-                    *x += wi * vt.at(i * hd + j);
+                    *x = madd(*wi, vt.at(i * hd + j), *x);
                 }
             }
         }
@@ -523,6 +535,8 @@ fn attend<O: BlockOps>(job: &Job<'_>, acc: &mut [f32], st: &mut State) {
 
 #[cfg(target_arch = "x86_64")]
 mod amx;
+#[cfg(target_arch = "aarch64")]
+mod arm;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
