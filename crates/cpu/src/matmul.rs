@@ -511,3 +511,43 @@ fn matmul_f32(
         })
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::guided_pieces;
+
+    /// Guided pieces cover every (job, chunk, group) once, in order, never across a job; they
+    /// shrink towards the end, and the last ones are single groups.
+    #[test]
+    fn guided_pieces_cover_the_work_and_end_in_single_groups() {
+        for (groups, chunks, threads) in [
+            (vec![56], 1, 2),
+            (vec![56, 8, 8], 1, 2),
+            (vec![9496], 1, 2),
+            (vec![304, 304], 2, 4),
+            (vec![1], 3, 2),
+        ] {
+            let pieces = guided_pieces(groups.iter().copied(), chunks, threads);
+            let mut want = Vec::new();
+            for c in 0..chunks {
+                for (j, &g) in groups.iter().enumerate() {
+                    want.extend((0..g).map(|i| (j, c, i)));
+                }
+            }
+            let got: Vec<_> = pieces
+                .iter()
+                .flat_map(|(j, c, gs)| gs.clone().map(move |i| (*j, *c, i)))
+                .collect();
+            assert_eq!(got, want, "{groups:?} × {chunks} chunks");
+            let sizes: Vec<usize> = pieces.iter().map(|p| p.2.len()).collect();
+            assert!(sizes.iter().all(|&s| s >= 1));
+            assert_eq!(*sizes.last().unwrap(), 1, "{groups:?}: {sizes:?}");
+            // Within one job and chunk, a piece is never larger than the one before.
+            for w in pieces.windows(2) {
+                if w[0].0 == w[1].0 && w[0].1 == w[1].1 {
+                    assert!(w[1].2.len() <= w[0].2.len(), "{groups:?}: {sizes:?}");
+                }
+            }
+        }
+    }
+}
