@@ -37,42 +37,6 @@ impl Elem for half::f16 {
     }
 }
 
-/// Calls `$f::<G, E>(args)` with G = the number of heads (1..=HEADS) and E the tile's type;
-/// Q8 tiles go to `$q8`.
-macro_rules! by_heads {
-    ($f:ident, $q8:expr, $g:expr, $tile:expr, |$t:ident| ($($arg:expr),*)) => {
-        match $tile {
-            Tile::F32($t) => by_heads!(@g $f, f32, $g, ($($arg),*)),
-            Tile::F16($t) => by_heads!(@g $f, half::f16, $g, ($($arg),*)),
-            Tile::Q8($t) => $q8($t),
-        }
-    };
-    (@q8 $f:ident, $g:expr, ($($arg:expr),*)) => {
-        match $g {
-            1 => $f::<1>($($arg),*),
-            2 => $f::<2>($($arg),*),
-            3 => $f::<3>($($arg),*),
-            4 => $f::<4>($($arg),*),
-            5 => $f::<5>($($arg),*),
-            6 => $f::<6>($($arg),*),
-            7 => $f::<7>($($arg),*),
-            _ => $f::<8>($($arg),*),
-        }
-    };
-    (@g $f:ident, $e:ty, $g:expr, ($($arg:expr),*)) => {
-        match $g {
-            1 => $f::<1, $e>($($arg),*),
-            2 => $f::<2, $e>($($arg),*),
-            3 => $f::<3, $e>($($arg),*),
-            4 => $f::<4, $e>($($arg),*),
-            5 => $f::<5, $e>($($arg),*),
-            6 => $f::<6, $e>($($arg),*),
-            7 => $f::<7, $e>($($arg),*),
-            _ => $f::<8, $e>($($arg),*),
-        }
-    };
-}
-
 const _: () = assert!(HEADS == 8 && BLOCK == 16);
 
 impl BlockOps for Avx512 {

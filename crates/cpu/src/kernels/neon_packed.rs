@@ -402,29 +402,24 @@ type Products = unsafe fn(
     *mut f32,
 );
 
-#[target_feature(enable = "neon,dotprod")]
-unsafe fn with_sdot<const K: u8>(
-    p: &Packed,
-    a: &PActs,
-    groups: std::ops::Range<usize>,
-    tokens: std::ops::Range<usize>,
-    bias: Option<&[f32]>,
-    out: *mut f32,
-) {
-    products::<K, true>(p, a, groups, tokens, bias, out)
+/// `products` compiled with `$features`, multiplying with `sdot` or not (`$dot`).
+macro_rules! entry {
+    ($name:ident, $features:literal, $dot:literal) => {
+        #[target_feature(enable = $features)]
+        unsafe fn $name<const K: u8>(
+            p: &Packed,
+            a: &PActs,
+            groups: std::ops::Range<usize>,
+            tokens: std::ops::Range<usize>,
+            bias: Option<&[f32]>,
+            out: *mut f32,
+        ) {
+            products::<K, $dot>(p, a, groups, tokens, bias, out)
+        }
+    };
 }
-
-#[target_feature(enable = "neon")]
-unsafe fn with_smull<const K: u8>(
-    p: &Packed,
-    a: &PActs,
-    groups: std::ops::Range<usize>,
-    tokens: std::ops::Range<usize>,
-    bias: Option<&[f32]>,
-    out: *mut f32,
-) {
-    products::<K, false>(p, a, groups, tokens, bias, out)
-}
+entry!(with_sdot, "neon,dotprod", true);
+entry!(with_smull, "neon", false);
 
 /// out[t, r] = Σ w[r]·x[t] (+ bias[r]) for groups `groups` and tokens `tokens`, with `sdot`
 /// where `dot` (`Isa::NeonDot`), else with widening multiplies (`Isa::Neon`).
