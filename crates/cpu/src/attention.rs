@@ -324,12 +324,22 @@ impl<'a> Tile<'a> {
         }
     }
 
+    /// Elements `start..start + out.len()` as f32 (Q8: quant × its position's scale).
     #[inline(always)]
-    fn at(self, i: usize) -> f32 {
+    fn row(self, start: usize, out: &mut [f32]) {
+        let end = start + out.len();
         match self {
-            Tile::F32(v) => v[i],
-            Tile::F16(v) => v[i].to_f32(),
-            Tile::Q8(t) => t.q[i] as f32 * t.d[t.scale_of(i)].to_f32(),
+            Tile::F32(v) => out.copy_from_slice(&v[start..end]),
+            Tile::F16(v) => out
+                .iter_mut()
+                .zip(&v[start..end])
+                .for_each(|(o, x)| *o = x.to_f32()),
+            Tile::Q8(t) => {
+                for (k, o) in out.iter_mut().enumerate() {
+                    let i = start + k;
+                    *o = t.q[i] as f32 * t.d[t.scale_of(i)].to_f32();
+                }
+            }
         }
     }
 }
@@ -430,24 +440,37 @@ fn madd(a: f32, b: f32, c: f32) -> f32 {
 }
 
 impl BlockOps for Portable {
+    // A tile row is converted once (one match on the tile's type, not one per element — that
+    // kept these loops scalar) and met by every head; each sum still runs over positions and
+    // dimensions in order, so the bits are the per-element loops'.
     fn scores(q: &[f32], kt: Tile<'_>, s: &mut [[f32; BLOCK]]) {
         let hd = q.len() / s.len();
-        for (qh, sh) in q.chunks_exact(hd).zip(s.iter_mut()) {
-            *sh = [0.0; BLOCK];
-            for (d, qd) in qh.iter().enumerate() {
-                for (i, x) in sh.iter_mut().enumerate() {
-                    *x = madd(*qd, kt.at(d * BLOCK + i), *x);
+        s.iter_mut().for_each(|sh| *sh = [0.0; BLOCK]);
+        let mut k = [0f32; BLOCK];
+        for d in 0..hd {
+            kt.row(d * BLOCK, &mut k);
+            for (qh, sh) in q.chunks_exact(hd).zip(s.iter_mut()) {
+                let qd = qh[d];
+                for (x, kv) in sh.iter_mut().zip(&k) {
+                    *x = madd(qd, *kv, *x);
                 }
             }
         }
     }
 
     fn accumulate(acc: &mut [f32], w: &[[f32; BLOCK]], n: usize, vt: Tile<'_>) {
+        const COLS: usize = 64;
         let hd = acc.len() / w.len();
-        for (a, wh) in acc.chunks_exact_mut(hd).zip(w) {
-            for (i, wi) in wh.iter().enumerate().take(n) {
-                for (j, x) in a.iter_mut().enumerate() {
-                    *x = madd(*wi, vt.at(i * hd + j), *x);
+        let mut v = [0f32; COLS];
+        for c in (0..hd).step_by(COLS) {
+            let cols = COLS.min(hd - c);
+            for i in 0..n {
+                vt.row(i * hd + c, &mut v[..cols]);
+                for (a, wh) in acc.chunks_exact_mut(hd).zip(w) {
+                    let wi = wh[i];
+                    for (x, vv) in a[c..c + cols].iter_mut().zip(&v[..cols]) {
+                        *x = madd(wi, *vv, *x);
+                    }
                 }
             }
         }
