@@ -19,6 +19,21 @@ pub struct Meta {
     pub nsum16: [i16; 2],
 }
 
+impl Meta {
+    /// A block's record from its stored (f16-rounded) scale `d` and the negated sums of its
+    /// halves' quants.
+    fn of(d: f32, h0: i32, h1: i32) -> Meta {
+        Meta {
+            d,
+            // In f32 (llama.cpp rounds it to f16; exact is better and costs nothing here).
+            s: d * -(h0 + h1) as f32,
+            nsum32: h0 + h1,
+            // |Σ of 16 i8| ≤ 2048: fits.
+            nsum16: [h0 as i16, h1 as i16],
+        }
+    }
+}
+
 /// Tokens per tile of the AMX kernels (rows of an A tile).
 pub const TILE_TOKENS: usize = 16;
 
@@ -81,14 +96,7 @@ fn quantize_token_scalar(x: &[f32], qs: &mut [i8], meta: &mut [Meta]) {
                 .sum::<i32>())
         };
         let (h0, h1) = (half(0), half(1));
-        *m = Meta {
-            d: b[0].d,
-            // In f32 (llama.cpp rounds it to f16; exact is better and costs nothing here).
-            s: b[0].d * -(h0 + h1) as f32,
-            nsum32: h0 + h1,
-            // |Σ of 16 i8| ≤ 2048: fits.
-            nsum16: [h0 as i16, h1 as i16],
-        };
+        *m = Meta::of(b[0].d, h0, h1);
     }
 }
 
@@ -150,13 +158,7 @@ mod x86 {
                 _mm_storeu_si128(qb.as_mut_ptr().add(16) as *mut __m128i, b1);
             }
             let (h0, h1) = (-sum16(b0), -sum16(b1));
-            let d = round_f16(d);
-            *m = Meta {
-                d,
-                s: d * -(h0 + h1) as f32,
-                nsum32: h0 + h1,
-                nsum16: [h0 as i16, h1 as i16],
-            };
+            *m = Meta::of(round_f16(d), h0, h1);
         }
     }
 
@@ -204,13 +206,7 @@ mod x86 {
             qb.copy_from_slice(&q);
             let half = |h: usize| _mm_loadu_si128(q.as_ptr().add(16 * h) as *const __m128i);
             let (h0, h1) = (-sum16(half(0)), -sum16(half(1)));
-            let d = round_f16(d);
-            *m = Meta {
-                d,
-                s: d * -(h0 + h1) as f32,
-                nsum32: h0 + h1,
-                nsum16: [h0 as i16, h1 as i16],
-            };
+            *m = Meta::of(round_f16(d), h0, h1);
         }
     }
 }
@@ -251,13 +247,7 @@ mod arm {
                     -(vaddlvq_s8(halves[0]) as i32),
                     -(vaddlvq_s8(halves[1]) as i32),
                 );
-                let d = round_f16(d);
-                *m = Meta {
-                    d,
-                    s: d * -(h0 + h1) as f32,
-                    nsum32: h0 + h1,
-                    nsum16: [h0 as i16, h1 as i16],
-                };
+                *m = Meta::of(round_f16(d), h0, h1);
             }
         }
     }
