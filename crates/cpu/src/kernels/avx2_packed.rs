@@ -13,7 +13,7 @@
 //! kernels' bit for bit (tested).
 
 use super::packed_kinds::{
-    by_kind, even_tiles, kind, IQ4NL, IQ4XS, Q4K, Q4_0, Q4_1, Q5K, Q5_0, Q5_1, Q6K, Q8_0,
+    by_kind, even_tiles, kind, row_parts, IQ4NL, IQ4XS, Q4K, Q4_0, Q4_1, Q5K, Q5_0, Q5_1, Q6K, Q8_0,
 };
 use super::pacts::PActs;
 use crate::packed::{Kind, Packed, ROWS};
@@ -357,41 +357,24 @@ unsafe fn run_kind<const K: u8>(
 ) {
     let nsb = p.cols / kind(K).sb_cols();
     if tokens.len() == 1 {
-        for g in groups {
-            let r0 = g * ROWS;
+        for (grp, _, r0, valid) in row_parts(p, groups, 1) {
             let o = out.add(tokens.start * p.rows + r0);
             let bias = bias.map(|b| &b[r0..]);
-            tile_pair::<K>(
-                p.group(g).as_ptr(),
-                nsb,
-                a,
-                tokens.start,
-                o,
-                p.rows - r0,
-                bias,
-            );
+            tile_pair::<K>(grp, nsb, a, tokens.start, o, valid, bias);
         }
         return;
     }
-    for g in groups {
-        let grp = p.group(g).as_ptr();
-        for h in 0..2 {
-            let r0 = g * ROWS + HALF * h;
-            if r0 >= p.rows {
-                break;
-            }
-            let valid = (p.rows - r0).min(HALF);
-            let bias = bias.map(|b| &b[r0..]);
-            for (t, size) in even_tiles(tokens.clone(), MAX_TILE) {
-                let o = out.add(t * p.rows + r0);
-                match size {
-                    1 => tile::<K, 1>(grp, h, nsb, a, t, o, p.rows, valid, bias),
-                    2 => tile::<K, 2>(grp, h, nsb, a, t, o, p.rows, valid, bias),
-                    3 => tile::<K, 3>(grp, h, nsb, a, t, o, p.rows, valid, bias),
-                    4 => tile::<K, 4>(grp, h, nsb, a, t, o, p.rows, valid, bias),
-                    5 => tile::<K, 5>(grp, h, nsb, a, t, o, p.rows, valid, bias),
-                    _ => tile::<K, MAX_TILE>(grp, h, nsb, a, t, o, p.rows, valid, bias),
-                }
+    for (grp, h, r0, valid) in row_parts(p, groups, 2) {
+        let bias = bias.map(|b| &b[r0..]);
+        for (t, size) in even_tiles(tokens.clone(), MAX_TILE) {
+            let o = out.add(t * p.rows + r0);
+            match size {
+                1 => tile::<K, 1>(grp, h, nsb, a, t, o, p.rows, valid, bias),
+                2 => tile::<K, 2>(grp, h, nsb, a, t, o, p.rows, valid, bias),
+                3 => tile::<K, 3>(grp, h, nsb, a, t, o, p.rows, valid, bias),
+                4 => tile::<K, 4>(grp, h, nsb, a, t, o, p.rows, valid, bias),
+                5 => tile::<K, 5>(grp, h, nsb, a, t, o, p.rows, valid, bias),
+                _ => tile::<K, MAX_TILE>(grp, h, nsb, a, t, o, p.rows, valid, bias),
             }
         }
     }

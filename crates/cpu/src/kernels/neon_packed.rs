@@ -16,7 +16,8 @@
 //! the x86 kernels' bit for bit (tested against `Packed::reference_product`, which both equal).
 
 use super::packed_kinds::{
-    by_kind, even_tiles, kind, unroll16, IQ4NL, IQ4XS, Q4K, Q4_0, Q4_1, Q5K, Q5_0, Q5_1, Q6K, Q8_0,
+    by_kind, even_tiles, kind, row_parts, unroll16, IQ4NL, IQ4XS, Q4K, Q4_0, Q4_1, Q5K, Q5_0, Q5_1,
+    Q6K, Q8_0,
 };
 use super::pacts::PActs;
 use crate::packed::{Kind, Packed, ROWS};
@@ -351,44 +352,27 @@ unsafe fn products<const K: u8, const DOT: bool>(
 ) {
     let nsb = p.cols / kind(K).sb_cols();
     if tokens.len() == 1 {
-        for g in groups {
-            let r0 = g * ROWS;
+        for (grp, _, r0, valid) in row_parts(p, groups, 1) {
             let o = out.add(tokens.start * p.rows + r0);
             let bias = bias.map(|b| &b[r0..]);
-            tile_group::<K, DOT>(
-                p.group(g).as_ptr(),
-                nsb,
-                a,
-                tokens.start,
-                o,
-                p.rows - r0,
-                bias,
-            );
+            tile_group::<K, DOT>(grp, nsb, a, tokens.start, o, valid, bias);
         }
         return;
     }
-    for g in groups {
-        let grp = p.group(g).as_ptr();
-        for r in 0..4 {
-            let r0 = g * ROWS + QUARTER * r;
-            if r0 >= p.rows {
-                break;
+    for (grp, r, r0, valid) in row_parts(p, groups, 4) {
+        let bias = bias.map(|b| &b[r0..]);
+        for (t, size) in even_tiles(tokens.clone(), MAX_TILE) {
+            let o = out.add(t * p.rows + r0);
+            // Called in place (a function pointer would lose the caller's target features).
+            macro_rules! call {
+                ($($s:literal)*) => {
+                    match size {
+                        $($s => tile::<K, $s, DOT>(grp, r, nsb, a, t, o, p.rows, valid, bias),)*
+                        _ => tile::<K, MAX_TILE, DOT>(grp, r, nsb, a, t, o, p.rows, valid, bias),
+                    }
+                };
             }
-            let valid = (p.rows - r0).min(QUARTER);
-            let bias = bias.map(|b| &b[r0..]);
-            for (t, size) in even_tiles(tokens.clone(), MAX_TILE) {
-                let o = out.add(t * p.rows + r0);
-                // Called in place (a function pointer would lose the caller's target features).
-                macro_rules! call {
-                    ($($s:literal)*) => {
-                        match size {
-                            $($s => tile::<K, $s, DOT>(grp, r, nsb, a, t, o, p.rows, valid, bias),)*
-                            _ => tile::<K, MAX_TILE, DOT>(grp, r, nsb, a, t, o, p.rows, valid, bias),
-                        }
-                    };
-                }
-                call!(1 2 3 4 5 6 7);
-            }
+            call!(1 2 3 4 5 6 7);
         }
     }
 }

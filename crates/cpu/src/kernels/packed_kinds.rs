@@ -1,7 +1,7 @@
 //! The packed kinds as constant generic arguments (`K`), shared by every ISA's kernels over the
 //! packed layout (`crate::packed`), and the macros that write their loops out.
 
-use crate::packed::Kind;
+use crate::packed::{Kind, Packed, ROWS};
 
 pub(super) const Q4_0: u8 = 0;
 pub(super) const Q4_1: u8 = 1;
@@ -86,4 +86,21 @@ pub(super) fn even_tiles(
         *t += size;
         Some((first, size))
     })
+}
+
+/// The groups `groups` of `p` cut into `parts` parts of `ROWS / parts` rows (the halves and
+/// quarters of the narrower ISAs' registers), those that hold rows: the group's bytes, the
+/// part's index, its first row and how many of its rows exist.
+pub(super) fn row_parts(
+    p: &Packed,
+    groups: std::ops::Range<usize>,
+    parts: usize,
+) -> impl Iterator<Item = (*const u8, usize, usize, usize)> + '_ {
+    let per = ROWS / parts;
+    groups
+        .flat_map(move |g| (0..parts).map(move |r| (g, r)))
+        .filter_map(move |(g, r)| {
+            let r0 = g * ROWS + per * r;
+            (r0 < p.rows).then(|| (p.group(g).as_ptr(), r, r0, (p.rows - r0).min(per)))
+        })
 }
