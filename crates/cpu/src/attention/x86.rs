@@ -254,6 +254,31 @@ fn accumulate512<const G: usize, E: Elem>(acc: &mut [f32], w: &[[f32; BLOCK]], n
     unsafe {
         let o = acc.as_mut_ptr();
         let mut c = 0;
+        // Two 16-column pieces at once: 2G independent chains (G alone wait on the FMA's
+        // latency); each sum still runs over the positions in order.
+        let wp = w.as_ptr() as *const f32;
+        while c + 32 <= hd {
+            let mut r = [_mm512_setzero_ps(); G];
+            let mut r2 = [_mm512_setzero_ps(); G];
+            for h in 0..G {
+                r[h] = _mm512_loadu_ps(o.add(h * hd + c));
+                r2[h] = _mm512_loadu_ps(o.add(h * hd + c + 16));
+            }
+            for i in 0..n {
+                let v = E::load16(vt.as_ptr().add(i * hd + c));
+                let v2 = E::load16(vt.as_ptr().add(i * hd + c + 16));
+                for h in 0..G {
+                    let wi = _mm512_set1_ps(*wp.add(h * BLOCK + i));
+                    r[h] = _mm512_fmadd_ps(wi, v, r[h]);
+                    r2[h] = _mm512_fmadd_ps(wi, v2, r2[h]);
+                }
+            }
+            for h in 0..G {
+                _mm512_storeu_ps(o.add(h * hd + c), r[h]);
+                _mm512_storeu_ps(o.add(h * hd + c + 16), r2[h]);
+            }
+            c += 32;
+        }
         while c + 16 <= hd {
             let mut r = [_mm512_setzero_ps(); G];
             for (h, x) in r.iter_mut().enumerate() {
@@ -261,7 +286,6 @@ fn accumulate512<const G: usize, E: Elem>(acc: &mut [f32], w: &[[f32; BLOCK]], n
             }
             // Weight (h, i) at a constant offset from one pointer per i (no address
             // arithmetic per head).
-            let wp = w.as_ptr() as *const f32;
             for i in 0..n {
                 let v = E::load16(vt.as_ptr().add(i * hd + c));
                 for (h, x) in r.iter_mut().enumerate() {
