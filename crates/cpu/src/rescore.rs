@@ -144,48 +144,57 @@ fn dot_f64(a: &[f32], b: &[f32]) -> f64 {
     acc.iter().sum::<f64>() + tail
 }
 
-/// The indices of the `RESCORED` largest of `row` (ties broken towards the lower index), in no
-/// particular order: one pass with a min-heap of them, whose floor most values fail against
-/// (several times faster than selecting among all indices).
+/// f32 as an integer in the same order (`total_cmp`'s), so that comparisons are integer ones.
+#[inline(always)]
+fn key(x: f32) -> u32 {
+    let b = x.to_bits();
+    b ^ (((b as i32 >> 31) as u32) >> 1) ^ 0x8000_0000
+}
+
+/// Values per block whose largest key stands for the block.
+const SPAN: usize = 64;
+
+/// The indices of the `RESCORED` largest of `row` (by `total_cmp`, ties broken towards the
+/// lower index), in no particular order. The `RESCORED`-th largest of the blocks' maxima is a
+/// floor for the answer (those maxima are that many distinct values): only the values at or
+/// above it are gathered — most blocks hold none — and the answer selected among them. (A
+/// min-heap over the whole row, with its pops and pushes, cost ~8 % of a verifying pass's
+/// logits.)
 fn largest(row: &[f32], top: &mut Vec<u32>) {
-    use std::cmp::Reverse;
-    #[derive(PartialEq, Eq, PartialOrd, Ord)]
-    struct Key(u32, Reverse<u32>);
-    // f32 as an integer in the same order (total_cmp's), so the heap compares integers.
-    let key = |x: f32| {
-        let b = x.to_bits();
-        b ^ (((b as i32 >> 31) as u32) >> 1) ^ 0x8000_0000
-    };
-    let unkey = |k: u32| {
-        let b = k ^ 0x8000_0000;
-        b ^ (((b as i32 >> 31) as u32) >> 1)
-    };
-    let mut heap = std::collections::BinaryHeap::with_capacity(RESCORED + 1);
-    for (i, &x) in row.iter().enumerate().take(RESCORED) {
-        heap.push(Reverse(Key(key(x), Reverse(i as u32))));
+    top.clear();
+    if row.len() <= RESCORED {
+        top.extend(0..row.len() as u32);
+        return;
     }
-    let mut floor = heap.peek().map_or(0, |r| (r.0).0);
-    // Most blocks of 64 hold nothing above the floor: their max (vector ops) says so. (NaN is
-    // never above it.)
-    let mut floor_f = f32::from_bits(unkey(floor));
-    for (b, block) in row.chunks(64).enumerate() {
-        let m = suanli_core::scan::block_max(block);
-        if m < floor_f {
+    // Float maxima (NaN ignored, as a skipped block's NaN always was): they vectorize with
+    // the base instruction set, and `m < floor` in floats proves every value of the block
+    // below the floor in `total_cmp`'s order too.
+    let maxima: Vec<f32> = row.chunks(SPAN).map(suanli_core::scan::block_max).collect();
+    let floor = if maxima.len() > RESCORED {
+        let mut m = maxima.clone();
+        *m.select_nth_unstable_by(RESCORED - 1, |a, b| b.total_cmp(a)).1
+    } else {
+        // Fewer blocks than answers: every value is a candidate.
+        f32::NEG_INFINITY
+    };
+    let floor_key = if floor == f32::NEG_INFINITY { 0 } else { key(floor) };
+    let mut cand: Vec<(u32, u32)> = Vec::with_capacity(4 * RESCORED);
+    for (b, block) in row.chunks(SPAN).enumerate() {
+        if maxima[b] < floor {
             continue;
         }
         for (j, &x) in block.iter().enumerate() {
-            let i = b * 64 + j;
-            let kx = key(x);
-            if i >= RESCORED && kx > floor {
-                heap.pop();
-                heap.push(Reverse(Key(kx, Reverse(i as u32))));
-                floor = heap.peek().map_or(0, |r| (r.0).0);
-                floor_f = f32::from_bits(unkey(floor));
+            let k = key(x);
+            if k >= floor_key {
+                cand.push((k, (b * SPAN + j) as u32));
             }
         }
     }
-    top.clear();
-    top.extend(heap.into_iter().map(|r| ((r.0).1).0));
+    if cand.len() > RESCORED {
+        cand.select_nth_unstable_by(RESCORED - 1, |a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        cand.truncate(RESCORED);
+    }
+    top.extend(cand.iter().map(|c| c.1));
 }
 
 #[cfg(test)]
@@ -233,18 +242,36 @@ mod tests {
     /// negative values, repeated values and the largest ones anywhere.
     #[test]
     fn largest_equals_a_sort() {
-        for (v, seed) in [(300usize, 1u32), (5000, 2), (151_936, 3)] {
-            let row: Vec<f32> = crate::testutil::bytes(v, seed)
+        let noisy = |v: usize, seed: u32| -> Vec<f32> {
+            crate::testutil::bytes(v, seed)
                 .iter()
                 .enumerate()
                 .map(|(i, &b)| (b as f32 - 128.0) / 8.0 + if i % 97 == 5 { 20.0 } else { 0.0 })
-                .collect();
+                .collect()
+        };
+        // Many ties (256 distinct values); rising and falling rows; one value throughout;
+        // signed zeros and infinities; a row of 200 (fewer than the answer) and of 257.
+        let rows: Vec<Vec<f32>> = vec![
+            noisy(300, 1),
+            noisy(5000, 2),
+            noisy(151_936, 3),
+            (0..20_000).map(|i| i as f32).collect(),
+            (0..20_000).map(|i| -(i as f32)).collect(),
+            vec![1.5; 3000],
+            (0..4000)
+                .map(|i| [0.0, -0.0, f32::INFINITY, f32::NEG_INFINITY, 1.0][i % 5])
+                .collect(),
+            noisy(200, 4),
+            noisy(257, 5),
+        ];
+        for row in rows {
+            let v = row.len();
             let mut got = Vec::new();
             super::largest(&row, &mut got);
             got.sort_unstable();
             let mut idx: Vec<u32> = (0..v as u32).collect();
             idx.sort_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]).then(a.cmp(&b)));
-            let mut want = idx[..super::RESCORED].to_vec();
+            let mut want = idx[..super::RESCORED.min(v)].to_vec();
             want.sort_unstable();
             assert_eq!(got, want, "{v} values");
         }
