@@ -35,3 +35,7 @@ cargo test --release --locked --target "$target" -p suanli-engine --test golden_
 # best detected, and its tiles must never reach an `sdot` (which would fault there).
 CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -cpu cortex-a72 -L /usr/aarch64-linux-gnu" \
   cargo test --release --locked --target "$target" -p suanli-cpu --lib
+# A core with the dot products but not the int8 matrix multiplies (qemu's Neoverse N1 model):
+# `neondot` is the best detected, and its tiles must never reach an `smmla`.
+CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -cpu neoverse-n1 -L /usr/aarch64-linux-gnu" \
+  cargo test --release --locked --target "$target" -p suanli-cpu --lib kernels::

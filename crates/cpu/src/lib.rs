@@ -115,7 +115,7 @@ impl CpuBackend {
         };
         let repack = matches!(
             isa,
-            Isa::Avx2 | Isa::Avx512 | Isa::Amx | Isa::Neon | Isa::NeonDot
+            Isa::Avx2 | Isa::Avx512 | Isa::Amx | Isa::Neon | Isa::NeonDot | Isa::NeonMm
         ) && std::env::var("SUANLI_CPU_REPACK").as_deref() != Ok("0");
         Ok(CpuBackend {
             caps,

@@ -213,9 +213,14 @@ pub fn packed_many(
                         crate::kernels::avx512_packed::run(p, a, gs, ts, *bias, dst.0, amx)
                     }
                     #[cfg(target_arch = "aarch64")]
-                    Isa::Neon | Isa::NeonDot => {
-                        let dot = isa == Isa::NeonDot;
-                        crate::kernels::neon_packed::run(p, a, gs, ts, *bias, dst.0, dot)
+                    Isa::Neon | Isa::NeonDot | Isa::NeonMm => {
+                        use crate::kernels::neon_packed::{run, Mul};
+                        let mul = match isa {
+                            Isa::NeonMm => Mul::Smmla,
+                            Isa::NeonDot => Mul::Sdot,
+                            _ => Mul::Smull,
+                        };
+                        run(p, a, gs, ts, *bias, dst.0, mul)
                     }
                     _ => unreachable!("{} does not repack", isa.name()),
                 }

@@ -30,7 +30,8 @@ pub fn int8_peak(pool: &Pool, isa: Isa) -> Option<f64> {
     #[cfg(target_arch = "aarch64")]
     {
         match isa {
-            // SAFETY: the level is only chosen where the CPU has the dot products.
+            // SAFETY (both): the level is only chosen where the CPU has its instructions.
+            Isa::NeonMm => over_threads(pool, || best_of(|n| unsafe { arm::smmla128(n) })),
             Isa::NeonDot => over_threads(pool, || best_of(|n| unsafe { arm::sdot128(n) })),
             Isa::Neon => over_threads(pool, || best_of(|n| unsafe { arm::smull128(n) })),
             _ => None,
@@ -54,7 +55,7 @@ pub fn f32_peak(pool: &Pool, isa: Isa) -> Option<f64> {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => || best_of(|n| unsafe { x86::fma256(n) }),
         #[cfg(target_arch = "aarch64")]
-        Isa::Neon | Isa::NeonDot => || best_of(|n| unsafe { arm::fma128(n) }),
+        Isa::Neon | Isa::NeonDot | Isa::NeonMm => || best_of(|n| unsafe { arm::fma128(n) }),
         _ => return None,
     };
     over_threads(pool, per_thread)
@@ -204,6 +205,28 @@ mod arm {
         iters * (CHAINS * 16) as u64
     }
 
+    /// `smmla` on 128-bit registers (the packed tiles' product of token pairs): 32
+    /// multiply-adds each (2 × 2 sums of 8).
+    #[target_feature(enable = "neon,i8mm")]
+    pub unsafe fn smmla128(iters: u64) -> u64 {
+        const CHAINS: usize = 12;
+        let (a, b) = (black_box(vdupq_n_s8(1)), black_box(vdupq_n_s8(2)));
+        let mut acc = [vdupq_n_s32(0); CHAINS];
+        for _ in 0..iters {
+            for v in acc.iter_mut() {
+                std::arch::asm!(
+                    "smmla {acc:v}.4s, {a:v}.16b, {b:v}.16b",
+                    acc = inout(vreg) *v,
+                    a = in(vreg) a,
+                    b = in(vreg) b,
+                    options(pure, nomem, nostack, preserves_flags)
+                );
+            }
+        }
+        black_box(acc);
+        iters * (CHAINS * 32) as u64
+    }
+
     /// `smull` + `smull2` + `addp` + `sadalp` (the packed tiles' product without `sdot`): 16
     /// multiply-adds per four. Each chain has its own weights and the activations change every
     /// iteration, so only the accumulations are chained.
@@ -245,7 +268,7 @@ mod tests {
             match isa {
                 Isa::Generic => assert!(p.is_none()),
                 // CI runs NEON under qemu, far below any real core's rate.
-                Isa::Neon | Isa::NeonDot => assert!(p.unwrap() > 0.0, "{isa:?}"),
+                Isa::Neon | Isa::NeonDot | Isa::NeonMm => assert!(p.unwrap() > 0.0, "{isa:?}"),
                 _ => assert!(p.unwrap() > 1e9, "{isa:?}"),
             }
             let f = f32_peak(&two, isa);
@@ -257,7 +280,7 @@ mod tests {
             match isa {
                 Isa::Generic => assert!(f.is_none()),
                 // CI runs NEON under qemu, far below any real core's rate.
-                Isa::Neon | Isa::NeonDot => assert!(f.unwrap() > 0.0, "{isa:?}"),
+                Isa::Neon | Isa::NeonDot | Isa::NeonMm => assert!(f.unwrap() > 0.0, "{isa:?}"),
                 _ => assert!(f.unwrap() > 1e9, "{isa:?}"),
             }
         }

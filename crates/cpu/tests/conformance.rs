@@ -25,13 +25,14 @@ fn check(b: &CpuBackend, label: &str) {
 }
 
 /// The levels with a test below.
-const TESTED: [Isa; 6] = [
+const TESTED: [Isa; 7] = [
     Isa::Generic,
     Isa::Avx2,
     Isa::Avx512,
     Isa::Amx,
     Isa::Neon,
     Isa::NeonDot,
+    Isa::NeonMm,
 ];
 
 fn conforms(isa: Isa) {
@@ -42,9 +43,9 @@ fn conforms(isa: Isa) {
     let b = CpuBackend::with_isa(Some(2), isa).unwrap();
     let repacks = b.repacks();
     check(&b, isa.name());
-    // The file-layout kernels at `neondot` are `neon`'s, checked by `neon_conforms` (under qemu
-    // a second run is slow).
-    if repacks && isa != Isa::NeonDot {
+    // The file-layout kernels at `neondot` and `neonmm` are `neon`'s, checked by
+    // `neon_conforms` (under qemu a second run is slow).
+    if repacks && !matches!(isa, Isa::NeonDot | Isa::NeonMm) {
         let b = b.without_repacking();
         check(&b, &format!("{} with file-layout weights", isa.name()));
     }
@@ -89,4 +90,9 @@ fn neon_conforms() {
 #[test]
 fn neondot_conforms() {
     conforms(Isa::NeonDot);
+}
+
+#[test]
+fn neonmm_conforms() {
+    conforms(Isa::NeonMm);
 }

@@ -201,7 +201,7 @@ impl Level {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => Some(Level::Avx2),
             #[cfg(target_arch = "aarch64")]
-            Isa::Neon | Isa::NeonDot => Some(Level::Neon),
+            Isa::Neon | Isa::NeonDot | Isa::NeonMm => Some(Level::Neon),
             _ => None,
         }
     }

@@ -67,6 +67,10 @@ pub enum Isa {
     Neon,
     /// `Neon` plus the dot-product instructions: the packed tiles with `sdot`.
     NeonDot,
+    /// `NeonDot` plus the int8 matrix multiplies (ARMv8.6 I8MM: AWS Graviton 3 and later,
+    /// Apple M2 and later, Neoverse N2/V1/V2, Cortex-A710/X2 and later): tiles of two tokens or
+    /// more with `smmla`, twice `sdot`'s multiply-adds per instruction.
+    NeonMm,
 }
 
 impl Isa {
@@ -78,6 +82,7 @@ impl Isa {
             Isa::Amx => "amx+avx512",
             Isa::Neon => "neon",
             Isa::NeonDot => "neon+dotprod",
+            Isa::NeonMm => "neon+dotprod+i8mm",
         }
     }
 
@@ -89,6 +94,9 @@ impl Isa {
             v.push(Isa::Neon);
             if std::arch::is_aarch64_feature_detected!("dotprod") {
                 v.push(Isa::NeonDot);
+                if std::arch::is_aarch64_feature_detected!("i8mm") {
+                    v.push(Isa::NeonMm);
+                }
             }
         }
         #[cfg(target_arch = "x86_64")]
@@ -141,9 +149,10 @@ impl Isa {
                     "amx" => Isa::Amx,
                     "neon" => Isa::Neon,
                     "neondot" => Isa::NeonDot,
+                    "neonmm" => Isa::NeonMm,
                     other => {
                         return Err(format!(
-                        "SUANLI_CPU_ISA={other} is not a known level (generic, avx2, avx512, amx, neon, neondot)"
+                        "SUANLI_CPU_ISA={other} is not a known level (generic, avx2, avx512, amx, neon, neondot, neonmm)"
                     ))
                     }
                 };
@@ -220,7 +229,7 @@ impl Kernels {
                 }),
             },
             #[cfg(target_arch = "aarch64")]
-            Isa::Neon | Isa::NeonDot => Kernels {
+            Isa::Neon | Isa::NeonDot | Isa::NeonMm => Kernels {
                 isa,
                 dot: neon::dot,
                 axpy: neon::axpy,
@@ -233,7 +242,7 @@ impl Kernels {
                 unreachable!("x86 levels are never detected off x86_64")
             }
             #[cfg(not(target_arch = "aarch64"))]
-            Isa::Neon | Isa::NeonDot => unreachable!("NEON is never detected off aarch64"),
+            Isa::Neon | Isa::NeonDot | Isa::NeonMm => unreachable!("NEON is never detected off aarch64"),
         }
     }
 }

@@ -106,6 +106,22 @@ unsafe fn sdot<const L: usize>(mut acc: int32x4_t, w: int8x16_t, q: int8x16_t) -
     acc
 }
 
+/// `acc` (2 × 2 i32: [w row 0 · q token 0, row 0 · token 1, row 1 · token 0, row 1 · token 1])
+/// plus w (2 rows × 8 columns) times q (2 tokens × 8 columns): `smmla` (its intrinsic is not
+/// stable Rust yet).
+#[inline]
+#[target_feature(enable = "neon,i8mm")]
+unsafe fn smmla(mut acc: int32x4_t, w: int8x16_t, q: int8x16_t) -> int32x4_t {
+    std::arch::asm!(
+        "smmla {acc:v}.4s, {w:v}.16b, {q:v}.16b",
+        acc = inout(vreg) acc,
+        w = in(vreg) w,
+        q = in(vreg) q,
+        options(pure, nomem, nostack, preserves_flags)
+    );
+    acc
+}
+
 /// The 4 quants in lane `L` of `q` in every 32-bit lane.
 #[inline(always)]
 unsafe fn lane<const L: i32>(q: int8x16_t) -> int8x16_t {
@@ -305,6 +321,124 @@ unsafe fn tile<const K: u8, const T: usize, const DOT: bool>(
     store(&acc, out, ostride, valid, bias);
 }
 
+/// `sub_block` for tokens `t0..t0 + 2P` taken in pairs, with `smmla` (`Isa::NeonMm`: twice
+/// `sdot`'s multiply-adds per instruction): each pair of rows × 8 columns (two `zip`s of the
+/// unpacked registers) meets each pair of tokens × the same 8 columns in one instruction. The
+/// pairs' 2 × 2 sums are split back into each token's 4 rows (`uzp`), then scaled exactly as
+/// `sub_block` does — the same integer sums and f32 steps, so the same bits. Only the first
+/// `n` tokens are real: an odd tile's last pair repeats its token, and that copy is dropped.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn sub_block_mm<const K: u8, const P: usize>(
+    acc: &mut [[float32x4_t; 2]; P],
+    hd: *const u8,
+    j: usize,
+    blk: usize,
+    scales: (float32x4_t, float32x4_t),
+    r: usize,
+    a: &PActs,
+    (t0, n): (usize, usize),
+) {
+    let kd = kind(K);
+    let off = if signed(K) { 0 } else { kd.offset() as i32 };
+    let nblk = a.k / 32;
+    let w = unpack::<K>(hd.add(kd.head_bytes() + j * kd.sub_bytes()), r);
+    let [s0, s1, mv] = sub_scales::<K>(hd, j, scales, r);
+    // Octet o (columns 8o..8o + 8) of rows 0, 1 and of rows 2, 3: the 32-bit lanes of registers
+    // 2o and 2o + 1 interleaved.
+    let pairs: [[int8x16_t; 2]; 4] = std::array::from_fn(|o| {
+        let (a, b) = (vreinterpretq_s32_s8(w[2 * o]), vreinterpretq_s32_s8(w[2 * o + 1]));
+        [
+            vreinterpretq_s8_s32(vzip1q_s32(a, b)),
+            vreinterpretq_s8_s32(vzip2q_s32(a, b)),
+        ]
+    });
+    unroll16!(p < P, {
+        let ta = t0 + 2 * p;
+        let tb = (ta + 1).min(t0 + n - 1);
+        let (qa, qb) = (
+            a.qs.as_ptr().add(ta * a.k + blk * 32),
+            a.qs.as_ptr().add(tb * a.k + blk * 32),
+        );
+        let sums = |os| octet_sums(&pairs, qa, qb, os);
+        let ms = [
+            a.meta.get_unchecked(ta * nblk + blk),
+            a.meta.get_unchecked(tb * nblk + blk),
+        ];
+        let real = if ta + 1 < t0 + n { 2 } else { 1 };
+        if K == Q6K {
+            // Each 16-column half has its own scale.
+            let (h0, h1) = (sums(0..2), sums(2..4));
+            for (t, m) in ms.iter().enumerate().take(real) {
+                let i0 = vaddq_s32(h0[t], vdupq_n_s32(m.nsum16[0] as i32 * off));
+                let i1 = vaddq_s32(h1[t], vdupq_n_s32(m.nsum16[1] as i32 * off));
+                scale_sums(&mut acc[p][t], i0, s0, m.d);
+                scale_sums(&mut acc[p][t], i1, s1, m.d);
+            }
+        } else {
+            let all = sums(0..4);
+            for (t, m) in ms.iter().enumerate().take(real) {
+                let i = vaddq_s32(all[t], vdupq_n_s32(m.nsum32 * off));
+                scale_sums(&mut acc[p][t], i, s0, m.d);
+                match K {
+                    Q4_1 | Q5_1 => acc[p][t] = vfmaq_n_f32(acc[p][t], mv, m.s),
+                    Q4K | Q5K => acc[p][t] = vfmsq_n_f32(acc[p][t], mv, m.s),
+                    _ => {}
+                }
+            }
+        }
+    });
+}
+
+/// The sums of octets `os` of rows pairs `pairs` against the tokens at `qa` and `qb`, as each
+/// token's 4 rows.
+#[inline(always)]
+unsafe fn octet_sums(
+    pairs: &[[int8x16_t; 2]; 4],
+    qa: *const i8,
+    qb: *const i8,
+    os: std::ops::Range<usize>,
+) -> [int32x4_t; 2] {
+    let (mut i01, mut i23) = (vdupq_n_s32(0), vdupq_n_s32(0));
+    for o in os {
+        let q = vcombine_s8(vld1_s8(qa.add(8 * o)), vld1_s8(qb.add(8 * o)));
+        i01 = smmla(i01, pairs[o][0], q);
+        i23 = smmla(i23, pairs[o][1], q);
+    }
+    [vuzp1q_s32(i01, i23), vuzp2q_s32(i01, i23)]
+}
+
+/// `tile` with `smmla`: `n` tokens (2 ≤ n ≤ 2P) from `t0`, in P pairs.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_mm<const K: u8, const P: usize>(
+    grp: *const u8,
+    r: usize,
+    nsb: usize,
+    a: &PActs,
+    (t0, n): (usize, usize),
+    out: *mut f32,
+    ostride: usize,
+    valid: usize,
+    bias: Option<&[f32]>,
+) {
+    let kd = kind(K);
+    let (sbb, nsub) = (kd.sb_bytes(), kd.sb_cols() / 32);
+    let mut acc = [[vdupq_n_f32(0.0); 2]; P];
+    for sb in 0..nsb {
+        let hd = grp.add(sb * sbb);
+        let scales = head_quarter::<K>(hd, r);
+        for j in 0..nsub {
+            sub_block_mm::<K, P>(&mut acc, hd, j, sb * nsub + j, scales, r, a, (t0, n));
+        }
+    }
+    let mut flat = [vdupq_n_f32(0.0); MAX_TILE];
+    for (f, v) in flat.iter_mut().zip(acc.iter().flatten()).take(n) {
+        *f = *v;
+    }
+    store(&flat[..n], out, ostride, valid, bias);
+}
+
 /// All four quarters of a group against one token (decode): each sub-block's memory is
 /// streamed once, not again from cache for every quarter; `out` points at the group's row 0,
 /// `valid` rows.
@@ -340,9 +474,10 @@ unsafe fn tile_group<const K: u8, const DOT: bool>(
     }
 }
 
-/// Rows of groups `groups` against tokens `tokens`: `out` is the `[n, rows]` output.
+/// Rows of groups `groups` against tokens `tokens`: `out` is the `[n, rows]` output. With `MM`
+/// (`smmla`), tiles of two tokens or more go to `tile_mm`.
 #[inline(always)]
-unsafe fn products<const K: u8, const DOT: bool>(
+unsafe fn products<const K: u8, const DOT: bool, const MM: bool>(
     p: &Packed,
     a: &PActs,
     groups: std::ops::Range<usize>,
@@ -363,6 +498,16 @@ unsafe fn products<const K: u8, const DOT: bool>(
         let bias = bias.map(|b| &b[r0..]);
         for (t, size) in even_tiles(tokens.clone(), MAX_TILE) {
             let o = out.add(t * p.rows + r0);
+            if MM && size >= 2 {
+                let nt = (t, size);
+                match size.div_ceil(2) {
+                    1 => tile_mm::<K, 1>(grp, r, nsb, a, nt, o, p.rows, valid, bias),
+                    2 => tile_mm::<K, 2>(grp, r, nsb, a, nt, o, p.rows, valid, bias),
+                    3 => tile_mm::<K, 3>(grp, r, nsb, a, nt, o, p.rows, valid, bias),
+                    _ => tile_mm::<K, 4>(grp, r, nsb, a, nt, o, p.rows, valid, bias),
+                }
+                continue;
+            }
             // Called in place (a function pointer would lose the caller's target features).
             macro_rules! call {
                 ($($s:literal)*) => {
@@ -386,9 +531,10 @@ type Products = unsafe fn(
     *mut f32,
 );
 
-/// `products` compiled with `$features`, multiplying with `sdot` or not (`$dot`).
+/// `products` compiled with `$features`, multiplying with `sdot` or not (`$dot`), with `smmla`
+/// or not (`$mm`).
 macro_rules! entry {
-    ($name:ident, $features:literal, $dot:literal) => {
+    ($name:ident, $features:literal, $dot:literal, $mm:literal) => {
         #[target_feature(enable = $features)]
         unsafe fn $name<const K: u8>(
             p: &Packed,
@@ -398,19 +544,31 @@ macro_rules! entry {
             bias: Option<&[f32]>,
             out: *mut f32,
         ) {
-            products::<K, $dot>(p, a, groups, tokens, bias, out)
+            products::<K, $dot, $mm>(p, a, groups, tokens, bias, out)
         }
     };
 }
-entry!(with_sdot, "neon,dotprod", true);
-entry!(with_smull, "neon", false);
+entry!(with_smmla, "neon,dotprod,i8mm", true, true);
+entry!(with_sdot, "neon,dotprod", true, false);
+entry!(with_smull, "neon", false, false);
 
-/// out[t, r] = Σ w[r]·x[t] (+ bias[r]) for groups `groups` and tokens `tokens`, with `sdot`
-/// where `dot` (`Isa::NeonDot`), else with widening multiplies (`Isa::Neon`).
+/// How the NEON tiles multiply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mul {
+    /// Widening multiplies and pairwise adds (ARMv8.0, `Isa::Neon`).
+    Smull,
+    /// `sdot` by element (`Isa::NeonDot`).
+    Sdot,
+    /// `smmla` for two tokens or more, `sdot` for one (`Isa::NeonMm`).
+    Smmla,
+}
+
+/// out[t, r] = Σ w[r]·x[t] (+ bias[r]) for groups `groups` and tokens `tokens`, multiplying as
+/// `mul` says.
 ///
 /// # Safety
-/// With `dot` the CPU must have the dot-product instructions; `out` must hold `a.n × p.rows`
-/// floats, and no other thread may write the (token, row) cells this call covers.
+/// The CPU must have the instructions `mul` uses; `out` must hold `a.n × p.rows` floats, and no
+/// other thread may write the (token, row) cells this call covers.
 pub unsafe fn run(
     p: &Packed,
     a: &PActs,
@@ -418,13 +576,13 @@ pub unsafe fn run(
     tokens: std::ops::Range<usize>,
     bias: Option<&[f32]>,
     out: *mut f32,
-    dot: bool,
+    mul: Mul,
 ) {
     debug_assert!(a.k == p.cols && tokens.end <= a.n && groups.end <= p.groups());
-    let f: Products = if dot {
-        by_kind!(p.kind, with_sdot)
-    } else {
-        by_kind!(p.kind, with_smull)
+    let f: Products = match mul {
+        Mul::Smmla => by_kind!(p.kind, with_smmla),
+        Mul::Sdot => by_kind!(p.kind, with_sdot),
+        Mul::Smull => by_kind!(p.kind, with_smull),
     };
     f(p, a, groups, tokens, bias, out)
 }
@@ -436,18 +594,23 @@ mod tests {
     use crate::pool::Pool;
     use crate::testutil::{check_dequantized_dot, check_packed_bits, packed_case};
 
-    /// Both products (`sdot` where the CPU has it, widening multiplies everywhere), every kind,
+    /// Every product (`smmla` and `sdot` where the CPU has them, widening multiplies everywhere), every kind,
     /// groups with partial quarters (37 and 45 rows: 5 and 13 rows in the last group), with a
     /// bias, every tile size and one token: bit for bit the packed reference
     /// (which the x86 kernels equal too), and within f32 rounding of an f64 sum over the
     /// dequantized weights and activations.
     #[test]
     fn neon_packed_kernels_equal_the_reference_bit_for_bit() {
-        let mut variants = vec![false];
+        let mut variants = vec![Mul::Smull];
         if Isa::available().contains(&Isa::NeonDot) {
-            variants.push(true);
+            variants.push(Mul::Sdot);
         } else {
             eprintln!("no dot-product instructions on this CPU: the sdot tiles are not tested");
+        }
+        if Isa::available().contains(&Isa::NeonMm) {
+            variants.push(Mul::Smmla);
+        } else {
+            eprintln!("no int8 matrix multiplies on this CPU: the smmla tiles are not tested");
         }
         let pool = Pool::new(2).unwrap();
         for dot in variants {
@@ -463,7 +626,7 @@ mod tests {
                             let mut out = vec![f32::NAN; n * rows];
                             let (all, o) = (0..p.groups(), out.as_mut_ptr());
                             unsafe { run(&p, &a, all, 0..n, Some(&bias), o, dot) };
-                            let what = format!("{kd:?} sdot {dot} rows {rows} cols {cols} n {n}");
+                            let what = format!("{kd:?} {dot:?} rows {rows} cols {cols} n {n}");
                             check_packed_bits(&p, &a, &bias, &out, &what);
                             let shape = (rows, cols, n);
                             check_dequantized_dot(ty, &raw, &a, &bias, &out, shape, &what);
