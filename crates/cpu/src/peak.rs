@@ -184,48 +184,40 @@ mod arm {
         iters * (super::FMA_CHAINS * 4) as u64
     }
 
-    /// `sdot` on 128-bit registers (the packed tiles' product): 16 multiply-adds each.
-    #[target_feature(enable = "neon,dotprod")]
-    pub unsafe fn sdot128(iters: u64) -> u64 {
-        const CHAINS: usize = 12;
-        let (a, b) = (black_box(vdupq_n_s8(1)), black_box(vdupq_n_s8(2)));
-        let mut acc = [vdupq_n_s32(0); CHAINS];
-        for _ in 0..iters {
-            for v in acc.iter_mut() {
-                std::arch::asm!(
-                    "sdot {acc:v}.4s, {a:v}.16b, {b:v}.16b",
-                    acc = inout(vreg) *v,
-                    a = in(vreg) a,
-                    b = in(vreg) b,
-                    options(pure, nomem, nostack, preserves_flags)
-                );
+    /// `$insn` on 128-bit registers in 12 chains, `$macs` multiply-adds each.
+    macro_rules! int8_probe {
+        ($(#[$doc:meta])* $name:ident, $features:literal, $insn:literal, $macs:literal) => {
+            $(#[$doc])*
+            #[target_feature(enable = $features)]
+            pub unsafe fn $name(iters: u64) -> u64 {
+                const CHAINS: usize = 12;
+                let (a, b) = (black_box(vdupq_n_s8(1)), black_box(vdupq_n_s8(2)));
+                let mut acc = [vdupq_n_s32(0); CHAINS];
+                for _ in 0..iters {
+                    for v in acc.iter_mut() {
+                        std::arch::asm!(
+                            concat!($insn, " {acc:v}.4s, {a:v}.16b, {b:v}.16b"),
+                            acc = inout(vreg) *v,
+                            a = in(vreg) a,
+                            b = in(vreg) b,
+                            options(pure, nomem, nostack, preserves_flags)
+                        );
+                    }
+                }
+                black_box(acc);
+                iters * (CHAINS * $macs) as u64
             }
-        }
-        black_box(acc);
-        iters * (CHAINS * 16) as u64
+        };
     }
-
-    /// `smmla` on 128-bit registers (the packed tiles' product of token pairs): 32
-    /// multiply-adds each (2 × 2 sums of 8).
-    #[target_feature(enable = "neon,i8mm")]
-    pub unsafe fn smmla128(iters: u64) -> u64 {
-        const CHAINS: usize = 12;
-        let (a, b) = (black_box(vdupq_n_s8(1)), black_box(vdupq_n_s8(2)));
-        let mut acc = [vdupq_n_s32(0); CHAINS];
-        for _ in 0..iters {
-            for v in acc.iter_mut() {
-                std::arch::asm!(
-                    "smmla {acc:v}.4s, {a:v}.16b, {b:v}.16b",
-                    acc = inout(vreg) *v,
-                    a = in(vreg) a,
-                    b = in(vreg) b,
-                    options(pure, nomem, nostack, preserves_flags)
-                );
-            }
-        }
-        black_box(acc);
-        iters * (CHAINS * 32) as u64
-    }
+    int8_probe!(
+        /// `sdot` (the packed tiles' product): 16 multiply-adds each.
+        sdot128, "neon,dotprod", "sdot", 16
+    );
+    int8_probe!(
+        /// `smmla` (the packed tiles' product of token pairs): 32 multiply-adds each (2 × 2
+        /// sums of 8).
+        smmla128, "neon,i8mm", "smmla", 32
+    );
 
     /// `smull` + `smull2` + `addp` + `sadalp` (the packed tiles' product without `sdot`): 16
     /// multiply-adds per four. Each chain has its own weights and the activations change every
