@@ -19,7 +19,7 @@ use super::packed_kinds::{
     by_kind, even_tiles, kind, row_parts, unroll16, IQ4NL, IQ4XS, Q4K, Q4_0, Q4_1, Q5K, Q5_0, Q5_1,
     Q6K, Q8_0,
 };
-use super::pacts::PActs;
+use super::pacts::{Meta, PActs};
 use crate::packed::{Kind, Packed, ROWS};
 use std::arch::aarch64::*;
 use suanli_core::quant::IQ4_LEVELS;
@@ -207,6 +207,42 @@ unsafe fn scale_sums(acc: &mut float32x4_t, i: int32x4_t, s: float32x4_t, d: f32
     *acc = vfmaq_f32(*acc, vcvtq_f32_s32(i), vmulq_n_f32(s, d));
 }
 
+/// The offset terms of a token's block (`m`) for the two 16-column halves' integer sums
+/// (quants stored with offset `off`): Q6_K's halves each their own, other kinds the whole
+/// block's in the first.
+#[inline(always)]
+fn offsets<const K: u8>(m: &Meta, off: i32) -> (i32, i32) {
+    if K == Q6K {
+        (m.nsum16[0] as i32 * off, m.nsum16[1] as i32 * off)
+    } else {
+        (m.nsum32 * off, 0)
+    }
+}
+
+/// A token's sub-block into its accumulator: the two halves' integer sums `i0`, `i1` (offsets
+/// included) by the rows' scales (`sub_scales`) and the token's scale, then the min term — each
+/// row's f32 steps as on x86.
+#[inline(always)]
+unsafe fn scale_token<const K: u8>(
+    acc: &mut float32x4_t,
+    (i0, i1): (int32x4_t, int32x4_t),
+    m: &Meta,
+    [s0, s1, mv]: [float32x4_t; 3],
+) {
+    if K == Q6K {
+        // Each 16-column half has its own scale.
+        scale_sums(acc, i0, s0, m.d);
+        scale_sums(acc, i1, s1, m.d);
+        return;
+    }
+    scale_sums(acc, vaddq_s32(i0, i1), s0, m.d);
+    match K {
+        Q4_1 | Q5_1 => *acc = vfmaq_n_f32(*acc, mv, m.s),
+        Q4K | Q5K => *acc = vfmsq_n_f32(*acc, mv, m.s),
+        _ => {}
+    }
+}
+
 /// Quarter `r`'s superblock scale and second value (min, dmin) of the superblock at `hd`.
 #[inline(always)]
 unsafe fn head_quarter<const K: u8>(hd: *const u8, r: usize) -> (float32x4_t, float32x4_t) {
@@ -237,29 +273,17 @@ unsafe fn sub_block<const K: u8, const T: usize, const DOT: bool>(
     let off = if signed(K) { 0 } else { kd.offset() as i32 };
     let nblk = a.k / 32;
     let w = unpack::<K>(hd.add(kd.head_bytes() + j * kd.sub_bytes()), r);
-    let [s0, s1, mv] = sub_scales::<K>(hd, j, scales, r);
+    let scales = sub_scales::<K>(hd, j, scales, r);
     // Every token runs two chains (columns 0..16 and 16..32), written out so that the
     // compiler interleaves the tokens' independent `sdot`s.
     unroll16!(t < T, {
         let q = a.qs.as_ptr().add((t0 + t) * a.k + blk * 32);
         let m = a.meta.get_unchecked((t0 + t) * nblk + blk);
         let (q0, q1) = (vld1q_s8(q), vld1q_s8(q.add(16)));
-        if K == Q6K {
-            // Each 16-column half has its own scale.
-            let i0 = dot16::<DOT>(vdupq_n_s32(m.nsum16[0] as i32 * off), &w[..4], q0);
-            let i1 = dot16::<DOT>(vdupq_n_s32(m.nsum16[1] as i32 * off), &w[4..], q1);
-            scale_sums(&mut acc[t], i0, s0, m.d);
-            scale_sums(&mut acc[t], i1, s1, m.d);
-        } else {
-            let i0 = dot16::<DOT>(vdupq_n_s32(m.nsum32 * off), &w[..4], q0);
-            let i1 = dot16::<DOT>(vdupq_n_s32(0), &w[4..], q1);
-            scale_sums(&mut acc[t], vaddq_s32(i0, i1), s0, m.d);
-            match K {
-                Q4_1 | Q5_1 => acc[t] = vfmaq_n_f32(acc[t], mv, m.s),
-                Q4K | Q5K => acc[t] = vfmsq_n_f32(acc[t], mv, m.s),
-                _ => {}
-            }
-        }
+        let (o0, o1) = offsets::<K>(m, off);
+        let i0 = dot16::<DOT>(vdupq_n_s32(o0), &w[..4], q0);
+        let i1 = dot16::<DOT>(vdupq_n_s32(o1), &w[4..], q1);
+        scale_token::<K>(&mut acc[t], (i0, i1), m, scales);
     });
 }
 
@@ -343,7 +367,7 @@ unsafe fn sub_block_mm<const K: u8, const P: usize>(
     let off = if signed(K) { 0 } else { kd.offset() as i32 };
     let nblk = a.k / 32;
     let w = unpack::<K>(hd.add(kd.head_bytes() + j * kd.sub_bytes()), r);
-    let [s0, s1, mv] = sub_scales::<K>(hd, j, scales, r);
+    let scales = sub_scales::<K>(hd, j, scales, r);
     // Octet o (columns 8o..8o + 8) of rows 0, 1 and of rows 2, 3: the 32-bit lanes of registers
     // 2o and 2o + 1 interleaved.
     let pairs: [[int8x16_t; 2]; 4] = std::array::from_fn(|o| {
@@ -360,32 +384,18 @@ unsafe fn sub_block_mm<const K: u8, const P: usize>(
             a.qs.as_ptr().add(ta * a.k + blk * 32),
             a.qs.as_ptr().add(tb * a.k + blk * 32),
         );
-        let sums = |os| octet_sums(&pairs, qa, qb, os);
+        // The two 16-column halves' sums (octets 0–1 and 2–3), each token's 4 rows.
+        let h0 = octet_sums(&pairs, qa, qb, 0..2);
+        let h1 = octet_sums(&pairs, qa, qb, 2..4);
         let ms = [
             a.meta.get_unchecked(ta * nblk + blk),
             a.meta.get_unchecked(tb * nblk + blk),
         ];
         let real = if ta + 1 < t0 + n { 2 } else { 1 };
-        if K == Q6K {
-            // Each 16-column half has its own scale.
-            let (h0, h1) = (sums(0..2), sums(2..4));
-            for (t, m) in ms.iter().enumerate().take(real) {
-                let i0 = vaddq_s32(h0[t], vdupq_n_s32(m.nsum16[0] as i32 * off));
-                let i1 = vaddq_s32(h1[t], vdupq_n_s32(m.nsum16[1] as i32 * off));
-                scale_sums(&mut acc[p][t], i0, s0, m.d);
-                scale_sums(&mut acc[p][t], i1, s1, m.d);
-            }
-        } else {
-            let all = sums(0..4);
-            for (t, m) in ms.iter().enumerate().take(real) {
-                let i = vaddq_s32(all[t], vdupq_n_s32(m.nsum32 * off));
-                scale_sums(&mut acc[p][t], i, s0, m.d);
-                match K {
-                    Q4_1 | Q5_1 => acc[p][t] = vfmaq_n_f32(acc[p][t], mv, m.s),
-                    Q4K | Q5K => acc[p][t] = vfmsq_n_f32(acc[p][t], mv, m.s),
-                    _ => {}
-                }
-            }
+        for (t, m) in ms.iter().enumerate().take(real) {
+            let (o0, o1) = offsets::<K>(m, off);
+            let i = (vaddq_s32(h0[t], vdupq_n_s32(o0)), vaddq_s32(h1[t], vdupq_n_s32(o1)));
+            scale_token::<K>(&mut acc[p][t], i, m, scales);
         }
     });
 }
