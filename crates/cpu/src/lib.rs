@@ -113,10 +113,9 @@ impl CpuBackend {
             act_precision: true,
             experts: true,
         };
-        let repack = matches!(
-            isa,
-            Isa::Avx2 | Isa::Avx512 | Isa::Amx | Isa::Neon | Isa::NeonDot | Isa::NeonMm
-        ) && std::env::var("SUANLI_CPU_REPACK").as_deref() != Ok("0");
+        // Every level but the generic one has packed tiles.
+        let repack =
+            isa != Isa::Generic && std::env::var("SUANLI_CPU_REPACK").as_deref() != Ok("0");
         Ok(CpuBackend {
             caps,
             k: Kernels::for_isa(isa),

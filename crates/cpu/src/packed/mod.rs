@@ -373,10 +373,7 @@ impl Packed {
                         let blk = sb * k.sb_cols() / 32 + j;
                         let m = a.meta[t * nblk + blk];
                         let q = &a.qs[t * self.cols + blk * 32..][..32];
-                        let off = match k {
-                            Kind::IQ4NL | Kind::IQ4XS => 128,
-                            _ => k.offset() as i32,
-                        };
+                        let off = k.offset() as i32;
                         let isum = |cs: std::ops::Range<usize>| -> i32 {
                             cs.map(|c| (v.quant(32 * j + c) as i32 - off) * q[c] as i32)
                                 .sum()
