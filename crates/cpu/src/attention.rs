@@ -169,7 +169,9 @@ pub fn paged_attention(
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx512 | Isa::Amx => unsafe { attend_avx512(&job, &mut acc, &mut st) },
                 #[cfg(target_arch = "aarch64")]
-                Isa::Neon | Isa::NeonDot | Isa::NeonMm => attend::<arm::Neon>(&job, &mut acc, &mut st),
+                Isa::Neon | Isa::NeonDot | Isa::NeonMm => {
+                    attend::<arm::Neon>(&job, &mut acc, &mut st)
+                }
                 _ => attend::<Portable>(&job, &mut acc, &mut st),
             }
             for (j, a) in acc.chunks_exact(unit).enumerate() {

@@ -172,12 +172,17 @@ fn largest(row: &[f32], top: &mut Vec<u32>) {
     let maxima: Vec<f32> = row.chunks(SPAN).map(suanli_core::scan::block_max).collect();
     let floor = if maxima.len() > RESCORED {
         let mut m = maxima.clone();
-        *m.select_nth_unstable_by(RESCORED - 1, |a, b| b.total_cmp(a)).1
+        *m.select_nth_unstable_by(RESCORED - 1, |a, b| b.total_cmp(a))
+            .1
     } else {
         // Fewer blocks than answers: every value is a candidate.
         f32::NEG_INFINITY
     };
-    let floor_key = if floor == f32::NEG_INFINITY { 0 } else { key(floor) };
+    let floor_key = if floor == f32::NEG_INFINITY {
+        0
+    } else {
+        key(floor)
+    };
     let mut cand: Vec<(u32, u32)> = Vec::with_capacity(4 * RESCORED);
     for (b, block) in row.chunks(SPAN).enumerate() {
         if maxima[b] < floor {

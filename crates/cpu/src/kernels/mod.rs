@@ -242,7 +242,9 @@ impl Kernels {
                 unreachable!("x86 levels are never detected off x86_64")
             }
             #[cfg(not(target_arch = "aarch64"))]
-            Isa::Neon | Isa::NeonDot | Isa::NeonMm => unreachable!("NEON is never detected off aarch64"),
+            Isa::Neon | Isa::NeonDot | Isa::NeonMm => {
+                unreachable!("NEON is never detected off aarch64")
+            }
         }
     }
 }

@@ -371,7 +371,10 @@ unsafe fn sub_block_mm<const K: u8, const P: usize>(
     // Octet o (columns 8o..8o + 8) of rows 0, 1 and of rows 2, 3: the 32-bit lanes of registers
     // 2o and 2o + 1 interleaved.
     let pairs: [[int8x16_t; 2]; 4] = std::array::from_fn(|o| {
-        let (a, b) = (vreinterpretq_s32_s8(w[2 * o]), vreinterpretq_s32_s8(w[2 * o + 1]));
+        let (a, b) = (
+            vreinterpretq_s32_s8(w[2 * o]),
+            vreinterpretq_s32_s8(w[2 * o + 1]),
+        );
         [
             vreinterpretq_s8_s32(vzip1q_s32(a, b)),
             vreinterpretq_s8_s32(vzip2q_s32(a, b)),
@@ -394,7 +397,10 @@ unsafe fn sub_block_mm<const K: u8, const P: usize>(
         let real = if ta + 1 < t0 + n { 2 } else { 1 };
         for (t, m) in ms.iter().enumerate().take(real) {
             let (o0, o1) = offsets::<K>(m, off);
-            let i = (vaddq_s32(h0[t], vdupq_n_s32(o0)), vaddq_s32(h1[t], vdupq_n_s32(o1)));
+            let i = (
+                vaddq_s32(h0[t], vdupq_n_s32(o0)),
+                vaddq_s32(h1[t], vdupq_n_s32(o1)),
+            );
             scale_token::<K>(&mut acc[p][t], i, m, scales);
         }
     });
