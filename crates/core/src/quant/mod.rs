@@ -339,4 +339,5 @@ mod tests {
 }
 
 pub mod dot;
+pub mod q4;
 pub mod q8;
