@@ -7,7 +7,7 @@ use suanli_backend::{Backend, Weight};
 use suanli_cpu::CpuBackend;
 use suanli_engine::Session;
 use suanli_formats::{catalog, open_model, ModelSource};
-use suanli_models::Model;
+use suanli_models::{Model, Requantize};
 use suanli_tokenizer::Tokenizer;
 
 /// A catalog name is pulled on first use; anything else must be an existing path.
@@ -231,18 +231,26 @@ pub fn within_trained(ctx: usize, trained: usize) -> usize {
 
 /// Load `name` as the draft model of `loaded`'s session (speculative decoding), on the same
 /// backend. Its tokenizer must be the model's: the same vocabulary, token for token.
-pub fn load_draft<B: Hardware>(name: &str, loaded: &mut Loaded<B>, opts: &Opts) -> Result<()> {
+pub fn load_draft<B: Hardware>(
+    name: &str,
+    requantize: Option<Requantize>,
+    loaded: &mut Loaded<B>,
+    opts: &Opts,
+) -> Result<()> {
     let s = &mut loaded.session;
-    let model = load_draft_model(&resolve(Some(name))?, &s.backend, &loaded.tokenizer)?;
+    let path = resolve(Some(name))?;
+    let model = load_draft_model(&path, requantize, &s.backend, &loaded.tokenizer)?;
     s.set_draft_model(model, opts.kv)
         .context("allocating the draft model's KV cache")?;
     Ok(())
 }
 
 /// Load the model at `path` (resolved) on `backend` as a draft model for a model with tokenizer
-/// `main`: refused unless its tokenizer is the same, token for token.
+/// `main`: refused unless its tokenizer is the same, token for token. With `requantize`, its
+/// matrices are converted where the file spends more bits on them.
 pub fn load_draft_model<B: Backend>(
     path: &Path,
+    requantize: Option<Requantize>,
     backend: &B,
     main: &Tokenizer,
 ) -> Result<Model<B>> {
@@ -260,10 +268,24 @@ pub fn load_draft_model<B: Backend>(
             main.vocab_size()
         );
     }
-    let model = Model::load(&src, backend)?;
+    let model = match requantize {
+        Some(to) => Model::load_requantized(&src, backend, to)?,
+        None => Model::load(&src, backend)?,
+    };
     let c = &model.cfg;
+    let r = model.requantized();
+    let converted = match r.to {
+        Some(to) if r.converted > 0 => format!(
+            "; {} matrices re-quantized to {} for drafting ({:.0} → {:.0} MB; --draft-quant file keeps the file's)",
+            r.converted,
+            to.dtype(),
+            r.bytes_before as f64 / 1e6,
+            r.bytes_after as f64 / 1e6
+        ),
+        _ => String::new(),
+    };
     eprintln!(
-        "draft model {} ({} layers, hidden {}) from {} in {:.2}s",
+        "draft model {} ({} layers, hidden {}) from {} in {:.2}s{converted}",
         c.arch.name(),
         c.num_hidden_layers,
         c.hidden_size,

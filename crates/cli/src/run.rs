@@ -74,6 +74,11 @@ pub struct SpecArgs {
     /// measured cost of verifying (which turns speculation off where it does not pay).
     #[arg(long)]
     pub draft_fixed: bool,
+    /// What the draft model's matrices are stored as: q4_0 (default: re-quantized at load
+    /// where the file spends more bits, so each drafted token reads fewer bytes; drafts are
+    /// only proposals, every output is the model's own) or file (as the file stores them).
+    #[arg(long)]
+    pub draft_quant: Option<String>,
 }
 
 impl SpecArgs {
@@ -84,8 +89,12 @@ impl SpecArgs {
             if self.draft_model.is_some() {
                 bail!("--draft-model is for --spec draft");
             }
+            if self.draft_quant.is_some() {
+                bail!("--draft-quant is for --spec draft");
+            }
             return Ok(None);
         };
+        self.draft_requantize()?;
         let cfg = suanli_engine::spec::SpecConfig {
             max_draft: self.draft_max,
             ngram_max: self.spec_ngram,
@@ -102,9 +111,21 @@ impl SpecArgs {
             (suanli_engine::spec::SpecMode::Ngram, Some(_)) => {
                 bail!("--draft-model is for --spec draft")
             }
+            (suanli_engine::spec::SpecMode::Ngram, None) if self.draft_quant.is_some() => {
+                bail!("--draft-quant is for --spec draft")
+            }
             _ => {}
         }
         Ok(Some(cfg))
+    }
+
+    /// The format the draft model's matrices are converted to (`--draft-quant`), if any.
+    pub fn draft_requantize(&self) -> Result<Option<suanli_models::Requantize>> {
+        match self.draft_quant.as_deref() {
+            None | Some("q4_0") => Ok(Some(suanli_models::Requantize::Q4_0)),
+            Some("file") => Ok(None),
+            Some(other) => bail!("--draft-quant {other:?}: one of q4_0, file"),
+        }
     }
 
     /// Set up `loaded`'s session: the draft model if any, then the speculation settings.
@@ -115,7 +136,7 @@ impl SpecArgs {
     ) -> Result<()> {
         let cfg = self.config()?;
         if let (Some(_), Some(name)) = (&cfg, &self.draft_model) {
-            crate::load::load_draft(name, loaded, opts)?;
+            crate::load::load_draft(name, self.draft_requantize()?, loaded, opts)?;
         }
         loaded.session.set_speculation(cfg).map_err(|e| anyhow!(e))
     }

@@ -25,6 +25,22 @@ fn bad_speculation_options_are_refused_by_name() {
             vec!["--spec", "ngram", "--spec-ngram", "40"],
             "--spec-ngram",
         ),
+        (
+            vec![
+                "--spec",
+                "draft",
+                "--draft-model",
+                tiny,
+                "--draft-quant",
+                "q2",
+            ],
+            "--draft-quant",
+        ),
+        (
+            vec!["--spec", "ngram", "--draft-quant", "q4_0"],
+            "--draft-quant",
+        ),
+        (vec!["--draft-quant", "file"], "--draft-quant"),
     ] {
         let mut all = vec!["run", "--model", tiny, "--raw", "--max-tokens", "2"];
         all.extend(&args);
@@ -98,8 +114,8 @@ fn ngram_speculation_answers_as_plain_decoding() {
 }
 
 /// `serve --spec draft --draft-model M`: a completion answered with the draft model's drafts
-/// (SmolLM2 drafting for itself) equals the one a plain server gives, and the drafts show in
-/// `/metrics`.
+/// (SmolLM2 drafting for itself, re-quantized to Q4_0 by default, as the log says) equals the
+/// one a plain server gives, and the drafts show in `/metrics`.
 #[cfg(unix)]
 #[test]
 fn serve_with_a_draft_model_answers_as_plain_decoding() {
@@ -110,11 +126,17 @@ fn serve_with_a_draft_model_answers_as_plain_decoding() {
     let draft = model.to_str().unwrap().to_owned();
     let answer = |extra: &[&str]| -> (String, String) {
         let (mut child, mut err) = spawn_serve(extra);
-        let mut line = String::new();
+        let (mut line, mut log) = (String::new(), String::new());
         while !line.starts_with("serving ") {
             line.clear();
             assert!(err.read_line(&mut line).unwrap() > 0, "server exited early");
+            log.push_str(&line);
         }
+        assert_eq!(
+            log.contains("re-quantized to Q4_0 for drafting"),
+            !extra.is_empty(),
+            "{log}"
+        );
         let addr = address_in(&line).unwrap();
         let body = r#"{"prompt": "The capital of France is", "max_tokens": 24, "temperature": 0}"#;
         let reply = http(&addr, "POST", "/v1/completions", body);

@@ -4,6 +4,7 @@
 use crate::config::{Arch, FeedForward, LayerAttention, Mlp, ModelConfig};
 use crate::experts::{ExpertScratch, Experts, GatedMlp};
 use crate::loader::{LoadError, Loader};
+use crate::requantize::{Requantize, Requantized};
 use suanli_backend::{
     Act, AttnMeta, Backend, BackendError, BatchPlan, KvDType, KvPages, KvSpec, MlpScratch,
     RopeParams, Weight,
@@ -92,6 +93,8 @@ pub struct Model<B: Backend> {
     ropes: Vec<(RopeParams, RopeParams)>,
     /// Per layer, which of `ropes`.
     layer_rope: Vec<usize>,
+    /// Matrices converted at load (`load_requantized`).
+    requantized: Requantized,
 }
 
 /// Activation buffers for up to `capacity` tokens per step, allocated once.
@@ -119,6 +122,29 @@ impl<B: Backend> Scratch<B> {
 
 impl<B: Backend> Model<B> {
     pub fn load(src: &ModelSource, backend: &B) -> Result<Model<B>, LoadError> {
+        Self::load_with(src, backend, None)
+    }
+
+    /// `load`, with the matrices converted to a smaller format where it has fewer bits per
+    /// weight: a draft model's copy (see `Requantize`).
+    pub fn load_requantized(
+        src: &ModelSource,
+        backend: &B,
+        to: Requantize,
+    ) -> Result<Model<B>, LoadError> {
+        Self::load_with(src, backend, Some(to))
+    }
+
+    /// What `load_requantized` converted (nothing after `load`).
+    pub fn requantized(&self) -> Requantized {
+        self.requantized
+    }
+
+    fn load_with(
+        src: &ModelSource,
+        backend: &B,
+        requantize: Option<Requantize>,
+    ) -> Result<Model<B>, LoadError> {
         let cfg = ModelConfig::from_source(src)?;
         let windowed = cfg
             .layer_attention
@@ -155,7 +181,7 @@ impl<B: Backend> Model<B> {
                 "mixture-of-experts layers, which this model uses",
             ));
         }
-        let l = Loader::new(src, backend, cfg.exact_activations);
+        let l = Loader::new(src, backend, cfg.exact_activations, requantize);
         let s = spec(cfg.arch);
         let (hd, qd, kvd, ff) = (
             cfg.hidden_size,
@@ -286,6 +312,7 @@ impl<B: Backend> Model<B> {
             lm_head,
             ropes,
             layer_rope,
+            requantized: l.requantized(),
         })
     }
 

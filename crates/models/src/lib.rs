@@ -15,6 +15,7 @@ mod qwen2;
 mod qwen2_moe;
 mod qwen3;
 mod qwen3_moe;
+mod requantize;
 mod rope;
 
 pub use config::{
@@ -23,3 +24,4 @@ pub use config::{
 };
 pub use layers::{Model, Scratch};
 pub use loader::LoadError;
+pub use requantize::{Requantize, Requantized};

@@ -1,6 +1,7 @@
 //! Fetch tensors by HF name with their expected shapes, and hand them to the backend.
 
 use crate::config::{ConfigError, ExactActivations};
+use crate::requantize::{Requantize, Requantized};
 use suanli_backend::{ActPrecision, Backend, BackendError, HostTensor, Weight, WeightRole};
 use suanli_formats::{ModelSource, TensorInfo};
 
@@ -32,18 +33,36 @@ pub(crate) struct Loader<'a, B: Backend> {
     pub backend: &'a B,
     /// Which products ask the backend for exact activations.
     pub exact: ExactActivations,
+    /// Matrices converted to a smaller format as they load (a draft model's copy).
+    requantize: Option<Requantize>,
+    requantized: std::cell::Cell<Requantized>,
     /// HF names of the tensors taken so far.
     used: std::cell::RefCell<std::collections::BTreeSet<String>>,
 }
 
 impl<'a, B: Backend> Loader<'a, B> {
-    pub fn new(src: &'a ModelSource, backend: &'a B, exact: ExactActivations) -> Self {
+    pub fn new(
+        src: &'a ModelSource,
+        backend: &'a B,
+        exact: ExactActivations,
+        requantize: Option<Requantize>,
+    ) -> Self {
         Loader {
             src,
             backend,
             exact,
+            requantize,
+            requantized: std::cell::Cell::new(Requantized {
+                to: requantize,
+                ..Requantized::default()
+            }),
             used: Default::default(),
         }
+    }
+
+    /// What re-quantizing did so far.
+    pub fn requantized(&self) -> Requantized {
+        self.requantized.get()
     }
 
     /// Count a tensor as used without loading it (read elsewhere, or derived and ignored as
@@ -149,10 +168,35 @@ impl<'a, B: Backend> Loader<'a, B> {
                     format!("{name}: rows {r:?} out of range"),
                 ))
             })?;
+        let (dtype, bytes) = match self.requantize {
+            Some(to) if role.multiplies() => {
+                let mut done = self.requantized.get();
+                done.bytes_before += bytes.len();
+                let converted = match to.converts(t.dtype, cols) {
+                    true => {
+                        let q = to
+                            .convert(t.dtype, bytes.as_slice(), r.len(), cols)
+                            .map_err(|e| {
+                                backend_err(suanli_backend::shape_err(
+                                    "load",
+                                    format!("{name}: {e}"),
+                                ))
+                            })?;
+                        done.converted += 1;
+                        (to.dtype(), suanli_formats::Bytes::from_vec(q))
+                    }
+                    false => (t.dtype, bytes),
+                };
+                done.bytes_after += converted.1.len();
+                self.requantized.set(done);
+                converted
+            }
+            _ => (t.dtype, bytes),
+        };
         self.backend
             .prepare_weight(HostTensor {
                 name,
-                dtype: t.dtype,
+                dtype,
                 rows: r.len(),
                 cols,
                 bytes: &bytes,
