@@ -7,7 +7,7 @@ use crate::kv::OutOfBlocks;
 use crate::sampler::{argmax, Sampler, SamplingParams};
 use crate::seq_cache::SeqCache;
 use crate::spec::{SeqSpec, SpecConfig, SpecMode, SpecStats};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use suanli_backend::{Backend, BackendError, KvDType};
 use suanli_models::Model;
 
@@ -456,9 +456,8 @@ impl<B: Backend> DraftModel<B> {
         if k == 0 {
             return Ok(Vec::new());
         }
-        let t = Instant::now();
-        let proposal = self.propose(backend, history, k)?;
-        spec.ctl.observe_draft_time(proposal.len(), t.elapsed());
+        let (proposal, steps) = self.propose(backend, history, k)?;
+        spec.ctl.observe_draft_time(steps.0, steps.1);
         if probe {
             spec.set_shadow(proposal.first().copied());
             return Ok(Vec::new());
@@ -468,30 +467,40 @@ impl<B: Backend> DraftModel<B> {
 
     /// The draft model's greedy continuation of `history`, `k` tokens: its cache keeps what it
     /// shares with `history` (the accepted part of its earlier drafts included) and computes
-    /// the rest.
+    /// the rest. Also the drafting steps it timed and how long they took: those of one or two
+    /// tokens, what drafting costs while it goes on — not a first feed catching up on the
+    /// prompt or on the tokens since the last probe, which would price every draft as a
+    /// prefill and keep drafting off.
     fn propose(
         &mut self,
         backend: &B,
         history: &[u32],
         k: usize,
-    ) -> Result<Vec<u32>, SessionError> {
+    ) -> Result<(Vec<u32>, (usize, Duration)), SessionError> {
         let common = self.seq.keep_prefix_of(history);
         // Room for the drafts in the draft's own cache (the same context as the session's).
         let k = k.min(self.seq.ctx.saturating_sub(history.len()));
         let mut out = Vec::with_capacity(k);
+        let mut timed = (0, Duration::ZERO);
         if k == 0 {
-            return Ok(out);
+            return Ok((out, timed));
         }
         let rest = &history[common..];
+        let t = Instant::now();
         let mut next = argmax(
             self.seq
                 .feed(backend, &self.model, rest, rest.len() - 1, false)?,
         );
+        if rest.len() <= 2 {
+            timed = (1, t.elapsed());
+        }
         out.push(next);
         while out.len() < k {
+            let t = Instant::now();
             next = argmax(self.seq.feed(backend, &self.model, &[next], 0, true)?);
+            timed = (timed.0 + 1, timed.1 + t.elapsed());
             out.push(next);
         }
-        Ok(out)
+        Ok((out, timed))
     }
 }
