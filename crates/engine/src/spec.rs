@@ -206,8 +206,11 @@ struct CopyDrafts {
 impl SeqSpec {
     pub fn new(cfg: &SpecConfig) -> SeqSpec {
         let ctl = || Controller::new(cfg.max_draft, cfg.adaptive);
+        let mut model = ctl();
+        // A draft model always proposes: its controller takes plain steps to price them.
+        model.measures_plain_step = cfg.mode == SpecMode::Draft;
         SeqSpec {
-            ctl: ctl(),
+            ctl: model,
             shadow: None,
             lookup: Lookup::default(),
             copy: (cfg.mode == SpecMode::Draft).then(|| CopyDrafts {
@@ -331,6 +334,11 @@ pub struct Controller {
     cost: StepCost,
     /// Passes since the last of one row (the plain decode step every choice is held against).
     since_one_row: usize,
+    /// Whether plain steps are taken on purpose (first, then every `REMEASURE_EVERY` passes):
+    /// for a draft model, which always has a proposal. N-gram lookups often find none, and
+    /// those steps are plain anyway; a forced first one would cost a code edit's opening
+    /// copy (~10 % of a short answer).
+    measures_plain_step: bool,
     /// Seconds per drafted token (a draft model's decode; n-gram drafts cost nothing).
     draft_secs: (f64, f64),
 }
@@ -342,9 +350,9 @@ const MARGIN: f64 = 0.05;
 /// Assumed extra cost of each further row before one is measured: decode reads every weight
 /// once whatever the rows, so a few more rows cost little; measurements replace it.
 const PRIOR_ROW_COST: f64 = 0.04;
-/// Passes after which a plain one-row step is taken again to re-measure it: a draft model
-/// always has a proposal, so without it that cost would be measured once or never while the
-/// machine's speed drifts (a shared machine's by ±30 % within a minute).
+/// Passes after which a draft model's controller takes a plain one-row step again to
+/// re-measure it: otherwise measured once while the machine's speed drifts (a shared
+/// machine's by ±30 % within a minute).
 const REMEASURE_EVERY: usize = 64;
 
 impl Controller {
@@ -357,6 +365,7 @@ impl Controller {
             trials: 2.0,
             cost: StepCost::new(max + 1),
             since_one_row: 0,
+            measures_plain_step: false,
             draft_secs: (0.0, 0.0),
         }
     }
@@ -377,7 +386,8 @@ impl Controller {
             return cap;
         }
         // Every rate below is held against a plain step's: measure it first, and now and then.
-        if self.cost.seconds(1).is_none() || self.since_one_row >= REMEASURE_EVERY {
+        let stale = self.cost.seconds(1).is_none() || self.since_one_row >= REMEASURE_EVERY;
+        if self.measures_plain_step && stale {
             return 0;
         }
         let a = self.acceptance();
@@ -466,19 +476,31 @@ impl Controller {
 #[derive(Clone, Debug)]
 pub struct StepCost {
     secs: Vec<(f64, f64)>,
+    /// Per row count above one, whether its first pass went by unrecorded.
+    first_seen: Vec<bool>,
 }
 
 impl StepCost {
     pub fn new(max_rows: usize) -> StepCost {
         StepCost {
             secs: vec![(0.0, 0.0); max_rows.max(1)],
+            first_seen: vec![false; max_rows.max(1)],
         }
     }
 
+    /// A pass of `rows` took `took`. The first pass of each count above one is not recorded:
+    /// the first time a process verifies that many rows it grows the buffers of their logits
+    /// and faults in fresh pages (Qwen2.5-Coder-0.5B: 4 rows 31 ms then ~13, 11 rows 58 ms
+    /// then ~21), which priced drafting that far out of use for the rest of the answer.
     pub fn observe(&mut self, rows: usize, took: Duration) {
-        if let Some(s) = rows.checked_sub(1).and_then(|i| self.secs.get_mut(i)) {
-            *s = (s.0 * DECAY + took.as_secs_f64(), s.1 * DECAY + 1.0);
+        let Some(i) = rows.checked_sub(1).filter(|&i| i < self.secs.len()) else {
+            return;
+        };
+        if i > 0 && !std::mem::replace(&mut self.first_seen[i], true) {
+            return;
         }
+        let s = &mut self.secs[i];
+        *s = (s.0 * DECAY + took.as_secs_f64(), s.1 * DECAY + 1.0);
     }
 
     fn seconds(&self, rows: usize) -> Option<f64> {
@@ -629,6 +651,7 @@ mod tests {
         // Cheap extra rows and drafts always taken: the whole draft.
         for r in 1..=9 {
             c.observe_time(r, Duration::from_millis(20 + r as u64));
+            c.observe_time(r, Duration::from_millis(20 + r as u64));
         }
         for _ in 0..20 {
             c.observe_draft(8, 8);
@@ -650,6 +673,7 @@ mod tests {
         let mut c = Controller::new(8, true);
         for r in 1..=9 {
             c.observe_time(r, Duration::from_millis(20 * r as u64));
+            c.observe_time(r, Duration::from_millis(20 * r as u64));
         }
         for _ in 0..30 {
             c.observe_draft(4, 2);
@@ -668,6 +692,7 @@ mod tests {
     #[test]
     fn drafting_is_held_against_a_measured_plain_step() {
         let mut c = Controller::new(10, true);
+        c.measures_plain_step = true;
         for _ in 0..20 {
             c.observe_draft(3, 3);
         }
@@ -699,10 +724,17 @@ mod tests {
         assert_eq!(c.draft_len(10), 0);
         c.observe_time(1, Duration::from_millis(20));
         assert!(c.draft_len(10) > 0);
-        // Only more rows measured: a fewer-row step is the nearest scaled down, not 1.0.
+        // N-gram drafts need no plain step first (lookups that find nothing take them); with
+        // only more rows measured, a fewer-row step is the nearest scaled down, not 1.0.
         let mut c = Controller::new(10, true);
+        c.observe_time(5, Duration::from_millis(90));
+        assert!(
+            c.cost.seconds(5).is_none(),
+            "a count's first pass is not recorded"
+        );
         c.observe_time(5, Duration::from_millis(30));
         assert!((c.estimate(1) - 0.030 / (1.0 + 4.0 * PRIOR_ROW_COST)).abs() < 1e-9);
+        assert!(c.draft_len(10) > 0);
     }
 
     /// A draft model's time per drafted token counts against long drafts.
@@ -710,6 +742,7 @@ mod tests {
     fn drafting_cost_shortens_drafts() {
         let mut c = Controller::new(8, true);
         for r in 1..=9 {
+            c.observe_time(r, Duration::from_millis(20 + 2 * r as u64));
             c.observe_time(r, Duration::from_millis(20 + 2 * r as u64));
         }
         for _ in 0..30 {
@@ -729,6 +762,7 @@ mod tests {
         // Reading weights: 20 ms whatever the rows, up to 8; then 2.5 ms per row.
         for r in 1..=40 {
             let ms = 20.0 + 2.5 * (r as f64 - 8.0).max(0.0);
+            cost.observe(r, Duration::from_secs_f64(ms / 1e3));
             cost.observe(r, Duration::from_secs_f64(ms / 1e3));
         }
         assert!(cost.row_cost(1) < 0.01);
