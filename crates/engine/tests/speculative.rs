@@ -264,20 +264,17 @@ fn sampled_distribution_is_unchanged_by_speculation() {
     );
 }
 
-/// A draft model re-quantized to Q4_0 at load (SmolLM2's Q4_1 and Q8_0 matrices: 4.5 bits
-/// per weight instead of 5 and 8.5) reads fewer bytes per drafted token, still drafts, and
-/// changes no token, greedy or sampled.
-#[test]
-fn requantized_draft_model_answers_are_the_same() {
+/// SmolLM2 drafting for itself, the draft loaded by `draft`, 6 drafts a pass: the answers
+/// with and without speculation, greedy then seeded sampling, are the same. The session and
+/// the speculation figures of both.
+fn drafted_by_smollm2(
+    draft: impl FnOnce(&suanli_formats::ModelSource, &CpuBackend) -> suanli_models::Model<CpuBackend>,
+) -> (Session<CpuBackend>, [SpecStats; 2]) {
     let path = catalog::pull(catalog::find("smollm2-135m").unwrap()).unwrap();
     let (mut s, tok) = load(&path, Isa::detect().unwrap(), 1024, 64, KvDType::F16);
     let src = suanli_formats::open_model(&path).unwrap();
-    let draft =
-        suanli_models::Model::load_requantized(&src, &s.backend, suanli_models::Requantize::Q4_0)
-            .unwrap();
-    let r = draft.requantized();
-    assert!(r.converted > 0 && r.bytes_after < r.bytes_before, "{r:?}");
-    s.set_draft_model(draft, KvDType::F16).unwrap();
+    let model = draft(&src, &s.backend);
+    s.set_draft_model(model, KvDType::F16).unwrap();
     let spec = Some(SpecConfig {
         max_draft: 6,
         adaptive: false,
@@ -286,20 +283,36 @@ fn requantized_draft_model_answers_are_the_same() {
     let p = tok
         .encode("The three laws of thermodynamics are", false)
         .unwrap();
-    let greedy = SamplingParams::greedy();
-    let (want, _, _) = generate(&mut s, None, &p, &greedy, 60, None, None);
-    let (got, _, st) = generate(&mut s, spec.clone(), &p, &greedy, 60, None, None);
-    assert_eq!(got, want);
-    eprintln!("{r:?}; greedy {st:?}");
+    let mut sampled = SamplingParams::greedy();
+    sampled.temperature = 0.9;
+    sampled.seed = Some(7);
+    let stats = [SamplingParams::greedy(), sampled].map(|params| {
+        let (want, _, _) = generate(&mut s, None, &p, &params, 60, None, None);
+        let (got, _, st) = generate(&mut s, spec.clone(), &p, &params, 60, None, None);
+        assert_eq!(got, want, "{params:?}");
+        st
+    });
+    (s, stats)
+}
+
+/// A draft model re-quantized to Q4_0 at load (SmolLM2's Q4_1 and Q8_0 matrices: 4.5 bits
+/// per weight instead of 5 and 8.5) reads fewer bytes per drafted token, still drafts, and
+/// changes no token, greedy or sampled.
+#[test]
+fn requantized_draft_model_answers_are_the_same() {
+    let mut done = None;
+    let (_, [greedy, _]) = drafted_by_smollm2(|src, backend| {
+        let m =
+            suanli_models::Model::load_requantized(src, backend, suanli_models::Requantize::Q4_0)
+                .unwrap();
+        done = Some(m.requantized());
+        m
+    });
+    let r = done.unwrap();
+    assert!(r.converted > 0 && r.bytes_after < r.bytes_before, "{r:?}");
     // The same model at 4.5 bits still drafts more than a token per pass: 2.9 tokens per
     // verifying pass of 6 drafts (its own weights: over 5.8, by the test below).
-    assert!(st.mean_accepted_length() > 2.0, "{st:?}");
-    let mut params = SamplingParams::greedy();
-    params.temperature = 0.9;
-    params.seed = Some(7);
-    let (want, _, _) = generate(&mut s, None, &p, &params, 60, None, None);
-    let (got, _, _) = generate(&mut s, spec, &p, &params, 60, None, None);
-    assert_eq!(got, want);
+    assert!(greedy.mean_accepted_length() > 2.0, "{r:?}; {greedy:?}");
 }
 
 /// A draft model (here the model itself, loaded again on the same backend: its greedy drafts
@@ -307,34 +320,16 @@ fn requantized_draft_model_answers_are_the_same() {
 /// refused.
 #[test]
 fn draft_model_answers_are_the_same() {
-    let path = catalog::pull(catalog::find("smollm2-135m").unwrap()).unwrap();
-    let (mut s, tok) = load(&path, Isa::detect().unwrap(), 1024, 64, KvDType::F16);
-    let src = suanli_formats::open_model(&path).unwrap();
-    let draft = suanli_models::Model::load(&src, &s.backend).unwrap();
-    s.set_draft_model(draft, KvDType::F16).unwrap();
-    let spec = Some(SpecConfig {
-        max_draft: 6,
-        adaptive: false,
-        ..SpecConfig::new(SpecMode::Draft)
-    });
-    let p = tok
-        .encode("The three laws of thermodynamics are", false)
-        .unwrap();
-    let greedy = SamplingParams::greedy();
-    let (want, _, _) = generate(&mut s, None, &p, &greedy, 60, None, None);
-    let (got, _, st) = generate(&mut s, spec.clone(), &p, &greedy, 60, None, None);
-    assert_eq!(got, want);
+    let (mut s, [greedy, sampled]) =
+        drafted_by_smollm2(|src, backend| suanli_models::Model::load(src, backend).unwrap());
     assert!(
-        st.acceptance() > 0.8 && st.mean_accepted_length() > 3.0,
-        "{st:?}"
+        greedy.acceptance() > 0.8 && greedy.mean_accepted_length() > 3.0,
+        "{greedy:?}"
     );
-    let mut params = SamplingParams::greedy();
-    params.temperature = 0.9;
-    params.seed = Some(7);
-    let (want, _, _) = generate(&mut s, None, &p, &params, 60, None, None);
-    let (got, _, st) = generate(&mut s, spec, &p, &params, 60, None, None);
-    assert_eq!(got, want);
-    assert!(st.accepted > 0 && st.drafted > st.accepted, "{st:?}");
+    assert!(
+        sampled.accepted > 0 && sampled.drafted > sampled.accepted,
+        "{sampled:?}"
+    );
     // A draft model of another vocabulary is refused.
     let tiny = suanli_formats::open_model(&fixtures().join("tiny/qwen2")).unwrap();
     let other = suanli_models::Model::load(&tiny, &s.backend).unwrap();
