@@ -487,17 +487,20 @@ impl<B: Backend> DraftModel<B> {
         }
         let rest = &history[common..];
         let t = Instant::now();
-        let mut next = argmax(
-            self.seq
-                .feed(backend, &self.model, rest, rest.len() - 1, false)?,
-        );
+        let row = self
+            .seq
+            .feed(backend, &self.model, rest, rest.len() - 1, false)?;
+        let mut next = argmax(row);
+        let mut sure = crate::spec::likely(row, next);
         if rest.len() <= 2 {
             timed = (1, t.elapsed());
         }
         out.push(next);
-        while out.len() < k {
+        while out.len() < k && sure {
             let t = Instant::now();
-            next = argmax(self.seq.feed(backend, &self.model, &[next], 0, true)?);
+            let row = self.seq.feed(backend, &self.model, &[next], 0, true)?;
+            next = argmax(row);
+            sure = crate::spec::likely(row, next);
             timed = (timed.0 + 1, timed.1 + t.elapsed());
             out.push(next);
         }
