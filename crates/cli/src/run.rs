@@ -83,15 +83,17 @@ pub struct SpecArgs {
 
 impl SpecArgs {
     pub fn config(&self) -> Result<Option<suanli_engine::spec::SpecConfig>> {
-        let Some(mode) =
-            suanli_engine::spec::SpecMode::parse(&self.spec).map_err(|e| anyhow!("--spec: {e}"))?
-        else {
+        use suanli_engine::spec::SpecMode;
+        let mode = SpecMode::parse(&self.spec).map_err(|e| anyhow!("--spec: {e}"))?;
+        if mode != Some(SpecMode::Draft) {
             if self.draft_model.is_some() {
                 bail!("--draft-model is for --spec draft");
             }
             if self.draft_quant.is_some() {
                 bail!("--draft-quant is for --spec draft");
             }
+        }
+        let Some(mode) = mode else {
             return Ok(None);
         };
         self.draft_requantize()?;
@@ -104,17 +106,8 @@ impl SpecArgs {
         };
         cfg.validate()
             .map_err(|e| anyhow!("--draft-max/--spec-ngram: {e}"))?;
-        match (mode, &self.draft_model) {
-            (suanli_engine::spec::SpecMode::Draft, None) => {
-                bail!("--spec draft needs --draft-model (a small model with the same tokenizer)")
-            }
-            (suanli_engine::spec::SpecMode::Ngram, Some(_)) => {
-                bail!("--draft-model is for --spec draft")
-            }
-            (suanli_engine::spec::SpecMode::Ngram, None) if self.draft_quant.is_some() => {
-                bail!("--draft-quant is for --spec draft")
-            }
-            _ => {}
+        if mode == SpecMode::Draft && self.draft_model.is_none() {
+            bail!("--spec draft needs --draft-model (a small model with the same tokenizer)")
         }
         Ok(Some(cfg))
     }
