@@ -3,7 +3,8 @@
 use crate::config::{ConfigError, ExactActivations};
 use crate::requantize::{Requantize, Requantized};
 use suanli_backend::{ActPrecision, Backend, BackendError, HostTensor, Weight, WeightRole};
-use suanli_formats::{ModelSource, TensorInfo};
+use suanli_core::DType;
+use suanli_formats::{Bytes, ModelSource, TensorInfo};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -33,8 +34,8 @@ pub(crate) struct Loader<'a, B: Backend> {
     pub backend: &'a B,
     /// Which products ask the backend for exact activations.
     pub exact: ExactActivations,
-    /// Matrices converted to a smaller format as they load (a draft model's copy).
-    requantize: Option<Requantize>,
+    /// Matrices converted to a smaller format as they load (a draft model's copy): to what,
+    /// and what was converted so far.
     requantized: std::cell::Cell<Requantized>,
     /// HF names of the tensors taken so far.
     used: std::cell::RefCell<std::collections::BTreeSet<String>>,
@@ -51,7 +52,6 @@ impl<'a, B: Backend> Loader<'a, B> {
             src,
             backend,
             exact,
-            requantize,
             requantized: std::cell::Cell::new(Requantized {
                 to: requantize,
                 ..Requantized::default()
@@ -168,30 +168,9 @@ impl<'a, B: Backend> Loader<'a, B> {
                     format!("{name}: rows {r:?} out of range"),
                 ))
             })?;
-        let (dtype, bytes) = match self.requantize {
-            Some(to) if role.multiplies() => {
-                let mut done = self.requantized.get();
-                done.bytes_before += bytes.len();
-                let converted = match to.converts(t.dtype, cols) {
-                    true => {
-                        let q = to
-                            .convert(t.dtype, bytes.as_slice(), r.len(), cols)
-                            .map_err(|e| {
-                                backend_err(suanli_backend::shape_err(
-                                    "load",
-                                    format!("{name}: {e}"),
-                                ))
-                            })?;
-                        done.converted += 1;
-                        (to.dtype(), suanli_formats::Bytes::from_vec(q))
-                    }
-                    false => (t.dtype, bytes),
-                };
-                done.bytes_after += converted.1.len();
-                self.requantized.set(done);
-                converted
-            }
-            _ => (t.dtype, bytes),
+        let (dtype, bytes) = match role.multiplies() {
+            true => self.requantize(name, t.dtype, bytes, r.len(), cols)?,
+            false => (t.dtype, bytes),
         };
         self.backend
             .prepare_weight(HostTensor {
@@ -204,6 +183,39 @@ impl<'a, B: Backend> Loader<'a, B> {
                 precision,
             })
             .map_err(backend_err)
+    }
+
+    /// A matrix's bytes as they go to the backend: converted where the load re-quantizes and
+    /// the format spends more bits, counted either way.
+    fn requantize(
+        &self,
+        name: &str,
+        dtype: DType,
+        bytes: Bytes,
+        rows: usize,
+        cols: usize,
+    ) -> Result<(DType, Bytes), LoadError> {
+        let mut done = self.requantized.get();
+        let Some(to) = done.to else {
+            return Ok((dtype, bytes));
+        };
+        done.bytes_before += bytes.len();
+        let out = match to.converts(dtype, cols) {
+            true => {
+                let q = to
+                    .convert(dtype, bytes.as_slice(), rows, cols)
+                    .map_err(|e| LoadError::Backend {
+                        path: self.path(),
+                        source: suanli_backend::shape_err("load", format!("{name}: {e}")),
+                    })?;
+                done.converted += 1;
+                (to.dtype(), Bytes::from_vec(q))
+            }
+            false => (dtype, bytes),
+        };
+        done.bytes_after += out.1.len();
+        self.requantized.set(done);
+        Ok(out)
     }
 
     /// One `[rows, cols]` matrix per expert of projection `proj` under `prefix`
