@@ -134,31 +134,96 @@ mod x86 {
         _mm_cvtsi128_si32(s) + _mm_extract_epi16::<4>(s) - 16 * 128
     }
 
+    /// Lane b: the largest of `m[b]`'s 16 lanes. Four rounds, each halving the lanes per
+    /// vector and the vectors (46 shuffles and maxima for 16 rows, against ~8 per row for a
+    /// row's own reduction), then one permutation into row order.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn max_of_rows(m: &[__m512; 16]) -> __m512 {
+        // Rows 2i, 2i+1: 128-bit quarters 0–1 hold row 2i's 8 partial maxima, 2–3 row 2i+1's.
+        let t: [__m512; 8] = std::array::from_fn(|i| {
+            let (a, b) = (m[2 * i], m[2 * i + 1]);
+            _mm512_max_ps(
+                _mm512_shuffle_f32x4::<0b01_00_01_00>(a, b),
+                _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b),
+            )
+        });
+        // Quarter q holds row 4i + q's 4 partial maxima.
+        let u: [__m512; 4] = std::array::from_fn(|i| {
+            let (a, b) = (t[2 * i], t[2 * i + 1]);
+            _mm512_max_ps(
+                _mm512_shuffle_f32x4::<0b10_00_10_00>(a, b),
+                _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b),
+            )
+        });
+        // Quarter q: rows 8i + q (elements 0, 1) and 8i + 4 + q (2, 3), two partials each.
+        let v: [__m512; 2] = std::array::from_fn(|i| {
+            let (a, b) = (u[2 * i], u[2 * i + 1]);
+            _mm512_max_ps(
+                _mm512_shuffle_ps::<0b01_00_01_00>(a, b),
+                _mm512_shuffle_ps::<0b11_10_11_10>(a, b),
+            )
+        });
+        // Lane 4q + j: row q + 4j.
+        let w = _mm512_max_ps(
+            _mm512_shuffle_ps::<0b10_00_10_00>(v[0], v[1]),
+            _mm512_shuffle_ps::<0b11_01_11_01>(v[0], v[1]),
+        );
+        let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+        _mm512_permutexvar_ps(order, w)
+    }
+
     /// `quantize_token_scalar`, 32 elements per block in two vectors; the same operations in
-    /// the same order per element, so the same bits.
+    /// the same order per element, so the same bits. Sixteen blocks at a time share one
+    /// reduction of their maxima and one vector division each for their scales (per block,
+    /// a reduction and two scalar divisions waited on each other): `quant_probe`, one thread,
+    /// 512 tokens × 4864 10.1 → 8.0 ns per block, 16 × 896 13.3 → 8.2.
     #[target_feature(enable = "avx512f,avx512bw")]
     pub unsafe fn quantize_token(x: &[f32], qs: &mut [i8], meta: &mut [Meta]) {
-        for ((xb, qb), m) in x.chunks_exact(32).zip(qs.chunks_exact_mut(32)).zip(meta) {
-            // SAFETY: xb and qb hold 32 elements each.
-            let (x0, x1) = unsafe {
-                (
-                    _mm512_loadu_ps(xb.as_ptr()),
-                    _mm512_loadu_ps(xb.as_ptr().add(16)),
-                )
-            };
-            let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(x0), _mm512_abs_ps(x1)));
-            let d = amax / 127.0;
-            let id = _mm512_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
-            let q0 = _mm512_cvtps_epi32(round_away(_mm512_mul_ps(x0, id)));
-            let q1 = _mm512_cvtps_epi32(round_away(_mm512_mul_ps(x1, id)));
-            // Saturating, like `as i8`.
-            let (b0, b1) = (_mm512_cvtsepi32_epi8(q0), _mm512_cvtsepi32_epi8(q1));
-            unsafe {
-                _mm_storeu_si128(qb.as_mut_ptr() as *mut __m128i, b0);
-                _mm_storeu_si128(qb.as_mut_ptr().add(16) as *mut __m128i, b1);
+        for ((xg, qg), mg) in x
+            .chunks(32 * 16)
+            .zip(qs.chunks_mut(32 * 16))
+            .zip(meta.chunks_mut(16))
+        {
+            let mut v = [[_mm512_setzero_ps(); 2]; 16];
+            let mut absmax = [_mm512_setzero_ps(); 16];
+            for ((xb, vb), am) in xg.chunks_exact(32).zip(&mut v).zip(&mut absmax) {
+                // SAFETY: xb holds 32 elements.
+                *vb = unsafe {
+                    [
+                        _mm512_loadu_ps(xb.as_ptr()),
+                        _mm512_loadu_ps(xb.as_ptr().add(16)),
+                    ]
+                };
+                *am = _mm512_max_ps(_mm512_abs_ps(vb[0]), _mm512_abs_ps(vb[1]));
             }
-            let (h0, h1) = (-sum16(b0), -sum16(b1));
-            *m = Meta::of(round_f16(d), h0, h1);
+            // As the scalar steps: d = amax / 127, id = 1 / d (0 for d = 0), the stored scale
+            // rounded to f16 (to nearest, ties to even); IEEE division rounds alike in lanes.
+            let d = _mm512_div_ps(max_of_rows(&absmax), _mm512_set1_ps(127.0));
+            let nonzero = _mm512_cmp_ps_mask::<_CMP_NEQ_UQ>(d, _mm512_setzero_ps());
+            let id = _mm512_maskz_div_ps(nonzero, _mm512_set1_ps(1.0), d);
+            let d16 = _mm512_cvtph_ps(_mm512_cvtps_ph::<
+                { _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC },
+            >(d));
+            let (mut ids, mut ds) = ([0f32; 16], [0f32; 16]);
+            // SAFETY: 16 floats each.
+            unsafe {
+                _mm512_storeu_ps(ids.as_mut_ptr(), id);
+                _mm512_storeu_ps(ds.as_mut_ptr(), d16);
+            }
+            for (b, ((vb, qb), m)) in v.iter().zip(qg.chunks_exact_mut(32)).zip(mg).enumerate() {
+                let id = _mm512_set1_ps(ids[b]);
+                let q0 = _mm512_cvtps_epi32(round_away(_mm512_mul_ps(vb[0], id)));
+                let q1 = _mm512_cvtps_epi32(round_away(_mm512_mul_ps(vb[1], id)));
+                // Saturating, like `as i8`.
+                let (b0, b1) = (_mm512_cvtsepi32_epi8(q0), _mm512_cvtsepi32_epi8(q1));
+                unsafe {
+                    _mm_storeu_si128(qb.as_mut_ptr() as *mut __m128i, b0);
+                    _mm_storeu_si128(qb.as_mut_ptr().add(16) as *mut __m128i, b1);
+                }
+                let (h0, h1) = (-sum16(b0), -sum16(b1));
+                *m = Meta::of(ds[b], h0, h1);
+            }
         }
     }
 
@@ -317,9 +382,17 @@ impl PActs {
 mod tests {
     use super::*;
 
-    /// The SIMD quantizer gives the scalar oracle's bits, ties and saturation included.
+    /// The SIMD quantizer gives the scalar oracle's bits, ties and saturation included, for
+    /// rows of whole groups of 16 blocks (64), a group and a part (28, Qwen2.5-0.5B's 896) and
+    /// one block.
     #[test]
     fn simd_quantization_equals_scalar() {
+        for blocks in [64, 28, 1] {
+            check_simd_quantization(blocks);
+        }
+    }
+
+    fn check_simd_quantization(blocks: usize) {
         let mut x: Vec<f32> = (0..32 * 64)
             .map(|i| ((i as f32 * 0.37).sin() * 3.0).powi(3))
             .collect();
@@ -336,6 +409,14 @@ mod tests {
         for v in &mut x[64..96] {
             *v *= 1e-30;
         }
+        // Scales that round to f16 subnormals or overflow it.
+        for v in &mut x[96..128] {
+            *v *= 1e-5;
+        }
+        for v in &mut x[128..160] {
+            *v *= 1e6;
+        }
+        x.truncate(32 * blocks);
         let (mut qa, mut qb) = (vec![0i8; x.len()], vec![0i8; x.len()]);
         let (mut ma, mut mb) = (
             vec![Meta::default(); x.len() / 32],
