@@ -4,6 +4,7 @@
 
 pub mod amx;
 mod attention;
+mod huge;
 pub mod kernels;
 mod matmul;
 mod membw;
@@ -687,6 +688,7 @@ pub(crate) fn kv_q8(x: &[f32]) -> ([i8; 32], half::f16) {
 fn try_zeroed<T: Clone>(n: usize, zero: T) -> Option<Vec<T>> {
     let mut v = Vec::new();
     v.try_reserve_exact(n).ok()?;
+    huge::advise(&mut v);
     v.resize(n, zero);
     Some(v)
 }

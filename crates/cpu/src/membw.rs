@@ -22,6 +22,8 @@ pub fn read_bandwidth(pool: &Pool, bytes: usize, reps: usize) -> f64 {
         }
         Vec::from_raw_parts(p, words, words)
     };
+    // On the pages the weights are read from (`huge`).
+    crate::huge::advise(&mut buf);
     // Fault the pages in (and make them distinct) before timing.
     pool.split_mut(&mut buf, 1 << 16, 4, &|i0, part| {
         for (i, w) in part.iter_mut().enumerate() {

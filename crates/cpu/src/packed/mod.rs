@@ -242,6 +242,7 @@ impl Packed {
         lines
             .try_reserve_exact(n_lines)
             .map_err(|_| PackError::OutOfMemory(n_lines * 64))?;
+        crate::huge::advise(&mut lines);
         lines.resize(n_lines, Line([0; 64]));
         let mut p = Packed {
             kind,
