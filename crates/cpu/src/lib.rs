@@ -330,11 +330,14 @@ impl Backend for CpuBackend {
                 what: "activation",
                 detail: format!("{capacity} × {cols}"),
             })?;
+        // Zeroed lazily (fresh pages), so the advice reaches every page before its first write.
+        let mut buf = vec![0f32; n];
+        huge::advise(&mut buf);
         Ok(Act {
             rows: 0,
             cols,
             capacity,
-            buf: vec![0f32; n],
+            buf,
         })
     }
 
