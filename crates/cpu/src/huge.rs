@@ -1,5 +1,6 @@
 //! Transparent huge pages for the large buffers streamed over and over: repacked weights (every
-//! decode step reads all of them), the KV cache, the bandwidth probe's buffer. Linux in its
+//! decode step reads all of them), the KV cache, activation scratch, the bandwidth probe's
+//! buffer. Linux in its
 //! usual `madvise` mode backs anonymous memory with 2 MiB pages only where a process asks; on
 //! 4 KiB pages a pass over the weights misses the TLB every 4 KiB and the hardware prefetchers
 //! stop at each page's end.
