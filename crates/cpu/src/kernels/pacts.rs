@@ -217,6 +217,7 @@ mod x86 {
                 let q1 = _mm512_cvtps_epi32(round_away(_mm512_mul_ps(vb[1], id)));
                 // Saturating, like `as i8`.
                 let (b0, b1) = (_mm512_cvtsepi32_epi8(q0), _mm512_cvtsepi32_epi8(q1));
+                // SAFETY: qb holds 32 bytes.
                 unsafe {
                     _mm_storeu_si128(qb.as_mut_ptr() as *mut __m128i, b0);
                     _mm_storeu_si128(qb.as_mut_ptr().add(16) as *mut __m128i, b1);
