@@ -7,122 +7,190 @@
 //! against its 8 products cap it at 80 % of the peak); conversions, float adds, `vscalefps`,
 //! integer, logic and mask ops do not. The latency is 4 cycles: 8 or more chains keep both pipes
 //! busy (a tile of 6 tokens with one chain each: at most ~75 %).
-use std::arch::asm;
-use std::time::Instant;
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::asm;
+    use std::time::Instant;
 
-/// Twelve independent `vpdpbusd` chains (zmm0–11), then `$extra`, `n` times; ns per iteration.
-macro_rules! mix {
-    ($name:ident, $($extra:literal),*) => {
-        #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-        unsafe fn $name(n: u64) -> f64 {
-            let t = Instant::now();
-            asm!(
-                "vpxord zmm30, zmm30, zmm30",
-                "vpternlogd zmm31, zmm31, zmm31, 0xff",
-                "vpxord zmm16, zmm16, zmm16",
-                "2:",
-                "vpdpbusd zmm0, zmm31, zmm30", "vpdpbusd zmm1, zmm31, zmm30",
-                "vpdpbusd zmm2, zmm31, zmm30", "vpdpbusd zmm3, zmm31, zmm30",
-                "vpdpbusd zmm4, zmm31, zmm30", "vpdpbusd zmm5, zmm31, zmm30",
-                "vpdpbusd zmm6, zmm31, zmm30", "vpdpbusd zmm7, zmm31, zmm30",
-                "vpdpbusd zmm8, zmm31, zmm30", "vpdpbusd zmm9, zmm31, zmm30",
-                "vpdpbusd zmm10, zmm31, zmm30", "vpdpbusd zmm11, zmm31, zmm30",
-                $($extra,)*
-                "dec {n}",
-                "jnz 2b",
-                n = inout(reg) n => _,
-                out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _, out("zmm4") _,
-                out("zmm5") _, out("zmm6") _, out("zmm7") _, out("zmm8") _, out("zmm9") _,
-                out("zmm10") _, out("zmm11") _, out("zmm16") _, out("zmm17") _,
-                out("zmm18") _, out("zmm19") _, out("zmm20") _, out("zmm21") _,
-                out("zmm30") _, out("zmm31") _, out("k1") _, out("k2") _, out("k3") _,
-                options(nostack),
-            );
-            t.elapsed().as_secs_f64() * 1e9 / n as f64
+    /// Twelve independent `vpdpbusd` chains (zmm0–11), then `$extra`, `n` times; ns per iteration.
+    macro_rules! mix {
+        ($name:ident, $($extra:literal),*) => {
+            #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+            unsafe fn $name(n: u64) -> f64 {
+                let t = Instant::now();
+                asm!(
+                    "vpxord zmm30, zmm30, zmm30",
+                    "vpternlogd zmm31, zmm31, zmm31, 0xff",
+                    "vpxord zmm16, zmm16, zmm16",
+                    "2:",
+                    "vpdpbusd zmm0, zmm31, zmm30", "vpdpbusd zmm1, zmm31, zmm30",
+                    "vpdpbusd zmm2, zmm31, zmm30", "vpdpbusd zmm3, zmm31, zmm30",
+                    "vpdpbusd zmm4, zmm31, zmm30", "vpdpbusd zmm5, zmm31, zmm30",
+                    "vpdpbusd zmm6, zmm31, zmm30", "vpdpbusd zmm7, zmm31, zmm30",
+                    "vpdpbusd zmm8, zmm31, zmm30", "vpdpbusd zmm9, zmm31, zmm30",
+                    "vpdpbusd zmm10, zmm31, zmm30", "vpdpbusd zmm11, zmm31, zmm30",
+                    $($extra,)*
+                    "dec {n}",
+                    "jnz 2b",
+                    n = inout(reg) n => _,
+                    out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _, out("zmm4") _,
+                    out("zmm5") _, out("zmm6") _, out("zmm7") _, out("zmm8") _, out("zmm9") _,
+                    out("zmm10") _, out("zmm11") _, out("zmm16") _, out("zmm17") _,
+                    out("zmm18") _, out("zmm19") _, out("zmm20") _, out("zmm21") _,
+                    out("zmm30") _, out("zmm31") _, out("k1") _, out("k2") _, out("k3") _,
+                    options(nostack),
+                );
+                t.elapsed().as_secs_f64() * 1e9 / n as f64
+            }
+        };
+    }
+
+    mix!(alone,);
+    mix!(
+        fma3,
+        "vfmadd231ps zmm17, zmm16, zmm31",
+        "vfmadd231ps zmm18, zmm16, zmm31",
+        "vfmadd231ps zmm19, zmm16, zmm31"
+    );
+    mix!(
+        mul3,
+        "vmulps zmm17, zmm16, zmm31",
+        "vmulps zmm18, zmm16, zmm31",
+        "vmulps zmm19, zmm16, zmm31"
+    );
+    mix!(
+        pmul3,
+        "vpmulld zmm17, zmm16, zmm31",
+        "vpmulld zmm18, zmm16, zmm31",
+        "vpmulld zmm19, zmm16, zmm31"
+    );
+    mix!(
+        pmadd3,
+        "vpmaddwd zmm17, zmm16, zmm31",
+        "vpmaddwd zmm18, zmm16, zmm31",
+        "vpmaddwd zmm19, zmm16, zmm31"
+    );
+    mix!(
+        scalef3,
+        "vscalefps zmm17, zmm16, zmm31",
+        "vscalefps zmm18, zmm16, zmm31",
+        "vscalefps zmm19, zmm16, zmm31"
+    );
+    mix!(
+        add3,
+        "vaddps zmm17, zmm16, zmm31",
+        "vaddps zmm18, zmm16, zmm31",
+        "vaddps zmm19, zmm16, zmm31"
+    );
+    mix!(
+        cvt3,
+        "vcvtdq2ps zmm17, zmm16",
+        "vcvtdq2ps zmm18, zmm16",
+        "vcvtdq2ps zmm19, zmm16"
+    );
+    mix!(
+        int6,
+        "vpaddd zmm17, zmm16, zmm31",
+        "vpsrlw zmm18, zmm16, 4",
+        "vpandq zmm19, zmm16, zmm31",
+        "vpternlogq zmm20, zmm16, zmm31, 0xf8",
+        "vpsllw zmm21, zmm16, 2",
+        "vpaddd zmm17, zmm16, zmm31"
+    );
+    mix!(
+        mask3,
+        "vptestmb k1, zmm16, zmm31",
+        "vpaddb zmm17{{k1}}, zmm16, zmm31",
+        "vptestmb k2, zmm16, zmm31",
+        "vpaddb zmm18{{k2}}, zmm16, zmm31",
+        "vptestmb k3, zmm16, zmm31",
+        "vpaddb zmm19{{k3}}, zmm16, zmm31"
+    );
+
+    /// `chains` independent chains, 12 products per iteration in all; ns per product.
+    #[target_feature(enable = "avx512f,avx512vnni")]
+    unsafe fn chains(n: u64, chains: usize) -> f64 {
+        macro_rules! run {
+            ($($r:literal)*) => {{
+                let t = Instant::now();
+                asm!(
+                    "vpxord zmm30, zmm30, zmm30",
+                    "vpternlogd zmm31, zmm31, zmm31, 0xff",
+                    "2:",
+                    $(concat!("vpdpbusd zmm", $r, ", zmm31, zmm30"),)*
+                    "dec {n}",
+                    "jnz 2b",
+                    n = inout(reg) n => _,
+                    out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _, out("zmm4") _,
+                    out("zmm5") _, out("zmm6") _, out("zmm7") _, out("zmm8") _, out("zmm9") _,
+                    out("zmm10") _, out("zmm11") _, out("zmm30") _, out("zmm31") _,
+                    options(nostack),
+                );
+                t.elapsed().as_secs_f64() * 1e9 / (n * 12) as f64
+            }};
         }
-    };
-}
+        match chains {
+            1 => run!(0 0 0 0 0 0 0 0 0 0 0 0),
+            4 => run!(0 1 2 3 0 1 2 3 0 1 2 3),
+            6 => run!(0 1 2 3 4 5 0 1 2 3 4 5),
+            _ => run!(0 1 2 3 4 5 6 7 8 9 10 11),
+        }
+    }
 
-mix!(alone,);
-mix!(fma3, "vfmadd231ps zmm17, zmm16, zmm31", "vfmadd231ps zmm18, zmm16, zmm31",
-     "vfmadd231ps zmm19, zmm16, zmm31");
-mix!(mul3, "vmulps zmm17, zmm16, zmm31", "vmulps zmm18, zmm16, zmm31",
-     "vmulps zmm19, zmm16, zmm31");
-mix!(pmul3, "vpmulld zmm17, zmm16, zmm31", "vpmulld zmm18, zmm16, zmm31", "vpmulld zmm19, zmm16, zmm31");
-mix!(pmadd3, "vpmaddwd zmm17, zmm16, zmm31", "vpmaddwd zmm18, zmm16, zmm31", "vpmaddwd zmm19, zmm16, zmm31");
-mix!(scalef3, "vscalefps zmm17, zmm16, zmm31", "vscalefps zmm18, zmm16, zmm31", "vscalefps zmm19, zmm16, zmm31");
-mix!(add3, "vaddps zmm17, zmm16, zmm31", "vaddps zmm18, zmm16, zmm31", "vaddps zmm19, zmm16, zmm31");
-mix!(cvt3, "vcvtdq2ps zmm17, zmm16", "vcvtdq2ps zmm18, zmm16", "vcvtdq2ps zmm19, zmm16");
-mix!(int6, "vpaddd zmm17, zmm16, zmm31", "vpsrlw zmm18, zmm16, 4", "vpandq zmm19, zmm16, zmm31",
-     "vpternlogq zmm20, zmm16, zmm31, 0xf8", "vpsllw zmm21, zmm16, 2", "vpaddd zmm17, zmm16, zmm31");
-mix!(mask3, "vptestmb k1, zmm16, zmm31", "vpaddb zmm17{{k1}}, zmm16, zmm31",
-     "vptestmb k2, zmm16, zmm31", "vpaddb zmm18{{k2}}, zmm16, zmm31",
-     "vptestmb k3, zmm16, zmm31", "vpaddb zmm19{{k3}}, zmm16, zmm31");
+    fn best(f: impl Fn() -> f64) -> f64 {
+        (0..5).map(|_| f()).fold(f64::MAX, f64::min)
+    }
 
-/// `chains` independent chains, 12 products per iteration in all; ns per product.
-#[target_feature(enable = "avx512f,avx512vnni")]
-unsafe fn chains(n: u64, chains: usize) -> f64 {
-    macro_rules! run {
-        ($($r:literal)*) => {{
-            let t = Instant::now();
-            asm!(
-                "vpxord zmm30, zmm30, zmm30",
-                "vpternlogd zmm31, zmm31, zmm31, 0xff",
-                "2:",
-                $(concat!("vpdpbusd zmm", $r, ", zmm31, zmm30"),)*
-                "dec {n}",
-                "jnz 2b",
-                n = inout(reg) n => _,
-                out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _, out("zmm4") _,
-                out("zmm5") _, out("zmm6") _, out("zmm7") _, out("zmm8") _, out("zmm9") _,
-                out("zmm10") _, out("zmm11") _, out("zmm30") _, out("zmm31") _,
-                options(nostack),
+    pub fn main() {
+        if !(std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512vnni"))
+        {
+            println!("no AVX-512 VNNI on this CPU: nothing to probe");
+            return;
+        }
+        const N: u64 = 5_000_000;
+        // SAFETY (all calls): the CPU has AVX-512 F/BW/VNNI (checked above); the loops touch no
+        // memory and clobber only the registers they declare.
+        let base = best(|| unsafe { alone(N) });
+        println!(
+            "12 vpdpbusd alone: {base:.3} ns ({:.1} G int8 MAC/s)",
+            12.0 * 64.0 / base
+        );
+        let mixes: [(&str, unsafe fn(u64) -> f64); 9] = [
+            ("+ 3 vpmulld", pmul3),
+            ("+ 3 vpmaddwd", pmadd3),
+            ("+ 3 vscalefps", scalef3),
+            ("+ 3 vaddps", add3),
+            ("+ 3 vfmadd231ps", fma3),
+            ("+ 3 vmulps", mul3),
+            ("+ 3 vcvtdq2ps", cvt3),
+            ("+ 6 integer/logic ops", int6),
+            ("+ 3 vptestmb and masked vpaddb", mask3),
+        ];
+        for (what, f) in mixes {
+            let t = best(|| unsafe { f(N) });
+            println!(
+                "12 vpdpbusd {what:<33} {t:.3} ns: products at {:.0} % of alone",
+                base / t * 100.0
             );
-            t.elapsed().as_secs_f64() * 1e9 / (n * 12) as f64
-        }};
-    }
-    match chains {
-        1 => run!(0 0 0 0 0 0 0 0 0 0 0 0),
-        4 => run!(0 1 2 3 0 1 2 3 0 1 2 3),
-        6 => run!(0 1 2 3 4 5 0 1 2 3 4 5),
-        _ => run!(0 1 2 3 4 5 6 7 8 9 10 11),
+        }
+        for c in [1, 4, 6, 12] {
+            let t = best(|| unsafe { chains(N, c) });
+            println!(
+                "{c:>2} chain(s): {t:.3} ns per product ({:.0} % of the peak)",
+                base / 12.0 / t * 100.0
+            );
+        }
     }
 }
 
-fn best(f: impl Fn() -> f64) -> f64 {
-    (0..5).map(|_| f()).fold(f64::MAX, f64::min)
-}
-
+#[cfg(target_arch = "x86_64")]
 fn main() {
-    if !(std::is_x86_feature_detected!("avx512f")
-        && std::is_x86_feature_detected!("avx512bw")
-        && std::is_x86_feature_detected!("avx512vnni"))
-    {
-        println!("no AVX-512 VNNI on this CPU: nothing to probe");
-        return;
-    }
-    const N: u64 = 5_000_000;
-    // SAFETY (all calls): the CPU has AVX-512 F/BW/VNNI (checked above); the loops touch no
-    // memory and clobber only the registers they declare.
-    let base = best(|| unsafe { alone(N) });
-    println!("12 vpdpbusd alone: {base:.3} ns ({:.1} G int8 MAC/s)", 12.0 * 64.0 / base);
-    let mixes: [(&str, unsafe fn(u64) -> f64); 9] = [
-        ("+ 3 vpmulld", pmul3),
-        ("+ 3 vpmaddwd", pmadd3),
-        ("+ 3 vscalefps", scalef3),
-        ("+ 3 vaddps", add3),
-        ("+ 3 vfmadd231ps", fma3),
-        ("+ 3 vmulps", mul3),
-        ("+ 3 vcvtdq2ps", cvt3),
-        ("+ 6 integer/logic ops", int6),
-        ("+ 3 vptestmb and masked vpaddb", mask3),
-    ];
-    for (what, f) in mixes {
-        let t = best(|| unsafe { f(N) });
-        println!("12 vpdpbusd {what:<33} {t:.3} ns: products at {:.0} % of alone", base / t * 100.0);
-    }
-    for c in [1, 4, 6, 12] {
-        let t = best(|| unsafe { chains(N, c) });
-        println!("{c:>2} chain(s): {t:.3} ns per product ({:.0} % of the peak)", base / 12.0 / t * 100.0);
-    }
+    x86::main()
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn main() {
+    println!("AVX-512 VNNI is an x86-64 extension");
 }
