@@ -223,6 +223,33 @@ pub(super) unsafe fn prefetch_ahead<const K: u8>(p: *const u8) {
     }
 }
 
+/// How far ahead the first token tile of a group asks for lines into L2 (bytes), on top of
+/// `prefetch_ahead`'s into L1: a batch of 2–16 tokens (the server's steps, verifying passes)
+/// streams each weight from memory once, in its first tile, and 8 KiB of L1 prefetches alone
+/// left too few misses in flight there (below).
+const FAR_AHEAD: usize = 16384;
+
+/// Kinds whose first tiles wait on memory at a few tokens, and so take `prefetch_far`:
+/// `matmul_probe`, 2 threads, weights streamed (`COPIES`), alternating, G MAC/s: Q8_0
+/// 151936 × 896 (Qwen2.5-0.5B's head) 16 tokens 430–465 → 474–566; Q4_K 896 × 4864 16 tokens
+/// 454–484 → 551–598, 8960 × 1536 4 tokens 363–400 → 454–478, 8 tokens 367–431 → 478–571;
+/// Q6_K 151936 × 1536 (the 1.5B's head) 6 tokens 210–303 → 299–336, 896 × 4864 16 tokens
+/// 413–430 → 436–469. The 32-column kinds are bound by their unpacking, not by memory, and
+/// only paid for the extra instructions (Q5_0 7 and 16 tokens −3 to −10 %, Q4_0 and Q4_1
+/// −3 %); one token (decode) lost too (Q4_K −14 %: its stream is the L1 prefetches' alone).
+const fn far_prefetch(k: u8) -> bool {
+    matches!(k, Q8_0 | Q4K | Q5K | Q6K)
+}
+
+/// Ask for the lines of the sub-block `FAR_AHEAD` bytes past `p` into L2.
+#[inline(always)]
+unsafe fn prefetch_far<const K: u8>(p: *const u8) {
+    let far = p.wrapping_add(FAR_AHEAD);
+    for line in (0..kind(K).sub_bytes()).step_by(64) {
+        _mm_prefetch::<_MM_HINT_T2>(far.wrapping_add(line) as *const i8);
+    }
+}
+
 /// The 8 registers of an unpacked sub-block, all computed here: an empty asm block that
 /// takes and gives them back, so that LLVM cannot sink each register's unpacking to just
 /// before its first product. Sunk, Q5_0's two-chain tiles waited on it: `matmul_probe`
@@ -247,10 +274,11 @@ unsafe fn materialize(w: &mut [__m512i; 8]) {
 }
 
 /// One group of 16 rows against tokens `t0..t0 + T`; `out` points at row 0 of the group for
-/// token t0, tokens `ostride` apart; only the first `valid` rows are written.
+/// token t0, tokens `ostride` apart; only the first `valid` rows are written. The `LEAD` tile
+/// (a group's first of several, `far_prefetch` kinds) also asks for lines far ahead.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile<const K: u8, const T: usize>(
+unsafe fn tile<const K: u8, const T: usize, const LEAD: bool>(
     grp: *const u8,
     nsb: usize,
     a: &PActs,
@@ -272,6 +300,9 @@ unsafe fn tile<const K: u8, const T: usize>(
             let blk = sb * nsub + j;
             let p = h.add(head + j * kd.sub_bytes());
             prefetch_ahead::<K>(p);
+            if LEAD {
+                prefetch_far::<K>(p);
+            }
             let mut w = unpack::<K>(p);
             if K == Q5_0 && (2..=TWO_CHAINS_UP_TO).contains(&T) {
                 materialize(&mut w);
@@ -430,17 +461,23 @@ pub(super) unsafe fn vnni_tokens<const K: u8>(
     valid: usize,
     bias: Option<&[f32]>,
 ) {
+    let first = tokens.start;
     for (t, size) in even_tiles(tokens, max_tile(K)) {
         // Called in place (a function pointer would lose the caller's target features).
         macro_rules! call {
-            ($($s:literal)*) => {
+            ($l:literal, $($s:literal)*) => {
                 match size {
-                    $($s => tile::<K, $s>(grp, nsb, a, t, out.add(t * m), m, valid, bias),)*
-                    _ => tile::<K, MAX_TILE>(grp, nsb, a, t, out.add(t * m), m, valid, bias),
+                    $($s => tile::<K, $s, $l>(grp, nsb, a, t, out.add(t * m), m, valid, bias),)*
+                    _ => tile::<K, MAX_TILE, $l>(grp, nsb, a, t, out.add(t * m), m, valid, bias),
                 }
             };
         }
-        call!(1 2 3 4 5 6 7);
+        // The group's first tile reads its weights from memory; the others find them in cache.
+        if t == first && size > 1 && far_prefetch(K) {
+            call!(true, 2 3 4 5 6 7);
+        } else {
+            call!(false, 1 2 3 4 5 6 7);
+        }
     }
 }
 
