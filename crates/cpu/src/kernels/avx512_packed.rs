@@ -237,13 +237,13 @@ const FAR_AHEAD: usize = 16384;
 /// 413–430 → 436–469. The 32-column kinds are bound by their unpacking, not by memory, and
 /// only paid for the extra instructions (Q5_0 7 and 16 tokens −3 to −10 %, Q4_0 and Q4_1
 /// −3 %); one token (decode) lost too (Q4_K −14 %: its stream is the L1 prefetches' alone).
-const fn far_prefetch(k: u8) -> bool {
+pub(super) const fn far_prefetch(k: u8) -> bool {
     matches!(k, Q8_0 | Q4K | Q5K | Q6K)
 }
 
 /// Ask for the lines of the sub-block `FAR_AHEAD` bytes past `p` into L2.
 #[inline(always)]
-unsafe fn prefetch_far<const K: u8>(p: *const u8) {
+pub(super) unsafe fn prefetch_far<const K: u8>(p: *const u8) {
     let far = p.wrapping_add(FAR_AHEAD);
     for line in (0..kind(K).sub_bytes()).step_by(64) {
         _mm_prefetch::<_MM_HINT_T2>(far.wrapping_add(line) as *const i8);
