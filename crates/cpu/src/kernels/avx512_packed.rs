@@ -275,7 +275,8 @@ unsafe fn materialize(w: &mut [__m512i; 8]) {
 
 /// One group of 16 rows against tokens `t0..t0 + T`; `out` points at row 0 of the group for
 /// token t0, tokens `ostride` apart; only the first `valid` rows are written. The `LEAD` tile
-/// (a group's first of several, `far_prefetch` kinds) also asks for lines far ahead.
+/// (a group's first, in products of two tokens or more of `far_prefetch` kinds) also asks for
+/// lines far ahead.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile<const K: u8, const T: usize, const LEAD: bool>(
