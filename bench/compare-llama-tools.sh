@@ -16,6 +16,9 @@
 # cores): GGML_NATIVE off, AVX-512 on, AMX off (its AMX path segfaults on this project's machines).
 # LEVEL=avx2: both sides as on a machine without AVX-512 — suanli with SUANLI_CPU_ISA=avx2,
 # llama.cpp built with AVX2 and without AVX-512 (into .llama.cpp/build-avx2).
+# LEVEL=avx2vnni: as on a machine with AVX-VNNI but without AVX-512 (Intel Alder Lake and later
+# client cores) — suanli with SUANLI_CPU_ISA=avx2vnni, llama.cpp built with AVX2 and AVX-VNNI
+# (into .llama.cpp/build-avx2vnni).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 THREADS=${THREADS:-$(nproc)}
@@ -32,11 +35,15 @@ if [ "$LEVEL" = avx2 ]; then
     export SUANLI_CPU_ISA=avx2
     build=.llama.cpp/build-avx2
     wide=(-DGGML_AVX512=OFF -DGGML_AVX512_VNNI=OFF -DGGML_AVX512_BF16=OFF -DGGML_AVX_VNNI=OFF)
+elif [ "$LEVEL" = avx2vnni ]; then
+    export SUANLI_CPU_ISA=avx2vnni
+    build=.llama.cpp/build-avx2vnni
+    wide=(-DGGML_AVX512=OFF -DGGML_AVX512_VNNI=OFF -DGGML_AVX512_BF16=OFF -DGGML_AVX_VNNI=ON)
 elif [ -z "$LEVEL" ]; then
     build=.llama.cpp/build
     wide=(-DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON)
 else
-    echo "LEVEL is avx2 or unset, not $LEVEL" >&2
+    echo "LEVEL is avx2, avx2vnni or unset, not $LEVEL" >&2
     exit 1
 fi
 
@@ -76,7 +83,7 @@ models=("$@")
 # Where the CPU has AMX (the default level there), also the level below it.
 levels=(default)
 [ -z "$LEVEL" ] && grep -qw amx_int8 /proc/cpuinfo && levels+=(avx512)
-[ "$LEVEL" = avx2 ] && levels=(avx2)
+[ -n "$LEVEL" ] && levels=("$LEVEL")
 
 echo "== prefill and decode: suanli bench vs llama-bench, $THREADS threads, $REPS repetitions, depth $DEPTH"
 printf '%-20s %-8s | %10s %10s %6s | %10s %10s %6s | %s\n' model level "pp$PP sl" "pp$PP l.cpp" ratio \

@@ -165,7 +165,7 @@ pub fn paged_attention(
                 Isa::Amx if on_tiles => unsafe { amx::attend_amx(&job, &mut acc) },
                 // SAFETY: the levels were checked at detection.
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 => unsafe { attend_avx2(&job, &mut acc, &mut st) },
+                Isa::Avx2 | Isa::Avx2Vnni => unsafe { attend_avx2(&job, &mut acc, &mut st) },
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx512 | Isa::Amx => unsafe { attend_avx512(&job, &mut acc, &mut st) },
                 #[cfg(target_arch = "aarch64")]

@@ -200,14 +200,20 @@ pub fn packed_many(
             let (j, c, gs) = pieces[i].clone();
             let (p, bias, dst) = &plan[j];
             let ts = c * chunk..((c + 1) * chunk).min(n);
-            // SAFETY: the backend packs only at the AVX2, AVX-512, AMX and NEON levels (each
+            // SAFETY: the backend packs only at the AVX2 (with or without VNNI), AVX-512, AMX and NEON levels (each
             // one's kernel is the one called here, and detection checked it); each
             // output holds n × rows floats and each piece writes its own (tokens, groups)
             // cells of one job.
             unsafe {
                 match isa {
                     #[cfg(target_arch = "x86_64")]
-                    Isa::Avx2 => crate::kernels::avx2_packed::run(p, a, gs, ts, *bias, dst.0),
+                    Isa::Avx2 => {
+                        crate::kernels::avx2_packed::run(p, a, gs, ts, *bias, dst.0, false)
+                    }
+                    #[cfg(target_arch = "x86_64")]
+                    Isa::Avx2Vnni => {
+                        crate::kernels::avx2_packed::run(p, a, gs, ts, *bias, dst.0, true)
+                    }
                     #[cfg(target_arch = "x86_64")]
                     Isa::Avx512 | Isa::Amx => {
                         crate::kernels::avx512_packed::run(p, a, gs, ts, *bias, dst.0, amx)

@@ -23,6 +23,7 @@ pub fn int8_peak(pool: &Pool, isa: Isa) -> Option<f64> {
             // SAFETY (both): the level is only chosen where the CPU has its features.
             Isa::Avx512 => || best_of(|n| unsafe { x86::vnni(n) }),
             Isa::Avx2 => || best_of(|n| unsafe { x86::maddubs(n) }),
+            Isa::Avx2Vnni => || best_of(|n| unsafe { x86::vnni256(n) }),
             _ => return None,
         };
         over_threads(pool, per_thread)
@@ -53,7 +54,7 @@ pub fn f32_peak(pool: &Pool, isa: Isa) -> Option<f64> {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 | Isa::Amx => || best_of(|n| unsafe { x86::fma512(n) }),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => || best_of(|n| unsafe { x86::fma256(n) }),
+        Isa::Avx2 | Isa::Avx2Vnni => || best_of(|n| unsafe { x86::fma256(n) }),
         #[cfg(target_arch = "aarch64")]
         Isa::Neon | Isa::NeonDot | Isa::NeonMm => || best_of(|n| unsafe { arm::fma128(n) }),
         _ => return None,
@@ -108,6 +109,23 @@ mod x86 {
         }
         black_box(acc);
         iters * (CHAINS * 64) as u64
+    }
+
+    /// `vpdpbusd` on 256-bit registers (AVX-VNNI): 32 multiply-adds each.
+    #[target_feature(enable = "avx2,avxvnni")]
+    pub unsafe fn vnni256(iters: u64) -> u64 {
+        let (a, b) = (
+            black_box(_mm256_set1_epi8(1)),
+            black_box(_mm256_set1_epi8(2)),
+        );
+        let mut acc = [_mm256_setzero_si256(); CHAINS];
+        for _ in 0..iters {
+            for v in acc.iter_mut() {
+                *v = _mm256_dpbusd_avx_epi32(*v, a, b);
+            }
+        }
+        black_box(acc);
+        iters * (CHAINS * 32) as u64
     }
 
     /// `vfmadd231ps` on 512-bit registers: 16 multiply-adds each.

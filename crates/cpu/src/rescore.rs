@@ -63,7 +63,7 @@ fn raw_row(head: &Weight<CpuWeight>, r: usize) -> &[u8] {
 /// result (the scalar dequantization and sum were ~8 % of a 16-stream decode step).
 fn row_dot(isa: Isa, head: &Weight<CpuWeight>, r: usize, x: &[f32], scratch: &mut [f32]) -> f64 {
     #[cfg(target_arch = "x86_64")]
-    if matches!(isa, Isa::Avx2 | Isa::Avx512 | Isa::Amx) {
+    if matches!(isa, Isa::Avx2 | Isa::Avx2Vnni | Isa::Avx512 | Isa::Amx) {
         let k = head.cols;
         let w: &[f32] = if head.dtype == suanli_core::DType::Q8_0 && head.store.f32.is_none() {
             // SAFETY: the level guarantees AVX2, FMA and F16C.

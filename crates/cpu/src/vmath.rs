@@ -75,7 +75,9 @@ pub fn gelu_mul(isa: crate::kernels::Isa, gate: &[f32], up: &[f32], out: &mut [f
             gelu_mul_avx512(gate, up, out)
         },
         #[cfg(target_arch = "x86_64")]
-        crate::kernels::Isa::Avx2 => unsafe { gelu_mul_avx2(gate, up, out) },
+        crate::kernels::Isa::Avx2 | crate::kernels::Isa::Avx2Vnni => unsafe {
+            gelu_mul_avx2(gate, up, out)
+        },
         _ => gelu_mul_plain(gate, up, out),
     }
 }
@@ -90,7 +92,9 @@ pub fn silu_mul(isa: crate::kernels::Isa, gate: &[f32], up: &[f32], out: &mut [f
             silu_mul_avx512(gate, up, out)
         },
         #[cfg(target_arch = "x86_64")]
-        crate::kernels::Isa::Avx2 => unsafe { silu_mul_avx2(gate, up, out) },
+        crate::kernels::Isa::Avx2 | crate::kernels::Isa::Avx2Vnni => unsafe {
+            silu_mul_avx2(gate, up, out)
+        },
         _ => silu_mul_plain(gate, up, out),
     }
 }

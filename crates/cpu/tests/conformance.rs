@@ -25,9 +25,10 @@ fn check(b: &CpuBackend, label: &str) {
 }
 
 /// The levels with a test below.
-const TESTED: [Isa; 7] = [
+const TESTED: [Isa; 8] = [
     Isa::Generic,
     Isa::Avx2,
+    Isa::Avx2Vnni,
     Isa::Avx512,
     Isa::Amx,
     Isa::Neon,
@@ -70,6 +71,11 @@ fn generic_conforms() {
 #[test]
 fn avx2_conforms() {
     conforms(Isa::Avx2);
+}
+
+#[test]
+fn avx2vnni_conforms() {
+    conforms(Isa::Avx2Vnni);
 }
 
 #[test]

@@ -2,13 +2,18 @@
 //! 16-row group is taken as two halves of 8 rows (one row per 32-bit lane of a 256-bit
 //! register) against up to `MAX_TILE` tokens at a time. A sub-block's weights are unpacked once
 //! per tile; each 4-column register meets a token's 4 quants, broadcast, with `vpmaddubsw` and
-//! `vpmaddwd` (there is no `vpdpbusd`): row sums come out in lanes, with no horizontal sums and
-//! one scale step per 8 rows — against the file layout's one row and one token at a time.
+//! `vpmaddwd` (AVX2 has no `vpdpbusd`) or, at the `avx2vnni` level, AVX-VNNI's 256-bit
+//! `vpdpbusd`: row sums come out in lanes, with no horizontal sums and one scale step per 8 rows
+//! — against the file layout's one row and one token at a time. With AVX-VNNI (`matmul_probe`
+//! on the Zen 5, 2 threads, G MAC/s against `vpmaddubsw`): 512 tokens Q5_0 208–215 → 253–285,
+//! Q8_0 167–172 → 295–303, Q4_K 237–239 → 282–283, Q6_K 184–188 → 230–237; 16 tokens streamed
+//! Q5_0 203–205 → 263–267, the Q8_0 head 151936 × 896 150–163 → 268–283.
 //!
 //! `vpmaddubsw` adds pairs of u8 × i8 products into i16 with saturation: quants of up to 6 bits
 //! (≤ 63 · 127 · 2) never reach it, even with two registers' pairs added before widening; 8-bit
 //! kinds (Q8_0, the IQ4 lookups, stored as q + 128) are multiplied as |w| × (q with w's sign),
-//! as llama.cpp does. Integer sums are exact and the f32
+//! as llama.cpp does; `vpdpbusd` sums in i32 without saturating and takes them as stored, with
+//! the AVX-512 kernels' offset term. Integer sums are exact and the f32
 //! steps per row are `avx512_packed`'s, in the same order: the results equal the AVX-512
 //! kernels' bit for bit (tested).
 
@@ -36,12 +41,13 @@ unsafe fn ld(p: *const u8, o: usize, h: usize) -> __m256i {
 
 /// The 8 registers of one 32-column sub-block for rows `8h..8h + 8` (register g: columns
 /// 4g..4g+4, one row per lane): unsigned quants, or for 8-bit kinds the signed ones (q + 128
-/// flipped back).
+/// flipped back) — with `VNNI`, as stored (q + 128, and the IQ4 levels + 128), as the AVX-512
+/// kernels take them.
 #[inline(always)]
-unsafe fn unpack<const K: u8>(p: *const u8, h: usize) -> [__m256i; 8] {
+unsafe fn unpack<const K: u8, const VNNI: bool>(p: *const u8, h: usize) -> [__m256i; 8] {
     let mut w = [_mm256_setzero_si256(); 8];
     let kd = kind(K);
-    let flip = _mm256_set1_epi8(i8::MIN);
+    let flip = _mm256_set1_epi8(if VNNI { 0 } else { i8::MIN });
     if kd.bits() == 8 {
         for (g, v) in w.iter_mut().enumerate() {
             *v = _mm256_xor_si256(ld(p, 64 * g, h), flip);
@@ -75,8 +81,15 @@ unsafe fn unpack<const K: u8>(p: *const u8, h: usize) -> [__m256i; 8] {
         _ => {}
     }
     if matches!(kd, Kind::IQ4NL | Kind::IQ4XS) {
-        // The levels themselves, signed (the packed kernels' table is level + 128).
-        let l = IQ4_LEVELS;
+        // The levels themselves, signed (the packed kernels' table is level + 128); with VNNI
+        // that table.
+        let l = IQ4_LEVELS.map(|v| {
+            if VNNI {
+                (v as i32 + 128) as u8 as i8
+            } else {
+                v
+            }
+        });
         let lut = _mm256_broadcastsi128_si256(_mm_setr_epi8(
             l[0], l[1], l[2], l[3], l[4], l[5], l[6], l[7], l[8], l[9], l[10], l[11], l[12], l[13],
             l[14], l[15],
@@ -94,9 +107,18 @@ unsafe fn or_masked(v: __m256i, hi: __m256i) -> __m256i {
     _mm256_or_si256(v, _mm256_and_si256(hi, _mm256_set1_epi8(0x30)))
 }
 
-/// Kinds whose quants are multiplied signed (|w| × q with w's sign).
+/// Kinds whose quants are multiplied signed (|w| × q with w's sign) without VNNI.
 const fn signed(k: u8) -> bool {
     kind(k).bits() == 8 || matches!(kind(k), Kind::IQ4NL | Kind::IQ4XS)
+}
+
+/// `acc` + w · (a token's 4 quants at `q`, broadcast), per 32-bit lane, with AVX-VNNI's
+/// `vpdpbusd` (u8 × i8, summed exactly in i32: no pair saturates, whatever the bits).
+#[inline]
+#[target_feature(enable = "avx2,avxvnni")]
+unsafe fn dp4(acc: __m256i, w: __m256i, q: *const i8) -> __m256i {
+    let y = _mm256_set1_epi32(std::ptr::read_unaligned(q as *const i32));
+    _mm256_dpbusd_avx_epi32(acc, w, y)
 }
 
 /// `acc` + w · (a token's 4 quants at `q`, broadcast), per 32-bit lane.
@@ -198,7 +220,7 @@ unsafe fn head_half<const K: u8>(hd: *const u8, h: usize) -> (__m256, __m256) {
 /// the sums `acc` of tokens `t0..t0 + T`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn sub_block<const K: u8, const T: usize>(
+unsafe fn sub_block<const K: u8, const T: usize, const VNNI: bool>(
     acc: &mut [__m256; T],
     hd: *const u8,
     j: usize,
@@ -209,11 +231,15 @@ unsafe fn sub_block<const K: u8, const T: usize>(
     t0: usize,
 ) {
     let kd = kind(K);
-    // 8-bit kinds are multiplied signed: no offset to take back.
-    let off = if signed(K) { 0 } else { kd.offset() as i32 };
+    // Without VNNI, 8-bit kinds are multiplied signed: no offset to take back.
+    let off = if signed(K) && !VNNI {
+        0
+    } else {
+        kd.offset() as i32
+    };
     let nblk = a.k / 32;
     let p = hd.add(kd.head_bytes() + j * kd.sub_bytes());
-    let w = unpack::<K>(p, h);
+    let w = unpack::<K, VNNI>(p, h);
     let [s0, s1, mv] = sub_scales::<K>(hd, j, d, second, h);
     let q = |t: usize| a.qs.as_ptr().add((t0 + t) * a.k + blk * 32);
     let m = |t: usize| a.meta.get_unchecked((t0 + t) * nblk + blk);
@@ -223,8 +249,18 @@ unsafe fn sub_block<const K: u8, const T: usize>(
             let mut i0 = _mm256_set1_epi32(m(t).nsum16[0] as i32 * off);
             let mut i1 = _mm256_set1_epi32(m(t).nsum16[1] as i32 * off);
             for g in (0..4).step_by(2) {
-                i0 = dot8(i0, w[g], w[g + 1], q(t).add(4 * g));
-                i1 = dot8(i1, w[g + 4], w[g + 5], q(t).add(4 * (g + 4)));
+                if VNNI {
+                    i0 = dp4(
+                        dp4(i0, w[g], q(t).add(4 * g)),
+                        w[g + 1],
+                        q(t).add(4 * g + 4),
+                    );
+                    let q1 = q(t).add(4 * (g + 4));
+                    i1 = dp4(dp4(i1, w[g + 4], q1), w[g + 5], q1.add(4));
+                } else {
+                    i0 = dot8(i0, w[g], w[g + 1], q(t).add(4 * g));
+                    i1 = dot8(i1, w[g + 4], w[g + 5], q(t).add(4 * (g + 4)));
+                }
             }
             scale_sums(acc, i0, s0, m(t).d);
             scale_sums(acc, i1, s1, m(t).d);
@@ -234,7 +270,13 @@ unsafe fn sub_block<const K: u8, const T: usize>(
     // Every token's chain advances one step per register pair, so that consecutive
     // multiply-adds never wait on each other.
     let mut sums: [__m256i; T] = std::array::from_fn(|t| _mm256_set1_epi32(m(t).nsum32 * off));
-    if signed(K) {
+    if VNNI {
+        for (g, wg) in w.iter().enumerate() {
+            for (t, i) in sums.iter_mut().enumerate() {
+                *i = dp4(*i, *wg, q(t).add(4 * g));
+            }
+        }
+    } else if signed(K) {
         for (g, wg) in w.iter().enumerate() {
             for (t, i) in sums.iter_mut().enumerate() {
                 *i = dot4::<true>(*i, *wg, q(t).add(4 * g));
@@ -281,7 +323,7 @@ unsafe fn store(acc: &[__m256], out: *mut f32, ostride: usize, valid: usize, bia
 /// 11; Q8_0 and Q4_K at 4–512 tokens unchanged.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile<const K: u8, const T: usize>(
+unsafe fn tile<const K: u8, const T: usize, const VNNI: bool>(
     grp: *const u8,
     h: usize,
     nsb: usize,
@@ -310,7 +352,7 @@ unsafe fn tile<const K: u8, const T: usize>(
                     );
                 }
             }
-            sub_block::<K, T>(&mut acc, hd, j, sb * nsub + j, scales, h, a, t0);
+            sub_block::<K, T, VNNI>(&mut acc, hd, j, sb * nsub + j, scales, h, a, t0);
         }
     }
     store(&acc, out, ostride, valid, bias);
@@ -320,7 +362,7 @@ unsafe fn tile<const K: u8, const T: usize>(
 /// (not again from cache for the second half) in one loop; `out` points at the group's row 0,
 /// `valid` rows.
 #[inline(always)]
-unsafe fn tile_pair<const K: u8>(
+unsafe fn tile_pair<const K: u8, const VNNI: bool>(
     grp: *const u8,
     nsb: usize,
     a: &PActs,
@@ -338,8 +380,8 @@ unsafe fn tile_pair<const K: u8>(
         for j in 0..nsub {
             super::avx512_packed::prefetch_ahead::<K>(hd.add(kd.head_bytes() + j * kd.sub_bytes()));
             let blk = sb * nsub + j;
-            sub_block::<K, 1>(&mut lo, hd, j, blk, s_lo, 0, a, t0);
-            sub_block::<K, 1>(&mut hi, hd, j, blk, s_hi, 1, a, t0);
+            sub_block::<K, 1, VNNI>(&mut lo, hd, j, blk, s_lo, 0, a, t0);
+            sub_block::<K, 1, VNNI>(&mut hi, hd, j, blk, s_hi, 1, a, t0);
         }
     }
     store(&lo, out, 0, valid.min(HALF), bias);
@@ -364,12 +406,37 @@ unsafe fn run_kind<const K: u8>(
     bias: Option<&[f32]>,
     out: *mut f32,
 ) {
+    run_tiles::<K, false>(p, a, groups, tokens, bias, out)
+}
+
+/// `run_kind` with AVX-VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+unsafe fn run_kind_vnni<const K: u8>(
+    p: &Packed,
+    a: &PActs,
+    groups: std::ops::Range<usize>,
+    tokens: std::ops::Range<usize>,
+    bias: Option<&[f32]>,
+    out: *mut f32,
+) {
+    run_tiles::<K, true>(p, a, groups, tokens, bias, out)
+}
+
+#[inline(always)]
+unsafe fn run_tiles<const K: u8, const VNNI: bool>(
+    p: &Packed,
+    a: &PActs,
+    groups: std::ops::Range<usize>,
+    tokens: std::ops::Range<usize>,
+    bias: Option<&[f32]>,
+    out: *mut f32,
+) {
     let nsb = p.cols / kind(K).sb_cols();
     if tokens.len() == 1 {
         for (grp, _, r0, valid) in row_parts(p, groups, 1) {
             let o = out.add(tokens.start * p.rows + r0);
             let bias = bias.map(|b| &b[r0..]);
-            tile_pair::<K>(grp, nsb, a, tokens.start, o, valid, bias);
+            tile_pair::<K, VNNI>(grp, nsb, a, tokens.start, o, valid, bias);
         }
         return;
     }
@@ -381,12 +448,12 @@ unsafe fn run_kind<const K: u8>(
             let o = out.add(t * p.rows + r0);
             let lead = t == tokens.start && far;
             match size {
-                1 => tile::<K, 1>(grp, h, nsb, a, t, o, p.rows, valid, bias, lead),
-                2 => tile::<K, 2>(grp, h, nsb, a, t, o, p.rows, valid, bias, lead),
-                3 => tile::<K, 3>(grp, h, nsb, a, t, o, p.rows, valid, bias, lead),
-                4 => tile::<K, 4>(grp, h, nsb, a, t, o, p.rows, valid, bias, lead),
-                5 => tile::<K, 5>(grp, h, nsb, a, t, o, p.rows, valid, bias, lead),
-                _ => tile::<K, MAX_TILE>(grp, h, nsb, a, t, o, p.rows, valid, bias, lead),
+                1 => tile::<K, 1, VNNI>(grp, h, nsb, a, t, o, p.rows, valid, bias, lead),
+                2 => tile::<K, 2, VNNI>(grp, h, nsb, a, t, o, p.rows, valid, bias, lead),
+                3 => tile::<K, 3, VNNI>(grp, h, nsb, a, t, o, p.rows, valid, bias, lead),
+                4 => tile::<K, 4, VNNI>(grp, h, nsb, a, t, o, p.rows, valid, bias, lead),
+                5 => tile::<K, 5, VNNI>(grp, h, nsb, a, t, o, p.rows, valid, bias, lead),
+                _ => tile::<K, MAX_TILE, VNNI>(grp, h, nsb, a, t, o, p.rows, valid, bias, lead),
             }
         }
     }
@@ -394,9 +461,11 @@ unsafe fn run_kind<const K: u8>(
 
 /// out[t, r] = Σ w[r]·x[t] (+ bias[r]) for groups `groups` and tokens `tokens`.
 ///
+/// With `vnni`, AVX-VNNI's `vpdpbusd` takes the products (the same sums, so the same bits).
+///
 /// # Safety
-/// The CPU must have AVX2, FMA and F16C; `out` must hold `a.n × p.rows` floats, and no other
-/// thread may write the (token, row) cells this call covers.
+/// The CPU must have AVX2, FMA and F16C (with `vnni`, AVX-VNNI); `out` must hold `a.n ×
+/// p.rows` floats, and no other thread may write the (token, row) cells this call covers.
 pub unsafe fn run(
     p: &Packed,
     a: &PActs,
@@ -404,9 +473,13 @@ pub unsafe fn run(
     tokens: std::ops::Range<usize>,
     bias: Option<&[f32]>,
     out: *mut f32,
+    vnni: bool,
 ) {
     debug_assert!(a.k == p.cols && tokens.end <= a.n && groups.end <= p.groups());
-    let f = by_kind!(p.kind, run_kind);
+    let f = match vnni {
+        true => by_kind!(p.kind, run_kind_vnni),
+        false => by_kind!(p.kind, run_kind),
+    };
     f(p, a, groups, tokens, bias, out)
 }
 
@@ -417,9 +490,10 @@ mod tests {
     use crate::pool::Pool;
     use crate::testutil::{check_dequantized_dot, check_packed_bits, packed_case};
 
-    /// Every kind, 3 groups (the last partial, in each half), with a bias, every tile size:
-    /// against an f64 sum over the dequantized weights and activations, and where the CPU has
-    /// AVX-512 VNNI, bit for bit against its packed kernels.
+    /// Every kind, 3 groups (the last partial, in each half), with a bias, every tile size,
+    /// with `vpmaddubsw` and (where the CPU has AVX-VNNI) with `vpdpbusd`: against an f64 sum
+    /// over the dequantized weights and activations, and where the CPU has AVX-512 VNNI, bit
+    /// for bit against its packed kernels.
     #[test]
     fn avx2_packed_kernels_match_the_dequantized_dot_and_avx512() {
         if !Isa::available().contains(&Isa::Avx2) {
@@ -430,44 +504,69 @@ mod tests {
         if !vnni {
             eprintln!("no AVX-512 VNNI here: the AVX2 kernels are checked against f64 only");
         }
+        let with_vnni = Isa::available().contains(&Isa::Avx2Vnni);
+        if !with_vnni {
+            eprintln!("no AVX-VNNI here: the vpdpbusd variant is not checked");
+        }
         let pool = Pool::new(2).unwrap();
-        for rows in [37, 45] {
-            for n in (1..=9).chain([11]) {
-                for ty in suanli_core::DType::ALL {
-                    let Some(kd) = Kind::of(ty) else { continue };
-                    for cols in [512, 1056] {
-                        if cols % kd.sb_cols() != 0 {
-                            continue;
-                        }
-                        let (raw, p, a, bias) = packed_case(&pool, ty, (rows, cols, n), 5);
-                        let mut out = vec![f32::NAN; n * rows];
-                        let all = 0..p.groups();
-                        unsafe { run(&p, &a, all.clone(), 0..n, Some(&bias), out.as_mut_ptr()) };
-                        if vnni {
-                            let mut want = vec![f32::NAN; n * rows];
+        for variant in [false, true].into_iter().filter(|&v| !v || with_vnni) {
+            for rows in [37, 45] {
+                for n in (1..=9).chain([11]) {
+                    for ty in suanli_core::DType::ALL {
+                        let Some(kd) = Kind::of(ty) else { continue };
+                        for cols in [512, 1056] {
+                            if cols % kd.sb_cols() != 0 {
+                                continue;
+                            }
+                            let (raw, p, a, bias) = packed_case(&pool, ty, (rows, cols, n), 5);
+                            let mut out = vec![f32::NAN; n * rows];
+                            let all = 0..p.groups();
                             unsafe {
-                                crate::kernels::avx512_packed::run(
+                                run(
                                     &p,
                                     &a,
-                                    all,
+                                    all.clone(),
                                     0..n,
                                     Some(&bias),
-                                    want.as_mut_ptr(),
-                                    false,
+                                    out.as_mut_ptr(),
+                                    variant,
                                 )
                             };
-                            let same = out
-                                .iter()
-                                .zip(&want)
-                                .all(|(x, y)| x.to_bits() == y.to_bits());
-                            assert!(
+                            if vnni {
+                                let mut want = vec![f32::NAN; n * rows];
+                                unsafe {
+                                    crate::kernels::avx512_packed::run(
+                                        &p,
+                                        &a,
+                                        all,
+                                        0..n,
+                                        Some(&bias),
+                                        want.as_mut_ptr(),
+                                        false,
+                                    )
+                                };
+                                let same = out
+                                    .iter()
+                                    .zip(&want)
+                                    .all(|(x, y)| x.to_bits() == y.to_bits());
+                                assert!(
                                 same,
-                                "{kd:?} rows {rows} cols {cols} n {n}: not AVX-512's bits"
+                                "{kd:?} rows {rows} cols {cols} n {n} vnni {variant}: not AVX-512's bits"
+                            );
+                            }
+                            let what =
+                                format!("{kd:?} rows {rows} cols {cols} n {n} vnni {variant}");
+                            check_packed_bits(&p, &a, &bias, &out, &what);
+                            check_dequantized_dot(
+                                ty,
+                                &raw,
+                                &a,
+                                &bias,
+                                &out,
+                                (rows, cols, n),
+                                &what,
                             );
                         }
-                        let what = format!("{kd:?} rows {rows} cols {cols} n {n}");
-                        check_packed_bits(&p, &a, &bias, &out, &what);
-                        check_dequantized_dot(ty, &raw, &a, &bias, &out, (rows, cols, n), &what);
                     }
                 }
             }

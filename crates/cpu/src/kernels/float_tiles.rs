@@ -199,7 +199,7 @@ impl Level {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 | Isa::Amx => Some(Level::Avx512),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => Some(Level::Avx2),
+            Isa::Avx2 | Isa::Avx2Vnni => Some(Level::Avx2),
             #[cfg(target_arch = "aarch64")]
             Isa::Neon | Isa::NeonDot | Isa::NeonMm => Some(Level::Neon),
             _ => None,
