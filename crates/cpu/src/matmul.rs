@@ -200,10 +200,10 @@ pub fn packed_many(
             let (j, c, gs) = pieces[i].clone();
             let (p, bias, dst) = &plan[j];
             let ts = c * chunk..((c + 1) * chunk).min(n);
-            // SAFETY: the backend packs only at the AVX2 (with or without VNNI), AVX-512, AMX and NEON levels (each
-            // one's kernel is the one called here, and detection checked it); each
-            // output holds n × rows floats and each piece writes its own (tokens, groups)
-            // cells of one job.
+            // SAFETY: the backend packs only at the AVX2 (with or without AVX-VNNI), AVX-512, AMX
+            // and NEON levels (each one's kernel is the one called here, and detection checked
+            // it); each output holds n × rows floats and each piece writes its own (tokens,
+            // groups) cells of one job.
             unsafe {
                 match isa {
                     #[cfg(target_arch = "x86_64")]

@@ -248,16 +248,13 @@ unsafe fn sub_block<const K: u8, const T: usize, const VNNI: bool>(
         for (t, acc) in acc.iter_mut().enumerate() {
             let mut i0 = _mm256_set1_epi32(m(t).nsum16[0] as i32 * off);
             let mut i1 = _mm256_set1_epi32(m(t).nsum16[1] as i32 * off);
-            for g in (0..4).step_by(2) {
-                if VNNI {
-                    i0 = dp4(
-                        dp4(i0, w[g], q(t).add(4 * g)),
-                        w[g + 1],
-                        q(t).add(4 * g + 4),
-                    );
-                    let q1 = q(t).add(4 * (g + 4));
-                    i1 = dp4(dp4(i1, w[g + 4], q1), w[g + 5], q1.add(4));
-                } else {
+            if VNNI {
+                for g in 0..4 {
+                    i0 = dp4(i0, w[g], q(t).add(4 * g));
+                    i1 = dp4(i1, w[g + 4], q(t).add(4 * (g + 4)));
+                }
+            } else {
+                for g in (0..4).step_by(2) {
                     i0 = dot8(i0, w[g], w[g + 1], q(t).add(4 * g));
                     i1 = dot8(i1, w[g + 4], w[g + 5], q(t).add(4 * (g + 4)));
                 }
@@ -270,16 +267,15 @@ unsafe fn sub_block<const K: u8, const T: usize, const VNNI: bool>(
     // Every token's chain advances one step per register pair, so that consecutive
     // multiply-adds never wait on each other.
     let mut sums: [__m256i; T] = std::array::from_fn(|t| _mm256_set1_epi32(m(t).nsum32 * off));
-    if VNNI {
+    if VNNI || signed(K) {
+        // One register at a time: `vpdpbusd` takes every kind so, and without it the signed
+        // kinds cannot pair registers in i16.
         for (g, wg) in w.iter().enumerate() {
             for (t, i) in sums.iter_mut().enumerate() {
-                *i = dp4(*i, *wg, q(t).add(4 * g));
-            }
-        }
-    } else if signed(K) {
-        for (g, wg) in w.iter().enumerate() {
-            for (t, i) in sums.iter_mut().enumerate() {
-                *i = dot4::<true>(*i, *wg, q(t).add(4 * g));
+                *i = match VNNI {
+                    true => dp4(*i, *wg, q(t).add(4 * g)),
+                    false => dot4::<true>(*i, *wg, q(t).add(4 * g)),
+                };
             }
         }
     } else {
@@ -343,13 +339,10 @@ unsafe fn tile<const K: u8, const T: usize, const VNNI: bool>(
         let scales = head_half::<K>(hd, h);
         for j in 0..nsub {
             if h == 0 {
-                super::avx512_packed::prefetch_ahead::<K>(
-                    hd.add(kd.head_bytes() + j * kd.sub_bytes()),
-                );
+                let p = hd.add(kd.head_bytes() + j * kd.sub_bytes());
+                super::avx512_packed::prefetch_ahead::<K>(p);
                 if lead {
-                    super::avx512_packed::prefetch_far::<K>(
-                        hd.add(kd.head_bytes() + j * kd.sub_bytes()),
-                    );
+                    super::avx512_packed::prefetch_far::<K>(p);
                 }
             }
             sub_block::<K, T, VNNI>(&mut acc, hd, j, sb * nsub + j, scales, h, a, t0);
