@@ -22,28 +22,71 @@ pub(crate) fn rescore_top(
     if v <= RESCORED {
         return;
     }
+    let n = out.len() / v;
+    if n < pool.threads() {
+        // Fewer rows than threads (decode): each row's candidates are shared by the threads.
+        let mut top = Vec::with_capacity(RESCORED);
+        for (i, row) in out.chunks_exact_mut(v).enumerate() {
+            let x = &xs[i * k..(i + 1) * k];
+            largest(isa, row, &mut top);
+            let mut sums = vec![0f64; top.len()];
+            let top = &top;
+            pool.split_mut(&mut sums, BATCH, 1, &|c0, part| {
+                let mut scratch = vec![0f32; BATCH * k];
+                let from = c0 * BATCH;
+                recompute(
+                    isa,
+                    head,
+                    &top[from..from + part.len()],
+                    x,
+                    part,
+                    &mut scratch,
+                );
+            });
+            for (&r, s) in top.iter().zip(sums) {
+                row[r as usize] = s as f32;
+            }
+        }
+        return;
+    }
     pool.split_mut(out, v, 1, &|t0, part| {
         let mut top = Vec::with_capacity(RESCORED);
+        let mut sums = Vec::with_capacity(RESCORED);
         let mut scratch = vec![0f32; BATCH * k];
         for (i, row) in part.chunks_exact_mut(v).enumerate() {
             let x = &xs[(t0 + i) * k..(t0 + i + 1) * k];
             largest(isa, row, &mut top);
-            // The candidates lie anywhere in the head: their lines are asked for `AHEAD` rows
-            // before they are needed (memory latency, not arithmetic, bounds this loop).
-            for &r in top.iter().take(AHEAD) {
-                prefetch_row(head, r as usize);
-            }
-            for (j, batch) in top.chunks(BATCH).enumerate() {
-                for &r in top.iter().skip(j * BATCH + AHEAD).take(BATCH) {
-                    prefetch_row(head, r as usize);
-                }
-                let sums = rows_dot(isa, head, batch, x, &mut scratch);
-                for (&r, s) in batch.iter().zip(sums) {
-                    row[r as usize] = s as f32;
-                }
+            sums.clear();
+            sums.resize(top.len(), 0.0);
+            recompute(isa, head, &top, x, &mut sums, &mut scratch);
+            for (&r, &s) in top.iter().zip(&sums) {
+                row[r as usize] = s as f32;
             }
         }
     });
+}
+
+/// Head rows `rows` · `x` in f64 into `sums`, `BATCH` rows at a time. The rows lie anywhere in
+/// the head: their lines are asked for `AHEAD` rows before they are needed (memory latency,
+/// not arithmetic, bounds this loop).
+fn recompute(
+    isa: Isa,
+    head: &Weight<CpuWeight>,
+    rows: &[u32],
+    x: &[f32],
+    sums: &mut [f64],
+    scratch: &mut [f32],
+) {
+    for &r in rows.iter().take(AHEAD) {
+        prefetch_row(head, r as usize);
+    }
+    for (j, (batch, out)) in rows.chunks(BATCH).zip(sums.chunks_mut(BATCH)).enumerate() {
+        for &r in rows.iter().skip(j * BATCH + AHEAD).take(BATCH) {
+            prefetch_row(head, r as usize);
+        }
+        let s = rows_dot(isa, head, batch, x, scratch);
+        out.copy_from_slice(&s[..out.len()]);
+    }
 }
 
 /// Candidate rows whose sums run interleaved: one row's 8 interleaved f64 sums wait on the
