@@ -6,7 +6,7 @@ use crate::{shape_err, Act, KvDType, KvPages, KvSpec, Result, RopeParams, Weight
 
 /// A cache the element type can hold: Q8_0 stores each head in whole 32-value blocks.
 pub fn kv_cache(spec: &KvSpec) -> Result<()> {
-    if spec.dtype == KvDType::Q8_0 && spec.head_dim % 32 != 0 {
+    if spec.dtype == KvDType::Q8_0 && !spec.head_dim.is_multiple_of(32) {
         return Err(shape_err(
             "alloc_kv",
             format!(
@@ -82,7 +82,7 @@ pub fn product<B, W>(op: &'static str, x: &Act<B>, w: &Weight<W>, out: &Act<B>) 
 /// x's rows are whole groups of the norm weight's length.
 pub fn norm_groups<B, W>(x: &Act<B>, w: &Weight<W>) -> Result<()> {
     let g = w.cols;
-    if g == 0 || x.cols % g != 0 {
+    if g == 0 || !x.cols.is_multiple_of(g) {
         return Err(shape_err(
             "rms_norm_groups",
             format!("row of {} is not made of groups of {g}", x.cols),

@@ -312,7 +312,7 @@ fn tool_requests_are_checked_field_by_field() {
         ),
     ];
     for (v, want) in bad {
-        let e = tools::parse_tools(&v).err().expect("an error");
+        let e = tools::parse_tools(&v).expect_err("an error");
         assert!(e.contains(want), "{v}: {e}");
     }
     let ts = vec![tool("f", json!({"type": "object"}))];
@@ -325,9 +325,7 @@ fn tool_requests_are_checked_field_by_field() {
         (json!({"type": "function"}), "tool_choice"),
         (json!(3), "tool_choice"),
     ] {
-        let e = tools::parse_tool_choice(Some(&v), &ts)
-            .err()
-            .expect("an error");
+        let e = tools::parse_tool_choice(Some(&v), &ts).expect_err("an error");
         assert!(e.contains(want), "{v}: {e}");
     }
     assert!(tools::parse_tool_choice(Some(&json!("required")), &[]).is_err());

@@ -160,7 +160,7 @@ impl DType {
     /// block size (rows of quantized tensors always are).
     pub fn bytes_for(self, elems: u64) -> Result<u64, DTypeError> {
         let be = self.block_elems() as u64;
-        if elems % be != 0 {
+        if !elems.is_multiple_of(be) {
             return Err(DTypeError::RowNotBlockAligned {
                 ty: self,
                 cols: elems as usize,
@@ -175,7 +175,7 @@ impl DType {
     /// Bytes in one row of `cols` elements.
     pub fn row_bytes(self, cols: usize) -> Result<usize, DTypeError> {
         let be = self.block_elems();
-        if cols % be != 0 {
+        if !cols.is_multiple_of(be) {
             return Err(DTypeError::RowNotBlockAligned {
                 ty: self,
                 cols,

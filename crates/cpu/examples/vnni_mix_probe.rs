@@ -268,6 +268,9 @@ mod x86 {
         per_iteration / 12.0
     }
 
+    /// A probe's name and its loop (ns per iteration).
+    type Probe = (&'static str, unsafe fn(u64) -> f64);
+
     fn best(f: impl Fn() -> f64) -> f64 {
         (0..5).map(|_| f()).fold(f64::MAX, f64::min)
     }
@@ -288,7 +291,7 @@ mod x86 {
             "12 vpdpbusd alone: {base:.3} ns ({:.1} G int8 MAC/s)",
             12.0 * 64.0 / base
         );
-        let mixes: [(&str, unsafe fn(u64) -> f64); 15] = [
+        let mixes: [Probe; 15] = [
             ("+ 12 integer/logic ops", int12),
             ("+ 18 integer/logic ops", int18),
             ("+ 12 vcvtdq2ps", cvt12),
@@ -312,7 +315,7 @@ mod x86 {
                 base / t * 100.0
             );
         }
-        let mems: [(&str, unsafe fn(u64) -> f64); 3] = [
+        let mems: [Probe; 3] = [
             ("with {1to16} memory operands", bcast),
             ("with {1to16} memory operands + 3 loads", bcast_loads),
             ("with {1to16} memory operands + 3 float", bcast_fma),

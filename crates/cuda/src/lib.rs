@@ -236,7 +236,7 @@ impl Backend for CudaBackend {
                 .map_err(|e| shape_err("prepare_weight", e.to_string()))?;
             CudaWeight::F32(DevBuf::from_host(&self.dev, f32_bytes(&v), "weights")?)
         } else {
-            if typed_name("matvec", host.dtype).is_none() || host.cols % 32 != 0 {
+            if typed_name("matvec", host.dtype).is_none() || !host.cols.is_multiple_of(32) {
                 return Err(BackendError::UnsupportedDType {
                     backend: "cuda",
                     dtype: host.dtype,

@@ -214,13 +214,19 @@ impl ModelConfig {
         in_range("num_key_value_heads", self.num_key_value_heads, MAX_HEADS)?;
         in_range("head_dim", self.head_dim, 4096)?;
         in_range("vocab_size", self.vocab_size, 1 << 24)?;
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if !self
+            .num_attention_heads
+            .is_multiple_of(self.num_key_value_heads)
+        {
             return Err(format!(
                 "num_attention_heads {} is not a multiple of num_key_value_heads {}",
                 self.num_attention_heads, self.num_key_value_heads
             ));
         }
-        if self.rotary_dim == 0 || self.rotary_dim > self.head_dim || self.rotary_dim % 2 != 0 {
+        if self.rotary_dim == 0
+            || self.rotary_dim > self.head_dim
+            || !self.rotary_dim.is_multiple_of(2)
+        {
             return Err(format!(
                 "rotary dimension {} must be even and at most head_dim {}",
                 self.rotary_dim, self.head_dim

@@ -172,7 +172,7 @@ unsafe fn i8x16(p: *const i8) -> __m512 {
 fn scores512_q8<const G: usize>(q: &[f32], t: Q8Tile<'_>, s: &mut [[f32; BLOCK]]) {
     let hd = t.hd;
     assert!(s.len() == G && q.len() == G * hd && t.q.len() >= hd * BLOCK);
-    assert!(hd % 32 == 0 && t.d.len() >= hd / 32 * BLOCK);
+    assert!(hd.is_multiple_of(32) && t.d.len() >= hd / 32 * BLOCK);
     // SAFETY: callers are built with AVX-512F/F16C; loads stay inside the tile (asserted).
     unsafe {
         let mut total = [_mm512_setzero_ps(); G];
@@ -200,7 +200,7 @@ fn scores512_q8<const G: usize>(q: &[f32], t: Q8Tile<'_>, s: &mut [[f32; BLOCK]]
 #[inline(always)]
 fn accumulate512_q8<const G: usize>(acc: &mut [f32], w: &[[f32; BLOCK]], n: usize, t: Q8Tile<'_>) {
     let hd = t.hd;
-    assert!(w.len() == G && acc.len() == G * hd && n <= BLOCK && hd % 32 == 0);
+    assert!(w.len() == G && acc.len() == G * hd && n <= BLOCK && hd.is_multiple_of(32));
     assert!(t.q.len() >= n * hd && t.d.len() >= n * hd / 32);
     // SAFETY: as above.
     unsafe {

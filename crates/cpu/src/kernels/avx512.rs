@@ -548,7 +548,7 @@ unsafe fn rows_tokens_impl(
         DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1 | DType::Q8_0 | DType::IQ4NL
     );
     // Legacy tiles take blocks in pairs; K-quant tiles any number of 256-blocks.
-    if (!legacy || (a.k / 32) % 2 == 0) && n >= 4 {
+    if (!legacy || (a.k / 32).is_multiple_of(2)) && n >= 4 {
         // Batches: 4 rows × 4 tokens at a time; leftover tokens of these rows below.
         let mut t16 = [0f32; 16];
         while r_done + 4 <= n_rows {
@@ -594,7 +594,7 @@ unsafe fn rows_tokens_impl(
 pub fn rows_tokens(ty: DType, rows: &[u8], rb: usize, a: &QActs, n: usize, out: &mut [f32]) {
     assert!(
         supports(ty)
-            && rows.len() % rb == 0
+            && rows.len().is_multiple_of(rb)
             && out.len() == rows.len() / rb * n
             && a.qs.len() >= n * a.k
     );

@@ -227,7 +227,7 @@ impl Packed {
         pool: &Pool,
     ) -> Result<Packed, PackError> {
         let kind = Kind::of(dtype).ok_or(PackError::Unsupported)?;
-        if cols == 0 || rows == 0 || cols % kind.sb_cols() != 0 {
+        if cols == 0 || rows == 0 || !cols.is_multiple_of(kind.sb_cols()) {
             return Err(PackError::Unsupported);
         }
         let rb = dtype.row_bytes(cols).map_err(|_| PackError::Unsupported)?;

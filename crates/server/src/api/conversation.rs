@@ -315,9 +315,7 @@ mod tests {
                 "function",
             ),
         ] {
-            let e = messages(&Body::parse(body.as_bytes()).unwrap())
-                .err()
-                .expect(body);
+            let e = messages(&Body::parse(body.as_bytes()).unwrap()).expect_err(body);
             assert!(e.message.contains(want), "{body}: {}", e.message);
         }
         for (body, want) in [
@@ -328,9 +326,7 @@ mod tests {
             ),
             (r#"{"chat_template_kwargs": 3}"#, "object"),
         ] {
-            let e = template_kwargs(&Body::parse(body.as_bytes()).unwrap())
-                .err()
-                .expect(body);
+            let e = template_kwargs(&Body::parse(body.as_bytes()).unwrap()).expect_err(body);
             assert!(e.message.contains(want), "{body}: {}", e.message);
             assert_eq!(e.param.as_deref(), Some("chat_template_kwargs"));
         }

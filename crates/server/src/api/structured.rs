@@ -320,7 +320,7 @@ mod tests {
                 "only one",
             ),
         ] {
-            let e = asked_of(json).err().expect(json);
+            let e = asked_of(json).expect_err(json);
             assert_eq!(e.status, 400, "{json}");
             assert_eq!(e.param.as_deref(), Some(field), "{json}: {}", e.message);
             assert!(e.message.contains(says), "{json}: {}", e.message);
