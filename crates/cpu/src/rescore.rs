@@ -133,15 +133,20 @@ fn rows_dot(
     let mut sums = [0f64; BATCH];
     #[cfg(target_arch = "x86_64")]
     if matches!(isa, Isa::Avx2 | Isa::Avx2Vnni | Isa::Avx512 | Isa::Amx) {
-        let q8 = head.dtype == suanli_core::DType::Q8_0 && head.store.f32.is_none();
+        let raw = head.store.f32.is_none();
         let mut ws: [&[f32]; BATCH] = [&[]; BATCH];
         for (i, (&r, s)) in rows.iter().zip(scratch.chunks_exact_mut(k)).enumerate() {
-            ws[i] = if q8 {
-                // SAFETY: the level guarantees AVX2, FMA and F16C.
-                unsafe { x86::dequantize_q8_0(raw_row(head, r as usize), s) };
-                s
-            } else {
-                head.store.row(head, r as usize, s)
+            // SAFETY (both): the level guarantees AVX2, FMA and F16C.
+            ws[i] = match head.dtype {
+                suanli_core::DType::Q8_0 if raw => {
+                    unsafe { x86::dequantize_q8_0(raw_row(head, r as usize), s) };
+                    s
+                }
+                suanli_core::DType::Q6K if raw => {
+                    unsafe { x86::dequantize_q6_k(raw_row(head, r as usize), s) };
+                    s
+                }
+                _ => head.store.row(head, r as usize, s),
             };
         }
         let ws = &ws[..rows.len()];
@@ -180,6 +185,56 @@ mod x86 {
                 let q = _mm_loadl_epi64(b.as_ptr().add(2 + 8 * j) as *const __m128i);
                 let v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
                 _mm256_storeu_ps(o.as_mut_ptr().add(8 * j), _mm256_mul_ps(v, d));
+            }
+        }
+    }
+
+    /// Q6_K blocks (128 low nibbles, 64 bytes of high bit pairs, 16 signed scales, f16 d) →
+    /// f32: `(d · scale) · q` per value, as the oracle (`suanli_core::quant`), 8 values a step.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dequantize_q6_k(raw: &[u8], out: &mut [f32]) {
+        let (m4, m3, c32) = (
+            _mm256_set1_epi32(0xF),
+            _mm256_set1_epi32(3),
+            _mm256_set1_epi32(32),
+        );
+        let bytes = |p: *const u8| _mm256_cvtepu8_epi32(_mm_loadl_epi64(p as *const __m128i));
+        for (b, y) in raw.chunks_exact(210).zip(out.chunks_exact_mut(256)) {
+            let d = half::f16::from_le_bytes([b[208], b[209]]).to_f32();
+            for n in 0..2 {
+                let (ql, qh, sc) = (
+                    b.as_ptr().add(64 * n),
+                    b.as_ptr().add(128 + 32 * n),
+                    &b[192 + 8 * n..],
+                );
+                let y = y.as_mut_ptr().add(128 * n);
+                for c in 0..4 {
+                    let (l, is) = (8 * c, c / 2);
+                    let (lo, hi, h) = (bytes(ql.add(l)), bytes(ql.add(l + 32)), bytes(qh.add(l)));
+                    let q = [
+                        _mm256_or_si256(
+                            _mm256_and_si256(lo, m4),
+                            _mm256_slli_epi32::<4>(_mm256_and_si256(h, m3)),
+                        ),
+                        _mm256_or_si256(
+                            _mm256_and_si256(hi, m4),
+                            _mm256_slli_epi32::<4>(_mm256_and_si256(_mm256_srli_epi32::<2>(h), m3)),
+                        ),
+                        _mm256_or_si256(
+                            _mm256_srli_epi32::<4>(lo),
+                            _mm256_slli_epi32::<4>(_mm256_and_si256(_mm256_srli_epi32::<4>(h), m3)),
+                        ),
+                        _mm256_or_si256(
+                            _mm256_srli_epi32::<4>(hi),
+                            _mm256_slli_epi32::<4>(_mm256_srli_epi32::<6>(h)),
+                        ),
+                    ];
+                    for (j, q) in q.into_iter().enumerate() {
+                        let s = _mm256_set1_ps(d * (sc[is + 2 * j] as i8) as f32);
+                        let v = _mm256_cvtepi32_ps(_mm256_sub_epi32(q, c32));
+                        _mm256_storeu_ps(y.add(l + 32 * j), _mm256_mul_ps(s, v));
+                    }
+                }
             }
         }
     }
@@ -418,7 +473,7 @@ fn block_maxima(isa: Isa, row: &[f32]) -> Vec<f32> {
 
 #[cfg(test)]
 mod tests {
-    /// The vector rescoring path gives the scalar path's values bit for bit: Q8_0 rows
+    /// The vector rescoring path gives the scalar path's values bit for bit: Q8_0 and Q6_K rows
     /// dequantized as the oracle does (scales of every magnitude, subnormal included), and the
     /// f64 sum of every length (tails of 0–7) with values of mixed signs and sizes.
     #[cfg(target_arch = "x86_64")]
@@ -443,6 +498,21 @@ mod tests {
         assert_eq!(
             got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
             want.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
+        // Q6_K: random quants and signed scales, d of every magnitude.
+        let mut raw6 = crate::testutil::bytes(210 * 6, 5);
+        for (i, b) in raw6.chunks_exact_mut(210).enumerate() {
+            let d = half::f16::from_f32([2.5e-4, -0.031, 6e-8, 1.0, -3.0e-6, 0.5][i]);
+            b[208..].copy_from_slice(&d.to_le_bytes());
+        }
+        let mut want6 = vec![0f32; 256 * 6];
+        suanli_core::quant::dequantize(suanli_core::DType::Q6K, &raw6, &mut want6).unwrap();
+        let mut got6 = vec![f32::NAN; 256 * 6];
+        unsafe { super::x86::dequantize_q6_k(&raw6, &mut got6) };
+        assert_eq!(
+            got6.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            want6.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            "Q6_K"
         );
         let x: Vec<f32> = crate::testutil::bytes(901, 9)
             .iter()
