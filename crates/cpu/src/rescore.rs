@@ -407,8 +407,8 @@ const SPAN: usize = 64;
 /// above it are gathered — most blocks hold none — and the answer selected among them. (A
 /// min-heap over the whole row, with its pops and pushes, cost ~8 % of a verifying pass's
 /// logits.) On AVX-512 the maxima and the gathering run 16 values at a time: a row of 151,936
-/// took ~24 µs for its maxima and ~21 for the gathering one value at a time, as long as the 256
-/// candidates' f32 sums in cache.
+/// took ~24 µs for its maxima and ~21 for its gathering one value at a time: together about
+/// twice what the 256 candidates' f64 sums take with their rows in cache.
 fn largest(isa: Isa, row: &[f32], top: &mut Vec<u32>) {
     top.clear();
     if row.len() <= RESCORED {
