@@ -23,11 +23,11 @@ use suanli_backend::{shape_err, Act, AttnMeta, KvPages, Result};
 pub fn paged_attention(
     k: &Kernels,
     pool: &Pool,
-    q: &Act<Vec<f32>>,
+    q: &Act<crate::ActBuf>,
     kv: &KvPages<KvStore>,
     meta: &AttnMeta<'_>,
     layer: usize,
-    out: &mut Act<Vec<f32>>,
+    out: &mut Act<crate::ActBuf>,
 ) -> Result<()> {
     let (nh, nkv, hd) = (meta.n_heads, meta.n_kv_heads, meta.head_dim);
     if nkv == 0

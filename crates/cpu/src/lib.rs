@@ -2,6 +2,7 @@
 //! where the CPU has them; otherwise weights stay memory-mapped in their file format. Kernels
 //! come from a table chosen by feature detection.
 
+mod aligned;
 pub mod amx;
 mod attention;
 mod huge;
@@ -15,6 +16,8 @@ mod rescore;
 #[cfg(test)]
 mod testutil;
 mod vmath;
+
+pub use aligned::ActBuf;
 
 use kernels::{Isa, Kernels};
 use suanli_backend::{
@@ -209,9 +212,9 @@ impl CpuBackend {
     /// out = act(gate) · up row by row, rows shared by the threads when there are enough.
     fn gated(
         &self,
-        gate: &Act<Vec<f32>>,
-        up: &Act<Vec<f32>>,
-        out: &mut Act<Vec<f32>>,
+        gate: &Act<ActBuf>,
+        up: &Act<ActBuf>,
+        out: &mut Act<ActBuf>,
         kernel: fn(Isa, &[f32], &[f32], &mut [f32]),
     ) -> Result<()> {
         check::silu_mul(gate, up, out)?;
@@ -243,7 +246,7 @@ impl CpuBackend {
 }
 
 impl Backend for CpuBackend {
-    type Buffer = Vec<f32>;
+    type Buffer = ActBuf;
     type KvBuffer = KvStore;
     type WeightStore = CpuWeight;
 
@@ -323,16 +326,13 @@ impl Backend for CpuBackend {
         })
     }
 
-    fn alloc_act(&self, capacity: usize, cols: usize) -> Result<Act<Vec<f32>>> {
-        let n = capacity
-            .checked_mul(cols)
-            .ok_or_else(|| BackendError::OutOfMemory {
-                what: "activation",
-                detail: format!("{capacity} × {cols}"),
-            })?;
-        // Zeroed lazily (fresh pages), so the advice reaches every page before its first write.
-        let mut buf = vec![0f32; n];
-        huge::advise(&mut buf);
+    fn alloc_act(&self, capacity: usize, cols: usize) -> Result<Act<ActBuf>> {
+        let oom = || BackendError::OutOfMemory {
+            what: "activation",
+            detail: format!("{capacity} × {cols}"),
+        };
+        let n = capacity.checked_mul(cols).ok_or_else(oom)?;
+        let buf = ActBuf::zeroed(n).ok_or_else(oom)?;
         Ok(Act {
             rows: 0,
             cols,
@@ -375,18 +375,18 @@ impl Backend for CpuBackend {
         Ok(KvPages { spec, layers })
     }
 
-    fn upload(&self, data: &[f32], rows: usize, out: &mut Act<Vec<f32>>) -> Result<()> {
+    fn upload(&self, data: &[f32], rows: usize, out: &mut Act<ActBuf>) -> Result<()> {
         check::upload(data.len(), rows, out)?;
         out.rows = rows;
         out.buf[..data.len()].copy_from_slice(data);
         Ok(())
     }
 
-    fn download(&self, x: &Act<Vec<f32>>) -> Result<Vec<f32>> {
+    fn download(&self, x: &Act<ActBuf>) -> Result<Vec<f32>> {
         Ok(x.buf[..x.rows * x.cols].to_vec())
     }
 
-    fn embed(&self, table: &Weight<CpuWeight>, ids: &[u32], out: &mut Act<Vec<f32>>) -> Result<()> {
+    fn embed(&self, table: &Weight<CpuWeight>, ids: &[u32], out: &mut Act<ActBuf>) -> Result<()> {
         check::embed(table, ids, out)?;
         out.rows = ids.len();
         let k = table.cols;
@@ -398,10 +398,10 @@ impl Backend for CpuBackend {
 
     fn rms_norm(
         &self,
-        x: &Act<Vec<f32>>,
+        x: &Act<ActBuf>,
         w: &Weight<CpuWeight>,
         eps: f32,
-        out: &mut Act<Vec<f32>>,
+        out: &mut Act<ActBuf>,
     ) -> Result<()> {
         check::rows_into("rms_norm", x, out)?;
         let wv = vector(w, x.cols, "rms_norm")?;
@@ -420,12 +420,7 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn rms_norm_groups(
-        &self,
-        x: &mut Act<Vec<f32>>,
-        w: &Weight<CpuWeight>,
-        eps: f32,
-    ) -> Result<()> {
+    fn rms_norm_groups(&self, x: &mut Act<ActBuf>, w: &Weight<CpuWeight>, eps: f32) -> Result<()> {
         check::norm_groups(x, w)?;
         let g = w.cols;
         let wv = vector(w, g, "rms_norm_groups")?;
@@ -443,10 +438,10 @@ impl Backend for CpuBackend {
 
     fn linear(
         &self,
-        x: &Act<Vec<f32>>,
+        x: &Act<ActBuf>,
         w: &Weight<CpuWeight>,
         bias: Option<&Weight<CpuWeight>>,
-        out: &mut Act<Vec<f32>>,
+        out: &mut Act<ActBuf>,
     ) -> Result<()> {
         let b = linear_operands("linear", x, w, bias, out)?;
         out.rows = x.rows;
@@ -465,9 +460,9 @@ impl Backend for CpuBackend {
 
     fn linear_many(
         &self,
-        x: &Act<Vec<f32>>,
+        x: &Act<ActBuf>,
         ws: &[(&Weight<CpuWeight>, Option<&Weight<CpuWeight>>)],
-        outs: &mut [&mut Act<Vec<f32>>],
+        outs: &mut [&mut Act<ActBuf>],
     ) -> Result<()> {
         if ws.len() != outs.len() {
             return Err(shape_err(
@@ -494,7 +489,7 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn rope(&self, x: &mut Act<Vec<f32>>, positions: &[u32], rope: &RopeParams) -> Result<()> {
+    fn rope(&self, x: &mut Act<ActBuf>, positions: &[u32], rope: &RopeParams) -> Result<()> {
         check::rope(x, positions, rope)?;
         let half = rope.rotary_dim / 2;
         let hd = rope.head_dim;
@@ -522,8 +517,8 @@ impl Backend for CpuBackend {
 
     fn write_kv(
         &self,
-        k: &Act<Vec<f32>>,
-        v: &Act<Vec<f32>>,
+        k: &Act<ActBuf>,
+        v: &Act<ActBuf>,
         slots: &[u32],
         kv: &mut KvPages<KvStore>,
         layer: usize,
@@ -586,40 +581,30 @@ impl Backend for CpuBackend {
 
     fn attention(
         &self,
-        q: &Act<Vec<f32>>,
+        q: &Act<ActBuf>,
         kv: &KvPages<KvStore>,
         meta: &AttnMeta<'_>,
         layer: usize,
-        out: &mut Act<Vec<f32>>,
+        out: &mut Act<ActBuf>,
     ) -> Result<()> {
         attention::paged_attention(&self.k, &self.pool, q, kv, meta, layer, out)
     }
 
-    fn silu_mul(
-        &self,
-        gate: &Act<Vec<f32>>,
-        up: &Act<Vec<f32>>,
-        out: &mut Act<Vec<f32>>,
-    ) -> Result<()> {
+    fn silu_mul(&self, gate: &Act<ActBuf>, up: &Act<ActBuf>, out: &mut Act<ActBuf>) -> Result<()> {
         self.gated(gate, up, out, vmath::silu_mul)
     }
 
-    fn gelu_mul(
-        &self,
-        gate: &Act<Vec<f32>>,
-        up: &Act<Vec<f32>>,
-        out: &mut Act<Vec<f32>>,
-    ) -> Result<()> {
+    fn gelu_mul(&self, gate: &Act<ActBuf>, up: &Act<ActBuf>, out: &mut Act<ActBuf>) -> Result<()> {
         self.gated(gate, up, out, vmath::gelu_mul)
     }
 
-    fn scale(&self, x: &mut Act<Vec<f32>>, s: f32) -> Result<()> {
+    fn scale(&self, x: &mut Act<ActBuf>, s: f32) -> Result<()> {
         let n = x.rows * x.cols;
         x.buf[..n].iter_mut().for_each(|v| *v *= s);
         Ok(())
     }
 
-    fn gather_rows(&self, x: &Act<Vec<f32>>, rows: &[u32], out: &mut Act<Vec<f32>>) -> Result<()> {
+    fn gather_rows(&self, x: &Act<ActBuf>, rows: &[u32], out: &mut Act<ActBuf>) -> Result<()> {
         check::gather_rows(x, rows, out)?;
         let k = x.cols;
         for (i, &r) in rows.iter().enumerate() {
@@ -632,8 +617,8 @@ impl Backend for CpuBackend {
 
     fn add_rows_scaled(
         &self,
-        acc: &mut Act<Vec<f32>>,
-        x: &Act<Vec<f32>>,
+        acc: &mut Act<ActBuf>,
+        x: &Act<ActBuf>,
         rows: &[u32],
         weights: &[f32],
     ) -> Result<()> {
@@ -651,7 +636,7 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn add(&self, acc: &mut Act<Vec<f32>>, x: &Act<Vec<f32>>) -> Result<()> {
+    fn add(&self, acc: &mut Act<ActBuf>, x: &Act<ActBuf>) -> Result<()> {
         check::add(acc, x)?;
         let n = x.rows * x.cols;
         for (a, b) in acc.buf[..n].iter_mut().zip(&x.buf[..n]) {
@@ -662,7 +647,7 @@ impl Backend for CpuBackend {
 
     fn logits(
         &self,
-        x: &Act<Vec<f32>>,
+        x: &Act<ActBuf>,
         rows: &[u32],
         lm_head: &Weight<CpuWeight>,
         out: &mut [f32],
@@ -699,10 +684,10 @@ fn try_zeroed<T: Clone>(n: usize, zero: T) -> Option<Vec<T>> {
 /// Check that `x · wᵀ` fits `out`; the bias as a slice.
 fn linear_operands<'a>(
     op: &'static str,
-    x: &Act<Vec<f32>>,
+    x: &Act<ActBuf>,
     w: &Weight<CpuWeight>,
     bias: Option<&'a Weight<CpuWeight>>,
-    out: &Act<Vec<f32>>,
+    out: &Act<ActBuf>,
 ) -> Result<Option<&'a [f32]>> {
     check::product(op, x, w, out)?;
     bias.map(|b| vector(b, w.rows, "linear bias")).transpose()

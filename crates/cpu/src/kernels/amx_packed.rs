@@ -26,6 +26,15 @@ use std::cell::RefCell;
 /// Tokens per tile (rows of an A tile).
 pub const TOKENS: usize = TILE_TOKENS;
 
+/// Outputs of at least this many bytes are written with non-temporal stores: each token's 16
+/// rows are one whole line, written without first reading it. Ordinary stores miss (the output
+/// is larger than the L2 and the next step reads it long after) and each fetches its line
+/// first; and since tile loads wait for older stores to complete, a group's outputs held up
+/// the next group's tiles. Qwen2.5-Coder-0.5B pp512 (2 threads, amx, 6 alternating runs,
+/// medians): 589 tok/s on average with ordinary stores, 637 streaming every output, 689 from
+/// 1 MiB up (the smaller outputs, read back from the caches, were better kept there).
+const STREAM_FROM: usize = 1 << 20;
+
 /// One sub-block of a group, ready for the tile unit: the signed quants as a B tile and the 16
 /// rows' scales (the integer sums' scale, Q6_K's second half's, the mins' scale).
 #[derive(Clone, Copy)]
@@ -112,6 +121,9 @@ pub(super) unsafe fn run_kind<const K: u8>(
     let cfg: &TileConfig = if K == Q6K { &CONFIG_16 } else { &CONFIG_32 };
     asm!("ldtilecfg [{c}]", c = in(reg) cfg as *const TileConfig, options(nostack, readonly));
     let tiles = (whole - tokens.start) / TOKENS;
+    // Whole lines (groups of 16 rows on line-aligned rows, `ActBuf`) of a large output.
+    let stream =
+        a.n * m * 4 >= STREAM_FROM && m.is_multiple_of(ROWS) && (out as usize).is_multiple_of(64);
     SCRATCH.with(|scratch| {
         let sc = &mut *scratch.borrow_mut();
         let zero = Sub {
@@ -129,7 +141,7 @@ pub(super) unsafe fn run_kind<const K: u8>(
             // Each tile's sums go to the staging area (in cache) and reach `out` only after
             // the group's last tile: tile loads wait for older stores to complete, and a
             // tile's 16 stores into a large output missing the caches halved the throughput
-            // (prefetching those lines for writing or non-temporal stores did not help).
+            // (prefetching those lines for writing did not help; see `STREAM_FROM`).
             for (at, st) in tiled
                 .chunks_exact(nblk)
                 .zip(staged.chunks_exact_mut(TOKENS * ROWS))
@@ -137,14 +149,28 @@ pub(super) unsafe fn run_kind<const K: u8>(
                 tile::<K>(prep, at, st.as_mut_ptr());
             }
             let dst = out.add(tokens.start * m + r0);
-            for (i, acc) in staged.chunks_exact(ROWS).enumerate() {
-                let acc = _mm512_loadu_ps(acc.as_ptr());
-                store(&[acc], dst.add(i * m), m, m - r0, bias);
+            if stream && m - r0 >= ROWS {
+                let b = match bias {
+                    Some(b) => _mm512_loadu_ps(b.as_ptr()),
+                    None => _mm512_setzero_ps(),
+                };
+                for (i, acc) in staged.chunks_exact(ROWS).enumerate() {
+                    let acc = _mm512_loadu_ps(acc.as_ptr());
+                    _mm512_stream_ps(dst.add(i * m), _mm512_add_ps(acc, b));
+                }
+            } else {
+                for (i, acc) in staged.chunks_exact(ROWS).enumerate() {
+                    let acc = _mm512_loadu_ps(acc.as_ptr());
+                    store(&[acc], dst.add(i * m), m, m - r0, bias);
+                }
             }
             vnni_tokens::<K>(grp, nsb, a, whole..tokens.end, out.add(r0), m, m - r0, bias);
         }
     });
     asm!("tilerelease", options(nostack, nomem));
+    if stream {
+        _mm_sfence();
+    }
 }
 
 /// Unpack a group's sub-blocks into B tiles of signed quants and their scales.
@@ -290,14 +316,18 @@ unsafe fn epilogue<const K: u8>(
 #[cfg(test)]
 mod tests {
     use super::super::avx512_packed::run;
+    use super::STREAM_FROM;
     use crate::kernels::Isa;
     use crate::packed::Kind;
     use crate::pool::Pool;
     use crate::testutil::packed_case;
+    use crate::ActBuf;
 
     /// The tile unit's results are the VNNI kernels' bit for bit (same integer sums, same f32
-    /// epilogue), for every packed kind, at partial groups of rows and with tokens left over
-    /// for VNNI after the whole tiles; the VNNI kernels are tested against the dequantized dot.
+    /// epilogue), for every packed kind, at partial groups of rows, with tokens left over for
+    /// VNNI after the whole tiles, and for an output large enough to be streamed
+    /// (`STREAM_FROM`, 1040 rows × 256 tokens); the VNNI kernels are tested against the
+    /// dequantized dot.
     #[test]
     fn tiles_equal_the_vnni_kernels_bit_for_bit() {
         if !Isa::available().contains(&Isa::Amx) {
@@ -308,9 +338,12 @@ mod tests {
         for ty in suanli_core::DType::ALL {
             let Some(kd) = Kind::of(ty) else { continue };
             let cols = if kd.sb_cols() == 256 { 768 } else { 160 };
-            for (rows, n) in [(16, 32), (45, 35), (7, 64)] {
+            for (rows, n) in [(16, 32), (45, 35), (7, 64), (1040, 256)] {
                 let (_, p, a, bias) = packed_case(&pool, ty, (rows, cols, n), 5);
-                let mut outs = [vec![f32::NAN; n * rows], vec![f32::NAN; n * rows]];
+                assert_eq!(n * rows * 4 >= STREAM_FROM, rows == 1040);
+                // Line-aligned, as the backend's activations are (streaming needs whole lines).
+                let mut outs = [0, 1].map(|_| ActBuf::zeroed(n * rows).unwrap());
+                outs.iter_mut().for_each(|o| o.fill(f32::NAN));
                 for (amx, out) in [false, true].into_iter().zip(outs.iter_mut()) {
                     // SAFETY: AVX-512 VNNI and the tile permission (Isa::Amx available); `out`
                     // holds n × rows.
@@ -326,7 +359,7 @@ mod tests {
                         )
                     };
                 }
-                for (i, (v, t)) in outs[0].iter().zip(&outs[1]).enumerate() {
+                for (i, (v, t)) in outs[0].iter().zip(outs[1].iter()).enumerate() {
                     assert!(
                         v.to_bits() == t.to_bits(),
                         "{kd:?} {rows}x{cols}, {n} tokens, token {} row {}: VNNI {v} AMX {t}",
