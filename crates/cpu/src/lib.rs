@@ -489,6 +489,43 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn gated_linear(
+        &self,
+        x: &Act<ActBuf>,
+        gate: &Weight<CpuWeight>,
+        up: &Weight<CpuWeight>,
+        g: &mut Act<ActBuf>,
+        u: &mut Act<ActBuf>,
+        out: &mut Act<ActBuf>,
+    ) -> Result<()> {
+        // On the AMX tiles both products run per group of rows and meet in cache
+        // (`matmul::packed_gated`); the same bits as the two products and `silu_mul`.
+        #[cfg(target_arch = "x86_64")]
+        if let (Isa::Amx, Some(pg), Some(pu)) = (self.k.isa, &gate.store.packed, &up.store.packed) {
+            let n = x.rows;
+            let alike = pg.kind == pu.kind && (pg.rows, pg.cols) == (pu.rows, pu.cols);
+            if alike && n >= kernels::avx512_packed::AMX_FROM {
+                linear_operands("gated_linear", x, gate, None, out)?;
+                linear_operands("gated_linear", x, up, None, u)?;
+                let m = gate.rows;
+                out.rows = n;
+                u.rows = n;
+                matmul::packed_gated(
+                    &self.pool,
+                    &x.buf[..n * x.cols],
+                    n,
+                    (pg, pu),
+                    &mut out.buf[..n * m],
+                    &mut u.buf[..n * m],
+                    self.k.isa,
+                );
+                return Ok(());
+            }
+        }
+        self.linear_many(x, &[(gate, None), (up, None)], &mut [&mut *g, &mut *u])?;
+        self.silu_mul(g, u, out)
+    }
+
     fn rope(&self, x: &mut Act<ActBuf>, positions: &[u32], rope: &RopeParams) -> Result<()> {
         check::rope(x, positions, rope)?;
         let half = rope.rotary_dim / 2;

@@ -163,6 +163,68 @@ struct SharedOut(*mut f32);
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
+impl SharedOut {
+    /// The pointer (a method, so that closures capture the whole `Sync` value, not the field).
+    fn ptr(&self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Tokens per chunk of a packed product's input of `cols` columns: whole AMX tiles of 16
+/// tokens (the VNNI kernels take 8, 4, 2, 1) whose quantized activations stay in L2.
+fn token_chunk(cols: usize) -> usize {
+    let per_token = cols + cols / 32 * std::mem::size_of::<crate::kernels::pacts::Meta>();
+    (CHUNK_BYTES / per_token).max(16) / 16 * 16
+}
+
+/// The gated MLP's first half on the AMX tiles: `out` = silu(x · gateᵀ) · (x · upᵀ), without
+/// writing the two products out (`avx512_packed::run_gated`); `up_rest` (`[n, rows]`) is
+/// scratch for the up product of the tokens after a chunk's whole tiles. The same bits as the
+/// two products and `silu_mul`. The caller checked the shapes, that gate and up are packed
+/// alike, and that `isa` is `Isa::Amx`.
+#[cfg(target_arch = "x86_64")]
+pub fn packed_gated(
+    pool: &Pool,
+    x: &[f32],
+    n: usize,
+    (gate, up): (&crate::packed::Packed, &crate::packed::Packed),
+    out: &mut [f32],
+    up_rest: &mut [f32],
+    isa: Isa,
+) {
+    assert!(
+        isa == Isa::Amx && gate.kind == up.kind && (gate.rows, gate.cols) == (up.rows, up.cols)
+    );
+    assert!(
+        out.len() == n * gate.rows && up_rest.len() == n * gate.rows && x.len() == n * gate.cols
+    );
+    if n == 0 {
+        return;
+    }
+    PACTS.with(|a| {
+        let mut a = a.borrow_mut();
+        a.fill(pool, x, n, gate.cols, true);
+        let a = &*a;
+        let chunk = token_chunk(gate.cols);
+        let pieces = guided_pieces(
+            std::iter::once(gate.groups()),
+            n.div_ceil(chunk),
+            pool.threads(),
+        );
+        let (dst, rest) = (SharedOut(out.as_mut_ptr()), SharedOut(up_rest.as_mut_ptr()));
+        pool.pieces(pieces.len(), &|i| {
+            let (_, c, gs) = pieces[i].clone();
+            let ts = c * chunk..((c + 1) * chunk).min(n);
+            // SAFETY: the AMX level (checked above: detection granted the tiles); both
+            // outputs hold n × rows floats, and each piece writes its own (tokens, groups)
+            // cells of them.
+            unsafe {
+                crate::kernels::avx512_packed::run_gated(gate, up, a, gs, ts, dst.ptr(), rest.ptr())
+            };
+        });
+    })
+}
+
 /// Products of one input with packed weights (all with `cols` = the input's width): the
 /// activations are quantized once (Q8, blocks of 32), then pieces of (weight, token chunk,
 /// row groups) are taken by the threads in turn — one synchronisation for all of them.
@@ -184,9 +246,7 @@ pub fn packed_many(
         let mut a = a.borrow_mut();
         a.fill(pool, x, n, cols, amx);
         let a = &*a;
-        let per_token = cols + cols / 32 * std::mem::size_of::<crate::kernels::pacts::Meta>();
-        // Whole AMX tiles of 16 tokens (the VNNI kernels take 8, 4, 2, 1).
-        let chunk = (CHUNK_BYTES / per_token).max(16) / 16 * 16;
+        let chunk = token_chunk(cols);
         let chunks = n.div_ceil(chunk);
         let pieces = guided_pieces(jobs.iter().map(|j| j.0.groups()), chunks, pool.threads());
         let plan: Vec<(&crate::packed::Packed, Option<&[f32]>, SharedOut)> = jobs

@@ -25,9 +25,10 @@ pub fn exp(x: f32) -> f32 {
     p * f32::from_bits(((ni + 127) as u32) << 23)
 }
 
-/// out = silu(gate) · up, silu(g) = g / (1 + e^−g).
+/// out = silu(gate) · up, silu(g) = g / (1 + e^−g). (Plain IEEE operations: the same bits
+/// however a caller's loop is vectorized.)
 #[inline(always)]
-fn silu_mul_plain(gate: &[f32], up: &[f32], out: &mut [f32]) {
+pub(crate) fn silu_mul_plain(gate: &[f32], up: &[f32], out: &mut [f32]) {
     for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
         *o = g / (1.0 + exp(-g)) * u;
     }

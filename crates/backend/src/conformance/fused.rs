@@ -55,7 +55,9 @@ pub fn check_gated_linear<B: Backend>(b: &B, ty: DType, rng: &mut Rng, rep: &mut
     let dot =
         |a: &[f32], b: &[f32]| -> f64 { a.iter().zip(b).map(|(&p, &q)| p as f64 * q as f64).sum() };
     let silu = |g: f64| g / (1.0 + (-g).exp());
-    for n in ROWS {
+    // 41 rows besides: a batched path (the CPU's AMX tiles from 32 tokens: two tiles of 16
+    // and 9 tokens after them).
+    for n in ROWS.into_iter().chain([41]) {
         let (gb, ub) = (
             random_weight(ty, rows, cols, rng),
             random_weight(ty, rows, cols, rng),
@@ -111,7 +113,9 @@ pub fn check_mlp<B: Backend>(b: &B, ty: DType, rng: &mut Rng, rep: &mut Report) 
     let dot =
         |a: &[f32], b: &[f32]| -> f64 { a.iter().zip(b).map(|(&p, &q)| p as f64 * q as f64).sum() };
     let silu = |g: f64| g / (1.0 + (-g).exp());
-    for n in ROWS {
+    // 41 rows besides: a batched path (the CPU's AMX tiles from 32 tokens: two tiles of 16
+    // and 9 tokens after them).
+    for n in ROWS.into_iter().chain([41]) {
         let (gb, ub, db) = (
             random_weight(ty, ff, hidden, rng),
             random_weight(ty, ff, hidden, rng),

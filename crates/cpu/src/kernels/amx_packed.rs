@@ -19,6 +19,7 @@ use super::packed_kinds::{kind, unroll16, Q6K};
 use super::pacts::{PActs, TileBlock, TILE_TOKENS};
 use crate::amx::TileConfig;
 use crate::packed::{Packed, ROWS};
+use crate::vmath::silu_mul_plain;
 use std::arch::asm;
 use std::arch::x86_64::*;
 use std::cell::RefCell;
@@ -44,11 +45,12 @@ struct Sub {
     s: [[f32; ROWS]; 3],
 }
 
-/// A thread's scratch: a group's prepared sub-blocks and its outputs for all whole tiles
-/// (`[tiles × 16 tokens][16 rows]`).
+/// A thread's scratch: a group's prepared sub-blocks (and the up matrix's, for the gated
+/// products) and its outputs for all whole tiles (`[tiles × 16 tokens][16 rows]`).
 #[derive(Default)]
 struct Scratch {
     prep: Vec<Sub>,
+    prep_up: Vec<Sub>,
     staged: Vec<f32>,
 }
 
@@ -106,6 +108,43 @@ pub(super) unsafe fn run_kind<const K: u8>(
     bias: Option<&[f32]>,
     out: *mut f32,
 ) {
+    products::<K>(p, None, a, groups, tokens, bias, out)
+}
+
+/// The gated MLP's first half for groups `groups` and `tokens`: `out` = silu(x · gateᵀ) ·
+/// (x · upᵀ), both products' tiles run one after the other on a group's tokens and combined
+/// in cache, so the two `[n, rows]` products are never written out and read back (and the
+/// output is half their bytes). `up_rest` (`[n, rows]`) receives the up product of the tokens
+/// after the whole tiles, which VNNI computes. Bit for bit `silu_mul` of the two products.
+///
+/// # Safety
+/// As `run_kind`, with `gate` and `up` of the same kind and shape.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
+pub(super) unsafe fn run_gated_kind<const K: u8>(
+    gate: &Packed,
+    up: &Packed,
+    a: &PActs,
+    groups: std::ops::Range<usize>,
+    tokens: std::ops::Range<usize>,
+    out: *mut f32,
+    up_rest: *mut f32,
+) {
+    debug_assert!(gate.kind == up.kind && gate.rows == up.rows && gate.cols == up.cols);
+    products::<K>(gate, Some((up, up_rest)), a, groups, tokens, None, out)
+}
+
+/// `run_kind`, or with `up` (and its `up_rest`) `run_gated_kind`. (Its own target features:
+/// the closure inside would not inherit them through an inlined function.)
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
+unsafe fn products<const K: u8>(
+    p: &Packed,
+    up: Option<(&Packed, *mut f32)>,
+    a: &PActs,
+    groups: std::ops::Range<usize>,
+    tokens: std::ops::Range<usize>,
+    bias: Option<&[f32]>,
+    out: *mut f32,
+) {
     let kd = kind(K);
     let nsb = p.cols / kd.sb_cols();
     let nblk = p.cols / 32;
@@ -131,6 +170,7 @@ pub(super) unsafe fn run_kind<const K: u8>(
             s: [[0.0; ROWS]; 3],
         };
         let prep = at_least(&mut sc.prep, nblk, zero);
+        let prep_up = at_least(&mut sc.prep_up, if up.is_some() { nblk } else { 0 }, zero);
         let staged = at_least(&mut sc.staged, tiles * TOKENS * ROWS, 0.0);
         let tiled = &a.tiles[tokens.start / TOKENS * nblk..whole / TOKENS * nblk];
         for g in groups {
@@ -138,6 +178,9 @@ pub(super) unsafe fn run_kind<const K: u8>(
             let r0 = g * ROWS;
             let bias = bias.map(|b| &b[r0..]);
             prepare::<K>(grp, nsb, prep);
+            if let Some((u, _)) = up {
+                prepare::<K>(u.group(g).as_ptr(), nsb, prep_up);
+            }
             // Each tile's sums go to the staging area (in cache) and reach `out` only after
             // the group's last tile: tile loads wait for older stores to complete, and a
             // tile's 16 stores into a large output missing the caches halved the throughput
@@ -146,7 +189,16 @@ pub(super) unsafe fn run_kind<const K: u8>(
                 .chunks_exact(nblk)
                 .zip(staged.chunks_exact_mut(TOKENS * ROWS))
             {
-                tile::<K>(prep, at, st.as_mut_ptr());
+                match up {
+                    None => tile::<K>(prep, at, st.as_mut_ptr()),
+                    Some(_) => {
+                        let mut pair = Pair([[0.0; TOKENS * ROWS]; 2]);
+                        let [gs, us] = &mut pair.0;
+                        tile::<K>(prep, at, gs.as_mut_ptr());
+                        tile::<K>(prep_up, at, us.as_mut_ptr());
+                        silu_mul_plain(gs, us, st);
+                    }
+                }
             }
             let dst = out.add(tokens.start * m + r0);
             if stream && m - r0 >= ROWS {
@@ -165,6 +217,29 @@ pub(super) unsafe fn run_kind<const K: u8>(
                 }
             }
             vnni_tokens::<K>(grp, nsb, a, whole..tokens.end, out.add(r0), m, m - r0, bias);
+            if let Some((u, rest)) = up {
+                // The tokens after the whole tiles: the gate product went to `out`, the up
+                // product goes to `rest`; combined in place.
+                let valid = (m - r0).min(ROWS);
+                let ugrp = u.group(g).as_ptr();
+                vnni_tokens::<K>(
+                    ugrp,
+                    nsb,
+                    a,
+                    whole..tokens.end,
+                    rest.add(r0),
+                    m,
+                    valid,
+                    None,
+                );
+                for t in whole..tokens.end {
+                    let mut gs = [0.0f32; ROWS];
+                    let o = std::slice::from_raw_parts_mut(out.add(t * m + r0), valid);
+                    gs[..valid].copy_from_slice(o);
+                    let us = std::slice::from_raw_parts(rest.add(t * m + r0), valid);
+                    silu_mul_plain(&gs[..valid], us, o);
+                }
+            }
         }
     });
     asm!("tilerelease", options(nostack, nomem));
@@ -172,6 +247,10 @@ pub(super) unsafe fn run_kind<const K: u8>(
         _mm_sfence();
     }
 }
+
+/// A tile's gate and up sums side by side (line-aligned, in L1).
+#[repr(C, align(64))]
+struct Pair([[f32; TOKENS * ROWS]; 2]);
 
 /// Unpack a group's sub-blocks into B tiles of signed quants and their scales.
 #[inline(always)]
@@ -315,12 +394,13 @@ unsafe fn epilogue<const K: u8>(
 
 #[cfg(test)]
 mod tests {
-    use super::super::avx512_packed::run;
+    use super::super::avx512_packed::{run, run_gated};
     use super::STREAM_FROM;
     use crate::kernels::Isa;
     use crate::packed::Kind;
     use crate::pool::Pool;
     use crate::testutil::packed_case;
+    use crate::vmath::silu_mul_plain;
     use crate::ActBuf;
 
     /// The tile unit's results are the VNNI kernels' bit for bit (same integer sums, same f32
@@ -363,6 +443,55 @@ mod tests {
                     assert!(
                         v.to_bits() == t.to_bits(),
                         "{kd:?} {rows}x{cols}, {n} tokens, token {} row {}: VNNI {v} AMX {t}",
+                        i / rows,
+                        i % rows
+                    );
+                }
+            }
+        }
+    }
+
+    /// The gated products (`run_gated_kind`) are `silu_mul` of the two products bit for bit,
+    /// for every packed kind: partial groups, tokens left over for VNNI, a streamed output.
+    #[test]
+    fn gated_tiles_equal_silu_of_the_two_products() {
+        if !Isa::available().contains(&Isa::Amx) {
+            eprintln!("SKIPPED: no AMX int8 tiles here; the gated AMX kernels are not tested");
+            return;
+        }
+        let pool = Pool::new(2).unwrap();
+        for ty in suanli_core::DType::ALL {
+            let Some(kd) = Kind::of(ty) else { continue };
+            let cols = if kd.sb_cols() == 256 { 768 } else { 160 };
+            for (rows, n) in [(16, 32), (45, 35), (7, 64), (1040, 256)] {
+                let (_, gate, a, _) = packed_case(&pool, ty, (rows, cols, n), 5);
+                let (_, up, _, _) = packed_case(&pool, ty, (rows, cols, n), 9);
+                let [mut g, mut u, mut want, mut got, mut rest] =
+                    [0; 5].map(|_| ActBuf::zeroed(n * rows).unwrap());
+                for o in [&mut got, &mut rest] {
+                    o.fill(f32::NAN);
+                }
+                // SAFETY: AVX-512 VNNI and the tile permission (Isa::Amx available); every
+                // output holds n × rows.
+                unsafe {
+                    for (p, o) in [(&gate, &mut g), (&up, &mut u)] {
+                        run(p, &a, 0..p.groups(), 0..n, None, o.as_mut_ptr(), true);
+                    }
+                    run_gated(
+                        &gate,
+                        &up,
+                        &a,
+                        0..gate.groups(),
+                        0..n,
+                        got.as_mut_ptr(),
+                        rest.as_mut_ptr(),
+                    );
+                }
+                silu_mul_plain(&g, &u, &mut want);
+                for (i, (w, v)) in want.iter().zip(got.iter()).enumerate() {
+                    assert!(
+                        w.to_bits() == v.to_bits(),
+                        "{kd:?} {rows}x{cols}, {n} tokens, token {} row {}: silu_mul {w} gated {v}",
                         i / rows,
                         i % rows
                     );

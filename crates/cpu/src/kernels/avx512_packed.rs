@@ -185,7 +185,7 @@ pub(super) unsafe fn scale_in<const K: u8>(
 /// faster (`matmul_probe`, 2 threads, weights streamed: 16 tokens 15–20 % faster on VNNI, 24
 /// tokens 10–20 %, 32 about even, 64 tokens 10–35 % faster on AMX). On this project's machines
 /// the tile loads and stores (~30 cycles per KiB) bound the tiles, not the multiplies.
-const AMX_FROM: usize = 32;
+pub(crate) const AMX_FROM: usize = 32;
 
 /// Most tokens in one VNNI tile: with 8, the accumulators and a sub-block's unpacked weights
 /// fill the 32 vector registers.
@@ -500,6 +500,40 @@ pub unsafe fn run(
     debug_assert!(a.k == p.cols && tokens.end <= a.n && groups.end <= p.groups());
     let f = by_kind!(p.kind, run_kind);
     f(p, a, groups, tokens, bias, out, amx)
+}
+
+/// out = silu(x · gateᵀ) · (x · upᵀ) for groups `groups` and tokens `tokens` on the AMX tiles
+/// (`amx_packed::run_gated_kind`; `up_rest` receives the up product of the tokens after the
+/// whole tiles).
+///
+/// # Safety
+/// As `run` with `amx`, for `out` and `up_rest` alike; `gate` and `up` of one kind and shape.
+pub unsafe fn run_gated(
+    gate: &Packed,
+    up: &Packed,
+    a: &PActs,
+    groups: std::ops::Range<usize>,
+    tokens: std::ops::Range<usize>,
+    out: *mut f32,
+    up_rest: *mut f32,
+) {
+    debug_assert!(a.k == gate.cols && tokens.end <= a.n && groups.end <= gate.groups());
+    assert!(gate.kind == up.kind && gate.rows == up.rows && gate.cols == up.cols);
+    let f = by_kind!(gate.kind, gated_kind);
+    f(gate, up, a, groups, tokens, out, up_rest)
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
+unsafe fn gated_kind<const K: u8>(
+    gate: &Packed,
+    up: &Packed,
+    a: &PActs,
+    groups: std::ops::Range<usize>,
+    tokens: std::ops::Range<usize>,
+    out: *mut f32,
+    up_rest: *mut f32,
+) {
+    super::amx_packed::run_gated_kind::<K>(gate, up, a, groups, tokens, out, up_rest)
 }
 
 #[cfg(test)]
