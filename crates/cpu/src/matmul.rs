@@ -268,15 +268,15 @@ pub fn packed_many(
                 match isa {
                     #[cfg(target_arch = "x86_64")]
                     Isa::Avx2 => {
-                        crate::kernels::avx2_packed::run(p, a, gs, ts, *bias, dst.0, false)
+                        crate::kernels::avx2_packed::run(p, a, gs, ts, *bias, dst.ptr(), false)
                     }
                     #[cfg(target_arch = "x86_64")]
                     Isa::Avx2Vnni => {
-                        crate::kernels::avx2_packed::run(p, a, gs, ts, *bias, dst.0, true)
+                        crate::kernels::avx2_packed::run(p, a, gs, ts, *bias, dst.ptr(), true)
                     }
                     #[cfg(target_arch = "x86_64")]
                     Isa::Avx512 | Isa::Amx => {
-                        crate::kernels::avx512_packed::run(p, a, gs, ts, *bias, dst.0, amx)
+                        crate::kernels::avx512_packed::run(p, a, gs, ts, *bias, dst.ptr(), amx)
                     }
                     #[cfg(target_arch = "aarch64")]
                     Isa::Neon | Isa::NeonDot | Isa::NeonMm => {
@@ -286,7 +286,7 @@ pub fn packed_many(
                             Isa::NeonDot => Mul::Sdot,
                             _ => Mul::Smull,
                         };
-                        run(p, a, gs, ts, *bias, dst.0, mul)
+                        run(p, a, gs, ts, *bias, dst.ptr(), mul)
                     }
                     _ => unreachable!("{} does not repack", isa.name()),
                 }
