@@ -402,51 +402,66 @@ mod tests {
     use crate::testutil::packed_case;
     use crate::vmath::silu_mul_plain;
     use crate::ActBuf;
+    use suanli_core::DType;
 
     /// The tile unit's results are the VNNI kernels' bit for bit (same integer sums, same f32
     /// epilogue), for every packed kind, at partial groups of rows, with tokens left over for
     /// VNNI after the whole tiles, and for an output large enough to be streamed
     /// (`STREAM_FROM`, 1040 rows × 256 tokens); the VNNI kernels are tested against the
     /// dequantized dot.
-    #[test]
-    fn tiles_equal_the_vnni_kernels_bit_for_bit() {
+    /// Every packed kind with its (rows, cols, tokens) shapes: a whole group, partial groups,
+    /// tokens after the whole tiles, an output large enough to be streamed. None (said
+    /// visibly) where this machine has no AMX.
+    fn cases(what: &str) -> Option<Vec<(DType, Kind, (usize, usize, usize))>> {
         if !Isa::available().contains(&Isa::Amx) {
-            eprintln!("SKIPPED: no AMX int8 tiles here; the AMX kernels are not tested");
-            return;
+            eprintln!("SKIPPED: no AMX int8 tiles here; {what} not tested");
+            return None;
         }
-        let pool = Pool::new(2).unwrap();
-        for ty in suanli_core::DType::ALL {
+        let mut v = Vec::new();
+        for ty in DType::ALL {
             let Some(kd) = Kind::of(ty) else { continue };
             let cols = if kd.sb_cols() == 256 { 768 } else { 160 };
             for (rows, n) in [(16, 32), (45, 35), (7, 64), (1040, 256)] {
-                let (_, p, a, bias) = packed_case(&pool, ty, (rows, cols, n), 5);
                 assert_eq!(n * rows * 4 >= STREAM_FROM, rows == 1040);
-                // Line-aligned, as the backend's activations are (streaming needs whole lines).
-                let mut outs = [0, 1].map(|_| ActBuf::zeroed(n * rows).unwrap());
-                outs.iter_mut().for_each(|o| o.fill(f32::NAN));
-                for (amx, out) in [false, true].into_iter().zip(outs.iter_mut()) {
-                    // SAFETY: AVX-512 VNNI and the tile permission (Isa::Amx available); `out`
-                    // holds n × rows.
-                    unsafe {
-                        run(
-                            &p,
-                            &a,
-                            0..p.groups(),
-                            0..n,
-                            Some(&bias),
-                            out.as_mut_ptr(),
-                            amx,
-                        )
-                    };
-                }
-                for (i, (v, t)) in outs[0].iter().zip(outs[1].iter()).enumerate() {
-                    assert!(
-                        v.to_bits() == t.to_bits(),
-                        "{kd:?} {rows}x{cols}, {n} tokens, token {} row {}: VNNI {v} AMX {t}",
-                        i / rows,
-                        i % rows
-                    );
-                }
+                v.push((ty, kd, (rows, cols, n)));
+            }
+        }
+        Some(v)
+    }
+
+    #[test]
+    fn tiles_equal_the_vnni_kernels_bit_for_bit() {
+        let Some(cases) = cases("the AMX kernels are") else {
+            return;
+        };
+        let pool = Pool::new(2).unwrap();
+        for (ty, kd, (rows, cols, n)) in cases {
+            let (_, p, a, bias) = packed_case(&pool, ty, (rows, cols, n), 5);
+            // Line-aligned, as the backend's activations are (streaming needs whole lines).
+            let mut outs = [0, 1].map(|_| ActBuf::zeroed(n * rows).unwrap());
+            outs.iter_mut().for_each(|o| o.fill(f32::NAN));
+            for (amx, out) in [false, true].into_iter().zip(outs.iter_mut()) {
+                // SAFETY: AVX-512 VNNI and the tile permission (Isa::Amx available); `out`
+                // holds n × rows.
+                unsafe {
+                    run(
+                        &p,
+                        &a,
+                        0..p.groups(),
+                        0..n,
+                        Some(&bias),
+                        out.as_mut_ptr(),
+                        amx,
+                    )
+                };
+            }
+            for (i, (v, t)) in outs[0].iter().zip(outs[1].iter()).enumerate() {
+                assert!(
+                    v.to_bits() == t.to_bits(),
+                    "{kd:?} {rows}x{cols}, {n} tokens, token {} row {}: VNNI {v} AMX {t}",
+                    i / rows,
+                    i % rows
+                );
             }
         }
     }
@@ -455,47 +470,42 @@ mod tests {
     /// for every packed kind: partial groups, tokens left over for VNNI, a streamed output.
     #[test]
     fn gated_tiles_equal_silu_of_the_two_products() {
-        if !Isa::available().contains(&Isa::Amx) {
-            eprintln!("SKIPPED: no AMX int8 tiles here; the gated AMX kernels are not tested");
+        let Some(cases) = cases("the gated AMX kernels are") else {
             return;
-        }
+        };
         let pool = Pool::new(2).unwrap();
-        for ty in suanli_core::DType::ALL {
-            let Some(kd) = Kind::of(ty) else { continue };
-            let cols = if kd.sb_cols() == 256 { 768 } else { 160 };
-            for (rows, n) in [(16, 32), (45, 35), (7, 64), (1040, 256)] {
-                let (_, gate, a, _) = packed_case(&pool, ty, (rows, cols, n), 5);
-                let (_, up, _, _) = packed_case(&pool, ty, (rows, cols, n), 9);
-                let [mut g, mut u, mut want, mut got, mut rest] =
-                    [0; 5].map(|_| ActBuf::zeroed(n * rows).unwrap());
-                for o in [&mut got, &mut rest] {
-                    o.fill(f32::NAN);
+        for (ty, kd, (rows, cols, n)) in cases {
+            let (_, gate, a, _) = packed_case(&pool, ty, (rows, cols, n), 5);
+            let (_, up, _, _) = packed_case(&pool, ty, (rows, cols, n), 9);
+            let [mut g, mut u, mut want, mut got, mut rest] =
+                [0; 5].map(|_| ActBuf::zeroed(n * rows).unwrap());
+            for o in [&mut got, &mut rest] {
+                o.fill(f32::NAN);
+            }
+            // SAFETY: AVX-512 VNNI and the tile permission (Isa::Amx available); every
+            // output holds n × rows.
+            unsafe {
+                for (p, o) in [(&gate, &mut g), (&up, &mut u)] {
+                    run(p, &a, 0..p.groups(), 0..n, None, o.as_mut_ptr(), true);
                 }
-                // SAFETY: AVX-512 VNNI and the tile permission (Isa::Amx available); every
-                // output holds n × rows.
-                unsafe {
-                    for (p, o) in [(&gate, &mut g), (&up, &mut u)] {
-                        run(p, &a, 0..p.groups(), 0..n, None, o.as_mut_ptr(), true);
-                    }
-                    run_gated(
-                        &gate,
-                        &up,
-                        &a,
-                        0..gate.groups(),
-                        0..n,
-                        got.as_mut_ptr(),
-                        rest.as_mut_ptr(),
-                    );
-                }
-                silu_mul_plain(&g, &u, &mut want);
-                for (i, (w, v)) in want.iter().zip(got.iter()).enumerate() {
-                    assert!(
-                        w.to_bits() == v.to_bits(),
-                        "{kd:?} {rows}x{cols}, {n} tokens, token {} row {}: silu_mul {w} gated {v}",
-                        i / rows,
-                        i % rows
-                    );
-                }
+                run_gated(
+                    &gate,
+                    &up,
+                    &a,
+                    0..gate.groups(),
+                    0..n,
+                    got.as_mut_ptr(),
+                    rest.as_mut_ptr(),
+                );
+            }
+            silu_mul_plain(&g, &u, &mut want);
+            for (i, (w, v)) in want.iter().zip(got.iter()).enumerate() {
+                assert!(
+                    w.to_bits() == v.to_bits(),
+                    "{kd:?} {rows}x{cols}, {n} tokens, token {} row {}: silu_mul {w} gated {v}",
+                    i / rows,
+                    i % rows
+                );
             }
         }
     }
