@@ -16,6 +16,9 @@ use suanli_core::DType;
 /// Decode (1 row), a small batch (5) and a larger one (17: a GPU's GEMM path for float weights,
 /// launches of 8 rows of the matrix-vector kernels for quantized ones).
 const ROWS: [usize; 3] = [1, 5, 17];
+/// Rows besides for the gated MLP's steps: a batched path (the CPU's AMX tiles from 32 tokens:
+/// two tiles of 16 and 9 tokens after them).
+const BATCHED: usize = 41;
 
 /// acc + x · wᵀ against the f64 product, relative to ‖w_r‖·‖x_t‖ as for `linear`.
 pub fn check_linear_add<B: Backend>(b: &B, ty: DType, rng: &mut Rng, rep: &mut Report) {
@@ -55,9 +58,7 @@ pub fn check_gated_linear<B: Backend>(b: &B, ty: DType, rng: &mut Rng, rep: &mut
     let dot =
         |a: &[f32], b: &[f32]| -> f64 { a.iter().zip(b).map(|(&p, &q)| p as f64 * q as f64).sum() };
     let silu = |g: f64| g / (1.0 + (-g).exp());
-    // 41 rows besides: a batched path (the CPU's AMX tiles from 32 tokens: two tiles of 16
-    // and 9 tokens after them).
-    for n in ROWS.into_iter().chain([41]) {
+    for n in ROWS.into_iter().chain([BATCHED]) {
         let (gb, ub) = (
             random_weight(ty, rows, cols, rng),
             random_weight(ty, rows, cols, rng),
@@ -113,9 +114,7 @@ pub fn check_mlp<B: Backend>(b: &B, ty: DType, rng: &mut Rng, rep: &mut Report) 
     let dot =
         |a: &[f32], b: &[f32]| -> f64 { a.iter().zip(b).map(|(&p, &q)| p as f64 * q as f64).sum() };
     let silu = |g: f64| g / (1.0 + (-g).exp());
-    // 41 rows besides: a batched path (the CPU's AMX tiles from 32 tokens: two tiles of 16
-    // and 9 tokens after them).
-    for n in ROWS.into_iter().chain([41]) {
+    for n in ROWS.into_iter().chain([BATCHED]) {
         let (gb, ub, db) = (
             random_weight(ty, ff, hidden, rng),
             random_weight(ty, ff, hidden, rng),

@@ -129,7 +129,6 @@ pub(super) unsafe fn run_gated_kind<const K: u8>(
     out: *mut f32,
     up_rest: *mut f32,
 ) {
-    debug_assert!(gate.kind == up.kind && gate.rows == up.rows && gate.cols == up.cols);
     products::<K>(gate, Some((up, up_rest)), a, groups, tokens, None, out)
 }
 
@@ -173,6 +172,8 @@ unsafe fn products<const K: u8>(
         let prep_up = at_least(&mut sc.prep_up, if up.is_some() { nblk } else { 0 }, zero);
         let staged = at_least(&mut sc.staged, tiles * TOKENS * ROWS, 0.0);
         let tiled = &a.tiles[tokens.start / TOKENS * nblk..whole / TOKENS * nblk];
+        // The gated products' two tiles of sums (every value written before it is read).
+        let mut pair = Pair([[0.0; TOKENS * ROWS]; 2]);
         for g in groups {
             let grp = p.group(g).as_ptr();
             let r0 = g * ROWS;
@@ -192,7 +193,6 @@ unsafe fn products<const K: u8>(
                 match up {
                     None => tile::<K>(prep, at, st.as_mut_ptr()),
                     Some(_) => {
-                        let mut pair = Pair([[0.0; TOKENS * ROWS]; 2]);
                         let [gs, us] = &mut pair.0;
                         tile::<K>(prep, at, gs.as_mut_ptr());
                         tile::<K>(prep_up, at, us.as_mut_ptr());
@@ -404,11 +404,6 @@ mod tests {
     use crate::ActBuf;
     use suanli_core::DType;
 
-    /// The tile unit's results are the VNNI kernels' bit for bit (same integer sums, same f32
-    /// epilogue), for every packed kind, at partial groups of rows, with tokens left over for
-    /// VNNI after the whole tiles, and for an output large enough to be streamed
-    /// (`STREAM_FROM`, 1040 rows × 256 tokens); the VNNI kernels are tested against the
-    /// dequantized dot.
     /// Every packed kind with its (rows, cols, tokens) shapes: a whole group, partial groups,
     /// tokens after the whole tiles, an output large enough to be streamed. None (said
     /// visibly) where this machine has no AMX.
@@ -429,6 +424,11 @@ mod tests {
         Some(v)
     }
 
+    /// The tile unit's results are the VNNI kernels' bit for bit (same integer sums, same f32
+    /// epilogue), for every packed kind, at partial groups of rows, with tokens left over for
+    /// VNNI after the whole tiles, and for an output large enough to be streamed
+    /// (`STREAM_FROM`, 1040 rows × 256 tokens); the VNNI kernels are tested against the
+    /// dequantized dot.
     #[test]
     fn tiles_equal_the_vnni_kernels_bit_for_bit() {
         let Some(cases) = cases("the AMX kernels are") else {
