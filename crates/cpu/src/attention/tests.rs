@@ -237,6 +237,117 @@ fn a_rows_bits_do_not_depend_on_the_call() {
     }
 }
 
+/// Scores that jump by 0, 5 or 10 (by query head) at position 45, past the 8 of slack the
+/// AMX kernel leaves a row's max before rescaling it: the rows of one row tile rescale there or
+/// not, each as its own scores say. Against the f64 softmax, and the same bits however the
+/// rows are cut into calls. (K's and Q's first dimension carries the jump, with values bf16
+/// holds exactly; the other dimensions are small, so the scores stay as exact as elsewhere.)
+#[test]
+fn rows_rescale_where_their_own_scores_jump() {
+    let (nh, nkv, hd, pre, n) = (14, 2, 64, 20, 40);
+    let (kvd, ctx, group) = (nkv * hd, pre + n, nh / nkv);
+    let table: Vec<u32> = vec![5, 1, 4, 0];
+    let slots: Vec<u32> = (0..ctx)
+        .map(|p| table[p / BLOCK] * BLOCK as u32 + (p % BLOCK) as u32)
+        .collect();
+    let small = |n: usize, seed: u32| -> Vec<f32> {
+        // Multiples of 2^-8 up to 0.5: exact in f16 and in a bf16 hi/lo pair.
+        randn(n, seed)
+            .iter()
+            .map(|x| (x * 64.0).round() / 256.0)
+            .collect()
+    };
+    let mut k = small(ctx * kvd, 1);
+    for p in 0..ctx {
+        for h in 0..nkv {
+            k[p * kvd + h * hd] = if p >= 45 { 80.0 } else { 0.0 };
+        }
+    }
+    let v = randn(ctx * kvd, 2);
+    let mut q = small(n * nh * hd, 3);
+    for t in 0..n {
+        for h in 0..nh {
+            q[(t * nh + h) * hd] = (h % 3) as f32 * 0.5;
+        }
+    }
+    let scale = 0.125;
+    for isa in Isa::available() {
+        let run = |threads: usize, cuts: &[usize]| -> Vec<f32> {
+            let b = CpuBackend::with_isa(Some(threads), isa).unwrap();
+            let spec = KvSpec {
+                dtype: KvDType::F16,
+                n_layers: 1,
+                num_blocks: 6,
+                block_size: BLOCK,
+                n_kv_heads: nkv,
+                head_dim: hd,
+            };
+            let mut kv = b.alloc_kv(spec).unwrap();
+            write(&b, &mut kv, &k, &v, &slots);
+            let mut got = Vec::new();
+            for w in cuts.windows(2) {
+                let rows = w[1] - w[0];
+                let mut qa = b.alloc_act(rows, nh * hd).unwrap();
+                b.upload(&q[w[0] * nh * hd..w[1] * nh * hd], rows, &mut qa)
+                    .unwrap();
+                let mut out = b.alloc_act(rows, nh * hd).unwrap();
+                let seqs = [AttnSeq {
+                    q_start: 0,
+                    q_len: rows,
+                    ctx_len: pre + w[1],
+                    block_table: table.clone(),
+                    generated_from: usize::MAX,
+                }];
+                let meta = AttnMeta {
+                    window: None,
+                    seqs: &seqs,
+                    n_heads: nh,
+                    n_kv_heads: nkv,
+                    head_dim: hd,
+                    scale,
+                };
+                b.attention(&qa, &kv, &meta, 0, &mut out).unwrap();
+                got.extend(b.download(&out).unwrap());
+            }
+            got
+        };
+        let whole = run(2, &[0, n]);
+        for t in 0..n {
+            let len = pre + t + 1;
+            for h in 0..nh {
+                let (kvh, qh) = (h / group, &q[(t * nh + h) * hd..][..hd]);
+                let scores: Vec<f64> = (0..len)
+                    .map(|p| {
+                        let kp = &k[p * kvd + kvh * hd..][..hd];
+                        let dot: f64 = qh.iter().zip(kp).map(|(a, b)| *a as f64 * *b as f64).sum();
+                        dot * scale as f64
+                    })
+                    .collect();
+                let max = scores.iter().cloned().fold(f64::MIN, f64::max);
+                let w: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                let sum: f64 = w.iter().sum();
+                for d in 0..hd {
+                    let want = (0..len)
+                        .map(|p| w[p] * v[p * kvd + kvh * hd + d] as f64)
+                        .sum::<f64>()
+                        / sum;
+                    let g = whole[(t * nh + h) * hd + d] as f64;
+                    assert!(
+                        (g - want).abs() < TOLERANCE,
+                        "{isa:?} token {t} head {h} dim {d}: {g} vs {want}"
+                    );
+                }
+            }
+        }
+        let cut = run(1, &[0, 1, 17, n]);
+        let same = whole
+            .iter()
+            .zip(&cut)
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same, "{isa:?}: the cut calls differ");
+    }
+}
+
 /// K and V rows (one per slot) into layer 0 of the cache.
 fn write(b: &CpuBackend, kv: &mut KvPages<KvStore>, k: &[f32], v: &[f32], slots: &[u32]) {
     let (n, kvd) = (slots.len(), k.len() / slots.len());
