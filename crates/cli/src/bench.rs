@@ -16,9 +16,12 @@ pub struct BenchArgs {
     /// Tokens generated one at a time (0 skips the decode test).
     #[arg(long, default_value_t = 128)]
     pub gen_tokens: usize,
-    /// Tokens already in the context before each test.
-    #[arg(long, default_value_t = 0)]
-    pub depth: usize,
+    /// Tokens already in the context before each test; a list (`0,4096`) measures every depth
+    /// within each repetition, in turn (so a shared machine's drift meets them alike), and
+    /// gives each later depth's speed as a share of the first's, the median of the
+    /// repetitions' own ratios.
+    #[arg(long, value_delimiter = ',', default_value = "0")]
+    pub depth: Vec<usize>,
     #[arg(long, default_value_t = 3)]
     pub repetitions: usize,
     /// Tokens per prefill step.
@@ -59,6 +62,15 @@ struct Stats {
     min: f64,
     median: f64,
     max: f64,
+}
+
+/// One depth's speeds, and (from the second depth on) their share of the first depth's.
+struct DepthRuns {
+    depth: usize,
+    prefill: Option<Stats>,
+    decode: Option<Stats>,
+    prefill_vs_first: Option<f64>,
+    decode_vs_first: Option<f64>,
 }
 
 /// The largest CPU cache (Linux sysfs), usually the shared L3.
@@ -127,7 +139,7 @@ fn bench_on<B: Hardware>(a: BenchArgs, opts: &crate::load::Opts) -> Result<()> {
         bail!("--repetitions must be at least 1");
     }
     if a.spec.config()?.is_some() {
-        if a.random.is_some() || a.parallel > 0 || a.depth > 0 {
+        if a.random.is_some() || a.parallel > 0 || a.depth.iter().any(|&d| d > 0) {
             bail!("--spec measures chat tasks on a model file: not with --random, --parallel or --depth");
         }
         let tasks = match &a.spec_prompts {
@@ -146,8 +158,12 @@ fn bench_on<B: Hardware>(a: BenchArgs, opts: &crate::load::Opts) -> Result<()> {
     } else if a.spec_prompts.is_some() {
         bail!("--spec-prompts needs --spec");
     }
+    if a.depth.is_empty() {
+        bail!("--depth needs at least one value");
+    }
+    let deepest = a.depth.iter().copied().max().unwrap_or(0);
     // Room for the warm-up too (a prompt of 4 tokens asked for a 5-token context).
-    let ctx = a.depth + a.prompt_tokens.max(a.gen_tokens).max(WARM_TOKENS) + 1;
+    let ctx = deepest + a.prompt_tokens.max(a.gen_tokens).max(WARM_TOKENS) + 1;
     let (backend, model) = match &a.random {
         Some(spec) => {
             let backend = B::open(opts)?;
@@ -171,41 +187,66 @@ fn bench_on<B: Hardware>(a: BenchArgs, opts: &crate::load::Opts) -> Result<()> {
     let s = &mut session;
     let vocab = s.model.vocab_size();
     let detail = suanli_backend::Backend::caps(&s.backend).detail.clone();
-    let depth_toks = tokens(a.depth, vocab, 1);
+    let depth_toks = tokens(deepest, vocab, 1);
     let warm = tokens(WARM_TOKENS, vocab, 2);
     s.reset();
     s.feed(&warm, WARM_TOKENS - 1)?;
-    let (mut pp, mut tg) = (Vec::new(), Vec::new());
+    // Per depth, each repetition's prefill and decode speed.
+    let nd = a.depth.len();
+    let (mut pps, mut tgs) = (vec![Vec::new(); nd], vec![Vec::new(); nd]);
     for rep in 0..a.repetitions {
-        if a.prompt_tokens > 0 {
-            s.reset();
-            if a.depth > 0 {
-                s.feed(&depth_toks, a.depth)?;
+        for (di, &depth) in a.depth.iter().enumerate() {
+            let (pp, tg) = (&mut pps[di], &mut tgs[di]);
+            if a.prompt_tokens > 0 {
+                s.reset();
+                if depth > 0 {
+                    s.feed(&depth_toks[..depth], depth)?;
+                }
+                let p = tokens(a.prompt_tokens, vocab, 10 + rep as u64);
+                let t0 = Instant::now();
+                s.feed(&p, a.prompt_tokens - 1)?;
+                pp.push(a.prompt_tokens as f64 / t0.elapsed().as_secs_f64());
             }
-            let p = tokens(a.prompt_tokens, vocab, 10 + rep as u64);
-            let t0 = Instant::now();
-            s.feed(&p, a.prompt_tokens - 1)?;
-            pp.push(a.prompt_tokens as f64 / t0.elapsed().as_secs_f64());
+            if a.gen_tokens > 0 {
+                s.reset();
+                if depth > 0 {
+                    s.feed(&depth_toks[..depth], depth)?;
+                }
+                let g = tokens(a.gen_tokens, vocab, 100 + rep as u64);
+                let t0 = Instant::now();
+                for t in &g {
+                    s.feed_generated(std::slice::from_ref(t), 0)?;
+                }
+                tg.push(a.gen_tokens as f64 / t0.elapsed().as_secs_f64());
+            }
+            eprintln!(
+                "repetition {}{}: prefill {} decode {}",
+                rep + 1,
+                if nd > 1 {
+                    format!(", depth {depth}")
+                } else {
+                    String::new()
+                },
+                pp.last().map_or("-".into(), |v| format!("{v:.1} tok/s")),
+                tg.last().map_or("-".into(), |v| format!("{v:.1} tok/s"))
+            );
         }
-        if a.gen_tokens > 0 {
-            s.reset();
-            if a.depth > 0 {
-                s.feed(&depth_toks, a.depth)?;
-            }
-            let g = tokens(a.gen_tokens, vocab, 100 + rep as u64);
-            let t0 = Instant::now();
-            for t in &g {
-                s.feed_generated(std::slice::from_ref(t), 0)?;
-            }
-            tg.push(a.gen_tokens as f64 / t0.elapsed().as_secs_f64());
-        }
-        eprintln!(
-            "repetition {}: prefill {} decode {}",
-            rep + 1,
-            pp.last().map_or("-".into(), |v| format!("{v:.1} tok/s")),
-            tg.last().map_or("-".into(), |v| format!("{v:.1} tok/s"))
-        );
     }
+    // Each later depth against the first: the median of the repetitions' own ratios.
+    let versus_first = |runs: &[Vec<f64>], di: usize| -> Option<f64> {
+        let r: Vec<f64> = runs[di].iter().zip(&runs[0]).map(|(x, y)| x / y).collect();
+        (!r.is_empty()).then(|| stats(r).median)
+    };
+    let by_depth: Vec<DepthRuns> = (0..nd)
+        .map(|di| DepthRuns {
+            depth: a.depth[di],
+            prefill: (!pps[di].is_empty()).then(|| stats(pps[di].clone())),
+            decode: (!tgs[di].is_empty()).then(|| stats(tgs[di].clone())),
+            prefill_vs_first: versus_first(&pps, di),
+            decode_vs_first: versus_first(&tgs, di),
+        })
+        .collect();
+    let (pp, tg) = (pps.swap_remove(0), tgs.swap_remove(0));
     let peak = peak_rss_bytes();
     // Decode against the memory-bandwidth bound: every step streams these matrices once (for
     // a mixture of experts, the active ones: the router's picks and what every token reads).
@@ -262,7 +303,11 @@ fn bench_on<B: Hardware>(a: BenchArgs, opts: &crate::load::Opts) -> Result<()> {
                 "model": model_name, "backend": detail, "facts": facts, "parallel": a.parallel,
                 "parallel_temperature": a.temperature, "parallel_top_k": a.top_k, "parallel_top_p": a.top_p,
                 "parallel_decode_tok_s": par.as_ref().map(|p| p.tok_s), "parallel_prefill_s": par.as_ref().map(|p| p.prefill_s),
-                "prompt_tokens": a.prompt_tokens, "gen_tokens": a.gen_tokens, "depth": a.depth, "repetitions": a.repetitions,
+                "prompt_tokens": a.prompt_tokens, "gen_tokens": a.gen_tokens, "depth": a.depth[0], "repetitions": a.repetitions,
+                "depths": (nd > 1).then(|| by_depth.iter().map(|d| serde_json::json!({
+                    "depth": d.depth, "prefill": st(&d.prefill), "decode": st(&d.decode),
+                    "prefill_vs_first": d.prefill_vs_first, "decode_vs_first": d.decode_vs_first,
+                })).collect::<Vec<_>>()),
                 "prefill_tok_s": ps.as_ref().map(|s| s.median), "decode_tok_s": ts.as_ref().map(|s| s.median),
                 "prefill": st(&ps), "decode": st(&ts), "peak_rss_bytes": peak,
                 "step_weight_bytes": step_bytes, "expert_weight_bytes": expert_bytes,
@@ -273,9 +318,10 @@ fn bench_on<B: Hardware>(a: BenchArgs, opts: &crate::load::Opts) -> Result<()> {
             })
         );
     } else {
+        let depths: Vec<String> = a.depth.iter().map(|d| d.to_string()).collect();
         crate::outln!(
             "model {model_name} — {dev_name} {detail}, depth {}",
-            a.depth
+            depths.join(", ")
         );
         crate::outln!(
             "{:<12} {:>10} {:>10} {:>10}",
@@ -284,23 +330,49 @@ fn bench_on<B: Hardware>(a: BenchArgs, opts: &crate::load::Opts) -> Result<()> {
             "median",
             "max"
         );
-        if let Some(p) = &ps {
-            crate::outln!(
-                "{:<12} {:>10.1} {:>10.1} {:>10.1}  tok/s",
+        // With several depths, a row per test and depth (as llama-bench: `pp512 @ d4096`).
+        let at = |d: usize| {
+            if nd > 1 {
+                format!(" @ d{d}")
+            } else {
+                String::new()
+            }
+        };
+        for (test, pick) in [
+            (
                 format!("pp{}", a.prompt_tokens),
-                p.min,
-                p.median,
-                p.max
-            );
+                (|d: &DepthRuns| d.prefill.as_ref()) as fn(&DepthRuns) -> Option<&Stats>,
+            ),
+            (format!("tg{}", a.gen_tokens), |d: &DepthRuns| {
+                d.decode.as_ref()
+            }),
+        ] {
+            for d in &by_depth {
+                if let Some(p) = pick(d) {
+                    crate::outln!(
+                        "{:<12} {:>10.1} {:>10.1} {:>10.1}  tok/s",
+                        format!("{test}{}", at(d.depth)),
+                        p.min,
+                        p.median,
+                        p.max
+                    );
+                }
+            }
         }
-        if let Some(t) = &ts {
-            crate::outln!(
-                "{:<12} {:>10.1} {:>10.1} {:>10.1}  tok/s",
-                format!("tg{}", a.gen_tokens),
-                t.min,
-                t.median,
-                t.max
-            );
+        for d in by_depth.iter().skip(1) {
+            for (what, share) in [
+                ("prefill", d.prefill_vs_first),
+                ("decode", d.decode_vs_first),
+            ] {
+                if let Some(r) = share {
+                    crate::outln!(
+                        "{what} at depth {} runs at {:.0}% of its speed at depth {} (median of the repetitions' ratios)",
+                        d.depth,
+                        100.0 * r,
+                        a.depth[0]
+                    );
+                }
+            }
         }
         if let Some(p) = &ps {
             let rate = p.median * pp_macs as f64;

@@ -99,3 +99,67 @@ fn random_models_of_real_shapes_run() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a known shape"));
 }
+
+/// `bench --depth 0,40` measures both depths in each repetition: a row per depth, each later
+/// depth's share of the first's speed, and the first depth's figures where a single depth's
+/// would be (what `bench/compare-llama-tools.sh` reads).
+#[test]
+fn bench_measures_a_list_of_depths_in_turn() {
+    let out = suanli()
+        .args([
+            "bench",
+            "--random",
+            "smollm2-135m:q8_0",
+            "--depth",
+            "0,40",
+            "--prompt-tokens",
+            "8",
+            "--gen-tokens",
+            "2",
+            "--repetitions",
+            "2",
+            "--json",
+            "--threads",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("depth 40:").count(), 2, "{err}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let d = v["depths"].as_array().unwrap();
+    assert_eq!(d.len(), 2);
+    assert_eq!(
+        (d[0]["depth"].as_u64(), d[1]["depth"].as_u64()),
+        (Some(0), Some(40))
+    );
+    assert_eq!(v["depth"], 0);
+    assert_eq!(v["prefill_tok_s"], d[0]["prefill"]["median"]);
+    assert_eq!(v["decode_tok_s"], d[0]["decode"]["median"]);
+    assert_eq!(d[0]["prefill_vs_first"], 1.0);
+    for what in ["prefill_vs_first", "decode_vs_first"] {
+        let r = d[1][what].as_f64().unwrap();
+        assert!(r > 0.0 && r.is_finite(), "{what} {r}");
+    }
+    // One depth: no list in the output.
+    let out = suanli()
+        .args(["bench", "--random", "smollm2-135m:q8_0", "--depth", "16"])
+        .args([
+            "--prompt-tokens",
+            "4",
+            "--gen-tokens",
+            "0",
+            "--repetitions",
+            "1",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["depths"].is_null() && v["depth"] == 16, "{v}");
+}
