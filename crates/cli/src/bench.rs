@@ -194,24 +194,26 @@ fn bench_on<B: Hardware>(a: BenchArgs, opts: &crate::load::Opts) -> Result<()> {
     // Per depth, each repetition's prefill and decode speed.
     let nd = a.depth.len();
     let (mut pps, mut tgs) = (vec![Vec::new(); nd], vec![Vec::new(); nd]);
+    // An empty context, then `depth` tokens in it (not timed).
+    let start_at = |s: &mut suanli_engine::Session<B>, depth: usize| -> Result<()> {
+        s.reset();
+        if depth > 0 {
+            s.feed(&depth_toks[..depth], depth)?;
+        }
+        Ok(())
+    };
     for rep in 0..a.repetitions {
         for (di, &depth) in a.depth.iter().enumerate() {
             let (pp, tg) = (&mut pps[di], &mut tgs[di]);
             if a.prompt_tokens > 0 {
-                s.reset();
-                if depth > 0 {
-                    s.feed(&depth_toks[..depth], depth)?;
-                }
+                start_at(s, depth)?;
                 let p = tokens(a.prompt_tokens, vocab, 10 + rep as u64);
                 let t0 = Instant::now();
                 s.feed(&p, a.prompt_tokens - 1)?;
                 pp.push(a.prompt_tokens as f64 / t0.elapsed().as_secs_f64());
             }
             if a.gen_tokens > 0 {
-                s.reset();
-                if depth > 0 {
-                    s.feed(&depth_toks[..depth], depth)?;
-                }
+                start_at(s, depth)?;
                 let g = tokens(a.gen_tokens, vocab, 100 + rep as u64);
                 let t0 = Instant::now();
                 for t in &g {
@@ -246,13 +248,14 @@ fn bench_on<B: Hardware>(a: BenchArgs, opts: &crate::load::Opts) -> Result<()> {
             decode_vs_first: versus_first(&tgs, di),
         })
         .collect();
-    let (pp, tg) = (pps.swap_remove(0), tgs.swap_remove(0));
+    // The first depth's figures stand where a single depth's would.
+    let (ps, ts) = (&by_depth[0].prefill, &by_depth[0].decode);
     let peak = peak_rss_bytes();
     // Decode against the memory-bandwidth bound: every step streams these matrices once (for
     // a mixture of experts, the active ones: the router's picks and what every token reads).
     let step_bytes = s.model.decode_weight_bytes(B::weight_bytes);
     let expert_bytes = s.model.expert_weight_bytes(B::weight_bytes);
-    let bw = if tg.is_empty() {
+    let bw = if ts.is_none() {
         None
     } else {
         Some(s.backend.bandwidth_gb_s()?)
@@ -263,7 +266,7 @@ fn bench_on<B: Hardware>(a: BenchArgs, opts: &crate::load::Opts) -> Result<()> {
     // Float weights multiply in f32: measured against the FMA peak instead.
     let float = 2 * s.model.prefill_float_macs_per_token() > pp_macs;
     let kind = if float { "f32" } else { "int8" };
-    let peak_macs = match (pp.is_empty(), float) {
+    let peak_macs = match (ps.is_none(), float) {
         (true, _) => None,
         (false, true) => s.backend.f32_peak(),
         (false, false) => s.backend.int8_peak(),
@@ -290,8 +293,6 @@ fn bench_on<B: Hardware>(a: BenchArgs, opts: &crate::load::Opts) -> Result<()> {
     } else {
         None
     };
-    let ps = (!pp.is_empty()).then(|| stats(pp));
-    let ts = (!tg.is_empty()).then(|| stats(tg));
     if a.json {
         let st = |s: &Option<Stats>| {
             s.as_ref()
@@ -309,7 +310,7 @@ fn bench_on<B: Hardware>(a: BenchArgs, opts: &crate::load::Opts) -> Result<()> {
                     "prefill_vs_first": d.prefill_vs_first, "decode_vs_first": d.decode_vs_first,
                 })).collect::<Vec<_>>()),
                 "prefill_tok_s": ps.as_ref().map(|s| s.median), "decode_tok_s": ts.as_ref().map(|s| s.median),
-                "prefill": st(&ps), "decode": st(&ts), "peak_rss_bytes": peak,
+                "prefill": st(ps), "decode": st(ts), "peak_rss_bytes": peak,
                 "step_weight_bytes": step_bytes, "expert_weight_bytes": expert_bytes,
                 "read_bandwidth_gb_s": bw,
                 "decode_bound_tok_s": bw.map(|b| b * 1e9 / step_bytes as f64),
@@ -374,7 +375,7 @@ fn bench_on<B: Hardware>(a: BenchArgs, opts: &crate::load::Opts) -> Result<()> {
                 }
             }
         }
-        if let Some(p) = &ps {
+        if let Some(p) = ps {
             let rate = p.median * pp_macs as f64;
             match peak_macs {
                 Some(peak) => crate::outln!(
@@ -400,7 +401,7 @@ fn bench_on<B: Hardware>(a: BenchArgs, opts: &crate::load::Opts) -> Result<()> {
                 step_bytes as f64 / 1e6
             );
         }
-        if let (Some(t), Some(b)) = (&ts, bw) {
+        if let (Some(t), Some(b)) = (ts, bw) {
             let bound = b * 1e9 / step_bytes as f64;
             crate::outln!(
                 "decode reads {:.0} MB of weights per token: {:.1} GB/s at the median; memory reads \

@@ -59,36 +59,41 @@ fn unknown_or_missing_devices_are_clear_errors() {
     assert!(!err.contains("panicked"), "{err}");
 }
 
-#[test]
-fn random_models_of_real_shapes_run() {
+/// `suanli bench --random smollm2-135m:q8_0 --json --threads 2` with `args`, which must
+/// succeed: its JSON and its stderr.
+fn bench_json(args: &[&str]) -> (serde_json::Value, String) {
     let out = suanli()
         .args([
             "bench",
             "--random",
             "smollm2-135m:q8_0",
-            // Fewer than the 8 warm-up tokens: the context still holds them.
-            "--prompt-tokens",
-            "4",
-            "--gen-tokens",
-            "4",
-            "--repetitions",
-            "1",
-            "--parallel",
-            "3",
-            "--temperature",
-            "1",
             "--json",
             "--threads",
             "2",
         ])
+        .args(args)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{err}");
+    (serde_json::from_slice(&out.stdout).unwrap(), err)
+}
+
+#[test]
+fn random_models_of_real_shapes_run() {
+    let (v, _) = bench_json(&[
+        // Fewer than the 8 warm-up tokens: the context still holds them.
+        "--prompt-tokens",
+        "4",
+        "--gen-tokens",
+        "4",
+        "--repetitions",
+        "1",
+        "--parallel",
+        "3",
+        "--temperature",
+        "1",
+    ]);
     assert!(v["decode_tok_s"].as_f64().unwrap() > 0.0);
     assert!(v["parallel_decode_tok_s"].as_f64().unwrap() > 0.0);
     assert_eq!(v["parallel_temperature"], 1.0);
@@ -105,33 +110,17 @@ fn random_models_of_real_shapes_run() {
 /// would be (what `bench/compare-llama-tools.sh` reads).
 #[test]
 fn bench_measures_a_list_of_depths_in_turn() {
-    let out = suanli()
-        .args([
-            "bench",
-            "--random",
-            "smollm2-135m:q8_0",
-            "--depth",
-            "0,40",
-            "--prompt-tokens",
-            "8",
-            "--gen-tokens",
-            "2",
-            "--repetitions",
-            "2",
-            "--json",
-            "--threads",
-            "2",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (v, err) = bench_json(&[
+        "--depth",
+        "0,40",
+        "--prompt-tokens",
+        "8",
+        "--gen-tokens",
+        "2",
+        "--repetitions",
+        "2",
+    ]);
     assert_eq!(err.matches("depth 40:").count(), 2, "{err}");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let d = v["depths"].as_array().unwrap();
     assert_eq!(d.len(), 2);
     assert_eq!(
@@ -147,19 +136,15 @@ fn bench_measures_a_list_of_depths_in_turn() {
         assert!(r > 0.0 && r.is_finite(), "{what} {r}");
     }
     // One depth: no list in the output.
-    let out = suanli()
-        .args(["bench", "--random", "smollm2-135m:q8_0", "--depth", "16"])
-        .args([
-            "--prompt-tokens",
-            "4",
-            "--gen-tokens",
-            "0",
-            "--repetitions",
-            "1",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (v, _) = bench_json(&[
+        "--depth",
+        "16",
+        "--prompt-tokens",
+        "4",
+        "--gen-tokens",
+        "0",
+        "--repetitions",
+        "1",
+    ]);
     assert!(v["depths"].is_null() && v["depth"] == 16, "{v}");
 }

@@ -135,24 +135,8 @@ fn check(nh: usize, nkv: usize, hd: usize) {
                     for h in 0..nh {
                         let kvh = h / (nh / nkv);
                         let qh = &q[row * nh * hd + h * hd..row * nh * hd + (h + 1) * hd];
-                        let scores: Vec<f64> = (start..len)
-                            .map(|p| {
-                                let kp = &k[p * kvd + kvh * hd..p * kvd + (kvh + 1) * hd];
-                                qh.iter()
-                                    .zip(kp)
-                                    .map(|(a, b)| *a as f64 * *b as f64)
-                                    .sum::<f64>()
-                                    * scale as f64
-                            })
-                            .collect();
-                        let max = scores.iter().cloned().fold(f64::MIN, f64::max);
-                        let w: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
-                        let sum: f64 = w.iter().sum();
-                        for d in 0..hd {
-                            let want: f64 = (start..len)
-                                .map(|p| w[p - start] * v[p * kvd + kvh * hd + d] as f64)
-                                .sum::<f64>()
-                                / sum;
+                        let want = softmax_f64(qh, (k, v), kvd, kvh, start..len, scale);
+                        for (d, want) in want.into_iter().enumerate() {
                             let g = got[row * nh * hd + h * hd + d] as f64;
                             assert!(
                                 (g - want).abs() < TOLERANCE,
@@ -172,62 +156,26 @@ fn check(nh: usize, nkv: usize, hd: usize) {
 #[test]
 fn a_rows_bits_do_not_depend_on_the_call() {
     let (nh, nkv, hd, pre, n) = (14, 2, 64, 20, 37);
-    let kvd = nkv * hd;
-    let ctx = pre + n;
-    let table: Vec<u32> = vec![5, 1, 4, 0];
-    let slots: Vec<u32> = (0..ctx)
-        .map(|p| table[p / BLOCK] * BLOCK as u32 + (p % BLOCK) as u32)
-        .collect();
+    let (k, v) = (
+        randn((pre + n) * nkv * hd, 1),
+        randn((pre + n) * nkv * hd, 2),
+    );
+    let q = randn(n * nh * hd, 3);
+    let table = [5, 1, 4, 0];
     for isa in Isa::available() {
-        let run = |threads: usize, cuts: &[usize], window: Option<usize>| -> Vec<f32> {
-            let b = CpuBackend::with_isa(Some(threads), isa).unwrap();
-            let spec = KvSpec {
-                dtype: KvDType::F16,
-                n_layers: 1,
-                num_blocks: 6,
-                block_size: BLOCK,
-                n_kv_heads: nkv,
-                head_dim: hd,
-            };
-            let mut kv = b.alloc_kv(spec).unwrap();
-            write(
-                &b,
-                &mut kv,
-                &randn(ctx * kvd, 1),
-                &randn(ctx * kvd, 2),
-                &slots,
-            );
-            let q = randn(n * nh * hd, 3);
-            let mut got = Vec::new();
-            for w in cuts.windows(2) {
-                let rows = w[1] - w[0];
-                let mut qa = b.alloc_act(rows, nh * hd).unwrap();
-                b.upload(&q[w[0] * nh * hd..w[1] * nh * hd], rows, &mut qa)
-                    .unwrap();
-                let mut out = b.alloc_act(rows, nh * hd).unwrap();
-                let seqs = [AttnSeq {
-                    q_start: 0,
-                    q_len: rows,
-                    ctx_len: pre + w[1],
-                    block_table: table.clone(),
-                    generated_from: usize::MAX,
-                }];
-                let meta = AttnMeta {
-                    window,
-                    seqs: &seqs,
-                    n_heads: nh,
-                    n_kv_heads: nkv,
-                    head_dim: hd,
-                    scale: 0.125,
-                };
-                b.attention(&qa, &kv, &meta, 0, &mut out).unwrap();
-                got.extend(b.download(&out).unwrap());
-            }
-            got
-        };
         for window in [None, Some(21)] {
-            let whole = run(2, &[0, n], window);
-            let cut = run(1, &[0, 1, 17, n], window);
+            let run = |threads: usize, cuts: &[usize]| {
+                let case = Calls {
+                    isa,
+                    threads,
+                    heads: (nh, nkv, hd),
+                    pre,
+                    table: &table,
+                };
+                case.attend(cuts, (&k, &v, &q), window, 0.125)
+            };
+            let whole = run(2, &[0, n]);
+            let cut = run(1, &[0, 1, 17, n]);
             let same = whole
                 .iter()
                 .zip(&cut)
@@ -246,10 +194,6 @@ fn a_rows_bits_do_not_depend_on_the_call() {
 fn rows_rescale_where_their_own_scores_jump() {
     let (nh, nkv, hd, pre, n) = (14, 2, 64, 20, 40);
     let (kvd, ctx, group) = (nkv * hd, pre + n, nh / nkv);
-    let table: Vec<u32> = vec![5, 1, 4, 0];
-    let slots: Vec<u32> = (0..ctx)
-        .map(|p| table[p / BLOCK] * BLOCK as u32 + (p % BLOCK) as u32)
-        .collect();
     let small = |n: usize, seed: u32| -> Vec<f32> {
         // Multiples of 2^-8 up to 0.5: exact in f16 and in a bf16 hi/lo pair.
         randn(n, seed)
@@ -270,67 +214,24 @@ fn rows_rescale_where_their_own_scores_jump() {
             q[(t * nh + h) * hd] = (h % 3) as f32 * 0.5;
         }
     }
-    let scale = 0.125;
+    let (scale, table) = (0.125, [5, 1, 4, 0]);
     for isa in Isa::available() {
-        let run = |threads: usize, cuts: &[usize]| -> Vec<f32> {
-            let b = CpuBackend::with_isa(Some(threads), isa).unwrap();
-            let spec = KvSpec {
-                dtype: KvDType::F16,
-                n_layers: 1,
-                num_blocks: 6,
-                block_size: BLOCK,
-                n_kv_heads: nkv,
-                head_dim: hd,
+        let run = |threads: usize, cuts: &[usize]| {
+            let case = Calls {
+                isa,
+                threads,
+                heads: (nh, nkv, hd),
+                pre,
+                table: &table,
             };
-            let mut kv = b.alloc_kv(spec).unwrap();
-            write(&b, &mut kv, &k, &v, &slots);
-            let mut got = Vec::new();
-            for w in cuts.windows(2) {
-                let rows = w[1] - w[0];
-                let mut qa = b.alloc_act(rows, nh * hd).unwrap();
-                b.upload(&q[w[0] * nh * hd..w[1] * nh * hd], rows, &mut qa)
-                    .unwrap();
-                let mut out = b.alloc_act(rows, nh * hd).unwrap();
-                let seqs = [AttnSeq {
-                    q_start: 0,
-                    q_len: rows,
-                    ctx_len: pre + w[1],
-                    block_table: table.clone(),
-                    generated_from: usize::MAX,
-                }];
-                let meta = AttnMeta {
-                    window: None,
-                    seqs: &seqs,
-                    n_heads: nh,
-                    n_kv_heads: nkv,
-                    head_dim: hd,
-                    scale,
-                };
-                b.attention(&qa, &kv, &meta, 0, &mut out).unwrap();
-                got.extend(b.download(&out).unwrap());
-            }
-            got
+            case.attend(cuts, (&k, &v, &q), None, scale)
         };
         let whole = run(2, &[0, n]);
         for t in 0..n {
-            let len = pre + t + 1;
             for h in 0..nh {
-                let (kvh, qh) = (h / group, &q[(t * nh + h) * hd..][..hd]);
-                let scores: Vec<f64> = (0..len)
-                    .map(|p| {
-                        let kp = &k[p * kvd + kvh * hd..][..hd];
-                        let dot: f64 = qh.iter().zip(kp).map(|(a, b)| *a as f64 * *b as f64).sum();
-                        dot * scale as f64
-                    })
-                    .collect();
-                let max = scores.iter().cloned().fold(f64::MIN, f64::max);
-                let w: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
-                let sum: f64 = w.iter().sum();
-                for d in 0..hd {
-                    let want = (0..len)
-                        .map(|p| w[p] * v[p * kvd + kvh * hd + d] as f64)
-                        .sum::<f64>()
-                        / sum;
+                let qh = &q[(t * nh + h) * hd..][..hd];
+                let want = softmax_f64(qh, (&k, &v), kvd, h / group, 0..pre + t + 1, scale);
+                for (d, want) in want.into_iter().enumerate() {
                     let g = whole[(t * nh + h) * hd + d] as f64;
                     assert!(
                         (g - want).abs() < TOLERANCE,
@@ -346,6 +247,106 @@ fn rows_rescale_where_their_own_scores_jump() {
             .all(|(a, b)| a.to_bits() == b.to_bits());
         assert!(same, "{isa:?}: the cut calls differ");
     }
+}
+
+/// One sequence's prefill of query rows after `pre` cached positions (an F16 cache, its blocks
+/// at `table`), computed at one level with some threads.
+struct Calls<'a> {
+    isa: Isa,
+    threads: usize,
+    /// Query heads, KV heads, head size.
+    heads: (usize, usize, usize),
+    pre: usize,
+    table: &'a [u32],
+}
+
+impl Calls<'_> {
+    /// The rows' attention outputs, the rows cut into calls at `cuts` (each call attends the
+    /// cache up to its last row); `k` and `v` hold every position, `q` every row.
+    fn attend(
+        &self,
+        cuts: &[usize],
+        (k, v, q): (&[f32], &[f32], &[f32]),
+        window: Option<usize>,
+        scale: f32,
+    ) -> Vec<f32> {
+        let (nh, nkv, hd) = self.heads;
+        let b = CpuBackend::with_isa(Some(self.threads), self.isa).unwrap();
+        let spec = KvSpec {
+            dtype: KvDType::F16,
+            n_layers: 1,
+            num_blocks: 6,
+            block_size: BLOCK,
+            n_kv_heads: nkv,
+            head_dim: hd,
+        };
+        let mut kv = b.alloc_kv(spec).unwrap();
+        let slots: Vec<u32> = (0..k.len() / (nkv * hd))
+            .map(|p| self.table[p / BLOCK] * BLOCK as u32 + (p % BLOCK) as u32)
+            .collect();
+        write(&b, &mut kv, k, v, &slots);
+        let mut got = Vec::new();
+        for w in cuts.windows(2) {
+            let rows = w[1] - w[0];
+            let mut qa = b.alloc_act(rows, nh * hd).unwrap();
+            b.upload(&q[w[0] * nh * hd..w[1] * nh * hd], rows, &mut qa)
+                .unwrap();
+            let mut out = b.alloc_act(rows, nh * hd).unwrap();
+            let seqs = [AttnSeq {
+                q_start: 0,
+                q_len: rows,
+                ctx_len: self.pre + w[1],
+                block_table: self.table.to_vec(),
+                generated_from: usize::MAX,
+            }];
+            let meta = AttnMeta {
+                window,
+                seqs: &seqs,
+                n_heads: nh,
+                n_kv_heads: nkv,
+                head_dim: hd,
+                scale,
+            };
+            b.attention(&qa, &kv, &meta, 0, &mut out).unwrap();
+            got.extend(b.download(&out).unwrap());
+        }
+        got
+    }
+}
+
+/// The oracle: one query head's attention over `positions` in f64 (a two-pass softmax), for KV
+/// head `kvh` of `k` and `v` (`kvd` values per position).
+fn softmax_f64(
+    qh: &[f32],
+    (k, v): (&[f32], &[f32]),
+    kvd: usize,
+    kvh: usize,
+    positions: std::ops::Range<usize>,
+    scale: f32,
+) -> Vec<f64> {
+    let hd = qh.len();
+    let scores: Vec<f64> = positions
+        .clone()
+        .map(|p| {
+            let kp = &k[p * kvd + kvh * hd..][..hd];
+            let dot: f64 = qh.iter().zip(kp).map(|(a, b)| *a as f64 * *b as f64).sum();
+            dot * scale as f64
+        })
+        .collect();
+    let max = scores.iter().cloned().fold(f64::MIN, f64::max);
+    let w: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+    let sum: f64 = w.iter().sum();
+    (0..hd)
+        .map(|d| {
+            let at = |p: usize| v[p * kvd + kvh * hd + d] as f64;
+            positions
+                .clone()
+                .zip(&w)
+                .map(|(p, w)| w * at(p))
+                .sum::<f64>()
+                / sum
+        })
+        .collect()
 }
 
 /// K and V rows (one per slot) into layer 0 of the cache.
