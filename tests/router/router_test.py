@@ -125,7 +125,13 @@ class Router:
              "--host", "127.0.0.1", "--port", str(self.port), *events,
              "--prometheus-port", self.prometheus.rsplit(":", 1)[1],
              "--health-check-endpoint", "/ready", "--health-check-interval-secs", "1",
-             "--health-failure-threshold", "1"],
+             "--health-failure-threshold", "1",
+             # Re-sends outlast two health checks (0.1 + 0.15 + ... capped at 1 s: ~3 s in
+             # all), so that a request the policy keeps placing on a replica that just died or
+             # closed its listener reaches the others once the check has dropped it. The
+             # default (5 tries from 50 ms, ~0.4 s) can run out inside one 1 s interval.
+             "--retry-max-retries", "8", "--retry-initial-backoff-ms", "100",
+             "--retry-max-backoff-ms", "1000"],
             stdout=self.log, stderr=subprocess.STDOUT)
         t = time.time()
         while time.time() - t < 120:
