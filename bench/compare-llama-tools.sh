@@ -125,6 +125,10 @@ peak = ours.get("peak_macs_s")
 kind = ours.get("peak_kind", "int8")
 rate = (our_pp or 0) * ours.get("prefill_macs_per_token", 0)
 frac = f"{rate / 1e9:.0f} of {peak / 1e9:.0f} G {kind} MAC/s = {100 * rate / peak:.0f}%" if peak else "-"
+# The matrix products on their own (bench times them inside the prefill, at depth 0).
+prod = ours.get("prefill_products_macs_s")
+if prod and peak:
+    frac += f"; products alone {prod / 1e9:.0f} = {100 * prod / peak:.0f}%"
 print(f"{m:<20} {level:<8} | {cell(our_pp, pp)} | {cell(our_tg, tg)} | {frac}")
 if at:
     base = theirs_at(0, True)

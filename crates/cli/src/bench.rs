@@ -194,6 +194,9 @@ fn bench_on<B: Hardware>(a: BenchArgs, opts: &crate::load::Opts) -> Result<()> {
     // Per depth, each repetition's prefill and decode speed.
     let nd = a.depth.len();
     let (mut pps, mut tgs) = (vec![Vec::new(); nd], vec![Vec::new(); nd]);
+    // The first depth's prefills: the matrix products' own rate and their share of the time,
+    // where the backend counts them.
+    let (mut prod_rates, mut prod_shares) = (Vec::new(), Vec::new());
     // An empty context, then `depth` tokens in it (not timed).
     let start_at = |s: &mut suanli_engine::Session<B>, depth: usize| -> Result<()> {
         s.reset();
@@ -208,9 +211,18 @@ fn bench_on<B: Hardware>(a: BenchArgs, opts: &crate::load::Opts) -> Result<()> {
             if a.prompt_tokens > 0 {
                 start_at(s, depth)?;
                 let p = tokens(a.prompt_tokens, vocab, 10 + rep as u64);
+                let before = s.backend.product_time();
                 let t0 = Instant::now();
                 s.feed(&p, a.prompt_tokens - 1)?;
-                pp.push(a.prompt_tokens as f64 / t0.elapsed().as_secs_f64());
+                let took = t0.elapsed().as_secs_f64();
+                pp.push(a.prompt_tokens as f64 / took);
+                if let (0, Some((s0, m0)), Some((s1, m1))) = (di, before, s.backend.product_time())
+                {
+                    if s1 > s0 {
+                        prod_rates.push((m1 - m0) as f64 / (s1 - s0));
+                        prod_shares.push((s1 - s0) / took);
+                    }
+                }
             }
             if a.gen_tokens > 0 {
                 start_at(s, depth)?;
@@ -248,6 +260,8 @@ fn bench_on<B: Hardware>(a: BenchArgs, opts: &crate::load::Opts) -> Result<()> {
             decode_vs_first: versus_first(&tgs, di),
         })
         .collect();
+    let products =
+        (!prod_rates.is_empty()).then(|| (stats(prod_rates).median, stats(prod_shares).median));
     // The first depth's figures stand where a single depth's would.
     let (ps, ts) = (&by_depth[0].prefill, &by_depth[0].decode);
     let peak = peak_rss_bytes();
@@ -316,6 +330,8 @@ fn bench_on<B: Hardware>(a: BenchArgs, opts: &crate::load::Opts) -> Result<()> {
                 "decode_bound_tok_s": bw.map(|b| b * 1e9 / step_bytes as f64),
                 "prefill_macs_per_token": pp_macs, "peak_kind": kind, "peak_macs_s": peak_macs,
                 "int8_peak_macs_s": peak_macs.filter(|_| !float),
+                "prefill_products_macs_s": products.map(|p| p.0),
+                "prefill_products_time_share": products.map(|p| p.1),
             })
         );
     } else {
@@ -392,6 +408,17 @@ fn bench_on<B: Hardware>(a: BenchArgs, opts: &crate::load::Opts) -> Result<()> {
                     pp_macs as f64 / 1e9,
                     rate / 1e9
                 ),
+            }
+            if let Some((r, share)) = products {
+                let of_peak = peak_macs
+                    .map(|peak| format!(" → {:.0}% of the peak", 100.0 * r / peak))
+                    .unwrap_or_default();
+                crate::outln!(
+                    "the matrix products alone (activations' quantization included): {:.0} G/s, \
+                     {:.0}% of the prefill's time{of_peak} (medians)",
+                    r / 1e9,
+                    100.0 * share
+                );
             }
         }
         if expert_bytes > 0 {

@@ -88,6 +88,11 @@ pub trait Hardware: Backend + Sized {
     fn f32_peak(&self) -> Option<f64> {
         None
     }
+    /// Seconds and multiply-adds of the matrix products run so far, where the backend counts
+    /// them (`bench` holds the products alone against the peak).
+    fn product_time(&self) -> Option<(f64, u64)> {
+        None
+    }
 }
 
 impl Hardware for CpuBackend {
@@ -108,6 +113,9 @@ impl Hardware for CpuBackend {
     }
     fn f32_peak(&self) -> Option<f64> {
         CpuBackend::f32_peak(self)
+    }
+    fn product_time(&self) -> Option<(f64, u64)> {
+        Some(CpuBackend::product_time(self))
     }
 }
 

@@ -135,6 +135,12 @@ fn bench_measures_a_list_of_depths_in_turn() {
         let r = d[1][what].as_f64().unwrap();
         assert!(r > 0.0 && r.is_finite(), "{what} {r}");
     }
+    // The matrix products on their own, timed inside the first depth's prefills: a rate, and
+    // a share of the prefill's time that the rest (attention, norms) keeps below 1.
+    let rate = v["prefill_products_macs_s"].as_f64().unwrap();
+    let share = v["prefill_products_time_share"].as_f64().unwrap();
+    assert!(rate > 1e6 && rate.is_finite(), "{rate}");
+    assert!(share > 0.0 && share < 1.0, "{share}");
     // One depth: no list in the output.
     let (v, _) = bench_json(&[
         "--depth",

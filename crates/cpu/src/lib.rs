@@ -160,6 +160,12 @@ impl CpuBackend {
         peak::int8_peak(&self.pool, self.k.isa)
     }
 
+    /// Wall seconds and multiply-adds of every matrix product this backend has run (the
+    /// activations' quantization included), added up since it was made.
+    pub fn product_time(&self) -> (f64, u64) {
+        self.pool.products.read()
+    }
+
     /// Sustained f32 multiply-adds per second over this backend's threads with its level's FMA
     /// (float weights' products), or `None` on the generic level.
     pub fn f32_peak(&self) -> Option<f64> {

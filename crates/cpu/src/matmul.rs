@@ -11,6 +11,7 @@ use crate::kernels::{Kernels, RowTokens};
 use crate::pool::Pool;
 use crate::CpuWeight;
 use std::cell::RefCell;
+use std::time::Instant;
 use suanli_backend::Weight;
 use suanli_core::quant::q8::{act_format, quantize_q8, quantize_q8k, ActFormat, BlockQ8, BlockQ8K};
 use suanli_core::DType;
@@ -105,6 +106,22 @@ pub fn matmul(
     if let Some(p) = &w.store.packed {
         return packed_many(pool, x, n, &mut [(p, bias, out)], k.isa);
     }
+    let t0 = Instant::now();
+    unpacked(k, pool, x, n, w, bias, out);
+    pool.products
+        .add(t0.elapsed(), (n * w.rows * w.cols) as u64);
+}
+
+/// `matmul` of a weight kept in its file layout (float tiles, or the row-at-a-time kernels).
+fn unpacked(
+    k: &Kernels,
+    pool: &Pool,
+    x: &[f32],
+    n: usize,
+    w: &Weight<CpuWeight>,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
     if let Some(level) = float_tiles::Level::of(k.isa) {
         if float_products(level, pool, x, n, w, bias, out) {
             return;
@@ -201,6 +218,7 @@ pub fn packed_gated(
     if n == 0 {
         return;
     }
+    let t0 = Instant::now();
     PACTS.with(|a| {
         let mut a = a.borrow_mut();
         a.fill(pool, x, n, gate.cols, true);
@@ -222,7 +240,9 @@ pub fn packed_gated(
                 crate::kernels::avx512_packed::run_gated(gate, up, a, gs, ts, dst.ptr(), rest.ptr())
             };
         });
-    })
+    });
+    pool.products
+        .add(t0.elapsed(), (2 * n * gate.rows * gate.cols) as u64);
 }
 
 /// Products of one input with packed weights (all with `cols` = the input's width): the
@@ -242,6 +262,8 @@ pub fn packed_many(
     if n == 0 {
         return;
     }
+    let t0 = Instant::now();
+    let macs: usize = jobs.iter().map(|j| n * j.0.rows * j.0.cols).sum();
     PACTS.with(|a| {
         let mut a = a.borrow_mut();
         a.fill(pool, x, n, cols, amx);
@@ -292,7 +314,8 @@ pub fn packed_many(
                 }
             };
         });
-    })
+    });
+    pool.products.add(t0.elapsed(), macs as u64);
 }
 
 /// Float weights (BF16, F16, F32) against f32 activations (`kernels/float_tiles.rs`): pieces

@@ -4,7 +4,7 @@
 //! when the engine goes idle.
 
 use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
@@ -40,6 +40,32 @@ pub struct Pool {
     handles: Vec<JoinHandle<()>>,
     /// One job at a time even if the backend is shared between threads.
     busy: Mutex<()>,
+    /// The matrix products run on this pool (`matmul`): what `bench` holds against the compute
+    /// peak on their own, apart from attention and the rest of a prefill.
+    pub products: WorkClock,
+}
+
+/// Wall time and multiply-adds of timed work, added up (relaxed atomics: read between runs).
+#[derive(Default)]
+pub struct WorkClock {
+    nanos: AtomicU64,
+    macs: AtomicU64,
+}
+
+impl WorkClock {
+    pub fn add(&self, took: std::time::Duration, macs: u64) {
+        self.nanos
+            .fetch_add(took.as_nanos().min(u64::MAX as u128) as u64, Relaxed);
+        self.macs.fetch_add(macs, Relaxed);
+    }
+
+    /// Seconds and multiply-adds so far.
+    pub fn read(&self) -> (f64, u64) {
+        (
+            self.nanos.load(Relaxed) as f64 * 1e-9,
+            self.macs.load(Relaxed),
+        )
+    }
 }
 
 impl Pool {
@@ -69,6 +95,7 @@ impl Pool {
             shared,
             handles,
             busy: Mutex::new(()),
+            products: WorkClock::default(),
         })
     }
 
