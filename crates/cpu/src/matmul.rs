@@ -172,6 +172,17 @@ fn unpacked(
 
 /// Activation bytes a token chunk may occupy, so that it stays in L2 while row groups stream past.
 const CHUNK_BYTES: usize = 384 * 1024;
+/// On the AMX tiles, chunks of at least `AMX_CHUNK_TOKENS` tokens where they fit in this many
+/// bytes (Xeons since Sapphire Rapids have 2 MiB of L2 per core): each group's sub-blocks are
+/// unpacked once per chunk, and at 384 KiB a 4864-column input (Qwen2.5-0.5B's down projection)
+/// gave chunks of 48 tokens, an 8960-column one (the 1.5B's) of 16, so the unpacking was paid
+/// every one to three tiles. `matmul_probe`, 512 tokens, 2 threads, three alternating pairs,
+/// G MAC/s: Q4_K 896 × 4864 299–303 → 318–336, Q6_K 896 × 4864 194–196 → 209–226, Q4_K
+/// 1536 × 8960 192–202 → 224–286. Whole prefills move less than this machine's noise
+/// (pp512, six interleaved runs each, medians: Qwen2.5-Coder-1.5B 158 → 170 tok/s, 0.5B 599 →
+/// 590); growing the narrower inputs' chunks too (1 MiB for all) measured no better.
+const AMX_CHUNK_BYTES: usize = 1024 * 1024;
+const AMX_CHUNK_TOKENS: usize = 128;
 
 /// `*mut f32` that threads share; each writes cells no other touches.
 #[derive(Clone, Copy)]
@@ -189,9 +200,14 @@ impl SharedOut {
 
 /// Tokens per chunk of a packed product's input of `cols` columns: whole AMX tiles of 16
 /// tokens (the VNNI kernels take 8, 4, 2, 1) whose quantized activations stay in L2.
-fn token_chunk(cols: usize) -> usize {
+fn token_chunk(cols: usize, isa: Isa) -> usize {
     let per_token = cols + cols / 32 * std::mem::size_of::<crate::kernels::pacts::Meta>();
-    (CHUNK_BYTES / per_token).max(16) / 16 * 16
+    let fit = |bytes: usize| (bytes / per_token).max(16) / 16 * 16;
+    match isa {
+        // Only the wide inputs' chunks grow: narrower ones already hold 160 tokens or more.
+        Isa::Amx => fit(CHUNK_BYTES).max(fit(AMX_CHUNK_BYTES).min(AMX_CHUNK_TOKENS)),
+        _ => fit(CHUNK_BYTES),
+    }
 }
 
 /// The gated MLP's first half on the AMX tiles: `out` = silu(x · gateᵀ) · (x · upᵀ), without
@@ -223,7 +239,7 @@ pub fn packed_gated(
         let mut a = a.borrow_mut();
         a.fill(pool, x, n, gate.cols, true);
         let a = &*a;
-        let chunk = token_chunk(gate.cols);
+        let chunk = token_chunk(gate.cols, isa);
         let pieces = guided_pieces(
             std::iter::once(gate.groups()),
             n.div_ceil(chunk),
@@ -268,7 +284,7 @@ pub fn packed_many(
         let mut a = a.borrow_mut();
         a.fill(pool, x, n, cols, amx);
         let a = &*a;
-        let chunk = token_chunk(cols);
+        let chunk = token_chunk(cols, isa);
         let chunks = n.div_ceil(chunk);
         let pieces = guided_pieces(jobs.iter().map(|j| j.0.groups()), chunks, pool.threads());
         let plan: Vec<(&crate::packed::Packed, Option<&[f32]>, SharedOut)> = jobs
