@@ -219,7 +219,7 @@ fn bench_on<B: Hardware>(a: BenchArgs, opts: &crate::load::Opts) -> Result<()> {
                 if let (0, Some((s0, m0)), Some((s1, m1))) = (di, before, s.backend.product_time())
                 {
                     if s1 > s0 {
-                        prod_rates.push((m1 - m0) as f64 / (s1 - s0));
+                        prod_rates.push(m1.wrapping_sub(m0) as f64 / (s1 - s0));
                         prod_shares.push((s1 - s0) / took);
                     }
                 }
