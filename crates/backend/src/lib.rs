@@ -339,6 +339,12 @@ pub trait Backend: Send + Sync + 'static {
         w: &Weight<Self::WeightStore>,
         eps: f32,
     ) -> Result<()>;
+    /// Which rows of the products to come are prompt tokens (`AttnSeq::generated_from`): the
+    /// model says so for a step's `n` rows before its layers (`Some`) and takes it back
+    /// (`None`) around products of other rows (an expert's gathered tokens) and after them. A
+    /// backend may multiply prompt rows with other kernels than generated ones (the CPU's AMX
+    /// BF16 tiles), never by the step's shape. Ignored by default.
+    fn step_rows(&self, _rows: Option<(&[AttnSeq], usize)>) {}
     /// out = x · wᵀ (+ bias); x `[n, w.cols]`, out `[n, w.rows]`.
     fn linear(
         &self,

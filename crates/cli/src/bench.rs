@@ -277,13 +277,21 @@ fn bench_on<B: Hardware>(a: BenchArgs, opts: &crate::load::Opts) -> Result<()> {
     // Prefill against the compute peak: the matrix products' multiply-adds over the whole
     // prefill time (attention and the rest included), next to the int8 peak probed here.
     let pp_macs = s.model.prefill_macs_per_token();
-    // Float weights multiply in f32: measured against the FMA peak instead.
-    let float = 2 * s.model.prefill_float_macs_per_token() > pp_macs;
-    let kind = if float { "f32" } else { "int8" };
-    let peak_macs = match (ps.is_none(), float) {
-        (true, _) => None,
-        (false, true) => s.backend.f32_peak(),
-        (false, false) => s.backend.int8_peak(),
+    // Float weights multiply in f32 (measured against the FMA peak instead), or, BF16 and F16
+    // ones at the CPU's `amx` level, on the BF16 tiles (against their peak).
+    let float_macs = s.model.prefill_float_macs_per_token();
+    let float = 2 * float_macs > pp_macs;
+    let sixteen_bit = 2 * s.model.prefill_macs_per_token_of(|d| {
+        matches!(d, suanli_core::DType::BF16 | suanli_core::DType::F16)
+    }) > float_macs;
+    let (peak_macs, kind) = match (ps.is_none(), float) {
+        (true, true) => (None, "f32"),
+        (true, false) => (None, "int8"),
+        (false, true) => match s.backend.float_peak(sixteen_bit) {
+            Some((p, k)) => (Some(p), k),
+            None => (None, "f32"),
+        },
+        (false, false) => (s.backend.int8_peak(), "int8"),
     };
     let model_name = match (&a.random, &a.model) {
         (Some(r), _) => format!("random {r}"),
@@ -395,7 +403,7 @@ fn bench_on<B: Hardware>(a: BenchArgs, opts: &crate::load::Opts) -> Result<()> {
             let rate = p.median * pp_macs as f64;
             match peak_macs {
                 Some(peak) => crate::outln!(
-                    "prefill multiplies {:.2} G {kind} multiply-adds per token: {:.0} G/s at the \
+                    "prefill multiplies {:.2} G multiply-adds per token: {:.0} G/s at the \
                      median; the {kind} peak probed here is {:.0} G/s ({detail}) → {:.0}% of it",
                     pp_macs as f64 / 1e9,
                     rate / 1e9,
@@ -403,7 +411,7 @@ fn bench_on<B: Hardware>(a: BenchArgs, opts: &crate::load::Opts) -> Result<()> {
                     100.0 * rate / peak
                 ),
                 None => crate::outln!(
-                    "prefill multiplies {:.2} G {kind} multiply-adds per token: {:.0} G/s at the \
+                    "prefill multiplies {:.2} G multiply-adds per token: {:.0} G/s at the \
                      median (no {kind} peak probe for {detail})",
                     pp_macs as f64 / 1e9,
                     rate / 1e9

@@ -84,8 +84,9 @@ pub trait Hardware: Backend + Sized {
     fn int8_peak(&self) -> Option<f64> {
         None
     }
-    /// The f32 multiply-add peak that prefill of float weights is measured against.
-    fn f32_peak(&self) -> Option<f64> {
+    /// The multiply-add peak that prefill of float weights is measured against, and its name
+    /// (`sixteen_bit`: the weights are mostly BF16/F16 rather than F32).
+    fn float_peak(&self, _sixteen_bit: bool) -> Option<(f64, &'static str)> {
         None
     }
     /// Seconds and multiply-adds of the matrix products run so far, where the backend counts
@@ -111,8 +112,8 @@ impl Hardware for CpuBackend {
     fn int8_peak(&self) -> Option<f64> {
         CpuBackend::int8_peak(self)
     }
-    fn f32_peak(&self) -> Option<f64> {
-        CpuBackend::f32_peak(self)
+    fn float_peak(&self, sixteen_bit: bool) -> Option<(f64, &'static str)> {
+        CpuBackend::float_peak(self, sixteen_bit)
     }
     fn product_time(&self) -> Option<(f64, u64)> {
         Some(CpuBackend::product_time(self))

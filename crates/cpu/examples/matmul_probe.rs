@@ -2,7 +2,8 @@
 //!   cargo run --release -p suanli-cpu --example matmul_probe -- TYPE ROWS COLS TOKENS [THREADS]
 //! `COPIES=N` cycles through N copies of the weight, so that a small batch streams it from
 //! memory as decode steps do (one copy stays in cache after the first run); `REPS=N` times N
-//! products per copy (20 by default) and keeps the best.
+//! products per copy (20 by default) and keeps the best. `GENERATED=1` multiplies the rows as
+//! generated tokens rather than a prompt's (BF16/F16 weights: the f32 tiles rather than AMX).
 use suanli_backend::{Backend, HostTensor, WeightRole};
 use suanli_core::DType;
 use suanli_cpu::CpuBackend;
@@ -75,6 +76,17 @@ fn main() {
         unsafe { clock_gettime(2, ts.as_mut_ptr()) };
         ts[0] as f64 + ts[1] as f64 * 1e-9
     };
+    // The rows are a prompt's (`GENERATED=1`: generated tokens'), which decides where BF16
+    // and F16 products run at the `amx` level.
+    let generated = std::env::var("GENERATED").is_ok_and(|v| v == "1");
+    let seqs = [suanli_backend::AttnSeq {
+        q_start: 0,
+        q_len: n,
+        ctx_len: n,
+        block_table: Vec::new(),
+        generated_from: if generated { 0 } else { usize::MAX },
+    }];
+    b.step_rows(Some((&seqs, n)));
     let (mut best, mut best_cpu) = (0f64, 0f64);
     // REPS: products timed per copy (best of them is kept).
     let reps: usize = std::env::var("REPS")

@@ -131,6 +131,36 @@ impl Amx {
     }
 }
 
+/// f32 ⇄ bf16 pieces shared by the tile kernels (attention, float weights); the callers enable
+/// AVX-512 BF16.
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod bf16 {
+    use std::arch::x86_64::*;
+
+    /// x (32 values: x0 then x1) as bf16 hi and lo rows of 64 bytes each: hi is x rounded to bf16,
+    /// lo the bf16 of the exact remainder, so hi + lo is x to 2^-17.
+    #[inline(always)]
+    pub(crate) unsafe fn split(x0: __m512, x1: __m512, hi: *mut u16, lo: *mut u16) {
+        let h: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(x1, x0));
+        let (h0, h1) = (
+            widen(_mm512_castsi512_si256(h)),
+            widen(_mm512_extracti64x4_epi64::<1>(h)),
+        );
+        let l: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(
+            _mm512_sub_ps(x1, h1),
+            _mm512_sub_ps(x0, h0),
+        ));
+        _mm512_storeu_si512(hi as *mut __m512i, h);
+        _mm512_storeu_si512(lo as *mut __m512i, l);
+    }
+
+    /// 16 bf16 as f32.
+    #[inline(always)]
+    pub(crate) unsafe fn widen(v: __m256i) -> __m512 {
+        _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16))
+    }
+}
+
 /// The 64-byte tile configuration (palette 1) that `ldtilecfg` loads: bytes per row and rows
 /// of each of the 8 tiles (public for the probes in `examples/`).
 #[repr(C, align(64))]
@@ -255,6 +285,31 @@ impl Amx {
     }
 }
 
+impl Amx {
+    /// Sustained BF16 multiply-adds per second of one core's tiles (`tdpbf16ps`, accumulators
+    /// only): the peak that BF16/F16 weights' products are measured against, as
+    /// `peak_macs_per_s`. None without AMX-BF16.
+    pub fn bf16_peak_macs_per_s(self) -> Option<f64> {
+        if !self.bf16() {
+            return None;
+        }
+        let zeros = [0u8; 16 * 64];
+        let iters = 100_000u64;
+        // SAFETY: as below; a first run wakes the tile unit up.
+        unsafe { spin_bf16(zeros.as_ptr(), iters / 4) };
+        let best = (0..5)
+            .map(|_| {
+                let t0 = std::time::Instant::now();
+                // SAFETY: tiles with BF16 enabled; the loads read `zeros` (16 rows of 64 bytes).
+                unsafe { spin_bf16(zeros.as_ptr(), iters) };
+                // Each iteration: 4 tdpbf16ps of 16×16 outputs × 32 k values.
+                (iters * 4 * 16 * 16 * 32) as f64 / t0.elapsed().as_secs_f64()
+            })
+            .fold(0.0, f64::max);
+        Some(best)
+    }
+}
+
 /// C block (32×32 i32, row-major, stride 32) = Σ over `ksteps` of A (32 rows × 64 u8 at `a`,
 /// stride `lda` bytes) · B (16 rows × 64 i8 per 16 columns, at `b`, stride `ldb` bytes).
 #[cfg(target_arch = "x86_64")]
@@ -313,28 +368,40 @@ unsafe fn block_32x32(
     );
 }
 
-#[cfg(target_arch = "x86_64")]
-unsafe fn spin(zeros: *const u8, iters: u64) {
-    asm!(
-        "ldtilecfg [{cfg}]",
-        "tileloadd tmm4, [{z} + {s}*1]",
-        "tileloadd tmm5, [{z} + {s}*1]",
-        "tileloadd tmm6, [{z} + {s}*1]",
-        "tileloadd tmm7, [{z} + {s}*1]",
-        "2:",
-        "tdpbusd tmm0, tmm4, tmm6",
-        "tdpbusd tmm1, tmm4, tmm7",
-        "tdpbusd tmm2, tmm5, tmm6",
-        "tdpbusd tmm3, tmm5, tmm7",
-        "dec {n}",
-        "jnz 2b",
-        "tilerelease",
-        cfg = in(reg) &FULL as *const TileConfig,
-        z = in(reg) zeros,
-        s = in(reg) 64usize,
-        n = inout(reg) iters => _,
-        options(nostack),
-    );
+/// `iters` × four tile multiplies `$op` on registers (the peak probes).
+macro_rules! spin_with {
+    ($name:ident, $op:literal) => {
+        #[cfg(target_arch = "x86_64")]
+        unsafe fn $name(zeros: *const u8, iters: u64) {
+            asm!(
+                "ldtilecfg [{cfg}]",
+                "tileloadd tmm4, [{z} + {s}*1]",
+                "tileloadd tmm5, [{z} + {s}*1]",
+                "tileloadd tmm6, [{z} + {s}*1]",
+                "tileloadd tmm7, [{z} + {s}*1]",
+                "2:",
+                concat!($op, " tmm0, tmm4, tmm6"),
+                concat!($op, " tmm1, tmm4, tmm7"),
+                concat!($op, " tmm2, tmm5, tmm6"),
+                concat!($op, " tmm3, tmm5, tmm7"),
+                "dec {n}",
+                "jnz 2b",
+                "tilerelease",
+                cfg = in(reg) &FULL as *const TileConfig,
+                z = in(reg) zeros,
+                s = in(reg) 64usize,
+                n = inout(reg) iters => _,
+                options(nostack),
+            );
+        }
+    };
+}
+spin_with!(spin, "tdpbusd");
+spin_with!(spin_bf16, "tdpbf16ps");
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn spin_bf16(_: *const u8, _: u64) {
+    unreachable!("Amx cannot be constructed off x86-64")
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -402,6 +469,16 @@ mod tests {
                     peak / 1e9
                 );
                 assert!(peak > 1e9);
+                match a.bf16_peak_macs_per_s() {
+                    Some(p) => {
+                        eprintln!(
+                            "AMX BF16 peak of one core: {:.0} G multiply-adds/s",
+                            p / 1e9
+                        );
+                        assert!(p > 1e9);
+                    }
+                    None => eprintln!("SKIPPED: this CPU's tiles have no BF16"),
+                }
             }
             Err(why) => eprintln!("SKIPPED: AMX int8 unavailable here: {why}"),
         }

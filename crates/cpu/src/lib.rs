@@ -33,6 +33,10 @@ pub struct CpuWeight {
     raw: Bytes,
     f32: Option<Vec<f32>>,
     packed: Option<packed::Packed>,
+    /// A BF16 or F16 matrix in the AMX BF16 tiles' pair order (`kernels/amx_float.rs`), at the
+    /// `amx` level: its products' prompt rows take the tiles (`Backend::step_rows`), the
+    /// others the f32 tiles on the file layout.
+    pair_tiles: Option<kernels::amx_float::PairTiles>,
     /// Quantized activations in two passes (`ActPrecision::Exact`); such a weight keeps its
     /// file layout, where the two-pass products are built.
     two_pass: bool,
@@ -89,6 +93,9 @@ pub struct CpuBackend {
     pool: pool::Pool,
     /// Repack quantized matrices for the AVX-512 kernels (off with `SUANLI_CPU_REPACK=0`).
     repack: bool,
+    /// Which rows of the current step are prompt tokens (`Backend::step_rows`): at the `amx`
+    /// level those of BF16/F16 products take the tiles.
+    prompt_rows: std::sync::Mutex<Option<Vec<bool>>>,
 }
 
 impl CpuBackend {
@@ -125,6 +132,7 @@ impl CpuBackend {
             k: Kernels::for_isa(isa),
             pool,
             repack,
+            prompt_rows: Default::default(),
         })
     }
 
@@ -143,6 +151,18 @@ impl CpuBackend {
 
     pub fn isa(&self) -> Isa {
         self.k.isa
+    }
+
+    /// The AMX BF16 tiles' element kind for matrices of `dtype`, where this backend multiplies
+    /// them there: BF16 and F16 at the `amx` level (F32 keeps the f32 tiles).
+    fn float_tile_kind(&self, dtype: DType) -> Option<u8> {
+        use kernels::amx_float as a;
+        let kind = match dtype {
+            DType::BF16 => a::BF16,
+            DType::F16 => a::F16,
+            _ => return None,
+        };
+        (self.k.isa == Isa::Amx && a::available()).then_some(kind)
     }
 
     pub fn threads(&self) -> usize {
@@ -164,6 +184,17 @@ impl CpuBackend {
     /// activations' quantization included), added up since it was made.
     pub fn product_time(&self) -> (f64, u64) {
         self.pool.products.read()
+    }
+
+    /// The multiply-add peak that products of float weights are measured against, and its
+    /// name: for BF16/F16 weights (`sixteen_bit`) at the `amx` level the BF16 tiles' (where
+    /// they multiply), otherwise the f32 FMA of this level's float tiles; `None` on the
+    /// generic level.
+    pub fn float_peak(&self, sixteen_bit: bool) -> Option<(f64, &'static str)> {
+        if sixteen_bit && self.float_tile_kind(DType::BF16).is_some() {
+            return peak::bf16_tile_peak(&self.pool, self.k.isa).map(|p| (p, "bf16 tile"));
+        }
+        self.f32_peak().map(|p| (p, "f32"))
     }
 
     /// Sustained f32 multiply-adds per second over this backend's threads with its level's FMA
@@ -318,6 +349,24 @@ impl Backend for CpuBackend {
         } else {
             None
         };
+        let pair_tiles = match self.float_tile_kind(host.dtype) {
+            Some(kind) if f32.is_none() && self.repack && host.role.multiplies() => {
+                let t = kernels::amx_float::PairTiles::pack(
+                    kind,
+                    host.bytes.as_slice(),
+                    host.rows,
+                    host.cols,
+                    &self.pool,
+                )
+                .map_err(|n| BackendError::OutOfMemory {
+                    what: "weight in AMX tiles",
+                    detail: format!("{}: {n} bytes", host.name),
+                })?;
+                // The file layout stays: generated rows multiply it on the f32 tiles.
+                Some(t)
+            }
+            _ => None,
+        };
         Ok(Weight {
             dtype: host.dtype,
             rows: host.rows,
@@ -326,6 +375,7 @@ impl Backend for CpuBackend {
                 raw: host.bytes.clone(),
                 f32,
                 packed,
+                pair_tiles,
                 two_pass,
                 rescore_top,
             },
@@ -442,6 +492,20 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn step_rows(&self, rows: Option<(&[suanli_backend::AttnSeq], usize)>) {
+        let flags = rows.map(|(seqs, n)| {
+            let mut prompt = vec![false; n];
+            for s in seqs {
+                for i in 0..s.q_len.min(n.saturating_sub(s.q_start)) {
+                    let pos = (s.ctx_len + i).saturating_sub(s.q_len);
+                    prompt[s.q_start + i] = pos < s.generated_from;
+                }
+            }
+            prompt
+        });
+        *self.prompt_rows.lock().unwrap_or_else(|e| e.into_inner()) = flags;
+    }
+
     fn linear(
         &self,
         x: &Act<ActBuf>,
@@ -452,15 +516,14 @@ impl Backend for CpuBackend {
         let b = linear_operands("linear", x, w, bias, out)?;
         out.rows = x.rows;
         let n = x.rows;
-        matmul::matmul(
-            &self.k,
-            &self.pool,
-            &x.buf[..n * x.cols],
-            n,
-            w,
-            b,
-            &mut out.buf[..n * w.rows],
-        );
+        let (x, out) = (&x.buf[..n * x.cols], &mut out.buf[..n * w.rows]);
+        if w.store.pair_tiles.is_some() {
+            let prompt = self.prompt_rows.lock().unwrap_or_else(|e| e.into_inner());
+            let prompt = prompt.as_deref().filter(|p| p.len() == n);
+            matmul::prompt_split(&self.k, &self.pool, x, n, w, b, out, prompt);
+        } else {
+            matmul::matmul(&self.k, &self.pool, x, n, w, b, out);
+        }
         Ok(())
     }
 

@@ -62,6 +62,21 @@ pub fn f32_peak(pool: &Pool, isa: Isa) -> Option<f64> {
     over_threads(pool, per_thread)
 }
 
+/// Sustained BF16 multiply-adds per second over the pool's threads on the AMX tiles, what the
+/// `amx` level's products of BF16/F16 weights are compared against (each of their
+/// multiply-adds takes two or three on the tiles: `kernels/amx_float.rs`); `None` elsewhere.
+pub fn bf16_tile_peak(pool: &Pool, isa: Isa) -> Option<f64> {
+    if isa != Isa::Amx || !crate::kernels::amx_float::available() {
+        return None;
+    }
+    over_threads(pool, || {
+        crate::amx::Amx::new()
+            .ok()
+            .and_then(|a| a.bf16_peak_macs_per_s())
+            .unwrap_or(0.0)
+    })
+}
+
 /// The sum of `per_thread()` run on every thread of the pool at once (`None` if nothing).
 fn over_threads(pool: &Pool, per_thread: fn() -> f64) -> Option<f64> {
     let total = Mutex::new(0.0);

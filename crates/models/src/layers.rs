@@ -350,11 +350,16 @@ impl<B: Backend> Model<B> {
     /// Of `prefill_macs_per_token`, those with float weights (BF16, F16, F32: f32 products,
     /// not int8 ones).
     pub fn prefill_float_macs_per_token(&self) -> usize {
-        let float = |w: &Weight<B::WeightStore>| match w.dtype.is_quantized() {
-            true => 0,
-            false => w.rows * w.cols,
+        self.prefill_macs_per_token_of(|d| !d.is_quantized())
+    }
+
+    /// Of `prefill_macs_per_token`, those whose weights are of a type `pick` takes.
+    pub fn prefill_macs_per_token_of(&self, pick: impl Fn(suanli_core::DType) -> bool) -> usize {
+        let of = |w: &Weight<B::WeightStore>| match pick(w.dtype) {
+            true => w.rows * w.cols,
+            false => 0,
         };
-        self.decode_weight_bytes(float) - float(self.head())
+        self.decode_weight_bytes(of) - of(self.head())
     }
 
     /// Bytes of the routed experts' matrices (all of them), by the backend's `size`.
@@ -476,6 +481,7 @@ impl<B: Backend> Model<B> {
                 format!("{n} tokens for a scratch of {}", s.capacity),
             ));
         }
+        let _rows = StepRows::new(b, &plan.seqs, n);
         let c = &self.cfg;
         // YaRN scales cos and sin, so every Q·K by the factor's square: with every dimension
         // rotating (checked at load) that is the attention scale's to carry.
@@ -542,7 +548,11 @@ impl<B: Backend> Model<B> {
                         suanli_backend::shape_err("forward", "no expert scratch for a sparse layer")
                     })?;
                     b.rms_norm(&s.x, &layer.mlp_norm, c.rms_norm_eps, &mut s.h)?;
-                    e.forward(b, &s.h, &mut s.x, es)?;
+                    // An expert's products take gathered rows, not the step's.
+                    b.step_rows(None);
+                    let done = e.forward(b, &s.h, &mut s.x, es);
+                    b.step_rows(Some((&plan.seqs, n)));
+                    done?;
                     continue;
                 }
             };
@@ -585,6 +595,23 @@ impl<B: Backend> Model<B> {
             )?;
         }
         Ok(())
+    }
+}
+
+/// Tells the backend which of the step's rows are prompt tokens while it lives
+/// (`Backend::step_rows`), and takes it back when dropped.
+struct StepRows<'a, B: Backend>(&'a B);
+
+impl<'a, B: Backend> StepRows<'a, B> {
+    fn new(b: &'a B, seqs: &[suanli_backend::AttnSeq], n: usize) -> Self {
+        b.step_rows(Some((seqs, n)));
+        StepRows(b)
+    }
+}
+
+impl<B: Backend> Drop for StepRows<'_, B> {
+    fn drop(&mut self) {
+        self.0.step_rows(None);
     }
 }
 

@@ -30,6 +30,7 @@
 //! column, the values at k = 2r and 2r + 1.
 
 use super::{tile_start, Job, Tile, BLOCK};
+use crate::amx::bf16::split;
 use crate::amx::{TileConfig, FULL};
 use std::arch::asm;
 use std::arch::x86_64::*;
@@ -221,29 +222,6 @@ unsafe fn attend(job: &Job<'_>, acc: &mut [f32], b: &mut Bufs) {
         let inv = 1.0 / l;
         a.iter_mut().zip(s).for_each(|(a, s)| *a = s * inv);
     }
-}
-
-/// x (32 values: x0 then x1) as bf16 hi and lo rows of 64 bytes each: hi is x rounded to bf16,
-/// lo the bf16 of the exact remainder, so hi + lo is x to 2^-17.
-#[inline(always)]
-unsafe fn split(x0: __m512, x1: __m512, hi: *mut u16, lo: *mut u16) {
-    let h: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(x1, x0));
-    let (h0, h1) = (
-        widen(_mm512_castsi512_si256(h)),
-        widen(_mm512_extracti64x4_epi64::<1>(h)),
-    );
-    let l: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(
-        _mm512_sub_ps(x1, h1),
-        _mm512_sub_ps(x0, h0),
-    ));
-    _mm512_storeu_si512(hi as *mut __m512i, h);
-    _mm512_storeu_si512(lo as *mut __m512i, l);
-}
-
-/// 16 bf16 as f32.
-#[inline(always)]
-unsafe fn widen(v: __m256i) -> __m512 {
-    _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16))
 }
 
 /// One B tile row: a and b (the values at k = 2r and 2r + 1 of 16 columns) interleaved.

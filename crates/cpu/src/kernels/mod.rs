@@ -4,6 +4,7 @@
 //! one the CPU lacks).
 
 pub mod acts;
+pub mod amx_float;
 #[cfg(target_arch = "x86_64")]
 mod amx_packed;
 #[cfg(target_arch = "x86_64")]
