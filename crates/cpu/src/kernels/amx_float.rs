@@ -12,8 +12,9 @@
 //! split into two bf16.
 //!
 //! Which rows take the tiles is the caller's rule, never the step's shape (`matmul::
-//! prompt_split`): a step's prompt rows, however many, and its generated rows the f32 tiles
-//! on the file layout, as attention does. A token's sums are its own two rows of the
+//! prompt_split`): a step's prompt rows, however many; its generated rows take f32
+//! multiply-adds on the vector units from the same tiles (`products_f32`), as attention keeps
+//! them off the tiles. A token's sums are its own two rows of the
 //! accumulators, over the k values in one order, so its bits do not depend on how many tokens
 //! share the tiles. Decode stays off the tiles because on these Xeons tile loads stream the
 //! weights at about half the rate vector loads do (`matmul_probe bf16 4864 896 1`, one
