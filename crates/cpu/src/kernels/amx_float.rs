@@ -554,6 +554,9 @@ mod x86 {
         );
     }
 
+    /// How many tiles ahead `fma_tile` asks for a group's weights when it has few tokens.
+    const AHEAD: usize = 4;
+
     /// `tokens` (up to 4) × the row group pairs `pairs` of `products_f32`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,f16c")]
     pub unsafe fn fma_rows(
@@ -599,6 +602,12 @@ mod x86 {
                     }
                     let mut wv = [[_mm512_setzero_ps(); 2]; 2];
                     for (gi, tile) in tiles.iter().enumerate() {
+                        if T <= 2 {
+                            // Few tokens stream the weights from memory with little work per
+                            // byte: ask for them `AHEAD` tiles on.
+                            let ahead = tile.wrapping_add(32 * r + AHEAD * 512) as *const i8;
+                            _mm_prefetch::<_MM_HINT_T0>(ahead);
+                        }
                         let line = _mm512_loadu_si512(tile.add(32 * r) as *const __m512i);
                         let (lo, hi) = (
                             _mm512_castsi512_si256(line),
