@@ -144,23 +144,21 @@ pub fn prompt_split(
         unsafe { products_f32(tiles, pool, x, n, bias, out) };
     } else {
         let prompt = prompt.expect("some rows are prompt rows");
-        let rows: Vec<usize> = (0..n).filter(|&r| prompt[r]).collect();
-        let gather = |rows: &[usize]| -> Vec<f32> {
-            rows.iter()
+        for on_tiles in [true, false] {
+            let rows: Vec<usize> = (0..n).filter(|&r| prompt[r] == on_tiles).collect();
+            let xs: Vec<f32> = rows
+                .iter()
                 .flat_map(|&r| &x[r * kd..(r + 1) * kd])
                 .copied()
-                .collect()
-        };
-        let mut part = vec![0f32; rows.len() * m];
-        unsafe { products(tiles, pool, &gather(&rows), rows.len(), bias, &mut part) };
-        for (i, &r) in rows.iter().enumerate() {
-            out[r * m..(r + 1) * m].copy_from_slice(&part[i * m..(i + 1) * m]);
-        }
-        let rest: Vec<usize> = (0..n).filter(|&r| !prompt[r]).collect();
-        let mut part = vec![0f32; rest.len() * m];
-        unsafe { products_f32(tiles, pool, &gather(&rest), rest.len(), bias, &mut part) };
-        for (i, &r) in rest.iter().enumerate() {
-            out[r * m..(r + 1) * m].copy_from_slice(&part[i * m..(i + 1) * m]);
+                .collect();
+            let mut part = vec![0f32; rows.len() * m];
+            match on_tiles {
+                true => unsafe { products(tiles, pool, &xs, rows.len(), bias, &mut part) },
+                false => unsafe { products_f32(tiles, pool, &xs, rows.len(), bias, &mut part) },
+            }
+            for (i, &r) in rows.iter().enumerate() {
+                out[r * m..(r + 1) * m].copy_from_slice(&part[i * m..(i + 1) * m]);
+            }
         }
     }
     pool.products
