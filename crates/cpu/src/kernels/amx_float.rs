@@ -239,9 +239,9 @@ pub unsafe fn products_f32(
     }
     #[cfg(target_arch = "x86_64")]
     {
-        // Pieces of (4 tokens, a run of group pairs).
+        // Pieces of (up to 6 tokens, cut as evenly as they go; a run of group pairs).
         let pairs = m.div_ceil(2 * ROWS);
-        let chunks = n.div_ceil(4);
+        let chunks = n.div_ceil(6);
         let per_piece = pairs
             .div_ceil((pool.threads() * PIECES).div_ceil(chunks))
             .max(1);
@@ -249,7 +249,7 @@ pub unsafe fn products_f32(
         let (xs, dst) = (Shared(x.as_ptr() as *mut f32), Shared(out.as_mut_ptr()));
         pool.pieces(chunks * row_pieces, &|p| {
             let (c, g) = (p / row_pieces, p % row_pieces);
-            let tokens = 4 * c..(4 * c + 4).min(n);
+            let tokens = n * c / chunks..n * (c + 1) / chunks;
             let pairs = g * per_piece..((g + 1) * per_piece).min(pairs);
             // SAFETY: the caller vouches for the CPU; each piece writes its own cells.
             unsafe { x86::fma_rows(w, xs.get(), tokens, pairs, bias, dst.get()) }
@@ -557,7 +557,7 @@ mod x86 {
     /// How many tiles ahead `fma_tile` asks for a group's weights when it has few tokens.
     const AHEAD: usize = 4;
 
-    /// `tokens` (up to 4) × the row group pairs `pairs` of `products_f32`.
+    /// `tokens` (up to 6) × the row group pairs `pairs` of `products_f32`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,f16c")]
     pub unsafe fn fma_rows(
         w: &PairTiles,
@@ -571,7 +571,9 @@ mod x86 {
             1 => fma_tile::<1>(w, x, tokens.start, pairs, bias, out),
             2 => fma_tile::<2>(w, x, tokens.start, pairs, bias, out),
             3 => fma_tile::<3>(w, x, tokens.start, pairs, bias, out),
-            _ => fma_tile::<4>(w, x, tokens.start, pairs, bias, out),
+            4 => fma_tile::<4>(w, x, tokens.start, pairs, bias, out),
+            5 => fma_tile::<5>(w, x, tokens.start, pairs, bias, out),
+            _ => fma_tile::<6>(w, x, tokens.start, pairs, bias, out),
         }
     }
 
@@ -708,7 +710,7 @@ mod tests {
         let pool = Pool::new(2).unwrap();
         for kind in [BF16, F16] {
             // (rows, columns, tokens): partial groups, quads and k blocks; 3 panels of k; two
-            // token chunks.
+            // token chunks of the tiles.
             let shapes = [
                 (16, 32, 37),
                 (23, 37, 37),
@@ -717,6 +719,10 @@ mod tests {
                 (5, 1000, 37),
                 (9, 2100, 20),
                 (40, 1100, 300),
+                // Every token count of a vector pass (`products_f32` takes up to 6).
+                (16, 32, 2),
+                (23, 37, 3),
+                (33, 300, 4),
             ];
             for (rows, kd, n) in shapes {
                 let (mut bytes, mut wv) = (Vec::new(), Vec::new());
