@@ -17,6 +17,15 @@ pub struct AttnSeq {
     pub generated_from: usize,
 }
 
+impl AttnSeq {
+    /// How many of the step's rows (the first ones) are prompt tokens, by `generated_from`.
+    pub fn prompt_rows(&self) -> usize {
+        self.generated_from
+            .saturating_sub(self.ctx_len.saturating_sub(self.q_len))
+            .min(self.q_len)
+    }
+}
+
 /// A batch: token ids with their positions and KV slots, grouped by sequence, plus which rows
 /// need logits.
 #[derive(Clone, Debug, Default)]

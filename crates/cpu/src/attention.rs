@@ -114,10 +114,7 @@ pub fn paged_attention(
     // (first row, rows, on tiles)
     let mut runs = Vec::new();
     for s in meta.seqs {
-        let prompt = s
-            .generated_from
-            .saturating_sub(s.ctx_len - s.q_len)
-            .min(s.q_len);
+        let prompt = s.prompt_rows();
         for (from, to, on_tiles) in [(0, prompt, tiles), (prompt, s.q_len, false)] {
             let len = if on_tiles { per_run } else { TOKENS };
             for t0 in (from..to).step_by(len) {

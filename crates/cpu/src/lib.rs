@@ -205,10 +205,11 @@ impl CpuBackend {
 
     /// Bytes a product with `w` reads from memory (its layout, packed or as in the file).
     pub fn weight_bytes(w: &Weight<CpuWeight>) -> usize {
-        match (&w.store.packed, &w.store.f32) {
-            (Some(p), _) => p.bytes().len(),
-            (None, Some(v)) => v.len() * 4,
-            (None, None) => w.store.raw.len(),
+        match (&w.store.packed, &w.store.pair_tiles, &w.store.f32) {
+            (Some(p), _, _) => p.bytes().len(),
+            (None, Some(t), _) => t.bytes(),
+            (None, None, Some(v)) => v.len() * 4,
+            (None, None, None) => w.store.raw.len(),
         }
     }
 }
@@ -500,10 +501,8 @@ impl Backend for CpuBackend {
         let flags = rows.map(|(seqs, n)| {
             let mut prompt = vec![false; n];
             for s in seqs {
-                for i in 0..s.q_len.min(n.saturating_sub(s.q_start)) {
-                    let pos = (s.ctx_len + i).saturating_sub(s.q_len);
-                    prompt[s.q_start + i] = pos < s.generated_from;
-                }
+                let rows = s.q_start.min(n)..(s.q_start + s.prompt_rows()).min(n);
+                prompt[rows].fill(true);
             }
             prompt
         });

@@ -8,7 +8,7 @@ use crate::kernels::float_tiles;
 use crate::kernels::pacts::PActs;
 use crate::kernels::Isa;
 use crate::kernels::{Kernels, RowTokens};
-use crate::pool::Pool;
+use crate::pool::{Pool, SharedMut};
 use crate::CpuWeight;
 use std::cell::RefCell;
 use std::time::Instant;
@@ -128,8 +128,8 @@ pub fn prompt_split(
     out: &mut [f32],
     prompt: Option<&[bool]>,
 ) {
-    let tiles = w.store.pair_tiles.as_ref().expect("a weight in pair tiles");
     use crate::kernels::amx_float::{products, products_f32};
+    let tiles = w.store.pair_tiles.as_ref().expect("a weight in pair tiles");
     if n == 0 || w.rows == 0 {
         return;
     }
@@ -237,20 +237,6 @@ const CHUNK_BYTES: usize = 384 * 1024;
 const AMX_CHUNK_BYTES: usize = 1024 * 1024;
 const AMX_CHUNK_TOKENS: usize = 128;
 
-/// `*mut f32` that threads share; each writes cells no other touches.
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-// SAFETY: see `packed_matmul` — pieces cover disjoint (token, row) cells.
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
-
-impl SharedOut {
-    /// The pointer (a method, so that closures capture the whole `Sync` value, not the field).
-    fn ptr(&self) -> *mut f32 {
-        self.0
-    }
-}
-
 /// Tokens per chunk of a packed product's input of `cols` columns: whole AMX tiles of 16
 /// tokens (the VNNI kernels take 8, 4, 2, 1) whose quantized activations stay in L2.
 fn token_chunk(cols: usize, isa: Isa) -> usize {
@@ -298,7 +284,7 @@ pub fn packed_gated(
             n.div_ceil(chunk),
             pool.threads(),
         );
-        let (dst, rest) = (SharedOut(out.as_mut_ptr()), SharedOut(up_rest.as_mut_ptr()));
+        let (dst, rest) = (SharedMut(out.as_mut_ptr()), SharedMut(up_rest.as_mut_ptr()));
         pool.pieces(pieces.len(), &|i| {
             let (_, c, gs) = pieces[i].clone();
             let ts = c * chunk..((c + 1) * chunk).min(n);
@@ -306,7 +292,7 @@ pub fn packed_gated(
             // outputs hold n × rows floats, and each piece writes its own (tokens, groups)
             // cells of them.
             unsafe {
-                crate::kernels::avx512_packed::run_gated(gate, up, a, gs, ts, dst.ptr(), rest.ptr())
+                crate::kernels::avx512_packed::run_gated(gate, up, a, gs, ts, dst.get(), rest.get())
             };
         });
     });
@@ -340,11 +326,11 @@ pub fn packed_many(
         let chunk = token_chunk(cols, isa);
         let chunks = n.div_ceil(chunk);
         let pieces = guided_pieces(jobs.iter().map(|j| j.0.groups()), chunks, pool.threads());
-        let plan: Vec<(&crate::packed::Packed, Option<&[f32]>, SharedOut)> = jobs
+        let plan: Vec<(&crate::packed::Packed, Option<&[f32]>, SharedMut<f32>)> = jobs
             .iter_mut()
             .map(|(p, b, o)| {
                 debug_assert!(p.cols == cols && o.len() == n * p.rows);
-                (*p, *b, SharedOut(o.as_mut_ptr()))
+                (*p, *b, SharedMut(o.as_mut_ptr()))
             })
             .collect();
         pool.pieces(pieces.len(), &|i| {
@@ -359,15 +345,15 @@ pub fn packed_many(
                 match isa {
                     #[cfg(target_arch = "x86_64")]
                     Isa::Avx2 => {
-                        crate::kernels::avx2_packed::run(p, a, gs, ts, *bias, dst.ptr(), false)
+                        crate::kernels::avx2_packed::run(p, a, gs, ts, *bias, dst.get(), false)
                     }
                     #[cfg(target_arch = "x86_64")]
                     Isa::Avx2Vnni => {
-                        crate::kernels::avx2_packed::run(p, a, gs, ts, *bias, dst.ptr(), true)
+                        crate::kernels::avx2_packed::run(p, a, gs, ts, *bias, dst.get(), true)
                     }
                     #[cfg(target_arch = "x86_64")]
                     Isa::Avx512 | Isa::Amx => {
-                        crate::kernels::avx512_packed::run(p, a, gs, ts, *bias, dst.ptr(), amx)
+                        crate::kernels::avx512_packed::run(p, a, gs, ts, *bias, dst.get(), amx)
                     }
                     #[cfg(target_arch = "aarch64")]
                     Isa::Neon | Isa::NeonDot | Isa::NeonMm => {
@@ -377,7 +363,7 @@ pub fn packed_many(
                             Isa::NeonDot => Mul::Sdot,
                             _ => Mul::Smull,
                         };
-                        run(p, a, gs, ts, *bias, dst.ptr(), mul)
+                        run(p, a, gs, ts, *bias, dst.get(), mul)
                     }
                     _ => unreachable!("{} does not repack", isa.name()),
                 }

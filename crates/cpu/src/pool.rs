@@ -284,3 +284,17 @@ mod tests {
         assert_eq!(hits.load(SeqCst), 3);
     }
 }
+
+/// A pointer the pool's threads share, each writing cells no other touches (their pieces say
+/// which); `get` is a method so that closures capture the whole `Sync` value, not the field.
+#[derive(Clone, Copy)]
+pub(crate) struct SharedMut<T>(pub(crate) *mut T);
+// SAFETY: the users split the pointee into disjoint parts per piece.
+unsafe impl<T> Send for SharedMut<T> {}
+unsafe impl<T> Sync for SharedMut<T> {}
+
+impl<T> SharedMut<T> {
+    pub(crate) fn get(&self) -> *mut T {
+        self.0
+    }
+}

@@ -1,5 +1,5 @@
-//! Products of BF16 and F16 weights on the AMX BF16 tiles (`tdpbf16ps`), at every token count
-//! of the `amx` level: the activations are the A operand, the weights the B operand, repacked
+//! Products of BF16 and F16 weights on the AMX BF16 tiles (`tdpbf16ps`) at the `amx` level,
+//! for a step's prompt rows: the activations are the A operand, the weights the B operand, repacked
 //! at load into the pair order `tdpbf16ps` reads (`PairTiles`), and the sums stay in the tile
 //! accumulators over the whole row (stored and loaded between panels of k as they are).
 //!
@@ -25,7 +25,7 @@
 // Off x86-64 only the repacking is built (no CPU there has the tiles).
 #![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 
-use crate::pool::Pool;
+use crate::pool::{Pool, SharedMut};
 use std::cell::RefCell;
 
 /// Weight element kinds (as `float_tiles`).
@@ -140,18 +140,6 @@ thread_local! {
     static SUMS: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
-/// Pointers the threads share: each writes its own tiles or output cells.
-#[derive(Clone, Copy)]
-struct Shared<T>(*mut T);
-// SAFETY: see `products` — the pieces write disjoint tiles and cells.
-unsafe impl<T> Send for Shared<T> {}
-unsafe impl<T> Sync for Shared<T> {}
-impl<T> Shared<T> {
-    fn get(&self) -> *mut T {
-        self.0
-    }
-}
-
 /// out[t, r] = Σ_c w[r, c] x[t, c] (+ bias[r]) for `n` tokens of `x` (`w.cols` floats each) and
 /// every row of `w`; `out` is `n × w.rows`.
 ///
@@ -178,8 +166,8 @@ pub unsafe fn products(
     ACTS.with(|acts| {
         let token_tiles = n.div_ceil(TOKENS);
         // Token tile i, block j: tile i kb + j.
-        let a = Shared(acts.borrow_mut().grow(token_tiles * kb));
-        let xs = Shared(x.as_ptr() as *mut f32);
+        let a = SharedMut(acts.borrow_mut().grow(token_tiles * kb));
+        let xs = SharedMut(x.as_ptr() as *mut f32);
         pool.pieces(token_tiles, &|i| {
             // SAFETY: tile i's rows are written by this piece alone; x holds n × kd floats.
             unsafe { x86::split_tokens(xs.get(), n, kd, i, a.get().add(i * kb)) }
@@ -190,7 +178,7 @@ pub unsafe fn products(
         let quads = m.div_ceil(4 * ROWS);
         let per_piece = quads.div_ceil(pool.threads() * PIECES);
         let row_pieces = quads.div_ceil(per_piece);
-        let dst = Shared(out.as_mut_ptr());
+        let dst = SharedMut(out.as_mut_ptr());
         pool.pieces(chunks * row_pieces, &|p| {
             let (c, g) = (p / row_pieces, p % row_pieces);
             let job = x86::Job {
@@ -246,7 +234,7 @@ pub unsafe fn products_f32(
             .div_ceil((pool.threads() * PIECES).div_ceil(chunks))
             .max(1);
         let row_pieces = pairs.div_ceil(per_piece);
-        let (xs, dst) = (Shared(x.as_ptr() as *mut f32), Shared(out.as_mut_ptr()));
+        let (xs, dst) = (SharedMut(x.as_ptr() as *mut f32), SharedMut(out.as_mut_ptr()));
         pool.pieces(chunks * row_pieces, &|p| {
             let (c, g) = (p / row_pieces, p % row_pieces);
             let tokens = n * c / chunks..n * (c + 1) / chunks;
@@ -692,10 +680,6 @@ mod x86 {
 mod tests {
     use super::*;
 
-    fn value(i: usize) -> f32 {
-        (((i * 7919) % 2003) as f32 - 1001.0) / 997.0 * 2f32.powi((i % 9) as i32 - 4)
-    }
-
     /// Both kinds, rows and columns not multiples of the tiles', 1 to 300 tokens, on the tiles
     /// and on the vector units (`products_f32`, within 1e-6): every tile result within 2^-16 of
     /// the f64 sum of the exact products (relative to Σ|products|; the hi/lo
@@ -725,22 +709,10 @@ mod tests {
                 (33, 300, 4),
             ];
             for (rows, kd, n) in shapes {
-                let (mut bytes, mut wv) = (Vec::new(), Vec::new());
-                for i in 0..rows * kd {
-                    let v = value(i);
-                    let (b, back) = if kind == BF16 {
-                        let h = half::bf16::from_f32(v);
-                        (h.to_le_bytes(), h.to_f32())
-                    } else {
-                        let h = half::f16::from_f32(v);
-                        (h.to_le_bytes(), h.to_f32())
-                    };
-                    bytes.extend(b);
-                    wv.push(back as f64);
-                }
+                let (bytes, wv) = crate::kernels::float_tiles::tests::weights(kind, rows, kd);
                 let w = PairTiles::pack(kind, &bytes, rows, kd, &pool).unwrap();
                 let x: Vec<f32> = (0..n * kd)
-                    .map(|i| ((i * 31 % 97) as f32 - 48.0) / 17.0 + value(i + 5) * 1e-3)
+                    .map(|i| ((i * 31 % 97) as f32 - 48.0) / 17.0 + (i * 7 % 13) as f32 * 1e-3)
                     .collect();
                 let bias: Vec<f32> = (0..rows).map(|r| r as f32 * 0.25 - 2.0).collect();
                 let mut all = vec![f32::NAN; n * rows];

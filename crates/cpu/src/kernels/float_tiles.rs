@@ -423,11 +423,13 @@ mod arm {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::kernels::Isa;
 
-    fn weights(k: u8, rows: usize, kd: usize) -> (Vec<u8>, Vec<f64>) {
+    /// `rows × kd` values of kind `k` over a wide range of magnitudes, as the file's bytes and
+    /// as f64 (also the AMX tiles' oracle, `amx_float`).
+    pub(crate) fn weights(k: u8, rows: usize, kd: usize) -> (Vec<u8>, Vec<f64>) {
         let v = |i: usize| {
             (((i * 7919) % 2003) as f32 - 1001.0) / 997.0 * 2f32.powi((i % 9) as i32 - 4)
         };
