@@ -25,7 +25,9 @@
 // Off x86-64 only the repacking is built (no CPU there has the tiles).
 #![cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 
-use crate::pool::{Pool, SharedMut};
+use crate::pool::Pool;
+#[cfg(target_arch = "x86_64")]
+use crate::pool::SharedMut;
 use std::cell::RefCell;
 
 /// Weight element kinds (as `float_tiles`).
