@@ -45,12 +45,16 @@ pub struct CpuWeight {
 }
 
 impl CpuWeight {
-    /// Row `r` as f32, written into `dst`.
+    /// Row `r` as f32, written into `dst` (an embedding lookup): from the repacked copy where
+    /// there is one (the same bits as the file's row), so that a tied table's file pages are
+    /// not read again.
     fn row_into(&self, w: &Weight<CpuWeight>, r: usize, dst: &mut [f32]) {
         let k = w.cols;
-        match &self.f32 {
-            Some(v) => dst.copy_from_slice(&v[r * k..(r + 1) * k]),
-            None => {
+        match (&self.f32, &self.packed, &self.pair_tiles) {
+            (Some(v), _, _) => dst.copy_from_slice(&v[r * k..(r + 1) * k]),
+            (None, Some(p), _) => p.row_into(r, dst),
+            (None, None, Some(t)) => t.row_into(r, dst),
+            (None, None, None) => {
                 let rb = w.dtype.row_bytes(k).expect("validated in prepare_weight");
                 quant::dequantize(w.dtype, &self.raw.as_slice()[r * rb..(r + 1) * rb], dst)
                     .expect("validated in prepare_weight");
@@ -58,13 +62,21 @@ impl CpuWeight {
         }
     }
 
-    /// Row `r` as f32, dequantized into `scratch` when needed.
+    /// Row `r` as f32, dequantized into `scratch` when needed: a head's rescored candidates
+    /// (`rescore.rs`) and the file layout's products. A matrix in pair tiles is read there (its
+    /// file pages were given back); a packed one from the file (rescoring reads a few hundred
+    /// rows a token, and the packed layout's lookup is per value: `Packed::row_into`).
     #[inline]
     fn row<'a>(&'a self, w: &Weight<CpuWeight>, r: usize, scratch: &'a mut [f32]) -> &'a [f32] {
         let k = w.cols;
-        match &self.f32 {
-            Some(v) => &v[r * k..(r + 1) * k],
-            None => {
+        match (&self.f32, &self.pair_tiles) {
+            (Some(v), _) => &v[r * k..(r + 1) * k],
+            (None, Some(t)) => {
+                let s = &mut scratch[..k];
+                t.row_into(r, s);
+                s
+            }
+            (None, None) => {
                 let rb = w.dtype.row_bytes(k).expect("validated in prepare_weight");
                 let s = &mut scratch[..k];
                 quant::dequantize(w.dtype, &self.raw.as_slice()[r * rb..(r + 1) * rb], s)
@@ -332,9 +344,11 @@ impl Backend for CpuBackend {
                 &self.pool,
             ) {
                 Ok(p) => {
-                    // Only the packed copy is read from now on (an embedding table keeps its
-                    // file layout for row lookups).
-                    if host.role == WeightRole::Matrix {
+                    // Only the packed copy is read from now on, by products and a tied table's
+                    // row lookups (`row_into`) alike; but a rescored head reads its candidates'
+                    // rows from the file (`CpuWeight::row`), so a tied one keeps its pages (an
+                    // untied head gives them back and faults them in again as it reads them).
+                    if host.role == WeightRole::Matrix || !rescore_top {
                         host.bytes.release_pages();
                     }
                     Some(p)
@@ -363,11 +377,8 @@ impl Backend for CpuBackend {
                     what: "weight in AMX tiles",
                     detail: format!("{}: {n} bytes", host.name),
                 })?;
-                // Only the tiles are read from now on (an embedding table keeps its file
-                // layout for row lookups).
-                if host.role == WeightRole::Matrix {
-                    host.bytes.release_pages();
-                }
+                // Only the tiles are read from now on, by products and row lookups alike.
+                host.bytes.release_pages();
                 Some(t)
             }
             _ => None,

@@ -120,6 +120,31 @@ impl PairTiles {
     pub fn bytes(&self) -> usize {
         self.tiles.len() * std::mem::size_of::<Tile>()
     }
+
+    /// Row `r` as f32 into `dst` (`cols` values): the file's values exactly (BF16 and F16
+    /// widen without rounding), so a tied embedding table looks its rows up here, and a head's
+    /// rescored candidates are read here, and the file's pages can be given back. The row's
+    /// pairs lie 64 bytes apart in each k block's tile.
+    pub fn row_into(&self, r: usize, dst: &mut [f32]) {
+        assert!(
+            r < self.rows && dst.len() == self.cols,
+            "pair-tile row lookup"
+        );
+        let (g, lane) = (r / ROWS, r % ROWS);
+        let widen = |bits: u16| match self.kind {
+            BF16 => f32::from_bits((bits as u32) << 16),
+            _ => half::f16::from_bits(bits).to_f32(),
+        };
+        let tiles = &self.tiles[g * self.kb..(g + 1) * self.kb];
+        for (tile, out) in tiles.iter().zip(dst.chunks_mut(KB)) {
+            for (p, o) in out.chunks_mut(2).enumerate() {
+                let pair = &tile.0[p * 32 + lane * 2..][..2];
+                for (o, &bits) in o.iter_mut().zip(pair) {
+                    *o = widen(bits);
+                }
+            }
+        }
+    }
 }
 
 /// Scratch reused across calls: the activations' hi/lo tiles (shared by the threads of one
@@ -236,7 +261,10 @@ pub unsafe fn products_f32(
             .div_ceil((pool.threads() * PIECES).div_ceil(chunks))
             .max(1);
         let row_pieces = pairs.div_ceil(per_piece);
-        let (xs, dst) = (SharedMut(x.as_ptr() as *mut f32), SharedMut(out.as_mut_ptr()));
+        let (xs, dst) = (
+            SharedMut(x.as_ptr() as *mut f32),
+            SharedMut(out.as_mut_ptr()),
+        );
         pool.pieces(chunks * row_pieces, &|p| {
             let (c, g) = (p / row_pieces, p % row_pieces);
             let tokens = n * c / chunks..n * (c + 1) / chunks;
@@ -681,6 +709,30 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Row lookups from the tiles give the file's values bit for bit (a tied embedding table's
+    /// rows come from here at the `amx` level), partial groups and k blocks included.
+    #[test]
+    fn rows_come_back_from_the_tiles_exactly() {
+        let pool = Pool::new(2).unwrap();
+        for kind in [BF16, F16] {
+            for (rows, kd) in [(16, 32), (23, 37), (40, 1100)] {
+                let (bytes, vals) = crate::kernels::float_tiles::tests::weights(kind, rows, kd);
+                let t = PairTiles::pack(kind, &bytes, rows, kd, &pool).unwrap();
+                let mut row = vec![f32::NAN; kd];
+                for r in 0..rows {
+                    t.row_into(r, &mut row);
+                    for (c, (got, want)) in row.iter().zip(&vals[r * kd..]).enumerate() {
+                        assert_eq!(
+                            got.to_bits(),
+                            (*want as f32).to_bits(),
+                            "kind {kind} {rows}x{kd} row {r} column {c}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 
     /// Both kinds, rows and columns not multiples of the tiles', 1 to 300 tokens, on the tiles
     /// and on the vector units (`products_f32`, within 1e-6): every tile result within 2^-16 of

@@ -269,18 +269,24 @@ impl Packed {
         Ok(p)
     }
 
-    /// Row `r` dequantized from the packed layout (the test oracle for the layout).
-    #[cfg(test)]
-    pub fn unpack_row(&self, r: usize) -> Vec<f32> {
+    /// Row `r` dequantized from the packed layout into `dst` (`cols` values): the same bits as
+    /// `quant::dequantize` of the file's row (tested for every kind), so a tied embedding table
+    /// looks its rows up here and its file pages can be given back.
+    pub fn row_into(&self, r: usize, dst: &mut [f32]) {
+        assert!(r < self.rows && dst.len() == self.cols, "packed row lookup");
+        self.lane_into(r, dst);
+    }
+
+    /// Lane `r` of its group (a row, or a padding lane of the last group) into `dst`.
+    fn lane_into(&self, r: usize, dst: &mut [f32]) {
         let k = self.kind;
-        let mut out = Vec::with_capacity(self.cols);
-        for sb in 0..self.cols / k.sb_cols() {
+        for (sb, out) in dst.chunks_exact_mut(k.sb_cols()).enumerate() {
             let v = self.lane_view(r, sb);
             let (d, second) = (v.d(), v.second());
-            for c in 0..k.sb_cols() {
+            for (c, o) in out.iter_mut().enumerate() {
                 let u = v.quant(c) as i32;
                 let j = c / 32;
-                out.push(match k {
+                *o = match k {
                     Kind::Q4_1 | Kind::Q5_1 => d * u as f32 + second,
                     Kind::Q4K | Kind::Q5K => {
                         (d * v.sc(j) as f32) * u as f32 - second * v.mn(j) as f32
@@ -289,14 +295,21 @@ impl Packed {
                     Kind::IQ4XS => (d * (v.sc(j) as i8) as f32) * (u - 128) as f32,
                     Kind::Q8_0 => (u - 128) as f32 * d,
                     _ => d * (u - k.offset() as i32) as f32,
-                });
+                };
             }
         }
+    }
+
+    /// Row `r` as `row_into` gives it, or a padding lane of the last group (the test oracle
+    /// for the layout).
+    #[cfg(test)]
+    pub fn unpack_row(&self, r: usize) -> Vec<f32> {
+        let mut out = vec![0f32; self.cols];
+        self.lane_into(r, &mut out);
         out
     }
 
-    /// Row `r`'s numbers in superblock `sb` (test oracles).
-    #[cfg(test)]
+    /// Row `r`'s numbers in superblock `sb`.
     fn lane_view(&self, r: usize, sb: usize) -> LaneView<'_> {
         let k = self.kind;
         let grp = self.group(r / ROWS);
@@ -309,14 +322,12 @@ impl Packed {
 }
 
 /// One row's numbers in one packed superblock.
-#[cfg(test)]
 struct LaneView<'a> {
     k: Kind,
     s: &'a [u8],
     lane: usize,
 }
 
-#[cfg(test)]
 impl LaneView<'_> {
     fn f16(&self, at: usize) -> f32 {
         let at = at + 2 * self.lane;
@@ -413,7 +424,6 @@ impl Packed {
 
 /// The stored (unsigned) quant of column `c` of a superblock for lane `r`; `q` starts at the
 /// superblock's first sub-block.
-#[cfg(test)]
 fn quant_at(k: Kind, q: &[u8], r: usize, c: usize) -> u8 {
     let sub = &q[(c / 32) * k.sub_bytes()..];
     let (gi, i) = ((c % 32) / 4, c % 4);
