@@ -120,8 +120,10 @@ impl CpuBackend {
                 Ok(p) => {
                     // Only the packed copy is read from now on, by products and a tied table's
                     // row lookups (`row_into`) alike; but a rescored head reads its candidates'
-                    // rows from the file (`CpuWeight::row`), so a tied one keeps its pages (an
-                    // untied head gives them back and faults them in again as it reads them).
+                    // rows from the file (`CpuWeight::row`: a packed row is spread over 16
+                    // times the cache lines, 4 bytes of each, and rescoring reads 256 rows a
+                    // token), so a tied one keeps its pages (an untied head gives them back and
+                    // faults them in again as it reads them).
                     if host.role == WeightRole::Matrix || !rescore_top {
                         host.bytes.release_pages();
                     }
