@@ -2,7 +2,30 @@
 //! fit, or whose host-supplied indices (token ids, slots, selected rows) point outside their
 //! tables, is a `BackendError::Shape` before any kernel runs — on any device.
 
-use crate::{shape_err, Act, KvDType, KvPages, KvSpec, Result, RopeParams, Weight};
+use crate::{shape_err, Act, HostTensor, KvDType, KvPages, KvSpec, Result, RopeParams, Weight};
+
+/// A weight's file bytes are exactly its `[rows, cols]` of its type (a row of a block type
+/// whole blocks); the bytes of one row.
+pub fn weight_bytes(host: &HostTensor<'_>) -> Result<usize> {
+    let rb = host
+        .dtype
+        .row_bytes(host.cols)
+        .map_err(|e| shape_err("prepare_weight", format!("{}: {e}", host.name)))?;
+    if rb.checked_mul(host.rows) != Some(host.bytes.len()) {
+        return Err(shape_err(
+            "prepare_weight",
+            format!(
+                "{}: {} bytes for [{}, {}] {}",
+                host.name,
+                host.bytes.len(),
+                host.rows,
+                host.cols,
+                host.dtype
+            ),
+        ));
+    }
+    Ok(rb)
+}
 
 /// A cache the element type can hold: Q8_0 stores each head in whole 32-value blocks.
 pub fn kv_cache(spec: &KvSpec) -> Result<()> {

@@ -4,7 +4,7 @@
 use crate::kernels::{self, Isa};
 use crate::{packed, CpuBackend};
 use suanli_backend::{
-    shape_err, ActPrecision, BackendError, HostTensor, Result, Weight, WeightRole,
+    check, shape_err, ActPrecision, BackendError, HostTensor, Result, Weight, WeightRole,
 };
 use suanli_core::{quant, DType};
 use suanli_formats::Bytes;
@@ -79,24 +79,7 @@ impl CpuBackend {
     /// this backend multiplies (an f32 copy, the packed layout or pair tiles), and the file's
     /// pages given back where nothing reads them again.
     pub(crate) fn prepare(&self, host: HostTensor<'_>) -> Result<Weight<CpuWeight>> {
-        let rb = host
-            .dtype
-            .row_bytes(host.cols)
-            .map_err(|e| shape_err("prepare_weight", format!("{}: {e}", host.name)))?;
-        let need = rb.checked_mul(host.rows);
-        if need != Some(host.bytes.len()) {
-            return Err(shape_err(
-                "prepare_weight",
-                format!(
-                    "{}: {} bytes for [{}, {}] {}",
-                    host.name,
-                    host.bytes.len(),
-                    host.rows,
-                    host.cols,
-                    host.dtype
-                ),
-            ));
-        }
+        check::weight_bytes(&host)?;
         let small = host.rows == 1 || host.dtype == DType::F32;
         let f32 = if small {
             let mut v = vec![0f32; host.rows * host.cols];

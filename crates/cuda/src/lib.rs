@@ -213,23 +213,7 @@ impl Backend for CudaBackend {
     }
 
     fn prepare_weight(&self, host: HostTensor<'_>) -> Result<Weight<CudaWeight>> {
-        let rb = host
-            .dtype
-            .row_bytes(host.cols)
-            .map_err(|e| shape_err("prepare_weight", format!("{}: {e}", host.name)))?;
-        if rb.checked_mul(host.rows) != Some(host.bytes.len()) {
-            return Err(shape_err(
-                "prepare_weight",
-                format!(
-                    "{}: {} bytes for [{}, {}] {}",
-                    host.name,
-                    host.bytes.len(),
-                    host.rows,
-                    host.cols,
-                    host.dtype
-                ),
-            ));
-        }
+        let rb = check::weight_bytes(&host)?;
         let store = if host.role == WeightRole::Vector {
             let mut v = vec![0f32; host.rows * host.cols];
             quant::dequantize(host.dtype, host.bytes.as_slice(), &mut v)
