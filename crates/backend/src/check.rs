@@ -271,6 +271,35 @@ mod tests {
     use super::*;
     use suanli_core::DType;
 
+    /// A tensor's bytes must be exactly its rows of its type: one byte short, one too many, or
+    /// a row that is not whole blocks is an error naming the tensor, never a partial read.
+    #[test]
+    fn weight_bytes_are_the_shape_exactly() {
+        let host = |dtype: DType, cols: usize, len: usize| {
+            let bytes = suanli_formats::Bytes::from_vec(vec![0u8; len]);
+            let t = HostTensor {
+                name: "blk.0.w",
+                dtype,
+                rows: 3,
+                cols,
+                bytes: &bytes,
+                role: crate::WeightRole::Matrix,
+                precision: crate::ActPrecision::Fast,
+            };
+            weight_bytes(&t).map_err(|e| e.to_string())
+        };
+        // Q8_0: 34 bytes per block of 32.
+        assert_eq!(host(DType::Q8_0, 64, 3 * 68), Ok(68));
+        for len in [3 * 68 - 1, 3 * 68 + 1, 0] {
+            let e = host(DType::Q8_0, 64, len).unwrap_err();
+            assert!(e.contains("blk.0.w") && e.contains("[3, 64]"), "{e}");
+        }
+        assert!(host(DType::Q8_0, 40, 3 * 68)
+            .unwrap_err()
+            .contains("blk.0.w"));
+        assert_eq!(host(DType::BF16, 5, 30), Ok(10));
+    }
+
     fn act(rows: usize, cols: usize, capacity: usize) -> Act<()> {
         Act {
             rows,
