@@ -36,11 +36,7 @@ impl CpuWeight {
             (Some(v), _, _) => dst.copy_from_slice(&v[r * k..(r + 1) * k]),
             (None, Some(p), _) => p.row_into(r, dst),
             (None, None, Some(t)) => t.row_into(r, dst),
-            (None, None, None) => {
-                let rb = w.dtype.row_bytes(k).expect("validated in prepare_weight");
-                quant::dequantize(w.dtype, &self.raw.as_slice()[r * rb..(r + 1) * rb], dst)
-                    .expect("validated in prepare_weight");
-            }
+            (None, None, None) => self.file_row_into(w, r, dst),
         }
     }
 
@@ -56,21 +52,25 @@ impl CpuWeight {
         scratch: &'a mut [f32],
     ) -> &'a [f32] {
         let k = w.cols;
-        match (&self.f32, &self.pair_tiles) {
-            (Some(v), _) => &v[r * k..(r + 1) * k],
-            (None, Some(t)) => {
-                let s = &mut scratch[..k];
-                t.row_into(r, s);
-                s
-            }
-            (None, None) => {
-                let rb = w.dtype.row_bytes(k).expect("validated in prepare_weight");
-                let s = &mut scratch[..k];
-                quant::dequantize(w.dtype, &self.raw.as_slice()[r * rb..(r + 1) * rb], s)
-                    .expect("validated in prepare_weight");
-                s
-            }
+        if let Some(v) = &self.f32 {
+            return &v[r * k..(r + 1) * k];
         }
+        let s = &mut scratch[..k];
+        match &self.pair_tiles {
+            Some(t) => t.row_into(r, s),
+            None => self.file_row_into(w, r, s),
+        }
+        s
+    }
+
+    /// Row `r` dequantized from the file's bytes into `dst`.
+    fn file_row_into(&self, w: &Weight<CpuWeight>, r: usize, dst: &mut [f32]) {
+        let rb = w
+            .dtype
+            .row_bytes(w.cols)
+            .expect("validated in prepare_weight");
+        quant::dequantize(w.dtype, &self.raw.as_slice()[r * rb..(r + 1) * rb], dst)
+            .expect("validated in prepare_weight");
     }
 }
 
