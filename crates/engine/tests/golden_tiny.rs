@@ -251,8 +251,7 @@ fn stacked_quantized_experts_equal_separate_ones() {
 #[test]
 fn bf16_and_f16_weights_match_the_scalar_level() {
     use suanli_core::DType;
-    use suanli_formats::hf::{HfDir, StTensor};
-    use suanli_formats::Bytes;
+    use suanli_formats::hf::HfDir;
     for arch in ["qwen2", "gemma3", "qwen3_moe"] {
         let dir = fixtures().join("tiny").join(arch);
         let input = ids(&read_json(&dir.join("golden.json"))["ids"]);
