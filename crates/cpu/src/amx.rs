@@ -154,10 +154,112 @@ pub(crate) mod bf16 {
         _mm512_storeu_si512(lo as *mut __m512i, l);
     }
 
+    /// As `split`, with hi rounded in x's bits (half away from zero, where `split` rounds ties
+    /// to even) on the integer units, so that no bf16 is widened back to f32 for the remainder:
+    /// x − hi is exact, and hi + lo is x to 2^-17 as with `split`, in three fewer operations
+    /// per row. Not for values within 2^-8 of f32's largest (hi would round to infinity).
+    #[inline(always)]
+    pub(crate) unsafe fn split_by_bits(x0: __m512, x1: __m512, hi: *mut u16, lo: *mut u16) {
+        let (half, top) = (
+            _mm512_set1_epi32(0x8000),
+            _mm512_set1_epi32(0xFFFF_0000_u32 as i32),
+        );
+        let round = |x: __m512| {
+            let bits = _mm512_add_epi32(_mm512_castps_si512(x), half);
+            _mm512_castsi512_ps(_mm512_and_si512(bits, top))
+        };
+        let (h0, h1) = (round(x0), round(x1));
+        // hi has no bits below bf16's, so its conversion is exact.
+        let h: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(h1, h0));
+        let l: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(
+            _mm512_sub_ps(x1, h1),
+            _mm512_sub_ps(x0, h0),
+        ));
+        _mm512_storeu_si512(hi as *mut __m512i, h);
+        _mm512_storeu_si512(lo as *mut __m512i, l);
+    }
+
     /// 16 bf16 as f32.
     #[inline(always)]
     pub(crate) unsafe fn widen(v: __m256i) -> __m512 {
         _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        /// Both splits of 32 values: (hi, lo) as f32.
+        #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+        unsafe fn both(x: &[f32; 32]) -> [([f32; 32], [f32; 32]); 2] {
+            let (x0, x1) = (
+                _mm512_loadu_ps(x.as_ptr()),
+                _mm512_loadu_ps(x.as_ptr().add(16)),
+            );
+            let mut out = [([0f32; 32], [0f32; 32]); 2];
+            for (k, (hi, lo)) in out.iter_mut().enumerate() {
+                let (mut h, mut l) = ([0u16; 32], [0u16; 32]);
+                if k == 0 {
+                    split(x0, x1, h.as_mut_ptr(), l.as_mut_ptr());
+                } else {
+                    split_by_bits(x0, x1, h.as_mut_ptr(), l.as_mut_ptr());
+                }
+                *hi = h.map(|b| f32::from_bits((b as u32) << 16));
+                *lo = l.map(|b| f32::from_bits((b as u32) << 16));
+            }
+            out
+        }
+
+        /// `split_by_bits` leaves what `split` leaves: hi is x to the nearest bf16 (ties aside),
+        /// x − hi is exact, hi + lo is x to 2^-17; values of 16 significant bits (an F16
+        /// cache's) come out exactly.
+        #[test]
+        fn splitting_in_the_bits_is_as_exact_as_converting() {
+            if !(is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512bf16")) {
+                eprintln!("skipped: no AVX-512 BF16");
+                return;
+            }
+            let mut seed = 7u32;
+            let mut next = || {
+                seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                seed
+            };
+            for round in 0..2000 {
+                let x: [f32; 32] = std::array::from_fn(|_| {
+                    let v = f32::from_bits(next() & 0x807F_FFFF | ((next() % 60 + 100) << 23));
+                    if round % 2 == 0 {
+                        v
+                    } else {
+                        half::f16::from_f32(v.clamp(-6e4, 6e4)).to_f32()
+                    }
+                });
+                // SAFETY: the features were checked above.
+                let [(h0, l0), (h1, l1)] = unsafe { both(&x) };
+                for i in 0..32 {
+                    let (xi, tol) = (x[i] as f64, x[i].abs() as f64 * 2f64.powi(-17));
+                    assert!(
+                        (h1[i] as f64 + l1[i] as f64 - xi).abs() <= tol,
+                        "{} ≉ {} + {}",
+                        x[i],
+                        h1[i],
+                        l1[i]
+                    );
+                    assert!((h0[i] as f64 + l0[i] as f64 - xi).abs() <= tol);
+                    // The same hi but where x lies halfway (ties go up, not to even).
+                    let tie = x[i].to_bits() & 0xFFFF == 0x8000;
+                    assert!(
+                        tie || h1[i] == h0[i],
+                        "{}: hi {} against {}",
+                        x[i],
+                        h1[i],
+                        h0[i]
+                    );
+                    if round % 2 == 1 {
+                        assert_eq!(h1[i] + l1[i], x[i], "an f16 value splits exactly");
+                    }
+                }
+            }
+        }
     }
 }
 
