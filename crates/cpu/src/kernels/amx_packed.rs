@@ -216,13 +216,13 @@ unsafe fn products<const K: u8>(
                     store(&[acc], dst.add(i * m), m, m - r0, bias);
                 }
             }
-            vnni_tokens::<K>(grp, nsb, a, whole..tokens.end, out.add(r0), m, m - r0, bias);
+            vnni_tokens::<K, false>(grp, nsb, a, whole..tokens.end, out.add(r0), m, m - r0, bias);
             if let Some((u, rest)) = up {
                 // The tokens after the whole tiles: the gate product went to `out`, the up
                 // product goes to `rest`; combined in place.
                 let valid = (m - r0).min(ROWS);
                 let ugrp = u.group(g).as_ptr();
-                vnni_tokens::<K>(
+                vnni_tokens::<K, false>(
                     ugrp,
                     nsb,
                     a,
@@ -266,7 +266,7 @@ unsafe fn prepare<const K: u8>(grp: *const u8, nsb: usize, prep: &mut [Sub]) {
             let sub = prep.get_unchecked_mut(sb * nsub + j);
             let p = h.add(head + j * kd.sub_bytes());
             prefetch_ahead::<K>(p);
-            let w = unpack::<K>(p);
+            let w = unpack::<K, false>(p);
             for (g, v) in w.iter().enumerate() {
                 let v = if kd.offset() != 0 {
                     _mm512_sub_epi8(*v, off)
