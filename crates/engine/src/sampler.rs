@@ -240,15 +240,15 @@ impl Sampler {
     /// What `sample_top` needs from `Backend::top_logits` to draw exactly as `sample` would with
     /// this `history`: greedy, the largest logit; top-k, the k largest; top-p without top-k, the
     /// `NUCLEUS_CANDIDATES` largest and the whole row's mass (`nucleus_fits` then says whether
-    /// the nucleus lies within them). With penalties that can only lower logits (repetition
-    /// ≥ 1, presence and frequency ≥ 0; no bias), greedy and top-k take P more, P the tokens
-    /// penalized: the k best after the penalties are among the k + P best before. `None`
-    /// otherwise: the draw needs the whole vocabulary.
+    /// the nucleus lies within them). With a bias and penalties that can only lower logits
+    /// (bias ≤ 0, as a ban; repetition ≥ 1, presence and frequency ≥ 0), greedy and top-k take
+    /// L more, L the tokens lowered: the k best after the lowering are among the k + L best
+    /// before. `None` otherwise: the draw needs the whole vocabulary.
     pub fn top_candidates(&self, history: &[u32]) -> Option<TopNeed> {
         let p = &self.params;
         let greedy = p.temperature <= 0.0;
         if !p.logits_untouched() {
-            let lowering = p.logit_bias.is_empty()
+            let lowering = p.logit_bias.iter().all(|&(_, b)| b <= 0.0)
                 && p.repeat_penalty >= 1.0
                 && p.presence_penalty >= 0.0
                 && p.frequency_penalty >= 0.0;
@@ -256,9 +256,10 @@ impl Sampler {
                 return None;
             }
             let k = if greedy { 1 } else { p.top_k };
+            let biased = p.logit_bias.iter().filter(|&&(_, b)| b < 0.0).count();
             let penalized = self.penalty_counts(history).len();
             return Some(TopNeed {
-                k: k + penalized,
+                k: k + biased + penalized,
                 mass: false,
             });
         }
@@ -329,15 +330,28 @@ impl Sampler {
             return 0;
         }
         if !self.params.logits_untouched() {
-            // Penalties that only lower logits: penalize the candidates, rank them again and
-            // keep the k best, which are the k best of the penalized vocabulary.
+            // A bias and penalties that only lower logits: lower the candidates as `prepare`
+            // lowers the vocabulary (the bias first, entry by entry, then the penalties), rank
+            // them again and keep the k best, which are the k best of the lowered vocabulary.
             let counts = self.penalty_counts(history);
             let params = &self.params;
             self.cand.clear();
-            self.cand.extend(top.iter().map(|&(id, l)| {
-                let n = counts.get(&id).copied().unwrap_or(0);
-                (id, if n > 0 { penalize(params, l, n) } else { l })
-            }));
+            self.cand.extend_from_slice(top);
+            if !params.logit_bias.is_empty() {
+                let at: std::collections::HashMap<u32, usize> =
+                    top.iter().enumerate().map(|(i, c)| (c.0, i)).collect();
+                for &(t, b) in &params.logit_bias {
+                    if let Some(&i) = at.get(&t) {
+                        self.cand[i].1 += b;
+                    }
+                }
+            }
+            for c in self.cand.iter_mut() {
+                let n = counts.get(&c.0).copied().unwrap_or(0);
+                if n > 0 {
+                    c.1 = penalize(params, c.1, n);
+                }
+            }
             self.cand.sort_unstable_by(by_logit);
             if params.temperature <= 0.0 {
                 return self.cand[0].0;

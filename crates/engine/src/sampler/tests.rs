@@ -86,16 +86,17 @@ fn logit_bias_bans_and_logprobs_normalise() {
 
 /// Drawing from the top `top_candidates(history)` logits (what a GPU sends back) gives the
 /// token `sample` gives from the whole vocabulary, draw after draw, for greedy and top-k with
-/// every other setting, without and with penalties that only lower logits (the history
-/// holds some of the best tokens, so the penalties reorder the top); ties at the cut
-/// included. Settings that can raise a logit, and penalties without top-k, need the
-/// vocabulary.
+/// every other setting, without and with penalties and a bias that only lower logits (the
+/// history and the bias hold some of the best tokens, so they reorder the top; the bias bans
+/// some and lowers others a little); ties at the cut included. Settings that can raise a
+/// logit, and lowering without top-k, need the vocabulary.
 #[test]
 fn drawing_from_the_top_candidates_equals_drawing_from_the_vocabulary() {
     let mut rng = Rng(7);
     let vocab = 5000;
-    for case in 0..48 {
-        let penalties = case >= 24;
+    for case in 0..96 {
+        let penalties = case % 48 >= 24;
+        let biased = case >= 48;
         let params = SamplingParams {
             temperature: [0.0, 0.3, 0.8, 1.5][case % 4],
             top_k: [1, 5, 40, 100][case / 4 % 4],
@@ -105,14 +106,31 @@ fn drawing_from_the_top_candidates_equals_drawing_from_the_vocabulary() {
             presence_penalty: if penalties { 0.5 } else { 0.0 },
             frequency_penalty: if penalties { 0.2 } else { 0.0 },
             seed: Some(case as u64),
+            // Bans and small cuts (one token twice, as a list allows), and a zero.
+            logit_bias: if biased {
+                let mut b: Vec<(u32, f32)> = (0..8)
+                    .map(|i| {
+                        let t = (rng.next_f64() * vocab as f64) as u32;
+                        (t, [-100.0, -0.25, -1.5, 0.0][i % 4])
+                    })
+                    .collect();
+                b.push(b[1]);
+                b
+            } else {
+                Vec::new()
+            },
             ..Default::default()
         };
-        let (mut full, mut top) = (Sampler::new(params.clone()), Sampler::new(params));
+        let (mut full, mut top) = (Sampler::new(params.clone()), Sampler::new(params.clone()));
         for _ in 0..50 {
             // Coarse values: many ties, some at the cut; negative ones too.
-            let logits: Vec<f32> = (0..vocab)
+            let mut logits: Vec<f32> = (0..vocab)
                 .map(|_| (rng.next_f64() * 40.0 - 8.0).floor() as f32 * 0.25)
                 .collect();
+            // Half the biased tokens among the best, so that the bias reorders the top.
+            for &(t, _) in params.logit_bias.iter().step_by(2) {
+                logits[t as usize] = 7.75 - (rng.next_f64() * 2.0).floor() as f32 * 0.25;
+            }
             let mut cands = ranked(&logits);
             // 40 tokens, some twice: the 20 best and 20 anywhere.
             let history: Vec<u32> = (0..40)
@@ -156,6 +174,15 @@ fn drawing_from_the_top_candidates_equals_drawing_from_the_vocabulary() {
         SamplingParams {
             logit_bias: vec![(3, 1.0)],
             ..SamplingParams::greedy()
+        },
+        SamplingParams {
+            logit_bias: vec![(3, -1.0), (4, 0.5)],
+            ..SamplingParams::greedy()
+        },
+        SamplingParams {
+            logit_bias: vec![(3, -100.0)],
+            top_k: 0,
+            ..Default::default()
         },
     ];
     for p in touched {
