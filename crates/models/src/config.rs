@@ -384,7 +384,7 @@ fn from_gguf(f: &GgufFile) -> Result<ModelConfig, String> {
     if let Some(k) = f.metadata.keys().find(|k| {
         k.strip_prefix(&prefix).is_some_and(|rest| {
             !GGUF_KEYS.contains(&rest)
-                && !(arch.has_experts() && crate::moe::GGUF_KEYS.contains(&rest))
+                && (!arch.has_experts() || !crate::moe::GGUF_KEYS.contains(&rest))
         })
     }) {
         return Err(format!(

@@ -78,7 +78,7 @@ impl Spm {
                 _ => {}
             }
         }
-        specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        specials.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
         Ok(Spm {
             tokens,
             scores,
@@ -222,7 +222,7 @@ impl Spm {
             self.resegment(text, s + l1, l2, rev, out);
             return;
         }
-        for &b in text[start..start + len].as_bytes() {
+        for &b in &text.as_bytes()[start..start + len] {
             if let Some(id) = self.byte_tokens[b as usize].or(self.unk) {
                 out.push(id);
             }
