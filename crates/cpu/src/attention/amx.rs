@@ -26,8 +26,9 @@
 //! `tdpbf16ps` takes ~6 ns, and tile loads hide behind them), the softmax on the vector units
 //! ~11 ms, converting K/V to bf16 ~3 ms; the two units take turns rather than overlap, so the
 //! parts add up. Tried and slower: chunks of 64 positions (−8 %: K/V, scores and weights no
-//! longer fit L1 beside the streams); runs of 16 or 32 tokens (more conversions; 128 or 256
-//! gained nothing).
+//! longer fit L1 beside the streams); runs of 16 or 32 tokens (more conversions). Measured
+//! later by skipping it (real data kept in the buffers: these units run faster on zeros), the
+//! conversion was ~13 % of the kernel at depth 4096 with runs of 64 tokens.
 //!
 //! Tiles (all 16 rows × 64 bytes): tmm0/tmm1 the scores of positions 0..16 / 16..32, tmm2/tmm3
 //! two 16-column blocks of P·V, tmm4/tmm5 the A operand's hi/lo (Q, then P), tmm6/tmm7 the B
@@ -44,8 +45,10 @@ use std::cell::RefCell;
 /// Positions per softmax step: two cache blocks, the 32 k values of one P tile row.
 const CHUNK: usize = 2 * BLOCK;
 /// Most query tokens per unit (`super::TOKENS` on the f32 loops): the more rows a chunk of K/V
-/// converted to bf16 serves, the less the conversion costs per row (16 → 64 tokens: +20 %).
-pub const TOKENS: usize = 64;
+/// converted to bf16 serves, the less the conversion costs per row (16 → 64 tokens: +20 %;
+/// 64 → 128 at depth 4096: +4 % on two threads, +5 % on one, 256 on one +6 %). At 128 a unit's
+/// queries and accumulators stay within L2 even at head size 128 (~0.8 MiB for 6 heads).
+pub const TOKENS: usize = 128;
 /// u16 values in one tile (16 rows × 32 bf16).
 const TILE: usize = 512;
 
