@@ -574,14 +574,11 @@ unsafe fn run_as(
     amx: bool,
     gf: bool,
 ) {
-    let f = if gf && p.kind.bits() == 5 {
-        match p.kind {
-            Kind::Q5_0 => run_kind_gfni::<Q5_0>,
-            Kind::Q5_1 => run_kind_gfni::<Q5_1>,
-            _ => run_kind_gfni::<Q5K>,
-        }
-    } else {
-        by_kind!(p.kind, run_kind)
+    let f = match (gf, p.kind) {
+        (true, Kind::Q5_0) => run_kind_gfni::<Q5_0>,
+        (true, Kind::Q5_1) => run_kind_gfni::<Q5_1>,
+        (true, Kind::Q5K) => run_kind_gfni::<Q5K>,
+        _ => by_kind!(p.kind, run_kind),
     };
     f(p, a, groups, tokens, bias, out, amx)
 }
