@@ -246,8 +246,8 @@ unsafe fn sub_block<const K: u8, const T: usize, const VNNI: bool>(
     if K == Q6K {
         // Each 16-column half has its own scale.
         for (t, acc) in acc.iter_mut().enumerate() {
-            let mut i0 = _mm256_set1_epi32(m(t).nsum16[0] as i32 * off);
-            let mut i1 = _mm256_set1_epi32(m(t).nsum16[1] as i32 * off);
+            let mut i0 = _mm256_set1_epi32(m(t).half_offset_sum(0, off));
+            let mut i1 = _mm256_set1_epi32(m(t).half_offset_sum(1, off));
             if VNNI {
                 for g in 0..4 {
                     i0 = dp4(i0, w[g], q(t).add(4 * g));
@@ -266,7 +266,7 @@ unsafe fn sub_block<const K: u8, const T: usize, const VNNI: bool>(
     }
     // Every token's chain advances one step per register pair, so that consecutive
     // multiply-adds never wait on each other.
-    let mut sums: [__m256i; T] = std::array::from_fn(|t| _mm256_set1_epi32(m(t).nsum32 * off));
+    let mut sums: [__m256i; T] = std::array::from_fn(|t| _mm256_set1_epi32(m(t).offset_sum(off)));
     if VNNI || signed(K) {
         // One register at a time: `vpdpbusd` takes every kind so, and without it the signed
         // kinds cannot pair registers in i16.

@@ -338,8 +338,8 @@ unsafe fn tile<const K: u8, const T: usize, const LEAD: bool, const GF: bool>(
                 let mut i0 = [_mm512_setzero_si512(); T];
                 let mut i1 = [_mm512_setzero_si512(); T];
                 unroll16!(t < T, {
-                    i0[t] = _mm512_set1_epi32(m(t).nsum16[0] as i32 * off);
-                    i1[t] = _mm512_set1_epi32(m(t).nsum16[1] as i32 * off);
+                    i0[t] = _mm512_set1_epi32(m(t).half_offset_sum(0, off));
+                    i1[t] = _mm512_set1_epi32(m(t).half_offset_sum(1, off));
                 });
                 if T <= TWO_CHAINS_UP_TO {
                     unroll16!(const g in [0 1 2 3], {
@@ -365,7 +365,7 @@ unsafe fn tile<const K: u8, const T: usize, const LEAD: bool, const GF: bool>(
                 }
             } else {
                 let mut i0 = [_mm512_setzero_si512(); T];
-                let offset = |t: usize| _mm512_set1_epi32(m(t).nsum32 * off);
+                let offset = |t: usize| _mm512_set1_epi32(m(t).offset_sum(off));
                 if T <= TWO_CHAINS_UP_TO {
                     // Two chains per token: fewer than ~10 chains leave the unit idle.
                     unroll16!(t < T, { i0[t] = offset(t) });
@@ -378,14 +378,16 @@ unsafe fn tile<const K: u8, const T: usize, const LEAD: bool, const GF: bool>(
                     });
                     unroll16!(t < T, { i0[t] = _mm512_add_epi32(i0[t], i1[t]) });
                 } else {
-                    // One chain per token, started at zero and the offset's term added after:
-                    // a chain that waits for the token's sum to load first left the unit idle
-                    // (`matmul_probe` 4864 × 1024, 1 thread, medians of 6 interleaved runs,
-                    // 7 tokens: Q8_0 297 → 308 G MAC/s, Q5_0 316 → 323, Q4_0 331 → 335).
+                    // One chain per token, started from the offset's term: a broadcast load,
+                    // which takes no vector port. (Added after the chain when it was a
+                    // multiply and a broadcast from a general register: 2 of the ~15 vector
+                    // operations per token, `matmul_probe` 4864 × 896, 1 thread, medians of 5
+                    // alternating runs, G MAC/s: Q5_0 16 tokens 160 → 169, 7 tokens 127 → 138,
+                    // Q8_0 16 tokens 188 → 204.)
+                    unroll16!(t < T, { i0[t] = offset(t) });
                     unroll16!(const g in [0 1 2 3 4 5 6 7], {
                         unroll16!(t < T, { i0[t] = dot4::<g>(i0[t], w[g], q(t)) });
                     });
-                    unroll16!(t < T, { i0[t] = _mm512_add_epi32(i0[t], offset(t)) });
                 }
                 unroll16!(t < T, {
                     let z = _mm512_setzero_si512();

@@ -213,9 +213,9 @@ unsafe fn scale_sums(acc: &mut float32x4_t, i: int32x4_t, s: float32x4_t, d: f32
 #[inline(always)]
 fn offsets<const K: u8>(m: &Meta, off: i32) -> (i32, i32) {
     if K == Q6K {
-        (m.nsum16[0] as i32 * off, m.nsum16[1] as i32 * off)
+        (m.half_offset_sum(0, off), m.half_offset_sum(1, off))
     } else {
-        (m.nsum32 * off, 0)
+        (m.offset_sum(off), 0)
     }
 }
 

@@ -6,30 +6,58 @@ use crate::pool::Pool;
 use suanli_core::quant::q8::{quantize_q8, BlockQ8};
 
 /// Per 32-element block of one token.
-#[derive(Clone, Copy, Default)]
+///
+/// The weight offsets' terms (`Kind::offset` × −Σq) are stored multiplied out, so that a
+/// kernel's integer sums start from one broadcast load: the multiply and the broadcast from a
+/// general register it replaced ran on the vector ports, two of every ~15 operations per token
+/// and sub-block of the VNNI tiles.
+#[derive(Clone, Copy, Default, Debug, PartialEq)]
 #[repr(C)]
 pub struct Meta {
     /// Scale: x ≈ d · q.
     pub d: f32,
     /// d · Σq (what a float min multiplies).
     pub s: f32,
-    /// −Σq over the block.
-    pub nsum32: i32,
-    /// −Σq over each half (Q6_K's 16-element sub-blocks).
-    pub nsum16: [i16; 2],
+    /// −Σq over the block times the 32-element kinds' offsets 8, 16 and 128.
+    noff: [i32; 3],
+    /// −Σq over each half (Q6_K's 16-element sub-blocks) times Q6_K's offset 32.
+    noff16: [i32; 2],
 }
 
 impl Meta {
     /// A block's record from its stored (f16-rounded) scale `d` and the negated sums of its
     /// halves' quants.
     fn of(d: f32, h0: i32, h1: i32) -> Meta {
+        let n = h0 + h1;
+        // |n| ≤ 32 · 128, so n · 128 fits an i32 with room to spare.
         Meta {
             d,
             // In f32 (llama.cpp rounds it to f16; exact is better and costs nothing here).
-            s: d * -(h0 + h1) as f32,
-            nsum32: h0 + h1,
-            // |Σ of 16 i8| ≤ 2048: fits.
-            nsum16: [h0 as i16, h1 as i16],
+            s: d * -n as f32,
+            noff: [n * 8, n * 16, n * 128],
+            noff16: [h0 * 32, h1 * 32],
+        }
+    }
+
+    /// −Σq over the block times `off` (a kind's `offset`). Kernels pass a constant, so this
+    /// is one field's load.
+    #[inline(always)]
+    pub fn offset_sum(&self, off: i32) -> i32 {
+        match off {
+            0 => 0,
+            8 => self.noff[0],
+            16 => self.noff[1],
+            128 => self.noff[2],
+            _ => (self.noff[0] >> 3) * off,
+        }
+    }
+
+    /// −Σq over half `h` times `off` (Q6_K's offset, 32).
+    #[inline(always)]
+    pub fn half_offset_sum(&self, h: usize, off: i32) -> i32 {
+        match off {
+            32 => self.noff16[h],
+            _ => (self.noff16[h] >> 5) * off,
         }
     }
 }
@@ -436,16 +464,16 @@ mod tests {
             assert_eq!(qc, qb);
             for (a, b) in mc.iter().zip(&mb) {
                 assert_eq!(
-                    (a.d.to_bits(), a.s.to_bits(), a.nsum32, a.nsum16),
-                    (b.d.to_bits(), b.s.to_bits(), b.nsum32, b.nsum16)
+                    (a.d.to_bits(), a.s.to_bits(), a.noff, a.noff16),
+                    (b.d.to_bits(), b.s.to_bits(), b.noff, b.noff16)
                 );
             }
         }
         assert_eq!(qa, qb);
         for (a, b) in ma.iter().zip(&mb) {
             assert_eq!(
-                (a.d.to_bits(), a.s.to_bits(), a.nsum32, a.nsum16),
-                (b.d.to_bits(), b.s.to_bits(), b.nsum32, b.nsum16)
+                (a.d.to_bits(), a.s.to_bits(), a.noff, a.noff16),
+                (b.d.to_bits(), b.s.to_bits(), b.noff, b.noff16)
             );
         }
     }
