@@ -220,6 +220,21 @@ const fn max_tile(k: u8) -> usize {
     }
 }
 
+/// Most tokens in one tile of the `mem_tiles` kinds, whose accumulators are held in L1
+/// (`AccTile`).
+const MEM_TILE: usize = 16;
+
+/// Kinds that take more than `max_tile` tokens in one tile, their accumulators in L1: those
+/// whose unpacking costs most per register and whose register tiles are shortest, so that
+/// unpacking a group once for up to 16 tokens saves more than each token's load and store of
+/// its accumulators costs. `matmul_probe` 4864 × 896, 16 tokens, medians of 5 alternating
+/// runs, G MAC/s, 1 thread in cache / 2 threads streamed: Q5_0 177 → 197 / 331 → 372, Q4_1
+/// 342 → 367 (2 threads). Not taken: Q8_0 (no unpacking; 197 → 165), Q4_0 (423 → 381), Q6_K
+/// (124 → 127 / 229 → 226), Q4_K and Q5_K (+1 to +5 %, within the noise).
+const fn mem_tiles(k: u8) -> bool {
+    matches!(k, Q4_1 | Q5_0 | Q5_1)
+}
+
 /// Tiles of up to this many tokens run two multiply-add chains per token.
 const TWO_CHAINS_UP_TO: usize = 5;
 
@@ -311,7 +326,7 @@ unsafe fn tile<const K: u8, const T: usize, const LEAD: bool, const GF: bool>(
     let (sbb, nsub, head) = (kd.sb_bytes(), kd.sb_cols() / 32, kd.head_bytes());
     let off = kd.offset() as i32;
     let nblk = a.k / 32;
-    let mut acc = [_mm512_setzero_ps(); T];
+    let mut acc = AccTile::<T>::new();
     for sb in 0..nsb {
         let h = grp.add(sb * sbb);
         let (d, second) = head_values(h, kd);
@@ -349,7 +364,7 @@ unsafe fn tile<const K: u8, const T: usize, const LEAD: bool, const GF: bool>(
                         });
                     });
                     unroll16!(t < T, {
-                        scale_in::<K>(&mut acc[t], (i0[t], i1[t]), [s0, s1, mv], (m(t).d, m(t).s));
+                        acc.with(t, |v| scale_in::<K>(v, (i0[t], i1[t]), [s0, s1, mv], (m(t).d, m(t).s)));
                     });
                 } else {
                     // Both halves' chains at once would not fit the 32 registers.
@@ -357,11 +372,11 @@ unsafe fn tile<const K: u8, const T: usize, const LEAD: bool, const GF: bool>(
                         unroll16!(t < T, { i0[t] = dot4_intrinsic::<g>(i0[t], w[g], q(t)) });
                     });
                     // As `scale_in`, one half at a time.
-                    unroll16!(t < T, { scale_sums(&mut acc[t], i0[t], s0, m(t).d) });
+                    unroll16!(t < T, { acc.with(t, |v| scale_sums(v, i0[t], s0, m(t).d)) });
                     unroll16!(const g in [0 1 2 3], {
                         unroll16!(t < T, { i1[t] = dot4_intrinsic::<{ g + 4 }>(i1[t], w[g + 4], q(t)) });
                     });
-                    unroll16!(t < T, { scale_sums(&mut acc[t], i1[t], s1, m(t).d) });
+                    unroll16!(t < T, { acc.with(t, |v| scale_sums(v, i1[t], s1, m(t).d)) });
                 }
             } else {
                 let mut i0 = [_mm512_setzero_si512(); T];
@@ -391,12 +406,45 @@ unsafe fn tile<const K: u8, const T: usize, const LEAD: bool, const GF: bool>(
                 }
                 unroll16!(t < T, {
                     let z = _mm512_setzero_si512();
-                    scale_in::<K>(&mut acc[t], (i0[t], z), [s0, s1, mv], (m(t).d, m(t).s));
+                    acc.with(t, |v| scale_in::<K>(v, (i0[t], z), [s0, s1, mv], (m(t).d, m(t).s)));
                 });
             }
         }
     }
-    store(&acc, out, ostride, valid, bias);
+    store(acc.all(), out, ostride, valid, bias);
+}
+
+/// A tile's f32 accumulators: in registers up to `MAX_TILE` tokens, in L1 above (where the
+/// integer chains and the unpacked weights take every register). Held in memory, each token's
+/// sub-block costs a load and a store, which take no vector port, while the group's weights
+/// are unpacked once for all the tokens instead of once per register tile.
+#[repr(C, align(64))]
+struct AccTile<const T: usize>([__m512; T]);
+
+impl<const T: usize> AccTile<T> {
+    #[inline(always)]
+    unsafe fn new() -> Self {
+        AccTile([_mm512_setzero_ps(); T])
+    }
+
+    /// Update token `t`'s accumulator. Above `MAX_TILE` through volatile accesses, so that
+    /// LLVM cannot promote the array back into (spilled) registers.
+    #[inline(always)]
+    unsafe fn with(&mut self, t: usize, f: impl FnOnce(&mut __m512)) {
+        if T <= MAX_TILE {
+            f(&mut self.0[t]);
+        } else {
+            let p = self.0.as_mut_ptr().add(t);
+            let mut v = std::ptr::read_volatile(p);
+            f(&mut v);
+            std::ptr::write_volatile(p, v);
+        }
+    }
+
+    #[inline(always)]
+    fn all(&self) -> &[__m512] {
+        &self.0
+    }
 }
 
 /// Each token's 16 row sums (plus the bias) into `out`, tokens `ostride` apart; only the first
@@ -505,11 +553,11 @@ unsafe fn run_body<const K: u8, const GF: bool>(
 }
 
 /// One group of 16 rows (at `grp`) against `tokens`, in tiles of at most `max_tile(K)` tokens
-/// as even as possible (`even_tiles`); `out` points at the group's row 0 of token 0, tokens
-/// `m` apart.
+/// (`MEM_TILE` for the `mem_tiles` kinds) as even as possible (`even_tiles`); `out` points at
+/// the group's row 0 of token 0, tokens `m` apart.
 ///
 /// Every tile unpacks the group again. Tried: unpacking it once into a scratch of sub-blocks
-/// (as `amx_packed::prepare`) that every tile loads from: no faster at 16 tokens (Intel Xeon,
+/// (as `amx_packed::prepare`) that every register tile loads from: no faster at 16 tokens (Intel Xeon,
 /// `matmul_probe` 4864 × 1024, 1 thread, in cache, alternating: Q5_0 145–147 against
 /// 144–150 G MAC/s, Q6_K 115–119 against 80–119, Q4_0 149–152 against 180–185, Q4_K 143–150
 /// against 135–182). The unpacking is not what bounds these tiles.
@@ -526,13 +574,32 @@ pub(super) unsafe fn vnni_tokens<const K: u8, const GF: bool>(
     bias: Option<&[f32]>,
 ) {
     let first = tokens.start;
-    for (t, size) in even_tiles(tokens, max_tile(K)) {
+    let most = match mem_tiles(K) && tokens.len() > max_tile(K) {
+        true => MEM_TILE,
+        false => max_tile(K),
+    };
+    for (t, size) in even_tiles(tokens, most) {
+        let out = out.add(t * m);
+        if size > max_tile(K) {
+            // Named kind by kind (and out of line), so that only these kinds' long tiles are
+            // compiled, once each.
+            let args = (size, grp, nsb, a, t, out, m, valid, bias);
+            match (K, GF) {
+                (Q4_1, _) => mem_tile::<Q4_1>(args),
+                (Q5_0, false) => mem_tile::<Q5_0>(args),
+                (Q5_1, false) => mem_tile::<Q5_1>(args),
+                (Q5_0, true) => mem_tile_gfni::<Q5_0>(args),
+                (Q5_1, true) => mem_tile_gfni::<Q5_1>(args),
+                _ => unreachable!("a long tile of a kind without mem_tiles"),
+            }
+            continue;
+        }
         // Called in place (a function pointer would lose the caller's target features).
         macro_rules! call {
             ($l:literal, $($s:literal)*) => {
                 match size {
-                    $($s => tile::<K, $s, $l, GF>(grp, nsb, a, t, out.add(t * m), m, valid, bias),)*
-                    _ => tile::<K, MAX_TILE, $l, GF>(grp, nsb, a, t, out.add(t * m), m, valid, bias),
+                    $($s => tile::<K, $s, $l, GF>(grp, nsb, a, t, out, m, valid, bias),)*
+                    _ => tile::<K, MAX_TILE, $l, GF>(grp, nsb, a, t, out, m, valid, bias),
                 }
             };
         }
@@ -543,6 +610,48 @@ pub(super) unsafe fn vnni_tokens<const K: u8, const GF: bool>(
             call!(false, 1 2 3 4 5 6 7);
         }
     }
+}
+
+/// `mem_tile`'s arguments: the tile's size, then `tile`'s.
+type MemTileArgs<'a> = (
+    usize,
+    *const u8,
+    usize,
+    &'a PActs,
+    usize,
+    *mut f32,
+    usize,
+    usize,
+    Option<&'a [f32]>,
+);
+
+/// A tile of more than `max_tile(K)` tokens (at most `MEM_TILE`) of a `mem_tiles` kind.
+#[inline(never)]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
+unsafe fn mem_tile<const K: u8>(args: MemTileArgs) {
+    mem_tile_body::<K, false>(args)
+}
+
+/// As `mem_tile`, the fifth bits unpacked by GFNI.
+#[inline(never)]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c,gfni")]
+unsafe fn mem_tile_gfni<const K: u8>(args: MemTileArgs) {
+    mem_tile_body::<K, true>(args)
+}
+
+#[inline(always)]
+unsafe fn mem_tile_body<const K: u8, const GF: bool>(
+    (size, grp, nsb, a, t, out, m, valid, bias): MemTileArgs,
+) {
+    macro_rules! call {
+        ($($s:literal)*) => {
+            match size {
+                $($s => tile::<K, $s, false, GF>(grp, nsb, a, t, out, m, valid, bias),)*
+                _ => tile::<K, MEM_TILE, false, GF>(grp, nsb, a, t, out, m, valid, bias),
+            }
+        };
+    }
+    call!(8 9 10 11 12 13 14 15)
 }
 
 /// out[t, r] = Σ w[r]·x[t] (+ bias[r]) for groups `groups` and tokens `tokens`.
