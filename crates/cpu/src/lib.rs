@@ -15,6 +15,7 @@ pub mod pool;
 mod rescore;
 #[cfg(test)]
 mod testutil;
+mod top;
 mod vmath;
 mod weights;
 
@@ -25,7 +26,7 @@ pub use aligned::ActBuf;
 use kernels::{Isa, Kernels};
 use suanli_backend::{
     check, shape_err, Act, AttnMeta, Backend, BackendError, Capabilities, HostTensor, KvDType,
-    KvPages, KvSpec, Result, RopeParams, RopeStyle, Weight,
+    KvPages, KvSpec, Result, RopeParams, RopeStyle, TopLogits, Weight,
 };
 use suanli_core::DType;
 
@@ -50,6 +51,9 @@ pub struct CpuBackend {
     /// Which rows of the current step are prompt tokens (`Backend::step_rows`): at the `amx`
     /// level those of BF16/F16 products take the tiles.
     prompt_rows: std::sync::Mutex<Option<Vec<bool>>>,
+    /// `top_logits`' logits rows, kept between steps (a 16-row step's are ~10 MB, whose pages
+    /// would otherwise be faulted in again every step).
+    top_scratch: std::sync::Mutex<Vec<f32>>,
 }
 
 impl CpuBackend {
@@ -87,6 +91,7 @@ impl CpuBackend {
             pool,
             repack,
             prompt_rows: Default::default(),
+            top_scratch: Default::default(),
         })
     }
 
@@ -593,6 +598,37 @@ impl Backend for CpuBackend {
             *a += b;
         }
         Ok(())
+    }
+
+    /// The logits as `logits` computes them (an `ExactTop` head rescored), then each row's
+    /// candidates selected by the pool (`top.rs`). Not with `mass` (the whole rows go back
+    /// then), nor for more than `top::TOP_MAX` candidates.
+    fn top_logits(
+        &self,
+        x: &Act<ActBuf>,
+        rows: &[u32],
+        lm_head: &Weight<CpuWeight>,
+        k: usize,
+        mass: bool,
+    ) -> Result<Option<TopLogits>> {
+        check::logits(x, rows, lm_head, None)?;
+        let vocab = lm_head.rows;
+        if mass || k == 0 || k > top::TOP_MAX || k > vocab {
+            return Ok(None);
+        }
+        let mut buf = self.top_scratch.lock().unwrap_or_else(|e| e.into_inner());
+        let n = rows.len() * vocab;
+        let have = buf.len();
+        if have < n {
+            buf.try_reserve_exact(n - have)
+                .map_err(|e| BackendError::OutOfMemory {
+                    what: "the logits rows of top_logits",
+                    detail: format!("{} rows of {vocab}: {e}", rows.len()),
+                })?;
+            buf.resize(n, 0.0);
+        }
+        self.logits(x, rows, lm_head, &mut buf[..n])?;
+        Ok(Some(top::top_of_rows(&self.pool, &buf[..n], vocab, k)))
     }
 
     fn logits(
