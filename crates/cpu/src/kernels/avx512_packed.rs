@@ -224,15 +224,23 @@ const fn max_tile(k: u8) -> usize {
 /// (`AccTile`).
 const MEM_TILE: usize = 16;
 
-/// Kinds that take more than `max_tile` tokens in one tile, their accumulators in L1: those
-/// whose unpacking costs most per register and whose register tiles are shortest, so that
-/// unpacking a group once for up to 16 tokens saves more than each token's load and store of
-/// its accumulators costs. `matmul_probe` 4864 × 896, 16 tokens, medians of 5 alternating
-/// runs, G MAC/s, 1 thread in cache / 2 threads streamed: Q5_0 177 → 197 / 331 → 372, Q4_1
-/// 342 → 367 (2 threads). Not taken: Q8_0 (no unpacking; 197 → 165), Q4_0 (423 → 381), Q6_K
-/// (124 → 127 / 229 → 226), Q4_K and Q5_K (+1 to +5 %, within the noise).
-const fn mem_tiles(k: u8) -> bool {
-    matches!(k, Q4_1 | Q5_0 | Q5_1)
+/// Whether `n` tokens of kind `k` take tiles of up to `MEM_TILE`, their accumulators in L1
+/// (`AccTile`), instead of register tiles of at most `max_tile`: where unpacking costs most
+/// per register and the register tiles are shortest, unpacking a group once for up to 16
+/// tokens saves more than each token's load and store of its accumulators costs.
+/// `matmul_probe`, medians of alternating runs, G MAC/s, 1 thread in cache / 2 threads
+/// streamed: Q5_0 4864 × 896 16 tokens 177 → 197 / 331 → 372, 8 tokens 157 → 184, 10 tokens
+/// 167 → 194; Q4_1 16 tokens 342 → 367 (2 threads). Q4_K only where its register tiles would
+/// be two short ones (8960 × 1536, 2 threads: 9 tokens 285 → 339, 11 tokens 319 → 358, 12
+/// tokens 316 → 358, 14 tokens 367 → 377; 16 tokens, two tiles of 8, 397 → 365). Not taken:
+/// Q8_0 (no unpacking; 197 → 165), Q4_0 (423 → 381), Q6_K (124 → 127 / 229 → 226), Q5_K
+/// (within the noise).
+const fn mem_tiles(k: u8, n: usize) -> bool {
+    match k {
+        Q4_1 | Q5_0 | Q5_1 => n > max_tile(k),
+        Q4K => n > MAX_TILE && n < 2 * MAX_TILE,
+        _ => false,
+    }
 }
 
 /// Tiles of up to this many tokens run two multiply-add chains per token.
@@ -574,7 +582,7 @@ pub(super) unsafe fn vnni_tokens<const K: u8, const GF: bool>(
     bias: Option<&[f32]>,
 ) {
     let first = tokens.start;
-    let most = match mem_tiles(K) && tokens.len() > max_tile(K) {
+    let most = match mem_tiles(K, tokens.len()) {
         true => MEM_TILE,
         false => max_tile(K),
     };
@@ -590,6 +598,7 @@ pub(super) unsafe fn vnni_tokens<const K: u8, const GF: bool>(
                 (Q5_1, false) => mem_tile::<Q5_1>(args),
                 (Q5_0, true) => mem_tile_gfni::<Q5_0>(args),
                 (Q5_1, true) => mem_tile_gfni::<Q5_1>(args),
+                (Q4K, _) => mem_tile::<Q4K>(args),
                 _ => unreachable!("a long tile of a kind without mem_tiles"),
             }
             continue;
