@@ -617,18 +617,30 @@ impl Backend for CpuBackend {
             return Ok(None);
         }
         let mut buf = self.top_scratch.lock().unwrap_or_else(|e| e.into_inner());
-        let n = rows.len() * vocab;
+        // Rows in chunks, so that this scratch stays bounded beside the engine's own logits
+        // buffer (a chunk reads the head once: at 64 rows its weights are already well shared).
+        let chunk = rows.len().min(top::ROWS_AT_ONCE);
+        let n = chunk * vocab;
         let have = buf.len();
         if have < n {
             buf.try_reserve_exact(n - have)
                 .map_err(|e| BackendError::OutOfMemory {
                     what: "the logits rows of top_logits",
-                    detail: format!("{} rows of {vocab}: {e}", rows.len()),
+                    detail: format!("{chunk} rows of {vocab}: {e}"),
                 })?;
             buf.resize(n, 0.0);
         }
-        self.logits(x, rows, lm_head, &mut buf[..n])?;
-        Ok(Some(top::top_of_rows(&self.pool, &buf[..n], vocab, k)))
+        let mut all = TopLogits {
+            k,
+            ..TopLogits::default()
+        };
+        for part in rows.chunks(top::ROWS_AT_ONCE) {
+            let n = part.len() * vocab;
+            self.logits(x, part, lm_head, &mut buf[..n])?;
+            let top = top::top_of_rows(&self.pool, &buf[..n], vocab, k);
+            all.pairs.extend_from_slice(&top.pairs);
+        }
+        Ok(Some(all))
     }
 
     fn logits(

@@ -11,6 +11,10 @@ use suanli_core::scan::{block_max, first_nonfinite};
 /// Most candidates per row offered (more, and the caller takes the whole rows).
 pub(crate) const TOP_MAX: usize = 256;
 
+/// Most rows whose logits are computed at once (`CpuBackend::top_logits` takes more in chunks):
+/// the scratch stays at most 64 × the vocabulary (39 MB for Qwen's 151,936).
+pub(crate) const ROWS_AT_ONCE: usize = 64;
+
 /// Values per block: each block's maximum (vector code) decides whether its values are looked
 /// at one by one.
 const BLOCK: usize = 64;
@@ -78,13 +82,19 @@ mod tests {
 
     /// Every value ranked by a full sort (largest first, lower index first on ties).
     fn sorted(row: &[f32]) -> Vec<(u32, f32)> {
-        let mut all: Vec<(u32, f32)> = row.iter().enumerate().map(|(i, &x)| (i as u32, x)).collect();
+        let mut all: Vec<(u32, f32)> = row
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| (i as u32, x))
+            .collect();
         all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         all
     }
 
     fn lcg(seed: &mut u64) -> u64 {
-        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         *seed >> 33
     }
 
@@ -136,6 +146,46 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Through the backend, more rows than `ROWS_AT_ONCE` (three chunks, the last partial,
+    /// rows picked out of order): the same candidates as the backend's own logits sorted.
+    #[test]
+    fn the_backend_selects_rows_beyond_one_chunk() {
+        use suanli_backend::{ActPrecision, Backend, HostTensor, WeightRole};
+        let b = crate::CpuBackend::new(Some(2)).unwrap();
+        let (vocab, cols, n) = (200, 32, 2 * ROWS_AT_ONCE + 22);
+        let mut seed = 11u64;
+        let mut val = || (lcg(&mut seed) % 2001) as f32 / 1000.0 - 1.0;
+        let w: Vec<f32> = (0..vocab * cols).map(|_| val()).collect();
+        let x: Vec<f32> = (0..(n + 3) * cols).map(|_| val()).collect();
+        let bytes =
+            suanli_formats::Bytes::from_vec(w.iter().flat_map(|v| v.to_le_bytes()).collect());
+        let head = b
+            .prepare_weight(HostTensor {
+                name: "head",
+                dtype: suanli_core::DType::F32,
+                rows: vocab,
+                cols,
+                bytes: &bytes,
+                role: WeightRole::Matrix,
+                precision: ActPrecision::Fast,
+            })
+            .unwrap();
+        let mut act = b.alloc_act(n + 3, cols).unwrap();
+        b.upload(&x, n + 3, &mut act).unwrap();
+        let rows: Vec<u32> = (0..n as u32)
+            .map(|r| (r * 7 + 2) % (n as u32 + 3))
+            .collect();
+        let top = b.top_logits(&act, &rows, &head, 5, false).unwrap().unwrap();
+        let mut logits = vec![0f32; n * vocab];
+        b.logits(&act, &rows, &head, &mut logits).unwrap();
+        assert_eq!(top.pairs.len(), n * 5);
+        for (r, row) in logits.chunks_exact(vocab).enumerate() {
+            assert_eq!(top.pairs[r * 5..(r + 1) * 5], sorted(row)[..5], "row {r}");
+        }
+        // With the mass asked for, the whole rows go back.
+        assert!(b.top_logits(&act, &rows, &head, 5, true).unwrap().is_none());
     }
 
     /// The pool's rows come back in row order, each its own row's candidates.

@@ -18,7 +18,11 @@ fn check(b: &CpuBackend, label: &str) {
     // Candidates are selected here (`top_logits`) for greedy and top-k, not for top-p's mass.
     let count = |op: &str| rep.checks.iter().filter(|c| c.op == op).count();
     assert_eq!(count("top_logits"), 2, "{label}: top_logits checks");
-    assert_eq!(count("top_logits mass"), 0, "{label}: top_logits mass checks");
+    assert_eq!(
+        count("top_logits mass"),
+        0,
+        "{label}: top_logits mass checks"
+    );
     assert!(
         failures.is_empty(),
         "{label}: {} of {} checks failed\n{}",

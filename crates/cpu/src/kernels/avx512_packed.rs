@@ -372,7 +372,9 @@ unsafe fn tile<const K: u8, const T: usize, const LEAD: bool, const GF: bool>(
                         });
                     });
                     unroll16!(t < T, {
-                        acc.with(t, |v| scale_in::<K>(v, (i0[t], i1[t]), [s0, s1, mv], (m(t).d, m(t).s)));
+                        acc.with(t, |v| {
+                            scale_in::<K>(v, (i0[t], i1[t]), [s0, s1, mv], (m(t).d, m(t).s))
+                        });
                     });
                 } else {
                     // Both halves' chains at once would not fit the 32 registers.
@@ -414,7 +416,9 @@ unsafe fn tile<const K: u8, const T: usize, const LEAD: bool, const GF: bool>(
                 }
                 unroll16!(t < T, {
                     let z = _mm512_setzero_si512();
-                    acc.with(t, |v| scale_in::<K>(v, (i0[t], z), [s0, s1, mv], (m(t).d, m(t).s)));
+                    acc.with(t, |v| {
+                        scale_in::<K>(v, (i0[t], z), [s0, s1, mv], (m(t).d, m(t).s))
+                    });
                 });
             }
         }
