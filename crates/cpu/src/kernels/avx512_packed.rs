@@ -232,12 +232,14 @@ const MEM_TILE: usize = 16;
 /// streamed: Q5_0 4864 × 896 16 tokens 177 → 197 / 331 → 372, 8 tokens 157 → 184, 10 tokens
 /// 167 → 194; Q4_1 16 tokens 342 → 367 (2 threads). Q4_K only where its register tiles would
 /// be two short ones (8960 × 1536, 2 threads: 9 tokens 285 → 339, 11 tokens 319 → 358, 12
-/// tokens 316 → 358, 14 tokens 367 → 377; 16 tokens, two tiles of 8, 397 → 365). Not taken:
-/// Q8_0 (no unpacking; 197 → 165), Q4_0 (423 → 381), Q6_K (124 → 127 / 229 → 226), Q5_K
-/// (within the noise).
+/// tokens 316 → 358, 14 tokens 367 → 377; 16 tokens, two tiles of 8, 397 → 365). Q6_K with
+/// its two halves' chains in rounds of 8 tokens (896 × 4864, 2 threads: 8 tokens 160 → 191, 13
+/// tokens 172 → 187, 16 tokens 206 → 222; 1536 × 8960 16 tokens 204 → 242; one half after the
+/// other over all the tokens had gained nothing). Not taken: Q8_0 (no unpacking; 197 → 165),
+/// Q4_0 (423 → 381), Q5_K (within the noise).
 const fn mem_tiles(k: u8, n: usize) -> bool {
     match k {
-        Q4_1 | Q5_0 | Q5_1 => n > max_tile(k),
+        Q4_1 | Q5_0 | Q5_1 | Q6K => n > max_tile(k),
         Q4K => n > MAX_TILE && n < 2 * MAX_TILE,
         _ => false,
     }
@@ -375,6 +377,39 @@ unsafe fn tile<const K: u8, const T: usize, const LEAD: bool, const GF: bool>(
                         acc.with(t, |v| {
                             scale_in::<K>(v, (i0[t], i1[t]), [s0, s1, mv], (m(t).d, m(t).s))
                         });
+                    });
+                } else if T > MAX_TILE {
+                    // An L1-accumulator tile: rounds of 8 tokens, both halves' chains at once
+                    // (16 chains and the 8 weight registers).
+                    unroll16!(const g in [0 1 2 3], {
+                        unroll16!(t < T, {
+                            if t < 8 {
+                                i0[t] = dot4_intrinsic::<g>(i0[t], w[g], q(t));
+                                i1[t] = dot4_intrinsic::<{ g + 4 }>(i1[t], w[g + 4], q(t));
+                            }
+                        });
+                    });
+                    unroll16!(t < T, {
+                        if t < 8 {
+                            acc.with(t, |v| {
+                                scale_in::<K>(v, (i0[t], i1[t]), [s0, s1, mv], (m(t).d, m(t).s))
+                            });
+                        }
+                    });
+                    unroll16!(const g in [0 1 2 3], {
+                        unroll16!(t < T, {
+                            if t >= 8 {
+                                i0[t] = dot4_intrinsic::<g>(i0[t], w[g], q(t));
+                                i1[t] = dot4_intrinsic::<{ g + 4 }>(i1[t], w[g + 4], q(t));
+                            }
+                        });
+                    });
+                    unroll16!(t < T, {
+                        if t >= 8 {
+                            acc.with(t, |v| {
+                                scale_in::<K>(v, (i0[t], i1[t]), [s0, s1, mv], (m(t).d, m(t).s))
+                            });
+                        }
                     });
                 } else {
                     // Both halves' chains at once would not fit the 32 registers.
@@ -603,6 +638,7 @@ pub(super) unsafe fn vnni_tokens<const K: u8, const GF: bool>(
                 (Q5_0, true) => mem_tile_gfni::<Q5_0>(args),
                 (Q5_1, true) => mem_tile_gfni::<Q5_1>(args),
                 (Q4K, _) => mem_tile::<Q4K>(args),
+                (Q6K, _) => mem_tile::<Q6K>(args),
                 _ => unreachable!("a long tile of a kind without mem_tiles"),
             }
             continue;
