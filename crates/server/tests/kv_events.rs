@@ -14,12 +14,20 @@ use suanli_engine::kv_events::{BlockHash, BlockHasher};
 use suanli_server::kv_events::KvEventsConfig;
 use zeromq::{Socket, SocketRecv, SocketSend, ZmqMessage};
 
+/// A port free now, for the publisher to bind later. Taken outside Linux's ephemeral range
+/// (32768–60999): a port the OS handed out for port 0 and that was released could go to the
+/// listener or the connections of the test running beside this one before the publisher binds
+/// it (a full test run failed so once, "Address already in use"). Each call starts at a different port.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU16, Ordering::Relaxed};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let start = (std::process::id() % 1000) as u16 * 12;
+    loop {
+        let port = 20000 + (start + NEXT.fetch_add(1, Relaxed) % 12000) % 12000;
+        if std::net::TcpListener::bind(("0.0.0.0", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// One decoded event: its type and fields.
