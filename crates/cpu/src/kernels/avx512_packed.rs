@@ -785,9 +785,11 @@ mod tests {
     use crate::testutil::{check_dequantized_dot, check_packed_bits, packed_case};
 
     /// Every kind, 3 groups (the last partial), with a bias, against an f64 sum over the
-    /// dequantized weights and activations: on VNNI every token count from 1 to 9 (each tile
-    /// size, and 9 = 5 + 4), 11 (6 + 5) and 37; with AMX, 37 tokens (two tiles of 16, then
-    /// 5 on VNNI).
+    /// dequantized weights and activations: on VNNI every token count from 1 to 9 (each
+    /// register tile size; 8, 9 and 11 are one L1-accumulator tile for the kinds of
+    /// `mem_tiles`, 9 = 5 + 4 and 11 = 6 + 5 register tiles for the others) and 37 (13 + 12 +
+    /// 12 for the L1-accumulator kinds); with AMX, 37 tokens (two tiles of 16, then 5 on VNNI)
+    /// and 43 (then 11 in one L1-accumulator tile where the kind takes it).
     #[test]
     fn packed_kernels_match_the_dequantized_dot() {
         if !Isa::available().contains(&Isa::Avx512) {
@@ -798,7 +800,9 @@ mod tests {
         let rows = 37;
         let mut cases: Vec<(bool, usize)> = (1..=9).chain([11, 37]).map(|n| (false, n)).collect();
         if Isa::available().contains(&Isa::Amx) {
+            // 43: two AMX tiles, then 11 tokens in one L1-accumulator tile where a kind takes it.
             cases.push((true, 37));
+            cases.push((true, 43));
         } else {
             eprintln!("no AMX int8 tiles here: the AMX tiles are not tested");
         }
