@@ -630,17 +630,18 @@ impl Backend for CpuBackend {
                 })?;
             buf.resize(n, 0.0);
         }
-        let mut all = TopLogits {
-            k,
-            ..TopLogits::default()
-        };
-        for part in rows.chunks(top::ROWS_AT_ONCE) {
+        let mut pairs = vec![(0u32, 0f32); rows.len() * k];
+        let chunks = rows.chunks(top::ROWS_AT_ONCE);
+        for (part, out) in chunks.zip(pairs.chunks_mut(top::ROWS_AT_ONCE * k)) {
             let n = part.len() * vocab;
             self.logits(x, part, lm_head, &mut buf[..n])?;
-            let top = top::top_of_rows(&self.pool, &buf[..n], vocab, k);
-            all.pairs.extend_from_slice(&top.pairs);
+            top::top_of_rows(&self.pool, &buf[..n], vocab, k, out);
         }
-        Ok(Some(all))
+        Ok(Some(TopLogits {
+            k,
+            pairs,
+            mass: Vec::new(),
+        }))
     }
 
     fn logits(

@@ -5,7 +5,6 @@
 //! over 151,936 floats a row: ~3 % of a 16-stream decode step of Qwen2.5-Coder-0.5B). Here
 //! the rows are shared by the threads.
 
-use suanli_backend::TopLogits;
 use suanli_core::scan::{block_max, first_nonfinite};
 
 /// Most candidates per row offered (more, and the caller takes the whole rows).
@@ -53,27 +52,22 @@ pub(crate) fn row_top(row: &[f32], out: &mut [(u32, f32)]) {
     }
 }
 
-/// `rows` logits rows of `vocab` values each (`logits`): `k` candidates per row, selected by
-/// the pool's threads.
+/// The logits rows of `vocab` values each in `logits`: each row's `k` candidates into its `k`
+/// entries of `out`, selected by the pool's threads.
 pub(crate) fn top_of_rows(
     pool: &crate::pool::Pool,
     logits: &[f32],
     vocab: usize,
     k: usize,
-) -> TopLogits {
-    let rows = logits.len() / vocab;
-    let mut pairs = vec![(0u32, 0f32); rows * k];
-    pool.split_mut(&mut pairs, k, 1, &|r0, part| {
+    out: &mut [(u32, f32)],
+) {
+    debug_assert_eq!(out.len() / k, logits.len() / vocab);
+    pool.split_mut(out, k, 1, &|r0, part| {
         for (i, out) in part.chunks_exact_mut(k).enumerate() {
             let r = r0 + i;
             row_top(&logits[r * vocab..(r + 1) * vocab], out);
         }
     });
-    TopLogits {
-        k,
-        pairs,
-        mass: Vec::new(),
-    }
 }
 
 #[cfg(test)]
@@ -196,12 +190,11 @@ mod tests {
         let logits: Vec<f32> = (0..7 * vocab)
             .map(|i| ((i * 7919) % 1009) as f32 + (i / vocab) as f32 * 0.5)
             .collect();
-        let top = top_of_rows(&pool, &logits, vocab, 4);
-        assert_eq!(top.k, 4);
-        assert!(top.mass.is_empty());
+        let mut pairs = vec![(0, 0.0); 7 * 4];
+        top_of_rows(&pool, &logits, vocab, 4, &mut pairs);
         for r in 0..7 {
             let want = sorted(&logits[r * vocab..(r + 1) * vocab]);
-            assert_eq!(top.pairs[r * 4..(r + 1) * 4], want[..4], "row {r}");
+            assert_eq!(pairs[r * 4..(r + 1) * 4], want[..4], "row {r}");
         }
     }
 }

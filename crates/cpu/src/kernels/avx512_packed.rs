@@ -381,35 +381,23 @@ unsafe fn tile<const K: u8, const T: usize, const LEAD: bool, const GF: bool>(
                 } else if T > MAX_TILE {
                     // An L1-accumulator tile: rounds of 8 tokens, both halves' chains at once
                     // (16 chains and the 8 weight registers).
-                    unroll16!(const g in [0 1 2 3], {
+                    unroll16!(const r in [0 8], {
+                        let round = |t: usize| (r..r + 8).contains(&t);
+                        unroll16!(const g in [0 1 2 3], {
+                            unroll16!(t < T, {
+                                if round(t) {
+                                    i0[t] = dot4_intrinsic::<g>(i0[t], w[g], q(t));
+                                    i1[t] = dot4_intrinsic::<{ g + 4 }>(i1[t], w[g + 4], q(t));
+                                }
+                            });
+                        });
                         unroll16!(t < T, {
-                            if t < 8 {
-                                i0[t] = dot4_intrinsic::<g>(i0[t], w[g], q(t));
-                                i1[t] = dot4_intrinsic::<{ g + 4 }>(i1[t], w[g + 4], q(t));
+                            if round(t) {
+                                acc.with(t, |v| {
+                                    scale_in::<K>(v, (i0[t], i1[t]), [s0, s1, mv], (m(t).d, m(t).s))
+                                });
                             }
                         });
-                    });
-                    unroll16!(t < T, {
-                        if t < 8 {
-                            acc.with(t, |v| {
-                                scale_in::<K>(v, (i0[t], i1[t]), [s0, s1, mv], (m(t).d, m(t).s))
-                            });
-                        }
-                    });
-                    unroll16!(const g in [0 1 2 3], {
-                        unroll16!(t < T, {
-                            if t >= 8 {
-                                i0[t] = dot4_intrinsic::<g>(i0[t], w[g], q(t));
-                                i1[t] = dot4_intrinsic::<{ g + 4 }>(i1[t], w[g + 4], q(t));
-                            }
-                        });
-                    });
-                    unroll16!(t < T, {
-                        if t >= 8 {
-                            acc.with(t, |v| {
-                                scale_in::<K>(v, (i0[t], i1[t]), [s0, s1, mv], (m(t).d, m(t).s))
-                            });
-                        }
                     });
                 } else {
                     // Both halves' chains at once would not fit the 32 registers.
