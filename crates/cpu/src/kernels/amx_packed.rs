@@ -12,9 +12,8 @@
 //! The integer sums equal the VNNI kernels' (there the offset enters through the activation
 //! sums) and the f32 epilogue is the same, so results are bit-identical to `avx512_packed`.
 
-use super::avx512_packed::{
-    head_values, prefetch_ahead, scale_in, store, sub_scales, unpack, vnni_tokens,
-};
+use super::avx512_packed::{prefetch_ahead, vnni_tokens};
+use super::avx512_sub::{head_values, scale_in, store, sub_scales, unpack};
 use super::packed_kinds::{kind, unroll16, Q6K};
 use super::pacts::{PActs, TileBlock, TILE_TOKENS};
 use crate::amx::TileConfig;

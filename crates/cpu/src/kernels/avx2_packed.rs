@@ -160,7 +160,7 @@ unsafe fn f16x8(p: *const u8) -> __m256 {
     _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
 }
 
-/// `avx512_packed::sub_scales` for rows `8h..8h + 8`.
+/// `avx512_sub::sub_scales` for rows `8h..8h + 8`.
 #[inline(always)]
 unsafe fn sub_scales<const K: u8>(
     hd: *const u8,

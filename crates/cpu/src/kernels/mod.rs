@@ -17,6 +17,8 @@ mod avx2_q;
 mod avx512;
 #[cfg(target_arch = "x86_64")]
 pub mod avx512_packed;
+#[cfg(target_arch = "x86_64")]
+mod avx512_sub;
 pub mod float_tiles;
 mod generic;
 #[cfg(target_arch = "aarch64")]

@@ -172,7 +172,7 @@ unsafe fn f16x4(p: *const u8) -> float32x4_t {
     vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(p as *const u16)))
 }
 
-/// `avx512_packed::sub_scales` for rows `4r..4r + 4`.
+/// `avx512_sub::sub_scales` for rows `4r..4r + 4`.
 #[inline(always)]
 unsafe fn sub_scales<const K: u8>(
     hd: *const u8,
