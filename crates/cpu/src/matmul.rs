@@ -321,7 +321,8 @@ pub fn packed_many(
     let macs: usize = jobs.iter().map(|j| n * j.0.rows * j.0.cols).sum();
     PACTS.with(|a| {
         let mut a = a.borrow_mut();
-        a.fill(pool, x, n, cols, amx);
+        // Whole tiles of 16 tokens laid out again for the AMX tiles and the VNNI tiles of 16.
+        a.fill(pool, x, n, cols, matches!(isa, Isa::Amx | Isa::Avx512));
         let a = &*a;
         let chunk = token_chunk(cols, isa);
         let chunks = n.div_ceil(chunk);

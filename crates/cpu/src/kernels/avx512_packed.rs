@@ -10,10 +10,10 @@
 //! tiles of 16 tokens; the tokens left over come here.
 
 use super::avx512_sub::{
-    dot4, dot4_intrinsic, head_values, scale_in, scale_sums, store, sub_scales, unpack,
+    dot4, dot4_at, dot4_intrinsic, head_values, scale_in, scale_sums, store, sub_scales, unpack,
 };
 use super::packed_kinds::*;
-use super::pacts::{Meta, PActs};
+use super::pacts::{Meta, PActs, TILE_TOKENS};
 use crate::packed::{Kind, Packed, ROWS};
 use std::arch::x86_64::*;
 
@@ -137,10 +137,11 @@ unsafe fn materialize(w: &mut [__m512i; 8]) {
 /// One group of 16 rows against tokens `t0..t0 + T`; `out` points at row 0 of the group for
 /// token t0, tokens `ostride` apart; only the first `valid` rows are written. The `LEAD` tile
 /// (a group's first, in products of two tokens or more of `far_prefetch` kinds) also asks for
-/// lines far ahead.
+/// lines far ahead. `TB`: the tokens are one whole tile of `a.tiles` (`TileBlock`), read from
+/// there.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile<const K: u8, const T: usize, const LEAD: bool, const GF: bool>(
+unsafe fn tile<const K: u8, const T: usize, const LEAD: bool, const GF: bool, const TB: bool>(
     grp: *const u8,
     nsb: usize,
     a: &PActs,
@@ -170,8 +171,30 @@ unsafe fn tile<const K: u8, const T: usize, const LEAD: bool, const GF: bool>(
                 materialize(&mut w);
             }
             let [s0, s1, mv] = sub_scales::<K>(h, j, d, second);
-            let q = |t: usize| a.qs.as_ptr().add((t0 + t) * a.k + blk * 32);
-            let m = |t: usize| -> &Meta { a.meta.get_unchecked((t0 + t) * nblk + blk) };
+            // A whole tile's block: every token's operands at a constant distance from `tb`.
+            let tb = match TB {
+                true => a.tiles.as_ptr().add(t0 / TILE_TOKENS * nblk + blk),
+                false => std::ptr::null(),
+            };
+            let q = |t: usize| match TB {
+                true => (*tb).q.as_ptr().add(32 * t),
+                false => a.qs.as_ptr().add((t0 + t) * a.k + blk * 32),
+            };
+            let m = |t: usize| -> &Meta {
+                match TB {
+                    true => (*tb).meta.get_unchecked(t),
+                    false => a.meta.get_unchecked((t0 + t) * nblk + blk),
+                }
+            };
+            // `dot4` of token t's quants, from `tb` at a constant offset where there is one.
+            macro_rules! dot {
+                ($g:ident, $acc:expr, $t:ident) => {
+                    match TB {
+                        true => dot4_at::<{ 32 * $t + 4 * $g }>($acc, w[$g], tb as *const i8),
+                        false => dot4::<$g>($acc, w[$g], q($t)),
+                    }
+                };
+            }
             // Every token's multiply-add chain advances one step per register `g`, so that
             // consecutive `vpdpbusd` never wait on each other: written token after token, the
             // chains' 5-cycle latency filled the scheduler and ran the unit at a third of its
@@ -252,7 +275,7 @@ unsafe fn tile<const K: u8, const T: usize, const LEAD: bool, const GF: bool>(
                     // Q8_0 16 tokens 188 → 204.)
                     unroll16!(t < T, { i0[t] = offset(t) });
                     unroll16!(const g in [0 1 2 3 4 5 6 7], {
-                        unroll16!(t < T, { i0[t] = dot4::<g>(i0[t], w[g], q(t)) });
+                        unroll16!(t < T, { i0[t] = dot!(g, i0[t], t) });
                     });
                 }
                 unroll16!(t < T, {
@@ -417,8 +440,8 @@ pub(super) unsafe fn vnni_tokens<const K: u8, const GF: bool>(
         macro_rules! call {
             ($l:literal, $($s:literal)*) => {
                 match size {
-                    $($s => tile::<K, $s, $l, GF>(grp, nsb, a, t, out, m, valid, bias),)*
-                    _ => tile::<K, MAX_TILE, $l, GF>(grp, nsb, a, t, out, m, valid, bias),
+                    $($s => tile::<K, $s, $l, GF, false>(grp, nsb, a, t, out, m, valid, bias),)*
+                    _ => tile::<K, MAX_TILE, $l, GF, false>(grp, nsb, a, t, out, m, valid, bias),
                 }
             };
         }
@@ -465,10 +488,21 @@ unsafe fn mem_tile_body<const K: u8, const GF: bool>(
     macro_rules! call {
         ($($s:literal)*) => {
             match size {
-                $($s => tile::<K, $s, false, GF>(grp, nsb, a, t, out, m, valid, bias),)*
-                _ => tile::<K, MEM_TILE, false, GF>(grp, nsb, a, t, out, m, valid, bias),
+                $($s => tile::<K, $s, false, GF, false>(grp, nsb, a, t, out, m, valid, bias),)*
+                _ => tile::<K, MEM_TILE, false, GF, false>(grp, nsb, a, t, out, m, valid, bias),
             }
         };
+    }
+    // A whole tile of `a.tiles`: every token's operands at a constant distance from one
+    // pointer, where token-major rows cost a general register per token, computed or reloaded
+    // (AMD EPYC Zen 4, `matmul_probe` 4864 × 896, medians of 5 alternating runs, G MAC/s:
+    // Q5_0 512 tokens 1 thread 135 → 142, 16 tokens 2 threads streamed 232 → 245; Q4_1 124 →
+    // 131; Q6_K, whose quants are loaded by intrinsics, unchanged).
+    if size == TILE_TOKENS
+        && t.is_multiple_of(TILE_TOKENS)
+        && (t / TILE_TOKENS + 1) * a.k / 32 <= a.tiles.len()
+    {
+        return tile::<K, TILE_TOKENS, false, GF, true>(grp, nsb, a, t, out, m, valid, bias);
     }
     call!(8 9 10 11 12 13 14 15)
 }
@@ -557,8 +591,9 @@ mod tests {
     /// Every kind, 3 groups (the last partial), with a bias, against an f64 sum over the
     /// dequantized weights and activations: on VNNI every token count from 1 to 9 (each
     /// register tile size; 8, 9 and 11 are one L1-accumulator tile for the kinds of
-    /// `mem_tiles`, 9 = 5 + 4 and 11 = 6 + 5 register tiles for the others) and 37 (13 + 12 +
-    /// 12 for the L1-accumulator kinds); with AMX, 37 tokens (two tiles of 16, then 5 on VNNI)
+    /// `mem_tiles`, 9 = 5 + 4 and 11 = 6 + 5 register tiles for the others), 37 (13 + 12 +
+    /// 12 for the L1-accumulator kinds), 16 and 48 (whole tiles of 16, read from `a.tiles`:
+    /// `TileBlock`); with AMX, 37 tokens (two tiles of 16, then 5 on VNNI)
     /// and 43 (then 11 in one L1-accumulator tile where the kind takes it).
     #[test]
     fn packed_kernels_match_the_dequantized_dot() {
@@ -568,7 +603,10 @@ mod tests {
         }
         let pool = Pool::new(2).unwrap();
         let rows = 37;
-        let mut cases: Vec<(bool, usize)> = (1..=9).chain([11, 37]).map(|n| (false, n)).collect();
+        let mut cases: Vec<(bool, usize)> = (1..=9)
+            .chain([11, 16, 37, 48])
+            .map(|n| (false, n))
+            .collect();
         if Isa::available().contains(&Isa::Amx) {
             // 43: two AMX tiles, then 11 tokens in one L1-accumulator tile where a kind takes it.
             cases.push((true, 37));

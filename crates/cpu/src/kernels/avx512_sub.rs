@@ -134,6 +134,26 @@ pub(super) unsafe fn dot4<const G: usize>(mut acc: __m512i, w: __m512i, q: *cons
     acc
 }
 
+/// As `dot4`, the quants `O` bytes past `base` (a `TileBlock`: one register for all the tokens
+/// of a tile, their distances in the instruction).
+#[inline]
+#[target_feature(enable = "avx512f,avx512vnni")]
+pub(super) unsafe fn dot4_at<const O: usize>(
+    mut acc: __m512i,
+    w: __m512i,
+    base: *const i8,
+) -> __m512i {
+    std::arch::asm!(
+        "vpdpbusd {acc}, {w}, dword ptr [{q} + {o}]{{1to16}}",
+        acc = inout(zmm_reg) acc,
+        w = in(zmm_reg) w,
+        q = in(reg) base,
+        o = const O,
+        options(pure, readonly, nostack, preserves_flags)
+    );
+    acc
+}
+
 /// Sub-block `j`'s scales for the 16 rows of the superblock at `h` (superblock scale `d`,
 /// second value `second`): the integer sums' scale (Q6_K: of each 16-column half) and the
 /// mins' scale, as (s0, s1, mins).

@@ -29,8 +29,13 @@ macro_rules! unroll16 {
             $body
         } )*
     };
+    // `$t` a constant here too, so that bodies may name it in const arguments.
     (@ $t:ident, $n:expr, $body:block, $($i:literal)*) => {
-        $( if $i < $n { let $t: usize = $i; $body } )*
+        $( if $i < $n {
+            #[allow(non_upper_case_globals)]
+            const $t: usize = $i;
+            $body
+        } )*
     };
 }
 #[allow(unused_imports)]

@@ -66,13 +66,17 @@ impl Meta {
 pub const TILE_TOKENS: usize = 16;
 
 /// One 32-element block of 16 tokens, contiguous so that the AMX kernels' tile loads stream:
-/// the quants as an A tile (16 rows of 32 bytes), the tokens' scales and scaled sums.
+/// the quants as an A tile (16 rows of 32 bytes), the tokens' scales and scaled sums; and the
+/// tokens' records, from which the VNNI tiles of 16 tokens take every token's operands at a
+/// constant distance from one pointer (`avx512_packed`: token-major, each token's address
+/// was a general register to compute, or to reload once the 16 no longer fit).
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
 pub struct TileBlock {
     pub q: [i8; TILE_TOKENS * 32],
     pub d: [f32; TILE_TOKENS],
     pub s: [f32; TILE_TOKENS],
+    pub meta: [Meta; TILE_TOKENS],
 }
 
 #[derive(Default)]
@@ -352,7 +356,8 @@ mod arm {
 
 impl PActs {
     /// Quantize `n` tokens of `k` elements (`x` is `[n, k]`); batches are spread over the threads.
-    /// `tiled`: also lay the whole tiles of 16 tokens out for the AMX kernels (`tiles`).
+    /// `tiled`: also lay the whole tiles of 16 tokens out (`tiles`) for the AMX kernels and
+    /// the VNNI tiles of 16.
     pub fn fill(&mut self, pool: &Pool, x: &[f32], n: usize, k: usize, tiled: bool) {
         self.quantize(pool, x, n, k);
         let nblk = k / 32;
@@ -361,6 +366,7 @@ impl PActs {
             q: [0; TILE_TOKENS * 32],
             d: [0.0; TILE_TOKENS],
             s: [0.0; TILE_TOKENS],
+            meta: [Meta::default(); TILE_TOKENS],
         };
         self.tiles.resize(count, zero);
         if count == 0 {
@@ -374,7 +380,7 @@ impl PActs {
                     let tok = tile * TILE_TOKENS + t;
                     tb.q[32 * t..32 * t + 32].copy_from_slice(&qs[tok * k + blk * 32..][..32]);
                     let m = &meta[tok * nblk + blk];
-                    (tb.d[t], tb.s[t]) = (m.d, m.s);
+                    (tb.d[t], tb.s[t], tb.meta[t]) = (m.d, m.s, *m);
                 }
             }
         });
