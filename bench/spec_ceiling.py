@@ -6,14 +6,16 @@ engine's prompt lookup (crates/engine/src/spec.rs: `Lookup`, suffixes of 4 down 
 the copy followed while it holds) and draft-length controller (`Controller`: decayed acceptance
 rate, drafts only for a 5 % gain), with a verifying pass of r rows costing 1 + SLOPE·(r − 1)
 decode steps. Prints each task's speed-up and the geometric mean for each SLOPE (0: verifying
-is free, the lookup's own ceiling). A model, not a measurement: `suanli bench --spec` measures.
+is free, the lookup's own ceiling) and each longest draft (MAX_DRAFTS, default 10 as `--draft-max`).
+A model, not a measurement: `suanli bench --spec` measures.
 
   python3 bench/spec_ceiling.py MODEL PROMPTS.jsonl [SLOPE ...]     (default slopes 0 0.08 0.12)
+  MAX_DRAFTS="10 16 32" python3 bench/spec_ceiling.py ...
 """
-import json, math, subprocess, sys
+import json, math, os, subprocess, sys
 
 SUANLI = "target/release/suanli"
-DECAY, MARGIN, MAX_DRAFT = 0.9, 0.05, 10
+DECAY, MARGIN = 0.9, 0.05
 
 
 def answer(model, prompt):
@@ -39,7 +41,7 @@ def lookup(h, limit):
     return None, []
 
 
-def replay(prompt, ans, slope):
+def replay(prompt, ans, slope, max_draft):
     cost = lambda rows: 1.0 + slope * (rows - 1)
     succ, trials = 1.0, 2.0
 
@@ -52,7 +54,7 @@ def replay(prompt, ans, slope):
     def draft_len(avail):
         a = succ / trials
         best, best_rate, expected, ak = 0, (1 + MARGIN) / cost(1), 1.0, 1.0
-        for k in range(1, min(avail, MAX_DRAFT) + 1):
+        for k in range(1, min(avail, max_draft) + 1):
             ak *= a
             expected += ak
             if expected / cost(k + 1) > best_rate:
@@ -88,11 +90,12 @@ def main():
     model, path = sys.argv[1], sys.argv[2]
     slopes = [float(s) for s in sys.argv[3:]] or [0.0, 0.08, 0.12]
     tasks = [answer(model, json.loads(line)["prompt"]) for line in open(path) if line.strip()]
-    for slope in slopes:
-        r = [replay(p, a, slope) for p, a in tasks if len(a) > 1]
-        g = math.exp(sum(map(math.log, r)) / len(r))
-        print(f"{slope:.2f} decode steps per extra row: {g:.2f}× (geometric mean); "
-              + " ".join(f"{x:.2f}" for x in r))
+    for most in map(int, os.environ.get("MAX_DRAFTS", "10").split()):
+        for slope in slopes:
+            r = [replay(p, a, slope, most) for p, a in tasks if len(a) > 1]
+            g = math.exp(sum(map(math.log, r)) / len(r))
+            print(f"drafts of at most {most}, {slope:.2f} decode steps per extra row: {g:.2f}× "
+                  "(geometric mean); " + " ".join(f"{x:.2f}" for x in r))
 
 
 if __name__ == "__main__":

@@ -322,7 +322,16 @@ pub fn packed_many(
     PACTS.with(|a| {
         let mut a = a.borrow_mut();
         // Whole tiles of 16 tokens laid out again for the AMX tiles and the VNNI tiles of 16.
-        a.fill(pool, x, n, cols, matches!(isa, Isa::Amx | Isa::Avx512));
+        #[cfg(target_arch = "x86_64")]
+        let tiled = amx
+            || isa == Isa::Avx512
+                && n >= 16
+                && jobs
+                    .iter()
+                    .any(|j| crate::kernels::avx512_packed::reads_tiles(j.0.kind));
+        #[cfg(not(target_arch = "x86_64"))]
+        let tiled = false;
+        a.fill(pool, x, n, cols, tiled);
         let a = &*a;
         let chunk = token_chunk(cols, isa);
         let chunks = n.div_ceil(chunk);

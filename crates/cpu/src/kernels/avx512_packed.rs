@@ -63,6 +63,13 @@ const fn mem_tiles(k: u8, n: usize) -> bool {
     }
 }
 
+/// Whether products of `kind` read whole tiles of 16 tokens from `PActs::tiles` at the AVX-512
+/// level (their L1-accumulator tiles of 16): inputs whose products all decline need not lay
+/// the tiles out.
+pub fn reads_tiles(kind: Kind) -> bool {
+    (0..=IQ4XS).any(|k| super::packed_kinds::kind(k) == kind && mem_tiles(k, TILE_TOKENS))
+}
+
 /// Tiles of up to this many tokens run two multiply-add chains per token.
 const TWO_CHAINS_UP_TO: usize = 5;
 
