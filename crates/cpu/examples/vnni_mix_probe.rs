@@ -11,6 +11,16 @@
 //! operands 88–99 %, with 3 more loads per 12 products 66–70 %. (Session 28 tried the tiles with
 //! fewer loads — quants broadcast by `vpshufd` from one 16-byte load, and 32 rows per broadcast
 //! with the weights unpacked once per pair of groups — and both ran no faster or slower.)
+//! On the AMD EPYC Zen 4 of session 36 (512-bit operations on 256-bit units): the same pattern
+//! at half Zen 5's rate — 231 G MAC/s per thread alone, one `vpdpbusd` a cycle; float multiplies
+//! and FMAs, `vpmulld`, `vpmaddwd` and `vptestmb` with a masked add take its pipes (3 per 12
+//! products: 80–81 %), conversions, float adds, `vscalefps`, shuffles and permutes do not;
+//! integer and logic ops up to about one per product (12 per 12: 95 %; 18: 76 %); 4 chains
+//! already reach 95 %; broadcast memory operands and 3 more loads are free. A model in assembly
+//! of a Q5_0 L1-accumulator tile's sub-block (16 tokens: 128 products, the unpacking, each
+//! token's conversion, multiply, FMA, load and store) ran at 67–72 % of the peak, 74 % without
+//! the multiply, 71 % without the unpacking, 85 % without either and the store: the float
+//! epilogue per token and 32 columns is the larger cost, and the kernel itself runs ~62 %.
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::asm;
