@@ -227,10 +227,16 @@ unsafe fn tile<const K: u8, const T: usize, const LEAD: bool, const GF: bool, co
                         });
                     });
                 } else if T > MAX_TILE {
-                    // An L1-accumulator tile: rounds of 8 tokens, both halves' chains at once
-                    // (16 chains and the 8 weight registers).
-                    unroll16!(const r in [0 8], {
-                        let round = |t: usize| (r..r + 8).contains(&t);
+                    // An L1-accumulator tile: rounds of 2 tokens, both halves' chains at once
+                    // (4 chains; the rounds are independent, so the core overlaps them). Rounds
+                    // of 8 (16 chains beside the 8 weight registers) spilled: AMD EPYC Zen 4,
+                    // `matmul_probe`, medians of alternating runs, G MAC/s, 8 → 2 tokens a
+                    // round: 896 × 4864 1 thread 512 tokens 108 → 126, 9 tokens 118 → 121, 12
+                    // tokens 118 → 121; 1536 × 8960 2 threads 512 tokens 216 → 256; 896 ×
+                    // 4864 16 tokens 2 threads streamed 143 → 149 (4 a round: 123, 114, 107,
+                    // 243, 148; 1 a round as 2).
+                    unroll16!(const r in [0 2 4 6 8 10 12 14], {
+                        let round = |t: usize| (r..r + 2).contains(&t);
                         unroll16!(const g in [0 1 2 3], {
                             unroll16!(t < T, {
                                 if round(t) {
