@@ -325,7 +325,6 @@ pub fn packed_many(
         #[cfg(target_arch = "x86_64")]
         let tiled = amx
             || isa == Isa::Avx512
-                && n >= 16
                 && jobs
                     .iter()
                     .any(|j| crate::kernels::avx512_packed::reads_tiles(j.0.kind));

@@ -10,7 +10,7 @@
 //! tiles of 16 tokens; the tokens left over come here.
 
 use super::avx512_sub::{
-    dot4, dot4_at, dot4_intrinsic, head_values, scale_in, scale_sums, store, sub_scales, unpack,
+    dot4_at, dot4_intrinsic, head_values, scale_in, scale_sums, store, sub_scales, unpack,
 };
 use super::packed_kinds::*;
 use super::pacts::{Meta, PActs, TILE_TOKENS};
@@ -193,12 +193,12 @@ unsafe fn tile<const K: u8, const T: usize, const LEAD: bool, const GF: bool, co
                     false => a.meta.get_unchecked((t0 + t) * nblk + blk),
                 }
             };
-            // `dot4` of token t's quants, from `tb` at a constant offset where there is one.
+            // `dot4_at` of token t's quants, from `tb` at a constant offset where there is one.
             macro_rules! dot {
                 ($g:ident, $acc:expr, $t:ident) => {
                     match TB {
                         true => dot4_at::<{ 32 * $t + 4 * $g }>($acc, w[$g], tb as *const i8),
-                        false => dot4::<$g>($acc, w[$g], q($t)),
+                        false => dot4_at::<{ 4 * $g }>($acc, w[$g], q($t)),
                     }
                 };
             }
@@ -274,8 +274,8 @@ unsafe fn tile<const K: u8, const T: usize, const LEAD: bool, const GF: bool, co
                     let mut i1 = [_mm512_setzero_si512(); T];
                     unroll16!(const g in [0 1 2 3], {
                         unroll16!(t < T, {
-                            i0[t] = dot4::<g>(i0[t], w[g], q(t));
-                            i1[t] = dot4::<{ g + 4 }>(i1[t], w[g + 4], q(t));
+                            i0[t] = dot4_at::<{ 4 * g }>(i0[t], w[g], q(t));
+                            i1[t] = dot4_at::<{ 4 * (g + 4) }>(i1[t], w[g + 4], q(t));
                         });
                     });
                     unroll16!(t < T, { i0[t] = _mm512_add_epi32(i0[t], i1[t]) });

@@ -105,8 +105,8 @@ unsafe fn f16x16(p: *const u8) -> __m512 {
     _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
 }
 
-/// As `dot4`, with the broadcast as an intrinsic (LLVM schedules it; Q6_K's two halves ran
-/// ~10 % slower with `dot4`).
+/// As `dot4_at`, with the broadcast as an intrinsic (LLVM schedules it; Q6_K's two halves ran
+/// ~10 % slower with `dot4_at`).
 #[inline(always)]
 pub(super) unsafe fn dot4_intrinsic<const G: usize>(
     acc: __m512i,
@@ -117,25 +117,9 @@ pub(super) unsafe fn dot4_intrinsic<const G: usize>(
     _mm512_dpbusd_epi32(acc, w, y)
 }
 
-/// `acc` + w · (the token's quants 4G..4G+4 at `q`, broadcast) in each 32-bit lane.
-#[inline]
-#[target_feature(enable = "avx512f,avx512vnni")]
-pub(super) unsafe fn dot4<const G: usize>(mut acc: __m512i, w: __m512i, q: *const i8) -> __m512i {
-    // LLVM does not fold the broadcast into `vpdpbusd` (a separate `vpbroadcastd` and a register
-    // per product); the embedded broadcast with a constant offset needs neither.
-    std::arch::asm!(
-        "vpdpbusd {acc}, {w}, dword ptr [{q} + {o}]{{1to16}}",
-        acc = inout(zmm_reg) acc,
-        w = in(zmm_reg) w,
-        q = in(reg) q,
-        o = const 4 * G,
-        options(pure, readonly, nostack, preserves_flags)
-    );
-    acc
-}
-
-/// As `dot4`, the quants `O` bytes past `base` (a `TileBlock`: one register for all the tokens
-/// of a tile, their distances in the instruction).
+/// `acc` + w · (the 4 quants `O` bytes past `base`, broadcast) in each 32-bit lane. The offset
+/// is a constant in the instruction: a token's quants 4G..4G+4 at `4 * G` from its row, or a
+/// whole tile's tokens at `32 * t + 4 * G` from its `TileBlock` (one register for them all).
 #[inline]
 #[target_feature(enable = "avx512f,avx512vnni")]
 pub(super) unsafe fn dot4_at<const O: usize>(
@@ -143,6 +127,8 @@ pub(super) unsafe fn dot4_at<const O: usize>(
     w: __m512i,
     base: *const i8,
 ) -> __m512i {
+    // LLVM does not fold the broadcast into `vpdpbusd` (a separate `vpbroadcastd` and a register
+    // per product); the embedded broadcast with a constant offset needs neither.
     std::arch::asm!(
         "vpdpbusd {acc}, {w}, dword ptr [{q} + {o}]{{1to16}}",
         acc = inout(zmm_reg) acc,
