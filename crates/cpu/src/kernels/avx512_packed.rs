@@ -109,6 +109,15 @@ pub(super) const fn far_prefetch(k: u8) -> bool {
     matches!(k, Q8_0 | Q4K | Q5K | Q6K)
 }
 
+/// Tiles of at most this many tokens after a group's first ask for its far lines again: a
+/// short first tile walks the group faster than the core takes its requests, and they are
+/// dropped (AMD EPYC Zen 4, `matmul_probe` q8_0 151936 896 — Qwen2.5-0.5B's head, streamed —
+/// 2 threads, medians of 5 alternating runs, G MAC/s: 9 tokens 224 → 293, 10 tokens 205 → 240,
+/// 11 tokens 216 → 235 and 235 → 283, 13 tokens 272 → 303; re-asking in tiles of 7 and 8 gained
+/// nothing: 14 tokens 248 → 258 and 302 → 281, 16 tokens 290 → 283; in Q6_K's and Q4_K's L1
+/// tiles it lost 1–10 %).
+const REASK_UP_TO: usize = 6;
+
 /// Ask for the lines of the sub-block `FAR_AHEAD` bytes past `p` into L2.
 #[inline(always)]
 pub(super) unsafe fn prefetch_far<const K: u8>(p: *const u8) {
@@ -459,7 +468,9 @@ pub(super) unsafe fn vnni_tokens<const K: u8, const GF: bool>(
             };
         }
         // The group's first tile reads its weights from memory; the others find them in cache.
-        if t == first && size > 1 && far_prefetch(K) {
+        // Short tiles run through a group faster than its far requests can all be taken, so
+        // the later ones ask again (`REASK_UP_TO`).
+        if size > 1 && far_prefetch(K) && (t == first || size <= REASK_UP_TO) {
             call!(true, 2 3 4 5 6 7);
         } else {
             call!(false, 1 2 3 4 5 6 7);
