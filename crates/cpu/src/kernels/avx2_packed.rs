@@ -259,8 +259,10 @@ unsafe fn sub_block<const K: u8, const T: usize, const VNNI: bool>(
                     i1 = dot8(i1, w[g + 4], w[g + 5], q(t).add(4 * (g + 4)));
                 }
             }
-            scale_sums(acc, i0, s0, m(t).d);
-            scale_sums(acc, i1, s1, m(t).d);
+            // As `avx512_sub::scale_in`: both halves by their row scales, then the token's.
+            let x0 = _mm256_mul_ps(_mm256_cvtepi32_ps(i0), s0);
+            let x = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i1), s1, x0);
+            *acc = _mm256_fmadd_ps(x, _mm256_set1_ps(m(t).d), *acc);
         }
         return;
     }

@@ -230,9 +230,10 @@ unsafe fn scale_token<const K: u8>(
     [s0, s1, mv]: [float32x4_t; 3],
 ) {
     if K == Q6K {
-        // Each 16-column half has its own scale.
-        scale_sums(acc, i0, s0, m.d);
-        scale_sums(acc, i1, s1, m.d);
+        // Each 16-column half has its own scale: both halves by their row scales, then the
+        // token's (as x86's `scale_in`).
+        let x = vfmaq_f32(vmulq_f32(vcvtq_f32_s32(i0), s0), vcvtq_f32_s32(i1), s1);
+        *acc = vfmaq_n_f32(*acc, x, m.d);
         return;
     }
     scale_sums(acc, vaddq_s32(i0, i1), s0, m.d);

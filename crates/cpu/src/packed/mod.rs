@@ -364,7 +364,8 @@ impl Packed {
     /// The packed kernels' products in scalar code, step for step (the test oracle every ISA's
     /// kernels must equal bit for bit): per 32-column sub-block an exact integer sum of signed
     /// quants × the token's quants, then in f32 `acc = i · (row scale · token scale) + acc`
-    /// fused (Q6_K: per 16-column half), the min term fused after it, and the bias added last.
+    /// fused (Q6_K: `x = i₁ · s₁ + i₀ · s₀`, the second fused, the halves' row scales, then
+    /// `acc = x · token scale + acc`), the min term fused after it, and the bias added last.
     /// `out` is `[a.n, rows]`.
     #[cfg(test)]
     pub fn reference_product(
@@ -403,8 +404,8 @@ impl Packed {
                             _ => (d, d, second),
                         };
                         if k == Kind::Q6K {
-                            acc = (isum(0..16) as f32).mul_add(s0 * m.d, acc);
-                            acc = (isum(16..32) as f32).mul_add(s1 * m.d, acc);
+                            let x = (isum(16..32) as f32).mul_add(s1, isum(0..16) as f32 * s0);
+                            acc = x.mul_add(m.d, acc);
                         } else {
                             acc = (isum(0..32) as f32).mul_add(s0 * m.d, acc);
                         }
