@@ -204,14 +204,15 @@ fn cve_modelled_files_are_refused_under_a_4_gib_limit() {
     ]);
     assert_eq!(code, 0, "the valid file must run: {err}");
 
-    let mut cases: Vec<(&str, Vec<u8>)> = Vec::new();
-    // MF-01 magic and version.
-    cases.push(("bad magic", b"GGML\x03\0\0\0".to_vec()));
-    cases.push(("version 0", header(0, 0, 0)));
-    cases.push(("version 9", header(9, 0, 0)));
-    // MF-02 counts.
-    cases.push(("n_tensors u64::MAX", header(3, u64::MAX, 0)));
-    cases.push(("n_kv u64::MAX", header(3, 0, u64::MAX)));
+    let mut cases: Vec<(&str, Vec<u8>)> = vec![
+        // MF-01 magic and version.
+        ("bad magic", b"GGML\x03\0\0\0".to_vec()),
+        ("version 0", header(0, 0, 0)),
+        ("version 9", header(9, 0, 0)),
+        // MF-02 counts.
+        ("n_tensors u64::MAX", header(3, u64::MAX, 0)),
+        ("n_kv u64::MAX", header(3, 0, u64::MAX)),
+    ];
     // MF-03 / MF-05 string lengths: u64::MAX (n + 1 wraps) and 1 GiB in a 160-byte file.
     for len in [u64::MAX, u64::MAX - 1, 1 << 30] {
         let mut b = header(3, 0, 1);

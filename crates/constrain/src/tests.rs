@@ -102,7 +102,9 @@ fn json_schema_answers_parse_and_hold_to_the_schema() {
 #[test]
 fn regex_choice_and_lark_hold() {
     let (tok, vocab) = tiny();
-    let cases: Vec<(Grammar, Box<dyn Fn(&str) -> bool>)> = vec![
+    // Each grammar with a check that a string fits it.
+    type Holds = Box<dyn Fn(&str) -> bool>;
+    let cases: Vec<(Grammar, Holds)> = vec![
         (
             Grammar::Regex("[0-9]{3}-[a-c]+".into()),
             Box::new(|s: &str| {

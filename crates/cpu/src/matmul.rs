@@ -300,16 +300,13 @@ pub fn packed_gated(
         .add(t0.elapsed(), (2 * n * gate.rows * gate.cols) as u64);
 }
 
+/// One product of `packed_many`: the weights, their bias and the `[n, rows]` output.
+pub type PackedJob<'a> = (&'a crate::packed::Packed, Option<&'a [f32]>, &'a mut [f32]);
+
 /// Products of one input with packed weights (all with `cols` = the input's width): the
 /// activations are quantized once (Q8, blocks of 32), then pieces of (weight, token chunk,
 /// row groups) are taken by the threads in turn — one synchronisation for all of them.
-pub fn packed_many(
-    pool: &Pool,
-    x: &[f32],
-    n: usize,
-    jobs: &mut [(&crate::packed::Packed, Option<&[f32]>, &mut [f32])],
-    isa: Isa,
-) {
+pub fn packed_many(pool: &Pool, x: &[f32], n: usize, jobs: &mut [PackedJob], isa: Isa) {
     let amx = isa == Isa::Amx;
     let Some(cols) = jobs.first().map(|j| j.0.cols) else {
         return;
@@ -335,7 +332,9 @@ pub fn packed_many(
         let chunk = token_chunk(cols, isa);
         let chunks = n.div_ceil(chunk);
         let pieces = guided_pieces(jobs.iter().map(|j| j.0.groups()), chunks, pool.threads());
-        let plan: Vec<(&crate::packed::Packed, Option<&[f32]>, SharedMut<f32>)> = jobs
+        // The jobs as the threads share them: each output as a raw pointer.
+        type Shared<'a> = (&'a crate::packed::Packed, Option<&'a [f32]>, SharedMut<f32>);
+        let plan: Vec<Shared> = jobs
             .iter_mut()
             .map(|(p, b, o)| {
                 debug_assert!(p.cols == cols && o.len() == n * p.rows);

@@ -211,7 +211,7 @@ pub(crate) fn build(f: &GgufFile) -> Result<Tokenizer, String> {
                 types.clone(),
                 add_space_prefix,
             )?;
-            (Engine::Spm(spm), bytes)
+            (Engine::Spm(Box::new(spm)), bytes)
         }
         other => {
             return Err(format!(

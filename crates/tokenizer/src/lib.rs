@@ -30,7 +30,7 @@ pub(crate) enum Engine {
         special: Box<tokenizers::Tokenizer>,
         plain: Box<tokenizers::Tokenizer>,
     },
-    Spm(spm::Spm),
+    Spm(Box<spm::Spm>),
 }
 
 pub struct Tokenizer {

@@ -155,8 +155,8 @@ impl Spm {
             });
         }
         let n = syms.len();
-        for i in 0..n {
-            syms[i].next = (i + 1 < n).then_some(i + 1);
+        for (i, s) in syms.iter_mut().enumerate() {
+            s.next = (i + 1 < n).then_some(i + 1);
         }
         let mut heap = BinaryHeap::new();
         let mut rev_merge: HashMap<(usize, usize), (usize, usize, usize)> = HashMap::new();

@@ -2,6 +2,10 @@
 //! for the SIMD kernels. Integer sums are exact; scales are applied per block in f32 in the
 //! same way as ggml's reference (`ggml_vec_dot_*_generic`).
 
+// The oracles index a block's quants and the activations' by the format's own positions (j
+// and j + 16, a group's offsets): iterators would hide the layout they are there to state.
+#![allow(clippy::needless_range_loop)]
+
 use super::q8::{BlockQ8, BlockQ8K};
 use super::scale_min_k4;
 use crate::DType;

@@ -403,10 +403,13 @@ mod tests {
     use crate::ActBuf;
     use suanli_core::DType;
 
+    /// A weight type, its packed kind and a (rows, cols, tokens) shape.
+    type Case = (DType, Kind, (usize, usize, usize));
+
     /// Every packed kind with its (rows, cols, tokens) shapes: a whole group, partial groups,
     /// tokens after the whole tiles, an output large enough to be streamed. None (said
     /// visibly) where this machine has no AMX.
-    fn cases(what: &str) -> Option<Vec<(DType, Kind, (usize, usize, usize))>> {
+    fn cases(what: &str) -> Option<Vec<Case>> {
         if !Isa::available().contains(&Isa::Amx) {
             eprintln!("SKIPPED: no AMX int8 tiles here; {what} not tested");
             return None;

@@ -173,8 +173,8 @@ pub unsafe fn q6_k(row: &[u8], x: &[BlockQ8K]) -> f32 {
         let sc = &b[192..208];
         let mut acc = _mm256_setzero_si256();
         let mut msum = 0i32;
-        for g in 0..16 {
-            msum += (sc[g] as i8) as i32 * y.bsums[g] as i32;
+        for (&s, &b) in sc.iter().zip(&y.bsums) {
+            msum += (s as i8) as i32 * b as i32;
         }
         for n in 0..2 {
             let q = q6k_half(b.as_ptr(), n);
