@@ -168,19 +168,15 @@ impl Kind {
     }
 }
 
-/// One 64-byte line: the storage unit, so groups start on cache-line boundaries.
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-struct Line([u8; 64]);
-
 /// A weight matrix in the interleaved layout.
 pub struct Packed {
     pub kind: Kind,
     pub rows: usize,
     pub cols: usize,
-    /// Bytes per group of 16 rows (a multiple of 64).
+    /// Bytes per group of 16 rows (a multiple of 64, so groups start on cache lines).
     pub group_bytes: usize,
-    lines: Vec<Line>,
+    /// The groups, one after another (`huge::Lines`: on huge pages).
+    lines: crate::huge::Lines,
 }
 
 /// Why a matrix was not packed (the caller keeps the file layout).
@@ -196,20 +192,11 @@ impl Packed {
     }
 
     pub fn bytes(&self) -> &[u8] {
-        // SAFETY: `Line` is 64 plain bytes with no padding.
-        unsafe {
-            std::slice::from_raw_parts(self.lines.as_ptr() as *const u8, self.lines.len() * 64)
-        }
+        self.lines.as_slice()
     }
 
     fn bytes_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as above.
-        unsafe {
-            std::slice::from_raw_parts_mut(
-                self.lines.as_mut_ptr() as *mut u8,
-                self.lines.len() * 64,
-            )
-        }
+        self.lines.as_mut_slice()
     }
 
     /// The bytes of group `g`.
@@ -237,13 +224,8 @@ impl Packed {
         let nsb = cols / kind.sb_cols();
         let group_bytes = (nsb * kind.sb_bytes()).div_ceil(64) * 64;
         let groups = rows.div_ceil(ROWS);
-        let n_lines = groups * group_bytes / 64;
-        let mut lines = Vec::new();
-        lines
-            .try_reserve_exact(n_lines)
-            .map_err(|_| PackError::OutOfMemory(n_lines * 64))?;
-        crate::huge::advise(&mut lines);
-        lines.resize(n_lines, Line([0; 64]));
+        let bytes = groups * group_bytes;
+        let lines = crate::huge::Lines::zeroed(bytes).ok_or(PackError::OutOfMemory(bytes))?;
         let mut p = Packed {
             kind,
             rows,
