@@ -307,6 +307,8 @@ pub type PackedJob<'a> = (&'a crate::packed::Packed, Option<&'a [f32]>, &'a mut 
 /// activations are quantized once (Q8, blocks of 32), then pieces of (weight, token chunk,
 /// row groups) are taken by the threads in turn — one synchronisation for all of them.
 pub fn packed_many(pool: &Pool, x: &[f32], n: usize, jobs: &mut [PackedJob], isa: Isa) {
+    // Only x86 has the level (on aarch64 nothing reads it).
+    #[cfg(target_arch = "x86_64")]
     let amx = isa == Isa::Amx;
     let Some(cols) = jobs.first().map(|j| j.0.cols) else {
         return;
