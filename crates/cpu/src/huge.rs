@@ -22,21 +22,12 @@ pub fn advise<T>(v: &mut Vec<T>) {
     }
     let start = v.as_mut_ptr() as usize;
     let (from, to) = (start.next_multiple_of(4096), (start + bytes) & !4095);
-    #[cfg(target_os = "linux")]
-    {
-        extern "C" {
-            fn madvise(addr: *mut std::ffi::c_void, len: usize, advice: i32) -> i32;
-        }
-        const MADV_HUGEPAGE: i32 = 14;
-        // SAFETY: the range lies inside `v`'s allocation; the advice changes no contents, and
-        // its failure (no THP support) leaves ordinary pages.
-        unsafe { madvise(from as *mut std::ffi::c_void, to - from, MADV_HUGEPAGE) };
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = (from, to);
+    // The range lies inside `v`'s allocation.
+    advise_range(from as *mut u8, to - from);
 }
 
-/// Ask for huge pages over `len` bytes at `p`, before they are written.
+/// Ask for huge pages over `len` bytes at `p` (page-aligned, inside one allocation of the
+/// caller's), before they are written. Best effort: its failure leaves ordinary pages.
 fn advise_range(p: *mut u8, len: usize) {
     #[cfg(target_os = "linux")]
     {
@@ -44,7 +35,8 @@ fn advise_range(p: *mut u8, len: usize) {
             fn madvise(addr: *mut std::ffi::c_void, len: usize, advice: i32) -> i32;
         }
         const MADV_HUGEPAGE: i32 = 14;
-        // SAFETY: the caller owns the range; the advice changes no contents.
+        // SAFETY: the caller owns the range; the advice changes no contents, and its failure
+        // (no THP support) leaves ordinary pages.
         unsafe { madvise(p as *mut std::ffi::c_void, len, MADV_HUGEPAGE) };
     }
     #[cfg(not(target_os = "linux"))]
