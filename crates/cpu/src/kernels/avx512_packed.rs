@@ -133,7 +133,9 @@ pub(super) unsafe fn prefetch_far<const K: u8>(p: *const u8) {
 /// before its first product. Sunk, Q5_0's two-chain tiles waited on it: `matmul_probe`
 /// 4864 × 896, 1 thread, best of 4 interleaved runs, G MAC/s: 4 tokens 301 → 322, 5 tokens
 /// 295 → 334, 10 tokens 307 → 346, 11 tokens 326 → 349, 16 tokens 318 → 345 (3 tokens equal;
-/// one-chain tiles of 7 lost 2 %, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K and Q8_0 gained nothing).
+/// one-chain tiles of 7 lost 2 %, Q4_0, Q4_1, Q4_K, Q5_K, Q6_K and Q8_0 gained nothing). Q6_K's
+/// L1 tiles also pass their weights through it between rounds, as a barrier to LLVM's
+/// scheduling (see there).
 #[inline]
 #[target_feature(enable = "avx512f")]
 unsafe fn materialize(w: &mut [__m512i; 8]) {
