@@ -255,7 +255,8 @@ pub fn load_draft<B: Hardware>(
 }
 
 /// Load the model at `path` (resolved) on `backend` as a draft model for a model with tokenizer
-/// `main`: refused unless its tokenizer is the same, token for token. With `requantize`, its
+/// `main`: refused unless its tokenizer is the same, token for token (padding entries past
+/// the shorter vocabulary aside: `Tokenizer::drafting_mismatch`). With `requantize`, its
 /// matrices are converted where the file spends more bits on them.
 pub fn load_draft_model<B: Backend>(
     path: &Path,
@@ -266,12 +267,10 @@ pub fn load_draft_model<B: Backend>(
     let t0 = Instant::now();
     let src = open_model(path)?;
     let tok = tokenizer_for(&src)?;
-    let differs = tok.vocab_size() != main.vocab_size()
-        || (0..tok.vocab_size() as u32).any(|id| tok.token_text(id) != main.token_text(id));
-    if differs {
+    if let Some(why) = main.drafting_mismatch(&tok) {
         bail!(
-            "--draft-model {}: its vocabulary differs from the model's ({} vs {} tokens); a draft \
-             model must share the tokenizer",
+            "--draft-model {}: its vocabulary differs from the model's ({} vs {} tokens: {why}); \
+             a draft model must share the tokenizer",
             path.display(),
             tok.vocab_size(),
             main.vocab_size()

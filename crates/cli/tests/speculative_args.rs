@@ -1,6 +1,6 @@
 //! Speculative decoding's options through the real binary: bad combinations are refused with
 //! a message naming the option, before any model is loaded; a draft model of another
-//! vocabulary is refused by name; n-gram speculation answers as plain decoding does, and so
+//! vocabulary is refused by name, one that differs by padding taken; n-gram speculation answers as plain decoding does, and so
 //! does `serve` with a draft model.
 
 mod common;
@@ -78,6 +78,65 @@ fn draft_model_of_another_vocabulary_is_refused() {
     assert_eq!(code, 1, "{err}");
     assert!(
         err.contains("vocabulary") && err.contains("smollm2"),
+        "{err}"
+    );
+}
+
+/// A draft model whose vocabulary has padding entries more or fewer than the model's (as
+/// Qwen2.5-0.5B's 151,936 entries against the 7B's 152,064, 128 `[PADn]` more) is taken and
+/// changes no token, either way round; one whose extra entries are real tokens is refused,
+/// naming the first.
+#[test]
+fn draft_model_with_padded_vocabulary_is_taken() {
+    use suanli_formats::gguf::{write::with_more_tokens, GgufFile};
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/tiny/qwen2/model.gguf"
+    );
+    let f = GgufFile::open(std::path::Path::new(tiny)).unwrap();
+    let write = |name: &str, token_type: i32| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, with_more_tokens(&f, 64, token_type, 0, 0.0).unwrap()).unwrap();
+        p.to_str().unwrap().to_owned()
+    };
+    let padded = write("padded.gguf", 5);
+    let extra = write("extra.gguf", 1);
+    // Tokens and drafts of a greedy or a seeded sampled answer.
+    let run = |model: &str, draft: Option<&str>, temperature: &str| {
+        let mut args = vec!["run", "--model", model, "--raw", "--max-tokens", "24"];
+        args.extend(["--temperature", temperature, "--seed", "5", "--json"]);
+        if let Some(d) = draft {
+            args.extend(["--spec", "draft", "--draft-fixed", "--draft-model", d]);
+        }
+        args.push("the cat sat on the mat");
+        let (code, out, err) = suanli(&args);
+        assert_eq!(code, 0, "{model} drafted by {draft:?}: {err}");
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        (v["tokens"].clone(), v["drafted"].as_u64().unwrap())
+    };
+    for (model, draft) in [(padded.as_str(), tiny), (tiny, padded.as_str())] {
+        for temperature in ["0", "0.9"] {
+            let (want, _) = run(model, None, temperature);
+            let (got, drafted) = run(model, Some(draft), temperature);
+            assert_eq!(got, want, "{model} drafted by {draft} at {temperature}");
+            assert!(drafted > 0, "{model} drafted by {draft} at {temperature}");
+        }
+    }
+    let run = |model: &str, draft: &str| {
+        let args = ["run", "--model", model, "--raw", "--max-tokens", "2"];
+        suanli(
+            &[
+                &args[..],
+                &["--spec", "draft", "--draft-model", draft, "hi"],
+            ]
+            .concat(),
+        )
+    };
+    let (code, _, err) = run(tiny, &extra);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("vocabulary") && err.contains("[PAD500]") && !err.contains("panicked"),
         "{err}"
     );
 }

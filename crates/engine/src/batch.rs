@@ -148,8 +148,9 @@ impl<B: Backend> BatchEngine<B> {
         })
     }
 
-    /// The model drafting for `SpecMode::Draft` (the same vocabulary), with its own cache of
-    /// one context, run on this engine's backend.
+    /// The model drafting for `SpecMode::Draft` (the same tokenizer; its vocabulary may differ
+    /// by padding rows, `DraftModel::new`), with its own cache of one context, run on this
+    /// engine's backend.
     pub fn set_draft_model(&mut self, model: Model<B>) -> Result<(), SessionError> {
         let ctx = self.sched.config().max_ctx;
         let d = DraftModel::new(&self.backend, model, &self.model, ctx, self.kv_dtype)?;

@@ -126,6 +126,8 @@ fn probe_due(k: usize, room: usize, probe_in: &mut usize) -> bool {
 pub(crate) struct DraftModel<B: Backend> {
     model: Model<B>,
     seq: SeqCache<B>,
+    /// The drafted-for model's vocabulary: a proposal at or past it ends the draft.
+    target_vocab: usize,
 }
 
 impl<B: Backend> Session<B> {
@@ -191,8 +193,9 @@ impl<B: Backend> Session<B> {
         Ok(())
     }
 
-    /// The model drafting for `SpecMode::Draft`: same vocabulary, its own KV cache of this
-    /// session's context, run by this session's backend.
+    /// The model drafting for `SpecMode::Draft`: the same tokenizer (its vocabulary may differ
+    /// by padding rows, which the caller checks: `Tokenizer::drafting_mismatch`), its own KV
+    /// cache of this session's context, run by this session's backend.
     pub fn set_draft_model(&mut self, model: Model<B>, kv: KvDType) -> Result<(), SessionError> {
         self.draft = Some(DraftModel::new(
             &self.backend,
@@ -418,7 +421,9 @@ impl<B: Backend> Session<B> {
 }
 
 impl<B: Backend> DraftModel<B> {
-    /// `model` drafting for `main` (the same vocabulary), with a cache of `ctx` tokens.
+    /// `model` drafting for `main`, with a cache of `ctx` tokens. Their embedding tables may
+    /// differ in rows past the shared tokens (Qwen2.5-0.5B has 151,936, the 7B 152,064): a
+    /// token one model lacks is never drafted (`propose`).
     pub(crate) fn new(
         backend: &B,
         model: Model<B>,
@@ -426,15 +431,12 @@ impl<B: Backend> DraftModel<B> {
         ctx: usize,
         kv: KvDType,
     ) -> Result<DraftModel<B>, SessionError> {
-        if model.vocab_size() != main.vocab_size() {
-            return Err(SessionError::Draft(format!(
-                "the draft model has {} tokens, the model {}: they must share the vocabulary",
-                model.vocab_size(),
-                main.vocab_size()
-            )));
-        }
         let seq = SeqCache::new(backend, &model, ctx, 256, kv)?;
-        Ok(DraftModel { model, seq })
+        Ok(DraftModel {
+            model,
+            seq,
+            target_vocab: main.vocab_size(),
+        })
     }
 
     /// Drafts for the sequence `history` from this model, as many as `spec`'s controller finds
@@ -486,6 +488,11 @@ impl<B: Backend> DraftModel<B> {
             return Ok((out, timed));
         }
         let rest = &history[common..];
+        // A token past the draft's vocabulary (padding the model itself sampled) cannot be fed
+        // to it: this sequence gets no drafts from it.
+        if rest.iter().any(|&t| t as usize >= self.model.vocab_size()) {
+            return Ok((out, timed));
+        }
         let t = Instant::now();
         let row = self
             .seq
@@ -495,6 +502,11 @@ impl<B: Backend> DraftModel<B> {
         if rest.len() <= 2 {
             timed = (1, t.elapsed());
         }
+        // A proposal past the model's vocabulary (the draft's padding) ends the draft.
+        let known = |t: u32| (t as usize) < self.target_vocab;
+        if !known(next) {
+            return Ok((out, timed));
+        }
         out.push(next);
         while out.len() < k && sure {
             let t = Instant::now();
@@ -502,6 +514,9 @@ impl<B: Backend> DraftModel<B> {
             next = argmax(row);
             sure = crate::spec::likely(row, next);
             timed = (timed.0 + 1, timed.1 + t.elapsed());
+            if !known(next) {
+                break;
+            }
             out.push(next);
         }
         Ok((out, timed))

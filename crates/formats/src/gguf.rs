@@ -692,6 +692,78 @@ pub mod write {
         }
         out
     }
+
+    /// `f` with `extra` entries appended to its vocabulary, `[PADn]` of token type `token_type`
+    /// (5, unused, is what converters pad a model's embedding rows with: Qwen2.5's 7B and
+    /// larger have 128 more than the smaller sizes), and as many rows appended to its F32 token
+    /// table and output matrix: token `like`'s row times `scale` (0: zeros). For tests of
+    /// models whose vocabularies differ by padding.
+    pub fn with_more_tokens(
+        f: &super::GgufFile,
+        extra: usize,
+        token_type: i32,
+        like: u32,
+        scale: f32,
+    ) -> Result<Vec<u8>, String> {
+        let n = match f.get("tokenizer.ggml.tokens") {
+            Some(Value::Array(a)) => a.len(),
+            _ => return Err("no tokenizer.ggml.tokens array".into()),
+        };
+        let meta: Vec<(&str, Value)> = f
+            .metadata
+            .iter()
+            .map(|(k, v)| {
+                let more: Vec<Value> = match k.as_str() {
+                    "tokenizer.ggml.tokens" => (n..n + extra)
+                        .map(|i| Value::String(format!("[PAD{i}]")))
+                        .collect(),
+                    "tokenizer.ggml.token_type" => vec![Value::I32(token_type); extra],
+                    _ => Vec::new(),
+                };
+                let v = match v {
+                    Value::Array(a) if !more.is_empty() => {
+                        Value::Array(a.iter().cloned().chain(more).collect())
+                    }
+                    _ => v.clone(),
+                };
+                (k.as_str(), v)
+            })
+            .collect();
+        let mut datas = Vec::new();
+        let mut dims = Vec::new();
+        for t in &f.tensors {
+            let mut data = f.tensor_bytes(t).as_slice().to_vec();
+            let mut d = t.dims.clone();
+            if matches!(t.name.as_str(), "token_embd.weight" | "output.weight") {
+                if t.dtype != DType::F32 || d.len() != 2 || d[1] != n as u64 || like as usize >= n {
+                    return Err(format!("{} is not an F32 table of {n} rows", t.name));
+                }
+                let row = d[0] as usize * 4;
+                let new: Vec<u8> = data[like as usize * row..][..row]
+                    .chunks(4)
+                    .flat_map(|b| (scale * f32::from_le_bytes(b.try_into().unwrap())).to_le_bytes())
+                    .collect();
+                for _ in 0..extra {
+                    data.extend_from_slice(&new);
+                }
+                d[1] += extra as u64;
+            }
+            datas.push(data);
+            dims.push(d);
+        }
+        let tensors: Vec<TensorSpec> = f
+            .tensors
+            .iter()
+            .zip(datas.iter().zip(dims))
+            .map(|(t, (data, dims))| TensorSpec {
+                name: &t.name,
+                dims,
+                dtype: t.dtype,
+                data,
+            })
+            .collect();
+        Ok(gguf_bytes(&meta, &tensors))
+    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ const TT_NORMAL: i64 = 1;
 const TT_UNKNOWN: i64 = 2;
 const TT_CONTROL: i64 = 3;
 const TT_USER_DEFINED: i64 = 4;
+const TT_UNUSED: i64 = 5;
 const TT_BYTE: i64 = 6;
 
 /// Token texts that end a turn in common chat formats (llama.cpp treats these as end-of-generation too).
@@ -144,6 +145,12 @@ pub(crate) fn build(f: &GgufFile) -> Result<Tokenizer, String> {
         .filter(|&i| types[i] == TT_CONTROL || types[i] == TT_UNKNOWN)
         .map(|i| i as u32)
         .collect();
+    // Converters fill embedding rows past the real vocabulary with unused `[PADn]` entries
+    // (Qwen2.5's 7B and larger have 128 more than the smaller sizes).
+    let padding: HashSet<u32> = (0..n)
+        .filter(|&i| types[i] == TT_UNUSED)
+        .map(|i| i as u32)
+        .collect();
     let text_of = |id: Option<u32>| {
         id.map(|i| tokens[i as usize].to_owned())
             .unwrap_or_default()
@@ -223,6 +230,7 @@ pub(crate) fn build(f: &GgufFile) -> Result<Tokenizer, String> {
         engine,
         token_bytes,
         control,
+        padding,
         bos_id,
         add_bos,
         eog_ids,
@@ -399,6 +407,7 @@ pub(crate) fn build_hf(dir: &Path) -> Result<Tokenizer, String> {
         },
         token_bytes,
         control,
+        padding: HashSet::new(),
         bos_id,
         add_bos,
         eog_ids,

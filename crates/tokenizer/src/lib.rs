@@ -39,6 +39,8 @@ pub struct Tokenizer {
     token_bytes: Vec<Vec<u8>>,
     /// Control / special token ids (never printed).
     control: HashSet<u32>,
+    /// Unused filler entries (GGUF token type 5, `[PADn]`), never produced by encoding.
+    padding: HashSet<u32>,
     pub bos_id: Option<u32>,
     pub add_bos: bool,
     /// End-of-generation ids.
@@ -108,6 +110,37 @@ impl Tokenizer {
 
     pub fn is_eog(&self, id: u32) -> bool {
         self.eog_ids.contains(&id)
+    }
+
+    /// Whether `id` is an unused filler entry (`[PADn]`, GGUF token type 5).
+    pub fn is_padding(&self, id: u32) -> bool {
+        self.padding.contains(&id)
+    }
+
+    /// Why a model of tokenizer `draft` cannot draft for this one's, if it cannot: every id
+    /// both have must be the same token, and an id only one has must be padding there —
+    /// Qwen2.5-0.5B (151,936 entries) drafts for Qwen2.5-7B (152,064: 128 more `[PADn]`).
+    pub fn drafting_mismatch(&self, draft: &Tokenizer) -> Option<String> {
+        let common = self.vocab_size().min(draft.vocab_size()) as u32;
+        if let Some(id) = (0..common).find(|&id| self.token_text(id) != draft.token_text(id)) {
+            return Some(format!(
+                "token {id} is {:?} in the model's vocabulary and {:?} in the draft model's",
+                self.token_text(id),
+                draft.token_text(id)
+            ));
+        }
+        let (longer, whose, other) = match self.vocab_size() > draft.vocab_size() {
+            true => (self, "the model's", "the draft model's"),
+            false => (draft, "the draft model's", "the model's"),
+        };
+        let extra = (common..longer.vocab_size() as u32).find(|&id| !longer.is_padding(id));
+        extra.map(|id| {
+            format!(
+                "{whose} token {id} ({:?}) is not among {other} {common} tokens (only padding \
+                 may differ)",
+                longer.token_text(id)
+            )
+        })
     }
 
     /// Text of a token sequence (invalid UTF-8 replaced), control tokens omitted.

@@ -90,3 +90,17 @@ pub fn perplexity_full(
 ) -> suanli_engine::perplexity::Perplexity {
     suanli_engine::perplexity::perplexity(s, tokens, ctx, bos, &mut |_, _, _| {}).unwrap()
 }
+
+/// The tiny fixture `from`'s GGUF with `extra` padding entries appended to its vocabulary
+/// (`[PADn]`, token type 5, as converters pad embedding rows past the real tokens): their rows
+/// zero, or with `loud = Some(id)` four times token `id`'s, so the model likes them where it
+/// likes `id`. Written into `dir`.
+pub fn padded_gguf(dir: &Path, from: &str, extra: usize, loud: Option<u32>) -> PathBuf {
+    let path = fixtures().join("tiny").join(from).join("model.gguf");
+    let f = suanli_formats::gguf::GgufFile::open(&path).unwrap();
+    let (like, scale) = loud.map_or((0, 0.0), |id| (id, 4.0));
+    let bytes = suanli_formats::gguf::write::with_more_tokens(&f, extra, 5, like, scale).unwrap();
+    let p = dir.join(format!("{from}-padded-{extra}-{like}.gguf"));
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
