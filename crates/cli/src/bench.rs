@@ -142,6 +142,12 @@ fn bench_on<B: Hardware>(a: BenchArgs, opts: &crate::load::Opts) -> Result<()> {
         if a.random.is_some() || a.parallel > 0 || a.depth.iter().any(|&d| d > 0) {
             bail!("--spec measures chat tasks on a model file: not with --random, --parallel or --depth");
         }
+        if a.gen_tokens < 2 {
+            bail!(
+                "--spec times decoding after each answer's first token (the prefill gives it): \
+                 --gen-tokens must be at least 2"
+            );
+        }
         let tasks = match &a.spec_prompts {
             Some(p) => crate::bench_spec::from_file(p)?,
             None => crate::bench_spec::builtin(),
@@ -151,7 +157,7 @@ fn bench_on<B: Hardware>(a: BenchArgs, opts: &crate::load::Opts) -> Result<()> {
             opts,
             &a.spec,
             &tasks,
-            a.gen_tokens.max(1),
+            a.gen_tokens,
             a.repetitions,
             a.json,
         );

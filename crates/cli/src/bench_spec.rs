@@ -82,6 +82,14 @@ struct Row {
     same: bool,
 }
 
+impl Row {
+    /// Speculative over plain decoding speed; none for an answer of one token (decoding is
+    /// timed after the first, which the prefill gives).
+    fn ratio(&self) -> Option<f64> {
+        (self.off > 0.0 && self.on > 0.0).then(|| self.on / self.off)
+    }
+}
+
 /// Runs every task `reps` times each way (alternating, the faster run of each kept).
 pub fn run<B: Hardware>(
     model: Option<&str>,
@@ -131,13 +139,14 @@ pub fn run<B: Hardware>(
             same: answers[0] == answers[1],
         };
         eprintln!(
-            "task {} ({}): {} tokens, {:.1} → {:.1} tok/s ({:.2}×), {}/{} drafts accepted{}",
+            "task {} ({}): {} tokens, {:.1} → {:.1} tok/s ({}), {}/{} drafts accepted{}",
             i + 1,
             row.kind,
             row.tokens,
             row.off,
             row.on,
-            row.on / row.off.max(1e-9),
+            row.ratio()
+                .map_or("one token: nothing decoded".into(), |r| format!("{r:.2}×")),
             row.stats.accepted,
             row.stats.drafted,
             if row.same { "" } else { ", ANSWER DIFFERS" }
@@ -154,12 +163,15 @@ pub fn run<B: Hardware>(
 fn report(rows: &[Row], cfg: &SpecConfig, json: bool) {
     let mut kinds: Vec<&str> = rows.iter().map(|r| r.kind.as_str()).collect();
     kinds.dedup();
-    let summary: Vec<(String, f64, SpecStats)> = kinds
+    let summary: Vec<(String, Option<f64>, SpecStats)> = kinds
         .iter()
         .map(|k| {
             let of: Vec<&Row> = rows.iter().filter(|r| r.kind == *k).collect();
-            // Geometric mean of the ratios: each task counts the same.
-            let g = (of.iter().map(|r| (r.on / r.off).ln()).sum::<f64>() / of.len() as f64).exp();
+            // Geometric mean of the ratios: each task counts the same (one-token answers,
+            // with nothing decoded, are left out).
+            let ratios: Vec<f64> = of.iter().filter_map(|r| r.ratio()).collect();
+            let g = (!ratios.is_empty())
+                .then(|| (ratios.iter().map(|r| r.ln()).sum::<f64>() / ratios.len() as f64).exp());
             let mut st = SpecStats::default();
             for r in &of {
                 st.add(&r.stats);
@@ -173,7 +185,7 @@ fn report(rows: &[Row], cfg: &SpecConfig, json: bool) {
             .map(|r| {
                 serde_json::json!({
                     "kind": r.kind, "tokens": r.tokens, "tok_s": r.off, "spec_tok_s": r.on,
-                    "ratio": r.on / r.off, "drafted": r.stats.drafted, "accepted": r.stats.accepted,
+                    "ratio": r.ratio(), "drafted": r.stats.drafted, "accepted": r.stats.accepted,
                     "acceptance": r.stats.acceptance(),
                     "mean_accepted_length": r.stats.mean_accepted_length(), "same_answer": r.same,
                 })
@@ -207,12 +219,12 @@ fn report(rows: &[Row], cfg: &SpecConfig, json: bool) {
     );
     for r in rows {
         crate::outln!(
-            "{:<10} {:>6} {:>9.1} {:>9.1} {:>6.2} {:>5}/{:<5} {:>8.2} {:>6}",
+            "{:<10} {:>6} {:>9.1} {:>9.1} {:>6} {:>5}/{:<5} {:>8.2} {:>6}",
             r.kind,
             r.tokens,
             r.off,
             r.on,
-            r.on / r.off,
+            r.ratio().map_or("-".into(), |x| format!("{x:.2}")),
             r.stats.accepted,
             r.stats.drafted,
             r.stats.mean_accepted_length(),
@@ -221,7 +233,11 @@ fn report(rows: &[Row], cfg: &SpecConfig, json: bool) {
     }
     for (k, g, st) in &summary {
         crate::outln!(
-            "{k}: {g:.2}× (geometric mean), {:.0}% of drafts accepted, {:.2} tokens per verifying pass",
+            "{k}: {} (geometric mean), {:.0}% of drafts accepted, {:.2} tokens per verifying pass",
+            g.map_or(
+                "no answer of two tokens or more to time".into(),
+                |g| format!("{g:.2}×")
+            ),
             100.0 * st.acceptance(),
             st.mean_accepted_length()
         );

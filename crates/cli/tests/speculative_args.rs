@@ -53,6 +53,21 @@ fn bad_speculation_options_are_refused_by_name() {
             "{args:?}: expected {needle:?} in {err}"
         );
     }
+    // `bench --spec` times decoding after the first token: one token leaves nothing to time.
+    let (code, _, err) = suanli(&[
+        "bench",
+        "--model",
+        tiny,
+        "--spec",
+        "ngram",
+        "--gen-tokens",
+        "1",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("--gen-tokens") && !err.contains("panicked"),
+        "{err}"
+    );
 }
 
 #[test]
