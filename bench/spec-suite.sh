@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Speculative decoding as issue 20 judges it, in one run: greedy answers decoded with and
+# without speculation by the same binary (`suanli bench --spec`, alternating per task), on
+#   1. code edits (the three built-in ones, bench/spec-code-edits.jsonl and -2.jsonl) with
+#      n-gram drafts, on Qwen2.5-Coder-0.5B and Qwen2.5-Coder-1.5B;
+#   2. English and Chinese chat (bench/spec-chat.jsonl) with n-gram drafts on both models, and on
+#      the 1.5B drafted by the 0.5B;
+#   3. (SERVE=1) the server at N concurrent greedy completions of TOKENS tokens, started without
+#      and with `--spec ngram`, alternating ROUNDS times (bench/serve_throughput.py).
+# Prints each run's geometric-mean ratio per kind of task, the share of drafts taken and tokens
+# per verifying pass, then a summary table. Every answer must be the same with and without
+# speculation (`bench --spec` fails otherwise).
+#
+#   THREADS=2 GEN=256 GEN_BIG=160 SERVE=1 N=16 TOKENS=64 ROUNDS=3 bench/spec-suite.sh
+# (GEN: tokens per answer on the 0.5B; GEN_BIG on the 1.5B. ONLY=code|chat|serve runs one part.)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+THREADS=${THREADS:-2}
+GEN=${GEN:-256}
+GEN_BIG=${GEN_BIG:-160}
+SERVE=${SERVE:-1}
+N=${N:-16}
+TOKENS=${TOKENS:-64}
+ROUNDS=${ROUNDS:-3}
+ONLY=${ONLY:-}
+BIN=target/release/suanli
+[ -x "$BIN" ] || cargo build --release --locked
+SMALL=qwen2.5-coder-0.5b
+BIG=qwen2.5-coder-1.5b
+"$BIN" pull "$SMALL" >/dev/null 2>&1
+"$BIN" pull "$BIG" >/dev/null 2>&1
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+
+# bench NAME MODEL GEN PROMPTS(builtin|file) SPEC [DRAFT]: one `bench --spec` run, JSON kept.
+bench() {
+    local name=$1 model=$2 gen=$3 prompts=$4 spec=$5 draft=${6:-}
+    local args=(--threads "$THREADS" bench --model "$model" --spec "$spec" --gen-tokens "$gen"
+        --repetitions 1 --json)
+    [ "$prompts" = builtin ] || args+=(--spec-prompts "$prompts")
+    [ -z "$draft" ] || args+=(--draft-model "$draft")
+    echo "== $name: suanli ${args[*]}" >&2
+    "$BIN" "${args[@]}" 2>"$out/$name.log" >"$out/$name.json" || {
+        tail -5 "$out/$name.log" >&2
+        exit 1
+    }
+    python3 - "$name" "$out/$name.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[2]))
+for k in d["kinds"]:
+    r = "-" if k["ratio"] is None else f'{k["ratio"]:.2f}×'
+    print(f'{sys.argv[1]:<32} {k["kind"]:<10} {r:>7}  {100 * k["acceptance"]:3.0f} % taken  '
+          f'{k["mean_accepted_length"]:.2f} per pass')
+PY
+}
+
+rows=()
+if [ -z "$ONLY" ] || [ "$ONLY" = code ]; then
+    for m in "$SMALL:$GEN" "$BIG:$GEN_BIG"; do
+        model=${m%%:*} gen=${m##*:}
+        rows+=("$(bench "$model-ngram-builtin" "$model" "$gen" builtin ngram)")
+        rows+=("$(bench "$model-ngram-edits" "$model" "$gen" bench/spec-code-edits.jsonl ngram)")
+        rows+=("$(bench "$model-ngram-edits-2" "$model" "$gen" bench/spec-code-edits-2.jsonl ngram)")
+    done
+fi
+if [ -z "$ONLY" ] || [ "$ONLY" = chat ]; then
+    rows+=("$(bench "$SMALL-ngram-chat" "$SMALL" "$GEN" bench/spec-chat.jsonl ngram)")
+    rows+=("$(bench "$BIG-ngram-chat" "$BIG" "$GEN_BIG" bench/spec-chat.jsonl ngram)")
+    rows+=("$(bench "$BIG-draft-chat" "$BIG" "$GEN_BIG" bench/spec-chat.jsonl draft "$SMALL")")
+fi
+if [ "$SERVE" = 1 ] && { [ -z "$ONLY" ] || [ "$ONLY" = serve ]; }; then
+    port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    declare -A tok=([off]="" [ngram]="")
+    for r in $(seq "$ROUNDS"); do
+        for spec in off ngram; do
+            "$BIN" --threads "$THREADS" serve --model "$SMALL" --port "$port" --max-batch "$N" \
+                --spec "$spec" 2>"$out/serve-$spec.log" &
+            pid=$!
+            python3 scripts/wait-http.py "$port" /ready
+            res=$(python3 bench/serve_throughput.py --url "http://127.0.0.1:$port" --model "$SMALL" \
+                --requests "$N" --max-tokens "$TOKENS" --ban 151643,151645 --rounds 1 --label "$spec")
+            kill "$pid"
+            wait "$pid" || true
+            v=$(echo "$res" | python3 -c 'import json, sys; d = json.load(sys.stdin); print("%.1f %s" % (d["concurrent_tok_s"], d["answers_equal"]))')
+            echo "== serve round $r, --spec $spec: ${v% *} tok/s, answers equal to one at a time: ${v#* }" >&2
+            tok[$spec]="${tok[$spec]} ${v% *}"
+        done
+    done
+    med() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
+    off=$(echo "${tok[off]}" | med)
+    on=$(echo "${tok[ngram]}" | med)
+    rows+=("$(printf '%-32s %-10s %7s  %s' "$SMALL-serve-$N" "x$TOKENS" \
+        "$(python3 -c "print(f'{$on / $off:.2f}×')")" "median of $ROUNDS: $off → $on tok/s")")
+fi
+echo
+echo "speculative against plain decoding, same binary, $THREADS threads ($(date -u +%F), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | xargs))"
+printf '%s\n' "${rows[@]}"
