@@ -120,6 +120,15 @@ impl TokenConstraint for Constraint {
             .consume_token(token)
             .map_err(|e| format!("the matcher refused token {token}: {e}"))
     }
+
+    /// llguidance's fast-forward tokens: the bytes the grammar forces next, tokenized (none
+    /// while a lazy grammar waits for its trigger, or once it is complete).
+    fn forced(&mut self) -> Vec<u32> {
+        if self.waiting.is_some() || self.matcher.is_stopped() {
+            return Vec::new();
+        }
+        self.matcher.compute_ff_tokens()
+    }
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {

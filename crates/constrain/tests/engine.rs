@@ -1,6 +1,7 @@
 //! Constraints in the engine on a real catalog model (SmolLM2): a constrained request's greedy
 //! answer fits its constraint, is the same batched with others (constrained or not) as alone
-//! through `Session`, and leaves the unconstrained requests beside it unchanged.
+//! through `Session`, and leaves the unconstrained requests beside it unchanged; with
+//! speculation (the grammar's forced text drafted) every answer is the same again.
 
 use std::sync::Arc;
 use suanli_backend::KvDType;
@@ -9,6 +10,7 @@ use suanli_cpu::CpuBackend;
 use suanli_engine::batch::{BatchEngine, Event, Request};
 use suanli_engine::scheduler::SchedConfig;
 use suanli_engine::session::Control;
+use suanli_engine::spec::{SpecConfig, SpecMode, SpecStats};
 use suanli_engine::{SamplingParams, Session, TokenConstraint};
 use suanli_formats::{catalog, open_model, ModelSource};
 use suanli_models::Model;
@@ -90,6 +92,32 @@ fn constrained_answers_fit_and_are_the_same_batched_or_alone() {
             .unwrap();
         alone.push(g.tokens);
     }
+    // With speculation: the text the grammars force is drafted (llguidance's fast-forward
+    // tokens, `TokenConstraint::forced`) and changes no token.
+    let spec = SpecConfig::new(SpecMode::Ngram);
+    let mut drafted = SpecStats::default();
+    for (i, ((_, c), p)) in cases.iter().zip(&prompts).enumerate() {
+        s.reset();
+        s.set_speculation(Some(spec.clone())).unwrap();
+        let mut c = c.as_ref().map(|c| c.constraint());
+        let g = s
+            .generate_constrained(
+                p,
+                &SamplingParams::greedy(),
+                MAX,
+                &|t| eog.contains(&t),
+                &mut |_| Control::Continue,
+                c.as_mut().map(|c| c as &mut dyn TokenConstraint),
+            )
+            .unwrap();
+        assert_eq!(g.tokens, alone[i], "case {i} with speculation");
+        if i == 0 {
+            // The person's JSON: its keys and punctuation are forced, none copied yet.
+            assert!(g.spec.accepted >= 4, "{:?}", g.spec);
+        }
+        drafted.add(&g.spec);
+    }
+    s.set_speculation(None).unwrap();
 
     // All at once.
     let (backend, m) = s.into_parts();
@@ -128,6 +156,38 @@ fn constrained_answers_fit_and_are_the_same_batched_or_alone() {
         }
     }
     assert_eq!(batched, alone);
+    // Batched with speculation: the same answers.
+    e.set_speculation(Some(spec)).unwrap();
+    for (i, ((_, c), p)) in cases.iter().zip(&prompts).enumerate() {
+        let req = Request {
+            prompt: p.clone(),
+            params: SamplingParams::greedy(),
+            max_tokens: MAX,
+            logprobs: None,
+            prompt_logprobs: None,
+            constraint: c
+                .as_ref()
+                .map(|c| Box::new(c.constraint()) as Box<dyn TokenConstraint>),
+        };
+        e.submit(100 + i as u64, req).unwrap();
+    }
+    let mut speculative = vec![Vec::new(); cases.len()];
+    let mut done = 0;
+    while done < cases.len() {
+        for (id, ev) in e.step().unwrap() {
+            match ev {
+                Event::Token { id: t, .. } => speculative[id as usize - 100].push(t),
+                Event::Done { .. } => done += 1,
+                Event::Failed(why) => panic!("sequence {id} failed: {why}"),
+                Event::PromptLogprobs(_) => {}
+            }
+        }
+    }
+    assert_eq!(speculative, alone, "batched with speculation");
+    assert!(
+        e.spec_stats().accepted > 0 && drafted.accepted > 0,
+        "{drafted:?}"
+    );
     let stats = e.constraint_stats();
     let constrained: usize = cases
         .iter()

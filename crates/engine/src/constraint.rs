@@ -16,6 +16,13 @@ pub trait TokenConstraint: Send {
     fn mask(&mut self, logits: &mut [f32]) -> Result<(), String>;
     /// `token` was taken (one `allows` said yes to, or one drawn after `mask`).
     fn accept(&mut self, token: u32) -> Result<(), String>;
+    /// The tokens expected next whatever the model prefers: the text the grammar forces here
+    /// (a JSON schema's keys and punctuation), as its usual tokenization. Only a proposal —
+    /// the model may spell the same text with other tokens — so speculative decoding drafts
+    /// them and verifies each like any draft. Leaves the constraint's state as it was.
+    fn forced(&mut self) -> Vec<u32> {
+        Vec::new()
+    }
 }
 
 /// Draw with `draw`; when `constraint` refuses the token, mask the logits and draw again (the

@@ -289,7 +289,10 @@ impl<B: Backend> Session<B> {
         let mut out = Vec::new();
         let mut stats = SpecStats::default();
         // One draw per emitted token, in order, as without speculation.
-        let mut pick = |logits: &mut [f32], history: &[u32]| -> Result<u32, SessionError> {
+        let mut pick = |constraint: &mut Option<&mut dyn TokenConstraint>,
+                        logits: &mut [f32],
+                        history: &[u32]|
+         -> Result<u32, SessionError> {
             Ok(match constraint.as_deref_mut() {
                 None => sampler.sample(logits, history),
                 Some(c) => {
@@ -317,14 +320,19 @@ impl<B: Backend> Session<B> {
             }
             None
         };
-        let mut tok = pick(&mut logits, &history)?;
+        let mut tok = pick(&mut constraint, &mut logits, &history)?;
         let finish = 'generate: loop {
             let base = self.seq.cached.len();
             if let Some(f) = emit(tok, base, &mut out, &mut history) {
                 break f;
             }
             // `tok` is emitted but not yet in the cache: feed it with the drafts that follow.
-            let draft = self.draft(&history, max_tokens - out.len(), base)?;
+            // Under a constraint, the text its grammar forces after `tok` comes first.
+            let forced = match (&self.spec, constraint.as_deref_mut()) {
+                (Some(_), Some(c)) => c.forced(),
+                _ => Vec::new(),
+            };
+            let draft = self.draft(&history, &forced, max_tokens - out.len(), base)?;
             let fed: Vec<u32> = std::iter::once(tok).chain(draft.iter().copied()).collect();
             let t = Instant::now();
             self.feed_generated(&fed, 0)?;
@@ -335,7 +343,7 @@ impl<B: Backend> Session<B> {
             let (mut first, mut next) = (None, None);
             let mut accepted = 0;
             for (i, row) in rows.chunks_exact_mut(vocab).enumerate() {
-                let s = pick(row, &history)?;
+                let s = pick(&mut constraint, row, &history)?;
                 first = first.or(Some(s));
                 if draft.get(i) != Some(&s) {
                     next = Some(s);
@@ -369,11 +377,13 @@ impl<B: Backend> Session<B> {
 
     /// Tokens to verify after the last of `history` (not yet in the cache, which holds
     /// `cached`), at most `left − 1` (the pass also yields the token after them) and what
-    /// the context has room for. A proposal not worth verifying still teaches the controller
+    /// the context has room for: the tokens a constraint forces (`forced`) where they pay,
+    /// else the mode's drafts. A proposal not worth verifying still teaches the controller
     /// whether it would have been taken (`shadow`).
     fn draft(
         &mut self,
         history: &[u32],
+        forced: &[u32],
         left: usize,
         cached: usize,
     ) -> Result<Vec<u32>, SessionError> {
@@ -383,6 +393,10 @@ impl<B: Backend> Session<B> {
         };
         // The pass feeds 1 + k tokens; decoding stops once the cache is one short of ctx.
         let room = ctx.saturating_sub(cached + 2).min(left.saturating_sub(1));
+        let first = s.state.forced_first(forced, room, |c, n| c.draft_len(n));
+        if !first.is_empty() {
+            return Ok(first);
+        }
         match s.cfg.mode {
             SpecMode::Ngram => Ok(s
                 .state

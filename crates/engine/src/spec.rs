@@ -223,9 +223,15 @@ pub struct SeqSpec {
     /// no drafting, and where the answer repeats text — code edits, a chat's repeated phrases —
     /// they are taken more often than the model's), with their own acceptance rate.
     copy: Option<CopyDrafts>,
+    /// Under a constraint, the tokens its grammar forces (`TokenConstraint::forced`) come
+    /// before any other drafts, with their own acceptance rate: the model nearly always writes
+    /// forced text as its usual tokens, which no other source may propose (a JSON schema's
+    /// keys the first time they appear).
+    forced: CopyDrafts,
 }
 
-/// The n-gram side of draft-model speculation: its controller, its unverified proposal, and
+/// A source of drafts beside the sequence's main one (the n-gram side of draft-model
+/// speculation, a constraint's forced tokens): its controller, its unverified proposal, and
 /// whether the pass being verified holds its drafts.
 #[derive(Clone, Debug)]
 struct CopyDrafts {
@@ -251,7 +257,41 @@ impl SeqSpec {
                 shadow: None,
                 used: false,
             }),
+            forced: CopyDrafts {
+                ctl: ctl(),
+                shadow: None,
+                used: false,
+            },
         }
+    }
+
+    /// Under a constraint, each step first: of the tokens its grammar forces next (`forced`,
+    /// cut to `room`), as many as `choose` says at their own acceptance rate. Empty when there
+    /// are none or they do not pay; then the other sources draft as usual.
+    pub fn forced_first(
+        &mut self,
+        forced: &[u32],
+        room: usize,
+        choose: impl FnOnce(&Controller, usize) -> usize,
+    ) -> Vec<u32> {
+        let f = &mut self.forced;
+        f.used = false;
+        let proposal = &forced[..forced.len().min(room)];
+        if proposal.is_empty() {
+            return Vec::new();
+        }
+        let k = choose(&f.ctl, proposal.len());
+        let chosen = chosen_part(proposal, k, &mut f.shadow).to_vec();
+        if k > 0 {
+            // The other sources propose nothing this step.
+            f.used = true;
+            self.shadow = None;
+            if let Some(c) = &mut self.copy {
+                c.shadow = None;
+                c.used = false;
+            }
+        }
+        chosen
     }
 
     /// N-gram drafts to verify after `history`: of a proposal of at most `room` tokens, as many
@@ -298,6 +338,7 @@ impl SeqSpec {
     /// A forward pass of `rows` rows took `took` (every controller prices rows alike).
     pub fn observe_time(&mut self, rows: usize, took: Duration) {
         self.ctl.observe_time(rows, took);
+        self.forced.ctl.observe_time(rows, took);
         if let Some(c) = &mut self.copy {
             c.ctl.observe_time(rows, took);
         }
@@ -313,6 +354,12 @@ impl SeqSpec {
         stats: &mut SpecStats,
     ) {
         self.lookup.advance(accepted + 1);
+        let f = &mut self.forced;
+        learn_from_shadow(&mut f.ctl, &mut f.shadow, first);
+        let forced = std::mem::take(&mut f.used);
+        if forced {
+            f.ctl.observe_draft(drafted, accepted);
+        }
         let mut copied = false;
         if let Some(c) = &mut self.copy {
             learn_from_shadow(&mut c.ctl, &mut c.shadow, first);
@@ -323,7 +370,7 @@ impl SeqSpec {
         }
         learn_from_shadow(&mut self.ctl, &mut self.shadow, first);
         if drafted > 0 {
-            if !copied {
+            if !copied && !forced {
                 self.ctl.observe_draft(drafted, accepted);
             }
             stats.verify_steps += 1;

@@ -195,6 +195,106 @@ fn constraints_limits_and_stops_are_the_same_with_speculation() {
     assert_eq!(two_turns(&mut s, ngram1(10)), two_turns(&mut s, None));
 }
 
+/// Fixed runs of tokens between free stretches, as a JSON schema fixes keys and punctuation
+/// between values: a slot `Some(t)` allows only `t`, `None` anything. `forced` proposes the
+/// fixed run from the next slot on — or, `lying`, three tokens the model is unlikely to write
+/// wherever the next slot is free (a proposal is only a proposal).
+struct Template {
+    slots: Vec<Option<u32>>,
+    at: usize,
+    lying: bool,
+    taken: Vec<u32>,
+}
+
+impl Template {
+    fn slot(&self) -> Option<u32> {
+        self.slots.get(self.at).copied().flatten()
+    }
+}
+
+impl TokenConstraint for Template {
+    fn allows(&mut self, token: u32) -> bool {
+        self.slot().is_none_or(|t| t == token)
+    }
+    fn mask(&mut self, logits: &mut [f32]) -> Result<(), String> {
+        if let Some(t) = self.slot() {
+            for (i, l) in logits.iter_mut().enumerate() {
+                if i as u32 != t {
+                    *l = f32::NAN;
+                }
+            }
+        }
+        Ok(())
+    }
+    fn accept(&mut self, token: u32) -> Result<(), String> {
+        assert!(self.allows(token), "took a refused token");
+        self.taken.push(token);
+        self.at += 1;
+        Ok(())
+    }
+    fn forced(&mut self) -> Vec<u32> {
+        let run: Vec<u32> = self.slots[self.at.min(self.slots.len())..]
+            .iter()
+            .map_while(|s| *s)
+            .collect();
+        match (run.is_empty(), self.lying) {
+            (true, true) => vec![7, 7, 7],
+            _ => run,
+        }
+    }
+}
+
+/// The text a constraint forces is drafted first (`TokenConstraint::forced`) and changes no
+/// token: greedy and seeded answers under a template of fixed runs equal those decoded one
+/// token at a time, every forced token is taken, and forced drafts the model refuses (a
+/// lying constraint) are rolled back like any other.
+#[test]
+fn tokens_a_constraint_forces_are_drafted_and_change_no_token() {
+    let (mut s, tok) = smollm2();
+    let p = tok.encode("Fill in the form:", false).unwrap();
+    let fixed = |text: &str| tok.encode(text, false).unwrap().into_iter().map(Some);
+    let free = |n: usize| std::iter::repeat_n(None, n);
+    let slots: Vec<Option<u32>> = fixed("{\"name\": \"")
+        .chain(free(4))
+        .chain(fixed("\", \"occupation_or_profession\": \""))
+        .chain(free(5))
+        .chain(fixed("\", \"city_of_residence\": \""))
+        .chain(free(30))
+        .collect();
+    let n_fixed = slots.iter().filter(|s| s.is_some()).count();
+    let mut sampled = SamplingParams::greedy();
+    sampled.temperature = 0.8;
+    sampled.seed = Some(11);
+    for params in [SamplingParams::greedy(), sampled] {
+        for lying in [false, true] {
+            let template = || Template {
+                slots: slots.clone(),
+                at: 0,
+                lying,
+                taken: Vec::new(),
+            };
+            let mut c0 = template();
+            let (want, _, _) = generate(&mut s, None, &p, &params, 40, None, Some(&mut c0));
+            let mut c1 = template();
+            // Lookup from 4-token suffixes only: here, nearly every draft is a forced one.
+            let spec = Some(SpecConfig {
+                ngram_min: 4,
+                ..ngram(true, 10).unwrap()
+            });
+            let (got, _, st) = generate(&mut s, spec, &p, &params, 40, None, Some(&mut c1));
+            assert_eq!(got, want, "{params:?}, lying {lying}");
+            assert_eq!(c1.taken, got);
+            if lying {
+                assert!(st.drafted > st.accepted, "{st:?}");
+            } else {
+                // The first forced run follows the prompt, before any pass: the others are
+                // drafted whole and taken.
+                assert!(st.accepted as usize >= n_fixed - 6, "{st:?} of {n_fixed}");
+            }
+        }
+    }
+}
+
 /// Wilson–Hilferty: the chi-square quantile with `df` degrees of freedom at upper tail `z`
 /// standard deviations (3.09 for a significance of 0.001).
 fn chi2_quantile(df: f64, z: f64) -> f64 {
