@@ -6,7 +6,9 @@
 #   2. English and Chinese chat (bench/spec-chat.jsonl) with n-gram drafts on both models, and on
 #      the 1.5B drafted by the 0.5B;
 #   3. (SERVE=1) the server at N concurrent greedy completions of TOKENS tokens, started without
-#      and with `--spec ngram`, alternating ROUNDS times (bench/serve_throughput.py).
+#      and with `--spec ngram`, alternating ROUNDS times (bench/serve_throughput.py), and one
+#      stream of answers under a JSON schema (bench/structured_bench.py: the text the schema
+#      forces is drafted).
 # Prints each run's geometric-mean ratio per kind of task, the share of drafts taken and tokens
 # per verifying pass, then a summary table. Every answer must be the same with and without
 # speculation (`bench --spec` fails otherwise).
@@ -68,29 +70,48 @@ if [ -z "$ONLY" ] || [ "$ONLY" = chat ]; then
     rows+=("$(bench "$BIG-ngram-chat" "$BIG" "$GEN_BIG" bench/spec-chat.jsonl ngram)")
     rows+=("$(bench "$BIG-draft-chat" "$BIG" "$GEN_BIG" bench/spec-chat.jsonl draft "$SMALL")")
 fi
-if [ "$SERVE" = 1 ] && { [ -z "$ONLY" ] || [ "$ONLY" = serve ]; }; then
+# served SPEC CMD...: CMD's output, run against `suanli serve --spec SPEC` on the small model.
+served() {
+    local spec=$1 port pid res
+    shift
     port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-    declare -A tok=([off]="" [ngram]="")
+    "$BIN" --threads "$THREADS" serve --model "$SMALL" --port "$port" --max-batch "$N" \
+        --spec "$spec" 2>"$out/serve-$spec.log" &
+    pid=$!
+    python3 scripts/wait-http.py "$port" /ready
+    res=$("$@" --url "http://127.0.0.1:$port")
+    kill "$pid"
+    wait "$pid" || true
+    echo "$res"
+}
+med() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
+# row NAME KIND OFF-FIGURES ON-FIGURES UNIT: the medians' ratio.
+row() {
+    local off on
+    off=$(echo "$3" | med)
+    on=$(echo "$4" | med)
+    printf '%-32s %-10s %7s  %s' "$1" "$2" "$(python3 -c "print(f'{$on / $off:.2f}×')")" \
+        "median of $ROUNDS alternating server starts: $off → $on $5"
+}
+if [ "$SERVE" = 1 ] && { [ -z "$ONLY" ] || [ "$ONLY" = serve ]; }; then
+    declare -A tok=([off]="" [ngram]="") schema=([off]="" [ngram]="")
     for r in $(seq "$ROUNDS"); do
         for spec in off ngram; do
-            "$BIN" --threads "$THREADS" serve --model "$SMALL" --port "$port" --max-batch "$N" \
-                --spec "$spec" 2>"$out/serve-$spec.log" &
-            pid=$!
-            python3 scripts/wait-http.py "$port" /ready
-            res=$(python3 bench/serve_throughput.py --url "http://127.0.0.1:$port" --model "$SMALL" \
-                --requests "$N" --max-tokens "$TOKENS" --ban 151643,151645 --rounds 1 --label "$spec")
-            kill "$pid"
-            wait "$pid" || true
-            v=$(echo "$res" | python3 -c 'import json, sys; d = json.load(sys.stdin); print("%.1f %s" % (d["concurrent_tok_s"], d["answers_equal"]))')
+            v=$(served "$spec" python3 bench/serve_throughput.py --model "$SMALL" --requests "$N" \
+                --max-tokens "$TOKENS" --ban 151643,151645 --rounds 1 --label "$spec" |
+                python3 -c 'import json, sys; d = json.load(sys.stdin); print("%.1f %s" % (d["concurrent_tok_s"], d["answers_equal"]))')
             echo "== serve round $r, --spec $spec: ${v% *} tok/s, answers equal to one at a time: ${v#* }" >&2
             tok[$spec]="${tok[$spec]} ${v% *}"
+            # One stream under a JSON schema (bench/structured_bench.py): the text the schema
+            # forces is drafted.
+            v=$(served "$spec" python3 bench/structured_bench.py --model "$SMALL" --streams 1 \
+                --rounds 1 | awk '$1 == 1 {print $3}')
+            echo "== structured round $r, --spec $spec: $v tok/s under the schema" >&2
+            schema[$spec]="${schema[$spec]} $v"
         done
     done
-    med() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
-    off=$(echo "${tok[off]}" | med)
-    on=$(echo "${tok[ngram]}" | med)
-    rows+=("$(printf '%-32s %-10s %7s  %s' "$SMALL-serve-$N" "x$TOKENS" \
-        "$(python3 -c "print(f'{$on / $off:.2f}×')")" "median of $ROUNDS: $off → $on tok/s")")
+    rows+=("$(row "$SMALL-serve-$N" "x$TOKENS" "${tok[off]}" "${tok[ngram]}" tok/s)")
+    rows+=("$(row "$SMALL-json-schema" "1 stream" "${schema[off]}" "${schema[ngram]}" tok/s)")
 fi
 echo
 echo "speculative against plain decoding, same binary, $THREADS threads ($(date -u +%F), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | xargs))"
