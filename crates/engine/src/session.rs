@@ -29,8 +29,6 @@ pub enum SessionError {
     BadToken { id: u32, vocab: usize },
     #[error("{failed}: {0}", failed = crate::constraint::FAILED)]
     Constraint(String),
-    #[error("draft model: {0}")]
-    Draft(String),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
