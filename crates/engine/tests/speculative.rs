@@ -246,8 +246,8 @@ impl TokenConstraint for Template {
 
 /// The text a constraint forces is drafted first (`TokenConstraint::forced`) and changes no
 /// token: greedy and seeded answers under a template of fixed runs equal those decoded one
-/// token at a time, every forced token is taken, and forced drafts the model refuses (a
-/// lying constraint) are rolled back like any other.
+/// token at a time, every forced token after the first is drafted and taken, and forced
+/// drafts the model refuses (a lying constraint) are rolled back like any other.
 #[test]
 fn tokens_a_constraint_forces_are_drafted_and_change_no_token() {
     let (mut s, tok) = smollm2();
@@ -277,9 +277,10 @@ fn tokens_a_constraint_forces_are_drafted_and_change_no_token() {
             let (want, _, _) = generate(&mut s, None, &p, &params, 40, None, Some(&mut c0));
             let mut c1 = template();
             // Lookup from 4-token suffixes only: here, nearly every draft is a forced one.
+            // Every proposal verified whole (not adaptive), so the counts depend on no timing.
             let spec = Some(SpecConfig {
                 ngram_min: 4,
-                ..ngram(true, 10).unwrap()
+                ..ngram(false, 10).unwrap()
             });
             let (got, _, st) = generate(&mut s, spec, &p, &params, 40, None, Some(&mut c1));
             assert_eq!(got, want, "{params:?}, lying {lying}");
@@ -287,9 +288,9 @@ fn tokens_a_constraint_forces_are_drafted_and_change_no_token() {
             if lying {
                 assert!(st.drafted > st.accepted, "{st:?}");
             } else {
-                // The first forced run follows the prompt, before any pass: the others are
-                // drafted whole and taken.
-                assert!(st.accepted as usize >= n_fixed - 6, "{st:?} of {n_fixed}");
+                // Every forced token but the first (sampled from the prompt's pass) is
+                // drafted and taken.
+                assert!(st.accepted as usize >= n_fixed - 1, "{st:?} of {n_fixed}");
             }
         }
     }
