@@ -1,6 +1,7 @@
 //! Speculative decoding's options through the real binary: bad combinations are refused with
 //! a message naming the option, before any model is loaded; a draft model of another
-//! vocabulary is refused by name, one that differs by padding taken; n-gram speculation answers as plain decoding does, and so
+//! vocabulary is refused by name, one that differs by padding taken; a schema's forced text
+//! is drafted; n-gram speculation answers as plain decoding does, and so
 //! does `serve` with a draft model.
 
 mod common;
@@ -154,6 +155,46 @@ fn draft_model_with_padded_vocabulary_is_taken() {
         err.contains("vocabulary") && err.contains("[PAD500]") && !err.contains("panicked"),
         "{err}"
     );
+}
+
+/// Under a JSON schema, `--spec ngram` drafts the text the schema forces (its keys and
+/// punctuation: a random tiny model repeats nothing the lookup could copy) and answers as
+/// plain decoding does.
+#[test]
+fn a_schemas_forced_text_is_drafted_and_changes_no_token() {
+    let tiny = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/tiny/qwen2"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let schema = dir.path().join("schema.json");
+    let digit = serde_json::json!({"type": "integer", "minimum": 0, "maximum": 9});
+    let body = serde_json::json!({
+        "type": "object",
+        "properties": {"alpha": digit, "beta": {"type": "boolean"}, "gamma_delta": digit},
+        "required": ["alpha", "beta", "gamma_delta"], "additionalProperties": false,
+    });
+    std::fs::write(&schema, body.to_string()).unwrap();
+    // Whole proposals verified (`--draft-fixed`), so no count depends on time.
+    let run = |spec: &[&str]| {
+        let mut args = vec!["run", "--model", tiny, "--raw", "--temperature", "0"];
+        args.extend(["--max-tokens", "60", "--json", "--json-schema"]);
+        args.push(schema.to_str().unwrap());
+        args.extend(spec);
+        args.push("hi");
+        let (code, out, err) = suanli(&args);
+        assert_eq!(code, 0, "{err}");
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        let text = v["text"].as_str().unwrap().to_owned();
+        (text, v["tokens"].clone(), v["accepted"].as_u64().unwrap())
+    };
+    let (text, plain, _) = run(&[]);
+    let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(answer.as_object().unwrap().len(), 3, "{text}");
+    let (_, spec, accepted) = run(&["--spec", "ngram", "--draft-fixed"]);
+    assert_eq!(spec, plain);
+    // `{"alpha": `, `, "beta": `, `, "gamma_delta": ` and `}` are forced.
+    assert!(accepted >= 10, "{accepted} drafts taken");
 }
 
 #[test]
