@@ -502,7 +502,7 @@ impl<B: Backend> DraftModel<B> {
         let rest = &history[common..];
         // A token past the draft's vocabulary (padding the model itself sampled) cannot be fed
         // to it: this sequence gets no drafts from it.
-        if rest.iter().any(|&t| t as usize >= self.model.vocab_size()) {
+        if out_of_vocab(rest, self.model.vocab_size()).is_some() {
             return Ok((out, timed));
         }
         let t = Instant::now();
