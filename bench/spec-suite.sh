@@ -5,10 +5,10 @@
 #      n-gram drafts, on Qwen2.5-Coder-0.5B and Qwen2.5-Coder-1.5B;
 #   2. English and Chinese chat (bench/spec-chat.jsonl) with n-gram drafts on both models, and on
 #      the 1.5B drafted by the 0.5B;
-#   3. (SERVE=1) the server at N concurrent greedy completions of TOKENS tokens, started without
-#      and with `--spec ngram`, alternating ROUNDS times (bench/serve_throughput.py), and one
-#      stream of answers under a JSON schema (bench/structured_bench.py: the text the schema
-#      forces is drafted).
+#   3. (SERVE=1) the server at N concurrent greedy completions of TOKENS tokens, started with
+#      `--spec off`, `forced` (the default) and `ngram`, alternating ROUNDS times
+#      (bench/serve_throughput.py), and one stream of answers under a JSON schema
+#      (bench/structured_bench.py: the text the schema forces is drafted but with `off`).
 # Prints each run's geometric-mean ratio per kind of task, the share of drafts taken and tokens
 # per verifying pass, then a summary table. Every answer must be the same with and without
 # speculation (`bench --spec` fails otherwise).
@@ -90,13 +90,13 @@ row() {
     local off on
     off=$(echo "$3" | med)
     on=$(echo "$4" | med)
-    printf '%-32s %-10s %7s  %s' "$1" "$2" "$(python3 -c "print(f'{$on / $off:.2f}×')")" \
+    printf '%-40s %-10s %7s  %s' "$1" "$2" "$(python3 -c "print(f'{$on / $off:.2f}×')")" \
         "median of $ROUNDS alternating server starts: $off → $on $5"
 }
 if [ "$SERVE" = 1 ] && { [ -z "$ONLY" ] || [ "$ONLY" = serve ]; }; then
-    declare -A tok=([off]="" [ngram]="") schema=([off]="" [ngram]="")
+    declare -A tok=([off]="" [forced]="" [ngram]="") schema=([off]="" [forced]="" [ngram]="")
     for r in $(seq "$ROUNDS"); do
-        for spec in off ngram; do
+        for spec in off forced ngram; do
             v=$(served "$spec" python3 bench/serve_throughput.py --model "$SMALL" --requests "$N" \
                 --max-tokens "$TOKENS" --ban 151643,151645 --rounds 1 --label "$spec" |
                 python3 -c 'import json, sys; d = json.load(sys.stdin); print("%.1f %s" % (d["concurrent_tok_s"], d["answers_equal"]))')
@@ -110,8 +110,11 @@ if [ "$SERVE" = 1 ] && { [ -z "$ONLY" ] || [ "$ONLY" = serve ]; }; then
             schema[$spec]="${schema[$spec]} $v"
         done
     done
-    rows+=("$(row "$SMALL-serve-$N" "x$TOKENS" "${tok[off]}" "${tok[ngram]}" tok/s)")
-    rows+=("$(row "$SMALL-json-schema" "1 stream" "${schema[off]}" "${schema[ngram]}" tok/s)")
+    # forced: serve's default (only the text a constraint forces is drafted).
+    for spec in forced ngram; do
+        rows+=("$(row "$SMALL-serve-$N --spec $spec" "x$TOKENS" "${tok[off]}" "${tok[$spec]}" tok/s)")
+        rows+=("$(row "$SMALL-json-schema --spec $spec" "1 stream" "${schema[off]}" "${schema[$spec]}" tok/s)")
+    done
 fi
 echo
 echo "speculative against plain decoding, same binary, $THREADS threads ($(date -u +%F), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | xargs))"

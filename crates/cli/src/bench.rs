@@ -5,6 +5,7 @@ use crate::load::Hardware;
 use anyhow::{bail, Result};
 use clap::Args;
 use std::time::Instant;
+use suanli_engine::spec::SpecMode;
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -138,7 +139,15 @@ fn bench_on<B: Hardware>(a: BenchArgs, opts: &crate::load::Opts) -> Result<()> {
     if a.repetitions == 0 {
         bail!("--repetitions must be at least 1");
     }
-    if a.spec.config()?.is_some() {
+    // Measured only where --spec names a mode (bench has no default one): forced drafts need
+    // a constraint, which these tasks lack (bench/structured_bench.py measures them).
+    let spec = a.spec.config()?.filter(|_| a.spec.spec.is_some());
+    if spec.as_ref().is_some_and(|c| c.mode == SpecMode::Forced) {
+        bail!(
+            "bench --spec measures ngram or draft speculation on unconstrained tasks, not forced"
+        );
+    }
+    if spec.is_some() {
         if a.random.is_some() || a.parallel > 0 || a.depth.iter().any(|&d| d > 0) {
             bail!("--spec measures chat tasks on a model file: not with --random, --parallel or --depth");
         }

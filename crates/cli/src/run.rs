@@ -52,14 +52,19 @@ impl SamplingArgs {
     }
 }
 
-/// Speculative decoding (`run`, `chat`, `bench`).
+/// The speculation of `run`, `chat` and `serve` without `--spec`.
+pub const DEFAULT_SPEC: &str = "forced";
+
+/// Speculative decoding (`run`, `chat`, `serve`, `bench`).
 #[derive(Args, Clone)]
 pub struct SpecArgs {
-    /// Speculative decoding: off, ngram (drafts from earlier text: pays when the answer
-    /// repeats the prompt, as code edits do) or draft (a small model with the same tokenizer
-    /// drafts: --draft-model). The output is the same either way.
-    #[arg(long, default_value = "off")]
-    pub spec: String,
+    /// Speculative decoding: off; forced (the default of run, chat and serve: only the text a
+    /// constraint's grammar forces, such as a JSON schema's keys and punctuation, is drafted);
+    /// ngram (also drafts from earlier text: pays when the answer repeats the prompt, as code
+    /// edits do); or draft (a small model with the same tokenizer drafts: --draft-model). The
+    /// output is the same either way.
+    #[arg(long)]
+    pub spec: Option<String>,
     /// The draft model of --spec draft (catalog name or file), e.g. qwen2.5-coder-0.5b for
     /// qwen2.5-coder-1.5b.
     #[arg(long)]
@@ -82,9 +87,13 @@ pub struct SpecArgs {
 }
 
 impl SpecArgs {
+    /// The speculation settings, `forced` where `--spec` is not given: the text a constraint
+    /// forces costs one pass for many tokens, verified like any draft, and an unconstrained
+    /// answer decodes as with `off`.
     pub fn config(&self) -> Result<Option<suanli_engine::spec::SpecConfig>> {
         use suanli_engine::spec::SpecMode;
-        let mode = SpecMode::parse(&self.spec).map_err(|e| anyhow!("--spec: {e}"))?;
+        let spec = self.spec.as_deref().unwrap_or(DEFAULT_SPEC);
+        let mode = SpecMode::parse(spec).map_err(|e| anyhow!("--spec: {e}"))?;
         if mode != Some(SpecMode::Draft) {
             if self.draft_model.is_some() {
                 bail!("--draft-model is for --spec draft");
@@ -260,7 +269,7 @@ fn run_on<B: crate::load::Hardware>(a: RunArgs, opts: &crate::load::Opts) -> Res
         g.tokens_per_second(),
         g.finish_reason.as_str()
     );
-    if g.spec.verify_steps > 0 || a.spec.spec != "off" {
+    if g.spec.verify_steps > 0 || a.spec.spec.as_deref().is_some_and(|s| s != "off") {
         eprintln!(
             "[speculation: {} of {} drafted tokens accepted ({:.0}%), {:.2} tokens per verifying pass]",
             g.spec.accepted,

@@ -69,6 +69,13 @@ fn bad_speculation_options_are_refused_by_name() {
         err.contains("--gen-tokens") && !err.contains("panicked"),
         "{err}"
     );
+    // Its tasks are unconstrained: forced drafts would measure nothing.
+    let (code, _, err) = suanli(&["bench", "--model", tiny, "--spec", "forced"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("not forced") && !err.contains("panicked"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -188,13 +195,22 @@ fn a_schemas_forced_text_is_drafted_and_changes_no_token() {
         let text = v["text"].as_str().unwrap().to_owned();
         (text, v["tokens"].clone(), v["accepted"].as_u64().unwrap())
     };
-    let (text, plain, _) = run(&[]);
+    let (text, plain, none) = run(&["--spec", "off"]);
     let answer: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(answer.as_object().unwrap().len(), 3, "{text}");
-    let (_, spec, accepted) = run(&["--spec", "ngram", "--draft-fixed"]);
-    assert_eq!(spec, plain);
-    // `{"alpha": `, `, "beta": `, `, "gamma_delta": ` and `}` are forced.
-    assert!(accepted >= 10, "{accepted} drafts taken");
+    assert_eq!(none, 0);
+    // `{"alpha": `, `, "beta": `, `, "gamma_delta": ` and `}` are forced: drafted with n-gram
+    // speculation, and without --spec (forced drafts are the default).
+    for spec in [
+        &["--spec", "ngram", "--draft-fixed"][..],
+        &["--draft-fixed"],
+    ] {
+        let (_, tokens, accepted) = run(spec);
+        assert_eq!(tokens, plain, "{spec:?}");
+        assert!(accepted >= 10, "{spec:?}: {accepted} drafts taken");
+    }
+    // The default as decided by the controller: the same answer.
+    assert_eq!(run(&[]).1, plain);
 }
 
 #[test]
@@ -275,4 +291,57 @@ fn serve_with_a_draft_model_answers_as_plain_decoding() {
         .and_then(|v| v.trim().parse::<f64>().ok())
         .expect("the accepted-drafts counter");
     assert!(accepted > 0.0, "{metrics}");
+}
+
+/// `serve` drafts the text a JSON schema forces without `--spec` (forced drafts are the
+/// default), with the answer of `--spec off`, whose counters stay at zero.
+#[test]
+fn serve_drafts_a_schemas_forced_text_by_default() {
+    use std::io::BufRead;
+    let answer = |extra: &[&str]| -> (String, f64) {
+        let (mut child, mut err) = spawn_serve(extra);
+        let mut line = String::new();
+        while !line.starts_with("serving ") {
+            line.clear();
+            assert!(err.read_line(&mut line).unwrap() > 0, "server exited early");
+        }
+        let addr = address_in(&line).unwrap();
+        let schema = serde_json::json!({
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 12},
+                           "population_millions": {"type": "integer"},
+                           "is_capital": {"type": "boolean"}},
+            "required": ["city", "population_millions", "is_capital"],
+            "additionalProperties": false,
+        });
+        let body = serde_json::json!({
+            "messages": [{"role": "user", "content": "Describe Paris."}],
+            "max_tokens": 48, "temperature": 0,
+            "response_format": {"type": "json_schema",
+                                "json_schema": {"name": "city", "schema": schema}},
+        });
+        let reply = http(&addr, "POST", "/v1/chat/completions", &body.to_string());
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+        let v: serde_json::Value =
+            serde_json::from_str(reply.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        let metrics = http(&addr, "GET", "/metrics", "");
+        let _ = child.kill();
+        let _ = child.wait();
+        let accepted = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("suanli_spec_accepted_tokens_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .expect("the accepted-drafts counter");
+        let text = v["choices"][0]["message"]["content"].as_str().unwrap();
+        (text.to_owned(), accepted)
+    };
+    let (plain, none) = answer(&["--spec", "off"]);
+    let keys: serde_json::Value = serde_json::from_str(&plain).unwrap();
+    assert_eq!(keys.as_object().unwrap().len(), 3, "{plain}");
+    assert_eq!(none, 0.0);
+    // Whole proposals verified (`--draft-fixed`), so the count does not depend on time.
+    let (forced, accepted) = answer(&["--draft-fixed"]);
+    assert_eq!(forced, plain);
+    // `{"city": "`, `", "population_millions": `, `, "is_capital": ` are forced.
+    assert!(accepted >= 6.0, "{accepted} drafts taken");
 }

@@ -152,6 +152,17 @@ fn constrained_answers_fit_and_are_the_same_batched_or_alone() {
     assert_eq!(speculative, alone, "with speculation");
     // The person's JSON: its keys and punctuation are forced, none copied yet.
     assert!(stats[0].accepted >= 4, "{:?}", stats[0]);
+    // Forced drafts alone (the CLI's default): the same drafts under a constraint, none for
+    // the story.
+    let forced = SpecConfig {
+        adaptive: false,
+        ..SpecConfig::new(SpecMode::Forced)
+    };
+    s.set_speculation(Some(forced.clone())).unwrap();
+    let (speculative, stats) = one_at_a_time(&mut s, &cases, &prompts, &eog);
+    assert_eq!(speculative, alone, "with forced drafts");
+    assert!(stats[0].accepted >= 4, "{:?}", stats[0]);
+    assert_eq!(stats[2], SpecStats::default(), "the unconstrained story");
     s.set_speculation(None).unwrap();
 
     // All at once, without and with speculation.
@@ -170,6 +181,23 @@ fn constrained_answers_fit_and_are_the_same_batched_or_alone() {
     let speculative = all_at_once(&mut e, &cases, &prompts);
     assert_eq!(speculative, alone, "batched with speculation");
     assert!(e.spec_stats().accepted > 0, "{:?}", e.spec_stats());
+    let before = e.spec_stats();
+    e.set_speculation(Some(forced)).unwrap();
+    let speculative = all_at_once(&mut e, &cases, &prompts);
+    assert_eq!(speculative, alone, "batched with forced drafts");
+    assert!(
+        e.spec_stats().accepted > before.accepted,
+        "{:?}",
+        e.spec_stats()
+    );
+    let before = e.spec_stats();
+    let story = all_at_once(&mut e, &cases[2..3], &prompts[2..3]);
+    assert_eq!(story[0], alone[2]);
+    assert_eq!(
+        e.spec_stats(),
+        before,
+        "an unconstrained answer drafts nothing"
+    );
     let stats = e.constraint_stats();
     let constrained: usize = cases
         .iter()

@@ -214,6 +214,7 @@ impl<B: Backend> BatchEngine<B> {
             let first = spec.forced_first(&forced, room, against);
             let draft = match cfg.mode {
                 _ if !first.is_empty() => first,
+                SpecMode::Forced => Vec::new(),
                 SpecMode::Ngram => spec.ngram(&st.history, cfg, room, against).to_vec(),
                 SpecMode::Draft => {
                     let copied = spec.copy_first(&st.history, cfg, room, against).to_vec();

@@ -396,6 +396,7 @@ impl<B: Backend> Session<B> {
             return Ok(first);
         }
         match s.cfg.mode {
+            SpecMode::Forced => Ok(Vec::new()),
             SpecMode::Ngram => Ok(s
                 .state
                 .ngram(history, &s.cfg, room, |ctl, n| ctl.draft_len(n))

@@ -15,9 +15,13 @@ mod controller;
 pub use controller::{Controller, StepCost};
 use std::time::Duration;
 
-/// Where drafts come from.
+/// Where drafts come from. Under a constraint, every mode drafts the text its grammar forces
+/// first (`SeqSpec::forced_first`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SpecMode {
+    /// Only the text a constraint's grammar forces (a JSON schema's keys and punctuation):
+    /// nothing else is drafted, so an unconstrained sequence decodes one token a step.
+    Forced,
     /// The continuation of the sequence's last few tokens where they occurred before (prompt
     /// lookup): pays where the answer repeats its input (code edits, quoting, forms).
     Ngram,
@@ -29,10 +33,11 @@ impl SpecMode {
     pub fn parse(s: &str) -> Result<Option<SpecMode>, String> {
         match s {
             "off" | "none" => Ok(None),
+            "forced" => Ok(Some(SpecMode::Forced)),
             "ngram" => Ok(Some(SpecMode::Ngram)),
             "draft" => Ok(Some(SpecMode::Draft)),
             _ => Err(format!(
-                "unknown speculation mode {s:?}: off, ngram or draft"
+                "unknown speculation mode {s:?}: off, forced, ngram or draft"
             )),
         }
     }
