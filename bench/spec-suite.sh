@@ -6,7 +6,7 @@
 #   2. English and Chinese chat (bench/spec-chat.jsonl) with n-gram drafts on both models, and on
 #      the 1.5B drafted by the 0.5B;
 #   3. (SERVE=1) the server at N concurrent greedy completions of TOKENS tokens, started with
-#      `--spec off`, `forced` (the default) and `ngram`, alternating ROUNDS times
+#      `--spec off`, `auto` (the default) and `ngram`, alternating ROUNDS times
 #      (bench/serve_throughput.py), and one stream of answers under a JSON schema
 #      (bench/structured_bench.py: the text the schema forces is drafted but with `off`).
 # Prints each run's geometric-mean ratio per kind of task, the share of drafts taken and tokens
@@ -94,9 +94,9 @@ row() {
         "median of $ROUNDS alternating server starts: $off → $on $5"
 }
 if [ "$SERVE" = 1 ] && { [ -z "$ONLY" ] || [ "$ONLY" = serve ]; }; then
-    declare -A tok=([off]="" [forced]="" [ngram]="") schema=([off]="" [forced]="" [ngram]="")
+    declare -A tok=([off]="" [auto]="" [ngram]="") schema=([off]="" [auto]="" [ngram]="")
     for r in $(seq "$ROUNDS"); do
-        for spec in off forced ngram; do
+        for spec in off auto ngram; do
             v=$(served "$spec" python3 bench/serve_throughput.py --model "$SMALL" --requests "$N" \
                 --max-tokens "$TOKENS" --ban 151643,151645 --rounds 1 --label "$spec" |
                 python3 -c 'import json, sys; d = json.load(sys.stdin); print("%.1f %s" % (d["concurrent_tok_s"], d["answers_equal"]))')
@@ -110,8 +110,8 @@ if [ "$SERVE" = 1 ] && { [ -z "$ONLY" ] || [ "$ONLY" = serve ]; }; then
             schema[$spec]="${schema[$spec]} $v"
         done
     done
-    # forced: serve's default (only the text a constraint forces is drafted).
-    for spec in forced ngram; do
+    # auto: serve's default (drafts only under a constraint).
+    for spec in auto ngram; do
         rows+=("$(row "$SMALL-serve-$N --spec $spec" "x$TOKENS" "${tok[off]}" "${tok[$spec]}" tok/s)")
         rows+=("$(row "$SMALL-json-schema --spec $spec" "1 stream" "${schema[off]}" "${schema[$spec]}" tok/s)")
     done

@@ -53,16 +53,17 @@ impl SamplingArgs {
 }
 
 /// The speculation of `run`, `chat` and `serve` without `--spec`.
-pub const DEFAULT_SPEC: &str = "forced";
+pub const DEFAULT_SPEC: &str = "auto";
 
 /// Speculative decoding (`run`, `chat`, `serve`, `bench`).
 #[derive(Args, Clone)]
 pub struct SpecArgs {
-    /// Speculative decoding: off; forced (the default of run, chat and serve: only the text a
-    /// constraint's grammar forces, such as a JSON schema's keys and punctuation, is drafted);
-    /// ngram (also drafts from earlier text: pays when the answer repeats the prompt, as code
-    /// edits do); or draft (a small model with the same tokenizer drafts: --draft-model). The
-    /// output is the same either way.
+    /// Speculative decoding: off; auto (the default of run, chat and serve: a constrained
+    /// answer drafts the text its grammar forces, such as a JSON schema's keys and
+    /// punctuation, and n-gram copies; an unconstrained one drafts nothing); ngram (drafts from
+    /// earlier text for every answer: pays when it repeats the prompt, as code edits do); or
+    /// draft (a small model with the same tokenizer drafts: --draft-model). The output is the
+    /// same either way.
     #[arg(long)]
     pub spec: Option<String>,
     /// The draft model of --spec draft (catalog name or file), e.g. qwen2.5-coder-0.5b for
@@ -87,7 +88,7 @@ pub struct SpecArgs {
 }
 
 impl SpecArgs {
-    /// The speculation settings, `forced` where `--spec` is not given: the text a constraint
+    /// The speculation settings, `auto` where `--spec` is not given: the text a constraint
     /// forces costs one pass for many tokens, verified like any draft, and an unconstrained
     /// answer decodes as with `off`.
     pub fn config(&self) -> Result<Option<suanli_engine::spec::SpecConfig>> {

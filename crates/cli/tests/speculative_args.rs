@@ -69,11 +69,11 @@ fn bad_speculation_options_are_refused_by_name() {
         err.contains("--gen-tokens") && !err.contains("panicked"),
         "{err}"
     );
-    // Its tasks are unconstrained: forced drafts would measure nothing.
-    let (code, _, err) = suanli(&["bench", "--model", tiny, "--spec", "forced"]);
+    // Its tasks are unconstrained: `auto` would measure nothing.
+    let (code, _, err) = suanli(&["bench", "--model", tiny, "--spec", "auto"]);
     assert_eq!(code, 1, "{err}");
     assert!(
-        err.contains("not forced") && !err.contains("panicked"),
+        err.contains("not auto") && !err.contains("panicked"),
         "{err}"
     );
 }
@@ -200,7 +200,7 @@ fn a_schemas_forced_text_is_drafted_and_changes_no_token() {
     assert_eq!(answer.as_object().unwrap().len(), 3, "{text}");
     assert_eq!(none, 0);
     // `{"alpha": `, `, "beta": `, `, "gamma_delta": ` and `}` are forced: drafted with n-gram
-    // speculation, and without --spec (forced drafts are the default).
+    // speculation, and without --spec (`auto`, the default, drafts under a constraint).
     for spec in [
         &["--spec", "ngram", "--draft-fixed"][..],
         &["--draft-fixed"],
@@ -293,8 +293,8 @@ fn serve_with_a_draft_model_answers_as_plain_decoding() {
     assert!(accepted > 0.0, "{metrics}");
 }
 
-/// `serve` drafts the text a JSON schema forces without `--spec` (forced drafts are the
-/// default), with the answer of `--spec off`, whose counters stay at zero.
+/// `serve` drafts the text a JSON schema forces without `--spec` (`auto`, the default), with
+/// the answer of `--spec off`, whose counters stay at zero.
 #[test]
 fn serve_drafts_a_schemas_forced_text_by_default() {
     use std::io::BufRead;

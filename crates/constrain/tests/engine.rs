@@ -152,17 +152,24 @@ fn constrained_answers_fit_and_are_the_same_batched_or_alone() {
     assert_eq!(speculative, alone, "with speculation");
     // The person's JSON: its keys and punctuation are forced, none copied yet.
     assert!(stats[0].accepted >= 4, "{:?}", stats[0]);
-    // Forced drafts alone (the CLI's default): the same drafts under a constraint, none for
-    // the story.
-    let forced = SpecConfig {
+    // `Auto` (the CLI's default): under a constraint, the n-gram mode's drafts (forced text,
+    // then copies); none for the story, which n-gram lookups do draft for.
+    let auto = SpecConfig {
         adaptive: false,
-        ..SpecConfig::new(SpecMode::Forced)
+        ..SpecConfig::new(SpecMode::Auto)
     };
-    s.set_speculation(Some(forced.clone())).unwrap();
-    let (speculative, stats) = one_at_a_time(&mut s, &cases, &prompts, &eog);
-    assert_eq!(speculative, alone, "with forced drafts");
-    assert!(stats[0].accepted >= 4, "{:?}", stats[0]);
-    assert_eq!(stats[2], SpecStats::default(), "the unconstrained story");
+    s.set_speculation(Some(auto.clone())).unwrap();
+    let (speculative, auto_stats) = one_at_a_time(&mut s, &cases, &prompts, &eog);
+    assert_eq!(speculative, alone, "with automatic speculation");
+    for (i, (a, n)) in auto_stats.iter().zip(&stats).enumerate() {
+        match cases[i].1 {
+            Some(_) => assert_eq!(a, n, "case {i}"),
+            None => {
+                assert!(n.drafted > 0, "case {i}: {n:?}");
+                assert_eq!(*a, SpecStats::default(), "case {i}");
+            }
+        }
+    }
     s.set_speculation(None).unwrap();
 
     // All at once, without and with speculation.
@@ -182,9 +189,9 @@ fn constrained_answers_fit_and_are_the_same_batched_or_alone() {
     assert_eq!(speculative, alone, "batched with speculation");
     assert!(e.spec_stats().accepted > 0, "{:?}", e.spec_stats());
     let before = e.spec_stats();
-    e.set_speculation(Some(forced)).unwrap();
+    e.set_speculation(Some(auto)).unwrap();
     let speculative = all_at_once(&mut e, &cases, &prompts);
-    assert_eq!(speculative, alone, "batched with forced drafts");
+    assert_eq!(speculative, alone, "batched with automatic speculation");
     assert!(
         e.spec_stats().accepted > before.accepted,
         "{:?}",

@@ -19,9 +19,11 @@ use std::time::Duration;
 /// first (`SeqSpec::forced_first`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SpecMode {
-    /// Only the text a constraint's grammar forces (a JSON schema's keys and punctuation):
-    /// nothing else is drafted, so an unconstrained sequence decodes one token a step.
-    Forced,
+    /// Where drafting reliably pays: a constrained sequence (a JSON schema, a grammar, a tool
+    /// call's arguments) drafts the text its grammar forces and n-gram copies — structured
+    /// answers repeat their keys and their input; an unconstrained one decodes one token a
+    /// step, as without speculation.
+    Auto,
     /// The continuation of the sequence's last few tokens where they occurred before (prompt
     /// lookup): pays where the answer repeats its input (code edits, quoting, forms).
     Ngram,
@@ -33,11 +35,11 @@ impl SpecMode {
     pub fn parse(s: &str) -> Result<Option<SpecMode>, String> {
         match s {
             "off" | "none" => Ok(None),
-            "forced" => Ok(Some(SpecMode::Forced)),
+            "auto" => Ok(Some(SpecMode::Auto)),
             "ngram" => Ok(Some(SpecMode::Ngram)),
             "draft" => Ok(Some(SpecMode::Draft)),
             _ => Err(format!(
-                "unknown speculation mode {s:?}: off, forced, ngram or draft"
+                "unknown speculation mode {s:?}: off, auto, ngram or draft"
             )),
         }
     }
