@@ -5,7 +5,6 @@ use crate::load::Hardware;
 use anyhow::{bail, Result};
 use clap::Args;
 use std::time::Instant;
-use suanli_engine::spec::SpecMode;
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -139,12 +138,8 @@ fn bench_on<B: Hardware>(a: BenchArgs, opts: &crate::load::Opts) -> Result<()> {
     if a.repetitions == 0 {
         bail!("--repetitions must be at least 1");
     }
-    // Measured only where --spec names a mode (bench has no default one): `auto` drafts only
-    // under a constraint, which these tasks lack (bench/structured_bench.py measures it).
+    // Measured only where --spec names a mode (bench has no default one).
     let spec = a.spec.config()?.filter(|_| a.spec.spec.is_some());
-    if spec.as_ref().is_some_and(|c| c.mode == SpecMode::Auto) {
-        bail!("bench --spec measures ngram or draft speculation on unconstrained tasks, not auto");
-    }
     if spec.is_some() {
         if a.random.is_some() || a.parallel > 0 || a.depth.iter().any(|&d| d > 0) {
             bail!("--spec measures chat tasks on a model file: not with --random, --parallel or --depth");

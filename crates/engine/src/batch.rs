@@ -210,7 +210,7 @@ impl<B: Backend> BatchEngine<B> {
             let first = spec.forced_first(forced.as_deref().unwrap_or_default(), room, against);
             let draft = match cfg.mode {
                 _ if !first.is_empty() => first,
-                SpecMode::Auto if forced.is_none() => Vec::new(),
+                SpecMode::Auto if forced.is_none() && !alone => Vec::new(),
                 SpecMode::Auto | SpecMode::Ngram => {
                     spec.ngram(&st.history, cfg, room, against).to_vec()
                 }

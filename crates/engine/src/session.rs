@@ -398,7 +398,7 @@ impl<B: Backend> Session<B> {
             return Ok(first);
         }
         match s.cfg.mode {
-            SpecMode::Auto if forced.is_none() => Ok(Vec::new()),
+            // A session's sequence decodes alone: `Auto` drafts as `Ngram`.
             SpecMode::Auto | SpecMode::Ngram => Ok(s
                 .state
                 .ngram(history, &s.cfg, room, |ctl, n| ctl.draft_len(n))

@@ -19,10 +19,11 @@ use std::time::Duration;
 /// first (`SeqSpec::forced_first`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SpecMode {
-    /// Where drafting reliably pays: a constrained sequence (a JSON schema, a grammar, a tool
-    /// call's arguments) drafts the text its grammar forces and n-gram copies — structured
-    /// answers repeat their keys and their input; an unconstrained one decodes one token a
-    /// step, as without speculation.
+    /// N-gram drafts (a constraint's forced text first) where they pay without a second
+    /// model: for a sequence decoding alone (a session; a server's only stream), whose steps
+    /// are bound by reading the weights and whose controller turns drafting off when it does
+    /// not pay, and for a constrained sequence in any batch (structured answers repeat their
+    /// keys and copy their input). An unconstrained sequence sharing a batch drafts nothing.
     Auto,
     /// The continuation of the sequence's last few tokens where they occurred before (prompt
     /// lookup): pays where the answer repeats its input (code edits, quoting, forms).
