@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Soak a running `suanli serve` (loopback only, bounded in time): workers send a mix of
-streamed and non-streamed chat and completions, `n` > 1, stop strings, tokenize calls and bad
-requests, and cancel a share of them at random moments (before the answer, mid-stream, while
-waiting for a non-streamed answer). Reports status counts, and the server's resident memory and
+streamed and non-streamed chat and completions, `n` > 1, stop strings, JSON schemas and tool
+calls, tokenize calls and bad requests, and cancel a share of them at random moments (before the
+answer, mid-stream, while waiting for a non-streamed answer). Reports status counts, and the server's resident memory and
 KV blocks at the start and the end; fails if anything is left running or any answer was a 5xx.
 
   python3 bench/soak.py --url http://127.0.0.1:8080 --pid PID --seconds 120
@@ -45,6 +45,17 @@ BODIES = [
     ("/v1/completions", {"prompt": "Once upon a time", "max_tokens": 64, "n": 2, "temperature": 0.8, "stop": ["."]}),
     ("/v1/completions", {"prompt": [1, 2, 3, 4, 5, 6, 7, 8], "max_tokens": 32, "logprobs": 3, "temperature": 0}),
     ("/v1/completions", {"prompt": "word " * 300, "max_tokens": 16, "temperature": 0}),
+    # Constrained answers, which draft the text their grammar forces by default (`--spec auto`).
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "A city as JSON."}], "max_tokens": 40,
+                              "response_format": {"type": "json_schema", "json_schema": {"name": "city", "schema": {
+                                  "type": "object", "properties": {"name": {"type": "string"},
+                                                                   "people": {"type": "integer"}},
+                                  "required": ["name", "people"]}}}}),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Weather in Paris?"}], "max_tokens": 40,
+                              "temperature": 0.7, "tool_choice": "required",
+                              "tools": [{"type": "function", "function": {"name": "weather", "parameters": {
+                                  "type": "object", "properties": {"city": {"type": "string"}},
+                                  "required": ["city"]}}}]}),
 ]
 BAD = [
     ("/v1/chat/completions", {"messages": [], "max_tokens": 5}),
