@@ -230,6 +230,7 @@ fn serve_on<B: crate::load::Hardware>(a: ServeArgs, opts: &crate::load::Opts) ->
             .set_draft_model(model)
             .context("allocating the draft model's KV cache")?;
     }
+    eprintln!("speculative decoding: {}", spec_line(spec.as_ref()));
     engine
         .set_speculation(spec)
         .map_err(|e| anyhow::anyhow!("--spec: {e}"))?;
@@ -306,6 +307,21 @@ fn kv_events_config(a: &ServeArgs, endpoint: &str) -> suanli_server::kv_events::
         topic: a.kv_events_topic.clone(),
         buffer_steps: 10_000,
         hasher,
+    }
+}
+
+/// What `--spec` does, for the start-up log.
+fn spec_line(spec: Option<&suanli_engine::spec::SpecConfig>) -> &'static str {
+    use suanli_engine::spec::SpecMode;
+    match spec.map(|c| c.mode) {
+        None => "off",
+        Some(SpecMode::Auto) => {
+            "auto (n-gram drafts for a request decoding alone or under a constraint; --spec off turns it off)"
+        }
+        Some(SpecMode::Ngram) => "ngram (n-gram drafts for every request, as far as they pay)",
+        Some(SpecMode::Draft) => {
+            "draft (the draft model for a request decoding alone, n-gram copies for every request)"
+        }
     }
 }
 
