@@ -244,39 +244,56 @@ fn ngram_speculation_answers_as_plain_decoding() {
     assert_eq!(run(&[]).0, plain);
 }
 
+/// A server started with `extra` answers `body` at `path` and is stopped: the answer's JSON,
+/// `/metrics`, and what it logged before serving.
+#[cfg(unix)]
+fn serve_once(extra: &[&str], path: &str, body: &str) -> (serde_json::Value, String, String) {
+    use std::io::BufRead;
+    let (mut child, mut err) = spawn_serve(extra);
+    let (mut line, mut log) = (String::new(), String::new());
+    while !line.starts_with("serving ") {
+        line.clear();
+        assert!(err.read_line(&mut line).unwrap() > 0, "server exited early");
+        log.push_str(&line);
+    }
+    let addr = address_in(&line).unwrap();
+    let reply = http(&addr, "POST", path, body);
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let v = serde_json::from_str(reply.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    let metrics = http(&addr, "GET", "/metrics", "");
+    let _ = child.kill();
+    let _ = child.wait();
+    (v, metrics, log)
+}
+
+/// The drafted tokens `/metrics` counts as accepted.
+#[cfg(unix)]
+fn accepted_drafts(metrics: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("suanli_spec_accepted_tokens_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .expect("the accepted-drafts counter")
+}
+
 /// `serve --spec draft --draft-model M`: a completion answered with the draft model's drafts
 /// (SmolLM2 drafting for itself, re-quantized to Q4_0 by default, as the log says) equals the
 /// one a plain server gives, and the drafts show in `/metrics`.
 #[cfg(unix)]
 #[test]
 fn serve_with_a_draft_model_answers_as_plain_decoding() {
-    use std::io::BufRead;
     let model =
         suanli_formats::catalog::pull(suanli_formats::catalog::find("smollm2-135m").unwrap())
             .unwrap();
     let draft = model.to_str().unwrap().to_owned();
     let answer = |extra: &[&str]| -> (String, String) {
-        let (mut child, mut err) = spawn_serve(extra);
-        let (mut line, mut log) = (String::new(), String::new());
-        while !line.starts_with("serving ") {
-            line.clear();
-            assert!(err.read_line(&mut line).unwrap() > 0, "server exited early");
-            log.push_str(&line);
-        }
+        let body = r#"{"prompt": "The capital of France is", "max_tokens": 24, "temperature": 0}"#;
+        let (v, metrics, log) = serve_once(extra, "/v1/completions", body);
         assert_eq!(
             log.contains("re-quantized to Q4_0 for drafting"),
             !extra.is_empty(),
             "{log}"
         );
-        let addr = address_in(&line).unwrap();
-        let body = r#"{"prompt": "The capital of France is", "max_tokens": 24, "temperature": 0}"#;
-        let reply = http(&addr, "POST", "/v1/completions", body);
-        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
-        let v: serde_json::Value =
-            serde_json::from_str(reply.split("\r\n\r\n").nth(1).unwrap()).unwrap();
-        let metrics = http(&addr, "GET", "/metrics", "");
-        let _ = child.kill();
-        let _ = child.wait();
         (
             v["choices"][0]["text"].as_str().unwrap().to_owned(),
             metrics,
@@ -285,55 +302,33 @@ fn serve_with_a_draft_model_answers_as_plain_decoding() {
     let (plain, _) = answer(&[]);
     let (spec, metrics) = answer(&["--spec", "draft", "--draft-model", &draft, "--draft-fixed"]);
     assert_eq!(spec, plain);
-    let accepted = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("suanli_spec_accepted_tokens_total "))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .expect("the accepted-drafts counter");
-    assert!(accepted > 0.0, "{metrics}");
+    assert!(accepted_drafts(&metrics) > 0.0, "{metrics}");
 }
 
 /// `serve` drafts the text a JSON schema forces without `--spec` (`auto`, the default), with
 /// the answer of `--spec off`, whose counters stay at zero.
+#[cfg(unix)]
 #[test]
 fn serve_drafts_a_schemas_forced_text_by_default() {
-    use std::io::BufRead;
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 12},
+                       "population_millions": {"type": "integer"},
+                       "is_capital": {"type": "boolean"}},
+        "required": ["city", "population_millions", "is_capital"],
+        "additionalProperties": false,
+    });
+    let body = serde_json::json!({
+        "messages": [{"role": "user", "content": "Describe Paris."}],
+        "max_tokens": 48, "temperature": 0,
+        "response_format": {"type": "json_schema",
+                            "json_schema": {"name": "city", "schema": schema}},
+    })
+    .to_string();
     let answer = |extra: &[&str]| -> (String, f64) {
-        let (mut child, mut err) = spawn_serve(extra);
-        let mut line = String::new();
-        while !line.starts_with("serving ") {
-            line.clear();
-            assert!(err.read_line(&mut line).unwrap() > 0, "server exited early");
-        }
-        let addr = address_in(&line).unwrap();
-        let schema = serde_json::json!({
-            "type": "object",
-            "properties": {"city": {"type": "string", "maxLength": 12},
-                           "population_millions": {"type": "integer"},
-                           "is_capital": {"type": "boolean"}},
-            "required": ["city", "population_millions", "is_capital"],
-            "additionalProperties": false,
-        });
-        let body = serde_json::json!({
-            "messages": [{"role": "user", "content": "Describe Paris."}],
-            "max_tokens": 48, "temperature": 0,
-            "response_format": {"type": "json_schema",
-                                "json_schema": {"name": "city", "schema": schema}},
-        });
-        let reply = http(&addr, "POST", "/v1/chat/completions", &body.to_string());
-        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
-        let v: serde_json::Value =
-            serde_json::from_str(reply.split("\r\n\r\n").nth(1).unwrap()).unwrap();
-        let metrics = http(&addr, "GET", "/metrics", "");
-        let _ = child.kill();
-        let _ = child.wait();
-        let accepted = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("suanli_spec_accepted_tokens_total "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .expect("the accepted-drafts counter");
+        let (v, metrics, _) = serve_once(extra, "/v1/chat/completions", &body);
         let text = v["choices"][0]["message"]["content"].as_str().unwrap();
-        (text.to_owned(), accepted)
+        (text.to_owned(), accepted_drafts(&metrics))
     };
     let (plain, none) = answer(&["--spec", "off"]);
     let keys: serde_json::Value = serde_json::from_str(&plain).unwrap();
