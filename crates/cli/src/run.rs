@@ -58,12 +58,12 @@ pub const DEFAULT_SPEC: &str = "auto";
 /// Speculative decoding (`run`, `chat`, `serve`, `bench`).
 #[derive(Args, Clone)]
 pub struct SpecArgs {
-    /// Speculative decoding: off; auto (the default of run, chat and serve: ngram's drafts for
-    /// an answer decoding alone and for answers under a constraint, which draft the text their
-    /// grammar forces first; none for an unconstrained answer sharing serve's batch); ngram
-    /// (drafts from earlier text for every answer: pays when it repeats the prompt, as code
-    /// edits do); or draft (a small model with the same tokenizer drafts: --draft-model). The
-    /// output is the same either way.
+    /// Speculative decoding: off; auto (the default of run, chat and serve: ngram's drafts
+    /// where a drafted row is cheap, as for an answer decoding alone or a small batch, none in
+    /// a busy batch); ngram (drafts from earlier text, under a constraint its forced text
+    /// first: pays when the answer repeats the prompt, as code edits do); or draft (a small
+    /// model with the same tokenizer drafts: --draft-model). The output is the same either
+    /// way.
     #[arg(long)]
     pub spec: Option<String>,
     /// The draft model of --spec draft (catalog name or file), e.g. qwen2.5-coder-0.5b for
@@ -89,8 +89,7 @@ pub struct SpecArgs {
 
 impl SpecArgs {
     /// The speculation settings, `auto` where `--spec` is not given: drafts are verified, so
-    /// no answer changes, and they are made only where a step is bound by reading the weights
-    /// (one sequence) or the grammar forces the text.
+    /// no answer changes, and they are made only where a step is bound by reading the weights.
     pub fn config(&self) -> Result<Option<suanli_engine::spec::SpecConfig>> {
         use suanli_engine::spec::SpecMode;
         let spec = self.spec.as_deref().unwrap_or(DEFAULT_SPEC);

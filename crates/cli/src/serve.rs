@@ -316,7 +316,7 @@ fn spec_line(spec: Option<&suanli_engine::spec::SpecConfig>) -> &'static str {
     match spec.map(|c| c.mode) {
         None => "off",
         Some(SpecMode::Auto) => {
-            "auto (n-gram drafts for a request decoding alone or under a constraint; --spec off turns it off)"
+            "auto (n-gram drafts while a batch is small enough for a row to cost under half a token; --spec off turns it off)"
         }
         Some(SpecMode::Ngram) => "ngram (n-gram drafts for every request, as far as they pay)",
         Some(SpecMode::Draft) => {

@@ -196,6 +196,11 @@ impl<B: Backend> BatchEngine<B> {
         let row_cost = self.step_cost.row_cost(decoding.len());
         // The draft model's tokens are paid by the whole step: only for a sequence alone.
         let alone = decoding.len() == 1 && self.sched.running() == 1;
+        // `Auto` drafts only while a row costs little next to a token (the step is bound by
+        // reading the weights): in a busy batch not even a grammar's forced text pays.
+        if cfg.mode == SpecMode::Auto && !alone && row_cost >= cfg.auto_row_cost {
+            return;
+        }
         for &id in &decoding {
             let Some(st) = self.seqs.get_mut(&id) else {
                 continue;
@@ -210,7 +215,6 @@ impl<B: Backend> BatchEngine<B> {
             let first = spec.forced_first(forced.as_deref().unwrap_or_default(), room, against);
             let draft = match cfg.mode {
                 _ if !first.is_empty() => first,
-                SpecMode::Auto if forced.is_none() && !alone => Vec::new(),
                 SpecMode::Auto | SpecMode::Ngram => {
                     spec.ngram(&st.history, cfg, room, against).to_vec()
                 }
