@@ -95,10 +95,15 @@ row() {
 }
 if [ "$SERVE" = 1 ] && { [ -z "$ONLY" ] || [ "$ONLY" = serve ]; }; then
     declare -A tok=([off]="" [auto]="" [ngram]="") schema=([off]="" [auto]="" [ngram]="")
+    # The order reverses every other round (off auto ngram, ngram auto off, …): this machine's
+    # speed moves in phases of minutes, which a fixed order would meet at the same place. Each
+    # start reports the median of 3 concurrent passes.
     for r in $(seq "$ROUNDS"); do
-        for spec in off auto ngram; do
+        order="off auto ngram"
+        [ $((r % 2)) = 1 ] || order="ngram auto off"
+        for spec in $order; do
             v=$(served "$spec" python3 bench/serve_throughput.py --model "$SMALL" --requests "$N" \
-                --max-tokens "$TOKENS" --ban 151643,151645 --rounds 1 --label "$spec" |
+                --max-tokens "$TOKENS" --ban 151643,151645 --rounds 3 --label "$spec" |
                 python3 -c 'import json, sys; d = json.load(sys.stdin); print("%.1f %s" % (d["concurrent_tok_s"], d["answers_equal"]))')
             echo "== serve round $r, --spec $spec: ${v% *} tok/s, answers equal to one at a time: ${v#* }" >&2
             tok[$spec]="${tok[$spec]} ${v% *}"
