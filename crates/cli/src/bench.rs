@@ -140,6 +140,13 @@ fn bench_on<B: Hardware>(a: BenchArgs, opts: &crate::load::Opts) -> Result<()> {
     }
     // Measured only where --spec names a mode (bench has no default one).
     let spec = a.spec.config()?.filter(|_| a.spec.spec.is_some());
+    use crate::run::{DEFAULT_DRAFT_MAX, DEFAULT_SPEC_NGRAM};
+    let shaped = a.spec.draft_max != DEFAULT_DRAFT_MAX
+        || a.spec.spec_ngram != DEFAULT_SPEC_NGRAM
+        || a.spec.draft_fixed;
+    if spec.is_none() && shaped {
+        bail!("--draft-max, --spec-ngram and --draft-fixed shape a --spec run: add --spec ngram, auto or draft");
+    }
     if spec.is_some() {
         if a.random.is_some() || a.parallel > 0 || a.depth.iter().any(|&d| d > 0) {
             bail!("--spec measures chat tasks on a model file: not with --random, --parallel or --depth");

@@ -54,6 +54,9 @@ impl SamplingArgs {
 
 /// The speculation of `run`, `chat` and `serve` without `--spec`.
 pub const DEFAULT_SPEC: &str = "auto";
+/// `--draft-max` and `--spec-ngram` unless given.
+pub const DEFAULT_DRAFT_MAX: usize = 10;
+pub const DEFAULT_SPEC_NGRAM: usize = 4;
 
 /// Speculative decoding (`run`, `chat`, `serve`, `bench`).
 #[derive(Args, Clone)]
@@ -71,10 +74,10 @@ pub struct SpecArgs {
     #[arg(long)]
     pub draft_model: Option<String>,
     /// Most tokens drafted per step.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = DEFAULT_DRAFT_MAX)]
     pub draft_max: usize,
     /// The longest suffix of the text looked up for n-gram drafts (down to 2 tokens).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = DEFAULT_SPEC_NGRAM)]
     pub spec_ngram: usize,
     /// Always verify the whole proposal, instead of following the acceptance rate and the
     /// measured cost of verifying (which turns speculation off where it does not pay).

@@ -69,6 +69,21 @@ fn bad_speculation_options_are_refused_by_name() {
         err.contains("--gen-tokens") && !err.contains("panicked"),
         "{err}"
     );
+    // Without --spec, bench would ignore the options that shape one.
+    for shape in [
+        &["--draft-max", "4"][..],
+        &["--spec-ngram", "2"],
+        &["--draft-fixed"],
+    ] {
+        let mut args = vec!["bench", "--model", tiny];
+        args.extend(shape);
+        let (code, _, err) = suanli(&args);
+        assert_eq!(code, 1, "{shape:?}: {err}");
+        assert!(
+            err.contains("add --spec") && !err.contains("panicked"),
+            "{err}"
+        );
+    }
 }
 
 #[test]
