@@ -211,8 +211,12 @@ impl<B: Backend> BatchEngine<B> {
             let room = st.max_tokens.saturating_sub(st.generated + 1);
             let against = |ctl: &Controller, n: usize| ctl.draft_len_against(n, row_cost);
             // Under a constraint, the text its grammar forces comes first.
-            let forced = st.constraint.as_mut().map(|c| c.forced());
-            let first = spec.forced_first(forced.as_deref().unwrap_or_default(), room, against);
+            let forced = st
+                .constraint
+                .as_mut()
+                .map(|c| c.forced())
+                .unwrap_or_default();
+            let first = spec.forced_first(&forced, room, against);
             let draft = match cfg.mode {
                 _ if !first.is_empty() => first,
                 SpecMode::Auto | SpecMode::Ngram => {

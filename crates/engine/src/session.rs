@@ -327,10 +327,10 @@ impl<B: Backend> Session<B> {
             // `tok` is emitted but not yet in the cache: feed it with the drafts that follow.
             // Under a constraint, the text its grammar forces after `tok` comes first.
             let forced = match (&self.spec, constraint.as_deref_mut()) {
-                (Some(_), Some(c)) => Some(c.forced()),
-                _ => None,
+                (Some(_), Some(c)) => c.forced(),
+                _ => Vec::new(),
             };
-            let draft = self.draft(&history, forced.as_deref(), max_tokens - out.len(), base)?;
+            let draft = self.draft(&history, &forced, max_tokens - out.len(), base)?;
             let fed: Vec<u32> = std::iter::once(tok).chain(draft.iter().copied()).collect();
             let t = Instant::now();
             self.feed_generated(&fed, 0)?;
@@ -375,13 +375,13 @@ impl<B: Backend> Session<B> {
 
     /// Tokens to verify after the last of `history` (not yet in the cache, which holds
     /// `cached`), at most `left − 1` (the pass also yields the token after them) and what
-    /// the context has room for: the tokens a constraint forces (`forced`, `None` without a
-    /// constraint) where they pay, else the mode's drafts. A proposal not worth verifying still teaches the controller
+    /// the context has room for: the tokens a constraint forces (`forced`) where they pay,
+    /// else the mode's drafts. A proposal not worth verifying still teaches the controller
     /// whether it would have been taken (`shadow`).
     fn draft(
         &mut self,
         history: &[u32],
-        forced: Option<&[u32]>,
+        forced: &[u32],
         left: usize,
         cached: usize,
     ) -> Result<Vec<u32>, SessionError> {
@@ -391,9 +391,7 @@ impl<B: Backend> Session<B> {
         };
         // The pass feeds 1 + k tokens; decoding stops once the cache is one short of ctx.
         let room = ctx.saturating_sub(cached + 2).min(left.saturating_sub(1));
-        let first = s
-            .state
-            .forced_first(forced.unwrap_or_default(), room, |c, n| c.draft_len(n));
+        let first = s.state.forced_first(forced, room, |c, n| c.draft_len(n));
         if !first.is_empty() {
             return Ok(first);
         }
