@@ -2,6 +2,7 @@
 //! tokenization and sampling, with min / median / max over repetitions.
 
 use crate::load::Hardware;
+use crate::run::{DEFAULT_DRAFT_MAX, DEFAULT_SPEC_NGRAM};
 use anyhow::{bail, Result};
 use clap::Args;
 use std::time::Instant;
@@ -139,8 +140,7 @@ fn bench_on<B: Hardware>(a: BenchArgs, opts: &crate::load::Opts) -> Result<()> {
         bail!("--repetitions must be at least 1");
     }
     // Measured only where --spec names a mode (bench has no default one).
-    let spec = a.spec.config()?.filter(|_| a.spec.spec.is_some());
-    use crate::run::{DEFAULT_DRAFT_MAX, DEFAULT_SPEC_NGRAM};
+    let spec = a.spec.named()?;
     let shaped = a.spec.draft_max != DEFAULT_DRAFT_MAX
         || a.spec.spec_ngram != DEFAULT_SPEC_NGRAM
         || a.spec.draft_fixed;

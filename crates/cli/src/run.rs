@@ -124,6 +124,12 @@ impl SpecArgs {
         Ok(Some(cfg))
     }
 
+    /// The settings of a mode `--spec` names (`None` without `--spec`, or with `off`): what
+    /// `bench` measures, and when `run` reports drafting that never happened.
+    pub fn named(&self) -> Result<Option<suanli_engine::spec::SpecConfig>> {
+        Ok(self.config()?.filter(|_| self.spec.is_some()))
+    }
+
     /// The format the draft model's matrices are converted to (`--draft-quant`), if any.
     pub fn draft_requantize(&self) -> Result<Option<suanli_models::Requantize>> {
         match self.draft_quant.as_deref() {
@@ -272,7 +278,7 @@ fn run_on<B: crate::load::Hardware>(a: RunArgs, opts: &crate::load::Opts) -> Res
         g.tokens_per_second(),
         g.finish_reason.as_str()
     );
-    if g.spec.verify_steps > 0 || a.spec.spec.as_deref().is_some_and(|s| s != "off") {
+    if g.spec.verify_steps > 0 || a.spec.named()?.is_some() {
         eprintln!(
             "[speculation: {} of {} drafted tokens accepted ({:.0}%), {:.2} tokens per verifying pass]",
             g.spec.accepted,

@@ -143,20 +143,18 @@ fn constrained_answers_fit_and_are_the_same_batched_or_alone() {
     let mut s = Session::new(backend, m, 512, 64).unwrap();
     let (alone, _) = one_at_a_time(&mut s, &cases, &prompts, &eog);
     // Every proposal verified whole (not adaptive), so the counts depend on no timing.
-    let spec = SpecConfig {
+    let whole = |mode| SpecConfig {
         adaptive: false,
-        ..SpecConfig::new(SpecMode::Ngram)
+        ..SpecConfig::new(mode)
     };
+    let spec = whole(SpecMode::Ngram);
     s.set_speculation(Some(spec.clone())).unwrap();
     let (speculative, stats) = one_at_a_time(&mut s, &cases, &prompts, &eog);
     assert_eq!(speculative, alone, "with speculation");
     // The person's JSON: its keys and punctuation are forced, none copied yet.
     assert!(stats[0].accepted >= 4, "{:?}", stats[0]);
     // `Auto` (the CLI's default): a session's sequence decodes alone, so it drafts as `Ngram`.
-    let auto = SpecConfig {
-        adaptive: false,
-        ..SpecConfig::new(SpecMode::Auto)
-    };
+    let auto = whole(SpecMode::Auto);
     s.set_speculation(Some(auto.clone())).unwrap();
     let (speculative, auto_stats) = one_at_a_time(&mut s, &cases, &prompts, &eog);
     assert_eq!(speculative, alone, "with automatic speculation");

@@ -261,6 +261,16 @@ struct CopyDrafts {
     used: bool,
 }
 
+impl CopyDrafts {
+    fn new(ctl: Controller) -> CopyDrafts {
+        CopyDrafts {
+            ctl,
+            shadow: None,
+            used: false,
+        }
+    }
+}
+
 impl SeqSpec {
     pub fn new(cfg: &SpecConfig) -> SeqSpec {
         let ctl = || Controller::new(cfg.max_draft, cfg.adaptive);
@@ -273,16 +283,8 @@ impl SeqSpec {
             ctl: model,
             shadow: None,
             lookup: Lookup::default(),
-            copy: (cfg.mode == SpecMode::Draft).then(|| CopyDrafts {
-                ctl: ctl(),
-                shadow: None,
-                used: false,
-            }),
-            forced: CopyDrafts {
-                ctl: ctl(),
-                shadow: None,
-                used: false,
-            },
+            copy: (cfg.mode == SpecMode::Draft).then(|| CopyDrafts::new(ctl())),
+            forced: CopyDrafts::new(ctl()),
         }
     }
 

@@ -234,10 +234,13 @@ impl StepCost {
             }
             (Some((r0, s0)), None) => {
                 let prior = s0 * PRIOR_ROW_COST;
-                let slope = (1..r0)
-                    .rev()
-                    .find_map(|r| self.seconds(r).map(|s| (s0 - s) / (r0 - r) as f64))
-                    .filter(|_| measured_slope);
+                let slope = measured_slope
+                    .then(|| {
+                        (1..r0)
+                            .rev()
+                            .find_map(|r| self.seconds(r).map(|s| (s0 - s) / (r0 - r) as f64))
+                    })
+                    .flatten();
                 s0 + slope.unwrap_or(prior).max(prior) * (rows - r0) as f64
             }
             (None, Some((r1, s1))) => s1 / per_row(r1 - rows),
