@@ -88,6 +88,12 @@ pub struct SpecArgs {
     /// only proposals, every output is the model's own) or file (as the file stores them).
     #[arg(long)]
     pub draft_quant: Option<String>,
+    /// The draft model's output rows: short (default: a second head of the vocabulary's
+    /// first 65,536 tokens and its control tokens, which drafts take while the text's tokens
+    /// lie among them, as English prose and code do: a quarter of the whole head's bytes per
+    /// drafted token) or full (the whole head only).
+    #[arg(long)]
+    pub draft_head: Option<String>,
 }
 
 impl SpecArgs {
@@ -104,11 +110,14 @@ impl SpecArgs {
             if self.draft_quant.is_some() {
                 bail!("--draft-quant is for --spec draft");
             }
+            if self.draft_head.is_some() {
+                bail!("--draft-head is for --spec draft");
+            }
         }
         let Some(mode) = mode else {
             return Ok(None);
         };
-        self.draft_requantize()?;
+        self.draft_load()?;
         let cfg = suanli_engine::spec::SpecConfig {
             max_draft: self.draft_max,
             ngram_max: self.spec_ngram,
@@ -130,13 +139,23 @@ impl SpecArgs {
         Ok(self.config()?.filter(|_| self.spec.is_some()))
     }
 
-    /// The format the draft model's matrices are converted to (`--draft-quant`), if any.
-    pub fn draft_requantize(&self) -> Result<Option<suanli_models::Requantize>> {
-        match self.draft_quant.as_deref() {
-            None | Some("q4_0") => Ok(Some(suanli_models::Requantize::Q4_0)),
-            Some("file") => Ok(None),
+    /// How the draft model is loaded: the format its matrices are converted to
+    /// (`--draft-quant`), if any, and whether it gets a short head (`--draft-head`).
+    pub fn draft_load(&self) -> Result<crate::load::DraftOpts> {
+        let requantize = match self.draft_quant.as_deref() {
+            None | Some("q4_0") => Some(suanli_models::Requantize::Q4_0),
+            Some("file") => None,
             Some(other) => bail!("--draft-quant {other:?}: one of q4_0, file"),
-        }
+        };
+        let short_head = match self.draft_head.as_deref() {
+            None | Some("short") => true,
+            Some("full") => false,
+            Some(other) => bail!("--draft-head {other:?}: one of short, full"),
+        };
+        Ok(crate::load::DraftOpts {
+            requantize,
+            short_head,
+        })
     }
 
     /// Set up `loaded`'s session: the draft model if any, then the speculation settings.
@@ -147,7 +166,7 @@ impl SpecArgs {
     ) -> Result<()> {
         let cfg = self.config()?;
         if let (Some(_), Some(name)) = (&cfg, &self.draft_model) {
-            crate::load::load_draft(name, self.draft_requantize()?, loaded, opts)?;
+            crate::load::load_draft(name, self.draft_load()?, loaded, opts)?;
         }
         loaded.session.set_speculation(cfg).map_err(|e| anyhow!(e))
     }

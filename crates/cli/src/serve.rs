@@ -216,7 +216,7 @@ fn serve_on<B: crate::load::Hardware>(a: ServeArgs, opts: &crate::load::Opts) ->
     let draft = match &draft_path {
         Some(path) => Some(crate::load::load_draft_model(
             path,
-            a.spec.draft_requantize()?,
+            a.spec.draft_load()?,
             &p.backend,
             &p.tokenizer,
         )?),

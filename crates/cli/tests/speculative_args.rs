@@ -42,6 +42,18 @@ fn bad_speculation_options_are_refused_by_name() {
             "--draft-quant",
         ),
         (vec!["--draft-quant", "file"], "--draft-quant"),
+        (
+            vec![
+                "--spec",
+                "draft",
+                "--draft-model",
+                tiny,
+                "--draft-head",
+                "half",
+            ],
+            "--draft-head",
+        ),
+        (vec!["--draft-head", "full"], "--draft-head"),
     ] {
         let mut all = vec!["run", "--model", tiny, "--raw", "--max-tokens", "2"];
         all.extend(&args);

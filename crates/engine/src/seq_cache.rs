@@ -5,7 +5,7 @@
 use crate::kv::{BlockAllocator, BlockTable};
 use crate::session::{SessionError, BLOCK_SIZE};
 use suanli_backend::{Backend, BatchPlan, KvDType, KvPages};
-use suanli_models::{Model, Scratch};
+use suanli_models::{HeadRows, Model, Scratch};
 
 pub(crate) struct SeqCache<B: Backend> {
     kv: KvPages<B::KvBuffer>,
@@ -88,10 +88,31 @@ impl<B: Backend> SeqCache<B> {
         logits_from: usize,
         generated: bool,
     ) -> Result<&[f32], SessionError> {
+        self.feed_head(
+            backend,
+            model,
+            tokens,
+            logits_from,
+            generated,
+            HeadRows::All,
+        )
+    }
+
+    /// `feed`, the logits from `head` (`[rows, model.head_rows(head)]`).
+    pub fn feed_head(
+        &mut self,
+        backend: &B,
+        model: &Model<B>,
+        tokens: &[u32],
+        logits_from: usize,
+        generated: bool,
+        head: HeadRows,
+    ) -> Result<&[f32], SessionError> {
         let vocab = model.vocab_size();
         if let Some(id) = crate::session::out_of_vocab(tokens, vocab) {
             return Err(SessionError::BadToken { id, vocab });
         }
+        let width = model.head_rows(head).unwrap_or(vocab);
         let start = self.cached.len();
         if start + tokens.len() > self.ctx {
             return Err(SessionError::PromptTooLong {
@@ -102,7 +123,7 @@ impl<B: Backend> SeqCache<B> {
         self.table
             .ensure(start + tokens.len(), BLOCK_SIZE, &mut self.alloc)?;
         let n_logits = tokens.len().saturating_sub(logits_from);
-        self.logits.resize(n_logits * vocab, 0.0);
+        self.logits.resize(n_logits * width, 0.0);
         let cap = self.scratch.capacity();
         let mut done = 0;
         while done < tokens.len() {
@@ -113,7 +134,7 @@ impl<B: Backend> SeqCache<B> {
                 .collect();
             let out_off = (done + rows.first().copied().unwrap_or(0) as usize)
                 .saturating_sub(logits_from)
-                * vocab;
+                * width;
             let plan = BatchPlan::single(
                 &tokens[done..done + n],
                 start + done,
@@ -122,8 +143,8 @@ impl<B: Backend> SeqCache<B> {
                 rows.clone(),
                 if generated { start } else { usize::MAX },
             );
-            let out = &mut self.logits[out_off..out_off + rows.len() * vocab];
-            model.forward(backend, &plan, &mut self.kv, &mut self.scratch, out)?;
+            let out = &mut self.logits[out_off..out_off + rows.len() * width];
+            model.forward_head(backend, &plan, &mut self.kv, &mut self.scratch, out, head)?;
             self.cached.extend_from_slice(&tokens[done..done + n]);
             done += n;
         }

@@ -403,9 +403,15 @@ fn drafted_by_smollm2(
 fn requantized_draft_model_answers_are_the_same() {
     let mut done = None;
     let (_, [greedy, _]) = drafted_by_smollm2(|src, backend| {
-        let m =
-            suanli_models::Model::load_requantized(src, backend, suanli_models::Requantize::Q4_0)
-                .unwrap();
+        let m = suanli_models::Model::load_for_drafting(
+            src,
+            backend,
+            suanli_models::DraftLoad {
+                requantize: Some(suanli_models::Requantize::Q4_0),
+                short_head: None,
+            },
+        )
+        .unwrap();
         done = Some(m.requantized());
         m
     });
@@ -430,6 +436,37 @@ fn draft_model_answers_are_the_same() {
         sampled.accepted > 0 && sampled.drafted > sampled.accepted,
         "{sampled:?}"
     );
+}
+
+/// A draft model's short head (`DraftLoad::short_head`) only changes what is proposed. SmolLM2
+/// drafting for itself through a head of its whole vocabulary in reverse order (which every
+/// text lies within, so it serves every draft; were a row's logit taken for the wrong token,
+/// nearly every draft would be refused) takes nearly every draft; through a head of only the
+/// vocabulary's last 9,152 tokens (the prompt and answers lie outside it, so drafts take the
+/// whole head: drafted from those tokens, nearly every draft would be refused) too; and the
+/// answers are the same, greedy and sampled.
+#[test]
+fn draft_model_short_head_changes_no_token() {
+    let vocab = 49152u32;
+    for ids in [
+        (0..vocab).rev().collect::<Vec<u32>>(),
+        (40000..vocab).collect(),
+    ] {
+        let (_, [greedy, sampled]) = drafted_by_smollm2(|src, backend| {
+            let how = suanli_models::DraftLoad {
+                requantize: None,
+                short_head: Some(ids.clone()),
+            };
+            let m = suanli_models::Model::load_for_drafting(src, backend, how).unwrap();
+            assert_eq!(m.vocab_size(), vocab as usize);
+            m
+        });
+        assert!(
+            greedy.acceptance() > 0.8 && greedy.mean_accepted_length() > 3.0,
+            "{greedy:?}"
+        );
+        assert!(sampled.accepted > 0, "{sampled:?}");
+    }
 }
 
 /// A draft model whose vocabulary differs from the model's by padding rows (Qwen2.5-0.5B's

@@ -93,8 +93,31 @@ pub struct Model<B: Backend> {
     ropes: Vec<(RopeParams, RopeParams)>,
     /// Per layer, which of `ropes`.
     layer_rope: Vec<usize>,
-    /// Matrices converted at load (`load_requantized`).
+    /// Matrices converted at load (`load_for_drafting`).
     requantized: Requantized,
+    /// A draft model's head cut to some of the vocabulary's tokens (`HeadRows::Short`), and
+    /// those tokens in the order of its rows.
+    short_head: Option<(Weight<B::WeightStore>, Vec<u32>)>,
+}
+
+/// How a draft model is loaded (`Model::load_for_drafting`): only its proposals matter, so
+/// it may read fewer bytes per token than the file holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DraftLoad {
+    /// Its matrices converted where the file spends more bits on them.
+    pub requantize: Option<Requantize>,
+    /// A second head of these tokens only (`HeadRows::Short`), for text whose tokens lie
+    /// among them.
+    pub short_head: Option<Vec<u32>>,
+}
+
+/// Which of a model's heads a step's logits come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeadRows {
+    /// The whole vocabulary.
+    All,
+    /// The short head of a draft model (`DraftLoad::short_head`): logits of its first tokens.
+    Short,
 }
 
 /// Activation buffers for up to `capacity` tokens per step, allocated once.
@@ -122,29 +145,26 @@ impl<B: Backend> Scratch<B> {
 
 impl<B: Backend> Model<B> {
     pub fn load(src: &ModelSource, backend: &B) -> Result<Model<B>, LoadError> {
-        Self::load_with(src, backend, None)
+        Self::load_with(src, backend, DraftLoad::default())
     }
 
-    /// `load`, with the matrices converted to a smaller format where it has fewer bits per
-    /// weight: a draft model's copy (see `Requantize`).
-    pub fn load_requantized(
+    /// `load`, as a draft model: the matrices converted to a smaller format where it has
+    /// fewer bits per weight (see `Requantize`), a short head beside the whole one.
+    pub fn load_for_drafting(
         src: &ModelSource,
         backend: &B,
-        to: Requantize,
+        how: DraftLoad,
     ) -> Result<Model<B>, LoadError> {
-        Self::load_with(src, backend, Some(to))
+        Self::load_with(src, backend, how)
     }
 
-    /// What `load_requantized` converted (nothing after `load`).
+    /// What `load_for_drafting` converted (nothing after `load`).
     pub fn requantized(&self) -> Requantized {
         self.requantized
     }
 
-    fn load_with(
-        src: &ModelSource,
-        backend: &B,
-        requantize: Option<Requantize>,
-    ) -> Result<Model<B>, LoadError> {
+    fn load_with(src: &ModelSource, backend: &B, how: DraftLoad) -> Result<Model<B>, LoadError> {
+        let requantize = how.requantize;
         let cfg = ModelConfig::from_source(src)?;
         let windowed = cfg
             .layer_attention
@@ -274,6 +294,18 @@ impl<B: Backend> Model<B> {
         // Read by the configuration (its frequency factors).
         l.mark_used("rope_freqs.weight");
         l.check_all_used(cfg.arch.name())?;
+        let requantized = l.requantized();
+        let short_head = match how.short_head {
+            Some(ids) => {
+                let name = match own_lm_head {
+                    true => "lm_head.weight",
+                    false => "model.embed_tokens.weight",
+                };
+                // Out-of-range ids are refused by the gathering.
+                Some((l.matrix_gathered(name, cfg.vocab_size, hd, &ids)?, ids))
+            }
+            None => None,
+        };
         let rope = |inv_freq: Vec<f32>| {
             let q = RopeParams {
                 n_heads: cfg.num_attention_heads,
@@ -312,7 +344,8 @@ impl<B: Backend> Model<B> {
             lm_head,
             ropes,
             layer_rope,
-            requantized: l.requantized(),
+            requantized,
+            short_head,
         })
     }
 
@@ -424,12 +457,48 @@ impl<B: Backend> Model<B> {
         s: &mut Scratch<B>,
         logits: &mut [f32],
     ) -> Result<(), BackendError> {
+        self.forward_head(b, plan, kv, s, logits, HeadRows::All)
+    }
+
+    /// `forward` with the logits of `head`: `[plan.logits_rows.len(), self.head_rows(head)]`.
+    pub fn forward_head(
+        &self,
+        b: &B,
+        plan: &BatchPlan,
+        kv: &mut KvPages<B::KvBuffer>,
+        s: &mut Scratch<B>,
+        logits: &mut [f32],
+        head: HeadRows,
+    ) -> Result<(), BackendError> {
+        let w = match (head, &self.short_head) {
+            (HeadRows::All, _) => self.head(),
+            (HeadRows::Short, Some((w, _))) => w,
+            (HeadRows::Short, None) => {
+                return Err(suanli_backend::shape_err(
+                    "forward",
+                    "the short head of a model loaded without one",
+                ))
+            }
+        };
         self.forward_hidden(b, plan, kv, s)?;
         if plan.logits_rows.is_empty() {
             return Ok(());
         }
         b.rms_norm(&s.x, &self.norm, self.cfg.rms_norm_eps, &mut s.h)?;
-        b.logits(&s.h, &plan.logits_rows, self.head(), logits)
+        b.logits(&s.h, &plan.logits_rows, w, logits)
+    }
+
+    /// Tokens whose logits `head` gives (`None`: the model has no short head).
+    pub fn head_rows(&self, head: HeadRows) -> Option<usize> {
+        match head {
+            HeadRows::All => Some(self.cfg.vocab_size),
+            HeadRows::Short => self.short_head.as_ref().map(|(_, ids)| ids.len()),
+        }
+    }
+
+    /// The tokens of the short head's logits, in order (`DraftLoad::short_head`).
+    pub fn short_head_tokens(&self) -> Option<&[u32]> {
+        self.short_head.as_ref().map(|(_, ids)| ids.as_slice())
     }
 
     /// Like `forward`, but the picking of the tokens is offered to the backend first: `pick`

@@ -22,6 +22,6 @@ pub use config::{
     Arch, ConfigError, ExactActivations, FeedForward, LayerAttention, Mlp, ModelConfig, Moe,
     RopeScaling, Yarn,
 };
-pub use layers::{Model, Scratch};
+pub use layers::{DraftLoad, HeadRows, Model, Scratch};
 pub use loader::LoadError;
 pub use requantize::{Requantize, Requantized};

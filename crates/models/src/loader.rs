@@ -168,21 +168,80 @@ impl<'a, B: Backend> Loader<'a, B> {
                     format!("{name}: rows {r:?} out of range"),
                 ))
             })?;
+        self.prepare_bytes(name, t.dtype, bytes, r.len(), cols, role, precision)
+    }
+
+    /// `rows` rows of `cols` values stored as `dtype` in `bytes`, handed to the backend
+    /// (converted first where the load re-quantizes).
+    #[allow(clippy::too_many_arguments)]
+    fn prepare_bytes(
+        &self,
+        name: &str,
+        dtype: DType,
+        bytes: Bytes,
+        rows: usize,
+        cols: usize,
+        role: WeightRole,
+        precision: ActPrecision,
+    ) -> Result<Weight<B::WeightStore>, LoadError> {
         let (dtype, bytes) = match role.multiplies() {
-            true => self.requantize(name, t.dtype, bytes, r.len(), cols)?,
-            false => (t.dtype, bytes),
+            true => self.requantize(name, dtype, bytes, rows, cols)?,
+            false => (dtype, bytes),
         };
         self.backend
             .prepare_weight(HostTensor {
                 name,
                 dtype,
-                rows: r.len(),
+                rows,
                 cols,
                 bytes: &bytes,
                 role,
                 precision,
             })
-            .map_err(backend_err)
+            .map_err(|e| LoadError::Backend {
+                path: self.path(),
+                source: e,
+            })
+    }
+
+    /// Rows `ids` of a `[rows, cols]` matrix, in that order, as one matrix (a draft model's
+    /// short head); not counted as re-quantized (the model's own matrices are what that
+    /// reports).
+    pub fn matrix_gathered(
+        &self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+        ids: &[u32],
+    ) -> Result<Weight<B::WeightStore>, LoadError> {
+        let t = self.take(name, &[rows, cols])?;
+        let bad = |what: String| LoadError::Backend {
+            path: self.path(),
+            source: suanli_backend::shape_err("load", format!("{name}: {what}")),
+        };
+        let row_bytes = t.dtype.row_bytes(cols).map_err(|e| bad(e.to_string()))?;
+        let src = t.bytes.as_slice();
+        let mut out = Vec::with_capacity(ids.len() * row_bytes);
+        for &id in ids {
+            let at = id as usize * row_bytes;
+            let row = src
+                .get(at..at + row_bytes)
+                .filter(|_| (id as usize) < rows)
+                .ok_or_else(|| bad(format!("row {id} out of range")))?;
+            out.extend_from_slice(row);
+        }
+        let counted = self.requantized.get();
+        let w = self.prepare_bytes(
+            name,
+            t.dtype,
+            Bytes::from_vec(out),
+            ids.len(),
+            cols,
+            WeightRole::Matrix,
+            ActPrecision::Fast,
+        );
+        self.requantized.set(counted);
+        w
     }
 
     /// A matrix's bytes as they go to the backend: converted where the load re-quantizes and
