@@ -5,7 +5,7 @@
 
 use crate::load::{load, Hardware};
 use anyhow::{anyhow, bail, Context, Result};
-use suanli_engine::session::Control;
+use suanli_engine::session::{Control, DraftStats};
 use suanli_engine::spec::{SpecConfig, SpecStats};
 use suanli_engine::SamplingParams;
 use suanli_tokenizer::{chat_prompt, ChatMessage};
@@ -79,6 +79,8 @@ struct Row {
     off: f64,
     on: f64,
     stats: SpecStats,
+    /// The draft model's, with one.
+    draft: Option<DraftStats>,
     same: bool,
 }
 
@@ -112,10 +114,12 @@ pub fn run<B: Hardware>(
         let mut best = [0.0f64; 2];
         let mut answers: [Vec<u32>; 2] = [Vec::new(), Vec::new()];
         let mut stats = SpecStats::default();
+        let mut draft = None;
         for _ in 0..reps.max(1) {
             for (side, spec) in [None, Some(cfg.clone())].into_iter().enumerate() {
                 l.session.set_speculation(spec).map_err(|e| anyhow!(e))?;
                 l.session.reset();
+                let before = l.session.draft_stats();
                 let g = l.session.generate(
                     &ids,
                     &greedy,
@@ -126,6 +130,11 @@ pub fn run<B: Hardware>(
                 best[side] = best[side].max(g.tokens_per_second());
                 if side == 1 {
                     stats = g.spec;
+                    draft = l
+                        .session
+                        .draft_stats()
+                        .zip(before)
+                        .map(|(a, b)| a.since(&b));
                 }
                 answers[side] = g.tokens;
             }
@@ -136,10 +145,11 @@ pub fn run<B: Hardware>(
             off: best[0],
             on: best[1],
             stats,
+            draft,
             same: answers[0] == answers[1],
         };
         eprintln!(
-            "task {} ({}): {} tokens, {:.1} → {:.1} tok/s ({}), {}/{} drafts accepted{}",
+            "task {} ({}): {} tokens, {:.1} → {:.1} tok/s ({}), {}/{} drafts accepted{}{}",
             i + 1,
             row.kind,
             row.tokens,
@@ -149,6 +159,7 @@ pub fn run<B: Hardware>(
                 .map_or("one token: nothing decoded".into(), |r| format!("{r:.2}×")),
             row.stats.accepted,
             row.stats.drafted,
+            row.draft.map_or(String::new(), |d| draft_line(&d)),
             if row.same { "" } else { ", ANSWER DIFFERS" }
         );
         rows.push(row);
@@ -158,6 +169,23 @@ pub fn run<B: Hardware>(
         bail!("speculative decoding changed an answer: this is a bug, please report it");
     }
     Ok(())
+}
+
+/// The draft model's part of a task: its time per drafted token and how many of its
+/// proposals its short head served.
+fn draft_line(d: &DraftStats) -> String {
+    let mut s = String::new();
+    if let Some(t) = d.secs_per_token() {
+        s += &format!("; draft model {:.2} ms a drafted token", 1e3 * t);
+    }
+    if let Some(f) = d.short_head_share() {
+        s += &format!(
+            ", {:.0} % of {} proposals through its short head",
+            100.0 * f,
+            d.proposals
+        );
+    }
+    s
 }
 
 fn report(rows: &[Row], cfg: &SpecConfig, json: bool) {
@@ -188,6 +216,8 @@ fn report(rows: &[Row], cfg: &SpecConfig, json: bool) {
                     "ratio": r.ratio(), "drafted": r.stats.drafted, "accepted": r.stats.accepted,
                     "acceptance": r.stats.acceptance(),
                     "mean_accepted_length": r.stats.mean_accepted_length(), "same_answer": r.same,
+                    "draft_ms_per_token": r.draft.and_then(|d| d.secs_per_token()).map(|t| 1e3 * t),
+                    "short_head_share": r.draft.and_then(|d| d.short_head_share()),
                 })
             })
             .collect();

@@ -140,6 +140,41 @@ pub(crate) struct DraftModel<B: Backend> {
     target_vocab: usize,
     /// Per token, whether the model's short head has it (empty without one).
     in_short: Vec<bool>,
+    stats: DraftStats,
+}
+
+/// What a draft model did since it was set, summed: for `bench --spec draft`.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct DraftStats {
+    /// Proposals made, and those its short head served (`short_head_serves`).
+    pub proposals: u64,
+    pub short_head: u64,
+    /// Drafted tokens timed as a drafting step (not a first feed catching up on the text) and
+    /// their seconds.
+    pub timed_tokens: u64,
+    pub timed_secs: f64,
+}
+
+impl DraftStats {
+    /// What was done between `before` and `self`.
+    pub fn since(&self, before: &DraftStats) -> DraftStats {
+        DraftStats {
+            proposals: self.proposals - before.proposals,
+            short_head: self.short_head - before.short_head,
+            timed_tokens: self.timed_tokens - before.timed_tokens,
+            timed_secs: self.timed_secs - before.timed_secs,
+        }
+    }
+
+    /// Mean seconds of a drafted token, if any was timed.
+    pub fn secs_per_token(&self) -> Option<f64> {
+        (self.timed_tokens > 0).then(|| self.timed_secs / self.timed_tokens as f64)
+    }
+
+    /// The share of proposals the short head served, if any was made.
+    pub fn short_head_share(&self) -> Option<f64> {
+        (self.proposals > 0).then(|| self.short_head as f64 / self.proposals as f64)
+    }
 }
 
 impl<B: Backend> Session<B> {
@@ -217,6 +252,11 @@ impl<B: Backend> Session<B> {
             kv,
         )?);
         Ok(())
+    }
+
+    /// What the draft model did since it was set (`None` without one).
+    pub fn draft_stats(&self) -> Option<DraftStats> {
+        self.draft.as_ref().map(|d| d.stats)
     }
 
     /// Forget the cached sequence and free its blocks.
@@ -478,6 +518,7 @@ impl<B: Backend> DraftModel<B> {
             seq,
             target_vocab: main.vocab_size(),
             in_short,
+            stats: DraftStats::default(),
         })
     }
 
@@ -502,6 +543,8 @@ impl<B: Backend> DraftModel<B> {
         }
         let (proposal, steps) = self.propose(backend, history, k)?;
         spec.ctl.observe_draft_time(steps.0, steps.1);
+        self.stats.timed_tokens += steps.0 as u64;
+        self.stats.timed_secs += steps.1.as_secs_f64();
         if probe {
             spec.set_shadow(proposal.first().copied());
             return Ok(Vec::new());
@@ -536,6 +579,8 @@ impl<B: Backend> DraftModel<B> {
             return Ok((out, timed));
         }
         let head = self.head_for(history);
+        self.stats.proposals += 1;
+        self.stats.short_head += u64::from(head == HeadRows::Short);
         let t = Instant::now();
         let row = self
             .seq
@@ -602,9 +647,9 @@ impl<B: Backend> DraftModel<B> {
 /// without one) serves a proposal after `history`: while at most one in `SHORT_HEAD_MISS_DIV`
 /// of the text's last `SHORT_HEAD_WINDOW` tokens lies past it. English prose and code stay
 /// nearly all within it, and a drafted token there reads less (Qwen2.5-Coder-0.5B at Q4_0:
-/// 235 MB instead of 278 with the vocabulary's first 65,536 tokens; with the first 32,768,
-/// 8.3–9.7 → 6.8–7.2 ms a drafted token); the few tokens it lacks cannot be drafted. Chinese
-/// text spreads over the whole vocabulary and takes the whole head.
+/// 235 MB instead of 278 with the vocabulary's first 65,536 tokens, 7.5–8.2 ms a drafted
+/// token against 8.5–9.1 in alternating runs); the few tokens it lacks cannot be drafted.
+/// Chinese text spreads over the whole vocabulary and takes the whole head.
 fn short_head_serves(in_short: &[bool], history: &[u32]) -> bool {
     if in_short.is_empty() {
         return false;

@@ -452,7 +452,8 @@ fn draft_model_short_head_changes_no_token() {
         (0..vocab).rev().collect::<Vec<u32>>(),
         (40000..vocab).collect(),
     ] {
-        let (_, [greedy, sampled]) = drafted_by_smollm2(|src, backend| {
+        let whole = ids.len() == vocab as usize;
+        let (s, [greedy, sampled]) = drafted_by_smollm2(|src, backend| {
             let how = suanli_models::DraftLoad {
                 requantize: None,
                 short_head: Some(ids.clone()),
@@ -466,6 +467,10 @@ fn draft_model_short_head_changes_no_token() {
             "{greedy:?}"
         );
         assert!(sampled.accepted > 0, "{sampled:?}");
+        // Every proposal went through the short head, or none did.
+        let d = s.draft_stats().unwrap();
+        let served = if whole { d.proposals } else { 0 };
+        assert!(d.proposals > 0 && d.short_head == served, "{d:?}");
     }
 }
 
