@@ -116,7 +116,8 @@ pub struct DraftLoad {
 pub enum HeadRows {
     /// The whole vocabulary.
     All,
-    /// The short head of a draft model (`DraftLoad::short_head`): logits of its first tokens.
+    /// The short head of a draft model (`DraftLoad::short_head`): logits of its tokens, in
+    /// the order `Model::short_head_tokens` gives.
     Short,
 }
 
@@ -145,17 +146,7 @@ impl<B: Backend> Scratch<B> {
 
 impl<B: Backend> Model<B> {
     pub fn load(src: &ModelSource, backend: &B) -> Result<Model<B>, LoadError> {
-        Self::load_with(src, backend, DraftLoad::default())
-    }
-
-    /// `load`, as a draft model: the matrices converted to a smaller format where it has
-    /// fewer bits per weight (see `Requantize`), a short head beside the whole one.
-    pub fn load_for_drafting(
-        src: &ModelSource,
-        backend: &B,
-        how: DraftLoad,
-    ) -> Result<Model<B>, LoadError> {
-        Self::load_with(src, backend, how)
+        Self::load_for_drafting(src, backend, DraftLoad::default())
     }
 
     /// What `load_for_drafting` converted (nothing after `load`).
@@ -163,7 +154,14 @@ impl<B: Backend> Model<B> {
         self.requantized
     }
 
-    fn load_with(src: &ModelSource, backend: &B, how: DraftLoad) -> Result<Model<B>, LoadError> {
+    /// `load`, as a draft model: the matrices converted to a smaller format where it has
+    /// fewer bits per weight (see `Requantize`), a short head beside the whole one (with
+    /// `DraftLoad::default()`, neither: `load`).
+    pub fn load_for_drafting(
+        src: &ModelSource,
+        backend: &B,
+        how: DraftLoad,
+    ) -> Result<Model<B>, LoadError> {
         let requantize = how.requantize;
         let cfg = ModelConfig::from_source(src)?;
         let windowed = cfg

@@ -151,23 +151,14 @@ impl<'a, B: Backend> Loader<'a, B> {
         role: WeightRole,
         precision: ActPrecision,
     ) -> Result<Weight<B::WeightStore>, LoadError> {
-        let backend_err = |e: BackendError| LoadError::Backend {
-            path: self.path(),
-            source: e,
-        };
         let row_bytes = t
             .dtype
             .row_bytes(cols)
-            .map_err(|e| backend_err(suanli_backend::shape_err("load", format!("{name}: {e}"))))?;
+            .map_err(|e| self.tensor_error(name, e))?;
         let bytes = t
             .bytes
             .slice(r.start * row_bytes..r.end * row_bytes)
-            .ok_or_else(|| {
-                backend_err(suanli_backend::shape_err(
-                    "load",
-                    format!("{name}: rows {r:?} out of range"),
-                ))
-            })?;
+            .ok_or_else(|| self.tensor_error(name, format!("rows {r:?} out of range")))?;
         self.prepare_bytes(name, t.dtype, bytes, r.len(), cols, role, precision)
     }
 
@@ -204,6 +195,14 @@ impl<'a, B: Backend> Loader<'a, B> {
             })
     }
 
+    /// What went wrong loading tensor `name`, with the file's path.
+    fn tensor_error(&self, name: &str, what: impl std::fmt::Display) -> LoadError {
+        LoadError::Backend {
+            path: self.path(),
+            source: suanli_backend::shape_err("load", format!("{name}: {what}")),
+        }
+    }
+
     /// Rows `ids` of a `[rows, cols]` matrix, in that order, as one matrix (a draft model's
     /// short head); not counted as re-quantized (the model's own matrices are what that
     /// reports).
@@ -215,11 +214,10 @@ impl<'a, B: Backend> Loader<'a, B> {
         ids: &[u32],
     ) -> Result<Weight<B::WeightStore>, LoadError> {
         let t = self.take(name, &[rows, cols])?;
-        let bad = |what: String| LoadError::Backend {
-            path: self.path(),
-            source: suanli_backend::shape_err("load", format!("{name}: {what}")),
-        };
-        let row_bytes = t.dtype.row_bytes(cols).map_err(|e| bad(e.to_string()))?;
+        let row_bytes = t
+            .dtype
+            .row_bytes(cols)
+            .map_err(|e| self.tensor_error(name, e))?;
         let src = t.bytes.as_slice();
         let mut out = Vec::with_capacity(ids.len() * row_bytes);
         for &id in ids {
@@ -227,7 +225,7 @@ impl<'a, B: Backend> Loader<'a, B> {
             let row = src
                 .get(at..at + row_bytes)
                 .filter(|_| (id as usize) < rows)
-                .ok_or_else(|| bad(format!("row {id} out of range")))?;
+                .ok_or_else(|| self.tensor_error(name, format!("row {id} out of range")))?;
             out.extend_from_slice(row);
         }
         let counted = self.requantized.get();
@@ -263,10 +261,7 @@ impl<'a, B: Backend> Loader<'a, B> {
             true => {
                 let q = to
                     .convert(dtype, bytes.as_slice(), rows, cols)
-                    .map_err(|e| LoadError::Backend {
-                        path: self.path(),
-                        source: suanli_backend::shape_err("load", format!("{name}: {e}")),
-                    })?;
+                    .map_err(|e| self.tensor_error(name, e))?;
                 done.converted += 1;
                 (to.dtype(), Bytes::from_vec(q))
             }
@@ -421,12 +416,8 @@ impl<'a, B: Backend> Loader<'a, B> {
         }
         let t = self.take(name, &[len])?;
         let mut w = vec![0f32; len];
-        suanli_core::quant::dequantize(t.dtype, t.bytes.as_slice(), &mut w).map_err(|e| {
-            LoadError::Backend {
-                path: self.path(),
-                source: suanli_backend::shape_err("load", format!("{name}: {e}")),
-            }
-        })?;
+        suanli_core::quant::dequantize(t.dtype, t.bytes.as_slice(), &mut w)
+            .map_err(|e| self.tensor_error(name, e))?;
         let bytes = suanli_formats::Bytes::from_vec(
             w.iter().flat_map(|x| (x + offset).to_le_bytes()).collect(),
         );
