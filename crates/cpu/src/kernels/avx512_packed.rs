@@ -119,6 +119,45 @@ pub(super) const fn far_prefetch(k: u8) -> bool {
 /// tiles it lost 1–10 %).
 const REASK_UP_TO: usize = 6;
 
+/// On AMD Zen 4 (`zen4`) more tiles pay for far lines, AMD EPYC Zen 4, 2 threads,
+/// `matmul_probe` with `COPIES=48` (weights streamed), means of two alternating runs, G MAC/s:
+/// Q5_0's register tiles of 5 to 7 tokens (4864 × 896 5 tokens 183 → 234, 6 tokens 201 → 262,
+/// 7 tokens 183 → 227; 896 × 896 5 tokens 104 → 121, 7 tokens 124 → 133; 2 to 4 tokens
+/// unchanged), and a group's first L1 tile (`mem_tile`) of up to `MEM_LEAD_UP_TO` tokens for
+/// Q5_0 and Q6_K: Q5_0 4864 × 896 8 tokens 241 → 278, 9 tokens 249 → 260; Q6_K 896 × 4864 8
+/// tokens 195 → 234, 9 tokens 205 → 244; 1536 × 8960 8 tokens 208 → 248, 9 tokens 219 → 262;
+/// 151936 × 1536 (Qwen2.5-Coder-1.5B's head) 8 tokens 196 → 254, 9 tokens 214 → 274. Longer
+/// L1 tiles walk a group slowly enough for the L1 prefetches alone, and the far ones lost there
+/// (Q6_K 10 tokens 215 → 183, 14 tokens 234 → 205). Qwen2.5-Coder-0.5B, `suanli bench
+/// --prompt-tokens N --batch N --depth 128`, medians of 40, two alternating runs: pp6 357 →
+/// 389 tok/s, pp8 421 → 481, pp11 unchanged (verifying passes of drafts have these sizes). On
+/// AMD Zen 5, where `far_prefetch` was measured, Q5_0 had lost 3–10 % with them at 7 and 16
+/// tokens, and these were not measured there or on Intel cores: elsewhere tiles keep
+/// `far_prefetch` alone.
+const MEM_LEAD_UP_TO: usize = 9;
+
+/// The `mem_tiles` kinds whose first L1 tile asks for far lines on Zen 4 (`MEM_LEAD_UP_TO`);
+/// Q4_K's L1 tiles (9 to 15 tokens) gained nothing.
+const fn mem_lead(k: u8) -> bool {
+    matches!(k, Q5_0 | Q6K)
+}
+
+/// Whether this is an AMD Zen 4 core (family 19h; its AVX-512 is the only one of that family),
+/// where the far prefetches pay in more tiles (`MEM_LEAD_UP_TO`).
+fn zen4() -> bool {
+    static ZEN4: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ZEN4.get_or_init(|| {
+        use std::arch::x86_64::__cpuid;
+        let v = __cpuid(0);
+        // "AuthenticAMD" in EBX, EDX, ECX.
+        let amd = (v.ebx, v.edx, v.ecx) == (0x6874_7541, 0x6974_6e65, 0x444d_4163);
+        let eax = __cpuid(1).eax;
+        let base = (eax >> 8) & 0xf;
+        let family = base + if base == 0xf { (eax >> 20) & 0xff } else { 0 };
+        amd && family == 0x19
+    })
+}
+
 /// Ask for the lines of the sub-block `FAR_AHEAD` bytes past `p` into L2.
 #[inline(always)]
 pub(super) unsafe fn prefetch_far<const K: u8>(p: *const u8) {
@@ -459,7 +498,8 @@ pub(super) unsafe fn vnni_tokens<const K: u8, const GF: bool>(
         if size > max_tile(K) {
             // Named kind by kind (and out of line), so that only these kinds' long tiles are
             // compiled, once each.
-            let args = (size, grp, nsb, a, t, out, m, valid, bias);
+            let lead = t == first && size <= MEM_LEAD_UP_TO && mem_lead(K) && zen4();
+            let args = (size, grp, nsb, a, t, out, m, valid, bias, lead);
             match (K, GF) {
                 (Q4_1, _) => mem_tile::<Q4_1>(args),
                 (Q5_0, false) => mem_tile::<Q5_0>(args),
@@ -484,7 +524,8 @@ pub(super) unsafe fn vnni_tokens<const K: u8, const GF: bool>(
         // The group's first tile reads its weights from memory; the others find them in cache.
         // Short tiles run through a group faster than its far requests can all be taken, so
         // the later ones ask again (`REASK_UP_TO`).
-        if size > 1 && far_prefetch(K) && (t == first || size <= REASK_UP_TO) {
+        let far = far_prefetch(K) || (K == Q5_0 && size >= 5 && zen4());
+        if size > 1 && far && (t == first || size <= REASK_UP_TO) {
             call!(true, 2 3 4 5 6 7);
         } else {
             call!(false, 1 2 3 4 5 6 7);
@@ -492,7 +533,7 @@ pub(super) unsafe fn vnni_tokens<const K: u8, const GF: bool>(
     }
 }
 
-/// `mem_tile`'s arguments: the tile's size, then `tile`'s.
+/// `mem_tile`'s arguments: the tile's size, then `tile`'s, then whether it leads.
 type MemTileArgs<'a> = (
     usize,
     *const u8,
@@ -503,6 +544,7 @@ type MemTileArgs<'a> = (
     usize,
     usize,
     Option<&'a [f32]>,
+    bool,
 );
 
 /// A tile of more than `max_tile(K)` tokens (at most `MEM_TILE`) of a `mem_tiles` kind.
@@ -521,13 +563,15 @@ unsafe fn mem_tile_gfni<const K: u8>(args: MemTileArgs) {
 
 #[inline(always)]
 unsafe fn mem_tile_body<const K: u8, const GF: bool>(
-    (size, grp, nsb, a, t, out, m, valid, bias): MemTileArgs,
+    (size, grp, nsb, a, t, out, m, valid, bias, lead): MemTileArgs,
 ) {
     macro_rules! call {
         ($($s:literal)*) => {
-            match size {
-                $($s => tile::<K, $s, false, GF, false>(grp, nsb, a, t, out, m, valid, bias),)*
-                _ => tile::<K, MEM_TILE, false, GF, false>(grp, nsb, a, t, out, m, valid, bias),
+            match (size, lead) {
+                $(($s, false) => tile::<K, $s, false, GF, false>(grp, nsb, a, t, out, m, valid, bias),)*
+                $(($s, true) => tile::<K, $s, true, GF, false>(grp, nsb, a, t, out, m, valid, bias),)*
+                (_, false) => tile::<K, MEM_TILE, false, GF, false>(grp, nsb, a, t, out, m, valid, bias),
+                (_, true) => tile::<K, MEM_TILE, true, GF, false>(grp, nsb, a, t, out, m, valid, bias),
             }
         };
     }
@@ -540,7 +584,10 @@ unsafe fn mem_tile_body<const K: u8, const GF: bool>(
         && t.is_multiple_of(TILE_TOKENS)
         && (t / TILE_TOKENS + 1) * a.k / 32 <= a.tiles.len()
     {
-        return tile::<K, TILE_TOKENS, false, GF, true>(grp, nsb, a, t, out, m, valid, bias);
+        return match lead {
+            false => tile::<K, TILE_TOKENS, false, GF, true>(grp, nsb, a, t, out, m, valid, bias),
+            true => tile::<K, TILE_TOKENS, true, GF, true>(grp, nsb, a, t, out, m, valid, bias),
+        };
     }
     call!(8 9 10 11 12 13 14 15)
 }
