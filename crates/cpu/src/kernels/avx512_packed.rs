@@ -92,6 +92,33 @@ pub(super) unsafe fn prefetch_ahead<const K: u8>(p: *const u8) {
     }
 }
 
+/// Whether one token's tiles (decode) leave the weights' stream to the hardware prefetchers,
+/// without `prefetch_ahead`: on AMD Zen 4 the software requests slowed it. Decode alternating
+/// token by token between the two within one process (2 threads, 128 tokens, three runs):
+/// Qwen2.5-Coder-1.5B 32.8 / 34.2 / 33.4 → 26.5 / 31.2 / 30.3 ms a token, Qwen2.5-Coder-0.5B
+/// 15.0 / 13.7 / 12.2 → 13.7 / 12.6 / 9.6, SmolLM2-135M 4.04 / 3.59 / 3.68 → 3.42 / 3.16 / 3.26;
+/// 2 KiB ahead instead of 8 gained half as much, 16 and 32 KiB nothing. `matmul_probe`, the
+/// two alternating product by product over streamed copies, G MAC/s: Q4_K 8960 × 1536 50 → 59,
+/// 1536 × 1536 44 → 54, Q8_0 4864 × 896 29 → 32, Q5_0 4864 × 896 53 → 58, Q6_K 1536 × 8960 34
+/// → 35, 896 × 4864 35 → 37. From two tokens on the requests pay there too (Q4_K 8960 × 1536
+/// 2 tokens −11 % without them, 4 tokens −42 %, 8 tokens −22 %). On Zen 5, where
+/// `PREFETCH_AHEAD` was measured, they had paid at one token as well; Intel cores keep them
+/// until measured.
+static DECODE_HW_PREFETCH_ONLY: CpuIs = CpuIs::new(zen4);
+
+/// A fact about this CPU, found once.
+struct CpuIs(std::sync::OnceLock<bool>, fn() -> bool);
+
+impl CpuIs {
+    const fn new(test: fn() -> bool) -> CpuIs {
+        CpuIs(std::sync::OnceLock::new(), test)
+    }
+
+    fn get(&self) -> bool {
+        *self.0.get_or_init(self.1)
+    }
+}
+
 /// How far ahead the first token tile of a group asks for lines into L2 (bytes), on top of
 /// `prefetch_ahead`'s into L1: a batch of 2–16 tokens (the server's steps, verifying passes)
 /// streams each weight from memory once, in its first tile, and 8 KiB of L1 prefetches alone
@@ -142,21 +169,20 @@ const fn mem_lead(k: u8) -> bool {
     matches!(k, Q5_0 | Q6K)
 }
 
-/// Whether this is an AMD Zen 4 core (family 19h; its AVX-512 is the only one of that family),
-/// where the far prefetches pay in more tiles (`MEM_LEAD_UP_TO`).
+/// Whether this is an AMD Zen 4 core (family 19h; its AVX-512 is the only one of that family).
 fn zen4() -> bool {
-    static ZEN4: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ZEN4.get_or_init(|| {
-        use std::arch::x86_64::__cpuid;
-        let v = __cpuid(0);
-        // "AuthenticAMD" in EBX, EDX, ECX.
-        let amd = (v.ebx, v.edx, v.ecx) == (0x6874_7541, 0x6974_6e65, 0x444d_4163);
-        let eax = __cpuid(1).eax;
-        let base = (eax >> 8) & 0xf;
-        let family = base + if base == 0xf { (eax >> 20) & 0xff } else { 0 };
-        amd && family == 0x19
-    })
+    use std::arch::x86_64::__cpuid;
+    let v = __cpuid(0);
+    // "AuthenticAMD" in EBX, EDX, ECX.
+    let amd = (v.ebx, v.edx, v.ecx) == (0x6874_7541, 0x6974_6e65, 0x444d_4163);
+    let eax = __cpuid(1).eax;
+    let base = (eax >> 8) & 0xf;
+    let family = base + if base == 0xf { (eax >> 20) & 0xff } else { 0 };
+    amd && family == 0x19
 }
+
+/// Whether more tiles ask for far lines (`MEM_LEAD_UP_TO`): AMD Zen 4.
+static FAR_ON_ZEN4: CpuIs = CpuIs::new(zen4);
 
 /// Ask for the lines of the sub-block `FAR_AHEAD` bytes past `p` into L2.
 #[inline(always)]
@@ -213,6 +239,7 @@ unsafe fn tile<const K: u8, const T: usize, const LEAD: bool, const GF: bool, co
     let (sbb, nsub, head) = (kd.sb_bytes(), kd.sb_cols() / 32, kd.head_bytes());
     let off = kd.offset() as i32;
     let nblk = a.k / 32;
+    let near = T > 1 || !DECODE_HW_PREFETCH_ONLY.get();
     let mut acc = AccTile::<T>::new();
     for sb in 0..nsb {
         let h = grp.add(sb * sbb);
@@ -220,7 +247,9 @@ unsafe fn tile<const K: u8, const T: usize, const LEAD: bool, const GF: bool, co
         for j in 0..nsub {
             let blk = sb * nsub + j;
             let p = h.add(head + j * kd.sub_bytes());
-            prefetch_ahead::<K>(p);
+            if near {
+                prefetch_ahead::<K>(p);
+            }
             if LEAD {
                 prefetch_far::<K>(p);
             }
@@ -498,7 +527,7 @@ pub(super) unsafe fn vnni_tokens<const K: u8, const GF: bool>(
         if size > max_tile(K) {
             // Named kind by kind (and out of line), so that only these kinds' long tiles are
             // compiled, once each.
-            let lead = t == first && size <= MEM_LEAD_UP_TO && mem_lead(K) && zen4();
+            let lead = t == first && size <= MEM_LEAD_UP_TO && mem_lead(K) && FAR_ON_ZEN4.get();
             let args = (size, grp, nsb, a, t, out, m, valid, bias, lead);
             match (K, GF) {
                 (Q4_1, _) => mem_tile::<Q4_1>(args),
@@ -524,7 +553,7 @@ pub(super) unsafe fn vnni_tokens<const K: u8, const GF: bool>(
         // The group's first tile reads its weights from memory; the others find them in cache.
         // Short tiles run through a group faster than its far requests can all be taken, so
         // the later ones ask again (`REASK_UP_TO`).
-        let far = far_prefetch(K) || (K == Q5_0 && size >= 5 && zen4());
+        let far = far_prefetch(K) || (K == Q5_0 && size >= 5 && FAR_ON_ZEN4.get());
         if size > 1 && far && (t == first || size <= REASK_UP_TO) {
             call!(true, 2 3 4 5 6 7);
         } else {
