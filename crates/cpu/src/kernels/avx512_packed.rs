@@ -146,8 +146,8 @@ pub(super) const fn far_prefetch(k: u8) -> bool {
 /// tiles it lost 1–10 %).
 const REASK_UP_TO: usize = 6;
 
-/// On AMD Zen 4 (`zen4`) more tiles pay for far lines, AMD EPYC Zen 4, 2 threads,
-/// `matmul_probe` with `COPIES=48` (weights streamed), means of two alternating runs, G MAC/s:
+/// On AMD Zen 4 (`zen4`) more tiles pay for far lines (2 threads, `matmul_probe` with
+/// `COPIES=48`, the weights streamed, means of two alternating runs, G MAC/s):
 /// Q5_0's register tiles of 5 to 7 tokens (4864 × 896 5 tokens 183 → 234, 6 tokens 201 → 262,
 /// 7 tokens 183 → 227; 896 × 896 5 tokens 104 → 121, 7 tokens 124 → 133; 2 to 4 tokens
 /// unchanged), and a group's first L1 tile (`mem_tile`) of up to `MEM_LEAD_UP_TO` tokens for
