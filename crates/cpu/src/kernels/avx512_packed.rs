@@ -220,8 +220,8 @@ unsafe fn materialize(w: &mut [__m512i; 8]) {
 
 /// One group of 16 rows against tokens `t0..t0 + T`; `out` points at row 0 of the group for
 /// token t0, tokens `ostride` apart; only the first `valid` rows are written. The `LEAD` tile
-/// (a group's first, in products of two tokens or more of `far_prefetch` kinds) also asks for
-/// lines far ahead. `TB`: the tokens are one whole tile of `a.tiles` (`TileBlock`), read from
+/// (a group's first, in products of two tokens or more of `far_prefetch` kinds, and on Zen 4 of
+/// a few more: `MEM_LEAD_UP_TO`) also asks for lines far ahead. `TB`: the tokens are one whole tile of `a.tiles` (`TileBlock`), read from
 /// there.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
