@@ -104,19 +104,8 @@ pub(super) unsafe fn prefetch_ahead<const K: u8>(p: *const u8) {
 /// 2 tokens −11 % without them, 4 tokens −42 %, 8 tokens −22 %). On Zen 5, where
 /// `PREFETCH_AHEAD` was measured, they had paid at one token as well; Intel cores keep them
 /// until measured.
-static DECODE_HW_PREFETCH_ONLY: CpuIs = CpuIs::new(zen4);
-
-/// A fact about this CPU, found once.
-struct CpuIs(std::sync::OnceLock<bool>, fn() -> bool);
-
-impl CpuIs {
-    const fn new(test: fn() -> bool) -> CpuIs {
-        CpuIs(std::sync::OnceLock::new(), test)
-    }
-
-    fn get(&self) -> bool {
-        *self.0.get_or_init(self.1)
-    }
+fn decode_hw_prefetch_only() -> bool {
+    zen4()
 }
 
 /// How far ahead the first token tile of a group asks for lines into L2 (bytes), on top of
@@ -169,20 +158,26 @@ const fn mem_lead(k: u8) -> bool {
     matches!(k, Q5_0 | Q6K)
 }
 
-/// Whether this is an AMD Zen 4 core (family 19h; its AVX-512 is the only one of that family).
-fn zen4() -> bool {
-    use std::arch::x86_64::__cpuid;
-    let v = __cpuid(0);
-    // "AuthenticAMD" in EBX, EDX, ECX.
-    let amd = (v.ebx, v.edx, v.ecx) == (0x6874_7541, 0x6974_6e65, 0x444d_4163);
-    let eax = __cpuid(1).eax;
-    let base = (eax >> 8) & 0xf;
-    let family = base + if base == 0xf { (eax >> 20) & 0xff } else { 0 };
-    amd && family == 0x19
+/// Whether more tiles ask for far lines (`MEM_LEAD_UP_TO`): AMD Zen 4.
+fn far_on_zen4() -> bool {
+    zen4()
 }
 
-/// Whether more tiles ask for far lines (`MEM_LEAD_UP_TO`): AMD Zen 4.
-static FAR_ON_ZEN4: CpuIs = CpuIs::new(zen4);
+/// Whether this is an AMD Zen 4 core (family 19h; its AVX-512 is the only one of that family),
+/// found once per process.
+fn zen4() -> bool {
+    static ZEN4: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ZEN4.get_or_init(|| {
+        use std::arch::x86_64::__cpuid;
+        let v = __cpuid(0);
+        // "AuthenticAMD" in EBX, EDX, ECX.
+        let amd = (v.ebx, v.edx, v.ecx) == (0x6874_7541, 0x6974_6e65, 0x444d_4163);
+        let eax = __cpuid(1).eax;
+        let base = (eax >> 8) & 0xf;
+        let family = base + if base == 0xf { (eax >> 20) & 0xff } else { 0 };
+        amd && family == 0x19
+    })
+}
 
 /// Ask for the lines of the sub-block `FAR_AHEAD` bytes past `p` into L2.
 #[inline(always)]
@@ -221,8 +216,8 @@ unsafe fn materialize(w: &mut [__m512i; 8]) {
 /// One group of 16 rows against tokens `t0..t0 + T`; `out` points at row 0 of the group for
 /// token t0, tokens `ostride` apart; only the first `valid` rows are written. The `LEAD` tile
 /// (a group's first, in products of two tokens or more of `far_prefetch` kinds, and on Zen 4 of
-/// a few more: `MEM_LEAD_UP_TO`) also asks for lines far ahead. `TB`: the tokens are one whole tile of `a.tiles` (`TileBlock`), read from
-/// there.
+/// a few more: `MEM_LEAD_UP_TO`) also asks for lines far ahead. `TB`: the tokens are one whole
+/// tile of `a.tiles` (`TileBlock`), read from there.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile<const K: u8, const T: usize, const LEAD: bool, const GF: bool, const TB: bool>(
@@ -239,7 +234,7 @@ unsafe fn tile<const K: u8, const T: usize, const LEAD: bool, const GF: bool, co
     let (sbb, nsub, head) = (kd.sb_bytes(), kd.sb_cols() / 32, kd.head_bytes());
     let off = kd.offset() as i32;
     let nblk = a.k / 32;
-    let near = T > 1 || !DECODE_HW_PREFETCH_ONLY.get();
+    let near = T > 1 || !decode_hw_prefetch_only();
     let mut acc = AccTile::<T>::new();
     for sb in 0..nsb {
         let h = grp.add(sb * sbb);
@@ -527,7 +522,7 @@ pub(super) unsafe fn vnni_tokens<const K: u8, const GF: bool>(
         if size > max_tile(K) {
             // Named kind by kind (and out of line), so that only these kinds' long tiles are
             // compiled, once each.
-            let lead = t == first && size <= MEM_LEAD_UP_TO && mem_lead(K) && FAR_ON_ZEN4.get();
+            let lead = t == first && size <= MEM_LEAD_UP_TO && mem_lead(K) && far_on_zen4();
             let args = (size, grp, nsb, a, t, out, m, valid, bias, lead);
             match (K, GF) {
                 (Q4_1, _) => mem_tile::<Q4_1>(args),
@@ -553,7 +548,7 @@ pub(super) unsafe fn vnni_tokens<const K: u8, const GF: bool>(
         // The group's first tile reads its weights from memory; the others find them in cache.
         // Short tiles run through a group faster than its far requests can all be taken, so
         // the later ones ask again (`REASK_UP_TO`).
-        let far = far_prefetch(K) || (K == Q5_0 && size >= 5 && FAR_ON_ZEN4.get());
+        let far = far_prefetch(K) || (K == Q5_0 && size >= 5 && far_on_zen4());
         if size > 1 && far && (t == first || size <= REASK_UP_TO) {
             call!(true, 2 3 4 5 6 7);
         } else {
