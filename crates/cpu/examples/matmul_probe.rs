@@ -1,7 +1,8 @@
 //! Single-product probe for kernel work: G multiply-adds/s of one quantized matrix product.
 //!   cargo run --release -p suanli-cpu --example matmul_probe -- TYPE ROWS COLS TOKENS [THREADS]
 //! `COPIES=N` cycles through N copies of the weight, so that a small batch streams it from
-//! memory as decode steps do (one copy stays in cache after the first run); `REPS=N` times N
+//! memory as decode steps do (one copy stays in cache after the first run); `NS=1,2,4` alternates
+//! token counts product by product, each on the next copy (TOKENS is then ignored); `REPS=N` times N
 //! products per copy (20 by default) and keeps the best. `GENERATED=1` multiplies the rows as
 //! generated tokens rather than a prompt's (BF16/F16 weights: the f32 tiles rather than AMX).
 use suanli_backend::{Backend, HostTensor, WeightRole};
@@ -87,6 +88,51 @@ fn main() {
         generated_from: if generated { 0 } else { usize::MAX },
     }];
     b.step_rows(Some((&seqs, n)));
+    // NS=1,2,4: the products alternate between these token counts, one after another over the
+    // streamed copies, and the mean time of each is printed (in-process pairs: a shared
+    // machine's speed moves between runs by more than small batches differ).
+    if let Ok(ns) = std::env::var("NS") {
+        let ns: Vec<usize> = ns
+            .split(',')
+            .map(|v| v.parse().expect("NS: counts"))
+            .collect();
+        let reps: usize = std::env::var("REPS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(20);
+        let acts: Vec<_> = ns
+            .iter()
+            .map(|&k| {
+                let mut x = b.alloc_act(k, cols).unwrap();
+                let xs: Vec<f32> = (0..k * cols)
+                    .map(|i| ((i % 17) as f32 - 8.0) / 8.0)
+                    .collect();
+                b.upload(&xs, k, &mut x).unwrap();
+                (x, b.alloc_act(k, rows).unwrap())
+            })
+            .collect();
+        let (mut secs, mut acts) = (vec![0f64; ns.len()], acts);
+        // Each product reads the copy after the last one's, never the one just read (which
+        // would be in cache for the next count).
+        for i in 0..reps * ws.len() * ns.len() {
+            let j = i % ns.len();
+            let (x, out) = &mut acts[j];
+            let t = std::time::Instant::now();
+            b.linear(x, &ws[i % ws.len()], None, out).unwrap();
+            secs[j] += t.elapsed().as_secs_f64();
+        }
+        let per = (reps * ws.len()) as f64;
+        for (k, s) in ns.iter().zip(&secs) {
+            println!(
+                "{ty} {rows}x{cols} x {k} tokens, {th} threads: {:.1} µs a product ({:.2} of {} tokens'), {:.1} G MAC/s",
+                s / per * 1e6,
+                s / secs[0],
+                ns[0],
+                (rows * cols * k) as f64 * per / s / 1e9
+            );
+        }
+        return;
+    }
     let (mut best, mut best_cpu) = (0f64, 0f64);
     // REPS: products timed per copy (best of them is kept).
     let reps: usize = std::env::var("REPS")
