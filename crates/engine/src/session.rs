@@ -522,9 +522,10 @@ impl<B: Backend> DraftModel<B> {
         })
     }
 
-    /// Drafts for the sequence `history` from this model, as many as `spec`'s controller finds
-    /// worth verifying (at most `room`), timed for it; while drafting does not pay, a probe
-    /// every `PROBE_EVERY` steps is left unverified (`spec`'s shadow) to keep the rate measured.
+    /// Drafts for the sequence `history` from this model while `spec`'s controller finds
+    /// drafting worth it: as long as the draft's run stays likely (`DraftRun`; at most `room`
+    /// and `--draft-max`), timed for it; while drafting does not pay, a probe every
+    /// `PROBE_EVERY` steps is left unverified (`spec`'s shadow) to keep the rate measured.
     pub(crate) fn draft(
         &mut self,
         backend: &B,
@@ -533,7 +534,13 @@ impl<B: Backend> DraftModel<B> {
         room: usize,
         probe_in: &mut usize,
     ) -> Result<Vec<u32>, SessionError> {
-        let mut k = spec.ctl.draft_len(room);
+        // The controller says whether drafting pays; how far is the draft's own run's
+        // probability (`DraftRun`), which knows each proposal's odds where the controller
+        // knows only the mean rate.
+        let mut k = match spec.ctl.draft_len(room) {
+            0 => 0,
+            _ => spec.ctl.most(room),
+        };
         let probe = probe_due(k, room, probe_in, spec.ctl.acceptance());
         if probe {
             k = 1;
@@ -592,7 +599,8 @@ impl<B: Backend> DraftModel<B> {
         };
         let token_of = |i: u32| tokens.map_or(i, |ids| ids[i as usize]);
         let mut top = argmax(row);
-        let mut sure = crate::spec::likely(row, top);
+        let mut run = crate::spec::DraftRun::new();
+        let mut sure = run.goes_on(row, top);
         let mut next = token_of(top);
         if rest.len() <= 2 {
             timed = (1, t.elapsed());
@@ -609,7 +617,7 @@ impl<B: Backend> DraftModel<B> {
                 .seq
                 .feed_head(backend, &self.model, &[next], 0, true, head)?;
             top = argmax(row);
-            sure = crate::spec::likely(row, top);
+            sure = run.goes_on(row, top);
             next = token_of(top);
             timed = (timed.0 + 1, timed.1 + t.elapsed());
             if !known(next) {

@@ -417,19 +417,24 @@ fn requantized_draft_model_answers_are_the_same() {
     });
     let r = done.unwrap();
     assert!(r.converted > 0 && r.bytes_after < r.bytes_before, "{r:?}");
-    // The same model at 4.5 bits still drafts more than a token per pass: 2.9 tokens per
-    // verifying pass of 6 drafts (its own weights: over 5.8, by the test below).
-    assert!(greedy.mean_accepted_length() > 2.0, "{r:?}; {greedy:?}");
+    // The same model at 4.5 bits still drafts more than a token per pass: 2.0 tokens per
+    // verifying pass of at most 6 drafts, 48 % of them taken (its own weights: 2.8 and 79 %,
+    // by the test below; its runs end where their probability falls under 0.6, `DraftRun`).
+    assert!(
+        greedy.mean_accepted_length() > 1.6 && greedy.acceptance() > 0.35,
+        "{r:?}; {greedy:?}"
+    );
 }
 
-/// A draft model (here the model itself, loaded again on the same backend: its greedy drafts
-/// are nearly always right) changes no token, greedy or sampled.
+/// A draft model (here the model itself, loaded again on the same backend: 79 % of its greedy
+/// drafts are taken, 2.8 tokens a pass, its runs ending where their probability falls under
+/// 0.6, `DraftRun`) changes no token, greedy or sampled.
 #[test]
 fn draft_model_answers_are_the_same() {
     let (_, [greedy, sampled]) =
         drafted_by_smollm2(|src, backend| suanli_models::Model::load(src, backend).unwrap());
     assert!(
-        greedy.acceptance() > 0.8 && greedy.mean_accepted_length() > 3.0,
+        greedy.acceptance() > 0.7 && greedy.mean_accepted_length() > 2.4,
         "{greedy:?}"
     );
     assert!(
@@ -463,7 +468,7 @@ fn draft_model_short_head_changes_no_token() {
             m
         });
         assert!(
-            greedy.acceptance() > 0.8 && greedy.mean_accepted_length() > 3.0,
+            greedy.acceptance() > 0.7 && greedy.mean_accepted_length() > 2.4,
             "{greedy:?}"
         );
         assert!(sampled.accepted > 0, "{sampled:?}");

@@ -94,6 +94,11 @@ impl Controller {
         best
     }
 
+    /// The longest draft allowed out of `available` proposed tokens (`--draft-max`).
+    pub fn most(&self, available: usize) -> usize {
+        available.min(self.max)
+    }
+
     /// `accepted` of `drafted` tokens were taken (a shorter run than drafted ends with one
     /// refusal).
     pub fn observe_draft(&mut self, drafted: usize, accepted: usize) {
