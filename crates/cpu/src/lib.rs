@@ -13,6 +13,7 @@ pub mod packed;
 mod peak;
 pub mod pool;
 mod rescore;
+mod rope;
 #[cfg(test)]
 mod testutil;
 mod top;
@@ -26,7 +27,7 @@ pub use aligned::ActBuf;
 use kernels::{Isa, Kernels};
 use suanli_backend::{
     check, shape_err, Act, AttnMeta, Backend, BackendError, Capabilities, HostTensor, KvDType,
-    KvPages, KvSpec, Result, RopeParams, RopeStyle, TopLogits, Weight,
+    KvPages, KvSpec, Result, RopeParams, TopLogits, Weight,
 };
 use suanli_core::DType;
 
@@ -54,6 +55,8 @@ pub struct CpuBackend {
     /// `top_logits`' logits rows, kept between steps (a 16-row step's are ~10 MB, whose pages
     /// would otherwise be faulted in again every step).
     top_scratch: std::sync::Mutex<Vec<f32>>,
+    /// The rotary angles of the pass under way (every layer rotates at the same positions).
+    rope_tables: rope::Tables,
 }
 
 impl CpuBackend {
@@ -92,6 +95,7 @@ impl CpuBackend {
             repack,
             prompt_rows: Default::default(),
             top_scratch: Default::default(),
+            rope_tables: Default::default(),
         })
     }
 
@@ -446,25 +450,11 @@ impl Backend for CpuBackend {
 
     fn rope(&self, x: &mut Act<ActBuf>, positions: &[u32], rope: &RopeParams) -> Result<()> {
         check::rope(x, positions, rope)?;
-        let half = rope.rotary_dim / 2;
-        let hd = rope.head_dim;
         let n = x.cols;
+        let table = self.rope_tables.get(positions, rope);
         self.rows_in_parallel(&mut x.buf[..x.rows * n], n, &|r0, part| {
-            for (row, &p) in part.chunks_exact_mut(n).zip(&positions[r0..]) {
-                for (i, &f) in rope.inv_freq.iter().enumerate().take(half) {
-                    let angle = p as f32 * f;
-                    let (s, c) = angle.sin_cos();
-                    for h in 0..rope.n_heads {
-                        let head = &mut row[h * hd..(h + 1) * hd];
-                        let (a, b) = match rope.style {
-                            RopeStyle::Neox => (i, i + half),
-                            RopeStyle::Interleaved => (2 * i, 2 * i + 1),
-                        };
-                        let (x0, x1) = (head[a], head[b]);
-                        head[a] = x0 * c - x1 * s;
-                        head[b] = x0 * s + x1 * c;
-                    }
-                }
+            for (r, row) in part.chunks_exact_mut(n).enumerate() {
+                rope::rotate_row(row, rope, &table.angles(r0 + r));
             }
         });
         Ok(())
