@@ -18,10 +18,10 @@ SUANLI = "target/release/suanli"
 DECAY, MARGIN = 0.9, 0.05
 
 
-def answer(model, prompt):
+def answer(model, prompt, gen=256):
     """The prompt's ids as the chat template of Qwen2.5 (the models these prompt files are for)
-    lays them out, and the greedy answer's ids."""
-    run = [SUANLI, "run", "--model", model, "--max-tokens", "256", "--temperature", "0", "--json", "-"]
+    lays them out, and the greedy answer's ids (at most `gen`)."""
+    run = [SUANLI, "run", "--model", model, "--max-tokens", str(gen), "--temperature", "0", "--json", "-"]
     r = json.loads(subprocess.run(run, input=prompt, capture_output=True, text=True, check=True).stdout)
     tmpl = ("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful "
             "assistant.<|im_end|>\n<|im_start|>user\n" + prompt + "<|im_end|>\n<|im_start|>assistant\n")

@@ -26,29 +26,16 @@ NS=1,2,3,4 the step from one row to a few.)
 """
 import json, math, os, socket, subprocess, sys, urllib.request
 
-SUANLI = "target/release/suanli"
-DECAY, MARGIN, MAX_DRAFT = 0.9, 0.05, 10
+from spec_ceiling import DECAY, MARGIN, SUANLI, answer
+
+MAX_DRAFT = 10
 PROBE_EVERY, PROBE_MOST = 8, 128
 
 
 def answers(model, path, gen):
-    """(kind, prompt ids as Qwen2.5's chat template lays them out, greedy answer ids)."""
-    out = []
-    for line in open(path):
-        if not line.strip():
-            continue
-        task = json.loads(line)
-        run = [SUANLI, "run", "--model", model, "--max-tokens", str(gen), "--temperature", "0",
-               "--json", "-"]
-        r = json.loads(subprocess.run(run, input=task["prompt"], capture_output=True, text=True,
-                                      check=True).stdout)
-        tmpl = ("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful "
-                "assistant.<|im_end|>\n<|im_start|>user\n" + task["prompt"] +
-                "<|im_end|>\n<|im_start|>assistant\n")
-        tok = [SUANLI, "tokenize", "--model", model, "--special", "--json", tmpl]
-        ids = json.loads(subprocess.run(tok, capture_output=True, text=True, check=True).stdout)["ids"]
-        out.append((task["kind"], ids, r["tokens"]))
-    return out
+    """(kind, prompt ids, greedy answer ids) per task (`spec_ceiling.answer`)."""
+    tasks = [json.loads(line) for line in open(path) if line.strip()]
+    return [(t["kind"], *answer(model, t["prompt"], gen)) for t in tasks]
 
 
 def teacher_forced(draft, tasks):

@@ -64,12 +64,20 @@ fn main() {
         .unwrap()
     };
     let ws: Vec<_> = (0..copies.max(1)).map(|_| prep()).collect();
-    let mut x = b.alloc_act(n, cols).unwrap();
-    let xs: Vec<f32> = (0..n * cols)
-        .map(|i| ((i % 17) as f32 - 8.0) / 8.0)
-        .collect();
-    b.upload(&xs, n, &mut x).unwrap();
-    let mut out = b.alloc_act(n, rows).unwrap();
+    // The input of k tokens and its output.
+    let operands = |k: usize| {
+        let mut x = b.alloc_act(k, cols).unwrap();
+        let xs: Vec<f32> = (0..k * cols)
+            .map(|i| ((i % 17) as f32 - 8.0) / 8.0)
+            .collect();
+        b.upload(&xs, k, &mut x).unwrap();
+        (x, b.alloc_act(k, rows).unwrap())
+    };
+    // REPS: products timed per copy.
+    let reps: usize = std::env::var("REPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
     // Wall time and this process's CPU time (which a shared machine's steal does not inflate).
     let cpu = || {
         let mut ts = [0i64; 2];
@@ -96,22 +104,8 @@ fn main() {
             .split(',')
             .map(|v| v.parse().expect("NS: counts"))
             .collect();
-        let reps: usize = std::env::var("REPS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(20);
-        let acts: Vec<_> = ns
-            .iter()
-            .map(|&k| {
-                let mut x = b.alloc_act(k, cols).unwrap();
-                let xs: Vec<f32> = (0..k * cols)
-                    .map(|i| ((i % 17) as f32 - 8.0) / 8.0)
-                    .collect();
-                b.upload(&xs, k, &mut x).unwrap();
-                (x, b.alloc_act(k, rows).unwrap())
-            })
-            .collect();
-        let (mut secs, mut acts) = (vec![0f64; ns.len()], acts);
+        let mut acts: Vec<_> = ns.iter().map(|&k| operands(k)).collect();
+        let mut secs = vec![0f64; ns.len()];
         // Each product reads the copy after the last one's, never the one just read (which
         // would be in cache for the next count).
         for i in 0..reps * ws.len() * ns.len() {
@@ -133,12 +127,9 @@ fn main() {
         }
         return;
     }
+    let (x, mut out) = operands(n);
+    // The best of the products is kept.
     let (mut best, mut best_cpu) = (0f64, 0f64);
-    // REPS: products timed per copy (best of them is kept).
-    let reps: usize = std::env::var("REPS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
     let macs = (rows * cols * n) as f64;
     let start = std::time::Instant::now();
     for i in 0..reps * ws.len() {
