@@ -149,7 +149,7 @@ unsafe fn products<const K: u8>(
     let m = p.rows;
     // Whole tiles of the input's tiled activations (`PActs::fill(…, true)`; chunks of tokens
     // start at whole tiles, see `matmul::packed_many`); anything else goes to VNNI.
-    let laid_out = tokens.start.is_multiple_of(TOKENS) && a.tiles.len() >= a.n / TOKENS * nblk;
+    let laid_out = tokens.start.is_multiple_of(TOKENS) && a.tiles().len() >= a.n / TOKENS * nblk;
     debug_assert!(laid_out, "AMX product without tiled activations");
     let whole = match laid_out {
         true => tokens.start + (tokens.len() / TOKENS) * TOKENS,
@@ -170,7 +170,7 @@ unsafe fn products<const K: u8>(
         let prep = at_least(&mut sc.prep, nblk, zero);
         let prep_up = at_least(&mut sc.prep_up, if up.is_some() { nblk } else { 0 }, zero);
         let staged = at_least(&mut sc.staged, tiles * TOKENS * ROWS, 0.0);
-        let tiled = &a.tiles[tokens.start / TOKENS * nblk..whole / TOKENS * nblk];
+        let tiled = &a.tiles()[tokens.start / TOKENS * nblk..whole / TOKENS * nblk];
         // The gated products' two tiles of sums (every value written before it is read).
         let mut pair = Pair([[0.0; TOKENS * ROWS]; 2]);
         for g in groups {

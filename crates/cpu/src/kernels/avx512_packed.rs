@@ -255,7 +255,7 @@ unsafe fn tile<const K: u8, const T: usize, const LEAD: bool, const GF: bool, co
             let [s0, s1, mv] = sub_scales::<K>(h, j, d, second);
             // A whole tile's block: every token's operands at a constant distance from `tb`.
             let tb = match TB {
-                true => a.tiles.as_ptr().add(t0 / TILE_TOKENS * nblk + blk),
+                true => a.tiles().as_ptr().add(t0 / TILE_TOKENS * nblk + blk),
                 false => std::ptr::null(),
             };
             let q = |t: usize| match TB {
@@ -606,7 +606,7 @@ unsafe fn mem_tile_body<const K: u8, const GF: bool>(
     // 131; Q6_K, whose quants are loaded by intrinsics, unchanged).
     if size == TILE_TOKENS
         && t.is_multiple_of(TILE_TOKENS)
-        && (t / TILE_TOKENS + 1) * a.k / 32 <= a.tiles.len()
+        && (t / TILE_TOKENS + 1) * a.k / 32 <= a.tiles().len()
     {
         return match lead {
             false => tile::<K, TILE_TOKENS, false, GF, true>(grp, nsb, a, t, out, m, valid, bias),

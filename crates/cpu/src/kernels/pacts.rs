@@ -2,7 +2,7 @@
 //! Q8_1 (`core::quant::q8`), the quants in one array and each block's numbers in another, so the
 //! kernels broadcast 4 quants at a time and read one 16-byte record per block.
 
-use crate::pool::Pool;
+use crate::pool::{Pool, SharedMut};
 use suanli_core::quant::q8::{quantize_q8, BlockQ8};
 
 /// Per 32-element block of one token.
@@ -84,14 +84,36 @@ pub struct PActs {
     /// Elements per token (a multiple of 32).
     pub k: usize,
     pub n: usize,
-    /// `[n, k]`
+    /// `[n, k]` (and past it, what earlier inputs left: the buffers only grow).
     pub qs: Vec<i8>,
-    /// `[n, k / 32]`
+    /// `[n, k / 32]`, then earlier inputs' records.
     pub meta: Vec<Meta>,
     /// With `fill(…, tiled: true)`: the whole tiles of 16 tokens again, `[n / 16, k / 32]`
-    /// (built once per input, not once per piece of work).
-    pub tiles: Vec<TileBlock>,
+    /// (built once per input, not once per piece of work), then earlier inputs' tiles.
+    tile_buf: Vec<TileBlock>,
+    /// The current input's tiles in `tile_buf`.
+    ntiles: usize,
 }
+
+/// The buffers keep their length as inputs' widths alternate (576 and 1536 columns in each
+/// layer of SmolLM2): shrunk and grown again, a `Vec` wrote zeros over the new part each time.
+fn grow<T: Copy>(v: &mut Vec<T>, len: usize, zero: T) {
+    if v.len() < len {
+        v.resize(len, zero);
+    }
+}
+
+const ZERO_TILE: TileBlock = TileBlock {
+    q: [0; TILE_TOKENS * 32],
+    d: [0.0; TILE_TOKENS],
+    s: [0.0; TILE_TOKENS],
+    meta: [Meta {
+        d: 0.0,
+        s: 0.0,
+        noff: [0; 3],
+        noff16: [0; 2],
+    }; TILE_TOKENS],
+};
 
 /// Tokens per thread below which quantizing is left to the calling thread.
 const SERIAL_BELOW: usize = 4;
@@ -355,62 +377,96 @@ mod arm {
 }
 
 impl PActs {
-    /// Quantize `n` tokens of `k` elements (`x` is `[n, k]`); batches are spread over the threads.
-    /// `tiled`: also lay the whole tiles of 16 tokens out (`tiles`) for the AMX kernels and
-    /// the VNNI tiles of 16.
-    pub fn fill(&mut self, pool: &Pool, x: &[f32], n: usize, k: usize, tiled: bool) {
-        self.quantize(pool, x, n, k);
-        let nblk = k / 32;
-        let count = if tiled { n / TILE_TOKENS * nblk } else { 0 };
-        let zero = TileBlock {
-            q: [0; TILE_TOKENS * 32],
-            d: [0.0; TILE_TOKENS],
-            s: [0.0; TILE_TOKENS],
-            meta: [Meta::default(); TILE_TOKENS],
-        };
-        self.tiles.resize(count, zero);
-        if count == 0 {
-            return;
-        }
-        let (qs, meta) = (&self.qs, &self.meta);
-        pool.split_mut(&mut self.tiles, nblk, 1, &|tile0, part| {
-            for (j, tb) in part.iter_mut().enumerate() {
-                let (tile, blk) = (tile0 + j / nblk, j % nblk);
-                for t in 0..TILE_TOKENS {
-                    let tok = tile * TILE_TOKENS + t;
-                    tb.q[32 * t..32 * t + 32].copy_from_slice(&qs[tok * k + blk * 32..][..32]);
-                    let m = &meta[tok * nblk + blk];
-                    (tb.d[t], tb.s[t], tb.meta[t]) = (m.d, m.s, *m);
-                }
-            }
-        });
+    /// The whole tiles of 16 tokens of the last `fill(…, tiled: true)`, `[n / 16, k / 32]`
+    /// (empty after an untiled one).
+    pub fn tiles(&self) -> &[TileBlock] {
+        &self.tile_buf[..self.ntiles]
     }
 
-    fn quantize(&mut self, pool: &Pool, x: &[f32], n: usize, k: usize) {
+    /// Quantize `n` tokens of `k` elements (`x` is `[n, k]`); the work is spread over the
+    /// threads. `tiled`: also lay the whole tiles of 16 tokens out (`tiles`) for the AMX kernels
+    /// and the VNNI tiles of 16 — each tile's blocks right after its tokens are quantized,
+    /// while they are in L1 (a second pass over the token-major quants read them back from L2
+    /// with 16 strided streams and was 14 % of a SmolLM2-sized product, 1536 × 576 × 512
+    /// tokens).
+    pub fn fill(&mut self, pool: &Pool, x: &[f32], n: usize, k: usize, tiled: bool) {
         debug_assert!(k.is_multiple_of(32) && x.len() == n * k);
+        let nblk = k / 32;
         self.k = k;
         self.n = n;
-        self.qs.resize(n * k, 0);
-        self.meta.resize(n * k / 32, Meta::default());
-        if n < SERIAL_BELOW * pool.threads() {
-            for ((xt, qt), mt) in x
-                .chunks_exact(k)
-                .zip(self.qs.chunks_exact_mut(k))
-                .zip(self.meta.chunks_exact_mut(k / 32))
-            {
-                quantize_token(xt, qt, mt);
+        grow(&mut self.qs, n * k, 0);
+        grow(&mut self.meta, n * nblk, Meta::default());
+        let whole = if tiled { n / TILE_TOKENS } else { 0 };
+        self.ntiles = whole * nblk;
+        grow(&mut self.tile_buf, self.ntiles, ZERO_TILE);
+        if whole == 0 && n < SERIAL_BELOW * pool.threads() {
+            for t in 0..n {
+                quantize_token(
+                    &x[t * k..(t + 1) * k],
+                    &mut self.qs[t * k..(t + 1) * k],
+                    &mut self.meta[t * nblk..(t + 1) * nblk],
+                );
             }
             return;
         }
-        let mut parts: Vec<(&mut [i8], &mut [Meta])> = self
-            .qs
-            .chunks_exact_mut(k)
-            .zip(self.meta.chunks_exact_mut(k / 32))
-            .collect();
-        pool.split_mut(&mut parts, 1, 2, &|t0, chunk| {
-            for (i, (qt, mt)) in chunk.iter_mut().enumerate() {
-                let t = t0 + i;
-                quantize_token(&x[t * k..(t + 1) * k], qt, mt);
+        // Units: a whole tile's tokens over a run of its blocks (several runs where the tiles
+        // are too few to keep every thread busy), then the tokens after the whole tiles a few
+        // at a time.
+        let threads = pool.threads();
+        let runs = match whole {
+            0 => 1,
+            w => (2 * threads).div_ceil(w).min(nblk.div_ceil(16)),
+        };
+        let run_blocks = nblk.div_ceil(runs);
+        let rest = n - whole * TILE_TOKENS;
+        let rest_units = rest.div_ceil(SERIAL_BELOW);
+        let units = whole * runs + rest_units;
+        let (qs, meta, tiles) = (
+            SharedMut(self.qs.as_mut_ptr()),
+            SharedMut(self.meta.as_mut_ptr()),
+            SharedMut(self.tile_buf.as_mut_ptr()),
+        );
+        pool.pieces(units, &|u| {
+            let (tokens, blocks, tile) = match u < whole * runs {
+                true => {
+                    let (tile, run) = (u / runs, u % runs);
+                    let b0 = run * run_blocks;
+                    let t0 = tile * TILE_TOKENS;
+                    (
+                        t0..t0 + TILE_TOKENS,
+                        b0.min(nblk)..(b0 + run_blocks).min(nblk),
+                        Some(tile),
+                    )
+                }
+                false => {
+                    let t0 = whole * TILE_TOKENS + (u - whole * runs) * SERIAL_BELOW;
+                    (t0..(t0 + SERIAL_BELOW).min(n), 0..nblk, None)
+                }
+            };
+            // SAFETY: units cover disjoint (token, block) cells of `qs` and `meta` and disjoint
+            // blocks of `tiles`, all within the lengths grown above.
+            unsafe {
+                for t in tokens.clone() {
+                    let (e0, e1) = (t * k + blocks.start * 32, t * k + blocks.end * 32);
+                    quantize_token(
+                        &x[e0..e1],
+                        std::slice::from_raw_parts_mut(qs.get().add(e0), e1 - e0),
+                        std::slice::from_raw_parts_mut(
+                            meta.get().add(t * nblk + blocks.start),
+                            blocks.len(),
+                        ),
+                    );
+                }
+                let Some(tile) = tile else { return };
+                for blk in blocks {
+                    let tb = &mut *tiles.get().add(tile * nblk + blk);
+                    for (i, t) in tokens.clone().enumerate() {
+                        let src = qs.get().add(t * k + blk * 32);
+                        std::ptr::copy_nonoverlapping(src, tb.q.as_mut_ptr().add(32 * i), 32);
+                        let m = *meta.get().add(t * nblk + blk);
+                        (tb.d[i], tb.s[i], tb.meta[i]) = (m.d, m.s, m);
+                    }
+                }
             }
         });
     }
@@ -427,6 +483,51 @@ mod tests {
     fn simd_quantization_equals_scalar() {
         for blocks in [64, 28, 1] {
             check_simd_quantization(blocks);
+        }
+    }
+
+    /// `fill` gives every token the quants and records `quantize_token` gives it alone, and
+    /// lays the whole tiles out as copies of them — for inputs whose tiles are fewer than the
+    /// threads' units (one tile: its blocks split in runs), several tiles with tokens after
+    /// them, and a narrower input after a wider one (the buffers keep their length; `tiles`
+    /// shows only the current input's).
+    #[test]
+    fn fill_lays_tiles_out_as_the_tokens_quants() {
+        let pool = Pool::new(3).unwrap();
+        let mut a = PActs::default();
+        for (n, k, tiled) in [
+            (16, 896, true),
+            (53, 4864, true),
+            (37, 576, true),
+            (21, 896, false),
+            (7, 64, true),
+        ] {
+            let x: Vec<f32> = (0..n * k)
+                .map(|i| ((i as f32 * 0.61).sin() * 2.0).powi(3) + (i % 7) as f32 * 0.1)
+                .collect();
+            a.fill(&pool, &x, n, k, tiled);
+            let nblk = k / 32;
+            for t in 0..n {
+                let (mut q, mut m) = (vec![0i8; k], vec![Meta::default(); nblk]);
+                quantize_token(&x[t * k..(t + 1) * k], &mut q, &mut m);
+                assert_eq!(&a.qs[t * k..(t + 1) * k], &q[..], "n {n} k {k} token {t}");
+                assert_eq!(
+                    &a.meta[t * nblk..(t + 1) * nblk],
+                    &m[..],
+                    "n {n} k {k} token {t}"
+                );
+            }
+            let whole = if tiled { n / TILE_TOKENS } else { 0 };
+            assert_eq!(a.tiles().len(), whole * nblk, "n {n} k {k}");
+            for (i, tb) in a.tiles().iter().enumerate() {
+                let (tile, blk) = (i / nblk, i % nblk);
+                for j in 0..TILE_TOKENS {
+                    let t = tile * TILE_TOKENS + j;
+                    assert_eq!(&tb.q[32 * j..32 * j + 32], &a.qs[t * k + 32 * blk..][..32]);
+                    let m = a.meta[t * nblk + blk];
+                    assert_eq!((tb.d[j], tb.s[j], tb.meta[j]), (m.d, m.s, m));
+                }
+            }
         }
     }
 
