@@ -9,6 +9,8 @@
 mod common;
 use common::*;
 use suanli_cpu::kernels::Isa;
+use suanli_cpu::CpuBackend;
+use suanli_engine::Session;
 use suanli_formats::catalog;
 
 /// Logit gap under which llama.cpp's quantized activations and our f32 path may rank two tokens differently.
@@ -166,22 +168,46 @@ fn check_model(name: &str, m: Check) {
             full_matches += 1;
             continue;
         }
-        // A divergence is only acceptable where llama.cpp itself had a near-tie: our token must
-        // be one of its top candidates, within NEAR_TIE of its best logit.
+        // A divergence is only acceptable at a near-tie: our token among llama.cpp's top
+        // candidates within NEAR_TIE of its best logit, or — where llama.cpp's five are all
+        // that close, so that a sixth of ours cannot show in them (Gemma 3's "中国的首都是" at
+        // step 1 has five within 0.06) — llama.cpp's token within NEAR_TIE of our best logit.
         let top = g["top5"][same].as_array().unwrap();
         let best = top[0][1].as_f64().unwrap();
         let ours = top.iter().find(|c| c[0].as_u64() == Some(got[same] as u64));
-        match ours {
-            Some(c) if best - c[1].as_f64().unwrap() <= NEAR_TIE => {
-                eprintln!("  near-tie at step {same}: llama.cpp logits {top:?}, ours picked {}", got[same])
-            }
-            _ => panic!("{name}: {prompt:?} diverges from llama.cpp at step {same} without a near-tie: llama.cpp top {top:?}, ours {}", got[same]),
+        if let Some(c) = ours.filter(|c| best - c[1].as_f64().unwrap() <= NEAR_TIE) {
+            eprintln!("  near-tie at step {same}: llama.cpp logits {top:?}, ours picked {c:?}");
+            continue;
+        }
+        let saturated = top
+            .last()
+            .is_some_and(|c| best - c[1].as_f64().unwrap() <= NEAR_TIE);
+        let theirs_gap =
+            saturated.then(|| our_gap(&mut s, &want_prompt, &want[..same], want[same]));
+        match theirs_gap {
+            Some(gap) if gap <= NEAR_TIE as f32 => eprintln!(
+                "  near-tie at step {same}: llama.cpp logits {top:?} (all within {NEAR_TIE}), ours picked {}; llama.cpp's {} is {gap:.3} below our best",
+                got[same], want[same]
+            ),
+            _ => panic!("{name}: {prompt:?} diverges from llama.cpp at step {same} without a near-tie: llama.cpp top {top:?}, ours {} (llama.cpp's token {:?} below our best)", got[same], theirs_gap),
         }
     }
     eprintln!(
         "{name}: {full_matches}/{} prompts identical for 8+ greedy tokens",
         gens.len()
     );
+}
+
+/// How far below our largest logit `token` lies after `prompt` and the greedy tokens `path`
+/// (each fed as generated, as greedy generation feeds them).
+fn our_gap(s: &mut Session<CpuBackend>, prompt: &[u32], path: &[u32], token: u32) -> f32 {
+    s.reset();
+    let mut row = s.feed(prompt, prompt.len() - 1).unwrap().to_vec();
+    for &t in path {
+        row = s.feed_generated(&[t], 0).unwrap().to_vec();
+    }
+    let best = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    best - row[token as usize]
 }
 
 #[test]
