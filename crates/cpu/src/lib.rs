@@ -695,7 +695,25 @@ fn vector<'a>(w: &'a Weight<CpuWeight>, len: usize, op: &'static str) -> Result<
     }
 }
 
+/// 1 / √(mean(x²) + ε), as llama.cpp's `rms_norm` takes it: each square in f32, their sum in
+/// f64, the mean rounded to f32. The sum runs in `LANES` independent f64 partial sums, which
+/// round alike to the sequential f64 sum's f32 mean but need no add to wait on the one before
+/// (the f32 sum it replaces was one dependent add per element: 576 of them, ~2,300 cycles, per
+/// row of SmolLM2, 3 % of its prefill; and further from the exact mean than llama.cpp's).
 fn rms_scale(x: &[f32], eps: f32) -> f32 {
-    let ss: f32 = x.iter().map(|v| v * v).sum();
-    1.0 / (ss / x.len() as f32 + eps).sqrt()
+    const LANES: usize = 16;
+    let mut acc = [0f64; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a += (v * v) as f64;
+        }
+    }
+    for (a, v) in acc.iter_mut().zip(rest) {
+        *a += (v * v) as f64;
+    }
+    let sum: f64 = acc.iter().sum();
+    let mean = (sum / x.len() as f64) as f32;
+    1.0 / (mean + eps).sqrt()
 }
