@@ -314,6 +314,7 @@ pub fn load_draft_model<B: Backend>(
     let load = suanli_models::DraftLoad {
         requantize: how.requantize,
         short_head,
+        fast_head: true,
     };
     let model = Model::load_for_drafting(&src, backend, load)?;
     let c = &model.cfg;

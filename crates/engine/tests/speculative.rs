@@ -409,6 +409,7 @@ fn requantized_draft_model_answers_are_the_same() {
             suanli_models::DraftLoad {
                 requantize: Some(suanli_models::Requantize::Q4_0),
                 short_head: None,
+                fast_head: true,
             },
         )
         .unwrap();
@@ -462,6 +463,7 @@ fn draft_model_short_head_changes_no_token() {
             let how = suanli_models::DraftLoad {
                 requantize: None,
                 short_head: Some(ids.clone()),
+                fast_head: true,
             };
             let m = suanli_models::Model::load_for_drafting(src, backend, how).unwrap();
             assert_eq!(m.vocab_size(), vocab as usize);
@@ -551,4 +553,51 @@ fn draft_model_with_padded_vocabulary_changes_no_token() {
     plain.set_draft_model(draft, KvDType::F16).unwrap();
     let [greedy_st, _] = same(&mut plain, &p);
     assert!(greedy_st.drafted > 0, "{greedy_st:?}");
+}
+
+/// A draft loaded with `fast_head` takes its logits straight from the head's product: on
+/// Qwen2.5-Coder-0.5B (whose family recomputes each row's top candidates with f32 activations,
+/// `ActPrecision::ExactTop`) its logits differ from the same model's only among each row's
+/// largest (the recomputed candidates), and are the product's own everywhere else.
+#[test]
+fn fast_head_drafts_skip_only_the_top_candidates_recomputing() {
+    let path = catalog::pull(catalog::find("qwen2.5-coder-0.5b").unwrap()).unwrap();
+    let src = suanli_formats::open_model(&path).unwrap();
+    let isa = Isa::detect().unwrap();
+    let (_, tok) = load(&path, isa, 64, 64, KvDType::F16);
+    let prompt = tok.encode("def quicksort(items):\n", false).unwrap();
+    let rows = |fast_head: bool| {
+        let backend = CpuBackend::with_isa(Some(2), isa).unwrap();
+        let how = suanli_models::DraftLoad {
+            fast_head,
+            ..Default::default()
+        };
+        let model = suanli_models::Model::load_for_drafting(&src, &backend, how).unwrap();
+        let mut s = Session::new(backend, model, 256, 64).unwrap();
+        s.feed(&prompt, 0).unwrap().to_vec()
+    };
+    let (exact, fast) = (rows(false), rows(true));
+    let vocab = exact.len() / prompt.len();
+    let mut recomputed = 0;
+    for (r, (e, f)) in exact.chunks(vocab).zip(fast.chunks(vocab)).enumerate() {
+        // The 300th largest of the fast row: every logit the exact head recomputed is among
+        // its 256 largest, within rounding of the fast value.
+        let mut sorted = f.to_vec();
+        sorted.sort_by(|a, b| b.total_cmp(a));
+        let floor = sorted[300];
+        for (i, (a, b)) in e.iter().zip(f).enumerate() {
+            if a != b {
+                assert!(
+                    *b >= floor,
+                    "row {r}: logit {i} changed outside the top ({b} < {floor})"
+                );
+                assert!((a - b).abs() < 0.5, "row {r}: logit {i} {a} vs {b}");
+                recomputed += 1;
+            }
+        }
+    }
+    assert!(
+        recomputed > prompt.len(),
+        "only {recomputed} logits recomputed"
+    );
 }

@@ -1,7 +1,7 @@
 //! What the architectures share: the decoder block, its weights, scratch buffers and the forward
 //! pass. Architecture files describe their differences with an `ArchSpec`.
 
-use crate::config::{Arch, FeedForward, LayerAttention, Mlp, ModelConfig};
+use crate::config::{Arch, ExactActivations, FeedForward, LayerAttention, Mlp, ModelConfig};
 use crate::experts::{ExpertScratch, Experts, GatedMlp};
 use crate::loader::{LoadError, Loader};
 use crate::requantize::{Requantize, Requantized};
@@ -109,6 +109,12 @@ pub struct DraftLoad {
     /// A second head of these tokens only (`HeadRows::Short`), for text whose tokens lie
     /// among them.
     pub short_head: Option<Vec<u32>>,
+    /// The head's logits as its product gives them, without recomputing each row's top
+    /// candidates with f32 activations (`ActPrecision::ExactTop`, the default of families
+    /// such as Qwen2): a draft's proposals need only its argmax and that token's probability,
+    /// and the model's own pass decides every token. The recomputing took ~0.1–0.4 ms of a
+    /// drafted token's ~7 (Qwen2.5-Coder-0.5B's short head, `examples/logits_probe`).
+    pub fast_head: bool,
 }
 
 /// Which of a model's heads a step's logits come from.
@@ -199,7 +205,11 @@ impl<B: Backend> Model<B> {
                 "mixture-of-experts layers, which this model uses",
             ));
         }
-        let l = Loader::new(src, backend, cfg.exact_activations, requantize);
+        let exact = match (how.fast_head, cfg.exact_activations) {
+            (true, ExactActivations::Head) => ExactActivations::Off,
+            (_, e) => e,
+        };
+        let l = Loader::new(src, backend, exact, requantize);
         let s = spec(cfg.arch);
         let (hd, qd, kvd, ff) = (
             cfg.hidden_size,
