@@ -517,7 +517,7 @@ fn penalize(p: &SamplingParams, l: f32, n: u32) -> f32 {
 /// arithmetic that vectorizes (libm's exp does not), since a draw without top-k weighs the whole
 /// vocabulary: 2^k by the exponent bits times a degree-6 polynomial on |r| ≤ ln 2 / 2.
 #[inline]
-fn exp_neg(x: f32) -> f32 {
+pub(crate) fn exp_neg(x: f32) -> f32 {
     const LOG2_E: f32 = std::f32::consts::LOG2_E;
     // ln 2 split so that k·LN2_HI is exact.
     const LN2_HI: f32 = 0.693_145_75;

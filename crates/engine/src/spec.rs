@@ -260,15 +260,14 @@ pub(crate) fn top_probability(row: &[f32], top: u32, at_least: f32) -> Option<f3
 const TOP_P_BLOCK: usize = 2048;
 
 /// Σ exp(l − t) over the logits l of `x` above t − 20, in 16 lanes the compiler vectorizes
-/// (`exp2_near`): libm's `expf` one logit at a time took 90–107 µs per row of a draft model's
+/// (`sampler::exp_neg`): libm's `expf` one logit at a time took 90–107 µs per row of a draft model's
 /// 65,556-logit short head, ~1.3 % of each drafted token of Qwen2.5-Coder-0.5B, and its one
-/// running f32 sum erred by 3e-4 on such a row (these lanes: 1e-7); 207 → 85 µs a row in the
-/// baseline's 4-float vectors (32 with AVX2, which this crate, free of `unsafe`, does not
-/// dispatch to).
+/// running f32 sum erred by 3e-4 on such a row (these lanes: 1e-7); 216 → 101 µs a row in the
+/// baseline's 4-float vectors (this crate, free of `unsafe`, dispatches to no wider ones).
 fn exp_sum_near(x: &[f32], t: f32) -> f32 {
     const LANES: usize = 16;
     let term = |l: f32| {
-        let e = exp2_near((l - t) * std::f32::consts::LOG2_E);
+        let e = crate::sampler::exp_neg(l - t);
         if l > t - 20.0 {
             e
         } else {
@@ -283,27 +282,6 @@ fn exp_sum_near(x: &[f32], t: f32) -> f32 {
         }
     }
     acc.iter().sum::<f32>() + it.remainder().iter().map(|&l| term(l)).sum::<f32>()
-}
-
-/// 2^y for y within ±60 (clamped there), to 3e-7 relative: 2^round(y) from the exponent bits
-/// times a degree-6 Taylor polynomial of 2^f on f in [−0.5, 0.5]; exactly 1 at 0.
-#[inline(always)]
-fn exp2_near(y: f32) -> f32 {
-    // Adding and taking away 1.5 · 2^23 rounds to the nearest integer (|y| < 2^22).
-    const ROUND: f32 = 12_582_912.0;
-    let y = y.clamp(-60.0, 60.0);
-    let r = y + ROUND;
-    let n = r - ROUND;
-    let f = y - n;
-    let p = 1.0
-        + f * (std::f32::consts::LN_2
-            + f * (0.240_226_5
-                + f * (0.055_504_11
-                    + f * (0.009_618_129 + f * (0.001_333_356 + f * 0.000_154_035_3)))));
-    // r's bits are ROUND's plus n (its last place is 1): 2^n's exponent field without a
-    // float-to-integer conversion (which the compiler did not keep in vectors).
-    let two_n = r.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127) << 23;
-    p * f32::from_bits(two_n)
 }
 
 /// One sequence's speculation state, the same for a session and for each sequence of a batch:
@@ -653,19 +631,6 @@ mod tests {
         let got = top_probability(&long, 4321, 0.01).unwrap() as f64;
         assert!((got / want - 1.0).abs() < 1e-5, "{got} vs {want}");
         assert_eq!(top_probability(&long, 4321, 0.5), None);
-    }
-
-    /// `exp2_near` against f64's exp2 over the range `top_probability` uses and past it.
-    #[test]
-    fn exp2_near_is_within_3e7() {
-        assert_eq!(exp2_near(0.0), 1.0);
-        for i in 0..=20_000 {
-            let y = -30.0 + i as f32 * 0.0031;
-            let want = (y as f64).exp2();
-            let got = exp2_near(y) as f64;
-            assert!((got / want - 1.0).abs() < 3e-7, "2^{y}: {got} vs {want}");
-        }
-        assert!(exp2_near(-1e9) > 0.0 && exp2_near(1e9).is_finite());
     }
 
     /// A draft goes on while its run's probability stays at least 0.6: after tokens of 0.9
