@@ -84,6 +84,46 @@ fn logit_bias_bans_and_logprobs_normalise() {
     .contains("logit_bias"));
 }
 
+/// `logprobs` over a vocabulary-sized row (blocks of 64 and 1024 with tails, NaNs, a tie at
+/// the top-k cut, a chosen token far down) against one plain pass in f64: the same top
+/// tokens in the same order (ties by lower id) and log-probabilities within 1e-5.
+#[test]
+fn logprobs_equal_a_plain_f64_pass() {
+    let mut rng = Rng(3);
+    let mut l: Vec<f32> = (0..151_000)
+        .map(|_| (rng.next_f64() * 24.0 - 12.0) as f32)
+        .collect();
+    l[70_001] = 14.0;
+    l[9] = 13.5;
+    l[150_999] = 13.5;
+    l[64] = 13.5;
+    l[5] = f32::NAN;
+    l[100_000] = f32::NAN;
+    let max = l
+        .iter()
+        .copied()
+        .filter(|x| !x.is_nan())
+        .fold(f32::MIN, f32::max) as f64;
+    let lse = max
+        + l.iter()
+            .filter(|x| !x.is_nan())
+            .map(|&x| (x as f64 - max).exp())
+            .sum::<f64>()
+            .ln();
+    let (lp, top) = logprobs(&l, 123_456, 3);
+    assert!((lp as f64 - (l[123_456] as f64 - lse)).abs() < 1e-5);
+    assert_eq!(
+        top.iter().map(|t| t.0).collect::<Vec<_>>(),
+        vec![70_001, 9, 64]
+    );
+    for (id, p) in top {
+        assert!(
+            (p as f64 - (l[id as usize] as f64 - lse)).abs() < 1e-5,
+            "{id}"
+        );
+    }
+}
+
 /// Drawing from the top `top_candidates(history)` logits (what a GPU sends back) gives the
 /// token `sample` gives from the whole vocabulary, draw after draw, for greedy and top-k with
 /// every other setting, without and with penalties and a bias that only lower logits (the
