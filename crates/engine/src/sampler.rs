@@ -539,7 +539,7 @@ pub(crate) fn exp_neg(x: f32) -> f32 {
 }
 
 /// Σ e^(l − max) over the logits l of `x` (NaN counting 0; none above `max`), in 16 lanes.
-fn sum_exp_below(x: &[f32], max: f32) -> f32 {
+pub(crate) fn sum_exp_below(x: &[f32], max: f32) -> f32 {
     let w = |l: f32| if l.is_nan() { 0.0 } else { exp_neg(l - max) };
     let mut lanes = [0f32; 16];
     let mut it = x.chunks_exact(16);
