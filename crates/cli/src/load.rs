@@ -180,10 +180,21 @@ pub fn load_parts<B: Hardware>(model: Option<&str>, opts: &Opts) -> Result<Parts
     let path = resolve(model)?;
     let t0 = Instant::now();
     let src = open_model(&path)?;
-    let tokenizer = tokenizer_for(&src)?;
-    let backend = B::open(opts)?;
+    // The tokenizer is built on a thread of its own while the weights load (its vocabulary
+    // maps are one thread's work; repacking the weights is the pool's).
+    let (tokenizer, backend, model) = std::thread::scope(|scope| -> Result<_> {
+        let tok = scope.spawn(|| tokenizer_for(&src));
+        let loaded = B::open(opts).and_then(|backend| {
+            let model = Model::load(&src, &backend)?;
+            Ok((backend, model))
+        });
+        let tokenizer = tok
+            .join()
+            .map_err(|_| anyhow::anyhow!("building the tokenizer panicked"))??;
+        let (backend, model) = loaded?;
+        Ok((tokenizer, backend, model))
+    })?;
     let detail = backend.caps().detail.clone();
-    let model = Model::load(&src, &backend)?;
     if tokenizer.vocab_size() > model.vocab_size() {
         bail!(
             "{}: the tokenizer has {} tokens but the model's embedding table only {}",
