@@ -36,12 +36,21 @@ REPLICAS = 3
 DEADLINE = 120
 
 
+_HANDED_OUT = set()
+
+
 def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    """A port free now and not handed out before in this run: the replicas bind theirs only
+    once started, so the kernel may offer one of them again meanwhile (a replica's KV events
+    endpoint once got the port another replica was about to serve HTTP on)."""
+    while True:
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def http(url, body=None, timeout=DEADLINE):
