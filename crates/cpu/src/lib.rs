@@ -712,8 +712,8 @@ fn vector<'a>(w: &'a Weight<CpuWeight>, len: usize, op: &'static str) -> Result<
 /// 1 / √(mean(x²) + ε), as llama.cpp's `rms_norm` takes it: each square in f32, their sum in
 /// f64, the mean rounded to f32. The sum runs in `LANES` independent f64 partial sums, which
 /// round alike to the sequential f64 sum's f32 mean but need no add to wait on the one before
-/// (the f32 sum it replaces was one dependent add per element: 576 of them, ~2,300 cycles, per
-/// row of SmolLM2, 3 % of its prefill; and further from the exact mean than llama.cpp's).
+/// (the f32 sum it replaces was one dependent add per element: 446 ns a 576-wide row against
+/// 114, ~1 % of SmolLM2's prefill; and further from the exact mean than llama.cpp's).
 fn rms_scale(x: &[f32], eps: f32) -> f32 {
     const LANES: usize = 16;
     let mut acc = [0f64; LANES];

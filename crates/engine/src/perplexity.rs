@@ -66,24 +66,15 @@ pub fn perplexity<B: Backend>(
     })
 }
 
-/// ln p of token `i` under the softmax of `row`, the weights summed as `sampler::logprobs`
-/// sums them (`exp_neg` in 16 lanes, each block of 1024 in f64; within 1e-7 of llama-
-/// perplexity's f64 sum of f32 `expf`). One f64 `exp` a logit took 0.71 ms per scored token of a
-/// 151,936-logit vocabulary; this 0.19.
+/// ln p of token `i` under the softmax of `row`, normalized as `sampler::logprobs` normalizes
+/// (`sampler::log_normalizer`: within 1e-7 of llama-perplexity's f64 sum of f32 `expf`). One
+/// f64 `exp` a logit took 0.71 ms per scored token of a 151,936-logit vocabulary; this 0.19.
 fn log_softmax_at(row: &[f32], i: usize) -> f64 {
     // A NaN or infinite logit leaves the perplexity NaN, as f64's exp would, not ignored.
     if suanli_core::scan::first_nonfinite(row).is_some() {
         return f64::NAN;
     }
-    let max = row
-        .chunks(64)
-        .map(suanli_core::scan::block_max)
-        .fold(f32::NEG_INFINITY, f32::max);
-    let sum: f64 = row
-        .chunks(1024)
-        .map(|c| crate::sampler::sum_exp_below(c, max) as f64)
-        .sum();
-    row[i] as f64 - max as f64 - sum.ln()
+    row[i] as f64 - crate::sampler::log_normalizer(row)
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -517,7 +517,7 @@ fn penalize(p: &SamplingParams, l: f32, n: u32) -> f32 {
 /// arithmetic that vectorizes (libm's exp does not), since a draw without top-k weighs the whole
 /// vocabulary: 2^k by the exponent bits times a degree-6 polynomial on |r| ≤ ln 2 / 2.
 #[inline]
-pub(crate) fn exp_neg(x: f32) -> f32 {
+fn exp_neg(x: f32) -> f32 {
     const LOG2_E: f32 = std::f32::consts::LOG2_E;
     // ln 2 split so that k·LN2_HI is exact.
     const LN2_HI: f32 = 0.693_145_75;
@@ -538,9 +538,10 @@ pub(crate) fn exp_neg(x: f32) -> f32 {
     p * f32::from_bits(k_int.wrapping_add(127) << 23)
 }
 
-/// Σ e^(l − max) over the logits l of `x` (NaN counting 0; none above `max`), in 16 lanes.
-pub(crate) fn sum_exp_below(x: &[f32], max: f32) -> f32 {
-    let w = |l: f32| if l.is_nan() { 0.0 } else { exp_neg(l - max) };
+/// Σ e^(l − max) over the logits l of `x` above `floor` (NaN never counts; none above `max`),
+/// in 16 lanes the compiler vectorizes (libm's `expf` one logit at a time does not).
+pub(crate) fn sum_exp_above(x: &[f32], max: f32, floor: f32) -> f32 {
+    let w = |l: f32| if l > floor { exp_neg(l - max) } else { 0.0 };
     let mut lanes = [0f32; 16];
     let mut it = x.chunks_exact(16);
     for c in &mut it {
@@ -549,6 +550,21 @@ pub(crate) fn sum_exp_below(x: &[f32], max: f32) -> f32 {
         }
     }
     lanes.iter().sum::<f32>() + it.remainder().iter().map(|&l| w(l)).sum::<f32>()
+}
+
+/// ln Σ e^l over `logits` (NaN ignored), as `logprobs` and the perplexity normalize: the
+/// maximum from block maxima, each block of 1024 weights summed in `sum_exp_above`'s lanes and
+/// the blocks in f64.
+pub(crate) fn log_normalizer(logits: &[f32]) -> f64 {
+    let max = logits
+        .chunks(64)
+        .map(suanli_core::scan::block_max)
+        .fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits
+        .chunks(1024)
+        .map(|c| sum_exp_above(c, max, f32::NEG_INFINITY) as f64)
+        .sum();
+    max as f64 + sum.ln()
 }
 
 /// A sum in eight lanes (the compiler vectorizes it; one running f32 sum it may not reorder).
@@ -578,15 +594,7 @@ fn by_logit(a: &(u32, f32), b: &(u32, f32)) -> std::cmp::Ordering {
 /// probabilities move by ~1e-7).
 pub fn logprobs(logits: &[f32], chosen: u32, top: usize) -> (f32, Vec<(u32, f32)>) {
     use suanli_core::scan::block_max;
-    let max = logits
-        .chunks(64)
-        .map(block_max)
-        .fold(f32::NEG_INFINITY, f32::max);
-    let sum: f64 = logits
-        .chunks(1024)
-        .map(|c| sum_exp_below(c, max) as f64)
-        .sum();
-    let lse = max as f64 + sum.ln();
+    let lse = log_normalizer(logits);
     let lp = |l: f32| (l as f64 - lse) as f32;
     let chosen_lp = logits
         .get(chosen as usize)

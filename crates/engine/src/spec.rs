@@ -248,7 +248,11 @@ pub(crate) fn top_probability(row: &[f32], top: u32, at_least: f32) -> Option<f3
     let bound = 1.0 / at_least;
     let mut sum = 0f32;
     for block in row.chunks(TOP_P_BLOCK) {
-        sum += exp_sum_near(block, t);
+        // libm's `expf` one logit at a time and one running f32 sum took 90–107 µs per row of
+        // a draft model's 65,556-logit short head (~1.3 % of each drafted token of
+        // Qwen2.5-Coder-0.5B) and erred by 3e-4; the sampler's lanes: 101 µs on 4-float
+        // vectors (this crate, free of `unsafe`, dispatches to no wider ones), 1e-7.
+        sum += crate::sampler::sum_exp_above(block, t, t - 20.0);
         if sum > bound {
             return None;
         }
@@ -258,31 +262,6 @@ pub(crate) fn top_probability(row: &[f32], top: u32, at_least: f32) -> Option<f3
 
 /// Logits summed between `top_probability`'s checks of its bound.
 const TOP_P_BLOCK: usize = 2048;
-
-/// Σ exp(l − t) over the logits l of `x` above t − 20, in 16 lanes the compiler vectorizes
-/// (`sampler::exp_neg`): libm's `expf` one logit at a time took 90–107 µs per row of a draft model's
-/// 65,556-logit short head, ~1.3 % of each drafted token of Qwen2.5-Coder-0.5B, and its one
-/// running f32 sum erred by 3e-4 on such a row (these lanes: 1e-7); 216 → 101 µs a row in the
-/// baseline's 4-float vectors (this crate, free of `unsafe`, dispatches to no wider ones).
-fn exp_sum_near(x: &[f32], t: f32) -> f32 {
-    const LANES: usize = 16;
-    let term = |l: f32| {
-        let e = crate::sampler::exp_neg(l - t);
-        if l > t - 20.0 {
-            e
-        } else {
-            0.0
-        }
-    };
-    let mut acc = [0f32; LANES];
-    let mut it = x.chunks_exact(LANES);
-    for c in &mut it {
-        for (a, &l) in acc.iter_mut().zip(c) {
-            *a += term(l);
-        }
-    }
-    acc.iter().sum::<f32>() + it.remainder().iter().map(|&l| term(l)).sum::<f32>()
-}
 
 /// One sequence's speculation state, the same for a session and for each sequence of a batch:
 /// its acceptance rate and pass costs (`Controller`), its n-gram `Lookup`, and the first token
