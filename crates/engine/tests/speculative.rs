@@ -564,8 +564,9 @@ fn fast_head_drafts_skip_only_the_top_candidates_recomputing() {
     let path = catalog::pull(catalog::find("qwen2.5-coder-0.5b").unwrap()).unwrap();
     let src = suanli_formats::open_model(&path).unwrap();
     let isa = Isa::detect().unwrap();
-    let (_, tok) = load(&path, isa, 64, 64, KvDType::F16);
-    let prompt = tok.encode("def quicksort(items):\n", false).unwrap();
+    let prompt = tokenizer(&src)
+        .encode("def quicksort(items):\n", false)
+        .unwrap();
     let rows = |fast_head: bool| {
         let backend = CpuBackend::with_isa(Some(2), isa).unwrap();
         let how = suanli_models::DraftLoad {

@@ -36,6 +36,14 @@ pub fn ids(v: &serde_json::Value) -> Vec<u32> {
         .collect()
 }
 
+/// The tokenizer of an opened model (a GGUF file's vocabulary or a Hugging Face directory's).
+pub fn tokenizer(src: &suanli_formats::ModelSource) -> Tokenizer {
+    match src {
+        suanli_formats::ModelSource::Gguf { file, .. } => Tokenizer::from_gguf(file).unwrap(),
+        suanli_formats::ModelSource::Hf(d) => Tokenizer::from_hf_dir(&d.dir).unwrap(),
+    }
+}
+
 pub fn load(
     path: &Path,
     isa: Isa,
@@ -44,10 +52,7 @@ pub fn load(
     kv: KvDType,
 ) -> (Session<CpuBackend>, Tokenizer) {
     let src = open_model(path).unwrap();
-    let tok = match &src {
-        suanli_formats::ModelSource::Gguf { file, .. } => Tokenizer::from_gguf(file).unwrap(),
-        suanli_formats::ModelSource::Hf(d) => Tokenizer::from_hf_dir(&d.dir).unwrap(),
-    };
+    let tok = tokenizer(&src);
     let backend = CpuBackend::with_isa(Some(2), isa).unwrap();
     let model = Model::load(&src, &backend).unwrap();
     (
