@@ -12,6 +12,7 @@
 //! The integer sums equal the VNNI kernels' (there the offset enters through the activation
 //! sums) and the f32 epilogue is the same, so results are bit-identical to `avx512_packed`.
 
+use super::at_least;
 use super::avx512_packed::{prefetch_ahead, vnni_tokens};
 use super::avx512_sub::{head_values, scale_in, store, sub_scales, unpack};
 use super::packed_kinds::{kind, unroll16, Q6K};
@@ -55,14 +56,6 @@ struct Scratch {
 
 thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
-}
-
-/// Grow a scratch vector to at least `n` (never shrunk: the largest product's size is kept).
-fn at_least<T: Copy>(v: &mut Vec<T>, n: usize, zero: T) -> &mut [T] {
-    if v.len() < n {
-        v.resize(n, zero);
-    }
-    &mut v[..n]
 }
 
 /// Tiles for 32-column sub-blocks, two sets for alternate sub-blocks (tile registers are not

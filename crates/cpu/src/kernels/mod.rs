@@ -181,6 +181,16 @@ impl Isa {
     }
 }
 
+/// Grow a scratch vector to at least `n` (never shrunk: the largest input's size is kept, and
+/// a shrunk `Vec` would write zeros over the regrown part each time sizes alternate), and give
+/// its first `n`.
+pub(crate) fn at_least<T: Copy>(v: &mut Vec<T>, n: usize, zero: T) -> &mut [T] {
+    if v.len() < n {
+        v.resize(n, zero);
+    }
+    &mut v[..n]
+}
+
 use suanli_core::quant::q8::{BlockQ8, BlockQ8K};
 use suanli_core::DType;
 

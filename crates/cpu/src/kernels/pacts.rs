@@ -2,6 +2,7 @@
 //! Q8_1 (`core::quant::q8`), the quants in one array and each block's numbers in another, so the
 //! kernels broadcast 4 quants at a time and read one 16-byte record per block.
 
+use super::at_least;
 use crate::pool::{Pool, SharedMut};
 use suanli_core::quant::q8::{quantize_q8, BlockQ8};
 
@@ -93,14 +94,6 @@ pub struct PActs {
     tile_buf: Vec<TileBlock>,
     /// The current input's tiles in `tile_buf`.
     ntiles: usize,
-}
-
-/// The buffers keep their length as inputs' widths alternate (576 and 1536 columns in each
-/// layer of SmolLM2): shrunk and grown again, a `Vec` wrote zeros over the new part each time.
-fn grow<T: Copy>(v: &mut Vec<T>, len: usize, zero: T) {
-    if v.len() < len {
-        v.resize(len, zero);
-    }
 }
 
 const ZERO_TILE: TileBlock = TileBlock {
@@ -394,11 +387,13 @@ impl PActs {
         let nblk = k / 32;
         self.k = k;
         self.n = n;
-        grow(&mut self.qs, n * k, 0);
-        grow(&mut self.meta, n * nblk, Meta::default());
+        // The buffers keep their length as inputs' widths alternate (576 and 1536 columns in
+        // each layer of SmolLM2: `at_least`).
+        at_least(&mut self.qs, n * k, 0);
+        at_least(&mut self.meta, n * nblk, Meta::default());
         let whole = if tiled { n / TILE_TOKENS } else { 0 };
         self.ntiles = whole * nblk;
-        grow(&mut self.tile_buf, self.ntiles, ZERO_TILE);
+        at_least(&mut self.tile_buf, self.ntiles, ZERO_TILE);
         if whole == 0 && n < SERIAL_BELOW * pool.threads() {
             for t in 0..n {
                 quantize_token(
