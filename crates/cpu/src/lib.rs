@@ -623,11 +623,20 @@ impl Backend for CpuBackend {
             buf.resize(n, 0.0);
         }
         let mut pairs = vec![(0u32, 0f32); rows.len() * k];
+        let mut found = vec![false; chunk];
         let chunks = rows.chunks(top::ROWS_AT_ONCE);
         for (part, out) in chunks.zip(pairs.chunks_mut(top::ROWS_AT_ONCE * k)) {
             let n = part.len() * vocab;
-            self.logits(x, part, lm_head, &mut buf[..n])?;
-            top::top_of_rows(&self.pool, &buf[..n], vocab, k, out);
+            let found = &mut found[..part.len()];
+            found.fill(false);
+            // The rescored heads' candidates decide most rows' answers; the rest are scanned.
+            let tops = rescore::RowTops {
+                k,
+                pairs: out,
+                found,
+            };
+            self.head_logits(x, part, lm_head, &mut buf[..n], Some(tops))?;
+            top::top_of_rows(&self.pool, &buf[..n], vocab, k, out, found);
         }
         Ok(Some(TopLogits {
             k,
@@ -643,6 +652,21 @@ impl Backend for CpuBackend {
         lm_head: &Weight<CpuWeight>,
         out: &mut [f32],
     ) -> Result<()> {
+        self.head_logits(x, rows, lm_head, out, None)
+    }
+}
+
+impl CpuBackend {
+    /// `Backend::logits`; with `tops`, the rows whose k largest the rescoring's candidates
+    /// decide get them there (`rescore::RowTops`).
+    fn head_logits(
+        &self,
+        x: &Act<ActBuf>,
+        rows: &[u32],
+        lm_head: &Weight<CpuWeight>,
+        out: &mut [f32],
+        tops: Option<rescore::RowTops<'_>>,
+    ) -> Result<()> {
         check::logits(x, rows, lm_head, Some(out.len()))?;
         let k = x.cols;
         let mut xs = Vec::with_capacity(rows.len() * k);
@@ -651,7 +675,7 @@ impl Backend for CpuBackend {
         }
         matmul::matmul(&self.k, &self.pool, &xs, rows.len(), lm_head, None, out);
         if lm_head.store.rescore_top {
-            rescore::rescore_top(self.k.isa, &self.pool, &xs, lm_head, out);
+            rescore::rescore_top(self.k.isa, &self.pool, &xs, lm_head, out, tops);
         }
         Ok(())
     }

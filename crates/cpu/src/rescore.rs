@@ -2,6 +2,7 @@
 //! activations.
 
 use crate::kernels::Isa;
+use crate::pool::SharedMut;
 use crate::{pool, CpuWeight};
 use suanli_backend::Weight;
 
@@ -11,24 +12,37 @@ use suanli_backend::Weight;
 /// 512 (two passes over the whole head: 0.094 at 1.5× the decode time); 64 give 0.098.
 const RESCORED: usize = 256;
 
+/// Each logits row's `k` largest values after rescoring, taken from its rescored candidates
+/// where those decide them: every other value of the row lies at or below the smallest
+/// candidate's first value, so when the k-th largest rescored value is above that, a scan of
+/// the whole row (`top::row_top`, two passes over 151,936 floats a row) would find the same k.
+pub(crate) struct RowTops<'a> {
+    pub k: usize,
+    /// `k` per row, as `top::row_top` orders them, for the rows `found` marks.
+    pub pairs: &'a mut [(u32, f32)],
+    pub found: &'a mut [bool],
+}
+
 pub(crate) fn rescore_top(
     isa: Isa,
     pool: &pool::Pool,
     xs: &[f32],
     head: &Weight<CpuWeight>,
     out: &mut [f32],
+    mut tops: Option<RowTops<'_>>,
 ) {
     let (v, k) = (head.rows, head.cols);
     if v <= RESCORED {
         return;
     }
     let n = out.len() / v;
+    let check = tops.is_some();
     if n < pool.threads() {
         // Fewer rows than threads (decode): each row's candidates are shared by the threads.
         let mut top = Vec::with_capacity(RESCORED);
         for (i, row) in out.chunks_exact_mut(v).enumerate() {
             let x = &xs[i * k..(i + 1) * k];
-            largest(isa, row, &mut top);
+            let bound = largest(isa, row, &mut top, check);
             let mut sums = vec![0f64; top.len()];
             let top = &top;
             pool.split_mut(&mut sums, BATCH, 1, &|c0, part| {
@@ -43,27 +57,82 @@ pub(crate) fn rescore_top(
                     &mut scratch,
                 );
             });
-            for (&r, s) in top.iter().zip(sums) {
-                row[r as usize] = s as f32;
+            let vals: Vec<f32> = sums.iter().map(|&s| s as f32).collect();
+            for (&r, &s) in top.iter().zip(&vals) {
+                row[r as usize] = s;
+            }
+            if let (Some(t), Some(bound)) = (tops.as_mut(), bound) {
+                let kk = t.k;
+                t.found[i] = top_of_candidates(top, &vals, bound, &mut t.pairs[i * kk..][..kk]);
             }
         }
         return;
     }
+    let shared = tops.map(|t| {
+        debug_assert!(t.pairs.len() == n * t.k && t.found.len() == n);
+        (
+            t.k,
+            SharedMut(t.pairs.as_mut_ptr()),
+            SharedMut(t.found.as_mut_ptr()),
+        )
+    });
     pool.split_mut(out, v, 1, &|t0, part| {
         let mut top = Vec::with_capacity(RESCORED);
         let mut sums = Vec::with_capacity(RESCORED);
+        let mut vals = Vec::with_capacity(RESCORED);
         let mut scratch = vec![0f32; BATCH * k];
         for (i, row) in part.chunks_exact_mut(v).enumerate() {
             let x = &xs[(t0 + i) * k..(t0 + i + 1) * k];
-            largest(isa, row, &mut top);
+            let bound = largest(isa, row, &mut top, check);
             sums.clear();
             sums.resize(top.len(), 0.0);
             recompute(isa, head, &top, x, &mut sums, &mut scratch);
-            for (&r, &s) in top.iter().zip(&sums) {
-                row[r as usize] = s as f32;
+            vals.clear();
+            vals.extend(sums.iter().map(|&s| s as f32));
+            for (&r, &s) in top.iter().zip(&vals) {
+                row[r as usize] = s;
+            }
+            if let (Some((kk, pairs, found)), Some(bound)) = (&shared, bound) {
+                let r = t0 + i;
+                // SAFETY: `pairs` holds n × kk and `found` n entries; each piece writes only
+                // its own rows' (split_mut hands out disjoint rows).
+                unsafe {
+                    let p = std::slice::from_raw_parts_mut(pairs.get().add(r * kk), *kk);
+                    *found.get().add(r) = top_of_candidates(&top, &vals, bound, p);
+                }
             }
         }
     });
+}
+
+/// The `out.len()` largest values of a rescored row, largest first and the lower index first
+/// on ties (as `top::row_top`), from its candidates `top` with their final values `vals`,
+/// where no other value of the row exceeds `bound`. False where the candidates do not decide
+/// it: a candidate's value is not finite, or the k-th is not above `bound` (a value equal to it
+/// elsewhere in the row could come first).
+fn top_of_candidates(top: &[u32], vals: &[f32], bound: f32, out: &mut [(u32, f32)]) -> bool {
+    let k = out.len();
+    if k == 0 || k > top.len() || vals.iter().any(|v| !v.is_finite()) {
+        return false;
+    }
+    let mut c: Vec<(u32, f32)> = top.iter().copied().zip(vals.iter().copied()).collect();
+    // Finite values: `partial_cmp` is total here (±0 equal, as `row_top` compares them).
+    let order = |a: &(u32, f32), b: &(u32, f32)| {
+        b.1.partial_cmp(&a.1)
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then(a.0.cmp(&b.0))
+    };
+    if k < c.len() {
+        c.select_nth_unstable_by(k - 1, order);
+        c.truncate(k);
+    }
+    c.sort_unstable_by(order);
+    if c[k - 1].1 > bound {
+        out.copy_from_slice(&c);
+        true
+    } else {
+        false
+    }
 }
 
 /// Head rows `rows` · `x` in f64 into `sums`, `BATCH` rows at a time. The rows lie anywhere in
@@ -292,24 +361,33 @@ mod x86 {
     }
 
     /// `super::block_maxima`: each whole block's 16 lanes kept by `vmaxps` (which keeps its
-    /// second operand, the lane so far, when the value is NaN), then reduced.
+    /// second operand, the lane so far, when the value is NaN), then reduced; every value's
+    /// exponent tested on the way (all ones: NaN or infinite), which costs nothing in a loop
+    /// that waits on memory.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn block_maxima(row: &[f32]) -> Vec<f32> {
+    pub(super) unsafe fn block_maxima(row: &[f32]) -> (Vec<f32>, bool) {
         let blocks = row.chunks_exact(super::SPAN);
         let rest = blocks.remainder();
+        let exp = _mm512_set1_epi32(0x7f80_0000);
+        let mut bad: __mmask16 = 0;
         let mut m: Vec<f32> = blocks
             .map(|b| {
                 let mut l = _mm512_set1_ps(f32::NEG_INFINITY);
                 for part in b.chunks_exact(16) {
-                    l = _mm512_max_ps(_mm512_loadu_ps(part.as_ptr()), l);
+                    let v = _mm512_loadu_ps(part.as_ptr());
+                    let e = _mm512_and_si512(_mm512_castps_si512(v), exp);
+                    bad |= _mm512_cmpeq_epi32_mask(e, exp);
+                    l = _mm512_max_ps(v, l);
                 }
                 _mm512_reduce_max_ps(l)
             })
             .collect();
+        let mut finite = bad == 0;
         if !rest.is_empty() {
             m.push(suanli_core::scan::block_max(rest));
+            finite &= suanli_core::scan::first_nonfinite(rest).is_none();
         }
-        m
+        (m, finite)
     }
 
     /// The (key, index) of each of `block`'s `SPAN` values whose key (`super::key`) is at least
@@ -409,20 +487,35 @@ const SPAN: usize = 64;
 /// logits.) On AVX-512 the maxima and the gathering run 16 values at a time: a row of 151,936
 /// took ~24 µs for its maxima and ~21 for its gathering one value at a time: together about
 /// twice what the 256 candidates' f64 sums take with their rows in cache.
-fn largest(isa: Isa, row: &[f32], top: &mut Vec<u32>) {
+///
+/// Returns a bound no value left out exceeds (the smallest candidate's value; −∞ when every
+/// value is a candidate), or None where `check` asked whether every value is finite and one is
+/// not (NaN or infinite).
+fn largest(isa: Isa, row: &[f32], top: &mut Vec<u32>, check: bool) -> Option<f32> {
     top.clear();
     if row.len() <= RESCORED {
         top.extend(0..row.len() as u32);
-        return;
+        let finite = !check || suanli_core::scan::first_nonfinite(row).is_none();
+        return finite.then_some(f32::NEG_INFINITY);
     }
     // Float maxima (NaN ignored, as a skipped block's NaN always was), and `m < floor` in
     // floats proves every value of the block below the floor in `total_cmp`'s order too. A
     // maximum need only equal its block's largest value as a float (either zero for a block
     // whose largest are zeros): the floor is then at most the answer's smallest, and the
     // selection below decides.
-    let maxima = block_maxima(isa, row);
+    let (maxima, finite) = block_maxima(isa, row, check);
+    if check && !finite {
+        // The candidates are still wanted (the rows' values are rescored all the same).
+        largest_of(isa, row, &maxima, top);
+        return None;
+    }
+    Some(largest_of(isa, row, &maxima, top))
+}
+
+/// `largest` from the blocks' maxima: the candidates into `top`, and the bound.
+fn largest_of(isa: Isa, row: &[f32], maxima: &[f32], top: &mut Vec<u32>) -> f32 {
     let floor = if maxima.len() > RESCORED {
-        let mut m = maxima.clone();
+        let mut m = maxima.to_vec();
         *m.select_nth_unstable_by(RESCORED - 1, |a, b| b.total_cmp(a))
             .1
     } else {
@@ -453,22 +546,32 @@ fn largest(isa: Isa, row: &[f32], top: &mut Vec<u32>) {
             }
         }
     }
-    if cand.len() > RESCORED {
+    // Values left out are below the floor (not gathered) or at most the smallest kept.
+    let bound = if cand.len() > RESCORED {
         cand.select_nth_unstable_by(RESCORED - 1, |a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
         cand.truncate(RESCORED);
-    }
+        row[cand[RESCORED - 1].1 as usize]
+    } else {
+        floor
+    };
     top.extend(cand.iter().map(|c| c.1));
+    bound
 }
 
-/// Each `SPAN` values' largest as a float (NaN ignored).
-fn block_maxima(isa: Isa, row: &[f32]) -> Vec<f32> {
+/// Each `SPAN` values' largest as a float (NaN ignored), and (where `check` asks; true
+/// otherwise) whether every value is finite.
+fn block_maxima(isa: Isa, row: &[f32], check: bool) -> (Vec<f32>, bool) {
     #[cfg(target_arch = "x86_64")]
     if matches!(isa, Isa::Avx512 | Isa::Amx) {
         // SAFETY: the level guarantees AVX-512 F.
         return unsafe { x86::block_maxima(row) };
     }
     let _ = isa;
-    row.chunks(SPAN).map(suanli_core::scan::block_max).collect()
+    let finite = !check || suanli_core::scan::first_nonfinite(row).is_none();
+    (
+        row.chunks(SPAN).map(suanli_core::scan::block_max).collect(),
+        finite,
+    )
 }
 
 #[cfg(test)]
@@ -550,6 +653,106 @@ mod tests {
         }
     }
 
+    /// A Q8_0 head rescored (`ExactTop`) through the backend: `top_logits` equals a full sort
+    /// of the backend's own logits (largest first, lower index first on ties) for k 1, 3 and 40
+    /// over 37 rows (split over two threads), and the rescored candidates decided every
+    /// ordinary row (`RowTops::found`; without it only the scan would have been tested). Rows
+    /// they cannot decide fall back to the scan and still agree: 300 head rows tied at the
+    /// top (more than the 256 candidates), and an input holding an infinity.
+    #[test]
+    fn rescored_candidates_give_the_rows_top_logits() {
+        use suanli_backend::{ActPrecision, Backend, HostTensor, WeightRole};
+        let b = crate::CpuBackend::new(Some(2)).unwrap();
+        let (vocab, cols, n) = (2000, 96, 37);
+        let (tied, tie) = (1500..1800, 29);
+        let mut raw = crate::testutil::bytes(vocab * cols / 32 * 34, 3);
+        for (i, blk) in raw.chunks_exact_mut(34).enumerate() {
+            let row = i / (cols / 32);
+            let d = if tied.contains(&row) { 0.015625 } else { 0.01 };
+            blk[..2].copy_from_slice(&half::f16::from_f32(d).to_le_bytes());
+            if tied.contains(&row) {
+                blk[2..].fill(127);
+            }
+        }
+        let bytes = suanli_formats::Bytes::from_vec(raw);
+        let head = b
+            .prepare_weight(HostTensor {
+                name: "head",
+                dtype: suanli_core::DType::Q8_0,
+                rows: vocab,
+                cols,
+                bytes: &bytes,
+                role: WeightRole::Matrix,
+                precision: ActPrecision::ExactTop,
+            })
+            .unwrap();
+        assert!(head.store.rescore_top);
+        // Inputs summing to zero (the tied rows stay in the middle), except row `tie` (the
+        // tied rows come first) and row `inf` (an infinity). Row `tie` is 127 / 128 throughout
+        // and the tied rows' scale 1 / 64: quantized exactly (scale 2⁻⁷), so the tied rows'
+        // rescored values equal their first ones, and the 44 tied rows left out equal the
+        // smallest candidate.
+        let inf = 11;
+        let mut x = Vec::new();
+        for r in 0..n {
+            let v: Vec<f32> = crate::testutil::bytes(cols, 100 + r as u32)
+                .iter()
+                .map(|&q| (q as f32 - 127.5) / 50.0)
+                .collect();
+            let mean = v.iter().sum::<f32>() / cols as f32;
+            x.extend(v.iter().map(|q| match r {
+                _ if r == tie => 0.9921875,
+                _ => q - mean,
+            }));
+        }
+        x[inf * cols + 5] = f32::INFINITY;
+        let mut act = b.alloc_act(n, cols).unwrap();
+        b.upload(&x, n, &mut act).unwrap();
+        let rows: Vec<u32> = (0..n as u32).collect();
+        let mut logits = vec![0f32; n * vocab];
+        b.logits(&act, &rows, &head, &mut logits).unwrap();
+        for k in [1, 3, 40] {
+            let top = b.top_logits(&act, &rows, &head, k, false).unwrap().unwrap();
+            let mut pairs = vec![(0, 0.0); n * k];
+            let mut found = vec![false; n];
+            let mut out = vec![0f32; n * vocab];
+            let tops = super::RowTops {
+                k,
+                pairs: &mut pairs,
+                found: &mut found,
+            };
+            b.head_logits(&act, &rows, &head, &mut out, Some(tops))
+                .unwrap();
+            for (r, row) in logits.chunks_exact(vocab).enumerate() {
+                let got = &top.pairs[r * k..(r + 1) * k];
+                if row.iter().all(|v| v.is_finite()) {
+                    let mut want: Vec<(u32, f32)> = row
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &v)| (i as u32, v))
+                        .collect();
+                    want.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap().then(a.0.cmp(&b.0)));
+                    assert_eq!(got, &want[..k], "k {k}, row {r}");
+                } else {
+                    assert!(
+                        got.iter().all(|&(i, v)| i == u32::MAX && v.is_nan()),
+                        "row {r}"
+                    );
+                }
+                let decided = r != tie && r != inf;
+                assert_eq!(
+                    found[r], decided,
+                    "k {k}, row {r}: decided by the candidates"
+                );
+                if decided {
+                    assert_eq!(&pairs[r * k..(r + 1) * k], got, "k {k}, row {r}");
+                }
+            }
+            // The tied row's answer: the tied head rows, lowest index first.
+            assert_eq!(top.pairs[tie * k].0, tied.start as u32);
+        }
+    }
+
     /// `largest` keeps the same indices as sorting by value, ties to the lower index, with
     /// negative values, repeated values and the largest ones anywhere.
     #[test]
@@ -575,6 +778,22 @@ mod tests {
                 .collect(),
             noisy(200, 4),
             noisy(257, 5),
+            // A NaN among the smallest values (its block is never gathered), and one NaN in a
+            // row of fewer values than the answer.
+            noisy(5000, 6)
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    if i == 4321 {
+                        f32::NAN
+                    } else {
+                        v - 40.0 * (i == 4320) as u8 as f32
+                    }
+                })
+                .collect(),
+            (0..100)
+                .map(|i| if i == 7 { f32::NAN } else { i as f32 })
+                .collect(),
         ];
         for (isa, row) in crate::kernels::Isa::available()
             .into_iter()
@@ -582,7 +801,28 @@ mod tests {
         {
             let v = row.len();
             let mut got = Vec::new();
-            super::largest(isa, row, &mut got);
+            let bound = super::largest(isa, row, &mut got, true);
+            // The bound: given exactly for the rows of finite values, at least every value
+            // left out and at most every candidate.
+            let finite = row.iter().all(|x| x.is_finite());
+            assert_eq!(bound.is_some(), finite, "{v} values, {}", isa.name());
+            if let Some(b) = bound {
+                let kept: std::collections::HashSet<u32> = got.iter().copied().collect();
+                for (i, &x) in row.iter().enumerate() {
+                    match kept.contains(&(i as u32)) {
+                        true => assert!(x >= b, "{v} values: candidate {i} {x} below {b}"),
+                        false => assert!(x <= b, "{v} values: {i} {x} left out above {b}"),
+                    }
+                }
+            }
+            let mut unchecked = Vec::new();
+            assert!(super::largest(isa, row, &mut unchecked, false).is_some());
+            assert_eq!(got, unchecked);
+            if row.iter().any(|x| x.is_nan()) {
+                // A sort by `total_cmp` puts NaN above everything, the block maxima skip it:
+                // such rows are only `check`'s.
+                continue;
+            }
             got.sort_unstable();
             let mut idx: Vec<u32> = (0..v as u32).collect();
             idx.sort_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]).then(a.cmp(&b)));

@@ -53,19 +53,27 @@ pub(crate) fn row_top(row: &[f32], out: &mut [(u32, f32)]) {
 }
 
 /// The logits rows of `vocab` values each in `logits`: each row's `k` candidates into its `k`
-/// entries of `out`, selected by the pool's threads.
+/// entries of `out`, selected by the pool's threads, except the rows `found` marks (their
+/// entries already hold them: `rescore::RowTops`).
 pub(crate) fn top_of_rows(
     pool: &crate::pool::Pool,
     logits: &[f32],
     vocab: usize,
     k: usize,
     out: &mut [(u32, f32)],
+    found: &[bool],
 ) {
     debug_assert_eq!(out.len() / k, logits.len() / vocab);
+    debug_assert_eq!(found.len(), logits.len() / vocab);
+    if found.iter().all(|&f| f) {
+        return;
+    }
     pool.split_mut(out, k, 1, &|r0, part| {
         for (i, out) in part.chunks_exact_mut(k).enumerate() {
             let r = r0 + i;
-            row_top(&logits[r * vocab..(r + 1) * vocab], out);
+            if !found[r] {
+                row_top(&logits[r * vocab..(r + 1) * vocab], out);
+            }
         }
     });
 }
@@ -191,7 +199,7 @@ mod tests {
             .map(|i| ((i * 7919) % 1009) as f32 + (i / vocab) as f32 * 0.5)
             .collect();
         let mut pairs = vec![(0, 0.0); 7 * 4];
-        top_of_rows(&pool, &logits, vocab, 4, &mut pairs);
+        top_of_rows(&pool, &logits, vocab, 4, &mut pairs, &[false; 7]);
         for r in 0..7 {
             let want = sorted(&logits[r * vocab..(r + 1) * vocab]);
             assert_eq!(pairs[r * 4..(r + 1) * 4], want[..4], "row {r}");
