@@ -68,7 +68,23 @@ const fn mem_tiles(k: u8, n: usize) -> bool {
 /// level (their L1-accumulator tiles of 16): inputs whose products all decline need not lay
 /// the tiles out.
 pub fn reads_tiles(kind: Kind) -> bool {
-    (0..=IQ4XS).any(|k| super::packed_kinds::kind(k) == kind && mem_tiles(k, TILE_TOKENS))
+    (0..=IQ4XS).any(|k| {
+        super::packed_kinds::kind(k) == kind
+            && (mem_tiles(k, TILE_TOKENS) || tiled_register_tiles(k))
+    })
+}
+
+/// Kinds whose register tiles of 8 tokens read them from a whole tile of `PActs::tiles`:
+/// every token's operands at a constant distance from one pointer, where token-major rows
+/// took a general register per token — 8 of them, reloaded from the stack every sub-block
+/// (as `mem_tile_body`'s whole tiles). Intel Xeon (AVX-512 VNNI, no AMX), `matmul_probe`,
+/// best G MAC/s of alternating runs, before → after: Q8_0 4864 × 896 512 tokens 1 thread
+/// 204–205 → 218–222, 896 × 4864 190–192 → 193–202; Q4_0 4864 × 896 195–213 → 215–219,
+/// 16 tokens 2 threads streamed 368–419 → 432–451; Qwen2.5-0.5B's Q8_0 head at 16 tokens
+/// 304–311 → 307–313. Not the K-quants: Q4_K lost (896 × 4864 512 tokens 172–176 → 165–167,
+/// 16 tokens 337–358 → 324–326; 8960 × 1536 gained 3 %).
+const fn tiled_register_tiles(k: u8) -> bool {
+    matches!(k, Q8_0 | Q4_0)
 }
 
 /// Tiles of up to this many tokens run two multiply-add chains per token.
@@ -216,7 +232,7 @@ unsafe fn materialize(w: &mut [__m512i; 8]) {
 /// One group of 16 rows against tokens `t0..t0 + T`; `out` points at row 0 of the group for
 /// token t0, tokens `ostride` apart; only the first `valid` rows are written. The `LEAD` tile
 /// (a group's first, in products of two tokens or more of `far_prefetch` kinds, and on Zen 4 of
-/// a few more: `MEM_LEAD_UP_TO`) also asks for lines far ahead. `TB`: the tokens are one whole
+/// a few more: `MEM_LEAD_UP_TO`) also asks for lines far ahead. `TB`: the tokens lie in one whole
 /// tile of `a.tiles` (`TileBlock`), read from there.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
@@ -235,6 +251,9 @@ unsafe fn tile<const K: u8, const T: usize, const LEAD: bool, const GF: bool, co
     let off = kd.offset() as i32;
     let nblk = a.k / 32;
     let near = T > 1 || !decode_hw_prefetch_only();
+    // The tile's first token within its whole tile of `a.tiles` (`TB`).
+    let sub = t0 % TILE_TOKENS;
+    debug_assert!(!TB || sub + T <= TILE_TOKENS);
     let mut acc = AccTile::<T>::new();
     for sb in 0..nsb {
         let h = grp.add(sb * sbb);
@@ -253,26 +272,31 @@ unsafe fn tile<const K: u8, const T: usize, const LEAD: bool, const GF: bool, co
                 materialize(&mut w);
             }
             let [s0, s1, mv] = sub_scales::<K>(h, j, d, second);
-            // A whole tile's block: every token's operands at a constant distance from `tb`.
+            // A whole tile's block: every token's operands at a constant distance from `tq`
+            // (the tile's token `sub` on, `sub` + T ≤ 16).
             let tb = match TB {
                 true => a.tiles().as_ptr().add(t0 / TILE_TOKENS * nblk + blk),
                 false => std::ptr::null(),
             };
+            let tq = match TB {
+                true => (*tb).q.as_ptr().add(32 * sub),
+                false => std::ptr::null(),
+            };
             let q = |t: usize| match TB {
-                true => (*tb).q.as_ptr().add(32 * t),
+                true => tq.add(32 * t),
                 false => a.qs.as_ptr().add((t0 + t) * a.k + blk * 32),
             };
             let m = |t: usize| -> &Meta {
                 match TB {
-                    true => (*tb).meta.get_unchecked(t),
+                    true => (*tb).meta.get_unchecked(sub + t),
                     false => a.meta.get_unchecked((t0 + t) * nblk + blk),
                 }
             };
-            // `dot4_at` of token t's quants, from `tb` at a constant offset where there is one.
+            // `dot4_at` of token t's quants, from `tq` at a constant offset where there is one.
             macro_rules! dot {
                 ($g:ident, $acc:expr, $t:ident) => {
                     match TB {
-                        true => dot4_at::<{ 32 * $t + 4 * $g }>($acc, w[$g], tb as *const i8),
+                        true => dot4_at::<{ 32 * $t + 4 * $g }>($acc, w[$g], tq),
                         false => dot4_at::<{ 4 * $g }>($acc, w[$g], q($t)),
                     }
                 };
@@ -549,7 +573,19 @@ pub(super) unsafe fn vnni_tokens<const K: u8, const GF: bool>(
         // Short tiles run through a group faster than its far requests can all be taken, so
         // the later ones ask again (`REASK_UP_TO`).
         let far = far_prefetch(K) || (K == Q5_0 && size >= 5 && far_on_zen4());
-        if size > 1 && far && (t == first || size <= REASK_UP_TO) {
+        let lead = size > 1 && far && (t == first || size <= REASK_UP_TO);
+        if size == MAX_TILE
+            && tiled_register_tiles(K)
+            && t % TILE_TOKENS + MAX_TILE <= TILE_TOKENS
+            && (t / TILE_TOKENS + 1) * a.k / 32 <= a.tiles().len()
+        {
+            match lead {
+                true => tile::<K, MAX_TILE, true, GF, true>(grp, nsb, a, t, out, m, valid, bias),
+                false => tile::<K, MAX_TILE, false, GF, true>(grp, nsb, a, t, out, m, valid, bias),
+            }
+            continue;
+        }
+        if lead {
             call!(true, 2 3 4 5 6 7);
         } else {
             call!(false, 1 2 3 4 5 6 7);
@@ -702,7 +738,8 @@ mod tests {
     /// register tile size; 8, 9 and 11 are one L1-accumulator tile for the kinds of
     /// `mem_tiles`, 9 = 5 + 4 and 11 = 6 + 5 register tiles for the others), 37 (13 + 12 +
     /// 12 for the L1-accumulator kinds), 16 and 48 (whole tiles of 16, read from `a.tiles`:
-    /// `TileBlock`); with AMX, 37 tokens (two tiles of 16, then 5 on VNNI)
+    /// `TileBlock`, as Q8_0's and Q4_0's register tiles of 8 inside them read their halves,
+    /// `tiled_register_tiles`); with AMX, 37 tokens (two tiles of 16, then 5 on VNNI)
     /// and 43 (then 11 in one L1-accumulator tile where the kind takes it).
     #[test]
     fn packed_kernels_match_the_dequantized_dot() {
