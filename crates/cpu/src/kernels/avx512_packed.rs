@@ -574,11 +574,7 @@ pub(super) unsafe fn vnni_tokens<const K: u8, const GF: bool>(
         // the later ones ask again (`REASK_UP_TO`).
         let far = far_prefetch(K) || (K == Q5_0 && size >= 5 && far_on_zen4());
         let lead = size > 1 && far && (t == first || size <= REASK_UP_TO);
-        if size == MAX_TILE
-            && tiled_register_tiles(K)
-            && t % TILE_TOKENS + MAX_TILE <= TILE_TOKENS
-            && (t / TILE_TOKENS + 1) * a.k / 32 <= a.tiles().len()
-        {
+        if size == MAX_TILE && tiled_register_tiles(K) && in_whole_tile(a, t, size) {
             match lead {
                 true => tile::<K, MAX_TILE, true, GF, true>(grp, nsb, a, t, out, m, valid, bias),
                 false => tile::<K, MAX_TILE, false, GF, true>(grp, nsb, a, t, out, m, valid, bias),
@@ -591,6 +587,12 @@ pub(super) unsafe fn vnni_tokens<const K: u8, const GF: bool>(
             call!(false, 1 2 3 4 5 6 7);
         }
     }
+}
+
+/// Whether tokens `t..t + size` lie inside one whole tile of 16 that `a.tiles` laid out (so
+/// `tile` may read them there, `TB`).
+fn in_whole_tile(a: &PActs, t: usize, size: usize) -> bool {
+    t % TILE_TOKENS + size <= TILE_TOKENS && (t / TILE_TOKENS + 1) * a.k / 32 <= a.tiles().len()
 }
 
 /// `mem_tile`'s arguments: the tile's size, then `tile`'s, then whether it leads.
@@ -640,10 +642,7 @@ unsafe fn mem_tile_body<const K: u8, const GF: bool>(
     // (AMD EPYC Zen 4, `matmul_probe` 4864 × 896, medians of 5 alternating runs, G MAC/s:
     // Q5_0 512 tokens 1 thread 135 → 142, 16 tokens 2 threads streamed 232 → 245; Q4_1 124 →
     // 131; Q6_K, whose quants are loaded by intrinsics, unchanged).
-    if size == TILE_TOKENS
-        && t.is_multiple_of(TILE_TOKENS)
-        && (t / TILE_TOKENS + 1) * a.k / 32 <= a.tiles().len()
-    {
+    if size == TILE_TOKENS && in_whole_tile(a, t, size) {
         return match lead {
             false => tile::<K, TILE_TOKENS, false, GF, true>(grp, nsb, a, t, out, m, valid, bias),
             true => tile::<K, TILE_TOKENS, true, GF, true>(grp, nsb, a, t, out, m, valid, bias),
