@@ -18,6 +18,7 @@ fn main() {
         "q6_k" => DType::Q6K,
         "q4_1" => DType::Q4_1,
         "q5_k" => DType::Q5K,
+        "q5_1" => DType::Q5_1,
         "bf16" => DType::BF16,
         "f16" => DType::F16,
         _ => DType::Q4K,

@@ -70,7 +70,7 @@ const fn mem_tiles(k: u8, n: usize) -> bool {
 pub fn reads_tiles(kind: Kind) -> bool {
     (0..=IQ4XS).any(|k| {
         super::packed_kinds::kind(k) == kind
-            && (mem_tiles(k, TILE_TOKENS) || tiled_register_tiles(k))
+            && (mem_tiles(k, TILE_TOKENS) || tiled_register_tiles(k) || wide_from(k) < usize::MAX)
     })
 }
 
@@ -236,7 +236,14 @@ unsafe fn materialize(w: &mut [__m512i; 8]) {
 /// tile of `a.tiles` (`TileBlock`), read from there.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile<const K: u8, const T: usize, const LEAD: bool, const GF: bool, const TB: bool>(
+unsafe fn tile<
+    const K: u8,
+    const T: usize,
+    const LEAD: bool,
+    const GF: bool,
+    const TB: bool,
+    const WIDE: bool,
+>(
     grp: *const u8,
     nsb: usize,
     a: &PActs,
@@ -247,10 +254,24 @@ unsafe fn tile<const K: u8, const T: usize, const LEAD: bool, const GF: bool, co
     bias: Option<&[f32]>,
 ) {
     let kd = kind(K);
-    let (sbb, nsub, head) = (kd.sb_bytes(), kd.sb_cols() / 32, kd.head_bytes());
+    let (sbb, nsub, head, subb) = match WIDE {
+        true => (
+            wide_sb_bytes(kd),
+            kd.sb_cols() / 32,
+            wide_head(kd),
+            WIDE_SUB,
+        ),
+        false => (
+            kd.sb_bytes(),
+            kd.sb_cols() / 32,
+            kd.head_bytes(),
+            kd.sub_bytes(),
+        ),
+    };
     let off = kd.offset() as i32;
     let nblk = a.k / 32;
-    let near = T > 1 || !decode_hw_prefetch_only();
+    // A widened group lies in cache (`widen`): no requests ahead.
+    let near = !WIDE && (T > 1 || !decode_hw_prefetch_only());
     // The tile's first token within its whole tile of `a.tiles` (`TB`).
     let sub = t0 % TILE_TOKENS;
     debug_assert!(!TB || sub + T <= TILE_TOKENS);
@@ -260,14 +281,17 @@ unsafe fn tile<const K: u8, const T: usize, const LEAD: bool, const GF: bool, co
         let (d, second) = head_values(h, kd);
         for j in 0..nsub {
             let blk = sb * nsub + j;
-            let p = h.add(head + j * kd.sub_bytes());
+            let p = h.add(head + j * subb);
             if near {
                 prefetch_ahead::<K>(p);
             }
-            if LEAD {
+            if LEAD && !WIDE {
                 prefetch_far::<K>(p);
             }
-            let mut w = unpack::<K, GF>(p);
+            let mut w = match WIDE {
+                true => load_wide(p),
+                false => unpack::<K, GF>(p),
+            };
             if K == Q5_0 && (2..=TWO_CHAINS_UP_TO).contains(&T) {
                 materialize(&mut w);
             }
@@ -519,11 +543,11 @@ unsafe fn run_body<const K: u8, const GF: bool>(
 /// (`MEM_TILE` for the `mem_tiles` kinds) as even as possible (`even_tiles`); `out` points at
 /// the group's row 0 of token 0, tokens `m` apart.
 ///
-/// Every tile unpacks the group again. Tried: unpacking it once into a scratch of sub-blocks
-/// (as `amx_packed::prepare`) that every register tile loads from: no faster at 16 tokens (Intel Xeon,
-/// `matmul_probe` 4864 × 1024, 1 thread, in cache, alternating: Q5_0 145–147 against
-/// 144–150 G MAC/s, Q6_K 115–119 against 80–119, Q4_0 149–152 against 180–185, Q4_K 143–150
-/// against 135–182). The unpacking is not what bounds these tiles.
+/// Every tile unpacks the group again, but from `wide_from(K)` tokens on (`wide_tokens`).
+/// Tried at 16 tokens: unpacking it once into a scratch of sub-blocks that every register tile
+/// (of 7) loads from: no faster (Intel Xeon, `matmul_probe` 4864 × 1024, 1 thread, in cache,
+/// alternating: Q5_0 145–147 against 144–150 G MAC/s, Q6_K 115–119 against 80–119, Q4_0
+/// 149–152 against 180–185, Q4_K 143–150 against 135–182).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn vnni_tokens<const K: u8, const GF: bool>(
@@ -536,6 +560,9 @@ pub(super) unsafe fn vnni_tokens<const K: u8, const GF: bool>(
     valid: usize,
     bias: Option<&[f32]>,
 ) {
+    if wide_from(K) <= tokens.len() {
+        return wide_tokens::<K, GF>(grp, nsb, a, tokens, out, m, valid, bias);
+    }
     let first = tokens.start;
     let most = match mem_tiles(K, tokens.len()) {
         true => MEM_TILE,
@@ -564,8 +591,8 @@ pub(super) unsafe fn vnni_tokens<const K: u8, const GF: bool>(
         macro_rules! call {
             ($l:literal, $($s:literal)*) => {
                 match size {
-                    $($s => tile::<K, $s, $l, GF, false>(grp, nsb, a, t, out, m, valid, bias),)*
-                    _ => tile::<K, MAX_TILE, $l, GF, false>(grp, nsb, a, t, out, m, valid, bias),
+                    $($s => tile::<K, $s, $l, GF, false, false>(grp, nsb, a, t, out, m, valid, bias),)*
+                    _ => tile::<K, MAX_TILE, $l, GF, false, false>(grp, nsb, a, t, out, m, valid, bias),
                 }
             };
         }
@@ -576,8 +603,12 @@ pub(super) unsafe fn vnni_tokens<const K: u8, const GF: bool>(
         let lead = size > 1 && far && (t == first || size <= REASK_UP_TO);
         if size == MAX_TILE && tiled_register_tiles(K) && in_whole_tile(a, t, size) {
             match lead {
-                true => tile::<K, MAX_TILE, true, GF, true>(grp, nsb, a, t, out, m, valid, bias),
-                false => tile::<K, MAX_TILE, false, GF, true>(grp, nsb, a, t, out, m, valid, bias),
+                true => {
+                    tile::<K, MAX_TILE, true, GF, true, false>(grp, nsb, a, t, out, m, valid, bias)
+                }
+                false => {
+                    tile::<K, MAX_TILE, false, GF, true, false>(grp, nsb, a, t, out, m, valid, bias)
+                }
             }
             continue;
         }
@@ -585,6 +616,116 @@ pub(super) unsafe fn vnni_tokens<const K: u8, const GF: bool>(
             call!(true, 2 3 4 5 6 7);
         } else {
             call!(false, 1 2 3 4 5 6 7);
+        }
+    }
+}
+
+/// Tokens from which a group of kind `k` is unpacked once (`widen`) for all of them, and
+/// register tiles of 8 load the unpacked registers (a whole tile's tokens from `a.tiles`), where
+/// L1-accumulator tiles of 16 unpacked it once per 16 tokens and paid a load and a store of
+/// each token's accumulators per sub-block. Intel Xeon (Emerald Rapids, AVX-512 VNNI),
+/// `matmul_probe` 4864 × 896, alternating, G MAC/s: 512 tokens 1 thread Q5_0 184–192 →
+/// 229–232, Q4_1 165–170 → 190–204, Q5_1 155–159 → 194–207; 1 thread in cache Q5_0 32 tokens
+/// 202 → 206, 48 tokens 202 → 220 (16 tokens 201 → 177); 2 threads streamed (`COPIES=40`) 32
+/// tokens 374–379 → 379–381, 64 tokens 380 → 417–420, 128 tokens 380 → 444 (16 tokens
+/// 380 → 317–335: the widening waits on memory before any product, where an L1 tile's
+/// unpacking overlaps it). Not Q6_K (896 × 4864, 512 tokens: 134–136 either way, with tiles
+/// of 7 or without `a.tiles` too) nor Q4_K (163–167 → 143–157).
+const fn wide_from(k: u8) -> usize {
+    match k {
+        Q5_0 | Q5_1 | Q4_1 => 32,
+        _ => usize::MAX,
+    }
+}
+
+/// Bytes of one unpacked sub-block: `unpack`'s 8 registers.
+const WIDE_SUB: usize = 8 * 64;
+
+/// A widened superblock's head: the packed head, padded to whole lines so that every
+/// unpacked register lies on one.
+const fn wide_head(kd: Kind) -> usize {
+    kd.head_bytes().div_ceil(64) * 64
+}
+
+const fn wide_sb_bytes(kd: Kind) -> usize {
+    wide_head(kd) + kd.sb_cols() / 32 * WIDE_SUB
+}
+
+#[inline(always)]
+unsafe fn load_wide(p: *const u8) -> [__m512i; 8] {
+    std::array::from_fn(|g| _mm512_load_si512(p.add(64 * g) as *const _))
+}
+
+/// The group at `grp` (`nsb` superblocks) into `dst`: each superblock's head as packed, then
+/// its sub-blocks unpacked (`unpack`'s registers as they are).
+#[inline(always)]
+unsafe fn widen<const K: u8, const GF: bool>(grp: *const u8, nsb: usize, dst: *mut u8) {
+    let kd = kind(K);
+    let (sbb, head, nsub) = (kd.sb_bytes(), kd.head_bytes(), kd.sb_cols() / 32);
+    for sb in 0..nsb {
+        let h = grp.add(sb * sbb);
+        let o = dst.add(sb * wide_sb_bytes(kd));
+        std::ptr::copy_nonoverlapping(h, o, head);
+        for j in 0..nsub {
+            let p = h.add(head + j * kd.sub_bytes());
+            prefetch_ahead::<K>(p);
+            prefetch_far::<K>(p);
+            let w = unpack::<K, GF>(p);
+            let wo = o.add(wide_head(kd) + j * WIDE_SUB);
+            for (g, v) in w.iter().enumerate() {
+                _mm512_store_si512(wo.add(64 * g) as *mut _, *v);
+            }
+        }
+    }
+}
+
+/// A thread's widened group (`wide_tokens`), on whole lines.
+#[derive(Default)]
+struct WideScratch(Vec<__m512i>);
+
+thread_local! {
+    static WIDE_SCRATCH: std::cell::RefCell<WideScratch> = Default::default();
+}
+
+/// `vnni_tokens` for `wide_from(K)` tokens or more: the group unpacked once into this thread's
+/// scratch, then register tiles of up to 8 tokens (whole ones read from `a.tiles`) load it.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn wide_tokens<const K: u8, const GF: bool>(
+    grp: *const u8,
+    nsb: usize,
+    a: &PActs,
+    tokens: std::ops::Range<usize>,
+    out: *mut f32,
+    m: usize,
+    valid: usize,
+    bias: Option<&[f32]>,
+) {
+    let bytes = nsb * wide_sb_bytes(kind(K));
+    let buf = WIDE_SCRATCH.with(|s| {
+        let v = &mut s.borrow_mut().0;
+        if v.len() * 64 < bytes {
+            v.resize(bytes / 64, _mm512_setzero_si512());
+        }
+        v.as_mut_ptr() as *mut u8
+    });
+    widen::<K, GF>(grp, nsb, buf);
+    let w = buf as *const u8;
+    for (t, size) in even_tiles(tokens, MAX_TILE) {
+        let out = out.add(t * m);
+        if size == MAX_TILE && in_whole_tile(a, t, size) {
+            tile::<K, MAX_TILE, false, GF, true, true>(w, nsb, a, t, out, m, valid, bias);
+            continue;
+        }
+        match size {
+            1 => tile::<K, 1, false, GF, false, true>(w, nsb, a, t, out, m, valid, bias),
+            2 => tile::<K, 2, false, GF, false, true>(w, nsb, a, t, out, m, valid, bias),
+            3 => tile::<K, 3, false, GF, false, true>(w, nsb, a, t, out, m, valid, bias),
+            4 => tile::<K, 4, false, GF, false, true>(w, nsb, a, t, out, m, valid, bias),
+            5 => tile::<K, 5, false, GF, false, true>(w, nsb, a, t, out, m, valid, bias),
+            6 => tile::<K, 6, false, GF, false, true>(w, nsb, a, t, out, m, valid, bias),
+            7 => tile::<K, 7, false, GF, false, true>(w, nsb, a, t, out, m, valid, bias),
+            _ => tile::<K, MAX_TILE, false, GF, false, true>(w, nsb, a, t, out, m, valid, bias),
         }
     }
 }
@@ -630,10 +771,10 @@ unsafe fn mem_tile_body<const K: u8, const GF: bool>(
     macro_rules! call {
         ($($s:literal)*) => {
             match (size, lead) {
-                $(($s, false) => tile::<K, $s, false, GF, false>(grp, nsb, a, t, out, m, valid, bias),)*
-                $(($s, true) => tile::<K, $s, true, GF, false>(grp, nsb, a, t, out, m, valid, bias),)*
-                (_, false) => tile::<K, MEM_TILE, false, GF, false>(grp, nsb, a, t, out, m, valid, bias),
-                (_, true) => tile::<K, MEM_TILE, true, GF, false>(grp, nsb, a, t, out, m, valid, bias),
+                $(($s, false) => tile::<K, $s, false, GF, false, false>(grp, nsb, a, t, out, m, valid, bias),)*
+                $(($s, true) => tile::<K, $s, true, GF, false, false>(grp, nsb, a, t, out, m, valid, bias),)*
+                (_, false) => tile::<K, MEM_TILE, false, GF, false, false>(grp, nsb, a, t, out, m, valid, bias),
+                (_, true) => tile::<K, MEM_TILE, true, GF, false, false>(grp, nsb, a, t, out, m, valid, bias),
             }
         };
     }
@@ -644,8 +785,12 @@ unsafe fn mem_tile_body<const K: u8, const GF: bool>(
     // 131; Q6_K, whose quants are loaded by intrinsics, unchanged).
     if size == TILE_TOKENS && in_whole_tile(a, t, size) {
         return match lead {
-            false => tile::<K, TILE_TOKENS, false, GF, true>(grp, nsb, a, t, out, m, valid, bias),
-            true => tile::<K, TILE_TOKENS, true, GF, true>(grp, nsb, a, t, out, m, valid, bias),
+            false => {
+                tile::<K, TILE_TOKENS, false, GF, true, false>(grp, nsb, a, t, out, m, valid, bias)
+            }
+            true => {
+                tile::<K, TILE_TOKENS, true, GF, true, false>(grp, nsb, a, t, out, m, valid, bias)
+            }
         };
     }
     call!(8 9 10 11 12 13 14 15)
@@ -738,7 +883,8 @@ mod tests {
     /// `mem_tiles`, 9 = 5 + 4 and 11 = 6 + 5 register tiles for the others), 37 (13 + 12 +
     /// 12 for the L1-accumulator kinds), 16 and 48 (whole tiles of 16, read from `a.tiles`:
     /// `TileBlock`, as Q8_0's and Q4_0's register tiles of 8 inside them read their halves,
-    /// `tiled_register_tiles`); with AMX, 37 tokens (two tiles of 16, then 5 on VNNI)
+    /// `tiled_register_tiles`; 37 and 48 are widened groups for the kinds of `wide_from`, in
+    /// tiles of 8 + 8 + 7 + 7 + 7 and 6 × 8); with AMX, 37 tokens (two tiles of 16, then 5 on VNNI)
     /// and 43 (then 11 in one L1-accumulator tile where the kind takes it).
     #[test]
     fn packed_kernels_match_the_dequantized_dot() {
