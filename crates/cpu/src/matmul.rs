@@ -249,11 +249,11 @@ fn token_chunk(cols: usize, isa: Isa) -> usize {
     }
 }
 
-/// The gated MLP's first half on the AMX tiles: `out` = silu(x · gateᵀ) · (x · upᵀ), without
-/// writing the two products out (`avx512_packed::run_gated`); `up_rest` (`[n, rows]`) is
-/// scratch for the up product of the tokens after a chunk's whole tiles. The same bits as the
-/// two products and `silu_mul`. The caller checked the shapes, that gate and up are packed
-/// alike, and that `isa` is `Isa::Amx`.
+/// The gated MLP's first half on the AMX tiles or VNNI: `out` = silu(x · gateᵀ) · (x · upᵀ),
+/// without writing the two products out (`avx512_packed::run_gated`); `up_rest` (`[n, rows]`)
+/// is scratch for the up products the tiles do not combine. The same bits as the two products
+/// and `silu_mul`. The caller checked the shapes, that gate and up are packed alike, and that
+/// `isa` is `Isa::Amx` or `Isa::Avx512`.
 #[cfg(target_arch = "x86_64")]
 pub fn packed_gated(
     pool: &Pool,
@@ -264,8 +264,11 @@ pub fn packed_gated(
     up_rest: &mut [f32],
     isa: Isa,
 ) {
+    let amx = isa == Isa::Amx;
     assert!(
-        isa == Isa::Amx && gate.kind == up.kind && (gate.rows, gate.cols) == (up.rows, up.cols)
+        (amx || isa == Isa::Avx512)
+            && gate.kind == up.kind
+            && (gate.rows, gate.cols) == (up.rows, up.cols)
     );
     assert!(
         out.len() == n * gate.rows && up_rest.len() == n * gate.rows && x.len() == n * gate.cols
@@ -276,7 +279,8 @@ pub fn packed_gated(
     let t0 = Instant::now();
     PACTS.with(|a| {
         let mut a = a.borrow_mut();
-        a.fill(pool, x, n, gate.cols, true);
+        let tiled = amx || crate::kernels::avx512_packed::reads_tiles(gate.kind);
+        a.fill(pool, x, n, gate.cols, tiled);
         let a = &*a;
         let chunk = token_chunk(gate.cols, isa);
         let pieces = guided_pieces(
@@ -288,11 +292,20 @@ pub fn packed_gated(
         pool.pieces(pieces.len(), &|i| {
             let (_, c, gs) = pieces[i].clone();
             let ts = c * chunk..((c + 1) * chunk).min(n);
-            // SAFETY: the AMX level (checked above: detection granted the tiles); both
-            // outputs hold n × rows floats, and each piece writes its own (tokens, groups)
-            // cells of them.
+            // SAFETY: the AMX or AVX-512 level (checked above: detection found it, and
+            // granted the tiles); both outputs hold n × rows floats, and each piece writes its
+            // own (tokens, groups) cells of them.
             unsafe {
-                crate::kernels::avx512_packed::run_gated(gate, up, a, gs, ts, dst.get(), rest.get())
+                crate::kernels::avx512_packed::run_gated(
+                    gate,
+                    up,
+                    a,
+                    gs,
+                    ts,
+                    dst.get(),
+                    rest.get(),
+                    amx,
+                )
             };
         });
     });

@@ -13,7 +13,7 @@
 //! sums) and the f32 epilogue is the same, so results are bit-identical to `avx512_packed`.
 
 use super::at_least;
-use super::avx512_packed::{prefetch_ahead, vnni_tokens};
+use super::avx512_packed::{prefetch_ahead, silu_mul_in_place, vnni_tokens};
 use super::avx512_sub::{head_values, scale_in, store, sub_scales, unpack};
 use super::packed_kinds::{kind, unroll16, Q6K};
 use super::pacts::{PActs, TileBlock, TILE_TOKENS};
@@ -224,13 +224,7 @@ unsafe fn products<const K: u8>(
                     valid,
                     None,
                 );
-                for t in whole..tokens.end {
-                    let mut gs = [0.0f32; ROWS];
-                    let o = std::slice::from_raw_parts_mut(out.add(t * m + r0), valid);
-                    gs[..valid].copy_from_slice(o);
-                    let us = std::slice::from_raw_parts(rest.add(t * m + r0), valid);
-                    silu_mul_plain(&gs[..valid], us, o);
-                }
+                silu_mul_in_place(out, rest, whole..tokens.end, m, r0, valid);
             }
         }
     });
@@ -493,6 +487,7 @@ mod tests {
                     0..n,
                     got.as_mut_ptr(),
                     rest.as_mut_ptr(),
+                    true,
                 );
             }
             silu_mul_plain(&g, &u, &mut want);
