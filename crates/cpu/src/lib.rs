@@ -224,15 +224,6 @@ impl CpuBackend {
     }
 }
 
-/// Tokens from which the gated MLP's products meet per group of rows on VNNI
-/// (`matmul::packed_gated`), rather than as two products and a `silu_mul` pass over both.
-/// Intel Xeon (AVX-512 VNNI), Qwen2.5-Coder-0.5B, `bench`, medians of four alternating runs
-/// of 8: pp512 762 → 784 tok/s, pp64 726 → 742. Below, the weights stream from memory and two
-/// streams, one group of each in turn, lost to one (16 tokens, `bench --parallel 16`: 506–529
-/// → 478–482 tok/s).
-#[cfg(target_arch = "x86_64")]
-const GATED_VNNI_FROM: usize = 32;
-
 impl Backend for CpuBackend {
     type Buffer = ActBuf;
     type KvBuffer = KvStore;
@@ -431,19 +422,25 @@ impl Backend for CpuBackend {
         u: &mut Act<ActBuf>,
         out: &mut Act<ActBuf>,
     ) -> Result<()> {
-        // On the AMX tiles and VNNI both products run per group of rows and meet in cache
-        // (`matmul::packed_gated`); the same bits as the two products and `silu_mul`.
+        // On the AMX tiles, and on VNNI where the groups are widened, both products run per
+        // group of rows and meet in cache (`matmul::packed_gated`); the same bits as the two
+        // products and `silu_mul`. Intel Xeon (AVX-512 VNNI), `bench`, medians of four
+        // alternating runs of 8: Qwen2.5-Coder-0.5B (Q5_0) pp512 762 → 784 tok/s, pp64 726 →
+        // 742. Not where the groups are not widened: fewer tokens stream the weights from
+        // memory, and two streams, a group of each in turn, lost to one (16 tokens, `bench
+        // --parallel 16`: 506–529 → 478–482 tok/s); Q4_K's (Qwen2.5-Coder-1.5B) pp512 lost
+        // 2 % (210–215 → 208–210).
         #[cfg(target_arch = "x86_64")]
         if let (Isa::Amx | Isa::Avx512, Some(pg), Some(pu)) =
             (self.k.isa, &gate.store.packed, &up.store.packed)
         {
             let n = x.rows;
             let alike = pg.kind == pu.kind && (pg.rows, pg.cols) == (pu.rows, pu.cols);
-            let from = match self.k.isa {
-                Isa::Amx => kernels::avx512_packed::AMX_FROM,
-                _ => GATED_VNNI_FROM,
+            let takes = match self.k.isa {
+                Isa::Amx => n >= kernels::avx512_packed::AMX_FROM,
+                _ => kernels::avx512_packed::widens(pg.kind, n),
             };
-            if alike && n >= from {
+            if alike && takes {
                 linear_operands("gated_linear", x, gate, None, out)?;
                 linear_operands("gated_linear", x, up, None, u)?;
                 let m = gate.rows;

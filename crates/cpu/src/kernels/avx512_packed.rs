@@ -639,6 +639,11 @@ const fn wide_from(k: u8) -> usize {
     }
 }
 
+/// Whether products of `kind` with `n` tokens widen their groups (`wide_from`).
+pub fn widens(kind: Kind, n: usize) -> bool {
+    (0..=IQ4XS).any(|k| super::packed_kinds::kind(k) == kind && wide_from(k) <= n)
+}
+
 /// Bytes of one unpacked sub-block: `unpack`'s 8 registers.
 const WIDE_SUB: usize = 8 * 64;
 
