@@ -13,8 +13,9 @@
 //! sums) and the f32 epilogue is the same, so results are bit-identical to `avx512_packed`.
 
 use super::at_least;
-use super::avx512_packed::{prefetch_ahead, silu_mul_in_place, vnni_tokens};
+use super::avx512_packed::{prefetch_ahead, vnni_tokens};
 use super::avx512_sub::{head_values, scale_in, store, sub_scales, unpack};
+use super::avx512_wide::silu_mul_in_place;
 use super::packed_kinds::{kind, unroll16, Q6K};
 use super::pacts::{PActs, TileBlock, TILE_TOKENS};
 use crate::amx::TileConfig;

@@ -19,6 +19,8 @@ mod avx512;
 pub mod avx512_packed;
 #[cfg(target_arch = "x86_64")]
 mod avx512_sub;
+#[cfg(target_arch = "x86_64")]
+mod avx512_wide;
 pub mod float_tiles;
 mod generic;
 #[cfg(target_arch = "aarch64")]

@@ -75,6 +75,23 @@ pub(super) const fn kind(k: u8) -> Kind {
     }
 }
 
+/// The constant of `kind` (`kind`'s inverse; the x86 kernels ask it).
+#[cfg(target_arch = "x86_64")]
+pub(super) const fn id(kind: Kind) -> u8 {
+    match kind {
+        Kind::Q4_0 => Q4_0,
+        Kind::Q4_1 => Q4_1,
+        Kind::Q5_0 => Q5_0,
+        Kind::Q5_1 => Q5_1,
+        Kind::Q8_0 => Q8_0,
+        Kind::IQ4NL => IQ4NL,
+        Kind::Q4K => Q4K,
+        Kind::Q5K => Q5K,
+        Kind::Q6K => Q6K,
+        Kind::IQ4XS => IQ4XS,
+    }
+}
+
 /// `tokens` cut into tiles of at most `most` tokens, as even as possible (11 tokens in tiles of
 /// 8: 6 + 5, not 8 + 3 — a tile of 1 or 2 tokens costs 2–3 times as much per token as one of
 /// 5 or more, `matmul_probe`): each tile's first token and size. An iterator, not a callback,
